@@ -1,0 +1,244 @@
+/**
+ * tsnap image format, version 1: the TypeScript schema shared by the writer,
+ * the reader, `tsnap show` and the tests. formats/image-v1.md is the
+ * readable specification of the same thing; keep the two in step.
+ *
+ * Compatibility rules: readers ignore unknown fields; a change that old
+ * readers would misread bumps FORMAT_VERSION.
+ */
+
+export const FORMAT_VERSION = 1;
+export const MAGIC = 'TSNAPIMG';
+export const HEADER_SIZE = 32;
+
+/** Every image file starts with a header naming its kind. */
+export enum FileKind {
+  Inventory = 1,
+  Process = 2,
+  Pagemap = 3,
+  Pages = 4,
+  Stats = 5,
+}
+
+export const FILE_NAMES: Record<FileKind, string> = {
+  [FileKind.Inventory]: 'inventory',
+  [FileKind.Process]: 'process',
+  [FileKind.Pagemap]: 'pagemap',
+  [FileKind.Pages]: 'pages',
+  [FileKind.Stats]: 'stats',
+};
+
+export type Compression = 'none' | 'lz4';
+
+/** The commit record of an image: written last, so an image without it is incomplete. */
+export interface Inventory {
+  formatVersion: number;
+  imageId: string;
+  createdAt: string;
+  tool: { name: string; version: string };
+  /** full: every page is here or zero; delta: some pages are in the parent. */
+  kind: 'full' | 'delta';
+  parent: ParentRef | null;
+  pid: number;
+  arch: 'x86_64';
+  kernel: string;
+  pageSize: number;
+  chunkSize: number;
+  compression: Compression;
+  /** Length and CRC-32 of each metadata file's payload, and the page file's size. */
+  files: Record<string, { length: number; crc32: number }>;
+}
+
+export interface ParentRef {
+  /** Path of the parent image directory, relative to this image's directory. */
+  path: string;
+  imageId: string;
+}
+
+export interface ProcessImage {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  sid: number;
+  comm: string;
+  exe: FileIdentity & { path: string };
+  cwd: string;
+  root: string;
+  umask: number;
+  personality: number;
+  creds: { uid: number[]; gid: number[] };
+  /** Process start time in clock ticks since boot: identifies this incarnation of the pid. */
+  startTime: number;
+  rlimits: RlimitImage[];
+  threads: ThreadImage[];
+  signals: SignalImage;
+  mm: MmImage;
+  fds: FdImage[];
+  prctl: {
+    dumpable: number;
+    pdeathsig: number;
+    childSubreaper: number;
+    noNewPrivs: number;
+    thpDisable: number;
+  };
+}
+
+export interface FileIdentity {
+  dev: number;
+  ino: number;
+  size: number;
+  mtimeMs: number;
+}
+
+export interface RlimitImage {
+  resource: number;
+  name: string;
+  cur: bigint;
+  max: bigint;
+}
+
+export interface ThreadImage {
+  tid: number;
+  /** struct user_regs_struct, 216 bytes, as PTRACE_GETREGS returned it. */
+  regs: Buffer;
+  /** The XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) returned it. */
+  xstate: Buffer;
+  sigmask: bigint;
+  sigaltstack: { sp: bigint; flags: number; size: bigint };
+  /** Set when the thread was stopped inside a syscall that must be re-entered. */
+  syscallRestart: SyscallRestart | null;
+  clearChildTid: bigint;
+  robustList: { head: bigint; len: bigint };
+  rseq: { pointer: bigint; size: number; signature: number; flags: number } | null;
+  /** siginfo records (128 bytes each) queued for this thread. */
+  pendingSignals: Buffer[];
+}
+
+export interface SyscallRestart {
+  /** orig_rax: the interrupted syscall. */
+  nr: number;
+  /** -rax: ERESTARTSYS 512, ERESTARTNOINTR 513, ERESTARTNOHAND 514, ERESTART_RESTARTBLOCK 516. */
+  code: number;
+}
+
+export interface SigactionImage {
+  signo: number;
+  handler: bigint;
+  flags: bigint;
+  restorer: bigint;
+  mask: bigint;
+}
+
+export interface SignalImage {
+  /** Actions for signals 1..64, except SIGKILL and SIGSTOP. */
+  actions: SigactionImage[];
+  /** siginfo records queued for the whole process. */
+  sharedPending: Buffer[];
+}
+
+export interface MmImage {
+  startCode: number;
+  endCode: number;
+  startData: number;
+  endData: number;
+  startBrk: number;
+  brk: number;
+  startStack: number;
+  argStart: number;
+  argEnd: number;
+  envStart: number;
+  envEnd: number;
+  /** Raw /proc/PID/auxv, AT_NULL terminated. */
+  auxv: Buffer;
+  vmas: VmaImage[];
+}
+
+export type VmaSpecial = 'heap' | 'stack' | 'vdso' | 'vvar' | 'vvar_vclock' | 'vsyscall' | null;
+
+export interface VmaImage {
+  start: number;
+  end: number;
+  /** PROT_READ 1 | PROT_WRITE 2 | PROT_EXEC 4. */
+  prot: number;
+  shared: boolean;
+  /** File offset for file mappings, 0 otherwise. */
+  pgoff: number;
+  /** '' for anonymous memory; the file path; or the bracketed name ([heap], [anon:x]). */
+  path: string;
+  special: VmaSpecial;
+  file: (FileIdentity & { devMajor: number; devMinor: number; deleted: boolean }) | null;
+  /** Whether its pages are stored in the image (private memory and shared anonymous memory). */
+  dumped: boolean;
+}
+
+export type FdKindImage = 'file' | 'dir' | 'devnull' | 'tty' | 'pipe' | 'fifo' | 'socket' | 'anon_inode' | 'chardev' | 'blockdev' | 'memfd' | 'other';
+
+export interface FdImage {
+  fd: number;
+  kind: FdKindImage;
+  /** The /proc/PID/fd link text ('pipe:[123]', '/dev/pts/1', a path). */
+  link: string;
+  path: string | null;
+  /** Open flags (O_ACCMODE, O_APPEND, O_NONBLOCK...) from fdinfo; O_CLOEXEC included. */
+  flags: number;
+  pos: number;
+  file: FileIdentity & { mode: number; rdev: number; deleted: boolean } | null;
+}
+
+/** Where the data of a page run lives. */
+export enum PageWhere {
+  /** In this image's pages file. */
+  Here = 0,
+  /** In the parent image (delta images only). */
+  Parent = 1,
+  /** All zero: map fresh anonymous memory. */
+  Zero = 2,
+}
+
+/**
+ * A run of consecutive pages. Runs are sorted by address and never overlap.
+ * A Here run lies inside one chunk: `offset` is the byte offset of its first
+ * page within the chunk's uncompressed data.
+ * Encoded as a 5-element array [start, pages, where, chunk, offset].
+ */
+export interface PageRun {
+  start: number;
+  pages: number;
+  where: PageWhere;
+  chunk: number;
+  offset: number;
+}
+
+export interface ChunkEntry {
+  /** Byte offset of the chunk's stored data in the pages file (after the header). */
+  fileOffset: number;
+  storedLength: number;
+  rawLength: number;
+  codec: Compression;
+  /** CRC-32 (IEEE) of the stored bytes. */
+  crc32: number;
+}
+
+export interface PagemapImage {
+  chunks: ChunkEntry[];
+  runs: PageRun[];
+}
+
+export interface DumpStats {
+  /** Time from the freeze request until the target was stopped (µs). */
+  freezeUs: number;
+  /** Time the target spent stopped (µs). */
+  frozenUs: number;
+  /** Time spent copying and writing memory (µs). */
+  memdumpUs: number;
+  totalUs: number;
+  vmas: number;
+  pagesScanned: number;
+  pagesWritten: number;
+  pagesZero: number;
+  pagesSlowPath: number;
+  bytesRaw: number;
+  bytesStored: number;
+  throughputMiBps: number;
+  compression: Compression;
+}

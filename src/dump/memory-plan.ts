@@ -1,0 +1,84 @@
+/**
+ * Which memory goes into an image: pure decisions over the VMA list and the
+ * page ranges PAGEMAP_SCAN reports, kept apart from the kernel calls so they
+ * can be tested on their own.
+ *
+ * Stored: private pages that are not page-cache pages (anonymous memory and
+ * the written, copy-on-write pages of private file mappings) and the pages of
+ * shared anonymous memory. Not stored: pages never touched, zero-page
+ * mappings, and file pages a restore reads back from the file itself.
+ */
+import { PAGE_IS, type PageRegion } from '../sys/index.js';
+import type { Vma } from '../proc/maps.js';
+import type { VmaSpecial } from '../../formats/schema.js';
+
+export type VmaClass = 'private' | 'sharedAnon' | 'notDumped';
+
+export function specialOf(v: Vma): VmaSpecial {
+  switch (v.path) {
+    case '[heap]': return 'heap';
+    case '[stack]': return 'stack';
+    case '[vdso]': return 'vdso';
+    case '[vvar]': return 'vvar';
+    case '[vvar_vclock]': return 'vvar_vclock';
+    case '[vsyscall]': return 'vsyscall';
+    default: return null;
+  }
+}
+
+export function classifyVma(v: Vma): VmaClass {
+  const special = specialOf(v);
+  if (special === 'vdso' || special === 'vvar' || special === 'vvar_vclock' || special === 'vsyscall') return 'notDumped';
+  if (!v.shared) return 'private';
+  // MAP_SHARED|MAP_ANONYMOUS is shmem that shows as a deleted /dev/zero.
+  if (v.path === '/dev/zero' && v.deleted) return 'sharedAnon';
+  // Shared file mappings keep their data in the file.
+  return 'notDumped';
+}
+
+/** One PAGEMAP_SCAN over the whole space asks for these; filtering is per VMA. */
+export const SCAN_ANYOF = PAGE_IS.PRESENT | PAGE_IS.SWAPPED;
+export const SCAN_RETURN = PAGE_IS.PRESENT | PAGE_IS.SWAPPED | PAGE_IS.FILE | PAGE_IS.PFNZERO;
+
+function keeps(cls: VmaClass, categories: number): boolean {
+  if (categories & PAGE_IS.PFNZERO) return false;
+  if (cls === 'private') return (categories & PAGE_IS.FILE) === 0;
+  return cls === 'sharedAnon';
+}
+
+/** A range of pages to store, with the VMA it belongs to. */
+export interface DumpRange {
+  start: number;
+  end: number;
+  vma: number;
+}
+
+/**
+ * Intersects scan regions (sorted, possibly spanning several VMAs) with the
+ * sorted VMA list and yields the ranges to store, sorted and split at VMA
+ * boundaries. Linear in regions + VMAs.
+ */
+export class RangeSelector {
+  private vi = 0;
+  constructor(private readonly vmas: readonly Vma[], private readonly classes: readonly VmaClass[]) {}
+
+  *select(regions: readonly PageRegion[]): Generator<DumpRange> {
+    const { vmas } = this;
+    for (const r of regions) {
+      let s = r.start;
+      while (s < r.end) {
+        while (this.vi < vmas.length && vmas[this.vi].end <= s) this.vi++;
+        if (this.vi >= vmas.length) return;
+        const v = vmas[this.vi];
+        if (v.start >= r.end) break;
+        const from = Math.max(s, v.start);
+        const to = Math.min(r.end, v.end);
+        if (from < to && keeps(this.classes[this.vi], r.categories)) {
+          yield { start: from, end: to, vma: this.vi };
+        }
+        s = to;
+        if (to === v.end) this.vi++;
+      }
+    }
+  }
+}

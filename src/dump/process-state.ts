@@ -1,0 +1,111 @@
+/**
+ * The state of a frozen process that /proc tells from outside: identity,
+ * memory layout, mm fields, limits, open files.
+ */
+import { statSync } from 'node:fs';
+import { getRlimit } from '../sys/index.js';
+import {
+  readStat, readStatus, readMaps, readAuxvRaw, readCwd, readExe, readRoot, readComm, readPersonality,
+  listFds, readFdInfo, readFdTarget, RLIMIT_NAMES, type Vma,
+} from '../proc/index.js';
+import type { ProcessImage, VmaImage, FdImage, RlimitImage, FileIdentity, MmImage } from '../../formats/schema.js';
+import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
+import type { RemoteState } from './task-state.js';
+
+function identity(path: string): FileIdentity {
+  const st = statSync(path);
+  return { dev: st.dev, ino: st.ino, size: st.size, mtimeMs: st.mtimeMs };
+}
+
+export interface Layout {
+  vmas: Vma[];
+  classes: VmaClass[];
+  images: VmaImage[];
+}
+
+/** VMAs with the identity of each mapped file (stat through map_files, cached per inode). */
+export function readLayout(pid: number): Layout {
+  const vmas = readMaps(pid);
+  const classes = vmas.map(classifyVma);
+  const cache = new Map<string, FileIdentity | null>();
+  const hex = (n: number) => n.toString(16);
+  const images = vmas.map((v, i): VmaImage => {
+    let file: VmaImage['file'] = null;
+    if (v.inode !== 0) {
+      const key = `${v.devMajor}:${v.devMinor}:${v.inode}`;
+      let id = cache.get(key);
+      if (id === undefined) {
+        try {
+          // map_files reaches the mapped object even when its path was replaced or removed.
+          id = identity(`/proc/${pid}/map_files/${hex(v.start)}-${hex(v.end)}`);
+        } catch {
+          try { id = identity(v.path); } catch { id = null; }
+        }
+        cache.set(key, id);
+      }
+      if (id) file = { ...id, devMajor: v.devMajor, devMinor: v.devMinor, deleted: v.deleted };
+    }
+    return {
+      start: v.start, end: v.end, prot: v.prot, shared: v.shared,
+      pgoff: v.inode !== 0 ? v.offset : 0,
+      path: v.path, special: specialOf(v), file, dumped: classes[i] !== 'notDumped',
+    };
+  });
+  return { vmas, classes, images };
+}
+
+export function readFds(pid: number): FdImage[] {
+  return listFds(pid).map((fd): FdImage => {
+    const t = readFdTarget(pid, fd);
+    const info = readFdInfo(pid, fd);
+    const hasFile = t.kind === 'file' || t.kind === 'dir' || t.kind === 'devnull' || t.kind === 'tty'
+      || t.kind === 'fifo' || t.kind === 'chardev' || t.kind === 'blockdev' || t.kind === 'memfd';
+    return {
+      fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
+      file: hasFile ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
+    };
+  });
+}
+
+export function readRlimits(pid: number): RlimitImage[] {
+  return RLIMIT_NAMES.map((name, resource) => {
+    const { cur, max } = getRlimit(pid, resource);
+    return { resource, name, cur, max };
+  });
+}
+
+export function assembleProcess(pid: number, remote: RemoteState, layout: Layout): ProcessImage {
+  const stat = readStat(pid);
+  const status = readStatus(pid);
+  const mm: MmImage = {
+    startCode: stat.startCode, endCode: stat.endCode,
+    startData: stat.startData, endData: stat.endData,
+    startBrk: stat.startBrk, brk: remote.brk,
+    startStack: stat.startStack,
+    argStart: stat.argStart, argEnd: stat.argEnd,
+    envStart: stat.envStart, envEnd: stat.envEnd,
+    auxv: readAuxvRaw(pid),
+    vmas: layout.images,
+  };
+  const exePath = readExe(pid);
+  return {
+    pid,
+    ppid: stat.ppid,
+    pgid: stat.pgrp,
+    sid: stat.session,
+    comm: readComm(pid),
+    exe: { path: exePath, ...identity(`/proc/${pid}/exe`) },
+    cwd: readCwd(pid),
+    root: readRoot(pid),
+    umask: status.umask,
+    personality: readPersonality(pid),
+    creds: { uid: status.uid, gid: status.gid },
+    startTime: stat.startTime,
+    rlimits: readRlimits(pid),
+    threads: [remote.thread],
+    signals: remote.signals,
+    mm,
+    fds: readFds(pid),
+    prctl: remote.prctl,
+  };
+}

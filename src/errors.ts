@@ -1,0 +1,59 @@
+/**
+ * User-facing failures. Each class of failure has its own exit code so that
+ * scripts can tell "the pid is gone" from "the image is corrupt" from "the
+ * disk is full". The message is one line that says what to do.
+ */
+import { SysError } from './sys/errors.js';
+
+export const ExitCode = {
+  ok: 0,
+  internal: 1,
+  usage: 2,
+  noSuchProcess: 3,
+  permission: 4,
+  unsupported: 5,
+  imageDir: 6,
+  badImage: 7,
+  noSpace: 8,
+  kernel: 9,
+  targetFailed: 10,
+  interrupted: 130,
+} as const;
+export type ErrorKind = keyof typeof ExitCode;
+
+export class TsnapError extends Error {
+  readonly kind: ErrorKind;
+  readonly exitCode: number;
+  /** The underlying system error, when there is one. */
+  override readonly cause?: unknown;
+  constructor(kind: ErrorKind, message: string, cause?: unknown) {
+    super(message);
+    this.name = 'TsnapError';
+    this.kind = kind;
+    this.exitCode = ExitCode[kind];
+    this.cause = cause;
+  }
+}
+
+/** Maps an arbitrary failure to a TsnapError, keeping TsnapErrors as they are. */
+export function asTsnapError(err: unknown, context: string): TsnapError {
+  if (err instanceof TsnapError) return err;
+  if (err instanceof SysError) {
+    if (err.code === 'ENOSPC' || err.code === 'EDQUOT') {
+      return new TsnapError('noSpace', `${context}: no space left on the device (${err.call}); free space or choose another --dir`, err);
+    }
+    if (err.code === 'ESRCH') return new TsnapError('noSuchProcess', `${context}: the process is gone (${err.call})`, err);
+    if (err.code === 'EPERM' || err.code === 'EACCES') {
+      return new TsnapError('permission', `${context}: permission denied (${err.call}); run as root or as the process owner with ptrace allowed`, err);
+    }
+    return new TsnapError('internal', `${context}: ${err.message}`, err);
+  }
+  const e = err as NodeJS.ErrnoException;
+  if (e && (e.code === 'ENOSPC' || e.code === 'EDQUOT')) {
+    return new TsnapError('noSpace', `${context}: no space left on the device (${e.syscall ?? 'write'} ${e.path ?? ''}); free space or choose another --dir`, err);
+  }
+  if (e && (e.code === 'EACCES' || e.code === 'EPERM')) {
+    return new TsnapError('permission', `${context}: permission denied: ${e.path ?? e.message}`, err);
+  }
+  return new TsnapError('internal', `${context}: ${e?.message ?? String(err)}`, err);
+}

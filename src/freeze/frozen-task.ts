@@ -1,0 +1,166 @@
+/**
+ * Holding one task stopped under ptrace, and letting it go exactly as it was.
+ *
+ * PTRACE_SEIZE + PTRACE_INTERRUPT stops the task without sending it a signal
+ * (PTRACE_ATTACH would queue a SIGSTOP the program could observe). The task
+ * stops inside the kernel's signal path; if it was in a blocking syscall that
+ * syscall has returned -ERESTART* and the kernel restarts it when we let go.
+ *
+ * After remote syscalls the task sits at a syscall-exit stop instead, where
+ * the kernel no longer performs that restart: release() then applies the
+ * restart itself (rax = orig_rax, rip -= 2), as the kernel would have.
+ */
+import { ptrace, SysError, WaitStatus, REG_OFFSET, PTRACE_O, PTRACE_EVENT_STOP, SIGTRAP, SIGKILL, SYS,
+  ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK, kill } from '../sys/index.js';
+import { readStatus } from '../proc/status.js';
+import { TsnapError } from '../errors.js';
+
+const RESTART_CODES = new Set([ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK]);
+
+export function readReg(regs: Buffer, name: keyof typeof REG_OFFSET): bigint {
+  return regs.readBigUInt64LE(REG_OFFSET[name]);
+}
+export function writeReg(regs: Buffer, name: keyof typeof REG_OFFSET, v: bigint | number): void {
+  regs.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)), REG_OFFSET[name]);
+}
+
+/** The syscall the task was stopped in, when the kernel will restart it. */
+export function pendingRestart(regs: Buffer): { nr: number; code: number } | null {
+  const orig = BigInt.asIntN(64, readReg(regs, 'orig_rax'));
+  if (orig < 0n) return null;
+  const code = -Number(BigInt.asIntN(64, readReg(regs, 'rax')));
+  return RESTART_CODES.has(code) ? { nr: Number(orig), code } : null;
+}
+
+/** Registers as the task will see them on resuming from a syscall-exit stop. */
+export function applyRestart(regs: Buffer): Buffer {
+  const out = Buffer.from(regs);
+  const r = pendingRestart(regs);
+  if (!r) return out;
+  writeReg(out, 'rax', r.code === ERESTART_RESTARTBLOCK ? SYS.restart_syscall : r.nr);
+  writeReg(out, 'rip', readReg(regs, 'rip') - 2n);
+  writeReg(out, 'orig_rax', -1n);
+  return out;
+}
+
+export interface FreezeOptions {
+  /** How long to wait for the task to stop (a task in uninterruptible sleep stops late). */
+  timeoutMs?: number;
+}
+
+export class FrozenTask {
+  /** Registers as found at the freeze; what release() puts back. */
+  readonly savedRegs: Buffer;
+  /** Set once a remote syscall moved the task to a syscall stop. */
+  atSyscallStop = false;
+  /** Signals that arrived while we held the task; re-sent on release. */
+  readonly deferredSignals: number[] = [];
+  private released = false;
+  readonly freezeUs: number;
+  readonly frozenAt: bigint;
+
+  private constructor(readonly pid: number, regs: Buffer, freezeUs: number) {
+    this.savedRegs = regs;
+    this.freezeUs = freezeUs;
+    this.frozenAt = process.hrtime.bigint();
+  }
+
+  static freeze(pid: number, opts: FreezeOptions = {}): FrozenTask {
+    const t0 = process.hrtime.bigint();
+    try {
+      ptrace.seize(pid, PTRACE_O.TRACESYSGOOD);
+    } catch (err) {
+      throw explainSeizeError(pid, err);
+    }
+    try {
+      ptrace.interrupt(pid);
+      waitForStop(pid, opts.timeoutMs ?? 10_000, (status) => {
+        // A signal-delivery-stop before our trap: let the signal through as
+        // it would have gone without us, and keep waiting for the trap.
+        if (WaitStatus.event(status) === 0) {
+          ptrace.cont(pid, WaitStatus.stopSig(status));
+          return false;
+        }
+        return WaitStatus.event(status) === PTRACE_EVENT_STOP;
+      });
+      const regs = ptrace.getRegs(pid);
+      return new FrozenTask(pid, regs, Number(process.hrtime.bigint() - t0) / 1000);
+    } catch (err) {
+      try { ptrace.detach(pid); } catch { /* already gone or never stopped */ }
+      throw err;
+    }
+  }
+
+  frozenUs(): number {
+    return Number(process.hrtime.bigint() - this.frozenAt) / 1000;
+  }
+
+  /** Puts the registers back and lets the task run on as if never stopped. */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    try {
+      if (this.atSyscallStop) ptrace.setRegs(this.pid, applyRestart(this.savedRegs));
+      else ptrace.setRegs(this.pid, this.savedRegs);
+      ptrace.detach(this.pid);
+    } catch (err) {
+      if (!(err instanceof SysError && err.code === 'ESRCH')) throw err;
+    }
+    for (const sig of this.deferredSignals) {
+      try { kill(this.pid, sig); } catch { /* gone */ }
+    }
+  }
+
+  /** Ends the task (the default after a dump). */
+  kill(): void {
+    if (this.released) return;
+    this.released = true;
+    try { kill(this.pid, SIGKILL); } catch { /* gone */ }
+    try {
+      // Reap the ptrace notification of its death so it does not linger as
+      // our tracee; the real parent still gets its exit status.
+      for (;;) {
+        const w = ptrace.waitpidBlocking(this.pid);
+        if (WaitStatus.exited(w.status) || WaitStatus.signaled(w.status)) break;
+      }
+    } catch { /* ECHILD: already reaped */ }
+  }
+
+  get isReleased(): boolean {
+    return this.released;
+  }
+}
+
+/**
+ * Waits until `accept(status)` says the stop is the one we want. Exits of
+ * the task and time-outs become TsnapErrors.
+ */
+export function waitForStop(pid: number, timeoutMs: number, accept: (status: number) => boolean): number {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const w = ptrace.waitpidTimeout(pid, Math.max(0, deadline - Date.now()));
+    if (!w) {
+      throw new TsnapError('targetFailed', `process ${pid} did not stop within ${timeoutMs} ms (uninterruptible sleep?); try again later`);
+    }
+    if (WaitStatus.exited(w.status) || WaitStatus.signaled(w.status)) {
+      throw new TsnapError('noSuchProcess', `process ${pid} exited while being frozen`);
+    }
+    if (WaitStatus.stopped(w.status) && accept(w.status)) return w.status;
+  }
+}
+
+function explainSeizeError(pid: number, err: unknown): unknown {
+  if (!(err instanceof SysError)) return err;
+  if (err.code === 'ESRCH') return new TsnapError('noSuchProcess', `no process with pid ${pid}; check the pid (ps -p ${pid})`, err);
+  if (err.code === 'EPERM') {
+    let tracer = 0;
+    try { tracer = readStatus(pid).tracerPid; } catch { /* gone */ }
+    if (tracer) {
+      return new TsnapError('permission', `process ${pid} is already traced by pid ${tracer} (a debugger or another tsnap); detach it first`, err);
+    }
+    return new TsnapError('permission', `not allowed to ptrace process ${pid}; run tsnap as root or as its owner (see /proc/sys/kernel/yama/ptrace_scope)`, err);
+  }
+  return err;
+}
+
+export { SIGTRAP };

@@ -1,0 +1,70 @@
+/**
+ * Metadata files: header + one msgpack document. 64-bit values that may not
+ * fit a double (registers, signal masks) travel as BigInt; everything else
+ * as plain numbers. Unknown fields are kept by the decoder and ignored by
+ * the code, so a newer minor writer stays readable.
+ */
+import { openSync, writeSync, closeSync, readFileSync, fsyncSync } from 'node:fs';
+import { join } from 'node:path';
+import { Packr } from 'msgpackr';
+import { encodeHeader, decodeHeader } from './header.js';
+import { crc32 } from './checksum.js';
+import { FORMAT_VERSION, HEADER_SIZE, FileKind, FILE_NAMES } from '../../formats/schema.js';
+import { TsnapError } from '../errors.js';
+
+export const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+
+export interface WrittenFile {
+  length: number;
+  crc32: number;
+}
+
+/** Writes `value` as the metadata file of `kind` in `dir`, mode 0600. */
+export function writeMetaFile(dir: string, kind: FileKind, value: unknown, fsync = false): WrittenFile {
+  const payload = packr.pack(value);
+  const crc = crc32(payload);
+  const header = encodeHeader({ version: FORMAT_VERSION, kind, flags: 0, payloadLength: payload.length, payloadCrc: crc });
+  const path = join(dir, FILE_NAMES[kind]);
+  const fd = openSync(path, 'wx', 0o600);
+  try {
+    writeAll(fd, header);
+    writeAll(fd, payload);
+    if (fsync) fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  return { length: payload.length, crc32: crc };
+}
+
+function writeAll(fd: number, buf: Buffer): void {
+  let off = 0;
+  while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
+}
+
+/** Reads, checks and decodes a metadata file; errors name the file. */
+export function readMetaFile<T>(dir: string, kind: FileKind): T {
+  const path = join(dir, FILE_NAMES[kind]);
+  let data: Buffer;
+  try {
+    data = readFileSync(path);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'ENOENT') {
+      throw new TsnapError('badImage', `${path}: missing; ${kind === FileKind.Inventory ? 'not a tsnap image, or the dump did not complete' : 'the image is incomplete'}`);
+    }
+    throw new TsnapError(e.code === 'EACCES' ? 'permission' : 'badImage', `${path}: cannot read (${e.code})`);
+  }
+  const h = decodeHeader(data, path, kind);
+  const payload = data.subarray(HEADER_SIZE);
+  if (payload.length !== h.payloadLength) {
+    throw new TsnapError('badImage', `${path}: truncated (${payload.length} of ${h.payloadLength} bytes); the image is damaged`);
+  }
+  if (crc32(payload) !== h.payloadCrc) {
+    throw new TsnapError('badImage', `${path}: checksum mismatch; the image is corrupted`);
+  }
+  try {
+    return packr.unpack(payload) as T;
+  } catch (err) {
+    throw new TsnapError('badImage', `${path}: undecodable metadata (${(err as Error).message})`);
+  }
+}

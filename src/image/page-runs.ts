@@ -1,0 +1,48 @@
+/** Compact encoding of the page index: one 5-element array per run. */
+import { PageRun, PageWhere, PagemapImage, ChunkEntry } from '../../formats/schema.js';
+import { TsnapError } from '../errors.js';
+
+type EncodedRun = [number, number, number, number, number];
+type EncodedChunk = [number, number, number, number, number];
+const CODECS = ['none', 'lz4'] as const;
+
+export interface EncodedPagemap {
+  chunks: EncodedChunk[];
+  runs: EncodedRun[];
+}
+
+export function encodePagemap(p: PagemapImage): EncodedPagemap {
+  return {
+    chunks: p.chunks.map((c) => [c.fileOffset, c.storedLength, c.rawLength, CODECS.indexOf(c.codec), c.crc32]),
+    runs: p.runs.map((r) => [r.start, r.pages, r.where, r.chunk, r.offset]),
+  };
+}
+
+export function decodePagemap(e: EncodedPagemap, file: string): PagemapImage {
+  const chunks: ChunkEntry[] = e.chunks.map(([fileOffset, storedLength, rawLength, codec, crc32]) => {
+    const name = CODECS[codec];
+    if (!name) throw new TsnapError('badImage', `${file}: unknown chunk codec ${codec}`);
+    return { fileOffset, storedLength, rawLength, codec: name, crc32 };
+  });
+  const runs: PageRun[] = e.runs.map(([start, pages, where, chunk, offset]) => ({ start, pages, where, chunk, offset }));
+  validateRuns(runs, chunks, file);
+  return { chunks, runs };
+}
+
+/** Rejects an index that would make a reader misplace pages. */
+export function validateRuns(runs: PageRun[], chunks: ChunkEntry[], file: string): void {
+  let prevEnd = 0;
+  for (const r of runs) {
+    const bad = (why: string) => new TsnapError('badImage', `${file}: invalid page run at 0x${r.start.toString(16)}: ${why}`);
+    if (r.start % 4096 !== 0 || r.pages <= 0 || !Number.isSafeInteger(r.start)) throw bad('misaligned or empty');
+    if (r.start < prevEnd) throw bad('runs overlap or are not sorted');
+    if (r.where === PageWhere.Here) {
+      const c = chunks[r.chunk];
+      if (!c) throw bad(`chunk ${r.chunk} does not exist`);
+      if (r.offset < 0 || r.offset + r.pages * 4096 > c.rawLength) throw bad('run exceeds its chunk');
+    } else if (r.where !== PageWhere.Parent && r.where !== PageWhere.Zero) {
+      throw bad(`unknown location ${r.where}`);
+    }
+    prevEnd = r.start + r.pages * 4096;
+  }
+}

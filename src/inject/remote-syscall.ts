@@ -1,0 +1,109 @@
+/**
+ * Running syscalls inside a frozen task, without changing a byte of its code.
+ *
+ * The task needs to execute a `syscall` instruction with our arguments in its
+ * registers. Rather than writing one over its code (which would copy-on-write
+ * a text page for good, and corrupt the program if tsnap died mid-way), we
+ * point rip at a `syscall` instruction that already exists: the one the task
+ * is stopped in (rip - 2), or one inside the vdso. PTRACE_SYSCALL stops the
+ * task at the syscall's entry and again at its exit, before it could execute
+ * anything after the instruction; there we read the result.
+ *
+ * Scratch memory for syscalls with pointer arguments is an anonymous mapping
+ * made and removed by the same mechanism.
+ */
+import {
+  ptrace, SysError, WaitStatus, ProcMem, SYS, SIGTRAP, PTRACE_EVENT_STOP,
+  PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS,
+} from '../sys/index.js';
+import { FrozenTask, readReg, writeReg, waitForStop, pendingRestart } from '../freeze/frozen-task.js';
+import { readMaps } from '../proc/maps.js';
+import { TsnapError } from '../errors.js';
+
+const SYSCALL_STOP = SIGTRAP | 0x80;
+const ARG_REGS = ['rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9'] as const;
+
+export class RemoteSyscaller {
+  readonly gadget: number;
+
+  constructor(readonly task: FrozenTask, private readonly mem: ProcMem) {
+    this.gadget = findSyscallInstruction(task, mem);
+  }
+
+  /** Raw result: a negative value is -errno. */
+  call(nr: number, ...args: (number | bigint)[]): bigint {
+    const { pid } = this.task;
+    const regs = Buffer.from(this.task.savedRegs);
+    writeReg(regs, 'rax', nr);
+    writeReg(regs, 'orig_rax', -1n);
+    writeReg(regs, 'rip', this.gadget);
+    ARG_REGS.forEach((r, i) => writeReg(regs, r, args[i] ?? 0));
+    ptrace.setRegs(pid, regs);
+    this.task.atSyscallStop = true;
+    this.stepToSyscallStop(); // entry
+    this.stepToSyscallStop(); // exit
+    const after = ptrace.getRegs(pid);
+    return BigInt.asIntN(64, readReg(after, 'rax'));
+  }
+
+  /** Like call(), throwing SysError for an error return. */
+  check(name: string, nr: number, ...args: (number | bigint)[]): bigint {
+    const r = this.call(nr, ...args);
+    if (r < 0n && r > -4096n) throw new SysError(`remote ${name} in ${this.task.pid}`, Number(-r));
+    return r;
+  }
+
+  /**
+   * Runs `fn` with `size` bytes of scratch memory mapped in the task and
+   * removes the mapping afterwards, also when `fn` throws.
+   */
+  withScratch<T>(size: number, fn: (addr: number) => T): T {
+    const len = Math.ceil(size / 4096) * 4096;
+    const addr = Number(this.check('mmap', SYS.mmap, 0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1n, 0));
+    try {
+      return fn(addr);
+    } finally {
+      this.check('munmap', SYS.munmap, addr, len);
+    }
+  }
+
+  private stepToSyscallStop(): void {
+    const { pid } = this.task;
+    ptrace.syscallStep(pid, 0);
+    waitForStop(pid, 10_000, (status) => {
+      const sig = WaitStatus.stopSig(status);
+      if (sig === SYSCALL_STOP) return true;
+      if (WaitStatus.event(status) === PTRACE_EVENT_STOP) {
+        // A group stop (SIGSTOP from someone) or a late trap: step on.
+        ptrace.syscallStep(pid, 0);
+        return false;
+      }
+      // A signal arrived for the task: hold it back until we let go.
+      this.task.deferredSignals.push(sig);
+      ptrace.syscallStep(pid, 0);
+      return false;
+    });
+  }
+}
+
+/** Address of bytes 0f 05 (syscall) the task can execute. */
+function findSyscallInstruction(task: FrozenTask, mem: ProcMem): number {
+  const regs = task.savedRegs;
+  if (pendingRestart(regs) || BigInt.asIntN(64, readReg(regs, 'orig_rax')) >= 0n) {
+    const at = Number(readReg(regs, 'rip')) - 2;
+    const b = Buffer.alloc(2);
+    try {
+      mem.read(b, 0, 2, at);
+      if (b[0] === 0x0f && b[1] === 0x05) return at;
+    } catch { /* fall through to the vdso */ }
+  }
+  const vdso = readMaps(task.pid).find((v) => v.path === '[vdso]');
+  if (vdso) {
+    const code = Buffer.alloc(vdso.end - vdso.start);
+    mem.read(code, 0, code.length, vdso.start);
+    for (let i = 0; i + 1 < code.length; i++) {
+      if (code[i] === 0x0f && code[i + 1] === 0x05) return vdso.start + i;
+    }
+  }
+  throw new TsnapError('unsupported', `process ${task.pid}: no syscall instruction to borrow (no vdso and not stopped in a syscall)`);
+}

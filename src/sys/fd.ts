@@ -1,0 +1,52 @@
+/** pidfd, ioctl and raw syscalls: the remaining libc surface tsnap needs. */
+import { libc } from './libc.js';
+import { SysError } from './errors.js';
+import { SYS } from './uapi.js';
+
+/** Raw syscall; throws SysError on -1. */
+export function rawSyscall(name: string, nr: number, ...args: (number | bigint)[]): number {
+  const a = [0, 0, 0, 0, 0, 0].map((z, i) => args[i] ?? z);
+  const r = Number(libc.syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]));
+  if (r === -1) throw new SysError(name, libc.errno());
+  return r;
+}
+
+export function pidfdOpen(pid: number): number {
+  return rawSyscall(`pidfd_open(${pid})`, SYS.pidfd_open, pid, 0);
+}
+
+/** Duplicates file descriptor `targetFd` of the process behind `pidfd` into tsnap. */
+export function pidfdGetfd(pidfd: number, targetFd: number): number {
+  return rawSyscall(`pidfd_getfd(${targetFd})`, SYS.pidfd_getfd, pidfd, targetFd, 0);
+}
+
+export function ioctl(fd: number, request: number, arg: Buffer, name = `ioctl(0x${request.toString(16)})`): number {
+  const r = libc.ioctl(fd, request, arg);
+  if (r === -1) throw new SysError(name, libc.errno());
+  return r;
+}
+
+export function kill(pid: number, sig: number): void {
+  if (libc.kill(pid, sig) === -1) throw new SysError(`kill(${pid}, ${sig})`, libc.errno());
+}
+
+/** prlimit64(pid, resource, NULL, &old): reads another process's limit. */
+export function getRlimit(pid: number, resource: number): { cur: bigint; max: bigint } {
+  const old = Buffer.alloc(16);
+  rawSyscall(`prlimit64(${pid}, ${resource})`, SYS.prlimit64, pid, resource, 0, libc.address(old));
+  return { cur: old.readBigUInt64LE(0), max: old.readBigUInt64LE(8) };
+}
+
+/** Whether the process exists (kill 0 without the EPERM ambiguity). */
+export function processExists(pid: number): boolean {
+  if (libc.kill(pid, 0) === 0) return true;
+  return libc.errno() === 1; // EPERM: exists but not ours
+}
+
+/** get_robust_list(pid): the futex robust list head a thread registered. */
+export function getRobustList(tid: number): { head: bigint; len: bigint } {
+  const head = Buffer.alloc(8);
+  const len = Buffer.alloc(8);
+  rawSyscall(`get_robust_list(${tid})`, SYS.get_robust_list, tid, libc.address(head), libc.address(len));
+  return { head: head.readBigUInt64LE(0), len: len.readBigUInt64LE(0) };
+}

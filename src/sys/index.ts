@@ -1,0 +1,8 @@
+/** The FFI layer: everything tsnap asks of the kernel goes through here. */
+export * from './errors.js';
+export * from './uapi.js';
+export * as ptrace from './ptrace.js';
+export { WaitStatus } from './ptrace.js';
+export * from './memory.js';
+export * from './fd.js';
+export * from './pagemap-scan.js';

@@ -1,0 +1,110 @@
+/**
+ * Reading and writing another process's memory: process_vm_readv/writev for
+ * bulk copies (one copy, no bounce page), /proc/PID/mem for pages the
+ * mapping's protection hides (FOLL_FORCE reaches PROT_NONE and read-only data).
+ */
+import { openSync, closeSync } from 'node:fs';
+import { libc } from './libc.js';
+import { SysError } from './errors.js';
+import { IOV_MAX, IOVEC_SIZE } from './uapi.js';
+
+/** One remote range: address and length in bytes. */
+export interface RemoteRange {
+  addr: number;
+  len: number;
+}
+
+/**
+ * Scatter-gathers a list of remote ranges into consecutive bytes of `local`
+ * starting at `localOffset`. Returns the bytes transferred; a short count
+ * means the range containing byte `result` could not be read (the caller
+ * falls back to /proc/PID/mem for it).
+ *
+ * One local iovec covers the whole destination, so the call count is
+ * ceil(ranges / IOV_MAX) however fragmented the remote side is.
+ */
+export class VmCopier {
+  private readonly remoteIov = Buffer.alloc(IOV_MAX * IOVEC_SIZE);
+  private readonly localIov = Buffer.alloc(IOVEC_SIZE);
+
+  constructor(readonly pid: number) {}
+
+  readv(local: Buffer, localOffset: number, ranges: readonly RemoteRange[]): number {
+    return this.transfer(false, local, localOffset, ranges);
+  }
+
+  writev(local: Buffer, localOffset: number, ranges: readonly RemoteRange[]): number {
+    return this.transfer(true, local, localOffset, ranges);
+  }
+
+  private transfer(write: boolean, local: Buffer, localOffset: number, ranges: readonly RemoteRange[]): number {
+    const base = libc.address(local) + BigInt(localOffset);
+    let done = 0;
+    for (let i = 0; i < ranges.length; i += IOV_MAX) {
+      const n = Math.min(IOV_MAX, ranges.length - i);
+      let want = 0;
+      for (let j = 0; j < n; j++) {
+        const r = ranges[i + j];
+        this.remoteIov.writeBigUInt64LE(BigInt(r.addr), j * IOVEC_SIZE);
+        this.remoteIov.writeBigUInt64LE(BigInt(r.len), j * IOVEC_SIZE + 8);
+        want += r.len;
+      }
+      if (localOffset + done + want > local.length) throw new RangeError('local buffer too small');
+      this.localIov.writeBigUInt64LE(base + BigInt(done), 0);
+      this.localIov.writeBigUInt64LE(BigInt(want), 8);
+      const fn = write ? libc.processVmWritev : libc.processVmReadv;
+      const got = Number(fn(this.pid, this.localIov, 1, this.remoteIov, n, 0));
+      if (got === -1) {
+        const e = libc.errno();
+        // EFAULT on the first remote iovec: nothing transferred in this batch.
+        if (e === 14) return done;
+        throw new SysError(`process_vm_${write ? 'writev' : 'readv'}(${this.pid})`, e);
+      }
+      done += got;
+      if (got < want) return done;
+    }
+    return done;
+  }
+}
+
+/**
+ * /proc/PID/mem opened once. pread/pwrite there use FOLL_FORCE: they read
+ * PROT_NONE pages that still hold data and write read-only pages.
+ */
+export class ProcMem {
+  readonly fd: number;
+  constructor(readonly pid: number, writable = false) {
+    try {
+      this.fd = openSync(`/proc/${pid}/mem`, writable ? 'r+' : 'r');
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      throw new SysError(`open(/proc/${pid}/mem)`, Math.abs(e.errno ?? 5));
+    }
+  }
+
+  read(buf: Buffer, bufOffset: number, len: number, addr: number): number {
+    let done = 0;
+    while (done < len) {
+      const got = Number(libc.pread(this.fd, buf.subarray(bufOffset + done), len - done, addr + done));
+      if (got === -1) throw new SysError(`pread(/proc/${this.pid}/mem, 0x${(addr + done).toString(16)})`, libc.errno());
+      if (got === 0) throw new SysError(`pread(/proc/${this.pid}/mem, 0x${(addr + done).toString(16)})`, 5, 'unexpected end');
+      done += got;
+    }
+    return done;
+  }
+
+  write(buf: Buffer, bufOffset: number, len: number, addr: number): void {
+    let done = 0;
+    while (done < len) {
+      const put = Number(libc.pwrite(this.fd, buf.subarray(bufOffset + done), len - done, addr + done));
+      if (put === -1 || put === 0) {
+        throw new SysError(`pwrite(/proc/${this.pid}/mem, 0x${(addr + done).toString(16)})`, put === 0 ? 5 : libc.errno());
+      }
+      done += put;
+    }
+  }
+
+  close(): void {
+    closeSync(this.fd);
+  }
+}

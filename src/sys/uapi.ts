@@ -1,0 +1,183 @@
+/**
+ * Linux x86-64 uapi numbers and struct layouts used by tsnap, in one place.
+ * Debian 12's headers predate PAGEMAP_SCAN, so everything is defined here;
+ * values were checked on the target kernel (see docs/design.md).
+ */
+
+export const PAGE_SIZE = 4096;
+export const PAGE_SHIFT = 12;
+
+export const SYS = {
+  read: 0,
+  write: 1,
+  close: 3,
+  mmap: 9,
+  mprotect: 10,
+  munmap: 11,
+  brk: 12,
+  rt_sigaction: 13,
+  rt_sigprocmask: 14,
+  ioctl: 16,
+  sched_yield: 24,
+  mremap: 25,
+  getpid: 39,
+  clone: 56,
+  exit: 60,
+  kill: 62,
+  umask: 95,
+  prctl: 157,
+  arch_prctl: 158,
+  gettid: 186,
+  tkill: 200,
+  sigaltstack: 131,
+  personality: 135,
+  restart_syscall: 219,
+  exit_group: 231,
+  tgkill: 234,
+  get_robust_list: 274,
+  set_robust_list: 273,
+  prlimit64: 302,
+  process_vm_readv: 310,
+  process_vm_writev: 311,
+  userfaultfd: 323,
+  rseq: 334,
+  pidfd_open: 434,
+  clone3: 435,
+  pidfd_getfd: 438,
+} as const;
+
+// ptrace requests
+export const PTRACE = {
+  PEEKDATA: 2,
+  POKEDATA: 5,
+  CONT: 7,
+  KILL: 8,
+  GETREGS: 12,
+  SETREGS: 13,
+  ATTACH: 16,
+  DETACH: 17,
+  SYSCALL: 24,
+  SETOPTIONS: 0x4200,
+  GETEVENTMSG: 0x4201,
+  GETSIGINFO: 0x4202,
+  GETREGSET: 0x4204,
+  SETREGSET: 0x4205,
+  SEIZE: 0x4206,
+  INTERRUPT: 0x4207,
+  LISTEN: 0x4208,
+  PEEKSIGINFO: 0x4209,
+  GETSIGMASK: 0x420a,
+  SETSIGMASK: 0x420b,
+} as const;
+
+export const PTRACE_O = {
+  TRACESYSGOOD: 1,
+  EXITKILL: 1 << 20,
+} as const;
+
+export const PTRACE_EVENT_STOP = 128;
+export const PTRACE_PEEKSIGINFO_SHARED = 1;
+export const SIGINFO_SIZE = 128;
+
+export const NT_PRSTATUS = 1;
+export const NT_X86_XSTATE = 0x202;
+
+// waitpid
+export const WNOHANG = 1;
+export const __WALL = 0x40000000;
+
+// signals
+export const SIGKILL = 9;
+export const SIGTRAP = 5;
+export const SIGSTOP = 19;
+export const SIGCONT = 18;
+export const NSIG = 64;
+
+/** Offsets (in u64 words) of struct user_regs_struct, 27 words = 216 bytes. */
+export const REG_NAMES = [
+  'r15', 'r14', 'r13', 'r12', 'rbp', 'rbx', 'r11', 'r10', 'r9', 'r8',
+  'rax', 'rcx', 'rdx', 'rsi', 'rdi', 'orig_rax', 'rip', 'cs', 'eflags', 'rsp',
+  'ss', 'fs_base', 'gs_base', 'ds', 'es', 'fs', 'gs',
+] as const;
+export type RegName = (typeof REG_NAMES)[number];
+export const USER_REGS_SIZE = REG_NAMES.length * 8;
+export const REG_OFFSET: Record<RegName, number> = Object.fromEntries(
+  REG_NAMES.map((n, i) => [n, i * 8]),
+) as Record<RegName, number>;
+
+/** Kernel syscall-restart return codes seen in rax of a task stopped in a syscall. */
+export const ERESTARTSYS = 512;
+export const ERESTARTNOINTR = 513;
+export const ERESTARTNOHAND = 514;
+export const ERESTART_RESTARTBLOCK = 516;
+
+/** struct sigaction as the kernel's rt_sigaction sees it (not glibc's). */
+export const KSIGACTION_SIZE = 32; // handler, flags, restorer, mask (8 bytes)
+export const STACK_T_SIZE = 24; // ss_sp, ss_flags (int + pad), ss_size
+
+// mmap
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const PROT_EXEC = 4;
+export const MAP_SHARED = 1;
+export const MAP_PRIVATE = 2;
+export const MAP_ANONYMOUS = 0x20;
+
+// PAGEMAP_SCAN (linux/fs.h, 6.7+)
+export const PAGEMAP_SCAN = 0xc0606610;
+export const PM_SCAN_ARG_SIZE = 96;
+export const PAGE_REGION_SIZE = 24;
+export const PAGE_IS = {
+  WPALLOWED: 1 << 0,
+  WRITTEN: 1 << 1,
+  FILE: 1 << 2,
+  PRESENT: 1 << 3,
+  SWAPPED: 1 << 4,
+  PFNZERO: 1 << 5,
+  HUGE: 1 << 6,
+  SOFT_DIRTY: 1 << 7,
+} as const;
+export const PM_SCAN_WP_MATCHING = 1 << 0;
+export const PM_SCAN_CHECK_WPASYNC = 1 << 1;
+/** Field offsets of struct pm_scan_arg (12 x u64). */
+export const PM_SCAN = {
+  size: 0, flags: 8, start: 16, end: 24, walk_end: 32, vec: 40, vec_len: 48,
+  max_pages: 56, category_inverted: 64, category_mask: 72,
+  category_anyof_mask: 80, return_mask: 88,
+} as const;
+
+// userfaultfd (used by incremental tracking)
+export const UFFD_API = 0xaa;
+export const UFFDIO_API = 0xc018aa3f;
+export const UFFDIO_REGISTER = 0xc020aa00;
+export const UFFDIO_UNREGISTER = 0x8010aa01;
+export const UFFDIO_WRITEPROTECT = 0xc018aa06;
+export const UFFDIO_REGISTER_MODE_WP = 1 << 1;
+export const UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0;
+export const UFFD_FEATURE = {
+  WP_HUGETLBFS_SHMEM: 1 << 12,
+  WP_UNPOPULATED: 1 << 13,
+  WP_ASYNC: 1 << 15,
+} as const;
+export const UFFD_USER_MODE_ONLY = 1;
+
+// open flags
+export const O_CLOEXEC = 0o2000000;
+export const O_NONBLOCK = 0o4000;
+
+export const IOV_MAX = 1024;
+export const IOVEC_SIZE = 16;
+
+export const PTRACE_GET_RSEQ_CONFIGURATION = 0x420f;
+export const RSEQ_CONFIG_SIZE = 24;
+
+export const PR = {
+  GET_PDEATHSIG: 2,
+  GET_DUMPABLE: 3,
+  SET_MM: 35,
+  PR_SET_MM_MAP: 14,
+  GET_CHILD_SUBREAPER: 37,
+  GET_NO_NEW_PRIVS: 39,
+  GET_TID_ADDRESS: 40,
+  GET_THP_DISABLE: 42,
+} as const;
