@@ -1,0 +1,84 @@
+/**
+ * Shared readers for /proc/PID entries. Every failure leaves as a SysError so
+ * callers can tell "process is gone" (ENOENT/ESRCH) from "not allowed" (EACCES,
+ * EPERM) without knowing that Node's fs was used underneath.
+ */
+import * as fs from 'node:fs';
+import { SysError } from '../sys/errors.js';
+
+/** Converts an fs error; anything without an errno is not an OS failure and is rethrown untouched. */
+export function procError(fallbackCall: string, path: string, err: unknown): unknown {
+  const e = err as NodeJS.ErrnoException;
+  if (e && typeof e.errno === 'number') {
+    // Node records whether open() or a later read() failed; a process can exit
+    // between the two, and the log should say which one it was.
+    const call = typeof e.syscall === 'string' && e.syscall !== '' ? e.syscall : fallbackCall;
+    return new SysError(`${call}(${path})`, Math.abs(e.errno));
+  }
+  return err;
+}
+
+export function procPath(pid: number, name: string): string {
+  return `/proc/${pid}/${name}`;
+}
+
+/**
+ * readFileSync keeps reading until EOF, which procfs needs: these files report
+ * st_size 0, so any size-based single read would come back empty.
+ */
+export function readProcBuffer(pid: number, name: string): Buffer {
+  const path = procPath(pid, name);
+  try {
+    return fs.readFileSync(path);
+  } catch (err) {
+    throw procError('open', path, err);
+  }
+}
+
+export function readProcText(pid: number, name: string): string {
+  const path = procPath(pid, name);
+  try {
+    return fs.readFileSync(path, 'utf8');
+  } catch (err) {
+    throw procError('open', path, err);
+  }
+}
+
+export function readProcLink(pid: number, name: string): string {
+  const path = procPath(pid, name);
+  try {
+    return fs.readlinkSync(path);
+  } catch (err) {
+    throw procError('readlink', path, err);
+  }
+}
+
+/** Numeric directory entries (fd numbers, tids), sorted numerically rather than lexically. */
+export function readProcNumericDir(pid: number, name: string): number[] {
+  const path = procPath(pid, name);
+  let entries: string[];
+  try {
+    entries = fs.readdirSync(path);
+  } catch (err) {
+    throw procError('opendir', path, err);
+  }
+  const out: number[] = [];
+  for (const e of entries) {
+    const n = Number(e);
+    if (Number.isInteger(n)) out.push(n);
+  }
+  return out.sort((a, b) => a - b);
+}
+
+/**
+ * d_path marks unlinked objects this way. A file whose real name ends in the
+ * same text is indistinguishable here; callers that care must confirm with
+ * st_nlink or by opening the object through /proc/PID/map_files or fd/.
+ */
+export const DELETED_SUFFIX = ' (deleted)';
+
+/** Strips the marker d_path appends to unlinked objects. */
+export function splitDeleted(p: string): { path: string; deleted: boolean } {
+  if (p.endsWith(DELETED_SUFFIX)) return { path: p.slice(0, -DELETED_SUFFIX.length), deleted: true };
+  return { path: p, deleted: false };
+}
