@@ -19,10 +19,19 @@ import { TsnapError } from '../errors.js';
 
 export const DEFAULT_CHUNK_SIZE = 1 << 20;
 
+interface Queued {
+  entry: ChunkEntry;
+  stored: Buffer;
+  buf: Buffer;
+}
+
 export class PageFileWriter {
   readonly chunks: ChunkEntry[] = [];
   private readonly free: Buffer[] = [];
-  private readonly inFlight: Promise<void>[] = [];
+  private waiters: (() => void)[] = [];
+  private queue: Queued[] = [];
+  private writing = false;
+  private outstanding = 0; // submitted, not yet written
   private nextOffset = 0;
   private failure: unknown = null;
   bytesRaw = 0;
@@ -46,14 +55,16 @@ export class PageFileWriter {
     const path = join(dir, FILE_NAMES[FileKind.Pages]);
     const fh = await open(path, 'wx', 0o600);
     await fh.write(Buffer.alloc(HEADER_SIZE), 0, HEADER_SIZE, 0);
-    return new PageFileWriter(fh, path, compression, chunkSize, compression === 'lz4' ? 8 : 6);
+    // 16 MiB in flight lets the reader run ahead of compression and writing.
+    const pool = Math.max(4, Math.ceil((16 << 20) / chunkSize));
+    return new PageFileWriter(fh, path, compression, chunkSize, pool);
   }
 
-  /** A free chunk buffer; waits for the oldest chunk in flight when none is free. */
+  /** A free chunk buffer; waits until a written chunk returns one. */
   async acquire(): Promise<Buffer> {
     while (this.free.length === 0) {
       this.throwIfFailed();
-      await this.inFlight.shift();
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
     this.throwIfFailed();
     return this.free.pop()!;
@@ -69,36 +80,81 @@ export class PageFileWriter {
     const entry: ChunkEntry = { fileOffset: 0, storedLength: 0, rawLength, codec: 'none', crc32: 0 };
     this.chunks.push(entry);
     this.bytesRaw += rawLength;
+    this.outstanding++;
     const raw = buf.subarray(0, rawLength);
-    const done = (async () => {
-      let stored = raw;
-      if (this.compression === 'lz4') {
-        const c = await lz4Compress(raw);
-        if (c.length < rawLength) {
-          stored = c;
-          entry.codec = 'lz4';
-        }
-      }
-      entry.crc32 = crc32(stored);
-      entry.storedLength = stored.length;
-      entry.fileOffset = this.nextOffset;
-      this.nextOffset += stored.length;
-      this.bytesStored += stored.length;
-      await writeFully(this.fh, stored, HEADER_SIZE + entry.fileOffset);
-    })().then(
-      () => { this.free.push(buf); },
-      (err) => { this.failure ??= err; this.free.push(buf); },
-    );
-    this.inFlight.push(done);
+    if (this.compression === 'lz4') {
+      // Compression runs on libuv's pool; chunks may finish out of order,
+      // which the chunk table's fileOffset allows.
+      lz4Compress(raw).then(
+        (c) => this.enqueue(entry, c.length < rawLength ? c : raw, buf, c.length < rawLength ? 'lz4' : 'none'),
+        (err) => this.fail(err, buf),
+      );
+    } else {
+      // Checksum now, while the chunk is still in the CPU cache.
+      this.enqueue(entry, raw, buf, 'none');
+    }
     return index;
+  }
+
+  private enqueue(entry: ChunkEntry, stored: Buffer, buf: Buffer, codec: Compression): void {
+    entry.codec = codec;
+    entry.crc32 = crc32(stored);
+    entry.storedLength = stored.length;
+    this.queue.push({ entry, stored, buf });
+    this.pump();
+  }
+
+  /**
+   * One write at a time, each taking every chunk queued so far in one
+   * writev: parallel writes to one file only fight over its inode lock,
+   * and batching pays the thread-pool hop once per batch, not per chunk.
+   */
+  private pump(): void {
+    if (this.writing || this.queue.length === 0 || this.failure) return;
+    this.writing = true;
+    const batch = this.queue;
+    this.queue = [];
+    const position = HEADER_SIZE + this.nextOffset;
+    for (const q of batch) {
+      q.entry.fileOffset = this.nextOffset;
+      this.nextOffset += q.stored.length;
+      this.bytesStored += q.stored.length;
+    }
+    writevFully(this.fh, batch.map((q) => q.stored), position).then(
+      () => {
+        this.writing = false;
+        this.outstanding -= batch.length;
+        for (const q of batch) this.release(q.buf);
+        this.pump();
+      },
+      (err) => {
+        this.writing = false;
+        this.outstanding -= batch.length;
+        for (const q of batch) this.fail(err, q.buf);
+      },
+    );
+  }
+
+  private release(buf: Buffer): void {
+    this.free.push(buf);
+    const w = this.waiters;
+    this.waiters = [];
+    for (const resolve of w) resolve();
+  }
+
+  private fail(err: unknown, buf: Buffer): void {
+    this.failure ??= err;
+    this.release(buf);
   }
 
   /** Waits for every chunk, writes the header, optionally fsyncs; returns the payload length. */
   async finish(fsync: boolean): Promise<number> {
-    await Promise.all(this.inFlight.splice(0));
+    while (this.outstanding > 0 && !this.failure) {
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
     this.throwIfFailed();
     const header = encodeHeader({ version: FORMAT_VERSION, kind: FileKind.Pages, flags: 0, payloadLength: this.nextOffset, payloadCrc: 0 });
-    await writeFully(this.fh, header, 0);
+    await writevFully(this.fh, [header], 0);
     if (fsync) await this.fh.sync();
     await this.fh.close();
     return this.nextOffset;
@@ -106,7 +162,8 @@ export class PageFileWriter {
 
   /** Stops after a failure elsewhere: lets writes settle and closes the file. */
   async abort(): Promise<void> {
-    await Promise.allSettled(this.inFlight.splice(0));
+    this.failure ??= new Error('aborted');
+    while (this.writing) await new Promise<void>((resolve) => this.waiters.push(resolve));
     await this.fh.close().catch(() => {});
   }
 
@@ -115,12 +172,21 @@ export class PageFileWriter {
   }
 }
 
-async function writeFully(fh: FileHandle, data: Buffer, position: number): Promise<void> {
-  let off = 0;
-  while (off < data.length) {
-    const { bytesWritten } = await fh.write(data, off, data.length - off, position + off);
+async function writevFully(fh: FileHandle, bufs: Buffer[], position: number): Promise<void> {
+  let pending = bufs;
+  let pos = position;
+  while (pending.length) {
+    const { bytesWritten } = await fh.writev(pending, pos);
     if (bytesWritten === 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
-    off += bytesWritten;
+    pos += bytesWritten;
+    let skip = bytesWritten;
+    const rest: Buffer[] = [];
+    for (const b of pending) {
+      if (skip >= b.length) { skip -= b.length; continue; }
+      rest.push(skip ? b.subarray(skip) : b);
+      skip = 0;
+    }
+    pending = rest;
   }
 }
 

@@ -1,0 +1,121 @@
+/**
+ * `npm run bench`: dump throughput of a 1 GiB process, reported as ratios
+ * against baselines measured in the same run (this VM's memory speed swings
+ * by several times between cold and warm runs, so absolute numbers mean
+ * little):
+ *   raw-readv   process_vm_readv of the same memory into one reused 1 MiB buffer
+ *   readv+write process_vm_readv plus a sequential write of the same bytes to
+ *               the image's filesystem (the floor for any dump that writes a file)
+ *   dump none / dump lz4: tsnap dump --leave-running
+ * Each is run REPS times after a warm-up; the median is reported.
+ */
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { dump } from '../src/dump/dump.js';
+import { VmCopier } from '../src/sys/index.js';
+
+const SIZE_MIB = Number(process.env.BENCH_MIB ?? 1024);
+const REPS = Number(process.env.BENCH_REPS ?? 3);
+const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
+
+const FIXTURE = `
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  size_t n = (size_t)atol(argv[1]) << 20;
+  uint64_t *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  /* Realistic: half of each page pseudo-random (incompressible), half small
+     integers (compressible), like a heap of pointers and counters. */
+  for (size_t i = 0; i < n / 8; i++) p[i] = (i % 512 < 256) ? i * 0x9E3779B97F4A7C15ull : (i & 0xff);
+  printf("READY %p\\n", (void *)p); fflush(stdout);
+  for (;;) pause();
+}`;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+async function main(): Promise<void> {
+  const work = mkdtempSync(join(tmpdir(), 'tsnap-bench-'));
+  const src = join(work, 'fill.c');
+  const bin = join(work, 'fill');
+  writeFileSync(src, FIXTURE);
+  execFileSync('gcc', ['-O2', '-o', bin, src]);
+  const child = spawn(bin, [String(SIZE_MIB)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const pid = child.pid!;
+  try {
+    const line: string = await new Promise((resolve) => createInterface({ input: child.stdout! }).once('line', resolve));
+    const addr = Number(BigInt(line.split(' ')[1]));
+    const bytes = SIZE_MIB << 20;
+    const gib = bytes / 2 ** 30;
+    const copier = new VmCopier(pid);
+    const buf = Buffer.alloc(1 << 20);
+
+    const rawReadv = () => {
+      const t = process.hrtime.bigint();
+      for (let a = addr; a < addr + bytes; a += buf.length) copier.readv(buf, 0, [{ addr: a, len: buf.length }]);
+      return gib / (Number(process.hrtime.bigint() - t) / 1e9);
+    };
+    const readvWrite = () => {
+      const path = join(OUT_ROOT, `tsnap-bench-raw-${pid}`);
+      const fd = openSync(path, 'w', 0o600);
+      const t = process.hrtime.bigint();
+      for (let a = addr; a < addr + bytes; a += buf.length) {
+        copier.readv(buf, 0, [{ addr: a, len: buf.length }]);
+        writeSync(fd, buf);
+      }
+      const r = gib / (Number(process.hrtime.bigint() - t) / 1e9);
+      closeSync(fd);
+      rmSync(path, { force: true });
+      return r;
+    };
+    const dumpRun = async (compression: 'none' | 'lz4') => {
+      const dir = join(OUT_ROOT, `tsnap-bench-img-${pid}`);
+      rmSync(dir, { recursive: true, force: true });
+      const r = await dump({ pid, dir, leaveRunning: true, compression });
+      const ratio = r.stats.bytesStored / r.stats.bytesRaw;
+      rmSync(dir, { recursive: true, force: true });
+      return { gibps: (r.stats.bytesRaw / 2 ** 30) / (r.stats.memdumpUs / 1e6), frozenMs: r.stats.frozenUs / 1000, ratio };
+    };
+
+    // Warm-up: touch the paths once each so first-touch costs of this VM stay out.
+    rawReadv(); readvWrite(); await dumpRun('none'); await dumpRun('lz4');
+
+    const raw: number[] = []; const rw: number[] = []; const none: number[] = []; const lz4: number[] = [];
+    const frozenNone: number[] = []; const frozenLz4: number[] = [];
+    let lz4Ratio = 0;
+    for (let i = 0; i < REPS; i++) {
+      raw.push(rawReadv());
+      rw.push(readvWrite());
+      const n = await dumpRun('none'); none.push(n.gibps); frozenNone.push(n.frozenMs);
+      const l = await dumpRun('lz4'); lz4.push(l.gibps); frozenLz4.push(l.frozenMs); lz4Ratio = l.ratio;
+    }
+    const r = median(raw);
+    const report = {
+      sizeMiB: SIZE_MIB, reps: REPS, outDir: OUT_ROOT,
+      rawReadvGiBps: +r.toFixed(2),
+      readvPlusWriteGiBps: +median(rw).toFixed(2),
+      dumpNoneGiBps: +median(none).toFixed(2),
+      dumpLz4GiBps: +median(lz4).toFixed(2),
+      dumpNoneVsRawReadv: +(median(none) / r).toFixed(2),
+      dumpNoneVsReadvPlusWrite: +(median(none) / median(rw)).toFixed(2),
+      dumpLz4VsRawReadv: +(median(lz4) / r).toFixed(2),
+      lz4StoredFraction: +lz4Ratio.toFixed(3),
+      frozenMsNone: +median(frozenNone).toFixed(1),
+      frozenMsLz4: +median(frozenLz4).toFixed(1),
+    };
+    console.log(JSON.stringify(report, null, 2));
+  } finally {
+    child.kill('SIGKILL');
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => { console.error(err); process.exit(1); });
