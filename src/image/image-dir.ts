@@ -3,7 +3,7 @@
  * 0600, and removed again when a dump fails so that a failed dump leaves
  * nothing that looks like an image.
  */
-import { mkdirSync, readdirSync, chmodSync, statSync, rmSync, openSync, fsyncSync, closeSync } from 'node:fs';
+import { mkdirSync, readdirSync, chmodSync, statSync, rmSync, rmdirSync, openSync, fsyncSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { TsnapError } from '../errors.js';
 import { FILE_NAMES } from '../../formats/schema.js';
@@ -42,7 +42,7 @@ export function prepareImageDir(path: string): PreparedDir {
 export function discardImageDir(dir: PreparedDir): void {
   for (const name of Object.values(FILE_NAMES)) rmSync(join(dir.path, name), { force: true });
   if (dir.created) {
-    try { rmSync(dir.path, { recursive: false }); } catch { /* not empty: keep what is not ours */ }
+    try { rmdirSync(dir.path); } catch { /* not empty: keep what is not ours */ }
   }
 }
 
