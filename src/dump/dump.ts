@@ -34,8 +34,6 @@ export interface DumpOptions {
   fsync?: boolean;
   chunkSize?: number;
   onProgress?: (p: { bytes: number }) => void;
-  /** Test hook: called once memory copying has started. */
-  onMemoryStart?: () => void;
 }
 
 export interface DumpResult {
@@ -56,6 +54,9 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   let writer: PageFileWriter | null = null;
   try {
     return await withAbortSignals(async (checkAbort) => {
+      // Buffers are allocated and touched before the freeze, not during it.
+      writer = await PageFileWriter.create(dir.path, compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE);
+      const pageWriter = writer;
       task = FrozenTask.freeze(pid);
       hold(task);
       const frozen = task;
@@ -67,26 +68,30 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         checkAbort();
 
         const tMem = process.hrtime.bigint();
-        writer = await PageFileWriter.create(dir.path, compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE);
-        opts.onMemoryStart?.();
         let copied = 0;
-        const pages = await dumpPages(pid, layout.vmas, layout.classes, writer, mem, (bytes) => {
+        const pages = await dumpPages(pid, layout.vmas, layout.classes, pageWriter, mem, (bytes) => {
           copied += bytes;
           opts.onProgress?.({ bytes: copied });
           checkAbort();
         });
-        await writer.finish(fsync);
+        // Every byte is read: a target that stays alive need not wait for the writes.
+        let frozenUs = frozen.frozenUs();
+        if (opts.leaveRunning) {
+          frozen.release();
+          unhold(frozen);
+        }
+        await pageWriter.finish(fsync);
         const memdumpUs = Number(process.hrtime.bigint() - tMem) / 1000;
         checkAbort();
 
         const imageId = randomUUID();
         const files: Inventory['files'] = {};
-        files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, encodePagemap({ chunks: writer.chunks, runs: pages.runs }), fsync);
+        files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, encodePagemap({ chunks: pageWriter.chunks, runs: pages.runs }), fsync);
         files.process = writeMetaFile(dir.path, FileKind.Process, processImage, fsync);
         const totalUs = Number(process.hrtime.bigint() - t0) / 1000;
         const stats: DumpStats = {
           freezeUs: frozen.freezeUs,
-          frozenUs: frozen.frozenUs(),
+          frozenUs,
           memdumpUs,
           totalUs,
           vmas: layout.vmas.length,
@@ -94,13 +99,13 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
           pagesWritten: pages.pagesWritten,
           pagesZero: 0,
           pagesSlowPath: pages.pagesSlowPath,
-          bytesRaw: writer.bytesRaw,
-          bytesStored: writer.bytesStored,
-          throughputMiBps: memdumpUs > 0 ? writer.bytesRaw / (1 << 20) / (memdumpUs / 1e6) : 0,
+          bytesRaw: pageWriter.bytesRaw,
+          bytesStored: pageWriter.bytesStored,
+          throughputMiBps: memdumpUs > 0 ? pageWriter.bytesRaw / (1 << 20) / (memdumpUs / 1e6) : 0,
           compression,
         };
         files.stats = writeMetaFile(dir.path, FileKind.Stats, stats, fsync);
-        files.pages = { length: writer.bytesStored, crc32: 0 };
+        files.pages = { length: pageWriter.bytesStored, crc32: 0 };
         const inventory: Inventory = {
           formatVersion: FORMAT_VERSION,
           imageId,
@@ -112,7 +117,7 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
           arch: 'x86_64',
           kernel: kernelRelease(),
           pageSize: 4096,
-          chunkSize: writer.chunkSize,
+          chunkSize: pageWriter.chunkSize,
           compression,
           files,
         };
@@ -122,10 +127,12 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         checkAbort();
 
         // The point of no return: the image is complete.
-        stats.frozenUs = frozen.frozenUs();
-        if (opts.leaveRunning) frozen.release();
-        else frozen.kill();
-        unhold(frozen);
+        if (!opts.leaveRunning) {
+          frozenUs = frozen.frozenUs();
+          stats.frozenUs = frozenUs;
+          frozen.kill();
+          unhold(frozen);
+        }
         return { dir: dir.path, imageId, stats, killed: !opts.leaveRunning };
       } finally {
         mem.close();
