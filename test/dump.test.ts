@@ -336,3 +336,21 @@ describe('damaged images are errors naming the file', () => {
     expect(r2.stderr).toMatch(/inventory: missing/);
   });
 });
+
+describe('scale', () => {
+  it('dumps 40 000 VMAs: every VMA recorded, every page matches', async () => {
+    const p = await startProcess(await compileC('manyvmas'), ['sleep', '20000']);
+    const dir = join(tmpDir('tsnap-dump-'), 'img');
+    const r = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--leave-running');
+    expect(r.code, r.stderr).toBe(0);
+    const img = readImage(dir);
+    const addr = parseHex(p.readyInfo.addr);
+    const pages = Number(p.readyInfo.pages);
+    const inRegion = img.process.mm.vmas.filter((v) => v.start >= addr && v.end <= addr + pages * PAGE);
+    expect(inRegion.length).toBe(pages);
+    expect(img.process.mm.vmas).toHaveLength(readMaps(p.pid).length);
+    const stored = storedPageSet(img);
+    for (let i = 0; i < pages; i++) expect(stored.has(addr + i * PAGE)).toBe(true);
+    expectPagesMatch(p.pid, dir);
+  });
+});
