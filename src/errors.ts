@@ -17,6 +17,8 @@ export const ExitCode = {
   noSpace: 8,
   kernel: 9,
   targetFailed: 10,
+  pidTaken: 11,
+  restoreFailed: 12,
   interrupted: 130,
 } as const;
 export type ErrorKind = keyof typeof ExitCode;

@@ -1,6 +1,8 @@
 /** The command line: parses, calls the library, prints. No logic of its own. */
 import { Command, Option, CommanderError } from 'commander';
 import { dump } from '../dump/dump.js';
+import { restore, waitForExit } from '../restore/restore.js';
+import { kill } from '../sys/index.js';
 import { TsnapError, ExitCode } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
 import { showImage } from './show.js';
@@ -44,6 +46,39 @@ export async function main(argv: string[]): Promise<void> {
         + `  pages: ${s.pagesWritten} written of ${s.pagesScanned} mapped, ${formatBytes(s.bytesRaw)} -> ${formatBytes(s.bytesStored)} stored\n`
         + `  frozen ${formatUs(s.frozenUs)} (freeze ${formatUs(s.freezeUs)}, memory ${formatUs(s.memdumpUs)}, ${s.throughputMiBps.toFixed(0)} MiB/s)\n`,
       );
+    });
+
+  program.command('restore')
+    .description('recreate a process from an image and resume it where it stopped')
+    .requiredOption('-d, --dir <dir>', 'image directory')
+    .option('--detach', 'return once the process runs instead of waiting for it')
+    .option('--pidfile <file>', 'write the restored pid to this file')
+    .option('--new-pid', 'restore under a fresh pid instead of the original one')
+    .option('--stdin <file>', 'file for the process\'s stdin (default: tsnap\'s own)')
+    .option('--stdout <file>', 'file for the process\'s stdout, appended (default: tsnap\'s own)')
+    .option('--stderr <file>', 'file for the process\'s stderr, appended (default: tsnap\'s own)')
+    .option('--json', 'print the result as JSON (on stderr when not detached: stdout belongs to the process)')
+    .addHelpText('after', '\nExamples:\n  tsnap restore --dir img                  # run it in the foreground, exit with its status\n  tsnap restore --dir img --detach --pidfile app.pid\n  tsnap restore --dir img --new-pid --detach   # a second copy next to the original')
+    .action(async (o: { dir: string; detach?: boolean; pidfile?: string; newPid?: boolean; stdin?: string; stdout?: string; stderr?: string; json?: boolean }) => {
+      const r = await restore({
+        dir: o.dir, newPid: !!o.newPid, pidfile: o.pidfile, stdin: o.stdin, stdout: o.stdout, stderr: o.stderr,
+        warn: (m) => process.stderr.write(`tsnap: warning: ${m}\n`),
+      });
+      const report = o.json
+        ? JSON.stringify({ pid: r.pid, originalPid: r.originalPid, stats: r.stats, warnings: r.warnings }) + '\n'
+        : `restored process ${r.originalPid}${r.pid !== r.originalPid ? ` as pid ${r.pid} (new pid)` : ''} from ${o.dir}: ${formatBytes(r.stats.bytesRestored)} in ${formatUs(r.stats.restoreUs)}\n`;
+      if (o.detach) {
+        process.stdout.write(report);
+        return;
+      }
+      // The restored process owns stdout now: report on stderr.
+      process.stderr.write(report);
+      const forward = (sig: NodeJS.Signals) => () => { try { kill(r.pid, sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1); } catch { /* gone */ } };
+      const handlers = (['SIGINT', 'SIGTERM', 'SIGHUP'] as const).map((s) => [s, forward(s)] as const);
+      for (const [s, h] of handlers) process.on(s, h);
+      const exit = await waitForExit(r.pid);
+      for (const [s, h] of handlers) process.off(s, h);
+      process.exitCode = exit.code ?? 128 + (exit.signal ?? 0);
     });
 
   program.command('show')

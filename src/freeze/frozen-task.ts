@@ -91,6 +91,15 @@ export class FrozenTask {
     }
   }
 
+  /**
+   * Takes over a task that is already our tracee and about to stop (a child
+   * auto-attached through PTRACE_O_TRACEFORK): waits for its first stop.
+   */
+  static adopt(pid: number, timeoutMs = 10_000): FrozenTask {
+    waitForStop(pid, timeoutMs, (status) => WaitStatus.event(status) === PTRACE_EVENT_STOP);
+    return new FrozenTask(pid, ptrace.getRegs(pid), 0);
+  }
+
   frozenUs(): number {
     return Number(process.hrtime.bigint() - this.frozenAt) / 1000;
   }

@@ -13,7 +13,7 @@
  * made and removed by the same mechanism.
  */
 import {
-  ptrace, SysError, WaitStatus, ProcMem, SYS, SIGTRAP, PTRACE_EVENT_STOP,
+  ptrace, SysError, WaitStatus, ProcMem, SYS, SIGTRAP,
   PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS,
 } from '../sys/index.js';
 import { FrozenTask, readReg, writeReg, waitForStop, pendingRestart } from '../freeze/frozen-task.js';
@@ -24,9 +24,10 @@ const SYSCALL_STOP = SIGTRAP | 0x80;
 const ARG_REGS = ['rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9'] as const;
 
 export class RemoteSyscaller {
-  readonly gadget: number;
+  /** Address of the `syscall` instruction the task executes; movable (restore maps its own). */
+  gadget: number;
 
-  constructor(readonly task: FrozenTask, private readonly mem: ProcMem) {
+  constructor(readonly task: FrozenTask, readonly mem: ProcMem) {
     this.gadget = findSyscallInstruction(task, mem);
   }
 
@@ -73,8 +74,9 @@ export class RemoteSyscaller {
     waitForStop(pid, 10_000, (status) => {
       const sig = WaitStatus.stopSig(status);
       if (sig === SYSCALL_STOP) return true;
-      if (WaitStatus.event(status) === PTRACE_EVENT_STOP) {
-        // A group stop (SIGSTOP from someone) or a late trap: step on.
+      if (WaitStatus.event(status) !== 0) {
+        // A group stop, a late trap, or a fork/clone event of a syscall we
+        // run (clone3 during restore): step on to the syscall stop.
         ptrace.syscallStep(pid, 0);
         return false;
       }

@@ -50,3 +50,16 @@ export function getRobustList(tid: number): { head: bigint; len: bigint } {
   rawSyscall(`get_robust_list(${tid})`, SYS.get_robust_list, tid, libc.address(head), libc.address(len));
   return { head: head.readBigUInt64LE(0), len: len.readBigUInt64LE(0) };
 }
+
+/** prlimit64(pid, resource, &new, NULL): sets another process's limit. */
+export function setRlimit(pid: number, resource: number, cur: bigint, max: bigint): void {
+  const nw = Buffer.alloc(16);
+  nw.writeBigUInt64LE(cur, 0);
+  nw.writeBigUInt64LE(max, 8);
+  rawSyscall(`prlimit64(${pid}, ${resource})`, SYS.prlimit64, pid, resource, libc.address(nw), 0);
+}
+
+/** Marks one of tsnap's own fds close-on-exec. */
+export function setCloexec(fd: number): void {
+  rawSyscall(`fcntl(${fd}, F_SETFD)`, SYS.fcntl, fd, 2, 1);
+}

@@ -26,6 +26,9 @@ export function cont(pid: number, sig = 0): void {
 export function syscallStep(pid: number, sig = 0): void {
   check(`ptrace(SYSCALL, ${pid})`, libc.ptrace(PTRACE.SYSCALL, pid, 0, sig));
 }
+export function setOptions(pid: number, options: number): void {
+  check(`ptrace(SETOPTIONS, ${pid})`, libc.ptrace(PTRACE.SETOPTIONS, pid, 0, options));
+}
 export function detach(pid: number, sig = 0): void {
   check(`ptrace(DETACH, ${pid})`, libc.ptrace(PTRACE.DETACH, pid, 0, sig));
 }

@@ -41,6 +41,15 @@ export const SYS = {
   process_vm_writev: 311,
   userfaultfd: 323,
   rseq: 334,
+  openat: 257,
+  dup3: 292,
+  lseek: 8,
+  fcntl: 72,
+  chdir: 80,
+  fchdir: 81,
+  set_tid_address: 218,
+  getdents64: 217,
+  close_range: 436,
   pidfd_open: 434,
   clone3: 435,
   pidfd_getfd: 438,
@@ -181,3 +190,37 @@ export const PR = {
   GET_TID_ADDRESS: 40,
   GET_THP_DISABLE: 42,
 } as const;
+
+export const MAP_FIXED = 0x10;
+export const MAP_GROWSDOWN = 0x100;
+export const MAP_NORESERVE = 0x4000;
+export const MAP_FIXED_NOREPLACE = 0x100000;
+export const MREMAP_MAYMOVE = 1;
+export const MREMAP_FIXED = 2;
+export const O_RDONLY = 0;
+export const O_WRONLY = 1;
+export const O_RDWR = 2;
+export const O_ACCMODE = 3;
+export const O_CREAT = 0o100;
+export const O_EXCL = 0o200;
+export const O_NOCTTY = 0o400;
+export const O_TRUNC = 0o1000;
+export const O_APPEND = 0o2000;
+export const AT_FDCWD = -100;
+export const SEEK_SET = 0;
+export const SS_ONSTACK = 1;
+export const SS_DISABLE = 2;
+export const CLONE_PARENT = 0x8000;
+export const CLONE_ARGS_SIZE = 88; // clone_args v2 (set_tid, set_tid_size, cgroup)
+export const PTRACE_EVENT_FORK = 1;
+export const PTRACE_EVENT_CLONE = 3;
+export const PTRACE_O_TRACEFORK = 2;
+export const PTRACE_O_TRACECLONE = 8;
+export const PR_SET_NAME = 15;
+export const PR_SET_PDEATHSIG = 1;
+export const PR_SET_DUMPABLE = 4;
+export const PR_SET_CHILD_SUBREAPER = 36;
+export const PR_SET_NO_NEW_PRIVS = 38;
+export const PR_SET_THP_DISABLE = 41;
+export const PRCTL_MM_MAP_SIZE = 104;
+export const EINTR = 4;

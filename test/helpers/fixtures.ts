@@ -19,6 +19,17 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach } from 'vitest';
+import { setCloexec } from '../../src/sys/fd.js';
+
+// Programs the tests start must own nothing but stdio: fds the test runner
+// inherited from its own parent (CI shells, editors) would otherwise leak
+// into every fixture and end up in its image.
+for (const name of fs.readdirSync('/proc/self/fd')) {
+  const fd = Number(name);
+  if (fd > 2) {
+    try { setCloexec(fd); } catch { /* the directory fd itself, already closed */ }
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Compilation

@@ -1,0 +1,122 @@
+/**
+ * Rebuilding the address space of the new task, which starts as a copy of
+ * the helper:
+ *   1. map a two-page stub (code `syscall; int3` + scratch) in a hole free in
+ *      both layouts, and run every further syscall from it;
+ *   2. unmap everything of the helper but the stub and the kernel's special
+ *      mappings;
+ *   3. move [vvar], [vvar_vclock] and [vdso] to their dumped addresses (same
+ *      kernel: same contents), via temporary holes so moves never collide;
+ *   4. map every dumped VMA at its address (MAP_FIXED_NOREPLACE: an overlap
+ *      is a bug, not something to paper over).
+ * The caller fills pages, then calls finishProtections(); the stub goes last.
+ */
+import { SYS, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MREMAP_MAYMOVE, MREMAP_FIXED } from '../sys/index.js';
+import { readMaps, type Vma } from '../proc/index.js';
+import type { ProcessImage, VmaImage } from '../../formats/schema.js';
+import { findHole, isSpecial, mapCallFor, SPECIAL_MAPPINGS, type Span } from './layout-plan.js';
+import type { RemoteTask } from './remote-task.js';
+import { TsnapError } from '../errors.js';
+
+const PAGE = 4096;
+export const STUB_SIZE = 2 * PAGE;
+
+export interface Stub {
+  addr: number;
+}
+
+export function installStub(rt: RemoteTask, image: ProcessImage): Stub {
+  const current = readMaps(rt.pid);
+  const taken: Span[] = [...current, ...image.mm.vmas].filter((v) => v.path !== '[vsyscall]');
+  const addr = findHole(taken, STUB_SIZE);
+  const got = Number(rt.sc.check('mmap(stub)', SYS.mmap, addr, STUB_SIZE,
+    PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1n, 0));
+  if (got !== addr) throw new TsnapError('restoreFailed', `restore stub landed at 0x${got.toString(16)}, not 0x${addr.toString(16)}`);
+  rt.mem.write(Buffer.from([0x0f, 0x05, 0xcc]), 0, 3, addr);
+  rt.sc.gadget = addr;
+  rt.scratch = addr + PAGE;
+  rt.scratchSize = PAGE;
+  return { addr };
+}
+
+export function clearHelperMappings(rt: RemoteTask, stub: Stub): void {
+  for (const v of readMaps(rt.pid)) {
+    if (v.start === stub.addr || v.path === '[vsyscall]' || SPECIAL_MAPPINGS.some((s) => v.path === `[${s}]`)) continue;
+    rt.sc.check(`munmap(0x${v.start.toString(16)})`, SYS.munmap, v.start, v.end - v.start);
+  }
+}
+
+export function placeSpecialMappings(rt: RemoteTask, image: ProcessImage, stub: Stub): void {
+  const current = readMaps(rt.pid);
+  const have = new Map<string, Vma>();
+  for (const v of current) have.set(v.path, v);
+  const want = image.mm.vmas.filter((v) => v.special && (SPECIAL_MAPPINGS as readonly string[]).includes(v.special));
+  for (const w of want) {
+    const c = have.get(`[${w.special}]`);
+    if (!c || c.end - c.start !== w.end - w.start) {
+      throw new TsnapError('kernel', `[${w.special}] of this kernel ${c ? `is ${c.end - c.start} bytes, the image's ${w.end - w.start}` : 'is missing'}; restore on the kernel that made the dump`);
+    }
+  }
+  // Phase 1: every special mapping to a temporary hole clear of everything.
+  const taken: Span[] = [...current, ...image.mm.vmas, { start: stub.addr, end: stub.addr + STUB_SIZE }].filter((v) => v.start < 0x800000000000);
+  const moved = new Map<string, number>();
+  for (const name of SPECIAL_MAPPINGS) {
+    const c = have.get(`[${name}]`);
+    if (!c) continue;
+    const size = c.end - c.start;
+    const tmp = findHole(taken, size, 0x100000000);
+    taken.push({ start: tmp, end: tmp + size });
+    remap(rt, c.start, size, tmp);
+    moved.set(name, tmp);
+  }
+  // Phase 2: to the dumped addresses; unwanted ones (the image had none) go away.
+  for (const name of SPECIAL_MAPPINGS) {
+    const tmp = moved.get(name);
+    if (tmp === undefined) continue;
+    const w = want.find((v) => v.special === name);
+    const size = have.get(`[${name}]`)!.end - have.get(`[${name}]`)!.start;
+    if (w) remap(rt, tmp, size, w.start);
+    else rt.sc.check(`munmap([${name}])`, SYS.munmap, tmp, size);
+  }
+}
+
+function remap(rt: RemoteTask, from: number, size: number, to: number): void {
+  if (from === to) return;
+  const got = Number(rt.sc.check('mremap', SYS.mremap, from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, to));
+  if (got !== to) throw new TsnapError('restoreFailed', `mremap to 0x${to.toString(16)} landed at 0x${got.toString(16)}`);
+}
+
+/** Maps every dumped VMA. Returns the VMAs that still need their final protection. */
+export function mapVmas(rt: RemoteTask, image: ProcessImage): VmaImage[] {
+  const fileFds = new Map<string, number>();
+  const fixLater: VmaImage[] = [];
+  try {
+    for (const v of image.mm.vmas) {
+      if (isSpecial(v)) continue;
+      const call = mapCallFor(v);
+      let fd = -1n;
+      let pgoff = 0;
+      if (call.file) {
+        const key = `${call.file.openFlags}:${call.file.path}`;
+        let f = fileFds.get(key);
+        if (f === undefined) {
+          f = rt.open(call.file.path, call.file.openFlags);
+          fileFds.set(key, f);
+        }
+        fd = BigInt(f);
+        pgoff = v.pgoff;
+      }
+      const got = Number(rt.sc.check(`mmap(0x${v.start.toString(16)} ${v.path || 'anon'})`, SYS.mmap,
+        v.start, v.end - v.start, call.prot, call.flags, fd, pgoff));
+      if (got !== v.start) throw new TsnapError('restoreFailed', `mmap of 0x${v.start.toString(16)} landed at 0x${got.toString(16)}`);
+      if (call.fixProt) fixLater.push(v);
+    }
+  } finally {
+    for (const f of fileFds.values()) rt.close(f);
+  }
+  return fixLater;
+}
+
+export function finishProtections(rt: RemoteTask, vmas: VmaImage[]): void {
+  for (const v of vmas) rt.sc.check(`mprotect(0x${v.start.toString(16)})`, SYS.mprotect, v.start, v.end - v.start, v.prot);
+}

@@ -1,0 +1,97 @@
+/**
+ * Creating the process to restore. tsnap starts the helper (helper-elf.ts)
+ * with the stdio the restored process should have, seizes it with
+ * PTRACE_O_TRACEFORK, and makes it call clone3() with set_tid = the original
+ * PID and CLONE_PARENT (so tsnap, not the helper, is the parent and can wait
+ * for it). The clone starts as our tracee, stopped before its first
+ * instruction; the helper is then killed.
+ */
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { ProcMem, SYS, CLONE_PARENT, CLONE_ARGS_SIZE, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, ptrace, SysError } from '../sys/index.js';
+import { FrozenTask } from '../freeze/frozen-task.js';
+import { RemoteSyscaller } from '../inject/remote-syscall.js';
+import { writeHelper } from './helper-elf.js';
+import { readComm } from '../proc/index.js';
+import { TsnapError } from '../errors.js';
+
+export interface NewProcess {
+  task: FrozenTask;
+  sc: RemoteSyscaller;
+  mem: ProcMem;
+  pid: number;
+}
+
+async function waitForPause(pid: number): Promise<void> {
+  // The helper is ready once it sleeps in pause(); a few ms at most.
+  for (let i = 0; i < 500; i++) {
+    try {
+      if (readFileSync(`/proc/${pid}/syscall`, 'utf8').startsWith('34 ')) return;
+    } catch { /* not yet */ }
+    await new Promise((r) => setTimeout(r, 2));
+  }
+  throw new TsnapError('internal', 'the restore helper did not start');
+}
+
+export async function createProcess(pid: number | null, stdio: StdioOptions): Promise<{ proc: NewProcess; helper: ChildProcess }> {
+  const file = writeHelper();
+  let helper: ChildProcess;
+  try {
+    helper = spawn(file.path, [], { stdio, detached: false });
+    await new Promise<void>((resolve, reject) => {
+      helper.once('spawn', resolve);
+      helper.once('error', reject);
+    });
+  } finally {
+    file.remove();
+  }
+  const hpid = helper.pid!;
+  try {
+    await waitForPause(hpid);
+    const htask = FrozenTask.freeze(hpid);
+    ptrace.setOptions(hpid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
+    const hmem = new ProcMem(hpid, true);
+    const hsc = new RemoteSyscaller(htask, hmem);
+    let childPid: number;
+    try {
+      childPid = cloneInHelper(hsc, pid);
+    } finally {
+      hmem.close();
+    }
+    const task = FrozenTask.adopt(childPid);
+    // Should tsnap die mid-restore, the kernel kills the half-built process.
+    ptrace.setOptions(childPid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL);
+    const mem = new ProcMem(childPid, true);
+    const sc = new RemoteSyscaller(task, mem);
+    return { proc: { task, sc, mem, pid: childPid }, helper };
+  } catch (err) {
+    helper.kill('SIGKILL');
+    throw err;
+  }
+}
+
+function cloneInHelper(hsc: RemoteSyscaller, pid: number | null): number {
+  return hsc.withScratch(4096, (scratch) => {
+    const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
+    args.writeBigUInt64LE(BigInt(CLONE_PARENT), 0); // flags
+    // exit_signal is ignored with CLONE_PARENT: the clone inherits the helper's (SIGCHLD).
+    if (pid !== null) {
+      args.writeBigUInt64LE(BigInt(scratch + CLONE_ARGS_SIZE), 64); // set_tid
+      args.writeBigUInt64LE(1n, 72); // set_tid_size
+      args.writeUInt32LE(pid, CLONE_ARGS_SIZE);
+    }
+    hsc.mem.write(args, 0, args.length, scratch);
+    try {
+      return Number(hsc.check('clone3', SYS.clone3, scratch, CLONE_ARGS_SIZE));
+    } catch (err) {
+      if (err instanceof SysError && err.code === 'EEXIST' && pid !== null) throw pidTaken(pid);
+      throw err;
+    }
+  });
+}
+
+export function pidTaken(pid: number): TsnapError {
+  let who = 'another process';
+  try { who = `"${readComm(pid)}"`; } catch { /* gone meanwhile */ }
+  return new TsnapError('pidTaken', `pid ${pid} is in use by ${who} (pid ${pid}); stop it, or restore under a new pid with --new-pid`);
+}

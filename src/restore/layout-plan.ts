@@ -1,0 +1,71 @@
+/**
+ * Pure decisions for rebuilding an address space: where the stub page goes,
+ * how each dumped VMA is re-created, how the vdso/vvar mappings move.
+ */
+import type { VmaImage } from '../../formats/schema.js';
+import { PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_FIXED_NOREPLACE, O_RDONLY, O_RDWR } from '../sys/uapi.js';
+
+export interface Span {
+  start: number;
+  end: number;
+}
+
+/**
+ * Lowest page-aligned address at or above `from` where `size` bytes touch
+ * none of `taken`. The stub must stay clear of both the helper's current
+ * mappings and every mapping the image will create.
+ */
+export function findHole(taken: readonly Span[], size: number, from = 0x10000000, limit = 0x7ffffffff000): number {
+  const sorted = [...taken].filter((s) => s.end > from).sort((a, b) => a.start - b.start);
+  let at = from;
+  for (const s of sorted) {
+    if (s.start >= at + size) break;
+    if (s.end > at) at = s.end;
+  }
+  if (at + size > limit) throw new Error('no room for the restore stub');
+  return at;
+}
+
+export const SPECIAL_MAPPINGS = ['vvar', 'vvar_vclock', 'vdso'] as const;
+
+export function isSpecial(v: VmaImage): boolean {
+  return v.special === 'vdso' || v.special === 'vvar' || v.special === 'vvar_vclock' || v.special === 'vsyscall';
+}
+
+export type VmaKind = 'anon' | 'sharedAnon' | 'privateFile' | 'sharedFile';
+
+export function vmaKind(v: VmaImage): VmaKind {
+  const anon = v.file === null || (v.shared && v.path === '/dev/zero' && v.file.deleted);
+  if (anon) return v.shared ? 'sharedAnon' : 'anon';
+  return v.shared ? 'sharedFile' : 'privateFile';
+}
+
+export interface MapCall {
+  prot: number;
+  flags: number;
+  /** For file mappings: the path and the open mode. */
+  file: { path: string; openFlags: number } | null;
+  /** Whether prot must be set to the final value after the pages are written. */
+  fixProt: boolean;
+}
+
+/**
+ * How to mmap a VMA. Memory that receives pages from the image is mapped
+ * read-write first (process_vm_writev needs writable pages) and gets its
+ * final protection afterwards; shared file mappings get no pages and are
+ * mapped with their final protection at once.
+ */
+export function mapCallFor(v: VmaImage): MapCall {
+  const kind = vmaKind(v);
+  const fixed = MAP_FIXED_NOREPLACE | (v.special === 'stack' ? MAP_GROWSDOWN : 0);
+  switch (kind) {
+    case 'anon':
+      return { prot: PROT_READ | PROT_WRITE, flags: MAP_PRIVATE | MAP_ANONYMOUS | fixed, file: null, fixProt: v.prot !== (PROT_READ | PROT_WRITE) };
+    case 'sharedAnon':
+      return { prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED | MAP_ANONYMOUS | fixed, file: null, fixProt: v.prot !== (PROT_READ | PROT_WRITE) };
+    case 'privateFile':
+      return { prot: PROT_READ | PROT_WRITE, flags: MAP_PRIVATE | fixed, file: { path: v.path, openFlags: O_RDONLY }, fixProt: v.prot !== (PROT_READ | PROT_WRITE) };
+    case 'sharedFile':
+      return { prot: v.prot, flags: MAP_SHARED | fixed, file: { path: v.path, openFlags: v.prot & PROT_WRITE ? O_RDWR : O_RDONLY }, fixProt: false };
+  }
+}

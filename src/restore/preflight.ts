@@ -1,0 +1,45 @@
+/**
+ * Checks made before anything is created: a restore that cannot succeed
+ * fails here, with the reason, and nothing to clean up.
+ */
+import { statSync, existsSync } from 'node:fs';
+import { release } from 'node:os';
+import type { Image } from '../image/image-reader.js';
+import { vmaKind, isSpecial } from './layout-plan.js';
+import { checkFds } from './fds.js';
+import { pidTaken } from './create-process.js';
+import { TsnapError } from '../errors.js';
+
+export function preflight(img: Image, newPid: boolean): void {
+  const inv = img.inventory;
+  const p = img.process;
+  if (inv.arch !== 'x86_64') throw new TsnapError('kernel', `image is for ${inv.arch}; this is x86_64`);
+  if (inv.kernel !== release()) {
+    throw new TsnapError('kernel', `image was made on kernel ${inv.kernel}, this is ${release()}; restore needs the same kernel (vdso layout)`);
+  }
+  if (p.threads.length !== 1) throw new TsnapError('unsupported', `image has ${p.threads.length} threads; only single-threaded restore is supported yet`);
+  if (!newPid && existsSync(`/proc/${p.pid}`)) throw pidTaken(p.pid);
+
+  const seen = new Set<string>();
+  const checkFile = (path: string, what: string, want: { ino: number; size: number; dev: number } | null, deleted: boolean) => {
+    if (seen.has(path)) return;
+    seen.add(path);
+    if (deleted) throw new TsnapError('restoreFailed', `${what} ${path} was deleted before the dump; it cannot be mapped again`);
+    let st;
+    try {
+      st = statSync(path);
+    } catch {
+      throw new TsnapError('restoreFailed', `${what} ${path} is missing; restore maps it again from the same file`);
+    }
+    if (want && (st.ino !== want.ino || st.size !== want.size || st.dev !== want.dev)) {
+      throw new TsnapError('restoreFailed', `${what} ${path} changed since the dump (inode ${want.ino} size ${want.size} -> inode ${st.ino} size ${st.size}); the mapped contents would differ`);
+    }
+  };
+  checkFile(p.exe.path, 'executable', p.exe, false);
+  for (const v of p.mm.vmas) {
+    if (isSpecial(v)) continue;
+    const k = vmaKind(v);
+    if (k === 'privateFile' || k === 'sharedFile') checkFile(v.path, 'mapped file', v.file, v.file?.deleted ?? false);
+  }
+  checkFds(p.fds);
+}

@@ -1,0 +1,78 @@
+/** Putting back the per-process and per-thread state the kernel keeps. */
+import {
+  SYS, PR, PRCTL_MM_MAP_SIZE, PR_SET_NAME, PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER,
+  PR_SET_NO_NEW_PRIVS, PR_SET_THP_DISABLE, KSIGACTION_SIZE, SS_ONSTACK, SS_DISABLE, O_RDONLY, setRlimit, SysError,
+} from '../sys/index.js';
+import type { ProcessImage, ThreadImage } from '../../formats/schema.js';
+import type { RemoteTask } from './remote-task.js';
+
+/** start_code..env_end, auxv and the executable in one PR_SET_MM_MAP. */
+export function restoreMm(rt: RemoteTask, p: ProcessImage): void {
+  const mm = p.mm;
+  const exeFd = rt.open(p.exe.path, O_RDONLY);
+  try {
+    const auxvAt = 1024;
+    const map = Buffer.alloc(PRCTL_MM_MAP_SIZE);
+    const fields = [mm.startCode, mm.endCode, mm.startData, mm.endData, mm.startBrk, mm.brk,
+      mm.startStack, mm.argStart, mm.argEnd, mm.envStart, mm.envEnd];
+    fields.forEach((v, i) => map.writeBigUInt64LE(BigInt(v), i * 8));
+    map.writeBigUInt64LE(BigInt(rt.scratch + auxvAt), 88);
+    map.writeUInt32LE(mm.auxv.length, 96);
+    map.writeUInt32LE(exeFd, 100);
+    rt.put(mm.auxv, auxvAt);
+    const at = rt.put(map, 0);
+    rt.sc.check('prctl(PR_SET_MM_MAP)', SYS.prctl, PR.SET_MM, PR.PR_SET_MM_MAP, at, PRCTL_MM_MAP_SIZE, 0);
+  } finally {
+    rt.close(exeFd);
+  }
+}
+
+export function restoreProcessState(rt: RemoteTask, p: ProcessImage, warn: (msg: string) => void): void {
+  const cwd = rt.put(Buffer.from(`${p.cwd}\0`));
+  rt.sc.check(`chdir(${p.cwd})`, SYS.chdir, cwd);
+  rt.sc.check('umask', SYS.umask, p.umask);
+  rt.sc.check('personality', SYS.personality, p.personality);
+  const comm = Buffer.alloc(16);
+  comm.write(p.comm.slice(0, 15));
+  rt.sc.check('prctl(PR_SET_NAME)', SYS.prctl, PR_SET_NAME, rt.put(comm));
+
+  for (const a of p.signals.actions) {
+    if (a.handler === 0n && a.flags === 0n && a.mask === 0n) continue; // the default a fresh task has
+    const act = Buffer.alloc(KSIGACTION_SIZE);
+    act.writeBigUInt64LE(a.handler, 0);
+    act.writeBigUInt64LE(a.flags, 8);
+    act.writeBigUInt64LE(a.restorer, 16);
+    act.writeBigUInt64LE(a.mask, 24);
+    rt.sc.check(`rt_sigaction(${a.signo})`, SYS.rt_sigaction, a.signo, rt.put(act), 0, 8);
+  }
+
+  for (const l of p.rlimits) {
+    try {
+      setRlimit(rt.pid, l.resource, l.cur, l.max);
+    } catch (err) {
+      if (!(err instanceof SysError && err.code === 'EPERM')) throw err;
+      // Raising a hard limit needs CAP_SYS_RESOURCE; keep what we may set.
+      warn(`rlimit ${l.name}: hard limit ${l.max === 2n ** 64n - 1n ? 'unlimited' : l.max} cannot be restored without CAP_SYS_RESOURCE; kept the current one`);
+    }
+  }
+
+  if (p.prctl.pdeathsig) rt.sc.check('prctl(PR_SET_PDEATHSIG)', SYS.prctl, PR_SET_PDEATHSIG, p.prctl.pdeathsig);
+  if (p.prctl.dumpable !== 1) rt.sc.check('prctl(PR_SET_DUMPABLE)', SYS.prctl, PR_SET_DUMPABLE, p.prctl.dumpable);
+  if (p.prctl.childSubreaper) rt.sc.check('prctl(PR_SET_CHILD_SUBREAPER)', SYS.prctl, PR_SET_CHILD_SUBREAPER, 1);
+  if (p.prctl.thpDisable) rt.sc.check('prctl(PR_SET_THP_DISABLE)', SYS.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0);
+  if (p.prctl.noNewPrivs) rt.sc.check('prctl(PR_SET_NO_NEW_PRIVS)', SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+}
+
+export function restoreThreadState(rt: RemoteTask, t: ThreadImage): void {
+  if (!(t.sigaltstack.flags & SS_DISABLE)) {
+    const ss = Buffer.alloc(24);
+    ss.writeBigUInt64LE(t.sigaltstack.sp, 0);
+    // SS_ONSTACK is a state, not a setting: the stack in use is implied by rsp.
+    ss.writeInt32LE(t.sigaltstack.flags & ~SS_ONSTACK, 8);
+    ss.writeBigUInt64LE(t.sigaltstack.size, 16);
+    rt.sc.check('sigaltstack', SYS.sigaltstack, rt.put(ss), 0);
+  }
+  rt.sc.call(SYS.set_tid_address, t.clearChildTid);
+  if (t.robustList.head !== 0n) rt.sc.check('set_robust_list', SYS.set_robust_list, t.robustList.head, t.robustList.len);
+  if (t.rseq) rt.sc.check('rseq', SYS.rseq, t.rseq.pointer, t.rseq.size, 0, t.rseq.signature);
+}
