@@ -57,3 +57,79 @@ export function storedPageSet(img: Image): Set<number> {
 }
 
 export { readImage };
+
+import { readFileSync, existsSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { afterEach } from 'vitest';
+
+/** A process brought back by `tsnap restore --detach`, talking through pipes. */
+export interface Restored {
+  pid: number;
+  result: CliResult;
+  lines: string[];
+  waitForLine(re: RegExp, timeoutMs?: number, from?: number): Promise<string>;
+  writeLine(s: string): void;
+}
+
+const restoredPids = new Set<number>();
+
+function isGone(pid: number): boolean {
+  if (!existsSync(`/proc/${pid}`)) return true;
+  try {
+    return /^State:\s+[ZX]/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
+export async function killPid(pid: number): Promise<void> {
+  try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  for (let i = 0; i < 500 && !isGone(pid); i++) await new Promise((r) => setTimeout(r, 10));
+}
+
+/** Registers afterEach cleanup of every restored process. */
+export function useRestoredCleanup(): void {
+  afterEach(async () => {
+    for (const pid of restoredPids) await killPid(pid);
+    restoredPids.clear();
+    for (const f of feeders) f.kill('SIGKILL');
+    feeders.clear();
+  });
+}
+
+const feeders = new Set<ChildProcess>();
+
+export async function restoreDetached(dir: string, pidfile: string, extra: string[] = []): Promise<Restored> {
+  // Node closes a child's stdin pipe when the child exits, and tsnap --detach
+  // exits at once: feed the restored process through a `cat` that outlives it.
+  const feeder = spawn('cat', [], { stdio: ['pipe', 'pipe', 'ignore'] });
+  feeders.add(feeder);
+  const child = spawn(process.execPath, [TSNAP_BIN, 'restore', '--dir', dir, '--detach', '--pidfile', pidfile, ...extra], { stdio: [feeder.stdout!, 'pipe', 'pipe'] });
+  const lines: string[] = [];
+  let stderr = '';
+  let stdout = '';
+  child.stderr!.on('data', (d) => { stderr += d; });
+  const rl = createInterface({ input: child.stdout! });
+  const listeners = new Set<() => void>();
+  rl.on('line', (l) => { lines.push(l); stdout += `${l}\n`; for (const f of listeners) f(); });
+  // tsnap exits at once; the restored process keeps the pipes.
+  const code: number | null = await new Promise((resolve) => child.on('exit', (c) => resolve(c)));
+  const result: CliResult = { code, signal: null, stdout, stderr };
+  if (code !== 0) return { pid: 0, result, lines, waitForLine: async () => { throw new Error(stderr); }, writeLine: () => {} };
+  const pid = Number(readFileSync(pidfile, 'utf8').trim());
+  restoredPids.add(pid);
+  return {
+    pid, result, lines,
+    writeLine: (s) => feeder.stdin!.write(`${s}\n`),
+    waitForLine: (re, timeoutMs = 5000, from = 0) => new Promise((resolve, reject) => {
+      const check = () => {
+        for (let i = from; i < lines.length; i++) {
+          if (re.test(lines[i])) { listeners.delete(check); clearTimeout(t); resolve(lines[i]); return true; }
+        }
+        return false;
+      };
+      const t = setTimeout(() => { listeners.delete(check); reject(new Error(`timeout waiting for ${re}; got: ${lines.slice(-5).join(' | ')} stderr: ${stderr}`)); }, timeoutMs);
+      if (!check()) listeners.add(check);
+    }),
+  };
+}

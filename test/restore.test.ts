@@ -1,0 +1,251 @@
+/**
+ * Dump, kill, restore: the restored process continues where it stopped and
+ * checks its own state (memory checksums, registers, signal state), printing
+ * PASS or FAIL. tsnap's own report is never the evidence.
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import { readFileSync, readlinkSync, writeFileSync, appendFileSync, existsSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
+import {
+  compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running,
+} from './helpers/fixtures.js';
+import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage } from './helpers/tsnap.js';
+import { readMaps } from '../src/proc/index.js';
+import { ExitCode } from '../src/errors.js';
+
+useProcessCleanup();
+useRestoredCleanup();
+afterAll(() => cleanupTmpDirs());
+
+async function dumpAndKill(p: Running, dir: string, extra: string[] = []): Promise<void> {
+  const r = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, ...extra);
+  expect(r.code, r.stderr).toBe(0);
+  await p.exited; // reaped by the harness: the pid is free again
+}
+
+function procView(pid: number) {
+  return {
+    cmdline: readFileSync(`/proc/${pid}/cmdline`),
+    environ: readFileSync(`/proc/${pid}/environ`),
+    exe: readlinkSync(`/proc/${pid}/exe`),
+    cwd: readlinkSync(`/proc/${pid}/cwd`),
+    auxv: readFileSync(`/proc/${pid}/auxv`),
+    umask: /Umask:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1],
+    comm: readFileSync(`/proc/${pid}/comm`, 'utf8'),
+  };
+}
+
+/**
+ * The memory map, with adjacent areas that differ in nothing but a boundary
+ * joined: the kernel merges such areas when they are re-created, and whether
+ * it had merged them originally depends on their history (anon_vma), not on
+ * anything the program can observe.
+ */
+function mapsKey(pid: number): string[] {
+  const out: { start: number; end: number; prot: number; shared: boolean; offset: number; inode: number; path: string }[] = [];
+  for (const v of readMaps(pid)) {
+    const last = out[out.length - 1];
+    if (last && last.end === v.start && last.prot === v.prot && last.shared === v.shared && last.inode === v.inode
+      && last.path === v.path && (v.inode === 0 || last.offset + (last.end - last.start) === v.offset)) {
+      last.end = v.end;
+      continue;
+    }
+    out.push({ ...v });
+  }
+  return out.map((v) => `${v.start.toString(16)}-${v.end.toString(16)} ${v.prot} ${v.shared} ${v.offset} ${v.inode} ${v.path}`);
+}
+
+describe('tsnap restore', () => {
+  it('a counter keeps counting from where it stopped, with the same pid, log offsets and O_APPEND', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const log = join(work, 'log');
+    const journal = join(work, 'journal');
+    const p = await startProcess(await compileC('logcounter'), [log, journal], { cwd: work });
+    await p.waitForLine(/^count=5$/);
+    const dir = join(work, 'img');
+    const before = procView(p.pid);
+    const mapsBefore = mapsKey(p.pid);
+    await dumpAndKill(p, dir);
+    const last = Number(/count=(\d+)/.exec(readFileSync(journal, 'utf8').trim().split('\n').pop()!)![1]);
+    // Someone else appends to the log meanwhile: O_APPEND must put our next lines after it.
+    appendFileSync(log, 'other writer\n');
+
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(r.pid).toBe(p.pid);
+    await r.waitForLine(new RegExp(`^count=${last + 3}$`));
+    expect(r.lines[0]).toBe(`count=${last + 1}`);
+
+    // Same cmdline, environ, exe, cwd, auxv, umask, comm; same memory map but for the vdso/vvar contents.
+    expect(procView(r.pid)).toEqual(before);
+    expect(mapsKey(r.pid)).toEqual(mapsBefore);
+
+    await killPid(r.pid);
+    const logLines = readFileSync(log, 'utf8').trim().split('\n');
+    const journalLines = readFileSync(journal, 'utf8').trim().split('\n');
+    const other = logLines.indexOf('other writer');
+    expect(other).toBe(last);
+    const counted = logLines.filter((l) => l !== 'other writer');
+    counted.forEach((l, i) => expect(l).toBe(`count=${i + 1}`));
+    journalLines.forEach((l, i) => expect(l).toBe(`count=${i + 1}`));
+    expect(journalLines.length).toBeGreaterThan(last + 2);
+  });
+
+  it('a 256 MiB pattern is checksummed intact by the restored process', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '256']);
+    const sum = p.readyInfo.sum;
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir, ['--compress', 'lz4']);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('');
+    expect(await r.waitForLine(/^sum=/, 20_000)).toBe(`sum=${sum}`);
+    expect(await r.waitForLine(/^(PASS|FAIL)/, 20_000)).toBe('PASS');
+  });
+
+  it('PROT_NONE and read-only regions, SIGSEGV handler on its altstack, blocked and ignored signals, umask survive', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const p = await startProcess(await compileC('memstate'), ['read', '4'], { env: { TSNAP_FIXTURE_TMPDIR: work } });
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('check');
+    expect(await r.waitForLine(/^(PASS|FAIL)/, 10_000)).toBe('PASS');
+    // Blocked SIGUSR1 stays pending, ignored SIGUSR2 does nothing: the process lives on.
+    process.kill(r.pid, 'SIGUSR1');
+    process.kill(r.pid, 'SIGUSR2');
+    const n = r.lines.length;
+    r.writeLine('check');
+    expect(await r.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');
+    expect(readFileSync(`/proc/${r.pid}/status`, 'utf8')).toMatch(/ShdPnd:\s+0*200\n/);
+  });
+
+  it('x87, SSE and AVX registers mid-computation', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const p = await startProcess(await compileC('fpu'), ['read']);
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('x');
+    expect(await r.waitForLine(/^(PASS|FAIL)/, 5000)).toBe('PASS');
+  });
+
+  it('a process dumped in a futex wait re-enters it; vdso clocks work', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const p = await startProcess(await compileC('waits'), []);
+    await p.waitForLine(/^tick=2 /);
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir);
+    expect(readImage(dir).process.threads[0].syscallRestart?.nr).toBe(202); // futex
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    const line = await r.waitForLine(/^tick=/, 5000);
+    const n = r.lines.length;
+    const m = /real=(\d+) mono=(\d+) tod=(\d+)/.exec(line)!;
+    const now = Date.now() / 1000;
+    expect(Math.abs(Number(m[1]) - now)).toBeLessThan(5);
+    expect(Math.abs(Number(m[3]) - now)).toBeLessThan(5);
+    expect(Number(m[2])).toBeGreaterThan(0);
+    await r.waitForLine(/^tick=/, 5000, n);
+  });
+
+  it('a python3 interpreter with dicts in memory continues; a SIGUSR1 handler still runs', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const script = [
+      'import signal, sys',
+      'signal.signal(signal.SIGUSR1, lambda s, f: print("GOT USR1", flush=True))',
+      'd = {i: str(i) * 7 for i in range(200000)}',
+      'print("READY", flush=True)',
+      'for line in sys.stdin:',
+      '    print("PASS" if all(d[i] == str(i) * 7 for i in range(200000)) else "FAIL", flush=True)',
+    ].join('\n');
+    const p = await startPython(script);
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('go');
+    expect(await r.waitForLine(/^(PASS|FAIL)/, 10_000)).toBe('PASS');
+    process.kill(r.pid, 'SIGUSR1');
+    await r.waitForLine(/^GOT USR1$/, 5000);
+  });
+
+  it('a node program is refused at dump with the clear threads error', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const p = await startProcess(process.execPath, ['-e', 'console.log("READY"); setInterval(() => {}, 1000)']);
+    const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(r.code).toBe(ExitCode.unsupported);
+    expect(r.stderr).toMatch(/threads; multi-threaded processes are not supported yet/);
+  });
+});
+
+describe('pids', () => {
+  it('a taken pid is refused naming its holder; --new-pid runs a second copy next to the original', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const p = await startProcess(await compileC('counter'), []);
+    const dir = join(work, 'img');
+    expect((await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--leave-running')).code).toBe(0);
+    const taken = await tsnap('restore', '--dir', dir, '--detach');
+    expect(taken.code).toBe(ExitCode.pidTaken);
+    expect(taken.stderr).toContain(`pid ${p.pid} is in use by "counter`);
+    expect(taken.stderr).toContain('--new-pid');
+
+    const r = await restoreDetached(dir, join(work, 'pid'), ['--new-pid']);
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(r.pid).not.toBe(p.pid);
+    await r.waitForLine(/^count=/, 5000);
+    const n = p.lines().length;
+    await p.waitForLine(/^count=/, 5000, n); // the original runs on too
+  });
+});
+
+describe('restore failures: a clear error and nothing left running', () => {
+  function helpersRunning(): boolean {
+    return execFileSync('ps', ['-eo', 'comm']).toString().includes('tsnap-restore-h');
+  }
+
+  it('corrupted chunk, truncated pages, wrong version, missing mapped file', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const fileCopy = join(work, 'mapped');
+    const p = await startProcess(await compileC('memstate'), ['read', '1'], { env: { TSNAP_FIXTURE_TMPDIR: work } });
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir);
+    const clone = (name: string) => {
+      const d = join(work, name);
+      execFileSync('cp', ['-a', dir, d]);
+      return d;
+    };
+    const corrupt = clone('corrupt');
+    execFileSync('python3', ['-c', `f=open('${corrupt}/pages','r+b'); f.seek(40); b=f.read(1); f.seek(40); f.write(bytes([b[0]^0xff]))`]);
+    const trunc = clone('trunc');
+    execFileSync('truncate', ['-s', '5000', join(trunc, 'pages')]);
+    const ver = clone('ver');
+    execFileSync('python3', ['-c', `f=open('${ver}/inventory','r+b'); f.seek(8); f.write(bytes([2,0]))`]);
+
+    const cases: [string, number, RegExp][] = [
+      [corrupt, ExitCode.badImage, /pages: chunk \d+ checksum mismatch/],
+      [trunc, ExitCode.badImage, /pages: truncated/],
+      [ver, ExitCode.badImage, /inventory: image format version 2 is newer/],
+    ];
+    for (const [d, code, msg] of cases) {
+      const r = await tsnap('restore', '--dir', d, '--detach');
+      expect(r.code, r.stderr).toBe(code);
+      expect(r.stderr).toMatch(msg);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(existsSync(`/proc/${p.pid}`)).toBe(false);
+    }
+    // The private file mapping's file is gone.
+    const mapped = readImage(dir).process.mm.vmas.find((v) => v.path.includes('tsnap-memstate-'))!.path;
+    writeFileSync(fileCopy, readFileSync(mapped));
+    rmSync(mapped);
+    const r = await tsnap('restore', '--dir', dir, '--detach');
+    expect(r.code).toBe(ExitCode.restoreFailed);
+    expect(r.stderr).toContain(`mapped file ${mapped} is missing`);
+    expect(existsSync(`/proc/${p.pid}`)).toBe(false);
+    expect(helpersRunning()).toBe(false);
+  });
+});
