@@ -11,7 +11,8 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { openSync, readSync, fstatSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
-import { compress as lz4Compress, uncompressSync as lz4Uncompress } from 'lz4-napi';
+import { compress as lz4Compress, uncompress as lz4UncompressAsync, uncompressSync as lz4Uncompress } from 'lz4-napi';
+import { read as fsRead } from 'node:fs';
 import { encodeHeader, decodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
 import { FORMAT_VERSION, HEADER_SIZE, FileKind, FILE_NAMES, type ChunkEntry, type Compression } from '../../formats/schema.js';
@@ -215,13 +216,49 @@ export class PageFileReader {
   }
   readonly path: string;
 
-  /** The uncompressed bytes of chunk `i`. */
-  readChunk(i: number): Buffer {
+  /**
+   * Like readChunk, off the main thread: the read and the decompression run
+   * on libuv's pool, so several chunks can be in flight while the caller
+   * writes earlier ones into the target.
+   */
+  async readChunkAsync(i: number, into?: Buffer): Promise<Buffer> {
+    const c = this.checkedEntry(i);
+    // A reused buffer: fresh 1 MiB allocations are mmap'ed and page-faulted anew each time.
+    const stored = into && into.length >= c.storedLength ? into.subarray(0, c.storedLength) : Buffer.allocUnsafe(c.storedLength);
+    let got = 0;
+    while (got < c.storedLength) {
+      const n = await new Promise<number>((resolve, reject) => {
+        fsRead(this.fd, stored, got, c.storedLength - got, HEADER_SIZE + c.fileOffset + got, (err, bytes) => (err ? reject(err) : resolve(bytes)));
+      });
+      if (n === 0) throw new TsnapError('badImage', `${this.path}: truncated inside chunk ${i}`);
+      got += n;
+    }
+    if (crc32(stored) !== c.crc32) {
+      throw new TsnapError('badImage', `${this.path}: chunk ${i} checksum mismatch; the image is corrupted`);
+    }
+    if (c.codec === 'none') return stored;
+    let raw: Buffer;
+    try {
+      raw = await lz4UncompressAsync(stored);
+    } catch (err) {
+      throw new TsnapError('badImage', `${this.path}: chunk ${i} does not decompress (${(err as Error).message})`);
+    }
+    if (raw.length !== c.rawLength) throw new TsnapError('badImage', `${this.path}: chunk ${i} has ${raw.length} bytes, expected ${c.rawLength}`);
+    return raw;
+  }
+
+  private checkedEntry(i: number): ChunkEntry {
     const c = this.chunks[i];
     if (!c) throw new TsnapError('badImage', `${this.path}: chunk ${i} is not in the index`);
     if (c.fileOffset + c.storedLength > this.payloadLength) {
       throw new TsnapError('badImage', `${this.path}: chunk ${i} lies past the end of the data; the image is damaged`);
     }
+    return c;
+  }
+
+  /** The uncompressed bytes of chunk `i`. */
+  readChunk(i: number): Buffer {
+    const c = this.checkedEntry(i);
     const stored = Buffer.allocUnsafe(c.storedLength);
     let got = 0;
     while (got < c.storedLength) {

@@ -14,10 +14,14 @@ export interface FillResult {
   bytes: number;
 }
 
-export function fillPages(pid: number, img: Image): FillResult {
+/** Chunks read and decoded ahead of the one being written. */
+const READ_AHEAD = 6;
+
+export async function fillPages(pid: number, img: Image): Promise<FillResult> {
   const copier = new VmCopier(pid);
   const reader = new PageFileReader(img.dir, img.pagemap.chunks);
   let pages = 0;
+  let pendingReads: Promise<Buffer>[] = [];
   try {
     // Runs are sorted by address; those of one chunk are contiguous in the index.
     const byChunk = new Map<number, PageRun[]>();
@@ -30,8 +34,26 @@ export function fillPages(pid: number, img: Image): FillResult {
       if (!list) byChunk.set(r.chunk, (list = []));
       list.push(r);
     }
-    for (const [chunk, runs] of byChunk) {
-      const data = reader.readChunk(chunk);
+    const order = [...byChunk.keys()];
+    const pending: Promise<Buffer>[] = [];
+    pendingReads = pending;
+    let next = 0;
+    // Reused read buffers: fresh 1 MiB allocations would be mmap'ed and
+    // page-faulted anew for every chunk.
+    const pool: Buffer[] = Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(img.inventory.chunkSize));
+    const buffers: Buffer[] = [];
+    const refill = () => {
+      while (pool.length > 0 && next < order.length) {
+        const buf = pool.pop()!;
+        buffers.push(buf);
+        pending.push(reader.readChunkAsync(order[next++], buf));
+      }
+    };
+    refill();
+    for (const chunk of order) {
+      const runs = byChunk.get(chunk)!;
+      const data = await pending.shift()!;
+      const readBuf = buffers.shift()!;
       // Runs fill their chunk in order, so one local range feeds them all
       // when they are back to back; otherwise write run by run.
       let contiguous = true;
@@ -50,7 +72,13 @@ export function fillPages(pid: number, img: Image): FillResult {
         }
       }
       for (const r of runs) pages += r.pages;
+      pool.push(readBuf);
+      refill();
     }
+  } catch (err) {
+    // Let reads in flight finish before their file descriptor goes.
+    await Promise.allSettled(pendingReads);
+    throw err;
   } finally {
     reader.close();
   }
