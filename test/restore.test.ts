@@ -5,12 +5,12 @@
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { readFileSync, readlinkSync, writeFileSync, appendFileSync, existsSync, rmSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import {
   compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running,
 } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage, TSNAP_BIN } from './helpers/tsnap.js';
 import { readMaps } from '../src/proc/index.js';
 import { ExitCode } from '../src/errors.js';
 
@@ -247,5 +247,29 @@ describe('restore failures: a clear error and nothing left running', () => {
     expect(r.stderr).toContain(`mapped file ${mapped} is missing`);
     expect(existsSync(`/proc/${p.pid}`)).toBe(false);
     expect(helpersRunning()).toBe(false);
+  });
+});
+
+describe('foreground restore', () => {
+  it('waits for the process, exits with its status, forwards SIGTERM; a hard limit it cannot raise is a warning', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const p = await startProcess(await compileC('counter'), []);
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir);
+    // tsnap restore runs with a lower hard NOFILE limit than the dumped process had.
+    const child = spawn('prlimit', ['--nofile=256:256', process.execPath, TSNAP_BIN, 'restore', '--dir', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d) => { out += d; });
+    child.stderr!.on('data', (d) => { err += d; });
+    const code = new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+    while (!/count=\d+\n.*count=/s.test(out)) await new Promise((r) => setTimeout(r, 20));
+    expect(existsSync(`/proc/${p.pid}`)).toBe(true); // the original pid, running in the foreground
+    child.kill('SIGTERM'); // prlimit execs node: this is tsnap itself
+    expect(await code).toBe(128 + 15);
+    expect(err).toMatch(/warning: rlimit Max open files: hard limit \d+ cannot be restored/);
+    expect(err).toMatch(/restored process \d+ from/);
+    for (let i = 0; i < 100 && existsSync(`/proc/${p.pid}`); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(existsSync(`/proc/${p.pid}`)).toBe(false);
   });
 });
