@@ -33,6 +33,19 @@ export class RemoteSyscaller {
 
   /** Raw result: a negative value is -errno. */
   call(nr: number, ...args: (number | bigint)[]): bigint {
+    this.begin(nr, ...args);
+    return this.end();
+  }
+
+  private running = false;
+
+  /**
+   * Starts a syscall and returns while the task executes it on its own CPU;
+   * end() waits for the result. Lets tsnap overlap its own work with a long
+   * syscall of the task (populating memory during restore).
+   */
+  begin(nr: number, ...args: (number | bigint)[]): void {
+    if (this.running) throw new Error('a remote syscall is already running');
     const { pid } = this.task;
     const regs = Buffer.from(this.task.savedRegs);
     writeReg(regs, 'rax', nr);
@@ -42,8 +55,30 @@ export class RemoteSyscaller {
     ptrace.setRegs(pid, regs);
     this.task.atSyscallStop = true;
     this.stepToSyscallStop(); // entry
-    this.stepToSyscallStop(); // exit
-    const after = ptrace.getRegs(pid);
+    ptrace.syscallStep(pid, 0); // run the syscall; the exit stop is end()'s
+    this.running = true;
+  }
+
+  /** end() without blocking: null while the task is still in the syscall. */
+  poll(): bigint | null {
+    if (!this.running) throw new Error('no remote syscall is running');
+    const w = ptrace.waitpidNoHang(this.task.pid);
+    if (!w) return null;
+    if (!WaitStatus.stopped(w.status)) throw new TsnapError('targetFailed', `process ${this.task.pid} exited during a remote syscall`);
+    if (WaitStatus.stopSig(w.status) !== SYSCALL_STOP) {
+      if (WaitStatus.event(w.status) === 0) this.task.deferredSignals.push(WaitStatus.stopSig(w.status));
+      ptrace.syscallStep(this.task.pid, 0);
+      return null;
+    }
+    this.running = false;
+    return BigInt.asIntN(64, readReg(ptrace.getRegs(this.task.pid), 'rax'));
+  }
+
+  end(): bigint {
+    if (!this.running) throw new Error('no remote syscall is running');
+    this.running = false;
+    this.waitSyscallStop();
+    const after = ptrace.getRegs(this.task.pid);
     return BigInt.asIntN(64, readReg(after, 'rax'));
   }
 
@@ -69,9 +104,13 @@ export class RemoteSyscaller {
   }
 
   private stepToSyscallStop(): void {
+    ptrace.syscallStep(this.task.pid, 0);
+    this.waitSyscallStop();
+  }
+
+  private waitSyscallStop(): void {
     const { pid } = this.task;
-    ptrace.syscallStep(pid, 0);
-    waitForStop(pid, 10_000, (status) => {
+    waitForStop(pid, 60_000, (status) => {
       const sig = WaitStatus.stopSig(status);
       if (sig === SYSCALL_STOP) return true;
       if (WaitStatus.event(status) !== 0) {

@@ -8,6 +8,74 @@ import { PageFileReader } from '../image/page-file.js';
 import { PageWhere, type PageRun } from '../../formats/schema.js';
 import type { Image } from '../image/image-reader.js';
 import { TsnapError } from '../errors.js';
+import { SYS } from '../sys/uapi.js';
+import type { RemoteSyscaller } from '../inject/remote-syscall.js';
+
+const MADV_POPULATE_WRITE = 23;
+/** Runs shorter than this are left to fault in during the write. */
+const POPULATE_MIN = 64 << 10;
+/** One populate call covers at most this much, so the writer can follow closely. */
+const POPULATE_SLICE = 16 << 20;
+
+/**
+ * Fresh memory costs most of a restore: every page is allocated and zeroed
+ * on first write. The new task does that itself, on its own CPU, through
+ * MADV_POPULATE_WRITE syscalls started ahead of the writer, while tsnap
+ * reads, checks and writes the chunks before them.
+ */
+class Populator {
+  private queue: { addr: number; len: number; lastChunkPos: number }[] = [];
+  private next = 0;
+  private done = 0;
+  private broken = false;
+
+  constructor(private readonly sc: RemoteSyscaller | null, runsInOrder: { run: PageRun; pos: number }[]) {
+    if (!sc) return;
+    for (const { run, pos } of runsInOrder) {
+      const len = run.pages * 4096;
+      if (len < POPULATE_MIN) continue;
+      const last = this.queue[this.queue.length - 1];
+      if (last && last.addr + last.len === run.start && last.len < POPULATE_SLICE) { last.len += len; last.lastChunkPos = pos; }
+      else this.queue.push({ addr: run.start, len, lastChunkPos: pos });
+    }
+  }
+
+  private start(): void {
+    if (this.broken || this.next >= this.queue.length) return;
+    const q = this.queue[this.next++];
+    this.sc!.begin(SYS.madvise, q.addr, q.len, MADV_POPULATE_WRITE);
+  }
+
+  private finish(r: bigint): void {
+    this.done++;
+    if (r < 0n) this.broken = true; // an old kernel: the writes fault pages in instead
+    this.start();
+  }
+
+  /** Kicks the first populate off. */
+  begin(): void {
+    if (this.sc) this.start();
+  }
+
+  /** Before writing the chunk at position `pos`: everything it needs is populated. */
+  ready(pos: number): void {
+    if (!this.sc) return;
+    // Collect finished populates without waiting, so the task never idles.
+    while (this.done < this.next) {
+      const r = this.sc.poll();
+      if (r === null) break;
+      this.finish(r);
+    }
+    while (this.done < this.next && this.queue[this.done].lastChunkPos <= pos) this.finish(this.sc.end());
+  }
+
+  /** Waits for a populate still running (the task must be stopped again). */
+  drain(): void {
+    if (!this.sc) return;
+    this.broken = true;
+    while (this.done < this.next) { this.sc.end(); this.done++; }
+  }
+}
 
 export interface FillResult {
   pages: number;
@@ -17,11 +85,12 @@ export interface FillResult {
 /** Chunks read and decoded ahead of the one being written. */
 const READ_AHEAD = 6;
 
-export async function fillPages(pid: number, img: Image): Promise<FillResult> {
+export async function fillPages(pid: number, img: Image, sc: RemoteSyscaller | null = null): Promise<FillResult> {
   const copier = new VmCopier(pid);
   const reader = new PageFileReader(img.dir, img.pagemap.chunks);
   let pages = 0;
   let pendingReads: Promise<Buffer>[] = [];
+  let populator: Populator | null = null;
   try {
     // Runs are sorted by address; those of one chunk are contiguous in the index.
     const byChunk = new Map<number, PageRun[]>();
@@ -35,6 +104,9 @@ export async function fillPages(pid: number, img: Image): Promise<FillResult> {
       list.push(r);
     }
     const order = [...byChunk.keys()];
+    const runsInOrder = order.flatMap((c, pos) => byChunk.get(c)!.map((run) => ({ run, pos })));
+    populator = new Populator(sc, runsInOrder);
+    populator.begin();
     const pending: Promise<Buffer>[] = [];
     pendingReads = pending;
     let next = 0;
@@ -50,8 +122,9 @@ export async function fillPages(pid: number, img: Image): Promise<FillResult> {
       }
     };
     refill();
-    for (const chunk of order) {
-      const runs = byChunk.get(chunk)!;
+    for (let pos = 0; pos < order.length; pos++) {
+      const runs = byChunk.get(order[pos])!;
+      populator.ready(pos);
       const data = await pending.shift()!;
       const readBuf = buffers.shift()!;
       // Runs fill their chunk in order, so one local range feeds them all
@@ -75,7 +148,9 @@ export async function fillPages(pid: number, img: Image): Promise<FillResult> {
       pool.push(readBuf);
       refill();
     }
+    populator.drain();
   } catch (err) {
+    try { populator?.drain(); } catch { /* the task is killed anyway */ }
     // Let reads in flight finish before their file descriptor goes.
     await Promise.allSettled(pendingReads);
     throw err;

@@ -93,7 +93,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     placeSpecialMappings(rt, p, stub);
     const fixProt = mapVmas(rt, p);
     step = 'write memory';
-    const filled = await fillPages(proc.pid, img);
+    const filled = await fillPages(proc.pid, img, proc.sc);
     finishProtections(rt, fixProt);
     step = 'restore mm fields (PR_SET_MM_MAP)';
     restoreMm(rt, p);

@@ -20,6 +20,7 @@ export const SYS = {
   ioctl: 16,
   sched_yield: 24,
   mremap: 25,
+  madvise: 28,
   getpid: 39,
   clone: 56,
   exit: 60,
