@@ -57,11 +57,11 @@ export function* scanRanges(call: ScanCall, q: ScanQuery, vecLen: number): Gener
       if (pending) batch.push(pending);
       pending = { start: r.start, end: r.end, categories: r.categories };
     }
+    if (batch.length) yield batch;
     if (q.maxPages) {
       for (const r of out) pagesLeft -= (r.end - r.start) / 4096;
       if (pagesLeft <= 0) break;
     }
-    if (batch.length) yield batch;
     start = walkEnd;
   }
   if (pending) yield [pending];
