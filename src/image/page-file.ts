@@ -203,14 +203,18 @@ export class PageFileReader {
     } catch (err) {
       throw new TsnapError('badImage', `${path}: missing or unreadable (${(err as NodeJS.ErrnoException).code}); the image is incomplete`);
     }
-    const head = Buffer.alloc(HEADER_SIZE);
-    readSync(this.fd, head, 0, HEADER_SIZE, 0);
-    const h = decodeHeader(head, path, FileKind.Pages);
-    this.payloadLength = h.payloadLength;
-    const size = fstatSync(this.fd).size;
-    if (size < HEADER_SIZE + h.payloadLength) {
+    try {
+      const head = Buffer.alloc(HEADER_SIZE);
+      const got = readSync(this.fd, head, 0, HEADER_SIZE, 0);
+      const h = decodeHeader(head.subarray(0, got), path, FileKind.Pages);
+      this.payloadLength = h.payloadLength;
+      const size = fstatSync(this.fd).size;
+      if (size < HEADER_SIZE + h.payloadLength) {
+        throw new TsnapError('badImage', `${path}: truncated (${size} bytes, expected ${HEADER_SIZE + h.payloadLength}); the image is damaged`);
+      }
+    } catch (err) {
       closeSync(this.fd);
-      throw new TsnapError('badImage', `${path}: truncated (${size} bytes, expected ${HEADER_SIZE + h.payloadLength}); the image is damaged`);
+      throw err;
     }
     this.path = path;
   }

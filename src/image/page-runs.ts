@@ -34,7 +34,9 @@ export function validateRuns(runs: PageRun[], chunks: ChunkEntry[], file: string
   let prevEnd = 0;
   for (const r of runs) {
     const bad = (why: string) => new TsnapError('badImage', `${file}: invalid page run at 0x${r.start.toString(16)}: ${why}`);
-    if (r.start % 4096 !== 0 || r.pages <= 0 || !Number.isSafeInteger(r.start)) throw bad('misaligned or empty');
+    // NaN and fractions would slip past every comparison below.
+    if (![r.start, r.pages, r.chunk, r.offset].every(Number.isSafeInteger)) throw bad('non-integer field');
+    if (r.start % 4096 !== 0 || r.pages <= 0) throw bad('misaligned or empty');
     if (r.start < prevEnd) throw bad('runs overlap or are not sorted');
     if (r.where === PageWhere.Here) {
       const c = chunks[r.chunk];
