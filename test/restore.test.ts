@@ -13,6 +13,8 @@ import {
 import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage, TSNAP_BIN } from './helpers/tsnap.js';
 import { readMaps } from '../src/proc/index.js';
 import { ExitCode } from '../src/errors.js';
+import { readMetaFile, writeMetaFile } from '../src/image/metadata.js';
+import { FileKind, type ProcessImage } from '../formats/schema.js';
 
 useProcessCleanup();
 useRestoredCleanup();
@@ -79,6 +81,7 @@ describe('tsnap restore', () => {
 
     // Same cmdline, environ, exe, cwd, auxv, umask, comm; same memory map but for the vdso/vvar contents.
     expect(procView(r.pid)).toEqual(before);
+    expect(readlinkSync(`/proc/${r.pid}/fd/9`)).toBe('/dev/null');
     expect(mapsKey(r.pid)).toEqual(mapsBefore);
 
     await killPid(r.pid);
@@ -247,6 +250,57 @@ describe('restore failures: a clear error and nothing left running', () => {
     expect(r.stderr).toContain(`mapped file ${mapped} is missing`);
     expect(existsSync(`/proc/${p.pid}`)).toBe(false);
     expect(helpersRunning()).toBe(false);
+  });
+});
+
+describe('stdio and fds', () => {
+  it('--stdout gives the restored process a file instead of tsnap\'s stdout', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const p = await startProcess(await compileC('counter'), []);
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir);
+    const out = join(work, 'out.txt');
+    // With both set, the restored process holds none of the test's pipes.
+    const r = await tsnap('restore', '--dir', dir, '--detach', '--pidfile', join(work, 'pid'), '--stdout', out, '--stderr', join(work, 'err.txt'));
+    expect(r.code, r.stderr).toBe(0);
+    const pid = Number(readFileSync(join(work, 'pid'), 'utf8'));
+    try {
+      for (let i = 0; i < 200 && !/count=\d+\n.*count=/s.test(existsSync(out) ? readFileSync(out, 'utf8') : ''); i++) await new Promise((res) => setTimeout(res, 10));
+      expect(readFileSync(out, 'utf8')).toMatch(/count=\d+\n.*count=/s);
+      expect(readlinkSync(`/proc/${pid}/fd/1`)).toBe(out);
+    } finally {
+      await killPid(pid);
+    }
+  });
+
+  it('an fd kind restore does not support is refused, naming the fd and its kind', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const p = await startPython('import socket, os, sys\na, b = socket.socketpair()\nos.dup2(a.fileno(), 5)\nprint("READY", flush=True)\nsys.stdin.readline()\n');
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir);
+    const r = await tsnap('restore', '--dir', dir, '--detach');
+    expect(r.code).toBe(ExitCode.unsupported);
+    expect(r.stderr).toMatch(/fd 3 is a socket \(socket:\[\d+\]\)/);
+    expect(existsSync(`/proc/${p.pid}`)).toBe(false);
+  });
+
+  it('a failure after the process exists kills it: nothing half-built stays', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const p = await startProcess(await compileC('counter'), []);
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir);
+    // The image claims a larger vdso than this kernel's: found only once the
+    // new process is being built.
+    const proc = readMetaFile<ProcessImage>(dir, FileKind.Process);
+    const vdso = proc.mm.vmas.find((v) => v.special === 'vdso')!;
+    vdso.end += 4096;
+    rmSync(join(dir, 'process'));
+    writeMetaFile(dir, FileKind.Process, proc);
+    const r = await tsnap('restore', '--dir', dir, '--detach');
+    expect(r.code).toBe(ExitCode.kernel);
+    expect(r.stderr).toMatch(/\[vdso\] of this kernel is \d+ bytes, the image's \d+/);
+    expect(existsSync(`/proc/${p.pid}`)).toBe(false);
+    expect(execFileSync('ps', ['-eo', 'comm']).toString()).not.toContain('tsnap-restore-h');
   });
 });
 
