@@ -47,6 +47,23 @@ export interface Inventory {
   compression: Compression;
   /** Length and CRC-32 of each metadata file's payload, and the page file's size. */
   files: Record<string, { length: number; crc32: number }>;
+  /**
+   * 'dump': a complete, restorable image (process file present).
+   * 'predump': memory only, taken while the process ran; the base of later deltas.
+   */
+  contents?: 'dump' | 'predump';
+  /** Where the dirty-page tracking of this process lives, for the next delta. */
+  tracking?: TrackingRef | null;
+}
+
+/** Identifies a live tracking: the holder process and the tracked process incarnation. */
+export interface TrackingRef {
+  holderPid: number;
+  holderStartTime: number;
+  targetPid: number;
+  targetStartTime: number;
+  /** AT_RANDOM of the tracked address space: changes on exec, which ends tracking. */
+  mmId: string;
 }
 
 export interface ParentRef {
@@ -222,6 +239,8 @@ export interface ChunkEntry {
 export interface PagemapImage {
   chunks: ChunkEntry[];
   runs: PageRun[];
+  /** The memory layout the runs describe (also in `process` for full dumps). */
+  vmas?: VmaImage[];
 }
 
 export interface DumpStats {
@@ -241,4 +260,10 @@ export interface DumpStats {
   bytesStored: number;
   throughputMiBps: number;
   compression: Compression;
+  /** Incremental rounds: VMAs copied whole (new to tracking), tracked, impossible to track. */
+  vmasFresh?: number;
+  vmasTracked?: number;
+  vmasUntracked?: number;
+  /** Pages unmapped while a pre-dump read them (copied again next round). */
+  pagesVanished?: number;
 }

@@ -1,6 +1,7 @@
 /** The command line: parses, calls the library, prints. No logic of its own. */
 import { Command, Option, CommanderError } from 'commander';
-import { dump } from '../dump/dump.js';
+import { dump, preDump, type DumpResult } from '../dump/dump.js';
+import { untrack, untrackPid } from '../track/untrack.js';
 import { restore, waitForExit } from '../restore/restore.js';
 import { kill } from '../sys/index.js';
 import { TsnapError, ExitCode } from '../errors.js';
@@ -22,30 +23,58 @@ export async function main(argv: string[]): Promise<void> {
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
 
+  const warn = (m: string) => process.stderr.write(`tsnap: warning: ${m}\n`);
+  const report = (r: DumpResult, what: string, pid: number, json?: boolean) => {
+    if (json) {
+      process.stdout.write(JSON.stringify({ dir: r.dir, imageId: r.imageId, kind: r.kind, killed: r.killed, trackingLost: r.trackingLost, stats: r.stats }) + '\n');
+      return;
+    }
+    const s = r.stats;
+    process.stdout.write(
+      `${what} process ${pid} to ${r.dir} (${r.kind}${what === 'dumped' ? `, ${r.killed ? 'killed' : 'left running'}` : ', still running, tracked'})\n`
+      + `  pages: ${s.pagesWritten} written of ${s.pagesScanned} mapped${s.pagesZero ? `, ${s.pagesZero} dropped` : ''}, ${formatBytes(s.bytesRaw)} -> ${formatBytes(s.bytesStored)} stored\n`
+      + `  frozen ${formatUs(s.frozenUs)} (freeze ${formatUs(s.freezeUs)}, memory ${formatUs(s.memdumpUs)}, ${s.throughputMiBps.toFixed(0)} MiB/s)\n`,
+    );
+  };
+
   program.command('dump')
     .description('freeze a process and write its complete state to an image directory')
     .requiredOption('-p, --pid <pid>', 'process to dump', parsePid)
     .requiredOption('-d, --dir <dir>', 'image directory to create (must be new or empty)')
+    .option('--parent <dir>', 'store only what changed since this pre-dump (incremental)')
     .option('-R, --leave-running', 'resume the process after the dump instead of killing it')
     .addOption(new Option('--compress <codec>', 'page compression').choices(['lz4', 'none']).default('none'))
     .option('--no-fsync', 'do not fsync the image before killing the process')
     .option('--json', 'print the result as JSON')
-    .addHelpText('after', '\nExamples:\n  tsnap dump --pid 1234 --dir /var/tmp/img           # dump and kill\n  tsnap dump --pid 1234 --dir img --leave-running --compress lz4')
-    .action(async (o: { pid: number; dir: string; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
+    .addHelpText('after', '\nExamples:\n  tsnap dump --pid 1234 --dir /var/tmp/img           # dump and kill\n  tsnap dump --pid 1234 --dir img --leave-running --compress lz4\n  tsnap dump --pid 1234 --dir img/3 --parent img/2    # final image of an incremental chain')
+    .action(async (o: { pid: number; dir: string; parent?: string; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
       const r = await dump({
-        pid: o.pid, dir: o.dir, leaveRunning: !!o.leaveRunning, compression: o.compress,
-        fsync: o.leaveRunning ? false : o.fsync,
+        pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
+        fsync: o.leaveRunning ? false : o.fsync, warn,
       });
-      if (o.json) {
-        process.stdout.write(JSON.stringify({ dir: r.dir, imageId: r.imageId, killed: r.killed, stats: r.stats }) + '\n');
-        return;
-      }
-      const s = r.stats;
-      process.stdout.write(
-        `dumped process ${o.pid} to ${r.dir} (${r.killed ? 'killed' : 'left running'})\n`
-        + `  pages: ${s.pagesWritten} written of ${s.pagesScanned} mapped, ${formatBytes(s.bytesRaw)} -> ${formatBytes(s.bytesStored)} stored\n`
-        + `  frozen ${formatUs(s.frozenUs)} (freeze ${formatUs(s.freezeUs)}, memory ${formatUs(s.memdumpUs)}, ${s.throughputMiBps.toFixed(0)} MiB/s)\n`,
-      );
+      report(r, 'dumped', o.pid, o.json);
+    });
+
+  program.command('pre-dump')
+    .description('copy a running process\'s memory and track its writes, for a later incremental dump')
+    .requiredOption('-p, --pid <pid>', 'process to pre-dump (it keeps running)', parsePid)
+    .requiredOption('-d, --dir <dir>', 'image directory to create (must be new or empty)')
+    .option('--parent <dir>', 'the previous pre-dump: store only pages written since')
+    .addOption(new Option('--compress <codec>', 'page compression').choices(['lz4', 'none']).default('none'))
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', '\nExamples:\n  tsnap pre-dump --pid 1234 --dir img/1\n  tsnap pre-dump --pid 1234 --dir img/2 --parent img/1\n  tsnap dump     --pid 1234 --dir img/3 --parent img/2\n  tsnap restore  --dir img/3')
+    .action(async (o: { pid: number; dir: string; parent?: string; compress: 'lz4' | 'none'; json?: boolean }) => {
+      const r = await preDump({ pid: o.pid, dir: o.dir, parent: o.parent, compression: o.compress, warn });
+      report(r, 'pre-dumped', o.pid, o.json);
+    });
+
+  program.command('untrack')
+    .description('stop tracking a process\'s writes: removes every registration and write-protection')
+    .option('-p, --pid <pid>', 'the tracked process', parsePid)
+    .option('-d, --dir <dir>', 'or: the latest pre-dump of the process')
+    .action((o: { pid?: number; dir?: string }) => {
+      if (o.pid === undefined && !o.dir) throw new TsnapError('usage', 'untrack needs --pid or --dir');
+      process.stdout.write(`${o.pid !== undefined ? untrackPid(o.pid) : untrack(o.dir!)}\n`);
     });
 
   program.command('restore')

@@ -23,26 +23,31 @@ export function showImage(dir: string, json: boolean): string {
       process: img.process,
       pagemap: img.pagemap,
       stats: img.stats,
-      chain: chain.map((c) => ({ dir: c.dir, imageId: c.inventory.imageId, kind: c.inventory.kind })),
+      chain: chain.map((c) => ({ dir: c.dir, imageId: c.inventory.imageId, kind: c.inventory.kind, contents: c.inventory.contents ?? 'dump', bytesStored: c.stats?.bytesStored ?? null, pagesWritten: c.stats?.pagesWritten ?? null })),
     }) + '\n';
   }
   const p = img.process;
   const inv = img.inventory;
   const out: string[] = [];
-  out.push(`image ${inv.imageId} (${inv.kind}, format v${inv.formatVersion}, tsnap ${inv.tool.version}, ${inv.createdAt})`);
-  out.push(`process ${p.pid} "${p.comm}" exe ${p.exe.path}`);
-  out.push(`  ppid ${p.ppid} pgid ${p.pgid} sid ${p.sid} uid ${p.creds.uid.join('/')} cwd ${p.cwd} umask ${p.umask.toString(8).padStart(4, '0')}`);
-  const t = p.threads[0];
-  const regs = REG_NAMES.map((n, i) => `${n}=${hex(t.regs.readBigUInt64LE(i * 8))}`);
-  out.push(`registers (thread ${t.tid}):`);
-  for (let i = 0; i < regs.length; i += 4) out.push(`  ${regs.slice(i, i + 4).join(' ')}`);
-  out.push(`  xsave ${t.xstate.length} bytes, sigmask ${hex(t.sigmask)}${t.syscallRestart ? `, in syscall ${t.syscallRestart.nr} (restart -${t.syscallRestart.code})` : ''}`);
-  const caught = p.signals.actions.filter((a) => a.handler > 1n);
-  out.push(`signals: ${caught.length} handled (${caught.map((a) => a.signo).join(',') || '-'}), altstack ${t.sigaltstack.flags & 2 ? 'off' : `${hex(t.sigaltstack.sp)}+${t.sigaltstack.size}`}`);
-  out.push(`memory: ${p.mm.vmas.length} VMAs`);
+  out.push(`image ${inv.imageId} (${inv.kind}${inv.contents === 'predump' ? ' pre-dump' : ''}, format v${inv.formatVersion}, tsnap ${inv.tool.version}, ${inv.createdAt})`);
+  if (p) {
+    out.push(`process ${p.pid} "${p.comm}" exe ${p.exe.path}`);
+    out.push(`  ppid ${p.ppid} pgid ${p.pgid} sid ${p.sid} uid ${p.creds.uid.join('/')} cwd ${p.cwd} umask ${p.umask.toString(8).padStart(4, '0')}`);
+    const t = p.threads[0];
+    const regs = REG_NAMES.map((n, i) => `${n}=${hex(t.regs.readBigUInt64LE(i * 8))}`);
+    out.push(`registers (thread ${t.tid}):`);
+    for (let i = 0; i < regs.length; i += 4) out.push(`  ${regs.slice(i, i + 4).join(' ')}`);
+    out.push(`  xsave ${t.xstate.length} bytes, sigmask ${hex(t.sigmask)}${t.syscallRestart ? `, in syscall ${t.syscallRestart.nr} (restart -${t.syscallRestart.code})` : ''}`);
+    const caught = p.signals.actions.filter((a) => a.handler > 1n);
+    out.push(`signals: ${caught.length} handled (${caught.map((a) => a.signo).join(',') || '-'}), altstack ${t.sigaltstack.flags & 2 ? 'off' : `${hex(t.sigaltstack.sp)}+${t.sigaltstack.size}`}`);
+  } else {
+    out.push(`process ${inv.pid} (pre-dump: memory only; tracking held by pid ${inv.tracking?.holderPid ?? '-'})`);
+  }
+  const vmas = img.pagemap.vmas ?? [];
+  out.push(`memory: ${vmas.length} VMAs (pages stored in this image)`);
   const runs = img.pagemap.runs;
   let ri = 0;
-  for (const v of p.mm.vmas) {
+  for (const v of vmas) {
     // Runs may span adjacent VMAs: count only the overlap.
     let stored = 0;
     while (ri < runs.length && runs[ri].start + runs[ri].pages * 4096 <= v.start) ri++;
@@ -55,8 +60,10 @@ export function showImage(dir: string, json: boolean): string {
     const prot = `${v.prot & 1 ? 'r' : '-'}${v.prot & 2 ? 'w' : '-'}${v.prot & 4 ? 'x' : '-'}${v.shared ? 's' : 'p'}`;
     out.push(`  ${hex(v.start).padStart(14)}-${hex(v.end).padEnd(14)} ${prot} ${formatBytes(v.end - v.start).padStart(10)} ${String(stored).padStart(7)} pages  ${v.path}${v.file?.deleted ? ' (deleted)' : ''}`);
   }
-  out.push(`files: ${p.fds.length}`);
-  for (const f of p.fds) out.push(`  fd ${f.fd}: ${f.kind} ${f.link} flags 0${f.flags.toString(8)} pos ${f.pos}`);
+  if (p) {
+    out.push(`files: ${p.fds.length}`);
+    for (const f of p.fds) out.push(`  fd ${f.fd}: ${f.kind} ${f.link} flags 0${f.flags.toString(8)} pos ${f.pos}`);
+  }
   const raw = img.pagemap.chunks.reduce((s, c) => s + c.rawLength, 0);
   const stored = img.pagemap.chunks.reduce((s, c) => s + c.storedLength, 0);
   out.push(`pages: ${raw / 4096} stored in ${img.pagemap.chunks.length} chunks, ${formatBytes(raw)} -> ${formatBytes(stored)} (${inv.compression}, ratio ${stored ? (raw / stored).toFixed(2) : '-'})`);
@@ -64,6 +71,10 @@ export function showImage(dir: string, json: boolean): string {
     const s = img.stats;
     out.push(`stats: frozen ${formatUs(s.frozenUs)}, memory ${formatUs(s.memdumpUs)} at ${s.throughputMiBps.toFixed(0)} MiB/s, ${s.pagesSlowPath} pages via /proc/PID/mem`);
   }
-  out.push(`chain: ${chain.map((c) => `${c.dir} (${c.inventory.kind})`).join(' <- ')}`);
+  out.push('chain (newest first):');
+  for (const c of chain) {
+    const st = c.stats;
+    out.push(`  ${c.dir}  ${c.inventory.kind}${c.inventory.contents === 'predump' ? ' pre-dump' : ''}  ${st ? `${st.pagesWritten} pages, ${formatBytes(st.bytesStored)} stored` : ''}`);
+  }
   return out.join('\n') + '\n';
 }

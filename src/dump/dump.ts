@@ -1,27 +1,40 @@
 /**
- * `tsnap dump`: freeze, record, copy memory, write the image, then kill or
- * resume the target. The order is chosen so that any failure before the end
- * leaves the target exactly as it was: remote syscalls first (their scratch
- * page is gone before the layout is read), then the read-only steps, and the
- * target's fate last, after the image is complete.
+ * `tsnap dump` and `tsnap pre-dump`: one round of taking an image.
+ *
+ * dump: freeze, record the whole state, copy memory (all of it, or with
+ * --parent only what changed since the parent image), write the image, end
+ * any tracking, then kill or resume the target. Any failure before the end
+ * leaves the target exactly as it was.
+ *
+ * pre-dump: copy memory while the target runs, tracking writes with
+ * userfaultfd so that the next round (pre-dump or dump with --parent) copies
+ * only the pages written since. The target stops only to have userfaultfd()
+ * injected, once per tracking.
  */
 import { randomUUID } from 'node:crypto';
 import { release as kernelRelease } from 'node:os';
-import { join } from 'node:path';
-import { ProcMem } from '../sys/index.js';
+import { relative, resolve } from 'node:path';
+import { closeSync } from 'node:fs';
+import { ProcMem, Pagemap } from '../sys/index.js';
 import { listTasks, readStat } from '../proc/index.js';
 import { FrozenTask } from '../freeze/frozen-task.js';
 import { hold, unhold, withAbortSignals } from '../freeze/safety-net.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { collectRemoteState } from './task-state.js';
 import { readLayout, assembleProcess } from './process-state.js';
-import { dumpPages } from './page-dumper.js';
+import { copyPages, fullSelection } from './page-dumper.js';
+import { selectDelta } from './delta-selection.js';
+import { type Range } from './ranges.js';
+import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
+import { uffdWriteProtect } from '../track/uffd.js';
 import { PageFileWriter, DEFAULT_CHUNK_SIZE } from '../image/page-file.js';
 import { writeMetaFile } from '../image/metadata.js';
 import { encodePagemap } from '../image/page-runs.js';
 import { prepareImageDir, discardImageDir, fsyncDir } from '../image/image-dir.js';
+import { readChain, type Image } from '../image/image-reader.js';
+import { resolveChain, storedRanges } from '../image/chain-index.js';
 import { TsnapError, asTsnapError } from '../errors.js';
-import { FileKind, FORMAT_VERSION, type Compression, type DumpStats, type Inventory } from '../../formats/schema.js';
+import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type Inventory, type PageRun } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
 
 export interface DumpOptions {
@@ -33,50 +46,102 @@ export interface DumpOptions {
   /** fsync the image before the target is killed (default: when killing). */
   fsync?: boolean;
   chunkSize?: number;
+  /** Parent image: store only what changed since it (needs its tracking). */
+  parent?: string;
   onProgress?: (p: { bytes: number }) => void;
+  warn?: (msg: string) => void;
 }
+
+export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
 
 export interface DumpResult {
   dir: string;
   imageId: string;
+  kind: 'full' | 'delta';
   stats: DumpStats;
   killed: boolean;
+  /** Why the parent's tracking could not be used (everything was copied), or null. */
+  trackingLost: string | null;
 }
 
-export async function dump(opts: DumpOptions): Promise<DumpResult> {
+export function dump(opts: DumpOptions): Promise<DumpResult> {
+  return takeImage(opts, 'dump');
+}
+
+export function preDump(opts: PreDumpOptions): Promise<DumpResult> {
+  return takeImage({ ...opts, leaveRunning: true, fsync: false }, 'predump');
+}
+
+const ALL: Range[] = [{ start: 0, end: 2 ** 47 }];
+
+async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<DumpResult> {
   const t0 = process.hrtime.bigint();
   const { pid } = opts;
   const compression = opts.compression ?? 'none';
   const fsync = opts.fsync ?? !opts.leaveRunning;
   checkTarget(pid);
+  const parent = opts.parent ? readParent(opts.parent, pid) : null;
   const dir = prepareImageDir(opts.dir);
   let task: FrozenTask | null = null;
   let writer: PageFileWriter | null = null;
+  let tracking: Tracking | null = null;
+  let armed: Range[] = [];
   try {
     return await withAbortSignals(async (checkAbort) => {
-      // Buffers are allocated and touched before the freeze, not during it.
+      // Buffers are allocated and touched before any freeze, not during it.
       writer = await PageFileWriter.create(dir.path, compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE);
       const pageWriter = writer;
-      task = FrozenTask.freeze(pid);
-      hold(task);
-      const frozen = task;
+      if (mode === 'dump') {
+        task = FrozenTask.freeze(pid);
+        hold(task);
+      }
+      const frozen = task as FrozenTask | null;
+      if (mode === 'predump' || parent) {
+        tracking = await openTracking(pid, parent?.[0].inventory.tracking ?? null, frozen);
+        if (tracking.lost) opts.warn?.(`tracking of process ${pid} was lost (${tracking.lost}); copying all of its memory again`);
+      }
+      const track = tracking as Tracking | null;
       const mem = new ProcMem(pid);
+      const pagemap = new Pagemap(pid);
       try {
-        const remote = collectRemoteState(new RemoteSyscaller(frozen, mem), mem);
+        const remote = frozen ? collectRemoteState(new RemoteSyscaller(frozen, mem), mem) : null;
         const layout = readLayout(pid);
-        const processImage = assembleProcess(pid, remote, layout);
+        const processImage = remote ? assembleProcess(pid, remote, layout) : null;
         checkAbort();
 
         const tMem = process.hrtime.bigint();
+        const incremental = !!(parent && track && !track.lost);
+        let zero: Range[] = [];
+        let selection;
+        let trackStats = { freshVmas: 0, untrackedVmas: 0, oldVmas: 0 };
+        if (track) {
+          const chainStored = incremental ? storedRanges(resolveChain(parent!.map(level), ALL)) : null;
+          const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, chainStored);
+          armed = delta.armed;
+          zero = delta.zero;
+          selection = delta.here;
+          trackStats = delta;
+        } else {
+          selection = fullSelection(pagemap, layout.vmas, layout.classes);
+        }
         let copied = 0;
-        const pages = await dumpPages(pid, layout.vmas, layout.classes, pageWriter, mem, (bytes) => {
-          copied += bytes;
-          opts.onProgress?.({ bytes: copied });
-          checkAbort();
+        let vanished = 0;
+        const pages = await copyPages(pid, layout.vmas, selection, pageWriter, mem, {
+          onProgress: (bytes) => {
+            copied += bytes;
+            opts.onProgress?.({ bytes: copied });
+            checkAbort();
+          },
+          // A running target may unmap memory under us: make sure the range is
+          // reported again next round (if it still exists) instead of lost.
+          onVanished: frozen ? undefined : (start, len) => {
+            vanished += len / 4096;
+            try { uffdWriteProtect(track!.uffd, start, len, false); } catch { /* gone for good */ }
+          },
         });
         // Every byte is read: a target that stays alive need not wait for the writes.
-        let frozenUs = frozen.frozenUs();
-        if (opts.leaveRunning) {
+        let frozenUs = frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
+        if (frozen && opts.leaveRunning && !track) {
           frozen.release();
           unhold(frozen);
         }
@@ -84,25 +149,27 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         const memdumpUs = Number(process.hrtime.bigint() - tMem) / 1000;
         checkAbort();
 
+        const runs: PageRun[] = [...pages.runs, ...zero.map((z) => ({ start: z.start, pages: (z.end - z.start) / 4096, where: PageWhere.Zero, chunk: 0, offset: 0 }))]
+          .sort((a, b) => a.start - b.start);
         const imageId = randomUUID();
         const files: Inventory['files'] = {};
-        files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, encodePagemap({ chunks: pageWriter.chunks, runs: pages.runs }), fsync);
-        files.process = writeMetaFile(dir.path, FileKind.Process, processImage, fsync);
-        const totalUs = Number(process.hrtime.bigint() - t0) / 1000;
+        files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, { ...encodePagemap({ chunks: pageWriter.chunks, runs }), vmas: layout.images }, fsync);
+        if (processImage) files.process = writeMetaFile(dir.path, FileKind.Process, processImage, fsync);
         const stats: DumpStats = {
-          freezeUs: frozen.freezeUs,
+          freezeUs: frozen?.freezeUs ?? 0,
           frozenUs,
           memdumpUs,
-          totalUs,
+          totalUs: Number(process.hrtime.bigint() - t0) / 1000,
           vmas: layout.vmas.length,
-          pagesScanned: pages.pagesScanned,
+          pagesScanned: layout.vmas.reduce((n, v, i) => n + (layout.classes[i] === 'notDumped' ? 0 : (v.end - v.start) / 4096), 0),
           pagesWritten: pages.pagesWritten,
-          pagesZero: 0,
+          pagesZero: zero.reduce((n, z) => n + (z.end - z.start) / 4096, 0),
           pagesSlowPath: pages.pagesSlowPath,
           bytesRaw: pageWriter.bytesRaw,
           bytesStored: pageWriter.bytesStored,
           throughputMiBps: memdumpUs > 0 ? pageWriter.bytesRaw / (1 << 20) / (memdumpUs / 1e6) : 0,
           compression,
+          ...(track ? { vmasFresh: trackStats.freshVmas, vmasTracked: trackStats.oldVmas, vmasUntracked: trackStats.untrackedVmas, pagesVanished: vanished } : {}),
         };
         files.stats = writeMetaFile(dir.path, FileKind.Stats, stats, fsync);
         files.pages = { length: pageWriter.bytesStored, crc32: 0 };
@@ -111,8 +178,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
           imageId,
           createdAt: new Date().toISOString(),
           tool: { name: 'tsnap', version: TOOL_VERSION },
-          kind: 'full',
-          parent: null,
+          kind: incremental ? 'delta' : 'full',
+          parent: parent ? { path: relative(dir.path, parent[0].dir) || '.', imageId: parent[0].inventory.imageId } : null,
           pid,
           arch: 'x86_64',
           kernel: kernelRelease(),
@@ -120,6 +187,8 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
           chunkSize: pageWriter.chunkSize,
           compression,
           files,
+          contents: mode,
+          tracking: mode === 'predump' ? track!.ref : null,
         };
         // The inventory is the commit record: written last, then made durable.
         writeMetaFile(dir.path, FileKind.Inventory, inventory, fsync);
@@ -127,19 +196,38 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
         checkAbort();
 
         // The point of no return: the image is complete.
-        if (!opts.leaveRunning) {
+        if (track) {
+          closeSync(track.uffd);
+          // The final dump ends tracking: killing the holder closes the last
+          // copy, and the kernel unregisters everything.
+          if (mode === 'dump') stopHolder(track.ref);
+        }
+        if (frozen && !frozen.isReleased) {
           frozenUs = frozen.frozenUs();
           stats.frozenUs = frozenUs;
-          frozen.kill();
+          if (opts.leaveRunning) frozen.release();
+          else frozen.kill();
           unhold(frozen);
         }
-        return { dir: dir.path, imageId, stats, killed: !opts.leaveRunning };
+        return { dir: dir.path, imageId, kind: inventory.kind, stats, killed: mode === 'dump' && !opts.leaveRunning, trackingLost: track?.lost ?? null };
       } finally {
+        pagemap.close();
         mem.close();
       }
-    }, (sig) => new TsnapError('interrupted', `interrupted by ${sig}; the dump was abandoned and process ${pid} resumed unharmed`));
+    }, (sig) => new TsnapError('interrupted', `interrupted by ${sig}; the ${mode} was abandoned and process ${pid} resumed unharmed`));
   } catch (err) {
     // Whatever failed, the target runs on as before and no partial image remains.
+    const tr = tracking as Tracking | null;
+    if (tr) {
+      // Pages this round write-protected but did not store must count as
+      // written again, or the next round would miss them.
+      for (const r of armed) {
+        try { uffdWriteProtect(tr.uffd, r.start, r.end - r.start, false); } catch { /* unmapped meanwhile */ }
+      }
+      try { closeSync(tr.uffd); } catch { /* closed */ }
+      // A tracking this run started dies with it; a parent's stays usable.
+      if (tr.fresh) stopHolder(tr.ref);
+    }
     const t = task as FrozenTask | null;
     if (t && !t.isReleased) {
       try { t.release(); } catch { /* gone */ }
@@ -148,8 +236,21 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
     const w = writer as PageFileWriter | null;
     if (w) await w.abort();
     discardImageDir(dir);
-    throw asTsnapError(err, `dump of process ${pid}`);
+    throw asTsnapError(err, `${mode} of process ${pid}`);
   }
+}
+
+function level(img: Image) {
+  return { kind: img.inventory.kind, runs: img.pagemap.runs };
+}
+
+function readParent(dir: string, pid: number): Image[] {
+  const chain = readChain(resolve(dir));
+  const inv = chain[0].inventory;
+  if (inv.pid !== pid) {
+    throw new TsnapError('badImage', `parent image ${dir} is of process ${inv.pid}, not ${pid}`);
+  }
+  return chain;
 }
 
 function checkTarget(pid: number): void {
@@ -165,5 +266,3 @@ function checkTarget(pid: number): void {
     throw new TsnapError('unsupported', `process ${pid} has ${tasks.length} threads; multi-threaded processes are not supported yet (single-threaded only)`);
   }
 }
-
-export { join };

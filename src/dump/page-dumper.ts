@@ -17,7 +17,6 @@ const PAGE = 4096;
 
 export interface PageDumpResult {
   runs: PageRun[];
-  pagesScanned: number;
   pagesWritten: number;
   pagesSlowPath: number;
 }
@@ -28,16 +27,39 @@ interface Pending {
   readable: boolean;
 }
 
-export async function dumpPages(
+export interface CopyOptions {
+  onProgress?: (bytes: number) => void;
+  /**
+   * For a target that keeps running (pre-dump): a range that can no longer
+   * be read (unmapped meanwhile) is zero-filled and reported here instead of
+   * failing the dump, so the caller can make sure it is copied again.
+   */
+  onVanished?: (start: number, len: number) => void;
+}
+
+/** Pages of `vmas` to store in a full dump: one PAGEMAP_SCAN over the whole space. */
+export function* fullSelection(pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaClass[]): Generator<DumpRange> {
+  const dumped = vmas.filter((_, i) => classes[i] !== 'notDumped');
+  if (!dumped.length) return;
+  const selector = new RangeSelector(vmas, classes);
+  for (const batch of pagemap.scan({ start: dumped[0].start, end: dumped[dumped.length - 1].end, categoryAnyof: SCAN_ANYOF, returnMask: SCAN_RETURN })) {
+    yield* selector.select(batch);
+  }
+}
+
+/**
+ * Copies the selected ranges (sorted by address) into the pages file and
+ * returns the page index entries for them.
+ */
+export async function copyPages(
   pid: number,
   vmas: readonly Vma[],
-  classes: readonly VmaClass[],
+  selection: Iterable<DumpRange>,
   writer: PageFileWriter,
   mem: ProcMem,
-  onProgress?: (bytes: number) => void,
+  opts: CopyOptions = {},
 ): Promise<PageDumpResult> {
   const copier = new VmCopier(pid);
-  const pagemap = new Pagemap(pid);
   const runs: PageRun[] = [];
   let pagesWritten = 0;
   let pagesSlowPath = 0;
@@ -49,16 +71,16 @@ export async function dumpPages(
 
   const flush = () => {
     if (!buf || fill === 0) return;
-    pagesSlowPath += readInto(copier, mem, buf, pending);
+    pagesSlowPath += readInto(copier, mem, buf, pending, opts.onVanished);
     writer.submit(buf, fill * PAGE);
     pagesWritten += fill;
-    onProgress?.(fill * PAGE);
+    opts.onProgress?.(fill * PAGE);
     buf = null;
     fill = 0;
     pending = [];
   };
 
-  const add = async (range: DumpRange) => {
+  for (const range of selection) {
     const readable = (vmas[range.vma].prot & PROT_READ) !== 0;
     let addr = range.start;
     while (addr < range.end) {
@@ -79,23 +101,9 @@ export async function dumpPages(
       addr += n * PAGE;
       if (fill === chunkPages) flush();
     }
-  };
-
-  const dumped = vmas.filter((_, i) => classes[i] !== 'notDumped');
-  const pagesScanned = dumped.reduce((s, v) => s + (v.end - v.start) / PAGE, 0);
-  try {
-    if (dumped.length) {
-      const selector = new RangeSelector(vmas, classes);
-      const scanEnd = dumped[dumped.length - 1].end;
-      for (const batch of pagemap.scan({ start: dumped[0].start, end: scanEnd, categoryAnyof: SCAN_ANYOF, returnMask: SCAN_RETURN })) {
-        for (const range of selector.select(batch)) await add(range);
-      }
-    }
-    flush();
-  } finally {
-    pagemap.close();
   }
-  return { runs, pagesScanned, pagesWritten, pagesSlowPath };
+  flush();
+  return { runs, pagesWritten, pagesSlowPath };
 }
 
 /**
@@ -103,13 +111,22 @@ export async function dumpPages(
  * process_vm_readv in batches; a short read moves the failing range (and only
  * it) to /proc/PID/mem. Returns the number of pages read the slow way.
  */
-function readInto(copier: VmCopier, mem: ProcMem, buf: Buffer, pending: Pending[]): number {
+function readInto(copier: VmCopier, mem: ProcMem, buf: Buffer, pending: Pending[], onVanished?: CopyOptions['onVanished']): number {
   let slow = 0;
   let off = 0;
   let i = 0;
+  const slowRead = (at: number, len: number, addr: number) => {
+    try {
+      mem.read(buf, at, len, addr);
+    } catch (err) {
+      if (!onVanished) throw err;
+      buf.fill(0, at, at + len);
+      onVanished(addr, len);
+    }
+  };
   while (i < pending.length) {
     if (!pending[i].readable) {
-      mem.read(buf, off, pending[i].len, pending[i].start);
+      slowRead(off, pending[i].len, pending[i].start);
       slow += pending[i].len / PAGE;
       off += pending[i].len;
       i++;
@@ -137,7 +154,7 @@ function readInto(copier: VmCopier, mem: ProcMem, buf: Buffer, pending: Pending[
       i++;
     }
     const p = pending[i];
-    mem.read(buf, off + done, p.len - done, p.start + done);
+    slowRead(off + done, p.len - done, p.start + done);
     slow += Math.ceil((p.len - done) / PAGE);
     off += p.len;
     i++;

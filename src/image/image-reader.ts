@@ -8,15 +8,17 @@ import { TsnapError } from '../errors.js';
 export interface Image {
   dir: string;
   inventory: Inventory;
-  process: ProcessImage;
+  /** null for a pre-dump, which holds memory only. */
+  process: ProcessImage | null;
   pagemap: PagemapImage;
   stats: DumpStats | null;
 }
 
 export function readImage(dir: string): Image {
   const inventory = readMetaFile<Inventory>(dir, FileKind.Inventory);
-  const process = readMetaFile<ProcessImage>(dir, FileKind.Process);
-  const pagemap = decodePagemap(readMetaFile<EncodedPagemap>(dir, FileKind.Pagemap), `${dir}/pagemap`);
+  const process = inventory.contents === 'predump' ? null : readMetaFile<ProcessImage>(dir, FileKind.Process);
+  const encoded = readMetaFile<EncodedPagemap & { vmas?: PagemapImage['vmas'] }>(dir, FileKind.Pagemap);
+  const pagemap = { ...decodePagemap(encoded, `${dir}/pagemap`), vmas: encoded.vmas ?? process?.mm.vmas };
   let stats: DumpStats | null = null;
   try { stats = readMetaFile<DumpStats>(dir, FileKind.Stats); } catch { /* optional */ }
   return { dir, inventory, process, pagemap, stats };

@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs';
 import { ProcMem, SYS, CLONE_PARENT, CLONE_ARGS_SIZE, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, ptrace, SysError } from '../sys/index.js';
 import { FrozenTask } from '../freeze/frozen-task.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
-import { writeHelper } from './helper-elf.js';
+import { writeProgram, helperElf } from '../inject/tiny-elf.js';
 import { readComm } from '../proc/index.js';
 import { TsnapError } from '../errors.js';
 
@@ -34,7 +34,7 @@ async function waitForPause(pid: number): Promise<void> {
 }
 
 export async function createProcess(pid: number | null, stdio: StdioOptions): Promise<{ proc: NewProcess; helper: ChildProcess }> {
-  const file = writeHelper();
+  const file = writeProgram('tsnap-restore-helper', helperElf());
   let helper: ChildProcess;
   try {
     helper = spawn(file.path, [], { stdio, detached: false });

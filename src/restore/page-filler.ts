@@ -5,7 +5,8 @@
  */
 import { VmCopier, type RemoteRange } from '../sys/index.js';
 import { PageFileReader } from '../image/page-file.js';
-import { PageWhere, type PageRun } from '../../formats/schema.js';
+import { resolveChain, type ResolvedRun } from '../image/chain-index.js';
+import type { Range } from '../dump/ranges.js';
 import type { Image } from '../image/image-reader.js';
 import { TsnapError } from '../errors.js';
 import { SYS } from '../sys/uapi.js';
@@ -29,7 +30,7 @@ class Populator {
   private done = 0;
   private broken = false;
 
-  constructor(private readonly sc: RemoteSyscaller | null, runsInOrder: { run: PageRun; pos: number }[]) {
+  constructor(private readonly sc: RemoteSyscaller | null, runsInOrder: { run: ResolvedRun; pos: number }[]) {
     if (!sc) return;
     for (const { run, pos } of runsInOrder) {
       const len = run.pages * 4096;
@@ -85,22 +86,22 @@ export interface FillResult {
 /** Chunks read and decoded ahead of the one being written. */
 const READ_AHEAD = 6;
 
-export async function fillPages(pid: number, img: Image, sc: RemoteSyscaller | null = null): Promise<FillResult> {
+export async function fillPages(pid: number, chain: readonly Image[], within: Range[], sc: RemoteSyscaller | null = null): Promise<FillResult> {
   const copier = new VmCopier(pid);
-  const reader = new PageFileReader(img.dir, img.pagemap.chunks);
+  const readers: (PageFileReader | null)[] = chain.map(() => null);
+  const readerOf = (image: number) => (readers[image] ??= new PageFileReader(chain[image].dir, chain[image].pagemap.chunks));
   let pages = 0;
   let pendingReads: Promise<Buffer>[] = [];
   let populator: Populator | null = null;
   try {
-    // Runs are sorted by address; those of one chunk are contiguous in the index.
-    const byChunk = new Map<number, PageRun[]>();
-    for (const r of img.pagemap.runs) {
-      if (r.where === PageWhere.Parent) {
-        throw new TsnapError('badImage', `${img.dir}: a page run refers to a parent, but this is a full image`);
-      }
-      if (r.where !== PageWhere.Here) continue;
-      let list = byChunk.get(r.chunk);
-      if (!list) byChunk.set(r.chunk, (list = []));
+    // Each page from the newest image that has it; resolved runs are sorted
+    // by address, and so are the runs of one chunk.
+    const resolved = resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within);
+    const byChunk = new Map<string, ResolvedRun[]>();
+    for (const r of resolved) {
+      const key = `${r.image}:${r.chunk}`;
+      let list = byChunk.get(key);
+      if (!list) byChunk.set(key, (list = []));
       list.push(r);
     }
     const order = [...byChunk.keys()];
@@ -112,13 +113,15 @@ export async function fillPages(pid: number, img: Image, sc: RemoteSyscaller | n
     let next = 0;
     // Reused read buffers: fresh 1 MiB allocations would be mmap'ed and
     // page-faulted anew for every chunk.
-    const pool: Buffer[] = Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(img.inventory.chunkSize));
+    const chunkSize = Math.max(...chain.map((c) => c.inventory.chunkSize));
+    const pool: Buffer[] = Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(chunkSize));
     const buffers: Buffer[] = [];
     const refill = () => {
       while (pool.length > 0 && next < order.length) {
         const buf = pool.pop()!;
         buffers.push(buf);
-        pending.push(reader.readChunkAsync(order[next++], buf));
+        const first = byChunk.get(order[next++])![0];
+        pending.push(readerOf(first.image).readChunkAsync(first.chunk, buf));
       }
     };
     refill();
@@ -155,7 +158,7 @@ export async function fillPages(pid: number, img: Image, sc: RemoteSyscaller | n
     await Promise.allSettled(pendingReads);
     throw err;
   } finally {
-    reader.close();
+    for (const r of readers) r?.close();
   }
   return { pages, bytes: pages * 4096 };
 }

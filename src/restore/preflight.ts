@@ -5,14 +5,14 @@
 import { statSync, existsSync } from 'node:fs';
 import { release } from 'node:os';
 import type { Image } from '../image/image-reader.js';
+import type { ProcessImage } from '../../formats/schema.js';
 import { vmaKind, isSpecial } from './layout-plan.js';
 import { checkFds } from './fds.js';
 import { pidTaken } from './create-process.js';
 import { TsnapError } from '../errors.js';
 
-export function preflight(img: Image, newPid: boolean): void {
+export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
   const inv = img.inventory;
-  const p = img.process;
   if (inv.arch !== 'x86_64') throw new TsnapError('kernel', `image is for ${inv.arch}; this is x86_64`);
   if (inv.kernel !== release()) {
     throw new TsnapError('kernel', `image was made on kernel ${inv.kernel}, this is ${release()}; restore needs the same kernel (vdso layout)`);

@@ -68,10 +68,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const warn = (m: string) => { warnings.push(m); opts.warn?.(m); };
   const chain = readChain(opts.dir);
   const img: Image = chain[0];
-  if (chain.length > 1) throw new TsnapError('unsupported', `${opts.dir} is an incremental image; restoring chains is not supported yet`);
   const p = img.process;
+  if (!p) {
+    throw new TsnapError('badImage', `${opts.dir} is a pre-dump (memory only, taken while the process ran); restore the final image of its chain (tsnap dump --parent ${opts.dir})`);
+  }
   const newPid = !!opts.newPid;
-  preflight(img, newPid);
+  preflight(img, p, newPid);
 
   const stdio = openStdio(opts);
   let proc: NewProcess | null = null;
@@ -93,7 +95,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     placeSpecialMappings(rt, p, stub);
     const fixProt = mapVmas(rt, p);
     step = 'write memory';
-    const filled = await fillPages(proc.pid, img, proc.sc);
+    const filled = await fillPages(proc.pid, chain, p.mm.vmas.filter((v) => v.dumped).map((v) => ({ start: v.start, end: v.end })), proc.sc);
     finishProtections(rt, fixProt);
     step = 'restore mm fields (PR_SET_MM_MAP)';
     restoreMm(rt, p);

@@ -1,0 +1,124 @@
+/**
+ * One round of incremental dumping: which pages to copy, which to record as
+ * absent, given the target's live uffd-wp tracking.
+ *
+ * Per dumped VMA, by its state in the kernel (asked, not remembered: a VMA
+ * can be unmapped and mapped again between two tsnap runs):
+ * - registered with our uffd ("old"): one PAGEMAP_SCAN with
+ *   PM_SCAN_WP_MATCHING returns the pages written since the last round
+ *   (WRITTEN and PRESENT|SWAPPED) and write-protects them again, atomically;
+ * - not registered: registered now ("fresh") and copied whole: a scan with
+ *   WP_MATCHING over all its present pages arms them and lists them in one
+ *   step. Its unpopulated parts are recorded as absent, so that nothing of an
+ *   older mapping at the same address leaks in from the parent;
+ * - cannot be registered (the program's own userfaultfd: EBUSY; no
+ *   VM_MAYWRITE: EPERM; droppable: EINVAL): "untracked", copied whole every
+ *   round.
+ * Pages the chain holds that are no longer present (madvise(DONTNEED),
+ * munmap + mmap within a round) are recorded as absent.
+ *
+ * Only present pages are ever write-protected: scans always ask for
+ * PRESENT|SWAPPED, which also keeps the kernel off its fast path (where an
+ * unpopulated pte counts as written and gets a marker, i.e. page tables for
+ * every page of a sparse reservation).
+ */
+import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, SysError } from '../sys/index.js';
+import type { Vma } from '../proc/maps.js';
+import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, type VmaClass, type DumpRange } from './memory-plan.js';
+import { normalize, subtract, intersect, type Range } from './ranges.js';
+import { uffdRegisterWp } from '../track/uffd.js';
+
+export interface DeltaSelection {
+  here: DumpRange[];
+  zero: Range[];
+  /** What this round write-protected: to be released if the round fails. */
+  armed: Range[];
+  freshVmas: number;
+  untrackedVmas: number;
+  oldVmas: number;
+}
+
+type State = 'old' | 'fresh' | 'untracked';
+
+/** Contiguous spans of VMAs in one state, for one scan per span. */
+function spans(vmas: readonly Vma[], states: (State | null)[], want: State): Range[] {
+  return normalize(vmas.filter((_, i) => states[i] === want).map((v) => ({ start: v.start, end: v.end })));
+}
+
+function select(pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaClass[], over: Range[], flags: number, categoryMask: number): { here: DumpRange[]; zeroPfn: Range[]; seen: Range[] } {
+  const here: DumpRange[] = [];
+  const zeroPfn: Range[] = [];
+  const seen: Range[] = [];
+  for (const span of over) {
+    const selector = new RangeSelector(vmas, classes);
+    for (const batch of pagemap.scan({ start: span.start, end: span.end, flags, categoryMask, categoryAnyof: SCAN_ANYOF, returnMask: SCAN_RETURN })) {
+      for (const r of batch) {
+        seen.push({ start: r.start, end: r.end });
+        if (r.categories & PAGE_IS.PFNZERO) zeroPfn.push({ start: r.start, end: r.end });
+      }
+      here.push(...selector.select(batch));
+    }
+  }
+  return { here, zeroPfn, seen };
+}
+
+/**
+ * `chainStored`: addresses whose data the parent chain holds; null when this
+ * round starts a chain (or tracking was lost): everything is fresh and no
+ * absent ranges are needed.
+ */
+export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaClass[], chainStored: Range[] | null): DeltaSelection {
+  const dumped = vmas.map((_, i) => classes[i] !== 'notDumped');
+  const first = vmas.find((_, i) => dumped[i]);
+  const last = [...vmas].reverse().find((_, i) => dumped[vmas.length - 1 - i]);
+  const empty: DeltaSelection = { here: [], zero: [], armed: [], freshVmas: 0, untrackedVmas: 0, oldVmas: 0 };
+  if (!first || !last) return empty;
+
+  // Ask the kernel which VMAs are not registered with a wp-async uffd.
+  const unregistered = normalize([...pagemap.scan({
+    start: first.start, end: last.end,
+    categoryInverted: PAGE_IS.WPALLOWED, categoryMask: PAGE_IS.WPALLOWED, returnMask: PAGE_IS.WPALLOWED,
+  })].flat());
+
+  const states: (State | null)[] = vmas.map((v, i) => {
+    if (!dumped[i]) return null;
+    const isRegistered = intersect([{ start: v.start, end: v.end }], unregistered).length === 0;
+    if (isRegistered && chainStored !== null) return 'old';
+    if (isRegistered) return 'fresh';
+    try {
+      uffdRegisterWp(uffd, v.start, v.end - v.start);
+      return 'fresh';
+    } catch (err) {
+      if (err instanceof SysError && ['EBUSY', 'EPERM', 'EINVAL', 'ENOMEM'].includes(err.code)) return 'untracked';
+      throw err;
+    }
+  });
+
+  const fresh = select(pagemap, vmas, classes, spans(vmas, states, 'fresh'), PM_SCAN_WP_MATCHING, 0);
+  const untracked = select(pagemap, vmas, classes, spans(vmas, states, 'untracked'), 0, 0);
+  const oldSpans = spans(vmas, states, 'old');
+  const dirty = select(pagemap, vmas, classes, oldSpans, PM_SCAN_WP_MATCHING, PAGE_IS.WRITTEN);
+
+  const here = [...fresh.here, ...untracked.here, ...dirty.here].sort((a, b) => a.start - b.start);
+  const hereRanges = normalize(here.map((r) => ({ start: r.start, end: r.end })));
+  let zero: Range[] = [];
+  if (chainStored !== null) {
+    // Copied whole: whatever they do not hold now is absent.
+    zero.push(...subtract(spans(vmas, states, 'fresh'), hereRanges));
+    zero.push(...subtract(spans(vmas, states, 'untracked'), hereRanges));
+    // Written pages that now map the zero page.
+    zero.push(...dirty.zeroPfn);
+    // Pages the chain holds that the process dropped since.
+    const now = select(pagemap, vmas, classes, oldSpans, 0, 0).here.map((r) => ({ start: r.start, end: r.end }));
+    zero.push(...subtract(intersect(chainStored, oldSpans), normalize([...now, ...hereRanges])));
+    zero = subtract(normalize(zero), hereRanges);
+  }
+  return {
+    here,
+    zero,
+    armed: normalize([...fresh.seen, ...dirty.seen]),
+    freshVmas: states.filter((s) => s === 'fresh').length,
+    untrackedVmas: states.filter((s) => s === 'untracked').length,
+    oldVmas: states.filter((s) => s === 'old').length,
+  };
+}

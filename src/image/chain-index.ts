@@ -1,0 +1,56 @@
+/**
+ * Which image holds each page of a chain. Walks newest to oldest: a `here`
+ * run answers with that image's data, a `zero` run answers "absent", a
+ * `parent` run or an uncovered page of a delta defers to the parent; a full
+ * image ends the walk (its uncovered pages are absent).
+ */
+import { PageWhere, type PageRun } from '../../formats/schema.js';
+import { subtract, normalize, type Range } from '../dump/ranges.js';
+
+export interface ChainLevel {
+  kind: 'full' | 'delta';
+  runs: readonly PageRun[];
+}
+
+export interface ResolvedRun {
+  start: number;
+  pages: number;
+  /** Index in the chain, 0 = newest. */
+  image: number;
+  chunk: number;
+  offset: number;
+}
+
+const P = 4096;
+
+/** Resolved data runs for the addresses in `within`, sorted by address. */
+export function resolveChain(chain: readonly ChainLevel[], within: readonly Range[]): ResolvedRun[] {
+  let remaining = normalize(within);
+  const out: ResolvedRun[] = [];
+  for (let level = 0; level < chain.length && remaining.length; level++) {
+    const answered: Range[] = [];
+    let j = 0;
+    for (const r of chain[level].runs) {
+      if (r.where === PageWhere.Parent) continue;
+      const rEnd = r.start + r.pages * P;
+      while (j < remaining.length && remaining[j].end <= r.start) j++;
+      for (let k = j; k < remaining.length && remaining[k].start < rEnd; k++) {
+        const s = Math.max(r.start, remaining[k].start);
+        const e = Math.min(rEnd, remaining[k].end);
+        if (s >= e) continue;
+        answered.push({ start: s, end: e });
+        if (r.where === PageWhere.Here) {
+          out.push({ start: s, pages: (e - s) / P, image: level, chunk: r.chunk, offset: r.offset + (s - r.start) });
+        }
+      }
+    }
+    if (chain[level].kind === 'full') break;
+    remaining = subtract(remaining, normalize(answered));
+  }
+  return out.sort((a, b) => a.start - b.start);
+}
+
+/** Addresses whose data the chain holds (for finding pages the process dropped since). */
+export function storedRanges(resolved: readonly ResolvedRun[]): Range[] {
+  return normalize(resolved.map((r) => ({ start: r.start, end: r.start + r.pages * P })));
+}

@@ -1,0 +1,86 @@
+/**
+ * Keeping tracking alive between tsnap runs. The target's userfaultfd lives
+ * as long as one copy of it is open; when the last copy closes, the kernel
+ * unregisters every range and forgets all write-protection. So a copy must
+ * outlive each `tsnap pre-dump`.
+ *
+ * tsnap starts a *holder*: the tiny program of tiny-elf.ts, in its own
+ * session, with fd 3 = a pidfd of the target and fd 4 = the uffd. It sleeps
+ * in poll() on the pidfd and exits when the target exits — so a forgotten
+ * tracking never outlives its target. The next tsnap run takes its own copy
+ * of fd 4 with pidfd_getfd(); `tsnap untrack` or the final dump kill it.
+ *
+ * Why not park the uffd in the target itself: the program could close it
+ * (daemons close_range() their fds) or see it in /proc/self/fd, and every
+ * image would have to skip it.
+ */
+import { spawn } from 'node:child_process';
+import { readFileSync, readlinkSync } from 'node:fs';
+import { pidfdOpen, pidfdGetfd, SysError } from '../sys/index.js';
+import { readStat } from '../proc/index.js';
+import { writeProgram, holderElf } from '../inject/tiny-elf.js';
+import { closeSync } from 'node:fs';
+import type { TrackingRef } from '../../formats/schema.js';
+
+export const HOLDER_NAME = 'tsnap-track';
+const HOLDER_UFFD_FD = 4;
+
+export async function startHolder(targetPid: number, targetPidfd: number, uffd: number): Promise<{ pid: number; startTime: number }> {
+  const file = writeProgram(HOLDER_NAME, holderElf());
+  try {
+    const child = spawn(file.path, [String(targetPid)], {
+      stdio: ['ignore', 'ignore', 'ignore', targetPidfd, uffd],
+      detached: true,
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', reject);
+    });
+    child.unref();
+    const pid = child.pid!;
+    return { pid, startTime: readStat(pid).startTime };
+  } finally {
+    file.remove();
+  }
+}
+
+export type HolderLookup = { fd: number } | { lost: string };
+
+/** A copy of the tracked uffd, or why tracking is gone. */
+export function takeUffd(ref: TrackingRef): HolderLookup {
+  const { holderPid } = ref;
+  let start: number;
+  try {
+    start = readStat(holderPid).startTime;
+  } catch {
+    return { lost: `its holder process ${holderPid} is gone` };
+  }
+  if (start !== ref.holderStartTime) return { lost: `its holder process ${holderPid} is gone (the pid was reused)` };
+  try {
+    const argv = readFileSync(`/proc/${holderPid}/cmdline`, 'utf8').split('\0');
+    if (!argv[0].endsWith(HOLDER_NAME) || argv[1] !== String(ref.targetPid)) return { lost: `pid ${holderPid} is not its holder` };
+    if (readlinkSync(`/proc/${holderPid}/fd/${HOLDER_UFFD_FD}`) !== 'anon_inode:[userfaultfd]') return { lost: 'its holder lost the userfaultfd' };
+  } catch {
+    return { lost: `its holder process ${holderPid} is gone` };
+  }
+  const pidfd = pidfdOpen(holderPid);
+  try {
+    return { fd: pidfdGetfd(pidfd, HOLDER_UFFD_FD) };
+  } catch (err) {
+    if (err instanceof SysError) return { lost: `cannot take the userfaultfd from holder ${holderPid} (${err.code})` };
+    throw err;
+  } finally {
+    closeSync(pidfd);
+  }
+}
+
+/** Ends tracking: the holder's copy is the last long-lived one. */
+export function stopHolder(ref: TrackingRef): boolean {
+  try {
+    if (readStat(ref.holderPid).startTime !== ref.holderStartTime) return false;
+    process.kill(ref.holderPid, 'SIGKILL');
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,39 @@
+/**
+ * `tsnap untrack`: ends the tracking a pre-dump started. Killing the holder
+ * closes the last copy of the userfaultfd; the kernel then unregisters every
+ * range and drops all write-protection. Nothing remains in the target.
+ */
+import { readImage } from '../image/image-reader.js';
+import { readdirSync, readFileSync } from 'node:fs';
+import { stopHolder, HOLDER_NAME } from './holder.js';
+import { TsnapError } from '../errors.js';
+
+/** Holders tracking `pid`, found by their command line (`tsnap-track PID`). */
+export function findHolders(pid: number): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const argv = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0');
+      if (argv[0].endsWith(HOLDER_NAME) && argv[1] === String(pid)) out.push(Number(name));
+    } catch { /* exited meanwhile */ }
+  }
+  return out;
+}
+
+export function untrackPid(pid: number): string {
+  const holders = findHolders(pid);
+  for (const h of holders) {
+    try { process.kill(h, 'SIGKILL'); } catch { /* gone */ }
+  }
+  return holders.length ? `stopped tracking process ${pid} (holder ${holders.join(', ')} ended)` : `process ${pid} is not tracked`;
+}
+
+export function untrack(dir: string): string {
+  const img = readImage(dir);
+  const ref = img.inventory.tracking;
+  if (!ref) throw new TsnapError('usage', `${dir} is not a pre-dump: it holds no tracking`);
+  return stopHolder(ref)
+    ? `stopped tracking process ${ref.targetPid} (holder ${ref.holderPid} ended)`
+    : `process ${ref.targetPid} was not tracked any more (holder ${ref.holderPid} already gone)`;
+}
