@@ -51,7 +51,9 @@ export function takeUffd(ref: TrackingRef): HolderLookup {
   const { holderPid } = ref;
   let start: number;
   try {
-    start = readStat(holderPid).startTime;
+    const st = readStat(holderPid);
+    if (st.state === 'Z' || st.state === 'X') return { lost: `its holder process ${holderPid} is gone` };
+    start = st.startTime;
   } catch {
     return { lost: `its holder process ${holderPid} is gone` };
   }

@@ -1,0 +1,171 @@
+/**
+ * Incremental dumps on real processes: uffd-wp tracking across separate
+ * tsnap runs, deltas holding exactly the written pages, layout changes
+ * between rounds, a writer racing the scans, and tracking that is lost,
+ * reused or removed. Every chain is restored and the process checks itself.
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import { readFileSync, readdirSync, readlinkSync, rmSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, parseHex, type Running } from './helpers/fixtures.js';
+import { tsnap, restoreDetached, useRestoredCleanup, readImage, storedPageSet } from './helpers/tsnap.js';
+import { readMetaFile, writeMetaFile } from '../src/image/metadata.js';
+import { FileKind, PageWhere, type Inventory } from '../formats/schema.js';
+import { findHolders } from '../src/track/untrack.js';
+
+useProcessCleanup();
+useRestoredCleanup();
+afterAll(() => cleanupTmpDirs());
+
+const P = 4096;
+
+async function cmd(p: Running, line: string, reply: RegExp): Promise<string> {
+  const n = p.lines().length;
+  p.writeLine(line);
+  return p.waitForLine(reply, 10_000, n);
+}
+
+async function ok(...args: string[]): Promise<{ stdout: string; stderr: string }> {
+  const r = await tsnap(...args);
+  expect(r.code, r.stderr).toBe(0);
+  return r;
+}
+
+/** uffd state of a process as the kernel shows it: an fd, and uw in VmFlags. */
+function traces(pid: number): { uffdFds: number; wpVmas: number } {
+  const uffdFds = readdirSync(`/proc/${pid}/fd`).filter((fd) => {
+    try { return readlinkSync(`/proc/${pid}/fd/${fd}`) === 'anon_inode:[userfaultfd]'; } catch { return false; }
+  }).length;
+  const wpVmas = (readFileSync(`/proc/${pid}/smaps`, 'utf8').match(/^VmFlags:.*\buw\b/gm) ?? []).length;
+  return { uffdFds, wpVmas };
+}
+
+describe('incremental dumps', () => {
+  it('each delta holds exactly the pages written in between; the chain restores the exact final memory', async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startProcess(await compileC('dirtier'), ['256']);
+    const addr = parseHex(p.readyInfo.addr);
+    const inRegion = (img: ReturnType<typeof readImage>) => [...storedPageSet(img)].filter((a) => a >= addr && a < addr + 256 * P).map((a) => (a - addr) / P).sort((a, b) => a - b);
+
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+    const first = readImage(join(work, '1'));
+    expect(first.inventory.kind).toBe('full');
+    expect(inRegion(first)).toHaveLength(256);
+    expect(traces(p.pid).uffdFds).toBe(0); // the target keeps no uffd: the holder does
+    expect(traces(p.pid).wpVmas).toBeGreaterThan(0);
+
+    await cmd(p, 'w 3 7 9 200', /^DONE/);
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '2'), '--parent', join(work, '1'));
+    const second = readImage(join(work, '2'));
+    expect(second.inventory.kind).toBe('delta');
+    expect(inRegion(second)).toEqual([3, 7, 9, 200]);
+    // Besides the region: its gen[] page, the stack, stdio buffers: a handful.
+    expect(second.stats!.pagesWritten).toBeLessThan(4 + 12);
+
+    await cmd(p, 'w 11 12', /^DONE/);
+    await ok('dump', '--pid', String(p.pid), '--dir', join(work, '3'), '--parent', join(work, '2'));
+    await p.exited;
+    const third = readImage(join(work, '3'));
+    expect(third.inventory.kind).toBe('delta');
+    expect(inRegion(third)).toEqual([11, 12]);
+    expect(findHolders(p.pid)).toEqual([]); // the final dump ended tracking
+
+    const show = await ok('show', join(work, '3'));
+    expect(show.stdout).toMatch(/chain \(newest first\):\n.*\/3 +delta.*\n.*\/2 +delta pre-dump.*\n.*\/1 +full pre-dump/);
+
+    const r = await restoreDetached(join(work, '3'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('check');
+    expect(await r.waitForLine(/^(PASS|FAIL)/, 10_000)).toBe('PASS');
+  });
+
+  it('a chain of 5 pre-dumps + dump across mmap, munmap, mremap, mprotect, DONTNEED and brk growth', async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startProcess(await compileC('mutator'), []);
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '0'));
+    for (let k = 1; k <= 5; k++) {
+      await cmd(p, `round ${k}`, new RegExp(`^DONE ${k}`));
+      if (k < 5) await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, String(k)), '--parent', join(work, String(k - 1)));
+    }
+    expect(await cmd(p, 'check', /^(PASS|FAIL)/)).toBe('PASS');
+    await ok('dump', '--pid', String(p.pid), '--dir', join(work, 'final'), '--parent', join(work, '4'));
+    await p.exited;
+    // Round 3's DONTNEED shows as absent pages in the delta of round 3.
+    expect(readImage(join(work, '3')).pagemap.runs.some((r) => r.where === PageWhere.Zero)).toBe(true);
+    const r = await restoreDetached(join(work, 'final'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('check');
+    expect(await r.waitForLine(/^(PASS|FAIL)/, 10_000)).toBe('PASS');
+  });
+
+  it('a writer racing the scans: the restored memory is exactly the frozen one', async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startProcess(await compileC('racer'), ['2048']);
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+    for (let k = 2; k <= 4; k++) await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, String(k)), '--parent', join(work, String(k - 1)));
+    process.kill(p.pid, 'SIGUSR1');
+    expect(await p.waitForLine(/^(PASS|FAIL)/, 5000)).toMatch(/^PASS/);
+    await ok('dump', '--pid', String(p.pid), '--dir', join(work, 'final'), '--parent', join(work, '4'));
+    await p.exited;
+    const r = await restoreDetached(join(work, 'final'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    process.kill(r.pid, 'SIGUSR1');
+    expect(await r.waitForLine(/^(PASS|FAIL)/, 10_000)).toMatch(/^PASS/);
+  });
+});
+
+describe('tracking', () => {
+  it('survives tsnap exiting; untrack leaves no trace', async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startProcess(await compileC('dirtier'), ['64']);
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+    const holders = findHolders(p.pid);
+    expect(holders).toHaveLength(1);
+    expect(traces(p.pid).wpVmas).toBeGreaterThan(0);
+    const u = await ok('untrack', '--pid', String(p.pid));
+    expect(u.stdout).toMatch(/stopped tracking/);
+    for (let i = 0; i < 100 && existsSync(`/proc/${holders[0]}/fd`); i++) await new Promise((res) => setTimeout(res, 10));
+    expect(traces(p.pid)).toEqual({ uffdFds: 0, wpVmas: 0 });
+    expect(await cmd(p, 'check', /^(PASS|FAIL)/)).toBe('PASS');
+  });
+
+  it('lost tracking (holder gone) gives a warning and a full copy, never a delta that misses writes', async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startProcess(await compileC('dirtier'), ['64']);
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+    for (const h of findHolders(p.pid)) process.kill(h, 'SIGKILL');
+    await cmd(p, 'w 5', /^DONE/);
+    const r = await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '2'), '--parent', join(work, '1'));
+    expect(r.stderr).toMatch(/warning: tracking of process \d+ was lost \(its holder process \d+ is gone\); copying all of its memory again/);
+    const img = readImage(join(work, '2'));
+    expect(img.inventory.kind).toBe('full');
+    expect(storedPageSet(img).size).toBeGreaterThanOrEqual(64);
+    await tsnap('untrack', '--pid', String(p.pid));
+  });
+
+  it('a pid that now belongs to another process is detected', async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startProcess(await compileC('dirtier'), ['64']);
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+    // Pretend the parent tracked an earlier process that had this pid.
+    const inv = readMetaFile<Inventory>(join(work, '1'), FileKind.Inventory);
+    inv.tracking!.targetStartTime -= 1;
+    rmSync(join(work, '1', 'inventory'));
+    writeMetaFile(join(work, '1'), FileKind.Inventory, inv);
+    const r = await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '2'), '--parent', join(work, '1'));
+    expect(r.stderr).toMatch(/now belongs to another process/);
+    expect(readImage(join(work, '2')).inventory.kind).toBe('full');
+    await tsnap('untrack', '--pid', String(p.pid));
+    expect(findHolders(p.pid)).toEqual([]);
+  });
+
+  it('a pre-dump is not restorable on its own', async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startProcess(await compileC('dirtier'), ['16']);
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+    const r = await tsnap('restore', '--dir', join(work, '1'));
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/is a pre-dump/);
+    await tsnap('untrack', '--dir', join(work, '1'));
+  });
+});
