@@ -169,3 +169,53 @@ describe('tracking', () => {
     await tsnap('untrack', '--dir', join(work, '1'));
   });
 });
+
+describe('the loop, squash, and what cannot be tracked', () => {
+  it('dump --pre-dumps runs the loop, stops when rounds are small, and the result restores; squash folds the chain', async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startProcess(await compileC('dirtier'), ['128']);
+    const dir = join(work, 'img');
+    const r = await ok('dump', '--pid', String(p.pid), '--dir', dir, '--pre-dumps', '5', '--json');
+    await p.exited;
+    const out = JSON.parse(r.stdout);
+    expect(out.stoppedBecause).toMatch(/round 2 wrote \d+ pages/); // an idle process: round 2 is tiny
+    expect(out.final).toBe(join(dir, '3'));
+    const squashed = join(work, 'squashed');
+    await ok('squash', out.final, '--out', squashed);
+    const sq = readImage(squashed);
+    expect(sq.inventory.kind).toBe('full');
+    expect(sq.inventory.parent).toBeNull();
+    rmSync(dir, { recursive: true }); // the chain is no longer needed
+    const rr = await restoreDetached(squashed, join(work, 'pid'));
+    expect(rr.result.code, rr.result.stderr).toBe(0);
+    rr.writeLine('check');
+    expect(await rr.waitForLine(/^(PASS|FAIL)/, 10_000)).toBe('PASS');
+  });
+
+  it("a region under the program's own userfaultfd is copied whole every round", async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startProcess(await compileC('ownuffd'), []);
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '2'), '--parent', join(work, '1'));
+    const img = readImage(join(work, '2'));
+    expect(img.stats!.vmasUntracked).toBeGreaterThanOrEqual(1);
+    const addr = parseHex(p.readyInfo.addr);
+    const stored = storedPageSet(img);
+    for (let i = 0; i < 16; i++) expect(stored.has(addr + i * P)).toBe(true);
+    expect(await cmd(p, 'check', /^(PASS|FAIL)/)).toBe('PASS');
+    await tsnap('untrack', '--pid', String(p.pid));
+  });
+
+  it('a sparse 8 GiB reservation is not armed page table by page table', async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startProcess(await compileC('sparse'), []);
+    const pte = () => Number(/VmPTE:\s+(\d+) kB/.exec(readFileSync(`/proc/${p.pid}/status`, 'utf8'))![1]);
+    const before = pte();
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '2'), '--parent', join(work, '1'));
+    // Arming every page of 8 GiB would take 16 MiB of page tables.
+    expect(pte() - before).toBeLessThan(256);
+    expect(await cmd(p, 'check', /^(PASS|FAIL)/)).toBe('PASS');
+    await tsnap('untrack', '--pid', String(p.pid));
+  });
+});

@@ -2,6 +2,8 @@
 import { Command, Option, CommanderError } from 'commander';
 import { dump, preDump, type DumpResult } from '../dump/dump.js';
 import { untrack, untrackPid } from '../track/untrack.js';
+import { dumpIteratively } from '../dump/iterative.js';
+import { squash } from '../image/squash.js';
 import { restore, waitForExit } from '../restore/restore.js';
 import { kill } from '../sys/index.js';
 import { TsnapError, ExitCode } from '../errors.js';
@@ -42,12 +44,29 @@ export async function main(argv: string[]): Promise<void> {
     .requiredOption('-p, --pid <pid>', 'process to dump', parsePid)
     .requiredOption('-d, --dir <dir>', 'image directory to create (must be new or empty)')
     .option('--parent <dir>', 'store only what changed since this pre-dump (incremental)')
+    .option('--pre-dumps <n>', 'pre-dump up to N times while it runs, then dump the last delta: writes DIR/1, DIR/2, ...', (v) => Number(v))
     .option('-R, --leave-running', 'resume the process after the dump instead of killing it')
     .addOption(new Option('--compress <codec>', 'page compression').choices(['lz4', 'none']).default('none'))
     .option('--no-fsync', 'do not fsync the image before killing the process')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExamples:\n  tsnap dump --pid 1234 --dir /var/tmp/img           # dump and kill\n  tsnap dump --pid 1234 --dir img --leave-running --compress lz4\n  tsnap dump --pid 1234 --dir img/3 --parent img/2    # final image of an incremental chain')
-    .action(async (o: { pid: number; dir: string; parent?: string; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
+    .action(async (o: { pid: number; dir: string; parent?: string; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
+      if (o.preDumps !== undefined) {
+        if (o.parent) throw new TsnapError('usage', '--pre-dumps and --parent do not go together');
+        const it = await dumpIteratively({
+          pid: o.pid, dir: o.dir, preDumps: o.preDumps, leaveRunning: !!o.leaveRunning, compression: o.compress,
+          fsync: o.leaveRunning ? false : o.fsync, warn,
+        });
+        if (o.json) {
+          process.stdout.write(JSON.stringify({ final: it.final.dir, stoppedBecause: it.stoppedBecause, rounds: [...it.rounds, it.final].map((r) => ({ dir: r.dir, kind: r.kind, stats: r.stats })) }) + '\n');
+          return;
+        }
+        for (const r of it.rounds) report(r, 'pre-dumped', o.pid);
+        process.stdout.write(`pre-dumps ended: ${it.stoppedBecause}\n`);
+        report(it.final, 'dumped', o.pid);
+        process.stdout.write(`restore with: tsnap restore --dir ${it.final.dir}\n`);
+        return;
+      }
       const r = await dump({
         pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
         fsync: o.leaveRunning ? false : o.fsync, warn,
@@ -108,6 +127,16 @@ export async function main(argv: string[]): Promise<void> {
       const exit = await waitForExit(r.pid);
       for (const [s, h] of handlers) process.off(s, h);
       process.exitCode = exit.code ?? 128 + (exit.signal ?? 0);
+    });
+
+  program.command('squash')
+    .description('fold an incremental chain into one full image')
+    .argument('<dir>', 'the newest image of the chain')
+    .requiredOption('-o, --out <dir>', 'new image directory')
+    .addOption(new Option('--compress <codec>', 'page compression of the new image').choices(['lz4', 'none']))
+    .action(async (dir: string, o: { out: string; compress?: 'lz4' | 'none' }) => {
+      const r = await squash(dir, o.out, o.compress);
+      process.stdout.write(`squashed ${r.levels} images into ${r.dir}: ${r.pages} pages\n`);
     });
 
   program.command('show')

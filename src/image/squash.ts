@@ -1,0 +1,72 @@
+/**
+ * `tsnap squash`: folds a chain into one full image, so that older levels
+ * can be deleted. Pages are resolved through the chain and copied chunk by
+ * chunk into a new pages file; the state of the newest image is kept.
+ */
+import { randomUUID } from 'node:crypto';
+import { readChain } from './image-reader.js';
+import { resolveChain } from './chain-index.js';
+import { PageFileReader, PageFileWriter } from './page-file.js';
+import { writeMetaFile } from './metadata.js';
+import { encodePagemap } from './page-runs.js';
+import { prepareImageDir, discardImageDir, fsyncDir } from './image-dir.js';
+import { FileKind, PageWhere, type Inventory, type PageRun, type Compression } from '../../formats/schema.js';
+import { TsnapError, asTsnapError } from '../errors.js';
+
+export async function squash(from: string, out: string, compression?: Compression): Promise<{ dir: string; levels: number; pages: number }> {
+  const chain = readChain(from);
+  const top = chain[0];
+  if (!top.process) throw new TsnapError('badImage', `${from} is a pre-dump; squash the final image of the chain`);
+  const dir = prepareImageDir(out);
+  const codec = compression ?? top.inventory.compression;
+  let writer: PageFileWriter | null = null;
+  const readers = chain.map((c) => new PageFileReader(c.dir, c.pagemap.chunks));
+  try {
+    const within = top.process.mm.vmas.filter((v) => v.dumped).map((v) => ({ start: v.start, end: v.end }));
+    const resolved = resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within);
+    writer = await PageFileWriter.create(dir.path, codec, top.inventory.chunkSize);
+    const runs: PageRun[] = [];
+    let buf = await writer.acquire();
+    let fill = 0;
+    let cached = '';
+    let data: Buffer = Buffer.alloc(0);
+    let pages = 0;
+    for (const r of resolved) {
+      for (let i = 0; i < r.pages;) {
+        if (fill === writer.chunkSize) {
+          writer.submit(buf, fill);
+          buf = await writer.acquire();
+          fill = 0;
+        }
+        const key = `${r.image}:${r.chunk}`;
+        if (key !== cached) { data = readers[r.image].readChunk(r.chunk); cached = key; }
+        const n = Math.min(r.pages - i, (writer.chunkSize - fill) / 4096);
+        data.copy(buf, fill, r.offset + i * 4096, r.offset + (i + n) * 4096);
+        runs.push({ start: r.start + i * 4096, pages: n, where: PageWhere.Here, chunk: writer.chunks.length, offset: fill });
+        fill += n * 4096;
+        i += n;
+        pages += n;
+      }
+    }
+    if (fill) writer.submit(buf, fill);
+    await writer.finish(true);
+    const files: Inventory['files'] = {};
+    files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, { ...encodePagemap({ chunks: writer.chunks, runs }), vmas: top.process.mm.vmas }, true);
+    files.process = writeMetaFile(dir.path, FileKind.Process, top.process, true);
+    if (top.stats) files.stats = writeMetaFile(dir.path, FileKind.Stats, top.stats, true);
+    files.pages = { length: writer.bytesStored, crc32: 0 };
+    const inventory: Inventory = {
+      ...top.inventory, imageId: randomUUID(), createdAt: new Date().toISOString(), kind: 'full', parent: null,
+      compression: codec, files, contents: 'dump', tracking: null,
+    };
+    writeMetaFile(dir.path, FileKind.Inventory, inventory, true);
+    fsyncDir(dir.path);
+    return { dir: dir.path, levels: chain.length, pages };
+  } catch (err) {
+    if (writer) await writer.abort();
+    discardImageDir(dir);
+    throw asTsnapError(err, `squash of ${from}`);
+  } finally {
+    for (const r of readers) r.close();
+  }
+}
