@@ -91,15 +91,20 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       // Buffers are allocated and touched before any freeze, not during it.
       writer = await PageFileWriter.create(dir.path, compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE);
       const pageWriter = writer;
+      // What the chain already holds depends on the images only: work it out
+      // before the target is stopped.
+      const chainStored = parent ? storedRanges(resolveChain(parent.map(level), ALL)) : null;
+      // Tracking is found (or injected, stopping the target briefly) before
+      // the dump's own freeze, which then lasts only for the last delta.
+      if (mode === 'predump' || parent) {
+        tracking = await openTracking(pid, parent?.[0].inventory.tracking ?? null, null);
+        if (tracking.lost) opts.warn?.(`tracking of process ${pid} was lost (${tracking.lost}); copying all of its memory again`);
+      }
       if (mode === 'dump') {
         task = FrozenTask.freeze(pid);
         hold(task);
       }
       const frozen = task as FrozenTask | null;
-      if (mode === 'predump' || parent) {
-        tracking = await openTracking(pid, parent?.[0].inventory.tracking ?? null, frozen);
-        if (tracking.lost) opts.warn?.(`tracking of process ${pid} was lost (${tracking.lost}); copying all of its memory again`);
-      }
       const track = tracking as Tracking | null;
       const mem = new ProcMem(pid);
       const pagemap = new Pagemap(pid);
@@ -115,8 +120,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         let selection;
         let trackStats = { freshVmas: 0, untrackedVmas: 0, oldVmas: 0 };
         if (track) {
-          const chainStored = incremental ? storedRanges(resolveChain(parent!.map(level), ALL)) : null;
-          const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, chainStored);
+          const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null);
           armed = delta.armed;
           zero = delta.zero;
           selection = delta.here;
@@ -141,7 +145,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         });
         // Every byte is read: a target that stays alive need not wait for the writes.
         let frozenUs = frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
-        if (frozen && opts.leaveRunning && !track) {
+        if (frozen && opts.leaveRunning) {
           frozen.release();
           unhold(frozen);
         }
