@@ -7,7 +7,7 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { readFileSync, readdirSync, readlinkSync, rmSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, parseHex, type Running } from './helpers/fixtures.js';
+import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, parseHex, type Running } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup, readImage, storedPageSet } from './helpers/tsnap.js';
 import { readMetaFile, writeMetaFile } from '../src/image/metadata.js';
 import { FileKind, PageWhere, type Inventory } from '../formats/schema.js';
@@ -217,5 +217,44 @@ describe('the loop, squash, and what cannot be tracked', () => {
     expect(pte() - before).toBeLessThan(256);
     expect(await cmd(p, 'check', /^(PASS|FAIL)/)).toBe('PASS');
     await tsnap('untrack', '--pid', String(p.pid));
+  });
+});
+
+describe('fork in a tracked process', () => {
+  it('the child is not tracked and the parent keeps being tracked', async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startPython([
+      'import mmap, os, sys, time, ctypes',
+      'm = mmap.mmap(-1, 64 * 4096, flags=mmap.MAP_PRIVATE)',
+      'for i in range(64): m[i * 4096] = 1',
+      'addr = ctypes.addressof(ctypes.c_char.from_buffer(m))',
+      'print("READY addr=0x%x" % addr, flush=True)',
+      'sys.stdin.readline()',
+      'child = os.fork()',
+      'if child == 0:',
+      '    m[0] = 9',
+      '    time.sleep(60)',
+      '    os._exit(0)',
+      'm[5 * 4096] = 7',
+      'print("FORKED child=%d" % child, flush=True)',
+      'sys.stdin.readline()',
+      'print("PASS" if m[5 * 4096] == 7 and m[0] == 1 else "FAIL", flush=True)',
+      'sys.stdin.readline()',
+    ].join('\n'));
+    const addr = parseHex(p.readyInfo.addr);
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+    const forked = await cmd(p, 'fork', /^FORKED/);
+    const child = Number(/child=(\d+)/.exec(forked)![1]);
+    try {
+      await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '2'), '--parent', join(work, '1'));
+      const stored = storedPageSet(readImage(join(work, '2')));
+      expect(stored.has(addr + 5 * P)).toBe(true); // the parent's write
+      expect(stored.has(addr)).toBe(false); // the child's write is not the parent's
+      expect(traces(child).wpVmas).toBe(0);
+      expect(await cmd(p, 'check', /^(PASS|FAIL)/)).toBe('PASS');
+    } finally {
+      process.kill(child, 'SIGKILL');
+      await tsnap('untrack', '--pid', String(p.pid));
+    }
   });
 });
