@@ -258,3 +258,29 @@ describe('fork in a tracked process', () => {
     }
   });
 });
+
+describe('tracking ends or is lost', () => {
+  it('exec in the tracked process is detected: a full copy with a warning', async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startPython('import os, sys\nprint("READY", flush=True)\nsys.stdin.readline()\nprint("EXEC", flush=True)\nos.execv("/bin/sh", ["sh", "-c", "echo EXECED; read x"])\n');
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+    await cmd(p, 'go', /^EXECED/);
+    const r = await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '2'), '--parent', join(work, '1'));
+    expect(r.stderr).toMatch(/exec'd a new program/);
+    expect(readImage(join(work, '2')).inventory.kind).toBe('full');
+    await tsnap('untrack', '--pid', String(p.pid));
+  });
+
+  it('a --leave-running final dump leaves no registration, no write-protection, no holder', async () => {
+    const work = tmpDir('tsnap-inc-');
+    const p = await startProcess(await compileC('dirtier'), ['64']);
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+    await cmd(p, 'w 1 2', /^DONE/);
+    const holders = findHolders(p.pid);
+    await ok('dump', '--pid', String(p.pid), '--dir', join(work, '2'), '--parent', join(work, '1'), '--leave-running');
+    for (let i = 0; i < 100 && holders.some((h) => existsSync(`/proc/${h}/fd`)); i++) await new Promise((res) => setTimeout(res, 10));
+    expect(findHolders(p.pid)).toEqual([]);
+    expect(traces(p.pid)).toEqual({ uffdFds: 0, wpVmas: 0 });
+    expect(await cmd(p, 'check', /^(PASS|FAIL)/)).toBe('PASS');
+  });
+});
