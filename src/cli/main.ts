@@ -4,6 +4,29 @@ import { dump, preDump, type DumpResult } from '../dump/dump.js';
 import { untrack, untrackPid } from '../track/untrack.js';
 import { dumpIteratively } from '../dump/iterative.js';
 import { squash } from '../image/squash.js';
+import { serve } from '../migrate/receiver.js';
+import { migrate } from '../migrate/sender.js';
+import { readFileSync } from 'node:fs';
+
+function parseHostPort(v: string, defaultHost: string): { host: string; port: number } {
+  const m = /^(?:\[?([^\]]*)\]?:)?(\d+)$/.exec(v) ?? /^([^:]+)$/.exec(v);
+  if (!m) throw new TsnapError('usage', `expected HOST:PORT, got "${v}"`);
+  if (m.length === 2) return { host: m[1], port: 7707 };
+  return { host: m[1] || defaultHost, port: Number(m[2]) };
+}
+
+function readToken(o: { token?: string; tokenFile?: string }): string {
+  const t = o.tokenFile ? readFileSync(o.tokenFile, 'utf8').trim() : o.token ?? process.env.TSNAP_TOKEN;
+  if (!t) throw new TsnapError('usage', 'a shared secret is required: --token, --token-file or TSNAP_TOKEN (the receiver runs what it is sent)');
+  return t;
+}
+
+function parseRate(v: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:i?B)?(?:\/s)?$/.exec(v);
+  if (!m) throw new TsnapError('usage', `bad rate "${v}" (e.g. 50M, 1G)`);
+  const mult = { '': 1, k: 1e3, m: 1e6, g: 1e9 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g'];
+  return Number(m[1]) * mult;
+}
 import { restore, waitForExit } from '../restore/restore.js';
 import { kill } from '../sys/index.js';
 import { TsnapError, ExitCode } from '../errors.js';
@@ -139,6 +162,67 @@ export async function main(argv: string[]): Promise<void> {
       process.stdout.write(`squashed ${r.levels} images into ${r.dir}: ${r.pages} pages\n`);
     });
 
+  program.command('serve')
+    .description('receive migrations: write them as image chains, and restore them with --restore')
+    .option('-l, --listen <host:port>', 'address to listen on (loopback by default)', '127.0.0.1:7707')
+    .requiredOption('-d, --dir <dir>', 'where incoming images go (DIR/<pid>-<time>/1, 2, ..., final)')
+    .option('--restore', 'restore each migrated process as soon as its image is complete')
+    .option('--token <secret>', 'shared secret the sender must present')
+    .option('--token-file <file>', 'read the shared secret from a file')
+    .option('--tls-cert <file>', 'TLS certificate (PEM); with --tls-key, accept TLS only')
+    .option('--tls-key <file>', 'TLS private key (PEM)')
+    .option('--count <n>', 'exit after N migrations', (v) => Number(v))
+    .option('--stdout <file>', 'stdout of restored processes (default: this one\'s)')
+    .option('--stderr <file>', 'stderr of restored processes (default: this one\'s)')
+    .option('--json', 'one JSON event per line')
+    .addHelpText('after', '\nExample:\n  tsnap serve --listen 0.0.0.0:7707 --dir /var/lib/tsnap/in --restore --token-file /etc/tsnap/token')
+    .action(async (o: { listen: string; dir: string; restore?: boolean; token?: string; tokenFile?: string; tlsCert?: string; tlsKey?: string; count?: number; stdout?: string; stderr?: string; json?: boolean }) => {
+      const { host, port } = parseHostPort(o.listen, '127.0.0.1');
+      const s = await serve({
+        host, port, dir: o.dir, token: readToken(o), restore: !!o.restore, count: o.count,
+        tls: o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey } : undefined, stdout: o.stdout, stderr: o.stderr,
+        onEvent: (e) => process.stderr.write(o.json ? `${JSON.stringify(e)}\n` : `tsnap serve: ${Object.entries(e).map(([k, v]) => `${k}=${v}`).join(' ')}\n`),
+      });
+      await s.done;
+    });
+
+  program.command('migrate')
+    .description('move a running process to a tsnap serve, with a downtime of the last small delta')
+    .requiredOption('-p, --pid <pid>', 'process to migrate', parsePid)
+    .requiredOption('--to <host:port>', 'the receiving tsnap serve')
+    .option('--token <secret>', 'shared secret of the receiver')
+    .option('--token-file <file>', 'read the shared secret from a file')
+    .option('--downtime-ms <ms>', 'freeze once the last round fits this budget', (v) => Number(v), 50)
+    .option('--max-iterations <n>', 'at most N pre-copy rounds', (v) => Number(v), 10)
+    .option('--bandwidth-limit <rate>', 'cap the sending rate (e.g. 100M bytes/s)', parseRate)
+    .option('-R, --leave-running', 'keep the source running after the receiver has the image')
+    .addOption(new Option('--compress <codec>', 'page compression').choices(['lz4', 'none']).default('none'))
+    .option('--tls', 'connect with TLS')
+    .option('--tls-ca <file>', 'CA certificate to verify the receiver with')
+    .option('--tls-insecure', 'do not verify the receiver\'s certificate')
+    .option('--json', 'one JSON event per line, then the report')
+    .addHelpText('after', '\nExample:\n  tsnap migrate --pid 1234 --to 10.0.0.2:7707 --token-file /etc/tsnap/token --downtime-ms 50')
+    .action(async (o: { pid: number; to: string; token?: string; tokenFile?: string; downtimeMs: number; maxIterations: number; bandwidthLimit?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; tls?: boolean; tlsCa?: string; tlsInsecure?: boolean; json?: boolean }) => {
+      const { host, port } = parseHostPort(o.to, '127.0.0.1');
+      const r = await migrate({
+        pid: o.pid, host, port, token: readToken(o), downtimeMs: o.downtimeMs, maxIterations: o.maxIterations,
+        bandwidthLimit: o.bandwidthLimit, leaveRunning: !!o.leaveRunning, compression: o.compress,
+        tls: o.tls || o.tlsCa || o.tlsInsecure ? { ca: o.tlsCa, insecure: !!o.tlsInsecure } : undefined,
+        warn,
+        onEvent: (e) => process.stderr.write(o.json ? `${JSON.stringify(e)}\n` : `tsnap migrate: ${Object.entries(e).map(([k, v]) => `${k}=${v}`).join(' ')}\n`),
+      });
+      if (o.json) { process.stdout.write(`${JSON.stringify({ event: 'done', ...r })}\n`); }
+      else {
+        process.stdout.write(`migrated process ${o.pid} in ${r.iterations} iterations (${r.stoppedBecause})\n`
+          + `  sent ${formatBytes(r.bytesSent)} in ${formatUs(r.totalMs * 1000)}, downtime ${formatUs(r.downtimeMs * 1000)}\n`
+          + `  receiver image: ${r.receiverDir}${r.restoredPid ? `, running as pid ${r.restoredPid}` : ''}\n`);
+      }
+      if (r.restoreError) {
+        process.stderr.write(`tsnap: ${r.restoreError}\n`);
+        process.exitCode = ExitCode.restoreFailed;
+      }
+    });
+
   program.command('show')
     .description('describe an image: process, registers, memory, files, pages')
     .argument('<dir>', 'image directory')
@@ -147,10 +231,21 @@ export async function main(argv: string[]): Promise<void> {
       process.stdout.write(showImage(dir, !!o.json));
     });
 
+  // Should a bug leave tsnap waiting on nothing, Node would exit with 0 as if
+  // all went well: report it instead.
+  let settled = false;
+  process.once('beforeExit', () => {
+    if (!settled) {
+      process.stderr.write('tsnap: internal error: the operation stopped without finishing\n');
+      process.exitCode = ExitCode.internal;
+    }
+  });
   try {
     await program.parseAsync(argv);
   } catch (err) {
     process.exitCode = reportError(err);
+  } finally {
+    settled = true;
   }
 }
 

@@ -50,6 +50,12 @@ export interface DumpOptions {
   parent?: string;
   onProgress?: (p: { bytes: number }) => void;
   warn?: (msg: string) => void;
+  /**
+   * Keep the target frozen after the image is complete and hand it to the
+   * caller (result.held), who kills or releases it: a migration kills the
+   * source only once the receiver holds the image.
+   */
+  hold?: boolean;
 }
 
 export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
@@ -62,6 +68,10 @@ export interface DumpResult {
   killed: boolean;
   /** Why the parent's tracking could not be used (everything was copied), or null. */
   trackingLost: string | null;
+  /** With `hold`: the target, still frozen. */
+  held: FrozenTask | null;
+  /** When the target was frozen (process.hrtime.bigint()), for downtime accounting. */
+  frozenAt: bigint | null;
 }
 
 export function dump(opts: DumpOptions): Promise<DumpResult> {
@@ -145,7 +155,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         });
         // Every byte is read: a target that stays alive need not wait for the writes.
         let frozenUs = frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
-        if (frozen && opts.leaveRunning) {
+        if (frozen && opts.leaveRunning && !opts.hold) {
           frozen.release();
           unhold(frozen);
         }
@@ -206,14 +216,20 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           // copy, and the kernel unregisters everything.
           if (mode === 'dump') stopHolder(track.ref);
         }
-        if (frozen && !frozen.isReleased) {
+        if (frozen && !frozen.isReleased && !opts.hold) {
           frozenUs = frozen.frozenUs();
           stats.frozenUs = frozenUs;
           if (opts.leaveRunning) frozen.release();
           else frozen.kill();
           unhold(frozen);
         }
-        return { dir: dir.path, imageId, kind: inventory.kind, stats, killed: mode === 'dump' && !opts.leaveRunning, trackingLost: track?.lost ?? null };
+        return {
+          dir: dir.path, imageId, kind: inventory.kind, stats,
+          killed: mode === 'dump' && !opts.leaveRunning && !opts.hold,
+          trackingLost: track?.lost ?? null,
+          held: opts.hold && frozen && !frozen.isReleased ? frozen : null,
+          frozenAt: frozen?.frozenAt ?? null,
+        };
       } finally {
         pagemap.close();
         mem.close();

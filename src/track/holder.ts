@@ -76,13 +76,32 @@ export function takeUffd(ref: TrackingRef): HolderLookup {
   }
 }
 
+const napCell = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * Kills a holder and waits until it is dead (a zombie at most): only then
+ * has its copy of the uffd been closed, and tracking really ended.
+ */
+export function killHolder(pid: number): void {
+  try { process.kill(pid, 'SIGKILL'); } catch { return; }
+  for (let i = 0; i < 1000; i++) {
+    try {
+      const st = readStat(pid).state;
+      if (st === 'Z' || st === 'X') return;
+    } catch {
+      return;
+    }
+    Atomics.wait(napCell, 0, 0, 1);
+  }
+}
+
 /** Ends tracking: the holder's copy is the last long-lived one. */
 export function stopHolder(ref: TrackingRef): boolean {
   try {
     if (readStat(ref.holderPid).startTime !== ref.holderStartTime) return false;
-    process.kill(ref.holderPid, 'SIGKILL');
-    return true;
   } catch {
     return false;
   }
+  killHolder(ref.holderPid);
+  return true;
 }

@@ -5,7 +5,7 @@
  */
 import { readImage } from '../image/image-reader.js';
 import { readdirSync, readFileSync } from 'node:fs';
-import { stopHolder, HOLDER_NAME } from './holder.js';
+import { stopHolder, killHolder, HOLDER_NAME } from './holder.js';
 import { TsnapError } from '../errors.js';
 
 /** Holders tracking `pid`, found by their command line (`tsnap-track PID`). */
@@ -23,9 +23,7 @@ export function findHolders(pid: number): number[] {
 
 export function untrackPid(pid: number): string {
   const holders = findHolders(pid);
-  for (const h of holders) {
-    try { process.kill(h, 'SIGKILL'); } catch { /* gone */ }
-  }
+  for (const h of holders) killHolder(h);
   return holders.length ? `stopped tracking process ${pid} (holder ${holders.join(', ')} ended)` : `process ${pid} is not tracked`;
 }
 

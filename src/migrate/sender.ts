@@ -1,0 +1,186 @@
+/**
+ * `tsnap migrate`: the pre-copy loop. Iteration 1 copies all memory while
+ * the process runs (tracking armed first); each further iteration sends the
+ * pages written during the previous one. The loop freezes the process when
+ * the last round could be sent within the downtime budget at the measured
+ * bandwidth, when rounds stop shrinking, or at the iteration cap — and says
+ * which. The final, frozen delta and the process state follow; the source
+ * is killed only after the receiver has committed the complete image.
+ *
+ * Each iteration is taken as a normal image in a private staging directory
+ * and streamed file by file; its page data is deleted once sent (the next
+ * round needs only the metadata), so staging never holds more than one
+ * iteration's pages.
+ */
+import { connect as netConnect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
+import { mkdtempSync, rmSync, openSync, readSync, closeSync, readdirSync, fstatSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { preDump, dump, type DumpResult } from '../dump/dump.js';
+import { untrackPid } from '../track/untrack.js';
+import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, encodeFrame, decodeDoc, send } from './wire.js';
+import { crc32 } from '../image/checksum.js';
+import { TsnapError, asTsnapError } from '../errors.js';
+import type { Compression } from '../../formats/schema.js';
+
+export interface MigrateOptions {
+  pid: number;
+  host: string;
+  port: number;
+  token: string;
+  downtimeMs?: number;
+  maxIterations?: number;
+  /** Bytes per second; 0 = unlimited. */
+  bandwidthLimit?: number;
+  leaveRunning?: boolean;
+  compression?: Compression;
+  tls?: { ca?: string; insecure?: boolean };
+  onEvent?: (e: Record<string, unknown>) => void;
+  warn?: (m: string) => void;
+}
+
+export interface MigrateResult {
+  iterations: number;
+  stoppedBecause: string;
+  bytesSent: number;
+  totalMs: number;
+  /** From the freeze of the source to the process running on the receiver (or committed, without restore). */
+  downtimeMs: number;
+  receiverDir: string;
+  restoredPid: number | null;
+  restoreError: string | null;
+}
+
+const FILE_ORDER = ['pages', 'pagemap', 'process', 'stats', 'inventory']; // inventory last: the commit record
+
+export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
+  const t0 = process.hrtime.bigint();
+  const ms = (from: bigint) => Number(process.hrtime.bigint() - from) / 1e6;
+  const budget = opts.downtimeMs ?? 50;
+  const cap = opts.maxIterations ?? 10;
+  const sock = await connectTo(opts);
+  const reader = new FrameReader(sock);
+  const staging = mkdtempSync(join(tmpdir(), 'tsnap-migrate-'));
+  let held: DumpResult['held'] = null;
+  let bytesSent = 0;
+  try {
+    await send(sock, encodeDoc(Msg.Hello, { magic: WIRE_MAGIC, version: WIRE_VERSION, token: opts.token, pid: opts.pid, tool: 'tsnap' }));
+    const ok = decodeDoc<{ dir: string }>(await reader.expect(Msg.HelloOk, 'greeting the receiver'));
+    opts.onEvent?.({ event: 'connected', receiverDir: ok.dir });
+
+    const sendImage = async (dir: string, name: string) => {
+      const t = process.hrtime.bigint();
+      await send(sock, encodeDoc(Msg.IterBegin, { name }));
+      let bytes = 0;
+      const present = new Set(readdirSync(dir));
+      for (const file of FILE_ORDER) {
+        if (!present.has(file)) continue;
+        bytes += await sendFile(sock, join(dir, file), file, opts.bandwidthLimit ?? 0);
+      }
+      await send(sock, encodeDoc(Msg.IterEnd, {}));
+      bytesSent += bytes;
+      rmSync(join(dir, 'pages'), { force: true }); // the next round needs the metadata only
+      return { bytes, sendMs: ms(t) };
+    };
+
+    let stoppedBecause = `reached the iteration cap (${cap})`;
+    let prev: DumpResult | null = null;
+    let k = 0;
+    let bandwidth = 0; // bytes per ms, measured end to end (copy + send)
+    while (k < cap) {
+      k++;
+      const tIter = process.hrtime.bigint();
+      const r = await preDump({ pid: opts.pid, dir: join(staging, String(k)), parent: prev ? join(staging, String(k - 1)) : undefined, compression: opts.compression, warn: opts.warn });
+      const s = await sendImage(r.dir, String(k));
+      const iterMs = ms(tIter);
+      bandwidth = s.bytes / Math.max(iterMs, 1);
+      const dirtyRate = prev ? (r.stats.bytesRaw / Math.max(iterMs, 1)) * 1000 : 0;
+      // The final round will carry about what was written during this one.
+      const estDowntime = r.stats.bytesStored / Math.max(bandwidth, 1e-9);
+      opts.onEvent?.({ event: 'iteration', iteration: k, pages: r.stats.pagesWritten, bytes: s.bytes, ms: +iterMs.toFixed(1), bandwidthMBps: +(bandwidth / 1e3).toFixed(1), dirtyRateMBps: +(dirtyRate / 1e6).toFixed(1), estimatedDowntimeMs: +estDowntime.toFixed(1) });
+      if (k > 1 && estDowntime <= budget) { stoppedBecause = `converged: the last round fits the ${budget} ms downtime budget (estimated ${estDowntime.toFixed(1)} ms)`; prev = r; break; }
+      if (prev && k > 2 && r.stats.pagesWritten >= prev.stats.pagesWritten * 0.9) {
+        stoppedBecause = `not converging: round ${k} wrote ${r.stats.pagesWritten} pages after ${prev.stats.pagesWritten}`;
+        prev = r;
+        break;
+      }
+      prev = r;
+    }
+
+    // Downtime starts here: freeze, last delta, full state.
+    const final = await dump({ pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn });
+    held = final.held;
+    const frozenAt = final.frozenAt ?? process.hrtime.bigint();
+    await sendImage(final.dir, 'final');
+    await send(sock, encodeDoc(Msg.Commit, {}));
+    const committed = decodeDoc<{ dir: string }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));
+    // The receiver holds the complete image durably: the source may go.
+    if (held) {
+      if (opts.leaveRunning) held.release(); else held.kill();
+      held = null;
+    }
+    opts.onEvent?.({ event: 'committed', receiverDir: committed.dir, source: opts.leaveRunning ? 'left running' : 'killed' });
+    let restoredPid: number | null = null;
+    let restoreError: string | null = null;
+    const reply = await reader.next().catch(() => null);
+    if (reply?.type === Msg.Restored) restoredPid = decodeDoc<{ pid: number }>(reply).pid;
+    else if (reply?.type === Msg.RestoreFailed) restoreError = decodeDoc<{ message: string }>(reply).message;
+    const downtimeMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
+    return {
+      iterations: k + 1, stoppedBecause, bytesSent, totalMs: ms(t0), downtimeMs,
+      receiverDir: committed.dir, restoredPid, restoreError,
+    };
+  } catch (err) {
+    // Before COMMITTED nothing is lost: the source runs on as it was.
+    if (held) {
+      try { held.release(); } catch { /* gone */ }
+    }
+    untrackPid(opts.pid);
+    const e = asTsnapError(err, `migration of process ${opts.pid}`);
+    throw new TsnapError(e.kind, `migration of process ${opts.pid} failed; it runs on where it was: ${e.message}`, e.cause ?? err);
+  } finally {
+    sock.destroy();
+    rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+async function connectTo(opts: MigrateOptions): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const onError = (e: Error) => reject(new TsnapError('targetFailed', `cannot connect to ${opts.host}:${opts.port}: ${e.message}`));
+    const sock: Socket = opts.tls
+      ? tlsConnect({ host: opts.host, port: opts.port, ca: opts.tls.ca ? readFileSync(opts.tls.ca) : undefined, rejectUnauthorized: !opts.tls.insecure }, () => resolve(sock))
+      : netConnect({ host: opts.host, port: opts.port }, () => resolve(sock));
+    sock.once('error', onError);
+    sock.setNoDelay(true);
+  });
+}
+
+/** Streams one file as FILE_BEGIN, FILE_DATA pieces of 1 MiB, FILE_END. */
+async function sendFile(sock: Socket, path: string, name: string, limit: number): Promise<number> {
+  await send(sock, encodeDoc(Msg.FileBegin, { name }));
+  const fd = openSync(path, 'r');
+  let crc = 0;
+  let sent = 0;
+  const t = Date.now();
+  try {
+    const size = fstatSync(fd).size;
+    const buf = Buffer.allocUnsafe(1 << 20);
+    while (sent < size) {
+      const n = readSync(fd, buf, 0, Math.min(buf.length, size - sent), sent);
+      if (n === 0) break;
+      const piece = Buffer.from(buf.subarray(0, n));
+      crc = crc32(piece, crc);
+      await send(sock, encodeFrame(Msg.FileData, piece));
+      sent += n;
+      if (limit > 0) {
+        const ahead = sent / limit * 1000 - (Date.now() - t);
+        if (ahead > 0) await new Promise((r) => setTimeout(r, ahead));
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  await send(sock, encodeDoc(Msg.FileEnd, { length: sent, crc32: crc }));
+  return sent;
+}

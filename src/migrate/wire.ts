@@ -1,0 +1,139 @@
+/**
+ * The migration wire protocol, version 1 (formats/wire-v1.md): framed
+ * messages over one TCP (or TLS) stream. Every frame carries its own CRC-32.
+ *
+ *   u32 length of payload | u8 type | u32 crc32(payload) | payload
+ *
+ * Control frames carry one msgpack document; FILE_DATA carries raw bytes.
+ */
+import type { Socket } from 'node:net';
+import { packr } from '../image/metadata.js';
+import { crc32 } from '../image/checksum.js';
+import { TsnapError } from '../errors.js';
+
+export const WIRE_VERSION = 1;
+export const WIRE_MAGIC = 'TSNAPWIRE';
+export const FRAME_HEADER = 9;
+/** Largest frame accepted: a data frame carries at most one 1 MiB piece. */
+export const MAX_FRAME = 4 << 20;
+
+export enum Msg {
+  Hello = 1,
+  HelloOk = 2,
+  Error = 3,
+  IterBegin = 10,
+  FileBegin = 11,
+  FileData = 12,
+  FileEnd = 13,
+  IterEnd = 14,
+  Commit = 20,
+  Committed = 21,
+  Restored = 22,
+  RestoreFailed = 23,
+}
+
+export interface Frame {
+  type: Msg;
+  payload: Buffer;
+}
+
+export function encodeFrame(type: Msg, payload: Buffer): Buffer[] {
+  const h = Buffer.alloc(FRAME_HEADER);
+  h.writeUInt32LE(payload.length, 0);
+  h.writeUInt8(type, 4);
+  h.writeUInt32LE(crc32(payload), 5);
+  return [h, payload];
+}
+
+export function encodeDoc(type: Msg, doc: unknown): Buffer[] {
+  return encodeFrame(type, packr.pack(doc));
+}
+
+export function decodeDoc<T>(f: Frame): T {
+  try {
+    return packr.unpack(f.payload) as T;
+  } catch {
+    throw new TsnapError('badImage', `migration stream: undecodable ${Msg[f.type]} message`);
+  }
+}
+
+/**
+ * Reads frames from a socket one at a time. Pausing between reads is what
+ * gives backpressure: the sender's writes block (TCP window) while this
+ * side is busy writing files.
+ */
+export class FrameReader {
+  private buf: Buffer = Buffer.alloc(0);
+  private ended = false;
+  private failure: Error | null = null;
+  private wake: (() => void) | null = null;
+
+  constructor(private readonly sock: Socket) {
+    sock.on('data', (d: Buffer) => {
+      this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
+      if (this.buf.length > MAX_FRAME + FRAME_HEADER) sock.pause();
+      this.wake?.();
+    });
+    sock.on('end', () => { this.ended = true; this.wake?.(); });
+    sock.on('close', () => { this.ended = true; this.wake?.(); });
+    sock.on('error', (e) => { this.failure = e; this.wake?.(); });
+  }
+
+  /** The next frame, or null at a clean end of stream between frames. */
+  async next(): Promise<Frame | null> {
+    for (;;) {
+      if (this.buf.length >= FRAME_HEADER) {
+        const len = this.buf.readUInt32LE(0);
+        if (len > MAX_FRAME) throw new TsnapError('badImage', `migration stream: frame of ${len} bytes is larger than allowed; not a tsnap peer or corrupted`);
+        if (this.buf.length >= FRAME_HEADER + len) {
+          const type = this.buf.readUInt8(4) as Msg;
+          const crc = this.buf.readUInt32LE(5);
+          const payload = Buffer.from(this.buf.subarray(FRAME_HEADER, FRAME_HEADER + len));
+          this.buf = this.buf.subarray(FRAME_HEADER + len);
+          if (this.buf.length <= MAX_FRAME) this.sock.resume();
+          if (crc32(payload) !== crc) throw new TsnapError('badImage', `migration stream: ${Msg[type] ?? type} frame checksum mismatch`);
+          return { type, payload };
+        }
+      }
+      if (this.failure) throw new TsnapError('targetFailed', `migration peer connection failed: ${this.failure.message}`);
+      if (this.ended) {
+        if (this.buf.length) throw new TsnapError('badImage', 'migration stream truncated in the middle of a frame');
+        return null;
+      }
+      this.sock.resume();
+      await new Promise<void>((r) => { this.wake = r; });
+      this.wake = null;
+    }
+  }
+
+  /** The next frame, which must be of type `type` (an Error frame becomes a TsnapError). */
+  async expect(type: Msg, what: string): Promise<Frame> {
+    const f = await this.next();
+    if (!f) throw new TsnapError('targetFailed', `migration peer closed the connection while ${what}`);
+    if (f.type === Msg.Error) {
+      const e = decodeDoc<{ code: string; message: string }>(f);
+      throw new TsnapError(e.code === 'token' || e.code === 'version' ? 'permission' : 'targetFailed', `migration peer refused: ${e.message}`);
+    }
+    if (f.type !== type) throw new TsnapError('badImage', `migration stream: expected ${Msg[type]}, got ${Msg[f.type] ?? f.type} while ${what}`);
+    return f;
+  }
+}
+
+/** Writes frames, waiting for the socket to drain (backpressure). */
+export async function send(sock: Socket, parts: Buffer[]): Promise<void> {
+  for (const p of parts) {
+    // A destroyed socket swallows writes without an 'error' event: check first.
+    if (sock.destroyed || !sock.writable) throw new TsnapError('targetFailed', 'migration peer closed the connection');
+    if (!sock.write(p)) {
+      if (sock.destroyed) throw new TsnapError('targetFailed', 'migration peer closed the connection');
+      await new Promise<void>((resolve, reject) => {
+        const onDrain = () => { sock.off('error', onErr); sock.off('close', onClose); resolve(); };
+        const onErr = (e: Error) => { sock.off('drain', onDrain); sock.off('close', onClose); reject(new TsnapError('targetFailed', `migration connection failed: ${e.message}`)); };
+        const onClose = () => { sock.off('drain', onDrain); sock.off('error', onErr); reject(new TsnapError('targetFailed', 'migration peer closed the connection')); };
+        sock.once('drain', onDrain);
+        sock.once('error', onErr);
+        sock.once('close', onClose);
+      });
+    }
+  }
+}
