@@ -4,7 +4,7 @@
  * counting; the source is gone. Failures leave the source running.
  */
 import { describe, it, expect, afterAll, afterEach } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -139,5 +139,83 @@ describe('tsnap migrate', () => {
     expect(findHolders(p.pid)).toEqual([]);
     process.kill(p.pid, 'SIGUSR1');
     expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000)).toMatch(/^PASS/);
+  });
+});
+
+describe('migration between network namespaces, over TLS, and a restore that fails', () => {
+  it('moves a process from one network namespace to another (veth), as root', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const tag = `ts${process.pid % 10000}`;
+    const ip = (...args: string[]) => execFileSync('ip', args, { stdio: 'pipe' });
+    const cleanup = () => {
+      for (const ns of [`${tag}a`, `${tag}b`]) { try { ip('netns', 'del', ns); } catch { /* absent */ } }
+    };
+    cleanup();
+    try {
+      ip('netns', 'add', `${tag}a`);
+      ip('netns', 'add', `${tag}b`);
+      ip('link', 'add', `${tag}va`, 'netns', `${tag}a`, 'type', 'veth', 'peer', 'name', `${tag}vb`, 'netns', `${tag}b`);
+      ip('-n', `${tag}a`, 'addr', 'add', '10.231.0.1/30', 'dev', `${tag}va`);
+      ip('-n', `${tag}b`, 'addr', 'add', '10.231.0.2/30', 'dev', `${tag}vb`);
+      for (const [ns, dev] of [[`${tag}a`, `${tag}va`], [`${tag}b`, `${tag}vb`]]) {
+        ip('-n', ns, 'link', 'set', dev, 'up');
+        ip('-n', ns, 'link', 'set', 'lo', 'up');
+      }
+      const out = join(work, 'restored.out');
+      // The receiver lives in namespace b; the sender runs in namespace a.
+      const srv = spawn('ip', ['netns', 'exec', `${tag}b`, process.execPath, TSNAP_BIN, 'serve', '--listen', '10.231.0.2:7707', '--dir', join(work, 'in'), '--token', 'sesame', '--restore', '--count', '1', '--stdout', out, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      servers.push(srv);
+      let events = '';
+      srv.stderr!.on('data', (d) => { events += d; });
+      await waitFor(() => events.includes('"listening"'));
+      const p = await startProcess(await compileC('migrant'), ['32']);
+      await p.waitForLine(/^count=20$/, 10_000);
+      const r = spawn('ip', ['netns', 'exec', `${tag}a`, process.execPath, TSNAP_BIN, 'migrate', '--pid', String(p.pid), '--to', '10.231.0.2:7707', '--token', 'sesame', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      r.stdout!.on('data', (d) => { stdout += d; });
+      r.stderr!.on('data', (d) => { stderr += d; });
+      expect(await new Promise((res) => r.on('close', res)), stderr).toBe(0);
+      const done = JSON.parse(stdout.trim().split('\n').pop()!);
+      restored.push(done.restoredPid);
+      expect(done.restoredPid).toBe(p.pid);
+      process.kill(done.restoredPid, 'SIGUSR1');
+      await waitFor(() => existsSync(out) && /^(PASS|FAIL)/m.test(readFileSync(out, 'utf8')), 20_000);
+      expect(readFileSync(out, 'utf8')).toMatch(/^PASS/m);
+    } finally {
+      cleanup();
+    }
+  });
+
+  it('TLS: the receiver with a certificate, the sender verifying it', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const key = join(work, 'key.pem');
+    const cert = join(work, 'cert.pem');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'pipe' });
+    const srv = await startServer(join(work, 'in'), ['--tls-cert', cert, '--tls-key', key, '--count', '1']);
+    const p = await startProcess(await compileC('migrant'), ['8']);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--tls-ca', cert, '--leave-running', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const done = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    expect(readdirSync(done.receiverDir)).toContain('inventory');
+    // --leave-running: the source goes on.
+    const n = p.lines().length;
+    await p.waitForLine(/^count=/, 5000, n);
+    // Plain TCP to a TLS receiver gets nowhere.
+    const plain = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame');
+    expect(plain.code).not.toBe(0);
+  });
+
+  it('a restore that fails on the receiver keeps the image there and both sides say so', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const srv = await startServer(join(work, 'in'), ['--restore', '--count', '1']);
+    // A socket at fd 3: dumped fine, refused by restore.
+    const p = await startProcess('python3', ['-c', 'import socket, time\na, b = socket.socketpair()\nprint("READY", flush=True)\ntime.sleep(60)\n']);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--json');
+    expect(r.code).toBe(ExitCode.restoreFailed);
+    expect(r.stderr).toMatch(/restore failed: .*fd 3 is a socket.*; the image stays in \S+ for tsnap restore/);
+    const done = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    expect(readdirSync(done.receiverDir)).toContain('inventory');
+    await waitFor(() => srv.events.some((e) => e.includes('"restore-failed"')));
   });
 });
