@@ -47,6 +47,8 @@ export interface MigrateResult {
   totalMs: number;
   /** From the freeze of the source to the process running on the receiver (or committed, without restore). */
   downtimeMs: number;
+  /** From the freeze to the receiver holding the complete image (the part before its restore). */
+  freezeToCommitMs: number;
   receiverDir: string;
   restoredPid: number | null;
   restoreError: string | null;
@@ -115,6 +117,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
     await sendImage(final.dir, 'final');
     await send(sock, encodeDoc(Msg.Commit, {}));
     const committed = decodeDoc<{ dir: string }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));
+    const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     // The receiver holds the complete image durably: the source may go.
     if (held) {
       if (opts.leaveRunning) held.release(); else held.kill();
@@ -128,7 +131,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
     else if (reply?.type === Msg.RestoreFailed) restoreError = decodeDoc<{ message: string }>(reply).message;
     const downtimeMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     return {
-      iterations: k + 1, stoppedBecause, bytesSent, totalMs: ms(t0), downtimeMs,
+      iterations: k + 1, stoppedBecause, bytesSent, totalMs: ms(t0), downtimeMs, freezeToCommitMs,
       receiverDir: committed.dir, restoredPid, restoreError,
     };
   } catch (err) {
