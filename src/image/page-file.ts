@@ -237,18 +237,9 @@ export class PageFileReader {
       if (n === 0) throw new TsnapError('badImage', `${this.path}: truncated inside chunk ${i}`);
       got += n;
     }
-    if (crc32(stored) !== c.crc32) {
-      throw new TsnapError('badImage', `${this.path}: chunk ${i} checksum mismatch; the image is corrupted`);
-    }
+    this.checkStored(i, c, stored);
     if (c.codec === 'none') return stored;
-    let raw: Buffer;
-    try {
-      raw = await lz4UncompressAsync(stored);
-    } catch (err) {
-      throw new TsnapError('badImage', `${this.path}: chunk ${i} does not decompress (${(err as Error).message})`);
-    }
-    if (raw.length !== c.rawLength) throw new TsnapError('badImage', `${this.path}: chunk ${i} has ${raw.length} bytes, expected ${c.rawLength}`);
-    return raw;
+    return this.checkRaw(i, c, () => lz4UncompressAsync(stored));
   }
 
   private checkedEntry(i: number): ChunkEntry {
@@ -270,18 +261,33 @@ export class PageFileReader {
       if (n === 0) throw new TsnapError('badImage', `${this.path}: truncated inside chunk ${i}`);
       got += n;
     }
+    this.checkStored(i, c, stored);
+    if (c.codec === 'none') return stored;
+    return this.checkRaw(i, c, () => lz4Uncompress(stored));
+  }
+
+  private checkStored(i: number, c: ChunkEntry, stored: Buffer): void {
     if (crc32(stored) !== c.crc32) {
       throw new TsnapError('badImage', `${this.path}: chunk ${i} checksum mismatch; the image is corrupted`);
     }
-    if (c.codec === 'none') return stored;
-    let raw: Buffer;
-    try {
-      raw = lz4Uncompress(stored);
-    } catch (err) {
+  }
+
+  /** Decodes with `decode` (sync or async) and checks the decoded length. */
+  private checkRaw<T extends Buffer | Promise<Buffer>>(i: number, c: ChunkEntry, decode: () => T): T {
+    const fail = (err: unknown): never => {
       throw new TsnapError('badImage', `${this.path}: chunk ${i} does not decompress (${(err as Error).message})`);
+    };
+    const check = (raw: Buffer): Buffer => {
+      if (raw.length !== c.rawLength) throw new TsnapError('badImage', `${this.path}: chunk ${i} has ${raw.length} bytes, expected ${c.rawLength}`);
+      return raw;
+    };
+    let out: Buffer | Promise<Buffer>;
+    try {
+      out = decode();
+    } catch (err) {
+      return fail(err);
     }
-    if (raw.length !== c.rawLength) throw new TsnapError('badImage', `${this.path}: chunk ${i} has ${raw.length} bytes, expected ${c.rawLength}`);
-    return raw;
+    return (out instanceof Promise ? out.then(check, fail) : check(out)) as T;
   }
 
   close(): void {
