@@ -1,6 +1,6 @@
 /** /proc/PID/fd and /proc/PID/fdinfo: what each open descriptor refers to and how it was opened. */
 import * as fs from 'node:fs';
-import { procError, procPath, readProcNumericDir, readProcText, splitDeleted } from './read.js';
+import { forEachKeyValue, procError, procPath, readProcNumericDir, readProcText, splitDeleted } from './read.js';
 
 export function listFds(pid: number): number[] {
   return readProcNumericDir(pid, 'fd');
@@ -26,35 +26,28 @@ export interface FdInfo {
 
 export function parseFdInfo(fd: number, text: string): FdInfo {
   const info: FdInfo = { fd, pos: NaN, flags: NaN, mntId: NaN, ino: NaN, extra: {} };
-  let pos = 0;
-  while (pos < text.length) {
-    let eol = text.indexOf('\n', pos);
-    if (eol < 0) eol = text.length;
-    const colon = text.indexOf(':', pos);
-    if (colon >= 0 && colon < eol) {
-      const key = text.slice(pos, colon).trim();
-      const value = text.slice(colon + 1, eol).trim();
-      switch (key) {
-        case 'pos':
-          info.pos = Number(value);
-          break;
-        case 'flags':
-          info.flags = parseInt(value, 8);
-          break;
-        case 'mnt_id':
-          info.mntId = Number(value);
-          break;
-        case 'ino':
-          info.ino = Number(value);
-          break;
-        default: {
-          const prev = info.extra[key];
-          info.extra[key] = prev === undefined ? value : `${prev}\n${value}`;
-        }
+  forEachKeyValue(text, (rawKey, rawValue) => {
+    const key = rawKey.trim();
+    const value = rawValue.trim();
+    switch (key) {
+      case 'pos':
+        info.pos = Number(value);
+        break;
+      case 'flags':
+        info.flags = parseInt(value, 8);
+        break;
+      case 'mnt_id':
+        info.mntId = Number(value);
+        break;
+      case 'ino':
+        info.ino = Number(value);
+        break;
+      default: {
+        const prev = info.extra[key];
+        info.extra[key] = prev === undefined ? value : `${prev}\n${value}`;
       }
     }
-    pos = eol + 1;
-  }
+  });
   if (Number.isNaN(info.pos) || Number.isNaN(info.flags)) {
     throw new Error(`malformed /proc/PID/fdinfo/${fd}: ${JSON.stringify(text.slice(0, 80))}`);
   }

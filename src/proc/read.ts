@@ -82,3 +82,23 @@ export function splitDeleted(p: string): { path: string; deleted: boolean } {
   if (p.endsWith(DELETED_SUFFIX)) return { path: p.slice(0, -DELETED_SUFFIX.length), deleted: true };
   return { path: p, deleted: false };
 }
+
+/**
+ * Calls `fn(key, value)` for each "key: value" line of a /proc file
+ * (status, fdinfo), with the blanks after the colon skipped. Lines
+ * without a colon are ignored.
+ */
+export function forEachKeyValue(text: string, fn: (key: string, value: string) => void): void {
+  let pos = 0;
+  while (pos < text.length) {
+    let eol = text.indexOf('\n', pos);
+    if (eol < 0) eol = text.length;
+    const colon = text.indexOf(':', pos);
+    if (colon >= 0 && colon < eol) {
+      let v = colon + 1;
+      while (v < eol && (text.charCodeAt(v) === 9 || text.charCodeAt(v) === 32)) v++;
+      fn(text.slice(pos, colon), text.slice(v, eol));
+    }
+    pos = eol + 1;
+  }
+}

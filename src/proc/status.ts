@@ -1,5 +1,5 @@
 /** /proc/PID/status: the human-readable summary, parsed for the fields stat lacks. */
-import { readProcText } from './read.js';
+import { forEachKeyValue, readProcText } from './read.js';
 import { hexToBigInt } from './num.js';
 
 export interface ProcStatus {
@@ -43,18 +43,7 @@ function nums(s: string): number[] {
 
 export function parseStatus(text: string): ProcStatus {
   const raw: Record<string, string> = {};
-  let pos = 0;
-  while (pos < text.length) {
-    let eol = text.indexOf('\n', pos);
-    if (eol < 0) eol = text.length;
-    const colon = text.indexOf(':', pos);
-    if (colon >= 0 && colon < eol) {
-      let v = colon + 1;
-      while (v < eol && (text.charCodeAt(v) === 9 || text.charCodeAt(v) === 32)) v++;
-      raw[text.slice(pos, colon)] = text.slice(v, eol);
-    }
-    pos = eol + 1;
-  }
+  forEachKeyValue(text, (key, value) => { raw[key] = value; });
   const get = (key: string): string => {
     const v = raw[key];
     if (v === undefined) throw new Error(`/proc/PID/status has no ${key}: line`);
