@@ -168,11 +168,14 @@ async function sendFile(sock: Socket, path: string, name: string, limit: number)
   const t = Date.now();
   try {
     const size = fstatSync(fd).size;
-    const buf = Buffer.allocUnsafe(1 << 20);
     while (sent < size) {
-      const n = readSync(fd, buf, 0, Math.min(buf.length, size - sent), sent);
+      // A new buffer per piece, read into directly: the socket may still hold
+      // the previous one, and copying it out of a reused buffer costs a copy
+      // of every page sent.
+      const buf = Buffer.allocUnsafe(Math.min(1 << 20, size - sent));
+      const n = readSync(fd, buf, 0, buf.length, sent);
       if (n === 0) break;
-      const piece = Buffer.from(buf.subarray(0, n));
+      const piece = n === buf.length ? buf : buf.subarray(0, n);
       crc = crc32(piece, crc);
       await send(sock, encodeFrame(Msg.FileData, piece));
       sent += n;
