@@ -21,10 +21,14 @@ afterAll(() => cleanupTmpDirs());
 
 const PAGE = 4096;
 
+/** Every thread of the process runs (or sleeps), traced by nobody. */
 function expectRunningUntraced(pid: number): void {
-  const st = readStatus(pid);
-  expect(st.tracerPid).toBe(0);
-  expect(['S', 'R']).toContain(st.state);
+  for (const tid of readdirSync(`/proc/${pid}/task`).map(Number)) {
+    let st;
+    try { st = readStatus(tid); } catch { continue; } // a thread that just ended
+    expect(st.tracerPid, `thread ${tid}`).toBe(0);
+    expect(['S', 'R'], `thread ${tid}`).toContain(st.state);
+  }
 }
 
 /**
@@ -247,13 +251,37 @@ describe('tsnap dump failures leave the target untouched', () => {
     expectRunningUntraced(p.pid);
   });
 
-  it('a multi-threaded process is refused before anything is frozen', async () => {
+  it('a thread id is refused with the process to dump instead', async () => {
     const work = tmpDir('tsnap-dump-');
     const p = await startPython('import threading,time\nthreading.Thread(target=time.sleep,args=(60,),daemon=True).start()\nprint("READY",flush=True)\ntime.sleep(60)\n');
-    const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
-    expect(r.code).toBe(ExitCode.unsupported);
-    expect(r.stderr).toMatch(/2 threads/);
+    const tid = readdirSync(`/proc/${p.pid}/task`).map(Number).find((t) => t !== p.pid)!;
+    const r = await tsnap('dump', '--pid', String(tid), '--dir', join(work, 'img'));
+    expect(r.code).toBe(ExitCode.usage);
+    expect(r.stderr).toContain(`tsnap dump --pid ${p.pid}`);
     expectRunningUntraced(p.pid);
+  });
+
+  it('a process that creates and ends threads all the time is frozen whole and resumed untraced', async () => {
+    const work = tmpDir('tsnap-dump-');
+    const p = await startPython(`
+import threading, time
+def churn():
+    while True:
+        t = threading.Thread(target=lambda: None); t.start(); t.join()
+for _ in range(2):
+    threading.Thread(target=churn, daemon=True).start()
+print("READY", flush=True)
+time.sleep(600)
+`);
+    for (let i = 0; i < 3; i++) {
+      const dir = join(work, `img${i}`);
+      const r = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--leave-running');
+      expect(r.code, r.stderr).toBe(0);
+      const tids = readImage(dir).process.threads.map((t) => t.tid);
+      expect(tids[0]).toBe(p.pid);
+      expect(tids.length).toBeGreaterThanOrEqual(3);
+      expectRunningUntraced(p.pid);
+    }
   });
 
   it('SIGINT in the middle of copying memory: the target runs on untraced with the same memory', async () => {

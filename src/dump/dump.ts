@@ -16,10 +16,9 @@ import { release as kernelRelease } from 'node:os';
 import { relative, resolve } from 'node:path';
 import { closeSync } from 'node:fs';
 import { ProcMem, Pagemap } from '../sys/index.js';
-import { listTasks, readStat } from '../proc/index.js';
-import { FrozenTask } from '../freeze/frozen-task.js';
+import { readStat, readStatus } from '../proc/index.js';
+import { FrozenProcess } from '../freeze/frozen-process.js';
 import { hold, unhold, withAbortSignals } from '../freeze/safety-net.js';
-import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { collectRemoteState } from './task-state.js';
 import { readLayout, assembleProcess } from './process-state.js';
 import { copyPages, fullSelection } from './page-dumper.js';
@@ -69,7 +68,7 @@ export interface DumpResult {
   /** Why the parent's tracking could not be used (everything was copied), or null. */
   trackingLost: string | null;
   /** With `hold`: the target, still frozen. */
-  held: FrozenTask | null;
+  held: FrozenProcess | null;
   /** When the target was frozen (process.hrtime.bigint()), for downtime accounting. */
   frozenAt: bigint | null;
 }
@@ -92,7 +91,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   checkTarget(pid);
   const parent = opts.parent ? readParent(opts.parent, pid) : null;
   const dir = prepareImageDir(opts.dir);
-  let task: FrozenTask | null = null;
+  let task: FrozenProcess | null = null;
   let writer: PageFileWriter | null = null;
   let tracking: Tracking | null = null;
   let armed: Range[] = [];
@@ -111,15 +110,15 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         if (tracking.lost) opts.warn?.(`tracking of process ${pid} was lost (${tracking.lost}); copying all of its memory again`);
       }
       if (mode === 'dump') {
-        task = FrozenTask.freeze(pid);
+        task = FrozenProcess.freeze(pid);
         hold(task);
       }
-      const frozen = task as FrozenTask | null;
+      const frozen = task as FrozenProcess | null;
       const track = tracking as Tracking | null;
       const mem = new ProcMem(pid);
       const pagemap = new Pagemap(pid);
       try {
-        const remote = frozen ? collectRemoteState(new RemoteSyscaller(frozen, mem), mem) : null;
+        const remote = frozen ? collectRemoteState(frozen, mem) : null;
         const layout = readLayout(pid);
         const processImage = remote ? assembleProcess(pid, remote, layout) : null;
         checkAbort();
@@ -248,7 +247,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       // A tracking this run started dies with it; a parent's stays usable.
       if (tr.fresh) stopHolder(tr.ref);
     }
-    const t = task as FrozenTask | null;
+    const t = task as FrozenProcess | null;
     if (t && !t.isReleased) {
       try { t.release(); } catch { /* gone */ }
       unhold(t);
@@ -281,8 +280,6 @@ function checkTarget(pid: number): void {
     throw new TsnapError('noSuchProcess', `no process with pid ${pid}; check the pid (ps -p ${pid})`);
   }
   if (pid === process.pid) throw new TsnapError('usage', 'tsnap cannot dump itself');
-  const tasks = listTasks(pid);
-  if (tasks.length > 1) {
-    throw new TsnapError('unsupported', `process ${pid} has ${tasks.length} threads; multi-threaded processes are not supported yet (single-threaded only)`);
-  }
+  const tgid = readStatus(pid).tgid;
+  if (tgid !== pid) throw new TsnapError('usage', `${pid} is a thread of process ${tgid}; dump the process: tsnap dump --pid ${tgid}`);
 }

@@ -102,7 +102,7 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     creds: { uid: status.uid, gid: status.gid },
     startTime: stat.startTime,
     rlimits: readRlimits(pid),
-    threads: [remote.thread],
+    threads: remote.threads,
     signals: remote.signals,
     mm,
     fds: readFds(pid),

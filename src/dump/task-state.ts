@@ -3,12 +3,13 @@
  * itself can tell: registers, XSAVE area, signal mask and actions, alternate
  * stack, TLS-related addresses. What ptrace or /proc can read from outside
  * is read from outside; the rest through remote syscalls into one scratch
- * page.
+ * mapping.
  */
 import {
   ptrace, getRobustList, SYS, PR, NSIG, KSIGACTION_SIZE, STACK_T_SIZE, SysError,
 } from '../sys/index.js';
-import type { RemoteSyscaller } from '../inject/remote-syscall.js';
+import { RemoteSyscaller } from '../inject/remote-syscall.js';
+import type { FrozenProcess } from '../freeze/frozen-process.js';
 import type { ProcMem } from '../sys/memory.js';
 import { pendingRestart } from '../freeze/frozen-task.js';
 import type { ThreadImage, SignalImage, SigactionImage, ProcessImage } from '../../formats/schema.js';
@@ -16,54 +17,66 @@ import type { ThreadImage, SignalImage, SigactionImage, ProcessImage } from '../
 const SIGKILL = 9;
 const SIGSTOP = 19;
 
-/** Scratch layout: 64 sigactions, then stack_t, then five int/ulong slots. */
-const SCRATCH = {
-  sigactions: 0,
-  altstack: NSIG * KSIGACTION_SIZE,
-  words: NSIG * KSIGACTION_SIZE + STACK_T_SIZE + 8,
-  size: 4096,
-};
+/**
+ * Scratch layout: 64 sigactions, three process-wide words, then per thread
+ * a stack_t and its clear-child-tid word.
+ */
+const SIGACTIONS_AT = 0;
+const WORDS_AT = NSIG * KSIGACTION_SIZE;
+const THREADS_AT = WORDS_AT + 24;
+const PER_THREAD = STACK_T_SIZE + 8;
 
 export interface RemoteState {
-  thread: ThreadImage;
+  threads: ThreadImage[];
   signals: SignalImage;
   prctl: ProcessImage['prctl'];
   brk: number;
 }
 
-export function collectRemoteState(sc: RemoteSyscaller, mem: ProcMem): RemoteState {
-  const tid = sc.task.pid;
-  const regs = sc.task.savedRegs;
+/**
+ * Process-wide state is asked of the leader; per-thread state of each
+ * thread, all through one scratch mapping (the threads share the mm) and
+ * the leader's borrowed syscall instruction.
+ */
+export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteState {
+  const sc = new RemoteSyscaller(proc.leader, mem);
+  const callers = proc.tasks.map((t) => (t === proc.leader ? sc : new RemoteSyscaller(t, mem, sc.gadget)));
   // Read from outside first: these need no scratch memory.
-  const xstate = ptrace.getXstate(tid);
-  const sigmask = ptrace.getSigmask(tid);
-  const robustList = getRobustList(tid);
-  const rseq = readRseq(tid);
-  const pendingSignals = ptrace.peekSiginfo(tid, false);
-  const sharedPending = ptrace.peekSiginfo(tid, true);
+  const outside = proc.tasks.map((t) => ({
+    xstate: ptrace.getXstate(t.pid),
+    sigmask: ptrace.getSigmask(t.pid),
+    robustList: getRobustList(t.pid),
+    rseq: readRseq(t.pid),
+    pendingSignals: ptrace.peekSiginfo(t.pid, false),
+  }));
+  const sharedPending = ptrace.peekSiginfo(proc.pid, true);
+  const size = THREADS_AT + PER_THREAD * proc.tasks.length;
 
-  return sc.withScratch(SCRATCH.size, (scratch) => {
+  return sc.withScratch(size, (scratch) => {
     const signos: number[] = [];
     for (let sig = 1; sig <= NSIG; sig++) {
       if (sig === SIGKILL || sig === SIGSTOP) continue;
-      sc.check(`rt_sigaction(${sig})`, SYS.rt_sigaction, sig, 0, scratch + SCRATCH.sigactions + (sig - 1) * KSIGACTION_SIZE, 8);
+      sc.check(`rt_sigaction(${sig})`, SYS.rt_sigaction, sig, 0, scratch + SIGACTIONS_AT + (sig - 1) * KSIGACTION_SIZE, 8);
       signos.push(sig);
     }
-    sc.check('sigaltstack', SYS.sigaltstack, 0, scratch + SCRATCH.altstack);
-    const w = scratch + SCRATCH.words;
-    sc.check('prctl(PR_GET_TID_ADDRESS)', SYS.prctl, PR.GET_TID_ADDRESS, w);
-    sc.check('prctl(PR_GET_PDEATHSIG)', SYS.prctl, PR.GET_PDEATHSIG, w + 8);
-    sc.check('prctl(PR_GET_CHILD_SUBREAPER)', SYS.prctl, PR.GET_CHILD_SUBREAPER, w + 16);
+    const w = scratch + WORDS_AT;
+    sc.check('prctl(PR_GET_PDEATHSIG)', SYS.prctl, PR.GET_PDEATHSIG, w);
+    sc.check('prctl(PR_GET_CHILD_SUBREAPER)', SYS.prctl, PR.GET_CHILD_SUBREAPER, w + 8);
     const dumpable = Number(sc.check('prctl(PR_GET_DUMPABLE)', SYS.prctl, PR.GET_DUMPABLE));
     const noNewPrivs = Number(sc.check('prctl(PR_GET_NO_NEW_PRIVS)', SYS.prctl, PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0));
     const thpDisable = Number(sc.check('prctl(PR_GET_THP_DISABLE)', SYS.prctl, PR.GET_THP_DISABLE, 0, 0, 0, 0));
     // brk(0) cannot fail: it returns the current break.
     const brk = Number(sc.call(SYS.brk, 0));
+    callers.forEach((tsc, i) => {
+      const at = scratch + THREADS_AT + i * PER_THREAD;
+      tsc.check('sigaltstack', SYS.sigaltstack, 0, at);
+      tsc.check('prctl(PR_GET_TID_ADDRESS)', SYS.prctl, PR.GET_TID_ADDRESS, at + STACK_T_SIZE);
+    });
 
-    const out = Buffer.alloc(SCRATCH.words + 24);
+    const out = Buffer.alloc(size);
     mem.read(out, 0, out.length, scratch);
     const actions: SigactionImage[] = signos.map((signo) => {
-      const o = SCRATCH.sigactions + (signo - 1) * KSIGACTION_SIZE;
+      const o = SIGACTIONS_AT + (signo - 1) * KSIGACTION_SIZE;
       return {
         signo,
         handler: out.readBigUInt64LE(o),
@@ -72,26 +85,28 @@ export function collectRemoteState(sc: RemoteSyscaller, mem: ProcMem): RemoteSta
         mask: out.readBigUInt64LE(o + 24),
       };
     });
-    const a = SCRATCH.altstack;
-    const thread: ThreadImage = {
-      tid,
-      regs: Buffer.from(regs),
-      xstate,
-      sigmask,
-      sigaltstack: { sp: out.readBigUInt64LE(a), flags: out.readInt32LE(a + 8), size: out.readBigUInt64LE(a + 16) },
-      syscallRestart: pendingRestart(regs),
-      clearChildTid: out.readBigUInt64LE(SCRATCH.words),
-      robustList,
-      rseq,
-      pendingSignals,
-    };
+    const threads = proc.tasks.map((t, i): ThreadImage => {
+      const a = THREADS_AT + i * PER_THREAD;
+      return {
+        tid: t.pid,
+        regs: Buffer.from(t.savedRegs),
+        xstate: outside[i].xstate,
+        sigmask: outside[i].sigmask,
+        sigaltstack: { sp: out.readBigUInt64LE(a), flags: out.readInt32LE(a + 8), size: out.readBigUInt64LE(a + 16) },
+        syscallRestart: pendingRestart(t.savedRegs),
+        clearChildTid: out.readBigUInt64LE(a + STACK_T_SIZE),
+        robustList: outside[i].robustList,
+        rseq: outside[i].rseq,
+        pendingSignals: outside[i].pendingSignals,
+      };
+    });
     return {
-      thread,
+      threads,
       signals: { actions, sharedPending },
       prctl: {
         dumpable,
-        pdeathsig: out.readInt32LE(SCRATCH.words + 8),
-        childSubreaper: out.readInt32LE(SCRATCH.words + 16),
+        pdeathsig: out.readInt32LE(WORDS_AT),
+        childSubreaper: out.readInt32LE(WORDS_AT + 8),
         noNewPrivs,
         thpDisable,
       },

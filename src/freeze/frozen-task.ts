@@ -138,6 +138,11 @@ export class FrozenTask {
   get isReleased(): boolean {
     return this.released;
   }
+
+  /** The task was ended by its process's kill: nothing left to put back. */
+  markReleased(): void {
+    this.released = true;
+  }
 }
 
 /**

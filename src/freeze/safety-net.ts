@@ -5,12 +5,15 @@
  * every task not yet released is let go. Only SIGKILL of tsnap skips all of
  * this, and then the kernel detaches the tasks itself.
  */
-import type { FrozenTask } from './frozen-task.js';
+/** A frozen task or process: anything that can be let go. */
+export interface Releasable {
+  release(): void;
+}
 
-const held = new Set<FrozenTask>();
+const held = new Set<Releasable>();
 let exitHookInstalled = false;
 
-export function hold(task: FrozenTask): void {
+export function hold(task: Releasable): void {
   held.add(task);
   if (!exitHookInstalled) {
     exitHookInstalled = true;
@@ -18,7 +21,7 @@ export function hold(task: FrozenTask): void {
   }
 }
 
-export function unhold(task: FrozenTask): void {
+export function unhold(task: Releasable): void {
   held.delete(task);
 }
 

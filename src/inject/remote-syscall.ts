@@ -27,8 +27,9 @@ export class RemoteSyscaller {
   /** Address of the `syscall` instruction the task executes; movable (restore maps its own). */
   gadget: number;
 
-  constructor(readonly task: FrozenTask, readonly mem: ProcMem) {
-    this.gadget = findSyscallInstruction(task, mem);
+  /** `gadget`: a syscall instruction already found in the same address space (another thread's). */
+  constructor(readonly task: FrozenTask, readonly mem: ProcMem, gadget?: number) {
+    this.gadget = gadget ?? findSyscallInstruction(task, mem);
   }
 
   /** Raw result: a negative value is -errno. */

@@ -17,8 +17,11 @@ export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
   if (inv.kernel !== release()) {
     throw new TsnapError('kernel', `image was made on kernel ${inv.kernel}, this is ${release()}; restore needs the same kernel (vdso layout)`);
   }
-  if (p.threads.length !== 1) throw new TsnapError('unsupported', `image has ${p.threads.length} threads; only single-threaded restore is supported yet`);
-  if (!newPid && existsSync(`/proc/${p.pid}`)) throw pidTaken(p.pid);
+  if (p.threads[0]?.tid !== p.pid) throw new TsnapError('badImage', `image of process ${p.pid} does not start with its main thread`);
+  if (!newPid) {
+    // /proc/TID exists for threads too (unlisted): every tid must be free.
+    for (const t of p.threads) if (existsSync(`/proc/${t.tid}`)) throw pidTaken(t.tid);
+  }
 
   const seen = new Set<string>();
   const checkFile = (path: string, what: string, want: { ino: number; size: number; dev: number } | null, deleted: boolean) => {

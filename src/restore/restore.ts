@@ -14,6 +14,8 @@ import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finish
 import { fillPages } from './page-filler.js';
 import { restoreMm, restoreProcessState, restoreThreadState } from './task-state.js';
 import { restoreFds } from './fds.js';
+import { createThreads } from './threads.js';
+import { reapTraced } from '../freeze/frozen-process.js';
 import { preflight } from './preflight.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import type { ThreadImage } from '../../formats/schema.js';
@@ -79,6 +81,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let proc: NewProcess | null = null;
   let helper: ChildProcess | null = null;
   let step = 'create the process';
+  const threadTids: number[] = [];
   try {
     ({ proc, helper } = await createProcess(newPid ? null : p.pid, stdio.options));
     helper.kill('SIGKILL');
@@ -103,16 +106,25 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     restoreFds(rt, p.fds);
     step = 'restore process state';
     restoreProcessState(rt, p, warn);
-    restoreThreadState(rt, t);
+    step = 'create the threads';
+    const threads = [{ image: t, rt }, ...createThreads(rt, p.threads.slice(1), newPid, threadTids)];
+    if (newPid && threads.length > 1) warn('threads got new tids: the program\'s own record of them (pthread tid caches) still holds the old ones');
+    step = 'restore thread state';
+    for (const th of threads) restoreThreadState(th.rt, th.image);
     step = 'remove the restore stub';
     rt.sc.check('munmap(stub)', SYS.munmap, stub.addr, STUB_SIZE);
     step = 'set registers';
-    ptrace.setRegs(proc.pid, resumeRegisters(t));
-    ptrace.setXstate(proc.pid, t.xstate);
-    ptrace.setSigmask(proc.pid, t.sigmask);
+    for (const th of threads) {
+      const tid = th.rt.pid;
+      ptrace.setRegs(tid, resumeRegisters(th.image));
+      ptrace.setXstate(tid, th.image.xstate);
+      ptrace.setSigmask(tid, th.image.sigmask);
+    }
     proc.mem.close();
     if (opts.pidfile) writeFileSync(opts.pidfile, `${proc.pid}\n`, { mode: 0o644 });
     step = 'start the process';
+    // The other threads first: the leader is the one a parent waits for.
+    for (const th of threads.slice(1)) ptrace.detach(th.rt.pid);
     ptrace.detach(proc.pid);
     const restoreUs = Number(process.hrtime.bigint() - t0) / 1000;
     return {
@@ -129,12 +141,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   } catch (err) {
     if (proc) {
       try { kill(proc.pid, SIGKILL); } catch { /* gone */ }
-      try {
-        for (;;) {
-          const w = ptrace.waitpidBlocking(proc.pid);
-          if (WaitStatus.exited(w.status) || WaitStatus.signaled(w.status)) break;
-        }
-      } catch { /* reaped */ }
+      // Traced threads stay zombies until reaped, and hold back the leader's report.
+      for (const tid of threadTids) reapTraced(tid);
+      reapTraced(proc.pid);
       try { proc.mem.close(); } catch { /* closed */ }
     }
     helper?.kill('SIGKILL');

@@ -212,6 +212,14 @@ export const SEEK_SET = 0;
 export const SS_ONSTACK = 1;
 export const SS_DISABLE = 2;
 export const CLONE_PARENT = 0x8000;
+export const CLONE_VM = 0x100;
+export const CLONE_FS = 0x200;
+export const CLONE_FILES = 0x400;
+export const CLONE_SIGHAND = 0x800;
+export const CLONE_THREAD = 0x10000;
+export const CLONE_SYSVSEM = 0x40000;
+/** What pthread_create asks for, less the TLS and tid pointers tsnap sets per thread itself. */
+export const CLONE_THREAD_FLAGS = CLONE_VM | CLONE_FS | CLONE_FILES | CLONE_SIGHAND | CLONE_THREAD | CLONE_SYSVSEM;
 export const CLONE_ARGS_SIZE = 88; // clone_args v2 (set_tid, set_tid_size, cgroup)
 export const PTRACE_EVENT_FORK = 1;
 export const PTRACE_EVENT_CLONE = 3;
