@@ -188,7 +188,8 @@ export interface VmaImage {
   dumped: boolean;
 }
 
-export type FdKindImage = 'file' | 'dir' | 'devnull' | 'tty' | 'pipe' | 'fifo' | 'socket' | 'anon_inode' | 'chardev' | 'blockdev' | 'memfd' | 'other';
+export type FdKindImage = 'file' | 'dir' | 'devnull' | 'tty' | 'pipe' | 'fifo' | 'socket' | 'anon_inode' | 'chardev' | 'blockdev' | 'memfd'
+  | 'eventfd' | 'epoll' | 'timerfd' | 'signalfd' | 'other';
 
 export interface FdImage {
   fd: number;
@@ -200,6 +201,58 @@ export interface FdImage {
   flags: number;
   pos: number;
   file: FileIdentity & { mode: number; rdev: number; deleted: boolean } | null;
+  /**
+   * Open file description: fds with the same ofd share offset and status
+   * flags (dup, or inherited through fork) and are restored as one file
+   * duplicated. Absent in images of tsnap 0.1.
+   */
+  ofd?: number;
+  /** Pipes and FIFOs: which pipe (its inode) and, on one end only, the bytes buffered in it. */
+  pipe?: PipeImage;
+  eventfd?: { count: bigint; semaphore: boolean };
+  epoll?: { targets: EpollTargetImage[] };
+  timerfd?: TimerfdImage;
+  signalfd?: { mask: bigint };
+  socket?: SocketImage;
+}
+
+export interface PipeImage {
+  id: number;
+  capacity: number;
+  /** Unread bytes, stored with the first fd of the pipe in the image; null on the others. */
+  data: Buffer | null;
+}
+
+export interface EpollTargetImage {
+  /** fd number the target was registered under (checked to still be that file at dump). */
+  fd: number;
+  events: number;
+  data: bigint;
+}
+
+export interface TimerfdImage {
+  clockid: number;
+  /** Time left to the next expiry and the period, in ns (0/0: disarmed). */
+  valueNs: bigint;
+  intervalNs: bigint;
+  /** Expirations not yet read. */
+  ticks: bigint;
+}
+
+export interface SocketImage {
+  family: number;
+  type: number;
+  protocol: number;
+  /** listening: bound and listening; bound: bound or unbound, not connected (datagram peer in `peer`). */
+  state: 'listening' | 'bound';
+  /** Raw sockaddr of getsockname (empty for an unbound socket). */
+  local: Buffer;
+  /** Raw sockaddr of the connected peer of a datagram socket, or null. */
+  peer: Buffer | null;
+  backlog: number;
+  reuseAddr: boolean;
+  reusePort: boolean;
+  v6Only: boolean;
 }
 
 /** Where the data of a page run lives. */

@@ -5,7 +5,7 @@
  */
 import { describe, it, expect, afterAll, afterEach } from 'vitest';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
@@ -209,11 +209,16 @@ describe('migration between network namespaces, over TLS, and a restore that fai
   it('a restore that fails on the receiver keeps the image there and both sides say so', async () => {
     const work = tmpDir('tsnap-mig-');
     const srv = await startServer(join(work, 'in'), ['--restore', '--count', '1']);
-    // A socket at fd 3: dumped fine, refused by restore.
-    const p = await startProcess('python3', ['-c', 'import socket, time\na, b = socket.socketpair()\nprint("READY", flush=True)\ntime.sleep(60)\n']);
+    // A unix listener whose directory is replaced by a file once it is bound:
+    // dumped fine, but its name cannot be bound again on the receiver.
+    const sockDir = join(work, 'sockdir');
+    mkdirSync(sockDir);
+    const p = await startProcess('python3', ['-c', `import socket, time\ns = socket.socket(socket.AF_UNIX)\ns.bind(${JSON.stringify(join(sockDir, 's'))})\ns.listen()\nprint("READY", flush=True)\ntime.sleep(60)\n`]);
+    rmSync(sockDir, { recursive: true });
+    writeFileSync(sockDir, 'not a directory');
     const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--json');
-    expect(r.code).toBe(ExitCode.restoreFailed);
-    expect(r.stderr).toMatch(/restore failed: .*fd 3 is a socket.*; the image stays in \S+ for tsnap restore/);
+    expect(r.code, r.stderr).toBe(ExitCode.restoreFailed);
+    expect(r.stderr).toMatch(/restore failed: .*cannot bind .*ENOTDIR.*; the image stays in \S+ for tsnap restore/);
     const done = JSON.parse(r.stdout.trim().split('\n').pop()!);
     expect(readdirSync(done.receiverDir)).toContain('inventory');
     await waitFor(() => srv.events.some((e) => e.includes('"restore-failed"')));

@@ -448,7 +448,7 @@ ${SLEEP_FOREVER}`);
     const t15 = readFdTarget(pid, 15);
     expect(t15).toMatchObject({ kind: 'socket', path: null, link: `socket:[${t15.ino}]` });
     const t16 = readFdTarget(pid, 16);
-    expect(t16).toMatchObject({ kind: 'anon_inode', path: null, link: 'anon_inode:[eventfd]' });
+    expect(t16).toMatchObject({ kind: 'eventfd', path: null, link: 'anon_inode:[eventfd]' });
     expect(readFdInfo(pid, 16).extra['eventfd-count'].trim()).toMatch(/^0*3$/);
   });
 

@@ -21,6 +21,7 @@ import { FrozenProcess } from '../freeze/frozen-process.js';
 import { hold, unhold, withAbortSignals } from '../freeze/safety-net.js';
 import { collectRemoteState } from './task-state.js';
 import { readLayout, assembleProcess } from './process-state.js';
+import { readFds } from './fds.js';
 import { copyPages, fullSelection } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
 import { type Range } from './ranges.js';
@@ -110,6 +111,9 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         if (tracking.lost) opts.warn?.(`tracking of process ${pid} was lost (${tracking.lost}); copying all of its memory again`);
       }
       if (mode === 'dump') {
+        // Files restore could not bring back are refused now, while the
+        // target runs untouched; they are read again, consistently, frozen.
+        readFds(pid);
         task = FrozenProcess.freeze(pid);
         hold(task);
       }

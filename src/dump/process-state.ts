@@ -6,9 +6,10 @@ import { statSync } from 'node:fs';
 import { getRlimit } from '../sys/index.js';
 import {
   readStat, readStatus, readMaps, readAuxvRaw, readCwd, readExe, readRoot, readComm, readPersonality,
-  listFds, readFdInfo, readFdTarget, RLIMIT_NAMES, type Vma,
+  RLIMIT_NAMES, type Vma,
 } from '../proc/index.js';
-import type { ProcessImage, VmaImage, FdImage, RlimitImage, FileIdentity, MmImage } from '../../formats/schema.js';
+import { readFds } from './fds.js';
+import type { ProcessImage, VmaImage, RlimitImage, FileIdentity, MmImage } from '../../formats/schema.js';
 import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
 import type { RemoteState } from './task-state.js';
 
@@ -52,19 +53,6 @@ export function readLayout(pid: number): Layout {
     };
   });
   return { vmas, classes, images };
-}
-
-export function readFds(pid: number): FdImage[] {
-  return listFds(pid).map((fd): FdImage => {
-    const t = readFdTarget(pid, fd);
-    const info = readFdInfo(pid, fd);
-    const hasFile = t.kind === 'file' || t.kind === 'dir' || t.kind === 'devnull' || t.kind === 'tty'
-      || t.kind === 'fifo' || t.kind === 'chardev' || t.kind === 'blockdev' || t.kind === 'memfd';
-    return {
-      fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
-      file: hasFile ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
-    };
-  });
 }
 
 export function readRlimits(pid: number): RlimitImage[] {

@@ -70,6 +70,10 @@ export type FdKind =
   | 'chardev'
   | 'blockdev'
   | 'memfd'
+  | 'eventfd'
+  | 'epoll'
+  | 'timerfd'
+  | 'signalfd'
   | 'other';
 
 export interface FdTarget {
@@ -115,7 +119,11 @@ function classify(link: string, mode: number, rdev: number): { kind: FdKind; has
   // their st_mode alone would be ambiguous (a pipe and a FIFO are both S_IFIFO).
   if (link.startsWith('pipe:[')) return { kind: 'pipe', hasPath: false };
   if (link.startsWith('socket:[')) return { kind: 'socket', hasPath: false };
-  if (link.startsWith('anon_inode:')) return { kind: 'anon_inode', hasPath: false };
+  if (link.startsWith('anon_inode:')) {
+    const what = link.slice('anon_inode:'.length).replace(/^\[|\]$/g, '');
+    const known: Record<string, FdKind> = { eventfd: 'eventfd', eventpoll: 'epoll', timerfd: 'timerfd', signalfd: 'signalfd' };
+    return { kind: known[what] ?? 'anon_inode', hasPath: false };
+  }
   if (link.startsWith('/memfd:')) return { kind: 'memfd', hasPath: true };
   // Namespace fds ("net:[4026531840]") and anything else not rooted at '/'.
   if (!link.startsWith('/')) return { kind: 'other', hasPath: false };

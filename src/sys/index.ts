@@ -6,3 +6,4 @@ export { WaitStatus } from './ptrace.js';
 export * from './memory.js';
 export * from './fd.js';
 export * from './pagemap-scan.js';
+export * from './files.js';

@@ -48,6 +48,26 @@ export const SYS = {
   fcntl: 72,
   chdir: 80,
   fchdir: 81,
+  socket: 41,
+  connect: 42,
+  getpeername: 52,
+  bind: 49,
+  listen: 50,
+  getsockname: 51,
+  socketpair: 53,
+  setsockopt: 54,
+  getsockopt: 55,
+  epoll_ctl: 233,
+  tee: 276,
+  timerfd_create: 283,
+  timerfd_settime: 286,
+  signalfd4: 289,
+  eventfd2: 290,
+  epoll_create1: 291,
+  pipe2: 293,
+  kcmp: 312,
+  memfd_create: 319,
+  unlink: 87,
   set_tid_address: 218,
   getdents64: 217,
   close_range: 436,
@@ -233,3 +253,28 @@ export const PR_SET_NO_NEW_PRIVS = 38;
 export const PR_SET_THP_DISABLE = 41;
 export const PRCTL_MM_MAP_SIZE = 104;
 export const EINTR = 4;
+
+// fcntl commands and file-kind constants used for fds (x86-64 values).
+export const F_DUPFD_CLOEXEC = 1030;
+export const F_GETFD = 1;
+export const F_SETFD = 2;
+export const F_GETFL = 3;
+export const F_SETFL = 4;
+export const F_SETPIPE_SZ = 1031;
+export const F_GETPIPE_SZ = 1032;
+export const FD_CLOEXEC = 1;
+export const SPLICE_F_NONBLOCK = 2;
+export const KCMP_FILE = 0;
+export const KCMP_EPOLL_TFD = 7;
+export const EFD_SEMAPHORE = 1;
+export const EPOLL_CTL_ADD = 1;
+/** _IOW('T', 0, u64): sets a timerfd's pending expirations (CONFIG_CHECKPOINT_RESTORE). */
+export const TFD_IOC_SET_TICKS = 0x40085400;
+export const SOL_SOCKET = 1;
+export const SO = { REUSEADDR: 2, TYPE: 3, SNDBUF: 7, RCVBUF: 8, KEEPALIVE: 9, REUSEPORT: 15, ACCEPTCONN: 30, PROTOCOL: 38, DOMAIN: 39 } as const;
+export const IPPROTO_IPV6 = 41;
+export const IPV6_V6ONLY = 26;
+export const AF_UNIX = 1;
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+export const SOCK_TYPE_MASK = 0xf;

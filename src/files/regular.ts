@@ -1,0 +1,34 @@
+/**
+ * Files with a path (regular files, directories, character devices,
+ * /dev/null): opened again by path with their flags, at their offset.
+ */
+import { statSync } from 'node:fs';
+import { SYS, SEEK_SET, O_CLOEXEC, O_CREAT, O_EXCL, O_TRUNC, O_NOCTTY } from '../sys/index.js';
+import type { FdImage } from '../../formats/schema.js';
+import type { RemoteTask } from '../restore/remote-task.js';
+import { placeFds } from './place.js';
+import { TsnapError } from '../errors.js';
+
+export const REOPENED = new Set(['file', 'dir', 'devnull', 'chardev']);
+
+export function checkReopenable(f: FdImage): void {
+  if (f.file?.deleted) throw new TsnapError('restoreFailed', `fd ${f.fd}: ${f.path} was deleted before the dump; it cannot be reopened`);
+  let st;
+  try {
+    st = statSync(f.path!);
+  } catch {
+    throw new TsnapError('restoreFailed', `fd ${f.fd}: ${f.path} is missing; restore needs the files the process had open`);
+  }
+  if (f.kind === 'file' && f.file && st.ino !== f.file.ino) {
+    throw new TsnapError('restoreFailed', `fd ${f.fd}: ${f.path} was replaced since the dump (inode ${f.file.ino} -> ${st.ino})`);
+  }
+}
+
+export function restoreReopened(rt: RemoteTask, group: FdImage[], floor: number): void {
+  const f = group[0];
+  // Reopening must not create, truncate or take a controlling terminal.
+  const flags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC) | O_NOCTTY;
+  const tmp = rt.open(f.path!, flags);
+  if (f.kind === 'file' && f.pos > 0) rt.sc.check(`lseek(${f.fd})`, SYS.lseek, tmp, f.pos, SEEK_SET);
+  placeFds(rt, [{ tmp, targets: group }], floor);
+}

@@ -1,0 +1,120 @@
+/**
+ * Sockets that carry no connection state: listening TCP/unix stream
+ * sockets (bound again and listening after restore) and bound or connected
+ * datagram sockets. tsnap inspects its own copy of the socket (pidfd_getfd):
+ * family, type, protocol, addresses and options come from getsockopt and
+ * getsockname. Connections already accepted or established are not
+ * restorable yet and are refused at dump, naming the fd.
+ */
+import { closeSync, lstatSync, unlinkSync } from 'node:fs';
+import {
+  pidfdGetfd, getsockoptInt, getsockname, getpeername, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
+  SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6,
+} from '../sys/index.js';
+import type { FdImage, SocketImage } from '../../formats/schema.js';
+import type { RemoteTask } from '../restore/remote-task.js';
+import { placeFds } from './place.js';
+import { TsnapError } from '../errors.js';
+
+const SOCK_STREAM = 1;
+const SOCK_DGRAM = 2;
+const SOCK_SEQPACKET = 5;
+/** What listen() is given at restore: the kernel caps it at net.core.somaxconn. */
+const BACKLOG = 4096;
+
+export function describeSocket(pidfd: number, fd: number, link: string): SocketImage {
+  let s: number;
+  try {
+    s = pidfdGetfd(pidfd, fd);
+  } catch (err) {
+    throw new TsnapError('permission', `fd ${fd} (${link}): cannot inspect the socket (pidfd_getfd: ${(err as Error).message})`, err);
+  }
+  try {
+    const family = getsockoptInt(s, SOL_SOCKET, SO.DOMAIN);
+    const type = getsockoptInt(s, SOL_SOCKET, SO.TYPE);
+    const protocol = getsockoptInt(s, SOL_SOCKET, SO.PROTOCOL);
+    const what = `fd ${fd} (${familyName(family)} ${typeName(type)} ${link})`;
+    if (family !== AF_INET && family !== AF_INET6 && family !== AF_UNIX) {
+      throw new TsnapError('unsupported', `${what}: only inet, inet6 and unix sockets can be checkpointed`);
+    }
+    const listening = getsockoptInt(s, SOL_SOCKET, SO.ACCEPTCONN) === 1;
+    const peer = listening ? null : getpeername(s);
+    if (!listening && peer && type !== SOCK_DGRAM) {
+      throw new TsnapError('unsupported', `${what} is a connected stream; established connections are not restorable yet (only listening and datagram sockets)`);
+    }
+    if (!listening && type !== SOCK_DGRAM && family === AF_UNIX) {
+      throw new TsnapError('unsupported', `${what}: unix stream sockets are restorable only when listening`);
+    }
+    return {
+      family, type, protocol,
+      state: listening ? 'listening' : 'bound',
+      local: getsockname(s),
+      peer,
+      backlog: BACKLOG,
+      reuseAddr: getsockoptInt(s, SOL_SOCKET, SO.REUSEADDR) !== 0,
+      reusePort: getsockoptInt(s, SOL_SOCKET, SO.REUSEPORT) !== 0,
+      v6Only: family === AF_INET6 && getsockoptInt(s, IPPROTO_IPV6, IPV6_V6ONLY) !== 0,
+    };
+  } finally {
+    closeSync(s);
+  }
+}
+
+/** A unix socket's filesystem path, or null for unnamed and abstract ones. */
+function unixPath(addr: Buffer): string | null {
+  if (addr.length <= 2 || addr[2] === 0) return null;
+  const end = addr.indexOf(0, 2);
+  return addr.subarray(2, end < 0 ? addr.length : end).toString();
+}
+
+/** An inet address is bound when its port is not 0. */
+function isBound(s: SocketImage): boolean {
+  if (s.family === AF_UNIX) return s.local.length > 2;
+  return s.local.length >= 4 && s.local.readUInt16BE(2) !== 0;
+}
+
+export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): void {
+  const f = group[0];
+  const s = f.socket!;
+  const what = `fd ${f.fd} (${familyName(s.family)} ${typeName(s.type)})`;
+  const tmp = Number(rt.sc.check(`socket for ${what}`, SYS.socket, s.family, s.type | O_CLOEXEC | (f.flags & O_NONBLOCK), s.protocol));
+  const one = rt.put(Buffer.from([1, 0, 0, 0]), 512);
+  if (s.reuseAddr) rt.sc.check('setsockopt(SO_REUSEADDR)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEADDR, one, 4);
+  if (s.reusePort) rt.sc.check('setsockopt(SO_REUSEPORT)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEPORT, one, 4);
+  if (s.v6Only) rt.sc.check('setsockopt(IPV6_V6ONLY)', SYS.setsockopt, tmp, IPPROTO_IPV6, IPV6_V6ONLY, one, 4);
+  if (isBound(s)) {
+    const path = s.family === AF_UNIX ? unixPath(s.local) : null;
+    // The dead original left its socket file behind; binding needs the name free.
+    if (path) {
+      try { if (lstatSync(path).isSocket()) unlinkSync(path); } catch { /* absent */ }
+    }
+    const r = rt.sc.call(SYS.bind, tmp, rt.put(s.local), s.local.length);
+    if (r < 0n) {
+      const err = new SysError(`bind(${describeAddr(s)})`, Number(-r));
+      const hint = err.code === 'EADDRINUSE' ? ' (is the original process still running? dump without --leave-running, or stop it)' : '';
+      throw new TsnapError('restoreFailed', `${what}: cannot bind ${describeAddr(s)} again: ${err.code}${hint}`, err);
+    }
+  }
+  if (s.state === 'listening') rt.sc.check(`listen(${what})`, SYS.listen, tmp, s.backlog);
+  if (s.peer) rt.sc.check(`connect(${what})`, SYS.connect, tmp, rt.put(s.peer), s.peer.length);
+  placeFds(rt, [{ tmp, targets: group }], floor);
+}
+
+function familyName(f: number): string {
+  return f === AF_INET ? 'inet' : f === AF_INET6 ? 'inet6' : f === AF_UNIX ? 'unix' : `family ${f}`;
+}
+function typeName(t: number): string {
+  return t === SOCK_STREAM ? 'stream' : t === SOCK_DGRAM ? 'datagram' : t === SOCK_SEQPACKET ? 'seqpacket' : `type ${t}`;
+}
+
+export function describeAddr(s: SocketImage): string {
+  const a = s.local;
+  if (s.family === AF_INET && a.length >= 8) return `${a[4]}.${a[5]}.${a[6]}.${a[7]}:${a.readUInt16BE(2)}`;
+  if (s.family === AF_INET6 && a.length >= 24) {
+    const parts: string[] = [];
+    for (let i = 0; i < 8; i++) parts.push(a.readUInt16BE(8 + i * 2).toString(16));
+    return `[${parts.join(':')}]:${a.readUInt16BE(2)}`;
+  }
+  if (s.family === AF_UNIX) return unixPath(a) ?? (a.length > 2 ? `@${a.subarray(3).toString()}` : 'unnamed');
+  return 'unknown address';
+}
