@@ -18,6 +18,7 @@ export enum FileKind {
   Pagemap = 3,
   Pages = 4,
   Stats = 5,
+  Tree = 6,
 }
 
 export const FILE_NAMES: Record<FileKind, string> = {
@@ -26,7 +27,30 @@ export const FILE_NAMES: Record<FileKind, string> = {
   [FileKind.Pagemap]: 'pagemap',
   [FileKind.Pages]: 'pages',
   [FileKind.Stats]: 'stats',
+  [FileKind.Tree]: 'tree',
 };
+
+/**
+ * A process tree image (dump --tree): the directory holds this manifest and
+ * one ordinary image directory per process, named by its pid. The manifest
+ * is written last and is the tree's commit record.
+ */
+export interface TreeManifest {
+  formatVersion: number;
+  createdAt: string;
+  root: number;
+  contents: 'dump' | 'predump';
+  /** Parents before their children. */
+  processes: TreeMember[];
+}
+
+export interface TreeMember {
+  pid: number;
+  /** Parent pid; for the root, its parent outside the tree. */
+  ppid: number;
+  /** Image directory of this process, relative to the tree directory. */
+  dir: string;
+}
 
 export type Compression = 'none' | 'lz4';
 

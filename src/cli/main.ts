@@ -1,6 +1,7 @@
 /** The command line: parses, calls the library, prints. No logic of its own. */
 import { Command, Option, CommanderError } from 'commander';
 import { dump, preDump, type DumpResult } from '../dump/dump.js';
+import { dumpTree, type TreeDumpResult } from '../dump/tree.js';
 import { untrack, untrackPid } from '../track/untrack.js';
 import { dumpIteratively } from '../dump/iterative.js';
 import { squash } from '../image/squash.js';
@@ -62,18 +63,42 @@ export async function main(argv: string[]): Promise<void> {
     );
   };
 
+  const reportTree = (t: TreeDumpResult, what: string, json?: boolean) => {
+    if (json) {
+      process.stdout.write(JSON.stringify({
+        dir: t.dir, root: t.root, killed: t.killed, frozenUs: t.frozenUs,
+        processes: t.processes.map((p) => ({ pid: p.pid, dir: p.result.dir, kind: p.result.kind, trackingLost: p.result.trackingLost, stats: p.result.stats })),
+      }) + '\n');
+      return;
+    }
+    const bytes = t.processes.reduce((n, p) => n + p.result.stats.bytesStored, 0);
+    process.stdout.write(`${what} the tree of process ${t.root} (${t.processes.length} processes) to ${t.dir}${what === 'dumped' ? ` (${t.killed ? 'killed' : 'left running'})` : ''}\n`
+      + t.processes.map((p) => `  ${p.pid}: ${p.result.kind}, ${formatBytes(p.result.stats.bytesStored)} stored\n`).join('')
+      + `  ${formatBytes(bytes)} in all${what === 'dumped' ? `, frozen ${formatUs(t.frozenUs)}` : ''}\n`);
+  };
+
   program.command('dump')
     .description('freeze a process and write its complete state to an image directory')
     .requiredOption('-p, --pid <pid>', 'process to dump', parsePid)
     .requiredOption('-d, --dir <dir>', 'image directory to create (must be new or empty)')
     .option('--parent <dir>', 'store only what changed since this pre-dump (incremental)')
+    .option('-t, --tree', 'dump the process and all its descendants, frozen together (DIR/<pid> each)')
     .option('--pre-dumps <n>', 'pre-dump up to N times while it runs, then dump the last delta: writes DIR/1, DIR/2, ...', (v) => Number(v))
     .option('-R, --leave-running', 'resume the process after the dump instead of killing it')
     .addOption(new Option('--compress <codec>', 'page compression').choices(['lz4', 'none']).default('none'))
     .option('--no-fsync', 'do not fsync the image before killing the process')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExamples:\n  tsnap dump --pid 1234 --dir /var/tmp/img           # dump and kill\n  tsnap dump --pid 1234 --dir img --leave-running --compress lz4\n  tsnap dump --pid 1234 --dir img/3 --parent img/2    # final image of an incremental chain')
-    .action(async (o: { pid: number; dir: string; parent?: string; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
+    .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
+      if (o.tree) {
+        if (o.preDumps !== undefined) throw new TsnapError('usage', '--pre-dumps does not go with --tree yet; run pre-dump --tree and dump --tree --parent');
+        const t = await dumpTree({
+          pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
+          fsync: o.leaveRunning ? false : o.fsync, warn,
+        }, 'dump');
+        reportTree(t, 'dumped', o.json);
+        return;
+      }
       if (o.preDumps !== undefined) {
         if (o.parent) throw new TsnapError('usage', '--pre-dumps and --parent do not go together');
         const it = await dumpIteratively({
@@ -102,10 +127,15 @@ export async function main(argv: string[]): Promise<void> {
     .requiredOption('-p, --pid <pid>', 'process to pre-dump (it keeps running)', parsePid)
     .requiredOption('-d, --dir <dir>', 'image directory to create (must be new or empty)')
     .option('--parent <dir>', 'the previous pre-dump: store only pages written since')
+    .option('-t, --tree', 'pre-dump the process and all its descendants (DIR/<pid> each)')
     .addOption(new Option('--compress <codec>', 'page compression').choices(['lz4', 'none']).default('none'))
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExamples:\n  tsnap pre-dump --pid 1234 --dir img/1\n  tsnap pre-dump --pid 1234 --dir img/2 --parent img/1\n  tsnap dump     --pid 1234 --dir img/3 --parent img/2\n  tsnap restore  --dir img/3')
-    .action(async (o: { pid: number; dir: string; parent?: string; compress: 'lz4' | 'none'; json?: boolean }) => {
+    .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; compress: 'lz4' | 'none'; json?: boolean }) => {
+      if (o.tree) {
+        reportTree(await dumpTree({ pid: o.pid, dir: o.dir, parent: o.parent, compression: o.compress, warn }, 'predump'), 'pre-dumped', o.json);
+        return;
+      }
       const r = await preDump({ pid: o.pid, dir: o.dir, parent: o.parent, compression: o.compress, warn });
       report(r, 'pre-dumped', o.pid, o.json);
     });

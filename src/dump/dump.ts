@@ -34,7 +34,7 @@ import { prepareImageDir, discardImageDir, fsyncDir } from '../image/image-dir.j
 import { readChain, type Image } from '../image/image-reader.js';
 import { resolveChain, storedRanges } from '../image/chain-index.js';
 import { TsnapError, asTsnapError } from '../errors.js';
-import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type Inventory, type PageRun } from '../../formats/schema.js';
+import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
 
 export interface DumpOptions {
@@ -56,6 +56,12 @@ export interface DumpOptions {
    * source only once the receiver holds the image.
    */
   hold?: boolean;
+  /**
+   * The target, already frozen by the caller (a tree dump freezes every
+   * process first), with its fds as read across the tree. The caller keeps
+   * it: it is neither released nor killed here.
+   */
+  frozen?: { process: FrozenProcess; fds: FdImage[] };
 }
 
 export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
@@ -107,10 +113,12 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       // Tracking is found (or injected, stopping the target briefly) before
       // the dump's own freeze, which then lasts only for the last delta.
       if (mode === 'predump' || parent) {
-        tracking = await openTracking(pid, parent?.[0].inventory.tracking ?? null, null);
+        tracking = await openTracking(pid, parent?.[0].inventory.tracking ?? null, opts.frozen?.process.leader ?? null);
         if (tracking.lost) opts.warn?.(`tracking of process ${pid} was lost (${tracking.lost}); copying all of its memory again`);
       }
-      if (mode === 'dump') {
+      if (opts.frozen) {
+        task = opts.frozen.process;
+      } else if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
         readFds(pid);
@@ -124,7 +132,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       try {
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
         const layout = readLayout(pid);
-        const processImage = remote ? assembleProcess(pid, remote, layout) : null;
+        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds) : null;
         checkAbort();
 
         const tMem = process.hrtime.bigint();
@@ -158,7 +166,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         });
         // Every byte is read: a target that stays alive need not wait for the writes.
         let frozenUs = frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
-        if (frozen && opts.leaveRunning && !opts.hold) {
+        const ours = frozen && !opts.frozen;
+        if (ours && opts.leaveRunning && !opts.hold) {
           frozen.release();
           unhold(frozen);
         }
@@ -219,7 +228,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           // copy, and the kernel unregisters everything.
           if (mode === 'dump') stopHolder(track.ref);
         }
-        if (frozen && !frozen.isReleased && !opts.hold) {
+        if (ours && !frozen.isReleased && !opts.hold) {
           frozenUs = frozen.frozenUs();
           stats.frozenUs = frozenUs;
           if (opts.leaveRunning) frozen.release();
@@ -228,9 +237,9 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         }
         return {
           dir: dir.path, imageId, kind: inventory.kind, stats,
-          killed: mode === 'dump' && !opts.leaveRunning && !opts.hold,
+          killed: mode === 'dump' && !opts.leaveRunning && !opts.hold && !opts.frozen,
           trackingLost: track?.lost ?? null,
-          held: opts.hold && frozen && !frozen.isReleased ? frozen : null,
+          held: ours && opts.hold && !frozen.isReleased ? frozen : null,
           frozenAt: frozen?.frozenAt ?? null,
         };
       } finally {
@@ -252,7 +261,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       if (tr.fresh) stopHolder(tr.ref);
     }
     const t = task as FrozenProcess | null;
-    if (t && !t.isReleased) {
+    if (t && !opts.frozen && !t.isReleased) {
       try { t.release(); } catch { /* gone */ }
       unhold(t);
     }

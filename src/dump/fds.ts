@@ -19,83 +19,110 @@ import { TsnapError } from '../errors.js';
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
 export function readFds(pid: number): FdImage[] {
-  const pidfd = pidfdOpen(pid);
-  try {
-    const fds = listFds(pid);
-    const open = new Set(fds);
-    const seen: { t: FdTarget; info: FdInfo; img: FdImage }[] = [];
-    for (const fd of fds) {
-      const t = readFdTarget(pid, fd);
-      const info = readFdInfo(pid, fd);
-      const img: FdImage = {
-        fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
-        file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
-      };
-      switch (t.kind) {
-        case 'eventfd': img.eventfd = describeEventfd(info); break;
-        case 'timerfd': img.timerfd = describeTimerfd(info); break;
-        case 'signalfd': img.signalfd = describeSignalfd(info); break;
-        case 'epoll': img.epoll = describeEpoll(pid, info, open); break;
-        case 'socket': if (fd > 2) img.socket = describeSocket(pidfd, fd, t.link); break;
-        default: break;
+  return readTreeFds([pid]).get(pid)!;
+}
+
+interface SeenFd {
+  pid: number;
+  t: FdTarget;
+  img: FdImage;
+}
+
+/**
+ * The fds of several processes dumped together (a tree): open file
+ * descriptions and pipes are matched across them, so a pipe between a
+ * parent and its child is one pipe, and an fd inherited through fork is one
+ * open file.
+ */
+export function readTreeFds(pids: number[]): Map<number, FdImage[]> {
+  const seen: SeenFd[] = [];
+  const out = new Map<number, FdImage[]>();
+  for (const pid of pids) {
+    const pidfd = pidfdOpen(pid);
+    try {
+      const fds = listFds(pid);
+      const open = new Set(fds);
+      const list: FdImage[] = [];
+      for (const fd of fds) {
+        const t = readFdTarget(pid, fd);
+        const info = readFdInfo(pid, fd);
+        const img: FdImage = {
+          fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
+          file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
+        };
+        describeKind(pid, pidfd, img, t, info, open);
+        seen.push({ pid, t, img });
+        list.push(img);
       }
-      seen.push({ t, info, img });
+      out.set(pid, list);
+    } finally {
+      closeSync(pidfd);
     }
-    assignOfds(pid, seen);
-    describePipes(pid, seen.filter((s) => s.t.kind === 'pipe'));
-    const images = seen.map((s) => s.img);
-    for (const f of images) checkSupported(f);
-    return images;
-  } finally {
-    closeSync(pidfd);
+  }
+  assignOfds(seen);
+  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1);
+  for (const s of seen) checkSupported(s.img, s.pid, pids.length > 1);
+  return out;
+}
+
+function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, info: FdInfo, open: Set<number>): void {
+  switch (t.kind) {
+    case 'eventfd': img.eventfd = describeEventfd(info); break;
+    case 'timerfd': img.timerfd = describeTimerfd(info); break;
+    case 'signalfd': img.signalfd = describeSignalfd(info); break;
+    case 'epoll': img.epoll = describeEpoll(pid, info, open); break;
+    case 'socket': if (img.fd > 2) img.socket = describeSocket(pidfd, img.fd, t.link); break;
+    default: break;
   }
 }
 
 /** fds that are one open file description (dup, fork) get one id; kcmp tells. */
-function assignOfds(pid: number, seen: { t: FdTarget; img: FdImage }[]): void {
-  const byInode = new Map<string, FdImage[]>();
+function assignOfds(seen: SeenFd[]): void {
+  const byInode = new Map<string, SeenFd[]>();
   let next = 1;
-  for (const { t, img } of seen) {
-    const key = `${t.dev}:${t.ino}`;
+  for (const s of seen) {
+    const key = `${s.t.dev}:${s.t.ino}`;
     const reps = byInode.get(key) ?? [];
-    const same = reps.find((r) => sameFile(pid, r.fd, pid, img.fd));
-    img.ofd = same ? same.ofd! : next++;
-    if (!same) reps.push(img);
+    const same = reps.find((r) => sameFile(r.pid, r.img.fd, s.pid, s.img.fd));
+    s.img.ofd = same ? same.img.ofd! : next++;
+    if (!same) reps.push(s);
     byInode.set(key, reps);
   }
 }
 
 /**
- * A pipe is restorable when both its ends are open in the process; one on
- * 0-2 whose other end is elsewhere is stdio and left to restore's stdio.
+ * A pipe is restorable when both its ends are open in the dumped processes;
+ * one on 0-2 whose other end is elsewhere is stdio and left to restore's
+ * stdio. The unread bytes are stored once, with the pipe's first fd.
  */
-function describePipes(pid: number, pipes: { t: FdTarget; img: FdImage }[]): void {
-  const byId = new Map<number, FdImage[]>();
-  for (const { t, img } of pipes) {
-    const l = byId.get(t.ino) ?? [];
-    l.push(img);
-    byId.set(t.ino, l);
+function describePipes(pipes: SeenFd[], tree: boolean): void {
+  const byId = new Map<number, SeenFd[]>();
+  for (const s of pipes) {
+    const l = byId.get(s.t.ino) ?? [];
+    l.push(s);
+    byId.set(s.t.ino, l);
   }
   for (const [id, ends] of byId) {
-    const hasRead = ends.some(isReadEnd);
-    const hasWrite = ends.some((e) => !isReadEnd(e));
+    const hasRead = ends.some((e) => isReadEnd(e.img));
+    const hasWrite = ends.some((e) => !isReadEnd(e.img));
     if (!(hasRead && hasWrite)) {
-      const inner = ends.filter((e) => e.fd > 2);
+      const inner = ends.filter((e) => e.img.fd > 2);
       if (inner.length === 0) continue; // stdio
-      throw new TsnapError('unsupported', `fd ${inner[0].fd} is one end of pipe:[${id}] whose other end is outside the process; tsnap restores pipes with both ends in the process (or on stdin/stdout/stderr)`);
+      const where = tree ? 'the dumped tree' : `process ${inner[0].pid}${' (dump its parent with --tree if the other end is there)'}`;
+      throw new TsnapError('unsupported', `fd ${inner[0].img.fd} of process ${inner[0].pid} is one end of pipe:[${id}] whose other end is outside ${where}; tsnap restores pipes with both ends inside (or on stdin/stdout/stderr)`);
     }
-    const data = readPipe(pid, ends[0].fd, id);
-    ends.forEach((e, i) => { e.pipe = { id, capacity: data.capacity, data: i === 0 ? data.data : null }; });
+    const data = readPipe(ends[0].pid, ends[0].img.fd, id);
+    ends.forEach((e, i) => { e.img.pipe = { id, capacity: data.capacity, data: i === 0 ? data.data : null }; });
   }
 }
 
-function checkSupported(f: FdImage): void {
+function checkSupported(f: FdImage, pid: number, tree: boolean): void {
   if (REOPENED.has(f.kind)) {
-    if (f.file?.deleted) throw new TsnapError('unsupported', `fd ${f.fd} is ${f.path}, deleted while open; its contents cannot be restored`);
+    if (f.file?.deleted) throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is ${f.path}, deleted while open; its contents cannot be restored`);
     return;
   }
   if (f.fd <= 2 && (f.kind === 'tty' || f.kind === 'pipe' || f.kind === 'fifo' || f.kind === 'socket')) return;
   if (f.pipe || f.eventfd || f.timerfd || f.signalfd || f.epoll || f.socket) return;
   const hint = f.kind === 'tty' || f.kind === 'fifo' ? ' (supported on stdin/stdout/stderr only)' : '';
-  throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind} (${f.link}) that tsnap cannot checkpoint${hint}`);
+  throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is a ${f.kind} (${f.link}) that tsnap cannot checkpoint${hint}`);
 }

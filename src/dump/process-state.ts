@@ -9,7 +9,7 @@ import {
   RLIMIT_NAMES, type Vma,
 } from '../proc/index.js';
 import { readFds } from './fds.js';
-import type { ProcessImage, VmaImage, RlimitImage, FileIdentity, MmImage } from '../../formats/schema.js';
+import type { ProcessImage, VmaImage, RlimitImage, FdImage, FileIdentity, MmImage } from '../../formats/schema.js';
 import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
 import type { RemoteState } from './task-state.js';
 
@@ -62,7 +62,7 @@ export function readRlimits(pid: number): RlimitImage[] {
   });
 }
 
-export function assembleProcess(pid: number, remote: RemoteState, layout: Layout): ProcessImage {
+export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[]): ProcessImage {
   const stat = readStat(pid);
   const status = readStatus(pid);
   const mm: MmImage = {
@@ -93,7 +93,7 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     threads: remote.threads,
     signals: remote.signals,
     mm,
-    fds: readFds(pid),
+    fds: fds ?? readFds(pid),
     prctl: remote.prctl,
   };
 }

@@ -9,7 +9,7 @@
  */
 import { openSync, closeSync, readSync, writeSync } from 'node:fs';
 import { constants as C } from 'node:fs';
-import { pipe2, tee, fcntl, SYS, O_CLOEXEC, O_NONBLOCK, F_GETPIPE_SZ, F_SETPIPE_SZ, F_SETFL } from '../sys/index.js';
+import { pipe2, tee, fcntl, SYS, O_CLOEXEC, O_NONBLOCK, F_GETPIPE_SZ, F_SETPIPE_SZ, F_SETFL, F_DUPFD_CLOEXEC } from '../sys/index.js';
 import type { FdImage, PipeImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { placeFds, SETFL_MASK } from './place.js';
@@ -40,10 +40,13 @@ export function readPipe(pid: number, fd: number, id: number): PipeImage {
 }
 
 /**
- * Creates one pipe in the task and puts every fd of it (`ends`: all image
- * fds of this pipe, dups included) in place.
+ * Creates one pipe in the task and puts every fd of it that this process
+ * has (`ends`: image fds of this pipe grouped by open file, dups included)
+ * in place. An end this process lacks stays open above every target
+ * number, for another process of the tree to take; returns where both
+ * ends are.
  */
-export function restorePipe(rt: RemoteTask, ends: FdImage[][], floor: number): void {
+export function restorePipe(rt: RemoteTask, ends: FdImage[][], floor: number): { read: number; write: number } {
   const data = ends.flat().find((f) => f.pipe?.data)?.pipe ?? ends[0][0].pipe!;
   const at = rt.put(Buffer.alloc(8));
   rt.sc.check('pipe2', SYS.pipe2, at, O_CLOEXEC);
@@ -63,8 +66,15 @@ export function restorePipe(rt: RemoteTask, ends: FdImage[][], floor: number): v
     const flags = group[0].flags & SETFL_MASK;
     if (flags) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, isReadEnd(group[0]) ? r : w, F_SETFL, flags);
   }
-  // Each end's open files: the read end may be several ofds (opened twice), but pipe2 gives one of each.
   const readers = ends.filter((g) => isReadEnd(g[0])).flat();
   const writers = ends.filter((g) => !isReadEnd(g[0])).flat();
-  placeFds(rt, [{ tmp: r, targets: readers }, { tmp: w, targets: writers }], floor);
+  const carry = (fd: number) => {
+    const hi = Number(rt.sc.check('fcntl(F_DUPFD_CLOEXEC)', SYS.fcntl, fd, F_DUPFD_CLOEXEC, floor));
+    rt.close(fd);
+    return hi;
+  };
+  const read = readers.length ? readers[0].fd : carry(r);
+  const write = writers.length ? writers[0].fd : carry(w);
+  placeFds(rt, [...(readers.length ? [{ tmp: r, targets: readers }] : []), ...(writers.length ? [{ tmp: w, targets: writers }] : [])], floor);
+  return { read, write };
 }

@@ -11,7 +11,7 @@
  *      is a bug, not something to paper over).
  * The caller fills pages, then calls finishProtections(); the stub goes last.
  */
-import { SYS, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MREMAP_MAYMOVE, MREMAP_FIXED } from '../sys/index.js';
+import { SYS, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, O_RDWR, O_RDONLY, MREMAP_MAYMOVE, MREMAP_FIXED } from '../sys/index.js';
 import { readMaps, type Vma } from '../proc/index.js';
 import type { ProcessImage, VmaImage } from '../../formats/schema.js';
 import { findHole, isSpecial, mapCallFor, SPECIAL_MAPPINGS, type Span } from './layout-plan.js';
@@ -25,9 +25,10 @@ export interface Stub {
   addr: number;
 }
 
-export function installStub(rt: RemoteTask, image: ProcessImage): Stub {
+/** `images`: every process the stub will serve (a tree's children inherit it through fork). */
+export function installStub(rt: RemoteTask, images: ProcessImage[]): Stub {
   const current = readMaps(rt.pid);
-  const taken: Span[] = [...current, ...image.mm.vmas].filter((v) => v.path !== '[vsyscall]');
+  const taken: Span[] = [...current, ...images.flatMap((i) => i.mm.vmas)].filter((v) => v.path !== '[vsyscall]');
   const addr = findHole(taken, STUB_SIZE);
   const got = Number(rt.sc.check('mmap(stub)', SYS.mmap, addr, STUB_SIZE,
     PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1n, 0));
@@ -86,13 +87,30 @@ function remap(rt: RemoteTask, from: number, size: number, to: number): void {
   if (got !== to) throw new TsnapError('restoreFailed', `mremap to 0x${to.toString(16)} landed at 0x${got.toString(16)}`);
 }
 
-/** Maps every dumped VMA. Returns the VMAs that still need their final protection. */
-export function mapVmas(rt: RemoteTask, image: ProcessImage): VmaImage[] {
+/**
+ * Maps every dumped VMA. Returns the VMAs that still need their final
+ * protection. `shared`: VMAs that map memory another restored process
+ * already holds (MAP_SHARED anonymous memory inherited through fork), by
+ * start address: the path to open for it (/proc/PID/map_files/...).
+ */
+export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number, string> = new Map()): VmaImage[] {
   const fileFds = new Map<string, number>();
   const fixLater: VmaImage[] = [];
   try {
     for (const v of image.mm.vmas) {
       if (isSpecial(v)) continue;
+      const from = shared.get(v.start);
+      if (from !== undefined) {
+        const fd = rt.open(from, v.prot & PROT_WRITE ? O_RDWR : O_RDONLY);
+        try {
+          const got = Number(rt.sc.check(`mmap(0x${v.start.toString(16)} shared)`, SYS.mmap,
+            v.start, v.end - v.start, v.prot, MAP_SHARED | MAP_FIXED_NOREPLACE, fd, v.pgoff));
+          if (got !== v.start) throw new TsnapError('restoreFailed', `mmap of 0x${v.start.toString(16)} landed at 0x${got.toString(16)}`);
+        } finally {
+          rt.close(fd);
+        }
+        continue;
+      }
       const call = mapCallFor(v);
       let fd = -1n;
       let pgoff = 0;

@@ -10,6 +10,8 @@
  * registrations (which name the other fds by number).
  */
 import { listFds } from '../proc/index.js';
+import { SYS } from '../sys/index.js';
+import { placeFds } from '../files/place.js';
 import type { FdImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
@@ -49,35 +51,100 @@ function byOfd(fds: FdImage[]): FdImage[][] {
   return [...groups.values()];
 }
 
+/** Where an open file already exists in the restored tree: a process and its fd. */
+interface Holder {
+  pid: number;
+  fd: number;
+}
+
+/**
+ * Restores the fds of one process or of a whole tree. Processes are done in
+ * tree order; an open file shared with a process done earlier (inherited
+ * through fork, or the other end of a pipe) is taken from that process with
+ * pidfd_getfd, run inside the importing process, instead of created again.
+ */
+export class FdRestorer {
+  private readonly holders = new Map<number, Holder>();
+  private readonly pipeOfds = new Map<number, { read: Set<number>; write: Set<number> }>();
+  private readonly created = new Set<string>();
+
+  constructor(all: FdImage[][]) {
+    for (const f of all.flat()) {
+      if (!f.pipe || f.ofd === undefined) continue;
+      const e = this.pipeOfds.get(f.pipe.id) ?? { read: new Set<number>(), write: new Set<number>() };
+      (isReadEnd(f) ? e.read : e.write).add(f.ofd);
+      this.pipeOfds.set(f.pipe.id, e);
+    }
+  }
+
+  /** Phase 1: every fd of the process but the epoll registrations. */
+  createFiles(rt: RemoteTask, fds: FdImage[]): void {
+    const floor = Math.max(2, ...fds.map((f) => f.fd)) + 1;
+    const groups = byOfd(fds.filter((f) => !isInheritedStdio(f)));
+    const pipes = new Map<number, FdImage[][]>();
+    const pidfds = new Map<number, number>();
+    for (const g of groups) {
+      const f = g[0];
+      const held = f.ofd === undefined ? undefined : this.holders.get(f.ofd);
+      if (held) {
+        this.importFile(rt, held, g, floor, pidfds);
+        continue;
+      }
+      if (REOPENED.has(f.kind)) restoreReopened(rt, g, floor);
+      else if (f.kind === 'eventfd') restoreEventfd(rt, g, floor);
+      else if (f.kind === 'timerfd') restoreTimerfd(rt, g, floor);
+      else if (f.kind === 'signalfd') restoreSignalfd(rt, g, floor);
+      else if (f.kind === 'socket') restoreSocket(rt, g, floor);
+      else if (f.kind === 'epoll') createEpoll(rt, g, floor);
+      else if (f.kind === 'pipe') {
+        const p = pipes.get(f.pipe!.id);
+        if (p) p.push(g); else pipes.set(f.pipe!.id, [g]);
+        continue;
+      } else {
+        throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind}; restoring this kind of fd is not supported`);
+      }
+      if (f.kind === 'epoll') this.created.add(`${rt.pid}:${f.fd}`);
+      if (f.ofd !== undefined) this.holders.set(f.ofd, { pid: rt.pid, fd: f.fd });
+    }
+    for (const [id, ends] of pipes) {
+      const both = this.pipeOfds.get(id);
+      if (!both || both.read.size === 0 || both.write.size === 0) {
+        throw new TsnapError('badImage', `pipe:[${id}] lacks one of its ends in the image`);
+      }
+      const at = restorePipe(rt, ends, floor);
+      for (const ofd of both.read) this.holders.set(ofd, { pid: rt.pid, fd: at.read });
+      for (const ofd of both.write) this.holders.set(ofd, { pid: rt.pid, fd: at.write });
+    }
+  }
+
+  private importFile(rt: RemoteTask, from: Holder, group: FdImage[], floor: number, pidfds: Map<number, number>): void {
+    let pidfd = pidfds.get(from.pid);
+    if (pidfd === undefined) {
+      pidfd = Number(rt.sc.check(`pidfd_open(${from.pid})`, SYS.pidfd_open, from.pid, 0));
+      pidfds.set(from.pid, pidfd);
+    }
+    const tmp = Number(rt.sc.check(`pidfd_getfd(${from.pid}, ${from.fd})`, SYS.pidfd_getfd, pidfd, from.fd, 0));
+    placeFds(rt, [{ tmp, targets: group }], floor);
+  }
+
+  /** Phase 2: each epoll this process created registers what it watched. */
+  registerEpolls(rt: RemoteTask, fds: FdImage[]): void {
+    for (const f of fds) {
+      if (f.kind === 'epoll' && this.created.has(`${rt.pid}:${f.fd}`)) registerEpollTargets(rt, f);
+    }
+  }
+
+  /** Phase 3, once every process took what it needs: whatever the process should not have goes. */
+  closeOthers(rt: RemoteTask, fds: FdImage[]): void {
+    const wanted = new Set(fds.map((f) => f.fd));
+    for (const fd of listFds(rt.pid)) if (!wanted.has(fd)) rt.close(fd);
+  }
+}
+
+/** The fds of a single process. */
 export function restoreFds(rt: RemoteTask, fds: FdImage[]): void {
-  const wanted = new Set(fds.map((f) => f.fd));
-  const floor = Math.max(2, ...wanted) + 1;
-  const own = fds.filter((f) => !isInheritedStdio(f));
-  const groups = byOfd(own);
-  const pipes = new Map<number, FdImage[][]>();
-  for (const g of groups) {
-    const f = g[0];
-    if (REOPENED.has(f.kind)) restoreReopened(rt, g, floor);
-    else if (f.kind === 'eventfd') restoreEventfd(rt, g, floor);
-    else if (f.kind === 'timerfd') restoreTimerfd(rt, g, floor);
-    else if (f.kind === 'signalfd') restoreSignalfd(rt, g, floor);
-    else if (f.kind === 'socket') restoreSocket(rt, g, floor);
-    else if (f.kind === 'pipe') {
-      const p = pipes.get(f.pipe!.id);
-      if (p) p.push(g); else pipes.set(f.pipe!.id, [g]);
-    } else if (f.kind !== 'epoll') {
-      throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind}; restoring this kind of fd is not supported`);
-    }
-  }
-  for (const ends of pipes.values()) {
-    if (!ends.some((g) => isReadEnd(g[0])) || !ends.some((g) => !isReadEnd(g[0]))) {
-      throw new TsnapError('badImage', `pipe:[${ends[0][0].pipe!.id}] lacks one of its ends in the image`);
-    }
-    restorePipe(rt, ends, floor);
-  }
-  const epolls = groups.filter((g) => g[0].kind === 'epoll');
-  for (const g of epolls) createEpoll(rt, g, floor);
-  for (const g of epolls) registerEpollTargets(rt, g[0]);
-  // Whatever the helper had that the process did not, goes.
-  for (const fd of listFds(rt.pid)) if (!wanted.has(fd)) rt.close(fd);
+  const r = new FdRestorer([fds]);
+  r.createFiles(rt, fds);
+  r.registerEpolls(rt, fds);
+  r.closeOthers(rt, fds);
 }

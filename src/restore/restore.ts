@@ -5,20 +5,24 @@
  */
 import { openSync, closeSync, writeFileSync } from 'node:fs';
 import type { ChildProcess, StdioOptions } from 'node:child_process';
-import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus } from '../sys/index.js';
+import { join } from 'node:path';
+import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus, SysError, ProcMem, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, CLONE_ARGS_SIZE, SIGCHLD } from '../sys/index.js';
 import { readChain, type Image } from '../image/image-reader.js';
-import { readReg, writeReg } from '../freeze/frozen-task.js';
-import { createProcess, type NewProcess } from './create-process.js';
+import { readReg, writeReg, FrozenTask } from '../freeze/frozen-task.js';
+import { createProcess, pidTaken, type NewProcess } from './create-process.js';
 import { RemoteTask } from './remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { restoreMm, restoreProcessState, restoreThreadState } from './task-state.js';
-import { restoreFds } from './fds.js';
-import { createThreads } from './threads.js';
+import { FdRestorer } from './fds.js';
+import { createThreads, type RestoredThread } from './threads.js';
+import { RemoteSyscaller } from '../inject/remote-syscall.js';
+import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
+import { isSpecial, vmaKind } from './layout-plan.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 import { preflight } from './preflight.js';
 import { TsnapError, asTsnapError } from '../errors.js';
-import type { ThreadImage } from '../../formats/schema.js';
+import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.js';
 
 export interface RestoreOptions {
   dir: string;
@@ -42,6 +46,8 @@ export interface RestoreStats {
 export interface RestoreResult {
   pid: number;
   originalPid: number;
+  /** Every restored process (a tree restores several), root first. */
+  pids: { original: number; pid: number }[];
   stats: RestoreStats;
   warnings: string[];
 }
@@ -64,88 +70,168 @@ export function resumeRegisters(t: ThreadImage): Buffer {
   return regs;
 }
 
+/** One process being rebuilt. */
+interface Member {
+  chain: Image[];
+  p: ProcessImage;
+  /** Set once the process exists. */
+  rt: RemoteTask | null;
+  threads: RestoredThread[];
+  children: Member[];
+}
+
+function loadMembers(dir: string): Member[] {
+  if (!isTreeImage(dir)) {
+    const chain = readChain(dir);
+    return [{ chain, p: needProcess(chain[0], dir), rt: null, threads: [], children: [] }];
+  }
+  const manifest = readTreeManifest(dir);
+  if (manifest.contents !== 'dump') {
+    throw new TsnapError('badImage', `${dir} is a tree pre-dump (memory only); restore the final image of its chain (tsnap dump --tree --parent ${dir})`);
+  }
+  const byPid = new Map<number, Member>();
+  const members = manifest.processes.map((m) => {
+    const sub = join(dir, m.dir);
+    const chain = readChain(sub);
+    const member: Member = { chain, p: needProcess(chain[0], sub), rt: null, threads: [], children: [] };
+    if (member.p.pid !== m.pid) throw new TsnapError('badImage', `${sub} holds process ${member.p.pid}, the tree manifest says ${m.pid}`);
+    byPid.set(m.pid, member);
+    return member;
+  });
+  manifest.processes.forEach((m, i) => {
+    if (i === 0) return;
+    const parent = byPid.get(m.ppid);
+    if (!parent) throw new TsnapError('badImage', `${dir}: process ${m.pid} has parent ${m.ppid}, which is not in the tree`);
+    parent.children.push(members[i]);
+  });
+  if (manifest.processes[0]?.pid !== manifest.root) throw new TsnapError('badImage', `${dir}: the tree manifest does not start with its root`);
+  return members;
+}
+
+function needProcess(img: Image, dir: string): ProcessImage {
+  if (!img.process) {
+    throw new TsnapError('badImage', `${dir} is a pre-dump (memory only, taken while the process ran); restore the final image of its chain (tsnap dump --parent ${dir})`);
+  }
+  return img.process;
+}
+
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const t0 = process.hrtime.bigint();
   const warnings: string[] = [];
   const warn = (m: string) => { warnings.push(m); opts.warn?.(m); };
-  const chain = readChain(opts.dir);
-  const img: Image = chain[0];
-  const p = img.process;
-  if (!p) {
-    throw new TsnapError('badImage', `${opts.dir} is a pre-dump (memory only, taken while the process ran); restore the final image of its chain (tsnap dump --parent ${opts.dir})`);
-  }
+  const members = loadMembers(opts.dir);
+  const tree = isTreeImage(opts.dir);
+  const root = members[0];
   const newPid = !!opts.newPid;
-  preflight(img, p, newPid);
+  if (tree && newPid) throw new TsnapError('usage', '--new-pid is not supported for process trees yet: their processes refer to each other by pid');
+  for (const m of members) preflight(m.chain[0], m.p, newPid);
 
   const stdio = openStdio(opts);
-  let proc: NewProcess | null = null;
   let helper: ChildProcess | null = null;
+  /** Every task created, for the cleanup of a failed restore. */
+  const created: { pid: number; leader: boolean }[] = [];
   let step = 'create the process';
-  const threadTids: number[] = [];
+  let pages = 0;
+  let bytes = 0;
   try {
-    ({ proc, helper } = await createProcess(newPid ? null : p.pid, stdio.options));
+    const made = await createProcess(newPid ? null : root.p.pid, stdio.options);
+    helper = made.helper;
+    const proc: NewProcess = made.proc;
+    created.push({ pid: proc.pid, leader: true });
     helper.kill('SIGKILL');
-    const rt = new RemoteTask(proc.sc, proc.mem);
-    const t = p.threads[0];
+    root.rt = new RemoteTask(proc.sc, proc.mem);
     step = 'check the CPU state layout';
     const xlen = ptrace.getXstate(proc.pid).length;
-    if (xlen !== t.xstate.length) {
-      throw new TsnapError('kernel', `this CPU's XSAVE area is ${xlen} bytes, the image's ${t.xstate.length}; restore on the same kind of CPU`);
+    for (const m of members) {
+      for (const t of m.p.threads) {
+        if (xlen !== t.xstate.length) {
+          throw new TsnapError('kernel', `this CPU's XSAVE area is ${xlen} bytes, the image's ${t.xstate.length}; restore on the same kind of CPU`);
+        }
+      }
     }
-    step = 'rebuild the address space';
-    const stub = installStub(rt, p);
-    clearHelperMappings(rt, stub);
-    placeSpecialMappings(rt, p, stub);
-    const fixProt = mapVmas(rt, p);
-    step = 'write memory';
-    const filled = await fillPages(proc.pid, chain, p.mm.vmas.filter((v) => v.dumped).map((v) => ({ start: v.start, end: v.end })), proc.sc);
-    finishProtections(rt, fixProt);
-    step = 'restore mm fields (PR_SET_MM_MAP)';
-    restoreMm(rt, p);
-    step = 'restore files';
-    restoreFds(rt, p.fds);
-    step = 'restore process state';
-    restoreProcessState(rt, p, warn);
-    step = 'create the threads';
-    const threads = [{ image: t, rt }, ...createThreads(rt, p.threads.slice(1), newPid, threadTids)];
-    if (newPid && threads.length > 1) warn('threads got new tids: the program\'s own record of them (pthread tid caches) still holds the old ones');
-    step = 'restore thread state';
-    for (const th of threads) restoreThreadState(th.rt, th.image);
-    step = 'remove the restore stub';
-    rt.sc.check('munmap(stub)', SYS.munmap, stub.addr, STUB_SIZE);
-    step = 'set registers';
-    for (const th of threads) {
-      const tid = th.rt.pid;
-      ptrace.setRegs(tid, resumeRegisters(th.image));
-      ptrace.setXstate(tid, th.image.xstate);
-      ptrace.setSigmask(tid, th.image.sigmask);
+    step = 'prepare the address space';
+    const stub = installStub(root.rt, members.map((m) => m.p));
+    clearHelperMappings(root.rt, stub);
+    if (tree) {
+      step = 'create the process tree';
+      const deferred = createChildren(root, stub.addr, newPid, created);
+      for (const [m, pgid] of deferred) m.rt!.sc.check(`setpgid(0, ${pgid})`, SYS.setpgid, 0, pgid);
+      if (newPid) warn('processes got new pids: what they recorded of each other\'s pids is stale');
     }
-    proc.mem.close();
+    const sharedFrom = new Map<string, { pid: number; v: VmaImage }>();
+    for (const m of members) {
+      const rt = m.rt!;
+      step = `rebuild the address space of ${m.p.pid}`;
+      placeSpecialMappings(rt, m.p, stub);
+      const imports = sharedImports(m.p, sharedFrom, rt.pid);
+      const fixProt = mapVmas(rt, m.p, imports);
+      step = `write the memory of ${m.p.pid}`;
+      const filled = await fillPages(rt.pid, m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })), rt.sc);
+      pages += filled.pages;
+      bytes += filled.bytes;
+      finishProtections(rt, fixProt);
+      step = `restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`;
+      restoreMm(rt, m.p);
+    }
+    const fdr = new FdRestorer(members.map((m) => m.p.fds));
+    for (const m of members) {
+      step = `restore the files of ${m.p.pid}`;
+      fdr.createFiles(m.rt!, m.p.fds);
+    }
+    for (const m of members) fdr.registerEpolls(m.rt!, m.p.fds);
+    for (const m of members) fdr.closeOthers(m.rt!, m.p.fds);
+    for (const m of members) {
+      const rt = m.rt!;
+      step = `restore the state of ${m.p.pid}`;
+      restoreProcessState(rt, m.p, warn);
+      step = `create the threads of ${m.p.pid}`;
+      const tids: number[] = [];
+      const others = createThreads(rt, m.p.threads.slice(1), newPid, tids);
+      for (const tid of tids) created.push({ pid: tid, leader: false });
+      m.threads = [{ image: m.p.threads[0], rt }, ...others];
+      if (newPid && m.threads.length > 1) warn(`threads of ${m.p.pid} got new tids: the program's own record of them (pthread tid caches) still holds the old ones`);
+      step = `restore the thread state of ${m.p.pid}`;
+      for (const th of m.threads) restoreThreadState(th.rt, th.image);
+    }
+    for (const m of members) {
+      step = `remove the restore stub from ${m.p.pid}`;
+      m.rt!.sc.check('munmap(stub)', SYS.munmap, stub.addr, STUB_SIZE);
+      step = `set the registers of ${m.p.pid}`;
+      for (const th of m.threads) {
+        const tid = th.rt.pid;
+        ptrace.setRegs(tid, resumeRegisters(th.image));
+        ptrace.setXstate(tid, th.image.xstate);
+        ptrace.setSigmask(tid, th.image.sigmask);
+      }
+    }
+    for (const m of members) m.rt!.mem.close();
     if (opts.pidfile) writeFileSync(opts.pidfile, `${proc.pid}\n`, { mode: 0o644 });
-    step = 'start the process';
-    // The other threads first: the leader is the one a parent waits for.
-    for (const th of threads.slice(1)) ptrace.detach(th.rt.pid);
-    ptrace.detach(proc.pid);
+    step = 'start the processes';
+    // Children before parents, other threads before their leader: the one a
+    // parent waits for goes last.
+    for (const m of [...members].reverse()) {
+      for (const th of m.threads.slice(1)) ptrace.detach(th.rt.pid);
+      ptrace.detach(m.rt!.pid);
+    }
     const restoreUs = Number(process.hrtime.bigint() - t0) / 1000;
     return {
       pid: proc.pid,
-      originalPid: p.pid,
+      originalPid: root.p.pid,
+      pids: members.map((m) => ({ original: m.p.pid, pid: m.rt!.pid })),
       warnings,
       stats: {
         restoreUs,
-        pagesRestored: filled.pages,
-        bytesRestored: filled.bytes,
-        throughputMiBps: filled.bytes / (1 << 20) / (restoreUs / 1e6),
+        pagesRestored: pages,
+        bytesRestored: bytes,
+        throughputMiBps: bytes / (1 << 20) / (restoreUs / 1e6),
       },
     };
   } catch (err) {
-    if (proc) {
-      try { kill(proc.pid, SIGKILL); } catch { /* gone */ }
-      // Traced threads stay zombies until reaped, and hold back the leader's report.
-      for (const tid of threadTids) reapTraced(tid);
-      reapTraced(proc.pid);
-      try { proc.mem.close(); } catch { /* closed */ }
-    }
+    for (const c of created) if (c.leader) { try { kill(c.pid, SIGKILL); } catch { /* gone */ } }
+    // Traced threads stay zombies until reaped, and hold back their leader's report.
+    for (const c of created) if (!c.leader) reapTraced(c.pid);
+    for (const c of [...created].reverse()) if (c.leader) reapTraced(c.pid);
+    for (const m of members) { try { m.rt?.mem.close(); } catch { /* closed */ } }
     helper?.kill('SIGKILL');
     const e = asTsnapError(err, `restore from ${opts.dir}`);
     if (e.kind === 'internal') throw new TsnapError('restoreFailed', `restore failed while trying to ${step}: ${e.message}`, err);
@@ -153,6 +239,90 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   } finally {
     stdio.close();
   }
+}
+
+/**
+ * Forks every child of `parent` inside it (clone3 with set_tid, as the
+ * original fork did), depth first, each right after its parent has its
+ * session and group, so it inherits them as it did originally. Returns the
+ * setpgid calls that must wait until every process exists (a group whose
+ * leader comes later in the tree).
+ */
+function createChildren(parent: Member, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[]): [Member, number][] {
+  const deferred: [Member, number][] = [];
+  const prt = parent.rt!;
+  const pids = new Set<number>();
+  const inTree = new Set<number>();
+  const collect = (m: Member) => { inTree.add(m.p.pid); m.children.forEach(collect); };
+  collect(parent);
+  const walk = (m: Member) => {
+    const rt = m.rt!;
+    setSessionAndGroup(m, deferred, pids, inTree);
+    pids.add(m.p.pid);
+    if (m.children.length) ptrace.setOptions(rt.pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
+    for (const c of m.children) {
+      const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
+      args.writeBigUInt64LE(BigInt(SIGCHLD), 32); // exit_signal
+      if (!newPid) {
+        args.writeBigUInt64LE(BigInt(rt.scratch + CLONE_ARGS_SIZE), 64); // set_tid
+        args.writeBigUInt64LE(1n, 72);
+        args.writeUInt32LE(c.p.pid, CLONE_ARGS_SIZE);
+      }
+      let pid: number;
+      try {
+        pid = Number(rt.sc.check(`clone3(process ${c.p.pid})`, SYS.clone3, rt.put(args), CLONE_ARGS_SIZE));
+      } catch (err) {
+        if (err instanceof SysError && err.code === 'EEXIST') throw pidTaken(c.p.pid);
+        throw err;
+      }
+      created.push({ pid, leader: true });
+      const task = FrozenTask.adopt(pid);
+      ptrace.setOptions(pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL);
+      const mem = new ProcMem(pid, true);
+      // The child is a copy of its parent: the stub is at the same address.
+      c.rt = new RemoteTask(new RemoteSyscaller(task, mem, stubAddr), mem);
+      c.rt.scratch = prt.scratch;
+      c.rt.scratchSize = prt.scratchSize;
+      walk(c);
+    }
+  };
+  walk(parent);
+  return deferred;
+}
+
+/**
+ * setsid for a session leader, setpgid for a group leader or a member of a
+ * group of the tree. Sessions and groups led from outside the tree are those
+ * of tsnap restore (as a shell job's are).
+ */
+function setSessionAndGroup(m: Member, deferred: [Member, number][], existing: Set<number>, inTree: Set<number>): void {
+  const rt = m.rt!;
+  if (m.p.sid === m.p.pid) rt.sc.check('setsid', SYS.setsid);
+  else if (m.p.pgid === m.p.pid) rt.sc.check('setpgid(0, 0)', SYS.setpgid, 0, 0);
+  if (m.p.pgid !== m.p.pid && inTree.has(m.p.pgid)) {
+    const current = Number(rt.sc.check('getpgid', SYS.getpgid, 0));
+    if (current !== m.p.pgid) {
+      if (existing.has(m.p.pgid)) rt.sc.check(`setpgid(0, ${m.p.pgid})`, SYS.setpgid, 0, m.p.pgid);
+      else deferred.push([m, m.p.pgid]);
+    }
+  }
+}
+
+/**
+ * MAP_SHARED anonymous memory another process of the tree maps too (same
+ * shmem object at dump): the first process in tree order creates it, the
+ * others map that same object through /proc/PID/map_files of the first.
+ */
+function sharedImports(p: ProcessImage, seen: Map<string, { pid: number; v: VmaImage }>, pid: number): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const v of p.mm.vmas) {
+    if (isSpecial(v) || vmaKind(v) !== 'sharedAnon' || !v.file) continue;
+    const key = `${v.file.dev}:${v.file.ino}`;
+    const first = seen.get(key);
+    if (first) out.set(v.start, `/proc/${first.pid}/map_files/${first.v.start.toString(16)}-${first.v.end.toString(16)}`);
+    else seen.set(key, { pid, v });
+  }
+  return out;
 }
 
 function openStdio(opts: RestoreOptions): { options: StdioOptions; close: () => void } {

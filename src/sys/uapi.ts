@@ -49,6 +49,9 @@ export const SYS = {
   chdir: 80,
   fchdir: 81,
   socket: 41,
+  setpgid: 109,
+  getpgid: 121,
+  setsid: 112,
   connect: 42,
   getpeername: 52,
   bind: 49,
@@ -278,3 +281,4 @@ export const AF_UNIX = 1;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 export const SOCK_TYPE_MASK = 0xf;
+export const SIGCHLD = 17;

@@ -1,0 +1,183 @@
+/**
+ * `dump --tree` and `pre-dump --tree`: a process and all its descendants.
+ *
+ * For a dump every process is frozen before any is recorded: a parent is
+ * frozen before its children are listed, so it cannot fork behind our back,
+ * and the listing repeats until it finds no new process. Each process is
+ * then imaged on its own (src/dump/dump.ts) into DIR/<pid>, with its fds
+ * read across the whole tree so that pipes and files shared between the
+ * processes are known as shared. The manifest (DIR/tree) is written last.
+ *
+ * A pre-dump freezes nothing: each process gets its own tracking, and a
+ * later dump --parent uses DIR/<pid> of the parent tree for every process
+ * that was already there.
+ */
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { FrozenProcess } from '../freeze/frozen-process.js';
+import { hold, unhold, type Releasable } from '../freeze/safety-net.js';
+import { listChildren, readStat } from '../proc/index.js';
+import { readTreeFds } from './fds.js';
+import { dump, preDump, type DumpOptions, type DumpResult } from './dump.js';
+import { writeMetaFile } from '../image/metadata.js';
+import { isTreeImage } from '../image/tree-manifest.js';
+import { prepareImageDir, fsyncDir } from '../image/image-dir.js';
+import { rmSync } from 'node:fs';
+import { readImage } from '../image/image-reader.js';
+import { stopHolder } from '../track/tracking.js';
+import { TsnapError, asTsnapError } from '../errors.js';
+import { FileKind, FORMAT_VERSION, type TreeManifest, type TreeMember } from '../../formats/schema.js';
+
+export interface TreeDumpResult {
+  dir: string;
+  root: number;
+  processes: { pid: number; result: DumpResult }[];
+  killed: boolean;
+  /** When every process was frozen (hrtime), for downtime accounting. */
+  frozenAt: bigint | null;
+  frozenUs: number;
+}
+
+/** The tree under `root`, parents first, read from /proc (the processes may be running). */
+export function listTree(root: number): TreeMember[] {
+  const out: TreeMember[] = [{ pid: root, ppid: readStat(root).ppid, dir: String(root) }];
+  for (let i = 0; i < out.length; i++) {
+    for (const c of listChildren(out[i].pid)) out.push({ pid: c, ppid: out[i].pid, dir: String(c) });
+  }
+  return out;
+}
+
+class FrozenTree implements Releasable {
+  readonly members: { m: TreeMember; fp: FrozenProcess }[] = [];
+  readonly frozenAt = process.hrtime.bigint();
+
+  static freeze(root: number): FrozenTree {
+    const tree = new FrozenTree();
+    hold(tree);
+    try {
+      const queue: TreeMember[] = [{ pid: root, ppid: readStat(root).ppid, dir: String(root) }];
+      const seen = new Set<number>([root]);
+      while (queue.length) {
+        const m = queue.shift()!;
+        let fp: FrozenProcess;
+        try {
+          fp = FrozenProcess.freeze(m.pid);
+        } catch (err) {
+          // A child that exited before we got to it is not part of the tree any more.
+          if (m.pid !== root && err instanceof TsnapError && err.kind === 'noSuchProcess') continue;
+          throw err;
+        }
+        tree.members.push({ m, fp });
+        // Frozen, it cannot fork: its children list is final.
+        for (const c of listChildren(m.pid)) {
+          if (seen.has(c)) continue;
+          seen.add(c);
+          queue.push({ pid: c, ppid: m.pid, dir: String(c) });
+        }
+      }
+      for (const { m } of tree.members) {
+        const st = readStat(m.pid);
+        if (st.state === 'Z') throw new TsnapError('unsupported', `process ${m.pid} in the tree is a zombie (exited, not yet reaped by ${st.ppid}); try again once it is reaped`);
+      }
+      return tree;
+    } catch (err) {
+      tree.release();
+      throw err;
+    }
+  }
+
+  release(): void {
+    unhold(this);
+    // Children first: a parent resumed early could not observe them stopped anyway,
+    // but this keeps the tree's own order of events natural.
+    for (const { fp } of [...this.members].reverse()) {
+      try { fp.release(); } catch { /* gone */ }
+    }
+  }
+
+  kill(): void {
+    unhold(this);
+    for (const { fp } of [...this.members].reverse()) {
+      try { fp.kill(); } catch { /* gone */ }
+    }
+  }
+}
+
+function parentFor(parentTree: string | undefined, pid: number): string | undefined {
+  if (!parentTree) return undefined;
+  const d = join(parentTree, String(pid));
+  return existsSync(join(d, 'inventory')) ? d : undefined;
+}
+
+export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<TreeDumpResult> {
+  const root = opts.pid;
+  if (opts.parent && !isTreeImage(opts.parent)) {
+    throw new TsnapError('badImage', `${opts.parent} is not a tree image; --tree needs the parent of a --tree dump`);
+  }
+  const top = prepareImageDir(resolve(opts.dir));
+  const done: { pid: number; result: DumpResult }[] = [];
+  let tree: FrozenTree | null = null;
+  const fsync = opts.fsync ?? (mode === 'dump' && !opts.leaveRunning);
+  try {
+    let members: TreeMember[];
+    if (mode === 'dump') {
+      // Fail fast, with the tree untouched, on fds tsnap cannot restore.
+      readTreeFds(listTree(root).map((m) => m.pid));
+      tree = FrozenTree.freeze(root);
+      members = tree.members.map((x) => x.m);
+      const fds = readTreeFds(members.map((m) => m.pid));
+      for (const { m, fp } of tree.members) {
+        const result = await dump({
+          ...opts, pid: m.pid, dir: join(top.path, m.dir), parent: parentFor(opts.parent, m.pid),
+          frozen: { process: fp, fds: fds.get(m.pid)! }, hold: false, fsync,
+        });
+        done.push({ pid: m.pid, result });
+      }
+    } else {
+      members = listTree(root);
+      const alive: TreeMember[] = [];
+      for (const m of members) {
+        try {
+          const result = await preDump({ ...opts, pid: m.pid, dir: join(top.path, m.dir), parent: parentFor(opts.parent, m.pid) });
+          done.push({ pid: m.pid, result });
+          alive.push(m);
+        } catch (err) {
+          // A process of a running tree may exit meanwhile; the next round goes without it.
+          if (m.pid !== root && err instanceof TsnapError && err.kind === 'noSuchProcess') continue;
+          throw err;
+        }
+      }
+      members = alive;
+    }
+    const manifest: TreeManifest = {
+      formatVersion: FORMAT_VERSION, createdAt: new Date().toISOString(), root, contents: mode, processes: members,
+    };
+    writeMetaFile(top.path, FileKind.Tree, manifest, fsync);
+    if (fsync) fsyncDir(top.path);
+    let frozenUs = 0;
+    let killed = false;
+    const frozenAt = tree?.frozenAt ?? null;
+    if (tree) {
+      frozenUs = Number(process.hrtime.bigint() - tree.frozenAt) / 1000;
+      if (opts.leaveRunning) tree.release();
+      else { tree.kill(); killed = true; }
+      tree = null;
+    }
+    return { dir: top.path, root, processes: done, killed, frozenAt, frozenUs };
+  } catch (err) {
+    tree?.release();
+    // Pre-dumps of this round may have started trackings: a failed round
+    // must not leave their holders behind (a parent's tracking stays).
+    for (const d of done) {
+      try {
+        const ref = readImage(d.result.dir).inventory.tracking;
+        const parentDir = parentFor(opts.parent, d.pid);
+        const parentRef = parentDir ? readImage(parentDir).inventory.tracking : null;
+        if (ref && ref.holderPid !== parentRef?.holderPid) stopHolder(ref);
+      } catch { /* nothing to stop */ }
+    }
+    for (const d of done) rmSync(d.result.dir, { recursive: true, force: true });
+    if (top.created) rmSync(top.path, { recursive: true, force: true });
+    throw asTsnapError(err, `${mode} of the tree of process ${root}`);
+  }
+}

@@ -1,0 +1,13 @@
+/** The manifest of a process tree image (dump --tree): DIR/tree. */
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { readMetaFile } from './metadata.js';
+import { FileKind, type TreeManifest } from '../../formats/schema.js';
+
+export function isTreeImage(dir: string): boolean {
+  return existsSync(join(dir, 'tree'));
+}
+
+export function readTreeManifest(dir: string): TreeManifest {
+  return readMetaFile<TreeManifest>(dir, FileKind.Tree);
+}

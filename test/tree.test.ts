@@ -1,0 +1,110 @@
+/**
+ * Process trees: a parent and its children frozen together, restored with
+ * their pids, parent links, groups, sessions, the pipes between them (with
+ * the bytes in flight) and the memory they share, each checking the others.
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import { readFileSync, existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
+import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage } from './helpers/tsnap.js';
+import { readStat, readStatus } from '../src/proc/index.js';
+
+useProcessCleanup();
+useRestoredCleanup();
+afterAll(() => cleanupTmpDirs());
+
+interface Status { counter: number; last: number; bad: number }
+
+async function status(p: { writeLine(s: string): void; waitForLine(re: RegExp, t?: number, from?: number): Promise<string> }, from: number): Promise<Status> {
+  p.writeLine('status');
+  const l = await p.waitForLine(/^STATUS/, 5000, from);
+  const m = /counter=(\d+) last=(\d+) bad=(\d+)/.exec(l)!;
+  return { counter: Number(m[1]), last: Number(m[2]), bad: Number(m[3]) };
+}
+
+function identity(pid: number) {
+  const st = readStat(pid);
+  return { pid, ppid: st.ppid, pgrp: st.pgrp, session: st.session };
+}
+
+async function gone(pids: number[]): Promise<void> {
+  for (const pid of pids) for (let i = 0; i < 300 && existsSync(`/proc/${pid}`); i++) await new Promise((r) => setTimeout(r, 10));
+}
+
+describe('process trees', () => {
+  it('parent and two children: pids, parent links, groups, sessions, pipes in flight and shared memory survive', async () => {
+    const work = tmpDir('tsnap-tree-');
+    const p: Running = await startProcess(await compileC('tree'), []);
+    const kids = [Number(p.readyInfo.child1), Number(p.readyInfo.child2)];
+    const before = [p.pid, ...kids].map(identity);
+    await new Promise((r) => setTimeout(r, 300)); // pipe A fills up
+    const s0 = await status(p, 0);
+    expect(s0.bad).toBe(0);
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    await gone(kids);
+    // The numbers in flight were in the pipes at the dump.
+    const pipes = [p.pid, ...kids].flatMap((pid) => readImage(join(dir, String(pid))).process!.fds.filter((f) => f.pipe?.data));
+    expect(pipes.reduce((n, f) => n + f.pipe!.data!.length, 0)).toBeGreaterThan(2048);
+
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(r.pid).toBe(p.pid);
+    const s1 = await status(r, 0);
+    await new Promise((res) => setTimeout(res, 200));
+    const s2 = await status(r, r.lines.length);
+    expect(s2.bad).toBe(0);
+    expect(s1.last).toBeGreaterThanOrEqual(s0.last);
+    expect(s2.last).toBeGreaterThan(s1.last);
+    expect(s2.counter).toBeGreaterThan(s1.counter);
+    // Same pids, parents, groups and sessions (the root's own group and
+    // session are those of the restorer, as for a shell job).
+    const after = [p.pid, ...kids].map(identity);
+    expect(after.slice(1)).toEqual(before.slice(1));
+    for (const pid of [p.pid, ...kids]) expect(readStatus(pid).tracerPid).toBe(0);
+    for (const k of kids) await killPid(k);
+  });
+
+  it('pre-dump --tree twice, then dump --tree --parent: deltas per process, restored and self-checked', async () => {
+    const work = tmpDir('tsnap-tree-');
+    const p: Running = await startProcess(await compileC('tree'), []);
+    const kids = [Number(p.readyInfo.child1), Number(p.readyInfo.child2)];
+    const r1 = await tsnap('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'), '--tree');
+    expect(r1.code, r1.stderr).toBe(0);
+    const r2 = await tsnap('pre-dump', '--pid', String(p.pid), '--dir', join(work, '2'), '--tree', '--parent', join(work, '1'));
+    expect(r2.code, r2.stderr).toBe(0);
+    const r3 = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, '3'), '--tree', '--parent', join(work, '2'), '--json');
+    expect(r3.code, r3.stderr).toBe(0);
+    const out = JSON.parse(r3.stdout);
+    expect(out.processes.map((x: { pid: number }) => x.pid)).toEqual([p.pid, ...kids]);
+    for (const x of out.processes) expect(x.kind).toBe('delta');
+    await p.exited;
+    await gone(kids);
+    const r = await restoreDetached(join(work, '3'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    const s1 = await status(r, 0);
+    await new Promise((res) => setTimeout(res, 100));
+    const s2 = await status(r, r.lines.length);
+    expect(s2.bad).toBe(0);
+    expect(s2.last).toBeGreaterThan(s1.last);
+    for (const k of kids) await killPid(k);
+  });
+
+  it('leave-running: the whole tree resumes untraced and keeps checking itself', async () => {
+    const work = tmpDir('tsnap-tree-');
+    const p: Running = await startProcess(await compileC('tree'), []);
+    const kids = [Number(p.readyInfo.child1), Number(p.readyInfo.child2)];
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--tree', '--leave-running');
+    expect(d.code, d.stderr).toBe(0);
+    for (const pid of [p.pid, ...kids]) expect(readStatus(pid).tracerPid).toBe(0);
+    const s1 = await status(p, p.lines().length);
+    await new Promise((res) => setTimeout(res, 50));
+    const s2 = await status(p, p.lines().length);
+    expect(s2.bad).toBe(0);
+    expect(s2.last).toBeGreaterThan(s1.last);
+    expect(readFileSync(join(work, 'img', 'tree')).length).toBeGreaterThan(0);
+  });
+});
