@@ -78,6 +78,27 @@ describe('tsnap migrate', () => {
     expect(findHolders(done.restoredPid)).toEqual([]);
   });
 
+  it('moves a multi-threaded process: every thread counts on on the receiver, TLS and tids checked by the threads themselves', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const out = join(work, 'restored.out');
+    const srv = await startServer(join(work, 'in'), ['--restore', '--count', '1', '--stdout', out]);
+    const p = await startProcess(await compileC('threads'), ['4', '1000', 'print'], { readyPattern: /READY/ });
+    await p.waitForLine(/^STATUS/, 5000);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    await p.exited;
+    const lastSource = p.lines().filter((l) => l.startsWith('STATUS')).pop()!;
+    await waitFor(() => existsSync(out) && readFileSync(out, 'utf8').split('\n').filter((l) => l.startsWith('STATUS')).length >= 3);
+    const lines = readFileSync(out, 'utf8').trim().split('\n').filter((l) => l.startsWith('STATUS'));
+    const counts = (l: string) => /counts=([\d,]+)/.exec(l)![1].split(',').map(Number);
+    for (const l of lines) expect(l).toMatch(/^STATUS bad=0 /);
+    counts(lines[0]).forEach((c, i) => expect(c).toBeGreaterThanOrEqual(counts(lastSource)[i]));
+    counts(lines[lines.length - 1]).forEach((c, i) => expect(c).toBeGreaterThan(counts(lines[0])[i]));
+    const pid = Number(/"pid":(\d+)/.exec(srv.events.find((e) => e.includes('"restored"'))!)![1]);
+    restored.push(pid);
+    expect(readdirSync(`/proc/${pid}/task`).length).toBe(6);
+  });
+
   it('a write-heavy process that never converges stops at the iteration cap, and the downtime is reported', async () => {
     const work = tmpDir('tsnap-mig-');
     const out = join(work, 'restored.out');
