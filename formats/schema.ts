@@ -267,8 +267,12 @@ export interface SocketImage {
   family: number;
   type: number;
   protocol: number;
-  /** listening: bound and listening; bound: bound or unbound, not connected (datagram peer in `peer`). */
-  state: 'listening' | 'bound';
+  /**
+   * listening: bound and listening; bound: bound or unbound, not connected
+   * (datagram peer in `peer`); pair: a unix socket connected to another
+   * socket of the image (socketpair, or accepted from a listener).
+   */
+  state: 'listening' | 'bound' | 'pair';
   /** Raw sockaddr of getsockname (empty for an unbound socket). */
   local: Buffer;
   /** Raw sockaddr of the connected peer of a datagram socket, or null. */
@@ -277,6 +281,11 @@ export interface SocketImage {
   reuseAddr: boolean;
   reusePort: boolean;
   v6Only: boolean;
+  /** pair: this socket's inode and its peer's, which identify the two ends. */
+  ino?: number;
+  peerIno?: number;
+  /** pair: data queued for reading on this end, one buffer per datagram (one for a stream). */
+  queued?: Buffer[];
 }
 
 /** Where the data of a page run lives. */

@@ -10,7 +10,8 @@ import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, readImage } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, useRestoredCleanup, readImage, killPid } from './helpers/tsnap.js';
+import { existsSync } from 'node:fs';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
@@ -89,16 +90,56 @@ s.listen(0, '127.0.0.1', () => console.log('READY port=' + s.address().port));
   it('an fd tsnap cannot restore is refused at dump, naming it, with the process untouched', async () => {
     const work = tmpDir('tsnap-files-');
     const script = `
-import os, socket, sys, time
-a, b = socket.socketpair()
-print("READY", a.fileno(), flush=True)
+import socket, time
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+c = socket.create_connection(l.getsockname())
+s, _ = l.accept()
+print("READY", flush=True)
 time.sleep(600)
 `;
     const p = await startProcess('python3', ['-u', '-c', script]);
     const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
     expect(r.code).toBe(ExitCode.unsupported);
-    expect(r.stderr).toMatch(/fd \d+ \(unix stream socket:\[\d+\]\)/);
+    expect(r.stderr).toMatch(/fd \d+ \(inet stream socket:\[\d+\]\) is a connected stream/);
     expect(r.stderr.trim().split('\n').length).toBe(1);
     expect(p.alive()).toBe(true);
+  });
+
+  it('unix socket pairs between a parent and its child keep their queued stream bytes and datagrams', async () => {
+    const work = tmpDir('tsnap-files-');
+    const script = `
+import os, signal, socket, sys
+a, b = socket.socketpair()
+da, db = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+a.sendall(b'hello-from-parent')
+da.send(b'd1'); da.send(b'd2')
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+pid = os.fork()
+if pid == 0:
+    a.close(); da.close()
+    signal.sigwait({signal.SIGUSR1})
+    got = [b.recv(100).decode(), db.recv(10).decode(), db.recv(10).decode()]
+    b.sendall(('child-ok ' + ' '.join(got)).encode())
+    signal.sigwait({signal.SIGUSR1})
+    os._exit(0)
+b.close(); db.close()
+print('READY child=%d' % pid, flush=True)
+for line in sys.stdin:
+    if line.startswith('go'):
+        os.kill(pid, signal.SIGUSR1)
+        print('REPLY ' + a.recv(100).decode(), flush=True)
+`;
+    const p = await startProcess('python3', ['-u', '-c', script]);
+    const child = Number(p.readyInfo.child);
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    for (let i = 0; i < 300 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('go');
+    expect(await r.waitForLine(/^REPLY/)).toBe('REPLY child-ok hello-from-parent d1 d2');
+    await killPid(child);
   });
 });

@@ -61,6 +61,7 @@ export function readTreeFds(pids: number[]): Map<number, FdImage[]> {
   }
   assignOfds(seen);
   describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1);
+  checkPairs(seen, pids.length > 1);
   for (const s of seen) checkSupported(s.img, s.pid, pids.length > 1);
   return out;
 }
@@ -71,7 +72,13 @@ function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, inf
     case 'timerfd': img.timerfd = describeTimerfd(info); break;
     case 'signalfd': img.signalfd = describeSignalfd(info); break;
     case 'epoll': img.epoll = describeEpoll(pid, info, open); break;
-    case 'socket': if (img.fd > 2) img.socket = describeSocket(pidfd, img.fd, t.link); break;
+    case 'socket':
+      try {
+        img.socket = describeSocket(pidfd, img.fd, t.link, t.ino);
+      } catch (err) {
+        if (img.fd > 2) throw err; // on 0-2 it is stdio, whatever it is
+      }
+      break;
     default: break;
   }
 }
@@ -113,6 +120,26 @@ function describePipes(pipes: SeenFd[], tree: boolean): void {
     }
     const data = readPipe(ends[0].pid, ends[0].img.fd, id);
     ends.forEach((e, i) => { e.img.pipe = { id, capacity: data.capacity, data: i === 0 ? data.data : null }; });
+  }
+}
+
+/**
+ * Both ends of every connected unix socket must be in the dump. A socket on
+ * 0-2 is the process's own only when it is one end of such a pair;
+ * otherwise it is stdio, left to restore's stdio.
+ */
+function checkPairs(seen: SeenFd[], tree: boolean): void {
+  const inodes = new Set(seen.filter((s) => s.img.socket).map((s) => s.t.ino));
+  for (const s of seen) {
+    const k = s.img.socket;
+    if (k && s.img.fd <= 2 && (k.state !== 'pair' || !inodes.has(k.peerIno!))) {
+      delete s.img.socket;
+      continue;
+    }
+    if (k?.state !== 'pair') continue;
+    if (!inodes.has(k.peerIno!)) {
+      throw new TsnapError('unsupported', `fd ${s.img.fd} of process ${s.pid} is a unix socket connected to socket:[${k.peerIno}] outside ${tree ? 'the dumped tree' : 'the process (dump its parent with --tree if the peer is there)'}; only connections inside the dump can be restored`);
+    }
   }
 }
 

@@ -6,10 +6,10 @@
  * getsockname. Connections already accepted or established are not
  * restorable yet and are refused at dump, naming the fd.
  */
-import { closeSync, lstatSync, unlinkSync } from 'node:fs';
+import { closeSync, lstatSync, unlinkSync, writeSync } from 'node:fs';
 import {
-  pidfdGetfd, getsockoptInt, getsockname, getpeername, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
-  SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6,
+  pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, peekQueued, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
+  SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6, F_SETFL, F_DUPFD_CLOEXEC,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
@@ -22,7 +22,7 @@ const SOCK_SEQPACKET = 5;
 /** What listen() is given at restore: the kernel caps it at net.core.somaxconn. */
 const BACKLOG = 4096;
 
-export function describeSocket(pidfd: number, fd: number, link: string): SocketImage {
+export function describeSocket(pidfd: number, fd: number, link: string, ino: number): SocketImage {
   let s: number;
   try {
     s = pidfdGetfd(pidfd, fd);
@@ -38,23 +38,27 @@ export function describeSocket(pidfd: number, fd: number, link: string): SocketI
       throw new TsnapError('unsupported', `${what}: only inet, inet6 and unix sockets can be checkpointed`);
     }
     const listening = getsockoptInt(s, SOL_SOCKET, SO.ACCEPTCONN) === 1;
+    const base = {
+      family, type, protocol, backlog: BACKLOG,
+      reuseAddr: getsockoptInt(s, SOL_SOCKET, SO.REUSEADDR) !== 0,
+      reusePort: getsockoptInt(s, SOL_SOCKET, SO.REUSEPORT) !== 0,
+      v6Only: family === AF_INET6 && getsockoptInt(s, IPPROTO_IPV6, IPV6_V6ONLY) !== 0,
+    };
+    if (family === AF_UNIX && !listening) {
+      const peerIno = unixPeerInode(ino);
+      if (peerIno !== null) {
+        // Whether the peer is inside the dump is known only once every fd is read.
+        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, queued: peekQueued(s, type === SOCK_STREAM) };
+      }
+    }
     const peer = listening ? null : getpeername(s);
     if (!listening && peer && type !== SOCK_DGRAM) {
       throw new TsnapError('unsupported', `${what} is a connected stream; established connections are not restorable yet (only listening and datagram sockets)`);
     }
     if (!listening && type !== SOCK_DGRAM && family === AF_UNIX) {
-      throw new TsnapError('unsupported', `${what}: unix stream sockets are restorable only when listening`);
+      throw new TsnapError('unsupported', `${what}: an unconnected unix stream socket that does not listen cannot be checkpointed`);
     }
-    return {
-      family, type, protocol,
-      state: listening ? 'listening' : 'bound',
-      local: getsockname(s),
-      peer,
-      backlog: BACKLOG,
-      reuseAddr: getsockoptInt(s, SOL_SOCKET, SO.REUSEADDR) !== 0,
-      reusePort: getsockoptInt(s, SOL_SOCKET, SO.REUSEPORT) !== 0,
-      v6Only: family === AF_INET6 && getsockoptInt(s, IPPROTO_IPV6, IPV6_V6ONLY) !== 0,
-    };
+    return { ...base, state: listening ? 'listening' : 'bound', local: getsockname(s), peer };
   } finally {
     closeSync(s);
   }
@@ -117,4 +121,57 @@ export function describeAddr(s: SocketImage): string {
   }
   if (s.family === AF_UNIX) return unixPath(a) ?? (a.length > 2 ? `@${a.subarray(3).toString()}` : 'unnamed');
   return 'unknown address';
+}
+
+/**
+ * A connected pair of unix sockets, both ends in the image: created with
+ * socketpair in the first process that has either end, the queued data put
+ * back by writing it into the opposite end. Returns where each end is in
+ * that process (an end it lacks is carried above every target number for
+ * another process of the tree to take).
+ */
+export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: number, inoA: number, queuedOf: (ino: number) => Buffer[]): { a: number; b: number } {
+  const s = ends[0][0].socket!;
+  const at = rt.put(Buffer.alloc(8));
+  rt.sc.check('socketpair', SYS.socketpair, AF_UNIX, s.type | O_CLOEXEC, 0, at);
+  const fds = rt.get(8);
+  const [a, b] = [fds.readInt32LE(0), fds.readInt32LE(4)];
+  const isA = (f: FdImage) => f.socket!.ino === inoA;
+  // What end X had queued was sent by its peer: write it into the other end.
+  // (The ends may be in other processes: their queues come from the whole image.)
+  const inoB = s.ino === inoA ? s.peerIno! : s.ino!;
+  const queuedOn = (wantA: boolean) => queuedOf(wantA ? inoA : inoB);
+  const pidfd = pidfdOpen(rt.pid);
+  try {
+    for (const [dst, src] of [[true, b], [false, a]] as const) {
+      const q = queuedOn(dst);
+      if (q.length === 0) continue;
+      const mine = pidfdGetfd(pidfd, src);
+      try {
+        for (const msg of q) {
+          const n = writeSync(mine, msg);
+          if (n !== msg.length) throw new TsnapError('restoreFailed', `socket pair: only ${n} of ${msg.length} queued bytes fit back`);
+        }
+      } finally {
+        closeSync(mine);
+      }
+    }
+  } finally {
+    closeSync(pidfd);
+  }
+  for (const g of ends) {
+    const flags = g[0].flags & O_NONBLOCK;
+    if (flags) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, isA(g[0]) ? a : b, F_SETFL, flags);
+  }
+  const endA = ends.filter((g) => isA(g[0])).flat();
+  const endB = ends.filter((g) => !isA(g[0])).flat();
+  const carry = (fd: number) => {
+    const hi = Number(rt.sc.check('fcntl(F_DUPFD_CLOEXEC)', SYS.fcntl, fd, F_DUPFD_CLOEXEC, floor));
+    rt.close(fd);
+    return hi;
+  };
+  const outA = endA.length ? endA[0].fd : carry(a);
+  const outB = endB.length ? endB[0].fd : carry(b);
+  placeFds(rt, [...(endA.length ? [{ tmp: a, targets: endA }] : []), ...(endB.length ? [{ tmp: b, targets: endB }] : [])], floor);
+  return { a: outA, b: outB };
 }

@@ -19,7 +19,7 @@ import { REOPENED, checkReopenable, restoreReopened } from '../files/regular.js'
 import { restorePipe, isReadEnd } from '../files/pipe.js';
 import { restoreEventfd, restoreTimerfd, restoreSignalfd } from '../files/anon-fds.js';
 import { createEpoll, registerEpollTargets } from '../files/epoll.js';
-import { restoreSocket } from '../files/socket.js';
+import { restoreSocket, restoreSocketPair } from '../files/socket.js';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
 
@@ -66,10 +66,21 @@ interface Holder {
 export class FdRestorer {
   private readonly holders = new Map<number, Holder>();
   private readonly pipeOfds = new Map<number, { read: Set<number>; write: Set<number> }>();
+  /** Socket pairs by the smaller inode of the two ends ("a"). */
+  private readonly pairOfds = new Map<number, { a: Set<number>; b: Set<number> }>();
+  private readonly queued = new Map<number, Buffer[]>();
   private readonly created = new Set<string>();
 
   constructor(all: FdImage[][]) {
     for (const f of all.flat()) {
+      const k = f.socket;
+      if (k?.state === 'pair' && f.ofd !== undefined) {
+        const id = Math.min(k.ino!, k.peerIno!);
+        const e = this.pairOfds.get(id) ?? { a: new Set<number>(), b: new Set<number>() };
+        (k.ino === id ? e.a : e.b).add(f.ofd);
+        this.pairOfds.set(id, e);
+        if (k.queued?.length) this.queued.set(k.ino!, k.queued);
+      }
       if (!f.pipe || f.ofd === undefined) continue;
       const e = this.pipeOfds.get(f.pipe.id) ?? { read: new Set<number>(), write: new Set<number>() };
       (isReadEnd(f) ? e.read : e.write).add(f.ofd);
@@ -82,12 +93,19 @@ export class FdRestorer {
     const floor = Math.max(2, ...fds.map((f) => f.fd)) + 1;
     const groups = byOfd(fds.filter((f) => !isInheritedStdio(f)));
     const pipes = new Map<number, FdImage[][]>();
+    const pairs = new Map<number, FdImage[][]>();
     const pidfds = new Map<number, number>();
     for (const g of groups) {
       const f = g[0];
       const held = f.ofd === undefined ? undefined : this.holders.get(f.ofd);
       if (held) {
         this.importFile(rt, held, g, floor, pidfds);
+        continue;
+      }
+      if (f.socket?.state === 'pair') {
+        const id = Math.min(f.socket.ino!, f.socket.peerIno!);
+        const p = pairs.get(id);
+        if (p) p.push(g); else pairs.set(id, [g]);
         continue;
       }
       if (REOPENED.has(f.kind)) restoreReopened(rt, g, floor);
@@ -114,6 +132,13 @@ export class FdRestorer {
       const at = restorePipe(rt, ends, floor);
       for (const ofd of both.read) this.holders.set(ofd, { pid: rt.pid, fd: at.read });
       for (const ofd of both.write) this.holders.set(ofd, { pid: rt.pid, fd: at.write });
+    }
+    for (const [id, ends] of pairs) {
+      const both = this.pairOfds.get(id);
+      if (!both || both.a.size === 0 || both.b.size === 0) throw new TsnapError('badImage', `socket pair socket:[${id}] lacks one of its ends in the image`);
+      const at = restoreSocketPair(rt, ends, floor, id, (ino) => this.queued.get(ino) ?? []);
+      for (const ofd of both.a) this.holders.set(ofd, { pid: rt.pid, fd: at.a });
+      for (const ofd of both.b) this.holders.set(ofd, { pid: rt.pid, fd: at.b });
     }
   }
 

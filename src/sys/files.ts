@@ -77,3 +77,89 @@ export function getpeername(fd: number): Buffer | null {
   }
   return Buffer.from(addr.subarray(0, Math.min(len.readUInt32LE(0), addr.length)));
 }
+
+const AF_NETLINK = 16;
+const NETLINK_SOCK_DIAG = 4;
+const SOCK_DIAG_BY_FAMILY = 20;
+const NLM_F_REQUEST = 1;
+const NLMSG_ERROR = 2;
+const UDIAG_SHOW_PEER = 4;
+const UNIX_DIAG_PEER = 2;
+
+/**
+ * The inode of the socket a unix socket is connected to, asked of the
+ * kernel's sock_diag (the only place that tells it); null when it has no
+ * peer. `ino`: the socket's own inode (stat of its fd).
+ */
+export function unixPeerInode(ino: number): number | null {
+  const nl = rawSyscall('socket(AF_NETLINK)', SYS.socket, AF_NETLINK, 3 /* SOCK_RAW */ | 0o2000000, NETLINK_SOCK_DIAG);
+  try {
+    const req = Buffer.alloc(16 + 24);
+    req.writeUInt32LE(req.length, 0);
+    req.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
+    req.writeUInt16LE(NLM_F_REQUEST, 6);
+    req.writeUInt32LE(1, 8);
+    req.writeUInt8(1, 16); // AF_UNIX
+    req.writeUInt32LE(0xffffffff, 20); // every state
+    req.writeUInt32LE(ino, 24);
+    req.writeUInt32LE(UDIAG_SHOW_PEER, 28);
+    req.writeUInt32LE(0xffffffff, 32); // no cookie check
+    req.writeUInt32LE(0xffffffff, 36);
+    rawSyscall('sendto(sock_diag)', SYS.sendto, nl, libc.address(req), req.length, 0, 0, 0);
+    const resp = Buffer.alloc(8192);
+    const n = rawSyscall('recvfrom(sock_diag)', SYS.recvfrom, nl, libc.address(resp), resp.length, 0, 0, 0);
+    if (n < 16) throw new SysError('sock_diag: short answer', 5);
+    if (resp.readUInt16LE(4) === NLMSG_ERROR) throw new SysError(`sock_diag(unix ${ino})`, -resp.readInt32LE(16));
+    const len = Math.min(resp.readUInt32LE(0), n);
+    for (let at = 16 + 16; at + 4 <= len;) {
+      const alen = resp.readUInt16LE(at);
+      const type = resp.readUInt16LE(at + 2);
+      if (alen < 4) break;
+      if (type === UNIX_DIAG_PEER) return resp.readUInt32LE(at + 4);
+      at += (alen + 3) & ~3;
+    }
+    return null;
+  } finally {
+    rawSyscall('close', SYS.close, nl);
+  }
+}
+
+const MSG_PEEK = 2;
+const MSG_DONTWAIT = 0x40;
+const SO_PEEK_OFF = 42;
+
+/**
+ * The data queued for reading on a socket, without consuming it: peeked
+ * message by message with SO_PEEK_OFF (restored afterwards, as the socket
+ * is the target's). One buffer per datagram; a stream comes as one.
+ */
+export function peekQueued(fd: number, stream: boolean): Buffer[] {
+  const old = Buffer.alloc(4);
+  const olen = Buffer.alloc(4);
+  olen.writeUInt32LE(4);
+  rawSyscall('getsockopt(SO_PEEK_OFF)', SYS.getsockopt, fd, 1, SO_PEEK_OFF, libc.address(old), libc.address(olen));
+  const setPeekOff = (v: number) => {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(v);
+    rawSyscall('setsockopt(SO_PEEK_OFF)', SYS.setsockopt, fd, 1, SO_PEEK_OFF, libc.address(b), 4);
+  };
+  setPeekOff(0);
+  const out: Buffer[] = [];
+  try {
+    const buf = Buffer.alloc(1 << 20);
+    for (;;) {
+      let n: number;
+      try {
+        n = rawSyscall('recvfrom(MSG_PEEK)', SYS.recvfrom, fd, libc.address(buf), buf.length, MSG_PEEK | MSG_DONTWAIT, 0, 0);
+      } catch (err) {
+        if (err instanceof SysError && err.code === 'EAGAIN') break;
+        throw err;
+      }
+      if (n === 0) break; // end of a stream (a zero-length datagram is lost)
+      out.push(Buffer.from(buf.subarray(0, n)));
+    }
+  } finally {
+    setPeekOff(old.readInt32LE(0));
+  }
+  return stream && out.length > 1 ? [Buffer.concat(out)] : out;
+}

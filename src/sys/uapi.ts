@@ -49,6 +49,8 @@ export const SYS = {
   chdir: 80,
   fchdir: 81,
   socket: 41,
+  sendto: 44,
+  recvfrom: 45,
   setpgid: 109,
   getpgid: 121,
   setsid: 112,
