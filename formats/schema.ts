@@ -238,6 +238,10 @@ export interface FdImage {
   timerfd?: TimerfdImage;
   signalfd?: { mask: bigint };
   socket?: SocketImage;
+  /** Named FIFOs: capacity and the unread bytes at dump (put back only into an empty FIFO). */
+  fifo?: { capacity: number; data: Buffer };
+  /** memfd: its name (without "memfd:"), whole contents and seals. */
+  memfd?: { name: string; data: Buffer; seals: number };
 }
 
 export interface PipeImage {

@@ -105,6 +105,27 @@ time.sleep(600)
     expect(p.alive()).toBe(true);
   });
 
+  it('memory mapped from a deleted file is refused before the freeze, naming the file', async () => {
+    const work = tmpDir('tsnap-files-');
+    const f = join(work, 'gone.bin');
+    const script = `
+import mmap, os, time
+fd = os.open(${JSON.stringify(f)}, os.O_RDWR | os.O_CREAT)
+os.ftruncate(fd, 4096)
+m = mmap.mmap(fd, 4096)
+os.close(fd)
+os.unlink(${JSON.stringify(f)})
+print("READY", flush=True)
+time.sleep(600)
+`;
+    const p = await startProcess('python3', ['-u', '-c', script]);
+    const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(r.code).toBe(ExitCode.unsupported);
+    expect(r.stderr).toContain(`maps ${f} (deleted)`);
+    expect(existsSync(join(work, 'img'))).toBe(false);
+    expect(p.alive()).toBe(true);
+  });
+
   it('unix socket pairs between a parent and its child keep their queued stream bytes and datagrams', async () => {
     const work = tmpDir('tsnap-files-');
     const script = `

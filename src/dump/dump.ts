@@ -16,7 +16,7 @@ import { release as kernelRelease } from 'node:os';
 import { relative, resolve } from 'node:path';
 import { closeSync } from 'node:fs';
 import { ProcMem, Pagemap } from '../sys/index.js';
-import { readStat, readStatus } from '../proc/index.js';
+import { readStat, readStatus, readMaps } from '../proc/index.js';
 import { FrozenProcess } from '../freeze/frozen-process.js';
 import { hold, unhold, withAbortSignals } from '../freeze/safety-net.js';
 import { collectRemoteState } from './task-state.js';
@@ -122,6 +122,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
         readFds(pid);
+        checkMappings(pid);
         task = FrozenProcess.freeze(pid);
         hold(task);
       }
@@ -295,4 +296,18 @@ function checkTarget(pid: number): void {
   if (pid === process.pid) throw new TsnapError('usage', 'tsnap cannot dump itself');
   const tgid = readStatus(pid).tgid;
   if (tgid !== pid) throw new TsnapError('usage', `${pid} is a thread of process ${tgid}; dump the process: tsnap dump --pid ${tgid}`);
+}
+
+/**
+ * Memory mapped from a file that no longer has a name (a deleted file, a
+ * memfd, SysV shm) cannot be mapped again by restore: refused before the
+ * freeze. Shared anonymous memory also shows as "/dev/zero (deleted)"; it
+ * is restorable.
+ */
+export function checkMappings(pid: number): void {
+  for (const v of readMaps(pid)) {
+    if (!v.deleted || v.inode === 0) continue;
+    if (v.shared && v.path === '/dev/zero') continue;
+    throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from deleted files, memfds or SysV shm cannot be restored yet`);
+  }
 }

@@ -14,6 +14,7 @@ import { describeEventfd, describeTimerfd, describeSignalfd } from '../files/ano
 import { describeEpoll } from '../files/epoll.js';
 import { describeSocket } from '../files/socket.js';
 import { REOPENED } from '../files/regular.js';
+import { describeFifo, describeMemfd } from '../files/fifo-memfd.js';
 import { TsnapError } from '../errors.js';
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
@@ -72,6 +73,8 @@ function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, inf
     case 'timerfd': img.timerfd = describeTimerfd(info); break;
     case 'signalfd': img.signalfd = describeSignalfd(info); break;
     case 'epoll': img.epoll = describeEpoll(pid, info, open); break;
+    case 'fifo': if (img.fd > 2 && !img.file?.deleted) img.fifo = describeFifo(pid, img); break;
+    case 'memfd': img.memfd = describeMemfd(pid, img); break;
     case 'socket':
       try {
         img.socket = describeSocket(pidfd, img.fd, t.link, t.ino);
@@ -149,7 +152,7 @@ function checkSupported(f: FdImage, pid: number, tree: boolean): void {
     return;
   }
   if (f.fd <= 2 && (f.kind === 'tty' || f.kind === 'pipe' || f.kind === 'fifo' || f.kind === 'socket')) return;
-  if (f.pipe || f.eventfd || f.timerfd || f.signalfd || f.epoll || f.socket) return;
-  const hint = f.kind === 'tty' || f.kind === 'fifo' ? ' (supported on stdin/stdout/stderr only)' : '';
+  if (f.pipe || f.eventfd || f.timerfd || f.signalfd || f.epoll || f.socket || f.fifo || f.memfd) return;
+  const hint = f.kind === 'tty' ? ' (supported on stdin/stdout/stderr only)' : '';
   throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is a ${f.kind} (${f.link}) that tsnap cannot checkpoint${hint}`);
 }

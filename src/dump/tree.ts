@@ -18,7 +18,7 @@ import { FrozenProcess } from '../freeze/frozen-process.js';
 import { hold, unhold, type Releasable } from '../freeze/safety-net.js';
 import { listChildren, readStat } from '../proc/index.js';
 import { readTreeFds } from './fds.js';
-import { dump, preDump, type DumpOptions, type DumpResult } from './dump.js';
+import { dump, preDump, checkMappings, type DumpOptions, type DumpResult } from './dump.js';
 import { writeMetaFile } from '../image/metadata.js';
 import { isTreeImage } from '../image/tree-manifest.js';
 import { prepareImageDir, fsyncDir } from '../image/image-dir.js';
@@ -122,7 +122,9 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
     let members: TreeMember[];
     if (mode === 'dump') {
       // Fail fast, with the tree untouched, on fds tsnap cannot restore.
-      readTreeFds(listTree(root).map((m) => m.pid));
+      const running = listTree(root).map((m) => m.pid);
+      readTreeFds(running);
+      for (const pid of running) checkMappings(pid);
       tree = FrozenTree.freeze(root);
       members = tree.members.map((x) => x.m);
       const fds = readTreeFds(members.map((m) => m.pid));

@@ -20,22 +20,24 @@ import { restorePipe, isReadEnd } from '../files/pipe.js';
 import { restoreEventfd, restoreTimerfd, restoreSignalfd } from '../files/anon-fds.js';
 import { createEpoll, registerEpollTargets } from '../files/epoll.js';
 import { restoreSocket, restoreSocketPair } from '../files/socket.js';
+import { restoreFifo, restoreMemfd } from '../files/fifo-memfd.js';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
 
 /** An fd on 0-2 that leads outside the process: restored as tsnap restore's own stdio. */
 export function isInheritedStdio(f: FdImage): boolean {
-  return f.fd <= 2 && STDIO_KINDS.has(f.kind) && !f.pipe && !f.socket;
+  return f.fd <= 2 && STDIO_KINDS.has(f.kind) && !f.pipe && !f.socket && !f.fifo;
 }
 
-const RECREATED = new Set(['pipe', 'eventfd', 'timerfd', 'signalfd', 'epoll', 'socket']);
+const RECREATED = new Set(['pipe', 'eventfd', 'timerfd', 'signalfd', 'epoll', 'socket', 'fifo', 'memfd']);
 
 /** Refuses what restore cannot bring back, before anything is created. */
 export function checkFds(fds: FdImage[]): void {
   for (const f of fds) {
     if (isInheritedStdio(f)) continue;
     if (REOPENED.has(f.kind)) { checkReopenable(f); continue; }
-    if (RECREATED.has(f.kind) && (f.kind !== 'pipe' || f.pipe) && (f.kind !== 'socket' || f.socket)) continue;
+    if (f.kind === 'fifo' && f.fifo) { checkReopenable({ ...f, kind: 'fifo' }); continue; }
+    if (RECREATED.has(f.kind) && (f.kind !== 'pipe' || f.pipe) && (f.kind !== 'socket' || f.socket) && (f.kind !== 'memfd' || f.memfd)) continue;
     throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind} (${f.link}); restoring this kind of fd is not supported`);
   }
 }
@@ -114,6 +116,8 @@ export class FdRestorer {
       else if (f.kind === 'signalfd') restoreSignalfd(rt, g, floor);
       else if (f.kind === 'socket') restoreSocket(rt, g, floor);
       else if (f.kind === 'epoll') createEpoll(rt, g, floor);
+      else if (f.kind === 'fifo' && f.fifo) restoreFifo(rt, g, floor);
+      else if (f.kind === 'memfd' && f.memfd) restoreMemfd(rt, g, floor);
       else if (f.kind === 'pipe') {
         const p = pipes.get(f.pipe!.id);
         if (p) p.push(g); else pipes.set(f.pipe!.id, [g]);

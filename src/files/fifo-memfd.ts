@@ -1,0 +1,100 @@
+/**
+ * Named FIFOs and memfds: files with a name, whose contents live only in
+ * memory.
+ *
+ * A FIFO is opened again by its path. Its unread bytes are taken at dump
+ * like a pipe's (tee through /proc/PID/fd/N) and written back only when
+ * the FIFO is empty at restore: a FIFO another process still holds open
+ * kept its buffer. Opening never blocks: tsnap holds the FIFO open for
+ * reading and writing itself while the process's ends are opened.
+ *
+ * A memfd's contents, size and seals are stored in the image (up to
+ * MEMFD_MAX) and put into a new memfd of the same name.
+ */
+import { openSync, closeSync, readSync, writeSync, fstatSync, ftruncateSync } from 'node:fs';
+import { constants as C } from 'node:fs';
+import { fcntl, ioctl, SYS, O_CLOEXEC, O_NONBLOCK, F_SETFL, SEEK_SET, O_CREAT, O_EXCL, O_TRUNC, O_NOCTTY } from '../sys/index.js';
+import type { FdImage } from '../../formats/schema.js';
+import type { RemoteTask } from '../restore/remote-task.js';
+import { readPipe } from './pipe.js';
+import { placeFds, SETFL_MASK } from './place.js';
+import { TsnapError } from '../errors.js';
+
+const F_ADD_SEALS = 1033;
+const F_GET_SEALS = 1034;
+const MFD_CLOEXEC = 1;
+const MFD_ALLOW_SEALING = 2;
+const FIONREAD = 0x541b;
+/** Larger memfds are refused: their contents go into the image's metadata. */
+export const MEMFD_MAX = 256 << 20;
+
+export function describeFifo(pid: number, f: FdImage): FdImage['fifo'] {
+  const p = readPipe(pid, f.fd, f.file!.ino);
+  return { capacity: p.capacity, data: p.data ?? Buffer.alloc(0) };
+}
+
+export function describeMemfd(pid: number, f: FdImage): FdImage['memfd'] {
+  const fd = openSync(`/proc/${pid}/fd/${f.fd}`, C.O_RDONLY | O_CLOEXEC);
+  try {
+    const size = fstatSync(fd).size;
+    if (size > MEMFD_MAX) {
+      throw new TsnapError('unsupported', `fd ${f.fd} is a memfd of ${size} bytes; memfds over ${MEMFD_MAX >> 20} MiB are not checkpointed`);
+    }
+    const data = Buffer.alloc(size);
+    for (let got = 0; got < size;) {
+      const n = readSync(fd, data, got, size - got, got);
+      if (n === 0) break;
+      got += n;
+    }
+    let seals = 0;
+    try { seals = fcntl(fd, F_GET_SEALS); } catch { /* sealing not allowed: no seals */ }
+    const name = (f.path ?? '').replace(/^\/memfd:/, '');
+    return { name, data, seals };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Bytes waiting in the FIFO (FIONREAD). */
+function queuedBytes(fd: number): number {
+  const b = Buffer.alloc(4);
+  ioctl(fd, FIONREAD, b, 'ioctl(FIONREAD)');
+  return b.readInt32LE(0);
+}
+
+export function restoreFifo(rt: RemoteTask, group: FdImage[], floor: number): void {
+  const f = group[0];
+  const keeper = openSync(f.path!, C.O_RDWR | C.O_NONBLOCK | O_CLOEXEC);
+  try {
+    const flags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC) | O_NOCTTY | O_NONBLOCK;
+    const tmp = rt.open(f.path!, flags);
+    rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, tmp, F_SETFL, f.flags & SETFL_MASK);
+    const data = f.fifo?.data;
+    if (data && data.length > 0 && queuedBytes(keeper) === 0) {
+      const n = writeSync(keeper, data);
+      if (n !== data.length) throw new TsnapError('restoreFailed', `FIFO ${f.path}: only ${n} of ${data.length} buffered bytes fit back`);
+    }
+    placeFds(rt, [{ tmp, targets: group }], floor);
+  } finally {
+    closeSync(keeper);
+  }
+}
+
+export function restoreMemfd(rt: RemoteTask, group: FdImage[], floor: number): void {
+  const f = group[0];
+  const m = f.memfd!;
+  const name = rt.put(Buffer.from(`${m.name.slice(0, 249)}\0`), 1024);
+  const tmp = Number(rt.sc.check(`memfd_create(${m.name})`, SYS.memfd_create, name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  const mine = openSync(`/proc/${rt.pid}/fd/${tmp}`, C.O_RDWR | O_CLOEXEC);
+  try {
+    ftruncateSync(mine, m.data.length);
+    for (let at = 0; at < m.data.length;) at += writeSync(mine, m.data, at, m.data.length - at, at);
+  } finally {
+    closeSync(mine);
+  }
+  if (f.pos > 0) rt.sc.check('lseek(memfd)', SYS.lseek, tmp, f.pos, SEEK_SET);
+  const flags = f.flags & SETFL_MASK;
+  if (flags) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, tmp, F_SETFL, flags);
+  if (m.seals) rt.sc.check('fcntl(F_ADD_SEALS)', SYS.fcntl, tmp, F_ADD_SEALS, m.seals);
+  placeFds(rt, [{ tmp, targets: group }], floor);
+}
