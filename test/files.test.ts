@@ -109,10 +109,12 @@ time.sleep(600)
     const work = tmpDir('tsnap-files-');
     const f = join(work, 'gone.bin');
     const script = `
-import mmap, os, time
+import ctypes, os, time
 fd = os.open(${JSON.stringify(f)}, os.O_RDWR | os.O_CREAT)
 os.ftruncate(fd, 4096)
-m = mmap.mmap(fd, 4096)
+libc = ctypes.CDLL(None)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap(None, 4096, 3, 1, fd, 0)  # MAP_SHARED, without keeping an fd (python's mmap would dup one)
 os.close(fd)
 os.unlink(${JSON.stringify(f)})
 print("READY", flush=True)
