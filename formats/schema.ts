@@ -276,7 +276,7 @@ export interface SocketImage {
    * (datagram peer in `peer`); pair: a unix socket connected to another
    * socket of the image (socketpair, or accepted from a listener).
    */
-  state: 'listening' | 'bound' | 'pair';
+  state: 'listening' | 'bound' | 'pair' | 'established';
   /** Raw sockaddr of getsockname (empty for an unbound socket). */
   local: Buffer;
   /** Raw sockaddr of the connected peer of a datagram socket, or null. */
@@ -290,6 +290,29 @@ export interface SocketImage {
   peerIno?: number;
   /** pair: data queued for reading on this end, one buffer per datagram (one for a stream). */
   queued?: Buffer[];
+  /** established (dump --tcp-established): what TCP repair mode needs to rebuild the connection. */
+  tcp?: TcpImage;
+}
+
+export interface TcpImage {
+  /** Raw sockaddrs of both ends. */
+  local: Buffer;
+  peer: Buffer;
+  /**
+   * Sequence number following each queue (TCP_QUEUE_SEQ: rcv_nxt, write_seq)
+   * and the queue's contents (the send queue includes unacknowledged data).
+   */
+  recvSeq: number;
+  recvQueue: Buffer;
+  sendSeq: number;
+  sendQueue: Buffer;
+  mss: number;
+  sack: boolean;
+  wscale: { snd: number; rcv: number } | null;
+  /** The connection's TCP timestamp clock at dump, or null without timestamps. */
+  timestamp: number | null;
+  /** struct tcp_repair_window (snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup). */
+  window: Buffer;
 }
 
 /** Where the data of a page run lives. */

@@ -90,18 +90,17 @@ s.listen(0, '127.0.0.1', () => console.log('READY port=' + s.address().port));
   it('an fd tsnap cannot restore is refused at dump, naming it, with the process untouched', async () => {
     const work = tmpDir('tsnap-files-');
     const script = `
-import socket, time
-l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
-c = socket.create_connection(l.getsockname())
-s, _ = l.accept()
-print("READY", flush=True)
+import ctypes, time
+fd = ctypes.CDLL(None).inotify_init()
+print("READY fd=%d" % fd, flush=True)
 time.sleep(600)
 `;
     const p = await startProcess('python3', ['-u', '-c', script]);
     const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
     expect(r.code).toBe(ExitCode.unsupported);
-    expect(r.stderr).toMatch(/fd \d+ \(inet stream socket:\[\d+\]\) is a connected stream/);
+    expect(r.stderr).toContain(`fd ${p.readyInfo.fd} is a anon_inode (anon_inode:inotify) that tsnap cannot checkpoint`);
     expect(r.stderr.trim().split('\n').length).toBe(1);
+    expect(existsSync(join(work, 'img'))).toBe(false);
     expect(p.alive()).toBe(true);
   });
 
@@ -164,5 +163,60 @@ for line in sys.stdin:
     r.writeLine('go');
     expect(await r.waitForLine(/^REPLY/)).toBe('REPLY child-ok hello-from-parent d1 d2');
     await killPid(child);
+  });
+
+  it('--tcp-established: a TCP connection survives dump and restore, unread bytes included, and the client never notices', async () => {
+    const work = tmpDir('tsnap-files-');
+    const script = `
+import socket, sys
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+print('READY port=%d' % l.getsockname()[1], flush=True)
+c, _ = l.accept()
+l.close()
+f = c.makefile('rb', buffering=0)
+n = 0
+for cmd in sys.stdin:
+    if cmd.startswith('serve'):
+        line = b''
+        while not line.endswith(b'\\n'):
+            line += c.recv(1)
+        n += 1
+        c.sendall(b'echo:' + line.strip() + b' n=%d\\n' % n)
+`;
+    const p = await startProcess('python3', ['-u', '-c', script]);
+    const client = createConnection(Number(p.readyInfo.port), '127.0.0.1');
+    await new Promise((res) => client.once('connect', res));
+    const got: string[] = [];
+    let buf = '';
+    client.on('data', (d) => { buf += d; const parts = buf.split('\n'); buf = parts.pop()!; got.push(...parts); });
+    const next = async (n: number) => { for (let i = 0; i < 500 && got.length < n; i++) await new Promise((res) => setTimeout(res, 10)); return got[n - 1]; };
+    client.write('a\n');
+    p.writeLine('serve');
+    expect(await next(1)).toBe('echo:a n=1');
+    // Dumped and left running: repair mode is switched off again, the connection goes on.
+    const lr = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'lr'), '--tcp-established', '--leave-running');
+    expect(lr.code, lr.stderr).toBe(0);
+    client.write('x\n');
+    p.writeLine('serve');
+    expect(await next(2)).toBe('echo:x n=2');
+    client.write('b\n'); // waits unread in the server's receive queue
+    await new Promise((res) => setTimeout(res, 50));
+
+    const plain = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'refused'));
+    expect(plain.code).toBe(ExitCode.unsupported);
+    expect(plain.stderr).toContain('--tcp-established');
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tcp-established');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('serve');
+    expect(await next(3)).toBe('echo:b n=3');
+    client.write('c\n');
+    r.writeLine('serve');
+    expect(await next(4)).toBe('echo:c n=4');
+    expect(client.destroyed).toBe(false);
+    client.destroy();
   });
 });

@@ -22,6 +22,7 @@ import { hold, unhold, withAbortSignals } from '../freeze/safety-net.js';
 import { collectRemoteState } from './task-state.js';
 import { readLayout, assembleProcess } from './process-state.js';
 import { readFds } from './fds.js';
+import { tcpRepair } from '../files/tcp.js';
 import { copyPages, fullSelection } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
 import { type Range } from './ranges.js';
@@ -62,6 +63,8 @@ export interface DumpOptions {
    * it: it is neither released nor killed here.
    */
   frozen?: { process: FrozenProcess; fds: FdImage[] };
+  /** Take established TCP connections with TCP repair mode (see src/files/tcp.ts). */
+  tcpEstablished?: boolean;
 }
 
 export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
@@ -121,7 +124,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       } else if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
-        readFds(pid);
+        readFds(pid, { tcpEstablished: opts.tcpEstablished, enter: false });
         checkMappings(pid);
         task = FrozenProcess.freeze(pid);
         hold(task);
@@ -133,7 +136,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       try {
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
         const layout = readLayout(pid);
-        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds) : null;
+        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, !!opts.tcpEstablished) : null;
         checkAbort();
 
         const tMem = process.hrtime.bigint();
@@ -169,6 +172,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         let frozenUs = frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
         const ours = frozen && !opts.frozen;
         if (ours && opts.leaveRunning && !opts.hold) {
+          tcpRepair.release();
           frozen.release();
           unhold(frozen);
         }
@@ -232,8 +236,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         if (ours && !frozen.isReleased && !opts.hold) {
           frozenUs = frozen.frozenUs();
           stats.frozenUs = frozenUs;
-          if (opts.leaveRunning) frozen.release();
-          else frozen.kill();
+          if (opts.leaveRunning) { tcpRepair.release(); frozen.release(); } else { frozen.kill(); tcpRepair.forget(); }
           unhold(frozen);
         }
         return {
@@ -262,6 +265,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       if (tr.fresh) stopHolder(tr.ref);
     }
     const t = task as FrozenProcess | null;
+    if (!opts.frozen) tcpRepair.release();
     if (t && !opts.frozen && !t.isReleased) {
       try { t.release(); } catch { /* gone */ }
       unhold(t);

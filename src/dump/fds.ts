@@ -12,15 +12,15 @@ import type { FdImage } from '../../formats/schema.js';
 import { readPipe, isReadEnd } from '../files/pipe.js';
 import { describeEventfd, describeTimerfd, describeSignalfd } from '../files/anon-fds.js';
 import { describeEpoll } from '../files/epoll.js';
-import { describeSocket } from '../files/socket.js';
+import { describeSocket, type SocketOptions } from '../files/socket.js';
 import { REOPENED } from '../files/regular.js';
 import { describeFifo, describeMemfd } from '../files/fifo-memfd.js';
 import { TsnapError } from '../errors.js';
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
-export function readFds(pid: number): FdImage[] {
-  return readTreeFds([pid]).get(pid)!;
+export function readFds(pid: number, opts: SocketOptions = {}): FdImage[] {
+  return readTreeFds([pid], opts).get(pid)!;
 }
 
 interface SeenFd {
@@ -35,7 +35,7 @@ interface SeenFd {
  * parent and its child is one pipe, and an fd inherited through fork is one
  * open file.
  */
-export function readTreeFds(pids: number[]): Map<number, FdImage[]> {
+export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<number, FdImage[]> {
   const seen: SeenFd[] = [];
   const out = new Map<number, FdImage[]>();
   for (const pid of pids) {
@@ -51,7 +51,7 @@ export function readTreeFds(pids: number[]): Map<number, FdImage[]> {
           fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
           file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
         };
-        describeKind(pid, pidfd, img, t, info, open);
+        describeKind(pid, pidfd, img, t, info, open, opts);
         seen.push({ pid, t, img });
         list.push(img);
       }
@@ -67,7 +67,7 @@ export function readTreeFds(pids: number[]): Map<number, FdImage[]> {
   return out;
 }
 
-function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, info: FdInfo, open: Set<number>): void {
+function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, info: FdInfo, open: Set<number>, opts: SocketOptions): void {
   switch (t.kind) {
     case 'eventfd': img.eventfd = describeEventfd(info); break;
     case 'timerfd': img.timerfd = describeTimerfd(info); break;
@@ -77,7 +77,7 @@ function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, inf
     case 'memfd': img.memfd = describeMemfd(pid, img); break;
     case 'socket':
       try {
-        img.socket = describeSocket(pidfd, img.fd, t.link, t.ino);
+        img.socket = describeSocket(pidfd, img.fd, t.link, t.ino, opts);
       } catch (err) {
         if (img.fd > 2) throw err; // on 0-2 it is stdio, whatever it is
       }

@@ -62,7 +62,7 @@ export function readRlimits(pid: number): RlimitImage[] {
   });
 }
 
-export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[]): ProcessImage {
+export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[], tcpEstablished = false): ProcessImage {
   const stat = readStat(pid);
   const status = readStatus(pid);
   const mm: MmImage = {
@@ -93,7 +93,7 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     threads: remote.threads,
     signals: remote.signals,
     mm,
-    fds: fds ?? readFds(pid),
+    fds: fds ?? readFds(pid, { tcpEstablished, enter: true }),
     prctl: remote.prctl,
   };
 }

@@ -18,6 +18,7 @@ import { FrozenProcess } from '../freeze/frozen-process.js';
 import { hold, unhold, type Releasable } from '../freeze/safety-net.js';
 import { listChildren, readStat } from '../proc/index.js';
 import { readTreeFds } from './fds.js';
+import { tcpRepair } from '../files/tcp.js';
 import { dump, preDump, checkMappings, type DumpOptions, type DumpResult } from './dump.js';
 import { writeMetaFile } from '../image/metadata.js';
 import { isTreeImage } from '../image/tree-manifest.js';
@@ -123,11 +124,11 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
     if (mode === 'dump') {
       // Fail fast, with the tree untouched, on fds tsnap cannot restore.
       const running = listTree(root).map((m) => m.pid);
-      readTreeFds(running);
+      readTreeFds(running, { tcpEstablished: opts.tcpEstablished, enter: false });
       for (const pid of running) checkMappings(pid);
       tree = FrozenTree.freeze(root);
       members = tree.members.map((x) => x.m);
-      const fds = readTreeFds(members.map((m) => m.pid));
+      const fds = readTreeFds(members.map((m) => m.pid), { tcpEstablished: opts.tcpEstablished, enter: true });
       for (const { m, fp } of tree.members) {
         const result = await dump({
           ...opts, pid: m.pid, dir: join(top.path, m.dir), parent: parentFor(opts.parent, m.pid),
@@ -161,12 +162,12 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
     const frozenAt = tree?.frozenAt ?? null;
     if (tree) {
       frozenUs = Number(process.hrtime.bigint() - tree.frozenAt) / 1000;
-      if (opts.leaveRunning) tree.release();
-      else { tree.kill(); killed = true; }
+      if (opts.leaveRunning) { tcpRepair.release(); tree.release(); } else { tree.kill(); tcpRepair.forget(); killed = true; }
       tree = null;
     }
     return { dir: top.path, root, processes: done, killed, frozenAt, frozenUs };
   } catch (err) {
+    tcpRepair.release();
     tree?.release();
     // Pre-dumps of this round may have started trackings: a failed round
     // must not leave their holders behind (a parent's tracking stays).

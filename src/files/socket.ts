@@ -14,6 +14,7 @@ import {
 import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { placeFds } from './place.js';
+import { describeTcp } from './tcp.js';
 import { TsnapError } from '../errors.js';
 
 const SOCK_STREAM = 1;
@@ -21,8 +22,16 @@ const SOCK_DGRAM = 2;
 const SOCK_SEQPACKET = 5;
 /** What listen() is given at restore: the kernel caps it at net.core.somaxconn. */
 const BACKLOG = 4096;
+const IPPROTO_TCP_ = 6;
 
-export function describeSocket(pidfd: number, fd: number, link: string, ino: number): SocketImage {
+export interface SocketOptions {
+  /** Take established TCP connections with repair mode (dump --tcp-established). */
+  tcpEstablished?: boolean;
+  /** Frozen: repair mode may be entered. False for the check before the freeze. */
+  enter?: boolean;
+}
+
+export function describeSocket(pidfd: number, fd: number, link: string, ino: number, opts: SocketOptions = {}): SocketImage {
   let s: number;
   try {
     s = pidfdGetfd(pidfd, fd);
@@ -52,8 +61,14 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       }
     }
     const peer = listening ? null : getpeername(s);
+    if (!listening && peer && type === SOCK_STREAM && family !== AF_UNIX && protocol === IPPROTO_TCP_) {
+      if (!opts.tcpEstablished) {
+        throw new TsnapError('unsupported', `${what} is an established TCP connection; dump with --tcp-established to take it with TCP repair mode (the peer must not send while the process is frozen)`);
+      }
+      return { ...base, state: 'established', local: getsockname(s), peer, tcp: describeTcp(pidfd, fd, !!opts.enter) ?? undefined };
+    }
     if (!listening && peer && type !== SOCK_DGRAM) {
-      throw new TsnapError('unsupported', `${what} is a connected stream; established connections are not restorable yet (only listening and datagram sockets)`);
+      throw new TsnapError('unsupported', `${what} is a connected stream; only listening, datagram and TCP (--tcp-established) sockets can be restored`);
     }
     if (!listening && type !== SOCK_DGRAM && family === AF_UNIX) {
       throw new TsnapError('unsupported', `${what}: an unconnected unix stream socket that does not listen cannot be checkpointed`);

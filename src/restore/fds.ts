@@ -21,6 +21,7 @@ import { restoreEventfd, restoreTimerfd, restoreSignalfd } from '../files/anon-f
 import { createEpoll, registerEpollTargets } from '../files/epoll.js';
 import { restoreSocket, restoreSocketPair } from '../files/socket.js';
 import { restoreFifo, restoreMemfd } from '../files/fifo-memfd.js';
+import { restoreTcp } from '../files/tcp.js';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
 
@@ -114,6 +115,7 @@ export class FdRestorer {
       else if (f.kind === 'eventfd') restoreEventfd(rt, g, floor);
       else if (f.kind === 'timerfd') restoreTimerfd(rt, g, floor);
       else if (f.kind === 'signalfd') restoreSignalfd(rt, g, floor);
+      else if (f.kind === 'socket' && f.socket?.state === 'established') restoreTcp(rt, g, floor);
       else if (f.kind === 'socket') restoreSocket(rt, g, floor);
       else if (f.kind === 'epoll') createEpoll(rt, g, floor);
       else if (f.kind === 'fifo' && f.fifo) restoreFifo(rt, g, floor);

@@ -163,3 +163,52 @@ export function peekQueued(fd: number, stream: boolean): Buffer[] {
   }
   return stream && out.length > 1 ? [Buffer.concat(out)] : out;
 }
+
+/** setsockopt with an int or a raw buffer value. */
+export function setsockopt(fd: number, level: number, opt: number, value: number | Buffer, name = `setsockopt(${level}, ${opt})`): void {
+  let b: Buffer;
+  if (typeof value === 'number') { b = Buffer.alloc(4); b.writeInt32LE(value); } else b = value;
+  rawSyscall(name, SYS.setsockopt, fd, level, opt, libc.address(b), b.length);
+}
+
+/** getsockopt into a buffer of `size` bytes; returns the bytes the kernel filled. */
+export function getsockoptBuf(fd: number, level: number, opt: number, size: number): Buffer {
+  const v = Buffer.alloc(size);
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(size);
+  rawSyscall(`getsockopt(${level}, ${opt})`, SYS.getsockopt, fd, level, opt, libc.address(v), libc.address(len));
+  return v.subarray(0, Math.min(size, len.readUInt32LE(0)));
+}
+
+/** ioctl returning an int (SIOCINQ, SIOCOUTQ). */
+export function ioctlInt(fd: number, request: number, name: string): number {
+  const b = Buffer.alloc(4);
+  if (libc.ioctl(fd, request, b) === -1) throw new SysError(name, libc.errno());
+  return b.readInt32LE(0);
+}
+
+/** recv with MSG_PEEK|MSG_DONTWAIT of up to `len` bytes (no data: empty buffer). */
+export function recvPeek(fd: number, len: number): Buffer {
+  const b = Buffer.alloc(len);
+  try {
+    const n = rawSyscall('recvfrom(MSG_PEEK)', SYS.recvfrom, fd, libc.address(b), len, 2 | 0x40, 0, 0);
+    return b.subarray(0, n);
+  } catch (err) {
+    if (err instanceof SysError && err.code === 'EAGAIN') return Buffer.alloc(0);
+    throw err;
+  }
+}
+
+export function sendAll(fd: number, data: Buffer): void {
+  for (let at = 0; at < data.length;) {
+    at += rawSyscall('sendto', SYS.sendto, fd, libc.address(data) + BigInt(at), data.length - at, 0, 0, 0);
+  }
+}
+
+export function bindSocket(fd: number, addr: Buffer): void {
+  rawSyscall('bind', SYS.bind, fd, libc.address(addr), addr.length);
+}
+
+export function connectSocket(fd: number, addr: Buffer): void {
+  rawSyscall('connect', SYS.connect, fd, libc.address(addr), addr.length);
+}
