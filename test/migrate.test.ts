@@ -99,6 +99,28 @@ describe('tsnap migrate', () => {
     expect(readdirSync(`/proc/${pid}/task`).length).toBe(6);
   });
 
+  it('--tree: a parent and its children move together, pipes and shared memory intact, and check each other on the receiver', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const out = join(work, 'restored.out');
+    const srv = await startServer(join(work, 'in'), ['--restore', '--count', '1', '--stdout', out]);
+    const p = await startProcess(await compileC('tree'), ['print']);
+    const kids = [Number(p.readyInfo.child1), Number(p.readyInfo.child2)];
+    await p.waitForLine(/^STATUS/, 5000);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--tree', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    await p.exited;
+    const lastSource = p.lines().filter((l) => l.startsWith('STATUS')).pop()!;
+    const statuses = () => (existsSync(out) ? readFileSync(out, 'utf8').split('\n').filter((l) => l.startsWith('STATUS')) : []);
+    await waitFor(() => statuses().length >= 3);
+    const lines = statuses();
+    const last = (l: string) => Number(/last=(\d+)/.exec(l)![1]);
+    for (const l of lines) expect(l).toMatch(/ bad=0$/);
+    expect(last(lines[0])).toBeGreaterThanOrEqual(last(lastSource));
+    expect(last(lines[lines.length - 1])).toBeGreaterThan(last(lines[0]));
+    restored.push(...kids, p.pid);
+    for (const k of kids) expect(readFileSync(`/proc/${k}/stat`, 'utf8').split(' ')[3]).toBe(String(p.pid));
+  });
+
   it('a write-heavy process that never converges stops at the iteration cap, and the downtime is reported', async () => {
     const work = tmpDir('tsnap-mig-');
     const out = join(work, 'restored.out');

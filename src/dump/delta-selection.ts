@@ -13,7 +13,10 @@
  *   older mapping at the same address leaks in from the parent;
  * - cannot be registered (the program's own userfaultfd: EBUSY; no
  *   VM_MAYWRITE: EPERM; droppable: EINVAL): "untracked", copied whole every
- *   round.
+ *   round;
+ * - shared memory (MAP_SHARED anonymous): "untracked" too. Write-protection
+ *   lives in each process's page tables, so a write through another
+ *   process's mapping (a parent or child sharing it) would go unseen.
  * Pages the chain holds that are no longer present (madvise(DONTNEED),
  * munmap + mmap within a round) are recorded as absent.
  *
@@ -82,6 +85,7 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
 
   const states: (State | null)[] = vmas.map((v, i) => {
     if (!dumped[i]) return null;
+    if (v.shared) return 'untracked';
     const isRegistered = intersect([{ start: v.start, end: v.end }], unregistered).length === 0;
     if (isRegistered && chainStored !== null) return 'old';
     if (isRegistered) return 'fresh';

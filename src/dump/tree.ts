@@ -34,6 +34,8 @@ export interface TreeDumpResult {
   root: number;
   processes: { pid: number; result: DumpResult }[];
   killed: boolean;
+  /** With `hold`: the tree, still frozen, for the caller to kill or release. */
+  held: { kill(): void; release(): void } | null;
   /** When every process was frozen (hrtime), for downtime accounting. */
   frozenAt: bigint | null;
   frozenUs: number;
@@ -131,8 +133,8 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
       const fds = readTreeFds(members.map((m) => m.pid), { tcpEstablished: opts.tcpEstablished, enter: true });
       for (const { m, fp } of tree.members) {
         const result = await dump({
-          ...opts, pid: m.pid, dir: join(top.path, m.dir), parent: parentFor(opts.parent, m.pid),
-          frozen: { process: fp, fds: fds.get(m.pid)! }, hold: false, fsync,
+          ...opts, hold: false, pid: m.pid, dir: join(top.path, m.dir), parent: parentFor(opts.parent, m.pid),
+          frozen: { process: fp, fds: fds.get(m.pid)! }, fsync,
         });
         done.push({ pid: m.pid, result });
       }
@@ -160,12 +162,17 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
     let frozenUs = 0;
     let killed = false;
     const frozenAt = tree?.frozenAt ?? null;
-    if (tree) {
+    let held: TreeDumpResult['held'] = null;
+    if (tree && opts.hold) {
+      frozenUs = Number(process.hrtime.bigint() - tree.frozenAt) / 1000;
+      held = tree;
+      tree = null;
+    } else if (tree) {
       frozenUs = Number(process.hrtime.bigint() - tree.frozenAt) / 1000;
       if (opts.leaveRunning) { tcpRepair.release(); tree.release(); } else { tree.kill(); tcpRepair.forget(); killed = true; }
       tree = null;
     }
-    return { dir: top.path, root, processes: done, killed, frozenAt, frozenUs };
+    return { dir: top.path, root, processes: done, killed, frozenAt, frozenUs, held };
   } catch (err) {
     tcpRepair.release();
     tree?.release();

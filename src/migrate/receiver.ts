@@ -10,11 +10,12 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { timingSafeEqual, createHash } from 'node:crypto';
 import { mkdirSync, chmodSync, openSync, writeSync, closeSync, fsyncSync, rmSync, existsSync, readFileSync } from 'node:fs';
-import { join, resolve, basename } from 'node:path';
+import { join, resolve } from 'node:path';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, decodeDoc, send } from './wire.js';
 import { crc32 } from '../image/checksum.js';
 import { fsyncDir } from '../image/image-dir.js';
 import { restore, waitForExit } from '../restore/restore.js';
+import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
 import { TsnapError } from '../errors.js';
 
 export interface ServeOptions {
@@ -124,9 +125,9 @@ async function receive(sock: Socket, opts: ServeOptions): Promise<void> {
   }
   if (!opts.restore) { sock.end(); return; }
   try {
-    const pid = h.pid;
-    // The source is killed once we said COMMITTED: wait for its pid to be free.
-    for (let i = 0; i < 3000 && existsSync(`/proc/${pid}`); i++) await new Promise((r) => setTimeout(r, 10));
+    // The source is killed once we said COMMITTED: wait for its pids to be free.
+    const pids = isTreeImage(last) ? readTreeManifest(last).processes.map((p) => p.pid) : [h.pid];
+    for (let i = 0; i < 3000 && pids.some((pid) => existsSync(`/proc/${pid}`)); i++) await new Promise((r) => setTimeout(r, 10));
     const r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr });
     void waitForExit(r.pid); // reap it when it ends
     await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs })).catch(() => {});
@@ -149,7 +150,10 @@ async function receiveIteration(reader: FrameReader, dir: string): Promise<void>
     if (f.type === Msg.IterEnd) break;
     if (f.type !== Msg.FileBegin) throw new TsnapError('badImage', `expected FILE_BEGIN, got ${Msg[f.type] ?? f.type}`);
     const { name } = decodeDoc<{ name: string }>(f);
-    if (!FILE_NAMES.has(name) || basename(name) !== name) throw new TsnapError('badImage', `unexpected file ${name}`);
+    // An image file, a tree image's per-process file ("<pid>/<file>"), or its manifest.
+    const m = /^(?:(\d{1,10})\/)?([a-z]+)$/.exec(name);
+    if (!m || !(FILE_NAMES.has(m[2]) || (m[2] === 'tree' && !m[1]))) throw new TsnapError('badImage', `unexpected file ${name}`);
+    if (m[1]) mkdirSync(join(dir, m[1]), { recursive: true, mode: 0o700 });
     const path = join(dir, name);
     const fd = openSync(path, 'wx', 0o600);
     let length = 0;
@@ -178,6 +182,7 @@ async function receiveIteration(reader: FrameReader, dir: string): Promise<void>
     }
     files.push(name);
   }
-  if (!files.includes('inventory')) throw new TsnapError('badImage', 'an iteration arrived without its inventory');
+  if (!files.includes('inventory') && !files.includes('tree')) throw new TsnapError('badImage', 'an iteration arrived without its inventory');
+  for (const sub of new Set(files.filter((f) => f.includes('/')).map((f) => f.split('/')[0]))) fsyncDir(join(dir, sub));
   fsyncDir(dir);
 }

@@ -18,6 +18,7 @@ import { mkdtempSync, rmSync, openSync, readSync, closeSync, readdirSync, fstatS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { preDump, dump, type DumpResult } from '../dump/dump.js';
+import { dumpTree } from '../dump/tree.js';
 import { untrackPid } from '../track/untrack.js';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, encodeFrame, decodeDoc, send } from './wire.js';
 import { crc32 } from '../image/checksum.js';
@@ -36,6 +37,8 @@ export interface MigrateOptions {
   leaveRunning?: boolean;
   compression?: Compression;
   tls?: { ca?: string; insecure?: boolean };
+  /** The process and all its descendants (each iteration a tree image). */
+  tree?: boolean;
   onEvent?: (e: Record<string, unknown>) => void;
   warn?: (m: string) => void;
 }
@@ -64,7 +67,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
   const sock = await connectTo(opts);
   const reader = new FrameReader(sock);
   const staging = mkdtempSync(join(tmpdir(), 'tsnap-migrate-'));
-  let held: DumpResult['held'] = null;
+  let held: { kill(): void; release(): void } | null = null;
   let bytesSent = 0;
   try {
     await send(sock, encodeDoc(Msg.Hello, { magic: WIRE_MAGIC, version: WIRE_VERSION, token: opts.token, pid: opts.pid, tool: 'tsnap' }));
@@ -75,35 +78,51 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
       const t = process.hrtime.bigint();
       await send(sock, encodeDoc(Msg.IterBegin, { name }));
       let bytes = 0;
-      const present = new Set(readdirSync(dir));
-      for (const file of FILE_ORDER) {
-        if (!present.has(file)) continue;
-        bytes += await sendFile(sock, join(dir, file), file, opts.bandwidthLimit ?? 0);
+      // A tree image: every process's directory (as "<pid>/<file>"), the manifest last.
+      const subdirs = opts.tree ? readdirSync(dir).filter((d) => /^\d+$/.test(d)) : [''];
+      for (const sub of subdirs) {
+        const at = join(dir, sub);
+        const present = new Set(readdirSync(at));
+        for (const file of FILE_ORDER) {
+          if (!present.has(file)) continue;
+          bytes += await sendFile(sock, join(at, file), sub ? `${sub}/${file}` : file, opts.bandwidthLimit ?? 0);
+        }
+        rmSync(join(at, 'pages'), { force: true }); // the next round needs the metadata only
       }
+      if (opts.tree) bytes += await sendFile(sock, join(dir, 'tree'), 'tree', 0);
       await send(sock, encodeDoc(Msg.IterEnd, {}));
       bytesSent += bytes;
-      rmSync(join(dir, 'pages'), { force: true }); // the next round needs the metadata only
       return { bytes, sendMs: ms(t) };
     };
 
+    /** One pre-dump round (of the process or of the tree) and its totals. */
+    const round = async (dir: string, parent: string | undefined): Promise<Round> => {
+      if (!opts.tree) {
+        const r = await preDump({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn });
+        return { dir: r.dir, pagesWritten: r.stats.pagesWritten, bytesRaw: r.stats.bytesRaw, bytesStored: r.stats.bytesStored };
+      }
+      const t = await dumpTree({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn }, 'predump');
+      return totals(t.dir, t.processes.map((p) => p.result));
+    };
+
     let stoppedBecause = `reached the iteration cap (${cap})`;
-    let prev: DumpResult | null = null;
+    let prev: Round | null = null;
     let k = 0;
     let bandwidth = 0; // bytes per ms, measured end to end (copy + send)
     while (k < cap) {
       k++;
       const tIter = process.hrtime.bigint();
-      const r = await preDump({ pid: opts.pid, dir: join(staging, String(k)), parent: prev ? join(staging, String(k - 1)) : undefined, compression: opts.compression, warn: opts.warn });
+      const r = await round(join(staging, String(k)), prev ? join(staging, String(k - 1)) : undefined);
       const s = await sendImage(r.dir, String(k));
       const iterMs = ms(tIter);
       bandwidth = s.bytes / Math.max(iterMs, 1);
-      const dirtyRate = prev ? (r.stats.bytesRaw / Math.max(iterMs, 1)) * 1000 : 0;
+      const dirtyRate = prev ? (r.bytesRaw / Math.max(iterMs, 1)) * 1000 : 0;
       // The final round will carry about what was written during this one.
-      const estDowntime = r.stats.bytesStored / Math.max(bandwidth, 1e-9);
-      opts.onEvent?.({ event: 'iteration', iteration: k, pages: r.stats.pagesWritten, bytes: s.bytes, ms: +iterMs.toFixed(1), bandwidthMBps: +(bandwidth / 1e3).toFixed(1), dirtyRateMBps: +(dirtyRate / 1e6).toFixed(1), estimatedDowntimeMs: +estDowntime.toFixed(1) });
+      const estDowntime = r.bytesStored / Math.max(bandwidth, 1e-9);
+      opts.onEvent?.({ event: 'iteration', iteration: k, pages: r.pagesWritten, bytes: s.bytes, ms: +iterMs.toFixed(1), bandwidthMBps: +(bandwidth / 1e3).toFixed(1), dirtyRateMBps: +(dirtyRate / 1e6).toFixed(1), estimatedDowntimeMs: +estDowntime.toFixed(1) });
       if (k > 1 && estDowntime <= budget) { stoppedBecause = `converged: the last round fits the ${budget} ms downtime budget (estimated ${estDowntime.toFixed(1)} ms)`; prev = r; break; }
-      if (prev && k > 2 && r.stats.pagesWritten >= prev.stats.pagesWritten * 0.9) {
-        stoppedBecause = `not converging: round ${k} wrote ${r.stats.pagesWritten} pages after ${prev.stats.pagesWritten}`;
+      if (prev && k > 2 && r.pagesWritten >= prev.pagesWritten * 0.9) {
+        stoppedBecause = `not converging: round ${k} wrote ${r.pagesWritten} pages after ${prev.pagesWritten}`;
         prev = r;
         break;
       }
@@ -111,10 +130,21 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
     }
 
     // Downtime starts here: freeze, last delta, full state.
-    const final = await dump({ pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn });
-    held = final.held;
-    const frozenAt = final.frozenAt ?? process.hrtime.bigint();
-    await sendImage(final.dir, 'final');
+    const finalOpts = { pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn };
+    let frozenAt: bigint;
+    let finalDir: string;
+    if (opts.tree) {
+      const t = await dumpTree(finalOpts, 'dump');
+      held = t.held;
+      frozenAt = t.frozenAt ?? process.hrtime.bigint();
+      finalDir = t.dir;
+    } else {
+      const final = await dump(finalOpts);
+      held = final.held;
+      frozenAt = final.frozenAt ?? process.hrtime.bigint();
+      finalDir = final.dir;
+    }
+    await sendImage(finalDir, 'final');
     await send(sock, encodeDoc(Msg.Commit, {}));
     const committed = decodeDoc<{ dir: string }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));
     const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
@@ -139,13 +169,42 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
     if (held) {
       try { held.release(); } catch { /* gone */ }
     }
-    untrackPid(opts.pid);
+    for (const pid of trackedPids(staging, opts)) untrackPid(pid);
     const e = asTsnapError(err, `migration of process ${opts.pid}`);
     throw new TsnapError(e.kind, `migration of process ${opts.pid} failed; it runs on where it was: ${e.message}`, e.cause ?? err);
   } finally {
     sock.destroy();
     rmSync(staging, { recursive: true, force: true });
   }
+}
+
+interface Round {
+  dir: string;
+  pagesWritten: number;
+  bytesRaw: number;
+  bytesStored: number;
+}
+
+function totals(dir: string, rs: DumpResult[]): Round {
+  return {
+    dir,
+    pagesWritten: rs.reduce((n, r) => n + r.stats.pagesWritten, 0),
+    bytesRaw: rs.reduce((n, r) => n + r.stats.bytesRaw, 0),
+    bytesStored: rs.reduce((n, r) => n + r.stats.bytesStored, 0),
+  };
+}
+
+/** Every process a failed migration may have left tracked: the root, and for a tree each one staged. */
+function trackedPids(staging: string, opts: MigrateOptions): number[] {
+  const pids = new Set([opts.pid]);
+  if (opts.tree) {
+    try {
+      for (const it of readdirSync(staging)) {
+        for (const d of readdirSync(join(staging, it))) if (/^\d+$/.test(d)) pids.add(Number(d));
+      }
+    } catch { /* nothing staged */ }
+  }
+  return [...pids];
 }
 
 async function connectTo(opts: MigrateOptions): Promise<Socket> {
