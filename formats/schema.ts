@@ -115,6 +115,12 @@ export interface ProcessImage {
   signals: SignalImage;
   mm: MmImage;
   fds: FdImage[];
+  /**
+   * memfds the process maps (tsnap 0.2+, optional): identified by the
+   * dev/ino of the VMAs' `file`, with their whole contents. In a tree every
+   * process stores those it maps; restore creates each memfd once.
+   */
+  memfds?: MemfdObjectImage[];
   prctl: {
     dumpable: number;
     pdeathsig: number;
@@ -242,6 +248,14 @@ export interface FdImage {
   fifo?: { capacity: number; data: Buffer };
   /** memfd: its name (without "memfd:"), whole contents and seals. */
   memfd?: { name: string; data: Buffer; seals: number };
+}
+
+export interface MemfdObjectImage {
+  dev: number;
+  ino: number;
+  name: string;
+  data: Buffer;
+  seals: number;
 }
 
 export interface PipeImage {

@@ -4,7 +4,7 @@
  * the bytes in flight) and the memory they share, each checking the others.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { readFileSync, existsSync } from 'node:fs';
+import { readFileSync, existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage } from './helpers/tsnap.js';
@@ -106,5 +106,62 @@ describe('process trees', () => {
     expect(s2.bad).toBe(0);
     expect(s2.last).toBeGreaterThan(s1.last);
     expect(readFileSync(join(work, 'img', 'tree')).length).toBeGreaterThan(0);
+  });
+
+  it('memory a parent and child share through a memfd and a /dev/shm file stays shared after restore', async () => {
+    const work = tmpDir('tsnap-tree-');
+    const shm = `/dev/shm/tsnap-test-${process.pid}-${Date.now()}`;
+    const script = `
+import mmap, os, struct, sys, threading, time
+fd = os.memfd_create('tsnap-shared')
+os.ftruncate(fd, 4096)
+mm = mmap.mmap(fd, 4096)
+os.close(fd)
+sfd = os.open(${JSON.stringify(shm)}, os.O_RDWR | os.O_CREAT, 0o600)
+os.ftruncate(sfd, 4096)
+sm = mmap.mmap(sfd, 4096)
+os.close(sfd)
+def count(slot):
+    while True:
+        for m in (mm, sm):
+            struct.pack_into('Q', m, slot * 8, struct.unpack_from('Q', m, slot * 8)[0] + 1)
+        time.sleep(0.002)
+pid = os.fork()
+if pid == 0:
+    count(1)
+threading.Thread(target=count, args=(0,), daemon=True).start()
+print('READY child=%d' % pid, flush=True)
+for line in sys.stdin:
+    if line.startswith('status'):
+        v = [struct.unpack_from('Q', m, s * 8)[0] for m in (mm, sm) for s in (0, 1)]
+        print('STATUS memfd=%d,%d shm=%d,%d' % tuple(v), flush=True)
+`;
+    try {
+      const p: Running = await startProcess('python3', ['-u', '-c', script]);
+      const child = Number(p.readyInfo.child);
+      const dir = join(work, 'img');
+      const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
+      expect(d.code, d.stderr).toBe(0);
+      await p.exited;
+      await gone([child]);
+      for (const pid of [p.pid, child]) expect(readImage(join(dir, String(pid))).process!.memfds!.map((m) => m.name)).toEqual(['tsnap-shared']);
+      const r = await restoreDetached(dir, join(work, 'pid'));
+      expect(r.result.code, r.result.stderr).toBe(0);
+      const read = async () => {
+        r.writeLine('status');
+        const l = await r.waitForLine(/^STATUS/, 5000, r.lines.length);
+        return /memfd=(\d+),(\d+) shm=(\d+),(\d+)/.exec(l)!.slice(1).map(Number);
+      };
+      const a = await read();
+      await new Promise((res) => setTimeout(res, 100));
+      const b = await read();
+      // The parent sees the child's counters move in both: the memory is one, not two copies.
+      expect(b[1]).toBeGreaterThan(a[1]);
+      expect(b[3]).toBeGreaterThan(a[3]);
+      expect(b[0]).toBeGreaterThan(a[0]);
+      await killPid(child);
+    } finally {
+      rmSync(shm, { force: true });
+    }
   });
 });

@@ -23,6 +23,7 @@ import { collectRemoteState } from './task-state.js';
 import { readLayout, assembleProcess } from './process-state.js';
 import { readFds } from './fds.js';
 import { tcpRepair } from '../files/tcp.js';
+import { isMemfdPath } from '../files/fifo-memfd.js';
 import { copyPages, fullSelection } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
 import { type Range } from './ranges.js';
@@ -303,15 +304,16 @@ function checkTarget(pid: number): void {
 }
 
 /**
- * Memory mapped from a file that no longer has a name (a deleted file, a
- * memfd, SysV shm) cannot be mapped again by restore: refused before the
- * freeze. Shared anonymous memory also shows as "/dev/zero (deleted)"; it
- * is restorable.
+ * Memory mapped from a file that no longer has a name (a deleted file,
+ * SysV shm) cannot be mapped again by restore: refused before the freeze.
+ * Restorable look-alikes: memfds (stored whole and created again) and
+ * shared anonymous memory (shows as "/dev/zero (deleted)").
  */
 export function checkMappings(pid: number): void {
   for (const v of readMaps(pid)) {
     if (!v.deleted || v.inode === 0) continue;
     if (v.shared && v.path === '/dev/zero') continue;
-    throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from deleted files, memfds or SysV shm cannot be restored yet`);
+    if (isMemfdPath(v.path)) continue; // stored whole (src/files/fifo-memfd.ts)
+    throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from deleted files or SysV shm cannot be restored yet`);
   }
 }

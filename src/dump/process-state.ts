@@ -9,6 +9,7 @@ import {
   RLIMIT_NAMES, type Vma,
 } from '../proc/index.js';
 import { readFds } from './fds.js';
+import { readMappedMemfds } from '../files/fifo-memfd.js';
 import type { ProcessImage, VmaImage, RlimitImage, FdImage, FileIdentity, MmImage } from '../../formats/schema.js';
 import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
 import type { RemoteState } from './task-state.js';
@@ -94,6 +95,7 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     signals: remote.signals,
     mm,
     fds: fds ?? readFds(pid, { tcpEstablished, enter: true }),
+    memfds: readMappedMemfds(pid, layout.vmas, (i) => layout.images[i].file),
     prctl: remote.prctl,
   };
 }

@@ -13,8 +13,8 @@
  */
 import { openSync, closeSync, readSync, writeSync, fstatSync, ftruncateSync } from 'node:fs';
 import { constants as C } from 'node:fs';
-import { fcntl, ioctl, SYS, O_CLOEXEC, O_NONBLOCK, F_SETFL, SEEK_SET, O_CREAT, O_EXCL, O_TRUNC, O_NOCTTY } from '../sys/index.js';
-import type { FdImage } from '../../formats/schema.js';
+import { fcntl, ioctl, SYS, O_CLOEXEC, O_NONBLOCK, F_SETFL, F_DUPFD_CLOEXEC, SEEK_SET, O_CREAT, O_EXCL, O_TRUNC, O_NOCTTY } from '../sys/index.js';
+import type { FdImage, MemfdObjectImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { readPipe } from './pipe.js';
 import { placeFds, SETFL_MASK } from './place.js';
@@ -34,11 +34,16 @@ export function describeFifo(pid: number, f: FdImage): FdImage['fifo'] {
 }
 
 export function describeMemfd(pid: number, f: FdImage): FdImage['memfd'] {
-  const fd = openSync(`/proc/${pid}/fd/${f.fd}`, C.O_RDONLY | O_CLOEXEC);
+  return readMemfd(`/proc/${pid}/fd/${f.fd}`, `fd ${f.fd}`, f.path ?? '');
+}
+
+/** Whole contents, seals and name of the memfd behind a /proc magic link. */
+export function readMemfd(link: string, what: string, path: string): { name: string; data: Buffer; seals: number } {
+  const fd = openSync(link, C.O_RDONLY | O_CLOEXEC);
   try {
     const size = fstatSync(fd).size;
     if (size > MEMFD_MAX) {
-      throw new TsnapError('unsupported', `fd ${f.fd} is a memfd of ${size} bytes; memfds over ${MEMFD_MAX >> 20} MiB are not checkpointed`);
+      throw new TsnapError('unsupported', `${what} is a memfd of ${size} bytes; memfds over ${MEMFD_MAX >> 20} MiB are not checkpointed`);
     }
     const data = Buffer.alloc(size);
     for (let got = 0; got < size;) {
@@ -48,7 +53,7 @@ export function describeMemfd(pid: number, f: FdImage): FdImage['memfd'] {
     }
     let seals = 0;
     try { seals = fcntl(fd, F_GET_SEALS); } catch { /* sealing not allowed: no seals */ }
-    const name = (f.path ?? '').replace(/^\/memfd:/, '');
+    const name = path.replace(/^\/memfd:/, '');
     return { name, data, seals };
   } finally {
     closeSync(fd);
@@ -96,5 +101,53 @@ export function restoreMemfd(rt: RemoteTask, group: FdImage[], floor: number): v
   const flags = f.flags & SETFL_MASK;
   if (flags) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, tmp, F_SETFL, flags);
   if (m.seals) rt.sc.check('fcntl(F_ADD_SEALS)', SYS.fcntl, tmp, F_ADD_SEALS, m.seals);
+  placeFds(rt, [{ tmp, targets: group }], floor);
+}
+
+/** The memfds a process maps (MAP_SHARED or MAP_PRIVATE), each once, read through map_files. */
+export function readMappedMemfds(pid: number, vmas: readonly { start: number; end: number; path: string; deleted: boolean; inode: number }[], ids: (i: number) => { dev: number; ino: number } | null): MemfdObjectImage[] {
+  const out = new Map<string, MemfdObjectImage>();
+  vmas.forEach((v, i) => {
+    if (!isMemfdPath(v.path) || v.inode === 0) return;
+    const id = ids(i);
+    if (!id) throw new TsnapError('unsupported', `process ${pid} maps ${v.path} at 0x${v.start.toString(16)}, which cannot be read`);
+    const key = `${id.dev}:${id.ino}`;
+    if (out.has(key)) return;
+    const m = readMemfd(`/proc/${pid}/map_files/${v.start.toString(16)}-${v.end.toString(16)}`, `the mapping at 0x${v.start.toString(16)}`, v.path);
+    out.set(key, { dev: id.dev, ino: id.ino, ...m });
+  });
+  return [...out.values()];
+}
+
+export function isMemfdPath(path: string): boolean {
+  return path.startsWith('/memfd:');
+}
+
+/**
+ * Creates a memfd with the image's name, contents and seals inside the task
+ * and leaves it at an fd at or above `floor`; returns that fd.
+ */
+export function createMemfdObject(rt: RemoteTask, m: { name: string; data: Buffer; seals: number }, floor: number): number {
+  const name = rt.put(Buffer.from(`${m.name.slice(0, 249)}\0`), 1024);
+  const tmp = Number(rt.sc.check(`memfd_create(${m.name})`, SYS.memfd_create, name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  const mine = openSync(`/proc/${rt.pid}/fd/${tmp}`, C.O_RDWR | O_CLOEXEC);
+  try {
+    ftruncateSync(mine, m.data.length);
+    for (let at = 0; at < m.data.length;) at += writeSync(mine, m.data, at, m.data.length - at, at);
+  } finally {
+    closeSync(mine);
+  }
+  if (m.seals) rt.sc.check('fcntl(F_ADD_SEALS)', SYS.fcntl, tmp, F_ADD_SEALS, m.seals);
+  const hi = Number(rt.sc.check('fcntl(F_DUPFD_CLOEXEC)', SYS.fcntl, tmp, F_DUPFD_CLOEXEC, floor));
+  rt.close(tmp);
+  return hi;
+}
+
+/** An fd of a memfd that already exists in the tree (mapped): opened anew through /proc. */
+export function reopenMemfd(rt: RemoteTask, group: FdImage[], floor: number, where: { pid: number; fd: number }): void {
+  const f = group[0];
+  const flags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC);
+  const tmp = rt.open(`/proc/${where.pid}/fd/${where.fd}`, flags);
+  if (f.pos > 0) rt.sc.check('lseek(memfd)', SYS.lseek, tmp, f.pos, SEEK_SET);
   placeFds(rt, [{ tmp, targets: group }], floor);
 }

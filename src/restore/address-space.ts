@@ -92,8 +92,10 @@ function remap(rt: RemoteTask, from: number, size: number, to: number): void {
  * protection. `shared`: VMAs that map memory another restored process
  * already holds (MAP_SHARED anonymous memory inherited through fork), by
  * start address: the path to open for it (/proc/PID/map_files/...).
+ * `fileAt`: file VMAs to map from another path than their own, by start
+ * address (memfds, recreated by restore: /proc/PID/fd/N).
  */
-export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number, string> = new Map()): VmaImage[] {
+export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number, string> = new Map(), fileAt: Map<number, string> = new Map()): VmaImage[] {
   const fileFds = new Map<string, number>();
   const fixLater: VmaImage[] = [];
   try {
@@ -112,6 +114,9 @@ export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number,
         continue;
       }
       const call = mapCallFor(v);
+      // A file with no name any more (a memfd): mapped from where restore recreated it.
+      const path = fileAt.get(v.start);
+      if (path !== undefined && call.file) call.file = { ...call.file, path };
       let fd = -1n;
       let pgoff = 0;
       if (call.file) {

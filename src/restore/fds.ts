@@ -20,7 +20,7 @@ import { restorePipe, isReadEnd } from '../files/pipe.js';
 import { restoreEventfd, restoreTimerfd, restoreSignalfd } from '../files/anon-fds.js';
 import { createEpoll, registerEpollTargets } from '../files/epoll.js';
 import { restoreSocket, restoreSocketPair } from '../files/socket.js';
-import { restoreFifo, restoreMemfd } from '../files/fifo-memfd.js';
+import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
 import { restoreTcp } from '../files/tcp.js';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
@@ -74,7 +74,8 @@ export class FdRestorer {
   private readonly queued = new Map<number, Buffer[]>();
   private readonly created = new Set<string>();
 
-  constructor(all: FdImage[][]) {
+  /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino". */
+  constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map()) {
     for (const f of all.flat()) {
       const k = f.socket;
       if (k?.state === 'pair' && f.ofd !== undefined) {
@@ -119,6 +120,7 @@ export class FdRestorer {
       else if (f.kind === 'socket') restoreSocket(rt, g, floor);
       else if (f.kind === 'epoll') createEpoll(rt, g, floor);
       else if (f.kind === 'fifo' && f.fifo) restoreFifo(rt, g, floor);
+      else if (f.kind === 'memfd' && f.file && this.memfds.has(`${f.file.dev}:${f.file.ino}`)) reopenMemfd(rt, g, floor, this.memfds.get(`${f.file.dev}:${f.file.ino}`)!);
       else if (f.kind === 'memfd' && f.memfd) restoreMemfd(rt, g, floor);
       else if (f.kind === 'pipe') {
         const p = pipes.get(f.pipe!.id);

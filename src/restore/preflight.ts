@@ -42,6 +42,11 @@ export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
   for (const v of p.mm.vmas) {
     if (isSpecial(v)) continue;
     const k = vmaKind(v);
+    if (v.path.startsWith('/memfd:') && v.file) {
+      const f = v.file;
+      if (!p.memfds?.some((m) => m.dev === f.dev && m.ino === f.ino)) throw new TsnapError('badImage', `the image maps ${v.path} at 0x${v.start.toString(16)} but does not hold its contents`);
+      continue;
+    }
     if (k === 'privateFile' || k === 'sharedFile') checkFile(v.path, 'mapped file', v.file, v.file?.deleted ?? false);
   }
   checkFds(p.fds);

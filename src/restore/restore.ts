@@ -15,6 +15,7 @@ import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finish
 import { fillPages } from './page-filler.js';
 import { restoreMm, restoreProcessState, restoreThreadState } from './task-state.js';
 import { FdRestorer } from './fds.js';
+import { createMemfdObject } from '../files/fifo-memfd.js';
 import { createThreads, type RestoredThread } from './threads.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
@@ -159,12 +160,24 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       if (newPid) warn('processes got new pids: what they recorded of each other\'s pids is stale');
     }
     const sharedFrom = new Map<string, { pid: number; v: VmaImage }>();
+    /** Where each memfd of the tree was recreated: process and fd. */
+    const memfdAt = new Map<string, { pid: number; fd: number }>();
     for (const m of members) {
       const rt = m.rt!;
       step = `rebuild the address space of ${m.p.pid}`;
       placeSpecialMappings(rt, m.p, stub);
       const imports = sharedImports(m.p, sharedFrom, rt.pid);
-      const fixProt = mapVmas(rt, m.p, imports);
+      const floor = Math.max(2, ...m.p.fds.map((f) => f.fd)) + 1;
+      for (const obj of m.p.memfds ?? []) {
+        const key = `${obj.dev}:${obj.ino}`;
+        if (!memfdAt.has(key)) memfdAt.set(key, { pid: rt.pid, fd: createMemfdObject(rt, obj, floor) });
+      }
+      const fileAt = new Map<number, string>();
+      for (const v of m.p.mm.vmas) {
+        const at = v.file && v.path.startsWith('/memfd:') ? memfdAt.get(`${v.file.dev}:${v.file.ino}`) : undefined;
+        if (at) fileAt.set(v.start, `/proc/${at.pid}/fd/${at.fd}`);
+      }
+      const fixProt = mapVmas(rt, m.p, imports, fileAt);
       step = `write the memory of ${m.p.pid}`;
       const filled = await fillPages(rt.pid, m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })), rt.sc);
       pages += filled.pages;
@@ -173,7 +186,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`;
       restoreMm(rt, m.p);
     }
-    const fdr = new FdRestorer(members.map((m) => m.p.fds));
+    const fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt);
     for (const m of members) {
       step = `restore the files of ${m.p.pid}`;
       fdr.createFiles(m.rt!, m.p.fds);
