@@ -34,6 +34,12 @@ import { TsnapError, ExitCode } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
 import { showImage } from './show.js';
 import { formatBytes, formatUs } from './format.js';
+import { Output } from './output.js';
+import { check } from '../check/check.js';
+import { formatCheck } from './check-table.js';
+import { verify } from '../image/verify.js';
+import { runDemo } from '../demo/demo.js';
+import { completionScript } from './completion.js';
 
 function parsePid(v: string): number {
   if (!/^\d+$/.test(v)) throw new TsnapError('usage', `--pid must be a number, got "${v}"`);
@@ -47,16 +53,24 @@ export async function main(argv: string[]): Promise<void> {
     .description('Checkpoint and restore Linux processes, incrementally.')
     .version(TOOL_VERSION)
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    .option('-q, --quiet', 'print results and errors only: no progress line, no warnings')
+    .option('-v, --verbose', 'also print each step as it happens')
+    .option('--log-file <file>', 'append a timestamped record of steps, warnings, results and errors to FILE')
+    .addHelpText('after', '\nStart with:\n  tsnap check          # what this machine supports\n  npm run demo         # dump, pre-dump and restore a sample process, step by step\n\nEach command has examples: tsnap help <command>.');
 
-  const warn = (m: string) => process.stderr.write(`tsnap: warning: ${m}\n`);
+  let output: Output | null = null;
+  /** The command's output settings: the global options, plus its own --json. */
+  const out = (json?: boolean): Output => (output = new Output({ ...program.opts(), json }));
+  const warn = (m: string) => (output ?? out()).warn(m);
+  const progress = (label: string) => (p: { bytes: number; total: number; pid: number }) => (output ?? out()).progress(`${label} ${p.pid}`, p.bytes, p.total);
   const report = (r: DumpResult, what: string, pid: number, json?: boolean) => {
     if (json) {
-      process.stdout.write(JSON.stringify({ dir: r.dir, imageId: r.imageId, kind: r.kind, killed: r.killed, trackingLost: r.trackingLost, stats: r.stats }) + '\n');
+      (output ?? out()).result(JSON.stringify({ command: what === 'dumped' ? 'dump' : 'pre-dump', pid, dir: r.dir, imageId: r.imageId, kind: r.kind, killed: r.killed, trackingLost: r.trackingLost, stats: r.stats }) + '\n');
       return;
     }
     const s = r.stats;
-    process.stdout.write(
+    (output ?? out()).result(
       `${what} process ${pid} to ${r.dir} (${r.kind}${what === 'dumped' ? `, ${r.killed ? 'killed' : 'left running'}` : ', still running, tracked'})\n`
       + `  pages: ${s.pagesWritten} written of ${s.pagesScanned} mapped${s.pagesZero ? `, ${s.pagesZero} dropped` : ''}, ${formatBytes(s.bytesRaw)} -> ${formatBytes(s.bytesStored)} stored\n`
       + `  frozen ${formatUs(s.frozenUs)} (freeze ${formatUs(s.freezeUs)}, memory ${formatUs(s.memdumpUs)}, ${s.throughputMiBps.toFixed(0)} MiB/s)\n`,
@@ -65,14 +79,15 @@ export async function main(argv: string[]): Promise<void> {
 
   const reportTree = (t: TreeDumpResult, what: string, json?: boolean) => {
     if (json) {
-      process.stdout.write(JSON.stringify({
+      (output ?? out()).result(JSON.stringify({
+        command: what === 'dumped' ? 'dump' : 'pre-dump', tree: true,
         dir: t.dir, root: t.root, killed: t.killed, frozenUs: t.frozenUs,
         processes: t.processes.map((p) => ({ pid: p.pid, dir: p.result.dir, kind: p.result.kind, trackingLost: p.result.trackingLost, stats: p.result.stats })),
       }) + '\n');
       return;
     }
     const bytes = t.processes.reduce((n, p) => n + p.result.stats.bytesStored, 0);
-    process.stdout.write(`${what} the tree of process ${t.root} (${t.processes.length} processes) to ${t.dir}${what === 'dumped' ? ` (${t.killed ? 'killed' : 'left running'})` : ''}\n`
+    (output ?? out()).result(`${what} the tree of process ${t.root} (${t.processes.length} processes) to ${t.dir}${what === 'dumped' ? ` (${t.killed ? 'killed' : 'left running'})` : ''}\n`
       + t.processes.map((p) => `  ${p.pid}: ${p.result.kind}, ${formatBytes(p.result.stats.bytesStored)} stored\n`).join('')
       + `  ${formatBytes(bytes)} in all${what === 'dumped' ? `, frozen ${formatUs(t.frozenUs)}` : ''}\n`);
   };
@@ -91,12 +106,13 @@ export async function main(argv: string[]): Promise<void> {
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExamples:\n  tsnap dump --pid 1234 --dir /var/tmp/img           # dump and kill\n  tsnap dump --pid 1234 --dir img --leave-running --compress lz4\n  tsnap dump --pid 1234 --dir img/3 --parent img/2    # final image of an incremental chain')
     .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; tcpEstablished?: boolean; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
+      out(o.json);
       if (o.tcpEstablished && o.preDumps !== undefined) throw new TsnapError('usage', '--tcp-established does not go with --pre-dumps yet; run pre-dump and dump --parent');
       if (o.tree) {
         if (o.preDumps !== undefined) throw new TsnapError('usage', '--pre-dumps does not go with --tree yet; run pre-dump --tree and dump --tree --parent');
         const t = await dumpTree({
           pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
-          fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished,
+          fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, onProgress: progress('copying the memory of'),
         }, 'dump');
         reportTree(t, 'dumped', o.json);
         return;
@@ -105,21 +121,21 @@ export async function main(argv: string[]): Promise<void> {
         if (o.parent) throw new TsnapError('usage', '--pre-dumps and --parent do not go together');
         const it = await dumpIteratively({
           pid: o.pid, dir: o.dir, preDumps: o.preDumps, leaveRunning: !!o.leaveRunning, compression: o.compress,
-          fsync: o.leaveRunning ? false : o.fsync, warn,
+          fsync: o.leaveRunning ? false : o.fsync, warn, onProgress: progress('copying the memory of'),
         });
         if (o.json) {
-          process.stdout.write(JSON.stringify({ final: it.final.dir, stoppedBecause: it.stoppedBecause, rounds: [...it.rounds, it.final].map((r) => ({ dir: r.dir, kind: r.kind, stats: r.stats })) }) + '\n');
+          output!.result(JSON.stringify({ command: 'dump', final: it.final.dir, stoppedBecause: it.stoppedBecause, rounds: [...it.rounds, it.final].map((r) => ({ dir: r.dir, kind: r.kind, stats: r.stats })) }) + '\n');
           return;
         }
         for (const r of it.rounds) report(r, 'pre-dumped', o.pid);
-        process.stdout.write(`pre-dumps ended: ${it.stoppedBecause}\n`);
+        output!.result(`pre-dumps ended: ${it.stoppedBecause}\n`);
         report(it.final, 'dumped', o.pid);
-        process.stdout.write(`restore with: tsnap restore --dir ${it.final.dir}\n`);
+        output!.result(`restore with: tsnap restore --dir ${it.final.dir}\n`);
         return;
       }
       const r = await dump({
         pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
-        fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished,
+        fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, onProgress: progress('copying the memory of'),
       });
       report(r, 'dumped', o.pid, o.json);
     });
@@ -134,11 +150,12 @@ export async function main(argv: string[]): Promise<void> {
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExamples:\n  tsnap pre-dump --pid 1234 --dir img/1\n  tsnap pre-dump --pid 1234 --dir img/2 --parent img/1\n  tsnap dump     --pid 1234 --dir img/3 --parent img/2\n  tsnap restore  --dir img/3')
     .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; compress: 'lz4' | 'none'; json?: boolean }) => {
+      out(o.json);
       if (o.tree) {
-        reportTree(await dumpTree({ pid: o.pid, dir: o.dir, parent: o.parent, compression: o.compress, warn }, 'predump'), 'pre-dumped', o.json);
+        reportTree(await dumpTree({ pid: o.pid, dir: o.dir, parent: o.parent, compression: o.compress, warn, onProgress: progress('copying the memory of') }, 'predump'), 'pre-dumped', o.json);
         return;
       }
-      const r = await preDump({ pid: o.pid, dir: o.dir, parent: o.parent, compression: o.compress, warn });
+      const r = await preDump({ pid: o.pid, dir: o.dir, parent: o.parent, compression: o.compress, warn, onProgress: progress('copying the memory of') });
       report(r, 'pre-dumped', o.pid, o.json);
     });
 
@@ -146,9 +163,10 @@ export async function main(argv: string[]): Promise<void> {
     .description('stop tracking a process\'s writes: removes every registration and write-protection')
     .option('-p, --pid <pid>', 'the tracked process', parsePid)
     .option('-d, --dir <dir>', 'or: the latest pre-dump of the process')
+    .addHelpText('after', '\nExamples:\n  tsnap untrack --pid 1234          # give up incremental dumps of 1234\n  tsnap untrack --dir img/2         # the tracking a pre-dump left behind')
     .action((o: { pid?: number; dir?: string }) => {
       if (o.pid === undefined && !o.dir) throw new TsnapError('usage', 'untrack needs --pid or --dir');
-      process.stdout.write(`${o.pid !== undefined ? untrackPid(o.pid) : untrack(o.dir!)}\n`);
+      out().result(`${o.pid !== undefined ? untrackPid(o.pid) : untrack(o.dir!)}\n`);
     });
 
   program.command('restore')
@@ -163,15 +181,17 @@ export async function main(argv: string[]): Promise<void> {
     .option('--json', 'print the result as JSON (on stderr when not detached: stdout belongs to the process)')
     .addHelpText('after', '\nExamples:\n  tsnap restore --dir img                  # run it in the foreground, exit with its status\n  tsnap restore --dir img --detach --pidfile app.pid\n  tsnap restore --dir img --new-pid --detach   # a second copy next to the original')
     .action(async (o: { dir: string; detach?: boolean; pidfile?: string; newPid?: boolean; stdin?: string; stdout?: string; stderr?: string; json?: boolean }) => {
+      const o2 = out(o.json);
       const r = await restore({
         dir: o.dir, newPid: !!o.newPid, pidfile: o.pidfile, stdin: o.stdin, stdout: o.stdout, stderr: o.stderr,
-        warn: (m) => process.stderr.write(`tsnap: warning: ${m}\n`),
+        warn, onProgress: progress('writing the memory of'),
       });
+      o2.clear();
       const report = o.json
-        ? JSON.stringify({ pid: r.pid, originalPid: r.originalPid, stats: r.stats, warnings: r.warnings }) + '\n'
+        ? JSON.stringify({ command: 'restore', pid: r.pid, originalPid: r.originalPid, pids: r.pids, stats: r.stats, warnings: r.warnings }) + '\n'
         : `restored process ${r.originalPid}${r.pid !== r.originalPid ? ` as pid ${r.pid} (new pid)` : ''} from ${o.dir}: ${formatBytes(r.stats.bytesRestored)} in ${formatUs(r.stats.restoreUs)}\n`;
       if (o.detach) {
-        process.stdout.write(report);
+        o2.result(report);
         return;
       }
       // The restored process owns stdout now: report on stderr.
@@ -189,9 +209,10 @@ export async function main(argv: string[]): Promise<void> {
     .argument('<dir>', 'the newest image of the chain')
     .requiredOption('-o, --out <dir>', 'new image directory')
     .addOption(new Option('--compress <codec>', 'page compression of the new image').choices(['lz4', 'none']))
+    .addHelpText('after', '\nExample:\n  tsnap squash img/3 --out img-full   # one full image, restorable without img/1 and img/2')
     .action(async (dir: string, o: { out: string; compress?: 'lz4' | 'none' }) => {
       const r = await squash(dir, o.out, o.compress);
-      process.stdout.write(`squashed ${r.levels} images into ${r.dir}: ${r.pages} pages\n`);
+      out().result(`squashed ${r.levels} images into ${r.dir}: ${r.pages} pages\n`);
     });
 
   program.command('serve')
@@ -237,16 +258,17 @@ export async function main(argv: string[]): Promise<void> {
     .addHelpText('after', '\nExample:\n  tsnap migrate --pid 1234 --to 10.0.0.2:7707 --token-file /etc/tsnap/token --downtime-ms 50')
     .action(async (o: { pid: number; to: string; token?: string; tokenFile?: string; downtimeMs: number; maxIterations: number; bandwidthLimit?: number; leaveRunning?: boolean; tree?: boolean; compress: 'lz4' | 'none'; tls?: boolean; tlsCa?: string; tlsInsecure?: boolean; json?: boolean }) => {
       const { host, port } = parseHostPort(o.to, '127.0.0.1');
+      const mo = out(o.json);
       const r = await migrate({
         pid: o.pid, host, port, token: readToken(o), downtimeMs: o.downtimeMs, maxIterations: o.maxIterations,
         bandwidthLimit: o.bandwidthLimit, leaveRunning: !!o.leaveRunning, compression: o.compress, tree: !!o.tree,
         tls: o.tls || o.tlsCa || o.tlsInsecure ? { ca: o.tlsCa, insecure: !!o.tlsInsecure } : undefined,
         warn,
-        onEvent: (e) => process.stderr.write(o.json ? `${JSON.stringify(e)}\n` : `tsnap migrate: ${Object.entries(e).map(([k, v]) => `${k}=${v}`).join(' ')}\n`),
+        onEvent: (e) => (o.json ? process.stderr.write(`${JSON.stringify(e)}\n`) : mo.step(`migrate: ${Object.entries(e).map(([k, v]) => `${k}=${v}`).join(' ')}`)),
       });
-      if (o.json) { process.stdout.write(`${JSON.stringify({ event: 'done', ...r })}\n`); }
+      if (o.json) { mo.result(`${JSON.stringify({ command: 'migrate', event: 'done', ...r })}\n`); }
       else {
-        process.stdout.write(`migrated process ${o.pid} in ${r.iterations} iterations (${r.stoppedBecause})\n`
+        mo.result(`migrated process ${o.pid} in ${r.iterations} iterations (${r.stoppedBecause})\n`
           + `  sent ${formatBytes(r.bytesSent)} in ${formatUs(r.totalMs * 1000)}, downtime ${formatUs(r.downtimeMs * 1000)}\n`
           + `  receiver image: ${r.receiverDir}${r.restoredPid ? `, running as pid ${r.restoredPid}` : ''}\n`);
       }
@@ -260,8 +282,55 @@ export async function main(argv: string[]): Promise<void> {
     .description('describe an image: process, registers, memory, files, pages')
     .argument('<dir>', 'image directory')
     .option('--json', 'print the full decoded metadata as JSON')
+    .addHelpText('after', '\nExamples:\n  tsnap show img/3                   # process, threads, memory map, files, chain sizes\n  tsnap show img/3 --json | jq .process.fds')
     .action((dir: string, o: { json?: boolean }) => {
-      process.stdout.write(showImage(dir, !!o.json));
+      out(o.json).result(showImage(dir, !!o.json));
+    });
+
+  program.command('check')
+    .description('test the kernel features and privileges tsnap needs on this machine')
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', '\nExamples:\n  tsnap check\n  tsnap check --json | jq \'.items[] | select(.ok | not)\'\n\nExit status: 0 when everything required works, 9 otherwise.')
+    .action(async (o: { json?: boolean }) => {
+      const o2 = out(o.json);
+      const r = await check();
+      if (o.json) o2.result(`${JSON.stringify({ command: 'check', ...r })}\n`);
+      else o2.result(formatCheck(r));
+      if (!r.ok) process.exitCode = ExitCode.kernel;
+    });
+
+  program.command('verify')
+    .description('check every checksum of an image chain (or tree), and that every parent is there and matches')
+    .argument('<dir>', 'the newest image of the chain, or a tree image')
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', '\nExamples:\n  tsnap verify img/3            # the image and all its parents\n  tsnap verify backup && tsnap restore --dir backup\n\nExit status: 0 when intact, 7 (bad image) otherwise, naming the damaged file.')
+    .action((dir: string, o: { json?: boolean }) => {
+      const o2 = out(o.json);
+      const r = verify(dir);
+      if (o.json) { o2.result(`${JSON.stringify({ command: 'verify', ok: true, ...r })}\n`); return; }
+      const images = r.processes.reduce((n, p) => n + p.chain.length, 0);
+      const bytes = r.processes.reduce((n, p) => n + p.chain.reduce((m, c) => m + c.bytesStored, 0), 0);
+      o2.result(`${dir}: intact: ${images} image${images === 1 ? '' : 's'}${r.tree ? ` of ${r.processes.length} processes` : ''}, ${formatBytes(bytes)} of pages checked\n`
+        + r.processes.map((p) => p.chain.map((c) => `  ${r.tree ? `${p.pid}: ` : ''}${c.dir} ${c.kind} ${c.contents} ${c.chunks} chunks ${formatBytes(c.bytesStored)}\n`).join('')).join(''));
+    });
+
+  program.command('demo')
+    .description('walk through tsnap on a sample process: pre-dump twice while it runs, dump, show, restore')
+    .option('--dir <dir>', 'where the images go (default: a new temporary directory, removed afterwards)')
+    .option('--keep', 'keep the images')
+    .addHelpText('after', '\nExample:\n  npm run demo      # the same as: tsnap demo')
+    .action(async (o: { dir?: string; keep?: boolean }) => {
+      const o2 = out();
+      await runDemo({ dir: o.dir, keep: !!o.keep, print: (t: string) => o2.result(t), warn });
+    });
+
+  program.command('completion')
+    .description('print a shell completion script (bash or zsh)')
+    .argument('[shell]', 'bash or zsh', 'bash')
+    .addHelpText('after', '\nExamples:\n  tsnap completion bash > /etc/bash_completion.d/tsnap\n  source <(tsnap completion bash)\n  tsnap completion zsh > "${fpath[1]}/_tsnap"')
+    .action((shell: string) => {
+      if (shell !== 'bash' && shell !== 'zsh') throw new TsnapError('usage', `no completion for ${shell}; use bash or zsh`);
+      out().result(completionScript(program, shell));
     });
 
   // Should a bug leave tsnap waiting on nothing, Node would exit with 0 as if
@@ -276,19 +345,19 @@ export async function main(argv: string[]): Promise<void> {
   try {
     await program.parseAsync(argv);
   } catch (err) {
-    process.exitCode = reportError(err);
+    process.exitCode = reportError(err, output);
   } finally {
     settled = true;
   }
 }
 
-function reportError(err: unknown): number {
+function reportError(err: unknown, output: Output | null): number {
   if (err instanceof CommanderError) {
     if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return 0;
     return ExitCode.usage;
   }
   if (err instanceof TsnapError) {
-    process.stderr.write(`tsnap: ${err.message}\n`);
+    if (output) output.error(err.message); else process.stderr.write(`tsnap: ${err.message}\n`);
     if (process.env.TSNAP_DEBUG && err.cause) process.stderr.write(`${(err.cause as Error).stack ?? err.cause}\n`);
     return err.exitCode;
   }

@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import { release as kernelRelease } from 'node:os';
 import { relative, resolve } from 'node:path';
-import { closeSync } from 'node:fs';
+import { closeSync, readFileSync } from 'node:fs';
 import { ProcMem, Pagemap } from '../sys/index.js';
 import { readStat, readStatus, readMaps } from '../proc/index.js';
 import { FrozenProcess } from '../freeze/frozen-process.js';
@@ -50,7 +50,8 @@ export interface DumpOptions {
   chunkSize?: number;
   /** Parent image: store only what changed since it (needs its tracking). */
   parent?: string;
-  onProgress?: (p: { bytes: number }) => void;
+  /** Bytes of memory copied so far, of `total` to copy this round. */
+  onProgress?: (p: { bytes: number; total: number; pid: number }) => void;
   warn?: (msg: string) => void;
   /**
    * Keep the target frozen after the image is complete and hand it to the
@@ -156,10 +157,13 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         }
         let copied = 0;
         let vanished = 0;
+        // A delta knows its pages; a full copy streams them: estimate with the
+        // resident anonymous memory (statm: resident - file-backed resident).
+        const total = Array.isArray(selection) ? selection.reduce((n, r) => n + (r.end - r.start), 0) : anonResidentBytes(pid);
         const pages = await copyPages(pid, layout.vmas, selection, pageWriter, mem, {
           onProgress: (bytes) => {
             copied += bytes;
-            opts.onProgress?.({ bytes: copied });
+            opts.onProgress?.({ bytes: copied, total, pid });
             checkAbort();
           },
           // A running target may unmap memory under us: make sure the range is
@@ -315,5 +319,14 @@ export function checkMappings(pid: number): void {
     if (v.shared && v.path === '/dev/zero') continue;
     if (isMemfdPath(v.path)) continue; // stored whole (src/files/fifo-memfd.ts)
     throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from deleted files or SysV shm cannot be restored yet`);
+  }
+}
+
+function anonResidentBytes(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ').map(Number);
+    return Math.max(0, f[1] - f[2]) * 4096;
+  } catch {
+    return 0;
   }
 }

@@ -86,7 +86,7 @@ export interface FillResult {
 /** Chunks read and decoded ahead of the one being written. */
 const READ_AHEAD = 6;
 
-export async function fillPages(pid: number, chain: readonly Image[], within: Range[], sc: RemoteSyscaller | null = null): Promise<FillResult> {
+export async function fillPages(pid: number, chain: readonly Image[], within: Range[], sc: RemoteSyscaller | null = null, onProgress?: (done: number, total: number) => void): Promise<FillResult> {
   const copier = new VmCopier(pid);
   const readers: (PageFileReader | null)[] = chain.map(() => null);
   const readerOf = (image: number) => (readers[image] ??= new PageFileReader(chain[image].dir, chain[image].pagemap.chunks));
@@ -105,6 +105,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
       list.push(r);
     }
     const order = [...byChunk.keys()];
+    const total = resolved.reduce((n, r) => n + r.pages * 4096, 0);
     const runsInOrder = order.flatMap((c, pos) => byChunk.get(c)!.map((run) => ({ run, pos })));
     populator = new Populator(sc, runsInOrder);
     populator.begin();
@@ -148,6 +149,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
         }
       }
       for (const r of runs) pages += r.pages;
+      onProgress?.(pages * 4096, total);
       pool.push(readBuf);
       refill();
     }

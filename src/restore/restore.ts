@@ -35,6 +35,8 @@ export interface RestoreOptions {
   stderr?: string;
   pidfile?: string;
   warn?: (msg: string) => void;
+  /** Bytes of memory written so far and in all (per process of a tree). */
+  onProgress?: (p: { bytes: number; total: number; pid: number }) => void;
 }
 
 export interface RestoreStats {
@@ -179,7 +181,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       }
       const fixProt = mapVmas(rt, m.p, imports, fileAt);
       step = `write the memory of ${m.p.pid}`;
-      const filled = await fillPages(rt.pid, m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })), rt.sc);
+      const filled = await fillPages(rt.pid, m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })), rt.sc,
+        opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
       pages += filled.pages;
       bytes += filled.bytes;
       finishProtections(rt, fixProt);

@@ -1,0 +1,77 @@
+/**
+ * `tsnap verify`: every checksum of an image chain (or of every process
+ * chain of a tree image) is read and checked, and every parent must be
+ * present and be the image its child names. Nothing is written.
+ */
+import { join } from 'node:path';
+import { readChain, type Image } from './image-reader.js';
+import { PageFileReader } from './page-file.js';
+import { isTreeImage, readTreeManifest } from './tree-manifest.js';
+import { PageWhere } from '../../formats/schema.js';
+import { TsnapError } from '../errors.js';
+
+export interface VerifiedImage {
+  dir: string;
+  imageId: string;
+  kind: 'full' | 'delta';
+  contents: 'dump' | 'predump';
+  chunks: number;
+  bytesStored: number;
+  pagesStored: number;
+}
+
+export interface VerifyResult {
+  dir: string;
+  tree: boolean;
+  /** Per process (one unless a tree): its chain, newest first. */
+  processes: { pid: number; chain: VerifiedImage[] }[];
+}
+
+function verifyImage(img: Image): VerifiedImage {
+  const { chunks, runs } = img.pagemap;
+  let pages = 0;
+  for (const r of runs) {
+    if (r.where !== PageWhere.Here) continue;
+    const c = chunks[r.chunk];
+    if (!c || r.offset + r.pages * 4096 > c.rawLength) {
+      throw new TsnapError('badImage', `${img.dir}: page run at 0x${r.start.toString(16)} points outside chunk ${r.chunk}; the image is damaged`);
+    }
+    pages += r.pages;
+  }
+  let stored = 0;
+  if (chunks.length > 0 || img.inventory.files.pages) {
+    const reader = new PageFileReader(img.dir, chunks);
+    try {
+      // readChunk checks each chunk's CRC and decoded length.
+      for (let i = 0; i < chunks.length; i++) { reader.readChunk(i); stored += chunks[i].storedLength; }
+      const want = img.inventory.files.pages?.length;
+      if (want !== undefined && reader.payloadLength !== want) {
+        throw new TsnapError('badImage', `${img.dir}/pages holds ${reader.payloadLength} bytes, its inventory says ${want}; the image is damaged`);
+      }
+    } finally {
+      reader.close();
+    }
+  }
+  if (img.inventory.kind === 'full' && runs.some((r) => r.where === PageWhere.Parent)) {
+    throw new TsnapError('badImage', `${img.dir}: a full image refers to pages of a parent`);
+  }
+  return {
+    dir: img.dir, imageId: img.inventory.imageId, kind: img.inventory.kind, contents: img.inventory.contents ?? 'dump',
+    chunks: chunks.length, bytesStored: stored, pagesStored: pages,
+  };
+}
+
+function verifyChain(dir: string): { pid: number; chain: VerifiedImage[] } {
+  // readChain checks every metadata CRC, that each parent exists and is the
+  // image its child names, and that the chain does not loop.
+  const chain = readChain(dir);
+  const last = chain[chain.length - 1];
+  if (last.inventory.kind !== 'full') throw new TsnapError('badImage', `${last.dir}: the chain ends in a delta without its parent`);
+  return { pid: chain[0].inventory.pid, chain: chain.map(verifyImage) };
+}
+
+export function verify(dir: string): VerifyResult {
+  if (!isTreeImage(dir)) return { dir, tree: false, processes: [verifyChain(dir)] };
+  const manifest = readTreeManifest(dir);
+  return { dir, tree: true, processes: manifest.processes.map((m) => verifyChain(join(dir, m.dir))) };
+}
