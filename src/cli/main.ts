@@ -263,7 +263,7 @@ export async function main(argv: string[]): Promise<void> {
         pid: o.pid, host, port, token: readToken(o), downtimeMs: o.downtimeMs, maxIterations: o.maxIterations,
         bandwidthLimit: o.bandwidthLimit, leaveRunning: !!o.leaveRunning, compression: o.compress, tree: !!o.tree,
         tls: o.tls || o.tlsCa || o.tlsInsecure ? { ca: o.tlsCa, insecure: !!o.tlsInsecure } : undefined,
-        warn,
+        warn, onProgress: progress('sending the memory of'),
         onEvent: (e) => (o.json ? process.stderr.write(`${JSON.stringify(e)}\n`) : mo.step(`migrate: ${Object.entries(e).map(([k, v]) => `${k}=${v}`).join(' ')}`)),
       });
       if (o.json) { mo.result(`${JSON.stringify({ command: 'migrate', event: 'done', ...r })}\n`); }

@@ -41,6 +41,8 @@ export interface MigrateOptions {
   tree?: boolean;
   onEvent?: (e: Record<string, unknown>) => void;
   warn?: (m: string) => void;
+  /** Memory copied in the current round (see DumpOptions.onProgress). */
+  onProgress?: (p: { bytes: number; total: number; pid: number }) => void;
 }
 
 export interface MigrateResult {
@@ -98,10 +100,10 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
     /** One pre-dump round (of the process or of the tree) and its totals. */
     const round = async (dir: string, parent: string | undefined): Promise<Round> => {
       if (!opts.tree) {
-        const r = await preDump({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn });
+        const r = await preDump({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress });
         return { dir: r.dir, pagesWritten: r.stats.pagesWritten, bytesRaw: r.stats.bytesRaw, bytesStored: r.stats.bytesStored };
       }
-      const t = await dumpTree({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn }, 'predump');
+      const t = await dumpTree({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress }, 'predump');
       return totals(t.dir, t.processes.map((p) => p.result));
     };
 
@@ -130,7 +132,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
     }
 
     // Downtime starts here: freeze, last delta, full state.
-    const finalOpts = { pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn };
+    const finalOpts = { pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress };
     let frozenAt: bigint;
     let finalDir: string;
     if (opts.tree) {
