@@ -72,6 +72,7 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     const lastBefore = () => ticks(log).pop() ?? '';
     const before = lastBefore();
     await step(4, 'dump: frozen only for the last delta and its state, then killed (tsnap dump --parent)', () => dump({ pid, dir: d3, parent: d2, warn: o.warn }));
+    const atDump = ticks(log).length;
     const lastTick = ticks(log).pop() ?? before;
     p(`   its last words: ${lastTick}\n\n`);
 
@@ -84,9 +85,9 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     const r = await restore({ dir: d3, stdin: '/dev/null', stdout: log, stderr: log, warn: o.warn });
     restoredPid = r.pid;
     p(`6. restore (tsnap restore): pid ${r.pid} again, ${formatBytes(r.stats.bytesRestored)} of memory in ${formatUs(r.stats.restoreUs)}\n`);
-    const n = ticks(log).length;
-    await until(() => ticks(log).length >= n + 3, 10_000, 'the restored workload to go on');
-    const after = ticks(log).slice(n, n + 3);
+    // What it printed since the dump (it may already have printed before restore returned).
+    await until(() => ticks(log).length >= atDump + 3, 10_000, 'the restored workload to go on');
+    const after = ticks(log).slice(atDump, atDump + 3);
     p(`   it goes on where it stopped: ${lastTick} -> ${after.join(', ')}\n`);
     const corrupt = ticks(log).filter((l) => l.includes('CORRUPT'));
     if (corrupt.length) throw new TsnapError('internal', `demo: the restored workload found its memory damaged: ${corrupt[0]}`);
