@@ -108,21 +108,18 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; tcpEstablished?: boolean; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
       out(o.json);
       if (o.tcpEstablished && o.preDumps !== undefined) throw new TsnapError('usage', '--tcp-established does not go with --pre-dumps yet; run pre-dump and dump --parent');
+      const common = {
+        pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
+        fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, onProgress: progress('copying the memory of'),
+      };
       if (o.tree) {
         if (o.preDumps !== undefined) throw new TsnapError('usage', '--pre-dumps does not go with --tree yet; run pre-dump --tree and dump --tree --parent');
-        const t = await dumpTree({
-          pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
-          fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, onProgress: progress('copying the memory of'),
-        }, 'dump');
-        reportTree(t, 'dumped', o.json);
+        reportTree(await dumpTree(common, 'dump'), 'dumped', o.json);
         return;
       }
       if (o.preDumps !== undefined) {
         if (o.parent) throw new TsnapError('usage', '--pre-dumps and --parent do not go together');
-        const it = await dumpIteratively({
-          pid: o.pid, dir: o.dir, preDumps: o.preDumps, leaveRunning: !!o.leaveRunning, compression: o.compress,
-          fsync: o.leaveRunning ? false : o.fsync, warn, onProgress: progress('copying the memory of'),
-        });
+        const it = await dumpIteratively({ ...common, preDumps: o.preDumps });
         if (o.json) {
           output!.result(JSON.stringify({ command: 'dump', final: it.final.dir, stoppedBecause: it.stoppedBecause, rounds: [...it.rounds, it.final].map((r) => ({ dir: r.dir, kind: r.kind, stats: r.stats })) }) + '\n');
           return;
@@ -133,11 +130,7 @@ export async function main(argv: string[]): Promise<void> {
         output!.result(`restore with: tsnap restore --dir ${it.final.dir}\n`);
         return;
       }
-      const r = await dump({
-        pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
-        fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, onProgress: progress('copying the memory of'),
-      });
-      report(r, 'dumped', o.pid, o.json);
+      report(await dump(common), 'dumped', o.pid, o.json);
     });
 
   program.command('pre-dump')

@@ -87,20 +87,10 @@ export function restoreFifo(rt: RemoteTask, group: FdImage[], floor: number): vo
 
 export function restoreMemfd(rt: RemoteTask, group: FdImage[], floor: number): void {
   const f = group[0];
-  const m = f.memfd!;
-  const name = rt.put(Buffer.from(`${m.name.slice(0, 249)}\0`), 1024);
-  const tmp = Number(rt.sc.check(`memfd_create(${m.name})`, SYS.memfd_create, name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  const mine = openSync(`/proc/${rt.pid}/fd/${tmp}`, C.O_RDWR | O_CLOEXEC);
-  try {
-    ftruncateSync(mine, m.data.length);
-    for (let at = 0; at < m.data.length;) at += writeSync(mine, m.data, at, m.data.length - at, at);
-  } finally {
-    closeSync(mine);
-  }
+  const tmp = createMemfdObject(rt, f.memfd!, floor);
   if (f.pos > 0) rt.sc.check('lseek(memfd)', SYS.lseek, tmp, f.pos, SEEK_SET);
   const flags = f.flags & SETFL_MASK;
   if (flags) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, tmp, F_SETFL, flags);
-  if (m.seals) rt.sc.check('fcntl(F_ADD_SEALS)', SYS.fcntl, tmp, F_ADD_SEALS, m.seals);
   placeFds(rt, [{ tmp, targets: group }], floor);
 }
 
