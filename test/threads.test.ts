@@ -143,4 +143,17 @@ for line in sys.stdin:
     r.writeLine('wake');
     await r.waitForLine(/^WOKE/);
   });
+
+  it('pending signals come back with their siginfo: queued values in order, and one directed at a thread to that thread', async () => {
+    const work = tmpDir('tsnap-threads-');
+    const p = await startProcess(await compileC('pending'), []);
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('check');
+    expect(await r.waitForLine(/^(PASS|FAIL)/)).toBe('PASS');
+  });
 });

@@ -13,7 +13,7 @@ import { createProcess, pidTaken, type NewProcess } from './create-process.js';
 import { RemoteTask } from './remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
-import { restoreMm, restoreProcessState, restoreThreadState } from './task-state.js';
+import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals } from './task-state.js';
 import { FdRestorer } from './fds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { createThreads, type RestoredThread } from './threads.js';
@@ -208,6 +208,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       if (newPid && m.threads.length > 1) warn(`threads of ${m.p.pid} got new tids: the program's own record of them (pthread tid caches) still holds the old ones`);
       step = `restore the thread state of ${m.p.pid}`;
       for (const th of m.threads) restoreThreadState(th.rt, th.image);
+      step = `queue the pending signals of ${m.p.pid}`;
+      requeueSignals(rt, rt.pid, m.threads, m.p.signals.sharedPending);
     }
     for (const m of members) {
       step = `remove the restore stub from ${m.p.pid}`;

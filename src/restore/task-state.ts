@@ -76,3 +76,28 @@ export function restoreThreadState(rt: RemoteTask, t: ThreadImage): void {
   if (t.robustList.head !== 0n) rt.sc.check('set_robust_list', SYS.set_robust_list, t.robustList.head, t.robustList.len);
   if (t.rseq) rt.sc.check('rseq', SYS.rseq, t.rseq.pointer, t.rseq.size, 0, t.rseq.signature);
 }
+
+const SIG_SETMASK = 2;
+
+/**
+ * Signals that were pending at the dump, queued again with their siginfo
+ * (sender, value, code). Every thread first blocks every signal, so that
+ * nothing is delivered while tsnap still drives the task with remote
+ * syscalls; the real masks are set with the registers, and the signals the
+ * program does not block are delivered as it resumes.
+ */
+export function requeueSignals(leader: RemoteTask, tgid: number, threads: { rt: RemoteTask; image: ThreadImage }[], shared: Buffer[]): void {
+  const all = Buffer.alloc(8, 0xff);
+  for (const th of threads) th.rt.sc.check('rt_sigprocmask(block all)', SYS.rt_sigprocmask, SIG_SETMASK, th.rt.put(all, 2048), 0, 8);
+  // The kernel takes a siginfo with a user or kernel si_code only from the
+  // task it is addressed to: each thread queues its own.
+  const queue = (rt: RemoteTask, info: Buffer, thread: boolean) => {
+    const signo = info.readInt32LE(0);
+    if (signo <= 0 || signo === 9 || signo === 19) return; // SIGKILL/SIGSTOP: not queued by hand
+    const at = rt.put(info, 2048);
+    if (!thread) rt.sc.check(`rt_sigqueueinfo(${signo})`, SYS.rt_sigqueueinfo, tgid, signo, at);
+    else rt.sc.check(`rt_tgsigqueueinfo(${rt.pid}, ${signo})`, SYS.rt_tgsigqueueinfo, tgid, rt.pid, signo, at);
+  };
+  for (const info of shared) queue(leader, info, false);
+  for (const th of threads) for (const info of th.image.pendingSignals) queue(th.rt, info, true);
+}

@@ -17,6 +17,8 @@ export const SYS = {
   brk: 12,
   rt_sigaction: 13,
   rt_sigprocmask: 14,
+  rt_sigqueueinfo: 129,
+  rt_tgsigqueueinfo: 297,
   ioctl: 16,
   sched_yield: 24,
   mremap: 25,
