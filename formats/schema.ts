@@ -121,6 +121,11 @@ export interface ProcessImage {
    * process stores those it maps; restore creates each memfd once.
    */
   memfds?: MemfdObjectImage[];
+  /**
+   * Interval timers (setitimer/alarm: 0 REAL, 1 VIRTUAL, 2 PROF) that were
+   * armed, with the time left and the period, in µs (tsnap 0.2+, optional).
+   */
+  itimers?: { which: number; valueUs: number; intervalUs: number }[];
   prctl: {
     dumpable: number;
     pdeathsig: number;

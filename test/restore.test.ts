@@ -178,6 +178,50 @@ describe('tsnap restore', () => {
   });
 });
 
+describe('timers', () => {
+  it('an interval timer (setitimer) keeps firing after restore, with its period', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const p = await startPython(`
+import signal, sys
+n = 0
+def tick(s, f):
+    global n
+    n += 1
+signal.signal(signal.SIGALRM, tick)
+signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+print('READY', flush=True)
+for line in sys.stdin:
+    print('TICKS %d %.2f' % (n, signal.getitimer(signal.ITIMER_REAL)[1]), flush=True)
+`);
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('');
+    const a = /TICKS (\d+) ([\d.]+)/.exec(await r.waitForLine(/^TICKS/))!;
+    await new Promise((res) => setTimeout(res, 300));
+    const mark = r.lines.length;
+    r.writeLine('');
+    const b = /TICKS (\d+) ([\d.]+)/.exec(await r.waitForLine(/^TICKS/, 5000, mark))!;
+    expect(a[2]).toBe('0.05');
+    expect(Number(b[1])).toBeGreaterThan(Number(a[1]) + 2);
+  });
+
+  it('POSIX timers, which are not restored yet, are named in a warning rather than lost silently', async () => {
+    const work = tmpDir('tsnap-restore-');
+    const p = await startPython(`
+import ctypes, time
+tid = ctypes.c_void_p()
+assert ctypes.CDLL(None).timer_create(1, None, ctypes.byref(tid)) == 0
+print('READY', flush=True)
+time.sleep(600)
+`);
+    const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--leave-running');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`process ${p.pid} has 1 POSIX timer (timer_create); it is not restored`);
+  });
+});
+
 describe('pids', () => {
   it('a taken pid is refused naming its holder; --new-pid runs a second copy next to the original', async () => {
     const work = tmpDir('tsnap-restore-');

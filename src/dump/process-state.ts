@@ -96,6 +96,7 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     mm,
     fds: fds ?? readFds(pid, { tcpEstablished, enter: true }),
     memfds: readMappedMemfds(pid, layout.vmas, (i) => layout.images[i].file),
+    itimers: remote.itimers,
     prctl: remote.prctl,
   };
 }

@@ -23,7 +23,9 @@ const SIGSTOP = 19;
  */
 const SIGACTIONS_AT = 0;
 const WORDS_AT = NSIG * KSIGACTION_SIZE;
-const THREADS_AT = WORDS_AT + 24;
+const ITIMERS_AT = WORDS_AT + 24;
+const ITIMERVAL_SIZE = 32;
+const THREADS_AT = ITIMERS_AT + 3 * ITIMERVAL_SIZE;
 const PER_THREAD = STACK_T_SIZE + 8;
 
 export interface RemoteState {
@@ -31,6 +33,7 @@ export interface RemoteState {
   signals: SignalImage;
   prctl: ProcessImage['prctl'];
   brk: number;
+  itimers: NonNullable<ProcessImage['itimers']>;
 }
 
 /**
@@ -67,6 +70,7 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
     const thpDisable = Number(sc.check('prctl(PR_GET_THP_DISABLE)', SYS.prctl, PR.GET_THP_DISABLE, 0, 0, 0, 0));
     // brk(0) cannot fail: it returns the current break.
     const brk = Number(sc.call(SYS.brk, 0));
+    for (let which = 0; which < 3; which++) sc.check(`getitimer(${which})`, SYS.getitimer, which, scratch + ITIMERS_AT + which * ITIMERVAL_SIZE);
     callers.forEach((tsc, i) => {
       const at = scratch + THREADS_AT + i * PER_THREAD;
       tsc.check('sigaltstack', SYS.sigaltstack, 0, at);
@@ -100,8 +104,13 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
         pendingSignals: outside[i].pendingSignals,
       };
     });
+    const us = (o: number) => Number(out.readBigInt64LE(o)) * 1e6 + Number(out.readBigInt64LE(o + 8));
+    const itimers = [0, 1, 2]
+      .map((which) => ({ which, intervalUs: us(ITIMERS_AT + which * ITIMERVAL_SIZE), valueUs: us(ITIMERS_AT + which * ITIMERVAL_SIZE + 16) }))
+      .filter((t) => t.valueUs > 0);
     return {
       threads,
+      itimers,
       signals: { actions, sharedPending },
       prctl: {
         dumpable,

@@ -101,3 +101,15 @@ export function requeueSignals(leader: RemoteTask, tgid: number, threads: { rt: 
   for (const info of shared) queue(leader, info, false);
   for (const th of threads) for (const info of th.image.pendingSignals) queue(th.rt, info, true);
 }
+
+/** Armed interval timers (alarm, setitimer), with the time they had left at the dump. */
+export function restoreItimers(rt: RemoteTask, p: ProcessImage): void {
+  for (const t of p.itimers ?? []) {
+    const v = Buffer.alloc(32);
+    v.writeBigInt64LE(BigInt(Math.floor(t.intervalUs / 1e6)), 0);
+    v.writeBigInt64LE(BigInt(t.intervalUs % 1e6), 8);
+    v.writeBigInt64LE(BigInt(Math.floor(t.valueUs / 1e6)), 16);
+    v.writeBigInt64LE(BigInt(t.valueUs % 1e6), 24);
+    rt.sc.check(`setitimer(${t.which})`, SYS.setitimer, t.which, rt.put(v, 2048), 0);
+  }
+}

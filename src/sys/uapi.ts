@@ -17,6 +17,8 @@ export const SYS = {
   brk: 12,
   rt_sigaction: 13,
   rt_sigprocmask: 14,
+  getitimer: 36,
+  setitimer: 38,
   rt_sigqueueinfo: 129,
   rt_tgsigqueueinfo: 297,
   ioctl: 16,
