@@ -108,6 +108,39 @@ describe('process trees', () => {
     expect(readFileSync(join(work, 'img', 'tree')).length).toBeGreaterThan(0);
   });
 
+  it('--new-pid runs a second copy of a tree next to the running original, with its own children, groups and pipes', async () => {
+    const work = tmpDir('tsnap-tree-');
+    const p: Running = await startProcess(await compileC('tree'), []);
+    const kids = [Number(p.readyInfo.child1), Number(p.readyInfo.child2)];
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree', '--leave-running');
+    expect(d.code, d.stderr).toBe(0);
+    const r = await restoreDetached(dir, join(work, 'pid'), ['--new-pid']);
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(r.pid).not.toBe(p.pid);
+    const copyKids = readFileSync(`/proc/${r.pid}/task/${r.pid}/children`, 'utf8').trim().split(' ').map(Number);
+    try {
+      expect(copyKids.length).toBe(2);
+      for (const k of copyKids) expect(kids).not.toContain(k);
+      // child1 leads its own group in the copy too; child2 its own session.
+      const [c1, c2] = copyKids.map(identity);
+      expect(c1.pgrp).toBe(c1.pid);
+      expect(c2.session).toBe(c2.pid);
+      const s1 = await status(r, 0);
+      await new Promise((res) => setTimeout(res, 200));
+      const s2 = await status(r, r.lines.length);
+      expect(s2.last).toBeGreaterThan(s1.last);
+      // The copy's children check getppid() against the pid they knew: the
+      // original's. The stale-pid warning says so.
+      expect(r.result.stderr).toMatch(/new pids/);
+      // The original runs on, untouched.
+      const o = await status(p, p.lines().length);
+      expect(o.bad).toBe(0);
+    } finally {
+      for (const k of copyKids) await killPid(k);
+    }
+  });
+
   it('memory a parent and child share through a memfd and a /dev/shm file stays shared after restore', async () => {
     const work = tmpDir('tsnap-tree-');
     const shm = `/dev/shm/tsnap-test-${process.pid}-${Date.now()}`;

@@ -126,7 +126,6 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const tree = isTreeImage(opts.dir);
   const root = members[0];
   const newPid = !!opts.newPid;
-  if (tree && newPid) throw new TsnapError('usage', '--new-pid is not supported for process trees yet: their processes refer to each other by pid');
   for (const m of members) preflight(m.chain[0], m.p, newPid);
 
   const stdio = openStdio(opts);
@@ -157,8 +156,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     clearHelperMappings(root.rt, stub);
     if (tree) {
       step = 'create the process tree';
-      const deferred = createChildren(root, stub.addr, newPid, created);
-      for (const [m, pgid] of deferred) m.rt!.sc.check(`setpgid(0, ${pgid})`, SYS.setpgid, 0, pgid);
+      const { deferred, pidOf } = createChildren(root, stub.addr, newPid, created);
+      for (const [m, pgid] of deferred) m.rt!.sc.check(`setpgid(0, ${pidOf.get(pgid)})`, SYS.setpgid, 0, pidOf.get(pgid)!);
       if (newPid) warn('processes got new pids: what they recorded of each other\'s pids is stale');
     }
     const sharedFrom = new Map<string, { pid: number; v: VmaImage }>();
@@ -267,17 +266,18 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
  * setpgid calls that must wait until every process exists (a group whose
  * leader comes later in the tree).
  */
-function createChildren(parent: Member, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[]): [Member, number][] {
+function createChildren(parent: Member, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[]): { deferred: [Member, number][]; pidOf: Map<number, number> } {
   const deferred: [Member, number][] = [];
   const prt = parent.rt!;
-  const pids = new Set<number>();
+  /** Original pid -> pid restored (the same, but with --new-pid). */
+  const pids = new Map<number, number>();
   const inTree = new Set<number>();
   const collect = (m: Member) => { inTree.add(m.p.pid); m.children.forEach(collect); };
   collect(parent);
   const walk = (m: Member) => {
     const rt = m.rt!;
     setSessionAndGroup(m, deferred, pids, inTree);
-    pids.add(m.p.pid);
+    pids.set(m.p.pid, rt.pid);
     if (m.children.length) ptrace.setOptions(rt.pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
     for (const c of m.children) {
       const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
@@ -306,7 +306,7 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
     }
   };
   walk(parent);
-  return deferred;
+  return { deferred, pidOf: pids };
 }
 
 /**
@@ -314,16 +314,15 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
  * group of the tree. Sessions and groups led from outside the tree are those
  * of tsnap restore (as a shell job's are).
  */
-function setSessionAndGroup(m: Member, deferred: [Member, number][], existing: Set<number>, inTree: Set<number>): void {
+function setSessionAndGroup(m: Member, deferred: [Member, number][], existing: Map<number, number>, inTree: Set<number>): void {
   const rt = m.rt!;
   if (m.p.sid === m.p.pid) rt.sc.check('setsid', SYS.setsid);
   else if (m.p.pgid === m.p.pid) rt.sc.check('setpgid(0, 0)', SYS.setpgid, 0, 0);
   if (m.p.pgid !== m.p.pid && inTree.has(m.p.pgid)) {
     const current = Number(rt.sc.check('getpgid', SYS.getpgid, 0));
-    if (current !== m.p.pgid) {
-      if (existing.has(m.p.pgid)) rt.sc.check(`setpgid(0, ${m.p.pgid})`, SYS.setpgid, 0, m.p.pgid);
-      else deferred.push([m, m.p.pgid]);
-    }
+    const leader = existing.get(m.p.pgid);
+    if (leader === undefined) deferred.push([m, m.p.pgid]);
+    else if (current !== leader) rt.sc.check(`setpgid(0, ${leader})`, SYS.setpgid, 0, leader);
   }
 }
 
