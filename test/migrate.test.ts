@@ -121,6 +121,41 @@ describe('tsnap migrate', () => {
     for (const k of kids) expect(readFileSync(`/proc/${k}/stat`, 'utf8').split(' ')[3]).toBe(String(p.pid));
   });
 
+  it('--tcp-established: a server migrates with its client connection, which carries on with the moved process', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const srv = await startServer(join(work, 'in'), ['--restore', '--count', '1']);
+    const p = await startProcess('python3', ['-u', '-c', `
+import socket
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+print('READY port=%d' % l.getsockname()[1], flush=True)
+c, _ = l.accept()
+l.close()
+n = 0
+while True:
+    line = b''
+    while not line.endswith(b'\\n'):
+        line += c.recv(1)
+    n += 1
+    c.sendall(b'echo:' + line.strip() + b' n=%d pid=%d\\n' % (n, __import__('os').getpid()))
+`]);
+    const client = connect(Number(p.readyInfo.port), '127.0.0.1');
+    await new Promise((res) => client.once('connect', res));
+    const got: string[] = [];
+    let buf = '';
+    client.on('data', (x) => { buf += x; const parts = buf.split('\n'); buf = parts.pop()!; got.push(...parts); });
+    const next = async (n: number) => { for (let i = 0; i < 500 && got.length < n; i++) await new Promise((res) => setTimeout(res, 10)); return got[n - 1]; };
+    client.write('a\n');
+    expect(await next(1)).toBe(`echo:a n=1 pid=${p.pid}`);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--tcp-established', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    await p.exited;
+    const done = JSON.parse(r.stdout.trim().split('\n').pop()!) as { restoredPid: number };
+    restored.push(done.restoredPid);
+    client.write('b\n');
+    expect(await next(2)).toBe(`echo:b n=2 pid=${p.pid}`);
+    client.destroy();
+  });
+
   it('a write-heavy process that never converges stops at the iteration cap, and the downtime is reported', async () => {
     const work = tmpDir('tsnap-mig-');
     const out = join(work, 'restored.out');

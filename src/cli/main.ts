@@ -243,18 +243,19 @@ export async function main(argv: string[]): Promise<void> {
     .option('--bandwidth-limit <rate>', 'cap the sending rate (e.g. 100M bytes/s)', parseRate)
     .option('-R, --leave-running', 'keep the source running after the receiver has the image')
     .option('-t, --tree', 'migrate the process and all its descendants')
+    .option('--tcp-established', 'take established TCP connections along (TCP repair mode; the peer must reach the receiver at the same address)')
     .addOption(new Option('--compress <codec>', 'page compression').choices(['lz4', 'none']).default('none'))
     .option('--tls', 'connect with TLS')
     .option('--tls-ca <file>', 'CA certificate to verify the receiver with')
     .option('--tls-insecure', 'do not verify the receiver\'s certificate')
     .option('--json', 'one JSON event per line, then the report')
     .addHelpText('after', '\nExample:\n  tsnap migrate --pid 1234 --to 10.0.0.2:7707 --token-file /etc/tsnap/token --downtime-ms 50')
-    .action(async (o: { pid: number; to: string; token?: string; tokenFile?: string; downtimeMs: number; maxIterations: number; bandwidthLimit?: number; leaveRunning?: boolean; tree?: boolean; compress: 'lz4' | 'none'; tls?: boolean; tlsCa?: string; tlsInsecure?: boolean; json?: boolean }) => {
+    .action(async (o: { pid: number; to: string; token?: string; tokenFile?: string; downtimeMs: number; maxIterations: number; bandwidthLimit?: number; leaveRunning?: boolean; tree?: boolean; tcpEstablished?: boolean; compress: 'lz4' | 'none'; tls?: boolean; tlsCa?: string; tlsInsecure?: boolean; json?: boolean }) => {
       const { host, port } = parseHostPort(o.to, '127.0.0.1');
       const mo = out(o.json);
       const r = await migrate({
         pid: o.pid, host, port, token: readToken(o), downtimeMs: o.downtimeMs, maxIterations: o.maxIterations,
-        bandwidthLimit: o.bandwidthLimit, leaveRunning: !!o.leaveRunning, compression: o.compress, tree: !!o.tree,
+        bandwidthLimit: o.bandwidthLimit, leaveRunning: !!o.leaveRunning, compression: o.compress, tree: !!o.tree, tcpEstablished: !!o.tcpEstablished,
         tls: o.tls || o.tlsCa || o.tlsInsecure ? { ca: o.tlsCa, insecure: !!o.tlsInsecure } : undefined,
         warn, onProgress: progress('sending the memory of'),
         onEvent: (e) => (o.json ? process.stderr.write(`${JSON.stringify(e)}\n`) : mo.step(`migrate: ${Object.entries(e).map(([k, v]) => `${k}=${v}`).join(' ')}`)),

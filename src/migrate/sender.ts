@@ -19,6 +19,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { preDump, dump, type DumpResult } from '../dump/dump.js';
 import { dumpTree } from '../dump/tree.js';
+import { tcpRepair } from '../files/tcp.js';
 import { untrackPid } from '../track/untrack.js';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, encodeFrame, decodeDoc, send } from './wire.js';
 import { crc32 } from '../image/checksum.js';
@@ -39,6 +40,8 @@ export interface MigrateOptions {
   tls?: { ca?: string; insecure?: boolean };
   /** The process and all its descendants (each iteration a tree image). */
   tree?: boolean;
+  /** Take established TCP connections along (TCP repair mode, see src/files/tcp.ts). */
+  tcpEstablished?: boolean;
   onEvent?: (e: Record<string, unknown>) => void;
   warn?: (m: string) => void;
   /** Memory copied in the current round (see DumpOptions.onProgress). */
@@ -132,7 +135,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
     }
 
     // Downtime starts here: freeze, last delta, full state.
-    const finalOpts = { pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress };
+    const finalOpts = { pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished };
     let frozenAt: bigint;
     let finalDir: string;
     if (opts.tree) {
@@ -152,7 +155,9 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
     const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     // The receiver holds the complete image durably: the source may go.
     if (held) {
-      if (opts.leaveRunning) held.release(); else held.kill();
+      // Connections in repair mode close silently with a killed source, and
+      // come out of it again with one left running.
+      if (opts.leaveRunning) { tcpRepair.release(); held.release(); } else { held.kill(); tcpRepair.forget(); }
       held = null;
     }
     opts.onEvent?.({ event: 'committed', receiverDir: committed.dir, source: opts.leaveRunning ? 'left running' : 'killed' });
@@ -168,6 +173,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
     };
   } catch (err) {
     // Before COMMITTED nothing is lost: the source runs on as it was.
+    tcpRepair.release();
     if (held) {
       try { held.release(); } catch { /* gone */ }
     }
