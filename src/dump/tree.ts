@@ -131,13 +131,15 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
       tree = FrozenTree.freeze(root);
       members = tree.members.map((x) => x.m);
       const fds = readTreeFds(members.map((m) => m.pid), { tcpEstablished: opts.tcpEstablished, enter: true });
-      for (const { m, fp } of tree.members) {
-        const result = await dump({
-          ...opts, hold: false, pid: m.pid, dir: join(top.path, m.dir), parent: parentFor(opts.parent, m.pid),
-          frozen: { process: fp, fds: fds.get(m.pid)! }, fsync,
-        });
-        done.push({ pid: m.pid, result });
-      }
+      // All at once: while one process's pages are being written out, the
+      // next one's are read, which shortens the time the whole tree is frozen.
+      const settled = await Promise.allSettled(tree.members.map(({ m, fp }) => dump({
+        ...opts, hold: false, pid: m.pid, dir: join(top.path, m.dir), parent: parentFor(opts.parent, m.pid),
+        frozen: { process: fp, fds: fds.get(m.pid)! }, fsync,
+      })));
+      settled.forEach((r, i) => { if (r.status === 'fulfilled') done.push({ pid: tree!.members[i].m.pid, result: r.value }); });
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
     } else {
       members = listTree(root);
       const alive: TreeMember[] = [];
