@@ -14,7 +14,7 @@ import { describeEventfd, describeTimerfd, describeSignalfd } from '../files/ano
 import { describeEpoll } from '../files/epoll.js';
 import { describeSocket, type SocketOptions } from '../files/socket.js';
 import { REOPENED } from '../files/regular.js';
-import { describeFifo, describeMemfd } from '../files/fifo-memfd.js';
+import { describeFifo, describeMemfd, checkMemfdSize } from '../files/fifo-memfd.js';
 import { TsnapError } from '../errors.js';
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
@@ -61,7 +61,7 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
     }
   }
   assignOfds(seen);
-  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1);
+  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false);
   checkPairs(seen, pids.length > 1);
   for (const s of seen) checkSupported(s.img, s.pid, pids.length > 1);
   return out;
@@ -73,8 +73,9 @@ function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, inf
     case 'timerfd': img.timerfd = describeTimerfd(info); break;
     case 'signalfd': img.signalfd = describeSignalfd(info); break;
     case 'epoll': img.epoll = describeEpoll(pid, info, open); break;
-    case 'fifo': if (img.fd > 2 && !img.file?.deleted) img.fifo = describeFifo(pid, img); break;
-    case 'memfd': img.memfd = describeMemfd(pid, img); break;
+    // Contents are read only when frozen: the check before the freeze needs the kind alone.
+    case 'fifo': if (img.fd > 2 && !img.file?.deleted) img.fifo = opts.enter === false ? { capacity: 0, data: Buffer.alloc(0) } : describeFifo(pid, img); break;
+    case 'memfd': img.memfd = opts.enter === false ? checkMemfdSize(img) : describeMemfd(pid, img); break;
     case 'socket':
       try {
         img.socket = describeSocket(pidfd, img.fd, t.link, t.ino, opts);
@@ -105,7 +106,7 @@ function assignOfds(seen: SeenFd[]): void {
  * one on 0-2 whose other end is elsewhere is stdio and left to restore's
  * stdio. The unread bytes are stored once, with the pipe's first fd.
  */
-function describePipes(pipes: SeenFd[], tree: boolean): void {
+function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void {
   const byId = new Map<number, SeenFd[]>();
   for (const s of pipes) {
     const l = byId.get(s.t.ino) ?? [];
@@ -121,7 +122,7 @@ function describePipes(pipes: SeenFd[], tree: boolean): void {
       const where = tree ? 'the dumped tree' : `process ${inner[0].pid}${' (dump its parent with --tree if the other end is there)'}`;
       throw new TsnapError('unsupported', `fd ${inner[0].img.fd} of process ${inner[0].pid} is one end of pipe:[${id}] whose other end is outside ${where}; tsnap restores pipes with both ends inside (or on stdin/stdout/stderr)`);
     }
-    const data = readPipe(ends[0].pid, ends[0].img.fd, id);
+    const data = withData ? readPipe(ends[0].pid, ends[0].img.fd, id) : { id, capacity: 0, data: null };
     ends.forEach((e, i) => { e.img.pipe = { id, capacity: data.capacity, data: i === 0 ? data.data : null }; });
   }
 }

@@ -37,6 +37,15 @@ export function describeMemfd(pid: number, f: FdImage): FdImage['memfd'] {
   return readMemfd(`/proc/${pid}/fd/${f.fd}`, `fd ${f.fd}`, f.path ?? '');
 }
 
+/** The check before the freeze: only whether the memfd is small enough to be stored. */
+export function checkMemfdSize(f: FdImage): FdImage['memfd'] {
+  const size = f.file?.size ?? 0;
+  if (size > MEMFD_MAX) {
+    throw new TsnapError('unsupported', `fd ${f.fd} is a memfd of ${size} bytes; memfds over ${MEMFD_MAX >> 20} MiB are not checkpointed`);
+  }
+  return { name: '', data: Buffer.alloc(0), seals: 0 };
+}
+
 /** Whole contents, seals and name of the memfd behind a /proc magic link. */
 export function readMemfd(link: string, what: string, path: string): { name: string; data: Buffer; seals: number } {
   const fd = openSync(link, C.O_RDONLY | O_CLOEXEC);

@@ -57,7 +57,7 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       const peerIno = unixPeerInode(ino);
       if (peerIno !== null) {
         // Whether the peer is inside the dump is known only once every fd is read.
-        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, queued: peekQueued(s, type === SOCK_STREAM) };
+        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, queued: opts.enter === false ? [] : peekQueued(s, type === SOCK_STREAM) };
       }
     }
     const peer = listening ? null : getpeername(s);
