@@ -306,6 +306,40 @@ time.sleep(600)
     expect(await p.waitForLine(/^sum=/, 20_000, before)).toBe(`sum=${p.readyInfo.sum}`);
   });
 
+  it('SIGTERM in the middle of a --tree dump of threaded processes: every thread of every process runs on untraced', async () => {
+    const p = await startPython(`
+import os, threading, time
+big = bytearray(400 << 20)
+for i in range(0, len(big), 4096): big[i] = 1
+def spin():
+    while True: time.sleep(0.001)
+for _ in range(3): threading.Thread(target=spin, daemon=True).start()
+pid = os.fork()
+if pid == 0:
+    for _ in range(3): threading.Thread(target=spin, daemon=True).start()
+    time.sleep(600)
+print("READY child=%d" % pid, flush=True)
+time.sleep(600)
+`, [], { timeoutMs: 30_000 });
+    const child = Number(p.readyInfo.child);
+    const work = tmpDir('tsnap-dump-');
+    const dir = join(work, 'img');
+    const { child: t, done } = startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--tree']);
+    const copying = () => { try { return readdirSync(dir).some((d) => { try { return statSync(join(dir, d, 'pages')).size > 32; } catch { return false; } }); } catch { return false; } };
+    while (!copying()) {
+      if (t.exitCode !== null) break;
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    t.kill('SIGTERM');
+    const r = await done;
+    expect(r.code, r.stderr).toBe(ExitCode.interrupted);
+    expect(existsSync(dir)).toBe(false);
+    expectRunningUntraced(p.pid);
+    expectRunningUntraced(child);
+    expect(readdirSync(`/proc/${p.pid}/task`).length).toBe(4);
+    process.kill(child, 'SIGKILL');
+  });
+
   it('disk full: clear error, target resumed, no partial image', async () => {
     const p = await startProcess(await compileC('bigmem'), ['read', '16']);
     const mnt = tmpDir('tsnap-full-');
