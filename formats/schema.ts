@@ -126,6 +126,8 @@ export interface ProcessImage {
    * armed, with the time left and the period, in µs (tsnap 0.2+, optional).
    */
   itimers?: { which: number; valueUs: number; intervalUs: number }[];
+  /** POSIX timers (timer_create), with their ids (tsnap 0.2+, optional). */
+  posixTimers?: PosixTimerImage[];
   prctl: {
     dumpable: number;
     pdeathsig: number;
@@ -253,6 +255,20 @@ export interface FdImage {
   fifo?: { capacity: number; data: Buffer };
   /** memfd: its name (without "memfd:"), whole contents and seals. */
   memfd?: { name: string; data: Buffer; seals: number };
+}
+
+export interface PosixTimerImage {
+  id: number;
+  clockid: number;
+  signo: number;
+  /** sigev_value. */
+  value: bigint;
+  notify: 'signal' | 'thread' | 'none';
+  /** The thread a 'thread' timer signals (SIGEV_THREAD_ID). */
+  tid: number;
+  /** Time left to the next expiry and the period, in ns (0/0: disarmed). */
+  valueNs: bigint;
+  intervalNs: bigint;
 }
 
 export interface MemfdObjectImage {

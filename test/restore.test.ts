@@ -207,19 +207,53 @@ for line in sys.stdin:
     expect(Number(b[1])).toBeGreaterThan(Number(a[1]) + 2);
   });
 
-  it('POSIX timers, which are not restored yet, are named in a warning rather than lost silently', async () => {
+  it('a POSIX timer (timer_create) comes back with its id, signal and period, and keeps firing', async () => {
     const work = tmpDir('tsnap-restore-');
     const p = await startPython(`
-import ctypes, time
+import ctypes, signal, sys
+l = ctypes.CDLL(None)
+n = 0
+def tick(s, f):
+    global n
+    n += 1
+signal.signal(signal.SIGUSR1, tick)
+class SigEvent(ctypes.Structure):
+    _fields_ = [('value', ctypes.c_uint64), ('signo', ctypes.c_int), ('notify', ctypes.c_int), ('pad', ctypes.c_byte * 48)]
+class Its(ctypes.Structure):
+    _fields_ = [('i_s', ctypes.c_long), ('i_ns', ctypes.c_long), ('v_s', ctypes.c_long), ('v_ns', ctypes.c_long)]
+spare = ctypes.c_void_p()
+assert l.timer_create(1, None, ctypes.byref(spare)) == 0  # id 0, disarmed
 tid = ctypes.c_void_p()
-assert ctypes.CDLL(None).timer_create(1, None, ctypes.byref(tid)) == 0
+assert l.timer_create(1, ctypes.byref(SigEvent(99, signal.SIGUSR1, 0)), ctypes.byref(tid)) == 0
+assert l.timer_settime(tid, 0, ctypes.byref(Its(0, 50000000, 0, 50000000)), None) == 0
 print('READY', flush=True)
-time.sleep(600)
+for line in sys.stdin:
+    cur = Its()
+    l.timer_gettime(tid, ctypes.byref(cur))
+    print('TICKS %d id=%d interval=%d' % (n, tid.value or 0, cur.i_ns), flush=True)
 `);
-    const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--leave-running');
-    expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).toContain(`process ${p.pid} has 1 POSIX timer (timer_create); it is not restored`);
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('');
+    const first = await r.waitForLine(/^TICKS/);
+    await new Promise((res) => setTimeout(res, 300));
+    const mark = r.lines.length;
+    r.writeLine('');
+    const second = await r.waitForLine(/^TICKS/, 5000, mark);
+    const parse = (l: string) => /TICKS (\d+) id=(\d+) interval=(\d+)/.exec(l)!.slice(1).map(Number);
+    const [n1, id1, iv1] = parse(first);
+    const [n2, id2] = parse(second);
+    expect(id1).toBe(1);
+    expect(id2).toBe(1);
+    expect(iv1).toBe(50_000_000);
+    expect(n2).toBeGreaterThan(n1 + 2);
+    const timers = readFileSync(`/proc/${r.pid}/timers`, 'utf8');
+    expect(timers).toMatch(/ID: 0\n/);
+    expect(timers).toMatch(/ID: 1\nsignal: 10\/0+63\n/);
   });
+
 });
 
 describe('pids', () => {

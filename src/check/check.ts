@@ -140,6 +140,11 @@ export async function check(): Promise<CheckResult> {
     return 'answers';
   });
 
+  await probe(items, 'POSIX timer ids', false, 'restore of processes with POSIX timers (timer_create)', () => {
+    const on = rawSyscall('prctl(PR_TIMER_CREATE_RESTORE_IDS)', SYS.prctl, 77, 2, 0, 0, 0);
+    return `PR_TIMER_CREATE_RESTORE_IDS answers (${on ? 'on' : 'off'})`;
+  });
+
   await probe(items, 'vdso layout', true, 'restore (the vdso is moved to its dumped address)', () => {
     const maps = readMaps(process.pid);
     const found = SPECIAL_MAPPINGS.map((n) => maps.find((v) => v.path === `[${n}]`)).filter((v) => v);

@@ -128,7 +128,6 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         // target runs untouched; they are read again, consistently, frozen.
         readFds(pid, { tcpEstablished: opts.tcpEstablished, enter: false });
         checkMappings(pid);
-        warnPosixTimers(pid, opts.warn);
         task = FrozenProcess.freeze(pid);
         hold(task);
       }
@@ -330,11 +329,4 @@ function anonResidentBytes(pid: number): number {
   } catch {
     return 0;
   }
-}
-
-/** POSIX timers (timer_create) are not part of the image yet: say so rather than lose them silently. */
-function warnPosixTimers(pid: number, warn?: (m: string) => void): void {
-  let n = 0;
-  try { n = (readFileSync(`/proc/${pid}/timers`, 'utf8').match(/^ID:/gm) ?? []).length; } catch { /* no CONFIG_CHECKPOINT_RESTORE */ }
-  if (n > 0) warn?.(`process ${pid} has ${n} POSIX timer${n === 1 ? '' : 's'} (timer_create); ${n === 1 ? 'it is' : 'they are'} not restored`);
 }

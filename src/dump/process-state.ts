@@ -97,6 +97,7 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     fds: fds ?? readFds(pid, { tcpEstablished, enter: true }),
     memfds: readMappedMemfds(pid, layout.vmas, (i) => layout.images[i].file),
     itimers: remote.itimers,
+    posixTimers: remote.posixTimers,
     prctl: remote.prctl,
   };
 }

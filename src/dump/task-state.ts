@@ -12,7 +12,8 @@ import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
 import type { ProcMem } from '../sys/memory.js';
 import { pendingRestart } from '../freeze/frozen-task.js';
-import type { ThreadImage, SignalImage, SigactionImage, ProcessImage } from '../../formats/schema.js';
+import type { ThreadImage, SignalImage, SigactionImage, ProcessImage, PosixTimerImage } from '../../formats/schema.js';
+import { readTimers } from '../proc/timers.js';
 
 const SIGKILL = 9;
 const SIGSTOP = 19;
@@ -34,6 +35,7 @@ export interface RemoteState {
   prctl: ProcessImage['prctl'];
   brk: number;
   itimers: NonNullable<ProcessImage['itimers']>;
+  posixTimers: PosixTimerImage[];
 }
 
 /**
@@ -53,7 +55,9 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
     pendingSignals: ptrace.peekSiginfo(t.pid, false),
   }));
   const sharedPending = ptrace.peekSiginfo(proc.pid, true);
-  const size = THREADS_AT + PER_THREAD * proc.tasks.length;
+  const timers = readTimers(proc.pid);
+  const TIMERS_AT = THREADS_AT + PER_THREAD * proc.tasks.length;
+  const size = TIMERS_AT + 32 * timers.length;
 
   return sc.withScratch(size, (scratch) => {
     const signos: number[] = [];
@@ -71,6 +75,7 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
     // brk(0) cannot fail: it returns the current break.
     const brk = Number(sc.call(SYS.brk, 0));
     for (let which = 0; which < 3; which++) sc.check(`getitimer(${which})`, SYS.getitimer, which, scratch + ITIMERS_AT + which * ITIMERVAL_SIZE);
+    timers.forEach((t, i) => sc.check(`timer_gettime(${t.id})`, SYS.timer_gettime, t.id, scratch + TIMERS_AT + i * 32));
     callers.forEach((tsc, i) => {
       const at = scratch + THREADS_AT + i * PER_THREAD;
       tsc.check('sigaltstack', SYS.sigaltstack, 0, at);
@@ -108,9 +113,14 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
     const itimers = [0, 1, 2]
       .map((which) => ({ which, intervalUs: us(ITIMERS_AT + which * ITIMERVAL_SIZE), valueUs: us(ITIMERS_AT + which * ITIMERVAL_SIZE + 16) }))
       .filter((t) => t.valueUs > 0);
+    const ns = (o: number) => out.readBigInt64LE(o) * 1_000_000_000n + out.readBigInt64LE(o + 8);
+    const posixTimers = timers.map((t, i): PosixTimerImage => ({
+      ...t, intervalNs: ns(TIMERS_AT + i * 32), valueNs: ns(TIMERS_AT + i * 32 + 16),
+    }));
     return {
       threads,
       itimers,
+      posixTimers,
       signals: { actions, sharedPending },
       prctl: {
         dumpable,

@@ -12,3 +12,4 @@ export * from './fds.js';
 export * from './task.js';
 export * from './links.js';
 export * from './limits.js';
+export * from './timers.js';

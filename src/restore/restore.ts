@@ -13,7 +13,7 @@ import { createProcess, pidTaken, type NewProcess } from './create-process.js';
 import { RemoteTask } from './remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
-import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers } from './task-state.js';
+import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { createThreads, type RestoredThread } from './threads.js';
@@ -210,6 +210,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `queue the pending signals of ${m.p.pid}`;
       requeueSignals(rt, rt.pid, m.threads, m.p.signals.sharedPending);
       restoreItimers(rt, m.p);
+      const tidOf = new Map(m.threads.map((th) => [th.image.tid, th.rt.pid]));
+      restorePosixTimers(rt, m.p, (tid) => tidOf.get(tid) ?? rt.pid);
     }
     for (const m of members) {
       step = `remove the restore stub from ${m.p.pid}`;

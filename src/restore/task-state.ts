@@ -5,6 +5,7 @@ import {
 } from '../sys/index.js';
 import type { ProcessImage, ThreadImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
+import { TsnapError } from '../errors.js';
 
 /** start_code..env_end, auxv and the executable in one PR_SET_MM_MAP. */
 export function restoreMm(rt: RemoteTask, p: ProcessImage): void {
@@ -111,5 +112,48 @@ export function restoreItimers(rt: RemoteTask, p: ProcessImage): void {
     v.writeBigInt64LE(BigInt(Math.floor(t.valueUs / 1e6)), 16);
     v.writeBigInt64LE(BigInt(t.valueUs % 1e6), 24);
     rt.sc.check(`setitimer(${t.which})`, SYS.setitimer, t.which, rt.put(v, 2048), 0);
+  }
+}
+
+const PR_TIMER_CREATE_RESTORE_IDS = 77;
+const SIGEV_NOTIFY = { signal: 0, none: 1, thread: 4 } as const;
+
+/**
+ * POSIX timers with their original ids: PR_TIMER_CREATE_RESTORE_IDS makes
+ * timer_create take the id it is handed (Linux 6.17+), and each is armed
+ * with the time it had left. Created by the leader: timers belong to the
+ * process; a thread-directed one names its (restored) thread.
+ */
+export function restorePosixTimers(rt: RemoteTask, p: ProcessImage, tidOf: (tid: number) => number): void {
+  const timers = p.posixTimers ?? [];
+  if (timers.length === 0) return;
+  const r = rt.sc.call(SYS.prctl, PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0);
+  if (r < 0n) {
+    throw new TsnapError('kernel', `process ${p.pid} has ${timers.length} POSIX timer(s) and this kernel cannot create them with their ids (PR_TIMER_CREATE_RESTORE_IDS needs Linux 6.17+)`);
+  }
+  try {
+    for (const t of timers) {
+      const sev = Buffer.alloc(64);
+      sev.writeBigUInt64LE(BigInt.asUintN(64, t.value), 0);
+      sev.writeInt32LE(t.signo, 8);
+      sev.writeInt32LE(SIGEV_NOTIFY[t.notify], 12);
+      if (t.notify === 'thread') sev.writeInt32LE(tidOf(t.tid), 16);
+      const idAt = rt.put(Buffer.from(Int32Array.of(t.id).buffer), 2112);
+      rt.sc.check(`timer_create(id ${t.id})`, SYS.timer_create, t.clockid, rt.put(sev, 2048), idAt);
+      const id = rt.get(4, 2112).readInt32LE(0);
+      if (id !== t.id) throw new TsnapError('restoreFailed', `POSIX timer ${t.id} came back as ${id}`);
+      let value = t.valueNs;
+      if (value === 0n && t.intervalNs > 0n) value = t.intervalNs; // expired, re-armed on delivery
+      if (value > 0n) {
+        const its = Buffer.alloc(32);
+        its.writeBigInt64LE(t.intervalNs / 1_000_000_000n, 0);
+        its.writeBigInt64LE(t.intervalNs % 1_000_000_000n, 8);
+        its.writeBigInt64LE(value / 1_000_000_000n, 16);
+        its.writeBigInt64LE(value % 1_000_000_000n, 24);
+        rt.sc.check(`timer_settime(${t.id})`, SYS.timer_settime, t.id, 0, rt.put(its, 2176), 0);
+      }
+    }
+  } finally {
+    rt.sc.call(SYS.prctl, PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0);
   }
 }
