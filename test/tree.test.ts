@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage } from './helpers/tsnap.js';
 import { readStat, readStatus } from '../src/proc/index.js';
+import { findHolders } from '../src/track/untrack.js';
 
 useProcessCleanup();
 useRestoredCleanup();
@@ -91,6 +92,38 @@ describe('process trees', () => {
     expect(s2.bad).toBe(0);
     expect(s2.last).toBeGreaterThan(s1.last);
     for (const k of kids) await killPid(k);
+  });
+
+  it('untrack --dir of a tree pre-dump, dump --tree --pre-dumps, squash of the tree, restore of the squashed image', async () => {
+    const work = tmpDir('tsnap-tree-');
+    const p: Running = await startProcess(await compileC('tree'), []);
+    const all = [p.pid, Number(p.readyInfo.child1), Number(p.readyInfo.child2)];
+    const pre = await tsnap('pre-dump', '--pid', String(p.pid), '--dir', join(work, 'pre'), '--tree');
+    expect(pre.code, pre.stderr).toBe(0);
+    for (const pid of all) expect(findHolders(pid).length).toBe(1);
+    const un = await tsnap('untrack', '--dir', join(work, 'pre'));
+    expect(un.code, un.stderr).toBe(0);
+    for (const pid of all) expect(findHolders(pid)).toEqual([]);
+
+    const loop = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'loop'), '--tree', '--pre-dumps', '2', '--json');
+    expect(loop.code, loop.stderr).toBe(0);
+    const out = JSON.parse(loop.stdout) as { final: string; rounds: { processes: { kind: string }[] }[] };
+    expect(out.rounds.length).toBeGreaterThanOrEqual(2);
+    for (const x of out.rounds[out.rounds.length - 1].processes) expect(x.kind).toBe('delta');
+    await p.exited;
+    await gone(all.slice(1));
+    const sq = await tsnap('squash', out.final, '--out', join(work, 'full'));
+    expect(sq.code, sq.stderr).toBe(0);
+    rmSync(join(work, 'loop'), { recursive: true }); // the squashed image stands alone
+    expect((await tsnap('verify', join(work, 'full'))).code).toBe(0);
+    const r = await restoreDetached(join(work, 'full'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    const s1 = await status(r, 0);
+    await new Promise((res) => setTimeout(res, 100));
+    const s2 = await status(r, r.lines.length);
+    expect(s2.bad).toBe(0);
+    expect(s2.last).toBeGreaterThan(s1.last);
+    for (const k of all.slice(1)) await killPid(k);
   });
 
   it('leave-running: the whole tree resumes untraced and keeps checking itself', async () => {

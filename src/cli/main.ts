@@ -3,7 +3,7 @@ import { Command, Option, CommanderError } from 'commander';
 import { dump, preDump, type DumpResult } from '../dump/dump.js';
 import { dumpTree, type TreeDumpResult } from '../dump/tree.js';
 import { untrack, untrackPid } from '../track/untrack.js';
-import { dumpIteratively } from '../dump/iterative.js';
+import { dumpIteratively, dumpTreeIteratively } from '../dump/iterative.js';
 import { squash } from '../image/squash.js';
 import { serve } from '../migrate/receiver.js';
 import { migrate } from '../migrate/sender.js';
@@ -112,8 +112,20 @@ export async function main(argv: string[]): Promise<void> {
         pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
         fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, onProgress: progress('copying the memory of'),
       };
+      if (o.tree && o.preDumps !== undefined) {
+        if (o.parent) throw new TsnapError('usage', '--pre-dumps and --parent do not go together');
+        const it = await dumpTreeIteratively({ ...common, preDumps: o.preDumps });
+        if (o.json) {
+          output!.result(JSON.stringify({ command: 'dump', tree: true, final: it.final.dir, stoppedBecause: it.stoppedBecause, rounds: [...it.rounds, it.final].map((t) => ({ dir: t.dir, processes: t.processes.map((p) => ({ pid: p.pid, kind: p.result.kind, stats: p.result.stats })) })) }) + '\n');
+          return;
+        }
+        for (const t of it.rounds) reportTree(t, 'pre-dumped');
+        output!.result(`pre-dumps ended: ${it.stoppedBecause}\n`);
+        reportTree(it.final, 'dumped');
+        output!.result(`restore with: tsnap restore --dir ${it.final.dir}\n`);
+        return;
+      }
       if (o.tree) {
-        if (o.preDumps !== undefined) throw new TsnapError('usage', '--pre-dumps does not go with --tree yet; run pre-dump --tree and dump --tree --parent');
         reportTree(await dumpTree(common, 'dump'), 'dumped', o.json);
         return;
       }

@@ -4,7 +4,10 @@
  * chunk into a new pages file; the state of the newest image is kept.
  */
 import { randomUUID } from 'node:crypto';
+import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { readChain } from './image-reader.js';
+import { isTreeImage, readTreeManifest } from './tree-manifest.js';
 import { resolveChain } from './chain-index.js';
 import { PageFileReader, PageFileWriter } from './page-file.js';
 import { writeMetaFile } from './metadata.js';
@@ -14,6 +17,34 @@ import { FileKind, PageWhere, type Inventory, type PageRun, type Compression } f
 import { TsnapError, asTsnapError } from '../errors.js';
 
 export async function squash(from: string, out: string, compression?: Compression): Promise<{ dir: string; levels: number; pages: number }> {
+  if (isTreeImage(from)) return squashTree(from, out, compression);
+  return squashChain(from, out, compression);
+}
+
+/** A tree: every process's chain squashed into OUT/<pid>, then the manifest. */
+async function squashTree(from: string, out: string, compression?: Compression): Promise<{ dir: string; levels: number; pages: number }> {
+  const manifest = readTreeManifest(from);
+  if (manifest.contents !== 'dump') throw new TsnapError('badImage', `${from} is a tree pre-dump; squash the final image of the chain`);
+  const dir = prepareImageDir(out);
+  try {
+    let levels = 0;
+    let pages = 0;
+    for (const m of manifest.processes) {
+      const r = await squashChain(join(from, m.dir), join(dir.path, m.dir), compression);
+      levels = Math.max(levels, r.levels);
+      pages += r.pages;
+    }
+    writeMetaFile(dir.path, FileKind.Tree, { ...manifest, createdAt: new Date().toISOString() }, true);
+    fsyncDir(dir.path);
+    return { dir: dir.path, levels, pages };
+  } catch (err) {
+    for (const m of manifest.processes) rmSync(join(dir.path, m.dir), { recursive: true, force: true });
+    discardImageDir(dir);
+    throw err;
+  }
+}
+
+async function squashChain(from: string, out: string, compression?: Compression): Promise<{ dir: string; levels: number; pages: number }> {
   const chain = readChain(from);
   const top = chain[0];
   if (!top.process) throw new TsnapError('badImage', `${from} is a pre-dump; squash the final image of the chain`);

@@ -3,7 +3,9 @@
  * closes the last copy of the userfaultfd; the kernel then unregisters every
  * range and drops all write-protection. Nothing remains in the target.
  */
+import { join } from 'node:path';
 import { readImage } from '../image/image-reader.js';
+import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
 import { readdirSync, readFileSync } from 'node:fs';
 import { stopHolder, killHolder, HOLDER_NAME } from './holder.js';
 import { TsnapError } from '../errors.js';
@@ -28,6 +30,7 @@ export function untrackPid(pid: number): string {
 }
 
 export function untrack(dir: string): string {
+  if (isTreeImage(dir)) return readTreeManifest(dir).processes.map((m) => untrack(join(dir, m.dir))).join('\n');
   const img = readImage(dir);
   const ref = img.inventory.tracking;
   if (!ref) throw new TsnapError('usage', `${dir} is not a pre-dump: it holds no tracking`);
