@@ -70,9 +70,10 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
     if (!listening && peer && type !== SOCK_DGRAM) {
       throw new TsnapError('unsupported', `${what} is a connected stream; only listening, datagram and TCP (--tcp-established) sockets can be restored`);
     }
-    if (!listening && type !== SOCK_DGRAM && family === AF_UNIX) {
-      throw new TsnapError('unsupported', `${what}: an unconnected unix stream socket that does not listen cannot be checkpointed`);
+    if (!listening && peer && type !== SOCK_DGRAM && family === AF_UNIX) {
+      throw new TsnapError('unsupported', `${what} is connected to a socket that is gone or outside the dump`);
     }
+    // Anything else is a socket not yet used (possibly bound): created, bound and left as it was.
     return { ...base, state: listening ? 'listening' : 'bound', local: getsockname(s), peer };
   } finally {
     closeSync(s);
