@@ -48,8 +48,14 @@ export interface TreeMember {
   pid: number;
   /** Parent pid; for the root, its parent outside the tree. */
   ppid: number;
-  /** Image directory of this process, relative to the tree directory. */
+  /** Image directory of this process, relative to the tree directory ('' for a zombie). */
   dir: string;
+  /**
+   * A child that had exited and was not reaped yet: nothing to image, only
+   * what its parent will collect (wait status as /proc/PID/stat exit_code)
+   * and its group and session.
+   */
+  zombie?: { status: number; pgid: number; sid: number };
 }
 
 export type Compression = 'none' | 'lz4';

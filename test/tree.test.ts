@@ -6,7 +6,7 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { readFileSync, existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
+import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage } from './helpers/tsnap.js';
 import { readStat, readStatus } from '../src/proc/index.js';
 import { findHolders } from '../src/track/untrack.js';
@@ -124,6 +124,46 @@ describe('process trees', () => {
     expect(s2.bad).toBe(0);
     expect(s2.last).toBeGreaterThan(s1.last);
     for (const k of all.slice(1)) await killPid(k);
+  });
+
+  it('children that exited but were not reaped come back as zombies with their exit status', async () => {
+    const work = tmpDir('tsnap-tree-');
+    const p: Running = await startPython(`
+import os, signal, sys, time
+a = os.fork()
+if a == 0:
+    os._exit(7)
+b = os.fork()
+if b == 0:
+    time.sleep(600)
+os.kill(b, signal.SIGTERM)
+time.sleep(0.3)
+print('READY a=%d b=%d' % (a, b), flush=True)
+for line in sys.stdin:
+    if line.startswith('reap'):
+        r = []
+        for pid in (a, b):
+            got, st = os.waitpid(pid, os.WNOHANG)
+            r.append('%d:%s' % (got, ('exit %d' % os.WEXITSTATUS(st)) if os.WIFEXITED(st) else ('signal %d' % os.WTERMSIG(st)) if os.WIFSIGNALED(st) else '?'))
+        print('REAPED ' + ' '.join(r), flush=True)
+`);
+    const [a, b] = [Number(p.readyInfo.a), Number(p.readyInfo.b)];
+    for (const z of [a, b]) expect(readStat(z).state).toBe('Z');
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    await gone([a, b]);
+    expect((await tsnap('verify', dir)).code).toBe(0);
+    expect((await tsnap('show', dir)).stdout).toContain(`${a} (parent ${p.pid}): exited, not yet reaped (wait status ${7 << 8})`);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    for (const z of [a, b]) {
+      expect(readStat(z).state).toBe('Z');
+      expect(readStat(z).ppid).toBe(p.pid);
+    }
+    r.writeLine('reap');
+    expect(await r.waitForLine(/^REAPED/)).toBe(`REAPED ${a}:exit 7 ${b}:signal 15`);
   });
 
   it('leave-running: the whole tree resumes untraced and keeps checking itself', async () => {

@@ -1,7 +1,7 @@
 /** `tsnap show`: a human summary of an image, or all of its metadata as JSON. */
 import { join } from 'node:path';
 import { readChain } from '../image/image-reader.js';
-import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
+import { isTreeImage, readTreeManifest, imagedMembers } from '../image/tree-manifest.js';
 import { REG_NAMES } from '../sys/uapi.js';
 import { PageWhere } from '../../formats/schema.js';
 import { formatBytes, formatUs, hex } from './format.js';
@@ -20,11 +20,11 @@ export function showImage(dir: string, json: boolean): string {
   if (isTreeImage(dir)) {
     const m = readTreeManifest(dir);
     if (json) {
-      return toJson({ tree: m, processes: m.processes.map((p) => JSON.parse(showImage(join(dir, p.dir), true))) }) + '\n';
+      return toJson({ tree: m, processes: imagedMembers(m).map((p) => JSON.parse(showImage(join(dir, p.dir), true))) }) + '\n';
     }
     return `process tree of ${m.root} (${m.contents}, ${m.processes.length} processes, ${m.createdAt})\n`
-      + m.processes.map((p) => `  ${p.pid} (parent ${p.ppid}): ${join(dir, p.dir)}\n`).join('')
-      + m.processes.map((p) => `\n== ${p.pid} ==\n${showImage(join(dir, p.dir), false)}`).join('');
+      + m.processes.map((p) => `  ${p.pid} (parent ${p.ppid}): ${p.zombie ? `exited, not yet reaped (wait status ${p.zombie.status})` : join(dir, p.dir)}\n`).join('')
+      + imagedMembers(m).map((p) => `\n== ${p.pid} ==\n${showImage(join(dir, p.dir), false)}`).join('');
   }
   const chain = readChain(dir);
   const img = chain[0];

@@ -52,6 +52,8 @@ export function listTree(root: number): TreeMember[] {
 
 class FrozenTree implements Releasable {
   readonly members: { m: TreeMember; fp: FrozenProcess }[] = [];
+  /** Children that exited and wait to be reaped: recorded, not frozen. */
+  readonly zombies: TreeMember[] = [];
   readonly frozenAt = process.hrtime.bigint();
 
   static freeze(root: number): FrozenTree {
@@ -62,12 +64,20 @@ class FrozenTree implements Releasable {
       const seen = new Set<number>([root]);
       while (queue.length) {
         const m = queue.shift()!;
+        if (m.pid !== root) {
+          const z = zombieOf(m);
+          if (z) { tree.zombies.push(z); continue; }
+        }
         let fp: FrozenProcess;
         try {
           fp = FrozenProcess.freeze(m.pid);
         } catch (err) {
-          // A child that exited before we got to it is not part of the tree any more.
-          if (m.pid !== root && err instanceof TsnapError && err.kind === 'noSuchProcess') continue;
+          if (m.pid !== root) {
+            // It exited just now: a zombie of its (frozen) parent, or reaped already.
+            const z = zombieOf(m);
+            if (z) { tree.zombies.push(z); continue; }
+            if (err instanceof TsnapError && err.kind === 'noSuchProcess') continue;
+          }
           throw err;
         }
         tree.members.push({ m, fp });
@@ -78,9 +88,12 @@ class FrozenTree implements Releasable {
           queue.push({ pid: c, ppid: m.pid, dir: String(c) });
         }
       }
-      for (const { m } of tree.members) {
-        const st = readStat(m.pid);
-        if (st.state === 'Z') throw new TsnapError('unsupported', `process ${m.pid} in the tree is a zombie (exited, not yet reaped by ${st.ppid}); try again once it is reaped`);
+      if (readStat(root).state === 'Z') throw new TsnapError('noSuchProcess', `process ${root} has exited (a zombie waiting for its parent)`);
+      // A child that exited while its siblings were being frozen.
+      for (let i = tree.members.length - 1; i > 0; i--) {
+        const z = zombieOf(tree.members[i].m);
+        // (kill() of a dead process only collects our tracer's view of its exit.)
+        if (z) { tree.members[i].fp.kill(); tree.members.splice(i, 1); tree.zombies.push(z); }
       }
       return tree;
     } catch (err) {
@@ -106,6 +119,14 @@ class FrozenTree implements Releasable {
   }
 }
 
+/** The member as a zombie, or null when it is alive. Its parent is frozen: it stays a zombie. */
+function zombieOf(m: TreeMember): TreeMember | null {
+  let st;
+  try { st = readStat(m.pid); } catch { return null; }
+  if (st.state !== 'Z') return null;
+  return { pid: m.pid, ppid: m.ppid, dir: '', zombie: { status: st.exitCode, pgid: st.pgrp, sid: st.session } };
+}
+
 function parentFor(parentTree: string | undefined, pid: number): string | undefined {
   if (!parentTree) return undefined;
   const d = join(parentTree, String(pid));
@@ -125,12 +146,12 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
     let members: TreeMember[];
     if (mode === 'dump') {
       // Fail fast, with the tree untouched, on fds tsnap cannot restore.
-      const running = listTree(root).map((m) => m.pid);
+      const running = listTree(root).map((m) => m.pid).filter((pid) => { try { return readStat(pid).state !== 'Z'; } catch { return false; } });
       readTreeFds(running, { tcpEstablished: opts.tcpEstablished, enter: false });
       for (const pid of running) checkMappings(pid);
       tree = FrozenTree.freeze(root);
-      members = tree.members.map((x) => x.m);
-      const fds = readTreeFds(members.map((m) => m.pid), { tcpEstablished: opts.tcpEstablished, enter: true });
+      members = [...tree.members.map((x) => x.m), ...tree.zombies];
+      const fds = readTreeFds(tree.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, enter: true });
       // All at once: while one process's pages are being written out, the
       // next one's are read, which shortens the time the whole tree is frozen.
       const settled = await Promise.allSettled(tree.members.map(({ m, fp }) => dump({
@@ -144,6 +165,8 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
       members = listTree(root);
       const alive: TreeMember[] = [];
       for (const m of members) {
+        // Zombies have no memory to pre-dump; the final dump records them.
+        try { if (readStat(m.pid).state === 'Z') continue; } catch { continue; }
         try {
           const result = await preDump({ ...opts, pid: m.pid, dir: join(top.path, m.dir), parent: parentFor(opts.parent, m.pid) });
           done.push({ pid: m.pid, result });

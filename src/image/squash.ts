@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
 import { rmSync } from 'node:fs';
 import { readChain } from './image-reader.js';
-import { isTreeImage, readTreeManifest } from './tree-manifest.js';
+import { isTreeImage, readTreeManifest, imagedMembers } from './tree-manifest.js';
 import { resolveChain } from './chain-index.js';
 import { PageFileReader, PageFileWriter } from './page-file.js';
 import { writeMetaFile } from './metadata.js';
@@ -29,7 +29,7 @@ async function squashTree(from: string, out: string, compression?: Compression):
   try {
     let levels = 0;
     let pages = 0;
-    for (const m of manifest.processes) {
+    for (const m of imagedMembers(manifest)) {
       const r = await squashChain(join(from, m.dir), join(dir.path, m.dir), compression);
       levels = Math.max(levels, r.levels);
       pages += r.pages;
@@ -38,7 +38,7 @@ async function squashTree(from: string, out: string, compression?: Compression):
     fsyncDir(dir.path);
     return { dir: dir.path, levels, pages };
   } catch (err) {
-    for (const m of manifest.processes) rmSync(join(dir.path, m.dir), { recursive: true, force: true });
+    for (const m of imagedMembers(manifest)) rmSync(join(dir.path, m.dir), { recursive: true, force: true });
     discardImageDir(dir);
     throw err;
   }

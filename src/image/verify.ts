@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { readChain, type Image } from './image-reader.js';
 import { PageFileReader } from './page-file.js';
-import { isTreeImage, readTreeManifest } from './tree-manifest.js';
+import { isTreeImage, readTreeManifest, imagedMembers } from './tree-manifest.js';
 import { PageWhere } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
@@ -73,5 +73,5 @@ function verifyChain(dir: string): { pid: number; chain: VerifiedImage[] } {
 export function verify(dir: string): VerifyResult {
   if (!isTreeImage(dir)) return { dir, tree: false, processes: [verifyChain(dir)] };
   const manifest = readTreeManifest(dir);
-  return { dir, tree: true, processes: manifest.processes.map((m) => verifyChain(join(dir, m.dir))) };
+  return { dir, tree: true, processes: imagedMembers(manifest).map((m) => verifyChain(join(dir, m.dir))) };
 }

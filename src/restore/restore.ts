@@ -6,7 +6,9 @@
 import { openSync, closeSync, writeFileSync } from 'node:fs';
 import type { ChildProcess, StdioOptions } from 'node:child_process';
 import { join } from 'node:path';
-import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus, SysError, ProcMem, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, CLONE_ARGS_SIZE, SIGCHLD } from '../sys/index.js';
+import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus, SysError, ProcMem, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, CLONE_ARGS_SIZE, SIGCHLD, setRlimit } from '../sys/index.js';
+
+const RLIMIT_CORE = 4;
 import { readChain, type Image } from '../image/image-reader.js';
 import { readReg, writeReg, FrozenTask } from '../freeze/frozen-task.js';
 import { createProcess, pidTaken, type NewProcess } from './create-process.js';
@@ -23,7 +25,8 @@ import { isSpecial, vmaKind } from './layout-plan.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 import { preflight } from './preflight.js';
 import { TsnapError, asTsnapError } from '../errors.js';
-import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.js';
+import type { ThreadImage, ProcessImage, VmaImage, TreeMember } from '../../formats/schema.js';
+import { readStat } from '../proc/index.js';
 
 export interface RestoreOptions {
   dir: string;
@@ -81,22 +84,25 @@ interface Member {
   rt: RemoteTask | null;
   threads: RestoredThread[];
   children: Member[];
+  /** Children that had exited, not yet reaped by this process. */
+  zombies: TreeMember[];
 }
 
 function loadMembers(dir: string): Member[] {
   if (!isTreeImage(dir)) {
     const chain = readChain(dir);
-    return [{ chain, p: needProcess(chain[0], dir), rt: null, threads: [], children: [] }];
+    return [{ chain, p: needProcess(chain[0], dir), rt: null, threads: [], children: [], zombies: [] }];
   }
   const manifest = readTreeManifest(dir);
   if (manifest.contents !== 'dump') {
     throw new TsnapError('badImage', `${dir} is a tree pre-dump (memory only); restore the final image of its chain (tsnap dump --tree --parent ${dir})`);
   }
   const byPid = new Map<number, Member>();
-  const members = manifest.processes.map((m) => {
+  const live = manifest.processes.filter((m) => !m.zombie);
+  const members = live.map((m) => {
     const sub = join(dir, m.dir);
     const chain = readChain(sub);
-    const member: Member = { chain, p: needProcess(chain[0], sub), rt: null, threads: [], children: [] };
+    const member: Member = { chain, p: needProcess(chain[0], sub), rt: null, threads: [], children: [], zombies: [] };
     if (member.p.pid !== m.pid) throw new TsnapError('badImage', `${sub} holds process ${member.p.pid}, the tree manifest says ${m.pid}`);
     byPid.set(m.pid, member);
     return member;
@@ -105,7 +111,8 @@ function loadMembers(dir: string): Member[] {
     if (i === 0) return;
     const parent = byPid.get(m.ppid);
     if (!parent) throw new TsnapError('badImage', `${dir}: process ${m.pid} has parent ${m.ppid}, which is not in the tree`);
-    parent.children.push(members[i]);
+    if (m.zombie) parent.zombies.push(m);
+    else parent.children.push(byPid.get(m.pid)!);
   });
   if (manifest.processes[0]?.pid !== manifest.root) throw new TsnapError('badImage', `${dir}: the tree manifest does not start with its root`);
   return members;
@@ -280,7 +287,7 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
     const rt = m.rt!;
     setSessionAndGroup(m, deferred, pids, inTree);
     pids.set(m.p.pid, rt.pid);
-    if (m.children.length) ptrace.setOptions(rt.pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
+    if (m.children.length || m.zombies.length) ptrace.setOptions(rt.pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
     for (const c of m.children) {
       const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
       args.writeBigUInt64LE(BigInt(SIGCHLD), 32); // exit_signal
@@ -306,9 +313,71 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
       c.rt.scratchSize = prt.scratchSize;
       walk(c);
     }
+    for (const z of m.zombies) {
+      makeZombie(rt, z, stubAddr, newPid, created, (pgid) => pids.get(pgid));
+    }
   };
   walk(parent);
   return { deferred, pidOf: pids };
+}
+
+/**
+ * A child that had exited but was not reaped at the dump: forked again in
+ * its parent with its pid, given its session and group, and made to end
+ * the way it did (exit_group with its code, or its fatal signal without a
+ * core), so that the parent finds it waiting with the same status.
+ */
+function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[], pidOf: (pid: number) => number | undefined): void {
+  const info = z.zombie!;
+  const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
+  args.writeBigUInt64LE(BigInt(SIGCHLD), 32);
+  if (!newPid) {
+    args.writeBigUInt64LE(BigInt(parent.scratch + CLONE_ARGS_SIZE), 64);
+    args.writeBigUInt64LE(1n, 72);
+    args.writeUInt32LE(z.pid, CLONE_ARGS_SIZE);
+  }
+  let pid: number;
+  try {
+    pid = Number(parent.sc.check(`clone3(exited process ${z.pid})`, SYS.clone3, parent.put(args), CLONE_ARGS_SIZE));
+  } catch (err) {
+    if (err instanceof SysError && err.code === 'EEXIST') throw pidTaken(z.pid);
+    throw err;
+  }
+  created.push({ pid, leader: true });
+  const task = FrozenTask.adopt(pid);
+  ptrace.setOptions(pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL);
+  const mem = new ProcMem(pid, true);
+  try {
+    const sc = new RemoteSyscaller(task, mem, stubAddr);
+    if (info.sid === z.pid) sc.check('setsid', SYS.setsid);
+    else if (info.pgid === z.pid) sc.check('setpgid(0, 0)', SYS.setpgid, 0, 0);
+    else {
+      const leader = pidOf(info.pgid);
+      if (leader !== undefined) sc.call(SYS.setpgid, 0, leader);
+    }
+    const sig = info.status & 0x7f;
+    if (sig === 0) {
+      sc.begin(SYS.exit_group, (info.status >> 8) & 0xff);
+      reapTraced(pid); // our view of its exit; its parent's comes after
+      return;
+    }
+    setRlimit(pid, RLIMIT_CORE, 0n, 0n);
+    const dfl = Buffer.alloc(32);
+    mem.write(dfl, 0, 32, parent.scratch);
+    sc.check(`rt_sigaction(${sig}, SIG_DFL)`, SYS.rt_sigaction, sig, parent.scratch, 0, 8);
+    mem.write(Buffer.alloc(8), 0, 8, parent.scratch);
+    sc.check('rt_sigprocmask(unblock all)', SYS.rt_sigprocmask, 2, parent.scratch, 0, 8);
+    sc.check(`kill(self, ${sig})`, SYS.kill, pid, sig);
+    // Let go: the pending fatal signal is delivered as it returns to user mode.
+    ptrace.detach(pid, 0);
+    for (let i = 0; i < 1000; i++) {
+      try { if (readStat(pid).state === 'Z') return; } catch { return; }
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
+    }
+    throw new TsnapError('restoreFailed', `the exited process ${z.pid} did not end again with signal ${sig}`);
+  } finally {
+    mem.close();
+  }
 }
 
 /**

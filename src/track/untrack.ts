@@ -5,7 +5,7 @@
  */
 import { join } from 'node:path';
 import { readImage } from '../image/image-reader.js';
-import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
+import { isTreeImage, readTreeManifest, imagedMembers } from '../image/tree-manifest.js';
 import { readdirSync, readFileSync } from 'node:fs';
 import { stopHolder, killHolder, HOLDER_NAME } from './holder.js';
 import { TsnapError } from '../errors.js';
@@ -30,7 +30,7 @@ export function untrackPid(pid: number): string {
 }
 
 export function untrack(dir: string): string {
-  if (isTreeImage(dir)) return readTreeManifest(dir).processes.map((m) => untrack(join(dir, m.dir))).join('\n');
+  if (isTreeImage(dir)) return imagedMembers(readTreeManifest(dir)).map((m) => untrack(join(dir, m.dir))).join('\n');
   const img = readImage(dir);
   const ref = img.inventory.tracking;
   if (!ref) throw new TsnapError('usage', `${dir} is not a pre-dump: it holds no tracking`);
