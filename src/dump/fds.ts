@@ -39,7 +39,14 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
   const seen: SeenFd[] = [];
   const out = new Map<number, FdImage[]>();
   for (const pid of pids) {
-    const pidfd = pidfdOpen(pid);
+    let pidfd: number;
+    try {
+      pidfd = pidfdOpen(pid);
+    } catch (err) {
+      // Checking a running tree before the freeze: a child may just have gone.
+      if (opts.enter === false && pids.length > 1 && pid !== pids[0]) continue;
+      throw err;
+    }
     try {
       const fds = listFds(pid);
       const open = new Set(fds);
