@@ -20,7 +20,7 @@ export interface Placement {
 
 export function placeFds(rt: RemoteTask, placements: Placement[], floor: number): void {
   const temps = placements.map((p) => p.tmp);
-  placements.forEach((p, i) => {
+  placements.forEach((_, i) => {
     const others = new Set(placements.flatMap((q, j) => (j === i ? [] : q.targets.map((t) => t.fd))));
     if (others.has(temps[i])) {
       const moved = Number(rt.sc.check(`fcntl(${temps[i]}, F_DUPFD_CLOEXEC)`, SYS.fcntl, temps[i], F_DUPFD_CLOEXEC, floor));
