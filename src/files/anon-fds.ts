@@ -39,6 +39,23 @@ export function describeSignalfd(info: FdInfo): FdImage['signalfd'] {
   return { mask: BigInt(`0x${field(info, 'sigmask', info.fd).trim()}`) };
 }
 
+/**
+ * The struct itimerspec that re-arms a timer (timerfd or POSIX) with the
+ * time it had left and its period, or null for a disarmed one. An expired
+ * periodic timer shows 0 left (it re-arms when read or delivered): it gets
+ * one period.
+ */
+export function timerSetting(t: { valueNs: bigint; intervalNs: bigint }): Buffer | null {
+  const value = t.valueNs === 0n ? t.intervalNs : t.valueNs;
+  if (value <= 0n) return null;
+  const its = Buffer.alloc(32);
+  its.writeBigInt64LE(t.intervalNs / 1_000_000_000n, 0);
+  its.writeBigInt64LE(t.intervalNs % 1_000_000_000n, 8);
+  its.writeBigInt64LE(value / 1_000_000_000n, 16);
+  its.writeBigInt64LE(value % 1_000_000_000n, 24);
+  return its;
+}
+
 /** The O_NONBLOCK/O_CLOEXEC creation flags these syscalls take (same values as O_*). */
 function createFlags(f: FdImage): number {
   return (f.flags & O_NONBLOCK) | O_CLOEXEC;
@@ -61,17 +78,8 @@ export function restoreTimerfd(rt: RemoteTask, group: FdImage[], floor: number):
   const f = group[0];
   const t = f.timerfd!;
   const tmp = Number(rt.sc.check('timerfd_create', SYS.timerfd_create, t.clockid, createFlags(f)));
-  let value = t.valueNs;
-  // An expired periodic timer re-arms only when read: give it one period.
-  if (value === 0n && t.intervalNs > 0n) value = t.intervalNs;
-  if (value > 0n) {
-    const its = Buffer.alloc(32);
-    its.writeBigInt64LE(t.intervalNs / 1_000_000_000n, 0);
-    its.writeBigInt64LE(t.intervalNs % 1_000_000_000n, 8);
-    its.writeBigInt64LE(value / 1_000_000_000n, 16);
-    its.writeBigInt64LE(value % 1_000_000_000n, 24);
-    rt.sc.check('timerfd_settime', SYS.timerfd_settime, tmp, 0, rt.put(its), 0);
-  }
+  const its = timerSetting(t);
+  if (its) rt.sc.check('timerfd_settime', SYS.timerfd_settime, tmp, 0, rt.put(its), 0);
   if (t.ticks > 0n) {
     const b = Buffer.alloc(8);
     b.writeBigUInt64LE(t.ticks);

@@ -9,10 +9,10 @@
  */
 import { openSync, closeSync, readSync, writeSync } from 'node:fs';
 import { constants as C } from 'node:fs';
-import { pipe2, tee, fcntl, SYS, O_CLOEXEC, O_NONBLOCK, F_GETPIPE_SZ, F_SETPIPE_SZ, F_SETFL, F_DUPFD_CLOEXEC } from '../sys/index.js';
+import { pipe2, tee, fcntl, SYS, O_CLOEXEC, O_NONBLOCK, F_GETPIPE_SZ, F_SETPIPE_SZ, F_SETFL } from '../sys/index.js';
 import type { FdImage, PipeImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
-import { placeFds, SETFL_MASK } from './place.js';
+import { placeEnds, SETFL_MASK } from './place.js';
 import { TsnapError } from '../errors.js';
 
 const O_ACCMODE = 3;
@@ -66,15 +66,6 @@ export function restorePipe(rt: RemoteTask, ends: FdImage[][], floor: number): {
     const flags = group[0].flags & SETFL_MASK;
     if (flags) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, isReadEnd(group[0]) ? r : w, F_SETFL, flags);
   }
-  const readers = ends.filter((g) => isReadEnd(g[0])).flat();
-  const writers = ends.filter((g) => !isReadEnd(g[0])).flat();
-  const carry = (fd: number) => {
-    const hi = Number(rt.sc.check('fcntl(F_DUPFD_CLOEXEC)', SYS.fcntl, fd, F_DUPFD_CLOEXEC, floor));
-    rt.close(fd);
-    return hi;
-  };
-  const read = readers.length ? readers[0].fd : carry(r);
-  const write = writers.length ? writers[0].fd : carry(w);
-  placeFds(rt, [...(readers.length ? [{ tmp: r, targets: readers }] : []), ...(writers.length ? [{ tmp: w, targets: writers }] : [])], floor);
-  return { read, write };
+  const placed = placeEnds(rt, { tmp: r, targets: ends.filter((g) => isReadEnd(g[0])).flat() }, { tmp: w, targets: ends.filter((g) => !isReadEnd(g[0])).flat() }, floor);
+  return { read: placed.a, write: placed.b };
 }

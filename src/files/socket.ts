@@ -9,11 +9,11 @@
 import { closeSync, lstatSync, unlinkSync, writeSync } from 'node:fs';
 import {
   pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, peekQueued, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
-  SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6, F_SETFL, F_DUPFD_CLOEXEC,
+  SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6, F_SETFL,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
-import { placeFds } from './place.js';
+import { placeFds, placeEnds } from './place.js';
 import { describeTcp } from './tcp.js';
 import { TsnapError } from '../errors.js';
 
@@ -179,15 +179,5 @@ export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: numb
     const flags = g[0].flags & O_NONBLOCK;
     if (flags) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, isA(g[0]) ? a : b, F_SETFL, flags);
   }
-  const endA = ends.filter((g) => isA(g[0])).flat();
-  const endB = ends.filter((g) => !isA(g[0])).flat();
-  const carry = (fd: number) => {
-    const hi = Number(rt.sc.check('fcntl(F_DUPFD_CLOEXEC)', SYS.fcntl, fd, F_DUPFD_CLOEXEC, floor));
-    rt.close(fd);
-    return hi;
-  };
-  const outA = endA.length ? endA[0].fd : carry(a);
-  const outB = endB.length ? endB[0].fd : carry(b);
-  placeFds(rt, [...(endA.length ? [{ tmp: a, targets: endA }] : []), ...(endB.length ? [{ tmp: b, targets: endB }] : [])], floor);
-  return { a: outA, b: outB };
+  return placeEnds(rt, { tmp: a, targets: ends.filter((g) => isA(g[0])).flat() }, { tmp: b, targets: ends.filter((g) => !isA(g[0])).flat() }, floor);
 }

@@ -71,23 +71,31 @@ export async function createProcess(pid: number | null, stdio: StdioOptions): Pr
 }
 
 function cloneInHelper(hsc: RemoteSyscaller, pid: number | null): number {
-  return hsc.withScratch(4096, (scratch) => {
-    const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
-    args.writeBigUInt64LE(BigInt(CLONE_PARENT), 0); // flags
-    // exit_signal is ignored with CLONE_PARENT: the clone inherits the helper's (SIGCHLD).
-    if (pid !== null) {
-      args.writeBigUInt64LE(BigInt(scratch + CLONE_ARGS_SIZE), 64); // set_tid
-      args.writeBigUInt64LE(1n, 72); // set_tid_size
-      args.writeUInt32LE(pid, CLONE_ARGS_SIZE);
-    }
-    hsc.mem.write(args, 0, args.length, scratch);
-    try {
-      return Number(hsc.check('clone3', SYS.clone3, scratch, CLONE_ARGS_SIZE));
-    } catch (err) {
-      if (err instanceof SysError && err.code === 'EEXIST' && pid !== null) throw pidTaken(pid);
-      throw err;
-    }
-  });
+  // exit_signal is ignored with CLONE_PARENT: the clone inherits the helper's (SIGCHLD).
+  return hsc.withScratch(4096, (scratch) => cloneIn(hsc, scratch, CLONE_PARENT, 0, pid, 'clone3'));
+}
+
+/**
+ * clone3 run by the task behind `sc`, its clone_args (and the set_tid
+ * array right after them) written at `scratch`. `tid`: the pid or tid the
+ * clone must get, or null for any; when it is taken the error says by whom.
+ */
+export function cloneIn(sc: RemoteSyscaller, scratch: number, flags: number, exitSignal: number, tid: number | null, what: string): number {
+  const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
+  args.writeBigUInt64LE(BigInt(flags), 0);
+  args.writeBigUInt64LE(BigInt(exitSignal), 32);
+  if (tid !== null) {
+    args.writeBigUInt64LE(BigInt(scratch + CLONE_ARGS_SIZE), 64); // set_tid
+    args.writeBigUInt64LE(1n, 72); // set_tid_size
+    args.writeUInt32LE(tid, CLONE_ARGS_SIZE);
+  }
+  sc.mem.write(args, 0, args.length, scratch);
+  try {
+    return Number(sc.check(what, SYS.clone3, scratch, CLONE_ARGS_SIZE));
+  } catch (err) {
+    if (err instanceof SysError && err.code === 'EEXIST' && tid !== null) throw pidTaken(tid);
+    throw err;
+  }
 }
 
 export function pidTaken(pid: number): TsnapError {

@@ -6,12 +6,12 @@
 import { openSync, closeSync, writeFileSync } from 'node:fs';
 import type { ChildProcess, StdioOptions } from 'node:child_process';
 import { join } from 'node:path';
-import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus, SysError, ProcMem, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, CLONE_ARGS_SIZE, SIGCHLD, setRlimit } from '../sys/index.js';
+import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus, ProcMem, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, SIGCHLD, setRlimit } from '../sys/index.js';
 
 const RLIMIT_CORE = 4;
 import { readChain, type Image } from '../image/image-reader.js';
 import { readReg, writeReg, FrozenTask } from '../freeze/frozen-task.js';
-import { createProcess, pidTaken, type NewProcess } from './create-process.js';
+import { createProcess, cloneIn, type NewProcess } from './create-process.js';
 import { RemoteTask } from './remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
@@ -289,26 +289,8 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
     pids.set(m.p.pid, rt.pid);
     if (m.children.length || m.zombies.length) ptrace.setOptions(rt.pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
     for (const c of m.children) {
-      const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
-      args.writeBigUInt64LE(BigInt(SIGCHLD), 32); // exit_signal
-      if (!newPid) {
-        args.writeBigUInt64LE(BigInt(rt.scratch + CLONE_ARGS_SIZE), 64); // set_tid
-        args.writeBigUInt64LE(1n, 72);
-        args.writeUInt32LE(c.p.pid, CLONE_ARGS_SIZE);
-      }
-      let pid: number;
-      try {
-        pid = Number(rt.sc.check(`clone3(process ${c.p.pid})`, SYS.clone3, rt.put(args), CLONE_ARGS_SIZE));
-      } catch (err) {
-        if (err instanceof SysError && err.code === 'EEXIST') throw pidTaken(c.p.pid);
-        throw err;
-      }
-      created.push({ pid, leader: true });
-      const task = FrozenTask.adopt(pid);
-      ptrace.setOptions(pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL);
-      const mem = new ProcMem(pid, true);
-      // The child is a copy of its parent: the stub is at the same address.
-      c.rt = new RemoteTask(new RemoteSyscaller(task, mem, stubAddr), mem);
+      const child = forkChild(rt, newPid ? null : c.p.pid, `clone3(process ${c.p.pid})`, stubAddr, created);
+      c.rt = new RemoteTask(child.sc, child.mem);
       c.rt.scratch = prt.scratch;
       c.rt.scratchSize = prt.scratchSize;
       walk(c);
@@ -322,6 +304,21 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
 }
 
 /**
+ * Forks a child inside a restored process (the fork the original made):
+ * clone3 with its pid, exit signal SIGCHLD, our tracee from its first
+ * instruction. It is a copy of its parent, so the stub is at the same
+ * address and serves it too.
+ */
+function forkChild(parent: RemoteTask, pid: number | null, what: string, stubAddr: number, created: { pid: number; leader: boolean }[]): { sc: RemoteSyscaller; mem: ProcMem } {
+  const child = cloneIn(parent.sc, parent.scratch, 0, SIGCHLD, pid, what);
+  created.push({ pid: child, leader: true });
+  const task = FrozenTask.adopt(child);
+  ptrace.setOptions(child, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL);
+  const mem = new ProcMem(child, true);
+  return { sc: new RemoteSyscaller(task, mem, stubAddr), mem };
+}
+
+/**
  * A child that had exited but was not reaped at the dump: forked again in
  * its parent with its pid, given its session and group, and made to end
  * the way it did (exit_group with its code, or its fatal signal without a
@@ -329,26 +326,9 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
  */
 function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[], pidOf: (pid: number) => number | undefined): void {
   const info = z.zombie!;
-  const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
-  args.writeBigUInt64LE(BigInt(SIGCHLD), 32);
-  if (!newPid) {
-    args.writeBigUInt64LE(BigInt(parent.scratch + CLONE_ARGS_SIZE), 64);
-    args.writeBigUInt64LE(1n, 72);
-    args.writeUInt32LE(z.pid, CLONE_ARGS_SIZE);
-  }
-  let pid: number;
+  const { sc, mem } = forkChild(parent, newPid ? null : z.pid, `clone3(exited process ${z.pid})`, stubAddr, created);
+  const pid = sc.task.pid;
   try {
-    pid = Number(parent.sc.check(`clone3(exited process ${z.pid})`, SYS.clone3, parent.put(args), CLONE_ARGS_SIZE));
-  } catch (err) {
-    if (err instanceof SysError && err.code === 'EEXIST') throw pidTaken(z.pid);
-    throw err;
-  }
-  created.push({ pid, leader: true });
-  const task = FrozenTask.adopt(pid);
-  ptrace.setOptions(pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL);
-  const mem = new ProcMem(pid, true);
-  try {
-    const sc = new RemoteSyscaller(task, mem, stubAddr);
     if (info.sid === z.pid) sc.check('setsid', SYS.setsid);
     else if (info.pgid === z.pid) sc.check('setpgid(0, 0)', SYS.setpgid, 0, 0);
     else {

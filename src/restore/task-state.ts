@@ -6,6 +6,7 @@ import {
 import type { ProcessImage, ThreadImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
+import { timerSetting } from '../files/anon-fds.js';
 
 /** start_code..env_end, auxv and the executable in one PR_SET_MM_MAP. */
 export function restoreMm(rt: RemoteTask, p: ProcessImage): void {
@@ -142,16 +143,8 @@ export function restorePosixTimers(rt: RemoteTask, p: ProcessImage, tidOf: (tid:
       rt.sc.check(`timer_create(id ${t.id})`, SYS.timer_create, t.clockid, rt.put(sev, 2048), idAt);
       const id = rt.get(4, 2112).readInt32LE(0);
       if (id !== t.id) throw new TsnapError('restoreFailed', `POSIX timer ${t.id} came back as ${id}`);
-      let value = t.valueNs;
-      if (value === 0n && t.intervalNs > 0n) value = t.intervalNs; // expired, re-armed on delivery
-      if (value > 0n) {
-        const its = Buffer.alloc(32);
-        its.writeBigInt64LE(t.intervalNs / 1_000_000_000n, 0);
-        its.writeBigInt64LE(t.intervalNs % 1_000_000_000n, 8);
-        its.writeBigInt64LE(value / 1_000_000_000n, 16);
-        its.writeBigInt64LE(value % 1_000_000_000n, 24);
-        rt.sc.check(`timer_settime(${t.id})`, SYS.timer_settime, t.id, 0, rt.put(its, 2176), 0);
-      }
+      const its = timerSetting(t);
+      if (its) rt.sc.check(`timer_settime(${t.id})`, SYS.timer_settime, t.id, 0, rt.put(its, 2176), 0);
     }
   } finally {
     rt.sc.call(SYS.prctl, PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0);

@@ -6,11 +6,11 @@
  * state (alternate stack, clear-child-tid, robust list, rseq) through the
  * stub's syscall instruction and gets its registers as the last step.
  */
-import { ptrace, SYS, SysError, PTRACE_O, PTRACE_O_TRACECLONE, CLONE_THREAD_FLAGS, CLONE_ARGS_SIZE } from '../sys/index.js';
+import { ptrace, PTRACE_O, PTRACE_O_TRACECLONE, CLONE_THREAD_FLAGS } from '../sys/index.js';
 import { FrozenTask } from '../freeze/frozen-task.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { RemoteTask } from './remote-task.js';
-import { pidTaken } from './create-process.js';
+import { cloneIn } from './create-process.js';
 import type { ThreadImage } from '../../formats/schema.js';
 
 export interface RestoredThread {
@@ -28,23 +28,9 @@ export function createThreads(leader: RemoteTask, images: ThreadImage[], newTids
   ptrace.setOptions(leader.pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACECLONE);
   const out: RestoredThread[] = [];
   for (const image of images) {
-    const args = Buffer.alloc(CLONE_ARGS_SIZE + 8);
-    args.writeBigUInt64LE(BigInt(CLONE_THREAD_FLAGS), 0);
-    // exit_signal (offset 32) stays 0, as a thread's must; no stack: the
-    // thread is stopped before it runs and gets its own rsp from the image.
-    if (!newTids) {
-      args.writeBigUInt64LE(BigInt(leader.scratch + CLONE_ARGS_SIZE), 64); // set_tid
-      args.writeBigUInt64LE(1n, 72); // set_tid_size
-      args.writeUInt32LE(image.tid, CLONE_ARGS_SIZE);
-    }
-    const at = leader.put(args);
-    let tid: number;
-    try {
-      tid = Number(leader.sc.check(`clone3(thread ${image.tid})`, SYS.clone3, at, CLONE_ARGS_SIZE));
-    } catch (err) {
-      if (err instanceof SysError && err.code === 'EEXIST') throw pidTaken(image.tid);
-      throw err;
-    }
+    // Exit signal 0, as a thread's must; no stack: the thread is stopped
+    // before it runs and gets its own rsp from the image.
+    const tid = cloneIn(leader.sc, leader.scratch, CLONE_THREAD_FLAGS, 0, newTids ? null : image.tid, `clone3(thread ${image.tid})`);
     created.push(tid);
     const task = FrozenTask.adopt(tid);
     const rt = new RemoteTask(new RemoteSyscaller(task, leader.mem, leader.sc.gadget), leader.mem);
