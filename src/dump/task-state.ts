@@ -6,12 +6,12 @@
  * mapping.
  */
 import {
-  ptrace, getRobustList, SYS, PR, NSIG, KSIGACTION_SIZE, STACK_T_SIZE, SysError,
+  getRobustList, SYS, PR, NSIG, KSIGACTION_SIZE, STACK_T_SIZE, SysError,
 } from '../sys/index.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
 import type { ProcMem } from '../sys/memory.js';
-import { pendingRestart } from '../freeze/frozen-task.js';
+import { pendingRestart, type FrozenTask } from '../freeze/frozen-task.js';
 import type { ThreadImage, SignalImage, SigactionImage, ProcessImage, PosixTimerImage } from '../../formats/schema.js';
 import { readTimers } from '../proc/timers.js';
 
@@ -48,13 +48,13 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
   const callers = proc.tasks.map((t) => (t === proc.leader ? sc : new RemoteSyscaller(t, mem, sc.gadget)));
   // Read from outside first: these need no scratch memory.
   const outside = proc.tasks.map((t) => ({
-    xstate: ptrace.getXstate(t.pid),
-    sigmask: ptrace.getSigmask(t.pid),
+    xstate: t.xstate(),
+    sigmask: t.sigmask(),
     robustList: getRobustList(t.pid),
-    rseq: readRseq(t.pid),
-    pendingSignals: ptrace.peekSiginfo(t.pid, false),
+    rseq: readRseq(t),
+    pendingSignals: t.pendingSiginfo(false),
   }));
-  const sharedPending = ptrace.peekSiginfo(proc.pid, true);
+  const sharedPending = proc.leader.pendingSiginfo(true);
   const timers = readTimers(proc.pid);
   const TIMERS_AT = THREADS_AT + PER_THREAD * proc.tasks.length;
   const size = TIMERS_AT + 32 * timers.length;
@@ -134,9 +134,9 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
   });
 }
 
-function readRseq(tid: number): ThreadImage['rseq'] {
+function readRseq(task: FrozenTask): ThreadImage['rseq'] {
   try {
-    return ptrace.getRseqConfig(tid);
+    return task.rseqConfig();
   } catch (err) {
     // Kernels without CONFIG_RSEQ answer EINVAL/EIO: nothing registered to record.
     if (err instanceof SysError && (err.code === 'EINVAL' || err.code === 'EIO')) return null;

@@ -6,10 +6,11 @@
  * pass finds no new thread. Once every listed thread is stopped nothing in
  * the process can clone, so the last listing is complete.
  */
-import { kill, ptrace, SIGKILL, WaitStatus } from '../sys/index.js';
+import { kill, ptrace, SIGKILL, WaitStatus, Guardian } from '../sys/index.js';
 import { listTasks, readStat } from '../proc/index.js';
 import { FrozenTask, type FreezeOptions } from './frozen-task.js';
 import { TsnapError } from '../errors.js';
+import { faultPoint } from '../fault-points.js';
 
 export class FrozenProcess {
   /** The thread-group leader first, then the other threads in tid order. */
@@ -53,6 +54,7 @@ export class FrozenProcess {
       if (readStat(pid).state === 'Z') {
         throw new TsnapError('unsupported', `the main thread of process ${pid} has exited (only other threads run); such processes cannot be checkpointed`);
       }
+      faultPoint('frozen');
       const others = [...byTid.values()].filter((t) => t !== leader).sort((a, b) => a.pid - b.pid);
       return new FrozenProcess(pid, [leader, ...others], Number(process.hrtime.bigint() - t0) / 1000);
     } catch (err) {
@@ -86,10 +88,16 @@ export class FrozenProcess {
   kill(): void {
     if (this.released) return;
     this.released = true;
-    try { kill(this.pid, SIGKILL); } catch { /* gone */ }
     // Threads we trace stay zombies until we reap them, and the leader is
     // reported only once the rest of its group is gone: reap it last.
-    for (const t of [...this.tasks.slice(1), this.tasks[0]]) {
+    const order = [...this.tasks.slice(1), this.tasks[0]];
+    if (this.leader.tracer === 'guarded') {
+      for (const t of order) t.markReleased();
+      Guardian.get().kill(this.pid, order.map((t) => t.pid));
+      return;
+    }
+    try { kill(this.pid, SIGKILL); } catch { /* gone */ }
+    for (const t of order) {
       t.markReleased();
       reapTraced(t.pid);
     }

@@ -9,8 +9,16 @@
  * After remote syscalls the task sits at a syscall-exit stop instead, where
  * the kernel no longer performs that restart: release() then applies the
  * restart itself (rax = orig_rax, rip -= 2), as the kernel would have.
+ *
+ * Two kinds of tracer hold a task:
+ * - `guarded` (every process tsnap freezes to dump): the native guardian
+ *   (sys/guardian.ts) is the tracer and keeps the registers of the freeze,
+ *   so a tsnap that dies at any instant leaves the task as it found it;
+ * - `direct` (processes restore builds): tsnap itself, with
+ *   PTRACE_O_EXITKILL, so a tsnap that dies takes the half-built process
+ *   with it.
  */
-import { ptrace, SysError, WaitStatus, REG_OFFSET, PTRACE_O, PTRACE_EVENT_STOP, SIGTRAP, SIGKILL, SYS,
+import { ptrace, SysError, WaitStatus, Guardian, GuardianError, GuardianUnavailable, SIGINFO_SIZE, REG_OFFSET, PTRACE_O, PTRACE_EVENT_STOP, SIGTRAP, SIGKILL, SYS,
   ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK, kill } from '../sys/index.js';
 import { readStatus } from '../proc/status.js';
 import { TsnapError } from '../errors.js';
@@ -46,7 +54,11 @@ export function applyRestart(regs: Buffer): Buffer {
 export interface FreezeOptions {
   /** How long to wait for the task to stop (a task in uninterruptible sleep stops late). */
   timeoutMs?: number;
+  /** Trace it from tsnap itself rather than through the guardian (restore's own helper). */
+  direct?: boolean;
 }
+
+export type TracerKind = 'guarded' | 'direct';
 
 export class FrozenTask {
   /** Registers as found at the freeze; what release() puts back. */
@@ -59,7 +71,7 @@ export class FrozenTask {
   readonly freezeUs: number;
   readonly frozenAt: bigint;
 
-  private constructor(readonly pid: number, regs: Buffer, freezeUs: number) {
+  private constructor(readonly pid: number, regs: Buffer, freezeUs: number, readonly tracer: TracerKind) {
     this.savedRegs = regs;
     this.freezeUs = freezeUs;
     this.frozenAt = process.hrtime.bigint();
@@ -67,6 +79,18 @@ export class FrozenTask {
 
   static freeze(pid: number, opts: FreezeOptions = {}): FrozenTask {
     const t0 = process.hrtime.bigint();
+    const timeoutMs = opts.timeoutMs ?? 10_000;
+    if (!opts.direct) {
+      let regs: Buffer;
+      try {
+        regs = Guardian.get().freeze(pid, PTRACE_O.TRACESYSGOOD, timeoutMs);
+      } catch (err) {
+        if (err instanceof GuardianError && err.exited) throw new TsnapError('noSuchProcess', `process ${pid} exited while being frozen`);
+        if (err instanceof GuardianError && err.timedOut) throw stopTimeout(pid, timeoutMs);
+        throw explainSeizeError(pid, err);
+      }
+      return new FrozenTask(pid, regs, Number(process.hrtime.bigint() - t0) / 1000, 'guarded');
+    }
     try {
       ptrace.seize(pid, PTRACE_O.TRACESYSGOOD);
     } catch (err) {
@@ -74,7 +98,7 @@ export class FrozenTask {
     }
     try {
       ptrace.interrupt(pid);
-      waitForStop(pid, opts.timeoutMs ?? 10_000, (status) => {
+      waitForStop(pid, timeoutMs, (status) => {
         // A signal-delivery-stop before our trap: let the signal through as
         // it would have gone without us, and keep waiting for the trap.
         if (WaitStatus.event(status) === 0) {
@@ -84,7 +108,7 @@ export class FrozenTask {
         return WaitStatus.event(status) === PTRACE_EVENT_STOP;
       });
       const regs = ptrace.getRegs(pid);
-      return new FrozenTask(pid, regs, Number(process.hrtime.bigint() - t0) / 1000);
+      return new FrozenTask(pid, regs, Number(process.hrtime.bigint() - t0) / 1000, 'direct');
     } catch (err) {
       try { ptrace.detach(pid); } catch { /* already gone or never stopped */ }
       throw err;
@@ -97,7 +121,7 @@ export class FrozenTask {
    */
   static adopt(pid: number, timeoutMs = 10_000): FrozenTask {
     waitForStop(pid, timeoutMs, (status) => WaitStatus.event(status) === PTRACE_EVENT_STOP);
-    return new FrozenTask(pid, ptrace.getRegs(pid), 0);
+    return new FrozenTask(pid, ptrace.getRegs(pid), 0, 'direct');
   }
 
   frozenUs(): number {
@@ -108,6 +132,14 @@ export class FrozenTask {
   release(): void {
     if (this.released) return;
     this.released = true;
+    if (this.tracer === 'guarded') {
+      try {
+        Guardian.get().release(this.pid);
+      } catch (err) {
+        if (!(err instanceof GuardianError && (err.code === 'ESRCH' || err.exited))) throw err;
+      }
+      return;
+    }
     try {
       if (this.atSyscallStop) ptrace.setRegs(this.pid, applyRestart(this.savedRegs));
       else ptrace.setRegs(this.pid, this.savedRegs);
@@ -124,6 +156,10 @@ export class FrozenTask {
   kill(): void {
     if (this.released) return;
     this.released = true;
+    if (this.tracer === 'guarded') {
+      Guardian.get().kill(this.pid, [this.pid]);
+      return;
+    }
     try { kill(this.pid, SIGKILL); } catch { /* gone */ }
     try {
       // Reap the ptrace notification of its death so it does not linger as
@@ -133,6 +169,29 @@ export class FrozenTask {
         if (WaitStatus.exited(w.status) || WaitStatus.signaled(w.status)) break;
       }
     } catch { /* ECHILD: already reaped */ }
+  }
+
+  /** The full XSAVE area (x87, SSE, AVX, AVX-512, PKRU...) as the kernel lays it out. */
+  xstate(): Buffer {
+    return this.tracer === 'guarded' ? Guardian.get().getXstate(this.pid) : ptrace.getXstate(this.pid);
+  }
+
+  sigmask(): bigint {
+    return this.tracer === 'guarded' ? Guardian.get().getSigmask(this.pid) : ptrace.getSigmask(this.pid);
+  }
+
+  /** Queued siginfo records (128 bytes each) of the thread or, with shared, the process. */
+  pendingSiginfo(shared: boolean): Buffer[] {
+    if (this.tracer === 'direct') return ptrace.peekSiginfo(this.pid, shared);
+    const all = Guardian.get().peekSiginfo(this.pid, shared);
+    const out: Buffer[] = [];
+    for (let o = 0; o + SIGINFO_SIZE <= all.length; o += SIGINFO_SIZE) out.push(all.subarray(o, o + SIGINFO_SIZE));
+    return out;
+  }
+
+  /** The rseq area the thread registered (glibc registers one for every thread). */
+  rseqConfig(): ptrace.RseqConfig | null {
+    return this.tracer === 'guarded' ? ptrace.parseRseqConfig(Guardian.get().getRseq(this.pid)) : ptrace.getRseqConfig(this.pid);
   }
 
   get isReleased(): boolean {
@@ -153,9 +212,7 @@ export function waitForStop(pid: number, timeoutMs: number, accept: (status: num
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const w = ptrace.waitpidTimeout(pid, Math.max(0, deadline - Date.now()));
-    if (!w) {
-      throw new TsnapError('targetFailed', `process ${pid} did not stop within ${timeoutMs} ms (uninterruptible sleep?); try again later`);
-    }
+    if (!w) throw stopTimeout(pid, timeoutMs);
     if (WaitStatus.exited(w.status) || WaitStatus.signaled(w.status)) {
       throw new TsnapError('noSuchProcess', `process ${pid} exited while being frozen`);
     }
@@ -163,7 +220,12 @@ export function waitForStop(pid: number, timeoutMs: number, accept: (status: num
   }
 }
 
+function stopTimeout(pid: number, timeoutMs: number): TsnapError {
+  return new TsnapError('targetFailed', `process ${pid} did not stop within ${timeoutMs} ms (uninterruptible sleep?); try again later`);
+}
+
 function explainSeizeError(pid: number, err: unknown): unknown {
+  if (err instanceof GuardianUnavailable) return new TsnapError('internal', err.message, err);
   if (!(err instanceof SysError)) return err;
   if (err.code === 'ESRCH') return new TsnapError('noSuchProcess', `no process with pid ${pid}; check the pid (ps -p ${pid})`, err);
   if (err.code === 'EPERM') {

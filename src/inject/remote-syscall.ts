@@ -11,14 +11,20 @@
  *
  * Scratch memory for syscalls with pointer arguments is an anonymous mapping
  * made and removed by the same mechanism.
+ *
+ * For a guarded task (one frozen to dump) the guardian runs each syscall
+ * whole, and anything a syscall leaves in the task (the scratch mapping, an
+ * injected fd) is registered with it as an undo: should tsnap die before it
+ * removes that thing itself, the guardian does, before it lets the task go.
  */
 import {
-  ptrace, SysError, WaitStatus, ProcMem, SYS, SIGTRAP,
+  ptrace, SysError, WaitStatus, ProcMem, SYS, SIGTRAP, Guardian, GuardianError, type SyscallUndo,
   PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS,
 } from '../sys/index.js';
 import { FrozenTask, readReg, writeReg, waitForStop, pendingRestart } from '../freeze/frozen-task.js';
 import { readMaps } from '../proc/maps.js';
 import { TsnapError } from '../errors.js';
+import { faultPoint } from '../fault-points.js';
 
 const SYSCALL_STOP = SIGTRAP | 0x80;
 const ARG_REGS = ['rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9'] as const;
@@ -34,8 +40,36 @@ export class RemoteSyscaller {
 
   /** Raw result: a negative value is -errno. */
   call(nr: number, ...args: (number | bigint)[]): bigint {
+    if (this.task.tracer === 'guarded') return this.guarded(nr, args, null, 0n).ret;
     this.begin(nr, ...args);
     return this.end();
+  }
+
+  /**
+   * A syscall that leaves something in the task, with the syscall that
+   * removes it (`undo`, the result going to argument `resultSlot`). Returns
+   * the raw result and a token for callUndoing().
+   */
+  callLeaving(nr: number, args: (number | bigint)[], undo: SyscallUndo): { ret: bigint; token: bigint } {
+    if (this.task.tracer === 'direct') return { ret: this.call(nr, ...args), token: 0n };
+    const r = this.guarded(nr, args, undo, 0n);
+    return { ret: r.ret, token: r.undoId };
+  }
+
+  /** The syscall that removes what callLeaving() left; `token` is its answer. */
+  callUndoing(token: bigint, nr: number, ...args: (number | bigint)[]): bigint {
+    if (this.task.tracer === 'direct') return this.call(nr, ...args);
+    return this.guarded(nr, args, null, token).ret;
+  }
+
+  private guarded(nr: number, args: (number | bigint)[], undo: SyscallUndo | null, cancels: bigint): { ret: bigint; undoId: bigint } {
+    this.task.atSyscallStop = true;
+    try {
+      return Guardian.get().syscall(this.task.pid, this.gadget, nr, args, undo, cancels);
+    } catch (err) {
+      if (err instanceof GuardianError && err.exited) throw new TsnapError('targetFailed', `process ${this.task.pid} exited during a remote syscall`);
+      throw err;
+    }
   }
 
   private running = false;
@@ -47,6 +81,7 @@ export class RemoteSyscaller {
    */
   begin(nr: number, ...args: (number | bigint)[]): void {
     if (this.running) throw new Error('a remote syscall is already running');
+    if (this.task.tracer === 'guarded') throw new Error('begin()/end() are for tasks restore traces itself');
     const { pid } = this.task;
     const regs = Buffer.from(this.task.savedRegs);
     writeReg(regs, 'rax', nr);
@@ -85,7 +120,11 @@ export class RemoteSyscaller {
 
   /** Like call(), throwing SysError for an error return. */
   check(name: string, nr: number, ...args: (number | bigint)[]): bigint {
-    const r = this.call(nr, ...args);
+    return this.checked(name, this.call(nr, ...args));
+  }
+
+  /** Throws SysError for a raw result that is an error. */
+  checked(name: string, r: bigint): bigint {
     if (r < 0n && r > -4096n) throw new SysError(`remote ${name} in ${this.task.pid}`, Number(-r));
     return r;
   }
@@ -96,11 +135,14 @@ export class RemoteSyscaller {
    */
   withScratch<T>(size: number, fn: (addr: number) => T): T {
     const len = Math.ceil(size / 4096) * 4096;
-    const addr = Number(this.check('mmap', SYS.mmap, 0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1n, 0));
+    const made = this.callLeaving(SYS.mmap, [0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1n, 0],
+      { nr: SYS.munmap, args: [0, len], resultSlot: 0 });
+    const addr = Number(this.checked('mmap', made.ret));
     try {
+      faultPoint('scratch-mapped');
       return fn(addr);
     } finally {
-      this.check('munmap', SYS.munmap, addr, len);
+      this.checked('munmap', this.callUndoing(made.token, SYS.munmap, addr, len));
     }
   }
 

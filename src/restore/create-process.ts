@@ -48,7 +48,7 @@ export async function createProcess(pid: number | null, stdio: StdioOptions): Pr
   const hpid = helper.pid!;
   try {
     await waitForPause(hpid);
-    const htask = FrozenTask.freeze(hpid);
+    const htask = FrozenTask.freeze(hpid, { direct: true });
     ptrace.setOptions(hpid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
     const hmem = new ProcMem(hpid, true);
     const hsc = new RemoteSyscaller(htask, hmem);

@@ -7,3 +7,4 @@ export * from './memory.js';
 export * from './fd.js';
 export * from './pagemap-scan.js';
 export * from './files.js';
+export { Guardian, GuardianError, GuardianUnavailable, GuardianFailure, guardianPath, type SyscallUndo } from './guardian.js';

@@ -25,6 +25,9 @@ export const libc = {
   pwrite: lib.func('long pwrite(int fd, void *buf, size_t count, int64_t offset)'),
   preadv: lib.func('long preadv(int fd, void *iov, int iovcnt, int64_t offset)'),
   kill: lib.func('int kill(int pid, int sig)'),
+  socketpair: lib.func('int socketpair(int domain, int type, int protocol, void *sv)'),
+  send: lib.func('long send(int fd, void *buf, size_t len, int flags)'),
+  recv: lib.func('long recv(int fd, void *buf, size_t len, int flags)'),
   errno: (): number => koffi.errno(),
   clearErrno: (): void => { koffi.errno(0); },
   /** Address of a Buffer's first byte, for building iovec arrays. */

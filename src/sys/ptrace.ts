@@ -172,11 +172,18 @@ export function waitpidTimeout(pid: number, timeoutMs: number): WaitResult | nul
   return null;
 }
 
+export interface RseqConfig { pointer: bigint; size: number; signature: number; flags: number }
+
 /** The rseq area the thread registered (glibc registers one for every thread). */
-export function getRseqConfig(pid: number): { pointer: bigint; size: number; signature: number; flags: number } | null {
+export function getRseqConfig(pid: number): RseqConfig | null {
   const buf = Buffer.alloc(RSEQ_CONFIG_SIZE);
   const r = libc.ptraceBuf(PTRACE_GET_RSEQ_CONFIGURATION, pid, RSEQ_CONFIG_SIZE, buf);
   if (Number(r) === -1) throw new SysError(`ptrace(GET_RSEQ_CONFIGURATION, ${pid})`, libc.errno());
+  return parseRseqConfig(buf);
+}
+
+/** struct ptrace_rseq_configuration; null when the thread registered none. */
+export function parseRseqConfig(buf: Buffer): RseqConfig | null {
   const pointer = buf.readBigUInt64LE(0);
   if (pointer === 0n) return null;
   return { pointer, size: buf.readUInt32LE(8), signature: buf.readUInt32LE(12), flags: buf.readUInt32LE(16) };

@@ -17,6 +17,7 @@ import { uffdApi } from './uffd.js';
 import { startHolder, takeUffd, stopHolder } from './holder.js';
 import type { TrackingRef } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
+import { faultPoint } from '../fault-points.js';
 
 const AT_RANDOM = 25;
 
@@ -67,20 +68,25 @@ export async function openTracking(pid: number, parent: TrackingRef | null, froz
   const mem = new ProcMem(pid);
   let pidfd = -1;
   let uffd = -1;
+  let token = 0n;
+  const sc = new RemoteSyscaller(task, mem);
   try {
-    const sc = new RemoteSyscaller(task, mem);
-    const r = sc.call(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+    // Should tsnap die before the close below, the guardian closes it.
+    const made = sc.callLeaving(SYS.userfaultfd, [O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY], { nr: SYS.close, args: [0], resultSlot: 0 });
+    const r = made.ret;
+    token = made.token;
     if (r < 0n) {
       throw new TsnapError('kernel', `userfaultfd() in process ${pid} failed (errno ${-r}); dirty tracking needs CONFIG_USERFAULTFD`);
     }
     targetFd = Number(r);
+    faultPoint('uffd-injected');
     pidfd = pidfdOpen(pid);
     uffd = pidfdGetfd(pidfd, targetFd);
-    sc.check('close(uffd)', SYS.close, targetFd);
+    sc.checked('close(uffd)', sc.callUndoing(token, SYS.close, targetFd));
     targetFd = -1;
   } catch (err) {
     if (targetFd >= 0) {
-      try { new RemoteSyscaller(task, mem).call(SYS.close, targetFd); } catch { /* released below */ }
+      try { sc.callUndoing(token, SYS.close, targetFd); } catch { /* released below: the guardian closes it then */ }
     }
     if (uffd >= 0) closeSync(uffd);
     if (pidfd >= 0) closeSync(pidfd);

@@ -1,0 +1,430 @@
+/*
+ * tsnap-guardian: the ptrace tracer of every process tsnap freezes.
+ *
+ * Why a separate process: when a tracer dies, the kernel detaches its
+ * tracees as they are. A tsnap killed (SIGKILL, OOM, crash) in the middle of
+ * a remote syscall would let the target run on with tsnap's registers, a
+ * scratch mapping or an injected fd. The guardian owns the attachment, the
+ * registers found at the freeze, and an undo list of what tsnap created in
+ * each target; it runs every request to completion before it reads the next
+ * one. When its controller goes away (EOF on the socket), it puts every
+ * tracee back exactly as it was frozen and detaches, then exits.
+ *
+ * Protocol (formats/guardian-v1.md): SOCK_SEQPACKET on fd 3, one request
+ * (struct request) per message, one reply (struct reply + data) per request.
+ * Single-threaded on purpose: ptrace requests must come from the tracer
+ * thread, and one request at a time makes every request atomic with respect
+ * to the controller's death.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROTOCOL_VERSION 1
+#define CONTROL_FD 3
+
+#ifndef PTRACE_GET_RSEQ_CONFIGURATION
+#define PTRACE_GET_RSEQ_CONFIGURATION 0x420f
+#endif
+#ifndef PTRACE_EVENT_STOP
+#define PTRACE_EVENT_STOP 128
+#endif
+#define NT_X86_XSTATE_ 0x202
+#define XSTATE_MAX 16384
+#define SIGINFO_SIZE 128
+#define MAX_DATA (256 * 1024)
+
+/* Errors of the guardian's own, beyond errno values. */
+#define G_EXITED 10001   /* the tracee exited during the request */
+#define G_TIMEOUT 10002  /* the tracee did not stop in time */
+#define G_UNKNOWN 10003  /* not a tracee of this guardian */
+#define G_BADREQ 10004   /* malformed request */
+
+enum op {
+  OP_HELLO = 0,
+  OP_FREEZE = 1,     /* a0 options, a1 timeout ms -> regs */
+  OP_RELEASE = 2,    /* put back, detach, re-send held signals */
+  OP_KILL = 3,       /* a0 pid to SIGKILL (0: none), a1 count <= 16, a2.. tids to reap */
+  OP_GETREGS = 4,
+  OP_GETXSTATE = 5,
+  OP_GETSIGMASK = 6,
+  OP_PEEKSIGINFO = 7, /* a0 shared */
+  OP_GETRSEQ = 8,
+  OP_SYSCALL = 9,    /* a0 gadget, a1 nr, a2..a7 args, a8 undo nr (-1: none),
+                        a9..a14 undo args, a15 undo slot for the result (-1: none),
+                        a16 undo id this call cancels on success (0: none), a17 timeout ms
+                        -> ret = raw rax, data = u64 id of the undo registered (0: none) */
+};
+
+struct request {
+  uint32_t op;
+  int32_t tid;
+  int64_t a[18];
+};
+
+struct reply {
+  int64_t ret;
+  int32_t err;
+  uint32_t len;
+};
+
+struct undo {
+  uint64_t id;
+  int64_t nr;
+  int64_t args[6];
+};
+
+#define MAX_HELD_SIGNALS 64
+#define MAX_UNDOS 64
+
+struct tracee {
+  int tid;
+  struct user_regs_struct saved; /* at the freeze: what the task gets back */
+  int at_syscall_stop;           /* a remote syscall left it at a syscall-exit stop */
+  uint64_t gadget;               /* the syscall instruction its remote syscalls borrow */
+  int held[MAX_HELD_SIGNALS];    /* signals that arrived while held; re-sent on release */
+  int nheld;
+  struct undo undos[MAX_UNDOS];
+  int nundo;
+};
+
+static struct tracee *tracees;
+static int ntracees, captracees;
+static uint64_t next_undo_id = 1;
+
+static struct tracee *find(int tid) {
+  for (int i = 0; i < ntracees; i++)
+    if (tracees[i].tid == tid) return &tracees[i];
+  return NULL;
+}
+
+static struct tracee *add(int tid) {
+  if (ntracees == captracees) {
+    int cap = captracees ? captracees * 2 : 64;
+    struct tracee *n = realloc(tracees, (size_t)cap * sizeof *n);
+    if (!n) return NULL;
+    tracees = n;
+    captracees = cap;
+  }
+  struct tracee *t = &tracees[ntracees++];
+  memset(t, 0, sizeof *t);
+  t->tid = tid;
+  return t;
+}
+
+static void forget(struct tracee *t) {
+  *t = tracees[--ntracees];
+}
+
+static void nap(long ns) {
+  struct timespec ts = { 0, ns };
+  nanosleep(&ts, NULL);
+}
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* waitpid with a deadline: 1 with *status, 0 on time-out, -errno on error. */
+static int wait_for(int tid, int64_t timeout_ms, int *status) {
+  int64_t deadline = now_ms() + timeout_ms;
+  long ns = 50000;
+  for (int spin = 0;; spin++) {
+    int r = waitpid(tid, status, WNOHANG | __WALL);
+    if (r == tid) return 1;
+    if (r < 0 && errno != EINTR) return -errno;
+    if (spin < 200) continue;
+    if (now_ms() >= deadline) return 0;
+    nap(ns);
+    if (ns < 5000000) ns *= 2;
+  }
+}
+
+static int exited(int status) {
+  return WIFEXITED(status) || WIFSIGNALED(status);
+}
+
+static void hold_signal(struct tracee *t, int sig) {
+  if (t->nheld < MAX_HELD_SIGNALS) t->held[t->nheld++] = sig;
+}
+
+/* Resumes to the next syscall stop (entry or exit); signals meanwhile are held back. */
+static int step_to_syscall_stop(struct tracee *t, int64_t timeout_ms) {
+  if (ptrace(PTRACE_SYSCALL, t->tid, 0, 0) == -1) return errno;
+  for (;;) {
+    int status;
+    int r = wait_for(t->tid, timeout_ms, &status);
+    if (r == 0) return G_TIMEOUT;
+    if (r < 0) return -r;
+    if (exited(status)) return G_EXITED;
+    if (!WIFSTOPPED(status)) continue;
+    int sig = WSTOPSIG(status);
+    if (sig == (SIGTRAP | 0x80)) return 0;
+    if ((status >> 16) == 0) hold_signal(t, sig);
+    /* A group stop, a late trap or a held signal: step on. */
+    if (ptrace(PTRACE_SYSCALL, t->tid, 0, 0) == -1) return errno;
+  }
+}
+
+static int64_t *arg_reg(struct user_regs_struct *r, int i) {
+  switch (i) {
+  case 0: return (int64_t *)&r->rdi;
+  case 1: return (int64_t *)&r->rsi;
+  case 2: return (int64_t *)&r->rdx;
+  case 3: return (int64_t *)&r->r10;
+  case 4: return (int64_t *)&r->r8;
+  default: return (int64_t *)&r->r9;
+  }
+}
+
+/* Runs one syscall in the frozen task at the borrowed `gadget`; *ret = raw rax. */
+static int remote_syscall(struct tracee *t, uint64_t gadget, int64_t nr, const int64_t *args, int64_t timeout_ms, int64_t *ret) {
+  struct user_regs_struct regs = t->saved;
+  regs.rax = (uint64_t)nr;
+  regs.orig_rax = (uint64_t)-1;
+  regs.rip = gadget;
+  for (int i = 0; i < 6; i++) *arg_reg(&regs, i) = args[i];
+  if (ptrace(PTRACE_SETREGS, t->tid, 0, &regs) == -1) return errno;
+  t->at_syscall_stop = 1;
+  int e = step_to_syscall_stop(t, timeout_ms); /* entry */
+  if (!e) e = step_to_syscall_stop(t, timeout_ms); /* exit */
+  if (e) return e;
+  if (ptrace(PTRACE_GETREGS, t->tid, 0, &regs) == -1) return errno;
+  *ret = (int64_t)regs.rax;
+  return 0;
+}
+
+static int is_error(int64_t r) {
+  return r < 0 && r > -4096;
+}
+
+/*
+ * The registers the task must resume with. At a syscall-exit stop the kernel
+ * no longer restarts the syscall the task was frozen in, so do what it would
+ * have done (as FrozenTask.release does for a direct tracee).
+ */
+static struct user_regs_struct resume_regs(const struct tracee *t) {
+  struct user_regs_struct r = t->saved;
+  if (!t->at_syscall_stop || (int64_t)r.orig_rax < 0) return r;
+  int64_t code = -(int64_t)r.rax;
+  if (code == 512 || code == 513 || code == 514 || code == 516) {
+    r.rax = code == 516 ? SYS_restart_syscall : r.orig_rax;
+    r.rip -= 2;
+    r.orig_rax = (uint64_t)-1;
+  }
+  return r;
+}
+
+/* Undoes what tsnap left in the task (newest first), puts it back and lets it go. */
+static int release_one(struct tracee *t) {
+  for (int i = t->nundo - 1; i >= 0; i--) {
+    int64_t ignored;
+    (void)remote_syscall(t, t->gadget, t->undos[i].nr, t->undos[i].args, 10000, &ignored);
+  }
+  t->nundo = 0;
+  struct user_regs_struct r = resume_regs(t);
+  int e = 0;
+  if (ptrace(PTRACE_SETREGS, t->tid, 0, &r) == -1) e = errno;
+  if (ptrace(PTRACE_DETACH, t->tid, 0, 0) == -1 && !e) e = errno;
+  for (int i = 0; i < t->nheld; i++) kill(t->tid, t->held[i]);
+  return e;
+}
+
+static int op_freeze(struct request *q, struct reply *p, uint8_t *data) {
+  if (find(q->tid)) return EBUSY;
+  if (ptrace(PTRACE_SEIZE, q->tid, 0, (long)q->a[0]) == -1) return errno;
+  if (ptrace(PTRACE_INTERRUPT, q->tid, 0, 0) == -1) {
+    int e = errno;
+    ptrace(PTRACE_DETACH, q->tid, 0, 0);
+    return e;
+  }
+  int64_t deadline = now_ms() + q->a[1];
+  for (;;) {
+    int status;
+    int64_t left = deadline - now_ms();
+    int r = wait_for(q->tid, left > 0 ? left : 0, &status);
+    if (r == 0) {
+      /* Not stopped: its registers were never touched, so the kernel's
+       * detach at our exit (if this one fails) is harmless. */
+      ptrace(PTRACE_DETACH, q->tid, 0, 0);
+      return G_TIMEOUT;
+    }
+    if (r < 0) return -r;
+    if (exited(status)) return G_EXITED;
+    if (!WIFSTOPPED(status)) continue;
+    int event = status >> 16;
+    if (event == PTRACE_EVENT_STOP) break;
+    /* A signal-delivery stop before our trap: let the signal through as it
+     * would have gone without us, and keep waiting for the trap. */
+    ptrace(PTRACE_CONT, q->tid, 0, event == 0 ? WSTOPSIG(status) : 0);
+  }
+  struct tracee *t = add(q->tid);
+  if (!t) {
+    ptrace(PTRACE_DETACH, q->tid, 0, 0);
+    return ENOMEM;
+  }
+  if (ptrace(PTRACE_GETREGS, q->tid, 0, &t->saved) == -1) {
+    int e = errno;
+    ptrace(PTRACE_DETACH, q->tid, 0, 0);
+    forget(t);
+    return e;
+  }
+  memcpy(data, &t->saved, sizeof t->saved);
+  p->len = sizeof t->saved;
+  return 0;
+}
+
+static int op_syscall(struct tracee *t, struct request *q, struct reply *p, uint8_t *data) {
+  int64_t ret = 0;
+  int e = remote_syscall(t, (uint64_t)q->a[0], q->a[1], &q->a[2], q->a[17] > 0 ? q->a[17] : 60000, &ret);
+  if (e) return e;
+  t->gadget = (uint64_t)q->a[0]; /* undo runs where this ran */
+  p->ret = ret;
+  uint64_t id = 0;
+  if (!is_error(ret)) {
+    if (q->a[16]) {
+      for (int i = 0; i < t->nundo; i++) {
+        if (t->undos[i].id == (uint64_t)q->a[16]) {
+          memmove(&t->undos[i], &t->undos[i + 1], (size_t)(t->nundo - i - 1) * sizeof t->undos[0]);
+          t->nundo--;
+          break;
+        }
+      }
+    }
+    if (q->a[8] >= 0 && t->nundo < MAX_UNDOS) {
+      struct undo *u = &t->undos[t->nundo++];
+      u->id = id = next_undo_id++;
+      u->nr = q->a[8];
+      memcpy(u->args, &q->a[9], sizeof u->args);
+      if (q->a[15] >= 0 && q->a[15] < 6) u->args[q->a[15]] = ret;
+    }
+  }
+  memcpy(data, &id, 8);
+  p->len = 8;
+  return 0;
+}
+
+static int op_kill(struct request *q) {
+  int n = (int)q->a[1];
+  if (n < 0 || n > 16) return G_BADREQ;
+  if (q->a[0] > 0) kill((pid_t)q->a[0], SIGKILL);
+  for (int i = 0; i < n; i++) {
+    int tid = (int)q->a[2 + i];
+    struct tracee *t = find(tid);
+    if (t) forget(t);
+    for (;;) {
+      int status;
+      int r = waitpid(tid, &status, __WALL);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 || exited(status)) break;
+    }
+  }
+  return 0;
+}
+
+static int op_peeksiginfo(int tid, int shared, struct reply *p, uint8_t *data) {
+  uint32_t off = 0;
+  for (;;) {
+    struct { uint64_t off; uint32_t flags; int32_t nr; } args = { off, shared ? 1u : 0u, 32 };
+    if ((off + 32) * SIGINFO_SIZE > MAX_DATA) return E2BIG;
+    long n = ptrace(PTRACE_PEEKSIGINFO, tid, &args, data + (size_t)off * SIGINFO_SIZE);
+    if (n < 0) return errno;
+    off += (uint32_t)n;
+    if (n < 32) break;
+  }
+  p->len = off * SIGINFO_SIZE;
+  return 0;
+}
+
+static int handle(struct request *q, struct reply *p, uint8_t *data) {
+  p->ret = 0;
+  p->len = 0;
+  if (q->op == OP_HELLO) {
+    p->ret = PROTOCOL_VERSION;
+    return 0;
+  }
+  if (q->op == OP_FREEZE) return op_freeze(q, p, data);
+  if (q->op == OP_KILL) return op_kill(q);
+  struct tracee *t = find(q->tid);
+  if (!t) return G_UNKNOWN;
+  switch (q->op) {
+  case OP_RELEASE: {
+    int e = release_one(t);
+    forget(t);
+    return e;
+  }
+  case OP_GETREGS:
+    if (ptrace(PTRACE_GETREGS, t->tid, 0, data) == -1) return errno;
+    p->len = sizeof(struct user_regs_struct);
+    return 0;
+  case OP_GETXSTATE: {
+    struct iovec iov = { data, XSTATE_MAX };
+    if (ptrace(PTRACE_GETREGSET, t->tid, NT_X86_XSTATE_, &iov) == -1) return errno;
+    p->len = (uint32_t)iov.iov_len;
+    return 0;
+  }
+  case OP_GETSIGMASK:
+    if (ptrace(PTRACE_GETSIGMASK, t->tid, 8, data) == -1) return errno;
+    p->len = 8;
+    return 0;
+  case OP_PEEKSIGINFO:
+    return op_peeksiginfo(t->tid, (int)q->a[0], p, data);
+  case OP_GETRSEQ: {
+    long r = ptrace(PTRACE_GET_RSEQ_CONFIGURATION, t->tid, 32, data);
+    if (r == -1) return errno;
+    p->len = 32;
+    return 0;
+  }
+  case OP_SYSCALL:
+    return op_syscall(t, q, p, data);
+  default:
+    return G_BADREQ;
+  }
+}
+
+int main(void) {
+  /* Terminal and hang-up signals are for tsnap: the guardian must outlive
+   * it to put things back. Only SIGKILL ends it early. */
+  signal(SIGINT, SIG_IGN);
+  signal(SIGTERM, SIG_IGN);
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGQUIT, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+  prctl(PR_SET_NAME, "tsnap-guardian");
+  static uint8_t out[sizeof(struct reply) + MAX_DATA];
+  for (;;) {
+    struct request q;
+    ssize_t n = recv(CONTROL_FD, &q, sizeof q, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break; /* the controller is gone */
+    struct reply *p = (struct reply *)out;
+    if (n != (ssize_t)sizeof q) {
+      p->ret = -1; p->err = G_BADREQ; p->len = 0;
+    } else {
+      int e = handle(&q, p, out + sizeof *p);
+      if (e) { p->ret = -1; p->err = e; p->len = 0; } else p->err = 0;
+    }
+    if (send(CONTROL_FD, out, sizeof *p + p->len, MSG_NOSIGNAL) < 0) break;
+  }
+  /* Put back everything still held, as it was at the freeze. */
+  while (ntracees > 0) {
+    struct tracee *t = &tracees[ntracees - 1];
+    release_one(t);
+    forget(t);
+  }
+  return 0;
+}

@@ -1,0 +1,199 @@
+/**
+ * The client side of tsnap-guardian (src/guardian/tsnap-guardian.c): the
+ * native process that is the ptrace tracer of everything tsnap freezes for
+ * a dump, and that puts every tracee back as it was frozen should tsnap die
+ * at any instant (SIGKILL, OOM kill, crash). See formats/guardian-v1.md.
+ *
+ * Requests are synchronous on the main thread, one message each way over a
+ * SOCK_SEQPACKET socket pair. The guardian is started on first use, in its
+ * own session (terminal signals meant for tsnap do not reach it), and ends
+ * when tsnap's end of the socket closes, which happens exactly when tsnap
+ * exits, however it exits.
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { libc } from './libc.js';
+import { SysError } from './errors.js';
+import { USER_REGS_SIZE } from './uapi.js';
+import { faultPoint } from '../fault-points.js';
+
+const PROTOCOL_VERSION = 1n;
+const AF_UNIX = 1;
+const SOCK_SEQPACKET = 5;
+const SOCK_CLOEXEC = 0o2000000;
+const MSG_NOSIGNAL = 0x4000;
+const REQUEST_SIZE = 8 + 18 * 8;
+const REPLY_HEADER = 16;
+const MAX_DATA = 256 * 1024;
+
+const Op = {
+  hello: 0, freeze: 1, release: 2, kill: 3, getRegs: 4, getXstate: 5,
+  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9,
+} as const;
+
+/** Guardian-specific failures, beyond errno values (tsnap-guardian.c). */
+export const GuardianFailure = { exited: 10001, timeout: 10002, unknown: 10003, badRequest: 10004 } as const;
+
+/** A request the guardian could not carry out. `errno` is an errno value or a GuardianFailure. */
+export class GuardianError extends SysError {
+  constructor(call: string, errno: number) {
+    super(call, errno);
+    this.name = 'GuardianError';
+  }
+  get exited(): boolean { return this.errno === GuardianFailure.exited; }
+  get timedOut(): boolean { return this.errno === GuardianFailure.timeout; }
+}
+
+/** Thrown when the guardian binary is missing or does not answer. */
+export class GuardianUnavailable extends Error {}
+
+function packageRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pkg = join(dir, 'package.json');
+    if (existsSync(pkg) && JSON.parse(readFileSync(pkg, 'utf8')).name === 'tsnap') return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new GuardianUnavailable('cannot find the tsnap package directory');
+    dir = up;
+  }
+}
+
+export function guardianPath(): string {
+  return process.env.TSNAP_GUARDIAN ?? join(packageRoot(), 'dist', 'native', 'tsnap-guardian');
+}
+
+export interface SyscallUndo {
+  /** The syscall that undoes this one (munmap for mmap, close for an fd). */
+  nr: number;
+  args: (number | bigint)[];
+  /** Which argument of the undo receives this call's result (-1: none). */
+  resultSlot: number;
+}
+
+export class Guardian {
+  private static current: Guardian | null = null;
+  private readonly req = Buffer.alloc(REQUEST_SIZE);
+  private readonly reply = Buffer.alloc(REPLY_HEADER + MAX_DATA);
+
+  private constructor(private readonly fd: number, readonly pid: number) {}
+
+  /** The guardian of this tsnap process, started on first use. */
+  static get(): Guardian {
+    if (!Guardian.current) Guardian.current = Guardian.start();
+    return Guardian.current;
+  }
+
+  private static start(): Guardian {
+    const path = guardianPath();
+    if (!existsSync(path)) {
+      throw new GuardianUnavailable(`the native guardian ${path} is missing; run \`npm run build\` in the tsnap directory (it needs a C compiler, cc)`);
+    }
+    const sv = Buffer.alloc(8);
+    if (libc.socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) === -1) throw new SysError('socketpair', libc.errno());
+    const ours = sv.readInt32LE(0);
+    const theirs = sv.readInt32LE(4);
+    let pid: number | undefined;
+    try {
+      // spawn() forks and execs synchronously; the pid is known on return.
+      const child = spawn(path, [], { stdio: ['ignore', 'ignore', 'ignore', theirs], detached: true });
+      child.on('error', () => { /* seen by the handshake below */ });
+      child.unref();
+      pid = child.pid;
+    } finally {
+      closeSync(theirs);
+    }
+    const g = new Guardian(ours, pid ?? -1);
+    let version: bigint;
+    try {
+      version = g.call('hello', Op.hello, 0).ret;
+    } catch (err) {
+      closeSync(ours);
+      throw new GuardianUnavailable(`the native guardian ${path} did not start (${(err as Error).message}); rebuild with \`npm run build\``);
+    }
+    if (version !== PROTOCOL_VERSION) {
+      closeSync(ours);
+      throw new GuardianUnavailable(`the native guardian ${path} speaks protocol ${version}, not ${PROTOCOL_VERSION}; rebuild with \`npm run build\``);
+    }
+    return g;
+  }
+
+  private call(name: string, op: number, tid: number, args: (number | bigint)[] = []): { ret: bigint; data: Buffer } {
+    const q = this.req;
+    q.fill(0);
+    q.writeUInt32LE(op, 0);
+    q.writeInt32LE(tid, 4);
+    args.forEach((a, i) => q.writeBigInt64LE(BigInt.asIntN(64, BigInt(a)), 8 + i * 8));
+    for (;;) {
+      const n = Number(libc.send(this.fd, q, q.length, MSG_NOSIGNAL));
+      if (n === q.length) break;
+      const e = libc.errno();
+      if (n === -1 && e === 4) continue; // EINTR
+      throw new GuardianUnavailable(`the guardian went away (send: ${new SysError('send', e).code})`);
+    }
+    // Dying here leaves the guardian in the middle of this request.
+    faultPoint('guardian-request');
+    let n: number;
+    for (;;) {
+      n = Number(libc.recv(this.fd, this.reply, this.reply.length, 0));
+      if (n === -1 && libc.errno() === 4) continue;
+      break;
+    }
+    if (n < REPLY_HEADER) throw new GuardianUnavailable('the guardian went away (it was killed?); the frozen processes were let go by the kernel');
+    const ret = this.reply.readBigInt64LE(0);
+    const err = this.reply.readInt32LE(8);
+    const len = this.reply.readUInt32LE(12);
+    if (err !== 0) throw new GuardianError(name, err);
+    return { ret, data: Buffer.from(this.reply.subarray(REPLY_HEADER, REPLY_HEADER + len)) };
+  }
+
+  /** PTRACE_SEIZE + PTRACE_INTERRUPT, waits for the stop; the registers found, which the guardian keeps to put back. */
+  freeze(tid: number, options: number, timeoutMs: number): Buffer {
+    return this.call(`ptrace(SEIZE, ${tid})`, Op.freeze, tid, [options, timeoutMs]).data;
+  }
+
+  /** Undoes what is left of tsnap's in the task, puts its registers back, detaches, re-sends held signals. */
+  release(tid: number): void {
+    this.call(`release(${tid})`, Op.release, tid);
+  }
+
+  /** SIGKILL to `pid` (0: none) and reaps the given tids, in order (the leader last). */
+  kill(pid: number, tids: number[]): void {
+    for (let i = 0; i === 0 || i < tids.length; i += 16) {
+      const chunk = tids.slice(i, i + 16);
+      this.call(`kill(${pid})`, Op.kill, 0, [i === 0 ? pid : 0, chunk.length, ...chunk]);
+    }
+  }
+
+  getRegs(tid: number): Buffer {
+    const r = this.call(`ptrace(GETREGS, ${tid})`, Op.getRegs, tid).data;
+    if (r.length !== USER_REGS_SIZE) throw new GuardianError(`ptrace(GETREGS, ${tid})`, GuardianFailure.badRequest);
+    return r;
+  }
+  getXstate(tid: number): Buffer {
+    return this.call(`ptrace(GETREGSET NT_X86_XSTATE, ${tid})`, Op.getXstate, tid).data;
+  }
+  getSigmask(tid: number): bigint {
+    return this.call(`ptrace(GETSIGMASK, ${tid})`, Op.getSigmask, tid).data.readBigUInt64LE(0);
+  }
+  peekSiginfo(tid: number, shared: boolean): Buffer {
+    return this.call(`ptrace(PEEKSIGINFO, ${tid})`, Op.peekSiginfo, tid, [shared ? 1 : 0]).data;
+  }
+  getRseq(tid: number): Buffer {
+    return this.call(`ptrace(GET_RSEQ_CONFIGURATION, ${tid})`, Op.getRseq, tid).data;
+  }
+
+  /**
+   * One syscall run by the frozen task at `gadget`. `undo`: what the
+   * guardian runs in the task should tsnap die before it undoes the call
+   * itself; the returned id is passed as `cancels` by the call that does.
+   */
+  syscall(tid: number, gadget: number, nr: number, args: (number | bigint)[], undo: SyscallUndo | null, cancels: bigint, timeoutMs = 60_000): { ret: bigint; undoId: bigint } {
+    const a = [0, 0, 0, 0, 0, 0].map((z, i) => args[i] ?? z);
+    const u = [0, 0, 0, 0, 0, 0].map((z, i) => undo?.args[i] ?? z);
+    const { ret, data } = this.call(`remote syscall ${nr} in ${tid}`, Op.syscall, tid,
+      [gadget, nr, ...a, undo ? undo.nr : -1, ...u, undo ? undo.resultSlot : -1, cancels, timeoutMs]);
+    return { ret, undoId: data.readBigUInt64LE(0) };
+  }
+}

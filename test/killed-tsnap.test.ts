@@ -1,0 +1,128 @@
+/**
+ * A tsnap that dies at any instant leaves its target exactly as it found
+ * it: same registers (a read() blocked at the freeze returns what is then
+ * written, never 0 or an fd number), same fds, same mappings, no
+ * write-protection, not traced, not stopped, its memory writes intact.
+ *
+ * tsnap is SIGKILLed (no handler of its own runs) at named points
+ * (TSNAP_FAULT_AT, src/fault-points.ts): right after the freeze, with the
+ * scratch mapping in place, with the injected userfaultfd still in the
+ * target, and in the middle of the n-th request to the guardian for every n
+ * across the remote-syscall window; and at random instants.
+ */
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { compileC, startProcess, tmpDir, useProcessCleanup, type Running } from './helpers/fixtures.js';
+import { TSNAP_BIN, tsnap } from './helpers/tsnap.js';
+
+useProcessCleanup();
+
+interface Trial { cmd: 'dump' | 'pre-dump'; fault: string | null; delayMs: number }
+
+/** 50 trials per target: every named point, the guardian requests 1..n in turn, random instants. */
+function trials(): Trial[] {
+  const out: Trial[] = [];
+  const cmds = ['dump', 'pre-dump'] as const;
+  for (const cmd of cmds) {
+    for (const fault of ['frozen', 'scratch-mapped']) out.push({ cmd, fault, delayMs: 0 });
+  }
+  out.push({ cmd: 'pre-dump', fault: 'uffd-injected', delayMs: 0 });
+  // A small process's dump makes ~88 requests (the freeze, the state reads,
+  // every remote syscall, the release), a first pre-dump 7: hit each.
+  for (let i = 0; out.length < 40; i++) {
+    const cmd = cmds[i % 2];
+    const n = 1 + Math.floor(Math.random() * (cmd === 'dump' ? 88 : 7));
+    out.push({ cmd, fault: `guardian-request:${n}`, delayMs: 0 });
+  }
+  for (let i = 0; out.length < 50; i++) out.push({ cmd: cmds[i % 2], fault: null, delayMs: 120 + Math.floor(Math.random() * 250) });
+  return out;
+}
+
+function runTsnap(args: string[], fault: string | null, delayMs: number): Promise<{ code: number | null; signal: string | null }> {
+  const env = { ...process.env };
+  if (fault) env.TSNAP_FAULT_AT = fault;
+  else delete env.TSNAP_FAULT_AT;
+  const child = spawn(process.execPath, [TSNAP_BIN, ...args], { stdio: 'ignore', env });
+  if (delayMs) setTimeout(() => { try { child.kill('SIGKILL'); } catch { /* exited */ } }, delayMs);
+  return new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+}
+
+interface Snapshot { fds: string[]; maps: string }
+
+function snapshot(pid: number): Snapshot {
+  const fds = readdirSync(`/proc/${pid}/fd`).sort().map((fd) => {
+    try { return `${fd}:${readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').split('\n').find((l) => l.startsWith('flags'))}`; } catch { return fd; }
+  });
+  return { fds, maps: readFileSync(`/proc/${pid}/maps`, 'utf8') };
+}
+
+function traceState(pid: number): { tracer: number; state: string } {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+  return { tracer: Number(/^TracerPid:\s+(\d+)/m.exec(s)![1]), state: /^State:\s+(\S)/m.exec(s)![1] };
+}
+
+async function untraced(pid: number): Promise<void> {
+  // The guardian puts the target back as soon as it sees tsnap gone.
+  for (let i = 0; i < 300; i++) {
+    const { tracer, state } = traceState(pid);
+    if (tracer === 0 && state !== 'T' && state !== 't') return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  expect(traceState(pid)).toEqual({ tracer: 0, state: expect.not.stringMatching(/[Tt]/) });
+}
+
+function uffdFlagged(pid: number): string[] {
+  return readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n').filter((l) => l.startsWith('VmFlags:') && / uw\b/.test(l));
+}
+
+async function runTrials(p: Running, check: (i: number) => Promise<void>): Promise<string[]> {
+  const before = snapshot(p.pid);
+  const dir = tmpDir('killed');
+  const outcomes: string[] = [];
+  const all = trials();
+  for (const [i, t] of all.entries()) {
+    const img = join(dir, String(i));
+    const args = [t.cmd, '--pid', String(p.pid), '--dir', img, ...(t.cmd === 'dump' ? ['--leave-running'] : [])];
+    const r = await runTsnap(args, t.fault, t.delayMs);
+    outcomes.push(r.signal === 'SIGKILL' ? 'killed' : `exit ${r.code}`);
+    await untraced(p.pid);
+    // A pre-dump that completed keeps tracking on purpose: end it.
+    if (t.cmd === 'pre-dump') await tsnap('untrack', '--pid', String(p.pid));
+    const what = `trial ${i} (${t.cmd}, ${t.fault ?? `kill after ${t.delayMs} ms`}, ${outcomes[i]})`;
+    expect(p.alive(), what).toBe(true);
+    expect(snapshot(p.pid), what).toEqual(before);
+    expect(uffdFlagged(p.pid), what).toEqual([]);
+    await check(i);
+    rmSync(img, { recursive: true, force: true });
+  }
+  return outcomes;
+}
+
+describe('a tsnap killed at any instant', () => {
+  it('leaves a process blocked in read() and a memory writer exactly as they were (100 trials)', async () => {
+    const bin = await compileC('victim');
+    const reader = await startProcess(bin, ['reader']);
+    const writer = await startProcess(bin, ['writer'], { stdin: 'ignore' });
+    const letters = 'abcdefghijklmnopqrstuvwxyz';
+    const [r, w] = await Promise.all([
+      runTrials(reader, async (i) => {
+        const mark = reader.lines().length;
+        const c = letters[i % letters.length];
+        reader.child.stdin!.write(c);
+        await reader.waitForLine(/^GOT/, 5000, mark);
+        const got = reader.lines().slice(mark);
+        expect(got.slice(0, 1), `read() after trial ${i}`).toEqual([`GOT 1 ${c}`]);
+      }),
+      runTrials(writer, async (i) => {
+        const last = writer.lines().length;
+        await writer.waitForLine(/^TICK/, 5000, last);
+        expect(writer.lines().filter((l) => l.startsWith('BAD')), `writer after trial ${i}`).toEqual([]);
+      }),
+    ]);
+    // Most trials must really have killed tsnap mid-way, not let it finish.
+    expect([...r, ...w].filter((o) => o === 'killed').length).toBeGreaterThan(75);
+    expect(reader.lines().filter((l) => !/^GOT 1 [a-z]$/.test(l) && !l.startsWith('READY'))).toEqual([]);
+  }, 240_000);
+});
