@@ -13,8 +13,9 @@
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import { createConnection } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { compileC, startProcess, tmpDir, useProcessCleanup, type Running } from './helpers/fixtures.js';
+import { compileC, startProcess, startPython, tmpDir, useProcessCleanup, type Running } from './helpers/fixtures.js';
 import { TSNAP_BIN, tsnap } from './helpers/tsnap.js';
 
 useProcessCleanup();
@@ -125,4 +126,43 @@ describe('a tsnap killed at any instant', () => {
     expect([...r, ...w].filter((o) => o === 'killed').length).toBeGreaterThan(75);
     expect(reader.lines().filter((l) => !/^GOT 1 [a-z]$/.test(l) && !l.startsWith('READY'))).toEqual([]);
   }, 240_000);
+
+  it('with established TCP connections in repair mode: the connection goes on, repair mode off', async () => {
+    const p = await startPython(`
+import socket, sys
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+print('READY port=%d' % l.getsockname()[1], flush=True)
+c, _ = l.accept()
+l.close()
+n = 0
+for cmd in sys.stdin:
+    line = b''
+    while not line.endswith(b'\\n'):
+        line += c.recv(1)
+    n += 1
+    c.sendall(b'echo:' + line.strip() + b' n=%d\\n' % n)
+`);
+    const client = createConnection(Number(p.readyInfo.port), '127.0.0.1');
+    await new Promise((res) => client.once('connect', res));
+    const got: string[] = [];
+    let buf = '';
+    client.on('data', (d) => { buf += d; const parts = buf.split('\n'); buf = parts.pop()!; got.push(...parts); });
+    const echo = async (word: string, n: number) => {
+      client.write(`${word}\n`);
+      p.writeLine('serve');
+      for (let i = 0; i < 300 && got.length < n; i++) await new Promise((res) => setTimeout(res, 10));
+      return got[n - 1];
+    };
+    expect(await echo('a', 1)).toBe('echo:a n=1');
+    const dir = tmpDir('killed-tcp');
+    for (let i = 0; i < 3; i++) {
+      const args = ['dump', '--pid', String(p.pid), '--dir', join(dir, String(i)), '--tcp-established', '--leave-running'];
+      expect((await runTsnap(args, 'tcp-repair', 0)).signal).toBe('SIGKILL');
+      await untraced(p.pid);
+      // In repair mode the server's reply would never leave its socket.
+      expect(await echo(`b${i}`, i + 2)).toBe(`echo:b${i} n=${i + 2}`);
+    }
+    expect(client.destroyed).toBe(false);
+    client.destroy();
+  });
 });

@@ -22,6 +22,7 @@
  */
 import { closeSync } from 'node:fs';
 import {
+  Guardian,
   setsockopt, getsockoptBuf, getsockoptInt, ioctlInt, recvPeek, sendAll, bindSocket, connectSocket,
   pidfdOpen, pidfdGetfd, getsockname, getpeername, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
 } from '../sys/index.js';
@@ -30,6 +31,7 @@ import type { RemoteTask } from '../restore/remote-task.js';
 import { placeFds } from './place.js';
 import { hold, unhold, type Releasable } from '../freeze/safety-net.js';
 import { TsnapError } from '../errors.js';
+import { faultPoint } from '../fault-points.js';
 
 const IPPROTO_TCP = 6;
 const TCP_MAXSEG = 2;
@@ -61,31 +63,38 @@ const TCP_ESTABLISHED = 1;
  * Sockets this tsnap put in repair mode, as its own copies. Whoever ends
  * the dump either lets them be closed with their process (killed) or
  * switches repair mode off again; tsnap's exit does the latter for any
- * left over.
+ * left over. The guardian holds a copy of each too, taken before repair
+ * mode is switched on: should tsnap die, it switches repair off, so a
+ * connection is never left frozen for its peer.
  */
 class RepairSession implements Releasable {
-  private readonly copies: number[] = [];
+  private readonly copies: { fd: number; guard: bigint }[] = [];
 
+  /** Call before switching repair mode on. */
   add(copy: number): void {
+    const guard = Guardian.get().holdRepair(copy);
     if (this.copies.length === 0) hold(this);
-    this.copies.push(copy);
+    this.copies.push({ fd: copy, guard });
   }
 
   /** The process lives on: repair mode off, without a window probe (nothing happened, as far as the peer knows). */
   release(): void {
-    for (const fd of this.copies.splice(0)) {
-      try { setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP); } catch { /* closed meanwhile */ }
-      try { closeSync(fd); } catch { /* closed */ }
+    for (const c of this.copies.splice(0)) {
+      try { setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP); } catch { /* closed meanwhile */ }
+      this.close(c);
     }
     unhold(this);
   }
 
   /** The process is being killed: its sockets close in repair mode, silently. */
   forget(): void {
-    for (const fd of this.copies.splice(0)) {
-      try { closeSync(fd); } catch { /* closed */ }
-    }
+    for (const c of this.copies.splice(0)) this.close(c);
     unhold(this);
+  }
+
+  private close(c: { fd: number; guard: bigint }): void {
+    try { closeSync(c.fd); } catch { /* closed */ }
+    try { Guardian.get().dropRepair(c.guard); } catch { /* the guardian is gone: nothing to drop */ }
   }
 }
 
@@ -104,14 +113,15 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
       throw new TsnapError('unsupported', `fd ${fd} is a TCP connection in state ${info[0]} (not established); only established connections can be repaired`);
     }
     if (!enter) return null;
+    tcpRepair.add(s);
+    kept = true;
     try {
       setsockopt(s, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, 'setsockopt(TCP_REPAIR)');
     } catch (err) {
       if (err instanceof SysError && err.code === 'EPERM') throw new TsnapError('permission', `fd ${fd}: TCP repair mode needs CAP_NET_ADMIN`, err);
       throw err;
     }
-    tcpRepair.add(s);
-    kept = true;
+    faultPoint('tcp-repair');
     const queue = (q: number, size: number) => {
       setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, q);
       const seq = getsockoptInt(s, IPPROTO_TCP, TCP_QUEUE_SEQ) >>> 0;

@@ -29,6 +29,8 @@
 #include <sys/uio.h>
 #include <sys/user.h>
 #include <sys/wait.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -66,6 +68,9 @@ enum op {
                         a9..a14 undo args, a15 undo slot for the result (-1: none),
                         a16 undo id this call cancels on success (0: none), a17 timeout ms
                         -> ret = raw rax, data = u64 id of the undo registered (0: none) */
+  OP_REPAIR_HOLD = 10, /* with one fd (SCM_RIGHTS): a TCP socket tsnap put in repair
+                          mode; should tsnap die, repair mode is switched off -> ret = id */
+  OP_REPAIR_DROP = 11, /* a0 id: tsnap is done with it; the guardian closes its copy */
 };
 
 struct request {
@@ -99,6 +104,12 @@ struct tracee {
   struct undo undos[MAX_UNDOS];
   int nundo;
 };
+
+/* TCP sockets in repair mode: the target's connections, frozen for the peer. */
+#define MAX_REPAIR 1024
+static struct { int64_t id; int fd; } repairs[MAX_REPAIR];
+static int nrepairs;
+static int64_t next_repair_id = 1;
 
 static struct tracee *tracees;
 static int ntracees, captracees;
@@ -350,9 +361,42 @@ static int op_peeksiginfo(int tid, int shared, struct reply *p, uint8_t *data) {
   return 0;
 }
 
-static int handle(struct request *q, struct reply *p, uint8_t *data) {
+static int op_repair_hold(int fd, struct reply *p) {
+  if (fd < 0) return G_BADREQ;
+  if (nrepairs == MAX_REPAIR) { close(fd); return ENOMEM; }
+  repairs[nrepairs].id = next_repair_id++;
+  repairs[nrepairs].fd = fd;
+  p->ret = repairs[nrepairs++].id;
+  return 0;
+}
+
+static int op_repair_drop(int64_t id) {
+  for (int i = 0; i < nrepairs; i++) {
+    if (repairs[i].id == id) {
+      close(repairs[i].fd);
+      repairs[i] = repairs[--nrepairs];
+      return 0;
+    }
+  }
+  return G_UNKNOWN;
+}
+
+/* Repair mode off without a window probe: as far as the peer knows, nothing happened. */
+static void end_repairs(void) {
+  int off = -1; /* TCP_REPAIR_OFF_NO_WP */
+  for (int i = 0; i < nrepairs; i++) {
+    setsockopt(repairs[i].fd, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);
+    close(repairs[i].fd);
+  }
+  nrepairs = 0;
+}
+
+static int handle(struct request *q, int fd, struct reply *p, uint8_t *data) {
   p->ret = 0;
   p->len = 0;
+  if (q->op == OP_REPAIR_HOLD) return op_repair_hold(fd, p);
+  if (fd >= 0) close(fd);
+  if (q->op == OP_REPAIR_DROP) return op_repair_drop(q->a[0]);
   if (q->op == OP_HELLO) {
     p->ret = PROTOCOL_VERSION;
     return 0;
@@ -408,19 +452,28 @@ int main(void) {
   static uint8_t out[sizeof(struct reply) + MAX_DATA];
   for (;;) {
     struct request q;
-    ssize_t n = recv(CONTROL_FD, &q, sizeof q, 0);
+    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } ctl;
+    struct iovec iov = { &q, sizeof q };
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &ctl, .msg_controllen = sizeof ctl };
+    ssize_t n = recvmsg(CONTROL_FD, &msg, MSG_CMSG_CLOEXEC);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break; /* the controller is gone */
+    int fd = -1;
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int)))
+      memcpy(&fd, CMSG_DATA(c), sizeof fd);
     struct reply *p = (struct reply *)out;
     if (n != (ssize_t)sizeof q) {
+      if (fd >= 0) close(fd);
       p->ret = -1; p->err = G_BADREQ; p->len = 0;
     } else {
-      int e = handle(&q, p, out + sizeof *p);
+      int e = handle(&q, fd, p, out + sizeof *p);
       if (e) { p->ret = -1; p->err = e; p->len = 0; } else p->err = 0;
     }
     if (send(CONTROL_FD, out, sizeof *p + p->len, MSG_NOSIGNAL) < 0) break;
   }
   /* Put back everything still held, as it was at the freeze. */
+  end_repairs();
   while (ntracees > 0) {
     struct tracee *t = &tracees[ntracees - 1];
     release_one(t);

@@ -30,8 +30,10 @@ const MAX_DATA = 256 * 1024;
 
 const Op = {
   hello: 0, freeze: 1, release: 2, kill: 3, getRegs: 4, getXstate: 5,
-  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9,
+  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11,
 } as const;
+const SOL_SOCKET = 1;
+const SCM_RIGHTS = 1;
 
 /** Guardian-specific failures, beyond errno values (tsnap-guardian.c). */
 export const GuardianFailure = { exited: 10001, timeout: 10002, unknown: 10003, badRequest: 10004 } as const;
@@ -119,14 +121,15 @@ export class Guardian {
     return g;
   }
 
-  private call(name: string, op: number, tid: number, args: (number | bigint)[] = []): { ret: bigint; data: Buffer } {
+  private call(name: string, op: number, tid: number, args: (number | bigint)[] = [], passFd = -1): { ret: bigint; data: Buffer } {
     const q = this.req;
     q.fill(0);
     q.writeUInt32LE(op, 0);
     q.writeInt32LE(tid, 4);
     args.forEach((a, i) => q.writeBigInt64LE(BigInt.asIntN(64, BigInt(a)), 8 + i * 8));
+    const msg = passFd >= 0 ? messageWithFd(q, passFd) : null;
     for (;;) {
-      const n = Number(libc.send(this.fd, q, q.length, MSG_NOSIGNAL));
+      const n = Number(msg ? libc.sendmsg(this.fd, msg.hdr, MSG_NOSIGNAL) : libc.send(this.fd, q, q.length, MSG_NOSIGNAL));
       if (n === q.length) break;
       const e = libc.errno();
       if (n === -1 && e === 4) continue; // EINTR
@@ -184,6 +187,16 @@ export class Guardian {
     return this.call(`ptrace(GET_RSEQ_CONFIGURATION, ${tid})`, Op.getRseq, tid).data;
   }
 
+  /** Hands over a copy of a TCP socket in repair mode: should tsnap die, the guardian switches repair off. */
+  holdRepair(fd: number): bigint {
+    return this.call('hold TCP repair socket', Op.repairHold, 0, [], fd).ret;
+  }
+
+  /** tsnap has ended repair mode itself (or the socket dies with its process). */
+  dropRepair(id: bigint): void {
+    this.call('drop TCP repair socket', Op.repairDrop, 0, [id]);
+  }
+
   /**
    * One syscall run by the frozen task at `gadget`. `undo`: what the
    * guardian runs in the task should tsnap die before it undoes the call
@@ -196,4 +209,22 @@ export class Guardian {
       [gadget, nr, ...a, undo ? undo.nr : -1, ...u, undo ? undo.resultSlot : -1, cancels, timeoutMs]);
     return { ret, undoId: data.readBigUInt64LE(0) };
   }
+}
+
+/** struct msghdr carrying `data` and one fd (SCM_RIGHTS); the buffers live as long as the result. */
+function messageWithFd(data: Buffer, fd: number): { hdr: Buffer; keep: Buffer[] } {
+  const iov = Buffer.alloc(16);
+  iov.writeBigUInt64LE(libc.address(data), 0);
+  iov.writeBigUInt64LE(BigInt(data.length), 8);
+  const ctl = Buffer.alloc(24); // CMSG_SPACE(sizeof(int))
+  ctl.writeBigUInt64LE(20n, 0); // CMSG_LEN(sizeof(int))
+  ctl.writeInt32LE(SOL_SOCKET, 8);
+  ctl.writeInt32LE(SCM_RIGHTS, 12);
+  ctl.writeInt32LE(fd, 16);
+  const hdr = Buffer.alloc(56);
+  hdr.writeBigUInt64LE(libc.address(iov), 16);
+  hdr.writeBigUInt64LE(1n, 24);
+  hdr.writeBigUInt64LE(libc.address(ctl), 32);
+  hdr.writeBigUInt64LE(BigInt(ctl.length), 40);
+  return { hdr, keep: [iov, ctl] };
 }
