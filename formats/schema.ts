@@ -229,7 +229,32 @@ export interface VmaImage {
   file: (FileIdentity & { devMajor: number; devMinor: number; deleted: boolean }) | null;
   /** Whether its pages are stored in the image (private memory and shared anonymous memory). */
   dumped: boolean;
+  /**
+   * The VmFlags of /proc/PID/smaps that restore sets again (VMA_RESTORED_FLAGS:
+   * madvise advice, mlock, MAP_NORESERVE, MAP_DROPPABLE). Absent in images
+   * made before tsnap recorded them.
+   */
+  flags?: string[];
 }
+
+/**
+ * VmFlags tokens restore re-applies, and how: `advice` by madvise(), `lock`
+ * by mlock2() after the pages are written, `map` as an mmap flag.
+ */
+export const VMA_RESTORED_FLAGS = {
+  sr: { advice: 2 },   // MADV_SEQUENTIAL
+  rr: { advice: 1 },   // MADV_RANDOM
+  dc: { advice: 10 },  // MADV_DONTFORK
+  dd: { advice: 16 },  // MADV_DONTDUMP
+  mg: { advice: 12 },  // MADV_MERGEABLE
+  hg: { advice: 14 },  // MADV_HUGEPAGE
+  nh: { advice: 15 },  // MADV_NOHUGEPAGE
+  wf: { advice: 18 },  // MADV_WIPEONFORK
+  lo: { lock: 0 },     // mlock
+  lf: { lock: 1 },     // mlock2(MLOCK_ONFAULT)
+  nr: { map: 0x4000 }, // MAP_NORESERVE
+  dp: { map: 0x08 },   // MAP_DROPPABLE (a map type: replaces MAP_PRIVATE)
+} as const satisfies Record<string, { advice?: number; lock?: number; map?: number }>;
 
 export type FdKindImage = 'file' | 'dir' | 'devnull' | 'tty' | 'pipe' | 'fifo' | 'socket' | 'anon_inode' | 'chardev' | 'blockdev' | 'memfd'
   | 'eventfd' | 'epoll' | 'timerfd' | 'signalfd' | 'other';

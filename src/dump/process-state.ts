@@ -10,7 +10,8 @@ import {
 } from '../proc/index.js';
 import { readFds } from './fds.js';
 import { readMappedMemfds } from '../files/fifo-memfd.js';
-import type { ProcessImage, VmaImage, RlimitImage, FdImage, FileIdentity, MmImage } from '../../formats/schema.js';
+import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage, type RlimitImage, type FdImage, type FileIdentity, type MmImage } from '../../formats/schema.js';
+import { readVmFlags } from '../proc/smaps.js';
 import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
 import type { RemoteState } from './task-state.js';
 
@@ -28,6 +29,8 @@ export interface Layout {
 /** VMAs with the identity of each mapped file (stat through map_files, cached per inode). */
 export function readLayout(pid: number): Layout {
   const vmas = readMaps(pid);
+  // smaps costs a page-table walk per VMA, but only it shows madvise/mlock state.
+  const vmFlags = readVmFlags(pid);
   const classes = vmas.map(classifyVma);
   const cache = new Map<string, FileIdentity | null>();
   const hex = (n: number) => n.toString(16);
@@ -51,6 +54,7 @@ export function readLayout(pid: number): Layout {
       start: v.start, end: v.end, prot: v.prot, shared: v.shared,
       pgoff: v.inode !== 0 ? v.offset : 0,
       path: v.path, special: specialOf(v), file, dumped: classes[i] !== 'notDumped',
+      flags: (vmFlags.get(v.start) ?? []).filter((t) => Object.hasOwn(VMA_RESTORED_FLAGS, t)),
     };
   });
   return { vmas, classes, images };

@@ -14,7 +14,7 @@
 import { SYS, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, O_RDWR, O_RDONLY, MREMAP_MAYMOVE, MREMAP_FIXED } from '../sys/index.js';
 import { readMaps, type Vma } from '../proc/index.js';
 import type { ProcessImage, VmaImage } from '../../formats/schema.js';
-import { findHole, isSpecial, mapCallFor, SPECIAL_MAPPINGS, type Span } from './layout-plan.js';
+import { findHole, isSpecial, mapCallFor, adviceFor, lockFor, SPECIAL_MAPPINGS, type Span } from './layout-plan.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
 
@@ -111,6 +111,7 @@ export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number,
         } finally {
           rt.close(fd);
         }
+        advise(rt, v);
         continue;
       }
       const call = mapCallFor(v);
@@ -132,6 +133,7 @@ export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number,
       const got = Number(rt.sc.check(`mmap(0x${v.start.toString(16)} ${v.path || 'anon'})`, SYS.mmap,
         v.start, v.end - v.start, call.prot, call.flags, fd, pgoff));
       if (got !== v.start) throw new TsnapError('restoreFailed', `mmap of 0x${v.start.toString(16)} landed at 0x${got.toString(16)}`);
+      advise(rt, v);
       if (call.fixProt) fixLater.push(v);
     }
   } finally {
@@ -142,4 +144,17 @@ export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number,
 
 export function finishProtections(rt: RemoteTask, vmas: VmaImage[]): void {
   for (const v of vmas) rt.sc.check(`mprotect(0x${v.start.toString(16)})`, SYS.mprotect, v.start, v.end - v.start, v.prot);
+}
+
+/** madvise() state of a VMA as it was (before its pages are written: THP advice matters then). */
+function advise(rt: RemoteTask, v: VmaImage): void {
+  for (const a of adviceFor(v)) rt.sc.check(`madvise(0x${v.start.toString(16)}, ${a})`, SYS.madvise, v.start, v.end - v.start, a);
+}
+
+/** mlock state, once the pages are written (locking first would fault them all in twice). */
+export function lockVmas(rt: RemoteTask, vmas: readonly VmaImage[]): void {
+  for (const v of vmas) {
+    const flags = lockFor(v);
+    if (flags !== null) rt.sc.check(`mlock2(0x${v.start.toString(16)})`, SYS.mlock2, v.start, v.end - v.start, flags);
+  }
 }

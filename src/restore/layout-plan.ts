@@ -2,7 +2,7 @@
  * Pure decisions for rebuilding an address space: where the stub page goes,
  * how each dumped VMA is re-created, how the vdso/vvar mappings move.
  */
-import type { VmaImage } from '../../formats/schema.js';
+import { VMA_RESTORED_FLAGS, type VmaImage } from '../../formats/schema.js';
 import { PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_FIXED_NOREPLACE, O_RDONLY, O_RDWR } from '../sys/uapi.js';
 
 export interface Span {
@@ -56,6 +56,36 @@ export interface MapCall {
  * mapped with their final protection at once.
  */
 export function mapCallFor(v: VmaImage): MapCall {
+  const call = baseMapCall(v);
+  for (const t of v.flags ?? []) {
+    const f = (VMA_RESTORED_FLAGS as Record<string, { map?: number }>)[t];
+    if (!f?.map) continue;
+    // MAP_DROPPABLE is a map type of its own, in MAP_PRIVATE's place.
+    call.flags = f.map === MAP_DROPPABLE ? (call.flags & ~MAP_PRIVATE) | MAP_DROPPABLE : call.flags | f.map;
+  }
+  return call;
+}
+
+const MAP_DROPPABLE = 0x08;
+
+/** madvise() advice to set again on a VMA, in the order smaps listed it. */
+export function adviceFor(v: VmaImage): number[] {
+  return (v.flags ?? []).flatMap((t) => {
+    const f = (VMA_RESTORED_FLAGS as Record<string, { advice?: number }>)[t];
+    return f?.advice !== undefined ? [f.advice] : [];
+  });
+}
+
+/** mlock2() flags for a locked VMA, null when it was not locked. */
+export function lockFor(v: VmaImage): number | null {
+  for (const t of v.flags ?? []) {
+    const f = (VMA_RESTORED_FLAGS as Record<string, { lock?: number }>)[t];
+    if (f?.lock !== undefined) return f.lock;
+  }
+  return null;
+}
+
+function baseMapCall(v: VmaImage): MapCall {
   const kind = vmaKind(v);
   const fixed = MAP_FIXED_NOREPLACE | (v.special === 'stack' ? MAP_GROWSDOWN : 0);
   switch (kind) {

@@ -13,7 +13,7 @@ import { readChain, type Image } from '../image/image-reader.js';
 import { readReg, writeReg, FrozenTask } from '../freeze/frozen-task.js';
 import { createProcess, cloneIn, type NewProcess } from './create-process.js';
 import { RemoteTask } from './remote-task.js';
-import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, STUB_SIZE } from './address-space.js';
+import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
@@ -192,6 +192,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       pages += filled.pages;
       bytes += filled.bytes;
       finishProtections(rt, fixProt);
+      lockVmas(rt, m.p.mm.vmas);
       step = `restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`;
       restoreMm(rt, m.p);
     }

@@ -28,6 +28,7 @@ export const SYS = {
   sched_yield: 24,
   mremap: 25,
   madvise: 28,
+  mlock2: 325,
   getpid: 39,
   clone: 56,
   exit: 60,
