@@ -16,7 +16,10 @@ function field(info: FdInfo, key: string, fd: number): string {
 }
 
 export function describeEventfd(info: FdInfo): FdImage['eventfd'] {
-  return { count: BigInt(field(info, 'eventfd-count', info.fd).trim()), semaphore: info.extra['eventfd-semaphore']?.trim() === '1' };
+  // The kernel prints the count in hex ("%16llx").
+  const hex = field(info, 'eventfd-count', info.fd).trim();
+  if (!/^[0-9a-f]{1,16}$/.test(hex)) throw new TsnapError('unsupported', `fd ${info.fd}: unreadable eventfd-count "${hex}" in fdinfo`);
+  return { count: BigInt(`0x${hex}`), semaphore: info.extra['eventfd-semaphore']?.trim() === '1' };
 }
 
 /** "(sec, nsec)" as printed for it_value / it_interval. */
