@@ -134,6 +134,12 @@ export interface ProcessImage {
   itimers?: { which: number; valueUs: number; intervalUs: number }[];
   /** POSIX timers (timer_create), with their ids (tsnap 0.2+, optional). */
   posixTimers?: PosixTimerImage[];
+  /**
+   * The signal of the group stop the process was in (SIGSTOP 19, SIGTSTP
+   * 20, SIGTTIN 21, SIGTTOU 22); absent when it was running. Restore stops
+   * it again before it runs an instruction.
+   */
+  stopSignal?: number;
   prctl: {
     dumpable: number;
     pdeathsig: number;

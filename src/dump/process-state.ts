@@ -103,5 +103,6 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     itimers: remote.itimers,
     posixTimers: remote.posixTimers,
     prctl: remote.prctl,
+    ...(remote.groupStop ? { stopSignal: remote.groupStop } : {}),
   };
 }

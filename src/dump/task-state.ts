@@ -36,6 +36,8 @@ export interface RemoteState {
   brk: number;
   itimers: NonNullable<ProcessImage['itimers']>;
   posixTimers: PosixTimerImage[];
+  /** The group stop the process was in when frozen (0: running). */
+  groupStop: number;
 }
 
 /**
@@ -121,6 +123,7 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
       threads,
       itimers,
       posixTimers,
+      groupStop: proc.leader.groupStop,
       signals: { actions, sharedPending },
       prctl: {
         dumpable,

@@ -67,6 +67,8 @@ export class FrozenTask {
   atSyscallStop = false;
   /** Signals that arrived while we held the task; re-sent on release. */
   readonly deferredSignals: number[] = [];
+  /** The signal of the group stop (SIGSTOP, SIGTSTP...) the task was in when frozen; 0 when it was running. */
+  groupStop = 0;
   private released = false;
   readonly freezeUs: number;
   readonly frozenAt: bigint;
@@ -81,15 +83,17 @@ export class FrozenTask {
     const t0 = process.hrtime.bigint();
     const timeoutMs = opts.timeoutMs ?? 10_000;
     if (!opts.direct) {
-      let regs: Buffer;
+      let got: { regs: Buffer; stopSignal: number };
       try {
-        regs = Guardian.get().freeze(pid, PTRACE_O.TRACESYSGOOD, timeoutMs);
+        got = Guardian.get().freeze(pid, PTRACE_O.TRACESYSGOOD, timeoutMs);
       } catch (err) {
         if (err instanceof GuardianError && err.exited) throw new TsnapError('noSuchProcess', `process ${pid} exited while being frozen`);
         if (err instanceof GuardianError && err.timedOut) throw stopTimeout(pid, timeoutMs);
         throw explainSeizeError(pid, err);
       }
-      return new FrozenTask(pid, regs, Number(process.hrtime.bigint() - t0) / 1000, 'guarded');
+      const task = new FrozenTask(pid, got.regs, Number(process.hrtime.bigint() - t0) / 1000, 'guarded');
+      if (got.stopSignal !== SIGTRAP) task.groupStop = got.stopSignal;
+      return task;
     }
     try {
       ptrace.seize(pid, PTRACE_O.TRACESYSGOOD);
@@ -98,7 +102,7 @@ export class FrozenTask {
     }
     try {
       ptrace.interrupt(pid);
-      waitForStop(pid, timeoutMs, (status) => {
+      const status = waitForStop(pid, timeoutMs, (status) => {
         // A signal-delivery-stop before our trap: let the signal through as
         // it would have gone without us, and keep waiting for the trap.
         if (WaitStatus.event(status) === 0) {
@@ -108,7 +112,9 @@ export class FrozenTask {
         return WaitStatus.event(status) === PTRACE_EVENT_STOP;
       });
       const regs = ptrace.getRegs(pid);
-      return new FrozenTask(pid, regs, Number(process.hrtime.bigint() - t0) / 1000, 'direct');
+      const task = new FrozenTask(pid, regs, Number(process.hrtime.bigint() - t0) / 1000, 'direct');
+      if (WaitStatus.stopSig(status) !== SIGTRAP) task.groupStop = WaitStatus.stopSig(status);
+      return task;
     } catch (err) {
       try { ptrace.detach(pid); } catch { /* already gone or never stopped */ }
       throw err;

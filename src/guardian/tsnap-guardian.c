@@ -278,7 +278,11 @@ static int op_freeze(struct request *q, struct reply *p, uint8_t *data) {
     if (exited(status)) return G_EXITED;
     if (!WIFSTOPPED(status)) continue;
     int event = status >> 16;
-    if (event == PTRACE_EVENT_STOP) break;
+    if (event == PTRACE_EVENT_STOP) {
+      /* SIGTRAP: our interrupt; a stop signal: the task was in a group stop. */
+      p->ret = WSTOPSIG(status);
+      break;
+    }
     /* A signal-delivery stop before our trap: let the signal through as it
      * would have gone without us, and keep waiting for the trap. */
     ptrace(PTRACE_CONT, q->tid, 0, event == 0 ? WSTOPSIG(status) : 0);

@@ -238,6 +238,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // Children before parents, other threads before their leader: the one a
     // parent waits for goes last.
     for (const m of [...members].reverse()) {
+      // Queued while still traced: it takes effect before the first instruction.
+      if (m.p.stopSignal) kill(m.rt!.pid, m.p.stopSignal);
       for (const th of m.threads.slice(1)) ptrace.detach(th.rt.pid);
       ptrace.detach(m.rt!.pid);
     }

@@ -151,9 +151,14 @@ export class Guardian {
     return { ret, data: Buffer.from(this.reply.subarray(REPLY_HEADER, REPLY_HEADER + len)) };
   }
 
-  /** PTRACE_SEIZE + PTRACE_INTERRUPT, waits for the stop; the registers found, which the guardian keeps to put back. */
-  freeze(tid: number, options: number, timeoutMs: number): Buffer {
-    return this.call(`ptrace(SEIZE, ${tid})`, Op.freeze, tid, [options, timeoutMs]).data;
+  /**
+   * PTRACE_SEIZE + PTRACE_INTERRUPT, waits for the stop: the registers
+   * found (which the guardian keeps to put back) and the stop signal
+   * (SIGTRAP, or the signal of a group stop the task was already in).
+   */
+  freeze(tid: number, options: number, timeoutMs: number): { regs: Buffer; stopSignal: number } {
+    const r = this.call(`ptrace(SEIZE, ${tid})`, Op.freeze, tid, [options, timeoutMs]);
+    return { regs: r.data, stopSignal: Number(r.ret) };
   }
 
   /** Undoes what is left of tsnap's in the task, puts its registers back, detaches, re-sends held signals. */
