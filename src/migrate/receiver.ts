@@ -1,8 +1,10 @@
 /**
- * `tsnap serve`: the receiving end of a migration. Accepts connections one
- * after another; each must present the shared token before anything is
- * written. Iterations arrive as image directories, file by file, and land
- * under DIR/<migration>/<n> as a normal image chain. After the sender's
+ * `tsnap serve`: the receiving end of a migration. Every connection gets
+ * its own handshake, under a deadline, and must present the shared token
+ * before anything is written; authenticated senders are then served one at
+ * a time. Iterations arrive as image directories, file by file, and land
+ * under DIR/<pid>-<time>/<n> as a normal image chain; every name built from
+ * the stream is confined to DIR (confine.ts). After the sender's
  * COMMIT everything is durable; with --restore the process is restored from
  * the final image as soon as its pid is free.
  */
