@@ -6,7 +6,7 @@
 import { describe, it, expect, afterAll, afterEach } from 'vitest';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, TSNAP_BIN, killPid } from './helpers/tsnap.js';
@@ -466,5 +466,29 @@ describe('tsnap serve is confined and cannot be jammed', () => {
     await idle.closed;
     await waitFor(() => srv.events.some((x) => x.includes('"timeout"')));
     expect(srv.proc.exitCode).toBeNull();
+  });
+});
+
+describe('a peer that goes away', () => {
+  it('reads the same whether a write (EPIPE), a read (ECONNRESET) or a drain noticed it', async () => {
+    // A peer that resets every connection as soon as it has one.
+    const server = createServer((s) => { s.on('error', () => {}); setTimeout(() => s.resetAndDestroy(), 20); });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const messages = new Set<string>();
+      // The writer: big frames until a write or its drain fails.
+      const w = await rawPeer(port);
+      const big = Buffer.alloc(1 << 20);
+      let failure: unknown = null;
+      for (let i = 0; i < 10_000 && !failure; i++) await send(w.sock, encodeFrame(Msg.FileData, big)).catch((e) => { failure = e; });
+      messages.add((failure as Error).message);
+      // The reader: waits for a frame that never comes.
+      const r = await rawPeer(port);
+      messages.add(await r.reader.next().then(() => 'no error', (e: Error) => e.message));
+      expect([...messages]).toEqual(['migration peer closed the connection']);
+    } finally {
+      server.close();
+    }
   });
 });

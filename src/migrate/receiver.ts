@@ -128,6 +128,7 @@ async function greet(sock: Socket, opts: ServeOptions, timeoutMs: number): Promi
     try {
       hello = await reader.next();
     } catch (err) {
+      if (timedOut) { opts.onEvent?.({ event: 'rejected', reason: 'timeout' }); return null; }
       return await refuse('protocol', `not a tsnap migration stream: ${(err as Error).message}`, { reason: 'protocol', message: (err as Error).message });
     }
     if (timedOut) { opts.onEvent?.({ event: 'rejected', reason: 'timeout' }); return null; }
