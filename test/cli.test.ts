@@ -340,6 +340,34 @@ describe('messages for what users run into', () => {
     expect(events[0].message).toMatch(/--token is visible to every user/);
   });
 
+  it('serve: an address in use, a missing or a bad TLS file, and a read-only --dir get one line each', async () => {
+    const work = tmpDir('tsnap-cli-');
+    const tok = join(work, 'token');
+    writeFileSync(tok, 'sesame\n', { mode: 0o600 });
+    const holder = (await import('node:net')).createServer();
+    await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
+    const port = (holder.address() as { port: number }).port;
+    try {
+      const inUse = await tsnap('serve', '--listen', `127.0.0.1:${port}`, '--dir', join(work, 'in'), '--token-file', tok);
+      expect(inUse.code).toBe(ExitCode.usage);
+      expect(inUse.stderr).toBe(`tsnap: cannot listen on 127.0.0.1:${port}: the address is in use (another tsnap serve?); choose another --listen\n`);
+    } finally {
+      holder.close();
+    }
+    const noCert = await tsnap('serve', '--listen', '127.0.0.1:0', '--dir', join(work, 'in'), '--token-file', tok, '--tls-cert', join(work, 'nope.pem'), '--tls-key', join(work, 'nope.pem'));
+    expect(noCert.code).toBe(ExitCode.usage);
+    expect(noCert.stderr).toBe(`tsnap: cannot read --tls-cert ${join(work, 'nope.pem')}: ENOENT; give a PEM file\n`);
+    writeFileSync(join(work, 'junk.pem'), 'junk\n');
+    const junk = await tsnap('serve', '--listen', '127.0.0.1:0', '--dir', join(work, 'in'), '--token-file', tok, '--tls-cert', join(work, 'junk.pem'), '--tls-key', join(work, 'junk.pem'));
+    expect(junk.code).toBe(ExitCode.usage);
+    expect(junk.stderr).toMatch(/^tsnap: --tls-cert \S+ \/ --tls-key \S+: .*; give a PEM certificate and its private key\n$/);
+    await withTmpfs(join(work, 'ro'), 'ro,size=1m', async () => {
+      const ro = await tsnap('serve', '--listen', '127.0.0.1:0', '--dir', join(work, 'ro', 'in'), '--token-file', tok);
+      expect(ro.code).toBe(ExitCode.imageDir);
+      expect(ro.stderr).toBe(`tsnap: cannot create ${join(work, 'ro', 'in')}: read-only file system; choose a --dir on a writable one\n`);
+    });
+  });
+
   it('show --json into a reader that stops early (| head) ends quietly', async () => {
     const work = tmpDir('tsnap-cli-');
     const p = await startProcess(await compileC('counter'), []);

@@ -78,7 +78,11 @@ export function serve(opts: ServeOptions): Promise<{ server: Server; port: numbe
       return;
     }
     unauthenticated++;
-    greet(sock, opts, timeoutMs).then((g) => {
+    greet(sock, opts, timeoutMs).catch((err) => {
+      sock.destroy();
+      opts.onEvent?.({ event: 'failed', message: (err as Error).message });
+      return null;
+    }).then((g) => {
       unauthenticated--;
       if (!g) return;
       if (opts.count && accepted >= opts.count) { sock.destroy(); return; }
@@ -90,14 +94,27 @@ export function serve(opts: ServeOptions): Promise<{ server: Server; port: numbe
       });
     });
   };
-  const server: Server = opts.tls
-    ? createTlsServer({ cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key), handshakeTimeout: timeoutMs }, handler)
-    : createServer(handler);
+  let server: Server;
+  try {
+    server = opts.tls
+      ? createTlsServer({ cert: readPem(opts.tls.cert, '--tls-cert'), key: readPem(opts.tls.key, '--tls-key'), handshakeTimeout: timeoutMs }, handler)
+      : createServer(handler);
+  } catch (err) {
+    if (err instanceof TsnapError) throw err;
+    throw new TsnapError('usage', `--tls-cert ${opts.tls?.cert} / --tls-key ${opts.tls?.key}: ${(err as Error).message}; give a PEM certificate and its private key`, err);
+  }
   server.on('tlsClientError', (err: Error) => opts.onEvent?.({ event: 'rejected', reason: 'tls', message: err.message }));
   return new Promise((resolvePromise, reject) => {
-    server.once('error', reject);
+    const onListenError = (err: NodeJS.ErrnoException) => {
+      const why = err.code === 'EADDRINUSE' ? 'the address is in use (another tsnap serve?); choose another --listen'
+        : err.code === 'EACCES' ? 'permission denied; choose a port above 1023 or run as root'
+          : err.code === 'EADDRNOTAVAIL' ? 'this machine has no such address; choose one of its own for --listen'
+            : err.message;
+      reject(new TsnapError(err.code === 'EACCES' ? 'permission' : 'usage', `cannot listen on ${opts.host}:${opts.port}: ${why}`, err));
+    };
+    server.once('error', onListenError);
     server.listen(opts.port, opts.host, () => {
-      server.off('error', reject);
+      server.off('error', onListenError);
       // After listen, an error (e.g. EMFILE on accept) concerns one connection, not the server.
       server.on('error', (err) => opts.onEvent?.({ event: 'failed', message: err.message }));
       const addr = server.address();
@@ -106,6 +123,14 @@ export function serve(opts: ServeOptions): Promise<{ server: Server; port: numbe
       resolvePromise({ server, port, done });
     });
   });
+}
+
+function readPem(path: string, option: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new TsnapError('usage', `cannot read ${option} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; give a PEM file`, err);
+  }
 }
 
 /** The handshake, under its deadline: the authenticated peer, or null (already answered and closed). */
