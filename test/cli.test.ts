@@ -121,7 +121,8 @@ describe('json outputs and tsnap verify', () => {
     let events = '';
     srv.stderr!.on('data', (x) => { events += x; });
     for (let i = 0; i < 500 && !events.includes('"listening"'); i++) await new Promise((res) => setTimeout(res, 10));
-    const port = (JSON.parse(events.split('\n')[0]) as { port: number }).port;
+    // The first event may be the warning that --token shows in ps.
+    const port = (JSON.parse(events.split('\n').find((l) => l.includes('"listening"'))!) as { port: number }).port;
     try {
       const p = await startProcess(await compileC('counter'), []);
       const m = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${port}`, '--token', 't', '--json', '--leave-running');
