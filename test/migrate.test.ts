@@ -333,11 +333,11 @@ describe('tsnap serve is confined and cannot be jammed', () => {
   it('a HELLO whose pid is a path, not a pid, is refused and nothing is written in or outside --dir', async () => {
     const work = tmpDir('tsnap-mig-');
     const srv = await startServer(join(work, 'in'));
-    for (const pid of ['../escape', '/tmp/escape', 0, -1, 1.5, 2 ** 40, '7', null]) {
+    for (const pid of ['../escape', '/tmp/escape', 0, -1, 1.5, 2 ** 40, 2n ** 63n, '7', null, { toString: '../x' }]) {
       const c = await rawPeer(srv.port);
       await send(c.sock, hello({ pid }));
       const e = errorOf(await c.reader.next());
-      expect(e.code, String(pid)).toBe('protocol');
+      expect(e.code, typeof pid).toBe('protocol');
       expect(e.message).toMatch(/HELLO pid must be a positive integer/);
       await c.closed;
     }
@@ -454,6 +454,24 @@ describe('tsnap serve is confined and cannot be jammed', () => {
     expect(errorOf(await again.reader.next()).code).toBe('token');
     idle.sock.destroy();
     expect(srv.events.join('\n')).not.toMatch(/Unhandled|ECONNRESET.*at /);
+  });
+
+  it('a flood of idle connections beyond the handshake cap drops the oldest, not a real sender', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const out = join(work, 'restored.out');
+    const srv = await startServer(join(work, 'in'), ['--restore', '--count', '1', '--stdout', out, '--handshake-timeout', '600']);
+    const flood = await Promise.all(Array.from({ length: 80 }, () => rawPeer(srv.port)));
+    const p = await startProcess(await compileC('migrant'), ['8']);
+    await p.waitForLine(/^count=20$/, 10_000);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const done = JSON.parse(r.stdout.trim().split('\n').pop()!) as { restoredPid: number };
+    restored.push(done.restoredPid);
+    process.kill(done.restoredPid, 'SIGUSR1');
+    await waitFor(() => existsSync(out) && /^(PASS|FAIL)/m.test(readFileSync(out, 'utf8')), 20_000);
+    expect(readFileSync(out, 'utf8')).toMatch(/^PASS/m);
+    expect(srv.events.filter((e) => e.includes('"busy"')).length).toBeGreaterThanOrEqual(16);
+    for (const c of flood) c.sock.destroy();
   });
 
   it('a connection that sends no HELLO within --handshake-timeout is told so and closed', async () => {

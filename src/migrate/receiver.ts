@@ -41,7 +41,11 @@ const FILE_NAMES = new Set(['inventory', 'process', 'pagemap', 'pages', 'stats']
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
 /** A HELLO is a few hundred bytes: an unauthenticated peer gets no bigger buffer. */
 const HELLO_MAX_FRAME = 64 << 10;
-/** Connections still in their handshake; more are refused at once rather than held. */
+/**
+ * Connections in their handshake at once. A newcomer beyond it drops the
+ * oldest, not itself: a real sender says HELLO within milliseconds, so
+ * idle connections cannot keep it out unless opened faster than that.
+ */
 const MAX_UNAUTHENTICATED = 64;
 
 function sameToken(a: string, b: string): boolean {
@@ -62,7 +66,7 @@ export function serve(opts: ServeOptions): Promise<{ server: Server; port: numbe
   const base = realpathSync(opts.dir);
   const timeoutMs = opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
   let accepted = 0;
-  let unauthenticated = 0;
+  const unauthenticated = new Set<Socket>(); // in arrival order
   let finish: () => void = () => {};
   const done = new Promise<void>((r) => { finish = r; });
   // One migration at a time; only authenticated connections ever wait here,
@@ -72,18 +76,19 @@ export function serve(opts: ServeOptions): Promise<{ server: Server; port: numbe
   const handler = (sock: Socket) => {
     // A connection's errors are its own: without a listener, a reset would end the server.
     sock.on('error', () => {});
-    if (unauthenticated >= MAX_UNAUTHENTICATED) {
-      sock.destroy();
+    if (unauthenticated.size >= MAX_UNAUTHENTICATED) {
+      const oldest = unauthenticated.values().next().value!;
+      unauthenticated.delete(oldest);
+      oldest.destroy();
       opts.onEvent?.({ event: 'rejected', reason: 'busy' });
-      return;
     }
-    unauthenticated++;
+    unauthenticated.add(sock);
     greet(sock, opts, timeoutMs).catch((err) => {
       sock.destroy();
       opts.onEvent?.({ event: 'failed', message: (err as Error).message });
       return null;
     }).then((g) => {
-      unauthenticated--;
+      unauthenticated.delete(sock);
       if (!g) return;
       if (opts.count && accepted >= opts.count) { sock.destroy(); return; }
       accepted++;
@@ -163,16 +168,27 @@ async function greet(sock: Socket, opts: ServeOptions, timeoutMs: number): Promi
     try { h = decodeDoc(hello); } catch { h = null; }
     if (!h || typeof h !== 'object') return await refuse('protocol', 'expected a tsnap HELLO', { reason: 'protocol' });
     if (h.magic !== WIRE_MAGIC || h.version !== WIRE_VERSION) {
-      return await refuse('version', `protocol version ${String(h.version)} is not supported (this receiver speaks ${WIRE_VERSION}); use the same tsnap version on both ends`, { reason: 'version', version: h.version });
+      return await refuse('version', `protocol version ${quote(h.version)} is not supported (this receiver speaks ${WIRE_VERSION}); use the same tsnap version on both ends`, { reason: 'version', version: quote(h.version) });
     }
     if (typeof h.token !== 'string' || !sameToken(h.token, opts.token)) return await refuse('token', 'wrong token', { reason: 'token' });
     const pid = wirePid(h.pid);
-    if (pid === null) return await refuse('protocol', `HELLO pid must be a positive integer, got ${JSON.stringify(h.pid) ?? String(h.pid)}`, { reason: 'protocol' });
+    if (pid === null) return await refuse('protocol', `HELLO pid must be a positive integer, got ${quote(h.pid)}`, { reason: 'protocol' });
     reader.maxFrame = MAX_FRAME;
     return { sock, reader, pid };
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * A peer's value in a message: quoted when a string, short, and never
+ * through its own toString (a decoded map may carry a "toString" key).
+ */
+function quote(v: unknown): string {
+  const s = typeof v === 'string' ? JSON.stringify(v)
+    : v === null || ['number', 'bigint', 'boolean', 'undefined'].includes(typeof v) ? String(v)
+      : `a ${Array.isArray(v) ? 'list' : 'map'}`;
+  return s.length > 40 ? `${s.slice(0, 40)}...` : s;
 }
 
 /** DIR/<pid>-<time>, made 0700; a second migration of the same pid within the same millisecond gets a suffix. */
@@ -207,7 +223,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       if (f.type === Msg.IterBegin) {
         const it = decodeDoc<{ name?: unknown }>(f);
         const name = typeof it?.name === 'string' ? it.name : '';
-        if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) throw new TsnapError('badImage', `bad iteration name ${JSON.stringify(it?.name)}`);
+        if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) throw new TsnapError('badImage', `bad iteration name ${quote(it?.name)}`);
         lastName = null; // until it is complete
         await receiveIteration(reader, inside(root, name));
         lastName = name;
@@ -263,7 +279,7 @@ async function receiveIteration(reader: FrameReader, dir: string): Promise<void>
     const name = typeof doc?.name === 'string' ? doc.name : '';
     // An image file, a tree image's per-process file ("<pid>/<file>"), or its manifest.
     const m = /^(?:([1-9]\d{0,9})\/)?([a-z]+)$/.exec(name);
-    if (!m || !(FILE_NAMES.has(m[2]) || (m[2] === 'tree' && !m[1]))) throw new TsnapError('badImage', `unexpected file ${JSON.stringify(doc?.name)}`);
+    if (!m || !(FILE_NAMES.has(m[2]) || (m[2] === 'tree' && !m[1]))) throw new TsnapError('badImage', `unexpected file ${quote(doc?.name)}`);
     if (m[1]) mkdirSync(inside(dir, m[1]), { recursive: true, mode: 0o700 });
     const path = inside(dir, name);
     const fd = openSync(path, 'wx', 0o600);
@@ -283,7 +299,7 @@ async function receiveIteration(reader: FrameReader, dir: string): Promise<void>
         if (d.type !== Msg.FileEnd) throw new TsnapError('badImage', `expected FILE_DATA or FILE_END in ${name}`);
         const end = decodeDoc<{ length?: unknown; crc32?: unknown }>(d) ?? {};
         if (end.length !== length || end.crc32 !== crc) {
-          throw new TsnapError('badImage', `${name}: received ${length} bytes (crc ${crc}), the sender sent ${end.length} (crc ${end.crc32})`);
+          throw new TsnapError('badImage', `${name}: received ${length} bytes (crc ${crc}), the sender sent ${quote(end.length)} (crc ${quote(end.crc32)})`);
         }
         fsyncSync(fd);
         break;

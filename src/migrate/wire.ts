@@ -72,7 +72,7 @@ export class FrameReader {
   constructor(private readonly sock: Socket, public maxFrame = MAX_FRAME) {
     sock.on('data', (d: Buffer) => {
       this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
-      if (this.buf.length > MAX_FRAME + FRAME_HEADER) sock.pause();
+      if (this.buf.length > this.maxFrame + FRAME_HEADER) sock.pause();
       this.wake?.();
     });
     sock.on('end', () => { this.ended = true; this.wake?.(); });
@@ -91,7 +91,7 @@ export class FrameReader {
           const crc = this.buf.readUInt32LE(5);
           const payload = Buffer.from(this.buf.subarray(FRAME_HEADER, FRAME_HEADER + len));
           this.buf = this.buf.subarray(FRAME_HEADER + len);
-          if (this.buf.length <= MAX_FRAME) this.sock.resume();
+          if (this.buf.length <= this.maxFrame) this.sock.resume();
           if (crc32(payload) !== crc) throw new TsnapError('badImage', `migration stream: ${Msg[type] ?? type} frame checksum mismatch`);
           return { type, payload };
         }
