@@ -474,6 +474,33 @@ describe('tsnap serve is confined and cannot be jammed', () => {
     for (const c of flood) c.sock.destroy();
   });
 
+  it('a receiver whose disk fills up tells the sender why; the source runs on and nothing is left on the receiver', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const full = join(work, 'full');
+    mkdirSync(full);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', full]);
+    try {
+      const srv = await startServer(join(full, 'in'));
+      const p = await startProcess(await compileC('migrant'), ['8']);
+      await p.waitForLine(/^count=20$/, 10_000);
+      const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame');
+      expect(r.code, r.stderr).toBe(ExitCode.targetFailed);
+      expect(r.stderr.split('\n').filter((l) => l.startsWith('tsnap: migration'))).toEqual([
+        expect.stringMatching(new RegExp(`^tsnap: migration of process ${p.pid} failed; it runs on where it was: migration peer refused: the receiver: no space left on the device writing ${join(full, 'in')}/${p.pid}-\\d+/1/pages; free space or choose another --dir$`)),
+      ]);
+      await waitFor(() => readdirSync(join(full, 'in')).length === 0);
+      expect(srv.proc.exitCode).toBeNull();
+      expect(readStatus(p.pid).tracerPid).toBe(0);
+      expect(findHolders(p.pid)).toEqual([]);
+      process.kill(p.pid, 'SIGUSR1');
+      expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000)).toMatch(/^PASS/);
+    } finally {
+      for (const s of servers.splice(0)) s.kill('SIGKILL');
+      await new Promise((res) => setTimeout(res, 100));
+      execFileSync('umount', ['-l', full]);
+    }
+  });
+
   it('a connection that sends no HELLO within --handshake-timeout is told so and closed', async () => {
     const work = tmpDir('tsnap-mig-');
     const srv = await startServer(join(work, 'in'), ['--handshake-timeout', '0.3']);

@@ -19,7 +19,7 @@ import { crc32 } from '../image/checksum.js';
 import { fsyncDir, makeDirs } from '../image/image-dir.js';
 import { restore, waitForExit } from '../restore/restore.js';
 import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
-import { TsnapError } from '../errors.js';
+import { TsnapError, asTsnapError, withPath } from '../errors.js';
 
 export interface ServeOptions {
   host: string;
@@ -181,6 +181,19 @@ async function greet(sock: Socket, opts: ServeOptions, timeoutMs: number): Promi
 }
 
 /**
+ * Says why the receiver gives up, then closes. The sender is still
+ * writing and reads the reason only when its next write fails: closing
+ * at once with its data unread would reset the connection and could drop
+ * the reason in flight, so the socket closes after a moment instead.
+ */
+async function tellSender(sock: Socket, message: string | null): Promise<void> {
+  if (sock.destroyed) return;
+  if (message !== null) await send(sock, encodeDoc(Msg.Error, { code: 'failed', message })).catch(() => {});
+  sock.end();
+  setTimeout(() => sock.destroy(), 1000).unref();
+}
+
+/**
  * A peer's value in a message: quoted when a string, short, and never
  * through its own toString (a decoded map may carry a "toString" key).
  */
@@ -246,8 +259,10 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     }
   } catch (err) {
     if (!committed) rmSync(root, { recursive: true, force: true }); // an incomplete migration is nothing
-    sock.destroy();
-    throw err;
+    const e = asTsnapError(err, 'the receiver');
+    const alreadyTold = err instanceof TsnapError && err.message.startsWith('COMMIT refused');
+    await tellSender(sock, alreadyTold ? null : e.message);
+    throw e;
   }
   if (!opts.restore) { sock.end(); return; }
   try {
@@ -291,7 +306,11 @@ async function receiveIteration(reader: FrameReader, dir: string): Promise<void>
         if (!d) throw new TsnapError('targetFailed', `the sender disconnected in the middle of ${name}`);
         if (d.type === Msg.FileData) {
           let off = 0;
-          while (off < d.payload.length) off += writeSync(fd, d.payload, off, d.payload.length - off);
+          try {
+            while (off < d.payload.length) off += writeSync(fd, d.payload, off, d.payload.length - off);
+          } catch (err) {
+            throw withPath(err, path);
+          }
           length += d.payload.length;
           crc = crc32(d.payload, crc);
           continue;

@@ -107,6 +107,27 @@ export class FrameReader {
     }
   }
 
+  /**
+   * The reason of an ERROR frame that arrived unasked, if any: a receiver
+   * that gives up says why while the sender is still writing.
+   */
+  bufferedError(): string | null {
+    for (let at = 0; at + FRAME_HEADER <= this.buf.length;) {
+      const len = this.buf.readUInt32LE(at);
+      if (len > this.maxFrame || at + FRAME_HEADER + len > this.buf.length) return null;
+      if (this.buf.readUInt8(at + 4) === Msg.Error) {
+        try {
+          const e = packr.unpack(this.buf.subarray(at + FRAME_HEADER, at + FRAME_HEADER + len)) as { message?: unknown };
+          return typeof e?.message === 'string' ? e.message : null;
+        } catch {
+          return null;
+        }
+      }
+      at += FRAME_HEADER + len;
+    }
+    return null;
+  }
+
   /** The next frame, which must be of type `type` (an Error frame becomes a TsnapError). */
   async expect(type: Msg, what: string): Promise<Frame> {
     const f = await this.next();
