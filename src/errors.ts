@@ -52,10 +52,23 @@ export function asTsnapError(err: unknown, context: string): TsnapError {
   }
   const e = err as NodeJS.ErrnoException;
   if (e && (e.code === 'ENOSPC' || e.code === 'EDQUOT')) {
-    return new TsnapError('noSpace', `${context}: no space left on the device (${e.syscall ?? 'write'} ${e.path ?? ''}); free space or choose another --dir`, err);
+    return new TsnapError('noSpace', `${context}: no space left on the device${e.path ? ` writing ${e.path}` : ''}; free space or choose another --dir`, err);
+  }
+  if (e && e.code === 'EROFS') {
+    return new TsnapError('imageDir', `${context}: ${e.path ?? 'the image directory'} is on a read-only file system; choose another --dir`, err);
   }
   if (e && (e.code === 'EACCES' || e.code === 'EPERM')) {
     return new TsnapError('permission', `${context}: permission denied: ${e.path ?? e.message}`, err);
   }
   return new TsnapError('internal', `${context}: ${e?.message ?? String(err)}`, err);
+}
+
+/**
+ * Names the file an fd-based write failed on: Node's errors from write(fd)
+ * carry no path, and "no space left writing" with no name helps nobody.
+ */
+export function withPath(err: unknown, path: string): unknown {
+  const e = err as NodeJS.ErrnoException;
+  if (e && typeof e === 'object' && e.code && !e.path) e.path = path;
+  return err;
 }

@@ -5,7 +5,7 @@
  * the library API imported as 'tsnap'.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { readFileSync, readdirSync, writeFileSync, openSync, writeSync, closeSync, existsSync } from 'node:fs';
+import { readFileSync, readdirSync, writeFileSync, openSync, writeSync, closeSync, existsSync, mkdirSync, chmodSync } from 'node:fs';
 import { execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +14,8 @@ import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } fro
 import { tsnap, restoreDetached, useRestoredCleanup, killPid, TSNAP_BIN } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 import { Output } from '../src/cli/output.js';
+import { readStatus } from '../src/proc/index.js';
+import { PF_KTHREAD, readStat } from '../src/proc/stat.js';
 
 useProcessCleanup();
 useRestoredCleanup();
@@ -119,7 +121,8 @@ describe('json outputs and tsnap verify', () => {
     let events = '';
     srv.stderr!.on('data', (x) => { events += x; });
     for (let i = 0; i < 500 && !events.includes('"listening"'); i++) await new Promise((res) => setTimeout(res, 10));
-    const port = (JSON.parse(events.split('\n')[0]) as { port: number }).port;
+    // The first event may be the warning that --token shows in ps.
+    const port = (JSON.parse(events.split('\n').find((l) => l.includes('"listening"'))!) as { port: number }).port;
     try {
       const p = await startProcess(await compileC('counter'), []);
       const m = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${port}`, '--token', 't', '--json', '--leave-running');
@@ -235,5 +238,147 @@ console.log(JSON.stringify({ migrate: typeof migrate, pre: pre.kind, fin: fin.ki
     const back = await restoreDetached(join(work, '2'), join(work, 'pid'));
     expect(back.result.code, back.result.stderr).toBe(0);
     expect(existsSync(`/proc/${back.pid}`)).toBe(true);
+  });
+});
+
+/** A tmpfs mounted for one test (as root), unmounted whatever happens. */
+async function withTmpfs<T>(at: string, options: string, fn: () => Promise<T>): Promise<T> {
+  mkdirSync(at, { recursive: true });
+  execFileSync('mount', ['-t', 'tmpfs', '-o', options, 'tmpfs', at]);
+  try {
+    return await fn();
+  } finally {
+    execFileSync('umount', ['-l', at]);
+  }
+}
+
+/** Runs serve until it listens (or exits), then kills it by pid. */
+async function serveUntilListening(args: string[]): Promise<{ code: number | null; stderr: string }> {
+  const srv = spawn(process.execPath, [TSNAP_BIN, 'serve', '--listen', '127.0.0.1:0', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  srv.stderr!.on('data', (x) => { stderr += x; });
+  const exited = new Promise<number | null>((res) => srv.on('close', (c) => res(c)));
+  for (let i = 0; i < 1000 && !/listening/.test(stderr) && srv.exitCode === null; i++) await new Promise((res) => setTimeout(res, 10));
+  if (srv.exitCode === null && /listening/.test(stderr)) { process.kill(srv.pid!, 'SIGKILL'); await exited; return { code: null, stderr }; }
+  return { code: await exited, stderr };
+}
+
+describe('messages for what users run into', () => {
+  it('a kernel thread is named as one, not as a missing privilege', async () => {
+    const kthread = readdirSync('/proc').filter((d) => /^\d+$/.test(d)).map(Number).find((pid) => { try { return (readStat(pid).flags & PF_KTHREAD) !== 0; } catch { return false; } });
+    if (kthread === undefined) return; // no kernel thread visible (a pid namespace)
+    const work = tmpDir('tsnap-cli-');
+    for (const extra of [[], ['--tree']]) {
+      const r = await tsnap('dump', '--pid', String(kthread), '--dir', join(work, `k${extra.length}`), ...extra);
+      expect(r.code, r.stderr).toBe(ExitCode.unsupported);
+      expect(r.stderr).toMatch(new RegExp(`^tsnap: process ${kthread} \\(.*\\) is a kernel thread; tsnap dumps user processes only\n$`));
+    }
+    expect(readdirSync(work)).toEqual([]);
+  });
+
+  it('a zombie is named as one, with its parent', async () => {
+    const work = tmpDir('tsnap-cli-');
+    const p = await startProcess('python3', ['-c', 'import os, time\npid = os.fork()\nif pid == 0: os._exit(3)\nprint("READY child=%d" % pid, flush=True)\ntime.sleep(60)\n']);
+    const child = Number(p.readyInfo.child);
+    for (let i = 0; i < 500 && readStat(child).state !== 'Z'; i++) await new Promise((res) => setTimeout(res, 10));
+    const r = await tsnap('dump', '--pid', String(child), '--dir', join(work, 'z'));
+    expect(r.code, r.stderr).toBe(ExitCode.noSuchProcess);
+    expect(r.stderr).toBe(`tsnap: process ${child} (python3) has exited: it is a zombie waiting for its parent (pid ${p.pid}) to reap it; there is nothing left to dump\n`);
+    expect(existsSync(join(work, 'z'))).toBe(false);
+  });
+
+  it('a new --dir on a read-only file system says so', async () => {
+    const work = tmpDir('tsnap-cli-');
+    const p = await startProcess(await compileC('counter'), []);
+    await withTmpfs(join(work, 'ro'), 'ro,size=1m', async () => {
+      const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'ro', 'a', 'img'));
+      expect(r.code, r.stderr).toBe(ExitCode.imageDir);
+      expect(r.stderr).toBe(`tsnap: cannot create ${join(work, 'ro', 'a', 'img')}: read-only file system; choose a --dir on a writable one\n`);
+    });
+    const n = p.lines().length;
+    await p.waitForLine(/^count=/, 5000, n); // untouched, running
+  });
+
+  it('a full disk names the file that did not fit; the target runs on intact and the partial image is gone', async () => {
+    const work = tmpDir('tsnap-cli-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '4']);
+    await withTmpfs(join(work, 'full'), 'size=64k', async () => {
+      const dir = join(work, 'full', 'img');
+      const r = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+      expect(r.code, r.stderr).toBe(ExitCode.noSpace);
+      expect(r.stderr).toBe(`tsnap: dump of process ${p.pid}: no space left on the device writing ${join(dir, 'pages')}; free space or choose another --dir\n`);
+      expect(readdirSync(join(work, 'full'))).toEqual([]);
+    });
+    expect(readStatus(p.pid).tracerPid).toBe(0);
+    const n = p.lines().length;
+    p.writeLine('');
+    expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');
+  });
+
+  it('token files: a missing one, one open to group or others, and one that is fine; --token warns that ps shows it', async () => {
+    const work = tmpDir('tsnap-cli-');
+    const tok = join(work, 'token');
+    const missing = await tsnap('migrate', '--pid', '1', '--to', '127.0.0.1:1', '--token-file', join(work, 'nope'));
+    expect(missing.code).toBe(ExitCode.usage);
+    expect(missing.stderr).toBe(`tsnap: token file ${join(work, 'nope')} does not exist; create it with the shared secret (chmod 600), or set TSNAP_TOKEN\n`);
+    writeFileSync(tok, 'sesame\n');
+    for (const [mode, who] of [[0o644, 'group and others'], [0o640, 'group'], [0o604, 'others']] as const) {
+      chmodSync(tok, mode);
+      const r = await serveUntilListening(['--dir', join(work, 'in'), '--token-file', tok]);
+      expect(r.code, r.stderr).toBe(ExitCode.permission);
+      expect(r.stderr).toBe(`tsnap: token file ${tok} is open to ${who} (mode 0${mode.toString(8)}); chmod 600 ${tok}\n`);
+    }
+    chmodSync(tok, 0o600);
+    const ok = await serveUntilListening(['--dir', join(work, 'in'), '--token-file', tok]);
+    expect(ok.code, ok.stderr).toBeNull();
+    expect(ok.stderr).not.toMatch(/warning/);
+    const plain = await serveUntilListening(['--dir', join(work, 'in'), '--token', 'sesame']);
+    expect(plain.code, plain.stderr).toBeNull();
+    expect(plain.stderr).toMatch(/^tsnap: warning: --token is visible to every user of this machine \(ps, \/proc\/PID\/cmdline\); use --token-file/);
+    const json = await serveUntilListening(['--dir', join(work, 'in'), '--token', 'sesame', '--json']);
+    const events = json.stderr.trim().split('\n').map((l) => JSON.parse(l) as { event: string; message?: string });
+    expect(events[0].event).toBe('warning');
+    expect(events[0].message).toMatch(/--token is visible to every user/);
+  });
+
+  it('serve: an address in use, a missing or a bad TLS file, and a read-only --dir get one line each', async () => {
+    const work = tmpDir('tsnap-cli-');
+    const tok = join(work, 'token');
+    writeFileSync(tok, 'sesame\n', { mode: 0o600 });
+    const holder = (await import('node:net')).createServer();
+    await new Promise<void>((r) => holder.listen(0, '127.0.0.1', () => r()));
+    const port = (holder.address() as { port: number }).port;
+    try {
+      const inUse = await tsnap('serve', '--listen', `127.0.0.1:${port}`, '--dir', join(work, 'in'), '--token-file', tok);
+      expect(inUse.code).toBe(ExitCode.usage);
+      expect(inUse.stderr).toBe(`tsnap: cannot listen on 127.0.0.1:${port}: the address is in use (another tsnap serve?); choose another --listen\n`);
+    } finally {
+      holder.close();
+    }
+    const noCert = await tsnap('serve', '--listen', '127.0.0.1:0', '--dir', join(work, 'in'), '--token-file', tok, '--tls-cert', join(work, 'nope.pem'), '--tls-key', join(work, 'nope.pem'));
+    expect(noCert.code).toBe(ExitCode.usage);
+    expect(noCert.stderr).toBe(`tsnap: cannot read --tls-cert ${join(work, 'nope.pem')}: ENOENT; give a PEM file\n`);
+    writeFileSync(join(work, 'junk.pem'), 'junk\n');
+    const junk = await tsnap('serve', '--listen', '127.0.0.1:0', '--dir', join(work, 'in'), '--token-file', tok, '--tls-cert', join(work, 'junk.pem'), '--tls-key', join(work, 'junk.pem'));
+    expect(junk.code).toBe(ExitCode.usage);
+    expect(junk.stderr).toMatch(/^tsnap: --tls-cert \S+ \/ --tls-key \S+: .*; give a PEM certificate and its private key\n$/);
+    await withTmpfs(join(work, 'ro'), 'ro,size=1m', async () => {
+      const ro = await tsnap('serve', '--listen', '127.0.0.1:0', '--dir', join(work, 'ro', 'in'), '--token-file', tok);
+      expect(ro.code).toBe(ExitCode.imageDir);
+      expect(ro.stderr).toBe(`tsnap: cannot create ${join(work, 'ro', 'in')}: read-only file system; choose a --dir on a writable one\n`);
+    });
+  });
+
+  it('show --json into a reader that stops early (| head) ends quietly', async () => {
+    const work = tmpDir('tsnap-cli-');
+    const p = await startProcess(await compileC('counter'), []);
+    expect((await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--leave-running')).code).toBe(0);
+    const child = spawn(process.execPath, [TSNAP_BIN, 'show', join(work, 'img'), '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout!.destroy(); // the reader is gone before tsnap writes a byte
+    let stderr = '';
+    child.stderr!.on('data', (x) => { stderr += x; });
+    const code = await new Promise<number | null>((res) => child.on('close', (c) => res(c)));
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
   });
 });

@@ -6,13 +6,16 @@
 import { describe, it, expect, afterAll, afterEach } from 'vitest';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, TSNAP_BIN, killPid } from './helpers/tsnap.js';
 import { readStatus } from '../src/proc/index.js';
 import { findHolders } from '../src/track/untrack.js';
-import { FrameReader, Msg, encodeDoc, decodeDoc, send, WIRE_MAGIC } from '../src/migrate/wire.js';
+import { FrameReader, Msg, encodeDoc, encodeFrame, decodeDoc, send, WIRE_MAGIC, WIRE_VERSION, type Frame } from '../src/migrate/wire.js';
+import { crc32 } from '../src/image/checksum.js';
+import { readMetaFile, writeMetaFile } from '../src/image/metadata.js';
+import { FileKind, type Inventory } from '../formats/schema.js';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
@@ -40,6 +43,29 @@ async function startServer(dir: string, extra: string[] = []): Promise<{ port: n
     proc.once('exit', () => reject(new Error(`serve exited: ${events.join('\n')}`)));
   });
   return { port, proc, events };
+}
+
+/** A hand-driven peer of tsnap serve: speaks (or breaks) the wire protocol itself. */
+async function rawPeer(port: number): Promise<{ sock: Socket; reader: FrameReader; closed: Promise<void> }> {
+  const sock = connect({ host: '127.0.0.1', port });
+  sock.on('error', () => {});
+  const closed = new Promise<void>((r) => sock.once('close', () => r()));
+  await new Promise((r) => sock.once('connect', r));
+  return { sock, reader: new FrameReader(sock), closed };
+}
+
+const hello = (fields: Record<string, unknown> = {}) => encodeDoc(Msg.Hello, { magic: WIRE_MAGIC, version: WIRE_VERSION, token: 'sesame', pid: 4242, tool: 'test', ...fields });
+
+function errorOf(f: Frame | null): { code: string; message: string } {
+  expect(f?.type).toBe(Msg.Error);
+  return decodeDoc<{ code: string; message: string }>(f!);
+}
+
+/** Sends one file of an iteration, as the sender does. */
+async function sendFile(sock: Socket, name: string, data: Buffer): Promise<void> {
+  await send(sock, encodeDoc(Msg.FileBegin, { name }));
+  await send(sock, encodeFrame(Msg.FileData, data));
+  await send(sock, encodeDoc(Msg.FileEnd, { length: data.length, crc32: crc32(data) }));
 }
 
 async function waitFor(cond: () => boolean, ms = 10_000): Promise<void> {
@@ -300,5 +326,214 @@ describe('migration between network namespaces, over TLS, and a restore that fai
     const done = JSON.parse(r.stdout.trim().split('\n').pop()!);
     expect(readdirSync(done.receiverDir)).toContain('inventory');
     await waitFor(() => srv.events.some((e) => e.includes('"restore-failed"')));
+  });
+});
+
+describe('tsnap serve is confined and cannot be jammed', () => {
+  it('a HELLO whose pid is a path, not a pid, is refused and nothing is written in or outside --dir', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const srv = await startServer(join(work, 'in'));
+    for (const pid of ['../escape', '/tmp/escape', 0, -1, 1.5, 2 ** 40, 2n ** 63n, '7', null, { toString: '../x' }]) {
+      const c = await rawPeer(srv.port);
+      await send(c.sock, hello({ pid }));
+      const e = errorOf(await c.reader.next());
+      expect(e.code, typeof pid).toBe('protocol');
+      expect(e.message).toMatch(/HELLO pid must be a positive integer/);
+      await c.closed;
+    }
+    expect(readdirSync(join(work, 'in'))).toEqual([]);
+    expect(readdirSync(work)).toEqual(['in']);
+    expect(readdirSync('/tmp').filter((n) => n.startsWith('escape-'))).toEqual([]);
+    expect(srv.proc.exitCode).toBeNull();
+  });
+
+  it('COMMIT without a complete final image is refused and what arrived is removed; a parent path leading out of --dir is refused', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const srv = await startServer(join(work, 'in'));
+    const open = async () => {
+      const c = await rawPeer(srv.port);
+      await send(c.sock, hello());
+      expect((await c.reader.next())?.type).toBe(Msg.HelloOk);
+      return c;
+    };
+    // Nothing sent at all.
+    let c = await open();
+    await send(c.sock, encodeDoc(Msg.Commit, {}));
+    expect(errorOf(await c.reader.next()).message).toMatch(/COMMIT refused: the image is not complete: no image was sent/);
+    await c.closed;
+    // A pre-copy round but no final one.
+    c = await open();
+    await send(c.sock, encodeDoc(Msg.IterBegin, { name: '1' }));
+    await sendFile(c.sock, 'inventory', Buffer.from('not an inventory'));
+    await send(c.sock, encodeDoc(Msg.IterEnd, {}));
+    await send(c.sock, encodeDoc(Msg.Commit, {}));
+    expect(errorOf(await c.reader.next()).message).toMatch(/the last iteration is 1, not the final one/);
+    await c.closed;
+    // A "final" image that is no image.
+    c = await open();
+    await send(c.sock, encodeDoc(Msg.IterBegin, { name: 'final' }));
+    await sendFile(c.sock, 'inventory', Buffer.from('not an inventory'));
+    await send(c.sock, encodeDoc(Msg.IterEnd, {}));
+    await send(c.sock, encodeDoc(Msg.Commit, {}));
+    expect(errorOf(await c.reader.next()).message).toMatch(/COMMIT refused: the image is not complete: .*inventory/);
+    await c.closed;
+
+    // A real delta whose inventory names a parent outside the migration's directory.
+    const p = await startProcess(await compileC('counter'), []);
+    const img = join(work, 'img');
+    expect((await tsnap('pre-dump', '--pid', String(p.pid), '--dir', join(img, '1'))).code).toBe(0);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(img, '2'), '--parent', join(img, '1'), '--leave-running');
+    expect(d.code, d.stderr).toBe(0);
+    const inv = readMetaFile<Inventory>(join(img, '2'), FileKind.Inventory);
+    const forged = join(work, 'forged');
+    mkdirSync(forged);
+    writeMetaFile(forged, FileKind.Inventory, { ...inv, parent: { ...inv.parent!, path: join(img, '1') } });
+    c = await open();
+    await send(c.sock, encodeDoc(Msg.IterBegin, { name: 'final' }));
+    for (const f of ['pages', 'pagemap', 'process', 'stats']) {
+      if (existsSync(join(img, '2', f))) await sendFile(c.sock, f, readFileSync(join(img, '2', f)));
+    }
+    await sendFile(c.sock, 'inventory', readFileSync(join(forged, 'inventory')));
+    await send(c.sock, encodeDoc(Msg.IterEnd, {}));
+    await send(c.sock, encodeDoc(Msg.Commit, {}));
+    expect(errorOf(await c.reader.next()).message).toMatch(/COMMIT refused: .*would lead out of/);
+    await c.closed;
+    await waitFor(() => readdirSync(join(work, 'in')).length === 0);
+    expect(srv.events.filter((e) => e.includes('"committed"'))).toEqual([]);
+    // The process that was dumped runs on, untraced.
+    expect(readStatus(p.pid).tracerPid).toBe(0);
+  });
+
+  it('an idle, a garbage and a resetting client, and a queued one that resets, hold up no real migration and do not end serve', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const out = join(work, 'restored.out');
+    // A long deadline: the migration must get through while the idle client still holds its connection.
+    const srv = await startServer(join(work, 'in'), ['--restore', '--stdout', out, '--handshake-timeout', '600']);
+    const idle = await rawPeer(srv.port);
+    let idleClosed = false;
+    void idle.closed.then(() => { idleClosed = true; });
+    const garbage = await rawPeer(srv.port);
+    garbage.sock.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    expect(errorOf(await garbage.reader.next()).code).toBe('protocol');
+    await garbage.closed;
+    const half = await rawPeer(srv.port);
+    half.sock.write(Buffer.concat(hello()).subarray(0, 12));
+    half.sock.resetAndDestroy();
+    await half.closed;
+
+    const p = await startProcess(await compileC('migrant'), ['16']);
+    await p.waitForLine(/^count=20$/, 10_000);
+    const m = spawn(process.execPath, [TSNAP_BIN, 'migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--bandwidth-limit', '16M', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    m.stdout!.on('data', (x) => { stdout += x; });
+    m.stderr!.on('data', (x) => { stderr += x; });
+    const code = new Promise<number | null>((res) => m.on('close', (c) => res(c)));
+    await waitFor(() => srv.events.some((e) => e.includes('"accepted"')));
+    // An authenticated client waiting for its turn, then reset by its side; and one more mid-handshake.
+    const queued = await rawPeer(srv.port);
+    await send(queued.sock, hello({ pid: 4243 }));
+    const half2 = await rawPeer(srv.port);
+    half2.sock.write(Buffer.concat(hello()).subarray(0, 5));
+    await new Promise((r) => setTimeout(r, 100));
+    queued.sock.resetAndDestroy();
+    half2.sock.resetAndDestroy();
+    expect(await code, stderr).toBe(0);
+    const done = JSON.parse(stdout.trim().split('\n').pop()!) as { restoredPid: number };
+    restored.push(done.restoredPid);
+    expect(done.restoredPid).toBe(p.pid);
+    expect(idleClosed).toBe(false);
+    expect(srv.proc.exitCode).toBeNull();
+    // The restored process checks its own memory on the receiver.
+    process.kill(done.restoredPid, 'SIGUSR1');
+    await waitFor(() => existsSync(out) && /^(PASS|FAIL)/m.test(readFileSync(out, 'utf8')), 20_000);
+    expect(readFileSync(out, 'utf8')).toMatch(/^PASS/m);
+    // serve is still there for the next one.
+    const again = await rawPeer(srv.port);
+    await send(again.sock, hello({ token: 'guess' }));
+    expect(errorOf(await again.reader.next()).code).toBe('token');
+    idle.sock.destroy();
+    expect(srv.events.join('\n')).not.toMatch(/Unhandled|ECONNRESET.*at /);
+  });
+
+  it('a flood of idle connections beyond the handshake cap drops the oldest, not a real sender', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const out = join(work, 'restored.out');
+    const srv = await startServer(join(work, 'in'), ['--restore', '--count', '1', '--stdout', out, '--handshake-timeout', '600']);
+    const flood = await Promise.all(Array.from({ length: 80 }, () => rawPeer(srv.port)));
+    const p = await startProcess(await compileC('migrant'), ['8']);
+    await p.waitForLine(/^count=20$/, 10_000);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const done = JSON.parse(r.stdout.trim().split('\n').pop()!) as { restoredPid: number };
+    restored.push(done.restoredPid);
+    process.kill(done.restoredPid, 'SIGUSR1');
+    await waitFor(() => existsSync(out) && /^(PASS|FAIL)/m.test(readFileSync(out, 'utf8')), 20_000);
+    expect(readFileSync(out, 'utf8')).toMatch(/^PASS/m);
+    expect(srv.events.filter((e) => e.includes('"busy"')).length).toBeGreaterThanOrEqual(16);
+    for (const c of flood) c.sock.destroy();
+  });
+
+  it('a receiver whose disk fills up tells the sender why; the source runs on and nothing is left on the receiver', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const full = join(work, 'full');
+    mkdirSync(full);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'tmpfs', full]);
+    try {
+      const srv = await startServer(join(full, 'in'));
+      const p = await startProcess(await compileC('migrant'), ['8']);
+      await p.waitForLine(/^count=20$/, 10_000);
+      const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame');
+      expect(r.code, r.stderr).toBe(ExitCode.targetFailed);
+      expect(r.stderr.split('\n').filter((l) => l.startsWith('tsnap: migration'))).toEqual([
+        expect.stringMatching(new RegExp(`^tsnap: migration of process ${p.pid} failed; it runs on where it was: migration peer refused: the receiver: no space left on the device writing ${join(full, 'in')}/${p.pid}-\\d+/1/pages; free space or choose another --dir$`)),
+      ]);
+      await waitFor(() => readdirSync(join(full, 'in')).length === 0);
+      expect(srv.proc.exitCode).toBeNull();
+      expect(readStatus(p.pid).tracerPid).toBe(0);
+      expect(findHolders(p.pid)).toEqual([]);
+      process.kill(p.pid, 'SIGUSR1');
+      expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000)).toMatch(/^PASS/);
+    } finally {
+      for (const s of servers.splice(0)) s.kill('SIGKILL');
+      await new Promise((res) => setTimeout(res, 100));
+      execFileSync('umount', ['-l', full]);
+    }
+  });
+
+  it('a connection that sends no HELLO within --handshake-timeout is told so and closed', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const srv = await startServer(join(work, 'in'), ['--handshake-timeout', '0.3']);
+    const idle = await rawPeer(srv.port);
+    const e = errorOf(await idle.reader.next());
+    expect(e.code).toBe('timeout');
+    expect(e.message).toMatch(/no HELLO within 0.3 s/);
+    await idle.closed;
+    await waitFor(() => srv.events.some((x) => x.includes('"timeout"')));
+    expect(srv.proc.exitCode).toBeNull();
+  });
+});
+
+describe('a peer that goes away', () => {
+  it('reads the same whether a write (EPIPE), a read (ECONNRESET) or a drain noticed it', async () => {
+    // A peer that resets every connection as soon as it has one.
+    const server = createServer((s) => { s.on('error', () => {}); setTimeout(() => s.resetAndDestroy(), 20); });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const port = (server.address() as { port: number }).port;
+    try {
+      const messages = new Set<string>();
+      // The writer: big frames until a write or its drain fails.
+      const w = await rawPeer(port);
+      const big = Buffer.alloc(1 << 20);
+      let failure: unknown = null;
+      for (let i = 0; i < 10_000 && !failure; i++) await send(w.sock, encodeFrame(Msg.FileData, big)).catch((e) => { failure = e; });
+      messages.add((failure as Error).message);
+      // The reader: waits for a frame that never comes.
+      const r = await rawPeer(port);
+      messages.add(await r.reader.next().then(() => 'no error', (e: Error) => e.message));
+      expect([...messages]).toEqual(['migration peer closed the connection']);
+    } finally {
+      server.close();
+    }
   });
 });

@@ -7,19 +7,13 @@ import { dumpIteratively, dumpTreeIteratively } from '../dump/iterative.js';
 import { squash } from '../image/squash.js';
 import { serve } from '../migrate/receiver.js';
 import { migrate } from '../migrate/sender.js';
-import { readFileSync } from 'node:fs';
+import { readToken } from './token.js';
 
 function parseHostPort(v: string, defaultHost: string): { host: string; port: number } {
   const m = /^(?:\[?([^\]]*)\]?:)?(\d+)$/.exec(v) ?? /^([^:]+)$/.exec(v);
   if (!m) throw new TsnapError('usage', `expected HOST:PORT, got "${v}"`);
   if (m.length === 2) return { host: m[1], port: 7707 };
   return { host: m[1] || defaultHost, port: Number(m[2]) };
-}
-
-function readToken(o: { token?: string; tokenFile?: string }): string {
-  const t = o.tokenFile ? readFileSync(o.tokenFile, 'utf8').trim() : o.token ?? process.env.TSNAP_TOKEN;
-  if (!t) throw new TsnapError('usage', 'a shared secret is required: --token, --token-file or TSNAP_TOKEN (the receiver runs what it is sent)');
-  return t;
 }
 
 function parseRate(v: string): number {
@@ -40,6 +34,12 @@ import { formatCheck } from './check-table.js';
 import { verify } from '../image/verify.js';
 import { runDemo } from '../demo/demo.js';
 import { completionScript } from './completion.js';
+
+function parseSeconds(v: string): number {
+  const n = Number(v);
+  if (!/^\d+(\.\d+)?$/.test(v) || !(n > 0)) throw new TsnapError('usage', `expected a number of seconds above 0, got "${v}"`);
+  return n;
+}
 
 function parsePid(v: string): number {
   if (!/^\d+$/.test(v)) throw new TsnapError('usage', `--pid must be a number, got "${v}"`);
@@ -230,16 +230,19 @@ export async function main(argv: string[]): Promise<void> {
     .option('--tls-cert <file>', 'TLS certificate (PEM); with --tls-key, accept TLS only')
     .option('--tls-key <file>', 'TLS private key (PEM)')
     .option('--count <n>', 'exit after N migrations', (v) => Number(v))
+    .option('--handshake-timeout <seconds>', 'close a connection that has not presented its HELLO (and TLS handshake) within this time', parseSeconds, 10)
     .option('--stdout <file>', 'stdout of restored processes (default: this one\'s)')
     .option('--stderr <file>', 'stderr of restored processes (default: this one\'s)')
     .option('--json', 'one JSON event per line')
     .addHelpText('after', '\nExample:\n  tsnap serve --listen 0.0.0.0:7707 --dir /var/lib/tsnap/in --restore --token-file /etc/tsnap/token')
-    .action(async (o: { listen: string; dir: string; restore?: boolean; token?: string; tokenFile?: string; tlsCert?: string; tlsKey?: string; count?: number; stdout?: string; stderr?: string; json?: boolean }) => {
+    .action(async (o: { listen: string; dir: string; restore?: boolean; token?: string; tokenFile?: string; tlsCert?: string; tlsKey?: string; count?: number; handshakeTimeout: number; stdout?: string; stderr?: string; json?: boolean }) => {
       const { host, port } = parseHostPort(o.listen, '127.0.0.1');
+      const onEvent = (e: Record<string, unknown>) => process.stderr.write(o.json ? `${JSON.stringify(e)}\n` : `tsnap serve: ${Object.entries(e).map(([k, v]) => `${k}=${v}`).join(' ')}\n`);
+      const token = readToken(o, o.json ? (message) => onEvent({ event: 'warning', message }) : warn);
       const s = await serve({
-        host, port, dir: o.dir, token: readToken(o), restore: !!o.restore, count: o.count,
+        host, port, dir: o.dir, token, restore: !!o.restore, count: o.count, handshakeTimeoutMs: o.handshakeTimeout * 1000,
         tls: o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey } : undefined, stdout: o.stdout, stderr: o.stderr,
-        onEvent: (e) => process.stderr.write(o.json ? `${JSON.stringify(e)}\n` : `tsnap serve: ${Object.entries(e).map(([k, v]) => `${k}=${v}`).join(' ')}\n`),
+        onEvent,
       });
       await s.done;
     });
@@ -265,8 +268,9 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (o: { pid: number; to: string; token?: string; tokenFile?: string; downtimeMs: number; maxIterations: number; bandwidthLimit?: number; leaveRunning?: boolean; tree?: boolean; tcpEstablished?: boolean; compress: 'lz4' | 'none'; tls?: boolean; tlsCa?: string; tlsInsecure?: boolean; json?: boolean }) => {
       const { host, port } = parseHostPort(o.to, '127.0.0.1');
       const mo = out(o.json);
+      const token = readToken(o, o.json ? (message) => process.stderr.write(`${JSON.stringify({ event: 'warning', message })}\n`) : warn);
       const r = await migrate({
-        pid: o.pid, host, port, token: readToken(o), downtimeMs: o.downtimeMs, maxIterations: o.maxIterations,
+        pid: o.pid, host, port, token, downtimeMs: o.downtimeMs, maxIterations: o.maxIterations,
         bandwidthLimit: o.bandwidthLimit, leaveRunning: !!o.leaveRunning, compression: o.compress, tree: !!o.tree, tcpEstablished: !!o.tcpEstablished,
         tls: o.tls || o.tlsCa || o.tlsInsecure ? { ca: o.tlsCa, insecure: !!o.tlsInsecure } : undefined,
         warn, onProgress: progress('sending the memory of'),
@@ -342,6 +346,14 @@ export async function main(argv: string[]): Promise<void> {
   // Should a bug leave tsnap waiting on nothing, Node would exit with 0 as if
   // all went well: report it instead.
   let settled = false;
+  // A reader that stopped reading (tsnap show --json | head) is not a
+  // failure: drop the rest of the output and finish quietly.
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED') return;
+      throw err;
+    });
+  }
   process.once('beforeExit', () => {
     if (!settled) {
       process.stderr.write('tsnap: internal error: the operation stopped without finishing\n');

@@ -36,6 +36,7 @@ import { prepareImageDir, discardImageDir, fsyncDir } from '../image/image-dir.j
 import { readChain, type Image } from '../image/image-reader.js';
 import { resolveChain, storedRanges } from '../image/chain-index.js';
 import { TsnapError, asTsnapError } from '../errors.js';
+import { refuseUndumpable } from './target-check.js';
 import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
 
@@ -303,6 +304,7 @@ function checkTarget(pid: number): void {
     throw new TsnapError('noSuchProcess', `no process with pid ${pid}; check the pid (ps -p ${pid})`);
   }
   if (pid === process.pid) throw new TsnapError('usage', 'tsnap cannot dump itself');
+  refuseUndumpable(pid);
   const tgid = readStatus(pid).tgid;
   if (tgid !== pid) throw new TsnapError('usage', `${pid} is a thread of process ${tgid}; dump the process: tsnap dump --pid ${tgid}`);
 }

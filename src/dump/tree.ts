@@ -27,6 +27,7 @@ import { rmSync } from 'node:fs';
 import { readImage } from '../image/image-reader.js';
 import { stopHolder } from '../track/tracking.js';
 import { TsnapError, asTsnapError } from '../errors.js';
+import { refuseUndumpable } from './target-check.js';
 import { FileKind, FORMAT_VERSION, type TreeManifest, type TreeMember } from '../../formats/schema.js';
 
 export interface TreeDumpResult {
@@ -138,6 +139,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
   if (opts.parent && !isTreeImage(opts.parent)) {
     throw new TsnapError('badImage', `${opts.parent} is not a tree image; --tree needs the parent of a --tree dump`);
   }
+  refuseUndumpable(root);
   const top = prepareImageDir(resolve(opts.dir));
   const done: { pid: number; result: DumpResult }[] = [];
   let tree: FrozenTree | null = null;

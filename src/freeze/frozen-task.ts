@@ -21,6 +21,7 @@
 import { ptrace, SysError, WaitStatus, Guardian, GuardianError, GuardianUnavailable, SIGINFO_SIZE, REG_OFFSET, PTRACE_O, PTRACE_EVENT_STOP, SIGTRAP, SIGKILL, SYS,
   ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK, kill } from '../sys/index.js';
 import { readStatus } from '../proc/status.js';
+import { readStat, PF_KTHREAD } from '../proc/stat.js';
 import { TsnapError } from '../errors.js';
 
 const RESTART_CODES = new Set([ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK]);
@@ -240,6 +241,9 @@ function explainSeizeError(pid: number, err: unknown): unknown {
     if (tracer) {
       return new TsnapError('permission', `process ${pid} is already traced by pid ${tracer} (a debugger or another tsnap); detach it first`, err);
     }
+    let kthread = false;
+    try { kthread = (readStat(pid).flags & PF_KTHREAD) !== 0; } catch { /* gone */ }
+    if (kthread) return new TsnapError('unsupported', `process ${pid} is a kernel thread; tsnap dumps user processes only`, err);
     return new TsnapError('permission', `not allowed to ptrace process ${pid}; run tsnap as root or as its owner (see /proc/sys/kernel/yama/ptrace_scope)`, err);
   }
   return err;

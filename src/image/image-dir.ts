@@ -4,7 +4,7 @@
  * nothing that looks like an image.
  */
 import { mkdirSync, readdirSync, chmodSync, statSync, rmSync, rmdirSync, openSync, fsyncSync, closeSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, dirname, resolve } from 'node:path';
 import { TsnapError } from '../errors.js';
 import { FILE_NAMES } from '../../formats/schema.js';
 
@@ -25,17 +25,48 @@ export function prepareImageDir(path: string): PreparedDir {
   } catch (err) {
     if (err instanceof TsnapError) throw err;
     const e = err as NodeJS.ErrnoException;
-    if (e.code !== 'ENOENT') throw new TsnapError(e.code === 'EACCES' ? 'permission' : 'imageDir', `cannot use ${path}: ${e.code}`);
-    try {
-      mkdirSync(path, { recursive: true, mode: 0o700 });
-      chmodSync(path, 0o700);
-      created = true;
-    } catch (err2) {
-      const e2 = err2 as NodeJS.ErrnoException;
-      throw new TsnapError(e2.code === 'ENOSPC' ? 'noSpace' : e2.code === 'EACCES' ? 'permission' : 'imageDir', `cannot create ${path}: ${e2.code}`);
-    }
+    if (e.code !== 'ENOENT') throw dirError(`cannot use ${path}`, e);
+    makeDirs(path);
+    created = true;
   }
   return { path, created };
+}
+
+/**
+ * mkdir -p, mode 0700, one level at a time: a recursive mkdirSync reports
+ * ENOENT for a directory it could not create on a read-only file system,
+ * which would send the user looking for a missing parent.
+ */
+export function makeDirs(path: string): void {
+  const missing: string[] = [];
+  for (let p = resolve(path); ; p = dirname(p)) {
+    try {
+      if (!statSync(p).isDirectory()) throw new TsnapError('imageDir', `cannot create ${path}: ${p} is not a directory; choose another --dir`);
+      break;
+    } catch (err) {
+      if (err instanceof TsnapError) throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || dirname(p) === p) throw dirError(`cannot create ${path}`, err as NodeJS.ErrnoException);
+      missing.unshift(p);
+    }
+  }
+  for (const p of missing) {
+    try {
+      mkdirSync(p, { mode: 0o700 });
+      chmodSync(p, 0o700);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw dirError(`cannot create ${path}`, err as NodeJS.ErrnoException);
+    }
+  }
+}
+
+function dirError(what: string, e: NodeJS.ErrnoException): TsnapError {
+  switch (e.code) {
+    case 'EROFS': return new TsnapError('imageDir', `${what}: read-only file system; choose a --dir on a writable one`, e);
+    case 'ENOSPC': case 'EDQUOT': return new TsnapError('noSpace', `${what}: no space left on the device; free space or choose another --dir`, e);
+    case 'EACCES': case 'EPERM': return new TsnapError('permission', `${what}: permission denied; choose a --dir you may write to`, e);
+    case 'ENOTDIR': return new TsnapError('imageDir', `${what}: a part of the path is not a directory; choose another --dir`, e);
+    default: return new TsnapError('imageDir', `${what}: ${e.code ?? e.message}`, e);
+  }
 }
 
 /** Removes what a failed dump wrote: its own files, and the directory if it made it. */

@@ -10,7 +10,7 @@ import { Packr } from 'msgpackr';
 import { encodeHeader, decodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
 import { FORMAT_VERSION, HEADER_SIZE, FileKind, FILE_NAMES } from '../../formats/schema.js';
-import { TsnapError } from '../errors.js';
+import { TsnapError, withPath } from '../errors.js';
 
 export const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
@@ -30,6 +30,8 @@ export function writeMetaFile(dir: string, kind: FileKind, value: unknown, fsync
     writeAll(fd, header);
     writeAll(fd, payload);
     if (fsync) fsyncSync(fd);
+  } catch (err) {
+    throw withPath(err, path);
   } finally {
     closeSync(fd);
   }

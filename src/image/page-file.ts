@@ -16,7 +16,7 @@ import { read as fsRead } from 'node:fs';
 import { encodeHeader, decodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
 import { FORMAT_VERSION, HEADER_SIZE, FileKind, FILE_NAMES, type ChunkEntry, type Compression } from '../../formats/schema.js';
-import { TsnapError } from '../errors.js';
+import { TsnapError, withPath } from '../errors.js';
 
 export const DEFAULT_CHUNK_SIZE = 1 << 20;
 
@@ -131,7 +131,7 @@ export class PageFileWriter {
       (err) => {
         this.writing = false;
         this.outstanding -= batch.length;
-        for (const q of batch) this.fail(err, q.buf);
+        for (const q of batch) this.fail(withPath(err, this.path), q.buf);
       },
     );
   }
@@ -155,8 +155,12 @@ export class PageFileWriter {
     }
     this.throwIfFailed();
     const header = encodeHeader({ version: FORMAT_VERSION, kind: FileKind.Pages, flags: 0, payloadLength: this.nextOffset, payloadCrc: 0 });
-    await writevFully(this.fh, [header], 0);
-    if (fsync) await this.fh.sync();
+    try {
+      await writevFully(this.fh, [header], 0);
+      if (fsync) await this.fh.sync();
+    } catch (err) {
+      throw withPath(err, this.path);
+    }
     await this.fh.close();
     return this.nextOffset;
   }

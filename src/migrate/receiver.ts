@@ -1,22 +1,25 @@
 /**
- * `tsnap serve`: the receiving end of a migration. Accepts connections one
- * after another; each must present the shared token before anything is
- * written. Iterations arrive as image directories, file by file, and land
- * under DIR/<migration>/<n> as a normal image chain. After the sender's
+ * `tsnap serve`: the receiving end of a migration. Every connection gets
+ * its own handshake, under a deadline, and must present the shared token
+ * before anything is written; authenticated senders are then served one at
+ * a time. Iterations arrive as image directories, file by file, and land
+ * under DIR/<pid>-<time>/<n> as a normal image chain; every name built from
+ * the stream is confined to DIR (confine.ts). After the sender's
  * COMMIT everything is durable; with --restore the process is restored from
  * the final image as soon as its pid is free.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { timingSafeEqual, createHash } from 'node:crypto';
-import { mkdirSync, chmodSync, openSync, writeSync, closeSync, fsyncSync, rmSync, existsSync, readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, decodeDoc, send } from './wire.js';
+import { mkdirSync, chmodSync, openSync, writeSync, closeSync, fsyncSync, rmSync, existsSync, readFileSync, realpathSync } from 'node:fs';
+import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, MAX_FRAME, encodeDoc, decodeDoc, send } from './wire.js';
+import { inside, wirePid, migrationDirName } from './confine.js';
+import { checkCommittable } from './commit-check.js';
 import { crc32 } from '../image/checksum.js';
-import { fsyncDir } from '../image/image-dir.js';
+import { fsyncDir, makeDirs } from '../image/image-dir.js';
 import { restore, waitForExit } from '../restore/restore.js';
 import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
-import { TsnapError } from '../errors.js';
+import { TsnapError, asTsnapError, withPath } from '../errors.js';
 
 export interface ServeOptions {
   host: string;
@@ -27,12 +30,23 @@ export interface ServeOptions {
   tls?: { cert: string; key: string };
   /** Stop after this many migrations (0: serve forever). */
   count?: number;
+  /** Time a connection has to present its HELLO (and, with TLS, finish the TLS handshake). */
+  handshakeTimeoutMs?: number;
   stdout?: string;
   stderr?: string;
   onEvent?: (e: Record<string, unknown>) => void;
 }
 
 const FILE_NAMES = new Set(['inventory', 'process', 'pagemap', 'pages', 'stats']);
+export const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** A HELLO is a few hundred bytes: an unauthenticated peer gets no bigger buffer. */
+const HELLO_MAX_FRAME = 64 << 10;
+/**
+ * Connections in their handshake at once. A newcomer beyond it drops the
+ * oldest, not itself: a real sender says HELLO within milliseconds, so
+ * idle connections cannot keep it out unless opened faster than that.
+ */
+const MAX_UNAUTHENTICATED = 64;
 
 function sameToken(a: string, b: string): boolean {
   // Compare digests: equal length for timingSafeEqual, no early exit on a prefix.
@@ -40,27 +54,74 @@ function sameToken(a: string, b: string): boolean {
   return timingSafeEqual(h(a), h(b));
 }
 
+interface Greeted {
+  sock: Socket;
+  reader: FrameReader;
+  pid: number;
+}
+
 export function serve(opts: ServeOptions): Promise<{ server: Server; port: number; done: Promise<void> }> {
-  mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
-  let served = 0;
+  makeDirs(opts.dir);
+  // Names are confined against the real directory: --dir may itself be a symlink.
+  const base = realpathSync(opts.dir);
+  const timeoutMs = opts.handshakeTimeoutMs ?? HANDSHAKE_TIMEOUT_MS;
+  let accepted = 0;
+  const unauthenticated = new Set<Socket>(); // in arrival order
   let finish: () => void = () => {};
   const done = new Promise<void>((r) => { finish = r; });
+  // One migration at a time; only authenticated connections ever wait here,
+  // and each handshake runs on its own, so an idle or hostile peer holds up
+  // no one.
   let queue = Promise.resolve();
   const handler = (sock: Socket) => {
-    // One migration at a time: the next connection waits its turn.
-    queue = queue.then(() => receive(sock, opts).catch((err) => {
+    // A connection's errors are its own: without a listener, a reset would end the server.
+    sock.on('error', () => {});
+    if (unauthenticated.size >= MAX_UNAUTHENTICATED) {
+      const oldest = unauthenticated.values().next().value!;
+      unauthenticated.delete(oldest);
+      oldest.destroy();
+      opts.onEvent?.({ event: 'rejected', reason: 'busy' });
+    }
+    unauthenticated.add(sock);
+    greet(sock, opts, timeoutMs).catch((err) => {
+      sock.destroy();
       opts.onEvent?.({ event: 'failed', message: (err as Error).message });
-    })).then(() => {
-      served++;
-      if (opts.count && served >= opts.count) { server.close(); finish(); }
+      return null;
+    }).then((g) => {
+      unauthenticated.delete(sock);
+      if (!g) return;
+      if (opts.count && accepted >= opts.count) { sock.destroy(); return; }
+      accepted++;
+      queue = queue.then(() => receive(g, base, opts)).catch((err) => {
+        opts.onEvent?.({ event: 'failed', message: (err as Error).message });
+      }).then(() => {
+        if (opts.count && accepted >= opts.count) { server.close(); finish(); }
+      });
     });
   };
-  const server: Server = opts.tls
-    ? createTlsServer({ cert: readFileSync(opts.tls.cert), key: readFileSync(opts.tls.key) }, handler)
-    : createServer(handler);
+  let server: Server;
+  try {
+    server = opts.tls
+      ? createTlsServer({ cert: readPem(opts.tls.cert, '--tls-cert'), key: readPem(opts.tls.key, '--tls-key'), handshakeTimeout: timeoutMs }, handler)
+      : createServer(handler);
+  } catch (err) {
+    if (err instanceof TsnapError) throw err;
+    throw new TsnapError('usage', `--tls-cert ${opts.tls?.cert} / --tls-key ${opts.tls?.key}: ${(err as Error).message}; give a PEM certificate and its private key`, err);
+  }
+  server.on('tlsClientError', (err: Error) => opts.onEvent?.({ event: 'rejected', reason: 'tls', message: err.message }));
   return new Promise((resolvePromise, reject) => {
-    server.once('error', reject);
+    const onListenError = (err: NodeJS.ErrnoException) => {
+      const why = err.code === 'EADDRINUSE' ? 'the address is in use (another tsnap serve?); choose another --listen'
+        : err.code === 'EACCES' ? 'permission denied; choose a port above 1023 or run as root'
+          : err.code === 'EADDRNOTAVAIL' ? 'this machine has no such address; choose one of its own for --listen'
+            : err.message;
+      reject(new TsnapError(err.code === 'EACCES' ? 'permission' : 'usage', `cannot listen on ${opts.host}:${opts.port}: ${why}`, err));
+    };
+    server.once('error', onListenError);
     server.listen(opts.port, opts.host, () => {
+      server.off('error', onListenError);
+      // After listen, an error (e.g. EMFILE on accept) concerns one connection, not the server.
+      server.on('error', (err) => opts.onEvent?.({ event: 'failed', message: err.message }));
       const addr = server.address();
       const port = typeof addr === 'object' && addr ? addr.port : opts.port;
       opts.onEvent?.({ event: 'listening', host: opts.host, port });
@@ -69,46 +130,124 @@ export function serve(opts: ServeOptions): Promise<{ server: Server; port: numbe
   });
 }
 
-async function receive(sock: Socket, opts: ServeOptions): Promise<void> {
-  const reader = new FrameReader(sock);
-  const hello = await reader.next();
-  if (!hello || hello.type !== Msg.Hello) {
-    await send(sock, encodeDoc(Msg.Error, { code: 'protocol', message: 'expected a tsnap HELLO' })).catch(() => {});
-    sock.destroy();
-    return;
+function readPem(path: string, option: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    throw new TsnapError('usage', `cannot read ${option} ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}; give a PEM file`, err);
   }
-  const h = decodeDoc<{ magic: string; version: number; token: string; pid: number }>(hello);
-  if (h.magic !== WIRE_MAGIC || h.version !== WIRE_VERSION) {
-    await send(sock, encodeDoc(Msg.Error, { code: 'version', message: `protocol version ${h.version} is not supported (this receiver speaks ${WIRE_VERSION}); use the same tsnap version on both ends` })).catch(() => {});
+}
+
+/** The handshake, under its deadline: the authenticated peer, or null (already answered and closed). */
+async function greet(sock: Socket, opts: ServeOptions, timeoutMs: number): Promise<Greeted | null> {
+  const reader = new FrameReader(sock, HELLO_MAX_FRAME);
+  const refuse = async (code: string, message: string, event: Record<string, unknown>) => {
+    await send(sock, encodeDoc(Msg.Error, { code, message })).catch(() => {});
     sock.end();
-    opts.onEvent?.({ event: 'rejected', reason: 'version', version: h.version });
-    return;
+    sock.destroySoon?.();
+    opts.onEvent?.({ event: 'rejected', ...event });
+    return null;
+  };
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    send(sock, encodeDoc(Msg.Error, { code: 'timeout', message: `no HELLO within ${timeoutMs / 1000} s` })).catch(() => {}).finally(() => sock.destroy());
+  }, timeoutMs);
+  try {
+    let hello;
+    try {
+      hello = await reader.next();
+    } catch (err) {
+      if (timedOut) { opts.onEvent?.({ event: 'rejected', reason: 'timeout' }); return null; }
+      return await refuse('protocol', `not a tsnap migration stream: ${(err as Error).message}`, { reason: 'protocol', message: (err as Error).message });
+    }
+    if (timedOut) { opts.onEvent?.({ event: 'rejected', reason: 'timeout' }); return null; }
+    if (!hello) { sock.destroy(); return null; }
+    if (hello.type !== Msg.Hello) return await refuse('protocol', 'expected a tsnap HELLO', { reason: 'protocol' });
+    let h: { magic?: unknown; version?: unknown; token?: unknown; pid?: unknown } | null;
+    try { h = decodeDoc(hello); } catch { h = null; }
+    if (!h || typeof h !== 'object') return await refuse('protocol', 'expected a tsnap HELLO', { reason: 'protocol' });
+    if (h.magic !== WIRE_MAGIC || h.version !== WIRE_VERSION) {
+      return await refuse('version', `protocol version ${quote(h.version)} is not supported (this receiver speaks ${WIRE_VERSION}); use the same tsnap version on both ends`, { reason: 'version', version: quote(h.version) });
+    }
+    if (typeof h.token !== 'string' || !sameToken(h.token, opts.token)) return await refuse('token', 'wrong token', { reason: 'token' });
+    const pid = wirePid(h.pid);
+    if (pid === null) return await refuse('protocol', `HELLO pid must be a positive integer, got ${quote(h.pid)}`, { reason: 'protocol' });
+    reader.maxFrame = MAX_FRAME;
+    return { sock, reader, pid };
+  } finally {
+    clearTimeout(timer);
   }
-  if (typeof h.token !== 'string' || !sameToken(h.token, opts.token)) {
-    await send(sock, encodeDoc(Msg.Error, { code: 'token', message: 'wrong token' })).catch(() => {});
-    sock.end();
-    opts.onEvent?.({ event: 'rejected', reason: 'token' });
-    return;
+}
+
+/**
+ * Says why the receiver gives up, then closes. The sender is still
+ * writing and reads the reason only when its next write fails: closing
+ * at once with its data unread would reset the connection and could drop
+ * the reason in flight, so the socket closes after a moment instead.
+ */
+async function tellSender(sock: Socket, message: string | null): Promise<void> {
+  if (sock.destroyed) return;
+  if (message !== null) await send(sock, encodeDoc(Msg.Error, { code: 'failed', message })).catch(() => {});
+  sock.end();
+  setTimeout(() => sock.destroy(), 1000).unref();
+}
+
+/**
+ * A peer's value in a message: quoted when a string, short, and never
+ * through its own toString (a decoded map may carry a "toString" key).
+ */
+function quote(v: unknown): string {
+  const s = typeof v === 'string' ? JSON.stringify(v)
+    : v === null || ['number', 'bigint', 'boolean', 'undefined'].includes(typeof v) ? String(v)
+      : `a ${Array.isArray(v) ? 'list' : 'map'}`;
+  return s.length > 40 ? `${s.slice(0, 40)}...` : s;
+}
+
+/** DIR/<pid>-<time>, made 0700; a second migration of the same pid within the same millisecond gets a suffix. */
+function newMigrationDir(base: string, pid: number): string {
+  const now = Date.now();
+  for (let attempt = 0; ; attempt++) {
+    const root = inside(base, migrationDirName(pid, now, attempt));
+    try {
+      mkdirSync(root, { mode: 0o700 });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST' && attempt < 100) continue;
+      throw err;
+    }
+    chmodSync(root, 0o700);
+    return root;
   }
-  const name = `${h.pid}-${Date.now()}`;
-  const root = resolve(opts.dir, name);
-  mkdirSync(root, { mode: 0o700 });
-  chmodSync(root, 0o700);
-  await send(sock, encodeDoc(Msg.HelloOk, { version: WIRE_VERSION, dir: root }));
-  opts.onEvent?.({ event: 'accepted', pid: h.pid, dir: root });
+}
+
+async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<void> {
+  const { sock, reader } = g;
+  if (sock.destroyed) throw new TsnapError('targetFailed', `the sender of process ${g.pid} went away while waiting for its turn`);
+  const root = newMigrationDir(base, g.pid);
   let committed = false;
   let last = '';
   try {
+    await send(sock, encodeDoc(Msg.HelloOk, { version: WIRE_VERSION, dir: root }));
+    opts.onEvent?.({ event: 'accepted', pid: g.pid, dir: root });
+    let lastName: string | null = null;
     for (;;) {
       const f = await reader.next();
       if (!f) throw new TsnapError('targetFailed', 'the sender disconnected before committing');
       if (f.type === Msg.IterBegin) {
-        const it = decodeDoc<{ name: string }>(f);
-        if (!/^[A-Za-z0-9_-]+$/.test(it.name)) throw new TsnapError('badImage', `bad iteration name ${it.name}`);
-        last = join(root, it.name);
-        await receiveIteration(reader, last);
-        opts.onEvent?.({ event: 'iteration', name: it.name });
+        const it = decodeDoc<{ name?: unknown }>(f);
+        const name = typeof it?.name === 'string' ? it.name : '';
+        if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) throw new TsnapError('badImage', `bad iteration name ${quote(it?.name)}`);
+        lastName = null; // until it is complete
+        await receiveIteration(reader, inside(root, name));
+        lastName = name;
+        opts.onEvent?.({ event: 'iteration', name });
       } else if (f.type === Msg.Commit) {
+        try {
+          last = checkCommittable(root, lastName);
+        } catch (err) {
+          await send(sock, encodeDoc(Msg.Error, { code: 'incomplete', message: (err as Error).message })).catch(() => {});
+          throw err;
+        }
         fsyncDir(root);
         committed = true;
         await send(sock, encodeDoc(Msg.Committed, { dir: last }));
@@ -120,13 +259,15 @@ async function receive(sock: Socket, opts: ServeOptions): Promise<void> {
     }
   } catch (err) {
     if (!committed) rmSync(root, { recursive: true, force: true }); // an incomplete migration is nothing
-    sock.destroy();
-    throw err;
+    const e = asTsnapError(err, 'the receiver');
+    const alreadyTold = err instanceof TsnapError && err.message.startsWith('COMMIT refused');
+    await tellSender(sock, alreadyTold ? null : e.message);
+    throw e;
   }
   if (!opts.restore) { sock.end(); return; }
   try {
     // The source is killed once we said COMMITTED: wait for its pids to be free.
-    const pids = isTreeImage(last) ? readTreeManifest(last).processes.map((p) => p.pid) : [h.pid];
+    const pids = isTreeImage(last) ? readTreeManifest(last).processes.map((p) => p.pid) : [g.pid];
     for (let i = 0; i < 3000 && pids.some((pid) => existsSync(`/proc/${pid}`)); i++) await new Promise((r) => setTimeout(r, 10));
     const r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr });
     void waitForExit(r.pid); // reap it when it ends
@@ -149,12 +290,13 @@ async function receiveIteration(reader: FrameReader, dir: string): Promise<void>
     if (!f) throw new TsnapError('targetFailed', 'the sender disconnected in the middle of an iteration');
     if (f.type === Msg.IterEnd) break;
     if (f.type !== Msg.FileBegin) throw new TsnapError('badImage', `expected FILE_BEGIN, got ${Msg[f.type] ?? f.type}`);
-    const { name } = decodeDoc<{ name: string }>(f);
+    const doc = decodeDoc<{ name?: unknown }>(f);
+    const name = typeof doc?.name === 'string' ? doc.name : '';
     // An image file, a tree image's per-process file ("<pid>/<file>"), or its manifest.
-    const m = /^(?:(\d{1,10})\/)?([a-z]+)$/.exec(name);
-    if (!m || !(FILE_NAMES.has(m[2]) || (m[2] === 'tree' && !m[1]))) throw new TsnapError('badImage', `unexpected file ${name}`);
-    if (m[1]) mkdirSync(join(dir, m[1]), { recursive: true, mode: 0o700 });
-    const path = join(dir, name);
+    const m = /^(?:([1-9]\d{0,9})\/)?([a-z]+)$/.exec(name);
+    if (!m || !(FILE_NAMES.has(m[2]) || (m[2] === 'tree' && !m[1]))) throw new TsnapError('badImage', `unexpected file ${quote(doc?.name)}`);
+    if (m[1]) mkdirSync(inside(dir, m[1]), { recursive: true, mode: 0o700 });
+    const path = inside(dir, name);
     const fd = openSync(path, 'wx', 0o600);
     let length = 0;
     let crc = 0;
@@ -164,15 +306,19 @@ async function receiveIteration(reader: FrameReader, dir: string): Promise<void>
         if (!d) throw new TsnapError('targetFailed', `the sender disconnected in the middle of ${name}`);
         if (d.type === Msg.FileData) {
           let off = 0;
-          while (off < d.payload.length) off += writeSync(fd, d.payload, off, d.payload.length - off);
+          try {
+            while (off < d.payload.length) off += writeSync(fd, d.payload, off, d.payload.length - off);
+          } catch (err) {
+            throw withPath(err, path);
+          }
           length += d.payload.length;
           crc = crc32(d.payload, crc);
           continue;
         }
         if (d.type !== Msg.FileEnd) throw new TsnapError('badImage', `expected FILE_DATA or FILE_END in ${name}`);
-        const end = decodeDoc<{ length: number; crc32: number }>(d);
+        const end = decodeDoc<{ length?: unknown; crc32?: unknown }>(d) ?? {};
         if (end.length !== length || end.crc32 !== crc) {
-          throw new TsnapError('badImage', `${name}: received ${length} bytes (crc ${crc}), the sender sent ${end.length} (crc ${end.crc32})`);
+          throw new TsnapError('badImage', `${name}: received ${length} bytes (crc ${crc}), the sender sent ${quote(end.length)} (crc ${quote(end.crc32)})`);
         }
         fsyncSync(fd);
         break;
@@ -183,6 +329,6 @@ async function receiveIteration(reader: FrameReader, dir: string): Promise<void>
     files.push(name);
   }
   if (!files.includes('inventory') && !files.includes('tree')) throw new TsnapError('badImage', 'an iteration arrived without its inventory');
-  for (const sub of new Set(files.filter((f) => f.includes('/')).map((f) => f.split('/')[0]))) fsyncDir(join(dir, sub));
+  for (const sub of new Set(files.filter((f) => f.includes('/')).map((f) => f.split('/')[0]))) fsyncDir(inside(dir, sub));
   fsyncDir(dir);
 }

@@ -178,7 +178,10 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
       try { held.release(); } catch { /* gone */ }
     }
     for (const pid of trackedPids(staging, opts)) untrackPid(pid);
-    const e = asTsnapError(err, `migration of process ${opts.pid}`);
+    const reason = reader.bufferedError();
+    const e = reason && !(err instanceof TsnapError && err.message.startsWith('migration peer refused'))
+      ? new TsnapError('targetFailed', `migration peer refused: ${reason}`, err)
+      : asTsnapError(err, `migration of process ${opts.pid}`);
     throw new TsnapError(e.kind, `migration of process ${opts.pid} failed; it runs on where it was: ${e.message}`, e.cause ?? err);
   } finally {
     sock.destroy();

@@ -68,10 +68,11 @@ export class FrameReader {
   private failure: Error | null = null;
   private wake: (() => void) | null = null;
 
-  constructor(private readonly sock: Socket) {
+  /** `maxFrame`: the largest frame accepted; raised once the peer is authenticated. */
+  constructor(private readonly sock: Socket, public maxFrame = MAX_FRAME) {
     sock.on('data', (d: Buffer) => {
       this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
-      if (this.buf.length > MAX_FRAME + FRAME_HEADER) sock.pause();
+      if (this.buf.length > this.maxFrame + FRAME_HEADER) sock.pause();
       this.wake?.();
     });
     sock.on('end', () => { this.ended = true; this.wake?.(); });
@@ -84,18 +85,18 @@ export class FrameReader {
     for (;;) {
       if (this.buf.length >= FRAME_HEADER) {
         const len = this.buf.readUInt32LE(0);
-        if (len > MAX_FRAME) throw new TsnapError('badImage', `migration stream: frame of ${len} bytes is larger than allowed; not a tsnap peer or corrupted`);
+        if (len > this.maxFrame) throw new TsnapError('badImage', `migration stream: frame of ${len} bytes is larger than allowed; not a tsnap peer or corrupted`);
         if (this.buf.length >= FRAME_HEADER + len) {
           const type = this.buf.readUInt8(4) as Msg;
           const crc = this.buf.readUInt32LE(5);
           const payload = Buffer.from(this.buf.subarray(FRAME_HEADER, FRAME_HEADER + len));
           this.buf = this.buf.subarray(FRAME_HEADER + len);
-          if (this.buf.length <= MAX_FRAME) this.sock.resume();
+          if (this.buf.length <= this.maxFrame) this.sock.resume();
           if (crc32(payload) !== crc) throw new TsnapError('badImage', `migration stream: ${Msg[type] ?? type} frame checksum mismatch`);
           return { type, payload };
         }
       }
-      if (this.failure) throw new TsnapError('targetFailed', `migration peer connection failed: ${this.failure.message}`);
+      if (this.failure) throw connectionError(this.failure);
       if (this.ended) {
         if (this.buf.length) throw new TsnapError('badImage', 'migration stream truncated in the middle of a frame');
         return null;
@@ -104,6 +105,27 @@ export class FrameReader {
       await new Promise<void>((r) => { this.wake = r; });
       this.wake = null;
     }
+  }
+
+  /**
+   * The reason of an ERROR frame that arrived unasked, if any: a receiver
+   * that gives up says why while the sender is still writing.
+   */
+  bufferedError(): string | null {
+    for (let at = 0; at + FRAME_HEADER <= this.buf.length;) {
+      const len = this.buf.readUInt32LE(at);
+      if (len > this.maxFrame || at + FRAME_HEADER + len > this.buf.length) return null;
+      if (this.buf.readUInt8(at + 4) === Msg.Error) {
+        try {
+          const e = packr.unpack(this.buf.subarray(at + FRAME_HEADER, at + FRAME_HEADER + len)) as { message?: unknown };
+          return typeof e?.message === 'string' ? e.message : null;
+        } catch {
+          return null;
+        }
+      }
+      at += FRAME_HEADER + len;
+    }
+    return null;
   }
 
   /** The next frame, which must be of type `type` (an Error frame becomes a TsnapError). */
@@ -128,7 +150,7 @@ export async function send(sock: Socket, parts: Buffer[]): Promise<void> {
       if (sock.destroyed) throw new TsnapError('targetFailed', 'migration peer closed the connection');
       await new Promise<void>((resolve, reject) => {
         const onDrain = () => { sock.off('error', onErr); sock.off('close', onClose); resolve(); };
-        const onErr = (e: Error) => { sock.off('drain', onDrain); sock.off('close', onClose); reject(new TsnapError('targetFailed', `migration connection failed: ${e.message}`)); };
+        const onErr = (e: Error) => { sock.off('drain', onDrain); sock.off('close', onClose); reject(connectionError(e)); };
         const onClose = () => { sock.off('drain', onDrain); sock.off('error', onErr); reject(new TsnapError('targetFailed', 'migration peer closed the connection')); };
         sock.once('drain', onDrain);
         sock.once('error', onErr);
@@ -136,4 +158,14 @@ export async function send(sock: Socket, parts: Buffer[]): Promise<void> {
       });
     }
   }
+}
+
+/** Errnos that only say the peer went away, whichever call (read, write, drain) noticed it first. */
+const PEER_GONE = new Set(['EPIPE', 'ECONNRESET', 'ECONNABORTED']);
+
+/** A socket error as users see it: a peer that went away reads the same whichever syscall saw it. */
+export function connectionError(e: Error): TsnapError {
+  const code = (e as NodeJS.ErrnoException).code;
+  if (code && PEER_GONE.has(code)) return new TsnapError('targetFailed', 'migration peer closed the connection', e);
+  return new TsnapError('targetFailed', `migration connection failed: ${e.message}`, e);
 }

@@ -29,6 +29,9 @@ export interface ProcStat {
   exitCode: number;
 }
 
+/** PF_KTHREAD in `flags` (include/linux/sched.h): a kernel thread, which ptrace refuses whoever asks. */
+export const PF_KTHREAD = 0x00200000;
+
 /** exit_code, the last field used here, arrived in Linux 3.5. */
 const LAST_FIELD = 52;
 
