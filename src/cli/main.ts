@@ -184,11 +184,13 @@ export async function main(argv: string[]): Promise<void> {
     .option('--stdout <file>', 'file for the process\'s stdout, appended (default: tsnap\'s own)')
     .option('--stderr <file>', 'file for the process\'s stderr, appended (default: tsnap\'s own)')
     .option('--json', 'print the result as JSON (on stderr when not detached: stdout belongs to the process)')
+    .option('--check <mode>', 'compare the rebuilt process with its image before it runs: warn (default) names each difference, strict refuses to start it, off skips', 'warn')
     .addHelpText('after', '\nExamples:\n  tsnap restore --dir img                  # run it in the foreground, exit with its status\n  tsnap restore --dir img --detach --pidfile app.pid\n  tsnap restore --dir img --new-pid --detach   # a second copy next to the original')
-    .action(async (o: { dir: string; detach?: boolean; pidfile?: string; newPid?: boolean; stdin?: string; stdout?: string; stderr?: string; json?: boolean }) => {
+    .action(async (o: { dir: string; detach?: boolean; pidfile?: string; newPid?: boolean; stdin?: string; stdout?: string; stderr?: string; json?: boolean; check: string }) => {
       const o2 = out(o.json);
+      if (o.check !== 'warn' && o.check !== 'strict' && o.check !== 'off') throw new TsnapError('usage', `--check must be warn, strict or off, not "${o.check}"`);
       const r = await restore({
-        dir: o.dir, newPid: !!o.newPid, pidfile: o.pidfile, stdin: o.stdin, stdout: o.stdout, stderr: o.stderr,
+        dir: o.dir, newPid: !!o.newPid, pidfile: o.pidfile, stdin: o.stdin, stdout: o.stdout, stderr: o.stderr, check: o.check,
         warn, onProgress: progress('writing the memory of'),
       });
       o2.clear();

@@ -15,6 +15,7 @@ import { createProcess, cloneIn, type NewProcess } from './create-process.js';
 import { RemoteTask } from './remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
+import { checkRestored } from './self-check.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
@@ -37,6 +38,12 @@ export interface RestoreOptions {
   stdout?: string;
   stderr?: string;
   pidfile?: string;
+  /**
+   * Compare the rebuilt processes with their images before they run
+   * (self-check.ts): 'warn' (the default) names each difference as a
+   * warning, 'strict' fails the restore on any, 'off' skips the check.
+   */
+  check?: 'warn' | 'strict' | 'off';
   warn?: (msg: string) => void;
   /** Bytes of memory written so far and in all (per process of a tree). */
   onProgress?: (p: { bytes: number; total: number; pid: number }) => void;
@@ -231,6 +238,16 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         ptrace.setXstate(tid, th.image.xstate);
         ptrace.setSigmask(tid, th.image.sigmask);
       }
+    }
+    if ((opts.check ?? 'warn') !== 'off') {
+      step = 'check the restored processes against their images';
+      const diffs = members.flatMap((m) => checkRestored(m.p, m.rt!.pid, {
+        newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })),
+      }).map((d) => `restore check of ${m.p.pid}: ${d}`));
+      if (diffs.length && opts.check === 'strict') {
+        throw new TsnapError('restoreFailed', `the restored process differs from its image (${diffs.length} differences; first: ${diffs[0]}); nothing was started`);
+      }
+      for (const d of diffs) warn(d);
     }
     for (const m of members) m.rt!.mem.close();
     if (opts.pidfile) writeFileSync(opts.pidfile, `${proc.pid}\n`, { mode: 0o644 });

@@ -1,0 +1,145 @@
+/**
+ * Restore checks its own work: once a process is rebuilt, and before it
+ * runs, what the kernel shows of it (/proc) is compared with the image, and
+ * every difference is named. A restore that silently came back different
+ * becomes one that says so (restore warns; --strict-check refuses to start
+ * the process).
+ *
+ * What is compared: the memory map (address, size, protection, sharing,
+ * file offset, path; adjacent areas the kernel merges are joined on both
+ * sides), the VmFlags restore sets, each fd's number, open flags and file
+ * position, each thread's blocked signals, the thread count, umask, ids,
+ * process group and session, cwd, root, executable, comm, resource limits
+ * and personality.
+ */
+import { readlinkSync, readFileSync } from 'node:fs';
+import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
+import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
+import { isInheritedStdio } from './fds.js';
+
+/** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
+const O_LARGEFILE = 0o100000;
+const MAX_MAP_LINES = 3;
+
+export interface CheckedThread {
+  /** The tid the thread has now. */
+  tid: number;
+  sigmask: bigint;
+}
+
+export interface CheckOptions {
+  /** Processes got new pids: ids of groups and sessions are mapped, not compared. */
+  newPid: boolean;
+  /** The tids now, with what each thread's image says. */
+  threads: CheckedThread[];
+}
+
+type Area = { start: number; end: number; prot: number; shared: boolean; offset: number; path: string };
+
+/** Adjacent areas that differ only in a boundary, joined: the kernel merges re-created ones at will. */
+function joined(vmas: Area[]): Area[] {
+  const out: Area[] = [];
+  for (const v of vmas) {
+    const last = out[out.length - 1];
+    if (last && last.end === v.start && last.prot === v.prot && last.shared === v.shared && last.path === v.path
+      && (v.path === '' || v.path.startsWith('[') || last.offset + (last.end - last.start) === v.offset)) {
+      last.end = v.end;
+      continue;
+    }
+    out.push({ ...v });
+  }
+  return out;
+}
+
+const fromImage = (v: VmaImage): Area => ({ start: v.start, end: v.end, prot: v.prot, shared: v.shared, offset: v.file ? v.pgoff : 0, path: v.path });
+const fromLive = (v: Vma): Area => ({ start: v.start, end: v.end, prot: v.prot, shared: v.shared, offset: v.inode !== 0 ? v.offset : 0, path: v.path });
+const show = (a: Area) => `${a.start.toString(16)}-${a.end.toString(16)} ${'rwx'.split('').map((c, i) => (a.prot & (1 << i) ? c : '-')).join('')}${a.shared ? 's' : 'p'} ${a.path}`;
+
+function compareMaps(p: ProcessImage, pid: number, out: string[]): void {
+  const want = joined(p.mm.vmas.map(fromImage)).map(show);
+  const have = joined(readMaps(pid).map(fromLive)).map(show);
+  const haveSet = new Set(have);
+  const wantSet = new Set(want);
+  const missing = want.filter((a) => !haveSet.has(a));
+  const extra = have.filter((a) => !wantSet.has(a));
+  for (const a of missing.slice(0, MAX_MAP_LINES)) out.push(`memory: the image maps ${a}, the process does not`);
+  for (const a of extra.slice(0, MAX_MAP_LINES)) out.push(`memory: the process maps ${a}, the image does not`);
+  const more = missing.length + extra.length - Math.min(missing.length, MAX_MAP_LINES) - Math.min(extra.length, MAX_MAP_LINES);
+  if (more > 0) out.push(`memory: ${more} more differences in the memory map`);
+}
+
+function compareVmFlags(p: ProcessImage, pid: number, out: string[]): void {
+  // smaps walks page tables: read it only when the image has flags to compare.
+  if (!p.mm.vmas.some((v) => v.flags && v.flags.length > 0)) return;
+  const live = readVmFlags(pid);
+  for (const v of p.mm.vmas) {
+    if (!v.flags) continue;
+    const have = (live.get(v.start) ?? []).filter((t) => Object.hasOwn(VMA_RESTORED_FLAGS, t)).sort().join(' ');
+    const want = [...v.flags].sort().join(' ');
+    if (have !== want) out.push(`memory: VmFlags of ${v.start.toString(16)} are [${have}], the image's [${want}]`);
+  }
+}
+
+function compareFds(p: ProcessImage, pid: number, out: string[]): void {
+  const live = new Set(listFds(pid));
+  for (const f of p.fds) {
+    if (!live.has(f.fd)) { out.push(`fd ${f.fd} (${f.link}) is not open`); continue; }
+    live.delete(f.fd);
+    if (isInheritedStdio(f)) continue; // restore's own stdio stands in for it
+    const info = readFdInfo(pid, f.fd);
+    if ((info.flags & ~O_LARGEFILE) !== (f.flags & ~O_LARGEFILE)) {
+      out.push(`fd ${f.fd} (${f.link}): open flags 0${(info.flags & ~O_LARGEFILE).toString(8)}, the image's 0${(f.flags & ~O_LARGEFILE).toString(8)}`);
+    }
+    if (f.kind === 'file' && info.pos !== f.pos) out.push(`fd ${f.fd} (${f.link}): position ${info.pos}, the image's ${f.pos}`);
+  }
+  for (const fd of live) out.push(`fd ${fd} is open but not in the image`);
+}
+
+function link(pid: number, what: string): string {
+  try { return readlinkSync(`/proc/${pid}/${what}`); } catch { return '?'; }
+}
+
+function compareProcess(p: ProcessImage, pid: number, opts: CheckOptions, out: string[]): void {
+  const status = readStatus(pid);
+  const stat = readStat(pid);
+  const same = (what: string, have: unknown, want: unknown) => {
+    if (String(have) !== String(want)) out.push(`${what} is ${String(have)}, the image's ${String(want)}`);
+  };
+  same('umask', `0${status.umask.toString(8)}`, `0${p.umask.toString(8)}`);
+  same('uids (real, effective, saved, fs)', status.uid.join(' '), p.creds.uid.join(' '));
+  same('gids (real, effective, saved, fs)', status.gid.join(' '), p.creds.gid.join(' '));
+  same('thread count', status.threads, p.threads.length);
+  if (!opts.newPid) {
+    // A group or session whose leader is not restored cannot be joined again:
+    // the process is in restore's own (as with CRIU's --shell-job).
+    const outside = (id: number) => (id !== p.pid ? ' (its leader is not in the image: the process is in tsnap restore\'s)' : '');
+    if (stat.pgrp !== p.pgid) out.push(`process group is ${stat.pgrp}, the image's ${p.pgid}${outside(p.pgid)}`);
+    if (stat.session !== p.sid) out.push(`session is ${stat.session}, the image's ${p.sid}${outside(p.sid)}`);
+  }
+  same('cwd', link(pid, 'cwd'), p.cwd);
+  same('root', link(pid, 'root'), p.root);
+  same('executable', link(pid, 'exe'), p.exe.path);
+  same('comm', readComm(pid), p.comm);
+  same('personality', parseInt(readFileSync(`/proc/${pid}/personality`, 'utf8'), 16), p.personality);
+  for (const t of opts.threads) {
+    const s = readStatus(t.tid);
+    if (s.sigBlk !== t.sigmask) out.push(`thread ${t.tid}: blocked signals 0x${s.sigBlk.toString(16)}, the image's 0x${t.sigmask.toString(16)}`);
+  }
+  const limits = readLimits(pid);
+  for (const l of p.rlimits) {
+    const have = limits.find((r) => r.resource === l.resource);
+    // A hard limit below the image's is the one restore already warned of.
+    if (!have || have.hard < l.max) continue;
+    if (have.soft !== l.cur || have.hard !== l.max) out.push(`rlimit ${l.name}: ${have.soft}/${have.hard}, the image's ${l.cur}/${l.max}`);
+  }
+}
+
+/** Every difference between the rebuilt process `pid` (not yet running) and its image, one line each. */
+export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions): string[] {
+  const out: string[] = [];
+  compareMaps(p, pid, out);
+  compareVmFlags(p, pid, out);
+  compareFds(p, pid, out);
+  compareProcess(p, pid, opts, out);
+  return out;
+}
