@@ -20,6 +20,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach } from 'vitest';
 import { setCloexec } from '../../src/sys/fd.js';
+import { registerPid } from './processes.js';
 
 // Programs the tests start must own nothing but stdio: fds the test runner
 // inherited from its own parent (CI shells, editors) would otherwise leak
@@ -401,6 +402,7 @@ export function startProcess(cmd: string, args: string[], opts: StartOptions = {
       exited,
     };
     registry.add(running);
+    registerPid(pid);
     void exited.then(() => registry.delete(running));
 
     waitFor(readyRe, timeoutMs, 0, 'ready pattern').then(

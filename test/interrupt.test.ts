@@ -1,0 +1,175 @@
+/**
+ * All or nothing, at any instant. tsnap is stopped at a named point
+ * (TSNAP_TEST_PAUSE_AT, src/pause-point.ts) and signalled exactly there:
+ * a dump interrupted by SIGINT/SIGTERM/SIGHUP lets every process go, leaves
+ * no image and exits 128 + signo; a kill-mode tree dump kills every process
+ * or none; a restore killed at any step leaves no helper, no half-built
+ * process and nobody holding tsnap's stdout/stderr.
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { spawn } from 'node:child_process';
+import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
+import { tsnap, startTsnap } from './helpers/tsnap.js';
+import { isGone, tracerOf, registerPid } from './helpers/processes.js';
+import { helperElf, writeProgram } from '../src/inject/tiny-elf.js';
+
+useProcessCleanup();
+afterAll(() => cleanupTmpDirs());
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until tsnap has stopped itself at its pause point. */
+async function pausedAt(t: { child: { pid?: number }; done: Promise<{ stderr: string }> }): Promise<void> {
+  const pid = t.child.pid!;
+  for (let i = 0; i < 4000; i++) {
+    let st = '';
+    try { st = readFileSync(`/proc/${pid}/status`, 'utf8'); } catch { throw new Error(`tsnap ${pid} exited before its pause point: ${(await t.done).stderr}`); }
+    if (/^State:\s+T/m.test(st)) return;
+    await sleep(5);
+  }
+  throw new Error(`tsnap ${pid} never reached its pause point`);
+}
+
+/** Every descendant of `pid`, found through /proc/PID/task/TID/children. */
+function descendants(pid: number): number[] {
+  const out: number[] = [];
+  const walk = (p: number) => {
+    let tids: string[];
+    try { tids = readdirSync(`/proc/${p}/task`); } catch { return; }
+    for (const t of tids) {
+      let kids: number[] = [];
+      try { kids = readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number); } catch { /* gone */ }
+      for (const k of kids) { out.push(k); registerPid(k); walk(k); }
+    }
+  };
+  walk(pid);
+  return out;
+}
+
+async function allGone(pids: number[]): Promise<number[]> {
+  for (let i = 0; i < 500 && pids.some((p) => !isGone(p)); i++) await sleep(10);
+  return pids.filter((p) => !isGone(p));
+}
+
+async function treeStatus(p: Running): Promise<{ counter: number; last: number; bad: number }> {
+  const from = p.lines().length;
+  p.writeLine('status');
+  const m = /counter=(\d+) last=(\d+) bad=(\d+)/.exec(await p.waitForLine(/^STATUS/, 5000, from))!;
+  return { counter: Number(m[1]), last: Number(m[2]), bad: Number(m[3]) };
+}
+
+async function startTree(): Promise<{ p: Running; all: number[] }> {
+  const p = await startProcess(await compileC('tree'), []);
+  return { p, all: [p.pid, Number(p.readyInfo.child1), Number(p.readyInfo.child2)] };
+}
+
+/** The tree runs on as before: untraced, and still checking itself. */
+async function expectTreeRunsOn(p: Running, all: number[]): Promise<void> {
+  for (const pid of all) {
+    expect(isGone(pid), `process ${pid}`).toBe(false);
+    expect(tracerOf(pid), `process ${pid}`).toBe(0);
+  }
+  const s1 = await treeStatus(p);
+  await sleep(50);
+  const s2 = await treeStatus(p);
+  expect(s2.bad).toBe(0);
+  expect(s2.last).toBeGreaterThan(s1.last);
+}
+
+describe('dump interrupted at a named point', () => {
+  const cases: { point: string; sig: NodeJS.Signals; code: number }[] = [
+    { point: 'tree-frozen', sig: 'SIGTERM', code: 143 },
+    { point: 'tree-committed', sig: 'SIGINT', code: 130 },
+  ];
+  for (const { point, sig, code } of cases) {
+    it(`dump --tree, ${sig} at ${point}: exit ${code}, no image, the whole tree resumed untraced`, async () => {
+      const work = tmpDir('tsnap-intr-');
+      const { p, all } = await startTree();
+      const dir = join(work, 'img');
+      const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--tree'], { TSNAP_TEST_PAUSE_AT: point });
+      await pausedAt(t);
+      // Stopped there, tsnap holds the whole tree.
+      for (const pid of all) expect(tracerOf(pid), `process ${pid}`).toBe(t.child.pid);
+      process.kill(t.child.pid!, sig);
+      process.kill(t.child.pid!, 'SIGCONT');
+      const r = await t.done;
+      expect(r.code, r.stderr).toBe(code);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(new RegExp(`interrupted by ${sig}.*resumed`));
+      expect(existsSync(dir)).toBe(false);
+      await expectTreeRunsOn(p, all);
+    });
+  }
+
+  it('dump of one process, SIGHUP right after the freeze: exit 129, no image, the process runs on', async () => {
+    const work = tmpDir('tsnap-intr-');
+    const p = await startProcess(await compileC('counter'), []);
+    const dir = join(work, 'img');
+    const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', dir], { TSNAP_TEST_PAUSE_AT: 'dump-frozen' });
+    await pausedAt(t);
+    expect(tracerOf(p.pid)).toBe(t.child.pid);
+    process.kill(t.child.pid!, 'SIGHUP');
+    process.kill(t.child.pid!, 'SIGCONT');
+    const r = await t.done;
+    expect(r.code, r.stderr).toBe(129);
+    expect(existsSync(dir)).toBe(false);
+    expect(tracerOf(p.pid)).toBe(0);
+    const from = p.lines().length;
+    await p.waitForLine(/^count=/, 5000, from);
+  });
+
+  it('kill-mode dump --tree: every process dies once the manifest is written, and the image restores', async () => {
+    const work = tmpDir('tsnap-intr-');
+    const { p, all } = await startTree();
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
+    expect(d.code, d.stderr).toBe(0);
+    expect(await allGone(all)).toEqual([]);
+    expect(existsSync(join(dir, 'tree'))).toBe(true);
+    const v = await tsnap('verify', dir);
+    expect(v.code, v.stderr).toBe(0);
+  });
+});
+
+describe('restore killed at a named point', () => {
+  // Each point in creation order; at each, tsnap is SIGKILLed while stopped there.
+  const points = ['restore-helper-spawned', 'restore-helper-seized', 'restore-cloned', 'restore-tree-created', 'restore-before-start'];
+
+  it('leaves no helper, no half-built process, and nobody holding tsnap\'s stdout/stderr', async () => {
+    const work = tmpDir('tsnap-intr-');
+    const { p } = await startTree();
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree', '--leave-running');
+    expect(d.code, d.stderr).toBe(0);
+    for (const point of points) {
+      // --new-pid: the original tree still runs with its pids.
+      const t = startTsnap(['restore', '--dir', dir, '--new-pid', '--detach'], { TSNAP_TEST_PAUSE_AT: point });
+      await pausedAt(t);
+      const started = descendants(t.child.pid!);
+      expect(started.length, point).toBeGreaterThan(0);
+      const exited = new Promise((resolve) => t.child.once('exit', resolve));
+      process.kill(t.child.pid!, 'SIGKILL');
+      await exited;
+      expect(await allGone(started), point).toEqual([]);
+      // 'close': every copy of tsnap's stdout and stderr pipes is closed.
+      const r = await t.done;
+      expect(r.signal, point).toBe('SIGKILL');
+    }
+    // The original tree was never touched.
+    expect((await treeStatus(p)).bad).toBe(0);
+  });
+
+  it('a helper whose parent is not the one it was built for exits at once', async () => {
+    // Built for pid 1: as if tsnap had died before the helper asked for PR_SET_PDEATHSIG.
+    const file = writeProgram('tsnap-restore-helper', helperElf(1));
+    try {
+      const h = spawn(file.path, [], { stdio: 'ignore' });
+      const code = await new Promise<number | null>((resolve) => h.on('exit', (c) => resolve(c)));
+      expect(code).toBe(1);
+    } finally {
+      file.remove();
+    }
+  });
+});
