@@ -14,6 +14,7 @@ import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type
 import { tsnap, startTsnap } from './helpers/tsnap.js';
 import { isGone, tracerOf, registerPid } from './helpers/processes.js';
 import { helperElf, writeProgram } from '../src/inject/tiny-elf.js';
+import { findHolders } from '../src/track/untrack.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -120,7 +121,25 @@ describe('dump interrupted at a named point', () => {
     await p.waitForLine(/^count=/, 5000, from);
   });
 
-  it('kill-mode dump --tree: every process dies once the manifest is written, and the image restores', async () => {
+  it('dump --pre-dumps, SIGTERM as a round commits: exit 143, no rounds left, no tracking left, the process runs on', async () => {
+    const work = tmpDir('tsnap-intr-');
+    const p = await startProcess(await compileC('counter'), []);
+    const dir = join(work, 'loop');
+    const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--pre-dumps', '3'], { TSNAP_TEST_PAUSE_AT: 'dump-committed' });
+    await pausedAt(t);
+    // The first round (a pre-dump) is written, and its tracking runs.
+    expect(findHolders(p.pid).length).toBe(1);
+    process.kill(t.child.pid!, 'SIGTERM');
+    process.kill(t.child.pid!, 'SIGCONT');
+    const r = await t.done;
+    expect(r.code, r.stderr).toBe(143);
+    expect(existsSync(dir)).toBe(false);
+    expect(findHolders(p.pid)).toEqual([]);
+    expect(tracerOf(p.pid)).toBe(0);
+    await p.waitForLine(/^count=/, 5000, p.lines().length);
+  });
+
+  it('kill-mode dump --tree: every process dies once the manifest is written, and the image verifies', async () => {
     const work = tmpDir('tsnap-intr-');
     const { p, all } = await startTree();
     const dir = join(work, 'img');

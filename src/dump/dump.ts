@@ -331,11 +331,13 @@ function readParent(dir: string, pid: number): Image[] {
 
 function checkTarget(pid: number): void {
   if (!Number.isInteger(pid) || pid <= 0) throw new TsnapError('usage', `invalid pid ${pid}`);
+  let state: string;
   try {
-    readStat(pid);
+    state = readStat(pid).state;
   } catch {
     throw new TsnapError('noSuchProcess', `no process with pid ${pid}; check the pid (ps -p ${pid})`);
   }
+  if (state === 'Z') throw new TsnapError('noSuchProcess', `process ${pid} has exited (a zombie waiting for its parent); nothing is left to dump`);
   if (pid === process.pid) throw new TsnapError('usage', 'tsnap cannot dump itself');
   const tgid = readStatus(pid).tgid;
   if (tgid !== pid) throw new TsnapError('usage', `${pid} is a thread of process ${tgid}; dump the process: tsnap dump --pid ${tgid}`);
