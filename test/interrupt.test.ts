@@ -7,12 +7,12 @@
  * process and nobody holding tsnap's stdout/stderr.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, startTsnap } from './helpers/tsnap.js';
-import { isGone, tracerOf, registerPid } from './helpers/processes.js';
+import { isGone, tracerOf, registerPid, descendantsOf } from './helpers/processes.js';
 import { helperElf, writeProgram } from '../src/inject/tiny-elf.js';
 import { findHolders } from '../src/track/untrack.js';
 
@@ -31,22 +31,6 @@ async function pausedAt(t: { child: { pid?: number }; done: Promise<{ stderr: st
     await sleep(5);
   }
   throw new Error(`tsnap ${pid} never reached its pause point`);
-}
-
-/** Every descendant of `pid`, found through /proc/PID/task/TID/children. */
-function descendants(pid: number): number[] {
-  const out: number[] = [];
-  const walk = (p: number) => {
-    let tids: string[];
-    try { tids = readdirSync(`/proc/${p}/task`); } catch { return; }
-    for (const t of tids) {
-      let kids: number[] = [];
-      try { kids = readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number); } catch { /* gone */ }
-      for (const k of kids) { out.push(k); registerPid(k); walk(k); }
-    }
-  };
-  walk(pid);
-  return out;
 }
 
 async function allGone(pids: number[]): Promise<number[]> {
@@ -166,7 +150,8 @@ describe('restore killed at a named point', () => {
       // --new-pid: the original tree still runs with its pids.
       const t = startTsnap(['restore', '--dir', dir, '--new-pid', '--detach'], { TSNAP_TEST_PAUSE_AT: point });
       await pausedAt(t);
-      const started = descendants(t.child.pid!);
+      const started = descendantsOf(t.child.pid!);
+      for (const pid of started) registerPid(pid);
       expect(started.length, point).toBeGreaterThan(0);
       const exited = new Promise((resolve) => t.child.once('exit', resolve));
       process.kill(t.child.pid!, 'SIGKILL');

@@ -35,7 +35,12 @@ export function claimWorker(): void {
   process.env.TSNAP_TEST_OWNER = OWNER;
   // (No last-resort kill when the worker exits: what a test file leaves
   // after its last test must fail the run, and the global teardown kills it.)
-  afterEach(async () => { await killOwnProcesses(); });
+  // Runs after the test file's own cleanup hooks (hooks unwind as a stack):
+  // what is left here, the test left behind. Said, then killed.
+  afterEach(async (ctx) => {
+    const left = await killOwnProcesses();
+    if (left.length) console.warn(`test "${ctx.task.name}" left ${left.length} process(es) running; killed: ${left.map(describeProcess).join(', ')}`);
+  });
 }
 
 const registered = new Map<number, number>(); // pid -> start time
@@ -70,6 +75,25 @@ export function markedProcesses(match: (owner: string) => boolean): number[] {
   return out;
 }
 
+/** Every live descendant of `pid` (through /proc/PID/task/TID/children). */
+export function descendantsOf(pid: number): number[] {
+  const out: number[] = [];
+  const walk = (p: number) => {
+    let tids: string[];
+    try { tids = readdirSync(`/proc/${p}/task`); } catch { return; }
+    for (const t of tids) {
+      let kids: string[] = [];
+      try { kids = readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean); } catch { /* gone */ }
+      for (const k of kids.map(Number)) {
+        if (!isGone(k)) out.push(k);
+        walk(k);
+      }
+    }
+  };
+  walk(pid);
+  return out;
+}
+
 /** Records a process a test started or restored (also one whose env lacks the marker). */
 export function registerPid(pid: number): void {
   const t = startTime(pid);
@@ -101,16 +125,31 @@ export async function killPid(pid: number): Promise<void> {
  */
 export async function killOwnProcesses(): Promise<number[]> {
   const killed: number[] = [];
+  const names = new Map<number, string>();
   for (let pass = 0; pass < 20; pass++) {
-    const pids = new Set(markedProcesses((o) => o === OWNER));
+    // Children of this worker too: one just forked has not exec'd yet and
+    // still shows the worker's own environment, without the marker.
+    const pids = new Set([...markedProcesses((o) => o === OWNER), ...descendantsOf(process.pid)]);
     for (const [pid, t] of registered) if (startTime(pid) === t && !isGone(pid)) pids.add(pid);
     if (pids.size === 0) break;
+    for (const pid of pids) names.set(pid, commOf(pid));
     for (const pid of pids) sigkill(pid);
     for (const pid of pids) await killPid(pid);
     killed.push(...pids);
   }
   registered.clear();
+  lastNames = names;
   return killed;
+}
+
+let lastNames = new Map<number, string>();
+
+function commOf(pid: number): string {
+  try { return readFileSync(`/proc/${pid}/comm`, 'utf8').trim(); } catch { return '?'; }
+}
+
+function describeProcess(pid: number): string {
+  return `${pid} (${lastNames.get(pid) ?? commOf(pid)})`;
 }
 
 
