@@ -11,7 +11,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, startTsnap } from './helpers/tsnap.js';
+import { tsnap, startTsnap, TSNAP_BIN } from './helpers/tsnap.js';
 import { isGone, tracerOf, registerPid, descendantsOf } from './helpers/processes.js';
 import { helperElf, writeProgram } from '../src/inject/tiny-elf.js';
 import { findHolders } from '../src/track/untrack.js';
@@ -123,6 +123,34 @@ describe('dump interrupted at a named point', () => {
     await p.waitForLine(/^count=/, 5000, p.lines().length);
   });
 
+  it('migrate, SIGTERM while the source is held frozen: exit 143, the receiver never commits, the source runs on untracked', async () => {
+    const work = tmpDir('tsnap-intr-');
+    const port = 18900 + (process.pid % 500);
+    const srv = spawn(process.execPath, [TSNAP_BIN, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', join(work, 'in'), '--token', 'sesame', '--json'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let events = '';
+    await new Promise<void>((resolve, reject) => {
+      srv.stderr!.on('data', (d) => { events += d; if (events.includes('"listening"')) resolve(); });
+      srv.once('exit', () => reject(new Error(`serve exited: ${events}`)));
+    });
+    try {
+      const p = await startProcess(await compileC('counter'), []);
+      const t = startTsnap(['migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${port}`, '--token', 'sesame', '--max-iterations', '2'], { TSNAP_TEST_PAUSE_AT: 'migrate-held' });
+      await pausedAt(t);
+      expect(tracerOf(p.pid)).toBe(t.child.pid);
+      process.kill(t.child.pid!, 'SIGTERM');
+      process.kill(t.child.pid!, 'SIGCONT');
+      const r = await t.done;
+      expect(r.code, r.stderr).toBe(143);
+      expect(r.stderr).toMatch(/interrupted by SIGTERM/);
+      expect(tracerOf(p.pid)).toBe(0);
+      expect(findHolders(p.pid)).toEqual([]);
+      await p.waitForLine(/^count=/, 5000, p.lines().length);
+      expect(events).not.toMatch(/"committed"/);
+    } finally {
+      srv.kill('SIGKILL');
+    }
+  });
+
   it('kill-mode dump --tree: every process dies once the manifest is written, and the image verifies', async () => {
     const work = tmpDir('tsnap-intr-');
     const { p, all } = await startTree();
@@ -169,9 +197,9 @@ describe('restore killed at a named point', () => {
     // Built for pid 1: as if tsnap had died before the helper asked for PR_SET_PDEATHSIG.
     const file = writeProgram('tsnap-restore-helper', helperElf(1));
     try {
-      const h = spawn(file.path, [], { stdio: 'ignore' });
-      const code = await new Promise<number | null>((resolve) => h.on('exit', (c) => resolve(c)));
-      expect(code).toBe(1);
+        const h = spawn(file.path, [], { stdio: 'ignore' });
+        const code = await new Promise<number | null>((resolve) => h.on('exit', (c) => resolve(c)));
+        expect(code).toBe(1);
     } finally {
       file.remove();
     }

@@ -24,7 +24,8 @@ import { untrackPid } from '../track/untrack.js';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, encodeFrame, decodeDoc, send } from './wire.js';
 import { crc32 } from '../image/checksum.js';
 import { TsnapError, asTsnapError, interrupted } from '../errors.js';
-import { withAbortSignals } from '../freeze/safety-net.js';
+import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
+import { pausePoint } from '../pause-point.js';
 import type { FrozenSet } from '../freeze/frozen-set.js';
 import type { Compression } from '../../formats/schema.js';
 
@@ -157,9 +158,11 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       frozenAt = final.frozenAt ?? process.hrtime.bigint();
       finalDir = final.dir;
     }
+    pausePoint('migrate-held');
     await sendImage(finalDir, 'final');
     // The last moment the migration can still be called off: once the
     // receiver commits, it (and not the source) has the process.
+    await letSignalsIn();
     checkAbort();
     await send(sock, encodeDoc(Msg.Commit, {}));
     const committed = decodeDoc<{ dir: string }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));

@@ -118,6 +118,13 @@ export async function killPid(pid: number): Promise<void> {
   for (let i = 0; i < 500 && !isGone(pid); i++) await new Promise((r) => setTimeout(r, 10));
 }
 
+/** SIGKILL a process and every descendant it has (found first: once it dies they are reparented). */
+export async function killTree(pid: number): Promise<void> {
+  const all = [pid, ...descendantsOf(pid)];
+  for (const p of all) sigkill(p);
+  for (const p of all) await killPid(p);
+}
+
 /**
  * Kills every process of this worker: those registered (if still the same
  * process: pids are reused) and those carrying its marker, found again

@@ -62,7 +62,7 @@ export { readImage };
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { afterEach } from 'vitest';
-import { killPid, registerPid } from './processes.js';
+import { killPid, killTree, registerPid } from './processes.js';
 
 /** A process brought back by `tsnap restore --detach`, talking through pipes. */
 export interface Restored {
@@ -80,7 +80,8 @@ export { killPid };
 /** Registers afterEach cleanup of every restored process. */
 export function useRestoredCleanup(): void {
   afterEach(async () => {
-    for (const pid of restoredPids) await killPid(pid);
+    // A restored tree: its children too.
+    for (const pid of restoredPids) await killTree(pid);
     restoredPids.clear();
     for (const f of feeders) f.kill('SIGKILL');
     feeders.clear();
