@@ -1,5 +1,5 @@
 /**
- * All or nothing, at any instant. tsnap is stopped at a named point
+ * All or nothing, at any instant and on any failure. tsnap is stopped at a named point
  * (TSNAP_TEST_PAUSE_AT, src/pause-point.ts) and signalled exactly there:
  * a dump interrupted by SIGINT/SIGTERM/SIGHUP lets every process go, leaves
  * no image and exits 128 + signo; a kill-mode tree dump kills every process
@@ -7,9 +7,9 @@
  * process and nobody holding tsnap's stdout/stderr.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, startTsnap, TSNAP_BIN } from './helpers/tsnap.js';
 import { isGone, tracerOf, registerPid, descendantsOf } from './helpers/processes.js';
@@ -149,6 +149,21 @@ describe('dump interrupted at a named point', () => {
     } finally {
       srv.kill('SIGKILL');
     }
+  });
+
+  it('dump --tree onto a disk too small for the tree: exit 8, nothing killed, no image, the whole tree runs on', async () => {
+    const { p, all } = await startTree();
+    const mnt = tmpDir('tsnap-full-');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tsnap-test', mnt]);
+    try {
+      const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(mnt, 'img'), '--tree');
+      expect(r.code, r.stderr).toBe(8);
+      expect(r.stderr).toMatch(/no space left/);
+      expect(readdirSync(mnt)).toEqual([]);
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+    await expectTreeRunsOn(p, all);
   });
 
   it('kill-mode dump --tree: every process dies once the manifest is written, and the image verifies', async () => {
