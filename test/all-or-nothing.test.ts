@@ -11,12 +11,13 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn, execFileSync } from 'node:child_process';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, startTsnap, TSNAP_BIN } from './helpers/tsnap.js';
+import { tsnap, startTsnap, restoreDetached, useRestoredCleanup, TSNAP_BIN } from './helpers/tsnap.js';
 import { isGone, tracerOf, registerPid, descendantsOf } from './helpers/processes.js';
 import { helperElf, writeProgram } from '../src/inject/tiny-elf.js';
 import { findHolders } from '../src/track/untrack.js';
 
 useProcessCleanup();
+useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -164,6 +165,44 @@ describe('dump interrupted at a named point', () => {
       execFileSync('umount', [mnt]);
     }
     await expectTreeRunsOn(p, all);
+  });
+
+  it('a failed dump --tree --parent leaves every tracking usable: the retry is a delta per process and restores', async () => {
+    const work = tmpDir('tsnap-intr-');
+    const { p, all } = await startTree();
+    const pre = await tsnap('pre-dump', '--pid', String(p.pid), '--dir', join(work, 'pre'), '--tree');
+    expect(pre.code, pre.stderr).toBe(0);
+    const mnt = tmpDir('tsnap-full-');
+    // Room for some processes' images, not for all: the others were written when one fails.
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=112k`, 'tsnap-test', mnt]);
+    try {
+      const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(mnt, 'img'), '--tree', '--parent', join(work, 'pre'));
+      expect(r.code, r.stderr).toBe(8);
+      expect(readdirSync(mnt)).toEqual([]);
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+    for (const pid of all) expect(findHolders(pid).length, `process ${pid}`).toBe(1);
+    await expectTreeRunsOn(p, all);
+    const again = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--tree', '--parent', join(work, 'pre'), '--json');
+    expect(again.code, again.stderr).toBe(0);
+    const out = JSON.parse(again.stdout) as { processes: { kind: string; trackingLost: string | null }[] };
+    for (const x of out.processes) expect(x).toMatchObject({ kind: 'delta', trackingLost: null });
+    expect(await allGone(all)).toEqual([]);
+    // Their pids are free once the orphaned children's zombies are reaped too.
+    for (const pid of all) for (let i = 0; i < 500 && existsSync(`/proc/${pid}`); i++) await sleep(10);
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    const status = async () => {
+      const from = r.lines.length;
+      r.writeLine('status');
+      return /last=(\d+) bad=(\d+)/.exec(await r.waitForLine(/^STATUS/, 5000, from))!.slice(1).map(Number);
+    };
+    const [last1] = await status();
+    await sleep(50);
+    const [last2, bad] = await status();
+    expect(bad).toBe(0);
+    expect(last2).toBeGreaterThan(last1);
   });
 
   it('kill-mode dump --tree: every process dies once the manifest is written, and the image verifies', async () => {
