@@ -25,18 +25,18 @@ export function runId(): string {
 export const OWNER = `${runId()}.${process.pid}`;
 
 /**
- * Called once per worker (test/helpers/setup-file.ts), before any test
- * starts a process. Set in our env after our own start, the marker is not
- * in /proc/self/environ: this worker itself never matches; every child
- * inherits it.
+ * Called before each test file of the worker (test/helpers/setup-file.ts),
+ * before any test starts a process; the hook belongs to that file. Set in
+ * our env after our own start, the marker is not in /proc/self/environ:
+ * this worker itself never matches; every child inherits it.
+ *
+ * The hook runs after the test file's own cleanup hooks (hooks unwind as a
+ * stack): what is left then, the test left behind; it is named, then
+ * killed. (No last-resort kill when the worker exits: what a file leaves
+ * after its last test must fail the run; the global teardown kills it.)
  */
 export function claimWorker(): void {
-  if (process.env.TSNAP_TEST_OWNER === OWNER) return;
   process.env.TSNAP_TEST_OWNER = OWNER;
-  // (No last-resort kill when the worker exits: what a test file leaves
-  // after its last test must fail the run, and the global teardown kills it.)
-  // Runs after the test file's own cleanup hooks (hooks unwind as a stack):
-  // what is left here, the test left behind. Said, then killed.
   afterEach(async (ctx) => {
     const left = await killOwnProcesses();
     if (left.length) console.warn(`test "${ctx.task.name}" left ${left.length} process(es) running; killed: ${left.map(describeProcess).join(', ')}`);
