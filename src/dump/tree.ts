@@ -8,11 +8,16 @@
  * read across the whole tree so that pipes and files shared between the
  * processes are known as shared. The manifest (DIR/tree) is written last.
  *
+ * All or nothing: the tree is one FrozenSet, and each process's image and
+ * tracking round wait for the manifest. Once it is committed every process
+ * ends together (killed, released or held); before that, any failure or
+ * signal releases them all, undoes every round and removes every image.
+ *
  * A pre-dump freezes nothing: each process gets its own tracking, and a
  * later dump --parent uses DIR/<pid> of the parent tree for every process
  * that was already there.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { FrozenProcess } from '../freeze/frozen-process.js';
 import { FrozenSet } from '../freeze/frozen-set.js';
@@ -25,7 +30,6 @@ import { dump, preDump, checkMappings, type DumpOptions, type DumpResult } from 
 import { writeMetaFile } from '../image/metadata.js';
 import { isTreeImage } from '../image/tree-manifest.js';
 import { prepareImageDir, fsyncDir, type PreparedDir } from '../image/image-dir.js';
-import { rmSync } from 'node:fs';
 import { TsnapError, asTsnapError, interrupted, retellInterrupted } from '../errors.js';
 import { FileKind, FORMAT_VERSION, type TreeManifest, type TreeMember } from '../../formats/schema.js';
 
