@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { spawn, execFileSync } from 'node:child_process';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, startTsnap, restoreDetached, useRestoredCleanup, TSNAP_BIN } from './helpers/tsnap.js';
-import { isGone, tracerOf, registerPid, descendantsOf } from './helpers/processes.js';
+import { isGone, tracerOf, registerPid, descendantsOf, killPid } from './helpers/processes.js';
 import { helperElf, writeProgram } from '../src/inject/tiny-elf.js';
 import { findHolders } from '../src/track/untrack.js';
 
@@ -148,7 +148,7 @@ describe('dump interrupted at a named point', () => {
       await p.waitForLine(/^count=/, 5000, p.lines().length);
       expect(events).not.toMatch(/"committed"/);
     } finally {
-      srv.kill('SIGKILL');
+      await killPid(srv.pid!);
     }
   });
 
