@@ -3,6 +3,7 @@
  * scripts can tell "the pid is gone" from "the image is corrupt" from "the
  * disk is full". The message is one line that says what to do.
  */
+import { constants as osConstants } from 'node:os';
 import { SysError } from './sys/errors.js';
 
 export const ExitCode = {
@@ -28,13 +29,28 @@ export class TsnapError extends Error {
   readonly exitCode: number;
   /** The underlying system error, when there is one. */
   override readonly cause?: unknown;
-  constructor(kind: ErrorKind, message: string, cause?: unknown) {
+  constructor(kind: ErrorKind, message: string, cause?: unknown, exitCode?: number) {
     super(message);
     this.name = 'TsnapError';
     this.kind = kind;
-    this.exitCode = ExitCode[kind];
+    this.exitCode = exitCode ?? ExitCode[kind];
     this.cause = cause;
   }
+}
+
+/**
+ * tsnap stopped on a signal after letting everything go: it exits as the
+ * signal's default action would have, 128 + signo (130 for SIGINT, 143 for
+ * SIGTERM, 129 for SIGHUP), so that shells and supervisors see the signal.
+ */
+export function interrupted(sig: NodeJS.Signals, message: string): TsnapError {
+  return new TsnapError('interrupted', message, undefined, 128 + (osConstants.signals[sig] ?? 2));
+}
+
+/** The same interruption, told from further up (e.g. the tree instead of one of its processes). */
+export function retellInterrupted(err: TsnapError, message: (sig: string) => string): TsnapError {
+  const sig = Object.entries(osConstants.signals).find(([, n]) => n === err.exitCode - 128)?.[0] ?? 'a signal';
+  return new TsnapError('interrupted', message(sig), err.cause, err.exitCode);
 }
 
 /** Maps an arbitrary failure to a TsnapError, keeping TsnapErrors as they are. */

@@ -204,8 +204,9 @@ describe('startProcess / waitForLine', () => {
 
   it('rejects on timeout and kills the process', async () => {
     const before = new Set(liveProcesses().map((r) => r.pid));
-    await expect(startPython('import time\nprint("not yet")\ntime.sleep(30)', [], { timeoutMs: 300 })).rejects.toThrow(
-      /timeout \(300 ms\)[\s\S]*not yet/,
+    // Long enough for python to start on a loaded machine and print its line.
+    await expect(startPython('import time\nprint("not yet")\ntime.sleep(30)', [], { timeoutMs: 5000 })).rejects.toThrow(
+      /timeout \(5000 ms\)[\s\S]*not yet/,
     );
     expect(liveProcesses().filter((r) => !before.has(r.pid))).toEqual([]);
   });

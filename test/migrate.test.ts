@@ -24,7 +24,7 @@ afterAll(() => cleanupTmpDirs());
 const servers: ChildProcess[] = [];
 const restored: number[] = [];
 afterEach(async () => {
-  for (const s of servers.splice(0)) s.kill('SIGKILL');
+  for (const s of servers.splice(0)) await killPid(s.pid!);
   for (const pid of restored.splice(0)) await killPid(pid);
 });
 

@@ -1,4 +1,5 @@
 import { describe, it, expect, afterEach, afterAll } from 'vitest';
+import { killPid } from './helpers/processes.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -44,15 +45,9 @@ const RLIMIT_NOFILE = 7;
 const children: ChildProcess[] = [];
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tsnap-proc-'));
 
-afterEach(() => {
+afterEach(async () => {
   for (const c of children.splice(0)) {
-    if (c.pid !== undefined && c.exitCode === null && c.signalCode === null) {
-      try {
-        process.kill(c.pid, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-    }
+    if (c.pid !== undefined && c.exitCode === null && c.signalCode === null) await killPid(c.pid);
   }
 });
 

@@ -8,7 +8,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup, readImage } from './helpers/tsnap.js';
-import { readStatus } from '../src/proc/index.js';
+import { tracerOf } from './helpers/processes.js';
 
 useProcessCleanup();
 useRestoredCleanup();
@@ -27,9 +27,10 @@ async function status(p: { writeLine(s: string): void; waitForLine(re: RegExp, t
   return p.waitForLine(/^STATUS/, 5000, from);
 }
 
+/** No thread of the process is traced (one that ended after the listing is not). */
 function notTraced(pid: number): void {
   for (const tid of tasksOf(pid)) {
-    expect(readStatus(tid).tracerPid, `thread ${tid}`).toBe(0);
+    expect(tracerOf(tid), `thread ${tid}`).toBe(0);
   }
 }
 

@@ -18,7 +18,9 @@ import { closeSync, readFileSync } from 'node:fs';
 import { ProcMem, Pagemap } from '../sys/index.js';
 import { readStat, readStatus, readMaps } from '../proc/index.js';
 import { FrozenProcess } from '../freeze/frozen-process.js';
-import { hold, unhold, withAbortSignals } from '../freeze/safety-net.js';
+import { FrozenSet } from '../freeze/frozen-set.js';
+import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
+import { pausePoint } from '../pause-point.js';
 import { collectRemoteState } from './task-state.js';
 import { readLayout, assembleProcess } from './process-state.js';
 import { readFds } from './fds.js';
@@ -35,7 +37,7 @@ import { encodePagemap } from '../image/page-runs.js';
 import { prepareImageDir, discardImageDir, fsyncDir } from '../image/image-dir.js';
 import { readChain, type Image } from '../image/image-reader.js';
 import { resolveChain, storedRanges } from '../image/chain-index.js';
-import { TsnapError, asTsnapError } from '../errors.js';
+import { TsnapError, asTsnapError, interrupted } from '../errors.js';
 import { refuseUndumpable } from './target-check.js';
 import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
@@ -56,16 +58,22 @@ export interface DumpOptions {
   warn?: (msg: string) => void;
   /**
    * Keep the target frozen after the image is complete and hand it to the
-   * caller (result.held), who kills or releases it: a migration kills the
-   * source only once the receiver holds the image.
+   * caller (result.held), who finishes it: a migration kills the source
+   * only once the receiver holds the image.
    */
   hold?: boolean;
   /**
    * The target, already frozen by the caller (a tree dump freezes every
-   * process first), with its fds as read across the tree. The caller keeps
-   * it: it is neither released nor killed here.
+   * process first), with its fds as read across the tree. The caller's
+   * FrozenSet keeps it: it is neither released nor killed here.
    */
   frozen?: { process: FrozenProcess; fds: FdImage[] };
+  /**
+   * The caller commits several images as one (a tree): this round's
+   * tracking is neither ended nor undone here but handed back
+   * (result.round), for the caller to commit or abort with the rest.
+   */
+  deferRound?: boolean;
   /** Take established TCP connections with TCP repair mode (see src/files/tcp.ts). */
   tcpEstablished?: boolean;
 }
@@ -80,10 +88,47 @@ export interface DumpResult {
   killed: boolean;
   /** Why the parent's tracking could not be used (everything was copied), or null. */
   trackingLost: string | null;
-  /** With `hold`: the target, still frozen. */
-  held: FrozenProcess | null;
+  /** With `hold`: the target, still frozen, for the caller to finish. */
+  held: FrozenSet | null;
+  /** With `deferRound`: this round's tracking, to commit or abort with the caller's image. */
+  round: RoundEnd | null;
   /** When the target was frozen (process.hrtime.bigint()), for downtime accounting. */
   frozenAt: bigint | null;
+}
+
+/**
+ * The end of one round's tracking. commit: the image is kept (the final dump
+ * also ends the tracking). abort: pages this round write-protected but no
+ * kept image stores count as written again, and a tracking the round
+ * started ends with it.
+ */
+export interface RoundEnd {
+  commit(): void;
+  abort(): void;
+}
+
+function roundEnd(tr: Tracking, armed: () => Range[], mode: 'dump' | 'predump'): RoundEnd {
+  let done = false;
+  return {
+    commit() {
+      if (done) return;
+      done = true;
+      closeSync(tr.uffd);
+      // The final dump ends tracking: killing the holder closes the last
+      // copy, and the kernel unregisters everything.
+      if (mode === 'dump') stopHolder(tr.ref);
+    },
+    abort() {
+      if (done) return;
+      done = true;
+      for (const r of armed()) {
+        try { uffdWriteProtect(tr.uffd, r.start, r.end - r.start, false); } catch { /* unmapped meanwhile */ }
+      }
+      try { closeSync(tr.uffd); } catch { /* closed */ }
+      // A tracking this run started dies with it; a parent's stays usable.
+      if (tr.fresh) stopHolder(tr.ref);
+    },
+  };
 }
 
 export function dump(opts: DumpOptions): Promise<DumpResult> {
@@ -104,9 +149,10 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   checkTarget(pid);
   const parent = opts.parent ? readParent(opts.parent, pid) : null;
   const dir = prepareImageDir(opts.dir);
-  let task: FrozenProcess | null = null;
+  /** The freeze this dump made itself (not a tree member's). */
+  let set: FrozenSet | null = null;
   let writer: PageFileWriter | null = null;
-  let tracking: Tracking | null = null;
+  let round: RoundEnd | null = null;
   let armed: Range[] = [];
   try {
     return await withAbortSignals(async (checkAbort) => {
@@ -118,22 +164,27 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       const chainStored = parent ? storedRanges(resolveChain(parent.map(level), ALL)) : null;
       // Tracking is found (or injected, stopping the target briefly) before
       // the dump's own freeze, which then lasts only for the last delta.
+      let track: Tracking | null = null;
       if (mode === 'predump' || parent) {
-        tracking = await openTracking(pid, parent?.[0].inventory.tracking ?? null, opts.frozen?.process.leader ?? null);
-        if (tracking.lost) opts.warn?.(`tracking of process ${pid} was lost (${tracking.lost}); copying all of its memory again`);
+        track = await openTracking(pid, parent?.[0].inventory.tracking ?? null, opts.frozen?.process.leader ?? null);
+        round = roundEnd(track, () => armed, mode);
+        if (track.lost) opts.warn?.(`tracking of process ${pid} was lost (${track.lost}); copying all of its memory again`);
       }
+      checkAbort();
+      let frozen: FrozenProcess | null = null;
       if (opts.frozen) {
-        task = opts.frozen.process;
+        frozen = opts.frozen.process;
       } else if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
         readFds(pid, { tcpEstablished: opts.tcpEstablished, enter: false });
         checkMappings(pid);
-        task = FrozenProcess.freeze(pid);
-        hold(task);
+        set = FrozenSet.freeze(pid);
+        set.attach(tcpRepair);
+        frozen = set.processes[0];
+        pausePoint('dump-frozen');
       }
-      const frozen = task as FrozenProcess | null;
-      const track = tracking as Tracking | null;
+      const ours = set as FrozenSet | null;
       const mem = new ProcMem(pid);
       const pagemap = new Pagemap(pid);
       try {
@@ -176,12 +227,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         });
         // Every byte is read: a target that stays alive need not wait for the writes.
         let frozenUs = frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
-        const ours = frozen && !opts.frozen;
-        if (ours && opts.leaveRunning && !opts.hold) {
-          tcpRepair.release();
-          frozen.release();
-          unhold(frozen);
-        }
+        if (ours && opts.leaveRunning && !opts.hold) ours.finish('release');
         await pageWriter.finish(fsync);
         const memdumpUs = Number(process.hrtime.bigint() - tMem) / 1000;
         checkAbort();
@@ -230,52 +276,40 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         // The inventory is the commit record: written last, then made durable.
         writeMetaFile(dir.path, FileKind.Inventory, inventory, fsync);
         if (fsync) fsyncDir(dir.path);
+        pausePoint('dump-committed');
+        // A signal that came before this point still undoes the whole dump.
+        await letSignalsIn();
         checkAbort();
 
-        // The point of no return: the image is complete.
-        if (track) {
-          closeSync(track.uffd);
-          // The final dump ends tracking: killing the holder closes the last
-          // copy, and the kernel unregisters everything.
-          if (mode === 'dump') stopHolder(track.ref);
-        }
-        if (ours && !frozen.isReleased && !opts.hold) {
-          frozenUs = frozen.frozenUs();
+        // The point of no return: the image is complete. Nothing from here
+        // on awaits, so no signal can come between it and the finish.
+        const deferred = opts.deferRound ? round : null;
+        if (!opts.deferRound) (round as RoundEnd | null)?.commit();
+        let held: FrozenSet | null = null;
+        if (ours && !ours.isFinished) {
+          frozenUs = ours.frozenUs();
           stats.frozenUs = frozenUs;
-          if (opts.leaveRunning) { tcpRepair.release(); frozen.release(); } else { frozen.kill(); tcpRepair.forget(); }
-          unhold(frozen);
+          held = ours.finish(opts.hold ? 'hold' : opts.leaveRunning ? 'release' : 'kill');
         }
         return {
           dir: dir.path, imageId, kind: inventory.kind, stats,
           killed: mode === 'dump' && !opts.leaveRunning && !opts.hold && !opts.frozen,
           trackingLost: track?.lost ?? null,
-          held: ours && opts.hold && !frozen.isReleased ? frozen : null,
+          held,
+          round: deferred,
           frozenAt: frozen?.frozenAt ?? null,
         };
       } finally {
         pagemap.close();
         mem.close();
       }
-    }, (sig) => new TsnapError('interrupted', `interrupted by ${sig}; the ${mode} was abandoned and process ${pid} resumed unharmed`));
+    }, (sig) => interrupted(sig, `interrupted by ${sig}; the ${mode} was abandoned and process ${pid} resumed unharmed`));
   } catch (err) {
     // Whatever failed, the target runs on as before and no partial image remains.
-    const tr = tracking as Tracking | null;
-    if (tr) {
-      // Pages this round write-protected but did not store must count as
-      // written again, or the next round would miss them.
-      for (const r of armed) {
-        try { uffdWriteProtect(tr.uffd, r.start, r.end - r.start, false); } catch { /* unmapped meanwhile */ }
-      }
-      try { closeSync(tr.uffd); } catch { /* closed */ }
-      // A tracking this run started dies with it; a parent's stays usable.
-      if (tr.fresh) stopHolder(tr.ref);
-    }
-    const t = task as FrozenProcess | null;
-    if (!opts.frozen) tcpRepair.release();
-    if (t && !opts.frozen && !t.isReleased) {
-      try { t.release(); } catch { /* gone */ }
-      unhold(t);
-    }
+    (round as RoundEnd | null)?.abort();
+    const own = set as FrozenSet | null;
+    try { own?.release(); } catch { /* gone */ }
+    if (!own && !opts.frozen) tcpRepair.release();
     const w = writer as PageFileWriter | null;
     if (w) await w.abort();
     discardImageDir(dir);

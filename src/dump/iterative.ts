@@ -5,12 +5,19 @@
  * shrinking; then the final, frozen dump of the last small delta. Writes
  * DIR/1, DIR/2, ... with parents linked; the last one is the image to
  * restore.
+ *
+ * All or nothing: should any round fail or a signal come, the trackings
+ * the loop started end, its rounds are removed, and the process runs on
+ * (each round releases what it froze itself).
  */
 import { join } from 'node:path';
-import { mkdirSync, chmodSync, readdirSync } from 'node:fs';
+import { mkdirSync, chmodSync, readdirSync, rmSync } from 'node:fs';
 import { dump, preDump, type DumpOptions, type DumpResult } from './dump.js';
 import { dumpTree, type TreeDumpResult } from './tree.js';
-import { TsnapError } from '../errors.js';
+import { withAbortSignals } from '../freeze/safety-net.js';
+import { readImage } from '../image/image-reader.js';
+import { stopHolder } from '../track/tracking.js';
+import { TsnapError, asTsnapError, interrupted } from '../errors.js';
 
 export interface IterativeOptions extends Omit<DumpOptions, 'parent'> {
   /** At most this many pre-dumps before the final dump. */
@@ -26,12 +33,16 @@ export interface IterativeResult {
   stoppedBecause: string;
 }
 
-export async function dumpIteratively(opts: IterativeOptions): Promise<IterativeResult> {
-  prepareLoopDir(opts);
+export function dumpIteratively(opts: IterativeOptions): Promise<IterativeResult> {
+  return allOrNothing(opts, false, (checkAbort) => loopOne(opts, checkAbort));
+}
+
+async function loopOne(opts: IterativeOptions, checkAbort: () => void): Promise<IterativeResult> {
   const small = opts.smallEnoughPages ?? 64;
   const rounds: DumpResult[] = [];
   let stoppedBecause = `reached ${opts.preDumps} pre-dumps`;
   for (let i = 1; i <= opts.preDumps; i++) {
+    checkAbort();
     const r = await preDump({ ...opts, dir: join(opts.dir, String(i)), parent: i > 1 ? join(opts.dir, String(i - 1)) : undefined });
     rounds.push(r);
     const pages = r.stats.pagesWritten;
@@ -40,6 +51,7 @@ export async function dumpIteratively(opts: IterativeOptions): Promise<Iterative
     if (prev && i > 2 && pages >= prev.stats.pagesWritten * 0.9) { stoppedBecause = `round ${i} did not shrink (${pages} pages after ${prev.stats.pagesWritten})`; break; }
   }
   const n = rounds.length;
+  checkAbort();
   const final = await dump({ ...opts, dir: join(opts.dir, String(n + 1)), parent: join(opts.dir, String(n)) });
   return { rounds, final, stoppedBecause };
 }
@@ -51,13 +63,17 @@ export interface TreeIterativeResult {
 }
 
 /** The same loop for a process tree (--tree): each round a tree image, sized by the sum over its processes. */
-export async function dumpTreeIteratively(opts: IterativeOptions): Promise<TreeIterativeResult> {
-  prepareLoopDir(opts);
+export function dumpTreeIteratively(opts: IterativeOptions): Promise<TreeIterativeResult> {
+  return allOrNothing(opts, true, (checkAbort) => loopTree(opts, checkAbort));
+}
+
+async function loopTree(opts: IterativeOptions, checkAbort: () => void): Promise<TreeIterativeResult> {
   const small = opts.smallEnoughPages ?? 64;
   const written = (t: TreeDumpResult) => t.processes.reduce((n, p) => n + p.result.stats.pagesWritten, 0);
   const rounds: TreeDumpResult[] = [];
   let stoppedBecause = `reached ${opts.preDumps} pre-dumps`;
   for (let i = 1; i <= opts.preDumps; i++) {
+    checkAbort();
     const r = await dumpTree({ ...opts, dir: join(opts.dir, String(i)), parent: i > 1 ? join(opts.dir, String(i - 1)) : undefined }, 'predump');
     rounds.push(r);
     const pages = written(r);
@@ -66,17 +82,45 @@ export async function dumpTreeIteratively(opts: IterativeOptions): Promise<TreeI
     if (prev && i > 2 && pages >= written(prev) * 0.9) { stoppedBecause = `round ${i} did not shrink (${pages} pages after ${written(prev)})`; break; }
   }
   const n = rounds.length;
+  checkAbort();
   const final = await dumpTree({ ...opts, dir: join(opts.dir, String(n + 1)), parent: join(opts.dir, String(n)) }, 'dump');
   return { rounds, final, stoppedBecause };
 }
 
-function prepareLoopDir(opts: IterativeOptions): void {
+async function allOrNothing<T>(opts: IterativeOptions, tree: boolean, loop: (checkAbort: () => void) => Promise<T>): Promise<T> {
+  const created = prepareLoopDir(opts);
+  try {
+    return await withAbortSignals(loop, (sig) => interrupted(sig, `interrupted by ${sig}; the pre-dump loop of process ${opts.pid} was abandoned, its trackings ended and the process resumed unharmed`));
+  } catch (err) {
+    endTrackings(opts.dir, tree);
+    for (const d of readdirSync(opts.dir)) if (/^\d+$/.test(d)) rmSync(join(opts.dir, d), { recursive: true, force: true });
+    if (created) rmSync(opts.dir, { recursive: true, force: true });
+    throw asTsnapError(err, `dump of process ${opts.pid}`);
+  }
+}
+
+/** Stops every holder the loop's pre-dumps started (the loop has no --parent: all of them are its own). */
+function endTrackings(dir: string, tree: boolean): void {
+  const seen = new Set<number>();
+  for (const round of readdirSync(dir).filter((d) => /^\d+$/.test(d))) {
+    const images = tree ? readdirSync(join(dir, round)).filter((d) => /^\d+$/.test(d)).map((d) => join(dir, round, d)) : [join(dir, round)];
+    for (const img of images) {
+      let ref;
+      try { ref = readImage(img).inventory.tracking; } catch { continue; }
+      if (ref && !seen.has(ref.holderPid)) { seen.add(ref.holderPid); stopHolder(ref); }
+    }
+  }
+}
+
+/** Returns whether it created the directory. */
+function prepareLoopDir(opts: IterativeOptions): boolean {
   if (!Number.isInteger(opts.preDumps) || opts.preDumps < 1) throw new TsnapError('usage', '--pre-dumps must be a positive number');
   try {
     if (readdirSync(opts.dir).length) throw new TsnapError('imageDir', `${opts.dir} is not empty; choose a new or empty --dir`);
   } catch (err) {
     if (err instanceof TsnapError) throw err;
   }
-  mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
+  const created = mkdirSync(opts.dir, { recursive: true, mode: 0o700 }) !== undefined;
   chmodSync(opts.dir, 0o700);
+  return created;
 }

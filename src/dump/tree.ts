@@ -8,25 +8,29 @@
  * read across the whole tree so that pipes and files shared between the
  * processes are known as shared. The manifest (DIR/tree) is written last.
  *
+ * All or nothing: the tree is one FrozenSet, and each process's image and
+ * tracking round wait for the manifest. Once it is committed every process
+ * ends together (killed, released or held); before that, any failure or
+ * signal releases them all, undoes every round and removes every image.
+ *
  * A pre-dump freezes nothing: each process gets its own tracking, and a
  * later dump --parent uses DIR/<pid> of the parent tree for every process
  * that was already there.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { FrozenProcess } from '../freeze/frozen-process.js';
-import { hold, unhold, type Releasable } from '../freeze/safety-net.js';
+import { FrozenSet } from '../freeze/frozen-set.js';
+import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
+import { pausePoint } from '../pause-point.js';
 import { listChildren, readStat } from '../proc/index.js';
 import { readTreeFds } from './fds.js';
 import { tcpRepair } from '../files/tcp.js';
 import { dump, preDump, checkMappings, type DumpOptions, type DumpResult } from './dump.js';
 import { writeMetaFile } from '../image/metadata.js';
 import { isTreeImage } from '../image/tree-manifest.js';
-import { prepareImageDir, fsyncDir } from '../image/image-dir.js';
-import { rmSync } from 'node:fs';
-import { readImage } from '../image/image-reader.js';
-import { stopHolder } from '../track/tracking.js';
-import { TsnapError, asTsnapError } from '../errors.js';
+import { prepareImageDir, fsyncDir, type PreparedDir } from '../image/image-dir.js';
+import { TsnapError, asTsnapError, interrupted, retellInterrupted } from '../errors.js';
 import { refuseUndumpable } from './target-check.js';
 import { FileKind, FORMAT_VERSION, type TreeManifest, type TreeMember } from '../../formats/schema.js';
 
@@ -35,8 +39,8 @@ export interface TreeDumpResult {
   root: number;
   processes: { pid: number; result: DumpResult }[];
   killed: boolean;
-  /** With `hold`: the tree, still frozen, for the caller to kill or release. */
-  held: { kill(): void; release(): void } | null;
+  /** With `hold`: the tree, still frozen, for the caller to finish. */
+  held: FrozenSet | null;
   /** When every process was frozen (hrtime), for downtime accounting. */
   frozenAt: bigint | null;
   frozenUs: number;
@@ -51,72 +55,62 @@ export function listTree(root: number): TreeMember[] {
   return out;
 }
 
-class FrozenTree implements Releasable {
-  readonly members: { m: TreeMember; fp: FrozenProcess }[] = [];
+interface FrozenTree {
+  set: FrozenSet;
+  members: { m: TreeMember; fp: FrozenProcess }[];
   /** Children that exited and wait to be reaped: recorded, not frozen. */
-  readonly zombies: TreeMember[] = [];
-  readonly frozenAt = process.hrtime.bigint();
+  zombies: TreeMember[];
+}
 
-  static freeze(root: number): FrozenTree {
-    const tree = new FrozenTree();
-    hold(tree);
-    try {
-      const queue: TreeMember[] = [{ pid: root, ppid: readStat(root).ppid, dir: String(root) }];
-      const seen = new Set<number>([root]);
-      while (queue.length) {
-        const m = queue.shift()!;
+/**
+ * Freezes the tree under `root` into one FrozenSet: a parent before its
+ * children are listed, so that it cannot fork behind our back. On any
+ * failure everything frozen so far is released.
+ */
+function freezeTree(root: number): FrozenTree {
+  const tree: FrozenTree = { set: new FrozenSet(), members: [], zombies: [] };
+  tree.set.attach(tcpRepair);
+  try {
+    const queue: TreeMember[] = [{ pid: root, ppid: readStat(root).ppid, dir: String(root) }];
+    const seen = new Set<number>([root]);
+    while (queue.length) {
+      const m = queue.shift()!;
+      if (m.pid !== root) {
+        const z = zombieOf(m);
+        if (z) { tree.zombies.push(z); continue; }
+      }
+      let fp: FrozenProcess;
+      try {
+        fp = FrozenProcess.freeze(m.pid);
+      } catch (err) {
         if (m.pid !== root) {
+          // It exited just now: a zombie of its (frozen) parent, or reaped already.
           const z = zombieOf(m);
           if (z) { tree.zombies.push(z); continue; }
+          if (err instanceof TsnapError && err.kind === 'noSuchProcess') continue;
         }
-        let fp: FrozenProcess;
-        try {
-          fp = FrozenProcess.freeze(m.pid);
-        } catch (err) {
-          if (m.pid !== root) {
-            // It exited just now: a zombie of its (frozen) parent, or reaped already.
-            const z = zombieOf(m);
-            if (z) { tree.zombies.push(z); continue; }
-            if (err instanceof TsnapError && err.kind === 'noSuchProcess') continue;
-          }
-          throw err;
-        }
-        tree.members.push({ m, fp });
-        // Frozen, it cannot fork: its children list is final.
-        for (const c of listChildren(m.pid)) {
-          if (seen.has(c)) continue;
-          seen.add(c);
-          queue.push({ pid: c, ppid: m.pid, dir: String(c) });
-        }
+        throw err;
       }
-      if (readStat(root).state === 'Z') throw new TsnapError('noSuchProcess', `process ${root} has exited (a zombie waiting for its parent)`);
-      // A child that exited while its siblings were being frozen.
-      for (let i = tree.members.length - 1; i > 0; i--) {
-        const z = zombieOf(tree.members[i].m);
-        // (kill() of a dead process only collects our tracer's view of its exit.)
-        if (z) { tree.members[i].fp.kill(); tree.members.splice(i, 1); tree.zombies.push(z); }
+      tree.set.add(fp);
+      tree.members.push({ m, fp });
+      // Frozen, it cannot fork: its children list is final.
+      for (const c of listChildren(m.pid)) {
+        if (seen.has(c)) continue;
+        seen.add(c);
+        queue.push({ pid: c, ppid: m.pid, dir: String(c) });
       }
-      return tree;
-    } catch (err) {
-      tree.release();
-      throw err;
     }
-  }
-
-  release(): void {
-    unhold(this);
-    // Children first: a parent resumed early could not observe them stopped anyway,
-    // but this keeps the tree's own order of events natural.
-    for (const { fp } of [...this.members].reverse()) {
-      try { fp.release(); } catch { /* gone */ }
+    if (readStat(root).state === 'Z') throw new TsnapError('noSuchProcess', `process ${root} has exited (a zombie waiting for its parent)`);
+    // A child that exited while its siblings were being frozen.
+    for (let i = tree.members.length - 1; i > 0; i--) {
+      const z = zombieOf(tree.members[i].m);
+      // (Dropping a dead process only collects our tracer's view of its exit.)
+      if (z) { tree.set.drop(tree.members[i].fp); tree.members.splice(i, 1); tree.zombies.push(z); }
     }
-  }
-
-  kill(): void {
-    unhold(this);
-    for (const { fp } of [...this.members].reverse()) {
-      try { fp.kill(); } catch { /* gone */ }
-    }
+    return tree;
+  } catch (err) {
+    try { tree.set.release(); } catch { /* gone */ }
+    throw err;
   }
 }
 
@@ -140,81 +134,93 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
     throw new TsnapError('badImage', `${opts.parent} is not a tree image; --tree needs the parent of a --tree dump`);
   }
   refuseUndumpable(root);
-  const top = prepareImageDir(resolve(opts.dir));
   const done: { pid: number; result: DumpResult }[] = [];
   let tree: FrozenTree | null = null;
+  let top: PreparedDir | null = null;
   const fsync = opts.fsync ?? (mode === 'dump' && !opts.leaveRunning);
   try {
-    let members: TreeMember[];
-    if (mode === 'dump') {
-      // Fail fast, with the tree untouched, on fds tsnap cannot restore.
-      const running = listTree(root).map((m) => m.pid).filter((pid) => { try { return readStat(pid).state !== 'Z'; } catch { return false; } });
-      readTreeFds(running, { tcpEstablished: opts.tcpEstablished, enter: false });
-      for (const pid of running) checkMappings(pid);
-      tree = FrozenTree.freeze(root);
-      members = [...tree.members.map((x) => x.m), ...tree.zombies];
-      const fds = readTreeFds(tree.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, enter: true });
-      // All at once: while one process's pages are being written out, the
-      // next one's are read, which shortens the time the whole tree is frozen.
-      const settled = await Promise.allSettled(tree.members.map(({ m, fp }) => dump({
-        ...opts, hold: false, pid: m.pid, dir: join(top.path, m.dir), parent: parentFor(opts.parent, m.pid),
-        frozen: { process: fp, fds: fds.get(m.pid)! }, fsync,
-      })));
-      settled.forEach((r, i) => { if (r.status === 'fulfilled') done.push({ pid: tree!.members[i].m.pid, result: r.value }); });
-      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-      if (failed) throw failed.reason;
-    } else {
-      members = listTree(root);
-      const alive: TreeMember[] = [];
-      for (const m of members) {
-        // Zombies have no memory to pre-dump; the final dump records them.
-        try { if (readStat(m.pid).state === 'Z') continue; } catch { continue; }
-        try {
-          const result = await preDump({ ...opts, pid: m.pid, dir: join(top.path, m.dir), parent: parentFor(opts.parent, m.pid) });
-          done.push({ pid: m.pid, result });
-          alive.push(m);
-        } catch (err) {
-          // A process of a running tree may exit meanwhile; the next round goes without it.
-          if (m.pid !== root && err instanceof TsnapError && err.kind === 'noSuchProcess') continue;
-          throw err;
+    // One scope from the first step to the last: a signal at any point,
+    // the freeze included, unwinds everything below.
+    return await withAbortSignals(async (checkAbort) => {
+      top = prepareImageDir(resolve(opts.dir));
+      const topDir = top.path;
+      let members: TreeMember[];
+      if (mode === 'dump') {
+        // Fail fast, with the tree untouched, on fds tsnap cannot restore.
+        const running = listTree(root).map((m) => m.pid).filter((pid) => { try { return readStat(pid).state !== 'Z'; } catch { return false; } });
+        readTreeFds(running, { tcpEstablished: opts.tcpEstablished, enter: false });
+        for (const pid of running) checkMappings(pid);
+        tree = freezeTree(root);
+        const t = tree as FrozenTree;
+        pausePoint('tree-frozen');
+        await letSignalsIn();
+        checkAbort();
+        members = [...t.members.map((x) => x.m), ...t.zombies];
+        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, enter: true });
+        // All at once: while one process's pages are being written out, the
+        // next one's are read, which shortens the time the whole tree is frozen.
+        const settled = await Promise.allSettled(t.members.map(({ m, fp }) => dump({
+          ...opts, hold: false, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid),
+          frozen: { process: fp, fds: fds.get(m.pid)! }, fsync, deferRound: true,
+        })));
+        settled.forEach((r, i) => { if (r.status === 'fulfilled') done.push({ pid: t.members[i].m.pid, result: r.value }); });
+        const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+        if (failed) throw failed.reason;
+      } else {
+        members = listTree(root);
+        const alive: TreeMember[] = [];
+        for (const m of members) {
+          checkAbort();
+          // Zombies have no memory to pre-dump; the final dump records them.
+          try { if (readStat(m.pid).state === 'Z') continue; } catch { continue; }
+          try {
+            const result = await preDump({ ...opts, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid), deferRound: true });
+            done.push({ pid: m.pid, result });
+            alive.push(m);
+          } catch (err) {
+            // A process of a running tree may exit meanwhile; the next round goes without it.
+            if (m.pid !== root && err instanceof TsnapError && err.kind === 'noSuchProcess') continue;
+            throw err;
+          }
         }
+        members = alive;
       }
-      members = alive;
-    }
-    const manifest: TreeManifest = {
-      formatVersion: FORMAT_VERSION, createdAt: new Date().toISOString(), root, contents: mode, processes: members,
-    };
-    writeMetaFile(top.path, FileKind.Tree, manifest, fsync);
-    if (fsync) fsyncDir(top.path);
-    let frozenUs = 0;
-    let killed = false;
-    const frozenAt = tree?.frozenAt ?? null;
-    let held: TreeDumpResult['held'] = null;
-    if (tree && opts.hold) {
-      frozenUs = Number(process.hrtime.bigint() - tree.frozenAt) / 1000;
-      held = tree;
+      const manifest: TreeManifest = {
+        formatVersion: FORMAT_VERSION, createdAt: new Date().toISOString(), root, contents: mode, processes: members,
+      };
+      // The manifest is the tree's commit record: written last, made durable.
+      writeMetaFile(topDir, FileKind.Tree, manifest, fsync);
+      if (fsync) fsyncDir(topDir);
+      pausePoint('tree-committed');
+      await letSignalsIn();
+      checkAbort();
+
+      // The point of no return, for every process at once; nothing from
+      // here on awaits.
+      for (const d of done) d.result.round?.commit();
+      const t = tree as FrozenTree | null;
       tree = null;
-    } else if (tree) {
-      frozenUs = Number(process.hrtime.bigint() - tree.frozenAt) / 1000;
-      if (opts.leaveRunning) { tcpRepair.release(); tree.release(); } else { tree.kill(); tcpRepair.forget(); killed = true; }
-      tree = null;
-    }
-    return { dir: top.path, root, processes: done, killed, frozenAt, frozenUs, held };
+      const frozenAt = t?.set.frozenAt ?? null;
+      const frozenUs = t ? t.set.frozenUs() : 0;
+      const how = opts.hold ? 'hold' : opts.leaveRunning ? 'release' : 'kill';
+      const held = t ? t.set.finish(how) : null;
+      return { dir: topDir, root, processes: done, killed: !!t && how === 'kill', frozenAt, frozenUs, held };
+    }, (sig) => interrupted(sig, `interrupted by ${sig}; the ${mode} of the tree of process ${root} was abandoned and every process resumed unharmed`));
   } catch (err) {
-    tcpRepair.release();
-    tree?.release();
-    // Pre-dumps of this round may have started trackings: a failed round
-    // must not leave their holders behind (a parent's tracking stays).
-    for (const d of done) {
-      try {
-        const ref = readImage(d.result.dir).inventory.tracking;
-        const parentDir = parentFor(opts.parent, d.pid);
-        const parentRef = parentDir ? readImage(parentDir).inventory.tracking : null;
-        if (ref && ref.holderPid !== parentRef?.holderPid) stopHolder(ref);
-      } catch { /* nothing to stop */ }
-    }
+    const t = tree as FrozenTree | null;
+    try { t?.set.release(); } catch { /* gone */ }
+    // This round's trackings are undone: pages it write-protected count as
+    // written again, and trackings it started end (a parent's stays).
+    for (const d of done) d.result.round?.abort();
     for (const d of done) rmSync(d.result.dir, { recursive: true, force: true });
-    if (top.created) rmSync(top.path, { recursive: true, force: true });
-    throw asTsnapError(err, `${mode} of the tree of process ${root}`);
+    const tp = top as PreparedDir | null;
+    if (tp) {
+      rmSync(join(tp.path, 'tree'), { force: true });
+      if (tp.created) rmSync(tp.path, { recursive: true, force: true });
+    }
+    const e = asTsnapError(err, `${mode} of the tree of process ${root}`);
+    throw e.kind === 'interrupted'
+      ? retellInterrupted(e, (sig) => `interrupted by ${sig}; the ${mode} of the tree of process ${root} was abandoned and every process resumed unharmed`)
+      : e;
   }
 }

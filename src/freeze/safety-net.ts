@@ -34,18 +34,36 @@ function releaseAll(): void {
 
 const ABORT_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
+let aborted: NodeJS.Signals | null = null;
+let depth = 0;
+const onSignal = (sig: NodeJS.Signals) => { aborted ??= sig; };
+
 /**
- * While `fn` runs, the abort signals set `aborted` instead of killing tsnap.
- * `fn` checks it at safe points; afterwards the signal's default action is
- * carried out by the caller (exit 128 + signo).
+ * While `fn` runs, the abort signals set a flag instead of killing tsnap.
+ * `fn` checks it at safe points; the error it then throws carries the exit
+ * status of the signal's default action (128 + signo). Scopes nest (a tree
+ * dump runs a dump per process inside its own scope) and share one flag, so
+ * a signal is never lost between an outer and an inner scope.
  */
-export async function withAbortSignals<T>(fn: (check: () => void) => Promise<T>, onAbort: (sig: string) => Error): Promise<T> {
-  let aborted: string | null = null;
-  const handler = (sig: string) => { aborted ??= sig; };
-  for (const s of ABORT_SIGNALS) process.on(s, handler);
+export async function withAbortSignals<T>(fn: (check: () => void) => Promise<T>, onAbort: (sig: NodeJS.Signals) => Error): Promise<T> {
+  if (depth++ === 0) {
+    aborted = null;
+    for (const s of ABORT_SIGNALS) process.on(s, onSignal);
+  }
   try {
     return await fn(() => { if (aborted) throw onAbort(aborted); });
   } finally {
-    for (const s of ABORT_SIGNALS) process.off(s, handler);
+    if (--depth === 0) {
+      for (const s of ABORT_SIGNALS) process.off(s, onSignal);
+    }
   }
+}
+
+/**
+ * Lets signal handlers run (they run from the event loop, not in the
+ * middle of synchronous code) so that the next check sees a signal that
+ * has already arrived. Used before a step that cannot be undone.
+ */
+export function letSignalsIn(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
 }

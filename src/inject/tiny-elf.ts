@@ -4,7 +4,11 @@
  * to clean up, on any machine.
  *
  * - the restore helper: `pause(); loop`. tsnap makes it clone3() the process
- *   to restore and rebuilds that clone from scratch;
+ *   to restore and rebuilds that clone from scratch. It holds the stdio
+ *   the restored process is to get (often tsnap's own), so it must not
+ *   outlive tsnap: its first instructions ask for SIGKILL on tsnap's death
+ *   (PR_SET_PDEATHSIG) and then exit if tsnap already died before that
+ *   (its parent is no longer tsnap, whose pid is written into the code);
  * - the tracking holder: keeps a copy of a target's userfaultfd (fd 4) open
  *   between tsnap runs, and exits when the target does (poll on its pidfd,
  *   fd 3), which closes the last copy and ends tracking with it.
@@ -17,8 +21,28 @@ const BASE = 0x400000;
 const EHDR = 64;
 const PHDR = 56;
 
-// _start: mov eax, 34 (pause); syscall; jmp _start
-const PAUSE_LOOP = [0xb8, 0x22, 0x00, 0x00, 0x00, 0x0f, 0x05, 0xeb, 0xf7];
+function pauseLoopChildOf(parentPid: number): number[] {
+  const ppid = Buffer.alloc(4);
+  ppid.writeUInt32LE(parentPid);
+  return [
+    0xbf, 0x01, 0x00, 0x00, 0x00, //       mov edi, 1 (PR_SET_PDEATHSIG)
+    0xbe, 0x09, 0x00, 0x00, 0x00, //       mov esi, 9 (SIGKILL)
+    0xb8, 0x9d, 0x00, 0x00, 0x00, //       mov eax, 157 (prctl)
+    0x0f, 0x05, //                         syscall
+    0xb8, 0x6e, 0x00, 0x00, 0x00, //       mov eax, 110 (getppid)
+    0x0f, 0x05, //                         syscall
+    0x3d, ...ppid, //                      cmp eax, parentPid
+    0x75, 0x09, //                         jne orphan
+    // loop:
+    0xb8, 0x22, 0x00, 0x00, 0x00, //       mov eax, 34 (pause)
+    0x0f, 0x05, //                         syscall
+    0xeb, 0xf7, //                         jmp loop
+    // orphan:
+    0xbf, 0x01, 0x00, 0x00, 0x00, //       mov edi, 1
+    0xb8, 0xe7, 0x00, 0x00, 0x00, //       mov eax, 231 (exit_group)
+    0x0f, 0x05, //                         syscall
+  ];
+}
 
 const POLL_PIDFD_THEN_EXIT = [
   0x48, 0x83, 0xec, 0x10, //             sub rsp, 16
@@ -62,7 +86,8 @@ export function buildElf(code: number[]): Buffer {
   return b;
 }
 
-export const helperElf = () => buildElf(PAUSE_LOOP);
+/** The restore helper, for a parent of pid `parentPid` (tsnap itself by default). */
+export const helperElf = (parentPid = process.pid) => buildElf(pauseLoopChildOf(parentPid));
 export const holderElf = () => buildElf(POLL_PIDFD_THEN_EXIT);
 
 /** Writes a program to a private temporary file named `name`; returns its path and a remover. */

@@ -23,7 +23,10 @@ import { tcpRepair } from '../files/tcp.js';
 import { untrackPid } from '../track/untrack.js';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, encodeFrame, decodeDoc, send } from './wire.js';
 import { crc32 } from '../image/checksum.js';
-import { TsnapError, asTsnapError } from '../errors.js';
+import { TsnapError, asTsnapError, interrupted } from '../errors.js';
+import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
+import { pausePoint } from '../pause-point.js';
+import type { FrozenSet } from '../freeze/frozen-set.js';
 import type { Compression } from '../../formats/schema.js';
 
 export interface MigrateOptions {
@@ -64,7 +67,12 @@ export interface MigrateResult {
 
 const FILE_ORDER = ['pages', 'pagemap', 'process', 'stats', 'inventory']; // inventory last: the commit record
 
-export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
+export function migrate(opts: MigrateOptions): Promise<MigrateResult> {
+  return withAbortSignals((checkAbort) => migrateIn(opts, checkAbort),
+    (sig) => interrupted(sig, `interrupted by ${sig}`));
+}
+
+async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<MigrateResult> {
   const t0 = process.hrtime.bigint();
   const ms = (from: bigint) => Number(process.hrtime.bigint() - from) / 1e6;
   const budget = opts.downtimeMs ?? 50;
@@ -72,7 +80,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
   const sock = await connectTo(opts);
   const reader = new FrameReader(sock);
   const staging = mkdtempSync(join(tmpdir(), 'tsnap-migrate-'));
-  let held: { kill(): void; release(): void } | null = null;
+  let held: FrozenSet | null = null;
   let bytesSent = 0;
   try {
     await send(sock, encodeDoc(Msg.Hello, { magic: WIRE_MAGIC, version: WIRE_VERSION, token: opts.token, pid: opts.pid, tool: 'tsnap' }));
@@ -115,6 +123,7 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
     let k = 0;
     let bandwidth = 0; // bytes per ms, measured end to end (copy + send)
     while (k < cap) {
+      checkAbort();
       k++;
       const tIter = process.hrtime.bigint();
       const r = await round(join(staging, String(k)), prev ? join(staging, String(k - 1)) : undefined);
@@ -149,17 +158,20 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
       frozenAt = final.frozenAt ?? process.hrtime.bigint();
       finalDir = final.dir;
     }
+    pausePoint('migrate-held');
     await sendImage(finalDir, 'final');
+    // The last moment the migration can still be called off: once the
+    // receiver commits, it (and not the source) has the process.
+    await letSignalsIn();
+    checkAbort();
     await send(sock, encodeDoc(Msg.Commit, {}));
     const committed = decodeDoc<{ dir: string }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));
     const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     // The receiver holds the complete image durably: the source may go.
-    if (held) {
-      // Connections in repair mode close silently with a killed source, and
-      // come out of it again with one left running.
-      if (opts.leaveRunning) { tcpRepair.release(); held.release(); } else { held.kill(); tcpRepair.forget(); }
-      held = null;
-    }
+    // (Connections in repair mode close silently with a killed source, and
+    // come out of it again with one left running: the set does both.)
+    held?.finish(opts.leaveRunning ? 'release' : 'kill');
+    held = null;
     opts.onEvent?.({ event: 'committed', receiverDir: committed.dir, source: opts.leaveRunning ? 'left running' : 'killed' });
     let restoredPid: number | null = null;
     let restoreError: string | null = null;
@@ -174,15 +186,13 @@ export async function migrate(opts: MigrateOptions): Promise<MigrateResult> {
   } catch (err) {
     // Before COMMITTED nothing is lost: the source runs on as it was.
     tcpRepair.release();
-    if (held) {
-      try { held.release(); } catch { /* gone */ }
-    }
+    try { held?.release(); } catch { /* gone */ }
     for (const pid of trackedPids(staging, opts)) untrackPid(pid);
     const reason = reader.bufferedError();
     const e = reason && !(err instanceof TsnapError && err.message.startsWith('migration peer refused'))
       ? new TsnapError('targetFailed', `migration peer refused: ${reason}`, err)
       : asTsnapError(err, `migration of process ${opts.pid}`);
-    throw new TsnapError(e.kind, `migration of process ${opts.pid} failed; it runs on where it was: ${e.message}`, e.cause ?? err);
+    throw new TsnapError(e.kind, `migration of process ${opts.pid} failed; it runs on where it was: ${e.message}`, e.cause ?? err, e.exitCode);
   } finally {
     sock.destroy();
     rmSync(staging, { recursive: true, force: true });

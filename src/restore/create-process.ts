@@ -5,6 +5,12 @@
  * PID and CLONE_PARENT (so tsnap, not the helper, is the parent and can wait
  * for it). The clone starts as our tracee, stopped before its first
  * instruction; the helper is then killed.
+ *
+ * Should tsnap die at any instant, nothing it started here lives on: the
+ * helper dies with it (PR_SET_PDEATHSIG, see tiny-elf.ts, then
+ * PTRACE_O_EXITKILL once seized), and the clone, auto-attached through
+ * PTRACE_O_TRACEFORK, inherits the helper's EXITKILL from its first
+ * instruction.
  */
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -14,6 +20,7 @@ import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { writeProgram, helperElf } from '../inject/tiny-elf.js';
 import { readComm } from '../proc/index.js';
 import { TsnapError } from '../errors.js';
+import { pausePoint } from '../pause-point.js';
 
 export interface NewProcess {
   task: FrozenTask;
@@ -47,8 +54,10 @@ export async function createProcess(pid: number | null, stdio: StdioOptions): Pr
   }
   const hpid = helper.pid!;
   try {
+    pausePoint('restore-helper-spawned');
     await waitForPause(hpid);
     const htask = FrozenTask.freeze(hpid, { direct: true });
+    pausePoint('restore-helper-seized');
     ptrace.setOptions(hpid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
     const hmem = new ProcMem(hpid, true);
     const hsc = new RemoteSyscaller(htask, hmem);
@@ -59,6 +68,7 @@ export async function createProcess(pid: number | null, stdio: StdioOptions): Pr
       hmem.close();
     }
     const task = FrozenTask.adopt(childPid);
+    pausePoint('restore-cloned');
     // Should tsnap die mid-restore, the kernel kills the half-built process.
     ptrace.setOptions(childPid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL);
     const mem = new ProcMem(childPid, true);

@@ -25,6 +25,7 @@ import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
 import { isSpecial, vmaKind } from './layout-plan.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 import { preflight } from './preflight.js';
+import { pausePoint } from '../pause-point.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import type { ThreadImage, ProcessImage, VmaImage, TreeMember } from '../../formats/schema.js';
 import { readStat } from '../proc/index.js';
@@ -173,6 +174,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       const { deferred, pidOf } = createChildren(root, stub.addr, newPid, created);
       for (const [m, pgid] of deferred) m.rt!.sc.check(`setpgid(0, ${pidOf.get(pgid)})`, SYS.setpgid, 0, pidOf.get(pgid)!);
       if (newPid) warn('processes got new pids: what they recorded of each other\'s pids is stale');
+      pausePoint('restore-tree-created');
     }
     const sharedFrom = new Map<string, { pid: number; v: VmaImage }>();
     /** Where each memfd of the tree was recreated: process and fd. */
@@ -252,6 +254,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const m of members) m.rt!.mem.close();
     if (opts.pidfile) writeFileSync(opts.pidfile, `${proc.pid}\n`, { mode: 0o644 });
     step = 'start the processes';
+    pausePoint('restore-before-start');
     // Children before parents, other threads before their leader: the one a
     // parent waits for goes last.
     for (const m of [...members].reverse()) {

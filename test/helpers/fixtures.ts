@@ -20,6 +20,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach } from 'vitest';
 import { setCloexec } from '../../src/sys/fd.js';
+import { registerPid, descendantsOf, killPid } from './processes.js';
 
 // Programs the tests start must own nothing but stdio: fds the test runner
 // inherited from its own parent (CI shells, editors) would otherwise leak
@@ -401,6 +402,7 @@ export function startProcess(cmd: string, args: string[], opts: StartOptions = {
       exited,
     };
     registry.add(running);
+    registerPid(pid);
     void exited.then(() => registry.delete(running));
 
     waitFor(readyRe, timeoutMs, 0, 'ready pattern').then(
@@ -427,7 +429,12 @@ export function startPython(script: string, args: string[] = [], opts: StartOpti
 /** SIGKILL every registered process that is still alive and wait for them. */
 export async function killAll(): Promise<void> {
   const live = liveProcesses();
+  // What they forked (a tree fixture's children) goes with them: listed
+  // before they die, as their orphans are reparented.
+  const forks = live.flatMap((r) => descendantsOf(r.pid));
+  for (const pid of forks) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
   const results = await Promise.allSettled(live.map((r) => r.kill()));
+  for (const pid of forks) await killPid(pid);
   const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as Error] : []));
   if (errors.length) throw new AggregateError(errors, `killAll: ${errors.map((e) => e.message).join('; ')}`);
 }

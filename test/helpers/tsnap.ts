@@ -14,8 +14,9 @@ export interface CliResult {
   stderr: string;
 }
 
-export function startTsnap(args: string[]): { child: ChildProcess; done: Promise<CliResult> } {
-  const child = spawn(process.execPath, [TSNAP_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** `env` is merged over process.env (e.g. TSNAP_TEST_PAUSE_AT, see src/pause-point.ts). */
+export function startTsnap(args: string[], env: Record<string, string> = {}): { child: ChildProcess; done: Promise<CliResult> } {
+  const child = spawn(process.execPath, [TSNAP_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d) => { stdout += d; });
@@ -58,9 +59,10 @@ export function storedPageSet(img: Image): Set<number> {
 
 export { readImage };
 
-import { readFileSync, existsSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { afterEach } from 'vitest';
+import { killPid, killTree, registerPid } from './processes.js';
 
 /** A process brought back by `tsnap restore --detach`, talking through pipes. */
 export interface Restored {
@@ -73,24 +75,13 @@ export interface Restored {
 
 const restoredPids = new Set<number>();
 
-function isGone(pid: number): boolean {
-  if (!existsSync(`/proc/${pid}`)) return true;
-  try {
-    return /^State:\s+[ZX]/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  } catch {
-    return true;
-  }
-}
-
-export async function killPid(pid: number): Promise<void> {
-  try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
-  for (let i = 0; i < 500 && !isGone(pid); i++) await new Promise((r) => setTimeout(r, 10));
-}
+export { killPid };
 
 /** Registers afterEach cleanup of every restored process. */
 export function useRestoredCleanup(): void {
   afterEach(async () => {
-    for (const pid of restoredPids) await killPid(pid);
+    // A restored tree: its children too.
+    for (const pid of restoredPids) await killTree(pid);
     restoredPids.clear();
     for (const f of feeders) f.kill('SIGKILL');
     feeders.clear();
@@ -118,6 +109,7 @@ export async function restoreDetached(dir: string, pidfile: string, extra: strin
   if (code !== 0) return { pid: 0, result, lines, waitForLine: async () => { throw new Error(stderr); }, writeLine: () => {} };
   const pid = Number(readFileSync(pidfile, 'utf8').trim());
   restoredPids.add(pid);
+  registerPid(pid);
   return {
     pid, result, lines,
     writeLine: (s) => feeder.stdin!.write(`${s}\n`),

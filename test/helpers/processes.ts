@@ -1,0 +1,177 @@
+/**
+ * The one registry of processes the tests start. Every process a test
+ * worker starts carries TSNAP_TEST_OWNER=<run>.<worker pid> in its
+ * environment: inherited by whatever it forks, and kept by a restore
+ * (/proc/PID/environ reads the restored process's own env block). So the
+ * processes a test left behind — restored children, forks of fixtures,
+ * tsnap servers, holders — are found by that marker alone, and never
+ * another worker's or another run's (other suites run on this machine at
+ * the same time).
+ *
+ * After each test every process of this worker is killed by pid; the global
+ * teardown (test/global-setup.ts) fails the run if any process of the run
+ * is still alive at its end.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFileSync, readdirSync } from 'node:fs';
+import { afterEach } from 'vitest';
+
+/** The run: set by the global setup, so that every worker shares it. */
+export function runId(): string {
+  return (process.env.TSNAP_TEST_RUN ??= `r${randomBytes(6).toString('hex')}`);
+}
+
+/** This worker's marker. */
+export const OWNER = `${runId()}.${process.pid}`;
+
+/**
+ * Called before each test file of the worker (test/helpers/setup-file.ts),
+ * before any test starts a process; the hook belongs to that file. Set in
+ * our env after our own start, the marker is not in /proc/self/environ:
+ * this worker itself never matches; every child inherits it.
+ *
+ * The hook runs after the test file's own cleanup hooks (hooks unwind as a
+ * stack): what is left then, the test left behind; it is named, then
+ * killed. (No last-resort kill when the worker exits: what a file leaves
+ * after its last test must fail the run; the global teardown kills it.)
+ */
+export function claimWorker(): void {
+  process.env.TSNAP_TEST_OWNER = OWNER;
+  afterEach(async (ctx) => {
+    const left = await killOwnProcesses();
+    if (left.length) console.warn(`test "${ctx.task.name}" left ${left.length} process(es) running; killed: ${left.map(describeProcess).join(', ')}`);
+  });
+}
+
+const registered = new Map<number, number>(); // pid -> start time
+
+function startTime(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]);
+  } catch {
+    return null;
+  }
+}
+
+/** The TSNAP_TEST_OWNER of a process, or null (none, gone, or a zombie). */
+export function ownerOf(pid: number): string | null {
+  let env: string;
+  try { env = readFileSync(`/proc/${pid}/environ`, 'latin1'); } catch { return null; }
+  for (const kv of env.split('\0')) if (kv.startsWith('TSNAP_TEST_OWNER=')) return kv.slice('TSNAP_TEST_OWNER='.length);
+  return null;
+}
+
+/** Live (not zombie) processes whose owner marker satisfies `match`. */
+export function markedProcesses(match: (owner: string) => boolean): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    const pid = Number(name);
+    if (pid === process.pid) continue;
+    const owner = ownerOf(pid);
+    if (owner !== null && match(owner) && !isGone(pid)) out.push(pid);
+  }
+  return out;
+}
+
+/** Every live descendant of `pid` (through /proc/PID/task/TID/children). */
+export function descendantsOf(pid: number): number[] {
+  const out: number[] = [];
+  const walk = (p: number) => {
+    let tids: string[];
+    try { tids = readdirSync(`/proc/${p}/task`); } catch { return; }
+    for (const t of tids) {
+      let kids: string[] = [];
+      try { kids = readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean); } catch { /* gone */ }
+      for (const k of kids.map(Number)) {
+        if (!isGone(k)) out.push(k);
+        walk(k);
+      }
+    }
+  };
+  walk(pid);
+  return out;
+}
+
+/** Records a process a test started or restored (also one whose env lacks the marker). */
+export function registerPid(pid: number): void {
+  const t = startTime(pid);
+  if (t !== null) registered.set(pid, t);
+}
+
+export function isGone(pid: number): boolean {
+  try {
+    return /^State:\s+[ZX]/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
+function sigkill(pid: number): void {
+  try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+}
+
+/** SIGKILL by pid and wait until it is gone (or a zombie, for its parent to reap). */
+export async function killPid(pid: number): Promise<void> {
+  sigkill(pid);
+  for (let i = 0; i < 500 && !isGone(pid); i++) await new Promise((r) => setTimeout(r, 10));
+}
+
+/** SIGKILL a process and every descendant it has (found first: once it dies they are reparented). */
+export async function killTree(pid: number): Promise<void> {
+  const all = [pid, ...descendantsOf(pid)];
+  for (const p of all) sigkill(p);
+  for (const p of all) await killPid(p);
+}
+
+/**
+ * Kills every process of this worker: those registered (if still the same
+ * process: pids are reused) and those carrying its marker, found again
+ * until none is left (one may fork while the others are being killed).
+ */
+export async function killOwnProcesses(): Promise<number[]> {
+  const killed: number[] = [];
+  const names = new Map<number, string>();
+  for (let pass = 0; pass < 20; pass++) {
+    // Children of this worker too: one just forked has not exec'd yet and
+    // still shows the worker's own environment, without the marker.
+    const pids = new Set([...markedProcesses((o) => o === OWNER), ...descendantsOf(process.pid)]);
+    for (const [pid, t] of registered) if (startTime(pid) === t && !isGone(pid)) pids.add(pid);
+    if (pids.size === 0) break;
+    for (const pid of pids) names.set(pid, commOf(pid));
+    for (const pid of pids) sigkill(pid);
+    for (const pid of pids) await killPid(pid);
+    killed.push(...pids);
+  }
+  registered.clear();
+  lastNames = names;
+  return killed;
+}
+
+let lastNames = new Map<number, string>();
+
+function commOf(pid: number): string {
+  try { return readFileSync(`/proc/${pid}/comm`, 'utf8').trim(); } catch { return '?'; }
+}
+
+function describeProcess(pid: number): string {
+  return `${pid} (${lastNames.get(pid) ?? commOf(pid)})`;
+}
+
+
+/**
+ * The pid tracing a thread, or 0. A thread that has ended meanwhile (its
+ * /proc entry gone) is traced by nobody: 0 too.
+ */
+export function tracerOf(tid: number): number {
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${tid}/status`, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ESRCH') return 0;
+    throw err;
+  }
+  return Number(/^TracerPid:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+}
