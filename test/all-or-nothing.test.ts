@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { spawn, execFileSync } from 'node:child_process';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, startTsnap, restoreDetached, useRestoredCleanup, TSNAP_BIN } from './helpers/tsnap.js';
-import { isGone, tracerOf, registerPid, descendantsOf, killPid } from './helpers/processes.js';
+import { isGone, tracerOf, tracerFor, registerPid, descendantsOf, killPid } from './helpers/processes.js';
 import { helperElf, writeProgram } from '../src/inject/tiny-elf.js';
 import { findHolders } from '../src/track/untrack.js';
 
@@ -77,7 +77,7 @@ describe('dump interrupted at a named point', () => {
       const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--tree'], { TSNAP_TEST_PAUSE_AT: point });
       await pausedAt(t);
       // Stopped there, tsnap holds the whole tree.
-      for (const pid of all) expect(tracerOf(pid), `process ${pid}`).toBe(t.child.pid);
+      for (const pid of all) expect(tracerOf(pid), `process ${pid}`).toBe(tracerFor(t.child.pid!));
       process.kill(t.child.pid!, sig);
       process.kill(t.child.pid!, 'SIGCONT');
       const r = await t.done;
@@ -95,7 +95,7 @@ describe('dump interrupted at a named point', () => {
     const dir = join(work, 'img');
     const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', dir], { TSNAP_TEST_PAUSE_AT: 'dump-frozen' });
     await pausedAt(t);
-    expect(tracerOf(p.pid)).toBe(t.child.pid);
+    expect(tracerOf(p.pid)).toBe(tracerFor(t.child.pid!));
     process.kill(t.child.pid!, 'SIGHUP');
     process.kill(t.child.pid!, 'SIGCONT');
     const r = await t.done;
@@ -137,7 +137,7 @@ describe('dump interrupted at a named point', () => {
       const p = await startProcess(await compileC('counter'), []);
       const t = startTsnap(['migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${port}`, '--token', 'sesame', '--max-iterations', '2'], { TSNAP_TEST_PAUSE_AT: 'migrate-held' });
       await pausedAt(t);
-      expect(tracerOf(p.pid)).toBe(t.child.pid);
+      expect(tracerOf(p.pid)).toBe(tracerFor(t.child.pid!));
       process.kill(t.child.pid!, 'SIGTERM');
       process.kill(t.child.pid!, 'SIGCONT');
       const r = await t.done;

@@ -12,7 +12,7 @@ import { constants as C } from 'node:fs';
 import { pipe2, tee, fcntl, SYS, O_CLOEXEC, O_NONBLOCK, F_GETPIPE_SZ, F_SETPIPE_SZ, F_SETFL } from '../sys/index.js';
 import type { FdImage, PipeImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
-import { placeEnds, SETFL_MASK } from './place.js';
+import { placeEnds, SETFL_MASK, type Placement } from './place.js';
 import { TsnapError } from '../errors.js';
 
 const O_ACCMODE = 3;
@@ -62,10 +62,18 @@ export function restorePipe(rt: RemoteTask, ends: FdImage[][], floor: number): {
       closeSync(wfd);
     }
   }
-  for (const group of ends) {
-    const flags = group[0].flags & SETFL_MASK;
-    if (flags) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, isReadEnd(group[0]) ? r : w, F_SETFL, flags);
+  // Each open file of an end is its own description, with its own status
+  // flags: the first is the one pipe2 made, every further one is opened
+  // anew through /proc/self/fd (as the program did to get it).
+  const openFiles = (end: number, groups: FdImage[][], accmode: number): Placement[] =>
+    groups.map((targets, i) => ({ tmp: i === 0 ? end : rt.open(`/proc/self/fd/${end}`, accmode), targets }));
+  const reads = openFiles(r, ends.filter((g) => isReadEnd(g[0])), C.O_RDONLY);
+  const writes = openFiles(w, ends.filter((g) => !isReadEnd(g[0])), C.O_WRONLY);
+  for (const p of [...reads, ...writes]) {
+    const flags = p.targets[0].flags & SETFL_MASK;
+    if (flags) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, p.tmp, F_SETFL, flags);
   }
-  const placed = placeEnds(rt, { tmp: r, targets: ends.filter((g) => isReadEnd(g[0])).flat() }, { tmp: w, targets: ends.filter((g) => !isReadEnd(g[0])).flat() }, floor);
+  const placed = placeEnds(rt, { tmp: r, targets: reads[0]?.targets ?? [] }, { tmp: w, targets: writes[0]?.targets ?? [] }, floor,
+    [...reads.slice(1), ...writes.slice(1)]);
   return { read: placed.a, write: placed.b };
 }

@@ -48,18 +48,19 @@ export function placeFds(rt: RemoteTask, placements: Placement[], floor: number)
 export const SETFL_MASK = 0o2000 | 0o4000 | 0o20000 | 0o40000 | 0o1000000; // APPEND NONBLOCK ASYNC DIRECT NOATIME
 
 /**
- * Places the two ends of a pipe or socket pair created in this process.
+ * Places the two ends of a pipe or socket pair created in this process
+ * (and `more` open files of those ends, each a description of its own).
  * An end this process does not have stays open above every target number
  * (`floor`), for another process of the tree to take with pidfd_getfd.
  * Returns where each end is in this process.
  */
-export function placeEnds(rt: RemoteTask, a: { tmp: number; targets: FdImage[] }, b: { tmp: number; targets: FdImage[] }, floor: number): { a: number; b: number } {
+export function placeEnds(rt: RemoteTask, a: Placement, b: Placement, floor: number, more: Placement[] = []): { a: number; b: number } {
   const carry = (fd: number) => {
     const hi = Number(rt.sc.check(`fcntl(${fd}, F_DUPFD_CLOEXEC)`, SYS.fcntl, fd, F_DUPFD_CLOEXEC, floor));
     rt.close(fd);
     return hi;
   };
   const at = { a: a.targets.length ? a.targets[0].fd : carry(a.tmp), b: b.targets.length ? b.targets[0].fd : carry(b.tmp) };
-  placeFds(rt, [a, b].filter((e) => e.targets.length), floor);
+  placeFds(rt, [...[a, b].filter((e) => e.targets.length), ...more], floor);
   return at;
 }

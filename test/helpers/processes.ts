@@ -164,6 +164,23 @@ function describeProcess(pid: number): string {
  * The pid tracing a thread, or 0. A thread that has ended meanwhile (its
  * /proc entry gone) is traced by nobody: 0 too.
  */
+/**
+ * The tracer a running tsnap holds its targets with: its tsnap-guardian
+ * (src/guardian), a child process of its own; tsnap itself when it has none
+ * (restore traces directly).
+ */
+export function tracerFor(tsnapPid: number): number {
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(rest[1]) === tsnapPid && readFileSync(`/proc/${name}/comm`, 'utf8').trim() === 'tsnap-guardian') return Number(name);
+    } catch { /* gone */ }
+  }
+  return tsnapPid;
+}
+
 export function tracerOf(tid: number): number {
   let status: string;
   try {
