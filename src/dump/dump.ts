@@ -28,10 +28,13 @@ import { copyPages, fullSelection } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
 import { type Range } from './ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
+import { commitHolder } from '../track/holder.js';
+import { RoundRecord } from '../track/round-record.js';
+import { pauseAt } from '../debug/pause-at.js';
 import { uffdWriteProtect } from '../track/uffd.js';
 import { PageFileWriter, DEFAULT_CHUNK_SIZE } from '../image/page-file.js';
 import { writeMetaFile } from '../image/metadata.js';
-import { encodePagemap } from '../image/page-runs.js';
+import { encodePagemap, validateRuns } from '../image/page-runs.js';
 import { prepareImageDir, discardImageDir, fsyncDir } from '../image/image-dir.js';
 import { readChain, type Image } from '../image/image-reader.js';
 import { resolveChain, storedRanges } from '../image/chain-index.js';
@@ -106,7 +109,10 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   let task: FrozenProcess | null = null;
   let writer: PageFileWriter | null = null;
   let tracking: Tracking | null = null;
+  let record: RoundRecord | null = null;
   let armed: Range[] = [];
+  // Known before the scan: the tracking's record names the round's image.
+  const imageId = randomUUID();
   try {
     return await withAbortSignals(async (checkAbort) => {
       // Buffers are allocated and touched before any freeze, not during it.
@@ -119,6 +125,9 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       // the dump's own freeze, which then lasts only for the last delta.
       if (mode === 'predump' || parent) {
         tracking = await openTracking(pid, parent?.[0].inventory.tracking ?? null, opts.frozen?.process.leader ?? null);
+        if (tracking.fresh) pauseAt('holder-started');
+        record = RoundRecord.open(tracking, parent ? { dir: parent[0].dir, imageId: parent[0].inventory.imageId } : null, opts.parent ?? null, { imageId, dir: dir.path });
+        if (record.distrust) tracking.lost = record.distrust;
         if (tracking.lost) opts.warn?.(`tracking of process ${pid} was lost (${tracking.lost}); copying all of its memory again`);
       }
       if (opts.frozen) {
@@ -146,9 +155,15 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         let zero: Range[] = [];
         let selection;
         let trackStats = { freshVmas: 0, untrackedVmas: 0, oldVmas: 0 };
-        if (track) {
-          const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null);
+        const rec = record as RoundRecord | null;
+        if (track && rec) {
+          rec.beforeScan();
+          pauseAt('before-scan');
+          const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null, incremental ? rec.pending : []);
           armed = delta.armed;
+          pauseAt('scanned');
+          rec.afterScan(armed);
+          pauseAt('after-scan');
           zero = delta.zero;
           selection = delta.here;
           trackStats = delta;
@@ -187,7 +202,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
 
         const runs: PageRun[] = [...pages.runs, ...zero.map((z) => ({ start: z.start, pages: (z.end - z.start) / 4096, where: PageWhere.Zero, chunk: 0, offset: 0 }))]
           .sort((a, b) => a.start - b.start);
-        const imageId = randomUUID();
+        checkIndex(runs, pageWriter, dir.path);
         const files: Inventory['files'] = {};
         files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, { ...encodePagemap({ chunks: pageWriter.chunks, runs }), vmas: layout.images }, fsync);
         if (processImage) files.process = writeMetaFile(dir.path, FileKind.Process, processImage, fsync);
@@ -232,7 +247,15 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         checkAbort();
 
         // The point of no return: the image is complete.
-        if (track) {
+        pauseAt('committed');
+        if (track && rec) {
+          rec.committed();
+          // From now on an image names the holder: it may outlive this run.
+          if (track.commitFd >= 0) {
+            const fd = track.commitFd;
+            track.commitFd = -1;
+            if (mode === 'predump') commitHolder(fd); else closeSync(fd);
+          }
           closeSync(track.uffd);
           // The final dump ends tracking: killing the holder closes the last
           // copy, and the kernel unregisters everything.
@@ -266,6 +289,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         try { uffdWriteProtect(tr.uffd, r.start, r.end - r.start, false); } catch { /* unmapped meanwhile */ }
       }
       try { closeSync(tr.uffd); } catch { /* closed */ }
+      // Its holder exits on end-of-file of an uncommitted pipe.
+      if (tr.commitFd >= 0) { try { closeSync(tr.commitFd); } catch { /* closed */ } }
       // A tracking this run started dies with it; a parent's stays usable.
       if (tr.fresh) stopHolder(tr.ref);
     }
@@ -279,6 +304,15 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
     if (w) await w.abort();
     discardImageDir(dir);
     throw asTsnapError(err, `${mode} of process ${pid}`);
+  }
+}
+
+/** An index no reader would accept is never written: the round fails instead (exit 1). */
+function checkIndex(runs: PageRun[], writer: PageFileWriter, dir: string): void {
+  try {
+    validateRuns(runs, writer.chunks, dir);
+  } catch (err) {
+    throw new TsnapError('internal', `the page index built for ${dir} is invalid (${(err as Error).message}); no image was written. Please report this`);
   }
 }
 

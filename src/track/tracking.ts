@@ -14,7 +14,9 @@ import { FrozenTask } from '../freeze/frozen-task.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { ProcMem } from '../sys/memory.js';
 import { uffdApi } from './uffd.js';
-import { startHolder, takeUffd, stopHolder } from './holder.js';
+import { startHolder, takeUffd, stopHolder, killHolder, type StartedHolder } from './holder.js';
+import { findHolders } from './untrack.js';
+import { readState, isCommitted, collectStaleStates } from './state.js';
 import type { TrackingRef } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
@@ -29,6 +31,8 @@ export interface Tracking {
   fresh: boolean;
   /** Time the target was stopped to inject userfaultfd() (µs), 0 when reused. */
   frozenUs: number;
+  /** A new holder's commit pipe (commitHolder() once an image names it), -1 when reused. */
+  commitFd: number;
 }
 
 export function mmIdentity(pid: number): string {
@@ -56,11 +60,12 @@ export async function openTracking(pid: number, parent: TrackingRef | null, froz
     lost = staleReason(pid, parent);
     if (!lost) {
       const got = takeUffd(parent);
-      if ('fd' in got) return { uffd: got.fd, ref: parent, lost: null, fresh: false, frozenUs: 0 };
+      if ('fd' in got) return { uffd: got.fd, ref: parent, lost: null, fresh: false, frozenUs: 0, commitFd: -1 };
       lost = got.lost;
     }
     stopHolder(parent);
   }
+  removeUncommittedHolders(pid);
   const t0 = process.hrtime.bigint();
   const task = frozen ?? FrozenTask.freeze(pid);
   let targetFd = -1;
@@ -90,19 +95,39 @@ export async function openTracking(pid: number, parent: TrackingRef | null, froz
     if (!frozen) task.release();
   }
   const frozenUs = frozen ? 0 : Number(process.hrtime.bigint() - t0) / 1000;
+  let holder: StartedHolder | null = null;
   try {
     uffdApi(uffd, UFFD_FEATURE.WP_ASYNC | UFFD_FEATURE.WP_UNPOPULATED | UFFD_FEATURE.WP_HUGETLBFS_SHMEM);
-    const holder = await startHolder(pid, pidfd, uffd);
+    holder = await startHolder(pid, pidfd, uffd);
     const ref: TrackingRef = {
       holderPid: holder.pid, holderStartTime: holder.startTime,
       targetPid: pid, targetStartTime: readStat(pid).startTime, mmId: mmIdentity(pid),
     };
-    return { uffd, ref, lost, fresh: true, frozenUs };
+    return { uffd, ref, lost, fresh: true, frozenUs, commitFd: holder.commitFd };
   } catch (err) {
     closeSync(uffd);
+    // End of file on its commit pipe: the holder exits.
+    if (holder) closeSync(holder.commitFd);
     throw err;
   } finally {
     closeSync(pidfd);
+  }
+}
+
+/**
+ * Holders of `pid` that no committed image names (their tsnap died before
+ * committing; the commit pipe normally ends them already): a new tracking
+ * replaces them rather than competing with their registrations. Holders
+ * without a record are left alone: they may be named by an image of an
+ * older tsnap.
+ */
+function removeUncommittedHolders(pid: number): void {
+  collectStaleStates();
+  for (const h of findHolders(pid)) {
+    let startTime: number;
+    try { startTime = readStat(h).startTime; } catch { continue; }
+    const s = readState({ holderPid: h, holderStartTime: startTime, targetPid: pid, targetStartTime: 0, mmId: '' });
+    if (s && !s.cleared && !(s.round && isCommitted(s.round))) killHolder(h);
   }
 }
 
