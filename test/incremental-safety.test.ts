@@ -176,6 +176,17 @@ describe('a killed first pre-dump leaves no tracking behind', () => {
   }
 });
 
+describe('a killed tree pre-dump leaves no tracking behind', () => {
+  it('killed after its members, before the manifest that commits the tree: their holders end', async () => {
+    const work = tmpDir('tsnap-incs-');
+    const p = await startProcess(await compileC('sumwriter'), ['64']);
+    await killedAt('tree-manifest', 'pre-dump', '--tree', '--pid', String(p.pid), '--dir', join(work, '1'));
+    expect(await eventually(() => findHolders(p.pid).length === 0)).toBe(true);
+    expect(await eventually(() => wpVmas(p.pid) === 0)).toBe(true);
+    expect(running(p.pid)).toBe(true);
+  });
+});
+
 describe('a process that keeps writing while its chain is taken', () => {
   // A page written between two PAGEMAP_SCAN calls of one round once came
   // out twice (6.18's stale walk_end after more than 512 regions): an image

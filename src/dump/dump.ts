@@ -70,6 +70,12 @@ export interface DumpOptions {
   frozen?: { process: FrozenProcess; fds: FdImage[] };
   /** Take established TCP connections with TCP repair mode (see src/files/tcp.ts). */
   tcpEstablished?: boolean;
+  /**
+   * A pre-dump that is one member of a larger image (a tree): it counts as
+   * committed only once this file exists (the tree's manifest), and the
+   * caller runs result.commit() after writing it.
+   */
+  commitFile?: string;
 }
 
 export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
@@ -86,6 +92,8 @@ export interface DumpResult {
   held: FrozenProcess | null;
   /** When the target was frozen (process.hrtime.bigint()), for downtime accounting. */
   frozenAt: bigint | null;
+  /** With `commitFile`: marks the tracking's record and holder committed, once that file is written. */
+  commit: (() => void) | null;
 }
 
 export function dump(opts: DumpOptions): Promise<DumpResult> {
@@ -126,7 +134,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       if (mode === 'predump' || parent) {
         tracking = await openTracking(pid, parent?.[0].inventory.tracking ?? null, opts.frozen?.process.leader ?? null);
         if (tracking.fresh) pauseAt('holder-started');
-        record = RoundRecord.open(tracking, parent ? { dir: parent[0].dir, imageId: parent[0].inventory.imageId } : null, opts.parent ?? null, { imageId, dir: dir.path });
+        record = RoundRecord.open(tracking, parent ? { dir: parent[0].dir, imageId: parent[0].inventory.imageId } : null, opts.parent ?? null, { imageId, dir: dir.path, ...(opts.commitFile ? { commitFile: opts.commitFile } : {}) });
         if (record.distrust) tracking.lost = record.distrust;
         if (tracking.lost) opts.warn?.(`tracking of process ${pid} was lost (${tracking.lost}); copying all of its memory again`);
       }
@@ -248,13 +256,21 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
 
         // The point of no return: the image is complete.
         pauseAt('committed');
+        let commit: (() => void) | null = null;
         if (track && rec) {
-          rec.committed();
+          const commitFd = track.commitFd;
+          track.commitFd = -1;
           // From now on an image names the holder: it may outlive this run.
-          if (track.commitFd >= 0) {
-            const fd = track.commitFd;
-            track.commitFd = -1;
-            if (mode === 'predump') commitHolder(fd); else closeSync(fd);
+          commit = () => {
+            rec.committed();
+            if (commitFd >= 0) commitHolder(commitFd);
+          };
+          if (mode === 'dump') {
+            if (commitFd >= 0) closeSync(commitFd);
+            commit = null;
+          } else if (!opts.commitFile) {
+            commit();
+            commit = null;
           }
           closeSync(track.uffd);
           // The final dump ends tracking: killing the holder closes the last
@@ -273,6 +289,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           trackingLost: track?.lost ?? null,
           held: ours && opts.hold && !frozen.isReleased ? frozen : null,
           frozenAt: frozen?.frozenAt ?? null,
+          commit,
         };
       } finally {
         pagemap.close();

@@ -26,6 +26,7 @@ import { prepareImageDir, fsyncDir } from '../image/image-dir.js';
 import { rmSync } from 'node:fs';
 import { readImage } from '../image/image-reader.js';
 import { stopHolder } from '../track/tracking.js';
+import { pauseAt } from '../debug/pause-at.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import { FileKind, FORMAT_VERSION, type TreeManifest, type TreeMember } from '../../formats/schema.js';
 
@@ -168,7 +169,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         // Zombies have no memory to pre-dump; the final dump records them.
         try { if (readStat(m.pid).state === 'Z') continue; } catch { continue; }
         try {
-          const result = await preDump({ ...opts, pid: m.pid, dir: join(top.path, m.dir), parent: parentFor(opts.parent, m.pid) });
+          const result = await preDump({ ...opts, pid: m.pid, dir: join(top.path, m.dir), parent: parentFor(opts.parent, m.pid), commitFile: join(top.path, 'tree') });
           done.push({ pid: m.pid, result });
           alive.push(m);
         } catch (err) {
@@ -182,8 +183,11 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
     const manifest: TreeManifest = {
       formatVersion: FORMAT_VERSION, createdAt: new Date().toISOString(), root, contents: mode, processes: members,
     };
+    pauseAt('tree-manifest');
     writeMetaFile(top.path, FileKind.Tree, manifest, fsync);
     if (fsync) fsyncDir(top.path);
+    // The manifest commits the tree: only now may the members' trackings outlive this run.
+    for (const d of done) d.result.commit?.();
     let frozenUs = 0;
     let killed = false;
     const frozenAt = tree?.frozenAt ?? null;

@@ -22,7 +22,7 @@
  * with it, anyway. One file per holder (pid and start time), 0600 in a
  * 0700 directory: it names image paths of the tracked process.
  */
-import { mkdirSync, chmodSync, readFileSync, writeFileSync, renameSync, rmSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, chmodSync, readFileSync, writeFileSync, renameSync, rmSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { readStat } from '../proc/index.js';
 import { readMetaFile } from '../image/metadata.js';
@@ -35,6 +35,8 @@ export interface ImageRef {
   imageId: string;
   /** Absolute path of the image directory. */
   dir: string;
+  /** For a member of a tree image: the file (its manifest) whose presence commits it. */
+  commitFile?: string;
 }
 
 export interface TrackingState {
@@ -106,6 +108,7 @@ export function collectStaleStates(): void {
 
 /** Whether the image `r` names was committed (its inventory, the commit record, is there and is that image). */
 export function isCommitted(r: ImageRef): boolean {
+  if (r.commitFile && !existsSync(r.commitFile)) return false;
   try {
     return readMetaFile<Inventory>(r.dir, FileKind.Inventory).imageId === r.imageId;
   } catch {
