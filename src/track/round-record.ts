@@ -35,7 +35,7 @@ export class RoundRecord {
       const last = found.cleared;
       if (!last) return new RoundRecord(found, image, 'no image of it was ever committed');
       if (last.imageId !== parent.imageId) {
-        throw new TsnapError('usage', `--parent ${parentArg ?? parent.dir} is not the newest image of the tracking of process ${t.ref.targetPid}: ${last.dir} took the pages written since, so a delta against ${parentArg ?? parent.dir} would miss writes; use --parent ${last.dir}`);
+        throw new TsnapError('usage', `--parent ${parentArg ?? parent.dir} is not the newest image of the tracking of process ${t.ref.targetPid}: ${last.dir} took the pages written since, so a delta against ${parentArg ?? parent.dir} would miss writes; use --parent ${last.dir} (if it is gone: tsnap untrack --pid ${t.ref.targetPid}, then start a new chain)`);
       }
     }
     return new RoundRecord(found, image, distrust);
