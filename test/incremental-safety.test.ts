@@ -110,6 +110,28 @@ describe('a delta is taken only against the level that last took the written pag
   });
 });
 
+describe('one chain per process', () => {
+  it('a new chain on a tracked process ends the first one; the first, taken on, copies everything and restores the exact memory', async () => {
+    const work = tmpDir('tsnap-incs-');
+    const p = await startProcess(await compileC('sumwriter'), ['512']);
+    const d = (n: string) => join(work, n);
+    await ok('pre-dump', '--pid', String(p.pid), '--dir', d('a1'));
+    const first = findHolders(p.pid);
+    await cmd(p, 'w 40', /^DONE/);
+    const b = await ok('pre-dump', '--pid', String(p.pid), '--dir', d('b1'));
+    expect(b.stderr).toMatch(/was already tracked \(holder \d+, whose newest image is .*a1\); that tracking is ended/);
+    const now = findHolders(p.pid);
+    expect(now).toHaveLength(1);
+    expect(now).not.toEqual(first);
+    await cmd(p, 'w 9', /^DONE/);
+    const want = await sumOf(p);
+    const r = await ok('dump', '--pid', String(p.pid), '--dir', d('a2'), '--parent', d('a1'));
+    expect(r.stderr).toMatch(/tracking of process \d+ was lost/);
+    await p.exited;
+    expect(await restoredSum(d('a2'), work)).toBe(want);
+  });
+});
+
 describe('a round killed at any step loses no write', () => {
   // before-scan: nothing cleared yet; scanned: cleared, not recorded (the next
   // round copies everything); after-scan: cleared and recorded (the next round

@@ -133,6 +133,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       // the dump's own freeze, which then lasts only for the last delta.
       if (mode === 'predump' || parent) {
         tracking = await openTracking(pid, parent?.[0].inventory.tracking ?? null, opts.frozen?.process.leader ?? null);
+        for (const e of tracking.ended) opts.warn?.(`process ${pid} was already tracked (${e}); that tracking is ended: two chains on one process would clear each other's written pages`);
         if (tracking.fresh) pauseAt('holder-started');
         record = RoundRecord.open(tracking, parent ? { dir: parent[0].dir, imageId: parent[0].inventory.imageId } : null, opts.parent ?? null, { imageId, dir: dir.path, ...(opts.commitFile ? { commitFile: opts.commitFile } : {}) });
         if (record.distrust) tracking.lost = record.distrust;

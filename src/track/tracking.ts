@@ -33,6 +33,8 @@ export interface Tracking {
   frozenUs: number;
   /** A new holder's commit pipe (commitHolder() once an image names it), -1 when reused. */
   commitFd: number;
+  /** Earlier trackings of the process that a new one ended (for a warning). */
+  ended: string[];
 }
 
 export function mmIdentity(pid: number): string {
@@ -60,12 +62,12 @@ export async function openTracking(pid: number, parent: TrackingRef | null, froz
     lost = staleReason(pid, parent);
     if (!lost) {
       const got = takeUffd(parent);
-      if ('fd' in got) return { uffd: got.fd, ref: parent, lost: null, fresh: false, frozenUs: 0, commitFd: -1 };
+      if ('fd' in got) return { uffd: got.fd, ref: parent, lost: null, fresh: false, frozenUs: 0, commitFd: -1, ended: [] };
       lost = got.lost;
     }
     stopHolder(parent);
   }
-  removeUncommittedHolders(pid);
+  const ended = endEarlierTrackings(pid);
   const t0 = process.hrtime.bigint();
   const task = frozen ?? FrozenTask.freeze(pid);
   let targetFd = -1;
@@ -103,7 +105,7 @@ export async function openTracking(pid: number, parent: TrackingRef | null, froz
       holderPid: holder.pid, holderStartTime: holder.startTime,
       targetPid: pid, targetStartTime: readStat(pid).startTime, mmId: mmIdentity(pid),
     };
-    return { uffd, ref, lost, fresh: true, frozenUs, commitFd: holder.commitFd };
+    return { uffd, ref, lost, fresh: true, frozenUs, commitFd: holder.commitFd, ended };
   } catch (err) {
     closeSync(uffd);
     // End of file on its commit pipe: the holder exits.
@@ -115,20 +117,26 @@ export async function openTracking(pid: number, parent: TrackingRef | null, froz
 }
 
 /**
- * Holders of `pid` that no committed image names (their tsnap died before
- * committing; the commit pipe normally ends them already): a new tracking
- * replaces them rather than competing with their registrations. Holders
- * without a record are left alone: they may be named by an image of an
- * older tsnap.
+ * A new tracking ends every earlier one of the process. Written bits live
+ * in the page tables, whatever uffd registered them: a second chain's scans
+ * would clear what the first chain's next delta needs, and that delta would
+ * miss writes. Ended, the first chain's next round finds its holder gone and
+ * copies everything. Holders no committed image names (their tsnap died
+ * before committing; the commit pipe normally ends them already) go
+ * silently; the others are reported.
  */
-function removeUncommittedHolders(pid: number): void {
+function endEarlierTrackings(pid: number): string[] {
   collectStaleStates();
+  const ended: string[] = [];
   for (const h of findHolders(pid)) {
     let startTime: number;
     try { startTime = readStat(h).startTime; } catch { continue; }
     const s = readState({ holderPid: h, holderStartTime: startTime, targetPid: pid, targetStartTime: 0, mmId: '' });
-    if (s && !s.cleared && !(s.round && isCommitted(s.round))) killHolder(h);
+    const uncommitted = s && !s.cleared && !(s.round && isCommitted(s.round));
+    if (!uncommitted) ended.push(s?.cleared ? `holder ${h}, whose newest image is ${s.cleared.dir}` : `holder ${h}`);
+    killHolder(h);
   }
+  return ended;
 }
 
 export { stopHolder };
