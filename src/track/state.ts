@@ -61,7 +61,7 @@ export function newState(ref: TrackingRef): TrackingState {
 }
 
 /** The state of a tracking, or null when none was recorded (or it is unreadable). */
-export function readState(ref: TrackingRef): TrackingState | null {
+export function readState(ref: Pick<TrackingRef, 'holderPid' | 'holderStartTime' | 'targetPid'>): TrackingState | null {
   try {
     const s = JSON.parse(readFileSync(fileOf(ref.holderPid, ref.holderStartTime), 'utf8')) as TrackingState;
     if (s.version !== 1 || s.targetPid !== ref.targetPid || !Array.isArray(s.pending)) return null;
@@ -80,14 +80,11 @@ export function writeState(s: TrackingState): void {
   renameSync(tmp, file);
 }
 
-export function removeState(holderPid: number, holderStartTime?: number): void {
+/** Drops the record of a holder being ended (any start time: the pid is that holder's now). */
+export function removeState(holderPid: number): void {
   let names: string[];
   try { names = readdirSync(STATE_DIR); } catch { return; }
-  for (const n of names) {
-    if (holderStartTime === undefined ? n.startsWith(`${holderPid}-`) : n === `${holderPid}-${holderStartTime}.json`) {
-      rmSync(join(STATE_DIR, n), { force: true });
-    }
-  }
+  for (const n of names) if (n.startsWith(`${holderPid}-`)) rmSync(join(STATE_DIR, n), { force: true });
 }
 
 /** Drops the files of holders that are gone (their target exited, or they were killed). */

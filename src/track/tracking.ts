@@ -131,7 +131,7 @@ function endEarlierTrackings(pid: number): string[] {
   for (const h of findHolders(pid)) {
     let startTime: number;
     try { startTime = readStat(h).startTime; } catch { continue; }
-    const s = readState({ holderPid: h, holderStartTime: startTime, targetPid: pid, targetStartTime: 0, mmId: '' });
+    const s = readState({ holderPid: h, holderStartTime: startTime, targetPid: pid });
     const uncommitted = s && !s.cleared && !(s.round && isCommitted(s.round));
     if (!uncommitted) ended.push(s?.cleared ? `holder ${h}, whose newest image is ${s.cleared.dir}` : `holder ${h}`);
     killHolder(h);
