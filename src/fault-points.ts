@@ -1,10 +1,14 @@
 /**
+ * Test hooks, inert in production (one comparison each).
+ *
  * Named points where a test can make tsnap die, to prove that a tsnap
  * killed at that instant harms nothing. `TSNAP_FAULT_AT=name[:n]` makes the
  * n-th arrival (default the first) at `name` SIGKILL tsnap itself: no
  * handler runs, exactly as with an OOM kill or `kill -9`. Unset, every
  * point costs one comparison.
  */
+import { writeSync } from 'node:fs';
+
 const spec = process.env.TSNAP_FAULT_AT ?? '';
 const [wanted, nth] = spec.split(':');
 const at = Number(nth ?? 1);
@@ -13,4 +17,16 @@ let count = 0;
 export function faultPoint(name: string): void {
   if (!spec || name !== wanted) return;
   if (++count === at) process.kill(process.pid, 'SIGKILL');
+}
+
+/**
+ * With TSNAP_TEST_PAUSE_AT=name, tsnap says so on stderr ("tsnap: paused
+ * at NAME") and stops itself (SIGSTOP) when it reaches `name`, so that a
+ * test can signal or SIGKILL it exactly there, then SIGCONT it. Each name
+ * is used at one place only.
+ */
+export function pausePoint(name: string): void {
+  if (process.env.TSNAP_TEST_PAUSE_AT !== name) return;
+  writeSync(2, `tsnap: paused at ${name}\n`);
+  process.kill(process.pid, 'SIGSTOP');
 }

@@ -1,6 +1,6 @@
 /**
  * All or nothing, at any instant and on any failure. tsnap is stopped at a named point
- * (TSNAP_TEST_PAUSE_AT, src/pause-point.ts) and signalled exactly there:
+ * (TSNAP_TEST_PAUSE_AT, src/fault-points.ts) and signalled exactly there:
  * a dump interrupted by SIGINT/SIGTERM/SIGHUP lets every process go, leaves
  * no image and exits 128 + signo; a kill-mode tree dump kills every process
  * or none; a restore killed at any step leaves no helper, no half-built

@@ -68,9 +68,11 @@ function select(pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaCla
 /**
  * `chainStored`: addresses whose data the parent chain holds; null when this
  * round starts a chain (or tracking was lost): everything is fresh and no
- * absent ranges are needed.
+ * absent ranges are needed. `owed`: pages earlier rounds write-protected
+ * without committing an image that holds them (they died after their scan):
+ * copied like written ones, since the kernel no longer reports them.
  */
-export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaClass[], chainStored: Range[] | null): DeltaSelection {
+export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaClass[], chainStored: Range[] | null, owed: readonly Range[] = []): DeltaSelection {
   const dumped = vmas.map((_, i) => classes[i] !== 'notDumped');
   const first = vmas.find((_, i) => dumped[i]);
   const last = [...vmas].reverse().find((_, i) => dumped[vmas.length - 1 - i]);
@@ -102,8 +104,10 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
   const untracked = select(pagemap, vmas, classes, spans(vmas, states, 'untracked'), 0, 0);
   const oldSpans = spans(vmas, states, 'old');
   const dirty = select(pagemap, vmas, classes, oldSpans, PM_SCAN_WP_MATCHING, PAGE_IS.WRITTEN);
+  // Present pages only, and nothing cleared: they are protected already.
+  const owedNow = select(pagemap, vmas, classes, intersect(oldSpans, normalize([...owed])), 0, 0);
 
-  const here = [...fresh.here, ...untracked.here, ...dirty.here].sort((a, b) => a.start - b.start);
+  const here = mergeDumpRanges([...fresh.here, ...untracked.here, ...dirty.here, ...owedNow.here]);
   const hereRanges = normalize(here.map((r) => ({ start: r.start, end: r.end })));
   let zero: Range[] = [];
   if (chainStored !== null) {
@@ -111,7 +115,7 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
     zero.push(...subtract(spans(vmas, states, 'fresh'), hereRanges));
     zero.push(...subtract(spans(vmas, states, 'untracked'), hereRanges));
     // Written pages that now map the zero page.
-    zero.push(...dirty.zeroPfn);
+    zero.push(...dirty.zeroPfn, ...owedNow.zeroPfn);
     // Pages the chain holds that the process dropped since.
     const now = select(pagemap, vmas, classes, oldSpans, 0, 0).here.map((r) => ({ start: r.start, end: r.end }));
     zero.push(...subtract(intersect(chainStored, oldSpans), normalize([...now, ...hereRanges])));
@@ -125,4 +129,19 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
     untrackedVmas: states.filter((s) => s === 'untracked').length,
     oldVmas: states.filter((s) => s === 'old').length,
   };
+}
+
+/** Sorted, with overlapping or touching ranges of one VMA joined: no page is selected twice. */
+export function mergeDumpRanges(rs: DumpRange[]): DumpRange[] {
+  const sorted = [...rs].sort((a, b) => a.start - b.start);
+  const out: DumpRange[] = [];
+  for (const r of sorted) {
+    const last = out[out.length - 1];
+    if (last && last.vma === r.vma && r.start <= last.end) last.end = Math.max(last.end, r.end);
+    else if (last && r.start < last.end) {
+      // Ranges never cross a VMA boundary: overlap with another VMA cannot happen.
+      throw new Error(`selected ranges of two VMAs overlap at 0x${r.start.toString(16)}`);
+    } else out.push({ ...r });
+  }
+  return out;
 }

@@ -20,7 +20,9 @@ import { readStat, readStatus, readMaps } from '../proc/index.js';
 import { FrozenProcess } from '../freeze/frozen-process.js';
 import { FrozenSet } from '../freeze/frozen-set.js';
 import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
-import { pausePoint } from '../pause-point.js';
+import { pausePoint } from '../fault-points.js';
+import { commitHolder } from '../track/holder.js';
+import { RoundRecord } from '../track/round-record.js';
 import { collectRemoteState } from './task-state.js';
 import { readLayout, assembleProcess } from './process-state.js';
 import { readFds } from './fds.js';
@@ -33,7 +35,7 @@ import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
 import { uffdWriteProtect } from '../track/uffd.js';
 import { PageFileWriter, DEFAULT_CHUNK_SIZE } from '../image/page-file.js';
 import { writeMetaFile } from '../image/metadata.js';
-import { encodePagemap } from '../image/page-runs.js';
+import { encodePagemap, validateRuns } from '../image/page-runs.js';
 import { prepareImageDir, discardImageDir, fsyncDir } from '../image/image-dir.js';
 import { readChain, type Image } from '../image/image-reader.js';
 import { resolveChain, storedRanges } from '../image/chain-index.js';
@@ -74,6 +76,12 @@ export interface DumpOptions {
    * (result.round), for the caller to commit or abort with the rest.
    */
   deferRound?: boolean;
+  /**
+   * A round that is one member of a larger image (a tree): its tracking
+   * record counts it as committed only once this file (the tree's manifest)
+   * exists, should tsnap die between the two.
+   */
+  commitFile?: string;
   /** Take established TCP connections with TCP repair mode (see src/files/tcp.ts). */
   tcpEstablished?: boolean;
 }
@@ -107,12 +115,20 @@ export interface RoundEnd {
   abort(): void;
 }
 
-function roundEnd(tr: Tracking, armed: () => Range[], mode: 'dump' | 'predump'): RoundEnd {
+function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: 'dump' | 'predump'): RoundEnd {
   let done = false;
+  const commitFd = () => { const fd = tr.commitFd; tr.commitFd = -1; return fd; };
   return {
     commit() {
       if (done) return;
       done = true;
+      // From now on an image names the holder: it may outlive this run.
+      rec.committed();
+      const fd = commitFd();
+      if (fd >= 0) {
+        if (mode === 'dump') closeSync(fd);
+        else commitHolder(fd);
+      }
       closeSync(tr.uffd);
       // The final dump ends tracking: killing the holder closes the last
       // copy, and the kernel unregisters everything.
@@ -125,6 +141,9 @@ function roundEnd(tr: Tracking, armed: () => Range[], mode: 'dump' | 'predump'):
         try { uffdWriteProtect(tr.uffd, r.start, r.end - r.start, false); } catch { /* unmapped meanwhile */ }
       }
       try { closeSync(tr.uffd); } catch { /* closed */ }
+      // Its holder exits on end-of-file of an uncommitted pipe.
+      const fd = commitFd();
+      if (fd >= 0) { try { closeSync(fd); } catch { /* closed */ } }
       // A tracking this run started dies with it; a parent's stays usable.
       if (tr.fresh) stopHolder(tr.ref);
     },
@@ -153,7 +172,10 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   let set: FrozenSet | null = null;
   let writer: PageFileWriter | null = null;
   let round: RoundEnd | null = null;
+  let record: RoundRecord | null = null;
   let armed: Range[] = [];
+  // Known before the scan: the tracking's record names the round's image.
+  const imageId = randomUUID();
   try {
     return await withAbortSignals(async (checkAbort) => {
       // Buffers are allocated and touched before any freeze, not during it.
@@ -167,7 +189,11 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       let track: Tracking | null = null;
       if (mode === 'predump' || parent) {
         track = await openTracking(pid, parent?.[0].inventory.tracking ?? null, opts.frozen?.process.leader ?? null);
-        round = roundEnd(track, () => armed, mode);
+        for (const e of track.ended) opts.warn?.(`process ${pid} was already tracked (${e}); that tracking is ended: two chains on one process would clear each other's written pages`);
+        if (track.fresh) pausePoint('holder-started');
+        record = RoundRecord.open(track, parent ? { dir: parent[0].dir, imageId: parent[0].inventory.imageId } : null, opts.parent ?? null, { imageId, dir: dir.path, ...(opts.commitFile ? { commitFile: opts.commitFile } : {}) });
+        round = roundEnd(track, record, () => armed, mode);
+        if (record.distrust) track.lost = record.distrust;
         if (track.lost) opts.warn?.(`tracking of process ${pid} was lost (${track.lost}); copying all of its memory again`);
       }
       checkAbort();
@@ -198,12 +224,18 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         let zero: Range[] = [];
         let selection;
         let trackStats = { freshVmas: 0, untrackedVmas: 0, oldVmas: 0 };
-        if (track) {
-          const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null);
+        const rec = record as RoundRecord | null;
+        if (track && rec) {
+          rec.beforeScan();
+          pausePoint('before-scan');
+          const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null, incremental ? rec.pending : []);
           armed = delta.armed;
           zero = delta.zero;
           selection = delta.here;
           trackStats = delta;
+          pausePoint('scanned');
+          rec.afterScan(armed);
+          pausePoint('after-scan');
         } else {
           selection = fullSelection(pagemap, layout.vmas, layout.classes);
         }
@@ -234,7 +266,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
 
         const runs: PageRun[] = [...pages.runs, ...zero.map((z) => ({ start: z.start, pages: (z.end - z.start) / 4096, where: PageWhere.Zero, chunk: 0, offset: 0 }))]
           .sort((a, b) => a.start - b.start);
-        const imageId = randomUUID();
+        checkIndex(runs, pageWriter, dir.path);
         const files: Inventory['files'] = {};
         files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, { ...encodePagemap({ chunks: pageWriter.chunks, runs }), vmas: layout.images }, fsync);
         if (processImage) files.process = writeMetaFile(dir.path, FileKind.Process, processImage, fsync);
@@ -283,6 +315,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
 
         // The point of no return: the image is complete. Nothing from here
         // on awaits, so no signal can come between it and the finish.
+        pausePoint('committed');
         const deferred = opts.deferRound ? round : null;
         if (!opts.deferRound) (round as RoundEnd | null)?.commit();
         let held: FrozenSet | null = null;
@@ -364,5 +397,14 @@ function anonResidentBytes(pid: number): number {
     return Math.max(0, f[1] - f[2]) * 4096;
   } catch {
     return 0;
+  }
+}
+
+/** An index no reader would accept is never written: the round fails instead (exit 1). */
+function checkIndex(runs: PageRun[], writer: PageFileWriter, dir: string): void {
+  try {
+    validateRuns(runs, writer.chunks, dir);
+  } catch (err) {
+    throw new TsnapError('internal', `the page index built for ${dir} is invalid (${(err as Error).message}); no image was written. Please report this`);
   }
 }

@@ -80,30 +80,68 @@ export async function copyPages(
     pending = [];
   };
 
-  for (const range of selection) {
-    const readable = (vmas[range.vma].prot & PROT_READ) !== 0;
-    let addr = range.start;
-    while (addr < range.end) {
-      if (!buf) buf = await writer.acquire();
-      const n = Math.min((range.end - addr) / PAGE, chunkPages - fill);
-      const chunk = writer.chunks.length; // index the chunk will get on submit
-      const last = runs[runs.length - 1];
-      if (last && last.where === PageWhere.Here && last.chunk === chunk
-        && last.start + last.pages * PAGE === addr && last.offset + last.pages * PAGE === fill * PAGE) {
-        last.pages += n;
-      } else {
-        runs.push({ start: addr, pages: n, where: PageWhere.Here, chunk, offset: fill * PAGE });
-      }
-      const p = pending[pending.length - 1];
-      if (p && p.readable === readable && p.start + p.len === addr) p.len += n * PAGE;
-      else pending.push({ start: addr, len: n * PAGE, readable });
-      fill += n;
-      addr += n * PAGE;
-      if (fill === chunkPages) flush();
-    }
+  const firstChunk = writer.chunks.length;
+  for (const pl of placePages(selection, chunkPages)) {
+    if (!buf) buf = await writer.acquire();
+    const readable = (vmas[pl.vma].prot & PROT_READ) !== 0;
+    addRun(runs, { start: pl.start, pages: pl.pages, where: PageWhere.Here, chunk: firstChunk + pl.chunk, offset: pl.offset * PAGE });
+    const p = pending[pending.length - 1];
+    if (p && p.readable === readable && p.start + p.len === pl.start) p.len += pl.pages * PAGE;
+    else pending.push({ start: pl.start, len: pl.pages * PAGE, readable });
+    fill += pl.pages;
+    if (fill === chunkPages) flush();
   }
   flush();
   return { runs, pagesWritten, pagesSlowPath };
+}
+
+/** Where some selected pages go: page `offset` of chunk `chunk` (counted from this image's first). */
+export interface Placement {
+  start: number;
+  pages: number;
+  vma: number;
+  chunk: number;
+  offset: number;
+}
+
+/**
+ * Lays the selection out in chunks of `chunkPages`, in address order. The
+ * selection must be sorted by start; a page it names twice (overlapping
+ * ranges) is placed once, so the index never holds one page in two runs. A
+ * range that goes backwards is a bug in the caller: refused rather than
+ * written as an image no reader accepts.
+ */
+export function* placePages(selection: Iterable<DumpRange>, chunkPages: number): Generator<Placement> {
+  let covered = 0; // end of the pages placed so far
+  let lastStart = -1;
+  let chunk = 0;
+  let fill = 0;
+  for (const range of selection) {
+    if (range.start < lastStart) {
+      throw new Error(`page selection not sorted: 0x${range.start.toString(16)} after 0x${lastStart.toString(16)}`);
+    }
+    lastStart = range.start;
+    let addr = Math.max(range.start, covered);
+    while (addr < range.end) {
+      const n = Math.min((range.end - addr) / PAGE, chunkPages - fill);
+      yield { start: addr, pages: n, vma: range.vma, chunk, offset: fill };
+      fill += n;
+      addr += n * PAGE;
+      if (fill === chunkPages) { chunk++; fill = 0; }
+    }
+    covered = Math.max(covered, range.end);
+  }
+}
+
+/** Appends a Here run, joining it to the previous one when both are contiguous in memory and in the chunk. */
+export function addRun(runs: PageRun[], r: PageRun): void {
+  const last = runs[runs.length - 1];
+  if (last && last.where === PageWhere.Here && last.chunk === r.chunk
+    && last.start + last.pages * PAGE === r.start && last.offset + last.pages * PAGE === r.offset) {
+    last.pages += r.pages;
+  } else {
+    runs.push(r);
+  }
 }
 
 /**

@@ -22,7 +22,7 @@ import { join, resolve } from 'node:path';
 import { FrozenProcess } from '../freeze/frozen-process.js';
 import { FrozenSet } from '../freeze/frozen-set.js';
 import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
-import { pausePoint } from '../pause-point.js';
+import { pausePoint } from '../fault-points.js';
 import { listChildren, readStat } from '../proc/index.js';
 import { readTreeFds } from './fds.js';
 import { tcpRepair } from '../files/tcp.js';
@@ -174,7 +174,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
           // Zombies have no memory to pre-dump; the final dump records them.
           try { if (readStat(m.pid).state === 'Z') continue; } catch { continue; }
           try {
-            const result = await preDump({ ...opts, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid), deferRound: true });
+            const result = await preDump({ ...opts, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid), deferRound: true, commitFile: join(topDir, 'tree') });
             done.push({ pid: m.pid, result });
             alive.push(m);
           } catch (err) {
@@ -189,6 +189,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         formatVersion: FORMAT_VERSION, createdAt: new Date().toISOString(), root, contents: mode, processes: members,
       };
       // The manifest is the tree's commit record: written last, made durable.
+      pausePoint('tree-manifest');
       writeMetaFile(topDir, FileKind.Tree, manifest, fsync);
       if (fsync) fsyncDir(topDir);
       pausePoint('tree-committed');

@@ -11,7 +11,8 @@
  *   (its parent is no longer tsnap, whose pid is written into the code);
  * - the tracking holder: keeps a copy of a target's userfaultfd (fd 4) open
  *   between tsnap runs, and exits when the target does (poll on its pidfd,
- *   fd 3), which closes the last copy and ends tracking with it.
+ *   fd 3), or when the tsnap that started it dies before committing an image
+ *   (end-of-file on fd 5), which closes the last copy and ends tracking.
  */
 import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -44,21 +45,51 @@ function pauseLoopChildOf(parentPid: number): number[] {
   ];
 }
 
-const POLL_PIDFD_THEN_EXIT = [
-  0x48, 0x83, 0xec, 0x10, //             sub rsp, 16
-  // loop:
-  0xc7, 0x04, 0x24, 0x03, 0x00, 0x00, 0x00, //       mov dword [rsp], 3      (pollfd.fd = the pidfd)
-  0xc7, 0x44, 0x24, 0x04, 0x01, 0x00, 0x00, 0x00, // mov dword [rsp+4], 1    (events = POLLIN)
-  0x48, 0x89, 0xe7, //                  mov rdi, rsp
-  0xbe, 0x01, 0x00, 0x00, 0x00, //      mov esi, 1
-  0xba, 0xff, 0xff, 0xff, 0xff, //      mov edx, -1
-  0xb8, 0x07, 0x00, 0x00, 0x00, //      mov eax, 7 (poll)
-  0x0f, 0x05, //                        syscall
-  0x48, 0x83, 0xf8, 0xfc, //            cmp rax, -EINTR
-  0x74, 0xd7, //                        je loop
-  0x31, 0xff, //                        xor edi, edi
-  0xb8, 0xe7, 0x00, 0x00, 0x00, //      mov eax, 231 (exit_group)
-  0x0f, 0x05, //                        syscall
+// The holder. fd 3: pidfd of the target; fd 4: the uffd (only held); fd 5:
+// the read end of a pipe whose write end the starting tsnap holds until the
+// image naming this holder is committed. It exits when the target exits, or
+// when fd 5 reaches end-of-file before one byte came (tsnap died before
+// committing: tracking no image refers to must not outlive it). After the
+// byte it closes fd 5 and watches the target only.
+const HOLDER = [
+  0x48, 0x83, 0xec, 0x20, //                         sub rsp, 32
+  0xc7, 0x04, 0x24, 0x03, 0x00, 0x00, 0x00, //       mov dword [rsp], 3        (pollfd[0].fd = the pidfd)
+  0xc7, 0x44, 0x24, 0x04, 0x01, 0x00, 0x00, 0x00, // mov dword [rsp+4], 1      (events = POLLIN)
+  0xc7, 0x44, 0x24, 0x08, 0x05, 0x00, 0x00, 0x00, // mov dword [rsp+8], 5      (pollfd[1].fd = the commit pipe)
+  0xc7, 0x44, 0x24, 0x0c, 0x01, 0x00, 0x00, 0x00, // mov dword [rsp+12], 1     (events = POLLIN)
+  // poll_again:
+  0x48, 0x89, 0xe7, //                               mov rdi, rsp
+  0xbe, 0x02, 0x00, 0x00, 0x00, //                   mov esi, 2
+  0xba, 0xff, 0xff, 0xff, 0xff, //                   mov edx, -1
+  0xb8, 0x07, 0x00, 0x00, 0x00, //                   mov eax, 7 (poll)
+  0x0f, 0x05, //                                     syscall
+  0x48, 0x83, 0xf8, 0xfc, //                         cmp rax, -EINTR
+  0x74, 0xe6, //                                     je poll_again
+  0x48, 0x85, 0xc0, //                               test rax, rax
+  0x78, 0x45, //                                     js done
+  0x66, 0x83, 0x7c, 0x24, 0x06, 0x00, //             cmp word [rsp+6], 0       (pidfd revents: the target exited)
+  0x75, 0x3d, //                                     jne done
+  0x66, 0x83, 0x7c, 0x24, 0x0e, 0x00, //             cmp word [rsp+14], 0      (pipe revents)
+  0x74, 0xd1, //                                     je poll_again
+  // read_again:
+  0xbf, 0x05, 0x00, 0x00, 0x00, //                   mov edi, 5
+  0x48, 0x8d, 0x74, 0x24, 0x10, //                   lea rsi, [rsp+16]
+  0xba, 0x01, 0x00, 0x00, 0x00, //                   mov edx, 1
+  0x31, 0xc0, //                                     xor eax, eax (read)
+  0x0f, 0x05, //                                     syscall
+  0x48, 0x83, 0xf8, 0xfc, //                         cmp rax, -EINTR
+  0x74, 0xe7, //                                     je read_again
+  0x48, 0x83, 0xf8, 0x01, //                         cmp rax, 1                (0: tsnap died before committing)
+  0x75, 0x16, //                                     jne done
+  0xc7, 0x44, 0x24, 0x08, 0xff, 0xff, 0xff, 0xff, // mov dword [rsp+8], -1     (poll ignores it from now on)
+  0xbf, 0x05, 0x00, 0x00, 0x00, //                   mov edi, 5
+  0xb8, 0x03, 0x00, 0x00, 0x00, //                   mov eax, 3 (close)
+  0x0f, 0x05, //                                     syscall
+  0xeb, 0x9c, //                                     jmp poll_again
+  // done:
+  0x31, 0xff, //                                     xor edi, edi
+  0xb8, 0xe7, 0x00, 0x00, 0x00, //                   mov eax, 231 (exit_group)
+  0x0f, 0x05, //                                     syscall
 ];
 
 export function buildElf(code: number[]): Buffer {
@@ -88,7 +119,7 @@ export function buildElf(code: number[]): Buffer {
 
 /** The restore helper, for a parent of pid `parentPid` (tsnap itself by default). */
 export const helperElf = (parentPid = process.pid) => buildElf(pauseLoopChildOf(parentPid));
-export const holderElf = () => buildElf(POLL_PIDFD_THEN_EXIT);
+export const holderElf = () => buildElf(HOLDER);
 
 /** Writes a program to a private temporary file named `name`; returns its path and a remover. */
 export function writeProgram(name: string, elf: Buffer): { path: string; remove: () => void } {

@@ -25,7 +25,7 @@ import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, encodeFrame, dec
 import { crc32 } from '../image/checksum.js';
 import { TsnapError, asTsnapError, interrupted } from '../errors.js';
 import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
-import { pausePoint } from '../pause-point.js';
+import { pausePoint } from '../fault-points.js';
 import type { FrozenSet } from '../freeze/frozen-set.js';
 import type { Compression } from '../../formats/schema.js';
 

@@ -20,7 +20,7 @@ import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { writeProgram, helperElf } from '../inject/tiny-elf.js';
 import { readComm } from '../proc/index.js';
 import { TsnapError } from '../errors.js';
-import { pausePoint } from '../pause-point.js';
+import { pausePoint } from '../fault-points.js';
 
 export interface NewProcess {
   task: FrozenTask;

@@ -25,7 +25,7 @@ import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
 import { isSpecial, vmaKind } from './layout-plan.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 import { preflight } from './preflight.js';
-import { pausePoint } from '../pause-point.js';
+import { pausePoint } from '../fault-points.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import type { ThreadImage, ProcessImage, VmaImage, TreeMember } from '../../formats/schema.js';
 import { readStat } from '../proc/index.js';

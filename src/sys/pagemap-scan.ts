@@ -7,6 +7,17 @@
  * max_pages pages were reported. It then writes `walk_end`, and the next
  * call resumes there. A range cut by a full vector continues in the next
  * batch; `scanRanges` joins such pieces so callers see maximal ranges.
+ *
+ * walk_end is not always where the walk stopped. One ioctl walks in passes
+ * of a bounded kernel buffer (512 regions), dropping the mmap lock between
+ * them; a pass that ends early sets walk_end, and a later pass that then
+ * completes the walk leaves it there (seen on 6.18: 2000 regions returned up
+ * to the end of the range, walk_end 3 MiB before it). Resuming at such a
+ * stale walk_end reports again what the call already returned: all of it
+ * for a plain scan, and the pages written meanwhile for a WP_MATCHING scan
+ * of a running process — the same page twice in one image. So the next call
+ * starts at or after the end of everything already returned, and anything
+ * below that is dropped.
  */
 import { openSync, closeSync } from 'node:fs';
 import { libc } from './libc.js';
@@ -42,27 +53,34 @@ export function* scanRanges(call: ScanCall, q: ScanQuery, vecLen: number): Gener
   let start = q.start;
   let pagesLeft = q.maxPages ?? 0;
   let pending: PageRegion | null = null;
+  // End of everything returned so far: nothing below it may come out twice.
+  let frontier = q.start;
   while (start < q.end) {
     const out: PageRegion[] = [];
     const walkEnd = call(q, start, pagesLeft, out, vecLen);
-    if (walkEnd > q.end || (walkEnd <= start && out.length === 0)) {
-      throw new SysError(`PAGEMAP_SCAN(0x${start.toString(16)})`, 5, `walk_end 0x${walkEnd.toString(16)} makes no progress`);
+    if (walkEnd > q.end) {
+      throw new SysError(`PAGEMAP_SCAN(0x${start.toString(16)})`, 5, `walk_end 0x${walkEnd.toString(16)} lies past the end 0x${q.end.toString(16)}`);
     }
     const batch: PageRegion[] = [];
-    for (const r of out) {
+    for (const o of out) {
+      if (o.end <= frontier) continue;
+      const r = { start: Math.max(o.start, frontier), end: o.end, categories: o.categories };
+      frontier = r.end;
+      if (q.maxPages) pagesLeft -= (r.end - r.start) / 4096;
       if (pending && pending.end === r.start && pending.categories === r.categories) {
         pending.end = r.end;
         continue;
       }
       if (pending) batch.push(pending);
-      pending = { start: r.start, end: r.end, categories: r.categories };
+      pending = r;
     }
     if (batch.length) yield batch;
-    if (q.maxPages) {
-      for (const r of out) pagesLeft -= (r.end - r.start) / 4096;
-      if (pagesLeft <= 0) break;
+    if (q.maxPages && pagesLeft <= 0) break;
+    const next = Math.max(walkEnd, frontier);
+    if (next <= start) {
+      throw new SysError(`PAGEMAP_SCAN(0x${start.toString(16)})`, 5, `walk_end 0x${walkEnd.toString(16)} makes no progress`);
     }
-    start = walkEnd;
+    start = next;
   }
   if (pending) yield [pending];
 }

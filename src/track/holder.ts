@@ -5,10 +5,15 @@
  * outlive each `tsnap pre-dump`.
  *
  * tsnap starts a *holder*: the tiny program of tiny-elf.ts, in its own
- * session, with fd 3 = a pidfd of the target and fd 4 = the uffd. It sleeps
- * in poll() on the pidfd and exits when the target exits — so a forgotten
- * tracking never outlives its target. The next tsnap run takes its own copy
- * of fd 4 with pidfd_getfd(); `tsnap untrack` or the final dump kill it.
+ * session, with fd 3 = a pidfd of the target, fd 4 = the uffd and fd 5 = the
+ * read end of a commit pipe. It sleeps in poll() on the pidfd and exits when
+ * the target exits — so a forgotten tracking never outlives its target. It
+ * also exits when the pipe reaches end-of-file before tsnap wrote a byte
+ * into it, which tsnap does only once an image naming the holder is
+ * committed: a tsnap killed before that (even by SIGKILL) takes the tracking
+ * with it, since no image could ever refer to it. The next tsnap run takes
+ * its own copy of fd 4 with pidfd_getfd(); `tsnap untrack` or the final dump
+ * kill it.
  *
  * Why not park the uffd in the target itself: the program could close it
  * (daemons close_range() their fds) or see it in /proc/self/fd, and every
@@ -16,20 +21,30 @@
  */
 import { spawn } from 'node:child_process';
 import { readFileSync, readlinkSync } from 'node:fs';
-import { pidfdOpen, pidfdGetfd, SysError } from '../sys/index.js';
+import { pidfdOpen, pidfdGetfd, pipe2, O_CLOEXEC, SysError } from '../sys/index.js';
 import { readStat } from '../proc/index.js';
 import { writeProgram, holderElf } from '../inject/tiny-elf.js';
-import { closeSync } from 'node:fs';
+import { closeSync, writeSync } from 'node:fs';
+import { removeState } from './state.js';
 import type { TrackingRef } from '../../formats/schema.js';
 
 export const HOLDER_NAME = 'tsnap-track';
 const HOLDER_UFFD_FD = 4;
 
-export async function startHolder(targetPid: number, targetPidfd: number, uffd: number): Promise<{ pid: number; startTime: number }> {
+export interface StartedHolder {
+  pid: number;
+  startTime: number;
+  /** Write end of the commit pipe: commitHolder() once an image names the holder. */
+  commitFd: number;
+}
+
+export async function startHolder(targetPid: number, targetPidfd: number, uffd: number): Promise<StartedHolder> {
   const file = writeProgram(HOLDER_NAME, holderElf());
+  // Close-on-exec: no other program tsnap starts may keep the holder uncommitted-but-alive.
+  const [commitRead, commitFd] = pipe2(O_CLOEXEC);
   try {
     const child = spawn(file.path, [String(targetPid)], {
-      stdio: ['ignore', 'ignore', 'ignore', targetPidfd, uffd],
+      stdio: ['ignore', 'ignore', 'ignore', targetPidfd, uffd, commitRead],
       detached: true,
     });
     await new Promise<void>((resolve, reject) => {
@@ -38,9 +53,22 @@ export async function startHolder(targetPid: number, targetPidfd: number, uffd: 
     });
     child.unref();
     const pid = child.pid!;
-    return { pid, startTime: readStat(pid).startTime };
+    return { pid, startTime: readStat(pid).startTime, commitFd };
+  } catch (err) {
+    closeSync(commitFd);
+    throw err;
   } finally {
+    closeSync(commitRead);
     file.remove();
+  }
+}
+
+/** Tells a holder that an image naming it is committed: from now on it outlives this tsnap. */
+export function commitHolder(commitFd: number): void {
+  try {
+    writeSync(commitFd, Buffer.from([1]));
+  } finally {
+    closeSync(commitFd);
   }
 }
 
@@ -83,6 +111,7 @@ const napCell = new Int32Array(new SharedArrayBuffer(4));
  * has its copy of the uffd been closed, and tracking really ended.
  */
 export function killHolder(pid: number): void {
+  removeState(pid);
   try { process.kill(pid, 'SIGKILL'); } catch { return; }
   for (let i = 0; i < 1000; i++) {
     try {

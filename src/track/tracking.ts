@@ -14,7 +14,9 @@ import { FrozenTask } from '../freeze/frozen-task.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { ProcMem } from '../sys/memory.js';
 import { uffdApi } from './uffd.js';
-import { startHolder, takeUffd, stopHolder } from './holder.js';
+import { startHolder, takeUffd, stopHolder, killHolder, type StartedHolder } from './holder.js';
+import { findHolders } from './untrack.js';
+import { readState, isCommitted, collectStaleStates } from './state.js';
 import type { TrackingRef } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 import { faultPoint } from '../fault-points.js';
@@ -30,6 +32,10 @@ export interface Tracking {
   fresh: boolean;
   /** Time the target was stopped to inject userfaultfd() (µs), 0 when reused. */
   frozenUs: number;
+  /** A new holder's commit pipe (commitHolder() once an image names it), -1 when reused. */
+  commitFd: number;
+  /** Earlier trackings of the process that a new one ended (for a warning). */
+  ended: string[];
 }
 
 export function mmIdentity(pid: number): string {
@@ -57,11 +63,12 @@ export async function openTracking(pid: number, parent: TrackingRef | null, froz
     lost = staleReason(pid, parent);
     if (!lost) {
       const got = takeUffd(parent);
-      if ('fd' in got) return { uffd: got.fd, ref: parent, lost: null, fresh: false, frozenUs: 0 };
+      if ('fd' in got) return { uffd: got.fd, ref: parent, lost: null, fresh: false, frozenUs: 0, commitFd: -1, ended: [] };
       lost = got.lost;
     }
     stopHolder(parent);
   }
+  const ended = endEarlierTrackings(pid);
   const t0 = process.hrtime.bigint();
   const task = frozen ?? FrozenTask.freeze(pid);
   let targetFd = -1;
@@ -96,20 +103,46 @@ export async function openTracking(pid: number, parent: TrackingRef | null, froz
     if (!frozen) task.release();
   }
   const frozenUs = frozen ? 0 : Number(process.hrtime.bigint() - t0) / 1000;
+  let holder: StartedHolder | null = null;
   try {
     uffdApi(uffd, UFFD_FEATURE.WP_ASYNC | UFFD_FEATURE.WP_UNPOPULATED | UFFD_FEATURE.WP_HUGETLBFS_SHMEM);
-    const holder = await startHolder(pid, pidfd, uffd);
+    holder = await startHolder(pid, pidfd, uffd);
     const ref: TrackingRef = {
       holderPid: holder.pid, holderStartTime: holder.startTime,
       targetPid: pid, targetStartTime: readStat(pid).startTime, mmId: mmIdentity(pid),
     };
-    return { uffd, ref, lost, fresh: true, frozenUs };
+    return { uffd, ref, lost, fresh: true, frozenUs, commitFd: holder.commitFd, ended };
   } catch (err) {
     closeSync(uffd);
+    // End of file on its commit pipe: the holder exits.
+    if (holder) closeSync(holder.commitFd);
     throw err;
   } finally {
     closeSync(pidfd);
   }
+}
+
+/**
+ * A new tracking ends every earlier one of the process. Written bits live
+ * in the page tables, whatever uffd registered them: a second chain's scans
+ * would clear what the first chain's next delta needs, and that delta would
+ * miss writes. Ended, the first chain's next round finds its holder gone and
+ * copies everything. Holders no committed image names (their tsnap died
+ * before committing; the commit pipe normally ends them already) go
+ * silently; the others are reported.
+ */
+function endEarlierTrackings(pid: number): string[] {
+  collectStaleStates();
+  const ended: string[] = [];
+  for (const h of findHolders(pid)) {
+    let startTime: number;
+    try { startTime = readStat(h).startTime; } catch { continue; }
+    const s = readState({ holderPid: h, holderStartTime: startTime, targetPid: pid });
+    const uncommitted = s && !s.cleared && !(s.round && isCommitted(s.round));
+    if (!uncommitted) ended.push(s?.cleared ? `holder ${h}, whose newest image is ${s.cleared.dir}` : `holder ${h}`);
+    killHolder(h);
+  }
+  return ended;
 }
 
 export { stopHolder };

@@ -14,7 +14,7 @@ export interface CliResult {
   stderr: string;
 }
 
-/** `env` is merged over process.env (e.g. TSNAP_TEST_PAUSE_AT, see src/pause-point.ts). */
+/** `env` is merged over process.env (e.g. TSNAP_TEST_PAUSE_AT, see src/fault-points.ts). */
 export function startTsnap(args: string[], env: Record<string, string> = {}): { child: ChildProcess; done: Promise<CliResult> } {
   const child = spawn(process.execPath, [TSNAP_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let stdout = '';
