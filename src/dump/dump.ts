@@ -20,6 +20,7 @@ import { readStat, readStatus, readMaps } from '../proc/index.js';
 import { FrozenProcess } from '../freeze/frozen-process.js';
 import { hold, unhold, withAbortSignals } from '../freeze/safety-net.js';
 import { collectRemoteState } from './task-state.js';
+import { checkCreds } from './creds.js';
 import { readLayout, assembleProcess } from './process-state.js';
 import { readFds } from './fds.js';
 import { tcpRepair } from '../files/tcp.js';
@@ -128,6 +129,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         // target runs untouched; they are read again, consistently, frozen.
         readFds(pid, { tcpEstablished: opts.tcpEstablished, enter: false });
         checkMappings(pid);
+        checkCreds(pid);
         task = FrozenProcess.freeze(pid);
         hold(task);
       }

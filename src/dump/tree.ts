@@ -20,6 +20,7 @@ import { listChildren, readStat } from '../proc/index.js';
 import { readTreeFds } from './fds.js';
 import { tcpRepair } from '../files/tcp.js';
 import { dump, preDump, checkMappings, type DumpOptions, type DumpResult } from './dump.js';
+import { checkCreds } from './creds.js';
 import { writeMetaFile } from '../image/metadata.js';
 import { isTreeImage } from '../image/tree-manifest.js';
 import { prepareImageDir, fsyncDir } from '../image/image-dir.js';
@@ -148,7 +149,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
       // Fail fast, with the tree untouched, on fds tsnap cannot restore.
       const running = listTree(root).map((m) => m.pid).filter((pid) => { try { return readStat(pid).state !== 'Z'; } catch { return false; } });
       readTreeFds(running, { tcpEstablished: opts.tcpEstablished, enter: false });
-      for (const pid of running) checkMappings(pid);
+      for (const pid of running) { checkMappings(pid); checkCreds(pid); }
       tree = FrozenTree.freeze(root);
       members = [...tree.members.map((x) => x.m), ...tree.zombies];
       const fds = readTreeFds(tree.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, enter: true });

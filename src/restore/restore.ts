@@ -17,6 +17,7 @@ import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finish
 import { fillPages } from './page-filler.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
+import { restoreAllCreds } from './creds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { createThreads, type RestoredThread } from './threads.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
@@ -219,6 +220,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       restoreItimers(rt, m.p);
       const tidOf = new Map(m.threads.map((th) => [th.image.tid, th.rt.pid]));
       restorePosixTimers(rt, m.p, (tid) => tidOf.get(tid) ?? rt.pid);
+    }
+    // Last of all that needs privilege: afterwards a process may be an ordinary user's.
+    for (const m of members) {
+      step = `restore the credentials of ${m.p.pid}`;
+      restoreAllCreds(m.rt!, m.p, m.threads);
     }
     for (const m of members) {
       step = `remove the restore stub from ${m.p.pid}`;

@@ -1,0 +1,42 @@
+/**
+ * Credentials at dump: read per thread, and refused when restore could not
+ * set them again (a capability tsnap lacks, a seccomp filter), so that a
+ * process never comes back with more or less privilege than it had.
+ */
+import { SysError } from '../sys/index.js';
+import { readTaskCreds, listTasks, type ProcCreds } from '../proc/index.js';
+import { credsObstacle, credsImage, helperCreds } from '../restore/creds-check.js';
+import { TsnapError } from '../errors.js';
+
+/**
+ * Throws 'unsupported' naming the thread and what restore could not set.
+ * `securebits` null: not known yet (the target runs); the check on the
+ * frozen state covers them.
+ */
+export function refuseUnrestorable(pid: number, tid: number, c: ProcCreds, securebits: number | null, start = helperCreds()): void {
+  const who = tid === pid ? `process ${pid}` : `thread ${tid} of process ${pid}`;
+  // The helper, and so the restored process, inherits tsnap's own filters:
+  // only those come back.
+  if (c.seccomp !== start.seccomp || c.seccompFilters !== start.seccompFilters) {
+    throw new TsnapError('unsupported', `${who} runs under seccomp (mode ${c.seccomp}, ${c.seccompFilters} filter(s)); restore cannot install seccomp filters again, so it is not dumped`);
+  }
+  const obstacle = credsObstacle(credsImage(c, securebits ?? start.securebits), start, 'tsnap');
+  if (obstacle) throw new TsnapError('unsupported', `${who} ${obstacle}; restore could not set its credentials again, so it is not dumped`);
+}
+
+/** Every thread of a running process, before it is frozen: refuse early, touch nothing. */
+export function checkCreds(pid: number): void {
+  const start = helperCreds();
+  let tids: number[];
+  try {
+    tids = listTasks(pid);
+  } catch (err) {
+    if (err instanceof SysError && err.code === 'ENOENT') return; // gone: the freeze says so
+    throw err;
+  }
+  for (const tid of tids) {
+    let c: ProcCreds;
+    try { c = readTaskCreds(pid, tid); } catch { continue; } // a thread that just ended
+    refuseUnrestorable(pid, tid, c, null, start);
+  }
+}

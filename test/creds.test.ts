@@ -1,0 +1,133 @@
+/**
+ * Credentials: a process that dropped root (another uid, gids, groups, a
+ * reduced capability set, securebits, no_new_privs, different per thread)
+ * is dumped, and comes back with exactly those, in every thread. Evidence:
+ * /proc/PID/task/TID/status of the restored process, and what the restored
+ * process itself can and cannot do. What restore could not set is refused.
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import { readFileSync, writeFileSync, readdirSync, existsSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
+import { tsnap, restoreDetached, useRestoredCleanup, killPid, TSNAP_BIN, type CliResult } from './helpers/tsnap.js';
+import { ExitCode } from '../src/errors.js';
+
+useProcessCleanup();
+useRestoredCleanup();
+afterAll(() => cleanupTmpDirs());
+
+const UID = 18943;
+const GID = 58467;
+const CRED_KEYS = /^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|Seccomp_filters):/;
+const ALL_OK = 'CHECK main=ok worker=ok bind=ok denied=ok kill1=ok';
+
+/** The credential lines of every thread's status, keyed by tid. */
+function threadCreds(pid: number): Record<string, string[]> {
+  const out: Record<string, string[]> = {};
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    out[tid] = readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8').split('\n').filter((l) => CRED_KEYS.test(l));
+  }
+  return out;
+}
+
+function line(lines: string[], key: string): string {
+  return lines.find((l) => l.startsWith(`${key}:`))!.replace(/\s+/g, ' ').trim();
+}
+
+async function startCreds(extra: string[] = [], prefix: string[] = []): Promise<{ p: Running; work: string }> {
+  const work = tmpDir('tsnap-creds-');
+  const denied = join(work, 'secret');
+  writeFileSync(denied, 'root only\n', { mode: 0o600 });
+  const bin = await compileC('creds');
+  const args = [bin, String(UID), String(GID), denied, ...extra];
+  const p = prefix.length ? await startProcess(prefix[0], [...prefix.slice(1), ...args]) : await startProcess(args[0], args.slice(1));
+  return { p, work };
+}
+
+async function check(p: { writeLine(s: string): void; waitForLine(re: RegExp, t?: number, from?: number): Promise<string> }, from: number): Promise<string> {
+  p.writeLine('');
+  return p.waitForLine(/^CHECK /, 5000, from);
+}
+
+/** tsnap run with CAP_NET_BIND_SERVICE out of its bounding set, so out of its permitted set too. */
+function tsnapWithoutNetBind(args: string[]): Promise<CliResult> {
+  const child = spawn('setpriv', ['--bounding-set', '-net_bind_service', process.execPath, TSNAP_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (d) => { stdout += d; });
+  child.stderr!.on('data', (d) => { stderr += d; });
+  return new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })));
+}
+
+function untouched(pid: number): void {
+  const st = readFileSync(`/proc/${pid}/status`, 'utf8');
+  expect(/^TracerPid:\s+0$/m.test(st)).toBe(true);
+  expect(/^State:\s+[tT]/m.test(st)).toBe(false);
+}
+
+describe('credentials', () => {
+  it('a non-root process with per-thread uids, gids, groups, capabilities, securebits and no_new_privs comes back exactly, and behaves as before', async () => {
+    // Its rlimits (read from /proc/PID/limits: prlimit64 on another user's
+    // process needs CAP_SYS_RESOURCE, which root lacks here) come back too.
+    const { p, work } = await startCreds([], ['prlimit', '--nofile=123:456', '--msgqueue=1000:2000']);
+    const worker = p.readyInfo.worker;
+    expect(await check(p, 0)).toBe(ALL_OK);
+    const before = threadCreds(p.pid);
+    const limitsBefore = readFileSync(`/proc/${p.pid}/limits`, 'utf8');
+    expect(Object.keys(before).sort()).toEqual([String(p.pid), worker].sort());
+    // Not root, and the two threads differ: both must survive as they are.
+    expect(line(before[p.pid], 'Uid')).toBe(`Uid: ${UID} ${UID + 1} ${UID + 2} ${UID + 2}`);
+    expect(line(before[worker], 'Uid')).toBe(`Uid: ${UID} ${UID} ${UID + 2} ${UID}`);
+    expect(line(before[p.pid], 'NoNewPrivs')).toBe('NoNewPrivs: 1');
+    expect(line(before[worker], 'NoNewPrivs')).toBe('NoNewPrivs: 0');
+
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(r.pid).toBe(p.pid);
+    expect(threadCreds(r.pid)).toEqual(before);
+    expect(line(before[p.pid], 'Groups')).toBe(`Groups: 100 ${GID + 1} ${GID + 2}`);
+    expect(line(threadCreds(r.pid)[p.pid], 'Seccomp')).toBe('Seccomp: 0');
+    expect(readFileSync(`/proc/${r.pid}/limits`, 'utf8')).toBe(limitsBefore);
+    // Each thread compares its own credentials (incl. securebits, fsuid) with
+    // those it had; the main thread binds a port below 1024 and is refused a
+    // root-only file and kill(1).
+    expect(await check(r, 0)).toBe(ALL_OK);
+  });
+
+  it('a capability tsnap lacks is refused at dump, naming it, with the process untouched; a restore without it is refused too', async () => {
+    const { p, work } = await startCreds();
+    const dir = join(work, 'img');
+    const refused = await tsnapWithoutNetBind(['dump', '--pid', String(p.pid), '--dir', dir]);
+    expect(refused.code, refused.stderr).toBe(ExitCode.unsupported);
+    expect(refused.stderr).toMatch(/CAP_NET_BIND_SERVICE in its permitted set/);
+    expect(refused.stderr.trim().split('\n')).toHaveLength(1);
+    expect(existsSync(dir) && readdirSync(dir).length > 0).toBe(false);
+    untouched(p.pid);
+    expect(await check(p, 0)).toBe(ALL_OK);
+
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await tsnapWithoutNetBind(['restore', '--dir', dir, '--detach']);
+    expect(r.code, r.stderr).toBe(ExitCode.permission);
+    expect(r.stderr).toMatch(/CAP_NET_BIND_SERVICE in its permitted set/);
+    expect(existsSync(`/proc/${p.pid}`)).toBe(false);
+  });
+
+  it('a seccomp filter is refused at dump (restore cannot install it again), the process untouched', async () => {
+    const { p, work } = await startCreds(['seccomp']);
+    const dir = join(work, 'img');
+    const refused = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+    expect(refused.code, refused.stderr).toBe(ExitCode.unsupported);
+    expect(refused.stderr).toMatch(new RegExp(`process ${p.pid} runs under seccomp \\(mode 2, 1 filter`));
+    untouched(p.pid);
+    expect(await check(p, 0)).toBe(ALL_OK);
+    await killPid(p.pid);
+  });
+});
