@@ -100,6 +100,26 @@ describe('credentials', () => {
     expect(await check(r, 0)).toBe(ALL_OK);
   });
 
+  it('a pre-dump (dirty tracking inside another user\'s process) and a delta dump restore with the credentials', async () => {
+    const { p, work } = await startCreds();
+    const before = threadCreds(p.pid);
+    const pre = join(work, 'pre');
+    const r1 = await tsnap('pre-dump', '--pid', String(p.pid), '--dir', pre);
+    expect(r1.code, r1.stderr).toBe(0);
+    // Still itself, untraced, while tracked.
+    untouched(p.pid);
+    expect(threadCreds(p.pid)).toEqual(before);
+    expect(await check(p, 0)).toBe(ALL_OK);
+    const fin = join(work, 'fin');
+    const r2 = await tsnap('dump', '--pid', String(p.pid), '--dir', fin, '--parent', pre);
+    expect(r2.code, r2.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(fin, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(threadCreds(r.pid)).toEqual(before);
+    expect(await check(r, 0)).toBe(ALL_OK);
+  });
+
   it('a capability tsnap lacks is refused at dump, naming it, with the process untouched; a restore without it is refused too', async () => {
     const { p, work } = await startCreds();
     const dir = join(work, 'img');
