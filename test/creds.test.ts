@@ -120,6 +120,52 @@ describe('credentials', () => {
     expect(await check(r, 0)).toBe(ALL_OK);
   });
 
+  it('a tree: a root master and a python worker that dropped to another user (as nginx does) keep their own credentials', async () => {
+    const work = tmpDir('tsnap-creds-tree-');
+    // One pipe, master to worker; the worker answers on the stdout they share.
+    const script = `
+import os, sys
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w)
+    os.setgroups([${GID}, 4242]); os.setresgid(${GID}, ${GID}, ${GID}); os.setresuid(${UID}, ${UID}, ${UID})
+    for line in os.fdopen(r):
+        print(f"WORKER uid={os.getresuid()} gid={os.getresgid()} groups={sorted(os.getgroups())}", flush=True)
+    os._exit(0)
+os.close(r)
+req = os.fdopen(w, 'w')
+print(f"READY child={pid}", flush=True)
+for line in sys.stdin:
+    print("MASTER", os.getresuid(), flush=True)
+    req.write("\\n"); req.flush()
+`;
+    const p = await startProcess('python3', ['-u', '-c', script]);
+    const child = Number(p.readyInfo.child);
+    const expected = `WORKER uid=(${UID}, ${UID}, ${UID}) gid=(${GID}, ${GID}, ${GID}) groups=[4242, ${GID}]`;
+    p.writeLine('');
+    expect(await p.waitForLine(/^MASTER/)).toBe('MASTER (0, 0, 0)');
+    expect(await p.waitForLine(/^WORKER/)).toBe(expected);
+    const before = [threadCreds(p.pid), threadCreds(child)];
+    expect(line(before[1][child], 'Uid')).toBe(`Uid: ${UID} ${UID} ${UID} ${UID}`);
+
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    for (let i = 0; i < 300 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    try {
+      expect([threadCreds(r.pid), threadCreds(child)]).toEqual(before);
+      r.writeLine('');
+      expect(await r.waitForLine(/^MASTER/)).toBe('MASTER (0, 0, 0)');
+      expect(await r.waitForLine(/^WORKER/)).toBe(expected);
+    } finally {
+      await killPid(child);
+    }
+  });
+
   it('a capability tsnap lacks is refused at dump, naming it, with the process untouched; a restore without it is refused too', async () => {
     const { p, work } = await startCreds();
     const dir = join(work, 'img');
