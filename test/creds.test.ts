@@ -86,6 +86,8 @@ describe('credentials', () => {
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
     expect(d.code, d.stderr).toBe(0);
     await p.exited;
+    const shown = await tsnap('show', dir);
+    expect(shown.stdout).toContain(`credentials (thread ${p.pid}): uid ${UID}/${UID + 1}/${UID + 2}/${UID + 2} gid ${GID}/${GID + 1}/${GID + 2}/${GID}`);
 
     const r = await restoreDetached(dir, join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
