@@ -84,12 +84,14 @@ function verify(rt: RemoteTask, tgid: number, want: CredsImage): void {
  * signal. Images without credentials (older tsnap) keep the helper's, as
  * before, with the process's no_new_privs in every thread.
  */
-export function restoreAllCreds(leader: RemoteTask, p: ProcessImage, threads: { rt: RemoteTask; image: ThreadImage }[]): void {
+export function restoreAllCreds(leader: RemoteTask, p: ProcessImage, threads: { rt: RemoteTask; image: ThreadImage }[], warn: (msg: string) => void): void {
   for (const th of threads) {
     if (th.image.creds) restoreCreds(th.rt, leader.pid, th.image.creds);
     else if (p.prctl.noNewPrivs) th.rt.sc.check('prctl(PR_SET_NO_NEW_PRIVS)', SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
   }
-  // 2 (SUID_DUMP_ROOT) comes only from the suid_dumpable sysctl; prctl takes 0 or 1.
-  if (p.prctl.dumpable === 0 || p.prctl.dumpable === 1) leader.sc.check('prctl(PR_SET_DUMPABLE)', SYS.prctl, PR_SET_DUMPABLE, p.prctl.dumpable);
+  // 2 (SUID_DUMP_ROOT) comes only from the suid_dumpable sysctl, and prctl
+  // takes 0 or 1: 0 protects the process from ptrace just as 2 does.
+  if (p.prctl.dumpable === 2) warn(`process ${p.pid} was dumpable only by root (suid_dumpable 2); it comes back not dumpable (no core dumps)`);
+  leader.sc.check('prctl(PR_SET_DUMPABLE)', SYS.prctl, PR_SET_DUMPABLE, p.prctl.dumpable === 1 ? 1 : 0);
   if (p.prctl.pdeathsig) leader.sc.check('prctl(PR_SET_PDEATHSIG)', SYS.prctl, PR_SET_PDEATHSIG, p.prctl.pdeathsig);
 }

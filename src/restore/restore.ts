@@ -224,7 +224,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     // Last of all that needs privilege: afterwards a process may be an ordinary user's.
     for (const m of members) {
       step = `restore the credentials of ${m.p.pid}`;
-      restoreAllCreds(m.rt!, m.p, m.threads);
+      restoreAllCreds(m.rt!, m.p, m.threads, warn);
     }
     for (const m of members) {
       step = `remove the restore stub from ${m.p.pid}`;
