@@ -189,6 +189,20 @@ for line in sys.stdin:
     expect(existsSync(`/proc/${p.pid}`)).toBe(false);
   });
 
+  it('a process in another user namespace (a rootless container\'s root) is refused at dump, the process untouched', async () => {
+    // Its full capability set is relative to its namespace: restored in
+    // tsnap's, it would be real root.
+    const p = await startProcess('unshare', ['--user', '--map-root-user', '/bin/sh', '-c', 'echo READY; exec sleep 1000']);
+    const work = tmpDir('tsnap-creds-ns-');
+    const dir = join(work, 'img');
+    const refused = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+    expect(refused.code, refused.stderr).toBe(ExitCode.unsupported);
+    expect(refused.stderr).toMatch(new RegExp(`process ${p.pid} is in another user namespace \\(user:\\[\\d+\\]`));
+    expect(refused.stderr.trim().split('\n')).toHaveLength(1);
+    untouched(p.pid);
+    await killPid(p.pid);
+  });
+
   it('a seccomp filter is refused at dump (restore cannot install it again), the process untouched', async () => {
     const { p, work } = await startCreds(['seccomp']);
     const dir = join(work, 'img');

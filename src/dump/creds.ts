@@ -4,7 +4,7 @@
  * process never comes back with more or less privilege than it had.
  */
 import { SysError } from '../sys/index.js';
-import { readTaskCreds, listTasks, type ProcCreds } from '../proc/index.js';
+import { readTaskCreds, readUserNs, listTasks, type ProcCreds } from '../proc/index.js';
 import { credsObstacle, credsImage, helperCreds } from '../restore/creds-check.js';
 import { TsnapError } from '../errors.js';
 
@@ -24,11 +24,24 @@ export function refuseUnrestorable(pid: number, tid: number, c: ProcCreds, secur
   if (obstacle) throw new TsnapError('unsupported', `${who} ${obstacle}; restore could not set its credentials again, so it is not dumped`);
 }
 
+/**
+ * Capabilities (and ids) inside another user namespace mean nothing in
+ * tsnap's: restored there, a container's root would be the host's.
+ */
+export function refuseOtherUserNs(pid: number): void {
+  const ns = readUserNs(pid);
+  const own = readUserNs(process.pid);
+  if (ns !== own) {
+    throw new TsnapError('unsupported', `process ${pid} is in another user namespace (${ns}, tsnap is in ${own}); its ids and capabilities are relative to it and restore would give them in tsnap's, so it is not dumped (run tsnap inside that namespace)`);
+  }
+}
+
 /** Every thread of a running process, before it is frozen: refuse early, touch nothing. */
 export function checkCreds(pid: number): void {
   const start = helperCreds();
   let tids: number[];
   try {
+    refuseOtherUserNs(pid);
     tids = listTasks(pid);
   } catch (err) {
     if (err instanceof SysError && err.code === 'ENOENT') return; // gone: the freeze says so

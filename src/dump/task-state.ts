@@ -15,7 +15,7 @@ import { pendingRestart } from '../freeze/frozen-task.js';
 import type { ThreadImage, SignalImage, SigactionImage, ProcessImage, PosixTimerImage } from '../../formats/schema.js';
 import { readTimers } from '../proc/timers.js';
 import { readTaskCreds } from '../proc/creds.js';
-import { refuseUnrestorable } from './creds.js';
+import { refuseUnrestorable, refuseOtherUserNs } from './creds.js';
 import { credsImage, helperCreds } from '../restore/creds-check.js';
 
 const SIGKILL = 9;
@@ -89,6 +89,7 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
     // Checked again frozen: the early check (checkCreds) could not see
     // securebits, and a running thread may have changed its credentials since.
     const start = helperCreds();
+    refuseOtherUserNs(proc.pid);
     proc.tasks.forEach((t, i) => refuseUnrestorable(proc.pid, t.pid, outside[i].creds, securebits[i], start));
 
     const out = Buffer.alloc(size);

@@ -4,7 +4,7 @@
  * each thread is read on its own. Securebits are not in status: the thread
  * itself must be asked (PR_GET_SECUREBITS).
  */
-import { forEachKeyValue, readProcText } from './read.js';
+import { forEachKeyValue, readProcText, readProcLink } from './read.js';
 import { hexToBigInt } from './num.js';
 
 export interface ProcCreds {
@@ -64,4 +64,13 @@ export function parseCreds(text: string): ProcCreds {
 
 export function readTaskCreds(pid: number, tid: number): ProcCreds {
   return parseCreds(readProcText(pid, `task/${tid}/status`));
+}
+
+/**
+ * The user namespace ("user:[INODE]"): ids and capabilities in status are
+ * relative to it. The kernel refuses setns/unshare of a user namespace to
+ * a multi-threaded process, so it is one per process.
+ */
+export function readUserNs(pid: number): string {
+  return readProcLink(pid, 'ns/user');
 }
