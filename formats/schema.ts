@@ -53,9 +53,11 @@ export interface TreeMember {
   /**
    * A child that had exited and was not reaped yet: nothing to image, only
    * what its parent will collect (wait status as /proc/PID/stat exit_code)
-   * and its group and session.
+   * and its group and session, and (tsnap 0.2+, optional) its credentials,
+   * which its parent sees too (waitid's si_uid); securebits are 0, since a
+   * zombie cannot be asked.
    */
-  zombie?: { status: number; pgid: number; sid: number };
+  zombie?: { status: number; pgid: number; sid: number; creds?: CredsImage };
 }
 
 export type Compression = 'none' | 'lz4';

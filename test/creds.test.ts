@@ -169,6 +169,37 @@ for line in sys.stdin:
     }
   });
 
+  it('an exited, unreaped child of another user comes back a zombie with its credentials: its parent reaps its uid', async () => {
+    const work = tmpDir('tsnap-creds-zombie-');
+    const script = `
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.setgroups([4242]); os.setresgid(${GID}, ${GID}, ${GID}); os.setresuid(${UID}, ${UID + 1}, ${UID})
+    os._exit(3)
+print(f"READY child={pid}", flush=True)
+for line in sys.stdin:
+    r = os.waitid(os.P_PID, pid, os.WEXITED)
+    print(f"REAPED uid={r.si_uid} status={r.si_status}", flush=True)
+`;
+    const p = await startProcess('python3', ['-u', '-c', script]);
+    const child = Number(p.readyInfo.child);
+    for (let i = 0; i < 500 && !/^State:\s+Z/m.test(readFileSync(`/proc/${child}/status`, 'utf8')); i++) await new Promise((res) => setTimeout(res, 10));
+    const before = threadCreds(child);
+    expect(line(before[child], 'Uid')).toBe(`Uid: ${UID} ${UID + 1} ${UID} ${UID + 1}`);
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    for (let i = 0; i < 300 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(/^State:\s+Z/m.test(readFileSync(`/proc/${child}/status`, 'utf8'))).toBe(true);
+    expect(threadCreds(child)).toEqual(before);
+    r.writeLine('');
+    expect(await r.waitForLine(/^REAPED/)).toBe(`REAPED uid=${UID} status=3`);
+  });
+
   it('a capability tsnap lacks is refused at dump, naming it, with the process untouched; a restore without it is refused too', async () => {
     const { p, work } = await startCreds();
     const dir = join(work, 'img');

@@ -7,6 +7,7 @@ import { SysError } from '../sys/index.js';
 import { readTaskCreds, readUserNs, listTasks, type ProcCreds } from '../proc/index.js';
 import { credsObstacle, credsImage, helperCreds } from '../restore/creds-check.js';
 import { TsnapError } from '../errors.js';
+import type { CredsImage } from '../../formats/schema.js';
 
 /**
  * Throws 'unsupported' naming the thread and what restore could not set.
@@ -22,6 +23,12 @@ export function refuseUnrestorable(pid: number, tid: number, c: ProcCreds, secur
   }
   const obstacle = credsObstacle(credsImage(c, securebits ?? start.securebits), start, 'tsnap');
   if (obstacle) throw new TsnapError('unsupported', `${who} ${obstacle}; restore could not set its credentials again, so it is not dumped`);
+}
+
+/** A zombie comes back only to be reaped: its ids and capabilities matter, not its seccomp filters. */
+export function refuseUnrestorableZombie(pid: number, c: CredsImage): void {
+  const obstacle = credsObstacle(c, { ...helperCreds(), securebits: 0 }, 'tsnap');
+  if (obstacle) throw new TsnapError('unsupported', `exited process ${pid} ${obstacle}; restore could not set its credentials again, so it is not dumped`);
 }
 
 /**

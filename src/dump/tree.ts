@@ -20,7 +20,9 @@ import { listChildren, readStat } from '../proc/index.js';
 import { readTreeFds } from './fds.js';
 import { tcpRepair } from '../files/tcp.js';
 import { dump, preDump, checkMappings, type DumpOptions, type DumpResult } from './dump.js';
-import { checkCreds } from './creds.js';
+import { checkCreds, refuseUnrestorableZombie } from './creds.js';
+import { credsImage } from '../restore/creds-check.js';
+import { readTaskCreds } from '../proc/creds.js';
 import { writeMetaFile } from '../image/metadata.js';
 import { isTreeImage } from '../image/tree-manifest.js';
 import { prepareImageDir, fsyncDir } from '../image/image-dir.js';
@@ -28,7 +30,7 @@ import { rmSync } from 'node:fs';
 import { readImage } from '../image/image-reader.js';
 import { stopHolder } from '../track/tracking.js';
 import { TsnapError, asTsnapError } from '../errors.js';
-import { FileKind, FORMAT_VERSION, type TreeManifest, type TreeMember } from '../../formats/schema.js';
+import { FileKind, FORMAT_VERSION, type TreeManifest, type TreeMember, type CredsImage } from '../../formats/schema.js';
 
 export interface TreeDumpResult {
   dir: string;
@@ -125,7 +127,11 @@ function zombieOf(m: TreeMember): TreeMember | null {
   let st;
   try { st = readStat(m.pid); } catch { return null; }
   if (st.state !== 'Z') return null;
-  return { pid: m.pid, ppid: m.ppid, dir: '', zombie: { status: st.exitCode, pgid: st.pgrp, sid: st.session } };
+  // A zombie runs nothing: its credentials are in status, but not its securebits.
+  let creds: CredsImage | undefined;
+  try { creds = credsImage(readTaskCreds(m.pid, m.pid), 0); } catch { /* gone after all (its parent was not frozen yet): recorded without */ }
+  if (creds) refuseUnrestorableZombie(m.pid, creds);
+  return { pid: m.pid, ppid: m.ppid, dir: '', zombie: { status: st.exitCode, pgid: st.pgrp, sid: st.session, ...(creds ? { creds } : {}) } };
 }
 
 function parentFor(parentTree: string | undefined, pid: number): string | undefined {

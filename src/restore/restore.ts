@@ -17,7 +17,7 @@ import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finish
 import { fillPages } from './page-filler.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
-import { restoreAllCreds } from './creds.js';
+import { restoreAllCreds, restoreCreds } from './creds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { createThreads, type RestoredThread } from './threads.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
@@ -342,12 +342,19 @@ function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid:
       if (leader !== undefined) sc.call(SYS.setpgid, 0, leader);
     }
     const sig = info.status & 0x7f;
+    // prlimit64 on another user's process needs CAP_SYS_RESOURCE: before the credentials.
+    if (sig !== 0) setRlimit(pid, RLIMIT_CORE, 0n, 0n);
+    if (info.creds) {
+      const rt = new RemoteTask(sc, mem);
+      rt.scratch = parent.scratch;
+      rt.scratchSize = parent.scratchSize;
+      restoreCreds(rt, pid, info.creds);
+    }
     if (sig === 0) {
       sc.begin(SYS.exit_group, (info.status >> 8) & 0xff);
       reapTraced(pid); // our view of its exit; its parent's comes after
       return;
     }
-    setRlimit(pid, RLIMIT_CORE, 0n, 0n);
     const dfl = Buffer.alloc(32);
     mem.write(dfl, 0, 32, parent.scratch);
     sc.check(`rt_sigaction(${sig}, SIG_DFL)`, SYS.rt_sigaction, sig, parent.scratch, 0, 8);
