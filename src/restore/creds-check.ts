@@ -1,7 +1,7 @@
 /**
  * Which credentials restore can give a thread, decided before anything is
- * created (and at dump). Restore starts every thread with the credentials tsnap's helper
- * has (`start`) and can only ever lose privilege from there: a capability
+ * created, and at dump. Restore starts every thread with the credentials
+ * tsnap's helper has (`start`) and can only ever lose privilege from there: a capability
  * the helper lacks cannot be given back. Dump asks the same question of
  * tsnap's own credentials, so that such a process is refused there.
  */
@@ -23,6 +23,8 @@ export const CAP_NAMES: readonly string[] = [
 export const CAP_SETGID = 6;
 export const CAP_SETUID = 7;
 export const CAP_SETPCAP = 8;
+/** setgroups' list goes through the restore's one-page scratch area. */
+export const MAX_GROUPS = 1024;
 
 export function capName(n: number): string {
   return CAP_NAMES[n] ?? `capability ${n}`;
@@ -55,6 +57,7 @@ export function credsObstacle(want: CredsImage, start: CredsImage, who: string):
     return 'has capability sets the kernel never produces (effective or ambient outside permitted)';
   }
   if (sameCreds(want, start)) return null;
+  if (want.groups.length > MAX_GROUPS) return `has ${want.groups.length} supplementary groups, more than the ${MAX_GROUPS} restore can set`;
   // Restore changes ids and bits with these, then drops them with the rest.
   for (const cap of [CAP_SETUID, CAP_SETGID, CAP_SETPCAP]) {
     if (!has(start.capEff, cap)) return `has other credentials than ${who}, which lacks ${capName(cap)} to set them`;

@@ -15,8 +15,8 @@ import type { RemoteTask } from './remote-task.js';
 import { credsObstacle, capBits, sameCreds, credsImage } from './creds-check.js';
 import { TsnapError } from '../errors.js';
 
-/** Scratch offset for the buffers of these syscalls (past what the other steps use). */
-const AT = 2048;
+/** Scratch offset for the buffers of these syscalls: the other steps are done with it. */
+const AT = 0;
 
 /** The credentials the thread has now, as the image records them. */
 export function currentCreds(rt: RemoteTask, tgid: number): CredsImage {

@@ -2,7 +2,7 @@
 import { describe, it, expect } from 'vitest';
 import fc from 'fast-check';
 import { parseCreds } from '../../src/proc/creds.js';
-import { credsObstacle, sameCreds, capBits, CAP_NAMES } from '../../src/restore/creds-check.js';
+import { credsObstacle, sameCreds, capBits, CAP_NAMES, MAX_GROUPS } from '../../src/restore/creds-check.js';
 import type { CredsImage } from '../../formats/schema.js';
 
 describe('parseCreds', () => {
@@ -69,6 +69,8 @@ describe('credsObstacle', () => {
     expect(credsObstacle({ ...user, groups: [1000, 27] }, user, 'tsnap')).toMatch(/lacks CAP_SETUID/);
     expect(credsObstacle(user, { ...root, capEff: root.capEff & ~(1n << 8n) }, 'tsnap')).toMatch(/lacks CAP_SETPCAP/);
     expect(sameCreds({ ...user, groups: [2, 1] }, { ...user, groups: [1, 2] })).toBe(true);
+    expect(credsObstacle({ ...user, groups: Array.from({ length: MAX_GROUPS + 1 }, (_, i) => i) }, root, 'tsnap')).toMatch(/supplementary groups/);
+    expect(credsObstacle({ ...user, groups: Array.from({ length: MAX_GROUPS }, (_, i) => i) }, root, 'tsnap')).toBeNull();
   });
 
   it('states the kernel never produces are refused as such', () => {
