@@ -53,9 +53,11 @@ export interface TreeMember {
   /**
    * A child that had exited and was not reaped yet: nothing to image, only
    * what its parent will collect (wait status as /proc/PID/stat exit_code)
-   * and its group and session.
+   * and its group and session, and (tsnap 0.2+, optional) its credentials,
+   * which its parent sees too (waitid's si_uid); securebits are 0, since a
+   * zombie cannot be asked.
    */
-  zombie?: { status: number; pgid: number; sid: number };
+  zombie?: { status: number; pgid: number; sid: number; creds?: CredsImage };
 }
 
 export type Compression = 'none' | 'lz4';
@@ -178,6 +180,30 @@ export interface ThreadImage {
   rseq: { pointer: bigint; size: number; signature: number; flags: number } | null;
   /** siginfo records (128 bytes each) queued for this thread. */
   pendingSignals: Buffer[];
+  /**
+   * This thread's credentials (tsnap 0.2+, optional): Linux keeps them per
+   * thread. Images without them are restored with tsnap's own (root).
+   */
+  creds?: CredsImage;
+}
+
+/** Credentials of one thread; capability sets are bit masks (bit n = capability n). */
+export interface CredsImage {
+  /** real, effective, saved, filesystem */
+  uid: number[];
+  /** real, effective, saved, filesystem */
+  gid: number[];
+  /** Supplementary groups. */
+  groups: number[];
+  capInh: bigint;
+  capPrm: bigint;
+  capEff: bigint;
+  capBnd: bigint;
+  capAmb: bigint;
+  /** SECBIT_* flags and their locks (PR_GET_SECUREBITS). */
+  securebits: number;
+  /** 0 or 1 (PR_GET_NO_NEW_PRIVS of this thread). */
+  noNewPrivs: number;
 }
 
 export interface SyscallRestart {

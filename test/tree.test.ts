@@ -4,7 +4,7 @@
  * the bytes in flight) and the memory they share, each checking the others.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { readFileSync, existsSync, rmSync } from 'node:fs';
+import { readFileSync, existsSync, rmSync, readlinkSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage } from './helpers/tsnap.js';
@@ -268,6 +268,48 @@ for line in sys.stdin:
       await killPid(child);
     } finally {
       rmSync(shm, { force: true });
+    }
+  });
+
+  it('two pipes between a parent and its child, each holding one end of each, come back connected the same way', async () => {
+    // The child imports both ends it lacks from the parent through one pidfd:
+    // placing the first must not replace that pidfd (it once took fd 3).
+    const work = tmpDir('tsnap-tree-');
+    const script = `
+import os, signal
+r1, w1 = os.pipe(); r2, w2 = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(w1); os.close(r2)
+    while True: signal.pause()
+os.close(r1); os.close(w2)
+print(f"READY child={pid} w1={w1} r2={r2} r1={r1} w2={w2}", flush=True)
+while True: signal.pause()
+`;
+    const p = await startPython(script);
+    const child = Number(p.readyInfo.child);
+    const { w1, r2, r1, w2 } = p.readyInfo;
+    const links = (pid: number, fd: string) => readlinkSync(`/proc/${pid}/fd/${fd}`);
+    for (let i = 0; i < 300 && existsSync(`/proc/${child}/fd/${w1}`); i++) await new Promise((r) => setTimeout(r, 10));
+    const before = [links(p.pid, w1), links(p.pid, r2), links(child, r1), links(child, w2)];
+    expect(before[0]).toBe(before[2]);
+    expect(before[1]).toBe(before[3]);
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    await gone([child]);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    try {
+      const after = [links(p.pid, w1), links(p.pid, r2), links(child, r1), links(child, w2)];
+      expect(after[0]).toMatch(/^pipe:/);
+      expect(after[0]).toBe(after[2]);
+      expect(after[1]).toBe(after[3]);
+      expect(after[0]).not.toBe(after[1]);
+      expect(readdirSync(`/proc/${child}/fd`).sort()).toEqual(['0', '1', '2', r1, w2].sort());
+    } finally {
+      await killPid(child);
     }
   });
 });

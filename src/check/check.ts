@@ -35,7 +35,7 @@ export interface CheckResult {
   items: CheckItem[];
 }
 
-const CAPS: [number, string][] = [[19, 'CAP_SYS_PTRACE'], [21, 'CAP_SYS_ADMIN'], [40, 'CAP_CHECKPOINT_RESTORE'], [12, 'CAP_NET_ADMIN'], [24, 'CAP_SYS_RESOURCE']];
+const CAPS: [number, string][] = [[19, 'CAP_SYS_PTRACE'], [21, 'CAP_SYS_ADMIN'], [40, 'CAP_CHECKPOINT_RESTORE'], [12, 'CAP_NET_ADMIN'], [24, 'CAP_SYS_RESOURCE'], [6, 'CAP_SETGID'], [7, 'CAP_SETUID'], [8, 'CAP_SETPCAP']];
 
 function capabilities(): Set<string> {
   const m = /^CapEff:\s*([0-9a-f]+)/m.exec(readFileSync('/proc/self/status', 'utf8'));
@@ -74,9 +74,12 @@ export async function check(): Promise<CheckResult> {
   const [maj, min] = kernel.split('.').map(Number);
   items.push({ feature: 'kernel 6.7+', ok: maj > 6 || (maj === 6 && min >= 7), detail: kernel, disables: 'PAGEMAP_SCAN (all dumps)', required: true });
   const caps = capabilities();
+  const setidCaps = ['CAP_SETUID', 'CAP_SETGID', 'CAP_SETPCAP'];
   items.push({ feature: 'privileges', ok: caps.has('CAP_SYS_PTRACE') && (caps.has('CAP_CHECKPOINT_RESTORE') || caps.has('CAP_SYS_ADMIN')),
-    detail: [...caps].join(' ') || 'none', disables: 'dump (ptrace) and restore (set_tid, PR_SET_MM_MAP)', required: true });
+    detail: [...caps].filter((c) => !setidCaps.includes(c)).join(' ') || 'none', disables: 'dump (ptrace) and restore (set_tid, PR_SET_MM_MAP)', required: true });
   items.push({ feature: 'CAP_NET_ADMIN', ok: caps.has('CAP_NET_ADMIN'), detail: caps.has('CAP_NET_ADMIN') ? 'present' : 'missing', disables: 'dump --tcp-established (TCP repair mode)', required: false });
+  const setid = setidCaps.filter((c) => !caps.has(c));
+  items.push({ feature: 'credentials', ok: setid.length === 0, detail: setid.length ? `missing ${setid.join(' ')}` : 'CAP_SETUID CAP_SETGID CAP_SETPCAP', disables: 'dump and restore of processes whose credentials differ from tsnap\'s (other users, reduced capabilities)', required: false });
   items.push({ feature: 'CAP_SYS_RESOURCE', ok: caps.has('CAP_SYS_RESOURCE'), detail: caps.has('CAP_SYS_RESOURCE') ? 'present' : 'missing', disables: 'restoring hard rlimits above tsnap\'s own (restore warns and keeps them)', required: false });
 
   await probe(items, 'PAGEMAP_SCAN', true, 'every dump (memory selection) and incremental tracking', () => {

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { readChain } from '../image/image-reader.js';
 import { isTreeImage, readTreeManifest, imagedMembers } from '../image/tree-manifest.js';
 import { REG_NAMES } from '../sys/uapi.js';
-import { PageWhere } from '../../formats/schema.js';
+import { PageWhere, type CredsImage } from '../../formats/schema.js';
 import { formatBytes, formatUs, hex } from './format.js';
 
 /** JSON with BigInt as hex strings and Buffers as hex. */
@@ -45,6 +45,7 @@ export function showImage(dir: string, json: boolean): string {
     out.push(`process ${p.pid} "${p.comm}" exe ${p.exe.path}`);
     out.push(`  ppid ${p.ppid} pgid ${p.pgid} sid ${p.sid} uid ${p.creds.uid.join('/')} cwd ${p.cwd} umask ${p.umask.toString(8).padStart(4, '0')}`);
     const t = p.threads[0];
+    if (t.creds) out.push(`  credentials (thread ${t.tid}): ${credsLine(t.creds)}`);
     const regs = REG_NAMES.map((n, i) => `${n}=${hex(t.regs.readBigUInt64LE(i * 8))}`);
     out.push(`registers (thread ${t.tid}):`);
     for (let i = 0; i < regs.length; i += 4) out.push(`  ${regs.slice(i, i + 4).join(' ')}`);
@@ -88,4 +89,10 @@ export function showImage(dir: string, json: boolean): string {
     out.push(`  ${c.dir}  ${c.inventory.kind}${c.inventory.contents === 'predump' ? ' pre-dump' : ''}  ${st ? `${st.pagesWritten} pages, ${formatBytes(st.bytesStored)} stored` : ''}`);
   }
   return out.join('\n') + '\n';
+}
+
+function credsLine(c: CredsImage): string {
+  return `uid ${c.uid.join('/')} gid ${c.gid.join('/')} groups ${c.groups.join(',') || '-'} `
+    + `caps eff ${hex(c.capEff)} prm ${hex(c.capPrm)} inh ${hex(c.capInh)} bnd ${hex(c.capBnd)} amb ${hex(c.capAmb)} `
+    + `securebits ${hex(c.securebits)}${c.noNewPrivs ? ' no_new_privs' : ''}`;
 }

@@ -24,6 +24,7 @@ import { pausePoint } from '../fault-points.js';
 import { commitHolder } from '../track/holder.js';
 import { RoundRecord } from '../track/round-record.js';
 import { collectRemoteState } from './task-state.js';
+import { checkCreds } from './creds.js';
 import { readLayout, assembleProcess } from './process-state.js';
 import { readFds } from './fds.js';
 import { tcpRepair } from '../files/tcp.js';
@@ -205,6 +206,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         // target runs untouched; they are read again, consistently, frozen.
         readFds(pid, { tcpEstablished: opts.tcpEstablished, enter: false });
         checkMappings(pid);
+        checkCreds(pid);
         set = FrozenSet.freeze(pid);
         set.attach(tcpRepair);
         frozen = set.processes[0];

@@ -3,10 +3,10 @@
  * memory layout, mm fields, limits, open files.
  */
 import { statSync } from 'node:fs';
-import { getRlimit } from '../sys/index.js';
+import { TsnapError } from '../errors.js';
 import {
   readStat, readStatus, readMaps, readAuxvRaw, readCwd, readExe, readRoot, readComm, readPersonality,
-  RLIMIT_NAMES, type Vma,
+  RLIMIT_NAMES, readLimits, type Vma,
 } from '../proc/index.js';
 import { readFds } from './fds.js';
 import { readMappedMemfds } from '../files/fifo-memfd.js';
@@ -60,10 +60,17 @@ export function readLayout(pid: number): Layout {
   return { vmas, classes, images };
 }
 
+/**
+ * From /proc/PID/limits, which anyone may read: prlimit64 on another user's
+ * process needs CAP_SYS_RESOURCE, which root often lacks (containers, this
+ * project's CI), and every non-root process would fail to dump.
+ */
 export function readRlimits(pid: number): RlimitImage[] {
+  const limits = readLimits(pid);
   return RLIMIT_NAMES.map((name, resource) => {
-    const { cur, max } = getRlimit(pid, resource);
-    return { resource, name, cur, max };
+    const l = limits.find((x) => x.resource === resource);
+    if (!l) throw new TsnapError('kernel', `/proc/${pid}/limits has no "${name}" row; this kernel prints limits tsnap does not know`);
+    return { resource, name, cur: l.soft, max: l.hard };
   });
 }
 

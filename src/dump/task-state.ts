@@ -14,6 +14,9 @@ import type { ProcMem } from '../sys/memory.js';
 import { pendingRestart, type FrozenTask } from '../freeze/frozen-task.js';
 import type { ThreadImage, SignalImage, SigactionImage, ProcessImage, PosixTimerImage } from '../../formats/schema.js';
 import { readTimers } from '../proc/timers.js';
+import { readTaskCreds } from '../proc/creds.js';
+import { refuseUnrestorable, refuseOtherUserNs } from './creds.js';
+import { credsImage, helperCreds } from '../restore/creds-check.js';
 
 const SIGKILL = 9;
 const SIGSTOP = 19;
@@ -55,6 +58,7 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
     robustList: getRobustList(t.pid),
     rseq: readRseq(t),
     pendingSignals: t.pendingSiginfo(false),
+    creds: readTaskCreds(proc.pid, t.pid),
   }));
   const sharedPending = proc.leader.pendingSiginfo(true);
   const timers = readTimers(proc.pid);
@@ -78,11 +82,17 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
     const brk = Number(sc.call(SYS.brk, 0));
     for (let which = 0; which < 3; which++) sc.check(`getitimer(${which})`, SYS.getitimer, which, scratch + ITIMERS_AT + which * ITIMERVAL_SIZE);
     timers.forEach((t, i) => sc.check(`timer_gettime(${t.id})`, SYS.timer_gettime, t.id, scratch + TIMERS_AT + i * 32));
-    callers.forEach((tsc, i) => {
+    const securebits = callers.map((tsc, i) => {
       const at = scratch + THREADS_AT + i * PER_THREAD;
       tsc.check('sigaltstack', SYS.sigaltstack, 0, at);
       tsc.check('prctl(PR_GET_TID_ADDRESS)', SYS.prctl, PR.GET_TID_ADDRESS, at + STACK_T_SIZE);
+      return Number(tsc.check('prctl(PR_GET_SECUREBITS)', SYS.prctl, PR.GET_SECUREBITS, 0, 0, 0, 0));
     });
+    // Checked again frozen: the early check (checkCreds) could not see
+    // securebits, and a running thread may have changed its credentials since.
+    const start = helperCreds();
+    refuseOtherUserNs(proc.pid);
+    proc.tasks.forEach((t, i) => refuseUnrestorable(proc.pid, t.pid, outside[i].creds, securebits[i], start));
 
     const out = Buffer.alloc(size);
     mem.read(out, 0, out.length, scratch);
@@ -109,6 +119,7 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
         robustList: outside[i].robustList,
         rseq: outside[i].rseq,
         pendingSignals: outside[i].pendingSignals,
+        creds: credsImage(outside[i].creds, securebits[i]),
       };
     });
     const us = (o: number) => Number(out.readBigInt64LE(o)) * 1e6 + Number(out.readBigInt64LE(o + 8));

@@ -27,12 +27,15 @@ import { listChildren, readStat } from '../proc/index.js';
 import { readTreeFds } from './fds.js';
 import { tcpRepair } from '../files/tcp.js';
 import { dump, preDump, checkMappings, type DumpOptions, type DumpResult } from './dump.js';
+import { checkCreds, refuseUnrestorableZombie } from './creds.js';
+import { credsImage } from '../restore/creds-check.js';
+import { readTaskCreds } from '../proc/creds.js';
 import { writeMetaFile } from '../image/metadata.js';
 import { isTreeImage } from '../image/tree-manifest.js';
 import { prepareImageDir, fsyncDir, type PreparedDir } from '../image/image-dir.js';
 import { TsnapError, asTsnapError, interrupted, retellInterrupted } from '../errors.js';
 import { refuseUndumpable } from './target-check.js';
-import { FileKind, FORMAT_VERSION, type TreeManifest, type TreeMember } from '../../formats/schema.js';
+import { FileKind, FORMAT_VERSION, type TreeManifest, type TreeMember, type CredsImage } from '../../formats/schema.js';
 
 export interface TreeDumpResult {
   dir: string;
@@ -119,7 +122,11 @@ function zombieOf(m: TreeMember): TreeMember | null {
   let st;
   try { st = readStat(m.pid); } catch { return null; }
   if (st.state !== 'Z') return null;
-  return { pid: m.pid, ppid: m.ppid, dir: '', zombie: { status: st.exitCode, pgid: st.pgrp, sid: st.session } };
+  // A zombie runs nothing: its credentials are in status, but not its securebits.
+  let creds: CredsImage | undefined;
+  try { creds = credsImage(readTaskCreds(m.pid, m.pid), 0); } catch { /* gone after all (its parent was not frozen yet): recorded without */ }
+  if (creds) refuseUnrestorableZombie(m.pid, creds);
+  return { pid: m.pid, ppid: m.ppid, dir: '', zombie: { status: st.exitCode, pgid: st.pgrp, sid: st.session, ...(creds ? { creds } : {}) } };
 }
 
 function parentFor(parentTree: string | undefined, pid: number): string | undefined {
@@ -149,7 +156,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         // Fail fast, with the tree untouched, on fds tsnap cannot restore.
         const running = listTree(root).map((m) => m.pid).filter((pid) => { try { return readStat(pid).state !== 'Z'; } catch { return false; } });
         readTreeFds(running, { tcpEstablished: opts.tcpEstablished, enter: false });
-        for (const pid of running) checkMappings(pid);
+        for (const pid of running) { checkMappings(pid); checkCreds(pid); }
         tree = freezeTree(root);
         const t = tree as FrozenTree;
         pausePoint('tree-frozen');

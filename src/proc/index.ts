@@ -13,3 +13,4 @@ export * from './task.js';
 export * from './links.js';
 export * from './limits.js';
 export * from './timers.js';
+export * from './creds.js';

@@ -10,7 +10,7 @@
  * registrations (which name the other fds by number).
  */
 import { listFds } from '../proc/index.js';
-import { SYS } from '../sys/index.js';
+import { SYS, F_DUPFD_CLOEXEC } from '../sys/index.js';
 import { placeFds } from '../files/place.js';
 import type { FdImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
@@ -153,7 +153,11 @@ export class FdRestorer {
   private importFile(rt: RemoteTask, from: Holder, group: FdImage[], floor: number, pidfds: Map<number, number>): void {
     let pidfd = pidfds.get(from.pid);
     if (pidfd === undefined) {
-      pidfd = Number(rt.sc.check(`pidfd_open(${from.pid})`, SYS.pidfd_open, from.pid, 0));
+      const low = Number(rt.sc.check(`pidfd_open(${from.pid})`, SYS.pidfd_open, from.pid, 0));
+      // Kept for the next imports: above every number the image uses, or
+      // placing an imported fd at its number would replace it.
+      pidfd = Number(rt.sc.check(`fcntl(${low}, F_DUPFD_CLOEXEC)`, SYS.fcntl, low, F_DUPFD_CLOEXEC, floor));
+      rt.close(low);
       pidfds.set(from.pid, pidfd);
     }
     const tmp = Number(rt.sc.check(`pidfd_getfd(${from.pid}, ${from.fd})`, SYS.pidfd_getfd, pidfd, from.fd, 0));

@@ -10,6 +10,7 @@ import { vmaKind, isSpecial } from './layout-plan.js';
 import { checkFds } from './fds.js';
 import { pidTaken } from './create-process.js';
 import { TsnapError } from '../errors.js';
+import { credsObstacle, helperCreds } from './creds-check.js';
 
 export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
   const inv = img.inventory;
@@ -50,4 +51,9 @@ export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
     if (k === 'privateFile' || k === 'sharedFile') checkFile(v.path, 'mapped file', v.file, v.file?.deleted ?? false);
   }
   checkFds(p.fds);
+  const start = helperCreds();
+  for (const t of p.threads) {
+    const obstacle = t.creds && credsObstacle(t.creds, start, 'tsnap');
+    if (obstacle) throw new TsnapError('permission', `thread ${t.tid} of process ${p.pid} ${obstacle}; run tsnap restore with those privileges`);
+  }
 }

@@ -18,6 +18,7 @@ import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
+import { restoreAllCreds, restoreCreds } from './creds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { createThreads, type RestoredThread } from './threads.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
@@ -230,6 +231,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       const tidOf = new Map(m.threads.map((th) => [th.image.tid, th.rt.pid]));
       restorePosixTimers(rt, m.p, (tid) => tidOf.get(tid) ?? rt.pid);
     }
+    // Last of all that needs privilege: afterwards a process may be an ordinary user's.
+    for (const m of members) {
+      step = `restore the credentials of ${m.p.pid}`;
+      restoreAllCreds(m.rt!, m.p, m.threads, warn);
+    }
     for (const m of members) {
       step = `remove the restore stub from ${m.p.pid}`;
       m.rt!.sc.check('munmap(stub)', SYS.munmap, stub.addr, STUB_SIZE);
@@ -359,12 +365,19 @@ function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid:
       if (leader !== undefined) sc.call(SYS.setpgid, 0, leader);
     }
     const sig = info.status & 0x7f;
+    // prlimit64 on another user's process needs CAP_SYS_RESOURCE: before the credentials.
+    if (sig !== 0) setRlimit(pid, RLIMIT_CORE, 0n, 0n);
+    if (info.creds) {
+      const rt = new RemoteTask(sc, mem);
+      rt.scratch = parent.scratch;
+      rt.scratchSize = parent.scratchSize;
+      restoreCreds(rt, pid, info.creds);
+    }
     if (sig === 0) {
       sc.begin(SYS.exit_group, (info.status >> 8) & 0xff);
       reapTraced(pid); // our view of its exit; its parent's comes after
       return;
     }
-    setRlimit(pid, RLIMIT_CORE, 0n, 0n);
     const dfl = Buffer.alloc(32);
     mem.write(dfl, 0, 32, parent.scratch);
     sc.check(`rt_sigaction(${sig}, SIG_DFL)`, SYS.rt_sigaction, sig, parent.scratch, 0, 8);

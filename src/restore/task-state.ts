@@ -1,7 +1,6 @@
 /** Putting back the per-process and per-thread state the kernel keeps. */
 import {
-  SYS, PR, PRCTL_MM_MAP_SIZE, PR_SET_NAME, PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER,
-  PR_SET_NO_NEW_PRIVS, PR_SET_THP_DISABLE, KSIGACTION_SIZE, SS_ONSTACK, SS_DISABLE, O_RDONLY, setRlimit, SysError,
+  SYS, PR, PRCTL_MM_MAP_SIZE, PR_SET_NAME, PR_SET_CHILD_SUBREAPER, PR_SET_THP_DISABLE, KSIGACTION_SIZE, SS_ONSTACK, SS_DISABLE, O_RDONLY, setRlimit, SysError,
 } from '../sys/index.js';
 import type { ProcessImage, ThreadImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
@@ -58,11 +57,10 @@ export function restoreProcessState(rt: RemoteTask, p: ProcessImage, warn: (msg:
     }
   }
 
-  if (p.prctl.pdeathsig) rt.sc.check('prctl(PR_SET_PDEATHSIG)', SYS.prctl, PR_SET_PDEATHSIG, p.prctl.pdeathsig);
-  if (p.prctl.dumpable !== 1) rt.sc.check('prctl(PR_SET_DUMPABLE)', SYS.prctl, PR_SET_DUMPABLE, p.prctl.dumpable);
+  // pdeathsig, dumpable and no_new_privs come with the credentials (creds.ts):
+  // a credential change resets the first two.
   if (p.prctl.childSubreaper) rt.sc.check('prctl(PR_SET_CHILD_SUBREAPER)', SYS.prctl, PR_SET_CHILD_SUBREAPER, 1);
   if (p.prctl.thpDisable) rt.sc.check('prctl(PR_SET_THP_DISABLE)', SYS.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0);
-  if (p.prctl.noNewPrivs) rt.sc.check('prctl(PR_SET_NO_NEW_PRIVS)', SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 }
 
 export function restoreThreadState(rt: RemoteTask, t: ThreadImage): void {

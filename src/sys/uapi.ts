@@ -35,6 +35,12 @@ export const SYS = {
   kill: 62,
   umask: 95,
   prctl: 157,
+  setgroups: 116,
+  setresuid: 117,
+  setresgid: 119,
+  setfsuid: 122,
+  setfsgid: 123,
+  capset: 126,
   arch_prctl: 158,
   gettid: 186,
   tkill: 200,
@@ -223,7 +229,17 @@ export const PR = {
   GET_NO_NEW_PRIVS: 39,
   GET_TID_ADDRESS: 40,
   GET_THP_DISABLE: 42,
+  CAPBSET_DROP: 24,
+  GET_SECUREBITS: 27,
+  SET_SECUREBITS: 28,
+  CAP_AMBIENT: 47,
 } as const;
+
+export const PR_CAP_AMBIENT_RAISE = 2;
+export const PR_CAP_AMBIENT_CLEAR_ALL = 4;
+/** Keeps every capability across uid changes (no setuid fix-up at all). */
+export const SECBIT_NO_SETUID_FIXUP = 1 << 2;
+export const LINUX_CAPABILITY_VERSION_3 = 0x20080522;
 
 export const MAP_FIXED = 0x10;
 export const MAP_GROWSDOWN = 0x100;
