@@ -13,10 +13,10 @@
  */
 import { randomUUID } from 'node:crypto';
 import { release as kernelRelease } from 'node:os';
-import { relative, resolve } from 'node:path';
-import { closeSync, readFileSync } from 'node:fs';
+import { dirname, relative, resolve } from 'node:path';
+import { closeSync, existsSync, readFileSync } from 'node:fs';
 import { ProcMem, Pagemap } from '../sys/index.js';
-import { readStat, readStatus, readMaps } from '../proc/index.js';
+import { readStat, readStatus, readMaps, readCwd } from '../proc/index.js';
 import { FrozenProcess } from '../freeze/frozen-process.js';
 import { FrozenSet } from '../freeze/frozen-set.js';
 import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
@@ -206,6 +206,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         // target runs untouched; they are read again, consistently, frozen.
         readFds(pid, { tcpEstablished: opts.tcpEstablished, enter: false });
         checkMappings(pid);
+        checkCwd(pid);
         checkCreds(pid);
         set = FrozenSet.freeze(pid);
         set.attach(tcpRepair);
@@ -384,6 +385,19 @@ function checkTarget(pid: number): void {
  * Restorable look-alikes: memfds (stored whole and created again) and
  * shared anonymous memory (shows as "/dev/zero (deleted)").
  */
+/**
+ * A cwd removed under the process is restored as a deleted directory of
+ * the same name, made in its parent: that parent must exist.
+ */
+export function checkCwd(pid: number): void {
+  const cwd = readCwd(pid);
+  if (!cwd.endsWith(' (deleted)')) return;
+  const parent = dirname(cwd.slice(0, -' (deleted)'.length));
+  if (!existsSync(parent)) {
+    throw new TsnapError('unsupported', `the cwd of process ${pid} is ${cwd}, and its parent ${parent} is gone too; restore could not recreate it`);
+  }
+}
+
 export function checkMappings(pid: number): void {
   for (const v of readMaps(pid)) {
     if (!v.deleted || v.inode === 0) continue;

@@ -26,7 +26,7 @@ import { pausePoint } from '../fault-points.js';
 import { listChildren, readStat } from '../proc/index.js';
 import { readTreeFds } from './fds.js';
 import { tcpRepair } from '../files/tcp.js';
-import { dump, preDump, checkMappings, type DumpOptions, type DumpResult } from './dump.js';
+import { dump, preDump, checkMappings, checkCwd, type DumpOptions, type DumpResult } from './dump.js';
 import { checkCreds, refuseUnrestorableZombie } from './creds.js';
 import { credsImage } from '../restore/creds-check.js';
 import { readTaskCreds } from '../proc/creds.js';
@@ -156,7 +156,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         // Fail fast, with the tree untouched, on fds tsnap cannot restore.
         const running = listTree(root).map((m) => m.pid).filter((pid) => { try { return readStat(pid).state !== 'Z'; } catch { return false; } });
         readTreeFds(running, { tcpEstablished: opts.tcpEstablished, enter: false });
-        for (const pid of running) { checkMappings(pid); checkCreds(pid); }
+        for (const pid of running) { checkMappings(pid); checkCwd(pid); checkCreds(pid); }
         tree = freezeTree(root);
         const t = tree as FrozenTree;
         pausePoint('tree-frozen');

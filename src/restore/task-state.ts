@@ -2,6 +2,7 @@
 import {
   SYS, PR, PRCTL_MM_MAP_SIZE, PR_SET_NAME, PR_SET_CHILD_SUBREAPER, PR_SET_THP_DISABLE, KSIGACTION_SIZE, SS_ONSTACK, SS_DISABLE, O_RDONLY, setRlimit, SysError,
 } from '../sys/index.js';
+import { existsSync, mkdirSync, mkdtempSync, rmdirSync } from 'node:fs';
 import type { ProcessImage, ThreadImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
@@ -28,9 +29,34 @@ export function restoreMm(rt: RemoteTask, p: ProcessImage): void {
   }
 }
 
+const DELETED = ' (deleted)';
+
+/**
+ * chdir to the dumped cwd. A cwd that was removed under the process comes
+ * back the same way: a directory made at its path, entered, and removed
+ * again, so the process sits in a deleted directory of the same name
+ * (the dump checked that its parent exists).
+ */
+function restoreCwd(rt: RemoteTask, cwd: string, warn: (msg: string) => void): void {
+  const chdir = (path: string) => rt.sc.check(`chdir(${path})`, SYS.chdir, rt.put(Buffer.from(`${path}\0`)));
+  if (!cwd.endsWith(DELETED)) { chdir(cwd); return; }
+  let ghost = cwd.slice(0, -DELETED.length);
+  if (existsSync(ghost)) {
+    // The name is taken again: a ghost of another name, and a warning (restore check names it too).
+    ghost = mkdtempSync(`${ghost}.tsnap-`);
+    warn(`the deleted cwd ${cwd} exists again; the process is in a deleted directory named ${ghost} instead`);
+  } else {
+    mkdirSync(ghost, { mode: 0o700 });
+  }
+  try {
+    chdir(ghost);
+  } finally {
+    rmdirSync(ghost);
+  }
+}
+
 export function restoreProcessState(rt: RemoteTask, p: ProcessImage, warn: (msg: string) => void): void {
-  const cwd = rt.put(Buffer.from(`${p.cwd}\0`));
-  rt.sc.check(`chdir(${p.cwd})`, SYS.chdir, cwd);
+  restoreCwd(rt, p.cwd, warn);
   rt.sc.check('umask', SYS.umask, p.umask);
   rt.sc.check('personality', SYS.personality, p.personality);
   const comm = Buffer.alloc(16);

@@ -1,9 +1,11 @@
 /**
- * A process in a group stop (SIGSTOP, SIGTSTP...) is still stopped after
- * dump --leave-running and after restore, and runs on when it gets SIGCONT.
+ * Process state that is easy to lose: a group stop (SIGSTOP, SIGTSTP...)
+ * is still in force after dump --leave-running and after restore, and the
+ * process runs on at SIGCONT; a cwd removed under the process comes back as
+ * a deleted directory of the same name.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readlinkSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
@@ -55,3 +57,35 @@ describe('a stopped process', () => {
     });
   }
 });
+
+describe('a deleted cwd', () => {
+  it('comes back deleted, with its name, and the process runs on', async () => {
+    const work = tmpDir('cwd');
+    const gone = join(work, 'gone');
+    mkdirSync(gone);
+    const p = await startPython(COUNTER, [], { cwd: gone, readyPattern: /TICK 1/ });
+    rmdirSync(gone);
+    expect(readlinkSync(`/proc/${p.pid}/cwd`)).toBe(`${gone} (deleted)`);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(r.result.stderr).not.toMatch(/restore check/);
+    expect(readlinkSync(`/proc/${r.pid}/cwd`)).toBe(`${gone} (deleted)`);
+    await r.waitForLine(/^TICK/);
+  });
+
+  it('whose parent is gone too is refused before the freeze, naming it', async () => {
+    const work = tmpDir('cwd');
+    mkdirSync(join(work, 'a', 'b'), { recursive: true });
+    const p = await startPython(COUNTER, [], { cwd: join(work, 'a', 'b'), readyPattern: /TICK 1/ });
+    rmdirSync(join(work, 'a', 'b'));
+    rmdirSync(join(work, 'a'));
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code).toBe(5);
+    expect(d.stderr).toMatch(/cwd of process \d+ is .*b \(deleted\), and its parent .*a is gone too/);
+    expect(state(p.pid)).not.toMatch(/[tT]/);
+  });
+});
+
