@@ -307,6 +307,12 @@ export interface FdImage {
    * duplicated. Absent in images of tsnap 0.1.
    */
   ofd?: number;
+  /**
+   * F_SETOWN_EX / F_SETSIG of the open file, when set: who gets its SIGIO
+   * or SIGURG (type 0 thread, 1 process, 2 process group) and which signal
+   * (0: SIGIO). Absent when no owner and no signal were set.
+   */
+  owner?: { type: number; pid: number; signal: number };
   /** Pipes and FIFOs: which pipe (its inode) and, on one end only, the bytes buffered in it. */
   pipe?: PipeImage;
   eventfd?: { count: bigint; semaphore: boolean };

@@ -9,9 +9,9 @@ import { createConnection } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { join } from 'node:path';
-import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup, readImage, killPid } from './helpers/tsnap.js';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
@@ -219,4 +219,17 @@ for cmd in sys.stdin:
     expect(client.destroyed).toBe(false);
     client.destroy();
   });
+
+  it('an fd whose signals (F_SETOWN) go to a process outside the dump is refused before the freeze, naming it', async () => {
+    const p = await startPython(`import os, fcntl, time
+r, w = os.pipe()
+fcntl.fcntl(r, fcntl.F_SETOWN, os.getppid())
+print('READY fd=%d' % r, flush=True)
+time.sleep(1000)`);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(tmpDir('tsnap-files-'), 'img'));
+    expect(d.code).toBe(ExitCode.unsupported);
+    expect(d.stderr).toMatch(new RegExp(`fd ${p.readyInfo.fd} of process ${p.pid} sends its signals \\(F_SETOWN\\) to process ${process.pid}, which is not part of the dump`));
+    expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
+  });
 });
+

@@ -5,9 +5,9 @@
  * an image that fails later; dump() calls this once before freezing (to
  * fail fast, with the process untouched) and again while frozen.
  */
-import { closeSync } from 'node:fs';
-import { pidfdOpen, sameFile } from '../sys/index.js';
-import { listFds, readFdInfo, readFdTarget, type FdTarget, type FdInfo } from '../proc/index.js';
+import { closeSync, existsSync } from 'node:fs';
+import { pidfdOpen, pidfdGetfd, sameFile, fileOwner } from '../sys/index.js';
+import { listFds, readFdInfo, readFdTarget, readStat, type FdTarget, type FdInfo } from '../proc/index.js';
 import type { FdImage } from '../../formats/schema.js';
 import { readPipe, isReadEnd } from '../files/pipe.js';
 import { describeEventfd, describeTimerfd, describeSignalfd } from '../files/anon-fds.js';
@@ -59,6 +59,7 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
           file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
         };
         describeKind(pid, pidfd, img, t, info, open, opts);
+        describeOwner(pidfd, img);
         seen.push({ pid, t, img });
         list.push(img);
       }
@@ -71,7 +72,19 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
   describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false);
   checkPairs(seen, pids.length > 1);
   for (const s of seen) checkSupported(s.img, s.pid, pids.length > 1);
+  for (const s of seen) checkOwner(s.img, s.pid, pids);
   return out;
+}
+
+/** Who gets the open file's SIGIO/SIGURG (F_SETOWN_EX, F_SETSIG): a property of the open file, read on a copy. */
+function describeOwner(pidfd: number, img: FdImage): void {
+  const copy = pidfdGetfd(pidfd, img.fd);
+  try {
+    const o = fileOwner(copy);
+    if (o.pid !== 0 || o.signal !== 0) img.owner = o;
+  } finally {
+    closeSync(copy);
+  }
 }
 
 function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, info: FdInfo, open: Set<number>, opts: SocketOptions): void {
@@ -151,6 +164,22 @@ function checkPairs(seen: SeenFd[], tree: boolean): void {
     if (!inodes.has(k.peerIno!)) {
       throw new TsnapError('unsupported', `fd ${s.img.fd} of process ${s.pid} is a unix socket connected to socket:[${k.peerIno}] outside ${tree ? 'the dumped tree' : 'the process (dump its parent with --tree if the peer is there)'}; only connections inside the dump can be restored`);
     }
+  }
+}
+
+const F_OWNER_TID = 0;
+const F_OWNER_PID = 1;
+
+/** An owner restore cannot name again (a process outside the dump) is refused: F_SETOWN_EX would fail. */
+function checkOwner(f: FdImage, pid: number, pids: number[]): void {
+  const o = f.owner;
+  if (!o || o.pid === 0) return;
+  const inside = o.type === F_OWNER_PID ? pids.includes(o.pid)
+    : o.type === F_OWNER_TID ? pids.some((p) => existsSync(`/proc/${p}/task/${o.pid}`))
+      : pids.some((p) => { try { return readStat(p).pgrp === o.pid; } catch { return false; } });
+  if (!inside) {
+    const what = o.type === F_OWNER_TID ? 'thread' : o.type === F_OWNER_PID ? 'process' : 'process group';
+    throw new TsnapError('unsupported', `fd ${f.fd} of process ${pid} sends its signals (F_SETOWN) to ${what} ${o.pid}, which is not part of the dump; dump that process with --tree, or clear the owner`);
   }
 }
 

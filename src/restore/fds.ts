@@ -10,7 +10,7 @@
  * registrations (which name the other fds by number).
  */
 import { listFds } from '../proc/index.js';
-import { SYS, F_DUPFD_CLOEXEC } from '../sys/index.js';
+import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG } from '../sys/index.js';
 import { placeFds } from '../files/place.js';
 import type { FdImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
@@ -184,4 +184,19 @@ export function restoreFds(rt: RemoteTask, fds: FdImage[]): void {
   r.createFiles(rt, fds);
   r.registerEpolls(rt, fds);
   r.closeOthers(rt, fds);
+}
+
+/** F_SETOWN_EX / F_SETSIG of each open file that had them; `idNow`: a dumped pid or tid as it is now. */
+export function restoreFileOwners(rt: RemoteTask, fds: FdImage[], idNow: (id: number) => number): void {
+  for (const f of fds) {
+    const o = f.owner;
+    if (!o || isInheritedStdio(f)) continue;
+    if (o.pid !== 0) {
+      const ex = Buffer.alloc(8);
+      ex.writeInt32LE(o.type, 0);
+      ex.writeInt32LE(idNow(o.pid), 4);
+      rt.sc.check(`fcntl(${f.fd}, F_SETOWN_EX)`, SYS.fcntl, f.fd, F_SETOWN_EX, rt.put(ex));
+    }
+    if (o.signal !== 0) rt.sc.check(`fcntl(${f.fd}, F_SETSIG)`, SYS.fcntl, f.fd, F_SETSIG, o.signal);
+  }
 }

@@ -16,6 +16,7 @@ import { RemoteTask } from './remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';
+import { restoreFileOwners } from './fds.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
 import { restoreAllCreds, restoreCreds } from './creds.js';
@@ -231,6 +232,16 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       const tidOf = new Map(m.threads.map((th) => [th.image.tid, th.rt.pid]));
       restorePosixTimers(rt, m.p, (tid) => tidOf.get(tid) ?? rt.pid);
     }
+    // Owners name processes and threads of the whole tree: once they all exist.
+    const idNow = new Map<number, number>();
+    for (const m of members) {
+      idNow.set(m.p.pid, m.rt!.pid);
+      for (const th of m.threads) idNow.set(th.image.tid, th.rt.pid);
+    }
+    for (const m of members) {
+      step = `restore the owners of the files of ${m.p.pid}`;
+      restoreFileOwners(m.rt!, m.p.fds, (id) => idNow.get(id) ?? id);
+    }
     // Last of all that needs privilege: afterwards a process may be an ordinary user's.
     for (const m of members) {
       step = `restore the credentials of ${m.p.pid}`;
@@ -250,7 +261,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if ((opts.check ?? 'warn') !== 'off') {
       step = 'check the restored processes against their images';
       const diffs = members.flatMap((m) => checkRestored(m.p, m.rt!.pid, {
-        newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })),
+        newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id,
       }).map((d) => `restore check of ${m.p.pid}: ${d}`));
       if (diffs.length && opts.check === 'strict') {
         throw new TsnapError('restoreFailed', `the restored process differs from its image (${diffs.length} differences; first: ${diffs[0]}); nothing was started`);

@@ -12,7 +12,8 @@
  * process group and session, cwd, root, executable, comm, resource limits
  * and personality.
  */
-import { readlinkSync, readFileSync } from 'node:fs';
+import { closeSync, readlinkSync, readFileSync } from 'node:fs';
+import { pidfdOpen, pidfdGetfd, fileOwner } from '../sys/index.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
@@ -32,6 +33,8 @@ export interface CheckOptions {
   newPid: boolean;
   /** The tids now, with what each thread's image says. */
   threads: CheckedThread[];
+  /** A dumped pid or tid as it is now (differs with --new-pid). */
+  idNow?: (id: number) => number;
 }
 
 type Area = { start: number; end: number; prot: number; shared: boolean; offset: number; path: string };
@@ -80,8 +83,26 @@ function compareVmFlags(p: ProcessImage, pid: number, out: string[]): void {
   }
 }
 
-function compareFds(p: ProcessImage, pid: number, out: string[]): void {
+function compareFds(p: ProcessImage, pid: number, idNow: (id: number) => number, out: string[]): void {
   const live = new Set(listFds(pid));
+  const pidfd = pidfdOpen(pid);
+  try {
+    for (const f of p.fds) {
+      if (!live.has(f.fd) || isInheritedStdio(f)) continue;
+      const copy = pidfdGetfd(pidfd, f.fd);
+      try {
+        const have = fileOwner(copy);
+        const want = f.owner ?? { type: have.type, pid: 0, signal: 0 };
+        if (have.pid !== (want.pid === 0 ? 0 : idNow(want.pid)) || have.signal !== want.signal || (want.pid !== 0 && have.type !== want.type)) {
+          out.push(`fd ${f.fd} (${f.link}): owner ${have.type}:${have.pid} signal ${have.signal}, the image's ${want.type}:${want.pid} signal ${want.signal}`);
+        }
+      } finally {
+        closeSync(copy);
+      }
+    }
+  } finally {
+    closeSync(pidfd);
+  }
   for (const f of p.fds) {
     if (!live.has(f.fd)) { out.push(`fd ${f.fd} (${f.link}) is not open`); continue; }
     live.delete(f.fd);
@@ -139,7 +160,7 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   const out: string[] = [];
   compareMaps(p, pid, out);
   compareVmFlags(p, pid, out);
-  compareFds(p, pid, out);
+  compareFds(p, pid, opts.idNow ?? ((id) => id), out);
   compareProcess(p, pid, opts, out);
   return out;
 }

@@ -4,7 +4,7 @@
  */
 import { libc } from './libc.js';
 import { rawSyscall } from './fd.js';
-import { SYS, SPLICE_F_NONBLOCK, KCMP_FILE, KCMP_EPOLL_TFD } from './uapi.js';
+import { SYS, SPLICE_F_NONBLOCK, KCMP_FILE, KCMP_EPOLL_TFD, F_GETOWN_EX, F_GETSIG } from './uapi.js';
 import { SysError } from './errors.js';
 
 /** pipe2(flags): [read end, write end]. */
@@ -26,6 +26,13 @@ export function tee(fdIn: number, fdOut: number, len: number): number {
 
 export function fcntl(fd: number, cmd: number, arg: number | bigint = 0): number {
   return rawSyscall(`fcntl(${fd}, ${cmd})`, SYS.fcntl, fd, cmd, arg);
+}
+
+/** F_GETOWN_EX + F_GETSIG of an open file: who gets its SIGIO/SIGURG, and which signal. */
+export function fileOwner(fd: number): { type: number; pid: number; signal: number } {
+  const ex = Buffer.alloc(8);
+  rawSyscall(`fcntl(${fd}, F_GETOWN_EX)`, SYS.fcntl, fd, F_GETOWN_EX, libc.address(ex));
+  return { type: ex.readInt32LE(0), pid: ex.readInt32LE(4), signal: fcntl(fd, F_GETSIG) };
 }
 
 /** Whether fd1 of pid1 and fd2 of pid2 are the same open file description. */
