@@ -312,4 +312,15 @@ while True: signal.pause()
       await killPid(child);
     }
   });
+
+  it('processes sharing one fd table (CLONE_FILES) are refused before the freeze, naming both', async () => {
+    const p = await startProcess(await compileC('sharedfds'), []);
+    const child = Number(p.readyInfo.child);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(tmpDir('tsnap-tree-'), 'img'), '--tree');
+    expect(d.code).toBe(5);
+    expect(d.stderr).toMatch(new RegExp(`processes ${p.pid} and ${child} share one fd table`));
+    for (const pid of [p.pid, child]) expect(readStatus(pid).tracerPid).toBe(0);
+    expect(readStat(child).state).not.toBe('Z');
+  });
 });
+

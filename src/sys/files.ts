@@ -4,7 +4,7 @@
  */
 import { libc } from './libc.js';
 import { rawSyscall } from './fd.js';
-import { SYS, SPLICE_F_NONBLOCK, KCMP_FILE, KCMP_EPOLL_TFD, F_GETOWN_EX, F_GETSIG } from './uapi.js';
+import { SYS, SPLICE_F_NONBLOCK, KCMP_FILE, KCMP_FILES, KCMP_EPOLL_TFD, F_GETOWN_EX, F_GETSIG } from './uapi.js';
 import { SysError } from './errors.js';
 
 /** pipe2(flags): [read end, write end]. */
@@ -36,6 +36,11 @@ export function fileOwner(fd: number): { type: number; pid: number; signal: numb
 }
 
 /** Whether fd1 of pid1 and fd2 of pid2 are the same open file description. */
+/** Whether two processes share one fd table (clone with CLONE_FILES, not a thread). */
+export function sameFdTable(pid1: number, pid2: number): boolean {
+  return rawSyscall('kcmp(KCMP_FILES)', SYS.kcmp, pid1, pid2, KCMP_FILES, 0, 0) === 0;
+}
+
 export function sameFile(pid1: number, fd1: number, pid2: number, fd2: number): boolean {
   return rawSyscall('kcmp(KCMP_FILE)', SYS.kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) === 0;
 }

@@ -298,6 +298,7 @@ export const F_GETPIPE_SZ = 1032;
 export const FD_CLOEXEC = 1;
 export const SPLICE_F_NONBLOCK = 2;
 export const KCMP_FILE = 0;
+export const KCMP_FILES = 2;
 export const KCMP_EPOLL_TFD = 7;
 export const EFD_SEMAPHORE = 1;
 export const EPOLL_CTL_ADD = 1;
