@@ -115,6 +115,8 @@ export interface ProcessImage {
   root: string;
   umask: number;
   personality: number;
+  /** /proc/PID/oom_score_adj (optional: absent in older images). */
+  oomScoreAdj?: number;
   creds: { uid: number[]; gid: number[] };
   /** Process start time in clock ticks since boot: identifies this incarnation of the pid. */
   startTime: number;
@@ -148,7 +150,14 @@ export interface ProcessImage {
     childSubreaper: number;
     noNewPrivs: number;
     thpDisable: number;
+    /**
+     * membarrier() registrations of the mm (MEMBARRIER_CMD_GET_REGISTRATIONS:
+     * a mask of the MEMBARRIER_CMD_REGISTER_* bits); optional, 0 when none.
+     */
+    membarrier?: number;
   };
+  /** /proc/PID/loginuid (4294967295: unset); optional. */
+  loginuid?: number;
 }
 
 export interface FileIdentity {
@@ -286,7 +295,8 @@ export const VMA_RESTORED_FLAGS = {
   lf: { lock: 1 },     // mlock2(MLOCK_ONFAULT)
   nr: { map: 0x4000 }, // MAP_NORESERVE
   dp: { map: 0x08 },   // MAP_DROPPABLE (a map type: replaces MAP_PRIVATE)
-} as const satisfies Record<string, { advice?: number; lock?: number; map?: number }>;
+  mw: { mayWrite: true }, // VM_MAYWRITE: a shared file mapping whose file was opened for writing (mprotect may add PROT_WRITE)
+} as const satisfies Record<string, { advice?: number; lock?: number; map?: number; mayWrite?: boolean }>;
 
 export type FdKindImage = 'file' | 'dir' | 'devnull' | 'tty' | 'pipe' | 'fifo' | 'socket' | 'anon_inode' | 'chardev' | 'blockdev' | 'memfd'
   | 'eventfd' | 'epoll' | 'timerfd' | 'signalfd' | 'other';

@@ -231,5 +231,41 @@ time.sleep(1000)`);
     expect(d.stderr).toMatch(new RegExp(`fd ${p.readyInfo.fd} of process ${p.pid} sends its signals \\(F_SETOWN\\) to process ${process.pid}, which is not part of the dump`));
     expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
   });
+
+  it('--tcp-established: a listener whose port has an established connection binds again, and both work after restore', async () => {
+    const work = tmpDir('tsnap-files-');
+    const p = await startPython(`
+import socket, sys
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+print('READY port=%d' % l.getsockname()[1], flush=True)
+c, _ = l.accept()
+for cmd in sys.stdin:
+    if cmd.startswith('echo'):
+        c.sendall(c.recv(100))
+    elif cmd.startswith('accept'):
+        d, _ = l.accept()
+        d.sendall(b'new\\n')
+        d.close()
+`);
+    const port = Number(p.readyInfo.port);
+    const client = createConnection(port, '127.0.0.1');
+    await new Promise((res) => client.once('connect', res));
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tcp-established');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    const got = new Promise<string>((res) => client.once('data', (b) => res(b.toString())));
+    client.write('ping\n');
+    r.writeLine('echo');
+    expect(await got).toBe('ping\n');
+    const second = createConnection(port, '127.0.0.1');
+    const hello = new Promise<string>((res) => second.once('data', (b) => res(b.toString())));
+    r.writeLine('accept');
+    expect(await hello).toBe('new\n');
+    second.destroy();
+    client.destroy();
+  });
 });
 

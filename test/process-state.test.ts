@@ -89,3 +89,41 @@ describe('a deleted cwd', () => {
   });
 });
 
+describe('oom_score_adj', () => {
+  it('comes back as it was', async () => {
+    const work = tmpDir('oom');
+    const p = await startPython(`open('/proc/self/oom_score_adj', 'w').write('400')\n${COUNTER}`, [], { readyPattern: /TICK 1/ });
+    expect(readFileSync(`/proc/${p.pid}/oom_score_adj`, 'utf8').trim()).toBe('400');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(readFileSync(`/proc/${r.pid}/oom_score_adj`, 'utf8').trim()).toBe('400');
+    await r.waitForLine(/^TICK/);
+  });
+});
+
+describe('audit login uid and membarrier registrations', () => {
+  it('come back as they were', async () => {
+    const work = tmpDir('loginuid');
+    const p = await startPython(`import ctypes, sys
+open('/proc/self/loginuid', 'w').write('4321')
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.syscall(324, 16, 0, 0) == 0  # MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED
+print('READY', flush=True)
+for cmd in sys.stdin:
+    print('REG %d BARRIER %d' % (libc.syscall(324, 512, 0, 0), libc.syscall(324, 8, 0, 0)), flush=True)
+`);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(readFileSync(`/proc/${r.pid}/loginuid`, 'utf8')).toBe('4321');
+    r.writeLine('check');
+    // Registered again: the private expedited barrier works (it fails with EPERM, -1, unregistered).
+    expect(await r.waitForLine(/^REG/)).toBe('REG 16 BARRIER 0');
+  });
+});
+

@@ -6,7 +6,8 @@
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
-import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, parseHex } from './helpers/fixtures.js';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, parseHex } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
 import { readVmFlags } from '../src/proc/smaps.js';
 
@@ -48,4 +49,38 @@ describe('VMA flags', () => {
       expect(await r.waitForLine(/^(PASS|FAIL)/)).toBe('PASS');
     });
   }
+
+  it('a read-only shared mapping of a file opened read-write can still be made writable after restore', async () => {
+    const work = tmpDir('vmaflags');
+    const file = join(work, 'data');
+    writeFileSync(file, Buffer.alloc(4096, 'x'));
+    const p = await startPython(`
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+fd = os.open(${JSON.stringify(file)}, os.O_RDWR)
+addr = libc.mmap(None, 4096, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+os.close(fd)
+print('READY', flush=True)
+for cmd in sys.stdin:
+    r = libc.mprotect(ctypes.c_void_p(addr), 4096, 3)
+    if r != 0:
+        print('ERR', ctypes.get_errno(), flush=True)
+        continue
+    ctypes.memset(addr, ord('y'), 1)
+    print('OK', flush=True)
+`);
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('write');
+    expect(await r.waitForLine(/^(OK|ERR)/)).toBe('OK');
+    for (let i = 0; i < 100 && readFileSync(file)[0] !== 0x79; i++) await new Promise((res) => setTimeout(res, 10));
+    expect(readFileSync(file).subarray(0, 2).toString()).toBe('yx');
+  });
 });
+

@@ -25,7 +25,7 @@ import { commitHolder } from '../track/holder.js';
 import { RoundRecord } from '../track/round-record.js';
 import { collectRemoteState } from './task-state.js';
 import { checkCreds } from './creds.js';
-import { readLayout, assembleProcess } from './process-state.js';
+import { readLayout, assembleProcess, checkOomScoreAdj } from './process-state.js';
 import { readFds } from './fds.js';
 import { tcpRepair } from '../files/tcp.js';
 import { isMemfdPath } from '../files/fifo-memfd.js';
@@ -207,6 +207,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         readFds(pid, { tcpEstablished: opts.tcpEstablished, enter: false });
         checkMappings(pid);
         checkCwd(pid);
+        checkOomScoreAdj(pid);
         checkCreds(pid);
         set = FrozenSet.freeze(pid);
         set.attach(tcpRepair);

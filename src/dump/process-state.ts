@@ -2,7 +2,7 @@
  * The state of a frozen process that /proc tells from outside: identity,
  * memory layout, mm fields, limits, open files.
  */
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { TsnapError } from '../errors.js';
 import {
   readStat, readStatus, readMaps, readAuxvRaw, readCwd, readExe, readRoot, readComm, readPersonality,
@@ -65,6 +65,23 @@ export function readLayout(pid: number): Layout {
  * process needs CAP_SYS_RESOURCE, which root often lacks (containers, this
  * project's CI), and every non-root process would fail to dump.
  */
+export function readOomScoreAdj(pid: number): number {
+  return Number(readFileSync(`/proc/${pid}/oom_score_adj`, 'utf8').trim());
+}
+
+/**
+ * A negative oom_score_adj (below the kernel's default floor, 0) can only be
+ * set with CAP_SYS_RESOURCE, which root lacks on some machines: such a
+ * value is refused before the freeze rather than lost at restore.
+ */
+export function checkOomScoreAdj(pid: number): void {
+  const want = readOomScoreAdj(pid);
+  if (want >= 0) return;
+  const capEff = BigInt(`0x${/^CapEff:\s+([0-9a-f]+)/m.exec(readFileSync('/proc/self/status', 'utf8'))![1]}`);
+  if (capEff & (1n << 24n)) return;
+  throw new TsnapError('unsupported', `process ${pid} has oom_score_adj ${want}; restore could not set a negative value without CAP_SYS_RESOURCE, which tsnap lacks here`);
+}
+
 export function readRlimits(pid: number): RlimitImage[] {
   const limits = readLimits(pid);
   return RLIMIT_NAMES.map((name, resource) => {
@@ -99,6 +116,8 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     root: readRoot(pid),
     umask: status.umask,
     personality: readPersonality(pid),
+    oomScoreAdj: readOomScoreAdj(pid),
+    loginuid: Number(readFileSync(`/proc/${pid}/loginuid`, 'utf8').trim()),
     creds: { uid: status.uid, gid: status.gid },
     startTime: stat.startTime,
     rlimits: readRlimits(pid),

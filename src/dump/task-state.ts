@@ -19,6 +19,7 @@ import { refuseUnrestorable, refuseOtherUserNs } from './creds.js';
 import { credsImage, helperCreds } from '../restore/creds-check.js';
 
 const SIGKILL = 9;
+const MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9;
 const SIGSTOP = 19;
 
 /**
@@ -78,6 +79,8 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
     const dumpable = Number(sc.check('prctl(PR_GET_DUMPABLE)', SYS.prctl, PR.GET_DUMPABLE));
     const noNewPrivs = Number(sc.check('prctl(PR_GET_NO_NEW_PRIVS)', SYS.prctl, PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0));
     const thpDisable = Number(sc.check('prctl(PR_GET_THP_DISABLE)', SYS.prctl, PR.GET_THP_DISABLE, 0, 0, 0, 0));
+    // EINVAL on kernels before 6.3: nothing this tsnap could read back anyway.
+    const membarrier = Math.max(0, Number(sc.call(SYS.membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0)));
     // brk(0) cannot fail: it returns the current break.
     const brk = Number(sc.call(SYS.brk, 0));
     for (let which = 0; which < 3; which++) sc.check(`getitimer(${which})`, SYS.getitimer, which, scratch + ITIMERS_AT + which * ITIMERVAL_SIZE);
@@ -142,6 +145,7 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
         childSubreaper: out.readInt32LE(WORDS_AT + 8),
         noNewPrivs,
         thpDisable,
+        membarrier,
       },
       brk,
     };

@@ -28,6 +28,7 @@ import { sameFdTable } from '../sys/index.js';
 import { readTreeFds } from './fds.js';
 import { tcpRepair } from '../files/tcp.js';
 import { dump, preDump, checkMappings, checkCwd, type DumpOptions, type DumpResult } from './dump.js';
+import { checkOomScoreAdj } from './process-state.js';
 import { checkCreds, refuseUnrestorableZombie } from './creds.js';
 import { credsImage } from '../restore/creds-check.js';
 import { readTaskCreds } from '../proc/creds.js';
@@ -172,7 +173,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         // Fail fast, with the tree untouched, on fds tsnap cannot restore.
         const running = listTree(root).map((m) => m.pid).filter((pid) => { try { return readStat(pid).state !== 'Z'; } catch { return false; } });
         readTreeFds(running, { tcpEstablished: opts.tcpEstablished, enter: false });
-        for (const pid of running) { checkMappings(pid); checkCwd(pid); checkCreds(pid); }
+        for (const pid of running) { checkMappings(pid); checkCwd(pid); checkOomScoreAdj(pid); checkCreds(pid); }
         refuseSharedFdTables(running);
         tree = freezeTree(root);
         const t = tree as FrozenTree;

@@ -99,7 +99,12 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
   const what = `fd ${f.fd} (${familyName(s.family)} ${typeName(s.type)})`;
   const tmp = Number(rt.sc.check(`socket for ${what}`, SYS.socket, s.family, s.type | O_CLOEXEC | (f.flags & O_NONBLOCK), s.protocol));
   const one = rt.put(Buffer.from([1, 0, 0, 0]), 512);
-  if (s.reuseAddr) rt.sc.check('setsockopt(SO_REUSEADDR)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEADDR, one, 4);
+  // A TCP port whose connections outlive the dumped listener (TIME_WAIT, or
+  // restored established ones) refuses a plain bind: bind with SO_REUSEADDR,
+  // as the kernel allows while no other socket listens there, then put the
+  // option back as it was.
+  const lendReuse = !s.reuseAddr && (s.family === AF_INET || s.family === AF_INET6) && s.type === SOCK_STREAM && isBound(s);
+  if (s.reuseAddr || lendReuse) rt.sc.check('setsockopt(SO_REUSEADDR)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEADDR, one, 4);
   if (s.reusePort) rt.sc.check('setsockopt(SO_REUSEPORT)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEPORT, one, 4);
   if (s.v6Only) rt.sc.check('setsockopt(IPV6_V6ONLY)', SYS.setsockopt, tmp, IPPROTO_IPV6, IPV6_V6ONLY, one, 4);
   if (isBound(s)) {
@@ -116,6 +121,7 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
     }
   }
   if (s.state === 'listening') rt.sc.check(`listen(${what})`, SYS.listen, tmp, s.backlog);
+  if (lendReuse) rt.sc.check('setsockopt(SO_REUSEADDR off)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEADDR, rt.put(Buffer.alloc(4), 520), 4);
   if (s.peer) rt.sc.check(`connect(${what})`, SYS.connect, tmp, rt.put(s.peer), s.peer.length);
   placeFds(rt, [{ tmp, targets: group }], floor);
 }

@@ -103,7 +103,7 @@ export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number,
       if (isSpecial(v)) continue;
       const from = shared.get(v.start);
       if (from !== undefined) {
-        const fd = rt.open(from, v.prot & PROT_WRITE ? O_RDWR : O_RDONLY);
+        const fd = rt.open(from, v.prot & PROT_WRITE || v.flags?.includes('mw') ? O_RDWR : O_RDONLY);
         try {
           const got = Number(rt.sc.check(`mmap(0x${v.start.toString(16)} shared)`, SYS.mmap,
             v.start, v.end - v.start, v.prot, MAP_SHARED | MAP_FIXED_NOREPLACE, fd, v.pgoff));

@@ -96,6 +96,8 @@ function baseMapCall(v: VmaImage): MapCall {
     case 'privateFile':
       return { prot: PROT_READ | PROT_WRITE, flags: MAP_PRIVATE | fixed, file: { path: v.path, openFlags: O_RDONLY }, fixProt: v.prot !== (PROT_READ | PROT_WRITE) };
     case 'sharedFile':
-      return { prot: v.prot, flags: MAP_SHARED | fixed, file: { path: v.path, openFlags: v.prot & PROT_WRITE ? O_RDWR : O_RDONLY }, fixProt: false };
+      // Opened for writing when the mapping was writable or could be made so
+      // (VM_MAYWRITE): a later mprotect(PROT_WRITE) of the program must work.
+      return { prot: v.prot, flags: MAP_SHARED | fixed, file: { path: v.path, openFlags: v.prot & PROT_WRITE || v.flags?.includes('mw') ? O_RDWR : O_RDONLY }, fixProt: false };
   }
 }

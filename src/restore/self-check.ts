@@ -75,9 +75,13 @@ function compareVmFlags(p: ProcessImage, pid: number, out: string[]): void {
   // smaps walks page tables: read it only when the image has flags to compare.
   if (!p.mm.vmas.some((v) => v.flags && v.flags.length > 0)) return;
   const live = readVmFlags(pid);
+  // The kernel may have merged a re-created area into the one before it:
+  // compare with the area that holds the start.
+  const areas = readMaps(pid);
+  const holding = (addr: number) => areas.find((a) => a.start <= addr && addr < a.end)?.start ?? addr;
   for (const v of p.mm.vmas) {
     if (!v.flags) continue;
-    const have = (live.get(v.start) ?? []).filter((t) => Object.hasOwn(VMA_RESTORED_FLAGS, t)).sort().join(' ');
+    const have = (live.get(holding(v.start)) ?? []).filter((t) => Object.hasOwn(VMA_RESTORED_FLAGS, t)).sort().join(' ');
     const want = [...v.flags].sort().join(' ');
     if (have !== want) out.push(`memory: VmFlags of ${v.start.toString(16)} are [${have}], the image's [${want}]`);
   }
@@ -141,6 +145,8 @@ function compareProcess(p: ProcessImage, pid: number, opts: CheckOptions, out: s
   same('root', link(pid, 'root'), p.root);
   same('executable', link(pid, 'exe'), p.exe.path);
   same('comm', readComm(pid), p.comm);
+  if (p.loginuid !== undefined) same('loginuid', readFileSync(`/proc/${pid}/loginuid`, 'utf8').trim(), p.loginuid);
+  if (p.oomScoreAdj !== undefined) same('oom_score_adj', Number(readFileSync(`/proc/${pid}/oom_score_adj`, 'utf8').trim()), p.oomScoreAdj);
   same('personality', parseInt(readFileSync(`/proc/${pid}/personality`, 'utf8'), 16), p.personality);
   for (const t of opts.threads) {
     const s = readStatus(t.tid);

@@ -1,8 +1,8 @@
 /** Putting back the per-process and per-thread state the kernel keeps. */
 import {
-  SYS, PR, PRCTL_MM_MAP_SIZE, PR_SET_NAME, PR_SET_CHILD_SUBREAPER, PR_SET_THP_DISABLE, KSIGACTION_SIZE, SS_ONSTACK, SS_DISABLE, O_RDONLY, setRlimit, SysError,
+  SYS, PR, PRCTL_MM_MAP_SIZE, PR_SET_NAME, PR_SET_CHILD_SUBREAPER, PR_SET_THP_DISABLE, KSIGACTION_SIZE, SS_ONSTACK, SS_DISABLE, O_RDONLY, O_WRONLY, setRlimit, SysError,
 } from '../sys/index.js';
-import { existsSync, mkdirSync, mkdtempSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import type { ProcessImage, ThreadImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
@@ -55,10 +55,29 @@ function restoreCwd(rt: RemoteTask, cwd: string, warn: (msg: string) => void): v
   }
 }
 
+/** The audit login uid can only be set by the process itself, through /proc/self/loginuid. */
+function restoreLoginuid(rt: RemoteTask, loginuid: number): void {
+  if (Number(readFileSync(`/proc/${rt.pid}/loginuid`, 'utf8').trim()) === loginuid) return;
+  const fd = rt.open('/proc/self/loginuid', O_WRONLY);
+  try {
+    const text = Buffer.from(String(loginuid));
+    rt.sc.check('write(/proc/self/loginuid)', SYS.write, fd, rt.put(text), text.length);
+  } finally {
+    rt.close(fd);
+  }
+}
+
 export function restoreProcessState(rt: RemoteTask, p: ProcessImage, warn: (msg: string) => void): void {
   restoreCwd(rt, p.cwd, warn);
   rt.sc.check('umask', SYS.umask, p.umask);
   rt.sc.check('personality', SYS.personality, p.personality);
+  if (p.oomScoreAdj !== undefined) {
+    try {
+      writeFileSync(`/proc/${rt.pid}/oom_score_adj`, String(p.oomScoreAdj));
+    } catch (err) {
+      throw new TsnapError('restoreFailed', `cannot set oom_score_adj ${p.oomScoreAdj} (${(err as NodeJS.ErrnoException).code}); lowering it needs CAP_SYS_RESOURCE`, err);
+    }
+  }
   const comm = Buffer.alloc(16);
   comm.write(p.comm.slice(0, 15));
   rt.sc.check('prctl(PR_SET_NAME)', SYS.prctl, PR_SET_NAME, rt.put(comm));
@@ -87,6 +106,12 @@ export function restoreProcessState(rt: RemoteTask, p: ProcessImage, warn: (msg:
   // a credential change resets the first two.
   if (p.prctl.childSubreaper) rt.sc.check('prctl(PR_SET_CHILD_SUBREAPER)', SYS.prctl, PR_SET_CHILD_SUBREAPER, 1);
   if (p.prctl.thpDisable) rt.sc.check('prctl(PR_SET_THP_DISABLE)', SYS.prctl, PR_SET_THP_DISABLE, 1, 0, 0, 0);
+  // Each REGISTER command is its own bit of the mask the dump read.
+  for (let bit = 0; bit < 31; bit++) {
+    const cmd = 1 << bit;
+    if ((p.prctl.membarrier ?? 0) & cmd) rt.sc.check(`membarrier(${cmd})`, SYS.membarrier, cmd, 0, 0);
+  }
+  if (p.loginuid !== undefined) restoreLoginuid(rt, p.loginuid);
 }
 
 export function restoreThreadState(rt: RemoteTask, t: ThreadImage): void {

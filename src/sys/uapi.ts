@@ -55,6 +55,7 @@ export const SYS = {
   process_vm_readv: 310,
   process_vm_writev: 311,
   userfaultfd: 323,
+  membarrier: 324,
   rseq: 334,
   openat: 257,
   dup3: 292,
