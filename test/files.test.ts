@@ -239,6 +239,11 @@ import socket, sys
 l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
 print('READY port=%d' % l.getsockname()[1], flush=True)
 c, _ = l.accept()
+# The listener on a higher fd than the connection: restored after it.
+import os
+os.dup2(l.fileno(), 60)
+l.close()
+l = socket.socket(fileno=60)
 for cmd in sys.stdin:
     if cmd.startswith('echo'):
         c.sendall(c.recv(100))

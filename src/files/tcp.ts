@@ -22,7 +22,7 @@
  */
 import { closeSync } from 'node:fs';
 import {
-  Guardian,
+  Guardian, SOL_SOCKET, SO,
   setsockopt, getsockoptBuf, getsockoptInt, ioctlInt, recvPeek, sendAll, bindSocket, connectSocket,
   pidfdOpen, pidfdGetfd, getsockname, getpeername, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
 } from '../sys/index.js';
@@ -195,6 +195,11 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, t.window, 'setsockopt(TCP_REPAIR_WINDOW)');
     // Out of repair mode with a window probe: the peer learns the connection is alive.
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, 'setsockopt(TCP_REPAIR off)');
+    // Leaving repair mode clears the socket's claim to share its port: a
+    // listener of the same port restored after it could not bind. The
+    // kernel lets two sockets share a port when both ask (SO_REUSEADDR);
+    // finishFiles() puts the option back as it was once every fd exists.
+    setsockopt(s, SOL_SOCKET, SO.REUSEADDR, 1);
   } finally {
     if (s >= 0) closeSync(s);
     closeSync(pidfd);

@@ -10,7 +10,7 @@
  * registrations (which name the other fds by number).
  */
 import { listFds } from '../proc/index.js';
-import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG } from '../sys/index.js';
+import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, SOL_SOCKET, SO } from '../sys/index.js';
 import { placeFds } from '../files/place.js';
 import type { FdImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
@@ -186,8 +186,18 @@ export function restoreFds(rt: RemoteTask, fds: FdImage[]): void {
   r.closeOthers(rt, fds);
 }
 
-/** F_SETOWN_EX / F_SETSIG of each open file that had them; `idNow`: a dumped pid or tid as it is now. */
-export function restoreFileOwners(rt: RemoteTask, fds: FdImage[], idNow: (id: number) => number): void {
+/**
+ * What is set once every fd (and thread) of the image exists: the
+ * F_SETOWN_EX / F_SETSIG of each open file that had them (`idNow`: a dumped
+ * pid or tid as it is now), and SO_REUSEADDR of restored TCP connections
+ * back to what it was (tcp.ts lends it while listeners bind).
+ */
+export function finishFiles(rt: RemoteTask, fds: FdImage[], idNow: (id: number) => number): void {
+  for (const f of fds) {
+    if (f.socket?.tcp && !f.socket.reuseAddr) {
+      rt.sc.check(`setsockopt(${f.fd}, SO_REUSEADDR, 0)`, SYS.setsockopt, f.fd, SOL_SOCKET, SO.REUSEADDR, rt.put(Buffer.alloc(4)), 4);
+    }
+  }
   for (const f of fds) {
     const o = f.owner;
     if (!o || isInheritedStdio(f)) continue;

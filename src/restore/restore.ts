@@ -16,7 +16,7 @@ import { RemoteTask } from './remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';
-import { restoreFileOwners } from './fds.js';
+import { finishFiles } from './fds.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
 import { restoreAllCreds, restoreCreds } from './creds.js';
@@ -239,8 +239,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       for (const th of m.threads) idNow.set(th.image.tid, th.rt.pid);
     }
     for (const m of members) {
-      step = `restore the owners of the files of ${m.p.pid}`;
-      restoreFileOwners(m.rt!, m.p.fds, (id) => idNow.get(id) ?? id);
+      step = `finish the files of ${m.p.pid}`;
+      finishFiles(m.rt!, m.p.fds, (id) => idNow.get(id) ?? id);
     }
     // Last of all that needs privilege: afterwards a process may be an ordinary user's.
     for (const m of members) {
