@@ -301,6 +301,20 @@ export const VMA_RESTORED_FLAGS = {
 export type FdKindImage = 'file' | 'dir' | 'devnull' | 'tty' | 'pipe' | 'fifo' | 'socket' | 'anon_inode' | 'chardev' | 'blockdev' | 'memfd'
   | 'eventfd' | 'epoll' | 'timerfd' | 'signalfd' | 'other';
 
+/**
+ * The inode behind a deleted file or directory: size, mode (permission
+ * bits), owner and, for a file, its data as (offset, bytes) extents between
+ * holes; `extents` is null for a directory and for every fd of an inode
+ * but the first of the image, which holds them.
+ */
+export interface GhostImage {
+  size: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  extents: { offset: number; data: Buffer }[] | null;
+}
+
 export interface FdImage {
   fd: number;
   kind: FdKindImage;
@@ -323,6 +337,8 @@ export interface FdImage {
    * (0: SIGIO). Absent when no owner and no signal were set.
    */
   owner?: { type: number; pid: number; signal: number };
+  /** A file or directory deleted while open: what restore makes again (files/ghost.ts). */
+  ghost?: GhostImage;
   /** Pipes and FIFOs: which pipe (its inode) and, on one end only, the bytes buffered in it. */
   pipe?: PipeImage;
   eventfd?: { count: bigint; semaphore: boolean };

@@ -16,6 +16,7 @@ import { describeSocket, type SocketOptions } from '../files/socket.js';
 import { REOPENED } from '../files/regular.js';
 import { describeFifo, describeMemfd, checkMemfdSize } from '../files/fifo-memfd.js';
 import { TsnapError } from '../errors.js';
+import { isGhost, checkGhost, describeGhost } from '../files/ghost.js';
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
@@ -38,6 +39,8 @@ interface SeenFd {
 export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<number, FdImage[]> {
   const seen: SeenFd[] = [];
   const out = new Map<number, FdImage[]>();
+  /** Inodes of deleted files whose contents this image already holds. */
+  const ghosts = new Set<string>();
   for (const pid of pids) {
     let pidfd: number;
     try {
@@ -60,6 +63,10 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
         };
         describeKind(pid, pidfd, img, t, info, open, opts);
         describeOwner(pidfd, img);
+        if (isGhost(img)) {
+          if (opts.enter === false) checkGhost(img, pid);
+          else img.ghost = describeGhost(pid, img, ghosts);
+        }
         seen.push({ pid, t, img });
         list.push(img);
       }
@@ -185,7 +192,7 @@ function checkOwner(f: FdImage, pid: number, pids: number[]): void {
 
 function checkSupported(f: FdImage, pid: number, tree: boolean): void {
   if (REOPENED.has(f.kind)) {
-    if (f.file?.deleted) throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is ${f.path}, deleted while open; its contents cannot be restored`);
+    if (f.file?.deleted && !isGhost(f)) throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is ${f.path} (a ${f.kind}), deleted while open; tsnap can restore deleted files and directories only`);
     return;
   }
   if (f.fd <= 2 && (f.kind === 'tty' || f.kind === 'pipe' || f.kind === 'fifo' || f.kind === 'socket')) return;

@@ -12,7 +12,11 @@ import { TsnapError } from '../errors.js';
 export const REOPENED = new Set(['file', 'dir', 'devnull', 'chardev']);
 
 export function checkReopenable(f: FdImage): void {
-  if (f.file?.deleted) throw new TsnapError('restoreFailed', `fd ${f.fd}: ${f.path} was deleted before the dump; it cannot be reopened`);
+  if (f.file?.deleted) {
+    // A deleted file or directory the image holds is made again (ghost.ts).
+    if (f.ghost && (f.kind === 'file' || f.kind === 'dir')) return;
+    throw new TsnapError('restoreFailed', `fd ${f.fd}: ${f.path} was deleted before the dump; it cannot be reopened`);
+  }
   let st;
   try {
     st = statSync(f.path!);
@@ -24,11 +28,12 @@ export function checkReopenable(f: FdImage): void {
   }
 }
 
-export function restoreReopened(rt: RemoteTask, group: FdImage[], floor: number): void {
+/** `path`: where to open it (a deleted file's is the ghost restore made). */
+export function restoreReopened(rt: RemoteTask, group: FdImage[], floor: number, path = group[0].path!): void {
   const f = group[0];
   // Reopening must not create, truncate or take a controlling terminal.
   const flags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC) | O_NOCTTY;
-  const tmp = rt.open(f.path!, flags);
+  const tmp = rt.open(path, flags);
   if (f.kind === 'file' && f.pos > 0) rt.sc.check(`lseek(${f.fd})`, SYS.lseek, tmp, f.pos, SEEK_SET);
   placeFds(rt, [{ tmp, targets: group }], floor);
 }

@@ -22,6 +22,7 @@ import { createEpoll, registerEpollTargets } from '../files/epoll.js';
 import { restoreSocket, restoreSocketPair } from '../files/socket.js';
 import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
 import { restoreTcp } from '../files/tcp.js';
+import { Ghosts, isGhost } from '../files/ghost.js';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
 
@@ -74,8 +75,12 @@ export class FdRestorer {
   private readonly queued = new Map<number, Buffer[]>();
   private readonly created = new Set<string>();
 
+  /** Deleted files and directories made again; removed once every fd is open. */
+  readonly ghosts: Ghosts;
+
   /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino". */
-  constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map()) {
+  constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void) {
+    this.ghosts = new Ghosts(all.flat());
     for (const f of all.flat()) {
       const k = f.socket;
       if (k?.state === 'pair' && f.ofd !== undefined) {
@@ -112,7 +117,7 @@ export class FdRestorer {
         if (p) p.push(g); else pairs.set(id, [g]);
         continue;
       }
-      if (REOPENED.has(f.kind)) restoreReopened(rt, g, floor);
+      if (REOPENED.has(f.kind)) restoreReopened(rt, g, floor, isGhost(f) ? this.ghosts.pathFor(f, this.warn) : f.path!);
       else if (f.kind === 'eventfd') restoreEventfd(rt, g, floor);
       else if (f.kind === 'timerfd') restoreTimerfd(rt, g, floor);
       else if (f.kind === 'signalfd') restoreSignalfd(rt, g, floor);

@@ -150,6 +150,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   /** Every task created, for the cleanup of a failed restore. */
   const created: { pid: number; leader: boolean }[] = [];
   let step = 'create the process';
+  let fdr: FdRestorer | null = null;
   let pages = 0;
   let bytes = 0;
   try {
@@ -207,13 +208,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`;
       restoreMm(rt, m.p);
     }
-    const fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt);
+    fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn);
     for (const m of members) {
       step = `restore the files of ${m.p.pid}`;
       fdr.createFiles(m.rt!, m.p.fds);
     }
     for (const m of members) fdr.registerEpolls(m.rt!, m.p.fds);
     for (const m of members) fdr.closeOthers(m.rt!, m.p.fds);
+    // Every fd is open: the deleted files made again are deleted again.
+    fdr.ghosts.removeAll();
     for (const m of members) {
       const rt = m.rt!;
       step = `restore the state of ${m.p.pid}`;
@@ -294,6 +297,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       },
     };
   } catch (err) {
+    (fdr as FdRestorer | null)?.ghosts.removeAll();
     for (const c of created) if (c.leader) { try { kill(c.pid, SIGKILL); } catch { /* gone */ } }
     // Traced threads stay zombies until reaped, and hold back their leader's report.
     for (const c of created) if (!c.leader) reapTraced(c.pid);
