@@ -112,6 +112,8 @@ export interface ProcessImage {
   comm: string;
   exe: FileIdentity & { path: string };
   cwd: string;
+  /** The cwd's inode (optional): a deleted cwd that an fd also holds comes back as that same directory. */
+  cwdFile?: { dev: number; ino: number };
   root: string;
   umask: number;
   personality: number;
@@ -312,6 +314,9 @@ export interface GhostImage {
   mode: number;
   uid: number;
   gid: number;
+  /** Access and modification times, ms since the epoch (optional). */
+  atimeMs?: number;
+  mtimeMs?: number;
   extents: { offset: number; data: Buffer }[] | null;
 }
 

@@ -127,3 +127,52 @@ for cmd in sys.stdin:
   });
 });
 
+describe('a deleted cwd that an fd holds too', () => {
+  it('is one directory again after restore', async () => {
+    const work = tmpDir('cwd');
+    const gone = join(work, 'gone');
+    mkdirSync(gone);
+    const p = await startPython(`import os, sys
+dfd = os.open('.', os.O_RDONLY | os.O_DIRECTORY)
+os.rmdir(${JSON.stringify(gone)})
+print('READY', flush=True)
+for cmd in sys.stdin:
+    print('SAME' if os.fstat(dfd).st_ino == os.stat('.').st_ino else 'DIFFERENT', flush=True)
+`, [], { cwd: gone });
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('check');
+    expect(await r.waitForLine(/^(SAME|DIFFERENT)/)).toBe('SAME');
+  });
+});
+
+describe('a file of another process\'s /proc directory', () => {
+  it('is refused before the freeze when that process is not dumped, and restored when it is the process itself', async () => {
+    const work = tmpDir('procfd');
+    const other = await startPython(`import os, sys, time
+f = open('/proc/%d/stat' % int(sys.argv[1]))
+print('READY', flush=True)
+time.sleep(1000)`, [String(process.pid)]);
+    const d = await tsnap('dump', '--pid', String(other.pid), '--dir', join(work, 'refused'));
+    expect(d.code).toBe(5);
+    expect(d.stderr).toMatch(new RegExp(`/proc/${process.pid}/stat, of a process outside the dump`));
+    const own = await startPython(`import os, sys
+f = open('/proc/%d/stat' % os.getpid())
+print('READY', flush=True)
+for cmd in sys.stdin:
+    f.seek(0)
+    print('PID %s' % f.read().split()[0], flush=True)
+`);
+    const d2 = await tsnap('dump', '--pid', String(own.pid), '--dir', join(work, 'img'));
+    expect(d2.code, d2.stderr).toBe(0);
+    await own.exited;
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('check');
+    expect(await r.waitForLine(/^PID/)).toBe(`PID ${own.pid}`);
+  });
+});
+

@@ -78,7 +78,7 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
   assignOfds(seen);
   describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false);
   checkPairs(seen, pids.length > 1);
-  for (const s of seen) checkSupported(s.img, s.pid, pids.length > 1);
+  for (const s of seen) checkSupported(s.img, s.pid, pids);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
   return out;
 }
@@ -190,9 +190,21 @@ function checkOwner(f: FdImage, pid: number, pids: number[]): void {
   }
 }
 
-function checkSupported(f: FdImage, pid: number, tree: boolean): void {
+/** The pid of a /proc/PID/... path, or null. */
+export function procPidOf(path: string | null): number | null {
+  const m = path ? /^\/proc\/(\d+)(\/|$)/.exec(path) : null;
+  return m ? Number(m[1]) : null;
+}
+
+function checkSupported(f: FdImage, pid: number, pids: number[]): void {
+  const tree = pids.length > 1;
   if (REOPENED.has(f.kind)) {
     if (f.file?.deleted && !isGhost(f)) throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is ${f.path} (a ${f.kind}), deleted while open; tsnap can restore deleted files and directories only`);
+    // A file of another process's /proc directory opens again only if that process comes back too.
+    const proc = procPidOf(f.path);
+    if (proc !== null && !pids.includes(proc)) {
+      throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is ${f.path}, of a process outside the dump; restore could not open it again (dump that process with --tree)`);
+    }
     return;
   }
   if (f.fd <= 2 && (f.kind === 'tty' || f.kind === 'pipe' || f.kind === 'fifo' || f.kind === 'socket')) return;

@@ -113,6 +113,7 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     comm: readComm(pid),
     exe: { path: exePath, ...identity(`/proc/${pid}/exe`) },
     cwd: readCwd(pid),
+    cwdFile: (({ dev, ino }) => ({ dev, ino }))(statSync(`/proc/${pid}/cwd`)),
     root: readRoot(pid),
     umask: status.umask,
     personality: readPersonality(pid),

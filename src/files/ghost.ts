@@ -11,7 +11,7 @@
  * Contents are stored once per inode (the first fd of the image that has
  * it); other fds of the same inode point to it by dev/ino.
  */
-import { closeSync, constants as C, existsSync, fchmodSync, fchownSync, fstatSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readSync, rmdirSync, unlinkSync, writeSync, chownSync, chmodSync } from 'node:fs';
+import { closeSync, constants as C, existsSync, fchmodSync, fchownSync, fstatSync, ftruncateSync, futimesSync, mkdirSync, mkdtempSync, openSync, readSync, rmdirSync, unlinkSync, writeSync, chownSync, chmodSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { rawSyscall, Errno, SysError, SYS } from '../sys/index.js';
 import type { FdImage, GhostImage } from '../../formats/schema.js';
@@ -43,7 +43,7 @@ export function describeGhost(pid: number, f: FdImage, seen: Set<string>): Ghost
   const fd = openSync(`/proc/${pid}/fd/${f.fd}`, C.O_RDONLY);
   try {
     const st = fstatSync(fd);
-    const base = { size: st.size, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
+    const base = { size: st.size, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, atimeMs: st.atimeMs, mtimeMs: st.mtimeMs };
     if (f.kind === 'dir' || seen.has(key(f))) return { ...base, extents: null };
     seen.add(key(f));
     if (st.size > GHOST_LIMIT) throw new TsnapError('unsupported', `fd ${f.fd} of process ${pid} is ${f.path} (deleted), ${st.size} bytes; deleted files over ${GHOST_LIMIT >> 20} MiB are not stored in images`);
@@ -119,6 +119,7 @@ export class Ghosts {
       for (const e of data.extents!) writeSync(fd, e.data, 0, e.data.length, e.offset);
       fchownSync(fd, data.uid, data.gid);
       fchmodSync(fd, data.mode);
+      if (data.mtimeMs !== undefined) futimesSync(fd, (data.atimeMs ?? data.mtimeMs) / 1000, data.mtimeMs / 1000);
     } finally {
       closeSync(fd);
     }

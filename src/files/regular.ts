@@ -17,6 +17,9 @@ export function checkReopenable(f: FdImage): void {
     if (f.ghost && (f.kind === 'file' || f.kind === 'dir')) return;
     throw new TsnapError('restoreFailed', `fd ${f.fd}: ${f.path} was deleted before the dump; it cannot be reopened`);
   }
+  // /proc/PID/...: that process is part of the image (the dump checked) and
+  // exists only once restore made it; procfs inodes change anyway.
+  if (/^\/proc\/\d+(\/|$)/.test(f.path ?? '')) return;
   let st;
   try {
     st = statSync(f.path!);

@@ -37,9 +37,13 @@ const DELETED = ' (deleted)';
  * again, so the process sits in a deleted directory of the same name
  * (the dump checked that its parent exists).
  */
-function restoreCwd(rt: RemoteTask, cwd: string, warn: (msg: string) => void): void {
+function restoreCwd(rt: RemoteTask, p: ProcessImage, warn: (msg: string) => void): void {
+  const cwd = p.cwd;
   const chdir = (path: string) => rt.sc.check(`chdir(${path})`, SYS.chdir, rt.put(Buffer.from(`${path}\0`)));
   if (!cwd.endsWith(DELETED)) { chdir(cwd); return; }
+  // An fd of the same deleted directory is restored already: the very same one.
+  const same = p.cwdFile && p.fds.find((f) => f.kind === 'dir' && f.file?.dev === p.cwdFile!.dev && f.file.ino === p.cwdFile!.ino);
+  if (same) { rt.sc.check(`fchdir(${same.fd})`, SYS.fchdir, same.fd); return; }
   let ghost = cwd.slice(0, -DELETED.length);
   if (existsSync(ghost)) {
     // The name is taken again: a ghost of another name, and a warning (restore check names it too).
@@ -68,7 +72,7 @@ function restoreLoginuid(rt: RemoteTask, loginuid: number): void {
 }
 
 export function restoreProcessState(rt: RemoteTask, p: ProcessImage, warn: (msg: string) => void): void {
-  restoreCwd(rt, p.cwd, warn);
+  restoreCwd(rt, p, warn);
   rt.sc.check('umask', SYS.umask, p.umask);
   rt.sc.check('personality', SYS.personality, p.personality);
   if (p.oomScoreAdj !== undefined) {
