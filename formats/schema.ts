@@ -342,6 +342,8 @@ export interface FdImage {
    * (0: SIGIO). Absent when no owner and no signal were set.
    */
   owner?: { type: number; pid: number; signal: number };
+  /** F_GETLEASE of the open file when it holds a lease: 0 F_RDLCK, 1 F_WRLCK (optional). */
+  lease?: number;
   /** A file or directory deleted while open: what restore makes again (files/ghost.ts). */
   ghost?: GhostImage;
   /** Pipes and FIFOs: which pipe (its inode) and, on one end only, the bytes buffered in it. */

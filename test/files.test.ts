@@ -316,5 +316,24 @@ for cmd in sys.stdin:
     expect(await ask(r)).toBe("pos=b'hea' other=b'head' size=1048580 mode=640 links=0 hole=4096 tail=b'tail' dirlinks=0");
     expect(readdirSync(work).sort()).toEqual(['img', 'pid']);
   });
+
+  it('a file lease (F_SETLEASE) is held again after restore', async () => {
+    const work = tmpDir('tsnap-files-');
+    const file = join(work, 'leased');
+    const p = await startPython(`import fcntl, os, sys
+fd = os.open(${JSON.stringify(file)}, os.O_RDONLY | os.O_CREAT, 0o644)
+fcntl.fcntl(fd, 1024, fcntl.F_RDLCK)  # F_SETLEASE
+print('READY', flush=True)
+for cmd in sys.stdin:
+    print('LEASE %d' % fcntl.fcntl(fd, 1025), flush=True)  # F_GETLEASE
+`);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('check');
+    expect(await r.waitForLine(/^LEASE/)).toBe('LEASE 0'); // F_RDLCK
+  });
 });
 

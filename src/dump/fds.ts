@@ -6,7 +6,7 @@
  * fail fast, with the process untouched) and again while frozen.
  */
 import { closeSync, existsSync } from 'node:fs';
-import { pidfdOpen, pidfdGetfd, sameFile, fileOwner } from '../sys/index.js';
+import { pidfdOpen, pidfdGetfd, sameFile, fileOwner, fcntl, F_GETLEASE, F_UNLCK } from '../sys/index.js';
 import { listFds, readFdInfo, readFdTarget, readStat, type FdTarget, type FdInfo } from '../proc/index.js';
 import type { FdImage } from '../../formats/schema.js';
 import { readPipe, isReadEnd } from '../files/pipe.js';
@@ -63,6 +63,9 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
         };
         describeKind(pid, pidfd, img, t, info, open, opts);
         describeOwner(pidfd, img);
+        if (/\bLEASE\s+BREAKING\b/.test(info.extra.lock ?? '')) {
+          throw new TsnapError('unsupported', `fd ${fd} of process ${pid} holds a lease that is being broken; restore could not take it again in that state (retry once the break is over)`);
+        }
         if (isGhost(img)) {
           if (opts.enter === false) checkGhost(img, pid);
           else img.ghost = describeGhost(pid, img, ghosts);
@@ -83,12 +86,20 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
   return out;
 }
 
-/** Who gets the open file's SIGIO/SIGURG (F_SETOWN_EX, F_SETSIG): a property of the open file, read on a copy. */
+/**
+ * Who gets the open file's SIGIO/SIGURG (F_SETOWN_EX, F_SETSIG) and the
+ * lease it holds (F_GETLEASE, regular files): properties of the open file,
+ * read on a copy.
+ */
 function describeOwner(pidfd: number, img: FdImage): void {
   const copy = pidfdGetfd(pidfd, img.fd);
   try {
     const o = fileOwner(copy);
     if (o.pid !== 0 || o.signal !== 0) img.owner = o;
+    if (img.kind === 'file') {
+      const lease = fcntl(copy, F_GETLEASE);
+      if (lease !== F_UNLCK) img.lease = lease;
+    }
   } finally {
     closeSync(copy);
   }

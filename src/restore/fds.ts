@@ -10,7 +10,7 @@
  * registrations (which name the other fds by number).
  */
 import { listFds } from '../proc/index.js';
-import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, SOL_SOCKET, SO } from '../sys/index.js';
+import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, F_SETLEASE, SOL_SOCKET, SO } from '../sys/index.js';
 import { placeFds } from '../files/place.js';
 import type { FdImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
@@ -202,6 +202,10 @@ export function finishFiles(rt: RemoteTask, fds: FdImage[], idNow: (id: number) 
     if (f.socket?.tcp && !f.socket.reuseAddr) {
       rt.sc.check(`setsockopt(${f.fd}, SO_REUSEADDR, 0)`, SYS.setsockopt, f.fd, SOL_SOCKET, SO.REUSEADDR, rt.put(Buffer.alloc(4)), 4);
     }
+  }
+  for (const f of fds) {
+    // Taken by the restored process itself: a lease belongs to its holder.
+    if (f.lease !== undefined) rt.sc.check(`fcntl(${f.fd}, F_SETLEASE)`, SYS.fcntl, f.fd, F_SETLEASE, f.lease);
   }
   for (const f of fds) {
     const o = f.owner;
