@@ -122,7 +122,12 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
         const buf = pool.pop()!;
         buffers.push(buf);
         const first = byChunk.get(order[next++])![0];
-        pending.push(readerOf(first.image).readChunkAsync(first.chunk, buf));
+        const read = readerOf(first.image).readChunkAsync(first.chunk, buf);
+        // A read ahead may fail while an earlier chunk is being written: it
+        // is reported when its turn comes (or by the cleanup), never as an
+        // unhandled rejection that would end tsnap with a stack trace.
+        read.catch(() => {});
+        pending.push(read);
       }
     };
     refill();

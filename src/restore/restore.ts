@@ -24,6 +24,7 @@ import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
 import { isSpecial, vmaKind } from './layout-plan.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 import { preflight } from './preflight.js';
+import { checkUnreadChunks } from '../image/unread-chunks.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import type { ThreadImage, ProcessImage, VmaImage, TreeMember } from '../../formats/schema.js';
 import { readStat } from '../proc/index.js';
@@ -134,6 +135,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const root = members[0];
   const newPid = !!opts.newPid;
   for (const m of members) preflight(m.chain[0], m.p, newPid);
+  // The same memory plan as below (shared memory is filled once, by its first process).
+  const planned = new Map<string, { pid: number; v: VmaImage }>();
+  for (const m of members) {
+    const imports = sharedImports(m.p, planned, 0);
+    checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })));
+  }
 
   const stdio = openStdio(opts);
   let helper: ChildProcess | null = null;
