@@ -56,6 +56,11 @@ export interface TreeMember {
    * and its group and session.
    */
   zombie?: { status: number; pgid: number; sid: number };
+  /**
+   * The `imageId` of the member's image (tsnap 0.2+, optional): binds the
+   * directory to this tree dump, so a process image from another dump is refused.
+   */
+  imageId?: string;
 }
 
 export type Compression = 'none' | 'lz4';

@@ -180,7 +180,11 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
       members = alive;
     }
     const manifest: TreeManifest = {
-      formatVersion: FORMAT_VERSION, createdAt: new Date().toISOString(), root, contents: mode, processes: members,
+      formatVersion: FORMAT_VERSION, createdAt: new Date().toISOString(), root, contents: mode,
+      processes: members.map((m) => {
+        const d = done.find((x) => x.pid === m.pid);
+        return d ? { ...m, imageId: d.result.imageId } : m;
+      }),
     };
     writeMetaFile(top.path, FileKind.Tree, manifest, fsync);
     if (fsync) fsyncDir(top.path);
@@ -205,9 +209,9 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
     // must not leave their holders behind (a parent's tracking stays).
     for (const d of done) {
       try {
-        const ref = readImage(d.result.dir).inventory.tracking;
+        const ref = readImage(d.result.dir, { indexOnly: true }).inventory.tracking;
         const parentDir = parentFor(opts.parent, d.pid);
-        const parentRef = parentDir ? readImage(parentDir).inventory.tracking : null;
+        const parentRef = parentDir ? readImage(parentDir, { indexOnly: true }).inventory.tracking : null;
         if (ref && ref.holderPid !== parentRef?.holderPid) stopHolder(ref);
       } catch { /* nothing to stop */ }
     }

@@ -39,7 +39,16 @@ function readBound<T>(dir: string, inventory: Inventory, kind: FileKind): T {
   return got.value;
 }
 
-export function readImage(dir: string): Image {
+export interface ReadOptions {
+  /**
+   * Skip the page data: for a dump reading its parent's index only (a
+   * migration's staging copy drops the pages once sent). Everything else is
+   * checked as always.
+   */
+  indexOnly?: boolean;
+}
+
+export function readImage(dir: string, opts: ReadOptions = {}): Image {
   const inventory = readMetaFileEntry<Inventory>(dir, FileKind.Inventory).value;
   const process = inventory.contents === 'predump' ? null : readBound<ProcessImage>(dir, inventory, FileKind.Process);
   const encoded = readBound<EncodedPagemap & { vmas?: PagemapImage['vmas'] }>(dir, inventory, FileKind.Pagemap);
@@ -49,12 +58,14 @@ export function readImage(dir: string): Image {
   const pages = inventory.files.pages;
   if (!pages) throw new TsnapError('badImage', `${dir}/inventory does not record a pages file; the image is damaged`);
   validateChunkLayout(pagemap.chunks, pages.length, inventory.chunkSize, `${dir}/pagemap`);
-  // The page data's header and size, checked now rather than when a restore has begun.
-  const reader = new PageFileReader(dir, pagemap.chunks);
-  const length = reader.payloadLength;
-  reader.close();
-  if (length !== pages.length) {
-    throw new TsnapError('badImage', `${dir}/pages holds ${length} bytes, its inventory records ${pages.length}; it was replaced, comes from another image, or is damaged`);
+  if (!opts.indexOnly) {
+    // The page data's header and size, checked now rather than when a restore has begun.
+    const reader = new PageFileReader(dir, pagemap.chunks);
+    const length = reader.payloadLength;
+    reader.close();
+    if (length !== pages.length) {
+      throw new TsnapError('badImage', `${dir}/pages holds ${length} bytes, its inventory records ${pages.length}; it was replaced, comes from another image, or is damaged`);
+    }
   }
   if (inventory.kind === 'full' && pagemap.runs.some((r) => r.where === PageWhere.Parent)) {
     throw new TsnapError('badImage', `${dir}: a full image refers to pages of a parent; the image is damaged`);
@@ -63,8 +74,8 @@ export function readImage(dir: string): Image {
 }
 
 /** The image and its ancestors, newest first; a missing or mismatched parent is an error. */
-export function readChain(dir: string): Image[] {
-  const chain = [readImage(dir)];
+export function readChain(dir: string, opts: ReadOptions = {}): Image[] {
+  const chain = [readImage(dir, opts)];
   const seen = new Set([chain[0].inventory.imageId]);
   for (;;) {
     const cur = chain[chain.length - 1];
@@ -76,7 +87,7 @@ export function readChain(dir: string): Image[] {
     const pdir = resolve(cur.dir, ref.path);
     let parent: Image;
     try {
-      parent = readImage(pdir);
+      parent = readImage(pdir, opts);
     } catch (err) {
       throw new TsnapError('badImage', `${cur.dir}: its parent image ${pdir} cannot be read (${(err as Error).message})`);
     }

@@ -20,7 +20,7 @@ import { FdRestorer } from './fds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { createThreads, type RestoredThread } from './threads.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
-import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
+import { isTreeImage, readTreeManifest, checkMember } from '../image/tree-manifest.js';
 import { isSpecial, vmaKind } from './layout-plan.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 import { preflight } from './preflight.js';
@@ -104,6 +104,7 @@ function loadMembers(dir: string): Member[] {
     const sub = join(dir, m.dir);
     const chain = readChain(sub);
     const member: Member = { chain, p: needProcess(chain[0], sub), rt: null, threads: [], children: [], zombies: [] };
+    checkMember(m, chain[0].inventory, sub);
     if (member.p.pid !== m.pid) throw new TsnapError('badImage', `${sub} holds process ${member.p.pid}, the tree manifest says ${m.pid}`);
     byPid.set(m.pid, member);
     return member;
