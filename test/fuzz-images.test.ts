@@ -501,3 +501,37 @@ describe('image fuzzing', () => {
     expect(tally.runs).toBe(MUTATIONS);
   }, Math.max(600_000, MUTATIONS * 3_000));
 });
+
+describe('tree images', () => {
+  it('a member directory or file from another dump of the same tree is refused by verify and restore (exit 7, one line)', async () => {
+    const p = await startProcess(await compileC('tree'), []);
+    const kids = [Number(p.readyInfo.child1), Number(p.readyInfo.child2)];
+    const t = tmpDir('tsnap-fuzz-tree-');
+    try {
+      for (const n of ['1', '2']) await ok('dump', '--pid', String(p.pid), '--dir', join(t, n), '--tree', '--leave-running');
+    } finally {
+      for (const pid of [p.pid, ...kids]) await killPid(pid);
+    }
+    const child = String(kids[1]);
+    const cases: [string, (d: string) => void][] = [
+      ['a member directory', (d) => { rmSync(join(d, child), { recursive: true }); cpSync(join(t, '2', child), join(d, child), { recursive: true }); }],
+      ['a member\'s inventory', (d) => cpSync(join(t, '2', child, 'inventory'), join(d, child, 'inventory'))],
+    ];
+    // A blocked process may well have dumped the same process file twice: swapping those changes nothing.
+    for (const file of ['process', 'pagemap']) {
+      if (!readFileSync(join(t, '1', child, file)).equals(readFileSync(join(t, '2', child, file)))) {
+        cases.push([`a member's ${file} file`, (d) => cpSync(join(t, '2', child, file), join(d, child, file))]);
+      }
+    }
+    for (const [what, mutate] of cases) {
+      const d = join(t, `m-${cases.findIndex((c) => c[0] === what)}`);
+      cpSync(join(t, '1'), d, { recursive: true });
+      mutate(d);
+      for (const args of [['verify', d], ['restore', '--dir', d, '--detach']]) {
+        const r = await tsnap(...args);
+        expectRefusal(args[0], r, `${what} from another dump`);
+        expect(r.stderr).toContain(join(d, child));
+      }
+    }
+  });
+});
