@@ -51,6 +51,9 @@ export interface ReadOptions {
 export function readImage(dir: string, opts: ReadOptions = {}): Image {
   const inventory = readMetaFileEntry<Inventory>(dir, FileKind.Inventory).value;
   const process = inventory.contents === 'predump' ? null : readBound<ProcessImage>(dir, inventory, FileKind.Process);
+  if (process && process.pid !== inventory.pid) {
+    throw new TsnapError('badImage', `${dir}/process holds process ${process.pid}, its inventory says ${inventory.pid}; the image was mixed up`);
+  }
   const encoded = readBound<EncodedPagemap & { vmas?: PagemapImage['vmas'] }>(dir, inventory, FileKind.Pagemap);
   const pagemap = { ...decodePagemap(encoded, `${dir}/pagemap`), vmas: encoded.vmas ?? process?.mm.vmas };
   // Old images may lack stats; one the inventory records must be intact.
@@ -93,6 +96,9 @@ export function readChain(dir: string, opts: ReadOptions = {}): Image[] {
     }
     if (parent.inventory.imageId !== ref.imageId) {
       throw new TsnapError('badImage', `${cur.dir}: parent ${pdir} is image ${parent.inventory.imageId}, expected ${ref.imageId}; the chain was mixed up`);
+    }
+    if (parent.inventory.pid !== cur.inventory.pid) {
+      throw new TsnapError('badImage', `${cur.dir}: parent ${pdir} is an image of process ${parent.inventory.pid}, not ${cur.inventory.pid}; the chain was mixed up`);
     }
     if (seen.has(ref.imageId)) throw new TsnapError('badImage', `${cur.dir}: the parent chain loops`);
     seen.add(ref.imageId);

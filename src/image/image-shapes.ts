@@ -146,7 +146,15 @@ const unique = <T>(items: T[], key: (t: T) => number, what: string): string | nu
   return null;
 };
 
-export const PROCESS: Shape = refine<{ threads: { tid: number }[]; fds: { fd: number }[] }>(obj({
+interface ProcessLike {
+  pid: number;
+  threads: { tid: number }[];
+  fds: { fd: number }[];
+  mm: { vmas: { start: number; path: string; file: { dev: number; ino: number } | null }[] };
+  memfds?: { dev: number; ino: number }[];
+}
+
+export const PROCESS: Shape = refine<ProcessLike>(obj({
   pid: PID,
   ppid: PID_OR_0,
   pgid: PID_OR_0,
@@ -179,7 +187,19 @@ export const PROCESS: Shape = refine<{ threads: { tid: number }[]; fds: { fd: nu
     tid: PID_OR_0, valueNs: I64_OR_U64, intervalNs: I64_OR_U64,
   }), 1 << 16)),
   prctl: obj({ dumpable: U32, pdeathsig: int(0, 64), childSubreaper: U32, noNewPrivs: U32, thpDisable: U32 }),
-}), (p) => unique(p.threads, (t) => t.tid, 'thread') ?? unique(p.fds, (f) => f.fd, 'fd'));
+}), (p) => {
+  if (p.threads[0].tid !== p.pid) return `the first thread is ${p.threads[0].tid}, not the main thread ${p.pid}`;
+  const dup = unique(p.threads, (t) => t.tid, 'thread') ?? unique(p.fds, (f) => f.fd, 'fd');
+  if (dup) return dup;
+  // A mapped memfd is recreated from the contents the image holds.
+  for (const v of p.mm.vmas) {
+    const f = v.file;
+    if (f && v.path.startsWith('/memfd:') && !p.memfds?.some((m) => m.dev === f.dev && m.ino === f.ino)) {
+      return `the VMA at 0x${v.start.toString(16)} maps ${v.path} but the image does not hold its contents`;
+    }
+  }
+  return null;
+});
 
 /** [fileOffset, storedLength, rawLength, codec, crc32]; [start, pages, where, chunk, offset]. */
 export const PAGEMAP: Shape = obj({
