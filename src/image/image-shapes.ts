@@ -98,7 +98,7 @@ const SOCKET = obj({
     sendQueue: BYTES,
     mss: int(0, 65535),
     sack: bool,
-    wscale: nullable(obj({ snd: int(0, 14), rcv: int(0, 14) })),
+    wscale: nullable(obj({ snd: int(0, 15), rcv: int(0, 15) })),
     timestamp: nullable(U32),
     window: bin(0, 64),
   })),
