@@ -1,7 +1,8 @@
 /**
  * Image fuzzing on real images: a small process (test/fixtures/fuzzee.c,
  * which sums its own memory) is dumped — a full image, a second full dump
- * of the same process, and two incremental chains — and each mutation
+ * of the same process, two incremental chains, and twice as a tree with a
+ * child of its own — and each mutation
  * (bit flips, truncation, zeroing, garbage, appended bytes, deleted files,
  * files swapped in from another dump / another chain / another level,
  * crafted metadata re-sealed with valid CRCs, crafted headers) is applied
@@ -21,7 +22,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, execFileSync } from 'node:child_process';
-import { cpSync, readFileSync, writeFileSync, rmSync, truncateSync, statSync, readdirSync, readlinkSync, existsSync, appendFileSync, openSync, closeSync, writeSync } from 'node:fs';
+import { cpSync, readFileSync, writeFileSync, rmSync, truncateSync, statSync, readdirSync, readlinkSync, appendFileSync, openSync, closeSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
@@ -62,15 +63,26 @@ interface Subject {
   root: string;
   /** The image to restore, relative to root. */
   top: string;
-  /** Image directories of the subject, relative to root. */
-  levels: string[];
+  /** Every file of the subject, and its metadata files (all but pages), relative to root. */
+  files: string[];
+  meta: string[];
+  /** The sum the restored process reports: "<hex>", or "<parent hex>-<child hex>" for the tree. */
   sum: string;
   /** Same-named files (or directories) that may be swapped in: [relative path in subject, absolute source]. */
   swaps: [string, string][];
 }
 
-const META = ['inventory', 'process', 'pagemap', 'stats'];
-const FILES = [...META, 'pages'];
+const FILES = ['inventory', 'process', 'pagemap', 'stats', 'pages'];
+
+/** Files under `root`, relative to it. */
+function walk(root: string, rel = ''): string[] {
+  return readdirSync(join(root, rel), { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(root, join(rel, e.name)) : [join(rel, e.name)]));
+}
+
+function subject(name: string, root: string, top: string, sum: string, swaps: [string, string][]): Subject {
+  const files = walk(root);
+  return { name, root, top, sum, swaps, files, meta: files.filter((f) => !f.endsWith('pages')) };
+}
 
 let fuzzee = '';
 let work = '';
@@ -123,25 +135,39 @@ beforeAll(async () => {
   }
   await p.kill();
   expect(sumG).not.toBe(sumF);
+  // A tree: the fuzzee and a child of its own, dumped twice.
+  const t = await startProcess(fuzzee, ['fork']);
+  const kids = [Number(t.readyInfo.child)];
+  let sumT = '';
+  try {
+    sumT = t.readyInfo.sum;
+    await ok('dump', '--pid', String(t.pid), '--dir', join(work, 'T', '1'), '--tree', '--leave-running');
+    await cmd(t, 'mutate 9', /^DONE/);
+    await ok('dump', '--pid', String(t.pid), '--dir', join(work, 'T', '2'), '--tree', '--leave-running');
+  } finally {
+    await t.kill();
+    for (const k of kids) await killPid(k);
+  }
   const fileSwaps = (rel: string, from: string, names: string[]): [string, string][] => names.map((n) => [join(rel, n), join(from, n)]);
+  const tp = String(t.pid);
+  const tc = String(kids[0]);
   subjects = [
-    {
-      name: 'full', root: join(work, 'full'), top: '.', levels: ['.'], sum: sumF,
-      // Another dump of the same process.
-      swaps: fileSwaps('.', join(work, 'full2'), FILES),
-    },
-    {
-      name: 'chain', root: join(work, 'A'), top: '2', levels: ['2', '1'], sum: chains.A,
-      swaps: [
-        // The same level of another chain of the same process.
-        ...fileSwaps('1', join(work, 'B', '1'), ['inventory', 'pagemap', 'pages', 'stats']),
-        ...fileSwaps('2', join(work, 'B', '2'), FILES),
-        // Another level of the same chain.
-        ...fileSwaps('2', join(work, 'A', '1'), ['inventory', 'pagemap', 'pages', 'stats']),
-        // A whole parent directory from the other chain.
-        ['1', join(work, 'B', '1')],
-      ],
-    },
+    // Another dump of the same process.
+    subject('full', join(work, 'full'), '.', sumF, fileSwaps('.', join(work, 'full2'), FILES)),
+    subject('chain', join(work, 'A'), '2', chains.A, [
+      // The same level of another chain of the same process.
+      ...fileSwaps('1', join(work, 'B', '1'), ['inventory', 'pagemap', 'pages', 'stats']),
+      ...fileSwaps('2', join(work, 'B', '2'), FILES),
+      // Another level of the same chain.
+      ...fileSwaps('2', join(work, 'A', '1'), ['inventory', 'pagemap', 'pages', 'stats']),
+      // A whole parent directory from the other chain.
+      ['1', join(work, 'B', '1')],
+    ]),
+    // Members (directories and files) and the manifest from another dump of the same tree.
+    subject('tree', join(work, 'T', '1'), '.', sumT, [
+      ...fileSwaps(tp, join(work, 'T', '2', tp), FILES), ...fileSwaps(tc, join(work, 'T', '2', tc), FILES),
+      [tp, join(work, 'T', '2', tp)], [tc, join(work, 'T', '2', tc)], ['tree', join(work, 'T', '2', 'tree')],
+    ]),
   ];
 }, 120_000);
 
@@ -153,15 +179,8 @@ type Mutator = (dir: string, s: Subject, r: () => number) => string;
 const pick = <T>(r: () => number, items: readonly T[]): T => items[Math.floor(r() * items.length)];
 
 /** A file of the subject, the big pages files weighted like the small ones. */
-function anyFile(dir: string, s: Subject, r: () => number): string {
-  const rel = join(pick(r, s.levels), pick(r, FILES));
-  return existsSync(join(dir, rel)) ? rel : join(s.top, 'inventory');
-}
-
-function metaFile(dir: string, s: Subject, r: () => number): string {
-  const rel = join(pick(r, s.levels), pick(r, META));
-  return existsSync(join(dir, rel)) ? rel : join(s.top, 'process');
-}
+const anyFile = (_dir: string, s: Subject, r: () => number): string => pick(r, s.files);
+const metaFile = (_dir: string, s: Subject, r: () => number): string => pick(r, s.meta);
 
 /** A random offset, half of the time inside the 32-byte header. */
 const offsetIn = (size: number, r: () => number) => (r() < 0.3 ? Math.floor(r() * Math.min(size, HEADER_SIZE)) : Math.floor(r() * size));
@@ -176,7 +195,7 @@ function reseal(dir: string, rel: string, payload: Buffer, record: boolean): voi
   const kind = readFileSync(path).readUInt16LE(10);
   writeFileSync(path, sealed(payload, kind));
   const name = rel.split('/').pop()!;
-  if (!record || name === 'inventory') return;
+  if (!record || name === 'inventory' || name === 'tree') return;
   const invPath = join(dir, rel.slice(0, rel.length - name.length), 'inventory');
   const inv = packr.unpack(readFileSync(invPath).subarray(HEADER_SIZE)) as { files: Record<string, { length: number; crc32: number }> };
   inv.files[name] = { length: payload.length, crc32: crc32(payload) };
@@ -282,8 +301,8 @@ const mutators: Record<string, Mutator> = {
   crafted: (dir, s, r) => craft(dir, metaFile(dir, s, r), r, () => true),
   /** The same, aimed at what places memory: the page index, the layout, the threads. */
   craftedIndex: (dir, s, r) => {
-    const rel = join(pick(r, s.levels), pick(r, ['pagemap', 'process']));
-    return craft(dir, existsSync(join(dir, rel)) ? rel : join(s.top, 'pagemap'), r, (at) => ['chunks', 'runs', 'vmas', 'mm', 'threads'].includes(String(at[0])));
+    const rel = pick(r, s.meta.filter((f) => /(^|\/)(pagemap|process)$/.test(f)));
+    return craft(dir, rel, r, (at) => ['chunks', 'runs', 'vmas', 'mm', 'threads'].includes(String(at[0])));
   },
   /** Decoded and sealed again unchanged: a control, which must restore exactly. */
   resealed: (dir, s, r) => {
@@ -392,13 +411,15 @@ async function restoreAndSum(dir: string): Promise<{ r: CliResult & { timedOut: 
   try {
     if (r.code !== 0) return { r, sum: null };
     const pid = Number(readFileSync(pidfile, 'utf8'));
+    // A tree's children too (the pidfile names its root).
+    const pids = [pid, ...readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(' ').filter(Boolean).map(Number)];
     try {
       feeder.stdin!.write('sum\n');
       for (let i = 0; i < 500 && !r.lines.some((l) => l.startsWith('SUM ')); i++) await new Promise((res) => setTimeout(res, 20));
       const line = r.lines.find((l) => l.startsWith('SUM '));
       return { r, sum: line ? line.slice(4) : `(no answer; output: ${r.lines.join(' | ')})` };
     } finally {
-      await killPid(pid);
+      for (const p of pids) await killPid(p);
     }
   } finally {
     feeder.kill('SIGKILL');
@@ -419,9 +440,9 @@ async function restoreInProcess(dir: string, base: string): Promise<Outcome & { 
   const feed = openSync(fifo, 'r+');
   inFlight++;
   try {
-    let pid: number;
+    let pids: number[];
     try {
-      pid = (await restore({ dir, newPid: true, stdin: fifo, stdout: outFile, stderr: join(base, 'stderr') })).pid;
+      pids = (await restore({ dir, newPid: true, stdin: fifo, stdout: outFile, stderr: join(base, 'stderr') })).pids.map((p) => p.pid);
     } catch (err) {
       return inProcess(() => { throw err; });
     }
@@ -434,7 +455,7 @@ async function restoreInProcess(dir: string, base: string): Promise<Outcome & { 
       }
       return { ok: true, sum: line ? line.slice(4) : `(no answer: ${readFileSync(outFile, 'utf8')})` };
     } finally {
-      await killPid(pid);
+      for (const pid of pids) await killPid(pid);
     }
   } finally {
     closeSync(feed);
