@@ -534,6 +534,39 @@ describe('image fuzzing', () => {
   }, Math.max(600_000, MUTATIONS * 3_000));
 });
 
+describe('chunks a restore does not read', () => {
+  it('are checked too: restore refuses a chain with a damaged chunk no page needs, before creating anything', async () => {
+    const base = tmpDir('tsnap-fuzz-unread-');
+    const chain = subjects.find((x) => x.name === 'chain')!;
+    const dir = join(base, 'img');
+    cpSync(chain.root, dir, { recursive: true });
+    // An extra raw chunk in level 1 that no run refers to, with a CRC that does not match its bytes.
+    const pagesPath = join(dir, '1', 'pages');
+    const pages = readFileSync(pagesPath);
+    const length = pages.length - HEADER_SIZE;
+    const extra = Buffer.alloc(4096, 0x5a);
+    writeFileSync(pagesPath, Buffer.concat([
+      encodeHeader({ version: 1, kind: 4, flags: 0, payloadLength: length + extra.length, payloadCrc: 0 }), pages.subarray(HEADER_SIZE), extra,
+    ]));
+    const pm = packr.unpack(readFileSync(join(dir, '1', 'pagemap')).subarray(HEADER_SIZE)) as { chunks: number[][] };
+    pm.chunks.push([length, extra.length, extra.length, 0, (crc32(extra) ^ 1) >>> 0]);
+    reseal(dir, join('1', 'pagemap'), packr.pack(pm), true);
+    const invPath = join(dir, '1', 'inventory');
+    const inv = packr.unpack(readFileSync(invPath).subarray(HEADER_SIZE)) as { files: Record<string, { length: number; crc32: number }> };
+    inv.files.pages.length = length + extra.length;
+    writeFileSync(invPath, sealed(packr.pack(inv), 1));
+    // The parent's inventory changed: the child records the parent's id only, which is unchanged.
+    const top = join(dir, '2');
+    const v = inProcess(() => verify(top));
+    expect(v.ok).toBe(false);
+    const chunk = pm.chunks.length - 1;
+    expect(v.ok ? '' : v.message).toMatch(new RegExp(`chunk ${chunk} checksum mismatch`));
+    const lib = await restoreInProcess(top, base);
+    expect(lib).toEqual({ ok: false, message: v.ok ? '' : v.message });
+    expect(fuzzeeProcesses()).toEqual([]);
+  });
+});
+
 describe('tree images', () => {
   it('a member directory or file from another dump of the same tree is refused by verify and restore (exit 7, one line)', async () => {
     const p = await startProcess(await compileC('tree'), []);

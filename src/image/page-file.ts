@@ -275,6 +275,34 @@ export class PageFileReader {
     return new TsnapError('badImage', `${this.path}: chunk ${i} cannot be read (${e?.code ?? String(e?.message ?? err).split('\n')[0]})`, err);
   }
 
+  /**
+   * Checks chunk `i` as stored (its CRC, and the lz4 length prefix) without
+   * decoding it: what a restore does with chunks it does not need.
+   */
+  checkChunk(i: number, into?: Buffer): void {
+    try {
+      const c = this.checkedEntry(i);
+      const stored = this.readStored(i, c, into);
+      this.checkStored(i, c, stored);
+      if (c.codec === 'lz4' && (stored.length < 4 || stored.readUInt32LE(0) !== c.rawLength)) {
+        throw new TsnapError('badImage', `${this.path}: chunk ${i} does not decompress (length prefix is not ${c.rawLength})`);
+      }
+    } catch (err) {
+      throw this.readError(i, err);
+    }
+  }
+
+  private readStored(i: number, c: ChunkEntry, into?: Buffer): Buffer {
+    const stored = into && into.length >= c.storedLength ? into.subarray(0, c.storedLength) : Buffer.allocUnsafe(c.storedLength);
+    let got = 0;
+    while (got < c.storedLength) {
+      const n = readSync(this.fd, stored, got, c.storedLength - got, HEADER_SIZE + c.fileOffset + got);
+      if (n === 0) throw new TsnapError('badImage', `${this.path}: truncated inside chunk ${i}`);
+      got += n;
+    }
+    return stored;
+  }
+
   private readChunkUnchecked(i: number): Buffer {
     const c = this.checkedEntry(i);
     const stored = Buffer.allocUnsafe(c.storedLength);
