@@ -312,7 +312,7 @@ const mutators: Record<string, Mutator> = {
   },
   parentPath: (dir, s, r) => {
     // The case reported: a crafted parent.path that is not a string.
-    const rel = join(s.top, 'inventory');
+    const rel = pick(r, s.meta.filter((f) => /(^|\/)inventory$/.test(f)));
     const doc = packr.unpack(readFileSync(join(dir, rel)).subarray(HEADER_SIZE)) as { parent: unknown };
     const v = pick(r, [42, null, { a: 1 }, ['../1'], Buffer.from('../1'), '']);
     doc.parent = doc.parent && typeof doc.parent === 'object' ? { ...(doc.parent as object), path: v } : { path: v, imageId: 'x' };
