@@ -38,6 +38,7 @@ export interface RestoreOptions {
   stdout?: string;
   stderr?: string;
   pidfile?: string;
+  /** Warnings (stale pids, limits that could not be raised), told once the restore has succeeded. */
   warn?: (msg: string) => void;
   /** Bytes of memory written so far and in all (per process of a tree). */
   onProgress?: (p: { bytes: number; total: number; pid: number }) => void;
@@ -130,7 +131,8 @@ function needProcess(img: Image, dir: string): ProcessImage {
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const t0 = process.hrtime.bigint();
   const warnings: string[] = [];
-  const warn = (m: string) => { warnings.push(m); opts.warn?.(m); };
+  // Told once the restore succeeded: a refused or failed one reports its error alone.
+  const warn = (m: string) => { warnings.push(m); };
   const members = loadMembers(opts.dir);
   const tree = isTreeImage(opts.dir);
   const root = members[0];
@@ -249,6 +251,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       ptrace.detach(m.rt!.pid);
     }
     const restoreUs = Number(process.hrtime.bigint() - t0) / 1000;
+    for (const w of warnings) opts.warn?.(w);
     return {
       pid: proc.pid,
       originalPid: root.p.pid,
