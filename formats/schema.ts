@@ -58,6 +58,11 @@ export interface TreeMember {
    * zombie cannot be asked.
    */
   zombie?: { status: number; pgid: number; sid: number; creds?: CredsImage };
+  /**
+   * The `imageId` of the member's image (tsnap 0.2+, optional): binds the
+   * directory to this tree dump, so a process image from another dump is refused.
+   */
+  imageId?: string;
 }
 
 export type Compression = 'none' | 'lz4';

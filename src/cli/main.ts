@@ -377,7 +377,9 @@ function reportError(err: unknown, output: Output | null): number {
     return ExitCode.usage;
   }
   if (err instanceof TsnapError) {
-    if (output) output.error(err.message); else process.stderr.write(`tsnap: ${err.message}\n`);
+    // One line, whatever a path or name from an image put in it.
+    const message = err.message.replace(/[\r\n]+/g, ' ');
+    if (output) output.error(message); else process.stderr.write(`tsnap: ${message}\n`);
     if (process.env.TSNAP_DEBUG && err.cause) process.stderr.write(`${(err.cause as Error).stack ?? err.cause}\n`);
     return err.exitCode;
   }

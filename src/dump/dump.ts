@@ -359,7 +359,7 @@ function level(img: Image) {
 }
 
 function readParent(dir: string, pid: number): Image[] {
-  const chain = readChain(resolve(dir));
+  const chain = readChain(resolve(dir), { indexOnly: true });
   const inv = chain[0].inventory;
   if (inv.pid !== pid) {
     throw new TsnapError('badImage', `parent image ${dir} is of process ${inv.pid}, not ${pid}`);

@@ -211,7 +211,11 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         members = alive;
       }
       const manifest: TreeManifest = {
-        formatVersion: FORMAT_VERSION, createdAt: new Date().toISOString(), root, contents: mode, processes: members,
+        formatVersion: FORMAT_VERSION, createdAt: new Date().toISOString(), root, contents: mode,
+        processes: members.map((m) => {
+          const d = done.find((x) => x.pid === m.pid);
+          return d ? { ...m, imageId: d.result.imageId } : m;
+        }),
       };
       // The manifest is the tree's commit record: written last, made durable.
       pausePoint('tree-manifest');

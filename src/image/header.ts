@@ -44,10 +44,10 @@ export function decodeHeader(b: Buffer, file: string, expect: FileKind): FileHea
   if (kind !== expect) {
     throw new TsnapError('badImage', `${file}: holds file kind ${kind}, expected ${expect}; the image was mixed up or corrupted`);
   }
-  return {
-    version, kind,
-    flags: b.readUInt32LE(12),
-    payloadLength: Number(b.readBigUInt64LE(16)),
-    payloadCrc: b.readUInt32LE(24),
-  };
+  // No flag is defined: a set one means a writer this tsnap does not know, or damage.
+  const flags = b.readUInt32LE(12);
+  if (flags !== 0) throw new TsnapError('badImage', `${file}: header flags 0x${flags.toString(16)} are not defined in format ${FORMAT_VERSION}; the image is corrupted or from a newer tsnap`);
+  const payloadLength = b.readBigUInt64LE(16);
+  if (payloadLength > BigInt(Number.MAX_SAFE_INTEGER)) throw new TsnapError('badImage', `${file}: header says ${payloadLength} bytes of payload; the image is corrupted`);
+  return { version, kind, flags, payloadLength: Number(payloadLength), payloadCrc: b.readUInt32LE(24) };
 }

@@ -1,8 +1,19 @@
-/** Opening an image directory: every metadata file checked, the parent chain resolved. */
+/**
+ * Opening an image directory: every metadata file checked and validated,
+ * every file bound to the image, the parent chain resolved.
+ *
+ * Binding: the inventory (the commit record, with the image's random id)
+ * records the length and CRC of every other file's payload and the length
+ * of the page data, whose chunks the pagemap checks one by one. A file that
+ * does not match is from another image or another dump of the same process
+ * (or damaged), and the image is refused before anything is used; a parent
+ * must carry the id its child recorded.
+ */
 import { resolve } from 'node:path';
-import { readMetaFile } from './metadata.js';
-import { decodePagemap, type EncodedPagemap } from './page-runs.js';
-import { FileKind, type Inventory, type ProcessImage, type PagemapImage, type DumpStats } from '../../formats/schema.js';
+import { readMetaFileEntry } from './metadata.js';
+import { decodePagemap, validateChunkLayout, type EncodedPagemap } from './page-runs.js';
+import { PageFileReader } from './page-file.js';
+import { FileKind, FILE_NAMES, PageWhere, type Inventory, type ProcessImage, type PagemapImage, type DumpStats } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
 export interface Image {
@@ -14,33 +25,80 @@ export interface Image {
   stats: DumpStats | null;
 }
 
-export function readImage(dir: string): Image {
-  const inventory = readMetaFile<Inventory>(dir, FileKind.Inventory);
-  const process = inventory.contents === 'predump' ? null : readMetaFile<ProcessImage>(dir, FileKind.Process);
-  const encoded = readMetaFile<EncodedPagemap & { vmas?: PagemapImage['vmas'] }>(dir, FileKind.Pagemap);
+const hex = (n: number) => `0x${n.toString(16).padStart(8, '0')}`;
+
+/** A metadata file of `dir`, which must be the one its inventory records. */
+function readBound<T>(dir: string, inventory: Inventory, kind: FileKind): T {
+  const name = FILE_NAMES[kind];
+  const want = inventory.files[name];
+  if (!want) throw new TsnapError('badImage', `${dir}/inventory does not record a ${name} file; the image is damaged`);
+  const got = readMetaFileEntry<T>(dir, kind);
+  if (got.length !== want.length || got.crc32 !== want.crc32) {
+    throw new TsnapError('badImage', `${dir}/${name} is not the file image ${inventory.imageId} recorded (${got.length} bytes, CRC ${hex(got.crc32)}; recorded ${want.length} bytes, CRC ${hex(want.crc32)}); it was replaced, comes from another image, or is damaged`);
+  }
+  return got.value;
+}
+
+export interface ReadOptions {
+  /**
+   * Skip the page data: for a dump reading its parent's index only (a
+   * migration's staging copy drops the pages once sent). Everything else is
+   * checked as always.
+   */
+  indexOnly?: boolean;
+}
+
+export function readImage(dir: string, opts: ReadOptions = {}): Image {
+  const inventory = readMetaFileEntry<Inventory>(dir, FileKind.Inventory).value;
+  const process = inventory.contents === 'predump' ? null : readBound<ProcessImage>(dir, inventory, FileKind.Process);
+  if (process && process.pid !== inventory.pid) {
+    throw new TsnapError('badImage', `${dir}/process holds process ${process.pid}, its inventory says ${inventory.pid}; the image was mixed up`);
+  }
+  const encoded = readBound<EncodedPagemap & { vmas?: PagemapImage['vmas'] }>(dir, inventory, FileKind.Pagemap);
   const pagemap = { ...decodePagemap(encoded, `${dir}/pagemap`), vmas: encoded.vmas ?? process?.mm.vmas };
-  let stats: DumpStats | null = null;
-  try { stats = readMetaFile<DumpStats>(dir, FileKind.Stats); } catch { /* optional */ }
+  // Old images may lack stats; one the inventory records must be intact.
+  const stats = inventory.files.stats ? readBound<DumpStats>(dir, inventory, FileKind.Stats) : null;
+  const pages = inventory.files.pages;
+  if (!pages) throw new TsnapError('badImage', `${dir}/inventory does not record a pages file; the image is damaged`);
+  validateChunkLayout(pagemap.chunks, pages.length, inventory.chunkSize, `${dir}/pagemap`);
+  if (!opts.indexOnly) {
+    // The page data's header and size, checked now rather than when a restore has begun.
+    const reader = new PageFileReader(dir, pagemap.chunks);
+    const length = reader.payloadLength;
+    reader.close();
+    if (length !== pages.length) {
+      throw new TsnapError('badImage', `${dir}/pages holds ${length} bytes, its inventory records ${pages.length}; it was replaced, comes from another image, or is damaged`);
+    }
+  }
+  if (inventory.kind === 'full' && pagemap.runs.some((r) => r.where === PageWhere.Parent)) {
+    throw new TsnapError('badImage', `${dir}: a full image refers to pages of a parent; the image is damaged`);
+  }
   return { dir, inventory, process, pagemap, stats };
 }
 
 /** The image and its ancestors, newest first; a missing or mismatched parent is an error. */
-export function readChain(dir: string): Image[] {
-  const chain = [readImage(dir)];
+export function readChain(dir: string, opts: ReadOptions = {}): Image[] {
+  const chain = [readImage(dir, opts)];
   const seen = new Set([chain[0].inventory.imageId]);
   for (;;) {
     const cur = chain[chain.length - 1];
     const ref = cur.inventory.parent;
-    if (!ref) return chain;
+    if (!ref) {
+      if (cur.inventory.kind !== 'full') throw new TsnapError('badImage', `${cur.dir}: the chain ends in a delta without its parent`);
+      return chain;
+    }
     const pdir = resolve(cur.dir, ref.path);
     let parent: Image;
     try {
-      parent = readImage(pdir);
+      parent = readImage(pdir, opts);
     } catch (err) {
       throw new TsnapError('badImage', `${cur.dir}: its parent image ${pdir} cannot be read (${(err as Error).message})`);
     }
     if (parent.inventory.imageId !== ref.imageId) {
       throw new TsnapError('badImage', `${cur.dir}: parent ${pdir} is image ${parent.inventory.imageId}, expected ${ref.imageId}; the chain was mixed up`);
+    }
+    if (parent.inventory.pid !== cur.inventory.pid) {
+      throw new TsnapError('badImage', `${cur.dir}: parent ${pdir} is an image of process ${parent.inventory.pid}, not ${cur.inventory.pid}; the chain was mixed up`);
     }
     if (seen.has(ref.imageId)) throw new TsnapError('badImage', `${cur.dir}: the parent chain loops`);
     seen.add(ref.imageId);

@@ -2,7 +2,8 @@
  * Metadata files: header + one msgpack document. 64-bit values that may not
  * fit a double (registers, signal masks) travel as BigInt; everything else
  * as plain numbers. Unknown fields are kept by the decoder and ignored by
- * the code, so a newer minor writer stays readable.
+ * the code, so a newer minor writer stays readable. Every document is
+ * checked against its shape (image-shapes.ts) before it is returned.
  */
 import { openSync, writeSync, closeSync, readFileSync, fsyncSync } from 'node:fs';
 import { join } from 'node:path';
@@ -11,6 +12,8 @@ import { encodeHeader, decodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
 import { FORMAT_VERSION, HEADER_SIZE, FileKind, FILE_NAMES } from '../../formats/schema.js';
 import { TsnapError, withPath } from '../errors.js';
+import { checkShape } from './shape.js';
+import { SHAPE_OF } from './image-shapes.js';
 
 export const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
@@ -43,8 +46,19 @@ function writeAll(fd: number, buf: Buffer): void {
   while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
 }
 
-/** Reads, checks and decodes a metadata file; errors name the file. */
+/** A decoded metadata file and its payload's length and CRC (what the inventory records). */
+export interface ReadFile<T> {
+  value: T;
+  length: number;
+  crc32: number;
+}
+
+/** Reads, checks, decodes and validates a metadata file; errors name the file. */
 export function readMetaFile<T>(dir: string, kind: FileKind): T {
+  return readMetaFileEntry<T>(dir, kind).value;
+}
+
+export function readMetaFileEntry<T>(dir: string, kind: FileKind): ReadFile<T> {
   const path = join(dir, FILE_NAMES[kind]);
   let data: Buffer;
   try {
@@ -64,9 +78,16 @@ export function readMetaFile<T>(dir: string, kind: FileKind): T {
   if (crc32(payload) !== h.payloadCrc) {
     throw new TsnapError('badImage', `${path}: checksum mismatch; the image is corrupted`);
   }
+  let value: unknown;
   try {
-    return packr.unpack(payload) as T;
+    value = packr.unpack(payload);
   } catch (err) {
-    throw new TsnapError('badImage', `${path}: undecodable metadata (${(err as Error).message})`);
+    throw new TsnapError('badImage', `${path}: undecodable metadata (${oneLine(err)}); the image is corrupted`);
   }
+  return { value: checkShape<T>(SHAPE_OF[kind], value, path), length: h.payloadLength, crc32: h.payloadCrc };
+}
+
+/** A decoder's message, which may quote the bad bytes, as one line. */
+function oneLine(err: unknown): string {
+  return String((err as Error)?.message ?? err).replace(/[\x00-\x1f\x7f]/g, '?').slice(0, 200);
 }

@@ -213,8 +213,8 @@ export class PageFileReader {
       const h = decodeHeader(head.subarray(0, got), path, FileKind.Pages);
       this.payloadLength = h.payloadLength;
       const size = fstatSync(this.fd).size;
-      if (size < HEADER_SIZE + h.payloadLength) {
-        throw new TsnapError('badImage', `${path}: truncated (${size} bytes, expected ${HEADER_SIZE + h.payloadLength}); the image is damaged`);
+      if (size !== HEADER_SIZE + h.payloadLength) {
+        throw new TsnapError('badImage', `${path}: ${size < HEADER_SIZE + h.payloadLength ? 'truncated' : 'has data past its end'} (${size} bytes, expected ${HEADER_SIZE + h.payloadLength}); the image is damaged`);
       }
     } catch (err) {
       closeSync(this.fd);
@@ -230,6 +230,14 @@ export class PageFileReader {
    * writes earlier ones into the target.
    */
   async readChunkAsync(i: number, into?: Buffer): Promise<Buffer> {
+    try {
+      return await this.readChunkAsyncUnchecked(i, into);
+    } catch (err) {
+      throw this.readError(i, err);
+    }
+  }
+
+  private async readChunkAsyncUnchecked(i: number, into?: Buffer): Promise<Buffer> {
     const c = this.checkedEntry(i);
     // A reused buffer: fresh 1 MiB allocations are mmap'ed and page-faulted anew each time.
     const stored = into && into.length >= c.storedLength ? into.subarray(0, c.storedLength) : Buffer.allocUnsafe(c.storedLength);
@@ -243,7 +251,7 @@ export class PageFileReader {
     }
     this.checkStored(i, c, stored);
     if (c.codec === 'none') return stored;
-    return this.checkRaw(i, c, () => lz4UncompressAsync(stored));
+    return this.checkRaw(i, c, stored, () => lz4UncompressAsync(stored));
   }
 
   private checkedEntry(i: number): ChunkEntry {
@@ -257,6 +265,49 @@ export class PageFileReader {
 
   /** The uncompressed bytes of chunk `i`. */
   readChunk(i: number): Buffer {
+    try {
+      return this.readChunkUnchecked(i);
+    } catch (err) {
+      throw this.readError(i, err);
+    }
+  }
+
+  /** Any failure to produce a chunk (I/O included) is a bad image, in one line. */
+  private readError(i: number, err: unknown): TsnapError {
+    if (err instanceof TsnapError) return err;
+    const e = err as NodeJS.ErrnoException;
+    return new TsnapError('badImage', `${this.path}: chunk ${i} cannot be read (${e?.code ?? String(e?.message ?? err).split('\n')[0]})`, err);
+  }
+
+  /**
+   * Checks chunk `i` as stored (its CRC, and the lz4 length prefix) without
+   * decoding it: what a restore does with chunks it does not need.
+   */
+  checkChunk(i: number, into?: Buffer): void {
+    try {
+      const c = this.checkedEntry(i);
+      const stored = this.readStored(i, c, into);
+      this.checkStored(i, c, stored);
+      if (c.codec === 'lz4' && (stored.length < 4 || stored.readUInt32LE(0) !== c.rawLength)) {
+        throw new TsnapError('badImage', `${this.path}: chunk ${i} does not decompress (length prefix is not ${c.rawLength})`);
+      }
+    } catch (err) {
+      throw this.readError(i, err);
+    }
+  }
+
+  private readStored(i: number, c: ChunkEntry, into?: Buffer): Buffer {
+    const stored = into && into.length >= c.storedLength ? into.subarray(0, c.storedLength) : Buffer.allocUnsafe(c.storedLength);
+    let got = 0;
+    while (got < c.storedLength) {
+      const n = readSync(this.fd, stored, got, c.storedLength - got, HEADER_SIZE + c.fileOffset + got);
+      if (n === 0) throw new TsnapError('badImage', `${this.path}: truncated inside chunk ${i}`);
+      got += n;
+    }
+    return stored;
+  }
+
+  private readChunkUnchecked(i: number): Buffer {
     const c = this.checkedEntry(i);
     const stored = Buffer.allocUnsafe(c.storedLength);
     let got = 0;
@@ -267,7 +318,7 @@ export class PageFileReader {
     }
     this.checkStored(i, c, stored);
     if (c.codec === 'none') return stored;
-    return this.checkRaw(i, c, () => lz4Uncompress(stored));
+    return this.checkRaw(i, c, stored, () => lz4Uncompress(stored));
   }
 
   private checkStored(i: number, c: ChunkEntry, stored: Buffer): void {
@@ -277,14 +328,18 @@ export class PageFileReader {
   }
 
   /** Decodes with `decode` (sync or async) and checks the decoded length. */
-  private checkRaw<T extends Buffer | Promise<Buffer>>(i: number, c: ChunkEntry, decode: () => T): T {
+  private checkRaw<T extends Buffer | Promise<Buffer>>(i: number, c: ChunkEntry, stored: Buffer, decode: () => T): T {
     const fail = (err: unknown): never => {
-      throw new TsnapError('badImage', `${this.path}: chunk ${i} does not decompress (${(err as Error).message})`);
+      throw new TsnapError('badImage', `${this.path}: chunk ${i} does not decompress (${String((err as Error)?.message ?? err).split('\n')[0]})`);
     };
     const check = (raw: Buffer): Buffer => {
       if (raw.length !== c.rawLength) throw new TsnapError('badImage', `${this.path}: chunk ${i} has ${raw.length} bytes, expected ${c.rawLength}`);
       return raw;
     };
+    // The decoder allocates what the length prefix says: check it first.
+    if (stored.length < 4 || stored.readUInt32LE(0) !== c.rawLength) {
+      return fail(new Error(`length prefix is not ${c.rawLength}`));
+    }
     let out: Buffer | Promise<Buffer>;
     try {
       out = decode();

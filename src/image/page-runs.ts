@@ -1,6 +1,7 @@
 /** Compact encoding of the page index: one 5-element array per run. */
 import { PageRun, PageWhere, PagemapImage, ChunkEntry } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
+import { USER_END } from './image-shapes.js';
 
 type EncodedRun = [number, number, number, number, number];
 type EncodedChunk = [number, number, number, number, number];
@@ -19,9 +20,13 @@ export function encodePagemap(p: PagemapImage): EncodedPagemap {
 }
 
 export function decodePagemap(e: EncodedPagemap, file: string): PagemapImage {
-  const chunks: ChunkEntry[] = e.chunks.map(([fileOffset, storedLength, rawLength, codec, crc32]) => {
+  const chunks: ChunkEntry[] = e.chunks.map(([fileOffset, storedLength, rawLength, codec, crc32], i) => {
     const name = CODECS[codec];
     if (!name) throw new TsnapError('badImage', `${file}: unknown chunk codec ${codec}`);
+    // A raw chunk is its data; an lz4 one never exceeds LZ4's worst case plus its length prefix.
+    if (name === 'none' ? storedLength !== rawLength : storedLength > rawLength + Math.ceil(rawLength / 255) + 64) {
+      throw new TsnapError('badImage', `${file}: chunk ${i} stores ${storedLength} bytes for ${rawLength} (${name}); the image is damaged`);
+    }
     return { fileOffset, storedLength, rawLength, codec: name, crc32 };
   });
   const runs: PageRun[] = e.runs.map(([start, pages, where, chunk, offset]) => ({ start, pages, where, chunk, offset }));
@@ -37,14 +42,31 @@ export function validateRuns(runs: PageRun[], chunks: ChunkEntry[], file: string
     // NaN and fractions would slip past every comparison below.
     if (![r.start, r.pages, r.chunk, r.offset].every(Number.isSafeInteger)) throw bad('non-integer field');
     if (r.start % 4096 !== 0 || r.pages <= 0) throw bad('misaligned or empty');
+    if (r.start + r.pages * 4096 > USER_END) throw bad('beyond the user address space');
     if (r.start < prevEnd) throw bad('runs overlap or are not sorted');
     if (r.where === PageWhere.Here) {
       const c = chunks[r.chunk];
       if (!c) throw bad(`chunk ${r.chunk} does not exist`);
-      if (r.offset < 0 || r.offset + r.pages * 4096 > c.rawLength) throw bad('run exceeds its chunk');
+      if (r.offset < 0 || r.offset % 4096 !== 0 || r.offset + r.pages * 4096 > c.rawLength) throw bad('run exceeds its chunk');
     } else if (r.where !== PageWhere.Parent && r.where !== PageWhere.Zero) {
       throw bad(`unknown location ${r.where}`);
     }
     prevEnd = r.start + r.pages * 4096;
   }
+}
+
+/**
+ * The chunks tile the page data exactly, as the writer lays them out (in
+ * any index order): no gap, no overlap, nothing past or after the end, and
+ * none larger than the image's chunk size.
+ */
+export function validateChunkLayout(chunks: readonly ChunkEntry[], payloadLength: number, chunkSize: number, file: string): void {
+  const order = chunks.map((c, i) => ({ c, i })).sort((a, b) => a.c.fileOffset - b.c.fileOffset);
+  let end = 0;
+  for (const { c, i } of order) {
+    if (c.rawLength > chunkSize) throw new TsnapError('badImage', `${file}: chunk ${i} holds ${c.rawLength} bytes, more than the image's chunk size ${chunkSize}`);
+    if (c.fileOffset !== end) throw new TsnapError('badImage', `${file}: chunk ${i} starts at byte ${c.fileOffset} of the page data, expected ${end}; the index is damaged`);
+    end += c.storedLength;
+  }
+  if (end !== payloadLength) throw new TsnapError('badImage', `${file}: the chunks cover ${end} bytes of page data, the image has ${payloadLength}; the index is damaged`);
 }

@@ -29,12 +29,16 @@ async function squashTree(from: string, out: string, compression?: Compression):
   try {
     let levels = 0;
     let pages = 0;
+    const ids = new Map<number, string>();
     for (const m of imagedMembers(manifest)) {
       const r = await squashChain(join(from, m.dir), join(dir.path, m.dir), compression);
       levels = Math.max(levels, r.levels);
       pages += r.pages;
+      ids.set(m.pid, r.imageId);
     }
-    writeMetaFile(dir.path, FileKind.Tree, { ...manifest, createdAt: new Date().toISOString() }, true);
+    // Each member is a new image now: the manifest records the new ids.
+    const processes = manifest.processes.map((m) => (ids.has(m.pid) ? { ...m, imageId: ids.get(m.pid) } : m));
+    writeMetaFile(dir.path, FileKind.Tree, { ...manifest, processes, createdAt: new Date().toISOString() }, true);
     fsyncDir(dir.path);
     return { dir: dir.path, levels, pages };
   } catch (err) {
@@ -44,7 +48,7 @@ async function squashTree(from: string, out: string, compression?: Compression):
   }
 }
 
-async function squashChain(from: string, out: string, compression?: Compression): Promise<{ dir: string; levels: number; pages: number }> {
+async function squashChain(from: string, out: string, compression?: Compression): Promise<{ dir: string; levels: number; pages: number; imageId: string }> {
   const chain = readChain(from);
   const top = chain[0];
   if (!top.process) throw new TsnapError('badImage', `${from} is a pre-dump; squash the final image of the chain`);
@@ -92,7 +96,7 @@ async function squashChain(from: string, out: string, compression?: Compression)
     };
     writeMetaFile(dir.path, FileKind.Inventory, inventory, true);
     fsyncDir(dir.path);
-    return { dir: dir.path, levels: chain.length, pages };
+    return { dir: dir.path, levels: chain.length, pages, imageId: inventory.imageId };
   } catch (err) {
     if (writer) await writer.abort();
     discardImageDir(dir);

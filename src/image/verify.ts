@@ -6,8 +6,8 @@
 import { join } from 'node:path';
 import { readChain, type Image } from './image-reader.js';
 import { PageFileReader } from './page-file.js';
-import { isTreeImage, readTreeManifest, imagedMembers } from './tree-manifest.js';
-import { PageWhere } from '../../formats/schema.js';
+import { isTreeImage, readTreeManifest, imagedMembers, checkMember } from './tree-manifest.js';
+import { PageWhere, type TreeMember } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
 export interface VerifiedImage {
@@ -61,17 +61,17 @@ function verifyImage(img: Image): VerifiedImage {
   };
 }
 
-function verifyChain(dir: string): { pid: number; chain: VerifiedImage[] } {
-  // readChain checks every metadata CRC, that each parent exists and is the
-  // image its child names, and that the chain does not loop.
+function verifyChain(dir: string, member?: TreeMember): { pid: number; chain: VerifiedImage[] } {
+  // readChain checks every metadata file (CRC, shape, binding to its
+  // inventory), that each parent exists and is the image its child names,
+  // that the chain does not loop and ends in a full image.
   const chain = readChain(dir);
-  const last = chain[chain.length - 1];
-  if (last.inventory.kind !== 'full') throw new TsnapError('badImage', `${last.dir}: the chain ends in a delta without its parent`);
+  if (member) checkMember(member, chain[0].inventory, dir);
   return { pid: chain[0].inventory.pid, chain: chain.map(verifyImage) };
 }
 
 export function verify(dir: string): VerifyResult {
   if (!isTreeImage(dir)) return { dir, tree: false, processes: [verifyChain(dir)] };
   const manifest = readTreeManifest(dir);
-  return { dir, tree: true, processes: imagedMembers(manifest).map((m) => verifyChain(join(dir, m.dir))) };
+  return { dir, tree: true, processes: imagedMembers(manifest).map((m) => verifyChain(join(dir, m.dir), m)) };
 }

@@ -10,6 +10,7 @@ import type { Socket } from 'node:net';
 import { packr } from '../image/metadata.js';
 import { crc32 } from '../image/checksum.js';
 import { TsnapError } from '../errors.js';
+import { checkWireDoc } from './wire-docs.js';
 
 export const WIRE_VERSION = 1;
 export const WIRE_MAGIC = 'TSNAPWIRE';
@@ -49,12 +50,15 @@ export function encodeDoc(type: Msg, doc: unknown): Buffer[] {
   return encodeFrame(type, packr.pack(doc));
 }
 
+/** Decodes a control message and checks its shape (wire-docs.ts) before anyone reads it. */
 export function decodeDoc<T>(f: Frame): T {
+  let doc: unknown;
   try {
-    return packr.unpack(f.payload) as T;
+    doc = packr.unpack(f.payload);
   } catch {
-    throw new TsnapError('badImage', `migration stream: undecodable ${Msg[f.type]} message`);
+    throw new TsnapError('badImage', `migration stream: undecodable ${Msg[f.type] ?? f.type} message`);
   }
+  return checkWireDoc<T>(Msg[f.type] ?? String(f.type), doc);
 }
 
 /**

@@ -114,15 +114,22 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     let next = 0;
     // Reused read buffers: fresh 1 MiB allocations would be mmap'ed and
     // page-faulted anew for every chunk.
-    const chunkSize = Math.max(...chain.map((c) => c.inventory.chunkSize));
-    const pool: Buffer[] = Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(chunkSize));
+    // As large as the largest stored chunk, not what an inventory claims.
+    let largest = 4096;
+    for (const c of chain) for (const ch of c.pagemap.chunks) largest = Math.max(largest, ch.storedLength);
+    const pool: Buffer[] = Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(largest));
     const buffers: Buffer[] = [];
     const refill = () => {
       while (pool.length > 0 && next < order.length) {
         const buf = pool.pop()!;
         buffers.push(buf);
         const first = byChunk.get(order[next++])![0];
-        pending.push(readerOf(first.image).readChunkAsync(first.chunk, buf));
+        const read = readerOf(first.image).readChunkAsync(first.chunk, buf);
+        // A read ahead may fail while an earlier chunk is being written: it
+        // is reported when its turn comes (or by the cleanup), never as an
+        // unhandled rejection that would end tsnap with a stack trace.
+        read.catch(() => {});
+        pending.push(read);
       }
     };
     refill();

@@ -23,11 +23,12 @@ import { restoreAllCreds, restoreCreds } from './creds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { createThreads, type RestoredThread } from './threads.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
-import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
+import { isTreeImage, readTreeManifest, checkMember } from '../image/tree-manifest.js';
 import { isSpecial, vmaKind } from './layout-plan.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 import { preflight } from './preflight.js';
 import { pausePoint } from '../fault-points.js';
+import { checkUnreadChunks } from '../image/unread-chunks.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import type { ThreadImage, ProcessImage, VmaImage, TreeMember } from '../../formats/schema.js';
 import { readStat } from '../proc/index.js';
@@ -47,6 +48,7 @@ export interface RestoreOptions {
    * warning, 'strict' fails the restore on any, 'off' skips the check.
    */
   check?: 'warn' | 'strict' | 'off';
+  /** Warnings (stale pids, limits that could not be raised), told once the restore has succeeded. */
   warn?: (msg: string) => void;
   /** Bytes of memory written so far and in all (per process of a tree). */
   onProgress?: (p: { bytes: number; total: number; pid: number }) => void;
@@ -113,6 +115,7 @@ function loadMembers(dir: string): Member[] {
     const sub = join(dir, m.dir);
     const chain = readChain(sub);
     const member: Member = { chain, p: needProcess(chain[0], sub), rt: null, threads: [], children: [], zombies: [] };
+    checkMember(m, chain[0].inventory, sub);
     if (member.p.pid !== m.pid) throw new TsnapError('badImage', `${sub} holds process ${member.p.pid}, the tree manifest says ${m.pid}`);
     byPid.set(m.pid, member);
     return member;
@@ -138,12 +141,19 @@ function needProcess(img: Image, dir: string): ProcessImage {
 export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const t0 = process.hrtime.bigint();
   const warnings: string[] = [];
-  const warn = (m: string) => { warnings.push(m); opts.warn?.(m); };
+  // Told once the restore succeeded: a refused or failed one reports its error alone.
+  const warn = (m: string) => { warnings.push(m); };
   const members = loadMembers(opts.dir);
   const tree = isTreeImage(opts.dir);
   const root = members[0];
   const newPid = !!opts.newPid;
   for (const m of members) preflight(m.chain[0], m.p, newPid);
+  // The same memory plan as below (shared memory is filled once, by its first process).
+  const planned = new Map<string, { pid: number; v: VmaImage }>();
+  for (const m of members) {
+    const imports = sharedImports(m.p, planned, 0);
+    checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })));
+  }
 
   const stdio = openStdio(opts);
   let helper: ChildProcess | null = null;
@@ -284,6 +294,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       ptrace.detach(m.rt!.pid);
     }
     const restoreUs = Number(process.hrtime.bigint() - t0) / 1000;
+    for (const w of warnings) opts.warn?.(w);
     return {
       pid: proc.pid,
       originalPid: root.p.pid,

@@ -31,7 +31,7 @@ export function untrackPid(pid: number): string {
 
 export function untrack(dir: string): string {
   if (isTreeImage(dir)) return imagedMembers(readTreeManifest(dir)).map((m) => untrack(join(dir, m.dir))).join('\n');
-  const img = readImage(dir);
+  const img = readImage(dir, { indexOnly: true });
   const ref = img.inventory.tracking;
   if (!ref) throw new TsnapError('usage', `${dir} is not a pre-dump: it holds no tracking`);
   return stopHolder(ref)

@@ -73,7 +73,7 @@ describe('file header', () => {
   const headerArb: fc.Arbitrary<FileHeader> = fc.record({
     version: fc.constant(FORMAT_VERSION),
     kind: kindArb,
-    flags: fc.integer({ min: 0, max: 0xffffffff }),
+    flags: fc.constant(0),
     payloadLength: fc.oneof(fc.integer({ min: 0, max: 1 << 20 }), fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER })),
     payloadCrc: fc.integer({ min: 0, max: 0xffffffff }),
   });
@@ -117,6 +117,14 @@ describe('file header', () => {
     b.writeUInt32LE(crc32(b.subarray(0, 28)), 28);
     return b;
   };
+
+  it('a set flag (no flag is defined) is refused even with a valid header CRC', () => {
+    for (const f of [1, 0x80000000]) {
+      const b = good();
+      b.writeUInt32LE(f, 12);
+      badImage(() => decodeHeader(resealed(b), FILE, FileKind.Process), FILE, /flags/);
+    }
+  });
 
   it('bad magic', () => {
     const b = good();
@@ -183,13 +191,16 @@ describe('page index encoding', () => {
         }),
         { maxLength: 30 },
       ),
-      base: fc.integer({ min: 0, max: 2 ** 35 }),
+      base: fc.integer({ min: 0, max: 2 ** 34 }),
     })
     .map(({ chunks: cs, runs: rs, base }) => {
       let off = 0;
       const chunks: ChunkEntry[] = cs.map((c) => {
-        const e: ChunkEntry = { fileOffset: off, storedLength: c.storedLength, rawLength: c.pages * PAGE, codec: c.codec, crc32: c.crc32 };
-        off += c.storedLength;
+        // What a writer can produce: raw chunks store their data, lz4 ones at most LZ4's worst case.
+        const raw = c.pages * PAGE;
+        const storedLength = c.codec === 'none' ? raw : 1 + (c.storedLength % (raw + Math.ceil(raw / 255) + 64));
+        const e: ChunkEntry = { fileOffset: off, storedLength, rawLength: raw, codec: c.codec, crc32: c.crc32 };
+        off += storedLength;
         return e;
       });
       const runs: PageRun[] = [];
@@ -302,7 +313,22 @@ describe('page index encoding', () => {
 
 // ---------------------------------------------------------------------------
 describe('metadata files', () => {
+  const stats = {
+    freezeUs: 1, frozenUs: 2, memdumpUs: 3, totalUs: 4.5, vmas: 1, pagesScanned: 1, pagesWritten: 1, pagesZero: 0,
+    pagesSlowPath: 0, bytesRaw: 4096, bytesStored: 4096, throughputMiBps: 1.5, compression: 'none',
+  };
+  /** Smallest valid documents of each kind (the reader validates every one). */
+  const minimal: Partial<Record<FileKind, object>> = {
+    [FileKind.Inventory]: {
+      formatVersion: FORMAT_VERSION, imageId: '4a988877-7270-476a-866f-012e89264334', createdAt: 'now', tool: { name: 'tsnap', version: '0' },
+      kind: 'full', parent: null, pid: 1, arch: 'x86_64', kernel: 'k', pageSize: 4096, chunkSize: 1 << 20, compression: 'none', files: {},
+    },
+    [FileKind.Pagemap]: { chunks: [], runs: [] },
+    [FileKind.Stats]: stats,
+  };
+  // Fields a shape does not know are kept as they are: they carry the round trip.
   const value = {
+    ...stats,
     pid: 4242,
     comm: 'worker',
     big: 2n ** 64n - 1n,
@@ -315,17 +341,17 @@ describe('metadata files', () => {
   };
 
   it('round-trips bigint, Buffer, nested arrays and unknown fields; mode 0600', () => {
-    const w = writeMetaFile(dir, FileKind.Process, value);
-    const path = join(dir, FILE_NAMES[FileKind.Process]);
+    const w = writeMetaFile(dir, FileKind.Stats, value);
+    const path = join(dir, FILE_NAMES[FileKind.Stats]);
     expect(statSync(path).mode & 0o777).toBe(0o600);
     const data = readFileSync(path);
     expect(data.length).toBe(HEADER_SIZE + w.length);
     expect(crc32(data.subarray(HEADER_SIZE))).toBe(w.crc32);
-    const h = decodeHeader(data, path, FileKind.Process);
+    const h = decodeHeader(data, path, FileKind.Stats);
     expect(h.payloadLength).toBe(w.length);
     expect(h.payloadCrc).toBe(w.crc32);
 
-    const back = readMetaFile<typeof value>(dir, FileKind.Process);
+    const back = readMetaFile<typeof value>(dir, FileKind.Stats);
     expect(back).toEqual(value);
     expect(typeof back.big).toBe('bigint');
     expect(back.big).toBe(18446744073709551615n);
@@ -337,9 +363,9 @@ describe('metadata files', () => {
 
   it('every kind of file is created 0600 and does not overwrite', () => {
     for (const kind of [FileKind.Inventory, FileKind.Pagemap, FileKind.Stats]) {
-      writeMetaFile(dir, kind, { kind }, true);
+      writeMetaFile(dir, kind, { ...minimal[kind], marker: kind }, true);
       expect(statSync(join(dir, FILE_NAMES[kind])).mode & 0o777).toBe(0o600);
-      expect(readMetaFile(dir, kind)).toEqual({ kind });
+      expect(readMetaFile(dir, kind)).toEqual({ ...minimal[kind], marker: kind });
       expect(() => writeMetaFile(dir, kind, { again: 1 })).toThrow();
     }
   });
@@ -353,26 +379,26 @@ describe('metadata files', () => {
   });
 
   it('payload corruption, truncation, extension and a missing file are badImage naming the file', () => {
-    writeMetaFile(dir, FileKind.Process, value);
-    const path = join(dir, FILE_NAMES[FileKind.Process]);
+    writeMetaFile(dir, FileKind.Stats, value);
+    const path = join(dir, FILE_NAMES[FileKind.Stats]);
     const orig = readFileSync(path);
 
     const flipped = Buffer.from(orig);
     flipped[HEADER_SIZE + 5] ^= 1;
     writeFileSync(path, flipped);
-    badImage(() => readMetaFile(dir, FileKind.Process), path, /checksum/);
+    badImage(() => readMetaFile(dir, FileKind.Stats), path, /checksum/);
 
     writeFileSync(path, orig.subarray(0, orig.length - 1));
-    badImage(() => readMetaFile(dir, FileKind.Process), path, /truncated/);
+    badImage(() => readMetaFile(dir, FileKind.Stats), path, /truncated/);
 
     writeFileSync(path, Buffer.concat([orig, Buffer.from([0])]));
-    badImage(() => readMetaFile(dir, FileKind.Process), path);
+    badImage(() => readMetaFile(dir, FileKind.Stats), path);
 
     writeFileSync(path, orig.subarray(0, 10));
-    badImage(() => readMetaFile(dir, FileKind.Process), path, /truncated/);
+    badImage(() => readMetaFile(dir, FileKind.Stats), path, /truncated/);
 
     rmSync(path);
-    badImage(() => readMetaFile(dir, FileKind.Process), path, /missing/);
+    badImage(() => readMetaFile(dir, FileKind.Stats), path, /missing/);
   });
 
   it('a payload with a valid CRC that is not a complete msgpack document is badImage', () => {
@@ -383,6 +409,31 @@ describe('metadata files', () => {
       writeFileSync(path, Buffer.concat([header, payload]));
       badImage(() => readMetaFile(dir, FileKind.Stats), path, /undecodable/);
     }
+  });
+
+  it('a valid CRC does not make a document: wrong types, ranges and missing fields are badImage naming the field', () => {
+    const path = join(dir, FILE_NAMES[FileKind.Stats]);
+    const cases: [object, RegExp][] = [
+      [{ ...stats, vmas: 'many' }, /vmas: expected an integer/],
+      [{ ...stats, pagesWritten: -1 }, /pagesWritten: -1 is out of range/],
+      [{ ...stats, bytesRaw: 1.5 }, /bytesRaw: expected an integer/],
+      [{ ...stats, frozenUs: Number.NaN }, /frozenUs: expected a finite number/],
+      [{ ...stats, compression: 'zstd' }, /compression: expected one of/],
+      [{ ...stats, totalUs: undefined }, /totalUs: missing/],
+      [[stats], /expected a map/],
+    ];
+    for (const [doc, re] of cases) {
+      rmSync(path, { force: true });
+      writeMetaFile(dir, FileKind.Stats, doc);
+      badImage(() => readMetaFile(dir, FileKind.Stats), path, re);
+    }
+    // A decoded __proto__ key does not lend the document the fields it lacks.
+    rmSync(path);
+    const { totalUs, ...rest } = stats;
+    // Same length key, renamed in the encoded bytes: a map entry "__proto__" => { totalUs }.
+    const fixed = Buffer.from(packr.pack({ ...rest, __protoX_: { totalUs } }).toString('latin1').replace('__protoX_', '__proto__'), 'latin1');
+    writeFileSync(path, Buffer.concat([encodeHeader({ version: 1, kind: FileKind.Stats, flags: 0, payloadLength: fixed.length, payloadCrc: crc32(fixed) }), fixed]));
+    badImage(() => readMetaFile(dir, FileKind.Stats), path, /totalUs: missing/);
   });
 });
 

@@ -1,0 +1,270 @@
+/**
+ * The shapes and ranges of every metadata document of an image
+ * (formats/schema.ts says what the fields mean). Ranges are what a Linux
+ * x86-64 process can have, so that nothing downstream meets a value it was
+ * not written for: addresses in the user half (or [vsyscall]), pids within
+ * PID_MAX_LIMIT, fds within fs.nr_open's ceiling, binary records of their
+ * kernel sizes.
+ */
+import { FORMAT_VERSION, FileKind } from '../../formats/schema.js';
+import {
+  type Shape, int, num, big, bool, str, oneOf, bin, nullable, arr, tuple, obj, opt, record, refine,
+  U32, I32, SAFE, U64,
+} from './shape.js';
+
+const PID = int(1, 1 << 22);
+const PID_OR_0 = int(0, 1 << 22);
+/** The user half of the x86-64 address space (4-level paging). */
+export const USER_END = 2 ** 47;
+const ADDR = int(0, USER_END);
+const FD = int(0, 1 << 20);
+const UUID = str(36, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i);
+const PATH = str(4096);
+const TIME = num(-1e16, 1e16);
+const I64_OR_U64 = big(-(1n << 63n), (1n << 64n) - 1n);
+const SIGINFOS = arr(bin(128, 128), 1 << 16);
+const SOCKADDR = bin(0, 128);
+const BYTES = bin();
+
+const FILE_ID = { dev: SAFE, ino: SAFE, size: SAFE, mtimeMs: TIME };
+const SIGNO_OR_0 = int(0, 64);
+
+/** A thread's credentials (tsnap 0.2+; a zombie's too, securebits 0). */
+const CREDS = obj({
+  uid: arr(U32, 4, 4), gid: arr(U32, 4, 4), groups: arr(U32, 65536),
+  capInh: U64, capPrm: U64, capEff: U64, capBnd: U64, capAmb: U64,
+  securebits: U32, noNewPrivs: int(0, 1),
+});
+
+const multipleOf = (s: Shape, unit: number): Shape => refine<number>(s, (v) => (v % unit === 0 ? null : `${v} is not a multiple of ${unit}`));
+
+export const INVENTORY: Shape = refine<{ kind: string; parent: unknown }>(obj({
+  formatVersion: oneOf(FORMAT_VERSION),
+  imageId: UUID,
+  createdAt: str(64),
+  tool: obj({ name: str(64), version: str(64) }),
+  kind: oneOf('full', 'delta'),
+  parent: nullable(obj({ path: str(4096, /./), imageId: UUID })),
+  pid: PID,
+  arch: str(32),
+  kernel: str(256),
+  pageSize: oneOf(4096),
+  chunkSize: multipleOf(int(4096, 64 << 20), 4096),
+  compression: oneOf('none', 'lz4'),
+  files: record(obj({ length: SAFE, crc32: U32 }), 16),
+  contents: opt(oneOf('dump', 'predump')),
+  tracking: opt(nullable(obj({ holderPid: PID, holderStartTime: SAFE, targetPid: PID, targetStartTime: SAFE, mmId: str(64) }))),
+}), (inv) => (inv.kind === 'delta' && inv.parent === null ? 'a delta image without a parent' : null));
+
+const VMA = obj({
+  start: int(0, 2 ** 64),
+  end: int(0, 2 ** 64),
+  prot: int(0, 7),
+  shared: bool,
+  pgoff: SAFE,
+  path: PATH,
+  special: oneOf('heap', 'stack', 'vdso', 'vvar', 'vvar_vclock', 'vsyscall', null),
+  file: nullable(obj({ ...FILE_ID, devMajor: U32, devMinor: U32, deleted: bool })),
+  dumped: bool,
+  // smaps VmFlags tokens restore sets again (VMA_RESTORED_FLAGS): two letters each.
+  flags: opt(arr(str(2, /^[a-z]{2}$/), 64)),
+});
+
+interface VmaLike { start: number; end: number; special: string | null; dumped: boolean }
+
+/** Sorted, disjoint, page-aligned; above the user half only [vsyscall], which is never dumped. */
+export const VMAS: Shape = refine<VmaLike[]>(arr(VMA, 1 << 20), (vmas) => {
+  let prevEnd = 0;
+  for (const v of vmas) {
+    const at = `VMA at 0x${v.start.toString(16)}`;
+    if (v.start % 4096 !== 0 || v.end % 4096 !== 0 || v.start >= v.end) return `${at}: misaligned or empty`;
+    if (v.start < prevEnd) return `${at}: VMAs overlap or are not sorted`;
+    if (v.end > USER_END && (v.special !== 'vsyscall' || v.dumped)) return `${at}: outside the user address space`;
+    prevEnd = v.end;
+  }
+  return null;
+});
+
+const SOCKET = obj({
+  family: int(0, 64),
+  type: int(0, 1 << 20),
+  protocol: int(0, 1 << 16),
+  state: oneOf('listening', 'bound', 'pair', 'established'),
+  local: SOCKADDR,
+  peer: nullable(SOCKADDR),
+  backlog: I32,
+  reuseAddr: bool,
+  reusePort: bool,
+  v6Only: bool,
+  ino: opt(SAFE),
+  peerIno: opt(SAFE),
+  queued: opt(arr(BYTES, 1 << 20)),
+  tcp: opt(obj({
+    local: SOCKADDR,
+    peer: SOCKADDR,
+    recvSeq: U32,
+    recvQueue: BYTES,
+    sendSeq: U32,
+    sendQueue: BYTES,
+    mss: int(0, 65535),
+    sack: bool,
+    wscale: nullable(obj({ snd: int(0, 15), rcv: int(0, 15) })),
+    timestamp: nullable(U32),
+    window: bin(0, 64),
+  })),
+});
+
+const FD_IMAGE = obj({
+  fd: FD,
+  kind: oneOf('file', 'dir', 'devnull', 'tty', 'pipe', 'fifo', 'socket', 'anon_inode', 'chardev', 'blockdev', 'memfd', 'eventfd', 'epoll', 'timerfd', 'signalfd', 'other'),
+  link: PATH,
+  path: nullable(PATH),
+  flags: U32,
+  pos: SAFE,
+  file: nullable(obj({ ...FILE_ID, mode: U32, rdev: SAFE, deleted: bool })),
+  ofd: opt(SAFE),
+  pipe: opt(obj({ id: SAFE, capacity: int(0, 1 << 30), data: nullable(BYTES) })),
+  eventfd: opt(obj({ count: U64, semaphore: bool })),
+  epoll: opt(obj({ targets: arr(obj({ fd: FD, events: U32, data: U64 }), 1 << 20) })),
+  timerfd: opt(obj({ clockid: I32, valueNs: I64_OR_U64, intervalNs: I64_OR_U64, ticks: U64 })),
+  signalfd: opt(obj({ mask: U64 })),
+  socket: opt(SOCKET),
+  fifo: opt(obj({ capacity: int(0, 1 << 30), data: BYTES })),
+  memfd: opt(obj({ name: str(255), data: BYTES, seals: U32 })),
+  owner: opt(obj({ type: int(0, 2), pid: PID_OR_0, signal: SIGNO_OR_0 })),
+  lease: opt(int(0, 1)),
+  ghost: opt(obj({
+    size: int(0, 64 << 20), mode: int(0, 0o7777), uid: U32, gid: U32, atimeMs: opt(TIME), mtimeMs: opt(TIME),
+    extents: nullable(arr(obj({ offset: int(0, 64 << 20), data: bin(0, 64 << 20) }), 1 << 16)),
+  })),
+});
+
+const THREAD = obj({
+  tid: PID,
+  regs: bin(216, 216),
+  xstate: bin(512, 1 << 16),
+  sigmask: U64,
+  sigaltstack: obj({ sp: U64, flags: int(-(2 ** 31), 2 ** 32 - 1), size: U64 }),
+  syscallRestart: nullable(obj({ nr: SAFE, code: oneOf(512, 513, 514, 516) })),
+  clearChildTid: U64,
+  robustList: obj({ head: U64, len: U64 }),
+  rseq: nullable(obj({ pointer: U64, size: int(0, 1 << 16), signature: U32, flags: U32 })),
+  pendingSignals: SIGINFOS,
+  creds: opt(CREDS),
+});
+
+const unique = <T>(items: T[], key: (t: T) => number, what: string): string | null => {
+  const seen = new Set<number>();
+  for (const t of items) {
+    const k = key(t);
+    if (seen.has(k)) return `${what} ${k} appears twice`;
+    seen.add(k);
+  }
+  return null;
+};
+
+interface ProcessLike {
+  pid: number;
+  threads: { tid: number }[];
+  fds: { fd: number }[];
+  mm: { vmas: { start: number; path: string; file: { dev: number; ino: number } | null }[] };
+  memfds?: { dev: number; ino: number }[];
+}
+
+export const PROCESS: Shape = refine<ProcessLike>(obj({
+  pid: PID,
+  ppid: PID_OR_0,
+  pgid: PID_OR_0,
+  sid: PID_OR_0,
+  comm: str(64),
+  exe: obj({ path: PATH, ...FILE_ID }),
+  cwd: PATH,
+  cwdFile: opt(obj({ dev: SAFE, ino: SAFE })),
+  root: PATH,
+  umask: int(0, 0o777),
+  personality: U32,
+  oomScoreAdj: opt(int(-1000, 1000)),
+  loginuid: opt(U32),
+  stopSignal: opt(oneOf(19, 20, 21, 22)),
+  creds: obj({ uid: arr(U32, 4, 4), gid: arr(U32, 4, 4) }),
+  startTime: SAFE,
+  rlimits: arr(obj({ resource: int(0, 15), name: str(32), cur: U64, max: U64 }), 16),
+  threads: arr(THREAD, 1 << 16, 1),
+  signals: obj({
+    actions: arr(obj({ signo: int(1, 64), handler: U64, flags: U64, restorer: U64, mask: U64 }), 64),
+    sharedPending: SIGINFOS,
+  }),
+  mm: obj({
+    startCode: ADDR, endCode: ADDR, startData: ADDR, endData: ADDR, startBrk: ADDR, brk: ADDR, startStack: ADDR,
+    argStart: ADDR, argEnd: ADDR, envStart: ADDR, envEnd: ADDR,
+    auxv: bin(16, 1 << 16, 16),
+    vmas: VMAS,
+  }),
+  fds: arr(FD_IMAGE, 1 << 20),
+  memfds: opt(arr(obj({ dev: SAFE, ino: SAFE, name: str(255), data: BYTES, seals: U32 }), 1 << 16)),
+  itimers: opt(arr(obj({ which: int(0, 2), valueUs: SAFE, intervalUs: SAFE }), 3)),
+  posixTimers: opt(arr(obj({
+    id: int(0, 2 ** 31 - 1), clockid: I32, signo: int(0, 64), value: U64, notify: oneOf('signal', 'thread', 'none'),
+    tid: PID_OR_0, valueNs: I64_OR_U64, intervalNs: I64_OR_U64,
+  }), 1 << 16)),
+  prctl: obj({ dumpable: U32, pdeathsig: int(0, 64), childSubreaper: U32, noNewPrivs: U32, thpDisable: U32, membarrier: opt(U32) }),
+}), (p) => {
+  if (p.threads[0].tid !== p.pid) return `the first thread is ${p.threads[0].tid}, not the main thread ${p.pid}`;
+  const dup = unique(p.threads, (t) => t.tid, 'thread') ?? unique(p.fds, (f) => f.fd, 'fd');
+  if (dup) return dup;
+  // A mapped memfd is recreated from the contents the image holds.
+  for (const v of p.mm.vmas) {
+    const f = v.file;
+    if (f && v.path.startsWith('/memfd:') && !p.memfds?.some((m) => m.dev === f.dev && m.ino === f.ino)) {
+      return `the VMA at 0x${v.start.toString(16)} maps ${v.path} but the image does not hold its contents`;
+    }
+  }
+  return null;
+});
+
+/** [fileOffset, storedLength, rawLength, codec, crc32]; [start, pages, where, chunk, offset]. */
+export const PAGEMAP: Shape = obj({
+  chunks: arr(tuple(SAFE, int(1, 2 * (64 << 20)), multipleOf(int(4096, 64 << 20), 4096), int(0, 1), U32), 1 << 24),
+  runs: arr(tuple(multipleOf(ADDR, 4096), int(1, USER_END / 4096), int(0, 2), SAFE, multipleOf(SAFE, 4096)), 1 << 24),
+  vmas: opt(VMAS),
+});
+
+const US = num(0, 1e16);
+export const STATS: Shape = obj({
+  freezeUs: US, frozenUs: US, memdumpUs: US, totalUs: US,
+  vmas: SAFE, pagesScanned: SAFE, pagesWritten: SAFE, pagesZero: SAFE, pagesSlowPath: SAFE,
+  bytesRaw: SAFE, bytesStored: SAFE, throughputMiBps: num(0, 1e12),
+  compression: oneOf('none', 'lz4'),
+  vmasFresh: opt(SAFE), vmasTracked: opt(SAFE), vmasUntracked: opt(SAFE), pagesVanished: opt(SAFE),
+});
+
+interface MemberLike { pid: number; dir: string; zombie?: unknown }
+
+export const TREE: Shape = refine<{ root: number; processes: MemberLike[] }>(obj({
+  formatVersion: oneOf(FORMAT_VERSION),
+  createdAt: str(64),
+  root: PID,
+  contents: oneOf('dump', 'predump'),
+  processes: arr(obj({
+    pid: PID,
+    ppid: PID_OR_0,
+    // One directory of the tree: never a path that leads out of it.
+    dir: str(255, /^(|(?!\.\.?$)[^/]+)$/),
+    zombie: opt(obj({ status: int(0, 0xffff), pgid: PID_OR_0, sid: PID_OR_0, creds: opt(CREDS) })),
+    imageId: opt(UUID),
+  }), 1 << 16, 1),
+}), (t) => {
+  const dup = unique(t.processes, (m) => m.pid, 'process');
+  if (dup) return dup;
+  for (const m of t.processes) if ((m.dir === '') !== (m.zombie !== undefined)) return `process ${m.pid}: a directory is required exactly for processes that are not zombies`;
+  return t.processes[0].pid === t.root ? null : 'the manifest does not start with its root';
+});
+
+export const SHAPE_OF: Record<FileKind, Shape> = {
+  [FileKind.Inventory]: INVENTORY,
+  [FileKind.Process]: PROCESS,
+  [FileKind.Pagemap]: PAGEMAP,
+  [FileKind.Pages]: () => {},
+  [FileKind.Stats]: STATS,
+  [FileKind.Tree]: TREE,
+};

@@ -1,0 +1,31 @@
+/**
+ * `verify` checks every chunk of a chain; a restore reads (and checks) only
+ * the chunks that hold pages it writes, as it writes them. The others —
+ * pages a newer level replaced, memory no longer mapped — are checked here,
+ * before a restore creates anything, so that a restore refuses every image
+ * that verify refuses. As stored only (CRC, length prefix): they are never
+ * decoded, and decoding them would cost a chain restore (a migration's
+ * downtime) time for nothing.
+ */
+import { resolveChain } from './chain-index.js';
+import { PageFileReader } from './page-file.js';
+import type { Image } from './image-reader.js';
+import type { Range } from '../dump/ranges.js';
+
+export function checkUnreadChunks(chain: readonly Image[], within: Range[]): void {
+  const read = new Set(resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within).map((r) => `${r.image}:${r.chunk}`));
+  chain.forEach((img, level) => {
+    let reader: PageFileReader | null = null;
+    let buf: Buffer | undefined;
+    try {
+      for (let i = 0; i < img.pagemap.chunks.length; i++) {
+        if (read.has(`${level}:${i}`)) continue;
+        reader ??= new PageFileReader(img.dir, img.pagemap.chunks);
+        buf ??= Buffer.allocUnsafeSlow(img.inventory.chunkSize + (img.inventory.chunkSize >> 7) + 64);
+        reader.checkChunk(i, buf);
+      }
+    } finally {
+      reader?.close();
+    }
+  });
+}

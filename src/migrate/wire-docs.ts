@@ -1,0 +1,36 @@
+/**
+ * The shape of every control message of the migration protocol
+ * (formats/wire-v1.md). The frame CRC proves a message arrived as sent, not
+ * that the peer is a tsnap that sent something sensible: every decoded
+ * document is checked here before either side reads a field of it.
+ */
+import { type Shape, int, num, str, obj, opt, checkShape, U32, SAFE } from '../image/shape.js';
+
+const PID = int(1, 1 << 22);
+const PATH = str(4096);
+const MESSAGE = str(4096);
+
+/** By message name (the `Msg` enum's), so that this module does not depend on the framing. */
+const SHAPES: Record<string, Shape> = {
+  Hello: obj({ magic: str(64), version: int(0, 0xffff), token: str(4096), pid: PID, tool: opt(str(64)) }),
+  HelloOk: obj({ version: int(0, 0xffff), dir: PATH }),
+  Error: obj({ code: str(64), message: MESSAGE }),
+  // An iteration's name becomes a directory of the receiver's: one plain name.
+  IterBegin: obj({ name: str(64, /^[A-Za-z0-9_-]+$/) }),
+  FileBegin: obj({ name: str(255) }),
+  FileEnd: obj({ length: SAFE, crc32: U32 }),
+  IterEnd: obj({}),
+  Commit: obj({}),
+  Committed: obj({ dir: PATH }),
+  Restored: obj({ pid: PID, restoreUs: num(0, 1e16) }),
+  RestoreFailed: obj({ message: MESSAGE, dir: PATH }),
+};
+
+/**
+ * Checks a decoded control message of type `name`; returns it typed, or
+ * throws the bad-image error (one line) naming the message and the field.
+ * A type without a shape here must at least be a map.
+ */
+export function checkWireDoc<T>(name: string, doc: unknown): T {
+  return checkShape<T>(SHAPES[name] ?? obj({}), doc, `migration stream: ${name} message`, 'the peer is not a compatible tsnap, or the stream is corrupted');
+}
