@@ -12,7 +12,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { timingSafeEqual, createHash } from 'node:crypto';
 import { mkdirSync, chmodSync, openSync, writeSync, closeSync, fsyncSync, rmSync, existsSync, readFileSync, realpathSync } from 'node:fs';
-import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, MAX_FRAME, encodeDoc, decodeDoc, send } from './wire.js';
+import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, MAX_FRAME, encodeDoc, decodeDoc, decodeHello, send } from './wire.js';
 import { inside, wirePid, migrationDirName } from './confine.js';
 import { checkCommittable } from './commit-check.js';
 import { crc32 } from '../image/checksum.js';
@@ -165,7 +165,7 @@ async function greet(sock: Socket, opts: ServeOptions, timeoutMs: number): Promi
     if (!hello) { sock.destroy(); return null; }
     if (hello.type !== Msg.Hello) return await refuse('protocol', 'expected a tsnap HELLO', { reason: 'protocol' });
     let h: { magic?: unknown; version?: unknown; token?: unknown; pid?: unknown } | null;
-    try { h = decodeDoc(hello); } catch { h = null; }
+    try { h = decodeHello(hello) as typeof h; } catch { h = null; }
     if (!h || typeof h !== 'object') return await refuse('protocol', 'expected a tsnap HELLO', { reason: 'protocol' });
     if (h.magic !== WIRE_MAGIC || h.version !== WIRE_VERSION) {
       return await refuse('version', `protocol version ${quote(h.version)} is not supported (this receiver speaks ${WIRE_VERSION}); use the same tsnap version on both ends`, { reason: 'version', version: quote(h.version) });

@@ -51,6 +51,19 @@ export function encodeDoc(type: Msg, doc: unknown): Buffer[] {
 }
 
 /** Decodes a control message and checks its shape (wire-docs.ts) before anyone reads it. */
+/**
+ * A HELLO, decoded without its shape: the receiver checks its fields one by
+ * one, the version first, so that a sender of another version is told so
+ * (and a bad pid is named) rather than refused as malformed.
+ */
+export function decodeHello(f: Frame): unknown {
+  try {
+    return packr.unpack(f.payload);
+  } catch {
+    throw new TsnapError('badImage', 'migration stream: undecodable HELLO message');
+  }
+}
+
 export function decodeDoc<T>(f: Frame): T {
   let doc: unknown;
   try {
