@@ -335,5 +335,24 @@ for cmd in sys.stdin:
     r.writeLine('check');
     expect(await r.waitForLine(/^LEASE/)).toBe('LEASE 0'); // F_RDLCK
   });
+
+  it('an O_PATH fd (no owner, no lease to read) dumps and comes back', async () => {
+    const work = tmpDir('tsnap-files-');
+    const p = await startPython(`import os, sys
+fd = os.open(${JSON.stringify(work)}, os.O_PATH)
+print('READY fd=%d' % fd, flush=True)
+for cmd in sys.stdin:
+    print('PATH %s' % ('yes' if os.readlink('/proc/self/fd/%d' % fd) == ${JSON.stringify(work)} else 'no'), flush=True)
+`);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    const flags = parseInt(/^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/${r.pid}/fdinfo/${p.readyInfo.fd}`, 'utf8'))![1], 8);
+    expect(flags & 0o10000000).toBe(0o10000000); // O_PATH
+    r.writeLine('check');
+    expect(await r.waitForLine(/^PATH/)).toBe('PATH yes');
+  });
 });
 

@@ -7,6 +7,9 @@
  */
 import { closeSync, existsSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, sameFile, fileOwner, fcntl, F_GETLEASE, F_UNLCK } from '../sys/index.js';
+
+/** O_PATH: an fd that only names a file (fcntl F_GETOWN_EX/F_GETLEASE answer EBADF). */
+const O_PATH = 0o10000000;
 import { listFds, readFdInfo, readFdTarget, readStat, type FdTarget, type FdInfo } from '../proc/index.js';
 import type { FdImage } from '../../formats/schema.js';
 import { readPipe, isReadEnd } from '../files/pipe.js';
@@ -92,6 +95,8 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
  * read on a copy.
  */
 function describeOwner(pidfd: number, img: FdImage): void {
+  // An O_PATH fd has neither (fcntl answers EBADF): nothing to record.
+  if (img.flags & O_PATH) return;
   const copy = pidfdGetfd(pidfd, img.fd);
   try {
     const o = fileOwner(copy);

@@ -92,7 +92,7 @@ function compareFds(p: ProcessImage, pid: number, idNow: (id: number) => number,
   const pidfd = pidfdOpen(pid);
   try {
     for (const f of p.fds) {
-      if (!live.has(f.fd) || isInheritedStdio(f)) continue;
+      if (!live.has(f.fd) || isInheritedStdio(f) || f.flags & 0o10000000 /* O_PATH: no owner */) continue;
       const copy = pidfdGetfd(pidfd, f.fd);
       try {
         const have = fileOwner(copy);
