@@ -126,7 +126,7 @@ describe('process trees', () => {
     for (const k of all.slice(1)) await killPid(k);
   });
 
-  it('children that exited but were not reaped come back as zombies with their exit status', async () => {
+  it('children that exited (by exit, SIGTERM, SIGKILL) but were not reaped come back as zombies with their exit status', async () => {
     const work = tmpDir('tsnap-tree-');
     const p: Running = await startPython(`
 import os, signal, sys, time
@@ -137,33 +137,38 @@ b = os.fork()
 if b == 0:
     time.sleep(600)
 os.kill(b, signal.SIGTERM)
+c = os.fork()
+if c == 0:
+    time.sleep(600)
+os.kill(c, signal.SIGKILL)
 time.sleep(0.3)
-print('READY a=%d b=%d' % (a, b), flush=True)
+print('READY a=%d b=%d c=%d' % (a, b, c), flush=True)
 for line in sys.stdin:
     if line.startswith('reap'):
         r = []
-        for pid in (a, b):
+        for pid in (a, b, c):
             got, st = os.waitpid(pid, os.WNOHANG)
             r.append('%d:%s' % (got, ('exit %d' % os.WEXITSTATUS(st)) if os.WIFEXITED(st) else ('signal %d' % os.WTERMSIG(st)) if os.WIFSIGNALED(st) else '?'))
         print('REAPED ' + ' '.join(r), flush=True)
 `);
-    const [a, b] = [Number(p.readyInfo.a), Number(p.readyInfo.b)];
-    for (const z of [a, b]) expect(readStat(z).state).toBe('Z');
+    const [a, b, c] = [Number(p.readyInfo.a), Number(p.readyInfo.b), Number(p.readyInfo.c)];
+    for (const z of [a, b, c]) expect(readStat(z).state).toBe('Z');
     const dir = join(work, 'img');
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
     expect(d.code, d.stderr).toBe(0);
     await p.exited;
-    await gone([a, b]);
+    await gone([a, b, c]);
     expect((await tsnap('verify', dir)).code).toBe(0);
     expect((await tsnap('show', dir)).stdout).toContain(`${a} (parent ${p.pid}): exited, not yet reaped (wait status ${7 << 8})`);
     const r = await restoreDetached(dir, join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
-    for (const z of [a, b]) {
+    for (const z of [a, b, c]) {
       expect(readStat(z).state).toBe('Z');
       expect(readStat(z).ppid).toBe(p.pid);
     }
     r.writeLine('reap');
-    expect(await r.waitForLine(/^REAPED/)).toBe(`REAPED ${a}:exit 7 ${b}:signal 15`);
+    // Killed by SIGKILL too (its action cannot be set, and needs not be).
+    expect(await r.waitForLine(/^REAPED/)).toBe(`REAPED ${a}:exit 7 ${b}:signal 15 ${c}:signal 9`);
   });
 
   it('leave-running: the whole tree resumes untraced and keeps checking itself', async () => {

@@ -404,6 +404,14 @@ function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid:
       reapTraced(pid); // our view of its exit; its parent's comes after
       return;
     }
+    if (sig === SIGKILL) {
+      // SIGKILL needs no action set (it cannot have one) and kills a traced
+      // task at once: sent from here, our view of the exit reaped, the
+      // parent's is what remains.
+      kill(pid, SIGKILL);
+      reapTraced(pid);
+      return;
+    }
     const dfl = Buffer.alloc(32);
     mem.write(dfl, 0, 32, parent.scratch);
     sc.check(`rt_sigaction(${sig}, SIG_DFL)`, SYS.rt_sigaction, sig, parent.scratch, 0, 8);
