@@ -354,5 +354,24 @@ for cmd in sys.stdin:
     r.writeLine('check');
     expect(await r.waitForLine(/^PATH/)).toBe('PATH yes');
   });
+
+  it('an fd in flight in a unix socket (SCM_RIGHTS) is refused, not dropped, and stays in flight', async () => {
+    const work = tmpDir('tsnap-files-');
+    const p = await startPython(`import os, socket, sys
+a, b = socket.socketpair()
+r = os.open('/dev/null', os.O_RDONLY)
+socket.send_fds(a, [b'x'], [r])
+os.close(r)
+print('READY', flush=True)
+for cmd in sys.stdin:
+    msg, fds, _, _ = socket.recv_fds(b, 16, 4)
+    print('GOT %r %d' % (msg, len(fds)), flush=True)
+`);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code).toBe(ExitCode.unsupported);
+    expect(d.stderr).toMatch(/file descriptors or credentials in flight \(SCM_RIGHTS/);
+    p.writeLine('recv');
+    expect(await p.waitForLine(/^GOT/)).toBe("GOT b'x' 1");
+  });
 });
 

@@ -31,6 +31,15 @@ export interface SocketOptions {
   enter?: boolean;
 }
 
+/** What waits in a socket pair's queue; fds passed through it (SCM_RIGHTS) are refused, not dropped. */
+function queuedData(s: number, fd: number, stream: boolean): Buffer[] {
+  const q = peekQueued(s, stream);
+  if (q.control) {
+    throw new TsnapError('unsupported', `fd ${fd} is a unix socket with file descriptors or credentials in flight (SCM_RIGHTS/SCM_CREDENTIALS); tsnap cannot restore those yet`);
+  }
+  return q.data;
+}
+
 export function describeSocket(pidfd: number, fd: number, link: string, ino: number, opts: SocketOptions = {}): SocketImage {
   let s: number;
   try {
@@ -57,7 +66,7 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       const peerIno = unixPeerInode(ino);
       if (peerIno !== null) {
         // Whether the peer is inside the dump is known only once every fd is read.
-        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, queued: opts.enter === false ? [] : peekQueued(s, type === SOCK_STREAM) };
+        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, queued: opts.enter === false ? [] : queuedData(s, fd, type === SOCK_STREAM) };
       }
     }
     const peer = listening ? null : getpeername(s);

@@ -5,7 +5,7 @@
 import { libc } from './libc.js';
 import { rawSyscall } from './fd.js';
 import { SYS, SPLICE_F_NONBLOCK, KCMP_FILE, KCMP_FILES, KCMP_EPOLL_TFD, F_GETOWN_EX, F_GETSIG } from './uapi.js';
-import { SysError } from './errors.js';
+import { SysError, Errno } from './errors.js';
 
 /** pipe2(flags): [read end, write end]. */
 export function pipe2(flags: number): [number, number] {
@@ -140,12 +140,17 @@ const MSG_PEEK = 2;
 const MSG_DONTWAIT = 0x40;
 const SO_PEEK_OFF = 42;
 
+const MSG_CTRUNC = 0x8;
+
 /**
  * The data queued for reading on a socket, without consuming it: peeked
  * message by message with SO_PEEK_OFF (restored afterwards, as the socket
  * is the target's). One buffer per datagram; a stream comes as one.
+ * `control`: some queued message also carries ancillary data (fds passed
+ * with SCM_RIGHTS, credentials): peeked with no room for it, the kernel
+ * says so with MSG_CTRUNC and installs nothing here.
  */
-export function peekQueued(fd: number, stream: boolean): Buffer[] {
+export function peekQueued(fd: number, stream: boolean): { data: Buffer[]; control: boolean } {
   const old = Buffer.alloc(4);
   const olen = Buffer.alloc(4);
   olen.writeUInt32LE(4);
@@ -157,23 +162,31 @@ export function peekQueued(fd: number, stream: boolean): Buffer[] {
   };
   setPeekOff(0);
   const out: Buffer[] = [];
+  let control = false;
   try {
     const buf = Buffer.alloc(1 << 20);
+    const iov = Buffer.alloc(16);
+    iov.writeBigUInt64LE(libc.address(buf), 0);
+    iov.writeBigUInt64LE(BigInt(buf.length), 8);
+    const msg = Buffer.alloc(56); // struct msghdr: no name, one iovec, no control
+    msg.writeBigUInt64LE(libc.address(iov), 16);
+    msg.writeBigUInt64LE(1n, 24);
     for (;;) {
-      let n: number;
-      try {
-        n = rawSyscall('recvfrom(MSG_PEEK)', SYS.recvfrom, fd, libc.address(buf), buf.length, MSG_PEEK | MSG_DONTWAIT, 0, 0);
-      } catch (err) {
-        if (err instanceof SysError && err.code === 'EAGAIN') break;
-        throw err;
+      msg.writeInt32LE(0, 48);
+      const n = Number(libc.recvmsg(fd, msg, MSG_PEEK | MSG_DONTWAIT));
+      if (n === -1) {
+        const e = libc.errno();
+        if (e === Errno.EAGAIN) break;
+        throw new SysError('recvmsg(MSG_PEEK)', e);
       }
+      if (msg.readInt32LE(48) & MSG_CTRUNC) control = true;
       if (n === 0) break; // end of a stream (a zero-length datagram is lost)
       out.push(Buffer.from(buf.subarray(0, n)));
     }
   } finally {
     setPeekOff(old.readInt32LE(0));
   }
-  return stream && out.length > 1 ? [Buffer.concat(out)] : out;
+  return { data: stream && out.length > 1 ? [Buffer.concat(out)] : out, control };
 }
 
 /** setsockopt with an int or a raw buffer value. */

@@ -29,6 +29,7 @@ export const libc = {
   send: lib.func('long send(int fd, void *buf, size_t len, int flags)'),
   recv: lib.func('long recv(int fd, void *buf, size_t len, int flags)'),
   sendmsg: lib.func('long sendmsg(int fd, void *msg, int flags)'),
+  recvmsg: lib.func('long recvmsg(int fd, void *msg, int flags)'),
   errno: (): number => koffi.errno(),
   clearErrno: (): void => { koffi.errno(0); },
   /** Address of a Buffer's first byte, for building iovec arrays. */
