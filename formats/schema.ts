@@ -434,6 +434,11 @@ export interface SocketImage {
   queued?: Buffer[];
   /** established (dump --tcp-established): what TCP repair mode needs to rebuild the connection. */
   tcp?: TcpImage;
+  /**
+   * Socket options restore sets again (files/socket-options.ts), each
+   * [level, option, value as getsockopt returned it] (optional).
+   */
+  options?: [number, number, Buffer][];
 }
 
 export interface TcpImage {

@@ -373,5 +373,39 @@ for cmd in sys.stdin:
     p.writeLine('recv');
     expect(await p.waitForLine(/^GOT/)).toBe("GOT b'x' 1");
   });
+
+  it('socket options come back: keepalive and its timers, linger, broadcast, TOS, and a bind to an address only FREEBIND allows', async () => {
+    const p = await startPython(`import socket, struct, sys
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+l.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 77)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 5))
+l.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, 0x10)
+l.bind(('127.0.0.1', 0)); l.listen()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+f = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+f.setsockopt(socket.IPPROTO_IPV6, 78, 1)  # IPV6_FREEBIND
+f.bind(('2001:db8::1', 0))                # documentation prefix: not on this host, nothing is sent
+f.setsockopt(socket.IPPROTO_IPV6, 78, 0)
+def state():
+    return 'ka=%d idle=%d linger=%r tos=%d bc=%d fb=%s' % (
+        l.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), l.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        struct.unpack('ii', l.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)), l.getsockopt(socket.IPPROTO_IP, socket.IP_TOS),
+        u.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST), f.getsockname()[0])
+print('READY', flush=True)
+for cmd in sys.stdin:
+    print('STATE ' + state(), flush=True)
+`);
+    p.writeLine('state');
+    const before = await p.waitForLine(/^STATE/);
+    expect(before).toBe('STATE ka=1 idle=77 linger=(1, 5) tos=16 bc=1 fb=2001:db8::1');
+    const work = tmpDir('tsnap-files-');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('state');
+    expect(await r.waitForLine(/^STATE/)).toBe(before);
+  });
 });
 

@@ -13,6 +13,7 @@ import {
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
+import { readSocketOptions, applySocketOptions } from './socket-options.js';
 import { placeFds, placeEnds } from './place.js';
 import { describeTcp } from './tcp.js';
 import { TsnapError } from '../errors.js';
@@ -61,6 +62,7 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       reuseAddr: getsockoptInt(s, SOL_SOCKET, SO.REUSEADDR) !== 0,
       reusePort: getsockoptInt(s, SOL_SOCKET, SO.REUSEPORT) !== 0,
       v6Only: family === AF_INET6 && getsockoptInt(s, IPPROTO_IPV6, IPV6_V6ONLY) !== 0,
+      options: readSocketOptions(s, family, type),
     };
     if (family === AF_UNIX && !listening) {
       const peerIno = unixPeerInode(ino);
@@ -116,13 +118,21 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
   if (s.reuseAddr || lendReuse) rt.sc.check('setsockopt(SO_REUSEADDR)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEADDR, one, 4);
   if (s.reusePort) rt.sc.check('setsockopt(SO_REUSEPORT)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEPORT, one, 4);
   if (s.v6Only) rt.sc.check('setsockopt(IPV6_V6ONLY)', SYS.setsockopt, tmp, IPPROTO_IPV6, IPV6_V6ONLY, one, 4);
+  // Before the bind: IP_FREEBIND lets it bind an address this host does not have (yet).
+  applySocketOptions(s, (level, opt, value) => rt.sc.check(`setsockopt(${level}, ${opt})`, SYS.setsockopt, tmp, level, opt, rt.put(value, 1024), value.length));
   if (isBound(s)) {
     const path = s.family === AF_UNIX ? unixPath(s.local) : null;
     // The dead original left its socket file behind; binding needs the name free.
     if (path) {
       try { if (lstatSync(path).isSocket()) unlinkSync(path); } catch { /* absent */ }
     }
+    // An address this host does not have now (it had it, or the socket had
+    // IP_FREEBIND then) binds with FREEBIND lent, put back as recorded.
+    const freebind = s.family === AF_INET ? [0, 15] : s.family === AF_INET6 ? [IPPROTO_IPV6, 78] : null;
+    const lendFreebind = freebind && !s.options?.some(([l, o, v]) => l === freebind[0] && o === freebind[1] && v.readInt32LE(0) !== 0);
+    if (lendFreebind) rt.sc.check('setsockopt(FREEBIND)', SYS.setsockopt, tmp, freebind[0], freebind[1], one, 4);
     const r = rt.sc.call(SYS.bind, tmp, rt.put(s.local), s.local.length);
+    if (lendFreebind) rt.sc.check('setsockopt(FREEBIND off)', SYS.setsockopt, tmp, freebind[0], freebind[1], rt.put(Buffer.alloc(4), 528), 4);
     if (r < 0n) {
       const err = new SysError(`bind(${describeAddr(s)})`, Number(-r));
       const hint = err.code === 'EADDRINUSE' ? ' (is the original process still running? dump without --leave-running, or stop it)' : '';
@@ -167,6 +177,11 @@ export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: numb
   rt.sc.check('socketpair', SYS.socketpair, AF_UNIX, s.type | O_CLOEXEC, 0, at);
   const fds = rt.get(8);
   const [a, b] = [fds.readInt32LE(0), fds.readInt32LE(4)];
+  for (const g of ends) {
+    const k = g[0].socket!;
+    const end = k.ino === inoA ? a : b;
+    applySocketOptions(k, (level, opt, value) => rt.sc.check(`setsockopt(${level}, ${opt})`, SYS.setsockopt, end, level, opt, rt.put(value, 1024), value.length));
+  }
   const isA = (f: FdImage) => f.socket!.ino === inoA;
   // What end X had queued was sent by its peer: write it into the other end.
   // (The ends may be in other processes: their queues come from the whole image.)

@@ -29,6 +29,7 @@ import {
 import type { FdImage, TcpImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { placeFds } from './place.js';
+import { applySocketOptions } from './socket-options.js';
 import { hold, unhold, type Releasable } from '../freeze/safety-net.js';
 import { TsnapError } from '../errors.js';
 import { faultPoint } from '../fault-points.js';
@@ -162,6 +163,7 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
   try {
     s = pidfdGetfd(pidfd, tmp);
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, 'setsockopt(TCP_REPAIR)');
+    applySocketOptions(k, (level, opt, value) => setsockopt(s, level, opt, value, `setsockopt(${level}, ${opt})`));
     // The sequence numbers read at dump follow the queued data; putting the
     // data back advances them again: start from where the queues began.
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE);

@@ -112,6 +112,7 @@ const SOCKET = obj({
     timestamp: nullable(U32),
     window: bin(0, 64),
   })),
+  options: opt(arr(tuple(int(0, 1 << 16), int(0, 1 << 16), bin(0, 64)), 64)),
 });
 
 const FD_IMAGE = obj({
