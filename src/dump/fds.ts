@@ -187,6 +187,13 @@ function checkPairs(seen: SeenFd[], tree: boolean): void {
     if (!inodes.has(k.peerIno!)) {
       throw new TsnapError('unsupported', `fd ${s.img.fd} of process ${s.pid} is a unix socket connected to socket:[${k.peerIno}] outside ${tree ? 'the dumped tree' : 'the process (dump its parent with --tree if the peer is there)'}; only connections inside the dump can be restored`);
     }
+    // Restore rebuilds a pair with socketpair(): both ends must name each
+    // other. A datagram socket connect()ed to another that is not connected
+    // back (several may send to one) is not such a pair.
+    const peer = seen.find((x) => x.t.ino === k.peerIno && x.img.socket);
+    if (peer && (peer.img.socket!.state !== 'pair' || peer.img.socket!.peerIno !== k.ino)) {
+      throw new TsnapError('unsupported', `fd ${s.img.fd} of process ${s.pid} is a unix socket connected one way to socket:[${k.peerIno}] (a datagram socket connect()ed to another); tsnap cannot restore one-way unix connections yet`);
+    }
   }
 }
 
