@@ -127,6 +127,17 @@ for cmd in sys.stdin:
   });
 });
 
+describe('a cwd in another process\'s /proc directory', () => {
+  it('is refused before the freeze, naming it', async () => {
+    const work = tmpDir('cwd');
+    const p = await startPython(COUNTER, [], { cwd: `/proc/${process.pid}`, readyPattern: /TICK 1/ });
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code).toBe(5);
+    expect(d.stderr).toMatch(new RegExp(`cwd of process ${p.pid} is /proc/${process.pid}, in the /proc directory of process ${process.pid}`));
+    expect(state(p.pid)).not.toMatch(/[tT]/);
+  });
+});
+
 describe('a deleted cwd that an fd holds too', () => {
   it('is one directory again after restore', async () => {
     const work = tmpDir('cwd');

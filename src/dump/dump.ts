@@ -392,6 +392,13 @@ function checkTarget(pid: number): void {
  */
 export function checkCwd(pid: number): void {
   const cwd = readCwd(pid);
+  // A cwd in another process's /proc directory names that process: it is
+  // there again only if restore makes it (a --tree member), and a deleted
+  // one (an exited task's) cannot be made at all.
+  const inProc = /^\/proc\/(\d+)(\/|$| \(deleted\))/.exec(cwd);
+  if (inProc && (Number(inProc[1]) !== pid || cwd.endsWith(' (deleted)'))) {
+    throw new TsnapError('unsupported', `the cwd of process ${pid} is ${cwd}, in the /proc directory of ${Number(inProc[1]) === pid ? 'itself, deleted' : `process ${inProc[1]}`}; restore could not enter it again`);
+  }
   if (!cwd.endsWith(' (deleted)')) return;
   const parent = dirname(cwd.slice(0, -' (deleted)'.length));
   if (!existsSync(parent)) {
