@@ -420,5 +420,24 @@ time.sleep(1000)`);
     expect(d.stderr).toMatch(new RegExp(`fd ${p.readyInfo.fd} of process ${p.pid} is a unix socket connected one way`));
     expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
   });
+
+  it('a file made with O_TMPFILE (never named) comes back with its contents', async () => {
+    const work = tmpDir('tsnap-files-');
+    const p = await startPython(`import os, sys
+fd = os.open(${JSON.stringify(work)}, os.O_TMPFILE | os.O_RDWR, 0o600)
+os.write(fd, b'tmpfile data')
+print('READY', flush=True)
+for cmd in sys.stdin:
+    print('DATA %r' % os.pread(fd, 64, 0), flush=True)
+`);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(r.result.stderr).not.toMatch(/restore check/);
+    r.writeLine('check');
+    expect(await r.waitForLine(/^DATA/)).toBe("DATA b'tmpfile data'");
+  });
 });
 

@@ -11,8 +11,9 @@
  * Contents are stored once per inode (the first fd of the image that has
  * it); other fds of the same inode point to it by dev/ino.
  */
-import { closeSync, constants as C, existsSync, fchmodSync, fchownSync, fstatSync, ftruncateSync, futimesSync, mkdirSync, mkdtempSync, openSync, readSync, rmdirSync, unlinkSync, writeSync, chownSync, chmodSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { closeSync, constants as C, existsSync, fchmodSync, fchownSync, fstatSync, ftruncateSync, futimesSync, mkdirSync, mkdtempSync, openSync, readSync, rmdirSync, statSync, unlinkSync, writeSync, chownSync, chmodSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { tmpdir } from 'node:os';
 import { rawSyscall, Errno, SysError, SYS } from '../sys/index.js';
 import type { FdImage, GhostImage } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
@@ -23,6 +24,10 @@ const SEEK_HOLE = 4;
 export const GHOST_LIMIT = 64 << 20;
 
 const key = (f: FdImage) => `${f.file!.dev}:${f.file!.ino}`;
+
+function isDirectory(path: string): boolean {
+  try { return statSync(path).isDirectory(); } catch { return false; }
+}
 
 export function isGhost(f: FdImage): boolean {
   return (f.kind === 'file' || f.kind === 'dir') && !!f.file?.deleted;
@@ -83,7 +88,8 @@ function readExtents(fd: number, size: number): { offset: number; data: Buffer }
  * once every fd of the image is open (or when the restore fails).
  */
 export class Ghosts {
-  private readonly made = new Map<string, { path: string; dir: boolean }>();
+  /** `ours`: made in a directory of tsnap's own, removed with it. */
+  private readonly made = new Map<string, { path: string; dir: boolean; ours: boolean }>();
   private readonly contents = new Map<string, GhostImage>();
 
   constructor(all: FdImage[]) {
@@ -97,7 +103,15 @@ export class Ghosts {
     if (have) return have.path;
     const g = f.ghost!;
     let path = f.path!;
-    if (existsSync(path)) {
+    let dirIsOurs = false;
+    if (!isDirectory(dirname(path))) {
+      // Its directory is gone since the dump: a directory of ours instead
+      // (removed with it), so the process is not lost for a name.
+      const dir = mkdtempSync(join(tmpdir(), 'tsnap-ghost-'));
+      dirIsOurs = true;
+      warn?.(`the directory of ${f.path} (deleted) is gone; fd ${f.fd} holds a deleted file in ${dir} instead`);
+      path = join(dir, basename(path));
+    } else if (existsSync(path)) {
       // The name is taken again: same directory, another name (the restore check names it).
       path = mkdtempSync(`${path}.tsnap-`);
       rmdirSync(path);
@@ -107,13 +121,13 @@ export class Ghosts {
       mkdirSync(path, { mode: 0o700 });
       chownSync(path, g.uid, g.gid);
       chmodSync(path, g.mode);
-      this.made.set(k, { path, dir: true });
+      this.made.set(k, { path, dir: true, ours: dirIsOurs });
       return path;
     }
     const data = this.contents.get(k);
     if (!data) throw new TsnapError('badImage', `fd ${f.fd}: the contents of ${f.path} (deleted) are not in the image`);
     const fd = openSync(path, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600);
-    this.made.set(k, { path, dir: false });
+    this.made.set(k, { path, dir: false, ours: dirIsOurs });
     try {
       ftruncateSync(fd, data.size);
       for (const e of data.extents!) writeSync(fd, e.data, 0, e.data.length, e.offset);
@@ -129,6 +143,7 @@ export class Ghosts {
   removeAll(): void {
     for (const m of this.made.values()) {
       try { if (m.dir) rmdirSync(m.path); else unlinkSync(m.path); } catch { /* gone already */ }
+      if (m.ours) { try { rmdirSync(dirname(m.path)); } catch { /* not empty or gone */ } }
     }
     this.made.clear();
   }

@@ -9,6 +9,9 @@ import type { RemoteTask } from '../restore/remote-task.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
 
+/** __O_TMPFILE | O_DIRECTORY. */
+const O_TMPFILE = 0o20200000;
+
 export const REOPENED = new Set(['file', 'dir', 'devnull', 'chardev']);
 
 export function checkReopenable(f: FdImage): void {
@@ -34,8 +37,11 @@ export function checkReopenable(f: FdImage): void {
 /** `path`: where to open it (a deleted file's is the ghost restore made). */
 export function restoreReopened(rt: RemoteTask, group: FdImage[], floor: number, path = group[0].path!): void {
   const f = group[0];
-  // Reopening must not create, truncate or take a controlling terminal.
-  const flags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC) | O_NOCTTY;
+  // Reopening must not create, truncate or take a controlling terminal; a
+  // file made with O_TMPFILE (which includes O_DIRECTORY) is opened as the
+  // file it is now.
+  const tmpfile = f.kind === 'file' ? O_TMPFILE : 0;
+  const flags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC | tmpfile) | O_NOCTTY;
   const tmp = rt.open(path, flags);
   if (f.kind === 'file' && f.pos > 0) rt.sc.check(`lseek(${f.fd})`, SYS.lseek, tmp, f.pos, SEEK_SET);
   placeFds(rt, [{ tmp, targets: group }], floor);

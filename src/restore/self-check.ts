@@ -20,6 +20,8 @@ import { isInheritedStdio } from './fds.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
+/** __O_TMPFILE | O_DIRECTORY. */
+const O_TMPFILE = 0o20200000;
 const MAX_MAP_LINES = 3;
 
 export interface CheckedThread {
@@ -112,8 +114,10 @@ function compareFds(p: ProcessImage, pid: number, idNow: (id: number) => number,
     live.delete(f.fd);
     if (isInheritedStdio(f)) continue; // restore's own stdio stands in for it
     const info = readFdInfo(pid, f.fd);
-    if ((info.flags & ~O_LARGEFILE) !== (f.flags & ~O_LARGEFILE)) {
-      out.push(`fd ${f.fd} (${f.link}): open flags 0${(info.flags & ~O_LARGEFILE).toString(8)}, the image's 0${(f.flags & ~O_LARGEFILE).toString(8)}`);
+    // O_TMPFILE says how a file was made, not how it is open: it cannot be reopened so.
+    const ignore = O_LARGEFILE | (f.kind === 'file' ? O_TMPFILE : 0);
+    if ((info.flags & ~ignore) !== (f.flags & ~ignore)) {
+      out.push(`fd ${f.fd} (${f.link}): open flags 0${(info.flags & ~ignore).toString(8)}, the image's 0${(f.flags & ~ignore).toString(8)}`);
     }
     if (f.kind === 'file' && info.pos !== f.pos) out.push(`fd ${f.fd} (${f.link}): position ${info.pos}, the image's ${f.pos}`);
   }
