@@ -10,7 +10,7 @@ import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, readImage, killPid } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, useRestoredCleanup, readImage, killPid, dumpKillRestore } from './helpers/tsnap.js';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { ExitCode } from '../src/errors.js';
 
@@ -327,11 +327,7 @@ print('READY', flush=True)
 for cmd in sys.stdin:
     print('LEASE %d' % fcntl.fcntl(fd, 1025), flush=True)  # F_GETLEASE
 `);
-    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
-    expect(d.code, d.stderr).toBe(0);
-    await p.exited;
-    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
-    expect(r.result.code, r.result.stderr).toBe(0);
+    const r = await dumpKillRestore(p, work);
     r.writeLine('check');
     expect(await r.waitForLine(/^LEASE/)).toBe('LEASE 0'); // F_RDLCK
   });
@@ -344,11 +340,7 @@ print('READY fd=%d' % fd, flush=True)
 for cmd in sys.stdin:
     print('PATH %s' % ('yes' if os.readlink('/proc/self/fd/%d' % fd) == ${JSON.stringify(work)} else 'no'), flush=True)
 `);
-    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
-    expect(d.code, d.stderr).toBe(0);
-    await p.exited;
-    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
-    expect(r.result.code, r.result.stderr).toBe(0);
+    const r = await dumpKillRestore(p, work);
     const flags = parseInt(/^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/${r.pid}/fdinfo/${p.readyInfo.fd}`, 'utf8'))![1], 8);
     expect(flags & 0o10000000).toBe(0o10000000); // O_PATH
     r.writeLine('check');
@@ -399,11 +391,7 @@ for cmd in sys.stdin:
     const before = await p.waitForLine(/^STATE/);
     expect(before).toBe('STATE ka=1 idle=77 linger=(1, 5) tos=16 bc=1 fb=2001:db8::1');
     const work = tmpDir('tsnap-files-');
-    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
-    expect(d.code, d.stderr).toBe(0);
-    await p.exited;
-    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
-    expect(r.result.code, r.result.stderr).toBe(0);
+    const r = await dumpKillRestore(p, work);
     r.writeLine('state');
     expect(await r.waitForLine(/^STATE/)).toBe(before);
   });
@@ -430,11 +418,7 @@ print('READY', flush=True)
 for cmd in sys.stdin:
     print('DATA %r' % os.pread(fd, 64, 0), flush=True)
 `);
-    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
-    expect(d.code, d.stderr).toBe(0);
-    await p.exited;
-    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
-    expect(r.result.code, r.result.stderr).toBe(0);
+    const r = await dumpKillRestore(p, work);
     expect(r.result.stderr).not.toMatch(/restore check/);
     r.writeLine('check');
     expect(await r.waitForLine(/^DATA/)).toBe("DATA b'tmpfile data'");

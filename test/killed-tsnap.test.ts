@@ -11,12 +11,13 @@
  * across the remote-syscall window; and at random instants.
  */
 import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createConnection } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { compileC, startProcess, startPython, tmpDir, useProcessCleanup, type Running } from './helpers/fixtures.js';
 import { TSNAP_BIN, tsnap } from './helpers/tsnap.js';
+import { findHolders } from '../src/track/untrack.js';
 
 useProcessCleanup();
 
@@ -83,6 +84,13 @@ function uffdFlagged(pid: number): string[] {
   return readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n').filter((l) => l.startsWith('VmFlags:') && / uw\b/.test(l));
 }
 
+const what0 = (i: number, t: Trial, outcome: string) => `trial ${i} (${t.cmd}, ${t.fault ?? `kill after ${t.delayMs} ms`}, ${outcome})`;
+
+async function noHolder(pid: number, what: string): Promise<void> {
+  for (let i = 0; i < 200 && findHolders(pid).length > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  expect(findHolders(pid), what).toEqual([]);
+}
+
 async function runTrials(p: Running, check: (i: number) => Promise<void>): Promise<string[]> {
   const before = snapshot(p.pid);
   const dir = tmpDir('killed');
@@ -94,9 +102,13 @@ async function runTrials(p: Running, check: (i: number) => Promise<void>): Promi
     const r = await runTsnap(args, t.fault, t.delayMs);
     outcomes.push(r.signal === 'SIGKILL' ? 'killed' : `exit ${r.code}`);
     await untraced(p.pid);
-    // A pre-dump that completed keeps tracking on purpose: end it.
-    if (t.cmd === 'pre-dump') await tsnap('untrack', '--pid', String(p.pid));
-    const what = `trial ${i} (${t.cmd}, ${t.fault ?? `kill after ${t.delayMs} ms`}, ${outcomes[i]})`;
+    if (t.cmd === 'pre-dump') {
+      // Tracking no committed image refers to must not outlive the run...
+      if (!existsSync(join(img, 'inventory'))) await noHolder(p.pid, what0(i, t, outcomes[i]));
+      // ...and a pre-dump that committed keeps it on purpose: end it.
+      await tsnap('untrack', '--pid', String(p.pid));
+    }
+    const what = what0(i, t, outcomes[i]);
     expect(p.alive(), what).toBe(true);
     expect(snapshot(p.pid), what).toEqual(before);
     expect(uffdFlagged(p.pid), what).toEqual([]);

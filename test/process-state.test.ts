@@ -8,7 +8,7 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { mkdirSync, readFileSync, readlinkSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, useRestoredCleanup, dumpKillRestore } from './helpers/tsnap.js';
 
 useProcessCleanup();
 useRestoredCleanup();
@@ -66,11 +66,7 @@ describe('a deleted cwd', () => {
     const p = await startPython(COUNTER, [], { cwd: gone, readyPattern: /TICK 1/ });
     rmdirSync(gone);
     expect(readlinkSync(`/proc/${p.pid}/cwd`)).toBe(`${gone} (deleted)`);
-    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
-    expect(d.code, d.stderr).toBe(0);
-    await p.exited;
-    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
-    expect(r.result.code, r.result.stderr).toBe(0);
+    const r = await dumpKillRestore(p, work);
     expect(r.result.stderr).not.toMatch(/restore check/);
     expect(readlinkSync(`/proc/${r.pid}/cwd`)).toBe(`${gone} (deleted)`);
     await r.waitForLine(/^TICK/);
@@ -94,11 +90,7 @@ describe('oom_score_adj', () => {
     const work = tmpDir('oom');
     const p = await startPython(`open('/proc/self/oom_score_adj', 'w').write('400')\n${COUNTER}`, [], { readyPattern: /TICK 1/ });
     expect(readFileSync(`/proc/${p.pid}/oom_score_adj`, 'utf8').trim()).toBe('400');
-    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
-    expect(d.code, d.stderr).toBe(0);
-    await p.exited;
-    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
-    expect(r.result.code, r.result.stderr).toBe(0);
+    const r = await dumpKillRestore(p, work);
     expect(readFileSync(`/proc/${r.pid}/oom_score_adj`, 'utf8').trim()).toBe('400');
     await r.waitForLine(/^TICK/);
   });
@@ -115,11 +107,7 @@ print('READY', flush=True)
 for cmd in sys.stdin:
     print('REG %d BARRIER %d' % (libc.syscall(324, 512, 0, 0), libc.syscall(324, 8, 0, 0)), flush=True)
 `);
-    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
-    expect(d.code, d.stderr).toBe(0);
-    await p.exited;
-    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
-    expect(r.result.code, r.result.stderr).toBe(0);
+    const r = await dumpKillRestore(p, work);
     expect(readFileSync(`/proc/${r.pid}/loginuid`, 'utf8')).toBe('4321');
     r.writeLine('check');
     // Registered again: the private expedited barrier works (it fails with EPERM, -1, unregistered).
@@ -150,11 +138,7 @@ print('READY', flush=True)
 for cmd in sys.stdin:
     print('SAME' if os.fstat(dfd).st_ino == os.stat('.').st_ino else 'DIFFERENT', flush=True)
 `, [], { cwd: gone });
-    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
-    expect(d.code, d.stderr).toBe(0);
-    await p.exited;
-    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
-    expect(r.result.code, r.result.stderr).toBe(0);
+    const r = await dumpKillRestore(p, work);
     r.writeLine('check');
     expect(await r.waitForLine(/^(SAME|DIFFERENT)/)).toBe('SAME');
   });

@@ -61,7 +61,8 @@ export { readImage };
 
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
-import { afterEach } from 'vitest';
+import { afterEach, expect } from 'vitest';
+import { join } from 'node:path';
 import { killPid, killTree, registerPid } from './processes.js';
 
 /** A process brought back by `tsnap restore --detach`, talking through pipes. */
@@ -124,4 +125,17 @@ export async function restoreDetached(dir: string, pidfile: string, extra: strin
       if (!check()) listeners.add(check);
     }),
   };
+}
+
+/**
+ * The common round trip: dump `p` (kill mode) into WORK/img, wait for it
+ * to be gone, restore it detached; both steps must succeed.
+ */
+export async function dumpKillRestore(p: { pid: number; exited: Promise<unknown> }, work: string, dumpArgs: string[] = []): Promise<Restored> {
+  const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), ...dumpArgs);
+  expect(d.code, d.stderr).toBe(0);
+  await p.exited;
+  const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+  expect(r.result.code, r.result.stderr).toBe(0);
+  return r;
 }
