@@ -240,6 +240,30 @@ static struct user_regs_struct resume_regs(const struct tracee *t) {
   return r;
 }
 
+/*
+ * From the syscall-exit stop of a remote syscall back to a stop inside the
+ * signal path, with the registers of the freeze: there the kernel itself
+ * decides, as the task resumes, whether the interrupted syscall restarts or
+ * returns EINTR to a signal handler that runs first. (Restarting it by hand
+ * would re-enter pause() after a handler already ran, and the program would
+ * wait for a signal it has had.) Returns 0 when the task is back there.
+ */
+static int back_to_signal_stop(struct tracee *t) {
+  if (ptrace(PTRACE_SETREGS, t->tid, 0, &t->saved) == -1) return -1;
+  if (ptrace(PTRACE_INTERRUPT, t->tid, 0, 0) == -1) return -1;
+  if (ptrace(PTRACE_CONT, t->tid, 0, 0) == -1) return -1;
+  for (;;) {
+    int status;
+    int r = wait_for(t->tid, 10000, &status);
+    if (r <= 0 || exited(status)) return -1;
+    if (!WIFSTOPPED(status)) continue;
+    int event = status >> 16;
+    if (event == PTRACE_EVENT_STOP) return 0;
+    /* A signal on the way: delivered as it would have been without us. */
+    if (ptrace(PTRACE_CONT, t->tid, 0, event == 0 ? WSTOPSIG(status) : 0) == -1) return -1;
+  }
+}
+
 /* Undoes what tsnap left in the task (newest first), puts it back and lets it go. */
 static int release_one(struct tracee *t) {
   for (int i = t->nundo - 1; i >= 0; i--) {
@@ -247,9 +271,16 @@ static int release_one(struct tracee *t) {
     (void)remote_syscall(t, t->gadget, t->undos[i].nr, t->undos[i].args, 10000, &ignored);
   }
   t->nundo = 0;
-  struct user_regs_struct r = resume_regs(t);
   int e = 0;
-  if (ptrace(PTRACE_SETREGS, t->tid, 0, &r) == -1) e = errno;
+  if (!t->at_syscall_stop) {
+    if (ptrace(PTRACE_SETREGS, t->tid, 0, &t->saved) == -1) e = errno;
+  } else if (back_to_signal_stop(t) != 0) {
+    /* Could not get back there: restart the syscall by hand instead. */
+    struct user_regs_struct r = resume_regs(t);
+    if (ptrace(PTRACE_SETREGS, t->tid, 0, &r) == -1) e = errno;
+  }
+  /* Else the registers are the freeze's already, or a signal handler's
+   * frame the kernel set up on the way: left as they are. */
   if (ptrace(PTRACE_DETACH, t->tid, 0, 0) == -1 && !e) e = errno;
   for (int i = 0; i < t->nheld; i++) kill(t->tid, t->held[i]);
   return e;
