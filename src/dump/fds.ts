@@ -7,19 +7,15 @@
  */
 import { closeSync, existsSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, sameFile, fileOwner, fcntl, F_GETLEASE, F_UNLCK } from '../sys/index.js';
+import { listFds, readFdInfo, readFdTarget, readStat, type FdTarget } from '../proc/index.js';
+import type { FdImage } from '../../formats/schema.js';
+import { readPipe, isReadEnd } from '../files/pipe.js';
+import type { SocketOptions } from '../files/socket.js';
+import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
+import { TsnapError } from '../errors.js';
 
 /** O_PATH: an fd that only names a file (fcntl F_GETOWN_EX/F_GETLEASE answer EBADF). */
 const O_PATH = 0o10000000;
-import { listFds, readFdInfo, readFdTarget, readStat, type FdTarget, type FdInfo } from '../proc/index.js';
-import type { FdImage } from '../../formats/schema.js';
-import { readPipe, isReadEnd } from '../files/pipe.js';
-import { describeEventfd, describeTimerfd, describeSignalfd } from '../files/anon-fds.js';
-import { describeEpoll } from '../files/epoll.js';
-import { describeSocket, type SocketOptions } from '../files/socket.js';
-import { REOPENED } from '../files/regular.js';
-import { describeFifo, describeMemfd, checkMemfdSize } from '../files/fifo-memfd.js';
-import { TsnapError } from '../errors.js';
-import { isGhost, checkGhost, describeGhost } from '../files/ghost.js';
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
@@ -64,14 +60,10 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
           fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
           file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
         };
-        describeKind(pid, pidfd, img, t, info, open, opts);
+        FD_KINDS[img.kind].describe?.({ pid, pidfd, target: t, info, open, opts, frozen: opts.enter !== false, ghosts }, img);
         describeOwner(pidfd, img);
         if (/\bLEASE\s+BREAKING\b/.test(info.extra.lock ?? '')) {
           throw new TsnapError('unsupported', `fd ${fd} of process ${pid} holds a lease that is being broken; restore could not take it again in that state (retry once the break is over)`);
-        }
-        if (isGhost(img)) {
-          if (opts.enter === false) checkGhost(img, pid);
-          else img.ghost = describeGhost(pid, img, ghosts);
         }
         seen.push({ pid, t, img });
         list.push(img);
@@ -107,26 +99,6 @@ function describeOwner(pidfd: number, img: FdImage): void {
     }
   } finally {
     closeSync(copy);
-  }
-}
-
-function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, info: FdInfo, open: Set<number>, opts: SocketOptions): void {
-  switch (t.kind) {
-    case 'eventfd': img.eventfd = describeEventfd(info); break;
-    case 'timerfd': img.timerfd = describeTimerfd(info); break;
-    case 'signalfd': img.signalfd = describeSignalfd(info); break;
-    case 'epoll': img.epoll = describeEpoll(pid, info, open); break;
-    // Contents are read only when frozen: the check before the freeze needs the kind alone.
-    case 'fifo': if (img.fd > 2 && !img.file?.deleted) img.fifo = opts.enter === false ? { capacity: 0, data: Buffer.alloc(0) } : describeFifo(pid, img); break;
-    case 'memfd': img.memfd = opts.enter === false ? checkMemfdSize(img) : describeMemfd(pid, img); break;
-    case 'socket':
-      try {
-        img.socket = describeSocket(pidfd, img.fd, t.link, t.ino, opts);
-      } catch (err) {
-        if (img.fd > 2) throw err; // on 0-2 it is stdio, whatever it is
-      }
-      break;
-    default: break;
   }
 }
 
@@ -213,25 +185,11 @@ function checkOwner(f: FdImage, pid: number, pids: number[]): void {
   }
 }
 
-/** The pid of a /proc/PID/... path, or null. */
-export function procPidOf(path: string | null): number | null {
-  const m = path ? /^\/proc\/(\d+)(\/|$)/.exec(path) : null;
-  return m ? Number(m[1]) : null;
-}
-
+/** Refuses, naming it, an fd whose kind's module says restore could not bring it back. */
 function checkSupported(f: FdImage, pid: number, pids: number[]): void {
-  const tree = pids.length > 1;
-  if (REOPENED.has(f.kind)) {
-    if (f.file?.deleted && !isGhost(f)) throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is ${f.path} (a ${f.kind}), deleted while open; tsnap can restore deleted files and directories only`);
-    // A file of another process's /proc directory opens again only if that process comes back too.
-    const proc = procPidOf(f.path);
-    if (proc !== null && !pids.includes(proc)) {
-      throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is ${f.path}, of a process outside the dump; restore could not open it again (dump that process with --tree)`);
-    }
-    return;
-  }
-  if (f.fd <= 2 && (f.kind === 'tty' || f.kind === 'pipe' || f.kind === 'fifo' || f.kind === 'socket')) return;
-  if (f.pipe || f.eventfd || f.timerfd || f.signalfd || f.epoll || f.socket || f.fifo || f.memfd) return;
-  const hint = f.kind === 'tty' ? ' (supported on stdin/stdout/stderr only)' : '';
-  throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is a ${f.kind} (${f.link}) that tsnap cannot checkpoint${hint}`);
+  if (isInheritedStdio(f)) return;
+  const kind = FD_KINDS[f.kind];
+  kind.checkDump?.(f, { pid, pids });
+  if (kind.restorable(f)) return;
+  throw new TsnapError('unsupported', `fd ${f.fd}${pids.length > 1 ? ` of process ${pid}` : ''} is a ${f.kind} (${f.link}) that tsnap cannot checkpoint${kind.refusalHint ?? ''}`);
 }

@@ -11,6 +11,7 @@ import type { FdInfo } from '../proc/fds.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
+import type { FdKindModule } from './kind.js';
 
 export function describeEpoll(pid: number, info: FdInfo, openFds: Set<number>): FdImage['epoll'] {
   const lines = info.extra.tfd === undefined ? [] : info.extra.tfd.split('\n');
@@ -41,3 +42,10 @@ export function registerEpollTargets(rt: RemoteTask, f: FdImage): void {
     rt.sc.check(`epoll_ctl(${f.fd}, ADD, ${t.fd})`, SYS.epoll_ctl, f.fd, EPOLL_CTL_ADD, t.fd, rt.put(ev));
   }
 }
+
+export const epollKind: FdKindModule = {
+  describe: (c, img) => { img.epoll = describeEpoll(c.pid, c.info, c.open); },
+  restorable: (f) => !!f.epoll,
+  restore: (c, group) => createEpoll(c.rt, group, c.floor),
+  link: (c, f) => registerEpollTargets(c.rt, f),
+};

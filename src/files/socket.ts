@@ -15,8 +15,9 @@ import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { readSocketOptions, applySocketOptions } from './socket-options.js';
 import { placeFds, placeEnds } from './place.js';
-import { describeTcp } from './tcp.js';
+import { describeTcp, restoreTcp } from './tcp.js';
 import { TsnapError } from '../errors.js';
+import type { FdKindModule } from './kind.js';
 
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
@@ -211,3 +212,25 @@ export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: numb
   }
   return placeEnds(rt, { tmp: a, targets: ends.filter((g) => isA(g[0])).flat() }, { tmp: b, targets: ends.filter((g) => !isA(g[0])).flat() }, floor);
 }
+
+/**
+ * Sockets: unix pairs are made with both ends at once, established TCP
+ * with repair mode (tcp.ts), the others here. A socket on 0-2 that is not
+ * one end of a pair inside the dump is stdio, whatever it is.
+ */
+export const socketKind: FdKindModule = {
+  describe(c, img) {
+    try {
+      img.socket = describeSocket(c.pidfd, img.fd, c.target.link, c.target.ino, c.opts);
+    } catch (err) {
+      if (img.fd > 2) throw err;
+    }
+  },
+  restorable: (f) => !!f.socket,
+  restore(c, group) {
+    const s = group[0].socket!;
+    if (s.state === 'pair') c.defer('pair', Math.min(s.ino!, s.peerIno!), group);
+    else if (s.state === 'established') restoreTcp(c.rt, group, c.floor);
+    else restoreSocket(c.rt, group, c.floor);
+  },
+};

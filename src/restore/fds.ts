@@ -6,8 +6,11 @@
  * was given (its own by default, or --stdin/--stdout/--stderr files),
  * inherited from the helper.
  *
- * Order: every non-epoll file first, then the epoll instances, then their
- * registrations (which name the other fds by number).
+ * Order: every file in fd order of its open file description (pipes and
+ * socket pairs once both ends are known), then what links files to each
+ * other (epoll registrations name other fds by number), then owners and
+ * leases (finishFiles). What each kind does is its module's, through the
+ * table in files/fd-kinds.ts.
  */
 import { listFds } from '../proc/index.js';
 import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, F_SETLEASE, SOL_SOCKET, SO } from '../sys/index.js';
@@ -15,32 +18,21 @@ import { placeFds } from '../files/place.js';
 import type { FdImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
-import { REOPENED, checkReopenable, restoreReopened } from '../files/regular.js';
-import { restorePipe, isReadEnd } from '../files/pipe.js';
-import { restoreEventfd, restoreTimerfd, restoreSignalfd } from '../files/anon-fds.js';
-import { createEpoll, registerEpollTargets } from '../files/epoll.js';
-import { restoreSocket, restoreSocketPair } from '../files/socket.js';
-import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
-import { restoreTcp } from '../files/tcp.js';
-import { Ghosts, isGhost } from '../files/ghost.js';
+import { isReadEnd, restorePipe } from '../files/pipe.js';
+import { restoreSocketPair } from '../files/socket.js';
+import { Ghosts } from '../files/ghost.js';
+import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
+import type { RestoreContext } from '../files/kind.js';
 
-const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
+export { isInheritedStdio };
 
-/** An fd on 0-2 that leads outside the process: restored as tsnap restore's own stdio. */
-export function isInheritedStdio(f: FdImage): boolean {
-  return f.fd <= 2 && STDIO_KINDS.has(f.kind) && !f.pipe && !f.socket && !f.fifo;
-}
-
-const RECREATED = new Set(['pipe', 'eventfd', 'timerfd', 'signalfd', 'epoll', 'socket', 'fifo', 'memfd']);
-
-/** Refuses what restore cannot bring back, before anything is created. */
+/** Refuses what restore cannot bring back, before anything is created: the same test as dump's. */
 export function checkFds(fds: FdImage[]): void {
   for (const f of fds) {
     if (isInheritedStdio(f)) continue;
-    if (REOPENED.has(f.kind)) { checkReopenable(f); continue; }
-    if (f.kind === 'fifo' && f.fifo) { checkReopenable({ ...f, kind: 'fifo' }); continue; }
-    if (RECREATED.has(f.kind) && (f.kind !== 'pipe' || f.pipe) && (f.kind !== 'socket' || f.socket) && (f.kind !== 'memfd' || f.memfd)) continue;
-    throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind} (${f.link}); restoring this kind of fd is not supported`);
+    const kind = FD_KINDS[f.kind];
+    if (!kind.restorable(f)) throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind} (${f.link}); restoring this kind of fd is not supported`);
+    kind.preflight?.(f);
   }
 }
 
@@ -73,7 +65,9 @@ export class FdRestorer {
   /** Socket pairs by the smaller inode of the two ends ("a"). */
   private readonly pairOfds = new Map<number, { a: Set<number>; b: Set<number> }>();
   private readonly queued = new Map<number, Buffer[]>();
-  private readonly created = new Set<string>();
+  /** "pid:fd" of the files this restore created whose kind links them to others afterwards (epoll). */
+  private readonly linked = new Set<string>();
+  private readonly contexts = new Map<number, RestoreContext>();
 
   /** Deleted files and directories made again; removed once every fd is open. */
   readonly ghosts: Ghosts;
@@ -97,13 +91,26 @@ export class FdRestorer {
     }
   }
 
-  /** Phase 1: every fd of the process but the epoll registrations. */
+  /** Phase 1: every fd of the process, each made by its kind's module (files/fd-kinds.ts); pipes and socket pairs last. */
   createFiles(rt: RemoteTask, fds: FdImage[]): void {
     const floor = Math.max(2, ...fds.map((f) => f.fd)) + 1;
     const groups = byOfd(fds.filter((f) => !isInheritedStdio(f)));
     const pipes = new Map<number, FdImage[][]>();
     const pairs = new Map<number, FdImage[][]>();
     const pidfds = new Map<number, number>();
+    let deferred = false;
+    const c: RestoreContext = {
+      rt,
+      floor,
+      ghostPath: (f) => this.ghosts.pathFor(f, this.warn),
+      memfdAt: (f) => (f.file ? this.memfds.get(`${f.file.dev}:${f.file.ino}`) : undefined),
+      defer: (what, id, g) => {
+        const into = what === 'pipe' ? pipes : pairs;
+        const l = into.get(id);
+        if (l) l.push(g); else into.set(id, [g]);
+        deferred = true;
+      },
+    };
     for (const g of groups) {
       const f = g[0];
       const held = f.ofd === undefined ? undefined : this.holders.get(f.ofd);
@@ -111,32 +118,14 @@ export class FdRestorer {
         this.importFile(rt, held, g, floor, pidfds);
         continue;
       }
-      if (f.socket?.state === 'pair') {
-        const id = Math.min(f.socket.ino!, f.socket.peerIno!);
-        const p = pairs.get(id);
-        if (p) p.push(g); else pairs.set(id, [g]);
-        continue;
-      }
-      if (REOPENED.has(f.kind)) restoreReopened(rt, g, floor, isGhost(f) ? this.ghosts.pathFor(f, this.warn) : f.path!);
-      else if (f.kind === 'eventfd') restoreEventfd(rt, g, floor);
-      else if (f.kind === 'timerfd') restoreTimerfd(rt, g, floor);
-      else if (f.kind === 'signalfd') restoreSignalfd(rt, g, floor);
-      else if (f.kind === 'socket' && f.socket?.state === 'established') restoreTcp(rt, g, floor);
-      else if (f.kind === 'socket') restoreSocket(rt, g, floor);
-      else if (f.kind === 'epoll') createEpoll(rt, g, floor);
-      else if (f.kind === 'fifo' && f.fifo) restoreFifo(rt, g, floor);
-      else if (f.kind === 'memfd' && f.file && this.memfds.has(`${f.file.dev}:${f.file.ino}`)) reopenMemfd(rt, g, floor, this.memfds.get(`${f.file.dev}:${f.file.ino}`)!);
-      else if (f.kind === 'memfd' && f.memfd) restoreMemfd(rt, g, floor);
-      else if (f.kind === 'pipe') {
-        const p = pipes.get(f.pipe!.id);
-        if (p) p.push(g); else pipes.set(f.pipe!.id, [g]);
-        continue;
-      } else {
-        throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind}; restoring this kind of fd is not supported`);
-      }
-      if (f.kind === 'epoll') this.created.add(`${rt.pid}:${f.fd}`);
+      const kind = FD_KINDS[f.kind];
+      deferred = false;
+      kind.restore(c, g);
+      if (deferred) continue;
+      if (kind.link) this.linked.add(`${rt.pid}:${f.fd}`);
       if (f.ofd !== undefined) this.holders.set(f.ofd, { pid: rt.pid, fd: f.fd });
     }
+    this.contexts.set(rt.pid, c);
     for (const [id, ends] of pipes) {
       const both = this.pipeOfds.get(id);
       if (!both || both.read.size === 0 || both.write.size === 0) {
@@ -171,8 +160,9 @@ export class FdRestorer {
 
   /** Phase 2: each epoll this process created registers what it watched. */
   registerEpolls(rt: RemoteTask, fds: FdImage[]): void {
+    const c = this.contexts.get(rt.pid);
     for (const f of fds) {
-      if (f.kind === 'epoll' && this.created.has(`${rt.pid}:${f.fd}`)) registerEpollTargets(rt, f);
+      if (c && this.linked.has(`${rt.pid}:${f.fd}`)) FD_KINDS[f.kind].link!(c, f);
     }
   }
 
@@ -181,14 +171,6 @@ export class FdRestorer {
     const wanted = new Set(fds.map((f) => f.fd));
     for (const fd of listFds(rt.pid)) if (!wanted.has(fd)) rt.close(fd);
   }
-}
-
-/** The fds of a single process. */
-export function restoreFds(rt: RemoteTask, fds: FdImage[]): void {
-  const r = new FdRestorer([fds]);
-  r.createFiles(rt, fds);
-  r.registerEpolls(rt, fds);
-  r.closeOthers(rt, fds);
 }
 
 /**
