@@ -139,6 +139,12 @@ export interface ProcessImage {
    */
   memfds?: MemfdObjectImage[];
   /**
+   * SysV shared memory segments the process has attached (tsnap 0.2+,
+   * optional), each whole: restore attaches the same segment (the same id)
+   * at the same addresses; VMAs name it by their inode (the shmid).
+   */
+  sysvShm?: SysvShmImage[];
+  /**
    * Interval timers (setitimer/alarm: 0 REAL, 1 VIRTUAL, 2 PROF) that were
    * armed, with the time left and the period, in µs (tsnap 0.2+, optional).
    */
@@ -376,6 +382,19 @@ export interface PosixTimerImage {
   /** Time left to the next expiry and the period, in ns (0/0: disarmed). */
   valueNs: bigint;
   intervalNs: bigint;
+}
+
+export interface SysvShmImage {
+  shmid: number;
+  /** 0 (IPC_PRIVATE) for private segments and for removed ones (SHM_DEST). */
+  key: number;
+  size: number;
+  /** Permission bits, plus SHM_DEST (0o1000) when removal was asked while attached. */
+  mode: number;
+  uid: number;
+  gid: number;
+  /** The segment's bytes at the dump, `size` of them. */
+  data: Buffer;
 }
 
 export interface MemfdObjectImage {

@@ -10,6 +10,7 @@ import {
 } from '../proc/index.js';
 import { readFds } from './fds.js';
 import { readMappedMemfds } from '../files/fifo-memfd.js';
+import { describeSysvShm } from './sysv-shm.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage, type RlimitImage, type FdImage, type FileIdentity, type MmImage } from '../../formats/schema.js';
 import { readVmFlags } from '../proc/smaps.js';
 import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
@@ -127,9 +128,15 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     mm,
     fds: fds ?? readFds(pid, { tcpEstablished, enter: true }),
     memfds: readMappedMemfds(pid, layout.vmas, (i) => layout.images[i].file),
+    ...optional('sysvShm', describeSysvShm(pid, layout.vmas)),
     itimers: remote.itimers,
     posixTimers: remote.posixTimers,
     prctl: remote.prctl,
     ...(remote.groupStop ? { stopSignal: remote.groupStop } : {}),
   };
+}
+
+/** `{ [k]: v }` when v is defined: optional image fields stay absent rather than undefined. */
+function optional<K extends string, V>(k: K, v: V | undefined): { [P in K]?: V } {
+  return (v === undefined ? {} : { [k]: v }) as { [P in K]?: V };
 }

@@ -6,6 +6,7 @@
  * PID_MAX_LIMIT, fds within fs.nr_open's ceiling, binary records of their
  * kernel sizes.
  */
+import { isSysvShmPath } from '../proc/sysvipc.js';
 import { FORMAT_VERSION, FileKind } from '../../formats/schema.js';
 import {
   type Shape, int, num, big, bool, str, oneOf, bin, nullable, arr, tuple, obj, opt, record, refine,
@@ -170,6 +171,7 @@ interface ProcessLike {
   fds: { fd: number }[];
   mm: { vmas: { start: number; path: string; file: { dev: number; ino: number } | null }[] };
   memfds?: { dev: number; ino: number }[];
+  sysvShm?: { shmid: number; size: number; data: Buffer }[];
 }
 
 export const PROCESS: Shape = refine<ProcessLike>(obj({
@@ -203,6 +205,7 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   }),
   fds: arr(FD_IMAGE, 1 << 20),
   memfds: opt(arr(obj({ dev: SAFE, ino: SAFE, name: str(255), data: BYTES, seals: U32 }), 1 << 16)),
+  sysvShm: opt(arr(obj({ shmid: int(0, 2 ** 31 - 1), key: I32, size: int(1, 2 ** 40), mode: int(0, 0o7777), uid: U32, gid: U32, data: BYTES }), 1 << 12)),
   itimers: opt(arr(obj({ which: int(0, 2), valueUs: SAFE, intervalUs: SAFE }), 3)),
   posixTimers: opt(arr(obj({
     id: int(0, 2 ** 31 - 1), clockid: I32, signo: int(0, 64), value: U64, notify: oneOf('signal', 'thread', 'none'),
@@ -219,6 +222,12 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
     if (f && v.path.startsWith('/memfd:') && !p.memfds?.some((m) => m.dev === f.dev && m.ino === f.ino)) {
       return `the VMA at 0x${v.start.toString(16)} maps ${v.path} but the image does not hold its contents`;
     }
+    if (f && isSysvShmPath(v.path) && !p.sysvShm?.some((m) => m.shmid === f.ino)) {
+      return `the VMA at 0x${v.start.toString(16)} attaches SysV shm ${f.ino} but the image does not hold the segment`;
+    }
+  }
+  for (const m of p.sysvShm ?? []) {
+    if (m.data.length !== m.size) return `SysV shm ${m.shmid} holds ${m.data.length} bytes for a size of ${m.size}`;
   }
   return null;
 });

@@ -19,6 +19,7 @@ import { checkRestored } from './self-check.js';
 import { finishFiles } from './fds.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
+import { SysvSegments } from './sysv-shm.js';
 import { restoreAllCreds, restoreCreds } from './creds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { createThreads, type RestoredThread } from './threads.js';
@@ -161,6 +162,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const created: { pid: number; leader: boolean }[] = [];
   let step = 'create the process';
   let fdr: FdRestorer | null = null;
+  let sysv: SysvSegments | null = null;
   let pages = 0;
   let bytes = 0;
   try {
@@ -189,6 +191,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       if (newPid) warn('processes got new pids: what they recorded of each other\'s pids is stale');
       pausePoint('restore-tree-created');
     }
+    step = 'take or make the SysV shm segments';
+    sysv = new SysvSegments(members.flatMap((m) => m.p.sysvShm ?? []));
+    sysv.prepare();
     const sharedFrom = new Map<string, { pid: number; v: VmaImage }>();
     /** Where each memfd of the tree was recreated: process and fd. */
     const memfdAt = new Map<string, { pid: number; fd: number }>();
@@ -207,7 +212,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         const at = v.file && v.path.startsWith('/memfd:') ? memfdAt.get(`${v.file.dev}:${v.file.ino}`) : undefined;
         if (at) fileAt.set(v.start, `/proc/${at.pid}/fd/${at.fd}`);
       }
-      const fixProt = mapVmas(rt, m.p, imports, fileAt);
+      const fixProt = mapVmas(rt, m.p, imports, fileAt, sysv);
       step = `write the memory of ${m.p.pid}`;
       const filled = await fillPages(rt.pid, m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })), rt.sc,
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
@@ -227,6 +232,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const m of members) fdr.closeOthers(m.rt!, m.p.fds);
     // Every fd is open: the deleted files made again are deleted again.
     fdr.ghosts.removeAll();
+    sysv.finish();
     for (const m of members) {
       const rt = m.rt!;
       step = `restore the state of ${m.p.pid}`;
@@ -309,6 +315,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     };
   } catch (err) {
     (fdr as FdRestorer | null)?.ghosts.removeAll();
+    (sysv as SysvSegments | null)?.abort();
     for (const c of created) if (c.leader) { try { kill(c.pid, SIGKILL); } catch { /* gone */ } }
     // Traced threads stay zombies until reaped, and hold back their leader's report.
     for (const c of created) if (!c.leader) reapTraced(c.pid);

@@ -9,6 +9,10 @@ export const PAGE_SHIFT = 12;
 
 export const SYS = {
   read: 0,
+  shmget: 29,
+  shmat: 30,
+  shmctl: 31,
+  shmdt: 67,
   write: 1,
   close: 3,
   mmap: 9,
