@@ -454,6 +454,12 @@ export interface SocketImage {
   /** established (dump --tcp-established): what TCP repair mode needs to rebuild the connection. */
   tcp?: TcpImage;
   /**
+   * A unix socket bound to a path: the socket file's permission bits and
+   * owner at dump (optional), set again after the bind (which makes it as
+   * the restoring tsnap, with its umask).
+   */
+  pathFile?: { mode: number; uid: number; gid: number };
+  /**
    * Socket options restore sets again (files/socket-options.ts), each
    * [level, option, value as getsockopt returned it] (optional).
    */

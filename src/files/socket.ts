@@ -6,7 +6,7 @@
  * getsockname. Connections already accepted or established are not
  * restorable yet and are refused at dump, naming the fd.
  */
-import { closeSync, lstatSync, unlinkSync, writeSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, lstatSync, unlinkSync, writeSync } from 'node:fs';
 import {
   pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, peekQueued, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
   SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6, F_SETFL,
@@ -86,9 +86,22 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       throw new TsnapError('unsupported', `${what} is connected to a socket that is gone or outside the dump`);
     }
     // Anything else is a socket not yet used (possibly bound): created, bound and left as it was.
-    return { ...base, state: listening ? 'listening' : 'bound', local: getsockname(s), peer };
+    const local = getsockname(s);
+    return { ...base, state: listening ? 'listening' : 'bound', local, peer, ...socketFileOf(family, local) };
   } finally {
     closeSync(s);
+  }
+}
+
+/** Mode and owner of the file a unix socket is bound to (an absolute path that is a socket now). */
+function socketFileOf(family: number, local: Buffer): { pathFile?: SocketImage['pathFile'] } {
+  const path = family === AF_UNIX ? unixPath(local) : null;
+  if (!path?.startsWith('/')) return {};
+  try {
+    const st = lstatSync(path);
+    return st.isSocket() ? { pathFile: { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid } } : {};
+  } catch {
+    return {};
   }
 }
 
@@ -138,6 +151,11 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
       const err = new SysError(`bind(${describeAddr(s)})`, Number(-r));
       const hint = err.code === 'EADDRINUSE' ? ' (is the original process still running? dump without --leave-running, or stop it)' : '';
       throw new TsnapError('restoreFailed', `${what}: cannot bind ${describeAddr(s)} again: ${err.code}${hint}`, err);
+    }
+    // bind made the file as tsnap (root, its umask): as the program had it.
+    if (path?.startsWith('/') && s.pathFile) {
+      chownSync(path, s.pathFile.uid, s.pathFile.gid);
+      chmodSync(path, s.pathFile.mode);
     }
   }
   if (s.state === 'listening') rt.sc.check(`listen(${what})`, SYS.listen, tmp, s.backlog);

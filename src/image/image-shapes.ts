@@ -114,6 +114,7 @@ const SOCKET = obj({
     window: bin(0, 64),
   })),
   options: opt(arr(tuple(int(0, 1 << 16), int(0, 1 << 16), bin(0, 64)), 64)),
+  pathFile: opt(obj({ mode: int(0, 0o7777), uid: U32, gid: U32 })),
 });
 
 const FD_IMAGE = obj({

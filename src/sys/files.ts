@@ -237,3 +237,26 @@ export function bindSocket(fd: number, addr: Buffer): void {
 export function connectSocket(fd: number, addr: Buffer): void {
   rawSyscall('connect', SYS.connect, fd, libc.address(addr), addr.length);
 }
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+
+/** The parts of [from, to) of a file that hold data (SEEK_DATA/SEEK_HOLE), in order. */
+export function dataExtents(fd: number, from: number, to: number): { start: number; end: number }[] {
+  const out: { start: number; end: number }[] = [];
+  let pos = from;
+  while (pos < to) {
+    let start: number;
+    try {
+      start = rawSyscall('lseek(SEEK_DATA)', SYS.lseek, fd, pos, SEEK_DATA);
+    } catch (err) {
+      if (err instanceof SysError && err.errno === Errno.ENXIO) break; // only a hole is left
+      throw err;
+    }
+    if (start >= to) break;
+    const end = Math.min(to, rawSyscall('lseek(SEEK_HOLE)', SYS.lseek, fd, start, SEEK_HOLE));
+    out.push({ start, end });
+    pos = end;
+  }
+  return out;
+}
