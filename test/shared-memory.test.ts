@@ -8,7 +8,7 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, useRestoredCleanup, readImage, storedPageSet } from './helpers/tsnap.js';
 import { waitPidsFree } from './helpers/processes.js';
 
 useProcessCleanup();
@@ -61,6 +61,7 @@ describe('shared anonymous memory', () => {
       const step = async (cmd: string) => { const at = p.lines().length; p.writeLine(cmd); await p.waitForLine(/^DONE/, 5000, at); };
       await step('fill 3');
       let dir = join(work, 'img');
+      const n = chain ? 9 : 5;
       if (chain) {
         expect((await tsnap('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'), '--tree')).code).toBe(0);
         // Written after the first round, by the child only.
@@ -74,14 +75,21 @@ describe('shared anonymous memory', () => {
         expect(d.code, d.stderr).toBe(0);
       }
       // What the memory held at the dump, computed the same way.
-      const n = chain ? 9 : 5;
       const expected = Buffer.alloc(64 * 4096);
       for (let i = 0; i < n * 4; i++) expected.fill((i * 7 + n) & 255, i * 4096, (i + 1) * 4096);
       if (!chain) for (let i = n * 4; i < 12; i++) expected.fill((i * 7 + 3) & 255, i * 4096, (i + 1) * 4096);
       const { crc32 } = await import('node:zlib');
       const want = `SUM ${(crc32(expected) >>> 0).toString(16).padStart(8, '0')} 0`;
       await p.exited;
-      await waitPidsFree([Number(p.readyLine.split(' ')[1])]);
+      const child = Number(p.readyLine.split(' ')[1]);
+      await waitPidsFree([child]);
+      // Stored once, by the parent (restore fills the object from it and maps it in the child).
+      const images = [p.pid, child].map((pid) => readImage(join(dir, String(pid))));
+      const vmaOf = (i: number) => images[i].process!.mm.vmas.find((v) => v.shared && v.path === '/dev/zero')!;
+      const inVma = (i: number) => [...storedPageSet(images[i])].filter((a) => a >= vmaOf(i).start && a < vmaOf(i).end).length;
+      expect(inVma(0)).toBe(n * 4);
+      expect(vmaOf(1).dumped).toBe(false);
+      expect(inVma(1)).toBe(0);
       const r = await restoreDetached(dir, join(work, 'pid'));
       expect(r.result.code, r.result.stderr).toBe(0);
       r.writeLine('sum');

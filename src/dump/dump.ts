@@ -72,6 +72,8 @@ export interface DumpOptions {
    * FrozenSet keeps it: it is neither released nor killed here.
    */
   frozen?: { process: FrozenProcess; fds: FdImage[] };
+  /** Tree dumps: shared anonymous objects an earlier member of the tree stores (dump/shared-memory.ts). */
+  sharedElsewhere?: ReadonlySet<string>;
   /**
    * The caller commits several images as one (a tree): this round's
    * tracking is neither ended nor undone here but handed back
@@ -220,7 +222,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       const pagemap = new Pagemap(pid);
       try {
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
-        const layout = readLayout(pid);
+        const layout = readLayout(pid, opts.sharedElsewhere);
         const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, !!opts.tcpEstablished) : null;
         checkAbort();
 

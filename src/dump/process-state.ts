@@ -27,8 +27,13 @@ export interface Layout {
   images: VmaImage[];
 }
 
-/** VMAs with the identity of each mapped file (stat through map_files, cached per inode). */
-export function readLayout(pid: number): Layout {
+/**
+ * VMAs with the identity of each mapped file (stat through map_files, cached
+ * per inode). `sharedElsewhere`: shared anonymous objects ("dev:ino") whose
+ * pages another process of the same tree image stores (restore fills the
+ * object from that one and maps it here): not stored again.
+ */
+export function readLayout(pid: number, sharedElsewhere?: ReadonlySet<string>): Layout {
   const vmas = readMaps(pid);
   // smaps costs a page-table walk per VMA, but only it shows madvise/mlock state.
   const vmFlags = readVmFlags(pid);
@@ -58,6 +63,14 @@ export function readLayout(pid: number): Layout {
       flags: (vmFlags.get(v.start) ?? []).filter((t) => Object.hasOwn(VMA_RESTORED_FLAGS, t)),
     };
   });
+  if (sharedElsewhere?.size) {
+    images.forEach((im, i) => {
+      if (classes[i] === 'sharedAnon' && im.file && sharedElsewhere.has(`${im.file.dev}:${im.file.ino}`)) {
+        classes[i] = 'notDumped';
+        im.dumped = false;
+      }
+    });
+  }
   return { vmas, classes, images };
 }
 

@@ -26,6 +26,7 @@ import { pausePoint } from '../fault-points.js';
 import { listChildren, readStat } from '../proc/index.js';
 import { sameFdTable } from '../sys/index.js';
 import { readTreeFds } from './fds.js';
+import { sharedStoredEarlier } from './shared-memory.js';
 import { tcpRepair } from '../files/tcp.js';
 import { dump, preDump, checkMappings, checkCwd, type DumpOptions, type DumpResult } from './dump.js';
 import { checkOomScoreAdj } from './process-state.js';
@@ -184,9 +185,10 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, enter: true });
         // All at once: while one process's pages are being written out, the
         // next one's are read, which shortens the time the whole tree is frozen.
+        const sharedElsewhere = sharedStoredEarlier(t.members.map((x) => x.m.pid));
         const settled = await Promise.allSettled(t.members.map(({ m, fp }) => dump({
           ...opts, hold: false, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid),
-          frozen: { process: fp, fds: fds.get(m.pid)! }, fsync, deferRound: true,
+          frozen: { process: fp, fds: fds.get(m.pid)! }, fsync, deferRound: true, sharedElsewhere: sharedElsewhere.get(m.pid),
         })));
         settled.forEach((r, i) => { if (r.status === 'fulfilled') done.push({ pid: t.members[i].m.pid, result: r.value }); });
         const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
