@@ -332,6 +332,40 @@ for cmd in sys.stdin:
     expect(await r.waitForLine(/^LEASE/)).toBe('LEASE 0'); // F_RDLCK
   });
 
+  it('a lease being broken comes back as the lease it is broken to; one that restore could not take is refused', async () => {
+    const work = tmpDir('tsnap-files-');
+    const file = join(work, 'leased');
+    // A write lease on a read-only fd, broken by a reader (to F_RDLCK); a
+    // write lease on a read-write fd broken the same way cannot be taken again.
+    const program = (mode: string, path: string) => `import fcntl, os, signal, sys
+signal.signal(signal.SIGIO, lambda s, f: print('SIGIO', flush=True))
+fd = os.open(${JSON.stringify(path)}, ${mode} | os.O_CREAT, 0o644)
+fcntl.fcntl(fd, 1024, fcntl.F_WRLCK)  # F_SETLEASE
+try:
+    os.open(${JSON.stringify(path)}, os.O_RDONLY | os.O_NONBLOCK)
+except BlockingIOError:
+    pass
+print('READY', flush=True)
+for cmd in sys.stdin:
+    print('LEASE %d' % fcntl.fcntl(fd, 1025), flush=True)  # F_GETLEASE
+`;
+    const p = await startPython(program('os.O_RDONLY', file));
+    p.writeLine('check');
+    expect(await p.waitForLine(/^LEASE/)).toBe('LEASE 0'); // being broken to F_RDLCK
+    const r = await dumpKillRestore(p, work);
+    r.writeLine('check');
+    expect(await r.waitForLine(/^LEASE/)).toBe('LEASE 0');
+    // The holder had its signal before the dump; restore sends no other.
+    expect(r.lines.filter((l) => l === 'SIGIO')).toEqual([]);
+
+    const q = await startPython(program('os.O_RDWR', `${file}2`));
+    const d = await tsnap('dump', '--pid', String(q.pid), '--dir', join(work, 'img2'));
+    expect(d.code).toBe(5);
+    expect(d.stderr).toMatch(/lease being broken down to a read lease while the file is open for writing/);
+    q.writeLine('check');
+    expect(await q.waitForLine(/^LEASE/)).toBe('LEASE 0');
+  });
+
   it('an O_PATH fd (no owner, no lease to read) dumps and comes back', async () => {
     const work = tmpDir('tsnap-files-');
     const p = await startPython(`import os, sys

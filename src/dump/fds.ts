@@ -16,6 +16,9 @@ import { TsnapError } from '../errors.js';
 
 /** O_PATH: an fd that only names a file (fcntl F_GETOWN_EX/F_GETLEASE answer EBADF). */
 const O_PATH = 0o10000000;
+const O_ACCMODE = 3;
+const O_RDONLY = 0;
+const F_RDLCK = 0;
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
@@ -62,8 +65,12 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
         };
         FD_KINDS[img.kind].describe?.({ pid, pidfd, target: t, info, open, opts, frozen: opts.enter !== false, ghosts }, img);
         describeOwner(pidfd, img);
-        if (/\bLEASE\s+BREAKING\b/.test(info.extra.lock ?? '')) {
-          throw new TsnapError('unsupported', `fd ${fd} of process ${pid} holds a lease that is being broken; restore could not take it again in that state (retry once the break is over)`);
+        // A lease being broken: F_GETLEASE already answers the type it is
+        // broken to, and restore takes that (the break as completed; the
+        // holder was sent its signal before the dump). A read lease cannot be
+        // taken on a file open for writing, so that downgrade is refused.
+        if (/\bLEASE\s+BREAKING\b/.test(info.extra.lock ?? '') && img.lease === F_RDLCK && (img.flags & O_ACCMODE) !== O_RDONLY) {
+          throw new TsnapError('unsupported', `fd ${fd} of process ${pid} holds a lease being broken down to a read lease while the file is open for writing; restore could not take that lease (retry once the break is over)`);
         }
         seen.push({ pid, t, img });
         list.push(img);

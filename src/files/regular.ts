@@ -65,7 +65,8 @@ export const reopenedKind: FdKindModule = {
     if (f.file?.deleted && !isGhost(f)) throw new TsnapError('unsupported', `fd ${f.fd}${of} is ${f.path} (a ${f.kind}), deleted while open; tsnap can restore deleted files and directories only`);
     // A file of another process's /proc directory opens again only if that process comes back too.
     const proc = procPidOf(f.path);
-    if (proc !== null && !c.pids.includes(proc)) {
+    // Init (pid 1) is always there again.
+    if (proc !== null && proc !== 1 && !c.pids.includes(proc)) {
       throw new TsnapError('unsupported', `fd ${f.fd}${of} is ${f.path}, of a process outside the dump; restore could not open it again (dump that process with --tree)`);
     }
   },
