@@ -11,10 +11,12 @@ import { chownSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
-import { waitPidsFree, descendantsOf } from './helpers/processes.js';
+import { waitPidsFree, descendantsOf, registerPid } from './helpers/processes.js';
+import { startServe, useServeCleanup } from './helpers/serve.js';
 
 useProcessCleanup();
 useRestoredCleanup();
+useServeCleanup();
 
 /** In PATH, or where Debian's postgresql package puts it (not in PATH). */
 function which(cmd: string): string | null {
@@ -113,6 +115,24 @@ describe.skipIf(missing)('postgres', () => {
       expect(sql('checkpoint; select 1')).toBe('1');
     }, 120_000);
   }
+
+  it('migrate --tree to a tsnap serve --restore: the moved server has the rows and takes new ones', async () => {
+    const p = await start();
+    sql('create table if not exists t(x int); truncate t; insert into t select generate_series(1, 2000)');
+    const kids = await children(p.pid);
+    const work = tmpDir('tsnap-pgmig-');
+    const srv = await startServe(join(work, 'in'), ['--restore', '--count', '1']);
+    const r = await tsnap('migrate', '--tree', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--max-iterations', '3');
+    expect(r.code, r.stderr).toBe(0);
+    await p.exited;
+    // Moved to the same pids (the receiver waits for them to be free).
+    for (const pid of [p.pid, ...kids]) registerPid(pid);
+    for (let i = 0; i < 500 && !srv.events.some((e) => e.includes('"restored"')); i++) await new Promise((res) => setTimeout(res, 20));
+    expect(srv.events.some((e) => e.includes('"restored"')), srv.events.join('\n')).toBe(true);
+    expect(sql('select count(*), sum(x) from t')).toBe('2000|2001000');
+    sql('insert into t values (0)');
+    expect(sql('select count(*) from t')).toBe('2001');
+  }, 180_000);
 
   it('dump --tree --leave-running: the original goes on answering', async () => {
     const p = await start();
