@@ -37,12 +37,6 @@ export function getRlimit(pid: number, resource: number): { cur: bigint; max: bi
   return { cur: old.readBigUInt64LE(0), max: old.readBigUInt64LE(8) };
 }
 
-/** Whether the process exists (kill 0 without the EPERM ambiguity). */
-export function processExists(pid: number): boolean {
-  if (libc.kill(pid, 0) === 0) return true;
-  return libc.errno() === 1; // EPERM: exists but not ours
-}
-
 /** get_robust_list(pid): the futex robust list head a thread registered. */
 export function getRobustList(tid: number): { head: bigint; len: bigint } {
   const head = Buffer.alloc(8);
