@@ -30,4 +30,3 @@ export class SysError extends Error {
     this.call = call;
   }
 }
-
