@@ -12,7 +12,12 @@ import type { RemoteTask } from '../restore/remote-task.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
 
-export function describeEpoll(pid: number, info: FdInfo, openFds: Set<number>): FdImage['epoll'] {
+/**
+ * `pid`: the process whose fd `info.fd` is the epoll; `filesPid`: the one
+ * whose fd numbers it watches (they differ for an epoll in flight in a unix
+ * socket, which tsnap holds while the numbers are the dumped process's).
+ */
+export function describeEpoll(pid: number, info: FdInfo, openFds: Set<number>, filesPid = pid): FdImage['epoll'] {
   const lines = info.extra.tfd === undefined ? [] : info.extra.tfd.split('\n');
   const targets = lines.map((l): EpollTargetImage => {
     const m = /^\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)/.exec(l);
@@ -20,7 +25,7 @@ export function describeEpoll(pid: number, info: FdInfo, openFds: Set<number>): 
     return { fd: Number(m[1]), events: parseInt(m[2], 16), data: BigInt(`0x${m[3]}`) };
   });
   for (const t of targets) {
-    if (!openFds.has(t.fd) || !isEpollTarget(pid, t.fd, info.fd, t.fd)) {
+    if (!openFds.has(t.fd) || !isEpollTarget(filesPid, t.fd, info.fd, t.fd, pid)) {
       throw new TsnapError('unsupported', `fd ${info.fd} (epoll) watches a file that is no longer open as fd ${t.fd} (closed after a dup); such an epoll cannot be rebuilt`);
     }
   }

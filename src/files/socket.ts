@@ -8,7 +8,7 @@
  */
 import { closeSync, lstatSync, unlinkSync, writeSync } from 'node:fs';
 import {
-  pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, peekQueued, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
+  pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
   SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6, F_SETFL,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
@@ -16,6 +16,7 @@ import type { RemoteTask } from '../restore/remote-task.js';
 import { readSocketOptions, applySocketOptions } from './socket-options.js';
 import { placeFds, placeEnds } from './place.js';
 import { describeTcp } from './tcp.js';
+import { readPairQueue } from './scm-rights.js';
 import { TsnapError } from '../errors.js';
 
 const SOCK_STREAM = 1;
@@ -30,15 +31,6 @@ export interface SocketOptions {
   tcpEstablished?: boolean;
   /** Frozen: repair mode may be entered. False for the check before the freeze. */
   enter?: boolean;
-}
-
-/** What waits in a socket pair's queue; fds passed through it (SCM_RIGHTS) are refused, not dropped. */
-function queuedData(s: number, fd: number, stream: boolean): Buffer[] {
-  const q = peekQueued(s, stream);
-  if (q.control) {
-    throw new TsnapError('unsupported', `fd ${fd} is a unix socket with file descriptors or credentials in flight (SCM_RIGHTS/SCM_CREDENTIALS); tsnap cannot restore those yet`);
-  }
-  return q.data;
 }
 
 export function describeSocket(pidfd: number, fd: number, link: string, ino: number, opts: SocketOptions = {}): SocketImage {
@@ -68,7 +60,7 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       const peerIno = unixPeerInode(ino);
       if (peerIno !== null) {
         // Whether the peer is inside the dump is known only once every fd is read.
-        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, queued: opts.enter === false ? [] : queuedData(s, fd, type === SOCK_STREAM) };
+        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, ...(opts.enter === false ? { queued: [] } : readPairQueue(s, fd, type)) };
       }
     }
     const peer = listening ? null : getpeername(s);

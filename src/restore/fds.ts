@@ -23,6 +23,7 @@ import { restoreSocket, restoreSocketPair } from '../files/socket.js';
 import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
 import { restoreTcp } from '../files/tcp.js';
 import { Ghosts, isGhost } from '../files/ghost.js';
+import { withInflight, requeueInflight } from '../files/scm-rights.js';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
 
@@ -35,7 +36,7 @@ const RECREATED = new Set(['pipe', 'eventfd', 'timerfd', 'signalfd', 'epoll', 's
 
 /** Refuses what restore cannot bring back, before anything is created. */
 export function checkFds(fds: FdImage[]): void {
-  for (const f of fds) {
+  for (const f of withInflight(fds)) {
     if (isInheritedStdio(f)) continue;
     if (REOPENED.has(f.kind)) { checkReopenable(f); continue; }
     if (f.kind === 'fifo' && f.fifo) { checkReopenable({ ...f, kind: 'fifo' }); continue; }
@@ -80,8 +81,9 @@ export class FdRestorer {
 
   /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino". */
   constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void) {
-    this.ghosts = new Ghosts(all.flat());
-    for (const f of all.flat()) {
+    const every = all.flatMap(withInflight);
+    this.ghosts = new Ghosts(every);
+    for (const f of every) {
       const k = f.socket;
       if (k?.state === 'pair' && f.ofd !== undefined) {
         const id = Math.min(k.ino!, k.peerIno!);
@@ -98,7 +100,8 @@ export class FdRestorer {
   }
 
   /** Phase 1: every fd of the process but the epoll registrations. */
-  createFiles(rt: RemoteTask, fds: FdImage[]): void {
+  createFiles(rt: RemoteTask, own: FdImage[]): void {
+    const fds = withInflight(own);
     const floor = Math.max(2, ...fds.map((f) => f.fd)) + 1;
     const groups = byOfd(fds.filter((f) => !isInheritedStdio(f)));
     const pipes = new Map<number, FdImage[][]>();
@@ -171,9 +174,25 @@ export class FdRestorer {
 
   /** Phase 2: each epoll this process created registers what it watched. */
   registerEpolls(rt: RemoteTask, fds: FdImage[]): void {
-    for (const f of fds) {
+    for (const f of withInflight(fds)) {
       if (f.kind === 'epoll' && this.created.has(`${rt.pid}:${f.fd}`)) registerEpollTargets(rt, f);
     }
+  }
+
+  /**
+   * Phase 2b, once every process has its files: messages in flight in its
+   * unix sockets are queued again from their peer ends (`pidNow`: a dumped
+   * pid as it is now, for the senders' credentials).
+   */
+  requeueInflight(rt: RemoteTask, fds: FdImage[], pidNow: (pid: number) => number = (p) => p): void {
+    requeueInflight(rt, fds, (ino, peerIno) => {
+      const e = this.pairOfds.get(Math.min(ino, peerIno));
+      for (const ofd of (e && (ino < peerIno ? e.a : e.b)) ?? []) {
+        const at = this.holders.get(ofd);
+        if (at) return at;
+      }
+      return undefined;
+    }, pidNow);
   }
 
   /** Phase 3, once every process took what it needs: whatever the process should not have goes. */
@@ -188,6 +207,7 @@ export function restoreFds(rt: RemoteTask, fds: FdImage[]): void {
   const r = new FdRestorer([fds]);
   r.createFiles(rt, fds);
   r.registerEpolls(rt, fds);
+  r.requeueInflight(rt, fds);
   r.closeOthers(rt, fds);
 }
 
