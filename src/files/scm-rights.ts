@@ -352,8 +352,15 @@ export function numberInflight(owners: InflightOwner[], fdsOf: (pid: number) => 
   const next = new Map<number, number>();
   for (const o of owners) {
     const pid = o.owner.pid;
+    const k = o.owner.img.socket;
+    // A socket on 0-2 that turned out to be stdio is not the process's own: nothing to queue.
+    if (!k?.scm) continue;
+    if (k.state !== 'pair') {
+      // Restore sends the messages again from the peer end: it must be in the image.
+      throw new TsnapError('unsupported', `fd ${o.owner.img.fd} of process ${pid} is a unix socket whose peer is gone (state ${k.state}) with files or credentials in flight; tsnap cannot queue them again without the peer`);
+    }
     let n = next.get(pid) ?? Math.max(2, ...fdsOf(pid).map((f) => f.fd)) + 1;
-    const scm = o.owner.img.socket!.scm!;
+    const scm = k.scm;
     const p = pending.get(scm)!;
     const numbers = new Map<number, number>();
     for (const f of o.files) numbers.set(f.img.fd, n++);

@@ -1,7 +1,7 @@
 /**
  * Socket options that a program sets and a restore must set again:
  * SO_KEEPALIVE, SO_BROADCAST, SO_OOBINLINE, SO_PRIORITY, SO_RCVLOWAT,
- * SO_LINGER; IP(V6)_FREEBIND and _TRANSPARENT (a bind to an address not
+ * SO_LINGER, SO_PASSCRED (unix); IP(V6)_FREEBIND and _TRANSPARENT (a bind to an address not
  * on this host needs them before the bind), IP_TOS, IP_TTL, the IPv6 hop
  * limit; TCP_NODELAY and the keepalive timers. Read on tsnap's copy of the
  * socket at dump; set on the new socket at restore, before its bind.

@@ -173,6 +173,14 @@ export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: numb
     const k = g[0].socket!;
     const end = k.ino === inoA ? a : b;
     applySocketOptions(k, (level, opt, value) => rt.sc.check(`setsockopt(${level}, ${opt})`, SYS.setsockopt, end, level, opt, rt.put(value, 1024), value.length));
+    // An end may have a name of its own (bound, or autobound by SO_PASSCRED): given again.
+    if (isBound(k)) {
+      const path = unixPath(k.local);
+      if (path) {
+        try { if (lstatSync(path).isSocket()) unlinkSync(path); } catch { /* absent */ }
+      }
+      rt.sc.check(`bind(${describeAddr(k)})`, SYS.bind, end, rt.put(k.local), k.local.length);
+    }
   }
   const isA = (f: FdImage) => f.socket!.ino === inoA;
   // What end X had queued was sent by its peer: write it into the other end.

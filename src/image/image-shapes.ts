@@ -146,7 +146,7 @@ const INFLIGHT_FD = fdImage(SOCKET);
 
 interface ScmLike { messages: { fds: number[] }[]; files: { fd: number }[] }
 
-const SCM = refine<ScmLike>(obj({
+export const SCM = refine<ScmLike>(obj({
   messages: arr(obj({
     data: BYTES,
     fds: arr(FD, 253), // SCM_MAX_FD
