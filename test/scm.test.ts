@@ -8,7 +8,8 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, useRestoredCleanup, readImage, dumpKillRestore } from './helpers/tsnap.js';
+import { tsnap, useRestoredCleanup, readImage, dumpKillRestore, restoreDetached, killPid } from './helpers/tsnap.js';
+import { existsSync } from 'node:fs';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
@@ -55,6 +56,17 @@ describe('files in flight in unix sockets', () => {
     });
   }
 
+  it('--new-pid: the credentials name the process under its new pid', async () => {
+    const work = tmpDir('tsnap-scm-');
+    const p = await startProcess(await compileC('scm'), [work, 'dgram']);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--leave-running');
+    expect(d.code, d.stderr).toBe(0);
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'), ['--new-pid']);
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(r.pid).not.toBe(p.pid);
+    expect(await received(r)).toEqual(RECORDS);
+  });
+
   it('--leave-running takes the queue without consuming it: the original receives everything itself', async () => {
     const work = tmpDir('tsnap-scm-');
     const p = await startProcess(await compileC('scm'), [work, 'dgram']);
@@ -64,6 +76,88 @@ describe('files in flight in unix sockets', () => {
     p.writeLine('check');
     await p.waitForLine(/^END/, 5000, from);
     expect(p.lines().slice(from)).toEqual(RECORDS);
+  });
+
+  it('a tree: what a parent sent its child is received by the restored child, with the parent\'s pid as it is now', async () => {
+    const work = tmpDir('tsnap-scm-');
+    const script = `
+import array, os, signal, socket, struct, sys
+os.closerange(3, 256)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    a.close(); os.close(r); os.close(w)
+    signal.sigwait({signal.SIGUSR1})
+    msg, anc, _, _ = b.recvmsg(10, socket.CMSG_SPACE(4) + socket.CMSG_SPACE(12))
+    fds = array.array('i'); creds = None
+    for level, kind, data in anc:
+        if kind == socket.SCM_RIGHTS: fds.frombytes(data)
+        if kind == socket.SCM_CREDENTIALS: creds = struct.unpack('iII', data)
+    b.send(b'child %s %d %s %s' % (msg, len(fds), b'parent' if creds and creds[0] == os.getppid() else repr(creds).encode(), os.read(fds[0], 20)))
+    signal.sigwait({signal.SIGUSR1})
+    os._exit(0)
+b.close()
+a.sendmsg([b'tree'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [r]))])
+os.close(r)
+print('READY child=%d' % pid, flush=True)
+for line in sys.stdin:
+    os.write(w, b'from-parent')
+    os.kill(pid, signal.SIGUSR1)
+    print('REPLY ' + a.recv(100).decode(), flush=True)
+`;
+    const p = await startProcess('python3', ['-u', '-c', script]);
+    const child = Number(p.readyInfo.child);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--tree');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    for (let i = 0; i < 300 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('go');
+    expect(await r.waitForLine(/^REPLY/)).toBe('REPLY child tree 1 parent from-parent');
+    await killPid(child);
+  });
+
+  it('refused by name, the process untouched: a socket in flight with files in flight itself; credentials of a sender outside the dump that the program reads', async () => {
+    const work = tmpDir('tsnap-scm-');
+    const nested = `
+import array, os, socket, sys
+os.closerange(3, 256)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+c.sendmsg([b'i'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [0]))])
+a.sendmsg([b'o'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [d.fileno()]))])
+d.close()
+print('READY', flush=True)
+sys.stdin.readline()
+print('GOT', b.recvmsg(10, 64)[0].decode(), flush=True)
+`;
+    const outside = `
+import os, socket, sys
+os.closerange(3, 256)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+if os.fork() == 0:
+    a.send(b'from-child'); os._exit(0)
+os.wait()
+print('READY', flush=True)
+sys.stdin.readline()
+print('GOT', b.recvmsg(20, 64)[0].decode(), flush=True)
+`;
+    for (const [script, re, got] of [
+      [nested, /fd \d+ of process \d+ is a unix socket with socket:\[\d+\] in flight, a unix socket that has files in flight itself/, 'GOT o'],
+      [outside, /reads its senders' credentials \(SO_PASSCRED\) and has a message from process \d+, outside the dump/, 'GOT from-child'],
+    ] as const) {
+      const p = await startProcess('python3', ['-u', '-c', script]);
+      const res = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, `img${p.pid}`));
+      expect(res.code, res.stderr).toBe(ExitCode.unsupported);
+      expect(res.stderr).toMatch(re);
+      p.writeLine('go');
+      expect(await p.waitForLine(/^GOT/)).toBe(got);
+    }
   });
 
   it('a pipe end in flight whose other end is closed is refused before the freeze is over; the process keeps it', async () => {

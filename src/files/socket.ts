@@ -163,15 +163,18 @@ export function describeAddr(s: SocketImage): string {
  * that process (an end it lacks is carried above every target number for
  * another process of the tree to take).
  */
-export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: number, inoA: number, queuedOf: (ino: number) => Buffer[]): { a: number; b: number } {
+export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: number, inoA: number, queuedOf: (ino: number) => Buffer[],
+  socketOf: (ino: number) => SocketImage | undefined = () => undefined): { a: number; b: number } {
   const s = ends[0][0].socket!;
   const at = rt.put(Buffer.alloc(8));
   rt.sc.check('socketpair', SYS.socketpair, AF_UNIX, s.type | O_CLOEXEC, 0, at);
   const fds = rt.get(8);
   const [a, b] = [fds.readInt32LE(0), fds.readInt32LE(4)];
-  for (const g of ends) {
-    const k = g[0].socket!;
-    const end = k.ino === inoA ? a : b;
+  const inoB = s.ino === inoA ? s.peerIno! : s.ino!;
+  // Both ends as the image has them, also the one another process of the tree holds.
+  for (const [ino, end] of [[inoA, a], [inoB, b]]) {
+    const k = socketOf(ino) ?? ends.flat().find((f) => f.socket!.ino === ino)?.socket;
+    if (!k) continue;
     applySocketOptions(k, (level, opt, value) => rt.sc.check(`setsockopt(${level}, ${opt})`, SYS.setsockopt, end, level, opt, rt.put(value, 1024), value.length));
     // An end may have a name of its own (bound, or autobound by SO_PASSCRED): given again.
     if (isBound(k)) {
@@ -185,7 +188,6 @@ export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: numb
   const isA = (f: FdImage) => f.socket!.ino === inoA;
   // What end X had queued was sent by its peer: write it into the other end.
   // (The ends may be in other processes: their queues come from the whole image.)
-  const inoB = s.ino === inoA ? s.peerIno! : s.ino!;
   const queuedOn = (wantA: boolean) => queuedOf(wantA ? inoA : inoB);
   const pidfd = pidfdOpen(rt.pid);
   try {

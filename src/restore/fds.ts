@@ -12,7 +12,7 @@
 import { listFds } from '../proc/index.js';
 import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, F_SETLEASE, SOL_SOCKET, SO } from '../sys/index.js';
 import { placeFds } from '../files/place.js';
-import type { FdImage } from '../../formats/schema.js';
+import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
 import { REOPENED, checkReopenable, restoreReopened } from '../files/regular.js';
@@ -74,6 +74,8 @@ export class FdRestorer {
   /** Socket pairs by the smaller inode of the two ends ("a"). */
   private readonly pairOfds = new Map<number, { a: Set<number>; b: Set<number> }>();
   private readonly queued = new Map<number, Buffer[]>();
+  /** Socket pair ends by inode: options and names of an end another process holds. */
+  private readonly sockets = new Map<number, SocketImage>();
   private readonly created = new Set<string>();
 
   /** Deleted files and directories made again; removed once every fd is open. */
@@ -91,6 +93,7 @@ export class FdRestorer {
         (k.ino === id ? e.a : e.b).add(f.ofd);
         this.pairOfds.set(id, e);
         if (k.queued?.length) this.queued.set(k.ino!, k.queued);
+        this.sockets.set(k.ino!, k);
       }
       if (!f.pipe || f.ofd === undefined) continue;
       const e = this.pipeOfds.get(f.pipe.id) ?? { read: new Set<number>(), write: new Set<number>() };
@@ -152,7 +155,7 @@ export class FdRestorer {
     for (const [id, ends] of pairs) {
       const both = this.pairOfds.get(id);
       if (!both || both.a.size === 0 || both.b.size === 0) throw new TsnapError('badImage', `socket pair socket:[${id}] lacks one of its ends in the image`);
-      const at = restoreSocketPair(rt, ends, floor, id, (ino) => this.queued.get(ino) ?? []);
+      const at = restoreSocketPair(rt, ends, floor, id, (ino) => this.queued.get(ino) ?? [], (ino) => this.sockets.get(ino));
       for (const ofd of both.a) this.holders.set(ofd, { pid: rt.pid, fd: at.a });
       for (const ofd of both.b) this.holders.set(ofd, { pid: rt.pid, fd: at.b });
     }

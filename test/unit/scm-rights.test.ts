@@ -1,6 +1,7 @@
 /** The ancillary-data codec of files in flight (SCM_RIGHTS, SCM_CREDENTIALS) and the shape of a queue in the image. */
 import { describe, it, expect } from 'vitest';
-import { decodeControl, encodeControl } from '../../src/files/scm-rights.js';
+import { decodeControl, encodeControl, checkInflightRestored, withInflight } from '../../src/files/scm-rights.js';
+import type { FdImage } from '../../formats/schema.js';
 import { checkShape } from '../../src/image/shape.js';
 import { SCM } from '../../src/image/image-shapes.js';
 
@@ -54,5 +55,23 @@ describe('a queue in the image', () => {
   it('messages name files in flight of the same queue only', () => {
     expect(() => checkShape(SCM, { messages: [msg([20]), msg([])], files: [file(20)] }, 'x')).not.toThrow();
     expect(() => checkShape(SCM, { messages: [msg([21])], files: [file(20)] }, 'x')).toThrow(/names fd 21, which is not among the files in flight/);
+  });
+});
+
+describe('restore of a queue', () => {
+  const inflight = (fd: number) => ({ fd, kind: 'file', link: '/x', path: '/x', flags: 0, pos: 0, file: null, ofd: 9 }) as FdImage;
+  const owner = {
+    fd: 4, kind: 'socket', link: 'socket:[7]', path: null, flags: 2, pos: 0, file: null,
+    socket: { scm: { messages: [{ data: Buffer.from('a'), fds: [10, 11], creds: { pid: 1, uid: 0, gid: 0 } }], files: [inflight(10), inflight(11)] } },
+  } as unknown as FdImage;
+  it('the files in flight are created with the process\'s fds, at their own numbers', () => {
+    expect(withInflight([owner]).map((f) => f.fd)).toEqual([4, 10, 11]);
+  });
+  it('self-check: the count of files in flight the kernel shows (fdinfo scm_fds) must be the image\'s', () => {
+    const out: string[] = [];
+    checkInflightRestored([owner], () => ({ scm_fds: '2' }), out);
+    expect(out).toEqual([]);
+    checkInflightRestored([owner], () => ({ scm_fds: '1' }), out);
+    expect(out).toEqual(['fd 4 (socket:[7]): 1 files in flight, the image\'s 2']);
   });
 });
