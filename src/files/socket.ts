@@ -164,7 +164,7 @@ export function describeAddr(s: SocketImage): string {
  * another process of the tree to take).
  */
 export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: number, inoA: number, queuedOf: (ino: number) => Buffer[],
-  socketOf: (ino: number) => SocketImage | undefined = () => undefined): { a: number; b: number } {
+  socketOf: (ino: number) => SocketImage | undefined = () => undefined, ownName: (s: SocketImage) => boolean = () => false): { a: number; b: number } {
   const s = ends[0][0].socket!;
   const at = rt.put(Buffer.alloc(8));
   rt.sc.check('socketpair', SYS.socketpair, AF_UNIX, s.type | O_CLOEXEC, 0, at);
@@ -176,12 +176,10 @@ export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: numb
     const k = socketOf(ino) ?? ends.flat().find((f) => f.socket!.ino === ino)?.socket;
     if (!k) continue;
     applySocketOptions(k, (level, opt, value) => rt.sc.check(`setsockopt(${level}, ${opt})`, SYS.setsockopt, end, level, opt, rt.put(value, 1024), value.length));
-    // An end may have a name of its own (bound, or autobound by SO_PASSCRED): given again.
-    if (isBound(k)) {
-      const path = unixPath(k.local);
-      if (path) {
-        try { if (lstatSync(path).isSocket()) unlinkSync(path); } catch { /* absent */ }
-      }
+    // An end bound to an abstract name of its own (bind, or autobind) gets
+    // it again. Not a name another socket of the image has too: an accepted
+    // socket shows its listener's. Not a path: binding would take the file.
+    if (isBound(k) && k.local[2] === 0 && ownName(k)) {
       rt.sc.check(`bind(${describeAddr(k)})`, SYS.bind, end, rt.put(k.local), k.local.length);
     }
   }

@@ -76,6 +76,8 @@ export class FdRestorer {
   private readonly queued = new Map<number, Buffer[]>();
   /** Socket pair ends by inode: options and names of an end another process holds. */
   private readonly sockets = new Map<number, SocketImage>();
+  /** Which sockets of the image show each name (raw sockaddr, hex). */
+  private readonly names = new Map<string, Set<string>>();
   private readonly created = new Set<string>();
 
   /** Deleted files and directories made again; removed once every fd is open. */
@@ -87,6 +89,12 @@ export class FdRestorer {
     this.ghosts = new Ghosts(every);
     for (const f of every) {
       const k = f.socket;
+      if (k && k.local.length > 2) {
+        const key = k.local.toString('hex');
+        const users = this.names.get(key) ?? new Set<string>();
+        users.add(k.ino !== undefined ? `ino${k.ino}` : `ofd${f.ofd ?? f.fd}`);
+        this.names.set(key, users);
+      }
       if (k?.state === 'pair' && f.ofd !== undefined) {
         const id = Math.min(k.ino!, k.peerIno!);
         const e = this.pairOfds.get(id) ?? { a: new Set<number>(), b: new Set<number>() };
@@ -155,7 +163,7 @@ export class FdRestorer {
     for (const [id, ends] of pairs) {
       const both = this.pairOfds.get(id);
       if (!both || both.a.size === 0 || both.b.size === 0) throw new TsnapError('badImage', `socket pair socket:[${id}] lacks one of its ends in the image`);
-      const at = restoreSocketPair(rt, ends, floor, id, (ino) => this.queued.get(ino) ?? [], (ino) => this.sockets.get(ino));
+      const at = restoreSocketPair(rt, ends, floor, id, (ino) => this.queued.get(ino) ?? [], (ino) => this.sockets.get(ino), (k) => this.names.get(k.local.toString('hex'))?.size === 1);
       for (const ofd of both.a) this.holders.set(ofd, { pid: rt.pid, fd: at.a });
       for (const ofd of both.b) this.holders.set(ofd, { pid: rt.pid, fd: at.b });
     }
