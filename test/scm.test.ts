@@ -121,6 +121,36 @@ for line in sys.stdin:
     await killPid(child);
   });
 
+  it('a socket pair end with its own queued data, a listening socket and a memfd that live only in flight come back working', async () => {
+    const work = tmpDir('tsnap-scm-');
+    const script = `
+import array, os, socket, sys
+os.closerange(3, 256)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+name = b'\\0tsnap-scm-%d' % os.getpid()
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind(name); l.listen()
+m = os.memfd_create('scm-test'); os.write(m, b'memfd-data')
+d.send(b'queued-in-c')
+a.sendmsg([b'k'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [c.fileno(), l.fileno(), m]))])
+c.close(); l.close(); os.close(m)
+print('READY', flush=True)
+sys.stdin.readline()
+msg, anc, _, _ = b.recvmsg(10, socket.CMSG_SPACE(12))
+fds = array.array('i'); fds.frombytes(anc[0][2])
+c2 = socket.socket(fileno=fds[0]); l2 = socket.socket(fileno=fds[1])
+got = c2.recv(100)
+c2.send(b'back')
+cl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); cl.connect(name)
+s2, _ = l2.accept(); cl.send(b'hi')
+print('GOT', msg.decode(), got.decode(), d.recv(10).decode(), s2.recv(10).decode(), os.pread(fds[2], 20, 0).decode(), flush=True)
+`;
+    const p = await startProcess('python3', ['-u', '-c', script]);
+    const r = await dumpKillRestore(p, work);
+    r.writeLine('go');
+    expect(await r.waitForLine(/^GOT/)).toBe('GOT k queued-in-c back hi memfd-data');
+  });
+
   it('refused by name, the process untouched: a socket in flight with files in flight itself; credentials of a sender outside the dump that the program reads', async () => {
     const work = tmpDir('tsnap-scm-');
     const nested = `
