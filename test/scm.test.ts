@@ -151,7 +151,7 @@ print('GOT', msg.decode(), got.decode(), d.recv(10).decode(), s2.recv(10).decode
     expect(await r.waitForLine(/^GOT/)).toBe('GOT k queued-in-c back hi memfd-data');
   });
 
-  it('refused by name, the process untouched: a socket in flight with files in flight itself; credentials of a sender outside the dump that the program reads', async () => {
+  it('refused by name, the process untouched: files riding with an empty datagram; a socket in flight with files in flight itself; credentials of a sender outside the dump that the program reads', async () => {
     const work = tmpDir('tsnap-scm-');
     const nested = `
 import array, os, socket, sys
@@ -177,7 +177,18 @@ print('READY', flush=True)
 sys.stdin.readline()
 print('GOT', b.recvmsg(20, 64)[0].decode(), flush=True)
 `;
+    const empty = `
+import array, os, socket, sys
+os.closerange(3, 256)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+a.send(b'first')
+a.sendmsg([], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [0]))])
+print('READY', flush=True)
+sys.stdin.readline()
+print('GOT', b.recv(10).decode(), len(b.recvmsg(10, 64)[1]), flush=True)
+`;
     for (const [script, re, got] of [
+      [empty, /fd \d+ \(unix socket\) has an empty datagram carrying files in flight/, 'GOT first 1'],
       [nested, /fd \d+ of process \d+ is a unix socket with socket:\[\d+\] in flight, a unix socket that has files in flight itself/, 'GOT o'],
       [outside, /reads its senders' credentials \(SO_PASSCRED\) and has a message from process \d+, outside the dump/, 'GOT from-child'],
     ] as const) {

@@ -199,6 +199,13 @@ export function readPairQueue(s: number, fd: number, type: number): Pick<SocketI
     setPeekOffset(s, oldOff);
     if (!passcred) setsockopt(s, SOL_SOCKET, SO_PASSCRED, 0, 'setsockopt(SO_PASSCRED)');
   }
+  // The kernel counts the files in flight: a peek that missed some (an empty
+  // datagram past the head is skipped by peek offsets) must not pass.
+  const seen = messages.reduce((n, m) => n + m.local.length, 0);
+  const counted = Number(readFdInfo(process.pid, s).extra.scm_fds ?? seen);
+  if (counted !== seen) {
+    throw new TsnapError('unsupported', `${what} has ${counted} files in flight but tsnap could read ${seen} of them (one rides with an empty datagram?); restore would lose them`);
+  }
   if (!passcred && messages.every((m) => m.local.length === 0)) {
     const data = messages.map((m) => m.data);
     return { queued: type === SOCK_STREAM && data.length > 1 ? [Buffer.concat(data)] : data };
