@@ -471,9 +471,9 @@ export interface ScmMessageImage {
   /** The files it carries (SCM_RIGHTS), as `fd` numbers of ScmImage.files, in order. */
   fds: number[];
   /**
-   * Its sender's credentials as the receiver reads them (SCM_CREDENTIALS).
-   * A sender outside the dump is recorded as the receiving process, which
-   * only a socket without SO_PASSCRED may have (it cannot read them).
+   * Its sender's credentials as the receiver reads them (SCM_CREDENTIALS,
+   * with SO_PASSCRED). A socket without SO_PASSCRED shows none: the
+   * receiving process (its real uid and gid) is recorded instead.
    */
   creds: { pid: number; uid: number; gid: number };
 }

@@ -7,9 +7,11 @@
  * does install the files in flight as fds of tsnap: each is then described
  * like any fd (it may be the same open file as an fd of the process, or a
  * file nobody else holds, such as the other end of a pipe) and closed.
- * SO_PASSCRED is lent for the peek, so each message comes with its
- * sender's credentials; on a stream the kernel then also stops a read where
- * the sender changes.
+ * A socket with SO_PASSCRED shows each message's sender (and on a stream a
+ * read stops where the sender changes, for the program as for the peek);
+ * without it nobody can read the senders, and the process itself is
+ * recorded as each one. (Lending SO_PASSCRED for the peek would leave it
+ * set if tsnap were killed meanwhile.)
  *
  * Restore queues each message again, in order, once every file of the
  * image exists: the files in flight were created as fds of the process
@@ -19,12 +21,12 @@
  */
 import { closeSync, fstatSync } from 'node:fs';
 import {
-  getsockoptInt, setsockopt, peekOffset, setPeekOffset, peekMessage, sendMessage, pidfdOpen, pidfdGetfd,
+  getsockoptInt, peekOffset, setPeekOffset, peekMessage, sendMessage, pidfdOpen, pidfdGetfd,
   SysError, SOL_SOCKET,
 } from '../sys/index.js';
 import type { FdImage, ScmImage, ScmMessageImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
-import { readFdInfo, type FdTarget } from '../proc/index.js';
+import { readFdInfo, readStatus, type FdTarget } from '../proc/index.js';
 import { REOPENED } from './regular.js';
 import { isReadEnd } from './pipe.js';
 import { TsnapError } from '../errors.js';
@@ -162,7 +164,6 @@ export function readPairQueue(s: number, fd: number, type: number): Pick<SocketI
   const passcred = getsockoptInt(s, SOL_SOCKET, SO_PASSCRED) !== 0;
   const oldOff = peekOffset(s);
   const messages: Peeked[] = [];
-  if (!passcred) setsockopt(s, SOL_SOCKET, SO_PASSCRED, 1, 'setsockopt(SO_PASSCRED)');
   try {
     const buf = Buffer.alloc(BUF);
     const ctrl = Buffer.alloc(CONTROL_ROOM);
@@ -181,6 +182,7 @@ export function readPairQueue(s: number, fd: number, type: number): Pick<SocketI
         }
         break;
       }
+      // Without SO_PASSCRED there are none: describeInflight() names the process.
       const creds = r.c.creds ?? { pid: 0, uid: 0, gid: 0 };
       let data = Buffer.from(buf.subarray(0, r.n));
       if (type === SOCK_STREAM && r.c.fds.length && r.n > 1) {
@@ -197,7 +199,6 @@ export function readPairQueue(s: number, fd: number, type: number): Pick<SocketI
     }
   } finally {
     setPeekOffset(s, oldOff);
-    if (!passcred) setsockopt(s, SOL_SOCKET, SO_PASSCRED, 0, 'setsockopt(SO_PASSCRED)');
   }
   // The kernel counts the files in flight: a peek that missed some (an empty
   // datagram past the head is skipped by peek offsets) must not pass.
@@ -207,6 +208,7 @@ export function readPairQueue(s: number, fd: number, type: number): Pick<SocketI
     throw new TsnapError('unsupported', `${what} has ${counted} files in flight but tsnap could read ${seen} of them (one rides with an empty datagram?); restore would lose them`);
   }
   if (!passcred && messages.every((m) => m.local.length === 0)) {
+    // Nothing more than bytes: a stream comes as one (the program's reads glue it too).
     const data = messages.map((m) => m.data);
     return { queued: type === SOCK_STREAM && data.length > 1 ? [Buffer.concat(data)] : data };
   }
@@ -275,9 +277,11 @@ export function describeInflight(seen: SeenFile[], pids: number[], describe: Des
     taken.add(k.ino!);
     const where = `fd ${s.img.fd} of process ${s.pid}`;
     const files: SeenFile[] = [];
+    const status = readStatus(s.pid);
+    const ids = { uid: status.uid[0], gid: status.gid[0] };
     p.messages.forEach((m, i) => {
       const msg = k.scm!.messages[i];
-      normalizeCreds(msg, s.pid, pids, p.passcred, where);
+      normalizeCreds(msg, s.pid, pids, p.passcred, where, ids);
       for (const local of m.local) {
         let f: SeenFile;
         try {
@@ -339,15 +343,19 @@ function checkOtherEnd(f: SeenFile, all: SeenFile[], where: string): void {
 }
 
 /**
- * The credentials restore sends again: a sender outside the dump cannot be
- * named again; that matters only to a socket whose program reads them.
+ * The credentials restore sends again. A socket without SO_PASSCRED shows
+ * none: its process stands for every sender (real uid and gid, as the
+ * kernel takes them). With SO_PASSCRED, a sender outside the dump could not
+ * be named again.
  */
-function normalizeCreds(msg: ScmMessageImage, ownerPid: number, pids: number[], passcred: boolean, where: string): void {
-  if (pids.includes(msg.creds.pid)) return;
-  if (passcred) {
+function normalizeCreds(msg: ScmMessageImage, ownerPid: number, pids: number[], passcred: boolean, where: string, ids: { uid: number; gid: number }): void {
+  if (!passcred) {
+    msg.creds = { pid: ownerPid, ...ids };
+    return;
+  }
+  if (!pids.includes(msg.creds.pid)) {
     throw new TsnapError('unsupported', `${where} reads its senders' credentials (SO_PASSCRED) and has a message from ${msg.creds.pid ? `process ${msg.creds.pid}, outside the dump` : 'a process it cannot name'} queued; restore could not give that sender's pid again (dump the sender with --tree)`);
   }
-  msg.creds.pid = ownerPid;
 }
 
 /**
