@@ -52,6 +52,8 @@ describe('files in flight in unix sockets', () => {
       expect(img.fds.find((f) => f.kind === 'eventfd')!.ofd).toBe(ev.ofd);
       expect(Math.min(...scm.files.map((f) => f.fd))).toBeGreaterThan(Math.max(...img.fds.map((f) => f.fd)));
       expect(r.result.stderr).not.toMatch(/differs|restore check/);
+      const show = await tsnap('show', join(work, 'img'));
+      expect(show.stdout).toMatch(/queued: 4 messages, in flight: pipe:\[\d+\], \S+\/data, anon_inode:\[eventfd\]/);
       expect(await received(r)).toEqual(want);
     });
   }
