@@ -22,7 +22,7 @@
 import { closeSync, fstatSync } from 'node:fs';
 import {
   getsockoptInt, peekOffset, setPeekOffset, peekMessage, sendMessage, pidfdOpen, pidfdGetfd,
-  SysError, SOL_SOCKET,
+  SysError, SOL_SOCKET, SYS, F_DUPFD_CLOEXEC,
 } from '../sys/index.js';
 import type { FdImage, ScmImage, ScmMessageImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
@@ -261,15 +261,19 @@ const DESCRIBED = ['pipe', 'eventfd', 'timerfd', 'signalfd', 'epoll', 'socket', 
 export function describeInflight(seen: SeenFile[], pids: number[], describe: DescribeLocal): InflightOwner[] {
   const owners: InflightOwner[] = [];
   /** Socket inodes whose queue the image has (held ones, or already described in flight). */
-  const queues = new Set(seen.filter((s) => s.img.socket).map((s) => s.t.ino));
+  const held = new Set(seen.filter((s) => s.img.socket).map((s) => s.t.ino));
+  const queues = new Set(held);
   const taken = new Set<number>();
   const added: SeenFile[] = [];
   for (const s of [...seen]) {
     const k = s.img.socket;
     if (!k?.scm) continue;
     const p = pending.get(k.scm);
-    if (!p || taken.has(k.ino!)) {
-      // Another fd of the same socket carries its queue.
+    // A socket on 0-2 whose peer is not in the dump is stdio, not the
+    // process's own (dump/fds.ts drops it): so are the files in its queue.
+    const stdio = s.img.fd <= 2 && !held.has(k.peerIno!);
+    if (!p || taken.has(k.ino!) || stdio) {
+      // Another fd of the same socket carries its queue (or nobody does).
       if (p) for (const m of p.messages) closeLocal(m.local);
       delete k.scm;
       continue;
@@ -398,6 +402,24 @@ export interface FileAt {
   fd: number;
 }
 
+/** Peer ends made only to send a queue again, by "pid:receiver inode". */
+const standIns = new Map<string, FileAt>();
+
+/**
+ * For a socket whose peer is gone, restored as a new pair whose other end
+ * (`fd` in the task) is then closed: when its queue holds files in flight,
+ * that end is kept (above `floor`) to send them from, and closed by
+ * requeueInflight(). Returns whether it was kept (the caller must not
+ * close it then).
+ */
+export function keepPeerForRequeue(rt: RemoteTask, s: SocketImage, fd: number, floor: number): boolean {
+  if (!s.scm?.messages.length) return false;
+  const hi = Number(rt.sc.check(`fcntl(${fd}, F_DUPFD_CLOEXEC)`, SYS.fcntl, fd, F_DUPFD_CLOEXEC, floor));
+  rt.close(fd);
+  standIns.set(`${rt.pid}:${s.ino}`, { pid: rt.pid, fd: hi });
+  return true;
+}
+
 /**
  * Queues every message in flight of this process's sockets again, from
  * their peer ends (`endOf(ino)`: where the socket end with that inode is),
@@ -418,7 +440,7 @@ export function requeueInflight(rt: RemoteTask, fds: FdImage[], endOf: (ino: num
       const k = f.socket!;
       const scm = k.scm!;
       const what = `fd ${f.fd} (unix socket)`;
-      const peer = endOf(k.peerIno!, k.ino!);
+      const peer = endOf(k.peerIno!, k.ino!) ?? standIns.get(`${rt.pid}:${k.ino}`);
       if (!peer) throw new TsnapError('badImage', `${what}: the peer socket:[${k.peerIno}] that sent its queue is not in the image`);
       const sender = pidfdGetfd(pidfdOf(peer.pid), peer.fd);
       try {
@@ -444,6 +466,11 @@ export function requeueInflight(rt: RemoteTask, fds: FdImage[], endOf: (ino: num
     for (const p of pidfds.values()) closeSync(p);
   }
   for (const f of owners) for (const g of f.socket!.scm!.files) rt.close(g.fd);
+  for (const f of owners) {
+    const key = `${rt.pid}:${f.socket!.ino}`;
+    const stand = standIns.get(key);
+    if (stand) { rt.close(stand.fd); standIns.delete(key); }
+  }
 }
 
 /**
