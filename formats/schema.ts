@@ -451,6 +451,12 @@ export interface SocketImage {
   peerIno?: number;
   /** pair: data queued for reading on this end, one buffer per datagram (one for a stream). */
   queued?: Buffer[];
+  /**
+   * pair: the queue of this end message by message, when a message in it
+   * carries files (SCM_RIGHTS) or the socket reads its senders' credentials
+   * (SO_PASSCRED); `queued` is empty then. On one fd of the socket only.
+   */
+  scm?: ScmImage;
   /** established (dump --tcp-established): what TCP repair mode needs to rebuild the connection. */
   tcp?: TcpImage;
   /**
@@ -464,6 +470,37 @@ export interface SocketImage {
    * [level, option, value as getsockopt returned it] (optional).
    */
   options?: [number, number, Buffer][];
+}
+
+/** A unix socket's receive queue with the files and credentials in flight in it (files/scm-rights.ts). */
+export interface ScmImage {
+  /** In queue order. */
+  messages: ScmMessageImage[];
+  /**
+   * The files in flight, each an fd image like any other: the same open
+   * file as an fd of the image shares its `ofd`. Their `fd` is the number
+   * restore gives them while it queues them again: above every fd of the
+   * process, closed once sent.
+   */
+  files: FdImage[];
+}
+
+export interface ScmMessageImage {
+  /**
+   * The bytes: a datagram or SEQPACKET record whole. On a stream, what one
+   * read returns up to the files (a read stops after the write that carried
+   * them, or where the sender changes), split so that the files ride with
+   * its last byte: where the write carrying them started cannot be seen.
+   */
+  data: Buffer;
+  /** The files it carries (SCM_RIGHTS), as `fd` numbers of ScmImage.files, in order. */
+  fds: number[];
+  /**
+   * Its sender's credentials as the receiver reads them (SCM_CREDENTIALS,
+   * with SO_PASSCRED). A socket without SO_PASSCRED shows none: the
+   * receiving process (its real uid and gid) is recorded instead.
+   */
+  creds: { pid: number; uid: number; gid: number };
 }
 
 export interface TcpImage {

@@ -13,6 +13,7 @@ import { readPipe, isReadEnd } from '../files/pipe.js';
 import type { SocketOptions } from '../files/socket.js';
 import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
 import { TsnapError } from '../errors.js';
+import { describeInflight, numberInflight, releaseInflight, hasFilesInFlight } from '../files/scm-rights.js';
 
 /** O_PATH: an fd that only names a file (fcntl F_GETOWN_EX/F_GETLEASE answer EBADF). */
 const O_PATH = 0o10000000;
@@ -39,6 +40,14 @@ interface SeenFd {
  * open file.
  */
 export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<number, FdImage[]> {
+  try {
+    return readAllFds(pids, opts);
+  } finally {
+    releaseInflight();
+  }
+}
+
+function readAllFds(pids: number[], opts: SocketOptions): Map<number, FdImage[]> {
   const seen: SeenFd[] = [];
   const out = new Map<number, FdImage[]>();
   /** Inodes of deleted files whose contents this image already holds. */
@@ -57,35 +66,52 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
       const open = new Set(fds);
       const list: FdImage[] = [];
       for (const fd of fds) {
-        const t = readFdTarget(pid, fd);
-        const info = readFdInfo(pid, fd);
-        const img: FdImage = {
-          fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
-          file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
-        };
-        FD_KINDS[img.kind].describe?.({ pid, pidfd, target: t, info, open, opts, frozen: opts.enter !== false, ghosts }, img);
-        describeOwner(pidfd, img);
-        // A lease being broken: F_GETLEASE already answers the type it is
-        // broken to, and restore takes that (the break as completed; the
-        // holder was sent its signal before the dump). A read lease cannot be
-        // taken on a file open for writing, so that downgrade is refused.
-        if (/\bLEASE\s+BREAKING\b/.test(info.extra.lock ?? '') && img.lease === F_RDLCK && (img.flags & O_ACCMODE) !== O_RDONLY) {
-          throw new TsnapError('unsupported', `fd ${fd} of process ${pid} holds a lease being broken down to a read lease while the file is open for writing; restore could not take that lease (retry once the break is over)`);
-        }
-        seen.push({ pid, t, img });
-        list.push(img);
+        const s = describeFd(pid, pidfd, fd, open, opts, ghosts);
+        seen.push(s);
+        list.push(s.img);
       }
       out.set(pid, list);
     } finally {
       closeSync(pidfd);
     }
   }
+  // Files in flight in unix sockets are fds of tsnap while it reads them.
+  const self = pidfdOpen(process.pid);
+  let inflight;
+  try {
+    inflight = describeInflight(seen, pids, (local, skipQueue, filesPid) => describeFd(process.pid, self, local, new Set(listFds(filesPid)), skipQueue ? { ...opts, enter: false } : opts, ghosts, filesPid));
+  } finally {
+    closeSync(self);
+  }
   assignOfds(seen);
-  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false);
-  checkPairs(seen, pids.length > 1);
-  for (const s of seen) checkSupported(s.img, s.pid, pids);
+  // Before the freeze, files in flight are not read yet: the other end of a pipe or pair may be one.
+  const endsLater = opts.enter === false && seen.some((s) => hasFilesInFlight(s.pid, s.img));
+  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false, endsLater);
+  checkPairs(seen, pids.length > 1, endsLater);
+  for (const s of seen) if (!(endsLater && s.t.kind === 'pipe' && !s.img.pipe)) checkSupported(s.img, s.pid, pids);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
+  numberInflight(inflight, (pid) => out.get(pid)!);
   return out;
+}
+
+/** One fd of `pid` read for the image. `filesPid`: whose fd numbers an epoll names (pid but for files in flight). */
+function describeFd(pid: number, pidfd: number, fd: number, open: Set<number>, opts: SocketOptions, ghosts: Set<string>, filesPid = pid): SeenFd {
+  const t = readFdTarget(pid, fd);
+  const info = readFdInfo(pid, fd);
+  const img: FdImage = {
+    fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
+    file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
+  };
+  FD_KINDS[img.kind].describe?.({ pid, pidfd, target: t, info, open, opts, frozen: opts.enter !== false, ghosts, filesPid }, img);
+  describeOwner(pidfd, img);
+  // A lease being broken: F_GETLEASE already answers the type it is
+  // broken to, and restore takes that (the break as completed; the
+  // holder was sent its signal before the dump). A read lease cannot be
+  // taken on a file open for writing, so that downgrade is refused.
+  if (/\bLEASE\s+BREAKING\b/.test(info.extra.lock ?? '') && img.lease === F_RDLCK && (img.flags & O_ACCMODE) !== O_RDONLY) {
+    throw new TsnapError('unsupported', `fd ${fd} of process ${pid} holds a lease being broken down to a read lease while the file is open for writing; restore could not take that lease (retry once the break is over)`);
+  }
+  return { pid, t, img };
 }
 
 /**
@@ -128,7 +154,7 @@ function assignOfds(seen: SeenFd[]): void {
  * one on 0-2 whose other end is elsewhere is stdio and left to restore's
  * stdio. The unread bytes are stored once, with the pipe's first fd.
  */
-function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void {
+function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean, endsLater = false): void {
   const byId = new Map<number, SeenFd[]>();
   for (const s of pipes) {
     const l = byId.get(s.t.ino) ?? [];
@@ -139,6 +165,7 @@ function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void 
     const hasRead = ends.some((e) => isReadEnd(e.img));
     const hasWrite = ends.some((e) => !isReadEnd(e.img));
     if (!(hasRead && hasWrite)) {
+      if (endsLater) continue;
       const inner = ends.filter((e) => e.img.fd > 2);
       if (inner.length === 0) continue; // stdio
       const where = tree ? 'the dumped tree' : `process ${inner[0].pid}${' (dump its parent with --tree if the other end is there)'}`;
@@ -154,7 +181,7 @@ function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void 
  * 0-2 is the process's own only when it is one end of such a pair;
  * otherwise it is stdio, left to restore's stdio.
  */
-function checkPairs(seen: SeenFd[], tree: boolean): void {
+function checkPairs(seen: SeenFd[], tree: boolean, endsLater = false): void {
   const inodes = new Set(seen.filter((s) => s.img.socket).map((s) => s.t.ino));
   for (const s of seen) {
     const k = s.img.socket;
@@ -164,6 +191,7 @@ function checkPairs(seen: SeenFd[], tree: boolean): void {
     }
     if (k?.state !== 'pair') continue;
     if (!inodes.has(k.peerIno!)) {
+      if (endsLater) continue;
       throw new TsnapError('unsupported', `fd ${s.img.fd} of process ${s.pid} is a unix socket connected to socket:[${k.peerIno}] outside ${tree ? 'the dumped tree' : 'the process (dump its parent with --tree if the peer is there)'}; only connections inside the dump can be restored`);
     }
     // Restore rebuilds a pair with socketpair(): both ends must name each

@@ -13,7 +13,12 @@ import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
 import type { FdKindModule } from './kind.js';
 
-export function describeEpoll(pid: number, info: FdInfo, openFds: Set<number>): FdImage['epoll'] {
+/**
+ * `pid`: the process whose fd `info.fd` is the epoll; `filesPid`: the one
+ * whose fd numbers it watches (they differ for an epoll in flight in a unix
+ * socket, which tsnap holds while the numbers are the dumped process's).
+ */
+export function describeEpoll(pid: number, info: FdInfo, openFds: Set<number>, filesPid = pid): FdImage['epoll'] {
   const lines = info.extra.tfd === undefined ? [] : info.extra.tfd.split('\n');
   const targets = lines.map((l): EpollTargetImage => {
     const m = /^\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)/.exec(l);
@@ -21,7 +26,7 @@ export function describeEpoll(pid: number, info: FdInfo, openFds: Set<number>): 
     return { fd: Number(m[1]), events: parseInt(m[2], 16), data: BigInt(`0x${m[3]}`) };
   });
   for (const t of targets) {
-    if (!openFds.has(t.fd) || !isEpollTarget(pid, t.fd, info.fd, t.fd)) {
+    if (!openFds.has(t.fd) || !isEpollTarget(filesPid, t.fd, info.fd, t.fd, pid)) {
       throw new TsnapError('unsupported', `fd ${info.fd} (epoll) watches a file that is no longer open as fd ${t.fd} (closed after a dup); such an epoll cannot be rebuilt`);
     }
   }
@@ -44,7 +49,7 @@ export function registerEpollTargets(rt: RemoteTask, f: FdImage): void {
 }
 
 export const epollKind: FdKindModule = {
-  describe: (c, img) => { img.epoll = describeEpoll(c.pid, c.info, c.open); },
+  describe: (c, img) => { img.epoll = describeEpoll(c.pid, c.info, c.open, c.filesPid); },
   restorable: (f) => !!f.epoll,
   restore: (c, group) => createEpoll(c.rt, group, c.floor),
   link: (c, f) => registerEpollTargets(c.rt, f),

@@ -28,6 +28,8 @@ export interface DescribeContext {
   frozen: boolean;
   /** Inodes of deleted files whose contents this dump already holds. */
   ghosts: Set<string>;
+  /** Whose fd numbers an epoll names: `pid`, but for files in flight (read as tsnap's own fds) their receiver. */
+  filesPid: number;
 }
 
 /** Dump's view of the whole set when it checks one fd. */

@@ -8,7 +8,7 @@
  */
 import { chmodSync, chownSync, closeSync, lstatSync, unlinkSync, writeSync } from 'node:fs';
 import {
-  pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, peekQueued, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
+  pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
   SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6, F_SETFL,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
@@ -16,6 +16,7 @@ import type { RemoteTask } from '../restore/remote-task.js';
 import { readSocketOptions, applySocketOptions } from './socket-options.js';
 import { placeFds, placeEnds } from './place.js';
 import { describeTcp, restoreTcp } from './tcp.js';
+import { readPairQueue } from './scm-rights.js';
 import { TsnapError } from '../errors.js';
 import type { FdKindModule } from './kind.js';
 
@@ -31,15 +32,6 @@ export interface SocketOptions {
   tcpEstablished?: boolean;
   /** Frozen: repair mode may be entered. False for the check before the freeze. */
   enter?: boolean;
-}
-
-/** What waits in a socket pair's queue; fds passed through it (SCM_RIGHTS) are refused, not dropped. */
-function queuedData(s: number, fd: number, stream: boolean): Buffer[] {
-  const q = peekQueued(s, stream);
-  if (q.control) {
-    throw new TsnapError('unsupported', `fd ${fd} is a unix socket with file descriptors or credentials in flight (SCM_RIGHTS/SCM_CREDENTIALS); tsnap cannot restore those yet`);
-  }
-  return q.data;
 }
 
 export function describeSocket(pidfd: number, fd: number, link: string, ino: number, opts: SocketOptions = {}): SocketImage {
@@ -69,7 +61,7 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       const peerIno = unixPeerInode(ino);
       if (peerIno !== null) {
         // Whether the peer is inside the dump is known only once every fd is read.
-        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, queued: opts.enter === false ? [] : queuedData(s, fd, type === SOCK_STREAM) };
+        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, ...(opts.enter === false ? { queued: [] } : readPairQueue(s, fd, type)) };
       }
     }
     const peer = listening ? null : getpeername(s);
@@ -190,21 +182,29 @@ export function describeAddr(s: SocketImage): string {
  * that process (an end it lacks is carried above every target number for
  * another process of the tree to take).
  */
-export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: number, inoA: number, queuedOf: (ino: number) => Buffer[]): { a: number; b: number } {
+export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: number, inoA: number, queuedOf: (ino: number) => Buffer[],
+  socketOf: (ino: number) => SocketImage | undefined = () => undefined, ownName: (s: SocketImage) => boolean = () => false): { a: number; b: number } {
   const s = ends[0][0].socket!;
   const at = rt.put(Buffer.alloc(8));
   rt.sc.check('socketpair', SYS.socketpair, AF_UNIX, s.type | O_CLOEXEC, 0, at);
   const fds = rt.get(8);
   const [a, b] = [fds.readInt32LE(0), fds.readInt32LE(4)];
-  for (const g of ends) {
-    const k = g[0].socket!;
-    const end = k.ino === inoA ? a : b;
+  const inoB = s.ino === inoA ? s.peerIno! : s.ino!;
+  // Both ends as the image has them, also the one another process of the tree holds.
+  for (const [ino, end] of [[inoA, a], [inoB, b]]) {
+    const k = socketOf(ino) ?? ends.flat().find((f) => f.socket!.ino === ino)?.socket;
+    if (!k) continue;
     applySocketOptions(k, (level, opt, value) => rt.sc.check(`setsockopt(${level}, ${opt})`, SYS.setsockopt, end, level, opt, rt.put(value, 1024), value.length));
+    // An end bound to an abstract name of its own (bind, or autobind) gets
+    // it again. Not a name another socket of the image has too: an accepted
+    // socket shows its listener's. Not a path: binding would take the file.
+    // A name taken meanwhile is only what getsockname shows of a connected
+    // pair: the pair works without it, so it does not fail the restore.
+    if (isBound(k) && k.local[2] === 0 && ownName(k)) rt.sc.call(SYS.bind, end, rt.put(k.local), k.local.length);
   }
   const isA = (f: FdImage) => f.socket!.ino === inoA;
   // What end X had queued was sent by its peer: write it into the other end.
   // (The ends may be in other processes: their queues come from the whole image.)
-  const inoB = s.ino === inoA ? s.peerIno! : s.ino!;
   const queuedOn = (wantA: boolean) => queuedOf(wantA ? inoA : inoB);
   const pidfd = pidfdOpen(rt.pid);
   try {

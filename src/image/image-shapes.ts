@@ -86,7 +86,7 @@ export const VMAS: Shape = refine<VmaLike[]>(arr(VMA, 1 << 20), (vmas) => {
   return null;
 });
 
-const SOCKET = obj({
+const SOCKET_FIELDS = {
   family: int(0, 64),
   type: int(0, 1 << 20),
   protocol: int(0, 1 << 16),
@@ -115,9 +115,10 @@ const SOCKET = obj({
   })),
   options: opt(arr(tuple(int(0, 1 << 16), int(0, 1 << 16), bin(0, 64)), 64)),
   pathFile: opt(obj({ mode: int(0, 0o7777), uid: U32, gid: U32 })),
-});
+};
+const SOCKET = obj(SOCKET_FIELDS);
 
-const FD_IMAGE = obj({
+const fdImage = (socket: Shape): Shape => obj({
   fd: FD,
   kind: oneOf('file', 'dir', 'devnull', 'tty', 'pipe', 'fifo', 'socket', 'anon_inode', 'chardev', 'blockdev', 'memfd', 'eventfd', 'epoll', 'timerfd', 'signalfd', 'other'),
   link: PATH,
@@ -131,7 +132,7 @@ const FD_IMAGE = obj({
   epoll: opt(obj({ targets: arr(obj({ fd: FD, events: U32, data: U64 }), 1 << 20) })),
   timerfd: opt(obj({ clockid: I32, valueNs: I64_OR_U64, intervalNs: I64_OR_U64, ticks: U64 })),
   signalfd: opt(obj({ mask: U64 })),
-  socket: opt(SOCKET),
+  socket: opt(socket),
   fifo: opt(obj({ capacity: int(0, 1 << 30), data: BYTES })),
   memfd: opt(obj({ name: str(255), data: BYTES, seals: U32 })),
   owner: opt(obj({ type: int(0, 2), pid: PID_OR_0, signal: SIGNO_OR_0 })),
@@ -141,6 +142,28 @@ const FD_IMAGE = obj({
     extents: nullable(arr(obj({ offset: int(0, 64 << 20), data: bin(0, 64 << 20) }), 1 << 16)),
   })),
 });
+
+/** A file in flight in a unix socket: a socket among them has no files in flight itself (dump refuses). */
+const INFLIGHT_FD = fdImage(SOCKET);
+
+interface ScmLike { messages: { fds: number[] }[]; files: { fd: number }[] }
+
+export const SCM = refine<ScmLike>(obj({
+  messages: arr(obj({
+    data: BYTES,
+    fds: arr(FD, 253), // SCM_MAX_FD
+    creds: obj({ pid: PID_OR_0, uid: U32, gid: U32 }),
+  }), 1 << 20),
+  files: arr(INFLIGHT_FD, 1 << 20),
+}), (scm) => {
+  const files = new Set(scm.files.map((f) => f.fd));
+  for (const m of scm.messages) {
+    for (const fd of m.fds) if (!files.has(fd)) return `a message in flight names fd ${fd}, which is not among the files in flight`;
+  }
+  return null;
+});
+
+const FD_IMAGE = fdImage(obj({ ...SOCKET_FIELDS, scm: opt(SCM) }));
 
 const THREAD = obj({
   tid: PID,
@@ -169,7 +192,7 @@ const unique = <T>(items: T[], key: (t: T) => number, what: string): string | nu
 interface ProcessLike {
   pid: number;
   threads: { tid: number }[];
-  fds: { fd: number }[];
+  fds: { fd: number; socket?: { scm?: { files: { fd: number }[] } } }[];
   mm: { vmas: { start: number; path: string; file: { dev: number; ino: number } | null }[] };
   memfds?: { dev: number; ino: number }[];
   sysvShm?: { shmid: number; size: number; data: Buffer }[];
@@ -215,7 +238,9 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   prctl: obj({ dumpable: U32, pdeathsig: int(0, 64), childSubreaper: U32, noNewPrivs: U32, thpDisable: U32, membarrier: opt(U32) }),
 }), (p) => {
   if (p.threads[0].tid !== p.pid) return `the first thread is ${p.threads[0].tid}, not the main thread ${p.pid}`;
-  const dup = unique(p.threads, (t) => t.tid, 'thread') ?? unique(p.fds, (f) => f.fd, 'fd');
+  // Files in flight take numbers of their own while restore queues them again.
+  const inflight = p.fds.flatMap((f) => f.socket?.scm?.files ?? []);
+  const dup = unique(p.threads, (t) => t.tid, 'thread') ?? unique([...p.fds, ...inflight], (f) => f.fd, 'fd');
   if (dup) return dup;
   // A mapped memfd is recreated from the contents the image holds.
   for (const v of p.mm.vmas) {

@@ -15,7 +15,7 @@
 import { listFds } from '../proc/index.js';
 import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, F_SETLEASE, SOL_SOCKET, SO } from '../sys/index.js';
 import { placeFds } from '../files/place.js';
-import type { FdImage } from '../../formats/schema.js';
+import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
 import { isReadEnd, restorePipe } from '../files/pipe.js';
@@ -23,12 +23,13 @@ import { restoreSocketPair } from '../files/socket.js';
 import { Ghosts } from '../files/ghost.js';
 import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
 import type { RestoreContext } from '../files/kind.js';
+import { withInflight, requeueInflight } from '../files/scm-rights.js';
 
 export { isInheritedStdio };
 
 /** Refuses what restore cannot bring back, before anything is created: the same test as dump's. */
 export function checkFds(fds: FdImage[]): void {
-  for (const f of fds) {
+  for (const f of withInflight(fds)) {
     if (isInheritedStdio(f)) continue;
     const kind = FD_KINDS[f.kind];
     if (!kind.restorable(f)) throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind} (${f.link}); restoring this kind of fd is not supported`);
@@ -65,6 +66,10 @@ export class FdRestorer {
   /** Socket pairs by the smaller inode of the two ends ("a"). */
   private readonly pairOfds = new Map<number, { a: Set<number>; b: Set<number> }>();
   private readonly queued = new Map<number, Buffer[]>();
+  /** Socket pair ends by inode: options and names of an end another process holds. */
+  private readonly sockets = new Map<number, SocketImage>();
+  /** Which sockets of the image show each name (raw sockaddr, hex). */
+  private readonly names = new Map<string, Set<string>>();
   /** "pid:fd" of the files this restore created whose kind links them to others afterwards (epoll). */
   private readonly linked = new Set<string>();
   private readonly contexts = new Map<number, RestoreContext>();
@@ -74,15 +79,23 @@ export class FdRestorer {
 
   /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino". */
   constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void) {
-    this.ghosts = new Ghosts(all.flat());
-    for (const f of all.flat()) {
+    const every = all.flatMap(withInflight);
+    this.ghosts = new Ghosts(every);
+    for (const f of every) {
       const k = f.socket;
+      if (k && k.local.length > 2) {
+        const key = k.local.toString('hex');
+        const users = this.names.get(key) ?? new Set<string>();
+        users.add(k.ino !== undefined ? `ino${k.ino}` : `ofd${f.ofd ?? f.fd}`);
+        this.names.set(key, users);
+      }
       if (k?.state === 'pair' && f.ofd !== undefined) {
         const id = Math.min(k.ino!, k.peerIno!);
         const e = this.pairOfds.get(id) ?? { a: new Set<number>(), b: new Set<number>() };
         (k.ino === id ? e.a : e.b).add(f.ofd);
         this.pairOfds.set(id, e);
         if (k.queued?.length) this.queued.set(k.ino!, k.queued);
+        this.sockets.set(k.ino!, k);
       }
       if (!f.pipe || f.ofd === undefined) continue;
       const e = this.pipeOfds.get(f.pipe.id) ?? { read: new Set<number>(), write: new Set<number>() };
@@ -92,7 +105,8 @@ export class FdRestorer {
   }
 
   /** Phase 1: every fd of the process, each made by its kind's module (files/fd-kinds.ts); pipes and socket pairs last. */
-  createFiles(rt: RemoteTask, fds: FdImage[]): void {
+  createFiles(rt: RemoteTask, own: FdImage[]): void {
+    const fds = withInflight(own);
     const floor = Math.max(2, ...fds.map((f) => f.fd)) + 1;
     const groups = byOfd(fds.filter((f) => !isInheritedStdio(f)));
     const pipes = new Map<number, FdImage[][]>();
@@ -138,7 +152,7 @@ export class FdRestorer {
     for (const [id, ends] of pairs) {
       const both = this.pairOfds.get(id);
       if (!both || both.a.size === 0 || both.b.size === 0) throw new TsnapError('badImage', `socket pair socket:[${id}] lacks one of its ends in the image`);
-      const at = restoreSocketPair(rt, ends, floor, id, (ino) => this.queued.get(ino) ?? []);
+      const at = restoreSocketPair(rt, ends, floor, id, (ino) => this.queued.get(ino) ?? [], (ino) => this.sockets.get(ino), (k) => this.names.get(k.local.toString('hex'))?.size === 1);
       for (const ofd of both.a) this.holders.set(ofd, { pid: rt.pid, fd: at.a });
       for (const ofd of both.b) this.holders.set(ofd, { pid: rt.pid, fd: at.b });
     }
@@ -161,9 +175,25 @@ export class FdRestorer {
   /** Phase 2: each epoll this process created registers what it watched. */
   registerEpolls(rt: RemoteTask, fds: FdImage[]): void {
     const c = this.contexts.get(rt.pid);
-    for (const f of fds) {
+    for (const f of withInflight(fds)) {
       if (c && this.linked.has(`${rt.pid}:${f.fd}`)) FD_KINDS[f.kind].link!(c, f);
     }
+  }
+
+  /**
+   * Phase 2b, once every process has its files: messages in flight in its
+   * unix sockets are queued again from their peer ends (`pidNow`: a dumped
+   * pid as it is now, for the senders' credentials).
+   */
+  requeueInflight(rt: RemoteTask, fds: FdImage[], pidNow: (pid: number) => number = (p) => p): void {
+    requeueInflight(rt, fds, (ino, peerIno) => {
+      const e = this.pairOfds.get(Math.min(ino, peerIno));
+      for (const ofd of (e && (ino < peerIno ? e.a : e.b)) ?? []) {
+        const at = this.holders.get(ofd);
+        if (at) return at;
+      }
+      return undefined;
+    }, pidNow);
   }
 
   /** Phase 3, once every process took what it needs: whatever the process should not have goes. */

@@ -20,6 +20,7 @@ import { finishFiles } from './fds.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
 import { SysvSegments } from './sysv-shm.js';
+import { withInflight } from '../files/scm-rights.js';
 import { restoreAllCreds, restoreCreds } from './creds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { createThreads, type RestoredThread } from './threads.js';
@@ -202,7 +203,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `rebuild the address space of ${m.p.pid}`;
       placeSpecialMappings(rt, m.p, stub);
       const imports = sharedImports(m.p, sharedFrom, rt.pid);
-      const floor = Math.max(2, ...m.p.fds.map((f) => f.fd)) + 1;
+      const floor = Math.max(2, ...withInflight(m.p.fds).map((f) => f.fd)) + 1;
       for (const obj of m.p.memfds ?? []) {
         const key = `${obj.dev}:${obj.ino}`;
         if (!memfdAt.has(key)) memfdAt.set(key, { pid: rt.pid, fd: createMemfdObject(rt, obj, floor) });
@@ -229,6 +230,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       fdr.createFiles(m.rt!, m.p.fds);
     }
     for (const m of members) fdr.registerEpolls(m.rt!, m.p.fds);
+    const pidNow = new Map(members.map((m) => [m.p.pid, m.rt!.pid]));
+    for (const m of members) {
+      step = `queue the files in flight of ${m.p.pid} again`;
+      fdr.requeueInflight(m.rt!, m.p.fds, (pid) => pidNow.get(pid) ?? pid);
+    }
     for (const m of members) fdr.closeOthers(m.rt!, m.p.fds);
     // Every fd is open: the deleted files made again are deleted again.
     fdr.ghosts.removeAll();

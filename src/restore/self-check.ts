@@ -10,13 +10,14 @@
  * sides), the VmFlags restore sets, each fd's number, open flags and file
  * position, each thread's blocked signals, the thread count, umask, ids,
  * process group and session, cwd, root, executable, comm, resource limits
- * and personality.
+ * and personality, and the number of files in flight in each unix socket.
  */
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, fileOwner } from '../sys/index.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
+import { checkInflightRestored } from '../files/scm-rights.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
@@ -171,6 +172,7 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   compareMaps(p, pid, out);
   compareVmFlags(p, pid, out);
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
+  checkInflightRestored(p.fds, (fd) => readFdInfo(pid, fd).extra, out);
   compareProcess(p, pid, opts, out);
   return out;
 }
