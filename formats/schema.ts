@@ -362,6 +362,12 @@ export interface FdImage {
   fifo?: { capacity: number; data: Buffer };
   /** memfd: its name (without "memfd:"), whole contents and seals. */
   memfd?: { name: string; data: Buffer; seals: number };
+  /**
+   * A pidfd (anon_inode:[pidfd]): the process it names, -1 for one that was
+   * reaped, and its pidfs inode (one per process: dead pidfds with the same
+   * inode were of the same process).
+   */
+  pidfd?: { pid: number; ino: number };
 }
 
 export interface PosixTimerImage {

@@ -20,6 +20,7 @@ import { REOPENED } from '../files/regular.js';
 import { describeFifo, describeMemfd, checkMemfdSize } from '../files/fifo-memfd.js';
 import { TsnapError } from '../errors.js';
 import { isGhost, checkGhost, describeGhost } from '../files/ghost.js';
+import { isPidfd, describePidfd, checkPidfd } from '../files/pidfd.js';
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
@@ -116,6 +117,7 @@ function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, inf
     case 'timerfd': img.timerfd = describeTimerfd(info); break;
     case 'signalfd': img.signalfd = describeSignalfd(info); break;
     case 'epoll': img.epoll = describeEpoll(pid, info, open); break;
+    case 'anon_inode': if (isPidfd(t)) img.pidfd = describePidfd(info, t); break;
     // Contents are read only when frozen: the check before the freeze needs the kind alone.
     case 'fifo': if (img.fd > 2 && !img.file?.deleted) img.fifo = opts.enter === false ? { capacity: 0, data: Buffer.alloc(0) } : describeFifo(pid, img); break;
     case 'memfd': img.memfd = opts.enter === false ? checkMemfdSize(img) : describeMemfd(pid, img); break;
@@ -230,6 +232,7 @@ function checkSupported(f: FdImage, pid: number, pids: number[]): void {
     }
     return;
   }
+  if (f.pidfd) return checkPidfd(f, pid, pids);
   if (f.fd <= 2 && (f.kind === 'tty' || f.kind === 'pipe' || f.kind === 'fifo' || f.kind === 'socket')) return;
   if (f.pipe || f.eventfd || f.timerfd || f.signalfd || f.epoll || f.socket || f.fifo || f.memfd) return;
   const hint = f.kind === 'tty' ? ' (supported on stdin/stdout/stderr only)' : '';

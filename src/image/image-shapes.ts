@@ -132,6 +132,7 @@ const FD_IMAGE = obj({
   socket: opt(SOCKET),
   fifo: opt(obj({ capacity: int(0, 1 << 30), data: BYTES })),
   memfd: opt(obj({ name: str(255), data: BYTES, seals: U32 })),
+  pidfd: opt(obj({ pid: int(-1, 1 << 22), ino: SAFE })),
   owner: opt(obj({ type: int(0, 2), pid: PID_OR_0, signal: SIGNO_OR_0 })),
   lease: opt(int(0, 1)),
   ghost: opt(obj({

@@ -23,6 +23,8 @@ import { restoreSocket, restoreSocketPair } from '../files/socket.js';
 import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
 import { restoreTcp } from '../files/tcp.js';
 import { Ghosts, isGhost } from '../files/ghost.js';
+import { restorePidfd, makeDeadPidfds } from '../files/pidfd.js';
+import { closeSync } from 'node:fs';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
 
@@ -39,6 +41,7 @@ export function checkFds(fds: FdImage[]): void {
     if (isInheritedStdio(f)) continue;
     if (REOPENED.has(f.kind)) { checkReopenable(f); continue; }
     if (f.kind === 'fifo' && f.fifo) { checkReopenable({ ...f, kind: 'fifo' }); continue; }
+    if (f.pidfd) continue;
     if (RECREATED.has(f.kind) && (f.kind !== 'pipe' || f.pipe) && (f.kind !== 'socket' || f.socket) && (f.kind !== 'memfd' || f.memfd)) continue;
     throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind} (${f.link}); restoring this kind of fd is not supported`);
   }
@@ -78,9 +81,18 @@ export class FdRestorer {
   /** Deleted files and directories made again; removed once every fd is open. */
   readonly ghosts: Ghosts;
 
+  /** A dumped pid as restored (differs with --new-pid); set by the tree restore. */
+  pidNow: (pid: number) => number = (pid) => pid;
+
+  /** tsnap's own fds that the restored processes import (pidfds of dead processes). */
+  private readonly local: number[] = [];
+
+  private readonly all: FdImage[];
+
   /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino". */
   constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void) {
-    this.ghosts = new Ghosts(all.flat());
+    this.all = all.flat();
+    this.ghosts = new Ghosts(this.all);
     for (const f of all.flat()) {
       const k = f.socket;
       if (k?.state === 'pair' && f.ofd !== undefined) {
@@ -95,6 +107,19 @@ export class FdRestorer {
       (isReadEnd(f) ? e.read : e.write).add(f.ofd);
       this.pipeOfds.set(f.pipe.id, e);
     }
+  }
+
+  /** Before phase 1: what tsnap makes itself for the processes to import. */
+  async prepare(): Promise<void> {
+    for (const [ofd, fd] of await makeDeadPidfds(this.all)) {
+      this.local.push(fd);
+      this.holders.set(ofd, { pid: process.pid, fd });
+    }
+  }
+
+  /** Once every process imported what it needs (or the restore failed). */
+  releaseLocal(): void {
+    for (const fd of this.local.splice(0)) closeSync(fd);
   }
 
   /** Phase 1: every fd of the process but the epoll registrations. */
@@ -124,6 +149,7 @@ export class FdRestorer {
       else if (f.kind === 'socket' && f.socket?.state === 'established') restoreTcp(rt, g, floor);
       else if (f.kind === 'socket') restoreSocket(rt, g, floor);
       else if (f.kind === 'epoll') createEpoll(rt, g, floor);
+      else if (f.pidfd && f.pidfd.pid !== -1) restorePidfd(rt, g, floor, this.pidNow(f.pidfd.pid));
       else if (f.kind === 'fifo' && f.fifo) restoreFifo(rt, g, floor);
       else if (f.kind === 'memfd' && f.file && this.memfds.has(`${f.file.dev}:${f.file.ino}`)) reopenMemfd(rt, g, floor, this.memfds.get(`${f.file.dev}:${f.file.ino}`)!);
       else if (f.kind === 'memfd' && f.memfd) restoreMemfd(rt, g, floor);

@@ -219,6 +219,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       restoreMm(rt, m.p);
     }
     fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn);
+    const pidNow = new Map(members.map((m) => [m.p.pid, m.rt!.pid]));
+    fdr.pidNow = (pid) => pidNow.get(pid) ?? pid;
+    await fdr.prepare();
     for (const m of members) {
       step = `restore the files of ${m.p.pid}`;
       fdr.createFiles(m.rt!, m.p.fds);
@@ -227,6 +230,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const m of members) fdr.closeOthers(m.rt!, m.p.fds);
     // Every fd is open: the deleted files made again are deleted again.
     fdr.ghosts.removeAll();
+    fdr.releaseLocal();
     for (const m of members) {
       const rt = m.rt!;
       step = `restore the state of ${m.p.pid}`;
@@ -309,6 +313,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     };
   } catch (err) {
     (fdr as FdRestorer | null)?.ghosts.removeAll();
+    (fdr as FdRestorer | null)?.releaseLocal();
     for (const c of created) if (c.leader) { try { kill(c.pid, SIGKILL); } catch { /* gone */ } }
     // Traced threads stay zombies until reaped, and hold back their leader's report.
     for (const c of created) if (!c.leader) reapTraced(c.pid);

@@ -17,6 +17,7 @@ import { pidfdOpen, pidfdGetfd, fileOwner } from '../sys/index.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
+import { pidfdDiff } from '../files/pidfd.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
@@ -119,6 +120,8 @@ function compareFds(p: ProcessImage, pid: number, idNow: (id: number) => number,
     if ((info.flags & ~ignore) !== (f.flags & ~ignore)) {
       out.push(`fd ${f.fd} (${f.link}): open flags 0${(info.flags & ~ignore).toString(8)}, the image's 0${(f.flags & ~ignore).toString(8)}`);
     }
+    const kindDiff = pidfdDiff(f, info, idNow);
+    if (kindDiff) out.push(kindDiff);
     if (f.kind === 'file' && info.pos !== f.pos) out.push(`fd ${f.fd} (${f.link}): position ${info.pos}, the image's ${f.pos}`);
   }
   for (const fd of live) out.push(`fd ${fd} is open but not in the image`);
