@@ -368,6 +368,13 @@ export interface FdImage {
    * inode were of the same process).
    */
   pidfd?: { pid: number; ino: number };
+  /**
+   * An O_PATH fd on a symlink itself: what the link says, its inode and
+   * owner (a link deleted while open is made again from these).
+   */
+  symlink?: { target: string; ino: number; uid: number; gid: number };
+  /** A namespace fd of the process's own namespace: its /proc/PID/ns entry ('net', 'pid_for_children'...) and nsfs inode. */
+  nsfs?: { file: string; ino: number };
 }
 
 export interface PosixTimerImage {

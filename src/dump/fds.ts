@@ -21,6 +21,8 @@ import { describeFifo, describeMemfd, checkMemfdSize } from '../files/fifo-memfd
 import { TsnapError } from '../errors.js';
 import { isGhost, checkGhost, describeGhost } from '../files/ghost.js';
 import { isPidfd, describePidfd, checkPidfd } from '../files/pidfd.js';
+import { isSymlinkFd, describeSymlink, checkSymlink } from '../files/symlink.js';
+import { isNsfd, describeNsfd } from '../files/nsfs.js';
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
@@ -118,6 +120,10 @@ function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, inf
     case 'signalfd': img.signalfd = describeSignalfd(info); break;
     case 'epoll': img.epoll = describeEpoll(pid, info, open); break;
     case 'anon_inode': if (isPidfd(t)) img.pidfd = describePidfd(info, t); break;
+    case 'other':
+      if (isSymlinkFd(t)) img.symlink = describeSymlink(pidfd, img, t);
+      else if (isNsfd(t)) img.nsfs = describeNsfd(pid, img, t);
+      break;
     // Contents are read only when frozen: the check before the freeze needs the kind alone.
     case 'fifo': if (img.fd > 2 && !img.file?.deleted) img.fifo = opts.enter === false ? { capacity: 0, data: Buffer.alloc(0) } : describeFifo(pid, img); break;
     case 'memfd': img.memfd = opts.enter === false ? checkMemfdSize(img) : describeMemfd(pid, img); break;
@@ -233,6 +239,8 @@ function checkSupported(f: FdImage, pid: number, pids: number[]): void {
     return;
   }
   if (f.pidfd) return checkPidfd(f, pid, pids);
+  if (f.symlink) return checkSymlink(f, pid, tree);
+  if (f.nsfs) return;
   if (f.fd <= 2 && (f.kind === 'tty' || f.kind === 'pipe' || f.kind === 'fifo' || f.kind === 'socket')) return;
   if (f.pipe || f.eventfd || f.timerfd || f.signalfd || f.epoll || f.socket || f.fifo || f.memfd) return;
   const hint = f.kind === 'tty' ? ' (supported on stdin/stdout/stderr only)' : '';

@@ -133,6 +133,8 @@ const FD_IMAGE = obj({
   fifo: opt(obj({ capacity: int(0, 1 << 30), data: BYTES })),
   memfd: opt(obj({ name: str(255), data: BYTES, seals: U32 })),
   pidfd: opt(obj({ pid: int(-1, 1 << 22), ino: SAFE })),
+  symlink: opt(obj({ target: PATH, ino: SAFE, uid: U32, gid: U32 })),
+  nsfs: opt(obj({ file: oneOf('cgroup', 'ipc', 'mnt', 'net', 'pid', 'pid_for_children', 'time', 'time_for_children', 'user', 'uts'), ino: SAFE })),
   owner: opt(obj({ type: int(0, 2), pid: PID_OR_0, signal: SIGNO_OR_0 })),
   lease: opt(int(0, 1)),
   ghost: opt(obj({

@@ -24,6 +24,8 @@ import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
 import { restoreTcp } from '../files/tcp.js';
 import { Ghosts, isGhost } from '../files/ghost.js';
 import { restorePidfd, makeDeadPidfds } from '../files/pidfd.js';
+import { checkSymlinkRestorable, restoreSymlink } from '../files/symlink.js';
+import { checkNsfdRestorable, restoreNsfd } from '../files/nsfs.js';
 import { closeSync } from 'node:fs';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
@@ -42,6 +44,8 @@ export function checkFds(fds: FdImage[]): void {
     if (REOPENED.has(f.kind)) { checkReopenable(f); continue; }
     if (f.kind === 'fifo' && f.fifo) { checkReopenable({ ...f, kind: 'fifo' }); continue; }
     if (f.pidfd) continue;
+    if (f.symlink) { checkSymlinkRestorable(f); continue; }
+    if (f.nsfs) { checkNsfdRestorable(f); continue; }
     if (RECREATED.has(f.kind) && (f.kind !== 'pipe' || f.pipe) && (f.kind !== 'socket' || f.socket) && (f.kind !== 'memfd' || f.memfd)) continue;
     throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind} (${f.link}); restoring this kind of fd is not supported`);
   }
@@ -150,6 +154,8 @@ export class FdRestorer {
       else if (f.kind === 'socket') restoreSocket(rt, g, floor);
       else if (f.kind === 'epoll') createEpoll(rt, g, floor);
       else if (f.pidfd && f.pidfd.pid !== -1) restorePidfd(rt, g, floor, this.pidNow(f.pidfd.pid));
+      else if (f.symlink) restoreSymlink(rt, g, floor);
+      else if (f.nsfs) restoreNsfd(rt, g, floor);
       else if (f.kind === 'fifo' && f.fifo) restoreFifo(rt, g, floor);
       else if (f.kind === 'memfd' && f.file && this.memfds.has(`${f.file.dev}:${f.file.ino}`)) reopenMemfd(rt, g, floor, this.memfds.get(`${f.file.dev}:${f.file.ino}`)!);
       else if (f.kind === 'memfd' && f.memfd) restoreMemfd(rt, g, floor);

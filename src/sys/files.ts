@@ -237,3 +237,24 @@ export function bindSocket(fd: number, addr: Buffer): void {
 export function connectSocket(fd: number, addr: Buffer): void {
   rawSyscall('connect', SYS.connect, fd, libc.address(addr), addr.length);
 }
+
+/** The target of the symlink an O_PATH fd names (readlinkat with an empty path). */
+export function readlinkFd(fd: number): string {
+  const buf = Buffer.alloc(4096);
+  const empty = Buffer.from('\0');
+  const n = rawSyscall(`readlinkat(${fd})`, SYS.readlinkat, fd, libc.address(empty), libc.address(buf), buf.length);
+  return buf.subarray(0, n).toString();
+}
+
+/**
+ * open_by_handle_at(mountFd, handle, flags): the inode a file handle names,
+ * opened (needs CAP_DAC_READ_SEARCH). `handle` is struct file_handle's
+ * f_handle bytes.
+ */
+export function openByHandle(mountFd: number, type: number, handle: Buffer, flags: number): number {
+  const fh = Buffer.alloc(8 + handle.length);
+  fh.writeUInt32LE(handle.length, 0);
+  fh.writeInt32LE(type, 4);
+  handle.copy(fh, 8);
+  return rawSyscall('open_by_handle_at', SYS.open_by_handle_at, mountFd, libc.address(fh), flags);
+}
