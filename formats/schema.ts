@@ -407,8 +407,14 @@ export interface PipeImage {
 }
 
 export interface EpollTargetImage {
-  /** fd number the target was registered under (checked to still be that file at dump). */
+  /** fd number the target was registered under. */
   fd: number;
+  /**
+   * An fd of the process that holds the target file, when `fd` no longer
+   * does (closed after a dup, or reused): restore registers the file from
+   * it under `fd` (optional).
+   */
+  via?: number;
   events: number;
   data: bigint;
 }

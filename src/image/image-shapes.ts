@@ -126,7 +126,7 @@ const FD_IMAGE = obj({
   ofd: opt(SAFE),
   pipe: opt(obj({ id: SAFE, capacity: int(0, 1 << 30), data: nullable(BYTES) })),
   eventfd: opt(obj({ count: U64, semaphore: bool })),
-  epoll: opt(obj({ targets: arr(obj({ fd: FD, events: U32, data: U64 }), 1 << 20) })),
+  epoll: opt(obj({ targets: arr(obj({ fd: FD, events: U32, data: U64, via: opt(FD) }), 1 << 20) })),
   timerfd: opt(obj({ clockid: I32, valueNs: I64_OR_U64, intervalNs: I64_OR_U64, ticks: U64 })),
   signalfd: opt(obj({ mask: U64 })),
   socket: opt(SOCKET),

@@ -204,7 +204,7 @@ export class FdRestorer {
   /** Phase 2: each epoll this process created registers what it watched. */
   registerEpolls(rt: RemoteTask, fds: FdImage[]): void {
     for (const f of fds) {
-      if (f.kind === 'epoll' && this.created.has(`${rt.pid}:${f.fd}`)) registerEpollTargets(rt, f);
+      if (f.kind === 'epoll' && this.created.has(`${rt.pid}:${f.fd}`)) registerEpollTargets(rt, f, fds);
     }
   }
 

@@ -45,12 +45,16 @@ export function sameFile(pid1: number, fd1: number, pid2: number, fd2: number): 
   return rawSyscall('kcmp(KCMP_FILE)', SYS.kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) === 0;
 }
 
-/** Whether `fd` of pid is the file registered in its epoll `epfd` under number `tfd`. */
-export function isEpollTarget(pid: number, fd: number, epfd: number, tfd: number): boolean {
+/**
+ * Whether `fd` of pid is the file registered in its epoll `epfd` under
+ * number `tfd`; `toff` picks among registrations of several files under
+ * the same number (the n-th in fdinfo order).
+ */
+export function isEpollTarget(pid: number, fd: number, epfd: number, tfd: number, toff = 0): boolean {
   const slot = Buffer.alloc(12);
   slot.writeUInt32LE(epfd, 0);
   slot.writeUInt32LE(tfd, 4);
-  slot.writeUInt32LE(0, 8);
+  slot.writeUInt32LE(toff, 8);
   try {
     return rawSyscall('kcmp(KCMP_EPOLL_TFD)', SYS.kcmp, pid, pid, KCMP_EPOLL_TFD, fd, libc.address(slot)) === 0;
   } catch (err) {
