@@ -375,6 +375,21 @@ export interface FdImage {
   symlink?: { target: string; ino: number; uid: number; gid: number };
   /** A namespace fd of the process's own namespace: its /proc/PID/ns entry ('net', 'pid_for_children'...) and nsfs inode. */
   nsfs?: { file: string; ino: number };
+  /** An inotify instance: its watches, in wd order (the queued events are not kept). */
+  inotify?: { watches: InotifyWatchImage[] };
+}
+
+export interface InotifyWatchImage {
+  wd: number;
+  /** As fdinfo shows it: the events, IN_ONESHOT, IN_EXCL_UNLINK. */
+  mask: number;
+  /** The watched inode (dev as stat reports it). */
+  dev: number;
+  ino: number;
+  /** Its path at the dump, or null when it had none (deleted) ... */
+  path: string | null;
+  /** ... and then an fd of the process that holds it. */
+  via?: number;
 }
 
 export interface PosixTimerImage {

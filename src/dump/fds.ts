@@ -23,6 +23,7 @@ import { isGhost, checkGhost, describeGhost } from '../files/ghost.js';
 import { isPidfd, describePidfd, checkPidfd } from '../files/pidfd.js';
 import { isSymlinkFd, describeSymlink, checkSymlink } from '../files/symlink.js';
 import { isNsfd, describeNsfd } from '../files/nsfs.js';
+import { describeInotifyFds } from '../files/inotify.js';
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
@@ -79,6 +80,7 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
         seen.push({ pid, t, img });
         list.push(img);
       }
+      describeInotifyFds(pid, list);
       out.set(pid, list);
     } finally {
       closeSync(pidfd);
@@ -240,7 +242,7 @@ function checkSupported(f: FdImage, pid: number, pids: number[]): void {
   }
   if (f.pidfd) return checkPidfd(f, pid, pids);
   if (f.symlink) return checkSymlink(f, pid, tree);
-  if (f.nsfs) return;
+  if (f.nsfs || f.inotify) return;
   if (f.fd <= 2 && (f.kind === 'tty' || f.kind === 'pipe' || f.kind === 'fifo' || f.kind === 'socket')) return;
   if (f.pipe || f.eventfd || f.timerfd || f.signalfd || f.epoll || f.socket || f.fifo || f.memfd) return;
   const hint = f.kind === 'tty' ? ' (supported on stdin/stdout/stderr only)' : '';

@@ -26,6 +26,7 @@ import { Ghosts, isGhost } from '../files/ghost.js';
 import { restorePidfd, makeDeadPidfds } from '../files/pidfd.js';
 import { checkSymlinkRestorable, restoreSymlink } from '../files/symlink.js';
 import { checkNsfdRestorable, restoreNsfd } from '../files/nsfs.js';
+import { checkInotifyRestorable, restoreInotify, addInotifyWatches } from '../files/inotify.js';
 import { closeSync } from 'node:fs';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
@@ -46,6 +47,7 @@ export function checkFds(fds: FdImage[]): void {
     if (f.pidfd) continue;
     if (f.symlink) { checkSymlinkRestorable(f); continue; }
     if (f.nsfs) { checkNsfdRestorable(f); continue; }
+    if (f.inotify) { checkInotifyRestorable(f); continue; }
     if (RECREATED.has(f.kind) && (f.kind !== 'pipe' || f.pipe) && (f.kind !== 'socket' || f.socket) && (f.kind !== 'memfd' || f.memfd)) continue;
     throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind} (${f.link}); restoring this kind of fd is not supported`);
   }
@@ -156,6 +158,7 @@ export class FdRestorer {
       else if (f.pidfd && f.pidfd.pid !== -1) restorePidfd(rt, g, floor, this.pidNow(f.pidfd.pid));
       else if (f.symlink) restoreSymlink(rt, g, floor);
       else if (f.nsfs) restoreNsfd(rt, g, floor);
+      else if (f.inotify) restoreInotify(rt, g, floor);
       else if (f.kind === 'fifo' && f.fifo) restoreFifo(rt, g, floor);
       else if (f.kind === 'memfd' && f.file && this.memfds.has(`${f.file.dev}:${f.file.ino}`)) reopenMemfd(rt, g, floor, this.memfds.get(`${f.file.dev}:${f.file.ino}`)!);
       else if (f.kind === 'memfd' && f.memfd) restoreMemfd(rt, g, floor);
@@ -166,7 +169,7 @@ export class FdRestorer {
       } else {
         throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind}; restoring this kind of fd is not supported`);
       }
-      if (f.kind === 'epoll') this.created.add(`${rt.pid}:${f.fd}`);
+      if (f.kind === 'epoll' || f.inotify) this.created.add(`${rt.pid}:${f.fd}`);
       if (f.ofd !== undefined) this.holders.set(f.ofd, { pid: rt.pid, fd: f.fd });
     }
     for (const [id, ends] of pipes) {
@@ -205,6 +208,17 @@ export class FdRestorer {
   registerEpolls(rt: RemoteTask, fds: FdImage[]): void {
     for (const f of fds) {
       if (f.kind === 'epoll' && this.created.has(`${rt.pid}:${f.fd}`)) registerEpollTargets(rt, f, fds);
+    }
+  }
+
+  /**
+   * Last, once every other file of the tree exists (restore's own work
+   * must not show in their queues): the watches of each inotify this
+   * process created.
+   */
+  addWatches(rt: RemoteTask, fds: FdImage[]): void {
+    for (const f of fds) {
+      if (f.inotify && this.created.has(`${rt.pid}:${f.fd}`)) addInotifyWatches(rt, f);
     }
   }
 
