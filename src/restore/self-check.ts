@@ -18,6 +18,7 @@ import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimi
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
 import { pidfdDiff } from '../files/pidfd.js';
+import { readTimers } from '../proc/timers.js';
 import { epollDiff } from '../files/epoll.js';
 import { inotifyDiff } from '../files/inotify.js';
 
@@ -169,6 +170,14 @@ function compareProcess(p: ProcessImage, pid: number, opts: CheckOptions, out: s
   }
 }
 
+/** POSIX timers: ids, signals and whom they notify (a thread-directed one names the thread as restored). */
+function compareTimers(p: ProcessImage, pid: number, idNow: (id: number) => number, out: string[]): void {
+  const show = (t: { id: number; signo: number; notify: string; tid: number }, tid: number) => `${t.id}:${t.signo}:${t.notify}${t.notify === 'thread' ? `:${tid}` : ''}`;
+  const have = readTimers(pid).map((t) => show(t, t.tid)).sort().join(' ');
+  const want = (p.posixTimers ?? []).map((t) => show(t, idNow(t.tid))).sort().join(' ');
+  if (have !== want) out.push(`POSIX timers are [${have}], the image's [${want}] (id:signal:notify)`);
+}
+
 /** Every difference between the rebuilt process `pid` (not yet running) and its image, one line each. */
 export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions): string[] {
   const out: string[] = [];
@@ -176,5 +185,6 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   compareVmFlags(p, pid, out);
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
   compareProcess(p, pid, opts, out);
+  compareTimers(p, pid, opts.idNow ?? ((id) => id), out);
   return out;
 }
