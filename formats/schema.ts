@@ -59,6 +59,11 @@ export interface TreeMember {
    */
   zombie?: { status: number; pgid: number; sid: number; creds?: CredsImage };
   /**
+   * It shares its parent's fd table (clone with CLONE_FILES; optional):
+   * restore forks it so, and its fds are those of the parent's table.
+   */
+  filesShared?: boolean;
+  /**
    * The `imageId` of the member's image (tsnap 0.2+, optional): binds the
    * directory to this tree dump, so a process image from another dump is refused.
    */

@@ -257,6 +257,7 @@ export const TREE: Shape = refine<{ root: number; processes: MemberLike[] }>(obj
     dir: str(255, /^(|(?!\.\.?$)[^/]+)$/),
     zombie: opt(obj({ status: int(0, 0xffff), pgid: PID_OR_0, sid: PID_OR_0, creds: opt(CREDS) })),
     imageId: opt(UUID),
+    filesShared: opt(bool),
   }), 1 << 16, 1),
 }), (t) => {
   const dup = unique(t.processes, (m) => m.pid, 'process');

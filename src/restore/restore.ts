@@ -6,7 +6,7 @@
 import { openSync, closeSync, writeFileSync } from 'node:fs';
 import type { ChildProcess, StdioOptions } from 'node:child_process';
 import { join } from 'node:path';
-import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus, ProcMem, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, SIGCHLD, setRlimit } from '../sys/index.js';
+import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus, ProcMem, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, SIGCHLD, CLONE_FILES, setRlimit } from '../sys/index.js';
 
 const RLIMIT_CORE = 4;
 import { readChain, type Image } from '../image/image-reader.js';
@@ -16,6 +16,7 @@ import { RemoteTask } from './remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';
+import { fdTableDiff } from '../files/fd-table.js';
 import { finishFiles } from './fds.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
@@ -98,6 +99,8 @@ interface Member {
   children: Member[];
   /** Children that had exited, not yet reaped by this process. */
   zombies: TreeMember[];
+  /** It shares its parent's fd table (forked with CLONE_FILES). */
+  filesShared?: boolean;
 }
 
 function loadMembers(dir: string): Member[] {
@@ -114,7 +117,7 @@ function loadMembers(dir: string): Member[] {
   const members = live.map((m) => {
     const sub = join(dir, m.dir);
     const chain = readChain(sub);
-    const member: Member = { chain, p: needProcess(chain[0], sub), rt: null, threads: [], children: [], zombies: [] };
+    const member: Member = { chain, p: needProcess(chain[0], sub), rt: null, threads: [], children: [], zombies: [], filesShared: !!m.filesShared };
     checkMember(m, chain[0].inventory, sub);
     if (member.p.pid !== m.pid) throw new TsnapError('badImage', `${sub} holds process ${member.p.pid}, the tree manifest says ${m.pid}`);
     byPid.set(m.pid, member);
@@ -278,9 +281,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     if ((opts.check ?? 'warn') !== 'off') {
       step = 'check the restored processes against their images';
-      const diffs = members.flatMap((m) => checkRestored(m.p, m.rt!.pid, {
+      const diffs = members.flatMap((m) => [...checkRestored(m.p, m.rt!.pid, {
         newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id,
-      }).map((d) => `restore check of ${m.p.pid}: ${d}`));
+      }), ...fdTableDiff(m.rt!.pid, m.children.map((c) => ({ pid: c.rt!.pid, shared: !!c.filesShared })))].map((d) => `restore check of ${m.p.pid}: ${d}`));
       if (diffs.length && opts.check === 'strict') {
         throw new TsnapError('restoreFailed', `the restored process differs from its image (${diffs.length} differences; first: ${diffs[0]}); nothing was started`);
       }
@@ -350,7 +353,7 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
     pids.set(m.p.pid, rt.pid);
     if (m.children.length || m.zombies.length) ptrace.setOptions(rt.pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
     for (const c of m.children) {
-      const child = forkChild(rt, newPid ? null : c.p.pid, `clone3(process ${c.p.pid})`, stubAddr, created);
+      const child = forkChild(rt, newPid ? null : c.p.pid, `clone3(process ${c.p.pid})`, stubAddr, created, c.filesShared ? CLONE_FILES : 0);
       c.rt = new RemoteTask(child.sc, child.mem);
       c.rt.scratch = prt.scratch;
       c.rt.scratchSize = prt.scratchSize;
@@ -370,8 +373,8 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
  * instruction. It is a copy of its parent, so the stub is at the same
  * address and serves it too.
  */
-function forkChild(parent: RemoteTask, pid: number | null, what: string, stubAddr: number, created: { pid: number; leader: boolean }[]): { sc: RemoteSyscaller; mem: ProcMem } {
-  const child = cloneIn(parent.sc, parent.scratch, 0, SIGCHLD, pid, what);
+function forkChild(parent: RemoteTask, pid: number | null, what: string, stubAddr: number, created: { pid: number; leader: boolean }[], flags = 0): { sc: RemoteSyscaller; mem: ProcMem } {
+  const child = cloneIn(parent.sc, parent.scratch, flags, SIGCHLD, pid, what);
   created.push({ pid: child, leader: true });
   const task = FrozenTask.adopt(child);
   ptrace.setOptions(child, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL);
