@@ -123,7 +123,7 @@ function describeInotify(pid: number, info: FdInfo, fileOf: (dev: number, ino: n
     if (path !== null) return { wd: w.wd, mask: w.mask, dev, ino: w.ino, path };
     const via = fileOf(dev, w.ino);
     if (via === undefined) {
-      throw new TsnapError('unsupported', `fd ${info.fd} of process ${pid} is an inotify watching inode ${w.ino} (wd ${w.wd}) that has no name any more and that no fd of the process holds; restore could not watch it again`);
+      throw new TsnapError('unsupported', `fd ${info.fd} of process ${pid} is an inotify watching inode ${w.ino} of device ${dev >> 8}:${dev & 0xff} (wd ${w.wd}) whose path tsnap cannot find (deleted, or on a filesystem without file handles) and that no fd of the process holds; restore could not watch it again`);
     }
     return { wd: w.wd, mask: w.mask, dev, ino: w.ino, path: null, via };
   });

@@ -49,7 +49,10 @@ function isDeleted(f: FdImage): boolean {
 
 /** Before anything is created: a link that is still expected by path must say what it said. */
 export function checkSymlinkRestorable(f: FdImage): void {
-  if (isDeleted(f)) return;
+  if (isDeleted(f)) {
+    if (!existsSync(dirname(f.path!))) throw new TsnapError('restoreFailed', `fd ${f.fd}: the directory of the deleted symlink ${f.path} is gone; restore could not make it again`);
+    return;
+  }
   let now: string;
   try {
     now = lstatSync(f.path!).isSymbolicLink() ? readlinkSync(f.path!) : '';

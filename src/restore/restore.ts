@@ -223,7 +223,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn);
     const pidNow = new Map(members.map((m) => [m.p.pid, m.rt!.pid]));
-    fdr.pidNow = (pid) => pidNow.get(pid) ?? pid;
+    fdr.pidNow = (pid) => {
+      const now = pidNow.get(pid);
+      // The dump refuses pidfds of processes it does not hold: never open one on a stranger.
+      if (now === undefined) throw new TsnapError('badImage', `${opts.dir}: a pidfd names process ${pid}, which is not in the image`);
+      return now;
+    };
     await fdr.prepare();
     for (const m of members) {
       step = `restore the files of ${m.p.pid}`;
