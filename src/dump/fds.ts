@@ -43,7 +43,7 @@ interface SeenFd {
  * parent and its child is one pipe, and an fd inherited through fork is one
  * open file.
  */
-export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<number, FdImage[]> {
+export function readTreeFds(pids: number[], opts: SocketOptions & { zombies?: number[] } = {}): Map<number, FdImage[]> {
   const seen: SeenFd[] = [];
   const out = new Map<number, FdImage[]>();
   /** Inodes of deleted files whose contents this image already holds. */
@@ -89,7 +89,7 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
   assignOfds(seen);
   describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false);
   checkPairs(seen, pids.length > 1);
-  for (const s of seen) checkSupported(s.img, s.pid, pids);
+  for (const s of seen) checkSupported(s.img, s.pid, pids, opts.zombies ?? []);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
   return out;
 }
@@ -229,7 +229,8 @@ export function procPidOf(path: string | null): number | null {
   return m ? Number(m[1]) : null;
 }
 
-function checkSupported(f: FdImage, pid: number, pids: number[]): void {
+/** `zombies`: children of the tree that exited, which a tree image records too. */
+function checkSupported(f: FdImage, pid: number, pids: number[], zombies: number[]): void {
   const tree = pids.length > 1;
   if (REOPENED.has(f.kind)) {
     if (f.file?.deleted && !isGhost(f)) throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is ${f.path} (a ${f.kind}), deleted while open; tsnap can restore deleted files and directories only`);
@@ -240,7 +241,7 @@ function checkSupported(f: FdImage, pid: number, pids: number[]): void {
     }
     return;
   }
-  if (f.pidfd) return checkPidfd(f, pid, pids);
+  if (f.pidfd) return checkPidfd(f, pid, pids, zombies);
   if (f.symlink) return checkSymlink(f, pid, tree);
   if (f.nsfs || f.inotify) return;
   if (f.fd <= 2 && (f.kind === 'tty' || f.kind === 'pipe' || f.kind === 'fifo' || f.kind === 'socket')) return;

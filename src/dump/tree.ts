@@ -156,9 +156,12 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
       let members: TreeMember[];
       if (mode === 'dump') {
         // Fail fast, with the tree untouched, on fds tsnap cannot restore.
-        const runningTree = listTree(root).filter((m) => { try { return readStat(m.pid).state !== 'Z'; } catch { return false; } });
+        const listed = listTree(root);
+        const stateOf = (pid: number) => { try { return readStat(pid).state; } catch { return null; } };
+        const isZombie = (pid: number) => stateOf(pid) === 'Z';
+        const runningTree = listed.filter((m) => { const st = stateOf(m.pid); return st !== null && st !== 'Z'; });
         const running = runningTree.map((m) => m.pid);
-        readTreeFds(running, { tcpEstablished: opts.tcpEstablished, enter: false });
+        readTreeFds(running, { tcpEstablished: opts.tcpEstablished, enter: false, zombies: listed.filter((m) => m.pid !== root && isZombie(m.pid)).map((m) => m.pid) });
         for (const pid of running) { checkMappings(pid); checkCwd(pid); checkOomScoreAdj(pid); checkCreds(pid); }
         sharedFdTables(runningTree);
         tree = freezeTree(root);
@@ -170,7 +173,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         const shared = sharedFdTables(t.members.map((x) => x.m));
         for (const { m } of t.members) if (shared.has(m.pid)) m.filesShared = true;
         members = [...t.members.map((x) => x.m), ...t.zombies];
-        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, enter: true });
+        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, enter: true, zombies: t.zombies.map((z) => z.pid) });
         // All at once: while one process's pages are being written out, the
         // next one's are read, which shortens the time the whole tree is frozen.
         const settled = await Promise.allSettled(t.members.map(({ m, fp }) => dump({

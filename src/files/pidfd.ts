@@ -20,7 +20,7 @@ import type { FdTarget } from '../proc/fds.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
-import { readStatus } from '../proc/index.js';
+import { readStatus, readStat } from '../proc/index.js';
 
 /** PIDFD_NONBLOCK is O_NONBLOCK, PIDFD_THREAD is O_EXCL: both stay in the file's flags. */
 const PIDFD_FLAGS = O_NONBLOCK | O_EXCL;
@@ -41,15 +41,23 @@ export function describePidfd(info: FdInfo, t: FdTarget): FdImage['pidfd'] {
 }
 
 /** Refuses a pidfd restore could not point at the same process again. */
-export function checkPidfd(f: FdImage, pid: number, pids: number[]): void {
+/** `zombies`: exited children the (tree) image records; restore makes them again before the files. */
+export function checkPidfd(f: FdImage, pid: number, pids: number[], zombies: number[] = []): void {
   const target = f.pidfd!.pid;
-  if (target === -1 || pids.includes(target)) return;
+  if (target === -1 || pids.includes(target) || zombies.includes(target)) return;
   const of = pids.length > 1 ? ` of process ${pid}` : '';
+  if (isZombie(target)) {
+    throw new TsnapError('unsupported', `fd ${f.fd}${of} is a pidfd of process ${target}, which has exited and waits to be reaped; dump its parent with --tree to keep it, or reap it first`);
+  }
   const leader = leaderOf(target);
   if (leader !== null && leader !== target) {
     throw new TsnapError('unsupported', `fd ${f.fd}${of} is a pidfd of thread ${target} of process ${leader}; tsnap restores pidfds of processes, not of their other threads`);
   }
   throw new TsnapError('unsupported', `fd ${f.fd}${of} is a pidfd of process ${target}, which is not part of the dump; dump it too (--tree from a common parent) or close the pidfd`);
+}
+
+function isZombie(pid: number): boolean {
+  try { return readStat(pid).state === 'Z'; } catch { return false; }
 }
 
 function leaderOf(tid: number): number | null {

@@ -185,9 +185,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     step = 'prepare the address space';
     const stub = installStub(root.rt, members.map((m) => m.p));
     clearHelperMappings(root.rt, stub);
+    /** Original pid -> restored pid of every process of the tree, zombies included. */
+    let treePids = new Map<number, number>();
     if (tree) {
       step = 'create the process tree';
       const { deferred, pidOf } = createChildren(root, stub.addr, newPid, created);
+      treePids = pidOf;
       for (const [m, pgid] of deferred) m.rt!.sc.check(`setpgid(0, ${pidOf.get(pgid)})`, SYS.setpgid, 0, pidOf.get(pgid)!);
       if (newPid) warn('processes got new pids: what they recorded of each other\'s pids is stale');
       pausePoint('restore-tree-created');
@@ -222,7 +225,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       restoreMm(rt, m.p);
     }
     fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn);
-    const pidNow = new Map(members.map((m) => [m.p.pid, m.rt!.pid]));
+    const pidNow = new Map([...treePids, ...members.map((m): [number, number] => [m.p.pid, m.rt!.pid])]);
     fdr.pidNow = (pid) => {
       const now = pidNow.get(pid);
       // The dump refuses pidfds of processes it does not hold: never open one on a stranger.
@@ -259,6 +262,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     // Owners name processes and threads of the whole tree: once they all exist.
     const idNow = new Map<number, number>();
+    for (const [original, now] of treePids) idNow.set(original, now);
     for (const m of members) {
       idNow.set(m.p.pid, m.rt!.pid);
       for (const th of m.threads) idNow.set(th.image.tid, th.rt.pid);
@@ -365,7 +369,8 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
       walk(c);
     }
     for (const z of m.zombies) {
-      makeZombie(rt, z, stubAddr, newPid, created, (pgid) => pids.get(pgid));
+      // Its pid as made again: pidfds of it are opened on it with the files.
+      pids.set(z.pid, makeZombie(rt, z, stubAddr, newPid, created, (pgid) => pids.get(pgid)));
     }
   };
   walk(parent);
@@ -393,7 +398,7 @@ function forkChild(parent: RemoteTask, pid: number | null, what: string, stubAdd
  * the way it did (exit_group with its code, or its fatal signal without a
  * core), so that the parent finds it waiting with the same status.
  */
-function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[], pidOf: (pid: number) => number | undefined): void {
+function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[], pidOf: (pid: number) => number | undefined): number {
   const info = z.zombie!;
   const { sc, mem } = forkChild(parent, newPid ? null : z.pid, `clone3(exited process ${z.pid})`, stubAddr, created);
   const pid = sc.task.pid;
@@ -416,7 +421,7 @@ function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid:
     if (sig === 0) {
       sc.begin(SYS.exit_group, (info.status >> 8) & 0xff);
       reapTraced(pid); // our view of its exit; its parent's comes after
-      return;
+      return pid;
     }
     if (sig === SIGKILL) {
       // SIGKILL needs no action set (it cannot have one) and kills a traced
@@ -424,7 +429,7 @@ function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid:
       // parent's is what remains.
       kill(pid, SIGKILL);
       reapTraced(pid);
-      return;
+      return pid;
     }
     const dfl = Buffer.alloc(32);
     mem.write(dfl, 0, 32, parent.scratch);
@@ -435,7 +440,7 @@ function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid:
     // Let go: the pending fatal signal is delivered as it returns to user mode.
     ptrace.detach(pid, 0);
     for (let i = 0; i < 1000; i++) {
-      try { if (readStat(pid).state === 'Z') return; } catch { return; }
+      try { if (readStat(pid).state === 'Z') return pid; } catch { return pid; }
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
     }
     throw new TsnapError('restoreFailed', `the exited process ${z.pid} did not end again with signal ${sig}`);
