@@ -95,10 +95,15 @@ export async function makeDeadPidfds(fds: FdImage[]): Promise<Map<number, number
   try {
     for (const files of byIno.values()) {
       // Not a child of the restored processes: none of them must see it exit.
-      const child = spawn('sleep', ['60'], { stdio: 'ignore' });
+      // Node itself stands in where there is no sleep(1).
+      let child = spawn('sleep', ['60'], { stdio: 'ignore' });
+      if (child.pid === undefined) {
+        child.on('error', () => { /* told below */ });
+        child = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1e6)'], { stdio: 'ignore' });
+      }
       const exited = once(child, 'exit');
       try {
-        if (child.pid === undefined) throw new TsnapError('restoreFailed', 'could not start the process that stands in for a dead pidfd (sleep)');
+        if (child.pid === undefined) throw new TsnapError('restoreFailed', 'could not start a process to stand in for the dead process of a pidfd');
         for (const f of files) out.set(f.ofd!, pidfdOpen(child.pid, f.flags & PIDFD_FLAGS));
       } finally {
         child.kill('SIGKILL');
