@@ -395,6 +395,12 @@ export interface InotifyWatchImage {
   path: string | null;
   /** ... and then an fd of the process that holds it. */
   via?: number;
+  /**
+   * The inode's file handle (f_handle bytes, optional): restore checks the
+   * path still has it, which tells a replaced file that got the same inode
+   * number from the original.
+   */
+  handle?: Buffer;
 }
 
 export interface PosixTimerImage {

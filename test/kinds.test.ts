@@ -9,7 +9,7 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { spawn } from 'node:child_process';
-import { readFileSync, readlinkSync, existsSync } from 'node:fs';
+import { readFileSync, readlinkSync, existsSync, rmSync, writeFileSync, symlinkSync } from 'node:fs';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, useRestoredCleanup, readImage, dumpKillRestore, restoreDetached } from './helpers/tsnap.js';
 import { registerPid, killPid } from './helpers/processes.js';
@@ -228,6 +228,48 @@ for cmd in sys.stdin:
     r.writeLine('check');
     // The write to the deleted file, then the new file in the directory; the next wd is 4, as it would have been.
     expect(await r.waitForLine(/^INOTIFY/)).toBe('INOTIFY before=[] after=[3:2,1:100] next=4');
+  });
+});
+
+describe('restore refuses what changed since the dump, before anything is created', () => {
+  async function dumped(work: string, setup: string): Promise<{ dir: string; pid: number; fd: string }> {
+    const p = await startPython(`${PRELUDE}
+${setup}
+print('READY fd=%d' % fd, flush=True)
+for cmd in sys.stdin: pass
+`);
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    return { dir, pid: p.pid, fd: p.readyInfo.fd };
+  }
+
+  it('an inotify whose watched file was replaced by another', async () => {
+    const work = tmpDir('tsnap-kinds-');
+    const watched = join(work, 'watched');
+    const { dir, pid, fd } = await dumped(work, `open(${JSON.stringify(watched)}, 'w').close()
+fd = libc.inotify_init1(0)
+assert libc.inotify_add_watch(fd, ${JSON.stringify(watched)}.encode(), 0x2) == 1`);
+    rmSync(watched);
+    writeFileSync(watched, 'new inode');
+    const r = await tsnap('restore', '--dir', dir, '--detach');
+    expect(r.code).toBe(ExitCode.restoreFailed);
+    expect(r.stderr).toContain(`fd ${fd} (inotify) watched ${watched} (wd 1), which is another file now`);
+    expect(existsSync(`/proc/${pid}`)).toBe(false);
+  });
+
+  it('an O_PATH fd on a symlink that now says something else', async () => {
+    const work = tmpDir('tsnap-kinds-');
+    const link = join(work, 'link');
+    const { dir, pid, fd } = await dumped(work, `os.symlink('before', ${JSON.stringify(link)})
+fd = os.open(${JSON.stringify(link)}, os.O_PATH | os.O_NOFOLLOW)`);
+    rmSync(link);
+    symlinkSync('after', link);
+    const r = await tsnap('restore', '--dir', dir, '--detach');
+    expect(r.code).toBe(ExitCode.restoreFailed);
+    expect(r.stderr).toContain(`fd ${fd}: ${link} is no longer the symlink to before it was at the dump`);
+    expect(existsSync(`/proc/${pid}`)).toBe(false);
   });
 });
 

@@ -14,7 +14,7 @@
  * is read away. Events queued at the dump are lost, as they are with CRIU.
  */
 import { closeSync, lstatSync, openSync, readFileSync, readlinkSync, statSync, constants as C } from 'node:fs';
-import { SYS, O_NONBLOCK, O_CLOEXEC, openByHandle, SysError } from '../sys/index.js';
+import { SYS, O_NONBLOCK, O_CLOEXEC, openByHandle, fileHandle, SysError } from '../sys/index.js';
 import type { FdImage, InotifyWatchImage } from '../../formats/schema.js';
 import { readFdInfo, type FdInfo } from '../proc/fds.js';
 import type { RemoteTask } from '../restore/remote-task.js';
@@ -120,7 +120,8 @@ function describeInotify(pid: number, info: FdInfo, fileOf: (dev: number, ino: n
   const watches = parseWatches(info).map((w): InotifyWatchImage => {
     const dev = userDev(w.sdev);
     const path = pathOf(w);
-    if (path !== null) return { wd: w.wd, mask: w.mask, dev, ino: w.ino, path };
+    // The handle tells a file from another that got the same inode number since.
+    if (path !== null) return { wd: w.wd, mask: w.mask, dev, ino: w.ino, path, ...(w.handle.length ? { handle: w.handle } : {}) };
     const via = fileOf(dev, w.ino);
     if (via === undefined) {
       throw new TsnapError('unsupported', `fd ${info.fd} of process ${pid} is an inotify watching inode ${w.ino} of device ${dev >> 8}:${dev & 0xff} (wd ${w.wd}) whose path tsnap cannot find (deleted, or on a filesystem without file handles) and that no fd of the process holds; restore could not watch it again`);
@@ -143,9 +144,18 @@ export function checkInotifyRestorable(f: FdImage): void {
     if (w.path === null) continue;
     let st;
     try { st = lstatSync(w.path); } catch { st = null; }
-    if (!st || st.ino !== w.ino || st.dev !== w.dev) {
+    if (!st || st.ino !== w.ino || st.dev !== w.dev || (w.handle && !sameHandle(w.path, w.handle))) {
       throw new TsnapError('restoreFailed', `fd ${f.fd} (inotify) watched ${w.path} (wd ${w.wd}), which is ${st ? 'another file now' : 'gone'}; restore could not watch it again`);
     }
+  }
+}
+
+function sameHandle(path: string, handle: Buffer): boolean {
+  try {
+    const now = fileHandle(path);
+    return now === null || now.handle.equals(handle);
+  } catch {
+    return false;
   }
 }
 

@@ -134,7 +134,7 @@ const FD_IMAGE = obj({
   memfd: opt(obj({ name: str(255), data: BYTES, seals: U32 })),
   pidfd: opt(obj({ pid: int(-1, 1 << 22), ino: SAFE })),
   symlink: opt(obj({ target: PATH, ino: SAFE, uid: U32, gid: U32 })),
-  inotify: opt(obj({ watches: arr(obj({ wd: int(1, 0x7fffffff), mask: U32, dev: SAFE, ino: SAFE, path: nullable(PATH), via: opt(FD) }), 1 << 20) })),
+  inotify: opt(obj({ watches: arr(obj({ wd: int(1, 0x7fffffff), mask: U32, dev: SAFE, ino: SAFE, path: nullable(PATH), via: opt(FD), handle: opt(bin(0, 128)) }), 1 << 20) })),
   nsfs: opt(obj({ file: oneOf('cgroup', 'ipc', 'mnt', 'net', 'pid', 'pid_for_children', 'time', 'time_for_children', 'user', 'uts'), ino: SAFE })),
   owner: opt(obj({ type: int(0, 2), pid: PID_OR_0, signal: SIGNO_OR_0 })),
   lease: opt(int(0, 1)),

@@ -262,3 +262,22 @@ export function openByHandle(mountFd: number, type: number, handle: Buffer, flag
   handle.copy(fh, 8);
   return rawSyscall('open_by_handle_at', SYS.open_by_handle_at, mountFd, libc.address(fh), flags);
 }
+
+/**
+ * name_to_handle_at(AT_FDCWD, path, ..., 0): the file handle of `path`
+ * itself (a symlink is not followed), or null where the filesystem has none.
+ */
+export function fileHandle(path: string): { type: number; handle: Buffer } | null {
+  const MAX_HANDLE_SZ = 128;
+  const fh = Buffer.alloc(8 + MAX_HANDLE_SZ);
+  fh.writeUInt32LE(MAX_HANDLE_SZ, 0);
+  const mountId = Buffer.alloc(4);
+  const name = Buffer.from(`${path}\0`);
+  try {
+    rawSyscall(`name_to_handle_at(${path})`, SYS.name_to_handle_at, -100, libc.address(name), libc.address(fh), libc.address(mountId), 0);
+  } catch (err) {
+    if (err instanceof SysError && (err.code === 'EOPNOTSUPP' || err.code === 'ENOTSUP')) return null;
+    throw err;
+  }
+  return { type: fh.readInt32LE(4), handle: Buffer.from(fh.subarray(8, 8 + fh.readUInt32LE(0))) };
+}

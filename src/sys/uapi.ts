@@ -96,6 +96,7 @@ export const SYS = {
   pidfd_getfd: 438,
   readlinkat: 267,
   open_by_handle_at: 304,
+  name_to_handle_at: 303,
   inotify_init1: 294,
   inotify_add_watch: 254,
   inotify_rm_watch: 255,
