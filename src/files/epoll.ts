@@ -12,6 +12,7 @@
  * time of the EPOLL_CTL_ADD (whatever holds that number is moved aside and
  * back), so the kernel keys it as the original.
  */
+import { statSync } from 'node:fs';
 import { SYS, O_CLOEXEC, EPOLL_CTL_ADD, F_DUPFD_CLOEXEC, isEpollTarget, SysError } from '../sys/index.js';
 import type { EpollTargetImage, FdImage } from '../../formats/schema.js';
 import type { FdInfo } from '../proc/fds.js';
@@ -22,6 +23,11 @@ import { TsnapError } from '../errors.js';
 export function describeEpoll(pid: number, info: FdInfo, openFds: Set<number>): FdImage['epoll'] {
   const lines = info.extra.tfd === undefined ? [] : info.extra.tfd.split('\n');
   const seen = new Map<number, number>();
+  const inos = new Map<number, number | null>();
+  const inoOf = (fd: number) => {
+    if (!inos.has(fd)) { try { inos.set(fd, statSync(`/proc/${pid}/fd/${fd}`).ino); } catch { inos.set(fd, null); } }
+    return inos.get(fd);
+  };
   const targets = lines.map((l): EpollTargetImage => {
     const m = /^\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)/.exec(l);
     if (!m) throw new TsnapError('kernel', `fd ${info.fd}: unexpected epoll line "tfd: ${l}" in fdinfo`);
@@ -30,7 +36,10 @@ export function describeEpoll(pid: number, info: FdInfo, openFds: Set<number>): 
     const toff = seen.get(t.fd) ?? 0;
     seen.set(t.fd, toff + 1);
     if (openFds.has(t.fd) && holds(pid, t.fd, info.fd, t.fd, toff)) return t;
-    const via = [...openFds].find((fd) => fd !== info.fd && holds(pid, fd, info.fd, t.fd, toff));
+    // Only fds on the registered inode can be the file: kcmp just those.
+    const ino = /\bino:([0-9a-f]+)/.exec(l);
+    const candidates = [...openFds].filter((fd) => fd !== info.fd && (!ino || inoOf(fd) === parseInt(ino[1], 16)));
+    const via = candidates.find((fd) => holds(pid, fd, info.fd, t.fd, toff));
     if (via === undefined) {
       throw new TsnapError('unsupported', `fd ${info.fd} (epoll) watches a file registered as fd ${t.fd} that no fd of process ${pid} holds any more (only the epoll keeps it); such an epoll cannot be rebuilt`);
     }
