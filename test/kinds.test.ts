@@ -124,6 +124,7 @@ for cmd in sys.stdin:
           os.readlink('/proc/self/fd/%d' % ns) == os.readlink('/proc/self/ns/net'), os.path.lexists(${JSON.stringify(gone)})), flush=True)
 `);
     const r = await dumpKillRestore(p, work);
+    expect(r.result.stderr).not.toContain('restore check');
     r.writeLine('check');
     expect(await r.waitForLine(/^LINKS/)).toBe('LINKS /some/target|other/target|True|True|False');
     expect(existsSync(gone)).toBe(false);
@@ -177,6 +178,7 @@ for cmd in sys.stdin:
     print('EPOLL %s' % ' '.join(got), flush=True)
 `);
     const r = await dumpKillRestore(p, work);
+    expect(r.result.stderr).not.toContain('restore check');
     const ep = readImage(join(work, 'img')).process!.fds.find((f) => f.kind === 'epoll')!;
     expect(ep.epoll!.targets.filter((t) => t.via !== undefined).length).toBe(3);
     r.writeLine('check');
@@ -223,6 +225,7 @@ for cmd in sys.stdin:
 `);
     expect([p.readyInfo.d, p.readyInfo.h]).toEqual(['1', '3']);
     const r = await dumpKillRestore(p, work);
+    expect(r.result.stderr).not.toContain('restore check');
     const watches = readImage(join(work, 'img')).process!.fds.find((f) => f.inotify)!.inotify!.watches;
     expect(watches.map((x) => [x.wd, x.path === null, x.via !== undefined])).toEqual([[1, false, false], [3, true, true]]);
     r.writeLine('check');
@@ -287,6 +290,7 @@ describe('shared fd tables and thread timers', () => {
     const work = tmpDir('tsnap-kinds-');
     const p = await startProcess(await compileC('threadtimer'), []);
     const r = await dumpKillRestore(p, work);
+    expect(r.result.stderr).not.toContain('restore check');
     const timers = readImage(join(work, 'img')).process!.posixTimers!;
     expect(timers.map((t) => t.notify)).toEqual(['thread']);
     r.writeLine('check');

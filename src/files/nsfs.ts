@@ -49,3 +49,11 @@ export function restoreNsfd(rt: RemoteTask, group: FdImage[], floor: number): vo
   const tmp = rt.open(`/proc/self/ns/${f.nsfs!.file}`, f.flags & ~O_CLOEXEC);
   placeFds(rt, [{ tmp, targets: group }], floor);
 }
+
+/** Restore's self-check: the restored fd is the image's namespace (null when it is). */
+export function nsfsDiff(pid: number, f: FdImage): string | null {
+  if (!f.nsfs) return null;
+  let ino: number | null = null;
+  try { ino = statSync(`/proc/${pid}/fd/${f.fd}`).ino; } catch { /* reported below */ }
+  return ino === f.nsfs.ino ? null : `fd ${f.fd} is namespace ${f.nsfs.file}:[${ino}], the image's ${f.link}`;
+}

@@ -8,7 +8,7 @@
 import { closeSync, existsSync, fstatSync, lchownSync, lstatSync, readlinkSync, symlinkSync, unlinkSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { pidfdGetfd, readlinkFd, O_CLOEXEC } from '../sys/index.js';
+import { pidfdOpen, pidfdGetfd, readlinkFd, O_CLOEXEC } from '../sys/index.js';
 import type { FdImage } from '../../formats/schema.js';
 import type { FdTarget } from '../proc/fds.js';
 import type { RemoteTask } from '../restore/remote-task.js';
@@ -85,4 +85,21 @@ export function restoreSymlink(rt: RemoteTask, group: FdImage[], floor: number):
 /** existsSync follows links: a dangling one at the path is taken too. */
 function isDangling(path: string): boolean {
   try { lstatSync(path); return true; } catch { return false; }
+}
+
+/** Restore's self-check: the restored fd is a symlink that says what the image's did (null when it is). */
+export function symlinkDiff(pid: number, f: FdImage): string | null {
+  if (!f.symlink) return null;
+  const pidfd = pidfdOpen(pid);
+  try {
+    const copy = pidfdGetfd(pidfd, f.fd);
+    try {
+      const target = (fstatSync(copy).mode & S_IFMT) === S_IFLNK ? readlinkFd(copy) : null;
+      return target === f.symlink.target ? null : `fd ${f.fd} (${f.link}) is ${target === null ? 'not a symlink' : `a symlink to ${target}`}, the image's to ${f.symlink.target}`;
+    } finally {
+      closeSync(copy);
+    }
+  } finally {
+    closeSync(pidfd);
+  }
 }

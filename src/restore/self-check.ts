@@ -21,6 +21,8 @@ import { pidfdDiff } from '../files/pidfd.js';
 import { readTimers } from '../proc/timers.js';
 import { epollDiff } from '../files/epoll.js';
 import { inotifyDiff } from '../files/inotify.js';
+import { symlinkDiff } from '../files/symlink.js';
+import { nsfsDiff } from '../files/nsfs.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
@@ -123,7 +125,7 @@ function compareFds(p: ProcessImage, pid: number, idNow: (id: number) => number,
     if ((info.flags & ~ignore) !== (f.flags & ~ignore)) {
       out.push(`fd ${f.fd} (${f.link}): open flags 0${(info.flags & ~ignore).toString(8)}, the image's 0${(f.flags & ~ignore).toString(8)}`);
     }
-    for (const d of [pidfdDiff(f, info, idNow), epollDiff(f, info), inotifyDiff(f, info)]) if (d) out.push(d);
+    for (const d of [pidfdDiff(f, info, idNow), epollDiff(f, info), inotifyDiff(f, info), symlinkDiff(pid, f), nsfsDiff(pid, f)]) if (d) out.push(d);
     if (f.kind === 'file' && info.pos !== f.pos) out.push(`fd ${f.fd} (${f.link}): position ${info.pos}, the image's ${f.pos}`);
   }
   for (const fd of live) out.push(`fd ${fd} is open but not in the image`);
