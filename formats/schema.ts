@@ -370,9 +370,10 @@ export interface FdImage {
   /**
    * A pidfd (anon_inode:[pidfd]): the process it names, -1 for one that was
    * reaped, and its pidfs inode (one per process: dead pidfds with the same
-   * inode were of the same process).
+   * inode were of the same process); `leader` when it names a thread other
+   * than its process's leader (PIDFD_THREAD): then `pid` is that thread's tid.
    */
-  pidfd?: { pid: number; ino: number };
+  pidfd?: { pid: number; ino: number; leader?: number };
   /**
    * An O_PATH fd on a symlink itself: what the link says, its inode and
    * owner (a link deleted while open is made again from these).

@@ -84,6 +84,33 @@ for cmd in sys.stdin:
     expect(await r.waitForLine(/^PIDFD/)).toBe('PIDFD 1 1 1 1 1 1 1 1 1');
   });
 
+  it('a pidfd of one of the process\'s threads (PIDFD_THREAD) names that thread again and reports its exit', async () => {
+    const work = tmpDir('tsnap-kinds-');
+    const p = await startPython(`${PRELUDE}
+import threading
+stop = threading.Event()
+got = []
+t = threading.Thread(target=lambda: (got.append(threading.get_native_id()), stop.wait()))
+t.start()
+while not got: time.sleep(0.01)
+tid = got[0]
+fd = os.pidfd_open(tid, 0o200)  # PIDFD_THREAD
+print('READY tid=%d' % tid, flush=True)
+for cmd in sys.stdin:
+    same = fdinfo(fd)['Pid'].strip() == str(tid) and int(fdinfo(fd)['flags'], 8) & 0o200 != 0
+    alive = not select.select([fd], [], [], 0)[0]
+    stop.set()
+    ended = bool(select.select([fd], [], [], 5)[0])
+    print('THREAD %s %s %s' % (same, alive, ended), flush=True)
+`);
+    const r = await dumpKillRestore(p, work);
+    expect(r.result.stderr).not.toContain('restore check');
+    const f = readImage(join(work, 'img')).process!.fds.find((x) => x.pidfd)!;
+    expect(f.pidfd).toMatchObject({ pid: Number(p.readyInfo.tid), leader: p.pid });
+    r.writeLine('check');
+    expect(await r.waitForLine(/^THREAD/)).toBe('THREAD True True True');
+  });
+
   it('a pidfd of a process outside the dump is refused before the freeze; the process runs on', async () => {
     const work = tmpDir('tsnap-kinds-');
     const outsider = spawn('sleep', ['60'], { stdio: 'ignore' });

@@ -37,21 +37,27 @@ export function describePidfd(info: FdInfo, t: FdTarget): FdImage['pidfd'] {
   const ns = (info.extra.NSpid ?? '').trim().split(/\s+/);
   // A process seen from a nested pid namespace would need that namespace back.
   if (ns.length > 1) throw new TsnapError('unsupported', `fd ${info.fd} is a pidfd of process ${v.trim()} in a nested pid namespace (NSpid ${ns.join(' ')}); tsnap restores pidfds of its own namespace only`);
-  return { pid: Number(v.trim()), ino: t.ino };
+  const target = Number(v.trim());
+  // A thread other than a leader (PIDFD_THREAD) exists at restore only once the threads are made.
+  const leader = target === -1 ? null : leaderOf(target);
+  return { pid: target, ino: t.ino, ...(leader !== null && leader !== target ? { leader } : {}) };
 }
 
-/** Refuses a pidfd restore could not point at the same process again. */
-/** `zombies`: exited children the (tree) image records; restore makes them again before the files. */
+/**
+ * Refuses a pidfd restore could not point at the same process again.
+ * `zombies`: exited children the (tree) image records; restore makes them
+ * again before the files.
+ */
 export function checkPidfd(f: FdImage, pid: number, pids: number[], zombies: number[] = []): void {
-  const target = f.pidfd!.pid;
+  const { pid: target, leader } = f.pidfd!;
   if (target === -1 || pids.includes(target) || zombies.includes(target)) return;
   const of = pids.length > 1 ? ` of process ${pid}` : '';
+  if (leader !== undefined) {
+    if (pids.includes(leader)) return;
+    throw new TsnapError('unsupported', `fd ${f.fd}${of} is a pidfd of thread ${target} of process ${leader}, which is not part of the dump; dump it too (--tree from a common parent) or close the pidfd`);
+  }
   if (isZombie(target)) {
     throw new TsnapError('unsupported', `fd ${f.fd}${of} is a pidfd of process ${target}, which has exited and waits to be reaped; dump its parent with --tree to keep it, or reap it first`);
-  }
-  const leader = leaderOf(target);
-  if (leader !== null && leader !== target) {
-    throw new TsnapError('unsupported', `fd ${f.fd}${of} is a pidfd of thread ${target} of process ${leader}; tsnap restores pidfds of processes, not of their other threads`);
   }
   throw new TsnapError('unsupported', `fd ${f.fd}${of} is a pidfd of process ${target}, which is not part of the dump; dump it too (--tree from a common parent) or close the pidfd`);
 }
@@ -68,7 +74,12 @@ function leaderOf(tid: number): number | null {
   }
 }
 
-/** Opens the pidfd again inside the restored process, on `pidNow` (the target's pid as restored). */
+/** Whether it names a thread that restore makes after the files (it is opened last). */
+export function isThreadPidfd(f: FdImage): boolean {
+  return f.pidfd?.leader !== undefined;
+}
+
+/** Opens the pidfd again inside the restored process, on `pidNow` (the target's pid, or tid, as restored). */
 export function restorePidfd(rt: RemoteTask, group: FdImage[], floor: number, pidNow: number): void {
   const f = group[0];
   const tmp = Number(rt.sc.check(`pidfd_open(${pidNow})`, SYS.pidfd_open, pidNow, f.flags & PIDFD_FLAGS));

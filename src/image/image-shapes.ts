@@ -132,7 +132,7 @@ const FD_IMAGE = obj({
   socket: opt(SOCKET),
   fifo: opt(obj({ capacity: int(0, 1 << 30), data: BYTES })),
   memfd: opt(obj({ name: str(255), data: BYTES, seals: U32 })),
-  pidfd: opt(obj({ pid: int(-1, 1 << 22), ino: SAFE })),
+  pidfd: opt(obj({ pid: int(-1, 1 << 22), ino: SAFE, leader: opt(PID) })),
   symlink: opt(obj({ target: PATH, ino: SAFE, uid: U32, gid: U32 })),
   inotify: opt(obj({ watches: arr(obj({ wd: int(1, 0x7fffffff), mask: U32, dev: SAFE, ino: SAFE, path: nullable(PATH), via: opt(FD), handle: opt(bin(0, 128)) }), 1 << 20) })),
   nsfs: opt(obj({ file: oneOf('cgroup', 'ipc', 'mnt', 'net', 'pid', 'pid_for_children', 'time', 'time_for_children', 'user', 'uts'), ino: SAFE })),

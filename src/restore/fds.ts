@@ -23,7 +23,7 @@ import { restoreSocket, restoreSocketPair } from '../files/socket.js';
 import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
 import { restoreTcp } from '../files/tcp.js';
 import { Ghosts, isGhost } from '../files/ghost.js';
-import { restorePidfd, makeDeadPidfds } from '../files/pidfd.js';
+import { restorePidfd, makeDeadPidfds, isThreadPidfd } from '../files/pidfd.js';
 import { checkSymlinkRestorable, restoreSymlink } from '../files/symlink.js';
 import { checkNsfdRestorable, restoreNsfd } from '../files/nsfs.js';
 import { checkInotifyRestorable, restoreInotify, addInotifyWatches } from '../files/inotify.js';
@@ -142,6 +142,7 @@ export class FdRestorer {
         this.importFile(rt, held, g, floor, pidfds);
         continue;
       }
+      if (isThreadPidfd(f)) continue; // createLate: its thread does not exist yet
       if (f.socket?.state === 'pair') {
         const id = Math.min(f.socket.ino!, f.socket.peerIno!);
         const p = pairs.get(id);
@@ -212,11 +213,25 @@ export class FdRestorer {
   }
 
   /**
-   * Last, once every other file of the tree exists (restore's own work
-   * must not show in their queues): the watches of each inotify this
-   * process created.
+   * Last, once every thread and every other file of the tree exists: the
+   * pidfds of threads (created, or imported from a process done before),
+   * then the watches of each inotify this process created (restore's own
+   * work must not show in their queues). `tidNow`: a dumped tid as it is
+   * now, or undefined when the image has no such thread.
    */
-  addWatches(rt: RemoteTask, fds: FdImage[]): void {
+  createLate(rt: RemoteTask, fds: FdImage[], tidNow: (tid: number) => number | undefined): void {
+    const floor = Math.max(2, ...fds.map((f) => f.fd)) + 1;
+    const pidfds = new Map<number, number>();
+    for (const g of byOfd(fds.filter(isThreadPidfd))) {
+      const f = g[0];
+      const held = f.ofd === undefined ? undefined : this.holders.get(f.ofd);
+      if (held) { this.importFile(rt, held, g, floor, pidfds); continue; }
+      const tid = tidNow(f.pidfd!.pid);
+      if (tid === undefined) throw new TsnapError('badImage', `fd ${f.fd}: a pidfd names thread ${f.pidfd!.pid}, which is not in the image`);
+      restorePidfd(rt, g, floor, tid);
+      if (f.ofd !== undefined) this.holders.set(f.ofd, { pid: rt.pid, fd: f.fd });
+    }
+    for (const fd of pidfds.values()) rt.close(fd);
     for (const f of fds) {
       if (f.inotify && this.created.has(`${rt.pid}:${f.fd}`)) addInotifyWatches(rt, f);
     }

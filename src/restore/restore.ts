@@ -269,7 +269,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     for (const m of members) {
       step = `finish the files of ${m.p.pid}`;
-      fdr.addWatches(m.rt!, m.p.fds);
+      fdr.createLate(m.rt!, m.p.fds, (id) => idNow.get(id));
       finishFiles(m.rt!, m.p.fds, (id) => idNow.get(id) ?? id);
     }
     // Last of all that needs privilege: afterwards a process may be an ordinary user's.
