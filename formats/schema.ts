@@ -59,6 +59,11 @@ export interface TreeMember {
    */
   zombie?: { status: number; pgid: number; sid: number; creds?: CredsImage };
   /**
+   * It shares its parent's fd table (clone with CLONE_FILES; optional):
+   * restore forks it so, and its fds are those of the parent's table.
+   */
+  filesShared?: boolean;
+  /**
    * The `imageId` of the member's image (tsnap 0.2+, optional): binds the
    * directory to this tree dump, so a process image from another dump is refused.
    */
@@ -368,6 +373,41 @@ export interface FdImage {
   fifo?: { capacity: number; data: Buffer };
   /** memfd: its name (without "memfd:"), whole contents and seals. */
   memfd?: { name: string; data: Buffer; seals: number };
+  /**
+   * A pidfd (anon_inode:[pidfd]): the process it names, -1 for one that was
+   * reaped, and its pidfs inode (one per process: dead pidfds with the same
+   * inode were of the same process); `leader` when it names a thread other
+   * than its process's leader (PIDFD_THREAD): then `pid` is that thread's tid.
+   */
+  pidfd?: { pid: number; ino: number; leader?: number };
+  /**
+   * An O_PATH fd on a symlink itself: what the link says, its inode and
+   * owner (a link deleted while open is made again from these).
+   */
+  symlink?: { target: string; ino: number; uid: number; gid: number };
+  /** A namespace fd of the process's own namespace: its /proc/PID/ns entry ('net', 'pid_for_children'...) and nsfs inode. */
+  nsfs?: { file: string; ino: number };
+  /** An inotify instance: its watches, in wd order (the queued events are not kept). */
+  inotify?: { watches: InotifyWatchImage[] };
+}
+
+export interface InotifyWatchImage {
+  wd: number;
+  /** As fdinfo shows it: the events, IN_ONESHOT, IN_EXCL_UNLINK. */
+  mask: number;
+  /** The watched inode (dev as stat reports it). */
+  dev: number;
+  ino: number;
+  /** Its path at the dump, or null when it had none (deleted) ... */
+  path: string | null;
+  /** ... and then an fd of the process that holds it. */
+  via?: number;
+  /**
+   * The inode's file handle (f_handle bytes, optional): restore checks the
+   * path still has it, which tells a replaced file that got the same inode
+   * number from the original.
+   */
+  handle?: Buffer;
 }
 
 export interface PosixTimerImage {
@@ -413,8 +453,14 @@ export interface PipeImage {
 }
 
 export interface EpollTargetImage {
-  /** fd number the target was registered under (checked to still be that file at dump). */
+  /** fd number the target was registered under. */
   fd: number;
+  /**
+   * An fd of the process that holds the target file, when `fd` no longer
+   * does (closed after a dup, or reused): restore registers the file from
+   * it under `fd` (optional).
+   */
+  via?: number;
   events: number;
   data: bigint;
 }

@@ -91,14 +91,14 @@ s.listen(0, '127.0.0.1', () => console.log('READY port=' + s.address().port));
     const work = tmpDir('tsnap-files-');
     const script = `
 import ctypes, time
-fd = ctypes.CDLL(None).inotify_init()
+fd = ctypes.CDLL(None).fanotify_init(0, 0)
 print("READY fd=%d" % fd, flush=True)
 time.sleep(600)
 `;
     const p = await startProcess('python3', ['-u', '-c', script]);
     const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
     expect(r.code).toBe(ExitCode.unsupported);
-    expect(r.stderr).toContain(`fd ${p.readyInfo.fd} is a anon_inode (anon_inode:inotify) that tsnap cannot checkpoint`);
+    expect(r.stderr).toContain(`fd ${p.readyInfo.fd} is a anon_inode (anon_inode:[fanotify]) that tsnap cannot checkpoint`);
     expect(r.stderr.trim().split('\n').length).toBe(1);
     expect(existsSync(join(work, 'img'))).toBe(false);
     expect(p.alive()).toBe(true);

@@ -13,6 +13,7 @@ import { readPipe, isReadEnd } from '../files/pipe.js';
 import type { SocketOptions } from '../files/socket.js';
 import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
 import { TsnapError } from '../errors.js';
+import { describeInotifyFds } from '../files/inotify.js';
 import { describeInflight, numberInflight, releaseInflight, hasFilesInFlight } from '../files/scm-rights.js';
 
 /** O_PATH: an fd that only names a file (fcntl F_GETOWN_EX/F_GETLEASE answer EBADF). */
@@ -39,7 +40,10 @@ interface SeenFd {
  * parent and its child is one pipe, and an fd inherited through fork is one
  * open file.
  */
-export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<number, FdImage[]> {
+/** `zombies`: children of the tree that exited, which a tree image records too (pidfds may name them). */
+export type FdReadOptions = SocketOptions & { zombies?: number[] };
+
+export function readTreeFds(pids: number[], opts: FdReadOptions = {}): Map<number, FdImage[]> {
   try {
     return readAllFds(pids, opts);
   } finally {
@@ -47,7 +51,7 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
   }
 }
 
-function readAllFds(pids: number[], opts: SocketOptions): Map<number, FdImage[]> {
+function readAllFds(pids: number[], opts: FdReadOptions): Map<number, FdImage[]> {
   const seen: SeenFd[] = [];
   const out = new Map<number, FdImage[]>();
   /** Inodes of deleted files whose contents this image already holds. */
@@ -70,6 +74,8 @@ function readAllFds(pids: number[], opts: SocketOptions): Map<number, FdImage[]>
         seen.push(s);
         list.push(s.img);
       }
+      describeInotifyFds(pid, list);
+      describeInotifyFds(pid, list);
       out.set(pid, list);
     } finally {
       closeSync(pidfd);
@@ -88,7 +94,7 @@ function readAllFds(pids: number[], opts: SocketOptions): Map<number, FdImage[]>
   const endsLater = opts.enter === false && seen.some((s) => hasFilesInFlight(s.pid, s.img));
   describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false, endsLater);
   checkPairs(seen, pids.length > 1, endsLater);
-  for (const s of seen) if (!(endsLater && s.t.kind === 'pipe' && !s.img.pipe)) checkSupported(s.img, s.pid, pids);
+  for (const s of seen) if (!(endsLater && s.t.kind === 'pipe' && !s.img.pipe)) checkSupported(s.img, s.pid, pids, opts.zombies ?? []);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
   numberInflight(inflight, (pid) => out.get(pid)!);
   return out;
@@ -221,10 +227,10 @@ function checkOwner(f: FdImage, pid: number, pids: number[]): void {
 }
 
 /** Refuses, naming it, an fd whose kind's module says restore could not bring it back. */
-function checkSupported(f: FdImage, pid: number, pids: number[]): void {
+function checkSupported(f: FdImage, pid: number, pids: number[], zombies: number[]): void {
   if (isInheritedStdio(f)) return;
   const kind = FD_KINDS[f.kind];
-  kind.checkDump?.(f, { pid, pids });
+  kind.checkDump?.(f, { pid, pids, zombies });
   if (kind.restorable(f)) return;
   throw new TsnapError('unsupported', `fd ${f.fd}${pids.length > 1 ? ` of process ${pid}` : ''} is a ${f.kind} (${f.link}) that tsnap cannot checkpoint${kind.refusalHint ?? ''}`);
 }

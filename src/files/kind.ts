@@ -37,11 +37,15 @@ export interface DumpCheckContext {
   pid: number;
   /** Every pid of the dump (one, or the tree). */
   pids: number[];
+  /** Exited children the tree image records (a pidfd may name one). */
+  zombies: number[];
 }
 
 /** Restore's view while it recreates the fds of one process. */
 export interface RestoreContext {
   rt: RemoteTask;
+  /** Every fd of the process (files in flight included). */
+  fds: FdImage[];
   /** Above every fd number of the process: where temporaries go. */
   floor: number;
   /** Where the deleted file behind `f` was made again. */
@@ -53,6 +57,8 @@ export interface RestoreContext {
    * known, after every other file; `id` names the pipe or the pair.
    */
   defer(what: 'pipe' | 'pair', id: number, group: FdImage[]): void;
+  /** A dumped pid as restored (differs with --new-pid). */
+  pidNow(pid: number): number;
 }
 
 export interface FdKindModule {
@@ -77,6 +83,11 @@ export interface FdKindModule {
   restore(c: RestoreContext, group: FdImage[]): void;
   /** Restore, once every fd of the process exists (epoll registrations name other fds). */
   link?(c: RestoreContext, img: FdImage): void;
+  /**
+   * Restore, last, once every thread and file of the tree exists (inotify
+   * watches: restore's own work must not show in their queues).
+   */
+  late?(c: RestoreContext, img: FdImage): void;
 }
 
 /** A kind tsnap cannot checkpoint: refused at dump, naming it. */

@@ -129,12 +129,16 @@ const fdImage = (socket: Shape): Shape => obj({
   ofd: opt(SAFE),
   pipe: opt(obj({ id: SAFE, capacity: int(0, 1 << 30), data: nullable(BYTES) })),
   eventfd: opt(obj({ count: U64, semaphore: bool })),
-  epoll: opt(obj({ targets: arr(obj({ fd: FD, events: U32, data: U64 }), 1 << 20) })),
+  epoll: opt(obj({ targets: arr(obj({ fd: FD, events: U32, data: U64, via: opt(FD) }), 1 << 20) })),
   timerfd: opt(obj({ clockid: I32, valueNs: I64_OR_U64, intervalNs: I64_OR_U64, ticks: U64 })),
   signalfd: opt(obj({ mask: U64 })),
   socket: opt(socket),
   fifo: opt(obj({ capacity: int(0, 1 << 30), data: BYTES })),
   memfd: opt(obj({ name: str(255), data: BYTES, seals: U32 })),
+  pidfd: opt(obj({ pid: int(-1, 1 << 22), ino: SAFE, leader: opt(PID) })),
+  symlink: opt(obj({ target: PATH, ino: SAFE, uid: U32, gid: U32 })),
+  inotify: opt(obj({ watches: arr(obj({ wd: int(1, 0x7fffffff), mask: U32, dev: SAFE, ino: SAFE, path: nullable(PATH), via: opt(FD), handle: opt(bin(0, 128)) }), 1 << 20) })),
+  nsfs: opt(obj({ file: oneOf('cgroup', 'ipc', 'mnt', 'net', 'pid', 'pid_for_children', 'time', 'time_for_children', 'user', 'uts'), ino: SAFE })),
   owner: opt(obj({ type: int(0, 2), pid: PID_OR_0, signal: SIGNO_OR_0 })),
   lease: opt(int(0, 1)),
   ghost: opt(obj({
@@ -288,6 +292,7 @@ export const TREE: Shape = refine<{ root: number; processes: MemberLike[] }>(obj
     dir: str(255, /^(|(?!\.\.?$)[^/]+)$/),
     zombie: opt(obj({ status: int(0, 0xffff), pgid: PID_OR_0, sid: PID_OR_0, creds: opt(CREDS) })),
     imageId: opt(UUID),
+    filesShared: opt(bool),
   }), 1 << 16, 1),
 }), (t) => {
   const dup = unique(t.processes, (m) => m.pid, 'process');

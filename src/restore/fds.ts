@@ -24,6 +24,8 @@ import { Ghosts } from '../files/ghost.js';
 import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
 import type { RestoreContext } from '../files/kind.js';
 import { withInflight, requeueInflight } from '../files/scm-rights.js';
+import { makeDeadPidfds, isThreadPidfd, restorePidfd } from '../files/pidfd.js';
+import { closeSync } from 'node:fs';
 
 export { isInheritedStdio };
 
@@ -77,9 +79,19 @@ export class FdRestorer {
   /** Deleted files and directories made again; removed once every fd is open. */
   readonly ghosts: Ghosts;
 
+  /** A dumped pid as restored (differs with --new-pid); set by the tree restore. */
+  pidNow: (pid: number) => number = (pid) => pid;
+
+  /** tsnap's own fds that the restored processes import (pidfds of dead processes). */
+  private readonly local: number[] = [];
+  /** "pid:fd" of the files this restore created whose kind has a last step (inotify watches). */
+  private readonly lateOnes = new Set<string>();
+  private readonly every: FdImage[];
+
   /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino". */
   constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void) {
     const every = all.flatMap(withInflight);
+    this.every = every;
     this.ghosts = new Ghosts(every);
     for (const f of every) {
       const k = f.socket;
@@ -104,6 +116,19 @@ export class FdRestorer {
     }
   }
 
+  /** Before phase 1: what tsnap makes itself for the processes to import. */
+  async prepare(): Promise<void> {
+    for (const [ofd, fd] of await makeDeadPidfds(this.every)) {
+      this.local.push(fd);
+      this.holders.set(ofd, { pid: process.pid, fd });
+    }
+  }
+
+  /** Once every process imported what it needs (or the restore failed). */
+  releaseLocal(): void {
+    for (const fd of this.local.splice(0)) closeSync(fd);
+  }
+
   /** Phase 1: every fd of the process, each made by its kind's module (files/fd-kinds.ts); pipes and socket pairs last. */
   createFiles(rt: RemoteTask, own: FdImage[]): void {
     const fds = withInflight(own);
@@ -115,7 +140,9 @@ export class FdRestorer {
     let deferred = false;
     const c: RestoreContext = {
       rt,
+      fds,
       floor,
+      pidNow: (p) => this.pidNow(p),
       ghostPath: (f) => this.ghosts.pathFor(f, this.warn),
       memfdAt: (f) => (f.file ? this.memfds.get(`${f.file.dev}:${f.file.ino}`) : undefined),
       defer: (what, id, g) => {
@@ -132,11 +159,13 @@ export class FdRestorer {
         this.importFile(rt, held, g, floor, pidfds);
         continue;
       }
+      if (isThreadPidfd(f)) continue; // createLate: its thread does not exist yet
       const kind = FD_KINDS[f.kind];
       deferred = false;
       kind.restore(c, g);
       if (deferred) continue;
       if (kind.link) this.linked.add(`${rt.pid}:${f.fd}`);
+      if (kind.late) this.lateOnes.add(`${rt.pid}:${f.fd}`);
       if (f.ofd !== undefined) this.holders.set(f.ofd, { pid: rt.pid, fd: f.fd });
     }
     this.contexts.set(rt.pid, c);
@@ -177,6 +206,34 @@ export class FdRestorer {
     const c = this.contexts.get(rt.pid);
     for (const f of withInflight(fds)) {
       if (c && this.linked.has(`${rt.pid}:${f.fd}`)) FD_KINDS[f.kind].link!(c, f);
+    }
+  }
+
+  /**
+   * Last, once every thread and every other file of the tree exists: the
+   * pidfds of threads (created, or imported from a process done before),
+   * then each kind's last step for the files this process created
+   * (inotify watches: restore's own work must not show in their queues).
+   * `tidNow`: a dumped tid as it is now, or undefined when the image has no
+   * such thread.
+   */
+  createLate(rt: RemoteTask, own: FdImage[], tidNow: (tid: number) => number | undefined): void {
+    const fds = withInflight(own);
+    const floor = Math.max(2, ...fds.map((f) => f.fd)) + 1;
+    const pidfds = new Map<number, number>();
+    for (const g of byOfd(fds.filter(isThreadPidfd))) {
+      const f = g[0];
+      const held = f.ofd === undefined ? undefined : this.holders.get(f.ofd);
+      if (held) { this.importFile(rt, held, g, floor, pidfds); continue; }
+      const tid = tidNow(f.pidfd!.pid);
+      if (tid === undefined) throw new TsnapError('badImage', `fd ${f.fd}: a pidfd names thread ${f.pidfd!.pid}, which is not in the image`);
+      restorePidfd(rt, g, floor, tid);
+      if (f.ofd !== undefined) this.holders.set(f.ofd, { pid: rt.pid, fd: f.fd });
+    }
+    for (const fd of pidfds.values()) rt.close(fd);
+    const c = this.contexts.get(rt.pid);
+    for (const f of fds) {
+      if (c && this.lateOnes.has(`${rt.pid}:${f.fd}`)) FD_KINDS[f.kind].late!(c, f);
     }
   }
 

@@ -11,8 +11,8 @@ export function rawSyscall(name: string, nr: number, ...args: (number | bigint)[
   return r;
 }
 
-export function pidfdOpen(pid: number): number {
-  return rawSyscall(`pidfd_open(${pid})`, SYS.pidfd_open, pid, 0);
+export function pidfdOpen(pid: number, flags = 0): number {
+  return rawSyscall(`pidfd_open(${pid})`, SYS.pidfd_open, pid, flags);
 }
 
 /** Duplicates file descriptor `targetFd` of the process behind `pidfd` into tsnap. */

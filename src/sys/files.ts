@@ -47,13 +47,15 @@ export function sameFile(pid1: number, fd1: number, pid2: number, fd2: number): 
 
 /**
  * Whether `fd` of pid is the file registered in the epoll `epfd` of
- * `epollPid` (pid itself by default) under number `tfd`.
+ * `epollPid` (pid itself by default) under number `tfd`; `toff` picks
+ * among registrations of several files under the same number (the n-th in
+ * fdinfo order).
  */
-export function isEpollTarget(pid: number, fd: number, epfd: number, tfd: number, epollPid = pid): boolean {
+export function isEpollTarget(pid: number, fd: number, epfd: number, tfd: number, toff = 0, epollPid = pid): boolean {
   const slot = Buffer.alloc(12);
   slot.writeUInt32LE(epfd, 0);
   slot.writeUInt32LE(tfd, 4);
-  slot.writeUInt32LE(0, 8);
+  slot.writeUInt32LE(toff, 8);
   try {
     return rawSyscall('kcmp(KCMP_EPOLL_TFD)', SYS.kcmp, pid, epollPid, KCMP_EPOLL_TFD, fd, libc.address(slot)) === 0;
   } catch (err) {
@@ -316,4 +318,44 @@ export function sendMessage(fd: number, data: Buffer, control: Buffer): number {
   const n = Number(libc.sendmsg(fd, msg, MSG_DONTWAIT));
   if (n === -1) throw new SysError('sendmsg', libc.errno());
   return n;
+}
+
+/** The target of the symlink an O_PATH fd names (readlinkat with an empty path). */
+export function readlinkFd(fd: number): string {
+  const buf = Buffer.alloc(4096);
+  const empty = Buffer.from('\0');
+  const n = rawSyscall(`readlinkat(${fd})`, SYS.readlinkat, fd, libc.address(empty), libc.address(buf), buf.length);
+  return buf.subarray(0, n).toString();
+}
+
+/**
+ * open_by_handle_at(mountFd, handle, flags): the inode a file handle names,
+ * opened (needs CAP_DAC_READ_SEARCH). `handle` is struct file_handle's
+ * f_handle bytes.
+ */
+export function openByHandle(mountFd: number, type: number, handle: Buffer, flags: number): number {
+  const fh = Buffer.alloc(8 + handle.length);
+  fh.writeUInt32LE(handle.length, 0);
+  fh.writeInt32LE(type, 4);
+  handle.copy(fh, 8);
+  return rawSyscall('open_by_handle_at', SYS.open_by_handle_at, mountFd, libc.address(fh), flags);
+}
+
+/**
+ * name_to_handle_at(AT_FDCWD, path, ..., 0): the file handle of `path`
+ * itself (a symlink is not followed), or null where the filesystem has none.
+ */
+export function fileHandle(path: string): { type: number; handle: Buffer } | null {
+  const MAX_HANDLE_SZ = 128;
+  const fh = Buffer.alloc(8 + MAX_HANDLE_SZ);
+  fh.writeUInt32LE(MAX_HANDLE_SZ, 0);
+  const mountId = Buffer.alloc(4);
+  const name = Buffer.from(`${path}\0`);
+  try {
+    rawSyscall(`name_to_handle_at(${path})`, SYS.name_to_handle_at, -100, libc.address(name), libc.address(fh), libc.address(mountId), 0);
+  } catch (err) {
+    if (err instanceof SysError && (err.code === 'EOPNOTSUPP' || err.code === 'ENOTSUP')) return null;
+    throw err;
+  }
+  return { type: fh.readInt32LE(4), handle: Buffer.from(fh.subarray(8, 8 + fh.readUInt32LE(0))) };
 }
