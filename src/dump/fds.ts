@@ -12,7 +12,7 @@ import { pidfdOpen, pidfdGetfd, sameFile, fileOwner, fcntl, F_GETLEASE, F_UNLCK 
 const O_PATH = 0o10000000;
 import { listFds, readFdInfo, readFdTarget, readStat, type FdTarget, type FdInfo } from '../proc/index.js';
 import type { FdImage } from '../../formats/schema.js';
-import { readPipe, isReadEnd } from '../files/pipe.js';
+import { readPipe, isReadEnd, describeHalfClosedPipe } from '../files/pipe.js';
 import { describeEventfd, describeTimerfd, describeSignalfd } from '../files/anon-fds.js';
 import { describeEpoll } from '../files/epoll.js';
 import { describeSocket, type SocketOptions } from '../files/socket.js';
@@ -20,6 +20,7 @@ import { REOPENED } from '../files/regular.js';
 import { describeFifo, describeMemfd, checkMemfdSize } from '../files/fifo-memfd.js';
 import { TsnapError } from '../errors.js';
 import { isGhost, checkGhost, describeGhost } from '../files/ghost.js';
+import { isFifoGhost, describeFifoGhost } from '../files/fifo-ghost.js';
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
@@ -117,7 +118,10 @@ function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, inf
     case 'signalfd': img.signalfd = describeSignalfd(info); break;
     case 'epoll': img.epoll = describeEpoll(pid, info, open); break;
     // Contents are read only when frozen: the check before the freeze needs the kind alone.
-    case 'fifo': if (img.fd > 2 && !img.file?.deleted) img.fifo = opts.enter === false ? { capacity: 0, data: Buffer.alloc(0) } : describeFifo(pid, img); break;
+    case 'fifo':
+      img.fifo = opts.enter === false ? { capacity: 0, data: Buffer.alloc(0) } : describeFifo(pid, img);
+      if (opts.enter !== false && isFifoGhost(img)) img.fifo.ghost = describeFifoGhost(pid, img);
+      break;
     case 'memfd': img.memfd = opts.enter === false ? checkMemfdSize(img) : describeMemfd(pid, img); break;
     case 'socket':
       try {
@@ -145,8 +149,9 @@ function assignOfds(seen: SeenFd[]): void {
 }
 
 /**
- * A pipe is restorable when both its ends are open in the dumped processes;
- * one on 0-2 whose other end is elsewhere is stdio and left to restore's
+ * A pipe is restorable when both its ends are open in the dumped processes,
+ * or when the end the dump lacks is closed everywhere (half-closed); one on
+ * 0-2 whose other end is held elsewhere is stdio and left to restore's
  * stdio. The unread bytes are stored once, with the pipe's first fd.
  */
 function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void {
@@ -160,6 +165,7 @@ function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void 
     const hasRead = ends.some((e) => isReadEnd(e.img));
     const hasWrite = ends.some((e) => !isReadEnd(e.img));
     if (!(hasRead && hasWrite)) {
+      if (describeHalfClosedPipe(ends, id, withData)) continue;
       const inner = ends.filter((e) => e.img.fd > 2);
       if (inner.length === 0) continue; // stdio
       const where = tree ? 'the dumped tree' : `process ${inner[0].pid}${' (dump its parent with --tree if the other end is there)'}`;

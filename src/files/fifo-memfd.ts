@@ -28,7 +28,7 @@ const FIONREAD = 0x541b;
 /** Larger memfds are refused: their contents go into the image's metadata. */
 export const MEMFD_MAX = 256 << 20;
 
-export function describeFifo(pid: number, f: FdImage): FdImage['fifo'] {
+export function describeFifo(pid: number, f: FdImage): NonNullable<FdImage['fifo']> {
   const p = readPipe(pid, f.fd, f.file!.ino);
   return { capacity: p.capacity, data: p.data ?? Buffer.alloc(0) };
 }
@@ -76,12 +76,13 @@ function queuedBytes(fd: number): number {
   return b.readInt32LE(0);
 }
 
-export function restoreFifo(rt: RemoteTask, group: FdImage[], floor: number): void {
+/** `path`: where to open it (a deleted FIFO's is the one fifo-ghost.ts made, or a /proc link to it). */
+export function restoreFifo(rt: RemoteTask, group: FdImage[], floor: number, path = group[0].path!): void {
   const f = group[0];
-  const keeper = openSync(f.path!, C.O_RDWR | C.O_NONBLOCK | O_CLOEXEC);
+  const keeper = openSync(path, C.O_RDWR | C.O_NONBLOCK | O_CLOEXEC);
   try {
     const flags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC) | O_NOCTTY | O_NONBLOCK;
-    const tmp = rt.open(f.path!, flags);
+    const tmp = rt.open(path, flags);
     rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, tmp, F_SETFL, f.flags & SETFL_MASK);
     const data = f.fifo?.data;
     if (data && data.length > 0 && queuedBytes(keeper) === 0) {

@@ -16,7 +16,8 @@ import type { FdImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
 import { REOPENED, checkReopenable, restoreReopened } from '../files/regular.js';
-import { restorePipe, isReadEnd } from '../files/pipe.js';
+import { restorePipe, isReadEnd, pipeEndsPresent } from '../files/pipe.js';
+import { FifoGhosts } from '../files/fifo-ghost.js';
 import { restoreEventfd, restoreTimerfd, restoreSignalfd } from '../files/anon-fds.js';
 import { createEpoll, registerEpollTargets } from '../files/epoll.js';
 import { restoreSocket, restoreSocketPair } from '../files/socket.js';
@@ -38,6 +39,7 @@ export function checkFds(fds: FdImage[]): void {
   for (const f of fds) {
     if (isInheritedStdio(f)) continue;
     if (REOPENED.has(f.kind)) { checkReopenable(f); continue; }
+    if (f.kind === 'fifo' && f.fifo?.ghost) continue; // made again (fifo-ghost.ts)
     if (f.kind === 'fifo' && f.fifo) { checkReopenable({ ...f, kind: 'fifo' }); continue; }
     if (RECREATED.has(f.kind) && (f.kind !== 'pipe' || f.pipe) && (f.kind !== 'socket' || f.socket) && (f.kind !== 'memfd' || f.memfd)) continue;
     throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind} (${f.link}); restoring this kind of fd is not supported`);
@@ -77,6 +79,7 @@ export class FdRestorer {
 
   /** Deleted files and directories made again; removed once every fd is open. */
   readonly ghosts: Ghosts;
+  private readonly fifoGhosts = new FifoGhosts();
 
   /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino". */
   constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void) {
@@ -124,6 +127,7 @@ export class FdRestorer {
       else if (f.kind === 'socket' && f.socket?.state === 'established') restoreTcp(rt, g, floor);
       else if (f.kind === 'socket') restoreSocket(rt, g, floor);
       else if (f.kind === 'epoll') createEpoll(rt, g, floor);
+      else if (f.kind === 'fifo' && f.fifo?.ghost) this.fifoGhosts.restore(rt, g, floor, this.warn);
       else if (f.kind === 'fifo' && f.fifo) restoreFifo(rt, g, floor);
       else if (f.kind === 'memfd' && f.file && this.memfds.has(`${f.file.dev}:${f.file.ino}`)) reopenMemfd(rt, g, floor, this.memfds.get(`${f.file.dev}:${f.file.ino}`)!);
       else if (f.kind === 'memfd' && f.memfd) restoreMemfd(rt, g, floor);
@@ -139,7 +143,7 @@ export class FdRestorer {
     }
     for (const [id, ends] of pipes) {
       const both = this.pipeOfds.get(id);
-      if (!both || both.read.size === 0 || both.write.size === 0) {
+      if (!both || !pipeEndsPresent(both, ends[0][0].pipe!)) {
         throw new TsnapError('badImage', `pipe:[${id}] lacks one of its ends in the image`);
       }
       const at = restorePipe(rt, ends, floor);
