@@ -10,7 +10,7 @@
  * registrations (which name the other fds by number).
  */
 import { listFds } from '../proc/index.js';
-import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, F_SETLEASE, SOL_SOCKET, SO } from '../sys/index.js';
+import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, F_SETLEASE } from '../sys/index.js';
 import { placeFds } from '../files/place.js';
 import type { FdImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
@@ -22,7 +22,7 @@ import { restoreEventfd, restoreTimerfd, restoreSignalfd } from '../files/anon-f
 import { createEpoll, registerEpollTargets } from '../files/epoll.js';
 import { restoreSocket, restoreSocketPair } from '../files/socket.js';
 import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
-import { restoreTcp } from '../files/tcp.js';
+import { restoreTcp, leaveTcpRepair } from '../files/tcp.js';
 import { Ghosts, isGhost } from '../files/ghost.js';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
@@ -198,15 +198,11 @@ export function restoreFds(rt: RemoteTask, fds: FdImage[]): void {
 /**
  * What is set once every fd (and thread) of the image exists: the
  * F_SETOWN_EX / F_SETSIG of each open file that had them (`idNow`: a dumped
- * pid or tid as it is now), and SO_REUSEADDR of restored TCP connections
- * back to what it was (tcp.ts lends it while listeners bind).
+ * pid or tid as it is now), and restored TCP connections out of repair
+ * mode (tcp.ts keeps them in it until every socket of the tree exists).
  */
 export function finishFiles(rt: RemoteTask, fds: FdImage[], idNow: (id: number) => number): void {
-  for (const f of fds) {
-    if (f.socket?.tcp && !f.socket.reuseAddr) {
-      rt.sc.check(`setsockopt(${f.fd}, SO_REUSEADDR, 0)`, SYS.setsockopt, f.fd, SOL_SOCKET, SO.REUSEADDR, rt.put(Buffer.alloc(4)), 4);
-    }
-  }
+  for (const f of fds) if (f.socket?.tcp) leaveTcpRepair(rt, f);
   for (const f of fds) {
     // Taken by the restored process itself: a lease belongs to its holder.
     if (f.lease !== undefined) rt.sc.check(`fcntl(${f.fd}, F_SETLEASE)`, SYS.fcntl, f.fd, F_SETLEASE, f.lease);

@@ -243,7 +243,8 @@ export function recvPeek(fd: number, len: number): Buffer {
 
 export function sendAll(fd: number, data: Buffer): void {
   for (let at = 0; at < data.length;) {
-    at += rawSyscall('sendto', SYS.sendto, fd, libc.address(data) + BigInt(at), data.length - at, 0, 0, 0);
+    // MSG_DONTWAIT: a buffer too small fails (EAGAIN) instead of blocking tsnap forever.
+    at += rawSyscall('sendto', SYS.sendto, fd, libc.address(data) + BigInt(at), data.length - at, 0x40, 0, 0);
   }
 }
 
