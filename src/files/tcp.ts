@@ -70,19 +70,24 @@ const SO_SNDBUFFORCE = 32;
  * connection is never left frozen for its peer.
  */
 class RepairSession implements Releasable {
-  private readonly copies: { fd: number; guard: bigint }[] = [];
+  private readonly copies: { fd: number; guard: bigint; reuseAddr: boolean }[] = [];
 
   /** Call before switching repair mode on. */
   add(copy: number): void {
+    // Leaving repair mode clears SO_REUSEADDR: remembered to be set back.
+    const reuseAddr = getsockoptInt(copy, SOL_SOCKET, SO.REUSEADDR) !== 0;
     const guard = Guardian.get().holdRepair(copy);
     if (this.copies.length === 0) hold(this);
-    this.copies.push({ fd: copy, guard });
+    this.copies.push({ fd: copy, guard, reuseAddr });
   }
 
   /** The process lives on: repair mode off, without a window probe (nothing happened, as far as the peer knows). */
   release(): void {
     for (const c of this.copies.splice(0)) {
-      try { setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP); } catch { /* closed meanwhile */ }
+      try {
+        setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+        if (c.reuseAddr) setsockopt(c.fd, SOL_SOCKET, SO.REUSEADDR, 1);
+      } catch { /* closed meanwhile */ }
       this.close(c);
     }
     unhold(this);
@@ -94,7 +99,7 @@ class RepairSession implements Releasable {
     unhold(this);
   }
 
-  private close(c: { fd: number; guard: bigint }): void {
+  private close(c: { fd: number; guard: bigint; reuseAddr: boolean }): void {
     try { closeSync(c.fd); } catch { /* closed */ }
     try { Guardian.get().dropRepair(c.guard); } catch { /* the guardian is gone: nothing to drop */ }
   }
