@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { closeSync, existsSync, openSync, readlinkSync, writeSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, useRestoredCleanup, readImage, dumpKillRestore } from './helpers/tsnap.js';
+import { tsnap, useRestoredCleanup, readImage, dumpKillRestore, restoreDetached } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
@@ -55,6 +55,63 @@ print("RESULT %s %r %s" % (got.decode(), eof, wr), flush=True)
     expect(r.result.stderr).not.toContain('restore check');
     r.writeLine('go');
     expect(await r.waitForLine(/^RESULT/)).toBe("RESULT left-behind b'' EPIPE");
+  });
+
+  it('stdin from a producer that has exited is that pipe again after restore (its bytes, then EOF), not restore\'s stdin', async () => {
+    const work = tmpDir('tsnap-pipes-');
+    const script = `${CLOSE_FDS}
+import time
+r, w = os.pipe()
+os.write(w, b"last-words\\n")
+os.close(w)
+os.dup2(r, 0)
+os.close(r)
+print("READY", flush=True)
+time.sleep(1.5)              # the dump comes meanwhile
+data = os.read(0, 100)
+eof = os.read(0, 100)
+print("RESULT %r %r" % (data, eof), flush=True)
+`;
+    const p = await startPython(script, [], { stdin: 'ignore' });
+    const r = await dumpKillRestore(p, work);
+    expect(readImage(join(work, 'img')).process!.fds.find((f) => f.fd === 0)!.pipe).toMatchObject({ closedEnd: 'write' });
+    r.writeLine('from-restore-stdin');
+    expect(await r.waitForLine(/^RESULT/)).toBe("RESULT b'last-words\\n' b''");
+  });
+
+  it('a half-closed pipe shared by a parent and its child (dump --tree) comes back in both, the same pipe', async () => {
+    const work = tmpDir('tsnap-pipes-');
+    const script = `${CLOSE_FDS}
+import signal, sys, time
+r, w = os.pipe()
+os.write(w, b"for-the-child")
+os.close(w)
+child = os.fork()
+if child == 0:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    signal.sigwait({signal.SIGUSR1})
+    got = os.read(r, 100)
+    eof = os.read(r, 100)
+    print("CHILD %s %r" % (got.decode(), eof), flush=True)
+    os._exit(0)
+print("READY child=%d" % child, flush=True)
+sys.stdin.readline()
+os.kill(child, signal.SIGUSR1)
+os.waitpid(child, 0)
+print("PARENT %r" % os.read(r, 100), flush=True)
+`;
+    const p = await startPython(script);
+    const child = Number(p.readyInfo.child);
+    const d = await tsnap('dump', '--tree', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    // The killed child is an orphan that PID 1 reaps late: its pid must be free for the restore.
+    for (let i = 0; i < 500 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('go');
+    expect(await r.waitForLine(/^CHILD/)).toBe("CHILD for-the-child b''");
+    expect(await r.waitForLine(/^PARENT/)).toBe("PARENT b''");
   });
 
   it('a pipe whose other end a process outside the dump still holds is refused before the freeze, naming it', async () => {
