@@ -136,6 +136,30 @@ time.sleep(600)
     expect(p.alive()).toBe(true);
   });
 
+  it('a pipe the process holds both ends of is refused when a process outside the dump holds an end too', async () => {
+    const work = tmpDir('tsnap-pipes-');
+    const script = `${CLOSE_FDS}
+import time
+r, w = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(r)
+    time.sleep(600)         # keeps a write end, outside a dump of its parent
+    os._exit(0)
+print("READY r=%d child=%d" % (r, child), flush=True)
+time.sleep(600)
+`;
+    const p = await startPython(script);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code).toBe(ExitCode.unsupported);
+    expect(d.stderr).toMatch(new RegExp(`of process ${p.pid} is one end of pipe:\\[\\d+\\], which process ${p.readyInfo.child} \\(python3\\) outside the dump holds too`));
+    expect(existsSync(join(work, 'img'))).toBe(false);
+    expect(p.alive()).toBe(true);
+    // With its child in the dump, the same pipe is fine.
+    const t = await tsnap('dump', '--tree', '--leave-running', '--pid', String(p.pid), '--dir', join(work, 'img2'));
+    expect(t.code, t.stderr).toBe(0);
+  });
+
   it('a FIFO deleted while open comes back deleted, with its bytes, one FIFO for its two fds', async () => {
     const work = tmpDir('tsnap-pipes-');
     const fifo = join(work, 'ctl.fifo');

@@ -12,7 +12,7 @@ import { pidfdOpen, pidfdGetfd, sameFile, fileOwner, fcntl, F_GETLEASE, F_UNLCK 
 const O_PATH = 0o10000000;
 import { listFds, readFdInfo, readFdTarget, readStat, type FdTarget, type FdInfo } from '../proc/index.js';
 import type { FdImage } from '../../formats/schema.js';
-import { readPipe, isReadEnd, describeHalfClosedPipe } from '../files/pipe.js';
+import { readPipe, isReadEnd, describeHalfClosedPipe, checkPipesOutside } from '../files/pipe.js';
 import { describeEventfd, describeTimerfd, describeSignalfd } from '../files/anon-fds.js';
 import { describeEpoll } from '../files/epoll.js';
 import { describeSocket, type SocketOptions } from '../files/socket.js';
@@ -84,6 +84,7 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
   }
   assignOfds(seen);
   describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false);
+  checkPipesOutside(seen.filter((s) => s.img.pipe), pids);
   checkPairs(seen, pids.length > 1);
   for (const s of seen) checkSupported(s.img, s.pid, pids);
   for (const s of seen) checkOwner(s.img, s.pid, pids);

@@ -10,7 +10,7 @@
  * producer that exited, a reader gone) comes back half-closed: restore
  * makes the pipe, puts the bytes back, and closes the end nobody had.
  */
-import { openSync, closeSync, readSync, writeSync } from 'node:fs';
+import { openSync, closeSync, readSync, writeSync, readdirSync, readlinkSync, readFileSync } from 'node:fs';
 import { constants as C } from 'node:fs';
 import { pipe2, tee, fcntl, ioctl, pollHangup, pidfdOpen, pidfdGetfd, SYS, O_CLOEXEC, O_NONBLOCK, F_GETPIPE_SZ, F_SETPIPE_SZ, F_SETFL } from '../sys/index.js';
 import type { FdImage, PipeImage } from '../../formats/schema.js';
@@ -113,6 +113,35 @@ export function describeHalfClosedPipe(ends: { pid: number; img: FdImage }[], id
   const p = withData ? readPipe(first.pid, first.img.fd, id) : { id, capacity: 0, data: null };
   ends.forEach((e, i) => { e.img.pipe = { id, capacity: p.capacity, data: i === 0 ? p.data : null, closedEnd }; });
   return true;
+}
+
+/**
+ * The pipes restore will make anew (`ends`: their fds in the dump) must
+ * have no holder outside the dumped processes: a process that kept an end
+ * (a child left out of the dump, a sibling that inherited it) would stay
+ * on the old pipe, cut off from the restored one, or read a second copy of
+ * its bytes. Found by the fd links of every process (pipe:[ino] names one
+ * pipe on the whole system); tsnap's own copies are not counted.
+ */
+export function checkPipesOutside(ends: { pid: number; img: FdImage }[], pids: number[]): void {
+  const byLink = new Map<string, { pid: number; img: FdImage }>();
+  for (const e of ends) if (!byLink.has(e.img.link)) byLink.set(e.img.link, e);
+  if (byLink.size === 0) return;
+  const inside = new Set([...pids, process.pid]);
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || inside.has(Number(name))) continue;
+    let fds: string[];
+    try { fds = readdirSync(`/proc/${name}/fd`); } catch { continue; } // gone, or a zombie
+    for (const fd of fds) {
+      let link: string;
+      try { link = readlinkSync(`/proc/${name}/fd/${fd}`); } catch { continue; }
+      const e = byLink.get(link);
+      if (!e) continue;
+      let comm = '?';
+      try { comm = readFileSync(`/proc/${name}/comm`, 'utf8').trim(); } catch { /* gone meanwhile */ }
+      throw new TsnapError('unsupported', `fd ${e.img.fd} of process ${e.pid} is one end of ${link}, which process ${name} (${comm}) outside the dump holds too (its fd ${fd}); restore would leave that process on the old pipe (dump it too, with --tree, or close the pipe there)`);
+    }
+  }
 }
 
 /**

@@ -13,7 +13,8 @@
  *
  * Restore creates the socket inside the new process, takes a copy, and
  * from tsnap: repair mode on, sequence numbers, bind, connect (no SYN in
- * repair mode), options, queued data, window, repair mode off.
+ * repair mode), options, the receive queue, window; once every socket of
+ * the image exists, the send queue and repair mode off (leaveTcpRepair).
  *
  * Not handled: packets the peer sends while the process is frozen may be
  * acknowledged by the frozen socket and then lost (CRIU blocks them with a
