@@ -8,7 +8,7 @@
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
-import { closeSync, existsSync, openSync, readlinkSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readlinkSync, rmSync, writeSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, useRestoredCleanup, readImage, dumpKillRestore, restoreDetached } from './helpers/tsnap.js';
@@ -184,6 +184,34 @@ print("RESULT %s %s %s %o" % (first.decode(), second.decode(), os.readlink("/pro
     expect(r.result.stderr).not.toContain('restore check');
     r.writeLine('go');
     expect(await r.waitForLine(/^RESULT/)).toBe(`RESULT queued again ${fifo} (deleted) 640`);
+  });
+
+  it('a deleted FIFO whose directory is gone too by the restore comes back in a directory of tsnap\'s own, with a warning', async () => {
+    const work = tmpDir('tsnap-pipes-');
+    const dir = join(work, 'run');
+    mkdirSync(dir);
+    const fifo = join(dir, 'ctl.fifo');
+    const script = `${CLOSE_FDS}
+import sys
+os.mkfifo(${JSON.stringify(fifo)})
+fd = os.open(${JSON.stringify(fifo)}, os.O_RDWR)
+os.write(fd, b"kept")
+os.unlink(${JSON.stringify(fifo)})
+print("READY fd=%d" % fd, flush=True)
+sys.stdin.readline()
+print("RESULT %s" % os.read(fd, 100).decode(), flush=True)
+`;
+    const p = await startPython(script);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    rmSync(dir, { recursive: true });
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(r.result.stderr).toContain(`the directory of the FIFO ${fifo} (deleted) is gone`);
+    r.writeLine('go');
+    expect(await r.waitForLine(/^RESULT/)).toBe('RESULT kept');
+    expect(readlinkSync(`/proc/${r.pid}/fd/${p.readyInfo.fd}`)).toMatch(/\/tsnap-fifo-\w+\/ctl\.fifo \(deleted\)$/);
   });
 
   it('a FIFO on stdin is reopened by its path: the restored program reads what is written to the FIFO, not restore\'s stdin', async () => {
