@@ -60,14 +60,15 @@ print("RESULT %s %r %s" % (got.decode(), eof, wr), flush=True)
   it('stdin from a producer that has exited is that pipe again after restore (its bytes, then EOF), not restore\'s stdin', async () => {
     const work = tmpDir('tsnap-pipes-');
     const script = `${CLOSE_FDS}
-import time
+import signal
 r, w = os.pipe()
 os.write(w, b"last-words\\n")
 os.close(w)
 os.dup2(r, 0)
 os.close(r)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
 print("READY", flush=True)
-time.sleep(1.5)              # the dump comes meanwhile
+signal.sigwait({signal.SIGUSR1})   # sent once restored
 data = os.read(0, 100)
 eof = os.read(0, 100)
 print("RESULT %r %r" % (data, eof), flush=True)
@@ -76,6 +77,7 @@ print("RESULT %r %r" % (data, eof), flush=True)
     const r = await dumpKillRestore(p, work);
     expect(readImage(join(work, 'img')).process!.fds.find((f) => f.fd === 0)!.pipe).toMatchObject({ closedEnd: 'write' });
     r.writeLine('from-restore-stdin');
+    process.kill(r.pid, 'SIGUSR1');
     expect(await r.waitForLine(/^RESULT/)).toBe("RESULT b'last-words\\n' b''");
   });
 
