@@ -121,18 +121,19 @@ print("PARENT %r" % os.read(r, 100), flush=True)
     const script = `${CLOSE_FDS}
 import time
 r, w = os.pipe()
-if os.fork() == 0:
+child = os.fork()
+if child == 0:
     os.close(r)
     time.sleep(600)         # holds the write end, outside a dump of its parent
     os._exit(0)
 os.close(w)
-print("READY r=%d" % r, flush=True)
+print("READY r=%d child=%d" % (r, child), flush=True)
 time.sleep(600)
 `;
     const p = await startPython(script);
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
     expect(d.code).toBe(ExitCode.unsupported);
-    expect(d.stderr).toMatch(new RegExp(`fd ${p.readyInfo.r} of process ${p.pid} is one end of pipe:\\[\\d+\\] whose other end is outside process ${p.pid}`));
+    expect(d.stderr).toMatch(new RegExp(`fd ${p.readyInfo.r} of process ${p.pid} is one end of pipe:\\[\\d+\\] whose other end is outside the dump, in process ${p.readyInfo.child} \\(python3, its fd \\d+\\); dump that process too, with --tree`));
     expect(d.stderr.trim().split('\n').length).toBe(1);
     expect(existsSync(join(work, 'img'))).toBe(false);
     expect(p.alive()).toBe(true);

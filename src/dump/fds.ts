@@ -12,7 +12,7 @@ import { pidfdOpen, pidfdGetfd, sameFile, fileOwner, fcntl, F_GETLEASE, F_UNLCK 
 const O_PATH = 0o10000000;
 import { listFds, readFdInfo, readFdTarget, readStat, type FdTarget, type FdInfo } from '../proc/index.js';
 import type { FdImage } from '../../formats/schema.js';
-import { readPipe, isReadEnd, describeHalfClosedPipe, checkPipesOutside } from '../files/pipe.js';
+import { readPipe, isReadEnd, describeHalfClosedPipe, checkPipesOutside, refuseOneEnded } from '../files/pipe.js';
 import { describeEventfd, describeTimerfd, describeSignalfd } from '../files/anon-fds.js';
 import { describeEpoll } from '../files/epoll.js';
 import { describeSocket, type SocketOptions } from '../files/socket.js';
@@ -83,7 +83,7 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
     }
   }
   assignOfds(seen);
-  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false);
+  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids, opts.enter !== false);
   checkPipesOutside(seen.filter((s) => s.img.pipe), pids);
   checkPairs(seen, pids.length > 1);
   for (const s of seen) checkSupported(s.img, s.pid, pids);
@@ -155,7 +155,7 @@ function assignOfds(seen: SeenFd[]): void {
  * 0-2 whose other end is held elsewhere is stdio and left to restore's
  * stdio. The unread bytes are stored once, with the pipe's first fd.
  */
-function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void {
+function describePipes(pipes: SeenFd[], pids: number[], withData: boolean): void {
   const byId = new Map<number, SeenFd[]>();
   for (const s of pipes) {
     const l = byId.get(s.t.ino) ?? [];
@@ -167,10 +167,8 @@ function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void 
     const hasWrite = ends.some((e) => !isReadEnd(e.img));
     if (!(hasRead && hasWrite)) {
       if (describeHalfClosedPipe(ends, id, withData)) continue;
-      const inner = ends.filter((e) => e.img.fd > 2);
-      if (inner.length === 0) continue; // stdio
-      const where = tree ? 'the dumped tree' : `process ${inner[0].pid}${' (dump its parent with --tree if the other end is there)'}`;
-      throw new TsnapError('unsupported', `fd ${inner[0].img.fd} of process ${inner[0].pid} is one end of pipe:[${id}] whose other end is outside ${where}; tsnap restores pipes with both ends inside (or on stdin/stdout/stderr)`);
+      if (ends.every((e) => e.img.fd <= 2)) continue; // stdio
+      refuseOneEnded(ends, id, pids);
     }
     const data = withData ? readPipe(ends[0].pid, ends[0].img.fd, id) : { id, capacity: 0, data: null };
     ends.forEach((e, i) => { e.img.pipe = { id, capacity: data.capacity, data: i === 0 ? data.data : null }; });

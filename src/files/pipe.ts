@@ -116,6 +116,45 @@ export function describeHalfClosedPipe(ends: { pid: number; img: FdImage }[], id
 }
 
 /**
+ * A process outside `pids` that holds pipe `link` open for reading
+ * (`wantRead`) or writing: the fd links and fdinfo flags of every process.
+ */
+function holderOutside(link: string, wantRead: boolean, pids: number[]): { pid: number; fd: number; comm: string } | null {
+  const inside = new Set([...pids, process.pid]);
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name) || inside.has(Number(name))) continue;
+    let fds: string[];
+    try { fds = readdirSync(`/proc/${name}/fd`); } catch { continue; }
+    for (const fd of fds) {
+      try {
+        if (readlinkSync(`/proc/${name}/fd/${fd}`) !== link) continue;
+        const flags = parseInt(/^flags:\s*(\d+)/m.exec(readFileSync(`/proc/${name}/fdinfo/${fd}`, 'utf8'))![1], 8);
+        if (((flags & O_ACCMODE) === C.O_RDONLY) !== wantRead) continue;
+        let comm = '?';
+        try { comm = readFileSync(`/proc/${name}/comm`, 'utf8').trim(); } catch { /* gone meanwhile */ }
+        return { pid: Number(name), fd: Number(fd), comm };
+      } catch { /* closed or gone meanwhile */ }
+    }
+  }
+  return null;
+}
+
+/**
+ * Refuses a pipe the dump holds one end of (above fd 2) while its other
+ * end lives on, saying where: a process outside the dump, or nowhere a
+ * process can be asked (an fd in flight in a unix socket, io_uring).
+ */
+export function refuseOneEnded(ends: { pid: number; img: FdImage }[], id: number, pids: number[]): never {
+  const e = ends.find((x) => x.img.fd > 2) ?? ends[0];
+  const head = `fd ${e.img.fd} of process ${e.pid} is one end of pipe:[${id}]`;
+  const h = holderOutside(e.img.link, !isReadEnd(e.img), pids);
+  if (h) {
+    throw new TsnapError('unsupported', `${head} whose other end is outside the dump, in process ${h.pid} (${h.comm}, its fd ${h.fd}); dump that process too, with --tree (tsnap restores pipes with both ends inside, closed, or on stdin/stdout/stderr)`);
+  }
+  throw new TsnapError('unsupported', `${head} whose other end no process has open: it is in flight in a unix socket (SCM_RIGHTS) or held by the kernel (io_uring); tsnap cannot restore that yet`);
+}
+
+/**
  * The pipes restore will make anew (`ends`: their fds in the dump) must
  * have no holder outside the dumped processes: a process that kept an end
  * (a child left out of the dump, a sibling that inherited it) would stay
