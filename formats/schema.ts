@@ -369,8 +369,12 @@ export interface FdImage {
   timerfd?: TimerfdImage;
   signalfd?: { mask: bigint };
   socket?: SocketImage;
-  /** Named FIFOs: capacity and the unread bytes at dump (put back only into an empty FIFO). */
-  fifo?: { capacity: number; data: Buffer };
+  /**
+   * Named FIFOs: capacity and the unread bytes at dump (put back only into
+   * an empty FIFO); `ghost` for a FIFO deleted while open: its permission
+   * bits and owner, to make it again.
+   */
+  fifo?: { capacity: number; data: Buffer; ghost?: { mode: number; uid: number; gid: number } };
   /** memfd: its name (without "memfd:"), whole contents and seals. */
   memfd?: { name: string; data: Buffer; seals: number };
   /**
@@ -450,6 +454,12 @@ export interface PipeImage {
   capacity: number;
   /** Unread bytes, stored with the first fd of the pipe in the image; null on the others. */
   data: Buffer | null;
+  /**
+   * A half-closed pipe (optional): the end no process held any more at
+   * dump. Every fd of the pipe in the image is of the other end; restore
+   * closes this one once the bytes are back.
+   */
+  closedEnd?: 'read' | 'write';
 }
 
 export interface EpollTargetImage {

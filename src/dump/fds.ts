@@ -9,7 +9,7 @@ import { closeSync, existsSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, sameFile, fileOwner, fcntl, F_GETLEASE, F_UNLCK } from '../sys/index.js';
 import { listFds, readFdInfo, readFdTarget, readStat, type FdTarget } from '../proc/index.js';
 import type { FdImage } from '../../formats/schema.js';
-import { readPipe, isReadEnd } from '../files/pipe.js';
+import { readPipe, isReadEnd, describeHalfClosedPipe, checkPipesOutside, refuseOneEnded } from '../files/pipe.js';
 import type { SocketOptions } from '../files/socket.js';
 import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
 import { TsnapError } from '../errors.js';
@@ -92,7 +92,8 @@ function readAllFds(pids: number[], opts: FdReadOptions): Map<number, FdImage[]>
   assignOfds(seen);
   // Before the freeze, files in flight are not read yet: the other end of a pipe or pair may be one.
   const endsLater = opts.enter === false && seen.some((s) => hasFilesInFlight(s.pid, s.img));
-  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false, endsLater);
+  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids, opts.enter !== false, endsLater);
+  checkPipesOutside(seen.filter((s) => s.img.pipe), pids);
   checkPairs(seen, pids.length > 1, endsLater);
   for (const s of seen) if (!(endsLater && s.t.kind === 'pipe' && !s.img.pipe)) checkSupported(s.img, s.pid, pids, opts.zombies ?? []);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
@@ -156,11 +157,12 @@ function assignOfds(seen: SeenFd[]): void {
 }
 
 /**
- * A pipe is restorable when both its ends are open in the dumped processes;
- * one on 0-2 whose other end is elsewhere is stdio and left to restore's
+ * A pipe is restorable when both its ends are open in the dumped processes,
+ * or when the end the dump lacks is closed everywhere (half-closed); one on
+ * 0-2 whose other end is held elsewhere is stdio and left to restore's
  * stdio. The unread bytes are stored once, with the pipe's first fd.
  */
-function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean, endsLater = false): void {
+function describePipes(pipes: SeenFd[], pids: number[], withData: boolean, endsLater = false): void {
   const byId = new Map<number, SeenFd[]>();
   for (const s of pipes) {
     const l = byId.get(s.t.ino) ?? [];
@@ -171,11 +173,10 @@ function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean, endsLa
     const hasRead = ends.some((e) => isReadEnd(e.img));
     const hasWrite = ends.some((e) => !isReadEnd(e.img));
     if (!(hasRead && hasWrite)) {
-      if (endsLater) continue;
-      const inner = ends.filter((e) => e.img.fd > 2);
-      if (inner.length === 0) continue; // stdio
-      const where = tree ? 'the dumped tree' : `process ${inner[0].pid}${' (dump its parent with --tree if the other end is there)'}`;
-      throw new TsnapError('unsupported', `fd ${inner[0].img.fd} of process ${inner[0].pid} is one end of pipe:[${id}] whose other end is outside ${where}; tsnap restores pipes with both ends inside (or on stdin/stdout/stderr)`);
+      if (describeHalfClosedPipe(ends, id, withData)) continue;
+      if (endsLater) continue; // the other end may be in flight: the frozen pass sees it
+      if (ends.every((e) => e.img.fd <= 2)) continue; // stdio
+      refuseOneEnded(ends, id, pids);
     }
     const data = withData ? readPipe(ends[0].pid, ends[0].img.fd, id) : { id, capacity: 0, data: null };
     ends.forEach((e, i) => { e.img.pipe = { id, capacity: data.capacity, data: i === 0 ? data.data : null }; });

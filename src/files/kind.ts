@@ -59,6 +59,9 @@ export interface RestoreContext {
   defer(what: 'pipe' | 'pair', id: number, group: FdImage[]): void;
   /** A dumped pid as restored (differs with --new-pid). */
   pidNow(pid: number): number;
+  warn?: (m: string) => void;
+  /** State a kind keeps for the whole restore (all processes of the tree), made on first use. */
+  state<T>(key: string, make: () => T): T;
 }
 
 export interface FdKindModule {

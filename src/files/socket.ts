@@ -14,7 +14,7 @@ import {
 import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { readSocketOptions, applySocketOptions } from './socket-options.js';
-import { placeFds, placeEnds } from './place.js';
+import { placeFds, placeEnds, SETFL_MASK } from './place.js';
 import { describeTcp, restoreTcp } from './tcp.js';
 import { readPairQueue } from './scm-rights.js';
 import { TsnapError } from '../errors.js';
@@ -225,7 +225,8 @@ export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: numb
     closeSync(pidfd);
   }
   for (const g of ends) {
-    const flags = g[0].flags & O_NONBLOCK;
+    // O_ASYNC too: nginx's master is told of its channel's messages by SIGIO.
+    const flags = g[0].flags & SETFL_MASK;
     if (flags) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, isA(g[0]) ? a : b, F_SETFL, flags);
   }
   return placeEnds(rt, { tmp: a, targets: ends.filter((g) => isA(g[0])).flat() }, { tmp: b, targets: ends.filter((g) => !isA(g[0])).flat() }, floor);

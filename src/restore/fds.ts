@@ -13,12 +13,13 @@
  * table in files/fd-kinds.ts.
  */
 import { listFds } from '../proc/index.js';
-import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, F_SETLEASE, SOL_SOCKET, SO } from '../sys/index.js';
+import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, F_SETLEASE } from '../sys/index.js';
 import { placeFds } from '../files/place.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
-import { isReadEnd, restorePipe } from '../files/pipe.js';
+import { isReadEnd, restorePipe, pipeEndsPresent } from '../files/pipe.js';
+import { leaveTcpRepair } from '../files/tcp.js';
 import { restoreSocketPair } from '../files/socket.js';
 import { Ghosts } from '../files/ghost.js';
 import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
@@ -75,6 +76,8 @@ export class FdRestorer {
   /** "pid:fd" of the files this restore created whose kind links them to others afterwards (epoll). */
   private readonly linked = new Set<string>();
   private readonly contexts = new Map<number, RestoreContext>();
+  /** What kinds keep for the whole restore (RestoreContext.state). */
+  private readonly kindState = new Map<string, unknown>();
 
   /** Deleted files and directories made again; removed once every fd is open. */
   readonly ghosts: Ghosts;
@@ -143,6 +146,11 @@ export class FdRestorer {
       fds,
       floor,
       pidNow: (p) => this.pidNow(p),
+      warn: this.warn,
+      state: <T>(key: string, make: () => T): T => {
+        if (!this.kindState.has(key)) this.kindState.set(key, make());
+        return this.kindState.get(key) as T;
+      },
       ghostPath: (f) => this.ghosts.pathFor(f, this.warn),
       memfdAt: (f) => (f.file ? this.memfds.get(`${f.file.dev}:${f.file.ino}`) : undefined),
       defer: (what, id, g) => {
@@ -171,7 +179,7 @@ export class FdRestorer {
     this.contexts.set(rt.pid, c);
     for (const [id, ends] of pipes) {
       const both = this.pipeOfds.get(id);
-      if (!both || both.read.size === 0 || both.write.size === 0) {
+      if (!both || !pipeEndsPresent(both, ends[0][0].pipe!)) {
         throw new TsnapError('badImage', `pipe:[${id}] lacks one of its ends in the image`);
       }
       const at = restorePipe(rt, ends, floor);
@@ -263,15 +271,11 @@ export class FdRestorer {
 /**
  * What is set once every fd (and thread) of the image exists: the
  * F_SETOWN_EX / F_SETSIG of each open file that had them (`idNow`: a dumped
- * pid or tid as it is now), and SO_REUSEADDR of restored TCP connections
- * back to what it was (tcp.ts lends it while listeners bind).
+ * pid or tid as it is now), and restored TCP connections out of repair
+ * mode (tcp.ts keeps them in it until every socket of the tree exists).
  */
 export function finishFiles(rt: RemoteTask, fds: FdImage[], idNow: (id: number) => number): void {
-  for (const f of fds) {
-    if (f.socket?.tcp && !f.socket.reuseAddr) {
-      rt.sc.check(`setsockopt(${f.fd}, SO_REUSEADDR, 0)`, SYS.setsockopt, f.fd, SOL_SOCKET, SO.REUSEADDR, rt.put(Buffer.alloc(4)), 4);
-    }
-  }
+  for (const f of fds) if (f.socket?.tcp) leaveTcpRepair(rt, f);
   for (const f of fds) {
     // Taken by the restored process itself: a lease belongs to its holder.
     if (f.lease !== undefined) rt.sc.check(`fcntl(${f.fd}, F_SETLEASE)`, SYS.fcntl, f.fd, F_SETLEASE, f.lease);

@@ -24,6 +24,8 @@ import { epollDiff } from '../files/epoll.js';
 import { inotifyDiff } from '../files/inotify.js';
 import { symlinkDiff } from '../files/symlink.js';
 import { nsfsDiff } from '../files/nsfs.js';
+import { checkPipeEnd } from '../files/pipe.js';
+import { checkFifoGhost } from '../files/fifo-ghost.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
@@ -104,6 +106,8 @@ function compareFds(p: ProcessImage, pid: number, idNow: (id: number) => number,
       if (!live.has(f.fd) || isInheritedStdio(f) || f.flags & 0o10000000 /* O_PATH: no owner */) continue;
       const copy = pidfdGetfd(pidfd, f.fd);
       try {
+        const pipeDiff = checkPipeEnd(copy, f);
+        if (pipeDiff) out.push(pipeDiff);
         const have = fileOwner(copy);
         const want = f.owner ?? { type: have.type, pid: 0, signal: 0 };
         if (have.pid !== (want.pid === 0 ? 0 : idNow(want.pid)) || have.signal !== want.signal || (want.pid !== 0 && have.type !== want.type)) {
@@ -120,6 +124,8 @@ function compareFds(p: ProcessImage, pid: number, idNow: (id: number) => number,
     if (!live.has(f.fd)) { out.push(`fd ${f.fd} (${f.link}) is not open`); continue; }
     live.delete(f.fd);
     if (isInheritedStdio(f)) continue; // restore's own stdio stands in for it
+    const fifoDiff = checkFifoGhost(pid, f);
+    if (fifoDiff) out.push(fifoDiff);
     const info = readFdInfo(pid, f.fd);
     // O_TMPFILE says how a file was made, not how it is open: it cannot be reopened so.
     const ignore = O_LARGEFILE | (f.kind === 'file' ? O_TMPFILE : 0);

@@ -4,7 +4,7 @@
  */
 import { libc } from './libc.js';
 import { rawSyscall } from './fd.js';
-import { SYS, SPLICE_F_NONBLOCK, KCMP_FILE, KCMP_FILES, KCMP_EPOLL_TFD, F_GETOWN_EX, F_GETSIG } from './uapi.js';
+import { SYS, AT_FDCWD, SPLICE_F_NONBLOCK, KCMP_FILE, KCMP_FILES, KCMP_EPOLL_TFD, F_GETOWN_EX, F_GETSIG } from './uapi.js';
 import { SysError, Errno } from './errors.js';
 
 /** pipe2(flags): [read end, write end]. */
@@ -22,6 +22,23 @@ export function tee(fdIn: number, fdOut: number, len: number): number {
     if (err instanceof SysError && err.code === 'EAGAIN') return 0; // empty
     throw err;
   }
+}
+
+/**
+ * poll() with no events asked and no wait: the revents the kernel always
+ * reports (POLLHUP, POLLERR, POLLNVAL). Changes nothing about the file.
+ */
+export function pollHangup(fd: number): number {
+  const pfd = Buffer.alloc(8);
+  pfd.writeInt32LE(fd, 0);
+  rawSyscall('poll', SYS.poll, libc.address(pfd), 1, 0);
+  return pfd.readInt16LE(6);
+}
+
+/** mknodat(AT_FDCWD, path, S_IFIFO | mode): a named pipe (the umask applies). */
+export function mkfifo(path: string, mode: number): void {
+  const name = Buffer.from(`${path}\0`);
+  rawSyscall(`mkfifo(${path})`, SYS.mknodat, AT_FDCWD, libc.address(name), 0o10000 | mode, 0);
 }
 
 export function fcntl(fd: number, cmd: number, arg: number | bigint = 0): number {
@@ -231,7 +248,8 @@ export function recvPeek(fd: number, len: number): Buffer {
 
 export function sendAll(fd: number, data: Buffer): void {
   for (let at = 0; at < data.length;) {
-    at += rawSyscall('sendto', SYS.sendto, fd, libc.address(data) + BigInt(at), data.length - at, 0, 0, 0);
+    // MSG_DONTWAIT: a buffer too small fails (EAGAIN) instead of blocking tsnap forever.
+    at += rawSyscall('sendto', SYS.sendto, fd, libc.address(data) + BigInt(at), data.length - at, 0x40, 0, 0);
   }
 }
 
