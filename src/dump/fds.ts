@@ -20,6 +20,8 @@ import { REOPENED } from '../files/regular.js';
 import { describeFifo, describeMemfd, checkMemfdSize } from '../files/fifo-memfd.js';
 import { TsnapError } from '../errors.js';
 import { isGhost, checkGhost, describeGhost } from '../files/ghost.js';
+import { linkUnixSockets } from '../files/unix.js';
+import { describeSocketState } from '../files/socket-state.js';
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
@@ -83,7 +85,7 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
   }
   assignOfds(seen);
   describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false);
-  checkPairs(seen, pids.length > 1);
+  linkUnixSockets(seen, pids.length > 1, opts);
   for (const s of seen) checkSupported(s.img, s.pid, pids);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
   return out;
@@ -122,6 +124,7 @@ function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, inf
     case 'socket':
       try {
         img.socket = describeSocket(pidfd, img.fd, t.link, t.ino, opts);
+        describeSocketState(pidfd, img.fd, img.socket, t.ino);
       } catch (err) {
         if (img.fd > 2) throw err; // on 0-2 it is stdio, whatever it is
       }
@@ -167,33 +170,6 @@ function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void 
     }
     const data = withData ? readPipe(ends[0].pid, ends[0].img.fd, id) : { id, capacity: 0, data: null };
     ends.forEach((e, i) => { e.img.pipe = { id, capacity: data.capacity, data: i === 0 ? data.data : null }; });
-  }
-}
-
-/**
- * Both ends of every connected unix socket must be in the dump. A socket on
- * 0-2 is the process's own only when it is one end of such a pair;
- * otherwise it is stdio, left to restore's stdio.
- */
-function checkPairs(seen: SeenFd[], tree: boolean): void {
-  const inodes = new Set(seen.filter((s) => s.img.socket).map((s) => s.t.ino));
-  for (const s of seen) {
-    const k = s.img.socket;
-    if (k && s.img.fd <= 2 && (k.state !== 'pair' || !inodes.has(k.peerIno!))) {
-      delete s.img.socket;
-      continue;
-    }
-    if (k?.state !== 'pair') continue;
-    if (!inodes.has(k.peerIno!)) {
-      throw new TsnapError('unsupported', `fd ${s.img.fd} of process ${s.pid} is a unix socket connected to socket:[${k.peerIno}] outside ${tree ? 'the dumped tree' : 'the process (dump its parent with --tree if the peer is there)'}; only connections inside the dump can be restored`);
-    }
-    // Restore rebuilds a pair with socketpair(): both ends must name each
-    // other. A datagram socket connect()ed to another that is not connected
-    // back (several may send to one) is not such a pair.
-    const peer = seen.find((x) => x.t.ino === k.peerIno && x.img.socket);
-    if (peer && (peer.img.socket!.state !== 'pair' || peer.img.socket!.peerIno !== k.ino)) {
-      throw new TsnapError('unsupported', `fd ${s.img.fd} of process ${s.pid} is a unix socket connected one way to socket:[${k.peerIno}] (a datagram socket connect()ed to another); tsnap cannot restore one-way unix connections yet`);
-    }
   }
 }
 

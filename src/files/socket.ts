@@ -17,6 +17,7 @@ import { readSocketOptions, applySocketOptions } from './socket-options.js';
 import { placeFds, placeEnds } from './place.js';
 import { describeTcp } from './tcp.js';
 import { TsnapError } from '../errors.js';
+import { enterUnixDir, unixStalePath, refillUnixQueue } from './unix.js';
 
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
@@ -124,8 +125,9 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
     const path = s.family === AF_UNIX ? unixPath(s.local) : null;
     // The dead original left its socket file behind; binding needs the name free.
     if (path) {
-      try { if (lstatSync(path).isSocket()) unlinkSync(path); } catch { /* absent */ }
+      try { if (lstatSync(unixStalePath(s, path)).isSocket()) unlinkSync(unixStalePath(s, path)); } catch { /* absent */ }
     }
+    enterUnixDir(rt, s.dir);
     // An address this host does not have now (it had it, or the socket had
     // IP_FREEBIND then) binds with FREEBIND lent, put back as recorded.
     const freebind = s.family === AF_INET ? [0, 15] : s.family === AF_INET6 ? [IPPROTO_IPV6, 78] : null;
@@ -141,7 +143,9 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
   }
   if (s.state === 'listening') rt.sc.check(`listen(${what})`, SYS.listen, tmp, s.backlog);
   if (lendReuse) rt.sc.check('setsockopt(SO_REUSEADDR off)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEADDR, rt.put(Buffer.alloc(4), 520), 4);
-  if (s.peer) rt.sc.check(`connect(${what})`, SYS.connect, tmp, rt.put(s.peer), s.peer.length);
+  // Unix sockets connect by name once every socket exists (files/unix.ts).
+  if (s.family === AF_UNIX) refillUnixQueue(rt, s, what);
+  else if (s.peer) rt.sc.check(`connect(${what})`, SYS.connect, tmp, rt.put(s.peer), s.peer.length);
   placeFds(rt, [{ tmp, targets: group }], floor);
 }
 

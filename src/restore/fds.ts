@@ -23,6 +23,8 @@ import { restoreSocket, restoreSocketPair } from '../files/socket.js';
 import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
 import { restoreTcp } from '../files/tcp.js';
 import { Ghosts, isGhost } from '../files/ghost.js';
+import { restorePeerClosed, connectUnixPeers } from '../files/unix.js';
+import { finishSockets } from '../files/socket-state.js';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
 
@@ -122,6 +124,7 @@ export class FdRestorer {
       else if (f.kind === 'timerfd') restoreTimerfd(rt, g, floor);
       else if (f.kind === 'signalfd') restoreSignalfd(rt, g, floor);
       else if (f.kind === 'socket' && f.socket?.state === 'established') restoreTcp(rt, g, floor);
+      else if (f.kind === 'socket' && f.socket?.state === 'peer-closed') restorePeerClosed(rt, g, floor);
       else if (f.kind === 'socket') restoreSocket(rt, g, floor);
       else if (f.kind === 'epoll') createEpoll(rt, g, floor);
       else if (f.kind === 'fifo' && f.fifo) restoreFifo(rt, g, floor);
@@ -169,6 +172,11 @@ export class FdRestorer {
     placeFds(rt, [{ tmp, targets: group }], floor);
   }
 
+  /** Phase 1b, once every process created its files: unix sockets connected by name connect again. */
+  connectUnix(rt: RemoteTask, fds: FdImage[]): void {
+    connectUnixPeers(rt, fds, (f) => f.ofd === undefined || this.holders.get(f.ofd)?.pid === rt.pid);
+  }
+
   /** Phase 2: each epoll this process created registers what it watched. */
   registerEpolls(rt: RemoteTask, fds: FdImage[]): void {
     for (const f of fds) {
@@ -187,6 +195,7 @@ export class FdRestorer {
 export function restoreFds(rt: RemoteTask, fds: FdImage[]): void {
   const r = new FdRestorer([fds]);
   r.createFiles(rt, fds);
+  r.connectUnix(rt, fds);
   r.registerEpolls(rt, fds);
   r.closeOthers(rt, fds);
 }
@@ -198,6 +207,7 @@ export function restoreFds(rt: RemoteTask, fds: FdImage[]): void {
  * back to what it was (tcp.ts lends it while listeners bind).
  */
 export function finishFiles(rt: RemoteTask, fds: FdImage[], idNow: (id: number) => number): void {
+  finishSockets(rt, fds);
   for (const f of fds) {
     if (f.socket?.tcp && !f.socket.reuseAddr) {
       rt.sc.check(`setsockopt(${f.fd}, SO_REUSEADDR, 0)`, SYS.setsockopt, f.fd, SOL_SOCKET, SO.REUSEADDR, rt.put(Buffer.alloc(4)), 4);

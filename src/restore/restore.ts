@@ -223,6 +223,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `restore the files of ${m.p.pid}`;
       fdr.createFiles(m.rt!, m.p.fds);
     }
+    for (const m of members) fdr.connectUnix(m.rt!, m.p.fds);
     for (const m of members) fdr.registerEpolls(m.rt!, m.p.fds);
     for (const m of members) fdr.closeOthers(m.rt!, m.p.fds);
     // Every fd is open: the deleted files made again are deleted again.

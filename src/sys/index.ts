@@ -8,3 +8,5 @@ export * from './fd.js';
 export * from './pagemap-scan.js';
 export * from './files.js';
 export { Guardian, GuardianError, GuardianUnavailable, GuardianFailure, guardianPath, type SyscallUndo } from './guardian.js';
+export * from './sock-diag.js';
+export * from './socket-calls.js';

@@ -1,0 +1,144 @@
+/**
+ * State of a socket that programs set once and count on afterwards, common
+ * to the socket kinds: the shutdown state (shutdown(2): unix sockets and
+ * UDP; TCP keeps its own in files/tcp.ts) and a classic BPF filter
+ * (SO_ATTACH_FILTER). Read at dump from tsnap's copy of the socket and
+ * sock_diag; set again once every fd of the restored process exists, so that
+ * data put back into queues (unix sockets run the receiver's filter) is not
+ * filtered a second time and connections made by name are in place
+ * (shutdown of an unconnected UDP socket is not refused only in part).
+ */
+import { closeSync } from 'node:fs';
+import {
+  pidfdGetfd, pidfdOpen, getsockoptInt, setsockopt, getSocketFilter, attachSocketFilter, unixDiag, inetShutdown, SysError,
+  SOL_SOCKET, AF_UNIX, AF_INET, AF_INET6,
+} from '../sys/index.js';
+import type { FdImage, SocketImage } from '../../formats/schema.js';
+import type { RemoteTask } from '../restore/remote-task.js';
+import { TsnapError } from '../errors.js';
+
+const SYS_SHUTDOWN = 48;
+const SOCK_STREAM = 1;
+const SOCK_DGRAM = 2;
+const IPPROTO_UDP = 17;
+const IPPROTO_UDPLITE = 136;
+const SO_LOCK_FILTER = 44;
+/** One classic BPF instruction: u16 code, u8 jt, u8 jf, u32 k. */
+const INSN = 8;
+
+/** Where the kernel keeps a shutdown state restore can set again. */
+function hasShutdown(s: SocketImage): boolean {
+  if (s.family === AF_UNIX) return true;
+  return (s.family === AF_INET || s.family === AF_INET6) && s.type === SOCK_DGRAM && (s.protocol === IPPROTO_UDP || s.protocol === IPPROTO_UDPLITE || s.protocol === 0);
+}
+
+/** The classic filter attached to socket `copy`, or null; an eBPF one (SO_ATTACH_BPF) cannot be read back and is refused. */
+function readFilter(copy: number, what: string): Buffer | null {
+  try {
+    return getSocketFilter(copy);
+  } catch (err) {
+    if (err instanceof SysError && err.code === 'EACCES') {
+      throw new TsnapError('unsupported', `${what} has an eBPF socket filter (SO_ATTACH_BPF), which cannot be read back; tsnap restores classic BPF filters (SO_ATTACH_FILTER) only`);
+    }
+    throw err;
+  }
+}
+
+/**
+ * Adds the shutdown state and the filter to a socket's image. `ino`: the
+ * socket's inode (sock_diag finds it by that).
+ */
+export function describeSocketState(pidfd: number, fd: number, s: SocketImage, ino: number): void {
+  const what = `fd ${fd} (socket:[${ino}])`;
+  const copy = pidfdGetfd(pidfd, fd);
+  try {
+    const filter = readFilter(copy, what);
+    if (filter) {
+      s.filter = Buffer.from(filter);
+      if (getsockoptInt(copy, SOL_SOCKET, SO_LOCK_FILTER) !== 0) s.filterLocked = true;
+    }
+  } finally {
+    closeSync(copy);
+  }
+  if (!hasShutdown(s)) return;
+  const how = s.family === AF_UNIX ? unixDiag(ino).shutdown : inetShutdown(s.family, s.protocol || IPPROTO_UDP, ino);
+  if (how) s.shutdown = how;
+}
+
+/** shutdown(2)'s `how` for the kernel's sk_shutdown bits (1 receive, 2 send). */
+const HOW = [-1, 0 /* SHUT_RD */, 1 /* SHUT_WR */, 2 /* SHUT_RDWR */];
+
+/**
+ * Sets filter and shutdown state again on the fds of `fds` the process
+ * holds now (each at its number). Done for every fd of a socket: attaching
+ * the same filter or shutting down the same direction twice changes nothing.
+ */
+export function finishSockets(rt: RemoteTask, fds: FdImage[]): void {
+  let pidfd = -1;
+  try {
+    for (const f of fds) {
+      const s = f.socket;
+      if (!s) continue;
+      if (s.filter?.length) {
+        if (pidfd < 0) pidfd = pidfdOpen(rt.pid);
+        attachFilter(pidfd, f.fd, s);
+      }
+      // A stream whose peer was closed got its shutdown from that close.
+      if (s.shutdown && !(s.state === 'peer-closed' && s.type !== SOCK_DGRAM)) {
+        const r = rt.sc.call(SYS_SHUTDOWN, f.fd, HOW[s.shutdown & 3]);
+        // An unconnected UDP socket answers ENOTCONN but takes the state.
+        if (r < 0n && !(Number(-r) === 107 && s.family !== AF_UNIX)) {
+          throw new TsnapError('restoreFailed', `fd ${f.fd}: shutdown(${HOW[s.shutdown & 3]}) failed: ${new SysError('shutdown', Number(-r)).code}`);
+        }
+      }
+    }
+  } finally {
+    if (pidfd >= 0) closeSync(pidfd);
+  }
+}
+
+function attachFilter(pidfd: number, fd: number, s: SocketImage): void {
+  const copy = pidfdGetfd(pidfd, fd);
+  try {
+    try {
+      attachSocketFilter(copy, s.filter!);
+      if (s.filterLocked) setsockopt(copy, SOL_SOCKET, SO_LOCK_FILTER, 1, 'setsockopt(SO_LOCK_FILTER)');
+    } catch (err) {
+      // A locked filter was attached through another fd of the same socket already.
+      if (!(err instanceof SysError && err.code === 'EPERM' && s.filterLocked)) {
+        throw new TsnapError('restoreFailed', `fd ${fd}: cannot attach its socket filter again: ${(err as Error).message}`, err);
+      }
+    }
+  } finally {
+    closeSync(copy);
+  }
+}
+
+/** Self-check: the filter and shutdown state of each restored socket, as sock_diag and SO_GET_FILTER show them. */
+export function checkSocketState(fds: FdImage[], pid: number, inoOf: (fd: number) => number | null): string[] {
+  const out: string[] = [];
+  const pidfd = pidfdOpen(pid);
+  try {
+    for (const f of fds) {
+      const s = f.socket;
+      if (!s) continue;
+      const copy = pidfdGetfd(pidfd, f.fd);
+      try {
+        const have = readFilter(copy, `fd ${f.fd}`);
+        const want = s.filter?.length ? Buffer.from(s.filter) : null;
+        if ((have === null) !== (want === null) || (have && want && !have.equals(want))) {
+          out.push(`fd ${f.fd} (${f.link}): socket filter of ${have ? have.length / INSN : 0} instructions, the image's ${want ? want.length / INSN : 0}`);
+        }
+      } finally {
+        closeSync(copy);
+      }
+      const ino = inoOf(f.fd);
+      if (!hasShutdown(s) || ino === null || s.type === SOCK_STREAM && s.family !== AF_UNIX) continue;
+      const how = s.family === AF_UNIX ? unixDiag(ino).shutdown : inetShutdown(s.family, s.protocol || IPPROTO_UDP, ino);
+      if ((how ?? 0) !== (s.shutdown ?? 0)) out.push(`fd ${f.fd} (${f.link}): shutdown state ${how ?? 0}, the image's ${s.shutdown ?? 0}`);
+    }
+  } finally {
+    closeSync(pidfd);
+  }
+  return out;
+}
