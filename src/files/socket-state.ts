@@ -8,7 +8,7 @@
  * filtered a second time and connections made by name are in place
  * (shutdown of an unconnected UDP socket is not refused only in part).
  */
-import { closeSync } from 'node:fs';
+import { closeSync, statSync } from 'node:fs';
 import {
   pidfdGetfd, pidfdOpen, getsockoptInt, setsockopt, getSocketFilter, attachSocketFilter, unixDiag, inetShutdown, SysError,
   SOL_SOCKET, AF_UNIX, AF_INET, AF_INET6,
@@ -16,9 +16,9 @@ import {
 import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { TsnapError } from '../errors.js';
+import { checkUnixLink } from './unix.js';
 
 const SYS_SHUTDOWN = 48;
-const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
 const IPPROTO_UDP = 17;
 const IPPROTO_UDPLITE = 136;
@@ -114,31 +114,46 @@ function attachFilter(pidfd: number, fd: number, s: SocketImage): void {
   }
 }
 
-/** Self-check: the filter and shutdown state of each restored socket, as sock_diag and SO_GET_FILTER show them. */
-export function checkSocketState(fds: FdImage[], pid: number, inoOf: (fd: number) => number | null): string[] {
+/**
+ * Self-check: the filter and shutdown state of each restored socket, and
+ * the connection and name of unix ones, as sock_diag and SO_GET_FILTER
+ * show them. `fds`: those restore made (not inherited stdio).
+ */
+export function checkSockets(fds: FdImage[], pid: number): string[] {
+  const inoOf = (fd: number): number | null => { try { return statSync(`/proc/${pid}/fd/${fd}`).ino; } catch { return null; } };
   const out: string[] = [];
   const pidfd = pidfdOpen(pid);
   try {
     for (const f of fds) {
-      const s = f.socket;
-      if (!s) continue;
-      const copy = pidfdGetfd(pidfd, f.fd);
       try {
-        const have = readFilter(copy, `fd ${f.fd}`);
-        const want = s.filter?.length ? Buffer.from(s.filter) : null;
-        if ((have === null) !== (want === null) || (have && want && !have.equals(want))) {
-          out.push(`fd ${f.fd} (${f.link}): socket filter of ${have ? have.length / INSN : 0} instructions, the image's ${want ? want.length / INSN : 0}`);
-        }
-      } finally {
-        closeSync(copy);
+        checkSocket(f, pidfd, inoOf(f.fd), out);
+      } catch (err) {
+        out.push(`fd ${f.fd} (${f.link}): cannot check the socket: ${(err as Error).message}`);
       }
-      const ino = inoOf(f.fd);
-      if (!hasShutdown(s) || ino === null || s.type === SOCK_STREAM && s.family !== AF_UNIX) continue;
-      const how = s.family === AF_UNIX ? unixDiag(ino).shutdown : inetShutdown(s.family, s.protocol || IPPROTO_UDP, ino);
-      if ((how ?? 0) !== (s.shutdown ?? 0)) out.push(`fd ${f.fd} (${f.link}): shutdown state ${how ?? 0}, the image's ${s.shutdown ?? 0}`);
     }
   } finally {
     closeSync(pidfd);
   }
   return out;
+}
+
+function checkSocket(f: FdImage, pidfd: number, ino: number | null, out: string[]): void {
+  const s = f.socket;
+  if (!s) return;
+  const copy = pidfdGetfd(pidfd, f.fd);
+  try {
+    const have = readFilter(copy, `fd ${f.fd}`);
+    const want = s.filter?.length ? Buffer.from(s.filter) : null;
+    if ((have === null) !== (want === null) || (have && want && !have.equals(want))) {
+      out.push(`fd ${f.fd} (${f.link}): socket filter of ${have ? have.length / INSN : 0} instructions, the image's ${want ? want.length / INSN : 0}`);
+    }
+  } finally {
+    closeSync(copy);
+  }
+  if (!hasShutdown(s) || ino === null) return;
+  const d = s.family === AF_UNIX ? unixDiag(ino) : null;
+  const link = d && checkUnixLink(f, d);
+  if (link) out.push(link);
+  const how = d ? d.shutdown : inetShutdown(s.family, s.protocol || IPPROTO_UDP, ino);
+  if ((how ?? 0) !== (s.shutdown ?? 0)) out.push(`fd ${f.fd} (${f.link}): shutdown state ${how ?? 0}, the image's ${s.shutdown ?? 0}`);
 }

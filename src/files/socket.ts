@@ -36,6 +36,7 @@ export interface SocketOptions {
 /** What waits in a socket pair's queue; fds passed through it (SCM_RIGHTS) are refused, not dropped. */
 function queuedData(s: number, fd: number, stream: boolean): Buffer[] {
   const q = peekQueued(s, stream);
+  if (q.unreadable) throw new TsnapError('unsupported', `fd ${fd} is a unix socket with a socket error pending and data queued; reading the queue would clear the error, so tsnap cannot take it`);
   if (q.control) {
     throw new TsnapError('unsupported', `fd ${fd} is a unix socket with file descriptors or credentials in flight (SCM_RIGHTS/SCM_CREDENTIALS); tsnap cannot restore those yet`);
   }

@@ -20,10 +20,10 @@
  * sock_diag tells which is which: the peer's inode (0 when the peer has no
  * file: closed, or not yet accepted), and a listener's waiting clients.
  */
-import { closeSync, readlinkSync, writeSync } from 'node:fs';
+import { closeSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  pidfdOpen, pidfdGetfd, peekQueued, unixDiag, unixPeers, setsockopt, rawSyscall, getpeername, pollNow, sendToAddr, SysError, SYS,
+  pidfdOpen, pidfdGetfd, peekQueued, unixDiag, unixPeers, setsockopt, rawSyscall, pollNow, ioctlInt, sendToAddr, sendNoWait, SysError, SYS,
   O_CLOEXEC, O_NONBLOCK, F_SETFL, SOL_SOCKET, AF_UNIX, type UnixDiag,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
@@ -34,6 +34,7 @@ import { TsnapError } from '../errors.js';
 
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
+const SIOCINQ = 0x541b;
 const SO_SNDBUFFORCE = 32;
 const POLLERR = 8;
 const DELETED = ' (deleted)';
@@ -48,8 +49,6 @@ export interface SeenSocket {
 export interface UnixLinkOptions {
   /** False for the check before the freeze: refuse what cannot be restored, read no queues. */
   enter?: boolean;
-  /** dump --ext-unix-sk: a datagram socket connected to a named socket outside the dump connects to that name again. */
-  extUnixSk?: boolean;
 }
 
 /** The path of a unix name (sockaddr bytes), null for unnamed and abstract ones. */
@@ -107,6 +106,10 @@ export function linkUnixSockets(seen: SeenSocket[], tree: boolean, opts: UnixLin
       continue;
     }
     const what = `fd ${s.img.fd} of process ${s.pid}`;
+    // The frozen pass refuses it too (peekQueued); here it is refused before the freeze.
+    if (!frozen && k.type !== SOCK_STREAM && k.state !== 'listening' && errorWithData(s)) {
+      throw new TsnapError('unsupported', `${what} is a unix socket with a socket error pending and data queued; reading the queue would clear the error, so tsnap cannot take it`);
+    }
     if (isNamed(k.local)) {
       const dir = dirOf(s, k.local, `${what} (unix socket ${describeName(k.local)})`);
       if (dir) k.dir = dir;
@@ -118,7 +121,7 @@ export function linkUnixSockets(seen: SeenSocket[], tree: boolean, opts: UnixLin
       continue;
     }
     if (k.state === 'bound') {
-      if (frozen && k.type !== SOCK_STREAM && isNamed(k.local)) k.queued = peekOwnQueue(s, what);
+      if (frozen && k.type === SOCK_DGRAM && isNamed(k.local)) k.queued = peekOwnQueue(s, what);
       continue;
     }
     if (k.state !== 'pair' || peerIno === null) continue;
@@ -133,7 +136,7 @@ export function linkUnixSockets(seen: SeenSocket[], tree: boolean, opts: UnixLin
     if (peer) {
       if (peerOf.get(peerIno) === ino) continue; // both ends in the dump: a pair (files/socket.ts)
       const pk = peer.img.socket!;
-      if (k.type === SOCK_STREAM || !isNamed(pk.local)) {
+      if (k.type !== SOCK_DGRAM || !isNamed(pk.local)) {
         throw new TsnapError('unsupported', `${what} is a unix socket connected one way to fd ${peer.img.fd} of process ${peer.pid} (socket:[${peerIno}]), which has no name to connect to again`);
       }
       connectByName(k, pk.local, dirOf(peer, pk.local, `fd ${peer.img.fd} of process ${peer.pid}`));
@@ -161,16 +164,7 @@ export function linkUnixSockets(seen: SeenSocket[], tree: boolean, opts: UnixLin
       if (frozen && k.type !== SOCK_DGRAM && pendingError(s)) k.reset = true;
       continue;
     }
-    if (opts.extUnixSk && k.type === SOCK_DGRAM) {
-      const to = peerName(s);
-      if (to && isNamed(to) && !isRelative(to)) {
-        connectByName(k, to, undefined);
-        checkQueueRestorable(k, what);
-        continue;
-      }
-    }
-    const hint = k.type === SOCK_DGRAM ? '; dump with --ext-unix-sk to connect it to that name again at restore' : '';
-    throw new TsnapError('unsupported', `${what} is a unix socket connected to socket:[${peerIno}] outside ${tree ? 'the dumped tree' : 'the process (dump its parent with --tree if the peer is there)'}; only connections inside the dump can be restored${hint}`);
+    throw new TsnapError('unsupported', `${what} is a unix socket connected to socket:[${peerIno}] outside ${tree ? 'the dumped tree' : 'the process (dump its parent with --tree if the peer is there)'}; only connections inside the dump can be restored`);
   }
 }
 
@@ -199,8 +193,13 @@ function withCopy<T>(s: SeenSocket, fn: (copy: number) => T): T {
   }
 }
 
+function errorWithData(s: SeenSocket): boolean {
+  return withCopy(s, (copy) => (pollNow(copy) & POLLERR) !== 0 && ioctlInt(copy, SIOCINQ, 'ioctl(SIOCINQ)') > 0);
+}
+
 function peekOwnQueue(s: SeenSocket, what: string): Buffer[] {
   const q = withCopy(s, (copy) => peekQueued(copy, false));
+  if (q.unreadable) throw new TsnapError('unsupported', `${what} is a unix socket with a socket error pending and data queued; reading the queue would clear the error, so tsnap cannot take it`);
   if (q.control) {
     throw new TsnapError('unsupported', `${what} is a unix socket with file descriptors or credentials in flight (SCM_RIGHTS/SCM_CREDENTIALS); tsnap cannot restore those yet`);
   }
@@ -210,10 +209,6 @@ function peekOwnQueue(s: SeenSocket, what: string): Buffer[] {
 /** Whether a socket error waits (ECONNRESET, the only one unix sockets set): poll shows it without clearing it, SO_ERROR would clear it. */
 function pendingError(s: SeenSocket): boolean {
   return withCopy(s, (copy) => (pollNow(copy) & POLLERR) !== 0);
-}
-
-function peerName(s: SeenSocket): Buffer | null {
-  return withCopy(s, (copy) => getpeername(copy));
 }
 
 /**
@@ -242,10 +237,9 @@ export function unixStalePath(s: SocketImage, path: string): string {
   return s.dir && !path.startsWith('/') ? join(s.dir, path) : path;
 }
 
-/** A copy of a socket of the restored task, made unable to block tsnap, with room for `bytes` in flight. */
+/** A copy of a socket of the restored task, with room for `bytes` in flight. */
 function sender(pidfd: number, fd: number, bytes: number): number {
   const mine = pidfdGetfd(pidfd, fd);
-  rawSyscall('fcntl(F_SETFL)', SYS.fcntl, mine, F_SETFL, O_NONBLOCK);
   // Queued data is charged to the sender until read: make room for all of it.
   if (bytes > 0) setsockopt(mine, SOL_SOCKET, SO_SNDBUFFORCE, Math.min(2 * bytes + 65536, 0x3fffffff), 'setsockopt(SO_SNDBUFFORCE)');
   return mine;
@@ -254,7 +248,7 @@ function sender(pidfd: number, fd: number, bytes: number): number {
 function writeAll(fd: number, msgs: Buffer[], what: string): void {
   for (const m of msgs) {
     let n: number;
-    try { n = writeSync(fd, m); } catch (err) {
+    try { n = sendNoWait(fd, m); } catch (err) {
       throw new TsnapError('restoreFailed', `${what}: the queued data does not fit back (${(err as Error).message})`, err);
     }
     if (n !== m.length) throw new TsnapError('restoreFailed', `${what}: only ${n} of ${m.length} queued bytes fit back`);
@@ -347,4 +341,20 @@ export function connectUnixPeers(rt: RemoteTask, fds: FdImage[], created: (f: Fd
       throw new TsnapError('restoreFailed', `fd ${f.fd} (unix socket): cannot connect to ${describeName(s.peer)} again: ${err.code}`, err);
     }
   }
+}
+
+/** Self-check: what sock_diag shows of a restored unix socket's connection and name, against its image. */
+export function checkUnixLink(f: FdImage, d: UnixDiag): string | null {
+  const s = f.socket!;
+  const at = `fd ${f.fd} (${f.link})`;
+  if (s.state === 'peer-closed' && d.peer !== 0) return `${at}: its peer should be closed, sock_diag shows ${d.peer === null ? 'no peer' : `socket:[${d.peer}]`}`;
+  // A client waiting in a listener's queue has a peer without a file (inode 0).
+  if ((s.state === 'pair' && !d.peer) || (s.state === 'bound' && s.peer && d.peer === null)) return `${at}: not connected, the image's socket is`;
+  if ((s.state === 'bound' || s.state === 'listening') && s.local.length > 2) {
+    const name = d.name ?? Buffer.alloc(0);
+    if (!name.equals(s.local.subarray(2, 2 + name.length)) || s.local.subarray(2 + name.length).some((b) => b !== 0)) {
+      return `${at}: bound to ${describeName(Buffer.concat([s.local.subarray(0, 2), name]))}, the image's ${describeName(s.local)}`;
+    }
+  }
+  return null;
 }

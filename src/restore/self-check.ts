@@ -10,13 +10,15 @@
  * sides), the VmFlags restore sets, each fd's number, open flags and file
  * position, each thread's blocked signals, the thread count, umask, ids,
  * process group and session, cwd, root, executable, comm, resource limits
- * and personality.
+ * and personality; sockets' filters and shutdown state, and how unix ones
+ * are connected and named (files/socket-state.ts).
  */
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, fileOwner } from '../sys/index.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
+import { checkSockets } from '../files/socket-state.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
@@ -172,5 +174,6 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   compareVmFlags(p, pid, out);
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
   compareProcess(p, pid, opts, out);
+  out.push(...checkSockets(p.fds.filter((f) => f.socket && !isInheritedStdio(f)), pid));
   return out;
 }

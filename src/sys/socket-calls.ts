@@ -51,3 +51,8 @@ export function pollNow(fd: number, events = 0): number {
 export function sendToAddr(fd: number, data: Buffer, addr: Buffer, flags = 0): number {
   return rawSyscall('sendto', SYS.sendto, fd, libc.address(data), data.length, flags, libc.address(addr), addr.length);
 }
+
+/** send() that never blocks (MSG_DONTWAIT): the fd's own O_NONBLOCK, shared with its other copies, is left alone. */
+export function sendNoWait(fd: number, data: Buffer): number {
+  return rawSyscall('send', SYS.sendto, fd, libc.address(data), data.length, 0x40 /* MSG_DONTWAIT */, 0, 0);
+}
