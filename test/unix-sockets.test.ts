@@ -11,7 +11,7 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { existsSync, readFileSync, lstatSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, useRestoredCleanup, dumpKillRestore, restoreDetached } from './helpers/tsnap.js';
+import { tsnap, useRestoredCleanup, dumpKillRestore, restoreDetached, killPid } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
@@ -108,6 +108,46 @@ for line in sys.stdin:
     expect(existsSync(join(process.cwd(), 'srv.sock'))).toBe(false);
     r.writeLine('go');
     expect(await r.waitForLine(/^GOT/)).toBe("GOT q1 q2 EAGAIN self EAGAIN sent sent sent n1 n2 n3 hi srv.sock listen.sock 'srv.sock' 1");
+  });
+
+  it('in a tree: a child connected one way to a receiver of its parent, and a connection of the child waiting in the listener of its parent, connect again', async () => {
+    const work = tmpDir('tsnap-unix-');
+    const p = await startPython(`${PRELUDE}
+import signal
+name = b'\\0tsnap-tree-%d' % os.getpid()
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind(name + b'-d')
+l = socket.socket(socket.AF_UNIX); l.bind(name + b'-s'); l.listen(2)
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+rp, wp = os.pipe()
+pid = os.fork()
+if pid == 0:
+    srv.close(); l.close(); os.close(rp)
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.connect(name + b'-d'); c.send(b'before')
+    k = socket.socket(socket.AF_UNIX); k.connect(name + b'-s')
+    os.close(wp)
+    signal.sigwait({signal.SIGUSR1})
+    c.send(b'after'); k.send(b'streamed')
+    signal.sigwait({signal.SIGUSR1})
+    os._exit(0)
+os.close(wp); os.read(rp, 1); os.close(rp)  # EOF: the child is connected
+print('READY child=%d' % pid, flush=True)
+for line in sys.stdin:
+    os.kill(pid, signal.SIGUSR1)
+    conn, _ = l.accept()
+    print('GOT ' + ' '.join([rd(srv), rd(srv), rd(conn)]), flush=True)
+`);
+    const child = Number(p.readyInfo.child);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--tree');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    // Same pids: wait until the child is reaped (PID 1 reaps orphans late here).
+    for (let i = 0; i < 300 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(r.result.stderr).not.toMatch(/restore check/);
+    r.writeLine('go');
+    expect(await r.waitForLine(/^GOT/)).toBe('GOT before after streamed');
+    await killPid(child);
   });
 
   it('shutdown() of unix pairs and UDP sockets, and a classic BPF filter, come back', async () => {

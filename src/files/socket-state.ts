@@ -61,7 +61,13 @@ export function describeSocketState(pidfd: number, fd: number, s: SocketImage, i
     closeSync(copy);
   }
   if (!hasShutdown(s)) return;
-  const how = s.family === AF_UNIX ? unixDiag(ino).shutdown : inetShutdown(s.family, s.protocol || IPPROTO_UDP, ino);
+  let how: number | null = null;
+  try {
+    how = s.family === AF_UNIX ? unixDiag(ino).shutdown : inetShutdown(s.family, s.protocol || IPPROTO_UDP, ino);
+  } catch (err) {
+    // sock_diag answers for tsnap's network namespace only: a socket of another one has no state to read here.
+    if (!(err instanceof SysError && err.code === 'ENOENT')) throw err;
+  }
   if (how) s.shutdown = how;
 }
 
