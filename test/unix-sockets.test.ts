@@ -205,6 +205,24 @@ time.sleep(1000)
     expect(p.alive()).toBe(true);
   });
 
+  it('a datagram queue longer than restore can queue again (its peer sent past net.unix.max_dgram_qlen) is refused before the freeze, naming it', async () => {
+    const work = tmpDir('tsnap-unix-');
+    const max = Number(readFileSync('/proc/sys/net/unix/max_dgram_qlen', 'utf8'));
+    const p = await startPython(`${PRELUDE}
+import time
+r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); r.bind(b'\\0tsnap-qlen-r-%d' % os.getpid())
+x = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); x.bind(b'\\0tsnap-qlen-x-%d' % os.getpid())
+r.connect(x.getsockname())  # r's peer may queue past the limit
+for i in range(${max} + 5): x.sendto(b'm%d' % i, r.getsockname())
+print('READY fd=%d' % r.fileno(), flush=True)
+time.sleep(1000)
+`);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code).toBe(ExitCode.unsupported);
+    expect(d.stderr).toMatch(new RegExp(`fd ${p.readyInfo.fd} of process ${p.pid} has ${max + 5} datagrams queued, more than net.unix.max_dgram_qlen`));
+    expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
+  });
+
   it('a unix datagram socket connected to a receiver outside the dump is refused before the freeze, naming it', async () => {
     const work = tmpDir('tsnap-unix-');
     const rcv = await startPython(`${PRELUDE}

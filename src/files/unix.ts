@@ -20,7 +20,7 @@
  * sock_diag tells which is which: the peer's inode (0 when the peer has no
  * file: closed, or not yet accepted), and a listener's waiting clients.
  */
-import { closeSync, readlinkSync } from 'node:fs';
+import { closeSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   pidfdOpen, pidfdGetfd, peekQueued, unixDiag, unixPeers, setsockopt, rawSyscall, pollNow, ioctlInt, sendToAddr, sendNoWait, SysError, SYS,
@@ -36,6 +36,7 @@ const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
 const SIOCINQ = 0x541b;
 const SO_SNDBUFFORCE = 32;
+const SO_SNDBUF = 7;
 const POLLERR = 8;
 const DELETED = ' (deleted)';
 
@@ -121,7 +122,11 @@ export function linkUnixSockets(seen: SeenSocket[], tree: boolean, opts: UnixLin
       continue;
     }
     if (k.state === 'bound') {
-      if (frozen && k.type === SOCK_DGRAM && isNamed(k.local)) k.queued = peekOwnQueue(s, what);
+      // Peeked before the freeze too: a queue restore could not put back is refused while the target runs.
+      if (k.type === SOCK_DGRAM && isNamed(k.local)) {
+        const q = checkQueueLength(peekOwnQueue(s, what), what);
+        if (frozen) k.queued = q;
+      }
       continue;
     }
     if (k.state !== 'pair' || peerIno === null) continue;
@@ -140,6 +145,7 @@ export function linkUnixSockets(seen: SeenSocket[], tree: boolean, opts: UnixLin
         throw new TsnapError('unsupported', `${what} is a unix socket connected one way to fd ${peer.img.fd} of process ${peer.pid} (socket:[${peerIno}]), which has no name to connect to again`);
       }
       connectByName(k, pk.local, dirOf(peer, pk.local, `fd ${peer.img.fd} of process ${peer.pid}`));
+      checkQueueEarly(s, frozen, what);
       checkQueueRestorable(k, what);
       continue;
     }
@@ -181,6 +187,14 @@ function checkQueueRestorable(k: SocketImage, what: string): void {
   if (k.queued?.length && !isNamed(k.local)) {
     throw new TsnapError('unsupported', `${what} is an unnamed unix datagram socket with ${k.queued.length} datagram(s) queued; restore could not queue them again`);
   }
+  if (k.queued?.length) checkQueueLength(k.queued, what);
+}
+
+/** Before the freeze queues are not read (describeSocket): a one-way socket's is peeked here, to refuse early what the frozen pass would. */
+function checkQueueEarly(s: SeenSocket, frozen: boolean, what: string): void {
+  if (frozen) return;
+  const k = s.img.socket!;
+  checkQueueRestorable({ ...k, queued: peekOwnQueue(s, what) }, what);
 }
 
 function withCopy<T>(s: SeenSocket, fn: (copy: number) => T): T {
@@ -191,6 +205,20 @@ function withCopy<T>(s: SeenSocket, fn: (copy: number) => T): T {
   } finally {
     closeSync(pidfd);
   }
+}
+
+/**
+ * Datagrams go back from a socket that is not the receiver's peer, so the
+ * kernel holds them to net.unix.max_dgram_qlen (+1); only a receiver's own
+ * peer could queue more.
+ */
+function checkQueueLength(q: Buffer[], what: string): Buffer[] {
+  let max = 10;
+  try { max = Number(readFileSync('/proc/sys/net/unix/max_dgram_qlen', 'utf8').trim()); } catch { /* the kernel's default */ }
+  if (q.length > max + 1) {
+    throw new TsnapError('unsupported', `${what} has ${q.length} datagrams queued, more than net.unix.max_dgram_qlen (${max}) lets restore queue again`);
+  }
+  return q;
 }
 
 function errorWithData(s: SeenSocket): boolean {
@@ -237,11 +265,26 @@ export function unixStalePath(s: SocketImage, path: string): string {
   return s.dir && !path.startsWith('/') ? join(s.dir, path) : path;
 }
 
+/**
+ * A send buffer for `bytes` in flight. SO_SNDBUFFORCE needs CAP_NET_ADMIN;
+ * without it SO_SNDBUF, which net.core.wmem_max caps (a queue bigger than
+ * that then fails to go back, naming the fd).
+ */
+function roomFor(fd: number, bytes: number): void {
+  const size = Math.min(2 * bytes + 65536, 0x3fffffff);
+  try {
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, size, 'setsockopt(SO_SNDBUFFORCE)');
+  } catch (err) {
+    if (!(err instanceof SysError && err.code === 'EPERM')) throw err;
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, size, 'setsockopt(SO_SNDBUF)');
+  }
+}
+
 /** A copy of a socket of the restored task, with room for `bytes` in flight. */
 function sender(pidfd: number, fd: number, bytes: number): number {
   const mine = pidfdGetfd(pidfd, fd);
   // Queued data is charged to the sender until read: make room for all of it.
-  if (bytes > 0) setsockopt(mine, SOL_SOCKET, SO_SNDBUFFORCE, Math.min(2 * bytes + 65536, 0x3fffffff), 'setsockopt(SO_SNDBUFFORCE)');
+  if (bytes > 0) roomFor(mine, bytes);
   return mine;
 }
 
@@ -306,7 +349,7 @@ export function refillUnixQueue(rt: RemoteTask, s: SocketImage, what: string): v
   }
   const sk = rawSyscall('socket(AF_UNIX)', SYS.socket, AF_UNIX, SOCK_DGRAM | O_CLOEXEC | O_NONBLOCK, 0);
   try {
-    setsockopt(sk, SOL_SOCKET, SO_SNDBUFFORCE, Math.min(2 * q.reduce((n, m) => n + m.length + 1024, 0) + 65536, 0x3fffffff), 'setsockopt(SO_SNDBUFFORCE)');
+    roomFor(sk, q.reduce((n, m) => n + m.length + 1024, 0));
     for (const m of q) {
       try {
         sendToAddr(sk, m, to);
