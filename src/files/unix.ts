@@ -135,6 +135,8 @@ export function linkUnixSockets(seen: SeenSocket[], tree: boolean, opts: UnixLin
       // Connected to itself: bound first, then connected to its own name.
       if (!isNamed(k.local)) throw new TsnapError('unsupported', `${what} is a unix socket connected to itself without a name; restore could not connect it again`);
       connectByName(k, k.local, k.dir);
+      checkQueueEarly(s, frozen, what);
+      checkQueueRestorable(k, what);
       continue;
     }
     const peer = byIno.get(peerIno);
