@@ -223,24 +223,29 @@ time.sleep(1000)
     expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
   });
 
-  it('a unix datagram socket connected to a receiver outside the dump is refused before the freeze, naming it', async () => {
+  it('a unix datagram socket connected to a receiver outside the dump is refused before the freeze, naming it; with --ext-unix-sk it connects to that name again', async () => {
     const work = tmpDir('tsnap-unix-');
     const rcv = await startPython(`${PRELUDE}
-import time
 r = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); r.bind(sys.argv[1])
 print('READY', flush=True)
-time.sleep(1000)
+while True: print('RCV ' + rd(r), flush=True)
 `, [join(work, 'rcv.sock')]);
     const p = await startPython(`${PRELUDE}
-import time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.connect(sys.argv[1])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.connect(sys.argv[1]); s.send(b'before')
 print('READY fd=%d' % s.fileno(), flush=True)
-time.sleep(1000)
+for line in sys.stdin: print('SENT ' + wr(s, line.strip().encode()), flush=True)
 `, [join(work, 'rcv.sock')]);
+    await rcv.waitForLine(/^RCV before/);
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
     expect(d.code).toBe(ExitCode.unsupported);
-    expect(d.stderr).toMatch(new RegExp(`fd ${p.readyInfo.fd} of process ${p.pid} is a unix socket connected to socket:\\[\\d+\\] outside`));
+    expect(d.stderr).toMatch(new RegExp(`fd ${p.readyInfo.fd} of process ${p.pid} is a unix socket connected to socket:\\[\\d+\\] outside.*--ext-unix-sk`));
     expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/TracerPid:\s+0\n/);
     expect(p.alive() && rcv.alive()).toBe(true);
+
+    const r = await dumpKillRestore(p, work, ['--ext-unix-sk']);
+    expect(r.result.stderr).not.toMatch(/restore check/);
+    r.writeLine('after');
+    expect(await r.waitForLine(/^SENT/)).toBe('SENT sent');
+    await rcv.waitForLine(/^RCV after/);
   });
 });

@@ -21,7 +21,7 @@ import { describeFifo, describeMemfd, checkMemfdSize } from '../files/fifo-memfd
 import { TsnapError } from '../errors.js';
 import { isGhost, checkGhost, describeGhost } from '../files/ghost.js';
 import { linkUnixSockets } from '../files/unix.js';
-import { describeSocketState } from '../files/socket-state.js';
+import { describeSocketState, describeInetShutdowns } from '../files/socket-state.js';
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
@@ -86,6 +86,7 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
   assignOfds(seen);
   describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false);
   linkUnixSockets(seen, pids.length > 1, opts);
+  describeInetShutdowns(seen);
   for (const s of seen) checkSupported(s.img, s.pid, pids);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
   return out;

@@ -3,14 +3,14 @@
  * to the socket kinds: the shutdown state (shutdown(2): unix sockets and
  * UDP; TCP keeps its own in files/tcp.ts) and a classic BPF filter
  * (SO_ATTACH_FILTER). Read at dump from tsnap's copy of the socket and
- * sock_diag; set again once every fd of the restored process exists, so that
- * data put back into queues (unix sockets run the receiver's filter) is not
- * filtered a second time and connections made by name are in place
- * (shutdown of an unconnected UDP socket is not refused only in part).
+ * sock_diag; set again once every fd of the restored process exists: after
+ * the queues were put back (a unix receiver's filter would run on them
+ * again, a shut-down end would refuse them) and the connections by name
+ * were made.
  */
 import { closeSync, statSync } from 'node:fs';
 import {
-  pidfdGetfd, pidfdOpen, getsockoptInt, setsockopt, getSocketFilter, attachSocketFilter, unixDiag, inetShutdown, SysError,
+  pidfdGetfd, pidfdOpen, getsockoptInt, setsockopt, getSocketFilter, attachSocketFilter, unixDiag, inetShutdowns, SysError,
   SOL_SOCKET, AF_UNIX, AF_INET, AF_INET6,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
@@ -45,8 +45,9 @@ function readFilter(copy: number, what: string): Buffer | null {
 }
 
 /**
- * Adds the shutdown state and the filter to a socket's image. `ino`: the
- * socket's inode (sock_diag finds it by that).
+ * Adds the filter and, for unix sockets, the shutdown state to a socket's
+ * image (UDP's: describeInetShutdowns). `ino`: the socket's inode
+ * (sock_diag finds it by that).
  */
 export function describeSocketState(pidfd: number, fd: number, s: SocketImage, ino: number): void {
   const what = `fd ${fd} (socket:[${ino}])`;
@@ -60,15 +61,36 @@ export function describeSocketState(pidfd: number, fd: number, s: SocketImage, i
   } finally {
     closeSync(copy);
   }
-  if (!hasShutdown(s)) return;
-  let how: number | null = null;
+  if (!hasShutdown(s) || s.family !== AF_UNIX) return; // UDP: describeInetShutdowns, one dump for all
+  let how = 0;
   try {
-    how = s.family === AF_UNIX ? unixDiag(ino).shutdown : inetShutdown(s.family, s.protocol || IPPROTO_UDP, ino);
+    how = unixDiag(ino).shutdown;
   } catch (err) {
     // sock_diag answers for tsnap's network namespace only: a socket of another one has no state to read here.
     if (!(err instanceof SysError && err.code === 'ENOENT')) throw err;
   }
   if (how) s.shutdown = how;
+}
+
+/** UDP sockets' shutdown state by inode, one sock_diag dump per family and protocol, made when first asked. */
+class InetShutdowns {
+  private readonly maps = new Map<string, Map<number, number>>();
+  of(s: SocketImage, ino: number): number | null {
+    const key = `${s.family}/${s.protocol || IPPROTO_UDP}`;
+    if (!this.maps.has(key)) this.maps.set(key, inetShutdowns(s.family, s.protocol || IPPROTO_UDP));
+    return this.maps.get(key)!.get(ino) ?? null;
+  }
+}
+
+/** The shutdown state of the UDP sockets among `fds` (their inode in `t.ino`), once every fd is read. */
+export function describeInetShutdowns(fds: { t: { ino: number }; img: FdImage }[]): void {
+  const all = new InetShutdowns();
+  for (const { t, img } of fds) {
+    const s = img.socket;
+    if (!s || s.family === AF_UNIX || !hasShutdown(s)) continue;
+    const how = all.of(s, t.ino);
+    if (how) s.shutdown = how;
+  }
 }
 
 /** shutdown(2)'s `how` for the kernel's sk_shutdown bits (1 receive, 2 send). */
@@ -127,12 +149,13 @@ function attachFilter(pidfd: number, fd: number, s: SocketImage): void {
  */
 export function checkSockets(fds: FdImage[], pid: number): string[] {
   const inoOf = (fd: number): number | null => { try { return statSync(`/proc/${pid}/fd/${fd}`).ino; } catch { return null; } };
+  const inet = new InetShutdowns();
   const out: string[] = [];
   const pidfd = pidfdOpen(pid);
   try {
     for (const f of fds) {
       try {
-        checkSocket(f, pidfd, inoOf(f.fd), out);
+        checkSocket(f, pidfd, inoOf(f.fd), inet, out);
       } catch (err) {
         out.push(`fd ${f.fd} (${f.link}): cannot check the socket: ${(err as Error).message}`);
       }
@@ -143,7 +166,7 @@ export function checkSockets(fds: FdImage[], pid: number): string[] {
   return out;
 }
 
-function checkSocket(f: FdImage, pidfd: number, ino: number | null, out: string[]): void {
+function checkSocket(f: FdImage, pidfd: number, ino: number | null, inet: InetShutdowns, out: string[]): void {
   const s = f.socket;
   if (!s) return;
   const copy = pidfdGetfd(pidfd, f.fd);
@@ -160,6 +183,6 @@ function checkSocket(f: FdImage, pidfd: number, ino: number | null, out: string[
   const d = s.family === AF_UNIX ? unixDiag(ino) : null;
   const link = d && checkUnixLink(f, d);
   if (link) out.push(link);
-  const how = d ? d.shutdown : inetShutdown(s.family, s.protocol || IPPROTO_UDP, ino);
+  const how = d ? d.shutdown : inet.of(s, ino);
   if ((how ?? 0) !== (s.shutdown ?? 0)) out.push(`fd ${f.fd} (${f.link}): shutdown state ${how ?? 0}, the image's ${s.shutdown ?? 0}`);
 }

@@ -31,6 +31,8 @@ export interface SocketOptions {
   tcpEstablished?: boolean;
   /** Frozen: repair mode may be entered. False for the check before the freeze. */
   enter?: boolean;
+  /** dump --ext-unix-sk: a unix datagram socket connected to a named socket outside the dump connects to that name again at restore (files/unix.ts). */
+  extUnixSk?: boolean;
 }
 
 /** What waits in a socket pair's queue; fds passed through it (SCM_RIGHTS) are refused, not dropped. */

@@ -23,7 +23,7 @@
 import { closeSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import {
-  pidfdOpen, pidfdGetfd, peekQueued, unixDiag, unixPeers, setsockopt, rawSyscall, pollNow, ioctlInt, sendToAddr, sendNoWait, SysError, SYS,
+  pidfdOpen, pidfdGetfd, peekQueued, unixDiag, unixPeers, setsockopt, rawSyscall, pollNow, ioctlInt, getpeername, sendToAddr, sendNoWait, SysError, SYS,
   O_CLOEXEC, O_NONBLOCK, F_SETFL, SOL_SOCKET, AF_UNIX, type UnixDiag,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
@@ -50,6 +50,8 @@ export interface SeenSocket {
 export interface UnixLinkOptions {
   /** False for the check before the freeze: refuse what cannot be restored, read no queues. */
   enter?: boolean;
+  /** dump --ext-unix-sk: a datagram socket connected to a named socket outside the dump connects to that name again. */
+  extUnixSk?: boolean;
 }
 
 /** The path of a unix name (sockaddr bytes), null for unnamed and abstract ones. */
@@ -172,7 +174,19 @@ export function linkUnixSockets(seen: SeenSocket[], tree: boolean, opts: UnixLin
       if (frozen && k.type !== SOCK_DGRAM && pendingError(s)) k.reset = true;
       continue;
     }
-    throw new TsnapError('unsupported', `${what} is a unix socket connected to socket:[${peerIno}] outside ${tree ? 'the dumped tree' : 'the process (dump its parent with --tree if the peer is there)'}; only connections inside the dump can be restored`);
+    if (opts.extUnixSk && k.type === SOCK_DGRAM) {
+      // The receiver is not restored: only its name says where it is, and a relative one is relative to a cwd tsnap does not know.
+      const to = withCopy(s, (copy) => getpeername(copy));
+      if (!to || !isNamed(to) || isRelative(to)) {
+        throw new TsnapError('unsupported', `${what} is a unix socket connected to socket:[${peerIno}] outside the dump, ${to && isRelative(to) ? `by the relative name ${describeName(to)}` : 'which has no name'}; --ext-unix-sk could not connect it again`);
+      }
+      connectByName(k, to, undefined);
+      checkQueueEarly(s, frozen, what);
+      checkQueueRestorable(k, what);
+      continue;
+    }
+    const hint = k.type === SOCK_DGRAM ? '; dump with --ext-unix-sk to connect it to the same name again at restore' : '';
+    throw new TsnapError('unsupported', `${what} is a unix socket connected to socket:[${peerIno}] outside ${tree ? 'the dumped tree' : 'the process (dump its parent with --tree if the peer is there)'}; only connections inside the dump can be restored${hint}`);
   }
 }
 
@@ -395,6 +409,11 @@ export function checkUnixLink(f: FdImage, d: UnixDiag): string | null {
   if (s.state === 'peer-closed' && d.peer !== 0) return `${at}: its peer should be closed, sock_diag shows ${d.peer === null ? 'no peer' : `socket:[${d.peer}]`}`;
   // A client waiting in a listener's queue has a peer without a file (inode 0).
   if ((s.state === 'pair' && !d.peer) || (s.state === 'bound' && s.peer && d.peer === null)) return `${at}: not connected, the image's socket is`;
+  // A stream's unread bytes, as sock_diag counts them (a datagram queue shows only its first datagram there).
+  if (s.type === SOCK_STREAM && (s.state === 'pair' || s.state === 'peer-closed')) {
+    const want = (s.queued ?? []).reduce((n, q) => n + q.length, 0);
+    if (d.rq !== want) return `${at}: ${d.rq} bytes queued to read, the image's ${want}`;
+  }
   if ((s.state === 'bound' || s.state === 'listening') && s.local.length > 2) {
     const name = d.name ?? Buffer.alloc(0);
     if (!name.equals(s.local.subarray(2, 2 + name.length)) || s.local.subarray(2 + name.length).some((b) => b !== 0)) {

@@ -144,11 +144,11 @@ export function unixDiag(ino: number): UnixDiag {
 }
 
 /**
- * The shutdown state (bit 0 receive, bit 1 send) of the inet socket with
- * inode `ino`, from a dump of every socket of that family and protocol
- * (lookups by address need the exact 4-tuple); null when it is not there.
+ * The shutdown state (bit 0 receive, bit 1 send) of every inet socket of
+ * that family and protocol, by inode, from one dump (lookups by address
+ * need the exact 4-tuple).
  */
-export function inetShutdown(family: number, protocol: number, ino: number): number | null {
+export function inetShutdowns(family: number, protocol: number): Map<number, number> {
   return withSockDiag((nl) => {
     const req = header(16 + 56, NLM_F_DUMP);
     req.writeUInt8(family, 16);
@@ -157,10 +157,11 @@ export function inetShutdown(family: number, protocol: number, ino: number): num
     req.writeUInt32LE(NOCOOKIE, 24 + 40);
     req.writeUInt32LE(NOCOOKIE, 24 + 44);
     rawSyscall('sendto(sock_diag)', SYS.sendto, nl, libc.address(req), req.length, 0, 0, 0);
+    const out = new Map<number, number>();
     for (const p of answers(nl, `sock_diag(inet ${family}/${protocol})`, true)) {
-      if (p.length >= 72 && p.readUInt32LE(68) === ino) return attrs(p, 72).get(INET_DIAG_SHUTDOWN)?.[0] ?? 0;
+      if (p.length >= 72) out.set(p.readUInt32LE(68), attrs(p, 72).get(INET_DIAG_SHUTDOWN)?.[0] ?? 0);
     }
-    return null;
+    return out;
   });
 }
 
