@@ -491,12 +491,19 @@ export interface SocketImage {
   /**
    * listening: bound and listening; bound: bound or unbound, not connected
    * (datagram peer in `peer`); pair: a unix socket connected to another
-   * socket of the image (socketpair, or accepted from a listener).
+   * socket of the image (socketpair, or accepted from a listener);
+   * peer-closed: a unix socket whose peer was closed (its queue is still
+   * readable: restored as one end of a pair whose other end is closed).
    */
-  state: 'listening' | 'bound' | 'pair' | 'established';
+  state: 'listening' | 'bound' | 'pair' | 'established' | 'peer-closed';
   /** Raw sockaddr of getsockname (empty for an unbound socket). */
   local: Buffer;
-  /** Raw sockaddr of the connected peer of a datagram socket, or null. */
+  /**
+   * Raw sockaddr of the connected peer of a datagram socket, or null. Unix
+   * `bound` sockets: the name they connect to again at restore once every
+   * socket exists (a datagram socket connected one way to a receiver, a
+   * client whose connection waits in a listener's queue).
+   */
   peer: Buffer | null;
   backlog: number;
   reuseAddr: boolean;
@@ -505,7 +512,11 @@ export interface SocketImage {
   /** pair: this socket's inode and its peer's, which identify the two ends. */
   ino?: number;
   peerIno?: number;
-  /** pair: data queued for reading on this end, one buffer per datagram (one for a stream). */
+  /**
+   * Data queued for reading on this end, one buffer per datagram (one for a
+   * stream): pair and peer-closed ends, and named unix datagram sockets
+   * (senders' names are not kept: the datagrams come back from an unnamed socket).
+   */
   queued?: Buffer[];
   /**
    * pair: the queue of this end message by message, when a message in it
@@ -513,6 +524,17 @@ export interface SocketImage {
    * (SO_PASSCRED); `queued` is empty then. On one fd of the socket only.
    */
   scm?: ScmImage;
+  /** Unix: the directory (the process's cwd at dump) a relative `local` name was bound in. */
+  dir?: string;
+  /** Unix: the same for a relative `peer` name. */
+  peerDir?: string;
+  /** peer-closed stream: the peer was closed with data unread, so the next read fails with ECONNRESET. */
+  reset?: boolean;
+  /** sk_shutdown (shutdown(2)): 1 receive, 2 send, 3 both; unix and UDP sockets. */
+  shutdown?: number;
+  /** A classic BPF filter (SO_ATTACH_FILTER): its instructions, 8 bytes each; `filterLocked`: SO_LOCK_FILTER. */
+  filter?: Buffer;
+  filterLocked?: boolean;
   /** established (dump --tcp-established): what TCP repair mode needs to rebuild the connection. */
   tcp?: TcpImage;
   /**

@@ -88,6 +88,8 @@ export interface DumpOptions {
   commitFile?: string;
   /** Take established TCP connections with TCP repair mode (see src/files/tcp.ts). */
   tcpEstablished?: boolean;
+  /** Unix datagram sockets connected to a named socket outside the dump connect to that name again at restore (src/files/unix.ts). */
+  extUnixSk?: boolean;
 }
 
 export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
@@ -207,7 +209,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       } else if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
-        readFds(pid, { tcpEstablished: opts.tcpEstablished, enter: false });
+        readFds(pid, { tcpEstablished: opts.tcpEstablished, extUnixSk: opts.extUnixSk, enter: false });
         checkMappings(pid);
         checkCwd(pid);
         checkOomScoreAdj(pid);
@@ -223,7 +225,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       try {
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
         const layout = readLayout(pid, opts.sharedElsewhere);
-        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, !!opts.tcpEstablished) : null;
+        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: !!opts.tcpEstablished, extUnixSk: !!opts.extUnixSk }) : null;
         checkAbort();
 
         const tMem = process.hrtime.bigint();

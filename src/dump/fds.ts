@@ -13,6 +13,8 @@ import { readPipe, isReadEnd, describeHalfClosedPipe, checkPipesOutside, refuseO
 import type { SocketOptions } from '../files/socket.js';
 import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
 import { TsnapError } from '../errors.js';
+import { linkUnixSockets } from '../files/unix.js';
+import { describeInetShutdowns } from '../files/socket-state.js';
 import { describeInotifyFds } from '../files/inotify.js';
 import { describeInflight, numberInflight, releaseInflight, hasFilesInFlight } from '../files/scm-rights.js';
 
@@ -94,7 +96,8 @@ function readAllFds(pids: number[], opts: FdReadOptions): Map<number, FdImage[]>
   const endsLater = opts.enter === false && seen.some((s) => hasFilesInFlight(s.pid, s.img));
   describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids, opts.enter !== false, endsLater);
   checkPipesOutside(seen.filter((s) => s.img.pipe), pids);
-  checkPairs(seen, pids.length > 1, endsLater);
+  linkUnixSockets(seen, pids.length > 1, { ...opts, endsLater });
+  describeInetShutdowns(seen);
   for (const s of seen) if (!(endsLater && s.t.kind === 'pipe' && !s.img.pipe)) checkSupported(s.img, s.pid, pids, opts.zombies ?? []);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
   numberInflight(inflight, (pid) => out.get(pid)!);
@@ -180,34 +183,6 @@ function describePipes(pipes: SeenFd[], pids: number[], withData: boolean, endsL
     }
     const data = withData ? readPipe(ends[0].pid, ends[0].img.fd, id) : { id, capacity: 0, data: null };
     ends.forEach((e, i) => { e.img.pipe = { id, capacity: data.capacity, data: i === 0 ? data.data : null }; });
-  }
-}
-
-/**
- * Both ends of every connected unix socket must be in the dump. A socket on
- * 0-2 is the process's own only when it is one end of such a pair;
- * otherwise it is stdio, left to restore's stdio.
- */
-function checkPairs(seen: SeenFd[], tree: boolean, endsLater = false): void {
-  const inodes = new Set(seen.filter((s) => s.img.socket).map((s) => s.t.ino));
-  for (const s of seen) {
-    const k = s.img.socket;
-    if (k && s.img.fd <= 2 && (k.state !== 'pair' || !inodes.has(k.peerIno!))) {
-      delete s.img.socket;
-      continue;
-    }
-    if (k?.state !== 'pair') continue;
-    if (!inodes.has(k.peerIno!)) {
-      if (endsLater) continue;
-      throw new TsnapError('unsupported', `fd ${s.img.fd} of process ${s.pid} is a unix socket connected to socket:[${k.peerIno}] outside ${tree ? 'the dumped tree' : 'the process (dump its parent with --tree if the peer is there)'}; only connections inside the dump can be restored`);
-    }
-    // Restore rebuilds a pair with socketpair(): both ends must name each
-    // other. A datagram socket connect()ed to another that is not connected
-    // back (several may send to one) is not such a pair.
-    const peer = seen.find((x) => x.t.ino === k.peerIno && x.img.socket);
-    if (peer && (peer.img.socket!.state !== 'pair' || peer.img.socket!.peerIno !== k.ino)) {
-      throw new TsnapError('unsupported', `fd ${s.img.fd} of process ${s.pid} is a unix socket connected one way to socket:[${k.peerIno}] (a datagram socket connect()ed to another); tsnap cannot restore one-way unix connections yet`);
-    }
   }
 }
 

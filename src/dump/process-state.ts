@@ -15,6 +15,7 @@ import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage, type RlimitImage,
 import { readVmFlags } from '../proc/smaps.js';
 import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
 import type { RemoteState } from './task-state.js';
+import type { SocketOptions } from '../files/socket.js';
 
 function identity(path: string): FileIdentity {
   const st = statSync(path);
@@ -105,7 +106,7 @@ export function readRlimits(pid: number): RlimitImage[] {
   });
 }
 
-export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[], tcpEstablished = false): ProcessImage {
+export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[], sockets: SocketOptions = {}): ProcessImage {
   const stat = readStat(pid);
   const status = readStatus(pid);
   const mm: MmImage = {
@@ -139,7 +140,7 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     threads: remote.threads,
     signals: remote.signals,
     mm,
-    fds: fds ?? readFds(pid, { tcpEstablished, enter: true }),
+    fds: fds ?? readFds(pid, { ...sockets, enter: true }),
     memfds: readMappedMemfds(pid, layout.vmas, (i) => layout.images[i].file),
     ...optional('sysvShm', describeSysvShm(pid, layout.vmas)),
     itimers: remote.itimers,

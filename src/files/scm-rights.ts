@@ -22,7 +22,7 @@
 import { closeSync, fstatSync } from 'node:fs';
 import {
   getsockoptInt, peekOffset, setPeekOffset, peekMessage, sendMessage, pidfdOpen, pidfdGetfd,
-  SysError, SOL_SOCKET, SYS, F_DUPFD_CLOEXEC,
+  SysError, SOL_SOCKET, SYS, F_DUPFD_CLOEXEC, pollHangup, ioctlInt,
 } from '../sys/index.js';
 import type { FdImage, ScmImage, ScmMessageImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
@@ -30,6 +30,9 @@ import { readFdInfo, readStatus, type FdTarget } from '../proc/index.js';
 import { REOPENED } from './regular.js';
 import { isReadEnd } from './pipe.js';
 import { TsnapError } from '../errors.js';
+
+const POLLERR_ = 8;
+const SIOCINQ_ = 0x541b;
 
 const SOCK_STREAM = 1;
 const SO_PASSCRED = 16;
@@ -162,13 +165,23 @@ function closeLocal(fds: number[]): void {
 export function readPairQueue(s: number, fd: number, type: number): Pick<SocketImage, 'queued' | 'scm'> {
   const what = `fd ${fd} (unix socket)`;
   const passcred = getsockoptInt(s, SOL_SOCKET, SO_PASSCRED) !== 0;
+  // A pending socket error (ECONNRESET) is consumed by the first recvmsg that
+  // reaches it: a stream is peeked only up to the bytes SIOCINQ counts, and a
+  // datagram queue behind one cannot be read without clearing it.
+  const errorPending = (pollHangup(s) & POLLERR_) !== 0;
+  const inq = errorPending ? ioctlInt(s, SIOCINQ_, 'ioctl(SIOCINQ)') : Infinity;
+  if (errorPending && type !== SOCK_STREAM) {
+    if (inq > 0) throw new TsnapError('unsupported', `fd ${fd} is a unix socket with a socket error pending and data queued; reading the queue would clear the error, so tsnap cannot take it`);
+    return { queued: [] };
+  }
   const oldOff = peekOffset(s);
   const messages: Peeked[] = [];
   try {
     const buf = Buffer.alloc(BUF);
     const ctrl = Buffer.alloc(CONTROL_ROOM);
     for (let off = 0; ;) {
-      const r = peekAt(s, off, BUF, buf, ctrl);
+      if (off >= inq) break;
+      const r = peekAt(s, off, Math.min(BUF, inq - off), buf, ctrl);
       if (!r) break;
       if (r.flags & MSG_CTRUNC || r.c.others.length) {
         throw new TsnapError('unsupported', `${what} has a message in flight with ancillary data tsnap cannot take (${r.c.others.length ? `cmsg type ${r.c.others.join(', ')}${r.c.others.includes(SCM_SECURITY) ? ': a security label' : ''}` : 'more than it has room for'})`);

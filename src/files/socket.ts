@@ -19,6 +19,8 @@ import { describeTcp, restoreTcp } from './tcp.js';
 import { readPairQueue } from './scm-rights.js';
 import { TsnapError } from '../errors.js';
 import type { FdKindModule } from './kind.js';
+import { describeSocketState } from './socket-state.js';
+import { enterUnixDir, unixStalePath, refillUnixQueue, restorePeerClosed } from './unix.js';
 
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
@@ -32,6 +34,8 @@ export interface SocketOptions {
   tcpEstablished?: boolean;
   /** Frozen: repair mode may be entered. False for the check before the freeze. */
   enter?: boolean;
+  /** dump --ext-unix-sk: a unix datagram socket connected to a named socket outside the dump connects to that name again at restore (files/unix.ts). */
+  extUnixSk?: boolean;
 }
 
 export function describeSocket(pidfd: number, fd: number, link: string, ino: number, opts: SocketOptions = {}): SocketImage {
@@ -130,8 +134,9 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
     const path = s.family === AF_UNIX ? unixPath(s.local) : null;
     // The dead original left its socket file behind; binding needs the name free.
     if (path) {
-      try { if (lstatSync(path).isSocket()) unlinkSync(path); } catch { /* absent */ }
+      try { if (lstatSync(unixStalePath(s, path)).isSocket()) unlinkSync(unixStalePath(s, path)); } catch { /* absent */ }
     }
+    enterUnixDir(rt, s.dir);
     // An address this host does not have now (it had it, or the socket had
     // IP_FREEBIND then) binds with FREEBIND lent, put back as recorded.
     const freebind = s.family === AF_INET ? [0, 15] : s.family === AF_INET6 ? [IPPROTO_IPV6, 78] : null;
@@ -152,7 +157,9 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
   }
   if (s.state === 'listening') rt.sc.check(`listen(${what})`, SYS.listen, tmp, s.backlog);
   if (lendReuse) rt.sc.check('setsockopt(SO_REUSEADDR off)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEADDR, rt.put(Buffer.alloc(4), 520), 4);
-  if (s.peer) rt.sc.check(`connect(${what})`, SYS.connect, tmp, rt.put(s.peer), s.peer.length);
+  // Unix sockets connect by name once every socket exists (files/unix.ts).
+  if (s.family === AF_UNIX) refillUnixQueue(rt, s, what);
+  else if (s.peer) rt.sc.check(`connect(${what})`, SYS.connect, tmp, rt.put(s.peer), s.peer.length);
   placeFds(rt, [{ tmp, targets: group }], floor);
 }
 
@@ -241,6 +248,7 @@ export const socketKind: FdKindModule = {
   describe(c, img) {
     try {
       img.socket = describeSocket(c.pidfd, img.fd, c.target.link, c.target.ino, c.opts);
+      describeSocketState(c.pidfd, img.fd, img.socket, c.target.ino);
     } catch (err) {
       if (img.fd > 2) throw err;
     }
@@ -250,6 +258,7 @@ export const socketKind: FdKindModule = {
     const s = group[0].socket!;
     if (s.state === 'pair') c.defer('pair', Math.min(s.ino!, s.peerIno!), group);
     else if (s.state === 'established') restoreTcp(c.rt, group, c.floor);
+    else if (s.state === 'peer-closed') restorePeerClosed(c.rt, group, c.floor);
     else restoreSocket(c.rt, group, c.floor);
   },
 };

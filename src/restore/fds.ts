@@ -20,6 +20,8 @@ import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
 import { isReadEnd, restorePipe, pipeEndsPresent } from '../files/pipe.js';
 import { leaveTcpRepair } from '../files/tcp.js';
+import { connectUnixPeers } from '../files/unix.js';
+import { finishSockets } from '../files/socket-state.js';
 import { restoreSocketPair } from '../files/socket.js';
 import { Ghosts } from '../files/ghost.js';
 import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
@@ -209,6 +211,11 @@ export class FdRestorer {
     placeFds(rt, [{ tmp, targets: group }], floor);
   }
 
+  /** Phase 1b, once every process created its files: unix sockets connected by name connect again. */
+  connectUnix(rt: RemoteTask, fds: FdImage[]): void {
+    connectUnixPeers(rt, fds, (f) => f.ofd === undefined || this.holders.get(f.ofd)?.pid === rt.pid);
+  }
+
   /** Phase 2: each epoll this process created registers what it watched. */
   registerEpolls(rt: RemoteTask, fds: FdImage[]): void {
     const c = this.contexts.get(rt.pid);
@@ -275,6 +282,7 @@ export class FdRestorer {
  * mode (tcp.ts keeps them in it until every socket of the tree exists).
  */
 export function finishFiles(rt: RemoteTask, fds: FdImage[], idNow: (id: number) => number): void {
+  finishSockets(rt, fds);
   for (const f of fds) if (f.socket?.tcp) leaveTcpRepair(rt, f);
   for (const f of fds) {
     // Taken by the restored process itself: a lease belongs to its holder.

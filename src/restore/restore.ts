@@ -243,6 +243,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `restore the files of ${m.p.pid}`;
       fdr.createFiles(m.rt!, m.p.fds);
     }
+    for (const m of members) fdr.connectUnix(m.rt!, m.p.fds);
     for (const m of members) fdr.registerEpolls(m.rt!, m.p.fds);
     for (const m of members) {
       step = `queue the files in flight of ${m.p.pid} again`;

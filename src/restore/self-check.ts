@@ -10,7 +10,9 @@
  * sides), the VmFlags restore sets, each fd's number, open flags and file
  * position, each thread's blocked signals, the thread count, umask, ids,
  * process group and session, cwd, root, executable, comm, resource limits
- * and personality, and the number of files in flight in each unix socket.
+ * and personality, the number of files in flight in each unix socket;
+ * sockets' filters and shutdown state, and how unix ones are connected and
+ * named (files/socket-state.ts).
  */
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, fileOwner } from '../sys/index.js';
@@ -26,6 +28,7 @@ import { symlinkDiff } from '../files/symlink.js';
 import { nsfsDiff } from '../files/nsfs.js';
 import { checkPipeEnd } from '../files/pipe.js';
 import { checkFifoGhost } from '../files/fifo-ghost.js';
+import { checkSockets } from '../files/socket-state.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
@@ -196,5 +199,6 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   checkInflightRestored(p.fds, (fd) => readFdInfo(pid, fd).extra, out);
   compareProcess(p, pid, opts, out);
   compareTimers(p, pid, opts.idNow ?? ((id) => id), out);
+  out.push(...checkSockets(p.fds.filter((f) => f.socket && !isInheritedStdio(f)), pid));
   return out;
 }

@@ -163,6 +163,9 @@ const MSG_DONTWAIT = 0x40;
 const SO_PEEK_OFF = 42;
 
 const MSG_CTRUNC = 0x8;
+const SIOCINQ = 0x541b;
+const SYS_POLL = 7;
+const POLLERR = 8;
 
 /**
  * The data queued for reading on a socket, without consuming it: peeked
@@ -171,8 +174,20 @@ const MSG_CTRUNC = 0x8;
  * `control`: some queued message also carries ancillary data (fds passed
  * with SCM_RIGHTS, credentials): peeked with no room for it, the kernel
  * says so with MSG_CTRUNC and installs nothing here.
+ *
+ * A read that finds the queue empty takes a pending socket error
+ * (ECONNRESET of a closed peer) for its answer, and that clears it. So with
+ * an error pending no such read is made: a stream is peeked up to the
+ * bytes SIOCINQ counts; a datagram queue, whose message count nothing
+ * tells, is not peeked at all (`unreadable` when it holds anything).
  */
-export function peekQueued(fd: number, stream: boolean): { data: Buffer[]; control: boolean } {
+export function peekQueued(fd: number, stream: boolean): { data: Buffer[]; control: boolean; unreadable?: boolean } {
+  const pfd = Buffer.alloc(8);
+  pfd.writeInt32LE(fd, 0);
+  rawSyscall('poll', SYS_POLL, libc.address(pfd), 1, 0);
+  const errorPending = (pfd.readInt16LE(6) & POLLERR) !== 0;
+  const inq = errorPending ? ioctlInt(fd, SIOCINQ, 'ioctl(SIOCINQ)') : 0;
+  if (errorPending && !stream) return { data: [], control: false, unreadable: inq > 0 };
   const old = Buffer.alloc(4);
   const olen = Buffer.alloc(4);
   olen.writeUInt32LE(4);
@@ -193,7 +208,8 @@ export function peekQueued(fd: number, stream: boolean): { data: Buffer[]; contr
     const msg = Buffer.alloc(56); // struct msghdr: no name, one iovec, no control
     msg.writeBigUInt64LE(libc.address(iov), 16);
     msg.writeBigUInt64LE(1n, 24);
-    for (;;) {
+    for (let got = 0; ; ) {
+      if (errorPending && got >= inq) break;
       msg.writeInt32LE(0, 48);
       const n = Number(libc.recvmsg(fd, msg, MSG_PEEK | MSG_DONTWAIT));
       if (n === -1) {
@@ -204,6 +220,7 @@ export function peekQueued(fd: number, stream: boolean): { data: Buffer[]; contr
       if (msg.readInt32LE(48) & MSG_CTRUNC) control = true;
       if (n === 0) break; // end of a stream (a zero-length datagram is lost)
       out.push(Buffer.from(buf.subarray(0, n)));
+      got += n;
     }
   } finally {
     setPeekOff(old.readInt32LE(0));
