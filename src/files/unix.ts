@@ -414,7 +414,8 @@ export function checkUnixLink(f: FdImage, d: UnixDiag): string | null {
   if ((s.state === 'pair' && !d.peer) || (s.state === 'bound' && s.peer && d.peer === null)) return `${at}: not connected, the image's socket is`;
   // A stream's unread bytes, as sock_diag counts them (a datagram queue shows only its first datagram there).
   if (s.type === SOCK_STREAM && (s.state === 'pair' || s.state === 'peer-closed')) {
-    const want = (s.queued ?? []).reduce((n, q) => n + q.length, 0);
+    // Bytes of messages carrying files in flight (scm-rights.ts) count too.
+    const want = (s.queued ?? []).reduce((n, q) => n + q.length, 0) + (s.scm?.messages ?? []).reduce((n, m) => n + m.data.length, 0);
     if (d.rq !== want) return `${at}: ${d.rq} bytes queued to read, the image's ${want}`;
   }
   if ((s.state === 'bound' || s.state === 'listening') && s.local.length > 2) {
