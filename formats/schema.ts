@@ -432,6 +432,12 @@ export interface SocketImage {
   peerIno?: number;
   /** pair: data queued for reading on this end, one buffer per datagram (one for a stream). */
   queued?: Buffer[];
+  /**
+   * A socket's shutdown as the kernel's sk_shutdown bits (1: read side, 2:
+   * write side), when it is not connected and has some (a TCP connection
+   * that ended while its fd stayed open). Optional.
+   */
+  shutdown?: number;
   /** established (dump --tcp-established): what TCP repair mode needs to rebuild the connection. */
   tcp?: TcpImage;
   /**
@@ -460,6 +466,15 @@ export interface TcpImage {
   timestamp: number | null;
   /** struct tcp_repair_window (snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup). */
   window: Buffer;
+  /** SO_SNDBUF and SO_RCVBUF as getsockopt gave them (optional). */
+  sndbuf?: number;
+  rcvbuf?: number;
+  /**
+   * The id of the netfilter rules that keep the connection silent from the
+   * dump to its restore (src/files/tcp-lock.ts), which restore removes
+   * (optional: no lock).
+   */
+  lock?: string;
 }
 
 /** Where the data of a page run lives. */

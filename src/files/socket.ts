@@ -8,7 +8,7 @@
  */
 import { closeSync, lstatSync, unlinkSync, writeSync } from 'node:fs';
 import {
-  pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, peekQueued, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
+  pidfdGetfd, getsockoptInt, getsockoptBuf, getsockname, getpeername, unixPeerInode, peekQueued, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
   SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6, F_SETFL,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
@@ -16,6 +16,7 @@ import type { RemoteTask } from '../restore/remote-task.js';
 import { readSocketOptions, applySocketOptions } from './socket-options.js';
 import { placeFds, placeEnds } from './place.js';
 import { describeTcp } from './tcp.js';
+import { describeClosedTcp, shutdownHow } from './tcp-closed.js';
 import { TsnapError } from '../errors.js';
 
 const SOCK_STREAM = 1;
@@ -85,10 +86,36 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       throw new TsnapError('unsupported', `${what} is connected to a socket that is gone or outside the dump`);
     }
     // Anything else is a socket not yet used (possibly bound): created, bound and left as it was.
-    return { ...base, state: listening ? 'listening' : 'bound', local: getsockname(s), peer };
+    const img: SocketImage = { ...base, state: listening ? 'listening' : 'bound', local: getsockname(s), peer };
+    if (!listening && !peer && type === SOCK_STREAM && family !== AF_UNIX && protocol === IPPROTO_TCP_) describeUnconnectedTcp(s, fd, ino, what, img);
+    return img;
   } finally {
     closeSync(s);
   }
+}
+
+/**
+ * A TCP socket with neither a listen nor a peer is closed (fresh, bound,
+ * or an ended connection) or still connecting; the latter cannot be
+ * brought back.
+ */
+function describeUnconnectedTcp(s: number, fd: number, ino: number, what: string, img: SocketImage): void {
+  const state = getsockoptBuf(s, IPPROTO_TCP_, TCP_INFO, 1)[0];
+  if (state !== TCP_CLOSE) {
+    throw new TsnapError('unsupported', `${what} is a TCP socket in state ${tcpStateName(state)} (connecting); restore cannot resume a connect() under way`);
+  }
+  const c = describeClosedTcp(s, ino, img.family);
+  if (!c.holdsPort) img.local = Buffer.alloc(0);
+  if (c.shutdown) img.shutdown = c.shutdown;
+  void fd;
+}
+
+const TCP_INFO = 11;
+const TCP_CLOSE = 7;
+const TCP_STATES = ['', 'ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE', 'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING'];
+/** A TCP state by its kernel name (TCP_INFO tcpi_state). */
+export function tcpStateName(state: number): string {
+  return TCP_STATES[state] ?? `${state}`;
 }
 
 /** A unix socket's filesystem path, or null for unnamed and abstract ones. */
@@ -116,7 +143,10 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
   // option back as it was.
   const lendReuse = !s.reuseAddr && (s.family === AF_INET || s.family === AF_INET6) && s.type === SOCK_STREAM && isBound(s);
   if (s.reuseAddr || lendReuse) rt.sc.check('setsockopt(SO_REUSEADDR)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEADDR, one, 4);
-  if (s.reusePort) rt.sc.check('setsockopt(SO_REUSEPORT)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEPORT, one, 4);
+  // Listeners that shared a port with SO_REUSEPORT may since have cleared
+  // it on one of them (the kernel checks only at bind): every listener
+  // binds with it, and finishFiles() puts it back as recorded once all are bound.
+  if (s.reusePort || lendsReusePort(s)) rt.sc.check('setsockopt(SO_REUSEPORT)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEPORT, one, 4);
   if (s.v6Only) rt.sc.check('setsockopt(IPV6_V6ONLY)', SYS.setsockopt, tmp, IPPROTO_IPV6, IPV6_V6ONLY, one, 4);
   // Before the bind: IP_FREEBIND lets it bind an address this host does not have (yet).
   applySocketOptions(s, (level, opt, value) => rt.sc.check(`setsockopt(${level}, ${opt})`, SYS.setsockopt, tmp, level, opt, rt.put(value, 1024), value.length));
@@ -142,7 +172,18 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
   if (s.state === 'listening') rt.sc.check(`listen(${what})`, SYS.listen, tmp, s.backlog);
   if (lendReuse) rt.sc.check('setsockopt(SO_REUSEADDR off)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEADDR, rt.put(Buffer.alloc(4), 520), 4);
   if (s.peer) rt.sc.check(`connect(${what})`, SYS.connect, tmp, rt.put(s.peer), s.peer.length);
+  // The kernel records a shutdown even on a socket without a connection (answering ENOTCONN).
+  const how = shutdownHow(s.shutdown ?? 0);
+  if (how >= 0) {
+    const r = rt.sc.call(SYS.shutdown, tmp, how);
+    if (r < 0n && Number(-r) !== 107 /* ENOTCONN */) throw new TsnapError('restoreFailed', `${what}: shutdown: ${new SysError('shutdown', Number(-r)).code}`);
+  }
   placeFds(rt, [{ tmp, targets: group }], floor);
+}
+
+/** A TCP listener that had no SO_REUSEPORT binds with it lent (see restoreSocket). */
+export function lendsReusePort(s: SocketImage): boolean {
+  return !s.reusePort && s.state === 'listening' && (s.family === AF_INET || s.family === AF_INET6) && s.type === SOCK_STREAM;
 }
 
 function familyName(f: number): string {

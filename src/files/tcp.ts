@@ -13,17 +13,23 @@
  *
  * Restore creates the socket inside the new process, takes a copy, and
  * from tsnap: repair mode on, sequence numbers, bind, connect (no SYN in
- * repair mode), options, queued data, window, repair mode off.
+ * repair mode), options, buffer sizes, queued data, window. Repair mode
+ * stays on until the whole restore succeeded (resumeConnections(), right
+ * before the processes start): a restore that fails closes its sockets as
+ * silently as the dump did, and both ends of a connection inside the image
+ * exist before either speaks.
  *
- * Not handled: packets the peer sends while the process is frozen may be
- * acknowledged by the frozen socket and then lost (CRIU blocks them with a
- * firewall rule; tsnap does not yet). Urgent data and TCP-MD5/AO keys are
- * not carried over.
+ * From the freeze until the restored connection speaks, its packets are
+ * dropped by netfilter rules (tcp-lock.ts): the peer retransmits into
+ * silence instead of being acknowledged by a socket about to vanish, or
+ * reset by a host without one.
+ *
+ * Not handled: urgent data and TCP-MD5/AO keys are not carried over.
  */
 import { closeSync } from 'node:fs';
 import {
   Guardian, SOL_SOCKET, SO,
-  setsockopt, getsockoptBuf, getsockoptInt, ioctlInt, recvPeek, sendAll, bindSocket, connectSocket,
+  setsockopt, getsockoptBuf, getsockoptInt, ioctlInt, recvPeek, sendSome, bindSocket, connectSocket,
   pidfdOpen, pidfdGetfd, getsockname, getpeername, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
 } from '../sys/index.js';
 import type { FdImage, TcpImage } from '../../formats/schema.js';
@@ -33,6 +39,8 @@ import { applySocketOptions } from './socket-options.js';
 import { hold, unhold, type Releasable } from '../freeze/safety-net.js';
 import { TsnapError } from '../errors.js';
 import { faultPoint } from '../fault-points.js';
+import { lockConnection, unlock, handToImage, unlockImageConnection, checkLockTool, type Lock } from './tcp-lock.js';
+import { tcpStateName } from './socket.js';
 
 const IPPROTO_TCP = 6;
 const TCP_MAXSEG = 2;
@@ -59,6 +67,9 @@ const TCPOPT_TIMESTAMP = 8;
 const SIOCINQ = 0x541b;
 const SIOCOUTQ = 0x5411;
 const TCP_ESTABLISHED = 1;
+const SO_SNDBUFFORCE = 32;
+const SO_RCVBUFFORCE = 33;
+const MSG_DONTWAIT = 0x40;
 
 /**
  * Sockets this tsnap put in repair mode, as its own copies. Whoever ends
@@ -69,28 +80,51 @@ const TCP_ESTABLISHED = 1;
  * connection is never left frozen for its peer.
  */
 class RepairSession implements Releasable {
-  private readonly copies: { fd: number; guard: bigint }[] = [];
+  private readonly copies: { fd: number; guard: bigint; lock: Lock | null }[] = [];
+  /** Locks handed to the image by forget(), for a migration to remove once the receiver is done. */
+  private handed: { id: string; local: Buffer; peer: Buffer }[] = [];
 
   /** Call before switching repair mode on. */
-  add(copy: number): void {
+  add(copy: number): { lockWith: (local: Buffer, peer: Buffer) => Lock } {
     const guard = Guardian.get().holdRepair(copy);
     if (this.copies.length === 0) hold(this);
-    this.copies.push({ fd: copy, guard });
+    const entry = { fd: copy, guard, lock: null as Lock | null };
+    this.copies.push(entry);
+    return { lockWith: (local, peer) => (entry.lock = lockConnection(local, peer)) };
   }
 
-  /** The process lives on: repair mode off, without a window probe (nothing happened, as far as the peer knows). */
+  /** The process lives on: repair mode off, without a window probe (nothing happened, as far as the peer knows), unlocked. */
   release(): void {
     for (const c of this.copies.splice(0)) {
       try { setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP); } catch { /* closed meanwhile */ }
+      if (c.lock) { try { unlock(c.lock); } catch { /* the guardian runs the unlock when tsnap ends */ } }
       this.close(c);
     }
     unhold(this);
   }
 
-  /** The process is being killed: its sockets close in repair mode, silently. */
+  /**
+   * The process is being killed: its sockets close in repair mode,
+   * silently, and their locks pass to the image, for its restore to lift.
+   */
   forget(): void {
-    for (const c of this.copies.splice(0)) this.close(c);
+    for (const c of this.copies.splice(0)) {
+      if (c.lock) {
+        try {
+          handToImage(c.lock);
+          this.handed.push({ id: c.lock.id, local: Buffer.from(c.lock.local), peer: Buffer.from(c.lock.peer) });
+        } catch { /* the guardian unlocks: the connection is lost, but no rule is left */ }
+      }
+      this.close(c);
+    }
     unhold(this);
+  }
+
+  /** A migration whose receiver is done (or failed): the locks forget() handed on are lifted here. */
+  unlockHanded(): void {
+    for (const h of this.handed.splice(0)) {
+      try { unlockImageConnection(h.id, h.local, h.peer); } catch { /* best effort */ }
+    }
   }
 
   private close(c: { fd: number; guard: bigint }): void {
@@ -111,11 +145,19 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
   try {
     const info = getsockoptBuf(s, IPPROTO_TCP, TCP_INFO, 8);
     if (info[0] !== TCP_ESTABLISHED) {
-      throw new TsnapError('unsupported', `fd ${fd} is a TCP connection in state ${info[0]} (not established); only established connections can be repaired`);
+      throw new TsnapError('unsupported', `fd ${fd} is a TCP connection in state ${tcpStateName(info[0])} (not established); only established connections can be repaired`);
     }
-    if (!enter) return null;
-    tcpRepair.add(s);
+    if (!enter) {
+      checkLockTool(getsockname(s));
+      return null;
+    }
+    const session = tcpRepair.add(s);
     kept = true;
+    const local = getsockname(s);
+    const peer = getpeername(s)!;
+    // Silence first: nothing the peer sends from now on is acknowledged and then lost.
+    const lock = session.lockWith(local, peer);
+    faultPoint('tcp-locked');
     try {
       setsockopt(s, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, 'setsockopt(TCP_REPAIR)');
     } catch (err) {
@@ -137,8 +179,8 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
     const options = info[5];
     const timestamps = (options & TCPI_OPT_TIMESTAMPS) !== 0;
     return {
-      local: getsockname(s),
-      peer: getpeername(s)!,
+      local,
+      peer,
       recvSeq: recv.seq, recvQueue: recv.data,
       sendSeq: send.seq, sendQueue: send.data,
       mss: getsockoptInt(s, IPPROTO_TCP, TCP_MAXSEG),
@@ -146,13 +188,36 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
       wscale: (options & TCPI_OPT_WSCALE) !== 0 ? { snd: info[6] & 0xf, rcv: info[6] >> 4 } : null,
       timestamp: timestamps ? getsockoptInt(s, IPPROTO_TCP, TCP_TIMESTAMP) >>> 0 : null,
       window: Buffer.from(getsockoptBuf(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, 20)),
+      sndbuf: getsockoptInt(s, SOL_SOCKET, SO.SNDBUF),
+      rcvbuf: getsockoptInt(s, SOL_SOCKET, SO.RCVBUF),
+      lock: lock.id,
     };
   } finally {
     if (!kept) closeSync(s);
   }
 }
 
-/** Rebuilds one established connection inside the new process. */
+/** Restored connections still in repair mode, on tsnap's copies, until resumeConnections(). */
+const pending: { copy: number; fd: number; reuseAddr: boolean; tcp: TcpImage }[] = [];
+
+/**
+ * Puts a queue back in repair mode. The receive queue goes in one skb per
+ * send, which the kernel may refuse when large (ENOMEM): smaller pieces then.
+ */
+function fillQueue(s: number, data: Buffer, what: string): void {
+  let chunk = data.length;
+  for (let at = 0; at < data.length;) {
+    const n = Math.min(chunk, data.length - at);
+    try {
+      at += rawSend(s, data, at, n);
+    } catch (err) {
+      if (err instanceof SysError && (err.code === 'ENOMEM' || err.code === 'EAGAIN') && chunk > 1024) { chunk >>= 1; continue; }
+      throw new TsnapError('restoreFailed', `the ${what} queue of a TCP connection does not fit back (${at} of ${data.length} bytes): ${(err as Error).message}`, err);
+    }
+  }
+}
+
+/** Rebuilds one established connection inside the new process, left in repair mode. *//** Rebuilds one established connection inside the new process. */
 export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): void {
   const f = group[0];
   const k = f.socket!;
@@ -185,27 +250,60 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
     opts.forEach(([code, val], i) => { ob.writeUInt32LE(code, i * 8); ob.writeUInt32LE(val >>> 0, i * 8 + 4); });
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_OPTIONS, ob, 'setsockopt(TCP_REPAIR_OPTIONS)');
     if (t.timestamp !== null) setsockopt(s, IPPROTO_TCP, TCP_TIMESTAMP, t.timestamp | 0, 'setsockopt(TCP_TIMESTAMP)');
+    // Room for the queues while they are filled (the kernel charges more
+    // than the bytes), then the sizes the connection had.
+    setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, Math.max(t.sndbuf ?? 0, 2 * t.sendQueue.length + (1 << 20)), 'setsockopt(SO_SNDBUFFORCE)');
+    setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, Math.max(t.rcvbuf ?? 0, 2 * t.recvQueue.length + (1 << 20)), 'setsockopt(SO_RCVBUFFORCE)');
     if (t.sendQueue.length) {
       setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
-      sendAll(s, t.sendQueue);
+      fillQueue(s, t.sendQueue, 'send');
     }
     if (t.recvQueue.length) {
       setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE);
-      sendAll(s, t.recvQueue);
+      fillQueue(s, t.recvQueue, 'receive');
     }
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+    // getsockopt reports twice what setsockopt was given.
+    if (t.sndbuf) setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, t.sndbuf >> 1, 'setsockopt(SO_SNDBUFFORCE)');
+    if (t.rcvbuf) setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, t.rcvbuf >> 1, 'setsockopt(SO_RCVBUFFORCE)');
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, t.window, 'setsockopt(TCP_REPAIR_WINDOW)');
-    // Out of repair mode with a window probe: the peer learns the connection is alive.
-    setsockopt(s, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, 'setsockopt(TCP_REPAIR off)');
-    // Leaving repair mode clears the socket's claim to share its port: a
-    // listener of the same port restored after it could not bind. The
-    // kernel lets two sockets share a port when both ask (SO_REUSEADDR);
-    // finishFiles() puts the option back as it was once every fd exists.
-    setsockopt(s, SOL_SOCKET, SO.REUSEADDR, 1);
+    pending.push({ copy: s, fd: f.fd, reuseAddr: k.reuseAddr, tcp: t });
+    s = -1;
   } finally {
     if (s >= 0) closeSync(s);
     closeSync(pidfd);
   }
   if (f.flags & O_NONBLOCK) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, tmp, 4, O_NONBLOCK);
   placeFds(rt, [{ tmp, targets: group }], floor);
+}
+
+/**
+ * The restore succeeded: each connection is unlocked and leaves repair
+ * mode with a window probe, so the peer learns at once that it lives.
+ * Leaving repair mode clears the socket's claim to share its port
+ * (listeners of the port bound while it held it): SO_REUSEADDR goes back
+ * as it was.
+ */
+export function resumeConnections(): void {
+  for (const p of pending.splice(0)) {
+    try {
+      if (p.tcp.lock) unlockImageConnection(p.tcp.lock, p.tcp.local, p.tcp.peer);
+      setsockopt(p.copy, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, `setsockopt(fd ${p.fd}, TCP_REPAIR off)`);
+      if (p.reuseAddr) setsockopt(p.copy, SOL_SOCKET, SO.REUSEADDR, 1);
+    } finally {
+      closeSync(p.copy);
+    }
+  }
+}
+
+/** The restore failed: the sockets die in repair mode with their process; their locks go. */
+export function abandonConnections(): void {
+  for (const p of pending.splice(0)) {
+    try { if (p.tcp.lock) unlockImageConnection(p.tcp.lock, p.tcp.local, p.tcp.peer); } catch { /* best effort */ }
+    try { closeSync(p.copy); } catch { /* closed */ }
+  }
+}
+
+function rawSend(s: number, data: Buffer, at: number, n: number): number {
+  return sendSome(s, data, at, n, MSG_DONTWAIT);
 }

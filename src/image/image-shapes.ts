@@ -99,6 +99,7 @@ const SOCKET = obj({
   ino: opt(SAFE),
   peerIno: opt(SAFE),
   queued: opt(arr(BYTES, 1 << 20)),
+  shutdown: opt(int(0, 3)),
   tcp: opt(obj({
     local: SOCKADDR,
     peer: SOCKADDR,
@@ -111,6 +112,9 @@ const SOCKET = obj({
     wscale: nullable(obj({ snd: int(0, 15), rcv: int(0, 15) })),
     timestamp: nullable(U32),
     window: bin(0, 64),
+    sndbuf: opt(int(0, 0x7fffffff)),
+    rcvbuf: opt(int(0, 0x7fffffff)),
+    lock: opt(str(32, /^[0-9a-f]+$/)),
   })),
   options: opt(arr(tuple(int(0, 1 << 16), int(0, 1 << 16), bin(0, 64)), 64)),
 });

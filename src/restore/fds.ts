@@ -19,7 +19,7 @@ import { REOPENED, checkReopenable, restoreReopened } from '../files/regular.js'
 import { restorePipe, isReadEnd } from '../files/pipe.js';
 import { restoreEventfd, restoreTimerfd, restoreSignalfd } from '../files/anon-fds.js';
 import { createEpoll, registerEpollTargets } from '../files/epoll.js';
-import { restoreSocket, restoreSocketPair } from '../files/socket.js';
+import { restoreSocket, restoreSocketPair, lendsReusePort } from '../files/socket.js';
 import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
 import { restoreTcp } from '../files/tcp.js';
 import { Ghosts, isGhost } from '../files/ghost.js';
@@ -194,13 +194,13 @@ export function restoreFds(rt: RemoteTask, fds: FdImage[]): void {
 /**
  * What is set once every fd (and thread) of the image exists: the
  * F_SETOWN_EX / F_SETSIG of each open file that had them (`idNow`: a dumped
- * pid or tid as it is now), and SO_REUSEADDR of restored TCP connections
- * back to what it was (tcp.ts lends it while listeners bind).
+ * pid or tid as it is now), and SO_REUSEPORT of listeners back to what it
+ * was (socket.ts lends it while they bind).
  */
 export function finishFiles(rt: RemoteTask, fds: FdImage[], idNow: (id: number) => number): void {
   for (const f of fds) {
-    if (f.socket?.tcp && !f.socket.reuseAddr) {
-      rt.sc.check(`setsockopt(${f.fd}, SO_REUSEADDR, 0)`, SYS.setsockopt, f.fd, SOL_SOCKET, SO.REUSEADDR, rt.put(Buffer.alloc(4)), 4);
+    if (f.socket && lendsReusePort(f.socket)) {
+      rt.sc.check(`setsockopt(${f.fd}, SO_REUSEPORT, 0)`, SYS.setsockopt, f.fd, SOL_SOCKET, SO.REUSEPORT, rt.put(Buffer.alloc(4)), 4);
     }
   }
   for (const f of fds) {

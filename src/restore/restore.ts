@@ -17,6 +17,7 @@ import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finish
 import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';
 import { finishFiles } from './fds.js';
+import { resumeConnections, abandonConnections } from '../files/tcp.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
 import { restoreAllCreds, restoreCreds } from './creds.js';
@@ -283,6 +284,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     for (const m of members) m.rt!.mem.close();
     if (opts.pidfile) writeFileSync(opts.pidfile, `${proc.pid}\n`, { mode: 0o644 });
+    // Only now may the connections speak: nothing after this can fail.
+    step = 'resume the TCP connections';
+    resumeConnections();
     step = 'start the processes';
     pausePoint('restore-before-start');
     // Children before parents, other threads before their leader: the one a
@@ -309,6 +313,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     };
   } catch (err) {
     (fdr as FdRestorer | null)?.ghosts.removeAll();
+    abandonConnections();
     for (const c of created) if (c.leader) { try { kill(c.pid, SIGKILL); } catch { /* gone */ } }
     // Traced threads stay zombies until reaped, and hold back their leader's report.
     for (const c of created) if (!c.leader) reapTraced(c.pid);

@@ -230,10 +230,80 @@ export function sendAll(fd: number, data: Buffer): void {
   }
 }
 
+/** One send of `n` bytes of `data` from `at`, with `flags`: the bytes taken. */
+export function sendSome(fd: number, data: Buffer, at: number, n: number, flags: number): number {
+  return rawSyscall('sendto', SYS.sendto, fd, libc.address(data) + BigInt(at), n, flags, 0, 0);
+}
+
 export function bindSocket(fd: number, addr: Buffer): void {
   rawSyscall('bind', SYS.bind, fd, libc.address(addr), addr.length);
 }
 
 export function connectSocket(fd: number, addr: Buffer): void {
   rawSyscall('connect', SYS.connect, fd, libc.address(addr), addr.length);
+}
+
+/** poll() of one fd without waiting: the revents. */
+export function pollNow(fd: number, events: number): number {
+  const b = Buffer.alloc(8);
+  b.writeInt32LE(fd, 0);
+  b.writeInt16LE(events, 4);
+  rawSyscall('poll', SYS.poll, libc.address(b), 1, 0);
+  return b.readUInt16LE(6);
+}
+
+const NLM_F_DUMP = 0x300;
+const NLMSG_DONE = 3;
+const IPPROTO_TCP = 6;
+/** Pseudo-state of inet_diag (Linux 6.7+): a TCP socket that is bound but neither listening nor connected. */
+const TCP_BOUND_INACTIVE = 13;
+
+/**
+ * Inodes of the TCP sockets of `family` that hold a bound port while
+ * closed, asked of inet_diag. null when the kernel cannot tell (before
+ * Linux 6.7 it does not list such sockets).
+ */
+export function tcpBoundInactive(family: number): Set<number> | null {
+  const nl = rawSyscall('socket(AF_NETLINK)', SYS.socket, AF_NETLINK, 3 /* SOCK_RAW */ | 0o2000000, NETLINK_SOCK_DIAG);
+  try {
+    const req = Buffer.alloc(16 + 56);
+    req.writeUInt32LE(req.length, 0);
+    req.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
+    req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
+    req.writeUInt32LE(1, 8);
+    req.writeUInt8(family, 16);
+    req.writeUInt8(IPPROTO_TCP, 17);
+    req.writeUInt32LE(1 << TCP_BOUND_INACTIVE, 20);
+    rawSyscall('sendto(inet_diag)', SYS.sendto, nl, libc.address(req), req.length, 0, 0, 0);
+    const out = new Set<number>();
+    const resp = Buffer.alloc(65536);
+    for (;;) {
+      const n = rawSyscall('recvfrom(inet_diag)', SYS.recvfrom, nl, libc.address(resp), resp.length, 0, 0, 0);
+      for (let at = 0; at + 16 <= n;) {
+        const len = resp.readUInt32LE(at);
+        const type = resp.readUInt16LE(at + 4);
+        if (type === NLMSG_DONE) return out;
+        if (type === NLMSG_ERROR) {
+          const err = -resp.readInt32LE(at + 16);
+          // Unknown state bits are ignored, not refused: an old kernel answers
+          // with nothing rather than an error; EINVAL-like answers mean "cannot tell".
+          if (err === 0) return out;
+          return null;
+        }
+        // struct inet_diag_msg (its state says CLOSE): the inode at +68.
+        if (type === SOCK_DIAG_BY_FAMILY && len >= 16 + 72) out.add(resp.readUInt32LE(at + 16 + 68));
+        if (len < 16) return out;
+        at += (len + 3) & ~3;
+      }
+      if (n <= 0) return out;
+    }
+  } finally {
+    rawSyscall('close', SYS.close, nl);
+  }
+}
+
+/** memfd_create(name, flags): a new anonymous file of tsnap's. */
+export function memfdCreate(name: string, flags: number): number {
+  const n = Buffer.from(`${name}\0`);
+  return rawSyscall('memfd_create', SYS.memfd_create, libc.address(n), flags);
 }

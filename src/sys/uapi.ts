@@ -70,6 +70,8 @@ export const SYS = {
   getpgid: 121,
   setsid: 112,
   connect: 42,
+  shutdown: 48,
+  poll: 7,
   getpeername: 52,
   bind: 49,
   listen: 50,
