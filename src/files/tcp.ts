@@ -80,7 +80,7 @@ const MSG_DONTWAIT = 0x40;
  * connection is never left frozen for its peer.
  */
 class RepairSession implements Releasable {
-  private readonly copies: { fd: number; guard: bigint; lock: Lock | null }[] = [];
+  private readonly copies: { fd: number; guard: bigint; lock: Lock | null; reuseAddr: boolean }[] = [];
   /** Locks handed to the image by forget(), for a migration to remove once the receiver is done. */
   private handed: { id: string; local: Buffer; peer: Buffer }[] = [];
 
@@ -88,7 +88,8 @@ class RepairSession implements Releasable {
   add(copy: number): { lockWith: (local: Buffer, peer: Buffer) => Lock } {
     const guard = Guardian.get().holdRepair(copy);
     if (this.copies.length === 0) hold(this);
-    const entry = { fd: copy, guard, lock: null as Lock | null };
+    // Repair mode takes the port over (and leaving it clears SO_REUSEADDR): kept to put back.
+    const entry = { fd: copy, guard, lock: null as Lock | null, reuseAddr: getsockoptInt(copy, SOL_SOCKET, SO.REUSEADDR) !== 0 };
     this.copies.push(entry);
     return { lockWith: (local, peer) => (entry.lock = lockConnection(local, peer)) };
   }
@@ -96,7 +97,10 @@ class RepairSession implements Releasable {
   /** The process lives on: repair mode off, without a window probe (nothing happened, as far as the peer knows), unlocked. */
   release(): void {
     for (const c of this.copies.splice(0)) {
-      try { setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP); } catch { /* closed meanwhile */ }
+      try {
+        setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+        if (c.reuseAddr) setsockopt(c.fd, SOL_SOCKET, SO.REUSEADDR, 1);
+      } catch { /* closed meanwhile */ }
       if (c.lock) { try { unlock(c.lock); } catch { /* the guardian runs the unlock when tsnap ends */ } }
       this.close(c);
     }

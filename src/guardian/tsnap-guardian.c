@@ -112,7 +112,7 @@ struct tracee {
 
 /* TCP sockets in repair mode: the target's connections, frozen for the peer. */
 #define MAX_REPAIR 1024
-static struct { int64_t id; int fd; } repairs[MAX_REPAIR];
+static struct { int64_t id; int fd; int reuse; } repairs[MAX_REPAIR];
 static int nrepairs;
 static int64_t next_repair_id = 1;
 
@@ -412,6 +412,12 @@ static int op_repair_hold(int fd, struct reply *p) {
   if (nrepairs == MAX_REPAIR) { close(fd); return ENOMEM; }
   repairs[nrepairs].id = next_repair_id++;
   repairs[nrepairs].fd = fd;
+  /* Held before repair mode goes on, which takes the port over; leaving it
+   * clears SO_REUSEADDR, so what the program had is kept to put back. */
+  int reuse = 0;
+  socklen_t len = sizeof reuse;
+  if (getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, &len) != 0) reuse = 0;
+  repairs[nrepairs].reuse = reuse;
   p->ret = repairs[nrepairs++].id;
   return 0;
 }
@@ -432,6 +438,7 @@ static void end_repairs(void) {
   int off = -1; /* TCP_REPAIR_OFF_NO_WP */
   for (int i = 0; i < nrepairs; i++) {
     setsockopt(repairs[i].fd, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);
+    if (repairs[i].reuse) setsockopt(repairs[i].fd, SOL_SOCKET, SO_REUSEADDR, &repairs[i].reuse, sizeof repairs[i].reuse);
     close(repairs[i].fd);
   }
   nrepairs = 0;
