@@ -466,6 +466,12 @@ export interface TcpImage {
   timestamp: number | null;
   /** struct tcp_repair_window (snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup). */
   window: Buffer;
+  /**
+   * The TCP state when not ESTABLISHED (optional): FIN_WAIT1 4, FIN_WAIT2
+   * 5, CLOSE_WAIT 8, LAST_ACK 9, CLOSING 11. The sequence numbers then
+   * count the FINs sent and received; the queues hold data only.
+   */
+  state?: number;
   /** SO_SNDBUF and SO_RCVBUF as getsockopt gave them (optional). */
   sndbuf?: number;
   rcvbuf?: number;

@@ -57,8 +57,14 @@ export function connOf(local: Buffer, peer: Buffer): Conn {
   return { v6: l.v6 || p.v6, local: l.ip, lport: l.port, peer: p.ip, pport: p.port };
 }
 
+/**
+ * The mark of the segments restore replays itself (a FIN the peer had
+ * sent, its ACK of ours: tcp.ts), which the lock lets through.
+ */
+export const REPLAY_MARK = 0x7473;
+
 function ruleSpecs(c: Conn, tag: string): string[] {
-  const m = `-m comment --comment "${tag}" -j DROP`;
+  const m = `-m mark ! --mark 0x${REPLAY_MARK.toString(16)} -m comment --comment "${tag}" -j DROP`;
   return [
     `INPUT -p tcp -s ${c.peer} --sport ${c.pport} -d ${c.local} --dport ${c.lport} ${m}`,
     `OUTPUT -p tcp -s ${c.local} --sport ${c.lport} -d ${c.peer} --dport ${c.pport} ${m}`,

@@ -30,7 +30,7 @@ import { closeSync } from 'node:fs';
 import {
   Guardian, SOL_SOCKET, SO,
   setsockopt, getsockoptBuf, getsockoptInt, ioctlInt, recvPeek, sendSome, bindSocket, connectSocket,
-  pidfdOpen, pidfdGetfd, getsockname, getpeername, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
+  pidfdOpen, pidfdGetfd, getsockname, getpeername, SysError, SYS, O_CLOEXEC, O_NONBLOCK, rawSyscall, sendRawTcp, AF_INET,
 } from '../sys/index.js';
 import type { FdImage, TcpImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
@@ -39,7 +39,7 @@ import { applySocketOptions } from './socket-options.js';
 import { hold, unhold, type Releasable } from '../freeze/safety-net.js';
 import { TsnapError } from '../errors.js';
 import { faultPoint } from '../fault-points.js';
-import { lockConnection, unlock, handToImage, unlockImageConnection, checkLockTool, type Lock } from './tcp-lock.js';
+import { lockConnection, unlock, handToImage, unlockImageConnection, checkLockTool, REPLAY_MARK, type Lock } from './tcp-lock.js';
 import { tcpStateName } from './socket.js';
 
 const IPPROTO_TCP = 6;
@@ -148,8 +148,8 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
   let kept = false;
   try {
     const info = getsockoptBuf(s, IPPROTO_TCP, TCP_INFO, 8);
-    if (info[0] !== TCP_ESTABLISHED) {
-      throw new TsnapError('unsupported', `fd ${fd} is a TCP connection in state ${tcpStateName(info[0])} (not established); only established connections can be repaired`);
+    if (info[0] !== TCP_ESTABLISHED && !HALF_CLOSED.has(info[0])) {
+      throw new TsnapError('unsupported', `fd ${fd} is a TCP connection in state ${tcpStateName(info[0])}; only established and half-closed connections (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING) can be repaired`);
     }
     if (!enter) {
       checkLockTool(getsockname(s));
@@ -175,6 +175,11 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
       const data = size > 0 ? recvPeek(s, size) : Buffer.alloc(0);
       return { seq, data };
     };
+    // Still the state, now that nothing moves: a FIN may have come since the first look.
+    const state = getsockoptBuf(s, IPPROTO_TCP, TCP_INFO, 1)[0];
+    if (state !== info[0]) info[0] = state;
+    if (state !== TCP_ESTABLISHED && !HALF_CLOSED.has(state)) throw new TsnapError('unsupported', `fd ${fd} is a TCP connection in state ${tcpStateName(state)}, which cannot be repaired`);
+    // SIOCOUTQ counts our FIN; the queue read holds data only.
     const inq = ioctlInt(s, SIOCINQ, 'ioctl(SIOCINQ)');
     const outq = ioctlInt(s, SIOCOUTQ, 'ioctl(SIOCOUTQ)');
     const recv = queue(TCP_RECV_QUEUE, inq);
@@ -195,10 +200,80 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
       sndbuf: getsockoptInt(s, SOL_SOCKET, SO.SNDBUF),
       rcvbuf: getsockoptInt(s, SOL_SOCKET, SO.RCVBUF),
       lock: lock.id,
+      ...(info[0] !== TCP_ESTABLISHED ? { state: info[0] } : {}),
     };
   } finally {
     if (!kept) closeSync(s);
   }
+}
+
+const TCP_FIN_WAIT1 = 4;
+const TCP_FIN_WAIT2 = 5;
+const TCP_CLOSE_WAIT = 8;
+const TCP_LAST_ACK = 9;
+const TCP_CLOSING = 11;
+/** States past ESTABLISHED whose connection still lives, with the FINs sent so far: restorable. */
+const HALF_CLOSED = new Set([TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING]);
+const TH_FIN = 0x01;
+const TH_ACK = 0x10;
+const SHUT_WR = 1;
+
+/**
+ * Which FINs a state has seen: ours sent (first, or after the peer's),
+ * ours acknowledged, the peer's received.
+ */
+function finsOf(state: number): { oursSent: boolean; oursFirst: boolean; oursAcked: boolean; peerSent: boolean } {
+  return {
+    oursSent: [TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSING, TCP_LAST_ACK].includes(state),
+    oursFirst: [TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSING].includes(state),
+    oursAcked: state === TCP_FIN_WAIT2,
+    peerSent: [TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING].includes(state),
+  };
+}
+
+function ipOf(sa: Buffer): { ip: Buffer; port: number } {
+  const port = sa.readUInt16BE(2);
+  if (sa.readUInt16LE(0) === AF_INET) return { ip: Buffer.from(sa.subarray(4, 8)), port };
+  const a = sa.subarray(8, 24);
+  const mapped = a.subarray(0, 10).every((b) => b === 0) && a[10] === 0xff && a[11] === 0xff;
+  return { ip: Buffer.from(mapped ? a.subarray(12, 16) : a), port };
+}
+
+/**
+ * Brings a connection rebuilt as established (in repair mode) to its
+ * half-closed state, the way it got there: our FIN through shutdown()
+ * (counted as sent when the peer had acknowledged it), the peer's FIN and
+ * its acknowledgement of ours as segments replayed from the peer's
+ * address, marked so that the lock lets them in. `rcvNxt`, `sndNxt`: the
+ * sequence numbers before any FIN. Checks that the kernel got there.
+ */
+function replayFins(s: number, fd: number, t: TcpImage, fin: ReturnType<typeof finsOf>, rcvNxt: number, sndNxt: number): void {
+  const ourFin = (acked: boolean) => {
+    if (acked) setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
+    rawSyscall('shutdown(SHUT_WR)', SYS.shutdown, s, SHUT_WR);
+    if (acked) setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+  };
+  const peer = ipOf(t.peer);
+  const local = ipOf(t.local);
+  const sndWnd = t.window.length >= 8 ? t.window.readUInt32LE(4) >>> (t.wscale?.snd ?? 0) : 0xffff;
+  // What the peer had acknowledged of ours: all but what is still queued (and our FIN, unless acknowledged).
+  const una = (sndNxt - t.sendQueue.length) >>> 0;
+  if (fin.oursFirst) ourFin(fin.oursAcked);
+  if (fin.peerSent) sendRawTcp(peer, local, rcvNxt, una, TH_FIN | TH_ACK, sndWnd, REPLAY_MARK);
+  if (fin.oursSent && !fin.oursFirst) ourFin(false);
+  if (fin.oursAcked) sendRawTcp(peer, local, rcvNxt, (sndNxt + 1) >>> 0, TH_ACK, sndWnd, REPLAY_MARK);
+  const want = t.state!;
+  let now = -1;
+  for (let i = 0; i < 200; i++) {
+    now = getsockoptBuf(s, IPPROTO_TCP, TCP_INFO, 1)[0];
+    if (now === want) return;
+    sleepMs(5);
+  }
+  throw new TsnapError('restoreFailed', `fd ${fd}: the TCP connection did not come back in state ${tcpStateName(want)} (it is ${tcpStateName(now)}); the replayed FIN or ACK was not taken`);
+}
+
+function sleepMs(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 /** Restored connections still in repair mode, on tsnap's copies, until resumeConnections(). */
@@ -221,7 +296,7 @@ function fillQueue(s: number, data: Buffer, what: string): void {
   }
 }
 
-/** Rebuilds one established connection inside the new process, left in repair mode. *//** Rebuilds one established connection inside the new process. */
+/** Rebuilds one connection inside the new process, left in repair mode. */
 export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): void {
   const f = group[0];
   const k = f.socket!;
@@ -235,10 +310,14 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
     applySocketOptions(k, (level, opt, value) => setsockopt(s, level, opt, value, `setsockopt(${level}, ${opt})`));
     // The sequence numbers read at dump follow the queued data; putting the
     // data back advances them again: start from where the queues began.
+    // A FIN counts one in the sequence numbers and is replayed below.
+    const fin = finsOf(t.state ?? TCP_ESTABLISHED);
+    const recvStart = t.recvSeq - (fin.peerSent ? 1 : 0) - t.recvQueue.length;
+    const sendStart = t.sendSeq - (fin.oursSent ? 1 : 0) - t.sendQueue.length;
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE);
-    setsockopt(s, IPPROTO_TCP, TCP_QUEUE_SEQ, (t.recvSeq - t.recvQueue.length) | 0);
+    setsockopt(s, IPPROTO_TCP, TCP_QUEUE_SEQ, recvStart | 0);
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
-    setsockopt(s, IPPROTO_TCP, TCP_QUEUE_SEQ, (t.sendSeq - t.sendQueue.length) | 0);
+    setsockopt(s, IPPROTO_TCP, TCP_QUEUE_SEQ, sendStart | 0);
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
     try {
       bindSocket(s, t.local);
@@ -270,7 +349,14 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
     // getsockopt reports twice what setsockopt was given.
     if (t.sndbuf) setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, t.sndbuf >> 1, 'setsockopt(SO_SNDBUFFORCE)');
     if (t.rcvbuf) setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, t.rcvbuf >> 1, 'setsockopt(SO_RCVBUFFORCE)');
-    setsockopt(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, t.window, 'setsockopt(TCP_REPAIR_WINDOW)');
+    const window = Buffer.from(t.window);
+    if (fin.peerSent && window.length >= 20) {
+      // The peer's FIN, replayed, must fall inside the window it had before it came.
+      window.writeUInt32LE((window.readUInt32LE(16) - 1) >>> 0, 16);
+      window.writeUInt32LE((window.readUInt32LE(12) + 1) >>> 0, 12);
+    }
+    setsockopt(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, window, 'setsockopt(TCP_REPAIR_WINDOW)');
+    if (t.state !== undefined && t.state !== TCP_ESTABLISHED) replayFins(s, f.fd, t, fin, recvStart + t.recvQueue.length, sendStart + t.sendQueue.length);
     pending.push({ copy: s, fd: f.fd, reuseAddr: k.reuseAddr, tcp: t });
     s = -1;
   } finally {

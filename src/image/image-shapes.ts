@@ -112,6 +112,7 @@ const SOCKET = obj({
     wscale: nullable(obj({ snd: int(0, 15), rcv: int(0, 15) })),
     timestamp: nullable(U32),
     window: bin(0, 64),
+    state: opt(oneOf(4, 5, 8, 9, 11)),
     sndbuf: opt(int(0, 0x7fffffff)),
     rcvbuf: opt(int(0, 0x7fffffff)),
     lock: opt(str(32, /^[0-9a-f]+$/)),

@@ -307,3 +307,77 @@ export function memfdCreate(name: string, flags: number): number {
   const n = Buffer.from(`${name}\0`);
   return rawSyscall('memfd_create', SYS.memfd_create, libc.address(n), flags);
 }
+
+const IPPROTO_RAW = 255;
+const IP_HDRINCL = 3;
+const SO_MARK = 36;
+
+function csumAdd(sum: number, b: Buffer): number {
+  for (let i = 0; i + 1 < b.length; i += 2) sum += b.readUInt16BE(i);
+  if (b.length & 1) sum += b[b.length - 1] << 8;
+  return sum;
+}
+
+function csumFold(sum: number): number {
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+/**
+ * Sends one TCP segment without payload from `src` to `dst` (raw sockaddrs
+ * of one family; v4-mapped IPv6 addresses go as IPv4) through a raw socket
+ * whose packets carry `mark`. Used to replay a segment the peer once sent.
+ */
+export function sendRawTcp(src: { ip: Buffer; port: number }, dst: { ip: Buffer; port: number }, seq: number, ack: number, flags: number, window: number, mark: number): void {
+  const v6 = src.ip.length === 16;
+  const tcp = Buffer.alloc(20);
+  tcp.writeUInt16BE(src.port, 0);
+  tcp.writeUInt16BE(dst.port, 2);
+  tcp.writeUInt32BE(seq >>> 0, 4);
+  tcp.writeUInt32BE(ack >>> 0, 8);
+  tcp.writeUInt8(5 << 4, 12);
+  tcp.writeUInt8(flags, 13);
+  tcp.writeUInt16BE(Math.min(window, 0xffff), 14);
+  const pseudo = Buffer.alloc(v6 ? 40 : 12);
+  if (v6) {
+    src.ip.copy(pseudo, 0); dst.ip.copy(pseudo, 16);
+    pseudo.writeUInt32BE(20, 32); pseudo.writeUInt8(6, 39);
+  } else {
+    src.ip.copy(pseudo, 0); dst.ip.copy(pseudo, 4);
+    pseudo.writeUInt8(6, 9); pseudo.writeUInt16BE(20, 10);
+  }
+  tcp.writeUInt16BE(csumFold(csumAdd(csumAdd(0, pseudo), tcp)), 16);
+  let pkt: Buffer;
+  if (v6) {
+    const ip = Buffer.alloc(40);
+    ip.writeUInt32BE(0x60000000, 0);
+    ip.writeUInt16BE(20, 4);
+    ip.writeUInt8(6, 6);
+    ip.writeUInt8(64, 7);
+    src.ip.copy(ip, 8); dst.ip.copy(ip, 24);
+    pkt = Buffer.concat([ip, tcp]);
+  } else {
+    const ip = Buffer.alloc(20);
+    ip.writeUInt8(0x45, 0);
+    ip.writeUInt16BE(40, 2);
+    ip.writeUInt8(64, 8);
+    ip.writeUInt8(6, 9);
+    src.ip.copy(ip, 12); dst.ip.copy(ip, 16);
+    ip.writeUInt16BE(csumFold(csumAdd(0, ip)), 10);
+    pkt = Buffer.concat([ip, tcp]);
+  }
+  const family = v6 ? 10 : 2;
+  const s = rawSyscall('socket(raw)', SYS.socket, family, 3 /* SOCK_RAW */ | 0o2000000, IPPROTO_RAW);
+  try {
+    const one = Buffer.alloc(4); one.writeInt32LE(1);
+    if (!v6) rawSyscall('setsockopt(IP_HDRINCL)', SYS.setsockopt, s, 0, IP_HDRINCL, libc.address(one), 4);
+    const m = Buffer.alloc(4); m.writeUInt32LE(mark >>> 0);
+    rawSyscall('setsockopt(SO_MARK)', SYS.setsockopt, s, 1, SO_MARK, libc.address(m), 4);
+    const to = Buffer.alloc(v6 ? 28 : 16);
+    to.writeUInt16LE(family, 0);
+    if (v6) dst.ip.copy(to, 8); else dst.ip.copy(to, 4);
+    rawSyscall('sendto(raw)', SYS.sendto, s, libc.address(pkt), pkt.length, 0, libc.address(to), to.length);
+  } finally {
+    rawSyscall('close', SYS.close, s);
+  }
+}
