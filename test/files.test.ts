@@ -220,6 +220,73 @@ for cmd in sys.stdin:
     client.destroy();
   });
 
+  it('--tcp-established: half-closed connections come back in their states (CLOSE_WAIT, FIN_WAIT2) and finish closing; an ended one reads EOF', async () => {
+    const work = tmpDir('tsnap-files-');
+    const p = await startPython(`
+import os, socket, sys, struct, errno
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+os.closerange(3, l.fileno())
+print('READY port=%d' % l.getsockname()[1], flush=True)
+a, _ = l.accept()   # the client sends, then shuts its side: CLOSE_WAIT here
+b, _ = l.accept()   # this side shuts first: FIN_WAIT2
+b.shutdown(socket.SHUT_WR)
+# A connection that ended while its fds stayed open (both sides closed).
+e1 = socket.create_connection(l.getsockname()); e2, _ = l.accept()
+e1.shutdown(socket.SHUT_WR); e2.shutdown(socket.SHUT_WR)
+state = lambda s: s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+for cmd in sys.stdin:
+    if cmd.startswith('states'):
+        print('STATES %d %d %d %d' % (state(a), state(b), state(e1), state(e2)), flush=True)
+    elif cmd.startswith('go'):
+        got = b''
+        while True:
+            d = a.recv(100)
+            if not d: break
+            got += d
+        a.sendall(b'bye\\n'); a.shutdown(socket.SHUT_WR)
+        late = b.recv(100)
+        try:
+            e1.send(b'x'); sent = 'sent'
+        except OSError as err:
+            sent = errno.errorcode[err.errno]
+        print('GOT %r EOF; LATE %r; ENDED %r %r %s' % (got, late, e1.recv(1), e2.recv(1), sent), flush=True)
+`);
+    const port = Number(p.readyInfo.port);
+    // Half-open on the client's side too: node would otherwise close its side on the server's FIN.
+    const connectTo = async () => { const c = createConnection({ port, host: '127.0.0.1', allowHalfOpen: true }); await new Promise((res) => c.once('connect', res)); return c; };
+    const ca = await connectTo();
+    const fromA: string[] = [];
+    let aEnded = false;
+    ca.on('data', (d) => fromA.push(String(d)));
+    ca.on('end', () => { aEnded = true; });
+    ca.write('hello\n');
+    ca.end();
+    const cb = await connectTo();
+    let bEnded = false;
+    cb.on('end', () => { bEnded = true; });
+    cb.on('error', () => {});
+    const mark = p.lines().length;
+    for (let i = 0; i < 100 && !bEnded; i++) await new Promise((res) => setTimeout(res, 10));
+    p.writeLine('states');
+    expect(await p.waitForLine(/^STATES/, 5000, mark)).toBe('STATES 8 5 7 7');
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tcp-established');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('states');
+    expect(await r.waitForLine(/^STATES/)).toBe('STATES 8 5 7 7');
+    cb.write('late\n');
+    r.writeLine('go');
+    expect(await r.waitForLine(/^GOT/)).toBe("GOT b'hello\\n' EOF; LATE b'late\\n'; ENDED b'' b'' EPIPE");
+    for (let i = 0; i < 300 && !aEnded; i++) await new Promise((res) => setTimeout(res, 10));
+    expect(fromA.join('')).toBe('bye\n');
+    expect(aEnded).toBe(true);
+    ca.destroy();
+    cb.destroy();
+  });
+
   it('an fd whose signals (F_SETOWN) go to a process outside the dump is refused before the freeze, naming it', async () => {
     const p = await startPython(`import os, fcntl, time
 r, w = os.pipe()
