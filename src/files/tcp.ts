@@ -231,6 +231,12 @@ function finsOf(state: number): { oursSent: boolean; oursFirst: boolean; oursAck
   };
 }
 
+/** What the FINs of a state add to the queue sizes /proc shows: ours until acknowledged, the peer's until read. */
+export function finCounts(state: number): { tx: number; rx: number } {
+  const f = finsOf(state);
+  return { tx: f.oursSent && !f.oursAcked ? 1 : 0, rx: f.peerSent ? 1 : 0 };
+}
+
 function ipOf(sa: Buffer): { ip: Buffer; port: number } {
   const port = sa.readUInt16BE(2);
   if (sa.readUInt16LE(0) === AF_INET) return { ip: Buffer.from(sa.subarray(4, 8)), port };

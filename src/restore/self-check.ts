@@ -17,6 +17,7 @@ import { pidfdOpen, pidfdGetfd, fileOwner } from '../sys/index.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
+import { checkRestoredTcp } from '../files/tcp-check.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
@@ -171,6 +172,7 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   compareMaps(p, pid, out);
   compareVmFlags(p, pid, out);
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
+  checkRestoredTcp(p.fds, pid, out);
   compareProcess(p, pid, opts, out);
   return out;
 }
