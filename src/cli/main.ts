@@ -98,7 +98,7 @@ export async function main(argv: string[]): Promise<void> {
     .requiredOption('-d, --dir <dir>', 'image directory to create (must be new or empty)')
     .option('--parent <dir>', 'store only what changed since this pre-dump (incremental)')
     .option('-t, --tree', 'dump the process and all its descendants, frozen together (DIR/<pid> each)')
-    .option('--tcp-established', 'take established TCP connections with TCP repair mode (the peer must not send while frozen)')
+    .option('--tcp-established', 'take established and half-closed TCP connections with TCP repair mode (locked with iptables rules until restored)')
     .option('--pre-dumps <n>', 'pre-dump up to N times while it runs, then dump the last delta: writes DIR/1, DIR/2, ...', (v) => Number(v))
     .option('-R, --leave-running', 'resume the process after the dump instead of killing it')
     .addOption(new Option('--compress <codec>', 'page compression').choices(['lz4', 'none']).default('none'))
