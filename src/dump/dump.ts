@@ -85,6 +85,8 @@ export interface DumpOptions {
   commitFile?: string;
   /** Take established TCP connections with TCP repair mode (see src/files/tcp.ts). */
   tcpEstablished?: boolean;
+  /** Take connected TCP sockets as closed ones (see SocketOptions.tcpClose). */
+  tcpClose?: boolean;
 }
 
 export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
@@ -204,7 +206,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       } else if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
-        readFds(pid, { tcpEstablished: opts.tcpEstablished, enter: false });
+        readFds(pid, { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, enter: false });
         checkMappings(pid);
         checkCwd(pid);
         checkOomScoreAdj(pid);
@@ -220,7 +222,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       try {
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
         const layout = readLayout(pid);
-        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, !!opts.tcpEstablished) : null;
+        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose }) : null;
         checkAbort();
 
         const tMem = process.hrtime.bigint();

@@ -91,7 +91,7 @@ export function readRlimits(pid: number): RlimitImage[] {
   });
 }
 
-export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[], tcpEstablished = false): ProcessImage {
+export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[], sockets: { tcpEstablished?: boolean; tcpClose?: boolean } = {}): ProcessImage {
   const stat = readStat(pid);
   const status = readStatus(pid);
   const mm: MmImage = {
@@ -125,7 +125,7 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     threads: remote.threads,
     signals: remote.signals,
     mm,
-    fds: fds ?? readFds(pid, { tcpEstablished, enter: true }),
+    fds: fds ?? readFds(pid, { ...sockets, enter: true }),
     memfds: readMappedMemfds(pid, layout.vmas, (i) => layout.images[i].file),
     itimers: remote.itimers,
     posixTimers: remote.posixTimers,

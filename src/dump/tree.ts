@@ -172,7 +172,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
       if (mode === 'dump') {
         // Fail fast, with the tree untouched, on fds tsnap cannot restore.
         const running = listTree(root).map((m) => m.pid).filter((pid) => { try { return readStat(pid).state !== 'Z'; } catch { return false; } });
-        readTreeFds(running, { tcpEstablished: opts.tcpEstablished, enter: false });
+        readTreeFds(running, { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, enter: false });
         for (const pid of running) { checkMappings(pid); checkCwd(pid); checkOomScoreAdj(pid); checkCreds(pid); }
         refuseSharedFdTables(running);
         tree = freezeTree(root);
@@ -181,7 +181,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         await letSignalsIn();
         checkAbort();
         members = [...t.members.map((x) => x.m), ...t.zombies];
-        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, enter: true });
+        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, enter: true });
         // All at once: while one process's pages are being written out, the
         // next one's are read, which shortens the time the whole tree is frozen.
         const settled = await Promise.allSettled(t.members.map(({ m, fp }) => dump({

@@ -16,7 +16,7 @@ import type { RemoteTask } from '../restore/remote-task.js';
 import { readSocketOptions, applySocketOptions } from './socket-options.js';
 import { placeFds, placeEnds } from './place.js';
 import { describeTcp } from './tcp.js';
-import { describeClosedTcp, shutdownHow } from './tcp-closed.js';
+import { describeClosedTcp, shutdownHow, RCV_SHUTDOWN, SEND_SHUTDOWN } from './tcp-closed.js';
 import { TsnapError } from '../errors.js';
 
 const SOCK_STREAM = 1;
@@ -31,6 +31,11 @@ export interface SocketOptions {
   tcpEstablished?: boolean;
   /** Frozen: repair mode may be entered. False for the check before the freeze. */
   enter?: boolean;
+  /**
+   * Take connected TCP sockets as closed ones (dump --tcp-close): they come
+   * back shut down both ways, unbound, as after a reset; nothing is locked.
+   */
+  tcpClose?: boolean;
 }
 
 /** What waits in a socket pair's queue; fds passed through it (SCM_RIGHTS) are refused, not dropped. */
@@ -74,6 +79,8 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
     }
     const peer = listening ? null : getpeername(s);
     if (!listening && peer && type === SOCK_STREAM && family !== AF_UNIX && protocol === IPPROTO_TCP_) {
+      // Checked first: a half-closed connection given up needs no repair either.
+      if (opts.tcpClose) return closedTcp(base);
       if (!opts.tcpEstablished) {
         throw new TsnapError('unsupported', `${what} is an established TCP connection; dump with --tcp-established to take it with TCP repair mode (the peer must not send while the process is frozen)`);
       }
@@ -116,6 +123,13 @@ const TCP_STATES = ['', 'ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN
 /** A TCP state by its kernel name (TCP_INFO tcpi_state). */
 export function tcpStateName(state: number): string {
   return TCP_STATES[state] ?? `${state}`;
+}
+
+/** A TCP connection given up (--tcp-close): a closed socket, shut down both ways, holding no port. */
+export function closedTcp<T extends Omit<SocketImage, 'state' | 'local' | 'peer'>>(base: T): SocketImage {
+  const { tcp: _drop, ...rest } = base as T & { tcp?: unknown };
+  void _drop;
+  return { ...rest, state: 'bound', local: Buffer.alloc(0), peer: null, shutdown: RCV_SHUTDOWN | SEND_SHUTDOWN };
 }
 
 /** A unix socket's filesystem path, or null for unnamed and abstract ones. */

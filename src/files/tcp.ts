@@ -40,7 +40,7 @@ import { hold, unhold, type Releasable } from '../freeze/safety-net.js';
 import { TsnapError } from '../errors.js';
 import { faultPoint } from '../fault-points.js';
 import { lockConnection, unlock, handToImage, unlockImageConnection, checkLockTool, REPLAY_MARK, type Lock } from './tcp-lock.js';
-import { tcpStateName } from './socket.js';
+import { tcpStateName, closedTcp, restoreSocket } from './socket.js';
 
 const IPPROTO_TCP = 6;
 const TCP_MAXSEG = 2;
@@ -280,6 +280,18 @@ function replayFins(s: number, fd: number, t: TcpImage, fin: ReturnType<typeof f
 
 function sleepMs(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/**
+ * restore --tcp-close: the connection is given up and comes back as a
+ * closed socket (read gives 0, write EPIPE), as after a reset; the lock
+ * the dump left for it goes.
+ */
+export function restoreTcpClosed(rt: RemoteTask, group: FdImage[], floor: number): void {
+  const k = group[0].socket!;
+  if (k.tcp?.lock) unlockImageConnection(k.tcp.lock, k.tcp.local, k.tcp.peer);
+  const closed = closedTcp(k);
+  restoreSocket(rt, group.map((f) => ({ ...f, socket: closed })), floor);
 }
 
 /** Restored connections still in repair mode, on tsnap's copies, until resumeConnections(). */

@@ -21,7 +21,7 @@ import { restoreEventfd, restoreTimerfd, restoreSignalfd } from '../files/anon-f
 import { createEpoll, registerEpollTargets } from '../files/epoll.js';
 import { restoreSocket, restoreSocketPair, lendsReusePort } from '../files/socket.js';
 import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
-import { restoreTcp } from '../files/tcp.js';
+import { restoreTcp, restoreTcpClosed } from '../files/tcp.js';
 import { Ghosts, isGhost } from '../files/ghost.js';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
@@ -79,7 +79,8 @@ export class FdRestorer {
   readonly ghosts: Ghosts;
 
   /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino". */
-  constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void) {
+  /** `opts.tcpClose`: connections come back closed (restore --tcp-close). */
+  constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void, private readonly opts: { tcpClose?: boolean } = {}) {
     this.ghosts = new Ghosts(all.flat());
     for (const f of all.flat()) {
       const k = f.socket;
@@ -121,7 +122,7 @@ export class FdRestorer {
       else if (f.kind === 'eventfd') restoreEventfd(rt, g, floor);
       else if (f.kind === 'timerfd') restoreTimerfd(rt, g, floor);
       else if (f.kind === 'signalfd') restoreSignalfd(rt, g, floor);
-      else if (f.kind === 'socket' && f.socket?.state === 'established') restoreTcp(rt, g, floor);
+      else if (f.kind === 'socket' && f.socket?.state === 'established') (this.opts.tcpClose ? restoreTcpClosed : restoreTcp)(rt, g, floor);
       else if (f.kind === 'socket') restoreSocket(rt, g, floor);
       else if (f.kind === 'epoll') createEpoll(rt, g, floor);
       else if (f.kind === 'fifo' && f.fifo) restoreFifo(rt, g, floor);

@@ -18,6 +18,7 @@ import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';
 import { finishFiles } from './fds.js';
 import { resumeConnections, abandonConnections } from '../files/tcp.js';
+import { closedTcp } from '../files/socket.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
 import { restoreAllCreds, restoreCreds } from './creds.js';
@@ -49,6 +50,8 @@ export interface RestoreOptions {
    * warning, 'strict' fails the restore on any, 'off' skips the check.
    */
   check?: 'warn' | 'strict' | 'off';
+  /** Established TCP connections come back closed (as after a reset) instead of repaired. */
+  tcpClose?: boolean;
   /** Warnings (stale pids, limits that could not be raised), told once the restore has succeeded. */
   warn?: (msg: string) => void;
   /** Bytes of memory written so far and in all (per process of a tree). */
@@ -130,6 +133,11 @@ function loadMembers(dir: string): Member[] {
   });
   if (manifest.processes[0]?.pid !== manifest.root) throw new TsnapError('badImage', `${dir}: the tree manifest does not start with its root`);
   return members;
+}
+
+/** The image as restore --tcp-close rebuilt it: its connections as closed sockets. */
+function withoutTcp(p: ProcessImage): ProcessImage {
+  return { ...p, fds: p.fds.map((f) => (f.socket?.tcp ? { ...f, socket: closedTcp(f.socket) } : f)) };
 }
 
 function needProcess(img: Image, dir: string): ProcessImage {
@@ -219,7 +227,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`;
       restoreMm(rt, m.p);
     }
-    fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn);
+    fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn, { tcpClose: opts.tcpClose });
     for (const m of members) {
       step = `restore the files of ${m.p.pid}`;
       fdr.createFiles(m.rt!, m.p.fds);
@@ -274,7 +282,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     if ((opts.check ?? 'warn') !== 'off') {
       step = 'check the restored processes against their images';
-      const diffs = members.flatMap((m) => checkRestored(m.p, m.rt!.pid, {
+      const diffs = members.flatMap((m) => checkRestored(opts.tcpClose ? withoutTcp(m.p) : m.p, m.rt!.pid, {
         newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id,
       }).map((d) => `restore check of ${m.p.pid}: ${d}`));
       if (diffs.length && opts.check === 'strict') {
