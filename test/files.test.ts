@@ -6,6 +6,7 @@
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { createConnection } from 'node:net';
+import { execFileSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { join } from 'node:path';
@@ -285,6 +286,40 @@ for cmd in sys.stdin:
     expect(aEnded).toBe(true);
     ca.destroy();
     cb.destroy();
+  });
+
+  it('--tcp-close: connections come back closed, at dump (dump --tcp-close) or at restore (restore --tcp-close), and the lock is lifted', async () => {
+    const work = tmpDir('tsnap-files-');
+    const script = `
+import os, socket, sys, errno
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+os.closerange(3, l.fileno())
+print('READY port=%d' % l.getsockname()[1], flush=True)
+c, _ = l.accept()
+for cmd in sys.stdin:
+    try:
+        c.send(b'x'); sent = 'sent'
+    except OSError as err:
+        sent = errno.errorcode[err.errno]
+    print('STATE %d READ %r WRITE %s' % (c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0], c.recv(10), sent), flush=True)
+`;
+    for (const [dumpArgs, restoreArgs] of [[['--tcp-close'], []], [['--tcp-established'], ['--tcp-close']]]) {
+      const p = await startPython(script);
+      const client = createConnection(Number(p.readyInfo.port), '127.0.0.1');
+      await new Promise((res) => client.once('connect', res));
+      client.on('error', () => {});
+      const dir = join(work, `img-${dumpArgs[0]}`);
+      const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, ...dumpArgs);
+      expect(d.code, d.stderr).toBe(0);
+      await p.exited;
+      const r = await restoreDetached(dir, join(work, `pid-${dumpArgs[0]}`), restoreArgs);
+      expect(r.result.code, r.result.stderr).toBe(0);
+      r.writeLine('look');
+      expect(await r.waitForLine(/^STATE/)).toBe("STATE 7 READ b'' WRITE EPIPE");
+      expect(execFileSync('iptables-save', ['-t', 'filter'], { encoding: 'utf8' })).not.toContain('tsnap-lock');
+      client.destroy();
+      await killPid(r.pid);
+    }
   });
 
   it('an fd whose signals (F_SETOWN) go to a process outside the dump is refused before the freeze, naming it', async () => {

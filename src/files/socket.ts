@@ -8,7 +8,7 @@
  */
 import { closeSync, lstatSync, unlinkSync, writeSync } from 'node:fs';
 import {
-  pidfdGetfd, getsockoptInt, getsockoptBuf, getsockname, getpeername, unixPeerInode, peekQueued, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
+  pidfdGetfd, getsockoptInt, getsockoptBuf, getsockname, destroyTimeWait, getpeername, unixPeerInode, peekQueued, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
   SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6, F_SETFL,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
@@ -175,7 +175,14 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
     const freebind = s.family === AF_INET ? [0, 15] : s.family === AF_INET6 ? [IPPROTO_IPV6, 78] : null;
     const lendFreebind = freebind && !s.options?.some(([l, o, v]) => l === freebind[0] && o === freebind[1] && v.readInt32LE(0) !== 0);
     if (lendFreebind) rt.sc.check('setsockopt(FREEBIND)', SYS.setsockopt, tmp, freebind[0], freebind[1], one, 4);
-    const r = rt.sc.call(SYS.bind, tmp, rt.put(s.local), s.local.length);
+    let r = rt.sc.call(SYS.bind, tmp, rt.put(s.local), s.local.length);
+    // A listener's own past connections, closed by the kill of the dump,
+    // may hold its port in TIME_WAIT, which a listener without SO_REUSEADDR
+    // cannot bind past; the original held the port before them.
+    if (r === -98n /* EADDRINUSE */ && s.state === 'listening' && s.type === SOCK_STREAM && (s.family === AF_INET || s.family === AF_INET6)
+      && destroyTimeWait(s.family, s.local.readUInt16BE(2)) > 0) {
+      r = rt.sc.call(SYS.bind, tmp, rt.put(s.local), s.local.length);
+    }
     if (lendFreebind) rt.sc.check('setsockopt(FREEBIND off)', SYS.setsockopt, tmp, freebind[0], freebind[1], rt.put(Buffer.alloc(4), 528), 4);
     if (r < 0n) {
       const err = new SysError(`bind(${describeAddr(s)})`, Number(-r));

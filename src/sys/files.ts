@@ -381,3 +381,59 @@ export function sendRawTcp(src: { ip: Buffer; port: number }, dst: { ip: Buffer;
     rawSyscall('close', SYS.close, s);
   }
 }
+
+const SOCK_DESTROY = 21;
+const NLM_F_ACK = 4;
+const TCP_TIME_WAIT = 6;
+
+/**
+ * Ends the TIME_WAIT entries whose local port is `port` (family AF_INET or
+ * AF_INET6), through sock_diag's SOCK_DESTROY; returns how many went.
+ */
+export function destroyTimeWait(family: number, port: number): number {
+  const nl = rawSyscall('socket(AF_NETLINK)', SYS.socket, AF_NETLINK, 3 /* SOCK_RAW */ | 0o2000000, NETLINK_SOCK_DIAG);
+  try {
+    const req = Buffer.alloc(16 + 56);
+    req.writeUInt32LE(req.length, 0);
+    req.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
+    req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
+    req.writeUInt32LE(1, 8);
+    req.writeUInt8(family, 16);
+    req.writeUInt8(IPPROTO_TCP, 17);
+    req.writeUInt32LE(1 << TCP_TIME_WAIT, 20);
+    rawSyscall('sendto(inet_diag)', SYS.sendto, nl, libc.address(req), req.length, 0, 0, 0);
+    const ids: Buffer[] = [];
+    const resp = Buffer.alloc(65536);
+    let done = false;
+    while (!done) {
+      const n = rawSyscall('recvfrom(inet_diag)', SYS.recvfrom, nl, libc.address(resp), resp.length, 0, 0, 0);
+      if (n <= 0) break;
+      for (let at = 0; at + 16 <= n;) {
+        const len = resp.readUInt32LE(at);
+        const type = resp.readUInt16LE(at + 4);
+        if (type === NLMSG_DONE || type === NLMSG_ERROR || len < 16) { done = true; break; }
+        // struct inet_diag_msg: the socket id (48 bytes, sport first, big-endian) at +4.
+        if (type === SOCK_DIAG_BY_FAMILY && len >= 16 + 72 && resp.readUInt16BE(at + 16 + 4) === port) ids.push(Buffer.from(resp.subarray(at + 16 + 4, at + 16 + 52)));
+        at += (len + 3) & ~3;
+      }
+    }
+    let gone = 0;
+    for (const id of ids) {
+      const d = Buffer.alloc(16 + 56);
+      d.writeUInt32LE(d.length, 0);
+      d.writeUInt16LE(SOCK_DESTROY, 4);
+      d.writeUInt16LE(NLM_F_REQUEST | NLM_F_ACK, 6);
+      d.writeUInt32LE(2, 8);
+      d.writeUInt8(family, 16);
+      d.writeUInt8(IPPROTO_TCP, 17);
+      d.writeUInt32LE(1 << TCP_TIME_WAIT, 20);
+      id.copy(d, 24);
+      rawSyscall('sendto(sock_destroy)', SYS.sendto, nl, libc.address(d), d.length, 0, 0, 0);
+      const n = rawSyscall('recvfrom(sock_destroy)', SYS.recvfrom, nl, libc.address(resp), resp.length, 0, 0, 0);
+      if (n >= 20 && resp.readUInt16LE(4) === NLMSG_ERROR && resp.readInt32LE(16) === 0) gone++;
+    }
+    return gone;
+  } finally {
+    rawSyscall('close', SYS.close, nl);
+  }
+}
