@@ -322,6 +322,41 @@ for cmd in sys.stdin:
     }
   });
 
+  it('--tcp-established: a restore that fails before its connection is rebuilt (the listener port taken) leaves no lock rule', async () => {
+    const work = tmpDir('tsnap-files-');
+    const p = await startPython(`
+import os, socket, time
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+os.closerange(3, l.fileno())
+print('READY port=%d' % l.getsockname()[1], flush=True)
+c, _ = l.accept()
+time.sleep(1000)
+`);
+    const port = Number(p.readyInfo.port);
+    const client = createConnection(port, '127.0.0.1');
+    await new Promise((res) => client.once('connect', res));
+    client.on('error', () => {});
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tcp-established');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const rules = () => execFileSync('iptables-save', ['-t', 'filter'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('tsnap-lock'));
+    expect(rules().length).toBe(2);
+    // Someone else listens on the port meanwhile: the restore fails at the listener, before the connection.
+    const squatter = await startPython(`
+import socket, time
+s = socket.socket(); s.bind(('127.0.0.1', ${port})); s.listen()
+print('READY', flush=True)
+time.sleep(1000)
+`);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code).toBe(ExitCode.restoreFailed);
+    expect(r.result.stderr).toContain(`cannot bind 127.0.0.1:${port} again: EADDRINUSE`);
+    expect(rules()).toEqual([]);
+    await squatter.kill();
+    client.destroy();
+  });
+
   it('an fd whose signals (F_SETOWN) go to a process outside the dump is refused before the freeze, naming it', async () => {
     const p = await startPython(`import os, fcntl, time
 r, w = os.pipe()

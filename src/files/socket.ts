@@ -82,7 +82,7 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       // Checked first: a half-closed connection given up needs no repair either.
       if (opts.tcpClose) return closedTcp(base);
       if (!opts.tcpEstablished) {
-        throw new TsnapError('unsupported', `${what} is an established TCP connection; dump with --tcp-established to take it with TCP repair mode (the peer must not send while the process is frozen)`);
+        throw new TsnapError('unsupported', `${what} is an established TCP connection; dump with --tcp-established to take it with TCP repair mode, or with --tcp-close to bring it back closed`);
       }
       return { ...base, state: 'established', local: getsockname(s), peer, tcp: describeTcp(pidfd, fd, !!opts.enter) ?? undefined };
     }

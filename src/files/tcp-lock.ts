@@ -105,6 +105,8 @@ function ownerTag(): string {
  * socket's address, for the family). Refused by name otherwise.
  */
 export function checkLockTool(local: Buffer): void {
+  // While nothing is frozen: the sweep is not free.
+  sweepDeadOwners();
   const tool = restoreTool(addrOf(local).v6 && !isMapped(local));
   const r = spawnSync(tool, ['--version'], { encoding: 'utf8' });
   if (r.error || r.status !== 0) {

@@ -393,22 +393,27 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
  * as it was.
  */
 export function resumeConnections(): void {
-  for (const p of pending.splice(0)) {
-    try {
-      if (p.tcp.lock) unlockImageConnection(p.tcp.lock, p.tcp.local, p.tcp.peer);
-      setsockopt(p.copy, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, `setsockopt(fd ${p.fd}, TCP_REPAIR off)`);
-      if (p.reuseAddr) setsockopt(p.copy, SOL_SOCKET, SO.REUSEADDR, 1);
-    } finally {
-      closeSync(p.copy);
-    }
+  // Every lock first: a failure here still leaves every connection silent (abandonConnections).
+  for (const p of pending) if (p.tcp.lock) unlockImageConnection(p.tcp.lock, p.tcp.local, p.tcp.peer);
+  for (const p of pending) {
+    setsockopt(p.copy, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, `setsockopt(fd ${p.fd}, TCP_REPAIR off)`);
+    if (p.reuseAddr) setsockopt(p.copy, SOL_SOCKET, SO.REUSEADDR, 1);
   }
+  for (const p of pending.splice(0)) closeSync(p.copy);
 }
 
-/** The restore failed: the sockets die in repair mode with their process; their locks go. */
-export function abandonConnections(): void {
+/**
+ * The restore failed: the sockets made so far die in repair mode with
+ * their process, and the locks of every connection of the image go
+ * (`fds`: all of them, made or not), so that no rule outlives the attempt.
+ */
+export function abandonConnections(fds: FdImage[]): void {
   for (const p of pending.splice(0)) {
-    try { if (p.tcp.lock) unlockImageConnection(p.tcp.lock, p.tcp.local, p.tcp.peer); } catch { /* best effort */ }
     try { closeSync(p.copy); } catch { /* closed */ }
+  }
+  for (const f of fds) {
+    const t = f.socket?.tcp;
+    if (t?.lock) { try { unlockImageConnection(t.lock, t.local, t.peer); } catch { /* best effort */ } }
   }
 }
 

@@ -321,7 +321,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     };
   } catch (err) {
     (fdr as FdRestorer | null)?.ghosts.removeAll();
-    abandonConnections();
+    abandonConnections(members.flatMap((m) => m.p.fds));
     for (const c of created) if (c.leader) { try { kill(c.pid, SIGKILL); } catch { /* gone */ } }
     // Traced threads stay zombies until reaped, and hold back their leader's report.
     for (const c of created) if (!c.leader) reapTraced(c.pid);
