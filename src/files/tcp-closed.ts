@@ -11,8 +11,8 @@
  * a TIME_WAIT entry); binding it again would fail with EADDRINUSE. Only
  * inet_diag tells which closed sockets still hold their port.
  */
-import { closeSync, fstatSync } from 'node:fs';
-import { tcpBoundInactive, pollNow, bindSocket, rawSyscall, SYS, AF_INET, AF_INET6, O_CLOEXEC, SysError } from '../sys/index.js';
+import { closeSync, fstatSync, statSync } from 'node:fs';
+import { tcpBoundInactive, pollNow, bindSocket, rawSyscall, ioctlRet, SYS, AF_INET, AF_INET6, O_CLOEXEC, SysError } from '../sys/index.js';
 
 const POLLHUP = 0x10;
 const POLLRDHUP = 0x2000;
@@ -52,7 +52,8 @@ function diagTellsBound(family: number): boolean {
  */
 export function describeClosedTcp(s: number, ino: number, family: number): { holdsPort: boolean; shutdown: number } {
   let holdsPort = true;
-  if ((family === AF_INET || family === AF_INET6) && diagTellsBound(family)) {
+  // inet_diag answers for tsnap's own network namespace only.
+  if ((family === AF_INET || family === AF_INET6) && inOurNetns(s) && diagTellsBound(family)) {
     holdsPort = tcpBoundInactive(family)?.has(ino) ?? true;
   }
   // A closed socket always polls HUP; RDHUP says its read side is shut.
@@ -61,6 +62,21 @@ export function describeClosedTcp(s: number, ino: number, family: number): { hol
   const ev = pollNow(s, POLLHUP | POLLRDHUP);
   const shutdown = (ev & POLLRDHUP) ? RCV_SHUTDOWN | SEND_SHUTDOWN : 0;
   return { holdsPort, shutdown };
+}
+
+const SIOCGSKNS = 0x894c;
+
+/** Whether socket `s` lives in tsnap's network namespace (SIOCGSKNS gives an fd of the socket's). */
+function inOurNetns(s: number): boolean {
+  let ns = -1;
+  try {
+    ns = ioctlRet(s, SIOCGSKNS);
+    return fstatSync(ns).ino === statSync('/proc/self/ns/net').ino;
+  } catch {
+    return false;
+  } finally {
+    if (ns >= 0) closeSync(ns);
+  }
 }
 
 /** shutdown() values for the SocketImage.shutdown bits (-1: none). */

@@ -212,6 +212,11 @@ export function ioctlInt(fd: number, request: number, name: string): number {
   return b.readInt32LE(0);
 }
 
+/** An ioctl without argument whose result is its return value (e.g. SIOCGSKNS: a new fd). */
+export function ioctlRet(fd: number, request: number): number {
+  return rawSyscall(`ioctl(0x${request.toString(16)})`, SYS.ioctl, fd, request, 0);
+}
+
 /** recv with MSG_PEEK|MSG_DONTWAIT of up to `len` bytes (no data: empty buffer). */
 export function recvPeek(fd: number, len: number): Buffer {
   const b = Buffer.alloc(len);
