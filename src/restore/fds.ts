@@ -78,8 +78,10 @@ export class FdRestorer {
   /** Deleted files and directories made again; removed once every fd is open. */
   readonly ghosts: Ghosts;
 
-  /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino". */
-  /** `opts.tcpClose`: connections come back closed (restore --tcp-close). */
+  /**
+   * `memfds`: memfds restore already recreated (they are mapped), by
+   * "dev:ino"; `opts.tcpClose`: connections come back closed (restore --tcp-close).
+   */
   constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void, private readonly opts: { tcpClose?: boolean } = {}) {
     this.ghosts = new Ghosts(all.flat());
     for (const f of all.flat()) {
