@@ -90,6 +90,8 @@ export interface DumpOptions {
   tcpEstablished?: boolean;
   /** Unix datagram sockets connected to a named socket outside the dump connect to that name again at restore (src/files/unix.ts). */
   extUnixSk?: boolean;
+  /** Take connected TCP sockets as closed ones (see SocketOptions.tcpClose). */
+  tcpClose?: boolean;
 }
 
 export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
@@ -209,7 +211,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       } else if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
-        readFds(pid, { tcpEstablished: opts.tcpEstablished, extUnixSk: opts.extUnixSk, enter: false });
+        readFds(pid, { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, enter: false });
         checkMappings(pid);
         checkCwd(pid);
         checkOomScoreAdj(pid);
@@ -225,7 +227,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       try {
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
         const layout = readLayout(pid, opts.sharedElsewhere);
-        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: !!opts.tcpEstablished, extUnixSk: !!opts.extUnixSk }) : null;
+        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: !!opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: !!opts.extUnixSk }) : null;
         checkAbort();
 
         const tMem = process.hrtime.bigint();
