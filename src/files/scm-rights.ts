@@ -387,7 +387,7 @@ export function numberInflight(owners: InflightOwner[], fdsOf: (pid: number) => 
     const k = o.owner.img.socket;
     // A socket on 0-2 that turned out to be stdio is not the process's own: nothing to queue.
     if (!k?.scm) continue;
-    if (k.state !== 'pair') {
+    if (k.state !== 'pair' && k.state !== 'peer-closed') {
       // Restore sends the messages again from the peer end: it must be in the image.
       throw new TsnapError('unsupported', `fd ${o.owner.img.fd} of process ${pid} is a unix socket whose peer is gone (state ${k.state}) with files or credentials in flight; tsnap cannot queue them again without the peer`);
     }

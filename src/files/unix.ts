@@ -20,6 +20,7 @@
  * sock_diag tells which is which: the peer's inode (0 when the peer has no
  * file: closed, or not yet accepted), and a listener's waiting clients.
  */
+import { keepPeerForRequeue } from './scm-rights.js';
 import { closeSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import {
@@ -343,7 +344,8 @@ export function restorePeerClosed(rt: RemoteTask, group: FdImage[], floor: numbe
   } finally {
     closeSync(pidfd);
   }
-  rt.close(other);
+  // Kept a while when files in flight must be sent again from it (scm-rights.ts).
+  if (!keepPeerForRequeue(rt, s, other, floor)) rt.close(other);
   if (f.flags & O_NONBLOCK) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, mine, F_SETFL, O_NONBLOCK);
   placeFds(rt, [{ tmp: mine, targets: group }], floor);
 }
