@@ -165,6 +165,13 @@ export interface ProcessImage {
   };
   /** /proc/PID/loginuid (4294967295: unset); optional. */
   loginuid?: number;
+  /**
+   * The controlling terminal (/proc/PID/stat tty_nr as a dev_t, tpgid: its
+   * foreground group, 0 for none); absent when the process had none
+   * (tsnap 0.2+, optional). A pty of the dump (its master is in the image)
+   * comes back; any other terminal is restore's own (files/tty.ts).
+   */
+  ctty?: { rdev: number; fgPgid: number };
 }
 
 export interface FileIdentity {
@@ -362,6 +369,47 @@ export interface FdImage {
   fifo?: { capacity: number; data: Buffer };
   /** memfd: its name (without "memfd:"), whole contents and seals. */
   memfd?: { name: string; data: Buffer; seals: number };
+  /** Pseudo-terminals of the dump and /dev/tty (files/tty.ts); absent for a terminal on 0-2 that is stdio. */
+  tty?: TtyImage;
+}
+
+/**
+ * A tty fd tsnap recreates: `master` (/dev/ptmx) and `slave` (/dev/pts/N)
+ * of a pty whose master is in the dump, `slave` with `hungUp` (its master
+ * was closed: reads give EOF, writes EIO), or `ctty` (/dev/tty, the alias
+ * of the process's controlling terminal, opened again once it has it).
+ */
+export interface TtyImage {
+  type: 'master' | 'slave' | 'ctty';
+  /** The pts index (N of /dev/pts/N); -1 for ctty. */
+  index: number;
+  /** slave: hung up (the master was closed before the dump). */
+  hungUp?: boolean;
+  /** slave: TIOCEXCL is set (further opens need CAP_SYS_ADMIN). */
+  exclusive?: boolean;
+  /** master: the state of the pair (the same on every master fd of it). */
+  pty?: PtyImage;
+}
+
+export interface PtyImage {
+  /** struct termios2 of the slave side (TCGETS2), 44 bytes. */
+  termios: Buffer;
+  /** struct termios of its locked bits (TIOCGLCKTRMIOS), 36 bytes. */
+  lockedTermios: Buffer;
+  /** struct winsize (TIOCGWINSZ), 8 bytes. */
+  winsize: Buffer;
+  /** TIOCGPTLCK: the slave cannot be opened (unlockpt not called, or locked again). */
+  locked: boolean;
+  /** TIOCGPKT: packet mode of the master. */
+  packet: boolean;
+  /** POLLHUP on the master: every slave fd was closed (master reads give EIO once drained). */
+  slaveClosed: boolean;
+  /** Bytes waiting for the slave side to read (written to the master), and for the master side to read. */
+  input: Buffer;
+  output: Buffer;
+  /** The session it is the controlling terminal of (TIOCGSID), 0 for none, and its foreground group (TIOCGPGRP). */
+  session: number;
+  fgPgid: number;
 }
 
 export interface PosixTimerImage {

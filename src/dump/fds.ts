@@ -20,6 +20,7 @@ import { REOPENED } from '../files/regular.js';
 import { describeFifo, describeMemfd, checkMemfdSize } from '../files/fifo-memfd.js';
 import { TsnapError } from '../errors.js';
 import { isGhost, checkGhost, describeGhost } from '../files/ghost.js';
+import { describeTty, describeTtys } from '../files/tty.js';
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
@@ -84,6 +85,7 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
   assignOfds(seen);
   describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false);
   checkPairs(seen, pids.length > 1);
+  describeTtys(seen, pids, opts.enter !== false);
   for (const s of seen) checkSupported(s.img, s.pid, pids);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
   return out;
@@ -116,6 +118,7 @@ function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, inf
     case 'timerfd': img.timerfd = describeTimerfd(info); break;
     case 'signalfd': img.signalfd = describeSignalfd(info); break;
     case 'epoll': img.epoll = describeEpoll(pid, info, open); break;
+    case 'tty': { const tty = describeTty(pidfd, img, t, info); if (tty) img.tty = tty; break; }
     // Contents are read only when frozen: the check before the freeze needs the kind alone.
     case 'fifo': if (img.fd > 2 && !img.file?.deleted) img.fifo = opts.enter === false ? { capacity: 0, data: Buffer.alloc(0) } : describeFifo(pid, img); break;
     case 'memfd': img.memfd = opts.enter === false ? checkMemfdSize(img) : describeMemfd(pid, img); break;
@@ -231,7 +234,7 @@ function checkSupported(f: FdImage, pid: number, pids: number[]): void {
     return;
   }
   if (f.fd <= 2 && (f.kind === 'tty' || f.kind === 'pipe' || f.kind === 'fifo' || f.kind === 'socket')) return;
-  if (f.pipe || f.eventfd || f.timerfd || f.signalfd || f.epoll || f.socket || f.fifo || f.memfd) return;
-  const hint = f.kind === 'tty' ? ' (supported on stdin/stdout/stderr only)' : '';
+  if (f.pipe || f.eventfd || f.timerfd || f.signalfd || f.epoll || f.socket || f.fifo || f.memfd || f.tty) return;
+  const hint = f.kind === 'tty' ? ' (tsnap restores ptys whose master is dumped too, /dev/tty, and other terminals on stdin/stdout/stderr only)' : '';
   throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is a ${f.kind} (${f.link}) that tsnap cannot checkpoint${hint}`);
 }

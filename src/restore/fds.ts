@@ -23,12 +23,13 @@ import { restoreSocket, restoreSocketPair } from '../files/socket.js';
 import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
 import { restoreTcp } from '../files/tcp.js';
 import { Ghosts, isGhost } from '../files/ghost.js';
+import { PtyRestorer, checkTty } from '../files/tty.js';
 
 const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
 
 /** An fd on 0-2 that leads outside the process: restored as tsnap restore's own stdio. */
 export function isInheritedStdio(f: FdImage): boolean {
-  return f.fd <= 2 && STDIO_KINDS.has(f.kind) && !f.pipe && !f.socket && !f.fifo;
+  return f.fd <= 2 && STDIO_KINDS.has(f.kind) && !f.pipe && !f.socket && !f.fifo && !f.tty;
 }
 
 const RECREATED = new Set(['pipe', 'eventfd', 'timerfd', 'signalfd', 'epoll', 'socket', 'fifo', 'memfd']);
@@ -38,6 +39,7 @@ export function checkFds(fds: FdImage[]): void {
   for (const f of fds) {
     if (isInheritedStdio(f)) continue;
     if (REOPENED.has(f.kind)) { checkReopenable(f); continue; }
+    if (f.kind === 'tty' && f.tty) { checkTty(f); continue; }
     if (f.kind === 'fifo' && f.fifo) { checkReopenable({ ...f, kind: 'fifo' }); continue; }
     if (RECREATED.has(f.kind) && (f.kind !== 'pipe' || f.pipe) && (f.kind !== 'socket' || f.socket) && (f.kind !== 'memfd' || f.memfd)) continue;
     throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind} (${f.link}); restoring this kind of fd is not supported`);
@@ -78,9 +80,13 @@ export class FdRestorer {
   /** Deleted files and directories made again; removed once every fd is open. */
   readonly ghosts: Ghosts;
 
-  /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino". */
-  constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void) {
+  /** Pseudo-terminals, created once for the whole restore. */
+  private readonly ptys: PtyRestorer;
+
+  /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino"; `ptys`: shared with the session setup (files/tty.ts). */
+  constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void, ptys?: PtyRestorer) {
     this.ghosts = new Ghosts(all.flat());
+    this.ptys = ptys ?? new PtyRestorer(all, Math.max(2, ...all.flat().map((f) => f.fd)) + 1);
     for (const f of all.flat()) {
       const k = f.socket;
       if (k?.state === 'pair' && f.ofd !== undefined) {
@@ -127,6 +133,7 @@ export class FdRestorer {
       else if (f.kind === 'fifo' && f.fifo) restoreFifo(rt, g, floor);
       else if (f.kind === 'memfd' && f.file && this.memfds.has(`${f.file.dev}:${f.file.ino}`)) reopenMemfd(rt, g, floor, this.memfds.get(`${f.file.dev}:${f.file.ino}`)!);
       else if (f.kind === 'memfd' && f.memfd) restoreMemfd(rt, g, floor);
+      else if (f.kind === 'tty' && f.tty) this.ptys.restore(rt, g, floor, fds);
       else if (f.kind === 'pipe') {
         const p = pipes.get(f.pipe!.id);
         if (p) p.push(g); else pipes.set(f.pipe!.id, [g]);

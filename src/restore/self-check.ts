@@ -10,13 +10,15 @@
  * sides), the VmFlags restore sets, each fd's number, open flags and file
  * position, each thread's blocked signals, the thread count, umask, ids,
  * process group and session, cwd, root, executable, comm, resource limits
- * and personality.
+ * and personality; the controlling terminal (tty_nr), its foreground group
+ * and the pts index of every pty fd (files/tty.ts).
  */
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, fileOwner } from '../sys/index.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
+import { checkRestoredTtys, imagePtys } from '../files/tty.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
@@ -37,6 +39,8 @@ export interface CheckOptions {
   threads: CheckedThread[];
   /** A dumped pid or tid as it is now (differs with --new-pid). */
   idNow?: (id: number) => number;
+  /** The pts indexes of the whole image's ptys (a tree's may be in another process); default: this process's. */
+  ptys?: Set<number>;
 }
 
 type Area = { start: number; end: number; prot: number; shared: boolean; offset: number; path: string };
@@ -172,5 +176,6 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   compareVmFlags(p, pid, out);
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
   compareProcess(p, pid, opts, out);
+  out.push(...checkRestoredTtys(p, pid, opts.idNow ?? ((id) => id), opts.ptys ?? imagePtys([p])));
   return out;
 }

@@ -8,3 +8,4 @@ export * from './fd.js';
 export * from './pagemap-scan.js';
 export * from './files.js';
 export { Guardian, GuardianError, GuardianUnavailable, GuardianFailure, guardianPath, type SyscallUndo } from './guardian.js';
+export * from './tty.js';

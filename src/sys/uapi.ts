@@ -11,6 +11,7 @@ export const SYS = {
   read: 0,
   write: 1,
   close: 3,
+  poll: 7,
   mmap: 9,
   mprotect: 10,
   munmap: 11,
