@@ -358,7 +358,9 @@ export function describeTtys(seen: SeenTty[], pids: number[], withData: boolean)
       const first = ends[0];
       let pidfd = pidfds.get(first.pid);
       if (pidfd === undefined) { pidfd = pidfdOpen(first.pid); pidfds.set(first.pid, pidfd); }
-      const slaveEnd = ttys.find((s) => s.img.tty?.type === 'slave' && s.img.tty.index === index && !s.img.tty.hungUp);
+      // A /dev/tty fd is an open file of the slave too, when the process's controlling terminal is this pty.
+      const slaveEnd = ttys.find((s) => s.img.tty?.type === 'slave' && s.img.tty.index === index && !s.img.tty.hungUp)
+        ?? ttys.find((s) => s.img.tty?.type === 'ctty' && ptsIndex(stats.get(s.pid)?.ttyNr ?? 0) === index);
       const pty = withCopy(pidfd, first.img.fd, (master): PtyImage => {
         const state = readPty(master);
         if (state.session && !(stats.get(state.session)?.session === state.session)) {

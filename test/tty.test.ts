@@ -1,0 +1,135 @@
+/**
+ * Terminals: a terminal emulator and the shell running in its pty (a tree:
+ * master in the parent, the child's controlling terminal on its 0-2 and
+ * /dev/tty), bytes queued both ways at the dump, a locked pty, a hung-up
+ * slave; a session leader whose controlling terminal is a pty it holds
+ * only the master of; and the refusal of a slave whose master is elsewhere.
+ * The restored programs talk through their ptys and report what they see.
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import { join } from 'node:path';
+import { statSync } from 'node:fs';
+import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
+import { tsnap, restoreDetached, useRestoredCleanup, readImage, killPid, dumpKillRestore, type Restored } from './helpers/tsnap.js';
+import { readStat, readStatus } from '../src/proc/index.js';
+import { ExitCode } from '../src/errors.js';
+
+useProcessCleanup();
+useRestoredCleanup();
+afterAll(() => cleanupTmpDirs());
+
+const EMU_LINES = ['M:queued-out', 'M:queued-in', 'M:echo:queued-in'];
+
+/** "go", then what the parent read from the master and its ROOT line. */
+async function talk(p: Pick<Running, 'writeLine'> & { waitForLine(re: RegExp, ms?: number, from?: number): Promise<string> }, lines: () => string[]): Promise<{ master: string[]; root: string }> {
+  const from = lines().length;
+  p.writeLine('go');
+  const root = await p.waitForLine(/^ROOT /, 10000, from);
+  return { master: lines().slice(from).filter((l) => l.startsWith('M')), root };
+}
+
+function expectEmulator(got: { master: string[]; root: string }, name: string, child: number): void {
+  // Queued bytes come back once each, in order: no lost output, no second echo.
+  expect(got.master.slice(0, 3)).toEqual(EMU_LINES);
+  expect(got.master.slice(3)).toEqual([`M:tty=${name} sid=1 fg=1 ws=33x101`, 'M:devtty', 'M:done']);
+  expect(got.root).toBe(`ROOT name=${name} sid=${child} locked=1 hup_read=0 hup_write=5`);
+}
+
+describe('ttys', () => {
+  it('a terminal emulator and its shell: same pts, controlling terminal, window size, queued bytes, a locked and a hung-up pty', async () => {
+    const work = tmpDir('tsnap-tty-');
+    const p = await startProcess(await compileC('ptys'), []);
+    const child = Number(p.readyInfo.child);
+    const name = p.readyInfo.name;
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    for (let i = 0; i < 300; i++) { try { statSync(`/proc/${child}`); } catch { break; } await new Promise((r) => setTimeout(r, 10)); }
+    const masters = readImage(join(dir, String(p.pid))).process!.fds.filter((f) => f.tty?.type === 'master');
+    const a = masters.find((f) => f.fd === 10)!.tty!;
+    expect(`/dev/pts/${a.index}`).toBe(name);
+    expect(a.pty!.input.toString()).toBe('queued-in\n');
+    expect(a.pty!.output.toString()).toBe('queued-out\r\nqueued-in\r\n');
+    expect(masters.find((f) => f.fd === 11)!.tty!.pty!.locked).toBe(true);
+
+    const r: Restored = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(r.result.stderr).not.toMatch(/restore check/);
+    const st = readStat(child);
+    expect(st.session).toBe(child);
+    expect(st.ttyNr).toBe(statSync(name).rdev);
+    expect(st.tpgid).toBe(child);
+    expectEmulator(await talk(r, () => r.lines), name, child);
+    await killPid(child);
+  });
+
+  it('leave-running: the dump puts the queued bytes back, the original sees each once', async () => {
+    const work = tmpDir('tsnap-tty-');
+    const p = await startProcess(await compileC('ptys'), []);
+    const child = Number(p.readyInfo.child);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--tree', '--leave-running');
+    expect(d.code, d.stderr).toBe(0);
+    expect(readStatus(p.pid).tracerPid).toBe(0);
+    expectEmulator(await talk(p, p.lines), p.readyInfo.name, child);
+    await killPid(child);
+  });
+
+  it('a session leader whose controlling terminal is a pty it holds only the master of, with /dev/tty open', async () => {
+    const work = tmpDir('tsnap-tty-');
+    const script = `
+import os, pty, fcntl, termios, sys
+os.closerange(3, 256)
+os.setsid()
+m, s = pty.openpty()
+fcntl.ioctl(s, termios.TIOCSCTTY, 0)
+a = termios.tcgetattr(s); a[3] &= ~termios.ECHO; termios.tcsetattr(s, termios.TCSANOW, a)
+name = os.ttyname(s)
+os.close(s)
+os.write(m, b'hello\\n')
+t = os.open('/dev/tty', os.O_RDWR)
+print('READY name=%s' % name, flush=True)
+for line in sys.stdin:
+    if line.strip() == 'check':
+        got = os.read(t, 100)
+        os.write(m, b'again\\n')
+        got2 = os.read(t, 100)
+        st = open('/proc/self/stat').read().rsplit(')', 1)[1].split()
+        echo = termios.tcgetattr(t)[3] & termios.ECHO
+        print('CHECK got=%s got2=%s ttynr=%s echo=%d' % (got.decode().strip(), got2.decode().strip(), st[4], echo != 0), flush=True)
+`;
+    const p = await startPython(script);
+    const name = p.readyInfo.name;
+    const r = await dumpKillRestore(p, work);
+    expect(r.result.stderr).not.toMatch(/restore check/);
+    expect(readStat(r.pid).session).toBe(r.pid);
+    r.writeLine('check');
+    const line = await r.waitForLine(/^CHECK/);
+    expect(line).toBe(`CHECK got=hello got2=again ttynr=${statSync(name).rdev} echo=0`);
+  });
+
+  it('refuses a pty slave above fd 2 whose master is outside the dump, and leaves the process running', async () => {
+    const script = `
+import os, pty, time
+os.closerange(3, 256)
+m, s = pty.openpty()
+pid = os.fork()
+if pid == 0:
+    os.close(m)
+    time.sleep(60)
+    os._exit(0)
+print('READY child=%d slave=%d name=%s' % (pid, s, os.ttyname(s)), flush=True)
+time.sleep(60)
+`;
+    const p = await startPython(script);
+    const child = Number(p.readyInfo.child);
+    const work = tmpDir('tsnap-tty-');
+    const d = await tsnap('dump', '--pid', String(child), '--dir', join(work, 'img'));
+    expect(d.code).toBe(ExitCode.unsupported);
+    expect(d.stderr).toBe(`tsnap: fd ${p.readyInfo.slave} is ${p.readyInfo.name}, a terminal whose master is outside the dump; tsnap restores ptys whose master is dumped too, /dev/tty, and other terminals on stdin/stdout/stderr only\n`);
+    const s = readStatus(child);
+    expect(s.tracerPid).toBe(0);
+    expect(readStat(child).state).toBe('S');
+    await killPid(child);
+  });
+});
