@@ -10,13 +10,20 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { statSync } from 'node:fs';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, readImage, killPid, dumpKillRestore, type Restored } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, useRestoredCleanup, readImage, killPid, dumpKillRestore, TSNAP_BIN, type Restored } from './helpers/tsnap.js';
+import { writeFileSync, readlinkSync } from 'node:fs';
+import { registerPid } from './helpers/processes.js';
 import { readStat, readStatus } from '../src/proc/index.js';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
 useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
+
+/** The terminal on a restored process's stdin. */
+function readlinkTty(pid: number): string {
+  return readlinkSync(`/proc/${pid}/fd/0`);
+}
 
 const EMU_LINES = ['M:queued-out', 'M:queued-in', 'M:echo:queued-in'];
 
@@ -131,5 +138,74 @@ time.sleep(60)
     expect(s.tracerPid).toBe(0);
     expect(readStat(child).state).toBe('S');
     await killPid(child);
+  });
+
+  it('a shell job: restored from another terminal, the program has that terminal as its controlling terminal, in the foreground', async () => {
+    const work = tmpDir('tsnap-tty-');
+    // A terminal: runs argv in a new pty (session leader, controlling
+    // terminal), prints its slave's name and relays the pty both ways.
+    const term = join(work, 'term.py');
+    writeFileSync(term, `
+import os, pty, sys, select
+os.closerange(3, 256)
+pid, m = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+print('TERM pid=%d' % pid, flush=True)
+buf = b''
+while True:
+    r, _, _ = select.select([m, 0], [], [])
+    if 0 in r:
+        line = os.read(0, 1024)
+        if not line: break
+        os.write(m, line)
+    if m in r:
+        try: d = os.read(m, 1024)
+        except OSError: break
+        if not d: break
+        buf += d
+        while b'\\n' in buf:
+            l, buf = buf.split(b'\\n', 1)
+            print('T:' + l.decode(errors='replace').rstrip('\\r'), flush=True)
+`);
+    // The program: a job of the shell-like session leader, in its own foreground group.
+    const job = `
+import os, sys
+import time
+pid = os.fork()
+if pid == 0:
+    os.setpgid(0, 0)
+    while os.tcgetpgrp(0) != os.getpid(): time.sleep(0.01)
+    print('READY w=%d tty=%s' % (os.getpid(), os.ttyname(0)), flush=True)
+    for line in sys.stdin:
+        if line.strip() == 'check':
+            st = open('/proc/self/stat').read().rsplit(')', 1)[1].split()
+            print('CHECK tty=%s fg=%d ttynr=%s' % (os.ttyname(0), os.tcgetpgrp(0) == os.getpgrp(), st[4]), flush=True)
+    os._exit(0)
+os.setpgid(pid, pid)
+os.tcsetpgrp(0, pid)
+os.waitpid(pid, 0)
+`;
+    const t1 = await startProcess('python3', [term, 'python3', '-c', job], { readyPattern: /^T:READY/ });
+    const ready = /w=(\d+) tty=(\S+)/.exec(t1.readyLine)!;
+    const w = Number(ready[1]);
+    registerPid(w);
+    const rdev1 = statSync(ready[2]).rdev;
+    const d = await tsnap('dump', '--pid', String(w), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    const img = readImage(join(work, 'img')).process!;
+    expect(img.ctty?.rdev).toBe(rdev1);
+    expect(img.fds.filter((f) => f.tty)).toEqual([]); // 0-2: stdio
+    await t1.exited;
+    for (let i = 0; i < 300; i++) { try { statSync(`/proc/${w}`); } catch { break; } await new Promise((r) => setTimeout(r, 10)); }
+    // tsnap restore runs in a second terminal, in the foreground, not detached.
+    const t2 = await startProcess('python3', [term, process.execPath, TSNAP_BIN, 'restore', '--dir', join(work, 'img')], { readyPattern: /^T:restored process/ });
+    registerPid(w);
+    const tty2 = readlinkTty(w);
+    t2.writeLine('check');
+    const line = await t2.waitForLine(/^T:CHECK/, 10000);
+    expect(line).toBe(`T:CHECK tty=${tty2} fg=1 ttynr=${statSync(tty2).rdev}`);
+    expect(t2.lines().filter((l) => /controlling terminal/.test(l))).toEqual([]);
+    await killPid(w);
   });
 });
