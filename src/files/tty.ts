@@ -660,7 +660,8 @@ export function checkRestoredTtys(p: ProcessImage, pid: number, idNow: (id: numb
     else if (p.ctty.fgPgid && st.tpgid !== idNow(p.ctty.fgPgid)) out.push(`foreground group of /dev/pts/${index} is ${st.tpgid}, the image's ${p.ctty.fgPgid}`);
   } else if (p.ctty && !st.ttyNr) {
     out.push('has no controlling terminal; the image\'s was outside the dump and tsnap restore had none to give (run it from a terminal)');
-  } else if (!p.ctty && st.ttyNr && p.sid === p.pid) {
+  } else if (!p.ctty && st.ttyNr && (p.sid === p.pid || ptys.has(ptsIndex(st.ttyNr) ?? -1))) {
+    // (A member of restore's session has restore's terminal, as a shell job; one of a pty of the image it did not have is wrong.)
     out.push(`controlling terminal is device ${st.ttyNr}, the image has none`);
   }
   for (const f of p.fds) {
