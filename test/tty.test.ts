@@ -140,6 +140,19 @@ time.sleep(60)
     await killPid(child);
   });
 
+  it('refuses the master of a session\'s controlling terminal when the session leader is not dumped', async () => {
+    const p = await startProcess(await compileC('ptys'), []);
+    const child = Number(p.readyInfo.child);
+    const work = tmpDir('tsnap-tty-');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code).toBe(ExitCode.unsupported);
+    expect(d.stderr).toBe(`tsnap: fd 10 is the master of ${p.readyInfo.name}, the controlling terminal of session ${child}, whose leader is not in the dump; dump the session with --tree from its leader\n`);
+    expect(readStatus(p.pid).tracerPid).toBe(0);
+    // Untouched: the queued bytes are still there, once.
+    expectEmulator(await talk(p, p.lines), p.readyInfo.name, child);
+    await killPid(child);
+  });
+
   it('a shell job: restored from another terminal, the program has that terminal as its controlling terminal, in the foreground', async () => {
     const work = tmpDir('tsnap-tty-');
     // A terminal: runs argv in a new pty (session leader, controlling
