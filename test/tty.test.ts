@@ -15,6 +15,9 @@ import { writeFileSync, readlinkSync } from 'node:fs';
 import { registerPid } from './helpers/processes.js';
 import { readStat, readStatus } from '../src/proc/index.js';
 import { ExitCode } from '../src/errors.js';
+import { checkRestored } from '../src/restore/self-check.js';
+import { imagePtys } from '../src/files/tty.js';
+import type { ProcessImage } from '../formats/schema.js';
 
 useProcessCleanup();
 useRestoredCleanup();
@@ -38,8 +41,8 @@ async function talk(p: Pick<Running, 'writeLine'> & { waitForLine(re: RegExp, ms
 function expectEmulator(got: { master: string[]; root: string }, name: string, child: number): void {
   // Queued bytes come back once each, in order: no lost output, no second echo.
   expect(got.master.slice(0, 3)).toEqual(EMU_LINES);
-  expect(got.master.slice(3)).toEqual([`M:tty=${name} sid=1 fg=1 ws=33x101`, 'M:devtty', 'M:done']);
-  expect(got.root).toBe(`ROOT name=${name} sid=${child} locked=1 hup_read=0 hup_write=5`);
+  expect(got.master.slice(3)).toEqual([`M:tty=${name} sid=1 fg=1 ws=33x101 excl=1`, 'M:devtty', 'M:done']);
+  expect(got.root).toBe(`ROOT name=${name} sid=${child} locked=1 pkt=1 hup_read=0 hup_write=5`);
 }
 
 describe('ttys', () => {
@@ -79,6 +82,32 @@ describe('ttys', () => {
     expect(d.code, d.stderr).toBe(0);
     expect(readStatus(p.pid).tracerPid).toBe(0);
     expectEmulator(await talk(p, p.lines), p.readyInfo.name, child);
+    await killPid(child);
+  });
+
+  it('self-check: a live tree against its own image finds nothing; each pty field altered is named', async () => {
+    const work = tmpDir('tsnap-tty-');
+    const p = await startProcess(await compileC('ptys'), []);
+    const child = Number(p.readyInfo.child);
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree', '--leave-running');
+    expect(d.code, d.stderr).toBe(0);
+    const root = readImage(join(dir, String(p.pid))).process!;
+    const kid = readImage(join(dir, String(child))).process!;
+    const ptys = imagePtys([root, kid]);
+    const check = (q: ProcessImage) => checkRestored(q, q.pid, { newPid: false, threads: q.threads.map((t) => ({ tid: t.tid, sigmask: t.sigmask })), ptys });
+    expect(check(root)).toEqual([]);
+    expect(check(kid)).toEqual([]);
+    const altered = (img: ProcessImage, f: (q: ProcessImage) => void) => { const q = structuredClone(img); f(q); return check(q); };
+    const a = (q: ProcessImage) => q.fds.find((x) => x.fd === 10)!.tty!.pty!;
+    expect(altered(root, (q) => { const w = Buffer.from(a(q).winsize); w.writeUInt16LE(34, 0); a(q).winsize = w; })).toEqual(['fd 10 (master of ' + p.readyInfo.name + '): window size 33x101, the image\'s 34x101']);
+    expect(altered(root, (q) => { a(q).termios[12] ^= 0o10; })).toEqual([expect.stringMatching(/^fd 10 \(master of .*\): termios [0-9a-f]+, the image's [0-9a-f]+$/)]);
+    expect(altered(root, (q) => { q.fds.find((x) => x.fd === 11)!.tty!.pty!.locked = false; })).toEqual([expect.stringMatching(/^fd 11 .*: locked, the image's unlocked$/)]);
+    expect(altered(root, (q) => { q.fds.find((x) => x.fd === 11)!.tty!.pty!.packet = false; })).toEqual([expect.stringMatching(/^fd 11 .*: packet mode on, the image's off$/)]);
+    expect(altered(root, (q) => { q.fds.find((x) => x.fd === 10)!.tty!.index += 1; })).toEqual([expect.stringMatching(/^fd 10 is the master of \/dev\/pts\/\d+, the image's \/dev\/pts\/\d+$/)]);
+    expect(altered(kid, (q) => { q.fds.find((x) => x.fd === 0)!.tty!.exclusive = false; })).toEqual(['fd 0 (' + p.readyInfo.name + '): exclusive mode on, the image\'s off']);
+    expect(altered(kid, (q) => { q.ctty!.fgPgid = p.pid; })).toEqual([`foreground group of ${p.readyInfo.name} is ${child}, the image's ${p.pid}`]);
+    expect(altered(kid, (q) => { delete q.ctty; })).toEqual([expect.stringMatching(/^controlling terminal is device \d+, the image has none$/)]);
     await killPid(child);
   });
 

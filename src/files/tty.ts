@@ -664,20 +664,43 @@ export function checkRestoredTtys(p: ProcessImage, pid: number, idNow: (id: numb
     // (A member of restore's session has restore's terminal, as a shell job; one of a pty of the image it did not have is wrong.)
     out.push(`controlling terminal is device ${st.ttyNr}, the image has none`);
   }
-  for (const f of p.fds) {
-    const t = f.tty;
-    if (!t) continue;
-    if (t.type === 'master') {
-      let got: string | undefined;
-      try { got = readFdInfo(pid, f.fd).extra['tty-index']; } catch { continue; }
-      if (got !== undefined && Number(got) !== t.index) out.push(`fd ${f.fd} is the master of /dev/pts/${got}, the image's /dev/pts/${t.index}`);
-    } else if (t.type === 'slave' && !t.hungUp) {
-      let rdev: number;
-      try { rdev = statSync(`/proc/${pid}/fd/${f.fd}`).rdev; } catch { continue; }
-      if (ptsIndex(rdev) !== t.index) out.push(`fd ${f.fd} is pts ${ptsIndex(rdev)}, the image's /dev/pts/${t.index}`);
+  const pidfd = pidfdOpen(pid);
+  try {
+    for (const f of p.fds) {
+      const t = f.tty;
+      if (!t) continue;
+      if (t.type === 'master') {
+        let got: string | undefined;
+        try { got = readFdInfo(pid, f.fd).extra['tty-index']; } catch { continue; }
+        if (got !== undefined && Number(got) !== t.index) out.push(`fd ${f.fd} is the master of /dev/pts/${got}, the image's /dev/pts/${t.index}`);
+        else if (t.pty) withCopy(pidfd, f.fd, (c) => comparePty(c, f.fd, t.index, t.pty!, out));
+      } else if (t.type === 'slave' && !t.hungUp) {
+        let rdev: number;
+        try { rdev = statSync(`/proc/${pid}/fd/${f.fd}`).rdev; } catch { continue; }
+        if (ptsIndex(rdev) !== t.index) out.push(`fd ${f.fd} is pts ${ptsIndex(rdev)}, the image's /dev/pts/${t.index}`);
+        const excl = withCopy(pidfd, f.fd, (c) => ioctlGet(c, TTY_IOC.TIOCGEXCL, 4, 'ioctl(TIOCGEXCL)').readInt32LE(0) !== 0);
+        if (excl !== !!t.exclusive) out.push(`fd ${f.fd} (/dev/pts/${t.index}): exclusive mode ${excl ? 'on' : 'off'}, the image's ${t.exclusive ? 'on' : 'off'}`);
+      }
     }
+  } finally {
+    closeSync(pidfd);
   }
   return out;
+}
+
+/** The state of a restored pty, read through its master, against the image's. */
+function comparePty(master: number, fd: number, index: number, image: PtyImage, out: string[]): void {
+  const have = readPty(master);
+  const want = { ...image, termios: Buffer.from(image.termios), lockedTermios: Buffer.from(image.lockedTermios), winsize: Buffer.from(image.winsize) };
+  const what = `fd ${fd} (master of /dev/pts/${index})`;
+  if (!have.termios.equals(want.termios)) out.push(`${what}: termios ${have.termios.toString('hex')}, the image's ${want.termios.toString('hex')}`);
+  if (!have.lockedTermios.equals(want.lockedTermios)) out.push(`${what}: locked termios differ from the image's`);
+  if (!have.winsize.equals(want.winsize)) {
+    const ws = (b: Buffer) => `${b.readUInt16LE(0)}x${b.readUInt16LE(2)}`;
+    out.push(`${what}: window size ${ws(have.winsize)}, the image's ${ws(want.winsize)}`);
+  }
+  if (have.locked !== want.locked) out.push(`${what}: ${have.locked ? 'locked' : 'unlocked'}, the image's ${want.locked ? 'locked' : 'unlocked'}`);
+  if (have.packet !== want.packet) out.push(`${what}: packet mode ${have.packet ? 'on' : 'off'}, the image's ${want.packet ? 'on' : 'off'}`);
 }
 
 /** The pts indexes the image restores (its masters). */
