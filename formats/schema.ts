@@ -376,13 +376,17 @@ export interface FdImage {
 /**
  * A tty fd tsnap recreates: `master` (/dev/ptmx) and `slave` (/dev/pts/N)
  * of a pty whose master is in the dump, `slave` with `hungUp` (its master
- * was closed: reads give EOF, writes EIO), or `ctty` (/dev/tty, the alias
- * of the process's controlling terminal, opened again once it has it).
+ * was closed: reads give EOF, writes EIO), `ctty` (/dev/tty, the alias
+ * of the process's controlling terminal, opened again once it has it), or
+ * `stdio`: above fd 2, the terminal outside the dump that is on stdio fd
+ * `index` too (a shell's fd 255), restored as that fd of restore's stdio.
  */
 export interface TtyImage {
-  type: 'master' | 'slave' | 'ctty';
-  /** The pts index (N of /dev/pts/N); -1 for ctty. */
+  type: 'master' | 'slave' | 'ctty' | 'stdio';
+  /** The pts index (N of /dev/pts/N); -1 for ctty; the stdio fd (0-2) for stdio. */
   index: number;
+  /** stdio: the same open file as that stdio fd (dup), not another open of its terminal. */
+  dup?: boolean;
   /** slave: hung up (the master was closed before the dump). */
   hungUp?: boolean;
   /** slave: TIOCEXCL is set (further opens need CAP_SYS_ADMIN). */

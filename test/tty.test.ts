@@ -162,7 +162,7 @@ time.sleep(60)
     const work = tmpDir('tsnap-tty-');
     const d = await tsnap('dump', '--pid', String(child), '--dir', join(work, 'img'));
     expect(d.code).toBe(ExitCode.unsupported);
-    expect(d.stderr).toBe(`tsnap: fd ${p.readyInfo.slave} is ${p.readyInfo.name}, a terminal whose master is outside the dump; tsnap restores ptys whose master is dumped too, /dev/tty, and other terminals on stdin/stdout/stderr only\n`);
+    expect(d.stderr).toBe(`tsnap: fd ${p.readyInfo.slave} is ${p.readyInfo.name}, a terminal whose master is outside the dump; tsnap restores ptys whose master is dumped too, /dev/tty, and other terminals on stdin/stdout/stderr (or above 2, the terminal of one of them) only\n`);
     const s = readStatus(child);
     expect(s.tracerPid).toBe(0);
     expect(readStat(child).state).toBe('S');
@@ -218,11 +218,13 @@ pid = os.fork()
 if pid == 0:
     os.setpgid(0, 0)
     while os.tcgetpgrp(0) != os.getpid(): time.sleep(0.01)
+    d = os.dup(0)
+    o = os.open(os.ttyname(0), os.O_RDWR)
     print('READY w=%d tty=%s' % (os.getpid(), os.ttyname(0)), flush=True)
     for line in sys.stdin:
         if line.strip() == 'check':
             st = open('/proc/self/stat').read().rsplit(')', 1)[1].split()
-            print('CHECK tty=%s fg=%d ttynr=%s' % (os.ttyname(0), os.tcgetpgrp(0) == os.getpgrp(), st[4]), flush=True)
+            print('CHECK tty=%s fg=%d ttynr=%s dup=%s reopen=%s' % (os.ttyname(0), os.tcgetpgrp(0) == os.getpgrp(), st[4], os.ttyname(d), os.ttyname(o)), flush=True)
     os._exit(0)
 os.setpgid(pid, pid)
 os.tcsetpgrp(0, pid)
@@ -237,7 +239,8 @@ os.waitpid(pid, 0)
     expect(d.code, d.stderr).toBe(0);
     const img = readImage(join(work, 'img')).process!;
     expect(img.ctty?.rdev).toBe(rdev1);
-    expect(img.fds.filter((f) => f.tty)).toEqual([]); // 0-2: stdio
+    // 0-2: stdio; the dup of fd 0 and another open of the same terminal: restore's stdio again.
+    expect(img.fds.filter((f) => f.tty).map((f) => f.tty)).toEqual([{ type: 'stdio', index: 0, dup: true }, { type: 'stdio', index: 0 }]);
     await t1.exited;
     for (let i = 0; i < 300; i++) { try { statSync(`/proc/${w}`); } catch { break; } await new Promise((r) => setTimeout(r, 10)); }
     // tsnap restore runs in a second terminal, in the foreground, not detached.
@@ -246,7 +249,7 @@ os.waitpid(pid, 0)
     const tty2 = readlinkTty(w);
     t2.writeLine('check');
     const line = await t2.waitForLine(/^T:CHECK/, 10000);
-    expect(line).toBe(`T:CHECK tty=${tty2} fg=1 ttynr=${statSync(tty2).rdev}`);
+    expect(line).toBe(`T:CHECK tty=${tty2} fg=1 ttynr=${statSync(tty2).rdev} dup=${tty2} reopen=${tty2}`);
     expect(t2.lines().filter((l) => /controlling terminal/.test(l))).toEqual([]);
     await killPid(w);
   });

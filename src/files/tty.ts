@@ -21,7 +21,8 @@
  * comes back hung up (a fresh pair whose master is closed at once).
  *
  * A terminal outside the dump (a shell's) is not the process's own: on
- * 0-2 it is stdio, and the controlling terminal of a restored process is
+ * 0-2 it is stdio (above 2, the same terminal as one of them is that
+ * stdio again, as a shell keeps its terminal on fd 255), and the controlling terminal of a restored process is
  * tsnap restore's (it inherits it; a session leader takes restore's stdio
  * terminal if no other session holds it).
  */
@@ -226,8 +227,10 @@ export function describeTty(pidfd: number, img: FdImage, t: FdTarget, info: FdIn
     return { type: 'master', index };
   }
   if (isCttyAlias(t.rdev)) return { type: 'ctty', index: -1 };
-  const index = ptsIndex(t.rdev);
-  if (index === null) return undefined;
+  const pts = ptsIndex(t.rdev);
+  // A console or a serial line: only ever stdio (on 0-2, or the same terminal as one of them).
+  if (pts === null) return { type: 'slave', index: -1 };
+  const index = pts;
   return withCopy(pidfd, img.fd, (c) => {
     try {
       ioctlGet(c, TTY_IOC.TCGETS2, TERMIOS2_SIZE, 'ioctl(TCGETS2)');
@@ -333,16 +336,23 @@ export function describeTtys(seen: SeenTty[], pids: number[], withData: boolean)
       continue;
     }
     if (t.type !== 'slave') continue;
-    if (s.t.dev !== pts) {
+    if (t.index >= 0 && s.t.dev !== pts) {
       throw new TsnapError('unsupported', `${who(s)} is ${s.img.link} of another devpts instance than /dev/pts; tsnap restores ptys of /dev/pts only`);
     }
-    const paired = masters.has(t.index);
+    const paired = t.index >= 0 && masters.has(t.index);
     if (t.hungUp && paired) {
       throw new TsnapError('unsupported', `${who(s)} is ${s.img.link}, hung up (vhangup) while its pty lives on; tsnap cannot hang up one fd of a live pty`);
     }
     if (t.hungUp || paired) continue;
     if (s.img.fd <= 2) { delete s.img.tty; continue; } // stdio: restore's own
-    throw new TsnapError('unsupported', `${who(s)} is ${s.img.link}, a terminal whose master is outside the dump; tsnap restores ptys whose master is dumped too, /dev/tty, and other terminals on stdin/stdout/stderr only`);
+    // The terminal of its stdio, once more above 2 (a shell's fd 255): restore's stdio too.
+    const std = seen.find((x) => x.pid === s.pid && x.img.fd <= 2 && x.t.kind === 'tty' && x.t.rdev === s.t.rdev);
+    if (std) {
+      s.img.tty = { type: 'stdio', index: std.img.fd, ...(std.img.ofd === s.img.ofd ? { dup: true } : {}) };
+      continue;
+    }
+    const what = t.index >= 0 ? 'a terminal whose master is outside the dump' : 'a terminal that is not a pty';
+    throw new TsnapError('unsupported', `${who(s)} is ${s.img.link}, ${what}; tsnap restores ptys whose master is dumped too, /dev/tty, and other terminals on stdin/stdout/stderr (or above 2, the terminal of one of them) only`);
   }
   for (const [pid, st] of stats) {
     const index = st.ttyNr ? ptsIndex(st.ttyNr) : null;
@@ -560,7 +570,11 @@ export class PtyRestorer {
       return;
     }
     let tmp: number;
-    if (t.type === 'ctty') {
+    if (t.type === 'stdio') {
+      // fds 0-2 are still restore's stdio here (they are never replaced).
+      tmp = t.dup ? Number(rt.sc.check(`fcntl(${t.index}, F_DUPFD_CLOEXEC)`, SYS.fcntl, t.index, F_DUPFD_CLOEXEC, floor))
+        : rt.open(`/proc/self/fd/${t.index}`, reopenFlags(f));
+    } else if (t.type === 'ctty') {
       try {
         tmp = rt.open('/dev/tty', reopenFlags(f));
       } catch (err) {

@@ -135,7 +135,8 @@ const FD_IMAGE = obj({
   owner: opt(obj({ type: int(0, 2), pid: PID_OR_0, signal: SIGNO_OR_0 })),
   lease: opt(int(0, 1)),
   tty: opt(obj({
-    type: oneOf('master', 'slave', 'ctty'),
+    type: oneOf('master', 'slave', 'ctty', 'stdio'),
+    dup: opt(bool),
     index: int(-1, (1 << 23) - 1),
     hungUp: opt(bool),
     exclusive: opt(bool),
