@@ -23,6 +23,35 @@ useProcessCleanup();
 useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
+/**
+ * A terminal: runs argv in a new pty (session leader, controlling
+ * terminal), prints its child's pid and relays the pty both ways, each
+ * line the pty gives as "T:<line>".
+ */
+const TERM_PY = `
+import os, pty, sys, select
+os.closerange(3, 256)
+pid, m = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+print('TERM pid=%d' % pid, flush=True)
+buf = b''
+while True:
+    r, _, _ = select.select([m, 0], [], [])
+    if 0 in r:
+        line = os.read(0, 1024)
+        if not line: break
+        os.write(m, line)
+    if m in r:
+        try: d = os.read(m, 1024)
+        except OSError: break
+        if not d: break
+        buf += d
+        while b'\\n' in buf:
+            l, buf = buf.split(b'\\n', 1)
+            print('T:' + l.decode(errors='replace').rstrip('\\r'), flush=True)
+`;
+
 /** The terminal on a restored process's stdin. */
 function readlinkTty(pid: number): string {
   return readlinkSync(`/proc/${pid}/fd/0`);
@@ -184,32 +213,8 @@ time.sleep(60)
 
   it('a shell job: restored from another terminal, the program has that terminal as its controlling terminal, in the foreground', async () => {
     const work = tmpDir('tsnap-tty-');
-    // A terminal: runs argv in a new pty (session leader, controlling
-    // terminal), prints its slave's name and relays the pty both ways.
     const term = join(work, 'term.py');
-    writeFileSync(term, `
-import os, pty, sys, select
-os.closerange(3, 256)
-pid, m = pty.fork()
-if pid == 0:
-    os.execvp(sys.argv[1], sys.argv[1:])
-print('TERM pid=%d' % pid, flush=True)
-buf = b''
-while True:
-    r, _, _ = select.select([m, 0], [], [])
-    if 0 in r:
-        line = os.read(0, 1024)
-        if not line: break
-        os.write(m, line)
-    if m in r:
-        try: d = os.read(m, 1024)
-        except OSError: break
-        if not d: break
-        buf += d
-        while b'\\n' in buf:
-            l, buf = buf.split(b'\\n', 1)
-            print('T:' + l.decode(errors='replace').rstrip('\\r'), flush=True)
-`);
+    writeFileSync(term, TERM_PY);
     // The program: a job of the shell-like session leader, in its own foreground group.
     const job = `
 import os, sys
@@ -244,7 +249,7 @@ os.waitpid(pid, 0)
     await t1.exited;
     for (let i = 0; i < 300; i++) { try { statSync(`/proc/${w}`); } catch { break; } await new Promise((r) => setTimeout(r, 10)); }
     // tsnap restore runs in a second terminal, in the foreground, not detached.
-    const t2 = await startProcess('python3', [term, process.execPath, TSNAP_BIN, 'restore', '--dir', join(work, 'img')], { readyPattern: /^T:restored process/ });
+    const t2 = await startProcess('python3', [term, process.execPath, TSNAP_BIN, 'restore', '--dir', join(work, 'img')], { readyPattern: /^T:[^]*restored process/ });
     registerPid(w);
     const tty2 = readlinkTty(w);
     t2.writeLine('check');
@@ -252,5 +257,30 @@ os.waitpid(pid, 0)
     expect(line).toBe(`T:CHECK tty=${tty2} fg=1 ttynr=${statSync(tty2).rdev} dup=${tty2} reopen=${tty2}`);
     expect(t2.lines().filter((l) => /controlling terminal/.test(l))).toEqual([]);
     await killPid(w);
+  });
+
+  it('a login shell (bash) in a terminal, restored in a terminal that runs tsnap restore: it leads its session and has that terminal', async () => {
+    const work = tmpDir('tsnap-tty-');
+    const term = join(work, 'term.py');
+    writeFileSync(term, TERM_PY);
+    const t1 = await startProcess('python3', [term, 'env', '-i', 'PS1=', 'TERM=dumb', 'bash', '--norc', '--noprofile', '-i'], { readyPattern: /^TERM pid=/ });
+    const bash = Number(/pid=(\d+)/.exec(t1.readyLine)![1]);
+    registerPid(bash);
+    t1.writeLine('echo UP $$');
+    await t1.waitForLine(new RegExp(`^T:UP ${bash}$`), 10000);
+    const d = await tsnap('dump', '--pid', String(bash), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    // fd 255: bash's own dup of its terminal.
+    expect(readImage(join(work, 'img')).process!.fds.find((f) => f.fd === 255)?.tty).toEqual({ type: 'stdio', index: 0, dup: true });
+    await t1.exited;
+    for (let i = 0; i < 300; i++) { try { statSync(`/proc/${bash}`); } catch { break; } await new Promise((r) => setTimeout(r, 10)); }
+    const t2 = await startProcess('python3', [term, process.execPath, TSNAP_BIN, 'restore', '--dir', join(work, 'img')], { readyPattern: /^T:[^]*restored process/ });
+    registerPid(bash);
+    expect(t2.lines().filter((l) => /warning/.test(l))).toEqual([]);
+    t2.writeLine('echo AGAIN $$ $(cat /proc/$$/stat | cut -d" " -f6,7) $(readlink /proc/$$/fd/0)');
+    const line = await t2.waitForLine(/^T:AGAIN /, 10000);
+    const tty2 = readlinkTty(bash);
+    expect(line).toBe(`T:AGAIN ${bash} ${bash} ${statSync(tty2).rdev} ${tty2}`);
+    await killPid(bash);
   });
 });

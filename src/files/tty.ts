@@ -492,8 +492,12 @@ export class PtyRestorer {
       } catch { continue; }
       const major = devMajor(rdev);
       if (!(major === 4 || major === 5 || ptsIndex(rdev) !== null)) continue;
+      // Taken from tsnap restore's own session only when tsnap leads it (a
+      // terminal that runs tsnap restore itself): never from a user's shell.
+      const self = readStat(process.pid);
+      const steal = self.session === process.pid && self.ttyNr === rdev ? 1 : 0;
       try {
-        remoteIoctl(rt, fd, TTY_IOC.TIOCSCTTY, 'TIOCSCTTY', 0);
+        remoteIoctl(rt, fd, TTY_IOC.TIOCSCTTY, 'TIOCSCTTY', steal);
       } catch (err) {
         if (!(err instanceof SysError)) throw err;
         warn(`process ${p.pid} led a session with a controlling terminal; restore's terminal on fd ${fd} could not be its controlling terminal (${err.code}: another session holds it), so it has none now`);
@@ -673,7 +677,7 @@ export function checkRestoredTtys(p: ProcessImage, pid: number, idNow: (id: numb
     if (have !== index) out.push(`controlling terminal is ${have === null ? (st.ttyNr ? `device ${st.ttyNr}` : 'none') : `/dev/pts/${have}`}, the image's /dev/pts/${index}`);
     else if (p.ctty.fgPgid && st.tpgid !== idNow(p.ctty.fgPgid)) out.push(`foreground group of /dev/pts/${index} is ${st.tpgid}, the image's ${p.ctty.fgPgid}`);
   } else if (p.ctty && !st.ttyNr) {
-    out.push('has no controlling terminal; the image\'s was outside the dump and tsnap restore had none to give (run it from a terminal)');
+    out.push('has no controlling terminal; the image\'s was outside the dump, and restore had none it could give');
   } else if (!p.ctty && st.ttyNr && (p.sid === p.pid || ptys.has(ptsIndex(st.ttyNr) ?? -1))) {
     // (A member of restore's session has restore's terminal, as a shell job; one of a pty of the image it did not have is wrong.)
     out.push(`controlling terminal is device ${st.ttyNr}, the image has none`);
