@@ -336,15 +336,17 @@ export function describeTtys(seen: SeenTty[], pids: number[], withData: boolean)
       continue;
     }
     if (t.type !== 'slave') continue;
-    if (t.index >= 0 && s.t.dev !== pts) {
+    const paired = t.index >= 0 && masters.has(t.index);
+    if (paired && s.t.dev !== pts) {
       throw new TsnapError('unsupported', `${who(s)} is ${s.img.link} of another devpts instance than /dev/pts; tsnap restores ptys of /dev/pts only`);
     }
-    const paired = t.index >= 0 && masters.has(t.index);
     if (t.hungUp && paired) {
       throw new TsnapError('unsupported', `${who(s)} is ${s.img.link}, hung up (vhangup) while its pty lives on; tsnap cannot hang up one fd of a live pty`);
     }
+    // On 0-2 a terminal whose master is elsewhere is stdio, restore's own,
+    // hung up or not (a daemon left on the pty of a closed ssh session).
+    if (s.img.fd <= 2 && !paired) { delete s.img.tty; continue; }
     if (t.hungUp || paired) continue;
-    if (s.img.fd <= 2) { delete s.img.tty; continue; } // stdio: restore's own
     // The terminal of its stdio, once more above 2 (a shell's fd 255): restore's stdio too.
     const std = seen.find((x) => x.pid === s.pid && x.img.fd <= 2 && x.t.kind === 'tty' && x.t.rdev === s.t.rdev);
     if (std) {
