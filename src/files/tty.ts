@@ -336,7 +336,8 @@ export function describeTtys(seen: SeenTty[], pids: number[], withData: boolean)
       continue;
     }
     if (t.type !== 'slave') continue;
-    const paired = t.index >= 0 && masters.has(t.index);
+    // A slave whose master was closed has lost its /dev/pts node: its index may be another pty's now.
+    const paired = t.index >= 0 && masters.has(t.index) && !(t.hungUp && s.t.deleted);
     if (paired && s.t.dev !== pts) {
       throw new TsnapError('unsupported', `${who(s)} is ${s.img.link} of another devpts instance than /dev/pts; tsnap restores ptys of /dev/pts only`);
     }
@@ -369,7 +370,15 @@ export function describeTtys(seen: SeenTty[], pids: number[], withData: boolean)
     for (const [index, ends] of masters) {
       const first = ends[0];
       let pidfd = pidfds.get(first.pid);
-      if (pidfd === undefined) { pidfd = pidfdOpen(first.pid); pidfds.set(first.pid, pidfd); }
+      if (pidfd === undefined) {
+        try {
+          pidfd = pidfdOpen(first.pid);
+        } catch (err) {
+          if (!withData) continue; // checking a running tree: a process may just have gone
+          throw err;
+        }
+        pidfds.set(first.pid, pidfd);
+      }
       // A /dev/tty fd is an open file of the slave too, when the process's controlling terminal is this pty.
       const slaveEnd = ttys.find((s) => s.img.tty?.type === 'slave' && s.img.tty.index === index && !s.img.tty.hungUp)
         ?? ttys.find((s) => s.img.tty?.type === 'ctty' && ptsIndex(stats.get(s.pid)?.ttyNr ?? 0) === index);
