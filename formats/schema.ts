@@ -59,6 +59,11 @@ export interface TreeMember {
    */
   zombie?: { status: number; pgid: number; sid: number; creds?: CredsImage };
   /**
+   * It shares its parent's fd table (clone with CLONE_FILES; optional):
+   * restore forks it so, and its fds are those of the parent's table.
+   */
+  filesShared?: boolean;
+  /**
    * The `imageId` of the member's image (tsnap 0.2+, optional): binds the
    * directory to this tree dump, so a process image from another dump is refused.
    */
@@ -138,6 +143,12 @@ export interface ProcessImage {
    * process stores those it maps; restore creates each memfd once.
    */
   memfds?: MemfdObjectImage[];
+  /**
+   * SysV shared memory segments the process has attached (tsnap 0.2+,
+   * optional), each whole: restore attaches the same segment (the same id)
+   * at the same addresses; VMAs name it by their inode (the shmid).
+   */
+  sysvShm?: SysvShmImage[];
   /**
    * Interval timers (setitimer/alarm: 0 REAL, 1 VIRTUAL, 2 PROF) that were
    * armed, with the time left and the period, in µs (tsnap 0.2+, optional).
@@ -371,6 +382,41 @@ export interface FdImage {
   memfd?: { name: string; data: Buffer; seals: number };
   /** Pseudo-terminals of the dump and /dev/tty (files/tty.ts); absent for a terminal on 0-2 that is stdio. */
   tty?: TtyImage;
+  /**
+   * A pidfd (anon_inode:[pidfd]): the process it names, -1 for one that was
+   * reaped, and its pidfs inode (one per process: dead pidfds with the same
+   * inode were of the same process); `leader` when it names a thread other
+   * than its process's leader (PIDFD_THREAD): then `pid` is that thread's tid.
+   */
+  pidfd?: { pid: number; ino: number; leader?: number };
+  /**
+   * An O_PATH fd on a symlink itself: what the link says, its inode and
+   * owner (a link deleted while open is made again from these).
+   */
+  symlink?: { target: string; ino: number; uid: number; gid: number };
+  /** A namespace fd of the process's own namespace: its /proc/PID/ns entry ('net', 'pid_for_children'...) and nsfs inode. */
+  nsfs?: { file: string; ino: number };
+  /** An inotify instance: its watches, in wd order (the queued events are not kept). */
+  inotify?: { watches: InotifyWatchImage[] };
+}
+
+export interface InotifyWatchImage {
+  wd: number;
+  /** As fdinfo shows it: the events, IN_ONESHOT, IN_EXCL_UNLINK. */
+  mask: number;
+  /** The watched inode (dev as stat reports it). */
+  dev: number;
+  ino: number;
+  /** Its path at the dump, or null when it had none (deleted) ... */
+  path: string | null;
+  /** ... and then an fd of the process that holds it. */
+  via?: number;
+  /**
+   * The inode's file handle (f_handle bytes, optional): restore checks the
+   * path still has it, which tells a replaced file that got the same inode
+   * number from the original.
+   */
+  handle?: Buffer;
 }
 
 /**
@@ -430,6 +476,19 @@ export interface PosixTimerImage {
   intervalNs: bigint;
 }
 
+export interface SysvShmImage {
+  shmid: number;
+  /** 0 (IPC_PRIVATE) for private segments and for removed ones (SHM_DEST). */
+  key: number;
+  size: number;
+  /** Permission bits, plus SHM_DEST (0o1000) when removal was asked while attached. */
+  mode: number;
+  uid: number;
+  gid: number;
+  /** The segment's bytes at the dump, `size` of them. */
+  data: Buffer;
+}
+
 export interface MemfdObjectImage {
   dev: number;
   ino: number;
@@ -446,8 +505,14 @@ export interface PipeImage {
 }
 
 export interface EpollTargetImage {
-  /** fd number the target was registered under (checked to still be that file at dump). */
+  /** fd number the target was registered under. */
   fd: number;
+  /**
+   * An fd of the process that holds the target file, when `fd` no longer
+   * does (closed after a dup, or reused): restore registers the file from
+   * it under `fd` (optional).
+   */
+  via?: number;
   events: number;
   data: bigint;
 }
@@ -484,13 +549,56 @@ export interface SocketImage {
   peerIno?: number;
   /** pair: data queued for reading on this end, one buffer per datagram (one for a stream). */
   queued?: Buffer[];
+  /**
+   * pair: the queue of this end message by message, when a message in it
+   * carries files (SCM_RIGHTS) or the socket reads its senders' credentials
+   * (SO_PASSCRED); `queued` is empty then. On one fd of the socket only.
+   */
+  scm?: ScmImage;
   /** established (dump --tcp-established): what TCP repair mode needs to rebuild the connection. */
   tcp?: TcpImage;
+  /**
+   * A unix socket bound to a path: the socket file's permission bits and
+   * owner at dump (optional), set again after the bind (which makes it as
+   * the restoring tsnap, with its umask).
+   */
+  pathFile?: { mode: number; uid: number; gid: number };
   /**
    * Socket options restore sets again (files/socket-options.ts), each
    * [level, option, value as getsockopt returned it] (optional).
    */
   options?: [number, number, Buffer][];
+}
+
+/** A unix socket's receive queue with the files and credentials in flight in it (files/scm-rights.ts). */
+export interface ScmImage {
+  /** In queue order. */
+  messages: ScmMessageImage[];
+  /**
+   * The files in flight, each an fd image like any other: the same open
+   * file as an fd of the image shares its `ofd`. Their `fd` is the number
+   * restore gives them while it queues them again: above every fd of the
+   * process, closed once sent.
+   */
+  files: FdImage[];
+}
+
+export interface ScmMessageImage {
+  /**
+   * The bytes: a datagram or SEQPACKET record whole. On a stream, what one
+   * read returns up to the files (a read stops after the write that carried
+   * them, or where the sender changes), split so that the files ride with
+   * its last byte: where the write carrying them started cannot be seen.
+   */
+  data: Buffer;
+  /** The files it carries (SCM_RIGHTS), as `fd` numbers of ScmImage.files, in order. */
+  fds: number[];
+  /**
+   * Its sender's credentials as the receiver reads them (SCM_CREDENTIALS,
+   * with SO_PASSCRED). A socket without SO_PASSCRED shows none: the
+   * receiving process (its real uid and gid) is recorded instead.
+   */
+  creds: { pid: number; uid: number; gid: number };
 }
 
 export interface TcpImage {

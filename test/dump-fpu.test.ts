@@ -14,7 +14,7 @@ describe('FPU/AVX state', () => {
     const dir = join(tmpDir('tsnap-fpu-'), 'img');
     const r = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--leave-running');
     expect(r.code, r.stderr).toBe(0);
-    const t = readImage(dir).process.threads[0];
+    const t = readImage(dir).process!.threads[0];
     const x = t.xstate;
     expect(x.readUInt16LE(0)).toBe(0x0f7f); // FCW
     expect(x.readUInt32LE(24)).toBe(0xff80); // MXCSR

@@ -42,7 +42,7 @@ function expectRunningUntraced(pid: number): void {
  */
 function expectPagesMatch(pid: number, dir: string): number {
   const img = readImage(dir);
-  const rseq = img.process.threads[0].rseq;
+  const rseq = img.process!.threads[0].rseq;
   const maskRseq = (addr: number, buf: Buffer) => {
     if (!rseq) return;
     const from = Number(rseq.pointer) - addr;
@@ -127,21 +127,21 @@ describe('tsnap dump', () => {
     expect(mapsAfter).toEqual(mapsBefore);
     const strip = (v: { start: number; end: number; prot: number; shared: boolean; path: string }) =>
       ({ start: v.start, end: v.end, prot: v.prot, shared: v.shared, path: v.path });
-    expect(img.process.mm.vmas.map(strip)).toEqual(mapsBefore.map(strip));
-    const fileVma = img.process.mm.vmas.find((v) => v.start === file)!;
+    expect(img.process!.mm.vmas.map(strip)).toEqual(mapsBefore.map(strip));
+    const fileVma = img.process!.mm.vmas.find((v) => v.start === file)!;
     expect(fileVma.path).toBe(info.filepath);
     expect(fileVma.file?.ino).toBe(statSync(info.filepath).ino);
 
     // Signal state: SIGSEGV handler on the altstack, SIGUSR1 blocked, SIGUSR2 ignored, umask.
-    const segv = img.process.signals.actions.find((a) => a.signo === 11)!;
+    const segv = img.process!.signals.actions.find((a) => a.signo === 11)!;
     expect(segv.handler).toBe(BigInt(parseHex(info.handler)));
     expect(segv.flags & 0x08000000n).toBe(0x08000000n); // SA_ONSTACK
-    expect(img.process.signals.actions.find((a) => a.signo === 12)!.handler).toBe(1n); // SIG_IGN
-    const t = img.process.threads[0];
+    expect(img.process!.signals.actions.find((a) => a.signo === 12)!.handler).toBe(1n); // SIG_IGN
+    const t = img.process!.threads[0];
     expect(t.sigmask & (1n << 9n)).toBe(1n << 9n);
     expect(t.sigaltstack.sp).toBe(BigInt(parseHex(info.altstack)));
     expect(t.sigaltstack.size).toBe(BigInt(info.altstacksize));
-    expect(img.process.umask).toBe(0o027);
+    expect(img.process!.umask).toBe(0o027);
     expect(t.syscallRestart).toEqual({ nr: 0, code: 512 }); // read() -> ERESTARTSYS
 
     // Registers and xsave equal a ptrace read of the (still blocked) process.
@@ -168,7 +168,7 @@ describe('tsnap dump', () => {
     expect(exit.signal).toBe('SIGKILL');
     expect(readImage(dir).inventory.kind).toBe('full');
     // nanosleep is recorded for restart (ERESTART_RESTARTBLOCK, or ERESTARTNOHAND for clock_nanosleep)
-    expect(readImage(dir).process.threads[0].syscallRestart).not.toBeNull();
+    expect(readImage(dir).process!.threads[0].syscallRestart).not.toBeNull();
   });
 
   it('dumps a 256 MiB region with lz4 and every page matches', async () => {
@@ -281,7 +281,7 @@ time.sleep(600)
       const dir = join(work, `img${i}`);
       const r = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--leave-running');
       expect(r.code, r.stderr).toBe(0);
-      const tids = readImage(dir).process.threads.map((t) => t.tid);
+      const tids = readImage(dir).process!.threads.map((t) => t.tid);
       expect(tids[0]).toBe(p.pid);
       expect(tids.length).toBeGreaterThanOrEqual(3);
       expectRunningUntraced(p.pid);
@@ -413,9 +413,9 @@ describe('scale', () => {
     const img = readImage(dir);
     const addr = parseHex(p.readyInfo.addr);
     const pages = Number(p.readyInfo.pages);
-    const inRegion = img.process.mm.vmas.filter((v) => v.start >= addr && v.end <= addr + pages * PAGE);
+    const inRegion = img.process!.mm.vmas.filter((v) => v.start >= addr && v.end <= addr + pages * PAGE);
     expect(inRegion.length).toBe(pages);
-    expect(img.process.mm.vmas).toHaveLength(readMaps(p.pid).length);
+    expect(img.process!.mm.vmas).toHaveLength(readMaps(p.pid).length);
     const stored = storedPageSet(img);
     for (let i = 0; i < pages; i++) expect(stored.has(addr + i * PAGE)).toBe(true);
     expectPagesMatch(p.pid, dir);

@@ -143,7 +143,7 @@ describe('tsnap restore', () => {
     await p.waitForLine(/^tick=2 /);
     const dir = join(work, 'img');
     await dumpAndKill(p, dir);
-    expect(readImage(dir).process.threads[0].syscallRestart?.nr).toBe(202); // futex
+    expect(readImage(dir).process!.threads[0].syscallRestart?.nr).toBe(202); // futex
     const r = await restoreDetached(dir, join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     const line = await r.waitForLine(/^tick=/, 5000);
@@ -312,7 +312,7 @@ describe('restore failures: a clear error and nothing left running', () => {
       expect(existsSync(`/proc/${p.pid}`)).toBe(false);
     }
     // The private file mapping's file is gone.
-    const mapped = readImage(dir).process.mm.vmas.find((v) => v.path.includes('tsnap-memstate-'))!.path;
+    const mapped = readImage(dir).process!.mm.vmas.find((v) => v.path.includes('tsnap-memstate-'))!.path;
     writeFileSync(fileCopy, readFileSync(mapped));
     rmSync(mapped);
     const r = await tsnap('restore', '--dir', dir, '--detach');

@@ -74,7 +74,11 @@ export function showImage(dir: string, json: boolean): string {
   }
   if (p) {
     out.push(`files: ${p.fds.length}`);
-    for (const f of p.fds) out.push(`  fd ${f.fd}: ${f.kind} ${f.link} flags 0${f.flags.toString(8)} pos ${f.pos}`);
+    for (const f of p.fds) {
+      out.push(`  fd ${f.fd}: ${f.kind} ${f.link} flags 0${f.flags.toString(8)} pos ${f.pos}`);
+      const scm = f.socket?.scm;
+      if (scm) out.push(`    queued: ${scm.messages.length} messages, in flight: ${scm.files.map((g) => g.link).join(', ') || 'no files'}`);
+    }
   }
   const raw = img.pagemap.chunks.reduce((s, c) => s + c.rawLength, 0);
   const stored = img.pagemap.chunks.reduce((s, c) => s + c.storedLength, 0);

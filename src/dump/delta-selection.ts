@@ -16,7 +16,8 @@
  *   round;
  * - shared memory (MAP_SHARED anonymous): "untracked" too. Write-protection
  *   lives in each process's page tables, so a write through another
- *   process's mapping (a parent or child sharing it) would go unseen.
+ *   process's mapping (a parent or child sharing it) would go unseen; its
+ *   pages are every page its object holds (shared-memory.ts).
  * Pages the chain holds that are no longer present (madvise(DONTNEED),
  * munmap + mmap within a round) are recorded as absent.
  *
@@ -30,6 +31,7 @@ import type { Vma } from '../proc/maps.js';
 import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, type VmaClass, type DumpRange } from './memory-plan.js';
 import { normalize, subtract, intersect, type Range } from './ranges.js';
 import { uffdRegisterWp } from '../track/uffd.js';
+import { sharedAnonRanges } from './shared-memory.js';
 
 export interface DeltaSelection {
   here: DumpRange[];
@@ -107,7 +109,8 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
   // Present pages only, and nothing cleared: they are protected already.
   const owedNow = select(pagemap, vmas, classes, intersect(oldSpans, normalize([...owed])), 0, 0);
 
-  const here = mergeDumpRanges([...fresh.here, ...untracked.here, ...dirty.here, ...owedNow.here]);
+  const shared = sharedAnonRanges(pagemap.pid, vmas, classes);
+  const here = mergeDumpRanges([...fresh.here, ...untracked.here, ...shared, ...dirty.here, ...owedNow.here]);
   const hereRanges = normalize(here.map((r) => ({ start: r.start, end: r.end })));
   let zero: Range[] = [];
   if (chainStored !== null) {

@@ -27,6 +27,7 @@ import { collectRemoteState } from './task-state.js';
 import { checkCreds } from './creds.js';
 import { readLayout, assembleProcess, checkOomScoreAdj } from './process-state.js';
 import { readFds } from './fds.js';
+import { checkSysvShm, isSysvShmVma } from './sysv-shm.js';
 import { tcpRepair } from '../files/tcp.js';
 import { isMemfdPath } from '../files/fifo-memfd.js';
 import { copyPages, fullSelection } from './page-dumper.js';
@@ -71,6 +72,8 @@ export interface DumpOptions {
    * FrozenSet keeps it: it is neither released nor killed here.
    */
   frozen?: { process: FrozenProcess; fds: FdImage[] };
+  /** Tree dumps: shared anonymous objects an earlier member of the tree stores (dump/shared-memory.ts). */
+  sharedElsewhere?: ReadonlySet<string>;
   /**
    * The caller commits several images as one (a tree): this round's
    * tracking is neither ended nor undone here but handed back
@@ -219,7 +222,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       const pagemap = new Pagemap(pid);
       try {
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
-        const layout = readLayout(pid);
+        const layout = readLayout(pid, opts.sharedElsewhere);
         const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, !!opts.tcpEstablished) : null;
         checkAbort();
 
@@ -383,7 +386,7 @@ function checkTarget(pid: number): void {
 /**
  * Memory mapped from a file that no longer has a name (a deleted file,
  * SysV shm) cannot be mapped again by restore: refused before the freeze.
- * Restorable look-alikes: memfds (stored whole and created again) and
+ * Restorable look-alikes: memfds and SysV shm (stored whole, made again) and
  * shared anonymous memory (shows as "/dev/zero (deleted)").
  */
 /**
@@ -407,10 +410,13 @@ export function checkCwd(pid: number): void {
 }
 
 export function checkMappings(pid: number): void {
-  for (const v of readMaps(pid)) {
+  const vmas = readMaps(pid);
+  checkSysvShm(pid, vmas);
+  for (const v of vmas) {
     if (!v.deleted || v.inode === 0) continue;
     if (v.shared && v.path === '/dev/zero') continue;
     if (isMemfdPath(v.path)) continue; // stored whole (src/files/fifo-memfd.ts)
+    if (isSysvShmVma(v)) continue; // stored whole (dump/sysv-shm.ts)
     throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from deleted files or SysV shm cannot be restored yet`);
   }
 }

@@ -7,20 +7,21 @@
  */
 import { closeSync, existsSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, sameFile, fileOwner, fcntl, F_GETLEASE, F_UNLCK } from '../sys/index.js';
+import { listFds, readFdInfo, readFdTarget, readStat, type FdTarget } from '../proc/index.js';
+import type { FdImage } from '../../formats/schema.js';
+import { readPipe, isReadEnd } from '../files/pipe.js';
+import type { SocketOptions } from '../files/socket.js';
+import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
+import { TsnapError } from '../errors.js';
+import { describeInotifyFds } from '../files/inotify.js';
+import { describeTtys } from '../files/tty.js';
+import { describeInflight, numberInflight, releaseInflight, hasFilesInFlight } from '../files/scm-rights.js';
 
 /** O_PATH: an fd that only names a file (fcntl F_GETOWN_EX/F_GETLEASE answer EBADF). */
 const O_PATH = 0o10000000;
-import { listFds, readFdInfo, readFdTarget, readStat, type FdTarget, type FdInfo } from '../proc/index.js';
-import type { FdImage } from '../../formats/schema.js';
-import { readPipe, isReadEnd } from '../files/pipe.js';
-import { describeEventfd, describeTimerfd, describeSignalfd } from '../files/anon-fds.js';
-import { describeEpoll } from '../files/epoll.js';
-import { describeSocket, type SocketOptions } from '../files/socket.js';
-import { REOPENED } from '../files/regular.js';
-import { describeFifo, describeMemfd, checkMemfdSize } from '../files/fifo-memfd.js';
-import { TsnapError } from '../errors.js';
-import { isGhost, checkGhost, describeGhost } from '../files/ghost.js';
-import { describeTty, describeTtys } from '../files/tty.js';
+const O_ACCMODE = 3;
+const O_RDONLY = 0;
+const F_RDLCK = 0;
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
@@ -40,7 +41,18 @@ interface SeenFd {
  * parent and its child is one pipe, and an fd inherited through fork is one
  * open file.
  */
-export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<number, FdImage[]> {
+/** `zombies`: children of the tree that exited, which a tree image records too (pidfds may name them). */
+export type FdReadOptions = SocketOptions & { zombies?: number[] };
+
+export function readTreeFds(pids: number[], opts: FdReadOptions = {}): Map<number, FdImage[]> {
+  try {
+    return readAllFds(pids, opts);
+  } finally {
+    releaseInflight();
+  }
+}
+
+function readAllFds(pids: number[], opts: FdReadOptions): Map<number, FdImage[]> {
   const seen: SeenFd[] = [];
   const out = new Map<number, FdImage[]>();
   /** Inodes of deleted files whose contents this image already holds. */
@@ -59,36 +71,55 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
       const open = new Set(fds);
       const list: FdImage[] = [];
       for (const fd of fds) {
-        const t = readFdTarget(pid, fd);
-        const info = readFdInfo(pid, fd);
-        const img: FdImage = {
-          fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
-          file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
-        };
-        describeKind(pid, pidfd, img, t, info, open, opts);
-        describeOwner(pidfd, img);
-        if (/\bLEASE\s+BREAKING\b/.test(info.extra.lock ?? '')) {
-          throw new TsnapError('unsupported', `fd ${fd} of process ${pid} holds a lease that is being broken; restore could not take it again in that state (retry once the break is over)`);
-        }
-        if (isGhost(img)) {
-          if (opts.enter === false) checkGhost(img, pid);
-          else img.ghost = describeGhost(pid, img, ghosts);
-        }
-        seen.push({ pid, t, img });
-        list.push(img);
+        const s = describeFd(pid, pidfd, fd, open, opts, ghosts);
+        seen.push(s);
+        list.push(s.img);
       }
+      describeInotifyFds(pid, list);
+      describeInotifyFds(pid, list);
       out.set(pid, list);
     } finally {
       closeSync(pidfd);
     }
   }
+  // Files in flight in unix sockets are fds of tsnap while it reads them.
+  const self = pidfdOpen(process.pid);
+  let inflight;
+  try {
+    inflight = describeInflight(seen, pids, (local, skipQueue, filesPid) => describeFd(process.pid, self, local, new Set(listFds(filesPid)), skipQueue ? { ...opts, enter: false } : opts, ghosts, filesPid));
+  } finally {
+    closeSync(self);
+  }
   assignOfds(seen);
-  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false);
-  checkPairs(seen, pids.length > 1);
+  // Before the freeze, files in flight are not read yet: the other end of a pipe or pair may be one.
+  const endsLater = opts.enter === false && seen.some((s) => hasFilesInFlight(s.pid, s.img));
+  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false, endsLater);
+  checkPairs(seen, pids.length > 1, endsLater);
   describeTtys(seen, pids, opts.enter !== false);
-  for (const s of seen) checkSupported(s.img, s.pid, pids);
+  for (const s of seen) if (!(endsLater && s.t.kind === 'pipe' && !s.img.pipe)) checkSupported(s.img, s.pid, pids, opts.zombies ?? []);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
+  numberInflight(inflight, (pid) => out.get(pid)!);
   return out;
+}
+
+/** One fd of `pid` read for the image. `filesPid`: whose fd numbers an epoll names (pid but for files in flight). */
+function describeFd(pid: number, pidfd: number, fd: number, open: Set<number>, opts: SocketOptions, ghosts: Set<string>, filesPid = pid): SeenFd {
+  const t = readFdTarget(pid, fd);
+  const info = readFdInfo(pid, fd);
+  const img: FdImage = {
+    fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
+    file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
+  };
+  FD_KINDS[img.kind].describe?.({ pid, pidfd, target: t, info, open, opts, frozen: opts.enter !== false, ghosts, filesPid }, img);
+  describeOwner(pidfd, img);
+  // A lease being broken: F_GETLEASE already answers the type it is
+  // broken to, and restore takes that (the break as completed; the
+  // holder was sent its signal before the dump). A read lease cannot be
+  // taken on a file open for writing, so that downgrade is refused.
+  if (/\bLEASE\s+BREAKING\b/.test(info.extra.lock ?? '') && img.lease === F_RDLCK && (img.flags & O_ACCMODE) !== O_RDONLY) {
+    throw new TsnapError('unsupported', `fd ${fd} of process ${pid} holds a lease being broken down to a read lease while the file is open for writing; restore could not take that lease (retry once the break is over)`);
+  }
+  return { pid, t, img };
 }
 
 /**
@@ -112,27 +143,6 @@ function describeOwner(pidfd: number, img: FdImage): void {
   }
 }
 
-function describeKind(pid: number, pidfd: number, img: FdImage, t: FdTarget, info: FdInfo, open: Set<number>, opts: SocketOptions): void {
-  switch (t.kind) {
-    case 'eventfd': img.eventfd = describeEventfd(info); break;
-    case 'timerfd': img.timerfd = describeTimerfd(info); break;
-    case 'signalfd': img.signalfd = describeSignalfd(info); break;
-    case 'epoll': img.epoll = describeEpoll(pid, info, open); break;
-    case 'tty': { const tty = describeTty(pidfd, img, t, info); if (tty) img.tty = tty; break; }
-    // Contents are read only when frozen: the check before the freeze needs the kind alone.
-    case 'fifo': if (img.fd > 2 && !img.file?.deleted) img.fifo = opts.enter === false ? { capacity: 0, data: Buffer.alloc(0) } : describeFifo(pid, img); break;
-    case 'memfd': img.memfd = opts.enter === false ? checkMemfdSize(img) : describeMemfd(pid, img); break;
-    case 'socket':
-      try {
-        img.socket = describeSocket(pidfd, img.fd, t.link, t.ino, opts);
-      } catch (err) {
-        if (img.fd > 2) throw err; // on 0-2 it is stdio, whatever it is
-      }
-      break;
-    default: break;
-  }
-}
-
 /** fds that are one open file description (dup, fork) get one id; kcmp tells. */
 function assignOfds(seen: SeenFd[]): void {
   const byInode = new Map<string, SeenFd[]>();
@@ -152,7 +162,7 @@ function assignOfds(seen: SeenFd[]): void {
  * one on 0-2 whose other end is elsewhere is stdio and left to restore's
  * stdio. The unread bytes are stored once, with the pipe's first fd.
  */
-function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void {
+function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean, endsLater = false): void {
   const byId = new Map<number, SeenFd[]>();
   for (const s of pipes) {
     const l = byId.get(s.t.ino) ?? [];
@@ -163,6 +173,7 @@ function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void 
     const hasRead = ends.some((e) => isReadEnd(e.img));
     const hasWrite = ends.some((e) => !isReadEnd(e.img));
     if (!(hasRead && hasWrite)) {
+      if (endsLater) continue;
       const inner = ends.filter((e) => e.img.fd > 2);
       if (inner.length === 0) continue; // stdio
       const where = tree ? 'the dumped tree' : `process ${inner[0].pid}${' (dump its parent with --tree if the other end is there)'}`;
@@ -178,7 +189,7 @@ function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void 
  * 0-2 is the process's own only when it is one end of such a pair;
  * otherwise it is stdio, left to restore's stdio.
  */
-function checkPairs(seen: SeenFd[], tree: boolean): void {
+function checkPairs(seen: SeenFd[], tree: boolean, endsLater = false): void {
   const inodes = new Set(seen.filter((s) => s.img.socket).map((s) => s.t.ino));
   for (const s of seen) {
     const k = s.img.socket;
@@ -188,6 +199,7 @@ function checkPairs(seen: SeenFd[], tree: boolean): void {
     }
     if (k?.state !== 'pair') continue;
     if (!inodes.has(k.peerIno!)) {
+      if (endsLater) continue;
       throw new TsnapError('unsupported', `fd ${s.img.fd} of process ${s.pid} is a unix socket connected to socket:[${k.peerIno}] outside ${tree ? 'the dumped tree' : 'the process (dump its parent with --tree if the peer is there)'}; only connections inside the dump can be restored`);
     }
     // Restore rebuilds a pair with socketpair(): both ends must name each
@@ -216,25 +228,11 @@ function checkOwner(f: FdImage, pid: number, pids: number[]): void {
   }
 }
 
-/** The pid of a /proc/PID/... path, or null. */
-export function procPidOf(path: string | null): number | null {
-  const m = path ? /^\/proc\/(\d+)(\/|$)/.exec(path) : null;
-  return m ? Number(m[1]) : null;
-}
-
-function checkSupported(f: FdImage, pid: number, pids: number[]): void {
-  const tree = pids.length > 1;
-  if (REOPENED.has(f.kind)) {
-    if (f.file?.deleted && !isGhost(f)) throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is ${f.path} (a ${f.kind}), deleted while open; tsnap can restore deleted files and directories only`);
-    // A file of another process's /proc directory opens again only if that process comes back too.
-    const proc = procPidOf(f.path);
-    if (proc !== null && !pids.includes(proc)) {
-      throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is ${f.path}, of a process outside the dump; restore could not open it again (dump that process with --tree)`);
-    }
-    return;
-  }
-  if (f.fd <= 2 && (f.kind === 'tty' || f.kind === 'pipe' || f.kind === 'fifo' || f.kind === 'socket')) return;
-  if (f.pipe || f.eventfd || f.timerfd || f.signalfd || f.epoll || f.socket || f.fifo || f.memfd || f.tty) return;
-  const hint = f.kind === 'tty' ? ' (tsnap restores ptys whose master is dumped too, /dev/tty, and other terminals on stdin/stdout/stderr only)' : '';
-  throw new TsnapError('unsupported', `fd ${f.fd}${tree ? ` of process ${pid}` : ''} is a ${f.kind} (${f.link}) that tsnap cannot checkpoint${hint}`);
+/** Refuses, naming it, an fd whose kind's module says restore could not bring it back. */
+function checkSupported(f: FdImage, pid: number, pids: number[], zombies: number[]): void {
+  if (isInheritedStdio(f)) return;
+  const kind = FD_KINDS[f.kind];
+  kind.checkDump?.(f, { pid, pids, zombies });
+  if (kind.restorable(f)) return;
+  throw new TsnapError('unsupported', `fd ${f.fd}${pids.length > 1 ? ` of process ${pid}` : ''} is a ${f.kind} (${f.link}) that tsnap cannot checkpoint${kind.refusalHint ?? ''}`);
 }

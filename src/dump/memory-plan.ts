@@ -40,10 +40,10 @@ export function classifyVma(v: Vma): VmaClass {
 export const SCAN_ANYOF = PAGE_IS.PRESENT | PAGE_IS.SWAPPED;
 export const SCAN_RETURN = PAGE_IS.PRESENT | PAGE_IS.SWAPPED | PAGE_IS.FILE | PAGE_IS.PFNZERO;
 
+/** What a scan region of this class stores; shared anonymous memory is taken from its object instead (shared-memory.ts). */
 function keeps(cls: VmaClass, categories: number): boolean {
   if (categories & PAGE_IS.PFNZERO) return false;
-  if (cls === 'private') return (categories & PAGE_IS.FILE) === 0;
-  return cls === 'sharedAnon';
+  return cls === 'private' && (categories & PAGE_IS.FILE) === 0;
 }
 
 /** A range of pages to store, with the VMA it belongs to. */

@@ -12,6 +12,7 @@ import type { Vma } from '../proc/maps.js';
 import { PageFileWriter } from '../image/page-file.js';
 import { PageWhere, type PageRun } from '../../formats/schema.js';
 import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, type VmaClass, type DumpRange } from './memory-plan.js';
+import { sharedAnonRanges } from './shared-memory.js';
 
 const PAGE = 4096;
 
@@ -42,9 +43,16 @@ export function* fullSelection(pagemap: Pagemap, vmas: readonly Vma[], classes: 
   const dumped = vmas.filter((_, i) => classes[i] !== 'notDumped');
   if (!dumped.length) return;
   const selector = new RangeSelector(vmas, classes);
+  // Shared anonymous memory comes from its object, merged in address order.
+  const shared = sharedAnonRanges(pagemap.pid, vmas, classes);
+  let si = 0;
   for (const batch of pagemap.scan({ start: dumped[0].start, end: dumped[dumped.length - 1].end, categoryAnyof: SCAN_ANYOF, returnMask: SCAN_RETURN })) {
-    yield* selector.select(batch);
+    for (const r of selector.select(batch)) {
+      while (si < shared.length && shared[si].start < r.start) yield shared[si++];
+      yield r;
+    }
   }
+  while (si < shared.length) yield shared[si++];
 }
 
 /**

@@ -11,6 +11,7 @@ import {
 import { readFds } from './fds.js';
 import { describeCtty } from '../files/tty.js';
 import { readMappedMemfds } from '../files/fifo-memfd.js';
+import { describeSysvShm } from './sysv-shm.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage, type RlimitImage, type FdImage, type FileIdentity, type MmImage } from '../../formats/schema.js';
 import { readVmFlags } from '../proc/smaps.js';
 import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
@@ -27,8 +28,13 @@ export interface Layout {
   images: VmaImage[];
 }
 
-/** VMAs with the identity of each mapped file (stat through map_files, cached per inode). */
-export function readLayout(pid: number): Layout {
+/**
+ * VMAs with the identity of each mapped file (stat through map_files, cached
+ * per inode). `sharedElsewhere`: shared anonymous objects ("dev:ino") whose
+ * pages another process of the same tree image stores (restore fills the
+ * object from that one and maps it here): not stored again.
+ */
+export function readLayout(pid: number, sharedElsewhere?: ReadonlySet<string>): Layout {
   const vmas = readMaps(pid);
   // smaps costs a page-table walk per VMA, but only it shows madvise/mlock state.
   const vmFlags = readVmFlags(pid);
@@ -58,6 +64,14 @@ export function readLayout(pid: number): Layout {
       flags: (vmFlags.get(v.start) ?? []).filter((t) => Object.hasOwn(VMA_RESTORED_FLAGS, t)),
     };
   });
+  if (sharedElsewhere?.size) {
+    images.forEach((im, i) => {
+      if (classes[i] === 'sharedAnon' && im.file && sharedElsewhere.has(`${im.file.dev}:${im.file.ino}`)) {
+        classes[i] = 'notDumped';
+        im.dumped = false;
+      }
+    });
+  }
   return { vmas, classes, images };
 }
 
@@ -128,10 +142,16 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     mm,
     fds: fds ?? readFds(pid, { tcpEstablished, enter: true }),
     memfds: readMappedMemfds(pid, layout.vmas, (i) => layout.images[i].file),
+    ...optional('sysvShm', describeSysvShm(pid, layout.vmas)),
     itimers: remote.itimers,
     posixTimers: remote.posixTimers,
     prctl: remote.prctl,
     ...(remote.groupStop ? { stopSignal: remote.groupStop } : {}),
     ...describeCtty(stat),
   };
+}
+
+/** `{ [k]: v }` when v is defined: optional image fields stay absent rather than undefined. */
+function optional<K extends string, V>(k: K, v: V | undefined): { [P in K]?: V } {
+  return (v === undefined ? {} : { [k]: v }) as { [P in K]?: V };
 }

@@ -8,6 +8,7 @@ import type { FdInfo } from '../proc/fds.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
+import type { FdKindModule } from './kind.js';
 
 function field(info: FdInfo, key: string, fd: number): string {
   const v = info.extra[key];
@@ -98,3 +99,21 @@ export function restoreSignalfd(rt: RemoteTask, group: FdImage[], floor: number)
   const tmp = Number(rt.sc.check('signalfd4', SYS.signalfd4, -1, rt.put(b), 8, createFlags(f)));
   placeFds(rt, [{ tmp, targets: group }], floor);
 }
+
+export const eventfdKind: FdKindModule = {
+  describe: (c, img) => { img.eventfd = describeEventfd(c.info); },
+  restorable: (f) => !!f.eventfd,
+  restore: (c, group) => restoreEventfd(c.rt, group, c.floor),
+};
+
+export const timerfdKind: FdKindModule = {
+  describe: (c, img) => { img.timerfd = describeTimerfd(c.info); },
+  restorable: (f) => !!f.timerfd,
+  restore: (c, group) => restoreTimerfd(c.rt, group, c.floor),
+};
+
+export const signalfdKind: FdKindModule = {
+  describe: (c, img) => { img.signalfd = describeSignalfd(c.info); },
+  restorable: (f) => !!f.signalfd,
+  restore: (c, group) => restoreSignalfd(c.rt, group, c.floor),
+};

@@ -19,6 +19,8 @@ import type { RemoteTask } from '../restore/remote-task.js';
 import { readPipe } from './pipe.js';
 import { placeFds, SETFL_MASK } from './place.js';
 import { TsnapError } from '../errors.js';
+import type { FdKindModule } from './kind.js';
+import { checkReopenable } from './regular.js';
 
 const F_ADD_SEALS = 1033;
 const F_GET_SEALS = 1034;
@@ -150,3 +152,23 @@ export function reopenMemfd(rt: RemoteTask, group: FdImage[], floor: number, whe
   if (f.pos > 0) rt.sc.check('lseek(memfd)', SYS.lseek, tmp, f.pos, SEEK_SET);
   placeFds(rt, [{ tmp, targets: group }], floor);
 }
+
+/** A named FIFO above 2 (on 0-2 one is the process's stdio); contents are read only when frozen. */
+export const fifoKind: FdKindModule = {
+  describe(c, img) {
+    if (img.fd > 2 && !img.file?.deleted) img.fifo = c.frozen ? describeFifo(c.pid, img) : { capacity: 0, data: Buffer.alloc(0) };
+  },
+  restorable: (f) => !!f.fifo,
+  preflight: checkReopenable,
+  restore: (c, group) => restoreFifo(c.rt, group, c.floor),
+};
+
+export const memfdKind: FdKindModule = {
+  describe: (c, img) => { img.memfd = c.frozen ? describeMemfd(c.pid, img) : checkMemfdSize(img); },
+  restorable: (f) => !!f.memfd,
+  restore(c, group) {
+    const mapped = c.memfdAt(group[0]);
+    if (mapped) reopenMemfd(c.rt, group, c.floor, mapped);
+    else restoreMemfd(c.rt, group, c.floor);
+  },
+};

@@ -14,6 +14,7 @@ import type { FdImage, PipeImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { placeEnds, SETFL_MASK, type Placement } from './place.js';
 import { TsnapError } from '../errors.js';
+import type { FdKindModule } from './kind.js';
 
 const O_ACCMODE = 3;
 
@@ -77,3 +78,9 @@ export function restorePipe(rt: RemoteTask, ends: FdImage[][], floor: number): {
     [...reads.slice(1), ...writes.slice(1)]);
   return { read: placed.a, write: placed.b };
 }
+
+/** Pipes are matched end to end across the dump (dump/fds.ts) and made with both ends at once. */
+export const pipeKind: FdKindModule = {
+  restorable: (f) => !!f.pipe,
+  restore: (c, group) => c.defer('pipe', group[0].pipe!.id, group),
+};

@@ -8,6 +8,9 @@ import type { FdImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
+import type { FdKindModule } from './kind.js';
+import { isGhost, checkGhost, describeGhost } from './ghost.js';
+import { procPidOf } from '../proc/fds.js';
 
 /** __O_TMPFILE | O_DIRECTORY. */
 const O_TMPFILE = 0o20200000;
@@ -46,3 +49,30 @@ export function restoreReopened(rt: RemoteTask, group: FdImage[], floor: number,
   if (f.kind === 'file' && f.pos > 0) rt.sc.check(`lseek(${f.fd})`, SYS.lseek, tmp, f.pos, SEEK_SET);
   placeFds(rt, [{ tmp, targets: group }], floor);
 }
+
+/**
+ * Files with a path: regular files, directories, devices other than ttys,
+ * /dev/null. A deleted file or directory is stored whole (ghost.ts).
+ */
+export const reopenedKind: FdKindModule = {
+  describe(c, img) {
+    if (!isGhost(img)) return;
+    if (c.frozen) img.ghost = describeGhost(c.pid, img, c.ghosts);
+    else checkGhost(img, c.pid);
+  },
+  checkDump(f, c) {
+    const of = c.pids.length > 1 ? ` of process ${c.pid}` : '';
+    if (f.file?.deleted && !isGhost(f)) throw new TsnapError('unsupported', `fd ${f.fd}${of} is ${f.path} (a ${f.kind}), deleted while open; tsnap can restore deleted files and directories only`);
+    // A file of another process's /proc directory opens again only if that process comes back too.
+    const proc = procPidOf(f.path);
+    // Init (pid 1) is always there again.
+    if (proc !== null && proc !== 1 && !c.pids.includes(proc)) {
+      throw new TsnapError('unsupported', `fd ${f.fd}${of} is ${f.path}, of a process outside the dump; restore could not open it again (dump that process with --tree)`);
+    }
+  },
+  restorable: () => true,
+  preflight: checkReopenable,
+  restore(c, group) {
+    restoreReopened(c.rt, group, c.floor, isGhost(group[0]) ? c.ghostPath(group[0]) : group[0].path!);
+  },
+};

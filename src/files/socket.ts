@@ -6,17 +6,19 @@
  * getsockname. Connections already accepted or established are not
  * restorable yet and are refused at dump, naming the fd.
  */
-import { closeSync, lstatSync, unlinkSync, writeSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, lstatSync, unlinkSync, writeSync } from 'node:fs';
 import {
-  pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, peekQueued, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
+  pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
   SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6, F_SETFL,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { readSocketOptions, applySocketOptions } from './socket-options.js';
 import { placeFds, placeEnds } from './place.js';
-import { describeTcp } from './tcp.js';
+import { describeTcp, restoreTcp } from './tcp.js';
+import { readPairQueue } from './scm-rights.js';
 import { TsnapError } from '../errors.js';
+import type { FdKindModule } from './kind.js';
 
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
@@ -30,15 +32,6 @@ export interface SocketOptions {
   tcpEstablished?: boolean;
   /** Frozen: repair mode may be entered. False for the check before the freeze. */
   enter?: boolean;
-}
-
-/** What waits in a socket pair's queue; fds passed through it (SCM_RIGHTS) are refused, not dropped. */
-function queuedData(s: number, fd: number, stream: boolean): Buffer[] {
-  const q = peekQueued(s, stream);
-  if (q.control) {
-    throw new TsnapError('unsupported', `fd ${fd} is a unix socket with file descriptors or credentials in flight (SCM_RIGHTS/SCM_CREDENTIALS); tsnap cannot restore those yet`);
-  }
-  return q.data;
 }
 
 export function describeSocket(pidfd: number, fd: number, link: string, ino: number, opts: SocketOptions = {}): SocketImage {
@@ -68,7 +61,7 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       const peerIno = unixPeerInode(ino);
       if (peerIno !== null) {
         // Whether the peer is inside the dump is known only once every fd is read.
-        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, queued: opts.enter === false ? [] : queuedData(s, fd, type === SOCK_STREAM) };
+        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, ...(opts.enter === false ? { queued: [] } : readPairQueue(s, fd, type)) };
       }
     }
     const peer = listening ? null : getpeername(s);
@@ -85,9 +78,22 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       throw new TsnapError('unsupported', `${what} is connected to a socket that is gone or outside the dump`);
     }
     // Anything else is a socket not yet used (possibly bound): created, bound and left as it was.
-    return { ...base, state: listening ? 'listening' : 'bound', local: getsockname(s), peer };
+    const local = getsockname(s);
+    return { ...base, state: listening ? 'listening' : 'bound', local, peer, ...socketFileOf(family, local) };
   } finally {
     closeSync(s);
+  }
+}
+
+/** Mode and owner of the file a unix socket is bound to (an absolute path that is a socket now). */
+function socketFileOf(family: number, local: Buffer): { pathFile?: SocketImage['pathFile'] } {
+  const path = family === AF_UNIX ? unixPath(local) : null;
+  if (!path?.startsWith('/')) return {};
+  try {
+    const st = lstatSync(path);
+    return st.isSocket() ? { pathFile: { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid } } : {};
+  } catch {
+    return {};
   }
 }
 
@@ -138,6 +144,11 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
       const hint = err.code === 'EADDRINUSE' ? ' (is the original process still running? dump without --leave-running, or stop it)' : '';
       throw new TsnapError('restoreFailed', `${what}: cannot bind ${describeAddr(s)} again: ${err.code}${hint}`, err);
     }
+    // bind made the file as tsnap (root, its umask): as the program had it.
+    if (path?.startsWith('/') && s.pathFile) {
+      chownSync(path, s.pathFile.uid, s.pathFile.gid);
+      chmodSync(path, s.pathFile.mode);
+    }
   }
   if (s.state === 'listening') rt.sc.check(`listen(${what})`, SYS.listen, tmp, s.backlog);
   if (lendReuse) rt.sc.check('setsockopt(SO_REUSEADDR off)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEADDR, rt.put(Buffer.alloc(4), 520), 4);
@@ -171,21 +182,29 @@ export function describeAddr(s: SocketImage): string {
  * that process (an end it lacks is carried above every target number for
  * another process of the tree to take).
  */
-export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: number, inoA: number, queuedOf: (ino: number) => Buffer[]): { a: number; b: number } {
+export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: number, inoA: number, queuedOf: (ino: number) => Buffer[],
+  socketOf: (ino: number) => SocketImage | undefined = () => undefined, ownName: (s: SocketImage) => boolean = () => false): { a: number; b: number } {
   const s = ends[0][0].socket!;
   const at = rt.put(Buffer.alloc(8));
   rt.sc.check('socketpair', SYS.socketpair, AF_UNIX, s.type | O_CLOEXEC, 0, at);
   const fds = rt.get(8);
   const [a, b] = [fds.readInt32LE(0), fds.readInt32LE(4)];
-  for (const g of ends) {
-    const k = g[0].socket!;
-    const end = k.ino === inoA ? a : b;
+  const inoB = s.ino === inoA ? s.peerIno! : s.ino!;
+  // Both ends as the image has them, also the one another process of the tree holds.
+  for (const [ino, end] of [[inoA, a], [inoB, b]]) {
+    const k = socketOf(ino) ?? ends.flat().find((f) => f.socket!.ino === ino)?.socket;
+    if (!k) continue;
     applySocketOptions(k, (level, opt, value) => rt.sc.check(`setsockopt(${level}, ${opt})`, SYS.setsockopt, end, level, opt, rt.put(value, 1024), value.length));
+    // An end bound to an abstract name of its own (bind, or autobind) gets
+    // it again. Not a name another socket of the image has too: an accepted
+    // socket shows its listener's. Not a path: binding would take the file.
+    // A name taken meanwhile is only what getsockname shows of a connected
+    // pair: the pair works without it, so it does not fail the restore.
+    if (isBound(k) && k.local[2] === 0 && ownName(k)) rt.sc.call(SYS.bind, end, rt.put(k.local), k.local.length);
   }
   const isA = (f: FdImage) => f.socket!.ino === inoA;
   // What end X had queued was sent by its peer: write it into the other end.
   // (The ends may be in other processes: their queues come from the whole image.)
-  const inoB = s.ino === inoA ? s.peerIno! : s.ino!;
   const queuedOn = (wantA: boolean) => queuedOf(wantA ? inoA : inoB);
   const pidfd = pidfdOpen(rt.pid);
   try {
@@ -211,3 +230,25 @@ export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: numb
   }
   return placeEnds(rt, { tmp: a, targets: ends.filter((g) => isA(g[0])).flat() }, { tmp: b, targets: ends.filter((g) => !isA(g[0])).flat() }, floor);
 }
+
+/**
+ * Sockets: unix pairs are made with both ends at once, established TCP
+ * with repair mode (tcp.ts), the others here. A socket on 0-2 that is not
+ * one end of a pair inside the dump is stdio, whatever it is.
+ */
+export const socketKind: FdKindModule = {
+  describe(c, img) {
+    try {
+      img.socket = describeSocket(c.pidfd, img.fd, c.target.link, c.target.ino, c.opts);
+    } catch (err) {
+      if (img.fd > 2) throw err;
+    }
+  },
+  restorable: (f) => !!f.socket,
+  restore(c, group) {
+    const s = group[0].socket!;
+    if (s.state === 'pair') c.defer('pair', Math.min(s.ino!, s.peerIno!), group);
+    else if (s.state === 'established') restoreTcp(c.rt, group, c.floor);
+    else restoreSocket(c.rt, group, c.floor);
+  },
+};

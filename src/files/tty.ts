@@ -36,6 +36,7 @@ import type { FdImage, TtyImage, PtyImage, ProcessImage } from '../../formats/sc
 import type { RemoteTask } from '../restore/remote-task.js';
 import { placeFds, SETFL_MASK } from './place.js';
 import { TsnapError } from '../errors.js';
+import type { FdKindModule } from './kind.js';
 
 const O_PATH = 0o10000000;
 const POLLIN = 0x1;
@@ -738,3 +739,15 @@ export function imagePtys(processes: ProcessImage[]): Set<number> {
   for (const p of processes) for (const f of p.fds) if (f.tty?.type === 'master') s.add(f.tty.index);
   return s;
 }
+
+/** The tty entry of the fd-kinds table (files/fd-kinds.ts). */
+export const ttyKind: FdKindModule = {
+  describe(c, img) {
+    const tty = describeTty(c.pidfd, img, c.target, c.info);
+    if (tty) img.tty = tty;
+  },
+  restorable: (img) => !!img.tty,
+  refusalHint: ' (tsnap restores ptys whose master is dumped too, /dev/tty, and other terminals on stdin/stdout/stderr only)',
+  preflight: (img) => checkTty(img),
+  restore: (c, group) => c.ptys.restore(c.rt, group, c.floor, c.fds),
+};

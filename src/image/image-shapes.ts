@@ -6,6 +6,7 @@
  * PID_MAX_LIMIT, fds within fs.nr_open's ceiling, binary records of their
  * kernel sizes.
  */
+import { isSysvShmPath } from '../proc/sysvipc.js';
 import { FORMAT_VERSION, FileKind } from '../../formats/schema.js';
 import {
   type Shape, int, num, big, bool, str, oneOf, bin, nullable, arr, tuple, obj, opt, record, refine,
@@ -85,7 +86,7 @@ export const VMAS: Shape = refine<VmaLike[]>(arr(VMA, 1 << 20), (vmas) => {
   return null;
 });
 
-const SOCKET = obj({
+const SOCKET_FIELDS = {
   family: int(0, 64),
   type: int(0, 1 << 20),
   protocol: int(0, 1 << 16),
@@ -113,9 +114,11 @@ const SOCKET = obj({
     window: bin(0, 64),
   })),
   options: opt(arr(tuple(int(0, 1 << 16), int(0, 1 << 16), bin(0, 64)), 64)),
-});
+  pathFile: opt(obj({ mode: int(0, 0o7777), uid: U32, gid: U32 })),
+};
+const SOCKET = obj(SOCKET_FIELDS);
 
-const FD_IMAGE = obj({
+const fdImage = (socket: Shape): Shape => obj({
   fd: FD,
   kind: oneOf('file', 'dir', 'devnull', 'tty', 'pipe', 'fifo', 'socket', 'anon_inode', 'chardev', 'blockdev', 'memfd', 'eventfd', 'epoll', 'timerfd', 'signalfd', 'other'),
   link: PATH,
@@ -126,12 +129,16 @@ const FD_IMAGE = obj({
   ofd: opt(SAFE),
   pipe: opt(obj({ id: SAFE, capacity: int(0, 1 << 30), data: nullable(BYTES) })),
   eventfd: opt(obj({ count: U64, semaphore: bool })),
-  epoll: opt(obj({ targets: arr(obj({ fd: FD, events: U32, data: U64 }), 1 << 20) })),
+  epoll: opt(obj({ targets: arr(obj({ fd: FD, events: U32, data: U64, via: opt(FD) }), 1 << 20) })),
   timerfd: opt(obj({ clockid: I32, valueNs: I64_OR_U64, intervalNs: I64_OR_U64, ticks: U64 })),
   signalfd: opt(obj({ mask: U64 })),
-  socket: opt(SOCKET),
+  socket: opt(socket),
   fifo: opt(obj({ capacity: int(0, 1 << 30), data: BYTES })),
   memfd: opt(obj({ name: str(255), data: BYTES, seals: U32 })),
+  pidfd: opt(obj({ pid: int(-1, 1 << 22), ino: SAFE, leader: opt(PID) })),
+  symlink: opt(obj({ target: PATH, ino: SAFE, uid: U32, gid: U32 })),
+  inotify: opt(obj({ watches: arr(obj({ wd: int(1, 0x7fffffff), mask: U32, dev: SAFE, ino: SAFE, path: nullable(PATH), via: opt(FD), handle: opt(bin(0, 128)) }), 1 << 20) })),
+  nsfs: opt(obj({ file: oneOf('cgroup', 'ipc', 'mnt', 'net', 'pid', 'pid_for_children', 'time', 'time_for_children', 'user', 'uts'), ino: SAFE })),
   owner: opt(obj({ type: int(0, 2), pid: PID_OR_0, signal: SIGNO_OR_0 })),
   lease: opt(int(0, 1)),
   tty: opt(obj({
@@ -150,6 +157,28 @@ const FD_IMAGE = obj({
     extents: nullable(arr(obj({ offset: int(0, 64 << 20), data: bin(0, 64 << 20) }), 1 << 16)),
   })),
 });
+
+/** A file in flight in a unix socket: a socket among them has no files in flight itself (dump refuses). */
+const INFLIGHT_FD = fdImage(SOCKET);
+
+interface ScmLike { messages: { fds: number[] }[]; files: { fd: number }[] }
+
+export const SCM = refine<ScmLike>(obj({
+  messages: arr(obj({
+    data: BYTES,
+    fds: arr(FD, 253), // SCM_MAX_FD
+    creds: obj({ pid: PID_OR_0, uid: U32, gid: U32 }),
+  }), 1 << 20),
+  files: arr(INFLIGHT_FD, 1 << 20),
+}), (scm) => {
+  const files = new Set(scm.files.map((f) => f.fd));
+  for (const m of scm.messages) {
+    for (const fd of m.fds) if (!files.has(fd)) return `a message in flight names fd ${fd}, which is not among the files in flight`;
+  }
+  return null;
+});
+
+const FD_IMAGE = fdImage(obj({ ...SOCKET_FIELDS, scm: opt(SCM) }));
 
 const THREAD = obj({
   tid: PID,
@@ -178,9 +207,10 @@ const unique = <T>(items: T[], key: (t: T) => number, what: string): string | nu
 interface ProcessLike {
   pid: number;
   threads: { tid: number }[];
-  fds: { fd: number }[];
+  fds: { fd: number; socket?: { scm?: { files: { fd: number }[] } } }[];
   mm: { vmas: { start: number; path: string; file: { dev: number; ino: number } | null }[] };
   memfds?: { dev: number; ino: number }[];
+  sysvShm?: { shmid: number; size: number; data: Buffer }[];
 }
 
 export const PROCESS: Shape = refine<ProcessLike>(obj({
@@ -215,6 +245,7 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   }),
   fds: arr(FD_IMAGE, 1 << 20),
   memfds: opt(arr(obj({ dev: SAFE, ino: SAFE, name: str(255), data: BYTES, seals: U32 }), 1 << 16)),
+  sysvShm: opt(arr(obj({ shmid: int(0, 2 ** 31 - 1), key: I32, size: int(1, 2 ** 40), mode: int(0, 0o7777), uid: U32, gid: U32, data: BYTES }), 1 << 12)),
   itimers: opt(arr(obj({ which: int(0, 2), valueUs: SAFE, intervalUs: SAFE }), 3)),
   posixTimers: opt(arr(obj({
     id: int(0, 2 ** 31 - 1), clockid: I32, signo: int(0, 64), value: U64, notify: oneOf('signal', 'thread', 'none'),
@@ -223,7 +254,9 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   prctl: obj({ dumpable: U32, pdeathsig: int(0, 64), childSubreaper: U32, noNewPrivs: U32, thpDisable: U32, membarrier: opt(U32) }),
 }), (p) => {
   if (p.threads[0].tid !== p.pid) return `the first thread is ${p.threads[0].tid}, not the main thread ${p.pid}`;
-  const dup = unique(p.threads, (t) => t.tid, 'thread') ?? unique(p.fds, (f) => f.fd, 'fd');
+  // Files in flight take numbers of their own while restore queues them again.
+  const inflight = p.fds.flatMap((f) => f.socket?.scm?.files ?? []);
+  const dup = unique(p.threads, (t) => t.tid, 'thread') ?? unique([...p.fds, ...inflight], (f) => f.fd, 'fd');
   if (dup) return dup;
   // A mapped memfd is recreated from the contents the image holds.
   for (const v of p.mm.vmas) {
@@ -231,6 +264,12 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
     if (f && v.path.startsWith('/memfd:') && !p.memfds?.some((m) => m.dev === f.dev && m.ino === f.ino)) {
       return `the VMA at 0x${v.start.toString(16)} maps ${v.path} but the image does not hold its contents`;
     }
+    if (f && isSysvShmPath(v.path) && !p.sysvShm?.some((m) => m.shmid === f.ino)) {
+      return `the VMA at 0x${v.start.toString(16)} attaches SysV shm ${f.ino} but the image does not hold the segment`;
+    }
+  }
+  for (const m of p.sysvShm ?? []) {
+    if (m.data.length !== m.size) return `SysV shm ${m.shmid} holds ${m.data.length} bytes for a size of ${m.size}`;
   }
   return null;
 });
@@ -265,6 +304,7 @@ export const TREE: Shape = refine<{ root: number; processes: MemberLike[] }>(obj
     dir: str(255, /^(|(?!\.\.?$)[^/]+)$/),
     zombie: opt(obj({ status: int(0, 0xffff), pgid: PID_OR_0, sid: PID_OR_0, creds: opt(CREDS) })),
     imageId: opt(UUID),
+    filesShared: opt(bool),
   }), 1 << 16, 1),
 }), (t) => {
   const dup = unique(t.processes, (m) => m.pid, 'process');

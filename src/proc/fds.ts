@@ -1,5 +1,6 @@
 /** /proc/PID/fd and /proc/PID/fdinfo: what each open descriptor refers to and how it was opened. */
 import * as fs from 'node:fs';
+import type { FdKindImage } from '../../formats/schema.js';
 import { forEachKeyValue, procError, procPath, readProcNumericDir, readProcText, splitDeleted } from './read.js';
 
 export function listFds(pid: number): number[] {
@@ -58,23 +59,8 @@ export function readFdInfo(pid: number, fd: number): FdInfo {
   return parseFdInfo(fd, readProcText(pid, `fdinfo/${fd}`));
 }
 
-export type FdKind =
-  | 'file'
-  | 'dir'
-  | 'devnull'
-  | 'tty'
-  | 'pipe'
-  | 'fifo'
-  | 'socket'
-  | 'anon_inode'
-  | 'chardev'
-  | 'blockdev'
-  | 'memfd'
-  | 'eventfd'
-  | 'epoll'
-  | 'timerfd'
-  | 'signalfd'
-  | 'other';
+/** The kinds /proc tells apart are the image format's: one list (formats/schema.ts). */
+export type FdKind = FdKindImage;
 
 export interface FdTarget {
   fd: number;
@@ -177,4 +163,10 @@ export function readFdTarget(pid: number, fd: number): FdTarget {
     rdev: st.rdev,
     size: st.size,
   };
+}
+
+/** The pid of a /proc/PID/... path, or null. */
+export function procPidOf(path: string | null): number | null {
+  const m = path ? /^\/proc\/(\d+)(\/|$)/.exec(path) : null;
+  return m ? Number(m[1]) : null;
 }

@@ -14,3 +14,4 @@ export * from './links.js';
 export * from './limits.js';
 export * from './timers.js';
 export * from './creds.js';
+export * from './sysvipc.js';

@@ -14,7 +14,8 @@
 import { SYS, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, O_RDWR, O_RDONLY, MREMAP_MAYMOVE, MREMAP_FIXED } from '../sys/index.js';
 import { readMaps, type Vma } from '../proc/index.js';
 import type { ProcessImage, VmaImage } from '../../formats/schema.js';
-import { findHole, isSpecial, mapCallFor, adviceFor, lockFor, SPECIAL_MAPPINGS, type Span } from './layout-plan.js';
+import { findHole, isSpecial, mapCallFor, adviceFor, lockFor, vmaKind, SPECIAL_MAPPINGS, type Span } from './layout-plan.js';
+import type { SysvSegments } from './sysv-shm.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
 
@@ -93,9 +94,10 @@ function remap(rt: RemoteTask, from: number, size: number, to: number): void {
  * already holds (MAP_SHARED anonymous memory inherited through fork), by
  * start address: the path to open for it (/proc/PID/map_files/...).
  * `fileAt`: file VMAs to map from another path than their own, by start
- * address (memfds, recreated by restore: /proc/PID/fd/N).
+ * address (memfds, recreated by restore: /proc/PID/fd/N). `sysv`: the SysV
+ * shm segments restore made or took, attached by shmat.
  */
-export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number, string> = new Map(), fileAt: Map<number, string> = new Map()): VmaImage[] {
+export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number, string> = new Map(), fileAt: Map<number, string> = new Map(), sysv?: SysvSegments): VmaImage[] {
   const fileFds = new Map<string, number>();
   const fixLater: VmaImage[] = [];
   try {
@@ -111,6 +113,12 @@ export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number,
         } finally {
           rt.close(fd);
         }
+        advise(rt, v);
+        continue;
+      }
+      if (vmaKind(v) === 'sysvShm') {
+        if (!sysv) throw new TsnapError('badImage', `the VMA at 0x${v.start.toString(16)} attaches SysV shm but the image holds no segment`);
+        sysv.attach(rt, v);
         advise(rt, v);
         continue;
       }

@@ -6,43 +6,37 @@
  * was given (its own by default, or --stdin/--stdout/--stderr files),
  * inherited from the helper.
  *
- * Order: every non-epoll file first, then the epoll instances, then their
- * registrations (which name the other fds by number).
+ * Order: every file in fd order of its open file description (pipes and
+ * socket pairs once both ends are known), then what links files to each
+ * other (epoll registrations name other fds by number), then owners and
+ * leases (finishFiles). What each kind does is its module's, through the
+ * table in files/fd-kinds.ts.
  */
 import { listFds } from '../proc/index.js';
 import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, F_SETLEASE, SOL_SOCKET, SO } from '../sys/index.js';
 import { placeFds } from '../files/place.js';
-import type { FdImage } from '../../formats/schema.js';
+import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
-import { REOPENED, checkReopenable, restoreReopened } from '../files/regular.js';
-import { restorePipe, isReadEnd } from '../files/pipe.js';
-import { restoreEventfd, restoreTimerfd, restoreSignalfd } from '../files/anon-fds.js';
-import { createEpoll, registerEpollTargets } from '../files/epoll.js';
-import { restoreSocket, restoreSocketPair } from '../files/socket.js';
-import { restoreFifo, restoreMemfd, reopenMemfd } from '../files/fifo-memfd.js';
-import { restoreTcp } from '../files/tcp.js';
-import { Ghosts, isGhost } from '../files/ghost.js';
-import { PtyRestorer, checkTty } from '../files/tty.js';
+import { isReadEnd, restorePipe } from '../files/pipe.js';
+import { restoreSocketPair } from '../files/socket.js';
+import { Ghosts } from '../files/ghost.js';
+import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
+import type { RestoreContext } from '../files/kind.js';
+import { withInflight, requeueInflight } from '../files/scm-rights.js';
+import { makeDeadPidfds, isThreadPidfd, restorePidfd } from '../files/pidfd.js';
+import { closeSync } from 'node:fs';
+import { PtyRestorer } from '../files/tty.js';
 
-const STDIO_KINDS = new Set(['tty', 'pipe', 'fifo', 'socket']);
+export { isInheritedStdio };
 
-/** An fd on 0-2 that leads outside the process: restored as tsnap restore's own stdio. */
-export function isInheritedStdio(f: FdImage): boolean {
-  return f.fd <= 2 && STDIO_KINDS.has(f.kind) && !f.pipe && !f.socket && !f.fifo && !f.tty;
-}
-
-const RECREATED = new Set(['pipe', 'eventfd', 'timerfd', 'signalfd', 'epoll', 'socket', 'fifo', 'memfd']);
-
-/** Refuses what restore cannot bring back, before anything is created. */
+/** Refuses what restore cannot bring back, before anything is created: the same test as dump's. */
 export function checkFds(fds: FdImage[]): void {
-  for (const f of fds) {
+  for (const f of withInflight(fds)) {
     if (isInheritedStdio(f)) continue;
-    if (REOPENED.has(f.kind)) { checkReopenable(f); continue; }
-    if (f.kind === 'tty' && f.tty) { checkTty(f); continue; }
-    if (f.kind === 'fifo' && f.fifo) { checkReopenable({ ...f, kind: 'fifo' }); continue; }
-    if (RECREATED.has(f.kind) && (f.kind !== 'pipe' || f.pipe) && (f.kind !== 'socket' || f.socket) && (f.kind !== 'memfd' || f.memfd)) continue;
-    throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind} (${f.link}); restoring this kind of fd is not supported`);
+    const kind = FD_KINDS[f.kind];
+    if (!kind.restorable(f)) throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind} (${f.link}); restoring this kind of fd is not supported`);
+    kind.preflight?.(f);
   }
 }
 
@@ -75,26 +69,50 @@ export class FdRestorer {
   /** Socket pairs by the smaller inode of the two ends ("a"). */
   private readonly pairOfds = new Map<number, { a: Set<number>; b: Set<number> }>();
   private readonly queued = new Map<number, Buffer[]>();
-  private readonly created = new Set<string>();
+  /** Socket pair ends by inode: options and names of an end another process holds. */
+  private readonly sockets = new Map<number, SocketImage>();
+  /** Which sockets of the image show each name (raw sockaddr, hex). */
+  private readonly names = new Map<string, Set<string>>();
+  /** "pid:fd" of the files this restore created whose kind links them to others afterwards (epoll). */
+  private readonly linked = new Set<string>();
+  private readonly contexts = new Map<number, RestoreContext>();
 
   /** Deleted files and directories made again; removed once every fd is open. */
   readonly ghosts: Ghosts;
+
+  /** A dumped pid as restored (differs with --new-pid); set by the tree restore. */
+  pidNow: (pid: number) => number = (pid) => pid;
+
+  /** tsnap's own fds that the restored processes import (pidfds of dead processes). */
+  private readonly local: number[] = [];
+  /** "pid:fd" of the files this restore created whose kind has a last step (inotify watches). */
+  private readonly lateOnes = new Set<string>();
+  private readonly every: FdImage[];
 
   /** Pseudo-terminals, created once for the whole restore. */
   private readonly ptys: PtyRestorer;
 
   /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino"; `ptys`: shared with the session setup (files/tty.ts). */
   constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void, ptys?: PtyRestorer) {
-    this.ghosts = new Ghosts(all.flat());
-    this.ptys = ptys ?? new PtyRestorer(all, Math.max(2, ...all.flat().map((f) => f.fd)) + 1);
-    for (const f of all.flat()) {
+    const every = all.flatMap(withInflight);
+    this.every = every;
+    this.ptys = ptys ?? new PtyRestorer(all, Math.max(2, ...every.map((f) => f.fd)) + 1);
+    this.ghosts = new Ghosts(every);
+    for (const f of every) {
       const k = f.socket;
+      if (k && k.local.length > 2) {
+        const key = k.local.toString('hex');
+        const users = this.names.get(key) ?? new Set<string>();
+        users.add(k.ino !== undefined ? `ino${k.ino}` : `ofd${f.ofd ?? f.fd}`);
+        this.names.set(key, users);
+      }
       if (k?.state === 'pair' && f.ofd !== undefined) {
         const id = Math.min(k.ino!, k.peerIno!);
         const e = this.pairOfds.get(id) ?? { a: new Set<number>(), b: new Set<number>() };
         (k.ino === id ? e.a : e.b).add(f.ofd);
         this.pairOfds.set(id, e);
         if (k.queued?.length) this.queued.set(k.ino!, k.queued);
+        this.sockets.set(k.ino!, k);
       }
       if (!f.pipe || f.ofd === undefined) continue;
       const e = this.pipeOfds.get(f.pipe.id) ?? { read: new Set<number>(), write: new Set<number>() };
@@ -103,13 +121,43 @@ export class FdRestorer {
     }
   }
 
-  /** Phase 1: every fd of the process but the epoll registrations. */
-  createFiles(rt: RemoteTask, fds: FdImage[]): void {
+  /** Before phase 1: what tsnap makes itself for the processes to import. */
+  async prepare(): Promise<void> {
+    for (const [ofd, fd] of await makeDeadPidfds(this.every)) {
+      this.local.push(fd);
+      this.holders.set(ofd, { pid: process.pid, fd });
+    }
+  }
+
+  /** Once every process imported what it needs (or the restore failed). */
+  releaseLocal(): void {
+    for (const fd of this.local.splice(0)) closeSync(fd);
+  }
+
+  /** Phase 1: every fd of the process, each made by its kind's module (files/fd-kinds.ts); pipes and socket pairs last. */
+  createFiles(rt: RemoteTask, own: FdImage[]): void {
+    const fds = withInflight(own);
     const floor = Math.max(2, ...fds.map((f) => f.fd)) + 1;
     const groups = byOfd(fds.filter((f) => !isInheritedStdio(f)));
     const pipes = new Map<number, FdImage[][]>();
     const pairs = new Map<number, FdImage[][]>();
     const pidfds = new Map<number, number>();
+    let deferred = false;
+    const c: RestoreContext = {
+      rt,
+      fds,
+      floor,
+      pidNow: (p) => this.pidNow(p),
+      ptys: this.ptys,
+      ghostPath: (f) => this.ghosts.pathFor(f, this.warn),
+      memfdAt: (f) => (f.file ? this.memfds.get(`${f.file.dev}:${f.file.ino}`) : undefined),
+      defer: (what, id, g) => {
+        const into = what === 'pipe' ? pipes : pairs;
+        const l = into.get(id);
+        if (l) l.push(g); else into.set(id, [g]);
+        deferred = true;
+      },
+    };
     for (const g of groups) {
       const f = g[0];
       const held = f.ofd === undefined ? undefined : this.holders.get(f.ofd);
@@ -117,33 +165,16 @@ export class FdRestorer {
         this.importFile(rt, held, g, floor, pidfds);
         continue;
       }
-      if (f.socket?.state === 'pair') {
-        const id = Math.min(f.socket.ino!, f.socket.peerIno!);
-        const p = pairs.get(id);
-        if (p) p.push(g); else pairs.set(id, [g]);
-        continue;
-      }
-      if (REOPENED.has(f.kind)) restoreReopened(rt, g, floor, isGhost(f) ? this.ghosts.pathFor(f, this.warn) : f.path!);
-      else if (f.kind === 'eventfd') restoreEventfd(rt, g, floor);
-      else if (f.kind === 'timerfd') restoreTimerfd(rt, g, floor);
-      else if (f.kind === 'signalfd') restoreSignalfd(rt, g, floor);
-      else if (f.kind === 'socket' && f.socket?.state === 'established') restoreTcp(rt, g, floor);
-      else if (f.kind === 'socket') restoreSocket(rt, g, floor);
-      else if (f.kind === 'epoll') createEpoll(rt, g, floor);
-      else if (f.kind === 'fifo' && f.fifo) restoreFifo(rt, g, floor);
-      else if (f.kind === 'memfd' && f.file && this.memfds.has(`${f.file.dev}:${f.file.ino}`)) reopenMemfd(rt, g, floor, this.memfds.get(`${f.file.dev}:${f.file.ino}`)!);
-      else if (f.kind === 'memfd' && f.memfd) restoreMemfd(rt, g, floor);
-      else if (f.kind === 'tty' && f.tty) this.ptys.restore(rt, g, floor, fds);
-      else if (f.kind === 'pipe') {
-        const p = pipes.get(f.pipe!.id);
-        if (p) p.push(g); else pipes.set(f.pipe!.id, [g]);
-        continue;
-      } else {
-        throw new TsnapError('unsupported', `fd ${f.fd} is a ${f.kind}; restoring this kind of fd is not supported`);
-      }
-      if (f.kind === 'epoll') this.created.add(`${rt.pid}:${f.fd}`);
+      if (isThreadPidfd(f)) continue; // createLate: its thread does not exist yet
+      const kind = FD_KINDS[f.kind];
+      deferred = false;
+      kind.restore(c, g);
+      if (deferred) continue;
+      if (kind.link) this.linked.add(`${rt.pid}:${f.fd}`);
+      if (kind.late) this.lateOnes.add(`${rt.pid}:${f.fd}`);
       if (f.ofd !== undefined) this.holders.set(f.ofd, { pid: rt.pid, fd: f.fd });
     }
+    this.contexts.set(rt.pid, c);
     for (const [id, ends] of pipes) {
       const both = this.pipeOfds.get(id);
       if (!both || both.read.size === 0 || both.write.size === 0) {
@@ -156,7 +187,7 @@ export class FdRestorer {
     for (const [id, ends] of pairs) {
       const both = this.pairOfds.get(id);
       if (!both || both.a.size === 0 || both.b.size === 0) throw new TsnapError('badImage', `socket pair socket:[${id}] lacks one of its ends in the image`);
-      const at = restoreSocketPair(rt, ends, floor, id, (ino) => this.queued.get(ino) ?? []);
+      const at = restoreSocketPair(rt, ends, floor, id, (ino) => this.queued.get(ino) ?? [], (ino) => this.sockets.get(ino), (k) => this.names.get(k.local.toString('hex'))?.size === 1);
       for (const ofd of both.a) this.holders.set(ofd, { pid: rt.pid, fd: at.a });
       for (const ofd of both.b) this.holders.set(ofd, { pid: rt.pid, fd: at.b });
     }
@@ -178,9 +209,54 @@ export class FdRestorer {
 
   /** Phase 2: each epoll this process created registers what it watched. */
   registerEpolls(rt: RemoteTask, fds: FdImage[]): void {
-    for (const f of fds) {
-      if (f.kind === 'epoll' && this.created.has(`${rt.pid}:${f.fd}`)) registerEpollTargets(rt, f);
+    const c = this.contexts.get(rt.pid);
+    for (const f of withInflight(fds)) {
+      if (c && this.linked.has(`${rt.pid}:${f.fd}`)) FD_KINDS[f.kind].link!(c, f);
     }
+  }
+
+  /**
+   * Last, once every thread and every other file of the tree exists: the
+   * pidfds of threads (created, or imported from a process done before),
+   * then each kind's last step for the files this process created
+   * (inotify watches: restore's own work must not show in their queues).
+   * `tidNow`: a dumped tid as it is now, or undefined when the image has no
+   * such thread.
+   */
+  createLate(rt: RemoteTask, own: FdImage[], tidNow: (tid: number) => number | undefined): void {
+    const fds = withInflight(own);
+    const floor = Math.max(2, ...fds.map((f) => f.fd)) + 1;
+    const pidfds = new Map<number, number>();
+    for (const g of byOfd(fds.filter(isThreadPidfd))) {
+      const f = g[0];
+      const held = f.ofd === undefined ? undefined : this.holders.get(f.ofd);
+      if (held) { this.importFile(rt, held, g, floor, pidfds); continue; }
+      const tid = tidNow(f.pidfd!.pid);
+      if (tid === undefined) throw new TsnapError('badImage', `fd ${f.fd}: a pidfd names thread ${f.pidfd!.pid}, which is not in the image`);
+      restorePidfd(rt, g, floor, tid);
+      if (f.ofd !== undefined) this.holders.set(f.ofd, { pid: rt.pid, fd: f.fd });
+    }
+    for (const fd of pidfds.values()) rt.close(fd);
+    const c = this.contexts.get(rt.pid);
+    for (const f of fds) {
+      if (c && this.lateOnes.has(`${rt.pid}:${f.fd}`)) FD_KINDS[f.kind].late!(c, f);
+    }
+  }
+
+  /**
+   * Phase 2b, once every process has its files: messages in flight in its
+   * unix sockets are queued again from their peer ends (`pidNow`: a dumped
+   * pid as it is now, for the senders' credentials).
+   */
+  requeueInflight(rt: RemoteTask, fds: FdImage[], pidNow: (pid: number) => number = (p) => p): void {
+    requeueInflight(rt, fds, (ino, peerIno) => {
+      const e = this.pairOfds.get(Math.min(ino, peerIno));
+      for (const ofd of (e && (ino < peerIno ? e.a : e.b)) ?? []) {
+        const at = this.holders.get(ofd);
+        if (at) return at;
+      }
+      return undefined;
+    }, pidNow);
   }
 
   /** Phase 3, once every process took what it needs: whatever the process should not have goes. */
@@ -188,14 +264,6 @@ export class FdRestorer {
     const wanted = new Set(fds.map((f) => f.fd));
     for (const fd of listFds(rt.pid)) if (!wanted.has(fd)) rt.close(fd);
   }
-}
-
-/** The fds of a single process. */
-export function restoreFds(rt: RemoteTask, fds: FdImage[]): void {
-  const r = new FdRestorer([fds]);
-  r.createFiles(rt, fds);
-  r.registerEpolls(rt, fds);
-  r.closeOthers(rt, fds);
 }
 
 /**

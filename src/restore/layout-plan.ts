@@ -2,6 +2,7 @@
  * Pure decisions for rebuilding an address space: where the stub page goes,
  * how each dumped VMA is re-created, how the vdso/vvar mappings move.
  */
+import { isSysvShmPath } from '../proc/sysvipc.js';
 import { VMA_RESTORED_FLAGS, type VmaImage } from '../../formats/schema.js';
 import { PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_GROWSDOWN, MAP_FIXED_NOREPLACE, O_RDONLY, O_RDWR } from '../sys/uapi.js';
 
@@ -32,11 +33,13 @@ export function isSpecial(v: VmaImage): boolean {
   return v.special === 'vdso' || v.special === 'vvar' || v.special === 'vvar_vclock' || v.special === 'vsyscall';
 }
 
-export type VmaKind = 'anon' | 'sharedAnon' | 'privateFile' | 'sharedFile';
+export type VmaKind = 'anon' | 'sharedAnon' | 'privateFile' | 'sharedFile' | 'sysvShm';
 
 export function vmaKind(v: VmaImage): VmaKind {
   const anon = v.file === null || (v.shared && v.path === '/dev/zero' && v.file.deleted);
   if (anon) return v.shared ? 'sharedAnon' : 'anon';
+  // Attached with shmat, not mapped (restore/sysv-shm.ts).
+  if (v.shared && v.file!.deleted && isSysvShmPath(v.path)) return 'sysvShm';
   return v.shared ? 'sharedFile' : 'privateFile';
 }
 
@@ -95,6 +98,8 @@ function baseMapCall(v: VmaImage): MapCall {
       return { prot: PROT_READ | PROT_WRITE, flags: MAP_SHARED | MAP_ANONYMOUS | fixed, file: null, fixProt: v.prot !== (PROT_READ | PROT_WRITE) };
     case 'privateFile':
       return { prot: PROT_READ | PROT_WRITE, flags: MAP_PRIVATE | fixed, file: { path: v.path, openFlags: O_RDONLY }, fixProt: v.prot !== (PROT_READ | PROT_WRITE) };
+    case 'sysvShm':
+      throw new Error(`SysV shm at 0x${v.start.toString(16)} is attached by shmat, not mapped`);
     case 'sharedFile':
       // Opened for writing when the mapping was writable or could be made so
       // (VM_MAYWRITE): a later mprotect(PROT_WRITE) of the program must work.

@@ -8,6 +8,7 @@ import type { Image } from '../image/image-reader.js';
 import type { ProcessImage } from '../../formats/schema.js';
 import { vmaKind, isSpecial } from './layout-plan.js';
 import { checkFds } from './fds.js';
+import { sysvShmObstacle } from './sysv-shm.js';
 import { pidTaken } from './create-process.js';
 import { TsnapError } from '../errors.js';
 import { credsObstacle, helperCreds } from './creds-check.js';
@@ -48,7 +49,12 @@ export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
       if (!p.memfds?.some((m) => m.dev === f.dev && m.ino === f.ino)) throw new TsnapError('badImage', `the image maps ${v.path} at 0x${v.start.toString(16)} but does not hold its contents`);
       continue;
     }
+    if (k === 'sysvShm') continue; // the segment is checked below
     if (k === 'privateFile' || k === 'sharedFile') checkFile(v.path, 'mapped file', v.file, v.file?.deleted ?? false);
+  }
+  for (const s of p.sysvShm ?? []) {
+    const obstacle = sysvShmObstacle(s);
+    if (obstacle) throw new TsnapError('restoreFailed', obstacle);
   }
   checkFds(p.fds);
   const start = helperCreds();

@@ -10,8 +10,9 @@
  * sides), the VmFlags restore sets, each fd's number, open flags and file
  * position, each thread's blocked signals, the thread count, umask, ids,
  * process group and session, cwd, root, executable, comm, resource limits
- * and personality; the controlling terminal (tty_nr), its foreground group
- * and the pts index of every pty fd (files/tty.ts).
+ * and personality, and the number of files in flight in each unix socket;
+ * the controlling terminal (tty_nr), its foreground group and the pts
+ * index and state of every pty fd (files/tty.ts).
  */
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, fileOwner } from '../sys/index.js';
@@ -19,6 +20,13 @@ import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimi
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
 import { checkRestoredTtys, imagePtys } from '../files/tty.js';
+import { checkInflightRestored } from '../files/scm-rights.js';
+import { pidfdDiff } from '../files/pidfd.js';
+import { readTimers } from '../proc/timers.js';
+import { epollDiff } from '../files/epoll.js';
+import { inotifyDiff } from '../files/inotify.js';
+import { symlinkDiff } from '../files/symlink.js';
+import { nsfsDiff } from '../files/nsfs.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
@@ -123,6 +131,7 @@ function compareFds(p: ProcessImage, pid: number, idNow: (id: number) => number,
     if ((info.flags & ~ignore) !== (f.flags & ~ignore)) {
       out.push(`fd ${f.fd} (${f.link}): open flags 0${(info.flags & ~ignore).toString(8)}, the image's 0${(f.flags & ~ignore).toString(8)}`);
     }
+    for (const d of [pidfdDiff(f, info, idNow), epollDiff(f, info), inotifyDiff(f, info), symlinkDiff(pid, f), nsfsDiff(pid, f)]) if (d) out.push(d);
     if (f.kind === 'file' && info.pos !== f.pos) out.push(`fd ${f.fd} (${f.link}): position ${info.pos}, the image's ${f.pos}`);
   }
   for (const fd of live) out.push(`fd ${fd} is open but not in the image`);
@@ -169,13 +178,23 @@ function compareProcess(p: ProcessImage, pid: number, opts: CheckOptions, out: s
   }
 }
 
+/** POSIX timers: ids, signals and whom they notify (a thread-directed one names the thread as restored). */
+function compareTimers(p: ProcessImage, pid: number, idNow: (id: number) => number, out: string[]): void {
+  const show = (t: { id: number; signo: number; notify: string; tid: number }, tid: number) => `${t.id}:${t.signo}:${t.notify}${t.notify === 'thread' ? `:${tid}` : ''}`;
+  const have = readTimers(pid).map((t) => show(t, t.tid)).sort().join(' ');
+  const want = (p.posixTimers ?? []).map((t) => show(t, idNow(t.tid))).sort().join(' ');
+  if (have !== want) out.push(`POSIX timers are [${have}], the image's [${want}] (id:signal:notify)`);
+}
+
 /** Every difference between the rebuilt process `pid` (not yet running) and its image, one line each. */
 export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions): string[] {
   const out: string[] = [];
   compareMaps(p, pid, out);
   compareVmFlags(p, pid, out);
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
+  checkInflightRestored(p.fds, (fd) => readFdInfo(pid, fd).extra, out);
   compareProcess(p, pid, opts, out);
   out.push(...checkRestoredTtys(p, pid, opts.idNow ?? ((id) => id), opts.ptys ?? imagePtys([p])));
+  compareTimers(p, pid, opts.idNow ?? ((id) => id), out);
   return out;
 }

@@ -45,14 +45,19 @@ export function sameFile(pid1: number, fd1: number, pid2: number, fd2: number): 
   return rawSyscall('kcmp(KCMP_FILE)', SYS.kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) === 0;
 }
 
-/** Whether `fd` of pid is the file registered in its epoll `epfd` under number `tfd`. */
-export function isEpollTarget(pid: number, fd: number, epfd: number, tfd: number): boolean {
+/**
+ * Whether `fd` of pid is the file registered in the epoll `epfd` of
+ * `epollPid` (pid itself by default) under number `tfd`; `toff` picks
+ * among registrations of several files under the same number (the n-th in
+ * fdinfo order).
+ */
+export function isEpollTarget(pid: number, fd: number, epfd: number, tfd: number, toff = 0, epollPid = pid): boolean {
   const slot = Buffer.alloc(12);
   slot.writeUInt32LE(epfd, 0);
   slot.writeUInt32LE(tfd, 4);
-  slot.writeUInt32LE(0, 8);
+  slot.writeUInt32LE(toff, 8);
   try {
-    return rawSyscall('kcmp(KCMP_EPOLL_TFD)', SYS.kcmp, pid, pid, KCMP_EPOLL_TFD, fd, libc.address(slot)) === 0;
+    return rawSyscall('kcmp(KCMP_EPOLL_TFD)', SYS.kcmp, pid, epollPid, KCMP_EPOLL_TFD, fd, libc.address(slot)) === 0;
   } catch (err) {
     if (err instanceof SysError && err.code === 'ENOENT') return false;
     throw err;
@@ -236,4 +241,121 @@ export function bindSocket(fd: number, addr: Buffer): void {
 
 export function connectSocket(fd: number, addr: Buffer): void {
   rawSyscall('connect', SYS.connect, fd, libc.address(addr), addr.length);
+}
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+
+/** The parts of [from, to) of a file that hold data (SEEK_DATA/SEEK_HOLE), in order. */
+export function dataExtents(fd: number, from: number, to: number): { start: number; end: number }[] {
+  const out: { start: number; end: number }[] = [];
+  let pos = from;
+  while (pos < to) {
+    let start: number;
+    try {
+      start = rawSyscall('lseek(SEEK_DATA)', SYS.lseek, fd, pos, SEEK_DATA);
+    } catch (err) {
+      if (err instanceof SysError && err.errno === Errno.ENXIO) break; // only a hole is left
+      throw err;
+    }
+    if (start >= to) break;
+    const end = Math.min(to, rawSyscall('lseek(SEEK_HOLE)', SYS.lseek, fd, start, SEEK_HOLE));
+    out.push({ start, end });
+    pos = end;
+  }
+  return out;
+}
+
+const MSG_CMSG_CLOEXEC = 0x40000000;
+
+/** A socket's SO_PEEK_OFF (-1: peeking always starts at the head of the queue). */
+export function peekOffset(fd: number): number {
+  return getsockoptInt(fd, 1, SO_PEEK_OFF);
+}
+
+export function setPeekOffset(fd: number, off: number): void {
+  setsockopt(fd, 1, SO_PEEK_OFF, off, 'setsockopt(SO_PEEK_OFF)');
+}
+
+/**
+ * One recvmsg(MSG_PEEK) of up to `len` bytes into `buf`, with `control` as
+ * room for ancillary data: nothing is consumed, but files passed with
+ * SCM_RIGHTS are installed in tsnap (close-on-exec) and must be closed by
+ * the caller. null: the queue is empty.
+ */
+export function peekMessage(fd: number, buf: Buffer, len: number, control: Buffer): { n: number; flags: number; control: Buffer } | null {
+  const iov = Buffer.alloc(16);
+  iov.writeBigUInt64LE(libc.address(buf), 0);
+  iov.writeBigUInt64LE(BigInt(Math.min(len, buf.length)), 8);
+  const msg = Buffer.alloc(56); // struct msghdr
+  msg.writeBigUInt64LE(libc.address(iov), 16);
+  msg.writeBigUInt64LE(1n, 24);
+  msg.writeBigUInt64LE(libc.address(control), 32);
+  msg.writeBigUInt64LE(BigInt(control.length), 40);
+  const n = Number(libc.recvmsg(fd, msg, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC));
+  if (n === -1) {
+    const e = libc.errno();
+    if (e === Errno.EAGAIN) return null;
+    throw new SysError('recvmsg(MSG_PEEK)', e);
+  }
+  const clen = Number(msg.readBigUInt64LE(40));
+  return { n, flags: msg.readInt32LE(48), control: Buffer.from(control.subarray(0, clen)) };
+}
+
+/** sendmsg(MSG_DONTWAIT) of `data` with raw ancillary data; returns the bytes sent. */
+export function sendMessage(fd: number, data: Buffer, control: Buffer): number {
+  const body = data.length ? data : Buffer.alloc(1);
+  const iov = Buffer.alloc(16);
+  iov.writeBigUInt64LE(libc.address(body), 0);
+  iov.writeBigUInt64LE(BigInt(data.length), 8);
+  const msg = Buffer.alloc(56);
+  msg.writeBigUInt64LE(libc.address(iov), 16);
+  msg.writeBigUInt64LE(1n, 24);
+  if (control.length) {
+    msg.writeBigUInt64LE(libc.address(control), 32);
+    msg.writeBigUInt64LE(BigInt(control.length), 40);
+  }
+  const n = Number(libc.sendmsg(fd, msg, MSG_DONTWAIT));
+  if (n === -1) throw new SysError('sendmsg', libc.errno());
+  return n;
+}
+
+/** The target of the symlink an O_PATH fd names (readlinkat with an empty path). */
+export function readlinkFd(fd: number): string {
+  const buf = Buffer.alloc(4096);
+  const empty = Buffer.from('\0');
+  const n = rawSyscall(`readlinkat(${fd})`, SYS.readlinkat, fd, libc.address(empty), libc.address(buf), buf.length);
+  return buf.subarray(0, n).toString();
+}
+
+/**
+ * open_by_handle_at(mountFd, handle, flags): the inode a file handle names,
+ * opened (needs CAP_DAC_READ_SEARCH). `handle` is struct file_handle's
+ * f_handle bytes.
+ */
+export function openByHandle(mountFd: number, type: number, handle: Buffer, flags: number): number {
+  const fh = Buffer.alloc(8 + handle.length);
+  fh.writeUInt32LE(handle.length, 0);
+  fh.writeInt32LE(type, 4);
+  handle.copy(fh, 8);
+  return rawSyscall('open_by_handle_at', SYS.open_by_handle_at, mountFd, libc.address(fh), flags);
+}
+
+/**
+ * name_to_handle_at(AT_FDCWD, path, ..., 0): the file handle of `path`
+ * itself (a symlink is not followed), or null where the filesystem has none.
+ */
+export function fileHandle(path: string): { type: number; handle: Buffer } | null {
+  const MAX_HANDLE_SZ = 128;
+  const fh = Buffer.alloc(8 + MAX_HANDLE_SZ);
+  fh.writeUInt32LE(MAX_HANDLE_SZ, 0);
+  const mountId = Buffer.alloc(4);
+  const name = Buffer.from(`${path}\0`);
+  try {
+    rawSyscall(`name_to_handle_at(${path})`, SYS.name_to_handle_at, -100, libc.address(name), libc.address(fh), libc.address(mountId), 0);
+  } catch (err) {
+    if (err instanceof SysError && (err.code === 'EOPNOTSUPP' || err.code === 'ENOTSUP')) return null;
+    throw err;
+  }
+  return { type: fh.readInt32LE(4), handle: Buffer.from(fh.subarray(8, 8 + fh.readUInt32LE(0))) };
 }

@@ -7,5 +7,6 @@ export * from './memory.js';
 export * from './fd.js';
 export * from './pagemap-scan.js';
 export * from './files.js';
+export * from './sysv-shm.js';
 export { Guardian, GuardianError, GuardianUnavailable, GuardianFailure, guardianPath, type SyscallUndo } from './guardian.js';
 export * from './tty.js';

@@ -30,6 +30,11 @@ export const libc = {
   recv: lib.func('long recv(int fd, void *buf, size_t len, int flags)'),
   sendmsg: lib.func('long sendmsg(int fd, void *msg, int flags)'),
   recvmsg: lib.func('long recvmsg(int fd, void *msg, int flags)'),
+  // Pointers stay koffi externals: koffi.view() reads and writes the attached segment.
+  shmat: lib.func('void *shmat(int shmid, void *addr, int flags)'),
+  shmdt: lib.func('int shmdt(void *addr)'),
+  /** The memory behind a pointer returned by a binding (shmat), as a Buffer. */
+  view: (ptr: unknown, len: number): Buffer => Buffer.from(koffi.view(ptr as never, len)),
   errno: (): number => koffi.errno(),
   clearErrno: (): void => { koffi.errno(0); },
   /** Address of a Buffer's first byte, for building iovec arrays. */

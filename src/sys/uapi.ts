@@ -9,6 +9,10 @@ export const PAGE_SHIFT = 12;
 
 export const SYS = {
   read: 0,
+  shmget: 29,
+  shmat: 30,
+  shmctl: 31,
+  shmdt: 67,
   write: 1,
   close: 3,
   poll: 7,
@@ -95,6 +99,12 @@ export const SYS = {
   pidfd_open: 434,
   clone3: 435,
   pidfd_getfd: 438,
+  readlinkat: 267,
+  open_by_handle_at: 304,
+  name_to_handle_at: 303,
+  inotify_init1: 294,
+  inotify_add_watch: 254,
+  inotify_rm_watch: 255,
 } as const;
 
 // ptrace requests

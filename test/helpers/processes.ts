@@ -13,7 +13,7 @@
  * is still alive at its end.
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { afterEach } from 'vitest';
 
 /** The run: set by the global setup, so that every worker shares it. */
@@ -191,4 +191,10 @@ export function tracerOf(tid: number): number {
     throw err;
   }
   return Number(/^TracerPid:\s*(\d+)/m.exec(status)?.[1] ?? 0);
+}
+
+/** Waits (up to `timeoutMs`) until none of `pids` exists, not even as a zombie: init reaps orphans late here. */
+export async function waitPidsFree(pids: number[], timeoutMs = 5000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (const pid of pids) while (existsSync(`/proc/${pid}`) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
 }

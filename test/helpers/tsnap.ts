@@ -36,7 +36,7 @@ export function* storedPages(img: Image): Generator<{ addr: number; data: Buffer
   const reader = new PageFileReader(img.dir, img.pagemap.chunks);
   try {
     let cached = -1;
-    let chunk = Buffer.alloc(0);
+    let chunk: Buffer = Buffer.alloc(0);
     for (const r of img.pagemap.runs) {
       if (r.where !== PageWhere.Here) continue;
       if (r.chunk !== cached) { chunk = reader.readChunk(r.chunk); cached = r.chunk; }

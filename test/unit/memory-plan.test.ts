@@ -125,7 +125,8 @@ function keepsPage(cls: VmaClass, cats: number): boolean {
   if (cats & PAGE_IS.PFNZERO) return false;
   switch (cls) {
     case 'private': return (cats & PAGE_IS.FILE) === 0;
-    case 'sharedAnon': return true;
+    // Taken from the shared object itself (dump/shared-memory.ts), never from a process's pagemap.
+    case 'sharedAnon': return false;
     case 'notDumped': return false;
   }
 }
@@ -249,13 +250,16 @@ describe('RangeSelector', () => {
 
   it('a region spanning a gap and two VMAs is split at each VMA boundary', () => {
     const vmas = [mkVma(0x10000, 0x14000), mkVma(0x14000, 0x16000), mkVma(0x20000, 0x22000)];
-    const sel = new RangeSelector(vmas, ['private', 'sharedAnon', 'private']);
+    const sel = new RangeSelector(vmas, ['private', 'private', 'private']);
     const got = [...sel.select([{ start: 0x8000, end: 0x30000, categories: PAGE_IS.PRESENT }])];
     expect(got).toEqual([
       { start: 0x10000, end: 0x14000, vma: 0 },
       { start: 0x14000, end: 0x16000, vma: 1 },
       { start: 0x20000, end: 0x22000, vma: 2 },
     ]);
+    // A shared anonymous VMA takes nothing from the pagemap.
+    const shared = new RangeSelector(vmas, ['private', 'sharedAnon', 'private']);
+    expect([...shared.select([{ start: 0x8000, end: 0x30000, categories: PAGE_IS.PRESENT }])].map((r) => r.vma)).toEqual([0, 2]);
   });
 
   it('private keeps anonymous but not file or zero pages; notDumped keeps nothing', () => {

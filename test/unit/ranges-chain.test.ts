@@ -29,8 +29,6 @@ describe('range algebra', () => {
   });
 });
 
-/** A level as per-page answers: undefined = no run (defer in a delta), else where + data tag. */
-type Cell = { where: PageWhere; tag: number } | undefined;
 
 describe('resolveChain', () => {
   const cell = fc.option(fc.record({ where: fc.constantFrom(PageWhere.Here, PageWhere.Zero, PageWhere.Parent), tag: fc.integer({ min: 0, max: 3 }) }), { nil: undefined });
