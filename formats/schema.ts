@@ -176,6 +176,13 @@ export interface ProcessImage {
   };
   /** /proc/PID/loginuid (4294967295: unset); optional. */
   loginuid?: number;
+  /**
+   * The controlling terminal (/proc/PID/stat tty_nr as a dev_t, tpgid: its
+   * foreground group, 0 for none); absent when the process had none
+   * (tsnap 0.2+, optional). A pty of the dump (its master is in the image)
+   * comes back; any other terminal is restore's own (files/tty.ts).
+   */
+  ctty?: { rdev: number; fgPgid: number };
 }
 
 export interface FileIdentity {
@@ -377,6 +384,8 @@ export interface FdImage {
   fifo?: { capacity: number; data: Buffer; ghost?: { mode: number; uid: number; gid: number } };
   /** memfd: its name (without "memfd:"), whole contents and seals. */
   memfd?: { name: string; data: Buffer; seals: number };
+  /** Pseudo-terminals of the dump and /dev/tty (files/tty.ts); absent for a terminal on 0-2 that is stdio. */
+  tty?: TtyImage;
   /**
    * A pidfd (anon_inode:[pidfd]): the process it names, -1 for one that was
    * reaped, and its pidfs inode (one per process: dead pidfds with the same
@@ -412,6 +421,49 @@ export interface InotifyWatchImage {
    * number from the original.
    */
   handle?: Buffer;
+}
+
+/**
+ * A tty fd tsnap recreates: `master` (/dev/ptmx) and `slave` (/dev/pts/N)
+ * of a pty whose master is in the dump, `slave` with `hungUp` (its master
+ * was closed: reads give EOF, writes EIO), `ctty` (/dev/tty, the alias
+ * of the process's controlling terminal, opened again once it has it), or
+ * `stdio`: above fd 2, the terminal outside the dump that is on stdio fd
+ * `index` too (a shell's fd 255), restored as that fd of restore's stdio.
+ */
+export interface TtyImage {
+  type: 'master' | 'slave' | 'ctty' | 'stdio';
+  /** The pts index (N of /dev/pts/N); -1 for ctty; the stdio fd (0-2) for stdio. */
+  index: number;
+  /** stdio: the same open file as that stdio fd (dup), not another open of its terminal. */
+  dup?: boolean;
+  /** slave: hung up (the master was closed before the dump). */
+  hungUp?: boolean;
+  /** slave: TIOCEXCL is set (further opens need CAP_SYS_ADMIN). */
+  exclusive?: boolean;
+  /** master: the state of the pair (the same on every master fd of it). */
+  pty?: PtyImage;
+}
+
+export interface PtyImage {
+  /** struct termios2 of the slave side (TCGETS2), 44 bytes. */
+  termios: Buffer;
+  /** struct termios of its locked bits (TIOCGLCKTRMIOS), 36 bytes. */
+  lockedTermios: Buffer;
+  /** struct winsize (TIOCGWINSZ), 8 bytes. */
+  winsize: Buffer;
+  /** TIOCGPTLCK: the slave cannot be opened (unlockpt not called, or locked again). */
+  locked: boolean;
+  /** TIOCGPKT: packet mode of the master. */
+  packet: boolean;
+  /** POLLHUP on the master: every slave fd was closed (master reads give EIO once drained). */
+  slaveClosed: boolean;
+  /** Bytes waiting for the slave side to read (written to the master), and for the master side to read. */
+  input: Buffer;
+  output: Buffer;
+  /** The session it is the controlling terminal of (TIOCGSID), 0 for none, and its foreground group (TIOCGPGRP). */
+  session: number;
+  fgPgid: number;
 }
 
 export interface PosixTimerImage {

@@ -16,6 +16,7 @@ import { TsnapError } from '../errors.js';
 import { linkUnixSockets } from '../files/unix.js';
 import { describeInetShutdowns } from '../files/socket-state.js';
 import { describeInotifyFds } from '../files/inotify.js';
+import { describeTtys } from '../files/tty.js';
 import { describeInflight, numberInflight, releaseInflight, hasFilesInFlight } from '../files/scm-rights.js';
 
 /** O_PATH: an fd that only names a file (fcntl F_GETOWN_EX/F_GETLEASE answer EBADF). */
@@ -98,6 +99,7 @@ function readAllFds(pids: number[], opts: FdReadOptions): Map<number, FdImage[]>
   checkPipesOutside(seen.filter((s) => s.img.pipe), pids);
   linkUnixSockets(seen, pids.length > 1, { ...opts, endsLater });
   describeInetShutdowns(seen);
+  describeTtys(seen, pids, opts.enter !== false);
   for (const s of seen) if (!(endsLater && s.t.kind === 'pipe' && !s.img.pipe)) checkSupported(s.img, s.pid, pids, opts.zombies ?? []);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
   numberInflight(inflight, (pid) => out.get(pid)!);

@@ -9,6 +9,7 @@ import {
   RLIMIT_NAMES, readLimits, type Vma,
 } from '../proc/index.js';
 import { readFds } from './fds.js';
+import { describeCtty } from '../files/tty.js';
 import { readMappedMemfds } from '../files/fifo-memfd.js';
 import { describeSysvShm } from './sysv-shm.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage, type RlimitImage, type FdImage, type FileIdentity, type MmImage } from '../../formats/schema.js';
@@ -147,6 +148,7 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     posixTimers: remote.posixTimers,
     prctl: remote.prctl,
     ...(remote.groupStop ? { stopSignal: remote.groupStop } : {}),
+    ...describeCtty(stat),
   };
 }
 

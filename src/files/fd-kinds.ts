@@ -13,6 +13,7 @@ import { socketKind } from './socket.js';
 import { eventfdKind, timerfdKind, signalfdKind } from './anon-fds.js';
 import { epollKind } from './epoll.js';
 import { anonInodeKind, otherKind } from './anon-inode-kinds.js';
+import { ttyKind } from './tty.js';
 
 export const FD_KINDS: { readonly [K in FdKindImage]: FdKindModule } = {
   file: reopenedKind,
@@ -27,7 +28,7 @@ export const FD_KINDS: { readonly [K in FdKindImage]: FdKindModule } = {
   timerfd: timerfdKind,
   signalfd: signalfdKind,
   epoll: epollKind,
-  tty: unsupportedKind(' (supported on stdin/stdout/stderr only)'),
+  tty: ttyKind,
   blockdev: unsupportedKind(),
   anon_inode: anonInodeKind,
   other: otherKind,
@@ -45,5 +46,5 @@ const STDIO_KINDS = new Set<FdKindImage>(['tty', 'pipe', 'fifo', 'socket']);
  * process its own stdio (or --stdin/--stdout/--stderr) instead.
  */
 export function isInheritedStdio(f: FdImage): boolean {
-  return f.fd <= 2 && STDIO_KINDS.has(f.kind) && !f.pipe && !f.socket && !f.fifo;
+  return f.fd <= 2 && STDIO_KINDS.has(f.kind) && !f.pipe && !f.socket && !f.fifo && !f.tty;
 }

@@ -9,6 +9,7 @@ import type { FdImage } from '../../formats/schema.js';
 import type { FdInfo, FdTarget } from '../proc/fds.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import type { SocketOptions } from './socket.js';
+import type { PtyRestorer } from './tty.js';
 
 /** What dump knows while describing one fd. */
 export interface DescribeContext {
@@ -64,6 +65,8 @@ export interface RestoreContext {
   tcpClose: boolean;
   /** State a kind keeps for the whole restore (all processes of the tree), made on first use. */
   state<T>(key: string, make: () => T): T;
+  /** The ptys of the whole restore (files/tty.ts). */
+  ptys: PtyRestorer;
 }
 
 export interface FdKindModule {

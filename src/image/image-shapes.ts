@@ -151,6 +151,17 @@ const fdImage = (socket: Shape): Shape => obj({
   nsfs: opt(obj({ file: oneOf('cgroup', 'ipc', 'mnt', 'net', 'pid', 'pid_for_children', 'time', 'time_for_children', 'user', 'uts'), ino: SAFE })),
   owner: opt(obj({ type: int(0, 2), pid: PID_OR_0, signal: SIGNO_OR_0 })),
   lease: opt(int(0, 1)),
+  tty: opt(obj({
+    type: oneOf('master', 'slave', 'ctty', 'stdio'),
+    dup: opt(bool),
+    index: int(-1, (1 << 23) - 1),
+    hungUp: opt(bool),
+    exclusive: opt(bool),
+    pty: opt(obj({
+      termios: bin(44, 44), lockedTermios: bin(36, 36), winsize: bin(8, 8), locked: bool, packet: bool, slaveClosed: bool,
+      input: bin(0, 1 << 20), output: bin(0, 1 << 20), session: PID_OR_0, fgPgid: PID_OR_0,
+    })),
+  })),
   ghost: opt(obj({
     size: int(0, 64 << 20), mode: int(0, 0o7777), uid: U32, gid: U32, atimeMs: opt(TIME), mtimeMs: opt(TIME),
     extents: nullable(arr(obj({ offset: int(0, 64 << 20), data: bin(0, 64 << 20) }), 1 << 16)),
@@ -227,6 +238,7 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   oomScoreAdj: opt(int(-1000, 1000)),
   loginuid: opt(U32),
   stopSignal: opt(oneOf(19, 20, 21, 22)),
+  ctty: opt(obj({ rdev: SAFE, fgPgid: PID_OR_0 })),
   creds: obj({ uid: arr(U32, 4, 4), gid: arr(U32, 4, 4) }),
   startTime: SAFE,
   rlimits: arr(obj({ resource: int(0, 15), name: str(32), cur: U64, max: U64 }), 16),

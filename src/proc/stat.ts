@@ -9,6 +9,8 @@ export interface ProcStat {
   pgrp: number;
   session: number;
   ttyNr: number;
+  /** Foreground process group of the controlling terminal; -1 without one. */
+  tpgid: number;
   flags: number;
   numThreads: number;
   /** Clock ticks (sysconf(_SC_CLK_TCK)) since boot; with pid it identifies a process across pid reuse. */
@@ -60,6 +62,7 @@ export function parseStat(text: string): ProcStat {
     pgrp: f(5),
     session: f(6),
     ttyNr: f(7),
+    tpgid: f(8),
     flags: f(9),
     numThreads: f(20),
     startTime: f(22),

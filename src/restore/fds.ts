@@ -28,6 +28,7 @@ import type { RestoreContext } from '../files/kind.js';
 import { withInflight, requeueInflight } from '../files/scm-rights.js';
 import { makeDeadPidfds, isThreadPidfd, restorePidfd } from '../files/pidfd.js';
 import { closeSync } from 'node:fs';
+import { PtyRestorer } from '../files/tty.js';
 
 export { isInheritedStdio };
 
@@ -92,13 +93,18 @@ export class FdRestorer {
   private readonly lateOnes = new Set<string>();
   private readonly every: FdImage[];
 
+  /** Pseudo-terminals, created once for the whole restore. */
+  private readonly ptys: PtyRestorer;
+
   /**
    * `memfds`: memfds restore already recreated (they are mapped), by
-   * "dev:ino"; `opts.tcpClose`: connections come back closed (restore --tcp-close).
+   * "dev:ino"; `opts.tcpClose`: connections come back closed (restore
+   * --tcp-close); `opts.ptys`: shared with the session setup (files/tty.ts).
    */
-  constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void, private readonly opts: { tcpClose?: boolean } = {}) {
+  constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void, private readonly opts: { tcpClose?: boolean; ptys?: PtyRestorer } = {}) {
     const every = all.flatMap(withInflight);
     this.every = every;
+    this.ptys = opts.ptys ?? new PtyRestorer(all, Math.max(2, ...every.map((f) => f.fd)) + 1);
     this.ghosts = new Ghosts(every);
     for (const f of every) {
       const k = f.socket;
@@ -156,6 +162,7 @@ export class FdRestorer {
         if (!this.kindState.has(key)) this.kindState.set(key, make());
         return this.kindState.get(key) as T;
       },
+      ptys: this.ptys,
       ghostPath: (f) => this.ghosts.pathFor(f, this.warn),
       memfdAt: (f) => (f.file ? this.memfds.get(`${f.file.dev}:${f.file.ino}`) : undefined),
       defer: (what, id, g) => {

@@ -26,6 +26,7 @@ import { SysvSegments } from './sysv-shm.js';
 import { withInflight } from '../files/scm-rights.js';
 import { restoreAllCreds, restoreCreds } from './creds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
+import { PtyRestorer, imagePtys } from '../files/tty.js';
 import { createThreads, type RestoredThread } from './threads.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { isTreeImage, readTreeManifest, checkMember } from '../image/tree-manifest.js';
@@ -175,6 +176,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   const created: { pid: number; leader: boolean }[] = [];
   let step = 'create the process';
   let fdr: FdRestorer | null = null;
+  let ptys: PtyRestorer | null = null;
   let sysv: SysvSegments | null = null;
   let pages = 0;
   let bytes = 0;
@@ -197,11 +199,18 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     step = 'prepare the address space';
     const stub = installStub(root.rt, members.map((m) => m.p));
     clearHelperMappings(root.rt, stub);
+    // Above every fd number of the tree: a pty made before the fds waits there.
+    ptys = new PtyRestorer(members.map((m) => m.p.fds), Math.max(2, ...members.flatMap((m) => withInflight(m.p.fds).map((f) => f.fd))) + 1);
+    // A session leader takes its controlling terminal before it forks: members inherit it.
+    const onSession = (m: Member) => { step = `restore the controlling terminal of ${m.p.pid}`; ptys!.takeCtty(m.rt!, m.p, warn); };
     /** Original pid -> restored pid of every process of the tree, zombies included. */
     let treePids = new Map<number, number>();
-    if (tree) {
+    if (!tree) {
+      if (root.p.sid === root.p.pid) root.rt.sc.check('setsid', SYS.setsid);
+      onSession(root);
+    } else {
       step = 'create the process tree';
-      const { deferred, pidOf } = createChildren(root, stub.addr, newPid, created);
+      const { deferred, pidOf } = createChildren(root, stub.addr, newPid, created, onSession);
       treePids = pidOf;
       for (const [m, pgid] of deferred) m.rt!.sc.check(`setpgid(0, ${pidOf.get(pgid)})`, SYS.setpgid, 0, pidOf.get(pgid)!);
       if (newPid) warn('processes got new pids: what they recorded of each other\'s pids is stale');
@@ -239,7 +248,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`;
       restoreMm(rt, m.p);
     }
-    fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn, { tcpClose: opts.tcpClose });
+    fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn, { tcpClose: opts.tcpClose, ptys });
     const pidNow = new Map([...treePids, ...members.map((m): [number, number] => [m.p.pid, m.rt!.pid])]);
     fdr.pidNow = (pid) => {
       const now = pidNow.get(pid);
@@ -259,6 +268,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       fdr.requeueInflight(m.rt!, m.p.fds, (pid) => pidNow.get(pid) ?? pid);
     }
     for (const m of members) fdr.closeOthers(m.rt!, m.p.fds);
+    step = 'finish the terminals';
+    ptys.finish(members.map((m) => ({ rt: m.rt!, p: m.p })), (id) => members.find((x) => x.p.pid === id)?.rt?.pid ?? id, warn);
     // Every fd is open: the deleted files made again are deleted again.
     fdr.ghosts.removeAll();
     sysv.finish();
@@ -312,7 +323,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     if ((opts.check ?? 'warn') !== 'off') {
       step = 'check the restored processes against their images';
       const diffs = members.flatMap((m) => [...checkRestored(opts.tcpClose ? withoutTcp(m.p) : m.p, m.rt!.pid, {
-        newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id,
+        newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id, ptys: imagePtys(members.map((x) => x.p)),
       }), ...fdTableDiff(m.rt!.pid, m.children.map((c) => ({ pid: c.rt!.pid, shared: !!c.filesShared })))].map((d) => `restore check of ${m.p.pid}: ${d}`));
       if (diffs.length && opts.check === 'strict') {
         throw new TsnapError('restoreFailed', `the restored process differs from its image (${diffs.length} differences; first: ${diffs[0]}); nothing was started`);
@@ -374,7 +385,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
  * setpgid calls that must wait until every process exists (a group whose
  * leader comes later in the tree).
  */
-function createChildren(parent: Member, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[]): { deferred: [Member, number][]; pidOf: Map<number, number> } {
+function createChildren(parent: Member, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[], onSession: (m: Member) => void): { deferred: [Member, number][]; pidOf: Map<number, number> } {
   const deferred: [Member, number][] = [];
   const prt = parent.rt!;
   /** Original pid -> pid restored (the same, but with --new-pid). */
@@ -385,6 +396,7 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
   const walk = (m: Member) => {
     const rt = m.rt!;
     setSessionAndGroup(m, deferred, pids, inTree);
+    onSession(m);
     pids.set(m.p.pid, rt.pid);
     if (m.children.length || m.zombies.length) ptrace.setOptions(rt.pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
     for (const c of m.children) {

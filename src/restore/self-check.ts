@@ -12,13 +12,16 @@
  * process group and session, cwd, root, executable, comm, resource limits
  * and personality, the number of files in flight in each unix socket;
  * sockets' filters and shutdown state, and how unix ones are connected and
- * named (files/socket-state.ts).
+ * named (files/socket-state.ts); the controlling terminal (tty_nr), its
+ * foreground group and the pts index and state of every pty fd
+ * (files/tty.ts).
  */
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, fileOwner } from '../sys/index.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
+import { checkRestoredTtys, imagePtys } from '../files/tty.js';
 import { checkInflightRestored } from '../files/scm-rights.js';
 import { pidfdDiff } from '../files/pidfd.js';
 import { readTimers } from '../proc/timers.js';
@@ -50,6 +53,8 @@ export interface CheckOptions {
   threads: CheckedThread[];
   /** A dumped pid or tid as it is now (differs with --new-pid). */
   idNow?: (id: number) => number;
+  /** The pts indexes of the whole image's ptys (a tree's may be in another process); default: this process's. */
+  ptys?: Set<number>;
 }
 
 type Area = { start: number; end: number; prot: number; shared: boolean; offset: number; path: string };
@@ -200,6 +205,7 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   checkInflightRestored(p.fds, (fd) => readFdInfo(pid, fd).extra, out);
   checkRestoredTcp(p.fds, pid, out);
   compareProcess(p, pid, opts, out);
+  out.push(...checkRestoredTtys(p, pid, opts.idNow ?? ((id) => id), opts.ptys ?? imagePtys([p])));
   compareTimers(p, pid, opts.idNow ?? ((id) => id), out);
   out.push(...checkSockets(p.fds.filter((f) => f.socket && !isInheritedStdio(f)), pid));
   return out;

@@ -4,6 +4,7 @@
  */
 import { libc } from './libc.js';
 import { rawSyscall } from './fd.js';
+import { pollNow } from './socket-calls.js';
 import { SYS, AT_FDCWD, SPLICE_F_NONBLOCK, KCMP_FILE, KCMP_FILES, KCMP_EPOLL_TFD, F_GETOWN_EX, F_GETSIG } from './uapi.js';
 import { SysError, Errno } from './errors.js';
 
@@ -29,10 +30,7 @@ export function tee(fdIn: number, fdOut: number, len: number): number {
  * reports (POLLHUP, POLLERR, POLLNVAL). Changes nothing about the file.
  */
 export function pollHangup(fd: number): number {
-  const pfd = Buffer.alloc(8);
-  pfd.writeInt32LE(fd, 0);
-  rawSyscall('poll', SYS.poll, libc.address(pfd), 1, 0);
-  return pfd.readInt16LE(6);
+  return pollNow(fd, 0);
 }
 
 /** mknodat(AT_FDCWD, path, S_IFIFO | mode): a named pipe (the umask applies). */

@@ -11,3 +11,4 @@ export * from './sysv-shm.js';
 export { Guardian, GuardianError, GuardianUnavailable, GuardianFailure, guardianPath, type SyscallUndo } from './guardian.js';
 export * from './sock-diag.js';
 export * from './socket-calls.js';
+export * from './tty.js';
