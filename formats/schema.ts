@@ -145,6 +145,14 @@ export interface ProcessImage {
    */
   sysvShm?: SysvShmImage[];
   /**
+   * Deleted files the process maps (tsnap 0.2+, optional), by the dev/ino
+   * of the VMAs' `file`: path at the dump, inode and data extents as for a
+   * deleted fd (`GhostImage`; `extents` never null here). Restore makes the
+   * file again, maps it and unlinks it; an inode also open as a deleted fd
+   * is one file.
+   */
+  mappedGhosts?: MappedGhostImage[];
+  /**
    * Interval timers (setitimer/alarm: 0 REAL, 1 VIRTUAL, 2 PROF) that were
    * armed, with the time left and the period, in µs (tsnap 0.2+, optional).
    */
@@ -329,6 +337,12 @@ export interface GhostImage {
   atimeMs?: number;
   mtimeMs?: number;
   extents: { offset: number; data: Buffer }[] | null;
+}
+
+export interface MappedGhostImage extends GhostImage {
+  dev: number;
+  ino: number;
+  path: string;
 }
 
 export interface FdImage {

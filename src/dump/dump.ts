@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import { release as kernelRelease } from 'node:os';
 import { dirname, relative, resolve } from 'node:path';
-import { closeSync, existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { ProcMem, Pagemap } from '../sys/index.js';
 import { readStat, readStatus, readMaps, readCwd } from '../proc/index.js';
 import { FrozenProcess } from '../freeze/frozen-process.js';
@@ -30,6 +30,7 @@ import { readFds } from './fds.js';
 import { checkSysvShm, isSysvShmVma } from './sysv-shm.js';
 import { tcpRepair } from '../files/tcp.js';
 import { isMemfdPath } from '../files/fifo-memfd.js';
+import { isMappedGhost, checkMappedGhost } from '../files/ghost-map.js';
 import { copyPages, fullSelection } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
 import { type Range } from './ranges.js';
@@ -88,6 +89,8 @@ export interface DumpOptions {
   commitFile?: string;
   /** Take established TCP connections with TCP repair mode (see src/files/tcp.ts). */
   tcpEstablished?: boolean;
+  /** Bytes of data a deleted file may hold to be stored in the image (default GHOST_LIMIT, 64 MiB). */
+  ghostLimit?: number;
 }
 
 export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
@@ -207,8 +210,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       } else if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
-        readFds(pid, { tcpEstablished: opts.tcpEstablished, enter: false });
-        checkMappings(pid);
+        readFds(pid, { tcpEstablished: opts.tcpEstablished, ghostLimit: opts.ghostLimit, enter: false });
+        checkMappings(pid, opts.ghostLimit);
         checkCwd(pid);
         checkOomScoreAdj(pid);
         checkCreds(pid);
@@ -223,7 +226,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       try {
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
         const layout = readLayout(pid, opts.sharedElsewhere);
-        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, !!opts.tcpEstablished) : null;
+        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: !!opts.tcpEstablished, ghostLimit: opts.ghostLimit }) : null;
         checkAbort();
 
         const tMem = process.hrtime.bigint();
@@ -409,15 +412,18 @@ export function checkCwd(pid: number): void {
   }
 }
 
-export function checkMappings(pid: number): void {
+export function checkMappings(pid: number, ghostLimit?: number): void {
   const vmas = readMaps(pid);
   checkSysvShm(pid, vmas);
+  let exe = '';
+  try { exe = readlinkSync(`/proc/${pid}/exe`); } catch { /* a kernel thread has none: nothing maps it */ }
   for (const v of vmas) {
     if (!v.deleted || v.inode === 0) continue;
     if (v.shared && v.path === '/dev/zero') continue;
     if (isMemfdPath(v.path)) continue; // stored whole (src/files/fifo-memfd.ts)
     if (isSysvShmVma(v)) continue; // stored whole (dump/sysv-shm.ts)
-    throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from deleted files or SysV shm cannot be restored yet`);
+    if (isMappedGhost(v)) { checkMappedGhost(pid, v, exe, ghostLimit); continue; } // src/files/ghost-map.ts
+    throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from ${v.path === '/[aio]' ? 'an aio ring' : 'this kind of deleted object'} cannot be restored yet`);
   }
 }
 

@@ -22,7 +22,10 @@ const F_RDLCK = 0;
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
-export function readFds(pid: number, opts: SocketOptions = {}): FdImage[] {
+/** `ghostLimit`: bytes of data a deleted file may hold to be stored (dump --ghost-limit). */
+export type FdReadOptions = SocketOptions & { ghostLimit?: number };
+
+export function readFds(pid: number, opts: FdReadOptions = {}): FdImage[] {
   return readTreeFds([pid], opts).get(pid)!;
 }
 
@@ -38,7 +41,7 @@ interface SeenFd {
  * parent and its child is one pipe, and an fd inherited through fork is one
  * open file.
  */
-export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<number, FdImage[]> {
+export function readTreeFds(pids: number[], opts: FdReadOptions = {}): Map<number, FdImage[]> {
   const seen: SeenFd[] = [];
   const out = new Map<number, FdImage[]>();
   /** Inodes of deleted files whose contents this image already holds. */
@@ -63,7 +66,7 @@ export function readTreeFds(pids: number[], opts: SocketOptions = {}): Map<numbe
           fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
           file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
         };
-        FD_KINDS[img.kind].describe?.({ pid, pidfd, target: t, info, open, opts, frozen: opts.enter !== false, ghosts }, img);
+        FD_KINDS[img.kind].describe?.({ pid, pidfd, target: t, info, open, opts, frozen: opts.enter !== false, ghosts, ghostLimit: opts.ghostLimit }, img);
         describeOwner(pidfd, img);
         // A lease being broken: F_GETLEASE already answers the type it is
         // broken to, and restore takes that (the break as completed; the

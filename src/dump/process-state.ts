@@ -11,7 +11,8 @@ import {
 import { readFds } from './fds.js';
 import { readMappedMemfds } from '../files/fifo-memfd.js';
 import { describeSysvShm } from './sysv-shm.js';
-import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage, type RlimitImage, type FdImage, type FileIdentity, type MmImage } from '../../formats/schema.js';
+import { readMappedGhosts } from '../files/ghost-map.js';
+import { VMA_RESTORED_FLAGS, type MappedGhostImage, type ProcessImage, type VmaImage, type RlimitImage, type FdImage, type FileIdentity, type MmImage } from '../../formats/schema.js';
 import { readVmFlags } from '../proc/smaps.js';
 import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
 import type { RemoteState } from './task-state.js';
@@ -105,7 +106,7 @@ export function readRlimits(pid: number): RlimitImage[] {
   });
 }
 
-export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[], tcpEstablished = false): ProcessImage {
+export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[], fdOpts: { tcpEstablished?: boolean; ghostLimit?: number } = {}): ProcessImage {
   const stat = readStat(pid);
   const status = readStatus(pid);
   const mm: MmImage = {
@@ -139,9 +140,10 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     threads: remote.threads,
     signals: remote.signals,
     mm,
-    fds: fds ?? readFds(pid, { tcpEstablished, enter: true }),
+    fds: fds ?? readFds(pid, { ...fdOpts, enter: true }),
     memfds: readMappedMemfds(pid, layout.vmas, (i) => layout.images[i].file),
     ...optional('sysvShm', describeSysvShm(pid, layout.vmas)),
+    ...withMappedGhosts(readMappedGhosts(pid, layout.vmas, (i) => layout.images[i].file, fdOpts.ghostLimit)),
     itimers: remote.itimers,
     posixTimers: remote.posixTimers,
     prctl: remote.prctl,
@@ -152,4 +154,9 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
 /** `{ [k]: v }` when v is defined: optional image fields stay absent rather than undefined. */
 function optional<K extends string, V>(k: K, v: V | undefined): { [P in K]?: V } {
   return (v === undefined ? {} : { [k]: v }) as { [P in K]?: V };
+}
+
+/** Absent when there are none: images without deleted mappings stay as before. */
+function withMappedGhosts(list: MappedGhostImage[]): { mappedGhosts?: MappedGhostImage[] } {
+  return list.length ? { mappedGhosts: list } : {};
 }

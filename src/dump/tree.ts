@@ -173,8 +173,8 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
       if (mode === 'dump') {
         // Fail fast, with the tree untouched, on fds tsnap cannot restore.
         const running = listTree(root).map((m) => m.pid).filter((pid) => { try { return readStat(pid).state !== 'Z'; } catch { return false; } });
-        readTreeFds(running, { tcpEstablished: opts.tcpEstablished, enter: false });
-        for (const pid of running) { checkMappings(pid); checkCwd(pid); checkOomScoreAdj(pid); checkCreds(pid); }
+        readTreeFds(running, { tcpEstablished: opts.tcpEstablished, ghostLimit: opts.ghostLimit, enter: false });
+        for (const pid of running) { checkMappings(pid, opts.ghostLimit); checkCwd(pid); checkOomScoreAdj(pid); checkCreds(pid); }
         refuseSharedFdTables(running);
         tree = freezeTree(root);
         const t = tree as FrozenTree;
@@ -182,7 +182,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         await letSignalsIn();
         checkAbort();
         members = [...t.members.map((x) => x.m), ...t.zombies];
-        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, enter: true });
+        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, ghostLimit: opts.ghostLimit, enter: true });
         // All at once: while one process's pages are being written out, the
         // next one's are read, which shortens the time the whole tree is frozen.
         const sharedElsewhere = sharedStoredEarlier(t.members.map((x) => x.m.pid));

@@ -15,13 +15,11 @@ import { closeSync, constants as C, existsSync, fchmodSync, fchownSync, fstatSyn
 import { basename, dirname, join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { rawSyscall, Errno, SysError, SYS } from '../sys/index.js';
-import type { FdImage, GhostImage } from '../../formats/schema.js';
+import type { FdImage, GhostImage, MappedGhostImage } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
-/** Ghost contents larger than this are refused (a dump is not a backup of /tmp). */
-export const GHOST_LIMIT = 64 << 20;
 
 const key = (f: FdImage) => `${f.file!.dev}:${f.file!.ino}`;
 
@@ -33,10 +31,34 @@ export function isGhost(f: FdImage): boolean {
   return (f.kind === 'file' || f.kind === 'dir') && !!f.file?.deleted;
 }
 
-/** Before the freeze: only the size matters (the contents are read frozen). */
-export function checkGhost(f: FdImage, pid: number): void {
-  if (f.kind === 'file' && f.file && f.file.size > GHOST_LIMIT) {
-    throw new TsnapError('unsupported', `fd ${f.fd} of process ${pid} is ${f.path} (deleted), ${f.file.size} bytes; deleted files over ${GHOST_LIMIT >> 20} MiB are not stored in images`);
+/**
+ * Ghost contents over this many bytes of data are refused unless the user
+ * raises the limit (dump --ghost-limit): a dump is not a backup of /tmp.
+ * Holes cost nothing, so the data extents count, not the apparent size.
+ */
+export const GHOST_LIMIT = 64 << 20;
+
+/** The refusal for a ghost over the limit, one line, naming the way out. */
+export function overLimit(what: string, data: number, size: number, limit: number): TsnapError {
+  const apparent = size !== data ? ` (${size} bytes with holes)` : '';
+  return new TsnapError('unsupported', `${what} (deleted) holds ${data} bytes of data${apparent}; deleted files over the ghost limit of ${fmtLimit(limit)} are not stored in images (raise it with --ghost-limit)`);
+}
+
+function fmtLimit(n: number): string {
+  return n % (1 << 20) === 0 ? `${n >> 20} MiB` : `${n} bytes`;
+}
+
+/** Before the freeze: the data the inode holds must fit the limit (the contents are read frozen). */
+export function checkGhost(f: FdImage, pid: number, limit = GHOST_LIMIT): void {
+  if (f.kind === 'file') {
+    const fd = openSync(`/proc/${pid}/fd/${f.fd}`, C.O_RDONLY);
+    try {
+      const size = fstatSync(fd).size;
+      const data = dataBytes(fd, size);
+      if (data > limit) throw overLimit(`fd ${f.fd} of process ${pid} is ${f.path}`, data, size, limit);
+    } finally {
+      closeSync(fd);
+    }
   }
   if (!existsSync(dirname(f.path!))) {
     throw new TsnapError('unsupported', `fd ${f.fd} of process ${pid} is ${f.path} (deleted) and its directory is gone too; restore could not make it again`);
@@ -44,23 +66,33 @@ export function checkGhost(f: FdImage, pid: number): void {
 }
 
 /** The inode behind a deleted fd, read frozen; `seen`: inodes already stored in this image. */
-export function describeGhost(pid: number, f: FdImage, seen: Set<string>): GhostImage {
+export function describeGhost(pid: number, f: FdImage, seen: Set<string>, limit = GHOST_LIMIT): GhostImage {
   const fd = openSync(`/proc/${pid}/fd/${f.fd}`, C.O_RDONLY);
   try {
-    const st = fstatSync(fd);
-    const base = { size: st.size, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, atimeMs: st.atimeMs, mtimeMs: st.mtimeMs };
-    if (f.kind === 'dir' || seen.has(key(f))) return { ...base, extents: null };
+    if (f.kind === 'dir' || seen.has(key(f))) return { ...inodeOf(fd), extents: null };
     seen.add(key(f));
-    if (st.size > GHOST_LIMIT) throw new TsnapError('unsupported', `fd ${f.fd} of process ${pid} is ${f.path} (deleted), ${st.size} bytes; deleted files over ${GHOST_LIMIT >> 20} MiB are not stored in images`);
-    return { ...base, extents: readExtents(fd, st.size) };
+    return readGhost(fd, `fd ${f.fd} of process ${pid} is ${f.path}`, limit);
   } finally {
     closeSync(fd);
   }
 }
 
-/** The data of a file, as (offset, bytes) runs between its holes. */
-function readExtents(fd: number, size: number): { offset: number; data: Buffer }[] {
-  const out: { offset: number; data: Buffer }[] = [];
+function inodeOf(fd: number): Omit<GhostImage, 'extents'> {
+  const st = fstatSync(fd);
+  return { size: st.size, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, atimeMs: st.atimeMs, mtimeMs: st.mtimeMs };
+}
+
+/** Inode and data of an open deleted file, refused over `limit` bytes of data. */
+export function readGhost(fd: number, what: string, limit: number): GhostImage {
+  const base = inodeOf(fd);
+  const data = dataBytes(fd, base.size);
+  if (data > limit) throw overLimit(what, data, base.size, limit);
+  return { ...base, extents: readExtents(fd, base.size) };
+}
+
+/** (start, end) of each data extent of a file, holes skipped. */
+function dataRuns(fd: number, size: number): [number, number][] {
+  const out: [number, number][] = [];
   let pos = 0;
   while (pos < size) {
     let start: number;
@@ -71,16 +103,28 @@ function readExtents(fd: number, size: number): { offset: number; data: Buffer }
       throw err;
     }
     const end = Math.min(size, rawSyscall('lseek(SEEK_HOLE)', SYS.lseek, fd, start, SEEK_HOLE));
+    out.push([start, end]);
+    pos = end;
+  }
+  return out;
+}
+
+/** Bytes an image would store for this file: its data extents. */
+export function dataBytes(fd: number, size: number): number {
+  return dataRuns(fd, size).reduce((n, [s, e]) => n + (e - s), 0);
+}
+
+/** The data of a file, as (offset, bytes) runs between its holes. */
+function readExtents(fd: number, size: number): { offset: number; data: Buffer }[] {
+  return dataRuns(fd, size).map(([start, end]) => {
     const data = Buffer.alloc(end - start);
     for (let got = 0; got < data.length;) {
       const n = readSync(fd, data, got, data.length - got, start + got);
       if (n === 0) break;
       got += n;
     }
-    out.push({ offset: start, data });
-    pos = end;
-  }
-  return out;
+    return { offset: start, data };
+  });
 }
 
 /**
@@ -96,28 +140,46 @@ export class Ghosts {
     for (const f of all) if (isGhost(f) && f.ghost?.extents) this.contents.set(key(f), f.ghost);
   }
 
+  /**
+   * Deleted files the processes map (src/files/ghost-map.ts): one inode
+   * mapped and open as an fd is one file again, whichever comes first.
+   */
+  addMapped(list: readonly MappedGhostImage[]): void {
+    for (const m of list) if (m.extents && !this.contents.has(`${m.dev}:${m.ino}`)) this.contents.set(`${m.dev}:${m.ino}`, m);
+  }
+
   /** The path to open for this deleted fd: made on first use. */
   pathFor(f: FdImage, warn?: (m: string) => void): string {
-    const k = key(f);
+    return this.make(key(f), f.path!, f.kind === 'dir', f.ghost!, `fd ${f.fd}`, warn);
+  }
+
+  /** The path to map a deleted file from: made on first use. */
+  pathForMapping(m: { dev: number; ino: number; path: string }, at: number, warn?: (m: string) => void): string {
+    const k = `${m.dev}:${m.ino}`;
+    const g = this.contents.get(k);
+    if (!g) throw new TsnapError('badImage', `the mapping at 0x${at.toString(16)}: the contents of ${m.path} (deleted) are not in the image`);
+    return this.make(k, m.path, false, g, `the mapping at 0x${at.toString(16)}`, warn);
+  }
+
+  private make(k: string, wanted: string, isDir: boolean, g: GhostImage, what: string, warn?: (m: string) => void): string {
     const have = this.made.get(k);
     if (have) return have.path;
-    const g = f.ghost!;
-    let path = f.path!;
+    let path = wanted;
     let dirIsOurs = false;
     if (!isDirectory(dirname(path))) {
       // Its directory is gone since the dump: a directory of ours instead
       // (removed with it), so the process is not lost for a name.
       const dir = mkdtempSync(join(tmpdir(), 'tsnap-ghost-'));
       dirIsOurs = true;
-      warn?.(`the directory of ${f.path} (deleted) is gone; fd ${f.fd} holds a deleted file in ${dir} instead`);
+      warn?.(`the directory of ${wanted} (deleted) is gone; ${what} holds a deleted file in ${dir} instead`);
       path = join(dir, basename(path));
     } else if (existsSync(path)) {
       // The name is taken again: same directory, another name (the restore check names it).
       path = mkdtempSync(`${path}.tsnap-`);
       rmdirSync(path);
-      warn?.(`${f.path} (deleted) exists again; fd ${f.fd} holds a deleted file named ${path} instead`);
+      warn?.(`${wanted} (deleted) exists again; ${what} holds a deleted file named ${path} instead`);
     }
-    if (f.kind === 'dir') {
+    if (isDir) {
       mkdirSync(path, { mode: 0o700 });
       chownSync(path, g.uid, g.gid);
       chmodSync(path, g.mode);
@@ -125,12 +187,14 @@ export class Ghosts {
       return path;
     }
     const data = this.contents.get(k);
-    if (!data) throw new TsnapError('badImage', `fd ${f.fd}: the contents of ${f.path} (deleted) are not in the image`);
+    if (!data) throw new TsnapError('badImage', `${what}: the contents of ${wanted} (deleted) are not in the image`);
     const fd = openSync(path, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600);
     this.made.set(k, { path, dir: false, ours: dirIsOurs });
     try {
       ftruncateSync(fd, data.size);
-      for (const e of data.extents!) writeSync(fd, e.data, 0, e.data.length, e.offset);
+      for (const e of data.extents!) {
+        for (let at = 0; at < e.data.length;) at += writeSync(fd, e.data, at, e.data.length - at, e.offset + at);
+      }
       fchownSync(fd, data.uid, data.gid);
       fchmodSync(fd, data.mode);
       if (data.mtimeMs !== undefined) futimesSync(fd, (data.atimeMs ?? data.mtimeMs) / 1000, data.mtimeMs / 1000);

@@ -28,6 +28,8 @@ export interface DescribeContext {
   frozen: boolean;
   /** Inodes of deleted files whose contents this dump already holds. */
   ghosts: Set<string>;
+  /** Bytes of data a deleted file may hold to be stored (dump --ghost-limit; default GHOST_LIMIT). */
+  ghostLimit?: number;
 }
 
 /** Dump's view of the whole set when it checks one fd. */

@@ -117,6 +117,16 @@ const SOCKET = obj({
   pathFile: opt(obj({ mode: int(0, 0o7777), uid: U32, gid: U32 })),
 });
 
+/**
+ * A deleted file's inode and data (--ghost-limit bounds the data a dump
+ * stores; a reader takes any size a file can have).
+ */
+const EXTENTS = arr(obj({ offset: SAFE, data: bin(0, 2 ** 32 - 1) }), 1 << 20);
+const GHOST = {
+  size: SAFE, mode: int(0, 0o7777), uid: U32, gid: U32, atimeMs: opt(TIME), mtimeMs: opt(TIME),
+  extents: nullable(EXTENTS),
+};
+
 const FD_IMAGE = obj({
   fd: FD,
   kind: oneOf('file', 'dir', 'devnull', 'tty', 'pipe', 'fifo', 'socket', 'anon_inode', 'chardev', 'blockdev', 'memfd', 'eventfd', 'epoll', 'timerfd', 'signalfd', 'other'),
@@ -136,10 +146,7 @@ const FD_IMAGE = obj({
   memfd: opt(obj({ name: str(255), data: BYTES, seals: U32 })),
   owner: opt(obj({ type: int(0, 2), pid: PID_OR_0, signal: SIGNO_OR_0 })),
   lease: opt(int(0, 1)),
-  ghost: opt(obj({
-    size: int(0, 64 << 20), mode: int(0, 0o7777), uid: U32, gid: U32, atimeMs: opt(TIME), mtimeMs: opt(TIME),
-    extents: nullable(arr(obj({ offset: int(0, 64 << 20), data: bin(0, 64 << 20) }), 1 << 16)),
-  })),
+  ghost: opt(obj(GHOST)),
 });
 
 const THREAD = obj({
@@ -173,6 +180,7 @@ interface ProcessLike {
   mm: { vmas: { start: number; path: string; file: { dev: number; ino: number } | null }[] };
   memfds?: { dev: number; ino: number }[];
   sysvShm?: { shmid: number; size: number; data: Buffer }[];
+  mappedGhosts?: { dev: number; ino: number }[];
 }
 
 export const PROCESS: Shape = refine<ProcessLike>(obj({
@@ -207,6 +215,7 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   fds: arr(FD_IMAGE, 1 << 20),
   memfds: opt(arr(obj({ dev: SAFE, ino: SAFE, name: str(255), data: BYTES, seals: U32 }), 1 << 16)),
   sysvShm: opt(arr(obj({ shmid: int(0, 2 ** 31 - 1), key: I32, size: int(1, 2 ** 40), mode: int(0, 0o7777), uid: U32, gid: U32, data: BYTES }), 1 << 12)),
+  mappedGhosts: opt(arr(obj({ dev: SAFE, ino: SAFE, path: PATH, ...GHOST, extents: EXTENTS }), 1 << 16)),
   itimers: opt(arr(obj({ which: int(0, 2), valueUs: SAFE, intervalUs: SAFE }), 3)),
   posixTimers: opt(arr(obj({
     id: int(0, 2 ** 31 - 1), clockid: I32, signo: int(0, 64), value: U64, notify: oneOf('signal', 'thread', 'none'),
@@ -229,6 +238,9 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   }
   for (const m of p.sysvShm ?? []) {
     if (m.data.length !== m.size) return `SysV shm ${m.shmid} holds ${m.data.length} bytes for a size of ${m.size}`;
+  }
+  for (const g of p.mappedGhosts ?? []) {
+    if (!p.mm.vmas.some((v) => v.file?.dev === g.dev && v.file.ino === g.ino)) return `the image holds a deleted mapped file (inode ${g.ino}) that no VMA maps`;
   }
   return null;
 });

@@ -22,6 +22,7 @@ import { FdRestorer } from './fds.js';
 import { SysvSegments } from './sysv-shm.js';
 import { restoreAllCreds, restoreCreds } from './creds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
+import { mappedGhostOf } from '../files/ghost-map.js';
 import { createThreads, type RestoredThread } from './threads.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { isTreeImage, readTreeManifest, checkMember } from '../image/tree-manifest.js';
@@ -181,6 +182,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         }
       }
     }
+    /** Where each memfd of the tree was recreated: process and fd. */
+    const memfdAt = new Map<string, { pid: number; fd: number }>();
     step = 'prepare the address space';
     const stub = installStub(root.rt, members.map((m) => m.p));
     clearHelperMappings(root.rt, stub);
@@ -194,9 +197,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     step = 'take or make the SysV shm segments';
     sysv = new SysvSegments(members.flatMap((m) => m.p.sysvShm ?? []));
     sysv.prepare();
+    // Made before the memory: a deleted file mapped and open as an fd is one file (ghost-map.ts).
+    fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn);
+    for (const m of members) fdr.ghosts.addMapped(m.p.mappedGhosts ?? []);
     const sharedFrom = new Map<string, { pid: number; v: VmaImage }>();
-    /** Where each memfd of the tree was recreated: process and fd. */
-    const memfdAt = new Map<string, { pid: number; fd: number }>();
     for (const m of members) {
       const rt = m.rt!;
       step = `rebuild the address space of ${m.p.pid}`;
@@ -211,6 +215,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       for (const v of m.p.mm.vmas) {
         const at = v.file && v.path.startsWith('/memfd:') ? memfdAt.get(`${v.file.dev}:${v.file.ino}`) : undefined;
         if (at) fileAt.set(v.start, `/proc/${at.pid}/fd/${at.fd}`);
+        const ghost = mappedGhostOf(m.p.mappedGhosts, v);
+        if (ghost) fileAt.set(v.start, fdr.ghosts.pathForMapping(ghost, v.start, warn));
       }
       const fixProt = mapVmas(rt, m.p, imports, fileAt, sysv);
       step = `write the memory of ${m.p.pid}`;
@@ -223,7 +229,6 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`;
       restoreMm(rt, m.p);
     }
-    fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn);
     for (const m of members) {
       step = `restore the files of ${m.p.pid}`;
       fdr.createFiles(m.rt!, m.p.fds);
