@@ -380,8 +380,8 @@ export interface FdImage {
   socket?: SocketImage;
   /** Named FIFOs: capacity and the unread bytes at dump (put back only into an empty FIFO). */
   fifo?: { capacity: number; data: Buffer };
-  /** memfd: its name (without "memfd:"), whole contents and seals. */
-  memfd?: { name: string; data: Buffer; seals: number };
+  /** memfd: its name (without "memfd:"), whole contents, seals and (optional) permission bits. */
+  memfd?: { name: string; data: Buffer; seals: number; mode?: number };
 }
 
 export interface PosixTimerImage {
@@ -417,6 +417,8 @@ export interface MemfdObjectImage {
   name: string;
   data: Buffer;
   seals: number;
+  /** Permission bits (fchmod), tsnap 0.2+ (optional: absent, the memfd keeps 0777). */
+  mode?: number;
 }
 
 export interface PipeImage {
