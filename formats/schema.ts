@@ -297,6 +297,12 @@ export interface VmaImage {
    * made before tsnap recorded them.
    */
   flags?: string[];
+  /**
+   * Guard regions (MADV_GUARD_INSTALL) inside the VMA, as [start, end)
+   * addresses, page-aligned (tsnap 0.2+, optional; absent: none, or a kernel
+   * whose PAGEMAP_SCAN cannot report them). Their pages are never stored.
+   */
+  guards?: [number, number][];
 }
 
 /**

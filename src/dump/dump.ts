@@ -26,6 +26,7 @@ import { RoundRecord } from '../track/round-record.js';
 import { collectRemoteState } from './task-state.js';
 import { checkCreds } from './creds.js';
 import { readLayout, assembleProcess, checkOomScoreAdj } from './process-state.js';
+import { recordGuards } from './guards.js';
 import { readFds } from './fds.js';
 import { checkSysvShm, isSysvShmVma } from './sysv-shm.js';
 import { tcpRepair } from '../files/tcp.js';
@@ -226,6 +227,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       try {
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
         const layout = readLayout(pid, opts.sharedElsewhere);
+        recordGuards(pagemap, layout.images);
         const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: !!opts.tcpEstablished, ghostLimit: opts.ghostLimit }) : null;
         checkAbort();
 

@@ -38,7 +38,9 @@ export function readLayout(pid: number, sharedElsewhere?: ReadonlySet<string>): 
   const vmas = readMaps(pid);
   // smaps costs a page-table walk per VMA, but only it shows madvise/mlock state.
   const vmFlags = readVmFlags(pid);
-  const classes = vmas.map(classifyVma);
+  // MAP_DROPPABLE memory is the kernel's to drop at any time: a restore
+  // brings it back empty, as after memory pressure (CRIU does the same).
+  const classes = vmas.map((v): VmaClass => ((vmFlags.get(v.start) ?? []).includes('dp') ? 'notDumped' : classifyVma(v)));
   const cache = new Map<string, FileIdentity | null>();
   const hex = (n: number) => n.toString(16);
   const images = vmas.map((v, i): VmaImage => {

@@ -69,9 +69,10 @@ const VMA = obj({
   dumped: bool,
   // smaps VmFlags tokens restore sets again (VMA_RESTORED_FLAGS): two letters each.
   flags: opt(arr(str(2, /^[a-z]{2}$/), 64)),
+  guards: opt(arr(tuple(ADDR, ADDR), 1 << 20)),
 });
 
-interface VmaLike { start: number; end: number; special: string | null; dumped: boolean }
+interface VmaLike { start: number; end: number; special: string | null; dumped: boolean; guards?: [number, number][] }
 
 /** Sorted, disjoint, page-aligned; above the user half only [vsyscall], which is never dumped. */
 export const VMAS: Shape = refine<VmaLike[]>(arr(VMA, 1 << 20), (vmas) => {
@@ -81,6 +82,9 @@ export const VMAS: Shape = refine<VmaLike[]>(arr(VMA, 1 << 20), (vmas) => {
     if (v.start % 4096 !== 0 || v.end % 4096 !== 0 || v.start >= v.end) return `${at}: misaligned or empty`;
     if (v.start < prevEnd) return `${at}: VMAs overlap or are not sorted`;
     if (v.end > USER_END && (v.special !== 'vsyscall' || v.dumped)) return `${at}: outside the user address space`;
+    for (const [s, e] of v.guards ?? []) {
+      if (s % 4096 !== 0 || e % 4096 !== 0 || s >= e || s < v.start || e > v.end) return `${at}: guard region 0x${s.toString(16)}-0x${e.toString(16)} is not a page range inside it`;
+    }
     prevEnd = v.end;
   }
   return null;

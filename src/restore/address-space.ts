@@ -166,3 +166,15 @@ export function lockVmas(rt: RemoteTask, vmas: readonly VmaImage[]): void {
     if (flags !== null) rt.sc.check(`mlock2(0x${v.start.toString(16)})`, SYS.mlock2, v.start, v.end - v.start, flags);
   }
 }
+
+const MADV_GUARD_INSTALL = 102;
+
+/**
+ * Guard regions as they were, once the pages are written (a guard zaps what
+ * it covers) and before mlock (which a guard does not go with).
+ */
+export function installGuards(rt: RemoteTask, vmas: readonly VmaImage[]): void {
+  for (const v of vmas) {
+    for (const [s, e] of v.guards ?? []) rt.sc.check(`madvise(0x${s.toString(16)}, MADV_GUARD_INSTALL)`, SYS.madvise, s, e - s, MADV_GUARD_INSTALL);
+  }
+}

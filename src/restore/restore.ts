@@ -13,7 +13,7 @@ import { readChain, type Image } from '../image/image-reader.js';
 import { readReg, writeReg, FrozenTask } from '../freeze/frozen-task.js';
 import { createProcess, cloneIn, type NewProcess } from './create-process.js';
 import { RemoteTask } from './remote-task.js';
-import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, STUB_SIZE } from './address-space.js';
+import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';
 import { finishFiles } from './fds.js';
@@ -224,6 +224,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
       pages += filled.pages;
       bytes += filled.bytes;
+      installGuards(rt, m.p.mm.vmas);
       finishProtections(rt, fixProt);
       lockVmas(rt, m.p.mm.vmas);
       step = `restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`;

@@ -7,13 +7,14 @@
  *
  * What is compared: the memory map (address, size, protection, sharing,
  * file offset, path; adjacent areas the kernel merges are joined on both
- * sides), the VmFlags restore sets, each fd's number, open flags and file
+ * sides), the VmFlags restore sets, guard regions, each fd's number, open flags and file
  * position, each thread's blocked signals, the thread count, umask, ids,
  * process group and session, cwd, root, executable, comm, resource limits
  * and personality.
  */
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
-import { pidfdOpen, pidfdGetfd, fileOwner } from '../sys/index.js';
+import { pidfdOpen, pidfdGetfd, fileOwner, Pagemap, scanKnowsGuard } from '../sys/index.js';
+import { scanGuards, imageGuards } from '../dump/guards.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
@@ -87,6 +88,17 @@ function compareVmFlags(p: ProcessImage, pid: number, out: string[]): void {
     const want = [...v.flags].sort().join(' ');
     if (have !== want) out.push(`memory: VmFlags of ${v.start.toString(16)} are [${have}], the image's [${want}]`);
   }
+}
+
+/** Guard regions are page-table state: only a pagemap scan shows them. */
+function compareGuards(p: ProcessImage, pid: number, out: string[]): void {
+  const want = imageGuards(p.mm.vmas);
+  if (!want.length && !scanKnowsGuard()) return;
+  const pm = new Pagemap(pid);
+  let have: [number, number][];
+  try { have = scanGuards(pm, p.mm.vmas); } finally { pm.close(); }
+  const show = (l: [number, number][]) => l.map(([s, e]) => `${s.toString(16)}-${e.toString(16)}`).join(' ') || 'none';
+  if (show(have) !== show(want)) out.push(`memory: guard regions are ${show(have)}, the image's ${show(want)}`);
 }
 
 function compareFds(p: ProcessImage, pid: number, idNow: (id: number) => number, out: string[]): void {
@@ -170,6 +182,7 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   const out: string[] = [];
   compareMaps(p, pid, out);
   compareVmFlags(p, pid, out);
+  compareGuards(p, pid, out);
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
   compareProcess(p, pid, opts, out);
   return out;

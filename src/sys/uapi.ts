@@ -190,6 +190,8 @@ export const PAGE_IS = {
   PFNZERO: 1 << 5,
   HUGE: 1 << 6,
   SOFT_DIRTY: 1 << 7,
+  /** A guard region page (MADV_GUARD_INSTALL), 6.16+: probe with scanKnowsGuard(). */
+  GUARD: 1 << 8,
 } as const;
 export const PM_SCAN_WP_MATCHING = 1 << 0;
 export const PM_SCAN_CHECK_WPASYNC = 1 << 1;
