@@ -153,6 +153,12 @@ export interface ProcessImage {
    */
   mappedGhosts?: MappedGhostImage[];
   /**
+   * Kernel aio contexts (io_setup; tsnap 0.2+, optional): the VMA of each
+   * ring ("/[aio]", MAP_SHARED, never dumped) and the ring's bytes at the
+   * dump: header (nr, head, tail) and events. See src/files/aio.ts.
+   */
+  aioRings?: AioRingImage[];
+  /**
    * Interval timers (setitimer/alarm: 0 REAL, 1 VIRTUAL, 2 PROF) that were
    * armed, with the time left and the period, in µs (tsnap 0.2+, optional).
    */
@@ -343,6 +349,12 @@ export interface GhostImage {
   atimeMs?: number;
   mtimeMs?: number;
   extents: { offset: number; data: Buffer }[] | null;
+}
+
+export interface AioRingImage {
+  start: number;
+  end: number;
+  ring: Buffer;
 }
 
 export interface MappedGhostImage extends GhostImage {

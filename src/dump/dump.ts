@@ -32,6 +32,7 @@ import { checkSysvShm, isSysvShmVma } from './sysv-shm.js';
 import { tcpRepair } from '../files/tcp.js';
 import { isMemfdPath } from '../files/fifo-memfd.js';
 import { isMappedGhost, checkMappedGhost } from '../files/ghost-map.js';
+import { isAioRing, checkAioRings } from '../files/aio.js';
 import { copyPages, fullSelection } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
 import { type Range } from './ranges.js';
@@ -425,7 +426,8 @@ export function checkMappings(pid: number, ghostLimit?: number): void {
     if (isMemfdPath(v.path)) continue; // stored whole (src/files/fifo-memfd.ts)
     if (isSysvShmVma(v)) continue; // stored whole (dump/sysv-shm.ts)
     if (isMappedGhost(v)) { checkMappedGhost(pid, v, exe, ghostLimit); continue; } // src/files/ghost-map.ts
-    throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from ${v.path === '/[aio]' ? 'an aio ring' : 'this kind of deleted object'} cannot be restored yet`);
+    if (isAioRing(v)) { checkAioRings(pid, [v]); continue; } // src/files/aio.ts
+    throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from this kind of deleted object cannot be restored yet`);
   }
 }
 

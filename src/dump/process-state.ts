@@ -12,7 +12,8 @@ import { readFds } from './fds.js';
 import { readMappedMemfds } from '../files/fifo-memfd.js';
 import { describeSysvShm } from './sysv-shm.js';
 import { readMappedGhosts } from '../files/ghost-map.js';
-import { VMA_RESTORED_FLAGS, type MappedGhostImage, type ProcessImage, type VmaImage, type RlimitImage, type FdImage, type FileIdentity, type MmImage } from '../../formats/schema.js';
+import { readAioRings } from '../files/aio.js';
+import { VMA_RESTORED_FLAGS, type MappedGhostImage, type AioRingImage, type ProcessImage, type VmaImage, type RlimitImage, type FdImage, type FileIdentity, type MmImage } from '../../formats/schema.js';
 import { readVmFlags } from '../proc/smaps.js';
 import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
 import type { RemoteState } from './task-state.js';
@@ -146,6 +147,7 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     memfds: readMappedMemfds(pid, layout.vmas, (i) => layout.images[i].file),
     ...optional('sysvShm', describeSysvShm(pid, layout.vmas)),
     ...withMappedGhosts(readMappedGhosts(pid, layout.vmas, (i) => layout.images[i].file, fdOpts.ghostLimit)),
+    ...withAioRings(readAioRings(pid, layout.vmas)),
     itimers: remote.itimers,
     posixTimers: remote.posixTimers,
     prctl: remote.prctl,
@@ -161,4 +163,8 @@ function optional<K extends string, V>(k: K, v: V | undefined): { [P in K]?: V }
 /** Absent when there are none: images without deleted mappings stay as before. */
 function withMappedGhosts(list: MappedGhostImage[]): { mappedGhosts?: MappedGhostImage[] } {
   return list.length ? { mappedGhosts: list } : {};
+}
+
+function withAioRings(list: AioRingImage[]): { aioRings?: AioRingImage[] } {
+  return list.length ? { aioRings: list } : {};
 }

@@ -181,10 +181,11 @@ interface ProcessLike {
   pid: number;
   threads: { tid: number }[];
   fds: { fd: number }[];
-  mm: { vmas: { start: number; path: string; file: { dev: number; ino: number } | null }[] };
+  mm: { vmas: { start: number; end: number; path: string; file: { dev: number; ino: number } | null }[] };
   memfds?: { dev: number; ino: number }[];
   sysvShm?: { shmid: number; size: number; data: Buffer }[];
   mappedGhosts?: { dev: number; ino: number }[];
+  aioRings?: { start: number; end: number; ring: Buffer }[];
 }
 
 export const PROCESS: Shape = refine<ProcessLike>(obj({
@@ -219,6 +220,7 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   fds: arr(FD_IMAGE, 1 << 20),
   memfds: opt(arr(obj({ dev: SAFE, ino: SAFE, name: str(255), data: BYTES, seals: U32, mode: opt(int(0, 0o7777)) }), 1 << 16)),
   sysvShm: opt(arr(obj({ shmid: int(0, 2 ** 31 - 1), key: I32, size: int(1, 2 ** 40), mode: int(0, 0o7777), uid: U32, gid: U32, data: BYTES }), 1 << 12)),
+  aioRings: opt(arr(obj({ start: ADDR, end: ADDR, ring: bin(4096, 1 << 26, 4096) }), 1 << 16)),
   mappedGhosts: opt(arr(obj({ dev: SAFE, ino: SAFE, path: PATH, ...GHOST, extents: EXTENTS }), 1 << 16)),
   itimers: opt(arr(obj({ which: int(0, 2), valueUs: SAFE, intervalUs: SAFE }), 3)),
   posixTimers: opt(arr(obj({
@@ -242,6 +244,12 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   }
   for (const m of p.sysvShm ?? []) {
     if (m.data.length !== m.size) return `SysV shm ${m.shmid} holds ${m.data.length} bytes for a size of ${m.size}`;
+  }
+  for (const v of p.mm.vmas) {
+    if (v.path === '/[aio]' && !p.aioRings?.some((r) => r.start === v.start)) return `the VMA at 0x${v.start.toString(16)} is an aio ring the image does not hold`;
+  }
+  for (const r of p.aioRings ?? []) {
+    if (r.ring.length !== r.end - r.start || !p.mm.vmas.some((v) => v.start === r.start && v.end === r.end && v.path === '/[aio]')) return `the aio ring at 0x${r.start.toString(16)} does not match a VMA of the image`;
   }
   for (const g of p.mappedGhosts ?? []) {
     if (!p.mm.vmas.some((v) => v.file?.dev === g.dev && v.file.ino === g.ino)) return `the image holds a deleted mapped file (inode ${g.ino}) that no VMA maps`;

@@ -10,6 +10,7 @@ import { vmaKind, isSpecial } from './layout-plan.js';
 import { checkFds } from './fds.js';
 import { sysvShmObstacle } from './sysv-shm.js';
 import { mappedGhostOf } from '../files/ghost-map.js';
+import { isAioRing } from '../files/aio.js';
 import { pidTaken } from './create-process.js';
 import { TsnapError } from '../errors.js';
 import { credsObstacle, helperCreds } from './creds-check.js';
@@ -52,6 +53,7 @@ export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
     }
     if (k === 'sysvShm') continue; // the segment is checked below
     if (mappedGhostOf(p.mappedGhosts, v)) continue; // made again from the image (ghost-map.ts)
+    if (isAioRing(v)) continue; // made by io_setup (aio.ts)
     if (k === 'privateFile' || k === 'sharedFile') checkFile(v.path, 'mapped file', v.file, v.file?.deleted ?? false);
   }
   for (const s of p.sysvShm ?? []) {

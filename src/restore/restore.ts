@@ -23,6 +23,7 @@ import { SysvSegments } from './sysv-shm.js';
 import { restoreAllCreds, restoreCreds } from './creds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { mappedGhostOf } from '../files/ghost-map.js';
+import { restoreAioRing } from '../files/aio.js';
 import { createThreads, type RestoredThread } from './threads.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { isTreeImage, readTreeManifest, checkMember } from '../image/tree-manifest.js';
@@ -224,6 +225,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
       pages += filled.pages;
       bytes += filled.bytes;
+      for (const r of m.p.aioRings ?? []) restoreAioRing(rt, r);
       installGuards(rt, m.p.mm.vmas);
       finishProtections(rt, fixProt);
       lockVmas(rt, m.p.mm.vmas);

@@ -31,6 +31,8 @@ export const SYS = {
   ioctl: 16,
   sched_yield: 24,
   mremap: 25,
+  io_setup: 206,
+  io_submit: 209,
   madvise: 28,
   mlock2: 325,
   getpid: 39,
