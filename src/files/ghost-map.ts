@@ -41,14 +41,14 @@ const mapFile = (pid: number, v: MapLike) => `/proc/${pid}/map_files/${hex(v.sta
  * Throws the refusal, naming the mapping.
  */
 export function checkMappedGhost(pid: number, v: MapLike, exe: string, limit = GHOST_LIMIT): void {
-  const what = `process ${pid} maps ${v.path} at 0x${hex(v.start)}`;
+  const what = `process ${pid} maps ${v.path} (deleted) at 0x${hex(v.start)}`;
   if (exe === `${v.path} (deleted)`) {
     throw new TsnapError('unsupported', `${what}: its executable, deleted while it runs; restore could not set the executable link again`);
   }
   const fd = openSync(mapFile(pid, v), C.O_RDONLY);
   try {
     const st = fstatSync(fd);
-    if (!st.isFile()) throw new TsnapError('unsupported', `${what} (deleted), which is not a regular file; it cannot be made again`);
+    if (!st.isFile()) throw new TsnapError('unsupported', `${what}, which is not a regular file; it cannot be made again`);
     const data = dataBytes(fd, st.size);
     if (data > limit) throw overLimit(what, data, st.size, limit);
   } finally {
@@ -70,7 +70,7 @@ export function readMappedGhosts(pid: number, vmas: readonly MapLike[], ids: (i:
     if (out.has(key)) return;
     const fd = openSync(mapFile(pid, v), C.O_RDONLY);
     try {
-      const g = readGhost(fd, `process ${pid} maps ${v.path} at 0x${hex(v.start)}`, limit);
+      const g = readGhost(fd, `process ${pid} maps ${v.path} (deleted) at 0x${hex(v.start)}`, limit);
       out.set(key, { dev: id.dev, ino: id.ino, path: v.path, ...g, extents: g.extents! });
     } finally {
       closeSync(fd);

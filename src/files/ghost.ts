@@ -38,10 +38,10 @@ export function isGhost(f: FdImage): boolean {
  */
 export const GHOST_LIMIT = 64 << 20;
 
-/** The refusal for a ghost over the limit, one line, naming the way out. */
+/** The refusal for a ghost over the limit, one line, naming the way out; `what` names the file. */
 export function overLimit(what: string, data: number, size: number, limit: number): TsnapError {
   const apparent = size !== data ? ` (${size} bytes with holes)` : '';
-  return new TsnapError('unsupported', `${what} (deleted) holds ${data} bytes of data${apparent}; deleted files over the ghost limit of ${fmtLimit(limit)} are not stored in images (raise it with --ghost-limit)`);
+  return new TsnapError('unsupported', `${what}, which holds ${data} bytes of data${apparent}; deleted files over the ghost limit of ${fmtLimit(limit)} are not stored in images (raise it with --ghost-limit)`);
 }
 
 function fmtLimit(n: number): string {
@@ -55,7 +55,7 @@ export function checkGhost(f: FdImage, pid: number, limit = GHOST_LIMIT): void {
     try {
       const size = fstatSync(fd).size;
       const data = dataBytes(fd, size);
-      if (data > limit) throw overLimit(`fd ${f.fd} of process ${pid} is ${f.path}`, data, size, limit);
+      if (data > limit) throw overLimit(`fd ${f.fd} of process ${pid} is ${f.path} (deleted)`, data, size, limit);
     } finally {
       closeSync(fd);
     }
@@ -71,7 +71,7 @@ export function describeGhost(pid: number, f: FdImage, seen: Set<string>, limit 
   try {
     if (f.kind === 'dir' || seen.has(key(f))) return { ...inodeOf(fd), extents: null };
     seen.add(key(f));
-    return readGhost(fd, `fd ${f.fd} of process ${pid} is ${f.path}`, limit);
+    return readGhost(fd, `fd ${f.fd} of process ${pid} is ${f.path} (deleted)`, limit);
   } finally {
     closeSync(fd);
   }

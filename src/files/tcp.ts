@@ -195,8 +195,11 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
     }
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, t.window, 'setsockopt(TCP_REPAIR_WINDOW)');
-    // Out of repair mode with a window probe: the peer learns the connection is alive.
-    setsockopt(s, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, 'setsockopt(TCP_REPAIR off)');
+    // Out of repair mode with a window probe: the peer learns the connection
+    // is alive. Not when the peer is on this host: it may be the other end,
+    // restored after this one, and a probe that finds no socket yet is
+    // answered with a RST that kills the connection (socket_aio).
+    setsockopt(s, IPPROTO_TCP, TCP_REPAIR, peerOnThisHost(t.local, t.peer) ? TCP_REPAIR_OFF_NO_WP : TCP_REPAIR_OFF, 'setsockopt(TCP_REPAIR off)');
     // Leaving repair mode clears the socket's claim to share its port: a
     // listener of the same port restored after it could not bind. The
     // kernel lets two sockets share a port when both ask (SO_REUSEADDR);
@@ -208,4 +211,20 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
   }
   if (f.flags & O_NONBLOCK) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, tmp, 4, O_NONBLOCK);
   placeFds(rt, [{ tmp, targets: group }], floor);
+}
+
+/** The address bytes of an AF_INET/AF_INET6 sockaddr, IPv4-mapped IPv6 as IPv4. */
+function ipOf(sa: Buffer): Buffer {
+  const family = sa.readUInt16LE(0);
+  if (family === 2) return sa.subarray(4, 8);
+  const a = sa.subarray(8, 24);
+  const mapped = a.subarray(0, 10).every((b) => b === 0) && a[10] === 0xff && a[11] === 0xff;
+  return mapped ? a.subarray(12, 16) : a;
+}
+
+/** Loopback, or the connection's own address: both ends are on this host. */
+export function peerOnThisHost(local: Buffer, peer: Buffer): boolean {
+  const p = ipOf(peer);
+  const loopback = p.length === 4 ? p[0] === 127 : p.subarray(0, 15).every((b) => b === 0) && p[15] === 1;
+  return loopback || p.equals(ipOf(local));
 }
