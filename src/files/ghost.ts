@@ -23,6 +23,20 @@ const SEEK_HOLE = 4;
 
 const key = (f: FdImage) => `${f.file!.dev}:${f.file!.ino}`;
 
+/** mkdir of every missing directory down to `dir`, mode 0700; returns those made (outermost first), [] when one cannot be. */
+function makeParents(dir: string): string[] {
+  const missing: string[] = [];
+  for (let d = dir; !existsSync(d); d = dirname(d)) missing.unshift(d);
+  const made: string[] = [];
+  try {
+    for (const d of missing) { mkdirSync(d, { mode: 0o700 }); made.push(d); }
+  } catch {
+    for (const d of made.reverse()) { try { rmdirSync(d); } catch { /* leave it */ } }
+    return [];
+  }
+  return made;
+}
+
 function isDirectory(path: string): boolean {
   try { return statSync(path).isDirectory(); } catch { return false; }
 }
@@ -59,9 +73,6 @@ export function checkGhost(f: FdImage, pid: number, limit = GHOST_LIMIT): void {
     } finally {
       closeSync(fd);
     }
-  }
-  if (!existsSync(dirname(f.path!))) {
-    throw new TsnapError('unsupported', `fd ${f.fd} of process ${pid} is ${f.path} (deleted) and its directory is gone too; restore could not make it again`);
   }
 }
 
@@ -132,8 +143,8 @@ function readExtents(fd: number, size: number): { offset: number; data: Buffer }
  * once every fd of the image is open (or when the restore fails).
  */
 export class Ghosts {
-  /** `ours`: made in a directory of tsnap's own, removed with it. */
-  private readonly made = new Map<string, { path: string; dir: boolean; ours: boolean }>();
+  /** `parents`: directories made for it (its own were deleted too), removed after it, innermost first. */
+  private readonly made = new Map<string, { path: string; dir: boolean; parents: string[] }>();
   private readonly contents = new Map<string, GhostImage>();
 
   constructor(all: FdImage[]) {
@@ -165,14 +176,18 @@ export class Ghosts {
     const have = this.made.get(k);
     if (have) return have.path;
     let path = wanted;
-    let dirIsOurs = false;
+    let parents: string[] = [];
     if (!isDirectory(dirname(path))) {
-      // Its directory is gone since the dump: a directory of ours instead
-      // (removed with it), so the process is not lost for a name.
-      const dir = mkdtempSync(join(tmpdir(), 'tsnap-ghost-'));
-      dirIsOurs = true;
-      warn?.(`the directory of ${wanted} (deleted) is gone; ${what} holds a deleted file in ${dir} instead`);
-      path = join(dir, basename(path));
+      // Its directory was deleted too (rmdir of a tree with an fd open
+      // inside): made again for the while, so the fd shows the same path.
+      parents = makeParents(dirname(path));
+      if (!parents.length || !isDirectory(dirname(path))) {
+        // Not possible there (a file in the way, no permission): a directory of ours.
+        const dir = mkdtempSync(join(tmpdir(), 'tsnap-ghost-'));
+        parents = [dir];
+        warn?.(`the directory of ${wanted} (deleted) is gone; ${what} holds a deleted file in ${dir} instead`);
+        path = join(dir, basename(path));
+      }
     } else if (existsSync(path)) {
       // The name is taken again: same directory, another name (the restore check names it).
       path = mkdtempSync(`${path}.tsnap-`);
@@ -183,13 +198,13 @@ export class Ghosts {
       mkdirSync(path, { mode: 0o700 });
       chownSync(path, g.uid, g.gid);
       chmodSync(path, g.mode);
-      this.made.set(k, { path, dir: true, ours: dirIsOurs });
+      this.made.set(k, { path, dir: true, parents });
       return path;
     }
     const data = this.contents.get(k);
     if (!data) throw new TsnapError('badImage', `${what}: the contents of ${wanted} (deleted) are not in the image`);
     const fd = openSync(path, C.O_WRONLY | C.O_CREAT | C.O_EXCL, 0o600);
-    this.made.set(k, { path, dir: false, ours: dirIsOurs });
+    this.made.set(k, { path, dir: false, parents });
     try {
       ftruncateSync(fd, data.size);
       for (const e of data.extents!) {
@@ -205,9 +220,13 @@ export class Ghosts {
   }
 
   removeAll(): void {
-    for (const m of this.made.values()) {
+    // Innermost first: a ghost directory may be the parent made for another.
+    const all = [...this.made.values()].sort((a, b) => b.path.length - a.path.length);
+    for (const m of all) {
       try { if (m.dir) rmdirSync(m.path); else unlinkSync(m.path); } catch { /* gone already */ }
-      if (m.ours) { try { rmdirSync(dirname(m.path)); } catch { /* not empty or gone */ } }
+    }
+    for (const d of all.flatMap((m) => m.parents).sort((a, b) => b.length - a.length)) {
+      try { rmdirSync(d); } catch { /* not empty (another ghost in it) or gone */ }
     }
     this.made.clear();
   }

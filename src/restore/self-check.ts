@@ -18,6 +18,7 @@ import { scanGuards, imageGuards } from '../dump/guards.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
+import { DEAD_PROC_DIR } from '../proc/links.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
@@ -157,7 +158,8 @@ function compareProcess(p: ProcessImage, pid: number, opts: CheckOptions, out: s
     if (stat.pgrp !== p.pgid) out.push(`process group is ${stat.pgrp}, the image's ${p.pgid}${outside(p.pgid)}`);
     if (stat.session !== p.sid) out.push(`session is ${stat.session}, the image's ${p.sid}${outside(p.sid)}`);
   }
-  same('cwd', link(pid, 'cwd'), p.cwd);
+  // A dead /proc directory comes back as another dead process's (restore/task-state.ts).
+  if (!(DEAD_PROC_DIR.test(p.cwd) && DEAD_PROC_DIR.test(link(pid, 'cwd')))) same('cwd', link(pid, 'cwd'), p.cwd);
   same('root', link(pid, 'root'), p.root);
   same('executable', link(pid, 'exe'), p.exe.path);
   same('comm', readComm(pid), p.comm);

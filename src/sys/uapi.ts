@@ -32,6 +32,7 @@ export const SYS = {
   sched_yield: 24,
   mremap: 25,
   io_setup: 206,
+  wait4: 61,
   io_submit: 209,
   madvise: 28,
   mlock2: 325,
