@@ -147,7 +147,7 @@ export interface ProcessImage {
   /**
    * Deleted files the process maps (tsnap 0.2+, optional), by the dev/ino
    * of the VMAs' `file`: path at the dump, inode and data extents as for a
-   * deleted fd (`GhostImage`; `extents` never null here). Restore makes the
+   * deleted fd (`GhostImage`; `extents` never null here, empty with `alias`). Restore makes the
    * file again, maps it and unlinks it; an inode also open as a deleted fd
    * is one file.
    */
@@ -349,6 +349,12 @@ export interface GhostImage {
   atimeMs?: number;
   mtimeMs?: number;
   extents: { offset: number; data: Buffer }[] | null;
+  /**
+   * Another name of the same inode in the same directory, when the file
+   * was deleted under one name but still has others (tsnap 0.2+,
+   * optional): restore opens that name, the contents are not stored.
+   */
+  alias?: string;
 }
 
 export interface AioRingImage {

@@ -128,6 +128,42 @@ for cmd in sys.stdin:
     expect(maps).toContain(`${f} (deleted)`);
   });
 
+  it('a deleted name of a file that has another name in its directory reopens that very file; another name elsewhere is refused', async () => {
+    const work = tmpDir('tsnap-mem-');
+    mkdirSync(join(work, 'other'));
+    const p = await startPython(`
+import os, sys
+os.closerange(3, 1 << 16)
+d = ${JSON.stringify(work)}
+fd = os.open(os.path.join(d, 'a'), os.O_RDWR | os.O_CREAT, 0o600)
+os.write(fd, b'data')
+os.link(os.path.join(d, 'a'), os.path.join(d, 'a.link'))
+os.unlink(os.path.join(d, 'a'))
+ino = os.fstat(fd).st_ino
+print('READY ino=%d' % ino, flush=True)
+for cmd in sys.stdin:
+    if cmd.startswith('elsewhere'):
+        os.link(os.path.join(d, 'a.link'), os.path.join(d, 'other', 'b'))
+        os.unlink(os.path.join(d, 'a.link'))
+        print('MOVED', flush=True)
+        continue
+    os.pwrite(fd, b'DATA', 0)
+    with open(os.path.join(d, 'a.link'), 'rb') as f:
+        print('ino=%d links=%d via-link=%r' % (os.fstat(fd).st_ino, os.fstat(fd).st_nlink, f.read()), flush=True)
+`);
+    const ino = p.readyInfo.ino;
+    const img = join(work, 'img');
+    const r = await dumpKillRestore(p, work);
+    expect(readImage(img).process!.fds.find((f) => f.ghost)?.ghost?.alias).toBe(join(work, 'a.link'));
+    r.writeLine('check');
+    expect(await r.waitForLine(/^ino=/)).toBe(`ino=${ino} links=1 via-link=b'DATA'`);
+    r.writeLine('elsewhere');
+    await r.waitForLine(/^MOVED/);
+    const d = await tsnap('dump', '--pid', String(r.pid), '--dir', join(work, 'refused'));
+    expect(d.code).toBe(ExitCode.unsupported);
+    expect(d.stderr).toContain(`(deleted) but its inode has 1 other name outside ${work}; restore could not open the same file again`);
+  });
+
   it('the ghost limit counts the data of a deleted file, not its holes; --ghost-limit raises it, and the refusal names it', async () => {
     const work = tmpDir('tsnap-mem-');
     const p = await startPython(`

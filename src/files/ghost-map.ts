@@ -17,7 +17,7 @@ import type { Vma } from '../proc/maps.js';
 import type { MappedGhostImage } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 import { isMemfdPath } from './fifo-memfd.js';
-import { GHOST_LIMIT, dataBytes, overLimit, readGhost } from './ghost.js';
+import { GHOST_LIMIT, aliasOf, dataBytes, overLimit, readGhost } from './ghost.js';
 
 type MapLike = Pick<Vma, 'start' | 'end' | 'path' | 'deleted' | 'inode' | 'shared'>;
 
@@ -49,6 +49,7 @@ export function checkMappedGhost(pid: number, v: MapLike, exe: string, limit = G
   try {
     const st = fstatSync(fd);
     if (!st.isFile()) throw new TsnapError('unsupported', `${what}, which is not a regular file; it cannot be made again`);
+    if (aliasOf(st, v.path, what)) return;
     const data = dataBytes(fd, st.size);
     if (data > limit) throw overLimit(what, data, st.size, limit);
   } finally {
@@ -70,8 +71,8 @@ export function readMappedGhosts(pid: number, vmas: readonly MapLike[], ids: (i:
     if (out.has(key)) return;
     const fd = openSync(mapFile(pid, v), C.O_RDONLY);
     try {
-      const g = readGhost(fd, `process ${pid} maps ${v.path} (deleted) at 0x${hex(v.start)}`, limit);
-      out.set(key, { dev: id.dev, ino: id.ino, path: v.path, ...g, extents: g.extents! });
+      const g = readGhost(fd, `process ${pid} maps ${v.path} (deleted) at 0x${hex(v.start)}`, v.path, limit);
+      out.set(key, { dev: id.dev, ino: id.ino, path: v.path, ...g, extents: g.extents ?? [] });
     } finally {
       closeSync(fd);
     }

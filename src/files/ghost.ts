@@ -11,7 +11,7 @@
  * Contents are stored once per inode (the first fd of the image that has
  * it); other fds of the same inode point to it by dev/ino.
  */
-import { closeSync, constants as C, existsSync, fchmodSync, fchownSync, fstatSync, ftruncateSync, futimesSync, mkdirSync, mkdtempSync, openSync, readSync, rmdirSync, statSync, unlinkSync, writeSync, chownSync, chmodSync } from 'node:fs';
+import { closeSync, constants as C, existsSync, lstatSync, readdirSync, fchmodSync, fchownSync, fstatSync, ftruncateSync, futimesSync, mkdirSync, mkdtempSync, openSync, readSync, rmdirSync, statSync, unlinkSync, writeSync, chownSync, chmodSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { rawSyscall, Errno, SysError, SYS } from '../sys/index.js';
@@ -67,11 +67,46 @@ export function checkGhost(f: FdImage, pid: number, limit = GHOST_LIMIT): void {
   if (f.kind === 'file') {
     const fd = openSync(`/proc/${pid}/fd/${f.fd}`, C.O_RDONLY);
     try {
-      const size = fstatSync(fd).size;
-      const data = dataBytes(fd, size);
-      if (data > limit) throw overLimit(`fd ${f.fd} of process ${pid} is ${f.path} (deleted)`, data, size, limit);
+      const what = `fd ${f.fd} of process ${pid} is ${f.path} (deleted)`;
+      const st = fstatSync(fd);
+      if (aliasOf(st, f.path!, what)) return;
+      const data = dataBytes(fd, st.size);
+      if (data > limit) throw overLimit(what, data, st.size, limit);
     } finally {
       closeSync(fd);
+    }
+  }
+}
+
+/**
+ * A deleted name of an inode that still has other names (link, then
+ * unlink): the same file must come back, not a copy that would part from
+ * them. Another name in the same directory is found by a scan of it, and
+ * restore opens that; one elsewhere cannot be found, and is refused.
+ */
+export function aliasOf(st: { nlink: number; dev: number; ino: number; isFile(): boolean }, path: string, what: string): string | null {
+  if (st.nlink === 0 || !st.isFile()) return null;
+  const dir = dirname(path);
+  let names: string[] = [];
+  try { names = readdirSync(dir); } catch { /* gone too: not found */ }
+  for (const n of names) {
+    const p = join(dir, n);
+    try {
+      const o = lstatSync(p);
+      if (o.isFile() && o.dev === st.dev && o.ino === st.ino) return p;
+    } catch { /* removed meanwhile */ }
+  }
+  throw new TsnapError('unsupported', `${what} but its inode has ${st.nlink} other name${st.nlink > 1 ? 's' : ''} outside ${dir}; restore could not open the same file again (a copy would part from them)`);
+}
+
+/** Before anything is made: each other name the image relies on is still that file. */
+export function checkAliases(ghosts: readonly { alias?: string; ino: number; dev: number; what: string }[]): void {
+  for (const g of ghosts) {
+    if (!g.alias) continue;
+    let st;
+    try { st = statSync(g.alias); } catch { st = null; }
+    if (!st || st.ino !== g.ino || st.dev !== g.dev) {
+      throw new TsnapError('restoreFailed', `${g.what} was deleted but had another name, ${g.alias}, which ${st ? 'is another file now' : 'is gone'}; restore could not open the same file again`);
     }
   }
 }
@@ -81,8 +116,9 @@ export function describeGhost(pid: number, f: FdImage, seen: Set<string>, limit 
   const fd = openSync(`/proc/${pid}/fd/${f.fd}`, C.O_RDONLY);
   try {
     if (f.kind === 'dir' || seen.has(key(f))) return { ...inodeOf(fd), extents: null };
-    seen.add(key(f));
-    return readGhost(fd, `fd ${f.fd} of process ${pid} is ${f.path} (deleted)`, limit);
+    const g = readGhost(fd, `fd ${f.fd} of process ${pid} is ${f.path} (deleted)`, f.path!, limit);
+    if (g.extents) seen.add(key(f));
+    return g;
   } finally {
     closeSync(fd);
   }
@@ -94,8 +130,10 @@ function inodeOf(fd: number): Omit<GhostImage, 'extents'> {
 }
 
 /** Inode and data of an open deleted file, refused over `limit` bytes of data. */
-export function readGhost(fd: number, what: string, limit: number): GhostImage {
+export function readGhost(fd: number, what: string, path: string, limit: number): GhostImage {
   const base = inodeOf(fd);
+  const alias = aliasOf(fstatSync(fd), path, what);
+  if (alias) return { ...base, extents: null, alias };
   const data = dataBytes(fd, base.size);
   if (data > limit) throw overLimit(what, data, base.size, limit);
   return { ...base, extents: readExtents(fd, base.size) };
@@ -144,11 +182,11 @@ function readExtents(fd: number, size: number): { offset: number; data: Buffer }
  */
 export class Ghosts {
   /** `parents`: directories made for it (its own were deleted too), removed after it, innermost first. */
-  private readonly made = new Map<string, { path: string; dir: boolean; parents: string[] }>();
+  private readonly made = new Map<string, { path: string; dir: boolean; parents: string[]; keep?: boolean }>();
   private readonly contents = new Map<string, GhostImage>();
 
   constructor(all: FdImage[]) {
-    for (const f of all) if (isGhost(f) && f.ghost?.extents) this.contents.set(key(f), f.ghost);
+    for (const f of all) if (isGhost(f) && (f.ghost?.extents || f.ghost?.alias)) this.contents.set(key(f), f.ghost);
   }
 
   /**
@@ -156,7 +194,7 @@ export class Ghosts {
    * mapped and open as an fd is one file again, whichever comes first.
    */
   addMapped(list: readonly MappedGhostImage[]): void {
-    for (const m of list) if (m.extents && !this.contents.has(`${m.dev}:${m.ino}`)) this.contents.set(`${m.dev}:${m.ino}`, m);
+    for (const m of list) if (!this.contents.has(`${m.dev}:${m.ino}`)) this.contents.set(`${m.dev}:${m.ino}`, m);
   }
 
   /** The path to open for this deleted fd: made on first use. */
@@ -175,6 +213,12 @@ export class Ghosts {
   private make(k: string, wanted: string, isDir: boolean, g: GhostImage, what: string, warn?: (m: string) => void): string {
     const have = this.made.get(k);
     if (have) return have.path;
+    const alias = isDir ? undefined : this.contents.get(k)?.alias;
+    if (alias) {
+      // Still named there: the very file (checkAliases made sure), left as it is.
+      this.made.set(k, { path: alias, dir: false, parents: [], keep: true });
+      return alias;
+    }
     let path = wanted;
     let parents: string[] = [];
     if (!isDirectory(dirname(path))) {
@@ -223,6 +267,7 @@ export class Ghosts {
     // Innermost first: a ghost directory may be the parent made for another.
     const all = [...this.made.values()].sort((a, b) => b.path.length - a.path.length);
     for (const m of all) {
+      if (m.keep) continue;
       try { if (m.dir) rmdirSync(m.path); else unlinkSync(m.path); } catch { /* gone already */ }
     }
     for (const d of all.flatMap((m) => m.parents).sort((a, b) => b.length - a.length)) {

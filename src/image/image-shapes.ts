@@ -129,6 +129,7 @@ const EXTENTS = arr(obj({ offset: SAFE, data: bin(0, 2 ** 32 - 1) }), 1 << 20);
 const GHOST = {
   size: SAFE, mode: int(0, 0o7777), uid: U32, gid: U32, atimeMs: opt(TIME), mtimeMs: opt(TIME),
   extents: nullable(EXTENTS),
+  alias: opt(PATH),
 };
 
 const FD_IMAGE = obj({

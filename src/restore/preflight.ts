@@ -10,6 +10,7 @@ import { vmaKind, isSpecial } from './layout-plan.js';
 import { checkFds } from './fds.js';
 import { sysvShmObstacle } from './sysv-shm.js';
 import { mappedGhostOf } from '../files/ghost-map.js';
+import { checkAliases } from '../files/ghost.js';
 import { isAioRing } from '../files/aio.js';
 import { pidTaken } from './create-process.js';
 import { TsnapError } from '../errors.js';
@@ -61,6 +62,10 @@ export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
     if (obstacle) throw new TsnapError('restoreFailed', obstacle);
   }
   checkFds(p.fds);
+  checkAliases([
+    ...p.fds.filter((f) => f.ghost?.alias && f.file).map((f) => ({ alias: f.ghost!.alias, ino: f.file!.ino, dev: f.file!.dev, what: `fd ${f.fd} (${f.path})` })),
+    ...(p.mappedGhosts ?? []).map((g) => ({ alias: g.alias, ino: g.ino, dev: g.dev, what: `the mapped ${g.path}` })),
+  ]);
   const start = helperCreds();
   for (const t of p.threads) {
     const obstacle = t.creds && credsObstacle(t.creds, start, 'tsnap');
