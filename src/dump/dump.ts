@@ -429,9 +429,10 @@ export function checkMappings(pid: number, ghostLimit?: number): void {
     if (isMemfdPath(v.path)) continue; // stored whole (src/files/fifo-memfd.ts)
     if (isSysvShmVma(v)) continue; // stored whole (dump/sysv-shm.ts)
     if (isMappedGhost(v)) { checkMappedGhost(pid, v, exe, ghostLimit); continue; } // src/files/ghost-map.ts
-    if (isAioRing(v)) { checkAioRings(pid, [v]); continue; } // src/files/aio.ts
+    if (isAioRing(v)) continue; // stored and made again (src/files/aio.ts)
     throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from this kind of deleted object cannot be restored yet`);
   }
+  checkAioRings(pid, vmas.filter(isAioRing));
 }
 
 function anonResidentBytes(pid: number): number {

@@ -74,8 +74,7 @@ export function checkAioRings(pid: number, rings: readonly Pick<Vma, 'start' | '
     const nr = Number(sc[0]);
     if (nr !== NR_IO_GETEVENTS && nr !== NR_IO_PGETEVENTS) continue;
     const ctx = Number(BigInt(sc[1]));
-    const ring = rings.find((r) => r.start === ctx);
-    throw new TsnapError('unsupported', `thread ${tid} of process ${pid} waits in io_getevents on the aio ring at 0x${ctx.toString(16)}${ring ? '' : ' (unknown)'}; requests in flight cannot be restored (dump once they completed)`);
+    throw new TsnapError('unsupported', `thread ${tid} of process ${pid} waits in io_getevents on the aio ring at 0x${ctx.toString(16)}; requests in flight cannot be restored (dump once they completed)`);
   }
 }
 
@@ -104,6 +103,24 @@ export function readAioRings(pid: number, vmas: readonly Vma[]): AioRingImage[] 
     });
   } finally {
     closeSync(fd);
+  }
+}
+
+/**
+ * Before anything is made: the system-wide aio budget (fs.aio-max-nr,
+ * counted in io_setup's argument) must hold the rings of the image.
+ */
+export function checkAioRoom(rings: readonly AioRingImage[]): void {
+  if (rings.length === 0) return;
+  const need = rings.reduce((n, r) => n + requestsFor(r.end - r.start), 0);
+  let used = 0;
+  let max = Infinity;
+  try {
+    used = Number(readFileSync('/proc/sys/fs/aio-nr', 'utf8'));
+    max = Number(readFileSync('/proc/sys/fs/aio-max-nr', 'utf8'));
+  } catch { return; /* no aio accounting to ask: io_setup will say */ }
+  if (used + need > max) {
+    throw new TsnapError('restoreFailed', `the image's ${rings.length} aio ring(s) need ${need} of fs.aio-max-nr (${max}), ${used} are in use; raise it (sysctl fs.aio-max-nr) or end other aio users`);
   }
 }
 

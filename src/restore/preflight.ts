@@ -11,7 +11,7 @@ import { checkFds } from './fds.js';
 import { sysvShmObstacle } from './sysv-shm.js';
 import { mappedGhostOf } from '../files/ghost-map.js';
 import { checkAliases } from '../files/ghost.js';
-import { isAioRing } from '../files/aio.js';
+import { isAioRing, checkAioRoom } from '../files/aio.js';
 import { pidTaken } from './create-process.js';
 import { TsnapError } from '../errors.js';
 import { credsObstacle, helperCreds } from './creds-check.js';
@@ -62,6 +62,7 @@ export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
     if (obstacle) throw new TsnapError('restoreFailed', obstacle);
   }
   checkFds(p.fds);
+  checkAioRoom(p.aioRings ?? []);
   checkAliases([
     ...p.fds.filter((f) => f.ghost?.alias && f.file).map((f) => ({ alias: f.ghost!.alias, ino: f.file!.ino, dev: f.file!.dev, what: `fd ${f.fd} (${f.path})` })),
     ...(p.mappedGhosts ?? []).map((g) => ({ alias: g.alias, ino: g.ino, dev: g.dev, what: `the mapped ${g.path}` })),
