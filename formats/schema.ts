@@ -59,6 +59,11 @@ export interface TreeMember {
    */
   zombie?: { status: number; pgid: number; sid: number; creds?: CredsImage };
   /**
+   * It shares its parent's fd table (clone with CLONE_FILES; optional):
+   * restore forks it so, and its fds are those of the parent's table.
+   */
+  filesShared?: boolean;
+  /**
    * The `imageId` of the member's image (tsnap 0.2+, optional): binds the
    * directory to this tree dump, so a process image from another dump is refused.
    */
@@ -402,10 +407,49 @@ export interface FdImage {
   timerfd?: TimerfdImage;
   signalfd?: { mask: bigint };
   socket?: SocketImage;
-  /** Named FIFOs: capacity and the unread bytes at dump (put back only into an empty FIFO). */
-  fifo?: { capacity: number; data: Buffer };
+  /**
+   * Named FIFOs: capacity and the unread bytes at dump (put back only into
+   * an empty FIFO); `ghost` for a FIFO deleted while open: its permission
+   * bits and owner, to make it again.
+   */
+  fifo?: { capacity: number; data: Buffer; ghost?: { mode: number; uid: number; gid: number } };
   /** memfd: its name (without "memfd:"), whole contents, seals and (optional) permission bits. */
   memfd?: { name: string; data: Buffer; seals: number; mode?: number };
+  /**
+   * A pidfd (anon_inode:[pidfd]): the process it names, -1 for one that was
+   * reaped, and its pidfs inode (one per process: dead pidfds with the same
+   * inode were of the same process); `leader` when it names a thread other
+   * than its process's leader (PIDFD_THREAD): then `pid` is that thread's tid.
+   */
+  pidfd?: { pid: number; ino: number; leader?: number };
+  /**
+   * An O_PATH fd on a symlink itself: what the link says, its inode and
+   * owner (a link deleted while open is made again from these).
+   */
+  symlink?: { target: string; ino: number; uid: number; gid: number };
+  /** A namespace fd of the process's own namespace: its /proc/PID/ns entry ('net', 'pid_for_children'...) and nsfs inode. */
+  nsfs?: { file: string; ino: number };
+  /** An inotify instance: its watches, in wd order (the queued events are not kept). */
+  inotify?: { watches: InotifyWatchImage[] };
+}
+
+export interface InotifyWatchImage {
+  wd: number;
+  /** As fdinfo shows it: the events, IN_ONESHOT, IN_EXCL_UNLINK. */
+  mask: number;
+  /** The watched inode (dev as stat reports it). */
+  dev: number;
+  ino: number;
+  /** Its path at the dump, or null when it had none (deleted) ... */
+  path: string | null;
+  /** ... and then an fd of the process that holds it. */
+  via?: number;
+  /**
+   * The inode's file handle (f_handle bytes, optional): restore checks the
+   * path still has it, which tells a replaced file that got the same inode
+   * number from the original.
+   */
+  handle?: Buffer;
 }
 
 export interface PosixTimerImage {
@@ -450,11 +494,23 @@ export interface PipeImage {
   capacity: number;
   /** Unread bytes, stored with the first fd of the pipe in the image; null on the others. */
   data: Buffer | null;
+  /**
+   * A half-closed pipe (optional): the end no process held any more at
+   * dump. Every fd of the pipe in the image is of the other end; restore
+   * closes this one once the bytes are back.
+   */
+  closedEnd?: 'read' | 'write';
 }
 
 export interface EpollTargetImage {
-  /** fd number the target was registered under (checked to still be that file at dump). */
+  /** fd number the target was registered under. */
   fd: number;
+  /**
+   * An fd of the process that holds the target file, when `fd` no longer
+   * does (closed after a dup, or reused): restore registers the file from
+   * it under `fd` (optional).
+   */
+  via?: number;
   events: number;
   data: bigint;
 }
@@ -475,12 +531,19 @@ export interface SocketImage {
   /**
    * listening: bound and listening; bound: bound or unbound, not connected
    * (datagram peer in `peer`); pair: a unix socket connected to another
-   * socket of the image (socketpair, or accepted from a listener).
+   * socket of the image (socketpair, or accepted from a listener);
+   * peer-closed: a unix socket whose peer was closed (its queue is still
+   * readable: restored as one end of a pair whose other end is closed).
    */
-  state: 'listening' | 'bound' | 'pair' | 'established';
+  state: 'listening' | 'bound' | 'pair' | 'established' | 'peer-closed';
   /** Raw sockaddr of getsockname (empty for an unbound socket). */
   local: Buffer;
-  /** Raw sockaddr of the connected peer of a datagram socket, or null. */
+  /**
+   * Raw sockaddr of the connected peer of a datagram socket, or null. Unix
+   * `bound` sockets: the name they connect to again at restore once every
+   * socket exists (a datagram socket connected one way to a receiver, a
+   * client whose connection waits in a listener's queue).
+   */
   peer: Buffer | null;
   backlog: number;
   reuseAddr: boolean;
@@ -489,8 +552,29 @@ export interface SocketImage {
   /** pair: this socket's inode and its peer's, which identify the two ends. */
   ino?: number;
   peerIno?: number;
-  /** pair: data queued for reading on this end, one buffer per datagram (one for a stream). */
+  /**
+   * Data queued for reading on this end, one buffer per datagram (one for a
+   * stream): pair and peer-closed ends, and named unix datagram sockets
+   * (senders' names are not kept: the datagrams come back from an unnamed socket).
+   */
   queued?: Buffer[];
+  /**
+   * pair: the queue of this end message by message, when a message in it
+   * carries files (SCM_RIGHTS) or the socket reads its senders' credentials
+   * (SO_PASSCRED); `queued` is empty then. On one fd of the socket only.
+   */
+  scm?: ScmImage;
+  /** Unix: the directory (the process's cwd at dump) a relative `local` name was bound in. */
+  dir?: string;
+  /** Unix: the same for a relative `peer` name. */
+  peerDir?: string;
+  /** peer-closed stream: the peer was closed with data unread, so the next read fails with ECONNRESET. */
+  reset?: boolean;
+  /** sk_shutdown (shutdown(2)): 1 receive, 2 send, 3 both; unix and UDP sockets. */
+  shutdown?: number;
+  /** A classic BPF filter (SO_ATTACH_FILTER): its instructions, 8 bytes each; `filterLocked`: SO_LOCK_FILTER. */
+  filter?: Buffer;
+  filterLocked?: boolean;
   /** established (dump --tcp-established): what TCP repair mode needs to rebuild the connection. */
   tcp?: TcpImage;
   /**
@@ -504,6 +588,37 @@ export interface SocketImage {
    * [level, option, value as getsockopt returned it] (optional).
    */
   options?: [number, number, Buffer][];
+}
+
+/** A unix socket's receive queue with the files and credentials in flight in it (files/scm-rights.ts). */
+export interface ScmImage {
+  /** In queue order. */
+  messages: ScmMessageImage[];
+  /**
+   * The files in flight, each an fd image like any other: the same open
+   * file as an fd of the image shares its `ofd`. Their `fd` is the number
+   * restore gives them while it queues them again: above every fd of the
+   * process, closed once sent.
+   */
+  files: FdImage[];
+}
+
+export interface ScmMessageImage {
+  /**
+   * The bytes: a datagram or SEQPACKET record whole. On a stream, what one
+   * read returns up to the files (a read stops after the write that carried
+   * them, or where the sender changes), split so that the files ride with
+   * its last byte: where the write carrying them started cannot be seen.
+   */
+  data: Buffer;
+  /** The files it carries (SCM_RIGHTS), as `fd` numbers of ScmImage.files, in order. */
+  fds: number[];
+  /**
+   * Its sender's credentials as the receiver reads them (SCM_CREDENTIALS,
+   * with SO_PASSCRED). A socket without SO_PASSCRED shows none: the
+   * receiving process (its real uid and gid) is recorded instead.
+   */
+  creds: { pid: number; uid: number; gid: number };
 }
 
 export interface TcpImage {

@@ -382,3 +382,22 @@ describe('messages for what users run into', () => {
     expect(code).toBe(0);
   });
 });
+
+describe('integer options', () => {
+  it('a count, round limit, downtime or port that is not a whole number in range is a usage error (exit 2), before anything runs', async () => {
+    const cases: [string[], RegExp][] = [
+      [['serve', '--count', 'x', '--dir', '/nonexistent/tsnap'], /--count must be a whole number of at least 1, got "x"/],
+      [['serve', '--count', '0', '--dir', '/nonexistent/tsnap'], /--count must be/],
+      [['migrate', '--pid', '1', '--to', '127.0.0.1:7707', '--token', 't', '--max-iterations', '2.5'], /--max-iterations must be a whole number from 1 to 1000/],
+      [['migrate', '--pid', '1', '--to', '127.0.0.1:7707', '--token', 't', '--downtime-ms', '-1'], /--downtime-ms must be/],
+      [['migrate', '--pid', '1', '--to', '127.0.0.1:99999', '--token', 't'], /port must be from 1 to 65535/],
+      [['dump', '--pid', '1', '--dir', '/nonexistent/tsnap', '--pre-dumps', 'many'], /--pre-dumps must be/],
+    ];
+    for (const [args, msg] of cases) {
+      const r = await tsnap(...args);
+      expect(r.code, args.join(' ')).toBe(ExitCode.usage);
+      expect(r.stderr.trim().split('\n'), args.join(' ')).toHaveLength(1);
+      expect(r.stderr).toMatch(msg);
+    }
+  });
+});

@@ -144,10 +144,10 @@ describe('a tsnap killed at any instant', () => {
     expect(reader.lines().filter((l) => !/^GOT 1 [a-z]$/.test(l) && !l.startsWith('READY'))).toEqual([]);
   }, 240_000 * Math.max(1, PER_TARGET / 50));
 
-  it('with established TCP connections in repair mode: the connection goes on, repair mode off', async () => {
+  it('with established TCP connections in repair mode: the connection goes on, repair mode off, SO_REUSEADDR kept', async () => {
     const p = await startPython(`
 import socket, sys
-l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('127.0.0.1', 0)); l.listen()
 print('READY port=%d' % l.getsockname()[1], flush=True)
 c, _ = l.accept()
 l.close()
@@ -157,7 +157,7 @@ for cmd in sys.stdin:
     while not line.endswith(b'\\n'):
         line += c.recv(1)
     n += 1
-    c.sendall(b'echo:' + line.strip() + b' n=%d\\n' % n)
+    c.sendall(b'echo:' + line.strip() + b' n=%d reuse=%d\\n' % (n, c.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)))
 `);
     const client = createConnection(Number(p.readyInfo.port), '127.0.0.1');
     await new Promise((res) => client.once('connect', res));
@@ -170,14 +170,14 @@ for cmd in sys.stdin:
       for (let i = 0; i < 300 && got.length < n; i++) await new Promise((res) => setTimeout(res, 10));
       return got[n - 1];
     };
-    expect(await echo('a', 1)).toBe('echo:a n=1');
+    expect(await echo('a', 1)).toBe('echo:a n=1 reuse=1');
     const dir = tmpDir('killed-tcp');
     for (let i = 0; i < 3; i++) {
       const args = ['dump', '--pid', String(p.pid), '--dir', join(dir, String(i)), '--tcp-established', '--leave-running'];
       expect((await runTsnap(args, 'tcp-repair', 0)).signal).toBe('SIGKILL');
       await untraced(p.pid);
       // In repair mode the server's reply would never leave its socket.
-      expect(await echo(`b${i}`, i + 2)).toBe(`echo:b${i} n=${i + 2}`);
+      expect(await echo(`b${i}`, i + 2)).toBe(`echo:b${i} n=${i + 2} reuse=1`);
     }
     expect(client.destroyed).toBe(false);
     client.destroy();

@@ -318,14 +318,15 @@ while True: signal.pause()
     }
   });
 
-  it('processes sharing one fd table (CLONE_FILES) are refused before the freeze, naming both', async () => {
+  it('siblings sharing one fd table their parent left (CLONE_FILES, then unshare) are refused before the freeze, naming both', async () => {
     const p = await startProcess(await compileC('sharedfds'), []);
     const child = Number(p.readyInfo.child);
+    const child2 = Number(p.readyInfo.child2);
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(tmpDir('tsnap-tree-'), 'img'), '--tree');
     expect(d.code).toBe(5);
-    expect(d.stderr).toMatch(new RegExp(`processes ${p.pid} and ${child} share one fd table`));
-    for (const pid of [p.pid, child]) expect(readStatus(pid).tracerPid).toBe(0);
-    expect(readStat(child).state).not.toBe('Z');
+    expect(d.stderr).toMatch(new RegExp(`processes ${child} and ${child2} share one fd table`));
+    for (const pid of [p.pid, child, child2]) expect(readStatus(pid).tracerPid).toBe(0);
+    for (const pid of [child, child2]) expect(readStat(pid).state).not.toBe('Z');
   });
 });
 

@@ -13,7 +13,9 @@ function parseHostPort(v: string, defaultHost: string): { host: string; port: nu
   const m = /^(?:\[?([^\]]*)\]?:)?(\d+)$/.exec(v) ?? /^([^:]+)$/.exec(v);
   if (!m) throw new TsnapError('usage', `expected HOST:PORT, got "${v}"`);
   if (m.length === 2) return { host: m[1], port: 7707 };
-  return { host: m[1] || defaultHost, port: Number(m[2]) };
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) throw new TsnapError('usage', `port must be from 1 to 65535, got ${m[2]}`);
+  return { host: m[1] || defaultHost, port };
 }
 
 function parseRate(v: string): number {
@@ -46,6 +48,15 @@ function parseSeconds(v: string): number {
   const n = Number(v);
   if (!/^\d+(\.\d+)?$/.test(v) || !(n > 0)) throw new TsnapError('usage', `expected a number of seconds above 0, got "${v}"`);
   return n;
+}
+
+/** An integer option within [min, max]; commander passes the raw text. */
+function intOption(name: string, min: number, max = Number.MAX_SAFE_INTEGER): (v: string) => number {
+  return (v) => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n < min || n > max) throw new TsnapError('usage', `${name} must be a whole number ${max === Number.MAX_SAFE_INTEGER ? `of at least ${min}` : `from ${min} to ${max}`}, got "${v}"`);
+    return n;
+  };
 }
 
 function parsePid(v: string): number {
@@ -107,18 +118,19 @@ export async function main(argv: string[]): Promise<void> {
     .option('-t, --tree', 'dump the process and all its descendants, frozen together (DIR/<pid> each)')
     .option('--tcp-established', 'take established TCP connections with TCP repair mode (the peer must not send while frozen)')
     .option('--ghost-limit <size>', 'store deleted files that hold up to SIZE bytes of data (holes do not count; default 64M)', parseSize)
-    .option('--pre-dumps <n>', 'pre-dump up to N times while it runs, then dump the last delta: writes DIR/1, DIR/2, ...', (v) => Number(v))
+    .option('--ext-unix-sk', 'a unix datagram socket connected to a named socket outside the dump (e.g. /dev/log) connects to that name again at restore')
+    .option('--pre-dumps <n>', 'pre-dump up to N times while it runs, then dump the last delta: writes DIR/1, DIR/2, ...', intOption('--pre-dumps', 1, 1000))
     .option('-R, --leave-running', 'resume the process after the dump instead of killing it')
     .addOption(new Option('--compress <codec>', 'page compression').choices(['lz4', 'none']).default('none'))
     .option('--no-fsync', 'do not fsync the image before killing the process')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExamples:\n  tsnap dump --pid 1234 --dir /var/tmp/img           # dump and kill\n  tsnap dump --pid 1234 --dir img --leave-running --compress lz4\n  tsnap dump --pid 1234 --dir img/3 --parent img/2    # final image of an incremental chain')
-    .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; tcpEstablished?: boolean; ghostLimit?: number; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
+    .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; tcpEstablished?: boolean; extUnixSk?: boolean; ghostLimit?: number; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
       out(o.json);
       if (o.tcpEstablished && o.preDumps !== undefined) throw new TsnapError('usage', '--tcp-established does not go with --pre-dumps yet; run pre-dump and dump --parent');
       const common = {
         pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
-        fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, ghostLimit: o.ghostLimit, onProgress: progress('copying the memory of'),
+        fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, extUnixSk: o.extUnixSk, ghostLimit: o.ghostLimit, onProgress: progress('copying the memory of'),
       };
       if (o.tree && o.preDumps !== undefined) {
         if (o.parent) throw new TsnapError('usage', '--pre-dumps and --parent do not go together');
@@ -239,7 +251,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--token-file <file>', 'read the shared secret from a file')
     .option('--tls-cert <file>', 'TLS certificate (PEM); with --tls-key, accept TLS only')
     .option('--tls-key <file>', 'TLS private key (PEM)')
-    .option('--count <n>', 'exit after N migrations', (v) => Number(v))
+    .option('--count <n>', 'exit after N migrations', intOption('--count', 1))
     .option('--handshake-timeout <seconds>', 'close a connection that has not presented its HELLO (and TLS handshake) within this time', parseSeconds, 10)
     .option('--stdout <file>', 'stdout of restored processes (default: this one\'s)')
     .option('--stderr <file>', 'stderr of restored processes (default: this one\'s)')
@@ -263,8 +275,8 @@ export async function main(argv: string[]): Promise<void> {
     .requiredOption('--to <host:port>', 'the receiving tsnap serve')
     .option('--token <secret>', 'shared secret of the receiver')
     .option('--token-file <file>', 'read the shared secret from a file')
-    .option('--downtime-ms <ms>', 'freeze once the last round fits this budget', (v) => Number(v), 50)
-    .option('--max-iterations <n>', 'at most N pre-copy rounds', (v) => Number(v), 10)
+    .option('--downtime-ms <ms>', 'freeze once the last round fits this budget', intOption('--downtime-ms', 1, 3_600_000), 50)
+    .option('--max-iterations <n>', 'at most N pre-copy rounds', intOption('--max-iterations', 1, 1000), 10)
     .option('--bandwidth-limit <rate>', 'cap the sending rate (e.g. 100M bytes/s)', parseRate)
     .option('-R, --leave-running', 'keep the source running after the receiver has the image')
     .option('-t, --tree', 'migrate the process and all its descendants')

@@ -74,7 +74,11 @@ export function showImage(dir: string, json: boolean): string {
   }
   if (p) {
     out.push(`files: ${p.fds.length}`);
-    for (const f of p.fds) out.push(`  fd ${f.fd}: ${f.kind} ${f.link} flags 0${f.flags.toString(8)} pos ${f.pos}`);
+    for (const f of p.fds) {
+      out.push(`  fd ${f.fd}: ${f.kind} ${f.link} flags 0${f.flags.toString(8)} pos ${f.pos}`);
+      const scm = f.socket?.scm;
+      if (scm) out.push(`    queued: ${scm.messages.length} messages, in flight: ${scm.files.map((g) => g.link).join(', ') || 'no files'}`);
+    }
     for (const g of p.mappedGhosts ?? []) {
       out.push(`  mapped deleted file ${g.path}: ${g.alias ? `reopened as ${g.alias}` : `${formatBytes((g.extents ?? []).reduce((n, e) => n + e.data.length, 0))} of data, size ${formatBytes(g.size)}`}`);
     }

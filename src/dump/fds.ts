@@ -9,10 +9,14 @@ import { closeSync, existsSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, sameFile, fileOwner, fcntl, F_GETLEASE, F_UNLCK } from '../sys/index.js';
 import { listFds, readFdInfo, readFdTarget, readStat, type FdTarget } from '../proc/index.js';
 import type { FdImage } from '../../formats/schema.js';
-import { readPipe, isReadEnd } from '../files/pipe.js';
+import { readPipe, isReadEnd, describeHalfClosedPipe, checkPipesOutside, refuseOneEnded } from '../files/pipe.js';
 import type { SocketOptions } from '../files/socket.js';
 import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
 import { TsnapError } from '../errors.js';
+import { linkUnixSockets } from '../files/unix.js';
+import { describeInetShutdowns } from '../files/socket-state.js';
+import { describeInotifyFds } from '../files/inotify.js';
+import { describeInflight, numberInflight, releaseInflight, hasFilesInFlight } from '../files/scm-rights.js';
 
 /** O_PATH: an fd that only names a file (fcntl F_GETOWN_EX/F_GETLEASE answer EBADF). */
 const O_PATH = 0o10000000;
@@ -21,9 +25,6 @@ const O_RDONLY = 0;
 const F_RDLCK = 0;
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
-
-/** `ghostLimit`: bytes of data a deleted file may hold to be stored (dump --ghost-limit). */
-export type FdReadOptions = SocketOptions & { ghostLimit?: number };
 
 export function readFds(pid: number, opts: FdReadOptions = {}): FdImage[] {
   return readTreeFds([pid], opts).get(pid)!;
@@ -41,7 +42,19 @@ interface SeenFd {
  * parent and its child is one pipe, and an fd inherited through fork is one
  * open file.
  */
+/** `zombies`: children of the tree that exited, which a tree image records too (pidfds may name them). */
+/** `ghostLimit`: bytes of data a deleted file may hold to be stored (dump --ghost-limit). */
+export type FdReadOptions = SocketOptions & { zombies?: number[]; ghostLimit?: number };
+
 export function readTreeFds(pids: number[], opts: FdReadOptions = {}): Map<number, FdImage[]> {
+  try {
+    return readAllFds(pids, opts);
+  } finally {
+    releaseInflight();
+  }
+}
+
+function readAllFds(pids: number[], opts: FdReadOptions): Map<number, FdImage[]> {
   const seen: SeenFd[] = [];
   const out = new Map<number, FdImage[]>();
   /** Inodes of deleted files whose contents this image already holds. */
@@ -60,35 +73,56 @@ export function readTreeFds(pids: number[], opts: FdReadOptions = {}): Map<numbe
       const open = new Set(fds);
       const list: FdImage[] = [];
       for (const fd of fds) {
-        const t = readFdTarget(pid, fd);
-        const info = readFdInfo(pid, fd);
-        const img: FdImage = {
-          fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
-          file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
-        };
-        FD_KINDS[img.kind].describe?.({ pid, pidfd, target: t, info, open, opts, frozen: opts.enter !== false, ghosts, ghostLimit: opts.ghostLimit }, img);
-        describeOwner(pidfd, img);
-        // A lease being broken: F_GETLEASE already answers the type it is
-        // broken to, and restore takes that (the break as completed; the
-        // holder was sent its signal before the dump). A read lease cannot be
-        // taken on a file open for writing, so that downgrade is refused.
-        if (/\bLEASE\s+BREAKING\b/.test(info.extra.lock ?? '') && img.lease === F_RDLCK && (img.flags & O_ACCMODE) !== O_RDONLY) {
-          throw new TsnapError('unsupported', `fd ${fd} of process ${pid} holds a lease being broken down to a read lease while the file is open for writing; restore could not take that lease (retry once the break is over)`);
-        }
-        seen.push({ pid, t, img });
-        list.push(img);
+        const s = describeFd(pid, pidfd, fd, open, opts, ghosts);
+        seen.push(s);
+        list.push(s.img);
       }
+      describeInotifyFds(pid, list);
+      describeInotifyFds(pid, list);
       out.set(pid, list);
     } finally {
       closeSync(pidfd);
     }
   }
+  // Files in flight in unix sockets are fds of tsnap while it reads them.
+  const self = pidfdOpen(process.pid);
+  let inflight;
+  try {
+    inflight = describeInflight(seen, pids, (local, skipQueue, filesPid) => describeFd(process.pid, self, local, new Set(listFds(filesPid)), skipQueue ? { ...opts, enter: false } : opts, ghosts, filesPid));
+  } finally {
+    closeSync(self);
+  }
   assignOfds(seen);
-  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids.length > 1, opts.enter !== false);
-  checkPairs(seen, pids.length > 1);
-  for (const s of seen) checkSupported(s.img, s.pid, pids);
+  // Before the freeze, files in flight are not read yet: the other end of a pipe or pair may be one.
+  const endsLater = opts.enter === false && seen.some((s) => hasFilesInFlight(s.pid, s.img));
+  describePipes(seen.filter((s) => s.t.kind === 'pipe'), pids, opts.enter !== false, endsLater);
+  checkPipesOutside(seen.filter((s) => s.img.pipe), pids);
+  linkUnixSockets(seen, pids.length > 1, { ...opts, endsLater });
+  describeInetShutdowns(seen);
+  for (const s of seen) if (!(endsLater && s.t.kind === 'pipe' && !s.img.pipe)) checkSupported(s.img, s.pid, pids, opts.zombies ?? []);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
+  numberInflight(inflight, (pid) => out.get(pid)!);
   return out;
+}
+
+/** One fd of `pid` read for the image. `filesPid`: whose fd numbers an epoll names (pid but for files in flight). */
+function describeFd(pid: number, pidfd: number, fd: number, open: Set<number>, opts: FdReadOptions, ghosts: Set<string>, filesPid = pid): SeenFd {
+  const t = readFdTarget(pid, fd);
+  const info = readFdInfo(pid, fd);
+  const img: FdImage = {
+    fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
+    file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
+  };
+  FD_KINDS[img.kind].describe?.({ pid, pidfd, target: t, info, open, opts, frozen: opts.enter !== false, ghosts, ghostLimit: opts.ghostLimit, filesPid }, img);
+  describeOwner(pidfd, img);
+  // A lease being broken: F_GETLEASE already answers the type it is
+  // broken to, and restore takes that (the break as completed; the
+  // holder was sent its signal before the dump). A read lease cannot be
+  // taken on a file open for writing, so that downgrade is refused.
+  if (/\bLEASE\s+BREAKING\b/.test(info.extra.lock ?? '') && img.lease === F_RDLCK && (img.flags & O_ACCMODE) !== O_RDONLY) {
+    throw new TsnapError('unsupported', `fd ${fd} of process ${pid} holds a lease being broken down to a read lease while the file is open for writing; restore could not take that lease (retry once the break is over)`);
+  }
+  return { pid, t, img };
 }
 
 /**
@@ -127,11 +161,12 @@ function assignOfds(seen: SeenFd[]): void {
 }
 
 /**
- * A pipe is restorable when both its ends are open in the dumped processes;
- * one on 0-2 whose other end is elsewhere is stdio and left to restore's
+ * A pipe is restorable when both its ends are open in the dumped processes,
+ * or when the end the dump lacks is closed everywhere (half-closed); one on
+ * 0-2 whose other end is held elsewhere is stdio and left to restore's
  * stdio. The unread bytes are stored once, with the pipe's first fd.
  */
-function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void {
+function describePipes(pipes: SeenFd[], pids: number[], withData: boolean, endsLater = false): void {
   const byId = new Map<number, SeenFd[]>();
   for (const s of pipes) {
     const l = byId.get(s.t.ino) ?? [];
@@ -142,40 +177,13 @@ function describePipes(pipes: SeenFd[], tree: boolean, withData: boolean): void 
     const hasRead = ends.some((e) => isReadEnd(e.img));
     const hasWrite = ends.some((e) => !isReadEnd(e.img));
     if (!(hasRead && hasWrite)) {
-      const inner = ends.filter((e) => e.img.fd > 2);
-      if (inner.length === 0) continue; // stdio
-      const where = tree ? 'the dumped tree' : `process ${inner[0].pid}${' (dump its parent with --tree if the other end is there)'}`;
-      throw new TsnapError('unsupported', `fd ${inner[0].img.fd} of process ${inner[0].pid} is one end of pipe:[${id}] whose other end is outside ${where}; tsnap restores pipes with both ends inside (or on stdin/stdout/stderr)`);
+      if (describeHalfClosedPipe(ends, id, withData)) continue;
+      if (endsLater) continue; // the other end may be in flight: the frozen pass sees it
+      if (ends.every((e) => e.img.fd <= 2)) continue; // stdio
+      refuseOneEnded(ends, id, pids);
     }
     const data = withData ? readPipe(ends[0].pid, ends[0].img.fd, id) : { id, capacity: 0, data: null };
     ends.forEach((e, i) => { e.img.pipe = { id, capacity: data.capacity, data: i === 0 ? data.data : null }; });
-  }
-}
-
-/**
- * Both ends of every connected unix socket must be in the dump. A socket on
- * 0-2 is the process's own only when it is one end of such a pair;
- * otherwise it is stdio, left to restore's stdio.
- */
-function checkPairs(seen: SeenFd[], tree: boolean): void {
-  const inodes = new Set(seen.filter((s) => s.img.socket).map((s) => s.t.ino));
-  for (const s of seen) {
-    const k = s.img.socket;
-    if (k && s.img.fd <= 2 && (k.state !== 'pair' || !inodes.has(k.peerIno!))) {
-      delete s.img.socket;
-      continue;
-    }
-    if (k?.state !== 'pair') continue;
-    if (!inodes.has(k.peerIno!)) {
-      throw new TsnapError('unsupported', `fd ${s.img.fd} of process ${s.pid} is a unix socket connected to socket:[${k.peerIno}] outside ${tree ? 'the dumped tree' : 'the process (dump its parent with --tree if the peer is there)'}; only connections inside the dump can be restored`);
-    }
-    // Restore rebuilds a pair with socketpair(): both ends must name each
-    // other. A datagram socket connect()ed to another that is not connected
-    // back (several may send to one) is not such a pair.
-    const peer = seen.find((x) => x.t.ino === k.peerIno && x.img.socket);
-    if (peer && (peer.img.socket!.state !== 'pair' || peer.img.socket!.peerIno !== k.ino)) {
-      throw new TsnapError('unsupported', `fd ${s.img.fd} of process ${s.pid} is a unix socket connected one way to socket:[${k.peerIno}] (a datagram socket connect()ed to another); tsnap cannot restore one-way unix connections yet`);
-    }
   }
 }
 
@@ -196,10 +204,10 @@ function checkOwner(f: FdImage, pid: number, pids: number[]): void {
 }
 
 /** Refuses, naming it, an fd whose kind's module says restore could not bring it back. */
-function checkSupported(f: FdImage, pid: number, pids: number[]): void {
+function checkSupported(f: FdImage, pid: number, pids: number[], zombies: number[]): void {
   if (isInheritedStdio(f)) return;
   const kind = FD_KINDS[f.kind];
-  kind.checkDump?.(f, { pid, pids });
+  kind.checkDump?.(f, { pid, pids, zombies });
   if (kind.restorable(f)) return;
   throw new TsnapError('unsupported', `fd ${f.fd}${pids.length > 1 ? ` of process ${pid}` : ''} is a ${f.kind} (${f.link}) that tsnap cannot checkpoint${kind.refusalHint ?? ''}`);
 }

@@ -10,6 +10,7 @@
  * the loop started end, its rounds are removed, and the process runs on
  * (each round releases what it froze itself).
  */
+import { PreCopyPolicy } from './precopy-policy.js';
 import { join } from 'node:path';
 import { mkdirSync, chmodSync, readdirSync, rmSync } from 'node:fs';
 import { dump, preDump, type DumpOptions, type DumpResult } from './dump.js';
@@ -38,17 +39,15 @@ export function dumpIteratively(opts: IterativeOptions): Promise<IterativeResult
 }
 
 async function loopOne(opts: IterativeOptions, checkAbort: () => void): Promise<IterativeResult> {
-  const small = opts.smallEnoughPages ?? 64;
+  const policy = new PreCopyPolicy({ maxRounds: opts.preDumps, smallEnoughPages: opts.smallEnoughPages });
   const rounds: DumpResult[] = [];
   let stoppedBecause = `reached ${opts.preDumps} pre-dumps`;
   for (let i = 1; i <= opts.preDumps; i++) {
     checkAbort();
     const r = await preDump({ ...opts, dir: join(opts.dir, String(i)), parent: i > 1 ? join(opts.dir, String(i - 1)) : undefined });
     rounds.push(r);
-    const pages = r.stats.pagesWritten;
-    if (i > 1 && pages <= small) { stoppedBecause = `round ${i} wrote ${pages} pages (<= ${small})`; break; }
-    const prev = rounds[rounds.length - 2];
-    if (prev && i > 2 && pages >= prev.stats.pagesWritten * 0.9) { stoppedBecause = `round ${i} did not shrink (${pages} pages after ${prev.stats.pagesWritten})`; break; }
+    const v = policy.afterRound({ pages: r.stats.pagesWritten });
+    if (v.stop) { stoppedBecause = v.reason; break; }
   }
   const n = rounds.length;
   checkAbort();
@@ -68,7 +67,7 @@ export function dumpTreeIteratively(opts: IterativeOptions): Promise<TreeIterati
 }
 
 async function loopTree(opts: IterativeOptions, checkAbort: () => void): Promise<TreeIterativeResult> {
-  const small = opts.smallEnoughPages ?? 64;
+  const policy = new PreCopyPolicy({ maxRounds: opts.preDumps, smallEnoughPages: opts.smallEnoughPages });
   const written = (t: TreeDumpResult) => t.processes.reduce((n, p) => n + p.result.stats.pagesWritten, 0);
   const rounds: TreeDumpResult[] = [];
   let stoppedBecause = `reached ${opts.preDumps} pre-dumps`;
@@ -76,10 +75,8 @@ async function loopTree(opts: IterativeOptions, checkAbort: () => void): Promise
     checkAbort();
     const r = await dumpTree({ ...opts, dir: join(opts.dir, String(i)), parent: i > 1 ? join(opts.dir, String(i - 1)) : undefined }, 'predump');
     rounds.push(r);
-    const pages = written(r);
-    if (i > 1 && pages <= small) { stoppedBecause = `round ${i} wrote ${pages} pages (<= ${small})`; break; }
-    const prev = rounds[rounds.length - 2];
-    if (prev && i > 2 && pages >= written(prev) * 0.9) { stoppedBecause = `round ${i} did not shrink (${pages} pages after ${written(prev)})`; break; }
+    const v = policy.afterRound({ pages: written(r) });
+    if (v.stop) { stoppedBecause = v.reason; break; }
   }
   const n = rounds.length;
   checkAbort();

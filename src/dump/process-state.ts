@@ -17,6 +17,7 @@ import { VMA_RESTORED_FLAGS, type MappedGhostImage, type AioRingImage, type Proc
 import { readVmFlags } from '../proc/smaps.js';
 import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
 import type { RemoteState } from './task-state.js';
+import type { SocketOptions } from '../files/socket.js';
 
 function identity(path: string): FileIdentity {
   const st = statSync(path);
@@ -109,7 +110,7 @@ export function readRlimits(pid: number): RlimitImage[] {
   });
 }
 
-export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[], fdOpts: { tcpEstablished?: boolean; ghostLimit?: number } = {}): ProcessImage {
+export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[], sockets: SocketOptions & { ghostLimit?: number } = {}): ProcessImage {
   const stat = readStat(pid);
   const status = readStatus(pid);
   const mm: MmImage = {
@@ -143,10 +144,10 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     threads: remote.threads,
     signals: remote.signals,
     mm,
-    fds: fds ?? readFds(pid, { ...fdOpts, enter: true }),
+    fds: fds ?? readFds(pid, { ...sockets, enter: true }),
     memfds: readMappedMemfds(pid, layout.vmas, (i) => layout.images[i].file),
     ...optional('sysvShm', describeSysvShm(pid, layout.vmas)),
-    ...withMappedGhosts(readMappedGhosts(pid, layout.vmas, (i) => layout.images[i].file, fdOpts.ghostLimit)),
+    ...withMappedGhosts(readMappedGhosts(pid, layout.vmas, (i) => layout.images[i].file, sockets.ghostLimit)),
     ...withAioRings(readAioRings(pid, layout.vmas)),
     itimers: remote.itimers,
     posixTimers: remote.posixTimers,

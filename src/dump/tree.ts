@@ -24,7 +24,7 @@ import { FrozenSet } from '../freeze/frozen-set.js';
 import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
 import { pausePoint } from '../fault-points.js';
 import { listChildren, readStat } from '../proc/index.js';
-import { sameFdTable } from '../sys/index.js';
+import { sharedFdTables } from '../files/fd-table.js';
 import { readTreeFds } from './fds.js';
 import { sharedStoredEarlier } from './shared-memory.js';
 import { tcpRepair } from '../files/tcp.js';
@@ -132,21 +132,6 @@ function zombieOf(m: TreeMember): TreeMember | null {
   return { pid: m.pid, ppid: m.ppid, dir: '', zombie: { status: st.exitCode, pgid: st.pgrp, sid: st.session, ...(creds ? { creds } : {}) } };
 }
 
-/**
- * Processes that share one fd table (clone with CLONE_FILES) would come
- * back with a table each, and an fd one opens would no longer appear in the
- * other: refused before the freeze, naming them.
- */
-function refuseSharedFdTables(pids: number[]): void {
-  for (let i = 0; i < pids.length; i++) {
-    for (let j = i + 1; j < pids.length; j++) {
-      let shared = false;
-      try { shared = sameFdTable(pids[i], pids[j]); } catch { /* one is gone */ }
-      if (shared) throw new TsnapError('unsupported', `processes ${pids[i]} and ${pids[j]} share one fd table (clone with CLONE_FILES); tsnap cannot restore a shared fd table yet`);
-    }
-  }
-}
-
 function parentFor(parentTree: string | undefined, pid: number): string | undefined {
   if (!parentTree) return undefined;
   const d = join(parentTree, String(pid));
@@ -172,17 +157,24 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
       let members: TreeMember[];
       if (mode === 'dump') {
         // Fail fast, with the tree untouched, on fds tsnap cannot restore.
-        const running = listTree(root).map((m) => m.pid).filter((pid) => { try { return readStat(pid).state !== 'Z'; } catch { return false; } });
-        readTreeFds(running, { tcpEstablished: opts.tcpEstablished, ghostLimit: opts.ghostLimit, enter: false });
+        const listed = listTree(root);
+        const stateOf = (pid: number) => { try { return readStat(pid).state; } catch { return null; } };
+        const isZombie = (pid: number) => stateOf(pid) === 'Z';
+        const runningTree = listed.filter((m) => { const st = stateOf(m.pid); return st !== null && st !== 'Z'; });
+        const running = runningTree.map((m) => m.pid);
+        readTreeFds(running, { tcpEstablished: opts.tcpEstablished, extUnixSk: opts.extUnixSk, ghostLimit: opts.ghostLimit, enter: false, zombies: listed.filter((m) => m.pid !== root && isZombie(m.pid)).map((m) => m.pid) });
         for (const pid of running) { checkMappings(pid, opts.ghostLimit); checkCwd(pid); checkOomScoreAdj(pid); checkCreds(pid); }
-        refuseSharedFdTables(running);
+        sharedFdTables(runningTree);
         tree = freezeTree(root);
         const t = tree as FrozenTree;
         pausePoint('tree-frozen');
         await letSignalsIn();
         checkAbort();
+        // Frozen: the sharing is final. A child that shares its parent's table is forked with CLONE_FILES.
+        const shared = sharedFdTables(t.members.map((x) => x.m));
+        for (const { m } of t.members) if (shared.has(m.pid)) m.filesShared = true;
         members = [...t.members.map((x) => x.m), ...t.zombies];
-        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, ghostLimit: opts.ghostLimit, enter: true });
+        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, extUnixSk: opts.extUnixSk, ghostLimit: opts.ghostLimit, enter: true, zombies: t.zombies.map((z) => z.pid) });
         // All at once: while one process's pages are being written out, the
         // next one's are read, which shortens the time the whole tree is frozen.
         const sharedElsewhere = sharedStoredEarlier(t.members.map((x) => x.m.pid));

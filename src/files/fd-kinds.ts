@@ -12,6 +12,7 @@ import { fifoKind, memfdKind } from './fifo-memfd.js';
 import { socketKind } from './socket.js';
 import { eventfdKind, timerfdKind, signalfdKind } from './anon-fds.js';
 import { epollKind } from './epoll.js';
+import { anonInodeKind, otherKind } from './anon-inode-kinds.js';
 
 export const FD_KINDS: { readonly [K in FdKindImage]: FdKindModule } = {
   file: reopenedKind,
@@ -28,8 +29,8 @@ export const FD_KINDS: { readonly [K in FdKindImage]: FdKindModule } = {
   epoll: epollKind,
   tty: unsupportedKind(' (supported on stdin/stdout/stderr only)'),
   blockdev: unsupportedKind(),
-  anon_inode: unsupportedKind(),
-  other: unsupportedKind(),
+  anon_inode: anonInodeKind,
+  other: otherKind,
 };
 
 export function kindOf(f: FdImage): FdKindModule {

@@ -21,6 +21,7 @@ import { placeFds, SETFL_MASK } from './place.js';
 import { TsnapError } from '../errors.js';
 import type { FdKindModule } from './kind.js';
 import { checkReopenable } from './regular.js';
+import { isFifoGhost, describeFifoGhost, FifoGhosts } from './fifo-ghost.js';
 
 const F_ADD_SEALS = 1033;
 const F_GET_SEALS = 1034;
@@ -30,7 +31,7 @@ const FIONREAD = 0x541b;
 /** Larger memfds are refused: their contents go into the image's metadata. */
 export const MEMFD_MAX = 256 << 20;
 
-export function describeFifo(pid: number, f: FdImage): FdImage['fifo'] {
+export function describeFifo(pid: number, f: FdImage): NonNullable<FdImage['fifo']> {
   const p = readPipe(pid, f.fd, f.file!.ino);
   return { capacity: p.capacity, data: p.data ?? Buffer.alloc(0) };
 }
@@ -79,12 +80,13 @@ function queuedBytes(fd: number): number {
   return b.readInt32LE(0);
 }
 
-export function restoreFifo(rt: RemoteTask, group: FdImage[], floor: number): void {
+/** `path`: where to open it (a deleted FIFO's is the one fifo-ghost.ts made, or a /proc link to it). */
+export function restoreFifo(rt: RemoteTask, group: FdImage[], floor: number, path = group[0].path!): void {
   const f = group[0];
-  const keeper = openSync(f.path!, C.O_RDWR | C.O_NONBLOCK | O_CLOEXEC);
+  const keeper = openSync(path, C.O_RDWR | C.O_NONBLOCK | O_CLOEXEC);
   try {
     const flags = f.flags & ~(O_CREAT | O_EXCL | O_TRUNC | O_CLOEXEC) | O_NOCTTY | O_NONBLOCK;
-    const tmp = rt.open(f.path!, flags);
+    const tmp = rt.open(path, flags);
     rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, tmp, F_SETFL, f.flags & SETFL_MASK);
     const data = f.fifo?.data;
     if (data && data.length > 0 && queuedBytes(keeper) === 0) {
@@ -156,14 +158,22 @@ export function reopenMemfd(rt: RemoteTask, group: FdImage[], floor: number, whe
   placeFds(rt, [{ tmp, targets: group }], floor);
 }
 
-/** A named FIFO above 2 (on 0-2 one is the process's stdio); contents are read only when frozen. */
+/**
+ * A named FIFO, on any fd (0-2 too: a FIFO is never inherited stdio);
+ * contents are read only when frozen. A deleted one is made again
+ * (fifo-ghost.ts).
+ */
 export const fifoKind: FdKindModule = {
   describe(c, img) {
-    if (img.fd > 2 && !img.file?.deleted) img.fifo = c.frozen ? describeFifo(c.pid, img) : { capacity: 0, data: Buffer.alloc(0) };
+    img.fifo = c.frozen ? describeFifo(c.pid, img) : { capacity: 0, data: Buffer.alloc(0) };
+    if (c.frozen && isFifoGhost(img)) img.fifo.ghost = describeFifoGhost(c.pid, img);
   },
   restorable: (f) => !!f.fifo,
-  preflight: checkReopenable,
-  restore: (c, group) => restoreFifo(c.rt, group, c.floor),
+  preflight: (f) => { if (!f.fifo?.ghost) checkReopenable(f); },
+  restore(c, group) {
+    if (group[0].fifo?.ghost) c.state('fifo-ghosts', () => new FifoGhosts()).restore(c.rt, group, c.floor, c.warn);
+    else restoreFifo(c.rt, group, c.floor);
+  },
 };
 
 export const memfdKind: FdKindModule = {

@@ -30,6 +30,8 @@ export interface DescribeContext {
   ghosts: Set<string>;
   /** Bytes of data a deleted file may hold to be stored (dump --ghost-limit; default GHOST_LIMIT). */
   ghostLimit?: number;
+  /** Whose fd numbers an epoll names: `pid`, but for files in flight (read as tsnap's own fds) their receiver. */
+  filesPid: number;
 }
 
 /** Dump's view of the whole set when it checks one fd. */
@@ -37,11 +39,15 @@ export interface DumpCheckContext {
   pid: number;
   /** Every pid of the dump (one, or the tree). */
   pids: number[];
+  /** Exited children the tree image records (a pidfd may name one). */
+  zombies: number[];
 }
 
 /** Restore's view while it recreates the fds of one process. */
 export interface RestoreContext {
   rt: RemoteTask;
+  /** Every fd of the process (files in flight included). */
+  fds: FdImage[];
   /** Above every fd number of the process: where temporaries go. */
   floor: number;
   /** Where the deleted file behind `f` was made again. */
@@ -53,6 +59,11 @@ export interface RestoreContext {
    * known, after every other file; `id` names the pipe or the pair.
    */
   defer(what: 'pipe' | 'pair', id: number, group: FdImage[]): void;
+  /** A dumped pid as restored (differs with --new-pid). */
+  pidNow(pid: number): number;
+  warn?: (m: string) => void;
+  /** State a kind keeps for the whole restore (all processes of the tree), made on first use. */
+  state<T>(key: string, make: () => T): T;
 }
 
 export interface FdKindModule {
@@ -77,6 +88,11 @@ export interface FdKindModule {
   restore(c: RestoreContext, group: FdImage[]): void;
   /** Restore, once every fd of the process exists (epoll registrations name other fds). */
   link?(c: RestoreContext, img: FdImage): void;
+  /**
+   * Restore, last, once every thread and file of the tree exists (inotify
+   * watches: restore's own work must not show in their queues).
+   */
+  late?(c: RestoreContext, img: FdImage): void;
 }
 
 /** A kind tsnap cannot checkpoint: refused at dump, naming it. */

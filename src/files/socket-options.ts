@@ -1,12 +1,12 @@
 /**
  * Socket options that a program sets and a restore must set again:
  * SO_KEEPALIVE, SO_BROADCAST, SO_OOBINLINE, SO_PRIORITY, SO_RCVLOWAT,
- * SO_LINGER; IP(V6)_FREEBIND and _TRANSPARENT (a bind to an address not
+ * SO_LINGER, SO_PASSCRED (unix); IP(V6)_FREEBIND and _TRANSPARENT (a bind to an address not
  * on this host needs them before the bind), IP_TOS, IP_TTL, the IPv6 hop
  * limit; TCP_NODELAY and the keepalive timers. Read on tsnap's copy of the
  * socket at dump; set on the new socket at restore, before its bind.
  */
-import { getsockoptBuf, SOL_SOCKET, AF_INET, AF_INET6, IPPROTO_IPV6 } from '../sys/index.js';
+import { getsockoptBuf, SOL_SOCKET, AF_UNIX, AF_INET, AF_INET6, IPPROTO_IPV6 } from '../sys/index.js';
 import type { SocketImage } from '../../formats/schema.js';
 
 const SOCK_STREAM = 1;
@@ -23,6 +23,7 @@ function intOptions(family: number, type: number): [number, number][] {
     [SOL_SOCKET, 12], // SO_PRIORITY
     [SOL_SOCKET, 18], // SO_RCVLOWAT
   ];
+  if (family === AF_UNIX) out.push([SOL_SOCKET, 16]); // SO_PASSCRED: whether the program reads its senders' credentials
   if (family === AF_INET) out.push([IPPROTO_IP, 15], [IPPROTO_IP, 19], [IPPROTO_IP, 1], [IPPROTO_IP, 2]); // FREEBIND TRANSPARENT TOS TTL
   if (family === AF_INET6) out.push([IPPROTO_IPV6, 78], [IPPROTO_IPV6, 75], [IPPROTO_IPV6, 16]); // FREEBIND TRANSPARENT UNICAST_HOPS
   if ((family === AF_INET || family === AF_INET6) && type === SOCK_STREAM) {

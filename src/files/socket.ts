@@ -8,16 +8,19 @@
  */
 import { chmodSync, chownSync, closeSync, lstatSync, unlinkSync, writeSync } from 'node:fs';
 import {
-  pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, peekQueued, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
+  pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
   SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6, F_SETFL,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { readSocketOptions, applySocketOptions } from './socket-options.js';
-import { placeFds, placeEnds } from './place.js';
+import { placeFds, placeEnds, SETFL_MASK } from './place.js';
 import { describeTcp, restoreTcp } from './tcp.js';
+import { readPairQueue } from './scm-rights.js';
 import { TsnapError } from '../errors.js';
 import type { FdKindModule } from './kind.js';
+import { describeSocketState } from './socket-state.js';
+import { enterUnixDir, unixStalePath, refillUnixQueue, restorePeerClosed } from './unix.js';
 
 const SOCK_STREAM = 1;
 const SOCK_DGRAM = 2;
@@ -31,15 +34,8 @@ export interface SocketOptions {
   tcpEstablished?: boolean;
   /** Frozen: repair mode may be entered. False for the check before the freeze. */
   enter?: boolean;
-}
-
-/** What waits in a socket pair's queue; fds passed through it (SCM_RIGHTS) are refused, not dropped. */
-function queuedData(s: number, fd: number, stream: boolean): Buffer[] {
-  const q = peekQueued(s, stream);
-  if (q.control) {
-    throw new TsnapError('unsupported', `fd ${fd} is a unix socket with file descriptors or credentials in flight (SCM_RIGHTS/SCM_CREDENTIALS); tsnap cannot restore those yet`);
-  }
-  return q.data;
+  /** dump --ext-unix-sk: a unix datagram socket connected to a named socket outside the dump connects to that name again at restore (files/unix.ts). */
+  extUnixSk?: boolean;
 }
 
 export function describeSocket(pidfd: number, fd: number, link: string, ino: number, opts: SocketOptions = {}): SocketImage {
@@ -69,7 +65,7 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       const peerIno = unixPeerInode(ino);
       if (peerIno !== null) {
         // Whether the peer is inside the dump is known only once every fd is read.
-        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, queued: opts.enter === false ? [] : queuedData(s, fd, type === SOCK_STREAM) };
+        return { ...base, state: 'pair', local: getsockname(s), peer: null, ino, peerIno, ...(opts.enter === false ? { queued: [] } : readPairQueue(s, fd, type)) };
       }
     }
     const peer = listening ? null : getpeername(s);
@@ -138,8 +134,9 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
     const path = s.family === AF_UNIX ? unixPath(s.local) : null;
     // The dead original left its socket file behind; binding needs the name free.
     if (path) {
-      try { if (lstatSync(path).isSocket()) unlinkSync(path); } catch { /* absent */ }
+      try { if (lstatSync(unixStalePath(s, path)).isSocket()) unlinkSync(unixStalePath(s, path)); } catch { /* absent */ }
     }
+    enterUnixDir(rt, s.dir);
     // An address this host does not have now (it had it, or the socket had
     // IP_FREEBIND then) binds with FREEBIND lent, put back as recorded.
     const freebind = s.family === AF_INET ? [0, 15] : s.family === AF_INET6 ? [IPPROTO_IPV6, 78] : null;
@@ -160,7 +157,9 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
   }
   if (s.state === 'listening') rt.sc.check(`listen(${what})`, SYS.listen, tmp, s.backlog);
   if (lendReuse) rt.sc.check('setsockopt(SO_REUSEADDR off)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEADDR, rt.put(Buffer.alloc(4), 520), 4);
-  if (s.peer) rt.sc.check(`connect(${what})`, SYS.connect, tmp, rt.put(s.peer), s.peer.length);
+  // Unix sockets connect by name once every socket exists (files/unix.ts).
+  if (s.family === AF_UNIX) refillUnixQueue(rt, s, what);
+  else if (s.peer) rt.sc.check(`connect(${what})`, SYS.connect, tmp, rt.put(s.peer), s.peer.length);
   placeFds(rt, [{ tmp, targets: group }], floor);
 }
 
@@ -190,21 +189,29 @@ export function describeAddr(s: SocketImage): string {
  * that process (an end it lacks is carried above every target number for
  * another process of the tree to take).
  */
-export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: number, inoA: number, queuedOf: (ino: number) => Buffer[]): { a: number; b: number } {
+export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: number, inoA: number, queuedOf: (ino: number) => Buffer[],
+  socketOf: (ino: number) => SocketImage | undefined = () => undefined, ownName: (s: SocketImage) => boolean = () => false): { a: number; b: number } {
   const s = ends[0][0].socket!;
   const at = rt.put(Buffer.alloc(8));
   rt.sc.check('socketpair', SYS.socketpair, AF_UNIX, s.type | O_CLOEXEC, 0, at);
   const fds = rt.get(8);
   const [a, b] = [fds.readInt32LE(0), fds.readInt32LE(4)];
-  for (const g of ends) {
-    const k = g[0].socket!;
-    const end = k.ino === inoA ? a : b;
+  const inoB = s.ino === inoA ? s.peerIno! : s.ino!;
+  // Both ends as the image has them, also the one another process of the tree holds.
+  for (const [ino, end] of [[inoA, a], [inoB, b]]) {
+    const k = socketOf(ino) ?? ends.flat().find((f) => f.socket!.ino === ino)?.socket;
+    if (!k) continue;
     applySocketOptions(k, (level, opt, value) => rt.sc.check(`setsockopt(${level}, ${opt})`, SYS.setsockopt, end, level, opt, rt.put(value, 1024), value.length));
+    // An end bound to an abstract name of its own (bind, or autobind) gets
+    // it again. Not a name another socket of the image has too: an accepted
+    // socket shows its listener's. Not a path: binding would take the file.
+    // A name taken meanwhile is only what getsockname shows of a connected
+    // pair: the pair works without it, so it does not fail the restore.
+    if (isBound(k) && k.local[2] === 0 && ownName(k)) rt.sc.call(SYS.bind, end, rt.put(k.local), k.local.length);
   }
   const isA = (f: FdImage) => f.socket!.ino === inoA;
   // What end X had queued was sent by its peer: write it into the other end.
   // (The ends may be in other processes: their queues come from the whole image.)
-  const inoB = s.ino === inoA ? s.peerIno! : s.ino!;
   const queuedOn = (wantA: boolean) => queuedOf(wantA ? inoA : inoB);
   const pidfd = pidfdOpen(rt.pid);
   try {
@@ -225,7 +232,8 @@ export function restoreSocketPair(rt: RemoteTask, ends: FdImage[][], floor: numb
     closeSync(pidfd);
   }
   for (const g of ends) {
-    const flags = g[0].flags & O_NONBLOCK;
+    // O_ASYNC too: nginx's master is told of its channel's messages by SIGIO.
+    const flags = g[0].flags & SETFL_MASK;
     if (flags) rt.sc.check('fcntl(F_SETFL)', SYS.fcntl, isA(g[0]) ? a : b, F_SETFL, flags);
   }
   return placeEnds(rt, { tmp: a, targets: ends.filter((g) => isA(g[0])).flat() }, { tmp: b, targets: ends.filter((g) => !isA(g[0])).flat() }, floor);
@@ -240,6 +248,7 @@ export const socketKind: FdKindModule = {
   describe(c, img) {
     try {
       img.socket = describeSocket(c.pidfd, img.fd, c.target.link, c.target.ino, c.opts);
+      describeSocketState(c.pidfd, img.fd, img.socket, c.target.ino);
     } catch (err) {
       if (img.fd > 2) throw err;
     }
@@ -249,6 +258,7 @@ export const socketKind: FdKindModule = {
     const s = group[0].socket!;
     if (s.state === 'pair') c.defer('pair', Math.min(s.ino!, s.peerIno!), group);
     else if (s.state === 'established') restoreTcp(c.rt, group, c.floor);
+    else if (s.state === 'peer-closed') restorePeerClosed(c.rt, group, c.floor);
     else restoreSocket(c.rt, group, c.floor);
   },
 };

@@ -13,7 +13,8 @@
  *
  * Restore creates the socket inside the new process, takes a copy, and
  * from tsnap: repair mode on, sequence numbers, bind, connect (no SYN in
- * repair mode), options, queued data, window, repair mode off.
+ * repair mode), options, the receive queue, window; once every socket of
+ * the image exists, the send queue and repair mode off (leaveTcpRepair).
  *
  * Not handled: packets the peer sends while the process is frozen may be
  * acknowledged by the frozen socket and then lost (CRIU blocks them with a
@@ -59,6 +60,7 @@ const TCPOPT_TIMESTAMP = 8;
 const SIOCINQ = 0x541b;
 const SIOCOUTQ = 0x5411;
 const TCP_ESTABLISHED = 1;
+const SO_SNDBUFFORCE = 32;
 
 /**
  * Sockets this tsnap put in repair mode, as its own copies. Whoever ends
@@ -69,19 +71,24 @@ const TCP_ESTABLISHED = 1;
  * connection is never left frozen for its peer.
  */
 class RepairSession implements Releasable {
-  private readonly copies: { fd: number; guard: bigint }[] = [];
+  private readonly copies: { fd: number; guard: bigint; reuseAddr: boolean }[] = [];
 
   /** Call before switching repair mode on. */
   add(copy: number): void {
+    // Leaving repair mode clears SO_REUSEADDR: remembered to be set back.
+    const reuseAddr = getsockoptInt(copy, SOL_SOCKET, SO.REUSEADDR) !== 0;
     const guard = Guardian.get().holdRepair(copy);
     if (this.copies.length === 0) hold(this);
-    this.copies.push({ fd: copy, guard });
+    this.copies.push({ fd: copy, guard, reuseAddr });
   }
 
   /** The process lives on: repair mode off, without a window probe (nothing happened, as far as the peer knows). */
   release(): void {
     for (const c of this.copies.splice(0)) {
-      try { setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP); } catch { /* closed meanwhile */ }
+      try {
+        setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+        if (c.reuseAddr) setsockopt(c.fd, SOL_SOCKET, SO.REUSEADDR, 1);
+      } catch { /* closed meanwhile */ }
       this.close(c);
     }
     unhold(this);
@@ -93,7 +100,7 @@ class RepairSession implements Releasable {
     unhold(this);
   }
 
-  private close(c: { fd: number; guard: bigint }): void {
+  private close(c: { fd: number; guard: bigint; reuseAddr: boolean }): void {
     try { closeSync(c.fd); } catch { /* closed */ }
     try { Guardian.get().dropRepair(c.guard); } catch { /* the guardian is gone: nothing to drop */ }
   }
@@ -152,7 +159,36 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
   }
 }
 
-/** Rebuilds one established connection inside the new process. */
+/**
+ * Once every fd of the image exists: the send queue is put back and the
+ * connection leaves repair mode, with a window probe (the peer learns it is alive); leaving clears the
+ * port sharing, so SO_REUSEADDR goes back to what the image says.
+ */
+export function leaveTcpRepair(rt: RemoteTask, f: FdImage): void {
+  const t = f.socket!.tcp!;
+  const pidfd = pidfdOpen(rt.pid);
+  try {
+    const s = pidfdGetfd(pidfd, f.fd);
+    try {
+      if (t.sendQueue.length) {
+        // The queue held at dump may exceed the send buffer a new socket
+        // starts with (the kernel had grown it): room for all of it.
+        if (getsockoptInt(s, SOL_SOCKET, SO.SNDBUF) < 2 * t.sendQueue.length) setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, t.sendQueue.length);
+        setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
+        sendAll(s, t.sendQueue);
+        setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+      }
+      setsockopt(s, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, 'setsockopt(TCP_REPAIR off)');
+      if (f.socket!.reuseAddr) setsockopt(s, SOL_SOCKET, SO.REUSEADDR, 1);
+    } finally {
+      closeSync(s);
+    }
+  } finally {
+    closeSync(pidfd);
+  }
+}
+
+/** Rebuilds one established connection inside the new process (left in repair mode). */
 export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): void {
   const f = group[0];
   const k = f.socket!;
@@ -185,26 +221,18 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
     opts.forEach(([code, val], i) => { ob.writeUInt32LE(code, i * 8); ob.writeUInt32LE(val >>> 0, i * 8 + 4); });
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_OPTIONS, ob, 'setsockopt(TCP_REPAIR_OPTIONS)');
     if (t.timestamp !== null) setsockopt(s, IPPROTO_TCP, TCP_TIMESTAMP, t.timestamp | 0, 'setsockopt(TCP_TIMESTAMP)');
-    if (t.sendQueue.length) {
-      setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
-      sendAll(s, t.sendQueue);
-    }
     if (t.recvQueue.length) {
       setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE);
       sendAll(s, t.recvQueue);
     }
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, t.window, 'setsockopt(TCP_REPAIR_WINDOW)');
-    // Out of repair mode with a window probe: the peer learns the connection
-    // is alive. Not when the peer is on this host: it may be the other end,
-    // restored after this one, and a probe that finds no socket yet is
-    // answered with a RST that kills the connection (socket_aio).
-    setsockopt(s, IPPROTO_TCP, TCP_REPAIR, peerOnThisHost(t.local, t.peer) ? TCP_REPAIR_OFF_NO_WP : TCP_REPAIR_OFF, 'setsockopt(TCP_REPAIR off)');
-    // Leaving repair mode clears the socket's claim to share its port: a
-    // listener of the same port restored after it could not bind. The
-    // kernel lets two sockets share a port when both ask (SO_REUSEADDR);
-    // finishFiles() puts the option back as it was once every fd exists.
-    setsockopt(s, SOL_SOCKET, SO.REUSEADDR, 1);
+    // The send queue and the end of repair mode wait until every socket of
+    // the image exists (leaveTcpRepair): data queued in repair mode counts
+    // as sent and arms the retransmit timer, and leaving repair mode sends
+    // a window probe; a peer of the same tree not rebuilt yet would answer
+    // either with a RST. Meanwhile the port stays shareable, so a listener
+    // of the same port can bind.
   } finally {
     if (s >= 0) closeSync(s);
     closeSync(pidfd);
@@ -213,18 +241,3 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
   placeFds(rt, [{ tmp, targets: group }], floor);
 }
 
-/** The address bytes of an AF_INET/AF_INET6 sockaddr, IPv4-mapped IPv6 as IPv4. */
-function ipOf(sa: Buffer): Buffer {
-  const family = sa.readUInt16LE(0);
-  if (family === 2) return sa.subarray(4, 8);
-  const a = sa.subarray(8, 24);
-  const mapped = a.subarray(0, 10).every((b) => b === 0) && a[10] === 0xff && a[11] === 0xff;
-  return mapped ? a.subarray(12, 16) : a;
-}
-
-/** Loopback, or the connection's own address: both ends are on this host. */
-export function peerOnThisHost(local: Buffer, peer: Buffer): boolean {
-  const p = ipOf(peer);
-  const loopback = p.length === 4 ? p[0] === 127 : p.subarray(0, 15).every((b) => b === 0) && p[15] === 1;
-  return loopback || p.equals(ipOf(local));
-}

@@ -107,7 +107,7 @@ struct tracee {
 
 /* TCP sockets in repair mode: the target's connections, frozen for the peer. */
 #define MAX_REPAIR 1024
-static struct { int64_t id; int fd; } repairs[MAX_REPAIR];
+static struct { int64_t id; int fd; int reuse; } repairs[MAX_REPAIR];
 static int nrepairs;
 static int64_t next_repair_id = 1;
 
@@ -401,6 +401,9 @@ static int op_repair_hold(int fd, struct reply *p) {
   if (nrepairs == MAX_REPAIR) { close(fd); return ENOMEM; }
   repairs[nrepairs].id = next_repair_id++;
   repairs[nrepairs].fd = fd;
+  /* Held before repair mode goes on; leaving it clears SO_REUSEADDR, set back in end_repairs(). */
+  socklen_t len = sizeof repairs[nrepairs].reuse;
+  if (getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &repairs[nrepairs].reuse, &len) != 0) repairs[nrepairs].reuse = 0;
   p->ret = repairs[nrepairs++].id;
   return 0;
 }
@@ -421,6 +424,7 @@ static void end_repairs(void) {
   int off = -1; /* TCP_REPAIR_OFF_NO_WP */
   for (int i = 0; i < nrepairs; i++) {
     setsockopt(repairs[i].fd, IPPROTO_TCP, TCP_REPAIR, &off, sizeof off);
+    if (repairs[i].reuse) setsockopt(repairs[i].fd, SOL_SOCKET, SO_REUSEADDR, &repairs[i].reuse, sizeof repairs[i].reuse);
     close(repairs[i].fd);
   }
   nrepairs = 0;

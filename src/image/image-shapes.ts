@@ -90,11 +90,11 @@ export const VMAS: Shape = refine<VmaLike[]>(arr(VMA, 1 << 20), (vmas) => {
   return null;
 });
 
-const SOCKET = obj({
+const SOCKET_FIELDS = {
   family: int(0, 64),
   type: int(0, 1 << 20),
   protocol: int(0, 1 << 16),
-  state: oneOf('listening', 'bound', 'pair', 'established'),
+  state: oneOf('listening', 'bound', 'pair', 'established', 'peer-closed'),
   local: SOCKADDR,
   peer: nullable(SOCKADDR),
   backlog: I32,
@@ -104,6 +104,12 @@ const SOCKET = obj({
   ino: opt(SAFE),
   peerIno: opt(SAFE),
   queued: opt(arr(BYTES, 1 << 20)),
+  dir: opt(PATH),
+  peerDir: opt(PATH),
+  reset: opt(bool),
+  shutdown: opt(int(0, 3)),
+  filter: opt(bin(8, 4096 * 8, 8)),
+  filterLocked: opt(bool),
   tcp: opt(obj({
     local: SOCKADDR,
     peer: SOCKADDR,
@@ -119,7 +125,8 @@ const SOCKET = obj({
   })),
   options: opt(arr(tuple(int(0, 1 << 16), int(0, 1 << 16), bin(0, 64)), 64)),
   pathFile: opt(obj({ mode: int(0, 0o7777), uid: U32, gid: U32 })),
-});
+};
+const SOCKET = obj(SOCKET_FIELDS);
 
 /**
  * A deleted file's inode and data (--ghost-limit bounds the data a dump
@@ -132,7 +139,7 @@ const GHOST = {
   alias: opt(PATH),
 };
 
-const FD_IMAGE = obj({
+const fdImage = (socket: Shape): Shape => obj({
   fd: FD,
   kind: oneOf('file', 'dir', 'devnull', 'tty', 'pipe', 'fifo', 'socket', 'anon_inode', 'chardev', 'blockdev', 'memfd', 'eventfd', 'epoll', 'timerfd', 'signalfd', 'other'),
   link: PATH,
@@ -141,18 +148,44 @@ const FD_IMAGE = obj({
   pos: SAFE,
   file: nullable(obj({ ...FILE_ID, mode: U32, rdev: SAFE, deleted: bool })),
   ofd: opt(SAFE),
-  pipe: opt(obj({ id: SAFE, capacity: int(0, 1 << 30), data: nullable(BYTES) })),
+  pipe: opt(obj({ id: SAFE, capacity: int(0, 1 << 30), data: nullable(BYTES), closedEnd: opt(oneOf('read', 'write')) })),
   eventfd: opt(obj({ count: U64, semaphore: bool })),
-  epoll: opt(obj({ targets: arr(obj({ fd: FD, events: U32, data: U64 }), 1 << 20) })),
+  epoll: opt(obj({ targets: arr(obj({ fd: FD, events: U32, data: U64, via: opt(FD) }), 1 << 20) })),
   timerfd: opt(obj({ clockid: I32, valueNs: I64_OR_U64, intervalNs: I64_OR_U64, ticks: U64 })),
   signalfd: opt(obj({ mask: U64 })),
-  socket: opt(SOCKET),
-  fifo: opt(obj({ capacity: int(0, 1 << 30), data: BYTES })),
+  socket: opt(socket),
+  fifo: opt(obj({ capacity: int(0, 1 << 30), data: BYTES, ghost: opt(obj({ mode: int(0, 0o7777), uid: U32, gid: U32 })) })),
   memfd: opt(obj({ name: str(255), data: BYTES, seals: U32, mode: opt(int(0, 0o7777)) })),
+  pidfd: opt(obj({ pid: int(-1, 1 << 22), ino: SAFE, leader: opt(PID) })),
+  symlink: opt(obj({ target: PATH, ino: SAFE, uid: U32, gid: U32 })),
+  inotify: opt(obj({ watches: arr(obj({ wd: int(1, 0x7fffffff), mask: U32, dev: SAFE, ino: SAFE, path: nullable(PATH), via: opt(FD), handle: opt(bin(0, 128)) }), 1 << 20) })),
+  nsfs: opt(obj({ file: oneOf('cgroup', 'ipc', 'mnt', 'net', 'pid', 'pid_for_children', 'time', 'time_for_children', 'user', 'uts'), ino: SAFE })),
   owner: opt(obj({ type: int(0, 2), pid: PID_OR_0, signal: SIGNO_OR_0 })),
   lease: opt(int(0, 1)),
   ghost: opt(obj(GHOST)),
 });
+
+/** A file in flight in a unix socket: a socket among them has no files in flight itself (dump refuses). */
+const INFLIGHT_FD = fdImage(SOCKET);
+
+interface ScmLike { messages: { fds: number[] }[]; files: { fd: number }[] }
+
+export const SCM = refine<ScmLike>(obj({
+  messages: arr(obj({
+    data: BYTES,
+    fds: arr(FD, 253), // SCM_MAX_FD
+    creds: obj({ pid: PID_OR_0, uid: U32, gid: U32 }),
+  }), 1 << 20),
+  files: arr(INFLIGHT_FD, 1 << 20),
+}), (scm) => {
+  const files = new Set(scm.files.map((f) => f.fd));
+  for (const m of scm.messages) {
+    for (const fd of m.fds) if (!files.has(fd)) return `a message in flight names fd ${fd}, which is not among the files in flight`;
+  }
+  return null;
+});
+
+const FD_IMAGE = fdImage(obj({ ...SOCKET_FIELDS, scm: opt(SCM) }));
 
 const THREAD = obj({
   tid: PID,
@@ -181,7 +214,7 @@ const unique = <T>(items: T[], key: (t: T) => number, what: string): string | nu
 interface ProcessLike {
   pid: number;
   threads: { tid: number }[];
-  fds: { fd: number }[];
+  fds: { fd: number; socket?: { scm?: { files: { fd: number }[] } } }[];
   mm: { vmas: { start: number; end: number; path: string; file: { dev: number; ino: number } | null }[] };
   memfds?: { dev: number; ino: number }[];
   sysvShm?: { shmid: number; size: number; data: Buffer }[];
@@ -231,7 +264,9 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   prctl: obj({ dumpable: U32, pdeathsig: int(0, 64), childSubreaper: U32, noNewPrivs: U32, thpDisable: U32, membarrier: opt(U32) }),
 }), (p) => {
   if (p.threads[0].tid !== p.pid) return `the first thread is ${p.threads[0].tid}, not the main thread ${p.pid}`;
-  const dup = unique(p.threads, (t) => t.tid, 'thread') ?? unique(p.fds, (f) => f.fd, 'fd');
+  // Files in flight take numbers of their own while restore queues them again.
+  const inflight = p.fds.flatMap((f) => f.socket?.scm?.files ?? []);
+  const dup = unique(p.threads, (t) => t.tid, 'thread') ?? unique([...p.fds, ...inflight], (f) => f.fd, 'fd');
   if (dup) return dup;
   // A mapped memfd is recreated from the contents the image holds.
   for (const v of p.mm.vmas) {
@@ -288,6 +323,7 @@ export const TREE: Shape = refine<{ root: number; processes: MemberLike[] }>(obj
     dir: str(255, /^(|(?!\.\.?$)[^/]+)$/),
     zombie: opt(obj({ status: int(0, 0xffff), pgid: PID_OR_0, sid: PID_OR_0, creds: opt(CREDS) })),
     imageId: opt(UUID),
+    filesShared: opt(bool),
   }), 1 << 16, 1),
 }), (t) => {
   const dup = unique(t.processes, (m) => m.pid, 'process');

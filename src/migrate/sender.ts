@@ -12,6 +12,7 @@
  * round needs only the metadata), so staging never holds more than one
  * iteration's pages.
  */
+import { PreCopyPolicy } from '../dump/precopy-policy.js';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { mkdtempSync, rmSync, openSync, readSync, closeSync, readdirSync, fstatSync, readFileSync } from 'node:fs';
@@ -119,6 +120,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     };
 
     let stoppedBecause = `reached the iteration cap (${cap})`;
+    // Small rounds alone do not stop a migration: only the downtime budget, shrinking and the cap.
+    const policy = new PreCopyPolicy({ maxRounds: cap, downtimeBudgetMs: budget, smallEnoughPages: -1 });
     let prev: Round | null = null;
     let k = 0;
     let bandwidth = 0; // bytes per ms, measured end to end (copy + send)
@@ -134,13 +137,9 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       // The final round will carry about what was written during this one.
       const estDowntime = r.bytesStored / Math.max(bandwidth, 1e-9);
       opts.onEvent?.({ event: 'iteration', iteration: k, pages: r.pagesWritten, bytes: s.bytes, ms: +iterMs.toFixed(1), bandwidthMBps: +(bandwidth / 1e3).toFixed(1), dirtyRateMBps: +(dirtyRate / 1e6).toFixed(1), estimatedDowntimeMs: +estDowntime.toFixed(1) });
-      if (k > 1 && estDowntime <= budget) { stoppedBecause = `converged: the last round fits the ${budget} ms downtime budget (estimated ${estDowntime.toFixed(1)} ms)`; prev = r; break; }
-      if (prev && k > 2 && r.pagesWritten >= prev.pagesWritten * 0.9) {
-        stoppedBecause = `not converging: round ${k} wrote ${r.pagesWritten} pages after ${prev.pagesWritten}`;
-        prev = r;
-        break;
-      }
       prev = r;
+      const v = policy.afterRound({ pages: r.pagesWritten, estimatedDowntimeMs: estDowntime });
+      if (v.stop) { stoppedBecause = v.reason; break; }
     }
 
     // Downtime starts here: freeze, last delta, full state.

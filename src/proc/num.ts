@@ -51,10 +51,6 @@ export function decAt(text: string, from: number, to: number): number {
   return v;
 }
 
-export function hexToNumber(s: string): number {
-  return hexAt(s, 0, s.length);
-}
-
 /** /proc prints masks (signals, capabilities) as 64-bit hex; they need every bit. */
 export function hexToBigInt(s: string): bigint {
   if (!/^[0-9a-fA-F]+$/.test(s)) throw new Error(`not a hex number: ${JSON.stringify(s)}`);

@@ -27,9 +27,12 @@ export function parseTimers(text: string): PosixTimerInfo[] {
       cur.signo = Number(sig);
       cur.value = BigInt(`0x${val}`);
     } else if (key === 'notify') {
-      const nm = /^(\w+)\/(?:pid|tid)\.(\d+)/.exec(v);
-      cur.notify = nm?.[1] === 'thread' ? 'thread' : nm?.[1] === 'none' ? 'none' : 'signal';
-      cur.tid = nm ? Number(nm[2]) : 0;
+      // "signal/tid.N" is SIGEV_THREAD_ID (the kernel prints the notify
+      // type without that bit, then tid or pid); glibc's SIGEV_THREAD
+      // timers are of this kind, aimed at its helper thread.
+      const nm = /^(\w+)\/(pid|tid)\.(\d+)/.exec(v);
+      cur.notify = nm?.[2] === 'tid' ? 'thread' : nm?.[1] === 'none' ? 'none' : 'signal';
+      cur.tid = nm ? Number(nm[3]) : 0;
     } else if (key === 'ClockID') {
       cur.clockid = Number(v);
     }

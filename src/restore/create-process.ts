@@ -1,5 +1,5 @@
 /**
- * Creating the process to restore. tsnap starts the helper (helper-elf.ts)
+ * Creating the process to restore. tsnap starts the helper (helperElf() of inject/tiny-elf.ts)
  * with the stdio the restored process should have, seizes it with
  * PTRACE_O_TRACEFORK, and makes it call clone3() with set_tid = the original
  * PID and CLONE_PARENT (so tsnap, not the helper, is the parent and can wait

@@ -6,7 +6,7 @@
 import { openSync, closeSync, writeFileSync } from 'node:fs';
 import type { ChildProcess, StdioOptions } from 'node:child_process';
 import { join } from 'node:path';
-import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus, ProcMem, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, SIGCHLD, setRlimit } from '../sys/index.js';
+import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus, ProcMem, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, SIGCHLD, CLONE_FILES, setRlimit } from '../sys/index.js';
 
 const RLIMIT_CORE = 4;
 import { readChain, type Image } from '../image/image-reader.js';
@@ -16,10 +16,12 @@ import { RemoteTask } from './remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';
+import { fdTableDiff } from '../files/fd-table.js';
 import { finishFiles } from './fds.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
 import { SysvSegments } from './sysv-shm.js';
+import { withInflight } from '../files/scm-rights.js';
 import { restoreAllCreds, restoreCreds } from './creds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { mappedGhostOf } from '../files/ghost-map.js';
@@ -101,6 +103,8 @@ interface Member {
   children: Member[];
   /** Children that had exited, not yet reaped by this process. */
   zombies: TreeMember[];
+  /** It shares its parent's fd table (forked with CLONE_FILES). */
+  filesShared?: boolean;
 }
 
 function loadMembers(dir: string): Member[] {
@@ -117,7 +121,7 @@ function loadMembers(dir: string): Member[] {
   const members = live.map((m) => {
     const sub = join(dir, m.dir);
     const chain = readChain(sub);
-    const member: Member = { chain, p: needProcess(chain[0], sub), rt: null, threads: [], children: [], zombies: [] };
+    const member: Member = { chain, p: needProcess(chain[0], sub), rt: null, threads: [], children: [], zombies: [], filesShared: !!m.filesShared };
     checkMember(m, chain[0].inventory, sub);
     if (member.p.pid !== m.pid) throw new TsnapError('badImage', `${sub} holds process ${member.p.pid}, the tree manifest says ${m.pid}`);
     byPid.set(m.pid, member);
@@ -188,9 +192,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     step = 'prepare the address space';
     const stub = installStub(root.rt, members.map((m) => m.p));
     clearHelperMappings(root.rt, stub);
+    /** Original pid -> restored pid of every process of the tree, zombies included. */
+    let treePids = new Map<number, number>();
     if (tree) {
       step = 'create the process tree';
       const { deferred, pidOf } = createChildren(root, stub.addr, newPid, created);
+      treePids = pidOf;
       for (const [m, pgid] of deferred) m.rt!.sc.check(`setpgid(0, ${pidOf.get(pgid)})`, SYS.setpgid, 0, pidOf.get(pgid)!);
       if (newPid) warn('processes got new pids: what they recorded of each other\'s pids is stale');
       pausePoint('restore-tree-created');
@@ -207,7 +214,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `rebuild the address space of ${m.p.pid}`;
       placeSpecialMappings(rt, m.p, stub);
       const imports = sharedImports(m.p, sharedFrom, rt.pid);
-      const floor = Math.max(2, ...m.p.fds.map((f) => f.fd)) + 1;
+      const floor = Math.max(2, ...withInflight(m.p.fds).map((f) => f.fd)) + 1;
       for (const obj of m.p.memfds ?? []) {
         const key = `${obj.dev}:${obj.ino}`;
         if (!memfdAt.has(key)) memfdAt.set(key, { pid: rt.pid, fd: createMemfdObject(rt, obj, floor) });
@@ -232,15 +239,29 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`;
       restoreMm(rt, m.p);
     }
+    const pidNow = new Map([...treePids, ...members.map((m): [number, number] => [m.p.pid, m.rt!.pid])]);
+    fdr.pidNow = (pid) => {
+      const now = pidNow.get(pid);
+      // The dump refuses pidfds of processes it does not hold: never open one on a stranger.
+      if (now === undefined) throw new TsnapError('badImage', `${opts.dir}: a pidfd names process ${pid}, which is not in the image`);
+      return now;
+    };
+    await fdr.prepare();
     for (const m of members) {
       step = `restore the files of ${m.p.pid}`;
       fdr.createFiles(m.rt!, m.p.fds);
     }
+    for (const m of members) fdr.connectUnix(m.rt!, m.p.fds);
     for (const m of members) fdr.registerEpolls(m.rt!, m.p.fds);
+    for (const m of members) {
+      step = `queue the files in flight of ${m.p.pid} again`;
+      fdr.requeueInflight(m.rt!, m.p.fds, (pid) => pidNow.get(pid) ?? pid);
+    }
     for (const m of members) fdr.closeOthers(m.rt!, m.p.fds);
     // Every fd is open: the deleted files made again are deleted again.
     fdr.ghosts.removeAll();
     sysv.finish();
+    fdr.releaseLocal();
     for (const m of members) {
       const rt = m.rt!;
       step = `restore the state of ${m.p.pid}`;
@@ -261,12 +282,14 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     // Owners name processes and threads of the whole tree: once they all exist.
     const idNow = new Map<number, number>();
+    for (const [original, now] of treePids) idNow.set(original, now);
     for (const m of members) {
       idNow.set(m.p.pid, m.rt!.pid);
       for (const th of m.threads) idNow.set(th.image.tid, th.rt.pid);
     }
     for (const m of members) {
       step = `finish the files of ${m.p.pid}`;
+      fdr.createLate(m.rt!, m.p.fds, (id) => idNow.get(id));
       finishFiles(m.rt!, m.p.fds, (id) => idNow.get(id) ?? id);
     }
     // Last of all that needs privilege: afterwards a process may be an ordinary user's.
@@ -287,9 +310,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     if ((opts.check ?? 'warn') !== 'off') {
       step = 'check the restored processes against their images';
-      const diffs = members.flatMap((m) => checkRestored(m.p, m.rt!.pid, {
+      const diffs = members.flatMap((m) => [...checkRestored(m.p, m.rt!.pid, {
         newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id,
-      }).map((d) => `restore check of ${m.p.pid}: ${d}`));
+      }), ...fdTableDiff(m.rt!.pid, m.children.map((c) => ({ pid: c.rt!.pid, shared: !!c.filesShared })))].map((d) => `restore check of ${m.p.pid}: ${d}`));
       if (diffs.length && opts.check === 'strict') {
         throw new TsnapError('restoreFailed', `the restored process differs from its image (${diffs.length} differences; first: ${diffs[0]}); nothing was started`);
       }
@@ -324,6 +347,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   } catch (err) {
     (fdr as FdRestorer | null)?.ghosts.removeAll();
     (sysv as SysvSegments | null)?.abort();
+    (fdr as FdRestorer | null)?.releaseLocal();
     for (const c of created) if (c.leader) { try { kill(c.pid, SIGKILL); } catch { /* gone */ } }
     // Traced threads stay zombies until reaped, and hold back their leader's report.
     for (const c of created) if (!c.leader) reapTraced(c.pid);
@@ -359,14 +383,15 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
     pids.set(m.p.pid, rt.pid);
     if (m.children.length || m.zombies.length) ptrace.setOptions(rt.pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
     for (const c of m.children) {
-      const child = forkChild(rt, newPid ? null : c.p.pid, `clone3(process ${c.p.pid})`, stubAddr, created);
+      const child = forkChild(rt, newPid ? null : c.p.pid, `clone3(process ${c.p.pid})`, stubAddr, created, c.filesShared ? CLONE_FILES : 0);
       c.rt = new RemoteTask(child.sc, child.mem);
       c.rt.scratch = prt.scratch;
       c.rt.scratchSize = prt.scratchSize;
       walk(c);
     }
     for (const z of m.zombies) {
-      makeZombie(rt, z, stubAddr, newPid, created, (pgid) => pids.get(pgid));
+      // Its pid as made again: pidfds of it are opened on it with the files.
+      pids.set(z.pid, makeZombie(rt, z, stubAddr, newPid, created, (pgid) => pids.get(pgid)));
     }
   };
   walk(parent);
@@ -379,8 +404,8 @@ function createChildren(parent: Member, stubAddr: number, newPid: boolean, creat
  * instruction. It is a copy of its parent, so the stub is at the same
  * address and serves it too.
  */
-function forkChild(parent: RemoteTask, pid: number | null, what: string, stubAddr: number, created: { pid: number; leader: boolean }[]): { sc: RemoteSyscaller; mem: ProcMem } {
-  const child = cloneIn(parent.sc, parent.scratch, 0, SIGCHLD, pid, what);
+function forkChild(parent: RemoteTask, pid: number | null, what: string, stubAddr: number, created: { pid: number; leader: boolean }[], flags = 0): { sc: RemoteSyscaller; mem: ProcMem } {
+  const child = cloneIn(parent.sc, parent.scratch, flags, SIGCHLD, pid, what);
   created.push({ pid: child, leader: true });
   const task = FrozenTask.adopt(child);
   ptrace.setOptions(child, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL);
@@ -394,7 +419,7 @@ function forkChild(parent: RemoteTask, pid: number | null, what: string, stubAdd
  * the way it did (exit_group with its code, or its fatal signal without a
  * core), so that the parent finds it waiting with the same status.
  */
-function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[], pidOf: (pid: number) => number | undefined): void {
+function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[], pidOf: (pid: number) => number | undefined): number {
   const info = z.zombie!;
   const { sc, mem } = forkChild(parent, newPid ? null : z.pid, `clone3(exited process ${z.pid})`, stubAddr, created);
   const pid = sc.task.pid;
@@ -417,7 +442,7 @@ function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid:
     if (sig === 0) {
       sc.begin(SYS.exit_group, (info.status >> 8) & 0xff);
       reapTraced(pid); // our view of its exit; its parent's comes after
-      return;
+      return pid;
     }
     if (sig === SIGKILL) {
       // SIGKILL needs no action set (it cannot have one) and kills a traced
@@ -425,7 +450,7 @@ function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid:
       // parent's is what remains.
       kill(pid, SIGKILL);
       reapTraced(pid);
-      return;
+      return pid;
     }
     const dfl = Buffer.alloc(32);
     mem.write(dfl, 0, 32, parent.scratch);
@@ -436,7 +461,7 @@ function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid:
     // Let go: the pending fatal signal is delivered as it returns to user mode.
     ptrace.detach(pid, 0);
     for (let i = 0; i < 1000; i++) {
-      try { if (readStat(pid).state === 'Z') return; } catch { return; }
+      try { if (readStat(pid).state === 'Z') return pid; } catch { return pid; }
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
     }
     throw new TsnapError('restoreFailed', `the exited process ${z.pid} did not end again with signal ${sig}`);

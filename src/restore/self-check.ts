@@ -10,7 +10,9 @@
  * sides), the VmFlags restore sets, guard regions, each fd's number, open flags and file
  * position, each thread's blocked signals, the thread count, umask, ids,
  * process group and session, cwd, root, executable, comm, resource limits
- * and personality.
+ * and personality, the number of files in flight in each unix socket;
+ * sockets' filters and shutdown state, and how unix ones are connected and
+ * named (files/socket-state.ts).
  */
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, fileOwner, Pagemap, scanKnowsGuard } from '../sys/index.js';
@@ -19,6 +21,16 @@ import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimi
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
 import { DEAD_PROC_DIR } from '../proc/links.js';
+import { checkInflightRestored } from '../files/scm-rights.js';
+import { pidfdDiff } from '../files/pidfd.js';
+import { readTimers } from '../proc/timers.js';
+import { epollDiff } from '../files/epoll.js';
+import { inotifyDiff } from '../files/inotify.js';
+import { symlinkDiff } from '../files/symlink.js';
+import { nsfsDiff } from '../files/nsfs.js';
+import { checkPipeEnd } from '../files/pipe.js';
+import { checkFifoGhost } from '../files/fifo-ghost.js';
+import { checkSockets } from '../files/socket-state.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
@@ -110,6 +122,8 @@ function compareFds(p: ProcessImage, pid: number, idNow: (id: number) => number,
       if (!live.has(f.fd) || isInheritedStdio(f) || f.flags & 0o10000000 /* O_PATH: no owner */) continue;
       const copy = pidfdGetfd(pidfd, f.fd);
       try {
+        const pipeDiff = checkPipeEnd(copy, f);
+        if (pipeDiff) out.push(pipeDiff);
         const have = fileOwner(copy);
         const want = f.owner ?? { type: have.type, pid: 0, signal: 0 };
         if (have.pid !== (want.pid === 0 ? 0 : idNow(want.pid)) || have.signal !== want.signal || (want.pid !== 0 && have.type !== want.type)) {
@@ -126,12 +140,15 @@ function compareFds(p: ProcessImage, pid: number, idNow: (id: number) => number,
     if (!live.has(f.fd)) { out.push(`fd ${f.fd} (${f.link}) is not open`); continue; }
     live.delete(f.fd);
     if (isInheritedStdio(f)) continue; // restore's own stdio stands in for it
+    const fifoDiff = checkFifoGhost(pid, f);
+    if (fifoDiff) out.push(fifoDiff);
     const info = readFdInfo(pid, f.fd);
     // O_TMPFILE says how a file was made, not how it is open: it cannot be reopened so.
     const ignore = O_LARGEFILE | (f.kind === 'file' ? O_TMPFILE : 0);
     if ((info.flags & ~ignore) !== (f.flags & ~ignore)) {
       out.push(`fd ${f.fd} (${f.link}): open flags 0${(info.flags & ~ignore).toString(8)}, the image's 0${(f.flags & ~ignore).toString(8)}`);
     }
+    for (const d of [pidfdDiff(f, info, idNow), epollDiff(f, info), inotifyDiff(f, info), symlinkDiff(pid, f), nsfsDiff(pid, f)]) if (d) out.push(d);
     if (f.kind === 'file' && info.pos !== f.pos) out.push(`fd ${f.fd} (${f.link}): position ${info.pos}, the image's ${f.pos}`);
   }
   for (const fd of live) out.push(`fd ${fd} is open but not in the image`);
@@ -179,6 +196,14 @@ function compareProcess(p: ProcessImage, pid: number, opts: CheckOptions, out: s
   }
 }
 
+/** POSIX timers: ids, signals and whom they notify (a thread-directed one names the thread as restored). */
+function compareTimers(p: ProcessImage, pid: number, idNow: (id: number) => number, out: string[]): void {
+  const show = (t: { id: number; signo: number; notify: string; tid: number }, tid: number) => `${t.id}:${t.signo}:${t.notify}${t.notify === 'thread' ? `:${tid}` : ''}`;
+  const have = readTimers(pid).map((t) => show(t, t.tid)).sort().join(' ');
+  const want = (p.posixTimers ?? []).map((t) => show(t, idNow(t.tid))).sort().join(' ');
+  if (have !== want) out.push(`POSIX timers are [${have}], the image's [${want}] (id:signal:notify)`);
+}
+
 /** Every difference between the rebuilt process `pid` (not yet running) and its image, one line each. */
 export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions): string[] {
   const out: string[] = [];
@@ -186,6 +211,9 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   compareVmFlags(p, pid, out);
   compareGuards(p, pid, out);
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
+  checkInflightRestored(p.fds, (fd) => readFdInfo(pid, fd).extra, out);
   compareProcess(p, pid, opts, out);
+  compareTimers(p, pid, opts.idNow ?? ((id) => id), out);
+  out.push(...checkSockets(p.fds.filter((f) => f.socket && !isInheritedStdio(f)), pid));
   return out;
 }

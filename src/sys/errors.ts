@@ -30,12 +30,3 @@ export class SysError extends Error {
     this.call = call;
   }
 }
-
-/** Converts a Node fs error (which carries .code and .errno) into a SysError. */
-export function fromNodeError(call: string, err: unknown): SysError | unknown {
-  const e = err as NodeJS.ErrnoException;
-  if (e && typeof e.errno === 'number' && typeof e.code === 'string') {
-    return new SysError(call, Math.abs(e.errno));
-  }
-  return err;
-}

@@ -11,8 +11,8 @@ export function rawSyscall(name: string, nr: number, ...args: (number | bigint)[
   return r;
 }
 
-export function pidfdOpen(pid: number): number {
-  return rawSyscall(`pidfd_open(${pid})`, SYS.pidfd_open, pid, 0);
+export function pidfdOpen(pid: number, flags = 0): number {
+  return rawSyscall(`pidfd_open(${pid})`, SYS.pidfd_open, pid, flags);
 }
 
 /** Duplicates file descriptor `targetFd` of the process behind `pidfd` into tsnap. */
@@ -35,12 +35,6 @@ export function getRlimit(pid: number, resource: number): { cur: bigint; max: bi
   const old = Buffer.alloc(16);
   rawSyscall(`prlimit64(${pid}, ${resource})`, SYS.prlimit64, pid, resource, 0, libc.address(old));
   return { cur: old.readBigUInt64LE(0), max: old.readBigUInt64LE(8) };
-}
-
-/** Whether the process exists (kill 0 without the EPERM ambiguity). */
-export function processExists(pid: number): boolean {
-  if (libc.kill(pid, 0) === 0) return true;
-  return libc.errno() === 1; // EPERM: exists but not ours
 }
 
 /** get_robust_list(pid): the futex robust list head a thread registered. */

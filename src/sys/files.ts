@@ -4,7 +4,7 @@
  */
 import { libc } from './libc.js';
 import { rawSyscall } from './fd.js';
-import { SYS, SPLICE_F_NONBLOCK, KCMP_FILE, KCMP_FILES, KCMP_EPOLL_TFD, F_GETOWN_EX, F_GETSIG } from './uapi.js';
+import { SYS, AT_FDCWD, SPLICE_F_NONBLOCK, KCMP_FILE, KCMP_FILES, KCMP_EPOLL_TFD, F_GETOWN_EX, F_GETSIG } from './uapi.js';
 import { SysError, Errno } from './errors.js';
 
 /** pipe2(flags): [read end, write end]. */
@@ -22,6 +22,23 @@ export function tee(fdIn: number, fdOut: number, len: number): number {
     if (err instanceof SysError && err.code === 'EAGAIN') return 0; // empty
     throw err;
   }
+}
+
+/**
+ * poll() with no events asked and no wait: the revents the kernel always
+ * reports (POLLHUP, POLLERR, POLLNVAL). Changes nothing about the file.
+ */
+export function pollHangup(fd: number): number {
+  const pfd = Buffer.alloc(8);
+  pfd.writeInt32LE(fd, 0);
+  rawSyscall('poll', SYS.poll, libc.address(pfd), 1, 0);
+  return pfd.readInt16LE(6);
+}
+
+/** mknodat(AT_FDCWD, path, S_IFIFO | mode): a named pipe (the umask applies). */
+export function mkfifo(path: string, mode: number): void {
+  const name = Buffer.from(`${path}\0`);
+  rawSyscall(`mkfifo(${path})`, SYS.mknodat, AT_FDCWD, libc.address(name), 0o10000 | mode, 0);
 }
 
 export function fcntl(fd: number, cmd: number, arg: number | bigint = 0): number {
@@ -45,14 +62,19 @@ export function sameFile(pid1: number, fd1: number, pid2: number, fd2: number): 
   return rawSyscall('kcmp(KCMP_FILE)', SYS.kcmp, pid1, pid2, KCMP_FILE, fd1, fd2) === 0;
 }
 
-/** Whether `fd` of pid is the file registered in its epoll `epfd` under number `tfd`. */
-export function isEpollTarget(pid: number, fd: number, epfd: number, tfd: number): boolean {
+/**
+ * Whether `fd` of pid is the file registered in the epoll `epfd` of
+ * `epollPid` (pid itself by default) under number `tfd`; `toff` picks
+ * among registrations of several files under the same number (the n-th in
+ * fdinfo order).
+ */
+export function isEpollTarget(pid: number, fd: number, epfd: number, tfd: number, toff = 0, epollPid = pid): boolean {
   const slot = Buffer.alloc(12);
   slot.writeUInt32LE(epfd, 0);
   slot.writeUInt32LE(tfd, 4);
-  slot.writeUInt32LE(0, 8);
+  slot.writeUInt32LE(toff, 8);
   try {
-    return rawSyscall('kcmp(KCMP_EPOLL_TFD)', SYS.kcmp, pid, pid, KCMP_EPOLL_TFD, fd, libc.address(slot)) === 0;
+    return rawSyscall('kcmp(KCMP_EPOLL_TFD)', SYS.kcmp, pid, epollPid, KCMP_EPOLL_TFD, fd, libc.address(slot)) === 0;
   } catch (err) {
     if (err instanceof SysError && err.code === 'ENOENT') return false;
     throw err;
@@ -141,6 +163,9 @@ const MSG_DONTWAIT = 0x40;
 const SO_PEEK_OFF = 42;
 
 const MSG_CTRUNC = 0x8;
+const SIOCINQ = 0x541b;
+const SYS_POLL = 7;
+const POLLERR = 8;
 
 /**
  * The data queued for reading on a socket, without consuming it: peeked
@@ -149,8 +174,20 @@ const MSG_CTRUNC = 0x8;
  * `control`: some queued message also carries ancillary data (fds passed
  * with SCM_RIGHTS, credentials): peeked with no room for it, the kernel
  * says so with MSG_CTRUNC and installs nothing here.
+ *
+ * A read that finds the queue empty takes a pending socket error
+ * (ECONNRESET of a closed peer) for its answer, and that clears it. So with
+ * an error pending no such read is made: a stream is peeked up to the
+ * bytes SIOCINQ counts; a datagram queue, whose message count nothing
+ * tells, is not peeked at all (`unreadable` when it holds anything).
  */
-export function peekQueued(fd: number, stream: boolean): { data: Buffer[]; control: boolean } {
+export function peekQueued(fd: number, stream: boolean): { data: Buffer[]; control: boolean; unreadable?: boolean } {
+  const pfd = Buffer.alloc(8);
+  pfd.writeInt32LE(fd, 0);
+  rawSyscall('poll', SYS_POLL, libc.address(pfd), 1, 0);
+  const errorPending = (pfd.readInt16LE(6) & POLLERR) !== 0;
+  const inq = errorPending ? ioctlInt(fd, SIOCINQ, 'ioctl(SIOCINQ)') : 0;
+  if (errorPending && !stream) return { data: [], control: false, unreadable: inq > 0 };
   const old = Buffer.alloc(4);
   const olen = Buffer.alloc(4);
   olen.writeUInt32LE(4);
@@ -171,7 +208,8 @@ export function peekQueued(fd: number, stream: boolean): { data: Buffer[]; contr
     const msg = Buffer.alloc(56); // struct msghdr: no name, one iovec, no control
     msg.writeBigUInt64LE(libc.address(iov), 16);
     msg.writeBigUInt64LE(1n, 24);
-    for (;;) {
+    for (let got = 0; ; ) {
+      if (errorPending && got >= inq) break;
       msg.writeInt32LE(0, 48);
       const n = Number(libc.recvmsg(fd, msg, MSG_PEEK | MSG_DONTWAIT));
       if (n === -1) {
@@ -182,6 +220,7 @@ export function peekQueued(fd: number, stream: boolean): { data: Buffer[]; contr
       if (msg.readInt32LE(48) & MSG_CTRUNC) control = true;
       if (n === 0) break; // end of a stream (a zero-length datagram is lost)
       out.push(Buffer.from(buf.subarray(0, n)));
+      got += n;
     }
   } finally {
     setPeekOff(old.readInt32LE(0));
@@ -226,7 +265,8 @@ export function recvPeek(fd: number, len: number): Buffer {
 
 export function sendAll(fd: number, data: Buffer): void {
   for (let at = 0; at < data.length;) {
-    at += rawSyscall('sendto', SYS.sendto, fd, libc.address(data) + BigInt(at), data.length - at, 0, 0, 0);
+    // MSG_DONTWAIT: a buffer too small fails (EAGAIN) instead of blocking tsnap forever.
+    at += rawSyscall('sendto', SYS.sendto, fd, libc.address(data) + BigInt(at), data.length - at, 0x40, 0, 0);
   }
 }
 
@@ -259,4 +299,98 @@ export function dataExtents(fd: number, from: number, to: number): { start: numb
     pos = end;
   }
   return out;
+}
+
+const MSG_CMSG_CLOEXEC = 0x40000000;
+
+/** A socket's SO_PEEK_OFF (-1: peeking always starts at the head of the queue). */
+export function peekOffset(fd: number): number {
+  return getsockoptInt(fd, 1, SO_PEEK_OFF);
+}
+
+export function setPeekOffset(fd: number, off: number): void {
+  setsockopt(fd, 1, SO_PEEK_OFF, off, 'setsockopt(SO_PEEK_OFF)');
+}
+
+/**
+ * One recvmsg(MSG_PEEK) of up to `len` bytes into `buf`, with `control` as
+ * room for ancillary data: nothing is consumed, but files passed with
+ * SCM_RIGHTS are installed in tsnap (close-on-exec) and must be closed by
+ * the caller. null: the queue is empty.
+ */
+export function peekMessage(fd: number, buf: Buffer, len: number, control: Buffer): { n: number; flags: number; control: Buffer } | null {
+  const iov = Buffer.alloc(16);
+  iov.writeBigUInt64LE(libc.address(buf), 0);
+  iov.writeBigUInt64LE(BigInt(Math.min(len, buf.length)), 8);
+  const msg = Buffer.alloc(56); // struct msghdr
+  msg.writeBigUInt64LE(libc.address(iov), 16);
+  msg.writeBigUInt64LE(1n, 24);
+  msg.writeBigUInt64LE(libc.address(control), 32);
+  msg.writeBigUInt64LE(BigInt(control.length), 40);
+  const n = Number(libc.recvmsg(fd, msg, MSG_PEEK | MSG_DONTWAIT | MSG_CMSG_CLOEXEC));
+  if (n === -1) {
+    const e = libc.errno();
+    if (e === Errno.EAGAIN) return null;
+    throw new SysError('recvmsg(MSG_PEEK)', e);
+  }
+  const clen = Number(msg.readBigUInt64LE(40));
+  return { n, flags: msg.readInt32LE(48), control: Buffer.from(control.subarray(0, clen)) };
+}
+
+/** sendmsg(MSG_DONTWAIT) of `data` with raw ancillary data; returns the bytes sent. */
+export function sendMessage(fd: number, data: Buffer, control: Buffer): number {
+  const body = data.length ? data : Buffer.alloc(1);
+  const iov = Buffer.alloc(16);
+  iov.writeBigUInt64LE(libc.address(body), 0);
+  iov.writeBigUInt64LE(BigInt(data.length), 8);
+  const msg = Buffer.alloc(56);
+  msg.writeBigUInt64LE(libc.address(iov), 16);
+  msg.writeBigUInt64LE(1n, 24);
+  if (control.length) {
+    msg.writeBigUInt64LE(libc.address(control), 32);
+    msg.writeBigUInt64LE(BigInt(control.length), 40);
+  }
+  const n = Number(libc.sendmsg(fd, msg, MSG_DONTWAIT));
+  if (n === -1) throw new SysError('sendmsg', libc.errno());
+  return n;
+}
+
+/** The target of the symlink an O_PATH fd names (readlinkat with an empty path). */
+export function readlinkFd(fd: number): string {
+  const buf = Buffer.alloc(4096);
+  const empty = Buffer.from('\0');
+  const n = rawSyscall(`readlinkat(${fd})`, SYS.readlinkat, fd, libc.address(empty), libc.address(buf), buf.length);
+  return buf.subarray(0, n).toString();
+}
+
+/**
+ * open_by_handle_at(mountFd, handle, flags): the inode a file handle names,
+ * opened (needs CAP_DAC_READ_SEARCH). `handle` is struct file_handle's
+ * f_handle bytes.
+ */
+export function openByHandle(mountFd: number, type: number, handle: Buffer, flags: number): number {
+  const fh = Buffer.alloc(8 + handle.length);
+  fh.writeUInt32LE(handle.length, 0);
+  fh.writeInt32LE(type, 4);
+  handle.copy(fh, 8);
+  return rawSyscall('open_by_handle_at', SYS.open_by_handle_at, mountFd, libc.address(fh), flags);
+}
+
+/**
+ * name_to_handle_at(AT_FDCWD, path, ..., 0): the file handle of `path`
+ * itself (a symlink is not followed), or null where the filesystem has none.
+ */
+export function fileHandle(path: string): { type: number; handle: Buffer } | null {
+  const MAX_HANDLE_SZ = 128;
+  const fh = Buffer.alloc(8 + MAX_HANDLE_SZ);
+  fh.writeUInt32LE(MAX_HANDLE_SZ, 0);
+  const mountId = Buffer.alloc(4);
+  const name = Buffer.from(`${path}\0`);
+  try {
+    rawSyscall(`name_to_handle_at(${path})`, SYS.name_to_handle_at, -100, libc.address(name), libc.address(fh), libc.address(mountId), 0);
+  } catch (err) {
+    if (err instanceof SysError && (err.code === 'EOPNOTSUPP' || err.code === 'ENOTSUP')) return null;
+    throw err;
+  }
+  return { type: fh.readInt32LE(4), handle: Buffer.from(fh.subarray(8, 8 + fh.readUInt32LE(0))) };
 }

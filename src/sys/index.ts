@@ -9,3 +9,5 @@ export * from './pagemap-scan.js';
 export * from './files.js';
 export * from './sysv-shm.js';
 export { Guardian, GuardianError, GuardianUnavailable, GuardianFailure, guardianPath, type SyscallUndo } from './guardian.js';
+export * from './sock-diag.js';
+export * from './socket-calls.js';

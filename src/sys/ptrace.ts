@@ -95,22 +95,6 @@ export function peekSiginfo(pid: number, shared: boolean): Buffer[] {
   }
 }
 
-export function peekData(pid: number, addr: bigint): bigint {
-  const buf = Buffer.alloc(8);
-  // A word of -1 is valid data: only errno tells a failure apart.
-  libc.clearErrno();
-  const word = libc.ptrace(PTRACE.PEEKDATA, pid, addr, 0);
-  if (word === -1 && libc.errno() !== 0) {
-    throw new SysError(`ptrace(PEEKDATA, ${pid}, 0x${addr.toString(16)})`, libc.errno());
-  }
-  buf.writeBigInt64LE(BigInt(word));
-  return buf.readBigUInt64LE(0);
-}
-export function pokeData(pid: number, addr: bigint, word: bigint): void {
-  check(`ptrace(POKEDATA, ${pid}, 0x${addr.toString(16)})`,
-    libc.ptrace(PTRACE.POKEDATA, pid, addr, BigInt.asUintN(64, word)));
-}
-
 export interface WaitResult {
   pid: number;
   status: number;

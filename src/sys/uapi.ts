@@ -15,6 +15,7 @@ export const SYS = {
   shmdt: 67,
   write: 1,
   close: 3,
+  poll: 7,
   mmap: 9,
   mprotect: 10,
   munmap: 11,
@@ -65,6 +66,7 @@ export const SYS = {
   membarrier: 324,
   rseq: 334,
   openat: 257,
+  mknodat: 259,
   dup3: 292,
   lseek: 8,
   fcntl: 72,
@@ -101,6 +103,12 @@ export const SYS = {
   pidfd_open: 434,
   clone3: 435,
   pidfd_getfd: 438,
+  readlinkat: 267,
+  open_by_handle_at: 304,
+  name_to_handle_at: 303,
+  inotify_init1: 294,
+  inotify_add_watch: 254,
+  inotify_rm_watch: 255,
 } as const;
 
 // ptrace requests

@@ -3,7 +3,7 @@
  * They act on the mm the uffd was created in (the target's), not on the
  * caller's: that is what lets a tool register and arm another process.
  */
-import { ioctl, SysError, UFFD_API, UFFDIO_API, UFFDIO_REGISTER, UFFDIO_UNREGISTER, UFFDIO_WRITEPROTECT,
+import { ioctl, SysError, UFFD_API, UFFDIO_API, UFFDIO_REGISTER, UFFDIO_WRITEPROTECT,
   UFFDIO_REGISTER_MODE_WP, UFFDIO_WRITEPROTECT_MODE_WP } from '../sys/index.js';
 
 export function uffdApi(fd: number, features: number): { features: bigint; ioctls: bigint } {
@@ -21,13 +21,6 @@ export function uffdRegisterWp(fd: number, start: number, len: number): void {
   b.writeBigUInt64LE(BigInt(len), 8);
   b.writeBigUInt64LE(BigInt(UFFDIO_REGISTER_MODE_WP), 16);
   ioctl(fd, UFFDIO_REGISTER, b, `ioctl(UFFDIO_REGISTER 0x${start.toString(16)}+${len})`);
-}
-
-export function uffdUnregister(fd: number, start: number, len: number): void {
-  const b = Buffer.alloc(16);
-  b.writeBigUInt64LE(BigInt(start), 0);
-  b.writeBigUInt64LE(BigInt(len), 8);
-  ioctl(fd, UFFDIO_UNREGISTER, b, 'ioctl(UFFDIO_UNREGISTER)');
 }
 
 /** Sets (wp) or clears write protection of a range. */
