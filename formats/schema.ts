@@ -570,7 +570,11 @@ export interface SocketImage {
   peerDir?: string;
   /** peer-closed stream: the peer was closed with data unread, so the next read fails with ECONNRESET. */
   reset?: boolean;
-  /** sk_shutdown (shutdown(2)): 1 receive, 2 send, 3 both; unix and UDP sockets. */
+  /**
+   * sk_shutdown (shutdown(2)): 1 receive, 2 send, 3 both; unix and UDP
+   * sockets, and a TCP socket that is not connected and has some (a
+   * connection that ended while its fd stayed open).
+   */
   shutdown?: number;
   /** A classic BPF filter (SO_ATTACH_FILTER): its instructions, 8 bytes each; `filterLocked`: SO_LOCK_FILTER. */
   filter?: Buffer;
@@ -640,6 +644,21 @@ export interface TcpImage {
   timestamp: number | null;
   /** struct tcp_repair_window (snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup). */
   window: Buffer;
+  /**
+   * The TCP state when not ESTABLISHED (optional): FIN_WAIT1 4, FIN_WAIT2
+   * 5, CLOSE_WAIT 8, LAST_ACK 9, CLOSING 11. The sequence numbers then
+   * count the FINs sent and received; the queues hold data only.
+   */
+  state?: number;
+  /** SO_SNDBUF and SO_RCVBUF as getsockopt gave them (optional). */
+  sndbuf?: number;
+  rcvbuf?: number;
+  /**
+   * The id of the netfilter rules that keep the connection silent from the
+   * dump to its restore (src/files/tcp-lock.ts), which restore removes
+   * (optional: no lock).
+   */
+  lock?: string;
 }
 
 /** Where the data of a page run lives. */

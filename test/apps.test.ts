@@ -2,15 +2,17 @@
  * Real applications, when the machine has them: redis-server (apt) keeps
  * its keys and answers on its restored listening socket; a JVM 17 HTTP
  * server (com.sun.net.httpserver: NIO, epoll, ~16 threads) keeps its count
- * and answers a client whose keep-alive connection was open at the dump.
+ * and answers a client whose keep-alive connection was open at the dump; a
+ * server with a busy client (a ping every 10 ms over one connection) keeps
+ * that connection through dump after dump (--tcp-established).
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { connect } from 'node:net';
-import { readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { readdirSync, readlinkSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { join } from 'node:path';
-import { startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup, killPid } from './helpers/tsnap.js';
 
 useProcessCleanup();
@@ -173,4 +175,126 @@ describe.skipIf(!have('javac') || !have('java'))('JVM 17 HTTP server (NIO)', () 
       agent.destroy();
     }
   });
+});
+
+/**
+ * A client that sends a numbered ping every 10 ms over one connection and
+ * checks that every answer comes, in order, whatever happens to the server.
+ */
+class Pinger {
+  private readonly sock: Socket;
+  private sent = 0;
+  private got = 0;
+  private buf = '';
+  private timer: NodeJS.Timeout | null = null;
+  readonly problems: string[] = [];
+
+  constructor(port: number, private readonly ping: (n: number) => string, private readonly answer: (n: number) => string) {
+    this.sock = connect(port, '127.0.0.1');
+    this.sock.on('data', (d) => {
+      this.buf += d;
+      for (let i = this.buf.indexOf('\n'); i >= 0; i = this.buf.indexOf('\n')) {
+        const line = this.buf.slice(0, i).replace(/\r$/, '');
+        this.buf = this.buf.slice(i + 1);
+        const want = this.answer(this.got + 1);
+        if (line !== want) this.problems.push(`answer ${this.got + 1}: ${JSON.stringify(line)}, not ${JSON.stringify(want)}`);
+        this.got++;
+      }
+    });
+    this.sock.on('error', (e) => this.problems.push(`error: ${e.message}`));
+    this.sock.on('close', () => this.problems.push('the connection closed'));
+  }
+
+  async start(): Promise<void> {
+    await new Promise((res) => this.sock.once('connect', res));
+    this.timer = setInterval(() => { this.sock.write(this.ping(++this.sent)); }, 10);
+  }
+
+  get answered(): number { return this.got; }
+
+  /** Waits until `n` answers came (or the time is up). */
+  async waitFor(n: number, ms = 20_000): Promise<number> {
+    for (let t = 0; t < ms && this.got < n && this.problems.length === 0; t += 20) await new Promise((r) => setTimeout(r, 20));
+    return this.got;
+  }
+
+  /** Stops pinging and waits for every answer still due. */
+  async stop(): Promise<{ sent: number; got: number }> {
+    if (this.timer) clearInterval(this.timer);
+    await this.waitFor(this.sent);
+    this.sock.destroy();
+    return { sent: this.sent, got: this.got };
+  }
+}
+
+function lockRules(): string[] {
+  const rules: string[] = [];
+  for (const tool of ['iptables-save', 'ip6tables-save']) {
+    try { rules.push(...execFileSync(tool, ['-t', 'filter'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('tsnap-lock'))); } catch { /* no such tool */ }
+  }
+  return rules;
+}
+
+/**
+ * `cycles` kill-mode dumps and restores of `pid` while `pinger` pings it:
+ * each restore under a new pid (the connection does not care, and the
+ * killed one's pid is reaped late here). Every cycle must see new answers.
+ */
+async function cyclesUnderPings(first: { pid: number; exited: Promise<unknown> }, pinger: Pinger, work: string, cycles: number): Promise<void> {
+  let pid = first.pid;
+  let gone: Promise<unknown> = first.exited;
+  for (let i = 0; i < cycles; i++) {
+    const before = pinger.answered;
+    const dir = join(work, `img${i}`);
+    const d = await tsnap('dump', '--pid', String(pid), '--dir', dir, '--tcp-established');
+    expect(d.code, d.stderr).toBe(0);
+    await gone;
+    expect(lockRules().length, 'the dumped connection stays locked until its restore').toBe(2);
+    const r = await restoreDetached(dir, join(work, `pid${i}`), ['--new-pid']);
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(lockRules(), 'the restore lifted the lock').toEqual([]);
+    pid = r.pid;
+    const restored = r.pid;
+    gone = (async () => { for (let t = 0; t < 500 && existsSync(`/proc/${restored}/stat`) && !/\) Z/.test(readFileSync(`/proc/${restored}/stat`, 'utf8')); t++) await new Promise((res) => setTimeout(res, 10)); })();
+    expect(await pinger.waitFor(before + 5), `answers after restore ${i + 1}; ${pinger.problems.join('; ')}`).toBeGreaterThanOrEqual(before + 5);
+    expect(pinger.problems).toEqual([]);
+  }
+  const end = await pinger.stop();
+  expect(pinger.problems).toEqual([]);
+  expect(end.got).toBe(end.sent);
+  await killPid(pid);
+}
+
+describe.skipIf(!have('iptables-restore'))('a busy client over one connection (--tcp-established, the connection locked while the server is away)', () => {
+  it('a python echo server: 10 dumps and restores, every ping answered, in order, no rule left', async () => {
+    const work = tmpDir('tsnap-pinged-');
+    const p = await startPython(`
+import os, socket
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+os.closerange(3, l.fileno())
+print('READY port=%d' % l.getsockname()[1], flush=True)
+c, _ = l.accept()
+l.close()
+f = c.makefile('rb')
+for line in f:
+    c.sendall(line.replace(b'ping', b'pong'))
+`, [], { stdin: 'ignore' });
+    const pinger = new Pinger(Number(p.readyInfo.port), (n) => `ping ${n}\n`, (n) => `pong ${n}`);
+    await pinger.start();
+    expect(await pinger.waitFor(5)).toBeGreaterThanOrEqual(5);
+    await cyclesUnderPings(p, pinger, work, 10);
+    expect(lockRules()).toEqual([]);
+  }, 180_000);
+
+  it.skipIf(!have('redis-server'))('redis-server: 10 dumps and restores under PINGs every 10 ms on one connection', async () => {
+    const work = tmpDir('tsnap-redis-pinged-');
+    const port = 17000 + (process.pid % 1000);
+    const p = await startProcess('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', work],
+      { readyPattern: /Ready to accept connections/, stdin: 'ignore' });
+    const pinger = new Pinger(port, () => 'PING\r\n', () => '+PONG');
+    await pinger.start();
+    expect(await pinger.waitFor(5)).toBeGreaterThanOrEqual(5);
+    await cyclesUnderPings(p, pinger, work, 10);
+    expect(lockRules()).toEqual([]);
+  }, 180_000);
 });

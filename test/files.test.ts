@@ -6,6 +6,7 @@
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { createConnection } from 'node:net';
+import { execFileSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { join } from 'node:path';
@@ -217,6 +218,142 @@ for cmd in sys.stdin:
     r.writeLine('serve');
     expect(await next(4)).toBe('echo:c n=4');
     expect(client.destroyed).toBe(false);
+    client.destroy();
+  });
+
+  it('--tcp-established: half-closed connections come back in their states (CLOSE_WAIT, FIN_WAIT2) and finish closing; an ended one reads EOF', async () => {
+    const work = tmpDir('tsnap-files-');
+    const p = await startPython(`
+import os, socket, sys, struct, errno
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+os.closerange(3, l.fileno())
+print('READY port=%d' % l.getsockname()[1], flush=True)
+a, _ = l.accept()   # the client sends, then shuts its side: CLOSE_WAIT here
+b, _ = l.accept()   # this side shuts first: FIN_WAIT2
+b.shutdown(socket.SHUT_WR)
+# A connection that ended while its fds stayed open (both sides closed).
+e1 = socket.create_connection(l.getsockname()); e2, _ = l.accept()
+e1.shutdown(socket.SHUT_WR); e2.shutdown(socket.SHUT_WR)
+state = lambda s: s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+for cmd in sys.stdin:
+    if cmd.startswith('states'):
+        print('STATES %d %d %d %d' % (state(a), state(b), state(e1), state(e2)), flush=True)
+    elif cmd.startswith('go'):
+        got = b''
+        while True:
+            d = a.recv(100)
+            if not d: break
+            got += d
+        a.sendall(b'bye\\n'); a.shutdown(socket.SHUT_WR)
+        late = b.recv(100)
+        try:
+            e1.send(b'x'); sent = 'sent'
+        except OSError as err:
+            sent = errno.errorcode[err.errno]
+        print('GOT %r EOF; LATE %r; ENDED %r %r %s' % (got, late, e1.recv(1), e2.recv(1), sent), flush=True)
+`);
+    const port = Number(p.readyInfo.port);
+    // Half-open on the client's side too: node would otherwise close its side on the server's FIN.
+    const connectTo = async () => { const c = createConnection({ port, host: '127.0.0.1', allowHalfOpen: true }); await new Promise((res) => c.once('connect', res)); return c; };
+    const ca = await connectTo();
+    const fromA: string[] = [];
+    let aEnded = false;
+    ca.on('data', (d) => fromA.push(String(d)));
+    ca.on('end', () => { aEnded = true; });
+    ca.write('hello\n');
+    ca.end();
+    const cb = await connectTo();
+    let bEnded = false;
+    cb.on('end', () => { bEnded = true; });
+    cb.on('error', () => {});
+    const mark = p.lines().length;
+    for (let i = 0; i < 100 && !bEnded; i++) await new Promise((res) => setTimeout(res, 10));
+    p.writeLine('states');
+    expect(await p.waitForLine(/^STATES/, 5000, mark)).toBe('STATES 8 5 7 7');
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tcp-established');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('states');
+    expect(await r.waitForLine(/^STATES/)).toBe('STATES 8 5 7 7');
+    cb.write('late\n');
+    r.writeLine('go');
+    expect(await r.waitForLine(/^GOT/)).toBe("GOT b'hello\\n' EOF; LATE b'late\\n'; ENDED b'' b'' EPIPE");
+    for (let i = 0; i < 300 && !aEnded; i++) await new Promise((res) => setTimeout(res, 10));
+    expect(fromA.join('')).toBe('bye\n');
+    expect(aEnded).toBe(true);
+    ca.destroy();
+    cb.destroy();
+  });
+
+  it('--tcp-close: connections come back closed, at dump (dump --tcp-close) or at restore (restore --tcp-close), and the lock is lifted', async () => {
+    const work = tmpDir('tsnap-files-');
+    const script = `
+import os, socket, sys, errno
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+os.closerange(3, l.fileno())
+print('READY port=%d' % l.getsockname()[1], flush=True)
+c, _ = l.accept()
+for cmd in sys.stdin:
+    try:
+        c.send(b'x'); sent = 'sent'
+    except OSError as err:
+        sent = errno.errorcode[err.errno]
+    print('STATE %d READ %r WRITE %s' % (c.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0], c.recv(10), sent), flush=True)
+`;
+    for (const [dumpArgs, restoreArgs] of [[['--tcp-close'], []], [['--tcp-established'], ['--tcp-close']]]) {
+      const p = await startPython(script);
+      const client = createConnection(Number(p.readyInfo.port), '127.0.0.1');
+      await new Promise((res) => client.once('connect', res));
+      client.on('error', () => {});
+      const dir = join(work, `img-${dumpArgs[0]}`);
+      const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, ...dumpArgs);
+      expect(d.code, d.stderr).toBe(0);
+      await p.exited;
+      const r = await restoreDetached(dir, join(work, `pid-${dumpArgs[0]}`), restoreArgs);
+      expect(r.result.code, r.result.stderr).toBe(0);
+      r.writeLine('look');
+      expect(await r.waitForLine(/^STATE/)).toBe("STATE 7 READ b'' WRITE EPIPE");
+      expect(execFileSync('iptables-save', ['-t', 'filter'], { encoding: 'utf8' })).not.toContain('tsnap-lock');
+      client.destroy();
+      await killPid(r.pid);
+    }
+  });
+
+  it('--tcp-established: a restore that fails before its connection is rebuilt (the listener port taken) leaves no lock rule', async () => {
+    const work = tmpDir('tsnap-files-');
+    const p = await startPython(`
+import os, socket, time
+l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen()
+os.closerange(3, l.fileno())
+print('READY port=%d' % l.getsockname()[1], flush=True)
+c, _ = l.accept()
+time.sleep(1000)
+`);
+    const port = Number(p.readyInfo.port);
+    const client = createConnection(port, '127.0.0.1');
+    await new Promise((res) => client.once('connect', res));
+    client.on('error', () => {});
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tcp-established');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const rules = () => execFileSync('iptables-save', ['-t', 'filter'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('tsnap-lock'));
+    expect(rules().length).toBe(2);
+    // Someone else listens on the port meanwhile: the restore fails at the listener, before the connection.
+    const squatter = await startPython(`
+import socket, time
+s = socket.socket(); s.bind(('127.0.0.1', ${port})); s.listen()
+print('READY', flush=True)
+time.sleep(1000)
+`);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code).toBe(ExitCode.restoreFailed);
+    expect(r.result.stderr).toContain(`cannot bind 127.0.0.1:${port} again: EADDRINUSE`);
+    expect(rules()).toEqual([]);
+    await squatter.kill();
     client.destroy();
   });
 

@@ -10,7 +10,7 @@
  * target, and in the middle of the n-th request to the guardian for every n
  * across the remote-syscall window; and at random instants.
  */
-import { spawn } from 'node:child_process';
+import { spawn, execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createConnection } from 'node:net';
@@ -80,6 +80,15 @@ async function untraced(pid: number): Promise<void> {
   expect(traceState(pid)).toEqual({ tracer: 0, state: expect.not.stringMatching(/[Tt]/) });
 }
 
+/** Rules of tsnap's network lock, IPv4 and IPv6. */
+function lockRules(): string[] {
+  const out: string[] = [];
+  for (const tool of ['iptables-save', 'ip6tables-save']) {
+    try { out.push(...execFileSync(tool, ['-t', 'filter'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('tsnap-lock'))); } catch { /* no such tool */ }
+  }
+  return out;
+}
+
 function uffdFlagged(pid: number): string[] {
   return readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n').filter((l) => l.startsWith('VmFlags:') && / uw\b/.test(l));
 }
@@ -144,7 +153,7 @@ describe('a tsnap killed at any instant', () => {
     expect(reader.lines().filter((l) => !/^GOT 1 [a-z]$/.test(l) && !l.startsWith('READY'))).toEqual([]);
   }, 240_000 * Math.max(1, PER_TARGET / 50));
 
-  it('with established TCP connections in repair mode: the connection goes on, repair mode off, SO_REUSEADDR kept', async () => {
+  it('with established TCP connections locked and in repair mode: the connection goes on, repair mode off, SO_REUSEADDR kept, no lock rule left', async () => {
     const p = await startPython(`
 import socket, sys
 l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(('127.0.0.1', 0)); l.listen()
@@ -172,11 +181,17 @@ for cmd in sys.stdin:
     };
     expect(await echo('a', 1)).toBe('echo:a n=1 reuse=1');
     const dir = tmpDir('killed-tcp');
-    for (let i = 0; i < 3; i++) {
-      const args = ['dump', '--pid', String(p.pid), '--dir', join(dir, String(i)), '--tcp-established', '--leave-running'];
-      expect((await runTsnap(args, 'tcp-repair', 0)).signal).toBe('SIGKILL');
+    // Killed with the connection locked, then in repair mode too; dumps
+    // that would leave it running, and dumps that would kill it.
+    const trials = [['tcp-locked', true], ['tcp-repair', true], ['tcp-locked', false], ['tcp-repair', false]] as const;
+    for (const [i, [fault, lr]] of trials.entries()) {
+      const args = ['dump', '--pid', String(p.pid), '--dir', join(dir, String(i)), '--tcp-established', ...(lr ? ['--leave-running'] : [])];
+      expect((await runTsnap(args, fault, 0)).signal).toBe('SIGKILL');
       await untraced(p.pid);
-      // In repair mode the server's reply would never leave its socket.
+      // The guardian lifts the lock as it ends: no rule is left behind.
+      for (let t = 0; t < 300 && lockRules().length; t++) await new Promise((res) => setTimeout(res, 10));
+      expect(lockRules(), `${fault}${lr ? ' --leave-running' : ''}`).toEqual([]);
+      // In repair mode, or locked, the server's reply would never reach the client.
       expect(await echo(`b${i}`, i + 2)).toBe(`echo:b${i} n=${i + 2} reuse=1`);
     }
     expect(client.destroyed).toBe(false);

@@ -179,6 +179,8 @@ while True:
     restored.push(done.restoredPid);
     client.write('b\n');
     expect(await next(2)).toBe(`echo:b n=2 pid=${p.pid}`);
+    // Locked while frozen and while it moved; nothing of the lock is left.
+    expect(execFileSync('iptables-save', ['-t', 'filter'], { encoding: 'utf8' })).not.toContain('tsnap-lock');
     client.destroy();
   });
 

@@ -116,7 +116,8 @@ export async function main(argv: string[]): Promise<void> {
     .requiredOption('-d, --dir <dir>', 'image directory to create (must be new or empty)')
     .option('--parent <dir>', 'store only what changed since this pre-dump (incremental)')
     .option('-t, --tree', 'dump the process and all its descendants, frozen together (DIR/<pid> each)')
-    .option('--tcp-established', 'take established TCP connections with TCP repair mode (the peer must not send while frozen)')
+    .option('--tcp-established', 'take established and half-closed TCP connections with TCP repair mode (locked with iptables rules until restored)')
+    .option('--tcp-close', 'take connected TCP sockets as closed ones: they come back shut down, as after a reset')
     .option('--ghost-limit <size>', 'store deleted files that hold up to SIZE bytes of data (holes do not count; default 64M)', parseSize)
     .option('--ext-unix-sk', 'a unix datagram socket connected to a named socket outside the dump (e.g. /dev/log) connects to that name again at restore')
     .option('--pre-dumps <n>', 'pre-dump up to N times while it runs, then dump the last delta: writes DIR/1, DIR/2, ...', intOption('--pre-dumps', 1, 1000))
@@ -125,12 +126,12 @@ export async function main(argv: string[]): Promise<void> {
     .option('--no-fsync', 'do not fsync the image before killing the process')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExamples:\n  tsnap dump --pid 1234 --dir /var/tmp/img           # dump and kill\n  tsnap dump --pid 1234 --dir img --leave-running --compress lz4\n  tsnap dump --pid 1234 --dir img/3 --parent img/2    # final image of an incremental chain')
-    .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; tcpEstablished?: boolean; extUnixSk?: boolean; ghostLimit?: number; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
+    .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; extUnixSk?: boolean; ghostLimit?: number; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
       out(o.json);
       if (o.tcpEstablished && o.preDumps !== undefined) throw new TsnapError('usage', '--tcp-established does not go with --pre-dumps yet; run pre-dump and dump --parent');
       const common = {
         pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
-        fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, extUnixSk: o.extUnixSk, ghostLimit: o.ghostLimit, onProgress: progress('copying the memory of'),
+        fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, tcpClose: o.tcpClose, extUnixSk: o.extUnixSk, ghostLimit: o.ghostLimit, onProgress: progress('copying the memory of'),
       };
       if (o.tree && o.preDumps !== undefined) {
         if (o.parent) throw new TsnapError('usage', '--pre-dumps and --parent do not go together');
@@ -205,12 +206,13 @@ export async function main(argv: string[]): Promise<void> {
     .option('--stderr <file>', 'file for the process\'s stderr, appended (default: tsnap\'s own)')
     .option('--json', 'print the result as JSON (on stderr when not detached: stdout belongs to the process)')
     .option('--check <mode>', 'compare the rebuilt process with its image before it runs: warn (default) names each difference, strict refuses to start it, off skips', 'warn')
+    .option('--tcp-close', 'bring TCP connections of the image back closed (as after a reset) instead of repaired')
     .addHelpText('after', '\nExamples:\n  tsnap restore --dir img                  # run it in the foreground, exit with its status\n  tsnap restore --dir img --detach --pidfile app.pid\n  tsnap restore --dir img --new-pid --detach   # a second copy next to the original')
-    .action(async (o: { dir: string; detach?: boolean; pidfile?: string; newPid?: boolean; stdin?: string; stdout?: string; stderr?: string; json?: boolean; check: string }) => {
+    .action(async (o: { dir: string; detach?: boolean; pidfile?: string; newPid?: boolean; stdin?: string; stdout?: string; stderr?: string; json?: boolean; check: string; tcpClose?: boolean }) => {
       const o2 = out(o.json);
       if (o.check !== 'warn' && o.check !== 'strict' && o.check !== 'off') throw new TsnapError('usage', `--check must be warn, strict or off, not "${o.check}"`);
       const r = await restore({
-        dir: o.dir, newPid: !!o.newPid, pidfile: o.pidfile, stdin: o.stdin, stdout: o.stdout, stderr: o.stderr, check: o.check,
+        dir: o.dir, newPid: !!o.newPid, pidfile: o.pidfile, stdin: o.stdin, stdout: o.stdout, stderr: o.stderr, check: o.check, tcpClose: !!o.tcpClose,
         warn, onProgress: progress('writing the memory of'),
       });
       o2.clear();

@@ -96,6 +96,8 @@ export interface DumpOptions {
   ghostLimit?: number;
   /** Unix datagram sockets connected to a named socket outside the dump connect to that name again at restore (src/files/unix.ts). */
   extUnixSk?: boolean;
+  /** Take connected TCP sockets as closed ones (see SocketOptions.tcpClose). */
+  tcpClose?: boolean;
 }
 
 export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
@@ -215,7 +217,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       } else if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
-        readFds(pid, { tcpEstablished: opts.tcpEstablished, extUnixSk: opts.extUnixSk, ghostLimit: opts.ghostLimit, enter: false });
+        readFds(pid, { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, ghostLimit: opts.ghostLimit, enter: false });
         checkMappings(pid, opts.ghostLimit);
         checkCwd(pid);
         checkOomScoreAdj(pid);
@@ -232,7 +234,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
         const layout = readLayout(pid, opts.sharedElsewhere);
         recordGuards(pagemap, layout.images);
-        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: !!opts.tcpEstablished, extUnixSk: !!opts.extUnixSk, ghostLimit: opts.ghostLimit }) : null;
+        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: !!opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: !!opts.extUnixSk, ghostLimit: opts.ghostLimit }) : null;
         checkAbort();
 
         const tMem = process.hrtime.bigint();

@@ -62,6 +62,8 @@ export interface RestoreContext {
   /** A dumped pid as restored (differs with --new-pid). */
   pidNow(pid: number): number;
   warn?: (m: string) => void;
+  /** restore --tcp-close: connections come back as closed sockets. */
+  tcpClose: boolean;
   /** State a kind keeps for the whole restore (all processes of the tree), made on first use. */
   state<T>(key: string, make: () => T): T;
 }

@@ -8,15 +8,16 @@
  */
 import { chmodSync, chownSync, closeSync, lstatSync, unlinkSync, writeSync } from 'node:fs';
 import {
-  pidfdGetfd, getsockoptInt, getsockname, getpeername, unixPeerInode, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
+  pidfdGetfd, getsockoptInt, getsockoptBuf, getsockname, destroyTimeWait, getpeername, unixPeerInode, pidfdOpen, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
   SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6, F_SETFL,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import { readSocketOptions, applySocketOptions } from './socket-options.js';
 import { placeFds, placeEnds, SETFL_MASK } from './place.js';
-import { describeTcp, restoreTcp } from './tcp.js';
+import { describeTcp, restoreTcp, restoreTcpClosed } from './tcp.js';
 import { readPairQueue } from './scm-rights.js';
+import { describeClosedTcp, shutdownHow, RCV_SHUTDOWN, SEND_SHUTDOWN } from './tcp-closed.js';
 import { TsnapError } from '../errors.js';
 import type { FdKindModule } from './kind.js';
 import { describeSocketState } from './socket-state.js';
@@ -36,6 +37,11 @@ export interface SocketOptions {
   enter?: boolean;
   /** dump --ext-unix-sk: a unix datagram socket connected to a named socket outside the dump connects to that name again at restore (files/unix.ts). */
   extUnixSk?: boolean;
+  /**
+   * Take connected TCP sockets as closed ones (dump --tcp-close): they come
+   * back shut down both ways, unbound, as after a reset; nothing is locked.
+   */
+  tcpClose?: boolean;
 }
 
 export function describeSocket(pidfd: number, fd: number, link: string, ino: number, opts: SocketOptions = {}): SocketImage {
@@ -70,8 +76,10 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
     }
     const peer = listening ? null : getpeername(s);
     if (!listening && peer && type === SOCK_STREAM && family !== AF_UNIX && protocol === IPPROTO_TCP_) {
+      // Checked first: a half-closed connection given up needs no repair either.
+      if (opts.tcpClose) return closedTcp(base);
       if (!opts.tcpEstablished) {
-        throw new TsnapError('unsupported', `${what} is an established TCP connection; dump with --tcp-established to take it with TCP repair mode (the peer must not send while the process is frozen)`);
+        throw new TsnapError('unsupported', `${what} is an established TCP connection; dump with --tcp-established to take it with TCP repair mode, or with --tcp-close to bring it back closed`);
       }
       return { ...base, state: 'established', local: getsockname(s), peer, tcp: describeTcp(pidfd, fd, !!opts.enter) ?? undefined };
     }
@@ -83,7 +91,9 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
     }
     // Anything else is a socket not yet used (possibly bound): created, bound and left as it was.
     const local = getsockname(s);
-    return { ...base, state: listening ? 'listening' : 'bound', local, peer, ...socketFileOf(family, local) };
+    const img: SocketImage = { ...base, state: listening ? 'listening' : 'bound', local, peer, ...socketFileOf(family, local) };
+    if (!listening && !peer && type === SOCK_STREAM && family !== AF_UNIX && protocol === IPPROTO_TCP_) describeUnconnectedTcp(s, fd, ino, what, img);
+    return img;
   } finally {
     closeSync(s);
   }
@@ -99,6 +109,37 @@ function socketFileOf(family: number, local: Buffer): { pathFile?: SocketImage['
   } catch {
     return {};
   }
+}
+
+/**
+ * A TCP socket with neither a listen nor a peer is closed (fresh, bound,
+ * or an ended connection) or still connecting; the latter cannot be
+ * brought back.
+ */
+function describeUnconnectedTcp(s: number, fd: number, ino: number, what: string, img: SocketImage): void {
+  const state = getsockoptBuf(s, IPPROTO_TCP_, TCP_INFO, 1)[0];
+  if (state !== TCP_CLOSE) {
+    throw new TsnapError('unsupported', `${what} is a TCP socket in state ${tcpStateName(state)} (connecting); restore cannot resume a connect() under way`);
+  }
+  const c = describeClosedTcp(s, ino, img.family);
+  if (!c.holdsPort) img.local = Buffer.alloc(0);
+  if (c.shutdown) img.shutdown = c.shutdown;
+  void fd;
+}
+
+const TCP_INFO = 11;
+const TCP_CLOSE = 7;
+const TCP_STATES = ['', 'ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE', 'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING'];
+/** A TCP state by its kernel name (TCP_INFO tcpi_state). */
+export function tcpStateName(state: number): string {
+  return TCP_STATES[state] ?? `${state}`;
+}
+
+/** A TCP connection given up (--tcp-close): a closed socket, shut down both ways, holding no port. */
+export function closedTcp<T extends Omit<SocketImage, 'state' | 'local' | 'peer'>>(base: T): SocketImage {
+  const { tcp: _drop, ...rest } = base as T & { tcp?: unknown };
+  void _drop;
+  return { ...rest, state: 'bound', local: Buffer.alloc(0), peer: null, shutdown: RCV_SHUTDOWN | SEND_SHUTDOWN };
 }
 
 /** A unix socket's filesystem path, or null for unnamed and abstract ones. */
@@ -126,7 +167,10 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
   // option back as it was.
   const lendReuse = !s.reuseAddr && (s.family === AF_INET || s.family === AF_INET6) && s.type === SOCK_STREAM && isBound(s);
   if (s.reuseAddr || lendReuse) rt.sc.check('setsockopt(SO_REUSEADDR)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEADDR, one, 4);
-  if (s.reusePort) rt.sc.check('setsockopt(SO_REUSEPORT)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEPORT, one, 4);
+  // Listeners that shared a port with SO_REUSEPORT may since have cleared
+  // it on one of them (the kernel checks only at bind): every listener
+  // binds with it, and finishFiles() puts it back as recorded once all are bound.
+  if (s.reusePort || lendsReusePort(s)) rt.sc.check('setsockopt(SO_REUSEPORT)', SYS.setsockopt, tmp, SOL_SOCKET, SO.REUSEPORT, one, 4);
   if (s.v6Only) rt.sc.check('setsockopt(IPV6_V6ONLY)', SYS.setsockopt, tmp, IPPROTO_IPV6, IPV6_V6ONLY, one, 4);
   // Before the bind: IP_FREEBIND lets it bind an address this host does not have (yet).
   applySocketOptions(s, (level, opt, value) => rt.sc.check(`setsockopt(${level}, ${opt})`, SYS.setsockopt, tmp, level, opt, rt.put(value, 1024), value.length));
@@ -142,7 +186,14 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
     const freebind = s.family === AF_INET ? [0, 15] : s.family === AF_INET6 ? [IPPROTO_IPV6, 78] : null;
     const lendFreebind = freebind && !s.options?.some(([l, o, v]) => l === freebind[0] && o === freebind[1] && v.readInt32LE(0) !== 0);
     if (lendFreebind) rt.sc.check('setsockopt(FREEBIND)', SYS.setsockopt, tmp, freebind[0], freebind[1], one, 4);
-    const r = rt.sc.call(SYS.bind, tmp, rt.put(s.local), s.local.length);
+    let r = rt.sc.call(SYS.bind, tmp, rt.put(s.local), s.local.length);
+    // A listener's own past connections, closed by the kill of the dump,
+    // may hold its port in TIME_WAIT, which a listener without SO_REUSEADDR
+    // cannot bind past; the original held the port before them.
+    if (r === -98n /* EADDRINUSE */ && s.state === 'listening' && s.type === SOCK_STREAM && (s.family === AF_INET || s.family === AF_INET6)
+      && destroyTimeWait(s.family, s.local.readUInt16BE(2)) > 0) {
+      r = rt.sc.call(SYS.bind, tmp, rt.put(s.local), s.local.length);
+    }
     if (lendFreebind) rt.sc.check('setsockopt(FREEBIND off)', SYS.setsockopt, tmp, freebind[0], freebind[1], rt.put(Buffer.alloc(4), 528), 4);
     if (r < 0n) {
       const err = new SysError(`bind(${describeAddr(s)})`, Number(-r));
@@ -160,7 +211,18 @@ export function restoreSocket(rt: RemoteTask, group: FdImage[], floor: number): 
   // Unix sockets connect by name once every socket exists (files/unix.ts).
   if (s.family === AF_UNIX) refillUnixQueue(rt, s, what);
   else if (s.peer) rt.sc.check(`connect(${what})`, SYS.connect, tmp, rt.put(s.peer), s.peer.length);
+  // A TCP socket records a shutdown even without a connection (answering ENOTCONN); unix and UDP ones get theirs once queues are back (socket-state.ts).
+  const how = s.family !== AF_UNIX && s.type === SOCK_STREAM ? shutdownHow(s.shutdown ?? 0) : -1;
+  if (how >= 0) {
+    const r = rt.sc.call(SYS.shutdown, tmp, how);
+    if (r < 0n && Number(-r) !== 107 /* ENOTCONN */) throw new TsnapError('restoreFailed', `${what}: shutdown: ${new SysError('shutdown', Number(-r)).code}`);
+  }
   placeFds(rt, [{ tmp, targets: group }], floor);
+}
+
+/** A TCP listener that had no SO_REUSEPORT binds with it lent (see restoreSocket). */
+export function lendsReusePort(s: SocketImage): boolean {
+  return !s.reusePort && s.state === 'listening' && (s.family === AF_INET || s.family === AF_INET6) && s.type === SOCK_STREAM;
 }
 
 function familyName(f: number): string {
@@ -257,7 +319,7 @@ export const socketKind: FdKindModule = {
   restore(c, group) {
     const s = group[0].socket!;
     if (s.state === 'pair') c.defer('pair', Math.min(s.ino!, s.peerIno!), group);
-    else if (s.state === 'established') restoreTcp(c.rt, group, c.floor);
+    else if (s.state === 'established') (c.tcpClose ? restoreTcpClosed : restoreTcp)(c.rt, group, c.floor);
     else if (s.state === 'peer-closed') restorePeerClosed(c.rt, group, c.floor);
     else restoreSocket(c.rt, group, c.floor);
   },

@@ -13,19 +13,24 @@
  *
  * Restore creates the socket inside the new process, takes a copy, and
  * from tsnap: repair mode on, sequence numbers, bind, connect (no SYN in
- * repair mode), options, the receive queue, window; once every socket of
- * the image exists, the send queue and repair mode off (leaveTcpRepair).
+ * repair mode), options, buffer sizes, queued data, window. Repair mode
+ * stays on until the whole restore succeeded (resumeConnections(), right
+ * before the processes start): a restore that fails closes its sockets as
+ * silently as the dump did, and both ends of a connection inside the image
+ * exist before either speaks.
  *
- * Not handled: packets the peer sends while the process is frozen may be
- * acknowledged by the frozen socket and then lost (CRIU blocks them with a
- * firewall rule; tsnap does not yet). Urgent data and TCP-MD5/AO keys are
- * not carried over.
+ * From the freeze until the restored connection speaks, its packets are
+ * dropped by netfilter rules (tcp-lock.ts): the peer retransmits into
+ * silence instead of being acknowledged by a socket about to vanish, or
+ * reset by a host without one.
+ *
+ * Not handled: urgent data and TCP-MD5/AO keys are not carried over.
  */
 import { closeSync } from 'node:fs';
 import {
   Guardian, SOL_SOCKET, SO,
-  setsockopt, getsockoptBuf, getsockoptInt, ioctlInt, recvPeek, sendAll, bindSocket, connectSocket,
-  pidfdOpen, pidfdGetfd, getsockname, getpeername, SysError, SYS, O_CLOEXEC, O_NONBLOCK,
+  setsockopt, getsockoptBuf, getsockoptInt, ioctlInt, recvPeek, sendSome, bindSocket, connectSocket,
+  pidfdOpen, pidfdGetfd, getsockname, getpeername, SysError, SYS, O_CLOEXEC, O_NONBLOCK, rawSyscall, sendRawTcp, AF_INET,
 } from '../sys/index.js';
 import type { FdImage, TcpImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../restore/remote-task.js';
@@ -34,6 +39,8 @@ import { applySocketOptions } from './socket-options.js';
 import { hold, unhold, type Releasable } from '../freeze/safety-net.js';
 import { TsnapError } from '../errors.js';
 import { faultPoint } from '../fault-points.js';
+import { lockConnection, unlock, handToImage, unlockImageConnection, checkLockTool, REPLAY_MARK, type Lock } from './tcp-lock.js';
+import { tcpStateName, closedTcp, restoreSocket } from './socket.js';
 
 const IPPROTO_TCP = 6;
 const TCP_MAXSEG = 2;
@@ -61,6 +68,8 @@ const SIOCINQ = 0x541b;
 const SIOCOUTQ = 0x5411;
 const TCP_ESTABLISHED = 1;
 const SO_SNDBUFFORCE = 32;
+const SO_RCVBUFFORCE = 33;
+const MSG_DONTWAIT = 0x40;
 
 /**
  * Sockets this tsnap put in repair mode, as its own copies. Whoever ends
@@ -71,36 +80,58 @@ const SO_SNDBUFFORCE = 32;
  * connection is never left frozen for its peer.
  */
 class RepairSession implements Releasable {
-  private readonly copies: { fd: number; guard: bigint; reuseAddr: boolean }[] = [];
+  private readonly copies: { fd: number; guard: bigint; lock: Lock | null; reuseAddr: boolean }[] = [];
+  /** Locks handed to the image by forget(), for a migration to remove once the receiver is done. */
+  private handed: { id: string; local: Buffer; peer: Buffer }[] = [];
 
   /** Call before switching repair mode on. */
-  add(copy: number): void {
-    // Leaving repair mode clears SO_REUSEADDR: remembered to be set back.
-    const reuseAddr = getsockoptInt(copy, SOL_SOCKET, SO.REUSEADDR) !== 0;
+  add(copy: number): { lockWith: (local: Buffer, peer: Buffer) => Lock } {
     const guard = Guardian.get().holdRepair(copy);
     if (this.copies.length === 0) hold(this);
-    this.copies.push({ fd: copy, guard, reuseAddr });
+    // Repair mode takes the port over (and leaving it clears SO_REUSEADDR): kept to put back.
+    const entry = { fd: copy, guard, lock: null as Lock | null, reuseAddr: getsockoptInt(copy, SOL_SOCKET, SO.REUSEADDR) !== 0 };
+    this.copies.push(entry);
+    return { lockWith: (local, peer) => (entry.lock = lockConnection(local, peer)) };
   }
 
-  /** The process lives on: repair mode off, without a window probe (nothing happened, as far as the peer knows). */
+  /** The process lives on: repair mode off, without a window probe (nothing happened, as far as the peer knows), unlocked. */
   release(): void {
     for (const c of this.copies.splice(0)) {
       try {
         setsockopt(c.fd, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
         if (c.reuseAddr) setsockopt(c.fd, SOL_SOCKET, SO.REUSEADDR, 1);
       } catch { /* closed meanwhile */ }
+      if (c.lock) { try { unlock(c.lock); } catch { /* the guardian runs the unlock when tsnap ends */ } }
       this.close(c);
     }
     unhold(this);
   }
 
-  /** The process is being killed: its sockets close in repair mode, silently. */
+  /**
+   * The process is being killed: its sockets close in repair mode,
+   * silently, and their locks pass to the image, for its restore to lift.
+   */
   forget(): void {
-    for (const c of this.copies.splice(0)) this.close(c);
+    for (const c of this.copies.splice(0)) {
+      if (c.lock) {
+        try {
+          handToImage(c.lock);
+          this.handed.push({ id: c.lock.id, local: Buffer.from(c.lock.local), peer: Buffer.from(c.lock.peer) });
+        } catch { /* the guardian unlocks: the connection is lost, but no rule is left */ }
+      }
+      this.close(c);
+    }
     unhold(this);
   }
 
-  private close(c: { fd: number; guard: bigint; reuseAddr: boolean }): void {
+  /** A migration whose receiver is done (or failed): the locks forget() handed on are lifted here. */
+  unlockHanded(): void {
+    for (const h of this.handed.splice(0)) {
+      try { unlockImageConnection(h.id, h.local, h.peer); } catch { /* best effort */ }
+    }
+  }
+
+  private close(c: { fd: number; guard: bigint }): void {
     try { closeSync(c.fd); } catch { /* closed */ }
     try { Guardian.get().dropRepair(c.guard); } catch { /* the guardian is gone: nothing to drop */ }
   }
@@ -117,12 +148,20 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
   let kept = false;
   try {
     const info = getsockoptBuf(s, IPPROTO_TCP, TCP_INFO, 8);
-    if (info[0] !== TCP_ESTABLISHED) {
-      throw new TsnapError('unsupported', `fd ${fd} is a TCP connection in state ${info[0]} (not established); only established connections can be repaired`);
+    if (info[0] !== TCP_ESTABLISHED && !HALF_CLOSED.has(info[0])) {
+      throw new TsnapError('unsupported', `fd ${fd} is a TCP connection in state ${tcpStateName(info[0])}; only established and half-closed connections (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING) can be repaired`);
     }
-    if (!enter) return null;
-    tcpRepair.add(s);
+    if (!enter) {
+      checkLockTool(getsockname(s));
+      return null;
+    }
+    const session = tcpRepair.add(s);
     kept = true;
+    const local = getsockname(s);
+    const peer = getpeername(s)!;
+    // Silence first: nothing the peer sends from now on is acknowledged and then lost.
+    const lock = session.lockWith(local, peer);
+    faultPoint('tcp-locked');
     try {
       setsockopt(s, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON, 'setsockopt(TCP_REPAIR)');
     } catch (err) {
@@ -136,6 +175,11 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
       const data = size > 0 ? recvPeek(s, size) : Buffer.alloc(0);
       return { seq, data };
     };
+    // Still the state, now that nothing moves: a FIN may have come since the first look.
+    const state = getsockoptBuf(s, IPPROTO_TCP, TCP_INFO, 1)[0];
+    if (state !== info[0]) info[0] = state;
+    if (state !== TCP_ESTABLISHED && !HALF_CLOSED.has(state)) throw new TsnapError('unsupported', `fd ${fd} is a TCP connection in state ${tcpStateName(state)}, which cannot be repaired`);
+    // SIOCOUTQ counts our FIN; the queue read holds data only.
     const inq = ioctlInt(s, SIOCINQ, 'ioctl(SIOCINQ)');
     const outq = ioctlInt(s, SIOCOUTQ, 'ioctl(SIOCOUTQ)');
     const recv = queue(TCP_RECV_QUEUE, inq);
@@ -144,8 +188,8 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
     const options = info[5];
     const timestamps = (options & TCPI_OPT_TIMESTAMPS) !== 0;
     return {
-      local: getsockname(s),
-      peer: getpeername(s)!,
+      local,
+      peer,
       recvSeq: recv.seq, recvQueue: recv.data,
       sendSeq: send.seq, sendQueue: send.data,
       mss: getsockoptInt(s, IPPROTO_TCP, TCP_MAXSEG),
@@ -153,42 +197,124 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
       wscale: (options & TCPI_OPT_WSCALE) !== 0 ? { snd: info[6] & 0xf, rcv: info[6] >> 4 } : null,
       timestamp: timestamps ? getsockoptInt(s, IPPROTO_TCP, TCP_TIMESTAMP) >>> 0 : null,
       window: Buffer.from(getsockoptBuf(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, 20)),
+      sndbuf: getsockoptInt(s, SOL_SOCKET, SO.SNDBUF),
+      rcvbuf: getsockoptInt(s, SOL_SOCKET, SO.RCVBUF),
+      lock: lock.id,
+      ...(info[0] !== TCP_ESTABLISHED ? { state: info[0] } : {}),
     };
   } finally {
     if (!kept) closeSync(s);
   }
 }
 
+const TCP_FIN_WAIT1 = 4;
+const TCP_FIN_WAIT2 = 5;
+const TCP_CLOSE_WAIT = 8;
+const TCP_LAST_ACK = 9;
+const TCP_CLOSING = 11;
+/** States past ESTABLISHED whose connection still lives, with the FINs sent so far: restorable. */
+const HALF_CLOSED = new Set([TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING]);
+const TH_FIN = 0x01;
+const TH_ACK = 0x10;
+const SHUT_WR = 1;
+
 /**
- * Once every fd of the image exists: the send queue is put back and the
- * connection leaves repair mode, with a window probe (the peer learns it is alive); leaving clears the
- * port sharing, so SO_REUSEADDR goes back to what the image says.
+ * Which FINs a state has seen: ours sent (first, or after the peer's),
+ * ours acknowledged, the peer's received.
  */
-export function leaveTcpRepair(rt: RemoteTask, f: FdImage): void {
-  const t = f.socket!.tcp!;
-  const pidfd = pidfdOpen(rt.pid);
-  try {
-    const s = pidfdGetfd(pidfd, f.fd);
+function finsOf(state: number): { oursSent: boolean; oursFirst: boolean; oursAcked: boolean; peerSent: boolean } {
+  return {
+    oursSent: [TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSING, TCP_LAST_ACK].includes(state),
+    oursFirst: [TCP_FIN_WAIT1, TCP_FIN_WAIT2, TCP_CLOSING].includes(state),
+    oursAcked: state === TCP_FIN_WAIT2,
+    peerSent: [TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING].includes(state),
+  };
+}
+
+/** What the FINs of a state add to the queue sizes /proc shows: ours until acknowledged, the peer's until read. */
+export function finCounts(state: number): { tx: number; rx: number } {
+  const f = finsOf(state);
+  return { tx: f.oursSent && !f.oursAcked ? 1 : 0, rx: f.peerSent ? 1 : 0 };
+}
+
+function ipOf(sa: Buffer): { ip: Buffer; port: number } {
+  const port = sa.readUInt16BE(2);
+  if (sa.readUInt16LE(0) === AF_INET) return { ip: Buffer.from(sa.subarray(4, 8)), port };
+  const a = sa.subarray(8, 24);
+  const mapped = a.subarray(0, 10).every((b) => b === 0) && a[10] === 0xff && a[11] === 0xff;
+  return { ip: Buffer.from(mapped ? a.subarray(12, 16) : a), port };
+}
+
+/**
+ * Brings a connection rebuilt as established (in repair mode) to its
+ * half-closed state, the way it got there: our FIN through shutdown()
+ * (counted as sent when the peer had acknowledged it), the peer's FIN and
+ * its acknowledgement of ours as segments replayed from the peer's
+ * address, marked so that the lock lets them in. `rcvNxt`, `sndNxt`: the
+ * sequence numbers before any FIN. Checks that the kernel got there.
+ */
+function replayFins(s: number, fd: number, t: TcpImage, fin: ReturnType<typeof finsOf>, rcvNxt: number, sndNxt: number): void {
+  const ourFin = (acked: boolean) => {
+    if (acked) setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
+    rawSyscall('shutdown(SHUT_WR)', SYS.shutdown, s, SHUT_WR);
+    if (acked) setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+  };
+  const peer = ipOf(t.peer);
+  const local = ipOf(t.local);
+  const sndWnd = t.window.length >= 8 ? t.window.readUInt32LE(4) >>> (t.wscale?.snd ?? 0) : 0xffff;
+  // What the peer had acknowledged of ours: all but what is still queued (and our FIN, unless acknowledged).
+  const una = (sndNxt - t.sendQueue.length) >>> 0;
+  if (fin.oursFirst) ourFin(fin.oursAcked);
+  if (fin.peerSent) sendRawTcp(peer, local, rcvNxt, una, TH_FIN | TH_ACK, sndWnd, REPLAY_MARK);
+  if (fin.oursSent && !fin.oursFirst) ourFin(false);
+  if (fin.oursAcked) sendRawTcp(peer, local, rcvNxt, (sndNxt + 1) >>> 0, TH_ACK, sndWnd, REPLAY_MARK);
+  const want = t.state!;
+  let now = -1;
+  for (let i = 0; i < 200; i++) {
+    now = getsockoptBuf(s, IPPROTO_TCP, TCP_INFO, 1)[0];
+    if (now === want) return;
+    sleepMs(5);
+  }
+  throw new TsnapError('restoreFailed', `fd ${fd}: the TCP connection did not come back in state ${tcpStateName(want)} (it is ${tcpStateName(now)}); the replayed FIN or ACK was not taken`);
+}
+
+function sleepMs(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+/**
+ * restore --tcp-close: the connection is given up and comes back as a
+ * closed socket (read gives 0, write EPIPE), as after a reset; the lock
+ * the dump left for it goes.
+ */
+export function restoreTcpClosed(rt: RemoteTask, group: FdImage[], floor: number): void {
+  const k = group[0].socket!;
+  if (k.tcp?.lock) unlockImageConnection(k.tcp.lock, k.tcp.local, k.tcp.peer);
+  const closed = closedTcp(k);
+  restoreSocket(rt, group.map((f) => ({ ...f, socket: closed })), floor);
+}
+
+/** Restored connections still in repair mode, on tsnap's copies, until resumeConnections(). */
+const pending: { copy: number; fd: number; reuseAddr: boolean; tcp: TcpImage }[] = [];
+
+/**
+ * Puts a queue back in repair mode. The receive queue goes in one skb per
+ * send, which the kernel may refuse when large (ENOMEM): smaller pieces then.
+ */
+function fillQueue(s: number, data: Buffer, what: string): void {
+  let chunk = data.length;
+  for (let at = 0; at < data.length;) {
+    const n = Math.min(chunk, data.length - at);
     try {
-      if (t.sendQueue.length) {
-        // The queue held at dump may exceed the send buffer a new socket
-        // starts with (the kernel had grown it): room for all of it.
-        if (getsockoptInt(s, SOL_SOCKET, SO.SNDBUF) < 2 * t.sendQueue.length) setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, t.sendQueue.length);
-        setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
-        sendAll(s, t.sendQueue);
-        setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
-      }
-      setsockopt(s, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, 'setsockopt(TCP_REPAIR off)');
-      if (f.socket!.reuseAddr) setsockopt(s, SOL_SOCKET, SO.REUSEADDR, 1);
-    } finally {
-      closeSync(s);
+      at += rawSend(s, data, at, n);
+    } catch (err) {
+      if (err instanceof SysError && (err.code === 'ENOMEM' || err.code === 'EAGAIN') && chunk > 1024) { chunk >>= 1; continue; }
+      throw new TsnapError('restoreFailed', `the ${what} queue of a TCP connection does not fit back (${at} of ${data.length} bytes): ${(err as Error).message}`, err);
     }
-  } finally {
-    closeSync(pidfd);
   }
 }
 
-/** Rebuilds one established connection inside the new process (left in repair mode). */
+/** Rebuilds one connection inside the new process, left in repair mode. */
 export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): void {
   const f = group[0];
   const k = f.socket!;
@@ -202,10 +328,14 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
     applySocketOptions(k, (level, opt, value) => setsockopt(s, level, opt, value, `setsockopt(${level}, ${opt})`));
     // The sequence numbers read at dump follow the queued data; putting the
     // data back advances them again: start from where the queues began.
+    // A FIN counts one in the sequence numbers and is replayed below.
+    const fin = finsOf(t.state ?? TCP_ESTABLISHED);
+    const recvStart = t.recvSeq - (fin.peerSent ? 1 : 0) - t.recvQueue.length;
+    const sendStart = t.sendSeq - (fin.oursSent ? 1 : 0) - t.sendQueue.length;
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE);
-    setsockopt(s, IPPROTO_TCP, TCP_QUEUE_SEQ, (t.recvSeq - t.recvQueue.length) | 0);
+    setsockopt(s, IPPROTO_TCP, TCP_QUEUE_SEQ, recvStart | 0);
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
-    setsockopt(s, IPPROTO_TCP, TCP_QUEUE_SEQ, (t.sendSeq - t.sendQueue.length) | 0);
+    setsockopt(s, IPPROTO_TCP, TCP_QUEUE_SEQ, sendStart | 0);
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
     try {
       bindSocket(s, t.local);
@@ -221,18 +351,32 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
     opts.forEach(([code, val], i) => { ob.writeUInt32LE(code, i * 8); ob.writeUInt32LE(val >>> 0, i * 8 + 4); });
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_OPTIONS, ob, 'setsockopt(TCP_REPAIR_OPTIONS)');
     if (t.timestamp !== null) setsockopt(s, IPPROTO_TCP, TCP_TIMESTAMP, t.timestamp | 0, 'setsockopt(TCP_TIMESTAMP)');
+    // Room for the queues while they are filled (the kernel charges more
+    // than the bytes), then the sizes the connection had.
+    setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, Math.max(t.sndbuf ?? 0, 2 * t.sendQueue.length + (1 << 20)), 'setsockopt(SO_SNDBUFFORCE)');
+    setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, Math.max(t.rcvbuf ?? 0, 2 * t.recvQueue.length + (1 << 20)), 'setsockopt(SO_RCVBUFFORCE)');
+    if (t.sendQueue.length) {
+      setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
+      fillQueue(s, t.sendQueue, 'send');
+    }
     if (t.recvQueue.length) {
       setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE);
-      sendAll(s, t.recvQueue);
+      fillQueue(s, t.recvQueue, 'receive');
     }
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
-    setsockopt(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, t.window, 'setsockopt(TCP_REPAIR_WINDOW)');
-    // The send queue and the end of repair mode wait until every socket of
-    // the image exists (leaveTcpRepair): data queued in repair mode counts
-    // as sent and arms the retransmit timer, and leaving repair mode sends
-    // a window probe; a peer of the same tree not rebuilt yet would answer
-    // either with a RST. Meanwhile the port stays shareable, so a listener
-    // of the same port can bind.
+    // getsockopt reports twice what setsockopt was given.
+    if (t.sndbuf) setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, t.sndbuf >> 1, 'setsockopt(SO_SNDBUFFORCE)');
+    if (t.rcvbuf) setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, t.rcvbuf >> 1, 'setsockopt(SO_RCVBUFFORCE)');
+    const window = Buffer.from(t.window);
+    if (fin.peerSent && window.length >= 20) {
+      // The peer's FIN, replayed, must fall inside the window it had before it came.
+      window.writeUInt32LE((window.readUInt32LE(16) - 1) >>> 0, 16);
+      window.writeUInt32LE((window.readUInt32LE(12) + 1) >>> 0, 12);
+    }
+    setsockopt(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, window, 'setsockopt(TCP_REPAIR_WINDOW)');
+    if (t.state !== undefined && t.state !== TCP_ESTABLISHED) replayFins(s, f.fd, t, fin, recvStart + t.recvQueue.length, sendStart + t.sendQueue.length);
+    pending.push({ copy: s, fd: f.fd, reuseAddr: k.reuseAddr, tcp: t });
+    s = -1;
   } finally {
     if (s >= 0) closeSync(s);
     closeSync(pidfd);
@@ -241,3 +385,38 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
   placeFds(rt, [{ tmp, targets: group }], floor);
 }
 
+/**
+ * The restore succeeded: each connection is unlocked and leaves repair
+ * mode with a window probe, so the peer learns at once that it lives.
+ * Leaving repair mode clears the socket's claim to share its port
+ * (listeners of the port bound while it held it): SO_REUSEADDR goes back
+ * as it was.
+ */
+export function resumeConnections(): void {
+  // Every lock first: a failure here still leaves every connection silent (abandonConnections).
+  for (const p of pending) if (p.tcp.lock) unlockImageConnection(p.tcp.lock, p.tcp.local, p.tcp.peer);
+  for (const p of pending) {
+    setsockopt(p.copy, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, `setsockopt(fd ${p.fd}, TCP_REPAIR off)`);
+    if (p.reuseAddr) setsockopt(p.copy, SOL_SOCKET, SO.REUSEADDR, 1);
+  }
+  for (const p of pending.splice(0)) closeSync(p.copy);
+}
+
+/**
+ * The restore failed: the sockets made so far die in repair mode with
+ * their process, and the locks of every connection of the image go
+ * (`fds`: all of them, made or not), so that no rule outlives the attempt.
+ */
+export function abandonConnections(fds: FdImage[]): void {
+  for (const p of pending.splice(0)) {
+    try { closeSync(p.copy); } catch { /* closed */ }
+  }
+  for (const f of fds) {
+    const t = f.socket?.tcp;
+    if (t?.lock) { try { unlockImageConnection(t.lock, t.local, t.peer); } catch { /* best effort */ } }
+  }
+}
+
+function rawSend(s: number, data: Buffer, at: number, n: number): number {
+  return sendSome(s, data, at, n, MSG_DONTWAIT);
+}

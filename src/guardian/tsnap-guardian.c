@@ -18,6 +18,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -71,6 +72,10 @@ enum op {
   OP_REPAIR_HOLD = 10, /* with one fd (SCM_RIGHTS): a TCP socket tsnap put in repair
                           mode; should tsnap die, repair mode is switched off -> ret = id */
   OP_REPAIR_DROP = 11, /* a0 id: tsnap is done with it; the guardian closes its copy */
+  OP_UNLOCK_HOLD = 12, /* with one fd (SCM_RIGHTS): an iptables-restore script that removes
+                          the network lock of a connection, a0 1 = ip6tables; should tsnap
+                          die, the guardian runs it -> ret = id */
+  OP_UNLOCK_DROP = 13, /* a0 id: tsnap removed the lock itself, or handed it to an image */
 };
 
 struct request {
@@ -110,6 +115,12 @@ struct tracee {
 static struct { int64_t id; int fd; int reuse; } repairs[MAX_REPAIR];
 static int nrepairs;
 static int64_t next_repair_id = 1;
+
+/* Network locks of those connections: scripts that remove them. */
+#define MAX_UNLOCK 1024
+static struct { int64_t id; int fd; int v6; } unlocks[MAX_UNLOCK];
+static int nunlocks;
+static int64_t next_unlock_id = 1;
 
 static struct tracee *tracees;
 static int ntracees, captracees;
@@ -401,9 +412,12 @@ static int op_repair_hold(int fd, struct reply *p) {
   if (nrepairs == MAX_REPAIR) { close(fd); return ENOMEM; }
   repairs[nrepairs].id = next_repair_id++;
   repairs[nrepairs].fd = fd;
-  /* Held before repair mode goes on; leaving it clears SO_REUSEADDR, set back in end_repairs(). */
-  socklen_t len = sizeof repairs[nrepairs].reuse;
-  if (getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &repairs[nrepairs].reuse, &len) != 0) repairs[nrepairs].reuse = 0;
+  /* Held before repair mode goes on, which takes the port over; leaving it
+   * clears SO_REUSEADDR, so what the program had is kept to put back. */
+  int reuse = 0;
+  socklen_t len = sizeof reuse;
+  if (getsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &reuse, &len) != 0) reuse = 0;
+  repairs[nrepairs].reuse = reuse;
   p->ret = repairs[nrepairs++].id;
   return 0;
 }
@@ -430,12 +444,55 @@ static void end_repairs(void) {
   nrepairs = 0;
 }
 
+static int op_unlock_hold(int fd, int64_t v6, struct reply *p) {
+  if (fd < 0) return G_BADREQ;
+  if (nunlocks == MAX_UNLOCK) { close(fd); return ENOMEM; }
+  unlocks[nunlocks].id = next_unlock_id++;
+  unlocks[nunlocks].fd = fd;
+  unlocks[nunlocks].v6 = v6 != 0;
+  p->ret = unlocks[nunlocks++].id;
+  return 0;
+}
+
+static int op_unlock_drop(int64_t id) {
+  for (int i = 0; i < nunlocks; i++) {
+    if (unlocks[i].id == id) {
+      close(unlocks[i].fd);
+      unlocks[i] = unlocks[--nunlocks];
+      return 0;
+    }
+  }
+  return G_UNKNOWN;
+}
+
+/* The peer may talk to the connection again: each script runs as
+ * `iptables-restore -w --noflush < script`. */
+static void end_unlocks(void) {
+  for (int i = 0; i < nunlocks; i++) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      lseek(unlocks[i].fd, 0, SEEK_SET);
+      dup2(unlocks[i].fd, 0);
+      int null = open("/dev/null", O_WRONLY);
+      if (null >= 0) { dup2(null, 1); dup2(null, 2); }
+      const char *tool = unlocks[i].v6 ? "ip6tables-restore" : "iptables-restore";
+      execlp(tool, tool, "-w", "--noflush", (char *)NULL);
+      _exit(127);
+    }
+    if (pid > 0) while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+    close(unlocks[i].fd);
+  }
+  nunlocks = 0;
+}
+
 static int handle(struct request *q, int fd, struct reply *p, uint8_t *data) {
   p->ret = 0;
   p->len = 0;
   if (q->op == OP_REPAIR_HOLD) return op_repair_hold(fd, p);
+  if (q->op == OP_UNLOCK_HOLD) return op_unlock_hold(fd, q->a[0], p);
   if (fd >= 0) close(fd);
   if (q->op == OP_REPAIR_DROP) return op_repair_drop(q->a[0]);
+  if (q->op == OP_UNLOCK_DROP) return op_unlock_drop(q->a[0]);
   if (q->op == OP_HELLO) {
     p->ret = PROTOCOL_VERSION;
     return 0;
@@ -513,6 +570,7 @@ int main(void) {
   }
   /* Put back everything still held, as it was at the freeze. */
   end_repairs();
+  end_unlocks();
   while (ntracees > 0) {
     struct tracee *t = &tracees[ntracees - 1];
     release_one(t);

@@ -175,6 +175,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     let restoredPid: number | null = null;
     let restoreError: string | null = null;
     const reply = await reader.next().catch(() => null);
+    // The receiver is done with the connections (on this host, its restore lifted their locks itself).
+    tcpRepair.unlockHanded();
     if (reply?.type === Msg.Restored) restoredPid = decodeDoc<{ pid: number }>(reply).pid;
     else if (reply?.type === Msg.RestoreFailed) restoreError = decodeDoc<{ message: string }>(reply).message;
     const downtimeMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;

@@ -13,16 +13,15 @@
  * table in files/fd-kinds.ts.
  */
 import { listFds } from '../proc/index.js';
-import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, F_SETLEASE } from '../sys/index.js';
+import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, F_SETLEASE, SOL_SOCKET, SO } from '../sys/index.js';
 import { placeFds } from '../files/place.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
 import { isReadEnd, restorePipe, pipeEndsPresent } from '../files/pipe.js';
-import { leaveTcpRepair } from '../files/tcp.js';
 import { connectUnixPeers } from '../files/unix.js';
 import { finishSockets } from '../files/socket-state.js';
-import { restoreSocketPair } from '../files/socket.js';
+import { restoreSocketPair, lendsReusePort } from '../files/socket.js';
 import { Ghosts } from '../files/ghost.js';
 import { FD_KINDS, isInheritedStdio } from '../files/fd-kinds.js';
 import type { RestoreContext } from '../files/kind.js';
@@ -93,8 +92,11 @@ export class FdRestorer {
   private readonly lateOnes = new Set<string>();
   private readonly every: FdImage[];
 
-  /** `memfds`: memfds restore already recreated (they are mapped), by "dev:ino". */
-  constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void) {
+  /**
+   * `memfds`: memfds restore already recreated (they are mapped), by
+   * "dev:ino"; `opts.tcpClose`: connections come back closed (restore --tcp-close).
+   */
+  constructor(all: FdImage[][], private readonly memfds: Map<string, Holder> = new Map(), private readonly warn?: (m: string) => void, private readonly opts: { tcpClose?: boolean } = {}) {
     const every = all.flatMap(withInflight);
     this.every = every;
     this.ghosts = new Ghosts(every);
@@ -148,6 +150,7 @@ export class FdRestorer {
       fds,
       floor,
       pidNow: (p) => this.pidNow(p),
+      tcpClose: !!this.opts.tcpClose,
       warn: this.warn,
       state: <T>(key: string, make: () => T): T => {
         if (!this.kindState.has(key)) this.kindState.set(key, make());
@@ -280,12 +283,16 @@ export class FdRestorer {
 /**
  * What is set once every fd (and thread) of the image exists: the
  * F_SETOWN_EX / F_SETSIG of each open file that had them (`idNow`: a dumped
- * pid or tid as it is now), and restored TCP connections out of repair
- * mode (tcp.ts keeps them in it until every socket of the tree exists).
+ * pid or tid as it is now), and SO_REUSEPORT of listeners back to what it
+ * was (socket.ts lends it while they bind).
  */
 export function finishFiles(rt: RemoteTask, fds: FdImage[], idNow: (id: number) => number): void {
   finishSockets(rt, fds);
-  for (const f of fds) if (f.socket?.tcp) leaveTcpRepair(rt, f);
+  for (const f of fds) {
+    if (f.socket && lendsReusePort(f.socket)) {
+      rt.sc.check(`setsockopt(${f.fd}, SO_REUSEPORT, 0)`, SYS.setsockopt, f.fd, SOL_SOCKET, SO.REUSEPORT, rt.put(Buffer.alloc(4)), 4);
+    }
+  }
   for (const f of fds) {
     // Taken by the restored process itself: a lease belongs to its holder.
     if (f.lease !== undefined) rt.sc.check(`fcntl(${f.fd}, F_SETLEASE)`, SYS.fcntl, f.fd, F_SETLEASE, f.lease);

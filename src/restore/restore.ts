@@ -18,6 +18,8 @@ import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';
 import { fdTableDiff } from '../files/fd-table.js';
 import { finishFiles } from './fds.js';
+import { resumeConnections, abandonConnections } from '../files/tcp.js';
+import { closedTcp } from '../files/socket.js';
 import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
 import { FdRestorer } from './fds.js';
 import { SysvSegments } from './sysv-shm.js';
@@ -53,6 +55,8 @@ export interface RestoreOptions {
    * warning, 'strict' fails the restore on any, 'off' skips the check.
    */
   check?: 'warn' | 'strict' | 'off';
+  /** Established TCP connections come back closed (as after a reset) instead of repaired. */
+  tcpClose?: boolean;
   /** Warnings (stale pids, limits that could not be raised), told once the restore has succeeded. */
   warn?: (msg: string) => void;
   /** Bytes of memory written so far and in all (per process of a tree). */
@@ -138,6 +142,11 @@ function loadMembers(dir: string): Member[] {
   return members;
 }
 
+/** The image as restore --tcp-close rebuilt it: its connections as closed sockets. */
+function withoutTcp(p: ProcessImage): ProcessImage {
+  return { ...p, fds: p.fds.map((f) => (f.socket?.tcp ? { ...f, socket: closedTcp(f.socket) } : f)) };
+}
+
 function needProcess(img: Image, dir: string): ProcessImage {
   if (!img.process) {
     throw new TsnapError('badImage', `${dir} is a pre-dump (memory only, taken while the process ran); restore the final image of its chain (tsnap dump --parent ${dir})`);
@@ -206,7 +215,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     sysv = new SysvSegments(members.flatMap((m) => m.p.sysvShm ?? []));
     sysv.prepare();
     // Made before the memory: a deleted file mapped and open as an fd is one file (ghost-map.ts).
-    fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn);
+    fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn, { tcpClose: opts.tcpClose });
     for (const m of members) fdr.ghosts.addMapped(m.p.mappedGhosts ?? []);
     const sharedFrom = new Map<string, { pid: number; v: VmaImage }>();
     for (const m of members) {
@@ -310,7 +319,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     if ((opts.check ?? 'warn') !== 'off') {
       step = 'check the restored processes against their images';
-      const diffs = members.flatMap((m) => [...checkRestored(m.p, m.rt!.pid, {
+      const diffs = members.flatMap((m) => [...checkRestored(opts.tcpClose ? withoutTcp(m.p) : m.p, m.rt!.pid, {
         newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id,
       }), ...fdTableDiff(m.rt!.pid, m.children.map((c) => ({ pid: c.rt!.pid, shared: !!c.filesShared })))].map((d) => `restore check of ${m.p.pid}: ${d}`));
       if (diffs.length && opts.check === 'strict') {
@@ -320,6 +329,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     for (const m of members) m.rt!.mem.close();
     if (opts.pidfile) writeFileSync(opts.pidfile, `${proc.pid}\n`, { mode: 0o644 });
+    // Only now may the connections speak: nothing after this can fail.
+    step = 'resume the TCP connections';
+    resumeConnections();
     step = 'start the processes';
     pausePoint('restore-before-start');
     // Children before parents, other threads before their leader: the one a
@@ -348,6 +360,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     (fdr as FdRestorer | null)?.ghosts.removeAll();
     (sysv as SysvSegments | null)?.abort();
     (fdr as FdRestorer | null)?.releaseLocal();
+    abandonConnections(members.flatMap((m) => m.p.fds));
     for (const c of created) if (c.leader) { try { kill(c.pid, SIGKILL); } catch { /* gone */ } }
     // Traced threads stay zombies until reaped, and hold back their leader's report.
     for (const c of created) if (!c.leader) reapTraced(c.pid);

@@ -31,6 +31,7 @@ import { nsfsDiff } from '../files/nsfs.js';
 import { checkPipeEnd } from '../files/pipe.js';
 import { checkFifoGhost } from '../files/fifo-ghost.js';
 import { checkSockets } from '../files/socket-state.js';
+import { checkRestoredTcp } from '../files/tcp-check.js';
 
 /** O_LARGEFILE: added by the kernel on 64-bit, whatever the program asked. */
 const O_LARGEFILE = 0o100000;
@@ -212,6 +213,7 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   compareGuards(p, pid, out);
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
   checkInflightRestored(p.fds, (fd) => readFdInfo(pid, fd).extra, out);
+  checkRestoredTcp(p.fds, pid, out);
   compareProcess(p, pid, opts, out);
   compareTimers(p, pid, opts.idNow ?? ((id) => id), out);
   out.push(...checkSockets(p.fds.filter((f) => f.socket && !isInheritedStdio(f)), pid));

@@ -251,6 +251,11 @@ export function ioctlInt(fd: number, request: number, name: string): number {
   return b.readInt32LE(0);
 }
 
+/** An ioctl without argument whose result is its return value (e.g. SIOCGSKNS: a new fd). */
+export function ioctlRet(fd: number, request: number): number {
+  return rawSyscall(`ioctl(0x${request.toString(16)})`, SYS.ioctl, fd, request, 0);
+}
+
 /** recv with MSG_PEEK|MSG_DONTWAIT of up to `len` bytes (no data: empty buffer). */
 export function recvPeek(fd: number, len: number): Buffer {
   const b = Buffer.alloc(len);
@@ -268,6 +273,11 @@ export function sendAll(fd: number, data: Buffer): void {
     // MSG_DONTWAIT: a buffer too small fails (EAGAIN) instead of blocking tsnap forever.
     at += rawSyscall('sendto', SYS.sendto, fd, libc.address(data) + BigInt(at), data.length - at, 0x40, 0, 0);
   }
+}
+
+/** One send of `n` bytes of `data` from `at`, with `flags`: the bytes taken. */
+export function sendSome(fd: number, data: Buffer, at: number, n: number, flags: number): number {
+  return rawSyscall('sendto', SYS.sendto, fd, libc.address(data) + BigInt(at), n, flags, 0, 0);
 }
 
 export function bindSocket(fd: number, addr: Buffer): void {
@@ -393,4 +403,190 @@ export function fileHandle(path: string): { type: number; handle: Buffer } | nul
     throw err;
   }
   return { type: fh.readInt32LE(4), handle: Buffer.from(fh.subarray(8, 8 + fh.readUInt32LE(0))) };
+}
+
+const NLM_F_DUMP = 0x300;
+const NLMSG_DONE = 3;
+const IPPROTO_TCP = 6;
+/** Pseudo-state of inet_diag (Linux 6.7+): a TCP socket that is bound but neither listening nor connected. */
+const TCP_BOUND_INACTIVE = 13;
+
+/**
+ * Inodes of the TCP sockets of `family` that hold a bound port while
+ * closed, asked of inet_diag. null when the kernel cannot tell (before
+ * Linux 6.7 it does not list such sockets).
+ */
+export function tcpBoundInactive(family: number): Set<number> | null {
+  const nl = rawSyscall('socket(AF_NETLINK)', SYS.socket, AF_NETLINK, 3 /* SOCK_RAW */ | 0o2000000, NETLINK_SOCK_DIAG);
+  try {
+    const req = Buffer.alloc(16 + 56);
+    req.writeUInt32LE(req.length, 0);
+    req.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
+    req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
+    req.writeUInt32LE(1, 8);
+    req.writeUInt8(family, 16);
+    req.writeUInt8(IPPROTO_TCP, 17);
+    req.writeUInt32LE(1 << TCP_BOUND_INACTIVE, 20);
+    rawSyscall('sendto(inet_diag)', SYS.sendto, nl, libc.address(req), req.length, 0, 0, 0);
+    const out = new Set<number>();
+    const resp = Buffer.alloc(65536);
+    for (;;) {
+      const n = rawSyscall('recvfrom(inet_diag)', SYS.recvfrom, nl, libc.address(resp), resp.length, 0, 0, 0);
+      for (let at = 0; at + 16 <= n;) {
+        const len = resp.readUInt32LE(at);
+        const type = resp.readUInt16LE(at + 4);
+        if (type === NLMSG_DONE) return out;
+        if (type === NLMSG_ERROR) {
+          const err = -resp.readInt32LE(at + 16);
+          // Unknown state bits are ignored, not refused: an old kernel answers
+          // with nothing rather than an error; EINVAL-like answers mean "cannot tell".
+          if (err === 0) return out;
+          return null;
+        }
+        // struct inet_diag_msg (its state says CLOSE): the inode at +68.
+        if (type === SOCK_DIAG_BY_FAMILY && len >= 16 + 72) out.add(resp.readUInt32LE(at + 16 + 68));
+        if (len < 16) return out;
+        at += (len + 3) & ~3;
+      }
+      if (n <= 0) return out;
+    }
+  } finally {
+    rawSyscall('close', SYS.close, nl);
+  }
+}
+
+/** memfd_create(name, flags): a new anonymous file of tsnap's. */
+export function memfdCreate(name: string, flags: number): number {
+  const n = Buffer.from(`${name}\0`);
+  return rawSyscall('memfd_create', SYS.memfd_create, libc.address(n), flags);
+}
+
+const IPPROTO_RAW = 255;
+const IP_HDRINCL = 3;
+const SO_MARK = 36;
+
+function csumAdd(sum: number, b: Buffer): number {
+  for (let i = 0; i + 1 < b.length; i += 2) sum += b.readUInt16BE(i);
+  if (b.length & 1) sum += b[b.length - 1] << 8;
+  return sum;
+}
+
+function csumFold(sum: number): number {
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+/**
+ * Sends one TCP segment without payload from `src` to `dst` (raw sockaddrs
+ * of one family; v4-mapped IPv6 addresses go as IPv4) through a raw socket
+ * whose packets carry `mark`. Used to replay a segment the peer once sent.
+ */
+export function sendRawTcp(src: { ip: Buffer; port: number }, dst: { ip: Buffer; port: number }, seq: number, ack: number, flags: number, window: number, mark: number): void {
+  const v6 = src.ip.length === 16;
+  const tcp = Buffer.alloc(20);
+  tcp.writeUInt16BE(src.port, 0);
+  tcp.writeUInt16BE(dst.port, 2);
+  tcp.writeUInt32BE(seq >>> 0, 4);
+  tcp.writeUInt32BE(ack >>> 0, 8);
+  tcp.writeUInt8(5 << 4, 12);
+  tcp.writeUInt8(flags, 13);
+  tcp.writeUInt16BE(Math.min(window, 0xffff), 14);
+  const pseudo = Buffer.alloc(v6 ? 40 : 12);
+  if (v6) {
+    src.ip.copy(pseudo, 0); dst.ip.copy(pseudo, 16);
+    pseudo.writeUInt32BE(20, 32); pseudo.writeUInt8(6, 39);
+  } else {
+    src.ip.copy(pseudo, 0); dst.ip.copy(pseudo, 4);
+    pseudo.writeUInt8(6, 9); pseudo.writeUInt16BE(20, 10);
+  }
+  tcp.writeUInt16BE(csumFold(csumAdd(csumAdd(0, pseudo), tcp)), 16);
+  let pkt: Buffer;
+  if (v6) {
+    const ip = Buffer.alloc(40);
+    ip.writeUInt32BE(0x60000000, 0);
+    ip.writeUInt16BE(20, 4);
+    ip.writeUInt8(6, 6);
+    ip.writeUInt8(64, 7);
+    src.ip.copy(ip, 8); dst.ip.copy(ip, 24);
+    pkt = Buffer.concat([ip, tcp]);
+  } else {
+    const ip = Buffer.alloc(20);
+    ip.writeUInt8(0x45, 0);
+    ip.writeUInt16BE(40, 2);
+    ip.writeUInt8(64, 8);
+    ip.writeUInt8(6, 9);
+    src.ip.copy(ip, 12); dst.ip.copy(ip, 16);
+    ip.writeUInt16BE(csumFold(csumAdd(0, ip)), 10);
+    pkt = Buffer.concat([ip, tcp]);
+  }
+  const family = v6 ? 10 : 2;
+  const s = rawSyscall('socket(raw)', SYS.socket, family, 3 /* SOCK_RAW */ | 0o2000000, IPPROTO_RAW);
+  try {
+    const one = Buffer.alloc(4); one.writeInt32LE(1);
+    if (!v6) rawSyscall('setsockopt(IP_HDRINCL)', SYS.setsockopt, s, 0, IP_HDRINCL, libc.address(one), 4);
+    const m = Buffer.alloc(4); m.writeUInt32LE(mark >>> 0);
+    rawSyscall('setsockopt(SO_MARK)', SYS.setsockopt, s, 1, SO_MARK, libc.address(m), 4);
+    const to = Buffer.alloc(v6 ? 28 : 16);
+    to.writeUInt16LE(family, 0);
+    if (v6) dst.ip.copy(to, 8); else dst.ip.copy(to, 4);
+    rawSyscall('sendto(raw)', SYS.sendto, s, libc.address(pkt), pkt.length, 0, libc.address(to), to.length);
+  } finally {
+    rawSyscall('close', SYS.close, s);
+  }
+}
+
+const SOCK_DESTROY = 21;
+const NLM_F_ACK = 4;
+const TCP_TIME_WAIT = 6;
+
+/**
+ * Ends the TIME_WAIT entries whose local port is `port` (family AF_INET or
+ * AF_INET6), through sock_diag's SOCK_DESTROY; returns how many went.
+ */
+export function destroyTimeWait(family: number, port: number): number {
+  const nl = rawSyscall('socket(AF_NETLINK)', SYS.socket, AF_NETLINK, 3 /* SOCK_RAW */ | 0o2000000, NETLINK_SOCK_DIAG);
+  try {
+    const req = Buffer.alloc(16 + 56);
+    req.writeUInt32LE(req.length, 0);
+    req.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
+    req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
+    req.writeUInt32LE(1, 8);
+    req.writeUInt8(family, 16);
+    req.writeUInt8(IPPROTO_TCP, 17);
+    req.writeUInt32LE(1 << TCP_TIME_WAIT, 20);
+    rawSyscall('sendto(inet_diag)', SYS.sendto, nl, libc.address(req), req.length, 0, 0, 0);
+    const ids: Buffer[] = [];
+    const resp = Buffer.alloc(65536);
+    let done = false;
+    while (!done) {
+      const n = rawSyscall('recvfrom(inet_diag)', SYS.recvfrom, nl, libc.address(resp), resp.length, 0, 0, 0);
+      if (n <= 0) break;
+      for (let at = 0; at + 16 <= n;) {
+        const len = resp.readUInt32LE(at);
+        const type = resp.readUInt16LE(at + 4);
+        if (type === NLMSG_DONE || type === NLMSG_ERROR || len < 16) { done = true; break; }
+        // struct inet_diag_msg: the socket id (48 bytes, sport first, big-endian) at +4.
+        if (type === SOCK_DIAG_BY_FAMILY && len >= 16 + 72 && resp.readUInt16BE(at + 16 + 4) === port) ids.push(Buffer.from(resp.subarray(at + 16 + 4, at + 16 + 52)));
+        at += (len + 3) & ~3;
+      }
+    }
+    let gone = 0;
+    for (const id of ids) {
+      const d = Buffer.alloc(16 + 56);
+      d.writeUInt32LE(d.length, 0);
+      d.writeUInt16LE(SOCK_DESTROY, 4);
+      d.writeUInt16LE(NLM_F_REQUEST | NLM_F_ACK, 6);
+      d.writeUInt32LE(2, 8);
+      d.writeUInt8(family, 16);
+      d.writeUInt8(IPPROTO_TCP, 17);
+      d.writeUInt32LE(1 << TCP_TIME_WAIT, 20);
+      id.copy(d, 24);
+      rawSyscall('sendto(sock_destroy)', SYS.sendto, nl, libc.address(d), d.length, 0, 0, 0);
+      const n = rawSyscall('recvfrom(sock_destroy)', SYS.recvfrom, nl, libc.address(resp), resp.length, 0, 0, 0);
+      if (n >= 20 && resp.readUInt16LE(4) === NLMSG_ERROR && resp.readInt32LE(16) === 0) gone++;
+    }
+    return gone;
+  } finally {
+    rawSyscall('close', SYS.close, nl);
+  }
 }

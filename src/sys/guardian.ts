@@ -30,7 +30,7 @@ const MAX_DATA = 256 * 1024;
 
 const Op = {
   hello: 0, freeze: 1, release: 2, kill: 3, getRegs: 4, getXstate: 5,
-  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11,
+  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13,
 } as const;
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
@@ -195,6 +195,19 @@ export class Guardian {
   /** Hands over a copy of a TCP socket in repair mode: should tsnap die, the guardian switches repair off. */
   holdRepair(fd: number): bigint {
     return this.call('hold TCP repair socket', Op.repairHold, 0, [], fd).ret;
+  }
+
+  /**
+   * Hands over an fd of an iptables-restore script that removes the network
+   * lock of a connection: should tsnap die, the guardian runs it.
+   */
+  holdUnlock(fd: number, v6: boolean): bigint {
+    return this.call('hold TCP unlock script', Op.unlockHold, 0, [v6 ? 1 : 0], fd).ret;
+  }
+
+  /** tsnap removed the lock itself, or handed it to an image. */
+  dropUnlock(id: bigint): void {
+    this.call('drop TCP unlock script', Op.unlockDrop, 0, [id]);
   }
 
   /** tsnap has ended repair mode itself (or the socket dies with its process). */

@@ -79,6 +79,7 @@ export const SYS = {
   getpgid: 121,
   setsid: 112,
   connect: 42,
+  shutdown: 48,
   getpeername: 52,
   bind: 49,
   listen: 50,
