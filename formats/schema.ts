@@ -150,6 +150,20 @@ export interface ProcessImage {
    */
   sysvShm?: SysvShmImage[];
   /**
+   * Deleted files the process maps (tsnap 0.2+, optional), by the dev/ino
+   * of the VMAs' `file`: path at the dump, inode and data extents as for a
+   * deleted fd (`GhostImage`; `extents` never null here, empty with `alias`). Restore makes the
+   * file again, maps it and unlinks it; an inode also open as a deleted fd
+   * is one file.
+   */
+  mappedGhosts?: MappedGhostImage[];
+  /**
+   * Kernel aio contexts (io_setup; tsnap 0.2+, optional): the VMA of each
+   * ring ("/[aio]", MAP_SHARED, never dumped) and the ring's bytes at the
+   * dump: header (nr, head, tail) and events. See src/files/aio.ts.
+   */
+  aioRings?: AioRingImage[];
+  /**
    * Interval timers (setitimer/alarm: 0 REAL, 1 VIRTUAL, 2 PROF) that were
    * armed, with the time left and the period, in µs (tsnap 0.2+, optional).
    */
@@ -301,6 +315,12 @@ export interface VmaImage {
    * made before tsnap recorded them.
    */
   flags?: string[];
+  /**
+   * Guard regions (MADV_GUARD_INSTALL) inside the VMA, as [start, end)
+   * addresses, page-aligned (tsnap 0.2+, optional; absent: none, or a kernel
+   * whose PAGEMAP_SCAN cannot report them). Their pages are never stored.
+   */
+  guards?: [number, number][];
 }
 
 /**
@@ -341,6 +361,24 @@ export interface GhostImage {
   atimeMs?: number;
   mtimeMs?: number;
   extents: { offset: number; data: Buffer }[] | null;
+  /**
+   * Another name of the same inode in the same directory, when the file
+   * was deleted under one name but still has others (tsnap 0.2+,
+   * optional): restore opens that name, the contents are not stored.
+   */
+  alias?: string;
+}
+
+export interface AioRingImage {
+  start: number;
+  end: number;
+  ring: Buffer;
+}
+
+export interface MappedGhostImage extends GhostImage {
+  dev: number;
+  ino: number;
+  path: string;
 }
 
 export interface FdImage {
@@ -382,8 +420,8 @@ export interface FdImage {
    * bits and owner, to make it again.
    */
   fifo?: { capacity: number; data: Buffer; ghost?: { mode: number; uid: number; gid: number } };
-  /** memfd: its name (without "memfd:"), whole contents and seals. */
-  memfd?: { name: string; data: Buffer; seals: number };
+  /** memfd: its name (without "memfd:"), whole contents, seals and (optional) permission bits. */
+  memfd?: { name: string; data: Buffer; seals: number; mode?: number };
   /** Pseudo-terminals of the dump and /dev/tty (files/tty.ts); absent for a terminal on 0-2 that is stdio. */
   tty?: TtyImage;
   /**
@@ -499,6 +537,8 @@ export interface MemfdObjectImage {
   name: string;
   data: Buffer;
   seals: number;
+  /** Permission bits (fchmod), tsnap 0.2+ (optional: absent, the memfd keeps 0777). */
+  mode?: number;
 }
 
 export interface PipeImage {

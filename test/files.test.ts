@@ -105,13 +105,13 @@ time.sleep(600)
     expect(p.alive()).toBe(true);
   });
 
-  it('memory mapped from a deleted file is refused before the freeze, naming the file', async () => {
+  it('memory mapped from a deleted file over the ghost limit is refused before the freeze, naming the mapping', async () => {
     const work = tmpDir('tsnap-files-');
     const f = join(work, 'gone.bin');
     const script = `
 import ctypes, os, time
 fd = os.open(${JSON.stringify(f)}, os.O_RDWR | os.O_CREAT)
-os.ftruncate(fd, 4096)
+os.write(fd, b'x' * 4096)
 libc = ctypes.CDLL(None)
 libc.mmap.restype = ctypes.c_void_p
 libc.mmap(None, 4096, 3, 1, fd, 0)  # MAP_SHARED, without keeping an fd (python's mmap would dup one)
@@ -121,9 +121,9 @@ print("READY", flush=True)
 time.sleep(600)
 `;
     const p = await startProcess('python3', ['-u', '-c', script]);
-    const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--ghost-limit', '1K');
     expect(r.code).toBe(ExitCode.unsupported);
-    expect(r.stderr).toContain(`maps ${f} (deleted)`);
+    expect(r.stderr).toMatch(new RegExp(`maps ${f} \\(deleted\\) at 0x[0-9a-f]+, which holds 4096 bytes of data; deleted files over the ghost limit of 1024 bytes`));
     expect(existsSync(join(work, 'img'))).toBe(false);
     expect(p.alive()).toBe(true);
   });

@@ -37,6 +37,13 @@ import { verify } from '../image/verify.js';
 import { runDemo } from '../demo/demo.js';
 import { completionScript } from './completion.js';
 
+/** A size in bytes, with an optional binary suffix (K, M, G: KiB, MiB, GiB), as CRIU's --ghost-limit. */
+function parseSize(v: string): number {
+  const m = /^(\d+)\s*([kKmMgG]?)(?:i?B)?$/.exec(v);
+  if (!m) throw new TsnapError('usage', `bad size "${v}" (e.g. 64M, 1G, 4096)`);
+  return Number(m[1]) * { '': 1, k: 1024, m: 1 << 20, g: 1 << 30 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g'];
+}
+
 function parseSeconds(v: string): number {
   const n = Number(v);
   if (!/^\d+(\.\d+)?$/.test(v) || !(n > 0)) throw new TsnapError('usage', `expected a number of seconds above 0, got "${v}"`);
@@ -111,6 +118,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('-t, --tree', 'dump the process and all its descendants, frozen together (DIR/<pid> each)')
     .option('--tcp-established', 'take established and half-closed TCP connections with TCP repair mode (locked with iptables rules until restored)')
     .option('--tcp-close', 'take connected TCP sockets as closed ones: they come back shut down, as after a reset')
+    .option('--ghost-limit <size>', 'store deleted files that hold up to SIZE bytes of data (holes do not count; default 64M)', parseSize)
     .option('--ext-unix-sk', 'a unix datagram socket connected to a named socket outside the dump (e.g. /dev/log) connects to that name again at restore')
     .option('--pre-dumps <n>', 'pre-dump up to N times while it runs, then dump the last delta: writes DIR/1, DIR/2, ...', intOption('--pre-dumps', 1, 1000))
     .option('-R, --leave-running', 'resume the process after the dump instead of killing it')
@@ -118,12 +126,12 @@ export async function main(argv: string[]): Promise<void> {
     .option('--no-fsync', 'do not fsync the image before killing the process')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExamples:\n  tsnap dump --pid 1234 --dir /var/tmp/img           # dump and kill\n  tsnap dump --pid 1234 --dir img --leave-running --compress lz4\n  tsnap dump --pid 1234 --dir img/3 --parent img/2    # final image of an incremental chain')
-    .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; extUnixSk?: boolean; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
+    .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; extUnixSk?: boolean; ghostLimit?: number; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
       out(o.json);
       if (o.tcpEstablished && o.preDumps !== undefined) throw new TsnapError('usage', '--tcp-established does not go with --pre-dumps yet; run pre-dump and dump --parent');
       const common = {
         pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
-        fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, tcpClose: o.tcpClose, extUnixSk: o.extUnixSk, onProgress: progress('copying the memory of'),
+        fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, tcpClose: o.tcpClose, extUnixSk: o.extUnixSk, ghostLimit: o.ghostLimit, onProgress: progress('copying the memory of'),
       };
       if (o.tree && o.preDumps !== undefined) {
         if (o.parent) throw new TsnapError('usage', '--pre-dumps and --parent do not go together');

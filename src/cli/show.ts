@@ -70,7 +70,7 @@ export function showImage(dir: string, json: boolean): string {
       if (to > from) stored += (to - from) / 4096;
     }
     const prot = `${v.prot & 1 ? 'r' : '-'}${v.prot & 2 ? 'w' : '-'}${v.prot & 4 ? 'x' : '-'}${v.shared ? 's' : 'p'}`;
-    out.push(`  ${hex(v.start).padStart(14)}-${hex(v.end).padEnd(14)} ${prot} ${formatBytes(v.end - v.start).padStart(10)} ${String(stored).padStart(7)} pages  ${v.path}${v.file?.deleted ? ' (deleted)' : ''}`);
+    out.push(`  ${hex(v.start).padStart(14)}-${hex(v.end).padEnd(14)} ${prot} ${formatBytes(v.end - v.start).padStart(10)} ${String(stored).padStart(7)} pages  ${v.path}${v.file?.deleted ? ' (deleted)' : ''}${v.guards?.length ? `  guard regions ${v.guards.map(([a, b]) => `${hex(a)}-${hex(b)}`).join(' ')}` : ''}`);
   }
   if (p) {
     out.push(`files: ${p.fds.length}`);
@@ -79,6 +79,10 @@ export function showImage(dir: string, json: boolean): string {
       const scm = f.socket?.scm;
       if (scm) out.push(`    queued: ${scm.messages.length} messages, in flight: ${scm.files.map((g) => g.link).join(', ') || 'no files'}`);
     }
+    for (const g of p.mappedGhosts ?? []) {
+      out.push(`  mapped deleted file ${g.path}: ${g.alias ? `reopened as ${g.alias}` : `${formatBytes((g.extents ?? []).reduce((n, e) => n + e.data.length, 0))} of data, size ${formatBytes(g.size)}`}`);
+    }
+    for (const r of p.aioRings ?? []) out.push(`  aio ring ${hex(r.start)}: ${r.ring.readUInt32LE(4)} events, head ${r.ring.readUInt32LE(8)} tail ${r.ring.readUInt32LE(12)}`);
   }
   const raw = img.pagemap.chunks.reduce((s, c) => s + c.rawLength, 0);
   const stored = img.pagemap.chunks.reduce((s, c) => s + c.storedLength, 0);

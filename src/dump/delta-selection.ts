@@ -21,6 +21,7 @@
  * Pages the chain holds that are no longer present (madvise(DONTNEED),
  * munmap + mmap within a round) are recorded as absent.
  *
+ * Guard regions are never selected nor write-protected (memory-plan.ts).
  * Only present pages are ever write-protected: scans always ask for
  * PRESENT|SWAPPED, which also keeps the kernel off its fast path (where an
  * unpopulated pte counts as written and gets a marker, i.e. page tables for
@@ -28,7 +29,7 @@
  */
 import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, SysError } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
-import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, type VmaClass, type DumpRange } from './memory-plan.js';
+import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, SCAN_NOT_GUARD, type VmaClass, type DumpRange } from './memory-plan.js';
 import { normalize, subtract, intersect, type Range } from './ranges.js';
 import { uffdRegisterWp } from '../track/uffd.js';
 import { sharedAnonRanges } from './shared-memory.js';
@@ -56,7 +57,7 @@ function select(pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaCla
   const seen: Range[] = [];
   for (const span of over) {
     const selector = new RangeSelector(vmas, classes);
-    for (const batch of pagemap.scan({ start: span.start, end: span.end, flags, categoryMask, categoryAnyof: SCAN_ANYOF, returnMask: SCAN_RETURN })) {
+    for (const batch of pagemap.scan({ start: span.start, end: span.end, flags, categoryMask: categoryMask | SCAN_NOT_GUARD, categoryInverted: SCAN_NOT_GUARD, categoryAnyof: SCAN_ANYOF, returnMask: SCAN_RETURN })) {
       for (const r of batch) {
         seen.push({ start: r.start, end: r.end });
         if (r.categories & PAGE_IS.PFNZERO) zeroPfn.push({ start: r.start, end: r.end });

@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import { release as kernelRelease } from 'node:os';
 import { dirname, relative, resolve } from 'node:path';
-import { closeSync, existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { ProcMem, Pagemap } from '../sys/index.js';
 import { readStat, readStatus, readMaps, readCwd } from '../proc/index.js';
 import { FrozenProcess } from '../freeze/frozen-process.js';
@@ -26,10 +26,14 @@ import { RoundRecord } from '../track/round-record.js';
 import { collectRemoteState } from './task-state.js';
 import { checkCreds } from './creds.js';
 import { readLayout, assembleProcess, checkOomScoreAdj } from './process-state.js';
+import { recordGuards } from './guards.js';
+import { DEAD_PROC_DIR } from '../proc/links.js';
 import { readFds } from './fds.js';
 import { checkSysvShm, isSysvShmVma } from './sysv-shm.js';
 import { tcpRepair } from '../files/tcp.js';
 import { isMemfdPath } from '../files/fifo-memfd.js';
+import { isMappedGhost, checkMappedGhost } from '../files/ghost-map.js';
+import { isAioRing, checkAioRings } from '../files/aio.js';
 import { copyPages, fullSelection } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
 import { type Range } from './ranges.js';
@@ -88,6 +92,8 @@ export interface DumpOptions {
   commitFile?: string;
   /** Take established TCP connections with TCP repair mode (see src/files/tcp.ts). */
   tcpEstablished?: boolean;
+  /** Bytes of data a deleted file may hold to be stored in the image (default GHOST_LIMIT, 64 MiB). */
+  ghostLimit?: number;
   /** Unix datagram sockets connected to a named socket outside the dump connect to that name again at restore (src/files/unix.ts). */
   extUnixSk?: boolean;
   /** Take connected TCP sockets as closed ones (see SocketOptions.tcpClose). */
@@ -211,8 +217,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       } else if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
-        readFds(pid, { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, enter: false });
-        checkMappings(pid);
+        readFds(pid, { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, ghostLimit: opts.ghostLimit, enter: false });
+        checkMappings(pid, opts.ghostLimit);
         checkCwd(pid);
         checkOomScoreAdj(pid);
         checkCreds(pid);
@@ -227,7 +233,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       try {
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
         const layout = readLayout(pid, opts.sharedElsewhere);
-        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: !!opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: !!opts.extUnixSk }) : null;
+        recordGuards(pagemap, layout.images);
+        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: !!opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: !!opts.extUnixSk, ghostLimit: opts.ghostLimit }) : null;
         checkAbort();
 
         const tMem = process.hrtime.bigint();
@@ -403,6 +410,8 @@ export function checkCwd(pid: number): void {
   // there again only if restore makes it (a --tree member), and a deleted
   // one (an exited task's) cannot be made at all.
   const inProc = /^\/proc\/(\d+)(\/|$| \(deleted\))/.exec(cwd);
+  // The directory of a process that has exited is made again, as dead (restore/task-state.ts).
+  if (DEAD_PROC_DIR.test(cwd)) return;
   if (inProc && (Number(inProc[1]) !== pid || cwd.endsWith(' (deleted)'))) {
     throw new TsnapError('unsupported', `the cwd of process ${pid} is ${cwd}, in the /proc directory of ${Number(inProc[1]) === pid ? 'itself, deleted' : `process ${inProc[1]}`}; restore could not enter it again`);
   }
@@ -413,16 +422,21 @@ export function checkCwd(pid: number): void {
   }
 }
 
-export function checkMappings(pid: number): void {
+export function checkMappings(pid: number, ghostLimit?: number): void {
   const vmas = readMaps(pid);
   checkSysvShm(pid, vmas);
+  let exe = '';
+  try { exe = readlinkSync(`/proc/${pid}/exe`); } catch { /* a kernel thread has none: nothing maps it */ }
   for (const v of vmas) {
     if (!v.deleted || v.inode === 0) continue;
     if (v.shared && v.path === '/dev/zero') continue;
     if (isMemfdPath(v.path)) continue; // stored whole (src/files/fifo-memfd.ts)
     if (isSysvShmVma(v)) continue; // stored whole (dump/sysv-shm.ts)
-    throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from deleted files or SysV shm cannot be restored yet`);
+    if (isMappedGhost(v)) { checkMappedGhost(pid, v, exe, ghostLimit); continue; } // src/files/ghost-map.ts
+    if (isAioRing(v)) continue; // stored and made again (src/files/aio.ts)
+    throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from this kind of deleted object cannot be restored yet`);
   }
+  checkAioRings(pid, vmas.filter(isAioRing));
 }
 
 function anonResidentBytes(pid: number): number {

@@ -27,7 +27,7 @@ const F_RDLCK = 0;
 
 const WITH_FILE = new Set(['file', 'dir', 'devnull', 'tty', 'fifo', 'chardev', 'blockdev', 'memfd']);
 
-export function readFds(pid: number, opts: SocketOptions = {}): FdImage[] {
+export function readFds(pid: number, opts: FdReadOptions = {}): FdImage[] {
   return readTreeFds([pid], opts).get(pid)!;
 }
 
@@ -44,7 +44,8 @@ interface SeenFd {
  * open file.
  */
 /** `zombies`: children of the tree that exited, which a tree image records too (pidfds may name them). */
-export type FdReadOptions = SocketOptions & { zombies?: number[] };
+/** `ghostLimit`: bytes of data a deleted file may hold to be stored (dump --ghost-limit). */
+export type FdReadOptions = SocketOptions & { zombies?: number[]; ghostLimit?: number };
 
 export function readTreeFds(pids: number[], opts: FdReadOptions = {}): Map<number, FdImage[]> {
   try {
@@ -107,14 +108,14 @@ function readAllFds(pids: number[], opts: FdReadOptions): Map<number, FdImage[]>
 }
 
 /** One fd of `pid` read for the image. `filesPid`: whose fd numbers an epoll names (pid but for files in flight). */
-function describeFd(pid: number, pidfd: number, fd: number, open: Set<number>, opts: SocketOptions, ghosts: Set<string>, filesPid = pid): SeenFd {
+function describeFd(pid: number, pidfd: number, fd: number, open: Set<number>, opts: FdReadOptions, ghosts: Set<string>, filesPid = pid): SeenFd {
   const t = readFdTarget(pid, fd);
   const info = readFdInfo(pid, fd);
   const img: FdImage = {
     fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,
     file: WITH_FILE.has(t.kind) ? { dev: t.dev, ino: t.ino, size: t.size, mtimeMs: 0, mode: t.mode, rdev: t.rdev, deleted: t.deleted } : null,
   };
-  FD_KINDS[img.kind].describe?.({ pid, pidfd, target: t, info, open, opts, frozen: opts.enter !== false, ghosts, filesPid }, img);
+  FD_KINDS[img.kind].describe?.({ pid, pidfd, target: t, info, open, opts, frozen: opts.enter !== false, ghosts, ghostLimit: opts.ghostLimit, filesPid }, img);
   describeOwner(pidfd, img);
   // A lease being broken: F_GETLEASE already answers the type it is
   // broken to, and restore takes that (the break as completed; the

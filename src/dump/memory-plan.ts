@@ -8,7 +8,7 @@
  * shared anonymous memory. Not stored: pages never touched, zero-page
  * mappings, and file pages a restore reads back from the file itself.
  */
-import { PAGE_IS, type PageRegion } from '../sys/index.js';
+import { PAGE_IS, scanKnowsGuard, type PageRegion } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import type { VmaSpecial } from '../../formats/schema.js';
 
@@ -36,13 +36,23 @@ export function classifyVma(v: Vma): VmaClass {
   return 'notDumped';
 }
 
+/**
+ * Guard regions (MADV_GUARD_INSTALL) are page-table markers that look
+ * SWAPPED to a scan, hold no data and fault on any access (reading them
+ * through /proc/PID/mem gives EIO). Every scan that selects pages leaves
+ * them out (SCAN_NOT_GUARD), which also keeps WP_MATCHING scans from
+ * write-protecting them; guards.ts records them for restore.
+ */
+const GUARD = scanKnowsGuard() ? PAGE_IS.GUARD : 0;
+export const SCAN_NOT_GUARD = GUARD;
+
 /** One PAGEMAP_SCAN over the whole space asks for these; filtering is per VMA. */
 export const SCAN_ANYOF = PAGE_IS.PRESENT | PAGE_IS.SWAPPED;
-export const SCAN_RETURN = PAGE_IS.PRESENT | PAGE_IS.SWAPPED | PAGE_IS.FILE | PAGE_IS.PFNZERO;
+export const SCAN_RETURN = PAGE_IS.PRESENT | PAGE_IS.SWAPPED | PAGE_IS.FILE | PAGE_IS.PFNZERO | GUARD;
 
 /** What a scan region of this class stores; shared anonymous memory is taken from its object instead (shared-memory.ts). */
 function keeps(cls: VmaClass, categories: number): boolean {
-  if (categories & PAGE_IS.PFNZERO) return false;
+  if (categories & (PAGE_IS.PFNZERO | GUARD)) return false;
   return cls === 'private' && (categories & PAGE_IS.FILE) === 0;
 }
 

@@ -11,7 +11,7 @@ import { VmCopier, ProcMem, Pagemap, PROT_READ, type RemoteRange } from '../sys/
 import type { Vma } from '../proc/maps.js';
 import { PageFileWriter } from '../image/page-file.js';
 import { PageWhere, type PageRun } from '../../formats/schema.js';
-import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, type VmaClass, type DumpRange } from './memory-plan.js';
+import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, SCAN_NOT_GUARD, type VmaClass, type DumpRange } from './memory-plan.js';
 import { sharedAnonRanges } from './shared-memory.js';
 
 const PAGE = 4096;
@@ -46,7 +46,7 @@ export function* fullSelection(pagemap: Pagemap, vmas: readonly Vma[], classes: 
   // Shared anonymous memory comes from its object, merged in address order.
   const shared = sharedAnonRanges(pagemap.pid, vmas, classes);
   let si = 0;
-  for (const batch of pagemap.scan({ start: dumped[0].start, end: dumped[dumped.length - 1].end, categoryAnyof: SCAN_ANYOF, returnMask: SCAN_RETURN })) {
+  for (const batch of pagemap.scan({ start: dumped[0].start, end: dumped[dumped.length - 1].end, categoryMask: SCAN_NOT_GUARD, categoryInverted: SCAN_NOT_GUARD, categoryAnyof: SCAN_ANYOF, returnMask: SCAN_RETURN })) {
     for (const r of selector.select(batch)) {
       while (si < shared.length && shared[si].start < r.start) yield shared[si++];
       yield r;

@@ -12,7 +12,9 @@ import { readFds } from './fds.js';
 import { describeCtty } from '../files/tty.js';
 import { readMappedMemfds } from '../files/fifo-memfd.js';
 import { describeSysvShm } from './sysv-shm.js';
-import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage, type RlimitImage, type FdImage, type FileIdentity, type MmImage } from '../../formats/schema.js';
+import { readMappedGhosts } from '../files/ghost-map.js';
+import { readAioRings } from '../files/aio.js';
+import { VMA_RESTORED_FLAGS, type MappedGhostImage, type AioRingImage, type ProcessImage, type VmaImage, type RlimitImage, type FdImage, type FileIdentity, type MmImage } from '../../formats/schema.js';
 import { readVmFlags } from '../proc/smaps.js';
 import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
 import type { RemoteState } from './task-state.js';
@@ -39,7 +41,9 @@ export function readLayout(pid: number, sharedElsewhere?: ReadonlySet<string>): 
   const vmas = readMaps(pid);
   // smaps costs a page-table walk per VMA, but only it shows madvise/mlock state.
   const vmFlags = readVmFlags(pid);
-  const classes = vmas.map(classifyVma);
+  // MAP_DROPPABLE memory is the kernel's to drop at any time: a restore
+  // brings it back empty, as after memory pressure (CRIU does the same).
+  const classes = vmas.map((v): VmaClass => ((vmFlags.get(v.start) ?? []).includes('dp') ? 'notDumped' : classifyVma(v)));
   const cache = new Map<string, FileIdentity | null>();
   const hex = (n: number) => n.toString(16);
   const images = vmas.map((v, i): VmaImage => {
@@ -107,7 +111,7 @@ export function readRlimits(pid: number): RlimitImage[] {
   });
 }
 
-export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[], sockets: SocketOptions = {}): ProcessImage {
+export function assembleProcess(pid: number, remote: RemoteState, layout: Layout, fds?: FdImage[], sockets: SocketOptions & { ghostLimit?: number } = {}): ProcessImage {
   const stat = readStat(pid);
   const status = readStatus(pid);
   const mm: MmImage = {
@@ -144,6 +148,8 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
     fds: fds ?? readFds(pid, { ...sockets, enter: true }),
     memfds: readMappedMemfds(pid, layout.vmas, (i) => layout.images[i].file),
     ...optional('sysvShm', describeSysvShm(pid, layout.vmas)),
+    ...withMappedGhosts(readMappedGhosts(pid, layout.vmas, (i) => layout.images[i].file, sockets.ghostLimit)),
+    ...withAioRings(readAioRings(pid, layout.vmas)),
     itimers: remote.itimers,
     posixTimers: remote.posixTimers,
     prctl: remote.prctl,
@@ -155,4 +161,13 @@ export function assembleProcess(pid: number, remote: RemoteState, layout: Layout
 /** `{ [k]: v }` when v is defined: optional image fields stay absent rather than undefined. */
 function optional<K extends string, V>(k: K, v: V | undefined): { [P in K]?: V } {
   return (v === undefined ? {} : { [k]: v }) as { [P in K]?: V };
+}
+
+/** Absent when there are none: images without deleted mappings stay as before. */
+function withMappedGhosts(list: MappedGhostImage[]): { mappedGhosts?: MappedGhostImage[] } {
+  return list.length ? { mappedGhosts: list } : {};
+}
+
+function withAioRings(list: AioRingImage[]): { aioRings?: AioRingImage[] } {
+  return list.length ? { aioRings: list } : {};
 }

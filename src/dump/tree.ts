@@ -162,8 +162,8 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         const isZombie = (pid: number) => stateOf(pid) === 'Z';
         const runningTree = listed.filter((m) => { const st = stateOf(m.pid); return st !== null && st !== 'Z'; });
         const running = runningTree.map((m) => m.pid);
-        readTreeFds(running, { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, enter: false, zombies: listed.filter((m) => m.pid !== root && isZombie(m.pid)).map((m) => m.pid) });
-        for (const pid of running) { checkMappings(pid); checkCwd(pid); checkOomScoreAdj(pid); checkCreds(pid); }
+        readTreeFds(running, { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, ghostLimit: opts.ghostLimit, enter: false, zombies: listed.filter((m) => m.pid !== root && isZombie(m.pid)).map((m) => m.pid) });
+        for (const pid of running) { checkMappings(pid, opts.ghostLimit); checkCwd(pid); checkOomScoreAdj(pid); checkCreds(pid); }
         sharedFdTables(runningTree);
         tree = freezeTree(root);
         const t = tree as FrozenTree;
@@ -174,7 +174,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         const shared = sharedFdTables(t.members.map((x) => x.m));
         for (const { m } of t.members) if (shared.has(m.pid)) m.filesShared = true;
         members = [...t.members.map((x) => x.m), ...t.zombies];
-        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, enter: true, zombies: t.zombies.map((z) => z.pid) });
+        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, ghostLimit: opts.ghostLimit, enter: true, zombies: t.zombies.map((z) => z.pid) });
         // All at once: while one process's pages are being written out, the
         // next one's are read, which shortens the time the whole tree is frozen.
         const sharedElsewhere = sharedStoredEarlier(t.members.map((x) => x.m.pid));

@@ -11,7 +11,7 @@
  * A memfd's contents, size and seals are stored in the image (up to
  * MEMFD_MAX) and put into a new memfd of the same name.
  */
-import { openSync, closeSync, readSync, writeSync, fstatSync, ftruncateSync } from 'node:fs';
+import { openSync, closeSync, readSync, writeSync, fstatSync, ftruncateSync, fchmodSync } from 'node:fs';
 import { constants as C } from 'node:fs';
 import { fcntl, ioctl, SYS, O_CLOEXEC, O_NONBLOCK, F_SETFL, F_DUPFD_CLOEXEC, SEEK_SET, O_CREAT, O_EXCL, O_TRUNC, O_NOCTTY } from '../sys/index.js';
 import type { FdImage, MemfdObjectImage } from '../../formats/schema.js';
@@ -46,14 +46,15 @@ export function checkMemfdSize(f: FdImage): FdImage['memfd'] {
   if (size > MEMFD_MAX) {
     throw new TsnapError('unsupported', `fd ${f.fd} is a memfd of ${size} bytes; memfds over ${MEMFD_MAX >> 20} MiB are not checkpointed`);
   }
-  return { name: '', data: Buffer.alloc(0), seals: 0 };
+  return { name: '', data: Buffer.alloc(0), seals: 0, mode: 0 };
 }
 
 /** Whole contents, seals and name of the memfd behind a /proc magic link. */
-export function readMemfd(link: string, what: string, path: string): { name: string; data: Buffer; seals: number } {
+export function readMemfd(link: string, what: string, path: string): { name: string; data: Buffer; seals: number; mode: number } {
   const fd = openSync(link, C.O_RDONLY | O_CLOEXEC);
   try {
-    const size = fstatSync(fd).size;
+    const st = fstatSync(fd);
+    const size = st.size;
     if (size > MEMFD_MAX) {
       throw new TsnapError('unsupported', `${what} is a memfd of ${size} bytes; memfds over ${MEMFD_MAX >> 20} MiB are not checkpointed`);
     }
@@ -66,7 +67,7 @@ export function readMemfd(link: string, what: string, path: string): { name: str
     let seals = 0;
     try { seals = fcntl(fd, F_GET_SEALS); } catch { /* sealing not allowed: no seals */ }
     const name = path.replace(/^\/memfd:/, '');
-    return { name, data, seals };
+    return { name, data, seals, mode: st.mode & 0o7777 };
   } finally {
     closeSync(fd);
   }
@@ -130,13 +131,15 @@ export function isMemfdPath(path: string): boolean {
  * Creates a memfd with the image's name, contents and seals inside the task
  * and leaves it at an fd at or above `floor`; returns that fd.
  */
-export function createMemfdObject(rt: RemoteTask, m: { name: string; data: Buffer; seals: number }, floor: number): number {
+export function createMemfdObject(rt: RemoteTask, m: { name: string; data: Buffer; seals: number; mode?: number }, floor: number): number {
   const name = rt.put(Buffer.from(`${m.name.slice(0, 249)}\0`), 1024);
   const tmp = Number(rt.sc.check(`memfd_create(${m.name})`, SYS.memfd_create, name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
   const mine = openSync(`/proc/${rt.pid}/fd/${tmp}`, C.O_RDWR | O_CLOEXEC);
   try {
     ftruncateSync(mine, m.data.length);
     for (let at = 0; at < m.data.length;) at += writeSync(mine, m.data, at, m.data.length - at, at);
+    // memfd_create makes it 0777: what the program set with fchmod comes back.
+    if (m.mode !== undefined) fchmodSync(mine, m.mode);
   } finally {
     closeSync(mine);
   }

@@ -29,6 +29,8 @@ export interface DescribeContext {
   frozen: boolean;
   /** Inodes of deleted files whose contents this dump already holds. */
   ghosts: Set<string>;
+  /** Bytes of data a deleted file may hold to be stored (dump --ghost-limit; default GHOST_LIMIT). */
+  ghostLimit?: number;
   /** Whose fd numbers an epoll names: `pid`, but for files in flight (read as tsnap's own fds) their receiver. */
   filesPid: number;
 }

@@ -57,8 +57,8 @@ export function restoreReopened(rt: RemoteTask, group: FdImage[], floor: number,
 export const reopenedKind: FdKindModule = {
   describe(c, img) {
     if (!isGhost(img)) return;
-    if (c.frozen) img.ghost = describeGhost(c.pid, img, c.ghosts);
-    else checkGhost(img, c.pid);
+    if (c.frozen) img.ghost = describeGhost(c.pid, img, c.ghosts, c.ghostLimit);
+    else checkGhost(img, c.pid, c.ghostLimit);
   },
   checkDump(f, c) {
     const of = c.pids.length > 1 ? ` of process ${c.pid}` : '';

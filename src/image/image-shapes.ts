@@ -69,9 +69,10 @@ const VMA = obj({
   dumped: bool,
   // smaps VmFlags tokens restore sets again (VMA_RESTORED_FLAGS): two letters each.
   flags: opt(arr(str(2, /^[a-z]{2}$/), 64)),
+  guards: opt(arr(tuple(ADDR, ADDR), 1 << 20)),
 });
 
-interface VmaLike { start: number; end: number; special: string | null; dumped: boolean }
+interface VmaLike { start: number; end: number; special: string | null; dumped: boolean; guards?: [number, number][] }
 
 /** Sorted, disjoint, page-aligned; above the user half only [vsyscall], which is never dumped. */
 export const VMAS: Shape = refine<VmaLike[]>(arr(VMA, 1 << 20), (vmas) => {
@@ -81,6 +82,9 @@ export const VMAS: Shape = refine<VmaLike[]>(arr(VMA, 1 << 20), (vmas) => {
     if (v.start % 4096 !== 0 || v.end % 4096 !== 0 || v.start >= v.end) return `${at}: misaligned or empty`;
     if (v.start < prevEnd) return `${at}: VMAs overlap or are not sorted`;
     if (v.end > USER_END && (v.special !== 'vsyscall' || v.dumped)) return `${at}: outside the user address space`;
+    for (const [s, e] of v.guards ?? []) {
+      if (s % 4096 !== 0 || e % 4096 !== 0 || s >= e || s < v.start || e > v.end) return `${at}: guard region 0x${s.toString(16)}-0x${e.toString(16)} is not a page range inside it`;
+    }
     prevEnd = v.end;
   }
   return null;
@@ -128,6 +132,17 @@ const SOCKET_FIELDS = {
 };
 const SOCKET = obj(SOCKET_FIELDS);
 
+/**
+ * A deleted file's inode and data (--ghost-limit bounds the data a dump
+ * stores; a reader takes any size a file can have).
+ */
+const EXTENTS = arr(obj({ offset: SAFE, data: bin(0, 2 ** 32 - 1) }), 1 << 20);
+const GHOST = {
+  size: SAFE, mode: int(0, 0o7777), uid: U32, gid: U32, atimeMs: opt(TIME), mtimeMs: opt(TIME),
+  extents: nullable(EXTENTS),
+  alias: opt(PATH),
+};
+
 const fdImage = (socket: Shape): Shape => obj({
   fd: FD,
   kind: oneOf('file', 'dir', 'devnull', 'tty', 'pipe', 'fifo', 'socket', 'anon_inode', 'chardev', 'blockdev', 'memfd', 'eventfd', 'epoll', 'timerfd', 'signalfd', 'other'),
@@ -144,7 +159,7 @@ const fdImage = (socket: Shape): Shape => obj({
   signalfd: opt(obj({ mask: U64 })),
   socket: opt(socket),
   fifo: opt(obj({ capacity: int(0, 1 << 30), data: BYTES, ghost: opt(obj({ mode: int(0, 0o7777), uid: U32, gid: U32 })) })),
-  memfd: opt(obj({ name: str(255), data: BYTES, seals: U32 })),
+  memfd: opt(obj({ name: str(255), data: BYTES, seals: U32, mode: opt(int(0, 0o7777)) })),
   pidfd: opt(obj({ pid: int(-1, 1 << 22), ino: SAFE, leader: opt(PID) })),
   symlink: opt(obj({ target: PATH, ino: SAFE, uid: U32, gid: U32 })),
   inotify: opt(obj({ watches: arr(obj({ wd: int(1, 0x7fffffff), mask: U32, dev: SAFE, ino: SAFE, path: nullable(PATH), via: opt(FD), handle: opt(bin(0, 128)) }), 1 << 20) })),
@@ -162,10 +177,7 @@ const fdImage = (socket: Shape): Shape => obj({
       input: bin(0, 1 << 20), output: bin(0, 1 << 20), session: PID_OR_0, fgPgid: PID_OR_0,
     })),
   })),
-  ghost: opt(obj({
-    size: int(0, 64 << 20), mode: int(0, 0o7777), uid: U32, gid: U32, atimeMs: opt(TIME), mtimeMs: opt(TIME),
-    extents: nullable(arr(obj({ offset: int(0, 64 << 20), data: bin(0, 64 << 20) }), 1 << 16)),
-  })),
+  ghost: opt(obj(GHOST)),
 });
 
 /** A file in flight in a unix socket: a socket among them has no files in flight itself (dump refuses). */
@@ -218,9 +230,11 @@ interface ProcessLike {
   pid: number;
   threads: { tid: number }[];
   fds: { fd: number; socket?: { scm?: { files: { fd: number }[] } } }[];
-  mm: { vmas: { start: number; path: string; file: { dev: number; ino: number } | null }[] };
+  mm: { vmas: { start: number; end: number; path: string; file: { dev: number; ino: number } | null }[] };
   memfds?: { dev: number; ino: number }[];
   sysvShm?: { shmid: number; size: number; data: Buffer }[];
+  mappedGhosts?: { dev: number; ino: number }[];
+  aioRings?: { start: number; end: number; ring: Buffer }[];
 }
 
 export const PROCESS: Shape = refine<ProcessLike>(obj({
@@ -254,8 +268,10 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
     vmas: VMAS,
   }),
   fds: arr(FD_IMAGE, 1 << 20),
-  memfds: opt(arr(obj({ dev: SAFE, ino: SAFE, name: str(255), data: BYTES, seals: U32 }), 1 << 16)),
+  memfds: opt(arr(obj({ dev: SAFE, ino: SAFE, name: str(255), data: BYTES, seals: U32, mode: opt(int(0, 0o7777)) }), 1 << 16)),
   sysvShm: opt(arr(obj({ shmid: int(0, 2 ** 31 - 1), key: I32, size: int(1, 2 ** 40), mode: int(0, 0o7777), uid: U32, gid: U32, data: BYTES }), 1 << 12)),
+  aioRings: opt(arr(obj({ start: ADDR, end: ADDR, ring: bin(4096, 1 << 26, 4096) }), 1 << 16)),
+  mappedGhosts: opt(arr(obj({ dev: SAFE, ino: SAFE, path: PATH, ...GHOST, extents: EXTENTS }), 1 << 16)),
   itimers: opt(arr(obj({ which: int(0, 2), valueUs: SAFE, intervalUs: SAFE }), 3)),
   posixTimers: opt(arr(obj({
     id: int(0, 2 ** 31 - 1), clockid: I32, signo: int(0, 64), value: U64, notify: oneOf('signal', 'thread', 'none'),
@@ -280,6 +296,15 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   }
   for (const m of p.sysvShm ?? []) {
     if (m.data.length !== m.size) return `SysV shm ${m.shmid} holds ${m.data.length} bytes for a size of ${m.size}`;
+  }
+  for (const v of p.mm.vmas) {
+    if (v.path === '/[aio]' && !p.aioRings?.some((r) => r.start === v.start)) return `the VMA at 0x${v.start.toString(16)} is an aio ring the image does not hold`;
+  }
+  for (const r of p.aioRings ?? []) {
+    if (r.ring.length !== r.end - r.start || !p.mm.vmas.some((v) => v.start === r.start && v.end === r.end && v.path === '/[aio]')) return `the aio ring at 0x${r.start.toString(16)} does not match a VMA of the image`;
+  }
+  for (const g of p.mappedGhosts ?? []) {
+    if (!p.mm.vmas.some((v) => v.file?.dev === g.dev && v.file.ino === g.ino)) return `the image holds a deleted mapped file (inode ${g.ino}) that no VMA maps`;
   }
   return null;
 });

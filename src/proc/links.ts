@@ -40,3 +40,6 @@ export function readPersonality(pid: number): number {
   if (!/^[0-9a-fA-F]+$/.test(s) || Number.isNaN(v)) throw new Error(`malformed /proc/${pid}/personality: ${s}`);
   return v;
 }
+
+/** The cwd link of a process sitting in the /proc directory of one that has exited (ZDTM unhashed_proc). */
+export const DEAD_PROC_DIR = /^\/proc\/\d+ \(deleted\)$/;

@@ -18,6 +18,7 @@ import { findHole, isSpecial, mapCallFor, adviceFor, lockFor, vmaKind, SPECIAL_M
 import type { SysvSegments } from './sysv-shm.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
+import { isAioRing } from '../files/aio.js';
 
 const PAGE = 4096;
 export const STUB_SIZE = 2 * PAGE;
@@ -102,7 +103,8 @@ export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number,
   const fixLater: VmaImage[] = [];
   try {
     for (const v of image.mm.vmas) {
-      if (isSpecial(v)) continue;
+      // aio rings are made by io_setup (src/files/aio.ts), in this place left free.
+      if (isSpecial(v) || isAioRing(v)) continue;
       const from = shared.get(v.start);
       if (from !== undefined) {
         const fd = rt.open(from, v.prot & PROT_WRITE || v.flags?.includes('mw') ? O_RDWR : O_RDONLY);
@@ -164,5 +166,17 @@ export function lockVmas(rt: RemoteTask, vmas: readonly VmaImage[]): void {
   for (const v of vmas) {
     const flags = lockFor(v);
     if (flags !== null) rt.sc.check(`mlock2(0x${v.start.toString(16)})`, SYS.mlock2, v.start, v.end - v.start, flags);
+  }
+}
+
+const MADV_GUARD_INSTALL = 102;
+
+/**
+ * Guard regions as they were, once the pages are written (a guard zaps what
+ * it covers) and before mlock (which a guard does not go with).
+ */
+export function installGuards(rt: RemoteTask, vmas: readonly VmaImage[]): void {
+  for (const v of vmas) {
+    for (const [s, e] of v.guards ?? []) rt.sc.check(`madvise(0x${s.toString(16)}, MADV_GUARD_INSTALL)`, SYS.madvise, s, e - s, MADV_GUARD_INSTALL);
   }
 }

@@ -186,6 +186,8 @@ export class FdRestorer {
       if (deferred) continue;
       if (kind.link) this.linked.add(`${rt.pid}:${f.fd}`);
       if (kind.late) this.lateOnes.add(`${rt.pid}:${f.fd}`);
+      // Other open files of this memfd (a child's open of /proc/PID/fd/N) reopen this one.
+      if (f.kind === 'memfd' && f.file && !this.memfds.has(`${f.file.dev}:${f.file.ino}`)) this.memfds.set(`${f.file.dev}:${f.file.ino}`, { pid: rt.pid, fd: f.fd });
       if (f.ofd !== undefined) this.holders.set(f.ofd, { pid: rt.pid, fd: f.fd });
     }
     this.contexts.set(rt.pid, c);

@@ -9,6 +9,9 @@ import type { ProcessImage } from '../../formats/schema.js';
 import { vmaKind, isSpecial } from './layout-plan.js';
 import { checkFds } from './fds.js';
 import { sysvShmObstacle } from './sysv-shm.js';
+import { mappedGhostOf } from '../files/ghost-map.js';
+import { checkAliases } from '../files/ghost.js';
+import { isAioRing, checkAioRoom } from '../files/aio.js';
 import { pidTaken } from './create-process.js';
 import { TsnapError } from '../errors.js';
 import { credsObstacle, helperCreds } from './creds-check.js';
@@ -50,6 +53,8 @@ export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
       continue;
     }
     if (k === 'sysvShm') continue; // the segment is checked below
+    if (mappedGhostOf(p.mappedGhosts, v)) continue; // made again from the image (ghost-map.ts)
+    if (isAioRing(v)) continue; // made by io_setup (aio.ts)
     if (k === 'privateFile' || k === 'sharedFile') checkFile(v.path, 'mapped file', v.file, v.file?.deleted ?? false);
   }
   for (const s of p.sysvShm ?? []) {
@@ -57,6 +62,11 @@ export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
     if (obstacle) throw new TsnapError('restoreFailed', obstacle);
   }
   checkFds(p.fds);
+  checkAioRoom(p.aioRings ?? []);
+  checkAliases([
+    ...p.fds.filter((f) => f.ghost?.alias && f.file).map((f) => ({ alias: f.ghost!.alias, ino: f.file!.ino, dev: f.file!.dev, what: `fd ${f.fd} (${f.path})` })),
+    ...(p.mappedGhosts ?? []).map((g) => ({ alias: g.alias, ino: g.ino, dev: g.dev, what: `the mapped ${g.path}` })),
+  ]);
   const start = helperCreds();
   for (const t of p.threads) {
     const obstacle = t.creds && credsObstacle(t.creds, start, 'tsnap');

@@ -13,7 +13,7 @@ import { readChain, type Image } from '../image/image-reader.js';
 import { readReg, writeReg, FrozenTask } from '../freeze/frozen-task.js';
 import { createProcess, cloneIn, type NewProcess } from './create-process.js';
 import { RemoteTask } from './remote-task.js';
-import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, STUB_SIZE } from './address-space.js';
+import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';
 import { fdTableDiff } from '../files/fd-table.js';
@@ -27,6 +27,8 @@ import { withInflight } from '../files/scm-rights.js';
 import { restoreAllCreds, restoreCreds } from './creds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { PtyRestorer, imagePtys } from '../files/tty.js';
+import { mappedGhostOf } from '../files/ghost-map.js';
+import { restoreAioRing } from '../files/aio.js';
 import { createThreads, type RestoredThread } from './threads.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { isTreeImage, readTreeManifest, checkMember } from '../image/tree-manifest.js';
@@ -196,6 +198,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         }
       }
     }
+    /** Where each memfd of the tree was recreated: process and fd. */
+    const memfdAt = new Map<string, { pid: number; fd: number }>();
     step = 'prepare the address space';
     const stub = installStub(root.rt, members.map((m) => m.p));
     clearHelperMappings(root.rt, stub);
@@ -219,9 +223,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     step = 'take or make the SysV shm segments';
     sysv = new SysvSegments(members.flatMap((m) => m.p.sysvShm ?? []));
     sysv.prepare();
+    // Made before the memory: a deleted file mapped and open as an fd is one file (ghost-map.ts).
+    fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn, { tcpClose: opts.tcpClose, ptys: ptys! });
+    for (const m of members) fdr.ghosts.addMapped(m.p.mappedGhosts ?? []);
     const sharedFrom = new Map<string, { pid: number; v: VmaImage }>();
-    /** Where each memfd of the tree was recreated: process and fd. */
-    const memfdAt = new Map<string, { pid: number; fd: number }>();
     for (const m of members) {
       const rt = m.rt!;
       step = `rebuild the address space of ${m.p.pid}`;
@@ -236,6 +241,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       for (const v of m.p.mm.vmas) {
         const at = v.file && v.path.startsWith('/memfd:') ? memfdAt.get(`${v.file.dev}:${v.file.ino}`) : undefined;
         if (at) fileAt.set(v.start, `/proc/${at.pid}/fd/${at.fd}`);
+        const ghost = mappedGhostOf(m.p.mappedGhosts, v);
+        if (ghost) fileAt.set(v.start, fdr.ghosts.pathForMapping(ghost, v.start, warn));
       }
       const fixProt = mapVmas(rt, m.p, imports, fileAt, sysv);
       step = `write the memory of ${m.p.pid}`;
@@ -243,12 +250,13 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
       pages += filled.pages;
       bytes += filled.bytes;
+      for (const r of m.p.aioRings ?? []) restoreAioRing(rt, r);
+      installGuards(rt, m.p.mm.vmas);
       finishProtections(rt, fixProt);
       lockVmas(rt, m.p.mm.vmas);
       step = `restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`;
       restoreMm(rt, m.p);
     }
-    fdr = new FdRestorer(members.map((m) => m.p.fds), memfdAt, warn, { tcpClose: opts.tcpClose, ptys });
     const pidNow = new Map([...treePids, ...members.map((m): [number, number] => [m.p.pid, m.rt!.pid])]);
     fdr.pidNow = (pid) => {
       const now = pidNow.get(pid);

@@ -7,7 +7,7 @@
  *
  * What is compared: the memory map (address, size, protection, sharing,
  * file offset, path; adjacent areas the kernel merges are joined on both
- * sides), the VmFlags restore sets, each fd's number, open flags and file
+ * sides), the VmFlags restore sets, guard regions, each fd's number, open flags and file
  * position, each thread's blocked signals, the thread count, umask, ids,
  * process group and session, cwd, root, executable, comm, resource limits
  * and personality, the number of files in flight in each unix socket;
@@ -17,11 +17,13 @@
  * (files/tty.ts).
  */
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
-import { pidfdOpen, pidfdGetfd, fileOwner } from '../sys/index.js';
+import { pidfdOpen, pidfdGetfd, fileOwner, Pagemap, scanKnowsGuard } from '../sys/index.js';
+import { scanGuards, imageGuards } from '../dump/guards.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
 import { checkRestoredTtys, imagePtys } from '../files/tty.js';
+import { DEAD_PROC_DIR } from '../proc/links.js';
 import { checkInflightRestored } from '../files/scm-rights.js';
 import { pidfdDiff } from '../files/pidfd.js';
 import { readTimers } from '../proc/timers.js';
@@ -107,6 +109,17 @@ function compareVmFlags(p: ProcessImage, pid: number, out: string[]): void {
   }
 }
 
+/** Guard regions are page-table state: only a pagemap scan shows them. */
+function compareGuards(p: ProcessImage, pid: number, out: string[]): void {
+  const want = imageGuards(p.mm.vmas);
+  if (!want.length && !scanKnowsGuard()) return;
+  const pm = new Pagemap(pid);
+  let have: [number, number][];
+  try { have = scanGuards(pm, p.mm.vmas); } finally { pm.close(); }
+  const show = (l: [number, number][]) => l.map(([s, e]) => `${s.toString(16)}-${e.toString(16)}`).join(' ') || 'none';
+  if (show(have) !== show(want)) out.push(`memory: guard regions are ${show(have)}, the image's ${show(want)}`);
+}
+
 function compareFds(p: ProcessImage, pid: number, idNow: (id: number) => number, out: string[]): void {
   const live = new Set(listFds(pid));
   const pidfd = pidfdOpen(pid);
@@ -168,7 +181,8 @@ function compareProcess(p: ProcessImage, pid: number, opts: CheckOptions, out: s
     if (stat.pgrp !== p.pgid) out.push(`process group is ${stat.pgrp}, the image's ${p.pgid}${outside(p.pgid)}`);
     if (stat.session !== p.sid) out.push(`session is ${stat.session}, the image's ${p.sid}${outside(p.sid)}`);
   }
-  same('cwd', link(pid, 'cwd'), p.cwd);
+  // A dead /proc directory comes back as another dead process's (restore/task-state.ts).
+  if (!(DEAD_PROC_DIR.test(p.cwd) && DEAD_PROC_DIR.test(link(pid, 'cwd')))) same('cwd', link(pid, 'cwd'), p.cwd);
   same('root', link(pid, 'root'), p.root);
   same('executable', link(pid, 'exe'), p.exe.path);
   same('comm', readComm(pid), p.comm);
@@ -201,6 +215,7 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   const out: string[] = [];
   compareMaps(p, pid, out);
   compareVmFlags(p, pid, out);
+  compareGuards(p, pid, out);
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
   checkInflightRestored(p.fds, (fd) => readFdInfo(pid, fd).extra, out);
   checkRestoredTcp(p.fds, pid, out);

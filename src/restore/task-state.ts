@@ -1,5 +1,6 @@
 /** Putting back the per-process and per-thread state the kernel keeps. */
 import {
+  ptrace, kill, SIGKILL, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE,
   SYS, PR, PRCTL_MM_MAP_SIZE, PR_SET_NAME, PR_SET_CHILD_SUBREAPER, PR_SET_THP_DISABLE, KSIGACTION_SIZE, SS_ONSTACK, SS_DISABLE, O_RDONLY, O_WRONLY, setRlimit, SysError,
 } from '../sys/index.js';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
@@ -7,6 +8,10 @@ import type { ProcessImage, ThreadImage } from '../../formats/schema.js';
 import type { RemoteTask } from './remote-task.js';
 import { TsnapError } from '../errors.js';
 import { timerSetting } from '../files/anon-fds.js';
+import { cloneIn } from './create-process.js';
+import { DEAD_PROC_DIR } from '../proc/links.js';
+import { FrozenTask } from '../freeze/frozen-task.js';
+import { reapTraced } from '../freeze/frozen-process.js';
 
 /** start_code..env_end, auxv and the executable in one PR_SET_MM_MAP. */
 export function restoreMm(rt: RemoteTask, p: ProcessImage): void {
@@ -41,6 +46,7 @@ function restoreCwd(rt: RemoteTask, p: ProcessImage, warn: (msg: string) => void
   const cwd = p.cwd;
   const chdir = (path: string) => rt.sc.check(`chdir(${path})`, SYS.chdir, rt.put(Buffer.from(`${path}\0`)));
   if (!cwd.endsWith(DELETED)) { chdir(cwd); return; }
+  if (DEAD_PROC_DIR.test(cwd)) { enterDeadProcDir(rt, chdir); return; }
   // An fd of the same deleted directory is restored already: the very same one.
   const same = p.cwdFile && p.fds.find((f) => f.kind === 'dir' && f.file?.dev === p.cwdFile!.dev && f.file.ino === p.cwdFile!.ino);
   if (same) { rt.sc.check(`fchdir(${same.fd})`, SYS.fchdir, same.fd); return; }
@@ -58,6 +64,27 @@ function restoreCwd(rt: RemoteTask, p: ProcessImage, warn: (msg: string) => void
     rmdirSync(ghost);
   }
 }
+
+/**
+ * A cwd in the /proc directory of a process that had exited: a child
+ * cloned for the purpose, entered, killed and reaped by the process
+ * itself (exit signal 0: no SIGCHLD is left behind). The pid differs; the
+ * directory is as dead as the one at the dump.
+ */
+function enterDeadProcDir(rt: RemoteTask, chdir: (path: string) => unknown): void {
+  ptrace.setOptions(rt.pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
+  const child = cloneIn(rt.sc, rt.scratch, 0, 0, null, 'clone3(a process to leave its /proc directory)');
+  try {
+    FrozenTask.adopt(child);
+    chdir(`/proc/${child}`);
+  } finally {
+    kill(child, SIGKILL);
+    reapTraced(child);
+    rt.sc.check('wait4(the cwd\'s process)', SYS.wait4, child, 0, WALL, 0);
+  }
+}
+
+const WALL = 0x40000000;
 
 /** The audit login uid can only be set by the process itself, through /proc/self/loginuid. */
 function restoreLoginuid(rt: RemoteTask, loginuid: number): void {

@@ -22,7 +22,7 @@
 import { openSync, closeSync } from 'node:fs';
 import { libc } from './libc.js';
 import { SysError } from './errors.js';
-import { PAGEMAP_SCAN, PM_SCAN, PM_SCAN_ARG_SIZE, PAGE_REGION_SIZE } from './uapi.js';
+import { PAGEMAP_SCAN, PM_SCAN, PM_SCAN_ARG_SIZE, PAGE_REGION_SIZE, PAGE_IS } from './uapi.js';
 
 export interface ScanQuery {
   start: number;
@@ -137,4 +137,26 @@ export class Pagemap {
   close(): void {
     closeSync(this.fd);
   }
+}
+
+let knowsGuard: boolean | null = null;
+
+/**
+ * Whether this kernel's PAGEMAP_SCAN reports guard regions (PAGE_IS_GUARD).
+ * An unknown category bit fails the whole ioctl with EINVAL, so it is
+ * probed once, on our own pagemap, before any scan asks for it.
+ */
+export function scanKnowsGuard(): boolean {
+  if (knowsGuard !== null) return knowsGuard;
+  const pm = new Pagemap(process.pid, 1);
+  try {
+    [...pm.scan({ start: 0x1000, end: 0x2000, returnMask: PAGE_IS.GUARD })];
+    knowsGuard = true;
+  } catch (err) {
+    if (!(err instanceof SysError) || err.code !== 'EINVAL') throw err;
+    knowsGuard = false;
+  } finally {
+    pm.close();
+  }
+  return knowsGuard;
 }

@@ -32,6 +32,9 @@ export const SYS = {
   ioctl: 16,
   sched_yield: 24,
   mremap: 25,
+  io_setup: 206,
+  wait4: 61,
+  io_submit: 209,
   madvise: 28,
   mlock2: 325,
   getpid: 39,
@@ -199,6 +202,8 @@ export const PAGE_IS = {
   PFNZERO: 1 << 5,
   HUGE: 1 << 6,
   SOFT_DIRTY: 1 << 7,
+  /** A guard region page (MADV_GUARD_INSTALL), 6.16+: probe with scanKnowsGuard(). */
+  GUARD: 1 << 8,
 } as const;
 export const PM_SCAN_WP_MATCHING = 1 << 0;
 export const PM_SCAN_CHECK_WPASYNC = 1 << 1;
