@@ -231,6 +231,11 @@ function finsOf(state: number): { oursSent: boolean; oursFirst: boolean; oursAck
   };
 }
 
+/** Whether a restored connection gets its send queue only as it leaves repair mode (restoreTcp): an established one. */
+export function sendQueueAtResume(t: TcpImage): boolean {
+  return !finsOf(t.state ?? TCP_ESTABLISHED).oursSent && t.sendQueue.length > 0;
+}
+
 /** What the FINs of a state add to the queue sizes /proc shows: ours until acknowledged, the peer's until read. */
 export function finCounts(state: number): { tx: number; rx: number } {
   const f = finsOf(state);
@@ -295,7 +300,7 @@ export function restoreTcpClosed(rt: RemoteTask, group: FdImage[], floor: number
 }
 
 /** Restored connections still in repair mode, on tsnap's copies, until resumeConnections(). */
-const pending: { copy: number; fd: number; reuseAddr: boolean; tcp: TcpImage }[] = [];
+const pending: { copy: number; fd: number; reuseAddr: boolean; tcp: TcpImage; sendLater: boolean }[] = [];
 
 /**
  * Puts a queue back in repair mode. The receive queue goes in one skb per
@@ -355,7 +360,13 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
     // than the bytes), then the sizes the connection had.
     setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, Math.max(t.sndbuf ?? 0, 2 * t.sendQueue.length + (1 << 20)), 'setsockopt(SO_SNDBUFFORCE)');
     setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, Math.max(t.rcvbuf ?? 0, 2 * t.recvQueue.length + (1 << 20)), 'setsockopt(SO_RCVBUFFORCE)');
-    if (t.sendQueue.length) {
+    // Data queued to send in repair mode counts as sent and arms the
+    // retransmit timer, which backs off while the connection is locked: an
+    // established connection gets it right before it leaves repair mode
+    // (resumeConnections), so the first retransmit comes at once. A
+    // half-closed one needs it before its FIN is replayed.
+    const sendLater = sendQueueAtResume(t);
+    if (t.sendQueue.length && !sendLater) {
       setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
       fillQueue(s, t.sendQueue, 'send');
     }
@@ -365,7 +376,7 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
     }
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
     // getsockopt reports twice what setsockopt was given.
-    if (t.sndbuf) setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, t.sndbuf >> 1, 'setsockopt(SO_SNDBUFFORCE)');
+    if (t.sndbuf && !sendLater) setsockopt(s, SOL_SOCKET, SO_SNDBUFFORCE, t.sndbuf >> 1, 'setsockopt(SO_SNDBUFFORCE)');
     if (t.rcvbuf) setsockopt(s, SOL_SOCKET, SO_RCVBUFFORCE, t.rcvbuf >> 1, 'setsockopt(SO_RCVBUFFORCE)');
     const window = Buffer.from(t.window);
     if (fin.peerSent && window.length >= 20) {
@@ -375,7 +386,7 @@ export function restoreTcp(rt: RemoteTask, group: FdImage[], floor: number): voi
     }
     setsockopt(s, IPPROTO_TCP, TCP_REPAIR_WINDOW, window, 'setsockopt(TCP_REPAIR_WINDOW)');
     if (t.state !== undefined && t.state !== TCP_ESTABLISHED) replayFins(s, f.fd, t, fin, recvStart + t.recvQueue.length, sendStart + t.sendQueue.length);
-    pending.push({ copy: s, fd: f.fd, reuseAddr: k.reuseAddr, tcp: t });
+    pending.push({ copy: s, fd: f.fd, reuseAddr: k.reuseAddr, tcp: t, sendLater });
     s = -1;
   } finally {
     if (s >= 0) closeSync(s);
@@ -396,6 +407,13 @@ export function resumeConnections(): void {
   // Every lock first: a failure here still leaves every connection silent (abandonConnections).
   for (const p of pending) if (p.tcp.lock) unlockImageConnection(p.tcp.lock, p.tcp.local, p.tcp.peer);
   for (const p of pending) {
+    if (p.sendLater) {
+      setsockopt(p.copy, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE);
+      fillQueue(p.copy, p.tcp.sendQueue, 'send');
+      setsockopt(p.copy, IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+      // getsockopt reports twice what setsockopt was given.
+      if (p.tcp.sndbuf) setsockopt(p.copy, SOL_SOCKET, SO_SNDBUFFORCE, p.tcp.sndbuf >> 1, 'setsockopt(SO_SNDBUFFORCE)');
+    }
     setsockopt(p.copy, IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF, `setsockopt(fd ${p.fd}, TCP_REPAIR off)`);
     if (p.reuseAddr) setsockopt(p.copy, SOL_SOCKET, SO.REUSEADDR, 1);
   }
