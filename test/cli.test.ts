@@ -390,7 +390,7 @@ describe('integer options', () => {
       [['serve', '--count', '0', '--dir', '/nonexistent/tsnap'], /--count must be/],
       [['migrate', '--pid', '1', '--to', '127.0.0.1:7707', '--token', 't', '--max-iterations', '2.5'], /--max-iterations must be a whole number from 1 to 1000/],
       [['migrate', '--pid', '1', '--to', '127.0.0.1:7707', '--token', 't', '--downtime-ms', '-1'], /--downtime-ms must be/],
-      [['migrate', '--pid', '1', '--to', '127.0.0.1:99999', '--token', 't'], /port must be from 1 to 65535/],
+      [['migrate', '--pid', '1', '--to', '127.0.0.1:99999', '--token', 't'], /port must be from 0 to 65535/],
       [['dump', '--pid', '1', '--dir', '/nonexistent/tsnap', '--pre-dumps', 'many'], /--pre-dumps must be/],
     ];
     for (const [args, msg] of cases) {

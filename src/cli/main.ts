@@ -14,7 +14,8 @@ function parseHostPort(v: string, defaultHost: string): { host: string; port: nu
   if (!m) throw new TsnapError('usage', `expected HOST:PORT, got "${v}"`);
   if (m.length === 2) return { host: m[1], port: 7707 };
   const port = Number(m[2]);
-  if (port < 1 || port > 65535) throw new TsnapError('usage', `port must be from 1 to 65535, got ${m[2]}`);
+  // 0: any free port (serve --listen HOST:0).
+  if (port > 65535) throw new TsnapError('usage', `port must be from 0 to 65535, got ${m[2]}`);
   return { host: m[1] || defaultHost, port };
 }
 
