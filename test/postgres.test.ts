@@ -9,7 +9,7 @@ import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { chownSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
+import { startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
 import { waitPidsFree, descendantsOf, registerPid } from './helpers/processes.js';
 import { startServe, useServeCleanup } from './helpers/serve.js';
@@ -54,11 +54,11 @@ afterEach(() => {
   segment = null;
 });
 
-async function start(): Promise<Running> {
+async function start(listen = ''): Promise<Running> {
   // The last test's postmaster (killed; init reaps it late) must be gone, or the new one believes its lock file.
   try { await waitPidsFree([Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0])], 10_000); } catch { /* no lock file */ }
   const p = await startProcess('setpriv', ['--reuid=postgres', '--regid=postgres', '--init-groups', 'sh', '-c',
-    `exec 2>&1; exec ${postgres} -D ${data} -p ${port} -k ${base} -c listen_addresses= -c logging_collector=off`],
+    `exec 2>&1; exec ${postgres} -D ${data} -p ${port} -k ${base} -c listen_addresses=${listen} -c logging_collector=off`],
   { readyPattern: /ready to accept connections/, timeoutMs: 30_000 });
   segment = readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[6]?.trim().split(/\s+/)[1] ?? null;
   return p;
@@ -133,6 +133,36 @@ describe.skipIf(missing)('postgres', () => {
     sql('insert into t values (0)');
     expect(sql('select count(*) from t')).toBe('2001');
   }, 180_000);
+
+  it('with a client connected over TCP (dump --tree --tcp-established): the same session goes on after restore', async () => {
+    const p = await start('127.0.0.1');
+    sql('create table if not exists t(x int); truncate t; insert into t select generate_series(1, 100)');
+    // One psql session over TCP that lives across the dump: its backend is a child of the postmaster.
+    const client = await startPython(`
+import subprocess, sys
+p = subprocess.Popen([${JSON.stringify(psql)}, '-h', '127.0.0.1', '-p', '${port}', '-U', 'postgres', '-d', 'postgres', '-qAt'], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+print('READY', flush=True)
+for line in sys.stdin:
+    p.stdin.write(line); p.stdin.flush()
+    print('ANSWER ' + p.stdout.readline().strip(), flush=True)
+`);
+    const ask = async (q: string) => { const at = client.lines().length; client.writeLine(q); return (await client.waitForLine(/^ANSWER/, 20_000, at)).slice(7); };
+    expect(await ask("select 'session ' || pg_backend_pid();")).toMatch(/^session \d+$/);
+    const backend = await ask('select pg_backend_pid();');
+    expect(await ask('insert into t values (101) returning x;')).toBe('101');
+    const kids = await children(p.pid, 5);
+    const work = tmpDir('tsnap-pgimg-');
+    const d = await tsnap('dump', '--tree', '--tcp-established', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    await waitPidsFree(kids);
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    // The same backend answers the same session, and sees what it wrote.
+    expect(await ask('select pg_backend_pid();')).toBe(backend);
+    expect(await ask('select count(*) from t;')).toBe('101');
+    await client.kill();
+  }, 120_000);
 
   it('dump --tree --leave-running: the original goes on answering', async () => {
     const p = await start();
