@@ -15,9 +15,11 @@ import { join } from 'node:path';
 import { useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
 import { registerPid, descendantsOf, isGone, killTree } from './helpers/processes.js';
+import { startServe, useServeCleanup } from './helpers/serve.js';
 
 useProcessCleanup();
 useRestoredCleanup();
+useServeCleanup();
 afterAll(() => cleanupTmpDirs());
 
 function nginxBinary(): string | null {
@@ -217,6 +219,20 @@ describe.skipIf(skipReason !== null)('nginx', () => {
     await expectServes(n, client, worker, r.pid);
     client.end();
   }, 60000);
+
+  it('migrate --tree --tcp-established to a tsnap serve --restore: the same client connection goes on with the moved server', async () => {
+    const n = await startNginx();
+    const client = await Client.open(n.port);
+    const worker = await client.get();
+    const srv = await startServe(join(n.dir, 'in'), ['--restore', '--count', '1']);
+    const m = await tsnap('migrate', '--tree', '--tcp-established', '--pid', String(n.master), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--max-iterations', '3');
+    expect(m.code, m.stderr).toBe(0);
+    await until('the receiver to restore it', () => srv.events.some((e) => e.includes('"restored"')), 30000);
+    // Moved to the same pids (the receiver waits for them to be free).
+    started.push(n.master);
+    await expectServes(n, client, worker, n.master);
+    client.end();
+  }, 90000);
 
   it('dump --tree --leave-running: the original goes on serving and managing its workers', async () => {
     const n = await startNginx();
