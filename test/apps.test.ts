@@ -13,10 +13,13 @@ import { readdirSync, readlinkSync, writeFileSync, existsSync, readFileSync } fr
 import { Agent, request } from 'node:http';
 import { join } from 'node:path';
 import { startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { startServe, useServeCleanup } from './helpers/serve.js';
+import { registerPid } from './helpers/processes.js';
 import { tsnap, restoreDetached, useRestoredCleanup, killPid } from './helpers/tsnap.js';
 
 useProcessCleanup();
 useRestoredCleanup();
+useServeCleanup();
 afterAll(() => cleanupTmpDirs());
 
 function have(cmd: string): boolean {
@@ -175,6 +178,25 @@ describe.skipIf(!have('javac') || !have('java'))('JVM 17 HTTP server (NIO)', () 
       agent.destroy();
     }
   });
+
+  it('migrate --tcp-established to a tsnap serve --restore: the same keep-alive connection gets its answer from the moved JVM', async () => {
+    const work = tmpDir('tsnap-jvm-');
+    const { p, port, agent } = await startJvm();
+    try {
+      const srv = await startServe(join(work, 'in'), ['--restore', '--count', '1']);
+      const m = await tsnap('migrate', '--tcp-established', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--max-iterations', '3');
+      expect(m.code, m.stderr).toBe(0);
+      await p.exited;
+      for (let i = 0; i < 1500 && !srv.events.some((e) => e.includes('"restored"')); i++) await new Promise((res) => setTimeout(res, 20));
+      expect(srv.events.some((e) => e.includes('"restored"')), srv.events.join('\n')).toBe(true);
+      registerPid(p.pid);
+      expect(await httpGet(port, agent)).toBe('hit 2');
+      expect(await httpGet(port, new Agent({ keepAlive: false }))).toBe('hit 3');
+      await killPid(p.pid);
+    } finally {
+      agent.destroy();
+    }
+  }, 120_000);
 });
 
 /**
