@@ -7,12 +7,16 @@
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
-import { readdirSync, readlinkSync, writeFileSync } from 'node:fs';
+import { readdirSync, readlinkSync, writeFileSync, openSync, closeSync, writeSync, existsSync, readFileSync, constants } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, dumpKillRestore, readImage } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, useRestoredCleanup, dumpKillRestore, readImage, killPid } from './helpers/tsnap.js';
+import { startServe, useServeCleanup } from './helpers/serve.js';
+import { registerPid } from './helpers/processes.js';
 
 useProcessCleanup();
 useRestoredCleanup();
+useServeCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const ROWS = 20000;
@@ -89,4 +93,46 @@ describe('sqlite3 with its temp store in a deleted file', () => {
     const from = p.lines().length;
     await finish({ writeLine: (l) => p.writeLine(l), waitForLine: (re, t) => p.waitForLine(re, t, from) });
   });
+});
+
+describe('sqlite3 driven through a named FIFO', () => {
+  it('migrates to a tsnap serve --restore: its FIFO stdin is reopened by path, the temp table and the transaction are intact', async () => {
+    const work = tmpDir('tsnap-sqlite-');
+    const init = join(work, 'init.sql');
+    writeFileSync(init, `
+PRAGMA cache_size=5;
+CREATE TABLE t(x);
+BEGIN;
+INSERT INTO t WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c LIMIT ${ROWS}) SELECT i FROM c;
+CREATE TEMP TABLE tt AS SELECT x, randomblob(100) AS b FROM t;
+SELECT 'READY';
+`);
+    const fifo = join(work, 'in');
+    const out = join(work, 'out');
+    execFileSync('mkfifo', [fifo]);
+    // The test keeps a writer open: the shell never sees EOF, before or after the move.
+    const writer = openSync(fifo, constants.O_RDWR | constants.O_NONBLOCK);
+    try {
+      const p = await startProcess('sh', ['-c', `echo STARTED; exec sqlite3 -init ${init} -batch ${join(work, 'db')} < ${fifo} > ${out} 2>&1`], { env: { SQLITE_TMPDIR: work }, readyPattern: /^STARTED$/, stdin: 'ignore' });
+      const lines = () => (existsSync(out) ? readFileSync(out, 'utf8').split('\n') : []);
+      const waitOut = async (re: RegExp) => {
+        for (let i = 0; i < 1000; i++) { const l = lines().find((x) => re.test(x)); if (l) return l; await new Promise((r) => setTimeout(r, 20)); }
+        throw new Error(`no ${re} in ${lines().join('|')}`);
+      };
+      await waitOut(/^READY$/);
+      const srv = await startServe(join(work, 'recv'), ['--restore', '--count', '1']);
+      const m = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--max-iterations', '2');
+      expect(m.code, m.stderr).toBe(0);
+      await p.exited;
+      for (let i = 0; i < 1500 && !srv.events.some((e) => e.includes('"restored"')); i++) await new Promise((r) => setTimeout(r, 20));
+      expect(srv.events.some((e) => e.includes('"restored"')), srv.events.join('\n')).toBe(true);
+      registerPid(p.pid);
+      writeSync(writer, "SELECT 'TEMP', count(*), sum(x), sum(length(b)) FROM tt;\nINSERT INTO t VALUES (-1);\nCOMMIT;\nSELECT 'COMMITTED', count(*) FROM t;\n");
+      expect(await waitOut(/^TEMP\|/)).toBe(`TEMP|${ROWS}|${(ROWS * (ROWS + 1)) / 2}|${ROWS * 100}`);
+      expect(await waitOut(/^COMMITTED\|/)).toBe(`COMMITTED|${ROWS + 1}`);
+      await killPid(p.pid);
+    } finally {
+      closeSync(writer);
+    }
+  }, 120_000);
 });
