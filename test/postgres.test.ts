@@ -179,7 +179,9 @@ for line in sys.stdin:
       try { st = readFileSync(`/proc/${pid}/status`, 'utf8'); } catch { continue; } // a backend that just ended
       expect(/^TracerPid:\s+0$/m.test(st), `${pid} traced`).toBe(true);
       expect(/^State:\s+[tT]/m.test(st), `${pid} stopped`).toBe(false);
-      const links = readdirSync(`/proc/${pid}/fd`).map((fd) => { try { return readlinkSync(`/proc/${pid}/fd/${fd}`); } catch { return ''; } });
+      let names: string[];
+      try { names = readdirSync(`/proc/${pid}/fd`); } catch { continue; } // ended meanwhile
+      const links = names.map((fd) => { try { return readlinkSync(`/proc/${pid}/fd/${fd}`); } catch { return ''; } });
       expect(links.filter((l) => /userfaultfd/.test(l)), `${pid} fds`).toEqual([]);
     }
   }, 120_000);
