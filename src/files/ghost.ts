@@ -14,12 +14,10 @@
 import { closeSync, constants as C, existsSync, lstatSync, readdirSync, fchmodSync, fchownSync, fstatSync, ftruncateSync, futimesSync, mkdirSync, mkdtempSync, openSync, readSync, rmdirSync, statSync, unlinkSync, writeSync, chownSync, chmodSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { rawSyscall, Errno, SysError, SYS } from '../sys/index.js';
+import { dataExtents } from '../sys/index.js';
 import type { FdImage, GhostImage, MappedGhostImage } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
-const SEEK_DATA = 3;
-const SEEK_HOLE = 4;
 
 const key = (f: FdImage) => `${f.file!.dev}:${f.file!.ino}`;
 
@@ -141,21 +139,7 @@ export function readGhost(fd: number, what: string, path: string, limit: number)
 
 /** (start, end) of each data extent of a file, holes skipped. */
 function dataRuns(fd: number, size: number): [number, number][] {
-  const out: [number, number][] = [];
-  let pos = 0;
-  while (pos < size) {
-    let start: number;
-    try {
-      start = rawSyscall('lseek(SEEK_DATA)', SYS.lseek, fd, pos, SEEK_DATA);
-    } catch (err) {
-      if (err instanceof SysError && err.errno === Errno.ENXIO) break; // only a hole is left
-      throw err;
-    }
-    const end = Math.min(size, rawSyscall('lseek(SEEK_HOLE)', SYS.lseek, fd, start, SEEK_HOLE));
-    out.push([start, end]);
-    pos = end;
-  }
-  return out;
+  return dataExtents(fd, 0, size).map((e): [number, number] => [e.start, e.end]);
 }
 
 /** Bytes an image would store for this file: its data extents. */
