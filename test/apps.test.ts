@@ -16,6 +16,7 @@ import { startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } 
 import { startServe, useServeCleanup } from './helpers/serve.js';
 import { registerPid } from './helpers/processes.js';
 import { tsnap, restoreDetached, useRestoredCleanup, killPid } from './helpers/tsnap.js';
+import { lockRulesOf } from './helpers/lock-rules.js';
 
 useProcessCleanup();
 useRestoredCleanup();
@@ -211,7 +212,7 @@ class Pinger {
   private timer: NodeJS.Timeout | null = null;
   readonly problems: string[] = [];
 
-  constructor(port: number, private readonly ping: (n: number) => string, private readonly answer: (n: number) => string) {
+  constructor(readonly port: number, private readonly ping: (n: number) => string, private readonly answer: (n: number) => string) {
     this.sock = connect(port, '127.0.0.1');
     this.sock.on('data', (d) => {
       this.buf += d;
@@ -249,13 +250,6 @@ class Pinger {
   }
 }
 
-function lockRules(): string[] {
-  const rules: string[] = [];
-  for (const tool of ['iptables-save', 'ip6tables-save']) {
-    try { rules.push(...execFileSync(tool, ['-t', 'filter'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('tsnap-lock'))); } catch { /* no such tool */ }
-  }
-  return rules;
-}
 
 /**
  * `cycles` kill-mode dumps and restores of `pid` while `pinger` pings it:
@@ -271,10 +265,10 @@ async function cyclesUnderPings(first: { pid: number; exited: Promise<unknown> }
     const d = await tsnap('dump', '--pid', String(pid), '--dir', dir, '--tcp-established');
     expect(d.code, d.stderr).toBe(0);
     await gone;
-    expect(lockRules().length, 'the dumped connection stays locked until its restore').toBe(2);
+    expect(lockRulesOf(pinger.port).length, 'the dumped connection stays locked until its restore').toBe(2);
     const r = await restoreDetached(dir, join(work, `pid${i}`), ['--new-pid']);
     expect(r.result.code, r.result.stderr).toBe(0);
-    expect(lockRules(), 'the restore lifted the lock').toEqual([]);
+    expect(lockRulesOf(pinger.port), 'the restore lifted the lock').toEqual([]);
     pid = r.pid;
     const restored = r.pid;
     gone = (async () => { for (let t = 0; t < 500 && existsSync(`/proc/${restored}/stat`) && !/\) Z/.test(readFileSync(`/proc/${restored}/stat`, 'utf8')); t++) await new Promise((res) => setTimeout(res, 10)); })();
@@ -305,7 +299,7 @@ for line in f:
     await pinger.start();
     expect(await pinger.waitFor(5)).toBeGreaterThanOrEqual(5);
     await cyclesUnderPings(p, pinger, work, 10);
-    expect(lockRules()).toEqual([]);
+    expect(lockRulesOf(pinger.port)).toEqual([]);
   }, 180_000);
 
   it.skipIf(!have('redis-server'))('redis-server: 10 dumps and restores under PINGs every 10 ms on one connection', async () => {
@@ -317,6 +311,6 @@ for line in f:
     await pinger.start();
     expect(await pinger.waitFor(5)).toBeGreaterThanOrEqual(5);
     await cyclesUnderPings(p, pinger, work, 10);
-    expect(lockRules()).toEqual([]);
+    expect(lockRulesOf(pinger.port)).toEqual([]);
   }, 180_000);
 });
