@@ -20,7 +20,7 @@ import { closeSync, openSync, readFileSync, readdirSync, constants as C } from '
 import { SYS, O_WRONLY, MREMAP_MAYMOVE, MREMAP_FIXED } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import type { AioRingImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { TsnapError } from '../errors.js';
 import { libc } from '../sys/libc.js';
 
