@@ -7,7 +7,8 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { readFileSync, existsSync, rmSync, readlinkSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage, storedPageSet } from './helpers/tsnap.js';
+import { readTreeManifest } from '../src/image/tree-manifest.js';
 import { readStat, readStatus } from '../src/proc/index.js';
 import { findHolders } from '../src/track/untrack.js';
 
@@ -81,7 +82,22 @@ describe('process trees', () => {
     expect(r3.code, r3.stderr).toBe(0);
     const out = JSON.parse(r3.stdout);
     expect(out.processes.map((x: { pid: number }) => x.pid)).toEqual([p.pid, ...kids]);
-    for (const x of out.processes) expect(x.kind).toBe('delta');
+    // From the images themselves: each process's final image is a delta on its
+    // own chain through round 2 to a full round 1, and stores only a part of
+    // what round 1 stored (the tree's processes barely write between rounds).
+    for (const pid of [p.pid, ...kids]) {
+      const at = (n: string) => {
+        const m = readTreeManifest(join(work, n)).processes.find((x) => x.pid === pid)!;
+        return readImage(join(work, n, m.dir));
+      };
+      const [i1, i2, i3] = ['1', '2', '3'].map(at);
+      expect([i1.inventory.kind, i2.inventory.kind, i3.inventory.kind]).toEqual(['full', 'delta', 'delta']);
+      expect(i3.inventory.parent!.imageId).toBe(i2.inventory.imageId);
+      expect(i2.inventory.parent!.imageId).toBe(i1.inventory.imageId);
+      const base = storedPageSet(i1).size;
+      expect(base).toBeGreaterThan(0);
+      expect(storedPageSet(i3).size, `pid ${pid}: pages stored by the final delta vs the full round`).toBeLessThan(base / 2);
+    }
     await p.exited;
     await gone(kids);
     const r = await restoreDetached(join(work, '3'), join(work, 'pid'));
