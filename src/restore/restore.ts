@@ -40,6 +40,7 @@ import { checkUnreadChunks } from '../image/unread-chunks.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import type { ThreadImage, ProcessImage, VmaImage, TreeMember } from '../../formats/schema.js';
 import { readStat } from '../proc/index.js';
+import { LazyRestore, isLazyVma, type LazyOptions } from '../lazy/lazy-restore.js';
 
 export interface RestoreOptions {
   dir: string;
@@ -62,6 +63,8 @@ export interface RestoreOptions {
   warn?: (msg: string) => void;
   /** Bytes of memory written so far and in all (per process of a tree). */
   onProgress?: (p: { bytes: number; total: number; pid: number }) => void;
+  /** restore --lazy: private anonymous memory comes in on demand after the start (src/lazy). */
+  lazy?: LazyOptions;
 }
 
 export interface RestoreStats {
@@ -69,6 +72,8 @@ export interface RestoreStats {
   pagesRestored: number;
   bytesRestored: number;
   throughputMiBps: number;
+  /** restore --lazy: bytes of memory left to the pager. */
+  lazyBytes?: number;
 }
 
 export interface RestoreResult {
@@ -78,6 +83,8 @@ export interface RestoreResult {
   pids: { original: number; pid: number }[];
   stats: RestoreStats;
   warnings: string[];
+  /** restore --lazy: the pager, to hand over (--detach) or wait for. */
+  lazy?: LazyRestore;
 }
 
 /** Registers the thread resumes with: the interrupted syscall is re-entered. */
@@ -182,6 +189,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let sysv: SysvSegments | null = null;
   let pages = 0;
   let bytes = 0;
+  // Started first: its worker (and, for --detach, its background process) boots meanwhile.
+  const lazy = opts.lazy ? new LazyRestore(opts.lazy) : null;
   try {
     const made = await createProcess(newPid ? null : root.p.pid, stdio.options);
     helper = made.helper;
@@ -246,10 +255,16 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       }
       const fixProt = mapVmas(rt, m.p, imports, fileAt, sysv);
       step = `write the memory of ${m.p.pid}`;
-      const filled = await fillPages(rt.pid, m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })), rt.sc,
+      const dumped = m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start));
+      const lazyVmas = lazy ? dumped.filter(isLazyVma) : [];
+      const filled = await fillPages(rt.pid, m.chain, dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), rt.sc,
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
       pages += filled.pages;
       bytes += filled.bytes;
+      if (lazy) {
+        step = `make the memory of ${m.p.pid} lazy`;
+        await lazy.attach(rt, m.chain, lazyVmas);
+      }
       for (const r of m.p.aioRings ?? []) restoreAioRing(rt, r);
       installGuards(rt, m.p.mm.vmas);
       finishProtections(rt, fixProt);
@@ -338,6 +353,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       }
       for (const d of diffs) warn(d);
     }
+    if (lazy) {
+      step = 'start the lazy restore guard';
+      await lazy.arm();
+    }
     for (const m of members) m.rt!.mem.close();
     if (opts.pidfile) writeFileSync(opts.pidfile, `${proc.pid}\n`, { mode: 0o644 });
     // Only now may the connections speak: nothing after this can fail.
@@ -353,6 +372,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       for (const th of m.threads.slice(1)) ptrace.detach(th.rt.pid);
       ptrace.detach(m.rt!.pid);
     }
+    lazy?.release();
     const restoreUs = Number(process.hrtime.bigint() - t0) / 1000;
     for (const w of warnings) opts.warn?.(w);
     return {
@@ -365,7 +385,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         pagesRestored: pages,
         bytesRestored: bytes,
         throughputMiBps: bytes / (1 << 20) / (restoreUs / 1e6),
+        ...(lazy ? { lazyBytes: lazy.stats.lazyBytes } : {}),
       },
+      ...(lazy ? { lazy } : {}),
     };
   } catch (err) {
     (fdr as FdRestorer | null)?.ghosts.removeAll();
@@ -378,6 +400,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const c of [...created].reverse()) if (c.leader) reapTraced(c.pid);
     for (const m of members) { try { m.rt?.mem.close(); } catch { /* closed */ } }
     helper?.kill('SIGKILL');
+    await lazy?.abort();
     const e = asTsnapError(err, `restore from ${opts.dir}`);
     if (e.kind === 'internal') throw new TsnapError('restoreFailed', `restore failed while trying to ${step}: ${e.message}`, err);
     throw e;

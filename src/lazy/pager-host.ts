@@ -1,0 +1,90 @@
+/**
+ * Runs a Pager wherever it lives (a worker thread of tsnap restore, then a
+ * background pager process after --detach) from a plain description of its
+ * sources and contexts, which is also what a handover passes on. It tells
+ * the guard (tsnap-lazyguard.c) how the fill ended: "D" all in, "K" give up
+ * (the guard kills the processes, whose faults nobody would answer).
+ */
+import { writeSync } from 'node:fs';
+import { Pager, PagerFailure, type PagerContext, type PagerStats } from './pager.js';
+import { Pending } from './pending.js';
+import { ChainPageSource, type ChainLevelSpec, type PageSource } from './page-source.js';
+import type { Range } from '../dump/ranges.js';
+
+export interface SourceSpec {
+  levels: ChainLevelSpec[];
+  within: Range[];
+}
+
+export interface ContextSpec {
+  fd: number;
+  name: string;
+  source: number;
+  /** Absent for a new context: everything the source holds. */
+  pending?: [number, number, number][];
+}
+
+export interface HostState {
+  sources: SourceSpec[];
+  contexts: ContextSpec[];
+}
+
+export type HostEnd = { how: 'done' | 'stopped'; stats: PagerStats } | { how: 'failed'; message: string; stats: PagerStats };
+
+export class PagerHost {
+  readonly pager: Pager;
+  private readonly sources: { spec: SourceSpec; source: PageSource }[] = [];
+
+  constructor(private readonly guardFd: number, private readonly log: (m: string) => void, fillDelayMs = 0, hold = false) {
+    this.pager = new Pager({ log, fillDelayMs });
+    this.pager.hold = hold;
+  }
+
+  addSource(spec: SourceSpec): number {
+    this.sources.push({ spec, source: new ChainPageSource(spec.levels, spec.within) });
+    return this.sources.length - 1;
+  }
+
+  addContext(spec: ContextSpec): void {
+    const s = this.sources[spec.source].source;
+    const pending = spec.pending ? Pending.fromJSON(spec.pending)
+      : new Pending(s.extents().map((e) => ({ dest: e.start, src: e.start, len: e.len })));
+    this.pager.add({ fd: spec.fd, name: spec.name, pending, source: s });
+  }
+
+  static fromState(state: HostState, guardFd: number, log: (m: string) => void, fillDelayMs = 0): PagerHost {
+    const host = new PagerHost(guardFd, log, fillDelayMs);
+    for (const s of state.sources) host.addSource(s);
+    for (const c of state.contexts) host.addContext(c);
+    return host;
+  }
+
+  /** What a stopped pager hands over (fds are this process's). */
+  exportState(): HostState {
+    const index = (src: PageSource) => this.sources.findIndex((s) => s.source === src);
+    return {
+      sources: this.sources.map((s) => s.spec),
+      contexts: this.pager.contexts.map((c: PagerContext) => ({ fd: c.fd, name: c.name, source: index(c.source), pending: c.pending.toJSON() })),
+    };
+  }
+
+  async run(): Promise<HostEnd> {
+    try {
+      const how = await this.pager.run();
+      if (how === 'done') this.tellGuard('D');
+      return { how, stats: this.pager.stats };
+    } catch (err) {
+      const message = err instanceof PagerFailure ? err.message : `internal error: ${(err as Error)?.stack ?? err}`;
+      this.log(`tsnap lazy pager: ${message}; the restored processes cannot go on`);
+      this.tellGuard('K');
+      return { how: 'failed', message, stats: this.pager.stats };
+    } finally {
+      if (this.pager.contexts.length === 0) for (const s of this.sources) s.source.close();
+    }
+  }
+
+  private tellGuard(c: 'D' | 'K'): void {
+    if (this.guardFd < 0) return;
+    try { writeSync(this.guardFd, c); } catch { /* the guard is gone: nothing to tell */ }
+  }
+}
