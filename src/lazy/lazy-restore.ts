@@ -232,7 +232,7 @@ export class LazyRestore {
     (bg.stdout as unknown as { unref?: () => void }).unref?.();
     bg.stdin!.end();
     this.closeOwn(state.contexts.map((c) => c.fd));
-    return `pager process ${bg.pid} fills the rest`;
+    return `pager process ${bg.pid} (guard ${this.guard.pid}) fills the rest of the memory`;
   }
 
   /** restore without --detach: the worker fills everything; tsnap's copies go when it is done. */

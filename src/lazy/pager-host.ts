@@ -47,8 +47,7 @@ export class PagerHost {
 
   addContext(spec: ContextSpec): void {
     const s = this.sources[spec.source].source;
-    const pending = spec.pending ? Pending.fromJSON(spec.pending)
-      : new Pending(s.extents().map((e) => ({ dest: e.start, src: e.start, len: e.len })));
+    const pending = spec.pending ? Pending.fromJSON(spec.pending) : new Pending(splitAt(s.extents(), this.sources[spec.source].spec.within));
     this.pager.add({ fd: spec.fd, name: spec.name, pending, source: s });
   }
 
@@ -87,4 +86,22 @@ export class PagerHost {
     if (this.guardFd < 0) return;
     try { writeSync(this.guardFd, c); } catch { /* the guard is gone: nothing to tell */ }
   }
+}
+
+/** Pieces of the extents cut at every boundary of `within` (the VMAs): one fill never crosses a VMA. */
+function splitAt(extents: { start: number; len: number }[], within: Range[]): { dest: number; src: number; len: number }[] {
+  const cuts = [...new Set(within.flatMap((r) => [r.start, r.end]))].sort((a, b) => a - b);
+  const out: { dest: number; src: number; len: number }[] = [];
+  let c = 0;
+  for (const e of extents) {
+    let s = e.start;
+    const end = e.start + e.len;
+    while (c < cuts.length && cuts[c] <= s) c++;
+    for (let k = c; k < cuts.length && cuts[k] < end; k++) {
+      out.push({ dest: s, src: s, len: cuts[k] - s });
+      s = cuts[k];
+    }
+    out.push({ dest: s, src: s, len: end - s });
+  }
+  return out;
 }

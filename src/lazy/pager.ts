@@ -22,6 +22,7 @@ const FAULT_WINDOW = 16 * P;
 /** One background step: at most this much (the faults queued meanwhile wait for it). */
 const FILL_STEP = 1 << 20;
 const ESRCH = 3;
+const DEBUG = !!process.env.TSNAP_LAZY_DEBUG;
 const ENOENT = 2;
 
 export interface PagerContext {
@@ -134,6 +135,7 @@ export class Pager {
   }
 
   private async serve(ctx: PagerContext, addr: number): Promise<void> {
+    if (DEBUG) this.opts.log(`lazy pager: fault at 0x${addr.toString(16)} of ${ctx.name}`);
     if (!this.contexts.includes(ctx)) return;
     this.stats.faults++;
     const piece = ctx.pending.claim(addr, FAULT_WINDOW);
@@ -169,6 +171,7 @@ export class Pager {
     } catch (err) {
       throw new PagerFailure(`the pages at 0x${piece.src.toString(16)} (${piece.len} bytes) cannot be had: ${(err as Error).message}`);
     }
+    if (DEBUG) this.opts.log(`lazy pager: fetched 0x${piece.src.toString(16)}+${piece.len} (${data ? 'data' : 'zero'})`);
     // No await from here on: no event can be read between the fetch's end and the copy.
     if (!this.contexts.includes(ctx)) return;
     let done = 0;
@@ -176,6 +179,7 @@ export class Pager {
       const r: FillAnswer = data
         ? uffdCopy(ctx.fd, piece.dest + done, data, done, piece.len - done)
         : uffdZeropage(ctx.fd, piece.dest + done, piece.len - done);
+      if (DEBUG) this.opts.log(`lazy pager: fill 0x${(piece.dest + done).toString(16)}+${piece.len - done}: ${r.done} ${r.errno}`);
       if (r.errno === 0) return;
       done += r.done;
       if (r.done > 0) continue;
@@ -186,7 +190,17 @@ export class Pager {
         return;
       }
       if (r.errno === ESRCH) { this.drop(ctx); return; }
-      if (r.errno === ENOENT) return; // the range is gone (its unmap event follows)
+      if (r.errno === ENOENT) {
+        // One fill must stay inside one VMA: the program may have split
+        // this piece (mprotect) since. Page by page up to the boundary; a
+        // page that fails alone is gone (unmapped: its event follows).
+        if (piece.len - done > P) {
+          const one = data ? uffdCopy(ctx.fd, piece.dest + done, data, done, P) : uffdZeropage(ctx.fd, piece.dest + done, P);
+          if (one.errno === UFFD_EAGAIN) continue;
+        }
+        done += P;
+        continue;
+      }
       throw new PagerFailure(`UFFDIO_COPY at 0x${(piece.dest + done).toString(16)} of ${ctx.name}: ${errnoName(r.errno)}`);
     }
   }

@@ -1,0 +1,112 @@
+/**
+ * restore --lazy: the process runs before its memory is in, and its own
+ * checks (checksums, a child's, several threads at once) must pass while
+ * the pager is still filling and after it is gone.
+ */
+import { describe, it, expect, afterAll, afterEach } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
+import { registerPid, isGone, killPid } from './helpers/processes.js';
+
+useProcessCleanup();
+useRestoredCleanup();
+afterAll(() => cleanupTmpDirs());
+
+const helpers: number[] = [];
+afterEach(async () => {
+  for (const pid of helpers.splice(0)) await killPid(pid);
+  delete process.env.TSNAP_LAZY_FILL_DELAY_MS;
+});
+
+/** The pager and guard pids tsnap --detach names, registered for cleanup. */
+function pagerOf(stderr: string): { pager: number; guard: number } {
+  const m = /pager process (\d+) \(guard (\d+)\)/.exec(stderr);
+  expect(m, stderr).not.toBeNull();
+  const pager = Number(m![1]);
+  const guard = Number(m![2]);
+  for (const pid of [pager, guard]) { registerPid(pid); helpers.push(pid); }
+  return { pager, guard };
+}
+
+async function until(what: string, ok: () => boolean, ms = 20000): Promise<void> {
+  for (let i = 0; i < ms / 20; i++) {
+    if (ok()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`timed out waiting until ${what}`);
+}
+
+const lazyFlags = (pid: number) => readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n').filter((l) => l.startsWith('VmFlags:') && / um\b/.test(l)).length;
+
+async function dumpAndKill(pid: number, exited: Promise<unknown>, dir: string): Promise<void> {
+  const d = await tsnap('dump', '--pid', String(pid), '--dir', dir);
+  expect(d.code, d.stderr).toBe(0);
+  await exited;
+}
+
+describe('tsnap restore --lazy', () => {
+  it('a 64 MiB checksummed pattern comes back lazily: the process\'s own checksum is right, then the pager leaves', async () => {
+    const work = tmpDir('tsnap-lazy-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '64']);
+    const sum = /sum=(0x[0-9a-f]+)/.exec(p.readyLine)![1];
+    await dumpAndKill(p.pid, p.exited, join(work, 'img'));
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'), ['--lazy', '--lazy-log', join(work, 'lazy.log')]);
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(r.result.stderr).not.toMatch(/restore check/);
+    const { pager, guard } = pagerOf(r.result.stderr);
+    r.writeLine('');
+    expect(await r.waitForLine(/^sum=/, 20000)).toBe(`sum=${sum}`);
+    await r.waitForLine(/^(PASS|FAIL)/, 20000);
+    expect(r.lines).toContain('PASS');
+    // Every page in: the pager and the guard are gone, no range is registered any more.
+    await until('the pager and the guard exit', () => isGone(pager) && isGone(guard));
+    expect(lazyFlags(r.pid)).toBe(0);
+    const mark = r.lines.length;
+    r.writeLine('');
+    await r.waitForLine(/^(PASS|FAIL)/, 20000, mark);
+    expect(r.lines.slice(mark)).toContain('PASS');
+    expect(readFileSync(join(work, 'lazy.log'), 'utf8')).not.toMatch(/kill|cannot/);
+  });
+
+  it('threads fault at once, a child forked mid-fill, mremap and MADV_DONTNEED: every check passes', async () => {
+    const work = tmpDir('tsnap-lazy-');
+    const p = await startProcess(await compileC('lazytouch'), ['16', '4']);
+    await dumpAndKill(p.pid, p.exited, join(work, 'img'));
+    // A slow background fill (1 MiB per 150 ms): the commands below run while most pages are still out.
+    process.env.TSNAP_LAZY_FILL_DELAY_MS = '150';
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'), ['--lazy', '--lazy-log', join(work, 'lazy.log')]);
+    expect(r.result.code, r.result.stderr).toBe(0);
+    const { pager } = pagerOf(r.result.stderr);
+    expect(lazyFlags(r.pid)).toBeGreaterThan(0);
+    for (const cmd of ['fork', 'dontneed', 'remap', 'check', 'fork']) {
+      const mark = r.lines.length;
+      r.writeLine(cmd);
+      const got = await r.waitForLine(new RegExp(`^(${cmd.toUpperCase()}|CHECK) `), 20000, mark);
+      expect(got, readFileSync(join(work, 'lazy.log'), 'utf8')).toBe(`${cmd === 'check' ? 'CHECK' : cmd.toUpperCase()} PASS`);
+      // Still filling: the first fork came before the background fill could end.
+      if (mark === 0) expect(isGone(pager)).toBe(false);
+    }
+    await until('the pager exits', () => isGone(pager));
+    const mark = r.lines.length;
+    r.writeLine('check');
+    expect(await r.waitForLine(/^CHECK /, 20000, mark)).toBe('CHECK PASS');
+  });
+
+  it('a killed pager: the guard kills the process (it would read zeros) and says so in the log', async () => {
+    const work = tmpDir('tsnap-lazy-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '16']);
+    await dumpAndKill(p.pid, p.exited, join(work, 'img'));
+    process.env.TSNAP_LAZY_FILL_DELAY_MS = '1000';
+    const log = join(work, 'lazy.log');
+    const r = await restoreDetached(join(work, 'img'), join(work, 'pid'), ['--lazy', '--lazy-log', log]);
+    expect(r.result.code, r.result.stderr).toBe(0);
+    const { pager, guard } = pagerOf(r.result.stderr);
+    process.kill(pager, 'SIGKILL');
+    await until('the restored process is killed', () => isGone(r.pid));
+    await until('the guard exits', () => isGone(guard));
+    expect(readFileSync(log, 'utf8')).toMatch(new RegExp(`pager died before the fill ended: killing process ${r.pid}`));
+    expect(r.lines).not.toContain('FAIL');
+  });
+});
