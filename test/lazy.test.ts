@@ -20,13 +20,16 @@ afterEach(async () => {
   delete process.env.TSNAP_LAZY_FILL_DELAY_MS;
 });
 
-/** The pager and guard pids tsnap --detach names, registered for cleanup. */
-function pagerOf(stderr: string): { pager: number; guard: number } {
-  const m = /pager process (\d+) \(guard (\d+)\)/.exec(stderr);
+/**
+ * The pager and guard pids tsnap --detach names, registered for cleanup.
+ * A fill that ended before the background pager was up leaves no pager (0).
+ */
+function pagerOf(stderr: string, mustHandOver = true): { pager: number; guard: number } {
+  const m = /pager process (\d+) \(guard (\d+)\)/.exec(stderr) ?? (mustHandOver ? null : /lazy fill done by tsnap \(guard (\d+)\)/.exec(stderr));
   expect(m, stderr).not.toBeNull();
-  const pager = Number(m![1]);
-  const guard = Number(m![2]);
-  for (const pid of [pager, guard]) { registerPid(pid); helpers.push(pid); }
+  const pager = m!.length > 2 ? Number(m![1]) : 0;
+  const guard = Number(m![m!.length - 1]);
+  for (const pid of [pager, guard]) if (pid) { registerPid(pid); helpers.push(pid); }
   return { pager, guard };
 }
 
@@ -52,6 +55,8 @@ describe('tsnap restore --lazy', () => {
     const p = await startProcess(await compileC('bigmem'), ['read', '64']);
     const sum = /sum=(0x[0-9a-f]+)/.exec(p.readyLine)![1];
     await dumpAndKill(p.pid, p.exited, join(work, 'img'));
+    // 1 MiB per 20 ms in the background: the checksum below finds most pages still out.
+    process.env.TSNAP_LAZY_FILL_DELAY_MS = '20';
     const r = await restoreDetached(join(work, 'img'), join(work, 'pid'), ['--lazy', '--lazy-log', join(work, 'lazy.log')]);
     expect(r.result.code, r.result.stderr).toBe(0);
     expect(r.result.stderr).not.toMatch(/restore check/);
@@ -61,7 +66,7 @@ describe('tsnap restore --lazy', () => {
     await r.waitForLine(/^(PASS|FAIL)/, 20000);
     expect(r.lines).toContain('PASS');
     // Every page in: the pager and the guard are gone, no range is registered any more.
-    await until('the pager and the guard exit', () => isGone(pager) && isGone(guard));
+    await until('the pager and the guard exit', () => (!pager || isGone(pager)) && isGone(guard));
     expect(lazyFlags(r.pid)).toBe(0);
     const mark = r.lines.length;
     r.writeLine('');

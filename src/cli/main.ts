@@ -228,7 +228,7 @@ export async function main(argv: string[]): Promise<void> {
         // The process runs already; tsnap exits once a background pager took its memory over.
         if (r.lazy) {
           const how = await r.lazy.handover();
-          if (how.startsWith('pager process')) process.stderr.write(`tsnap: ${how}\n`);
+          if (/^(pager process|lazy fill done)/.test(how)) process.stderr.write(`tsnap: ${how}\n`);
           else warn(how);
         }
         return;

@@ -2,51 +2,59 @@
  * `tsnap restore --lazy`: the restore's side of lazy memory.
  *
  * Which memory is lazy: private anonymous VMAs whose pages the image holds
- * (heap, stacks, anonymous mmaps), the bulk of any process. userfaultfd
- * MISSING mode only takes anonymous, shmem and hugetlb VMAs: a private file
- * mapping (a library's data, a MAP_PRIVATE file) is refused with EINVAL
- * (checked here; the kernel's vma_can_userfault()), so its dumped pages are
- * written at restore as before. Shared memory (MAP_SHARED anonymous, memfd,
- * SysV shm) is filled at restore too: several processes may map it, and a
- * page filled through one uffd would still have to reach the others. Locked
- * VMAs (mlock would fault every page in while tsnap still drives the task)
- * and VMAs with guard regions are filled at restore as well.
+ * (heap, thread stacks, anonymous mmaps), the bulk of any process.
+ * userfaultfd MISSING mode only takes anonymous, shmem and hugetlb VMAs: a
+ * private file mapping (a library's data, a MAP_PRIVATE file) is refused
+ * with EINVAL (checked on this kernel; vma_can_userfault()), so its dumped
+ * pages are written at restore as before. Shared memory (MAP_SHARED
+ * anonymous, memfd, SysV shm) is written at restore too: several processes
+ * may map it, and a page filled through one uffd would still have to reach
+ * the others. Locked VMAs (mlock faults every page in while tsnap still
+ * drives the task), VMAs with guard regions and the main stack (argv and
+ * the environment: /proc/PID/cmdline reads them through the kernel's remote
+ * access, which cannot wait for a userfault and fails with EIO) as well.
+ *
+ * When: the ranges are registered after the last remote syscall that could
+ * touch them, right before the stub goes and the process starts, and the
+ * pager then runs on tsnap's main thread. While tsnap drives the task that
+ * thread is blocked in waitpid(): a fault there could never be answered.
+ * So the few pages the kernel itself writes during the restore (each
+ * thread's rseq area, written on every return to user mode once
+ * registered) are written at restore, and after the registration a
+ * PAGEMAP_SCAN looks for any other present page of the lazy ranges (touched
+ * by the restore before registration: zero-filled by the kernel) and writes
+ * its image data over it, so that no page ever reads what the image did not
+ * hold.
  *
  * How: the uffd is created inside the new task (a uffd binds the mm of its
  * creator) by an injected userfaultfd(), taken with pidfd_getfd and closed in
  * the task again; UFFDIO_API and UFFDIO_REGISTER from tsnap act on the
- * task's mm. A pager (pager.ts) in a worker thread of tsnap serves faults
- * from the moment the ranges are registered, so the restore's own remaining
- * steps (an rseq area the kernel writes, a thread's tid) can fault there
- * too; the background fill waits until the process runs. A worker, not
- * tsnap's main thread: that thread is blocked in waitpid() during every
- * injected syscall, and a syscall that faults on lazy memory would wait for
- * it forever.
+ * task's mm (pager.ts).
  *
  * --detach: tsnap exits, so the pager moves to a background process
  * (pager-main.ts, started at the beginning of the restore so that Node's
- * start-up is not on the critical path): the worker stops between two
- * steps, its state (what is still pending, per address space) and every
- * uffd go over (pidfd_getfd), and tsnap exits once the pager took them.
+ * start-up is not on the critical path): tsnap serves faults meanwhile,
+ * stops between two steps, hands over what is still pending per address
+ * space and every uffd (pidfd_getfd), and exits once the pager took them.
  *
  * A guard (tsnap-lazyguard.c) holds copies of the uffds and kills the
  * processes should the pager die before the fill ends: without it the
  * kernel would unregister the ranges with the pager's last uffd, and the
  * pages not in yet would read as zeros.
  */
-import { Worker } from 'node:worker_threads';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readlinkSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { SYS, O_CLOEXEC, O_NONBLOCK, pidfdOpen, pidfdGetfd, pipe2, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE_MISSING, SysError } from '../sys/index.js';
+import { SYS, O_CLOEXEC, O_NONBLOCK, pidfdOpen, pidfdGetfd, pipe2, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE_MISSING, SysError, Pagemap, PAGE_IS } from '../sys/index.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import type { Image } from '../image/image-reader.js';
-import type { VmaImage } from '../../formats/schema.js';
+import type { VmaImage, ThreadImage } from '../../formats/schema.js';
 import { isSpecial, vmaKind, lockFor, mapCallFor } from '../restore/layout-plan.js';
 import { isAioRing } from '../files/aio.js';
 import { TsnapError } from '../errors.js';
-import type { HostEnd, HostState, SourceSpec } from './pager-host.js';
+import { PagerHost, type HostEnd, type SourceSpec } from './pager-host.js';
+import { subtract, normalize, type Range } from '../dump/ranges.js';
 
 const MAP_DROPPABLE = 0x08;
 const FEATURES = UFFD_FEATURE_MISSING.EVENT_FORK | UFFD_FEATURE_MISSING.EVENT_REMAP | UFFD_FEATURE_MISSING.EVENT_REMOVE | UFFD_FEATURE_MISSING.EVENT_UNMAP;
@@ -71,15 +79,28 @@ export function isLazyVma(v: VmaImage): boolean {
 export interface LazyStats {
   /** Bytes left to the pager at the start. */
   lazyBytes: number;
-  /** µs waiting for the pager worker to be up at the first registration. */
-  workerWaitUs: number;
+  /** Pages the restore found present in lazy ranges and wrote from the image (should be 0). */
+  repairedPages: number;
 }
 
 const fillDelay = (): number => Number(process.env.TSNAP_LAZY_FILL_DELAY_MS ?? 0) || 0;
+const P = 4096;
+
+/** Pages of lazy VMAs the kernel writes while tsnap still drives the task: written at restore. */
+export function kernelTouched(threads: readonly ThreadImage[], lazy: readonly VmaImage[]): Range[] {
+  const out: Range[] = [];
+  for (const t of threads) {
+    if (!t.rseq) continue;
+    const a = Number(t.rseq.pointer);
+    const s = a - (a % P);
+    const e = Math.ceil((a + Math.max(t.rseq.size, 32)) / P) * P;
+    if (lazy.some((v) => v.start < e && s < v.end)) out.push({ start: s, end: e });
+  }
+  return normalize(out);
+}
 
 export class LazyRestore {
-  private readonly worker: Worker;
-  private readonly workerUp: Promise<void>;
+  private readonly host: PagerHost;
   private readonly guard: ChildProcess;
   private readonly guardLines: AsyncIterator<string>;
   /** Write end of the guard's stdin: the pager holds it; its end (EOF) without "D" is the pager's death. */
@@ -89,10 +110,8 @@ export class LazyRestore {
   private readonly logFd: number;
   private readonly pidfds: number[] = [];
   private readonly uffds: number[] = [];
-  private readonly waiters = new Map<string, ((m: Record<string, unknown>) => void)[]>();
-  /** The worker's pager ended (done, stopped or failed). */
-  readonly ended: Promise<HostEnd>;
-  readonly stats: LazyStats = { lazyBytes: 0, workerWaitUs: 0 };
+  private running: Promise<HostEnd> | null = null;
+  readonly stats: LazyStats = { lazyBytes: 0, repairedPages: 0 };
   private finished = false;
 
   constructor(opts: LazyOptions) {
@@ -108,48 +127,21 @@ export class LazyRestore {
     this.guardLines = createInterface({ input: this.guard.stdout! })[Symbol.asyncIterator]();
     if (opts.detach) {
       this.background = spawn(process.execPath, [fileURLToPath(new URL('./pager-main.js', import.meta.url))], { stdio: ['pipe', 'pipe', this.logFd], detached: true });
-      this.background.on('error', () => { /* the handover falls back to the worker */ });
+      this.background.on('error', () => { /* the handover falls back to tsnap */ });
+      this.background.stdin!.on('error', () => { /* it died: the handover says so */ });
       this.backgroundLines = createInterface({ input: this.background.stdout! })[Symbol.asyncIterator]();
     }
-    this.worker = new Worker(new URL('./pager-worker.js', import.meta.url), { workerData: { guardFd: w, logFd: this.logFd, fillDelayMs: fillDelay() } });
-    this.worker.on('message', (m: Record<string, unknown>) => {
-      const list = this.waiters.get(m.op as string);
-      const f = list?.shift();
-      if (f) f(m);
-    });
-    this.workerUp = this.next('ready').then(() => undefined);
-    this.ended = new Promise<HostEnd>((resolve) => {
-      this.worker.on('error', (err) => resolve({ how: 'failed', message: `the pager thread failed: ${err.message}`, stats: { faults: 0, zeroFaults: 0, bytesFaulted: 0, bytesFilled: 0, forks: 0 } }));
-      this.worker.on('exit', () => resolve({ how: 'failed', message: 'the pager thread ended', stats: { faults: 0, zeroFaults: 0, bytesFaulted: 0, bytesFilled: 0, forks: 0 } }));
-      this.watchEnd(resolve);
-    });
-    this.workerUp.catch(() => {});
-  }
-
-  private watchEnd(resolve: (e: HostEnd) => void): void {
-    this.next('ended').then((m) => {
-      const end = m.end as HostEnd;
-      if (end.how === 'stopped') { this.stoppedState = m.state as HostState; this.stoppedWaiter?.(); this.watchEnd(resolve); return; }
-      resolve(end);
-    });
-  }
-
-  private stoppedState: HostState | null = null;
-  private stoppedWaiter: (() => void) | null = null;
-
-  private next(op: string): Promise<Record<string, unknown>> {
-    return new Promise((resolve) => {
-      let list = this.waiters.get(op);
-      if (!list) this.waiters.set(op, (list = []));
-      list.push(resolve);
-    });
+    const logFd = this.logFd;
+    this.host = new PagerHost(w, (m) => { try { writeSync(logFd, `${m}\n`); } catch { /* no log */ } }, fillDelay());
   }
 
   /**
    * Makes `vmas` of the new task lazy: creates its uffd, registers them and
-   * hands them to the pager, whose faults are served from here on.
+   * gives them to the pager. The last step before the stub goes: from here
+   * on a fault in these ranges waits for the pager, which runs once the
+   * process does. `written`: what the restore wrote in them already.
    */
-  async attach(rt: RemoteTask, chain: readonly Image[], vmas: readonly VmaImage[]): Promise<void> {
+  async attach(rt: RemoteTask, chain: readonly Image[], vmas: readonly VmaImage[], written: readonly Range[]): Promise<void> {
     if (vmas.length === 0) return;
     const made = rt.sc.call(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (made < 0n) throw new TsnapError('kernel', `userfaultfd() in the restored process failed (errno ${-made}); restore --lazy needs CONFIG_USERFAULTFD and CAP_SYS_PTRACE`);
@@ -172,90 +164,102 @@ export class LazyRestore {
         if (err instanceof SysError) throw new TsnapError('kernel', `cannot make the memory at 0x${v.start.toString(16)} lazy (${err.code}); restore without --lazy`);
         throw err;
       }
-      this.stats.lazyBytes += v.end - v.start;
     }
+    const within = vmas.map((v) => ({ start: v.start, end: v.end }));
     const source: SourceSpec = {
       levels: chain.map((c) => ({ dir: c.dir, kind: c.inventory.kind, runs: c.pagemap.runs, chunks: c.pagemap.chunks })),
-      within: vmas.map((v) => ({ start: v.start, end: v.end })),
+      within,
     };
-    const t0 = process.hrtime.bigint();
-    await this.workerUp;
-    this.stats.workerWaitUs += Number(process.hrtime.bigint() - t0) / 1000;
-    const added = this.next('added');
-    this.worker.postMessage({ op: 'add', fd: uffd, name: `process ${rt.pid}`, source });
-    await added;
+    const index = this.host.addSource(source);
+    await this.repair(rt, index, within, written);
+    this.host.addContext({ fd: uffd, name: `process ${rt.pid}`, source: index, skip: written });
+    this.stats.lazyBytes += this.host.pager.contexts[this.host.pager.contexts.length - 1].pending.bytes;
+  }
+
+  /** Present pages of the lazy ranges the restore did not write: the image's data over them. */
+  private async repair(rt: RemoteTask, source: number, within: Range[], written: readonly Range[]): Promise<void> {
+    const pm = new Pagemap(rt.pid);
+    const present: Range[] = [];
+    try {
+      for (const r of within) {
+        for (const batch of pm.scan({ start: r.start, end: r.end, categoryAnyof: PAGE_IS.PRESENT | PAGE_IS.SWAPPED, returnMask: PAGE_IS.PRESENT | PAGE_IS.SWAPPED })) {
+          for (const g of batch) present.push({ start: g.start, end: g.end });
+        }
+      }
+    } finally {
+      pm.close();
+    }
+    for (const r of subtract(normalize(present), normalize([...written]))) {
+      const data = await this.host.fetch(source, r.start, r.end - r.start);
+      const b = data ?? Buffer.alloc(r.end - r.start);
+      rt.mem.write(b, 0, b.length, r.start);
+      this.stats.repairedPages += (r.end - r.start) / P;
+    }
   }
 
   /** Before the processes run: the guard holds its copies (the pager may die from now on). */
   async arm(): Promise<void> {
     if (this.pidfds.length === 0) return;
     const ack = this.guardLines.next();
-    const line = `arm ${process.pid} ${this.pidfds.join(' ')} - ${this.uffds.join(' ')}\n`;
-    writeAll(this.guardW, line);
+    writeAll(this.guardW, `arm ${process.pid} ${this.pidfds.join(' ')} - ${this.uffds.join(' ')}\n`);
     const got = await ack;
     if (got.done || got.value !== 'armed') throw new TsnapError('restoreFailed', 'the lazy restore guard did not start; nothing was started');
   }
 
-  /** The processes run: the background fill may start. */
-  release(): void {
-    this.worker.postMessage({ op: 'release' });
+  /** The processes run: serve their faults and fill the rest. */
+  start(): void {
+    this.running = this.host.run();
   }
 
   /**
    * restore --detach: moves the pager to the background process. If that
-   * process is not there, the worker goes on and tsnap exits only once
-   * every page is in.
+   * process is not there, tsnap goes on and exits only once every page is in.
    */
   async handover(): Promise<string> {
     const bg = this.background!;
     const lines = this.backgroundLines!;
-    const booted = await Promise.race([lines.next(), this.ended.then(() => null)]);
+    const running = this.running!;
+    const booted = await Promise.race([lines.next(), running.then(() => null)]);
     if (booted === null) return this.finish();
-    if (booted.done || booted.value !== 'booted') {
-      await this.ended;
-      return 'the background pager did not start: tsnap filled the memory itself';
-    }
-    const stopped = new Promise<void>((resolve) => { this.stoppedWaiter = resolve; });
-    this.worker.postMessage({ op: 'stop' });
-    const r = await Promise.race([stopped.then(() => 'stopped' as const), this.ended.then(() => 'ended' as const)]);
-    if (r === 'ended') return this.finish();
-    const state = this.stoppedState!;
+    if (booted.done || booted.value !== 'booted') return `the background pager did not start: ${await this.finish()}`;
+    this.host.pager.stop();
+    const end = await running;
+    if (end.how !== 'stopped') return this.finish();
+    const state = this.host.exportState();
     bg.stdin!.write(JSON.stringify({ tsnapPid: process.pid, guardFd: this.guardW, fillDelayMs: fillDelay(), state }) + '\n');
     const ok = await lines.next();
     if (ok.done || ok.value !== 'ok') {
-      this.worker.postMessage({ op: 'resume' });
-      const end = await this.ended;
-      return `the background pager did not take over (${ok.value ?? 'it ended'}): tsnap filled the memory itself (${end.how})`;
+      this.host.pager.resume();
+      this.running = this.host.run();
+      return `the background pager did not take over (${ok.value ?? 'it ended'}): ${await this.finish()}`;
     }
     bg.unref();
-    (bg.stdin as unknown as { unref?: () => void }).unref?.();
-    (bg.stdout as unknown as { unref?: () => void }).unref?.();
     bg.stdin!.end();
+    (bg.stdout as unknown as { unref?: () => void }).unref?.();
     this.closeOwn(state.contexts.map((c) => c.fd));
     return `pager process ${bg.pid} (guard ${this.guard.pid}) fills the rest of the memory`;
   }
 
-  /** restore without --detach: the worker fills everything; tsnap's copies go when it is done. */
+  /** restore without --detach: tsnap fills everything; its copies go when it is done. */
   async finish(): Promise<string> {
-    const end = await this.ended;
+    const end = await (this.running ?? Promise.resolve({ how: 'done', stats: this.host.pager.stats } as HostEnd));
+    this.background?.kill('SIGKILL');
     this.closeOwn([]);
     if (end.how === 'failed') return `the lazy fill failed: ${end.message}`;
-    return `lazy fill done: ${end.stats.faults} faults, ${end.stats.bytesFaulted + end.stats.bytesFilled} bytes`;
+    return `lazy fill done by tsnap (guard ${this.guard.pid}): ${end.stats.faults} faults, ${end.stats.bytesFaulted + end.stats.bytesFilled} bytes`;
   }
 
   /** The restore failed: nothing of the lazy machinery may stay. */
-  async abort(): Promise<void> {
-    await this.worker.terminate().catch(() => 0);
+  abort(): void {
     this.background?.kill('SIGKILL');
     this.guard.kill('SIGKILL');
     this.closeOwn(this.uffds);
   }
 
-  /** Closes tsnap's copies: `fds` (uffds of the worker, shared fd table) only when they still are uffds. */
+  /** Closes tsnap's copies (`fds`: uffds, only while they still are uffds: the pager closes its own). */
   private closeOwn(fds: number[]): void {
     if (this.finished) return;
     this.finished = true;
-    void this.worker.terminate().catch(() => 0);
     for (const fd of new Set(fds)) {
       try {
         if (readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[userfaultfd]') closeSync(fd);

@@ -20,8 +20,10 @@ export interface ContextSpec {
   fd: number;
   name: string;
   source: number;
-  /** Absent for a new context: everything the source holds. */
+  /** Absent for a new context: everything the source holds... */
   pending?: [number, number, number][];
+  /** ...but these addresses (written at restore already). */
+  skip?: readonly Range[];
 }
 
 export interface HostState {
@@ -35,9 +37,8 @@ export class PagerHost {
   readonly pager: Pager;
   private readonly sources: { spec: SourceSpec; source: PageSource }[] = [];
 
-  constructor(private readonly guardFd: number, private readonly log: (m: string) => void, fillDelayMs = 0, hold = false) {
+  constructor(private readonly guardFd: number, private readonly log: (m: string) => void, fillDelayMs = 0) {
     this.pager = new Pager({ log, fillDelayMs });
-    this.pager.hold = hold;
   }
 
   addSource(spec: SourceSpec): number {
@@ -48,7 +49,13 @@ export class PagerHost {
   addContext(spec: ContextSpec): void {
     const s = this.sources[spec.source].source;
     const pending = spec.pending ? Pending.fromJSON(spec.pending) : new Pending(splitAt(s.extents(), this.sources[spec.source].spec.within));
+    for (const r of spec.skip ?? []) pending.cut(r.start, r.end);
     this.pager.add({ fd: spec.fd, name: spec.name, pending, source: s });
+  }
+
+  /** Data of a source, for the restore's own use (repairs). */
+  fetch(source: number, start: number, len: number): Promise<Buffer | null> {
+    return this.sources[source].source.fetch(start, len);
   }
 
   static fromState(state: HostState, guardFd: number, log: (m: string) => void, fillDelayMs = 0): PagerHost {

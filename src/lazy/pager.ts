@@ -52,7 +52,7 @@ export class PagerFailure extends Error {}
 export class Pager {
   readonly contexts: PagerContext[] = [];
   readonly stats: PagerStats = { faults: 0, zeroFaults: 0, bytesFaulted: 0, bytesFilled: 0, forks: 0 };
-  /** While set, only faults are served (the restore is still building the process); and the pager does not end. */
+  /** While set, only faults are served, and the pager does not end. */
   hold = false;
   private stopping = false;
   private retry: { ctx: PagerContext; addr: number }[] = [];
@@ -102,6 +102,9 @@ export class Pager {
         if (this.stopping) continue;
       }
       await this.fillStep(ctx);
+      // A cached chunk resolves at once: let the event loop's other work (a
+      // handover, tsnap waiting for its process) run between two steps.
+      await new Promise((resolve) => setImmediate(resolve));
     }
   }
 

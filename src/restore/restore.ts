@@ -40,7 +40,7 @@ import { checkUnreadChunks } from '../image/unread-chunks.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import type { ThreadImage, ProcessImage, VmaImage, TreeMember } from '../../formats/schema.js';
 import { readStat } from '../proc/index.js';
-import { LazyRestore, isLazyVma, type LazyOptions } from '../lazy/lazy-restore.js';
+import { LazyRestore, isLazyVma, kernelTouched, type LazyOptions } from '../lazy/lazy-restore.js';
 
 export interface RestoreOptions {
   dir: string;
@@ -117,6 +117,8 @@ interface Member {
   zombies: TreeMember[];
   /** It shares its parent's fd table (forked with CLONE_FILES). */
   filesShared?: boolean;
+  /** restore --lazy: its VMAs left to the pager, and what of them the restore wrote. */
+  lazy?: { vmas: VmaImage[]; written: { start: number; end: number }[] };
 }
 
 function loadMembers(dir: string): Member[] {
@@ -257,14 +259,11 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `write the memory of ${m.p.pid}`;
       const dumped = m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start));
       const lazyVmas = lazy ? dumped.filter(isLazyVma) : [];
-      const filled = await fillPages(rt.pid, m.chain, dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), rt.sc,
+      if (lazy) m.lazy = { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
+      const filled = await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
       pages += filled.pages;
       bytes += filled.bytes;
-      if (lazy) {
-        step = `make the memory of ${m.p.pid} lazy`;
-        await lazy.attach(rt, m.chain, lazyVmas);
-      }
       for (const r of m.p.aioRings ?? []) restoreAioRing(rt, r);
       installGuards(rt, m.p.mm.vmas);
       finishProtections(rt, fixProt);
@@ -332,6 +331,15 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       step = `restore the credentials of ${m.p.pid}`;
       restoreAllCreds(m.rt!, m.p, m.threads, warn);
     }
+    if (lazy) {
+      // The last remote syscalls but the stub's munmap: nothing tsnap does touches these ranges any more.
+      for (const m of members) {
+        step = `make the memory of ${m.p.pid} lazy`;
+        await lazy.attach(m.rt!, m.chain, m.lazy!.vmas, m.lazy!.written);
+      }
+      step = 'start the lazy restore guard';
+      await lazy.arm();
+    }
     for (const m of members) {
       step = `remove the restore stub from ${m.p.pid}`;
       m.rt!.sc.check('munmap(stub)', SYS.munmap, stub.addr, STUB_SIZE);
@@ -353,10 +361,6 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       }
       for (const d of diffs) warn(d);
     }
-    if (lazy) {
-      step = 'start the lazy restore guard';
-      await lazy.arm();
-    }
     for (const m of members) m.rt!.mem.close();
     if (opts.pidfile) writeFileSync(opts.pidfile, `${proc.pid}\n`, { mode: 0o644 });
     // Only now may the connections speak: nothing after this can fail.
@@ -372,7 +376,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       for (const th of m.threads.slice(1)) ptrace.detach(th.rt.pid);
       ptrace.detach(m.rt!.pid);
     }
-    lazy?.release();
+    lazy?.start();
     const restoreUs = Number(process.hrtime.bigint() - t0) / 1000;
     for (const w of warnings) opts.warn?.(w);
     return {
@@ -400,7 +404,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const c of [...created].reverse()) if (c.leader) reapTraced(c.pid);
     for (const m of members) { try { m.rt?.mem.close(); } catch { /* closed */ } }
     helper?.kill('SIGKILL');
-    await lazy?.abort();
+    lazy?.abort();
     const e = asTsnapError(err, `restore from ${opts.dir}`);
     if (e.kind === 'internal') throw new TsnapError('restoreFailed', `restore failed while trying to ${step}: ${e.message}`, err);
     throw e;
