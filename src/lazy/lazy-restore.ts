@@ -32,10 +32,10 @@
  * task's mm (pager.ts).
  *
  * --detach: tsnap exits, so the pager moves to a background process
- * (pager-main.ts, started at the beginning of the restore so that Node's
- * start-up is not on the critical path): tsnap serves faults meanwhile,
- * stops between two steps, hands over what is still pending per address
- * space and every uffd (pidfd_getfd), and exits once the pager took them.
+ * (pager-main.ts, started once the process runs so that Node's start-up is
+ * not on the critical path): tsnap serves faults meanwhile, stops between
+ * two steps, hands over what is still pending per address space and every
+ * uffd (pidfd_getfd), and exits once the pager took them.
  *
  * A guard (tsnap-lazyguard.c) holds copies of the uffds and kills the
  * processes should the pager die before the fill ends: without it the
@@ -60,7 +60,7 @@ const MAP_DROPPABLE = 0x08;
 const FEATURES = UFFD_FEATURE_MISSING.EVENT_FORK | UFFD_FEATURE_MISSING.EVENT_REMAP | UFFD_FEATURE_MISSING.EVENT_REMOVE | UFFD_FEATURE_MISSING.EVENT_UNMAP;
 
 export interface LazyOptions {
-  /** The pager must outlive tsnap (restore --detach): it moves to a background process. */
+  /** The pager must outlive tsnap (restore --detach): it moves to a background process (handover()). */
   detach: boolean;
   /** Where the pager and the guard report (default: tsnap's stderr). */
   log?: string;
@@ -105,8 +105,7 @@ export class LazyRestore {
   private readonly guardLines: AsyncIterator<string>;
   /** Write end of the guard's stdin: the pager holds it; its end (EOF) without "D" is the pager's death. */
   private readonly guardW: number;
-  private readonly background: ChildProcess | null = null;
-  private readonly backgroundLines: AsyncIterator<string> | null = null;
+  private background: ChildProcess | null = null;
   private readonly logFd: number;
   private readonly pidfds: number[] = [];
   private readonly uffds: number[] = [];
@@ -125,12 +124,6 @@ export class LazyRestore {
     }
     this.guard.on('error', () => { /* reported when arming */ });
     this.guardLines = createInterface({ input: this.guard.stdout! })[Symbol.asyncIterator]();
-    if (opts.detach) {
-      this.background = spawn(process.execPath, [fileURLToPath(new URL('./pager-main.js', import.meta.url))], { stdio: ['pipe', 'pipe', this.logFd], detached: true });
-      this.background.on('error', () => { /* the handover falls back to tsnap */ });
-      this.background.stdin!.on('error', () => { /* it died: the handover says so */ });
-      this.backgroundLines = createInterface({ input: this.background.stdout! })[Symbol.asyncIterator]();
-    }
     const logFd = this.logFd;
     this.host = new PagerHost(w, (m) => { try { writeSync(logFd, `${m}\n`); } catch { /* no log */ } }, fillDelay());
   }
@@ -216,8 +209,14 @@ export class LazyRestore {
    * process is not there, tsnap goes on and exits only once every page is in.
    */
   async handover(): Promise<string> {
-    const bg = this.background!;
-    const lines = this.backgroundLines!;
+    // Started only now, with the process running: Node's start-up (a few
+    // hundred ms on a busy machine) is off the critical path, and tsnap
+    // serves the faults meanwhile.
+    const bg = spawn(process.execPath, [fileURLToPath(new URL('./pager-main.js', import.meta.url))], { stdio: ['pipe', 'pipe', this.logFd], detached: true });
+    this.background = bg;
+    bg.on('error', () => { /* the handover falls back to tsnap */ });
+    bg.stdin!.on('error', () => { /* it died: the handover says so */ });
+    const lines = createInterface({ input: bg.stdout! })[Symbol.asyncIterator]();
     const running = this.running!;
     const booted = await Promise.race([lines.next(), running.then(() => null)]);
     if (booted === null) return this.finish();

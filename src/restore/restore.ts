@@ -191,10 +191,17 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let sysv: SysvSegments | null = null;
   let pages = 0;
   let bytes = 0;
-  // Started first: its worker (and, for --detach, its background process) boots meanwhile.
-  const lazy = opts.lazy ? new LazyRestore(opts.lazy) : null;
+  let lazy: LazyRestore | null = null;
   try {
-    const made = await createProcess(newPid ? null : root.p.pid, stdio.options);
+    const making = createProcess(newPid ? null : root.p.pid, stdio.options);
+    // The lazy restore's guard starts while the helper does.
+    try {
+      lazy = opts.lazy ? new LazyRestore(opts.lazy) : null;
+    } catch (err) {
+      making.then((m) => { m.helper.kill('SIGKILL'); try { kill(m.proc.pid, SIGKILL); } catch { /* gone */ } reapTraced(m.proc.pid); }, () => {});
+      throw err;
+    }
+    const made = await making;
     helper = made.helper;
     const proc: NewProcess = made.proc;
     created.push({ pid: proc.pid, leader: true });
@@ -376,7 +383,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       for (const th of m.threads.slice(1)) ptrace.detach(th.rt.pid);
       ptrace.detach(m.rt!.pid);
     }
-    lazy?.start();
+    (lazy as LazyRestore | null)?.start();
     const restoreUs = Number(process.hrtime.bigint() - t0) / 1000;
     for (const w of warnings) opts.warn?.(w);
     return {
@@ -404,7 +411,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const c of [...created].reverse()) if (c.leader) reapTraced(c.pid);
     for (const m of members) { try { m.rt?.mem.close(); } catch { /* closed */ } }
     helper?.kill('SIGKILL');
-    lazy?.abort();
+    (lazy as LazyRestore | null)?.abort();
     const e = asTsnapError(err, `restore from ${opts.dir}`);
     if (e.kind === 'internal') throw new TsnapError('restoreFailed', `restore failed while trying to ${step}: ${e.message}`, err);
     throw e;
