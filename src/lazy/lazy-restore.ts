@@ -43,10 +43,10 @@
  * pages not in yet would read as zeros.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readlinkSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readlinkSync, readSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { SYS, O_CLOEXEC, O_NONBLOCK, pidfdOpen, pidfdGetfd, pipe2, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE_MISSING, SysError, Pagemap, PAGE_IS } from '../sys/index.js';
+import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, pipe2, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE_MISSING, SysError, Pagemap, PAGE_IS, posixSpawn, pollAsync, kill, ptrace } from '../sys/index.js';
 import type { RemoteTask } from '../restore/remote-task.js';
 import type { Image } from '../image/image-reader.js';
 import type { VmaImage, ThreadImage } from '../../formats/schema.js';
@@ -101,8 +101,9 @@ export function kernelTouched(threads: readonly ThreadImage[], lazy: readonly Vm
 
 export class LazyRestore {
   private readonly host: PagerHost;
-  private readonly guard: ChildProcess;
-  private readonly guardLines: AsyncIterator<string>;
+  private readonly guardPid: number;
+  /** Read end of the guard's stdout, where it says "armed". */
+  private readonly guardAck: number;
   /** Write end of the guard's stdin: the pager holds it; its end (EOF) without "D" is the pager's death. */
   private readonly guardW: number;
   private background: ChildProcess | null = null;
@@ -116,14 +117,19 @@ export class LazyRestore {
   constructor(opts: LazyOptions) {
     this.logFd = opts.log ? openSync(opts.log, 'a', 0o600) : 2;
     const [r, w] = pipe2(O_CLOEXEC);
+    const [ackR, ackW] = pipe2(O_CLOEXEC);
     this.guardW = w;
+    this.guardAck = ackR;
     try {
-      this.guard = spawn(fileURLToPath(new URL('../../native/tsnap-lazyguard', import.meta.url)), [], { stdio: [r, 'pipe', this.logFd], detached: true });
+      // In its own session: it must outlive tsnap, and no job control signal of tsnap's terminal should reach it.
+      this.guardPid = posixSpawn(fileURLToPath(new URL('../../native/tsnap-lazyguard', import.meta.url)), [], [r, ackW, this.logFd], true);
+    } catch (err) {
+      for (const fd of [w, ackR]) closeSync(fd);
+      throw new TsnapError('restoreFailed', `cannot start the lazy restore guard (${(err as Error).message}); run \`npm run build\` in the tsnap directory`);
     } finally {
       closeSync(r);
+      closeSync(ackW);
     }
-    this.guard.on('error', () => { /* reported when arming */ });
-    this.guardLines = createInterface({ input: this.guard.stdout! })[Symbol.asyncIterator]();
     const logFd = this.logFd;
     this.host = new PagerHost(w, (m) => { try { writeSync(logFd, `${m}\n`); } catch { /* no log */ } }, fillDelay());
   }
@@ -193,10 +199,11 @@ export class LazyRestore {
   /** Before the processes run: the guard holds its copies (the pager may die from now on). */
   async arm(): Promise<void> {
     if (this.pidfds.length === 0) return;
-    const ack = this.guardLines.next();
     writeAll(this.guardW, `arm ${process.pid} ${this.pidfds.join(' ')} - ${this.uffds.join(' ')}\n`);
-    const got = await ack;
-    if (got.done || got.value !== 'armed') throw new TsnapError('restoreFailed', 'the lazy restore guard did not start; nothing was started');
+    const [ready] = await pollAsync([this.guardAck], 5000);
+    const b = Buffer.alloc(6);
+    const n = ready ? readSync(this.guardAck, b, 0, 6, null) : 0;
+    if (b.subarray(0, n).toString() !== 'armed\n') throw new TsnapError('restoreFailed', 'the lazy restore guard did not start; nothing was started');
   }
 
   /** The processes run: serve their faults and fill the rest. */
@@ -236,7 +243,7 @@ export class LazyRestore {
     bg.stdin!.end();
     (bg.stdout as unknown as { unref?: () => void }).unref?.();
     this.closeOwn(state.contexts.map((c) => c.fd));
-    return `pager process ${bg.pid} (guard ${this.guard.pid}) fills the rest of the memory`;
+    return `pager process ${bg.pid} (guard ${this.guardPid}) fills the rest of the memory`;
   }
 
   /** restore without --detach: tsnap fills everything; its copies go when it is done. */
@@ -245,13 +252,13 @@ export class LazyRestore {
     this.background?.kill('SIGKILL');
     this.closeOwn([]);
     if (end.how === 'failed') return `the lazy fill failed: ${end.message}`;
-    return `lazy fill done by tsnap (guard ${this.guard.pid}): ${end.stats.faults} faults, ${end.stats.bytesFaulted + end.stats.bytesFilled} bytes`;
+    return `lazy fill done by tsnap (guard ${this.guardPid}): ${end.stats.faults} faults, ${end.stats.bytesFaulted + end.stats.bytesFilled} bytes`;
   }
 
   /** The restore failed: nothing of the lazy machinery may stay. */
   abort(): void {
     this.background?.kill('SIGKILL');
-    this.guard.kill('SIGKILL');
+    try { kill(this.guardPid, SIGKILL); } catch { /* gone */ }
     this.closeOwn(this.uffds);
   }
 
@@ -264,9 +271,8 @@ export class LazyRestore {
         if (readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[userfaultfd]') closeSync(fd);
       } catch { /* closed */ }
     }
-    for (const fd of [...this.pidfds, this.guardW]) { try { closeSync(fd); } catch { /* closed */ } }
-    this.guard.unref();
-    (this.guard.stdout as unknown as { unref?: () => void }).unref?.();
+    for (const fd of [...this.pidfds, this.guardW, this.guardAck]) { try { closeSync(fd); } catch { /* closed */ } }
+    reapLater(this.guardPid);
     if (this.logFd !== 2) { try { closeSync(this.logFd); } catch { /* closed */ } }
   }
 }
@@ -275,4 +281,18 @@ function writeAll(fd: number, s: string): void {
   const b = Buffer.from(s);
   let at = 0;
   while (at < b.length) at += writeSync(fd, b, at, b.length - at);
+}
+
+/**
+ * The guard is tsnap's child (posix_spawn): reaped when it exits, should
+ * tsnap live on (a library user); tsnap's own exit leaves it to init.
+ */
+function reapLater(pid: number): void {
+  let tries = 0;
+  const t = setInterval(() => {
+    let done = ++tries > 600;
+    try { if (ptrace.waitpidNoHang(pid)) done = true; } catch { done = true; }
+    if (done) clearInterval(t);
+  }, 50);
+  t.unref();
 }

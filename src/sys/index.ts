@@ -13,3 +13,4 @@ export * from './sock-diag.js';
 export * from './socket-calls.js';
 export * from './tty.js';
 export * from './userfault.js';
+export * from './spawn.js';
