@@ -4,14 +4,14 @@
  * any failure kills it, so nothing half-built ever runs.
  */
 import { openSync, closeSync, writeFileSync } from 'node:fs';
-import type { ChildProcess, StdioOptions } from 'node:child_process';
+import type { StdioOptions } from 'node:child_process';
 import { join } from 'node:path';
 import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus, ProcMem, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, SIGCHLD, CLONE_FILES, setRlimit } from '../sys/index.js';
 
 const RLIMIT_CORE = 4;
 import { readChain, type Image } from '../image/image-reader.js';
 import { readReg, writeReg, FrozenTask } from '../freeze/frozen-task.js';
-import { createProcess, cloneIn, type NewProcess } from './create-process.js';
+import { createProcess, cloneIn, type NewProcess, type Helper } from './create-process.js';
 import { RemoteTask } from './remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
@@ -182,7 +182,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   }
 
   const stdio = openStdio(opts);
-  let helper: ChildProcess | null = null;
+  let helper: Helper | null = null;
   /** Every task created, for the cleanup of a failed restore. */
   const created: { pid: number; leader: boolean }[] = [];
   let step = 'create the process';
