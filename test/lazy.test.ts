@@ -4,7 +4,7 @@
  * the pager is still filling and after it is gone.
  */
 import { describe, it, expect, afterAll, afterEach } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { readFileSync, openSync, writeSync, closeSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
@@ -112,6 +112,31 @@ describe('tsnap restore --lazy', () => {
     await until('the restored process is killed', () => isGone(r.pid));
     await until('the guard exits', () => isGone(guard));
     expect(readFileSync(log, 'utf8')).toMatch(new RegExp(`pager died before the fill ended: killing process ${r.pid}`));
+    expect(r.lines).not.toContain('FAIL');
+  });
+
+  it('an image that goes bad mid-fill: the pager gives up, the guard kills the process, the log names the chunk', async () => {
+    const work = tmpDir('tsnap-lazy-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '16']);
+    const dir = join(work, 'img');
+    await dumpAndKill(p.pid, p.exited, dir);
+    process.env.TSNAP_LAZY_FILL_DELAY_MS = '1000';
+    const log = join(work, 'lazy.log');
+    const r = await restoreDetached(dir, join(work, 'pid'), ['--lazy', '--lazy-log', log]);
+    expect(r.result.code, r.result.stderr).toBe(0);
+    const { guard } = pagerOf(r.result.stderr);
+    // Damage the far end of the pages file, which the slow fill has not read yet.
+    const pages = join(dir, 'pages');
+    const fd = openSync(pages, 'r+');
+    writeSync(fd, Buffer.alloc(4096, 0xa5), 0, 4096, statSync(pages).size - 8192);
+    closeSync(fd);
+    r.writeLine(''); // the checksum touches every page
+    await until('the restored process is killed', () => isGone(r.pid));
+    await until('the guard exits', () => isGone(guard));
+    const text = readFileSync(log, 'utf8');
+    expect(text).toMatch(/chunk \d+ (checksum mismatch|does not decompress)/);
+    expect(text).toMatch(new RegExp(`gave up: killing process ${r.pid}`));
+    expect(r.lines).not.toContain('PASS');
     expect(r.lines).not.toContain('FAIL');
   });
 });
