@@ -31,6 +31,17 @@ export interface PagerContext {
   name: string;
   pending: Pending;
   source: PageSource;
+  /** Claimed by the background fetch in flight; events apply to it as to pending. */
+  inflight?: Pending;
+}
+
+/** The background fetch in flight: faults are served while it reads. */
+interface Background {
+  ctx: PagerContext;
+  src: number;
+  len: number;
+  result: { data: Buffer | null } | { err: unknown } | null;
+  settled: Promise<void>;
 }
 
 export interface PagerOptions {
@@ -56,6 +67,9 @@ export class Pager {
   hold = false;
   private stopping = false;
   private retry: { ctx: PagerContext; addr: number }[] = [];
+  private bg: Background | null = null;
+  private polling: Promise<unknown> | null = null;
+  private nextFillAt = 0;
 
   constructor(private readonly opts: PagerOptions) {}
 
@@ -84,27 +98,63 @@ export class Pager {
    */
   async run(): Promise<'done' | 'stopped'> {
     for (;;) {
-      if (this.stopping) return 'stopped';
+      if (this.stopping && !this.bg) return 'stopped';
       const faults = this.readAll();
       for (const f of faults) await this.serve(f.ctx, f.addr);
       if (faults.length) continue;
-      const ctx = this.contexts.find((c) => !c.pending.empty);
-      if (this.hold) {
-        await pollAsync(this.contexts.map((c) => c.fd), 20);
+      if (this.bg?.result) {
+        this.completeBackground();
+        // A cached chunk resolves at once: let the event loop's other work (a
+        // handover, tsnap waiting for its process) run between two steps.
+        await new Promise((resolve) => setImmediate(resolve));
         continue;
       }
-      if (!ctx) {
-        this.closeAll();
-        return 'done';
+      if (!this.bg && !this.stopping && !this.hold) {
+        const ctx = this.contexts.find((c) => !c.pending.empty);
+        if (!ctx) {
+          this.closeAll();
+          return 'done';
+        }
+        const wait = this.nextFillAt - Date.now();
+        if (wait <= 0) {
+          this.startBackground(ctx);
+          continue;
+        }
+        await this.pollUffds(wait);
+        continue;
       }
-      if (this.opts.fillDelayMs) {
-        await pollAsync(this.contexts.map((c) => c.fd), this.opts.fillDelayMs);
-        if (this.stopping) continue;
-      }
-      await this.fillStep(ctx);
-      // A cached chunk resolves at once: let the event loop's other work (a
-      // handover, tsnap waiting for its process) run between two steps.
-      await new Promise((resolve) => setImmediate(resolve));
+      // A fetch in flight (or held): wake for it or for the next message.
+      await Promise.race([this.bg?.settled ?? new Promise(() => {}), this.pollUffds(this.bg ? 50 : 20)]);
+    }
+  }
+
+  /** One poll() of every uffd at a time (it occupies a pool thread until it returns). */
+  private pollUffds(timeoutMs: number): Promise<unknown> {
+    this.polling ??= pollAsync(this.contexts.map((c) => c.fd), timeoutMs).finally(() => { this.polling = null; });
+    return this.polling;
+  }
+
+  private startBackground(ctx: PagerContext): void {
+    const piece = ctx.pending.claimFirst(FILL_STEP)!;
+    (ctx.inflight ??= new Pending()).unclaim(piece);
+    this.stats.bytesFilled += piece.len;
+    const bg: Background = { ctx, src: piece.src, len: piece.len, result: null, settled: Promise.resolve() };
+    bg.settled = ctx.source.fetch(piece.src, piece.len).then((data) => { bg.result = { data }; }, (err) => { bg.result = { err }; });
+    this.bg = bg;
+    if (this.opts.fillDelayMs) this.nextFillAt = Date.now() + this.opts.fillDelayMs;
+  }
+
+  /** Places the background fetch's data wherever its pieces are now (mremap may have moved them). */
+  private completeBackground(): void {
+    const bg = this.bg!;
+    this.bg = null;
+    const r = bg.result!;
+    if (!this.contexts.includes(bg.ctx)) return;
+    const pieces = bg.ctx.inflight!.takeBySrc(bg.src, bg.len);
+    if ('err' in r) throw new PagerFailure(`the pages at 0x${bg.src.toString(16)} (${bg.len} bytes) cannot be had: ${(r.err as Error)?.message ?? r.err}`);
+    for (const p of pieces) {
+      if (!this.contexts.includes(bg.ctx)) return;
+      this.copyPiece(bg.ctx, p, r.data, p.src - bg.src);
     }
   }
 
@@ -124,12 +174,13 @@ export class Pager {
           case 'fault': faults.push({ ctx, addr: m.addr }); break;
           case 'fork':
             // The child's memory is its parent's of this moment: what the
-            // parent still lacks, the child lacks too, and gets from the same source.
+            // parent still lacks (in flight included), the child lacks too,
+            // and gets from the same source.
             this.stats.forks++;
-            this.contexts.push({ fd: m.fd, name: `a child of ${ctx.name}`, pending: ctx.pending.clone(), source: ctx.source });
+            this.contexts.push({ fd: m.fd, name: `a child of ${ctx.name}`, pending: Pending.union(ctx.pending, ctx.inflight ?? new Pending()), source: ctx.source });
             break;
-          case 'remap': ctx.pending.move(m.from, m.to, m.len); break;
-          case 'remove': case 'unmap': ctx.pending.cut(m.start, m.end); break;
+          case 'remap': ctx.pending.move(m.from, m.to, m.len); ctx.inflight?.move(m.from, m.to, m.len); break;
+          case 'remove': case 'unmap': ctx.pending.cut(m.start, m.end); ctx.inflight?.cut(m.start, m.end); break;
           default: this.opts.log(`lazy pager: unknown userfaultfd event 0x${m.code.toString(16)} from ${ctx.name}, ignored`);
         }
       }
@@ -147,6 +198,8 @@ export class Pager {
       await this.place(ctx, piece);
       return;
     }
+    // Being fetched in the background: its copy wakes the thread.
+    if (ctx.inflight?.has(addr)) return;
     // Nothing stored there (never touched at the dump, or new since): zero.
     // Or filled already, after the fault was queued: then only wake it.
     const page = addr - (addr % P);
@@ -157,13 +210,6 @@ export class Pager {
     if (r.errno === ESRCH) { this.drop(ctx); return; }
     // ENOENT: not registered any more (unmapped meanwhile): its thread is woken by the unmap.
     if (r.errno !== ENOENT) this.opts.log(`lazy pager: zero page at 0x${page.toString(16)} of ${ctx.name}: ${errnoName(r.errno)}`);
-  }
-
-  private async fillStep(ctx: PagerContext): Promise<void> {
-    const piece = ctx.pending.claimFirst(FILL_STEP);
-    if (!piece) return;
-    this.stats.bytesFilled += piece.len;
-    await this.place(ctx, piece);
   }
 
   /** Fetches a claimed piece and puts it in place; what the address space's changes hold back goes back to pending. */
@@ -177,10 +223,15 @@ export class Pager {
     if (DEBUG) this.opts.log(`lazy pager: fetched 0x${piece.src.toString(16)}+${piece.len} (${data ? 'data' : 'zero'})`);
     // No await from here on: no event can be read between the fetch's end and the copy.
     if (!this.contexts.includes(ctx)) return;
+    this.copyPiece(ctx, piece, data, 0);
+  }
+
+  /** Copies `piece` from `data` (at `at`: null for zeros); what the address space's changes hold back goes back to pending. */
+  private copyPiece(ctx: PagerContext, piece: Piece, data: Buffer | null, at: number): void {
     let done = 0;
     while (done < piece.len) {
       const r: FillAnswer = data
-        ? uffdCopy(ctx.fd, piece.dest + done, data, done, piece.len - done)
+        ? uffdCopy(ctx.fd, piece.dest + done, data, at + done, piece.len - done)
         : uffdZeropage(ctx.fd, piece.dest + done, piece.len - done);
       if (DEBUG) this.opts.log(`lazy pager: fill 0x${(piece.dest + done).toString(16)}+${piece.len - done}: ${r.done} ${r.errno}`);
       if (r.errno === 0) return;
@@ -198,7 +249,7 @@ export class Pager {
         // this piece (mprotect) since. Page by page up to the boundary; a
         // page that fails alone is gone (unmapped: its event follows).
         if (piece.len - done > P) {
-          const one = data ? uffdCopy(ctx.fd, piece.dest + done, data, done, P) : uffdZeropage(ctx.fd, piece.dest + done, P);
+          const one = data ? uffdCopy(ctx.fd, piece.dest + done, data, at + done, P) : uffdZeropage(ctx.fd, piece.dest + done, P);
           if (one.errno === UFFD_EAGAIN) continue;
         }
         done += P;

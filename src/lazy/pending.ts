@@ -32,6 +32,28 @@ export class Pending {
     return new Pending(this.pieces.map((p) => ({ ...p })));
   }
 
+  /** Both sets in one (they never overlap: a page is pending or in flight). */
+  static union(a: Pending, b: Pending): Pending {
+    return new Pending([...a.pieces, ...b.pieces].map((p) => ({ ...p })));
+  }
+
+  /** Whether the page of `addr` is in this set. */
+  has(addr: number): boolean {
+    const p = this.pieces[this.at(addr)];
+    return !!p && p.dest <= addr;
+  }
+
+  /** Removes and returns every piece whose data lies in [src, src+len) (moved or not since). */
+  takeBySrc(src: number, len: number): Piece[] {
+    const out: Piece[] = [];
+    this.pieces = this.pieces.filter((p) => {
+      const inside = p.src >= src && p.src + p.len <= src + len;
+      if (inside) out.push(p);
+      return !inside;
+    });
+    return out;
+  }
+
   toJSON(): [number, number, number][] {
     return this.pieces.map((p) => [p.dest, p.src, p.len]);
   }
