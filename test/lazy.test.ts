@@ -8,7 +8,7 @@ import { readFileSync, openSync, writeSync, closeSync, statSync } from 'node:fs'
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
-import { registerPid, isGone, killPid } from './helpers/processes.js';
+import { registerPid, isGone, killPid, waitPidsFree } from './helpers/processes.js';
 
 useProcessCleanup();
 useRestoredCleanup();
@@ -113,6 +113,31 @@ describe('tsnap restore --lazy', () => {
     await until('the guard exits', () => isGone(guard));
     expect(readFileSync(log, 'utf8')).toMatch(new RegExp(`pager died before the fill ended: killing process ${r.pid}`));
     expect(r.lines).not.toContain('FAIL');
+  });
+
+  it('a process tree (dump --tree): each process gets its own uffd, the tree keeps checking itself', async () => {
+    const work = tmpDir('tsnap-lazy-');
+    const p = await startProcess(await compileC('tree'), []);
+    const kids = [Number(p.readyInfo.child1), Number(p.readyInfo.child2)];
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    await waitPidsFree([p.pid, ...kids]);
+    process.env.TSNAP_LAZY_FILL_DELAY_MS = '50';
+    const r = await restoreDetached(dir, join(work, 'pid'), ['--lazy', '--lazy-log', join(work, 'lazy.log')]);
+    expect(r.result.code, r.result.stderr).toBe(0);
+    const { pager, guard } = pagerOf(r.result.stderr, false);
+    const status = async () => {
+      const mark = r.lines.length;
+      r.writeLine('status');
+      return /bad=(\d+)/.exec(await r.waitForLine(/^STATUS/, 20000, mark))![1];
+    };
+    expect(await status()).toBe('0');
+    await until('the pager and the guard exit', () => (!pager || isGone(pager)) && isGone(guard));
+    expect(await status()).toBe('0');
+    expect(readFileSync(join(work, 'lazy.log'), 'utf8')).not.toMatch(/kill|cannot/);
+    for (const k of kids) await killPid(k);
   });
 
   it('an image that goes bad mid-fill: the pager gives up, the guard kills the process, the log names the chunk', async () => {
