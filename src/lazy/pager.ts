@@ -63,8 +63,6 @@ export class PagerFailure extends Error {}
 export class Pager {
   readonly contexts: PagerContext[] = [];
   readonly stats: PagerStats = { faults: 0, zeroFaults: 0, bytesFaulted: 0, bytesFilled: 0, forks: 0 };
-  /** While set, only faults are served, and the pager does not end. */
-  hold = false;
   private stopping = false;
   private retry: { ctx: PagerContext; addr: number }[] = [];
   private bg: Background | null = null;
@@ -109,7 +107,7 @@ export class Pager {
         await new Promise((resolve) => setImmediate(resolve));
         continue;
       }
-      if (!this.bg && !this.stopping && !this.hold) {
+      if (!this.bg && !this.stopping) {
         const ctx = this.contexts.find((c) => !c.pending.empty);
         if (!ctx) {
           this.closeAll();
@@ -123,7 +121,7 @@ export class Pager {
         await this.pollUffds(wait);
         continue;
       }
-      // A fetch in flight (or held): wake for it or for the next message.
+      // A fetch in flight (or a handover waiting for none): wake for it or for the next message.
       await Promise.race([this.bg?.settled ?? new Promise(() => {}), this.pollUffds(this.bg ? 50 : 20)]);
     }
   }
