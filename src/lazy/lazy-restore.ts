@@ -110,6 +110,7 @@ export class LazyRestore {
   private readonly logFd: number;
   private readonly pidfds: number[] = [];
   private readonly uffds: number[] = [];
+  private readonly uffdOf = new Map<number, number>();
   private running: Promise<HostEnd> | null = null;
   readonly stats: LazyStats = { lazyBytes: 0, repairedPages: 0 };
   private finished = false;
@@ -135,12 +136,12 @@ export class LazyRestore {
   }
 
   /**
-   * Makes `vmas` of the new task lazy: creates its uffd, registers them and
-   * gives them to the pager. The last step before the stub goes: from here
-   * on a fault in these ranges waits for the pager, which runs once the
-   * process does. `written`: what the restore wrote in them already.
+   * Creates the task's uffd, while the task is still root: without
+   * CAP_SYS_PTRACE (vm.unprivileged_userfaultfd=0) only a user-mode-only
+   * uffd could be had, and a read() into a lazy buffer would then fail
+   * with EFAULT instead of waiting for its page. Registered by attach().
    */
-  async attach(rt: RemoteTask, chain: readonly Image[], vmas: readonly VmaImage[], written: readonly Range[]): Promise<void> {
+  open(rt: RemoteTask, vmas: readonly VmaImage[]): void {
     if (vmas.length === 0) return;
     const made = rt.sc.call(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK);
     if (made < 0n) throw new TsnapError('kernel', `userfaultfd() in the restored process failed (errno ${-made}); restore --lazy needs CONFIG_USERFAULTFD and CAP_SYS_PTRACE`);
@@ -154,6 +155,18 @@ export class LazyRestore {
       rt.sc.check('close(uffd)', SYS.close, taskFd);
     }
     this.uffds.push(uffd);
+    this.uffdOf.set(rt.pid, uffd);
+  }
+
+  /**
+   * Makes `vmas` of the new task lazy: registers them on the uffd open()
+   * made and gives them to the pager. The last step before the stub goes:
+   * from here on a fault in these ranges waits for the pager, which runs
+   * once the process does. `written`: what the restore wrote in them already.
+   */
+  async attach(rt: RemoteTask, chain: readonly Image[], vmas: readonly VmaImage[], written: readonly Range[]): Promise<void> {
+    if (vmas.length === 0) return;
+    const uffd = this.uffdOf.get(rt.pid)!;
     const granted = uffdApiMissing(uffd, FEATURES);
     if ((granted & BigInt(FEATURES)) !== BigInt(FEATURES)) throw new TsnapError('kernel', 'this kernel\'s userfaultfd lacks the fork/remap/remove/unmap events restore --lazy needs');
     for (const v of vmas) {
@@ -216,6 +229,7 @@ export class LazyRestore {
    * process is not there, tsnap goes on and exits only once every page is in.
    */
   async handover(): Promise<string> {
+    if (this.host.pager.contexts.length === 0) return this.finish();
     // Started only now, with the process running: Node's start-up (a few
     // hundred ms on a busy machine) is off the critical path, and tsnap
     // serves the faults meanwhile.

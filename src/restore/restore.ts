@@ -334,6 +334,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       finishFiles(m.rt!, m.p.fds, (id) => idNow.get(id) ?? id);
     }
     // Last of all that needs privilege: afterwards a process may be an ordinary user's.
+    if (lazy) {
+      for (const m of members) {
+        step = `create the userfaultfd of ${m.p.pid}`;
+        lazy.open(m.rt!, m.lazy!.vmas);
+      }
+    }
     for (const m of members) {
       step = `restore the credentials of ${m.p.pid}`;
       restoreAllCreds(m.rt!, m.p, m.threads, warn);
