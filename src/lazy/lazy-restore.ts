@@ -27,9 +27,9 @@
  * hold.
  *
  * How: the uffd is created inside the new task (a uffd binds the mm of its
- * creator) by an injected userfaultfd(), taken with pidfd_getfd and closed in
- * the task again; UFFDIO_API and UFFDIO_REGISTER from tsnap act on the
- * task's mm (pager.ts).
+ * creator) by an injected userfaultfd() before its credentials are restored
+ * (open()), taken with pidfd_getfd and closed in the task again; at the end
+ * UFFDIO_API and UFFDIO_REGISTER from tsnap act on the task's mm (attach()).
  *
  * --detach: tsnap exits, so the pager moves to a background process
  * (pager-main.ts, started once the process runs so that Node's start-up is
