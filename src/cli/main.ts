@@ -208,13 +208,16 @@ export async function main(argv: string[]): Promise<void> {
     .option('--json', 'print the result as JSON (on stderr when not detached: stdout belongs to the process)')
     .option('--check <mode>', 'compare the rebuilt process with its image before it runs: warn (default) names each difference, strict refuses to start it, off skips', 'warn')
     .option('--tcp-close', 'bring TCP connections of the image back closed (as after a reset) instead of repaired')
+    .option('--lazy', 'start the process before its memory is in: pages fault in from the image, a background pager fills the rest')
+    .option('--lazy-log <file>', 'with --lazy: where the pager reports (default: stderr)')
     .addHelpText('after', '\nExamples:\n  tsnap restore --dir img                  # run it in the foreground, exit with its status\n  tsnap restore --dir img --detach --pidfile app.pid\n  tsnap restore --dir img --new-pid --detach   # a second copy next to the original')
-    .action(async (o: { dir: string; detach?: boolean; pidfile?: string; newPid?: boolean; stdin?: string; stdout?: string; stderr?: string; json?: boolean; check: string; tcpClose?: boolean }) => {
+    .action(async (o: { dir: string; detach?: boolean; pidfile?: string; newPid?: boolean; stdin?: string; stdout?: string; stderr?: string; json?: boolean; check: string; tcpClose?: boolean; lazy?: boolean; lazyLog?: string }) => {
       const o2 = out(o.json);
       if (o.check !== 'warn' && o.check !== 'strict' && o.check !== 'off') throw new TsnapError('usage', `--check must be warn, strict or off, not "${o.check}"`);
       const r = await restore({
         dir: o.dir, newPid: !!o.newPid, pidfile: o.pidfile, stdin: o.stdin, stdout: o.stdout, stderr: o.stderr, check: o.check, tcpClose: !!o.tcpClose,
         warn, onProgress: progress('writing the memory of'),
+        lazy: o.lazy ? { detach: !!o.detach, log: o.lazyLog } : undefined,
       });
       o2.clear();
       const report = o.json
@@ -222,6 +225,12 @@ export async function main(argv: string[]): Promise<void> {
         : `restored process ${r.originalPid}${r.pid !== r.originalPid ? ` as pid ${r.pid} (new pid)` : ''} from ${o.dir}: ${formatBytes(r.stats.bytesRestored)} in ${formatUs(r.stats.restoreUs)}\n`;
       if (o.detach) {
         o2.result(report);
+        // The process runs already; tsnap exits once a background pager took its memory over.
+        if (r.lazy) {
+          const how = await r.lazy.handover();
+          if (/^(pager process|lazy fill done)/.test(how)) process.stderr.write(`tsnap: ${how}\n`);
+          else warn(how);
+        }
         return;
       }
       // The restored process owns stdout now: report on stderr.
@@ -231,6 +240,7 @@ export async function main(argv: string[]): Promise<void> {
       for (const [s, h] of handlers) process.on(s, h);
       const exit = await waitForExit(r.pid);
       for (const [s, h] of handlers) process.off(s, h);
+      await r.lazy?.finish();
       process.exitCode = exit.code ?? 128 + (exit.signal ?? 0);
     });
 

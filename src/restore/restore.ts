@@ -4,14 +4,14 @@
  * any failure kills it, so nothing half-built ever runs.
  */
 import { openSync, closeSync, writeFileSync } from 'node:fs';
-import type { ChildProcess, StdioOptions } from 'node:child_process';
+import type { StdioOptions } from 'node:child_process';
 import { join } from 'node:path';
 import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus, ProcMem, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, SIGCHLD, CLONE_FILES, setRlimit } from '../sys/index.js';
 
 const RLIMIT_CORE = 4;
 import { readChain, type Image } from '../image/image-reader.js';
 import { readReg, writeReg, FrozenTask } from '../freeze/frozen-task.js';
-import { createProcess, cloneIn, type NewProcess } from './create-process.js';
+import { createProcess, cloneIn, type NewProcess, type Helper } from './create-process.js';
 import { RemoteTask } from '../inject/remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
@@ -40,6 +40,7 @@ import { checkUnreadChunks } from '../image/unread-chunks.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import type { ThreadImage, ProcessImage, VmaImage, TreeMember } from '../../formats/schema.js';
 import { readStat } from '../proc/index.js';
+import { LazyRestore, isLazyVma, kernelTouched, type LazyOptions } from '../lazy/lazy-restore.js';
 
 export interface RestoreOptions {
   dir: string;
@@ -62,6 +63,8 @@ export interface RestoreOptions {
   warn?: (msg: string) => void;
   /** Bytes of memory written so far and in all (per process of a tree). */
   onProgress?: (p: { bytes: number; total: number; pid: number }) => void;
+  /** restore --lazy: private anonymous memory comes in on demand after the start (src/lazy). */
+  lazy?: LazyOptions;
 }
 
 export interface RestoreStats {
@@ -69,6 +72,8 @@ export interface RestoreStats {
   pagesRestored: number;
   bytesRestored: number;
   throughputMiBps: number;
+  /** restore --lazy: bytes of memory left to the pager. */
+  lazyBytes?: number;
 }
 
 export interface RestoreResult {
@@ -78,6 +83,8 @@ export interface RestoreResult {
   pids: { original: number; pid: number }[];
   stats: RestoreStats;
   warnings: string[];
+  /** restore --lazy: the pager, to hand over (--detach) or wait for. */
+  lazy?: LazyRestore;
 }
 
 /** Registers the thread resumes with: the interrupted syscall is re-entered. */
@@ -110,6 +117,8 @@ interface Member {
   zombies: TreeMember[];
   /** It shares its parent's fd table (forked with CLONE_FILES). */
   filesShared?: boolean;
+  /** restore --lazy: its VMAs left to the pager, and what of them the restore wrote. */
+  lazy?: { vmas: VmaImage[]; written: { start: number; end: number }[] };
 }
 
 function loadMembers(dir: string): Member[] {
@@ -173,7 +182,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   }
 
   const stdio = openStdio(opts);
-  let helper: ChildProcess | null = null;
+  let helper: Helper | null = null;
   /** Every task created, for the cleanup of a failed restore. */
   const created: { pid: number; leader: boolean }[] = [];
   let step = 'create the process';
@@ -182,8 +191,17 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let sysv: SysvSegments | null = null;
   let pages = 0;
   let bytes = 0;
+  let lazy: LazyRestore | null = null;
   try {
-    const made = await createProcess(newPid ? null : root.p.pid, stdio.options);
+    const making = createProcess(newPid ? null : root.p.pid, stdio.options);
+    // The lazy restore's guard starts while the helper does.
+    try {
+      lazy = opts.lazy ? new LazyRestore(opts.lazy) : null;
+    } catch (err) {
+      making.then((m) => { m.helper.kill('SIGKILL'); try { kill(m.proc.pid, SIGKILL); } catch { /* gone */ } reapTraced(m.proc.pid); }, () => {});
+      throw err;
+    }
+    const made = await making;
     helper = made.helper;
     const proc: NewProcess = made.proc;
     created.push({ pid: proc.pid, leader: true });
@@ -246,7 +264,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       }
       const fixProt = mapVmas(rt, m.p, imports, fileAt, sysv);
       step = `write the memory of ${m.p.pid}`;
-      const filled = await fillPages(rt.pid, m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })), rt.sc,
+      const dumped = m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start));
+      const lazyVmas = lazy ? dumped.filter(isLazyVma) : [];
+      if (lazy) m.lazy = { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
+      const filled = await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
       pages += filled.pages;
       bytes += filled.bytes;
@@ -313,9 +334,24 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       finishFiles(m.rt!, m.p.fds, (id) => idNow.get(id) ?? id);
     }
     // Last of all that needs privilege: afterwards a process may be an ordinary user's.
+    if (lazy) {
+      for (const m of members) {
+        step = `create the userfaultfd of ${m.p.pid}`;
+        lazy.open(m.rt!, m.lazy!.vmas);
+      }
+    }
     for (const m of members) {
       step = `restore the credentials of ${m.p.pid}`;
       restoreAllCreds(m.rt!, m.p, m.threads, warn);
+    }
+    if (lazy) {
+      // The last remote syscalls but the stub's munmap: nothing tsnap does touches these ranges any more.
+      for (const m of members) {
+        step = `make the memory of ${m.p.pid} lazy`;
+        await lazy.attach(m.rt!, m.chain, m.lazy!.vmas, m.lazy!.written);
+      }
+      step = 'start the lazy restore guard';
+      await lazy.arm();
     }
     for (const m of members) {
       step = `remove the restore stub from ${m.p.pid}`;
@@ -353,6 +389,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       for (const th of m.threads.slice(1)) ptrace.detach(th.rt.pid);
       ptrace.detach(m.rt!.pid);
     }
+    (lazy as LazyRestore | null)?.start();
     const restoreUs = Number(process.hrtime.bigint() - t0) / 1000;
     for (const w of warnings) opts.warn?.(w);
     return {
@@ -365,7 +402,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         pagesRestored: pages,
         bytesRestored: bytes,
         throughputMiBps: bytes / (1 << 20) / (restoreUs / 1e6),
+        ...(lazy ? { lazyBytes: lazy.stats.lazyBytes } : {}),
       },
+      ...(lazy ? { lazy } : {}),
     };
   } catch (err) {
     (fdr as FdRestorer | null)?.ghosts.removeAll();
@@ -378,6 +417,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const c of [...created].reverse()) if (c.leader) reapTraced(c.pid);
     for (const m of members) { try { m.rt?.mem.close(); } catch { /* closed */ } }
     helper?.kill('SIGKILL');
+    (lazy as LazyRestore | null)?.abort();
     const e = asTsnapError(err, `restore from ${opts.dir}`);
     if (e.kind === 'internal') throw new TsnapError('restoreFailed', `restore failed while trying to ${step}: ${e.message}`, err);
     throw e;

@@ -12,3 +12,5 @@ export { Guardian, GuardianError, GuardianUnavailable, GuardianFailure, guardian
 export * from './sock-diag.js';
 export * from './socket-calls.js';
 export * from './tty.js';
+export * from './userfault.js';
+export * from './spawn.js';

@@ -1,0 +1,122 @@
+/**
+ * `npm run bench` (and `node dist/bench/lazy.js`): restore --lazy against
+ * the eager restore of the same image, at 256 MiB and 1 GiB (BENCH_LAZY_MIB
+ * to change), as ratios measured in the same run:
+ *   running   restore() called -> it returns with the process running
+ *   answered  restore() called -> the process answers a request that reads
+ *             one word of each of 64 pages spread over its memory (the
+ *             first useful work; lazily these pages are faults)
+ *   filled    lazy only: restore() called -> the pager has every page in
+ * Each is the median of REPS runs after a warm-up; the image is on tmpfs.
+ */
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, readdirSync, openSync, closeSync, writeSync, fstatSync, readSync, constants } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { dump } from '../src/dump/dump.js';
+import { restore } from '../src/restore/restore.js';
+import { ptrace, kill, setCloexec } from '../src/sys/index.js';
+
+const SIZES = (process.env.BENCH_LAZY_MIB ?? '256,1024').split(',').map(Number);
+const REPS = Number(process.env.BENCH_REPS ?? 3);
+const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
+
+const FIXTURE = `
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  size_t n = (size_t)atol(argv[1]) << 20;
+  uint64_t *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  for (size_t i = 0; i < n / 8; i++) p[i] = (i % 512 < 256) ? i * 0x9E3779B97F4A7C15ull : (i & 0xff);
+  printf("READY\\n"); fflush(stdout);
+  char c;
+  while (read(0, &c, 1) == 1) {
+    uint64_t s = 0;
+    for (size_t k = 0; k < 64; k++) s += p[(n / 8 / 64) * k];
+    dprintf(1, "%llu\\n", (unsigned long long)(s & 1));
+  }
+  return 0;
+}`;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+const ms = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
+
+interface Run { running: number; answered: number; filled: number }
+
+async function main(): Promise<void> {
+  for (const name of readdirSync('/proc/self/fd')) if (Number(name) > 2) { try { setCloexec(Number(name)); } catch { /* gone */ } }
+  const work = mkdtempSync(join(tmpdir(), 'tsnap-bench-lazy-'));
+  const src = join(work, 'touch.c');
+  const bin = join(work, 'touch');
+  writeFileSync(src, FIXTURE);
+  execFileSync('gcc', ['-O2', '-o', bin, src]);
+  const fifo = join(work, 'in');
+  execFileSync('mkfifo', [fifo]);
+  const out = join(work, 'out');
+  // Opened read-write, the FIFO never blocks the restore's open nor reaches EOF.
+  const inFd = openSync(fifo, constants.O_RDWR);
+  console.log('restore --lazy vs eager restore (same image on tmpfs, medians; ratios lazy/eager)');
+  try {
+    for (const mib of SIZES) {
+      const child = spawn(bin, [String(mib)], { stdio: ['pipe', 'pipe', 'inherit'] });
+      await new Promise((resolve) => createInterface({ input: child.stdout! }).once('line', resolve));
+      const dir = join(OUT_ROOT, `tsnap-bench-lazy-${child.pid}`);
+      rmSync(dir, { recursive: true, force: true });
+      await dump({ pid: child.pid!, dir });
+      await new Promise((resolve) => child.once('exit', resolve));
+
+      const once = async (lazy: boolean): Promise<Run> => {
+        writeFileSync(out, '');
+        const t0 = process.hrtime.bigint();
+        const r = await restore({ dir, newPid: true, stdin: fifo, stdout: out, check: 'warn', lazy: lazy ? { detach: false } : undefined });
+        const running = ms(t0);
+        writeSync(inFd, 'x');
+        const outFd = openSync(out, 'r');
+        while (fstatSync(outFd).size === 0) await new Promise((resolve) => setImmediate(resolve));
+        const answered = ms(t0);
+        const b = Buffer.alloc(8);
+        readSync(outFd, b, 0, 8, 0);
+        closeSync(outFd);
+        let filled = 0;
+        if (r.lazy) {
+          await r.lazy.finish();
+          filled = ms(t0);
+        }
+        kill(r.pid, 9);
+        try { ptrace.waitpidBlocking(r.pid); } catch { /* reaped */ }
+        return { running, answered, filled };
+      };
+      // Warm-up: each path once.
+      await once(false);
+      await once(true);
+      const eager: Run[] = [];
+      const lazy: Run[] = [];
+      for (let i = 0; i < REPS; i++) {
+        eager.push(await once(false));
+        lazy.push(await once(true));
+      }
+      const m = (rs: Run[], k: keyof Run) => median(rs.map((r) => r[k]));
+      const er = m(eager, 'running');
+      const lr = m(lazy, 'running');
+      const ea = m(eager, 'answered');
+      const la = m(lazy, 'answered');
+      console.log(`${String(mib).padStart(5)} MiB  running: eager ${er.toFixed(1)} ms, lazy ${lr.toFixed(1)} ms (${(lr / er).toFixed(3)})`
+        + `  answered: eager ${ea.toFixed(1)} ms, lazy ${la.toFixed(1)} ms (${(la / ea).toFixed(3)})`
+        + `  lazy filled: ${m(lazy, 'filled').toFixed(1)} ms (${(m(lazy, 'filled') / er).toFixed(2)} x eager running)`);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  } finally {
+    closeSync(inFd);
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+main().then(() => process.exit(0), (err) => { console.error(err); process.exit(1); });

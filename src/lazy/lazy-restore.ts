@@ -1,0 +1,312 @@
+/**
+ * `tsnap restore --lazy`: the restore's side of lazy memory.
+ *
+ * Which memory is lazy: private anonymous VMAs whose pages the image holds
+ * (heap, thread stacks, anonymous mmaps), the bulk of any process.
+ * userfaultfd MISSING mode only takes anonymous, shmem and hugetlb VMAs: a
+ * private file mapping (a library's data, a MAP_PRIVATE file) is refused
+ * with EINVAL (checked on this kernel; vma_can_userfault()), so its dumped
+ * pages are written at restore as before. Shared memory (MAP_SHARED
+ * anonymous, memfd, SysV shm) is written at restore too: several processes
+ * may map it, and a page filled through one uffd would still have to reach
+ * the others. Locked VMAs (mlock faults every page in while tsnap still
+ * drives the task), VMAs with guard regions and the main stack (argv and
+ * the environment: /proc/PID/cmdline reads them through the kernel's remote
+ * access, which cannot wait for a userfault and fails with EIO) as well.
+ *
+ * When: the ranges are registered after the last remote syscall that could
+ * touch them, right before the stub goes and the process starts, and the
+ * pager then runs on tsnap's main thread. While tsnap drives the task that
+ * thread is blocked in waitpid(): a fault there could never be answered.
+ * So the few pages the kernel itself writes during the restore (each
+ * thread's rseq area, written on every return to user mode once
+ * registered) are written at restore, and after the registration a
+ * PAGEMAP_SCAN looks for any other present page of the lazy ranges (touched
+ * by the restore before registration: zero-filled by the kernel) and writes
+ * its image data over it, so that no page ever reads what the image did not
+ * hold.
+ *
+ * How: the uffd is created inside the new task (a uffd binds the mm of its
+ * creator) by an injected userfaultfd() before its credentials are restored
+ * (open()), taken with pidfd_getfd and closed in the task again; at the end
+ * UFFDIO_API and UFFDIO_REGISTER from tsnap act on the task's mm (attach()).
+ *
+ * --detach: tsnap exits, so the pager moves to a background process
+ * (pager-main.ts, started once the process runs so that Node's start-up is
+ * not on the critical path): tsnap serves faults meanwhile, stops between
+ * two steps, hands over what is still pending per address space and every
+ * uffd (pidfd_getfd), and exits once the pager took them.
+ *
+ * A guard (tsnap-lazyguard.c) holds copies of the uffds and kills the
+ * processes should the pager die before the fill ends: without it the
+ * kernel would unregister the ranges with the pager's last uffd, and the
+ * pages not in yet would read as zeros.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync, readlinkSync, readSync, writeSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, pipe2, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE_MISSING, SysError, Pagemap, PAGE_IS, posixSpawn, pollAsync, kill, ptrace } from '../sys/index.js';
+import type { RemoteTask } from '../inject/remote-task.js';
+import type { Image } from '../image/image-reader.js';
+import type { VmaImage, ThreadImage } from '../../formats/schema.js';
+import { isSpecial, vmaKind, lockFor, mapCallFor } from '../restore/layout-plan.js';
+import { isAioRing } from '../files/aio.js';
+import { TsnapError } from '../errors.js';
+import { PagerHost, type HostEnd, type SourceSpec } from './pager-host.js';
+import { subtract, normalize, type Range } from '../image/ranges.js';
+
+const MAP_DROPPABLE = 0x08;
+const FEATURES = UFFD_FEATURE_MISSING.EVENT_FORK | UFFD_FEATURE_MISSING.EVENT_REMAP | UFFD_FEATURE_MISSING.EVENT_REMOVE | UFFD_FEATURE_MISSING.EVENT_UNMAP;
+
+export interface LazyOptions {
+  /** The pager must outlive tsnap (restore --detach): it moves to a background process (handover()). */
+  detach: boolean;
+  /** Where the pager and the guard report (default: tsnap's stderr). */
+  log?: string;
+}
+
+/** Whether a dumped VMA's pages can come in lazily (see the top of this file). */
+export function isLazyVma(v: VmaImage): boolean {
+  // The stack holds argv and the environment, which /proc/PID/cmdline and
+  // environ read through the kernel's remote access, and that cannot wait
+  // for a userfault (it fails with EIO): filled at restore.
+  if (!v.dumped || isSpecial(v) || v.special === 'stack' || isAioRing(v) || vmaKind(v) !== 'anon') return false;
+  if (lockFor(v) !== null || (v.guards?.length ?? 0) > 0) return false;
+  return (mapCallFor(v).flags & MAP_DROPPABLE) === 0;
+}
+
+export interface LazyStats {
+  /** Bytes left to the pager at the start. */
+  lazyBytes: number;
+  /** Pages the restore found present in lazy ranges and wrote from the image (should be 0). */
+  repairedPages: number;
+}
+
+const fillDelay = (): number => Number(process.env.TSNAP_LAZY_FILL_DELAY_MS ?? 0) || 0;
+const P = 4096;
+
+/** Pages of lazy VMAs the kernel writes while tsnap still drives the task: written at restore. */
+export function kernelTouched(threads: readonly ThreadImage[], lazy: readonly VmaImage[]): Range[] {
+  const out: Range[] = [];
+  for (const t of threads) {
+    if (!t.rseq) continue;
+    const a = Number(t.rseq.pointer);
+    const s = a - (a % P);
+    const e = Math.ceil((a + Math.max(t.rseq.size, 32)) / P) * P;
+    if (lazy.some((v) => v.start < e && s < v.end)) out.push({ start: s, end: e });
+  }
+  return normalize(out);
+}
+
+export class LazyRestore {
+  private readonly host: PagerHost;
+  private readonly guardPid: number;
+  /** Read end of the guard's stdout, where it says "armed". */
+  private readonly guardAck: number;
+  /** Write end of the guard's stdin: the pager holds it; its end (EOF) without "D" is the pager's death. */
+  private readonly guardW: number;
+  private background: ChildProcess | null = null;
+  private readonly logFd: number;
+  private readonly pidfds: number[] = [];
+  private readonly uffds: number[] = [];
+  private readonly uffdOf = new Map<number, number>();
+  private running: Promise<HostEnd> | null = null;
+  readonly stats: LazyStats = { lazyBytes: 0, repairedPages: 0 };
+  private finished = false;
+
+  constructor(opts: LazyOptions) {
+    this.logFd = opts.log ? openSync(opts.log, 'a', 0o600) : 2;
+    const [r, w] = pipe2(O_CLOEXEC);
+    const [ackR, ackW] = pipe2(O_CLOEXEC);
+    this.guardW = w;
+    this.guardAck = ackR;
+    try {
+      // In its own session: it must outlive tsnap, and no job control signal of tsnap's terminal should reach it.
+      this.guardPid = posixSpawn(fileURLToPath(new URL('../../native/tsnap-lazyguard', import.meta.url)), [], [r, ackW, this.logFd], true);
+    } catch (err) {
+      for (const fd of [w, ackR]) closeSync(fd);
+      throw new TsnapError('restoreFailed', `cannot start the lazy restore guard (${(err as Error).message}); run \`npm run build\` in the tsnap directory`);
+    } finally {
+      closeSync(r);
+      closeSync(ackW);
+    }
+    const logFd = this.logFd;
+    this.host = new PagerHost(w, (m) => { try { writeSync(logFd, `${m}\n`); } catch { /* no log */ } }, fillDelay());
+  }
+
+  /**
+   * Creates the task's uffd, while the task is still root: without
+   * CAP_SYS_PTRACE (vm.unprivileged_userfaultfd=0) only a user-mode-only
+   * uffd could be had, and a read() into a lazy buffer would then fail
+   * with EFAULT instead of waiting for its page. Registered by attach().
+   */
+  open(rt: RemoteTask, vmas: readonly VmaImage[]): void {
+    if (vmas.length === 0) return;
+    const made = rt.sc.call(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (made < 0n) throw new TsnapError('kernel', `userfaultfd() in the restored process failed (errno ${-made}); restore --lazy needs CONFIG_USERFAULTFD and CAP_SYS_PTRACE`);
+    const taskFd = Number(made);
+    let uffd = -1;
+    const pidfd = pidfdOpen(rt.pid);
+    this.pidfds.push(pidfd);
+    try {
+      uffd = pidfdGetfd(pidfd, taskFd);
+    } finally {
+      rt.sc.check('close(uffd)', SYS.close, taskFd);
+    }
+    this.uffds.push(uffd);
+    this.uffdOf.set(rt.pid, uffd);
+  }
+
+  /**
+   * Makes `vmas` of the new task lazy: registers them on the uffd open()
+   * made and gives them to the pager. The last step before the stub goes:
+   * from here on a fault in these ranges waits for the pager, which runs
+   * once the process does. `written`: what the restore wrote in them already.
+   */
+  async attach(rt: RemoteTask, chain: readonly Image[], vmas: readonly VmaImage[], written: readonly Range[]): Promise<void> {
+    if (vmas.length === 0) return;
+    const uffd = this.uffdOf.get(rt.pid)!;
+    const granted = uffdApiMissing(uffd, FEATURES);
+    if ((granted & BigInt(FEATURES)) !== BigInt(FEATURES)) throw new TsnapError('kernel', 'this kernel\'s userfaultfd lacks the fork/remap/remove/unmap events restore --lazy needs');
+    for (const v of vmas) {
+      try {
+        uffdRegisterMissing(uffd, v.start, v.end - v.start);
+      } catch (err) {
+        if (err instanceof SysError) throw new TsnapError('kernel', `cannot make the memory at 0x${v.start.toString(16)} lazy (${err.code}); restore without --lazy`);
+        throw err;
+      }
+    }
+    const within = vmas.map((v) => ({ start: v.start, end: v.end }));
+    const source: SourceSpec = {
+      levels: chain.map((c) => ({ dir: c.dir, kind: c.inventory.kind, runs: c.pagemap.runs, chunks: c.pagemap.chunks })),
+      within,
+    };
+    const index = this.host.addSource(source);
+    await this.repair(rt, index, within, written);
+    this.host.addContext({ fd: uffd, name: `process ${rt.pid}`, source: index, skip: written });
+    this.stats.lazyBytes += this.host.pager.contexts[this.host.pager.contexts.length - 1].pending.bytes;
+  }
+
+  /** Present pages of the lazy ranges the restore did not write: the image's data over them. */
+  private async repair(rt: RemoteTask, source: number, within: Range[], written: readonly Range[]): Promise<void> {
+    const pm = new Pagemap(rt.pid);
+    const present: Range[] = [];
+    try {
+      for (const r of within) {
+        for (const batch of pm.scan({ start: r.start, end: r.end, categoryAnyof: PAGE_IS.PRESENT | PAGE_IS.SWAPPED, returnMask: PAGE_IS.PRESENT | PAGE_IS.SWAPPED })) {
+          for (const g of batch) present.push({ start: g.start, end: g.end });
+        }
+      }
+    } finally {
+      pm.close();
+    }
+    for (const r of subtract(normalize(present), normalize([...written]))) {
+      const data = await this.host.fetch(source, r.start, r.end - r.start);
+      const b = data ?? Buffer.alloc(r.end - r.start);
+      rt.mem.write(b, 0, b.length, r.start);
+      this.stats.repairedPages += (r.end - r.start) / P;
+    }
+  }
+
+  /** Before the processes run: the guard holds its copies (the pager may die from now on). */
+  async arm(): Promise<void> {
+    if (this.pidfds.length === 0) return;
+    writeAll(this.guardW, `arm ${process.pid} ${this.pidfds.join(' ')} - ${this.uffds.join(' ')}\n`);
+    const [ready] = await pollAsync([this.guardAck], 5000);
+    const b = Buffer.alloc(6);
+    const n = ready ? readSync(this.guardAck, b, 0, 6, null) : 0;
+    if (b.subarray(0, n).toString() !== 'armed\n') throw new TsnapError('restoreFailed', 'the lazy restore guard did not start; nothing was started');
+  }
+
+  /** The processes run: serve their faults and fill the rest. */
+  start(): void {
+    this.running = this.host.run();
+  }
+
+  /**
+   * restore --detach: moves the pager to the background process. If that
+   * process is not there, tsnap goes on and exits only once every page is in.
+   */
+  async handover(): Promise<string> {
+    if (this.host.pager.contexts.length === 0) return this.finish();
+    // Started only now, with the process running: Node's start-up (a few
+    // hundred ms on a busy machine) is off the critical path, and tsnap
+    // serves the faults meanwhile.
+    const bg = spawn(process.execPath, [fileURLToPath(new URL('./pager-main.js', import.meta.url))], { stdio: ['pipe', 'pipe', this.logFd], detached: true });
+    this.background = bg;
+    bg.on('error', () => { /* the handover falls back to tsnap */ });
+    bg.stdin!.on('error', () => { /* it died: the handover says so */ });
+    const lines = createInterface({ input: bg.stdout! })[Symbol.asyncIterator]();
+    const running = this.running!;
+    const booted = await Promise.race([lines.next(), running.then(() => null)]);
+    if (booted === null) return this.finish();
+    if (booted.done || booted.value !== 'booted') return `the background pager did not start: ${await this.finish()}`;
+    this.host.pager.stop();
+    const end = await running;
+    if (end.how !== 'stopped') return this.finish();
+    const state = this.host.exportState();
+    bg.stdin!.write(JSON.stringify({ tsnapPid: process.pid, guardFd: this.guardW, fillDelayMs: fillDelay(), state }) + '\n');
+    const ok = await lines.next();
+    if (ok.done || ok.value !== 'ok') {
+      this.host.pager.resume();
+      this.running = this.host.run();
+      return `the background pager did not take over (${ok.value ?? 'it ended'}): ${await this.finish()}`;
+    }
+    bg.unref();
+    bg.stdin!.end();
+    (bg.stdout as unknown as { unref?: () => void }).unref?.();
+    this.closeOwn(state.contexts.map((c) => c.fd));
+    return `pager process ${bg.pid} (guard ${this.guardPid}) fills the rest of the memory`;
+  }
+
+  /** restore without --detach: tsnap fills everything; its copies go when it is done. */
+  async finish(): Promise<string> {
+    const end = await (this.running ?? Promise.resolve({ how: 'done', stats: this.host.pager.stats } as HostEnd));
+    this.background?.kill('SIGKILL');
+    this.closeOwn([]);
+    if (end.how === 'failed') return `the lazy fill failed: ${end.message}`;
+    return `lazy fill done by tsnap (guard ${this.guardPid}): ${end.stats.faults} faults, ${end.stats.bytesFaulted + end.stats.bytesFilled} bytes`;
+  }
+
+  /** The restore failed: nothing of the lazy machinery may stay. */
+  abort(): void {
+    this.background?.kill('SIGKILL');
+    try { kill(this.guardPid, SIGKILL); } catch { /* gone */ }
+    this.closeOwn(this.uffds);
+  }
+
+  /** Closes tsnap's copies (`fds`: uffds, only while they still are uffds: the pager closes its own). */
+  private closeOwn(fds: number[]): void {
+    if (this.finished) return;
+    this.finished = true;
+    for (const fd of new Set(fds)) {
+      try {
+        if (readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[userfaultfd]') closeSync(fd);
+      } catch { /* closed */ }
+    }
+    for (const fd of [...this.pidfds, this.guardW, this.guardAck]) { try { closeSync(fd); } catch { /* closed */ } }
+    reapLater(this.guardPid);
+    if (this.logFd !== 2) { try { closeSync(this.logFd); } catch { /* closed */ } }
+  }
+}
+
+function writeAll(fd: number, s: string): void {
+  const b = Buffer.from(s);
+  let at = 0;
+  while (at < b.length) at += writeSync(fd, b, at, b.length - at);
+}
+
+/**
+ * The guard is tsnap's child (posix_spawn): reaped when it exits, should
+ * tsnap live on (a library user); tsnap's own exit leaves it to init.
+ */
+function reapLater(pid: number): void {
+  let tries = 0;
+  const t = setInterval(() => {
+    let done = ++tries > 600;
+    try { if (ptrace.waitpidNoHang(pid)) done = true; } catch { done = true; }
+    if (done) clearInterval(t);
+  }, 50);
+  t.unref();
+}
