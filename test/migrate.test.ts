@@ -223,7 +223,7 @@ while True:
     await send(sock, encodeDoc(Msg.Hello, { magic: WIRE_MAGIC, version: 99, token: 'sesame', pid: 1 }));
     const f = await reader.next();
     expect(f!.type).toBe(Msg.Error);
-    expect(decodeDoc<{ message: string }>(f!).message).toMatch(/protocol version 99 is not supported \(this receiver speaks 1\)/);
+    expect(decodeDoc<{ message: string }>(f!).message).toMatch(/protocol version 99 is not supported \(this receiver speaks 2\)/);
     sock.destroy();
     expect(readdirSync(join(work, 'in'))).toEqual([]);
   });

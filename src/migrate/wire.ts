@@ -1,10 +1,11 @@
 /**
- * The migration wire protocol, version 1 (formats/wire-v1.md): framed
+ * The migration wire protocol, version 2 (formats/wire-v2.md): framed
  * messages over one TCP (or TLS) stream. Every frame carries its own CRC-32.
  *
  *   u32 length of payload | u8 type | u32 crc32(payload) | payload
  *
- * Control frames carry one msgpack document; FILE_DATA carries raw bytes.
+ * Control frames carry one msgpack document; FILE_DATA and PAGE_CHUNK carry
+ * raw bytes (PAGE_CHUNK: migrate/page-stream.ts).
  */
 import type { Socket } from 'node:net';
 import { packr } from '../image/metadata.js';
@@ -12,7 +13,7 @@ import { crc32 } from '../image/checksum.js';
 import { TsnapError } from '../errors.js';
 import { checkWireDoc } from './wire-docs.js';
 
-export const WIRE_VERSION = 1;
+export const WIRE_VERSION = 2;
 export const WIRE_MAGIC = 'TSNAPWIRE';
 export const FRAME_HEADER = 9;
 /** Largest frame accepted: a data frame carries at most one 1 MiB piece. */
@@ -27,6 +28,10 @@ export enum Msg {
   FileData = 12,
   FileEnd = 13,
   IterEnd = 14,
+  /** v2: the round's address space, before its pages (streamed rounds). */
+  Layout = 15,
+  /** v2: one chunk of page data with the runs it holds (binary, page-stream.ts). */
+  PageChunk = 16,
   Commit = 20,
   Committed = 21,
   Restored = 22,

@@ -13,7 +13,7 @@ import { readChain, type Image } from '../image/image-reader.js';
 import { readReg, writeReg, FrozenTask } from '../freeze/frozen-task.js';
 import { createProcess, cloneIn, type NewProcess } from './create-process.js';
 import { RemoteTask } from './remote-task.js';
-import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE } from './address-space.js';
+import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE, type Stub } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';
 import { fdTableDiff } from '../files/fd-table.js';
@@ -78,6 +78,24 @@ export interface RestoreResult {
   pids: { original: number; pid: number }[];
   stats: RestoreStats;
   warnings: string[];
+}
+
+/**
+ * A process built while its image arrived (migrate/live-build.ts): created
+ * under its pid, stopped, its address space laid out and its memory
+ * written. restore() does everything else to it, as to one it built itself.
+ */
+export interface LiveProcess {
+  readonly proc: NewProcess;
+  /** Its remote task, the stub's scratch area set up. */
+  readonly rt: RemoteTask;
+  readonly stub: Stub;
+  readonly pages: number;
+  readonly bytes: number;
+  /** The final image, already read and checked (its chain is not needed: the memory is in place). */
+  readonly image: Image | null;
+  /** Checks the image's layout against the one built; returns the VMAs whose protection is still to be set. */
+  addressSpaceDone(p: ProcessImage): VmaImage[];
 }
 
 /** Registers the thread resumes with: the interrupted syscall is re-entered. */
@@ -155,19 +173,23 @@ function needProcess(img: Image, dir: string): ProcessImage {
   return img.process;
 }
 
-export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
+/** `live`: the process already exists with its memory (a streamed migration); one process only. */
+export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise<RestoreResult> {
   const t0 = process.hrtime.bigint();
   const warnings: string[] = [];
   // Told once the restore succeeded: a refused or failed one reports its error alone.
   const warn = (m: string) => { warnings.push(m); };
-  const members = loadMembers(opts.dir);
+  const members = live?.image ? [{ chain: [live.image], p: needProcess(live.image, opts.dir), rt: null, threads: [], children: [], zombies: [] }] : loadMembers(opts.dir);
   const tree = isTreeImage(opts.dir);
   const root = members[0];
   const newPid = !!opts.newPid;
-  for (const m of members) preflight(m.chain[0], m.p, newPid);
+  if (live && tree) throw new TsnapError('internal', 'a process built while it arrived is one process, not a tree');
+  // A live process holds its own pid already.
+  for (const m of members) preflight(m.chain[0], m.p, newPid || !!live);
   // The same memory plan as below (shared memory is filled once, by its first process).
   const planned = new Map<string, { pid: number; v: VmaImage }>();
-  for (const m of members) {
+  // A live process's pages were checked as they arrived.
+  for (const m of live ? [] : members) {
     const imports = sharedImports(m.p, planned, 0);
     checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })));
   }
@@ -183,12 +205,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let pages = 0;
   let bytes = 0;
   try {
-    const made = await createProcess(newPid ? null : root.p.pid, stdio.options);
-    helper = made.helper;
-    const proc: NewProcess = made.proc;
+    const made = live ? null : await createProcess(newPid ? null : root.p.pid, stdio.options);
+    helper = made?.helper ?? null;
+    const proc: NewProcess = made ? made.proc : live!.proc;
     created.push({ pid: proc.pid, leader: true });
-    helper.kill('SIGKILL');
-    root.rt = new RemoteTask(proc.sc, proc.mem);
+    helper?.kill('SIGKILL');
+    root.rt = live ? live.rt : new RemoteTask(proc.sc, proc.mem);
     step = 'check the CPU state layout';
     const xlen = ptrace.getXstate(proc.pid).length;
     for (const m of members) {
@@ -201,8 +223,8 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     /** Where each memfd of the tree was recreated: process and fd. */
     const memfdAt = new Map<string, { pid: number; fd: number }>();
     step = 'prepare the address space';
-    const stub = installStub(root.rt, members.map((m) => m.p));
-    clearHelperMappings(root.rt, stub);
+    const stub = live ? live.stub : installStub(root.rt, members.map((m) => m.p));
+    if (!live) clearHelperMappings(root.rt, stub);
     // Above every fd number of the tree: a pty made before the fds waits there.
     ptys = new PtyRestorer(members.map((m) => m.p.fds), Math.max(2, ...members.flatMap((m) => withInflight(m.p.fds).map((f) => f.fd))) + 1);
     // A session leader takes its controlling terminal before it forks: members inherit it.
@@ -230,7 +252,7 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const m of members) {
       const rt = m.rt!;
       step = `rebuild the address space of ${m.p.pid}`;
-      placeSpecialMappings(rt, m.p, stub);
+      if (!live) placeSpecialMappings(rt, m.p, stub);
       const imports = sharedImports(m.p, sharedFrom, rt.pid);
       const floor = Math.max(2, ...withInflight(m.p.fds).map((f) => f.fd)) + 1;
       for (const obj of m.p.memfds ?? []) {
@@ -244,9 +266,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         const ghost = mappedGhostOf(m.p.mappedGhosts, v);
         if (ghost) fileAt.set(v.start, fdr.ghosts.pathForMapping(ghost, v.start, warn));
       }
-      const fixProt = mapVmas(rt, m.p, imports, fileAt, sysv);
+      const fixProt = live ? live.addressSpaceDone(m.p) : mapVmas(rt, m.p, imports, fileAt, sysv);
       step = `write the memory of ${m.p.pid}`;
-      const filled = await fillPages(rt.pid, m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })), rt.sc,
+      const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })), rt.sc,
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
       pages += filled.pages;
       bytes += filled.bytes;
@@ -529,7 +551,7 @@ function sharedImports(p: ProcessImage, seen: Map<string, { pid: number; v: VmaI
   return out;
 }
 
-function openStdio(opts: RestoreOptions): { options: StdioOptions; close: () => void } {
+export function openStdio(opts: Pick<RestoreOptions, 'stdin' | 'stdout' | 'stderr'>): { options: StdioOptions; close: () => void } {
   const fds: number[] = [];
   const pick = (file: string | undefined, flags: string) => {
     if (!file) return 'inherit' as const;
