@@ -36,6 +36,8 @@ export interface ServeOptions {
   restore?: boolean;
   /** Restore under a fresh pid (and so build the process while it arrives even when its pid is taken). */
   newPid?: boolean;
+  /** Build the process while streamed rounds arrive (default); false: restore from the chain after the commit. */
+  liveBuild?: boolean;
   tls?: { cert: string; key: string };
   /** Stop after this many migrations (0: serve forever). */
   count?: number;
@@ -235,7 +237,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   const root = newMigrationDir(base, g.pid);
   let committed = false;
   let last = '';
-  const ingest = new StreamIngest({ pid: g.pid, build: !!opts.restore, newPid: opts.newPid, stdout: opts.stdout, stderr: opts.stderr, onEvent: opts.onEvent });
+  const ingest = new StreamIngest({ pid: g.pid, build: !!opts.restore && opts.liveBuild !== false, newPid: opts.newPid, stdout: opts.stdout, stderr: opts.stderr, onEvent: opts.onEvent });
   try {
     await send(sock, encodeDoc(Msg.HelloOk, { version: WIRE_VERSION, dir: root }));
     opts.onEvent?.({ event: 'accepted', pid: g.pid, dir: root });
