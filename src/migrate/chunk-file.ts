@@ -56,16 +56,13 @@ export class ReceivedPagesFile {
     this.throwIfFailed();
   }
 
-  /** Header, fsync, close; checks the sender's chunk table against what arrived. */
-  async finish(sent: readonly ChunkEntry[]): Promise<void> {
+  /** Every chunk written and the header: checks the sender's chunk table against what arrived. */
+  async complete(sent: readonly ChunkEntry[]): Promise<void> {
     this.tail = this.tail.then(async () => {
       if (this.failure || !this.fh) return;
       await this.fh.write(encodeHeader({ version: FORMAT_VERSION, kind: FileKind.Pages, flags: 0, payloadLength: this.offset, payloadCrc: 0 }), 0, HEADER_SIZE, 0);
-      await this.fh.sync();
-      fsyncDir(dirname(this.path));
     }).catch((err) => { this.failure ??= withPath(err, this.path); });
     await this.tail;
-    await this.close();
     this.throwIfFailed();
     const differs = sent.length !== this.chunks.length || sent.some((s, i) => {
       const c = this.chunks[i];
@@ -76,6 +73,18 @@ export class ReceivedPagesFile {
       const at = i < 0 ? '' : `; chunk ${i} arrived as ${JSON.stringify(this.chunks[i] ?? null)}, the index lists ${JSON.stringify(sent[i])}`;
       throw new TsnapError('badImage', `migration stream: the chunks received for ${this.path} (${this.chunks.length}) are not the ones its index lists (${sent.length})${at}`);
     }
+  }
+
+  /** On disk for good (fsync of the file and its directory), then closed. */
+  async sync(): Promise<void> {
+    try {
+      await this.fh?.sync();
+      fsyncDir(dirname(this.path));
+    } catch (err) {
+      this.failure ??= withPath(err, this.path);
+    }
+    await this.close();
+    this.throwIfFailed();
   }
 
   async abort(): Promise<void> {

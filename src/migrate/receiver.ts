@@ -255,14 +255,19 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         opts.onEvent?.({ event: 'iteration', name, ...live });
       } else if (f.type === Msg.Commit) {
         // Every streamed round's pages file on disk, checked against its index.
+        // Durable too, unless the process is built here already: then the
+        // chain is only its fallback, synced off the critical path (after
+        // the resume), and a power cut before that loses the process as it
+        // would lose it running a moment later.
         await ingest.flush();
+        if (!ingest.live) await ingest.durable();
         try {
           last = checkCommittable(root, lastName, (d) => ingest.image(d) ?? readImage(d));
         } catch (err) {
           await send(sock, encodeDoc(Msg.Error, { code: 'incomplete', message: (err as Error).message })).catch(() => {});
           throw err;
         }
-        fsyncDir(root);
+        if (!ingest.live) fsyncDir(root);
         committed = true;
         await send(sock, encodeDoc(Msg.Committed, { dir: last }));
         opts.onEvent?.({ event: 'committed', dir: last });
@@ -295,6 +300,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       }
     }
     if (!r) {
+      await ingest.durable();
       // The source is killed once we said COMMITTED: wait for its pids to be free.
       const pids = isTreeImage(last) ? readTreeManifest(last).processes.map((p) => p.pid) : [g.pid];
       const held = opts.newPid ? undefined : pids.find((pid) => existsSync(`/proc/${pid}`));
@@ -306,6 +312,12 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     void waitForExit(r.pid); // reap it when it ends
     await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}) })).catch(() => {});
     opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}) });
+    try {
+      await ingest.durable();
+      fsyncDir(root);
+    } catch (err) {
+      opts.onEvent?.({ event: 'warning', message: `the image chain in ${root} could not be made durable (${(err as Error).message}); the process runs` });
+    }
   } catch (err) {
     const message = `restore failed: ${(err as Error).message}; the image stays in ${last} for tsnap restore`;
     await send(sock, encodeDoc(Msg.RestoreFailed, { message, dir: last })).catch(() => {});
@@ -357,7 +369,8 @@ async function receiveIteration(reader: FrameReader, dir: string, ingest: Stream
         if (end.length !== length || end.crc32 !== crc) {
           throw new TsnapError('badImage', `${name}: received ${length} bytes (crc ${crc}), the sender sent ${quote(end.length)} (crc ${quote(end.crc32)})`);
         }
-        fsyncSync(fd);
+        // A streamed iteration's files are synced in the background (stream-ingest.ts).
+        if (!ingest.streaming) fsyncSync(fd);
         break;
       }
     } finally {
@@ -366,7 +379,8 @@ async function receiveIteration(reader: FrameReader, dir: string, ingest: Stream
     files.push(name);
   }
   if (!files.includes('inventory') && !files.includes('tree')) throw new TsnapError('badImage', 'an iteration arrived without its inventory');
+  if (ingest.streaming) return ingest.endIteration(dir, files);
   for (const sub of new Set(files.filter((f) => f.includes('/')).map((f) => f.split('/')[0]))) fsyncDir(inside(dir, sub));
   fsyncDir(dir);
-  return ingest.endIteration(dir);
+  return {};
 }

@@ -9,6 +9,9 @@
  * from the chain after the commit, and the events say why.
  */
 import { existsSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { fsyncDir } from '../image/image-dir.js';
+import { withPath } from '../errors.js';
 import { resolve } from 'node:path';
 import { readImage, type Image } from '../image/image-reader.js';
 import { LiveBuild, liveObstacle, type LiveLayout } from './live-build.js';
@@ -53,6 +56,7 @@ export class StreamIngest {
   private tried = false;
   private pagesFile: ReceivedPagesFile | null = null;
   private finishing: Promise<void>[] = [];
+  private syncing: Promise<void>[] = [];
   private roundPages = 0;
   /** Streamed iterations read and checked as they completed, by directory: the commit need not read them again. */
   private readonly images = new Map<string, Image>();
@@ -111,18 +115,37 @@ export class StreamIngest {
     await this.pagesFile?.backpressure();
   }
 
-  /** ITER_END of a streamed iteration: its pages file is finished in the background, checked against its index. */
-  endIteration(dir: string): Record<string, unknown> {
+  /**
+   * ITER_END of a streamed iteration: its pages file is finished in the
+   * background and checked against its index; then it and `files` (the
+   * metadata files, written but not yet synced) are made durable.
+   */
+  endIteration(dir: string, files: readonly string[]): Record<string, unknown> {
     const pf = this.pagesFile;
     if (!pf) return {};
     this.pagesFile = null;
     const done = (async () => {
       const pm = decodePagemap(readMetaFile<EncodedPagemap>(dir, FileKind.Pagemap), `${dir}/pagemap`);
-      await pf.finish(pm.chunks);
+      await pf.complete(pm.chunks);
       this.images.set(resolve(dir), readImage(dir));
     })();
+    const durable = done.then(async () => {
+      await pf.sync();
+      for (const f of files) {
+        const path = inside(dir, f);
+        try {
+          const fh = await open(path, 'r');
+          try { await fh.sync(); } finally { await fh.close(); }
+        } catch (err) {
+          throw withPath(err, path);
+        }
+      }
+      fsyncDir(dir);
+    }, async (err) => { await pf.abort(); throw err; });
     done.catch(() => {}); // awaited by flush()
+    durable.catch(() => {}); // awaited by durable()
     this.finishing.push(done);
+    this.syncing.push(durable);
     return this.live ? { livePid: this.live.pid, livePagesWritten: this.live.pages - this.roundPages } : { live: false };
   }
 
@@ -131,10 +154,17 @@ export class StreamIngest {
     return this.images.get(resolve(dir));
   }
 
-  /** Every round's pages file durable and checked: what the commit waits for. */
+  /** Every streamed round complete on disk and checked (in the page cache; durable() syncs). */
   async flush(): Promise<void> {
     const all = this.finishing;
     this.finishing = [];
+    await Promise.all(all);
+  }
+
+  /** Every streamed round's files fsynced. */
+  async durable(): Promise<void> {
+    const all = this.syncing;
+    this.syncing = [];
     await Promise.all(all);
   }
 
@@ -160,6 +190,6 @@ export class StreamIngest {
     this.live = null;
     await this.pagesFile?.abort();
     this.pagesFile = null;
-    await Promise.allSettled(this.finishing);
+    await Promise.allSettled([...this.finishing, ...this.syncing]);
   }
 }
