@@ -102,6 +102,8 @@ describe('tsnap migrate', () => {
     expect(verdict[0]).toMatch(/^PASS/);
     expect(Number(verdict[2])).toBeGreaterThan(lastSource);
     expect(findHolders(done.restoredPid)).toEqual([]);
+    // One host: the source held its pid until it was killed, and the receiver said so rather than wait silently.
+    expect(srv.events.find((e) => e.includes('"pid-held"'))).toMatch(new RegExp(`pid ${p.pid} is held by \\\\"migrant\\\\" \\(running\\)`));
   });
 
   it('moves a multi-threaded process: every thread counts on on the receiver, TLS and tids checked by the threads themselves', async () => {
