@@ -64,6 +64,8 @@ export interface LiveLayout {
 export class LiveBuild implements LiveProcess {
   /** The non-special VMAs as mapped now. */
   private mapped: VmaImage[] = [];
+  /** Where pages may be written: memory whose pages the image stores (never a shared file's). */
+  private writable: Range[] = [];
   private specials: VmaImage[] = [];
   private readonly copier: VmCopier;
   pages = 0;
@@ -120,6 +122,7 @@ export class LiveBuild implements LiveProcess {
     const rt = this.rt;
     for (const r of subtract(normalize(this.mapped), keep)) rt.sc.check(`munmap(0x${r.start.toString(16)})`, SYS.munmap, r.start, r.end - r.start);
     this.mapped = next;
+    this.writable = normalize(next.filter((v) => v.dumped && vmaKind(v) !== 'sharedFile'));
     const fresh = next.flatMap((v) => subtract([{ start: v.start, end: v.end }], keep).map((r) => piece(v, r)));
     if (fresh.some((v) => v.start < this.stub.addr + 2 * PAGE && v.end > this.stub.addr)) throw new TsnapError('unsupported', 'the process mapped memory where the receiver keeps its restore stub');
     mapVmas(rt, { mm: { vmas: fresh } });
@@ -152,6 +155,8 @@ export class LiveBuild implements LiveProcess {
 
   /** Writes one chunk's pages; `data` is its raw content. */
   write(data: Buffer, runs: readonly ChunkRun[]): void {
+    const outside = subtract(normalize(runs.map((r) => ({ start: r.start, end: r.start + r.pages * PAGE }))), this.writable);
+    if (outside.length) throw new TsnapError('badImage', `pages sent for 0x${outside[0].start.toString(16)}, which the round's layout does not store`);
     let i = 0;
     while (i < runs.length) {
       // Runs back to back in the chunk go in one process_vm_writev.
