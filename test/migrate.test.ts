@@ -637,6 +637,27 @@ describe('wire v2: the receiver builds the process while the rounds arrive', () 
     expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000)).toMatch(/^PASS/);
   });
 
+  it('serve --new-pid builds the process while it arrives on the same host, under a fresh pid', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const out = join(work, 'restored.out');
+    const srv = await startServer(join(work, 'in'), ['--restore', '--new-pid', '--count', '1', '--stdout', out]);
+    const p = await startProcess(await compileC('migrant'), ['16']);
+    await p.waitForLine(/^count=20$/, 10_000);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const done = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    restored.push(done.restoredPid);
+    expect(done.restoredPid).not.toBe(p.pid);
+    await p.exited;
+    await waitFor(() => eventsOf(srv.events, 'restored').length > 0);
+    expect(eventsOf(srv.events, 'restored')[0]).toMatchObject({ pid: done.restoredPid, path: 'live' });
+    expect(eventsOf(srv.events, 'building')).toEqual([{ event: 'building', pid: done.restoredPid }]);
+    await waitFor(() => existsSync(out) && /count=\d+/.test(readFileSync(out, 'utf8')));
+    process.kill(done.restoredPid, 'SIGUSR1');
+    await waitFor(() => /^(PASS|FAIL)/m.test(readFileSync(out, 'utf8')), 20_000);
+    expect(/^(PASS|FAIL).*$/m.exec(readFileSync(out, 'utf8'))![0]).toMatch(/^PASS/);
+  });
+
   it('a garbled PAGE_CHUNK gets a clear error; serve keeps serving', async () => {
     const work = tmpDir('tsnap-mig-');
     const srv = await startServer(join(work, 'in'));

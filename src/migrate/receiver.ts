@@ -292,7 +292,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     if (live) {
       try {
         live.image = ingest.image(last) ?? null;
-        r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr }, live);
+        r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid }, live);
       } catch (err) {
         live.kill();
         fallback = `the process built while it arrived could not be finished (${(err as Error).message}); restored from the image chain instead`;
