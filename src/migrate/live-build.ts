@@ -18,7 +18,7 @@ import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, advise
 import { isSpecial, vmaKind, mapCallFor, adviceFor } from '../restore/layout-plan.js';
 import { openStdio, type LiveProcess } from '../restore/restore.js';
 import { isAioRing } from '../files/aio.js';
-import { VmCopier, SYS, SIGKILL, kill, type RemoteRange } from '../sys/index.js';
+import { VmCopier, SYS, SIGKILL, kill, PROT_WRITE, type RemoteRange } from '../sys/index.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 import { normalize, subtract, intersect, type Range } from '../dump/ranges.js';
 import { TsnapError } from '../errors.js';
@@ -66,6 +66,8 @@ export class LiveBuild implements LiveProcess {
   private mapped: VmaImage[] = [];
   /** Where pages may be written: memory whose pages the image stores (never a shared file's). */
   private writable: Range[] = [];
+  /** The part of it mapped without PROT_WRITE: written through /proc/PID/mem. */
+  private readOnly: Range[] = [];
   private specials: VmaImage[] = [];
   private readonly copier: VmCopier;
   pages = 0;
@@ -126,6 +128,17 @@ export class LiveBuild implements LiveProcess {
     const fresh = next.flatMap((v) => subtract([{ start: v.start, end: v.end }], keep).map((r) => piece(v, r)));
     if (fresh.some((v) => v.start < this.stub.addr + 2 * PAGE && v.end > this.stub.addr)) throw new TsnapError('unsupported', 'the process mapped memory where the receiver keeps its restore stub');
     mapVmas(rt, { mm: { vmas: fresh } });
+    // Final protections now, not after the freeze: memory that keeps its
+    // pages gets what the program set since; fresh memory what it has.
+    for (const v of next) {
+      if (vmaKind(v) === 'sharedFile') continue; // mapped with its own protection
+      for (const r of intersect([{ start: v.start, end: v.end }], keep)) {
+        for (const [s, e, prot] of this.protsOver(r)) if (prot !== v.prot) rt.sc.check(`mprotect(0x${s.toString(16)})`, SYS.mprotect, s, e - s, v.prot);
+      }
+    }
+    for (const v of fresh) if (mapCallFor(v).fixProt) rt.sc.check(`mprotect(0x${v.start.toString(16)})`, SYS.mprotect, v.start, v.end - v.start, v.prot);
+    this.protNow = next.map((v) => [v.start, v.end, v.prot]);
+    this.readOnly = normalize(next.filter((v) => v.dumped && vmaKind(v) !== 'sharedFile' && !(v.prot & PROT_WRITE)));
     // A full image after the first: nothing kept holds anything any more.
     const absent = l.incremental ? normalize(l.zero) : keep;
     for (const v of next) {
@@ -133,6 +146,14 @@ export class LiveBuild implements LiveProcess {
       const advice = vmaKind(v) === 'sharedAnon' ? MADV_REMOVE : MADV_DONTNEED;
       for (const r of intersect([{ start: v.start, end: v.end }], absent)) rt.sc.check(`madvise(0x${r.start.toString(16)}, absent)`, SYS.madvise, r.start, r.end - r.start, advice);
     }
+  }
+
+  /** [start, end, prot] of every mapped VMA as set now. */
+  private protNow: [number, number, number][] = [];
+
+  /** The protections set over `r` before this round's changes, piece by piece. */
+  private protsOver(r: Range): [number, number, number][] {
+    return this.protNow.filter(([s, e]) => s < r.end && e > r.start).map(([s, e, prot]): [number, number, number] => [Math.max(s, r.start), Math.min(e, r.end), prot]);
   }
 
   /** Ranges of `next` that the current mapping already holds as the same thing. */
@@ -154,9 +175,12 @@ export class LiveBuild implements LiveProcess {
   }
 
   /** Writes one chunk's pages; `data` is its raw content. */
-  write(data: Buffer, runs: readonly ChunkRun[]): void {
-    const outside = subtract(normalize(runs.map((r) => ({ start: r.start, end: r.start + r.pages * PAGE }))), this.writable);
+  write(data: Buffer, chunkRuns: readonly ChunkRun[]): void {
+    const outside = subtract(normalize(chunkRuns.map((r) => ({ start: r.start, end: r.start + r.pages * PAGE }))), this.writable);
     if (outside.length) throw new TsnapError('badImage', `pages sent for 0x${outside[0].start.toString(16)}, which the round's layout does not store`);
+    // Memory the program made read-only (or PROT_NONE) is written with
+    // FOLL_FORCE: process_vm_writev needs writable pages.
+    const runs = this.readOnly.length ? this.writeReadOnly(data, chunkRuns) : chunkRuns;
     let i = 0;
     while (i < runs.length) {
       // Runs back to back in the chunk go in one process_vm_writev.
@@ -172,6 +196,21 @@ export class LiveBuild implements LiveProcess {
     }
   }
 
+  /** Writes the parts of `runs` in read-only memory through /proc/PID/mem; returns the rest. */
+  private writeReadOnly(data: Buffer, runs: readonly ChunkRun[]): ChunkRun[] {
+    const rest: ChunkRun[] = [];
+    for (const r of runs) {
+      const span = [{ start: r.start, end: r.start + r.pages * PAGE }];
+      for (const x of intersect(span, this.readOnly)) {
+        this.proc.mem.write(data, r.offset + (x.start - r.start), x.end - x.start, x.start);
+        this.pages += (x.end - x.start) / PAGE;
+        this.bytes += x.end - x.start;
+      }
+      for (const x of subtract(span, this.readOnly)) rest.push({ start: x.start, pages: (x.end - x.start) / PAGE, offset: r.offset + (x.start - r.start) });
+    }
+    return rest;
+  }
+
   /**
    * restore.ts's memory step for this process: the final image must list
    * the layout built here. Advice set since a VMA was mapped is set again;
@@ -182,7 +221,8 @@ export class LiveBuild implements LiveProcess {
     const same = want.length === this.mapped.length && want.every((v, i) => v.start === this.mapped[i].start && v.end === this.mapped[i].end && identity(v) === identity(this.mapped[i]));
     if (!same) throw new TsnapError('restoreFailed', 'the final image\'s memory layout is not the one built while it arrived');
     for (const v of want) if (adviceFor(v).length) advise(this.rt, v);
-    return want.filter((v) => !isAioRing(v) && mapCallFor(v).fixProt);
+    // Every protection is set already (apply()).
+    return [];
   }
 
   /** Kills the process and reaps it: nothing half-built stays behind. */

@@ -311,7 +311,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     const path = live && !fallback ? 'live' : 'disk';
     void waitForExit(r.pid); // reap it when it ends
     await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}) })).catch(() => {});
-    opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}) });
+    opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}), ...(r.warnings.length ? { warnings: r.warnings } : {}) });
     try {
       await ingest.durable();
       fsyncDir(root);
