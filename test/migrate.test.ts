@@ -8,7 +8,7 @@ import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, readlinkSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, TSNAP_BIN, killPid } from './helpers/tsnap.js';
 import { readStatus } from '../src/proc/index.js';
 import { findHolders } from '../src/track/untrack.js';
@@ -656,6 +656,40 @@ describe('wire v2: the receiver builds the process while the rounds arrive', () 
     process.kill(done.restoredPid, 'SIGUSR1');
     await waitFor(() => /^(PASS|FAIL)/m.test(readFileSync(out, 'utf8')), 20_000);
     expect(/^(PASS|FAIL).*$/m.exec(readFileSync(out, 'utf8'))![0]).toMatch(/^PASS/);
+  });
+
+  it('a layout the receiver cannot build while it arrives (a mapped memfd) goes to disk and is restored from the chain, saying why', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const out = join(work, 'restored.out');
+    const srv = await startServerInPidNs(join(work, 'in'), ['--restore', '--stdout', out]);
+    const p = await startPython(`
+import mmap, os, sys, time
+fd = os.memfd_create('table')
+os.ftruncate(fd, 1 << 20)
+m = mmap.mmap(fd, 1 << 20)
+for i in range(0, 1 << 20, 4096): m[i:i + 8] = (i * 7).to_bytes(8, 'little')
+print('READY', flush=True)
+n = 0
+while True:
+    n += 1
+    ok = all(int.from_bytes(m[i:i + 8], 'little') == i * 7 for i in range(0, 1 << 20, 4096))
+    print('tick n=%d ok=%d' % (n, ok), flush=True)
+    time.sleep(0.05)
+`);
+    await p.waitForLine(/^tick n=3 /, 10_000);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    await p.exited;
+    await waitFor(() => eventsOf(srv.events, 'restored').length > 0);
+    expect(eventsOf(srv.events, 'building')).toEqual([]);
+    expect(eventsOf(srv.events, 'live-abandoned')[0].reason).toMatch(/^the process cannot be built while it arrives: it maps the memfd \/memfd:table/);
+    expect(eventsOf(srv.events, 'restored')[0]).toMatchObject({ path: 'disk', fallback: expect.stringMatching(/memfd/) });
+    const last = Number(/n=(\d+)/.exec(p.lines().filter((l) => l.startsWith('tick')).pop()!)![1]);
+    await waitFor(() => existsSync(out) && readFileSync(out, 'utf8').split('\n').filter((l) => l.startsWith('tick')).length >= 2);
+    const ticks = readFileSync(out, 'utf8').trim().split('\n').filter((l) => l.startsWith('tick'));
+    for (const t of ticks) expect(t).toMatch(/ ok=1$/);
+    expect(Number(/n=(\d+)/.exec(ticks[ticks.length - 1])![1])).toBeGreaterThan(last);
+    restored.push(...inOtherPidNs(p.pid));
   });
 
   it('a garbled PAGE_CHUNK gets a clear error; serve keeps serving', async () => {
