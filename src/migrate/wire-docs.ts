@@ -1,6 +1,6 @@
 /**
  * The shape of every control message of the migration protocol
- * (formats/wire-v1.md). The frame CRC proves a message arrived as sent, not
+ * (formats/wire-v1.md, wire-v2.md). The frame CRC proves a message arrived as sent, not
  * that the peer is a tsnap that sent something sensible: every decoded
  * document is checked here before either side reads a field of it.
  */
