@@ -24,7 +24,7 @@ import { crc32 } from '../image/checksum.js';
 import { fsyncDir, makeDirs } from '../image/image-dir.js';
 import { restore, waitForExit, type RestoreResult } from '../restore/restore.js';
 import { StreamIngest, holderOf, type LayoutDoc } from './stream-ingest.js';
-import { readImage } from '../image/image-reader.js';
+import { readImage, type Image } from '../image/image-reader.js';
 import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
 import { TsnapError, asTsnapError, withPath } from '../errors.js';
 
@@ -238,6 +238,15 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   let committed = false;
   let last = '';
   const ingest = new StreamIngest({ pid: g.pid, build: !!opts.restore && opts.liveBuild !== false, newPid: opts.newPid, stdout: opts.stdout, stderr: opts.stderr, onEvent: opts.onEvent });
+  /** Images as the commit check read them: complete ones from the ingest; with a live build, others by their index alone (their pages may still be on their way to the disk). */
+  const readAtCommit = new Map<string, Image>();
+  const readCommitted = (d: string): Image => {
+    const done = ingest.image(d) ?? readAtCommit.get(d);
+    if (done) return done;
+    const img = readImage(d, ingest.live ? { indexOnly: true } : {});
+    readAtCommit.set(d, img);
+    return img;
+  };
   try {
     await send(sock, encodeDoc(Msg.HelloOk, { version: WIRE_VERSION, dir: root }));
     opts.onEvent?.({ event: 'accepted', pid: g.pid, dir: root });
@@ -254,15 +263,19 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         lastName = name;
         opts.onEvent?.({ event: 'iteration', name, ...live });
       } else if (f.type === Msg.Commit) {
-        // Every streamed round's pages file on disk, checked against its index.
-        // Durable too, unless the process is built here already: then the
-        // chain is only its fallback, synced off the critical path (after
-        // the resume), and a power cut before that loses the process as it
-        // would lose it running a moment later.
-        await ingest.flush();
-        if (!ingest.live) await ingest.durable();
+        // Without a live build the commit stands on the chain: every
+        // streamed round's pages file on disk, checked against its index,
+        // and durable. With one, the process itself holds everything and
+        // the chain is its fallback, finished and synced off the critical
+        // path (after the resume); its metadata is checked now all the same.
+        // A power cut before the sync loses the process, as it would lose
+        // it running a moment later.
+        if (!ingest.live) {
+          await ingest.flush();
+          await ingest.durable();
+        }
         try {
-          last = checkCommittable(root, lastName, (d) => ingest.image(d) ?? readImage(d));
+          last = checkCommittable(root, lastName, readCommitted);
         } catch (err) {
           await send(sock, encodeDoc(Msg.Error, { code: 'incomplete', message: (err as Error).message })).catch(() => {});
           throw err;
@@ -291,7 +304,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     const live = ingest.live;
     if (live) {
       try {
-        live.image = ingest.image(last) ?? null;
+        live.image = readCommitted(last);
         r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid }, live);
       } catch (err) {
         live.kill();
@@ -300,6 +313,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       }
     }
     if (!r) {
+      await ingest.flush();
       await ingest.durable();
       // The source is killed once we said COMMITTED: wait for its pids to be free.
       const pids = isTreeImage(last) ? readTreeManifest(last).processes.map((p) => p.pid) : [g.pid];
@@ -313,8 +327,10 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}) })).catch(() => {});
     opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}), ...(r.warnings.length ? { warnings: r.warnings } : {}) });
     try {
+      await ingest.flush();
       await ingest.durable();
       fsyncDir(root);
+      if (path === 'live') opts.onEvent?.({ event: 'chain-durable', dir: last });
     } catch (err) {
       opts.onEvent?.({ event: 'warning', message: `the image chain in ${root} could not be made durable (${(err as Error).message}); the process runs` });
     }
