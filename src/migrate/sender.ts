@@ -17,7 +17,7 @@
 import { PreCopyPolicy } from '../dump/precopy-policy.js';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import { mkdtempSync, rmSync, openSync, readSync, closeSync, readdirSync, fstatSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, openSync, readSync, closeSync, readdirSync, fstatSync, readFileSync, accessSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { preDump, dump, type DumpResult, type DumpOptions } from '../dump/dump.js';
@@ -83,7 +83,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   const cap = opts.maxIterations ?? 10;
   const sock = await connectTo(opts);
   const reader = new FrameReader(sock);
-  const staging = mkdtempSync(join(tmpdir(), 'tsnap-migrate-'));
+  const staging = mkdtempSync(join(stagingBase(opts), 'tsnap-migrate-'));
   let held: FrozenSet | null = null;
   let bytesSent = 0;
   try {
@@ -211,6 +211,22 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   } finally {
     sock.destroy();
     rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Where rounds are staged. A streamed round stages its metadata only (a
+ * few KiB): in memory (tmpfs) when there is one, so that the final,
+ * frozen round never waits for a busy disk. A tree's rounds stage their
+ * pages too: the temporary directory, as before.
+ */
+function stagingBase(opts: MigrateOptions): string {
+  if (opts.tree) return tmpdir();
+  try {
+    accessSync('/dev/shm', constants.W_OK);
+    return '/dev/shm';
+  } catch {
+    return tmpdir();
   }
 }
 
