@@ -80,6 +80,72 @@ export async function benchMigration(): Promise<Record<string, unknown>> {
   }
 }
 
-if (import.meta.url === `file://${process.argv[1]}`) {
+/**
+ * The streamed path (wire v2) against restoring after the commit, in the
+ * same run: a receiver in its own pid namespace (the pid is free at once,
+ * as on another host) that builds the process while rounds arrive, and the
+ * same receiver told not to (serve --no-live-build: the chain is restored
+ * after the commit). Downtime is freeze to running on the receiver, as
+ * tsnap migrate reports it.
+ */
+export async function benchStreamedMigration(sizeMiB = Number(process.env.BENCH_STREAM_MIB ?? 256), mbps = Number(process.env.BENCH_STREAM_MBPS ?? 10), runs = Number(process.env.BENCH_STREAM_RUNS ?? 2)): Promise<Record<string, unknown>> {
+  for (const name of readdirSync('/proc/self/fd')) if (Number(name) > 2) { try { setCloexec(Number(name)); } catch { /* gone */ } }
+  const work = mkdtempSync(join(tmpdir(), 'tsnap-bench-stream-'));
+  const src = join(work, 'dirty.c');
+  const bin = join(work, 'dirty');
+  writeFileSync(src, FIXTURE);
+  execFileSync('gcc', ['-O2', '-o', bin, src]);
+  const tsnapBin = new URL('../../bin/tsnap', import.meta.url).pathname;
+  const one = async (live: boolean, port: number) => {
+    const serveArgs = ['--pid', '--fork', '--mount-proc', '--kill-child', process.execPath, tsnapBin, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', join(work, `in-${port}`), '--token', 'bench', '--restore', '--json', '--stdout', '/dev/null', '--stderr', '/dev/null', ...(live ? [] : ['--no-live-build'])];
+    const srv = spawn('unshare', serveArgs, { stdio: ['ignore', 'ignore', 'pipe'] });
+    const events: Record<string, unknown>[] = [];
+    const listening = new Promise<void>((resolve, reject) => {
+      createInterface({ input: srv.stderr! }).on('line', (l) => {
+        try { events.push(JSON.parse(l)); } catch { return; }
+        if (events.some((e) => e.event === 'listening')) resolve();
+      });
+      srv.once('exit', () => reject(new Error('serve exited')));
+    });
+    let child: ReturnType<typeof spawn> | null = null;
+    try {
+      await listening;
+      child = spawn('sh', ['-c', `"${bin}" ${sizeMiB} ${mbps} & echo PID $!; wait`], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const lines = createInterface({ input: child.stdout! });
+      const sourcePid: number = await new Promise((resolve) => lines.once('line', (l) => resolve(Number(l.split(' ')[1]))));
+      await new Promise((resolve) => lines.once('line', resolve));
+      const r = await migrate({ pid: sourcePid, host: '127.0.0.1', port, token: 'bench', downtimeMs: 50, maxIterations: 10 });
+      for (let i = 0; i < 200 && !events.some((e) => e.event === 'restored' || e.event === 'restore-failed'); i++) await new Promise((res) => setTimeout(res, 10));
+      const restored = events.find((e) => e.event === 'restored');
+      return { downtimeMs: +r.downtimeMs.toFixed(1), freezeToCommitMs: +r.freezeToCommitMs.toFixed(1), iterations: r.iterations, path: restored?.path ?? null, receiverRestoreMs: restored ? +((restored.restoreUs as number) / 1000).toFixed(1) : null, restoreError: r.restoreError };
+    } finally {
+      child?.kill('SIGKILL');
+      srv.kill('SIGKILL'); // the namespace's init: the restored process goes with it
+      await new Promise((res) => setTimeout(res, 200));
+    }
+  };
+  const result: Record<string, unknown> = { sizeMiB, dirtyMBps: mbps };
+  try {
+    let port = 17950 + (process.pid % 40);
+    const streamed = [];
+    const afterCommit = [];
+    // Interleaved, so that both see the same machine.
+    for (let i = 0; i < runs; i++) {
+      streamed.push(await one(true, port++));
+      afterCommit.push(await one(false, port++));
+    }
+    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+    result.streamed = streamed;
+    result.restoreAfterCommit = afterCommit;
+    result.downtimeRatio = +(median(streamed.map((x) => x.downtimeMs)) / median(afterCommit.map((x) => x.downtimeMs))).toFixed(3);
+    return result;
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+if (import.meta.url === `file://${process.argv[1]}` && process.argv[2] === 'streamed') {
+  benchStreamedMigration().then((r) => console.log(JSON.stringify(r, null, 2)), (err) => { console.error(err); process.exit(1); });
+} else if (import.meta.url === `file://${process.argv[1]}`) {
   benchMigration().then((r) => console.log(JSON.stringify(r, null, 2)), (err) => { console.error(err); process.exit(1); });
 }

@@ -5,10 +5,10 @@
  */
 import { describe, it, expect, afterAll, afterEach } from 'vitest';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, readlinkSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, TSNAP_BIN, killPid } from './helpers/tsnap.js';
 import { readStatus } from '../src/proc/index.js';
 import { findHolders } from '../src/track/untrack.js';
@@ -103,6 +103,8 @@ describe('tsnap migrate', () => {
     expect(verdict[0]).toMatch(/^PASS/);
     expect(Number(verdict[2])).toBeGreaterThan(lastSource);
     expect(findHolders(done.restoredPid)).toEqual([]);
+    // One host: the source held its pid until it was killed, and the receiver said so rather than wait silently.
+    expect(srv.events.find((e) => e.includes('"pid-held"'))).toMatch(new RegExp(`pid ${p.pid} is held by \\\\"migrant[-\\w]*\\\\" \\(running\\)`));
   });
 
   it('moves a multi-threaded process: every thread counts on on the receiver, TLS and tids checked by the threads themselves', async () => {
@@ -224,7 +226,7 @@ while True:
     await send(sock, encodeDoc(Msg.Hello, { magic: WIRE_MAGIC, version: 99, token: 'sesame', pid: 1 }));
     const f = await reader.next();
     expect(f!.type).toBe(Msg.Error);
-    expect(decodeDoc<{ message: string }>(f!).message).toMatch(/protocol version 99 is not supported \(this receiver speaks 1\)/);
+    expect(decodeDoc<{ message: string }>(f!).message).toMatch(/protocol version 99 is not supported \(this receiver speaks 2\)/);
     sock.destroy();
     expect(readdirSync(join(work, 'in'))).toEqual([]);
   });
@@ -489,7 +491,7 @@ describe('tsnap serve is confined and cannot be jammed', () => {
       const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame');
       expect(r.code, r.stderr).toBe(ExitCode.targetFailed);
       expect(r.stderr.split('\n').filter((l) => l.startsWith('tsnap: migration'))).toEqual([
-        expect.stringMatching(new RegExp(`^tsnap: migration of process ${p.pid} failed; it runs on where it was: migration peer refused: the receiver: no space left on the device writing ${join(full, 'in')}/${p.pid}-\\d+/1/pages; free space or choose another --dir$`)),
+        expect.stringMatching(new RegExp(`^tsnap: migration of process ${p.pid} failed; it runs on where it was: migration peer refused: the receiver: no space left on the device writing ${join(full, 'in')}/${p.pid}-\\d+/1/(pages|pagemap|stats|inventory); free space or choose another --dir$`)),
       ]);
       await waitFor(() => readdirSync(join(full, 'in')).length === 0);
       expect(srv.proc.exitCode).toBeNull();
@@ -538,5 +540,175 @@ describe('a peer that goes away', () => {
     } finally {
       server.close();
     }
+  });
+});
+
+/** `tsnap serve` in its own pid namespace, as on another host: the migrated pid is free there at once. */
+async function startServerInPidNs(dir: string, extra: string[] = []): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
+  const port = nextPort++;
+  // --kill-child: serve is the namespace's init, and everything in it dies with it.
+  const proc = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', process.execPath, TSNAP_BIN, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', dir, '--token', 'sesame', '--json', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+  servers.push(proc);
+  const events: string[] = [];
+  await new Promise<void>((resolve, reject) => {
+    proc.stderr!.on('data', (d) => {
+      events.push(...String(d).trim().split('\n'));
+      if (events.some((e) => e.includes('"listening"'))) resolve();
+    });
+    proc.once('exit', () => reject(new Error(`serve exited: ${events.join('\n')}`)));
+  });
+  return { port, proc, events };
+}
+
+/** Processes of another pid namespace whose pid there is `nsPid`, as pids of ours. */
+function inOtherPidNs(nsPid: number): number[] {
+  const ours = readlinkSync('/proc/self/ns/pid');
+  const found: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const ns = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1].trim().split(/\s+/).map(Number) ?? [];
+      if (ns.length > 1 && ns[ns.length - 1] === nsPid && readlinkSync(`/proc/${d}/ns/pid`) !== ours) found.push(Number(d));
+    } catch { /* gone */ }
+  }
+  return found;
+}
+
+const eventsOf = (events: string[], name: string) => events.filter((e) => e.startsWith('{') && e.includes(`"event":"${name}"`)).map((e) => JSON.parse(e) as Record<string, unknown>);
+
+describe('wire v2: the receiver builds the process while the rounds arrive', () => {
+  it('pages go into a stopped process on the receiver round by round; after the freeze only the last delta and the state remain; it verifies itself there', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const out = join(work, 'restored.out');
+    const srv = await startServerInPidNs(join(work, 'in'), ['--restore', '--stdout', out]);
+    const p = await startProcess(await compileC('migrant'), ['32']);
+    await p.waitForLine(/^count=20$/, 10_000);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const done = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    expect(done.restoredPid).toBe(p.pid);
+    expect((await p.exited).signal).toBe('SIGKILL');
+    const lastSource = Number(/count=(\d+)/.exec(p.lines().filter((l) => l.startsWith('count=')).pop()!)![1]);
+    // Built under the source's pid from round 1 on; every round before the
+    // freeze wrote its pages into it, the first one all 32 MiB of them.
+    await waitFor(() => eventsOf(srv.events, 'restored').length > 0);
+    expect(eventsOf(srv.events, 'building')).toEqual([{ event: 'building', pid: p.pid }]);
+    const rounds = eventsOf(srv.events, 'iteration');
+    expect(rounds.length).toBeGreaterThanOrEqual(2);
+    expect(rounds[0]).toMatchObject({ name: '1', livePid: p.pid });
+    expect(rounds[0].livePagesWritten as number).toBeGreaterThanOrEqual(32 * 256);
+    expect(rounds.map((e) => e.name).pop()).toBe('final');
+    expect(eventsOf(srv.events, 'restored')[0]).toMatchObject({ pid: p.pid, path: 'live' });
+    expect(eventsOf(srv.events, 'live-abandoned')).toEqual([]);
+    // The process's own word: its memory checks out, and it counts on from where the source stopped.
+    const [moved] = inOtherPidNs(p.pid);
+    expect(moved).toBeGreaterThan(0);
+    restored.push(moved);
+    await waitFor(() => existsSync(out) && /count=\d+/.test(readFileSync(out, 'utf8')));
+    process.kill(moved, 'SIGUSR1');
+    await waitFor(() => /^(PASS|FAIL)/m.test(readFileSync(out, 'utf8')), 20_000);
+    const verdict = /^(PASS count=(\d+)|FAIL.*)$/m.exec(readFileSync(out, 'utf8'))!;
+    expect(verdict[0]).toMatch(/^PASS/);
+    expect(Number(verdict[2])).toBeGreaterThan(lastSource);
+    // The chain was written too, after the resume: a normal image chain that verify accepts (the fallback's source).
+    await waitFor(() => eventsOf(srv.events, 'chain-durable').length > 0);
+    const dir = readdirSync(join(work, 'in'))[0];
+    expect(readdirSync(join(work, 'in', dir, '1'))).toEqual(expect.arrayContaining(['pages', 'pagemap', 'inventory']));
+    const v = await tsnap('verify', join(work, 'in', dir, 'final'));
+    expect(v.code, v.stderr).toBe(0);
+  });
+
+  it('the sender killed mid-stream: the half-built process on the receiver is killed, the source runs on, serve keeps serving', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const srv = await startServerInPidNs(join(work, 'in'), ['--restore']);
+    const p = await startProcess(await compileC('migrant'), ['16']);
+    await p.waitForLine(/^count=20$/, 10_000);
+    const m = spawn(process.execPath, [TSNAP_BIN, 'migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--bandwidth-limit', '2M'], { stdio: ['ignore', 'ignore', 'ignore'] });
+    const gone = new Promise<void>((res) => m.once('exit', () => res()));
+    await waitFor(() => eventsOf(srv.events, 'building').length > 0);
+    await waitFor(() => inOtherPidNs(p.pid).length > 0);
+    m.kill('SIGKILL');
+    await gone;
+    await waitFor(() => eventsOf(srv.events, 'failed').length > 0);
+    expect(inOtherPidNs(p.pid)).toEqual([]);
+    await waitFor(() => readdirSync(join(work, 'in')).length === 0);
+    expect(srv.proc.exitCode).toBeNull();
+    // The source never stopped for long, and its tracking ended with its holder.
+    await waitFor(() => findHolders(p.pid).length === 0);
+    expect(readStatus(p.pid).tracerPid).toBe(0);
+    process.kill(p.pid, 'SIGUSR1');
+    expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000)).toMatch(/^PASS/);
+  });
+
+  it('serve --new-pid builds the process while it arrives on the same host, under a fresh pid', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const out = join(work, 'restored.out');
+    const srv = await startServer(join(work, 'in'), ['--restore', '--new-pid', '--count', '1', '--stdout', out]);
+    const p = await startProcess(await compileC('migrant'), ['16']);
+    await p.waitForLine(/^count=20$/, 10_000);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    const done = JSON.parse(r.stdout.trim().split('\n').pop()!);
+    restored.push(done.restoredPid);
+    expect(done.restoredPid).not.toBe(p.pid);
+    await p.exited;
+    await waitFor(() => eventsOf(srv.events, 'restored').length > 0);
+    expect(eventsOf(srv.events, 'restored')[0]).toMatchObject({ pid: done.restoredPid, path: 'live' });
+    expect(eventsOf(srv.events, 'building')).toEqual([{ event: 'building', pid: done.restoredPid }]);
+    await waitFor(() => existsSync(out) && /count=\d+/.test(readFileSync(out, 'utf8')));
+    process.kill(done.restoredPid, 'SIGUSR1');
+    await waitFor(() => /^(PASS|FAIL)/m.test(readFileSync(out, 'utf8')), 20_000);
+    expect(/^(PASS|FAIL).*$/m.exec(readFileSync(out, 'utf8'))![0]).toMatch(/^PASS/);
+  });
+
+  it('a layout the receiver cannot build while it arrives (a mapped memfd) goes to disk and is restored from the chain, saying why', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const out = join(work, 'restored.out');
+    const srv = await startServerInPidNs(join(work, 'in'), ['--restore', '--stdout', out]);
+    const p = await startPython(`
+import mmap, os, sys, time
+fd = os.memfd_create('table')
+os.ftruncate(fd, 1 << 20)
+m = mmap.mmap(fd, 1 << 20)
+for i in range(0, 1 << 20, 4096): m[i:i + 8] = (i * 7).to_bytes(8, 'little')
+print('READY', flush=True)
+n = 0
+while True:
+    n += 1
+    ok = all(int.from_bytes(m[i:i + 8], 'little') == i * 7 for i in range(0, 1 << 20, 4096))
+    print('tick n=%d ok=%d' % (n, ok), flush=True)
+    time.sleep(0.05)
+`);
+    await p.waitForLine(/^tick n=3 /, 10_000);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    await p.exited;
+    await waitFor(() => eventsOf(srv.events, 'restored').length > 0);
+    expect(eventsOf(srv.events, 'building')).toEqual([]);
+    expect(eventsOf(srv.events, 'live-abandoned')[0].reason).toMatch(/^the process cannot be built while it arrives: it maps the memfd \/memfd:table/);
+    expect(eventsOf(srv.events, 'restored')[0]).toMatchObject({ path: 'disk', fallback: expect.stringMatching(/memfd/) });
+    const last = Number(/n=(\d+)/.exec(p.lines().filter((l) => l.startsWith('tick')).pop()!)![1]);
+    await waitFor(() => existsSync(out) && readFileSync(out, 'utf8').split('\n').filter((l) => l.startsWith('tick')).length >= 2);
+    const ticks = readFileSync(out, 'utf8').trim().split('\n').filter((l) => l.startsWith('tick'));
+    for (const t of ticks) expect(t).toMatch(/ ok=1$/);
+    expect(Number(/n=(\d+)/.exec(ticks[ticks.length - 1])![1])).toBeGreaterThan(last);
+    restored.push(...inOtherPidNs(p.pid));
+  });
+
+  it('a garbled PAGE_CHUNK gets a clear error; serve keeps serving', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const srv = await startServer(join(work, 'in'));
+    const { sock, reader } = await rawPeer(srv.port);
+    await send(sock, hello());
+    expect((await reader.next())?.type).toBe(Msg.HelloOk);
+    await send(sock, encodeDoc(Msg.IterBegin, { name: '1' }));
+    await send(sock, encodeDoc(Msg.Layout, { vmas: [], zero: [], incremental: false }));
+    const junk = Buffer.alloc(64, 0xff);
+    await send(sock, encodeFrame(Msg.PageChunk, junk));
+    const err = errorOf(await reader.next());
+    expect(err.message).toMatch(/^migration stream: bad PAGE_CHUNK message: .*; the peer is not a compatible tsnap, or the stream is corrupted$/);
+    sock.destroy();
+    await waitFor(() => readdirSync(join(work, 'in')).length === 0);
+    expect(srv.proc.exitCode).toBeNull();
   });
 });

@@ -260,6 +260,8 @@ export async function main(argv: string[]): Promise<void> {
     .option('-l, --listen <host:port>', 'address to listen on (loopback by default)', '127.0.0.1:7707')
     .requiredOption('-d, --dir <dir>', 'where incoming images go (DIR/<pid>-<time>/1, 2, ..., final)')
     .option('--restore', 'restore each migrated process as soon as its image is complete')
+    .option('--new-pid', 'with --restore: give restored processes fresh pids (the process is then built while it arrives even when its pid is taken here)')
+    .option('--no-live-build', 'with --restore: restore from the image chain after the commit instead of building the process while it arrives')
     .option('--token <secret>', 'shared secret the sender must present')
     .option('--token-file <file>', 'read the shared secret from a file')
     .option('--tls-cert <file>', 'TLS certificate (PEM); with --tls-key, accept TLS only')
@@ -270,12 +272,12 @@ export async function main(argv: string[]): Promise<void> {
     .option('--stderr <file>', 'stderr of restored processes (default: this one\'s)')
     .option('--json', 'one JSON event per line')
     .addHelpText('after', '\nExample:\n  tsnap serve --listen 0.0.0.0:7707 --dir /var/lib/tsnap/in --restore --token-file /etc/tsnap/token')
-    .action(async (o: { listen: string; dir: string; restore?: boolean; token?: string; tokenFile?: string; tlsCert?: string; tlsKey?: string; count?: number; handshakeTimeout: number; stdout?: string; stderr?: string; json?: boolean }) => {
+    .action(async (o: { listen: string; dir: string; restore?: boolean; newPid?: boolean; liveBuild: boolean; token?: string; tokenFile?: string; tlsCert?: string; tlsKey?: string; count?: number; handshakeTimeout: number; stdout?: string; stderr?: string; json?: boolean }) => {
       const { host, port } = parseHostPort(o.listen, '127.0.0.1');
       const onEvent = (e: Record<string, unknown>) => process.stderr.write(o.json ? `${JSON.stringify(e)}\n` : `tsnap serve: ${Object.entries(e).map(([k, v]) => `${k}=${v}`).join(' ')}\n`);
       const token = readToken(o, o.json ? (message) => onEvent({ event: 'warning', message }) : warn);
       const s = await serve({
-        host, port, dir: o.dir, token, restore: !!o.restore, count: o.count, handshakeTimeoutMs: o.handshakeTimeout * 1000,
+        host, port, dir: o.dir, token, restore: !!o.restore, newPid: !!o.newPid, liveBuild: o.liveBuild, count: o.count, handshakeTimeoutMs: o.handshakeTimeout * 1000,
         tls: o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey } : undefined, stdout: o.stdout, stderr: o.stderr,
         onEvent,
       });

@@ -40,6 +40,7 @@ import { type Range } from '../image/ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
 import { uffdWriteProtect } from '../track/uffd.js';
 import { PageFileWriter, DEFAULT_CHUNK_SIZE } from '../image/page-file.js';
+import type { PageSink } from './page-sink.js';
 import { writeMetaFile } from '../image/metadata.js';
 import { encodePagemap, validateRuns } from '../image/page-runs.js';
 import { prepareImageDir, discardImageDir, fsyncDir } from '../image/image-dir.js';
@@ -47,7 +48,7 @@ import { readChain, type Image } from '../image/image-reader.js';
 import { resolveChain, storedRanges } from '../image/chain-index.js';
 import { TsnapError, asTsnapError, interrupted } from '../errors.js';
 import { refuseUndumpable } from './target-check.js';
-import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun } from '../../formats/schema.js';
+import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun, type VmaImage } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
 
 export interface DumpOptions {
@@ -98,6 +99,22 @@ export interface DumpOptions {
   extUnixSk?: boolean;
   /** Take connected TCP sockets as closed ones (see SocketOptions.tcpClose). */
   tcpClose?: boolean;
+  /**
+   * Streamed migration (migrate/page-stream.ts): the chunks go to this sink
+   * instead of the image's pages file, which is then not written here.
+   */
+  pageSink?: (compression: Compression, chunkSize: number) => Promise<PageSink>;
+  /** Called with the round's layout once its pages are selected, before any is copied. */
+  onLayout?: (l: RoundLayout) => Promise<void>;
+}
+
+/** What a round changes in the address space, known before its pages are copied. */
+export interface RoundLayout {
+  vmas: VmaImage[];
+  /** Pages the round records as absent (PageWhere.Zero). */
+  zero: Range[];
+  /** A delta on its parent; false: everything not in this round is absent. */
+  incremental: boolean;
 }
 
 export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
@@ -184,7 +201,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   const dir = prepareImageDir(opts.dir);
   /** The freeze this dump made itself (not a tree member's). */
   let set: FrozenSet | null = null;
-  let writer: PageFileWriter | null = null;
+  let writer: PageSink | null = null;
   let round: RoundEnd | null = null;
   let record: RoundRecord | null = null;
   let armed: Range[] = [];
@@ -193,7 +210,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   try {
     return await withAbortSignals(async (checkAbort) => {
       // Buffers are allocated and touched before any freeze, not during it.
-      writer = await PageFileWriter.create(dir.path, compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE);
+      writer = opts.pageSink ? await opts.pageSink(compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE) : await PageFileWriter.create(dir.path, compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE);
       const pageWriter = writer;
       // What the chain already holds depends on the images only: work it out
       // before the target is stopped.
@@ -262,6 +279,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         // A delta knows its pages; a full copy streams them: estimate with the
         // resident anonymous memory (statm: resident - file-backed resident).
         const total = Array.isArray(selection) ? selection.reduce((n, r) => n + (r.end - r.start), 0) : anonResidentBytes(pid);
+        await opts.onLayout?.({ vmas: layout.images, zero, incremental });
         const pages = await copyPages(pid, layout.vmas, selection, pageWriter, mem, {
           onProgress: (bytes) => {
             copied += bytes;
@@ -361,7 +379,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
     const own = set as FrozenSet | null;
     try { own?.release(); } catch { /* gone */ }
     if (!own && !opts.frozen) tcpRepair.release();
-    const w = writer as PageFileWriter | null;
+    const w = writer as PageSink | null;
     if (w) await w.abort();
     discardImageDir(dir);
     throw asTsnapError(err, `${mode} of process ${pid}`);
@@ -449,7 +467,7 @@ function anonResidentBytes(pid: number): number {
 }
 
 /** An index no reader would accept is never written: the round fails instead (exit 1). */
-function checkIndex(runs: PageRun[], writer: PageFileWriter, dir: string): void {
+function checkIndex(runs: PageRun[], writer: PageSink, dir: string): void {
   try {
     validateRuns(runs, writer.chunks, dir);
   } catch (err) {

@@ -1,5 +1,6 @@
 /**
- * Copies the selected pages of a frozen process into the pages file.
+ * Copies the selected pages of a frozen process into a page sink (the
+ * pages file, or a migration's connection).
  *
  * Pages are packed into chunk buffers in address order. A chunk is filled by
  * one process_vm_readv (up to 1024 remote ranges per call, all into one
@@ -9,7 +10,7 @@
  */
 import { VmCopier, ProcMem, Pagemap, PROT_READ, type RemoteRange } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
-import { PageFileWriter } from '../image/page-file.js';
+import type { PageSink } from './page-sink.js';
 import { PageWhere, type PageRun } from '../../formats/schema.js';
 import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, SCAN_NOT_GUARD, type VmaClass, type DumpRange } from './memory-plan.js';
 import { sharedAnonRanges } from './shared-memory.js';
@@ -63,7 +64,7 @@ export async function copyPages(
   pid: number,
   vmas: readonly Vma[],
   selection: Iterable<DumpRange>,
-  writer: PageFileWriter,
+  writer: PageSink,
   mem: ProcMem,
   opts: CopyOptions = {},
 ): Promise<PageDumpResult> {
@@ -76,11 +77,13 @@ export async function copyPages(
   let buf: Buffer | null = null;
   let fill = 0; // pages in the current chunk
   let pending: Pending[] = [];
+  let chunkRunsFrom = 0; // runs[chunkRunsFrom..] lie in the chunk being filled
 
   const flush = () => {
     if (!buf || fill === 0) return;
     pagesSlowPath += readInto(copier, mem, buf, pending, opts.onVanished);
-    writer.submit(buf, fill * PAGE);
+    writer.submit(buf, fill * PAGE, runs.slice(chunkRunsFrom));
+    chunkRunsFrom = runs.length;
     pagesWritten += fill;
     opts.onProgress?.(fill * PAGE);
     buf = null;

@@ -6,18 +6,19 @@
  * were already checked as it arrived.
  */
 import { resolve } from 'node:path';
-import { readImage } from '../image/image-reader.js';
+import { readImage, type Image } from '../image/image-reader.js';
 import { isTreeImage, readTreeManifest, imagedMembers } from '../image/tree-manifest.js';
 import { TsnapError } from '../errors.js';
 import { inside, wirePid } from './confine.js';
 
-export function checkCommittable(root: string, lastName: string | null): string {
+/** `read`: how an image of the chain is read (the receiver passes the ones it checked as they arrived). */
+export function checkCommittable(root: string, lastName: string | null, read: (dir: string) => Image = readImage): string {
   if (lastName === null) throw incomplete('no image was sent');
   if (lastName !== 'final') throw incomplete(`the last iteration is ${lastName}, not the final one`);
   const final = inside(root, lastName);
   try {
     if (!isTreeImage(final)) {
-      checkChain(root, final);
+      checkChain(root, final, read);
       return final;
     }
     const manifest = readTreeManifest(final);
@@ -25,7 +26,7 @@ export function checkCommittable(root: string, lastName: string | null): string 
     for (const m of manifest.processes) {
       if (wirePid(m.pid) === null) throw incomplete(`the tree manifest lists ${String(m.pid)} as a pid`);
     }
-    for (const m of imagedMembers(manifest)) checkChain(root, inside(final, String(m.dir)));
+    for (const m of imagedMembers(manifest)) checkChain(root, inside(final, String(m.dir)), read);
     return final;
   } catch (err) {
     if (err instanceof TsnapError && err.message.startsWith('COMMIT refused')) throw err;
@@ -33,8 +34,8 @@ export function checkCommittable(root: string, lastName: string | null): string 
   }
 }
 
-function checkChain(root: string, dir: string): void {
-  let cur = readImage(dir);
+function checkChain(root: string, dir: string, read: (dir: string) => Image): void {
+  let cur = read(dir);
   if (cur.inventory.contents === 'predump') throw incomplete(`${dir} is a pre-dump, which holds no process state`);
   const seen = new Set([cur.inventory.imageId]);
   while (cur.inventory.parent) {
@@ -43,7 +44,7 @@ function checkChain(root: string, dir: string): void {
     const pdir = inside(root, resolve(cur.dir, String(ref.path)));
     if (seen.has(ref.imageId)) throw incomplete(`${cur.dir}: the parent chain loops`);
     seen.add(ref.imageId);
-    const parent = readImage(pdir);
+    const parent = read(pdir);
     if (parent.inventory.imageId !== ref.imageId) throw incomplete(`${cur.dir}: its parent ${pdir} is another image`);
     cur = parent;
   }

@@ -7,6 +7,11 @@
  * the stream is confined to DIR (confine.ts). After the sender's
  * COMMIT everything is durable; with --restore the process is restored from
  * the final image as soon as its pid is free.
+ *
+ * Streamed rounds (wire v2, stream-ingest.ts) also build the process while
+ * they arrive, when its pid is free (or with --new-pid): after the commit
+ * only the rest of restore remains. Should that fail, the process is
+ * restored from the chain on disk instead, and the reply says so.
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
@@ -17,7 +22,9 @@ import { inside, wirePid, migrationDirName } from './confine.js';
 import { checkCommittable } from './commit-check.js';
 import { crc32 } from '../image/checksum.js';
 import { fsyncDir, makeDirs } from '../image/image-dir.js';
-import { restore, waitForExit } from '../restore/restore.js';
+import { restore, waitForExit, type RestoreResult } from '../restore/restore.js';
+import { StreamIngest, holderOf, type LayoutDoc } from './stream-ingest.js';
+import { readImage, type Image } from '../image/image-reader.js';
 import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
 import { TsnapError, asTsnapError, withPath } from '../errors.js';
 
@@ -27,6 +34,10 @@ export interface ServeOptions {
   dir: string;
   token: string;
   restore?: boolean;
+  /** Restore under a fresh pid (and so build the process while it arrives even when its pid is taken). */
+  newPid?: boolean;
+  /** Build the process while streamed rounds arrive (default); false: restore from the chain after the commit. */
+  liveBuild?: boolean;
   tls?: { cert: string; key: string };
   /** Stop after this many migrations (0: serve forever). */
   count?: number;
@@ -226,6 +237,16 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   const root = newMigrationDir(base, g.pid);
   let committed = false;
   let last = '';
+  const ingest = new StreamIngest({ pid: g.pid, build: !!opts.restore && opts.liveBuild !== false, newPid: opts.newPid, stdout: opts.stdout, stderr: opts.stderr, onEvent: opts.onEvent });
+  /** Images as the commit check read them: complete ones from the ingest; with a live build, others by their index alone (their pages may still be on their way to the disk). */
+  const readAtCommit = new Map<string, Image>();
+  const readCommitted = (d: string): Image => {
+    const done = ingest.image(d) ?? readAtCommit.get(d);
+    if (done) return done;
+    const img = readImage(d, ingest.live ? { indexOnly: true } : {});
+    readAtCommit.set(d, img);
+    return img;
+  };
   try {
     await send(sock, encodeDoc(Msg.HelloOk, { version: WIRE_VERSION, dir: root }));
     opts.onEvent?.({ event: 'accepted', pid: g.pid, dir: root });
@@ -238,17 +259,28 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         const name = typeof it?.name === 'string' ? it.name : '';
         if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) throw new TsnapError('badImage', `bad iteration name ${quote(it?.name)}`);
         lastName = null; // until it is complete
-        await receiveIteration(reader, inside(root, name));
+        const live = await receiveIteration(reader, inside(root, name), ingest);
         lastName = name;
-        opts.onEvent?.({ event: 'iteration', name });
+        opts.onEvent?.({ event: 'iteration', name, ...live });
       } else if (f.type === Msg.Commit) {
+        // Without a live build the commit stands on the chain: every
+        // streamed round's pages file on disk, checked against its index,
+        // and durable. With one, the process itself holds everything and
+        // the chain is its fallback, finished and synced off the critical
+        // path (after the resume); its metadata is checked now all the same.
+        // A power cut before the sync loses the process, as it would lose
+        // it running a moment later.
+        if (!ingest.live) {
+          await ingest.flush();
+          await ingest.durable();
+        }
         try {
-          last = checkCommittable(root, lastName);
+          last = checkCommittable(root, lastName, readCommitted);
         } catch (err) {
           await send(sock, encodeDoc(Msg.Error, { code: 'incomplete', message: (err as Error).message })).catch(() => {});
           throw err;
         }
-        fsyncDir(root);
+        if (!ingest.live) fsyncDir(root);
         committed = true;
         await send(sock, encodeDoc(Msg.Committed, { dir: last }));
         opts.onEvent?.({ event: 'committed', dir: last });
@@ -258,6 +290,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       }
     }
   } catch (err) {
+    await ingest.abort(); // no half-built process left behind
     if (!committed) rmSync(root, { recursive: true, force: true }); // an incomplete migration is nothing
     const e = asTsnapError(err, 'the receiver');
     const alreadyTold = err instanceof TsnapError && err.message.startsWith('COMMIT refused');
@@ -266,13 +299,41 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   }
   if (!opts.restore) { sock.end(); return; }
   try {
-    // The source is killed once we said COMMITTED: wait for its pids to be free.
-    const pids = isTreeImage(last) ? readTreeManifest(last).processes.map((p) => p.pid) : [g.pid];
-    for (let i = 0; i < 3000 && pids.some((pid) => existsSync(`/proc/${pid}`)); i++) await new Promise((r) => setTimeout(r, 10));
-    const r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr });
+    let r: RestoreResult | null = null;
+    let fallback = ingest.notLive;
+    const live = ingest.live;
+    if (live) {
+      try {
+        live.image = readCommitted(last);
+        r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid }, live);
+      } catch (err) {
+        live.kill();
+        fallback = `the process built while it arrived could not be finished (${(err as Error).message}); restored from the image chain instead`;
+        opts.onEvent?.({ event: 'live-failed', message: fallback });
+      }
+    }
+    if (!r) {
+      await ingest.flush();
+      await ingest.durable();
+      // The source is killed once we said COMMITTED: wait for its pids to be free.
+      const pids = isTreeImage(last) ? readTreeManifest(last).processes.map((p) => p.pid) : [g.pid];
+      const held = opts.newPid ? undefined : pids.find((pid) => existsSync(`/proc/${pid}`));
+      if (held !== undefined) opts.onEvent?.({ event: 'waiting-for-pid', pid: held, message: `pid ${held} is held by ${holderOf(held)}, waiting` });
+      for (let i = 0; !opts.newPid && i < 3000 && pids.some((pid) => existsSync(`/proc/${pid}`)); i++) await new Promise((res) => setTimeout(res, 10));
+      r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid });
+    }
+    const path = live && !fallback ? 'live' : 'disk';
     void waitForExit(r.pid); // reap it when it ends
-    await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs })).catch(() => {});
-    opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs });
+    await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}) })).catch(() => {});
+    opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}), ...(r.warnings.length ? { warnings: r.warnings } : {}) });
+    try {
+      await ingest.flush();
+      await ingest.durable();
+      fsyncDir(root);
+      if (path === 'live') opts.onEvent?.({ event: 'chain-durable', dir: last });
+    } catch (err) {
+      opts.onEvent?.({ event: 'warning', message: `the image chain in ${root} could not be made durable (${(err as Error).message}); the process runs` });
+    }
   } catch (err) {
     const message = `restore failed: ${(err as Error).message}; the image stays in ${last} for tsnap restore`;
     await send(sock, encodeDoc(Msg.RestoreFailed, { message, dir: last })).catch(() => {});
@@ -282,19 +343,23 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   }
 }
 
-async function receiveIteration(reader: FrameReader, dir: string): Promise<void> {
+/** Receives one iteration into `dir`; returns what the live build did with it (for the event). */
+async function receiveIteration(reader: FrameReader, dir: string, ingest: StreamIngest): Promise<Record<string, unknown>> {
   mkdirSync(dir, { mode: 0o700 });
   const files: string[] = [];
   for (;;) {
     const f = await reader.next();
     if (!f) throw new TsnapError('targetFailed', 'the sender disconnected in the middle of an iteration');
     if (f.type === Msg.IterEnd) break;
+    if (f.type === Msg.Layout) { await ingest.layout(dir, decodeDoc<LayoutDoc>(f)); continue; }
+    if (f.type === Msg.PageChunk) { ingest.chunk(f.payload); await ingest.backpressure(); continue; }
     if (f.type !== Msg.FileBegin) throw new TsnapError('badImage', `expected FILE_BEGIN, got ${Msg[f.type] ?? f.type}`);
     const doc = decodeDoc<{ name?: unknown }>(f);
     const name = typeof doc?.name === 'string' ? doc.name : '';
     // An image file, a tree image's per-process file ("<pid>/<file>"), or its manifest.
     const m = /^(?:([1-9]\d{0,9})\/)?([a-z]+)$/.exec(name);
     if (!m || !(FILE_NAMES.has(m[2]) || (m[2] === 'tree' && !m[1]))) throw new TsnapError('badImage', `unexpected file ${quote(doc?.name)}`);
+    if (ingest.streaming && name === 'pages') throw new TsnapError('badImage', 'a streamed iteration also sent a pages file');
     if (m[1]) mkdirSync(inside(dir, m[1]), { recursive: true, mode: 0o700 });
     const path = inside(dir, name);
     const fd = openSync(path, 'wx', 0o600);
@@ -320,7 +385,8 @@ async function receiveIteration(reader: FrameReader, dir: string): Promise<void>
         if (end.length !== length || end.crc32 !== crc) {
           throw new TsnapError('badImage', `${name}: received ${length} bytes (crc ${crc}), the sender sent ${quote(end.length)} (crc ${quote(end.crc32)})`);
         }
-        fsyncSync(fd);
+        // A streamed iteration's files are synced in the background (stream-ingest.ts).
+        if (!ingest.streaming) fsyncSync(fd);
         break;
       }
     } finally {
@@ -329,6 +395,8 @@ async function receiveIteration(reader: FrameReader, dir: string): Promise<void>
     files.push(name);
   }
   if (!files.includes('inventory') && !files.includes('tree')) throw new TsnapError('badImage', 'an iteration arrived without its inventory');
+  if (ingest.streaming) return ingest.endIteration(dir, files);
   for (const sub of new Set(files.filter((f) => f.includes('/')).map((f) => f.split('/')[0]))) fsyncDir(inside(dir, sub));
   fsyncDir(dir);
+  return {};
 }

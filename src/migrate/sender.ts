@@ -7,18 +7,21 @@
  * which. The final, frozen delta and the process state follow; the source
  * is killed only after the receiver has committed the complete image.
  *
- * Each iteration is taken as a normal image in a private staging directory
- * and streamed file by file; its page data is deleted once sent (the next
- * round needs only the metadata), so staging never holds more than one
- * iteration's pages.
+ * A process's rounds are streamed (wire v2, page-stream.ts): the round's
+ * layout first, then its pages straight from the copy buffers, then the
+ * image's small metadata files from a private staging directory (the next
+ * round's parent). No page touches the source's disk. A tree's iterations
+ * are still taken as images in staging and sent file by file, their page
+ * data deleted once sent.
  */
 import { PreCopyPolicy } from '../dump/precopy-policy.js';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import { mkdtempSync, rmSync, openSync, readSync, closeSync, readdirSync, fstatSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, openSync, readSync, closeSync, readdirSync, fstatSync, readFileSync, accessSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { preDump, dump, type DumpResult } from '../dump/dump.js';
+import { preDump, dump, type DumpResult, type DumpOptions } from '../dump/dump.js';
+import { StreamPageSink } from './page-stream.js';
 import { dumpTree } from '../dump/tree.js';
 import { tcpRepair } from '../files/tcp.js';
 import { untrackPid } from '../track/untrack.js';
@@ -80,7 +83,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   const cap = opts.maxIterations ?? 10;
   const sock = await connectTo(opts);
   const reader = new FrameReader(sock);
-  const staging = mkdtempSync(join(tmpdir(), 'tsnap-migrate-'));
+  const staging = mkdtempSync(join(stagingBase(opts), 'tsnap-migrate-'));
   let held: FrozenSet | null = null;
   let bytesSent = 0;
   try {
@@ -88,10 +91,19 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     const ok = decodeDoc<{ dir: string }>(await reader.expect(Msg.HelloOk, 'greeting the receiver'));
     opts.onEvent?.({ event: 'connected', receiverDir: ok.dir });
 
+    /** Streamed rounds: the round's layout and pages go out while it is taken (ITER_BEGIN already sent). */
+    let streamed = 0;
+    const streaming = (): Pick<DumpOptions, 'pageSink' | 'onLayout'> => (opts.tree ? {} : {
+      pageSink: async (compression, chunkSize) => new StreamPageSink(sock, compression, chunkSize, opts.bandwidthLimit ?? 0, (n) => { streamed += n; }),
+      onLayout: (l) => send(sock, encodeDoc(Msg.Layout, { vmas: l.vmas, zero: l.zero.map((z) => [z.start, z.end]), incremental: l.incremental })),
+    });
+    const beginIteration = (name: string) => (opts.tree ? Promise.resolve() : send(sock, encodeDoc(Msg.IterBegin, { name })));
+
     const sendImage = async (dir: string, name: string) => {
       const t = process.hrtime.bigint();
-      await send(sock, encodeDoc(Msg.IterBegin, { name }));
-      let bytes = 0;
+      if (opts.tree) await send(sock, encodeDoc(Msg.IterBegin, { name }));
+      let bytes = streamed;
+      streamed = 0;
       // A tree image: every process's directory (as "<pid>/<file>"), the manifest last.
       const subdirs = opts.tree ? readdirSync(dir).filter((d) => /^\d+$/.test(d)) : [''];
       for (const sub of subdirs) {
@@ -112,7 +124,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     /** One pre-dump round (of the process or of the tree) and its totals. */
     const round = async (dir: string, parent: string | undefined): Promise<Round> => {
       if (!opts.tree) {
-        const r = await preDump({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress });
+        const r = await preDump({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress, ...streaming() });
         return { dir: r.dir, pagesWritten: r.stats.pagesWritten, bytesRaw: r.stats.bytesRaw, bytesStored: r.stats.bytesStored };
       }
       const t = await dumpTree({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress }, 'predump');
@@ -129,6 +141,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       checkAbort();
       k++;
       const tIter = process.hrtime.bigint();
+      await beginIteration(String(k));
       const r = await round(join(staging, String(k)), prev ? join(staging, String(k - 1)) : undefined);
       const s = await sendImage(r.dir, String(k));
       const iterMs = ms(tIter);
@@ -144,6 +157,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
 
     // Downtime starts here: freeze, last delta, full state.
     const finalOpts = { pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished };
+    await beginIteration('final');
     let frozenAt: bigint;
     let finalDir: string;
     if (opts.tree) {
@@ -152,7 +166,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       frozenAt = t.frozenAt ?? process.hrtime.bigint();
       finalDir = t.dir;
     } else {
-      const final = await dump(finalOpts);
+      const final = await dump({ ...finalOpts, ...streaming() });
       held = final.held;
       frozenAt = final.frozenAt ?? process.hrtime.bigint();
       finalDir = final.dir;
@@ -197,6 +211,22 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   } finally {
     sock.destroy();
     rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Where rounds are staged. A streamed round stages its metadata only (a
+ * few KiB): in memory (tmpfs) when there is one, so that the final,
+ * frozen round never waits for a busy disk. A tree's rounds stage their
+ * pages too: the temporary directory, as before.
+ */
+function stagingBase(opts: MigrateOptions): string {
+  if (opts.tree) return tmpdir();
+  try {
+    accessSync('/dev/shm', constants.W_OK);
+    return '/dev/shm';
+  } catch {
+    return tmpdir();
   }
 }
 

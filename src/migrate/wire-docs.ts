@@ -1,10 +1,11 @@
 /**
  * The shape of every control message of the migration protocol
- * (formats/wire-v1.md). The frame CRC proves a message arrived as sent, not
+ * (formats/wire-v1.md, wire-v2.md). The frame CRC proves a message arrived as sent, not
  * that the peer is a tsnap that sent something sensible: every decoded
  * document is checked here before either side reads a field of it.
  */
-import { type Shape, int, num, str, obj, opt, checkShape, U32, SAFE } from '../image/shape.js';
+import { type Shape, int, num, str, obj, opt, arr, tuple, bool, checkShape, U32, SAFE } from '../image/shape.js';
+import { VMAS, USER_END } from '../image/image-shapes.js';
 
 const PID = int(1, 1 << 22);
 const PATH = str(4096);
@@ -20,9 +21,11 @@ const SHAPES: Record<string, Shape> = {
   FileBegin: obj({ name: str(255) }),
   FileEnd: obj({ length: SAFE, crc32: U32 }),
   IterEnd: obj({}),
+  // The same VMA list an image's pagemap holds; zero ranges as [start, end).
+  Layout: obj({ vmas: VMAS, zero: arr(tuple(int(0, USER_END), int(0, USER_END)), 1 << 22), incremental: bool }),
   Commit: obj({}),
   Committed: obj({ dir: PATH }),
-  Restored: obj({ pid: PID, restoreUs: num(0, 1e16) }),
+  Restored: obj({ pid: PID, restoreUs: num(0, 1e16), path: opt(str(16)), fallback: opt(MESSAGE) }),
   RestoreFailed: obj({ message: MESSAGE, dir: PATH }),
 };
 

@@ -1,10 +1,11 @@
 /**
- * The migration wire protocol, version 1 (formats/wire-v1.md): framed
+ * The migration wire protocol, version 2 (formats/wire-v2.md): framed
  * messages over one TCP (or TLS) stream. Every frame carries its own CRC-32.
  *
  *   u32 length of payload | u8 type | u32 crc32(payload) | payload
  *
- * Control frames carry one msgpack document; FILE_DATA carries raw bytes.
+ * Control frames carry one msgpack document; FILE_DATA and PAGE_CHUNK carry
+ * raw bytes (PAGE_CHUNK: migrate/page-stream.ts).
  */
 import type { Socket } from 'node:net';
 import { packr } from '../image/metadata.js';
@@ -12,7 +13,7 @@ import { crc32 } from '../image/checksum.js';
 import { TsnapError } from '../errors.js';
 import { checkWireDoc } from './wire-docs.js';
 
-export const WIRE_VERSION = 1;
+export const WIRE_VERSION = 2;
 export const WIRE_MAGIC = 'TSNAPWIRE';
 export const FRAME_HEADER = 9;
 /** Largest frame accepted: a data frame carries at most one 1 MiB piece. */
@@ -27,6 +28,10 @@ export enum Msg {
   FileData = 12,
   FileEnd = 13,
   IterEnd = 14,
+  /** v2: the round's address space, before its pages (streamed rounds). */
+  Layout = 15,
+  /** v2: one chunk of page data with the runs it holds (binary, page-stream.ts). */
+  PageChunk = 16,
   Commit = 20,
   Committed = 21,
   Restored = 22,
@@ -80,7 +85,13 @@ export function decodeDoc<T>(f: Frame): T {
  * side is busy writing files.
  */
 export class FrameReader {
-  private buf: Buffer = Buffer.alloc(0);
+  /**
+   * What arrived and is not yet a frame, as the socket delivered it: joined
+   * only when a frame is complete (joining every 64 KiB piece onto the
+   * rest would copy a 1 MiB frame some 16 times).
+   */
+  private parts: Buffer[] = [];
+  private size = 0;
   private ended = false;
   private failure: Error | null = null;
   private wake: (() => void) | null = null;
@@ -88,8 +99,9 @@ export class FrameReader {
   /** `maxFrame`: the largest frame accepted; raised once the peer is authenticated. */
   constructor(private readonly sock: Socket, public maxFrame = MAX_FRAME) {
     sock.on('data', (d: Buffer) => {
-      this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
-      if (this.buf.length > this.maxFrame + FRAME_HEADER) sock.pause();
+      this.parts.push(d);
+      this.size += d.length;
+      if (this.size > this.maxFrame + FRAME_HEADER) sock.pause();
       this.wake?.();
     });
     sock.on('end', () => { this.ended = true; this.wake?.(); });
@@ -100,22 +112,24 @@ export class FrameReader {
   /** The next frame, or null at a clean end of stream between frames. */
   async next(): Promise<Frame | null> {
     for (;;) {
-      if (this.buf.length >= FRAME_HEADER) {
-        const len = this.buf.readUInt32LE(0);
+      if (this.size >= FRAME_HEADER) {
+        const len = this.front(FRAME_HEADER).readUInt32LE(0);
         if (len > this.maxFrame) throw new TsnapError('badImage', `migration stream: frame of ${len} bytes is larger than allowed; not a tsnap peer or corrupted`);
-        if (this.buf.length >= FRAME_HEADER + len) {
-          const type = this.buf.readUInt8(4) as Msg;
-          const crc = this.buf.readUInt32LE(5);
-          const payload = Buffer.from(this.buf.subarray(FRAME_HEADER, FRAME_HEADER + len));
-          this.buf = this.buf.subarray(FRAME_HEADER + len);
-          if (this.buf.length <= this.maxFrame) this.sock.resume();
+        if (this.size >= FRAME_HEADER + len) {
+          const whole = this.front(FRAME_HEADER + len);
+          const type = whole.readUInt8(4) as Msg;
+          const crc = whole.readUInt32LE(5);
+          // A copy only when the frame shares a large socket buffer with others.
+          const payload = whole.length > 2 * (FRAME_HEADER + len) ? Buffer.from(whole.subarray(FRAME_HEADER, FRAME_HEADER + len)) : whole.subarray(FRAME_HEADER, FRAME_HEADER + len);
+          this.consume(FRAME_HEADER + len);
+          if (this.size <= this.maxFrame) this.sock.resume();
           if (crc32(payload) !== crc) throw new TsnapError('badImage', `migration stream: ${Msg[type] ?? type} frame checksum mismatch`);
           return { type, payload };
         }
       }
       if (this.failure) throw connectionError(this.failure);
       if (this.ended) {
-        if (this.buf.length) throw new TsnapError('badImage', 'migration stream truncated in the middle of a frame');
+        if (this.size) throw new TsnapError('badImage', 'migration stream truncated in the middle of a frame');
         return null;
       }
       this.sock.resume();
@@ -129,12 +143,13 @@ export class FrameReader {
    * that gives up says why while the sender is still writing.
    */
   bufferedError(): string | null {
-    for (let at = 0; at + FRAME_HEADER <= this.buf.length;) {
-      const len = this.buf.readUInt32LE(at);
-      if (len > this.maxFrame || at + FRAME_HEADER + len > this.buf.length) return null;
-      if (this.buf.readUInt8(at + 4) === Msg.Error) {
+    const buf = this.size ? this.front(this.size) : Buffer.alloc(0);
+    for (let at = 0; at + FRAME_HEADER <= buf.length;) {
+      const len = buf.readUInt32LE(at);
+      if (len > this.maxFrame || at + FRAME_HEADER + len > buf.length) return null;
+      if (buf.readUInt8(at + 4) === Msg.Error) {
         try {
-          const e = packr.unpack(this.buf.subarray(at + FRAME_HEADER, at + FRAME_HEADER + len)) as { message?: unknown };
+          const e = packr.unpack(buf.subarray(at + FRAME_HEADER, at + FRAME_HEADER + len)) as { message?: unknown };
           return typeof e?.message === 'string' ? e.message : null;
         } catch {
           return null;
@@ -143,6 +158,24 @@ export class FrameReader {
       at += FRAME_HEADER + len;
     }
     return null;
+  }
+
+  /** The first `n` bytes received (n <= size) in one buffer: the first part, or the parts it takes joined into one. */
+  private front(n: number): Buffer {
+    if (this.parts[0].length >= n) return this.parts[0];
+    let k = 0;
+    for (let got = 0; got < n; k++) got += this.parts[k].length;
+    const joined = Buffer.concat(this.parts.slice(0, k));
+    this.parts.splice(0, k, joined);
+    return joined;
+  }
+
+  /** Drops the first `n` bytes (the front part holds them all: front(n) was called). */
+  private consume(n: number): void {
+    const first = this.parts[0];
+    if (first.length === n) this.parts.shift();
+    else this.parts[0] = first.subarray(n);
+    this.size -= n;
   }
 
   /** The next frame, which must be of type `type` (an Error frame becomes a TsnapError). */

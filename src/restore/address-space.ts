@@ -13,7 +13,7 @@
  */
 import { SYS, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, O_RDWR, O_RDONLY, MREMAP_MAYMOVE, MREMAP_FIXED } from '../sys/index.js';
 import { readMaps, type Vma } from '../proc/index.js';
-import type { ProcessImage, VmaImage } from '../../formats/schema.js';
+import type { VmaImage } from '../../formats/schema.js';
 import { findHole, isSpecial, mapCallFor, adviceFor, lockFor, vmaKind, SPECIAL_MAPPINGS, type Span } from './layout-plan.js';
 import type { SysvSegments } from './sysv-shm.js';
 import type { RemoteTask } from '../inject/remote-task.js';
@@ -27,8 +27,13 @@ export interface Stub {
   addr: number;
 }
 
+/** What the address-space steps read of an image: its VMA list (a streamed round's layout has only that). */
+export interface LayoutOf {
+  mm: { vmas: readonly VmaImage[] };
+}
+
 /** `images`: every process the stub will serve (a tree's children inherit it through fork). */
-export function installStub(rt: RemoteTask, images: ProcessImage[]): Stub {
+export function installStub(rt: RemoteTask, images: readonly LayoutOf[]): Stub {
   const current = readMaps(rt.pid);
   const taken: Span[] = [...current, ...images.flatMap((i) => i.mm.vmas)].filter((v) => v.path !== '[vsyscall]');
   const addr = findHole(taken, STUB_SIZE);
@@ -49,7 +54,7 @@ export function clearHelperMappings(rt: RemoteTask, stub: Stub): void {
   }
 }
 
-export function placeSpecialMappings(rt: RemoteTask, image: ProcessImage, stub: Stub): void {
+export function placeSpecialMappings(rt: RemoteTask, image: LayoutOf, stub: Stub): void {
   const current = readMaps(rt.pid);
   const have = new Map<string, Vma>();
   for (const v of current) have.set(v.path, v);
@@ -98,7 +103,7 @@ function remap(rt: RemoteTask, from: number, size: number, to: number): void {
  * address (memfds, recreated by restore: /proc/PID/fd/N). `sysv`: the SysV
  * shm segments restore made or took, attached by shmat.
  */
-export function mapVmas(rt: RemoteTask, image: ProcessImage, shared: Map<number, string> = new Map(), fileAt: Map<number, string> = new Map(), sysv?: SysvSegments): VmaImage[] {
+export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, string> = new Map(), fileAt: Map<number, string> = new Map(), sysv?: SysvSegments): VmaImage[] {
   const fileFds = new Map<string, number>();
   const fixLater: VmaImage[] = [];
   try {
@@ -157,7 +162,7 @@ export function finishProtections(rt: RemoteTask, vmas: VmaImage[]): void {
 }
 
 /** madvise() state of a VMA as it was (before its pages are written: THP advice matters then). */
-function advise(rt: RemoteTask, v: VmaImage): void {
+export function advise(rt: RemoteTask, v: VmaImage): void {
   for (const a of adviceFor(v)) rt.sc.check(`madvise(0x${v.start.toString(16)}, ${a})`, SYS.madvise, v.start, v.end - v.start, a);
 }
 

@@ -6,14 +6,12 @@
 import { openSync, closeSync, writeFileSync } from 'node:fs';
 import type { StdioOptions } from 'node:child_process';
 import { join } from 'node:path';
-import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus, ProcMem, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, SIGCHLD, CLONE_FILES, setRlimit } from '../sys/index.js';
-
-const RLIMIT_CORE = 4;
+import { ptrace, SYS, EINTR, ERESTART_RESTARTBLOCK, SIGKILL, kill, WaitStatus } from '../sys/index.js';
 import { readChain, type Image } from '../image/image-reader.js';
-import { readReg, writeReg, FrozenTask } from '../freeze/frozen-task.js';
-import { createProcess, cloneIn, type NewProcess, type Helper } from './create-process.js';
+import { readReg, writeReg } from '../freeze/frozen-task.js';
+import { createProcess, type NewProcess, type Helper } from './create-process.js';
 import { RemoteTask } from '../inject/remote-task.js';
-import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE } from './address-space.js';
+import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE, type Stub } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';
 import { fdTableDiff } from '../files/fd-table.js';
@@ -24,22 +22,22 @@ import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, res
 import { FdRestorer } from './fds.js';
 import { SysvSegments } from './sysv-shm.js';
 import { withInflight } from '../files/scm-rights.js';
-import { restoreAllCreds, restoreCreds } from './creds.js';
+import { restoreAllCreds } from './creds.js';
 import { createMemfdObject } from '../files/fifo-memfd.js';
 import { PtyRestorer, imagePtys } from '../files/tty.js';
 import { mappedGhostOf } from '../files/ghost-map.js';
 import { restoreAioRing } from '../files/aio.js';
 import { createThreads, type RestoredThread } from './threads.js';
-import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { isTreeImage, readTreeManifest, checkMember } from '../image/tree-manifest.js';
 import { isSpecial, vmaKind } from './layout-plan.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 import { preflight } from './preflight.js';
 import { pausePoint } from '../fault-points.js';
 import { checkUnreadChunks } from '../image/unread-chunks.js';
-import { TsnapError, asTsnapError } from '../errors.js';
-import type { ThreadImage, ProcessImage, VmaImage, TreeMember } from '../../formats/schema.js';
-import { readStat } from '../proc/index.js';
+import { TsnapError } from '../errors.js';
+import { Steps } from './steps.js';
+import { createChildren, type PlannedMember } from './tree.js';
+import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.js';
 import { LazyRestore, isLazyVma, kernelTouched, type LazyOptions } from '../lazy/lazy-restore.js';
 
 export interface RestoreOptions {
@@ -87,6 +85,24 @@ export interface RestoreResult {
   lazy?: LazyRestore;
 }
 
+/**
+ * A process built while its image arrived (migrate/live-build.ts): created
+ * under its pid, stopped, its address space laid out and its memory
+ * written. restore() does everything else to it, as to one it built itself.
+ */
+export interface LiveProcess {
+  readonly proc: NewProcess;
+  /** Its remote task, the stub's scratch area set up. */
+  readonly rt: RemoteTask;
+  readonly stub: Stub;
+  readonly pages: number;
+  readonly bytes: number;
+  /** The final image, already read and checked (its chain is not needed: the memory is in place). */
+  readonly image: Image | null;
+  /** Checks the image's layout against the one built; returns the VMAs whose protection is still to be set. */
+  addressSpaceDone(p: ProcessImage): VmaImage[];
+}
+
 /** Registers the thread resumes with: the interrupted syscall is re-entered. */
 export function resumeRegisters(t: ThreadImage): Buffer {
   const regs = Buffer.from(t.regs);
@@ -105,37 +121,38 @@ export function resumeRegisters(t: ThreadImage): Buffer {
   return regs;
 }
 
-/** One process being rebuilt. */
-interface Member {
-  chain: Image[];
-  p: ProcessImage;
-  /** Set once the process exists. */
-  rt: RemoteTask | null;
+/** One process being rebuilt, once it exists. */
+interface Member extends Omit<PlannedMember, 'children'> {
+  rt: RemoteTask;
   threads: RestoredThread[];
   children: Member[];
-  /** Children that had exited, not yet reaped by this process. */
-  zombies: TreeMember[];
-  /** It shares its parent's fd table (forked with CLONE_FILES). */
-  filesShared?: boolean;
   /** restore --lazy: its VMAs left to the pager, and what of them the restore wrote. */
   lazy?: { vmas: VmaImage[]; written: { start: number; end: number }[] };
 }
 
-function loadMembers(dir: string): Member[] {
+/** The processes of `plan` as created (`rtOf`), in the same order and shape. */
+function liveMembers(plan: PlannedMember[], rtOf: Map<PlannedMember, RemoteTask>): Member[] {
+  const made = new Map<PlannedMember, Member>();
+  for (const m of plan) made.set(m, { chain: m.chain, p: m.p, zombies: m.zombies, filesShared: m.filesShared, rt: rtOf.get(m)!, threads: [], children: [] });
+  for (const m of plan) made.get(m)!.children = m.children.map((c) => made.get(c)!);
+  return plan.map((m) => made.get(m)!);
+}
+
+function loadMembers(dir: string): PlannedMember[] {
   if (!isTreeImage(dir)) {
     const chain = readChain(dir);
-    return [{ chain, p: needProcess(chain[0], dir), rt: null, threads: [], children: [], zombies: [] }];
+    return [{ chain, p: needProcess(chain[0], dir), children: [], zombies: [] }];
   }
   const manifest = readTreeManifest(dir);
   if (manifest.contents !== 'dump') {
     throw new TsnapError('badImage', `${dir} is a tree pre-dump (memory only); restore the final image of its chain (tsnap dump --tree --parent ${dir})`);
   }
-  const byPid = new Map<number, Member>();
+  const byPid = new Map<number, PlannedMember>();
   const live = manifest.processes.filter((m) => !m.zombie);
   const members = live.map((m) => {
     const sub = join(dir, m.dir);
     const chain = readChain(sub);
-    const member: Member = { chain, p: needProcess(chain[0], sub), rt: null, threads: [], children: [], zombies: [], filesShared: !!m.filesShared };
+    const member: PlannedMember = { chain, p: needProcess(chain[0], sub), children: [], zombies: [], filesShared: !!m.filesShared };
     checkMember(m, chain[0].inventory, sub);
     if (member.p.pid !== m.pid) throw new TsnapError('badImage', `${sub} holds process ${member.p.pid}, the tree manifest says ${m.pid}`);
     byPid.set(m.pid, member);
@@ -164,19 +181,24 @@ function needProcess(img: Image, dir: string): ProcessImage {
   return img.process;
 }
 
-export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
+/** `live`: the process already exists with its memory (a streamed migration); one process only. */
+export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise<RestoreResult> {
   const t0 = process.hrtime.bigint();
   const warnings: string[] = [];
   // Told once the restore succeeded: a refused or failed one reports its error alone.
   const warn = (m: string) => { warnings.push(m); };
-  const members = loadMembers(opts.dir);
+  const plan: PlannedMember[] = live?.image ? [{ chain: [live.image], p: needProcess(live.image, opts.dir), children: [], zombies: [] }] : loadMembers(opts.dir);
   const tree = isTreeImage(opts.dir);
-  const root = members[0];
+  const root = plan[0];
   const newPid = !!opts.newPid;
-  for (const m of members) preflight(m.chain[0], m.p, newPid);
+  if (live && tree) throw new TsnapError('internal', 'a process built while it arrived is one process, not a tree');
+  if (live && opts.lazy) throw new TsnapError('internal', 'a process built while it arrived has its memory already: it cannot be restored lazily');
+  // A live process holds its own pid already.
+  for (const m of plan) preflight(m.chain[0], m.p, newPid || !!live);
   // The same memory plan as below (shared memory is filled once, by its first process).
   const planned = new Map<string, { pid: number; v: VmaImage }>();
-  for (const m of members) {
+  // A live process's pages were checked as they arrived.
+  for (const m of live ? [] : plan) {
     const imports = sharedImports(m.p, planned, 0);
     checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })));
   }
@@ -185,7 +207,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let helper: Helper | null = null;
   /** Every task created, for the cleanup of a failed restore. */
   const created: { pid: number; leader: boolean }[] = [];
-  let step = 'create the process';
+  const steps = new Steps('create the process');
+  /** The remote task of every process created. */
+  const rtOf = new Map<PlannedMember, RemoteTask>();
   let fdr: FdRestorer | null = null;
   let ptys: PtyRestorer | null = null;
   let sysv: SysvSegments | null = null;
@@ -193,23 +217,24 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
   let bytes = 0;
   let lazy: LazyRestore | null = null;
   try {
-    const making = createProcess(newPid ? null : root.p.pid, stdio.options);
+    const making = live ? null : createProcess(newPid ? null : root.p.pid, stdio.options);
     // The lazy restore's guard starts while the helper does.
     try {
       lazy = opts.lazy ? new LazyRestore(opts.lazy) : null;
     } catch (err) {
-      making.then((m) => { m.helper.kill('SIGKILL'); try { kill(m.proc.pid, SIGKILL); } catch { /* gone */ } reapTraced(m.proc.pid); }, () => {});
+      making?.then((m) => { m.helper.kill('SIGKILL'); try { kill(m.proc.pid, SIGKILL); } catch { /* gone */ } reapTraced(m.proc.pid); }, () => {});
       throw err;
     }
-    const made = await making;
-    helper = made.helper;
-    const proc: NewProcess = made.proc;
+    const made = making ? await making : null;
+    helper = made?.helper ?? null;
+    const proc: NewProcess = made ? made.proc : live!.proc;
     created.push({ pid: proc.pid, leader: true });
-    helper.kill('SIGKILL');
-    root.rt = new RemoteTask(proc.sc, proc.mem);
-    step = 'check the CPU state layout';
+    helper?.kill('SIGKILL');
+    const rootRt = live ? live.rt : new RemoteTask(proc.sc, proc.mem);
+    rtOf.set(root, rootRt);
+    steps.at('check the CPU state layout');
     const xlen = ptrace.getXstate(proc.pid).length;
-    for (const m of members) {
+    for (const m of plan) {
       for (const t of m.p.threads) {
         if (xlen !== t.xstate.length) {
           throw new TsnapError('kernel', `this CPU's XSAVE area is ${xlen} bytes, the image's ${t.xstate.length}; restore on the same kind of CPU`);
@@ -218,27 +243,28 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     }
     /** Where each memfd of the tree was recreated: process and fd. */
     const memfdAt = new Map<string, { pid: number; fd: number }>();
-    step = 'prepare the address space';
-    const stub = installStub(root.rt, members.map((m) => m.p));
-    clearHelperMappings(root.rt, stub);
+    steps.at('prepare the address space');
+    const stub = live ? live.stub : installStub(rootRt, plan.map((m) => m.p));
+    if (!live) clearHelperMappings(rootRt, stub);
     // Above every fd number of the tree: a pty made before the fds waits there.
-    ptys = new PtyRestorer(members.map((m) => m.p.fds), Math.max(2, ...members.flatMap((m) => withInflight(m.p.fds).map((f) => f.fd))) + 1);
+    ptys = new PtyRestorer(plan.map((m) => m.p.fds), Math.max(2, ...plan.flatMap((m) => withInflight(m.p.fds).map((f) => f.fd))) + 1);
     // A session leader takes its controlling terminal before it forks: members inherit it.
-    const onSession = (m: Member) => { step = `restore the controlling terminal of ${m.p.pid}`; ptys!.takeCtty(m.rt!, m.p, warn); };
+    const onSession = (m: PlannedMember, rt: RemoteTask) => { steps.at(`restore the controlling terminal of ${m.p.pid}`); ptys!.takeCtty(rt, m.p, warn); };
     /** Original pid -> restored pid of every process of the tree, zombies included. */
     let treePids = new Map<number, number>();
     if (!tree) {
-      if (root.p.sid === root.p.pid) root.rt.sc.check('setsid', SYS.setsid);
-      onSession(root);
+      if (root.p.sid === root.p.pid) rootRt.sc.check('setsid', SYS.setsid);
+      onSession(root, rootRt);
     } else {
-      step = 'create the process tree';
-      const { deferred, pidOf } = createChildren(root, stub.addr, newPid, created, onSession);
+      steps.at('create the process tree');
+      const { deferred, pidOf } = createChildren(root, rtOf, stub.addr, newPid, created, onSession);
       treePids = pidOf;
-      for (const [m, pgid] of deferred) m.rt!.sc.check(`setpgid(0, ${pidOf.get(pgid)})`, SYS.setpgid, 0, pidOf.get(pgid)!);
+      for (const [rt, pgid] of deferred) rt.sc.check(`setpgid(0, ${pidOf.get(pgid)})`, SYS.setpgid, 0, pidOf.get(pgid)!);
       if (newPid) warn('processes got new pids: what they recorded of each other\'s pids is stale');
       pausePoint('restore-tree-created');
     }
-    step = 'take or make the SysV shm segments';
+    const members = liveMembers(plan, rtOf);
+    steps.at('take or make the SysV shm segments');
     sysv = new SysvSegments(members.flatMap((m) => m.p.sysvShm ?? []));
     sysv.prepare();
     // Made before the memory: a deleted file mapped and open as an fd is one file (ghost-map.ts).
@@ -246,9 +272,9 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     for (const m of members) fdr.ghosts.addMapped(m.p.mappedGhosts ?? []);
     const sharedFrom = new Map<string, { pid: number; v: VmaImage }>();
     for (const m of members) {
-      const rt = m.rt!;
-      step = `rebuild the address space of ${m.p.pid}`;
-      placeSpecialMappings(rt, m.p, stub);
+      const rt = m.rt;
+      steps.at(`rebuild the address space of ${m.p.pid}`);
+      if (!live) placeSpecialMappings(rt, m.p, stub);
       const imports = sharedImports(m.p, sharedFrom, rt.pid);
       const floor = Math.max(2, ...withInflight(m.p.fds).map((f) => f.fd)) + 1;
       for (const obj of m.p.memfds ?? []) {
@@ -262,12 +288,12 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
         const ghost = mappedGhostOf(m.p.mappedGhosts, v);
         if (ghost) fileAt.set(v.start, fdr.ghosts.pathForMapping(ghost, v.start, warn));
       }
-      const fixProt = mapVmas(rt, m.p, imports, fileAt, sysv);
-      step = `write the memory of ${m.p.pid}`;
+      const fixProt = live ? live.addressSpaceDone(m.p) : mapVmas(rt, m.p, imports, fileAt, sysv);
+      steps.at(`write the memory of ${m.p.pid}`);
       const dumped = m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start));
       const lazyVmas = lazy ? dumped.filter(isLazyVma) : [];
       if (lazy) m.lazy = { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
-      const filled = await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
+      const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
       pages += filled.pages;
       bytes += filled.bytes;
@@ -275,10 +301,10 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       installGuards(rt, m.p.mm.vmas);
       finishProtections(rt, fixProt);
       lockVmas(rt, m.p.mm.vmas);
-      step = `restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`;
+      steps.at(`restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`);
       restoreMm(rt, m.p);
     }
-    const pidNow = new Map([...treePids, ...members.map((m): [number, number] => [m.p.pid, m.rt!.pid])]);
+    const pidNow = new Map([...treePids, ...members.map((m): [number, number] => [m.p.pid, m.rt.pid])]);
     fdr.pidNow = (pid) => {
       const now = pidNow.get(pid);
       // The dump refuses pidfds of processes it does not hold: never open one on a stranger.
@@ -287,35 +313,35 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     };
     await fdr.prepare();
     for (const m of members) {
-      step = `restore the files of ${m.p.pid}`;
-      fdr.createFiles(m.rt!, m.p.fds);
+      steps.at(`restore the files of ${m.p.pid}`);
+      fdr.createFiles(m.rt, m.p.fds);
     }
-    for (const m of members) fdr.connectUnix(m.rt!, m.p.fds);
-    for (const m of members) fdr.registerEpolls(m.rt!, m.p.fds);
+    for (const m of members) fdr.connectUnix(m.rt, m.p.fds);
+    for (const m of members) fdr.registerEpolls(m.rt, m.p.fds);
     for (const m of members) {
-      step = `queue the files in flight of ${m.p.pid} again`;
-      fdr.requeueInflight(m.rt!, m.p.fds, (pid) => pidNow.get(pid) ?? pid);
+      steps.at(`queue the files in flight of ${m.p.pid} again`);
+      fdr.requeueInflight(m.rt, m.p.fds, (pid) => pidNow.get(pid) ?? pid);
     }
-    for (const m of members) fdr.closeOthers(m.rt!, m.p.fds);
-    step = 'finish the terminals';
-    ptys.finish(members.map((m) => ({ rt: m.rt!, p: m.p })), (id) => members.find((x) => x.p.pid === id)?.rt?.pid ?? id, warn);
+    for (const m of members) fdr.closeOthers(m.rt, m.p.fds);
+    steps.at('finish the terminals');
+    ptys.finish(members.map((m) => ({ rt: m.rt, p: m.p })), (id) => members.find((x) => x.p.pid === id)?.rt.pid ?? id, warn);
     // Every fd is open: the deleted files made again are deleted again.
     fdr.ghosts.removeAll();
     sysv.finish();
     fdr.releaseLocal();
     for (const m of members) {
-      const rt = m.rt!;
-      step = `restore the state of ${m.p.pid}`;
+      const rt = m.rt;
+      steps.at(`restore the state of ${m.p.pid}`);
       restoreProcessState(rt, m.p, warn);
-      step = `create the threads of ${m.p.pid}`;
+      steps.at(`create the threads of ${m.p.pid}`);
       const tids: number[] = [];
       const others = createThreads(rt, m.p.threads.slice(1), newPid, tids);
       for (const tid of tids) created.push({ pid: tid, leader: false });
       m.threads = [{ image: m.p.threads[0], rt }, ...others];
       if (newPid && m.threads.length > 1) warn(`threads of ${m.p.pid} got new tids: the program's own record of them (pthread tid caches) still holds the old ones`);
-      step = `restore the thread state of ${m.p.pid}`;
+      steps.at(`restore the thread state of ${m.p.pid}`);
       for (const th of m.threads) restoreThreadState(th.rt, th.image);
-      step = `queue the pending signals of ${m.p.pid}`;
+      steps.at(`queue the pending signals of ${m.p.pid}`);
       requeueSignals(rt, rt.pid, m.threads, m.p.signals.sharedPending);
       restoreItimers(rt, m.p);
       const tidOf = new Map(m.threads.map((th) => [th.image.tid, th.rt.pid]));
@@ -325,38 +351,38 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     const idNow = new Map<number, number>();
     for (const [original, now] of treePids) idNow.set(original, now);
     for (const m of members) {
-      idNow.set(m.p.pid, m.rt!.pid);
+      idNow.set(m.p.pid, m.rt.pid);
       for (const th of m.threads) idNow.set(th.image.tid, th.rt.pid);
     }
     for (const m of members) {
-      step = `finish the files of ${m.p.pid}`;
-      fdr.createLate(m.rt!, m.p.fds, (id) => idNow.get(id));
-      finishFiles(m.rt!, m.p.fds, (id) => idNow.get(id) ?? id);
+      steps.at(`finish the files of ${m.p.pid}`);
+      fdr.createLate(m.rt, m.p.fds, (id) => idNow.get(id));
+      finishFiles(m.rt, m.p.fds, (id) => idNow.get(id) ?? id);
     }
     // Last of all that needs privilege: afterwards a process may be an ordinary user's.
     if (lazy) {
       for (const m of members) {
-        step = `create the userfaultfd of ${m.p.pid}`;
-        lazy.open(m.rt!, m.lazy!.vmas);
+        steps.at(`create the userfaultfd of ${m.p.pid}`);
+        lazy.open(m.rt, m.lazy!.vmas);
       }
     }
     for (const m of members) {
-      step = `restore the credentials of ${m.p.pid}`;
-      restoreAllCreds(m.rt!, m.p, m.threads, warn);
+      steps.at(`restore the credentials of ${m.p.pid}`);
+      restoreAllCreds(m.rt, m.p, m.threads, warn);
     }
     if (lazy) {
       // The last remote syscalls but the stub's munmap: nothing tsnap does touches these ranges any more.
       for (const m of members) {
-        step = `make the memory of ${m.p.pid} lazy`;
-        await lazy.attach(m.rt!, m.chain, m.lazy!.vmas, m.lazy!.written);
+        steps.at(`make the memory of ${m.p.pid} lazy`);
+        await lazy.attach(m.rt, m.chain, m.lazy!.vmas, m.lazy!.written);
       }
-      step = 'start the lazy restore guard';
+      steps.at('start the lazy restore guard');
       await lazy.arm();
     }
     for (const m of members) {
-      step = `remove the restore stub from ${m.p.pid}`;
-      m.rt!.sc.check('munmap(stub)', SYS.munmap, stub.addr, STUB_SIZE);
-      step = `set the registers of ${m.p.pid}`;
+      steps.at(`remove the restore stub from ${m.p.pid}`);
+      m.rt.sc.check('munmap(stub)', SYS.munmap, stub.addr, STUB_SIZE);
+      steps.at(`set the registers of ${m.p.pid}`);
       for (const th of m.threads) {
         const tid = th.rt.pid;
         ptrace.setRegs(tid, resumeRegisters(th.image));
@@ -365,29 +391,29 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
       }
     }
     if ((opts.check ?? 'warn') !== 'off') {
-      step = 'check the restored processes against their images';
-      const diffs = members.flatMap((m) => [...checkRestored(opts.tcpClose ? withoutTcp(m.p) : m.p, m.rt!.pid, {
+      steps.at('check the restored processes against their images');
+      const diffs = members.flatMap((m) => [...checkRestored(opts.tcpClose ? withoutTcp(m.p) : m.p, m.rt.pid, {
         newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id, ptys: imagePtys(members.map((x) => x.p)),
-      }), ...fdTableDiff(m.rt!.pid, m.children.map((c) => ({ pid: c.rt!.pid, shared: !!c.filesShared })))].map((d) => `restore check of ${m.p.pid}: ${d}`));
+      }), ...fdTableDiff(m.rt.pid, m.children.map((c) => ({ pid: c.rt.pid, shared: !!c.filesShared })))].map((d) => `restore check of ${m.p.pid}: ${d}`));
       if (diffs.length && opts.check === 'strict') {
         throw new TsnapError('restoreFailed', `the restored process differs from its image (${diffs.length} differences; first: ${diffs[0]}); nothing was started`);
       }
       for (const d of diffs) warn(d);
     }
-    for (const m of members) m.rt!.mem.close();
+    for (const m of members) m.rt.mem.close();
     if (opts.pidfile) writeFileSync(opts.pidfile, `${proc.pid}\n`, { mode: 0o644 });
     // Only now may the connections speak: nothing after this can fail.
-    step = 'resume the TCP connections';
+    steps.at('resume the TCP connections');
     resumeConnections();
-    step = 'start the processes';
+    steps.at('start the processes');
     pausePoint('restore-before-start');
     // Children before parents, other threads before their leader: the one a
     // parent waits for goes last.
     for (const m of [...members].reverse()) {
       // Queued while still traced: it takes effect before the first instruction.
-      if (m.p.stopSignal) kill(m.rt!.pid, m.p.stopSignal);
+      if (m.p.stopSignal) kill(m.rt.pid, m.p.stopSignal);
       for (const th of m.threads.slice(1)) ptrace.detach(th.rt.pid);
-      ptrace.detach(m.rt!.pid);
+      ptrace.detach(m.rt.pid);
     }
     (lazy as LazyRestore | null)?.start();
     const restoreUs = Number(process.hrtime.bigint() - t0) / 1000;
@@ -395,160 +421,32 @@ export async function restore(opts: RestoreOptions): Promise<RestoreResult> {
     return {
       pid: proc.pid,
       originalPid: root.p.pid,
-      pids: members.map((m) => ({ original: m.p.pid, pid: m.rt!.pid })),
+      pids: members.map((m) => ({ original: m.p.pid, pid: m.rt.pid })),
       warnings,
       stats: {
         restoreUs,
         pagesRestored: pages,
         bytesRestored: bytes,
         throughputMiBps: bytes / (1 << 20) / (restoreUs / 1e6),
-        ...(lazy ? { lazyBytes: lazy.stats.lazyBytes } : {}),
+        ...(lazy ? { lazyBytes: (lazy as LazyRestore).stats.lazyBytes } : {}),
       },
-      ...(lazy ? { lazy } : {}),
+      ...(lazy ? { lazy: lazy as LazyRestore } : {}),
     };
   } catch (err) {
     (fdr as FdRestorer | null)?.ghosts.removeAll();
     (sysv as SysvSegments | null)?.abort();
     (fdr as FdRestorer | null)?.releaseLocal();
-    abandonConnections(members.flatMap((m) => m.p.fds));
+    abandonConnections(plan.flatMap((m) => m.p.fds));
     for (const c of created) if (c.leader) { try { kill(c.pid, SIGKILL); } catch { /* gone */ } }
     // Traced threads stay zombies until reaped, and hold back their leader's report.
     for (const c of created) if (!c.leader) reapTraced(c.pid);
     for (const c of [...created].reverse()) if (c.leader) reapTraced(c.pid);
-    for (const m of members) { try { m.rt?.mem.close(); } catch { /* closed */ } }
+    for (const rt of rtOf.values()) { try { rt.mem.close(); } catch { /* closed */ } }
     helper?.kill('SIGKILL');
     (lazy as LazyRestore | null)?.abort();
-    const e = asTsnapError(err, `restore from ${opts.dir}`);
-    if (e.kind === 'internal') throw new TsnapError('restoreFailed', `restore failed while trying to ${step}: ${e.message}`, err);
-    throw e;
+    throw steps.failure(err, `restore from ${opts.dir}`);
   } finally {
     stdio.close();
-  }
-}
-
-/**
- * Forks every child of `parent` inside it (clone3 with set_tid, as the
- * original fork did), depth first, each right after its parent has its
- * session and group, so it inherits them as it did originally. Returns the
- * setpgid calls that must wait until every process exists (a group whose
- * leader comes later in the tree).
- */
-function createChildren(parent: Member, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[], onSession: (m: Member) => void): { deferred: [Member, number][]; pidOf: Map<number, number> } {
-  const deferred: [Member, number][] = [];
-  const prt = parent.rt!;
-  /** Original pid -> pid restored (the same, but with --new-pid). */
-  const pids = new Map<number, number>();
-  const inTree = new Set<number>();
-  const collect = (m: Member) => { inTree.add(m.p.pid); m.children.forEach(collect); };
-  collect(parent);
-  const walk = (m: Member) => {
-    const rt = m.rt!;
-    setSessionAndGroup(m, deferred, pids, inTree);
-    onSession(m);
-    pids.set(m.p.pid, rt.pid);
-    if (m.children.length || m.zombies.length) ptrace.setOptions(rt.pid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
-    for (const c of m.children) {
-      const child = forkChild(rt, newPid ? null : c.p.pid, `clone3(process ${c.p.pid})`, stubAddr, created, c.filesShared ? CLONE_FILES : 0);
-      c.rt = new RemoteTask(child.sc, child.mem);
-      c.rt.scratch = prt.scratch;
-      c.rt.scratchSize = prt.scratchSize;
-      walk(c);
-    }
-    for (const z of m.zombies) {
-      // Its pid as made again: pidfds of it are opened on it with the files.
-      pids.set(z.pid, makeZombie(rt, z, stubAddr, newPid, created, (pgid) => pids.get(pgid)));
-    }
-  };
-  walk(parent);
-  return { deferred, pidOf: pids };
-}
-
-/**
- * Forks a child inside a restored process (the fork the original made):
- * clone3 with its pid, exit signal SIGCHLD, our tracee from its first
- * instruction. It is a copy of its parent, so the stub is at the same
- * address and serves it too.
- */
-function forkChild(parent: RemoteTask, pid: number | null, what: string, stubAddr: number, created: { pid: number; leader: boolean }[], flags = 0): { sc: RemoteSyscaller; mem: ProcMem } {
-  const child = cloneIn(parent.sc, parent.scratch, flags, SIGCHLD, pid, what);
-  created.push({ pid: child, leader: true });
-  const task = FrozenTask.adopt(child);
-  ptrace.setOptions(child, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL);
-  const mem = new ProcMem(child, true);
-  return { sc: new RemoteSyscaller(task, mem, stubAddr), mem };
-}
-
-/**
- * A child that had exited but was not reaped at the dump: forked again in
- * its parent with its pid, given its session and group, and made to end
- * the way it did (exit_group with its code, or its fatal signal without a
- * core), so that the parent finds it waiting with the same status.
- */
-function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid: boolean, created: { pid: number; leader: boolean }[], pidOf: (pid: number) => number | undefined): number {
-  const info = z.zombie!;
-  const { sc, mem } = forkChild(parent, newPid ? null : z.pid, `clone3(exited process ${z.pid})`, stubAddr, created);
-  const pid = sc.task.pid;
-  try {
-    if (info.sid === z.pid) sc.check('setsid', SYS.setsid);
-    else if (info.pgid === z.pid) sc.check('setpgid(0, 0)', SYS.setpgid, 0, 0);
-    else {
-      const leader = pidOf(info.pgid);
-      if (leader !== undefined) sc.call(SYS.setpgid, 0, leader);
-    }
-    const sig = info.status & 0x7f;
-    // prlimit64 on another user's process needs CAP_SYS_RESOURCE: before the credentials.
-    if (sig !== 0) setRlimit(pid, RLIMIT_CORE, 0n, 0n);
-    if (info.creds) {
-      const rt = new RemoteTask(sc, mem);
-      rt.scratch = parent.scratch;
-      rt.scratchSize = parent.scratchSize;
-      restoreCreds(rt, pid, info.creds);
-    }
-    if (sig === 0) {
-      sc.begin(SYS.exit_group, (info.status >> 8) & 0xff);
-      reapTraced(pid); // our view of its exit; its parent's comes after
-      return pid;
-    }
-    if (sig === SIGKILL) {
-      // SIGKILL needs no action set (it cannot have one) and kills a traced
-      // task at once: sent from here, our view of the exit reaped, the
-      // parent's is what remains.
-      kill(pid, SIGKILL);
-      reapTraced(pid);
-      return pid;
-    }
-    const dfl = Buffer.alloc(32);
-    mem.write(dfl, 0, 32, parent.scratch);
-    sc.check(`rt_sigaction(${sig}, SIG_DFL)`, SYS.rt_sigaction, sig, parent.scratch, 0, 8);
-    mem.write(Buffer.alloc(8), 0, 8, parent.scratch);
-    sc.check('rt_sigprocmask(unblock all)', SYS.rt_sigprocmask, 2, parent.scratch, 0, 8);
-    sc.check(`kill(self, ${sig})`, SYS.kill, pid, sig);
-    // Let go: the pending fatal signal is delivered as it returns to user mode.
-    ptrace.detach(pid, 0);
-    for (let i = 0; i < 1000; i++) {
-      try { if (readStat(pid).state === 'Z') return pid; } catch { return pid; }
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1);
-    }
-    throw new TsnapError('restoreFailed', `the exited process ${z.pid} did not end again with signal ${sig}`);
-  } finally {
-    mem.close();
-  }
-}
-
-/**
- * setsid for a session leader, setpgid for a group leader or a member of a
- * group of the tree. Sessions and groups led from outside the tree are those
- * of tsnap restore (as a shell job's are).
- */
-function setSessionAndGroup(m: Member, deferred: [Member, number][], existing: Map<number, number>, inTree: Set<number>): void {
-  const rt = m.rt!;
-  if (m.p.sid === m.p.pid) rt.sc.check('setsid', SYS.setsid);
-  else if (m.p.pgid === m.p.pid) rt.sc.check('setpgid(0, 0)', SYS.setpgid, 0, 0);
-  if (m.p.pgid !== m.p.pid && inTree.has(m.p.pgid)) {
-    const current = Number(rt.sc.check('getpgid', SYS.getpgid, 0));
-    const leader = existing.get(m.p.pgid);
-    if (leader === undefined) deferred.push([m, m.p.pgid]);
-    else if (current !== leader) rt.sc.check(`setpgid(0, ${leader})`, SYS.setpgid, 0, leader);
   }
 }
 
@@ -569,7 +467,7 @@ function sharedImports(p: ProcessImage, seen: Map<string, { pid: number; v: VmaI
   return out;
 }
 
-function openStdio(opts: RestoreOptions): { options: StdioOptions; close: () => void } {
+export function openStdio(opts: Pick<RestoreOptions, 'stdin' | 'stdout' | 'stderr'>): { options: StdioOptions; close: () => void } {
   const fds: number[] = [];
   const pick = (file: string | undefined, flags: string) => {
     if (!file) return 'inherit' as const;
