@@ -249,10 +249,12 @@ class Pinger {
   }
 }
 
-function lockRules(): string[] {
+/** tsnap's lock rules of connections to `port`: only this test's own (other suites on the machine lock theirs). */
+function lockRules(port: number): string[] {
   const rules: string[] = [];
+  const mine = (l: string) => l.includes(`--sport ${port} `) || l.includes(`--dport ${port} `);
   for (const tool of ['iptables-save', 'ip6tables-save']) {
-    try { rules.push(...execFileSync(tool, ['-t', 'filter'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('tsnap-lock'))); } catch { /* no such tool */ }
+    try { rules.push(...execFileSync(tool, ['-t', 'filter'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('tsnap-lock') && mine(l))); } catch { /* no such tool */ }
   }
   return rules;
 }
@@ -262,7 +264,7 @@ function lockRules(): string[] {
  * each restore under a new pid (the connection does not care, and the
  * killed one's pid is reaped late here). Every cycle must see new answers.
  */
-async function cyclesUnderPings(first: { pid: number; exited: Promise<unknown> }, pinger: Pinger, work: string, cycles: number): Promise<void> {
+async function cyclesUnderPings(first: { pid: number; exited: Promise<unknown> }, pinger: Pinger, work: string, cycles: number, port: number): Promise<void> {
   let pid = first.pid;
   let gone: Promise<unknown> = first.exited;
   for (let i = 0; i < cycles; i++) {
@@ -271,10 +273,10 @@ async function cyclesUnderPings(first: { pid: number; exited: Promise<unknown> }
     const d = await tsnap('dump', '--pid', String(pid), '--dir', dir, '--tcp-established');
     expect(d.code, d.stderr).toBe(0);
     await gone;
-    expect(lockRules().length, 'the dumped connection stays locked until its restore').toBe(2);
+    expect(lockRules(port).length, 'the dumped connection stays locked until its restore').toBe(2);
     const r = await restoreDetached(dir, join(work, `pid${i}`), ['--new-pid']);
     expect(r.result.code, r.result.stderr).toBe(0);
-    expect(lockRules(), 'the restore lifted the lock').toEqual([]);
+    expect(lockRules(port), 'the restore lifted the lock').toEqual([]);
     pid = r.pid;
     const restored = r.pid;
     gone = (async () => { for (let t = 0; t < 500 && existsSync(`/proc/${restored}/stat`) && !/\) Z/.test(readFileSync(`/proc/${restored}/stat`, 'utf8')); t++) await new Promise((res) => setTimeout(res, 10)); })();
@@ -304,8 +306,8 @@ for line in f:
     const pinger = new Pinger(Number(p.readyInfo.port), (n) => `ping ${n}\n`, (n) => `pong ${n}`);
     await pinger.start();
     expect(await pinger.waitFor(5)).toBeGreaterThanOrEqual(5);
-    await cyclesUnderPings(p, pinger, work, 10);
-    expect(lockRules()).toEqual([]);
+    await cyclesUnderPings(p, pinger, work, 10, Number(p.readyInfo.port));
+    expect(lockRules(Number(p.readyInfo.port))).toEqual([]);
   }, 180_000);
 
   it.skipIf(!have('redis-server'))('redis-server: 10 dumps and restores under PINGs every 10 ms on one connection', async () => {
@@ -316,7 +318,7 @@ for line in f:
     const pinger = new Pinger(port, () => 'PING\r\n', () => '+PONG');
     await pinger.start();
     expect(await pinger.waitFor(5)).toBeGreaterThanOrEqual(5);
-    await cyclesUnderPings(p, pinger, work, 10);
-    expect(lockRules()).toEqual([]);
+    await cyclesUnderPings(p, pinger, work, 10, port);
+    expect(lockRules(port)).toEqual([]);
   }, 180_000);
 });

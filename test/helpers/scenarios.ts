@@ -91,8 +91,10 @@ export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): P
   expectUntouched(cur.pid);
   await o.check('leave-running');
 
+  // A tree's members are orphans once their root is killed: init reaps them late.
+  let members: number[] = [];
+  const before = () => { members = o.tree ? descendantsOf(cur.pid) : []; };
   const dieAndRestore = async (dir: string, pidfile: string) => {
-    const members = o.tree ? descendantsOf(cur.pid) : [];
     await cur.exited;
     await waitPidsFree(members, 10_000);
     cur = await restoreForeground(dir, pidfile);
@@ -102,16 +104,18 @@ export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): P
   ok(await tsnap('pre-dump', ...tree, '--pid', String(cur.pid), '--dir', join(chain, '1')), 'pre-dump');
   await o.check('pre-dump chain');
   ok(await tsnap('pre-dump', ...tree, '--pid', String(cur.pid), '--dir', join(chain, '2'), '--parent', join(chain, '1')), 'pre-dump --parent');
+  before();
   ok(await tsnap('dump', ...tree, '--tcp-established', '--pid', String(cur.pid), '--dir', join(chain, '3'), '--parent', join(chain, '2')), 'dump --parent');
   await dieAndRestore(join(chain, '3'), join(o.work, 'chain.pid'));
   await o.check('pre-dump chain');
 
+  before();
   ok(await tsnap('dump', ...tree, '--tcp-established', '--pid', String(cur.pid), '--dir', join(o.work, 'kill')), 'dump');
   await dieAndRestore(join(o.work, 'kill'), join(o.work, 'kill.pid'));
   await o.check('kill');
 
   const srv = await startServe(join(o.work, 'in'), ['--restore', '--count', '1']);
-  const members = o.tree ? descendantsOf(cur.pid) : [];
+  before();
   ok(await tsnap('migrate', ...tree, '--tcp-established', '--pid', String(cur.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--max-iterations', '3'), 'migrate');
   await cur.exited;
   for (let i = 0; i < 1500 && !srv.events.some((e) => e.includes('"restored"')); i++) await new Promise((res) => setTimeout(res, 20));
