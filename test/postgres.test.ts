@@ -57,11 +57,16 @@ afterEach(() => {
   segment = null;
 });
 
+/**
+ * Shared buffers are kept small: they are MAP_SHARED anonymous memory, which
+ * every pre-copy round of a migration sends whole (its writes cannot be
+ * tracked per process: src/dump/delta-selection.ts).
+ */
 async function start(listen = ''): Promise<Running> {
   // The last test's postmaster (killed; init reaps it late) must be gone, or the new one believes its lock file.
   try { await waitPidsFree([Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0])], 10_000); } catch { /* no lock file */ }
   const p = await startProcess('setpriv', ['--reuid=postgres', '--regid=postgres', '--init-groups', 'sh', '-c',
-    `exec 2>&1; exec ${postgres} -D ${data} -p ${port} -k ${base} -c listen_addresses=${listen} -c logging_collector=off`],
+    `exec 2>&1; exec ${postgres} -D ${data} -p ${port} -k ${base} -c listen_addresses=${listen} -c logging_collector=off -c shared_buffers=16MB`],
   { readyPattern: /ready to accept connections/, timeoutMs: 30_000 });
   segment = readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[6]?.trim().split(/\s+/)[1] ?? null;
   return p;
