@@ -10,7 +10,7 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
 import { FIXTURES_DIR, FIXTURE_CACHE_DIR, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { useServeCleanup } from './helpers/serve.js';
@@ -222,7 +222,8 @@ describe.skipIf(!have('redis-server'))('redis-server', () => {
     let n = 0;
     await runScenarios(p, {
       work,
-      check: async (step) => {
+      check: async (step, pid) => {
+        expect(readdirSync(`/proc/${pid}/task`).length, 'its bio threads').toBeGreaterThan(1);
         expect(await cmd('RPUSH', 'steps', step), step).toBe(`:${++n}\r\n`);
         expect(await cmd('LINDEX', 'steps', '0')).toBe('$5\r\nstart\r\n');
         expect(await cmd('CLIENT', 'GETNAME')).toBe('$4\r\nkept\r\n');

@@ -37,8 +37,8 @@ export interface ScenarioOptions {
   work: string;
   /** A process tree (postgres): --tree everywhere, and its members' pids must be free before a restore. */
   tree?: boolean;
-  /** Called after each scenario, and once before the first (as 'start'). */
-  check(step: Scenario | 'start'): Promise<void>;
+  /** Called after each scenario, and once before the first (as 'start'), with the pid the program runs as. */
+  check(step: Scenario | 'start', pid: number): Promise<void>;
 }
 
 /** A restore in the foreground: resolves once the process runs; `exited` once tsnap has reaped it. */
@@ -85,11 +85,11 @@ export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): P
   const tree = o.tree ? ['--tree'] : [];
   const ok = (r: { code: number | null; stderr: string }, what: string) => expect(r.code, `${what}: ${r.stderr}`).toBe(0);
   let cur = first;
-  await o.check('start');
+  await o.check('start', cur.pid);
 
   ok(await tsnap('dump', ...tree, '--leave-running', '--tcp-established', '--pid', String(cur.pid), '--dir', join(o.work, 'lr')), 'dump --leave-running');
   expectUntouched(cur.pid);
-  await o.check('leave-running');
+  await o.check('leave-running', cur.pid);
 
   // A tree's members are orphans once their root is killed: init reaps them late.
   let members: number[] = [];
@@ -102,17 +102,17 @@ export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): P
 
   const chain = join(o.work, 'chain');
   ok(await tsnap('pre-dump', ...tree, '--pid', String(cur.pid), '--dir', join(chain, '1')), 'pre-dump');
-  await o.check('pre-dump chain');
+  await o.check('pre-dump chain', cur.pid);
   ok(await tsnap('pre-dump', ...tree, '--pid', String(cur.pid), '--dir', join(chain, '2'), '--parent', join(chain, '1')), 'pre-dump --parent');
   before();
   ok(await tsnap('dump', ...tree, '--tcp-established', '--pid', String(cur.pid), '--dir', join(chain, '3'), '--parent', join(chain, '2')), 'dump --parent');
   await dieAndRestore(join(chain, '3'), join(o.work, 'chain.pid'));
-  await o.check('pre-dump chain');
+  await o.check('pre-dump chain', cur.pid);
 
   before();
   ok(await tsnap('dump', ...tree, '--tcp-established', '--pid', String(cur.pid), '--dir', join(o.work, 'kill')), 'dump');
   await dieAndRestore(join(o.work, 'kill'), join(o.work, 'kill.pid'));
-  await o.check('kill');
+  await o.check('kill', cur.pid);
 
   const srv = await startServe(join(o.work, 'in'), ['--restore', '--count', '1']);
   before();
@@ -122,7 +122,7 @@ export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): P
   expect(srv.events.some((e) => e.includes('"restored"')), srv.events.join('\n')).toBe(true);
   // Moved to the same pids (the receiver waited for them to be free).
   for (const p of [cur.pid, ...members]) registerPid(p);
-  await o.check('migrate');
+  await o.check('migrate', cur.pid);
   return cur.pid;
 }
 
