@@ -79,7 +79,7 @@ describe.skipIf(!have('javac') || !have('java'))('JVM 17 HTTP server (NIO)', () 
     };
     const get = async () => { const r = await c.ask('GET / HTTP/1.1\r\nHost: x\r\n\r\n', complete); return r.slice(r.indexOf('\r\n\r\n') + 4); };
     let hits = 0;
-    await runScenarios(p, {
+    const last = await runScenarios(p, {
       work: tmpDir('tsnap-jvm-'),
       check: async (step, pid) => {
         expect(readdirSync(`/proc/${pid}/task`).length, 'its threads').toBeGreaterThan(5);
@@ -89,6 +89,7 @@ describe.skipIf(!have('javac') || !have('java'))('JVM 17 HTTP server (NIO)', () 
       },
     });
     c.end();
+    await killPid(last);
   }, 180_000);
 });
 

@@ -13,7 +13,7 @@ import { chownSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
-import { waitPidsFree, descendantsOf } from './helpers/processes.js';
+import { waitPidsFree, descendantsOf, killTree } from './helpers/processes.js';
 import { useServeCleanup } from './helpers/serve.js';
 import { runScenarios } from './helpers/scenarios.js';
 
@@ -132,7 +132,7 @@ for line in sys.stdin:
     const xid = await ask('select txid_current();');
     const steps: string[] = [];
     const work = tmpDir('tsnap-pgall-');
-    await runScenarios(p, {
+    const last = await runScenarios(p, {
       work,
       tree: true,
       check: async (step) => {
@@ -154,5 +154,6 @@ for line in sys.stdin:
     // Checkpoints go through the moved checkpointer and its shared memory.
     expect(sql('checkpoint; select 1')).toBe('1');
     await client.kill();
+    await killTree(last);
   }, 180_000);
 });

@@ -16,6 +16,7 @@ import { FIXTURES_DIR, FIXTURE_CACHE_DIR, startProcess, startPython, useProcessC
 import { useServeCleanup } from './helpers/serve.js';
 import { useRestoredCleanup } from './helpers/tsnap.js';
 import { runScenarios, Conversation, type Scenario } from './helpers/scenarios.js';
+import { killTree } from './helpers/processes.js';
 
 useProcessCleanup();
 useRestoredCleanup();
@@ -48,7 +49,7 @@ describe.skipIf(!have('memcached'))('memcached', () => {
     const get = (k: string) => c.ask(`get ${k}\r\n`, (g) => g.endsWith('END\r\n'));
     const done: string[] = [];
     let hits = 0;
-    await runScenarios(p, {
+    const last = await runScenarios(p, {
       work,
       check: async (step) => {
         const key = `${step.replace(/\W/g, '_')}_${done.length}`;
@@ -63,6 +64,7 @@ describe.skipIf(!have('memcached'))('memcached', () => {
       },
     });
     c.end();
+    await killTree(last);
   }, 120_000);
 });
 
@@ -89,8 +91,8 @@ describe.skipIf(!have('go'))('a Go program', () => {
     const c = await Conversation.open(Number(p.readyInfo.port));
     const state = async () => Object.fromEntries((await c.line('state')).split(' ').slice(1).map((kv) => kv.split('='))) as Record<string, string>;
     const done: string[] = [];
-    let last = { ticks: -1, gc: -1 };
-    await runScenarios(p, {
+    let seen = { ticks: -1, gc: -1 };
+    const last = await runScenarios(p, {
       work,
       check: async (step: Scenario | 'start') => {
         const key = `${step.replace(/\W/g, '_')}_${done.length}`;
@@ -99,18 +101,19 @@ describe.skipIf(!have('go'))('a Go program', () => {
         for (const [i, k] of done.entries()) expect(await c.line(`get ${k}`), step).toBe(`VALUE ${i}`);
         // Its timers fire and its collector runs again (polled: they need a moment).
         let s = await state();
-        for (let i = 0; i < 500 && (Number(s.ticks) <= last.ticks || Number(s.gc) <= last.gc); i++) {
+        for (let i = 0; i < 500 && (Number(s.ticks) <= seen.ticks || Number(s.gc) <= seen.gc); i++) {
           await new Promise((res) => setTimeout(res, 10));
           s = await state();
         }
         expect(s.memory, step).toBe('ok');
-        expect(Number(s.ticks), `${step}: the ticker goroutines`).toBeGreaterThan(last.ticks);
-        expect(Number(s.gc), `${step}: the garbage collector`).toBeGreaterThan(last.gc);
+        expect(Number(s.ticks), `${step}: the ticker goroutines`).toBeGreaterThan(seen.ticks);
+        expect(Number(s.gc), `${step}: the garbage collector`).toBeGreaterThan(seen.gc);
         expect(Number(s.pid)).toBe(p.pid);
-        last = { ticks: Number(s.ticks), gc: Number(s.gc) };
+        seen = { ticks: Number(s.ticks), gc: Number(s.gc) };
       },
     });
     c.end();
+    await killTree(last);
   }, 120_000);
 });
 
@@ -147,7 +150,7 @@ describe('node', () => {
     const added: string[] = [];
     let served = 0;
     let timer = -1;
-    await runScenarios(p, {
+    const last = await runScenarios(p, {
       work,
       check: async (step) => {
         added.push(step.replace(/\W/g, '_'));
@@ -170,6 +173,7 @@ describe('node', () => {
       },
     });
     c.end();
+    await killTree(last);
   }, 120_000);
 });
 
@@ -196,7 +200,7 @@ while True:
     const c = await Conversation.open(Number(p.readyInfo.port));
     let total = 0;
     let n = 0;
-    await runScenarios(p, {
+    const last = await runScenarios(p, {
       work,
       check: async (step) => {
         total += ++n;
@@ -204,6 +208,7 @@ while True:
       },
     });
     c.end();
+    await killTree(last);
   }, 120_000);
 });
 
@@ -220,7 +225,7 @@ describe.skipIf(!have('redis-server'))('redis-server', () => {
     expect(await cmd('SELECT', '3')).toBe('+OK\r\n');
     expect(await cmd('CLIENT', 'SETNAME', 'kept')).toBe('+OK\r\n');
     let n = 0;
-    await runScenarios(p, {
+    const last = await runScenarios(p, {
       work,
       check: async (step, pid) => {
         expect(readdirSync(`/proc/${pid}/task`).length, 'its bio threads').toBeGreaterThan(1);
@@ -231,5 +236,6 @@ describe.skipIf(!have('redis-server'))('redis-server', () => {
       },
     });
     c.end();
+    await killTree(last);
   }, 120_000);
 });

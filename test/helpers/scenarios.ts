@@ -79,7 +79,8 @@ function expectUntouched(pid: number): void {
  * Every scenario, in an order that keeps each restore cheap: the original
  * (the test's own child) is left running, then killed by the chain's dump;
  * the restored one by the plain dump; the restored one again by migrate.
- * Returns the pid the program finally runs as (on the receiver).
+ * Returns the pid the program finally runs as (on the receiver), for the
+ * test to kill (with killTree) when it is done with it.
  */
 export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): Promise<number> {
   const tree = o.tree ? ['--tree'] : [];
