@@ -184,7 +184,7 @@ async function cyclesUnderPings(first: { pid: number; exited: Promise<unknown> }
 }
 
 describe.skipIf(!have('iptables-restore'))('a busy client over one connection (--tcp-established, the connection locked while the server is away)', () => {
-  it('a python echo server: 10 dumps and restores, every ping answered, in order, no rule left', async () => {
+  it('a python echo server: 5 dumps and restores, every ping answered, in order, no rule left', async () => {
     const work = tmpDir('tsnap-pinged-');
     const p = await startPython(`
 import os, socket
@@ -200,11 +200,11 @@ for line in f:
     const pinger = new Pinger(Number(p.readyInfo.port), (n) => `ping ${n}\n`, (n) => `pong ${n}`);
     await pinger.start();
     expect(await pinger.waitFor(5)).toBeGreaterThanOrEqual(5);
-    await cyclesUnderPings(p, pinger, work, 10, Number(p.readyInfo.port));
+    await cyclesUnderPings(p, pinger, work, 5, Number(p.readyInfo.port));
     expect(lockRules(Number(p.readyInfo.port))).toEqual([]);
   }, 180_000);
 
-  it.skipIf(!have('redis-server'))('redis-server: 10 dumps and restores under PINGs every 10 ms on one connection', async () => {
+  it.skipIf(!have('redis-server'))('redis-server: 5 dumps and restores under PINGs every 10 ms on one connection', async () => {
     const work = tmpDir('tsnap-redis-pinged-');
     const port = 17000 + (process.pid % 1000);
     const p = await startProcess('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', work],
@@ -212,7 +212,7 @@ for line in f:
     const pinger = new Pinger(port, () => 'PING\r\n', () => '+PONG');
     await pinger.start();
     expect(await pinger.waitFor(5)).toBeGreaterThanOrEqual(5);
-    await cyclesUnderPings(p, pinger, work, 10, port);
+    await cyclesUnderPings(p, pinger, work, 5, port);
     expect(lockRules(port)).toEqual([]);
   }, 180_000);
 });
