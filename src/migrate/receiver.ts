@@ -271,6 +271,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     for (let i = 0; i < 3000 && pids.some((pid) => existsSync(`/proc/${pid}`)); i++) await new Promise((r) => setTimeout(r, 10));
     const r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr });
     void waitForExit(r.pid); // reap it when it ends
+    // What restore's own check found different from the image: told, never dropped.
+    for (const message of r.warnings) opts.onEvent?.({ event: 'warning', pid: r.pid, message });
     await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs })).catch(() => {});
     opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs });
   } catch (err) {

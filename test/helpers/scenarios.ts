@@ -55,9 +55,11 @@ async function restoreForeground(dir: string, pidfile: string): Promise<Scenario
   });
   expect(stderr.includes('"command":"restore"') && existsSync(pidfile), `restore of ${dir}: ${stderr}`).toBe(true);
   child.stderr!.resume();
-  const report = JSON.parse(stderr.split('\n').find((l) => l.includes('"command":"restore"'))!) as { pid: number; pids?: number[] };
+  const report = JSON.parse(stderr.split('\n').find((l) => l.includes('"command":"restore"'))!) as { pid: number; pids?: { pid: number }[]; warnings: string[] };
+  // Its own check of the rebuilt process against the image found no difference.
+  expect(report.warnings, `restore of ${dir}`).toEqual([]);
   registerPid(report.pid);
-  for (const p of report.pids ?? []) registerPid(p);
+  for (const p of report.pids ?? []) registerPid(p.pid);
   return { pid: report.pid, exited };
 }
 
@@ -121,6 +123,8 @@ export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): P
   await cur.exited;
   for (let i = 0; i < 1500 && !srv.events.some((e) => e.includes('"restored"')); i++) await new Promise((res) => setTimeout(res, 20));
   expect(srv.events.some((e) => e.includes('"restored"')), srv.events.join('\n')).toBe(true);
+  // Nor did the receiver's (nor any other warning of its restore: the token's is the sender's command line).
+  expect(srv.events.filter((e) => e.includes('"warning"') && !e.includes('--token is visible')), 'the receiver\'s restore').toEqual([]);
   // Moved to the same pids (the receiver waited for them to be free).
   for (const p of [cur.pid, ...members]) registerPid(p);
   await o.check('migrate', cur.pid);
