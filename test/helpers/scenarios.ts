@@ -123,7 +123,7 @@ export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): P
   await cur.exited;
   for (let i = 0; i < 1500 && !srv.events.some((e) => e.includes('"restored"')); i++) await new Promise((res) => setTimeout(res, 20));
   expect(srv.events.some((e) => e.includes('"restored"')), srv.events.join('\n')).toBe(true);
-  // Nor did the receiver's (nor any other warning of its restore: the token's is the sender's command line).
+  // The receiver's restore found no difference either and warned of nothing (the token warning is about the sender's command line).
   expect(srv.events.filter((e) => e.includes('"warning"') && !e.includes('--token is visible')), 'the receiver\'s restore').toEqual([]);
   // Moved to the same pids (the receiver waited for them to be free).
   for (const p of [cur.pid, ...members]) registerPid(p);
