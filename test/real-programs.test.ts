@@ -31,11 +31,16 @@ for (const [cmd, pkg] of [['memcached', 'memcached'], ['go', 'golang-go'], ['red
   if (!have(cmd)) console.warn(`real-programs.test: the ${cmd} cases are skipped (no ${cmd} in PATH: apt install ${pkg})`);
 }
 
-/** Starts `argv` with no fd but stdio (the test runner leaks some), printing READY just before the exec. */
-function startClean(argv: string[], extra = '') {
-  return startProcess('python3', ['-c', `import os, sys; os.closerange(3, 1024); ${extra}print('READY', flush=True); os.execvp(sys.argv[1], sys.argv[1:])`, ...argv], { stdin: 'ignore' });
+/**
+ * Starts `argv` with no fd but stdio (the test runner leaks some). READY is
+ * printed just before the exec: for a program that says nothing when it
+ * listens, the client polls until it connects.
+ */
+function startClean(argv: string[]) {
+  return startProcess('python3', ['-c', `import os, sys; os.closerange(3, 1024); print('READY', flush=True); os.execvp(sys.argv[1], sys.argv[1:])`, ...argv], { stdin: 'ignore' });
 }
 
+/** A port for a server that needs one given (below the ephemeral range, which starts at 32768). */
 const port = () => 20000 + ((process.pid * 7 + Math.floor(Math.random() * 1000)) % 9000);
 
 describe.skipIf(!have('memcached'))('memcached', () => {
