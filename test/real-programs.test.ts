@@ -12,6 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
+import { createServer, type AddressInfo } from 'node:net';
 import { FIXTURES_DIR, FIXTURE_CACHE_DIR, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { useServeCleanup } from './helpers/serve.js';
 import { useRestoredCleanup } from './helpers/tsnap.js';
@@ -40,13 +41,19 @@ function startClean(argv: string[]) {
   return startProcess('python3', ['-c', `import os, sys; os.closerange(3, 1024); print('READY', flush=True); os.execvp(sys.argv[1], sys.argv[1:])`, ...argv], { stdin: 'ignore' });
 }
 
-/** A port for a server that needs one given (below the ephemeral range, which starts at 32768). */
-const port = () => 20000 + ((process.pid * 7 + Math.floor(Math.random() * 1000)) % 9000);
+/** A free port, for a server that must be told one (the kernel's choice, given back at once). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address() as AddressInfo; s.close(() => resolve(port)); });
+  });
+}
 
 describe.skipIf(!have('memcached'))('memcached', () => {
   it('a client connection doing set/get keeps its keys and its connection through leave-running, a pre-dump chain, kill and migrate', async () => {
     const work = tmpDir('tsnap-memcached-');
-    const at = port();
+    const at = await freePort();
     // As Debian runs it: dropped to an unprivileged user, worker threads, libevent.
     const p = await startClean(['memcached', '-u', 'nobody', '-l', '127.0.0.1', '-p', String(at), '-U', '0', '-t', '2', '-m', '8', '-c', '64']);
     const c = await Conversation.open(at);
@@ -220,7 +227,7 @@ while True:
 describe.skipIf(!have('redis-server'))('redis-server', () => {
   it('one client connection (RESP) keeps its keys, its selected database and its connection through every scenario', async () => {
     const work = tmpDir('tsnap-redis-all-');
-    const at = port();
+    const at = await freePort();
     const p = await startProcess('redis-server', ['--port', String(at), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', work],
       { readyPattern: /Ready to accept connections/, stdin: 'ignore' });
     const c = await Conversation.open(at);

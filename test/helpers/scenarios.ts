@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import { expect } from 'vitest';
 import { TSNAP_BIN, tsnap } from './tsnap.js';
 import { startServe } from './serve.js';
-import { descendantsOf, registerPid, waitPidsFree } from './processes.js';
+import { descendantsOf, markedProcesses, OWNER, registerPid, waitPidsFree } from './processes.js';
 
 export type Scenario = 'leave-running' | 'pre-dump chain' | 'kill' | 'migrate';
 export const SCENARIOS: Scenario[] = ['leave-running', 'pre-dump chain', 'kill', 'migrate'];
@@ -86,7 +86,8 @@ function expectUntouched(pid: number): void {
  */
 export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): Promise<number> {
   const tree = o.tree ? ['--tree'] : [];
-  const ok = (r: { code: number | null; stderr: string }, what: string) => expect(r.code, `${what}: ${r.stderr}`).toBe(0);
+  const ok = (r: { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }, what: string) =>
+    expect(r.code, `${what}: exit ${r.code ?? r.signal}: ${r.stderr}${r.stdout}`).toBe(0);
   let cur = first;
   await o.check('start', cur.pid);
 
@@ -128,6 +129,10 @@ export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): P
   // Moved to the same pids (the receiver waited for them to be free).
   for (const p of [cur.pid, ...members]) registerPid(p);
   await o.check('migrate', cur.pid);
+  // The sender's guardian finishes after the sender has exited (on EOF): let it end by itself.
+  const guardians = () => markedProcesses((x) => x === OWNER).filter((g) => { try { return readFileSync(`/proc/${g}/comm`, 'utf8').trim() === 'tsnap-guardian'; } catch { return false; } });
+  for (let i = 0; i < 500 && guardians().length; i++) await new Promise((res) => setTimeout(res, 10));
+  expect(guardians(), 'guardians left behind').toEqual([]);
   return cur.pid;
 }
 
