@@ -16,6 +16,7 @@ import { startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } 
 import { useServeCleanup } from './helpers/serve.js';
 import { runScenarios, Conversation } from './helpers/scenarios.js';
 import { tsnap, restoreDetached, useRestoredCleanup, killPid } from './helpers/tsnap.js';
+import { lockRulesOf } from './helpers/lock-rules.js';
 
 useProcessCleanup();
 useRestoredCleanup();
@@ -105,7 +106,7 @@ class Pinger {
   private timer: NodeJS.Timeout | null = null;
   readonly problems: string[] = [];
 
-  constructor(port: number, private readonly ping: (n: number) => string, private readonly answer: (n: number) => string) {
+  constructor(readonly port: number, private readonly ping: (n: number) => string, private readonly answer: (n: number) => string) {
     this.sock = connect(port, '127.0.0.1');
     this.sock.on('data', (d) => {
       this.buf += d;
@@ -143,22 +144,12 @@ class Pinger {
   }
 }
 
-/** tsnap's lock rules of connections to `port`: only this test's own (other suites on the machine lock theirs). */
-function lockRules(port: number): string[] {
-  const rules: string[] = [];
-  const mine = (l: string) => l.includes(`--sport ${port} `) || l.includes(`--dport ${port} `);
-  for (const tool of ['iptables-save', 'ip6tables-save']) {
-    try { rules.push(...execFileSync(tool, ['-t', 'filter'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('tsnap-lock') && mine(l))); } catch { /* no such tool */ }
-  }
-  return rules;
-}
-
 /**
  * `cycles` kill-mode dumps and restores of `pid` while `pinger` pings it:
  * each restore under a new pid (the connection does not care, and the
  * killed one's pid is reaped late here). Every cycle must see new answers.
  */
-async function cyclesUnderPings(first: { pid: number; exited: Promise<unknown> }, pinger: Pinger, work: string, cycles: number, port: number): Promise<void> {
+async function cyclesUnderPings(first: { pid: number; exited: Promise<unknown> }, pinger: Pinger, work: string, cycles: number): Promise<void> {
   let pid = first.pid;
   let gone: Promise<unknown> = first.exited;
   for (let i = 0; i < cycles; i++) {
@@ -167,10 +158,10 @@ async function cyclesUnderPings(first: { pid: number; exited: Promise<unknown> }
     const d = await tsnap('dump', '--pid', String(pid), '--dir', dir, '--tcp-established');
     expect(d.code, d.stderr).toBe(0);
     await gone;
-    expect(lockRules(port).length, 'the dumped connection stays locked until its restore').toBe(2);
+    expect(lockRulesOf(pinger.port).length, 'the dumped connection stays locked until its restore').toBe(2);
     const r = await restoreDetached(dir, join(work, `pid${i}`), ['--new-pid']);
     expect(r.result.code, r.result.stderr).toBe(0);
-    expect(lockRules(port), 'the restore lifted the lock').toEqual([]);
+    expect(lockRulesOf(pinger.port), 'the restore lifted the lock').toEqual([]);
     pid = r.pid;
     const restored = r.pid;
     gone = (async () => { for (let t = 0; t < 500 && existsSync(`/proc/${restored}/stat`) && !/\) Z/.test(readFileSync(`/proc/${restored}/stat`, 'utf8')); t++) await new Promise((res) => setTimeout(res, 10)); })();
@@ -200,8 +191,8 @@ for line in f:
     const pinger = new Pinger(Number(p.readyInfo.port), (n) => `ping ${n}\n`, (n) => `pong ${n}`);
     await pinger.start();
     expect(await pinger.waitFor(5)).toBeGreaterThanOrEqual(5);
-    await cyclesUnderPings(p, pinger, work, 5, Number(p.readyInfo.port));
-    expect(lockRules(Number(p.readyInfo.port))).toEqual([]);
+    await cyclesUnderPings(p, pinger, work, 5);
+    expect(lockRulesOf(pinger.port)).toEqual([]);
   }, 180_000);
 
   it.skipIf(!have('redis-server'))('redis-server: 5 dumps and restores under PINGs every 10 ms on one connection', async () => {
@@ -212,7 +203,7 @@ for line in f:
     const pinger = new Pinger(port, () => 'PING\r\n', () => '+PONG');
     await pinger.start();
     expect(await pinger.waitFor(5)).toBeGreaterThanOrEqual(5);
-    await cyclesUnderPings(p, pinger, work, 5, port);
-    expect(lockRules(port)).toEqual([]);
+    await cyclesUnderPings(p, pinger, work, 5);
+    expect(lockRulesOf(pinger.port)).toEqual([]);
   }, 180_000);
 });

@@ -6,7 +6,6 @@
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { createConnection } from 'node:net';
-import { execFileSync } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { join } from 'node:path';
@@ -14,6 +13,7 @@ import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanup
 import { tsnap, restoreDetached, useRestoredCleanup, readImage, killPid, dumpKillRestore } from './helpers/tsnap.js';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { ExitCode } from '../src/errors.js';
+import { lockRulesOf } from './helpers/lock-rules.js';
 
 useProcessCleanup();
 useRestoredCleanup();
@@ -316,7 +316,7 @@ for cmd in sys.stdin:
       expect(r.result.code, r.result.stderr).toBe(0);
       r.writeLine('look');
       expect(await r.waitForLine(/^STATE/)).toBe("STATE 7 READ b'' WRITE EPIPE");
-      expect(execFileSync('iptables-save', ['-t', 'filter'], { encoding: 'utf8' })).not.toContain('tsnap-lock');
+      expect(lockRulesOf(Number(p.readyInfo.port))).toEqual([]);
       client.destroy();
       await killPid(r.pid);
     }
@@ -340,7 +340,7 @@ time.sleep(1000)
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tcp-established');
     expect(d.code, d.stderr).toBe(0);
     await p.exited;
-    const rules = () => execFileSync('iptables-save', ['-t', 'filter'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('tsnap-lock'));
+    const rules = () => lockRulesOf(port);
     expect(rules().length).toBe(2);
     // Someone else listens on the port meanwhile: the restore fails at the listener, before the connection.
     const squatter = await startPython(`

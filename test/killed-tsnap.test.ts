@@ -10,7 +10,7 @@
  * target, and in the middle of the n-th request to the guardian for every n
  * across the remote-syscall window; and at random instants.
  */
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createConnection } from 'node:net';
@@ -18,6 +18,7 @@ import { describe, expect, it } from 'vitest';
 import { compileC, startProcess, startPython, tmpDir, useProcessCleanup, type Running } from './helpers/fixtures.js';
 import { TSNAP_BIN, tsnap } from './helpers/tsnap.js';
 import { findHolders } from '../src/track/untrack.js';
+import { lockRulesOf } from './helpers/lock-rules.js';
 
 useProcessCleanup();
 
@@ -80,14 +81,6 @@ async function untraced(pid: number): Promise<void> {
   expect(traceState(pid)).toEqual({ tracer: 0, state: expect.not.stringMatching(/[Tt]/) });
 }
 
-/** Rules of tsnap's network lock, IPv4 and IPv6. */
-function lockRules(): string[] {
-  const out: string[] = [];
-  for (const tool of ['iptables-save', 'ip6tables-save']) {
-    try { out.push(...execFileSync(tool, ['-t', 'filter'], { encoding: 'utf8' }).split('\n').filter((l) => l.includes('tsnap-lock'))); } catch { /* no such tool */ }
-  }
-  return out;
-}
 
 function uffdFlagged(pid: number): string[] {
   return readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n').filter((l) => l.startsWith('VmFlags:') && / uw\b/.test(l));
@@ -189,8 +182,8 @@ for cmd in sys.stdin:
       expect((await runTsnap(args, fault, 0)).signal).toBe('SIGKILL');
       await untraced(p.pid);
       // The guardian lifts the lock as it ends: no rule is left behind.
-      for (let t = 0; t < 300 && lockRules().length; t++) await new Promise((res) => setTimeout(res, 10));
-      expect(lockRules(), `${fault}${lr ? ' --leave-running' : ''}`).toEqual([]);
+      for (let t = 0; t < 300 && lockRulesOf(Number(p.readyInfo.port)).length; t++) await new Promise((res) => setTimeout(res, 10));
+      expect(lockRulesOf(Number(p.readyInfo.port)), `${fault}${lr ? ' --leave-running' : ''}`).toEqual([]);
       // In repair mode, or locked, the server's reply would never reach the client.
       expect(await echo(`b${i}`, i + 2)).toBe(`echo:b${i} n=${i + 2} reuse=1`);
     }

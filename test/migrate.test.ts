@@ -17,6 +17,7 @@ import { crc32 } from '../src/image/checksum.js';
 import { readMetaFile, writeMetaFile } from '../src/image/metadata.js';
 import { FileKind, type Inventory } from '../formats/schema.js';
 import { ExitCode } from '../src/errors.js';
+import { lockRulesOf } from './helpers/lock-rules.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -180,7 +181,7 @@ while True:
     client.write('b\n');
     expect(await next(2)).toBe(`echo:b n=2 pid=${p.pid}`);
     // Locked while frozen and while it moved; nothing of the lock is left.
-    expect(execFileSync('iptables-save', ['-t', 'filter'], { encoding: 'utf8' })).not.toContain('tsnap-lock');
+    expect(lockRulesOf(Number(p.readyInfo.port))).toEqual([]);
     client.destroy();
   });
 

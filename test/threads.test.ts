@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, useRestoredCleanup, readImage } from './helpers/tsnap.js';
 import { tracerOf } from './helpers/processes.js';
+import { eventually } from './helpers/eventually.js';
 
 useProcessCleanup();
 useRestoredCleanup();
@@ -53,8 +54,7 @@ describe('threads', () => {
     expect(r.pid).toBe(p.pid);
     expect(tasksOf(r.pid)).toEqual(tidsBefore);
     const s1 = await status(r, 0);
-    await new Promise((res) => setTimeout(res, 100));
-    const s2 = await status(r, r.lines.length);
+    const s2 = await eventually(() => status(r, r.lines.length), (s) => /bad=0 /.test(s) && counts(s).every((c, i) => c > counts(s1)[i]), 5000, 'every thread counting on');
     expect(s2).toMatch(/bad=0 /);
     counts(s1).forEach((c, i) => expect(c).toBeGreaterThanOrEqual(before[i]));
     // Every worker runs on after the restore.
@@ -72,8 +72,7 @@ describe('threads', () => {
     expect(d.code, d.stderr).toBe(0);
     notTraced(p.pid);
     const s1 = await status(p, p.lines().length);
-    await new Promise((res) => setTimeout(res, 50));
-    const s2 = await status(p, p.lines().length);
+    const s2 = await eventually(() => status(p, p.lines().length), (s) => counts(s).every((c, i) => c > counts(s1)[i]), 5000, 'every thread counting on');
     expect(s2).toMatch(/bad=0 /);
     counts(s2).forEach((c, i) => expect(c).toBeGreaterThan(counts(s1)[i]));
     p.writeLine('wake');
@@ -137,8 +136,7 @@ for line in sys.stdin:
     const r = await restoreDetached(dir, join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     const s1 = await status(r, 0);
-    await new Promise((res) => setTimeout(res, 100));
-    const s2 = await status(r, r.lines.length);
+    const s2 = await eventually(() => status(r, r.lines.length), (s) => counts(s).every((c, i) => c > counts(s1)[i]), 5000, 'every thread counting on');
     counts(s1).forEach((c, i) => expect(c).toBeGreaterThanOrEqual(before[i]));
     counts(s2).forEach((c, i) => expect(c).toBeGreaterThan(counts(s1)[i]));
     r.writeLine('wake');

@@ -7,7 +7,9 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { readFileSync, existsSync, rmSync, readlinkSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage, storedPageSet } from './helpers/tsnap.js';
+import { readTreeManifest } from '../src/image/tree-manifest.js';
+import { eventually } from './helpers/eventually.js';
 import { readStat, readStatus } from '../src/proc/index.js';
 import { findHolders } from '../src/track/untrack.js';
 
@@ -55,8 +57,7 @@ describe('process trees', () => {
     expect(r.result.code, r.result.stderr).toBe(0);
     expect(r.pid).toBe(p.pid);
     const s1 = await status(r, 0);
-    await new Promise((res) => setTimeout(res, 200));
-    const s2 = await status(r, r.lines.length);
+    const s2 = await eventually(() => status(r, r.lines.length), (s) => s.last > s1.last, 5000, 'the restored tree counting on');
     expect(s2.bad).toBe(0);
     expect(s1.last).toBeGreaterThanOrEqual(s0.last);
     expect(s2.last).toBeGreaterThan(s1.last);
@@ -81,14 +82,28 @@ describe('process trees', () => {
     expect(r3.code, r3.stderr).toBe(0);
     const out = JSON.parse(r3.stdout);
     expect(out.processes.map((x: { pid: number }) => x.pid)).toEqual([p.pid, ...kids]);
-    for (const x of out.processes) expect(x.kind).toBe('delta');
+    // From the images themselves: each process's final image is a delta on its
+    // own chain through round 2 to a full round 1, and stores only a part of
+    // what round 1 stored (the tree's processes barely write between rounds).
+    for (const pid of [p.pid, ...kids]) {
+      const at = (n: string) => {
+        const m = readTreeManifest(join(work, n)).processes.find((x) => x.pid === pid)!;
+        return readImage(join(work, n, m.dir));
+      };
+      const [i1, i2, i3] = ['1', '2', '3'].map(at);
+      expect([i1.inventory.kind, i2.inventory.kind, i3.inventory.kind]).toEqual(['full', 'delta', 'delta']);
+      expect(i3.inventory.parent!.imageId).toBe(i2.inventory.imageId);
+      expect(i2.inventory.parent!.imageId).toBe(i1.inventory.imageId);
+      const base = storedPageSet(i1).size;
+      expect(base).toBeGreaterThan(0);
+      expect(storedPageSet(i3).size, `pid ${pid}: pages stored by the final delta vs the full round`).toBeLessThan(base / 2);
+    }
     await p.exited;
     await gone(kids);
     const r = await restoreDetached(join(work, '3'), join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     const s1 = await status(r, 0);
-    await new Promise((res) => setTimeout(res, 100));
-    const s2 = await status(r, r.lines.length);
+    const s2 = await eventually(() => status(r, r.lines.length), (s) => s.last > s1.last, 5000, 'the restored tree counting on');
     expect(s2.bad).toBe(0);
     expect(s2.last).toBeGreaterThan(s1.last);
     for (const k of kids) await killPid(k);
@@ -119,8 +134,7 @@ describe('process trees', () => {
     const r = await restoreDetached(join(work, 'full'), join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     const s1 = await status(r, 0);
-    await new Promise((res) => setTimeout(res, 100));
-    const s2 = await status(r, r.lines.length);
+    const s2 = await eventually(() => status(r, r.lines.length), (s) => s.last > s1.last, 5000, 'the restored tree counting on');
     expect(s2.bad).toBe(0);
     expect(s2.last).toBeGreaterThan(s1.last);
     for (const k of all.slice(1)) await killPid(k);
@@ -179,8 +193,7 @@ for line in sys.stdin:
     expect(d.code, d.stderr).toBe(0);
     for (const pid of [p.pid, ...kids]) expect(readStatus(pid).tracerPid).toBe(0);
     const s1 = await status(p, p.lines().length);
-    await new Promise((res) => setTimeout(res, 50));
-    const s2 = await status(p, p.lines().length);
+    const s2 = await eventually(() => status(p, p.lines().length), (s) => s.last > s1.last, 5000, 'the tree counting on after the dump');
     expect(s2.bad).toBe(0);
     expect(s2.last).toBeGreaterThan(s1.last);
     expect(readFileSync(join(work, 'img', 'tree')).length).toBeGreaterThan(0);
@@ -205,8 +218,7 @@ for line in sys.stdin:
       expect(c1.pgrp).toBe(c1.pid);
       expect(c2.session).toBe(c2.pid);
       const s1 = await status(r, 0);
-      await new Promise((res) => setTimeout(res, 200));
-      const s2 = await status(r, r.lines.length);
+      const s2 = await eventually(() => status(r, r.lines.length), (s) => s.last > s1.last, 5000, 'the restored tree counting on');
       expect(s2.last).toBeGreaterThan(s1.last);
       // The copy's children check getppid() against the pid they knew: the
       // original's. The stale-pid warning says so.
@@ -264,8 +276,7 @@ for line in sys.stdin:
         return /memfd=(\d+),(\d+) shm=(\d+),(\d+)/.exec(l)!.slice(1).map(Number);
       };
       const a = await read();
-      await new Promise((res) => setTimeout(res, 100));
-      const b = await read();
+      const b = await eventually(read, (v) => v[0] > a[0] && v[1] > a[1] && v[3] > a[3], 5000, 'both shared counters moving');
       // The parent sees the child's counters move in both: the memory is one, not two copies.
       expect(b[1]).toBeGreaterThan(a[1]);
       expect(b[3]).toBeGreaterThan(a[3]);

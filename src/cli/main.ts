@@ -30,7 +30,7 @@ import { kill } from '../sys/index.js';
 import { TsnapError, ExitCode } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
 import { showImage } from './show.js';
-import { formatBytes, formatUs } from './format.js';
+import { formatBytes, formatUs } from '../format.js';
 import { Output } from './output.js';
 import { check } from '../check/check.js';
 import { formatCheck } from './check-table.js';

@@ -7,7 +7,7 @@
  *   --json     machine output on stdout; no progress line either
  */
 import { appendFileSync } from 'node:fs';
-import { formatBytes } from './format.js';
+import { formatBytes } from '../format.js';
 
 export interface OutputOptions {
   quiet?: boolean;

@@ -4,7 +4,7 @@ import { readChain } from '../image/image-reader.js';
 import { isTreeImage, readTreeManifest, imagedMembers } from '../image/tree-manifest.js';
 import { REG_NAMES } from '../sys/uapi.js';
 import { PageWhere, type CredsImage } from '../../formats/schema.js';
-import { formatBytes, formatUs, hex } from './format.js';
+import { formatBytes, formatUs, hex } from '../format.js';
 
 /** JSON with BigInt as hex strings and Buffers as hex. */
 export function toJson(value: unknown): string {

@@ -13,7 +13,7 @@ import { preDump, dump } from '../dump/dump.js';
 import { restore, waitForExit } from '../restore/restore.js';
 import { verify } from '../image/verify.js';
 import { setCloexec, kill } from '../sys/index.js';
-import { formatBytes, formatUs } from '../cli/format.js';
+import { formatBytes, formatUs } from '../format.js';
 import { TsnapError } from '../errors.js';
 
 export interface DemoOptions {

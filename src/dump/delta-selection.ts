@@ -30,7 +30,7 @@
 import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, SysError } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, SCAN_NOT_GUARD, type VmaClass, type DumpRange } from './memory-plan.js';
-import { normalize, subtract, intersect, type Range } from './ranges.js';
+import { normalize, subtract, intersect, type Range } from '../image/ranges.js';
 import { uffdRegisterWp } from '../track/uffd.js';
 import { sharedAnonRanges } from './shared-memory.js';
 

@@ -36,7 +36,7 @@ import { isMappedGhost, checkMappedGhost } from '../files/ghost-map.js';
 import { isAioRing, checkAioRings } from '../files/aio.js';
 import { copyPages, fullSelection } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
-import { type Range } from './ranges.js';
+import { type Range } from '../image/ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
 import { uffdWriteProtect } from '../track/uffd.js';
 import { PageFileWriter, DEFAULT_CHUNK_SIZE } from '../image/page-file.js';

@@ -16,13 +16,12 @@
  * from outside; a thread waiting in io_getevents on a ring with no
  * completed events is the sign of them, and is refused.
  */
-import { closeSync, openSync, readFileSync, readdirSync, constants as C } from 'node:fs';
-import { SYS, O_WRONLY, MREMAP_MAYMOVE, MREMAP_FIXED } from '../sys/index.js';
+import { readFileSync, readdirSync } from 'node:fs';
+import { SYS, O_WRONLY, MREMAP_MAYMOVE, MREMAP_FIXED, ProcMem, SysError } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import type { AioRingImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { TsnapError } from '../errors.js';
-import { libc } from '../sys/libc.js';
 
 const PAGE = 4096;
 /** struct aio_ring: id, nr, head, tail, magic, compat, incompat, header_length (u32 each). */
@@ -83,15 +82,16 @@ export function readAioRings(pid: number, vmas: readonly Vma[]): AioRingImage[] 
   const rings = vmas.filter(isAioRing);
   if (rings.length === 0) return [];
   checkAioRings(pid, rings);
-  const fd = openSync(`/proc/${pid}/mem`, C.O_RDONLY);
+  const mem = new ProcMem(pid);
   try {
     return rings.map((v) => {
       const len = v.end - v.start;
       const ring = Buffer.alloc(len);
-      for (let got = 0; got < len;) {
-        const n = Number(libc.pread(fd, ring.subarray(got), len - got, v.start + got));
-        if (n <= 0) throw new TsnapError('unsupported', `process ${pid}: the aio ring at 0x${v.start.toString(16)} cannot be read`);
-        got += n;
+      try {
+        mem.read(ring, 0, len, v.start);
+      } catch (err) {
+        if (err instanceof SysError) throw new TsnapError('unsupported', `process ${pid}: the aio ring at 0x${v.start.toString(16)} cannot be read (${err.code})`);
+        throw err;
       }
       const h = header(ring);
       const what = `process ${pid}: the aio ring at 0x${v.start.toString(16)}`;
@@ -102,7 +102,7 @@ export function readAioRings(pid: number, vmas: readonly Vma[]): AioRingImage[] 
       return { start: v.start, end: v.end, ring };
     });
   } finally {
-    closeSync(fd);
+    mem.close();
   }
 }
 

@@ -5,7 +5,7 @@
 import { SYS, O_CLOEXEC, O_NONBLOCK, EFD_SEMAPHORE, TFD_IOC_SET_TICKS } from '../sys/index.js';
 import type { FdImage, TimerfdImage } from '../../formats/schema.js';
 import type { FdInfo } from '../proc/fds.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
 import type { FdKindModule } from './kind.js';

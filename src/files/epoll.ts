@@ -16,7 +16,7 @@ import { statSync } from 'node:fs';
 import { SYS, O_CLOEXEC, EPOLL_CTL_ADD, F_DUPFD_CLOEXEC, isEpollTarget, SysError } from '../sys/index.js';
 import type { EpollTargetImage, FdImage } from '../../formats/schema.js';
 import type { FdInfo } from '../proc/fds.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
 import type { FdKindModule } from './kind.js';

@@ -15,7 +15,7 @@ import { basename, dirname, join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { mkfifo } from '../sys/index.js';
 import type { FdImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { restoreFifo } from './fifo-memfd.js';
 
 type FifoGhost = NonNullable<NonNullable<FdImage['fifo']>['ghost']>;

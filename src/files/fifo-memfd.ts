@@ -15,7 +15,7 @@ import { openSync, closeSync, readSync, writeSync, fstatSync, ftruncateSync, fch
 import { constants as C } from 'node:fs';
 import { fcntl, ioctl, SYS, O_CLOEXEC, O_NONBLOCK, F_SETFL, F_DUPFD_CLOEXEC, SEEK_SET, O_CREAT, O_EXCL, O_TRUNC, O_NOCTTY } from '../sys/index.js';
 import type { FdImage, MemfdObjectImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { readPipe } from './pipe.js';
 import { placeFds, SETFL_MASK } from './place.js';
 import { TsnapError } from '../errors.js';

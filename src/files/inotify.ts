@@ -17,7 +17,7 @@ import { closeSync, lstatSync, openSync, readFileSync, readlinkSync, statSync, c
 import { SYS, O_NONBLOCK, O_CLOEXEC, openByHandle, fileHandle, SysError } from '../sys/index.js';
 import type { FdImage, InotifyWatchImage } from '../../formats/schema.js';
 import { readFdInfo, type FdInfo } from '../proc/fds.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
 

@@ -7,7 +7,7 @@
  */
 import type { FdImage } from '../../formats/schema.js';
 import type { FdInfo, FdTarget } from '../proc/fds.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import type { SocketOptions } from './socket.js';
 import type { PtyRestorer } from './tty.js';
 

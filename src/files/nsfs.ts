@@ -9,7 +9,7 @@ import { statSync } from 'node:fs';
 import { O_CLOEXEC } from '../sys/index.js';
 import type { FdImage } from '../../formats/schema.js';
 import type { FdTarget } from '../proc/fds.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
 

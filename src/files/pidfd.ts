@@ -17,7 +17,7 @@ import { SYS, O_NONBLOCK, O_EXCL, pidfdOpen } from '../sys/index.js';
 import type { FdImage } from '../../formats/schema.js';
 import type { FdInfo } from '../proc/fds.js';
 import type { FdTarget } from '../proc/fds.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
 import { readStatus, readStat } from '../proc/index.js';

@@ -14,7 +14,7 @@ import { openSync, closeSync, readSync, writeSync, readdirSync, readlinkSync, re
 import { constants as C } from 'node:fs';
 import { pipe2, tee, fcntl, ioctl, pollHangup, pidfdOpen, pidfdGetfd, SYS, O_CLOEXEC, O_NONBLOCK, F_GETPIPE_SZ, F_SETPIPE_SZ, F_SETFL } from '../sys/index.js';
 import type { FdImage, PipeImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { placeEnds, SETFL_MASK, type Placement } from './place.js';
 import { TsnapError } from '../errors.js';
 import type { FdKindModule } from './kind.js';

@@ -9,7 +9,7 @@
  */
 import { SYS, O_CLOEXEC, F_DUPFD_CLOEXEC, F_SETFD, FD_CLOEXEC } from '../sys/index.js';
 import type { FdImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 
 export interface Placement {
   /** The temporary fd, as returned by the creating syscall. */

@@ -5,7 +5,7 @@
 import { statSync } from 'node:fs';
 import { SYS, SEEK_SET, O_CLOEXEC, O_CREAT, O_EXCL, O_TRUNC, O_NOCTTY } from '../sys/index.js';
 import type { FdImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';
 import type { FdKindModule } from './kind.js';

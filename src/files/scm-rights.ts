@@ -25,7 +25,7 @@ import {
   SysError, SOL_SOCKET, SYS, F_DUPFD_CLOEXEC, pollHangup, ioctlInt,
 } from '../sys/index.js';
 import type { FdImage, ScmImage, ScmMessageImage, SocketImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { readFdInfo, readStatus, type FdTarget } from '../proc/index.js';
 import { REOPENED } from './regular.js';
 import { isReadEnd } from './pipe.js';

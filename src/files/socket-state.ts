@@ -14,7 +14,7 @@ import {
   SOL_SOCKET, AF_UNIX, AF_INET, AF_INET6,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { TsnapError } from '../errors.js';
 import { checkUnixLink } from './unix.js';
 

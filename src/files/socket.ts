@@ -12,7 +12,7 @@ import {
   SOL_SOCKET, SO, IPPROTO_IPV6, IPV6_V6ONLY, AF_UNIX, AF_INET, AF_INET6, F_SETFL,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { readSocketOptions, applySocketOptions } from './socket-options.js';
 import { placeFds, placeEnds, SETFL_MASK } from './place.js';
 import { describeTcp, restoreTcp, restoreTcpClosed } from './tcp.js';

@@ -33,7 +33,7 @@ import {
   pidfdOpen, pidfdGetfd, getsockname, getpeername, SysError, SYS, O_CLOEXEC, O_NONBLOCK, rawSyscall, sendRawTcp, AF_INET,
 } from '../sys/index.js';
 import type { FdImage, TcpImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { placeFds } from './place.js';
 import { applySocketOptions } from './socket-options.js';
 import { hold, unhold, type Releasable } from '../freeze/safety-net.js';

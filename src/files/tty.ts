@@ -33,7 +33,7 @@ import {
 } from '../sys/index.js';
 import { devMajor, devMinor, readStat, readFdInfo, type FdTarget, type FdInfo, type ProcStat } from '../proc/index.js';
 import type { FdImage, TtyImage, PtyImage, ProcessImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { placeFds, SETFL_MASK } from './place.js';
 import { TsnapError } from '../errors.js';
 import type { FdKindModule } from './kind.js';

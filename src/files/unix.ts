@@ -28,7 +28,7 @@ import {
   O_CLOEXEC, O_NONBLOCK, F_SETFL, SOL_SOCKET, AF_UNIX, type UnixDiag,
 } from '../sys/index.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
-import type { RemoteTask } from '../restore/remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { applySocketOptions } from './socket-options.js';
 import { placeFds } from './place.js';
 import { TsnapError } from '../errors.js';

@@ -5,7 +5,7 @@
  * image ends the walk (its uncovered pages are absent).
  */
 import { PageWhere, type PageRun } from '../../formats/schema.js';
-import { subtract, normalize, type Range } from '../dump/ranges.js';
+import { subtract, normalize, type Range } from './ranges.js';
 
 export interface ChainLevel {
   kind: 'full' | 'delta';

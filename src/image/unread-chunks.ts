@@ -10,7 +10,7 @@
 import { resolveChain } from './chain-index.js';
 import { PageFileReader } from './page-file.js';
 import type { Image } from './image-reader.js';
-import type { Range } from '../dump/ranges.js';
+import type { Range } from './ranges.js';
 
 export function checkUnreadChunks(chain: readonly Image[], within: Range[]): void {
   const read = new Set(resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within).map((r) => `${r.image}:${r.chunk}`));

@@ -16,7 +16,7 @@ import { readMaps, type Vma } from '../proc/index.js';
 import type { ProcessImage, VmaImage } from '../../formats/schema.js';
 import { findHole, isSpecial, mapCallFor, adviceFor, lockFor, vmaKind, SPECIAL_MAPPINGS, type Span } from './layout-plan.js';
 import type { SysvSegments } from './sysv-shm.js';
-import type { RemoteTask } from './remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { TsnapError } from '../errors.js';
 import { isAioRing } from '../files/aio.js';
 

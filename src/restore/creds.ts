@@ -11,7 +11,7 @@ import {
 } from '../sys/index.js';
 import type { CredsImage, ProcessImage, ThreadImage } from '../../formats/schema.js';
 import { readTaskCreds } from '../proc/creds.js';
-import type { RemoteTask } from './remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { credsObstacle, capBits, sameCreds, credsImage } from './creds-check.js';
 import { TsnapError } from '../errors.js';
 

@@ -16,7 +16,7 @@ import { listFds } from '../proc/index.js';
 import { SYS, F_DUPFD_CLOEXEC, F_SETOWN_EX, F_SETSIG, F_SETLEASE, SOL_SOCKET, SO } from '../sys/index.js';
 import { placeFds } from '../files/place.js';
 import type { FdImage, SocketImage } from '../../formats/schema.js';
-import type { RemoteTask } from './remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { TsnapError } from '../errors.js';
 import { isReadEnd, restorePipe, pipeEndsPresent } from '../files/pipe.js';
 import { connectUnixPeers } from '../files/unix.js';

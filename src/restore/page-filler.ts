@@ -6,7 +6,7 @@
 import { VmCopier, type RemoteRange } from '../sys/index.js';
 import { PageFileReader } from '../image/page-file.js';
 import { resolveChain, type ResolvedRun } from '../image/chain-index.js';
-import type { Range } from '../dump/ranges.js';
+import type { Range } from '../image/ranges.js';
 import type { Image } from '../image/image-reader.js';
 import { TsnapError } from '../errors.js';
 import { SYS } from '../sys/uapi.js';

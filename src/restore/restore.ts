@@ -12,7 +12,7 @@ const RLIMIT_CORE = 4;
 import { readChain, type Image } from '../image/image-reader.js';
 import { readReg, writeReg, FrozenTask } from '../freeze/frozen-task.js';
 import { createProcess, cloneIn, type NewProcess } from './create-process.js';
-import { RemoteTask } from './remote-task.js';
+import { RemoteTask } from '../inject/remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { checkRestored } from './self-check.js';

@@ -11,7 +11,7 @@
 import { shmStat, shmCreate, shmSetOwner, shmRemove, shmWrite, SysError, Errno, SYS, PROT_WRITE, PROT_EXEC, SHM_RDONLY, SHM_EXEC, SHM_DEST, type ShmStat } from '../sys/index.js';
 import { readSysvShm } from '../proc/index.js';
 import type { SysvShmImage, VmaImage } from '../../formats/schema.js';
-import type { RemoteTask } from './remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { TsnapError } from '../errors.js';
 
 const hex = (key: number) => `0x${(key >>> 0).toString(16).padStart(8, '0')}`;

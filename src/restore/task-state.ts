@@ -5,7 +5,7 @@ import {
 } from '../sys/index.js';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import type { ProcessImage, ThreadImage } from '../../formats/schema.js';
-import type { RemoteTask } from './remote-task.js';
+import type { RemoteTask } from '../inject/remote-task.js';
 import { TsnapError } from '../errors.js';
 import { timerSetting } from '../files/anon-fds.js';
 import { cloneIn } from './create-process.js';

@@ -9,7 +9,7 @@
 import { ptrace, PTRACE_O, PTRACE_O_TRACECLONE, CLONE_THREAD_FLAGS } from '../sys/index.js';
 import { FrozenTask } from '../freeze/frozen-task.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
-import { RemoteTask } from './remote-task.js';
+import { RemoteTask } from '../inject/remote-task.js';
 import { cloneIn } from './create-process.js';
 import type { ThreadImage } from '../../formats/schema.js';
 

@@ -110,52 +110,6 @@ export function getpeername(fd: number): Buffer | null {
   return Buffer.from(addr.subarray(0, Math.min(len.readUInt32LE(0), addr.length)));
 }
 
-const AF_NETLINK = 16;
-const NETLINK_SOCK_DIAG = 4;
-const SOCK_DIAG_BY_FAMILY = 20;
-const NLM_F_REQUEST = 1;
-const NLMSG_ERROR = 2;
-const UDIAG_SHOW_PEER = 4;
-const UNIX_DIAG_PEER = 2;
-
-/**
- * The inode of the socket a unix socket is connected to, asked of the
- * kernel's sock_diag (the only place that tells it); null when it has no
- * peer. `ino`: the socket's own inode (stat of its fd).
- */
-export function unixPeerInode(ino: number): number | null {
-  const nl = rawSyscall('socket(AF_NETLINK)', SYS.socket, AF_NETLINK, 3 /* SOCK_RAW */ | 0o2000000, NETLINK_SOCK_DIAG);
-  try {
-    const req = Buffer.alloc(16 + 24);
-    req.writeUInt32LE(req.length, 0);
-    req.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
-    req.writeUInt16LE(NLM_F_REQUEST, 6);
-    req.writeUInt32LE(1, 8);
-    req.writeUInt8(1, 16); // AF_UNIX
-    req.writeUInt32LE(0xffffffff, 20); // every state
-    req.writeUInt32LE(ino, 24);
-    req.writeUInt32LE(UDIAG_SHOW_PEER, 28);
-    req.writeUInt32LE(0xffffffff, 32); // no cookie check
-    req.writeUInt32LE(0xffffffff, 36);
-    rawSyscall('sendto(sock_diag)', SYS.sendto, nl, libc.address(req), req.length, 0, 0, 0);
-    const resp = Buffer.alloc(8192);
-    const n = rawSyscall('recvfrom(sock_diag)', SYS.recvfrom, nl, libc.address(resp), resp.length, 0, 0, 0);
-    if (n < 16) throw new SysError('sock_diag: short answer', 5);
-    if (resp.readUInt16LE(4) === NLMSG_ERROR) throw new SysError(`sock_diag(unix ${ino})`, -resp.readInt32LE(16));
-    const len = Math.min(resp.readUInt32LE(0), n);
-    for (let at = 16 + 16; at + 4 <= len;) {
-      const alen = resp.readUInt16LE(at);
-      const type = resp.readUInt16LE(at + 2);
-      if (alen < 4) break;
-      if (type === UNIX_DIAG_PEER) return resp.readUInt32LE(at + 4);
-      at += (alen + 3) & ~3;
-    }
-    return null;
-  } finally {
-    rawSyscall('close', SYS.close, nl);
-  }
-}
-
 const MSG_PEEK = 2;
 const MSG_DONTWAIT = 0x40;
 const SO_PEEK_OFF = 42;
@@ -403,56 +357,6 @@ export function fileHandle(path: string): { type: number; handle: Buffer } | nul
   return { type: fh.readInt32LE(4), handle: Buffer.from(fh.subarray(8, 8 + fh.readUInt32LE(0))) };
 }
 
-const NLM_F_DUMP = 0x300;
-const NLMSG_DONE = 3;
-const IPPROTO_TCP = 6;
-/** Pseudo-state of inet_diag (Linux 6.7+): a TCP socket that is bound but neither listening nor connected. */
-const TCP_BOUND_INACTIVE = 13;
-
-/**
- * Inodes of the TCP sockets of `family` that hold a bound port while
- * closed, asked of inet_diag. null when the kernel cannot tell (before
- * Linux 6.7 it does not list such sockets).
- */
-export function tcpBoundInactive(family: number): Set<number> | null {
-  const nl = rawSyscall('socket(AF_NETLINK)', SYS.socket, AF_NETLINK, 3 /* SOCK_RAW */ | 0o2000000, NETLINK_SOCK_DIAG);
-  try {
-    const req = Buffer.alloc(16 + 56);
-    req.writeUInt32LE(req.length, 0);
-    req.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
-    req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
-    req.writeUInt32LE(1, 8);
-    req.writeUInt8(family, 16);
-    req.writeUInt8(IPPROTO_TCP, 17);
-    req.writeUInt32LE(1 << TCP_BOUND_INACTIVE, 20);
-    rawSyscall('sendto(inet_diag)', SYS.sendto, nl, libc.address(req), req.length, 0, 0, 0);
-    const out = new Set<number>();
-    const resp = Buffer.alloc(65536);
-    for (;;) {
-      const n = rawSyscall('recvfrom(inet_diag)', SYS.recvfrom, nl, libc.address(resp), resp.length, 0, 0, 0);
-      for (let at = 0; at + 16 <= n;) {
-        const len = resp.readUInt32LE(at);
-        const type = resp.readUInt16LE(at + 4);
-        if (type === NLMSG_DONE) return out;
-        if (type === NLMSG_ERROR) {
-          const err = -resp.readInt32LE(at + 16);
-          // Unknown state bits are ignored, not refused: an old kernel answers
-          // with nothing rather than an error; EINVAL-like answers mean "cannot tell".
-          if (err === 0) return out;
-          return null;
-        }
-        // struct inet_diag_msg (its state says CLOSE): the inode at +68.
-        if (type === SOCK_DIAG_BY_FAMILY && len >= 16 + 72) out.add(resp.readUInt32LE(at + 16 + 68));
-        if (len < 16) return out;
-        at += (len + 3) & ~3;
-      }
-      if (n <= 0) return out;
-    }
-  } finally {
-    rawSyscall('close', SYS.close, nl);
-  }
-}
-
 /** memfd_create(name, flags): a new anonymous file of tsnap's. */
 export function memfdCreate(name: string, flags: number): number {
   const n = Buffer.from(`${name}\0`);
@@ -530,61 +434,5 @@ export function sendRawTcp(src: { ip: Buffer; port: number }, dst: { ip: Buffer;
     rawSyscall('sendto(raw)', SYS.sendto, s, libc.address(pkt), pkt.length, 0, libc.address(to), to.length);
   } finally {
     rawSyscall('close', SYS.close, s);
-  }
-}
-
-const SOCK_DESTROY = 21;
-const NLM_F_ACK = 4;
-const TCP_TIME_WAIT = 6;
-
-/**
- * Ends the TIME_WAIT entries whose local port is `port` (family AF_INET or
- * AF_INET6), through sock_diag's SOCK_DESTROY; returns how many went.
- */
-export function destroyTimeWait(family: number, port: number): number {
-  const nl = rawSyscall('socket(AF_NETLINK)', SYS.socket, AF_NETLINK, 3 /* SOCK_RAW */ | 0o2000000, NETLINK_SOCK_DIAG);
-  try {
-    const req = Buffer.alloc(16 + 56);
-    req.writeUInt32LE(req.length, 0);
-    req.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
-    req.writeUInt16LE(NLM_F_REQUEST | NLM_F_DUMP, 6);
-    req.writeUInt32LE(1, 8);
-    req.writeUInt8(family, 16);
-    req.writeUInt8(IPPROTO_TCP, 17);
-    req.writeUInt32LE(1 << TCP_TIME_WAIT, 20);
-    rawSyscall('sendto(inet_diag)', SYS.sendto, nl, libc.address(req), req.length, 0, 0, 0);
-    const ids: Buffer[] = [];
-    const resp = Buffer.alloc(65536);
-    let done = false;
-    while (!done) {
-      const n = rawSyscall('recvfrom(inet_diag)', SYS.recvfrom, nl, libc.address(resp), resp.length, 0, 0, 0);
-      if (n <= 0) break;
-      for (let at = 0; at + 16 <= n;) {
-        const len = resp.readUInt32LE(at);
-        const type = resp.readUInt16LE(at + 4);
-        if (type === NLMSG_DONE || type === NLMSG_ERROR || len < 16) { done = true; break; }
-        // struct inet_diag_msg: the socket id (48 bytes, sport first, big-endian) at +4.
-        if (type === SOCK_DIAG_BY_FAMILY && len >= 16 + 72 && resp.readUInt16BE(at + 16 + 4) === port) ids.push(Buffer.from(resp.subarray(at + 16 + 4, at + 16 + 52)));
-        at += (len + 3) & ~3;
-      }
-    }
-    let gone = 0;
-    for (const id of ids) {
-      const d = Buffer.alloc(16 + 56);
-      d.writeUInt32LE(d.length, 0);
-      d.writeUInt16LE(SOCK_DESTROY, 4);
-      d.writeUInt16LE(NLM_F_REQUEST | NLM_F_ACK, 6);
-      d.writeUInt32LE(2, 8);
-      d.writeUInt8(family, 16);
-      d.writeUInt8(IPPROTO_TCP, 17);
-      d.writeUInt32LE(1 << TCP_TIME_WAIT, 20);
-      id.copy(d, 24);
-      rawSyscall('sendto(sock_destroy)', SYS.sendto, nl, libc.address(d), d.length, 0, 0, 0);
-      const n = rawSyscall('recvfrom(sock_destroy)', SYS.recvfrom, nl, libc.address(resp), resp.length, 0, 0, 0);
-      if (n >= 20 && resp.readUInt16LE(4) === NLMSG_ERROR && resp.readInt32LE(16) === 0) gone++;
-    }
-    return gone;
-  } finally {
-    rawSyscall('close', SYS.close, nl);
   }
 }

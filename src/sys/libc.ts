@@ -8,31 +8,48 @@ import koffi from 'koffi';
 
 const lib = koffi.load('libc.so.6');
 
+/** An integer argument koffi accepts for C integer types (a bigint for values past 2^53). */
+type Int = number | bigint;
+/** A pointer argument: a Buffer (its memory), an address, or NULL. */
+type Ptr = Buffer | Int | null;
+/**
+ * What koffi returns for a C `long`: a number, or a bigint when the value
+ * does not fit a double exactly. `int` returns are always numbers.
+ */
+type Long = number | bigint;
+
+/** koffi's function objects are untyped: each binding states its own signature. */
+function bind<F>(fn: unknown): F {
+  return fn as F;
+}
+
 export const libc = {
-  ptrace: lib.func('long ptrace(int request, int pid, uintptr_t addr, uintptr_t data)'),
+  ptrace: bind<(request: number, pid: number, addr: Int, data: Int) => Long>(lib.func('long ptrace(int request, int pid, uintptr_t addr, uintptr_t data)')),
   /** ptrace with a buffer as data (GETREGS, SETREGS, GETSIGMASK, PEEKSIGINFO...). */
-  ptraceBuf: lib.func('ptrace', 'long', ['int', 'int', 'uintptr_t', 'void *']),
-  waitpid: lib.func('int waitpid(int pid, void *status, int options)'),
-  processVmReadv: lib.func(
+  ptraceBuf: bind<(request: number, pid: number, addr: Int, data: Buffer) => Long>(lib.func('ptrace', 'long', ['int', 'int', 'uintptr_t', 'void *'])),
+  waitpid: bind<(pid: number, status: Buffer | null, options: number) => number>(lib.func('int waitpid(int pid, void *status, int options)')),
+  processVmReadv: bind<(pid: number, local: Ptr, liovcnt: number, remote: Ptr, riovcnt: number, flags: number) => Long>(lib.func(
     'long process_vm_readv(int pid, void *local, unsigned long liovcnt, void *remote, unsigned long riovcnt, unsigned long flags)',
-  ),
-  processVmWritev: lib.func(
+  )),
+  processVmWritev: bind<(pid: number, local: Ptr, liovcnt: number, remote: Ptr, riovcnt: number, flags: number) => Long>(lib.func(
     'long process_vm_writev(int pid, void *local, unsigned long liovcnt, void *remote, unsigned long riovcnt, unsigned long flags)',
+  )),
+  ioctl: bind<(fd: number, request: Int, arg: Ptr) => number>(lib.func('int ioctl(int fd, unsigned long request, void *arg)')),
+  syscall: bind<(nr: Int, a1: Int, a2: Int, a3: Int, a4: Int, a5: Int, a6: Int) => Long>(
+    lib.func('long syscall(long nr, uintptr_t a1, uintptr_t a2, uintptr_t a3, uintptr_t a4, uintptr_t a5, uintptr_t a6)'),
   ),
-  ioctl: lib.func('int ioctl(int fd, unsigned long request, void *arg)'),
-  syscall: lib.func('long syscall(long nr, uintptr_t a1, uintptr_t a2, uintptr_t a3, uintptr_t a4, uintptr_t a5, uintptr_t a6)'),
-  pread: lib.func('long pread(int fd, void *buf, size_t count, int64_t offset)'),
-  pwrite: lib.func('long pwrite(int fd, void *buf, size_t count, int64_t offset)'),
-  preadv: lib.func('long preadv(int fd, void *iov, int iovcnt, int64_t offset)'),
-  kill: lib.func('int kill(int pid, int sig)'),
-  socketpair: lib.func('int socketpair(int domain, int type, int protocol, void *sv)'),
-  send: lib.func('long send(int fd, void *buf, size_t len, int flags)'),
-  recv: lib.func('long recv(int fd, void *buf, size_t len, int flags)'),
-  sendmsg: lib.func('long sendmsg(int fd, void *msg, int flags)'),
-  recvmsg: lib.func('long recvmsg(int fd, void *msg, int flags)'),
+  pread: bind<(fd: number, buf: Buffer, count: number, offset: Int) => Long>(lib.func('long pread(int fd, void *buf, size_t count, int64_t offset)')),
+  pwrite: bind<(fd: number, buf: Buffer, count: number, offset: Int) => Long>(lib.func('long pwrite(int fd, void *buf, size_t count, int64_t offset)')),
+  preadv: bind<(fd: number, iov: Ptr, iovcnt: number, offset: Int) => Long>(lib.func('long preadv(int fd, void *iov, int iovcnt, int64_t offset)')),
+  kill: bind<(pid: number, sig: number) => number>(lib.func('int kill(int pid, int sig)')),
+  socketpair: bind<(domain: number, type: number, protocol: number, sv: Buffer) => number>(lib.func('int socketpair(int domain, int type, int protocol, void *sv)')),
+  send: bind<(fd: number, buf: Buffer, len: number, flags: number) => Long>(lib.func('long send(int fd, void *buf, size_t len, int flags)')),
+  recv: bind<(fd: number, buf: Buffer, len: number, flags: number) => Long>(lib.func('long recv(int fd, void *buf, size_t len, int flags)')),
+  sendmsg: bind<(fd: number, msg: Buffer, flags: number) => Long>(lib.func('long sendmsg(int fd, void *msg, int flags)')),
+  recvmsg: bind<(fd: number, msg: Buffer, flags: number) => Long>(lib.func('long recvmsg(int fd, void *msg, int flags)')),
   // Pointers stay koffi externals: koffi.view() reads and writes the attached segment.
-  shmat: lib.func('void *shmat(int shmid, void *addr, int flags)'),
-  shmdt: lib.func('int shmdt(void *addr)'),
+  shmat: bind<(shmid: number, addr: Ptr, flags: number) => unknown>(lib.func('void *shmat(int shmid, void *addr, int flags)')),
+  shmdt: bind<(addr: unknown) => number>(lib.func('int shmdt(void *addr)')),
   /** The memory behind a pointer returned by a binding (shmat), as a Buffer. */
   view: (ptr: unknown, len: number): Buffer => Buffer.from(koffi.view(ptr as never, len)),
   errno: (): number => koffi.errno(),

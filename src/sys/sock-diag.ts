@@ -30,6 +30,12 @@ const UNIX_DIAG_ICONS = 3;
 const UNIX_DIAG_RQLEN = 4;
 const UNIX_DIAG_SHUTDOWN = 6;
 const INET_DIAG_SHUTDOWN = 8;
+const IPPROTO_TCP = 6;
+const TCP_TIME_WAIT = 6;
+/** Pseudo-state of inet_diag (Linux 6.7+): a TCP socket that is bound but neither listening nor connected. */
+const TCP_BOUND_INACTIVE = 13;
+const SOCK_DESTROY = 21;
+const NLM_F_ACK = 4;
 
 export interface UnixDiag {
   ino: number;
@@ -59,10 +65,10 @@ function withSockDiag<T>(fn: (nl: number) => T): T {
   }
 }
 
-function header(len: number, flags: number): Buffer {
+function header(len: number, flags: number, type = SOCK_DIAG_BY_FAMILY): Buffer {
   const req = Buffer.alloc(len);
   req.writeUInt32LE(len, 0);
-  req.writeUInt16LE(SOCK_DIAG_BY_FAMILY, 4);
+  req.writeUInt16LE(type, 4);
   req.writeUInt16LE(NLM_F_REQUEST | flags, 6);
   req.writeUInt32LE(1, 8);
   return req;
@@ -162,6 +168,91 @@ export function inetShutdowns(family: number, protocol: number): Map<number, num
       if (p.length >= 72) out.set(p.readUInt32LE(68), attrs(p, 72).get(INET_DIAG_SHUTDOWN)?.[0] ?? 0);
     }
     return out;
+  });
+}
+
+/**
+ * The inode of the socket a unix socket is connected to (the only place
+ * the kernel tells it); null when it has no peer. `ino`: the socket's own
+ * inode (stat of its fd).
+ */
+export function unixPeerInode(ino: number): number | null {
+  return withSockDiag((nl) => {
+    const req = header(16 + 24, 0);
+    req.writeUInt8(1, 16); // AF_UNIX
+    req.writeUInt32LE(0xffffffff, 20);
+    req.writeUInt32LE(ino, 24);
+    req.writeUInt32LE(UDIAG_SHOW_PEER, 28);
+    req.writeUInt32LE(NOCOOKIE, 32);
+    req.writeUInt32LE(NOCOOKIE, 36);
+    rawSyscall('sendto(sock_diag)', SYS.sendto, nl, libc.address(req), req.length, 0, 0, 0);
+    for (const p of answers(nl, `sock_diag(unix ${ino})`, false)) {
+      const peer = attrs(p, 16).get(UNIX_DIAG_PEER);
+      return peer ? peer.readUInt32LE(0) : null;
+    }
+    return null;
+  });
+}
+
+/** A dump request for the TCP sockets of `family` in the states of `stateMask`. */
+function tcpDumpRequest(family: number, stateMask: number): Buffer {
+  const req = header(16 + 56, NLM_F_DUMP);
+  req.writeUInt8(family, 16);
+  req.writeUInt8(IPPROTO_TCP, 17);
+  req.writeUInt32LE(stateMask, 20);
+  return req;
+}
+
+/**
+ * Inodes of the TCP sockets of `family` that hold a bound port while
+ * closed. null when the kernel cannot tell (before Linux 6.7 it does not
+ * list such sockets, or refuses the state bit).
+ */
+export function tcpBoundInactive(family: number): Set<number> | null {
+  return withSockDiag((nl) => {
+    const req = tcpDumpRequest(family, 1 << TCP_BOUND_INACTIVE);
+    rawSyscall('sendto(inet_diag)', SYS.sendto, nl, libc.address(req), req.length, 0, 0, 0);
+    const out = new Set<number>();
+    try {
+      // struct inet_diag_msg: the inode at +68.
+      for (const p of answers(nl, 'inet_diag(bound inactive)', true)) if (p.length >= 72) out.add(p.readUInt32LE(68));
+    } catch (err) {
+      if (err instanceof SysError) return null;
+      throw err;
+    }
+    return out;
+  });
+}
+
+/**
+ * Ends the TIME_WAIT entries whose local port is `port` (family AF_INET or
+ * AF_INET6), through SOCK_DESTROY; returns how many went.
+ */
+export function destroyTimeWait(family: number, port: number): number {
+  return withSockDiag((nl) => {
+    const req = tcpDumpRequest(family, 1 << TCP_TIME_WAIT);
+    rawSyscall('sendto(inet_diag)', SYS.sendto, nl, libc.address(req), req.length, 0, 0, 0);
+    // struct inet_diag_msg: the socket id (48 bytes, sport first, big-endian) at +4.
+    // Copied out: each answer is a view of a buffer the next read reuses.
+    const ids: Buffer[] = [];
+    for (const p of answers(nl, 'inet_diag(time-wait)', true)) if (p.length >= 72 && p.readUInt16BE(4) === port) ids.push(Buffer.from(p.subarray(4, 52)));
+    let gone = 0;
+    for (const id of ids) {
+      const d = header(16 + 56, NLM_F_ACK, SOCK_DESTROY);
+      d.writeUInt8(family, 16);
+      d.writeUInt8(IPPROTO_TCP, 17);
+      d.writeUInt32LE(1 << TCP_TIME_WAIT, 20);
+      id.copy(d, 24);
+      rawSyscall('sendto(sock_destroy)', SYS.sendto, nl, libc.address(d), d.length, 0, 0, 0);
+      try {
+        for (const _ of answers(nl, 'sock_destroy', false)) { /* an ack carries no payload */ }
+        gone++;
+      } catch (err) {
+        // Gone meanwhile (ENOENT), or another socket's: not ours to fail on.
+        if (!(err instanceof SysError)) throw err;
+      }
+    }
+    return gone;
   });
 }
 

@@ -3,7 +3,7 @@
  * before anything is cleared, updated around the scan and at the commit.
  */
 import { TsnapError } from '../errors.js';
-import { union, type Range } from '../dump/ranges.js';
+import { union, type Range } from '../image/ranges.js';
 import { newState, readState, writeState, settle, type ImageRef, type TrackingState } from './state.js';
 import type { Tracking } from './tracking.js';
 

@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { readStat } from '../proc/index.js';
 import { readMetaFile } from '../image/metadata.js';
 import { FileKind, type Inventory, type TrackingRef } from '../../formats/schema.js';
-import { normalize, type Range } from '../dump/ranges.js';
+import { normalize, type Range } from '../image/ranges.js';
 
 export const STATE_DIR = '/run/tsnap/tracking';
 

@@ -1,7 +1,7 @@
 /** Range algebra and chain resolution against per-page brute force. */
 import { describe, it, expect } from 'vitest';
 import fc from 'fast-check';
-import { normalize, subtract, intersect, union } from '../../src/dump/ranges.js';
+import { normalize, subtract, intersect, union } from '../../src/image/ranges.js';
 import { resolveChain, storedRanges, type ChainLevel } from '../../src/image/chain-index.js';
 import { PageWhere, type PageRun } from '../../formats/schema.js';
 

@@ -4,7 +4,7 @@
  * the new task (removed as the very last step).
  */
 import { ProcMem, SYS, AT_FDCWD, O_CLOEXEC } from '../sys/index.js';
-import type { RemoteSyscaller } from '../inject/remote-syscall.js';
+import type { RemoteSyscaller } from './remote-syscall.js';
 
 export class RemoteTask {
   scratch = 0;
