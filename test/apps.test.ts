@@ -68,7 +68,9 @@ describe.skipIf(!have('javac') || !have('java'))('JVM 17 HTTP server (NIO)', () 
     writeFileSync(join(classes, 'Srv.java'), JAVA_SERVER);
     execFileSync('javac', ['-d', classes, join(classes, 'Srv.java')], { stdio: 'ignore' });
     // Through python: fds the test runner leaks are closed before the JVM starts.
-    const p = await startProcess('python3', ['-c', `import os, sys; os.closerange(3, 1024); os.execvp('java', ['java', '-Xmx64m', '-XX:+UseSerialGC', '-cp', sys.argv[1], 'Srv'])`, classes],
+    // Idle keep-alive connections are closed after 30 s by default: longer
+    // than a scenario may take on a loaded machine.
+    const p = await startProcess('python3', ['-c', `import os, sys; os.closerange(3, 1024); os.execvp('java', ['java', '-Xmx64m', '-XX:+UseSerialGC', '-Dsun.net.httpserver.idleInterval=3600', '-cp', sys.argv[1], 'Srv'])`, classes],
       { readyPattern: /^READY/, timeoutMs: 30_000, stdin: 'ignore' });
     const port = Number(p.readyInfo.port);
     // Raw HTTP over one connection: an agent would silently open a new one if it broke.

@@ -89,11 +89,20 @@ export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): P
   const ok = (r: { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }, what: string) =>
     expect(r.code, `${what}: exit ${r.code ?? r.signal}: ${r.stderr}${r.stdout}`).toBe(0);
   let cur = first;
-  await o.check('start', cur.pid);
+  // A client that gets no answer says after which scenario (an assertion says it itself).
+  const check = async (step: Scenario | 'start') => {
+    try {
+      await o.check(step, cur.pid);
+    } catch (e) {
+      if (e instanceof Error && !('actual' in e)) e.message = `after ${step}: ${e.message}`;
+      throw e;
+    }
+  };
+  await check('start');
 
   ok(await tsnap('dump', ...tree, '--leave-running', '--tcp-established', '--pid', String(cur.pid), '--dir', join(o.work, 'lr')), 'dump --leave-running');
   expectUntouched(cur.pid);
-  await o.check('leave-running', cur.pid);
+  await check('leave-running');
 
   // A tree's members are orphans once their root is killed: init reaps them late.
   let members: number[] = [];
@@ -106,17 +115,17 @@ export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): P
 
   const chain = join(o.work, 'chain');
   ok(await tsnap('pre-dump', ...tree, '--pid', String(cur.pid), '--dir', join(chain, '1')), 'pre-dump');
-  await o.check('pre-dump chain', cur.pid);
+  await check('pre-dump chain');
   ok(await tsnap('pre-dump', ...tree, '--pid', String(cur.pid), '--dir', join(chain, '2'), '--parent', join(chain, '1')), 'pre-dump --parent');
   before();
   ok(await tsnap('dump', ...tree, '--tcp-established', '--pid', String(cur.pid), '--dir', join(chain, '3'), '--parent', join(chain, '2')), 'dump --parent');
   await dieAndRestore(join(chain, '3'), join(o.work, 'chain.pid'));
-  await o.check('pre-dump chain', cur.pid);
+  await check('pre-dump chain');
 
   before();
   ok(await tsnap('dump', ...tree, '--tcp-established', '--pid', String(cur.pid), '--dir', join(o.work, 'kill')), 'dump');
   await dieAndRestore(join(o.work, 'kill'), join(o.work, 'kill.pid'));
-  await o.check('kill', cur.pid);
+  await check('kill');
 
   const srv = await startServe(join(o.work, 'in'), ['--restore', '--count', '1']);
   before();
@@ -128,7 +137,7 @@ export async function runScenarios(first: ScenarioTarget, o: ScenarioOptions): P
   expect(srv.events.filter((e) => e.includes('"warning"') && !e.includes('--token is visible')), 'the receiver\'s restore').toEqual([]);
   // Moved to the same pids (the receiver waited for them to be free).
   for (const p of [cur.pid, ...members]) registerPid(p);
-  await o.check('migrate', cur.pid);
+  await check('migrate');
   // The sender's guardian finishes after the sender has exited (on EOF): let it end by itself.
   const guardians = () => markedProcesses((x) => x === OWNER).filter((g) => { try { return readFileSync(`/proc/${g}/comm`, 'utf8').trim() === 'tsnap-guardian'; } catch { return false; } });
   for (let i = 0; i < 500 && guardians().length; i++) await new Promise((res) => setTimeout(res, 10));
