@@ -9,14 +9,27 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, readImage, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
+import { tsnap, readImage, restoreDetached, useRestoredCleanup, killPid } from './helpers/tsnap.js';
+import { startServe, useServeCleanup } from './helpers/serve.js';
+import { registerPid } from './helpers/processes.js';
 import { checkRestored } from '../src/restore/self-check.js';
 import { ExitCode } from '../src/errors.js';
 import type { ProcessImage } from '../formats/schema.js';
 
 useProcessCleanup();
 useRestoredCleanup();
+useServeCleanup();
 afterAll(() => cleanupTmpDirs());
+
+/** A child in its parent's process group: restored alone, it cannot be in that group again. */
+const GROUP_MEMBER = `import os, time
+os.setpgid(0, 0)
+pid = os.fork()
+if pid == 0:
+    print('READY pid=%d' % os.getpid(), flush=True)
+    while True: time.sleep(0.1)
+os.waitpid(pid, 0)
+time.sleep(1000)`;
 
 const threadsOf = (p: ProcessImage) => p.threads.map((t) => ({ tid: t.tid, sigmask: t.sigmask }));
 
@@ -72,14 +85,7 @@ while True: time.sleep(0.1)`);
   it('--check strict refuses to start a process that differs from its image; warn names it; off is silent', async () => {
     // Not a group leader: its group's leader is not in the image, so the
     // restored process cannot be in that group again.
-    const script = `import os, time
-os.setpgid(0, 0)
-pid = os.fork()
-if pid == 0:
-    print('READY pid=%d' % os.getpid(), flush=True)
-    while True: time.sleep(0.1)
-os.waitpid(pid, 0)
-time.sleep(1000)`;
+    const script = GROUP_MEMBER;
     const work = tmpDir('selfcheck-cli');
     for (const mode of ['strict', 'warn', 'off'] as const) {
       const p = await startPython(script);
@@ -98,5 +104,22 @@ time.sleep(1000)`;
         else expect(r.result.stderr).not.toMatch(/restore check/);
       }
     }
+  });
+
+  it('tsnap serve --restore tells what its restore check finds, as warning events', async () => {
+    const p = await startPython(GROUP_MEMBER);
+    const child = Number(p.readyInfo.pid);
+    const work = tmpDir('selfcheck-serve');
+    const srv = await startServe(join(work, 'in'), ['--restore', '--count', '1']);
+    const m = await tsnap('migrate', '--pid', String(child), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--max-iterations', '1');
+    expect(m.code, m.stderr).toBe(0);
+    for (let i = 0; i < 1500 && !srv.events.some((e) => e.includes('"restored"')); i++) await new Promise((res) => setTimeout(res, 20));
+    expect(srv.events.some((e) => e.includes('"restored"')), srv.events.join('\n')).toBe(true);
+    registerPid(child);
+    const warnings = srv.events.filter((e) => e.includes('"warning"') && e.includes('restore check')).map((e) => JSON.parse(e) as { pid: number; message: string });
+    expect(warnings.length, srv.events.join('\n')).toBe(1);
+    expect(warnings[0].pid).toBe(child);
+    expect(warnings[0].message).toMatch(/restore check of \d+: process group is \d+, the image's \d+ \(its leader is not in the image/);
+    await killPid(child);
   });
 });

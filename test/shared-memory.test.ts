@@ -90,6 +90,13 @@ describe('shared anonymous memory', () => {
       expect(inVma(0)).toBe(n * 4);
       expect(vmaOf(1).dumped).toBe(false);
       expect(inVma(1)).toBe(0);
+      if (chain) {
+        // Each pre-dump round stores it once too (a migration sends every round's).
+        const round1 = [p.pid, child].map((pid) => readImage(join(work, '1', String(pid))));
+        const inRound1 = (i: number) => [...storedPageSet(round1[i])].filter((a) => a >= vmaOf(i).start && a < vmaOf(i).end).length;
+        expect(inRound1(0)).toBe(12);
+        expect(inRound1(1)).toBe(0);
+      }
       const r = await restoreDetached(dir, join(work, 'pid'));
       expect(r.result.code, r.result.stderr).toBe(0);
       r.writeLine('sum');

@@ -32,7 +32,7 @@ export function sharedAnonRanges(pid: number, vmas: readonly Vma[], classes: rea
 }
 
 /** The shared anonymous objects ("dev:ino", as restore names them) a process maps. */
-function sharedAnonObjects(pid: number): Set<string> {
+export function sharedAnonObjects(pid: number): Set<string> {
   const out = new Set<string>();
   for (const v of readMaps(pid)) {
     if (!(v.shared && v.deleted && v.path === '/dev/zero')) continue;

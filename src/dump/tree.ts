@@ -26,7 +26,7 @@ import { pausePoint } from '../fault-points.js';
 import { listChildren, readStat } from '../proc/index.js';
 import { sharedFdTables } from '../files/fd-table.js';
 import { readTreeFds } from './fds.js';
-import { sharedStoredEarlier } from './shared-memory.js';
+import { sharedStoredEarlier, sharedAnonObjects } from './shared-memory.js';
 import { tcpRepair } from '../files/tcp.js';
 import { dump, preDump, checkMappings, checkCwd, type DumpOptions, type DumpResult } from './dump.js';
 import { checkOomScoreAdj } from './process-state.js';
@@ -188,12 +188,19 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
       } else {
         members = listTree(root);
         const alive: TreeMember[] = [];
+        // As in the dump: a shared object one member of this round stored is
+        // not stored again by the next (postgres's buffer pool, sent whole
+        // every round of a migration, once per process otherwise).
+        const stored = new Set<string>();
         for (const m of members) {
           checkAbort();
           // Zombies have no memory to pre-dump; the final dump records them.
           try { if (readStat(m.pid).state === 'Z') continue; } catch { continue; }
           try {
-            const result = await preDump({ ...opts, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid), deferRound: true, commitFile: join(topDir, 'tree') });
+            const mine = sharedAnonObjects(m.pid);
+            const sharedElsewhere = new Set([...mine].filter((k) => stored.has(k)));
+            const result = await preDump({ ...opts, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid), deferRound: true, commitFile: join(topDir, 'tree'), sharedElsewhere });
+            for (const k of mine) stored.add(k);
             done.push({ pid: m.pid, result });
             alive.push(m);
           } catch (err) {

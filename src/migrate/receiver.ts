@@ -324,6 +324,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     }
     const path = live && !fallback ? 'live' : 'disk';
     void waitForExit(r.pid); // reap it when it ends
+    // What restore's own check found different from the image: told, never dropped.
+    for (const message of r.warnings) opts.onEvent?.({ event: 'warning', pid: r.pid, message });
     await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}) })).catch(() => {});
     opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}), ...(r.warnings.length ? { warnings: r.warnings } : {}) });
     try {

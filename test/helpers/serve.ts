@@ -12,18 +12,21 @@ export function useServeCleanup(): void {
   });
 }
 
-let nextPort = 18900 + (process.pid % 300);
-
-/** Starts `tsnap serve` on a loopback port with token "sesame"; resolves once it listens. */
+/**
+ * Starts `tsnap serve` on a loopback port with token "sesame"; resolves once
+ * it listens. The port is the kernel's choice (port 0, as its "listening"
+ * event says): ports counted from a base per worker collided between
+ * workers, and a sender then reached another test's receiver (same token).
+ */
 export async function startServe(dir: string, extra: string[] = []): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
-  const port = nextPort++;
-  const proc = spawn(process.execPath, [TSNAP_BIN, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', dir, '--token', 'sesame', '--json', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = spawn(process.execPath, [TSNAP_BIN, 'serve', '--listen', '127.0.0.1:0', '--dir', dir, '--token', 'sesame', '--json', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
   servers.push(proc);
   const events: string[] = [];
-  await new Promise<void>((resolve, reject) => {
+  const port = await new Promise<number>((resolve, reject) => {
     proc.stderr!.on('data', (d) => {
       events.push(...String(d).trim().split('\n'));
-      if (events.some((e) => e.includes('"listening"'))) resolve();
+      const listening = events.find((e) => e.includes('"listening"'));
+      if (listening) resolve((JSON.parse(listening) as { port: number }).port);
     });
     proc.once('exit', () => reject(new Error(`serve exited: ${events.join('\n')}`)));
   });
