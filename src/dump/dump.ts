@@ -34,7 +34,7 @@ import { tcpRepair } from '../files/tcp.js';
 import { isMemfdPath } from '../files/fifo-memfd.js';
 import { isMappedGhost, checkMappedGhost } from '../files/ghost-map.js';
 import { isAioRing, checkAioRings } from '../files/aio.js';
-import { copyPages, fullSelection } from './page-dumper.js';
+import { copyPages, fullSelection, type CopyOptions } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
 import { type Range } from './ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
@@ -49,6 +49,7 @@ import { TsnapError, asTsnapError, interrupted } from '../errors.js';
 import { refuseUndumpable } from './target-check.js';
 import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
+import { CowWorker, CowLost, copyWithCow, killReleased, type CowCopyResult } from './cow-session.js';
 
 export interface DumpOptions {
   pid: number;
@@ -98,6 +99,13 @@ export interface DumpOptions {
   extUnixSk?: boolean;
   /** Take connected TCP sockets as closed ones (see SocketOptions.tcpClose). */
   tcpClose?: boolean;
+  /**
+   * Copy-on-write (dump/cow-session.ts): frozen only for the state, the
+   * memory is copied while the target runs; in kill mode it is killed once
+   * the image is committed. Full dumps of a process this dump freezes
+   * itself; otherwise (a parent, a tree, a hold) the memory is copied frozen.
+   */
+  cow?: boolean;
 }
 
 export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
@@ -164,8 +172,15 @@ function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: 'd
   };
 }
 
-export function dump(opts: DumpOptions): Promise<DumpResult> {
-  return takeImage(opts, 'dump');
+export async function dump(opts: DumpOptions): Promise<DumpResult> {
+  try {
+    return await takeImage(opts, 'dump');
+  } catch (err) {
+    if (!(err instanceof CowLost)) throw err;
+    // The first attempt left no trace; this one stops the target for the whole copy.
+    opts.warn?.(`${err.message}; dumping process ${opts.pid} again, frozen for the whole copy`);
+    return takeImage({ ...opts, cow: false }, 'dump');
+  }
 }
 
 export function preDump(opts: PreDumpOptions): Promise<DumpResult> {
@@ -188,6 +203,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   let round: RoundEnd | null = null;
   let record: RoundRecord | null = null;
   let armed: Range[] = [];
+  let cowWorker: CowWorker | null = null;
   // Known before the scan: the tracking's record names the round's image.
   const imageId = randomUUID();
   try {
@@ -222,6 +238,10 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         checkCwd(pid);
         checkOomScoreAdj(pid);
         checkCreds(pid);
+        if (opts.cow && !opts.leaveRunning && opts.tcpEstablished) {
+          throw new TsnapError('usage', '--cow in kill mode lets the process run after its TCP connections are taken; use --leave-running or --no-cow');
+        }
+        if (opts.cow && !parent && !opts.hold) cowWorker = await CowWorker.start();
         set = FrozenSet.freeze(pid);
         set.attach(tcpRepair);
         frozen = set.processes[0];
@@ -262,7 +282,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         // A delta knows its pages; a full copy streams them: estimate with the
         // resident anonymous memory (statm: resident - file-backed resident).
         const total = Array.isArray(selection) ? selection.reduce((n, r) => n + (r.end - r.start), 0) : anonResidentBytes(pid);
-        const pages = await copyPages(pid, layout.vmas, selection, pageWriter, mem, {
+        let cow: CowCopyResult | null = null;
+        const copyOpts: CopyOptions = {
           onProgress: (bytes) => {
             copied += bytes;
             opts.onProgress?.({ bytes: copied, total, pid });
@@ -274,9 +295,12 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
             vanished += len / 4096;
             try { uffdWriteProtect(track!.uffd, start, len, false); } catch { /* gone for good */ }
           },
-        });
+        };
+        const pages = cowWorker && ours && frozen
+          ? (cow = await copyWithCow({ pid, frozen, vmas: layout.vmas, classes: layout.classes, selection, writer: pageWriter, mem, worker: cowWorker, release: () => ours.release(), onProgress: copyOpts.onProgress })).pages
+          : await copyPages(pid, layout.vmas, selection, pageWriter, mem, copyOpts);
         // Every byte is read: a target that stays alive need not wait for the writes.
-        let frozenUs = frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
+        let frozenUs = cow ? cow.frozenUs : frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
         if (ours && opts.leaveRunning && !opts.hold) ours.finish('release');
         await pageWriter.finish(fsync);
         const memdumpUs = Number(process.hrtime.bigint() - tMem) / 1000;
@@ -302,6 +326,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           bytesStored: pageWriter.bytesStored,
           throughputMiBps: memdumpUs > 0 ? pageWriter.bytesRaw / (1 << 20) / (memdumpUs / 1e6) : 0,
           compression,
+          ...(cow ? { cow: cow.stats } : {}),
           ...(track ? { vmasFresh: trackStats.freshVmas, vmasTracked: trackStats.oldVmas, vmasUntracked: trackStats.untrackedVmas, pagesVanished: vanished } : {}),
         };
         files.stats = writeMetaFile(dir.path, FileKind.Stats, stats, fsync);
@@ -342,6 +367,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           stats.frozenUs = frozenUs;
           held = ours.finish(opts.hold ? 'hold' : opts.leaveRunning ? 'release' : 'kill');
         }
+        // Copy-on-write in kill mode: it ran during the copy, released; it ends now.
+        if (cow && !opts.leaveRunning) killReleased(pid);
         return {
           dir: dir.path, imageId, kind: inventory.kind, stats,
           killed: mode === 'dump' && !opts.leaveRunning && !opts.hold && !opts.frozen,
@@ -358,12 +385,14 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   } catch (err) {
     // Whatever failed, the target runs on as before and no partial image remains.
     (round as RoundEnd | null)?.abort();
+    await (cowWorker as CowWorker | null)?.stop();
     const own = set as FrozenSet | null;
     try { own?.release(); } catch { /* gone */ }
     if (!own && !opts.frozen) tcpRepair.release();
     const w = writer as PageFileWriter | null;
     if (w) await w.abort();
     discardImageDir(dir);
+    if (err instanceof CowLost) throw err;
     throw asTsnapError(err, `${mode} of process ${pid}`);
   }
 }
