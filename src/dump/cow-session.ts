@@ -192,7 +192,13 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
             const s = Atomics.load(slotOf, first + k);
             if (s) saved.copy(buf, off + k * PAGE, (s - 1) * PAGE, s * PAGE);
           }
-          uffdWriteProtect(uffd, p.start, p.len, false);
+          try {
+            uffdWriteProtect(uffd, p.start, p.len, false);
+          } catch (err) {
+            // ENOENT: the range is no longer mapped; what was read of it may be another mapping's.
+            if (!(err instanceof SysError)) throw err;
+            unreadable = true;
+          }
           off += p.len;
           last = first + p.len / PAGE;
         }

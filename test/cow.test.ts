@@ -1,0 +1,172 @@
+/**
+ * Copy-on-write dumps (dump --cow): the target runs while its memory is
+ * copied, and the image is still its memory at one instant. The writer
+ * fixture (cowwriter.c) rewrites its pages without pause from two threads
+ * and checks, after the restore, that what it finds is a state it could
+ * have been in at one instant, matching its own counters.
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
+import { tsnap, startTsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
+import { killPid, tracerOf, waitPidsFree } from './helpers/processes.js';
+import type { DumpStats } from '../formats/schema.js';
+
+useProcessCleanup();
+useRestoredCleanup();
+afterAll(() => cleanupTmpDirs());
+
+const PAGES = '2048'; // per thread: 8 MiB each
+
+type Talker = { writeLine(s: string): void; waitForLine(re: RegExp, t?: number, from?: number): Promise<string> };
+async function check(p: Talker, from: number): Promise<string> {
+  p.writeLine('check');
+  return p.waitForLine(/^(CONSISTENT|INCONSISTENT)/, 10_000, from);
+}
+const countersOf = (line: string) => /counters=([\d,]+)/.exec(line)![1].split(',').map(Number);
+const tasksOf = (pid: number) => readdirSync(`/proc/${pid}/task`).map(Number);
+
+/** Nothing of the dump is left in the target: untraced, no uffd, no write-protected VMA. */
+function untouched(pid: number): void {
+  for (const t of tasksOf(pid)) expect(tracerOf(t), `thread ${t}`).toBe(0);
+  const fds = readdirSync(`/proc/${pid}/fd`).map((f) => { try { return readlinkSync(`/proc/${pid}/fd/${f}`); } catch { return ''; } });
+  expect(fds.filter((l) => l.includes('userfaultfd'))).toEqual([]);
+  const flags = readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n').filter((l) => l.startsWith('VmFlags:'));
+  expect(flags.filter((l) => / uw/.test(l))).toEqual([]);
+}
+
+async function restoreAndCheck(dir: string, work: string, pids: number[]): Promise<string> {
+  await waitPidsFree(pids);
+  const r = await restoreDetached(dir, join(work, 'pid'));
+  expect(r.result.code, r.result.stderr).toBe(0);
+  return check(r, 0);
+}
+
+describe('copy-on-write dumps', () => {
+  it('an image taken while two threads write on is their memory at one instant (leave-running)', async () => {
+    const work = tmpDir('tsnap-cow-');
+    const p = await startProcess(await compileC('cowwriter'), [PAGES, '2']);
+    const tids = tasksOf(p.pid);
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--cow', '--json');
+    expect(d.code, d.stderr).toBe(0);
+    const stats = JSON.parse(d.stdout).stats as DumpStats;
+    expect(stats.cow!.pagesProtected).toBeGreaterThanOrEqual(2 * Number(PAGES));
+    console.log(`cow: frozen ${Math.round(stats.frozenUs)} µs of ${Math.round(stats.totalUs)}; ${stats.cow!.faults} faults (${stats.cow!.faultPages} pages saved), mean ${stats.cow!.faultMeanUs.toFixed(1)} µs`);
+    untouched(p.pid);
+    const live = await check(p, p.lines().length);
+    expect(live).toMatch(/^CONSISTENT/);
+    killPid(p.pid);
+    const restored = await restoreAndCheck(dir, work, tids);
+    expect(restored).toMatch(/^CONSISTENT/);
+    // The image is older than the live check, and the writers did move.
+    countersOf(restored).forEach((c, i) => expect(c).toBeLessThanOrEqual(countersOf(live)[i]));
+  });
+
+  it('kill mode: the process writes on during the copy, is killed after, and comes back as it was at the freeze', async () => {
+    const work = tmpDir('tsnap-cow-');
+    const p = await startProcess(await compileC('cowwriter'), [PAGES, '2']);
+    const tids = tasksOf(p.pid);
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--cow');
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    expect(await restoreAndCheck(dir, work, tids)).toMatch(/^CONSISTENT/);
+  });
+
+  it('SIGKILL of tsnap mid-copy: the kernel drops every protection, the blocked writers wake and run on', async () => {
+    const work = tmpDir('tsnap-cow-');
+    const p = await startProcess(await compileC('cowwriter'), [PAGES, '2']);
+    const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--leave-running', '--cow'], { TSNAP_TEST_PAUSE_AT: 'cow-running' });
+    await waitForStderr(t.child, /paused at cow-running/);
+    // tsnap is stopped with every page protected: the writers are blocked in faults now.
+    t.child.kill('SIGKILL');
+    const r = await t.done;
+    expect(r.signal).toBe('SIGKILL');
+    await expectWritersRun(p);
+    untouched(p.pid);
+  });
+
+  it('SIGTERM mid-copy: the dump is abandoned, the target unprotected and untraced', async () => {
+    const work = tmpDir('tsnap-cow-');
+    const p = await startProcess(await compileC('cowwriter'), [PAGES, '1']);
+    const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--leave-running', '--cow'], { TSNAP_TEST_PAUSE_AT: 'cow-running' });
+    await waitForStderr(t.child, /paused at cow-running/);
+    // It says so just before it stops itself: a SIGCONT sent earlier would be lost.
+    await waitStopped(t.child.pid!);
+    t.child.kill('SIGTERM');
+    t.child.kill('SIGCONT');
+    const r = await t.done;
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/interrupted by SIGTERM/);
+    await expectWritersRun(p);
+    untouched(p.pid);
+  });
+
+  it.each([
+    ['SIGUSR1', 'munmap', 'unmapped', 'UNMAPPED'],
+    ['SIGUSR2', 'MADV_DONTNEED', 'dropped \\(MADV_DONTNEED or MADV_REMOVE\\)', 'DROPPED'],
+  ] as const)('memory removed (%s: %s) before the copy reached it: the dump is taken again, frozen, and is consistent', async (sig, _what, said, flag) => {
+    const work = tmpDir('tsnap-cow-');
+    // 32 MiB of slices, copied first, then a 4 MiB region it unmaps (SIGUSR1) or drops (SIGUSR2).
+    const p = await startProcess(await compileC('cowwriter'), ['8192', '1', '1024']);
+    const tids = tasksOf(p.pid);
+    const dir = join(work, 'img');
+    const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--cow', '--json'], { TSNAP_TEST_PAUSE_AT: 'cow-running' });
+    await waitForStderr(t.child, /paused at cow-running/);
+    await waitStopped(t.child.pid!);
+    // Protected and released, nothing copied yet: the removal runs up to its event, which waits for tsnap.
+    process.kill(p.pid, sig);
+    t.child.kill('SIGCONT');
+    const d = await t.done;
+    expect(d.code, d.stderr).toBe(0);
+    expect(d.stderr).toMatch(new RegExp(`${said} memory not yet copied at 0x7e0000000000 while it ran; dumping process \\d+ again, frozen`));
+    expect((JSON.parse(d.stdout).stats as DumpStats).cow).toBeUndefined();
+    killPid(p.pid);
+    expect(await restoreAndCheck(dir, work, tids)).toMatch(new RegExp(`^CONSISTENT .*${flag}`));
+  });
+
+  it('a tracked target (pre-dumped): VMAs the tracking registered are copied while frozen, and the image is still consistent', async () => {
+    const work = tmpDir('tsnap-cow-');
+    const p = await startProcess(await compileC('cowwriter'), [PAGES, '1']);
+    const tids = tasksOf(p.pid);
+    const pre = await tsnap('pre-dump', '--pid', String(p.pid), '--dir', join(work, 'pre'));
+    expect(pre.code, pre.stderr).toBe(0);
+    const dir = join(work, 'img');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--cow', '--json');
+    expect(d.code, d.stderr).toBe(0);
+    // EBUSY on every tracked VMA: nothing of the slice is protected, all of it copied frozen.
+    const cow = (JSON.parse(d.stdout).stats as DumpStats).cow!;
+    expect(cow.pagesFrozenCopy).toBeGreaterThanOrEqual(Number(PAGES));
+    expect(cow.pagesProtected).toBeLessThan(Number(PAGES));
+    killPid(p.pid);
+    expect(await restoreAndCheck(dir, work, tids)).toMatch(/^CONSISTENT/);
+  });
+});
+
+/** Consistent, and every writer moves on (given some time: two cores are shared with other work). */
+async function expectWritersRun(p: Running): Promise<void> {
+  const a = await check(p, p.lines().length);
+  expect(a).toMatch(/^CONSISTENT/);
+  for (let i = 0; ; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    const b = await check(p, p.lines().length);
+    expect(b).toMatch(/^CONSISTENT/);
+    if (countersOf(b).every((c, k) => c > countersOf(a)[k])) return;
+    if (i === 100) throw new Error(`the writers did not move on: ${a} then ${b}`);
+  }
+}
+
+async function waitStopped(pid: number): Promise<void> {
+  while (!/^State:\s+T/m.test(readFileSync(`/proc/${pid}/status`, 'utf8'))) await new Promise((r) => setTimeout(r, 5));
+}
+
+function waitForStderr(child: { stderr: NodeJS.ReadableStream | null }, re: RegExp): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const t = setTimeout(() => reject(new Error(`timeout waiting for ${re} on tsnap's stderr: ${text}`)), 20_000);
+    child.stderr!.on('data', (d) => { text += d; if (re.test(text)) { clearTimeout(t); resolve(); } });
+  });
+}
+
