@@ -64,13 +64,15 @@ describe('copy-on-write dumps', () => {
     countersOf(restored).forEach((c, i) => expect(c).toBeLessThanOrEqual(countersOf(live)[i]));
   });
 
-  it('kill mode: the process writes on during the copy, is killed after, and comes back as it was at the freeze', async () => {
+  it('kill mode, with a fault store of 32 pages: writers wait for the copy when it is full, are killed after, and come back as they were at the freeze', async () => {
     const work = tmpDir('tsnap-cow-');
     const p = await startProcess(await compileC('cowwriter'), [PAGES, '2']);
     const tids = tasksOf(p.pid);
     const dir = join(work, 'img');
-    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--cow');
+    const d = await startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--cow', '--json'], { TSNAP_COW_STORE_PAGES: '32' }).done;
     expect(d.code, d.stderr).toBe(0);
+    const cow = (JSON.parse(d.stdout).stats as DumpStats).cow!;
+    console.log(`cow, store of 32 pages: ${cow.faults} faults, ${cow.faultsDeferred} deferred, ${cow.faultPages} pages saved`);
     await p.exited;
     expect(await restoreAndCheck(dir, work, tids)).toMatch(/^CONSISTENT/);
   });

@@ -43,8 +43,12 @@ import type { CowStats, PageRun } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 import { pausePoint } from '../fault-points.js';
 
-/** Pages the fault server may hold ahead of the copy (64 MiB); beyond, writers wait for the copy to reach them. */
-const STORE_PAGES = 16384;
+/**
+ * Pages the fault server may hold ahead of the copy (64 MiB); beyond,
+ * writers wait for the copy to reach them. TSNAP_COW_STORE_PAGES: tests
+ * shrink it to make that happen.
+ */
+const STORE_PAGES = Number(process.env.TSNAP_COW_STORE_PAGES) > 0 ? Number(process.env.TSNAP_COW_STORE_PAGES) : 16384;
 const BLOCK_PAGES = 16;
 
 /** The copy could not be kept consistent: the caller dumps again, frozen. */
@@ -165,7 +169,8 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
     stats.pagesProtected = nPages;
     const slots = new SharedArrayBuffer(Math.max(4, nPages * 4));
     const store = new SharedArrayBuffer(Math.max(1, Math.min(nPages, STORE_PAGES)) * PAGE);
-    if (uffd >= 0) worker.go({ pid, uffd, ranges, slots, store, blockPages: BLOCK_PAGES });
+    const free = new SharedArrayBuffer(store.byteLength / PAGE * 4);
+    if (uffd >= 0) worker.go({ pid, uffd, ranges, slots, store, free, blockPages: BLOCK_PAGES });
     stats.armUs = Number(process.hrtime.bigint() - tArm) / 1000;
     const frozenUs = Number(process.hrtime.bigint() - a.frozen.frozenAt) / 1000;
     release();
@@ -175,6 +180,8 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
     const ctl = worker.ctl;
     const slotOf = new Int32Array(slots);
     const saved = Buffer.from(store);
+    const ring = new Int32Array(free);
+    const capacity = ring.length;
     let unreadable = false;
     const late = await copyPages(pid, vmas, cowSel, writer, mem, {
       onProgress: (bytes) => {
@@ -190,7 +197,13 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
           for (let k = 0; k < p.len / PAGE; k++) {
             // A page the fault server saved holds the bytes of the freeze; what was read may be newer.
             const s = Atomics.load(slotOf, first + k);
-            if (s) saved.copy(buf, off + k * PAGE, (s - 1) * PAGE, s * PAGE);
+            if (s) {
+              saved.copy(buf, off + k * PAGE, (s - 1) * PAGE, s * PAGE);
+              // Its slot is free again: the ring entry first, then the head that publishes it.
+              const head = Atomics.load(ctl, CTL.FREE_HEAD);
+              ring[head % capacity] = s - 1;
+              Atomics.store(ctl, CTL.FREE_HEAD, head + 1);
+            }
           }
           try {
             uffdWriteProtect(uffd, p.start, p.len, false);

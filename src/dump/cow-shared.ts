@@ -8,7 +8,10 @@
  * "index space"). slots[i] is 0 until the fault server saved page i, then
  * 1 + its slot in the store. The main thread copies in address order and
  * publishes in ctl[CURSOR] the index below which it has taken every page:
- * a fault there needs no copy, only a wake-up.
+ * a fault there needs no copy, only a wake-up. Once it has taken a saved
+ * page, the main thread hands its slot back through a ring (one producer,
+ * one consumer), so the store bounds the pages saved ahead of the copy, not
+ * all pages ever saved.
  */
 export const PAGE = 4096;
 
@@ -30,7 +33,10 @@ export const CTL = {
   STATE: 8,
   /** The first kind of loss seen (an UFFD_EVENT_* code, 1 for an unreadable range). */
   LOST_EVENT: 9,
-  SIZE: 10,
+  /** Free-slot ring: the main thread returns slots it has taken pages from (head), the worker reuses them (tail). */
+  FREE_HEAD: 10,
+  FREE_TAIL: 11,
+  SIZE: 12,
 } as const;
 
 /** Float64 fields of the timing array. */
@@ -98,6 +104,8 @@ export interface CowConfig {
   ranges: IndexedRange[];
   slots: SharedArrayBuffer;
   store: SharedArrayBuffer;
+  /** Int32 ring of store slots free again, as long as the store has pages. */
+  free: SharedArrayBuffer;
   /** Pages saved around a faulting one (an aligned block), to spare its neighbours a fault each. */
   blockPages: number;
 }

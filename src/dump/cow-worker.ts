@@ -20,14 +20,14 @@
  */
 import { workerData, parentPort, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { VmCopier } from '../sys/memory.js';
-import { pollIn, readSome, decodeUffdMsg, UFFD_EVENT, UFFD_MSG_SIZE } from '../sys/uffd-wp.js';
-import { uffdWriteProtect } from '../track/uffd.js';
+import { pollIn, readSome, decodeUffdMsg, UFFD_EVENT, UFFD_MSG_SIZE, WriteProtector, raiseThreadPriority } from '../sys/uffd-wp.js';
 import { CTL, TIMES, PAGE, rangeOf, type CowConfig, type CowShared, type IndexedRange } from './cow-shared.js';
 
 const { shared, port } = workerData as { shared: CowShared; port: MessagePort };
 const ctl = new Int32Array(shared.ctl);
 const times = new Float64Array(shared.times);
 
+raiseThreadPriority();
 parentPort!.postMessage('ready');
 // Sleep until the ranges are protected and the configuration is posted.
 while (Atomics.load(ctl, CTL.GO) === 0) Atomics.wait(ctl, CTL.GO, 0, 1000);
@@ -67,9 +67,42 @@ function serve(cfg: CowConfig): void {
     return false;
   };
 
-  const wake = (start: number, len: number) => {
-    try { uffdWriteProtect(uffd, start, len, false); } catch { /* unmapped meanwhile: nothing waits there */ }
+  const free = new Int32Array(cfg.free);
+  const one = [{ addr: 0, len: PAGE }];
+
+  /**
+   * Saves pages of `want` (the faulting one first) into store slots and
+   * returns those saved: one read into fresh consecutive slots while there
+   * are, else page by page into slots the main thread gave back.
+   */
+  const takeSlots = (want: number[]): { addr: number; slot: number }[] => {
+    const next = Atomics.load(ctl, CTL.NEXT_SLOT);
+    const head = Atomics.load(ctl, CTL.FREE_HEAD);
+    let tail = Atomics.load(ctl, CTL.FREE_TAIL);
+    if (tail === head && next + want.length <= capacity) {
+      Atomics.store(ctl, CTL.NEXT_SLOT, next + want.length);
+      const got = copier.readv(store, next * PAGE, want.map((a) => ({ addr: a, len: PAGE })));
+      return want.slice(0, Math.floor(got / PAGE)).map((addr, k) => ({ addr, slot: next + k }));
+    }
+    const out: { addr: number; slot: number }[] = [];
+    let bump = next;
+    for (const addr of want) {
+      let slot: number;
+      if (tail < head) slot = free[tail++ % capacity];
+      else if (bump < capacity) slot = bump++;
+      else break;
+      one[0].addr = addr;
+      if (copier.readv(store, slot * PAGE, one) !== PAGE) break;
+      out.push({ addr, slot });
+    }
+    Atomics.store(ctl, CTL.FREE_TAIL, tail);
+    Atomics.store(ctl, CTL.NEXT_SLOT, bump);
+    return out;
   };
+
+  const wp = new WriteProtector(uffd);
+  // An error (ENOENT: unmapped meanwhile) means nothing waits there any more.
+  const wake = (start: number, len: number) => { wp.set(start, len, false); };
 
   const fault = (address: number, cursor: number) => {
     const t0 = process.hrtime.bigint();
@@ -90,19 +123,15 @@ function serve(cfg: CowConfig): void {
         const i = r.first + (a - r.start) / PAGE;
         if (a !== page && i >= cursor && Atomics.load(slots, i) === 0) want.push(a);
       }
-      const next = Atomics.load(ctl, CTL.NEXT_SLOT);
-      const n = Math.min(want.length, capacity - next);
-      if (n === 0) {
+      const taken = takeSlots(want);
+      if (taken.length === 0) {
         // Store full: the writer waits until the sequential copy reaches its page.
         Atomics.add(ctl, CTL.DEFERRED, 1);
         return;
       }
-      Atomics.store(ctl, CTL.NEXT_SLOT, next + n);
-      const got = copier.readv(store, next * PAGE, want.slice(0, n).map((a) => ({ addr: a, len: PAGE })));
-      const order = want.slice(0, Math.floor(got / PAGE));
-      // Slot next + k holds want[k]: published before the page is unprotected.
-      order.forEach((a, k) => Atomics.store(slots, r.first + (a - r.start) / PAGE, next + k + 1));
-      const saved = [...order].sort((a, b) => a - b);
+      // Slots are published before the page is unprotected.
+      taken.forEach(({ addr, slot }) => Atomics.store(slots, r.first + (addr - r.start) / PAGE, slot + 1));
+      const saved = taken.map((t) => t.addr).sort((a, b) => a - b);
       Atomics.add(ctl, CTL.FAULT_PAGES, saved.length);
       if (saved.length === 0) {
         wake(page, PAGE); // unreadable now: gone; the main thread's read finds out
