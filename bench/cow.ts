@@ -126,6 +126,7 @@ async function main(): Promise<void> {
     const criuMs: number[] = [];
     const perWrite = { base: [] as number[], cow: [] as number[], cowSlow: [] as number[], cowSlowUs: [] as number[], cowMaxUs: [] as number[], frozenMaxUs: [] as number[] };
     const faultUs: number[] = [];
+    const armMs: number[] = [];
     for (let i = 0; i < REPS; i++) {
       for (const mode of ['frozen', 'cow'] as const) {
         await t.ask('idle');
@@ -144,6 +145,7 @@ async function main(): Promise<void> {
         if (mode === 'cow') {
           perWrite.cow.push(w.meanNs); perWrite.cowSlow.push(w.slow); perWrite.cowSlowUs.push(w.slowMeanUs); perWrite.cowMaxUs.push(w.maxUs);
           faultUs.push(s.cow?.faultMeanUs ?? NaN);
+          armMs.push((s.cow?.armUs ?? NaN) / 1000);
         } else {
           perWrite.frozenMaxUs.push(w.maxUs);
         }
@@ -167,6 +169,8 @@ async function main(): Promise<void> {
       writesFaultedDuringCow: m(perWrite.cowSlow, 0), faultedWriteMeanUs: m(perWrite.cowSlowUs), faultedWriteMaxUs: m(perWrite.cowMaxUs),
       longestWriteFrozenCopyMs: +(median(perWrite.frozenMaxUs) / 1000).toFixed(1),
       faultServiceMeanUs: m(faultUs),
+      // Of the cow frozen time, what copy-on-write itself adds (scan, uffd, registration, frozen copy, protection); the rest is the state.
+      cowArmMsWriting: m(armMs),
     }, null, 2));
   } finally {
     t.kill();

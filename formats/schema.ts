@@ -798,6 +798,6 @@ export interface CowStats {
   faultMaxUs: number;
   /** The copy while the target ran (µs). */
   copyUs: number;
-  /** Making the uffd, registering, the frozen copy and protecting, all while frozen (µs). */
+  /** The page scan, making the uffd, registering, the frozen copy and protecting, all while frozen (µs). */
   armUs: number;
 }

@@ -29,7 +29,7 @@
  */
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import { closeSync, readFileSync, writeSync } from 'node:fs';
-import { pidfdOpen, pidfdGetfd, pipe2, SYS, O_CLOEXEC, O_NONBLOCK, SysError, type ProcMem } from '../sys/index.js';
+import { pidfdOpen, pidfdGetfd, pipe2, SYS, O_CLOEXEC, O_NONBLOCK, PROT_READ, SysError, type ProcMem } from '../sys/index.js';
 import { UFFD_EVENT_FEATURE, UFFD_EVENT } from '../sys/uffd-wp.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { uffdApi, uffdRegisterWp, uffdWriteProtect } from '../track/uffd.js';
@@ -130,20 +130,25 @@ export interface CowCopyResult {
   stats: CowStats;
 }
 
-/** Private anonymous memory: the kind synchronous write-protection takes, and nobody else writes. */
+/**
+ * Private anonymous memory: the kind synchronous write-protection takes, and
+ * nobody else writes. Readable too: the fault server saves a page with
+ * process_vm_readv, which write-only memory refuses.
+ */
 function protectable(v: Vma, cls: VmaClass): boolean {
-  return cls === 'private' && v.inode === 0 && (v.path === '' || v.path === '[heap]' || v.path === '[stack]' || v.path.startsWith('[anon:'));
+  return cls === 'private' && v.inode === 0 && (v.prot & PROT_READ) !== 0
+    && (v.path === '' || v.path === '[heap]' || v.path === '[stack]' || v.path.startsWith('[anon:'));
 }
 
 export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
   const { pid, vmas, writer, mem, worker } = a;
+  const tArm = process.hrtime.bigint();
   const selection = [...a.selection];
   const stats: CowStats = { pagesProtected: 0, pagesFrozenCopy: 0, faults: 0, faultPages: 0, faultsDeferred: 0, faultMeanUs: 0, faultMaxUs: 0, copyUs: 0, armUs: 0 };
   let uffd = -1;
   let released = false;
   const release = () => { if (!released) { released = true; a.release(); } };
   try {
-    const tArm = process.hrtime.bigint();
     const wanted = new Set(selection.filter((r) => protectable(vmas[r.vma], a.classes[r.vma])).map((r) => r.vma));
     uffd = wanted.size ? makeUffd(pid, a.frozen, mem) : -1;
     const registered = new Set<number>();

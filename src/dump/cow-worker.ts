@@ -101,6 +101,7 @@ function serve(cfg: CowConfig): void {
   };
 
   const wp = new WriteProtector(uffd);
+  let lastFault = -Infinity;
   // An error (ENOENT: unmapped meanwhile) means nothing waits there any more.
   const wake = (start: number, len: number) => { wp.set(start, len, false); };
 
@@ -114,10 +115,15 @@ function serve(cfg: CowConfig): void {
     if (!r || idx < cursor || Atomics.load(slots, idx) !== 0) {
       wake(page, PAGE);
     } else {
-      // The faulting page first: it alone is what the writer waits for.
+      // The faulting page first: it alone is what the writer waits for. Its
+      // block too when the writer moves sequentially (its previous fault was
+      // next to it); a random writer would only fill the store with pages
+      // it never writes.
       const block = cfg.blockPages * PAGE;
-      const bs = Math.max(r.start, page - (page % block));
-      const be = Math.min(r.end, bs + block);
+      const near = Math.abs(page - lastFault) <= block;
+      lastFault = page;
+      const bs = near ? Math.max(r.start, page - (page % block)) : page;
+      const be = near ? Math.min(r.end, bs + block) : page + PAGE;
       const want = [page];
       for (let a = bs; a < be; a += PAGE) {
         const i = r.first + (a - r.start) / PAGE;
