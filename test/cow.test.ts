@@ -129,6 +129,33 @@ describe('copy-on-write dumps', () => {
     expect(await restoreAndCheck(dir, work, tids)).toMatch(new RegExp(`^CONSISTENT .*${flag}`));
   });
 
+  it('a fork during the copy: the child runs free (its pages unprotected), the parent\'s image is still consistent', async () => {
+    const work = tmpDir('tsnap-cow-');
+    const p = await startProcess(await compileC('cowwriter'), [PAGES, '1', '16']);
+    const tids = tasksOf(p.pid);
+    const dir = join(work, 'img');
+    const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--json'], { TSNAP_TEST_PAUSE_AT: 'cow-running' });
+    await waitForStderr(t.child, /paused at cow-running/);
+    await waitStopped(t.child.pid!);
+    // The fork (a raw syscall on the never-touched alternate stack) happens as the copy starts.
+    process.kill(p.pid, 'SIGWINCH');
+    t.child.kill('SIGCONT');
+    const d = await t.done;
+    expect(d.code, d.stderr).toBe(0);
+    expect((JSON.parse(d.stdout).stats as DumpStats).cow).toBeDefined();
+    // The child wrote over all of its copy of the slice and exited: a zombie of the writer.
+    let zombie = false;
+    for (let i = 0; i < 500 && !zombie; i++) {
+      const kids = readFileSync(`/proc/${p.pid}/task/${p.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+      zombie = kids.some((k) => { try { return /^State:\s+Z/m.test(readFileSync(`/proc/${k}/status`, 'utf8')); } catch { return false; } });
+      if (!zombie) await new Promise((r) => setTimeout(r, 10));
+    }
+    expect(zombie).toBe(true);
+    await expectWritersRun(p);
+    killPid(p.pid);
+    expect(await restoreAndCheck(dir, work, tids)).toMatch(/^CONSISTENT/);
+  });
+
   it('a tracked target (pre-dumped): VMAs the tracking registered are copied while frozen, and the image is still consistent', async () => {
     const work = tmpDir('tsnap-cow-');
     const p = await startProcess(await compileC('cowwriter'), [PAGES, '1']);
