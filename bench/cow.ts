@@ -127,6 +127,7 @@ async function main(): Promise<void> {
     const perWrite = { base: [] as number[], cow: [] as number[], cowSlow: [] as number[], cowSlowUs: [] as number[], cowMaxUs: [] as number[], frozenMaxUs: [] as number[] };
     const faultUs: number[] = [];
     const armMs: number[] = [];
+    const deferred: number[] = [];
     for (let i = 0; i < REPS; i++) {
       for (const mode of ['frozen', 'cow'] as const) {
         await t.ask('idle');
@@ -146,6 +147,7 @@ async function main(): Promise<void> {
           perWrite.cow.push(w.meanNs); perWrite.cowSlow.push(w.slow); perWrite.cowSlowUs.push(w.slowMeanUs); perWrite.cowMaxUs.push(w.maxUs);
           faultUs.push(s.cow?.faultMeanUs ?? NaN);
           armMs.push((s.cow?.armUs ?? NaN) / 1000);
+          deferred.push(s.cow?.faultsDeferred ?? NaN);
         } else {
           perWrite.frozenMaxUs.push(w.maxUs);
         }
@@ -171,6 +173,7 @@ async function main(): Promise<void> {
       faultServiceMeanUs: m(faultUs),
       // Of the cow frozen time, what copy-on-write itself adds (scan, uffd, registration, frozen copy, protection); the rest is the state.
       cowArmMsWriting: m(armMs),
+      faultsDeferredWriting: m(deferred, 0),
     }, null, 2));
   } finally {
     t.kill();

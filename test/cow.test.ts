@@ -90,10 +90,12 @@ describe('copy-on-write dumps', () => {
     untouched(p.pid);
   });
 
-  it('SIGTERM mid-copy: the dump is abandoned, the target unprotected and untraced', async () => {
+  it('SIGTERM mid-copy of a final round: abandoned, the target unprotected and untraced, its tracking ended (the next round copies everything)', async () => {
     const work = tmpDir('tsnap-cow-');
     const p = await startProcess(await compileC('cowwriter'), [PAGES, '1']);
-    const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--leave-running', '--cow'], { TSNAP_TEST_PAUSE_AT: 'cow-running' });
+    const pre = await tsnap('pre-dump', '--pid', String(p.pid), '--dir', join(work, 'pre'));
+    expect(pre.code, pre.stderr).toBe(0);
+    const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--parent', join(work, 'pre'), '--leave-running', '--cow'], { TSNAP_TEST_PAUSE_AT: 'cow-running' });
     await waitForStderr(t.child, /paused at cow-running/);
     // It says so just before it stops itself: a SIGCONT sent earlier would be lost.
     await waitStopped(t.child.pid!);
@@ -104,6 +106,11 @@ describe('copy-on-write dumps', () => {
     expect(r.stderr).toMatch(/interrupted by SIGTERM/);
     await expectWritersRun(p);
     untouched(p.pid);
+    // Its VMAs left the tracking: trusting it would miss their writes.
+    const again = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'again'), '--parent', join(work, 'pre'), '--leave-running', '--json');
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stderr).toMatch(/tracking of process \d+ was lost/);
+    expect(JSON.parse(again.stdout).kind).toBe('full');
   });
 
   it.each([
@@ -156,21 +163,25 @@ describe('copy-on-write dumps', () => {
     expect(await restoreAndCheck(dir, work, tids)).toMatch(/^CONSISTENT/);
   });
 
-  it('a tracked target (pre-dumped): VMAs the tracking registered are copied while frozen, and the image is still consistent', async () => {
+  it('a tracked target: a plain dump copies the tracked VMAs frozen (EBUSY); the final round of its chain (dump --parent --cow, kill mode) takes them from the tracking and copies the delta while it runs', async () => {
     const work = tmpDir('tsnap-cow-');
     const p = await startProcess(await compileC('cowwriter'), [PAGES, '1']);
     const tids = tasksOf(p.pid);
     const pre = await tsnap('pre-dump', '--pid', String(p.pid), '--dir', join(work, 'pre'));
     expect(pre.code, pre.stderr).toBe(0);
-    const dir = join(work, 'img');
-    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--cow', '--json');
-    expect(d.code, d.stderr).toBe(0);
-    // EBUSY on every tracked VMA: nothing of the slice is protected, all of it copied frozen.
-    const cow = (JSON.parse(d.stdout).stats as DumpStats).cow!;
+    const plain = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'plain'), '--leave-running', '--json');
+    expect(plain.code, plain.stderr).toBe(0);
+    const cow = (JSON.parse(plain.stdout).stats as DumpStats).cow!;
     expect(cow.pagesFrozenCopy).toBeGreaterThanOrEqual(Number(PAGES));
     expect(cow.pagesProtected).toBeLessThan(Number(PAGES));
-    killPid(p.pid);
-    expect(await restoreAndCheck(dir, work, tids)).toMatch(/^CONSISTENT/);
+    const fin = join(work, 'fin');
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', fin, '--parent', join(work, 'pre'), '--cow', '--json');
+    expect(d.code, d.stderr).toBe(0);
+    const out = JSON.parse(d.stdout);
+    expect(out.kind).toBe('delta');
+    expect((out.stats as DumpStats).cow!.pagesProtected).toBeGreaterThan(0);
+    await p.exited;
+    expect(await restoreAndCheck(fin, work, tids)).toMatch(/^CONSISTENT/);
   });
 });
 

@@ -166,8 +166,8 @@ export async function main(argv: string[]): Promise<void> {
         output!.result(`restore with: tsnap restore --dir ${it.final.dir}\n`);
         return;
       }
-      // Copy-on-write is the default of --leave-running (a kill-mode dump asks for it with --cow).
-      report(await dump({ ...common, cow: o.cow ?? !!o.leaveRunning }), 'dumped', o.pid, o.json);
+      // Copy-on-write is the default of --leave-running without --parent (kill mode and final rounds ask for it with --cow).
+      report(await dump({ ...common, cow: o.cow ?? (!!o.leaveRunning && !o.parent) }), 'dumped', o.pid, o.json);
     });
 
   program.command('pre-dump')

@@ -30,7 +30,7 @@
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import { closeSync, readFileSync, writeSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, pipe2, SYS, O_CLOEXEC, O_NONBLOCK, PROT_READ, SysError, type ProcMem } from '../sys/index.js';
-import { UFFD_EVENT_FEATURE, UFFD_EVENT } from '../sys/uffd-wp.js';
+import { UFFD_EVENT_FEATURE, UFFD_EVENT, uffdUnregister } from '../sys/uffd-wp.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { uffdApi, uffdRegisterWp, uffdWriteProtect } from '../track/uffd.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
@@ -58,6 +58,10 @@ export class CowLost extends Error {}
 export class CowWorker {
   private exited: Promise<void>;
   private wake: [number, number] | null = null;
+  /** The fault store and its free ring: allocated (and zeroed by the kernel) before the freeze, not during it. */
+  readonly store = new SharedArrayBuffer(STORE_PAGES * PAGE);
+  readonly free = new SharedArrayBuffer(STORE_PAGES * 4);
+
   private constructor(
     private readonly worker: Worker,
     private readonly port: MessagePort,
@@ -120,6 +124,12 @@ export interface CowCopyArgs {
   worker: CowWorker;
   /** Lets the target run (called once its memory is protected). */
   release: () => void;
+  /**
+   * The final round of an incremental dump: the tracking's uffd (async
+   * write-protect) holds the VMAs; they leave it before ours takes them.
+   * Called once per VMA; `dropped` is set as soon as one did.
+   */
+  tracking?: { uffd: number; dropped: boolean };
   onProgress?: (bytes: number) => void;
 }
 
@@ -156,6 +166,10 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
       uffdApi(uffd, UFFD_EVENT_FEATURE.EVENT_REMAP | UFFD_EVENT_FEATURE.EVENT_REMOVE | UFFD_EVENT_FEATURE.EVENT_UNMAP);
       for (const i of wanted) {
         try {
+          if (a.tracking) {
+            a.tracking.dropped = true;
+            try { uffdUnregister(a.tracking.uffd, vmas[i].start, vmas[i].end - vmas[i].start); } catch { /* not tracked: nothing to drop */ }
+          }
           uffdRegisterWp(uffd, vmas[i].start, vmas[i].end - vmas[i].start);
           registered.add(i);
         } catch (err) {
@@ -173,8 +187,7 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
     const nPages = indexedPages(ranges);
     stats.pagesProtected = nPages;
     const slots = new SharedArrayBuffer(Math.max(4, nPages * 4));
-    const store = new SharedArrayBuffer(Math.max(1, Math.min(nPages, STORE_PAGES)) * PAGE);
-    const free = new SharedArrayBuffer(store.byteLength / PAGE * 4);
+    const { store, free } = worker;
     if (uffd >= 0) worker.go({ pid, uffd, ranges, slots, store, free, blockPages: BLOCK_PAGES });
     stats.armUs = Number(process.hrtime.bigint() - tArm) / 1000;
     const frozenUs = Number(process.hrtime.bigint() - a.frozen.frozenAt) / 1000;

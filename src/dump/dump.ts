@@ -47,7 +47,7 @@ import { readChain, type Image } from '../image/image-reader.js';
 import { resolveChain, storedRanges } from '../image/chain-index.js';
 import { TsnapError, asTsnapError, interrupted } from '../errors.js';
 import { refuseUndumpable } from './target-check.js';
-import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun } from '../../formats/schema.js';
+import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun, type TrackingRef } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
 import { CowWorker, CowLost, copyWithCow, killReleased, type CowCopyResult } from './cow-session.js';
 
@@ -204,6 +204,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   let record: RoundRecord | null = null;
   let armed: Range[] = [];
   let cowWorker: CowWorker | null = null;
+  /** Set once a copy-on-write final round took VMAs from the parent's tracking. */
+  let cowTracking: { uffd: number; dropped: boolean; ref: TrackingRef } | null = null;
   // Known before the scan: the tracking's record names the round's image.
   const imageId = randomUUID();
   try {
@@ -241,7 +243,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         if (opts.cow && !opts.leaveRunning && opts.tcpEstablished) {
           throw new TsnapError('usage', '--cow in kill mode lets the process run after its TCP connections are taken; use --leave-running or --no-cow');
         }
-        if (opts.cow && !parent && !opts.hold) cowWorker = await CowWorker.start();
+        if (opts.cow && !opts.hold) cowWorker = await CowWorker.start();
         set = FrozenSet.freeze(pid);
         set.attach(tcpRepair);
         frozen = set.processes[0];
@@ -296,8 +298,9 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
             try { uffdWriteProtect(track!.uffd, start, len, false); } catch { /* gone for good */ }
           },
         };
+        if (cowWorker && track) cowTracking = { uffd: track.uffd, dropped: false, ref: track.ref };
         const pages = cowWorker && ours && frozen
-          ? (cow = await copyWithCow({ pid, frozen, vmas: layout.vmas, classes: layout.classes, selection, writer: pageWriter, mem, worker: cowWorker, release: () => ours.release(), onProgress: copyOpts.onProgress })).pages
+          ? (cow = await copyWithCow({ pid, frozen, vmas: layout.vmas, classes: layout.classes, selection, writer: pageWriter, mem, worker: cowWorker, release: () => ours.release(), onProgress: copyOpts.onProgress, tracking: cowTracking ?? undefined })).pages
           : await copyPages(pid, layout.vmas, selection, pageWriter, mem, copyOpts);
         // Every byte is read: a target that stays alive need not wait for the writes.
         let frozenUs = cow ? cow.frozenUs : frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
@@ -386,6 +389,10 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
     // Whatever failed, the target runs on as before and no partial image remains.
     (round as RoundEnd | null)?.abort();
     await (cowWorker as CowWorker | null)?.stop();
+    // A tracking that lost VMAs to a copy-on-write round would miss their
+    // writes: it ends, and the next round copies everything again.
+    const dropped = cowTracking as { dropped: boolean; ref: TrackingRef } | null;
+    if (dropped?.dropped) stopHolder(dropped.ref);
     const own = set as FrozenSet | null;
     try { own?.release(); } catch { /* gone */ }
     if (!own && !opts.frozen) tcpRepair.release();

@@ -7,7 +7,7 @@
  */
 import { libc } from './libc.js';
 import { SysError } from './errors.js';
-import { SYS, UFFDIO_WRITEPROTECT } from './uapi.js';
+import { SYS, UFFDIO_WRITEPROTECT, UFFDIO_UNREGISTER } from './uapi.js';
 
 /** Feature bits of UFFDIO_API beyond the ones dirty tracking uses (uapi/linux/userfaultfd.h). */
 export const UFFD_EVENT_FEATURE = {
@@ -105,4 +105,12 @@ export function raiseThreadPriority(): boolean {
   const tid = Number(libc.syscall(SYS.gettid, 0, 0, 0, 0, 0, 0));
   // setpriority(PRIO_PROCESS, tid, -10): per thread on Linux.
   return Number(libc.syscall(141, 0, tid, BigInt.asUintN(64, -10n), 0, 0, 0)) === 0;
+}
+
+/** UFFDIO_UNREGISTER of [start, start+len): the range leaves that uffd (its write-protection with it). */
+export function uffdUnregister(fd: number, start: number, len: number): void {
+  const b = Buffer.alloc(16);
+  b.writeBigUInt64LE(BigInt(start), 0);
+  b.writeBigUInt64LE(BigInt(len), 8);
+  if (libc.ioctl(fd, UFFDIO_UNREGISTER, b) === -1) throw new SysError(`ioctl(UFFDIO_UNREGISTER 0x${start.toString(16)}+${len})`, libc.errno());
 }
