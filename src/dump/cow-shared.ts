@@ -36,7 +36,9 @@ export const CTL = {
   /** Free-slot ring: the main thread returns slots it has taken pages from (head), the worker reuses them (tail). */
   FREE_HEAD: 10,
   FREE_TAIL: 11,
-  SIZE: 12,
+  /** Set by the worker once it protected its share (1), or to the errno it met. */
+  PROTECTED: 12,
+  SIZE: 13,
 } as const;
 
 /** Float64 fields of the timing array. */
@@ -108,4 +110,23 @@ export interface CowConfig {
   free: SharedArrayBuffer;
   /** Pages saved around a faulting one (an aligned block), to spare its neighbours a fault each. */
   blockPages: number;
+  /** The worker's share of the protecting, done in parallel with the main thread's while frozen. */
+  protect: { start: number; len: number }[];
+}
+
+/** Cuts ranges into two lists of (nearly) equal page counts, splitting one range if needed. */
+export function halves(ranges: readonly { start: number; end: number }[]): [{ start: number; len: number }[], { start: number; len: number }[]] {
+  const total = ranges.reduce((n, r) => n + (r.end - r.start), 0);
+  const first: { start: number; len: number }[] = [];
+  const second: { start: number; len: number }[] = [];
+  let done = 0;
+  for (const r of ranges) {
+    const len = r.end - r.start;
+    const room = Math.max(0, Math.floor((total / 2 - done) / PAGE) * PAGE);
+    if (room >= len) first.push({ start: r.start, len });
+    else if (room > 0) { first.push({ start: r.start, len: room }); second.push({ start: r.start + room, len: len - room }); }
+    else second.push({ start: r.start, len });
+    done += len;
+  }
+  return [first, second];
 }

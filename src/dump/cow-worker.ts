@@ -102,6 +102,15 @@ function serve(cfg: CowConfig): void {
 
   const wp = new WriteProtector(uffd);
   let lastFault = -Infinity;
+  // The target is still frozen: this half of the protecting runs beside the main thread's.
+  let failed = 0;
+  for (const r of cfg.protect) {
+    failed = wp.set(r.start, r.len, true);
+    if (failed) break;
+  }
+  Atomics.store(ctl, CTL.PROTECTED, failed || 1);
+  Atomics.notify(ctl, CTL.PROTECTED);
+  if (failed) return;
   // An error (ENOENT: unmapped meanwhile) means nothing waits there any more.
   const wake = (start: number, len: number) => { wp.set(start, len, false); };
 
