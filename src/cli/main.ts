@@ -132,6 +132,7 @@ export async function main(argv: string[]): Promise<void> {
     .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; extUnixSk?: boolean; ghostLimit?: number; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; cow?: boolean; json?: boolean }) => {
       out(o.json);
       if (o.tcpEstablished && o.preDumps !== undefined) throw new TsnapError('usage', '--tcp-established does not go with --pre-dumps yet; run pre-dump and dump --parent');
+      if (o.cow && (o.tree || o.preDumps !== undefined)) warn('--cow applies to single-process dumps for now; this one copies memory frozen');
       const common = {
         pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
         fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, tcpClose: o.tcpClose, extUnixSk: o.extUnixSk, ghostLimit: o.ghostLimit, onProgress: progress('copying the memory of'),
