@@ -102,8 +102,10 @@ export interface DumpOptions {
   /**
    * Copy-on-write (dump/cow-session.ts): frozen only for the state, the
    * memory is copied while the target runs; in kill mode it is killed once
-   * the image is committed. Full dumps of a process this dump freezes
-   * itself; otherwise (a parent, a tree, a hold) the memory is copied frozen.
+   * the image is committed. For a process this dump freezes itself, full
+   * or the final delta of a chain; a tree member or a hold (migration)
+   * copies frozen. Memory lost under the copy (unmapped) makes dump() take
+   * the image again, frozen.
    */
   cow?: boolean;
 }
