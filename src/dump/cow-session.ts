@@ -58,6 +58,8 @@ export class CowLost extends Error {}
 export class CowWorker {
   private exited: Promise<void>;
   private wake: [number, number] | null = null;
+  /** An exception the fault server died of: its faults then wait for the copy, and the dump is taken again. */
+  failure: Error | null = null;
   /** The fault store and its free ring: allocated (and zeroed by the kernel) before the freeze, not during it. */
   readonly store = new SharedArrayBuffer(STORE_PAGES * PAGE);
   readonly free = new SharedArrayBuffer(STORE_PAGES * 4);
@@ -69,6 +71,7 @@ export class CowWorker {
     readonly times: Float64Array,
   ) {
     this.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
+    worker.on('error', (err) => { this.failure ??= err; });
   }
 
   static async start(): Promise<CowWorker> {
@@ -255,6 +258,7 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
       Atomics.store(ctl, CTL.LOST_EVENT, 1);
     }
     if (Atomics.load(ctl, CTL.LOST)) throw lostError(worker);
+    if (worker.failure) throw new CowLost(`the copy-on-write fault server failed (${worker.failure.message})`);
     stats.copyUs = Number(process.hrtime.bigint() - tCopy) / 1000;
     stats.faults = Atomics.load(ctl, CTL.FAULTS);
     stats.faultPages = Atomics.load(ctl, CTL.FAULT_PAGES);

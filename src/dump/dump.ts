@@ -105,9 +105,11 @@ export interface DumpOptions {
    * the image is committed. For a process this dump freezes itself, full
    * or the final delta of a chain; a tree member or a hold (migration)
    * copies frozen. Memory lost under the copy (unmapped) makes dump() take
-   * the image again, frozen.
+   * the image again, frozen. 'auto': only when the process holds at least
+   * COW_MIN_BYTES of anonymous memory; below, copying it frozen takes less
+   * than setting copy-on-write up (a worker thread, the uffd).
    */
-  cow?: boolean;
+  cow?: boolean | 'auto';
 }
 
 export type PreDumpOptions = Omit<DumpOptions, 'leaveRunning' | 'fsync'>;
@@ -191,6 +193,9 @@ export function preDump(opts: PreDumpOptions): Promise<DumpResult> {
 
 const ALL: Range[] = [{ start: 0, end: 2 ** 47 }];
 
+/** cow: 'auto' below this much anonymous memory copies frozen (~20 ms of copy, about what copy-on-write costs to set up). */
+export const COW_MIN_BYTES = 32 << 20;
+
 async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<DumpResult> {
   const t0 = process.hrtime.bigint();
   const { pid } = opts;
@@ -242,10 +247,11 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         checkCwd(pid);
         checkOomScoreAdj(pid);
         checkCreds(pid);
-        if (opts.cow && !opts.leaveRunning && opts.tcpEstablished) {
+        if (opts.cow === true && !opts.leaveRunning && opts.tcpEstablished) {
           throw new TsnapError('usage', '--cow in kill mode lets the process run after its TCP connections are taken; use --leave-running or --no-cow');
         }
-        if (opts.cow && !opts.hold) cowWorker = await CowWorker.start();
+        const cow = opts.cow === true || (opts.cow === 'auto' && anonResidentBytes(pid) >= COW_MIN_BYTES);
+        if (cow && !opts.hold) cowWorker = await CowWorker.start();
         set = FrozenSet.freeze(pid);
         set.attach(tcpRepair);
         frozen = set.processes[0];
