@@ -777,4 +777,27 @@ export interface DumpStats {
   vmasUntracked?: number;
   /** Pages unmapped while a pre-dump read them (copied again next round). */
   pagesVanished?: number;
+  /** Copy-on-write dumps (the target ran while its memory was copied). */
+  cow?: CowStats;
+}
+
+/** Figures of a copy-on-write dump (src/dump/cow-session.ts). */
+export interface CowStats {
+  /** Pages write-protected and copied while the target ran. */
+  pagesProtected: number;
+  /** Pages copied while frozen (memory write-protection cannot take). */
+  pagesFrozenCopy: number;
+  /** Write faults the target took on protected pages. */
+  faults: number;
+  /** Pages saved by the fault server ahead of the copy. */
+  faultPages: number;
+  /** Faults that waited for the sequential copy (fault store full). */
+  faultsDeferred: number;
+  /** Time from reading a fault to waking its writer, mean and max (µs). */
+  faultMeanUs: number;
+  faultMaxUs: number;
+  /** The copy while the target ran (µs). */
+  copyUs: number;
+  /** The page scan, making the uffd, registering, the frozen copy and protecting, all while frozen (µs). */
+  armUs: number;
 }

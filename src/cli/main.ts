@@ -125,11 +125,14 @@ export async function main(argv: string[]): Promise<void> {
     .option('-R, --leave-running', 'resume the process after the dump instead of killing it')
     .addOption(new Option('--compress <codec>', 'page compression').choices(['lz4', 'none']).default('none'))
     .option('--no-fsync', 'do not fsync the image before killing the process')
+    .option('--cow', 'copy-on-write: freeze only to take the state, copy the memory while the process runs (killed after the copy unless --leave-running; the default with --leave-running for processes of 32 MiB or more)')
+    .option('--no-cow', 'keep the process frozen for the whole memory copy')
     .option('--json', 'print the result as JSON')
     .addHelpText('after', '\nExamples:\n  tsnap dump --pid 1234 --dir /var/tmp/img           # dump and kill\n  tsnap dump --pid 1234 --dir img --leave-running --compress lz4\n  tsnap dump --pid 1234 --dir img/3 --parent img/2    # final image of an incremental chain')
-    .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; extUnixSk?: boolean; ghostLimit?: number; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; json?: boolean }) => {
+    .action(async (o: { pid: number; dir: string; parent?: string; tree?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; extUnixSk?: boolean; ghostLimit?: number; preDumps?: number; leaveRunning?: boolean; compress: 'lz4' | 'none'; fsync: boolean; cow?: boolean; json?: boolean }) => {
       out(o.json);
       if (o.tcpEstablished && o.preDumps !== undefined) throw new TsnapError('usage', '--tcp-established does not go with --pre-dumps yet; run pre-dump and dump --parent');
+      if (o.cow && (o.tree || o.preDumps !== undefined)) warn('--cow applies to single-process dumps for now; this one copies memory frozen');
       const common = {
         pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
         fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, tcpClose: o.tcpClose, extUnixSk: o.extUnixSk, ghostLimit: o.ghostLimit, onProgress: progress('copying the memory of'),
@@ -164,7 +167,8 @@ export async function main(argv: string[]): Promise<void> {
         output!.result(`restore with: tsnap restore --dir ${it.final.dir}\n`);
         return;
       }
-      report(await dump(common), 'dumped', o.pid, o.json);
+      // Copy-on-write is the default of --leave-running without --parent, for processes big enough to gain from it (kill mode and final rounds ask for it with --cow).
+      report(await dump({ ...common, cow: o.cow ?? (o.leaveRunning && !o.parent ? 'auto' : false) }), 'dumped', o.pid, o.json);
     });
 
   program.command('pre-dump')

@@ -34,7 +34,7 @@ import { tcpRepair } from '../files/tcp.js';
 import { isMemfdPath } from '../files/fifo-memfd.js';
 import { isMappedGhost, checkMappedGhost } from '../files/ghost-map.js';
 import { isAioRing, checkAioRings } from '../files/aio.js';
-import { copyPages, fullSelection } from './page-dumper.js';
+import { copyPages, fullSelection, type CopyOptions } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
 import { type Range } from '../image/ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
@@ -48,8 +48,9 @@ import { readChain, type Image } from '../image/image-reader.js';
 import { resolveChain, storedRanges } from '../image/chain-index.js';
 import { TsnapError, asTsnapError, interrupted } from '../errors.js';
 import { refuseUndumpable } from './target-check.js';
-import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun, type VmaImage } from '../../formats/schema.js';
+import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun, type TrackingRef, type VmaImage } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
+import { CowWorker, CowLost, copyWithCow, killReleased, type CowCopyResult } from './cow-session.js';
 
 export interface DumpOptions {
   pid: number;
@@ -106,6 +107,17 @@ export interface DumpOptions {
   pageSink?: (compression: Compression, chunkSize: number) => Promise<PageSink>;
   /** Called with the round's layout once its pages are selected, before any is copied. */
   onLayout?: (l: RoundLayout) => Promise<void>;
+  /**
+   * Copy-on-write (dump/cow-session.ts): frozen only for the state, the
+   * memory is copied while the target runs; in kill mode it is killed once
+   * the image is committed. For a process this dump freezes itself, full
+   * or the final delta of a chain; a tree member or a hold (migration)
+   * copies frozen. Memory lost under the copy (unmapped) makes dump() take
+   * the image again, frozen. 'auto': only when the process holds at least
+   * COW_MIN_BYTES of anonymous memory; below, copying it frozen takes less
+   * than setting copy-on-write up (a worker thread, the uffd).
+   */
+  cow?: boolean | 'auto';
 }
 
 /** What a round changes in the address space, known before its pages are copied. */
@@ -181,8 +193,15 @@ function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: 'd
   };
 }
 
-export function dump(opts: DumpOptions): Promise<DumpResult> {
-  return takeImage(opts, 'dump');
+export async function dump(opts: DumpOptions): Promise<DumpResult> {
+  try {
+    return await takeImage(opts, 'dump');
+  } catch (err) {
+    if (!(err instanceof CowLost)) throw err;
+    // The first attempt left no trace; this one stops the target for the whole copy.
+    opts.warn?.(`${err.message}; dumping process ${opts.pid} again, frozen for the whole copy`);
+    return takeImage({ ...opts, cow: false }, 'dump');
+  }
 }
 
 export function preDump(opts: PreDumpOptions): Promise<DumpResult> {
@@ -190,6 +209,9 @@ export function preDump(opts: PreDumpOptions): Promise<DumpResult> {
 }
 
 const ALL: Range[] = [{ start: 0, end: 2 ** 47 }];
+
+/** cow: 'auto' below this much anonymous memory copies frozen (~20 ms of copy, about what copy-on-write costs to set up). */
+export const COW_MIN_BYTES = 32 << 20;
 
 async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<DumpResult> {
   const t0 = process.hrtime.bigint();
@@ -205,6 +227,9 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   let round: RoundEnd | null = null;
   let record: RoundRecord | null = null;
   let armed: Range[] = [];
+  let cowWorker: CowWorker | null = null;
+  /** Set once a copy-on-write final round took VMAs from the parent's tracking. */
+  let cowTracking: { uffd: number; dropped: boolean; ref: TrackingRef } | null = null;
   // Known before the scan: the tracking's record names the round's image.
   const imageId = randomUUID();
   try {
@@ -239,6 +264,11 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         checkCwd(pid);
         checkOomScoreAdj(pid);
         checkCreds(pid);
+        if (opts.cow === true && !opts.leaveRunning && opts.tcpEstablished) {
+          throw new TsnapError('usage', '--cow in kill mode lets the process run after its TCP connections are taken; use --leave-running or --no-cow');
+        }
+        const cow = opts.cow === true || (opts.cow === 'auto' && anonResidentBytes(pid) >= COW_MIN_BYTES);
+        if (cow && !opts.hold) cowWorker = await CowWorker.start();
         set = FrozenSet.freeze(pid);
         set.attach(tcpRepair);
         frozen = set.processes[0];
@@ -280,7 +310,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         // resident anonymous memory (statm: resident - file-backed resident).
         const total = Array.isArray(selection) ? selection.reduce((n, r) => n + (r.end - r.start), 0) : anonResidentBytes(pid);
         await opts.onLayout?.({ vmas: layout.images, zero, incremental });
-        const pages = await copyPages(pid, layout.vmas, selection, pageWriter, mem, {
+        let cow: CowCopyResult | null = null;
+        const copyOpts: CopyOptions = {
           onProgress: (bytes) => {
             copied += bytes;
             opts.onProgress?.({ bytes: copied, total, pid });
@@ -292,9 +323,13 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
             vanished += len / 4096;
             try { uffdWriteProtect(track!.uffd, start, len, false); } catch { /* gone for good */ }
           },
-        });
+        };
+        if (cowWorker && track) cowTracking = { uffd: track.uffd, dropped: false, ref: track.ref };
+        const pages = cowWorker && ours && frozen
+          ? (cow = await copyWithCow({ pid, frozen, vmas: layout.vmas, classes: layout.classes, selection, writer: pageWriter, mem, worker: cowWorker, release: () => ours.release(), onProgress: copyOpts.onProgress, tracking: cowTracking ?? undefined })).pages
+          : await copyPages(pid, layout.vmas, selection, pageWriter, mem, copyOpts);
         // Every byte is read: a target that stays alive need not wait for the writes.
-        let frozenUs = frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
+        let frozenUs = cow ? cow.frozenUs : frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
         if (ours && opts.leaveRunning && !opts.hold) ours.finish('release');
         await pageWriter.finish(fsync);
         const memdumpUs = Number(process.hrtime.bigint() - tMem) / 1000;
@@ -320,6 +355,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           bytesStored: pageWriter.bytesStored,
           throughputMiBps: memdumpUs > 0 ? pageWriter.bytesRaw / (1 << 20) / (memdumpUs / 1e6) : 0,
           compression,
+          ...(cow ? { cow: cow.stats } : {}),
           ...(track ? { vmasFresh: trackStats.freshVmas, vmasTracked: trackStats.oldVmas, vmasUntracked: trackStats.untrackedVmas, pagesVanished: vanished } : {}),
         };
         files.stats = writeMetaFile(dir.path, FileKind.Stats, stats, fsync);
@@ -360,6 +396,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           stats.frozenUs = frozenUs;
           held = ours.finish(opts.hold ? 'hold' : opts.leaveRunning ? 'release' : 'kill');
         }
+        // Copy-on-write in kill mode: it ran during the copy, released; it ends now.
+        if (cow && !opts.leaveRunning) killReleased(pid);
         return {
           dir: dir.path, imageId, kind: inventory.kind, stats,
           killed: mode === 'dump' && !opts.leaveRunning && !opts.hold && !opts.frozen,
@@ -376,12 +414,18 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   } catch (err) {
     // Whatever failed, the target runs on as before and no partial image remains.
     (round as RoundEnd | null)?.abort();
+    await (cowWorker as CowWorker | null)?.stop();
+    // A tracking that lost VMAs to a copy-on-write round would miss their
+    // writes: it ends, and the next round copies everything again.
+    const dropped = cowTracking as { dropped: boolean; ref: TrackingRef } | null;
+    if (dropped?.dropped) stopHolder(dropped.ref);
     const own = set as FrozenSet | null;
     try { own?.release(); } catch { /* gone */ }
     if (!own && !opts.frozen) tcpRepair.release();
     const w = writer as PageSink | null;
     if (w) await w.abort();
     discardImageDir(dir);
+    if (err instanceof CowLost) throw err;
     throw asTsnapError(err, `${mode} of process ${pid}`);
   }
 }

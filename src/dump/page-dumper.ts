@@ -37,6 +37,12 @@ export interface CopyOptions {
    * failing the dump, so the caller can make sure it is copied again.
    */
   onVanished?: (start: number, len: number) => void;
+  /**
+   * Called with each chunk once read, before it is queued: `read` lists the
+   * ranges it holds, back to back from byte 0 (copy-on-write dumps replace
+   * pages saved from a fault and unprotect the ranges here).
+   */
+  afterRead?: (buf: Buffer, read: readonly { start: number; len: number }[]) => void;
 }
 
 /** Pages of `vmas` to store in a full dump: one PAGEMAP_SCAN over the whole space. */
@@ -82,6 +88,7 @@ export async function copyPages(
   const flush = () => {
     if (!buf || fill === 0) return;
     pagesSlowPath += readInto(copier, mem, buf, pending, opts.onVanished);
+    opts.afterRead?.(buf, pending);
     writer.submit(buf, fill * PAGE, runs.slice(chunkRunsFrom));
     chunkRunsFrom = runs.length;
     pagesWritten += fill;

@@ -323,6 +323,10 @@ export const STATS: Shape = obj({
   bytesRaw: SAFE, bytesStored: SAFE, throughputMiBps: num(0, 1e12),
   compression: oneOf('none', 'lz4'),
   vmasFresh: opt(SAFE), vmasTracked: opt(SAFE), vmasUntracked: opt(SAFE), pagesVanished: opt(SAFE),
+  cow: opt(obj({
+    pagesProtected: SAFE, pagesFrozenCopy: SAFE, faults: SAFE, faultPages: SAFE, faultsDeferred: SAFE,
+    faultMeanUs: US, faultMaxUs: US, copyUs: US, armUs: US,
+  })),
 });
 
 interface MemberLike { pid: number; dir: string; zombie?: unknown }
