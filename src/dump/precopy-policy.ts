@@ -5,6 +5,14 @@
  * final round it predicts fits the downtime budget; the loop also stops
  * when rounds stop shrinking (the process writes as fast as we copy), and
  * at the round cap.
+ *
+ * Convergence (migrate): a writer faster than the link never gets its
+ * rounds to fit the budget. Instead of giving up, the loop can slow the
+ * source down, as QEMU's auto-converge does: a round that wrote at least
+ * half the pages of the one before (the process dirtied more than half of
+ * what we could send meanwhile) raises the throttle, first to 20% then by
+ * 10% steps; only at the highest throttle does "not shrinking" end the
+ * loop. Or, once post-copy exists, the loop stops and says to switch to it.
  */
 export interface PreCopyRule {
   /** At most this many rounds. */
@@ -15,6 +23,23 @@ export interface PreCopyRule {
   shrinkRatio?: number;
   /** migrate: the predicted final round's downtime (ms) that is small enough. */
   downtimeBudgetMs?: number;
+  /**
+   * migrate: what a loop that does not converge does. 'stop' (default):
+   * take the final round as it is. 'throttle': slow the source down step
+   * by step (see ThrottleSteps). 'postcopy': stop with `postCopy: true`,
+   * for a caller that can resume on the receiver and page the rest in.
+   */
+  whenNotConverging?: 'stop' | 'throttle' | 'postcopy';
+  throttle?: ThrottleSteps;
+}
+
+/** QEMU's auto-converge defaults: cpu-throttle-initial 20, -increment 10, max-cpu-throttle 99. */
+export interface ThrottleSteps {
+  initialPct?: number;
+  stepPct?: number;
+  maxPct?: number;
+  /** A round with at least this share of the previous one's pages calls for (more) throttle. Default 0.5. */
+  highRatio?: number;
 }
 
 export interface RoundFigures {
@@ -23,13 +48,25 @@ export interface RoundFigures {
   estimatedDowntimeMs?: number;
 }
 
-export type PreCopyVerdict = { stop: false } | { stop: true; converged: boolean; reason: string };
+export type PreCopyVerdict =
+  /** Go on; with throttlePct, hold the source to that throttle (share of its CPU time taken away) for the next rounds. */
+  | { stop: false; throttlePct?: number }
+  | { stop: true; converged: boolean; reason: string; postCopy?: boolean };
+
+/** How the loop got a writer to converge, for the report. */
+export interface ConvergenceAid {
+  throttlePct: number;
+  /** The round after which the throttle first went on (it applies from the next round). */
+  fromRound: number;
+}
 
 export class PreCopyPolicy {
   private prev: RoundFigures | null = null;
   private rounds = 0;
   private readonly small: number;
   private readonly shrink: number;
+  private throttlePct = 0;
+  private throttledFrom = 0;
 
   constructor(private readonly rule: PreCopyRule) {
     this.small = rule.smallEnoughPages ?? 64;
@@ -46,10 +83,38 @@ export class PreCopyPolicy {
       return { stop: true, converged: true, reason: `converged: the last round fits the ${budget} ms downtime budget (estimated ${r.estimatedDowntimeMs.toFixed(1)} ms)` };
     }
     if (k > 1 && r.pages <= this.small) return { stop: true, converged: true, reason: `round ${k} wrote ${r.pages} pages (<= ${this.small})` };
-    if (prev && k > 2 && r.pages >= prev.pages * this.shrink) {
-      return { stop: true, converged: false, reason: `not converging: round ${k} wrote ${r.pages} pages after ${prev.pages}` };
+    const mode = this.rule.whenNotConverging ?? 'stop';
+    const steps = this.rule.throttle ?? {};
+    const high = prev !== null && k > 1 && r.pages >= prev.pages * (steps.highRatio ?? 0.5);
+    if (high && mode === 'postcopy') {
+      return { stop: true, converged: false, postCopy: true, reason: `not converging: round ${k} wrote ${r.pages} pages after ${prev!.pages}; switching to post-copy` };
+    }
+    const max = steps.maxPct ?? 99;
+    if (high && mode === 'throttle' && this.throttlePct < max && k < this.rule.maxRounds) {
+      const next = this.throttlePct === 0 ? (steps.initialPct ?? 20) : this.throttlePct + (steps.stepPct ?? 10);
+      this.throttlePct = Math.min(next, max);
+      if (!this.throttledFrom) this.throttledFrom = k;
+      return { stop: false, throttlePct: this.throttlePct };
+    }
+    // With a throttle still to raise, a flat round is a reason to raise it, not to give up.
+    const canThrottle = mode === 'throttle' && this.throttlePct < max;
+    if (prev && k > 2 && !canThrottle && r.pages >= prev.pages * this.shrink) {
+      const at = this.throttlePct ? ` at ${this.throttlePct}% throttle` : '';
+      return { stop: true, converged: false, reason: `not converging${at}: round ${k} wrote ${r.pages} pages after ${prev.pages}` };
     }
     if (k >= this.rule.maxRounds) return { stop: true, converged: false, reason: `reached the iteration cap (${this.rule.maxRounds})` };
     return { stop: false };
   }
+
+  /** The throttle the loop ended with, or null when it never needed one. */
+  convergenceAid(): ConvergenceAid | null {
+    return this.throttlePct ? { throttlePct: this.throttlePct, fromRound: this.throttledFrom } : null;
+  }
+}
+
+/** The report's words for how a migration converged: "throttled to 60% CPU from round 3". */
+export function describeAid(aid: ConvergenceAid | null, postCopy: boolean): string | null {
+  if (postCopy) return 'switched to post-copy';
+  if (!aid) return null;
+  return `throttled to ${100 - aid.throttlePct}% CPU from round ${aid.fromRound + 1} (${aid.throttlePct}% taken away)`;
 }
