@@ -11,10 +11,11 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { timingSafeEqual, createHash } from 'node:crypto';
-import { mkdirSync, chmodSync, openSync, writeSync, closeSync, fsyncSync, rmSync, existsSync, readFileSync, realpathSync } from 'node:fs';
+import { mkdirSync, chmodSync, openSync, writeSync, closeSync, fsyncSync, rmSync, readFileSync, realpathSync } from 'node:fs';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, MAX_FRAME, encodeDoc, decodeDoc, decodeHello, send } from './wire.js';
 import { inside, wirePid, migrationDirName } from './confine.js';
 import { checkCommittable } from './commit-check.js';
+import { waitPidsFree } from './pid-wait.js';
 import { crc32 } from '../image/checksum.js';
 import { fsyncDir, makeDirs } from '../image/image-dir.js';
 import { restore, waitForExit } from '../restore/restore.js';
@@ -268,7 +269,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   try {
     // The source is killed once we said COMMITTED: wait for its pids to be free.
     const pids = isTreeImage(last) ? readTreeManifest(last).processes.map((p) => p.pid) : [g.pid];
-    for (let i = 0; i < 3000 && pids.some((pid) => existsSync(`/proc/${pid}`)); i++) await new Promise((r) => setTimeout(r, 10));
+    await waitPidsFree(pids, { onHeld: (pid, message) => opts.onEvent?.({ event: 'waiting-for-pid', pid, message }) });
     const r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr });
     void waitForExit(r.pid); // reap it when it ends
     await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs })).catch(() => {});
