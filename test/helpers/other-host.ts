@@ -13,12 +13,15 @@
  * checks pids there, as the namespace numbers them. clone3's set_tid then
  * asks for the pid in the namespace (the process gets another one here).
  *
- * Nothing is left behind: killing the `unshare` (--kill-child) kills pid 1,
- * which makes the kernel kill the whole pid namespace; deleting the netns
- * removes both ends of the veth; the /proc mount lives in the namespace's
- * own mount namespace. Namespaces of an owner that died before its cleanup
- * (SIGKILLed test worker) are swept by the next start. This module has no
- * vitest dependency, so that the bench can use it.
+ * Nothing is left behind: the namespaces are unnamed (no `ip netns add`,
+ * so no bind mount under /run/netns), made by `unshare`; killing it
+ * (--kill-child) kills pid 1, which makes the kernel kill the whole pid
+ * namespace, and the network namespace goes with its last process, taking
+ * both ends of the veth; the /proc mount lives in the namespace's own
+ * mount namespace. A veth whose owner died before its cleanup (a SIGKILLed
+ * test worker whose namespace somehow lives on) is swept by the next
+ * start. This module has no vitest dependency, so that the bench can use
+ * it.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -51,8 +54,6 @@ int main(int argc, char **argv) {
 }
 `;
 
-const PREFIX = 'tsnap-oh-';
-
 function initBinary(): string {
   const hash = createHash('sha256').update(INIT_C).digest('hex').slice(0, 12);
   const dir = join(tmpdir(), 'tsnap-fixtures');
@@ -75,16 +76,16 @@ function tryIp(...args: string[]): void {
   try { ip(...args); } catch { /* already gone */ }
 }
 
-/** Namespaces and veths of owners that are gone (killed before their cleanup). */
+/** Veths of owners that are gone (killed before their cleanup). */
 function sweepDead(): void {
-  let names: string[] = [];
-  try { names = readdirSync('/run/netns'); } catch { return; }
-  for (const n of names) {
-    const m = new RegExp(`^${PREFIX}(\\d+)-(\\d+)$`).exec(n);
-    if (!m || Number(m[1]) === process.pid || existsSync(`/proc/${m[1]}`)) continue;
-    tryIp('netns', 'del', n);
-    tryIp('link', 'del', vethName(Number(m[1]), Number(m[2])));
+  for (const name of linkNames()) {
+    const m = /^toh(\d+)x\d+$/.exec(name);
+    if (m && Number(m[1]) !== process.pid % 1_000_000 && !existsSync(`/proc/${m[1]}`)) tryIp('link', 'del', name);
   }
+}
+
+function linkNames(): string[] {
+  return ip('-o', 'link', 'show').split('\n').map((l) => l.split(': ')[1]?.split('@')[0] ?? '').filter(Boolean);
 }
 
 function vethName(owner: number, n: number): string {
@@ -127,7 +128,6 @@ function freeSubnet(): { here: string; there: string } {
 export async function startOtherHost(tsnapBin: string, serveArgs: string[], opts: { port?: number; env?: Record<string, string> } = {}): Promise<OtherHost> {
   sweepDead();
   const n = seq++;
-  const ns = `${PREFIX}${process.pid}-${n}`;
   const veth = vethName(process.pid, n);
   const peer = `${veth}p`.slice(0, 15);
   const { here, there } = freeSubnet();
@@ -139,36 +139,38 @@ export async function startOtherHost(tsnapBin: string, serveArgs: string[], opts
       try { process.kill(proc.pid!, 'SIGKILL'); } catch { /* gone */ }
       await exited;
     }
-    // pid 1 of the namespace dies with unshare (--kill-child), and the kernel kills the rest.
-    tryIp('netns', 'del', ns);
-    tryIp('link', 'del', veth);
+    // pid 1 of the namespace dies with unshare (--kill-child), the kernel kills the rest, and
+    // the network namespace goes with them; its veth end too, and with it ours.
+    if (linkNames().includes(veth)) tryIp('link', 'del', veth);
   };
   try {
-    ip('netns', 'add', ns);
+    // serve starts once the namespace's network is set up: its shell waits for a line on stdin.
+    proc = spawn('unshare', ['--net', '--pid', '--fork', '--kill-child', '--mount-proc', initBinary(),
+      'sh', '-c', 'read go && exec "$@"', 'sh', process.execPath, tsnapBin, 'serve', '--listen', `${there}:${port}`, '--json', ...serveArgs],
+    { stdio: ['pipe', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
+    const p = proc;
+    const init = await childOf(p.pid!);
+    liveInits.push(init);
     ip('link', 'add', veth, 'type', 'veth', 'peer', 'name', peer);
-    ip('link', 'set', peer, 'netns', ns);
+    ip('link', 'set', peer, 'netns', String(init));
     ip('addr', 'add', `${here}/30`, 'dev', veth);
     ip('link', 'set', veth, 'up');
-    ip('-n', ns, 'addr', 'add', `${there}/30`, 'dev', peer);
-    ip('-n', ns, 'link', 'set', peer, 'up');
-    ip('-n', ns, 'link', 'set', 'lo', 'up');
-    proc = spawn('ip', ['netns', 'exec', ns, 'unshare', '--pid', '--fork', '--kill-child', '--mount-proc', initBinary(),
-      process.execPath, tsnapBin, 'serve', '--listen', `${there}:${port}`, '--json', ...serveArgs],
-    { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
+    const inNs = (...args: string[]) => execFileSync('nsenter', ['-t', String(init), '-n', 'ip', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    inNs('addr', 'add', `${there}/30`, 'dev', peer);
+    inNs('link', 'set', peer, 'up');
+    inNs('link', 'set', 'lo', 'up');
+    p.stdin!.end('go\n');
     const events: string[] = [];
-    const p = proc;
     await new Promise<void>((resolve, reject) => {
       p.stderr!.on('data', (d) => {
         events.push(...String(d).trim().split('\n'));
         if (events.some((e) => e.includes('"listening"'))) resolve();
       });
-      p.once('exit', () => reject(new Error(`serve in ${ns} exited: ${events.join('\n')}`)));
+      p.once('exit', () => reject(new Error(`serve in its namespaces exited: ${events.join('\n')}`)));
     });
     const nsOf = (pid: number) => { try { return readlinkSync(`/proc/${pid}/ns/pid`); } catch { return null; } };
+    const want = nsOf(init);
     const hostPid = (nsPid: number): number | null => {
-      // Our pid namespace is the one of the init that unshare forked: find it by the unshare's child.
-      const init = Number(readFileSync(`/proc/${p.pid}/task/${p.pid}/children`, 'utf8').trim().split(/\s+/)[0]);
-      const want = nsOf(init);
       for (const name of readdirSync('/proc')) {
         if (!/^\d+$/.test(name) || nsOf(Number(name)) !== want) continue;
         try {
@@ -185,11 +187,27 @@ export async function startOtherHost(tsnapBin: string, serveArgs: string[], opts
   }
 }
 
-/** The netns and veth names this process has left (for a test's "nothing left" check). */
+/** The unshare's first child: pid 1 of the new namespaces, as this host numbers it. */
+async function childOf(pid: number): Promise<number> {
+  for (let i = 0; i < 500; i++) {
+    try {
+      const c = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim();
+      if (c) return Number(c.split(/\s+/)[0]);
+    } catch { break; }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error('unshare did not start the namespace');
+}
+
+/** What this process has left of its "other hosts": veths, and network namespaces still alive (for a test's "nothing left" check). */
 export function leftovers(): string[] {
-  const mine = (n: string) => n.startsWith(`${PREFIX}${process.pid}-`) || n.startsWith(`toh${process.pid % 1_000_000}x`);
-  let netns: string[] = [];
-  try { netns = readdirSync('/run/netns'); } catch { /* none ever made */ }
-  const links = ip('-o', 'link', 'show').split('\n').map((l) => l.split(': ')[1]?.split('@')[0] ?? '');
-  return [...netns, ...links].filter(mine);
+  const links = linkNames().filter((n) => n.startsWith(`toh${process.pid % 1_000_000}x`));
+  return [...links, ...liveInits.filter(alive).map((pid) => `namespace init ${pid}`)];
+}
+
+const liveInits: number[] = [];
+
+/** Not gone, and not a zombie either (its namespaces are gone with its death). */
+function alive(pid: number): boolean {
+  try { return !/^State:\s+[ZX]/m.test(readFileSync(`/proc/${pid}/status`, 'utf8')); } catch { return false; }
 }
