@@ -53,6 +53,8 @@ import { TOOL_VERSION } from '../version.js';
 export interface DumpOptions {
   pid: number;
   dir: string;
+  /** Called right before the freeze, after the checks (migrate lifts its throttle there: a throttled task is slow to stop). */
+  beforeFreeze?: () => void;
   /** Resume the target after the dump instead of killing it. */
   leaveRunning?: boolean;
   compression?: Compression;
@@ -222,6 +224,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         checkCwd(pid);
         checkOomScoreAdj(pid);
         checkCreds(pid);
+        opts.beforeFreeze?.();
         set = FrozenSet.freeze(pid);
         set.attach(tcpRepair);
         frozen = set.processes[0];

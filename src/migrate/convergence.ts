@@ -73,7 +73,18 @@ export class Convergence {
     }
   }
 
-  /** The source runs at full speed again, in its own cgroups. Call before the final round and on every way out. */
+  /**
+   * The quota off, the tasks still in the throttle cgroups: for the final
+   * round, right before its freeze, so that the source neither runs
+   * unthrottled while the final dump gets ready (it would write a bigger
+   * last delta) nor is slow to stop (a throttled task waits for its next
+   * period) or to run the dump's remote syscalls.
+   */
+  lift(): void {
+    this.throttle?.lift();
+  }
+
+  /** The source runs at full speed again, in its own cgroups. Call on every way out. */
   release(): void {
     this.throttle?.release();
   }

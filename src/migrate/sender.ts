@@ -148,10 +148,9 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       conv.afterVerdict(v, k);
       if (v.stop) { stoppedBecause = v.reason; break; }
     }
-    conv.release(); // the final round runs at full speed (its remote syscalls run in the source)
 
     // Downtime starts here: freeze, last delta, full state.
-    const finalOpts = { pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished };
+    const finalOpts = { pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: () => conv.lift() };
     let frozenAt: bigint;
     let finalDir: string;
     if (opts.tree) {

@@ -179,6 +179,13 @@ export class SourceThrottle {
     return this.current;
   }
 
+  /** Quota off at once; the tasks stay where they are until `release`. Never throws. */
+  lift(): void {
+    for (const c of this.children.values()) {
+      try { writeFileSync(join(c.dir, 'cpu.cfs_quota_us'), '-1'); } catch { /* release removes it anyway */ }
+    }
+  }
+
   /** Every task back in the cgroup it came from, every child removed. Idempotent, never throws. */
   release(): void {
     for (const [key, c] of this.children) {
