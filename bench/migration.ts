@@ -200,7 +200,7 @@ async function migration(bin: string, mib: number, mbps: number, dir: string, ex
       ...gapFigures(gaps, start, frozenAt, doneAt),
       totalMs: +done.totalMs.toFixed(0),
       iterations: done.iterations,
-      bytesSentVsMemory: +(done.bytesSent / (mib << 20)).toFixed(3),
+      bytesSentVsMemory: +(done.bytesSent / (mib * 2 ** 20)).toFixed(3),
       stoppedBecause: done.stoppedBecause,
       convergence: done.convergence ?? null,
       throttleSteps: events.filter((e) => e.event === 'throttle').map((e) => e.throttlePct),
