@@ -6,13 +6,15 @@
  * throttle is on (the guardian undoes it).
  */
 import { describe, it, expect, afterAll, afterEach } from 'vitest';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { startTsnap, tsnap, killPid } from './helpers/tsnap.js';
-import { tracerFor, tracerOf } from './helpers/processes.js';
+import { tracerFor, tracerOf, isGone } from './helpers/processes.js';
 import { startServe, useServeCleanup } from './helpers/serve.js';
 import { SourceThrottle, cpuHierarchy } from '../src/migrate/throttle.js';
+import { Guardian } from '../src/sys/guardian.js';
 
 useProcessCleanup();
 useServeCleanup();
@@ -20,7 +22,11 @@ afterAll(() => cleanupTmpDirs());
 
 const CPU = cpuHierarchy() ?? '/sys/fs/cgroup/cpu';
 const made: string[] = [];
-afterEach(() => {
+afterEach(async () => {
+  // The in-process throttle tests' guardian: let it go the way tsnap's exit lets it go.
+  const g = tracerFor(process.pid);
+  Guardian.shutdown();
+  if (g !== process.pid) await until(() => isGone(g), 'the guardian to exit');
   // Test cgroups, innermost first; their tasks (killed by now) are gone.
   for (const d of made.splice(0).reverse()) {
     for (let i = 0; i < 100 && existsSync(d); i++) { try { rmdirSync(d); } catch { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20); } }
@@ -132,5 +138,29 @@ describe('migrate convergence', () => {
     expect([...throttleDirs(a), ...throttleDirs(b)]).toEqual([]);
     th.release(); // idempotent
     await killPid(p.pid);
+  });
+
+  it("a tree is throttled whole; a task born in a throttle cgroup meanwhile goes back to its creator's cgroup", async () => {
+    const home = testCgroup('tree');
+    const p = await startProcess(await compileC('tree'), ['print']);
+    const kids = [Number(p.readyInfo.child1), Number(p.readyInfo.child2)];
+    for (const pid of [p.pid, ...kids]) writeFileSync(join(home, 'tasks'), String(pid));
+    const th = new SourceThrottle(p.pid, true);
+    const child = join(home, `tsnap-throttle-${process.pid}`);
+    const newborn = spawn('sleep', ['30'], { stdio: 'ignore' });
+    try {
+      await new Promise((r) => setTimeout(r, 100));
+      th.set(30);
+      for (const pid of [p.pid, ...kids]) expect(cpuCgroup(pid)).toBe(`${rel(home)}/tsnap-throttle-${process.pid}`);
+      // As if the target had forked it while throttled: it is born in the child cgroup.
+      writeFileSync(join(child, 'tasks'), String(newborn.pid));
+    } finally {
+      th.release();
+    }
+    for (const pid of [p.pid, ...kids]) expect(cpuCgroup(pid)).toBe(rel(home));
+    expect(cpuCgroup(newborn.pid!)).toBe(rel(home));
+    expect(existsSync(child)).toBe(false);
+    await killPid(newborn.pid!);
+    p.closeStdin();
   });
 });

@@ -87,6 +87,18 @@ export class Guardian {
     return Guardian.current;
   }
 
+  /**
+   * Closes this process's end: the guardian undoes whatever it still holds
+   * and exits, as it would at tsnap's exit. For long-lived users of the
+   * in-process API (tests); the next get() starts a new one.
+   */
+  static shutdown(): void {
+    const g = Guardian.current;
+    if (!g) return;
+    Guardian.current = null;
+    try { closeSync(g.fd); } catch { /* closed */ }
+  }
+
   private static start(): Guardian {
     const path = guardianPath();
     if (!existsSync(path)) {
