@@ -13,7 +13,8 @@ import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } fro
 import { startTsnap, tsnap, killPid } from './helpers/tsnap.js';
 import { tracerFor, tracerOf, isGone } from './helpers/processes.js';
 import { startServe, useServeCleanup } from './helpers/serve.js';
-import { SourceThrottle, cpuHierarchy } from '../src/migrate/throttle.js';
+import { SourceThrottle, cpuHierarchy, ownThrottleName, sweepDeadThrottles } from '../src/migrate/throttle.js';
+import { readStat } from '../src/proc/index.js';
 import { Guardian } from '../src/sys/guardian.js';
 
 useProcessCleanup();
@@ -103,7 +104,7 @@ describe('migrate convergence', () => {
     const guardian = tracerFor(t.child.pid!);
     expect(guardian).not.toBe(t.child.pid);
     // Stopped right after the throttle went on: the source is in tsnap's child cgroup.
-    expect(cpuCgroup(p.pid)).toBe(`${rel(home)}/tsnap-throttle-${t.child.pid}`);
+    expect(cpuCgroup(p.pid)).toBe(`${rel(home)}/tsnap-throttle-${t.child.pid}.${readStat(t.child.pid!).startTime}`);
     process.kill(t.child.pid!, 'SIGKILL');
     await t.done;
     await until(() => cpuCgroup(p.pid) === rel(home) && throttleDirs(home).length === 0, 'the guardian to put the source back');
@@ -127,10 +128,10 @@ describe('migrate convergence', () => {
       await new Promise((r) => setTimeout(r, 100)); // a baseline of its CPU use
       const s = th.set(50);
       expect(s.quotaUs).toBeGreaterThanOrEqual(1000);
-      for (const tid of tids) expect(cpuCgroup(tid)).toBe(`${before.get(tid)}/tsnap-throttle-${process.pid}`);
-      expect(Number(readFileSync(join(b, `tsnap-throttle-${process.pid}`, 'cpu.cfs_quota_us'), 'utf8'))).toBe(s.quotaUs);
+      for (const tid of tids) expect(cpuCgroup(tid)).toBe(`${before.get(tid)}/${ownThrottleName()}`);
+      expect(Number(readFileSync(join(b, ownThrottleName(), 'cpu.cfs_quota_us'), 'utf8'))).toBe(s.quotaUs);
       th.set(60); // a step up changes the quota only
-      expect(Number(readFileSync(join(a, `tsnap-throttle-${process.pid}`, 'cpu.cfs_quota_us'), 'utf8'))).toBeLessThanOrEqual(s.quotaUs);
+      expect(Number(readFileSync(join(a, ownThrottleName(), 'cpu.cfs_quota_us'), 'utf8'))).toBeLessThanOrEqual(s.quotaUs);
     } finally {
       th.release();
     }
@@ -146,12 +147,12 @@ describe('migrate convergence', () => {
     const kids = [Number(p.readyInfo.child1), Number(p.readyInfo.child2)];
     for (const pid of [p.pid, ...kids]) writeFileSync(join(home, 'tasks'), String(pid));
     const th = new SourceThrottle(p.pid, true);
-    const child = join(home, `tsnap-throttle-${process.pid}`);
+    const child = join(home, ownThrottleName());
     const newborn = spawn('sleep', ['30'], { stdio: 'ignore' });
     try {
       await new Promise((r) => setTimeout(r, 100));
       th.set(30);
-      for (const pid of [p.pid, ...kids]) expect(cpuCgroup(pid)).toBe(`${rel(home)}/tsnap-throttle-${process.pid}`);
+      for (const pid of [p.pid, ...kids]) expect(cpuCgroup(pid)).toBe(`${rel(home)}/${ownThrottleName()}`);
       // As if the target had forked it while throttled: it is born in the child cgroup.
       writeFileSync(join(child, 'tasks'), String(newborn.pid));
     } finally {
@@ -162,5 +163,19 @@ describe('migrate convergence', () => {
     expect(existsSync(child)).toBe(false);
     await killPid(newborn.pid!);
     p.closeStdin();
+  });
+
+  it("a throttle left by a tsnap that died with its guardian is lifted by the next migration's sweep", async () => {
+    const home = testCgroup('stale');
+    // Its owner's pid is alive (ours) but not with that start time: a reused pid, so a dead owner.
+    const stale = join(home, `tsnap-throttle-${process.pid}.1`);
+    mkdirSync(stale);
+    writeFileSync(join(stale, 'cpu.cfs_quota_us'), '1000');
+    const victim = spawn('sleep', ['30'], { stdio: 'ignore' });
+    writeFileSync(join(stale, 'tasks'), String(victim.pid));
+    sweepDeadThrottles();
+    expect(cpuCgroup(victim.pid!)).toBe(rel(home));
+    expect(existsSync(stale)).toBe(false);
+    await killPid(victim.pid!);
   });
 });

@@ -78,8 +78,9 @@ enum op {
                           die, the guardian runs it -> ret = id */
   OP_UNLOCK_DROP = 13, /* a0 id: tsnap removed the lock itself, or handed it to an image */
   OP_THROTTLE_HOLD = 14, /* with one fd (SCM_RIGHTS): a cgroup v1 cpu directory that has a child
-                            "tsnap-throttle-<a0>" throttling some of its tasks; should tsnap die, the
-                            guardian lifts the quota, moves those tasks back and removes it -> ret = id */
+                            "tsnap-throttle-<a0>.<a1>" (tsnap's pid and start time) throttling some of
+                            its tasks; should tsnap die, the guardian lifts the quota, moves those tasks
+                            back and removes it -> ret = id */
   OP_THROTTLE_DROP = 15, /* a0 id: tsnap put the tasks back itself */
 };
 
@@ -129,7 +130,7 @@ static int64_t next_unlock_id = 1;
 
 /* Throttle cgroups (src/migrate/throttle.ts): each a child of the cgroup its tasks came from. */
 #define MAX_THROTTLE 256
-static struct { int64_t id; int fd; int64_t name; } throttles[MAX_THROTTLE];
+static struct { int64_t id; int fd; int64_t pid, start; } throttles[MAX_THROTTLE];
 static int nthrottles;
 static int64_t next_throttle_id = 1;
 
@@ -496,12 +497,13 @@ static void end_unlocks(void) {
   nunlocks = 0;
 }
 
-static int op_throttle_hold(int fd, int64_t name, struct reply *p) {
-  if (fd < 0 || name <= 0) { if (fd >= 0) close(fd); return G_BADREQ; }
+static int op_throttle_hold(int fd, int64_t pid, int64_t start, struct reply *p) {
+  if (fd < 0 || pid <= 0 || start < 0) { if (fd >= 0) close(fd); return G_BADREQ; }
   if (nthrottles == MAX_THROTTLE) { close(fd); return ENOMEM; }
   throttles[nthrottles].id = next_throttle_id++;
   throttles[nthrottles].fd = fd;
-  throttles[nthrottles].name = name;
+  throttles[nthrottles].pid = pid;
+  throttles[nthrottles].start = start;
   p->ret = throttles[nthrottles++].id;
   return 0;
 }
@@ -519,7 +521,7 @@ static int op_throttle_drop(int64_t id) {
 
 /* Moves every task of child "tasks" to the parent's; 1 when the child was found empty. */
 static int move_tasks_up(int dirfd, const char *child) {
-  char path[64], buf[8192];
+  char path[96], buf[8192];
   snprintf(path, sizeof path, "%s/tasks", child);
   int in = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
   if (in < 0) return 1;
@@ -540,8 +542,8 @@ static int move_tasks_up(int dirfd, const char *child) {
 /* A throttled target must never stay throttled: quota off first, then everyone back where it was. */
 static void end_throttles(void) {
   for (int i = 0; i < nthrottles; i++) {
-    char child[40], path[72];
-    snprintf(child, sizeof child, "tsnap-throttle-%lld", (long long)throttles[i].name);
+    char child[64], path[96];
+    snprintf(child, sizeof child, "tsnap-throttle-%lld.%lld", (long long)throttles[i].pid, (long long)throttles[i].start);
     snprintf(path, sizeof path, "%s/cpu.cfs_quota_us", child);
     int q = openat(throttles[i].fd, path, O_WRONLY | O_CLOEXEC);
     if (q >= 0) { if (write(q, "-1", 2) < 0) { /* nothing better to do */ } close(q); }
@@ -561,7 +563,7 @@ static int handle(struct request *q, int fd, struct reply *p, uint8_t *data) {
   p->len = 0;
   if (q->op == OP_REPAIR_HOLD) return op_repair_hold(fd, p);
   if (q->op == OP_UNLOCK_HOLD) return op_unlock_hold(fd, q->a[0], p);
-  if (q->op == OP_THROTTLE_HOLD) return op_throttle_hold(fd, q->a[0], p);
+  if (q->op == OP_THROTTLE_HOLD) return op_throttle_hold(fd, q->a[0], q->a[1], p);
   if (fd >= 0) close(fd);
   if (q->op == OP_THROTTLE_DROP) return op_throttle_drop(q->a[0]);
   if (q->op == OP_REPAIR_DROP) return op_repair_drop(q->a[0]);

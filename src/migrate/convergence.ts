@@ -7,7 +7,7 @@
  */
 import type { PreCopyRule, PreCopyVerdict, ConvergenceAid } from '../dump/precopy-policy.js';
 import { describeAid } from '../dump/precopy-policy.js';
-import { SourceThrottle } from './throttle.js';
+import { SourceThrottle, sweepDeadThrottles } from './throttle.js';
 import { pausePoint } from '../fault-points.js';
 
 export type NotConverging = 'throttle' | 'postcopy' | 'stop';
@@ -41,6 +41,7 @@ export class Convergence {
         opts.warn?.(`cannot throttle the source if it writes faster than the link: ${why}`);
         mode = 'stop';
       } else {
+        sweepDeadThrottles();
         this.throttle = new SourceThrottle(opts.pid, opts.tree ?? false, opts.warn);
       }
     }

@@ -13,7 +13,7 @@
  * can do from a directory fd alone when tsnap is SIGKILLed.
  *
  * Placement is restored exactly because every child is made under the
- * very cgroup its tasks came from (tsnap-throttle-<tsnap pid>, one per
+ * very cgroup its tasks came from (tsnap-throttle-<tsnap pid>.<start time>, one per
  * distinct cgroup among the threads): the parent's own limits still apply
  * (cgroup v1 quotas are hierarchical), and threads or children the target
  * creates meanwhile, born in the child, go back to the cgroup their
@@ -29,8 +29,16 @@
 import { existsSync, mkdirSync, openSync, closeSync, readFileSync, readdirSync, rmdirSync, writeFileSync, constants as fsc } from 'node:fs';
 import { join } from 'node:path';
 import { Guardian } from '../sys/index.js';
+import { readStat } from '../proc/index.js';
 
 const PREFIX = 'tsnap-throttle-';
+/** A child's owner, by pid and start time: pid_max is 32768 here, and a pid alone is soon someone else's. */
+const OWN_NAME = (() => { let own: string | null = null; return () => (own ??= `${PREFIX}${process.pid}.${readStat(process.pid).startTime}`); })();
+
+/** The name of the throttle children of this tsnap: tsnap-throttle-<pid>.<start time>. */
+export function ownThrottleName(): string {
+  return OWN_NAME();
+}
 const MIN_QUOTA_US = 1000;
 const MIN_PERIOD_US = 10_000;
 const MAX_PERIOD_US = 1_000_000;
@@ -127,15 +135,33 @@ function undo(dir: string, parent: string): boolean {
   return false;
 }
 
-/** Throttle children left by a tsnap that died together with its guardian. */
-function sweepDead(parent: string): void {
+function ownerAlive(name: string): boolean {
+  const m = /^tsnap-throttle-(\d+)\.(\d+)$/.exec(name);
+  if (!m) return true; // not ours to judge
+  try { return readStat(Number(m[1])).startTime === Number(m[2]); } catch { return false; }
+}
+
+/** Throttle children left by a tsnap that died together with its guardian, under `parent` (and, with depth, below it). */
+function sweepDead(parent: string, depth = 0): void {
   let names: string[];
-  try { names = readdirSync(parent); } catch { return; }
+  try { names = readdirSync(parent, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name); } catch { return; }
   for (const n of names) {
-    if (!n.startsWith(PREFIX)) continue;
-    const owner = Number(n.slice(PREFIX.length));
-    if (owner !== process.pid && !existsSync(`/proc/${owner}`)) undo(join(parent, n), parent);
+    if (n.startsWith(PREFIX)) {
+      if (!ownerAlive(n)) undo(join(parent, n), parent);
+    } else if (depth > 0) {
+      sweepDead(join(parent, n), depth - 1);
+    }
   }
+}
+
+/**
+ * Every throttle a dead tsnap (and its dead guardian) left anywhere in
+ * the cpu hierarchy (a few levels deep): its tasks run at full speed in
+ * their own cgroups again. Each migration does this once when it starts.
+ */
+export function sweepDeadThrottles(): void {
+  const root = cpuHierarchy();
+  if (root) sweepDead(root, 8);
 }
 
 /**
@@ -206,13 +232,13 @@ export class SourceThrottle {
     const parent = join(root, cgroup);
     if (cgroup.split('/').some((p) => p.startsWith(PREFIX))) throw new Error(`the source is already throttled by another tsnap (${parent})`);
     sweepDead(parent);
-    const dir = join(parent, `${PREFIX}${process.pid}`);
+    const dir = join(parent, OWN_NAME());
     mkdirSync(dir);
     c = { parent, dir, hold: null };
     this.children.set(cgroup, c);
     // The guardian gets the undo before any task moves in: a SIGKILL from here on leaves nothing throttled.
     const fd = openSync(parent, fsc.O_RDONLY | fsc.O_DIRECTORY);
-    try { c.hold = Guardian.get().holdThrottle(fd, process.pid); } finally { closeSync(fd); }
+    try { c.hold = Guardian.get().holdThrottle(fd, process.pid, readStat(process.pid).startTime); } finally { closeSync(fd); }
     return c;
   }
 
@@ -223,7 +249,7 @@ export class SourceThrottle {
       for (const pid of processesOf(this.pid, this.tree)) {
         for (const tid of tidsOf(pid)) {
           const cg = cpuCgroupOf(pid, tid);
-          if (cg === null || cg.split('/').at(-1) === `${PREFIX}${process.pid}`) continue;
+          if (cg === null || cg.split('/').at(-1) === OWN_NAME()) continue;
           const c = this.childFor(cg);
           try { writeFileSync(join(c.dir, 'tasks'), String(tid)); moved++; } catch (err) {
             if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;

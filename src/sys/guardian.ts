@@ -224,11 +224,11 @@ export class Guardian {
 
   /**
    * Hands over an fd of a cgroup v1 cpu directory whose child
-   * "tsnap-throttle-<name>" throttles tasks that came from it: should
-   * tsnap die, the guardian lifts the quota and moves them back.
+   * "tsnap-throttle-<pid>.<start>" throttles tasks that came from it:
+   * should tsnap die, the guardian lifts the quota and moves them back.
    */
-  holdThrottle(dirFd: number, name: number): bigint {
-    return this.call('hold source throttle', Op.throttleHold, 0, [name], dirFd).ret;
+  holdThrottle(dirFd: number, pid: number, start: number): bigint {
+    return this.call('hold source throttle', Op.throttleHold, 0, [pid, start], dirFd).ret;
   }
 
   /** tsnap put the throttled tasks back itself. */
