@@ -17,7 +17,9 @@
  * distinct cgroup among the threads): the parent's own limits still apply
  * (cgroup v1 quotas are hierarchical), and threads or children the target
  * creates meanwhile, born in the child, go back to the cgroup their
- * creator came from.
+ * creator came from. (A source whose threads sit in several cgroups gets
+ * the whole allowance in each child: rare, and erring on the side of
+ * throttling less.)
  *
  * "Throttle N%" takes N% of the CPU time the source used before it was
  * throttled (measured from /proc/PID/task/TID/schedstat): a paced writer
