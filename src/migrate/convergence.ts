@@ -64,7 +64,7 @@ export class Convergence {
       const s = this.throttle.set(v.throttlePct);
       this.applied = { throttlePct: s.throttlePct, fromRound: this.applied?.fromRound ?? k };
       pausePoint('migrate-throttled');
-      this.opts.onEvent?.({ event: 'throttle', iteration: k, throttlePct: s.throttlePct, allowedCpuPct: +(s.allowedCpus * 100).toFixed(2), quotaUs: s.quotaUs, periodUs: s.periodUs });
+      this.opts.onEvent?.({ event: 'throttle', iteration: k, throttlePct: s.throttlePct, allowedCpuPct: +(s.allowedCpus * 100).toFixed(2), quotaUs: s.quotaUs, periodUs: s.periodUs, pausesUpToMs: +((s.periodUs - s.quotaUs) / 1000).toFixed(1) });
     } catch (err) {
       // A throttle that cannot be applied is given up, never left half on.
       this.throttle.release();
