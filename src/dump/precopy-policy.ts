@@ -8,11 +8,18 @@
  *
  * Convergence (migrate): a writer faster than the link never gets its
  * rounds to fit the budget. Instead of giving up, the loop can slow the
- * source down, as QEMU's auto-converge does: a round that wrote at least
- * half the pages of the one before (the process dirtied more than half of
- * what we could send meanwhile) raises the throttle, first to 20% then by
- * 10% steps; only at the highest throttle does "not shrinking" end the
- * loop. Or, once post-copy exists, the loop stops and says to switch to it.
+ * source down, as QEMU's auto-converge does: a round whose pages were
+ * written faster than half the rate the loop copies at (QEMU: "dirtied
+ * more than half of what was transferred meanwhile") raises the throttle,
+ * first to 20% then by 10% steps; while it can still be raised, "not
+ * shrinking" does not end the loop. Or, once post-copy exists, the loop
+ * stops and says to switch to it.
+ *
+ * The rates: pages of round k were written during round k-1, so the dirty
+ * rate is round k's bytes over round k-1's time; the copy rate is the best
+ * any round reached (a small round is mostly fixed costs: its own rate
+ * would make the link look slow, and a slow writer fast next to it). Without rates, a round with at least half the
+ * pages of the one before stands for it.
  */
 export interface PreCopyRule {
   /** At most this many rounds. */
@@ -46,6 +53,9 @@ export interface RoundFigures {
   pages: number;
   /** migrate: how long the final round would take, from this round's size and the measured bandwidth. */
   estimatedDowntimeMs?: number;
+  /** migrate: bytes this round copied (uncompressed) and how long it took, copy and send. */
+  bytes?: number;
+  ms?: number;
 }
 
 export type PreCopyVerdict =
@@ -67,6 +77,8 @@ export class PreCopyPolicy {
   private readonly shrink: number;
   private throttlePct = 0;
   private throttledFrom = 0;
+  /** Best copy rate seen (bytes per ms). */
+  private copyRate = 0;
 
   constructor(private readonly rule: PreCopyRule) {
     this.small = rule.smallEnoughPages ?? 64;
@@ -85,20 +97,24 @@ export class PreCopyPolicy {
     if (k > 1 && r.pages <= this.small) return { stop: true, converged: true, reason: `round ${k} wrote ${r.pages} pages (<= ${this.small})` };
     const mode = this.rule.whenNotConverging ?? 'stop';
     const steps = this.rule.throttle ?? {};
-    const high = prev !== null && k > 1 && r.pages >= prev.pages * (steps.highRatio ?? 0.5);
+    const highRatio = steps.highRatio ?? 0.5;
+    if (r.bytes !== undefined && r.ms) this.copyRate = Math.max(this.copyRate, r.bytes / r.ms);
+    const rated = prev?.ms && r.bytes !== undefined && this.copyRate > 0;
+    const high = prev !== null && k > 1 && (rated ? r.bytes! / prev.ms! > this.copyRate * highRatio : r.pages >= prev.pages * highRatio);
     if (high && mode === 'postcopy') {
       return { stop: true, converged: false, postCopy: true, reason: `not converging: round ${k} wrote ${r.pages} pages after ${prev!.pages}; switching to post-copy` };
     }
     const max = steps.maxPct ?? 99;
-    if (high && mode === 'throttle' && this.throttlePct < max && k < this.rule.maxRounds) {
+    const raise = high && mode === 'throttle' && this.throttlePct < max;
+    if (raise && k < this.rule.maxRounds) {
       const next = this.throttlePct === 0 ? (steps.initialPct ?? 20) : this.throttlePct + (steps.stepPct ?? 10);
       this.throttlePct = Math.min(next, max);
       if (!this.throttledFrom) this.throttledFrom = k;
       return { stop: false, throttlePct: this.throttlePct };
     }
-    // With a throttle still to raise, a flat round is a reason to raise it, not to give up.
-    const canThrottle = mode === 'throttle' && this.throttlePct < max;
-    if (prev && k > 2 && !canThrottle && r.pages >= prev.pages * this.shrink) {
+    // A flat round of a fast writer raised the throttle above; one of a slow
+    // writer is at the floor of fixed per-round costs: more rounds do not help.
+    if (prev && k > 2 && !raise && r.pages >= prev.pages * this.shrink) {
       const at = this.throttlePct ? ` at ${this.throttlePct}% throttle` : '';
       return { stop: true, converged: false, reason: `not converging${at}: round ${k} wrote ${r.pages} pages after ${prev.pages}` };
     }

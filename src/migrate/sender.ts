@@ -144,7 +144,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       const estDowntime = r.bytesStored / Math.max(bandwidth, 1e-9);
       opts.onEvent?.({ event: 'iteration', iteration: k, pages: r.pagesWritten, bytes: s.bytes, ms: +iterMs.toFixed(1), bandwidthMBps: +(bandwidth / 1e3).toFixed(1), dirtyRateMBps: +(dirtyRate / 1e6).toFixed(1), estimatedDowntimeMs: +estDowntime.toFixed(1) });
       prev = r;
-      const v = policy.afterRound({ pages: r.pagesWritten, estimatedDowntimeMs: estDowntime });
+      const v = policy.afterRound({ pages: r.pagesWritten, estimatedDowntimeMs: estDowntime, bytes: r.bytesRaw, ms: iterMs });
       conv.afterVerdict(v, k);
       if (v.stop) { stoppedBecause = v.reason; break; }
     }
