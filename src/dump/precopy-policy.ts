@@ -18,8 +18,13 @@
  * The rates: pages of round k were written during round k-1, so the dirty
  * rate is round k's bytes over round k-1's time; the copy rate is the best
  * any round reached (a small round is mostly fixed costs: its own rate
- * would make the link look slow, and a slow writer fast next to it). Without rates, a round with at least half the
- * pages of the one before stands for it.
+ * would make the link look slow, and a slow writer fast next to it). A
+ * round that fails to halve also calls for throttle when copying its
+ * pages at that best rate would take longer than the shortest round took
+ * in all (at most the fixed per-round costs): its pages, not the fixed
+ * costs, keep the loop from converging, even when the copy rate has since
+ * dropped below twice the dirty rate (a loaded host). Without rates, a
+ * round with at least half the pages of the one before stands for it.
  */
 export interface PreCopyRule {
   /** At most this many rounds. */
@@ -79,6 +84,8 @@ export class PreCopyPolicy {
   private throttledFrom = 0;
   /** Best copy rate seen (bytes per ms). */
   private copyRate = 0;
+  /** The shortest round: an upper bound of the fixed costs of one. */
+  private shortestMs = Infinity;
 
   constructor(private readonly rule: PreCopyRule) {
     this.small = rule.smallEnoughPages ?? 64;
@@ -98,9 +105,15 @@ export class PreCopyPolicy {
     const mode = this.rule.whenNotConverging ?? 'stop';
     const steps = this.rule.throttle ?? {};
     const highRatio = steps.highRatio ?? 0.5;
-    if (r.bytes !== undefined && r.ms) this.copyRate = Math.max(this.copyRate, r.bytes / r.ms);
+    if (r.bytes !== undefined && r.ms) {
+      this.copyRate = Math.max(this.copyRate, r.bytes / r.ms);
+      this.shortestMs = Math.min(this.shortestMs, r.ms);
+    }
     const rated = prev?.ms && r.bytes !== undefined && this.copyRate > 0;
-    const high = prev !== null && k > 1 && (rated ? r.bytes! / prev.ms! > this.copyRate * highRatio : r.pages >= prev.pages * highRatio);
+    const halving = prev !== null && r.pages < prev.pages * highRatio;
+    const high = prev !== null && k > 1 && (rated
+      ? r.bytes! / prev.ms! > this.copyRate * highRatio || (!halving && r.bytes! / this.copyRate > this.shortestMs)
+      : !halving);
     if (high && mode === 'postcopy') {
       return { stop: true, converged: false, postCopy: true, reason: `not converging: round ${k} wrote ${r.pages} pages after ${prev!.pages}; switching to post-copy` };
     }

@@ -104,6 +104,12 @@ describe('PreCopyPolicy', () => {
       const w = verdicts({ maxRounds: 10, downtimeBudgetMs: 50, whenNotConverging: 'throttle' }, fast.map((r) => ({ ...r, estimatedDowntimeMs: r.ms })));
       expect(w.out.map((x) => (x.stop ? 'stop' : x.throttlePct ?? 0))).toEqual([0, 0, 20, 30, 40]);
       expect(w.aid).toEqual({ throttlePct: 40, fromRound: 3 });
+      // Big rounds that stopped shrinking while the copy rate fell (a loaded host): their pages, not
+      // the fixed costs, keep the loop from converging, so the throttle goes on up (seen at 4 GiB).
+      const big = [{ pages: 1048604, bytes: 4.3e9, ms: 70_000 }, { pages: 118152, bytes: 484e6, ms: 6_600 }, { pages: 174396, bytes: 714e6, ms: 33_000 }, { pages: 297514, bytes: 1.22e9, ms: 42_000 }, { pages: 317792, bytes: 1.3e9, ms: 41_000 }];
+      const b = verdicts({ maxRounds: 10, downtimeBudgetMs: 50, whenNotConverging: 'throttle' }, big.map((r) => ({ ...r, estimatedDowntimeMs: r.ms })));
+      expect(b.out.at(-1)).toMatchObject({ stop: false });
+      expect(b.aid!.throttlePct).toBeGreaterThanOrEqual(30);
     });
   });
 });
