@@ -235,7 +235,7 @@ export async function benchMigration(argv: string[] = process.argv.slice(2)): Pr
   const log = (r: Record<string, unknown>) => { runs.push(r); process.stderr.write(`${JSON.stringify(r)}\n`); };
   try {
     // Warm-up (not reported): this VM hands freed memory back to its host; first touches are slow.
-    const warm = Math.min(...o.sizes);
+    const warm = Math.min(256, ...o.sizes);
     await baseline(bin, warm, 10, data);
     await migration(bin, warm, 10, data, []);
     for (const mib of o.sizes) {
