@@ -8,23 +8,18 @@
  *
  * Convergence (migrate): a writer faster than the link never gets its
  * rounds to fit the budget. Instead of giving up, the loop can slow the
- * source down, as QEMU's auto-converge does: a round whose pages were
- * written faster than half the rate the loop copies at (QEMU: "dirtied
- * more than half of what was transferred meanwhile") raises the throttle,
- * first to 20% then by 10% steps; while it can still be raised, "not
- * shrinking" does not end the loop. Or, once post-copy exists, the loop
- * stops and says to switch to it.
+ * source down, as QEMU's auto-converge does: a round that wrote at least
+ * half the pages of the one before (the process dirtied more than half of
+ * what was sent meanwhile: QEMU's trigger) raises the throttle, first to
+ * 20% then by 10% steps; while it can still be raised, "not shrinking"
+ * does not end the loop. Or, once post-copy exists, the loop stops and
+ * says to switch to it.
  *
- * The rates: pages of round k were written during round k-1, so the dirty
- * rate is round k's bytes over round k-1's time; the copy rate is the best
- * any round reached (a small round is mostly fixed costs: its own rate
- * would make the link look slow, and a slow writer fast next to it). A
- * round that fails to halve also calls for throttle when copying its
- * pages at that best rate would take longer than the shortest round took
- * in all (at most the fixed per-round costs): its pages, not the fixed
- * costs, keep the loop from converging, even when the copy rate has since
- * dropped below twice the dirty rate (a loaded host). Without rates, a
- * round with at least half the pages of the one before stands for it.
+ * Except at the floor: when the round's pages could be copied within the
+ * budget at the best rate any round reached, what keeps its estimate over
+ * the budget is the fixed cost of a round (on a busy host, a round of a
+ * few hundred pages takes 100-500 ms), which no throttle reduces; a slow
+ * writer there is left alone, and flat rounds end the loop as before.
  */
 export interface PreCopyRule {
   /** At most this many rounds. */
@@ -58,7 +53,7 @@ export interface RoundFigures {
   pages: number;
   /** migrate: how long the final round would take, from this round's size and the measured bandwidth. */
   estimatedDowntimeMs?: number;
-  /** migrate: bytes this round copied (uncompressed) and how long it took, copy and send. */
+  /** migrate: bytes this round copied (uncompressed) and how long it took, copy and send (for the floor, see above). */
   bytes?: number;
   ms?: number;
 }
@@ -84,8 +79,6 @@ export class PreCopyPolicy {
   private throttledFrom = 0;
   /** Best copy rate seen (bytes per ms). */
   private copyRate = 0;
-  /** The shortest round: an upper bound of the fixed costs of one. */
-  private shortestMs = Infinity;
 
   constructor(private readonly rule: PreCopyRule) {
     this.small = rule.smallEnoughPages ?? 64;
@@ -104,16 +97,9 @@ export class PreCopyPolicy {
     if (k > 1 && r.pages <= this.small) return { stop: true, converged: true, reason: `round ${k} wrote ${r.pages} pages (<= ${this.small})` };
     const mode = this.rule.whenNotConverging ?? 'stop';
     const steps = this.rule.throttle ?? {};
-    const highRatio = steps.highRatio ?? 0.5;
-    if (r.bytes !== undefined && r.ms) {
-      this.copyRate = Math.max(this.copyRate, r.bytes / r.ms);
-      this.shortestMs = Math.min(this.shortestMs, r.ms);
-    }
-    const rated = prev?.ms && r.bytes !== undefined && this.copyRate > 0;
-    const halving = prev !== null && r.pages < prev.pages * highRatio;
-    const high = prev !== null && k > 1 && (rated
-      ? r.bytes! / prev.ms! > this.copyRate * highRatio || (!halving && r.bytes! / this.copyRate > this.shortestMs)
-      : !halving);
+    if (r.bytes !== undefined && r.ms) this.copyRate = Math.max(this.copyRate, r.bytes / r.ms);
+    const atFloor = budget !== undefined && r.bytes !== undefined && this.copyRate > 0 && r.bytes / this.copyRate <= budget;
+    const high = prev !== null && k > 1 && r.pages >= prev.pages * (steps.highRatio ?? 0.5) && !atFloor;
     if (high && mode === 'postcopy') {
       return { stop: true, converged: false, postCopy: true, reason: `not converging: round ${k} wrote ${r.pages} pages after ${prev!.pages}; switching to post-copy` };
     }

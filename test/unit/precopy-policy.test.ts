@@ -93,13 +93,13 @@ describe('PreCopyPolicy', () => {
         expect(pcts.every((p) => p >= 20 && p <= 99)).toBe(true);
       }));
     });
-      it('with rates, throttles only a writer faster than half the best copy rate (QEMU\'s rule), not one held up by fixed round costs', () => {
+      it('does not throttle at the floor: a round whose pages fit the budget at the best copy rate is held up by fixed costs only', () => {
       // 1 GiB copied in 4 s (268 MB/s, the best rate); then rounds of ~300 ms, mostly fixed costs.
       const slow = [{ pages: 262144, bytes: 1 << 30, ms: 4000 }, ...Array.from({ length: 6 }, () => ({ pages: 400, bytes: 400 * 4096, ms: 300 }))];
       const v = verdicts({ maxRounds: 10, downtimeBudgetMs: 50, whenNotConverging: 'throttle' }, slow.map((r) => ({ ...r, estimatedDowntimeMs: r.ms })));
       expect(v.aid).toBeNull();
       expect(v.out.at(-1)).toMatchObject({ stop: true, converged: false, reason: 'not converging: round 3 wrote 400 pages after 400' });
-      // 220 MB written during each 1.5 s round: 147 MB/s, over half of 268 MB/s.
+      // 220 MB a round: 820 ms at the best rate, far over the budget.
       const fast = [{ pages: 262144, bytes: 1 << 30, ms: 4000 }, ...Array.from({ length: 4 }, () => ({ pages: 53711, bytes: 220e6, ms: 1500 }))];
       const w = verdicts({ maxRounds: 10, downtimeBudgetMs: 50, whenNotConverging: 'throttle' }, fast.map((r) => ({ ...r, estimatedDowntimeMs: r.ms })));
       expect(w.out.map((x) => (x.stop ? 'stop' : x.throttlePct ?? 0))).toEqual([0, 0, 20, 30, 40]);
