@@ -28,9 +28,13 @@ afterEach(async () => {
   const g = tracerFor(process.pid);
   Guardian.shutdown();
   if (g !== process.pid) await until(() => isGone(g), 'the guardian to exit');
-  // Test cgroups, innermost first; their tasks (killed by now) are gone.
+  // Test cgroups, innermost first. Their tasks are this test's processes
+  // (this hook runs before the process registry's): killed here by pid.
   for (const d of made.splice(0).reverse()) {
-    for (let i = 0; i < 100 && existsSync(d); i++) { try { rmdirSync(d); } catch { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 20); } }
+    for (let i = 0; i < 100 && existsSync(d); i++) {
+      for (const tid of readFileSync(join(d, 'tasks'), 'utf8').split('\n').filter(Boolean)) await killPid(Number(tid));
+      try { rmdirSync(d); } catch { await new Promise((r) => setTimeout(r, 20)); }
+    }
   }
 });
 
