@@ -55,6 +55,8 @@ import { CowWorker, CowLost, copyWithCow, killReleased, type CowCopyResult } fro
 export interface DumpOptions {
   pid: number;
   dir: string;
+  /** Called right before the freeze, after the checks (migrate lifts its throttle there: a throttled task is slow to stop). */
+  beforeFreeze?: () => void;
   /** Resume the target after the dump instead of killing it. */
   leaveRunning?: boolean;
   compression?: Compression;
@@ -269,6 +271,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         }
         const cow = opts.cow === true || (opts.cow === 'auto' && anonResidentBytes(pid) >= COW_MIN_BYTES);
         if (cow && !opts.hold) cowWorker = await CowWorker.start();
+        opts.beforeFreeze?.();
         set = FrozenSet.freeze(pid);
         set.attach(tcpRepair);
         frozen = set.processes[0];

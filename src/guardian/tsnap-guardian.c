@@ -32,6 +32,7 @@
 #include <sys/wait.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -76,6 +77,11 @@ enum op {
                           the network lock of a connection, a0 1 = ip6tables; should tsnap
                           die, the guardian runs it -> ret = id */
   OP_UNLOCK_DROP = 13, /* a0 id: tsnap removed the lock itself, or handed it to an image */
+  OP_THROTTLE_HOLD = 14, /* with one fd (SCM_RIGHTS): a cgroup v1 cpu directory that has a child
+                            "tsnap-throttle-<a0>.<a1>" (tsnap's pid and start time) throttling some of
+                            its tasks; should tsnap die, the guardian lifts the quota, moves those tasks
+                            back and removes it -> ret = id */
+  OP_THROTTLE_DROP = 15, /* a0 id: tsnap put the tasks back itself */
 };
 
 struct request {
@@ -121,6 +127,12 @@ static int64_t next_repair_id = 1;
 static struct { int64_t id; int fd; int v6; } unlocks[MAX_UNLOCK];
 static int nunlocks;
 static int64_t next_unlock_id = 1;
+
+/* Throttle cgroups (src/migrate/throttle.ts): each a child of the cgroup its tasks came from. */
+#define MAX_THROTTLE 256
+static struct { int64_t id; int fd; int64_t pid, start; } throttles[MAX_THROTTLE];
+static int nthrottles;
+static int64_t next_throttle_id = 1;
 
 static struct tracee *tracees;
 static int ntracees, captracees;
@@ -485,12 +497,75 @@ static void end_unlocks(void) {
   nunlocks = 0;
 }
 
+static int op_throttle_hold(int fd, int64_t pid, int64_t start, struct reply *p) {
+  if (fd < 0 || pid <= 0 || start < 0) { if (fd >= 0) close(fd); return G_BADREQ; }
+  if (nthrottles == MAX_THROTTLE) { close(fd); return ENOMEM; }
+  throttles[nthrottles].id = next_throttle_id++;
+  throttles[nthrottles].fd = fd;
+  throttles[nthrottles].pid = pid;
+  throttles[nthrottles].start = start;
+  p->ret = throttles[nthrottles++].id;
+  return 0;
+}
+
+static int op_throttle_drop(int64_t id) {
+  for (int i = 0; i < nthrottles; i++) {
+    if (throttles[i].id == id) {
+      close(throttles[i].fd);
+      throttles[i] = throttles[--nthrottles];
+      return 0;
+    }
+  }
+  return G_UNKNOWN;
+}
+
+/* Moves every task of child "tasks" to the parent's; 1 when the child was found empty. */
+static int move_tasks_up(int dirfd, const char *child) {
+  char path[96], buf[8192];
+  snprintf(path, sizeof path, "%s/tasks", child);
+  int in = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+  if (in < 0) return 1;
+  ssize_t n = read(in, buf, sizeof buf - 1);
+  close(in);
+  if (n <= 0) return 1;
+  buf[n] = 0;
+  int out = openat(dirfd, "tasks", O_WRONLY | O_CLOEXEC);
+  if (out < 0) return 1;
+  for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+    /* One write per task: the kernel moves one tid per write. */
+    if (write(out, line, strlen(line)) < 0) { /* gone meanwhile */ }
+  }
+  close(out);
+  return 0;
+}
+
+/* A throttled target must never stay throttled: quota off first, then everyone back where it was. */
+static void end_throttles(void) {
+  for (int i = 0; i < nthrottles; i++) {
+    char child[64], path[96];
+    snprintf(child, sizeof child, "tsnap-throttle-%lld.%lld", (long long)throttles[i].pid, (long long)throttles[i].start);
+    snprintf(path, sizeof path, "%s/cpu.cfs_quota_us", child);
+    int q = openat(throttles[i].fd, path, O_WRONLY | O_CLOEXEC);
+    if (q >= 0) { if (write(q, "-1", 2) < 0) { /* nothing better to do */ } close(q); }
+    /* Threads the target creates meanwhile land in the child: go round until it is empty. */
+    for (int round = 0; round < 1000 && !move_tasks_up(throttles[i].fd, child); round++) {}
+    for (int tries = 0; tries < 100 && unlinkat(throttles[i].fd, child, AT_REMOVEDIR) != 0 && errno == EBUSY; tries++) {
+      move_tasks_up(throttles[i].fd, child);
+      nap(10000000);
+    }
+    close(throttles[i].fd);
+  }
+  nthrottles = 0;
+}
+
 static int handle(struct request *q, int fd, struct reply *p, uint8_t *data) {
   p->ret = 0;
   p->len = 0;
   if (q->op == OP_REPAIR_HOLD) return op_repair_hold(fd, p);
   if (q->op == OP_UNLOCK_HOLD) return op_unlock_hold(fd, q->a[0], p);
+  if (q->op == OP_THROTTLE_HOLD) return op_throttle_hold(fd, q->a[0], q->a[1], p);
   if (fd >= 0) close(fd);
+  if (q->op == OP_THROTTLE_DROP) return op_throttle_drop(q->a[0]);
   if (q->op == OP_REPAIR_DROP) return op_repair_drop(q->a[0]);
   if (q->op == OP_UNLOCK_DROP) return op_unlock_drop(q->a[0]);
   if (q->op == OP_HELLO) {
@@ -569,6 +644,7 @@ int main(void) {
     if (send(CONTROL_FD, out, sizeof *p + p->len, MSG_NOSIGNAL) < 0) break;
   }
   /* Put back everything still held, as it was at the freeze. */
+  end_throttles();
   end_repairs();
   end_unlocks();
   while (ntracees > 0) {

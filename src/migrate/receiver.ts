@@ -16,14 +16,15 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { timingSafeEqual, createHash } from 'node:crypto';
-import { mkdirSync, chmodSync, openSync, writeSync, closeSync, fsyncSync, rmSync, existsSync, readFileSync, realpathSync } from 'node:fs';
+import { mkdirSync, chmodSync, openSync, writeSync, closeSync, fsyncSync, rmSync, readFileSync, realpathSync } from 'node:fs';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, MAX_FRAME, encodeDoc, decodeDoc, decodeHello, send } from './wire.js';
 import { inside, wirePid, migrationDirName } from './confine.js';
 import { checkCommittable } from './commit-check.js';
+import { waitPidsFree } from './pid-wait.js';
 import { crc32 } from '../image/checksum.js';
 import { fsyncDir, makeDirs } from '../image/image-dir.js';
 import { restore, waitForExit, type RestoreResult } from '../restore/restore.js';
-import { StreamIngest, holderOf, type LayoutDoc } from './stream-ingest.js';
+import { StreamIngest, type LayoutDoc } from './stream-ingest.js';
 import { readImage, type Image } from '../image/image-reader.js';
 import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
 import { TsnapError, asTsnapError, withPath } from '../errors.js';
@@ -317,9 +318,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       await ingest.durable();
       // The source is killed once we said COMMITTED: wait for its pids to be free.
       const pids = isTreeImage(last) ? readTreeManifest(last).processes.map((p) => p.pid) : [g.pid];
-      const held = opts.newPid ? undefined : pids.find((pid) => existsSync(`/proc/${pid}`));
-      if (held !== undefined) opts.onEvent?.({ event: 'waiting-for-pid', pid: held, message: `pid ${held} is held by ${holderOf(held)}, waiting` });
-      for (let i = 0; !opts.newPid && i < 3000 && pids.some((pid) => existsSync(`/proc/${pid}`)); i++) await new Promise((res) => setTimeout(res, 10));
+      if (!opts.newPid) await waitPidsFree(pids, { onHeld: (pid, message) => opts.onEvent?.({ event: 'waiting-for-pid', pid, message }) });
       r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid });
     }
     const path = live && !fallback ? 'live' : 'disk';

@@ -15,6 +15,7 @@
  * data deleted once sent.
  */
 import { PreCopyPolicy } from '../dump/precopy-policy.js';
+import { Convergence, type NotConverging } from './convergence.js';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { mkdtempSync, rmSync, openSync, readSync, closeSync, readdirSync, fstatSync, readFileSync, accessSync, constants } from 'node:fs';
@@ -49,6 +50,8 @@ export interface MigrateOptions {
   tree?: boolean;
   /** Take established TCP connections along (TCP repair mode, see src/files/tcp.ts). */
   tcpEstablished?: boolean;
+  /** A writer faster than the link: throttle it (default), or stop trying (see convergence.ts). */
+  whenNotConverging?: NotConverging;
   onEvent?: (e: Record<string, unknown>) => void;
   warn?: (m: string) => void;
   /** Memory copied in the current round (see DumpOptions.onProgress). */
@@ -67,6 +70,8 @@ export interface MigrateResult {
   receiverDir: string;
   restoredPid: number | null;
   restoreError: string | null;
+  /** How a writer faster than the link was made to converge ("throttled to 60% CPU from round 4 ..."), or null. */
+  convergence: string | null;
 }
 
 const FILE_ORDER = ['pages', 'pagemap', 'process', 'stats', 'inventory']; // inventory last: the commit record
@@ -86,6 +91,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   const staging = mkdtempSync(join(stagingBase(opts), 'tsnap-migrate-'));
   let held: FrozenSet | null = null;
   let bytesSent = 0;
+  const conv = new Convergence(opts);
   try {
     await send(sock, encodeDoc(Msg.Hello, { magic: WIRE_MAGIC, version: WIRE_VERSION, token: opts.token, pid: opts.pid, tool: 'tsnap' }));
     const ok = decodeDoc<{ dir: string }>(await reader.expect(Msg.HelloOk, 'greeting the receiver'));
@@ -133,7 +139,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
 
     let stoppedBecause = `reached the iteration cap (${cap})`;
     // Small rounds alone do not stop a migration: only the downtime budget, shrinking and the cap.
-    const policy = new PreCopyPolicy({ maxRounds: cap, downtimeBudgetMs: budget, smallEnoughPages: -1 });
+    const policy = new PreCopyPolicy({ maxRounds: cap, downtimeBudgetMs: budget, smallEnoughPages: -1, ...conv.rule() });
     let prev: Round | null = null;
     let k = 0;
     let bandwidth = 0; // bytes per ms, measured end to end (copy + send)
@@ -151,12 +157,13 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       const estDowntime = r.bytesStored / Math.max(bandwidth, 1e-9);
       opts.onEvent?.({ event: 'iteration', iteration: k, pages: r.pagesWritten, bytes: s.bytes, ms: +iterMs.toFixed(1), bandwidthMBps: +(bandwidth / 1e3).toFixed(1), dirtyRateMBps: +(dirtyRate / 1e6).toFixed(1), estimatedDowntimeMs: +estDowntime.toFixed(1) });
       prev = r;
-      const v = policy.afterRound({ pages: r.pagesWritten, estimatedDowntimeMs: estDowntime });
+      const v = policy.afterRound({ pages: r.pagesWritten, estimatedDowntimeMs: estDowntime, bytes: r.bytesRaw, ms: iterMs });
+      conv.afterVerdict(v, k);
       if (v.stop) { stoppedBecause = v.reason; break; }
     }
 
     // Downtime starts here: freeze, last delta, full state.
-    const finalOpts = { pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished };
+    const finalOpts = { pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: () => conv.lift() };
     await beginIteration('final');
     let frozenAt: bigint;
     let finalDir: string;
@@ -196,7 +203,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     const downtimeMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     return {
       iterations: k + 1, stoppedBecause, bytesSent, totalMs: ms(t0), downtimeMs, freezeToCommitMs,
-      receiverDir: committed.dir, restoredPid, restoreError,
+      receiverDir: committed.dir, restoredPid, restoreError, convergence: conv.describe(),
     };
   } catch (err) {
     // Before COMMITTED nothing is lost: the source runs on as it was.
@@ -209,6 +216,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       : asTsnapError(err, `migration of process ${opts.pid}`);
     throw new TsnapError(e.kind, `migration of process ${opts.pid} failed; it runs on where it was: ${e.message}`, e.cause ?? err, e.exitCode);
   } finally {
+    conv.release();
     sock.destroy();
     rmSync(staging, { recursive: true, force: true });
   }

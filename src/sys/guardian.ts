@@ -30,7 +30,7 @@ const MAX_DATA = 256 * 1024;
 
 const Op = {
   hello: 0, freeze: 1, release: 2, kill: 3, getRegs: 4, getXstate: 5,
-  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13,
+  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, throttleHold: 14, throttleDrop: 15,
 } as const;
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
@@ -85,6 +85,18 @@ export class Guardian {
   static get(): Guardian {
     if (!Guardian.current) Guardian.current = Guardian.start();
     return Guardian.current;
+  }
+
+  /**
+   * Closes this process's end: the guardian undoes whatever it still holds
+   * and exits, as it would at tsnap's exit. For long-lived users of the
+   * in-process API (tests); the next get() starts a new one.
+   */
+  static shutdown(): void {
+    const g = Guardian.current;
+    if (!g) return;
+    Guardian.current = null;
+    try { closeSync(g.fd); } catch { /* closed */ }
   }
 
   private static start(): Guardian {
@@ -208,6 +220,20 @@ export class Guardian {
   /** tsnap removed the lock itself, or handed it to an image. */
   dropUnlock(id: bigint): void {
     this.call('drop TCP unlock script', Op.unlockDrop, 0, [id]);
+  }
+
+  /**
+   * Hands over an fd of a cgroup v1 cpu directory whose child
+   * "tsnap-throttle-<pid>.<start>" throttles tasks that came from it:
+   * should tsnap die, the guardian lifts the quota and moves them back.
+   */
+  holdThrottle(dirFd: number, pid: number, start: number): bigint {
+    return this.call('hold source throttle', Op.throttleHold, 0, [pid, start], dirFd).ret;
+  }
+
+  /** tsnap put the throttled tasks back itself. */
+  dropThrottle(id: bigint): void {
+    this.call('drop source throttle', Op.throttleDrop, 0, [id]);
   }
 
   /** tsnap has ended repair mode itself (or the socket dies with its process). */
