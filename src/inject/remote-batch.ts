@@ -85,8 +85,8 @@ export function callSucceeded(c: BatchCall, raw: bigint): boolean {
   return !(raw < 0n && raw > -4096n);
 }
 
-/** Off (one remote syscall per call, as before batching) with TSNAP_REMOTE_BATCH=0: for bench baselines. */
-const disabled = process.env.TSNAP_REMOTE_BATCH === '0';
+/** Off (one remote syscall per call, as before batching) with TSNAP_REMOTE_BATCH=0: bench's baseline in the same run. */
+const disabled = () => process.env.TSNAP_REMOTE_BATCH === '0';
 
 export class RemoteBatch {
   private calls: BatchCall[] = [];
@@ -109,7 +109,7 @@ export class RemoteBatch {
   flush(): void {
     const calls = this.calls;
     this.calls = [];
-    const area = disabled ? null : this.rt.batchArea;
+    const area = disabled() ? null : this.rt.batchArea;
     if (!area || this.rt.sc.task.tracer !== 'direct') {
       for (const c of calls) this.judge(c, this.rt.sc.call(c.nr, ...c.args));
       this.trips += calls.length;
