@@ -5,7 +5,7 @@
  * leaves nothing behind.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { readFileSync, rmSync, statSync, existsSync } from 'node:fs';
+import { rmSync, statSync, existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, readProcMem, parseHex } from './helpers/fixtures.js';
