@@ -73,10 +73,25 @@ export function encodeBatch(calls: readonly BatchCall[]): Buffer {
     if (c.args.length > 6) throw new RangeError(`${c.name}: a syscall has at most 6 arguments`);
     b.writeUInt32LE(c.nr, o);
     b.writeUInt32LE(c.expect ? EXACT : 0, o + 4);
-    for (let a = 0; a < 6; a++) b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(c.args[a] ?? 0)), o + 8 + a * 8);
+    for (let a = 0; a < c.args.length; a++) writeArg(b, o + 8 + a * 8, c.args[a]);
     if (c.expect) b.writeBigUInt64LE(BigInt.asUintN(64, c.expect.value), o + 56);
   });
   return b;
+}
+
+// Without BigInt for plain numbers: 60 000 arguments for 10 000 VMAs.
+function writeArg(b: Buffer, at: number, v: number | bigint): void {
+  if (typeof v === 'bigint') {
+    b.writeBigUInt64LE(BigInt.asUintN(64, v), at);
+  } else if (v >= 0 && v <= Number.MAX_SAFE_INTEGER && Number.isInteger(v)) {
+    b.writeUInt32LE(v % 0x100000000, at);
+    b.writeUInt32LE(Math.floor(v / 0x100000000), at + 4);
+  } else if (v < 0 && v >= -0x80000000 && Number.isInteger(v)) {
+    b.writeInt32LE(v, at);
+    b.writeInt32LE(-1, at + 4);
+  } else {
+    b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)), at);
+  }
 }
 
 /** Whether a raw result passes a call's check (what the runner decides in the task). */

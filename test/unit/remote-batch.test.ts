@@ -25,6 +25,8 @@ describe('encodeBatch', () => {
     expect(b.readUInt32LE(68)).toBe(0); // any non-error result
     expect(b.readBigUInt64LE(64 + 8 + 2 * 8)).toBe(14n);
     expect(b.readBigUInt64LE(64 + 8 + 5 * 8)).toBe(0n); // missing arguments are 0
+    const n = encodeBatch([{ name: 'x', nr: 1, args: [-1, -4096, 2 ** 47 + 5, 0x1ffffffffn, -2n] }]);
+    expect([0, 1, 2, 3, 4].map((i) => n.readBigUInt64LE(8 + i * 8))).toEqual([2n ** 64n - 1n, 2n ** 64n - 4096n, 2n ** 47n + 5n, 0x1ffffffffn, 2n ** 64n - 2n]);
     expect(() => encodeBatch([{ name: 'x', nr: 1, args: [1, 2, 3, 4, 5, 6, 7] }])).toThrow(/at most 6/);
   });
 
