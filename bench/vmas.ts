@@ -6,10 +6,12 @@
  * one remote syscall per call (TSNAP_REMOTE_BATCH=0), in the same run,
  * medians of BENCH_REPS (5) after a warm-up of each. The restore time is
  * restore()'s own, process running; CRIU 4.2 took 115 ms for 10 000 VMAs
- * on this machine kind (issue 14).
+ * on this machine kind (issue 14). Also the CPU time spent (tsnap's own,
+ * plus the new task's, read from /proc before it is killed), which a loaded
+ * machine inflates far less than the wall time.
  */
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -55,27 +57,35 @@ async function main(): Promise<void> {
   try {
     await dump({ pid: child.pid!, dir });
     await new Promise((resolve) => child.once('exit', resolve));
-    const once = async (batched: boolean): Promise<number> => {
+    const ticks = 100; // USER_HZ
+    const once = async (batched: boolean): Promise<{ wall: number; cpu: number; task: number }> => {
       if (batched) delete process.env.TSNAP_REMOTE_BATCH;
       else process.env.TSNAP_REMOTE_BATCH = '0';
+      const c0 = process.cpuUsage();
       const t0 = process.hrtime.bigint();
       const r = await restore({ dir, newPid: true, check: 'off' });
-      const t = ms(t0);
+      const wall = ms(t0);
+      const c = process.cpuUsage(c0);
+      const stat = readFileSync(`/proc/${r.pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      const taskMs = (Number(stat[11]) + Number(stat[12])) * 1000 / ticks;
       kill(r.pid, 9);
       try { ptrace.waitpidBlocking(r.pid); } catch { /* reaped */ }
-      return t;
+      return { wall, cpu: (c.user + c.system) / 1000 + taskMs, task: taskMs };
     };
     await once(false);
     await once(true);
-    const one: number[] = [];
-    const batch: number[] = [];
+    const one: { wall: number; cpu: number; task: number }[] = [];
+    const batch: { wall: number; cpu: number; task: number }[] = [];
     for (let i = 0; i < REPS; i++) {
       one.push(await once(false));
       batch.push(await once(true));
     }
-    const o = median(one);
-    const b = median(batch);
-    console.log(`${VMAS} VMAs restore: one remote syscall per call ${o.toFixed(1)} ms, batched ${b.toFixed(1)} ms (${(b / o).toFixed(3)}; ${(b / 115).toFixed(2)} x CRIU's 115 ms)`);
+    const o = median(one.map((x) => x.wall));
+    const b = median(batch.map((x) => x.wall));
+    const oc = median(one.map((x) => x.cpu));
+    const bc = median(batch.map((x) => x.cpu));
+    console.log(`${VMAS} VMAs restore: one remote syscall per call ${o.toFixed(1)} ms, batched ${b.toFixed(1)} ms (${(b / o).toFixed(3)}; ${(b / 115).toFixed(2)} x CRIU's 115 ms)`
+      + `; CPU (tsnap + task): ${oc.toFixed(0)} ms, batched ${bc.toFixed(0)} ms (${(bc / oc).toFixed(3)}), of which the task's own ${median(one.map((x) => x.task)).toFixed(0)} / ${median(batch.map((x) => x.task)).toFixed(0)} ms`);
   } finally {
     delete process.env.TSNAP_REMOTE_BATCH;
     try { kill(child.pid!, 9); } catch { /* gone */ }
