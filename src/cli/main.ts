@@ -300,19 +300,21 @@ export async function main(argv: string[]): Promise<void> {
     .option('-R, --leave-running', 'keep the source running after the receiver has the image')
     .option('-t, --tree', 'migrate the process and all its descendants')
     .option('--tcp-established', 'take established TCP connections along (TCP repair mode; the peer must reach the receiver at the same address)')
+    .addOption(new Option('--postcopy [when]', 'resume on the receiver right after the state; the last round\'s pages follow on demand ("auto": only when pre-copy does not converge). Risk: a connection lost before every page is in loses the process').choices(['on', 'auto']))
     .addOption(new Option('--compress <codec>', 'page compression').choices(['lz4', 'none']).default('none'))
     .option('--tls', 'connect with TLS')
     .option('--tls-ca <file>', 'CA certificate to verify the receiver with')
     .option('--tls-insecure', 'do not verify the receiver\'s certificate')
     .option('--json', 'one JSON event per line, then the report')
     .addHelpText('after', '\nExample:\n  tsnap migrate --pid 1234 --to 10.0.0.2:7707 --token-file /etc/tsnap/token --downtime-ms 50')
-    .action(async (o: { pid: number; to: string; token?: string; tokenFile?: string; downtimeMs: number; maxIterations: number; bandwidthLimit?: number; leaveRunning?: boolean; tree?: boolean; tcpEstablished?: boolean; compress: 'lz4' | 'none'; tls?: boolean; tlsCa?: string; tlsInsecure?: boolean; json?: boolean }) => {
+    .action(async (o: { pid: number; to: string; token?: string; tokenFile?: string; downtimeMs: number; maxIterations: number; bandwidthLimit?: number; leaveRunning?: boolean; tree?: boolean; tcpEstablished?: boolean; compress: 'lz4' | 'none'; tls?: boolean; tlsCa?: string; tlsInsecure?: boolean; json?: boolean; postcopy?: true | 'on' | 'auto' }) => {
       const { host, port } = parseHostPort(o.to, '127.0.0.1');
       const mo = out(o.json);
       const token = readToken(o, o.json ? (message) => process.stderr.write(`${JSON.stringify({ event: 'warning', message })}\n`) : warn);
       const r = await migrate({
         pid: o.pid, host, port, token, downtimeMs: o.downtimeMs, maxIterations: o.maxIterations,
         bandwidthLimit: o.bandwidthLimit, leaveRunning: !!o.leaveRunning, compression: o.compress, tree: !!o.tree, tcpEstablished: !!o.tcpEstablished,
+        ...(o.postcopy ? { postcopy: o.postcopy === 'auto' ? 'auto' as const : 'on' as const } : {}),
         tls: o.tls || o.tlsCa || o.tlsInsecure ? { ca: o.tlsCa, insecure: !!o.tlsInsecure } : undefined,
         warn, onProgress: progress('sending the memory of'),
         onEvent: (e) => (o.json ? process.stderr.write(`${JSON.stringify(e)}\n`) : mo.step(`migrate: ${Object.entries(e).map(([k, v]) => `${k}=${v}`).join(' ')}`)),
@@ -321,7 +323,8 @@ export async function main(argv: string[]): Promise<void> {
       else {
         mo.result(`migrated process ${o.pid} in ${r.iterations} iterations (${r.stoppedBecause})\n`
           + `  sent ${formatBytes(r.bytesSent)} in ${formatUs(r.totalMs * 1000)}, downtime ${formatUs(r.downtimeMs * 1000)}\n`
-          + `  receiver image: ${r.receiverDir}${r.restoredPid ? `, running as pid ${r.restoredPid}` : ''}\n`);
+          + `  receiver image: ${r.receiverDir}${r.restoredPid ? `, running as pid ${r.restoredPid}` : ''}\n`
+          + (r.postcopy ? `  post-copy (${r.postcopy.because}): ${r.postcopy.pages} pages served after the resume (${r.postcopy.pagesRequested} on demand), all in ${formatUs(r.postcopy.allInMs * 1000)} after the freeze\n` : ''));
       }
       if (r.restoreError) {
         process.stderr.write(`tsnap: ${r.restoreError}\n`);

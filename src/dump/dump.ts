@@ -36,7 +36,7 @@ import { isMappedGhost, checkMappedGhost } from '../files/ghost-map.js';
 import { isAioRing, checkAioRings } from '../files/aio.js';
 import { copyPages, fullSelection, type CopyOptions } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
-import { type Range } from '../image/ranges.js';
+import { normalize, intersect, subtract, type Range } from '../image/ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
 import { uffdWriteProtect } from '../track/uffd.js';
 import { PageFileWriter, DEFAULT_CHUNK_SIZE } from '../image/page-file.js';
@@ -96,6 +96,12 @@ export interface DumpOptions {
   tcpEstablished?: boolean;
   /** Bytes of data a deleted file may hold to be stored in the image (default GHOST_LIMIT, 64 MiB). */
   ghostLimit?: number;
+  /**
+   * migrate --postcopy: given the round's layout, memory this round leaves
+   * out of its copy (result.leftOut); the caller serves it later from the
+   * held process. Only a held delta (`hold` and `parent`) leaves anything out.
+   */
+  leaveOut?: (vmas: readonly VmaImage[]) => Range[];
   /** Unix datagram sockets connected to a named socket outside the dump connect to that name again at restore (src/files/unix.ts). */
   extUnixSk?: boolean;
   /** Take connected TCP sockets as closed ones (see SocketOptions.tcpClose). */
@@ -145,6 +151,8 @@ export interface DumpResult {
   round: RoundEnd | null;
   /** When the target was frozen (process.hrtime.bigint()), for downtime accounting. */
   frozenAt: bigint | null;
+  /** With `leaveOut`: the selected pages this image does not hold (sorted ranges). */
+  leftOut?: Range[];
 }
 
 /**
@@ -304,6 +312,12 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         } else {
           selection = fullSelection(pagemap, layout.vmas, layout.classes);
         }
+        let leftOut: Range[] = [];
+        if (opts.leaveOut && opts.hold && Array.isArray(selection)) {
+          const out = normalize(opts.leaveOut(layout.images));
+          leftOut = intersect(normalize(selection), out);
+          selection = selection.flatMap((r) => subtract([r], out).map((x) => ({ ...r, start: x.start, end: x.end })));
+        }
         let copied = 0;
         let vanished = 0;
         // A delta knows its pages; a full copy streams them: estimate with the
@@ -405,6 +419,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           held,
           round: deferred,
           frozenAt: frozen?.frozenAt ?? null,
+          ...(opts.leaveOut ? { leftOut } : {}),
         };
       } finally {
         pagemap.close();

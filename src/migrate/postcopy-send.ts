@@ -1,0 +1,87 @@
+/**
+ * `tsnap migrate --postcopy`, the sender's end after the commit: the source
+ * stays frozen and serves the pages its final round left out
+ * (postcopy-source.ts) until the receiver says POSTCOPY_DONE; only then is
+ * it killed.
+ *
+ * Which pages are left out: those the final round would have sent that a
+ * lazy restore can fill (private anonymous memory, lazy-restore.ts); the
+ * rest goes in the final round as before.
+ *
+ * After the resume the process's newest memory is split between the two
+ * hosts. Should the connection fail before every page is in, neither copy
+ * is whole: the receiver's copy is killed by its guard, and the source is
+ * killed too rather than resumed, since the copy on the receiver has run
+ * and may have had effects outside (network, files) that the source would
+ * then contradict. That is post-copy's known risk (docs/migration.md).
+ * A restore that fails on the receiver before its process ran is the one
+ * case where the source resumes.
+ */
+import type { Socket } from 'node:net';
+import { FrameReader, Msg } from './wire.js';
+import { servePages, newServeResult } from './postcopy-source.js';
+import { isLazyVma } from '../lazy/lazy-restore.js';
+import { untrackPid } from '../track/untrack.js';
+import { TsnapError } from '../errors.js';
+import type { FrozenSet } from '../freeze/frozen-set.js';
+import type { MigrateOptions, PostcopyFigures } from './sender.js';
+import type { Range } from '../image/ranges.js';
+import type { VmaImage } from '../../formats/schema.js';
+
+const P = 4096;
+
+/** The post-copy migration failed after the receiver may have started the process: it is lost. */
+export class PostcopyLost extends TsnapError {}
+
+export function pagesOf(rs: readonly Range[]): number {
+  return rs.reduce((n, r) => n + (r.end - r.start) / P, 0);
+}
+
+/** The final round's dump options for post-copy: which memory it leaves out. */
+export function postcopyFinal(on: boolean): { leaveOut?: (vmas: readonly VmaImage[]) => Range[] } {
+  return on ? { leaveOut: (vmas) => vmas.filter(isLazyVma).map((v) => ({ start: v.start, end: v.end })) } : {};
+}
+
+export async function finishPostcopy(sock: Socket, reader: FrameReader, opts: MigrateOptions, held: FrozenSet, set: Range[], frozenAt: bigint, because: string): Promise<{ downtimeMs: number; restoredPid: number | null; restoreError: string | null; bytes: number; figures: PostcopyFigures }> {
+  const since = () => Number(process.hrtime.bigint() - frozenAt) / 1e6;
+  let downtimeMs = 0;
+  let restoredPid: number | null = null;
+  const served = newServeResult();
+  try {
+    await servePages(sock, reader, opts.pid, set, {
+      bandwidthLimit: opts.bandwidthLimit,
+      onReply: (f) => {
+        if (f.type !== Msg.Restored) return;
+        downtimeMs = since();
+        restoredPid = f.doc.pid as number;
+        opts.onEvent?.({ event: 'resumed', pid: restoredPid, downtimeMs: +downtimeMs.toFixed(1), pagesLeft: pagesOf(set) });
+      },
+    }, served);
+  } catch (err) {
+    held.finish('kill');
+    const pages = pagesOf(set);
+    const why = `post-copy failed after the resume (${(err as Error).message})`;
+    const source = 'the source was killed: resuming it would contradict what the receiver\'s copy did';
+    const message = served.allSent
+      ? `${why}: every one of the ${pages} pages served after the resume was sent, but the receiver did not confirm it has them all; its copy of process ${opts.pid} runs on only if it got them (its guard kills it otherwise); ${source}`
+      : `${why}: ${pages - served.pagesPushed - served.pagesRequested} of the ${pages} pages process ${opts.pid} wrote in its last round never left the source; the process is lost (the receiver's copy is killed by its guard; ${source})`;
+    opts.onEvent?.({ event: 'postcopy-failed', message });
+    throw new PostcopyLost('targetFailed', message, err);
+  }
+  const bytes = (served.pagesPushed + served.pagesRequested) * P;
+  if (served.restoreFailed !== null) {
+    // Its process never ran there: the source goes on as it was.
+    held.release();
+    untrackPid(opts.pid);
+    opts.onEvent?.({ event: 'postcopy-abandoned', message: served.restoreFailed, source: 'resumed' });
+    return { downtimeMs: since(), restoredPid: null, restoreError: served.restoreFailed, bytes, figures: figures() };
+  }
+  held.finish('kill');
+  const allInMs = since();
+  opts.onEvent?.({ event: 'postcopy-done', allInMs: +allInMs.toFixed(1), pagesRequested: served.pagesRequested, pagesPushed: served.pagesPushed, source: 'killed' });
+  return { downtimeMs, restoredPid, restoreError: null, bytes, figures: { ...figures(), allInMs } };
+
+  function figures(): PostcopyFigures {
+    return { because, pages: pagesOf(set), pagesRequested: served.pagesRequested, pagesPushed: served.pagesPushed, requests: served.requests, allInMs: 0 };
+  }
+}
