@@ -36,7 +36,7 @@ import { isMappedGhost, checkMappedGhost } from '../files/ghost-map.js';
 import { isAioRing, checkAioRings } from '../files/aio.js';
 import { copyPages, fullSelection, type CopyOptions } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
-import { normalize, intersect, subtract, type Range } from '../image/ranges.js';
+import { normalize, subtract, type Range } from '../image/ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
 import { uffdWriteProtect } from '../track/uffd.js';
 import { PageFileWriter, DEFAULT_CHUNK_SIZE } from '../image/page-file.js';
@@ -97,11 +97,12 @@ export interface DumpOptions {
   /** Bytes of data a deleted file may hold to be stored in the image (default GHOST_LIMIT, 64 MiB). */
   ghostLimit?: number;
   /**
-   * migrate --postcopy: given the round's layout, memory this round leaves
-   * out of its copy (result.leftOut); the caller serves it later from the
-   * held process. Only a held delta (`hold` and `parent`) leaves anything out.
+   * migrate --postcopy: given the round's layout and the pages it selected,
+   * the memory it leaves out of its copy (result.leftOut: any memory the
+   * caller serves later from the held process, selected or not). Only a
+   * held delta (`hold` and `parent`) leaves anything out.
    */
-  leaveOut?: (vmas: readonly VmaImage[]) => Range[];
+  leaveOut?: (vmas: readonly VmaImage[], selected: Range[]) => Range[];
   /** Unix datagram sockets connected to a named socket outside the dump connect to that name again at restore (src/files/unix.ts). */
   extUnixSk?: boolean;
   /** Take connected TCP sockets as closed ones (see SocketOptions.tcpClose). */
@@ -314,8 +315,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         }
         let leftOut: Range[] = [];
         if (opts.leaveOut && opts.hold && Array.isArray(selection)) {
-          const out = normalize(opts.leaveOut(layout.images));
-          leftOut = intersect(normalize(selection), out);
+          const out = normalize(opts.leaveOut(layout.images, normalize(selection)));
+          leftOut = out;
           selection = selection.flatMap((r) => subtract([r], out).map((x) => ({ ...r, start: x.start, end: x.end })));
         }
         let copied = 0;

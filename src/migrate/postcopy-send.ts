@@ -25,7 +25,7 @@ import { untrackPid } from '../track/untrack.js';
 import { TsnapError } from '../errors.js';
 import type { FrozenSet } from '../freeze/frozen-set.js';
 import type { MigrateOptions, PostcopyFigures } from './sender.js';
-import type { Range } from '../image/ranges.js';
+import { normalize, intersect, subtract, type Range } from '../image/ranges.js';
 import type { VmaImage } from '../../formats/schema.js';
 
 const P = 4096;
@@ -37,9 +37,45 @@ export function pagesOf(rs: readonly Range[]): number {
   return rs.reduce((n, r) => n + (r.end - r.start) / P, 0);
 }
 
+/**
+ * At most this many ranges in a post-copy set: the receiver drops each with
+ * one remote madvise() before the resume, on the critical path.
+ */
+const MAX_RANGES = 64;
+
 /** The final round's dump options for post-copy: which memory it leaves out. */
-export function postcopyFinal(on: boolean): { leaveOut?: (vmas: readonly VmaImage[]) => Range[] } {
-  return on ? { leaveOut: (vmas) => vmas.filter(isLazyVma).map((v) => ({ start: v.start, end: v.end })) } : {};
+export function postcopyFinal(on: boolean): { leaveOut?: (vmas: readonly VmaImage[], selected: Range[]) => Range[] } {
+  return on ? {
+    leaveOut: (vmas, selected) => {
+      const lazy = normalize(vmas.filter(isLazyVma).map((v) => ({ start: v.start, end: v.end })));
+      return coarsen(intersect(selected, lazy), lazy, MAX_RANGES);
+    },
+  } : {};
+}
+
+/**
+ * `set` in at most `max` ranges, by closing its smallest gaps (inside
+ * `within` only). Any page of the frozen source can be served: a gap
+ * closed costs its pages' transfer after the resume, and saves the
+ * receiver a remote syscall before it.
+ */
+export function coarsen(set: readonly Range[], within: readonly Range[], max: number): Range[] {
+  const rs = normalize(set).map((r) => ({ ...r }));
+  if (rs.length <= max) return rs;
+  // Gaps that lie wholly inside `within`, smallest first.
+  const gaps: { i: number; len: number }[] = [];
+  for (let i = 0; i + 1 < rs.length; i++) {
+    const g = { start: rs[i].end, end: rs[i + 1].start };
+    if (subtract([g], within).length === 0) gaps.push({ i, len: g.end - g.start });
+  }
+  gaps.sort((a, b) => a.len - b.len);
+  const closed = new Set(gaps.slice(0, Math.max(0, rs.length - max)).map((g) => g.i));
+  const out: Range[] = [];
+  for (let i = 0; i < rs.length; i++) {
+    if (i > 0 && closed.has(i - 1)) out[out.length - 1].end = rs[i].end;
+    else out.push(rs[i]);
+  }
+  return out;
 }
 
 export async function finishPostcopy(sock: Socket, reader: FrameReader, opts: MigrateOptions, held: FrozenSet, set: Range[], frozenAt: bigint, because: string): Promise<{ downtimeMs: number; restoredPid: number | null; restoreError: string | null; bytes: number; figures: PostcopyFigures }> {
