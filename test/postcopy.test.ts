@@ -110,12 +110,13 @@ describe('migrate --postcopy', () => {
   it('64 MiB: resumes on the receiver before the last round\'s pages arrive; the source stays frozen until POSTCOPY_DONE; the process checks out', async () => {
     const work = tmpDir('tsnap-pc-');
     const out = join(work, 'moved.out');
-    const srv = await serveInPidNs(join(work, 'in'), ['--restore', '--stdout', out]);
+    // The receiver's background fill paced (faults are still served at
+    // once), so that every page takes a while to be in: the source must
+    // still be there, frozen, once the process runs on the receiver.
+    const srv = await serveInPidNs(join(work, 'in'), ['--restore', '--stdout', out], { TSNAP_LAZY_FILL_DELAY_MS: '30' });
     const p = await startProcess(await compileC('pcwriter'), ['64', '32']);
     await p.waitForLine(/^count=20$/, 10_000);
-    // Pushed pages trickle (requested ones are still answered at once): the
-    // source must still be there, frozen, once the process runs on the receiver.
-    const m = migrateChild(['--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--postcopy', '--max-iterations', '2'], { TSNAP_POSTCOPY_PUSH_DELAY_MS: '150' });
+    const m = migrateChild(['--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--postcopy', '--max-iterations', '2'], { TSNAP_POSTCOPY_PUSH_DELAY_MS: '20' });
     await waitFor(() => eventsOf(srv.events, 'restored').length > 0 || eventsOf(srv.events, 'failed').length > 0);
     expect(eventsOf(srv.events, 'restored')[0], srv.events.join('\n')).toMatchObject({ pid: p.pid, path: 'live' });
     const sourceAlive = existsSync(`/proc/${p.pid}`) && eventsOf(m.events, 'postcopy-done').length === 0;
@@ -138,7 +139,7 @@ describe('migrate --postcopy', () => {
     const work = tmpDir('tsnap-pc-');
     const out = join(work, 'moved.out');
     const srv = await serveInPidNs(join(work, 'in'), ['--restore', '--stdout', out]);
-    const p = await startProcess(await compileC('pcwriter'), ['32', '64']);
+    const p = await startProcess(await compileC('pcwriter'), ['16', '64']);
     await p.waitForLine(/^count=20$/, 10_000);
     const m = migrateChild(['--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--postcopy', 'auto', '--max-iterations', '3', '--downtime-ms', '1']);
     expect(await m.exited, m.events.join('\n')).toBe(0);
@@ -156,7 +157,7 @@ describe('migrate --postcopy', () => {
     // A slow background fill and a slow push: pages are still missing when the link goes.
     const srv = await serveInPidNs(join(work, 'in'), ['--restore', '--stdout', out], { TSNAP_LAZY_FILL_DELAY_MS: '1000' });
     const link = await relay(srv.port);
-    const p = await startProcess(await compileC('pcwriter'), ['32', '64']);
+    const p = await startProcess(await compileC('pcwriter'), ['16', '64']);
     await p.waitForLine(/^count=20$/, 10_000);
     const m = migrateChild(['--pid', String(p.pid), '--to', `127.0.0.1:${link.port}`, '--postcopy', '--max-iterations', '2'], { TSNAP_POSTCOPY_PUSH_DELAY_MS: '2000' });
     await waitFor(() => eventsOf(srv.events, 'restored').length > 0 || eventsOf(srv.events, 'failed').length > 0);
