@@ -48,7 +48,7 @@ import { readChain, type Image } from '../image/image-reader.js';
 import { resolveChain, storedRanges } from '../image/chain-index.js';
 import { TsnapError, asTsnapError, interrupted } from '../errors.js';
 import { refuseUndumpable } from './target-check.js';
-import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun, type TrackingRef, type VmaImage } from '../../formats/schema.js';
+import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun, type TrackingRef, type VmaImage, type ThreadImage } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
 import { CowWorker, CowLost, copyWithCow, killReleased, type CowCopyResult } from './cow-session.js';
 
@@ -102,7 +102,7 @@ export interface DumpOptions {
    * caller serves later from the held process, selected or not). Only a
    * held delta (`hold` and `parent`) leaves anything out.
    */
-  leaveOut?: (vmas: readonly VmaImage[], selected: Range[]) => Range[];
+  leaveOut?: (vmas: readonly VmaImage[], selected: Range[], threads: readonly ThreadImage[]) => Range[];
   /** Unix datagram sockets connected to a named socket outside the dump connect to that name again at restore (src/files/unix.ts). */
   extUnixSk?: boolean;
   /** Take connected TCP sockets as closed ones (see SocketOptions.tcpClose). */
@@ -315,7 +315,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         }
         let leftOut: Range[] = [];
         if (opts.leaveOut && opts.hold && Array.isArray(selection)) {
-          const out = normalize(opts.leaveOut(layout.images, normalize(selection)));
+          const out = normalize(opts.leaveOut(layout.images, normalize(selection), processImage?.threads ?? []));
           leftOut = out;
           selection = selection.flatMap((r) => subtract([r], out).map((x) => ({ ...r, start: x.start, end: x.end })));
         }

@@ -20,13 +20,13 @@
 import type { Socket } from 'node:net';
 import { FrameReader, Msg } from './wire.js';
 import { servePages, newServeResult } from './postcopy-source.js';
-import { isLazyVma } from '../lazy/lazy-restore.js';
+import { isLazyVma, kernelTouched } from '../lazy/lazy-restore.js';
 import { untrackPid } from '../track/untrack.js';
 import { TsnapError } from '../errors.js';
 import type { FrozenSet } from '../freeze/frozen-set.js';
 import type { MigrateOptions, PostcopyFigures } from './sender.js';
 import { normalize, intersect, subtract, type Range } from '../image/ranges.js';
-import type { VmaImage } from '../../formats/schema.js';
+import type { VmaImage, ThreadImage } from '../../formats/schema.js';
 
 const P = 4096;
 
@@ -48,11 +48,15 @@ const CLOSE_GAP = 64 << 10;
 const MAX_RANGES = 512;
 
 /** The final round's dump options for post-copy: which memory it leaves out. */
-export function postcopyFinal(on: boolean): { leaveOut?: (vmas: readonly VmaImage[], selected: Range[]) => Range[] } {
+export function postcopyFinal(on: boolean): { leaveOut?: (vmas: readonly VmaImage[], selected: Range[], threads: readonly ThreadImage[]) => Range[] } {
   return on ? {
-    leaveOut: (vmas, selected) => {
-      const lazy = normalize(vmas.filter(isLazyVma).map((v) => ({ start: v.start, end: v.end })));
-      return coarsen(intersect(selected, lazy), lazy, MAX_RANGES, CLOSE_GAP);
+    leaveOut: (vmas, selected, threads) => {
+      const lazyVmas = vmas.filter(isLazyVma);
+      const lazy = normalize(lazyVmas.map((v) => ({ start: v.start, end: v.end })));
+      // The pages the kernel writes during the receiver's restore (rseq
+      // areas) go in the final round: fetched after it, they would cost the
+      // resume a round trip.
+      return subtract(coarsen(intersect(selected, lazy), lazy, MAX_RANGES, CLOSE_GAP), kernelTouched(threads, lazyVmas));
     },
   } : {};
 }
