@@ -172,4 +172,22 @@ describe('migrate --postcopy', () => {
     expect(eventsOf(srv.events, 'postcopy-failed')[0].message).toMatch(/post-copy failed after the resume.*is lost/);
     await waitFor(() => inOtherPidNs(p.pid).length === 0);
   });
+
+  it('tsnap migrate SIGKILLed after the resume: the guardian kills the source instead of resuming it (never two copies running)', async () => {
+    const work = tmpDir('tsnap-pc-');
+    const out = join(work, 'moved.out');
+    const srv = await serveInPidNs(join(work, 'in'), ['--restore', '--stdout', out], { TSNAP_LAZY_FILL_DELAY_MS: '1000' });
+    const p = await startProcess(await compileC('pcwriter'), ['16', '64']);
+    await p.waitForLine(/^count=20$/, 10_000);
+    const m = spawn(process.execPath, [TSNAP_BIN, 'migrate', '--token', 'sesame', '--json', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--postcopy', '--max-iterations', '2'], { stdio: ['ignore', 'ignore', 'ignore'], env: { ...process.env, TSNAP_POSTCOPY_PUSH_DELAY_MS: '2000' } });
+    servers.push(m);
+    await waitFor(() => eventsOf(srv.events, 'restored').length > 0 || eventsOf(srv.events, 'failed').length > 0);
+    expect(eventsOf(srv.events, 'restored').length, srv.events.join('\n')).toBe(1);
+    m.kill('SIGKILL');
+    // Resumed instead, it would run on (as the receiver's copy might): no exit within the wait.
+    const exit = await Promise.race([p.exited, new Promise<null>((r) => setTimeout(() => r(null), 15_000))]);
+    expect(exit?.signal).toBe('SIGKILL');
+    await waitFor(() => eventsOf(srv.events, 'postcopy-failed').length > 0);
+    await waitFor(() => inOtherPidNs(p.pid).length === 0);
+  });
 });

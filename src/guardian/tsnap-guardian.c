@@ -76,6 +76,7 @@ enum op {
                           the network lock of a connection, a0 1 = ip6tables; should tsnap
                           die, the guardian runs it -> ret = id */
   OP_UNLOCK_DROP = 13, /* a0 id: tsnap removed the lock itself, or handed it to an image */
+  OP_KILL_ON_EXIT = 14, /* the task is killed, not put back, should the controller go away */
 };
 
 struct request {
@@ -108,6 +109,7 @@ struct tracee {
   int nheld;
   struct undo undos[MAX_UNDOS];
   int nundo;
+  int kill_on_exit;              /* post-copy: another host runs the process now */
 };
 
 /* TCP sockets in repair mode: the target's connections, frozen for the peer. */
@@ -502,6 +504,9 @@ static int handle(struct request *q, int fd, struct reply *p, uint8_t *data) {
   struct tracee *t = find(q->tid);
   if (!t) return G_UNKNOWN;
   switch (q->op) {
+  case OP_KILL_ON_EXIT:
+    t->kill_on_exit = 1;
+    return 0;
   case OP_RELEASE: {
     int e = release_one(t);
     forget(t);
@@ -573,7 +578,8 @@ int main(void) {
   end_unlocks();
   while (ntracees > 0) {
     struct tracee *t = &tracees[ntracees - 1];
-    release_one(t);
+    if (t->kill_on_exit) kill(t->tid, SIGKILL);
+    else release_one(t);
     forget(t);
   }
   return 0;

@@ -15,7 +15,8 @@
  * and may have had effects outside (network, files) that the source would
  * then contradict. That is post-copy's known risk (docs/migration.md).
  * A restore that fails on the receiver before its process ran is the one
- * case where the source resumes.
+ * case where the source resumes. A tsnap killed during the service takes
+ * the source with it (the guardian's KILL_ON_EXIT), never resumes it.
  */
 import type { Socket } from 'node:net';
 import { FrameReader, Msg } from './wire.js';
@@ -23,6 +24,7 @@ import { servePages, newServeResult } from './postcopy-source.js';
 import { isLazyVma, kernelTouched } from '../lazy/lazy-restore.js';
 import { untrackPid } from '../track/untrack.js';
 import { TsnapError } from '../errors.js';
+import { Guardian } from '../sys/index.js';
 import type { FrozenSet } from '../freeze/frozen-set.js';
 import type { MigrateOptions, PostcopyFigures } from './sender.js';
 import { normalize, intersect, subtract, type Range } from '../image/ranges.js';
@@ -93,6 +95,9 @@ export async function finishPostcopy(sock: Socket, reader: FrameReader, opts: Mi
   let downtimeMs = 0;
   let restoredPid: number | null = null;
   const served = newServeResult();
+  // From here on the receiver may run the process: a tsnap killed now must
+  // not leave the guardian to resume the source as well.
+  for (const proc of held.processes) for (const t of proc.tasks) if (t.tracer === 'guarded') Guardian.get().killOnExit(t.pid);
   try {
     await servePages(sock, reader, opts.pid, set, {
       bandwidthLimit: opts.bandwidthLimit,
