@@ -12,6 +12,8 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { TSNAP_BIN, killPid } from './helpers/tsnap.js';
+import { findHolders } from '../src/track/untrack.js';
+import { readStatus } from '../src/proc/index.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -116,7 +118,7 @@ describe('migrate --postcopy', () => {
     const srv = await serveInPidNs(join(work, 'in'), ['--restore', '--stdout', out], { TSNAP_LAZY_FILL_DELAY_MS: '30' });
     const p = await startProcess(await compileC('pcwriter'), ['64', '32']);
     await p.waitForLine(/^count=20$/, 10_000);
-    const m = migrateChild(['--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--postcopy', '--max-iterations', '2'], { TSNAP_POSTCOPY_PUSH_DELAY_MS: '20' });
+    const m = migrateChild(['--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--postcopy', '--max-iterations', '1'], { TSNAP_POSTCOPY_PUSH_DELAY_MS: '20' });
     await waitFor(() => eventsOf(srv.events, 'restored').length > 0 || eventsOf(srv.events, 'failed').length > 0);
     expect(eventsOf(srv.events, 'restored')[0], srv.events.join('\n')).toMatchObject({ pid: p.pid, path: 'live' });
     const sourceAlive = existsSync(`/proc/${p.pid}`) && eventsOf(m.events, 'postcopy-done').length === 0;
@@ -189,5 +191,26 @@ describe('migrate --postcopy', () => {
     expect(exit?.signal).toBe('SIGKILL');
     await waitFor(() => eventsOf(srv.events, 'postcopy-failed').length > 0);
     await waitFor(() => inOtherPidNs(p.pid).length === 0);
+  });
+
+  it('a receiver that cannot build the process live refuses post-copy before the commit: the source runs on, untracked', async () => {
+    const work = tmpDir('tsnap-pc-');
+    // Same pid namespace: the source holds the pid, so the receiver can only restore from the chain.
+    const port = nextPort++;
+    const proc = spawn(process.execPath, [TSNAP_BIN, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', join(work, 'in'), '--token', 'sesame', '--json', '--restore'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    servers.push(proc);
+    const events: string[] = [];
+    proc.stderr!.on('data', (d) => events.push(...String(d).trim().split('\n')));
+    await waitFor(() => events.some((e) => e.includes('"listening"')));
+    const p = await startProcess(await compileC('pcwriter'), ['8', '4']);
+    await p.waitForLine(/^count=20$/, 10_000);
+    const m = migrateChild(['--pid', String(p.pid), '--to', `127.0.0.1:${port}`, '--postcopy', '--max-iterations', '1']);
+    expect(await m.exited).not.toBe(0);
+    expect(m.events.join('\n')).toMatch(/post-copy needs the process built while it arrives.*migrate without --postcopy/);
+    expect(m.events.join('\n')).toMatch(/it runs on where it was/);
+    const before = p.lines().length;
+    await waitFor(() => p.lines().length > before + 2);
+    expect(readStatus(p.pid).tracerPid).toBe(0);
+    expect(findHolders(p.pid)).toEqual([]);
   });
 });
