@@ -46,14 +46,14 @@ async function serveInPidNs(dir: string, extra: string[], env: Record<string, st
 }
 
 /** tsnap migrate as a child, its JSON events as they come. */
-function migrateChild(args: string[], env: Record<string, string> = {}): { events: string[]; stdout: () => string; exited: Promise<number | null> } {
+function migrateChild(args: string[], env: Record<string, string> = {}): { events: string[]; stdout: () => string; exited: Promise<number | null>; child: ChildProcess } {
   const m = spawn(process.execPath, [TSNAP_BIN, 'migrate', '--token', 'sesame', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   servers.push(m);
   const events: string[] = [];
   let out = '';
   m.stderr!.on('data', (d) => events.push(...String(d).trim().split('\n')));
   m.stdout!.on('data', (d) => { out += String(d); });
-  return { events, stdout: () => out, exited: new Promise((r) => m.once('exit', (code) => r(code))) };
+  return { events, stdout: () => out, exited: new Promise((r) => m.once('exit', (code) => r(code))), child: m };
 }
 
 const eventsOf = (events: string[], name: string) => events.filter((e) => e.startsWith('{') && e.includes(`"event":"${name}"`)).map((e) => JSON.parse(e) as Record<string, unknown>);
@@ -137,6 +137,21 @@ describe('migrate --postcopy', () => {
     expect(await selfCheck(p.pid, out)).toMatch(/^PASS/);
   });
 
+  it('no pre-copy round at all (--max-iterations 0): every anonymous page follows the resume; the process checks out', async () => {
+    const work = tmpDir('tsnap-pc-');
+    const out = join(work, 'moved.out');
+    const srv = await serveInPidNs(join(work, 'in'), ['--restore', '--stdout', out]);
+    const p = await startProcess(await compileC('pcwriter'), ['16', '4']);
+    await p.waitForLine(/^count=20$/, 10_000);
+    const m = migrateChild(['--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--postcopy', '--max-iterations', '0']);
+    expect(await m.exited, m.events.join('\n')).toBe(0);
+    const done = JSON.parse(m.stdout().trim().split('\n').pop()!);
+    expect(done.iterations).toBe(1);
+    expect(done.postcopy.pages).toBeGreaterThanOrEqual(16 * 256);
+    expect((await p.exited).signal).toBe('SIGKILL');
+    expect(await selfCheck(p.pid, out)).toMatch(/^PASS/);
+  });
+
   it('--postcopy auto: a writer pre-copy cannot catch switches to post-copy and says why', async () => {
     const work = tmpDir('tsnap-pc-');
     const out = join(work, 'moved.out');
@@ -181,11 +196,11 @@ describe('migrate --postcopy', () => {
     const srv = await serveInPidNs(join(work, 'in'), ['--restore', '--stdout', out], { TSNAP_LAZY_FILL_DELAY_MS: '1000' });
     const p = await startProcess(await compileC('pcwriter'), ['16', '64']);
     await p.waitForLine(/^count=20$/, 10_000);
-    const m = spawn(process.execPath, [TSNAP_BIN, 'migrate', '--token', 'sesame', '--json', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--postcopy', '--max-iterations', '2'], { stdio: ['ignore', 'ignore', 'ignore'], env: { ...process.env, TSNAP_POSTCOPY_PUSH_DELAY_MS: '2000' } });
-    servers.push(m);
-    await waitFor(() => eventsOf(srv.events, 'restored').length > 0 || eventsOf(srv.events, 'failed').length > 0);
+    const m = migrateChild(['--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--postcopy', '--max-iterations', '2'], { TSNAP_POSTCOPY_PUSH_DELAY_MS: '2000' });
+    // Killed once it knows the receiver runs the process (its 'resumed' event).
+    await waitFor(() => eventsOf(m.events, 'resumed').length > 0 || eventsOf(srv.events, 'failed').length > 0);
     expect(eventsOf(srv.events, 'restored').length, srv.events.join('\n')).toBe(1);
-    m.kill('SIGKILL');
+    m.child.kill('SIGKILL');
     // Resumed instead, it would run on (as the receiver's copy might): no exit within the wait.
     const exit = await Promise.race([p.exited, new Promise<null>((r) => setTimeout(() => r(null), 15_000))]);
     expect(exit?.signal).toBe('SIGKILL');

@@ -295,7 +295,7 @@ export async function main(argv: string[]): Promise<void> {
     .option('--token <secret>', 'shared secret of the receiver')
     .option('--token-file <file>', 'read the shared secret from a file')
     .option('--downtime-ms <ms>', 'freeze once the last round fits this budget', intOption('--downtime-ms', 1, 3_600_000), 50)
-    .option('--max-iterations <n>', 'at most N pre-copy rounds', intOption('--max-iterations', 1, 1000), 10)
+    .option('--max-iterations <n>', 'at most N pre-copy rounds (0: none, with --postcopy)', intOption('--max-iterations', 0, 1000), 10)
     .option('--bandwidth-limit <rate>', 'cap the sending rate (e.g. 100M bytes/s)', parseRate)
     .option('-R, --leave-running', 'keep the source running after the receiver has the image')
     .option('-t, --tree', 'migrate the process and all its descendants')

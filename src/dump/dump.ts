@@ -100,7 +100,7 @@ export interface DumpOptions {
    * migrate --postcopy: given the round's layout and the pages it selected,
    * the memory it leaves out of its copy (result.leftOut: any memory the
    * caller serves later from the held process, selected or not). Only a
-   * held delta (`hold` and `parent`) leaves anything out.
+   * held image (`hold`) leaves anything out.
    */
   leaveOut?: (vmas: readonly VmaImage[], selected: Range[], threads: readonly ThreadImage[]) => Range[];
   /** Unix datagram sockets connected to a named socket outside the dump connect to that name again at restore (src/files/unix.ts). */
@@ -314,7 +314,9 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           selection = fullSelection(pagemap, layout.vmas, layout.classes);
         }
         let leftOut: Range[] = [];
-        if (opts.leaveOut && opts.hold && Array.isArray(selection)) {
+        if (opts.leaveOut && opts.hold) {
+          // A full copy's selection is a scan of the frozen target: taken whole here.
+          if (!Array.isArray(selection)) selection = [...selection];
           const out = normalize(opts.leaveOut(layout.images, normalize(selection), processImage?.threads ?? []));
           leftOut = out;
           selection = selection.flatMap((r) => subtract([r], out).map((x) => ({ ...r, start: x.start, end: x.end })));

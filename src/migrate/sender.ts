@@ -102,6 +102,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   const ms = (from: bigint) => Number(process.hrtime.bigint() - from) / 1e6;
   const budget = opts.downtimeMs ?? 50;
   const cap = opts.maxIterations ?? 10;
+  if (cap < 1 && opts.postcopy !== 'on') throw new TsnapError('usage', '--max-iterations 0 (no pre-copy round) needs --postcopy: without it the whole memory would be copied frozen; give at least 1');
   if (opts.postcopy && opts.tree) throw new TsnapError('usage', '--postcopy migrates one process; drop --tree or --postcopy');
   if (opts.postcopy && opts.leaveRunning) throw new TsnapError('usage', '--postcopy moves the process (its newest pages exist only on the source until served); drop --leave-running or --postcopy');
   const sock = await connectTo(opts);
@@ -181,7 +182,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
 
     // Downtime starts here: freeze, last delta, full state.
     const postcopyBecause = opts.postcopy === 'on' ? 'requested' : opts.postcopy === 'auto' && !converged ? stoppedBecause : null;
-    const finalOpts = { pid: opts.pid, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished };
+    const finalOpts = { pid: opts.pid, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished };
     await beginIteration('final');
     let frozenAt: bigint;
     let leftOut: Range[] | null = null;
