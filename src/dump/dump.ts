@@ -152,7 +152,7 @@ export interface DumpResult {
   round: RoundEnd | null;
   /** When the target was frozen (process.hrtime.bigint()), for downtime accounting. */
   frozenAt: bigint | null;
-  /** With `leaveOut`: the selected pages this image does not hold (sorted ranges). */
+  /** With `leaveOut`: the memory this image does not hold (sorted ranges; the caller serves it). */
   leftOut?: Range[];
 }
 

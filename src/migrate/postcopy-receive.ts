@@ -28,12 +28,14 @@ export interface PostcopyReceiveOptions {
   onEvent?: (e: Record<string, unknown>) => void;
 }
 
-export async function receivePostcopy(sock: Socket, reader: FrameReader, live: LiveBuild, last: string, set: readonly Range[], chainDone: () => Promise<void>, opts: PostcopyReceiveOptions): Promise<void> {
+export async function receivePostcopy(sock: Socket, reader: FrameReader, live: LiveBuild, last: string, set: readonly Range[], hooks: { image: () => void; chainDone: () => Promise<void> }, opts: PostcopyReceiveOptions): Promise<void> {
+  const { chainDone } = hooks;
   const source = new RemotePageSource(sock, set);
   const pumping = source.pump(reader);
   const t0 = Date.now();
   let r: RestoreResult;
   try {
+    hooks.image(); // the final image, read and checked
     r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid, lazy: { detach: false, remote: { source, set: [...set] } } }, live);
   } catch (err) {
     live.kill();

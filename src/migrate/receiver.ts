@@ -307,8 +307,11 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   }
   if (!opts.restore) { sock.end(); return; }
   if (postcopy && ingest.live) {
-    ingest.live.image = readCommitted(last);
-    await receivePostcopy(sock, reader, ingest.live, last, postcopy, async () => { await ingest.flush(); await ingest.durable(); }, opts);
+    const live = ingest.live;
+    await receivePostcopy(sock, reader, live, last, postcopy, {
+      image: () => { live.image = readCommitted(last); },
+      chainDone: async () => { await ingest.flush(); await ingest.durable(); },
+    }, opts);
     return;
   }
   try {
