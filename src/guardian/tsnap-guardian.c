@@ -82,6 +82,7 @@ enum op {
                             its tasks; should tsnap die, the guardian lifts the quota, moves those tasks
                             back and removes it -> ret = id */
   OP_THROTTLE_DROP = 15, /* a0 id: tsnap put the tasks back itself */
+  OP_KILL_ON_EXIT = 16, /* the task is killed, not put back, should the controller go away */
 };
 
 struct request {
@@ -114,6 +115,7 @@ struct tracee {
   int nheld;
   struct undo undos[MAX_UNDOS];
   int nundo;
+  int kill_on_exit;              /* post-copy: another host runs the process now */
 };
 
 /* TCP sockets in repair mode: the target's connections, frozen for the peer. */
@@ -577,6 +579,9 @@ static int handle(struct request *q, int fd, struct reply *p, uint8_t *data) {
   struct tracee *t = find(q->tid);
   if (!t) return G_UNKNOWN;
   switch (q->op) {
+  case OP_KILL_ON_EXIT:
+    t->kill_on_exit = 1;
+    return 0;
   case OP_RELEASE: {
     int e = release_one(t);
     forget(t);
@@ -649,7 +654,8 @@ int main(void) {
   end_unlocks();
   while (ntracees > 0) {
     struct tracee *t = &tracees[ntracees - 1];
-    release_one(t);
+    if (t->kill_on_exit) kill(t->tid, SIGKILL);
+    else release_one(t);
     forget(t);
   }
   return 0;

@@ -28,6 +28,9 @@ import { StreamIngest, type LayoutDoc } from './stream-ingest.js';
 import { readImage, type Image } from '../image/image-reader.js';
 import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
 import { TsnapError, asTsnapError, withPath } from '../errors.js';
+import { checkedRanges } from './postcopy-wire.js';
+import { receivePostcopy } from './postcopy-receive.js';
+import type { Range } from '../image/ranges.js';
 
 export interface ServeOptions {
   host: string;
@@ -238,6 +241,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   const root = newMigrationDir(base, g.pid);
   let committed = false;
   let last = '';
+  /** migrate --postcopy: the final round's pages the process gets lazily from the source. */
+  let postcopy: Range[] | null = null;
   const ingest = new StreamIngest({ pid: g.pid, build: !!opts.restore && opts.liveBuild !== false, newPid: opts.newPid, stdout: opts.stdout, stderr: opts.stderr, onEvent: opts.onEvent });
   /** Images as the commit check read them: complete ones from the ingest; with a live build, others by their index alone (their pages may still be on their way to the disk). */
   const readAtCommit = new Map<string, Image>();
@@ -263,6 +268,9 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         const live = await receiveIteration(reader, inside(root, name), ingest);
         lastName = name;
         opts.onEvent?.({ event: 'iteration', name, ...live });
+      } else if (f.type === Msg.Postcopy) {
+        postcopy = checkedRanges(decodeDoc<{ ranges: [number, number][] }>(f).ranges, 'POSTCOPY');
+        if (!ingest.live) throw new TsnapError('unsupported', `post-copy needs the process built while it arrives, and it is not (${ingest.notLive ?? 'serve runs without --restore or with --no-live-build'}); migrate without --postcopy`);
       } else if (f.type === Msg.Commit) {
         // Without a live build the commit stands on the chain: every
         // streamed round's pages file on disk, checked against its index,
@@ -299,6 +307,14 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     throw e;
   }
   if (!opts.restore) { sock.end(); return; }
+  if (postcopy && ingest.live) {
+    const live = ingest.live;
+    await receivePostcopy(sock, reader, live, last, postcopy, {
+      image: () => { live.image = readCommitted(last); },
+      chainDone: async () => { await ingest.flush(); await ingest.durable(); },
+    }, opts);
+    return;
+  }
   try {
     let r: RestoreResult | null = null;
     let fallback = ingest.notLive;

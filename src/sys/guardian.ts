@@ -30,7 +30,7 @@ const MAX_DATA = 256 * 1024;
 
 const Op = {
   hello: 0, freeze: 1, release: 2, kill: 3, getRegs: 4, getXstate: 5,
-  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, throttleHold: 14, throttleDrop: 15,
+  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, throttleHold: 14, throttleDrop: 15, killOnExit: 16,
 } as const;
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
@@ -176,6 +176,15 @@ export class Guardian {
   /** Undoes what is left of tsnap's in the task, puts its registers back, detaches, re-sends held signals. */
   release(tid: number): void {
     this.call(`release(${tid})`, Op.release, tid);
+  }
+
+  /**
+   * Should tsnap die from now on, the task is killed rather than put back
+   * (post-copy: the process runs on another host, and the source resuming
+   * would run it twice).
+   */
+  killOnExit(tid: number): void {
+    this.call(`kill-on-exit(${tid})`, Op.killOnExit, tid);
   }
 
   /** SIGKILL to `pid` (0: none) and reaps the given tids, in order (the leader last). */
