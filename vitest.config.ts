@@ -10,6 +10,11 @@ export default defineConfig({
     // Forks, not threads: ptrace requests must come from the main thread of
     // the process that attached.
     pool: 'forks',
+    // Two files at a time: most of a test's time is spent waiting (for a pid
+    // to be reaped, a process to answer, a round to pass), not computing, and
+    // the tests judge only what is theirs (their own pids, ports, lock rules,
+    // orphaned helpers), so they do not see each other.
+    maxWorkers: 2,
     testTimeout: 60_000,
     hookTimeout: 60_000,
     reporters: ['default'],
