@@ -27,7 +27,7 @@
  * unpopulated pte counts as written and gets a marker, i.e. page tables for
  * every page of a sparse reservation).
  */
-import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, SysError } from '../sys/index.js';
+import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, SysError, type PageRegion } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, SCAN_NOT_GUARD, type VmaClass, type DumpRange } from './memory-plan.js';
 import { normalize, subtract, intersect, type Range } from '../image/ranges.js';
@@ -106,7 +106,13 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
   const fresh = select(pagemap, vmas, classes, spans(vmas, states, 'fresh'), PM_SCAN_WP_MATCHING, 0);
   const untracked = select(pagemap, vmas, classes, spans(vmas, states, 'untracked'), 0, 0);
   const oldSpans = spans(vmas, states, 'old');
-  const dirty = select(pagemap, vmas, classes, oldSpans, PM_SCAN_WP_MATCHING, PAGE_IS.WRITTEN);
+  // Tracked VMAs are walked once without protecting anything: that walk
+  // shows what is present (for the pages dropped since, below) and which of
+  // it was written; only the written ranges are then scanned again to be
+  // protected. Frozen, the two see the same pages; running (a pre-dump), a
+  // page written in between stays marked written for the next round.
+  const present = presentRegions(pagemap, oldSpans);
+  const dirty = select(pagemap, vmas, classes, oneWalk() ? writtenSpans(present) : oldSpans, PM_SCAN_WP_MATCHING, PAGE_IS.WRITTEN);
   // Present pages only, and nothing cleared: they are protected already.
   const owedNow = select(pagemap, vmas, classes, intersect(oldSpans, normalize([...owed])), 0, 0);
 
@@ -121,7 +127,8 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
     // Written pages that now map the zero page.
     zero.push(...dirty.zeroPfn, ...owedNow.zeroPfn);
     // Pages the chain holds that the process dropped since.
-    const now = select(pagemap, vmas, classes, oldSpans, 0, 0).here.map((r) => ({ start: r.start, end: r.end }));
+    const nowHere = oneWalk() ? [...new RangeSelector(vmas, classes).select(present)] : select(pagemap, vmas, classes, oldSpans, 0, 0).here;
+    const now = nowHere.map((r) => ({ start: r.start, end: r.end }));
     zero.push(...subtract(intersect(chainStored, oldSpans), normalize([...now, ...hereRanges])));
     zero = subtract(normalize(zero), hereRanges);
   }
@@ -133,6 +140,25 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
     untrackedVmas: states.filter((s) => s === 'untracked').length,
     oldVmas: states.filter((s) => s === 'old').length,
   };
+}
+
+/** Off with TSNAP_FROZEN_BASELINE=1: bench/frozen.ts measures against two walks. */
+const oneWalk = () => process.env.TSNAP_FROZEN_BASELINE !== '1';
+
+function presentQuery(span: Range) {
+  return { start: span.start, end: span.end, categoryMask: SCAN_NOT_GUARD, categoryInverted: SCAN_NOT_GUARD, categoryAnyof: SCAN_ANYOF, returnMask: SCAN_RETURN | PAGE_IS.WRITTEN };
+}
+
+/** Present (or swapped) regions over `over`, with WRITTEN among their categories; nothing is protected. */
+function presentRegions(pagemap: Pagemap, over: Range[]): PageRegion[] {
+  if (!oneWalk()) return [];
+  const out: PageRegion[] = [];
+  for (const span of over) for (const batch of pagemap.scan(presentQuery(span))) out.push(...batch);
+  return out;
+}
+
+function writtenSpans(regions: readonly PageRegion[]): Range[] {
+  return normalize(regions.filter((r) => r.categories & PAGE_IS.WRITTEN).map((r) => ({ start: r.start, end: r.end })));
 }
 
 /** Sorted, with overlapping or touching ranges of one VMA joined: no page is selected twice. */
