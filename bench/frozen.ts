@@ -3,7 +3,10 @@
  * process of BENCH_MIB MiB (default 1024) with a thread writing ~10 MB/s:
  *   - cow: `dump --leave-running --cow` (frozen: state, layout, protect);
  *   - final: the final round of an incremental dump after a pre-dump
- *     (frozen: state, layout, last scan, last delta).
+ *     (frozen: state, layout, last scan, last delta);
+ *   - state: the state collection alone (remote syscalls), STATE_REPS
+ *     times on the target frozen once: the steadiest figure on a loaded
+ *     machine.
  * Each is run with the frozen-time work of tsnap 0.1 (TSNAP_FROZEN_BASELINE=1:
  * every syscall its own guardian request, smaps read whole while frozen)
  * and as now, interleaved in the same run: the figures are the medians and
@@ -15,7 +18,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { dump, preDump } from '../src/dump/dump.js';
-import { setCloexec } from '../src/sys/index.js';
+import { setCloexec, ProcMem } from '../src/sys/index.js';
+import { FrozenSet } from '../src/freeze/frozen-set.js';
+import { collectRemoteState } from '../src/dump/task-state.js';
 import type { DumpStats } from '../formats/schema.js';
 
 const SIZE_MIB = Number(process.env.BENCH_MIB ?? 1024);
@@ -118,12 +123,37 @@ async function main(): Promise<void> {
       const b = medians(v.baseline); const n = medians(v.now);
       return [k, { baseline: b, now: n, frozenRatio: +(n.frozenMs / b.frozenMs).toFixed(3) }];
     }));
-    console.log(JSON.stringify({ sizeMiB: SIZE_MIB, reps: REPS, load: readLoad(), ...report }, null, 2));
+    const state = withStateOnly(pid);
+    console.log(JSON.stringify({ sizeMiB: SIZE_MIB, reps: REPS, load: readLoad(), ...report, state }, null, 2));
   } finally {
     child.kill('SIGKILL');
     rmSync(work, { recursive: true, force: true });
     rmSync(base, { recursive: true, force: true });
   }
+}
+
+const STATE_REPS = Number(process.env.BENCH_STATE_REPS ?? 30);
+
+function withStateOnly(pid: number): { baselineMs: number; nowMs: number; ratio: number } {
+  const set = FrozenSet.freeze(pid);
+  const mem = new ProcMem(pid);
+  const ms = { baseline: [] as number[], now: [] as number[] };
+  try {
+    for (let i = 0; i < STATE_REPS; i++) {
+      for (const baseline of [true, false]) {
+        if (baseline) process.env.TSNAP_FROZEN_BASELINE = '1'; else delete process.env.TSNAP_FROZEN_BASELINE;
+        const t0 = process.hrtime.bigint();
+        collectRemoteState(set.processes[0], mem);
+        ms[baseline ? 'baseline' : 'now'].push(Number(process.hrtime.bigint() - t0) / 1e6);
+      }
+    }
+  } finally {
+    delete process.env.TSNAP_FROZEN_BASELINE;
+    mem.close();
+    set.release();
+  }
+  const b = median(ms.baseline); const n = median(ms.now);
+  return { baselineMs: +b.toFixed(2), nowMs: +n.toFixed(2), ratio: +(n / b).toFixed(3) };
 }
 
 function readLoad(): string {
