@@ -303,7 +303,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         if (track && rec) {
           rec.beforeScan();
           pausePoint('before-scan');
-          const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null, incremental ? rec.pending : []);
+          const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null, incremental ? rec.pending : [], mode === 'predump');
           armed = delta.armed;
           zero = delta.zero;
           selection = delta.here;
