@@ -7,6 +7,7 @@
  *   readv+write process_vm_readv plus a sequential write of the same bytes to
  *               the image's filesystem (the floor for any dump that writes a file)
  *   dump none / dump lz4: tsnap dump --leave-running
+ *   smallProcess  the CLI (bin/tsnap) dumping a 1 MiB process, against node -e 0 and CRIU (startup.ts)
  * Each is run REPS times after a warm-up; the median is reported.
  */
 import { spawn, execFileSync } from 'node:child_process';
@@ -17,6 +18,7 @@ import { createInterface } from 'node:readline';
 import { dump } from '../src/dump/dump.js';
 import { restore } from '../src/restore/restore.js';
 import { VmCopier, ptrace, kill, setCloexec } from '../src/sys/index.js';
+import { startupFigures } from './startup.js';
 
 const SIZE_MIB = Number(process.env.BENCH_MIB ?? 1024);
 const REPS = Number(process.env.BENCH_REPS ?? 3);
@@ -173,6 +175,8 @@ async function main(): Promise<void> {
       rawWritevFreshGiBps: +median(rawWF).toFixed(2),
       restoreNoneVsFreshWritev: +(median(resNone) / median(rawWF)).toFixed(2),
       restoreLz4VsFreshWritev: +(median(resLz4) / median(rawWF)).toFixed(2),
+      // The CLI end to end on a 1 MiB process, where Node's start dominates (bench/startup.ts).
+      smallProcess: await startupFigures(),
     };
     console.log(JSON.stringify(report, null, 2));
   } finally {

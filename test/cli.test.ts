@@ -388,7 +388,7 @@ describe('integer options', () => {
     const cases: [string[], RegExp][] = [
       [['serve', '--count', 'x', '--dir', '/nonexistent/tsnap'], /--count must be a whole number of at least 1, got "x"/],
       [['serve', '--count', '0', '--dir', '/nonexistent/tsnap'], /--count must be/],
-      [['migrate', '--pid', '1', '--to', '127.0.0.1:7707', '--token', 't', '--max-iterations', '2.5'], /--max-iterations must be a whole number from 1 to 1000/],
+      [['migrate', '--pid', '1', '--to', '127.0.0.1:7707', '--token', 't', '--max-iterations', '2.5'], /--max-iterations must be a whole number from 0 to 1000/],
       [['migrate', '--pid', '1', '--to', '127.0.0.1:7707', '--token', 't', '--downtime-ms', '-1'], /--downtime-ms must be/],
       [['migrate', '--pid', '1', '--to', '127.0.0.1:99999', '--token', 't'], /port must be from 0 to 65535/],
       [['dump', '--pid', '1', '--dir', '/nonexistent/tsnap', '--pre-dumps', 'many'], /--pre-dumps must be/],

@@ -29,21 +29,29 @@ afterEach(async () => {
   for (const pid of restored.splice(0)) await killPid(pid);
 });
 
-let nextPort = 17700 + (process.pid % 200);
-
-async function startServer(dir: string, extra: string[] = []): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
-  const port = nextPort++;
-  const proc = spawn(process.execPath, [TSNAP_BIN, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', dir, '--token', 'sesame', '--json', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+/**
+ * `tsnap serve` on a port the kernel picks (port 0, read back from its
+ * "listening" event: counted port ranges collided across workers), with
+ * `prefix` (e.g. unshare) in front. Resolves once it listens.
+ */
+async function launchServe(prefix: string[], dir: string, extra: string[]): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
+  const argv = [...prefix, process.execPath, TSNAP_BIN, 'serve', '--listen', '127.0.0.1:0', '--dir', dir, '--token', 'sesame', '--json', ...extra];
+  const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   servers.push(proc);
   const events: string[] = [];
-  await new Promise<void>((resolve, reject) => {
+  const port = await new Promise<number>((resolve, reject) => {
     proc.stderr!.on('data', (d) => {
       events.push(...String(d).trim().split('\n'));
-      if (events.some((e) => e.includes('"listening"'))) resolve();
+      const l = events.find((e) => e.includes('"listening"'));
+      if (l) resolve(Number((JSON.parse(l) as { port: number }).port));
     });
     proc.once('exit', () => reject(new Error(`serve exited: ${events.join('\n')}`)));
   });
   return { port, proc, events };
+}
+
+function startServer(dir: string, extra: string[] = []): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
+  return launchServe([], dir, extra);
 }
 
 /** A hand-driven peer of tsnap serve: speaks (or breaks) the wire protocol itself. */
@@ -544,20 +552,9 @@ describe('a peer that goes away', () => {
 });
 
 /** `tsnap serve` in its own pid namespace, as on another host: the migrated pid is free there at once. */
-async function startServerInPidNs(dir: string, extra: string[] = []): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
-  const port = nextPort++;
+function startServerInPidNs(dir: string, extra: string[] = []): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
   // --kill-child: serve is the namespace's init, and everything in it dies with it.
-  const proc = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', process.execPath, TSNAP_BIN, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', dir, '--token', 'sesame', '--json', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
-  servers.push(proc);
-  const events: string[] = [];
-  await new Promise<void>((resolve, reject) => {
-    proc.stderr!.on('data', (d) => {
-      events.push(...String(d).trim().split('\n'));
-      if (events.some((e) => e.includes('"listening"'))) resolve();
-    });
-    proc.once('exit', () => reject(new Error(`serve exited: ${events.join('\n')}`)));
-  });
-  return { port, proc, events };
+  return launchServe(['unshare', '--pid', '--fork', '--mount-proc', '--kill-child'], dir, extra);
 }
 
 /** Processes of another pid namespace whose pid there is `nsPid`, as pids of ours. */

@@ -36,7 +36,7 @@ import { isMappedGhost, checkMappedGhost } from '../files/ghost-map.js';
 import { isAioRing, checkAioRings } from '../files/aio.js';
 import { copyPages, fullSelection, type CopyOptions } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
-import { type Range } from '../image/ranges.js';
+import { normalize, subtract, type Range } from '../image/ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
 import { uffdWriteProtect } from '../track/uffd.js';
 import { PageFileWriter, DEFAULT_CHUNK_SIZE } from '../image/page-file.js';
@@ -48,7 +48,7 @@ import { readChain, type Image } from '../image/image-reader.js';
 import { resolveChain, storedRanges } from '../image/chain-index.js';
 import { TsnapError, asTsnapError, interrupted } from '../errors.js';
 import { refuseUndumpable } from './target-check.js';
-import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun, type TrackingRef, type VmaImage } from '../../formats/schema.js';
+import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun, type TrackingRef, type VmaImage, type ThreadImage } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
 import { CowWorker, CowLost, copyWithCow, killReleased, type CowCopyResult } from './cow-session.js';
 import { FrozenClock } from './frozen-clock.js';
@@ -57,6 +57,8 @@ import { SmapsReader } from '../proc/smaps-reader.js';
 export interface DumpOptions {
   pid: number;
   dir: string;
+  /** Called right before the freeze, after the checks (migrate lifts its throttle there: a throttled task is slow to stop). */
+  beforeFreeze?: () => void;
   /** Resume the target after the dump instead of killing it. */
   leaveRunning?: boolean;
   compression?: Compression;
@@ -98,6 +100,13 @@ export interface DumpOptions {
   tcpEstablished?: boolean;
   /** Bytes of data a deleted file may hold to be stored in the image (default GHOST_LIMIT, 64 MiB). */
   ghostLimit?: number;
+  /**
+   * migrate --postcopy: given the round's layout and the pages it selected,
+   * the memory it leaves out of its copy (result.leftOut: any memory the
+   * caller serves later from the held process, selected or not). Only a
+   * held image (`hold`) leaves anything out.
+   */
+  leaveOut?: (vmas: readonly VmaImage[], selected: Range[], threads: readonly ThreadImage[]) => Range[];
   /** Unix datagram sockets connected to a named socket outside the dump connect to that name again at restore (src/files/unix.ts). */
   extUnixSk?: boolean;
   /** Take connected TCP sockets as closed ones (see SocketOptions.tcpClose). */
@@ -147,6 +156,8 @@ export interface DumpResult {
   round: RoundEnd | null;
   /** When the target was frozen (process.hrtime.bigint()), for downtime accounting. */
   frozenAt: bigint | null;
+  /** With `leaveOut`: the memory this image does not hold (sorted ranges; the caller serves it). */
+  leftOut?: Range[];
 }
 
 /**
@@ -273,6 +284,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         const cow = opts.cow === true || (opts.cow === 'auto' && anonResidentBytes(pid) >= COW_MIN_BYTES);
         if (cow && !opts.hold) cowWorker = await CowWorker.start();
         if (overlapSmaps(pid)) smapsReader = await SmapsReader.start();
+        opts.beforeFreeze?.();
         set = FrozenSet.freeze(pid);
         set.attach(tcpRepair);
         frozen = set.processes[0];
@@ -317,6 +329,14 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         parts.lap('scanUs');
         void (smapsReader as SmapsReader | null)?.stop();
         smapsReader = null;
+        let leftOut: Range[] = [];
+        if (opts.leaveOut && opts.hold) {
+          // A full copy's selection is a scan of the frozen target: taken whole here.
+          if (!Array.isArray(selection)) selection = [...selection];
+          const out = normalize(opts.leaveOut(layout.images, normalize(selection), processImage?.threads ?? []));
+          leftOut = out;
+          selection = selection.flatMap((r) => subtract([r], out).map((x) => ({ ...r, start: x.start, end: x.end })));
+        }
         let copied = 0;
         let vanished = 0;
         // A delta knows its pages; a full copy streams them: estimate with the
@@ -419,6 +439,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           held,
           round: deferred,
           frozenAt: frozen?.frozenAt ?? null,
+          ...(opts.leaveOut ? { leftOut } : {}),
         };
       } finally {
         pagemap.close();

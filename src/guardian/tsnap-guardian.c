@@ -32,6 +32,7 @@
 #include <sys/wait.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -76,9 +77,15 @@ enum op {
                           the network lock of a connection, a0 1 = ip6tables; should tsnap
                           die, the guardian runs it -> ret = id */
   OP_UNLOCK_DROP = 13, /* a0 id: tsnap removed the lock itself, or handed it to an image */
-  OP_SYSCALLS = 14,  /* a0 gadget, a1 count <= MAX_BATCH, a17 timeout ms; the message goes on
+  OP_THROTTLE_HOLD = 14, /* with one fd (SCM_RIGHTS): a cgroup v1 cpu directory that has a child
+                            "tsnap-throttle-<a0>.<a1>" (tsnap's pid and start time) throttling some of
+                            its tasks; should tsnap die, the guardian lifts the quota, moves those tasks
+                            back and removes it -> ret = id */
+  OP_THROTTLE_DROP = 15, /* a0 id: tsnap put the tasks back itself */
+  OP_KILL_ON_EXIT = 16, /* the task is killed, not put back, should the controller go away */
+  OP_SYSCALLS = 17,  /* a0 gadget, a1 count <= MAX_BATCH, a17 timeout ms; the message goes on
                         with count struct batch_call -> data = count raw rax values (i64) */
-  OP_RUN = 15,       /* a0 entry, a1 rbx, a2 r12, a3 code start, a4 code end (the address after its
+  OP_RUN = 18,       /* a0 entry, a1 rbx, a2 r12, a3 code start, a4 code end (the address after its
                         int3), a17 timeout ms: runs tsnap's code in the task from a0 until the int3
                         at a4 - 1 traps (results: in the task's memory) */
 };
@@ -121,6 +128,7 @@ struct tracee {
   int nheld;
   struct undo undos[MAX_UNDOS];
   int nundo;
+  int kill_on_exit;              /* post-copy: another host runs the process now */
 };
 
 /* TCP sockets in repair mode: the target's connections, frozen for the peer. */
@@ -134,6 +142,12 @@ static int64_t next_repair_id = 1;
 static struct { int64_t id; int fd; int v6; } unlocks[MAX_UNLOCK];
 static int nunlocks;
 static int64_t next_unlock_id = 1;
+
+/* Throttle cgroups (src/migrate/throttle.ts): each a child of the cgroup its tasks came from. */
+#define MAX_THROTTLE 256
+static struct { int64_t id; int fd; int64_t pid, start; } throttles[MAX_THROTTLE];
+static int nthrottles;
+static int64_t next_throttle_id = 1;
 
 static struct tracee *tracees;
 static int ntracees, captracees;
@@ -161,6 +175,11 @@ static struct tracee *add(int tid) {
 
 static void forget(struct tracee *t) {
   *t = tracees[--ntracees];
+}
+
+static void nap(long ns) {
+  struct timespec ts = { 0, ns };
+  nanosleep(&ts, NULL);
 }
 
 static int64_t now_ms(void) {
@@ -561,12 +580,75 @@ static void end_unlocks(void) {
   nunlocks = 0;
 }
 
+static int op_throttle_hold(int fd, int64_t pid, int64_t start, struct reply *p) {
+  if (fd < 0 || pid <= 0 || start < 0) { if (fd >= 0) close(fd); return G_BADREQ; }
+  if (nthrottles == MAX_THROTTLE) { close(fd); return ENOMEM; }
+  throttles[nthrottles].id = next_throttle_id++;
+  throttles[nthrottles].fd = fd;
+  throttles[nthrottles].pid = pid;
+  throttles[nthrottles].start = start;
+  p->ret = throttles[nthrottles++].id;
+  return 0;
+}
+
+static int op_throttle_drop(int64_t id) {
+  for (int i = 0; i < nthrottles; i++) {
+    if (throttles[i].id == id) {
+      close(throttles[i].fd);
+      throttles[i] = throttles[--nthrottles];
+      return 0;
+    }
+  }
+  return G_UNKNOWN;
+}
+
+/* Moves every task of child "tasks" to the parent's; 1 when the child was found empty. */
+static int move_tasks_up(int dirfd, const char *child) {
+  char path[96], buf[8192];
+  snprintf(path, sizeof path, "%s/tasks", child);
+  int in = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+  if (in < 0) return 1;
+  ssize_t n = read(in, buf, sizeof buf - 1);
+  close(in);
+  if (n <= 0) return 1;
+  buf[n] = 0;
+  int out = openat(dirfd, "tasks", O_WRONLY | O_CLOEXEC);
+  if (out < 0) return 1;
+  for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+    /* One write per task: the kernel moves one tid per write. */
+    if (write(out, line, strlen(line)) < 0) { /* gone meanwhile */ }
+  }
+  close(out);
+  return 0;
+}
+
+/* A throttled target must never stay throttled: quota off first, then everyone back where it was. */
+static void end_throttles(void) {
+  for (int i = 0; i < nthrottles; i++) {
+    char child[64], path[96];
+    snprintf(child, sizeof child, "tsnap-throttle-%lld.%lld", (long long)throttles[i].pid, (long long)throttles[i].start);
+    snprintf(path, sizeof path, "%s/cpu.cfs_quota_us", child);
+    int q = openat(throttles[i].fd, path, O_WRONLY | O_CLOEXEC);
+    if (q >= 0) { if (write(q, "-1", 2) < 0) { /* nothing better to do */ } close(q); }
+    /* Threads the target creates meanwhile land in the child: go round until it is empty. */
+    for (int round = 0; round < 1000 && !move_tasks_up(throttles[i].fd, child); round++) {}
+    for (int tries = 0; tries < 100 && unlinkat(throttles[i].fd, child, AT_REMOVEDIR) != 0 && errno == EBUSY; tries++) {
+      move_tasks_up(throttles[i].fd, child);
+      nap(10000000);
+    }
+    close(throttles[i].fd);
+  }
+  nthrottles = 0;
+}
+
 static int handle(struct request *q, const struct batch_call *calls, int fd, struct reply *p, uint8_t *data) {
   p->ret = 0;
   p->len = 0;
   if (q->op == OP_REPAIR_HOLD) return op_repair_hold(fd, p);
   if (q->op == OP_UNLOCK_HOLD) return op_unlock_hold(fd, q->a[0], p);
+  if (q->op == OP_THROTTLE_HOLD) return op_throttle_hold(fd, q->a[0], q->a[1], p);
   if (fd >= 0) close(fd);
+  if (q->op == OP_THROTTLE_DROP) return op_throttle_drop(q->a[0]);
   if (q->op == OP_REPAIR_DROP) return op_repair_drop(q->a[0]);
   if (q->op == OP_UNLOCK_DROP) return op_unlock_drop(q->a[0]);
   if (q->op == OP_HELLO) {
@@ -578,6 +660,9 @@ static int handle(struct request *q, const struct batch_call *calls, int fd, str
   struct tracee *t = find(q->tid);
   if (!t) return G_UNKNOWN;
   switch (q->op) {
+  case OP_KILL_ON_EXIT:
+    t->kill_on_exit = 1;
+    return 0;
   case OP_RELEASE: {
     int e = release_one(t);
     forget(t);
@@ -656,11 +741,13 @@ int main(void) {
     if (send(CONTROL_FD, out, sizeof *p + p->len, MSG_NOSIGNAL) < 0) break;
   }
   /* Put back everything still held, as it was at the freeze. */
+  end_throttles();
   end_repairs();
   end_unlocks();
   while (ntracees > 0) {
     struct tracee *t = &tracees[ntracees - 1];
-    release_one(t);
+    if (t->kill_on_exit) kill(t->tid, SIGKILL);
+    else release_one(t);
     forget(t);
   }
   return 0;

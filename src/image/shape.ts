@@ -23,6 +23,16 @@ export class ShapeError extends Error {
 
 const fail = (at: string, what: string): never => { throw new ShapeError(at, what); };
 
+/**
+ * Whether containers build the path of what they check. checkShape() checks
+ * without (a restore reads documents of 10 000 VMAs: a path string per
+ * field was most of the time) and only on a failure checks again with
+ * paths, to name where. The shapes are pure: the second pass fails the same way.
+ */
+let paths = true;
+const field = (at: string, k: string): string => (!paths ? at : at ? `${at}.${k}` : k);
+const itemAt = (at: string, i: number): string => (paths ? `${at}[${i}]` : at);
+
 function describe(v: unknown): string {
   if (v === null) return 'null';
   if (Buffer.isBuffer(v)) return 'binary';
@@ -85,13 +95,13 @@ export const arr = (item: Shape, max = 1 << 24, min = 0): Shape => (v, at) => {
   if (!Array.isArray(v)) fail(at, `expected an array, got ${describe(v)}`);
   const a = v as unknown[];
   if (a.length < min || a.length > max) fail(at, `array of ${a.length} entries, expected ${min}..${max}`);
-  for (let i = 0; i < a.length; i++) item(a[i], `${at}[${i}]`);
+  for (let i = 0; i < a.length; i++) item(a[i], itemAt(at, i));
 };
 
 /** A fixed-length array, one shape per position. */
 export const tuple = (...items: Shape[]): Shape => (v, at) => {
   if (!Array.isArray(v) || v.length !== items.length) fail(at, `expected an array of ${items.length} entries, got ${Array.isArray(v) ? `${v.length} entries` : describe(v)}`);
-  items.forEach((s, i) => s((v as unknown[])[i], `${at}[${i}]`));
+  items.forEach((s, i) => s((v as unknown[])[i], itemAt(at, i)));
 };
 
 const OPTIONAL = Symbol('optional');
@@ -105,19 +115,22 @@ export function isPlainObject(v: unknown): v is Record<string, unknown> {
   return proto === Object.prototype || proto === null;
 }
 
-export const obj = (fields: Record<string, Field>): Shape => (v, at) => {
-  if (!isPlainObject(v)) fail(at, `expected a map, got ${describe(v)}`);
-  const o = v as Record<string, unknown>;
-  for (const [k, f] of Object.entries(fields)) {
-    const here = at ? `${at}.${k}` : k;
-    const present = Object.hasOwn(o, k) && o[k] !== undefined;
-    if (typeof f === 'function') {
-      if (!present) fail(here, 'missing');
-      f(o[k], here);
-    } else if (present) {
-      f[OPTIONAL](o[k], here);
+export const obj = (fields: Record<string, Field>): Shape => {
+  const entries = Object.entries(fields);
+  return (v, at) => {
+    if (!isPlainObject(v)) fail(at, `expected a map, got ${describe(v)}`);
+    const o = v as Record<string, unknown>;
+    for (const [k, f] of entries) {
+      const here = field(at, k);
+      const present = Object.hasOwn(o, k) && o[k] !== undefined;
+      if (typeof f === 'function') {
+        if (!present) fail(here, 'missing');
+        f(o[k], here);
+      } else if (present) {
+        f[OPTIONAL](o[k], here);
+      }
     }
-  }
+  };
 };
 
 /** A map with arbitrary keys (up to `max`), every value of shape `value`. */
@@ -125,7 +138,7 @@ export const record = (value: Shape, max = 64): Shape => (v, at) => {
   if (!isPlainObject(v)) fail(at, `expected a map, got ${describe(v)}`);
   const keys = Object.keys(v as object);
   if (keys.length > max) fail(at, `map of ${keys.length} entries, at most ${max} allowed`);
-  for (const k of keys) value((v as Record<string, unknown>)[k], at ? `${at}.${k}` : k);
+  for (const k of keys) value((v as Record<string, unknown>)[k], field(at, k));
 };
 
 /** `s`, then a check across fields: `rule` returns what is wrong, or null. */
@@ -141,11 +154,22 @@ export const refine = <T>(s: Shape, rule: (v: T) => string | null): Shape => (v,
  */
 export function checkShape<T>(shape: Shape, v: unknown, where: string, advice = 'the image is damaged or was not written by tsnap'): T {
   try {
-    shape(v, '');
+    paths = false;
+    try {
+      shape(v, '');
+    } finally {
+      paths = true;
+    }
   } catch (err) {
     if (!(err instanceof ShapeError)) throw err;
+    let failed: ShapeError = err;
+    try {
+      shape(v, '');
+    } catch (named) {
+      if (named instanceof ShapeError) failed = named;
+    }
     // Keys and strings come from the document: keep the message one line.
-    const what = err.message.replace(/[\x00-\x1f\x7f]/g, '?');
+    const what = failed.message.replace(/[\x00-\x1f\x7f]/g, '?');
     throw new TsnapError('badImage', `${where}: invalid metadata: ${what}; ${advice}`);
   }
   return v as T;

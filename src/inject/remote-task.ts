@@ -5,10 +5,13 @@
  */
 import { ProcMem, SYS, AT_FDCWD, O_CLOEXEC } from '../sys/index.js';
 import type { RemoteSyscaller } from './remote-syscall.js';
+import type { BatchArea } from './remote-batch.js';
 
 export class RemoteTask {
   scratch = 0;
   scratchSize = 0;
+  /** The stub's runner of syscall lists (remote-batch.ts); null: one remote syscall per call. */
+  batchArea: BatchArea | null = null;
 
   constructor(readonly sc: RemoteSyscaller, readonly mem: ProcMem) {}
 

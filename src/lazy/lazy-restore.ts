@@ -54,7 +54,8 @@ import { isSpecial, vmaKind, lockFor, mapCallFor } from '../restore/layout-plan.
 import { isAioRing } from '../files/aio.js';
 import { TsnapError } from '../errors.js';
 import { PagerHost, type HostEnd, type SourceSpec } from './pager-host.js';
-import { subtract, normalize, type Range } from '../image/ranges.js';
+import { subtract, normalize, intersect, type Range } from '../image/ranges.js';
+import type { PageSource } from './page-source.js';
 
 const MAP_DROPPABLE = 0x08;
 const FEATURES = UFFD_FEATURE_MISSING.EVENT_FORK | UFFD_FEATURE_MISSING.EVENT_REMAP | UFFD_FEATURE_MISSING.EVENT_REMOVE | UFFD_FEATURE_MISSING.EVENT_UNMAP;
@@ -64,6 +65,11 @@ export interface LazyOptions {
   detach: boolean;
   /** Where the pager and the guard report (default: tsnap's stderr). */
   log?: string;
+  /**
+   * migrate --postcopy: the pages come from the migration's source host,
+   * for `set` only; every other page is in place already (a live build).
+   */
+  remote?: { source: PageSource; set: Range[] };
 }
 
 /** Whether a dumped VMA's pages can come in lazily (see the top of this file). */
@@ -114,8 +120,10 @@ export class LazyRestore {
   private running: Promise<HostEnd> | null = null;
   readonly stats: LazyStats = { lazyBytes: 0, repairedPages: 0 };
   private finished = false;
+  /** How the fill ended, once finish() returned. */
+  end: HostEnd | null = null;
 
-  constructor(opts: LazyOptions) {
+  constructor(private readonly opts: LazyOptions) {
     this.logFd = opts.log ? openSync(opts.log, 'a', 0o600) : 2;
     const [r, w] = pipe2(O_CLOEXEC);
     const [ackR, ackW] = pipe2(O_CLOEXEC);
@@ -178,12 +186,13 @@ export class LazyRestore {
       }
     }
     const within = vmas.map((v) => ({ start: v.start, end: v.end }));
-    const source: SourceSpec = {
+    const remote = this.opts.remote;
+    const index = remote ? this.host.addRemoteSource(remote.source, within) : this.host.addSource({
       levels: chain.map((c) => ({ dir: c.dir, kind: c.inventory.kind, runs: c.pagemap.runs, chunks: c.pagemap.chunks })),
       within,
-    };
-    const index = this.host.addSource(source);
-    await this.repair(rt, index, within, written);
+    } satisfies SourceSpec);
+    // Post-copy: the rest of these VMAs holds the right pages already; only the set may not be present.
+    await this.repair(rt, index, remote ? intersect(normalize(within), remote.set) : within, written);
     this.host.addContext({ fd: uffd, name: `process ${rt.pid}`, source: index, skip: written });
     this.stats.lazyBytes += this.host.pager.contexts[this.host.pager.contexts.length - 1].pending.bytes;
   }
@@ -263,6 +272,7 @@ export class LazyRestore {
   /** restore without --detach: tsnap fills everything; its copies go when it is done. */
   async finish(): Promise<string> {
     const end = await (this.running ?? Promise.resolve({ how: 'done', stats: this.host.pager.stats } as HostEnd));
+    this.end = end;
     this.background?.kill('SIGKILL');
     this.closeOwn([]);
     if (end.how === 'failed') return `the lazy fill failed: ${end.message}`;

@@ -46,6 +46,15 @@ export class PagerHost {
     return this.sources.length - 1;
   }
 
+  /**
+   * A source that is no image chain (post-copy: the migration's source
+   * host). It cannot be handed over to a background pager.
+   */
+  addRemoteSource(source: PageSource, within: Range[]): number {
+    this.sources.push({ spec: { levels: [], within }, source });
+    return this.sources.length - 1;
+  }
+
   addContext(spec: ContextSpec): void {
     const s = this.sources[spec.source].source;
     const pending = spec.pending ? Pending.fromJSON(spec.pending) : new Pending(splitAt(s.extents(), this.sources[spec.source].spec.within));

@@ -14,7 +14,8 @@
  */
 import { createProcess } from '../restore/create-process.js';
 import { RemoteTask } from '../inject/remote-task.js';
-import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, advise, type Stub } from '../restore/address-space.js';
+import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, advise, STUB_SIZE, type Stub } from '../restore/address-space.js';
+import { RemoteBatch } from '../inject/remote-batch.js';
 import { isSpecial, vmaKind, mapCallFor, adviceFor } from '../restore/layout-plan.js';
 import { openStdio, type LiveProcess } from '../restore/restore.js';
 import { isAioRing } from '../files/aio.js';
@@ -122,21 +123,24 @@ export class LiveBuild implements LiveProcess {
     const next = l.vmas.filter((v) => !isSpecial(v));
     const keep = this.kept(next);
     const rt = this.rt;
-    for (const r of subtract(normalize(this.mapped), keep)) rt.sc.check(`munmap(0x${r.start.toString(16)})`, SYS.munmap, r.start, r.end - r.start);
+    const gone = new RemoteBatch(rt);
+    for (const r of subtract(normalize(this.mapped), keep)) gone.push(`munmap(0x${r.start.toString(16)})`, SYS.munmap, [r.start, r.end - r.start]);
+    gone.flush();
     this.mapped = next;
     this.writable = normalize(next.filter((v) => v.dumped && vmaKind(v) !== 'sharedFile'));
     const fresh = next.flatMap((v) => subtract([{ start: v.start, end: v.end }], keep).map((r) => piece(v, r)));
-    if (fresh.some((v) => v.start < this.stub.addr + 2 * PAGE && v.end > this.stub.addr)) throw new TsnapError('unsupported', 'the process mapped memory where the receiver keeps its restore stub');
+    if (fresh.some((v) => v.start < this.stub.addr + STUB_SIZE && v.end > this.stub.addr)) throw new TsnapError('unsupported', 'the process mapped memory where the receiver keeps its restore stub');
     mapVmas(rt, { mm: { vmas: fresh } });
     // Final protections now, not after the freeze: memory that keeps its
     // pages gets what the program set since; fresh memory what it has.
+    const batch = new RemoteBatch(rt);
     for (const v of next) {
       if (vmaKind(v) === 'sharedFile') continue; // mapped with its own protection
       for (const r of intersect([{ start: v.start, end: v.end }], keep)) {
-        for (const [s, e, prot] of this.protsOver(r)) if (prot !== v.prot) rt.sc.check(`mprotect(0x${s.toString(16)})`, SYS.mprotect, s, e - s, v.prot);
+        for (const [s, e, prot] of this.protsOver(r)) if (prot !== v.prot) batch.push(`mprotect(0x${s.toString(16)})`, SYS.mprotect, [s, e - s, v.prot]);
       }
     }
-    for (const v of fresh) if (mapCallFor(v).fixProt) rt.sc.check(`mprotect(0x${v.start.toString(16)})`, SYS.mprotect, v.start, v.end - v.start, v.prot);
+    for (const v of fresh) if (mapCallFor(v).fixProt) batch.push(`mprotect(0x${v.start.toString(16)})`, SYS.mprotect, [v.start, v.end - v.start, v.prot]);
     this.protNow = next.map((v) => [v.start, v.end, v.prot]);
     this.readOnly = normalize(next.filter((v) => v.dumped && vmaKind(v) !== 'sharedFile' && !(v.prot & PROT_WRITE)));
     // A full image after the first: nothing kept holds anything any more.
@@ -144,8 +148,9 @@ export class LiveBuild implements LiveProcess {
     for (const v of next) {
       if (!v.dumped) continue;
       const advice = vmaKind(v) === 'sharedAnon' ? MADV_REMOVE : MADV_DONTNEED;
-      for (const r of intersect([{ start: v.start, end: v.end }], absent)) rt.sc.check(`madvise(0x${r.start.toString(16)}, absent)`, SYS.madvise, r.start, r.end - r.start, advice);
+      for (const r of intersect([{ start: v.start, end: v.end }], absent)) batch.push(`madvise(0x${r.start.toString(16)}, absent)`, SYS.madvise, [r.start, r.end - r.start, advice]);
     }
+    batch.flush();
   }
 
   /** [start, end, prot] of every mapped VMA as set now. */
@@ -220,7 +225,9 @@ export class LiveBuild implements LiveProcess {
     const want = p.mm.vmas.filter((v) => !isSpecial(v));
     const same = want.length === this.mapped.length && want.every((v, i) => v.start === this.mapped[i].start && v.end === this.mapped[i].end && identity(v) === identity(this.mapped[i]));
     if (!same) throw new TsnapError('restoreFailed', 'the final image\'s memory layout is not the one built while it arrived');
-    for (const v of want) if (adviceFor(v).length) advise(this.rt, v);
+    const batch = new RemoteBatch(this.rt);
+    for (const v of want) if (adviceFor(v).length) advise(this.rt, v, batch);
+    batch.flush();
     // Every protection is set already (apply()).
     return [];
   }

@@ -16,17 +16,21 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { timingSafeEqual, createHash } from 'node:crypto';
-import { mkdirSync, chmodSync, openSync, writeSync, closeSync, fsyncSync, rmSync, existsSync, readFileSync, realpathSync } from 'node:fs';
+import { mkdirSync, chmodSync, openSync, writeSync, closeSync, fsyncSync, rmSync, readFileSync, realpathSync } from 'node:fs';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, MAX_FRAME, encodeDoc, decodeDoc, decodeHello, send } from './wire.js';
 import { inside, wirePid, migrationDirName } from './confine.js';
 import { checkCommittable } from './commit-check.js';
+import { waitPidsFree } from './pid-wait.js';
 import { crc32 } from '../image/checksum.js';
 import { fsyncDir, makeDirs } from '../image/image-dir.js';
 import { restore, waitForExit, type RestoreResult } from '../restore/restore.js';
-import { StreamIngest, holderOf, type LayoutDoc } from './stream-ingest.js';
+import { StreamIngest, type LayoutDoc } from './stream-ingest.js';
 import { readImage, type Image } from '../image/image-reader.js';
 import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
 import { TsnapError, asTsnapError, withPath } from '../errors.js';
+import { checkedRanges } from './postcopy-wire.js';
+import { receivePostcopy } from './postcopy-receive.js';
+import type { Range } from '../image/ranges.js';
 
 export interface ServeOptions {
   host: string;
@@ -237,6 +241,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   const root = newMigrationDir(base, g.pid);
   let committed = false;
   let last = '';
+  /** migrate --postcopy: the final round's pages the process gets lazily from the source. */
+  let postcopy: Range[] | null = null;
   const ingest = new StreamIngest({ pid: g.pid, build: !!opts.restore && opts.liveBuild !== false, newPid: opts.newPid, stdout: opts.stdout, stderr: opts.stderr, onEvent: opts.onEvent });
   /** Images as the commit check read them: complete ones from the ingest; with a live build, others by their index alone (their pages may still be on their way to the disk). */
   const readAtCommit = new Map<string, Image>();
@@ -262,6 +268,9 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         const live = await receiveIteration(reader, inside(root, name), ingest);
         lastName = name;
         opts.onEvent?.({ event: 'iteration', name, ...live });
+      } else if (f.type === Msg.Postcopy) {
+        postcopy = checkedRanges(decodeDoc<{ ranges: [number, number][] }>(f).ranges, 'POSTCOPY');
+        if (!ingest.live) throw new TsnapError('unsupported', `post-copy needs the process built while it arrives, and it is not (${ingest.notLive ?? 'serve runs without --restore or with --no-live-build'}); migrate without --postcopy`);
       } else if (f.type === Msg.Commit) {
         // Without a live build the commit stands on the chain: every
         // streamed round's pages file on disk, checked against its index,
@@ -298,6 +307,14 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     throw e;
   }
   if (!opts.restore) { sock.end(); return; }
+  if (postcopy && ingest.live) {
+    const live = ingest.live;
+    await receivePostcopy(sock, reader, live, last, postcopy, {
+      image: () => { live.image = readCommitted(last); },
+      chainDone: async () => { await ingest.flush(); await ingest.durable(); },
+    }, opts);
+    return;
+  }
   try {
     let r: RestoreResult | null = null;
     let fallback = ingest.notLive;
@@ -317,9 +334,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       await ingest.durable();
       // The source is killed once we said COMMITTED: wait for its pids to be free.
       const pids = isTreeImage(last) ? readTreeManifest(last).processes.map((p) => p.pid) : [g.pid];
-      const held = opts.newPid ? undefined : pids.find((pid) => existsSync(`/proc/${pid}`));
-      if (held !== undefined) opts.onEvent?.({ event: 'waiting-for-pid', pid: held, message: `pid ${held} is held by ${holderOf(held)}, waiting` });
-      for (let i = 0; !opts.newPid && i < 3000 && pids.some((pid) => existsSync(`/proc/${pid}`)); i++) await new Promise((res) => setTimeout(res, 10));
+      if (!opts.newPid) await waitPidsFree(pids, { onHeld: (pid, message) => opts.onEvent?.({ event: 'waiting-for-pid', pid, message }) });
       r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid });
     }
     const path = live && !fallback ? 'live' : 'disk';

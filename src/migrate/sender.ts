@@ -15,6 +15,7 @@
  * data deleted once sent.
  */
 import { PreCopyPolicy } from '../dump/precopy-policy.js';
+import { Convergence, type NotConverging } from './convergence.js';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { mkdtempSync, rmSync, openSync, readSync, closeSync, readdirSync, fstatSync, readFileSync, accessSync, constants } from 'node:fs';
@@ -32,6 +33,8 @@ import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
 import { pausePoint } from '../fault-points.js';
 import type { FrozenSet } from '../freeze/frozen-set.js';
 import type { Compression } from '../../formats/schema.js';
+import { postcopyFinal, finishPostcopy, pagesOf, PostcopyLost } from './postcopy-send.js';
+import type { Range } from '../image/ranges.js';
 
 export interface MigrateOptions {
   pid: number;
@@ -49,6 +52,14 @@ export interface MigrateOptions {
   tree?: boolean;
   /** Take established TCP connections along (TCP repair mode, see src/files/tcp.ts). */
   tcpEstablished?: boolean;
+  /** A writer faster than the link: throttle it (default), or stop trying (see convergence.ts). */
+  whenNotConverging?: NotConverging;
+  /**
+   * Post-copy (postcopy-source.ts): 'on' after the rounds, 'auto' only when
+   * pre-copy stops without converging; the final round's pages then follow
+   * the resume on the receiver.
+   */
+  postcopy?: 'on' | 'auto';
   onEvent?: (e: Record<string, unknown>) => void;
   warn?: (m: string) => void;
   /** Memory copied in the current round (see DumpOptions.onProgress). */
@@ -67,6 +78,21 @@ export interface MigrateResult {
   receiverDir: string;
   restoredPid: number | null;
   restoreError: string | null;
+  /** How a writer faster than the link was made to converge ("throttled to 60% CPU from round 4 ..."), or null. */
+  convergence: string | null;
+  /** Present when the migration went post-copy. */
+  postcopy?: PostcopyFigures;
+}
+
+export interface PostcopyFigures {
+  /** Why: 'requested' (--postcopy) or the pre-copy loop's stop reason (--postcopy auto). */
+  because: string;
+  pages: number;
+  pagesRequested: number;
+  pagesPushed: number;
+  requests: number;
+  /** From the freeze to the receiver's POSTCOPY_DONE: every page in the process there. */
+  allInMs: number;
 }
 
 const FILE_ORDER = ['pages', 'pagemap', 'process', 'stats', 'inventory']; // inventory last: the commit record
@@ -81,11 +107,15 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   const ms = (from: bigint) => Number(process.hrtime.bigint() - from) / 1e6;
   const budget = opts.downtimeMs ?? 50;
   const cap = opts.maxIterations ?? 10;
+  if (cap < 1 && opts.postcopy !== 'on') throw new TsnapError('usage', '--max-iterations 0 (no pre-copy round) needs --postcopy: without it the whole memory would be copied frozen; give at least 1');
+  if (opts.postcopy && opts.tree) throw new TsnapError('usage', '--postcopy migrates one process; drop --tree or --postcopy');
+  if (opts.postcopy && opts.leaveRunning) throw new TsnapError('usage', '--postcopy moves the process (its newest pages exist only on the source until served); drop --leave-running or --postcopy');
   const sock = await connectTo(opts);
   const reader = new FrameReader(sock);
   const staging = mkdtempSync(join(stagingBase(opts), 'tsnap-migrate-'));
   let held: FrozenSet | null = null;
   let bytesSent = 0;
+  const conv = new Convergence(opts);
   try {
     await send(sock, encodeDoc(Msg.Hello, { magic: WIRE_MAGIC, version: WIRE_VERSION, token: opts.token, pid: opts.pid, tool: 'tsnap' }));
     const ok = decodeDoc<{ dir: string }>(await reader.expect(Msg.HelloOk, 'greeting the receiver'));
@@ -132,8 +162,9 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     };
 
     let stoppedBecause = `reached the iteration cap (${cap})`;
+    let converged = false;
     // Small rounds alone do not stop a migration: only the downtime budget, shrinking and the cap.
-    const policy = new PreCopyPolicy({ maxRounds: cap, downtimeBudgetMs: budget, smallEnoughPages: -1 });
+    const policy = new PreCopyPolicy({ maxRounds: cap, downtimeBudgetMs: budget, smallEnoughPages: -1, ...conv.rule() });
     let prev: Round | null = null;
     let k = 0;
     let bandwidth = 0; // bytes per ms, measured end to end (copy + send)
@@ -151,14 +182,17 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       const estDowntime = r.bytesStored / Math.max(bandwidth, 1e-9);
       opts.onEvent?.({ event: 'iteration', iteration: k, pages: r.pagesWritten, bytes: s.bytes, ms: +iterMs.toFixed(1), bandwidthMBps: +(bandwidth / 1e3).toFixed(1), dirtyRateMBps: +(dirtyRate / 1e6).toFixed(1), estimatedDowntimeMs: +estDowntime.toFixed(1) });
       prev = r;
-      const v = policy.afterRound({ pages: r.pagesWritten, estimatedDowntimeMs: estDowntime });
-      if (v.stop) { stoppedBecause = v.reason; break; }
+      const v = policy.afterRound({ pages: r.pagesWritten, estimatedDowntimeMs: estDowntime, bytes: r.bytesRaw, ms: iterMs });
+      conv.afterVerdict(v, k);
+      if (v.stop) { stoppedBecause = v.reason; converged = v.converged; break; }
     }
 
     // Downtime starts here: freeze, last delta, full state.
-    const finalOpts = { pid: opts.pid, dir: join(staging, 'final'), parent: join(staging, String(k)), compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished };
+    const postcopyBecause = opts.postcopy === 'on' ? 'requested' : opts.postcopy === 'auto' && !converged ? stoppedBecause : null;
+    const finalOpts = { pid: opts.pid, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: () => conv.lift() };
     await beginIteration('final');
     let frozenAt: bigint;
+    let leftOut: Range[] | null = null;
     let finalDir: string;
     if (opts.tree) {
       const t = await dumpTree(finalOpts, 'dump');
@@ -168,11 +202,16 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     } else {
       const final = await dump({ ...finalOpts, ...streaming() });
       held = final.held;
+      leftOut = final.leftOut ?? null;
       frozenAt = final.frozenAt ?? process.hrtime.bigint();
       finalDir = final.dir;
     }
     pausePoint('migrate-held');
     await sendImage(finalDir, 'final');
+    if (leftOut && postcopyBecause !== null) {
+      await send(sock, encodeDoc(Msg.Postcopy, { ranges: leftOut.map((r) => [r.start, r.end]) }));
+      opts.onEvent?.({ event: 'postcopy', because: postcopyBecause, pages: pagesOf(leftOut) });
+    }
     // The last moment the migration can still be called off: once the
     // receiver commits, it (and not the source) has the process.
     await letSignalsIn();
@@ -180,6 +219,11 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     await send(sock, encodeDoc(Msg.Commit, {}));
     const committed = decodeDoc<{ dir: string }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));
     const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
+    if (leftOut && postcopyBecause !== null) {
+      const pc = await finishPostcopy(sock, reader, opts, held!, leftOut, frozenAt, postcopyBecause);
+      held = null;
+      return { iterations: k + 1, stoppedBecause, bytesSent: bytesSent + pc.bytes, totalMs: ms(t0), downtimeMs: pc.downtimeMs, freezeToCommitMs, receiverDir: committed.dir, restoredPid: pc.restoredPid, restoreError: pc.restoreError, convergence: conv.describe(), postcopy: pc.figures };
+    }
     // The receiver holds the complete image durably: the source may go.
     // (Connections in repair mode close silently with a killed source, and
     // come out of it again with one left running: the set does both.)
@@ -196,9 +240,10 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     const downtimeMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     return {
       iterations: k + 1, stoppedBecause, bytesSent, totalMs: ms(t0), downtimeMs, freezeToCommitMs,
-      receiverDir: committed.dir, restoredPid, restoreError,
+      receiverDir: committed.dir, restoredPid, restoreError, convergence: conv.describe(),
     };
   } catch (err) {
+    if (err instanceof PostcopyLost) throw err;
     // Before COMMITTED nothing is lost: the source runs on as it was.
     tcpRepair.release();
     try { held?.release(); } catch { /* gone */ }
@@ -209,6 +254,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       : asTsnapError(err, `migration of process ${opts.pid}`);
     throw new TsnapError(e.kind, `migration of process ${opts.pid} failed; it runs on where it was: ${e.message}`, e.cause ?? err, e.exitCode);
   } finally {
+    conv.release();
     sock.destroy();
     rmSync(staging, { recursive: true, force: true });
   }

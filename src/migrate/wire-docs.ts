@@ -23,10 +23,13 @@ const SHAPES: Record<string, Shape> = {
   IterEnd: obj({}),
   // The same VMA list an image's pagemap holds; zero ranges as [start, end).
   Layout: obj({ vmas: VMAS, zero: arr(tuple(int(0, USER_END), int(0, USER_END)), 1 << 22), incremental: bool }),
+  Postcopy: obj({ ranges: arr(tuple(int(0, USER_END), int(0, USER_END)), 1 << 22) }),
   Commit: obj({}),
   Committed: obj({ dir: PATH }),
   Restored: obj({ pid: PID, restoreUs: num(0, 1e16), path: opt(str(16)), fallback: opt(MESSAGE) }),
   RestoreFailed: obj({ message: MESSAGE, dir: PATH }),
+  PageRequest: obj({ ranges: arr(tuple(int(0, USER_END), int(0, USER_END)), 4096) }),
+  PostcopyDone: obj({ pages: SAFE }),
 };
 
 /**

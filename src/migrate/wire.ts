@@ -32,10 +32,18 @@ export enum Msg {
   Layout = 15,
   /** v2: one chunk of page data with the runs it holds (binary, page-stream.ts). */
   PageChunk = 16,
+  /** v2 post-copy: the final round's pages left out of it, which the receiver's process gets lazily (before COMMIT). */
+  Postcopy = 17,
   Commit = 20,
   Committed = 21,
   Restored = 22,
   RestoreFailed = 23,
+  /** v2 post-copy, R -> S: pages the receiver's process faulted on, wanted first. */
+  PageRequest = 24,
+  /** v2 post-copy, S -> R: pages of the post-copy set (binary, postcopy-wire.ts). */
+  PageData = 25,
+  /** v2 post-copy, R -> S: every page is in the process; the source may go. */
+  PostcopyDone = 26,
 }
 
 export interface Frame {

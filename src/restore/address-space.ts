@@ -9,6 +9,9 @@
  *      kernel: same contents), via temporary holes so moves never collide;
  *   4. map every dumped VMA at its address (MAP_FIXED_NOREPLACE: an overlap
  *      is a bug, not something to paper over).
+ * Runs of calls (mmaps, madvise, mprotect, guards, mlock) go to the task as
+ * one list for the stub's runner (inject/remote-batch.ts): one ptrace round
+ * trip per list instead of one per call.
  * The caller fills pages, then calls finishProtections(); the stub goes last.
  */
 import { SYS, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, O_RDWR, O_RDONLY, MREMAP_MAYMOVE, MREMAP_FIXED } from '../sys/index.js';
@@ -19,9 +22,14 @@ import type { SysvSegments } from './sysv-shm.js';
 import type { RemoteTask } from '../inject/remote-task.js';
 import { TsnapError } from '../errors.js';
 import { isAioRing } from '../files/aio.js';
+import { RemoteBatch, BATCH_RUNNER } from '../inject/remote-batch.js';
 
 const PAGE = 4096;
-export const STUB_SIZE = 2 * PAGE;
+/** Pages of syscall records after the scratch page: 2048 calls per round trip. */
+const BATCH_PAGES = 32;
+export const STUB_SIZE = (2 + BATCH_PAGES) * PAGE;
+/** The runner's place in the code page, after `syscall; int3`. */
+const RUNNER_AT = 16;
 
 export interface Stub {
   addr: number;
@@ -41,17 +49,21 @@ export function installStub(rt: RemoteTask, images: readonly LayoutOf[]): Stub {
     PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1n, 0));
   if (got !== addr) throw new TsnapError('restoreFailed', `restore stub landed at 0x${got.toString(16)}, not 0x${addr.toString(16)}`);
   rt.mem.write(Buffer.from([0x0f, 0x05, 0xcc]), 0, 3, addr);
+  rt.mem.write(BATCH_RUNNER, 0, BATCH_RUNNER.length, addr + RUNNER_AT);
   rt.sc.gadget = addr;
   rt.scratch = addr + PAGE;
   rt.scratchSize = PAGE;
+  rt.batchArea = { runner: addr + RUNNER_AT, area: addr + 2 * PAGE, size: BATCH_PAGES * PAGE };
   return { addr };
 }
 
 export function clearHelperMappings(rt: RemoteTask, stub: Stub): void {
+  const batch = new RemoteBatch(rt);
   for (const v of readMaps(rt.pid)) {
     if (v.start === stub.addr || v.path === '[vsyscall]' || SPECIAL_MAPPINGS.some((s) => v.path === `[${s}]`)) continue;
-    rt.sc.check(`munmap(0x${v.start.toString(16)})`, SYS.munmap, v.start, v.end - v.start);
+    batch.push(`munmap(0x${v.start.toString(16)})`, SYS.munmap, [v.start, v.end - v.start]);
   }
+  batch.flush();
 }
 
 export function placeSpecialMappings(rt: RemoteTask, image: LayoutOf, stub: Stub): void {
@@ -106,12 +118,15 @@ function remap(rt: RemoteTask, from: number, size: number, to: number): void {
 export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, string> = new Map(), fileAt: Map<number, string> = new Map(), sysv?: SysvSegments): VmaImage[] {
   const fileFds = new Map<string, number>();
   const fixLater: VmaImage[] = [];
+  const batch = new RemoteBatch(rt);
   try {
     for (const v of image.mm.vmas) {
       // aio rings are made by io_setup (src/files/aio.ts), in this place left free.
       if (isSpecial(v) || isAioRing(v)) continue;
       const from = shared.get(v.start);
       if (from !== undefined) {
+        // One at a time, in order: its fd lives only around its own mmap.
+        batch.flush();
         const fd = rt.open(from, v.prot & PROT_WRITE || v.flags?.includes('mw') ? O_RDWR : O_RDONLY);
         try {
           const got = Number(rt.sc.check(`mmap(0x${v.start.toString(16)} shared)`, SYS.mmap,
@@ -124,6 +139,7 @@ export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, str
         continue;
       }
       if (vmaKind(v) === 'sysvShm') {
+        batch.flush();
         if (!sysv) throw new TsnapError('badImage', `the VMA at 0x${v.start.toString(16)} attaches SysV shm but the image holds no segment`);
         sysv.attach(rt, v);
         advise(rt, v);
@@ -145,33 +161,47 @@ export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, str
         fd = BigInt(f);
         pgoff = v.pgoff;
       }
-      const got = Number(rt.sc.check(`mmap(0x${v.start.toString(16)} ${v.path || 'anon'})`, SYS.mmap,
-        v.start, v.end - v.start, call.prot, call.flags, fd, pgoff));
-      if (got !== v.start) throw new TsnapError('restoreFailed', `mmap of 0x${v.start.toString(16)} landed at 0x${got.toString(16)}`);
-      advise(rt, v);
+      batch.push(`mmap(0x${v.start.toString(16)} ${v.path || 'anon'})`, SYS.mmap, [v.start, v.end - v.start, call.prot, call.flags, fd, pgoff], landsAt(v.start));
+      advise(rt, v, batch);
       if (call.fixProt) fixLater.push(v);
     }
+    // Before the finally closes the files these mmaps name.
+    batch.flush();
   } finally {
     for (const f of fileFds.values()) rt.close(f);
   }
   return fixLater;
 }
 
-export function finishProtections(rt: RemoteTask, vmas: VmaImage[]): void {
-  for (const v of vmas) rt.sc.check(`mprotect(0x${v.start.toString(16)})`, SYS.mprotect, v.start, v.end - v.start, v.prot);
+/** An mmap at a fixed address must land exactly there. */
+function landsAt(start: number) {
+  return { value: BigInt(start), mismatch: (got: bigint) => new TsnapError('restoreFailed', `mmap of 0x${start.toString(16)} landed at 0x${got.toString(16)}`) };
 }
 
-/** madvise() state of a VMA as it was (before its pages are written: THP advice matters then). */
-export function advise(rt: RemoteTask, v: VmaImage): void {
-  for (const a of adviceFor(v)) rt.sc.check(`madvise(0x${v.start.toString(16)}, ${a})`, SYS.madvise, v.start, v.end - v.start, a);
+export function finishProtections(rt: RemoteTask, vmas: VmaImage[]): void {
+  const batch = new RemoteBatch(rt);
+  for (const v of vmas) batch.push(`mprotect(0x${v.start.toString(16)})`, SYS.mprotect, [v.start, v.end - v.start, v.prot]);
+  batch.flush();
+}
+
+/**
+ * madvise() state of a VMA as it was (before its pages are written: THP
+ * advice matters then). With `batch`, queued there; else run at once.
+ */
+export function advise(rt: RemoteTask, v: VmaImage, batch?: RemoteBatch): void {
+  const b = batch ?? new RemoteBatch(rt);
+  for (const a of adviceFor(v)) b.push(`madvise(0x${v.start.toString(16)}, ${a})`, SYS.madvise, [v.start, v.end - v.start, a]);
+  if (!batch) b.flush();
 }
 
 /** mlock state, once the pages are written (locking first would fault them all in twice). */
 export function lockVmas(rt: RemoteTask, vmas: readonly VmaImage[]): void {
+  const batch = new RemoteBatch(rt);
   for (const v of vmas) {
     const flags = lockFor(v);
-    if (flags !== null) rt.sc.check(`mlock2(0x${v.start.toString(16)})`, SYS.mlock2, v.start, v.end - v.start, flags);
+    if (flags !== null) batch.push(`mlock2(0x${v.start.toString(16)})`, SYS.mlock2, [v.start, v.end - v.start, flags]);
   }
+  batch.flush();
 }
 
 const MADV_GUARD_INSTALL = 102;
@@ -181,7 +211,9 @@ const MADV_GUARD_INSTALL = 102;
  * it covers) and before mlock (which a guard does not go with).
  */
 export function installGuards(rt: RemoteTask, vmas: readonly VmaImage[]): void {
+  const batch = new RemoteBatch(rt);
   for (const v of vmas) {
-    for (const [s, e] of v.guards ?? []) rt.sc.check(`madvise(0x${s.toString(16)}, MADV_GUARD_INSTALL)`, SYS.madvise, s, e - s, MADV_GUARD_INSTALL);
+    for (const [s, e] of v.guards ?? []) batch.push(`madvise(0x${s.toString(16)}, MADV_GUARD_INSTALL)`, SYS.madvise, [s, e - s, MADV_GUARD_INSTALL]);
   }
+  batch.flush();
 }

@@ -32,13 +32,23 @@ class Populator {
 
   constructor(private readonly sc: RemoteSyscaller | null, runsInOrder: { run: ResolvedRun; pos: number }[]) {
     if (!sc) return;
-    for (const { run, pos } of runsInOrder) {
+    // Merged by address across the images of a chain: a base image's runs
+    // that newer pages cut into short pieces are one range again, as in a
+    // single image. Started in the order the writer first needs them.
+    const byAddr = [...runsInOrder].sort((a, b) => a.run.start - b.run.start);
+    const merged: { addr: number; len: number; firstChunkPos: number; lastChunkPos: number }[] = [];
+    for (const { run, pos } of byAddr) {
       const len = run.pages * 4096;
-      if (len < POPULATE_MIN) continue;
-      const last = this.queue[this.queue.length - 1];
-      if (last && last.addr + last.len === run.start && last.len < POPULATE_SLICE) { last.len += len; last.lastChunkPos = pos; }
-      else this.queue.push({ addr: run.start, len, lastChunkPos: pos });
+      const last = merged[merged.length - 1];
+      if (last && last.addr + last.len === run.start && last.len < POPULATE_SLICE) {
+        last.len += len;
+        last.firstChunkPos = Math.min(last.firstChunkPos, pos);
+        last.lastChunkPos = Math.max(last.lastChunkPos, pos);
+      } else {
+        merged.push({ addr: run.start, len, firstChunkPos: pos, lastChunkPos: pos });
+      }
     }
+    this.queue = merged.filter((m) => m.len >= POPULATE_MIN).sort((a, b) => a.firstChunkPos - b.firstChunkPos || a.addr - b.addr);
   }
 
   private start(): void {
@@ -150,9 +160,14 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
         const got = copier.writev(data, runs[0].offset, ranges);
         if (got !== want) throw new TsnapError('restoreFailed', `process_vm_writev wrote ${got} of ${want} bytes at 0x${runs[0].start.toString(16)}`);
       } else {
-        for (const r of runs) {
-          const got = copier.writev(data, r.offset, [{ addr: r.start, len: r.pages * 4096 }]);
-          if (got !== r.pages * 4096) throw new TsnapError('restoreFailed', `process_vm_writev failed at 0x${r.start.toString(16)}`);
+        // Runs a newer image of the chain cut into: still one call for the chunk.
+        const pieces = runs.map((r) => ({ offset: r.offset, addr: r.start, len: r.pages * 4096 }));
+        const want = pieces.reduce((s, r) => s + r.len, 0);
+        const got = copier.writePieces(data, pieces);
+        if (got !== want) {
+          let at = 0;
+          const failed = pieces.find((p) => (at += p.len) > got) ?? pieces[0];
+          throw new TsnapError('restoreFailed', `process_vm_writev failed at 0x${failed.addr.toString(16)}`);
         }
       }
       for (const r of runs) pages += r.pages;

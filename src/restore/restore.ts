@@ -39,6 +39,7 @@ import { Steps } from './steps.js';
 import { createChildren, type PlannedMember } from './tree.js';
 import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.js';
 import { LazyRestore, isLazyVma, kernelTouched, type LazyOptions } from '../lazy/lazy-restore.js';
+import { preparePostcopy } from '../lazy/postcopy-prep.js';
 
 export interface RestoreOptions {
   dir: string;
@@ -192,7 +193,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   const root = plan[0];
   const newPid = !!opts.newPid;
   if (live && tree) throw new TsnapError('internal', 'a process built while it arrived is one process, not a tree');
-  if (live && opts.lazy) throw new TsnapError('internal', 'a process built while it arrived has its memory already: it cannot be restored lazily');
+  if (live && opts.lazy && !opts.lazy.remote) throw new TsnapError('internal', 'a process built while it arrived has its memory already: it cannot be restored lazily');
   // A live process holds its own pid already.
   for (const m of plan) preflight(m.chain[0], m.p, newPid || !!live);
   // The same memory plan as below (shared memory is filled once, by its first process).
@@ -291,8 +292,9 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       const fixProt = live ? live.addressSpaceDone(m.p) : mapVmas(rt, m.p, imports, fileAt, sysv);
       steps.at(`write the memory of ${m.p.pid}`);
       const dumped = m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start));
-      const lazyVmas = lazy ? dumped.filter(isLazyVma) : [];
-      if (lazy) m.lazy = { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
+      const remote = opts.lazy?.remote;
+      const lazyVmas = lazy && !remote ? dumped.filter(isLazyVma) : [];
+      if (lazy) m.lazy = remote ? await preparePostcopy(rt, dumped, m.p.threads, remote.set, remote.source) : { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
       const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
       pages += filled.pages;

@@ -6,6 +6,7 @@ import {
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import type { ProcessImage, ThreadImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../inject/remote-task.js';
+import { RemoteBatch } from '../inject/remote-batch.js';
 import { TsnapError } from '../errors.js';
 import { timerSetting } from '../files/anon-fds.js';
 import { cloneIn } from './create-process.js';
@@ -100,8 +101,11 @@ function restoreLoginuid(rt: RemoteTask, loginuid: number): void {
 
 export function restoreProcessState(rt: RemoteTask, p: ProcessImage, warn: (msg: string) => void): void {
   restoreCwd(rt, p, warn);
-  rt.sc.check('umask', SYS.umask, p.umask);
-  rt.sc.check('personality', SYS.personality, p.personality);
+  // One remote step for these and the signal actions (inject/remote-batch.ts):
+  // each record's buffer at its own place in the scratch page.
+  const batch = new RemoteBatch(rt);
+  batch.push('umask', SYS.umask, [p.umask]);
+  batch.push('personality', SYS.personality, [p.personality]);
   if (p.oomScoreAdj !== undefined) {
     try {
       writeFileSync(`/proc/${rt.pid}/oom_score_adj`, String(p.oomScoreAdj));
@@ -111,8 +115,9 @@ export function restoreProcessState(rt: RemoteTask, p: ProcessImage, warn: (msg:
   }
   const comm = Buffer.alloc(16);
   comm.write(p.comm.slice(0, 15));
-  rt.sc.check('prctl(PR_SET_NAME)', SYS.prctl, PR_SET_NAME, rt.put(comm));
+  batch.push('prctl(PR_SET_NAME)', SYS.prctl, [PR_SET_NAME, rt.put(comm)]);
 
+  let actAt = 64;
   for (const a of p.signals.actions) {
     if (a.handler === 0n && a.flags === 0n && a.mask === 0n) continue; // the default a fresh task has
     const act = Buffer.alloc(KSIGACTION_SIZE);
@@ -120,8 +125,10 @@ export function restoreProcessState(rt: RemoteTask, p: ProcessImage, warn: (msg:
     act.writeBigUInt64LE(a.flags, 8);
     act.writeBigUInt64LE(a.restorer, 16);
     act.writeBigUInt64LE(a.mask, 24);
-    rt.sc.check(`rt_sigaction(${a.signo})`, SYS.rt_sigaction, a.signo, rt.put(act), 0, 8);
+    batch.push(`rt_sigaction(${a.signo})`, SYS.rt_sigaction, [a.signo, rt.put(act, actAt), 0, 8]);
+    actAt += KSIGACTION_SIZE;
   }
+  batch.flush();
 
   for (const l of p.rlimits) {
     try {

@@ -36,6 +36,7 @@ export function createThreads(leader: RemoteTask, images: ThreadImage[], newTids
     const rt = new RemoteTask(new RemoteSyscaller(task, leader.mem, leader.sc.gadget), leader.mem);
     rt.scratch = leader.scratch;
     rt.scratchSize = leader.scratchSize;
+    rt.batchArea = leader.batchArea;
     out.push({ image, rt });
   }
   return out;

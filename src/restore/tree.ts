@@ -53,6 +53,7 @@ export function createChildren(parent: PlannedMember, rtOf: Map<PlannedMember, R
       const crt = new RemoteTask(child.sc, child.mem);
       crt.scratch = prt.scratch;
       crt.scratchSize = prt.scratchSize;
+      crt.batchArea = prt.batchArea;
       rtOf.set(c, crt);
       walk(c, crt);
     }
@@ -104,6 +105,7 @@ function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid:
       const rt = new RemoteTask(sc, mem);
       rt.scratch = parent.scratch;
       rt.scratchSize = parent.scratchSize;
+      rt.batchArea = parent.batchArea;
       restoreCreds(rt, pid, info.creds);
     }
     if (sig === 0) {

@@ -33,7 +33,7 @@ const BATCH_CALL_SIZE = 7 * 8;
 
 const Op = {
   hello: 0, freeze: 1, release: 2, kill: 3, getRegs: 4, getXstate: 5,
-  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, syscalls: 14, run: 15,
+  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, throttleHold: 14, throttleDrop: 15, killOnExit: 16, syscalls: 17, run: 18,
 } as const;
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
@@ -88,6 +88,18 @@ export class Guardian {
   static get(): Guardian {
     if (!Guardian.current) Guardian.current = Guardian.start();
     return Guardian.current;
+  }
+
+  /**
+   * Closes this process's end: the guardian undoes whatever it still holds
+   * and exits, as it would at tsnap's exit. For long-lived users of the
+   * in-process API (tests); the next get() starts a new one.
+   */
+  static shutdown(): void {
+    const g = Guardian.current;
+    if (!g) return;
+    Guardian.current = null;
+    try { closeSync(g.fd); } catch { /* closed */ }
   }
 
   private static start(): Guardian {
@@ -174,6 +186,15 @@ export class Guardian {
     this.call(`release(${tid})`, Op.release, tid);
   }
 
+  /**
+   * Should tsnap die from now on, the task is killed rather than put back
+   * (post-copy: the process runs on another host, and the source resuming
+   * would run it twice).
+   */
+  killOnExit(tid: number): void {
+    this.call(`kill-on-exit(${tid})`, Op.killOnExit, tid);
+  }
+
   /** SIGKILL to `pid` (0: none) and reaps the given tids, in order (the leader last). */
   kill(pid: number, tids: number[]): void {
     for (let i = 0; i === 0 || i < tids.length; i += 16) {
@@ -216,6 +237,20 @@ export class Guardian {
   /** tsnap removed the lock itself, or handed it to an image. */
   dropUnlock(id: bigint): void {
     this.call('drop TCP unlock script', Op.unlockDrop, 0, [id]);
+  }
+
+  /**
+   * Hands over an fd of a cgroup v1 cpu directory whose child
+   * "tsnap-throttle-<pid>.<start>" throttles tasks that came from it:
+   * should tsnap die, the guardian lifts the quota and moves them back.
+   */
+  holdThrottle(dirFd: number, pid: number, start: number): bigint {
+    return this.call('hold source throttle', Op.throttleHold, 0, [pid, start], dirFd).ret;
+  }
+
+  /** tsnap put the throttled tasks back itself. */
+  dropThrottle(id: bigint): void {
+    this.call('drop source throttle', Op.throttleDrop, 0, [id]);
   }
 
   /** tsnap has ended repair mode itself (or the socket dies with its process). */

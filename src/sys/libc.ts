@@ -47,6 +47,21 @@ export const libc = {
   recv: bind<(fd: number, buf: Buffer, len: number, flags: number) => Long>(lib.func('long recv(int fd, void *buf, size_t len, int flags)')),
   sendmsg: bind<(fd: number, msg: Buffer, flags: number) => Long>(lib.func('long sendmsg(int fd, void *msg, int flags)')),
   recvmsg: bind<(fd: number, msg: Buffer, flags: number) => Long>(lib.func('long recvmsg(int fd, void *msg, int flags)')),
+  read: bind<(fd: number, buf: Buffer, n: number) => Long>(lib.func('long read(int fd, void *buf, size_t n)')),
+  close: bind<(fd: number) => number>(lib.func('int close(int fd)')),
+  /** poll(); `.async` runs it on koffi's worker pool, for a wait that must not block the event loop. */
+  poll: bind<{ (fds: Buffer, n: number, timeoutMs: number): number; async(fds: Buffer, n: number, timeoutMs: number, cb: (err: unknown, r: number) => void): void }>(
+    lib.func('int poll(void *fds, unsigned long n, int timeout)'),
+  ),
+  posixSpawn: bind<(pid: number[], path: string, fa: Buffer, attr: Buffer, argv: (string | null)[], envp: (string | null)[]) => number>(
+    lib.func('int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)'),
+  ),
+  posixSpawnFileActionsInit: bind<(fa: Buffer) => number>(lib.func('int posix_spawn_file_actions_init(void *fa)')),
+  posixSpawnFileActionsDestroy: bind<(fa: Buffer) => number>(lib.func('int posix_spawn_file_actions_destroy(void *fa)')),
+  posixSpawnFileActionsAddDup2: bind<(fa: Buffer, fd: number, newfd: number) => number>(lib.func('int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)')),
+  posixSpawnattrInit: bind<(attr: Buffer) => number>(lib.func('int posix_spawnattr_init(void *attr)')),
+  posixSpawnattrDestroy: bind<(attr: Buffer) => number>(lib.func('int posix_spawnattr_destroy(void *attr)')),
+  posixSpawnattrSetflags: bind<(attr: Buffer, flags: number) => number>(lib.func('int posix_spawnattr_setflags(void *attr, short flags)')),
   // Pointers stay koffi externals: koffi.view() reads and writes the attached segment.
   shmat: bind<(shmid: number, addr: Ptr, flags: number) => unknown>(lib.func('void *shmat(int shmid, void *addr, int flags)')),
   shmdt: bind<(addr: unknown) => number>(lib.func('int shmdt(void *addr)')),

@@ -37,6 +37,49 @@ export class VmCopier {
     return this.transfer(true, local, localOffset, ranges);
   }
 
+  /** process_vm_writev calls made (bench: a chain against one image). */
+  static writeCalls = 0;
+  private pieceIov: Buffer | null = null;
+
+  /**
+   * Writes pieces of `local` that are not back to back (a chunk whose runs
+   * newer images of a chain interrupt) to their remote ranges, IOV_MAX
+   * pieces per call: each piece is one local and one remote iovec. Returns
+   * the bytes written; short means the piece holding byte `result` failed.
+   */
+  writePieces(local: Buffer, pieces: readonly { offset: number; addr: number; len: number }[]): number {
+    const base = libc.address(local);
+    const liov = (this.pieceIov ??= Buffer.alloc(IOV_MAX * IOVEC_SIZE));
+    let done = 0;
+    for (let i = 0; i < pieces.length; i += IOV_MAX) {
+      const n = Math.min(IOV_MAX, pieces.length - i);
+      let want = 0;
+      for (let j = 0; j < n; j++) {
+        const p = pieces[i + j];
+        if (p.offset + p.len > local.length) throw new RangeError('local buffer too small');
+        const o = j * IOVEC_SIZE;
+        liov.writeBigUInt64LE(base + BigInt(p.offset), o);
+        liov.writeUInt32LE(p.len % 0x100000000, o + 8);
+        liov.writeUInt32LE(Math.floor(p.len / 0x100000000), o + 12);
+        this.remoteIov.writeUInt32LE(p.addr % 0x100000000, o);
+        this.remoteIov.writeUInt32LE(Math.floor(p.addr / 0x100000000), o + 4);
+        this.remoteIov.writeUInt32LE(p.len % 0x100000000, o + 8);
+        this.remoteIov.writeUInt32LE(Math.floor(p.len / 0x100000000), o + 12);
+        want += p.len;
+      }
+      VmCopier.writeCalls++;
+      const got = Number(libc.processVmWritev(this.pid, liov, n, this.remoteIov, n, 0));
+      if (got === -1) {
+        const e = libc.errno();
+        if (e === 14) return done;
+        throw new SysError(`process_vm_writev(${this.pid})`, e);
+      }
+      done += got;
+      if (got < want) return done;
+    }
+    return done;
+  }
+
   private transfer(write: boolean, local: Buffer, localOffset: number, ranges: readonly RemoteRange[]): number {
     const base = libc.address(local) + BigInt(localOffset);
     let done = 0;
@@ -57,6 +100,7 @@ export class VmCopier {
       if (localOffset + done + want > local.length) throw new RangeError('local buffer too small');
       this.localIov.writeBigUInt64LE(base + BigInt(done), 0);
       this.localIov.writeBigUInt64LE(BigInt(want), 8);
+      if (write) VmCopier.writeCalls++;
       const fn = write ? libc.processVmWritev : libc.processVmReadv;
       const got = Number(fn(this.pid, this.localIov, 1, this.remoteIov, n, 0));
       if (got === -1) {

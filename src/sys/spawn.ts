@@ -6,17 +6,16 @@
  * The child gets `fds[i]` as its fd i (stdin, stdout, stderr...), an empty
  * environment, and its own session when `setsid`.
  */
-import koffi from 'koffi';
 import { SysError } from './errors.js';
+import { libc } from './libc.js';
 
-const lib = koffi.load('libc.so.6');
-const spawnFn = lib.func('int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)');
-const faInit = lib.func('int posix_spawn_file_actions_init(void *fa)');
-const faDestroy = lib.func('int posix_spawn_file_actions_destroy(void *fa)');
-const faDup2 = lib.func('int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)');
-const attrInit = lib.func('int posix_spawnattr_init(void *attr)');
-const attrDestroy = lib.func('int posix_spawnattr_destroy(void *attr)');
-const attrSetflags = lib.func('int posix_spawnattr_setflags(void *attr, short flags)');
+const spawnFn = libc.posixSpawn;
+const faInit = libc.posixSpawnFileActionsInit;
+const faDestroy = libc.posixSpawnFileActionsDestroy;
+const faDup2 = libc.posixSpawnFileActionsAddDup2;
+const attrInit = libc.posixSpawnattrInit;
+const attrDestroy = libc.posixSpawnattrDestroy;
+const attrSetflags = libc.posixSpawnattrSetflags;
 
 const POSIX_SPAWN_SETSID = 0x80;
 /** sizeof(posix_spawn_file_actions_t) = 80, sizeof(posix_spawnattr_t) = 336 on x86-64 glibc; generous. */

@@ -12,7 +12,6 @@
  * munmap event is unread, COPY and ZEROPAGE fail with EAGAIN (the kernel's
  * mmap_changing): read the events first.
  */
-import koffi from 'koffi';
 import { libc } from './libc.js';
 import { SysError } from './errors.js';
 import { UFFD_API, UFFDIO_API, UFFDIO_REGISTER } from './uapi.js';
@@ -49,10 +48,9 @@ export type UffdMsg =
 const EAGAIN = 11;
 const EEXIST = 17;
 
-const lib = koffi.load('libc.so.6');
-const rawRead = lib.func('long read(int fd, void *buf, size_t n)');
-const rawPoll = lib.func('int poll(void *fds, unsigned long n, int timeout)');
-const rawClose = lib.func('int close(int fd)');
+const rawRead = libc.read;
+const rawPoll = libc.poll;
+const rawClose = libc.close;
 
 /**
  * close() without Node's bookkeeping: a worker thread closing an fd the

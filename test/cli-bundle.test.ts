@@ -1,0 +1,43 @@
+/**
+ * bin/tsnap runs the bundled CLI (dist/cli/, scripts/bundle-cli.mjs) when it
+ * is as new as the compiled one: the other CLI tests exercise it end to end.
+ * Here: that they do (the bundle is there and fresh), and that it is the
+ * same CLI as the compiled modules (options, help, errors and their exit
+ * codes, the version read through a rewritten import.meta.url).
+ */
+import { describe, it, expect } from 'vitest';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startTsnap, type CliResult } from './helpers/tsnap.js';
+import { ExitCode } from '../src/errors.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const BUNDLE = join(ROOT, 'dist', 'cli');
+
+const both = async (...args: string[]): Promise<[CliResult, CliResult]> =>
+  Promise.all([startTsnap(args).done, startTsnap(args, { TSNAP_NO_BUNDLE: '1' }).done]);
+
+describe('the bundled CLI', () => {
+  it('is built, fresh, and has no import.meta left', () => {
+    expect(statSync(join(BUNDLE, 'main.cjs')).mtimeMs).toBeGreaterThanOrEqual(statSync(join(ROOT, 'dist', 'src', 'cli', 'main.js')).mtimeMs);
+    for (const f of readdirSync(BUNDLE)) expect(readFileSync(join(BUNDLE, f), 'utf8'), f).not.toMatch(/import\.meta/);
+  });
+
+  it('answers as the compiled modules do: version, every option, a usage error, a library error', async () => {
+    const version = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
+    const [v, vEsm] = await both('--version');
+    expect(v.stdout.trim()).toBe(version);
+    expect(vEsm.stdout.trim()).toBe(version);
+    // The completion script lists every command and each one's options.
+    const [c, cEsm] = await both('completion', 'bash');
+    expect(c.code).toBe(0);
+    expect(c.stdout).toBe(cEsm.stdout);
+    const [u, uEsm] = await both('serve', '--dir', '/nonexistent', '--count', 'x');
+    expect([u.code, u.stderr]).toEqual([ExitCode.usage, uEsm.stderr]);
+    // A TsnapError thrown in a lazily loaded chunk is still one to the error reporter.
+    const [e, eEsm] = await both('dump', '--pid', '4194300', '--dir', '/nonexistent/img');
+    expect([e.code, e.stderr]).toEqual([ExitCode.noSuchProcess, eEsm.stderr]);
+    expect(eEsm.code).toBe(ExitCode.noSuchProcess);
+  });
+});
