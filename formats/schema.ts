@@ -779,6 +779,26 @@ export interface DumpStats {
   pagesVanished?: number;
   /** Copy-on-write dumps (the target ran while its memory was copied). */
   cow?: CowStats;
+  /** Where the frozen time went (tsnap 0.2+, optional). */
+  frozenParts?: FrozenParts;
+}
+
+/**
+ * The frozen part of a dump, step by step (µs, each measured on tsnap's main
+ * thread; steps that overlap are each counted whole).
+ */
+export interface FrozenParts {
+  /** Remote syscalls and ptrace reads of the threads' and process's state. */
+  stateUs: number;
+  /** /proc/PID/maps and the VmFlags of smaps, plus guard regions. */
+  layoutUs: number;
+  /** The rest of the process image from /proc (fds, limits, files). */
+  processUs: number;
+  /** The last PAGEMAP_SCAN of a delta (and its arming), or the page selection of a full dump. */
+  scanUs: number;
+  /** Remote syscalls run, and the guardian round trips they took. */
+  remoteSyscalls: number;
+  guardianCalls: number;
 }
 
 /** Figures of a copy-on-write dump (src/dump/cow-session.ts). */

@@ -37,11 +37,12 @@ function trials(): Trial[] {
     for (const fault of ['frozen', 'scratch-mapped']) out.push({ cmd, fault, delayMs: 0 });
   }
   out.push({ cmd: 'pre-dump', fault: 'uffd-injected', delayMs: 0 });
-  // A small process's dump makes ~88 requests (the freeze, the state reads,
-  // every remote syscall, the release), a first pre-dump 7: hit each.
+  // A small process's dump makes ~12 requests (the freeze, the state reads,
+  // the scratch mapping, the batch of remote syscalls run as one, the
+  // release), a first pre-dump 7: hit each.
   for (let i = 0; out.length < Math.round(PER_TARGET * 0.8); i++) {
     const cmd = cmds[i % 2];
-    const n = 1 + Math.floor(Math.random() * (cmd === 'dump' ? 88 : 7));
+    const n = 1 + Math.floor(Math.random() * (cmd === 'dump' ? 11 : 7));
     out.push({ cmd, fault: `guardian-request:${n}`, delayMs: 0 });
   }
   for (let i = 0; out.length < PER_TARGET; i++) out.push({ cmd: cmds[i % 2], fault: null, delayMs: 120 + Math.floor(Math.random() * 250) });

@@ -27,7 +27,7 @@
  * unpopulated pte counts as written and gets a marker, i.e. page tables for
  * every page of a sparse reservation).
  */
-import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, SysError } from '../sys/index.js';
+import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, SysError, type PageRegion } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, SCAN_NOT_GUARD, type VmaClass, type DumpRange } from './memory-plan.js';
 import { normalize, subtract, intersect, type Range } from '../image/ranges.js';
@@ -75,7 +75,7 @@ function select(pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaCla
  * without committing an image that holds them (they died after their scan):
  * copied like written ones, since the kernel no longer reports them.
  */
-export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaClass[], chainStored: Range[] | null, owed: readonly Range[] = []): DeltaSelection {
+export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaClass[], chainStored: Range[] | null, owed: readonly Range[] = [], protect = true): DeltaSelection {
   const dumped = vmas.map((_, i) => classes[i] !== 'notDumped');
   const first = vmas.find((_, i) => dumped[i]);
   const last = [...vmas].reverse().find((_, i) => dumped[vmas.length - 1 - i]);
@@ -106,7 +106,15 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
   const fresh = select(pagemap, vmas, classes, spans(vmas, states, 'fresh'), PM_SCAN_WP_MATCHING, 0);
   const untracked = select(pagemap, vmas, classes, spans(vmas, states, 'untracked'), 0, 0);
   const oldSpans = spans(vmas, states, 'old');
-  const dirty = select(pagemap, vmas, classes, oldSpans, PM_SCAN_WP_MATCHING, PAGE_IS.WRITTEN);
+  // The final round (`protect` false) ends the tracking once its image is
+  // kept, and a failed one must leave the written pages marked as written
+  // for the next attempt: nothing to protect. One walk of the tracked VMAs
+  // without WP_MATCHING then tells both what was written and what is
+  // present (for the pages dropped since, below). A round that goes on
+  // tracking protects what it takes, in its own walk.
+  const oneWalk = !protect && !baseline();
+  const present = oneWalk ? presentRegions(pagemap, oldSpans) : [];
+  const dirty = oneWalk ? writtenOf(vmas, classes, present) : select(pagemap, vmas, classes, oldSpans, PM_SCAN_WP_MATCHING, PAGE_IS.WRITTEN);
   // Present pages only, and nothing cleared: they are protected already.
   const owedNow = select(pagemap, vmas, classes, intersect(oldSpans, normalize([...owed])), 0, 0);
 
@@ -121,7 +129,8 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
     // Written pages that now map the zero page.
     zero.push(...dirty.zeroPfn, ...owedNow.zeroPfn);
     // Pages the chain holds that the process dropped since.
-    const now = select(pagemap, vmas, classes, oldSpans, 0, 0).here.map((r) => ({ start: r.start, end: r.end }));
+    const nowHere = oneWalk ? [...new RangeSelector(vmas, classes).select(present)] : select(pagemap, vmas, classes, oldSpans, 0, 0).here;
+    const now = nowHere.map((r) => ({ start: r.start, end: r.end }));
     zero.push(...subtract(intersect(chainStored, oldSpans), normalize([...now, ...hereRanges])));
     zero = subtract(normalize(zero), hereRanges);
   }
@@ -133,6 +142,27 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
     untrackedVmas: states.filter((s) => s === 'untracked').length,
     oldVmas: states.filter((s) => s === 'old').length,
   };
+}
+
+/** TSNAP_FROZEN_BASELINE=1: the final round walks and protects as a pre-dump does (bench/frozen.ts measures against it). */
+const baseline = () => process.env.TSNAP_FROZEN_BASELINE === '1';
+
+function presentQuery(span: Range) {
+  return { start: span.start, end: span.end, categoryMask: SCAN_NOT_GUARD, categoryInverted: SCAN_NOT_GUARD, categoryAnyof: SCAN_ANYOF, returnMask: SCAN_RETURN | PAGE_IS.WRITTEN };
+}
+
+/** Present (or swapped) regions over `over`, with WRITTEN among their categories; nothing is protected. */
+function presentRegions(pagemap: Pagemap, over: Range[]): PageRegion[] {
+  const out: PageRegion[] = [];
+  for (const span of over) for (const batch of pagemap.scan(presentQuery(span))) out.push(...batch);
+  return out;
+}
+
+/** What select() with WP_MATCHING on WRITTEN returns, from regions already read (nothing protected: `seen` is empty). */
+function writtenOf(vmas: readonly Vma[], classes: readonly VmaClass[], regions: readonly PageRegion[]): { here: DumpRange[]; zeroPfn: Range[]; seen: Range[] } {
+  const written = regions.filter((r) => r.categories & PAGE_IS.WRITTEN);
+  const zeroPfn = written.filter((r) => r.categories & PAGE_IS.PFNZERO).map((r) => ({ start: r.start, end: r.end }));
+  return { here: [...new RangeSelector(vmas, classes).select(written)], zeroPfn, seen: [] };
 }
 
 /** Sorted, with overlapping or touching ranges of one VMA joined: no page is selected twice. */

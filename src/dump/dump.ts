@@ -51,6 +51,8 @@ import { refuseUndumpable } from './target-check.js';
 import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun, type TrackingRef, type VmaImage, type ThreadImage } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
 import { CowWorker, CowLost, copyWithCow, killReleased, type CowCopyResult } from './cow-session.js';
+import { FrozenClock } from './frozen-clock.js';
+import { SmapsReader } from '../proc/smaps-reader.js';
 
 export interface DumpOptions {
   pid: number;
@@ -239,6 +241,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   let record: RoundRecord | null = null;
   let armed: Range[] = [];
   let cowWorker: CowWorker | null = null;
+  let smapsReader: SmapsReader | null = null;
   /** Set once a copy-on-write final round took VMAs from the parent's tracking. */
   let cowTracking: { uffd: number; dropped: boolean; ref: TrackingRef } | null = null;
   // Known before the scan: the tracking's record names the round's image.
@@ -280,6 +283,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         }
         const cow = opts.cow === true || (opts.cow === 'auto' && anonResidentBytes(pid) >= COW_MIN_BYTES);
         if (cow && !opts.hold) cowWorker = await CowWorker.start();
+        if (overlapSmaps(pid)) smapsReader = await SmapsReader.start();
         opts.beforeFreeze?.();
         set = FrozenSet.freeze(pid);
         set.attach(tcpRepair);
@@ -290,10 +294,16 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       const mem = new ProcMem(pid);
       const pagemap = new Pagemap(pid);
       try {
+        const parts = new FrozenClock();
+        // Read frozen, beside the remote syscalls rather than after them.
+        const vmFlags = smapsReader && frozen ? (smapsReader as SmapsReader).read(pid) : null;
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
-        const layout = readLayout(pid, opts.sharedElsewhere);
+        parts.lap('stateUs');
+        const layout = readLayout(pid, opts.sharedElsewhere, (await vmFlags) ?? undefined);
         recordGuards(pagemap, layout.images);
+        parts.lap('layoutUs');
         const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: !!opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: !!opts.extUnixSk, ghostLimit: opts.ghostLimit }) : null;
+        parts.lap('processUs');
         checkAbort();
 
         const tMem = process.hrtime.bigint();
@@ -305,7 +315,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         if (track && rec) {
           rec.beforeScan();
           pausePoint('before-scan');
-          const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null, incremental ? rec.pending : []);
+          const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null, incremental ? rec.pending : [], mode === 'predump');
           armed = delta.armed;
           zero = delta.zero;
           selection = delta.here;
@@ -316,6 +326,9 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         } else {
           selection = fullSelection(pagemap, layout.vmas, layout.classes);
         }
+        parts.lap('scanUs');
+        void (smapsReader as SmapsReader | null)?.stop();
+        smapsReader = null;
         let leftOut: Range[] = [];
         if (opts.leaveOut && opts.hold) {
           // A full copy's selection is a scan of the frozen target: taken whole here.
@@ -376,6 +389,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           throughputMiBps: memdumpUs > 0 ? pageWriter.bytesRaw / (1 << 20) / (memdumpUs / 1e6) : 0,
           compression,
           ...(cow ? { cow: cow.stats } : {}),
+          ...(frozen ? { frozenParts: parts.done() } : {}),
           ...(track ? { vmasFresh: trackStats.freshVmas, vmasTracked: trackStats.oldVmas, vmasUntracked: trackStats.untrackedVmas, pagesVanished: vanished } : {}),
         };
         files.stats = writeMetaFile(dir.path, FileKind.Stats, stats, fsync);
@@ -436,6 +450,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
     // Whatever failed, the target runs on as before and no partial image remains.
     (round as RoundEnd | null)?.abort();
     await (cowWorker as CowWorker | null)?.stop();
+    await (smapsReader as SmapsReader | null)?.stop();
     // A tracking that lost VMAs to a copy-on-write round would miss their
     // writes: it ends, and the next round copies everything again.
     const dropped = cowTracking as { dropped: boolean; ref: TrackingRef } | null;
@@ -520,6 +535,21 @@ export function checkMappings(pid: number, ghostLimit?: number): void {
     throw new TsnapError('unsupported', `process ${pid} maps ${v.path} (deleted) at 0x${v.start.toString(16)}; memory mapped from this kind of deleted object cannot be restored yet`);
   }
   checkAioRings(pid, vmas.filter(isAioRing));
+}
+
+/**
+ * Below this much resident memory smaps takes about a millisecond: not
+ * worth a thread (one costs ~20-30 ms to start, before the freeze).
+ */
+const OVERLAP_SMAPS_BYTES = 32 << 20;
+
+function overlapSmaps(pid: number): boolean {
+  if (process.env.TSNAP_FROZEN_BASELINE === '1') return false;
+  try {
+    return Number(readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ')[1]) * 4096 >= OVERLAP_SMAPS_BYTES;
+  } catch {
+    return false;
+  }
 }
 
 function anonResidentBytes(pid: number): number {

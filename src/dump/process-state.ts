@@ -37,10 +37,11 @@ export interface Layout {
  * pages another process of the same tree image stores (restore fills the
  * object from that one and maps it here): not stored again.
  */
-export function readLayout(pid: number, sharedElsewhere?: ReadonlySet<string>): Layout {
+export function readLayout(pid: number, sharedElsewhere?: ReadonlySet<string>, vmFlagsRead?: Map<number, string[]>): Layout {
   const vmas = readMaps(pid);
   // smaps costs a page-table walk per VMA, but only it shows madvise/mlock state.
-  const vmFlags = readVmFlags(pid);
+  // `vmFlagsRead`: read frozen already, on another thread (proc/smaps-reader.ts).
+  const vmFlags = vmFlagsRead ?? readVmFlags(pid);
   // MAP_DROPPABLE memory is the kernel's to drop at any time: a restore
   // brings it back empty, as after memory pressure (CRIU does the same).
   const classes = vmas.map((v): VmaClass => ((vmFlags.get(v.start) ?? []).includes('dp') ? 'notDumped' : classifyVma(v)));

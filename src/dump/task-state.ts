@@ -9,6 +9,7 @@ import {
   getRobustList, SYS, PR, NSIG, KSIGACTION_SIZE, STACK_T_SIZE, SysError,
 } from '../sys/index.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
+import { runBatch, batchArea, batchAreaSize, batching, BATCH_PROT, type BatchCall } from '../inject/syscall-batch.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
 import type { ProcMem } from '../sys/memory.js';
 import { pendingRestart, type FrozenTask } from '../freeze/frozen-task.js';
@@ -64,33 +65,52 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
   const sharedPending = proc.leader.pendingSiginfo(true);
   const timers = readTimers(proc.pid);
   const TIMERS_AT = THREADS_AT + PER_THREAD * proc.tasks.length;
-  const size = TIMERS_AT + 32 * timers.length;
+  const AREA_AT = Math.ceil((TIMERS_AT + 32 * timers.length) / 16) * 16;
+  // Every call of the leader's batch, at most (the other threads make 3 each).
+  const capacity = NSIG + 16 + timers.length;
+  const size = AREA_AT + batchAreaSize(capacity);
 
-  return sc.withScratch(size, (scratch) => {
+  return withBatchScratch(sc, size, (scratch, executable) => {
+    const area = executable ? batchArea(proc.pid, scratch + AREA_AT, capacity) : null;
+    // Every question to the leader in one batch, then one per other thread.
     const signos: number[] = [];
+    const calls: BatchCall[] = [];
     for (let sig = 1; sig <= NSIG; sig++) {
       if (sig === SIGKILL || sig === SIGSTOP) continue;
-      sc.check(`rt_sigaction(${sig})`, SYS.rt_sigaction, sig, 0, scratch + SIGACTIONS_AT + (sig - 1) * KSIGACTION_SIZE, 8);
+      calls.push({ name: `rt_sigaction(${sig})`, nr: SYS.rt_sigaction, args: [sig, 0, scratch + SIGACTIONS_AT + (sig - 1) * KSIGACTION_SIZE, 8] });
       signos.push(sig);
     }
     const w = scratch + WORDS_AT;
-    sc.check('prctl(PR_GET_PDEATHSIG)', SYS.prctl, PR.GET_PDEATHSIG, w);
-    sc.check('prctl(PR_GET_CHILD_SUBREAPER)', SYS.prctl, PR.GET_CHILD_SUBREAPER, w + 8);
-    const dumpable = Number(sc.check('prctl(PR_GET_DUMPABLE)', SYS.prctl, PR.GET_DUMPABLE));
-    const noNewPrivs = Number(sc.check('prctl(PR_GET_NO_NEW_PRIVS)', SYS.prctl, PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0));
-    const thpDisable = Number(sc.check('prctl(PR_GET_THP_DISABLE)', SYS.prctl, PR.GET_THP_DISABLE, 0, 0, 0, 0));
+    const at = (name: string, nr: number, ...args: (number | bigint)[]) => calls.push({ name, nr, args }) - 1;
+    at('prctl(PR_GET_PDEATHSIG)', SYS.prctl, PR.GET_PDEATHSIG, w);
+    at('prctl(PR_GET_CHILD_SUBREAPER)', SYS.prctl, PR.GET_CHILD_SUBREAPER, w + 8);
+    const iDumpable = at('prctl(PR_GET_DUMPABLE)', SYS.prctl, PR.GET_DUMPABLE);
+    const iNoNewPrivs = at('prctl(PR_GET_NO_NEW_PRIVS)', SYS.prctl, PR.GET_NO_NEW_PRIVS, 0, 0, 0, 0);
+    const iThp = at('prctl(PR_GET_THP_DISABLE)', SYS.prctl, PR.GET_THP_DISABLE, 0, 0, 0, 0);
     // EINVAL on kernels before 6.3: nothing this tsnap could read back anyway.
-    const membarrier = Math.max(0, Number(sc.call(SYS.membarrier, MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0)));
+    const iMembarrier = calls.push({ name: 'membarrier', nr: SYS.membarrier, args: [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0], raw: true }) - 1;
     // brk(0) cannot fail: it returns the current break.
-    const brk = Number(sc.call(SYS.brk, 0));
-    for (let which = 0; which < 3; which++) sc.check(`getitimer(${which})`, SYS.getitimer, which, scratch + ITIMERS_AT + which * ITIMERVAL_SIZE);
-    timers.forEach((t, i) => sc.check(`timer_gettime(${t.id})`, SYS.timer_gettime, t.id, scratch + TIMERS_AT + i * 32));
-    const securebits = callers.map((tsc, i) => {
-      const at = scratch + THREADS_AT + i * PER_THREAD;
-      tsc.check('sigaltstack', SYS.sigaltstack, 0, at);
-      tsc.check('prctl(PR_GET_TID_ADDRESS)', SYS.prctl, PR.GET_TID_ADDRESS, at + STACK_T_SIZE);
-      return Number(tsc.check('prctl(PR_GET_SECUREBITS)', SYS.prctl, PR.GET_SECUREBITS, 0, 0, 0, 0));
-    });
+    const iBrk = calls.push({ name: 'brk', nr: SYS.brk, args: [0], raw: true }) - 1;
+    for (let which = 0; which < 3; which++) at(`getitimer(${which})`, SYS.getitimer, which, scratch + ITIMERS_AT + which * ITIMERVAL_SIZE);
+    timers.forEach((t, i) => at(`timer_gettime(${t.id})`, SYS.timer_gettime, t.id, scratch + TIMERS_AT + i * 32));
+    const perThread = (i: number): BatchCall[] => {
+      const a = scratch + THREADS_AT + i * PER_THREAD;
+      return [
+        { name: 'sigaltstack', nr: SYS.sigaltstack, args: [0, a] },
+        { name: 'prctl(PR_GET_TID_ADDRESS)', nr: SYS.prctl, args: [PR.GET_TID_ADDRESS, a + STACK_T_SIZE] },
+        { name: 'prctl(PR_GET_SECUREBITS)', nr: SYS.prctl, args: [PR.GET_SECUREBITS, 0, 0, 0, 0] },
+      ];
+    };
+    const leaderAt = proc.tasks.indexOf(proc.leader);
+    const leaderThread = calls.length;
+    calls.push(...perThread(leaderAt));
+    const r = runBatch(sc, calls, area);
+    const dumpable = Number(r[iDumpable]);
+    const noNewPrivs = Number(r[iNoNewPrivs]);
+    const thpDisable = Number(r[iThp]);
+    const membarrier = Math.max(0, Number(r[iMembarrier]));
+    const brk = Number(r[iBrk]);
+    const securebits = callers.map((tsc, i) => Number(i === leaderAt ? r[leaderThread + 2] : runBatch(tsc, perThread(i), area)[2]));
     // Checked again frozen: the early check (checkCreds) could not see
     // securebits, and a running thread may have changed its credentials since.
     const start = helperCreds();
@@ -150,6 +170,21 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
       brk,
     };
   });
+}
+
+/**
+ * Scratch that can hold the batch loop's code; a mapping that may not be
+ * executable (a W^X policy refusing it) leaves the batches to the guardian.
+ */
+function withBatchScratch<T>(sc: RemoteSyscaller, size: number, fn: (scratch: number, executable: boolean) => T): T {
+  if (!batching()) return sc.withScratch(size, (a) => fn(a, false));
+  let entered = false;
+  try {
+    return sc.withScratch(size, (a) => { entered = true; return fn(a, true); }, BATCH_PROT);
+  } catch (err) {
+    if (entered || !(err instanceof SysError) || !['EACCES', 'EPERM'].includes(err.code)) throw err;
+    return sc.withScratch(size, (a) => fn(a, false));
+  }
 }
 
 function readRseq(task: FrozenTask): ThreadImage['rseq'] {

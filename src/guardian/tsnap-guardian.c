@@ -36,7 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PROTOCOL_VERSION 1
+#define PROTOCOL_VERSION 2
 #define CONTROL_FD 3
 
 #ifndef PTRACE_GET_RSEQ_CONFIGURATION
@@ -83,7 +83,20 @@ enum op {
                             back and removes it -> ret = id */
   OP_THROTTLE_DROP = 15, /* a0 id: tsnap put the tasks back itself */
   OP_KILL_ON_EXIT = 16, /* the task is killed, not put back, should the controller go away */
+  OP_SYSCALLS = 17,  /* a0 gadget, a1 count <= MAX_BATCH, a17 timeout ms; the message goes on
+                        with count struct batch_call -> data = count raw rax values (i64) */
+  OP_RUN = 18,       /* a0 entry, a1 rbx, a2 r12, a3 code start, a4 code end (the address after its
+                        int3), a17 timeout ms: runs tsnap's code in the task from a0 until the int3
+                        at a4 - 1 traps (results: in the task's memory) */
 };
+
+/* One syscall of an OP_SYSCALLS batch: run in order, each whatever the others returned. */
+struct batch_call {
+  int64_t nr;
+  int64_t args[6];
+};
+
+#define MAX_BATCH 512
 
 struct request {
   uint32_t op;
@@ -175,18 +188,29 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* waitpid with a deadline: 1 with *status, 0 on time-out, -errno on error. */
+/*
+ * waitpid with a deadline: 1 with *status, 0 on time-out, -errno on error.
+ * Every stop of a tracee sends its tracer SIGCHLD (blocked in main): between
+ * tries the guardian sleeps until one comes, so it sees a stop as soon as
+ * the kernel reports it instead of at the end of a nap.
+ */
 static int wait_for(int tid, int64_t timeout_ms, int *status) {
   int64_t deadline = now_ms() + timeout_ms;
-  long ns = 50000;
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
   for (int spin = 0;; spin++) {
     int r = waitpid(tid, status, WNOHANG | __WALL);
     if (r == tid) return 1;
     if (r < 0 && errno != EINTR) return -errno;
-    if (spin < 200) continue;
-    if (now_ms() >= deadline) return 0;
-    nap(ns);
-    if (ns < 5000000) ns *= 2;
+    if (spin < 20) continue;
+    int64_t left = deadline - now_ms();
+    if (left <= 0) return 0;
+    /* Wakes for any child's stop: the loop asks waitpid again. Capped, so a
+     * SIGCHLD consumed by an earlier wait cannot make this one sleep long. */
+    if (left > 2) left = 2;
+    struct timespec ts = { 0, (long)left * 1000000 };
+    sigtimedwait(&chld, NULL, &ts);
   }
 }
 
@@ -389,6 +413,60 @@ static int op_syscall(struct tracee *t, struct request *q, struct reply *p, uint
   return 0;
 }
 
+/* Runs each call of the batch in turn; a failed call is an answer like any other, a lost tracee ends the batch. */
+static int op_syscalls(struct tracee *t, struct request *q, const struct batch_call *calls, struct reply *p, uint8_t *data) {
+  int64_t n = q->a[1];
+  if (n < 0 || n > MAX_BATCH) return G_BADREQ;
+  int64_t timeout = q->a[17] > 0 ? q->a[17] : 60000;
+  int64_t *rets = (int64_t *)data;
+  for (int64_t i = 0; i < n; i++) {
+    int e = remote_syscall(t, (uint64_t)q->a[0], calls[i].nr, calls[i].args, timeout, &rets[i]);
+    if (e) return e;
+  }
+  t->gadget = (uint64_t)q->a[0];
+  p->ret = n;
+  p->len = (uint32_t)(n * 8);
+  return 0;
+}
+
+/*
+ * Runs code tsnap wrote into a scratch mapping of the task (a loop of
+ * syscalls over a table) until its final int3: one resume and one stop for
+ * the whole loop, where OP_SYSCALLS takes two stops per syscall. Signals
+ * that come meanwhile are held, as for a remote syscall; a fault inside the
+ * code ends the run with EFAULT (the task keeps the freeze's registers).
+ */
+static int op_run(struct tracee *t, struct request *q) {
+  struct user_regs_struct regs = t->saved;
+  regs.rip = (uint64_t)q->a[0];
+  regs.rbx = (uint64_t)q->a[1];
+  regs.r12 = (uint64_t)q->a[2];
+  regs.orig_rax = (uint64_t)-1;
+  uint64_t code = (uint64_t)q->a[3], end = (uint64_t)q->a[4];
+  int64_t timeout = q->a[17] > 0 ? q->a[17] : 60000;
+  if (ptrace(PTRACE_SETREGS, t->tid, 0, &regs) == -1) return errno;
+  /* As after a remote syscall: the freeze's syscall restart is the release's to redo. */
+  t->at_syscall_stop = 1;
+  if (ptrace(PTRACE_CONT, t->tid, 0, 0) == -1) return errno;
+  for (;;) {
+    int status;
+    int r = wait_for(t->tid, timeout, &status);
+    if (r == 0) return G_TIMEOUT;
+    if (r < 0) return -r;
+    if (exited(status)) return G_EXITED;
+    if (!WIFSTOPPED(status)) continue;
+    int sig = WSTOPSIG(status);
+    if ((status >> 16) == 0) {
+      struct user_regs_struct now;
+      if (ptrace(PTRACE_GETREGS, t->tid, 0, &now) == -1) return errno;
+      if (sig == SIGTRAP && now.rip == end) return 0;
+      if ((sig == SIGSEGV || sig == SIGBUS || sig == SIGILL) && now.rip >= code && now.rip < end) return EFAULT;
+      hold_signal(t, sig);
+    }
+    if (ptrace(PTRACE_CONT, t->tid, 0, 0) == -1) return errno;
+  }
+}
+
 static int op_kill(struct request *q) {
   int n = (int)q->a[1];
   if (n < 0 || n > 16) return G_BADREQ;
@@ -485,6 +563,9 @@ static void end_unlocks(void) {
   for (int i = 0; i < nunlocks; i++) {
     pid_t pid = fork();
     if (pid == 0) {
+      sigset_t none;
+      sigemptyset(&none);
+      sigprocmask(SIG_SETMASK, &none, NULL);
       lseek(unlocks[i].fd, 0, SEEK_SET);
       dup2(unlocks[i].fd, 0);
       int null = open("/dev/null", O_WRONLY);
@@ -560,7 +641,7 @@ static void end_throttles(void) {
   nthrottles = 0;
 }
 
-static int handle(struct request *q, int fd, struct reply *p, uint8_t *data) {
+static int handle(struct request *q, const struct batch_call *calls, int fd, struct reply *p, uint8_t *data) {
   p->ret = 0;
   p->len = 0;
   if (q->op == OP_REPAIR_HOLD) return op_repair_hold(fd, p);
@@ -611,6 +692,10 @@ static int handle(struct request *q, int fd, struct reply *p, uint8_t *data) {
   }
   case OP_SYSCALL:
     return op_syscall(t, q, p, data);
+  case OP_SYSCALLS:
+    return op_syscalls(t, q, calls, p, data);
+  case OP_RUN:
+    return op_run(t, q);
   default:
     return G_BADREQ;
   }
@@ -625,11 +710,16 @@ int main(void) {
   signal(SIGQUIT, SIG_IGN);
   signal(SIGPIPE, SIG_IGN);
   prctl(PR_SET_NAME, "tsnap-guardian");
+  sigset_t chld;
+  sigemptyset(&chld);
+  sigaddset(&chld, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &chld, NULL);
   static uint8_t out[sizeof(struct reply) + MAX_DATA];
+  static struct { struct request q; struct batch_call calls[MAX_BATCH]; } in;
   for (;;) {
-    struct request q;
+    struct request *qp = &in.q;
     union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } ctl;
-    struct iovec iov = { &q, sizeof q };
+    struct iovec iov = { &in, sizeof in };
     struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &ctl, .msg_controllen = sizeof ctl };
     ssize_t n = recvmsg(CONTROL_FD, &msg, MSG_CMSG_CLOEXEC);
     if (n < 0 && errno == EINTR) continue;
@@ -639,11 +729,13 @@ int main(void) {
     if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len == CMSG_LEN(sizeof(int)))
       memcpy(&fd, CMSG_DATA(c), sizeof fd);
     struct reply *p = (struct reply *)out;
-    if (n != (ssize_t)sizeof q) {
+    int batch = n >= (ssize_t)sizeof in.q && qp->op == OP_SYSCALLS;
+    if (batch ? (qp->a[1] < 0 || qp->a[1] > MAX_BATCH || n != (ssize_t)(sizeof in.q + (size_t)qp->a[1] * sizeof in.calls[0]))
+              : n != (ssize_t)sizeof in.q) {
       if (fd >= 0) close(fd);
       p->ret = -1; p->err = G_BADREQ; p->len = 0;
     } else {
-      int e = handle(&q, fd, p, out + sizeof *p);
+      int e = handle(qp, in.calls, fd, p, out + sizeof *p);
       if (e) { p->ret = -1; p->err = e; p->len = 0; } else p->err = 0;
     }
     if (send(CONTROL_FD, out, sizeof *p + p->len, MSG_NOSIGNAL) < 0) break;

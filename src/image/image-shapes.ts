@@ -328,6 +328,7 @@ export const STATS: Shape = obj({
     pagesProtected: SAFE, pagesFrozenCopy: SAFE, faults: SAFE, faultPages: SAFE, faultsDeferred: SAFE,
     faultMeanUs: US, faultMaxUs: US, copyUs: US, armUs: US,
   })),
+  frozenParts: opt(obj({ stateUs: US, layoutUs: US, processUs: US, scanUs: US, remoteSyscalls: SAFE, guardianCalls: SAFE })),
 });
 
 interface MemberLike { pid: number; dir: string; zombie?: unknown }

@@ -133,9 +133,9 @@ export class RemoteSyscaller {
    * Runs `fn` with `size` bytes of scratch memory mapped in the task and
    * removes the mapping afterwards, also when `fn` throws.
    */
-  withScratch<T>(size: number, fn: (addr: number) => T): T {
+  withScratch<T>(size: number, fn: (addr: number) => T, prot = PROT_READ | PROT_WRITE): T {
     const len = Math.ceil(size / 4096) * 4096;
-    const made = this.callLeaving(SYS.mmap, [0, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1n, 0],
+    const made = this.callLeaving(SYS.mmap, [0, len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1n, 0],
       { nr: SYS.munmap, args: [0, len], resultSlot: 0 });
     const addr = Number(this.checked('mmap', made.ret));
     try {

@@ -19,7 +19,7 @@ import { SysError } from './errors.js';
 import { USER_REGS_SIZE } from './uapi.js';
 import { faultPoint } from '../fault-points.js';
 
-const PROTOCOL_VERSION = 1n;
+const PROTOCOL_VERSION = 2n;
 const AF_UNIX = 1;
 const SOCK_SEQPACKET = 5;
 const SOCK_CLOEXEC = 0o2000000;
@@ -27,10 +27,13 @@ const MSG_NOSIGNAL = 0x4000;
 const REQUEST_SIZE = 8 + 18 * 8;
 const REPLY_HEADER = 16;
 const MAX_DATA = 256 * 1024;
+/** Syscalls one OP_SYSCALLS request may carry (MAX_BATCH in tsnap-guardian.c). */
+export const GUARDIAN_MAX_BATCH = 512;
+const BATCH_CALL_SIZE = 7 * 8;
 
 const Op = {
   hello: 0, freeze: 1, release: 2, kill: 3, getRegs: 4, getXstate: 5,
-  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, throttleHold: 14, throttleDrop: 15, killOnExit: 16,
+  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, throttleHold: 14, throttleDrop: 15, killOnExit: 16, syscalls: 17, run: 18,
 } as const;
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
@@ -133,12 +136,17 @@ export class Guardian {
     return g;
   }
 
-  private call(name: string, op: number, tid: number, args: (number | bigint)[] = [], passFd = -1): { ret: bigint; data: Buffer } {
-    const q = this.req;
-    q.fill(0);
+  /** Requests sent and remote syscalls run so far (dump stats: frozenParts). */
+  static counts = { calls: 0, syscalls: 0 };
+
+  private call(name: string, op: number, tid: number, args: (number | bigint)[] = [], passFd = -1, tail?: Buffer): { ret: bigint; data: Buffer } {
+    Guardian.counts.calls++;
+    const q = tail ? Buffer.alloc(REQUEST_SIZE + tail.length) : this.req;
+    q.fill(0, 0, REQUEST_SIZE);
     q.writeUInt32LE(op, 0);
     q.writeInt32LE(tid, 4);
     args.forEach((a, i) => q.writeBigInt64LE(BigInt.asIntN(64, BigInt(a)), 8 + i * 8));
+    if (tail) tail.copy(q, REQUEST_SIZE);
     const msg = passFd >= 0 ? messageWithFd(q, passFd) : null;
     for (;;) {
       const n = Number(msg ? libc.sendmsg(this.fd, msg.hdr, MSG_NOSIGNAL) : libc.send(this.fd, q, q.length, MSG_NOSIGNAL));
@@ -256,11 +264,42 @@ export class Guardian {
    * itself; the returned id is passed as `cancels` by the call that does.
    */
   syscall(tid: number, gadget: number, nr: number, args: (number | bigint)[], undo: SyscallUndo | null, cancels: bigint, timeoutMs = 60_000): { ret: bigint; undoId: bigint } {
+    Guardian.counts.syscalls++;
     const a = [0, 0, 0, 0, 0, 0].map((z, i) => args[i] ?? z);
     const u = [0, 0, 0, 0, 0, 0].map((z, i) => undo?.args[i] ?? z);
     const { ret, data } = this.call(`remote syscall ${nr} in ${tid}`, Op.syscall, tid,
       [gadget, nr, ...a, undo ? undo.nr : -1, ...u, undo ? undo.resultSlot : -1, cancels, timeoutMs]);
     return { ret, undoId: data.readBigUInt64LE(0) };
+  }
+
+  /**
+   * Runs code tsnap wrote into the task (a scratch mapping it made, with an
+   * undo) from `entry`, with rbx and r12 set, until the int3 ending at
+   * `code.end` traps. Whatever the code computes stays in the task's memory.
+   */
+  run(tid: number, entry: number, rbx: number, r12: number, code: { start: number; end: number }, timeoutMs = 60_000): void {
+    const args: (number | bigint)[] = new Array(18).fill(0);
+    args[0] = entry; args[1] = rbx; args[2] = r12; args[3] = code.start; args[4] = code.end; args[17] = timeoutMs;
+    this.call(`run tsnap's code in ${tid}`, Op.run, tid, args);
+  }
+
+  /**
+   * Several syscalls run in order by the frozen task at `gadget`, in one
+   * request: the raw result of each. None may leave anything in the task
+   * (no undo): those go through syscall() one by one.
+   */
+  syscalls(tid: number, gadget: number, calls: readonly { nr: number; args: readonly (number | bigint)[] }[], timeoutMs = 60_000): bigint[] {
+    if (calls.length > GUARDIAN_MAX_BATCH) throw new RangeError(`at most ${GUARDIAN_MAX_BATCH} syscalls per batch`);
+    Guardian.counts.syscalls += calls.length;
+    const tail = Buffer.alloc(calls.length * BATCH_CALL_SIZE);
+    calls.forEach((c, i) => {
+      tail.writeBigInt64LE(BigInt(c.nr), i * BATCH_CALL_SIZE);
+      for (let k = 0; k < 6; k++) tail.writeBigInt64LE(BigInt.asIntN(64, BigInt(c.args[k] ?? 0)), i * BATCH_CALL_SIZE + 8 + k * 8);
+    });
+    const args: (number | bigint)[] = new Array(18).fill(0);
+    args[0] = gadget; args[1] = calls.length; args[17] = timeoutMs;
+    const { data } = this.call(`${calls.length} remote syscalls in ${tid}`, Op.syscalls, tid, args, -1, tail);
+    return calls.map((_, i) => data.readBigInt64LE(i * 8));
   }
 }
 

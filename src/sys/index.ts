@@ -8,7 +8,7 @@ export * from './fd.js';
 export * from './pagemap-scan.js';
 export * from './files.js';
 export * from './sysv-shm.js';
-export { Guardian, GuardianError, GuardianUnavailable, GuardianFailure, guardianPath, type SyscallUndo } from './guardian.js';
+export { Guardian, GuardianError, GuardianUnavailable, GuardianFailure, GUARDIAN_MAX_BATCH, guardianPath, type SyscallUndo } from './guardian.js';
 export * from './sock-diag.js';
 export * from './socket-calls.js';
 export * from './tty.js';
