@@ -84,7 +84,10 @@ export function useRestoredCleanup(): void {
     // A restored tree: its children too.
     for (const pid of restoredPids) await killTree(pid);
     restoredPids.clear();
-    for (const f of feeders) f.kill('SIGKILL');
+    // Waited for: a feeder still exiting would count as left behind.
+    await Promise.all([...feeders].map((f) => (f.exitCode !== null || f.signalCode !== null
+      ? Promise.resolve()
+      : new Promise<void>((res) => { f.once('exit', () => res()); f.kill('SIGKILL'); }))));
     feeders.clear();
   });
 }
