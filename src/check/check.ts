@@ -17,6 +17,7 @@ import { FrozenProcess, reapTraced } from '../freeze/frozen-process.js';
 import { readMaps, readStat, readAuxvRaw } from '../proc/index.js';
 import { createProcess } from '../restore/create-process.js';
 import { SPECIAL_MAPPINGS } from '../restore/layout-plan.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
 export interface CheckItem {
   feature: string;
@@ -116,8 +117,8 @@ export async function check(): Promise<CheckResult> {
     });
     await probe(items, 'process_vm_readv', true, 'dump (copying memory)', () => {
       const stack = readMaps(target).find((v) => v.path === '[stack]')!;
-      const buf = Buffer.alloc(4096);
-      const n = new VmCopier(target).readv(buf, 0, [{ addr: stack.end - 4096, len: 4096 }]);
+      const buf = Buffer.alloc(PAGE_SIZE);
+      const n = new VmCopier(target).readv(buf, 0, [{ addr: stack.end - PAGE_SIZE, len: PAGE_SIZE }]);
       return `read ${n} bytes of a test process`;
     });
     await probe(items, 'pidfd_getfd', true, 'dump of pipes and sockets, incremental tracking', () => {
@@ -152,7 +153,7 @@ export async function check(): Promise<CheckResult> {
     const maps = readMaps(process.pid);
     const found = SPECIAL_MAPPINGS.map((n) => maps.find((v) => v.path === `[${n}]`)).filter((v) => v);
     if (!maps.some((v) => v.path === '[vdso]')) throw new Error('no [vdso] mapping');
-    return found.map((v) => `${v!.path} ${(v!.end - v!.start) / 4096}p`).join(', ');
+    return found.map((v) => `${v!.path} ${(v!.end - v!.start) / PAGE_SIZE}p`).join(', ');
   });
 
   // clone3 with set_tid and PR_SET_MM_MAP, in a restore helper's clone.

@@ -5,6 +5,7 @@ import { isTreeImage, readTreeManifest, imagedMembers } from '../image/tree-mani
 import { REG_NAMES } from '../sys/uapi.js';
 import { PageWhere, type CredsImage } from '../../formats/schema.js';
 import { formatBytes, formatUs, hex } from '../format.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
 /** JSON with BigInt as hex strings and Buffers as hex. */
 export function toJson(value: unknown): string {
@@ -62,12 +63,12 @@ export function showImage(dir: string, json: boolean): string {
   for (const v of vmas) {
     // Runs may span adjacent VMAs: count only the overlap.
     let stored = 0;
-    while (ri < runs.length && runs[ri].start + runs[ri].pages * 4096 <= v.start) ri++;
+    while (ri < runs.length && runs[ri].start + runs[ri].pages * PAGE_SIZE <= v.start) ri++;
     for (let j = ri; j < runs.length && runs[j].start < v.end; j++) {
       if (runs[j].where !== PageWhere.Here) continue;
       const from = Math.max(v.start, runs[j].start);
-      const to = Math.min(v.end, runs[j].start + runs[j].pages * 4096);
-      if (to > from) stored += (to - from) / 4096;
+      const to = Math.min(v.end, runs[j].start + runs[j].pages * PAGE_SIZE);
+      if (to > from) stored += (to - from) / PAGE_SIZE;
     }
     const prot = `${v.prot & 1 ? 'r' : '-'}${v.prot & 2 ? 'w' : '-'}${v.prot & 4 ? 'x' : '-'}${v.shared ? 's' : 'p'}`;
     out.push(`  ${hex(v.start).padStart(14)}-${hex(v.end).padEnd(14)} ${prot} ${formatBytes(v.end - v.start).padStart(10)} ${String(stored).padStart(7)} pages  ${v.path}${v.file?.deleted ? ' (deleted)' : ''}${v.guards?.length ? `  guard regions ${v.guards.map(([a, b]) => `${hex(a)}-${hex(b)}`).join(' ')}` : ''}`);
@@ -86,7 +87,7 @@ export function showImage(dir: string, json: boolean): string {
   }
   const raw = img.pagemap.chunks.reduce((s, c) => s + c.rawLength, 0);
   const stored = img.pagemap.chunks.reduce((s, c) => s + c.storedLength, 0);
-  out.push(`pages: ${raw / 4096} stored in ${img.pagemap.chunks.length} chunks, ${formatBytes(raw)} -> ${formatBytes(stored)} (${inv.compression}, ratio ${stored ? (raw / stored).toFixed(2) : '-'})`);
+  out.push(`pages: ${raw / PAGE_SIZE} stored in ${img.pagemap.chunks.length} chunks, ${formatBytes(raw)} -> ${formatBytes(stored)} (${inv.compression}, ratio ${stored ? (raw / stored).toFixed(2) : '-'})`);
   if (img.stats) {
     const s = img.stats;
     out.push(`stats: frozen ${formatUs(s.frozenUs)}, memory ${formatUs(s.memdumpUs)} at ${s.throughputMiBps.toFixed(0)} MiB/s, ${s.pagesSlowPath} pages via /proc/PID/mem`);

@@ -1,3 +1,4 @@
+import { PAGE_SIZE } from '../sys/uapi.js';
 /**
  * What the copy-on-write dump's two threads share (cow-session.ts on the
  * main thread, cow-worker.ts serving faults): plain shared memory, so that
@@ -13,7 +14,7 @@
  * one consumer), so the store bounds the pages saved ahead of the copy, not
  * all pages ever saved.
  */
-export const PAGE = 4096;
+export const PAGE = PAGE_SIZE;
 
 export const CTL = {
   /** Set by the main thread (with a byte on the wake pipe): drain and exit. */

@@ -53,6 +53,7 @@ import { TOOL_VERSION } from '../version.js';
 import { CowWorker, CowLost, copyWithCow, killReleased, type CowCopyResult } from './cow-session.js';
 import { FrozenClock } from './frozen-clock.js';
 import { SmapsReader } from '../proc/smaps-reader.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
 export interface DumpOptions {
   pid: number;
@@ -353,7 +354,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           // A running target may unmap memory under us: make sure the range is
           // reported again next round (if it still exists) instead of lost.
           onVanished: frozen ? undefined : (start, len) => {
-            vanished += len / 4096;
+            vanished += len / PAGE_SIZE;
             try { uffdWriteProtect(track!.uffd, start, len, false); } catch { /* gone for good */ }
           },
         };
@@ -368,7 +369,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         const memdumpUs = Number(process.hrtime.bigint() - tMem) / 1000;
         checkAbort();
 
-        const runs: PageRun[] = [...pages.runs, ...zero.map((z) => ({ start: z.start, pages: (z.end - z.start) / 4096, where: PageWhere.Zero, chunk: 0, offset: 0 }))]
+        const runs: PageRun[] = [...pages.runs, ...zero.map((z) => ({ start: z.start, pages: (z.end - z.start) / PAGE_SIZE, where: PageWhere.Zero, chunk: 0, offset: 0 }))]
           .sort((a, b) => a.start - b.start);
         checkIndex(runs, pageWriter, dir.path);
         const files: Inventory['files'] = {};
@@ -380,9 +381,9 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           memdumpUs,
           totalUs: Number(process.hrtime.bigint() - t0) / 1000,
           vmas: layout.vmas.length,
-          pagesScanned: layout.vmas.reduce((n, v, i) => n + (layout.classes[i] === 'notDumped' ? 0 : (v.end - v.start) / 4096), 0),
+          pagesScanned: layout.vmas.reduce((n, v, i) => n + (layout.classes[i] === 'notDumped' ? 0 : (v.end - v.start) / PAGE_SIZE), 0),
           pagesWritten: pages.pagesWritten,
-          pagesZero: zero.reduce((n, z) => n + (z.end - z.start) / 4096, 0),
+          pagesZero: zero.reduce((n, z) => n + (z.end - z.start) / PAGE_SIZE, 0),
           pagesSlowPath: pages.pagesSlowPath,
           bytesRaw: pageWriter.bytesRaw,
           bytesStored: pageWriter.bytesStored,
@@ -404,7 +405,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           pid,
           arch: 'x86_64',
           kernel: kernelRelease(),
-          pageSize: 4096,
+          pageSize: PAGE_SIZE,
           chunkSize: pageWriter.chunkSize,
           compression,
           files,
@@ -546,7 +547,7 @@ const OVERLAP_SMAPS_BYTES = 32 << 20;
 function overlapSmaps(pid: number): boolean {
   if (process.env.TSNAP_FROZEN_BASELINE === '1') return false;
   try {
-    return Number(readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ')[1]) * 4096 >= OVERLAP_SMAPS_BYTES;
+    return Number(readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ')[1]) * PAGE_SIZE >= OVERLAP_SMAPS_BYTES;
   } catch {
     return false;
   }
@@ -555,7 +556,7 @@ function overlapSmaps(pid: number): boolean {
 function anonResidentBytes(pid: number): number {
   try {
     const f = readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ').map(Number);
-    return Math.max(0, f[1] - f[2]) * 4096;
+    return Math.max(0, f[1] - f[2]) * PAGE_SIZE;
   } catch {
     return 0;
   }

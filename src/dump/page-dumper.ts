@@ -14,8 +14,9 @@ import type { PageSink } from './page-sink.js';
 import { PageWhere, type PageRun } from '../../formats/schema.js';
 import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, SCAN_NOT_GUARD, type VmaClass, type DumpRange } from './memory-plan.js';
 import { sharedAnonRanges } from './shared-memory.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
-const PAGE = 4096;
+const PAGE = PAGE_SIZE;
 
 export interface PageDumpResult {
   runs: PageRun[];

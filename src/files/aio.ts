@@ -22,8 +22,9 @@ import type { Vma } from '../proc/maps.js';
 import type { AioRingImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../inject/remote-task.js';
 import { TsnapError } from '../errors.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
-const PAGE = 4096;
+const PAGE = PAGE_SIZE;
 /** struct aio_ring: id, nr, head, tail, magic, compat, incompat, header_length (u32 each). */
 const HEADER = 32;
 const EVENT = 32;

@@ -6,6 +6,7 @@
  */
 import { PageWhere, type PageRun } from '../../formats/schema.js';
 import { subtract, normalize, type Range } from './ranges.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
 export interface ChainLevel {
   kind: 'full' | 'delta';
@@ -21,7 +22,7 @@ export interface ResolvedRun {
   offset: number;
 }
 
-const P = 4096;
+const P = PAGE_SIZE;
 
 /** Resolved data runs for the addresses in `within`, sorted by address. */
 export function resolveChain(chain: readonly ChainLevel[], within: readonly Range[]): ResolvedRun[] {

@@ -12,6 +12,7 @@ import {
   type Shape, int, num, big, bool, str, oneOf, bin, nullable, arr, tuple, obj, opt, record, refine,
   U32, I32, SAFE, U64,
 } from './shape.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
 const PID = int(1, 1 << 22);
 const PID_OR_0 = int(0, 1 << 22);
@@ -49,8 +50,8 @@ export const INVENTORY: Shape = refine<{ kind: string; parent: unknown }>(obj({
   pid: PID,
   arch: str(32),
   kernel: str(256),
-  pageSize: oneOf(4096),
-  chunkSize: multipleOf(int(4096, 64 << 20), 4096),
+  pageSize: oneOf(PAGE_SIZE),
+  chunkSize: multipleOf(int(PAGE_SIZE, 64 << 20), PAGE_SIZE),
   compression: oneOf('none', 'lz4'),
   files: record(obj({ length: SAFE, crc32: U32 }), 16),
   contents: opt(oneOf('dump', 'predump')),
@@ -80,11 +81,11 @@ export const VMAS: Shape = refine<VmaLike[]>(arr(VMA, 1 << 20), (vmas) => {
   for (const v of vmas) {
     // Named only when wrong: built for each of 10 000 VMAs it cost more than the checks.
     const at = () => `VMA at 0x${v.start.toString(16)}`;
-    if (v.start % 4096 !== 0 || v.end % 4096 !== 0 || v.start >= v.end) return `${at()}: misaligned or empty`;
+    if (v.start % PAGE_SIZE !== 0 || v.end % PAGE_SIZE !== 0 || v.start >= v.end) return `${at()}: misaligned or empty`;
     if (v.start < prevEnd) return `${at()}: VMAs overlap or are not sorted`;
     if (v.end > USER_END && (v.special !== 'vsyscall' || v.dumped)) return `${at()}: outside the user address space`;
     for (const [s, e] of v.guards ?? []) {
-      if (s % 4096 !== 0 || e % 4096 !== 0 || s >= e || s < v.start || e > v.end) return `${at()}: guard region 0x${s.toString(16)}-0x${e.toString(16)} is not a page range inside it`;
+      if (s % PAGE_SIZE !== 0 || e % PAGE_SIZE !== 0 || s >= e || s < v.start || e > v.end) return `${at()}: guard region 0x${s.toString(16)}-0x${e.toString(16)} is not a page range inside it`;
     }
     prevEnd = v.end;
   }
@@ -271,7 +272,7 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   fds: arr(FD_IMAGE, 1 << 20),
   memfds: opt(arr(obj({ dev: SAFE, ino: SAFE, name: str(255), data: BYTES, seals: U32, mode: opt(int(0, 0o7777)) }), 1 << 16)),
   sysvShm: opt(arr(obj({ shmid: int(0, 2 ** 31 - 1), key: I32, size: int(1, 2 ** 40), mode: int(0, 0o7777), uid: U32, gid: U32, data: BYTES }), 1 << 12)),
-  aioRings: opt(arr(obj({ start: ADDR, end: ADDR, ring: bin(4096, 1 << 26, 4096) }), 1 << 16)),
+  aioRings: opt(arr(obj({ start: ADDR, end: ADDR, ring: bin(PAGE_SIZE, 1 << 26, PAGE_SIZE) }), 1 << 16)),
   mappedGhosts: opt(arr(obj({ dev: SAFE, ino: SAFE, path: PATH, ...GHOST, extents: EXTENTS }), 1 << 16)),
   itimers: opt(arr(obj({ which: int(0, 2), valueUs: SAFE, intervalUs: SAFE }), 3)),
   posixTimers: opt(arr(obj({
@@ -312,8 +313,8 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
 
 /** [fileOffset, storedLength, rawLength, codec, crc32]; [start, pages, where, chunk, offset]. */
 export const PAGEMAP: Shape = obj({
-  chunks: arr(tuple(SAFE, int(1, 2 * (64 << 20)), multipleOf(int(4096, 64 << 20), 4096), int(0, 1), U32), 1 << 24),
-  runs: arr(tuple(multipleOf(ADDR, 4096), int(1, USER_END / 4096), int(0, 2), SAFE, multipleOf(SAFE, 4096)), 1 << 24),
+  chunks: arr(tuple(SAFE, int(1, 2 * (64 << 20)), multipleOf(int(PAGE_SIZE, 64 << 20), PAGE_SIZE), int(0, 1), U32), 1 << 24),
+  runs: arr(tuple(multipleOf(ADDR, PAGE_SIZE), int(1, USER_END / PAGE_SIZE), int(0, 2), SAFE, multipleOf(SAFE, PAGE_SIZE)), 1 << 24),
   vmas: opt(VMAS),
 });
 

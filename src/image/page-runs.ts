@@ -2,6 +2,7 @@
 import { PageRun, PageWhere, PagemapImage, ChunkEntry } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 import { USER_END } from './image-shapes.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
 type EncodedRun = [number, number, number, number, number];
 type EncodedChunk = [number, number, number, number, number];
@@ -41,17 +42,17 @@ export function validateRuns(runs: PageRun[], chunks: ChunkEntry[], file: string
     const bad = (why: string) => new TsnapError('badImage', `${file}: invalid page run at 0x${r.start.toString(16)}: ${why}`);
     // NaN and fractions would slip past every comparison below.
     if (![r.start, r.pages, r.chunk, r.offset].every(Number.isSafeInteger)) throw bad('non-integer field');
-    if (r.start % 4096 !== 0 || r.pages <= 0) throw bad('misaligned or empty');
-    if (r.start + r.pages * 4096 > USER_END) throw bad('beyond the user address space');
+    if (r.start % PAGE_SIZE !== 0 || r.pages <= 0) throw bad('misaligned or empty');
+    if (r.start + r.pages * PAGE_SIZE > USER_END) throw bad('beyond the user address space');
     if (r.start < prevEnd) throw bad('runs overlap or are not sorted');
     if (r.where === PageWhere.Here) {
       const c = chunks[r.chunk];
       if (!c) throw bad(`chunk ${r.chunk} does not exist`);
-      if (r.offset < 0 || r.offset % 4096 !== 0 || r.offset + r.pages * 4096 > c.rawLength) throw bad('run exceeds its chunk');
+      if (r.offset < 0 || r.offset % PAGE_SIZE !== 0 || r.offset + r.pages * PAGE_SIZE > c.rawLength) throw bad('run exceeds its chunk');
     } else if (r.where !== PageWhere.Parent && r.where !== PageWhere.Zero) {
       throw bad(`unknown location ${r.where}`);
     }
-    prevEnd = r.start + r.pages * 4096;
+    prevEnd = r.start + r.pages * PAGE_SIZE;
   }
 }
 

@@ -15,6 +15,7 @@ import { encodePagemap } from './page-runs.js';
 import { prepareImageDir, discardImageDir, fsyncDir } from './image-dir.js';
 import { FileKind, PageWhere, type Inventory, type PageRun, type Compression } from '../../formats/schema.js';
 import { TsnapError, asTsnapError } from '../errors.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
 export async function squash(from: string, out: string, compression?: Compression): Promise<{ dir: string; levels: number; pages: number }> {
   if (isTreeImage(from)) return squashTree(from, out, compression);
@@ -75,10 +76,10 @@ async function squashChain(from: string, out: string, compression?: Compression)
         }
         const key = `${r.image}:${r.chunk}`;
         if (key !== cached) { data = readers[r.image].readChunk(r.chunk); cached = key; }
-        const n = Math.min(r.pages - i, (writer.chunkSize - fill) / 4096);
-        data.copy(buf, fill, r.offset + i * 4096, r.offset + (i + n) * 4096);
-        runs.push({ start: r.start + i * 4096, pages: n, where: PageWhere.Here, chunk: writer.chunks.length, offset: fill });
-        fill += n * 4096;
+        const n = Math.min(r.pages - i, (writer.chunkSize - fill) / PAGE_SIZE);
+        data.copy(buf, fill, r.offset + i * PAGE_SIZE, r.offset + (i + n) * PAGE_SIZE);
+        runs.push({ start: r.start + i * PAGE_SIZE, pages: n, where: PageWhere.Here, chunk: writer.chunks.length, offset: fill });
+        fill += n * PAGE_SIZE;
         i += n;
         pages += n;
       }

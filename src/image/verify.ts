@@ -9,6 +9,7 @@ import { PageFileReader } from './page-file.js';
 import { isTreeImage, readTreeManifest, imagedMembers, checkMember } from './tree-manifest.js';
 import { PageWhere, type TreeMember } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
 export interface VerifiedImage {
   dir: string;
@@ -33,7 +34,7 @@ function verifyImage(img: Image): VerifiedImage {
   for (const r of runs) {
     if (r.where !== PageWhere.Here) continue;
     const c = chunks[r.chunk];
-    if (!c || r.offset + r.pages * 4096 > c.rawLength) {
+    if (!c || r.offset + r.pages * PAGE_SIZE > c.rawLength) {
       throw new TsnapError('badImage', `${img.dir}: page run at 0x${r.start.toString(16)} points outside chunk ${r.chunk}; the image is damaged`);
     }
     pages += r.pages;

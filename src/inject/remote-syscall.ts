@@ -25,6 +25,7 @@ import { FrozenTask, readReg, writeReg, waitForStop, pendingRestart } from '../f
 import { readMaps } from '../proc/maps.js';
 import { TsnapError } from '../errors.js';
 import { faultPoint } from '../fault-points.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
 const SYSCALL_STOP = SIGTRAP | 0x80;
 const ARG_REGS = ['rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9'] as const;
@@ -134,7 +135,7 @@ export class RemoteSyscaller {
    * removes the mapping afterwards, also when `fn` throws.
    */
   withScratch<T>(size: number, fn: (addr: number) => T, prot = PROT_READ | PROT_WRITE): T {
-    const len = Math.ceil(size / 4096) * 4096;
+    const len = Math.ceil(size / PAGE_SIZE) * PAGE_SIZE;
     const made = this.callLeaving(SYS.mmap, [0, len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1n, 0],
       { nr: SYS.munmap, args: [0, len], resultSlot: 0 });
     const addr = Number(this.checked('mmap', made.ret));

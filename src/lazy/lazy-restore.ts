@@ -56,6 +56,7 @@ import { TsnapError } from '../errors.js';
 import { PagerHost, type HostEnd, type SourceSpec } from './pager-host.js';
 import { subtract, normalize, intersect, type Range } from '../image/ranges.js';
 import type { PageSource } from './page-source.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
 const MAP_DROPPABLE = 0x08;
 const FEATURES = UFFD_FEATURE_MISSING.EVENT_FORK | UFFD_FEATURE_MISSING.EVENT_REMAP | UFFD_FEATURE_MISSING.EVENT_REMOVE | UFFD_FEATURE_MISSING.EVENT_UNMAP;
@@ -90,7 +91,7 @@ export interface LazyStats {
 }
 
 const fillDelay = (): number => Number(process.env.TSNAP_LAZY_FILL_DELAY_MS ?? 0) || 0;
-const P = 4096;
+const P = PAGE_SIZE;
 
 /** Pages of lazy VMAs the kernel writes while tsnap still drives the task: written at restore. */
 export function kernelTouched(threads: readonly ThreadImage[], lazy: readonly VmaImage[]): Range[] {

@@ -8,8 +8,9 @@ import { PageFileReader } from '../image/page-file.js';
 import { resolveChain, type ResolvedRun } from '../image/chain-index.js';
 import type { Range } from '../image/ranges.js';
 import type { PageRun, ChunkEntry } from '../../formats/schema.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
-const P = 4096;
+const P = PAGE_SIZE;
 
 export interface Extent {
   start: number;

@@ -15,8 +15,9 @@
 import { readUffdMsgs, closeRaw, uffdCopy, uffdZeropage, uffdWake, pollAsync, UFFD_EAGAIN, UFFD_EEXIST, errnoName, type UffdMsg, type FillAnswer } from '../sys/index.js';
 import { Pending, type Piece } from './pending.js';
 import type { PageSource } from './page-source.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
-const P = 4096;
+const P = PAGE_SIZE;
 /** A fault brings in its page and the next ones of its piece, up to this much. */
 const FAULT_WINDOW = 16 * P;
 /** One background step: at most this much (the faults queued meanwhile wait for it). */

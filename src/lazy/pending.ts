@@ -1,10 +1,11 @@
+import { PAGE_SIZE } from '../sys/uapi.js';
 /**
  * The pages of one address space still to be filled, as pieces: `len`
  * bytes at `dest` in the process, whose data the page source has at `src`
  * (the address at the dump). They start equal; mremap() moves `dest`,
  * munmap() and MADV_DONTNEED drop pieces, and a fork copies the lot.
  */
-const P = 4096;
+const P = PAGE_SIZE;
 
 export interface Piece {
   dest: number;

@@ -27,8 +27,9 @@ import type { NewProcess } from '../restore/create-process.js';
 import type { ProcessImage, VmaImage } from '../../formats/schema.js';
 import type { ChunkRun } from './page-stream.js';
 import type { Image } from '../image/image-reader.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
-const PAGE = 4096;
+const PAGE = PAGE_SIZE;
 const MADV_DONTNEED = 4;
 const MADV_REMOVE = 9;
 

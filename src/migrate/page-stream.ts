@@ -18,8 +18,9 @@ import { encodeFrame, Msg, MAX_FRAME, connectionError } from './wire.js';
 import { TsnapError } from '../errors.js';
 import { PageWhere, type ChunkEntry, type Compression, type PageRun } from '../../formats/schema.js';
 import type { PageSink } from '../dump/page-sink.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
-const PAGE = 4096;
+const PAGE = PAGE_SIZE;
 const HEAD = 16;
 const RUN = 16;
 /** The largest raw chunk a receiver takes: the frame must hold it, stored uncompressed. */

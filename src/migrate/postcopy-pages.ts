@@ -16,8 +16,9 @@ import { decodePageData } from './postcopy-wire.js';
 import { TsnapError } from '../errors.js';
 import { intersect, normalize, type Range } from '../image/ranges.js';
 import type { Extent, PageSource } from '../lazy/page-source.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
-const P = 4096;
+const P = PAGE_SIZE;
 
 interface Waiter {
   start: number;

@@ -29,8 +29,9 @@ import type { FrozenSet } from '../freeze/frozen-set.js';
 import type { MigrateOptions, PostcopyFigures } from './sender.js';
 import { normalize, intersect, subtract, type Range } from '../image/ranges.js';
 import type { VmaImage, ThreadImage } from '../../formats/schema.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
-const P = 4096;
+const P = PAGE_SIZE;
 
 /** The post-copy migration failed after the receiver may have started the process: it is lost. */
 export class PostcopyLost extends TsnapError {}

@@ -15,8 +15,9 @@ import { RangeQueue, encodePageDataHeader, PAGE_DATA_MAX, PAGE_DATA_HEADER } fro
 import { VmCopier, ProcMem } from '../sys/index.js';
 import { TsnapError } from '../errors.js';
 import type { Range } from '../image/ranges.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
-const P = 4096;
+const P = PAGE_SIZE;
 
 export interface PageServeOptions {
   /** Bytes per second; 0 = unlimited. */

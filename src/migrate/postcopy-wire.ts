@@ -7,8 +7,9 @@
  */
 import { TsnapError } from '../errors.js';
 import { normalize, type Range } from '../image/ranges.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
-const P = 4096;
+const P = PAGE_SIZE;
 export const PAGE_DATA_HEADER = 16;
 /** One PAGE_DATA frame carries at most this much (well under the frame limit). */
 export const PAGE_DATA_MAX = 1 << 20;

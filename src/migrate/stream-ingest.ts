@@ -23,6 +23,7 @@ import { decodePagemap, type EncodedPagemap } from '../image/page-runs.js';
 import { readComm, readStat } from '../proc/index.js';
 import { TsnapError } from '../errors.js';
 import { FileKind, type VmaImage } from '../../formats/schema.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
 export interface IngestOptions {
   pid: number;
@@ -71,7 +72,7 @@ export class StreamIngest {
   async layout(dir: string, doc: LayoutDoc): Promise<void> {
     if (this.pagesFile) throw new TsnapError('badImage', 'migration stream: a second LAYOUT in one iteration');
     const zero = doc.zero.map(([start, end]) => {
-      if (start % 4096 !== 0 || end % 4096 !== 0 || start >= end) throw new TsnapError('badImage', `migration stream: LAYOUT zero range 0x${start.toString(16)}-0x${end.toString(16)} is not a page range`);
+      if (start % PAGE_SIZE !== 0 || end % PAGE_SIZE !== 0 || start >= end) throw new TsnapError('badImage', `migration stream: LAYOUT zero range 0x${start.toString(16)}-0x${end.toString(16)} is not a page range`);
       return { start, end };
     });
     this.pagesFile = new ReceivedPagesFile(inside(dir, 'pages'));

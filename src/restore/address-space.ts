@@ -23,8 +23,9 @@ import type { RemoteTask } from '../inject/remote-task.js';
 import { TsnapError } from '../errors.js';
 import { isAioRing } from '../files/aio.js';
 import { RemoteBatch, BATCH_RUNNER } from '../inject/remote-batch.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
-const PAGE = 4096;
+const PAGE = PAGE_SIZE;
 /** Pages of syscall records after the scratch page: 2048 calls per round trip. */
 const BATCH_PAGES = 32;
 export const STUB_SIZE = (2 + BATCH_PAGES) * PAGE;

@@ -11,6 +11,7 @@ import type { Image } from '../image/image-reader.js';
 import { TsnapError } from '../errors.js';
 import { SYS } from '../sys/uapi.js';
 import type { RemoteSyscaller } from '../inject/remote-syscall.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
 
 const MADV_POPULATE_WRITE = 23;
 /** Runs shorter than this are left to fault in during the write. */
@@ -38,7 +39,7 @@ class Populator {
     const byAddr = [...runsInOrder].sort((a, b) => a.run.start - b.run.start);
     const merged: { addr: number; len: number; firstChunkPos: number; lastChunkPos: number }[] = [];
     for (const { run, pos } of byAddr) {
-      const len = run.pages * 4096;
+      const len = run.pages * PAGE_SIZE;
       const last = merged[merged.length - 1];
       if (last && last.addr + last.len === run.start && last.len < POPULATE_SLICE) {
         last.len += len;
@@ -115,7 +116,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
       list.push(r);
     }
     const order = [...byChunk.keys()];
-    const total = resolved.reduce((n, r) => n + r.pages * 4096, 0);
+    const total = resolved.reduce((n, r) => n + r.pages * PAGE_SIZE, 0);
     const runsInOrder = order.flatMap((c, pos) => byChunk.get(c)!.map((run) => ({ run, pos })));
     populator = new Populator(sc, runsInOrder);
     populator.begin();
@@ -125,7 +126,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     // Reused read buffers: fresh 1 MiB allocations would be mmap'ed and
     // page-faulted anew for every chunk.
     // As large as the largest stored chunk, not what an inventory claims.
-    let largest = 4096;
+    let largest = PAGE_SIZE;
     for (const c of chain) for (const ch of c.pagemap.chunks) largest = Math.max(largest, ch.storedLength);
     const pool: Buffer[] = Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(largest));
     const buffers: Buffer[] = [];
@@ -152,16 +153,16 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
       // when they are back to back; otherwise write run by run.
       let contiguous = true;
       for (let i = 1; i < runs.length; i++) {
-        if (runs[i].offset !== runs[i - 1].offset + runs[i - 1].pages * 4096) contiguous = false;
+        if (runs[i].offset !== runs[i - 1].offset + runs[i - 1].pages * PAGE_SIZE) contiguous = false;
       }
       if (contiguous) {
-        const ranges: RemoteRange[] = runs.map((r) => ({ addr: r.start, len: r.pages * 4096 }));
+        const ranges: RemoteRange[] = runs.map((r) => ({ addr: r.start, len: r.pages * PAGE_SIZE }));
         const want = ranges.reduce((s, r) => s + r.len, 0);
         const got = copier.writev(data, runs[0].offset, ranges);
         if (got !== want) throw new TsnapError('restoreFailed', `process_vm_writev wrote ${got} of ${want} bytes at 0x${runs[0].start.toString(16)}`);
       } else {
         // Runs a newer image of the chain cut into: still one call for the chunk.
-        const pieces = runs.map((r) => ({ offset: r.offset, addr: r.start, len: r.pages * 4096 }));
+        const pieces = runs.map((r) => ({ offset: r.offset, addr: r.start, len: r.pages * PAGE_SIZE }));
         const want = pieces.reduce((s, r) => s + r.len, 0);
         const got = copier.writePieces(data, pieces);
         if (got !== want) {
@@ -171,7 +172,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
         }
       }
       for (const r of runs) pages += r.pages;
-      onProgress?.(pages * 4096, total);
+      onProgress?.(pages * PAGE_SIZE, total);
       pool.push(readBuf);
       refill();
     }
@@ -184,5 +185,5 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
   } finally {
     for (const r of readers) r?.close();
   }
-  return { pages, bytes: pages * 4096 };
+  return { pages, bytes: pages * PAGE_SIZE };
 }

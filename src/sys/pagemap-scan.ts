@@ -23,6 +23,7 @@ import { openSync, closeSync } from 'node:fs';
 import { libc } from './libc.js';
 import { SysError } from './errors.js';
 import { PAGEMAP_SCAN, PM_SCAN, PM_SCAN_ARG_SIZE, PAGE_REGION_SIZE, PAGE_IS } from './uapi.js';
+import { PAGE_SIZE } from './uapi.js';
 
 export interface ScanQuery {
   start: number;
@@ -66,7 +67,7 @@ export function* scanRanges(call: ScanCall, q: ScanQuery, vecLen: number): Gener
       if (o.end <= frontier) continue;
       const r = { start: Math.max(o.start, frontier), end: o.end, categories: o.categories };
       frontier = r.end;
-      if (q.maxPages) pagesLeft -= (r.end - r.start) / 4096;
+      if (q.maxPages) pagesLeft -= (r.end - r.start) / PAGE_SIZE;
       if (pending && pending.end === r.start && pending.categories === r.categories) {
         pending.end = r.end;
         continue;
