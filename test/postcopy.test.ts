@@ -179,6 +179,9 @@ describe('migrate --postcopy', () => {
     const m = migrateChild(['--pid', String(p.pid), '--to', `127.0.0.1:${link.port}`, '--postcopy', '--max-iterations', '2'], { TSNAP_POSTCOPY_PUSH_DELAY_MS: '2000' });
     await waitFor(() => eventsOf(srv.events, 'restored').length > 0 || eventsOf(srv.events, 'failed').length > 0);
     expect(eventsOf(srv.events, 'restored').length, srv.events.join('\n')).toBe(1);
+    // Cut once the sender knows the receiver committed and resumed: a cut
+    // before it read COMMITTED is the other case (the source resumes).
+    await waitFor(() => eventsOf(m.events, 'resumed').length > 0);
     link.cut();
     expect(await m.exited).not.toBe(0);
     const lost = eventsOf(m.events, 'postcopy-failed')[0];
