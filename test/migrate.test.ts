@@ -5,7 +5,7 @@
  */
 import { describe, it, expect, afterAll, afterEach } from 'vitest';
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, readlinkSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
@@ -18,6 +18,7 @@ import { readMetaFile, writeMetaFile } from '../src/image/metadata.js';
 import { FileKind, type Inventory } from '../formats/schema.js';
 import { ExitCode } from '../src/errors.js';
 import { lockRulesOf } from './helpers/lock-rules.js';
+import { inOtherPidNs } from './helpers/other-host.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -555,20 +556,6 @@ describe('a peer that goes away', () => {
 function startServerInPidNs(dir: string, extra: string[] = []): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
   // --kill-child: serve is the namespace's init, and everything in it dies with it.
   return launchServe(['unshare', '--pid', '--fork', '--mount-proc', '--kill-child'], dir, extra);
-}
-
-/** Processes of another pid namespace whose pid there is `nsPid`, as pids of ours. */
-function inOtherPidNs(nsPid: number): number[] {
-  const ours = readlinkSync('/proc/self/ns/pid');
-  const found: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const ns = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1].trim().split(/\s+/).map(Number) ?? [];
-      if (ns.length > 1 && ns[ns.length - 1] === nsPid && readlinkSync(`/proc/${d}/ns/pid`) !== ours) found.push(Number(d));
-    } catch { /* gone */ }
-  }
-  return found;
 }
 
 const eventsOf = (events: string[], name: string) => events.filter((e) => e.startsWith('{') && e.includes(`"event":"${name}"`)).map((e) => JSON.parse(e) as Record<string, unknown>);

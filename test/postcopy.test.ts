@@ -7,13 +7,14 @@
  */
 import { describe, it, expect, afterAll, afterEach } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { TSNAP_BIN, killPid } from './helpers/tsnap.js';
 import { findHolders } from '../src/track/untrack.js';
 import { readStatus } from '../src/proc/index.js';
+import { inOtherPidNs } from './helpers/other-host.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -64,20 +65,6 @@ async function waitFor(cond: () => boolean, ms = 20_000): Promise<void> {
     if (Date.now() > end) throw new Error('timed out');
     await new Promise((r) => setTimeout(r, 20));
   }
-}
-
-/** Processes of another pid namespace whose pid there is `nsPid`, as pids of ours. */
-function inOtherPidNs(nsPid: number): number[] {
-  const ours = readlinkSync('/proc/self/ns/pid');
-  const found: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const ns = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1].trim().split(/\s+/).map(Number) ?? [];
-      if (ns.length > 1 && ns[ns.length - 1] === nsPid && readlinkSync(`/proc/${d}/ns/pid`) !== ours) found.push(Number(d));
-    } catch { /* gone */ }
-  }
-  return found;
 }
 
 /** The moved process's own verdict on its memory. */

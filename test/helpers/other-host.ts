@@ -211,3 +211,17 @@ const liveInits: number[] = [];
 function alive(pid: number): boolean {
   try { return !/^State:\s+[ZX]/m.test(readFileSync(`/proc/${pid}/status`, 'utf8')); } catch { return false; }
 }
+
+/** Processes of another pid namespace whose pid there is `nsPid`, as pids of ours. */
+export function inOtherPidNs(nsPid: number): number[] {
+  const ours = readlinkSync('/proc/self/ns/pid');
+  const found: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const ns = /^NSpid:\s+(.*)$/m.exec(readFileSync(`/proc/${d}/status`, 'utf8'))?.[1].trim().split(/\s+/).map(Number) ?? [];
+      if (ns.length > 1 && ns[ns.length - 1] === nsPid && readlinkSync(`/proc/${d}/ns/pid`) !== ours) found.push(Number(d));
+    } catch { /* gone */ }
+  }
+  return found;
+}
