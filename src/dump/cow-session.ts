@@ -30,7 +30,8 @@
 import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import { closeSync, readFileSync, writeSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, pipe2, SYS, O_CLOEXEC, O_NONBLOCK, PROT_READ, SysError, type ProcMem } from '../sys/index.js';
-import { UFFD_EVENT_FEATURE, UFFD_EVENT, uffdUnregister } from '../sys/uffd-wp.js';
+import { uffdUnregister } from '../sys/uffd-wp.js';
+import { UFFD_FEATURE, UFFD_EVENT } from '../sys/uapi.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { uffdApi, uffdRegisterWp, uffdWriteProtect } from '../track/uffd.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
@@ -173,7 +174,7 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
     uffd = wanted.size ? makeUffd(pid, a.frozen, mem) : -1;
     const registered = new Set<number>();
     if (uffd >= 0) {
-      uffdApi(uffd, UFFD_EVENT_FEATURE.EVENT_REMAP | UFFD_EVENT_FEATURE.EVENT_REMOVE | UFFD_EVENT_FEATURE.EVENT_UNMAP);
+      uffdApi(uffd, UFFD_FEATURE.EVENT_REMAP | UFFD_FEATURE.EVENT_REMOVE | UFFD_FEATURE.EVENT_UNMAP);
       for (const i of wanted) {
         try {
           if (a.tracking) {

@@ -20,7 +20,8 @@
  */
 import { workerData, parentPort, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { VmCopier } from '../sys/memory.js';
-import { pollIn, readSome, decodeUffdMsg, UFFD_EVENT, UFFD_MSG_SIZE, WriteProtector, raiseThreadPriority } from '../sys/uffd-wp.js';
+import { pollIn, readSome, decodeUffdMsg, WriteProtector, raiseThreadPriority } from '../sys/uffd-wp.js';
+import { UFFD_EVENT, UFFD_MSG_SIZE } from '../sys/uapi.js';
 import { CTL, TIMES, PAGE, rangeOf, type CowConfig, type CowShared, type IndexedRange } from './cow-shared.js';
 
 const { shared, port } = workerData as { shared: CowShared; port: MessagePort };

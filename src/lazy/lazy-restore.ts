@@ -46,7 +46,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readlinkSync, readSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, pipe2, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE_MISSING, SysError, Pagemap, PAGE_IS, posixSpawn, pollAsync, kill, ptrace } from '../sys/index.js';
+import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, pipe2, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE, SysError, Pagemap, PAGE_IS, posixSpawn, pollAsync, kill, ptrace } from '../sys/index.js';
 import type { RemoteTask } from '../inject/remote-task.js';
 import type { Image } from '../image/image-reader.js';
 import type { VmaImage, ThreadImage } from '../../formats/schema.js';
@@ -59,7 +59,7 @@ import type { PageSource } from './page-source.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
 const MAP_DROPPABLE = 0x08;
-const FEATURES = UFFD_FEATURE_MISSING.EVENT_FORK | UFFD_FEATURE_MISSING.EVENT_REMAP | UFFD_FEATURE_MISSING.EVENT_REMOVE | UFFD_FEATURE_MISSING.EVENT_UNMAP;
+const FEATURES = UFFD_FEATURE.EVENT_FORK | UFFD_FEATURE.EVENT_REMAP | UFFD_FEATURE.EVENT_REMOVE | UFFD_FEATURE.EVENT_UNMAP;
 
 export interface LazyOptions {
   /** The pager must outlive tsnap (restore --detach): it moves to a background process (handover()). */

@@ -222,12 +222,29 @@ export const UFFDIO_UNREGISTER = 0x8010aa01;
 export const UFFDIO_WRITEPROTECT = 0xc018aa06;
 export const UFFDIO_REGISTER_MODE_WP = 1 << 1;
 export const UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0;
+export const UFFDIO_COPY = 0xc028aa03;
+export const UFFDIO_ZEROPAGE = 0xc020aa04;
+export const UFFDIO_WAKE = 0x8010aa02;
+export const UFFDIO_REGISTER_MODE_MISSING = 1 << 0;
 export const UFFD_FEATURE = {
+  EVENT_FORK: 1 << 1,
+  EVENT_REMAP: 1 << 2,
+  EVENT_REMOVE: 1 << 3,
+  EVENT_UNMAP: 1 << 6,
   WP_HUGETLBFS_SHMEM: 1 << 12,
   WP_UNPOPULATED: 1 << 13,
   WP_ASYNC: 1 << 15,
 } as const;
 export const UFFD_USER_MODE_ONLY = 1;
+/** struct uffd_msg: 32 bytes; the event code is its first byte. */
+export const UFFD_MSG_SIZE = 32;
+export const UFFD_EVENT = {
+  PAGEFAULT: 0x12,
+  FORK: 0x13,
+  REMAP: 0x14,
+  REMOVE: 0x15,
+  UNMAP: 0x16,
+} as const;
 
 // open flags
 export const O_CLOEXEC = 0o2000000;

@@ -7,24 +7,8 @@
  */
 import { libc } from './libc.js';
 import { SysError } from './errors.js';
-import { SYS, UFFDIO_WRITEPROTECT, UFFDIO_UNREGISTER } from './uapi.js';
+import { SYS, UFFDIO_WRITEPROTECT, UFFDIO_UNREGISTER, UFFD_EVENT, UFFD_MSG_SIZE } from './uapi.js';
 
-/** Feature bits of UFFDIO_API beyond the ones dirty tracking uses (uapi/linux/userfaultfd.h). */
-export const UFFD_EVENT_FEATURE = {
-  EVENT_REMAP: 1 << 2,
-  EVENT_REMOVE: 1 << 3,
-  EVENT_UNMAP: 1 << 6,
-} as const;
-
-/** struct uffd_msg: 32 bytes; the event code is its first byte. */
-export const UFFD_MSG_SIZE = 32;
-export const UFFD_EVENT = {
-  PAGEFAULT: 0x12,
-  FORK: 0x13,
-  REMAP: 0x14,
-  REMOVE: 0x15,
-  UNMAP: 0x16,
-} as const;
 export const UFFD_PAGEFAULT_FLAG_WP = 1 << 1;
 
 export type UffdMsg =

@@ -14,29 +14,7 @@
  */
 import { libc } from './libc.js';
 import { SysError } from './errors.js';
-import { UFFD_API, UFFDIO_API, UFFDIO_REGISTER } from './uapi.js';
-
-export const UFFDIO_COPY = 0xc028aa03;
-export const UFFDIO_ZEROPAGE = 0xc020aa04;
-export const UFFDIO_WAKE = 0x8010aa02;
-export const UFFDIO_REGISTER_MODE_MISSING = 1 << 0;
-
-export const UFFD_FEATURE_MISSING = {
-  EVENT_FORK: 1 << 1,
-  EVENT_REMAP: 1 << 2,
-  EVENT_REMOVE: 1 << 3,
-  EVENT_UNMAP: 1 << 6,
-} as const;
-
-export const UFFD_EVENT = {
-  PAGEFAULT: 0x12,
-  FORK: 0x13,
-  REMAP: 0x14,
-  REMOVE: 0x15,
-  UNMAP: 0x16,
-} as const;
-
-export const UFFD_MSG_SIZE = 32;
+import { UFFD_API, UFFDIO_API, UFFDIO_REGISTER, UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE, UFFDIO_REGISTER_MODE_MISSING, UFFD_EVENT, UFFD_MSG_SIZE } from './uapi.js';
 
 export type UffdMsg =
   | { event: 'fault'; addr: number; write: boolean }
