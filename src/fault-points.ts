@@ -7,7 +7,7 @@
  * handler runs, exactly as with an OOM kill or `kill -9`. Unset, every
  * point costs one comparison.
  */
-import { writeSync } from 'node:fs';
+import { readFileSync, readdirSync, writeSync } from 'node:fs';
 
 const spec = process.env.TSNAP_FAULT_AT ?? '';
 const [wanted, nth] = spec.split(':');
@@ -29,4 +29,29 @@ export function pausePoint(name: string): void {
   if (process.env.TSNAP_TEST_PAUSE_AT !== name) return;
   writeSync(2, `tsnap: paused at ${name}\n`);
   process.kill(process.pid, 'SIGSTOP');
+  settleSignals();
+}
+
+/**
+ * A signal the test sent while tsnap was stopped belongs before this
+ * point. After SIGCONT any of Node's threads may take it, and its handler
+ * (libuv's, which only writes to a pipe) can run after the main thread has
+ * already polled that pipe: the signal would then land after the point the
+ * test meant. So wait until no thread has it pending, then a little more
+ * for the handler's write.
+ */
+function settleSignals(): void {
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  for (let i = 0; i < 400 && signalsPending(); i++) Atomics.wait(nap, 0, 0, 5);
+  Atomics.wait(nap, 0, 0, 20);
+}
+
+function signalsPending(): boolean {
+  try {
+    for (const tid of readdirSync('/proc/self/task')) {
+      const st = readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
+      if (/^(SigPnd|ShdPnd):\s*0*[1-9a-f]/m.test(st)) return true;
+    }
+  } catch { /* a thread ended meanwhile */ }
+  return false;
 }
