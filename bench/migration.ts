@@ -302,7 +302,8 @@ export async function benchStreamedMigration(sizeMiB = Number(process.env.BENCH_
     const events: Record<string, unknown>[] = [];
     const listening = new Promise<void>((resolve, reject) => {
       createInterface({ input: srv.stderr! }).on('line', (l) => {
-        try { events.push(JSON.parse(l)); } catch { return; }
+        // TSNAP_TRACE=1: the receiver's timeline goes with the sender's.
+        try { events.push(JSON.parse(l)); } catch { if (l.startsWith('tsnap-trace ')) process.stderr.write(`${l}\n`); return; }
         if (events.some((e) => e.event === 'listening')) resolve();
       });
       srv.once('exit', () => reject(new Error('serve exited')));

@@ -27,6 +27,7 @@
  * unpopulated pte counts as written and gets a marker, i.e. page tables for
  * every page of a sparse reservation).
  */
+import { mark } from '../trace.js';
 import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, SysError, type PageRegion } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, SCAN_NOT_GUARD, type VmaClass, type DumpRange } from './memory-plan.js';
@@ -82,6 +83,7 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
   const empty: DeltaSelection = { here: [], zero: [], armed: [], freshVmas: 0, untrackedVmas: 0, oldVmas: 0 };
   if (!first || !last) return empty;
 
+  mark('select: begin');
   // Ask the kernel which VMAs are not registered with a wp-async uffd.
   const unregistered = normalize([...pagemap.scan({
     start: first.start, end: last.end,
@@ -103,6 +105,7 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
     }
   });
 
+  mark('select: registration known');
   const fresh = select(pagemap, vmas, classes, spans(vmas, states, 'fresh'), PM_SCAN_WP_MATCHING, 0);
   const untracked = select(pagemap, vmas, classes, spans(vmas, states, 'untracked'), 0, 0);
   const oldSpans = spans(vmas, states, 'old');
@@ -113,11 +116,14 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
   // present (for the pages dropped since, below). A round that goes on
   // tracking protects what it takes, in its own walk.
   const oneWalk = !protect && !baseline();
+  mark('select: fresh and untracked');
   const present = oneWalk ? presentRegions(pagemap, oldSpans) : [];
+  mark(`select: present walked (${present.length} regions)`);
   const dirty = oneWalk ? writtenOf(vmas, classes, present) : select(pagemap, vmas, classes, oldSpans, PM_SCAN_WP_MATCHING, PAGE_IS.WRITTEN);
   // Present pages only, and nothing cleared: they are protected already.
   const owedNow = select(pagemap, vmas, classes, intersect(oldSpans, normalize([...owed])), 0, 0);
 
+  mark('select: written known');
   const shared = sharedAnonRanges(pagemap.pid, vmas, classes);
   const here = mergeDumpRanges([...fresh.here, ...untracked.here, ...shared, ...dirty.here, ...owedNow.here]);
   const hereRanges = normalize(here.map((r) => ({ start: r.start, end: r.end })));
@@ -134,6 +140,7 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
     zero.push(...subtract(intersect(chainStored, oldSpans), normalize([...now, ...hereRanges])));
     zero = subtract(normalize(zero), hereRanges);
   }
+  mark('select: done');
   return {
     here,
     zero,

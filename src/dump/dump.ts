@@ -11,6 +11,7 @@
  * only the pages written since. The target stops only to have userfaultfd()
  * injected, once per tracking.
  */
+import { mark } from '../trace.js';
 import { randomUUID } from 'node:crypto';
 import { release as kernelRelease } from 'node:os';
 import { dirname, relative, resolve } from 'node:path';
@@ -38,6 +39,7 @@ import { copyPages, fullSelection, type CopyOptions } from './page-dumper.js';
 import { selectDelta } from './delta-selection.js';
 import { normalize, subtract, type Range } from '../image/ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
+import { signalHolder } from '../track/holder.js';
 import { uffdWriteProtect } from '../track/uffd.js';
 import { PageFileWriter, DEFAULT_CHUNK_SIZE } from '../image/page-file.js';
 import type { PageSink } from './page-sink.js';
@@ -168,7 +170,12 @@ export interface DumpResult {
  * started ends with it.
  */
 export interface RoundEnd {
-  commit(): void;
+  /**
+   * The round is part of a committed image. A final dump ends the
+   * tracking; given the frozen set it was taken from, the wait for that end
+   * is left to the set's release (a set that is killed never waits).
+   */
+  commit(frozen?: FrozenSet | null): void;
   abort(): void;
 }
 
@@ -176,7 +183,7 @@ function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: 'd
   let done = false;
   const commitFd = () => { const fd = tr.commitFd; tr.commitFd = -1; return fd; };
   return {
-    commit() {
+    commit(frozen) {
       if (done) return;
       done = true;
       // From now on an image names the holder: it may outlive this run.
@@ -189,7 +196,10 @@ function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: 'd
       closeSync(tr.uffd);
       // The final dump ends tracking: killing the holder closes the last
       // copy, and the kernel unregisters everything.
-      if (mode === 'dump') stopHolder(tr.ref);
+      if (mode !== 'dump') return;
+      if (!frozen || frozen.isFinished) { stopHolder(tr.ref); return; }
+      const gone = signalHolder(tr.ref);
+      if (gone) frozen.attach({ release: gone, forget: () => {} });
     },
     abort() {
       if (done) return;
@@ -286,7 +296,9 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         if (cow && !opts.hold) cowWorker = await CowWorker.start();
         if (overlapSmaps(pid)) smapsReader = await SmapsReader.start();
         opts.beforeFreeze?.();
+        mark('dump: freezing');
         set = FrozenSet.freeze(pid);
+        mark('dump: frozen');
         set.attach(tcpRepair);
         frozen = set.processes[0];
         pausePoint('dump-frozen');
@@ -300,11 +312,14 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         const vmFlags = smapsReader && frozen ? (smapsReader as SmapsReader).read(pid) : null;
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
         parts.lap('stateUs');
+        mark('dump: state read');
         const layout = readLayout(pid, opts.sharedElsewhere, (await vmFlags) ?? undefined);
         recordGuards(pagemap, layout.images);
         parts.lap('layoutUs');
+        mark('dump: layout read');
         const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: !!opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: !!opts.extUnixSk, ghostLimit: opts.ghostLimit }) : null;
         parts.lap('processUs');
+        mark('dump: process assembled');
         checkAbort();
 
         const tMem = process.hrtime.bigint();
@@ -328,6 +343,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           selection = fullSelection(pagemap, layout.vmas, layout.classes);
         }
         parts.lap('scanUs');
+        mark('dump: scanned');
         void (smapsReader as SmapsReader | null)?.stop();
         smapsReader = null;
         let leftOut: Range[] = [];
@@ -365,16 +381,21 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         // Every byte is read: a target that stays alive need not wait for the writes.
         let frozenUs = cow ? cow.frozenUs : frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
         if (ours && opts.leaveRunning && !opts.hold) ours.finish('release');
+        mark('dump: pages copied');
         await pageWriter.finish(fsync);
+        mark('dump: pages finished');
         const memdumpUs = Number(process.hrtime.bigint() - tMem) / 1000;
         checkAbort();
 
         const runs: PageRun[] = [...pages.runs, ...zero.map((z) => ({ start: z.start, pages: (z.end - z.start) / PAGE_SIZE, where: PageWhere.Zero, chunk: 0, offset: 0 }))]
           .sort((a, b) => a.start - b.start);
         checkIndex(runs, pageWriter, dir.path);
+        mark('dump: index checked');
         const files: Inventory['files'] = {};
         files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, { ...encodePagemap({ chunks: pageWriter.chunks, runs }), vmas: layout.images }, fsync);
+        mark('dump: pagemap written');
         if (processImage) files.process = writeMetaFile(dir.path, FileKind.Process, processImage, fsync);
+        mark('dump: process written');
         const stats: DumpStats = {
           freezeUs: frozen?.freezeUs ?? 0,
           frozenUs,
@@ -415,6 +436,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         // The inventory is the commit record: written last, then made durable.
         writeMetaFile(dir.path, FileKind.Inventory, inventory, fsync);
         if (fsync) fsyncDir(dir.path);
+        mark('dump: inventory written');
         pausePoint('dump-committed');
         // A signal that came before this point still undoes the whole dump.
         await letSignalsIn();
@@ -423,14 +445,17 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         // The point of no return: the image is complete. Nothing from here
         // on awaits, so no signal can come between it and the finish.
         pausePoint('committed');
+        mark('dump: signals checked');
         const deferred = opts.deferRound ? round : null;
-        if (!opts.deferRound) (round as RoundEnd | null)?.commit();
+        if (!opts.deferRound) (round as RoundEnd | null)?.commit(ours);
+        mark('dump: round committed');
         let held: FrozenSet | null = null;
         if (ours && !ours.isFinished) {
           frozenUs = ours.frozenUs();
           stats.frozenUs = frozenUs;
           held = ours.finish(opts.hold ? 'hold' : opts.leaveRunning ? 'release' : 'kill');
         }
+        mark('dump: finished');
         // Copy-on-write in kill mode: it ran during the copy, released; it ends now.
         if (cow && !opts.leaveRunning) killReleased(pid);
         return {

@@ -5,6 +5,7 @@
  * is read from outside; the rest through remote syscalls into one scratch
  * mapping.
  */
+import { mark } from '../trace.js';
 import {
   getRobustList, SYS, PR, NSIG, KSIGACTION_SIZE, STACK_T_SIZE, SysError,
 } from '../sys/index.js';
@@ -63,6 +64,7 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
     creds: readTaskCreds(proc.pid, t.pid),
   }));
   const sharedPending = proc.leader.pendingSiginfo(true);
+  mark('state: read from outside');
   const timers = readTimers(proc.pid);
   const TIMERS_AT = THREADS_AT + PER_THREAD * proc.tasks.length;
   const AREA_AT = Math.ceil((TIMERS_AT + 32 * timers.length) / 16) * 16;
@@ -71,6 +73,7 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
   const size = AREA_AT + batchAreaSize(capacity);
 
   return withBatchScratch(sc, size, (scratch, executable) => {
+    mark('state: scratch mapped');
     const area = executable ? batchArea(proc.pid, scratch + AREA_AT, capacity) : null;
     // Every question to the leader in one batch, then one per other thread.
     const signos: number[] = [];
@@ -104,7 +107,9 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
     const leaderAt = proc.tasks.indexOf(proc.leader);
     const leaderThread = calls.length;
     calls.push(...perThread(leaderAt));
+    mark('state: batch ready');
     const r = runBatch(sc, calls, area);
+    mark('state: batch ran');
     const dumpable = Number(r[iDumpable]);
     const noNewPrivs = Number(r[iNoNewPrivs]);
     const thpDisable = Number(r[iThp]);
@@ -117,6 +122,7 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
     refuseOtherUserNs(proc.pid);
     proc.tasks.forEach((t, i) => refuseUnrestorable(proc.pid, t.pid, outside[i].creds, securebits[i], start));
 
+    mark('state: creds checked');
     const out = Buffer.alloc(size);
     mem.read(out, 0, out.length, scratch);
     const actions: SigactionImage[] = signos.map((signo) => {

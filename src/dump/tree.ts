@@ -229,8 +229,8 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
 
       // The point of no return, for every process at once; nothing from
       // here on awaits.
-      for (const d of done) d.result.round?.commit();
       const t = tree as FrozenTree | null;
+      for (const d of done) d.result.round?.commit(t?.set);
       tree = null;
       const frozenAt = t?.set.frozenAt ?? null;
       const frozenUs = t ? t.set.frozenUs() : 0;

@@ -28,7 +28,7 @@ export interface PostcopyReceiveOptions {
   onEvent?: (e: Record<string, unknown>) => void;
 }
 
-export async function receivePostcopy(sock: Socket, reader: FrameReader, live: LiveBuild, last: string, set: readonly Range[], hooks: { image: () => void; chainDone: () => Promise<void> }, opts: PostcopyReceiveOptions): Promise<void> {
+export async function receivePostcopy(sock: Socket, reader: FrameReader, live: LiveBuild, last: string, set: readonly Range[], hooks: { image: () => void; chainDone: () => Promise<void>; committedAt: bigint }, opts: PostcopyReceiveOptions): Promise<void> {
   const { chainDone } = hooks;
   const source = new RemotePageSource(sock, set);
   const pumping = source.pump(reader);
@@ -51,7 +51,8 @@ export async function receivePostcopy(sock: Socket, reader: FrameReader, live: L
   }
   void waitForExit(r.pid);
   for (const message of r.warnings) opts.onEvent?.({ event: 'warning', pid: r.pid, message });
-  await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path: 'live' })).catch(() => {});
+  const sinceCommitUs = Number(process.hrtime.bigint() - hooks.committedAt) / 1000;
+  await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path: 'live', sinceCommitUs })).catch(() => {});
   opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs, path: 'live', postcopyPages: source.setPages, ...(r.warnings.length ? { warnings: r.warnings } : {}) });
   const said = await r.lazy!.finish();
   const end = r.lazy!.end;

@@ -91,7 +91,7 @@ export function coarsen(set: readonly Range[], within: readonly Range[], max: nu
   return out;
 }
 
-export async function finishPostcopy(sock: Socket, reader: FrameReader, opts: MigrateOptions, held: FrozenSet, set: Range[], frozenAt: bigint, because: string): Promise<{ downtimeMs: number; restoredPid: number | null; restoreError: string | null; bytes: number; figures: PostcopyFigures }> {
+export async function finishPostcopy(sock: Socket, reader: FrameReader, opts: MigrateOptions, held: FrozenSet, set: Range[], frozenAt: bigint, freezeToCommitMs: number, because: string): Promise<{ downtimeMs: number; restoredPid: number | null; restoreError: string | null; bytes: number; figures: PostcopyFigures }> {
   const since = () => Number(process.hrtime.bigint() - frozenAt) / 1e6;
   let downtimeMs = 0;
   let restoredPid: number | null = null;
@@ -105,6 +105,8 @@ export async function finishPostcopy(sock: Socket, reader: FrameReader, opts: Mi
       onReply: (f) => {
         if (f.type !== Msg.Restored) return;
         downtimeMs = since();
+        // The receiver's clock, when it says (see sender.ts): the tighter upper bound.
+        if (typeof f.doc.sinceCommitUs === 'number') downtimeMs = Math.min(downtimeMs, freezeToCommitMs + f.doc.sinceCommitUs / 1000);
         restoredPid = f.doc.pid as number;
         opts.onEvent?.({ event: 'resumed', pid: restoredPid, downtimeMs: +downtimeMs.toFixed(1), pagesLeft: pagesOf(set) });
       },

@@ -13,6 +13,7 @@
  * only the rest of restore remains. Should that fail, the process is
  * restored from the chain on disk instead, and the reply says so.
  */
+import { mark } from '../trace.js';
 import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { timingSafeEqual, createHash } from 'node:crypto';
@@ -91,6 +92,9 @@ export function serve(opts: ServeOptions): Promise<{ server: Server; port: numbe
   const handler = (sock: Socket) => {
     // A connection's errors are its own: without a listener, a reset would end the server.
     sock.on('error', () => {});
+    // Replies are small and the sender waits on each (COMMITTED above all):
+    // Nagle's algorithm against the sender's delayed ACK held them ~40 ms.
+    sock.setNoDelay(true);
     if (unauthenticated.size >= MAX_UNAUTHENTICATED) {
       const oldest = unauthenticated.values().next().value!;
       unauthenticated.delete(oldest);
@@ -240,6 +244,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   if (sock.destroyed) throw new TsnapError('targetFailed', `the sender of process ${g.pid} went away while waiting for its turn`);
   const root = newMigrationDir(base, g.pid);
   let committed = false;
+  /** When COMMITTED went out: the sender's downtime is its freeze-to-commit plus our commit-to-running. */
+  let committedAt = 0n;
   let last = '';
   /** migrate --postcopy: the final round's pages the process gets lazily from the source. */
   let postcopy: Range[] | null = null;
@@ -265,13 +271,16 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         const name = typeof it?.name === 'string' ? it.name : '';
         if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) throw new TsnapError('badImage', `bad iteration name ${quote(it?.name)}`);
         lastName = null; // until it is complete
+        mark(`serve: iteration ${name} begins`);
         const live = await receiveIteration(reader, inside(root, name), ingest);
         lastName = name;
+        mark(`serve: iteration ${name} received`);
         opts.onEvent?.({ event: 'iteration', name, ...live });
       } else if (f.type === Msg.Postcopy) {
         postcopy = checkedRanges(decodeDoc<{ ranges: [number, number][] }>(f).ranges, 'POSTCOPY');
         if (!ingest.live) throw new TsnapError('unsupported', `post-copy needs the process built while it arrives, and it is not (${ingest.notLive ?? 'serve runs without --restore or with --no-live-build'}); migrate without --postcopy`);
       } else if (f.type === Msg.Commit) {
+        mark('serve: commit asked');
         // Without a live build the commit stands on the chain: every
         // streamed round's pages file on disk, checked against its index,
         // and durable. With one, the process itself holds everything and
@@ -292,6 +301,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         if (!ingest.live) fsyncDir(root);
         committed = true;
         await send(sock, encodeDoc(Msg.Committed, { dir: last }));
+        committedAt = process.hrtime.bigint();
+        mark('serve: committed');
         opts.onEvent?.({ event: 'committed', dir: last });
         break;
       } else {
@@ -312,6 +323,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     await receivePostcopy(sock, reader, live, last, postcopy, {
       image: () => { live.image = readCommitted(last); },
       chainDone: async () => { await ingest.flush(); await ingest.durable(); },
+      committedAt,
     }, opts);
     return;
   }
@@ -322,6 +334,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     if (live) {
       try {
         live.image = readCommitted(last);
+        mark('serve: final image read');
         r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid }, live);
       } catch (err) {
         live.kill();
@@ -337,11 +350,13 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       if (!opts.newPid) await waitPidsFree(pids, { onHeld: (pid, message) => opts.onEvent?.({ event: 'waiting-for-pid', pid, message }) });
       r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid });
     }
+    const sinceCommitUs = Number(process.hrtime.bigint() - committedAt) / 1000;
     const path = live && !fallback ? 'live' : 'disk';
+    mark('serve: restored');
     void waitForExit(r.pid); // reap it when it ends
     // What restore's own check found different from the image: told, never dropped.
     for (const message of r.warnings) opts.onEvent?.({ event: 'warning', pid: r.pid, message });
-    await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}) })).catch(() => {});
+    await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path, sinceCommitUs, ...(fallback ? { fallback } : {}) })).catch(() => {});
     opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}), ...(r.warnings.length ? { warnings: r.warnings } : {}) });
     try {
       await ingest.flush();

@@ -14,6 +14,7 @@
  * are still taken as images in staging and sent file by file, their page
  * data deleted once sent.
  */
+import { mark } from '../trace.js';
 import { PreCopyPolicy } from '../dump/precopy-policy.js';
 import { Convergence, type NotConverging } from './convergence.js';
 import { connect as netConnect, type Socket } from 'node:net';
@@ -191,6 +192,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     const postcopyBecause = opts.postcopy === 'on' ? 'requested' : opts.postcopy === 'auto' && !converged ? stoppedBecause : null;
     const finalOpts = { pid: opts.pid, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: () => conv.lift() };
     await beginIteration('final');
+    mark('migrate: final round');
     let frozenAt: bigint;
     let leftOut: Range[] | null = null;
     let finalDir: string;
@@ -207,7 +209,9 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       finalDir = final.dir;
     }
     pausePoint('migrate-held');
+    mark('migrate: final dump done');
     await sendImage(finalDir, 'final');
+    mark('migrate: final sent');
     if (leftOut && postcopyBecause !== null) {
       await send(sock, encodeDoc(Msg.Postcopy, { ranges: leftOut.map((r) => [r.start, r.end]) }));
       opts.onEvent?.({ event: 'postcopy', because: postcopyBecause, pages: pagesOf(leftOut) });
@@ -219,8 +223,9 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     await send(sock, encodeDoc(Msg.Commit, {}));
     const committed = decodeDoc<{ dir: string }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));
     const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
+    mark('migrate: committed');
     if (leftOut && postcopyBecause !== null) {
-      const pc = await finishPostcopy(sock, reader, opts, held!, leftOut, frozenAt, postcopyBecause);
+      const pc = await finishPostcopy(sock, reader, opts, held!, leftOut, frozenAt, freezeToCommitMs, postcopyBecause);
       held = null;
       return { iterations: k + 1, stoppedBecause, bytesSent: bytesSent + pc.bytes, totalMs: ms(t0), downtimeMs: pc.downtimeMs, freezeToCommitMs, receiverDir: committed.dir, restoredPid: pc.restoredPid, restoreError: pc.restoreError, convergence: conv.describe(), postcopy: pc.figures };
     }
@@ -229,15 +234,23 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // come out of it again with one left running: the set does both.)
     held?.finish(opts.leaveRunning ? 'release' : 'kill');
     held = null;
+    mark('migrate: source finished');
     opts.onEvent?.({ event: 'committed', receiverDir: committed.dir, source: opts.leaveRunning ? 'left running' : 'killed' });
     let restoredPid: number | null = null;
     let restoreError: string | null = null;
     const reply = await reader.next().catch(() => null);
     // The receiver is done with the connections (on this host, its restore lifted their locks itself).
     tcpRepair.unlockHanded();
-    if (reply?.type === Msg.Restored) restoredPid = decodeDoc<{ pid: number }>(reply).pid;
-    else if (reply?.type === Msg.RestoreFailed) restoreError = decodeDoc<{ message: string }>(reply).message;
-    const downtimeMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
+    let downtimeMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
+    if (reply?.type === Msg.Restored) {
+      const doc = decodeDoc<{ pid: number; sinceCommitUs?: number }>(reply);
+      restoredPid = doc.pid;
+      // Ending the source (a 1 GiB address space takes ~30 ms to tear down)
+      // delays our reading of RESTORED, not the process: the receiver's own
+      // clock says when it ran. Both are upper bounds; the tighter one counts.
+      if (doc.sinceCommitUs !== undefined) downtimeMs = Math.min(downtimeMs, freezeToCommitMs + doc.sinceCommitUs / 1000);
+    } else if (reply?.type === Msg.RestoreFailed) restoreError = decodeDoc<{ message: string }>(reply).message;
+    mark('migrate: receiver restored');
     return {
       iterations: k + 1, stoppedBecause, bytesSent, totalMs: ms(t0), downtimeMs, freezeToCommitMs,
       receiverDir: committed.dir, restoredPid, restoreError, convergence: conv.describe(),

@@ -26,7 +26,7 @@ const SHAPES: Record<string, Shape> = {
   Postcopy: obj({ ranges: arr(tuple(int(0, USER_END), int(0, USER_END)), 1 << 22) }),
   Commit: obj({}),
   Committed: obj({ dir: PATH }),
-  Restored: obj({ pid: PID, restoreUs: num(0, 1e16), path: opt(str(16)), fallback: opt(MESSAGE) }),
+  Restored: obj({ pid: PID, restoreUs: num(0, 1e16), path: opt(str(16)), fallback: opt(MESSAGE), sinceCommitUs: opt(num(0, 1e16)) }),
   RestoreFailed: obj({ message: MESSAGE, dir: PATH }),
   PageRequest: obj({ ranges: arr(tuple(int(0, USER_END), int(0, USER_END)), 4096) }),
   PostcopyDone: obj({ pages: SAFE }),

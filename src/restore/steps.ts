@@ -4,12 +4,14 @@
  * TsnapError of another kind) pass unchanged.
  */
 import { TsnapError, asTsnapError } from '../errors.js';
+import { mark } from '../trace.js';
 
 export class Steps {
   constructor(private name: string) {}
 
   /** Enters step `name` (a phrase after "while trying to"). */
   at(name: string): void {
+    mark(`restore: ${name}`);
     this.name = name;
   }
 

@@ -113,6 +113,11 @@ const napCell = new Int32Array(new SharedArrayBuffer(4));
 export function killHolder(pid: number): void {
   removeState(pid);
   try { process.kill(pid, 'SIGKILL'); } catch { return; }
+  awaitHolderGone(pid);
+}
+
+/** Waits (at most ~1 s) until a killed holder is dead, a zombie at most. */
+function awaitHolderGone(pid: number): void {
   for (let i = 0; i < 1000; i++) {
     try {
       const st = readStat(pid).state;
@@ -122,6 +127,25 @@ export function killHolder(pid: number): void {
     }
     Atomics.wait(napCell, 0, 0, 1);
   }
+}
+
+/**
+ * Ends tracking without waiting for it: the holder is sent SIGKILL, and the
+ * returned function waits for its death. The kernel closes the holder's
+ * uffd (and unregisters the target's memory) some milliseconds after the
+ * signal; a target that is killed anyway need not wait for that, and one
+ * that runs on waits only just before it is let go. Null: no such holder.
+ */
+export function signalHolder(ref: TrackingRef): (() => void) | null {
+  try {
+    if (readStat(ref.holderPid).startTime !== ref.holderStartTime) return null;
+  } catch {
+    return null;
+  }
+  const pid = ref.holderPid;
+  removeState(pid);
+  try { process.kill(pid, 'SIGKILL'); } catch { return null; }
+  return () => awaitHolderGone(pid);
 }
 
 /** Ends tracking: the holder's copy is the last long-lived one. */
