@@ -19,6 +19,8 @@ import { FileKind, type Inventory } from '../formats/schema.js';
 import { ExitCode } from '../src/errors.js';
 import { lockRulesOf } from './helpers/lock-rules.js';
 import { inOtherPidNs } from './helpers/other-host.js';
+import { descendantsOf } from './helpers/processes.js';
+import { eventually } from './helpers/eventually.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -101,6 +103,8 @@ describe('tsnap migrate', () => {
     expect(done.bytesSent).toBeGreaterThan(256 << 20);
     expect(done.downtimeMs).toBeGreaterThan(0);
     expect(r.stderr).toMatch(/"event":"iteration"/);
+    // The final round's frozen steps were rehearsed once, early (dump/rehearsal.ts).
+    expect(r.stderr).toMatch(/"event":"rehearsal","frozenMs":[\d.]+/);
     const exit = await p.exited; // the source was killed after the receiver committed
     expect(exit.signal).toBe('SIGKILL');
     const lastSource = Number(/count=(\d+)/.exec(p.lines().filter((l) => l.startsWith('count=')).pop()!)![1]);
@@ -210,6 +214,20 @@ while True:
     process.kill(done.restoredPid, 'SIGUSR1');
     await waitFor(() => /^(PASS|FAIL)/m.test(existsSync(out) ? readFileSync(out, 'utf8') : ''), 20_000);
     expect(readFileSync(out, 'utf8')).toMatch(/^PASS/m);
+  });
+
+  it('serve --restore warms its restore path up on a throwaway process before it listens, and leaves nothing of it', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const before = new Set(readdirSync('/dev/shm').filter((n) => n.startsWith('tsnap-warm-up-')));
+    const srv = await startServer(join(work, 'in'), ['--restore']);
+    const warmed = srv.events.findIndex((e) => e.includes('"warmed-up"'));
+    expect(warmed, srv.events.join('\n')).toBeGreaterThanOrEqual(0);
+    expect(warmed).toBeLessThan(srv.events.findIndex((e) => e.includes('"listening"')));
+    // The sleep it dumped and the copy it restored are killed and reaped; its image is gone.
+    expect(await eventually(() => descendantsOf(srv.proc.pid!), (d) => d.length === 0, 5000, "the warm-up's processes gone")).toEqual([]);
+    expect(readdirSync('/dev/shm').filter((n) => n.startsWith('tsnap-warm-up-') && !before.has(n))).toEqual([]);
+    const cold = await startServer(join(work, 'in2'), ['--restore', '--no-warm-up']);
+    expect(cold.events.some((e) => e.includes('"warmed-up"'))).toBe(false);
   });
 
   it('a wrong token is rejected before anything is stored; the source runs on untouched', async () => {

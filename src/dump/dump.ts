@@ -25,6 +25,8 @@ import { pausePoint } from '../fault-points.js';
 import { commitHolder } from '../track/holder.js';
 import { RoundRecord } from '../track/round-record.js';
 import { collectRemoteState } from './task-state.js';
+import type { Scratch } from '../inject/remote-syscall.js';
+import { unmergeScratch } from './scratch-flags.js';
 import { checkCreds } from './creds.js';
 import { readLayout, assembleProcess, checkOomScoreAdj } from './process-state.js';
 import { recordGuards } from './guards.js';
@@ -310,10 +312,21 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         const parts = new FrozenClock();
         // Read frozen, beside the remote syscalls rather than after them.
         const vmFlags = smapsReader && frozen ? (smapsReader as SmapsReader).read(pid) : null;
-        const remote = frozen ? collectRemoteState(frozen, mem) : null;
+        // With smaps being read beside it, the state step's scratch is
+        // unmapped only after that read: a munmap (mmap_lock for writing)
+        // would wait for the whole page-table walk.
+        let scratch: Scratch | null = null;
+        const remote = frozen ? collectRemoteState(frozen, mem, vmFlags ? (s) => { scratch = s; } : undefined) : null;
         parts.lap('stateUs');
         mark('dump: state read');
-        const layout = readLayout(pid, opts.sharedElsewhere, (await vmFlags) ?? undefined);
+        let flagsRead;
+        try {
+          flagsRead = (await vmFlags) ?? undefined;
+        } finally {
+          (scratch as Scratch | null)?.close();
+        }
+        if (flagsRead && scratch) unmergeScratch(flagsRead, scratch);
+        const layout = readLayout(pid, opts.sharedElsewhere, flagsRead);
         recordGuards(pagemap, layout.images);
         parts.lap('layoutUs');
         mark('dump: layout read');

@@ -9,7 +9,7 @@ import { mark } from '../trace.js';
 import {
   getRobustList, SYS, PR, NSIG, KSIGACTION_SIZE, STACK_T_SIZE, SysError,
 } from '../sys/index.js';
-import { RemoteSyscaller } from '../inject/remote-syscall.js';
+import { RemoteSyscaller, type Scratch } from '../inject/remote-syscall.js';
 import { runBatch, batchArea, batchAreaSize, batching, BATCH_PROT, type BatchCall } from '../inject/syscall-batch.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
 import type { ProcMem } from '../sys/memory.js';
@@ -51,7 +51,7 @@ export interface RemoteState {
  * thread, all through one scratch mapping (the threads share the mm) and
  * the leader's borrowed syscall instruction.
  */
-export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteState {
+export function collectRemoteState(proc: FrozenProcess, mem: ProcMem, handScratch?: (s: Scratch) => void): RemoteState {
   const sc = new RemoteSyscaller(proc.leader, mem);
   const callers = proc.tasks.map((t) => (t === proc.leader ? sc : new RemoteSyscaller(t, mem, sc.gadget)));
   // Read from outside first: these need no scratch memory.
@@ -72,7 +72,7 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
   const capacity = NSIG + 16 + timers.length;
   const size = AREA_AT + batchAreaSize(capacity);
 
-  return withBatchScratch(sc, size, (scratch, executable) => {
+  return withBatchScratch(sc, size, handScratch, (scratch, executable) => {
     mark('state: scratch mapped');
     const area = executable ? batchArea(proc.pid, scratch + AREA_AT, capacity) : null;
     // Every question to the leader in one batch, then one per other thread.
@@ -182,14 +182,23 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem): RemoteSta
  * Scratch that can hold the batch loop's code; a mapping that may not be
  * executable (a W^X policy refusing it) leaves the batches to the guardian.
  */
-function withBatchScratch<T>(sc: RemoteSyscaller, size: number, fn: (scratch: number, executable: boolean) => T): T {
-  if (!batching()) return sc.withScratch(size, (a) => fn(a, false));
-  let entered = false;
+function withBatchScratch<T>(sc: RemoteSyscaller, size: number, handOver: ((s: Scratch) => void) | undefined, fn: (scratch: number, executable: boolean) => T): T {
+  let executable = batching();
+  let s;
   try {
-    return sc.withScratch(size, (a) => { entered = true; return fn(a, true); }, BATCH_PROT);
+    s = sc.openScratch(size, executable ? BATCH_PROT : undefined);
   } catch (err) {
-    if (entered || !(err instanceof SysError) || !['EACCES', 'EPERM'].includes(err.code)) throw err;
-    return sc.withScratch(size, (a) => fn(a, false));
+    if (!executable || !(err instanceof SysError) || !['EACCES', 'EPERM'].includes(err.code)) throw err;
+    executable = false;
+    s = sc.openScratch(size);
+  }
+  let handed = false;
+  try {
+    const r = fn(s.addr, executable);
+    if (handOver) { handOver(s); handed = true; }
+    return r;
+  } finally {
+    if (!handed) s.close();
   }
 }
 

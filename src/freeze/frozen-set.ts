@@ -111,11 +111,14 @@ export class FrozenSet implements Releasable {
     for (const fp of this.procs) {
       try { kill(fp.pid, SIGKILL); } catch { /* gone */ }
     }
-    for (const fp of [...this.procs].reverse()) {
-      try { fp.kill(); } catch { /* reaped already */ }
-    }
+    // What is attached goes before the pids are freed: a restore on this
+    // host waits for the pids, and a connection still held (the guardian's
+    // copy of a socket in repair mode) would keep its address from it.
     for (const a of this.attached.splice(0)) {
       try { a.forget(); } catch { /* closed */ }
+    }
+    for (const fp of [...this.procs].reverse()) {
+      try { fp.kill(); } catch { /* reaped already */ }
     }
   }
 }

@@ -30,6 +30,13 @@ import { PAGE_SIZE } from '../sys/uapi.js';
 const SYSCALL_STOP = SIGTRAP | 0x80;
 const ARG_REGS = ['rdi', 'rsi', 'rdx', 'r10', 'r8', 'r9'] as const;
 
+/** Memory mapped in a task for tsnap's own use, until close(). */
+export interface Scratch {
+  addr: number;
+  end: number;
+  close(): void;
+}
+
 export class RemoteSyscaller {
   /** Address of the `syscall` instruction the task executes; movable (restore maps its own). */
   gadget: number;
@@ -135,16 +142,34 @@ export class RemoteSyscaller {
    * removes the mapping afterwards, also when `fn` throws.
    */
   withScratch<T>(size: number, fn: (addr: number) => T, prot = PROT_READ | PROT_WRITE): T {
+    const s = this.openScratch(size, prot);
+    try {
+      return fn(s.addr);
+    } finally {
+      s.close();
+    }
+  }
+
+  /**
+   * Scratch memory mapped in the task until close() (once). Should tsnap
+   * die first, the guardian unmaps it.
+   */
+  openScratch(size: number, prot = PROT_READ | PROT_WRITE): Scratch {
     const len = Math.ceil(size / PAGE_SIZE) * PAGE_SIZE;
     const made = this.callLeaving(SYS.mmap, [0, len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1n, 0],
       { nr: SYS.munmap, args: [0, len], resultSlot: 0 });
     const addr = Number(this.checked('mmap', made.ret));
-    try {
-      faultPoint('scratch-mapped');
-      return fn(addr);
-    } finally {
-      this.checked('munmap', this.callUndoing(made.token, SYS.munmap, addr, len));
-    }
+    faultPoint('scratch-mapped');
+    let open = true;
+    return {
+      addr,
+      end: addr + len,
+      close: () => {
+        if (!open) return;
+        open = false;
+        this.checked('munmap', this.callUndoing(made.token, SYS.munmap, addr, len));
+      },
+    };
   }
 
   private stepToSyscallStop(): void {

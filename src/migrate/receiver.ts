@@ -31,6 +31,7 @@ import { isTreeImage, readTreeManifest } from '../image/tree-manifest.js';
 import { TsnapError, asTsnapError, withPath } from '../errors.js';
 import { checkedRanges } from './postcopy-wire.js';
 import { receivePostcopy } from './postcopy-receive.js';
+import { warmUpRestore } from './warm-up.js';
 import type { Range } from '../image/ranges.js';
 
 export interface ServeOptions {
@@ -43,6 +44,8 @@ export interface ServeOptions {
   newPid?: boolean;
   /** Build the process while streamed rounds arrive (default); false: restore from the chain after the commit. */
   liveBuild?: boolean;
+  /** With restore: restore one throwaway process before listening, so the first migration's restore runs warm code (warm-up.ts). Default true. */
+  warmUp?: boolean;
   tls?: { cert: string; key: string };
   /** Stop after this many migrations (0: serve forever). */
   count?: number;
@@ -128,7 +131,12 @@ export function serve(opts: ServeOptions): Promise<{ server: Server; port: numbe
     throw new TsnapError('usage', `--tls-cert ${opts.tls?.cert} / --tls-key ${opts.tls?.key}: ${(err as Error).message}; give a PEM certificate and its private key`, err);
   }
   server.on('tlsClientError', (err: Error) => opts.onEvent?.({ event: 'rejected', reason: 'tls', message: err.message }));
-  return new Promise((resolvePromise, reject) => {
+  const warm = opts.restore && opts.warmUp !== false
+    ? warmUpRestore().then(
+      (ms) => opts.onEvent?.({ event: 'warmed-up', ms: +ms.toFixed(1) }),
+      (err) => opts.onEvent?.({ event: 'warning', message: `the warm-up restore failed (${(err as Error).message}); migrations are still accepted, but restoring here may fail the same way` }))
+    : Promise.resolve();
+  return warm.then(() => new Promise((resolvePromise, reject) => {
     const onListenError = (err: NodeJS.ErrnoException) => {
       const why = err.code === 'EADDRINUSE' ? 'the address is in use (another tsnap serve?); choose another --listen'
         : err.code === 'EACCES' ? 'permission denied; choose a port above 1023 or run as root'
@@ -146,7 +154,7 @@ export function serve(opts: ServeOptions): Promise<{ server: Server; port: numbe
       opts.onEvent?.({ event: 'listening', host: opts.host, port });
       resolvePromise({ server, port, done });
     });
-  });
+  }));
 }
 
 function readPem(path: string, option: string): Buffer {

@@ -15,6 +15,7 @@
  * data deleted once sent.
  */
 import { mark } from '../trace.js';
+import { rehearseFrozenSteps } from '../dump/rehearsal.js';
 import { PreCopyPolicy } from '../dump/precopy-policy.js';
 import { Convergence, type NotConverging } from './convergence.js';
 import { connect as netConnect, type Socket } from 'node:net';
@@ -175,6 +176,11 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       const tIter = process.hrtime.bigint();
       await beginIteration(String(k));
       const r = await round(join(staging, String(k)), prev ? join(staging, String(k - 1)) : undefined);
+      // Once, early: the final round then runs warm code (dump/rehearsal.ts).
+      if (k === 1 && !opts.tree) {
+        const us = rehearseFrozenSteps(opts.pid);
+        opts.onEvent?.({ event: 'rehearsal', frozenMs: +(us / 1000).toFixed(1) });
+      }
       const s = await sendImage(r.dir, String(k));
       const iterMs = ms(tIter);
       bandwidth = s.bytes / Math.max(iterMs, 1);

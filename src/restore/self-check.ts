@@ -16,6 +16,7 @@
  * foreground group and the pts index and state of every pty fd
  * (files/tty.ts).
  */
+import { mark } from '../trace.js';
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, fileOwner, Pagemap, scanKnowsGuard } from '../sys/index.js';
 import { scanGuards, imageGuards } from '../dump/guards.js';
@@ -214,13 +215,18 @@ function compareTimers(p: ProcessImage, pid: number, idNow: (id: number) => numb
 export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions): string[] {
   const out: string[] = [];
   compareMaps(p, pid, out);
+  mark('check: maps');
   compareVmFlags(p, pid, out);
+  mark('check: VmFlags');
   compareGuards(p, pid, out);
+  mark('check: guards');
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
+  mark('check: fds');
   checkInflightRestored(p.fds, (fd) => readFdInfo(pid, fd).extra, out);
   checkRestoredTcp(p.fds, pid, out);
   compareProcess(p, pid, opts, out);
   out.push(...checkRestoredTtys(p, pid, opts.idNow ?? ((id) => id), opts.ptys ?? imagePtys([p])));
+  mark('check: process');
   compareTimers(p, pid, opts.idNow ?? ((id) => id), out);
   out.push(...checkSockets(p.fds.filter((f) => f.socket && !isInheritedStdio(f)), pid));
   return out;

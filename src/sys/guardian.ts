@@ -95,6 +95,11 @@ export class Guardian {
    * and exits, as it would at tsnap's exit. For long-lived users of the
    * in-process API (tests); the next get() starts a new one.
    */
+  /** Whether this process has a guardian now (without starting one). */
+  static get running(): boolean {
+    return Guardian.current !== null;
+  }
+
   static shutdown(): void {
     const g = Guardian.current;
     if (!g) return;

@@ -58,6 +58,7 @@ export const libc = {
   ),
   posixSpawnFileActionsInit: bind<(fa: Buffer) => number>(lib.func('int posix_spawn_file_actions_init(void *fa)')),
   posixSpawnFileActionsDestroy: bind<(fa: Buffer) => number>(lib.func('int posix_spawn_file_actions_destroy(void *fa)')),
+  posixSpawnFileActionsAddClosefrom: bind<(fa: Buffer, from: number) => number>(lib.func('int posix_spawn_file_actions_addclosefrom_np(void *fa, int from)')),
   posixSpawnFileActionsAddDup2: bind<(fa: Buffer, fd: number, newfd: number) => number>(lib.func('int posix_spawn_file_actions_adddup2(void *fa, int fd, int newfd)')),
   posixSpawnattrInit: bind<(attr: Buffer) => number>(lib.func('int posix_spawnattr_init(void *attr)')),
   posixSpawnattrDestroy: bind<(attr: Buffer) => number>(lib.func('int posix_spawnattr_destroy(void *attr)')),

@@ -3,8 +3,9 @@
  * Node's spawn() forks the whole tsnap process (page tables of a big heap
  * copied, ~10-15 ms per call on a busy machine here); glibc's posix_spawn
  * uses clone(CLONE_VM | CLONE_VFORK) and costs well under a millisecond.
- * The child gets `fds[i]` as its fd i (stdin, stdout, stderr...), an empty
- * environment, and its own session when `setsid`.
+ * The child gets `fds[i]` as its fd i (stdin, stdout, stderr...) and no
+ * other fd (whatever tsnap inherited without O_CLOEXEC stays here), an
+ * empty environment, and its own session when `setsid`.
  */
 import { SysError } from './errors.js';
 import { libc } from './libc.js';
@@ -13,6 +14,7 @@ const spawnFn = libc.posixSpawn;
 const faInit = libc.posixSpawnFileActionsInit;
 const faDestroy = libc.posixSpawnFileActionsDestroy;
 const faDup2 = libc.posixSpawnFileActionsAddDup2;
+const faClosefrom = libc.posixSpawnFileActionsAddClosefrom;
 const attrInit = libc.posixSpawnattrInit;
 const attrDestroy = libc.posixSpawnattrDestroy;
 const attrSetflags = libc.posixSpawnattrSetflags;
@@ -32,6 +34,8 @@ export function posixSpawn(path: string, args: string[], fds: number[], setsid: 
       const r = faDup2(fa, fd, i);
       if (r !== 0) throw new SysError('posix_spawn_file_actions_adddup2', r);
     });
+    const c = faClosefrom(fa, fds.length);
+    if (c !== 0) throw new SysError('posix_spawn_file_actions_addclosefrom_np', c);
     if (setsid) attrSetflags(attr, POSIX_SPAWN_SETSID);
     const pid = [0];
     const r = spawnFn(pid, path, fa, attr, [path, ...args, null], [null]);

@@ -5,7 +5,7 @@ import { addTokenOptions, intOption, jsonOption, parseHostPort, parseSeconds } f
 import { readToken } from '../token.js';
 
 interface ServeFlags {
-  listen: string; dir: string; restore?: boolean; newPid?: boolean; liveBuild: boolean; token?: string; tokenFile?: string;
+  listen: string; dir: string; restore?: boolean; newPid?: boolean; liveBuild: boolean; warmUp: boolean; token?: string; tokenFile?: string;
   tlsCert?: string; tlsKey?: string; count?: number; handshakeTimeout: number; stdout?: string; stderr?: string; json?: boolean;
 }
 
@@ -16,7 +16,8 @@ export function registerServe(program: Command, ctx: CliContext): void {
     .requiredOption('-d, --dir <dir>', 'where incoming images go (DIR/<pid>-<time>/1, 2, ..., final)')
     .option('--restore', 'restore each migrated process as soon as its image is complete')
     .option('--new-pid', 'with --restore: give restored processes fresh pids (the process is then built while it arrives even when its pid is taken here)')
-    .option('--no-live-build', 'with --restore: restore from the image chain after the commit instead of building the process while it arrives');
+    .option('--no-live-build', 'with --restore: restore from the image chain after the commit instead of building the process while it arrives')
+    .option('--no-warm-up', 'with --restore: do not restore a throwaway process (sleep) before listening; the first migration then restores with cold code, ~2x slower after the commit');
   addTokenOptions(cmd, 'shared secret the sender must present')
     .option('--tls-cert <file>', 'TLS certificate (PEM); with --tls-key, accept TLS only')
     .option('--tls-key <file>', 'TLS private key (PEM)')
@@ -35,7 +36,7 @@ async function runServe(o: ServeFlags, ctx: CliContext): Promise<void> {
   const token = readToken(o, o.json ? (message) => onEvent({ event: 'warning', message }) : ctx.warn);
   const { serve } = await import('../../migrate/receiver.js');
   const s = await serve({
-    host, port, dir: o.dir, token, restore: !!o.restore, newPid: !!o.newPid, liveBuild: o.liveBuild, count: o.count, handshakeTimeoutMs: o.handshakeTimeout * 1000,
+    host, port, dir: o.dir, token, restore: !!o.restore, newPid: !!o.newPid, liveBuild: o.liveBuild, warmUp: o.warmUp, count: o.count, handshakeTimeoutMs: o.handshakeTimeout * 1000,
     tls: o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey } : undefined, stdout: o.stdout, stderr: o.stderr,
     onEvent,
   });
