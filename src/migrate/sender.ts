@@ -25,7 +25,6 @@ import { join } from 'node:path';
 import { preDump, dump, type DumpResult, type DumpOptions } from '../dump/dump.js';
 import { StreamPageSink } from './page-stream.js';
 import { dumpTree } from '../dump/tree.js';
-import { tcpRepair } from '../files/tcp.js';
 import { untrackPid } from '../track/untrack.js';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, encodeFrame, decodeDoc, send } from './wire.js';
 import { crc32 } from '../image/checksum.js';
@@ -232,6 +231,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // The receiver holds the complete image durably: the source may go.
     // (Connections in repair mode close silently with a killed source, and
     // come out of it again with one left running: the set does both.)
+    const source = held;
     held?.finish(opts.leaveRunning ? 'release' : 'kill');
     held = null;
     mark('migrate: source finished');
@@ -240,7 +240,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     let restoreError: string | null = null;
     const reply = await reader.next().catch(() => null);
     // The receiver is done with the connections (on this host, its restore lifted their locks itself).
-    tcpRepair.unlockHanded();
+    source?.settle();
     let downtimeMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     if (reply?.type === Msg.Restored) {
       const doc = decodeDoc<{ pid: number; sinceCommitUs?: number }>(reply);
@@ -257,8 +257,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     };
   } catch (err) {
     if (err instanceof PostcopyLost) throw err;
-    // Before COMMITTED nothing is lost: the source runs on as it was.
-    tcpRepair.release();
+    // Before COMMITTED nothing is lost: the source runs on as it was (its
+    // connections out of repair mode with it: they belong to its set).
     try { held?.release(); } catch { /* gone */ }
     for (const pid of trackedPids(staging, opts)) untrackPid(pid);
     const reason = reader.bufferedError();
