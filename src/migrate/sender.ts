@@ -22,9 +22,9 @@ import { connect as tlsConnect } from 'node:tls';
 import { mkdtempSync, rmSync, openSync, readSync, closeSync, readdirSync, fstatSync, readFileSync, accessSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { preDump, dump, type DumpResult, type DumpOptions } from '../dump/dump.js';
+import type { DumpOptions } from '../dump/dump.js';
 import { StreamPageSink } from './page-stream.js';
-import { dumpTree } from '../dump/tree.js';
+import { takeSet, setTotals } from '../dump/take-set.js';
 import { untrackPid } from '../track/untrack.js';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, encodeFrame, decodeDoc, send } from './wire.js';
 import { crc32 } from '../image/checksum.js';
@@ -151,14 +151,10 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       return { bytes, sendMs: ms(t) };
     };
 
-    /** One pre-dump round (of the process or of the tree) and its totals. */
+    /** One pre-dump round (a session over the process or its tree) and its totals. */
     const round = async (dir: string, parent: string | undefined): Promise<Round> => {
-      if (!opts.tree) {
-        const r = await preDump({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress, ...streaming() });
-        return { dir: r.dir, pagesWritten: r.stats.pagesWritten, bytesRaw: r.stats.bytesRaw, bytesStored: r.stats.bytesStored };
-      }
-      const t = await dumpTree({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress }, 'predump');
-      return totals(t.dir, t.processes.map((p) => p.result));
+      const t = await takeSet({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress, ...streaming() }, 'predump', !!opts.tree);
+      return { dir: t.dir, ...setTotals(t) };
     };
 
     let stoppedBecause = `reached the iteration cap (${cap})`;
@@ -192,21 +188,11 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     const finalOpts = { pid: opts.pid, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: () => conv.lift() };
     await beginIteration('final');
     mark('migrate: final round');
-    let frozenAt: bigint;
-    let leftOut: Range[] | null = null;
-    let finalDir: string;
-    if (opts.tree) {
-      const t = await dumpTree(finalOpts, 'dump');
-      held = t.held;
-      frozenAt = t.frozenAt ?? process.hrtime.bigint();
-      finalDir = t.dir;
-    } else {
-      const final = await dump({ ...finalOpts, ...streaming() });
-      held = final.held;
-      leftOut = final.leftOut ?? null;
-      frozenAt = final.frozenAt ?? process.hrtime.bigint();
-      finalDir = final.dir;
-    }
+    const final = await takeSet({ ...finalOpts, ...streaming() }, 'dump', !!opts.tree);
+    held = final.held;
+    const leftOut: Range[] | null = final.leftOut ?? null;
+    const frozenAt = final.frozenAt ?? process.hrtime.bigint();
+    const finalDir = final.dir;
     pausePoint('migrate-held');
     mark('migrate: final dump done');
     await sendImage(finalDir, 'final');
@@ -294,15 +280,6 @@ interface Round {
   pagesWritten: number;
   bytesRaw: number;
   bytesStored: number;
-}
-
-function totals(dir: string, rs: DumpResult[]): Round {
-  return {
-    dir,
-    pagesWritten: rs.reduce((n, r) => n + r.stats.pagesWritten, 0),
-    bytesRaw: rs.reduce((n, r) => n + r.stats.bytesRaw, 0),
-    bytesStored: rs.reduce((n, r) => n + r.stats.bytesStored, 0),
-  };
 }
 
 /** Every process a failed migration may have left tracked: the root, and for a tree each one staged. */
