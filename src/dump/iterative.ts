@@ -36,7 +36,7 @@ export interface IterativeResult {
 }
 
 export async function dumpIteratively(opts: IterativeOptions): Promise<IterativeResult> {
-  const it = await allOrNothing(opts, false, (checkAbort) => loop(opts, false, checkAbort));
+  const it = await dumpLoop(opts, false);
   const one = (s: SetImage) => s.processes[0].result;
   return { rounds: it.rounds.map(one), final: one(it.final), stoppedBecause: it.stoppedBecause };
 }
@@ -49,25 +49,36 @@ export interface TreeIterativeResult {
 
 /** The same loop for a process tree (--tree): each round a tree image, sized by the sum over its processes. */
 export function dumpTreeIteratively(opts: IterativeOptions): Promise<TreeIterativeResult> {
-  return allOrNothing(opts, true, (checkAbort) => loop(opts, true, checkAbort));
+  return dumpLoop(opts, true);
 }
 
-/** The loop over rounds, each a session over the process or its tree. */
-async function loop(opts: IterativeOptions, tree: boolean, checkAbort: () => void): Promise<{ rounds: SetImage[]; final: SetImage; stoppedBecause: string }> {
-  const policy = new PreCopyPolicy({ maxRounds: opts.preDumps, smallEnoughPages: opts.smallEnoughPages });
-  const rounds: SetImage[] = [];
-  let stoppedBecause = `reached ${opts.preDumps} pre-dumps`;
-  for (let i = 1; i <= opts.preDumps; i++) {
+export interface LoopResult {
+  /** The pre-dumps, DIR/1 .. DIR/n. */
+  rounds: SetImage[];
+  /** The final dump, DIR/n+1: the image to restore. */
+  final: SetImage;
+  /** Why the pre-dump loop ended. */
+  stoppedBecause: string;
+}
+
+/** The loop over rounds, each a session over the process or (tree) its tree. */
+export function dumpLoop(opts: IterativeOptions, tree: boolean): Promise<LoopResult> {
+  return allOrNothing(opts, tree, async (checkAbort) => {
+    const policy = new PreCopyPolicy({ maxRounds: opts.preDumps, smallEnoughPages: opts.smallEnoughPages });
+    const rounds: SetImage[] = [];
+    let stoppedBecause = `reached ${opts.preDumps} pre-dumps`;
+    for (let i = 1; i <= opts.preDumps; i++) {
+      checkAbort();
+      const r = await takeSet({ ...opts, dir: join(opts.dir, String(i)), parent: i > 1 ? join(opts.dir, String(i - 1)) : undefined }, 'predump', tree);
+      rounds.push(r);
+      const v = policy.afterRound({ pages: setTotals(r).pagesWritten });
+      if (v.stop) { stoppedBecause = v.reason; break; }
+    }
+    const n = rounds.length;
     checkAbort();
-    const r = await takeSet({ ...opts, dir: join(opts.dir, String(i)), parent: i > 1 ? join(opts.dir, String(i - 1)) : undefined }, 'predump', tree);
-    rounds.push(r);
-    const v = policy.afterRound({ pages: setTotals(r).pagesWritten });
-    if (v.stop) { stoppedBecause = v.reason; break; }
-  }
-  const n = rounds.length;
-  checkAbort();
-  const final = await takeSet({ ...opts, dir: join(opts.dir, String(n + 1)), parent: join(opts.dir, String(n)) }, 'dump', tree);
-  return { rounds, final, stoppedBecause };
+    const final = await takeSet({ ...opts, dir: join(opts.dir, String(n + 1)), parent: join(opts.dir, String(n)) }, 'dump', tree);
+    return { rounds, final, stoppedBecause };
+  });
 }
 
 async function allOrNothing<T>(opts: IterativeOptions, tree: boolean, loop: (checkAbort: () => void) => Promise<T>): Promise<T> {

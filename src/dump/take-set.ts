@@ -7,7 +7,7 @@
  * migrate) take each round here and never ask which of the two it is.
  */
 import { dump, preDump, type DumpOptions } from './dump.js';
-import { dumpTree, type TreeDumpResult } from './tree.js';
+import type { TreeDumpResult } from './tree.js';
 import type { Range } from '../image/ranges.js';
 import type { Mode } from './image-process.js';
 
@@ -19,7 +19,11 @@ export interface SetImage extends TreeDumpResult {
 }
 
 export async function takeSet(opts: DumpOptions, mode: Mode, tree: boolean): Promise<SetImage> {
-  if (tree) return { ...(await dumpTree(opts, mode)), tree: true };
+  if (tree) {
+    // Loaded only for a tree: a one-process dump (the CLI's common case) starts without it.
+    const { dumpTree } = await import('./tree.js');
+    return { ...(await dumpTree(opts, mode)), tree: true };
+  }
   const r = mode === 'dump' ? await dump(opts) : await preDump(opts);
   return {
     dir: r.dir, root: opts.pid, tree: false, processes: [{ pid: opts.pid, result: r }],
