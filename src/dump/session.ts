@@ -30,10 +30,10 @@ export class DumpSession implements SessionScope {
   private readonly undo = new CleanupStack();
   private committed = false;
 
-  /** A session over `set` (a tree freezes its processes into one), empty for a pre-dump. */
-  constructor(set: FrozenSet = new FrozenSet()) {
-    this.set = set;
-    set.attach(this.repair);
+  /** Its set starts empty: a dump freezes into it (freeze(), or a tree top-down); a pre-dump leaves it so. */
+  constructor() {
+    this.set = new FrozenSet();
+    this.set.attach(this.repair);
   }
 
   /** Freezes one process into the session's set. */
@@ -57,10 +57,6 @@ export class DumpSession implements SessionScope {
     const m = new MemberScope(this.repair);
     this.undo.defer(() => m.unwind());
     return m;
-  }
-
-  get isCommitted(): boolean {
-    return this.committed;
   }
 
   /**
