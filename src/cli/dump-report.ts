@@ -1,7 +1,8 @@
 /** What dump and pre-dump print: per process, per tree, and the --pre-dumps loop. */
 import type { DumpResult } from '../dump/dump.js';
 import type { TreeDumpResult } from '../dump/tree.js';
-import type { IterativeResult, TreeIterativeResult } from '../dump/iterative.js';
+import type { IterativeResult, TreeIterativeResult, LoopResult } from '../dump/iterative.js';
+import type { SetImage } from '../dump/take-set.js';
 import { formatBytes, formatUs } from '../format.js';
 import { jsonLine, type DumpDoc, type TreeDumpDoc, type PreDumpsDoc, type TreePreDumpsDoc } from './json-docs.js';
 import type { Output } from './output.js';
@@ -62,4 +63,17 @@ export function reportTreeIterations(out: Output, it: TreeIterativeResult, json?
   out.result(`pre-dumps ended: ${it.stoppedBecause}\n`);
   reportTree(out, it.final, 'dumped');
   out.result(`restore with: tsnap restore --dir ${it.final.dir}\n`);
+}
+
+/** One round of a session, of one process or of a tree (each in its own documented form). */
+export function reportSet(out: Output, s: SetImage, what: DumpWhat, json?: boolean): void {
+  if (s.tree) reportTree(out, s, what, json);
+  else reportDump(out, s.processes[0].result, what, s.root, json);
+}
+
+/** The --pre-dumps loop, of one process or of a tree. */
+export function reportLoop(out: Output, it: LoopResult, json?: boolean): void {
+  if (it.final.tree) { reportTreeIterations(out, it, json); return; }
+  const one = (s: SetImage) => s.processes[0].result;
+  reportIterations(out, { rounds: it.rounds.map(one), final: one(it.final), stoppedBecause: it.stoppedBecause }, it.final.root, json);
 }

@@ -1,5 +1,8 @@
 /**
- * `tsnap dump` and `tsnap pre-dump`: one round of taking an image.
+ * `tsnap dump` and `tsnap pre-dump` of one process: a dump session
+ * (session.ts) over that process, imaged by the step every dump shares
+ * (image-process.ts). A tree is the same session over more processes
+ * (tree.ts).
  *
  * dump: freeze, record the whole state, copy memory (all of it, or with
  * --parent only what changed since the parent image), write the image, end
@@ -12,52 +15,31 @@
  * injected, once per tracking.
  */
 import { mark } from '../trace.js';
-import { randomUUID } from 'node:crypto';
-import { release as kernelRelease } from 'node:os';
-import { dirname, relative, resolve } from 'node:path';
-import { closeSync, existsSync, readFileSync, readlinkSync } from 'node:fs';
-import { ProcMem, Pagemap } from '../sys/index.js';
-import { readStat, readStatus, readMaps, readCwd } from '../proc/index.js';
-import { FrozenProcess } from '../freeze/frozen-process.js';
-import { FrozenSet } from '../freeze/frozen-set.js';
+import { dirname } from 'node:path';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { readMaps, readCwd } from '../proc/index.js';
+import type { FrozenProcess } from '../freeze/frozen-process.js';
+import type { FrozenSet } from '../freeze/frozen-set.js';
 import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
 import { pausePoint } from '../fault-points.js';
-import { commitHolder } from '../track/holder.js';
-import { RoundRecord } from '../track/round-record.js';
-import { collectRemoteState } from './task-state.js';
-import type { Scratch } from '../inject/remote-syscall.js';
-import { unmergeScratch } from './scratch-flags.js';
 import { checkCreds } from './creds.js';
-import { readLayout, assembleProcess, checkOomScoreAdj } from './process-state.js';
-import { recordGuards } from './guards.js';
+import { checkOomScoreAdj } from './process-state.js';
 import { DEAD_PROC_DIR } from '../proc/links.js';
 import { readFds } from './fds.js';
 import { checkSysvShm, isSysvShmVma } from './sysv-shm.js';
-import { tcpRepair } from '../files/tcp.js';
 import { isMemfdPath } from '../files/fifo-memfd.js';
 import { isMappedGhost, checkMappedGhost } from '../files/ghost-map.js';
 import { isAioRing, checkAioRings } from '../files/aio.js';
-import { copyPages, fullSelection, type CopyOptions } from './page-dumper.js';
-import { selectDelta } from './delta-selection.js';
-import { normalize, subtract, type Range } from '../image/ranges.js';
-import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
-import { signalHolder } from '../track/holder.js';
-import { uffdWriteProtect } from '../track/uffd.js';
-import { PageFileWriter, DEFAULT_CHUNK_SIZE } from '../image/page-file.js';
+import type { Range } from '../image/ranges.js';
 import type { PageSink } from './page-sink.js';
-import { writeMetaFile } from '../image/metadata.js';
-import { encodePagemap, validateRuns } from '../image/page-runs.js';
-import { prepareImageDir, discardImageDir, fsyncDir } from '../image/image-dir.js';
-import { readChain, type Image } from '../image/image-reader.js';
-import { resolveChain, storedRanges } from '../image/chain-index.js';
 import { TsnapError, asTsnapError, interrupted } from '../errors.js';
-import { refuseUndumpable } from './target-check.js';
-import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun, type TrackingRef, type VmaImage, type ThreadImage } from '../../formats/schema.js';
-import { TOOL_VERSION } from '../version.js';
-import { CowWorker, CowLost, copyWithCow, killReleased, type CowCopyResult } from './cow-session.js';
-import { FrozenClock } from './frozen-clock.js';
+import { checkTarget } from './target-check.js';
+import type { Compression, DumpStats, VmaImage, ThreadImage } from '../../formats/schema.js';
+import { CowWorker, CowLost, killReleased } from './cow-session.js';
 import { SmapsReader } from '../proc/smaps-reader.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
+import { DumpSession } from './session.js';
+import { prepareImage, takeProcessImage, anonResidentBytes, type Mode } from './image-process.js';
 
 export interface DumpOptions {
   pid: number;
@@ -81,20 +63,8 @@ export interface DumpOptions {
    * only once the receiver holds the image.
    */
   hold?: boolean;
-  /**
-   * The target, already frozen by the caller (a tree dump freezes every
-   * process first), with its fds as read across the tree. The caller's
-   * FrozenSet keeps it: it is neither released nor killed here.
-   */
-  frozen?: { process: FrozenProcess; fds: FdImage[] };
   /** Tree dumps: shared anonymous objects an earlier member of the tree stores (dump/shared-memory.ts). */
   sharedElsewhere?: ReadonlySet<string>;
-  /**
-   * The caller commits several images as one (a tree): this round's
-   * tracking is neither ended nor undone here but handed back
-   * (result.round), for the caller to commit or abort with the rest.
-   */
-  deferRound?: boolean;
   /**
    * A round that is one member of a larger image (a tree): its tracking
    * record counts it as committed only once this file (the tree's manifest)
@@ -157,7 +127,7 @@ export interface DumpResult {
   trackingLost: string | null;
   /** With `hold`: the target, still frozen, for the caller to finish. */
   held: FrozenSet | null;
-  /** With `deferRound`: this round's tracking, to commit or abort with the caller's image. */
+  /** A tree member's tracking round, which its session commits with the tree's manifest; null once committed. */
   round: RoundEnd | null;
   /** When the target was frozen (process.hrtime.bigint()), for downtime accounting. */
   frozenAt: bigint | null;
@@ -181,44 +151,6 @@ export interface RoundEnd {
   abort(): void;
 }
 
-function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: 'dump' | 'predump'): RoundEnd {
-  let done = false;
-  const commitFd = () => { const fd = tr.commitFd; tr.commitFd = -1; return fd; };
-  return {
-    commit(frozen) {
-      if (done) return;
-      done = true;
-      // From now on an image names the holder: it may outlive this run.
-      rec.committed();
-      const fd = commitFd();
-      if (fd >= 0) {
-        if (mode === 'dump') closeSync(fd);
-        else commitHolder(fd);
-      }
-      closeSync(tr.uffd);
-      // The final dump ends tracking: killing the holder closes the last
-      // copy, and the kernel unregisters everything.
-      if (mode !== 'dump') return;
-      if (!frozen || frozen.isFinished) { stopHolder(tr.ref); return; }
-      const gone = signalHolder(tr.ref);
-      if (gone) frozen.attach({ release: gone, forget: () => {} });
-    },
-    abort() {
-      if (done) return;
-      done = true;
-      for (const r of armed()) {
-        try { uffdWriteProtect(tr.uffd, r.start, r.end - r.start, false); } catch { /* unmapped meanwhile */ }
-      }
-      try { closeSync(tr.uffd); } catch { /* closed */ }
-      // Its holder exits on end-of-file of an uncommitted pipe.
-      const fd = commitFd();
-      if (fd >= 0) { try { closeSync(fd); } catch { /* closed */ } }
-      // A tracking this run started dies with it; a parent's stays usable.
-      if (tr.fresh) stopHolder(tr.ref);
-    },
-  };
-}
-
 export async function dump(opts: DumpOptions): Promise<DumpResult> {
   try {
     return await takeImage(opts, 'dump');
@@ -234,56 +166,25 @@ export function preDump(opts: PreDumpOptions): Promise<DumpResult> {
   return takeImage({ ...opts, leaveRunning: true, fsync: false }, 'predump');
 }
 
-const ALL: Range[] = [{ start: 0, end: 2 ** 47 }];
-
 /** cow: 'auto' below this much anonymous memory copies frozen (~20 ms of copy, about what copy-on-write costs to set up). */
 export const COW_MIN_BYTES = 32 << 20;
 
-async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<DumpResult> {
-  const t0 = process.hrtime.bigint();
+/**
+ * A session over one process: the pre-freeze checks, the freeze (dump) or
+ * none (pre-dump), the process's image (image-process.ts), then the point
+ * of no return and the one finish.
+ */
+async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
   const { pid } = opts;
-  const compression = opts.compression ?? 'none';
-  const fsync = opts.fsync ?? !opts.leaveRunning;
   checkTarget(pid);
-  const parent = opts.parent ? readParent(opts.parent, pid) : null;
-  const dir = prepareImageDir(opts.dir);
-  /** The freeze this dump made itself (not a tree member's). */
-  let set: FrozenSet | null = null;
-  let writer: PageSink | null = null;
-  let round: RoundEnd | null = null;
-  let record: RoundRecord | null = null;
-  let armed: Range[] = [];
-  let cowWorker: CowWorker | null = null;
-  let smapsReader: SmapsReader | null = null;
-  /** Set once a copy-on-write final round took VMAs from the parent's tracking. */
-  let cowTracking: { uffd: number; dropped: boolean; ref: TrackingRef } | null = null;
-  // Known before the scan: the tracking's record names the round's image.
-  const imageId = randomUUID();
+  const session = new DumpSession();
   try {
     return await withAbortSignals(async (checkAbort) => {
-      // Buffers are allocated and touched before any freeze, not during it.
-      writer = opts.pageSink ? await opts.pageSink(compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE) : await PageFileWriter.create(dir.path, compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE);
-      const pageWriter = writer;
-      // What the chain already holds depends on the images only: work it out
-      // before the target is stopped.
-      const chainStored = parent ? storedRanges(resolveChain(parent.map(level), ALL)) : null;
-      // Tracking is found (or injected, stopping the target briefly) before
-      // the dump's own freeze, which then lasts only for the last delta.
-      let track: Tracking | null = null;
-      if (mode === 'predump' || parent) {
-        track = await openTracking(pid, parent?.[0].inventory.tracking ?? null, opts.frozen?.process.leader ?? null);
-        for (const e of track.ended) opts.warn?.(`process ${pid} was already tracked (${e}); that tracking is ended: two chains on one process would clear each other's written pages`);
-        if (track.fresh) pausePoint('holder-started');
-        record = RoundRecord.open(track, parent ? { dir: parent[0].dir, imageId: parent[0].inventory.imageId } : null, opts.parent ?? null, { imageId, dir: dir.path, ...(opts.commitFile ? { commitFile: opts.commitFile } : {}) });
-        round = roundEnd(track, record, () => armed, mode);
-        if (record.distrust) track.lost = record.distrust;
-        if (track.lost) opts.warn?.(`tracking of process ${pid} was lost (${track.lost}); copying all of its memory again`);
-      }
-      checkAbort();
+      const prep = await prepareImage(session, opts, mode, checkAbort, null);
       let frozen: FrozenProcess | null = null;
-      if (opts.frozen) {
-        frozen = opts.frozen.process;
-      } else if (mode === 'dump') {
+      let smaps: SmapsReader | null = null;
+      let cowWorker: CowWorker | null = null;
+      if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
         readFds(pid, { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, ghostLimit: opts.ghostLimit, enter: false });
@@ -295,240 +196,58 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
           throw new TsnapError('usage', '--cow in kill mode lets the process run after its TCP connections are taken; use --leave-running or --no-cow');
         }
         const cow = opts.cow === true || (opts.cow === 'auto' && anonResidentBytes(pid) >= COW_MIN_BYTES);
-        if (cow && !opts.hold) cowWorker = await CowWorker.start();
-        if (overlapSmaps(pid)) smapsReader = await SmapsReader.start();
+        if (cow && !opts.hold) {
+          const w = cowWorker = await CowWorker.start();
+          session.onFailure(() => w.stop());
+        }
+        if (overlapSmaps(pid)) {
+          const r = smaps = await SmapsReader.start();
+          session.onFailure(() => r.stop());
+        }
         opts.beforeFreeze?.();
         mark('dump: freezing');
-        set = FrozenSet.freeze(pid);
+        frozen = session.freeze(pid);
         mark('dump: frozen');
-        set.attach(tcpRepair);
-        frozen = set.processes[0];
         pausePoint('dump-frozen');
       }
-      const ours = set as FrozenSet | null;
-      const mem = new ProcMem(pid);
-      const pagemap = new Pagemap(pid);
-      try {
-        const parts = new FrozenClock();
-        // Read frozen, beside the remote syscalls rather than after them.
-        const vmFlags = smapsReader && frozen ? (smapsReader as SmapsReader).read(pid) : null;
-        // With smaps being read beside it, the state step's scratch is
-        // unmapped only after that read: a munmap (mmap_lock for writing)
-        // would wait for the whole page-table walk.
-        let scratch: Scratch | null = null;
-        const remote = frozen ? collectRemoteState(frozen, mem, vmFlags ? (s) => { scratch = s; } : undefined) : null;
-        parts.lap('stateUs');
-        mark('dump: state read');
-        let flagsRead;
-        try {
-          flagsRead = (await vmFlags) ?? undefined;
-        } finally {
-          (scratch as Scratch | null)?.close();
-        }
-        if (flagsRead && scratch) unmergeScratch(flagsRead, scratch);
-        const layout = readLayout(pid, opts.sharedElsewhere, flagsRead);
-        recordGuards(pagemap, layout.images);
-        parts.lap('layoutUs');
-        mark('dump: layout read');
-        const processImage = remote ? assembleProcess(pid, remote, layout, opts.frozen?.fds, { tcpEstablished: !!opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: !!opts.extUnixSk, ghostLimit: opts.ghostLimit }) : null;
-        parts.lap('processUs');
-        mark('dump: process assembled');
-        checkAbort();
+      const set = session.set;
+      const { result, cow } = await takeProcessImage(session, prep, {
+        process: frozen,
+        smaps,
+        cow: cowWorker && frozen ? { worker: cowWorker, release: () => set.release() } : null,
+        releaseEarly: frozen && opts.leaveRunning && !opts.hold ? () => set.finish('release') : null,
+      }, checkAbort);
+      pausePoint('dump-committed');
+      // A signal that came before this point still undoes the whole dump.
+      await letSignalsIn();
+      checkAbort();
 
-        const tMem = process.hrtime.bigint();
-        const incremental = !!(parent && track && !track.lost);
-        let zero: Range[] = [];
-        let selection;
-        let trackStats = { freshVmas: 0, untrackedVmas: 0, oldVmas: 0 };
-        const rec = record as RoundRecord | null;
-        if (track && rec) {
-          rec.beforeScan();
-          pausePoint('before-scan');
-          const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null, incremental ? rec.pending : [], mode === 'predump');
-          armed = delta.armed;
-          zero = delta.zero;
-          selection = delta.here;
-          trackStats = delta;
-          pausePoint('scanned');
-          rec.afterScan(armed);
-          pausePoint('after-scan');
-        } else {
-          selection = fullSelection(pagemap, layout.vmas, layout.classes);
-        }
-        parts.lap('scanUs');
-        mark('dump: scanned');
-        void (smapsReader as SmapsReader | null)?.stop();
-        smapsReader = null;
-        let leftOut: Range[] = [];
-        if (opts.leaveOut && opts.hold) {
-          // A full copy's selection is a scan of the frozen target: taken whole here.
-          if (!Array.isArray(selection)) selection = [...selection];
-          const out = normalize(opts.leaveOut(layout.images, normalize(selection), processImage?.threads ?? []));
-          leftOut = out;
-          selection = selection.flatMap((r) => subtract([r], out).map((x) => ({ ...r, start: x.start, end: x.end })));
-        }
-        let copied = 0;
-        let vanished = 0;
-        // A delta knows its pages; a full copy streams them: estimate with the
-        // resident anonymous memory (statm: resident - file-backed resident).
-        const total = Array.isArray(selection) ? selection.reduce((n, r) => n + (r.end - r.start), 0) : anonResidentBytes(pid);
-        await opts.onLayout?.({ vmas: layout.images, zero, incremental });
-        let cow: CowCopyResult | null = null;
-        const copyOpts: CopyOptions = {
-          onProgress: (bytes) => {
-            copied += bytes;
-            opts.onProgress?.({ bytes: copied, total, pid });
-            checkAbort();
-          },
-          // A running target may unmap memory under us: make sure the range is
-          // reported again next round (if it still exists) instead of lost.
-          onVanished: frozen ? undefined : (start, len) => {
-            vanished += len / PAGE_SIZE;
-            try { uffdWriteProtect(track!.uffd, start, len, false); } catch { /* gone for good */ }
-          },
-        };
-        if (cowWorker && track) cowTracking = { uffd: track.uffd, dropped: false, ref: track.ref };
-        const pages = cowWorker && ours && frozen
-          ? (cow = await copyWithCow({ pid, frozen, vmas: layout.vmas, classes: layout.classes, selection, writer: pageWriter, mem, worker: cowWorker, release: () => ours.release(), onProgress: copyOpts.onProgress, tracking: cowTracking ?? undefined })).pages
-          : await copyPages(pid, layout.vmas, selection, pageWriter, mem, copyOpts);
-        // Every byte is read: a target that stays alive need not wait for the writes.
-        let frozenUs = cow ? cow.frozenUs : frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
-        if (ours && opts.leaveRunning && !opts.hold) ours.finish('release');
-        mark('dump: pages copied');
-        await pageWriter.finish(fsync);
-        mark('dump: pages finished');
-        const memdumpUs = Number(process.hrtime.bigint() - tMem) / 1000;
-        checkAbort();
-
-        const runs: PageRun[] = [...pages.runs, ...zero.map((z) => ({ start: z.start, pages: (z.end - z.start) / PAGE_SIZE, where: PageWhere.Zero, chunk: 0, offset: 0 }))]
-          .sort((a, b) => a.start - b.start);
-        checkIndex(runs, pageWriter, dir.path);
-        mark('dump: index checked');
-        const files: Inventory['files'] = {};
-        files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, { ...encodePagemap({ chunks: pageWriter.chunks, runs }), vmas: layout.images }, fsync);
-        mark('dump: pagemap written');
-        if (processImage) files.process = writeMetaFile(dir.path, FileKind.Process, processImage, fsync);
-        mark('dump: process written');
-        const stats: DumpStats = {
-          freezeUs: frozen?.freezeUs ?? 0,
-          frozenUs,
-          memdumpUs,
-          totalUs: Number(process.hrtime.bigint() - t0) / 1000,
-          vmas: layout.vmas.length,
-          pagesScanned: layout.vmas.reduce((n, v, i) => n + (layout.classes[i] === 'notDumped' ? 0 : (v.end - v.start) / PAGE_SIZE), 0),
-          pagesWritten: pages.pagesWritten,
-          pagesZero: zero.reduce((n, z) => n + (z.end - z.start) / PAGE_SIZE, 0),
-          pagesSlowPath: pages.pagesSlowPath,
-          bytesRaw: pageWriter.bytesRaw,
-          bytesStored: pageWriter.bytesStored,
-          throughputMiBps: memdumpUs > 0 ? pageWriter.bytesRaw / (1 << 20) / (memdumpUs / 1e6) : 0,
-          compression,
-          ...(cow ? { cow: cow.stats } : {}),
-          ...(frozen ? { frozenParts: parts.done() } : {}),
-          ...(track ? { vmasFresh: trackStats.freshVmas, vmasTracked: trackStats.oldVmas, vmasUntracked: trackStats.untrackedVmas, pagesVanished: vanished } : {}),
-        };
-        files.stats = writeMetaFile(dir.path, FileKind.Stats, stats, fsync);
-        files.pages = { length: pageWriter.bytesStored, crc32: 0 };
-        const inventory: Inventory = {
-          formatVersion: FORMAT_VERSION,
-          imageId,
-          createdAt: new Date().toISOString(),
-          tool: { name: 'tsnap', version: TOOL_VERSION },
-          kind: incremental ? 'delta' : 'full',
-          parent: parent ? { path: relative(dir.path, parent[0].dir) || '.', imageId: parent[0].inventory.imageId } : null,
-          pid,
-          arch: 'x86_64',
-          kernel: kernelRelease(),
-          pageSize: PAGE_SIZE,
-          chunkSize: pageWriter.chunkSize,
-          compression,
-          files,
-          contents: mode,
-          tracking: mode === 'predump' ? track!.ref : null,
-        };
-        // The inventory is the commit record: written last, then made durable.
-        writeMetaFile(dir.path, FileKind.Inventory, inventory, fsync);
-        if (fsync) fsyncDir(dir.path);
-        mark('dump: inventory written');
-        pausePoint('dump-committed');
-        // A signal that came before this point still undoes the whole dump.
-        await letSignalsIn();
-        checkAbort();
-
-        // The point of no return: the image is complete. Nothing from here
-        // on awaits, so no signal can come between it and the finish.
-        pausePoint('committed');
-        mark('dump: signals checked');
-        const deferred = opts.deferRound ? round : null;
-        if (!opts.deferRound) (round as RoundEnd | null)?.commit(ours);
-        mark('dump: round committed');
-        let held: FrozenSet | null = null;
-        if (ours && !ours.isFinished) {
-          frozenUs = ours.frozenUs();
-          stats.frozenUs = frozenUs;
-          held = ours.finish(opts.hold ? 'hold' : opts.leaveRunning ? 'release' : 'kill');
-        }
-        mark('dump: finished');
-        // Copy-on-write in kill mode: it ran during the copy, released; it ends now.
-        if (cow && !opts.leaveRunning) killReleased(pid);
-        return {
-          dir: dir.path, imageId, kind: inventory.kind, stats,
-          killed: mode === 'dump' && !opts.leaveRunning && !opts.hold && !opts.frozen,
-          trackingLost: track?.lost ?? null,
-          held,
-          round: deferred,
-          frozenAt: frozen?.frozenAt ?? null,
-          ...(opts.leaveOut ? { leftOut } : {}),
-        };
-      } finally {
-        pagemap.close();
-        mem.close();
+      // The point of no return: the image is complete. Nothing from here
+      // on awaits, so no signal can come between it and the finish.
+      pausePoint('committed');
+      mark('dump: signals checked');
+      session.commit();
+      result.round?.commit(set);
+      mark('dump: round committed');
+      if (frozen && !set.isFinished) {
+        result.stats.frozenUs = set.frozenUs();
+        result.held = session.finish(opts.hold ? 'hold' : opts.leaveRunning ? 'release' : 'kill');
+      } else {
+        session.finish('release');
       }
+      mark('dump: finished');
+      // Copy-on-write in kill mode: it ran during the copy, released; it ends now.
+      if (cow && !opts.leaveRunning) killReleased(pid);
+      result.killed = mode === 'dump' && !opts.leaveRunning && !opts.hold;
+      result.round = null;
+      return result;
     }, (sig) => interrupted(sig, `interrupted by ${sig}; the ${mode} was abandoned and process ${pid} resumed unharmed`));
   } catch (err) {
     // Whatever failed, the target runs on as before and no partial image remains.
-    (round as RoundEnd | null)?.abort();
-    await (cowWorker as CowWorker | null)?.stop();
-    await (smapsReader as SmapsReader | null)?.stop();
-    // A tracking that lost VMAs to a copy-on-write round would miss their
-    // writes: it ends, and the next round copies everything again.
-    const dropped = cowTracking as { dropped: boolean; ref: TrackingRef } | null;
-    if (dropped?.dropped) stopHolder(dropped.ref);
-    const own = set as FrozenSet | null;
-    try { own?.release(); } catch { /* gone */ }
-    if (!own && !opts.frozen) tcpRepair.release();
-    const w = writer as PageSink | null;
-    if (w) await w.abort();
-    discardImageDir(dir);
+    await session.fail();
     if (err instanceof CowLost) throw err;
     throw asTsnapError(err, `${mode} of process ${pid}`);
   }
-}
-
-function level(img: Image) {
-  return { kind: img.inventory.kind, runs: img.pagemap.runs };
-}
-
-function readParent(dir: string, pid: number): Image[] {
-  const chain = readChain(resolve(dir), { indexOnly: true });
-  const inv = chain[0].inventory;
-  if (inv.pid !== pid) {
-    throw new TsnapError('badImage', `parent image ${dir} is of process ${inv.pid}, not ${pid}`);
-  }
-  return chain;
-}
-
-function checkTarget(pid: number): void {
-  if (!Number.isInteger(pid) || pid <= 0) throw new TsnapError('usage', `invalid pid ${pid}`);
-  try {
-    readStat(pid);
-  } catch {
-    throw new TsnapError('noSuchProcess', `no process with pid ${pid}; check the pid (ps -p ${pid})`);
-  }
-  if (pid === process.pid) throw new TsnapError('usage', 'tsnap cannot dump itself');
-  refuseUndumpable(pid);
-  const tgid = readStatus(pid).tgid;
-  if (tgid !== pid) throw new TsnapError('usage', `${pid} is a thread of process ${tgid}; dump the process: tsnap dump --pid ${tgid}`);
 }
 
 /**
@@ -588,23 +307,5 @@ function overlapSmaps(pid: number): boolean {
     return Number(readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ')[1]) * PAGE_SIZE >= OVERLAP_SMAPS_BYTES;
   } catch {
     return false;
-  }
-}
-
-function anonResidentBytes(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ').map(Number);
-    return Math.max(0, f[1] - f[2]) * PAGE_SIZE;
-  } catch {
-    return 0;
-  }
-}
-
-/** An index no reader would accept is never written: the round fails instead (exit 1). */
-function checkIndex(runs: PageRun[], writer: PageSink, dir: string): void {
-  try {
-    validateRuns(runs, writer.chunks, dir);
-  } catch (err) {
-    throw new TsnapError('internal', `the page index built for ${dir} is invalid (${(err as Error).message}); no image was written. Please report this`);
   }
 }

@@ -13,8 +13,9 @@
 import { PreCopyPolicy } from './precopy-policy.js';
 import { join } from 'node:path';
 import { mkdirSync, chmodSync, readdirSync, rmSync } from 'node:fs';
-import { dump, preDump, type DumpOptions, type DumpResult } from './dump.js';
-import { dumpTree, type TreeDumpResult } from './tree.js';
+import type { DumpOptions, DumpResult } from './dump.js';
+import type { TreeDumpResult } from './tree.js';
+import { takeSet, setTotals, type SetImage } from './take-set.js';
 import { withAbortSignals } from '../freeze/safety-net.js';
 import { readImage } from '../image/image-reader.js';
 import { stopHolder } from '../track/tracking.js';
@@ -34,25 +35,10 @@ export interface IterativeResult {
   stoppedBecause: string;
 }
 
-export function dumpIteratively(opts: IterativeOptions): Promise<IterativeResult> {
-  return allOrNothing(opts, false, (checkAbort) => loopOne(opts, checkAbort));
-}
-
-async function loopOne(opts: IterativeOptions, checkAbort: () => void): Promise<IterativeResult> {
-  const policy = new PreCopyPolicy({ maxRounds: opts.preDumps, smallEnoughPages: opts.smallEnoughPages });
-  const rounds: DumpResult[] = [];
-  let stoppedBecause = `reached ${opts.preDumps} pre-dumps`;
-  for (let i = 1; i <= opts.preDumps; i++) {
-    checkAbort();
-    const r = await preDump({ ...opts, dir: join(opts.dir, String(i)), parent: i > 1 ? join(opts.dir, String(i - 1)) : undefined });
-    rounds.push(r);
-    const v = policy.afterRound({ pages: r.stats.pagesWritten });
-    if (v.stop) { stoppedBecause = v.reason; break; }
-  }
-  const n = rounds.length;
-  checkAbort();
-  const final = await dump({ ...opts, dir: join(opts.dir, String(n + 1)), parent: join(opts.dir, String(n)) });
-  return { rounds, final, stoppedBecause };
+export async function dumpIteratively(opts: IterativeOptions): Promise<IterativeResult> {
+  const it = await dumpLoop(opts, false);
+  const one = (s: SetImage) => s.processes[0].result;
+  return { rounds: it.rounds.map(one), final: one(it.final), stoppedBecause: it.stoppedBecause };
 }
 
 export interface TreeIterativeResult {
@@ -63,25 +49,36 @@ export interface TreeIterativeResult {
 
 /** The same loop for a process tree (--tree): each round a tree image, sized by the sum over its processes. */
 export function dumpTreeIteratively(opts: IterativeOptions): Promise<TreeIterativeResult> {
-  return allOrNothing(opts, true, (checkAbort) => loopTree(opts, checkAbort));
+  return dumpLoop(opts, true);
 }
 
-async function loopTree(opts: IterativeOptions, checkAbort: () => void): Promise<TreeIterativeResult> {
-  const policy = new PreCopyPolicy({ maxRounds: opts.preDumps, smallEnoughPages: opts.smallEnoughPages });
-  const written = (t: TreeDumpResult) => t.processes.reduce((n, p) => n + p.result.stats.pagesWritten, 0);
-  const rounds: TreeDumpResult[] = [];
-  let stoppedBecause = `reached ${opts.preDumps} pre-dumps`;
-  for (let i = 1; i <= opts.preDumps; i++) {
+export interface LoopResult {
+  /** The pre-dumps, DIR/1 .. DIR/n. */
+  rounds: SetImage[];
+  /** The final dump, DIR/n+1: the image to restore. */
+  final: SetImage;
+  /** Why the pre-dump loop ended. */
+  stoppedBecause: string;
+}
+
+/** The loop over rounds, each a session over the process or (tree) its tree. */
+export function dumpLoop(opts: IterativeOptions, tree: boolean): Promise<LoopResult> {
+  return allOrNothing(opts, tree, async (checkAbort) => {
+    const policy = new PreCopyPolicy({ maxRounds: opts.preDumps, smallEnoughPages: opts.smallEnoughPages });
+    const rounds: SetImage[] = [];
+    let stoppedBecause = `reached ${opts.preDumps} pre-dumps`;
+    for (let i = 1; i <= opts.preDumps; i++) {
+      checkAbort();
+      const r = await takeSet({ ...opts, dir: join(opts.dir, String(i)), parent: i > 1 ? join(opts.dir, String(i - 1)) : undefined }, 'predump', tree);
+      rounds.push(r);
+      const v = policy.afterRound({ pages: setTotals(r).pagesWritten });
+      if (v.stop) { stoppedBecause = v.reason; break; }
+    }
+    const n = rounds.length;
     checkAbort();
-    const r = await dumpTree({ ...opts, dir: join(opts.dir, String(i)), parent: i > 1 ? join(opts.dir, String(i - 1)) : undefined }, 'predump');
-    rounds.push(r);
-    const v = policy.afterRound({ pages: written(r) });
-    if (v.stop) { stoppedBecause = v.reason; break; }
-  }
-  const n = rounds.length;
-  checkAbort();
-  const final = await dumpTree({ ...opts, dir: join(opts.dir, String(n + 1)), parent: join(opts.dir, String(n)) }, 'dump');
-  return { rounds, final, stoppedBecause };
+    const final = await takeSet({ ...opts, dir: join(opts.dir, String(n + 1)), parent: join(opts.dir, String(n)) }, 'dump', tree);
+    return { rounds, final, stoppedBecause };
+  });
 }
 
 async function allOrNothing<T>(opts: IterativeOptions, tree: boolean, loop: (checkAbort: () => void) => Promise<T>): Promise<T> {

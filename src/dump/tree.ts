@@ -27,15 +27,16 @@ import { listChildren, readStat } from '../proc/index.js';
 import { sharedFdTables } from '../files/fd-table.js';
 import { readTreeFds } from './fds.js';
 import { sharedStoredEarlier, sharedAnonObjects } from './shared-memory.js';
-import { tcpRepair } from '../files/tcp.js';
-import { dump, preDump, checkMappings, checkCwd, type DumpOptions, type DumpResult } from './dump.js';
+import { checkMappings, checkCwd, type DumpOptions, type DumpResult } from './dump.js';
+import { DumpSession } from './session.js';
+import { imageProcess } from './image-process.js';
 import { checkOomScoreAdj } from './process-state.js';
 import { checkCreds, refuseUnrestorableZombie } from './creds.js';
 import { credsImage } from '../restore/creds-check.js';
 import { readTaskCreds } from '../proc/creds.js';
 import { writeMetaFile } from '../image/metadata.js';
 import { isTreeImage } from '../image/tree-manifest.js';
-import { prepareImageDir, fsyncDir, type PreparedDir } from '../image/image-dir.js';
+import { prepareImageDir, fsyncDir } from '../image/image-dir.js';
 import { TsnapError, asTsnapError, interrupted, retellInterrupted } from '../errors.js';
 import { refuseUndumpable } from './target-check.js';
 import { FileKind, FORMAT_VERSION, type TreeManifest, type TreeMember, type CredsImage } from '../../formats/schema.js';
@@ -62,20 +63,18 @@ export function listTree(root: number): TreeMember[] {
 }
 
 interface FrozenTree {
-  set: FrozenSet;
   members: { m: TreeMember; fp: FrozenProcess }[];
   /** Children that exited and wait to be reaped: recorded, not frozen. */
   zombies: TreeMember[];
 }
 
 /**
- * Freezes the tree under `root` into one FrozenSet: a parent before its
- * children are listed, so that it cannot fork behind our back. On any
- * failure everything frozen so far is released.
+ * Freezes the tree under `root` into `set`: a parent before its children
+ * are listed, so that it cannot fork behind our back. On any failure
+ * everything frozen so far is released.
  */
-function freezeTree(root: number): FrozenTree {
-  const tree: FrozenTree = { set: new FrozenSet(), members: [], zombies: [] };
-  tree.set.attach(tcpRepair);
+function freezeTree(root: number, set: FrozenSet): FrozenTree {
+  const tree: FrozenTree = { members: [], zombies: [] };
   try {
     const queue: TreeMember[] = [{ pid: root, ppid: readStat(root).ppid, dir: String(root) }];
     const seen = new Set<number>([root]);
@@ -97,7 +96,7 @@ function freezeTree(root: number): FrozenTree {
         }
         throw err;
       }
-      tree.set.add(fp);
+      set.add(fp);
       tree.members.push({ m, fp });
       // Frozen, it cannot fork: its children list is final.
       for (const c of listChildren(m.pid)) {
@@ -111,11 +110,11 @@ function freezeTree(root: number): FrozenTree {
     for (let i = tree.members.length - 1; i > 0; i--) {
       const z = zombieOf(tree.members[i].m);
       // (Dropping a dead process only collects our tracer's view of its exit.)
-      if (z) { tree.set.drop(tree.members[i].fp); tree.members.splice(i, 1); tree.zombies.push(z); }
+      if (z) { set.drop(tree.members[i].fp); tree.members.splice(i, 1); tree.zombies.push(z); }
     }
     return tree;
   } catch (err) {
-    try { tree.set.release(); } catch { /* gone */ }
+    try { set.release(); } catch { /* gone */ }
     throw err;
   }
 }
@@ -138,6 +137,12 @@ function parentFor(parentTree: string | undefined, pid: number): string | undefi
   return existsSync(join(d, 'inventory')) ? d : undefined;
 }
 
+/**
+ * A session over the tree: every process frozen (dump) or running
+ * (pre-dump), each imaged by the same step as a single process
+ * (image-process.ts) into DIR/<pid>, the manifest as the commit record,
+ * then the one finish for all.
+ */
 export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<TreeDumpResult> {
   const root = opts.pid;
   if (opts.parent && !isTreeImage(opts.parent)) {
@@ -145,15 +150,18 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
   }
   refuseUndumpable(root);
   const done: { pid: number; result: DumpResult }[] = [];
-  let tree: FrozenTree | null = null;
-  let top: PreparedDir | null = null;
+  const session = new DumpSession();
   const fsync = opts.fsync ?? (mode === 'dump' && !opts.leaveRunning);
   try {
     // One scope from the first step to the last: a signal at any point,
     // the freeze included, unwinds everything below.
     return await withAbortSignals(async (checkAbort) => {
-      top = prepareImageDir(resolve(opts.dir));
+      const top = prepareImageDir(resolve(opts.dir));
       const topDir = top.path;
+      session.onFailure(() => {
+        rmSync(join(topDir, 'tree'), { force: true });
+        if (top.created) rmSync(topDir, { recursive: true, force: true });
+      });
       let members: TreeMember[];
       if (mode === 'dump') {
         // Fail fast, with the tree untouched, on fds tsnap cannot restore.
@@ -166,8 +174,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         for (const pid of running) { checkMappings(pid, opts.ghostLimit); checkCwd(pid); checkOomScoreAdj(pid); checkCreds(pid); }
         sharedFdTables(runningTree);
         opts.beforeFreeze?.();
-        tree = freezeTree(root);
-        const t = tree as FrozenTree;
+        const t = freezeTree(root, session.set);
         pausePoint('tree-frozen');
         await letSignalsIn();
         checkAbort();
@@ -175,14 +182,13 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         const shared = sharedFdTables(t.members.map((x) => x.m));
         for (const { m } of t.members) if (shared.has(m.pid)) m.filesShared = true;
         members = [...t.members.map((x) => x.m), ...t.zombies];
-        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, ghostLimit: opts.ghostLimit, enter: true, zombies: t.zombies.map((z) => z.pid) });
+        const fds = readTreeFds(t.members.map((x) => x.m.pid), { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, ghostLimit: opts.ghostLimit, enter: true, zombies: t.zombies.map((z) => z.pid), repair: session.repair });
         // All at once: while one process's pages are being written out, the
         // next one's are read, which shortens the time the whole tree is frozen.
         const sharedElsewhere = sharedStoredEarlier(t.members.map((x) => x.m.pid));
-        const settled = await Promise.allSettled(t.members.map(({ m, fp }) => dump({
-          ...opts, hold: false, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid),
-          frozen: { process: fp, fds: fds.get(m.pid)! }, fsync, deferRound: true, sharedElsewhere: sharedElsewhere.get(m.pid),
-        })));
+        const settled = await Promise.allSettled(t.members.map(({ m, fp }) => imageProcess(session.member(), {
+          ...opts, hold: false, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid), fsync, sharedElsewhere: sharedElsewhere.get(m.pid),
+        }, 'dump', checkAbort, { process: fp, fds: fds.get(m.pid)! })));
         settled.forEach((r, i) => { if (r.status === 'fulfilled') done.push({ pid: t.members[i].m.pid, result: r.value }); });
         const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
         if (failed) throw failed.reason;
@@ -197,16 +203,17 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
           checkAbort();
           // Zombies have no memory to pre-dump; the final dump records them.
           try { if (readStat(m.pid).state === 'Z') continue; } catch { continue; }
+          const scope = session.member();
           try {
             const mine = sharedAnonObjects(m.pid);
             const sharedElsewhere = new Set([...mine].filter((k) => stored.has(k)));
-            const result = await preDump({ ...opts, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid), deferRound: true, commitFile: join(topDir, 'tree'), sharedElsewhere });
+            const result = await imageProcess(scope, { ...opts, leaveRunning: true, fsync: false, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid), commitFile: join(topDir, 'tree'), sharedElsewhere }, 'predump', checkAbort, { process: null });
             for (const k of mine) stored.add(k);
             done.push({ pid: m.pid, result });
             alive.push(m);
           } catch (err) {
             // A process of a running tree may exit meanwhile; the next round goes without it.
-            if (m.pid !== root && err instanceof TsnapError && err.kind === 'noSuchProcess') continue;
+            if (m.pid !== root && err instanceof TsnapError && err.kind === 'noSuchProcess') { await scope.unwind(); continue; }
             throw err;
           }
         }
@@ -229,27 +236,20 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
 
       // The point of no return, for every process at once; nothing from
       // here on awaits.
-      const t = tree as FrozenTree | null;
-      for (const d of done) d.result.round?.commit(t?.set);
-      tree = null;
-      const frozenAt = t?.set.frozenAt ?? null;
-      const frozenUs = t ? t.set.frozenUs() : 0;
-      const how = opts.hold ? 'hold' : opts.leaveRunning ? 'release' : 'kill';
-      const held = t ? t.set.finish(how) : null;
-      return { dir: topDir, root, processes: done, killed: !!t && how === 'kill', frozenAt, frozenUs, held };
+      session.commit();
+      const set = session.set;
+      for (const d of done) d.result.round?.commit(set);
+      const frozenAt = set.frozenAt;
+      const frozenUs = set.frozenUs();
+      const how = mode === 'predump' ? 'release' : opts.hold ? 'hold' : opts.leaveRunning ? 'release' : 'kill';
+      const held = session.finish(how);
+      return { dir: topDir, root, processes: done, killed: mode === 'dump' && how === 'kill', frozenAt, frozenUs, held };
     }, (sig) => interrupted(sig, `interrupted by ${sig}; the ${mode} of the tree of process ${root} was abandoned and every process resumed unharmed`));
   } catch (err) {
-    const t = tree as FrozenTree | null;
-    try { t?.set.release(); } catch { /* gone */ }
-    // This round's trackings are undone: pages it write-protected count as
-    // written again, and trackings it started end (a parent's stays).
-    for (const d of done) d.result.round?.abort();
-    for (const d of done) rmSync(d.result.dir, { recursive: true, force: true });
-    const tp = top as PreparedDir | null;
-    if (tp) {
-      rmSync(join(tp.path, 'tree'), { force: true });
-      if (tp.created) rmSync(tp.path, { recursive: true, force: true });
-    }
+    // The processes run on, then every member's round is undone (pages it
+    // write-protected count as written again, trackings it started end)
+    // and every image removed.
+    await session.fail();
     const e = asTsnapError(err, `${mode} of the tree of process ${root}`);
     throw e.kind === 'interrupted'
       ? retellInterrupted(e, (sig) => `interrupted by ${sig}; the ${mode} of the tree of process ${root} was abandoned and every process resumed unharmed`)

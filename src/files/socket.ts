@@ -15,7 +15,7 @@ import type { FdImage, SocketImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../inject/remote-task.js';
 import { readSocketOptions, applySocketOptions } from './socket-options.js';
 import { placeFds, placeEnds, SETFL_MASK } from './place.js';
-import { describeTcp, restoreTcp, restoreTcpClosed } from './tcp.js';
+import { describeTcp, restoreTcp, restoreTcpClosed, type RepairSession } from './tcp.js';
 import { readPairQueue } from './scm-rights.js';
 import { describeClosedTcp, shutdownHow, RCV_SHUTDOWN, SEND_SHUTDOWN } from './tcp-closed.js';
 import { TsnapError } from '../errors.js';
@@ -42,6 +42,8 @@ export interface SocketOptions {
    * back shut down both ways, unbound, as after a reset; nothing is locked.
    */
   tcpClose?: boolean;
+  /** Where the connections entered into repair mode belong: the frozen set's (src/dump/session.ts). */
+  repair?: RepairSession;
 }
 
 export function describeSocket(pidfd: number, fd: number, link: string, ino: number, opts: SocketOptions = {}): SocketImage {
@@ -81,7 +83,7 @@ export function describeSocket(pidfd: number, fd: number, link: string, ino: num
       if (!opts.tcpEstablished) {
         throw new TsnapError('unsupported', `${what} is an established TCP connection; dump with --tcp-established to take it with TCP repair mode, or with --tcp-close to bring it back closed`);
       }
-      return { ...base, state: 'established', local: getsockname(s), peer, tcp: describeTcp(pidfd, fd, !!opts.enter) ?? undefined };
+      return { ...base, state: 'established', local: getsockname(s), peer, tcp: describeTcp(pidfd, fd, !!opts.enter, opts.repair) ?? undefined };
     }
     if (!listening && peer && type !== SOCK_DGRAM) {
       throw new TsnapError('unsupported', `${what} is a connected stream; only listening, datagram and TCP (--tcp-established) sockets can be restored`);

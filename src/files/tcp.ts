@@ -72,14 +72,15 @@ const SO_RCVBUFFORCE = 33;
 const MSG_DONTWAIT = 0x40;
 
 /**
- * Sockets this tsnap put in repair mode, as its own copies. Whoever ends
- * the dump either lets them be closed with their process (killed) or
- * switches repair mode off again; tsnap's exit does the latter for any
- * left over. The guardian holds a copy of each too, taken before repair
+ * Sockets one dump session put in repair mode, as its own copies. Each
+ * frozen set owns one (attached to it: src/dump/session.ts), so that two
+ * dumps in one process never end each other's repair mode; the set's end
+ * either lets them be closed with their processes (killed) or switches
+ * repair mode off again; tsnap's exit does the latter for any left over. The guardian holds a copy of each too, taken before repair
  * mode is switched on: should tsnap die, it switches repair off, so a
  * connection is never left frozen for its peer.
  */
-class RepairSession implements Releasable {
+export class RepairSession implements Releasable {
   private readonly copies: { fd: number; guard: bigint; lock: Lock | null; reuseAddr: boolean }[] = [];
   /** Locks handed to the image by forget(), for a migration to remove once the receiver is done. */
   private handed: { id: string; local: Buffer; peer: Buffer }[] = [];
@@ -125,7 +126,7 @@ class RepairSession implements Releasable {
   }
 
   /** A migration whose receiver is done (or failed): the locks forget() handed on are lifted here. */
-  unlockHanded(): void {
+  settle(): void {
     for (const h of this.handed.splice(0)) {
       try { unlockImageConnection(h.id, h.local, h.peer); } catch { /* best effort */ }
     }
@@ -137,13 +138,11 @@ class RepairSession implements Releasable {
   }
 }
 
-export const tcpRepair = new RepairSession();
-
 /**
  * Reads a connected TCP socket for restore. With `enter` false (the check
  * before the freeze) it only makes sure it could: the process is running.
  */
-export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage | null {
+export function describeTcp(pidfd: number, fd: number, enter: boolean, repair: RepairSession | undefined): TcpImage | null {
   const s = pidfdGetfd(pidfd, fd);
   let kept = false;
   try {
@@ -155,7 +154,9 @@ export function describeTcp(pidfd: number, fd: number, enter: boolean): TcpImage
       checkLockTool(getsockname(s));
       return null;
     }
-    const session = tcpRepair.add(s);
+    // Only a dump session (whose end takes the sockets out of repair mode) may enter it.
+    if (!repair) throw new TsnapError('internal', `fd ${fd}: a TCP connection was read for the image outside a dump session. Please report this`);
+    const session = repair.add(s);
     kept = true;
     const local = getsockname(s);
     const peer = getpeername(s)!;

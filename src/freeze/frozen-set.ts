@@ -21,12 +21,16 @@ export interface Attached {
   release(): void;
   /** The processes are killed: drop it without a trace. */
   forget(): void;
+  /** After forget(): whoever took the image over is done with what forget() handed on to it. */
+  settle?(): void;
 }
 
 export class FrozenSet implements Releasable {
   /** Parents before children (tree order); released children first. */
   private readonly procs: FrozenProcess[] = [];
   private readonly attached: Attached[] = [];
+  /** Forgotten by the kill, with something handed on that settle() ends. */
+  private readonly handedOn: Attached[] = [];
   private ended: 'released' | 'killed' | null = null;
   /** Set when the first process is added. */
   frozenAt: bigint | null = null;
@@ -116,6 +120,18 @@ export class FrozenSet implements Releasable {
     // copy of a socket in repair mode) would keep its address from it.
     for (const a of this.attached.splice(0)) {
       try { a.forget(); } catch { /* closed */ }
+      if (a.settle) this.handedOn.push(a);
+    }
+  }
+
+  /**
+   * A killed set's image was taken over and its new owner is done (a
+   * migration's receiver restored it, or failed): what the kill handed on
+   * with it (the TCP connections' locks) is lifted.
+   */
+  settle(): void {
+    for (const a of this.handedOn.splice(0)) {
+      try { a.settle!(); } catch { /* best effort */ }
     }
     for (const fp of [...this.procs].reverse()) {
       try { fp.kill(); } catch { /* reaped already */ }

@@ -65,5 +65,8 @@ export async function withAbortSignals<T>(fn: (check: () => void) => Promise<T>,
  * has already arrived. Used before a step that cannot be undone.
  */
 export function letSignalsIn(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
+  // Two turns: called from a poll-phase callback (an I/O completion), one
+  // setImmediate runs before the loop polls again, and so before libuv has
+  // read the signal's wake-up; the second runs only after that poll.
+  return new Promise((resolve) => setImmediate(() => setImmediate(resolve)));
 }

@@ -23,10 +23,9 @@ import { connect as tlsConnect } from 'node:tls';
 import { mkdtempSync, rmSync, openSync, readSync, closeSync, readdirSync, fstatSync, readFileSync, accessSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { preDump, dump, type DumpResult, type DumpOptions } from '../dump/dump.js';
+import type { DumpOptions } from '../dump/dump.js';
 import { StreamPageSink } from './page-stream.js';
-import { dumpTree } from '../dump/tree.js';
-import { tcpRepair } from '../files/tcp.js';
+import { takeSet, setTotals } from '../dump/take-set.js';
 import { untrackPid } from '../track/untrack.js';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, encodeFrame, decodeDoc, send } from './wire.js';
 import { crc32 } from '../image/checksum.js';
@@ -153,14 +152,10 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       return { bytes, sendMs: ms(t) };
     };
 
-    /** One pre-dump round (of the process or of the tree) and its totals. */
+    /** One pre-dump round (a session over the process or its tree) and its totals. */
     const round = async (dir: string, parent: string | undefined): Promise<Round> => {
-      if (!opts.tree) {
-        const r = await preDump({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress, ...streaming() });
-        return { dir: r.dir, pagesWritten: r.stats.pagesWritten, bytesRaw: r.stats.bytesRaw, bytesStored: r.stats.bytesStored };
-      }
-      const t = await dumpTree({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress }, 'predump');
-      return totals(t.dir, t.processes.map((p) => p.result));
+      const t = await takeSet({ pid: opts.pid, dir, parent, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress, ...streaming() }, 'predump', !!opts.tree);
+      return { dir: t.dir, ...setTotals(t) };
     };
 
     let stoppedBecause = `reached the iteration cap (${cap})`;
@@ -199,21 +194,11 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     const finalOpts = { pid: opts.pid, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: () => conv.lift() };
     await beginIteration('final');
     mark('migrate: final round');
-    let frozenAt: bigint;
-    let leftOut: Range[] | null = null;
-    let finalDir: string;
-    if (opts.tree) {
-      const t = await dumpTree(finalOpts, 'dump');
-      held = t.held;
-      frozenAt = t.frozenAt ?? process.hrtime.bigint();
-      finalDir = t.dir;
-    } else {
-      const final = await dump({ ...finalOpts, ...streaming() });
-      held = final.held;
-      leftOut = final.leftOut ?? null;
-      frozenAt = final.frozenAt ?? process.hrtime.bigint();
-      finalDir = final.dir;
-    }
+    const final = await takeSet({ ...finalOpts, ...streaming() }, 'dump', !!opts.tree);
+    held = final.held;
+    const leftOut: Range[] | null = final.leftOut ?? null;
+    const frozenAt = final.frozenAt ?? process.hrtime.bigint();
+    const finalDir = final.dir;
     pausePoint('migrate-held');
     mark('migrate: final dump done');
     await sendImage(finalDir, 'final');
@@ -238,6 +223,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // The receiver holds the complete image durably: the source may go.
     // (Connections in repair mode close silently with a killed source, and
     // come out of it again with one left running: the set does both.)
+    const source = held;
     held?.finish(opts.leaveRunning ? 'release' : 'kill');
     held = null;
     mark('migrate: source finished');
@@ -246,7 +232,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     let restoreError: string | null = null;
     const reply = await reader.next().catch(() => null);
     // The receiver is done with the connections (on this host, its restore lifted their locks itself).
-    tcpRepair.unlockHanded();
+    source?.settle();
     let downtimeMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     if (reply?.type === Msg.Restored) {
       const doc = decodeDoc<{ pid: number; sinceCommitUs?: number }>(reply);
@@ -263,8 +249,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     };
   } catch (err) {
     if (err instanceof PostcopyLost) throw err;
-    // Before COMMITTED nothing is lost: the source runs on as it was.
-    tcpRepair.release();
+    // Before COMMITTED nothing is lost: the source runs on as it was (its
+    // connections out of repair mode with it: they belong to its set).
     try { held?.release(); } catch { /* gone */ }
     for (const pid of trackedPids(staging, opts)) untrackPid(pid);
     const reason = reader.bufferedError();
@@ -300,15 +286,6 @@ interface Round {
   pagesWritten: number;
   bytesRaw: number;
   bytesStored: number;
-}
-
-function totals(dir: string, rs: DumpResult[]): Round {
-  return {
-    dir,
-    pagesWritten: rs.reduce((n, r) => n + r.stats.pagesWritten, 0),
-    bytesRaw: rs.reduce((n, r) => n + r.stats.bytesRaw, 0),
-    bytesStored: rs.reduce((n, r) => n + r.stats.bytesStored, 0),
-  };
 }
 
 /** Every process a failed migration may have left tracked: the root, and for a tree each one staged. */

@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { TsnapError } from '../../errors.js';
 import type { CliContext } from '../context.js';
 import { compressOption, intOption, jsonOption, parseSize, pidOption, type Codec } from '../options.js';
-import { reportDump, reportIterations, reportTree, reportTreeIterations } from '../dump-report.js';
+import { reportLoop, reportSet } from '../dump-report.js';
 
 interface DumpFlags {
   pid: number; dir: string; parent?: string; tree?: boolean; tcpEstablished?: boolean; tcpClose?: boolean; extUnixSk?: boolean;
@@ -42,22 +42,13 @@ async function runDump(o: DumpFlags, ctx: CliContext): Promise<void> {
     pid: o.pid, dir: o.dir, parent: o.parent, leaveRunning: !!o.leaveRunning, compression: o.compress,
     fsync: o.leaveRunning ? false : o.fsync, warn, tcpEstablished: o.tcpEstablished, tcpClose: o.tcpClose, extUnixSk: o.extUnixSk, ghostLimit: o.ghostLimit, onProgress: ctx.progress('copying the memory of'),
   };
-  if (o.tree && o.preDumps !== undefined) {
-    const { dumpTreeIteratively } = await import('../../dump/iterative.js');
-    reportTreeIterations(out, await dumpTreeIteratively({ ...common, preDumps: o.preDumps }), o.json);
-    return;
-  }
-  if (o.tree) {
-    const { dumpTree } = await import('../../dump/tree.js');
-    reportTree(out, await dumpTree(common, 'dump'), 'dumped', o.json);
-    return;
-  }
   if (o.preDumps !== undefined) {
-    const { dumpIteratively } = await import('../../dump/iterative.js');
-    reportIterations(out, await dumpIteratively({ ...common, preDumps: o.preDumps }), o.pid, o.json);
+    const { dumpLoop } = await import('../../dump/iterative.js');
+    reportLoop(out, await dumpLoop({ ...common, preDumps: o.preDumps }, !!o.tree), o.json);
     return;
   }
-  const { dump } = await import('../../dump/dump.js');
+  const { takeSet } = await import('../../dump/take-set.js');
   // Copy-on-write is the default of --leave-running without --parent, for processes big enough to gain from it (kill mode and final rounds ask for it with --cow).
-  reportDump(out, await dump({ ...common, cow: o.cow ?? (o.leaveRunning && !o.parent ? 'auto' : false) }), 'dumped', o.pid, o.json);
+  const cow = o.tree ? {} : { cow: o.cow ?? (o.leaveRunning && !o.parent ? 'auto' as const : false) };
+  reportSet(out, await takeSet({ ...common, ...cow }, 'dump', !!o.tree), 'dumped', o.json);
 }

@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import type { CliContext } from '../context.js';
 import { compressOption, jsonOption, pidOption, type Codec } from '../options.js';
-import { reportDump, reportTree } from '../dump-report.js';
+import { reportSet } from '../dump-report.js';
 
 interface PreDumpFlags { pid: number; dir: string; parent?: string; tree?: boolean; compress: Codec; json?: boolean }
 
@@ -22,11 +22,6 @@ export function registerPreDump(program: Command, ctx: CliContext): void {
 async function runPreDump(o: PreDumpFlags, ctx: CliContext): Promise<void> {
   const out = ctx.out(o.json);
   const opts = { pid: o.pid, dir: o.dir, parent: o.parent, compression: o.compress, warn: ctx.warn, onProgress: ctx.progress('copying the memory of') };
-  if (o.tree) {
-    const { dumpTree } = await import('../../dump/tree.js');
-    reportTree(out, await dumpTree(opts, 'predump'), 'pre-dumped', o.json);
-    return;
-  }
-  const { preDump } = await import('../../dump/dump.js');
-  reportDump(out, await preDump(opts), 'pre-dumped', o.pid, o.json);
+  const { takeSet } = await import('../../dump/take-set.js');
+  reportSet(out, await takeSet(opts, 'predump', !!o.tree), 'pre-dumped', o.json);
 }
