@@ -122,6 +122,9 @@ export class FrozenSet implements Releasable {
       try { a.forget(); } catch { /* closed */ }
       if (a.settle) this.handedOn.push(a);
     }
+    for (const fp of [...this.procs].reverse()) {
+      try { fp.kill(); } catch { /* reaped already */ }
+    }
   }
 
   /**
@@ -132,9 +135,6 @@ export class FrozenSet implements Releasable {
   settle(): void {
     for (const a of this.handedOn.splice(0)) {
       try { a.settle!(); } catch { /* best effort */ }
-    }
-    for (const fp of [...this.procs].reverse()) {
-      try { fp.kill(); } catch { /* reaped already */ }
     }
   }
 }
