@@ -3,6 +3,7 @@
  * Each command lives in commands/ and loads the library code it runs only
  * when it runs (start time: `tsnap --version` loads no FFI, no codec).
  */
+import { guardianState } from '../sys/guardian-state.js';
 import { Command, CommanderError } from 'commander';
 import { TsnapError, ExitCode } from '../errors.js';
 import { TOOL_VERSION } from '../version.js';
@@ -49,6 +50,8 @@ export async function main(argv: string[]): Promise<void> {
     process.exitCode = reportError(err, ctx.started());
   } finally {
     settled = true;
+    // A command ends with its guardian: nothing of it outlives tsnap.
+    if (guardianState.started) (await import('../sys/guardian.js')).Guardian.shutdownAndWait();
   }
 }
 

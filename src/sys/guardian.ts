@@ -10,6 +10,7 @@
  * when tsnap's end of the socket closes, which happens exactly when tsnap
  * exits, however it exits.
  */
+import { guardianState } from './guardian-state.js';
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -107,6 +108,30 @@ export class Guardian {
     try { closeSync(g.fd); } catch { /* closed */ }
   }
 
+  /**
+   * shutdown(), then waits (at most `timeoutMs`) until the guardian has
+   * exited: whatever it still held is put back by then. tsnap's CLI ends
+   * with it, so that nothing of a finished command outlives it (a guardian
+   * still exiting under load would).
+   */
+  static shutdownAndWait(timeoutMs = 3000): void {
+    const g = Guardian.current;
+    if (!g) return;
+    Guardian.shutdown();
+    const nap = new Int32Array(new SharedArrayBuffer(4));
+    for (let waited = 0; waited < timeoutMs; waited += 2) {
+      let state: string;
+      try {
+        const st = readFileSync(`/proc/${g.pid}/stat`, 'utf8');
+        state = st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3);
+      } catch {
+        return;
+      }
+      if (state === 'Z' || state === 'X') return;
+      Atomics.wait(nap, 0, 0, 2);
+    }
+  }
+
   private static start(): Guardian {
     const path = guardianPath();
     if (!existsSync(path)) {
@@ -127,6 +152,7 @@ export class Guardian {
       closeSync(theirs);
     }
     const g = new Guardian(ours, pid ?? -1);
+    guardianState.started = true;
     let version: bigint;
     try {
       version = g.call('hello', Op.hello, 0).ret;
