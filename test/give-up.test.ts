@@ -1,7 +1,9 @@
 /**
- * `tsnap release-locks`: an image taken with --tcp-established that will
+ * The commands that give up what an image holds on the host:
+ * `tsnap release-locks` (an image taken with --tcp-established that will
  * never be restored gives its connections' lock rules up; the peer then
- * learns at once that the connection is over.
+ * learns at once that the connection is over) and `tsnap untrack --dir`
+ * (its tree case is in tree.test.ts).
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { createConnection } from 'node:net';
@@ -11,14 +13,15 @@ import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helper
 import { tsnap } from './helpers/tsnap.js';
 import { lockRulesOf } from './helpers/lock-rules.js';
 import { eventually } from './helpers/eventually.js';
+import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const haveIptables = spawnSync('iptables-restore', ['--version']).status === 0;
 
-describe.skipIf(!haveIptables)('release-locks', () => {
-  it('deletes the lock rules of an image\'s connection, which the peer then sees reset; a second run finds none left', async () => {
+describe('release-locks, untrack --dir', () => {
+  it.skipIf(!haveIptables)('deletes the lock rules of an image\'s connection, which the peer then sees reset; a second run finds none left', async () => {
     const work = tmpDir('tsnap-release-');
     const p = await startPython(`
 import os, socket, time
@@ -56,7 +59,7 @@ time.sleep(1000)
     client.destroy();
   });
 
-  it('an image without connections says so; a directory that is not an image is a clear error', async () => {
+  it('an image without connections says so (and untrack --dir, that it is not a pre-dump); a directory that is not an image is a clear error', async () => {
     const work = tmpDir('tsnap-release-');
     const p = await startPython(`
 import os, time
@@ -70,6 +73,9 @@ time.sleep(1000)
     const r = await tsnap('release-locks', '--dir', dir);
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout.trim()).toBe(`${dir} holds no locked TCP connection`);
+    const un = await tsnap('untrack', '--dir', dir);
+    expect(un.code).toBe(ExitCode.usage);
+    expect(un.stderr.trim()).toBe(`tsnap: ${dir} is not a pre-dump: it holds no tracking`);
     const bad = await tsnap('release-locks', '--dir', work);
     expect(bad.code).not.toBe(0);
     expect(bad.stderr.trim().split('\n').length).toBe(1);
