@@ -11,14 +11,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Ajv } from 'ajv';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, killPid, TSNAP_BIN } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, killPid, TSNAP_BIN } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 import { Output } from '../src/cli/output.js';
 import { readStatus } from '../src/proc/index.js';
 import { PF_KTHREAD, readStat } from '../src/proc/stat.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));

@@ -7,11 +7,10 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, useRestoredCleanup, dumpKillRestore } from './helpers/tsnap.js';
+import { tsnap, dumpKillRestore } from './helpers/tsnap.js';
 import { eventually } from './helpers/eventually.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 interface Status { counter: number; rounds: number; bad: number }

@@ -4,7 +4,7 @@
  *
  * Typical use:
  *
- *   useProcessCleanup();                       // afterEach(killAll)
+ *   useProcessCleanup();                       // afterEach: ends what the test started (processes.ts)
  *   const bin = await compileC('memstate');
  *   const p = await startProcess(bin, ['read']);
  *   const anon = parseHex(p.readyInfo.anon);
@@ -18,9 +18,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach } from 'vitest';
 import { setCloexec } from '../../src/sys/fd.js';
-import { registerPid, descendantsOf, killPid } from './processes.js';
+import { track, endStarted, useProcessCleanup } from './processes.js';
+
+export { useProcessCleanup };
 
 // Programs the tests start must own nothing but stdio: fds the test runner
 // inherited from its own parent (CI shells, editors) would otherwise leak
@@ -402,7 +403,7 @@ export function startProcess(cmd: string, args: string[], opts: StartOptions = {
       exited,
     };
     registry.add(running);
-    registerPid(pid);
+    track({ pid, end: () => kill() }, exited);
     void exited.then(() => registry.delete(running));
 
     waitFor(readyRe, timeoutMs, 0, 'ready pattern').then(
@@ -426,23 +427,8 @@ export function startPython(script: string, args: string[] = [], opts: StartOpti
   return startProcess('python3', ['-u', '-c', script, ...args], opts);
 }
 
-/** SIGKILL every registered process that is still alive and wait for them. */
-export async function killAll(): Promise<void> {
-  const live = liveProcesses();
-  // What they forked (a tree fixture's children) goes with them: listed
-  // before they die, as their orphans are reparented.
-  const forks = live.flatMap((r) => descendantsOf(r.pid));
-  for (const pid of forks) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
-  const results = await Promise.allSettled(live.map((r) => r.kill()));
-  for (const pid of forks) await killPid(pid);
-  const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as Error] : []));
-  if (errors.length) throw new AggregateError(errors, `killAll: ${errors.map((e) => e.message).join('; ')}`);
-}
-
-/** Register afterEach(killAll) for the calling test file / describe block. */
-export function useProcessCleanup(): void {
-  afterEach(killAll);
-}
+/** SIGKILL everything the test started that is still alive (these processes, restored ones, servers) and wait for them. */
+export const killAll = endStarted;
 
 // Last resort if the worker exits with processes still running.
 process.once('exit', () => {

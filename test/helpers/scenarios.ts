@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import { expect } from 'vitest';
 import { TSNAP_BIN, tsnap } from './tsnap.js';
 import { startServe } from './serve.js';
-import { descendantsOf, markedProcesses, OWNER, registerPid, waitPidsFree } from './processes.js';
+import { descendantsOf, markedProcesses, OWNER, registerPid, trackChild, trackRestored, waitPidsFree } from './processes.js';
 
 export type Scenario = 'leave-running' | 'pre-dump chain' | 'kill' | 'migrate';
 export const SCENARIOS: Scenario[] = ['leave-running', 'pre-dump chain', 'kill', 'migrate'];
@@ -44,6 +44,7 @@ export interface ScenarioOptions {
 /** A restore in the foreground: resolves once the process runs; `exited` once tsnap has reaped it. */
 async function restoreForeground(dir: string, pidfile: string): Promise<ScenarioTarget> {
   const child: ChildProcess = spawn(process.execPath, [TSNAP_BIN, 'restore', '--dir', dir, '--pidfile', pidfile, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  trackChild(child);
   let stderr = '';
   child.stdout!.resume(); // the restored program's output: it must never block on a full pipe
   const exited = new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
@@ -58,8 +59,8 @@ async function restoreForeground(dir: string, pidfile: string): Promise<Scenario
   const report = JSON.parse(stderr.split('\n').find((l) => l.includes('"command":"restore"'))!) as { pid: number; pids?: { pid: number }[]; warnings: string[] };
   // Its own check of the rebuilt process against the image found no difference.
   expect(report.warnings, `restore of ${dir}`).toEqual([]);
-  registerPid(report.pid);
-  for (const p of report.pids ?? []) registerPid(p.pid);
+  trackRestored(report.pid);
+  for (const p of report.pids ?? []) trackRestored(p.pid);
   return { pid: report.pid, exited };
 }
 
