@@ -20,6 +20,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { setCloexec } from '../../src/sys/fd.js';
 import { track, endStarted, useProcessCleanup } from './processes.js';
+import { LineLog } from './lines.js';
 
 export { useProcessCleanup };
 
@@ -254,98 +255,31 @@ export function startProcess(cmd: string, args: string[], opts: StartOptions = {
     return Promise.reject(e);
   }
 
-  const out: string[] = [];
-  const err: string[] = [];
-  const listeners = new Set<() => void>();
-  const notify = () => {
-    for (const l of [...listeners]) l();
-  };
   let exitInfo: ExitInfo | undefined;
-  let drained = false; // exited and output consumed (or given up waiting for it)
-
-  const splitter = (sink: string[]) => {
-    let partial = '';
-    return {
-      data(chunk: string) {
-        partial += chunk;
-        const parts = partial.split('\n');
-        partial = parts.pop() ?? '';
-        for (const l of parts) sink.push(l);
-        if (parts.length) notify();
-      },
-      end() {
-        if (partial) {
-          sink.push(partial);
-          partial = '';
-          notify();
-        }
-      },
-    };
-  };
-  const so = splitter(out);
-  const se = splitter(err);
-  child.stdout?.setEncoding('utf8');
-  child.stderr?.setEncoding('utf8');
-  child.stdout?.on('data', so.data);
-  child.stderr?.on('data', se.data);
-  child.stdout?.on('end', so.end);
-  child.stderr?.on('end', se.end);
+  const dump = (): string =>
+    `--- stdout ---\n${out.lines.join('\n')}\n--- stderr ---\n${err.lines.join('\n')}\n` +
+    (exitInfo ? `--- exit code=${exitInfo.code} signal=${exitInfo.signal}` : '');
+  // stdout ends when the process has exited and its output is consumed (or given up waiting for).
+  const out: LineLog = new LineLog(desc, dump).follow(child.stdout, false);
+  const err = new LineLog(desc, dump).follow(child.stderr);
   // Writing to the stdin of a dead process must not crash the worker.
   child.stdin?.on('error', () => {});
 
   let resolveExited!: (e: ExitInfo) => void;
   const exited = new Promise<ExitInfo>((r) => (resolveExited = r));
-  const markDrained = () => {
-    if (!drained) {
-      drained = true;
-      notify();
-    }
-  };
   child.on('exit', (code, signal) => {
     exitInfo = { code, signal };
     resolveExited(exitInfo);
-    notify();
     // Give the pipes a moment to deliver the last output.
-    setTimeout(markDrained, 200).unref();
+    setTimeout(() => out.end(), 200).unref();
   });
   child.on('close', () => {
-    so.end();
-    se.end();
-    if (exitInfo) markDrained();
+    out.flush();
+    err.flush();
+    if (exitInfo) out.end();
   });
 
-  const dump = () =>
-    `--- stdout ---\n${out.join('\n')}\n--- stderr ---\n${err.join('\n')}\n` +
-    (exitInfo ? `--- exit code=${exitInfo.code} signal=${exitInfo.signal}` : '');
-
-  const waitFor = (re: RegExp, ms: number, from: number, what: string): Promise<string> => {
-    const r = nonGlobal(re);
-    return new Promise<string>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      const finish = (fn: () => void) => {
-        listeners.delete(check);
-        if (timer) clearTimeout(timer);
-        fn();
-      };
-      function check() {
-        for (let i = from; i < out.length; i++) {
-          if (r.test(out[i])) {
-            const line = out[i];
-            finish(() => resolve(line));
-            return;
-          }
-        }
-        if (drained) {
-          finish(() => reject(new Error(`${desc}: exited before ${what} ${r}\n${dump()}`)));
-        }
-      }
-      listeners.add(check);
-      timer = setTimeout(() => {
-        finish(() => reject(new Error(`${desc}: timeout (${ms} ms) waiting for ${what} ${r}\n${dump()}`)));
-      }, ms);
-      check();
-    });
-  };
+  const waitFor = (re: RegExp, ms: number, from: number, what: string): Promise<string> => out.waitFor(re, ms, from, what);
 
   const kill = async (ms = 5000): Promise<void> => {
     if (!exitInfo) {
@@ -382,8 +316,8 @@ export function startProcess(cmd: string, args: string[], opts: StartOptions = {
     const running: Running = {
       pid,
       child,
-      lines: () => out.slice(),
-      stderrLines: () => err.slice(),
+      lines: () => out.lines.slice(),
+      stderrLines: () => err.lines.slice(),
       waitForLine: (re, ms = 5000, from = 0) => waitFor(re, ms, from, 'line'),
       get readyInfo() {
         return parseKeyValues(readyLine);

@@ -2,6 +2,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { TSNAP_BIN } from './tsnap.js';
 import { trackChild, useProcessCleanup } from './processes.js';
+import { LineLog } from './lines.js';
 
 /** The same cleanup as useProcessCleanup; kept under this name so that test files written against it still work. */
 export const useServeCleanup = useProcessCleanup;
@@ -15,14 +16,8 @@ export const useServeCleanup = useProcessCleanup;
 export async function startServe(dir: string, extra: string[] = []): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
   const proc = spawn(process.execPath, [TSNAP_BIN, 'serve', '--listen', '127.0.0.1:0', '--dir', dir, '--token', 'sesame', '--json', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
   trackChild(proc);
-  const events: string[] = [];
-  const port = await new Promise<number>((resolve, reject) => {
-    proc.stderr!.on('data', (d) => {
-      events.push(...String(d).trim().split('\n'));
-      const listening = events.find((e) => e.includes('"listening"'));
-      if (listening) resolve((JSON.parse(listening) as { port: number }).port);
-    });
-    proc.once('exit', () => reject(new Error(`serve exited: ${events.join('\n')}`)));
-  });
-  return { port, proc, events };
+  // One JSON event per line, also when a line comes in two reads.
+  const log: LineLog = new LineLog('tsnap serve', (): string => log.lines.join('\n')).follow(proc.stderr);
+  const listening = await log.waitFor(/"listening"/, 30_000, 0, 'its "listening" event');
+  return { port: (JSON.parse(listening) as { port: number }).port, proc, events: log.lines };
 }

@@ -60,7 +60,7 @@ export function storedPageSet(img: Image): Set<number> {
 export { readImage };
 
 import { readFileSync } from 'node:fs';
-import { createInterface } from 'node:readline';
+import { LineLog } from './lines.js';
 import { expect } from 'vitest';
 import { join } from 'node:path';
 import { killPid, trackChild, trackRestored, useProcessCleanup } from './processes.js';
@@ -90,32 +90,19 @@ export async function restoreDetached(dir: string, pidfile: string, extra: strin
   // Waited for: a feeder still exiting would count as left behind.
   trackChild(feeder);
   const child = spawn(process.execPath, [TSNAP_BIN, 'restore', '--dir', dir, '--detach', '--pidfile', pidfile, ...extra], { stdio: [feeder.stdout!, 'pipe', 'pipe'] });
-  const lines: string[] = [];
   let stderr = '';
-  let stdout = '';
   child.stderr!.on('data', (d) => { stderr += d; });
-  const rl = createInterface({ input: child.stdout! });
-  const listeners = new Set<() => void>();
-  rl.on('line', (l) => { lines.push(l); stdout += `${l}\n`; for (const f of listeners) f(); });
-  // tsnap exits at once; the restored process keeps the pipes.
+  // tsnap exits at once; the restored process keeps the pipes (their end is its exit).
+  const out: LineLog = new LineLog(`process restored from ${dir}`, (): string => `got: ${out.lines.slice(-5).join(' | ')} stderr: ${stderr}`).follow(child.stdout);
   const code: number | null = await new Promise((resolve) => child.on('exit', (c) => resolve(c)));
-  const result: CliResult = { code, signal: null, stdout, stderr };
-  if (code !== 0) return { pid: 0, result, lines, waitForLine: async () => { throw new Error(stderr); }, writeLine: () => {} };
+  const result: CliResult = { code, signal: null, stdout: out.lines.map((l) => `${l}\n`).join(''), stderr };
+  if (code !== 0) return { pid: 0, result, lines: out.lines, waitForLine: async () => { throw new Error(stderr); }, writeLine: () => {} };
   const pid = Number(readFileSync(pidfile, 'utf8').trim());
   trackRestored(pid);
   return {
-    pid, result, lines,
+    pid, result, lines: out.lines,
     writeLine: (s) => feeder.stdin!.write(`${s}\n`),
-    waitForLine: (re, timeoutMs = 5000, from = 0) => new Promise((resolve, reject) => {
-      const check = () => {
-        for (let i = from; i < lines.length; i++) {
-          if (re.test(lines[i])) { listeners.delete(check); clearTimeout(t); resolve(lines[i]); return true; }
-        }
-        return false;
-      };
-      const t = setTimeout(() => { listeners.delete(check); reject(new Error(`timeout waiting for ${re}; got: ${lines.slice(-5).join(' | ')} stderr: ${stderr}`)); }, timeoutMs);
-      if (!check()) listeners.add(check);
-    }),
+    waitForLine: (re, timeoutMs = 5000, from = 0) => out.waitFor(re, timeoutMs, from),
   };
 }
 
