@@ -24,7 +24,7 @@ import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
 import { pausePoint } from '../fault-points.js';
 import { commitHolder } from '../track/holder.js';
 import { RoundRecord } from '../track/round-record.js';
-import { collectRemoteState } from './task-state.js';
+import { collectRemoteState } from '../state/task-state.save.js';
 import { checkCreds } from './creds.js';
 import { readLayout, assembleProcess, checkOomScoreAdj } from './process-state.js';
 import { recordGuards } from './guards.js';
@@ -534,7 +534,7 @@ export function checkCwd(pid: number): void {
   // there again only if restore makes it (a --tree member), and a deleted
   // one (an exited task's) cannot be made at all.
   const inProc = /^\/proc\/(\d+)(\/|$| \(deleted\))/.exec(cwd);
-  // The directory of a process that has exited is made again, as dead (restore/task-state.ts).
+  // The directory of a process that has exited is made again, as dead (state/task-state.restore.ts).
   if (DEAD_PROC_DIR.test(cwd)) return;
   if (inProc && (Number(inProc[1]) !== pid || cwd.endsWith(' (deleted)'))) {
     throw new TsnapError('unsupported', `the cwd of process ${pid} is ${cwd}, in the /proc directory of ${Number(inProc[1]) === pid ? 'itself, deleted' : `process ${inProc[1]}`}; restore could not enter it again`);
