@@ -7,7 +7,8 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, dumpKillRestore } from './helpers/tsnap.js';
+import { tsnap, startTsnap, dumpKillRestore } from './helpers/tsnap.js';
+import { ExitCode } from '../src/errors.js';
 import { eventually } from './helpers/eventually.js';
 
 useProcessCleanup();
@@ -43,5 +44,16 @@ describe('a target that opens and closes fds all the time', () => {
     expect(s1.counter).toBeGreaterThanOrEqual(before.counter);
     const s2 = await eventually(() => status(r, r.lines.length), (s) => s.rounds > s1.rounds && s.counter > s1.counter, 5000, 'both threads running on');
     expect(s2.bad).toBe(0);
+  });
+
+  it('an fd restore cannot bring back is still refused before the freeze, churn or not', async () => {
+    const work = tmpDir('tsnap-fdchurn-');
+    const p = await startProcess(await compileC('fdchurn'), ['setown']);
+    const d = await startTsnap(['dump', '--pid', String(p.pid), '--dir', join(work, 'img')], { TSNAP_TRACE: '1' }).done;
+    expect(d.code, d.stderr).toBe(ExitCode.unsupported);
+    expect(d.stderr).toContain(`fd ${p.readyInfo.owned} of process ${p.pid} sends its signals (F_SETOWN) to process ${process.pid}, which is not part of the dump`);
+    expect(d.stderr).not.toContain('dump: freezing');
+    const s1 = await status(p, p.lines().length);
+    await eventually(() => status(p, p.lines().length), (s) => s.rounds > s1.rounds, 5000, 'the target churning on');
   });
 });

@@ -6,9 +6,11 @@
  * what the dump will meet: it is skipped, and the frozen read (the one
  * that counts, with every thread stopped) sees the table as it is.
  *
- * A refusal is kept only for a table that held still while it was made:
- * a refusal from a changed table may be about a pipe or pair half of which
- * just went away, and is left to the frozen read.
+ * A refusal from a table that changed while it was made may be the
+ * race's (a pipe half of which just went away): the table is read once
+ * more, and a refusal the second read repeats word for word is the
+ * target's (an fd restore cannot bring back stays, churn or not); any
+ * other is left to the frozen read.
  */
 import { existsSync } from 'node:fs';
 import type { FdTarget } from '../proc/index.js';
@@ -68,11 +70,48 @@ export function checkUnlessChanged(fds: { pid: number; t: FdTarget }[], check: (
     const pids = [...new Set(fds.map((s) => s.pid))];
     if (pids.some((pid) => closedMeanwhile(pid, err))) return;
     if (fds.every((s) => stillOpen(s.pid, s.t.fd, s.t))) throw err;
+    throw new RefusalInFlux(err);
   }
 }
 
-/** Drops the fds that went away since they were read, so that the checks across fds do not look for them. */
+/** A refusal made while the fds it looked at changed. */
+class RefusalInFlux extends Error {
+  constructor(readonly refusal: unknown) {
+    super(refusal instanceof Error ? refusal.message : String(refusal));
+  }
+}
+
+/**
+ * The read before the freeze: a refusal in flux is confirmed by a second
+ * read that makes it again, word for word; null when it is not (the frozen
+ * read decides).
+ */
+export function readRunningTwice<T>(read: () => T): T | null {
+  let first: RefusalInFlux;
+  try {
+    return read();
+  } catch (err) {
+    if (!(err instanceof RefusalInFlux)) throw err;
+    first = err;
+  }
+  try {
+    return read();
+  } catch (err) {
+    if (!(err instanceof RefusalInFlux)) throw err;
+    if (err.message === first.message) throw err.refusal;
+    return null;
+  }
+}
+
+/**
+ * Drops the fds that went away since they were read, so that the checks
+ * across fds do not look for them; and the other ends of a pipe one end of
+ * which went away (its other end is likely going too: a one-ended pipe
+ * would be refused for the race's sake).
+ */
 export function withoutVanished<S extends { pid: number; t: FdTarget }>(fds: S[]): S[] {
-  return fds.filter((s) => stillOpen(s.pid, s.t.fd, s.t));
+  const gone = fds.filter((s) => !stillOpen(s.pid, s.t.fd, s.t));
+  const goingPipes = new Set(gone.filter((s) => s.t.kind === 'pipe').map((s) => s.t.ino));
+  return fds.filter((s) => !gone.includes(s) && !(s.t.kind === 'pipe' && goingPipes.has(s.t.ino)));
 }
 

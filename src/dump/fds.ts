@@ -18,7 +18,7 @@ import { describeInetShutdowns } from '../files/socket-state.js';
 import { describeInotifyFds } from '../files/inotify.js';
 import { describeTtys } from '../files/tty.js';
 import { describeInflight, numberInflight, releaseInflight, hasFilesInFlight } from '../files/scm-rights.js';
-import { readUnlessGone, withoutVanished, checkUnlessChanged } from './fds-unfrozen.js';
+import { readUnlessGone, withoutVanished, checkUnlessChanged, readRunningTwice } from './fds-unfrozen.js';
 
 /** O_PATH: an fd that only names a file (fcntl F_GETOWN_EX/F_GETLEASE answer EBADF). */
 const O_PATH = 0o10000000;
@@ -49,11 +49,15 @@ interface SeenFd {
 export type FdReadOptions = SocketOptions & { zombies?: number[]; ghostLimit?: number };
 
 export function readTreeFds(pids: number[], opts: FdReadOptions = {}): Map<number, FdImage[]> {
-  try {
-    return readAllFds(pids, opts);
-  } finally {
-    releaseInflight();
-  }
+  const read = () => {
+    try {
+      return readAllFds(pids, opts);
+    } finally {
+      releaseInflight();
+    }
+  };
+  if (opts.enter !== false) return read();
+  return readRunningTwice(read) ?? new Map(pids.map((pid) => [pid, []]));
 }
 
 function readAllFds(pids: number[], opts: FdReadOptions): Map<number, FdImage[]> {
