@@ -59,9 +59,10 @@ function closedMeanwhile(pid: number, err: unknown): boolean {
 }
 
 /**
- * Runs the checks across fds (pipes, pairs, shared files) over what was
- * read; a refusal counts only if every fd they looked at is still the
- * same, else it is dropped (the frozen read decides).
+ * Runs the checks across fds (pipes, pairs, shared files) and the
+ * refusals over what was read: a refusal stands if every fd they looked at
+ * is still the same; otherwise it is in flux, for readRunningTwice to
+ * confirm. A failure to read an fd that is gone is no refusal at all.
  */
 export function checkUnlessChanged(fds: { pid: number; t: FdTarget }[], check: () => void): void {
   try {
@@ -110,8 +111,8 @@ export function readRunningTwice<T>(read: () => T): T | null {
  * would be refused for the race's sake).
  */
 export function withoutVanished<S extends { pid: number; t: FdTarget }>(fds: S[]): S[] {
-  const gone = fds.filter((s) => !stillOpen(s.pid, s.t.fd, s.t));
-  const goingPipes = new Set(gone.filter((s) => s.t.kind === 'pipe').map((s) => s.t.ino));
-  return fds.filter((s) => !gone.includes(s) && !(s.t.kind === 'pipe' && goingPipes.has(s.t.ino)));
+  const gone = new Set(fds.filter((s) => !stillOpen(s.pid, s.t.fd, s.t)));
+  const goingPipes = new Set([...gone].filter((s) => s.t.kind === 'pipe').map((s) => s.t.ino));
+  return fds.filter((s) => !gone.has(s) && !(s.t.kind === 'pipe' && goingPipes.has(s.t.ino)));
 }
 
