@@ -20,7 +20,7 @@ import { createInterface } from 'node:readline';
 import { dump, preDump } from '../src/dump/dump.js';
 import { setCloexec, ProcMem } from '../src/sys/index.js';
 import { FrozenSet } from '../src/freeze/frozen-set.js';
-import { collectRemoteState } from '../src/dump/task-state.js';
+import { collectRemoteState } from '../src/state/task-state.save.js';
 import type { DumpStats } from '../formats/schema.js';
 
 const SIZE_MIB = Number(process.env.BENCH_MIB ?? 1024);

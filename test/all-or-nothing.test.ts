@@ -11,13 +11,12 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn, execFileSync } from 'node:child_process';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, startTsnap, restoreDetached, useRestoredCleanup, TSNAP_BIN } from './helpers/tsnap.js';
+import { tsnap, startTsnap, restoreDetached, TSNAP_BIN } from './helpers/tsnap.js';
 import { isGone, tracerOf, tracerFor, registerPid, descendantsOf, killPid } from './helpers/processes.js';
 import { helperElf, writeProgram } from '../src/inject/tiny-elf.js';
 import { findHolders } from '../src/track/untrack.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -13,14 +13,11 @@ import { readdirSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { join } from 'node:path';
 import { startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { useServeCleanup } from './helpers/serve.js';
 import { runScenarios, Conversation } from './helpers/scenarios.js';
-import { tsnap, restoreDetached, useRestoredCleanup, killPid } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, killPid } from './helpers/tsnap.js';
 import { lockRulesOf } from './helpers/lock-rules.js';
 
 useProcessCleanup();
-useRestoredCleanup();
-useServeCleanup();
 afterAll(() => cleanupTmpDirs());
 
 function have(cmd: string): boolean {

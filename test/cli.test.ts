@@ -11,14 +11,13 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Ajv } from 'ajv';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, killPid, TSNAP_BIN } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, killPid, TSNAP_BIN } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 import { Output } from '../src/cli/output.js';
 import { readStatus } from '../src/proc/index.js';
 import { PF_KTHREAD, readStat } from '../src/proc/stat.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -196,7 +195,7 @@ describe('help, completion, demo and the library', () => {
   it('every command\'s --help has examples', async () => {
     const top = await tsnap('--help');
     const commands = [...top.stdout.matchAll(/^  (\S+)(?: \[options\]| <| \[|$)/gm)].map((m) => m[1]).filter((c) => c !== 'help' && !c.startsWith('-'));
-    expect(commands).toEqual(expect.arrayContaining(['dump', 'pre-dump', 'restore', 'check', 'verify', 'demo', 'migrate', 'serve', 'show', 'squash', 'untrack', 'completion']));
+    expect(commands).toEqual(expect.arrayContaining(['dump', 'pre-dump', 'restore', 'check', 'verify', 'demo', 'migrate', 'serve', 'show', 'squash', 'untrack', 'release-locks', 'completion']));
     for (const c of commands) {
       const h = await tsnap(c, '--help');
       expect(h.stdout, c).toMatch(/Examples?:\n  (tsnap|npm|source)/);

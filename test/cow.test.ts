@@ -9,12 +9,11 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, startTsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
+import { tsnap, startTsnap, restoreDetached } from './helpers/tsnap.js';
 import { killPid, tracerOf, waitPidsFree } from './helpers/processes.js';
 import type { DumpStats } from '../formats/schema.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const PAGES = '2048'; // per thread: 8 MiB each

@@ -10,11 +10,10 @@ import { readFileSync, writeFileSync, readdirSync, existsSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, killPid, TSNAP_BIN, type CliResult } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, killPid, TSNAP_BIN, type CliResult } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const UID = 18943;

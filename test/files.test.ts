@@ -10,13 +10,12 @@ import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, readImage, killPid, dumpKillRestore } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, readImage, killPid, dumpKillRestore } from './helpers/tsnap.js';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { ExitCode } from '../src/errors.js';
 import { lockRulesOf } from './helpers/lock-rules.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 function unixRead(path: string): Promise<string> {

@@ -11,11 +11,10 @@ import { spawn } from 'node:child_process';
 import { readFileSync, readdirSync, readlinkSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, TSNAP_BIN, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
+import { tsnap, TSNAP_BIN, restoreDetached } from './helpers/tsnap.js';
 import { findHolders } from '../src/track/untrack.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 async function cmd(p: Running, line: string, reply: RegExp): Promise<string> {

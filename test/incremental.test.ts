@@ -8,13 +8,12 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { readFileSync, readdirSync, readlinkSync, rmSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, parseHex, type Running } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, readImage, storedPageSet } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, readImage, storedPageSet } from './helpers/tsnap.js';
 import { readMetaFile, writeMetaFile } from '../src/image/metadata.js';
 import { FileKind, PageWhere, type Inventory } from '../formats/schema.js';
 import { findHolders } from '../src/track/untrack.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const P = 4096;

@@ -11,12 +11,11 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { readFileSync, readlinkSync, existsSync, rmSync, writeFileSync, symlinkSync } from 'node:fs';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, useRestoredCleanup, readImage, dumpKillRestore, restoreDetached } from './helpers/tsnap.js';
+import { tsnap, readImage, dumpKillRestore, restoreDetached } from './helpers/tsnap.js';
 import { registerPid, killPid } from './helpers/processes.js';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 /**

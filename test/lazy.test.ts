@@ -7,11 +7,10 @@ import { describe, it, expect, afterAll, afterEach } from 'vitest';
 import { readFileSync, openSync, writeSync, closeSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
+import { tsnap, restoreDetached } from './helpers/tsnap.js';
 import { registerPid, isGone, killPid, waitPidsFree } from './helpers/processes.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const helpers: number[] = [];

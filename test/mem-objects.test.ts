@@ -8,11 +8,10 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, dumpKillRestore, readImage } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, dumpKillRestore, readImage } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 async function ok(...args: string[]): Promise<void> {

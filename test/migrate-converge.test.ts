@@ -12,13 +12,12 @@ import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { startTsnap, tsnap, killPid } from './helpers/tsnap.js';
 import { tracerFor, tracerOf, isGone } from './helpers/processes.js';
-import { startServe, useServeCleanup } from './helpers/serve.js';
+import { startServe } from './helpers/serve.js';
 import { SourceThrottle, cpuHierarchy, ownThrottleName, sweepDeadThrottles } from '../src/migrate/throttle.js';
 import { readStat } from '../src/proc/index.js';
 import { Guardian } from '../src/sys/guardian.js';
 
 useProcessCleanup();
-useServeCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const CPU = cpuHierarchy() ?? '/sys/fs/cgroup/cpu';

@@ -13,13 +13,11 @@ import { connect, createServer, type Socket } from 'node:net';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
+import { tsnap, restoreDetached } from './helpers/tsnap.js';
 import { registerPid, descendantsOf, isGone, killTree } from './helpers/processes.js';
-import { startServe, useServeCleanup } from './helpers/serve.js';
+import { startServe } from './helpers/serve.js';
 
 useProcessCleanup();
-useRestoredCleanup();
-useServeCleanup();
 afterAll(() => cleanupTmpDirs());
 
 function nginxBinary(): string | null {

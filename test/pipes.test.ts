@@ -11,11 +11,10 @@ import { join } from 'node:path';
 import { closeSync, existsSync, mkdirSync, openSync, readlinkSync, rmSync, writeSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, useRestoredCleanup, readImage, dumpKillRestore, restoreDetached } from './helpers/tsnap.js';
+import { tsnap, readImage, dumpKillRestore, restoreDetached } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 /** Closes every fd above 2 the interpreter was given (the runner's shell may leak some). */

@@ -12,14 +12,11 @@ import { execFileSync } from 'node:child_process';
 import { chownSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
+import { tsnap, restoreDetached } from './helpers/tsnap.js';
 import { waitPidsFree, descendantsOf, killTree } from './helpers/processes.js';
-import { useServeCleanup } from './helpers/serve.js';
 import { runScenarios } from './helpers/scenarios.js';
 
 useProcessCleanup();
-useRestoredCleanup();
-useServeCleanup();
 
 /** In PATH, or where Debian's postgresql package puts it (not in PATH). */
 function which(cmd: string): string | null {

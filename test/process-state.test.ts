@@ -8,10 +8,9 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { mkdirSync, readFileSync, readlinkSync, rmdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, dumpKillRestore } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, dumpKillRestore } from './helpers/tsnap.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const COUNTER = `

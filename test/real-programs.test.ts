@@ -14,15 +14,11 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync } from 'no
 import { join } from 'node:path';
 import { createServer, type AddressInfo } from 'node:net';
 import { FIXTURES_DIR, FIXTURE_CACHE_DIR, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { useServeCleanup } from './helpers/serve.js';
-import { useRestoredCleanup } from './helpers/tsnap.js';
 import { runScenarios, Conversation, type Scenario } from './helpers/scenarios.js';
 import { killTree } from './helpers/processes.js';
 import { eventually } from './helpers/eventually.js';
 
 useProcessCleanup();
-useRestoredCleanup();
-useServeCleanup();
 afterAll(() => cleanupTmpDirs());
 
 function have(cmd: string): boolean {

@@ -9,14 +9,13 @@ import { rmSync, statSync, existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, readProcMem, parseHex } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, killPid } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, killPid } from './helpers/tsnap.js';
 import { waitPidsFree } from './helpers/processes.js';
 import { readMaps } from '../src/proc/index.js';
 import { readMetaFile, writeMetaFile } from '../src/image/metadata.js';
 import { FileKind, type ProcessImage, type Inventory } from '../formats/schema.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const N = 1500; // 3000 single-page VMAs: two lists

@@ -10,14 +10,13 @@ import { join } from 'node:path';
 import {
   compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running,
 } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage, TSNAP_BIN } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, killPid, readImage, TSNAP_BIN } from './helpers/tsnap.js';
 import { readMaps } from '../src/proc/index.js';
 import { ExitCode } from '../src/errors.js';
 import { readMetaFile, writeMetaFile } from '../src/image/metadata.js';
 import { FileKind, type ProcessImage, type Inventory } from '../formats/schema.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 async function dumpAndKill(p: Running, dir: string, extra: string[] = []): Promise<void> {

@@ -8,12 +8,11 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, useRestoredCleanup, readImage, dumpKillRestore, restoreDetached, killPid } from './helpers/tsnap.js';
+import { tsnap, readImage, dumpKillRestore, restoreDetached, killPid } from './helpers/tsnap.js';
 import { existsSync } from 'node:fs';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const RECORDS = [

@@ -9,16 +9,14 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, readImage, restoreDetached, useRestoredCleanup, killPid } from './helpers/tsnap.js';
-import { startServe, useServeCleanup } from './helpers/serve.js';
+import { tsnap, readImage, restoreDetached, killPid } from './helpers/tsnap.js';
+import { startServe } from './helpers/serve.js';
 import { registerPid } from './helpers/processes.js';
 import { checkRestored } from '../src/restore/self-check.js';
 import { ExitCode } from '../src/errors.js';
 import type { ProcessImage } from '../formats/schema.js';
 
 useProcessCleanup();
-useRestoredCleanup();
-useServeCleanup();
 afterAll(() => cleanupTmpDirs());
 
 /** A child in its parent's process group: restored alone, it cannot be in that group again. */

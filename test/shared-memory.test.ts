@@ -8,11 +8,10 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, readImage, storedPageSet } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, readImage, storedPageSet } from './helpers/tsnap.js';
 import { waitPidsFree } from './helpers/processes.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 /**

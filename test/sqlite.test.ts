@@ -10,13 +10,11 @@ import { join } from 'node:path';
 import { readdirSync, readlinkSync, writeFileSync, openSync, closeSync, writeSync, existsSync, readFileSync, constants } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, dumpKillRestore, readImage, killPid } from './helpers/tsnap.js';
-import { startServe, useServeCleanup } from './helpers/serve.js';
+import { tsnap, restoreDetached, dumpKillRestore, readImage, killPid } from './helpers/tsnap.js';
+import { startServe } from './helpers/serve.js';
 import { registerPid } from './helpers/processes.js';
 
 useProcessCleanup();
-useRestoredCleanup();
-useServeCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const ROWS = 20000;

@@ -7,12 +7,11 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, readImage } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, readImage } from './helpers/tsnap.js';
 import { tracerOf } from './helpers/processes.js';
 import { eventually } from './helpers/eventually.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 function tasksOf(pid: number): number[] {

@@ -7,14 +7,13 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { readFileSync, existsSync, rmSync, readlinkSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, killPid, readImage, storedPageSet } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, killPid, readImage, storedPageSet } from './helpers/tsnap.js';
 import { readTreeManifest } from '../src/image/tree-manifest.js';
 import { eventually } from './helpers/eventually.js';
 import { readStat, readStatus } from '../src/proc/index.js';
 import { findHolders } from '../src/track/untrack.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 interface Status { counter: number; last: number; bad: number }

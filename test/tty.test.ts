@@ -10,7 +10,7 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { statSync } from 'node:fs';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup, readImage, killPid, dumpKillRestore, TSNAP_BIN, type Restored } from './helpers/tsnap.js';
+import { tsnap, restoreDetached, readImage, killPid, dumpKillRestore, TSNAP_BIN, type Restored } from './helpers/tsnap.js';
 import { writeFileSync, readlinkSync } from 'node:fs';
 import { registerPid } from './helpers/processes.js';
 import { readStat, readStatus } from '../src/proc/index.js';
@@ -20,7 +20,6 @@ import { imagePtys } from '../src/files/tty.js';
 import type { ProcessImage } from '../formats/schema.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 /**

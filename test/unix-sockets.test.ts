@@ -11,11 +11,10 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { existsSync, readFileSync, lstatSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, useRestoredCleanup, dumpKillRestore, restoreDetached, killPid } from './helpers/tsnap.js';
+import { tsnap, dumpKillRestore, restoreDetached, killPid } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 const PRELUDE = `import os, socket, struct, sys, errno, ctypes

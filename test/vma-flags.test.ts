@@ -8,11 +8,10 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, parseHex } from './helpers/fixtures.js';
-import { tsnap, restoreDetached, useRestoredCleanup } from './helpers/tsnap.js';
+import { tsnap, restoreDetached } from './helpers/tsnap.js';
 import { readVmFlags } from '../src/proc/smaps.js';
 
 useProcessCleanup();
-useRestoredCleanup();
 afterAll(() => cleanupTmpDirs());
 
 /** VmFlags of each region, without tsnap's own tracking flag (uw) and soft-dirty. */

@@ -20,8 +20,9 @@
  */
 import { workerData, parentPort, receiveMessageOnPort, type MessagePort } from 'node:worker_threads';
 import { VmCopier } from '../sys/memory.js';
-import { pollIn, readSome, decodeUffdMsg, WriteProtector, raiseThreadPriority } from '../sys/uffd-wp.js';
-import { UFFD_EVENT, UFFD_MSG_SIZE } from '../sys/uapi.js';
+import { pollIn, readSome, WriteProtector, raiseThreadPriority } from '../sys/uffd-wp.js';
+import { decodeUffdMsg } from '../sys/uffd-msg.js';
+import { UFFD_MSG_SIZE } from '../sys/uapi.js';
 import { CTL, TIMES, PAGE, rangeOf, type CowConfig, type CowShared, type IndexedRange } from './cow-shared.js';
 
 const { shared, port } = workerData as { shared: CowShared; port: MessagePort };
@@ -181,15 +182,15 @@ function serve(cfg: CowConfig): void {
       // by this very read, has already dropped.
       for (let i = 0; i < count; i++) {
         const m = decodeUffdMsg(msgs, i);
-        if ((m.event === UFFD_EVENT.UNMAP || m.event === UFFD_EVENT.REMOVE) && 'end' in m) {
-          if (untaken(m.start, m.end, cursor)) lose(m.event, m.start);
-        } else if (m.event === UFFD_EVENT.REMAP && 'from' in m) {
-          if (untaken(m.from, m.from + m.len, cursor)) lose(m.event, m.from);
+        if (m.event === 'unmap' || m.event === 'remove') {
+          if (untaken(m.start, m.end, cursor)) lose(m.code, m.start);
+        } else if (m.event === 'remap') {
+          if (untaken(m.from, m.from + m.len, cursor)) lose(m.code, m.from);
         }
       }
       for (let i = 0; i < count; i++) {
         const m = decodeUffdMsg(msgs, i);
-        if (m.event === UFFD_EVENT.PAGEFAULT && 'address' in m) fault(m.address, cursor);
+        if (m.event === 'fault') fault(m.addr, cursor);
       }
     }
   };

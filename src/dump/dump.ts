@@ -266,7 +266,7 @@ export function checkCwd(pid: number): void {
   // there again only if restore makes it (a --tree member), and a deleted
   // one (an exited task's) cannot be made at all.
   const inProc = /^\/proc\/(\d+)(\/|$| \(deleted\))/.exec(cwd);
-  // The directory of a process that has exited is made again, as dead (restore/task-state.ts).
+  // The directory of a process that has exited is made again, as dead (state/task-state.restore.ts).
   if (DEAD_PROC_DIR.test(cwd)) return;
   if (inProc && (Number(inProc[1]) !== pid || cwd.endsWith(' (deleted)'))) {
     throw new TsnapError('unsupported', `the cwd of process ${pid} is ${cwd}, in the /proc directory of ${Number(inProc[1]) === pid ? 'itself, deleted' : `process ${inProc[1]}`}; restore could not enter it again`);

@@ -18,6 +18,7 @@ import { describeInetShutdowns } from '../files/socket-state.js';
 import { describeInotifyFds } from '../files/inotify.js';
 import { describeTtys } from '../files/tty.js';
 import { describeInflight, numberInflight, releaseInflight, hasFilesInFlight } from '../files/scm-rights.js';
+import { readUnlessGone, withoutVanished, checkUnlessChanged, readRunningTwice } from './fds-unfrozen.js';
 
 /** O_PATH: an fd that only names a file (fcntl F_GETOWN_EX/F_GETLEASE answer EBADF). */
 const O_PATH = 0o10000000;
@@ -48,11 +49,15 @@ interface SeenFd {
 export type FdReadOptions = SocketOptions & { zombies?: number[]; ghostLimit?: number };
 
 export function readTreeFds(pids: number[], opts: FdReadOptions = {}): Map<number, FdImage[]> {
-  try {
-    return readAllFds(pids, opts);
-  } finally {
-    releaseInflight();
-  }
+  const read = () => {
+    try {
+      return readAllFds(pids, opts);
+    } finally {
+      releaseInflight();
+    }
+  };
+  if (opts.enter !== false) return read();
+  return readRunningTwice(read) ?? new Map(pids.map((pid) => [pid, []]));
 }
 
 function readAllFds(pids: number[], opts: FdReadOptions): Map<number, FdImage[]> {
@@ -60,6 +65,7 @@ function readAllFds(pids: number[], opts: FdReadOptions): Map<number, FdImage[]>
   const out = new Map<number, FdImage[]>();
   /** Inodes of deleted files whose contents this image already holds. */
   const ghosts = new Set<string>();
+  const unfrozen = opts.enter === false;
   for (const pid of pids) {
     let pidfd: number;
     try {
@@ -72,19 +78,28 @@ function readAllFds(pids: number[], opts: FdReadOptions): Map<number, FdImage[]>
     try {
       const fds = listFds(pid);
       const open = new Set(fds);
-      const list: FdImage[] = [];
+      let mine: SeenFd[] = [];
       for (const fd of fds) {
-        const s = describeFd(pid, pidfd, fd, open, opts, ghosts);
-        seen.push(s);
-        list.push(s.img);
+        const s = unfrozen ? readUnlessGone(pid, fd, (t) => describeFd(pid, pidfd, fd, open, opts, ghosts, pid, t)) : describeFd(pid, pidfd, fd, open, opts, ghosts);
+        if (s) mine.push(s);
       }
-      describeInotifyFds(pid, list);
-      describeInotifyFds(pid, list);
+      if (unfrozen) mine = withoutVanished(mine);
+      const list = mine.map((s) => s.img);
+      if (unfrozen) checkUnlessChanged(mine, () => describeInotifyFds(pid, list));
+      else describeInotifyFds(pid, list);
+      seen.push(...mine);
       out.set(pid, list);
     } finally {
       closeSync(pidfd);
     }
   }
+  if (unfrozen) checkUnlessChanged(seen, () => checkAcross(seen, pids, out, opts, ghosts));
+  else checkAcross(seen, pids, out, opts, ghosts);
+  return out;
+}
+
+/** What involves several fds (files in flight, shared open files, pipes, pairs, ttys) and every refusal. */
+function checkAcross(seen: SeenFd[], pids: number[], out: Map<number, FdImage[]>, opts: FdReadOptions, ghosts: Set<string>): void {
   // Files in flight in unix sockets are fds of tsnap while it reads them.
   const self = pidfdOpen(process.pid);
   let inflight;
@@ -104,12 +119,10 @@ function readAllFds(pids: number[], opts: FdReadOptions): Map<number, FdImage[]>
   for (const s of seen) if (!(endsLater && s.t.kind === 'pipe' && !s.img.pipe)) checkSupported(s.img, s.pid, pids, opts.zombies ?? []);
   for (const s of seen) checkOwner(s.img, s.pid, pids);
   numberInflight(inflight, (pid) => out.get(pid)!);
-  return out;
 }
 
 /** One fd of `pid` read for the image. `filesPid`: whose fd numbers an epoll names (pid but for files in flight). */
-function describeFd(pid: number, pidfd: number, fd: number, open: Set<number>, opts: FdReadOptions, ghosts: Set<string>, filesPid = pid): SeenFd {
-  const t = readFdTarget(pid, fd);
+function describeFd(pid: number, pidfd: number, fd: number, open: Set<number>, opts: FdReadOptions, ghosts: Set<string>, filesPid = pid, t = readFdTarget(pid, fd)): SeenFd {
   const info = readFdInfo(pid, fd);
   const img: FdImage = {
     fd, kind: t.kind, link: t.link, path: t.path, flags: info.flags, pos: info.pos,

@@ -23,7 +23,7 @@ import type { FrozenSet } from '../freeze/frozen-set.js';
 import { pausePoint } from '../fault-points.js';
 import { commitHolder } from '../track/holder.js';
 import { RoundRecord } from '../track/round-record.js';
-import { collectRemoteState } from './task-state.js';
+import { collectRemoteState } from '../state/task-state.save.js';
 import type { Scratch } from '../inject/remote-syscall.js';
 import { unmergeScratch } from './scratch-flags.js';
 import { readLayout, assembleProcess } from './process-state.js';

@@ -17,7 +17,7 @@ import { readAioRings } from '../files/aio.js';
 import { VMA_RESTORED_FLAGS, type MappedGhostImage, type AioRingImage, type ProcessImage, type VmaImage, type RlimitImage, type FdImage, type FileIdentity, type MmImage } from '../../formats/schema.js';
 import { readVmFlags } from '../proc/smaps.js';
 import { specialOf, classifyVma, type VmaClass } from './memory-plan.js';
-import type { RemoteState } from './task-state.js';
+import type { RemoteState } from '../state/task-state.save.js';
 import type { SocketOptions } from '../files/socket.js';
 
 function identity(path: string): FileIdentity {

@@ -17,7 +17,7 @@
  */
 import { ProcMem } from '../sys/index.js';
 import { FrozenSet } from '../freeze/frozen-set.js';
-import { collectRemoteState } from './task-state.js';
+import { collectRemoteState } from '../state/task-state.save.js';
 import { readLayout, assembleProcess } from './process-state.js';
 import { packr } from '../image/metadata.js';
 import { mark } from '../trace.js';

@@ -176,15 +176,20 @@ export function handToImage(l: Lock): void {
   dropGuard(l);
 }
 
-/** Restore is done with a connection of an image (restored, or the restore failed): its rules go. */
-export function unlockImageConnection(id: string, local: Buffer, peer: Buffer): void {
+/**
+ * Restore is done with a connection of an image (restored, or the restore
+ * failed), or the image is given up (release-locks): its rules go.
+ * Returns how many there were.
+ */
+export function unlockImageConnection(id: string, local: Buffer, peer: Buffer): number {
   sweepDeadOwners();
-  deleteTagged(connOf(local, peer).v6, (line) => line.includes(`"tsnap-lock ${id} image"`));
+  return deleteTagged(connOf(local, peer).v6, (line) => line.includes(`"tsnap-lock ${id} image"`));
 }
 
-function deleteTagged(v6: boolean, match: (line: string) => boolean): void {
+function deleteTagged(v6: boolean, match: (line: string) => boolean): number {
   const lines = listLocks(v6).filter(match);
   apply(v6, lines.map((line) => line.replace(/^-A /, '-D ')), 'unlock a TCP connection');
+  return lines.length;
 }
 
 let swept = false;

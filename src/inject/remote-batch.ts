@@ -17,13 +17,24 @@
  *
  * Tasks without a batch area (one not built from the stub) run the same
  * list one remote syscall at a time, with the same checks and errors.
+ *
+ * Why not syscall-batch.ts (a dump's batches), which also runs a table of
+ * syscalls in the task: that one answers questions, so it runs every call
+ * and returns every result (an error is often the answer), its task is
+ * traced by the guardian (which must resume it and catch the int3), and
+ * its loop is written into a scratch mapping made for the occasion. Here
+ * the calls build the task, each one counting on those before it, so the
+ * runner stops at the first failure; tsnap traces the task itself and the
+ * runner sits in the stub. The record format and its encoding are shared
+ * (syscall-record.ts).
  */
 import { ptrace, WaitStatus, SIGTRAP } from '../sys/index.js';
 import { readReg, writeReg, waitForStop } from '../freeze/frozen-task.js';
 import { TsnapError } from '../errors.js';
 import type { RemoteTask } from './remote-task.js';
+import { SYSCALL_RECORD_SIZE, isErrorReturn, writeSyscallArg } from './syscall-record.js';
 
-export const BATCH_RECORD = 64;
+export const BATCH_RECORD = SYSCALL_RECORD_SIZE;
 const EXACT = 1;
 
 // Assembled from (intel syntax):
@@ -73,31 +84,16 @@ export function encodeBatch(calls: readonly BatchCall[]): Buffer {
     if (c.args.length > 6) throw new RangeError(`${c.name}: a syscall has at most 6 arguments`);
     b.writeUInt32LE(c.nr, o);
     b.writeUInt32LE(c.expect ? EXACT : 0, o + 4);
-    for (let a = 0; a < c.args.length; a++) writeArg(b, o + 8 + a * 8, c.args[a]);
+    for (let a = 0; a < c.args.length; a++) writeSyscallArg(b, o + 8 + a * 8, c.args[a]);
     if (c.expect) b.writeBigUInt64LE(BigInt.asUintN(64, c.expect.value), o + 56);
   });
   return b;
 }
 
-// Without BigInt for plain numbers: 60 000 arguments for 10 000 VMAs.
-function writeArg(b: Buffer, at: number, v: number | bigint): void {
-  if (typeof v === 'bigint') {
-    b.writeBigUInt64LE(BigInt.asUintN(64, v), at);
-  } else if (v >= 0 && v <= Number.MAX_SAFE_INTEGER && Number.isInteger(v)) {
-    b.writeUInt32LE(v % 0x100000000, at);
-    b.writeUInt32LE(Math.floor(v / 0x100000000), at + 4);
-  } else if (v < 0 && v >= -0x80000000 && Number.isInteger(v)) {
-    b.writeInt32LE(v, at);
-    b.writeInt32LE(-1, at + 4);
-  } else {
-    b.writeBigUInt64LE(BigInt.asUintN(64, BigInt(v)), at);
-  }
-}
-
 /** Whether a raw result passes a call's check (what the runner decides in the task). */
 export function callSucceeded(c: BatchCall, raw: bigint): boolean {
   if (c.expect) return BigInt.asUintN(64, raw) === BigInt.asUintN(64, c.expect.value);
-  return !(raw < 0n && raw > -4096n);
+  return !isErrorReturn(raw);
 }
 
 /** Off (one remote syscall per call, as before batching) with TSNAP_REMOTE_BATCH=0: bench's baseline in the same run. */

@@ -16,10 +16,22 @@
  * undone if tsnap dies goes through callLeaving().
  *
  * A task traced directly (restore) runs the list one call at a time.
+ *
+ * Why not remote-batch.ts (restore's batches), which also runs a table of
+ * syscalls in the task: restore's calls build the task, each counting on
+ * the ones before, so its runner stops at the first failure and returns
+ * that one result; its task is traced by tsnap itself, and its runner sits
+ * in the restore stub. Here the calls are questions: every one runs and
+ * every result comes back (an error is often the answer, `raw`); the task
+ * is traced by the guardian, so that a SIGKILLed tsnap still lets it go,
+ * and only the guardian can resume it and catch the int3 (Guardian.run);
+ * the loop goes into a scratch mapping made in a task that has no tsnap
+ * code. The record format and its encoding are shared (syscall-record.ts).
  */
 import { Guardian, GuardianError, GUARDIAN_MAX_BATCH, SysError, PROT_READ, PROT_WRITE, PROT_EXEC, VmCopier } from '../sys/index.js';
 import { TsnapError } from '../errors.js';
 import type { RemoteSyscaller } from './remote-syscall.js';
+import { SYSCALL_RECORD_SIZE, isErrorReturn, writeSyscallArg } from './syscall-record.js';
 
 export interface BatchCall {
   /** For error messages: "rt_sigaction(2)". */
@@ -49,7 +61,7 @@ const LOOP = Buffer.from([
   0x75, 0xd6, //                   jnz loop
   0xcc, //                         int3
 ]);
-const ENTRY_SIZE = 64;
+const ENTRY_SIZE = SYSCALL_RECORD_SIZE;
 
 /** Off with TSNAP_FROZEN_BASELINE=1 (bench/frozen.ts measures against one request per syscall). */
 export const batching = (): boolean => process.env.TSNAP_FROZEN_BASELINE !== '1';
@@ -97,7 +109,7 @@ export function runBatch(sc: RemoteSyscaller, calls: readonly BatchCall[], area:
     rets = calls.map((c) => sc.call(c.nr, ...c.args));
   }
   calls.forEach((c, i) => {
-    if (!c.raw && rets[i] < 0n && rets[i] > -4096n) throw new SysError(`remote ${c.name} in ${sc.task.pid}`, Number(-rets[i]));
+    if (!c.raw && isErrorReturn(rets[i])) throw new SysError(`remote ${c.name} in ${sc.task.pid}`, Number(-rets[i]));
   });
   return rets;
 }
@@ -117,7 +129,7 @@ function runLoop(sc: RemoteSyscaller, calls: readonly BatchCall[], area: BatchAr
   calls.forEach((c, i) => {
     const o = i * ENTRY_SIZE;
     table.writeBigInt64LE(BigInt(c.nr), o);
-    for (let k = 0; k < 6; k++) table.writeBigInt64LE(BigInt.asIntN(64, BigInt(c.args[k] ?? 0)), o + 8 + k * 8);
+    for (let k = 0; k < 6; k++) writeSyscallArg(table, o + 8 + k * 8, c.args[k] ?? 0);
     // A call the loop never reached reads as a failure, not as success.
     table.writeBigInt64LE(-4095n, o + 56);
   });

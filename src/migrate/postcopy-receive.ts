@@ -52,8 +52,9 @@ export async function receivePostcopy(sock: Socket, reader: FrameReader, live: L
   void waitForExit(r.pid);
   for (const message of r.warnings) opts.onEvent?.({ event: 'warning', pid: r.pid, message });
   const sinceCommitUs = Number(process.hrtime.bigint() - hooks.committedAt) / 1000;
-  await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path: 'live', sinceCommitUs })).catch(() => {});
+  // Our event first: a watcher that hears the sender say "resumed" finds it already told.
   opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs, path: 'live', postcopyPages: source.setPages, ...(r.warnings.length ? { warnings: r.warnings } : {}) });
+  await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path: 'live', sinceCommitUs })).catch(() => {});
   const said = await r.lazy!.finish();
   const end = r.lazy!.end;
   if (end?.how === 'failed') {

@@ -18,7 +18,7 @@ import { fdTableDiff } from '../files/fd-table.js';
 import { finishFiles } from './fds.js';
 import { resumeConnections, abandonConnections } from '../files/tcp.js';
 import { closedTcp } from '../files/socket.js';
-import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from './task-state.js';
+import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from '../state/task-state.restore.js';
 import { FdRestorer } from './fds.js';
 import { SysvSegments } from './sysv-shm.js';
 import { withInflight } from '../files/scm-rights.js';

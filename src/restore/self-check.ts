@@ -182,7 +182,7 @@ function compareProcess(p: ProcessImage, pid: number, opts: CheckOptions, out: s
     if (stat.pgrp !== p.pgid) out.push(`process group is ${stat.pgrp}, the image's ${p.pgid}${outside(p.pgid)}`);
     if (stat.session !== p.sid) out.push(`session is ${stat.session}, the image's ${p.sid}${outside(p.sid)}`);
   }
-  // A dead /proc directory comes back as another dead process's (restore/task-state.ts).
+  // A dead /proc directory comes back as another dead process's (state/task-state.restore.ts).
   if (!(DEAD_PROC_DIR.test(p.cwd) && DEAD_PROC_DIR.test(link(pid, 'cwd')))) same('cwd', link(pid, 'cwd'), p.cwd);
   same('root', link(pid, 'root'), p.root);
   same('executable', link(pid, 'exe'), p.exe.path);

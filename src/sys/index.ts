@@ -13,4 +13,5 @@ export * from './sock-diag.js';
 export * from './socket-calls.js';
 export * from './tty.js';
 export * from './userfault.js';
+export * from './uffd-msg.js';
 export * from './spawn.js';

@@ -7,29 +7,7 @@
  */
 import { libc } from './libc.js';
 import { SysError } from './errors.js';
-import { SYS, UFFDIO_WRITEPROTECT, UFFDIO_UNREGISTER, UFFD_EVENT, UFFD_MSG_SIZE } from './uapi.js';
-
-export const UFFD_PAGEFAULT_FLAG_WP = 1 << 1;
-
-export type UffdMsg =
-  | { event: typeof UFFD_EVENT.PAGEFAULT; flags: number; address: number }
-  | { event: typeof UFFD_EVENT.REMAP; from: number; to: number; len: number }
-  | { event: typeof UFFD_EVENT.REMOVE | typeof UFFD_EVENT.UNMAP; start: number; end: number }
-  | { event: number };
-
-/** Decodes message `i` of a buffer filled by read(uffd). */
-export function decodeUffdMsg(buf: Buffer, i: number): UffdMsg {
-  const o = i * UFFD_MSG_SIZE;
-  const event = buf[o];
-  const u64 = (at: number) => Number(buf.readBigUInt64LE(o + 8 + at));
-  switch (event) {
-    case UFFD_EVENT.PAGEFAULT: return { event, flags: u64(0), address: u64(8) };
-    case UFFD_EVENT.REMAP: return { event, from: u64(0), to: u64(8), len: u64(16) };
-    case UFFD_EVENT.REMOVE:
-    case UFFD_EVENT.UNMAP: return { event, start: u64(0), end: u64(8) };
-    default: return { event };
-  }
-}
+import { SYS, UFFDIO_WRITEPROTECT, UFFDIO_UNREGISTER } from './uapi.js';
 
 const POLLIN = 1;
 

@@ -14,14 +14,8 @@
  */
 import { libc } from './libc.js';
 import { SysError } from './errors.js';
-import { UFFD_API, UFFDIO_API, UFFDIO_REGISTER, UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE, UFFDIO_REGISTER_MODE_MISSING, UFFD_EVENT, UFFD_MSG_SIZE } from './uapi.js';
-
-export type UffdMsg =
-  | { event: 'fault'; addr: number; write: boolean }
-  | { event: 'fork'; fd: number }
-  | { event: 'remap'; from: number; to: number; len: number }
-  | { event: 'remove' | 'unmap'; start: number; end: number }
-  | { event: 'unknown'; code: number };
+import { UFFD_API, UFFDIO_API, UFFDIO_REGISTER, UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE, UFFDIO_REGISTER_MODE_MISSING, UFFD_MSG_SIZE } from './uapi.js';
+import { decodeUffdMsgs, type UffdMsg } from './uffd-msg.js';
 
 const EAGAIN = 11;
 const EEXIST = 17;
@@ -106,20 +100,7 @@ export function readUffdMsgs(fd: number, max = 64): UffdMsg[] {
     if (e === EAGAIN) return [];
     throw new SysError('read(uffd)', e);
   }
-  const out: UffdMsg[] = [];
-  for (let at = 0; at + UFFD_MSG_SIZE <= n; at += UFFD_MSG_SIZE) {
-    const code = b.readUInt8(at);
-    const u64 = (i: number) => Number(b.readBigUInt64LE(at + 8 + i * 8));
-    switch (code) {
-      case UFFD_EVENT.PAGEFAULT: out.push({ event: 'fault', addr: u64(1), write: (u64(0) & 1) !== 0 }); break;
-      case UFFD_EVENT.FORK: out.push({ event: 'fork', fd: b.readUInt32LE(at + 8) }); break;
-      case UFFD_EVENT.REMAP: out.push({ event: 'remap', from: u64(0), to: u64(1), len: u64(2) }); break;
-      case UFFD_EVENT.REMOVE: out.push({ event: 'remove', start: u64(0), end: u64(1) }); break;
-      case UFFD_EVENT.UNMAP: out.push({ event: 'unmap', start: u64(0), end: u64(1) }); break;
-      default: out.push({ event: 'unknown', code });
-    }
-  }
-  return out;
+  return decodeUffdMsgs(b, n);
 }
 
 export const POLLIN = 1;

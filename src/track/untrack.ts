@@ -3,12 +3,10 @@
  * closes the last copy of the userfaultfd; the kernel then unregisters every
  * range and drops all write-protection. Nothing remains in the target.
  */
-import { join } from 'node:path';
-import { readImage } from '../image/image-reader.js';
-import { isTreeImage, readTreeManifest, imagedMembers } from '../image/tree-manifest.js';
 import { readdirSync, readFileSync } from 'node:fs';
 import { stopHolder, killHolder, HOLDER_NAME } from './holder.js';
-import { TsnapError } from '../errors.js';
+import { trackingRefs } from '../image/process-dirs.js';
+import type { TrackingRef } from '../../formats/schema.js';
 
 /** Holders tracking `pid`, found by their command line (`tsnap-track PID`). */
 export function findHolders(pid: number): number[] {
@@ -29,12 +27,15 @@ export function untrackPid(pid: number): string {
   return holders.length ? `stopped tracking process ${pid} (holder ${holders.join(', ')} ended)` : `process ${pid} is not tracked`;
 }
 
-export function untrack(dir: string): string {
-  if (isTreeImage(dir)) return imagedMembers(readTreeManifest(dir)).map((m) => untrack(join(dir, m.dir))).join('\n');
-  const img = readImage(dir, { indexOnly: true });
-  const ref = img.inventory.tracking;
-  if (!ref) throw new TsnapError('usage', `${dir} is not a pre-dump: it holds no tracking`);
+/** Ends the tracking one pre-dump recorded (its holder), if it still runs. */
+export function untrackRef(ref: TrackingRef): string {
   return stopHolder(ref)
     ? `stopped tracking process ${ref.targetPid} (holder ${ref.holderPid} ended)`
     : `process ${ref.targetPid} was not tracked any more (holder ${ref.holderPid} already gone)`;
+}
+
+/** The library's untrack of a pre-dump (a tree: of each of its processes); which images those are is image/'s to say. */
+export function untrack(dir: string): string {
+  const refs = trackingRefs(dir);
+  return refs.map(untrackRef).join('\n');
 }

@@ -4,7 +4,7 @@
  *
  * Typical use:
  *
- *   useProcessCleanup();                       // afterEach(killAll)
+ *   useProcessCleanup();                       // afterEach: ends what the test started (processes.ts)
  *   const bin = await compileC('memstate');
  *   const p = await startProcess(bin, ['read']);
  *   const anon = parseHex(p.readyInfo.anon);
@@ -18,9 +18,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach } from 'vitest';
 import { setCloexec } from '../../src/sys/fd.js';
-import { registerPid, descendantsOf, killPid } from './processes.js';
+import { track, endStarted, useProcessCleanup } from './processes.js';
+import { LineLog } from './lines.js';
+
+export { useProcessCleanup };
 
 // Programs the tests start must own nothing but stdio: fds the test runner
 // inherited from its own parent (CI shells, editors) would otherwise leak
@@ -253,98 +255,31 @@ export function startProcess(cmd: string, args: string[], opts: StartOptions = {
     return Promise.reject(e);
   }
 
-  const out: string[] = [];
-  const err: string[] = [];
-  const listeners = new Set<() => void>();
-  const notify = () => {
-    for (const l of [...listeners]) l();
-  };
   let exitInfo: ExitInfo | undefined;
-  let drained = false; // exited and output consumed (or given up waiting for it)
-
-  const splitter = (sink: string[]) => {
-    let partial = '';
-    return {
-      data(chunk: string) {
-        partial += chunk;
-        const parts = partial.split('\n');
-        partial = parts.pop() ?? '';
-        for (const l of parts) sink.push(l);
-        if (parts.length) notify();
-      },
-      end() {
-        if (partial) {
-          sink.push(partial);
-          partial = '';
-          notify();
-        }
-      },
-    };
-  };
-  const so = splitter(out);
-  const se = splitter(err);
-  child.stdout?.setEncoding('utf8');
-  child.stderr?.setEncoding('utf8');
-  child.stdout?.on('data', so.data);
-  child.stderr?.on('data', se.data);
-  child.stdout?.on('end', so.end);
-  child.stderr?.on('end', se.end);
+  const dump = (): string =>
+    `--- stdout ---\n${out.lines.join('\n')}\n--- stderr ---\n${err.lines.join('\n')}\n` +
+    (exitInfo ? `--- exit code=${exitInfo.code} signal=${exitInfo.signal}` : '');
+  // stdout ends when the process has exited and its output is consumed (or given up waiting for).
+  const out: LineLog = new LineLog(desc, dump).follow(child.stdout, false);
+  const err = new LineLog(desc, dump).follow(child.stderr);
   // Writing to the stdin of a dead process must not crash the worker.
   child.stdin?.on('error', () => {});
 
   let resolveExited!: (e: ExitInfo) => void;
   const exited = new Promise<ExitInfo>((r) => (resolveExited = r));
-  const markDrained = () => {
-    if (!drained) {
-      drained = true;
-      notify();
-    }
-  };
   child.on('exit', (code, signal) => {
     exitInfo = { code, signal };
     resolveExited(exitInfo);
-    notify();
     // Give the pipes a moment to deliver the last output.
-    setTimeout(markDrained, 200).unref();
+    setTimeout(() => out.end(), 200).unref();
   });
   child.on('close', () => {
-    so.end();
-    se.end();
-    if (exitInfo) markDrained();
+    out.flush();
+    err.flush();
+    if (exitInfo) out.end();
   });
 
-  const dump = () =>
-    `--- stdout ---\n${out.join('\n')}\n--- stderr ---\n${err.join('\n')}\n` +
-    (exitInfo ? `--- exit code=${exitInfo.code} signal=${exitInfo.signal}` : '');
-
-  const waitFor = (re: RegExp, ms: number, from: number, what: string): Promise<string> => {
-    const r = nonGlobal(re);
-    return new Promise<string>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      const finish = (fn: () => void) => {
-        listeners.delete(check);
-        if (timer) clearTimeout(timer);
-        fn();
-      };
-      function check() {
-        for (let i = from; i < out.length; i++) {
-          if (r.test(out[i])) {
-            const line = out[i];
-            finish(() => resolve(line));
-            return;
-          }
-        }
-        if (drained) {
-          finish(() => reject(new Error(`${desc}: exited before ${what} ${r}\n${dump()}`)));
-        }
-      }
-      listeners.add(check);
-      timer = setTimeout(() => {
-        finish(() => reject(new Error(`${desc}: timeout (${ms} ms) waiting for ${what} ${r}\n${dump()}`)));
-      }, ms);
-      check();
-    });
-  };
+  const waitFor = (re: RegExp, ms: number, from: number, what: string): Promise<string> => out.waitFor(re, ms, from, what);
 
   const kill = async (ms = 5000): Promise<void> => {
     if (!exitInfo) {
@@ -381,8 +316,8 @@ export function startProcess(cmd: string, args: string[], opts: StartOptions = {
     const running: Running = {
       pid,
       child,
-      lines: () => out.slice(),
-      stderrLines: () => err.slice(),
+      lines: () => out.lines.slice(),
+      stderrLines: () => err.lines.slice(),
       waitForLine: (re, ms = 5000, from = 0) => waitFor(re, ms, from, 'line'),
       get readyInfo() {
         return parseKeyValues(readyLine);
@@ -402,7 +337,7 @@ export function startProcess(cmd: string, args: string[], opts: StartOptions = {
       exited,
     };
     registry.add(running);
-    registerPid(pid);
+    track({ pid, end: () => kill() }, exited);
     void exited.then(() => registry.delete(running));
 
     waitFor(readyRe, timeoutMs, 0, 'ready pattern').then(
@@ -426,23 +361,8 @@ export function startPython(script: string, args: string[] = [], opts: StartOpti
   return startProcess('python3', ['-u', '-c', script, ...args], opts);
 }
 
-/** SIGKILL every registered process that is still alive and wait for them. */
-export async function killAll(): Promise<void> {
-  const live = liveProcesses();
-  // What they forked (a tree fixture's children) goes with them: listed
-  // before they die, as their orphans are reparented.
-  const forks = live.flatMap((r) => descendantsOf(r.pid));
-  for (const pid of forks) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
-  const results = await Promise.allSettled(live.map((r) => r.kill()));
-  for (const pid of forks) await killPid(pid);
-  const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as Error] : []));
-  if (errors.length) throw new AggregateError(errors, `killAll: ${errors.map((e) => e.message).join('; ')}`);
-}
-
-/** Register afterEach(killAll) for the calling test file / describe block. */
-export function useProcessCleanup(): void {
-  afterEach(killAll);
-}
+/** SIGKILL everything the test started that is still alive (these processes, restored ones, servers) and wait for them. */
+export const killAll = endStarted;
 
 // Last resort if the worker exits with processes still running.
 process.once('exit', () => {

@@ -11,9 +11,16 @@
  * After each test every process of this worker is killed by pid; the global
  * teardown (test/global-setup.ts) fails the run if any process of the run
  * is still alive at its end.
+ *
+ * It is also the one harness that ends what a test started (fixtures.ts
+ * startProcess, tsnap.ts restoreDetached and its feeders, serve.ts
+ * startServe, scenarios.ts restores): each registers with track() or
+ * trackChild(), and useProcessCleanup() ends them all after each test,
+ * quietly, before the marker sweep above would name them as left behind.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
 import { afterEach } from 'vitest';
 
 /** The run: set by the global setup, so that every worker shares it. */
@@ -197,4 +204,56 @@ export function tracerOf(tid: number): number {
 export async function waitPidsFree(pids: number[], timeoutMs = 5000): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (const pid of pids) while (existsSync(`/proc/${pid}`) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+}
+
+/** Something a test started, with its own way to end (a fixture waits for its exit event, a restored process takes its children along). */
+export interface Started {
+  readonly pid: number;
+  end(): Promise<void>;
+}
+
+/** With the start time it had when tracked: a pid reused since by another process is not this one. */
+const started = new Map<Started, number | null>();
+
+/** Ended by the next cleanup, unless it goes first (`done`: it has ended on its own). */
+export function track(s: Started, done?: Promise<unknown>): void {
+  registerPid(s.pid);
+  started.set(s, startTime(s.pid));
+  void done?.then(() => started.delete(s));
+}
+
+/** A child of this worker (a feeder, a server, a tsnap): SIGKILLed and waited for, so that nothing of it is left when the test ends. */
+export function trackChild(child: ChildProcess): void {
+  if (child.pid === undefined) return;
+  const exited = child.exitCode !== null || child.signalCode !== null
+    ? Promise.resolve()
+    : new Promise<void>((res) => child.once('exit', () => res()));
+  track({ pid: child.pid, end: async () => { child.kill('SIGKILL'); await exited; } }, exited);
+}
+
+/** A process a restore made (its children go with it). */
+export function trackRestored(pid: number): void {
+  const t = startTime(pid);
+  track({ pid, end: async () => { if (t !== null && startTime(pid) === t) await killTree(pid); } });
+}
+
+/**
+ * Ends everything tracked. What the processes forked (a tree fixture's
+ * children) goes with them: listed before they die, as their orphans are
+ * reparented. Throws (all of them) if one cannot be ended.
+ */
+export async function endStarted(): Promise<void> {
+  const all = [...started];
+  started.clear();
+  const forks = all.filter(([s, t]) => t !== null && startTime(s.pid) === t).flatMap(([s]) => descendantsOf(s.pid));
+  for (const pid of forks) sigkill(pid);
+  const results = await Promise.allSettled(all.map(([s]) => s.end()));
+  for (const pid of forks) await killPid(pid);
+  const errors = results.flatMap((r) => (r.status === 'rejected' ? [r.reason as Error] : []));
+  if (errors.length) throw new AggregateError(errors, `cleanup: ${errors.map((e) => e.message).join('; ')}`);
+}
+
+/** The one cleanup: afterEach(endStarted) for the calling test file or describe block. */
+export function useProcessCleanup(): void {
+  afterEach(endStarted);
 }

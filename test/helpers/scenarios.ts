@@ -22,7 +22,8 @@ import { join } from 'node:path';
 import { expect } from 'vitest';
 import { TSNAP_BIN, tsnap } from './tsnap.js';
 import { startServe } from './serve.js';
-import { descendantsOf, markedProcesses, OWNER, registerPid, waitPidsFree } from './processes.js';
+import { LineLog } from './lines.js';
+import { descendantsOf, markedProcesses, OWNER, registerPid, trackChild, trackRestored, waitPidsFree } from './processes.js';
 
 export type Scenario = 'leave-running' | 'pre-dump chain' | 'kill' | 'migrate';
 export const SCENARIOS: Scenario[] = ['leave-running', 'pre-dump chain', 'kill', 'migrate'];
@@ -44,22 +45,18 @@ export interface ScenarioOptions {
 /** A restore in the foreground: resolves once the process runs; `exited` once tsnap has reaped it. */
 async function restoreForeground(dir: string, pidfile: string): Promise<ScenarioTarget> {
   const child: ChildProcess = spawn(process.execPath, [TSNAP_BIN, 'restore', '--dir', dir, '--pidfile', pidfile, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
+  trackChild(child);
   child.stdout!.resume(); // the restored program's output: it must never block on a full pipe
   const exited = new Promise<number | null>((res) => child.on('exit', (c) => res(c)));
-  await new Promise<void>((res) => {
-    const done = () => { child.stderr!.off('data', onData); res(); };
-    const onData = (d: Buffer) => { stderr += d; if (stderr.includes('"command":"restore"')) done(); };
-    child.stderr!.on('data', onData);
-    void exited.then(done);
-  });
-  expect(stderr.includes('"command":"restore"') && existsSync(pidfile), `restore of ${dir}: ${stderr}`).toBe(true);
-  child.stderr!.resume();
-  const report = JSON.parse(stderr.split('\n').find((l) => l.includes('"command":"restore"'))!) as { pid: number; pids?: { pid: number }[]; warnings: string[] };
+  // Its report says the process runs (it waits for the process after that).
+  const log: LineLog = new LineLog(`restore of ${dir}`, (): string => log.lines.join('\n')).follow(child.stderr);
+  const line = await log.waitFor(/"command":"restore"/, 120_000, 0, 'its report').catch(() => null);
+  expect(line !== null && existsSync(pidfile), `restore of ${dir}: ${log.lines.join('\n')}`).toBe(true);
+  const report = JSON.parse(line!) as { pid: number; pids?: { pid: number }[]; warnings: string[] };
   // Its own check of the rebuilt process against the image found no difference.
   expect(report.warnings, `restore of ${dir}`).toEqual([]);
-  registerPid(report.pid);
-  for (const p of report.pids ?? []) registerPid(p.pid);
+  trackRestored(report.pid);
+  for (const p of report.pids ?? []) trackRestored(p.pid);
   return { pid: report.pid, exited };
 }
 

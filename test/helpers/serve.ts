@@ -1,16 +1,11 @@
-/** A `tsnap serve` for migration tests, killed by pid after each test. */
+/** A `tsnap serve` for migration tests, ended after each test (processes.ts useProcessCleanup). */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { afterEach } from 'vitest';
 import { TSNAP_BIN } from './tsnap.js';
-import { killPid } from './processes.js';
+import { trackChild, useProcessCleanup } from './processes.js';
+import { LineLog } from './lines.js';
 
-const servers: ChildProcess[] = [];
-
-export function useServeCleanup(): void {
-  afterEach(async () => {
-    for (const s of servers.splice(0)) await killPid(s.pid!);
-  });
-}
+/** The same cleanup as useProcessCleanup; kept under this name so that test files written against it still work. */
+export const useServeCleanup = useProcessCleanup;
 
 /**
  * Starts `tsnap serve` on a loopback port with token "sesame"; resolves once
@@ -20,15 +15,9 @@ export function useServeCleanup(): void {
  */
 export async function startServe(dir: string, extra: string[] = []): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
   const proc = spawn(process.execPath, [TSNAP_BIN, 'serve', '--listen', '127.0.0.1:0', '--dir', dir, '--token', 'sesame', '--json', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
-  servers.push(proc);
-  const events: string[] = [];
-  const port = await new Promise<number>((resolve, reject) => {
-    proc.stderr!.on('data', (d) => {
-      events.push(...String(d).trim().split('\n'));
-      const listening = events.find((e) => e.includes('"listening"'));
-      if (listening) resolve((JSON.parse(listening) as { port: number }).port);
-    });
-    proc.once('exit', () => reject(new Error(`serve exited: ${events.join('\n')}`)));
-  });
-  return { port, proc, events };
+  trackChild(proc);
+  // One JSON event per line, also when a line comes in two reads.
+  const log: LineLog = new LineLog('tsnap serve', (): string => log.lines.join('\n')).follow(proc.stderr);
+  const listening = await log.waitFor(/"listening"/, 30_000, 0, 'its "listening" event');
+  return { port: (JSON.parse(listening) as { port: number }).port, proc, events: log.lines };
 }

@@ -60,10 +60,10 @@ export function storedPageSet(img: Image): Set<number> {
 export { readImage };
 
 import { readFileSync } from 'node:fs';
-import { createInterface } from 'node:readline';
-import { afterEach, expect } from 'vitest';
+import { LineLog } from './lines.js';
+import { expect } from 'vitest';
 import { join } from 'node:path';
-import { killPid, killTree, registerPid } from './processes.js';
+import { killPid, trackChild, trackRestored, useProcessCleanup } from './processes.js';
 
 /** A process brought back by `tsnap restore --detach`, talking through pipes. */
 export interface Restored {
@@ -74,59 +74,35 @@ export interface Restored {
   writeLine(s: string): void;
 }
 
-const restoredPids = new Set<number>();
-
 export { killPid };
 
-/** Registers afterEach cleanup of every restored process. */
-export function useRestoredCleanup(): void {
-  afterEach(async () => {
-    // A restored tree: its children too.
-    for (const pid of restoredPids) await killTree(pid);
-    restoredPids.clear();
-    // Waited for: a feeder still exiting would count as left behind.
-    await Promise.all([...feeders].map((f) => (f.exitCode !== null || f.signalCode !== null
-      ? Promise.resolve()
-      : new Promise<void>((res) => { f.once('exit', () => res()); f.kill('SIGKILL'); }))));
-    feeders.clear();
-  });
-}
-
-const feeders = new Set<ChildProcess>();
+/**
+ * The same cleanup as useProcessCleanup (processes.ts ends restored
+ * processes and their feeders too); kept under this name so that test
+ * files written against it still work.
+ */
+export const useRestoredCleanup = useProcessCleanup;
 
 export async function restoreDetached(dir: string, pidfile: string, extra: string[] = []): Promise<Restored> {
   // Node closes a child's stdin pipe when the child exits, and tsnap --detach
   // exits at once: feed the restored process through a `cat` that outlives it.
   const feeder = spawn('cat', [], { stdio: ['pipe', 'pipe', 'ignore'] });
-  feeders.add(feeder);
+  // Waited for: a feeder still exiting would count as left behind.
+  trackChild(feeder);
   const child = spawn(process.execPath, [TSNAP_BIN, 'restore', '--dir', dir, '--detach', '--pidfile', pidfile, ...extra], { stdio: [feeder.stdout!, 'pipe', 'pipe'] });
-  const lines: string[] = [];
   let stderr = '';
-  let stdout = '';
   child.stderr!.on('data', (d) => { stderr += d; });
-  const rl = createInterface({ input: child.stdout! });
-  const listeners = new Set<() => void>();
-  rl.on('line', (l) => { lines.push(l); stdout += `${l}\n`; for (const f of listeners) f(); });
-  // tsnap exits at once; the restored process keeps the pipes.
+  // tsnap exits at once; the restored process keeps the pipes (their end is its exit).
+  const out: LineLog = new LineLog(`process restored from ${dir}`, (): string => `got: ${out.lines.slice(-5).join(' | ')} stderr: ${stderr}`).follow(child.stdout);
   const code: number | null = await new Promise((resolve) => child.on('exit', (c) => resolve(c)));
-  const result: CliResult = { code, signal: null, stdout, stderr };
-  if (code !== 0) return { pid: 0, result, lines, waitForLine: async () => { throw new Error(stderr); }, writeLine: () => {} };
+  const result: CliResult = { code, signal: null, stdout: out.lines.map((l) => `${l}\n`).join(''), stderr };
+  if (code !== 0) return { pid: 0, result, lines: out.lines, waitForLine: async () => { throw new Error(stderr); }, writeLine: () => {} };
   const pid = Number(readFileSync(pidfile, 'utf8').trim());
-  restoredPids.add(pid);
-  registerPid(pid);
+  trackRestored(pid);
   return {
-    pid, result, lines,
+    pid, result, lines: out.lines,
     writeLine: (s) => feeder.stdin!.write(`${s}\n`),
-    waitForLine: (re, timeoutMs = 5000, from = 0) => new Promise((resolve, reject) => {
-      const check = () => {
-        for (let i = from; i < lines.length; i++) {
-          if (re.test(lines[i])) { listeners.delete(check); clearTimeout(t); resolve(lines[i]); return true; }
-        }
-        return false;
-      };
-      const t = setTimeout(() => { listeners.delete(check); reject(new Error(`timeout waiting for ${re}; got: ${lines.slice(-5).join(' | ')} stderr: ${stderr}`)); }, timeoutMs);
-      if (!check()) listeners.add(check);
-    }),
+    waitForLine: (re, timeoutMs = 5000, from = 0) => out.waitFor(re, timeoutMs, from),
   };
 }
 

@@ -8,6 +8,7 @@ import type { CliContext } from '../context.js';
 import { registerDump } from './dump.js';
 import { registerPreDump } from './pre-dump.js';
 import { registerUntrack } from './untrack.js';
+import { registerReleaseLocks } from './release-locks.js';
 import { registerRestore } from './restore.js';
 import { registerSquash } from './squash.js';
 import { registerServe } from './serve.js';
@@ -19,6 +20,6 @@ import { registerDemo } from './demo.js';
 import { registerCompletion } from './completion.js';
 
 export const COMMANDS: ((program: Command, ctx: CliContext) => void)[] = [
-  registerDump, registerPreDump, registerUntrack, registerRestore, registerSquash, registerServe,
+  registerDump, registerPreDump, registerUntrack, registerReleaseLocks, registerRestore, registerSquash, registerServe,
   registerMigrate, registerShow, registerCheck, registerVerify, registerDemo, registerCompletion,
 ];

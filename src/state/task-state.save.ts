@@ -17,7 +17,7 @@ import { pendingRestart, type FrozenTask } from '../freeze/frozen-task.js';
 import type { ThreadImage, SignalImage, SigactionImage, ProcessImage, PosixTimerImage } from '../../formats/schema.js';
 import { readTimers } from '../proc/timers.js';
 import { readTaskCreds } from '../proc/creds.js';
-import { refuseUnrestorable, refuseOtherUserNs } from './creds.js';
+import { refuseUnrestorable, refuseOtherUserNs } from '../dump/creds.js';
 import { credsImage, helperCreds } from '../restore/creds-check.js';
 
 const SIGKILL = 9;

@@ -9,7 +9,7 @@ import type { RemoteTask } from '../inject/remote-task.js';
 import { RemoteBatch } from '../inject/remote-batch.js';
 import { TsnapError } from '../errors.js';
 import { timerSetting } from '../files/anon-fds.js';
-import { cloneIn } from './create-process.js';
+import { cloneIn } from '../restore/create-process.js';
 import { DEAD_PROC_DIR } from '../proc/links.js';
 import { FrozenTask } from '../freeze/frozen-task.js';
 import { reapTraced } from '../freeze/frozen-process.js';
