@@ -36,6 +36,7 @@ import { pausePoint } from '../fault-points.js';
 import { checkUnreadChunks } from '../image/unread-chunks.js';
 import { TsnapError } from '../errors.js';
 import { Steps } from './steps.js';
+import { mark } from '../trace.js';
 import { createChildren, type PlannedMember } from './tree.js';
 import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.js';
 import { LazyRestore, isLazyVma, kernelTouched, type LazyOptions } from '../lazy/lazy-restore.js';
@@ -185,6 +186,7 @@ function needProcess(img: Image, dir: string): ProcessImage {
 /** `live`: the process already exists with its memory (a streamed migration); one process only. */
 export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise<RestoreResult> {
   const t0 = process.hrtime.bigint();
+  mark('restore: begin');
   const warnings: string[] = [];
   // Told once the restore succeeded: a refused or failed one reports its error alone.
   const warn = (m: string) => { warnings.push(m); };
@@ -192,6 +194,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   const tree = isTreeImage(opts.dir);
   const root = plan[0];
   const newPid = !!opts.newPid;
+  mark('restore: image read');
   if (live && tree) throw new TsnapError('internal', 'a process built while it arrived is one process, not a tree');
   if (live && opts.lazy && !opts.lazy.remote) throw new TsnapError('internal', 'a process built while it arrived has its memory already: it cannot be restored lazily');
   // A live process holds its own pid already.
@@ -204,6 +207,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })));
   }
 
+  mark('restore: image checked');
   const stdio = openStdio(opts);
   let helper: Helper | null = null;
   /** Every task created, for the cleanup of a failed restore. */
@@ -419,6 +423,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     }
     (lazy as LazyRestore | null)?.start();
     const restoreUs = Number(process.hrtime.bigint() - t0) / 1000;
+    mark('restore: done');
     for (const w of warnings) opts.warn?.(w);
     return {
       pid: proc.pid,
