@@ -1,5 +1,5 @@
 /** VmFlags from /proc/PID/smaps: per-VMA flags that maps does not show. */
-import { readProcBuffer } from './read.js';
+import { readProcLarge } from './read.js';
 import { hexAt } from './num.js';
 
 const NEXT_VMFLAGS = '\nVmFlags:';
@@ -37,8 +37,9 @@ export function parseVmFlags(text: string): Map<number, string[]> {
  * to compute Rss/Pss/Swap, so this is for small processes and tests. Dumps of
  * large processes should get what they need from maps plus pagemap.
  */
-export function readVmFlags(pid: number): Map<number, string[]> {
-  return parseVmFlagsBuffer(readProcBuffer(pid, 'smaps'));
+export function readVmFlags(pid: number, areasHint = 64): Map<number, string[]> {
+  const { buf, len } = readProcLarge(pid, 'smaps', areasHint * 1024);
+  return parseVmFlagsBuffer(buf, len);
 }
 
 const NEXT_VMFLAGS_BYTES = Buffer.from(NEXT_VMFLAGS, 'latin1');

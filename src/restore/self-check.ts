@@ -234,7 +234,7 @@ function compareTimers(p: ProcessImage, pid: number, idNow: (id: number) => numb
 export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions): string[] {
   const out: string[] = [];
   const maps = checkAllBut(p, pid, opts, out);
-  if (hasVmFlags(p)) compareVmFlags(p, readVmFlags(pid), maps, out);
+  if (hasVmFlags(p)) compareVmFlags(p, readVmFlags(pid, p.mm.vmas.length), maps, out);
   return out;
 }
 
