@@ -32,12 +32,19 @@ export function criuDump(criu: string, pid: number, dir: string, leaveRunning = 
   return run(criu, ['dump', '-t', String(pid), '-D', dir, '--shell-job', ...(leaveRunning ? ['--leave-running'] : [])]);
 }
 
-/** criu restore -d from `dir`: wall ms until criu exits (the process runs), and its pid. */
-export function criuRestore(criu: string, dir: string): { ms: number; pid: number } {
+/** CPU ms of this process's reaped children (criu itself: the task it restores is not its to reap). */
+function childrenCpuMs(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ');
+  return (Number(stat[13]) + Number(stat[14])) * 10; // cutime, cstime; USER_HZ = 100
+}
+
+/** criu restore -d from `dir`: wall ms until criu exits (the process runs), criu's own CPU ms, and the pid. */
+export function criuRestore(criu: string, dir: string): { ms: number; criuCpuMs: number; pid: number } {
   const pidfile = join(dir, 'bench-restored.pid');
   rmSync(pidfile, { force: true });
+  const c0 = childrenCpuMs();
   const ms = run(criu, ['restore', '-D', dir, '--shell-job', '-d', '--pidfile', pidfile]);
-  return { ms, pid: Number(readFileSync(pidfile, 'utf8').trim()) };
+  return { ms, criuCpuMs: childrenCpuMs() - c0, pid: Number(readFileSync(pidfile, 'utf8').trim()) };
 }
 
 /** Kills a process criu restored and waits until its pid is free (reaped by PID 1). */

@@ -90,11 +90,11 @@ async function main(): Promise<void> {
       try { ptrace.waitpidBlocking(r.pid); } catch { /* reaped */ }
       return { wall, cpu: (c.user + c.system) / 1000 + taskMs, task: taskMs };
     };
-    const criuOnce = async (): Promise<{ wall: number; task: number }> => {
+    const criuOnce = async (): Promise<{ wall: number; task: number; cpu: number }> => {
       const r = criuRestore(criu!, criuDir);
       const task = taskCpuMs(r.pid) ?? 0;
       await killAndWaitGone(r.pid);
-      return { wall: r.ms, task };
+      return { wall: r.ms, task, cpu: task + r.criuCpuMs };
     };
     await once(false);
     await once(true);
@@ -103,7 +103,7 @@ async function main(): Promise<void> {
     const one: Run[] = [];
     const batch: Run[] = [];
     const checked: Run[] = [];
-    const criuRuns: { wall: number; task: number }[] = [];
+    const criuRuns: { wall: number; task: number; cpu: number }[] = [];
     for (let i = 0; i < REPS; i++) {
       one.push(await once(false));
       batch.push(await once(true));
@@ -117,7 +117,7 @@ async function main(): Promise<void> {
     const k = wall(checked);
     const cr = criu ? wall(criuRuns) : null;
     console.log(`${VMAS} VMAs restore (load ${loadavg()[0].toFixed(1)}): one remote syscall per call ${o.toFixed(1)} ms, batched ${b.toFixed(1)} ms (${(b / o).toFixed(3)}), batched with the self-check ${k.toFixed(1)} ms`
-      + (cr !== null ? `; CRIU ${cr.toFixed(1)} ms (its task ${median(criuRuns.map((x) => x.task)).toFixed(0)} ms CPU): tsnap / CRIU ${(b / cr).toFixed(2)} check off, ${(k / cr).toFixed(2)} with the check` : '; criu not found: no CRIU figure')
+      + (cr !== null ? `; CRIU ${cr.toFixed(1)} ms (CPU, criu + task, ${median(criuRuns.map((x) => x.cpu)).toFixed(0)} ms, of which its task ${median(criuRuns.map((x) => x.task)).toFixed(0)}): tsnap / CRIU ${(b / cr).toFixed(2)} check off, ${(k / cr).toFixed(2)} with the check` : '; criu not found: no CRIU figure')
       + `; CPU (tsnap + task): ${cpu(one).toFixed(0)} ms, batched ${cpu(batch).toFixed(0)} ms (${(cpu(batch) / cpu(one)).toFixed(3)}), with the check ${cpu(checked).toFixed(0)} ms; of which the task's own ${median(one.map((x) => x.task)).toFixed(0)} / ${median(batch.map((x) => x.task)).toFixed(0)} ms`);
   } finally {
     delete process.env.TSNAP_REMOTE_BATCH;

@@ -34,6 +34,7 @@ import { reapTraced } from '../freeze/frozen-process.js';
 import { preflight } from './preflight.js';
 import { pausePoint } from '../fault-points.js';
 import { checkUnreadChunks } from '../image/unread-chunks.js';
+import type { ResolvedRun } from '../image/chain-index.js';
 import { TsnapError } from '../errors.js';
 import { Steps } from './steps.js';
 import { mark } from '../trace.js';
@@ -202,9 +203,11 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   // The same memory plan as below (shared memory is filled once, by its first process).
   const planned = new Map<string, { pid: number; v: VmaImage }>();
   // A live process's pages were checked as they arrived.
+  /** Each process's chain resolved over its dumped memory, for the page writer. */
+  const resolvedOf = new Map<ProcessImage, ResolvedRun[]>();
   for (const m of live ? [] : plan) {
     const imports = sharedImports(m.p, planned, 0);
-    checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })));
+    resolvedOf.set(m.p, checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end }))));
   }
 
   mark('restore: image checked');
@@ -300,7 +303,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       const lazyVmas = lazy && !remote ? dumped.filter(isLazyVma) : [];
       if (lazy) m.lazy = remote ? await preparePostcopy(rt, dumped, m.p.threads, remote.set, remote.source) : { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
       const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
-        opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
+        opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined, lazy ? undefined : resolvedOf.get(m.p));
       pages += filled.pages;
       bytes += filled.bytes;
       for (const r of m.p.aioRings ?? []) restoreAioRing(rt, r);
