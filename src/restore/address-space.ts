@@ -114,9 +114,10 @@ function remap(rt: RemoteTask, from: number, size: number, to: number): void {
  * start address: the path to open for it (/proc/PID/map_files/...).
  * `fileAt`: file VMAs to map from another path than their own, by start
  * address (memfds, recreated by restore: /proc/PID/fd/N). `sysv`: the SysV
- * shm segments restore made or took, attached by shmat.
+ * shm segments restore made or took, attached by shmat. `receivesPages`:
+ * whether the page writer will write into a VMA (absent: assume it will).
  */
-export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, string> = new Map(), fileAt: Map<number, string> = new Map(), sysv?: SysvSegments): VmaImage[] {
+export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, string> = new Map(), fileAt: Map<number, string> = new Map(), sysv?: SysvSegments, receivesPages?: (v: VmaImage) => boolean): VmaImage[] {
   const fileFds = new Map<string, number>();
   const fixLater: VmaImage[] = [];
   const batch = new RemoteBatch(rt);
@@ -147,6 +148,11 @@ export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, str
         continue;
       }
       const call = mapCallFor(v);
+      // No page will be written into it: its final protection right away (restore/data-ranges.ts).
+      if (call.fixProt && receivesPages && !receivesPages(v)) {
+        call.prot = v.prot;
+        call.fixProt = false;
+      }
       // A file with no name any more (a memfd): mapped from where restore recreated it.
       const path = fileAt.get(v.start);
       if (path !== undefined && call.file) call.file = { ...call.file, path };

@@ -13,6 +13,7 @@ import { createProcess, type NewProcess, type Helper } from './create-process.js
 import { RemoteTask } from '../inject/remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE, type Stub } from './address-space.js';
 import { fillPages } from './page-filler.js';
+import { receivesPages } from './data-ranges.js';
 import { checkRestored } from './self-check.js';
 import { fdTableDiff } from '../files/fd-table.js';
 import { finishFiles } from './fds.js';
@@ -296,7 +297,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
         const ghost = mappedGhostOf(m.p.mappedGhosts, v);
         if (ghost) fileAt.set(v.start, fdr.ghosts.pathForMapping(ghost, v.start, warn));
       }
-      const fixProt = live ? live.addressSpaceDone(m.p) : mapVmas(rt, m.p, imports, fileAt, sysv);
+      const fixProt = live ? live.addressSpaceDone(m.p) : mapVmas(rt, m.p, imports, fileAt, sysv, lazy ? undefined : receivesPages(resolvedOf.get(m.p)!));
       steps.at(`write the memory of ${m.p.pid}`);
       const dumped = m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start));
       const remote = opts.lazy?.remote;
