@@ -85,14 +85,16 @@ export function placeSpecialMappings(rt: RemoteTask, image: LayoutOf, stub: Stub
   // One list, run in order (one round trip instead of two per move).
   const batch = new RemoteBatch(rt);
   // Phase 1: every special mapping to a temporary hole clear of everything.
-  const taken: Span[] = [...current, ...image.mm.vmas, { start: stub.addr, end: stub.addr + STUB_SIZE }].filter((v) => v.start < 0x800000000000);
+  // Sorted once and kept so: findHole then need not sort 10 000 spans per move.
+  const taken: Span[] = [...current, ...image.mm.vmas, { start: stub.addr, end: stub.addr + STUB_SIZE }].filter((v) => v.start < 0x800000000000).sort((a, b) => a.start - b.start);
   const moved = new Map<string, number>();
   for (const name of SPECIAL_MAPPINGS) {
     const c = have.get(`[${name}]`);
     if (!c) continue;
     const size = c.end - c.start;
     const tmp = findHole(taken, size, 0x100000000);
-    taken.push({ start: tmp, end: tmp + size });
+    const at = taken.findIndex((t) => t.start > tmp);
+    taken.splice(at < 0 ? taken.length : at, 0, { start: tmp, end: tmp + size });
     remap(batch, c.start, size, tmp);
     moved.set(name, tmp);
   }
