@@ -61,17 +61,22 @@ export interface CheckOptions {
 
 type Area = { start: number; end: number; prot: number; shared: boolean; offset: number; path: string };
 
-/** Adjacent areas that differ only in a boundary, joined: the kernel merges re-created ones at will. */
-function joined(vmas: Area[]): Area[] {
+/**
+ * Adjacent areas that differ only in a boundary, joined: the kernel merges
+ * re-created ones at will. `area` makes each input's Area (a fresh object,
+ * which the join may extend): one object per area, not a copy and another.
+ */
+function joined<T>(vmas: readonly T[], area: (v: T) => Area): Area[] {
   const out: Area[] = [];
-  for (const v of vmas) {
+  for (const x of vmas) {
+    const v = area(x);
     const last = out[out.length - 1];
     if (last && last.end === v.start && last.prot === v.prot && last.shared === v.shared && last.path === v.path
       && (v.path === '' || v.path.startsWith('[') || last.offset + (last.end - last.start) === v.offset)) {
       last.end = v.end;
       continue;
     }
-    out.push({ ...v });
+    out.push(v);
   }
   return out;
 }
@@ -84,8 +89,8 @@ const show = (a: Area) => `${a.start.toString(16)}-${a.end.toString(16)} ${'rwx'
 const sameArea = (a: Area, b: Area) => a.start === b.start && a.end === b.end && a.prot === b.prot && a.shared === b.shared && a.path === b.path;
 
 function compareMaps(p: ProcessImage, live: Vma[], out: string[]): void {
-  const want = joined(p.mm.vmas.map(fromImage));
-  const have = joined(live.map(fromLive));
+  const want = joined(p.mm.vmas, fromImage);
+  const have = joined(live, fromLive);
   // Both sorted by address, starts unique: one walk side by side, text only for differences.
   const missing: Area[] = [];
   const extra: Area[] = [];
