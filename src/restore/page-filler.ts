@@ -109,9 +109,10 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     // Each page from the newest image that has it; resolved runs are sorted
     // by address, and so are the runs of one chunk.
     const resolved = resolvedAlready ?? resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within);
-    const byChunk = new Map<string, ResolvedRun[]>();
+    const byChunk = new Map<number, ResolvedRun[]>();
     for (const r of resolved) {
-      const key = `${r.image}:${r.chunk}`;
+      // A number, not a string: ~10 000 runs per restore of a chain or of 10 000 VMAs.
+      const key = r.image * 0x100000000 + r.chunk;
       let list = byChunk.get(key);
       if (!list) byChunk.set(key, (list = []));
       list.push(r);
