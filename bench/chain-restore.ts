@@ -3,18 +3,19 @@
  * a 3-level chain (pre-dump, pre-dump, dump; a fifth of the pages rewritten
  * between levels, scattered) against the restore of one image of the same
  * memory, BENCH_CHAIN_MIB (64) MiB, in the same run: wall time of restore()
- * (medians of BENCH_REPS, 5, after a warm-up of each) and the
- * process_vm_writev calls each made.
+ * (medians of BENCH_REPS, 5, after a warm-up of each), the CPU time
+ * (tsnap's and the new task's) and the process_vm_writev calls each made.
  */
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { tmpdir, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { dump, preDump } from '../src/dump/dump.js';
 import { restore } from '../src/restore/restore.js';
 import { untrackPid } from '../src/track/untrack.js';
 import { ptrace, kill, setCloexec, VmCopier } from '../src/sys/index.js';
+import { taskCpuMs } from './criu.js';
 
 const MIB = Number(process.env.BENCH_CHAIN_MIB ?? 64);
 const REPS = Number(process.env.BENCH_REPS ?? 5);
@@ -72,26 +73,31 @@ async function main(): Promise<void> {
     const r0 = await restore({ dir: level(3), newPid: true, check: 'off' });
     await dump({ pid: r0.pid, dir: one });
     try { ptrace.waitpidBlocking(r0.pid); } catch { /* reaped */ }
-    const once = async (dir: string): Promise<{ t: number; calls: number }> => {
+    const once = async (dir: string): Promise<{ t: number; calls: number; cpu: number }> => {
       const c0 = VmCopier.writeCalls;
+      const u0 = process.cpuUsage();
       const t0 = process.hrtime.bigint();
       const r = await restore({ dir, newPid: true, check: 'off' });
       const t = ms(t0);
+      const u = process.cpuUsage(u0);
+      const cpu = (u.user + u.system) / 1000 + (taskCpuMs(r.pid) ?? 0);
       kill(r.pid, 9);
       try { ptrace.waitpidBlocking(r.pid); } catch { /* reaped */ }
-      return { t, calls: VmCopier.writeCalls - c0 };
+      return { t, calls: VmCopier.writeCalls - c0, cpu };
     };
     await once(one);
     await once(level(3));
-    const a: { t: number; calls: number }[] = [];
-    const b: { t: number; calls: number }[] = [];
+    const a: { t: number; calls: number; cpu: number }[] = [];
+    const b: { t: number; calls: number; cpu: number }[] = [];
     for (let i = 0; i < REPS; i++) {
       a.push(await once(one));
       b.push(await once(level(3)));
     }
     const ta = median(a.map((x) => x.t));
     const tb = median(b.map((x) => x.t));
-    console.log(`${MIB} MiB restore: one image ${ta.toFixed(1)} ms (${a[0].calls} process_vm_writev), 3-level chain ${tb.toFixed(1)} ms (${b[0].calls} process_vm_writev); chain/one ${(tb / ta).toFixed(3)}`);
+    const ca = median(a.map((x) => x.cpu));
+    const cb = median(b.map((x) => x.cpu));
+    console.log(`${MIB} MiB restore (load ${loadavg()[0].toFixed(1)}): one image ${ta.toFixed(1)} ms (${a[0].calls} process_vm_writev), 3-level chain ${tb.toFixed(1)} ms (${b[0].calls} process_vm_writev); chain/one ${(tb / ta).toFixed(3)}; CPU (tsnap + task) ${ca.toFixed(0)} / ${cb.toFixed(0)} ms (${(cb / ca).toFixed(3)})`);
   } finally {
     try { kill(child.pid!, 9); } catch { /* gone */ }
     try { untrackPid(child.pid!); } catch { /* not tracked */ }

@@ -9,7 +9,7 @@
  * Standalone: node dist/bench/startup.js (BENCH_STARTUP_REPS, default 15).
  */
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -24,11 +24,16 @@ const FIXTURE = `
 #include <stdint.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <fcntl.h>
 int main(void) {
   size_t n = 1 << 20;
   uint64_t *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   for (size_t i = 0; i < n / 8; i++) p[i] = i * 0x9E3779B97F4A7C15ull;
   printf("READY\\n"); fflush(stdout);
+  // criu refuses a pipe or socket to the outside: stdio becomes /dev/null, the inherited fds go.
+  int null = open("/dev/null", O_RDWR);
+  dup2(null, 0); dup2(null, 1); dup2(null, 2);
+  for (int fd = 3; fd < 1024; fd++) close(fd);
   for (;;) pause();
 }`;
 
@@ -79,7 +84,8 @@ export async function startupFigures(reps = Number(process.env.BENCH_STARTUP_REP
     await new Promise((resolve) => createInterface({ input: child.stdout! }).once('line', resolve));
     const floor: number[] = []; const version: number[] = []; const dumps: number[] = []; const criuDumps: number[] = [];
     const tsnapDump = () => { rmSync(dir, { recursive: true, force: true }); return wall(process.execPath, [TSNAP, 'dump', '--pid', String(pid), '--dir', dir, '--leave-running']); };
-    const criuDump = () => { rmSync(dir, { recursive: true, force: true }); return wall(criu!, ['dump', '-t', String(pid), '-D', dir, '--leave-running', '--shell-job']); };
+    // criu wants its image directory to exist.
+    const criuDump = () => { rmSync(dir, { recursive: true, force: true }); mkdirSync(dir, { mode: 0o700 }); return wall(criu!, ['dump', '-t', String(pid), '-D', dir, '--leave-running', '--shell-job']); };
     // Warm-up: page cache of node, the modules and the binary.
     wall(process.execPath, ['-e', '0']); tsnapDump(); if (criu) criuDump();
     for (let i = 0; i < reps; i++) {

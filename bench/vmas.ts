@@ -5,19 +5,23 @@
  * Batched address-space setup (one remote step per 2048 calls) against
  * one remote syscall per call (TSNAP_REMOTE_BATCH=0), in the same run,
  * medians of BENCH_REPS (5) after a warm-up of each. The restore time is
- * restore()'s own, process running; CRIU 4.2 took 115 ms for 10 000 VMAs
- * on this machine kind (issue 14). Also the CPU time spent (tsnap's own,
- * plus the new task's, read from /proc before it is killed), which a loaded
- * machine inflates far less than the wall time.
+ * restore()'s own, process running, with the self-check off and with it
+ * on (the default: it reads /proc/PID/smaps and maps of the new process).
+ * With `criu` installed (or $TSNAP_CRIU), CRIU's restore of the same
+ * process (criu restore -d: wall until criu exits) in the same run,
+ * interleaved, as the ratio tsnap / CRIU. Also the CPU time spent (tsnap's
+ * own, plus the new task's, read from /proc before it is killed), which a
+ * loaded machine inflates far less than the wall time.
  */
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readdirSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
+import { tmpdir, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { dump } from '../src/dump/dump.js';
 import { restore } from '../src/restore/restore.js';
 import { ptrace, kill, setCloexec } from '../src/sys/index.js';
+import { findCriu, criuDump, criuRestore, killAndWaitGone, taskCpuMs } from './criu.js';
 
 const VMAS = Number(process.env.BENCH_VMAS ?? 10_000);
 const REPS = Number(process.env.BENCH_REPS ?? 5);
@@ -28,6 +32,7 @@ const FIXTURE = `
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <fcntl.h>
 int main(int argc, char **argv) {
   long n = atol(argv[1]);
   for (int fd = 3; fd < 1024; fd++) close(fd);
@@ -37,6 +42,9 @@ int main(int argc, char **argv) {
   for (long i = 1; i < n; i += 2) mprotect(p + i * 4096, 4096, PROT_READ);
   printf("ready\\n");
   fflush(stdout);
+  // criu refuses a pipe to the outside: stdio becomes /dev/null.
+  int null = open("/dev/null", O_RDWR);
+  dup2(null, 0); dup2(null, 1); dup2(null, 2); close(null);
   for (;;) pause();
 }
 `;
@@ -50,46 +58,73 @@ async function main(): Promise<void> {
   const bin = join(work, 'vmas');
   writeFileSync(`${bin}.c`, FIXTURE);
   execFileSync('gcc', ['-O2', '-o', bin, `${bin}.c`]);
-  const child = spawn(bin, [String(VMAS)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  await new Promise((resolve) => createInterface({ input: child.stdout! }).once('line', resolve));
+  const start = async () => {
+    const c = spawn(bin, [String(VMAS)], { stdio: ['ignore', 'pipe', 'ignore'] });
+    await new Promise((resolve) => createInterface({ input: c.stdout! }).once('line', resolve));
+    return c;
+  };
+  const child = await start();
   const dir = join(OUT_ROOT, `tsnap-bench-vmas-${child.pid}`);
+  const criuDir = join(OUT_ROOT, `tsnap-bench-vmas-criu-${child.pid}`);
+  const criu = findCriu();
   rmSync(dir, { recursive: true, force: true });
+  let forCriu: ReturnType<typeof spawn> | null = null;
   try {
     await dump({ pid: child.pid!, dir });
     await new Promise((resolve) => child.once('exit', resolve));
-    const ticks = 100; // USER_HZ
-    const once = async (batched: boolean): Promise<{ wall: number; cpu: number; task: number }> => {
+    if (criu) {
+      forCriu = await start();
+      criuDump(criu, forCriu.pid!, criuDir);
+    }
+    type Run = { wall: number; cpu: number; task: number };
+    const once = async (batched: boolean, check: 'off' | 'warn' = 'off'): Promise<Run> => {
       if (batched) delete process.env.TSNAP_REMOTE_BATCH;
       else process.env.TSNAP_REMOTE_BATCH = '0';
       const c0 = process.cpuUsage();
       const t0 = process.hrtime.bigint();
-      const r = await restore({ dir, newPid: true, check: 'off' });
+      const r = await restore({ dir, newPid: true, check });
       const wall = ms(t0);
       const c = process.cpuUsage(c0);
-      const stat = readFileSync(`/proc/${r.pid}/stat`, 'utf8').split(') ')[1].split(' ');
-      const taskMs = (Number(stat[11]) + Number(stat[12])) * 1000 / ticks;
+      const taskMs = taskCpuMs(r.pid) ?? 0;
       kill(r.pid, 9);
       try { ptrace.waitpidBlocking(r.pid); } catch { /* reaped */ }
       return { wall, cpu: (c.user + c.system) / 1000 + taskMs, task: taskMs };
     };
+    const criuOnce = async (): Promise<{ wall: number; task: number; cpu: number }> => {
+      const r = criuRestore(criu!, criuDir);
+      const task = taskCpuMs(r.pid) ?? 0;
+      await killAndWaitGone(r.pid);
+      return { wall: r.ms, task, cpu: task + r.criuCpuMs };
+    };
     await once(false);
     await once(true);
-    const one: { wall: number; cpu: number; task: number }[] = [];
-    const batch: { wall: number; cpu: number; task: number }[] = [];
+    await once(true, 'warn');
+    if (criu) await criuOnce();
+    const one: Run[] = [];
+    const batch: Run[] = [];
+    const checked: Run[] = [];
+    const criuRuns: { wall: number; task: number; cpu: number }[] = [];
     for (let i = 0; i < REPS; i++) {
       one.push(await once(false));
       batch.push(await once(true));
+      checked.push(await once(true, 'warn'));
+      if (criu) criuRuns.push(await criuOnce());
     }
-    const o = median(one.map((x) => x.wall));
-    const b = median(batch.map((x) => x.wall));
-    const oc = median(one.map((x) => x.cpu));
-    const bc = median(batch.map((x) => x.cpu));
-    console.log(`${VMAS} VMAs restore: one remote syscall per call ${o.toFixed(1)} ms, batched ${b.toFixed(1)} ms (${(b / o).toFixed(3)}; ${(b / 115).toFixed(2)} x CRIU's 115 ms)`
-      + `; CPU (tsnap + task): ${oc.toFixed(0)} ms, batched ${bc.toFixed(0)} ms (${(bc / oc).toFixed(3)}), of which the task's own ${median(one.map((x) => x.task)).toFixed(0)} / ${median(batch.map((x) => x.task)).toFixed(0)} ms`);
+    const wall = (xs: { wall: number }[]) => median(xs.map((x) => x.wall));
+    const cpu = (xs: Run[]) => median(xs.map((x) => x.cpu));
+    const o = wall(one);
+    const b = wall(batch);
+    const k = wall(checked);
+    const cr = criu ? wall(criuRuns) : null;
+    console.log(`${VMAS} VMAs restore (load ${loadavg()[0].toFixed(1)}): one remote syscall per call ${o.toFixed(1)} ms, batched ${b.toFixed(1)} ms (${(b / o).toFixed(3)}), batched with the self-check ${k.toFixed(1)} ms`
+      + (cr !== null ? `; CRIU ${cr.toFixed(1)} ms (CPU, criu + task, ${median(criuRuns.map((x) => x.cpu)).toFixed(0)} ms, of which its task ${median(criuRuns.map((x) => x.task)).toFixed(0)}): tsnap / CRIU ${(b / cr).toFixed(2)} check off, ${(k / cr).toFixed(2)} with the check` : '; criu not found: no CRIU figure')
+      + `; CPU (tsnap + task): ${cpu(one).toFixed(0)} ms, batched ${cpu(batch).toFixed(0)} ms (${(cpu(batch) / cpu(one)).toFixed(3)}), with the check ${cpu(checked).toFixed(0)} ms; of which the task's own ${median(one.map((x) => x.task)).toFixed(0)} / ${median(batch.map((x) => x.task)).toFixed(0)} ms`);
   } finally {
     delete process.env.TSNAP_REMOTE_BATCH;
     try { kill(child.pid!, 9); } catch { /* gone */ }
+    if (forCriu) { try { kill(forCriu.pid!, 9); } catch { /* gone */ } }
     rmSync(dir, { recursive: true, force: true });
+    rmSync(criuDir, { recursive: true, force: true });
     rmSync(work, { recursive: true, force: true });
   }
 }

@@ -31,6 +31,8 @@ const ownUrl = {
 };
 
 rmSync(outDir, { recursive: true, force: true });
+// Code cached for the old bundle (bin/compile-cache.cjs) would only be rejected.
+rmSync(join(root, 'dist', 'cli-cache'), { recursive: true, force: true });
 await build({
   input: join(root, 'dist', 'src', 'cli', 'main.js'),
   platform: 'node',

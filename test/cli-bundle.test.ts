@@ -6,7 +6,7 @@
  * codes, the version read through a rewritten import.meta.url).
  */
 import { describe, it, expect } from 'vitest';
-import { readFileSync, readdirSync, statSync } from 'node:fs';
+import { readFileSync, readdirSync, statSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startTsnap, type CliResult } from './helpers/tsnap.js';
@@ -39,5 +39,21 @@ describe('the bundled CLI', () => {
     const [e, eEsm] = await both('dump', '--pid', '4194300', '--dir', '/nonexistent/img');
     expect([e.code, e.stderr]).toEqual([ExitCode.noSuchProcess, eEsm.stderr]);
     expect(eEsm.code).toBe(ExitCode.noSuchProcess);
+  });
+
+  it('keeps compiled code in dist/cli-cache; a damaged entry is compiled again and replaced, with the same answers', async () => {
+    const cache = join(ROOT, 'dist', 'cli-cache');
+    // Only this command's entries: those other commands left are not loaded by it.
+    rmSync(cache, { recursive: true, force: true });
+    const first = await startTsnap(['dump', '--pid', '4194300', '--dir', '/nonexistent/img']).done;
+    const entries = readdirSync(cache).filter((f) => f.endsWith('.v8'));
+    expect(entries.length).toBeGreaterThan(0);
+    for (const f of entries) writeFileSync(join(cache, f), 'not V8 code');
+    const again = await startTsnap(['dump', '--pid', '4194300', '--dir', '/nonexistent/img']).done;
+    expect([again.code, again.stderr]).toEqual([first.code, first.stderr]);
+    const off = await startTsnap(['dump', '--pid', '4194300', '--dir', '/nonexistent/img'], { TSNAP_NO_COMPILE_CACHE: '1' }).done;
+    expect([off.code, off.stderr]).toEqual([first.code, first.stderr]);
+    // Rewritten on exit: no entry holds the damage any more.
+    expect(entries.filter((f) => readFileSync(join(cache, f), 'utf8') === 'not V8 code')).toEqual([]);
   });
 });

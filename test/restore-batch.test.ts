@@ -1,7 +1,7 @@
 /**
  * The address-space setup runs as syscall lists in one remote step
- * (src/inject/remote-batch.ts): several lists of 2048 calls for a few
- * thousand VMAs, and a call failing in the middle of one names itself and
+ * (src/inject/remote-batch.ts): several lists of 8192 calls for ~9000
+ * VMAs, and a call failing in the middle of one names itself and
  * leaves nothing behind.
  */
 import { describe, it, expect, afterAll } from 'vitest';
@@ -18,7 +18,7 @@ import { FileKind, type ProcessImage, type Inventory } from '../formats/schema.j
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
 
-const N = 1500; // 3000 single-page VMAs: two lists
+const N = 4500; // 9000 single-page VMAs: two lists
 const PAGE = 4096;
 
 async function dumped(work: string): Promise<{ dir: string; pid: number; addr: number }> {

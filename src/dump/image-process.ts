@@ -244,7 +244,8 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     checkIndex(runs, pageWriter, dir.path);
     mark('dump: index checked');
     const files: Inventory['files'] = {};
-    files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, { ...encodePagemap({ chunks: pageWriter.chunks, runs }), vmas: layout.images }, fsync);
+    // A final image's layout is its process file's mm.vmas: not stored twice (a restore decodes and checks every copy).
+    files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, { ...encodePagemap({ chunks: pageWriter.chunks, runs }), ...(processImage ? {} : { vmas: layout.images }) }, fsync);
     mark('dump: pagemap written');
     if (processImage) files.process = writeMetaFile(dir.path, FileKind.Process, processImage, fsync);
     mark('dump: process written');

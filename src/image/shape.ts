@@ -116,19 +116,22 @@ export function isPlainObject(v: unknown): v is Record<string, unknown> {
 }
 
 export const obj = (fields: Record<string, Field>): Shape => {
-  const entries = Object.entries(fields);
+  // Flat arrays, walked by index: a restore checks ~150 000 fields for 10 000 VMAs.
+  const keys = Object.keys(fields);
+  const shapes: Shape[] = keys.map((k) => { const f = fields[k]; return typeof f === 'function' ? f : f[OPTIONAL]; });
+  const required: boolean[] = keys.map((k) => typeof fields[k] === 'function');
+  const n = keys.length;
   return (v, at) => {
     if (!isPlainObject(v)) fail(at, `expected a map, got ${describe(v)}`);
     const o = v as Record<string, unknown>;
-    for (const [k, f] of entries) {
-      const here = field(at, k);
-      const present = Object.hasOwn(o, k) && o[k] !== undefined;
-      if (typeof f === 'function') {
-        if (!present) fail(here, 'missing');
-        f(o[k], here);
-      } else if (present) {
-        f[OPTIONAL](o[k], here);
+    for (let i = 0; i < n; i++) {
+      const k = keys[i];
+      const x = o[k];
+      if (x === undefined || !Object.hasOwn(o, k)) {
+        if (required[i]) fail(field(at, k), 'missing');
+        continue;
       }
+      shapes[i](x, field(at, k));
     }
   };
 };

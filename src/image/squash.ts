@@ -87,7 +87,7 @@ async function squashChain(from: string, out: string, compression?: Compression)
     if (fill) writer.submit(buf, fill);
     await writer.finish(true);
     const files: Inventory['files'] = {};
-    files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, { ...encodePagemap({ chunks: writer.chunks, runs }), vmas: top.process.mm.vmas }, true);
+    files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, encodePagemap({ chunks: writer.chunks, runs }), true);
     files.process = writeMetaFile(dir.path, FileKind.Process, top.process, true);
     if (top.stats) files.stats = writeMetaFile(dir.path, FileKind.Stats, top.stats, true);
     files.pages = { length: writer.bytesStored, crc32: 0 };

@@ -26,8 +26,12 @@ import { RemoteBatch, BATCH_RUNNER } from '../inject/remote-batch.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
 const PAGE = PAGE_SIZE;
-/** Pages of syscall records after the scratch page: 2048 calls per round trip. */
-const BATCH_PAGES = 32;
+/**
+ * Pages of syscall records after the scratch page: 8192 calls per round
+ * trip (10 000 VMAs in two). On a loaded machine each trip waits for the
+ * task to be scheduled, which costs more than the records' bytes.
+ */
+const BATCH_PAGES = 128;
 export const STUB_SIZE = (2 + BATCH_PAGES) * PAGE;
 /** The runner's place in the code page, after `syscall; int3`. */
 const RUNNER_AT = 16;
@@ -78,16 +82,20 @@ export function placeSpecialMappings(rt: RemoteTask, image: LayoutOf, stub: Stub
       throw new TsnapError('kernel', `[${w.special}] of this kernel ${c ? `is ${c.end - c.start} bytes, the image's ${w.end - w.start}` : 'is missing'}; restore on the kernel that made the dump`);
     }
   }
+  // One list, run in order (one round trip instead of two per move).
+  const batch = new RemoteBatch(rt);
   // Phase 1: every special mapping to a temporary hole clear of everything.
-  const taken: Span[] = [...current, ...image.mm.vmas, { start: stub.addr, end: stub.addr + STUB_SIZE }].filter((v) => v.start < 0x800000000000);
+  // Sorted once and kept so: findHole then need not sort 10 000 spans per move.
+  const taken: Span[] = [...current, ...image.mm.vmas, { start: stub.addr, end: stub.addr + STUB_SIZE }].filter((v) => v.start < 0x800000000000).sort((a, b) => a.start - b.start);
   const moved = new Map<string, number>();
   for (const name of SPECIAL_MAPPINGS) {
     const c = have.get(`[${name}]`);
     if (!c) continue;
     const size = c.end - c.start;
     const tmp = findHole(taken, size, 0x100000000);
-    taken.push({ start: tmp, end: tmp + size });
-    remap(rt, c.start, size, tmp);
+    const at = taken.findIndex((t) => t.start > tmp);
+    taken.splice(at < 0 ? taken.length : at, 0, { start: tmp, end: tmp + size });
+    remap(batch, c.start, size, tmp);
     moved.set(name, tmp);
   }
   // Phase 2: to the dumped addresses; unwanted ones (the image had none) go away.
@@ -96,15 +104,18 @@ export function placeSpecialMappings(rt: RemoteTask, image: LayoutOf, stub: Stub
     if (tmp === undefined) continue;
     const w = want.find((v) => v.special === name);
     const size = have.get(`[${name}]`)!.end - have.get(`[${name}]`)!.start;
-    if (w) remap(rt, tmp, size, w.start);
-    else rt.sc.check(`munmap([${name}])`, SYS.munmap, tmp, size);
+    if (w) remap(batch, tmp, size, w.start);
+    else batch.push(`munmap([${name}])`, SYS.munmap, [tmp, size]);
   }
+  batch.flush();
 }
 
-function remap(rt: RemoteTask, from: number, size: number, to: number): void {
+function remap(batch: RemoteBatch, from: number, size: number, to: number): void {
   if (from === to) return;
-  const got = Number(rt.sc.check('mremap', SYS.mremap, from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, to));
-  if (got !== to) throw new TsnapError('restoreFailed', `mremap to 0x${to.toString(16)} landed at 0x${got.toString(16)}`);
+  batch.push('mremap', SYS.mremap, [from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, to], {
+    value: BigInt(to),
+    mismatch: (got) => new TsnapError('restoreFailed', `mremap to 0x${to.toString(16)} landed at 0x${got.toString(16)}`),
+  });
 }
 
 /**
@@ -114,9 +125,10 @@ function remap(rt: RemoteTask, from: number, size: number, to: number): void {
  * start address: the path to open for it (/proc/PID/map_files/...).
  * `fileAt`: file VMAs to map from another path than their own, by start
  * address (memfds, recreated by restore: /proc/PID/fd/N). `sysv`: the SysV
- * shm segments restore made or took, attached by shmat.
+ * shm segments restore made or took, attached by shmat. `receivesPages`:
+ * whether the page writer will write into a VMA (absent: assume it will).
  */
-export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, string> = new Map(), fileAt: Map<number, string> = new Map(), sysv?: SysvSegments): VmaImage[] {
+export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, string> = new Map(), fileAt: Map<number, string> = new Map(), sysv?: SysvSegments, receivesPages?: (v: VmaImage) => boolean): VmaImage[] {
   const fileFds = new Map<string, number>();
   const fixLater: VmaImage[] = [];
   const batch = new RemoteBatch(rt);
@@ -147,6 +159,11 @@ export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, str
         continue;
       }
       const call = mapCallFor(v);
+      // No page will be written into it: its final protection right away (restore/data-ranges.ts).
+      if (call.fixProt && receivesPages && !receivesPages(v)) {
+        call.prot = v.prot;
+        call.fixProt = false;
+      }
       // A file with no name any more (a memfd): mapped from where restore recreated it.
       const path = fileAt.get(v.start);
       if (path !== undefined && call.file) call.file = { ...call.file, path };
@@ -169,7 +186,10 @@ export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, str
     // Before the finally closes the files these mmaps name.
     batch.flush();
   } finally {
-    for (const f of fileFds.values()) rt.close(f);
+    // One list: each close alone would be two round trips.
+    const closes = new RemoteBatch(rt);
+    for (const f of fileFds.values()) closes.push(`close(${f})`, SYS.close, [f]);
+    closes.flush();
   }
   return fixLater;
 }

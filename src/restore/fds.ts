@@ -29,6 +29,7 @@ import { withInflight, requeueInflight } from '../files/scm-rights.js';
 import { makeDeadPidfds, isThreadPidfd, restorePidfd } from '../files/pidfd.js';
 import { closeSync } from 'node:fs';
 import { PtyRestorer } from '../files/tty.js';
+import { RemoteBatch } from '../inject/remote-batch.js';
 
 export { isInheritedStdio };
 
@@ -283,7 +284,10 @@ export class FdRestorer {
   /** Phase 3, once every process took what it needs: whatever the process should not have goes. */
   closeOthers(rt: RemoteTask, fds: FdImage[]): void {
     const wanted = new Set(fds.map((f) => f.fd));
-    for (const fd of listFds(rt.pid)) if (!wanted.has(fd)) rt.close(fd);
+    // One list: each close alone is a remote syscall of two ptrace stops.
+    const closes = new RemoteBatch(rt);
+    for (const fd of listFds(rt.pid)) if (!wanted.has(fd)) closes.push(`close(${fd})`, SYS.close, [fd]);
+    closes.flush();
   }
 }
 

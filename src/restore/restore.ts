@@ -13,6 +13,7 @@ import { createProcess, type NewProcess, type Helper } from './create-process.js
 import { RemoteTask } from '../inject/remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE, type Stub } from './address-space.js';
 import { fillPages } from './page-filler.js';
+import { receivesPages } from './data-ranges.js';
 import { checkRestored } from './self-check.js';
 import { fdTableDiff } from '../files/fd-table.js';
 import { finishFiles } from './fds.js';
@@ -34,8 +35,10 @@ import { reapTraced } from '../freeze/frozen-process.js';
 import { preflight } from './preflight.js';
 import { pausePoint } from '../fault-points.js';
 import { checkUnreadChunks } from '../image/unread-chunks.js';
+import type { ResolvedRun } from '../image/chain-index.js';
 import { TsnapError } from '../errors.js';
 import { Steps } from './steps.js';
+import { mark } from '../trace.js';
 import { createChildren, type PlannedMember } from './tree.js';
 import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.js';
 import { LazyRestore, isLazyVma, kernelTouched, type LazyOptions } from '../lazy/lazy-restore.js';
@@ -185,6 +188,7 @@ function needProcess(img: Image, dir: string): ProcessImage {
 /** `live`: the process already exists with its memory (a streamed migration); one process only. */
 export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise<RestoreResult> {
   const t0 = process.hrtime.bigint();
+  mark('restore: begin');
   const warnings: string[] = [];
   // Told once the restore succeeded: a refused or failed one reports its error alone.
   const warn = (m: string) => { warnings.push(m); };
@@ -192,6 +196,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   const tree = isTreeImage(opts.dir);
   const root = plan[0];
   const newPid = !!opts.newPid;
+  mark('restore: image read');
   if (live && tree) throw new TsnapError('internal', 'a process built while it arrived is one process, not a tree');
   if (live && opts.lazy && !opts.lazy.remote) throw new TsnapError('internal', 'a process built while it arrived has its memory already: it cannot be restored lazily');
   // A live process holds its own pid already.
@@ -199,11 +204,14 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   // The same memory plan as below (shared memory is filled once, by its first process).
   const planned = new Map<string, { pid: number; v: VmaImage }>();
   // A live process's pages were checked as they arrived.
+  /** Each process's chain resolved over its dumped memory, for the page writer. */
+  const resolvedOf = new Map<ProcessImage, ResolvedRun[]>();
   for (const m of live ? [] : plan) {
     const imports = sharedImports(m.p, planned, 0);
-    checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })));
+    resolvedOf.set(m.p, checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end }))));
   }
 
+  mark('restore: image checked');
   const stdio = openStdio(opts);
   let helper: Helper | null = null;
   /** Every task created, for the cleanup of a failed restore. */
@@ -289,14 +297,14 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
         const ghost = mappedGhostOf(m.p.mappedGhosts, v);
         if (ghost) fileAt.set(v.start, fdr.ghosts.pathForMapping(ghost, v.start, warn));
       }
-      const fixProt = live ? live.addressSpaceDone(m.p) : mapVmas(rt, m.p, imports, fileAt, sysv);
+      const fixProt = live ? live.addressSpaceDone(m.p) : mapVmas(rt, m.p, imports, fileAt, sysv, lazy ? undefined : receivesPages(resolvedOf.get(m.p)!));
       steps.at(`write the memory of ${m.p.pid}`);
       const dumped = m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start));
       const remote = opts.lazy?.remote;
       const lazyVmas = lazy && !remote ? dumped.filter(isLazyVma) : [];
       if (lazy) m.lazy = remote ? await preparePostcopy(rt, dumped, m.p.threads, remote.set, remote.source) : { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
       const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
-        opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined);
+        opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined, lazy ? undefined : resolvedOf.get(m.p));
       pages += filled.pages;
       bytes += filled.bytes;
       for (const r of m.p.aioRings ?? []) restoreAioRing(rt, r);
@@ -419,6 +427,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     }
     (lazy as LazyRestore | null)?.start();
     const restoreUs = Number(process.hrtime.bigint() - t0) / 1000;
+    mark('restore: done');
     for (const w of warnings) opts.warn?.(w);
     return {
       pid: proc.pid,

@@ -62,17 +62,22 @@ export interface CheckOptions {
 
 type Area = { start: number; end: number; prot: number; shared: boolean; offset: number; path: string };
 
-/** Adjacent areas that differ only in a boundary, joined: the kernel merges re-created ones at will. */
-function joined(vmas: Area[]): Area[] {
+/**
+ * Adjacent areas that differ only in a boundary, joined: the kernel merges
+ * re-created ones at will. `area` makes each input's Area (a fresh object,
+ * which the join may extend): one object per area, not a copy and another.
+ */
+function joined<T>(vmas: readonly T[], area: (v: T) => Area): Area[] {
   const out: Area[] = [];
-  for (const v of vmas) {
+  for (const x of vmas) {
+    const v = area(x);
     const last = out[out.length - 1];
     if (last && last.end === v.start && last.prot === v.prot && last.shared === v.shared && last.path === v.path
       && (v.path === '' || v.path.startsWith('[') || last.offset + (last.end - last.start) === v.offset)) {
       last.end = v.end;
       continue;
     }
-    out.push({ ...v });
+    out.push(v);
   }
   return out;
 }
@@ -81,31 +86,51 @@ const fromImage = (v: VmaImage): Area => ({ start: v.start, end: v.end, prot: v.
 const fromLive = (v: Vma): Area => ({ start: v.start, end: v.end, prot: v.prot, shared: v.shared, offset: v.inode !== 0 ? v.offset : 0, path: v.path });
 const show = (a: Area) => `${a.start.toString(16)}-${a.end.toString(16)} ${'rwx'.split('').map((c, i) => (a.prot & (1 << i) ? c : '-')).join('')}${a.shared ? 's' : 'p'} ${a.path}`;
 
-function compareMaps(p: ProcessImage, pid: number, out: string[]): void {
-  const want = joined(p.mm.vmas.map(fromImage)).map(show);
-  const have = joined(readMaps(pid).map(fromLive)).map(show);
-  const haveSet = new Set(have);
-  const wantSet = new Set(want);
-  const missing = want.filter((a) => !haveSet.has(a));
-  const extra = have.filter((a) => !wantSet.has(a));
-  for (const a of missing.slice(0, MAX_MAP_LINES)) out.push(`memory: the image maps ${a}, the process does not`);
-  for (const a of extra.slice(0, MAX_MAP_LINES)) out.push(`memory: the process maps ${a}, the image does not`);
+/** Areas equal as show() prints them (offset only decides what joins). */
+const sameArea = (a: Area, b: Area) => a.start === b.start && a.end === b.end && a.prot === b.prot && a.shared === b.shared && a.path === b.path;
+
+function compareMaps(p: ProcessImage, live: Vma[], out: string[]): void {
+  const want = joined(p.mm.vmas, fromImage);
+  const have = joined(live, fromLive);
+  // Both sorted by address, starts unique: one walk side by side, text only for differences.
+  const missing: Area[] = [];
+  const extra: Area[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < want.length || j < have.length) {
+    const w = want[i];
+    const h = have[j];
+    if (w && h && sameArea(w, h)) { i++; j++; continue; }
+    if (h === undefined || (w !== undefined && w.start <= h.start)) { missing.push(w); i++; if (h && w.start === h.start) { extra.push(h); j++; } continue; }
+    extra.push(h);
+    j++;
+  }
+  for (const a of missing.slice(0, MAX_MAP_LINES)) out.push(`memory: the image maps ${show(a)}, the process does not`);
+  for (const a of extra.slice(0, MAX_MAP_LINES)) out.push(`memory: the process maps ${show(a)}, the image does not`);
   const more = missing.length + extra.length - Math.min(missing.length, MAX_MAP_LINES) - Math.min(extra.length, MAX_MAP_LINES);
   if (more > 0) out.push(`memory: ${more} more differences in the memory map`);
 }
 
-function compareVmFlags(p: ProcessImage, pid: number, out: string[]): void {
-  // smaps walks page tables: read it only when the image has flags to compare.
-  if (!p.mm.vmas.some((v) => v.flags && v.flags.length > 0)) return;
-  const live = readVmFlags(pid);
+/** smaps walks page tables: read it only when the image has flags to compare. */
+const hasVmFlags = (p: ProcessImage) => p.mm.vmas.some((v) => v.flags && v.flags.length > 0);
+
+/** `areas`: the live maps (read once for both memory checks). */
+function compareVmFlags(p: ProcessImage, live: Map<number, string[]>, areas: Vma[], out: string[]): void {
   // The kernel may have merged a re-created area into the one before it:
-  // compare with the area that holds the start.
-  const areas = readMaps(pid);
-  const holding = (addr: number) => areas.find((a) => a.start <= addr && addr < a.end)?.start ?? addr;
+  // compare with the area that holds the start. Image areas and live ones
+  // are both sorted by address: one walk finds each holder.
+  let k = 0;
+  const holding = (addr: number) => {
+    while (k < areas.length && areas[k].end <= addr) k++;
+    return k < areas.length && areas[k].start <= addr ? areas[k].start : addr;
+  };
   for (const v of p.mm.vmas) {
     if (!v.flags) continue;
-    const have = (live.get(holding(v.start)) ?? []).filter((t) => Object.hasOwn(VMA_RESTORED_FLAGS, t)).sort().join(' ');
-    const want = [...v.flags].sort().join(' ');
+    const tokens = live.get(holding(v.start)) ?? [];
+    let have = '';
+    for (const t of tokens) if (Object.hasOwn(VMA_RESTORED_FLAGS, t)) have = have ? `${have} ${t}` : t;
+    const want = v.flags.length > 1 ? [...v.flags].sort().join(' ') : (v.flags[0] ?? '');
+    if (have.includes(' ')) have = have.split(' ').sort().join(' ');
     if (have !== want) out.push(`memory: VmFlags of ${v.start.toString(16)} are [${have}], the image's [${want}]`);
   }
 }
@@ -214,10 +239,17 @@ function compareTimers(p: ProcessImage, pid: number, idNow: (id: number) => numb
 /** Every difference between the rebuilt process `pid` (not yet running) and its image, one line each. */
 export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions): string[] {
   const out: string[] = [];
-  compareMaps(p, pid, out);
-  mark('check: maps');
-  compareVmFlags(p, pid, out);
+  const maps = checkAllBut(p, pid, opts, out);
+  mark('check: all but VmFlags');
+  if (hasVmFlags(p)) compareVmFlags(p, readVmFlags(pid, p.mm.vmas.length), maps, out);
   mark('check: VmFlags');
+  return out;
+}
+
+/** Every check but VmFlags; returns the live maps it read. */
+function checkAllBut(p: ProcessImage, pid: number, opts: CheckOptions, out: string[]): Vma[] {
+  const maps = readMaps(pid);
+  compareMaps(p, maps, out);
   compareGuards(p, pid, out);
   mark('check: guards');
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
@@ -229,5 +261,5 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   mark('check: process');
   compareTimers(p, pid, opts.idNow ?? ((id) => id), out);
   out.push(...checkSockets(p.fds.filter((f) => f.socket && !isInheritedStdio(f)), pid));
-  return out;
+  return maps;
 }
