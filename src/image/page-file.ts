@@ -6,7 +6,7 @@
  */
 import { openSync, readSync, fstatSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
-import { uncompress as lz4UncompressAsync, uncompressSync as lz4Uncompress } from 'lz4-napi';
+import { lz4napi } from './lz4-napi.js';
 import { read as fsRead } from 'node:fs';
 import { decodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
@@ -71,7 +71,7 @@ export class PageFileReader {
     }
     this.checkStored(i, c, stored);
     if (c.codec === 'none') return stored;
-    return this.checkRaw(i, c, stored, () => lz4UncompressAsync(stored));
+    return this.checkRaw(i, c, stored, () => lz4napi().uncompress(stored));
   }
 
   private checkedEntry(i: number): ChunkEntry {
@@ -138,7 +138,7 @@ export class PageFileReader {
     }
     this.checkStored(i, c, stored);
     if (c.codec === 'none') return stored;
-    return this.checkRaw(i, c, stored, () => lz4Uncompress(stored));
+    return this.checkRaw(i, c, stored, () => lz4napi().uncompressSync(stored));
   }
 
   private checkStored(i: number, c: ChunkEntry, stored: Buffer): void {

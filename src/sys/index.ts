@@ -14,4 +14,3 @@ export * from './socket-calls.js';
 export * from './tty.js';
 export * from './userfault.js';
 export * from './spawn.js';
-export * from './file-map.js';
