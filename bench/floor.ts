@@ -5,10 +5,13 @@
  *   readv+write  the same plus a write of each MiB to a new file in the
  *                image's filesystem (what a dump that copies twice costs)
  *   tsnap none / lz4   `tsnap dump --leave-running` (copy-on-write, the
- *                default) and `--no-cow` (frozen for the whole copy), wall
- *                from spawn to exit, and the CLI's peak RSS (VmHWM, read at
- *                exit by a preloaded probe) over `node -e 0`'s own
- *   criu         `criu dump --leave-running --shell-job`, wall
+ *                default) and `--no-cow` (frozen for the whole copy): wall
+ *                from spawn to exit, CPU (user + system of every thread,
+ *                from RUSAGE_CHILDREN), and the CLI's peak RSS (VmHWM, read
+ *                at exit by a preloaded probe) over `node -e 0`'s own
+ *   criu         `criu dump --leave-running --shell-job`, wall and CPU
+ * On cores shared with other work the wall follows the CPU time, so both
+ * are reported as ratios to CRIU.
  * Medians of REPS (BENCH_REPS, default 5) after a warm-up; ratios to CRIU
  * and to the floors of the same run. BENCH_FLOOR_KILL=1 adds kill mode
  * (a fresh target per run; slow: each fills 1 GiB).
@@ -20,7 +23,18 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import koffi from 'koffi';
 import { VmCopier, setCloexec } from '../src/sys/index.js';
+
+// CPU time of waited-for children (RUSAGE_CHILDREN), the figure that decides
+// the wall time when the cores are shared: bench-only, outside the tool.
+const getrusage = koffi.load('libc.so.6').func('int getrusage(int who, void *usage)') as (who: number, buf: Buffer) => number;
+function childrenCpuS(): number {
+  const ru = Buffer.alloc(144);
+  getrusage(-1, ru);
+  const tv = (o: number) => Number(ru.readBigInt64LE(o)) + Number(ru.readBigInt64LE(o + 8)) / 1e6;
+  return tv(0) + tv(16);
+}
 
 const TSNAP = fileURLToPath(new URL('../../bin/tsnap', import.meta.url));
 const SIZE_MIB = Number(process.env.BENCH_MIB ?? 1024);
@@ -111,14 +125,15 @@ async function main(): Promise<void> {
       rmSync(path, { force: true });
       return s;
     };
-    /** Wall seconds and peak RSS (KiB) of one node run. */
-    const nodeRun = (args: string[]): { s: number; hwmKiB: number } => {
+    /** Wall seconds, CPU seconds (user + system, all threads) and peak RSS (KiB) of one node run. */
+    const nodeRun = (args: string[]): { s: number; cpu: number; hwmKiB: number } => {
       rmSync(hwmOut, { force: true });
+      const c0 = childrenCpuS();
       const t0 = process.hrtime.bigint();
       const r = spawnSync(process.execPath, ['-r', probe, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, TSNAP_HWM_OUT: hwmOut } });
       const s = secs(t0);
       if (r.status !== 0) throw new Error(`node ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
-      return { s, hwmKiB: existsSync(hwmOut) ? Number(readFileSync(hwmOut, 'utf8')) : NaN };
+      return { s, cpu: childrenCpuS() - c0, hwmKiB: existsSync(hwmOut) ? Number(readFileSync(hwmOut, 'utf8')) : NaN };
     };
     const tsnapDump = (target: number, compress: 'none' | 'lz4', extra: string[]) => {
       rmSync(dir, { recursive: true, force: true });
@@ -129,24 +144,27 @@ async function main(): Promise<void> {
     const criuDump = (target: number, extra: string[]) => {
       rmSync(dir, { recursive: true, force: true });
       mkdirSync(dir, { mode: 0o700 });
+      const c0 = childrenCpuS();
       const t0 = process.hrtime.bigint();
       const r = spawnSync(criu!, ['dump', '-t', String(target), '-D', dir, '--shell-job', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
       const s = secs(t0);
+      const cpu = childrenCpuS() - c0;
       if (r.status !== 0) throw new Error(`criu dump: exit ${r.status}: ${r.stderr}`);
       rmSync(dir, { recursive: true, force: true });
-      return s;
+      return { s, cpu };
     };
 
     const runs: Record<string, number[]> = {};
     const put = (k: string, v: number) => { (runs[k] ??= []).push(v); };
     const cases: [string, () => void][] = [
-      ['nodeFloor', () => { const r = nodeRun(['-e', '0']); put('nodeFloorS', r.s); put('nodeHwmKiB', r.hwmKiB); }],
+      ['nodeFloor', () => { const r = nodeRun(['-e', '0']); put('nodeFloorS', r.s); put('nodeFloorCpu', r.cpu); put('nodeHwmKiB', r.hwmKiB); }],
       ['rawReadv', () => put('rawReadvS', rawReadv())],
       ['readvWrite', () => put('readvWriteS', readvWrite())],
-      ['noneCow', () => { const r = tsnapDump(pid, 'none', ['--leave-running']); put('noneCowS', r.s); put('noneCowHwmKiB', r.hwmKiB); }],
-      ['noneFrozen', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow']); put('noneFrozenS', r.s); put('noneFrozenHwmKiB', r.hwmKiB); }],
-      ['lz4Cow', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running']); put('lz4CowS', r.s); put('lz4CowHwmKiB', r.hwmKiB); }],
-      ...(criu ? [['criu', () => put('criuS', criuDump(pid, ['--leave-running']))] as [string, () => void]] : []),
+      ['noneCow', () => { const r = tsnapDump(pid, 'none', ['--leave-running']); put('noneCowS', r.s); put('noneCowCpu', r.cpu); put('noneCowHwmKiB', r.hwmKiB); }],
+      ['noneFrozen', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow']); put('noneFrozenS', r.s); put('noneFrozenCpu', r.cpu); put('noneFrozenHwmKiB', r.hwmKiB); }],
+      ['lz4Frozen', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running', '--no-cow']); put('lz4FrozenS', r.s); put('lz4FrozenCpu', r.cpu); put('lz4FrozenHwmKiB', r.hwmKiB); }],
+      ['lz4Cow', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running']); put('lz4CowS', r.s); put('lz4CowCpu', r.cpu); put('lz4CowHwmKiB', r.hwmKiB); }],
+      ...(criu ? [['criu', () => { const r = criuDump(pid, ['--leave-running']); put('criuS', r.s); put('criuCpu', r.cpu); }] as [string, () => void]] : []),
     ];
     const only = process.env.BENCH_FLOOR_ONLY?.split(',');
     const chosen = only ? cases.filter(([k]) => k === 'nodeFloor' || k === 'rawReadv' || only.includes(k)) : cases;
@@ -160,8 +178,8 @@ async function main(): Promise<void> {
         for (const tool of ['tsnap', ...(criu ? ['criu'] : [])]) {
           const k = await startTarget(bin);
           targets.push(k.child);
-          if (tool === 'tsnap') { const r = tsnapDump(k.child.pid!, 'none', []); put('noneKillS', r.s); put('noneKillHwmKiB', r.hwmKiB); }
-          else put('criuKillS', criuDump(k.child.pid!, []));
+          if (tool === 'tsnap') { const r = tsnapDump(k.child.pid!, 'none', []); put('noneKillS', r.s); put('noneKillCpu', r.cpu); put('noneKillHwmKiB', r.hwmKiB); }
+          else { const r = criuDump(k.child.pid!, []); put('criuKillS', r.s); put('criuKillCpu', r.cpu); }
           k.child.kill('SIGKILL');
         }
       }
@@ -173,14 +191,20 @@ async function main(): Promise<void> {
     const overNode = (k: string) => (runs[k] ? +((m(k) - m('nodeHwmKiB')) / 1024).toFixed(1) : null);
     const report = {
       sizeMiB: SIZE_MIB, reps: REPS, outDir: OUT_ROOT, criu: !!criu, load: readFileSync('/proc/loadavg', 'utf8').trim(),
-      ms: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('S')).map((k) => [k, ms(k)])),
+      wallMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('S')).map((k) => [k, ms(k)])),
+      // user + system of the whole tool (every thread), the same for CRIU: on shared cores the wall follows it.
+      cpuMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Cpu')).map((k) => [k, ms(k)])),
+      cpuVsCriu: {
+        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
+        ...(KILL ? { noneKill: ratio('noneKillCpu', 'criuKillCpu') } : {}),
+      },
       vsCriu: {
-        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
+        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
         ...(KILL ? { noneKill: ratio('noneKillS', 'criuKillS') } : {}),
       },
       vsReadvWrite: { noneCow: ratio('noneCowS', 'readvWriteS'), noneFrozen: ratio('noneFrozenS', 'readvWriteS'), criu: ratio('criuS', 'readvWriteS') },
       vsRawReadv: { noneCow: ratio('noneCowS', 'rawReadvS'), criu: ratio('criuS', 'rawReadvS') },
-      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
+      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
     };
     console.log(JSON.stringify(report, null, 2));
   } finally {

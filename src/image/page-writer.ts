@@ -37,6 +37,13 @@ export const DEFAULT_CHUNK_SIZE = 1 << 20;
  */
 const MAX_BATCH = 4;
 
+/**
+ * Raw bytes in flight: enough for the reader to stay a few chunks ahead of
+ * the writer and of compression on two cores (the main thread writes when
+ * the writer lags); more only adds to the tool's RSS.
+ */
+const POOL_BYTES = 4 << 20;
+
 interface Queued {
   entry: ChunkEntry;
   stored: Buffer;
@@ -73,10 +80,8 @@ export class PageFileWriter {
     const fh = await open(path, 'wx', 0o600);
     try {
       await fh.write(Buffer.alloc(HEADER_SIZE), 0, HEADER_SIZE, 0);
-      // 8 MiB in flight lets the reader run ahead of compression and
-      // writing on two cores; more only adds to the RSS. (koffi queues at
-      // most 256 calls: small chunks get fewer buffers.)
-      const pool = Math.min(64, Math.max(4, Math.ceil((8 << 20) / chunkSize)));
+      // (koffi queues at most 256 calls: small chunks get fewer buffers.)
+      const pool = Math.min(64, Math.max(4, Math.ceil(POOL_BYTES / chunkSize)));
       return new PageFileWriter(fh, path, compression, chunkSize, pool);
     } catch (err) {
       await fh.close().catch(() => {});
