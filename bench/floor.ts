@@ -106,6 +106,7 @@ async function main(): Promise<void> {
     const bytes = SIZE_MIB << 20;
     const copier = new VmCopier(pid);
     const buf = Buffer.alloc(1 << 20);
+    const cpuS = (c0: NodeJS.CpuUsage) => { const c = process.cpuUsage(c0); return (c.user + c.system) / 1e6; };
     const secs = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e9;
     const rawReadv = () => {
       const t0 = process.hrtime.bigint();
@@ -158,8 +159,8 @@ async function main(): Promise<void> {
     const put = (k: string, v: number) => { (runs[k] ??= []).push(v); };
     const cases: [string, () => void][] = [
       ['nodeFloor', () => { const r = nodeRun(['-e', '0']); put('nodeFloorS', r.s); put('nodeFloorCpu', r.cpu); put('nodeHwmKiB', r.hwmKiB); }],
-      ['rawReadv', () => put('rawReadvS', rawReadv())],
-      ['readvWrite', () => put('readvWriteS', readvWrite())],
+      ['rawReadv', () => { const c0 = process.cpuUsage(); put('rawReadvS', rawReadv()); put('rawReadvCpu', cpuS(c0)); }],
+      ['readvWrite', () => { const c0 = process.cpuUsage(); put('readvWriteS', readvWrite()); put('readvWriteCpu', cpuS(c0)); }],
       ['noneCow', () => { const r = tsnapDump(pid, 'none', ['--leave-running']); put('noneCowS', r.s); put('noneCowCpu', r.cpu); put('noneCowHwmKiB', r.hwmKiB); }],
       ['noneFrozen', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow']); put('noneFrozenS', r.s); put('noneFrozenCpu', r.cpu); put('noneFrozenHwmKiB', r.hwmKiB); }],
       ['lz4Frozen', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running', '--no-cow']); put('lz4FrozenS', r.s); put('lz4FrozenCpu', r.cpu); put('lz4FrozenHwmKiB', r.hwmKiB); }],
@@ -202,6 +203,7 @@ async function main(): Promise<void> {
         noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
         ...(KILL ? { noneKill: ratio('noneKillS', 'criuKillS') } : {}),
       },
+      cpuVsReadvWrite: { noneFrozen: ratio('noneFrozenCpu', 'readvWriteCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'readvWriteCpu'), criu: ratio('criuCpu', 'readvWriteCpu') },
       vsReadvWrite: { noneCow: ratio('noneCowS', 'readvWriteS'), noneFrozen: ratio('noneFrozenS', 'readvWriteS'), criu: ratio('criuS', 'readvWriteS') },
       vsRawReadv: { noneCow: ratio('noneCowS', 'rawReadvS'), criu: ratio('criuS', 'rawReadvS') },
       peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
