@@ -562,7 +562,7 @@ describe('pages file', () => {
 
     it(`more chunks than the pool: buffers are reused and every chunk reads back (${compression})`, async () => {
       const chunkSize = 16 << 10;
-      const pool = Math.min(64, Math.max(4, Math.ceil((8 << 20) / chunkSize)));
+      const pool = Math.min(64, Math.max(4, Math.ceil((4 << 20) / chunkSize)));
       const n = pool + 100;
       const kinds: Content[] = ['random', 'zero', 'pattern', 'text', 'random'];
       const specs: ChunkSpec[] = Array.from({ length: n }, (_, i) => ({ kind: kinds[i % kinds.length], pages: i % 97 === 5 ? 2 : 0, seed: i + 1 }));
