@@ -562,7 +562,7 @@ describe('pages file', () => {
 
     it(`more chunks than the pool: buffers are reused and every chunk reads back (${compression})`, async () => {
       const chunkSize = 16 << 10;
-      const pool = Math.max(4, Math.ceil((16 << 20) / chunkSize));
+      const pool = Math.min(64, Math.max(4, Math.ceil((4 << 20) / chunkSize)));
       const n = pool + 100;
       const kinds: Content[] = ['random', 'zero', 'pattern', 'text', 'random'];
       const specs: ChunkSpec[] = Array.from({ length: n }, (_, i) => ({ kind: kinds[i % kinds.length], pages: i % 97 === 5 ? 2 : 0, seed: i + 1 }));
@@ -573,6 +573,31 @@ describe('pages file', () => {
         expect(w.chunks.filter((c) => c.codec === 'lz4').length).toBeGreaterThan(0);
         expect(w.chunks.filter((c) => c.codec === 'none').length).toBeGreaterThan(0);
       }
+    });
+  }
+
+  for (const order of ['in order', 'the second first'] as const) {
+    it(`two chunks acquired before either is submitted, submitted ${order}: both read back`, async () => {
+      const w = await PageFileWriter.create(dir, 'lz4', 16 << 10);
+      const a = await w.acquire();
+      const b = await w.acquire();
+      const da = randomBytes(16 << 10);
+      const db = randomBytes(8 << 10);
+      da.copy(a);
+      db.copy(b);
+      const [ia, ib] = order === 'in order' ? [w.submit(a, da.length), w.submit(b, db.length)] : [w.submit(b, db.length), w.submit(a, da.length)].reverse();
+      const c = await w.acquire();
+      const dc = randomBytes(4 << 10);
+      dc.copy(c);
+      const ic = w.submit(c, dc.length);
+      const payload = await w.finish(false);
+      expect(payload).toBe(da.length + db.length + dc.length);
+      expect(statSync(join(dir, FILE_NAMES[FileKind.Pages])).size).toBe(HEADER_SIZE + payload);
+      const r = new PageFileReader(dir, w.chunks);
+      expect(r.readChunk(ia).equals(da)).toBe(true);
+      expect(r.readChunk(ib).equals(db)).toBe(true);
+      expect(r.readChunk(ic).equals(dc)).toBe(true);
+      r.close();
     });
   }
 

@@ -1,0 +1,219 @@
+/**
+ * The dump at the floor: `tsnap dump` of a 1 GiB process through the CLI,
+ * side by side with CRIU and the physical floors, interleaved in one run:
+ *   raw-readv    process_vm_readv of the memory into one reused 1 MiB buffer
+ *   readv+write  the same plus a write of each MiB to a new file in the
+ *                image's filesystem (what a dump that copies twice costs)
+ *   tsnap none / lz4   `tsnap dump --leave-running` (copy-on-write, the
+ *                default) and `--no-cow` (frozen for the whole copy): wall
+ *                from spawn to exit, CPU (user + system of every thread,
+ *                from RUSAGE_CHILDREN), and the CLI's peak RSS (VmHWM, read
+ *                at exit by a preloaded probe) over `node -e 0`'s own
+ *   criu         `criu dump --leave-running --shell-job`, wall and CPU
+ * On cores shared with other work the wall follows the CPU time, so both
+ * are reported as ratios to CRIU.
+ * Medians of REPS (BENCH_REPS, default 5) after a warm-up; ratios to CRIU
+ * and to the floors of the same run. BENCH_FLOOR_KILL=1 adds kill mode
+ * (a fresh target per run; slow: each fills 1 GiB).
+ * Standalone: node dist/bench/floor.js
+ */
+import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync, readFileSync, openSync, writeSync, closeSync, readdirSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import koffi from 'koffi';
+import { VmCopier, setCloexec } from '../src/sys/index.js';
+
+// CPU time of waited-for children (RUSAGE_CHILDREN), the figure that decides
+// the wall time when the cores are shared: bench-only, outside the tool.
+const getrusage = koffi.load('libc.so.6').func('int getrusage(int who, void *usage)') as (who: number, buf: Buffer) => number;
+function childrenCpuS(): number {
+  const ru = Buffer.alloc(144);
+  getrusage(-1, ru);
+  const tv = (o: number) => Number(ru.readBigInt64LE(o)) + Number(ru.readBigInt64LE(o + 8)) / 1e6;
+  return tv(0) + tv(16);
+}
+
+const TSNAP = fileURLToPath(new URL('../../bin/tsnap', import.meta.url));
+const SIZE_MIB = Number(process.env.BENCH_MIB ?? 1024);
+const REPS = Number(process.env.BENCH_REPS ?? 5);
+const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
+const KILL = process.env.BENCH_FLOOR_KILL === '1';
+
+const FIXTURE = `
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <fcntl.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  syscall(SYS_close_range, 3, ~0u, 0);
+  size_t n = (size_t)atol(argv[1]) << 20;
+  uint64_t *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  /* Half of each page pseudo-random (incompressible), half small integers. */
+  for (size_t i = 0; i < n / 8; i++) p[i] = (i % 512 < 256) ? i * 0x9E3779B97F4A7C15ull : (i & 0xff);
+  printf("READY %p\\n", (void *)p); fflush(stdout);
+  /* Node's stdio pipes are unix sockets, which CRIU refuses as external. */
+  int null = open("/dev/null", O_RDWR); dup2(null, 1); dup2(null, 2); close(null);
+  for (;;) pause();
+}`;
+
+// Preloaded into the measured node process: its peak RSS, read as it exits.
+const PROBE = `process.on('exit', () => {
+  const m = /VmHWM:\\s+(\\d+)/.exec(require('fs').readFileSync('/proc/self/status', 'utf8'));
+  require('fs').writeFileSync(process.env.TSNAP_HWM_OUT, m ? m[1] : '0');
+});`;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.floor(s.length / 2)] : NaN;
+}
+
+function findCriu(): string | null {
+  for (const c of [process.env.TSNAP_CRIU, 'criu'].filter((x): x is string => !!x)) {
+    if (spawnSync(c, ['check'], { stdio: 'ignore' }).status === 0) return c;
+  }
+  return null;
+}
+
+async function startTarget(bin: string): Promise<{ child: ChildProcess; addr: number }> {
+  const child = spawn(bin, [String(SIZE_MIB)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const line: string = await new Promise((resolve) => createInterface({ input: child.stdout! }).once('line', resolve));
+  return { child, addr: Number(BigInt(line.split(' ')[1])) };
+}
+
+async function main(): Promise<void> {
+  for (const name of readdirSync('/proc/self/fd')) if (Number(name) > 2) { try { setCloexec(Number(name)); } catch { /* gone */ } }
+  const work = mkdtempSync(join(tmpdir(), 'tsnap-bench-floor-'));
+  const bin = join(work, 'fill');
+  writeFileSync(`${bin}.c`, FIXTURE);
+  execFileSync('gcc', ['-O2', '-o', bin, `${bin}.c`]);
+  const probe = join(work, 'hwm.cjs');
+  writeFileSync(probe, PROBE);
+  const hwmOut = join(work, 'hwm');
+  const criu = findCriu();
+  const dir = join(OUT_ROOT, `tsnap-bench-floor-${process.pid}`);
+  const targets: ChildProcess[] = [];
+  try {
+    const t = await startTarget(bin);
+    targets.push(t.child);
+    const pid = t.child.pid!;
+    const bytes = SIZE_MIB << 20;
+    const copier = new VmCopier(pid);
+    const buf = Buffer.alloc(1 << 20);
+    const cpuS = (c0: NodeJS.CpuUsage) => { const c = process.cpuUsage(c0); return (c.user + c.system) / 1e6; };
+    const secs = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e9;
+    const rawReadv = () => {
+      const t0 = process.hrtime.bigint();
+      for (let a = t.addr; a < t.addr + bytes; a += buf.length) copier.readv(buf, 0, [{ addr: a, len: buf.length }]);
+      return secs(t0);
+    };
+    const readvWrite = () => {
+      const path = join(OUT_ROOT, `tsnap-bench-floor-raw-${process.pid}`);
+      const fd = openSync(path, 'w', 0o600);
+      const t0 = process.hrtime.bigint();
+      for (let a = t.addr; a < t.addr + bytes; a += buf.length) {
+        copier.readv(buf, 0, [{ addr: a, len: buf.length }]);
+        writeSync(fd, buf);
+      }
+      const s = secs(t0);
+      closeSync(fd);
+      rmSync(path, { force: true });
+      return s;
+    };
+    /** Wall seconds, CPU seconds (user + system, all threads) and peak RSS (KiB) of one node run. */
+    const nodeRun = (args: string[]): { s: number; cpu: number; hwmKiB: number } => {
+      rmSync(hwmOut, { force: true });
+      const c0 = childrenCpuS();
+      const t0 = process.hrtime.bigint();
+      const r = spawnSync(process.execPath, ['-r', probe, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, TSNAP_HWM_OUT: hwmOut } });
+      const s = secs(t0);
+      if (r.status !== 0) throw new Error(`node ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
+      return { s, cpu: childrenCpuS() - c0, hwmKiB: existsSync(hwmOut) ? Number(readFileSync(hwmOut, 'utf8')) : NaN };
+    };
+    const tsnapDump = (target: number, compress: 'none' | 'lz4', extra: string[]) => {
+      rmSync(dir, { recursive: true, force: true });
+      const r = nodeRun([TSNAP, 'dump', '--pid', String(target), '--dir', dir, '--compress', compress, ...extra]);
+      rmSync(dir, { recursive: true, force: true });
+      return r;
+    };
+    const criuDump = (target: number, extra: string[]) => {
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { mode: 0o700 });
+      const c0 = childrenCpuS();
+      const t0 = process.hrtime.bigint();
+      const r = spawnSync(criu!, ['dump', '-t', String(target), '-D', dir, '--shell-job', ...extra], { stdio: ['ignore', 'ignore', 'pipe'] });
+      const s = secs(t0);
+      const cpu = childrenCpuS() - c0;
+      if (r.status !== 0) throw new Error(`criu dump: exit ${r.status}: ${r.stderr}`);
+      rmSync(dir, { recursive: true, force: true });
+      return { s, cpu };
+    };
+
+    const runs: Record<string, number[]> = {};
+    const put = (k: string, v: number) => { (runs[k] ??= []).push(v); };
+    const cases: [string, () => void][] = [
+      ['nodeFloor', () => { const r = nodeRun(['-e', '0']); put('nodeFloorS', r.s); put('nodeFloorCpu', r.cpu); put('nodeHwmKiB', r.hwmKiB); }],
+      ['rawReadv', () => { const c0 = process.cpuUsage(); put('rawReadvS', rawReadv()); put('rawReadvCpu', cpuS(c0)); }],
+      ['readvWrite', () => { const c0 = process.cpuUsage(); put('readvWriteS', readvWrite()); put('readvWriteCpu', cpuS(c0)); }],
+      ['noneCow', () => { const r = tsnapDump(pid, 'none', ['--leave-running']); put('noneCowS', r.s); put('noneCowCpu', r.cpu); put('noneCowHwmKiB', r.hwmKiB); }],
+      ['noneFrozen', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow']); put('noneFrozenS', r.s); put('noneFrozenCpu', r.cpu); put('noneFrozenHwmKiB', r.hwmKiB); }],
+      ['lz4Frozen', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running', '--no-cow']); put('lz4FrozenS', r.s); put('lz4FrozenCpu', r.cpu); put('lz4FrozenHwmKiB', r.hwmKiB); }],
+      ['lz4Cow', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running']); put('lz4CowS', r.s); put('lz4CowCpu', r.cpu); put('lz4CowHwmKiB', r.hwmKiB); }],
+      ...(criu ? [['criu', () => { const r = criuDump(pid, ['--leave-running']); put('criuS', r.s); put('criuCpu', r.cpu); }] as [string, () => void]] : []),
+    ];
+    const only = process.env.BENCH_FLOOR_ONLY?.split(',');
+    const chosen = only ? cases.filter(([k]) => k === 'nodeFloor' || k === 'rawReadv' || only.includes(k)) : cases;
+    // Warm-up: every path once, so first-touch costs of this VM stay out.
+    for (const [, f] of chosen) f();
+    for (const k of Object.keys(runs)) runs[k] = [];
+    for (let i = 0; i < REPS; i++) for (const [, f] of chosen) f();
+
+    if (KILL) {
+      for (let i = 0; i < REPS; i++) {
+        for (const tool of ['tsnap', ...(criu ? ['criu'] : [])]) {
+          const k = await startTarget(bin);
+          targets.push(k.child);
+          if (tool === 'tsnap') { const r = tsnapDump(k.child.pid!, 'none', []); put('noneKillS', r.s); put('noneKillCpu', r.cpu); put('noneKillHwmKiB', r.hwmKiB); }
+          else { const r = criuDump(k.child.pid!, []); put('criuKillS', r.s); put('criuKillCpu', r.cpu); }
+          k.child.kill('SIGKILL');
+        }
+      }
+    }
+
+    const m = (k: string) => median(runs[k] ?? []);
+    const ms = (k: string) => +(m(k) * 1000).toFixed(0);
+    const ratio = (a: string, b: string) => (runs[a] && runs[b] ? +(m(a) / m(b)).toFixed(2) : null);
+    const overNode = (k: string) => (runs[k] ? +((m(k) - m('nodeHwmKiB')) / 1024).toFixed(1) : null);
+    const report = {
+      sizeMiB: SIZE_MIB, reps: REPS, outDir: OUT_ROOT, criu: !!criu, load: readFileSync('/proc/loadavg', 'utf8').trim(),
+      wallMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('S')).map((k) => [k, ms(k)])),
+      // user + system of the whole tool (every thread), the same for CRIU: on shared cores the wall follows it.
+      cpuMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Cpu')).map((k) => [k, ms(k)])),
+      cpuVsCriu: {
+        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
+        ...(KILL ? { noneKill: ratio('noneKillCpu', 'criuKillCpu') } : {}),
+      },
+      vsCriu: {
+        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
+        ...(KILL ? { noneKill: ratio('noneKillS', 'criuKillS') } : {}),
+      },
+      cpuVsReadvWrite: { noneFrozen: ratio('noneFrozenCpu', 'readvWriteCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'readvWriteCpu'), criu: ratio('criuCpu', 'readvWriteCpu') },
+      vsReadvWrite: { noneCow: ratio('noneCowS', 'readvWriteS'), noneFrozen: ratio('noneFrozenS', 'readvWriteS'), criu: ratio('criuS', 'readvWriteS') },
+      vsRawReadv: { noneCow: ratio('noneCowS', 'rawReadvS'), criu: ratio('criuS', 'rawReadvS') },
+      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
+    };
+    console.log(JSON.stringify(report, null, 2));
+  } finally {
+    for (const c of targets) c.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => { console.error(err); process.exit(1); });
