@@ -22,6 +22,7 @@ import { writeProgram, helperElf } from '../inject/tiny-elf.js';
 import { readComm } from '../proc/index.js';
 import { TsnapError } from '../errors.js';
 import { pausePoint } from '../fault-points.js';
+import { mark } from '../trace.js';
 
 export interface NewProcess {
   task: FrozenTask;
@@ -92,6 +93,7 @@ export async function createProcess(pid: number | null, stdio: StdioOptions): Pr
   try {
     pausePoint('restore-helper-spawned');
     await waitForPause(hpid);
+    mark('restore: helper in pause(): seize and clone');
     const htask = FrozenTask.freeze(hpid, { direct: true });
     pausePoint('restore-helper-seized');
     ptrace.setOptions(hpid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);

@@ -36,6 +36,7 @@ import { pausePoint } from '../fault-points.js';
 import { checkUnreadChunks } from '../image/unread-chunks.js';
 import { TsnapError } from '../errors.js';
 import { Steps } from './steps.js';
+import { mark } from '../trace.js';
 import { createChildren, type PlannedMember } from './tree.js';
 import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.js';
 import { LazyRestore, isLazyVma, kernelTouched, type LazyOptions } from '../lazy/lazy-restore.js';
@@ -188,22 +189,26 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   const warnings: string[] = [];
   // Told once the restore succeeded: a refused or failed one reports its error alone.
   const warn = (m: string) => { warnings.push(m); };
+  mark('restore: read the image');
   const plan: PlannedMember[] = live?.image ? [{ chain: [live.image], p: needProcess(live.image, opts.dir), children: [], zombies: [] }] : loadMembers(opts.dir);
   const tree = isTreeImage(opts.dir);
   const root = plan[0];
   const newPid = !!opts.newPid;
   if (live && tree) throw new TsnapError('internal', 'a process built while it arrived is one process, not a tree');
   if (live && opts.lazy && !opts.lazy.remote) throw new TsnapError('internal', 'a process built while it arrived has its memory already: it cannot be restored lazily');
+  mark('restore: preflight');
   // A live process holds its own pid already.
   for (const m of plan) preflight(m.chain[0], m.p, newPid || !!live);
   // The same memory plan as below (shared memory is filled once, by its first process).
   const planned = new Map<string, { pid: number; v: VmaImage }>();
+  mark('restore: check the chunks not read');
   // A live process's pages were checked as they arrived.
   for (const m of live ? [] : plan) {
     const imports = sharedImports(m.p, planned, 0);
     checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end })));
   }
 
+  mark('restore: start the helper');
   const stdio = openStdio(opts);
   let helper: Helper | null = null;
   /** Every task created, for the cleanup of a failed restore. */
@@ -226,6 +231,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       making?.then((m) => { m.helper.kill('SIGKILL'); try { kill(m.proc.pid, SIGKILL); } catch { /* gone */ } reapTraced(m.proc.pid); }, () => {});
       throw err;
     }
+    mark('restore: wait for the helper');
     const made = making ? await making : null;
     helper = made?.helper ?? null;
     const proc: NewProcess = made ? made.proc : live!.proc;
