@@ -373,6 +373,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
         steps.at(`create the userfaultfd of ${m.p.pid}`);
         lazy.open(m.rt, m.lazy!.vmas);
       }
+      lazy.sendArm();
     }
     for (const m of members) {
       steps.at(`restore the credentials of ${m.p.pid}`);

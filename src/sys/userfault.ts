@@ -140,4 +140,13 @@ export function pollAsync(fds: readonly number[], timeoutMs: number): Promise<nu
   });
 }
 
+/** poll() on the calling thread, for a wait short enough not to need the event loop. */
+export function pollWait(fds: readonly number[], timeoutMs: number): number[] {
+  const b = Buffer.alloc(8 * fds.length);
+  fds.forEach((fd, i) => { b.writeInt32LE(fd, i * 8); b.writeInt16LE(POLLIN, i * 8 + 4); });
+  const r = rawPoll(b, fds.length, timeoutMs);
+  if (r < 0) return fds.map(() => 0);
+  return fds.map((_, i) => b.readInt16LE(i * 8 + 6));
+}
+
 export { EAGAIN as UFFD_EAGAIN, EEXIST as UFFD_EEXIST };
