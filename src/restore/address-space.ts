@@ -80,6 +80,8 @@ export function placeSpecialMappings(rt: RemoteTask, image: LayoutOf, stub: Stub
       throw new TsnapError('kernel', `[${w.special}] of this kernel ${c ? `is ${c.end - c.start} bytes, the image's ${w.end - w.start}` : 'is missing'}; restore on the kernel that made the dump`);
     }
   }
+  // Both phases are one list for the stub's runner (one round trip): it runs them in order.
+  const batch = new RemoteBatch(rt);
   // Phase 1: every special mapping to a temporary hole clear of everything.
   const taken: Span[] = [...current, ...image.mm.vmas, { start: stub.addr, end: stub.addr + STUB_SIZE }].filter((v) => v.start < 0x800000000000);
   const moved = new Map<string, number>();
@@ -89,7 +91,7 @@ export function placeSpecialMappings(rt: RemoteTask, image: LayoutOf, stub: Stub
     const size = c.end - c.start;
     const tmp = findHole(taken, size, 0x100000000);
     taken.push({ start: tmp, end: tmp + size });
-    remap(rt, c.start, size, tmp);
+    remap(batch, c.start, size, tmp);
     moved.set(name, tmp);
   }
   // Phase 2: to the dumped addresses; unwanted ones (the image had none) go away.
@@ -98,15 +100,16 @@ export function placeSpecialMappings(rt: RemoteTask, image: LayoutOf, stub: Stub
     if (tmp === undefined) continue;
     const w = want.find((v) => v.special === name);
     const size = have.get(`[${name}]`)!.end - have.get(`[${name}]`)!.start;
-    if (w) remap(rt, tmp, size, w.start);
-    else rt.sc.check(`munmap([${name}])`, SYS.munmap, tmp, size);
+    if (w) remap(batch, tmp, size, w.start);
+    else batch.push(`munmap([${name}])`, SYS.munmap, [tmp, size]);
   }
+  batch.flush();
 }
 
-function remap(rt: RemoteTask, from: number, size: number, to: number): void {
+function remap(batch: RemoteBatch, from: number, size: number, to: number): void {
   if (from === to) return;
-  const got = Number(rt.sc.check('mremap', SYS.mremap, from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, to));
-  if (got !== to) throw new TsnapError('restoreFailed', `mremap to 0x${to.toString(16)} landed at 0x${got.toString(16)}`);
+  batch.push('mremap', SYS.mremap, [from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, to],
+    { value: BigInt(to), mismatch: (got) => new TsnapError('restoreFailed', `mremap to 0x${to.toString(16)} landed at 0x${got.toString(16)}`) });
 }
 
 /**
