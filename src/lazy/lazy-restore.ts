@@ -46,7 +46,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readlinkSync, readSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, pipe2, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE, SysError, Pagemap, PAGE_IS, posixSpawn, pollAsync, kill, ptrace } from '../sys/index.js';
+import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, pipe2, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE, SysError, Pagemap, PAGE_IS, posixSpawn, pollWait, kill, ptrace } from '../sys/index.js';
 import type { RemoteTask } from '../inject/remote-task.js';
 import type { Image } from '../image/image-reader.js';
 import type { VmaImage, ThreadImage } from '../../formats/schema.js';
@@ -219,11 +219,26 @@ export class LazyRestore {
     }
   }
 
+  /**
+   * Hands the guard its copies as soon as every uffd exists (after the last
+   * open()): it takes them while the restore goes on, and arm() only reads
+   * its answer. Until then a failed restore kills the guard (abort()).
+   */
+  sendArm(): void {
+    if (this.pidfds.length === 0 || this.armSent) return;
+    this.armSent = true;
+    writeAll(this.guardW, `arm ${process.pid} ${this.pidfds.join(' ')} - ${this.uffds.join(' ')}\n`);
+  }
+
+  private armSent = false;
+
   /** Before the processes run: the guard holds its copies (the pager may die from now on). */
   async arm(): Promise<void> {
     if (this.pidfds.length === 0) return;
-    writeAll(this.guardW, `arm ${process.pid} ${this.pidfds.join(' ')} - ${this.uffds.join(' ')}\n`);
-    const [ready] = await pollAsync([this.guardAck], 5000);
+    this.sendArm();
+    // On this thread: the guard answers within a few hundred µs of being
+    // scheduled; a pool thread's poll and the event loop's turn added 1-30 ms here.
+    const [ready] = pollWait([this.guardAck], 5000);
     const b = Buffer.alloc(6);
     const n = ready ? readSync(this.guardAck, b, 0, 6, null) : 0;
     if (b.subarray(0, n).toString() !== 'armed\n') throw new TsnapError('restoreFailed', 'the lazy restore guard did not start; nothing was started');

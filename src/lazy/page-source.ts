@@ -25,6 +25,13 @@ export interface PageSource {
   extents(): Extent[];
   /** The bytes of [start, start+len), or null when they are all zero. Rejects when the data cannot be had. */
   fetch(start: number, len: number): Promise<Buffer | null>;
+  /**
+   * fetch() on the calling thread, for a source that can (a local file):
+   * a fault is then answered without waiting for the pool's threads and
+   * the event loop's turns (2-3 each per chunk), which on a busy machine
+   * cost more than reading and decoding the chunk. Throws as fetch() rejects.
+   */
+  fetchNow?(start: number, len: number): Buffer | null;
   close(): void;
 }
 
@@ -38,6 +45,20 @@ export interface ChainLevelSpec {
 
 /** Decoded chunks kept: faults near each other hit the same chunk. */
 const CACHE_CHUNKS = 8;
+
+/** Whether run `r` holds all of [start, start+len): its chunk's data is then the answer itself, no copy. */
+function whole(r: ResolvedRun, data: Buffer, start: number, len: number): Buffer | null {
+  if (r.start > start || r.start + r.pages * P < start + len) return null;
+  const from = r.offset + (start - r.start);
+  return data.subarray(from, from + len);
+}
+
+/** Copies run `r`'s part of [start, start+out.length) from its chunk's `data` into `out`. */
+function copyRun(r: ResolvedRun, data: Buffer, start: number, out: Buffer): void {
+  const s = Math.max(start, r.start);
+  const e = Math.min(start + out.length, r.start + r.pages * P);
+  data.copy(out, s - start, r.offset + (s - r.start), r.offset + (e - r.start));
+}
 
 /** Pages of a (local) image chain, each from the newest image that has it. */
 export class ChainPageSource implements PageSource {
@@ -54,6 +75,22 @@ export class ChainPageSource implements PageSource {
     return this.runs.map((r) => ({ start: r.start, len: r.pages * P }));
   }
 
+  /** Chunks of the cache whose read ended, for fetchNow(). */
+  private readonly ready = new Map<string, Buffer>();
+
+  private reader(image: number): PageFileReader {
+    return (this.readers[image] ??= new PageFileReader(this.chain[image].dir, this.chain[image].chunks));
+  }
+
+  private remember(key: string, got: Promise<Buffer>): void {
+    this.cache.set(key, got);
+    while (this.cache.size > CACHE_CHUNKS) {
+      const old = this.cache.keys().next().value!;
+      this.cache.delete(old);
+      this.ready.delete(old);
+    }
+  }
+
   private chunk(image: number, chunk: number): Promise<Buffer> {
     const key = `${image}:${chunk}`;
     let got = this.cache.get(key);
@@ -62,13 +99,28 @@ export class ChainPageSource implements PageSource {
       this.cache.set(key, got);
       return got;
     }
-    const reader = (this.readers[image] ??= new PageFileReader(this.chain[image].dir, this.chain[image].chunks));
-    got = reader.readChunkAsync(chunk);
+    got = this.reader(image).readChunkAsync(chunk);
     // A failed read is not cached: the pager reports it, and may be asked again.
-    got.catch(() => this.cache.delete(key));
-    this.cache.set(key, got);
-    while (this.cache.size > CACHE_CHUNKS) this.cache.delete(this.cache.keys().next().value!);
+    got.then((b) => { if (this.cache.get(key) === got) this.ready.set(key, b); }, () => { this.cache.delete(key); this.ready.delete(key); });
+    this.remember(key, got);
     return got;
+  }
+
+  /** chunk() on this thread: a read still in flight is not waited for but done again. */
+  private chunkNow(image: number, chunk: number): Buffer {
+    const key = `${image}:${chunk}`;
+    const have = this.ready.get(key);
+    if (have && this.cache.has(key)) {
+      const got = this.cache.get(key)!;
+      this.cache.delete(key);
+      this.cache.set(key, got);
+      return have;
+    }
+    const b = this.reader(image).readChunk(chunk);
+    this.cache.delete(key);
+    this.remember(key, Promise.resolve(b));
+    this.ready.set(key, b);
+    return b;
   }
 
   /** Index of the first run ending after `addr`. */
@@ -89,14 +141,23 @@ export class ChainPageSource implements PageSource {
     let out: Buffer | null = null;
     for (let i = this.firstRun(start); i < this.runs.length && this.runs[i].start < end; i++) {
       const r = this.runs[i];
-      const s = Math.max(start, r.start);
-      const e = Math.min(end, r.start + r.pages * P);
       const data = await this.chunk(r.image, r.chunk);
-      const from = r.offset + (s - r.start);
-      // One run covering the whole request (the usual case): no copy.
-      if (s === start && e === end) return data.subarray(from, from + len);
-      out ??= Buffer.alloc(len);
-      data.copy(out, s - start, from, from + (e - s));
+      const all = whole(r, data, start, len);
+      if (all) return all;
+      copyRun(r, data, start, (out ??= Buffer.alloc(len)));
+    }
+    return out;
+  }
+
+  fetchNow(start: number, len: number): Buffer | null {
+    const end = start + len;
+    let out: Buffer | null = null;
+    for (let i = this.firstRun(start); i < this.runs.length && this.runs[i].start < end; i++) {
+      const r = this.runs[i];
+      const data = this.chunkNow(r.image, r.chunk);
+      const all = whole(r, data, start, len);
+      if (all) return all;
+      copyRun(r, data, start, (out ??= Buffer.alloc(len)));
     }
     return out;
   }

@@ -215,7 +215,8 @@ export class Pager {
   private async place(ctx: PagerContext, piece: Piece): Promise<void> {
     let data: Buffer | null;
     try {
-      data = await ctx.source.fetch(piece.src, piece.len);
+      // A fault waits on this: read here, without the pool's round trips, where the source can.
+      data = ctx.source.fetchNow ? ctx.source.fetchNow(piece.src, piece.len) : await ctx.source.fetch(piece.src, piece.len);
     } catch (err) {
       throw new PagerFailure(`the pages at 0x${piece.src.toString(16)} (${piece.len} bytes) cannot be had: ${(err as Error).message}`);
     }

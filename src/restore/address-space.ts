@@ -56,6 +56,8 @@ export function installStub(rt: RemoteTask, images: readonly LayoutOf[]): Stub {
   rt.mem.write(Buffer.from([0x0f, 0x05, 0xcc]), 0, 3, addr);
   rt.mem.write(BATCH_RUNNER, 0, BATCH_RUNNER.length, addr + RUNNER_AT);
   rt.sc.gadget = addr;
+  // TSNAP_REMOTE_TRAP=0: two stops per call as before, the bench's baseline in the same run.
+  rt.sc.trapAfter = process.env.TSNAP_REMOTE_TRAP !== '0';
   rt.scratch = addr + PAGE;
   rt.scratchSize = PAGE;
   rt.batchArea = { runner: addr + RUNNER_AT, area: addr + 2 * PAGE, size: BATCH_PAGES * PAGE };

@@ -16,12 +16,13 @@ import type { StdioOptions } from 'node:child_process';
 import { readFileSync, openSync, closeSync } from 'node:fs';
 import { ProcMem, SYS, CLONE_PARENT, CLONE_ARGS_SIZE, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, ptrace, SysError, posixSpawn, kill, SIGKILL } from '../sys/index.js';
 import { reapTraced } from '../freeze/frozen-process.js';
-import { FrozenTask } from '../freeze/frozen-task.js';
+import { FrozenTask, readReg } from '../freeze/frozen-task.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { writeProgram, helperElf } from '../inject/tiny-elf.js';
 import { readComm } from '../proc/index.js';
 import { TsnapError } from '../errors.js';
 import { pausePoint } from '../fault-points.js';
+import { mark } from '../trace.js';
 
 export interface NewProcess {
   task: FrozenTask;
@@ -92,6 +93,7 @@ export async function createProcess(pid: number | null, stdio: StdioOptions): Pr
   try {
     pausePoint('restore-helper-spawned');
     await waitForPause(hpid);
+    mark('restore: helper in pause(): seize and clone');
     const htask = FrozenTask.freeze(hpid, { direct: true });
     pausePoint('restore-helper-seized');
     ptrace.setOptions(hpid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
@@ -117,8 +119,13 @@ export async function createProcess(pid: number | null, stdio: StdioOptions): Pr
 }
 
 function cloneInHelper(hsc: RemoteSyscaller, pid: number | null): number {
+  // The clone_args go on the helper's own stack, below the red zone: its
+  // pause() loop never touches the stack, and a scratch mapping would cost
+  // two remote syscalls (four stops) more on every restore's critical path.
+  const sp = Number(readReg(hsc.task.savedRegs, 'rsp'));
+  const scratch = sp - 512 - (sp % 64);
   // exit_signal is ignored with CLONE_PARENT: the clone inherits the helper's (SIGCHLD).
-  return hsc.withScratch(4096, (scratch) => cloneIn(hsc, scratch, CLONE_PARENT, 0, pid, 'clone3'));
+  return cloneIn(hsc, scratch, CLONE_PARENT, 0, pid, 'clone3');
 }
 
 /**

@@ -192,6 +192,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   const warnings: string[] = [];
   // Told once the restore succeeded: a refused or failed one reports its error alone.
   const warn = (m: string) => { warnings.push(m); };
+  mark('restore: read the image');
   const plan: PlannedMember[] = live?.image ? [{ chain: [live.image], p: needProcess(live.image, opts.dir), children: [], zombies: [] }] : loadMembers(opts.dir);
   const tree = isTreeImage(opts.dir);
   const root = plan[0];
@@ -199,10 +200,12 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   mark('restore: image read');
   if (live && tree) throw new TsnapError('internal', 'a process built while it arrived is one process, not a tree');
   if (live && opts.lazy && !opts.lazy.remote) throw new TsnapError('internal', 'a process built while it arrived has its memory already: it cannot be restored lazily');
+  mark('restore: preflight');
   // A live process holds its own pid already.
   for (const m of plan) preflight(m.chain[0], m.p, newPid || !!live);
   // The same memory plan as below (shared memory is filled once, by its first process).
   const planned = new Map<string, { pid: number; v: VmaImage }>();
+  mark('restore: check the chunks not read');
   // A live process's pages were checked as they arrived.
   /** Each process's chain resolved over its dumped memory, for the page writer. */
   const resolvedOf = new Map<ProcessImage, ResolvedRun[]>();
@@ -212,6 +215,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   }
 
   mark('restore: image checked');
+  mark('restore: start the helper');
   const stdio = openStdio(opts);
   let helper: Helper | null = null;
   /** Every task created, for the cleanup of a failed restore. */
@@ -234,6 +238,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       making?.then((m) => { m.helper.kill('SIGKILL'); try { kill(m.proc.pid, SIGKILL); } catch { /* gone */ } reapTraced(m.proc.pid); }, () => {});
       throw err;
     }
+    mark('restore: wait for the helper');
     const made = making ? await making : null;
     helper = made?.helper ?? null;
     const proc: NewProcess = made ? made.proc : live!.proc;
@@ -375,6 +380,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
         steps.at(`create the userfaultfd of ${m.p.pid}`);
         lazy.open(m.rt, m.lazy!.vmas);
       }
+      lazy.sendArm();
     }
     for (const m of members) {
       steps.at(`restore the credentials of ${m.p.pid}`);

@@ -216,7 +216,7 @@ function compareProcess(p: ProcessImage, pid: number, opts: CheckOptions, out: s
   if (p.oomScoreAdj !== undefined) same('oom_score_adj', Number(readFileSync(`/proc/${pid}/oom_score_adj`, 'utf8').trim()), p.oomScoreAdj);
   same('personality', parseInt(readFileSync(`/proc/${pid}/personality`, 'utf8'), 16), p.personality);
   for (const t of opts.threads) {
-    const s = readStatus(t.tid);
+    const s = t.tid === pid ? status : readStatus(t.tid);
     if (s.sigBlk !== t.sigmask) out.push(`thread ${t.tid}: blocked signals 0x${s.sigBlk.toString(16)}, the image's 0x${t.sigmask.toString(16)}`);
   }
   const limits = readLimits(pid);

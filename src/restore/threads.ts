@@ -34,6 +34,7 @@ export function createThreads(leader: RemoteTask, images: ThreadImage[], newTids
     created.push(tid);
     const task = FrozenTask.adopt(tid);
     const rt = new RemoteTask(new RemoteSyscaller(task, leader.mem, leader.sc.gadget), leader.mem);
+    rt.sc.trapAfter = leader.sc.trapAfter;
     rt.scratch = leader.scratch;
     rt.scratchSize = leader.scratchSize;
     rt.batchArea = leader.batchArea;

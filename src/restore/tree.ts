@@ -78,7 +78,9 @@ function forkChild(parent: RemoteTask, pid: number | null, what: string, stubAdd
   const task = FrozenTask.adopt(child);
   ptrace.setOptions(child, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL);
   const mem = new ProcMem(child, true);
-  return { sc: new RemoteSyscaller(task, mem, stubAddr), mem };
+  const sc = new RemoteSyscaller(task, mem, stubAddr);
+  sc.trapAfter = true; // the stub's `syscall; int3`
+  return { sc, mem };
 }
 
 /**
@@ -126,6 +128,9 @@ function makeZombie(parent: RemoteTask, z: TreeMember, stubAddr: number, newPid:
     sc.check(`rt_sigaction(${sig}, SIG_DFL)`, SYS.rt_sigaction, sig, parent.scratch, 0, 8);
     mem.write(Buffer.alloc(8), 0, 8, parent.scratch);
     sc.check('rt_sigprocmask(unblock all)', SYS.rt_sigprocmask, 2, parent.scratch, 0, 8);
+    // Stopped at the syscall's exit, not at the stub's int3: on the way to it
+    // the task would take the signal now, and it must stay pending for the detach.
+    sc.trapAfter = false;
     sc.check(`kill(self, ${sig})`, SYS.kill, pid, sig);
     // Let go: the pending fatal signal is delivered as it returns to user mode.
     ptrace.detach(pid, 0);

@@ -151,7 +151,10 @@ export function waitpidTimeout(pid: number, timeoutMs: number): WaitResult | nul
     const r = waitpidNoHang(pid);
     if (r) return r;
     Atomics.wait(sleepCell, 0, 0, nap);
-    nap = Math.min(nap * 2, 5);
+    // Capped low: on a busy machine a stop often comes 1-10 ms late (the
+    // task waits for a CPU), and a 5 ms nap overshot it by up to as much,
+    // once per remote syscall of a restore.
+    nap = Math.min(nap * 2, 0.5);
   }
   return null;
 }

@@ -19,6 +19,7 @@ import { decodeUffdMsgs, type UffdMsg } from './uffd-msg.js';
 
 const EAGAIN = 11;
 const EEXIST = 17;
+const EINTR = 4;
 
 const rawRead = libc.read;
 const rawPoll = libc.poll;
@@ -119,6 +120,25 @@ export function pollAsync(fds: readonly number[], timeoutMs: number): Promise<nu
       resolve(fds.map((_, i) => b.readInt16LE(i * 8 + 6)));
     });
   });
+}
+
+/**
+ * poll() on the calling thread, for a wait short enough not to need the
+ * event loop. A signal (SIGCHLD of a traced task, the profiler's SIGPROF)
+ * does not end it early: it polls again for the time left.
+ */
+export function pollWait(fds: readonly number[], timeoutMs: number): number[] {
+  const b = Buffer.alloc(8 * fds.length);
+  fds.forEach((fd, i) => { b.writeInt32LE(fd, i * 8); b.writeInt16LE(POLLIN, i * 8 + 4); });
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = rawPoll(b, fds.length, Math.max(0, deadline - Date.now()));
+    if (r >= 0) break;
+    const e = libc.errno();
+    if (e !== EINTR) throw new SysError('poll', e);
+    if (Date.now() >= deadline) return fds.map(() => 0);
+  }
+  return fds.map((_, i) => b.readInt16LE(i * 8 + 6));
 }
 
 export { EAGAIN as UFFD_EAGAIN, EEXIST as UFFD_EEXIST };
