@@ -22,7 +22,7 @@ import { workerData, parentPort, receiveMessageOnPort, type MessagePort } from '
 import { VmCopier } from '../sys/memory.js';
 import { pollIn, readSome, decodeUffdMsg, WriteProtector, raiseThreadPriority } from '../sys/uffd-wp.js';
 import { UFFD_EVENT, UFFD_MSG_SIZE } from '../sys/uapi.js';
-import { CTL, TIMES, PAGE, rangeOf, type CowConfig, type CowShared, type IndexedRange } from './cow-shared.js';
+import { CTL, TIMES, PAGE, rangeOf, type CowConfig, type CowEarlyConfig, type CowShared, type IndexedRange } from './cow-shared.js';
 
 const { shared, port } = workerData as { shared: CowShared; port: MessagePort };
 const ctl = new Int32Array(shared.ctl);
@@ -32,9 +32,64 @@ raiseThreadPriority();
 parentPort!.postMessage('ready');
 // Sleep until the ranges are protected and the configuration is posted.
 while (Atomics.load(ctl, CTL.GO) === 0) Atomics.wait(ctl, CTL.GO, 0, 1000);
-if (Atomics.load(ctl, CTL.STOP) === 0) serve((receiveMessageOnPort(port)!.message) as CowConfig);
+if (Atomics.load(ctl, CTL.STOP) === 0) {
+  const first = receiveMessageOnPort(port)!.message as CowConfig | CowEarlyConfig;
+  if ('early' in first) {
+    early(first);
+    // The snapshot's configuration follows once the frozen scan is done (GO 2).
+    while (Atomics.load(ctl, CTL.GO) < 2) Atomics.wait(ctl, CTL.GO, 1, 1000);
+    if (Atomics.load(ctl, CTL.STOP) === 0) serve(receiveMessageOnPort(port)!.message as CowConfig);
+  } else {
+    serve(first);
+  }
+}
 Atomics.store(ctl, CTL.STATE, 2);
 port.close();
+
+/**
+ * Before the freeze (cow-prearm.ts): memory is protected while the target
+ * runs, and no snapshot exists yet, so a write fault only needs its page
+ * unprotected. Such pages read as written to the frozen scan, which
+ * protects them again. Ends when the main thread, frozen, asks (EARLY 2):
+ * after one last drain, so that no page is unprotected behind that scan.
+ */
+function early(cfg: CowEarlyConfig): void {
+  const wp = new WriteProtector(cfg.uffd);
+  const msgs = Buffer.alloc(UFFD_MSG_SIZE * 64);
+  const poke = Buffer.alloc(16);
+  const log = new Float64Array(cfg.log);
+  Atomics.store(ctl, CTL.EARLY, 1);
+  const drain = () => {
+    for (;;) {
+      const n = readSome(cfg.uffd, msgs);
+      if (n === 0) return;
+      for (let i = 0; i < n / UFFD_MSG_SIZE; i++) {
+        // Removal events only need reading (their writer waits for that); nothing is copied yet.
+        const m = decodeUffdMsg(msgs, i);
+        if (m.event === UFFD_EVENT.PAGEFAULT && 'address' in m) {
+          const page = m.address - (m.address % PAGE);
+          wp.set(page, PAGE, false);
+          // Logged for the main thread's next pass; the count is stored after the entry.
+          const n = Atomics.load(ctl, CTL.EARLY_FAULTS);
+          log[n % log.length] = page;
+          Atomics.store(ctl, CTL.EARLY_FAULTS, n + 1);
+        }
+      }
+    }
+  };
+  for (;;) {
+    const [ready, poked] = pollIn([cfg.uffd, cfg.wakeFd], -1);
+    if (ready) drain();
+    if (poked) readSome(cfg.wakeFd, poke);
+    if (Atomics.load(ctl, CTL.STOP)) return;
+    if (Atomics.load(ctl, CTL.EARLY) === 2) {
+      drain();
+      Atomics.store(ctl, CTL.EARLY, 3);
+      Atomics.notify(ctl, CTL.EARLY);
+      return;
+    }
+  }
+}
 
 function serve(cfg: CowConfig): void {
   const { ranges, uffd, wakeFd } = cfg;

@@ -54,6 +54,7 @@ import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, 
 import { TOOL_VERSION } from '../version.js';
 import { CowWorker, CowLost, copyWithCow, killReleased, type CowCopyResult } from './cow-session.js';
 import { FrozenClock } from './frozen-clock.js';
+import { prearmCow, type Prearmed } from './cow-prearm.js';
 import { SmapsReader } from '../proc/smaps-reader.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
@@ -252,6 +253,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   let record: RoundRecord | null = null;
   let armed: Range[] = [];
   let cowWorker: CowWorker | null = null;
+  let cowPrearmed: Prearmed | null = null;
   let smapsReader: SmapsReader | null = null;
   /** Set once a copy-on-write final round took VMAs from the parent's tracking. */
   let cowTracking: { uffd: number; dropped: boolean; ref: TrackingRef } | null = null;
@@ -295,6 +297,10 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         const cow = opts.cow === true || (opts.cow === 'auto' && anonResidentBytes(pid) >= COW_MIN_BYTES);
         if (cow && !opts.hold) cowWorker = await CowWorker.start();
         if (overlapSmaps(pid)) smapsReader = await SmapsReader.start();
+        // A full dump protects its memory now, while the target runs, right
+        // before the freeze: what it writes meanwhile is protected again frozen (cow-prearm.ts).
+        if (cowWorker && !parent) cowPrearmed = prearmCow(pid, cowWorker);
+        checkAbort();
         opts.beforeFreeze?.();
         mark('dump: freezing');
         set = FrozenSet.freeze(pid);
@@ -376,7 +382,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         };
         if (cowWorker && track) cowTracking = { uffd: track.uffd, dropped: false, ref: track.ref };
         const pages = cowWorker && ours && frozen
-          ? (cow = await copyWithCow({ pid, frozen, vmas: layout.vmas, classes: layout.classes, selection, writer: pageWriter, mem, worker: cowWorker, release: () => ours.release(), onProgress: copyOpts.onProgress, tracking: cowTracking ?? undefined })).pages
+          ? (cow = await copyWithCow({ pid, frozen, vmas: layout.vmas, classes: layout.classes, selection, writer: pageWriter, mem, worker: cowWorker, release: () => ours.release(), onProgress: copyOpts.onProgress, tracking: cowTracking ?? undefined, prearmed: cowPrearmed ? { done: cowPrearmed, pagemap } : null })).pages
           : await copyPages(pid, layout.vmas, selection, pageWriter, mem, copyOpts);
         // Every byte is read: a target that stays alive need not wait for the writes.
         let frozenUs = cow ? cow.frozenUs : frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
