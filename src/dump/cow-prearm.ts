@@ -35,6 +35,7 @@ import { classifyVma } from './memory-plan.js';
 import { makeUffd, protectable, type CowWorker } from './cow-session.js';
 import { closeSync } from 'node:fs';
 import { mark } from '../trace.js';
+import { holdPoint } from '../fault-points.js';
 
 export interface Prearmed {
   /** Ranges registered (and protected) before the freeze, as they were then. */
@@ -99,6 +100,7 @@ export function prearmCow(pid: number, worker: CowWorker): Prearmed | null {
   mark('cow prearm: protected');
   const passes = reprotectPasses(worker, wp, ranges);
   mark('cow prearm: passes done');
+  holdPoint('cow-prearmed');
   return { ranges, stopUs, armUs: Number(process.hrtime.bigint() - t1) / 1000, passes };
 }
 
