@@ -21,7 +21,7 @@ import { readStat, readStatus, readMaps, readCwd } from '../proc/index.js';
 import { FrozenProcess } from '../freeze/frozen-process.js';
 import { FrozenSet } from '../freeze/frozen-set.js';
 import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
-import { pausePoint } from '../fault-points.js';
+import { pausePoint, holdPoint } from '../fault-points.js';
 import { commitHolder } from '../track/holder.js';
 import { RoundRecord } from '../track/round-record.js';
 import { collectRemoteState } from './task-state.js';
@@ -55,6 +55,7 @@ import { TOOL_VERSION } from '../version.js';
 import { CowWorker, CowLost, copyWithCow, killReleased, type CowCopyResult } from './cow-session.js';
 import { FrozenClock } from './frozen-clock.js';
 import { prearmCow, type Prearmed } from './cow-prearm.js';
+import { VmFlagsWatch } from '../proc/vmflags-watch.js';
 import { SmapsReader } from '../proc/smaps-reader.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
@@ -254,6 +255,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
   let armed: Range[] = [];
   let cowWorker: CowWorker | null = null;
   let cowPrearmed: Prearmed | null = null;
+  let flagsWatch: VmFlagsWatch | null = null;
+  let earlyFlags: Map<number, string[]> | null = null;
   let smapsReader: SmapsReader | null = null;
   /** Set once a copy-on-write final round took VMAs from the parent's tracking. */
   let cowTracking: { uffd: number; dropped: boolean; ref: TrackingRef } | null = null;
@@ -297,9 +300,14 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
         const cow = opts.cow === true || (opts.cow === 'auto' && anonResidentBytes(pid) >= COW_MIN_BYTES);
         if (cow && !opts.hold) cowWorker = await CowWorker.start();
         if (overlapSmaps(pid)) smapsReader = await SmapsReader.start();
+        // VmFlags read while the target runs, kept only if nothing could have changed them by the freeze (proc/vmflags-watch.ts).
+        flagsWatch = smapsReader ? VmFlagsWatch.start(pid) : null;
+        const flagsRead = flagsWatch ? (smapsReader as SmapsReader).read(pid) : null;
         // A full dump protects its memory now, while the target runs, right
         // before the freeze: what it writes meanwhile is protected again frozen (cow-prearm.ts).
         if (cowWorker && !parent) cowPrearmed = prearmCow(pid, cowWorker);
+        earlyFlags = (await flagsRead) ?? null;
+        holdPoint('flags-read');
         checkAbort();
         opts.beforeFreeze?.();
         mark('dump: freezing');
@@ -315,7 +323,10 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       try {
         const parts = new FrozenClock();
         // Read frozen, beside the remote syscalls rather than after them.
-        const vmFlags = smapsReader && frozen ? (smapsReader as SmapsReader).read(pid) : null;
+        const early = earlyFlags as Map<number, string[]> | null;
+        const stale = early ? (flagsWatch as VmFlagsWatch).check(early, readMaps(pid).map((v) => v.start)) : 'not read';
+        mark(stale ? `dump: VmFlags read frozen (${stale})` : 'dump: VmFlags from before the freeze');
+        const vmFlags = !stale ? Promise.resolve(early) : smapsReader && frozen ? (smapsReader as SmapsReader).read(pid) : null;
         const remote = frozen ? collectRemoteState(frozen, mem) : null;
         parts.lap('stateUs');
         mark('dump: state read');
@@ -476,6 +487,8 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
       } finally {
         pagemap.close();
         mem.close();
+        (flagsWatch as VmFlagsWatch | null)?.close();
+        flagsWatch = null;
       }
     }, (sig) => interrupted(sig, `interrupted by ${sig}; the ${mode} was abandoned and process ${pid} resumed unharmed`));
   } catch (err) {
@@ -483,6 +496,7 @@ async function takeImage(opts: DumpOptions, mode: 'dump' | 'predump'): Promise<D
     (round as RoundEnd | null)?.abort();
     await (cowWorker as CowWorker | null)?.stop();
     await (smapsReader as SmapsReader | null)?.stop();
+    (flagsWatch as VmFlagsWatch | null)?.close();
     // A tracking that lost VMAs to a copy-on-write round would miss their
     // writes: it ends, and the next round copies everything again.
     const dropped = cowTracking as { dropped: boolean; ref: TrackingRef } | null;
