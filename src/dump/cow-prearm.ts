@@ -28,7 +28,8 @@ import { readMaps } from '../proc/maps.js';
 import { ProcMem, SysError } from '../sys/index.js';
 import { WriteProtector } from '../sys/uffd-wp.js';
 import { UFFD_FEATURE, PAGE_SIZE } from '../sys/uapi.js';
-import { CTL } from './cow-shared.js';
+import { CTL, HUGE_PAGE } from './cow-shared.js';
+import { Pagemap, PAGE_IS } from '../sys/index.js';
 import { FrozenSet } from '../freeze/frozen-set.js';
 import { uffdApi, uffdRegisterWp } from '../track/uffd.js';
 import { classifyVma } from './memory-plan.js';
@@ -93,7 +94,9 @@ export function prearmCow(pid: number, worker: CowWorker): Prearmed | null {
   }
   if (!ranges.length) { closeSync(uffd); return null; }
   // From here on the worker owns the uffd (stop() closes it) and lets each write fault go.
-  worker.goEarly(uffd);
+  const huge = hugeRanges(pid, ranges);
+  mark(`cow prearm: ${huge.length} huge ranges, ${huge.reduce((n, r) => n + (r.end - r.start), 0) / HUGE_PAGE} huge pages`);
+  worker.goEarly(uffd, huge);
   const wp = new WriteProtector(uffd);
   // ENOENT: unmapped meanwhile; the frozen scan finds whatever is there now.
   for (const r of ranges) wp.set(r.start, r.end - r.start, true);
@@ -102,6 +105,35 @@ export function prearmCow(pid: number, worker: CowWorker): Prearmed | null {
   mark('cow prearm: passes done');
   holdPoint('cow-prearmed');
   return { ranges, stopUs, armUs: Number(process.hrtime.bigint() - t1) / 1000, passes };
+}
+
+/**
+ * Where the registered ranges are backed by transparent huge pages now
+ * (one PAGEMAP_SCAN; ~3.5 ms per GiB of 4 KiB pages, one entry per huge
+ * page otherwise). Only a hint: a huge page split or collapsed since only
+ * changes how much a fault lets go before the freeze.
+ */
+function hugeRanges(pid: number, ranges: readonly { start: number; end: number }[]): { start: number; end: number }[] {
+  const out: { start: number; end: number }[] = [];
+  let pm: Pagemap | null = null;
+  try {
+    pm = new Pagemap(pid);
+    for (const r of ranges) {
+      for (const batch of pm.scan({ start: r.start, end: r.end, categoryMask: PAGE_IS.HUGE | PAGE_IS.PRESENT, returnMask: PAGE_IS.HUGE })) {
+        for (const g of batch) {
+          // Whole huge pages only: a fault lets go the aligned 2 MiB around it.
+          const s = Math.ceil(g.start / HUGE_PAGE) * HUGE_PAGE;
+          const e = Math.floor(g.end / HUGE_PAGE) * HUGE_PAGE;
+          if (s < e) out.push({ start: s, end: e });
+        }
+      }
+    }
+  } catch {
+    // Without it every fault lets go one page: slower for huge pages, as correct.
+  } finally {
+    pm?.close();
+  }
+  return out;
 }
 
 /** Passes over the pages let go meanwhile; beyond, what is left goes to the freeze. */
@@ -128,7 +160,10 @@ function reprotectPasses(worker: CowWorker, wp: WriteProtector, ranges: readonly
       for (const r of ranges) wp.set(r.start, r.end - r.start, true);
     } else {
       const pages: number[] = [];
-      for (let i = seen; i < upTo; i++) pages.push(log[i % log.length]);
+      for (let i = seen; i < upTo; i++) {
+        const a = log[i % log.length];
+        if (a % 2) { for (let p = a - 1; p < a - 1 + HUGE_PAGE; p += PAGE_SIZE) pages.push(p); } else pages.push(a);
+      }
       for (const r of pageRuns(pages, ranges)) wp.set(r.start, r.end - r.start, true);
     }
     seen = upTo;

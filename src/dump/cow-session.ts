@@ -109,10 +109,10 @@ export class CowWorker {
   /** Serves the faults on `uffd` by unprotecting until the freeze; the worker owns the fd from now on. */
   readonly earlyLog = new Float64Array(new SharedArrayBuffer(EARLY_LOG_PAGES * 8));
 
-  goEarly(uffd: number): void {
+  goEarly(uffd: number, huge: { start: number; end: number }[]): void {
     this.early = uffd;
     this.wake = pipe2(O_CLOEXEC);
-    this.port.postMessage({ early: true, uffd, wakeFd: this.wake[0], log: this.earlyLog.buffer as SharedArrayBuffer } satisfies CowEarlyConfig);
+    this.port.postMessage({ early: true, uffd, wakeFd: this.wake[0], log: this.earlyLog.buffer as SharedArrayBuffer, huge } satisfies CowEarlyConfig);
     Atomics.store(this.ctl, CTL.GO, 1);
     Atomics.notify(this.ctl, CTL.GO);
   }

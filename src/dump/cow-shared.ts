@@ -113,9 +113,17 @@ export interface CowEarlyConfig {
   early: true;
   uffd: number;
   wakeFd: number;
-  /** Float64 ring of the pages let go (EARLY_LOG_PAGES entries; CTL.EARLY_FAULTS counts them all). */
+  /**
+   * Float64 ring of what was let go (EARLY_LOG_PAGES entries; CTL.EARLY_FAULTS
+   * counts them all): a page's address, or 1 + the address of a huge page
+   * let go whole.
+   */
   log: SharedArrayBuffer;
+  /** Ranges backed by transparent huge pages when protected (sorted): a fault there lets its whole huge page go. */
+  huge: { start: number; end: number }[];
 }
+
+export const HUGE_PAGE = 2 << 20;
 
 /** Early faults the main thread can read back between two of its protection passes. */
 export const EARLY_LOG_PAGES = 1 << 16;

@@ -22,7 +22,7 @@ import { workerData, parentPort, receiveMessageOnPort, type MessagePort } from '
 import { VmCopier } from '../sys/memory.js';
 import { pollIn, readSome, decodeUffdMsg, WriteProtector, raiseThreadPriority } from '../sys/uffd-wp.js';
 import { UFFD_EVENT, UFFD_MSG_SIZE } from '../sys/uapi.js';
-import { CTL, TIMES, PAGE, rangeOf, type CowConfig, type CowEarlyConfig, type CowShared, type IndexedRange } from './cow-shared.js';
+import { CTL, TIMES, PAGE, HUGE_PAGE, rangeOf, type CowConfig, type CowEarlyConfig, type CowShared, type IndexedRange } from './cow-shared.js';
 
 const { shared, port } = workerData as { shared: CowShared; port: MessagePort };
 const ctl = new Int32Array(shared.ctl);
@@ -58,6 +58,18 @@ function early(cfg: CowEarlyConfig): void {
   const msgs = Buffer.alloc(UFFD_MSG_SIZE * 64);
   const poke = Buffer.alloc(16);
   const log = new Float64Array(cfg.log);
+  const inHuge = (addr: number) => {
+    let lo = 0;
+    let hi = cfg.huge.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const r = cfg.huge[mid];
+      if (addr < r.start) hi = mid - 1;
+      else if (addr >= r.end) lo = mid + 1;
+      else return true;
+    }
+    return false;
+  };
   Atomics.store(ctl, CTL.EARLY, 1);
   const drain = () => {
     for (;;) {
@@ -67,11 +79,14 @@ function early(cfg: CowEarlyConfig): void {
         // Removal events only need reading (their writer waits for that); nothing is copied yet.
         const m = decodeUffdMsg(msgs, i);
         if (m.event === UFFD_EVENT.PAGEFAULT && 'address' in m) {
-          const page = m.address - (m.address % PAGE);
-          wp.set(page, PAGE, false);
+          // A huge page goes whole: unprotecting 4 KiB of it would split it, and
+          // the frozen scan and protection would then walk 512 entries, not one.
+          const huge = inHuge(m.address);
+          const page = huge ? m.address - (m.address % HUGE_PAGE) : m.address - (m.address % PAGE);
+          wp.set(page, huge ? HUGE_PAGE : PAGE, false);
           // Logged for the main thread's next pass; the count is stored after the entry.
           const n = Atomics.load(ctl, CTL.EARLY_FAULTS);
-          log[n % log.length] = page;
+          log[n % log.length] = huge ? page + 1 : page;
           Atomics.store(ctl, CTL.EARLY_FAULTS, n + 1);
         }
       }
