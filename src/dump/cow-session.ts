@@ -223,8 +223,10 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
     mark('cow: uffd ready');
     const registered = new Set<number>();
     if (pre) {
-      // Registering again with the same uffd changes nothing; VMAs mapped since are added.
+      // VMAs inside a range registered early still are (registration follows splits
+      // and moves); VMAs mapped since are registered now (each call takes the mmap lock).
       for (const i of wanted) {
+        if (insideAny(pre.done.ranges, vmas[i])) { registered.add(i); continue; }
         try { uffdRegisterWp(uffd, vmas[i].start, vmas[i].end - vmas[i].start); registered.add(i); } catch (err) { if (!(err instanceof SysError)) throw err; }
       }
       dropLeftovers(uffd, pre.done.ranges, vmas, registered);
@@ -280,7 +282,9 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
     const early = await copyPages(pid, vmas, frozenSel, writer, mem, { onProgress: a.onProgress });
     stats.pagesFrozenCopy = early.pagesWritten;
     mark('cow: frozen copy done');
-    if (uffd >= 0) worker.protected();
+    // With nothing for the worker to protect (early protection), there is no need to wait for it:
+    // a fault before it reads its configuration waits in the uffd until it does.
+    if (uffd >= 0 && !pre) worker.protected();
     stats.armUs = Number(process.hrtime.bigint() - tArm) / 1000;
     const frozenUs = Number(process.hrtime.bigint() - a.frozen.frozenAt) / 1000;
     release();
@@ -356,6 +360,18 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
     await worker.stop();
     if (uffd >= 0) closeSync(uffd);
   }
+}
+
+function insideAny(ranges: readonly { start: number; end: number }[], v: Vma): boolean {
+  let lo = 0;
+  let hi = ranges.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (v.start < ranges[mid].start) hi = mid - 1;
+    else if (v.start >= ranges[mid].end) lo = mid + 1;
+    else return v.end <= ranges[mid].end;
+  }
+  return false;
 }
 
 /**
