@@ -112,6 +112,8 @@ export class CowWorker {
   goEarly(uffd: number, huge: { start: number; end: number }[]): void {
     this.early = uffd;
     this.wake = pipe2(O_CLOEXEC);
+    // Set here, not by the worker: ended (2) before the worker even starts, the phase stays ended.
+    Atomics.store(this.ctl, CTL.EARLY, 1);
     this.port.postMessage({ early: true, uffd, wakeFd: this.wake[0], log: this.earlyLog.buffer as SharedArrayBuffer, huge } satisfies CowEarlyConfig);
     Atomics.store(this.ctl, CTL.GO, 1);
     Atomics.notify(this.ctl, CTL.GO);
@@ -123,12 +125,13 @@ export class CowWorker {
    * written since it was protected.
    */
   endEarly(): number {
-    Atomics.store(this.ctl, CTL.EARLY, 2);
-    writeSync(this.wake![1], Buffer.from([1]));
-    while (Atomics.load(this.ctl, CTL.EARLY) !== 3) {
+    // The worker may be draining (4): it lets go of what it read, then goes idle (1).
+    while (Atomics.compareExchange(this.ctl, CTL.EARLY, 1, 2) === 4) {
       if (this.failure) throw this.failure;
-      Atomics.wait(this.ctl, CTL.EARLY, 2, 100);
+      Atomics.wait(this.ctl, CTL.EARLY, 4, 100);
     }
+    // Out of its poll(): it sees the phase is over and waits for its configuration.
+    writeSync(this.wake![1], Buffer.from([1]));
     const fd = this.early;
     this.early = -1;
     return fd;

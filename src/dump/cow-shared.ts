@@ -41,9 +41,9 @@ export const CTL = {
   PROTECTED: 12,
   /**
    * The early phase (cow-prearm.ts: memory protected before the freeze):
-   * 1 while the worker serves it, 2 once the main thread, frozen, asks it
-   * to end (with a byte on the wake pipe), 3 when the worker has let go of
-   * every fault it read: from then on nothing unprotects behind the scan.
+   * 1 while the worker serves it and waits in poll(), 4 while it drains the
+   * uffd (unprotecting), 2 once the main thread, frozen, ended it (only
+   * from 1: from then on nothing unprotects behind the frozen scan).
    */
   EARLY: 13,
   /** Faults the early phase served (each unprotects one page, protected again while frozen). */

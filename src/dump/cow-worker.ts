@@ -50,8 +50,11 @@ port.close();
  * Before the freeze (cow-prearm.ts): memory is protected while the target
  * runs, and no snapshot exists yet, so a write fault only needs its page
  * unprotected. Such pages read as written to the frozen scan, which
- * protects them again. Ends when the main thread, frozen, asks (EARLY 2):
- * after one last drain, so that no page is unprotected behind that scan.
+ * protects them again. The main thread, frozen, ends the phase (EARLY 1 ->
+ * 2) when the worker is not draining (EARLY 4), so that no page is
+ * unprotected behind that scan, without waiting for this thread to be
+ * scheduled. A fault read and not served because of it needs nothing: its
+ * writer was interrupted by the freeze and faults again after it.
  */
 function early(cfg: CowEarlyConfig): void {
   const wp = new WriteProtector(cfg.uffd);
@@ -70,7 +73,6 @@ function early(cfg: CowEarlyConfig): void {
     }
     return false;
   };
-  Atomics.store(ctl, CTL.EARLY, 1);
   const drain = () => {
     for (;;) {
       const n = readSome(cfg.uffd, msgs);
@@ -94,15 +96,13 @@ function early(cfg: CowEarlyConfig): void {
   };
   for (;;) {
     const [ready, poked] = pollIn([cfg.uffd, cfg.wakeFd], -1);
-    if (ready) drain();
     if (poked) readSome(cfg.wakeFd, poke);
     if (Atomics.load(ctl, CTL.STOP)) return;
-    if (Atomics.load(ctl, CTL.EARLY) === 2) {
-      drain();
-      Atomics.store(ctl, CTL.EARLY, 3);
-      Atomics.notify(ctl, CTL.EARLY);
-      return;
-    }
+    // Busy (4) only with the main thread's leave: once it has ended the phase (2), nothing more is let go.
+    if (Atomics.compareExchange(ctl, CTL.EARLY, 1, 4) !== 1) return;
+    if (ready) drain();
+    Atomics.store(ctl, CTL.EARLY, 1);
+    Atomics.notify(ctl, CTL.EARLY);
   }
 }
 
