@@ -106,9 +106,10 @@ export class CowWorker {
   /** A uffd made before the freeze (cow-prearm.ts): closed by stop() unless taken. */
   private early = -1;
 
-  /** Serves the faults on `uffd` by unprotecting until the freeze; the worker owns the fd from now on. */
+  /** What the early phase let go, for the protection passes (cow-prearm.ts). */
   readonly earlyLog = new Float64Array(new SharedArrayBuffer(EARLY_LOG_PAGES * 8));
 
+  /** Serves the faults on `uffd` by unprotecting until the freeze; this object owns the fd from now on. */
   goEarly(uffd: number, huge: { start: number; end: number }[]): void {
     this.early = uffd;
     this.wake = pipe2(O_CLOEXEC);
@@ -130,8 +131,8 @@ export class CowWorker {
       if (this.failure) throw this.failure;
       Atomics.wait(this.ctl, CTL.EARLY, 4, 100);
     }
-    // Out of its poll(): it sees the phase is over and waits for its configuration.
-    writeSync(this.wake![1], Buffer.from([1]));
+    // No byte on the wake pipe: one left unread would tell the serving phase to stop. The
+    // worker sees the phase ended at its next wake-up (the first fault after the release).
     const fd = this.early;
     this.early = -1;
     return fd;

@@ -98,7 +98,8 @@ function early(cfg: CowEarlyConfig): void {
     const [ready, poked] = pollIn([cfg.uffd, cfg.wakeFd], -1);
     if (poked) readSome(cfg.wakeFd, poke);
     if (Atomics.load(ctl, CTL.STOP)) return;
-    // Busy (4) only with the main thread's leave: once it has ended the phase (2), nothing more is let go.
+    // Busy (4) only with the main thread's leave: once it has ended the phase (2), nothing more
+    // is let go, and what poll() reported is left for the serving phase to read.
     if (Atomics.compareExchange(ctl, CTL.EARLY, 1, 4) !== 1) return;
     if (ready) drain();
     Atomics.store(ctl, CTL.EARLY, 1);
