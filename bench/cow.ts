@@ -10,9 +10,9 @@
  * Each figure is the median of REPS runs after a warm-up.
  */
 import { spawn, execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, readdirSync, openSync, writeSync, createReadStream, constants, type ReadStream } from 'node:fs';
+import { tmpdir, loadavg } from 'node:os';
+import { join, dirname } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
 import { dump } from '../src/dump/dump.js';
 import { setCloexec } from '../src/sys/index.js';
@@ -57,7 +57,9 @@ static void *writer(void *a) {
 int main(int argc, char **argv) {
   syscall(SYS_close_range, 3, ~0u, 0);
   n = (size_t)atol(argv[1]) << 20;
-  p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  p = mmap(0, n + (2 << 20), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  p = (uint64_t *)(((uintptr_t)p + (2 << 20) - 1) & ~(uintptr_t)((2 << 20) - 1));
+  madvise(p, n, argc > 2 && !strcmp(argv[2], "huge") ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   for (size_t i = 0; i < n / 8; i++) p[i] = (i % 512 < 256) ? i * 0x9E3779B97F4A7C15ull : (i & 0xff);
   pthread_t t; pthread_create(&t, NULL, writer, NULL);
   printf("READY\\n"); fflush(stdout);
@@ -76,23 +78,45 @@ function median(xs: number[]): number {
   return s.length ? s[Math.floor(s.length / 2)] : NaN;
 }
 
+/**
+ * The target, talked to through two FIFOs: CRIU cannot dump a process
+ * whose stdio is half of a socket pair (what Node's spawn gives), and
+ * pipes it can.
+ */
 class Target {
   readonly pid: number;
   private readonly lines: Interface;
   private waiting: ((l: string) => void)[] = [];
-  constructor(private readonly child: ReturnType<typeof spawn>) {
-    this.pid = child.pid!;
-    this.lines = createInterface({ input: child.stdout! });
+  private readonly child: ReturnType<typeof spawn>;
+  private readonly fds: number[];
+  private readonly input: ReadStream;
+  constructor(bin: string, args: string[], work: string) {
+    const fifos = ['in', 'out'].map((n) => join(work, `${n}-${args.join('-')}`));
+    for (const f of fifos) execFileSync('mkfifo', ['-m', '600', f]);
+    // O_RDWR: opening a FIFO so does not wait for the other end.
+    this.fds = fifos.map((f) => openSync(f, constants.O_RDWR));
+    this.child = spawn(bin, args, { stdio: [this.fds[0], this.fds[1], 'inherit'] });
+    this.pid = this.child.pid!;
+    this.input = createReadStream('', { fd: this.fds[1], autoClose: false });
+    this.lines = createInterface({ input: this.input });
     this.lines.on('line', (l) => this.waiting.shift()?.(l));
   }
   next(): Promise<string> { return new Promise((resolve) => this.waiting.push(resolve)); }
-  async ask(cmd: string): Promise<string> { const l = this.next(); this.child.stdin!.write(`${cmd}\n`); return l; }
+  async ask(cmd: string): Promise<string> { const l = this.next(); writeSync(this.fds[0], `${cmd}\n`); return l; }
   async stats(): Promise<{ writes: number; meanNs: number; slow: number; slowMeanUs: number; maxUs: number }> {
     const [, w, s, sl, sln, mx] = (await this.ask('stats')).split(' ').map(Number);
     return { writes: w, meanNs: w ? s / w : 0, slow: sl, slowMeanUs: sl ? sln / sl / 1000 : 0, maxUs: mx / 1000 };
   }
-  kill(): void { this.child.kill('SIGKILL'); }
+  kill(): void {
+    this.child.kill('SIGKILL');
+    this.lines.close();
+    this.input.destroy();
+    // The read stream's pending read (on a libuv thread) ends with a line from us.
+    writeSync(this.fds[1], '\n');
+  }
 }
+
+type Pages = '4k' | 'thp';
 
 async function main(): Promise<void> {
   for (const name of readdirSync('/proc/self/fd')) if (Number(name) > 2) { try { setCloexec(Number(name)); } catch { /* gone */ } }
@@ -100,8 +124,20 @@ async function main(): Promise<void> {
   const bin = join(work, 'cowbench');
   writeFileSync(`${bin}.c`, FIXTURE);
   execFileSync('gcc', ['-O2', '-pthread', '-o', bin, `${bin}.c`]);
-  const t = new Target(spawn(bin, [String(SIZE_MIB)], { stdio: ['pipe', 'pipe', 'inherit'] }));
   const haveCriu = spawnSync('criu', ['--version']).status === 0;
+  const out: Record<string, unknown> = { bench: 'cow', sizeMiB: SIZE_MIB, reps: REPS, outDir: OUT_ROOT, loadAvg: loadavg().map((x) => +x.toFixed(2)) };
+  try {
+    for (const pages of (process.env.BENCH_COW_PAGES ?? '4k,thp').split(',') as Pages[]) out[pages] = await runCase(bin, pages, haveCriu);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+  out.loadAvgAfter = loadavg().map((x) => +x.toFixed(2));
+  console.log(JSON.stringify(out, null, 2));
+}
+
+/** One target (4 KiB pages, or MADV_HUGEPAGE memory), every figure of it interleaved in one run. */
+async function runCase(bin: string, pages: Pages, haveCriu: boolean): Promise<Record<string, unknown>> {
+  const t = new Target(bin, [String(SIZE_MIB), pages === 'thp' ? 'huge' : 'small'], dirname(bin));
   try {
     await t.next();
     const dir = join(OUT_ROOT, `tsnap-bench-cow-${t.pid}`);
@@ -113,8 +149,10 @@ async function main(): Promise<void> {
     };
     const criu = () => {
       rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
       const t0 = process.hrtime.bigint();
-      const r = spawnSync('criu', ['dump', '-t', String(t.pid), '-D', dir, '--leave-running', '--shell-job'], { stdio: 'ignore' });
+      const r = spawnSync('criu', ['dump', '-t', String(t.pid), '-D', dir, '--leave-running', '--shell-job', '-o', 'dump.log'], { stdio: 'ignore' });
+      if (r.status !== 0) console.error(`criu dump failed: ${readFileSync(join(dir, 'dump.log'), 'utf8').split('\n').filter((l) => l.startsWith('Error')).join('; ')}`);
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       rmSync(dir, { recursive: true, force: true });
       return r.status === 0 ? ms : NaN;
@@ -128,6 +166,12 @@ async function main(): Promise<void> {
     const faultUs: number[] = [];
     const armMs: number[] = [];
     const deferred: number[] = [];
+    const preStopMs: number[] = [];
+    const prearmMs: number[] = [];
+    const reprotected: number[] = [];
+    const earlyFaults: number[] = [];
+    const stateMs: number[] = [];
+    const layoutMs: number[] = [];
     for (let i = 0; i < REPS; i++) {
       for (const mode of ['frozen', 'cow'] as const) {
         await t.ask('idle');
@@ -148,6 +192,12 @@ async function main(): Promise<void> {
           faultUs.push(s.cow?.faultMeanUs ?? NaN);
           armMs.push((s.cow?.armUs ?? NaN) / 1000);
           deferred.push(s.cow?.faultsDeferred ?? NaN);
+          preStopMs.push((s.cow?.preStopUs ?? NaN) / 1000);
+          prearmMs.push((s.cow?.prearmUs ?? NaN) / 1000);
+          reprotected.push(s.cow?.pagesReprotected ?? NaN);
+          earlyFaults.push(s.cow?.earlyFaults ?? NaN);
+          stateMs.push((s.frozenParts?.stateUs ?? NaN) / 1000);
+          layoutMs.push((s.frozenParts?.layoutUs ?? NaN) / 1000);
         } else {
           perWrite.frozenMaxUs.push(w.maxUs);
         }
@@ -156,8 +206,7 @@ async function main(): Promise<void> {
       if (haveCriu) criuMs.push(criu());
     }
     const m = (xs: number[], d = 1) => +median(xs).toFixed(d);
-    console.log(JSON.stringify({
-      bench: 'cow', sizeMiB: SIZE_MIB, reps: REPS, outDir: OUT_ROOT,
+    return {
       frozenMsFrozenCopyIdle: m(fig.frozen.idle), frozenMsCowIdle: m(fig.cow.idle),
       frozenMsFrozenCopyWriting: m(fig.frozen.writing), frozenMsCowWriting: m(fig.cow.writing),
       totalMsFrozenCopyIdle: m(total.frozen.idle), totalMsCowIdle: m(total.cow.idle),
@@ -165,20 +214,25 @@ async function main(): Promise<void> {
       cowFrozenVsFrozenCopy: +(median(fig.cow.idle) / median(fig.frozen.idle)).toFixed(3),
       cowTotalVsFrozenCopy: +(median(total.cow.idle) / median(total.frozen.idle)).toFixed(2),
       cowFrozenShareOfTotal: +(median(fig.cow.writing) / median(total.cow.writing)).toFixed(3),
+      // CRIU's dump is frozen from start to end: its wall time is its frozen time.
       criuMs: haveCriu ? m(criuMs) : null,
       cowFrozenVsCriu: haveCriu ? +(median(fig.cow.idle) / median(criuMs)).toFixed(3) : null,
+      cowTotalVsCriu: haveCriu ? +(median(total.cow.idle) / median(criuMs)).toFixed(2) : null,
+      // The stop before the freeze that makes the uffd (not in frozenMs), then the protection while it runs.
+      cowPreStopMsWriting: m(preStopMs), cowPrearmMsWriting: m(prearmMs),
+      cowEarlyFaultsWriting: m(earlyFaults, 0), cowPagesReprotectedWriting: m(reprotected, 0),
       writeNsBaseline: m(perWrite.base), writeNsDuringCow: m(perWrite.cow),
       writesFaultedDuringCow: m(perWrite.cowSlow, 0), faultedWriteMeanUs: m(perWrite.cowSlowUs), faultedWriteMaxUs: m(perWrite.cowMaxUs),
       longestWriteFrozenCopyMs: +(median(perWrite.frozenMaxUs) / 1000).toFixed(1),
       faultServiceMeanUs: m(faultUs),
-      // Of the cow frozen time, what copy-on-write itself adds (scan, uffd, registration, frozen copy, protection); the rest is the state.
-      cowArmMsWriting: m(armMs),
+      // Of the cow frozen time: the state step, the layout (smaps), and what copy-on-write itself adds (scan, protecting again, frozen copy).
+      cowStateMsWriting: m(stateMs), cowLayoutMsWriting: m(layoutMs), cowArmMsWriting: m(armMs),
       faultsDeferredWriting: m(deferred, 0),
-    }, null, 2));
+    };
   } finally {
     t.kill();
-    rmSync(work, { recursive: true, force: true });
   }
 }
 
-main().catch((err) => { console.error(err); process.exit(1); });
+// A FIFO read may still be pending on a libuv thread: exit without waiting for it.
+main().then(() => process.exit(0), (err) => { console.error(err); process.exit(1); });

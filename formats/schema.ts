@@ -820,4 +820,15 @@ export interface CowStats {
   copyUs: number;
   /** The page scan, making the uffd, registering, the frozen copy and protecting, all while frozen (µs). */
   armUs: number;
+  /**
+   * Memory protected before the freeze (tsnap 0.2+, optional): the stop
+   * that made the uffd (µs, not part of frozenUs), registering and
+   * protecting while the process ran (µs), the write faults let go before
+   * the freeze, and the pages written meanwhile that were protected again,
+   * frozen.
+   */
+  preStopUs?: number;
+  prearmUs?: number;
+  earlyFaults?: number;
+  pagesReprotected?: number;
 }

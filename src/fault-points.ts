@@ -7,7 +7,7 @@
  * handler runs, exactly as with an OOM kill or `kill -9`. Unset, every
  * point costs one comparison.
  */
-import { readFileSync, readdirSync, writeSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeSync } from 'node:fs';
 
 const spec = process.env.TSNAP_FAULT_AT ?? '';
 const [wanted, nth] = spec.split(':');
@@ -54,4 +54,19 @@ function signalsPending(): boolean {
     }
   } catch { /* a thread ended meanwhile */ }
   return false;
+}
+
+/**
+ * With TSNAP_TEST_HOLD_AT=name:FILE, the main thread says so on stderr
+ * ("tsnap: holding at NAME") and waits at `name` until FILE exists, while
+ * tsnap's other threads run on: unlike a pause point, the copy-on-write
+ * fault server keeps serving the target's writes meanwhile.
+ */
+export function holdPoint(name: string): void {
+  const spec = process.env.TSNAP_TEST_HOLD_AT;
+  if (!spec || !spec.startsWith(`${name}:`)) return;
+  const file = spec.slice(name.length + 1);
+  writeSync(2, `tsnap: holding at ${name}\n`);
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  while (!existsSync(file)) Atomics.wait(nap, 0, 0, 5);
 }

@@ -6,7 +6,7 @@
  * have been in at one instant, matching its own counters.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, startTsnap, restoreDetached } from './helpers/tsnap.js';
@@ -133,6 +133,39 @@ describe('copy-on-write dumps', () => {
     expect((JSON.parse(d.stdout).stats as DumpStats).cow).toBeUndefined();
     killPid(p.pid);
     expect(await restoreAndCheck(dir, work, tids)).toMatch(new RegExp(`^CONSISTENT .*${flag}`));
+  });
+
+  it('memory written, first touched or newly mapped between the early protection and the freeze is in the image as it was at the freeze, however it is written after', async () => {
+    const work = tmpDir('tsnap-cow-');
+    const p = await startProcess(await compileC('cowtouch'), ['2048']);
+    const dir = join(work, 'img');
+    const go = join(work, 'go');
+    const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--cow', '--json'], { TSNAP_TEST_HOLD_AT: `cow-prearmed:${go}`, TSNAP_TRACE: '1' });
+    await waitForStderr(t.child, /holding at cow-prearmed/);
+    // Protected, not yet frozen: tsnap's fault server lets these writes go.
+    let mark = p.lines().length;
+    p.writeLine('phase1');
+    await p.waitForLine(/^DONE1/, 10_000, mark);
+    const released = waitForStderr(t.child, /cow: released/);
+    writeFileSync(go, '');
+    // Frozen and released: while its memory is copied, the target overwrites all of it.
+    await released;
+    mark = p.lines().length;
+    p.writeLine('phase2');
+    await p.waitForLine(/^DONE2/, 10_000, mark);
+    const d = await t.done;
+    expect(d.code, d.stderr).toBe(0);
+    const cow = (JSON.parse(d.stdout).stats as DumpStats).cow!;
+    console.log(`cow after phase1: ${cow.earlyFaults} early faults, ${cow.pagesReprotected} pages protected again frozen, ${cow.faults} faults after`);
+    expect(cow.earlyFaults).toBeGreaterThan(0);
+    // Half of A written again, half of B touched first, all of C new.
+    expect(cow.pagesReprotected).toBeGreaterThanOrEqual(2048 * 2);
+    killPid(p.pid);
+    await waitPidsFree([p.pid]);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('check');
+    expect(await r.waitForLine(/^(AT-PHASE1|MISMATCH)/, 10_000)).toBe('AT-PHASE1');
   });
 
   it('a fork during the copy: the child runs free (its pages unprotected), the parent\'s image is still consistent', async () => {

@@ -39,10 +39,15 @@ import type { Vma } from '../proc/maps.js';
 import type { VmaClass, DumpRange } from './memory-plan.js';
 import { copyPages, type PageDumpResult } from './page-dumper.js';
 import type { PageSink } from './page-sink.js';
-import { CTL, TIMES, PAGE, indexRanges, indexedPages, pageIndex, halves, type CowConfig } from './cow-shared.js';
+import { CTL, TIMES, PAGE, EARLY_LOG_PAGES, indexRanges, indexedPages, pageIndex, halves, type CowConfig, type CowEarlyConfig } from './cow-shared.js';
 import type { CowStats, PageRun } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 import { pausePoint } from '../fault-points.js';
+import { mark } from '../trace.js';
+import { WriteProtector } from '../sys/uffd-wp.js';
+import type { Pagemap } from '../sys/index.js';
+import { selectForCow } from './cow-selection.js';
+import type { Prearmed } from './cow-prearm.js';
 
 /**
  * Pages the fault server may hold ahead of the copy (64 MiB); beyond,
@@ -91,10 +96,46 @@ export class CowWorker {
   }
 
   go(cfg: Omit<CowConfig, 'wakeFd'>): void {
-    this.wake = pipe2(O_CLOEXEC);
+    const early = this.wake !== null;
+    this.wake ??= pipe2(O_CLOEXEC);
     this.port.postMessage({ ...cfg, wakeFd: this.wake[0] } satisfies CowConfig);
+    Atomics.store(this.ctl, CTL.GO, early ? 2 : 1);
+    Atomics.notify(this.ctl, CTL.GO);
+  }
+
+  /** A uffd made before the freeze (cow-prearm.ts): closed by stop() unless taken. */
+  private early = -1;
+
+  /** What the early phase let go, for the protection passes (cow-prearm.ts). */
+  readonly earlyLog = new Float64Array(new SharedArrayBuffer(EARLY_LOG_PAGES * 8));
+
+  /** Serves the faults on `uffd` by unprotecting until the freeze; this object owns the fd from now on. */
+  goEarly(uffd: number, huge: { start: number; end: number }[]): void {
+    this.early = uffd;
+    this.wake = pipe2(O_CLOEXEC);
+    // Set here, not by the worker: ended (2) before the worker even starts, the phase stays ended.
+    Atomics.store(this.ctl, CTL.EARLY, 1);
+    this.port.postMessage({ early: true, uffd, wakeFd: this.wake[0], log: this.earlyLog.buffer as SharedArrayBuffer, huge } satisfies CowEarlyConfig);
     Atomics.store(this.ctl, CTL.GO, 1);
     Atomics.notify(this.ctl, CTL.GO);
+  }
+
+  /**
+   * Frozen: ends the early phase and returns the uffd. Once this returns,
+   * the worker unprotects nothing until go(): a scan now sees every page
+   * written since it was protected.
+   */
+  endEarly(): number {
+    // The worker may be draining (4): it lets go of what it read, then goes idle (1).
+    while (Atomics.compareExchange(this.ctl, CTL.EARLY, 1, 2) === 4) {
+      if (this.failure) throw this.failure;
+      Atomics.wait(this.ctl, CTL.EARLY, 4, 100);
+    }
+    // No byte on the wake pipe: one left unread would tell the serving phase to stop. The
+    // worker sees the phase ended at its next wake-up (the first fault after the release).
+    const fd = this.early;
+    this.early = -1;
+    return fd;
   }
 
   /** Waits until the worker protected its share (the target is frozen meanwhile: no fault can come). */
@@ -108,7 +149,7 @@ export class CowWorker {
   async stop(): Promise<void> {
     this.worker.ref();
     Atomics.store(this.ctl, CTL.STOP, 1);
-    Atomics.store(this.ctl, CTL.GO, 1);
+    Atomics.store(this.ctl, CTL.GO, 2);
     Atomics.notify(this.ctl, CTL.GO);
     if (this.wake) {
       try { writeSync(this.wake[1], Buffer.from([1])); } catch { /* closed */ }
@@ -120,6 +161,7 @@ export class CowWorker {
       this.wake = null;
     }
     this.port.close();
+    if (this.early >= 0) { try { closeSync(this.early); } catch { /* closed */ } this.early = -1; }
   }
 }
 
@@ -142,6 +184,12 @@ export interface CowCopyArgs {
    */
   tracking?: { uffd: number; dropped: boolean };
   onProgress?: (bytes: number) => void;
+  /**
+   * Memory protected before the freeze (cow-prearm.ts; full dumps only):
+   * `selection` is then not read, the pages are selected here, with
+   * `pagemap`, by a scan that also finds what to protect again.
+   */
+  prearmed?: { done: Prearmed; pagemap: Pagemap } | null;
 }
 
 export interface CowCopyResult {
@@ -156,7 +204,7 @@ export interface CowCopyResult {
  * nobody else writes. Readable too: the fault server saves a page with
  * process_vm_readv, which write-only memory refuses.
  */
-function protectable(v: Vma, cls: VmaClass): boolean {
+export function protectable(v: Vma, cls: VmaClass): boolean {
   return cls === 'private' && v.inode === 0 && (v.prot & PROT_READ) !== 0
     && (v.path === '' || v.path === '[heap]' || v.path === '[stack]' || v.path.startsWith('[anon:'));
 }
@@ -164,16 +212,29 @@ function protectable(v: Vma, cls: VmaClass): boolean {
 export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
   const { pid, vmas, writer, mem, worker } = a;
   const tArm = process.hrtime.bigint();
-  const selection = [...a.selection];
+  // A full dump protected early selects its pages itself (selectForCow): the generator is never run.
+  const selection = a.prearmed && !a.tracking ? [] : [...a.selection];
   const stats: CowStats = { pagesProtected: 0, pagesFrozenCopy: 0, faults: 0, faultPages: 0, faultsDeferred: 0, faultMeanUs: 0, faultMaxUs: 0, copyUs: 0, armUs: 0 };
   let uffd = -1;
   let released = false;
   const release = () => { if (!released) { released = true; a.release(); } };
   try {
-    const wanted = new Set(selection.filter((r) => protectable(vmas[r.vma], a.classes[r.vma])).map((r) => r.vma));
-    uffd = wanted.size ? makeUffd(pid, a.frozen, mem) : -1;
+    const pre = a.prearmed && !a.tracking ? a.prearmed : null;
+    const wanted = new Set(pre
+      ? vmas.map((_, i) => i).filter((i) => protectable(vmas[i], a.classes[i]))
+      : selection.filter((r) => protectable(vmas[r.vma], a.classes[r.vma])).map((r) => r.vma));
+    uffd = pre ? worker.endEarly() : wanted.size ? makeUffd(pid, a.frozen, mem) : -1;
+    mark('cow: uffd ready');
     const registered = new Set<number>();
-    if (uffd >= 0) {
+    if (pre) {
+      // VMAs inside a range registered early still are (registration follows splits
+      // and moves); VMAs mapped since are registered now (each call takes the mmap lock).
+      for (const i of wanted) {
+        if (insideAny(pre.done.ranges, vmas[i])) { registered.add(i); continue; }
+        try { uffdRegisterWp(uffd, vmas[i].start, vmas[i].end - vmas[i].start); registered.add(i); } catch (err) { if (!(err instanceof SysError)) throw err; }
+      }
+      dropLeftovers(uffd, pre.done.ranges, vmas, registered);
+    } else if (uffd >= 0) {
       uffdApi(uffd, UFFD_FEATURE.EVENT_REMAP | UFFD_FEATURE.EVENT_REMOVE | UFFD_FEATURE.EVENT_UNMAP);
       for (const i of wanted) {
         try {
@@ -189,23 +250,49 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
         }
       }
     }
-    const cowSel = selection.filter((r) => registered.has(r.vma));
-    const frozenSel = selection.filter((r) => !registered.has(r.vma));
+    let cowSel: DumpRange[];
+    let frozenSel: DumpRange[];
+    if (pre) {
+      const sel = selectForCow(pre.pagemap, vmas, a.classes, registered);
+      mark('cow: scanned');
+      cowSel = sel.cow;
+      frozenSel = sel.frozen;
+      // Written or first touched since the early protection: protected again, frozen.
+      const wp = new WriteProtector(uffd);
+      for (const r of sel.written) {
+        const e = wp.set(r.start, r.end - r.start, true);
+        if (e) throw new CowLost(`memory at 0x${r.start.toString(16)} could not be write-protected again (errno ${e})`);
+        stats.pagesReprotected = (stats.pagesReprotected ?? 0) + (r.end - r.start) / PAGE;
+      }
+      stats.pagesReprotected ??= 0;
+      stats.preStopUs = pre.done.stopUs;
+      stats.prearmUs = pre.done.armUs;
+      stats.earlyFaults = Atomics.load(worker.ctl, CTL.EARLY_FAULTS);
+      mark('cow: protected again');
+    } else {
+      cowSel = selection.filter((r) => registered.has(r.vma));
+      frozenSel = selection.filter((r) => !registered.has(r.vma));
+    }
     const ranges = indexRanges(cowSel);
     const nPages = indexedPages(ranges);
     stats.pagesProtected = nPages;
     const slots = new SharedArrayBuffer(Math.max(4, nPages * 4));
     const { store, free } = worker;
     // Protecting walks page tables (tens of ms per GiB): the worker takes half, in parallel.
-    const [mine, theirs] = halves(ranges);
+    const [mine, theirs] = pre ? [[], []] : halves(ranges);
     if (uffd >= 0) worker.go({ pid, uffd, ranges, slots, store, free, blockPages: BLOCK_PAGES, protect: theirs });
+    mark('cow: worker configured');
     for (const r of mine) uffdWriteProtect(uffd, r.start, r.len, true);
     const early = await copyPages(pid, vmas, frozenSel, writer, mem, { onProgress: a.onProgress });
     stats.pagesFrozenCopy = early.pagesWritten;
-    if (uffd >= 0) worker.protected();
+    mark('cow: frozen copy done');
+    // With nothing for the worker to protect (early protection), there is no need to wait for it:
+    // a fault before it reads its configuration waits in the uffd until it does.
+    if (uffd >= 0 && !pre) worker.protected();
     stats.armUs = Number(process.hrtime.bigint() - tArm) / 1000;
     const frozenUs = Number(process.hrtime.bigint() - a.frozen.frozenAt) / 1000;
     release();
+    mark('cow: released');
     pausePoint('cow-running');
 
     const tCopy = process.hrtime.bigint();
@@ -279,6 +366,37 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
   }
 }
 
+function insideAny(ranges: readonly { start: number; end: number }[], v: Vma): boolean {
+  let lo = 0;
+  let hi = ranges.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (v.start < ranges[mid].start) hi = mid - 1;
+    else if (v.start >= ranges[mid].end) lo = mid + 1;
+    else return v.end <= ranges[mid].end;
+  }
+  return false;
+}
+
+/**
+ * VMAs protected before the freeze that the freeze does not take
+ * copy-on-write (made unreadable since, say): they leave the uffd, their
+ * protection with them. Should that fail, their write faults still only
+ * wake the writer (they are outside the worker's ranges).
+ */
+function dropLeftovers(uffd: number, early: readonly { start: number; end: number }[], vmas: readonly Vma[], registered: ReadonlySet<number>): void {
+  let k = 0;
+  vmas.forEach((v, i) => {
+    if (registered.has(i)) return;
+    while (k < early.length && early[k].end <= v.start) k++;
+    for (let j = k; j < early.length && early[j].start < v.end; j++) {
+      const from = Math.max(v.start, early[j].start);
+      const to = Math.min(v.end, early[j].end);
+      try { uffdUnregister(uffd, from, to - from); } catch { /* not ours, or gone */ }
+    }
+  });
+}
+
 function lostError(worker: CowWorker): CowLost {
   const ev = Atomics.load(worker.ctl, CTL.LOST_EVENT);
   const what = ev === UFFD_EVENT.UNMAP ? 'unmapped' : ev === UFFD_EVENT.REMOVE ? 'dropped (MADV_DONTNEED or MADV_REMOVE)' : ev === UFFD_EVENT.REMAP ? 'moved (mremap)' : 'made unreadable';
@@ -293,7 +411,7 @@ function lostError(worker: CowWorker): CowLost {
  * (read() into a protected buffer) would fail with EFAULT instead of
  * waiting. That needs CAP_SYS_PTRACE in the target; without it, -1.
  */
-function makeUffd(pid: number, frozen: FrozenProcess, mem: ProcMem): number {
+export function makeUffd(pid: number, frozen: FrozenProcess, mem: ProcMem): number {
   const sc = new RemoteSyscaller(frozen.leader, mem);
   let targetFd = -1;
   let token = 0n;

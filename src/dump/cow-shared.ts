@@ -39,7 +39,16 @@ export const CTL = {
   FREE_TAIL: 11,
   /** Set by the worker once it protected its share (1), or to the errno it met. */
   PROTECTED: 12,
-  SIZE: 13,
+  /**
+   * The early phase (cow-prearm.ts: memory protected before the freeze):
+   * 1 while the worker serves it and waits in poll(), 4 while it drains the
+   * uffd (unprotecting), 2 once the main thread, frozen, ended it (only
+   * from 1: from then on nothing unprotects behind the frozen scan).
+   */
+  EARLY: 13,
+  /** Faults the early phase served (each unprotects one page, protected again while frozen). */
+  EARLY_FAULTS: 14,
+  SIZE: 15,
 } as const;
 
 /** Float64 fields of the timing array. */
@@ -98,6 +107,26 @@ export interface CowShared {
   ctl: SharedArrayBuffer;
   times: SharedArrayBuffer;
 }
+
+/** Posted first when memory is protected before the freeze: faults are let go until the freeze. */
+export interface CowEarlyConfig {
+  early: true;
+  uffd: number;
+  wakeFd: number;
+  /**
+   * Float64 ring of what was let go (EARLY_LOG_PAGES entries; CTL.EARLY_FAULTS
+   * counts them all): a page's address, or 1 + the address of a huge page
+   * let go whole.
+   */
+  log: SharedArrayBuffer;
+  /** Ranges backed by transparent huge pages when protected (sorted): a fault there lets its whole huge page go. */
+  huge: { start: number; end: number }[];
+}
+
+export const HUGE_PAGE = 2 << 20;
+
+/** Early faults the main thread can read back between two of its protection passes. */
+export const EARLY_LOG_PAGES = 1 << 16;
 
 /** Posted to the worker once the ranges are protected. */
 export interface CowConfig {

@@ -23,7 +23,7 @@ import { VmCopier } from '../sys/memory.js';
 import { pollIn, readSome, WriteProtector, raiseThreadPriority } from '../sys/uffd-wp.js';
 import { decodeUffdMsg } from '../sys/uffd-msg.js';
 import { UFFD_MSG_SIZE } from '../sys/uapi.js';
-import { CTL, TIMES, PAGE, rangeOf, type CowConfig, type CowShared, type IndexedRange } from './cow-shared.js';
+import { CTL, TIMES, PAGE, HUGE_PAGE, rangeOf, type CowConfig, type CowEarlyConfig, type CowShared, type IndexedRange } from './cow-shared.js';
 
 const { shared, port } = workerData as { shared: CowShared; port: MessagePort };
 const ctl = new Int32Array(shared.ctl);
@@ -33,9 +33,80 @@ raiseThreadPriority();
 parentPort!.postMessage('ready');
 // Sleep until the ranges are protected and the configuration is posted.
 while (Atomics.load(ctl, CTL.GO) === 0) Atomics.wait(ctl, CTL.GO, 0, 1000);
-if (Atomics.load(ctl, CTL.STOP) === 0) serve((receiveMessageOnPort(port)!.message) as CowConfig);
+if (Atomics.load(ctl, CTL.STOP) === 0) {
+  const first = receiveMessageOnPort(port)!.message as CowConfig | CowEarlyConfig;
+  if ('early' in first) {
+    early(first);
+    // The snapshot's configuration follows once the frozen scan is done (GO 2).
+    while (Atomics.load(ctl, CTL.GO) < 2) Atomics.wait(ctl, CTL.GO, 1, 1000);
+    if (Atomics.load(ctl, CTL.STOP) === 0) serve(receiveMessageOnPort(port)!.message as CowConfig);
+  } else {
+    serve(first);
+  }
+}
 Atomics.store(ctl, CTL.STATE, 2);
 port.close();
+
+/**
+ * Before the freeze (cow-prearm.ts): memory is protected while the target
+ * runs, and no snapshot exists yet, so a write fault only needs its page
+ * unprotected. Such pages read as written to the frozen scan, which
+ * protects them again. The main thread, frozen, ends the phase (EARLY 1 ->
+ * 2) when the worker is not draining (EARLY 4), so that no page is
+ * unprotected behind that scan, without waiting for this thread to be
+ * scheduled. A fault read and not served because of it needs nothing: its
+ * writer was interrupted by the freeze and faults again after it.
+ */
+function early(cfg: CowEarlyConfig): void {
+  const wp = new WriteProtector(cfg.uffd);
+  const msgs = Buffer.alloc(UFFD_MSG_SIZE * 64);
+  const poke = Buffer.alloc(16);
+  const log = new Float64Array(cfg.log);
+  const inHuge = (addr: number) => {
+    let lo = 0;
+    let hi = cfg.huge.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const r = cfg.huge[mid];
+      if (addr < r.start) hi = mid - 1;
+      else if (addr >= r.end) lo = mid + 1;
+      else return true;
+    }
+    return false;
+  };
+  const drain = () => {
+    for (;;) {
+      const n = readSome(cfg.uffd, msgs);
+      if (n === 0) return;
+      for (let i = 0; i < n / UFFD_MSG_SIZE; i++) {
+        // Removal events only need reading (their writer waits for that); nothing is copied yet.
+        const m = decodeUffdMsg(msgs, i);
+        if (m.event === 'fault') {
+          // A huge page goes whole: unprotecting 4 KiB of it would split it, and
+          // the frozen scan and protection would then walk 512 entries, not one.
+          const huge = inHuge(m.addr);
+          const page = huge ? m.addr - (m.addr % HUGE_PAGE) : m.addr - (m.addr % PAGE);
+          wp.set(page, huge ? HUGE_PAGE : PAGE, false);
+          // Logged for the main thread's next pass; the count is stored after the entry.
+          const n = Atomics.load(ctl, CTL.EARLY_FAULTS);
+          log[n % log.length] = huge ? page + 1 : page;
+          Atomics.store(ctl, CTL.EARLY_FAULTS, n + 1);
+        }
+      }
+    }
+  };
+  for (;;) {
+    const [ready, poked] = pollIn([cfg.uffd, cfg.wakeFd], -1);
+    if (poked) readSome(cfg.wakeFd, poke);
+    if (Atomics.load(ctl, CTL.STOP)) return;
+    // Busy (4) only with the main thread's leave: once it has ended the phase (2), nothing more
+    // is let go, and what poll() reported is left for the serving phase to read.
+    if (Atomics.compareExchange(ctl, CTL.EARLY, 1, 4) !== 1) return;
+    if (ready) drain();
+    Atomics.store(ctl, CTL.EARLY, 1);
+    Atomics.notify(ctl, CTL.EARLY);
+  }
+}
 
 function serve(cfg: CowConfig): void {
   const { ranges, uffd, wakeFd } = cfg;

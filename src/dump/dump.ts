@@ -21,7 +21,9 @@ import { readMaps, readCwd } from '../proc/index.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
 import type { FrozenSet } from '../freeze/frozen-set.js';
 import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
-import { pausePoint } from '../fault-points.js';
+import { pausePoint, holdPoint } from '../fault-points.js';
+import { prearmCow, type Prearmed } from './cow-prearm.js';
+import { VmFlagsWatch } from '../proc/vmflags-watch.js';
 import { checkCreds } from './creds.js';
 import { checkOomScoreAdj } from './process-state.js';
 import { DEAD_PROC_DIR } from '../proc/links.js';
@@ -184,6 +186,9 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
       let frozen: FrozenProcess | null = null;
       let smaps: SmapsReader | null = null;
       let cowWorker: CowWorker | null = null;
+      let cowPrearmed: Prearmed | null = null;
+      let flagsWatch: VmFlagsWatch | null = null;
+      let earlyFlags: Map<number, string[]> | null = null;
       if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
@@ -204,6 +209,16 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
           const r = smaps = await SmapsReader.start();
           session.onFailure(() => r.stop());
         }
+        // VmFlags read while the target runs, kept only if nothing could have changed them by the freeze (proc/vmflags-watch.ts).
+        const watch = flagsWatch = smaps ? VmFlagsWatch.start(pid) : null;
+        if (watch) session.onFailure(() => watch.close());
+        const flagsRead = watch ? (smaps as SmapsReader).read(pid) : null;
+        // A full dump protects its memory now, while the target runs, right
+        // before the freeze: what it writes meanwhile is protected again frozen (cow-prearm.ts).
+        if (cowWorker && !prep.parent) cowPrearmed = prearmCow(pid, cowWorker);
+        earlyFlags = (await flagsRead) ?? null;
+        holdPoint('flags-read');
+        checkAbort();
         opts.beforeFreeze?.();
         mark('dump: freezing');
         frozen = session.freeze(pid);
@@ -211,12 +226,19 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
         pausePoint('dump-frozen');
       }
       const set = session.set;
-      const { result, cow } = await takeProcessImage(session, prep, {
-        process: frozen,
-        smaps,
-        cow: cowWorker && frozen ? { worker: cowWorker, release: () => set.release() } : null,
-        releaseEarly: frozen && opts.leaveRunning && !opts.hold ? () => set.finish('release') : null,
-      }, checkAbort);
+      let outcome;
+      try {
+        outcome = await takeProcessImage(session, prep, {
+          process: frozen,
+          smaps,
+          earlyFlags: earlyFlags && flagsWatch ? { flags: earlyFlags, watch: flagsWatch } : null,
+          cow: cowWorker && frozen ? { worker: cowWorker, release: () => set.release(), prearmed: cowPrearmed } : null,
+          releaseEarly: frozen && opts.leaveRunning && !opts.hold ? () => set.finish('release') : null,
+        }, checkAbort);
+      } finally {
+        (flagsWatch as VmFlagsWatch | null)?.close();
+      }
+      const { result, cow } = outcome;
       pausePoint('dump-committed');
       // A signal that came before this point still undoes the whole dump.
       await letSignalsIn();

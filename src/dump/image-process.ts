@@ -12,6 +12,9 @@
  * tracking round is handed back (result.round) for the session to commit
  * with the rest of the image.
  */
+import type { VmFlagsWatch } from '../proc/vmflags-watch.js';
+import { readMaps } from '../proc/index.js';
+import type { Prearmed } from './cow-prearm.js';
 import { mark } from '../trace.js';
 import { randomUUID } from 'node:crypto';
 import { release as kernelRelease } from 'node:os';
@@ -82,8 +85,10 @@ export interface FrozenInput {
   fds?: FdImage[];
   /** Reads smaps alongside the remote syscalls (the session started it before the freeze). */
   smaps?: SmapsReader | null;
-  /** Copy-on-write: the worker, and how the session lets its process run during the copy. */
-  cow?: { worker: CowWorker; release: () => void } | null;
+  /** VmFlags read before the freeze, and the watch that says whether they still hold (proc/vmflags-watch.ts). */
+  earlyFlags?: { flags: Map<number, string[]>; watch: VmFlagsWatch } | null;
+  /** Copy-on-write: the worker, how the session lets its process run during the copy, and the protection made before the freeze. */
+  cow?: { worker: CowWorker; release: () => void; prearmed?: Prearmed | null } | null;
   /**
    * Lets the process run once every byte is read, before the writes are
    * done (a process the session leaves running need not wait for them).
@@ -149,12 +154,15 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
   try {
     const parts = new FrozenClock();
     // Read frozen, beside the remote syscalls rather than after them.
-    const vmFlags = smapsReader && frozen ? smapsReader.read(pid) : null;
+    const early = input.earlyFlags ?? null;
+    const stale = early ? early.watch.check(early.flags, readMaps(pid).map((v) => v.start)) : 'not read';
+    mark(stale ? `dump: VmFlags read frozen (${stale})` : 'dump: VmFlags from before the freeze');
+    const vmFlags = !stale ? Promise.resolve(early!.flags) : smapsReader && frozen ? smapsReader.read(pid) : null;
     // With smaps being read beside it, the state step's scratch is
     // unmapped only after that read: a munmap (mmap_lock for writing)
     // would wait for the whole page-table walk.
     let scratch: Scratch | null = null;
-    const remote = frozen ? collectRemoteState(frozen, mem, vmFlags ? (s) => { scratch = s; } : undefined) : null;
+    const remote = frozen ? collectRemoteState(frozen, mem, vmFlags && stale ? (s) => { scratch = s; } : undefined) : null;
     parts.lap('stateUs');
     mark('dump: state read');
     let flagsRead;
@@ -228,7 +236,7 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     const cowIn = input.cow ?? null;
     if (cowIn && track) cowTracking = { uffd: track.uffd, dropped: false, ref: track.ref };
     const pages = cowIn && frozen
-      ? (cow = await copyWithCow({ pid, frozen, vmas: layout.vmas, classes: layout.classes, selection, writer: pageWriter, mem, worker: cowIn.worker, release: cowIn.release, onProgress: copyOpts.onProgress, tracking: cowTracking ?? undefined })).pages
+      ? (cow = await copyWithCow({ pid, frozen, vmas: layout.vmas, classes: layout.classes, selection, writer: pageWriter, mem, worker: cowIn.worker, release: cowIn.release, onProgress: copyOpts.onProgress, tracking: cowTracking ?? undefined, prearmed: cowIn.prearmed ? { done: cowIn.prearmed, pagemap } : null })).pages
       : await copyPages(pid, layout.vmas, selection, pageWriter, mem, copyOpts);
     // Every byte is read: a target that stays alive need not wait for the writes.
     const frozenUs = cow ? cow.frozenUs : frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);

@@ -328,6 +328,7 @@ export const STATS: Shape = obj({
   cow: opt(obj({
     pagesProtected: SAFE, pagesFrozenCopy: SAFE, faults: SAFE, faultPages: SAFE, faultsDeferred: SAFE,
     faultMeanUs: US, faultMaxUs: US, copyUs: US, armUs: US,
+    preStopUs: opt(US), prearmUs: opt(US), earlyFaults: opt(SAFE), pagesReprotected: opt(SAFE),
   })),
   frozenParts: opt(obj({ stateUs: US, layoutUs: US, processUs: US, scanUs: US, remoteSyscalls: SAFE, guardianCalls: SAFE })),
 });

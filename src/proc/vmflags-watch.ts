@@ -1,0 +1,150 @@
+/**
+ * VmFlags read before the freeze, with proof that they still hold at it.
+ *
+ * Reading /proc/PID/smaps walks every page table of the target (25-36 ms
+ * per GiB of 4 KiB pages here, C probe), and VmFlags are in smaps only. A
+ * madvise() or mlock() changes them in place with nothing in
+ * /proc/PID/maps to tell (test/frozen-state.test.ts), so a read made
+ * before the freeze cannot simply be trusted. But flags change only
+ * through a few syscalls of the target's own threads (process_madvise
+ * from elsewhere takes only advice that leaves them alone). So before the
+ * read, a perf counter is put on each thread for each such syscall
+ * (tracepoints, with ftrace filters on the arguments that matter), and at
+ * the freeze the read is trusted only if:
+ *   - none of them ran: madvise with advice that sets or clears a flag,
+ *     mlock/munlock/mlockall/munlockall/mlock2, prctl THP-disable or
+ *     memory-merge, mmap MAP_FIXED, mremap, and munmap and brk (a VMA
+ *     unmapped and mapped again at the same start could carry other flags);
+ *   - no call of those syscalls was under way when the counters started
+ *     (its exit would be counted without its entry: at the freeze every
+ *     thread is stopped outside any syscall, so entries equal exits
+ *     otherwise);
+ *   - the threads are the ones counted (a new thread has no counter);
+ *   - every VMA of the frozen maps starts where a VMA of the read started
+ *     (a VMA that grew in place or merged keeps the flags it had).
+ * Otherwise the caller reads smaps frozen, as before.
+ *
+ * The tracepoint ids come from tracefs, mounted (when it is not) in a
+ * mount namespace of a short-lived child: nothing outside it sees the
+ * mount. Without tracefs or perf events, start() returns null.
+ */
+import { spawnSync } from 'node:child_process';
+import { closeSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { openTracepointCounter, readCounter } from '../sys/perf-event.js';
+
+/** Advice that sets or clears a VmFlag restore keeps (VMA_RESTORED_FLAGS), or NORMAL, which clears sr/rr. */
+const FLAG_ADVICE = [0, 1, 2, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19];
+const PR_SET_THP_DISABLE = 41;
+const PR_SET_MEMORY_MERGE = 67;
+const MAP_FIXED = 0x10;
+const NR = { mmap: 9, munmap: 11, brk: 12, mremap: 25, madvise: 28, mlock: 149, munlock: 150, mlockall: 151, munlockall: 152, prctl: 157, mlock2: 325 };
+
+const CHANGES: { event: string; filter: string | null }[] = [
+  { event: 'syscalls/sys_enter_madvise', filter: FLAG_ADVICE.map((b) => `behavior == ${b}`).join(' || ') },
+  { event: 'syscalls/sys_enter_prctl', filter: `option == ${PR_SET_THP_DISABLE} || option == ${PR_SET_MEMORY_MERGE}` },
+  { event: 'syscalls/sys_enter_mmap', filter: `flags & ${MAP_FIXED}` },
+  ...['mlock', 'munlock', 'mlockall', 'munlockall', 'mlock2', 'mremap', 'munmap', 'brk'].map((s) => ({ event: `syscalls/sys_enter_${s}`, filter: null })),
+];
+const IDS = Object.values(NR).map((n) => `id == ${n}`).join(' || ');
+const ENTER = 'raw_syscalls/sys_enter';
+const EXIT = 'raw_syscalls/sys_exit';
+
+/** More threads than this: not worth ~11 counters each; smaps is read frozen. */
+const MAX_THREADS = 64;
+
+let ids: Map<string, number> | null | undefined;
+
+/** Tracepoint ids by event name, read once per run; null when tracefs cannot be had. */
+function tracepointIds(): Map<string, number> | null {
+  if (ids !== undefined) return ids;
+  const names = [...CHANGES.map((c) => c.event), ENTER, EXIT];
+  ids = null;
+  try {
+    let text: string;
+    const base = '/sys/kernel/tracing/events';
+    if (existsSync(`${base}/raw_syscalls`)) {
+      text = names.map((n) => readFileSync(`${base}/${n}/id`, 'utf8')).join('');
+    } else {
+      const cat = names.map((n) => `cat ${base}/${n}/id`).join(' && ');
+      const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', `mount -t tracefs none /sys/kernel/tracing && ${cat}`], { encoding: 'utf8', timeout: 5000 });
+      if (r.status !== 0) return null;
+      text = r.stdout;
+    }
+    const got = text.trim().split('\n').map(Number);
+    if (got.length !== names.length || got.some((n) => !Number.isInteger(n) || n <= 0)) return null;
+    ids = new Map(names.map((n, i) => [n, got[i]]));
+  } catch {
+    ids = null;
+  }
+  return ids;
+}
+
+function threadsOf(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`).map(Number).sort((a, b) => a - b);
+}
+
+export class VmFlagsWatch {
+  private constructor(
+    private readonly pid: number,
+    private readonly tids: number[],
+    private readonly changes: number[],
+    private readonly enters: number[],
+    private readonly exits: number[],
+  ) {}
+
+  /** Counters on every thread of `pid`, from now on; null when unavailable (the caller reads smaps frozen). */
+  static start(pid: number): VmFlagsWatch | null {
+    if (process.env.TSNAP_FROZEN_BASELINE === '1' || process.env.TSNAP_VMFLAGS_WATCH === '0') return null;
+    const tp = tracepointIds();
+    if (!tp) return null;
+    const fds: number[] = [];
+    const open = (event: string, tid: number, filter: string | null) => {
+      const fd = openTracepointCounter(tp.get(event)!, tid, filter);
+      fds.push(fd);
+      return fd;
+    };
+    try {
+      const tids = threadsOf(pid);
+      if (tids.length > MAX_THREADS) return null;
+      const changes: number[] = [];
+      const enters: number[] = [];
+      const exits: number[] = [];
+      for (const tid of tids) {
+        for (const c of CHANGES) changes.push(open(c.event, tid, c.filter));
+        enters.push(open(ENTER, tid, IDS));
+        exits.push(open(EXIT, tid, IDS));
+      }
+      return new VmFlagsWatch(pid, tids, changes, enters, exits);
+    } catch {
+      // No perf events (paranoid settings, a kernel without syscall tracepoints), or a thread gone.
+      for (const fd of fds) closeSync(fd);
+      return null;
+    }
+  }
+
+  /**
+   * With the target frozen: whether VmFlags read after start() are still
+   * its flags, for VMAs starting at `starts` (from the frozen maps). Why
+   * not, when not.
+   */
+  check(flags: ReadonlyMap<number, string[]>, starts: readonly number[]): string | null {
+    const sum = (fds: number[]) => fds.reduce((n, fd) => n + readCounter(fd), 0);
+    const now = threadsOf(this.pid);
+    if (now.length !== this.tids.length || now.some((t, i) => t !== this.tids[i])) return 'threads came or went';
+    const changed = sum(this.changes);
+    if (changed) return `${changed} syscalls that may change VmFlags`;
+    const enters = sum(this.enters);
+    const exits = sum(this.exits);
+    if (enters !== exits) return `a watched syscall was under way when the watch began (${enters} entries, ${exits} exits)`;
+    const missing = starts.find((s) => !flags.has(s));
+    if (missing !== undefined) return `VMA 0x${missing.toString(16)} was mapped since`;
+    return null;
+  }
+
+  /** Closes the counters; again, nothing (an fd number is never closed twice: it may be someone's by then). */
+  close(): void {
+    for (const fd of [...this.changes.splice(0), ...this.enters.splice(0), ...this.exits.splice(0)]) {
+      try { closeSync(fd); } catch { /* closed */ }
+    }
+  }
+}
