@@ -176,6 +176,12 @@ const SIG_SETMASK = 2;
  * program does not block are delivered as it resumes.
  */
 export function requeueSignals(leader: RemoteTask, tgid: number, threads: { rt: RemoteTask; image: ThreadImage }[], shared: Buffer[]): void {
+  // With SIGTRAP blocked, an int3 (the stub's trap after a syscall) is
+  // forced through: the kernel resets SIGTRAP's action to SIG_DFL, and the
+  // handler (or SIG_IGN) restored earlier would be lost (ZDTM sigtrap01).
+  // From the blocking call on, remote syscalls stop at their syscall exit.
+  leader.sc.trapAfter = false;
+  for (const th of threads) th.rt.sc.trapAfter = false;
   const all = Buffer.alloc(8, 0xff);
   for (const th of threads) th.rt.sc.check('rt_sigprocmask(block all)', SYS.rt_sigprocmask, SIG_SETMASK, th.rt.put(all, 2048), 0, 8);
   // The kernel takes a siginfo with a user or kernel si_code only from the
