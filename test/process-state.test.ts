@@ -23,8 +23,9 @@ for i in itertools.count():
 const state = (pid: number) => /^State:\s+(\S)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Waits (up to 5 s: a loaded machine may take a while to run the stop) until `pid` is stopped. */
 async function stopped(pid: number): Promise<void> {
-  for (let i = 0; i < 200 && state(pid) !== 'T'; i++) await sleep(5);
+  for (let i = 0; i < 1000 && state(pid) !== 'T'; i++) await sleep(5);
   expect(state(pid)).toBe('T');
 }
 
