@@ -156,6 +156,8 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     // Read frozen, beside the remote syscalls rather than after them.
     const early = input.earlyFlags ?? null;
     const stale = early ? early.watch.check(early.flags, readMaps(pid).map((v) => v.start)) : 'not read';
+    // Its counters have answered: they go now, on the pool, while the frozen work goes on.
+    early?.watch.close();
     mark(stale ? `dump: VmFlags read frozen (${stale})` : 'dump: VmFlags from before the freeze');
     const vmFlags = !stale ? Promise.resolve(early!.flags) : smapsReader && frozen ? smapsReader.read(pid) : null;
     // With smaps being read beside it, the state step's scratch is

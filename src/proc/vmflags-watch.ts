@@ -29,7 +29,7 @@
  * mount. Without tracefs or perf events, start() returns null.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { close as closeAsync, closeSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { openTracepointCounter, readCounter } from '../sys/perf-event.js';
 
 /** Advice that sets or clears a VmFlag restore keeps (VMA_RESTORED_FLAGS), or NORMAL, which clears sr/rr. */
@@ -141,10 +141,16 @@ export class VmFlagsWatch {
     return null;
   }
 
-  /** Closes the counters; again, nothing (an fd number is never closed twice: it may be someone's by then). */
+  /**
+   * Closes the counters, on libuv's pool: the kernel waits for an RCU grace
+   * period per tracepoint event it releases (~0.4 s for a handful of
+   * counters measured here), which must not stop the main thread, let
+   * alone happen while the target is frozen. Again: nothing (an fd number
+   * is never closed twice: it may be someone's by then).
+   */
   close(): void {
     for (const fd of [...this.changes.splice(0), ...this.enters.splice(0), ...this.exits.splice(0)]) {
-      try { closeSync(fd); } catch { /* closed */ }
+      closeAsync(fd, () => { /* closed, or already */ });
     }
   }
 }
