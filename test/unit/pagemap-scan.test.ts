@@ -327,7 +327,9 @@ sys.stdin.read()
 const children: ChildProcess[] = [];
 const pids: number[] = [];
 
-afterEach(() => {
+afterEach(async () => {
+  // Killed and waited for: the shared check after each test must find them gone.
+  const exits = children.filter((c) => c.exitCode === null && c.signalCode === null).map((c) => new Promise<void>((r) => c.once('exit', () => r())));
   for (const pid of pids.splice(0)) {
     try {
       process.kill(pid, 'SIGKILL');
@@ -344,6 +346,7 @@ afterEach(() => {
       }
     }
   }
+  await Promise.all(exits);
 });
 
 async function startTarget(py = PY): Promise<{ pid: number; addr: number }> {
