@@ -32,6 +32,7 @@ import { restore } from '../src/restore/restore.js';
 import { setCloexec, kill, ptrace } from '../src/sys/index.js';
 import { startOtherHost } from '../test/helpers/other-host.js';
 import { migrate } from '../src/migrate/sender.js';
+import { buildDirtyWriter, startDirtyWriter, startNamespacedServe } from './streamed-rig.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const TSNAP = join(here, '..', '..', 'bin', 'tsnap');
@@ -259,27 +260,6 @@ export async function benchMigration(argv: string[] = process.argv.slice(2)): Pr
   }
 }
 
-/** The streamed-path bench's writer: SIZE MiB, RATE MB/s of random page writes. */
-const STREAM_FIXTURE = `
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdint.h>
-#include <time.h>
-#include <sys/mman.h>
-int main(int argc, char **argv) {
-  size_t n = (size_t)atol(argv[1]) << 20, pages = n / 4096;
-  double rate = atof(argv[2]) * 1e6 / 4096;            /* pages per second */
-  uint64_t *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  for (size_t i = 0; i < n / 8; i++) p[i] = i * 0x9E3779B97F4A7C15ull;
-  printf("READY\\n"); fflush(stdout);
-  uint64_t k = 0; double carry = 0;
-  for (;;) {
-    struct timespec ts = { 0, 1000000 }; nanosleep(&ts, 0);
-    carry += rate / 1000;
-    for (; carry >= 1; carry--) { k++; p[((k * 2654435761u) % pages) * 512] = k; }
-  }
-}`;
-
 /**
  * The streamed path (wire v2) against restoring after the commit, in the
  * same run: a receiver in its own pid namespace (the pid is free at once,
@@ -291,30 +271,15 @@ int main(int argc, char **argv) {
 export async function benchStreamedMigration(sizeMiB = Number(process.env.BENCH_STREAM_MIB ?? 256), mbps = Number(process.env.BENCH_STREAM_MBPS ?? 10), runs = Number(process.env.BENCH_STREAM_RUNS ?? 2)): Promise<Record<string, unknown>> {
   for (const name of readdirSync('/proc/self/fd')) if (Number(name) > 2) { try { setCloexec(Number(name)); } catch { /* gone */ } }
   const work = mkdtempSync(join(tmpdir(), 'tsnap-bench-stream-'));
-  const src = join(work, 'dirty.c');
-  const bin = join(work, 'dirty');
-  writeFileSync(src, STREAM_FIXTURE);
-  execFileSync('gcc', ['-O2', '-o', bin, src]);
+  const bin = buildDirtyWriter(work);
   const tsnapBin = new URL('../../bin/tsnap', import.meta.url).pathname;
   const one = async (live: boolean, port: number) => {
-    const serveArgs = ['--pid', '--fork', '--mount-proc', '--kill-child', process.execPath, tsnapBin, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', join(work, `in-${port}`), '--token', 'bench', '--restore', '--json', '--stdout', '/dev/null', '--stderr', '/dev/null', ...(live ? [] : ['--no-live-build'])];
-    const srv = spawn('unshare', serveArgs, { stdio: ['ignore', 'ignore', 'pipe'] });
-    const events: Record<string, unknown>[] = [];
-    const listening = new Promise<void>((resolve, reject) => {
-      createInterface({ input: srv.stderr! }).on('line', (l) => {
-        // TSNAP_TRACE=1: the receiver's timeline goes with the sender's.
-        try { events.push(JSON.parse(l)); } catch { if (l.startsWith('tsnap-trace ')) process.stderr.write(`${l}\n`); return; }
-        if (events.some((e) => e.event === 'listening')) resolve();
-      });
-      srv.once('exit', () => reject(new Error('serve exited')));
-    });
-    let child: ReturnType<typeof spawn> | null = null;
+    const { srv, events } = await startNamespacedServe(tsnapBin, port, join(work, `in-${port}`), live ? [] : ['--no-live-build']);
+    let child: ChildProcess | null = null;
     try {
-      await listening;
-      child = spawn('sh', ['-c', `"${bin}" ${sizeMiB} ${mbps} & echo PID $!; wait`], { stdio: ['ignore', 'pipe', 'inherit'] });
-      const lines = createInterface({ input: child.stdout! });
-      const sourcePid: number = await new Promise((resolve) => lines.once('line', (l) => resolve(Number(l.split(' ')[1]))));
-      await new Promise((resolve) => lines.once('line', resolve));
+      const w = await startDirtyWriter(bin, sizeMiB, mbps);
+      child = w.shell;
+      const sourcePid = w.pid;
       const r = await migrate({ pid: sourcePid, host: '127.0.0.1', port, token: 'bench', downtimeMs: 50, maxIterations: 10 });
       for (let i = 0; i < 200 && !events.some((e) => e.event === 'restored' || e.event === 'restore-failed'); i++) await new Promise((res) => setTimeout(res, 10));
       const restored = events.find((e) => e.event === 'restored');

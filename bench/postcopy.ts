@@ -8,61 +8,29 @@
  * Runs interleave so that both see the same machine; the ratio is
  * post-copy's median downtime over pre-copy's.
  */
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { migrate } from '../src/migrate/sender.js';
+import { buildDirtyWriter, startDirtyWriter, startNamespacedServe } from './streamed-rig.js';
 import { setCloexec } from '../src/sys/index.js';
 
-const FIXTURE = `
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdint.h>
-#include <time.h>
-#include <sys/mman.h>
-int main(int argc, char **argv) {
-  size_t n = (size_t)atol(argv[1]) << 20, pages = n / 4096;
-  double rate = atof(argv[2]) * 1e6 / 4096;            /* pages per second */
-  uint64_t *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  for (size_t i = 0; i < n / 8; i++) p[i] = i * 0x9E3779B97F4A7C15ull;
-  printf("READY\\n"); fflush(stdout);
-  uint64_t k = 0; double carry = 0;
-  for (;;) {
-    struct timespec ts = { 0, 1000000 }; nanosleep(&ts, 0);
-    carry += rate / 1000;
-    for (; carry >= 1; carry--) { k++; p[((k * 2654435761u) % pages) * 512] = k; }
-  }
-}`;
 
 export async function benchPostcopyMigration(sizeMiB = Number(process.env.BENCH_PC_MIB ?? 256), runs = Number(process.env.BENCH_PC_RUNS ?? 1)): Promise<Record<string, unknown>> {
   for (const name of readdirSync('/proc/self/fd')) if (Number(name) > 2) { try { setCloexec(Number(name)); } catch { /* gone */ } }
   const work = mkdtempSync(join(tmpdir(), 'tsnap-bench-pc-'));
-  const src = join(work, 'dirty.c');
-  const bin = join(work, 'dirty');
-  writeFileSync(src, FIXTURE);
-  execFileSync('gcc', ['-O2', '-o', bin, src]);
+  const bin = buildDirtyWriter(work);
   const tsnapBin = new URL('../../bin/tsnap', import.meta.url).pathname;
   let port = 18850 + (process.pid % 40);
   const one = async (mbps: number, postcopy: boolean) => {
     const p = port++;
-    const srv = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', process.execPath, tsnapBin, 'serve', '--listen', `127.0.0.1:${p}`, '--dir', join(work, `in-${p}`), '--token', 'bench', '--restore', '--json', '--stdout', '/dev/null', '--stderr', '/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] });
-    const events: Record<string, unknown>[] = [];
-    const listening = new Promise<void>((resolve, reject) => {
-      createInterface({ input: srv.stderr! }).on('line', (l) => {
-        try { events.push(JSON.parse(l)); } catch { return; }
-        if (events.some((e) => e.event === 'listening')) resolve();
-      });
-      srv.once('exit', () => reject(new Error('serve exited')));
-    });
-    let child: ReturnType<typeof spawn> | null = null;
+    const { srv } = await startNamespacedServe(tsnapBin, p, join(work, `in-${p}`));
+    let child: ChildProcess | null = null;
     try {
-      await listening;
-      child = spawn('sh', ['-c', `"${bin}" ${sizeMiB} ${mbps} & echo PID $!; wait`], { stdio: ['ignore', 'pipe', 'inherit'] });
-      const lines = createInterface({ input: child.stdout! });
-      const sourcePid: number = await new Promise((resolve) => lines.once('line', (l) => resolve(Number(l.split(' ')[1]))));
-      await new Promise((resolve) => lines.once('line', resolve));
+      const w = await startDirtyWriter(bin, sizeMiB, mbps);
+      child = w.shell;
+      const sourcePid = w.pid;
       const r = await migrate({ pid: sourcePid, host: '127.0.0.1', port: p, token: 'bench', downtimeMs: 50, maxIterations: 10, ...(postcopy ? { postcopy: 'on' as const } : {}) });
       return {
         downtimeMs: +r.downtimeMs.toFixed(1), freezeToCommitMs: +r.freezeToCommitMs.toFixed(1), iterations: r.iterations, stoppedBecause: r.stoppedBecause,
