@@ -3,6 +3,7 @@
  * TSNAP_TRACE=1 and stderr to a file, then `node dist/bench/lazy-steps.js
  * --report FILE`. BENCH_LAZY_MIB sizes (default 64,1024), BENCH_REPS runs.
  */
+import { LAZY_FIXTURE } from './lazy-fixture.js';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync, readdirSync, openSync, closeSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -21,21 +22,6 @@ const SIZES = (process.env.BENCH_LAZY_MIB ?? '64,1024').split(',').map(Number);
 const REPS = Number(process.env.BENCH_REPS ?? 5);
 /** BENCH_AB=NAME: runs alternate NAME=0 and NAME=1 (an A/B switch read per restore), reported apart. */
 const AB = process.env.BENCH_AB;
-const FIXTURE = `
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdint.h>
-#include <sys/mman.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-  size_t n = (size_t)atol(argv[1]) << 20;
-  uint64_t *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  for (size_t i = 0; i < n / 8; i++) p[i] = (i % 512 < 256) ? i * 0x9E3779B97F4A7C15ull : (i & 0xff);
-  printf("READY\\n"); fflush(stdout);
-  char c;
-  while (read(0, &c, 1) == 1) { }
-  return 0;
-}`;
 
 function report(file: string): void {
   // Per run: label -> ms from "bench: restore" to the next mark.
@@ -80,7 +66,7 @@ async function main(): Promise<void> {
   for (const name of readdirSync('/proc/self/fd')) if (Number(name) > 2) { try { setCloexec(Number(name)); } catch { /* gone */ } }
   const work = mkdtempSync(join(tmpdir(), 'tsnap-bench-lazysteps-'));
   const bin = join(work, 'touch');
-  writeFileSync(`${bin}.c`, FIXTURE);
+  writeFileSync(`${bin}.c`, LAZY_FIXTURE);
   execFileSync('gcc', ['-O2', '-o', bin, `${bin}.c`]);
   const fifo = join(work, 'in');
   execFileSync('mkfifo', [fifo]);

@@ -13,6 +13,7 @@
  * wakes the task and tsnap), so the best run says what the restore itself
  * costs, and tsnap's own CPU time per restore is printed too.
  */
+import { LAZY_FIXTURE } from './lazy-fixture.js';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readdirSync, openSync, closeSync, writeSync, fstatSync, readSync, constants } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';
@@ -28,25 +29,6 @@ const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
 /** BENCH_AB=NAME: each lazy run is made twice, with NAME=0 and NAME=1 (a switch read per restore), the second reported apart. */
 const AB = process.env.BENCH_AB;
 
-const FIXTURE = `
-#include <stdio.h>
-#include <stdlib.h>
-#include <stdint.h>
-#include <sys/mman.h>
-#include <unistd.h>
-int main(int argc, char **argv) {
-  size_t n = (size_t)atol(argv[1]) << 20;
-  uint64_t *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  for (size_t i = 0; i < n / 8; i++) p[i] = (i % 512 < 256) ? i * 0x9E3779B97F4A7C15ull : (i & 0xff);
-  printf("READY\\n"); fflush(stdout);
-  char c;
-  while (read(0, &c, 1) == 1) {
-    uint64_t s = 0;
-    for (size_t k = 0; k < 64; k++) s += p[(n / 8 / 64) * k];
-    dprintf(1, "%llu\\n", (unsigned long long)(s & 1));
-  }
-  return 0;
-}`;
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -62,7 +44,7 @@ async function main(): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), 'tsnap-bench-lazy-'));
   const src = join(work, 'touch.c');
   const bin = join(work, 'touch');
-  writeFileSync(src, FIXTURE);
+  writeFileSync(src, LAZY_FIXTURE);
   execFileSync('gcc', ['-O2', '-o', bin, src]);
   const fifo = join(work, 'in');
   execFileSync('mkfifo', [fifo]);
