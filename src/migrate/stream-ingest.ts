@@ -117,17 +117,20 @@ export class StreamIngest {
   }
 
   /**
-   * ITER_END of a streamed iteration: its pages file is finished in the
-   * background and checked against its index; then it and `files` (the
-   * metadata files, written but not yet synced) are made durable.
+   * ITER_END of a streamed iteration: what arrived is checked against its
+   * index at once; its pages file is finished in the background, then it
+   * and `files` (the metadata files, written but not yet synced) are made
+   * durable.
    */
   endIteration(dir: string, files: readonly string[]): Record<string, unknown> {
     const pf = this.pagesFile;
     if (!pf) return {};
+    // Checked now, in memory (the pagemap was just written): a mismatch fails the round before anything counts on it.
+    const pm = decodePagemap(readMetaFile<EncodedPagemap>(dir, FileKind.Pagemap), `${dir}/pagemap`);
+    pf.check(pm.chunks, pm.runs);
     this.pagesFile = null;
     const done = (async () => {
-      const pm = decodePagemap(readMetaFile<EncodedPagemap>(dir, FileKind.Pagemap), `${dir}/pagemap`);
-      await pf.complete(pm.chunks);
+      await pf.complete();
       this.images.set(resolve(dir), readImage(dir));
     })();
     const durable = done.then(async () => {
