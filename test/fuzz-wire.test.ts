@@ -85,7 +85,7 @@ function mutate(frames: Frame[], r: () => number): Mutant {
   const fs: Frame[] = frames.map((f) => ({ type: f.type, payload: Buffer.from(f.payload) }));
   const body = fs.map((_, i) => i).slice(1);
   const ofType = (t: Msg[]) => body.filter((i) => t.includes(fs[i].type));
-  const kind = pick(['doc', 'doc', 'doc', 'chunk', 'chunk', 'chunk', 'data', 'flip', 'drop', 'dup', 'swap', 'cut', 'insert']);
+  const kind = pick(['doc', 'doc', 'layout', 'layout', 'chunk', 'chunk', 'chunk', 'data', 'flip', 'drop', 'dup', 'swap', 'cut', 'insert']);
   switch (kind) {
     case 'doc': {
       const i = pick(ofType([...DOC_TYPES]));
@@ -101,6 +101,20 @@ function mutate(frames: Frame[], r: () => number): Mutant {
       setPath(doc, path, value, del);
       fs[i].payload = packr.pack(doc);
       return { frames: fs, what: `${Msg[fs[i].type]} #${i}: ${path.join('.')} ${del ? 'deleted' : `= ${JSON.stringify(value)?.slice(0, 40)}`}` };
+    }
+    case 'layout': {
+      // What the live build follows and the image may not: the delta flag, the ranges dropped, a VMA's shape.
+      const i = pick(ofType([Msg.Layout]));
+      const doc = packr.unpack(fs[i].payload) as { vmas: { start: number; end: number; prot: number }[]; zero: [number, number][]; incremental: boolean };
+      const v = pick(doc.vmas);
+      const how = pick(['incremental', 'zero+', 'zero-', 'prot', 'end']);
+      if (how === 'incremental') doc.incremental = !doc.incremental;
+      else if (how === 'zero+') doc.zero.push([v.start, v.end]);
+      else if (how === 'zero-') doc.zero.pop();
+      else if (how === 'prot') v.prot ^= 2;
+      else v.end += 4096;
+      fs[i].payload = packr.pack(doc);
+      return { frames: fs, what: `LAYOUT #${i}: ${how} (${v.start.toString(16)}-${v.end.toString(16)})` };
     }
     case 'chunk': {
       const i = pick(ofType([Msg.PageChunk]));
