@@ -86,7 +86,11 @@ export class PageFileWriter {
     try {
       await fh.write(Buffer.alloc(HEADER_SIZE), 0, HEADER_SIZE, 0);
       // (koffi queues at most 256 calls: small chunks get fewer buffers.)
-      const pool = Math.min(64, Math.max(4, Math.ceil(POOL_BYTES / chunkSize)));
+      // With lz4 each buffer has an output as large: half as many buffers
+      // keep the bytes in flight the same (1 GiB: 2 measured as fast as 4,
+      // 1.5 MiB less RSS).
+      const lz4 = compression === 'lz4' && nativeLz4();
+      const pool = Math.min(64, Math.max(lz4 ? 2 : 4, Math.ceil((lz4 ? POOL_BYTES / 2 : POOL_BYTES) / chunkSize)));
       return new PageFileWriter(fh, path, compression, chunkSize, pool);
     } catch (err) {
       await fh.close().catch(() => {});
