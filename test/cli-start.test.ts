@@ -3,7 +3,7 @@
  * processes"): a dump of a small process loads none of the built-ins and
  * packages it does not use, the guardian started with posix_spawn gets tsnap's
  * environment and is reaped, and the CRC-32 that starts on node:zlib
- * gives the same values after it switches to the faster addon.
+ * gives the same values after it switches to tsnap's own C library.
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { readFileSync, writeFileSync, existsSync } from 'node:fs';
@@ -13,6 +13,7 @@ import { crc32 as zlibCrc32 } from 'node:zlib';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { startTsnap, tsnap } from './helpers/tsnap.js';
 import { Guardian } from '../src/sys/index.js';
+import { nativeCrc32 } from '../src/sys/crc32.js';
 import { crc32 } from '../src/image/checksum.js';
 
 useProcessCleanup();
@@ -72,11 +73,21 @@ describe('the guardian, started with posix_spawn', () => {
 });
 
 describe('CRC-32', () => {
-  it('is the zlib value across the switch from node:zlib to @node-rs/crc32', () => {
+  it('is the zlib value across the switch from node:zlib to tsnap\'s own library, which matches zlib at every length and alignment', () => {
     const data = randomBytes(24 << 20);
     let c = 0;
     for (let off = 0; off < data.length; off += 1 << 20) c = crc32(data.subarray(off, off + (1 << 20)), c);
     expect(c).toBe(zlibCrc32(data) >>> 0);
     expect(crc32(Buffer.from('hello'))).toBe(907060870);
+    // An empty piece keeps the running value (node:zlib's would give 0).
+    expect(crc32(Buffer.alloc(0), 12345)).toBe(12345);
+    const own = nativeCrc32();
+    expect(own, 'dist/native/libtsnap-crc32.so (npm run build)').not.toBeNull();
+    const pool = randomBytes(4096 + 16);
+    for (let len = 1; len <= 1100; len++) {
+      const piece = pool.subarray(len % 13, len % 13 + len);
+      const seed = (len * 2654435761) >>> 0;
+      expect(own!(seed, piece, piece.length) >>> 0, `length ${len}`).toBe(zlibCrc32(piece, seed) >>> 0);
+    }
   });
 });
