@@ -43,10 +43,11 @@
  * pages not in yet would read as zeros.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readlinkSync, readSync, writeSync } from 'node:fs';
+import { closeSync, readlinkSync, readSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, pipe2, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE, SysError, Pagemap, PAGE_IS, posixSpawn, pollWait, kill, ptrace } from '../sys/index.js';
+import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE, SysError, Pagemap, PAGE_IS, pollWait, kill } from '../sys/index.js';
+import { takeGuard, refillSpareGuard, reapGuardLater } from './guard-spawn.js';
 import type { RemoteTask } from '../inject/remote-task.js';
 import type { Image } from '../image/image-reader.js';
 import type { VmaImage, ThreadImage } from '../../formats/schema.js';
@@ -125,23 +126,13 @@ export class LazyRestore {
   end: HostEnd | null = null;
 
   constructor(private readonly opts: LazyOptions) {
-    this.logFd = opts.log ? openSync(opts.log, 'a', 0o600) : 2;
-    const [r, w] = pipe2(O_CLOEXEC);
-    const [ackR, ackW] = pipe2(O_CLOEXEC);
-    this.guardW = w;
-    this.guardAck = ackR;
-    try {
-      // In its own session: it must outlive tsnap, and no job control signal of tsnap's terminal should reach it.
-      this.guardPid = posixSpawn(fileURLToPath(new URL('../../native/tsnap-lazyguard', import.meta.url)), [], [r, ackW, this.logFd], true);
-    } catch (err) {
-      for (const fd of [w, ackR]) closeSync(fd);
-      throw new TsnapError('restoreFailed', `cannot start the lazy restore guard (${(err as Error).message}); run \`npm run build\` in the tsnap directory`);
-    } finally {
-      closeSync(r);
-      closeSync(ackW);
-    }
+    const g = takeGuard(opts.log);
+    this.guardPid = g.pid;
+    this.guardW = g.w;
+    this.guardAck = g.ack;
+    this.logFd = g.logFd;
     const logFd = this.logFd;
-    this.host = new PagerHost(w, (m) => { try { writeSync(logFd, `${m}\n`); } catch { /* no log */ } }, fillDelay());
+    this.host = new PagerHost(this.guardW, (m) => { try { writeSync(logFd, `${m}\n`); } catch { /* no log */ } }, fillDelay());
   }
 
   /**
@@ -247,6 +238,7 @@ export class LazyRestore {
   /** The processes run: serve their faults and fill the rest. */
   start(): void {
     this.running = this.host.run();
+    refillSpareGuard();
   }
 
   /**
@@ -312,7 +304,7 @@ export class LazyRestore {
       } catch { /* closed */ }
     }
     for (const fd of [...this.pidfds, this.guardW, this.guardAck]) { try { closeSync(fd); } catch { /* closed */ } }
-    reapLater(this.guardPid);
+    reapGuardLater(this.guardPid);
     if (this.logFd !== 2) { try { closeSync(this.logFd); } catch { /* closed */ } }
   }
 }
@@ -321,18 +313,4 @@ function writeAll(fd: number, s: string): void {
   const b = Buffer.from(s);
   let at = 0;
   while (at < b.length) at += writeSync(fd, b, at, b.length - at);
-}
-
-/**
- * The guard is tsnap's child (posix_spawn): reaped when it exits, should
- * tsnap live on (a library user); tsnap's own exit leaves it to init.
- */
-function reapLater(pid: number): void {
-  let tries = 0;
-  const t = setInterval(() => {
-    let done = ++tries > 600;
-    try { if (ptrace.waitpidNoHang(pid)) done = true; } catch { done = true; }
-    if (done) clearInterval(t);
-  }, 50);
-  t.unref();
 }

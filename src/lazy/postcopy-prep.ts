@@ -2,12 +2,14 @@
  * Post-copy on the receiver: the process built while the rounds arrived
  * holds every page, but those of the post-copy set in an older version. A
  * MISSING registration only fires on absent pages, so the set is dropped
- * (MADV_DONTNEED) before the lazy restore registers its VMAs; the pages the
+ * (MADV_DONTNEED, all ranges in one syscall list) before the lazy restore
+ * registers its VMAs; the pages the
  * kernel itself writes during the restore (rseq areas, see lazy-restore.ts)
  * cannot wait for the pager and are fetched from the source and written
  * now instead.
  */
 import { SYS } from '../sys/index.js';
+import { RemoteBatch } from '../inject/remote-batch.js';
 import { TsnapError } from '../errors.js';
 import { intersect, normalize, subtract, type Range } from '../image/ranges.js';
 import { isLazyVma, kernelTouched } from './lazy-restore.js';
@@ -36,7 +38,11 @@ export function postcopyVmas(dumped: readonly VmaImage[], set: readonly Range[])
 export async function preparePostcopy(rt: RemoteTask, dumped: readonly VmaImage[], threads: readonly ThreadImage[], set: readonly Range[], source: PageSource): Promise<PostcopyPlan> {
   const vmas = postcopyVmas(dumped, set);
   const touched = intersect(kernelTouched(threads, vmas), normalize(set));
-  for (const r of subtract(normalize(set), touched)) rt.sc.check(`madvise(0x${r.start.toString(16)}, post-copy)`, SYS.madvise, r.start, r.end - r.start, MADV_DONTNEED);
+  // One list, one round trip: a remote madvise per range cost ~0.25 ms of
+  // downtime each here (79 ms for a 1.4 MiB set of a few hundred ranges).
+  const drops = new RemoteBatch(rt);
+  for (const r of subtract(normalize(set), touched)) drops.push(`madvise(0x${r.start.toString(16)}, post-copy)`, SYS.madvise, [r.start, r.end - r.start, MADV_DONTNEED]);
+  drops.flush();
   for (const r of touched) {
     const data = (await source.fetch(r.start, r.end - r.start)) ?? Buffer.alloc(r.end - r.start);
     rt.mem.write(data, 0, data.length, r.start);
