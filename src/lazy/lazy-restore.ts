@@ -48,6 +48,7 @@ import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE, SysError, Pagemap, PAGE_IS, pollWait, kill } from '../sys/index.js';
 import { takeGuard, refillSpareGuard, reapGuardLater } from './guard-spawn.js';
+import { dropPostcopySet } from './postcopy-prep.js';
 import type { RemoteTask } from '../inject/remote-task.js';
 import type { Image } from '../image/image-reader.js';
 import type { VmaImage, ThreadImage } from '../../formats/schema.js';
@@ -55,9 +56,10 @@ import { isSpecial, vmaKind, lockFor, mapCallFor } from '../restore/layout-plan.
 import { isAioRing } from '../files/aio.js';
 import { TsnapError } from '../errors.js';
 import { PagerHost, type HostEnd, type SourceSpec } from './pager-host.js';
-import { subtract, normalize, intersect, type Range } from '../image/ranges.js';
+import { subtract, normalize, type Range } from '../image/ranges.js';
 import type { PageSource } from './page-source.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
+import { mark } from '../trace.js';
 
 const MAP_DROPPABLE = 0x08;
 const FEATURES = UFFD_FEATURE.EVENT_FORK | UFFD_FEATURE.EVENT_REMAP | UFFD_FEATURE.EVENT_REMOVE | UFFD_FEATURE.EVENT_UNMAP;
@@ -164,11 +166,15 @@ export class LazyRestore {
    * from here on a fault in these ranges waits for the pager, which runs
    * once the process does. `written`: what the restore wrote in them already.
    */
-  async attach(rt: RemoteTask, chain: readonly Image[], vmas: readonly VmaImage[], written: readonly Range[]): Promise<void> {
+  async attach(rt: RemoteTask, chain: readonly Image[], vmas: readonly VmaImage[], written: readonly Range[], drop?: readonly Range[]): Promise<void> {
     if (vmas.length === 0) return;
     const uffd = this.uffdOf.get(rt.pid)!;
     const granted = uffdApiMissing(uffd, FEATURES);
     if ((granted & BigInt(FEATURES)) !== BigInt(FEATURES)) throw new TsnapError('kernel', 'this kernel\'s userfaultfd lacks the fork/remap/remove/unmap events restore --lazy needs');
+    // Before the registration: a registered range's MADV_DONTNEED would
+    // wait for the pager to read its REMOVE event, and the pager cannot
+    // run while tsnap waits for the task.
+    if (drop) { dropPostcopySet(rt, drop); mark('lazy: post-copy set dropped'); }
     for (const v of vmas) {
       try {
         uffdRegisterMissing(uffd, v.start, v.end - v.start);
@@ -177,14 +183,19 @@ export class LazyRestore {
         throw err;
       }
     }
+    mark('lazy: registered');
     const within = vmas.map((v) => ({ start: v.start, end: v.end }));
     const remote = this.opts.remote;
     const index = remote ? this.host.addRemoteSource(remote.source, within) : this.host.addSource({
       levels: chain.map((c) => ({ dir: c.dir, kind: c.inventory.kind, runs: c.pagemap.runs, chunks: c.pagemap.chunks })),
       within,
     } satisfies SourceSpec);
-    // Post-copy: the rest of these VMAs holds the right pages already; only the set may not be present.
-    await this.repair(rt, index, remote ? intersect(normalize(within), remote.set) : within, written);
+    // Post-copy: the rest of these VMAs holds the right pages already, and
+    // the set was dropped just now with nothing run in the task since: no
+    // page of it but `written` can be present.
+    mark('lazy: source ready');
+    if (!remote) await this.repair(rt, index, within, written);
+    mark('lazy: repaired');
     this.host.addContext({ fd: uffd, name: `process ${rt.pid}`, source: index, skip: written });
     this.stats.lazyBytes += this.host.pager.contexts[this.host.pager.contexts.length - 1].pending.bytes;
   }
@@ -237,7 +248,10 @@ export class LazyRestore {
 
   /** The processes run: serve their faults and fill the rest. */
   start(): void {
-    this.running = this.host.run();
+    // From the next turn of the event loop: restore() returns with the
+    // processes running first (the pager's first step, reading its uffds
+    // and starting a chunk's read, cost 1-4 ms here); faults wait meanwhile.
+    this.running = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.host.run());
     refillSpareGuard();
   }
 
