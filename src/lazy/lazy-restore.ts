@@ -48,7 +48,6 @@ import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE, SysError, Pagemap, PAGE_IS, pollWait, kill } from '../sys/index.js';
 import { takeGuard, refillSpareGuard, reapGuardLater } from './guard-spawn.js';
-import { dropPostcopySet } from './postcopy-prep.js';
 import type { RemoteTask } from '../inject/remote-task.js';
 import type { Image } from '../image/image-reader.js';
 import type { VmaImage, ThreadImage } from '../../formats/schema.js';
@@ -56,7 +55,7 @@ import { isSpecial, vmaKind, lockFor, mapCallFor } from '../restore/layout-plan.
 import { isAioRing } from '../files/aio.js';
 import { TsnapError } from '../errors.js';
 import { PagerHost, type HostEnd, type SourceSpec } from './pager-host.js';
-import { subtract, normalize, type Range } from '../image/ranges.js';
+import { subtract, normalize, intersect, type Range } from '../image/ranges.js';
 import type { PageSource } from './page-source.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 import { mark } from '../trace.js';
@@ -166,15 +165,11 @@ export class LazyRestore {
    * from here on a fault in these ranges waits for the pager, which runs
    * once the process does. `written`: what the restore wrote in them already.
    */
-  async attach(rt: RemoteTask, chain: readonly Image[], vmas: readonly VmaImage[], written: readonly Range[], drop?: readonly Range[]): Promise<void> {
+  async attach(rt: RemoteTask, chain: readonly Image[], vmas: readonly VmaImage[], written: readonly Range[]): Promise<void> {
     if (vmas.length === 0) return;
     const uffd = this.uffdOf.get(rt.pid)!;
     const granted = uffdApiMissing(uffd, FEATURES);
     if ((granted & BigInt(FEATURES)) !== BigInt(FEATURES)) throw new TsnapError('kernel', 'this kernel\'s userfaultfd lacks the fork/remap/remove/unmap events restore --lazy needs');
-    // Before the registration: a registered range's MADV_DONTNEED would
-    // wait for the pager to read its REMOVE event, and the pager cannot
-    // run while tsnap waits for the task.
-    if (drop) { dropPostcopySet(rt, drop); mark('lazy: post-copy set dropped'); }
     for (const v of vmas) {
       try {
         uffdRegisterMissing(uffd, v.start, v.end - v.start);
@@ -200,8 +195,13 @@ export class LazyRestore {
     this.stats.lazyBytes += this.host.pager.contexts[this.host.pager.contexts.length - 1].pending.bytes;
   }
 
-  /** Present pages of the lazy ranges the restore did not write: the image's data over them. */
-  private async repair(rt: RemoteTask, source: number, within: Range[], written: readonly Range[]): Promise<void> {
+  /**
+   * Present pages of the lazy ranges (of `only` in them, for post-copy) the
+   * restore did not write: the image's data over them. One scan per VMA,
+   * not per range of `only`: a post-copy set has up to thousands of ranges,
+   * and each scan is an ioctl.
+   */
+  private async repair(rt: RemoteTask, source: number, within: Range[], written: readonly Range[], only?: readonly Range[]): Promise<void> {
     const pm = new Pagemap(rt.pid);
     const present: Range[] = [];
     try {
@@ -213,7 +213,8 @@ export class LazyRestore {
     } finally {
       pm.close();
     }
-    for (const r of subtract(normalize(present), normalize([...written]))) {
+    const stale = only ? intersect(normalize(present), normalize([...only])) : normalize(present);
+    for (const r of subtract(stale, normalize([...written]))) {
       const data = await this.host.fetch(source, r.start, r.end - r.start);
       const b = data ?? Buffer.alloc(r.end - r.start);
       rt.mem.write(b, 0, b.length, r.start);

@@ -3,10 +3,14 @@
  * holds every page, but those of the post-copy set in an older version. A
  * MISSING registration only fires on absent pages, so the set is dropped
  * (MADV_DONTNEED, all ranges in one syscall list) before the lazy restore
- * registers its VMAs; the pages the
- * kernel itself writes during the restore (rseq areas, see lazy-restore.ts)
- * cannot wait for the pager and are fetched from the source and written
- * now instead.
+ * registers its VMAs. Not right before the registration: that comes after
+ * restore blocks every signal, from when on an int3 (the syscall list's
+ * end) would reset a SIGTRAP handler the program has (see
+ * requeueSignals). The lazy restore's repair scan (lazy-restore.ts) then
+ * finds any page of the set present again by the registration. The pages
+ * the kernel itself writes during the restore (rseq areas, see
+ * lazy-restore.ts) cannot wait for the pager and are fetched from the
+ * source and written now instead.
  */
 import { SYS } from '../sys/index.js';
 import { RemoteBatch } from '../inject/remote-batch.js';
@@ -24,8 +28,6 @@ export interface PostcopyPlan {
   vmas: VmaImage[];
   /** What of them the restore wrote (skipped by the pager). */
   written: Range[];
-  /** The stale pages to drop right before the registration (dropPostcopySet). */
-  drop: Range[];
 }
 
 /** Which VMAs are lazy for `set`; refuses a set outside lazy memory (a bad peer). */
@@ -36,15 +38,16 @@ export function postcopyVmas(dumped: readonly VmaImage[], set: readonly Range[])
   return lazy.filter((v) => set.some((r) => r.start < v.end && v.start < r.end));
 }
 
-/** Plans the set's drop and writes the kernel-touched pages of the set from the source. */
-export async function preparePostcopy(dumped: readonly VmaImage[], threads: readonly ThreadImage[], set: readonly Range[], source: PageSource, rt: RemoteTask): Promise<PostcopyPlan> {
+/** Drops the set's stale pages from the live process and writes the kernel-touched ones from the source. */
+export async function preparePostcopy(rt: RemoteTask, dumped: readonly VmaImage[], threads: readonly ThreadImage[], set: readonly Range[], source: PageSource): Promise<PostcopyPlan> {
   const vmas = postcopyVmas(dumped, set);
   const touched = intersect(kernelTouched(threads, vmas), normalize(set));
+  dropPostcopySet(rt, subtract(normalize(set), touched));
   for (const r of touched) {
     const data = (await source.fetch(r.start, r.end - r.start)) ?? Buffer.alloc(r.end - r.start);
     rt.mem.write(data, 0, data.length, r.start);
   }
-  return { vmas, written: touched, drop: subtract(normalize(set), touched) };
+  return { vmas, written: touched };
 }
 
 /**

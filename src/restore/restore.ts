@@ -132,7 +132,7 @@ interface Member extends Omit<PlannedMember, 'children'> {
   threads: RestoredThread[];
   children: Member[];
   /** restore --lazy: its VMAs left to the pager, and what of them the restore wrote. */
-  lazy?: { vmas: VmaImage[]; written: { start: number; end: number }[]; drop?: { start: number; end: number }[] };
+  lazy?: { vmas: VmaImage[]; written: { start: number; end: number }[] };
 }
 
 /** The processes of `plan` as created (`rtOf`), in the same order and shape. */
@@ -321,7 +321,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       const dumped = m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start));
       const remote = opts.lazy?.remote;
       const lazyVmas = lazy && !remote ? dumped.filter(isLazyVma) : [];
-      if (lazy) m.lazy = remote ? await preparePostcopy(dumped, m.p.threads, remote.set, remote.source, rt) : { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
+      if (lazy) m.lazy = remote ? await preparePostcopy(rt, dumped, m.p.threads, remote.set, remote.source) : { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
       const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined, lazy ? undefined : resolvedOf.get(m.p));
       pages += filled.pages;
@@ -404,7 +404,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       // The last remote syscalls but the stub's munmap: nothing tsnap does touches these ranges any more.
       for (const m of members) {
         steps.at(`make the memory of ${m.p.pid} lazy`);
-        await lazy.attach(m.rt, m.chain, m.lazy!.vmas, m.lazy!.written, m.lazy!.drop);
+        await lazy.attach(m.rt, m.chain, m.lazy!.vmas, m.lazy!.written);
       }
       steps.at('start the lazy restore guard');
       await lazy.arm();
