@@ -49,6 +49,7 @@ import { createInterface } from 'node:readline';
 import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE, SysError, Pagemap, PAGE_IS, pollWait, kill } from '../sys/index.js';
 import { takeGuard, refillSpareGuard, reapGuardLater } from './guard-spawn.js';
 import type { RemoteTask } from '../inject/remote-task.js';
+import type { RemoteBatch } from '../inject/remote-batch.js';
 import type { Image } from '../image/image-reader.js';
 import type { VmaImage, ThreadImage } from '../../formats/schema.js';
 import { isSpecial, vmaKind, lockFor, mapCallFor } from '../restore/layout-plan.js';
@@ -91,6 +92,8 @@ export interface LazyStats {
   /** Pages the restore found present in lazy ranges and wrote from the image (should be 0). */
   repairedPages: number;
 }
+
+const noUffd = (errno: number | bigint) => new TsnapError('kernel', `userfaultfd() in the restored process failed (errno ${errno}); restore --lazy needs CONFIG_USERFAULTFD and CAP_SYS_PTRACE`);
 
 const fillDelay = (): number => Number(process.env.TSNAP_LAZY_FILL_DELAY_MS ?? 0) || 0;
 const P = PAGE_SIZE;
@@ -141,11 +144,29 @@ export class LazyRestore {
    * CAP_SYS_PTRACE (vm.unprivileged_userfaultfd=0) only a user-mode-only
    * uffd could be had, and a read() into a lazy buffer would then fail
    * with EFAULT instead of waiting for its page. Registered by attach().
+   * Called while remote syscalls still stop once (before restore blocks
+   * the signals): two stops, not four. `batch`: calls to run first, the
+   * userfaultfd() appended as their last (post-copy's drops): one stop fewer.
    */
-  open(rt: RemoteTask, vmas: readonly VmaImage[]): void {
-    if (vmas.length === 0) return;
-    const made = rt.sc.call(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK);
-    if (made < 0n) throw new TsnapError('kernel', `userfaultfd() in the restored process failed (errno ${-made}); restore --lazy needs CONFIG_USERFAULTFD and CAP_SYS_PTRACE`);
+  open(rt: RemoteTask, vmas: readonly VmaImage[], batch?: RemoteBatch): void {
+    if (vmas.length === 0) {
+      batch?.flush();
+      return;
+    }
+    let made: bigint;
+    if (batch) {
+      batch.push('userfaultfd', SYS.userfaultfd, [O_CLOEXEC | O_NONBLOCK]);
+      try {
+        batch.flush();
+      } catch (err) {
+        if (err instanceof SysError && err.call === 'userfaultfd') throw noUffd(err.errno);
+        throw err;
+      }
+      made = batch.lastResult;
+    } else {
+      made = rt.sc.call(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK);
+      if (made < 0n) throw noUffd(Number(-made));
+    }
     const taskFd = Number(made);
     let uffd = -1;
     const pidfd = pidfdOpen(rt.pid);

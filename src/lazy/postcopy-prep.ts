@@ -38,11 +38,15 @@ export function postcopyVmas(dumped: readonly VmaImage[], set: readonly Range[])
   return lazy.filter((v) => set.some((r) => r.start < v.end && v.start < r.end));
 }
 
-/** Drops the set's stale pages from the live process and writes the kernel-touched ones from the source. */
-export async function preparePostcopy(rt: RemoteTask, dumped: readonly VmaImage[], threads: readonly ThreadImage[], set: readonly Range[], source: PageSource): Promise<PostcopyPlan> {
+/**
+ * Drops the set's stale pages from the live process and writes the
+ * kernel-touched ones from the source. `open`: makes the task's uffd with
+ * the calls of a list run first (LazyRestore.open): the drops go in it.
+ */
+export async function preparePostcopy(rt: RemoteTask, dumped: readonly VmaImage[], threads: readonly ThreadImage[], set: readonly Range[], source: PageSource, open: (vmas: VmaImage[], batch: RemoteBatch) => void): Promise<PostcopyPlan> {
   const vmas = postcopyVmas(dumped, set);
   const touched = intersect(kernelTouched(threads, vmas), normalize(set));
-  dropPostcopySet(rt, subtract(normalize(set), touched));
+  open(vmas, dropList(rt, subtract(normalize(set), touched)));
   for (const r of touched) {
     const data = (await source.fetch(r.start, r.end - r.start)) ?? Buffer.alloc(r.end - r.start);
     rt.mem.write(data, 0, data.length, r.start);
@@ -51,13 +55,13 @@ export async function preparePostcopy(rt: RemoteTask, dumped: readonly VmaImage[
 }
 
 /**
- * Drops `drop` from the task's memory: one list, one round trip (a remote
- * madvise per range cost ~0.25 ms of downtime each here, 79 ms for a
- * 1.4 MiB set of a few hundred ranges). What is left is the kernel freeing
- * the pages (~18 ms for 128 MiB on this machine).
+ * The madvise(MADV_DONTNEED) of `drop`, as one syscall list: one round
+ * trip (a remote madvise per range cost ~0.25 ms of downtime each here,
+ * 79 ms for a 1.4 MiB set of a few hundred ranges). What is left is the
+ * kernel freeing the pages (~18 ms for 128 MiB on this machine).
  */
-export function dropPostcopySet(rt: RemoteTask, drop: readonly Range[]): void {
+function dropList(rt: RemoteTask, drop: readonly Range[]): RemoteBatch {
   const batch = new RemoteBatch(rt);
   for (const r of drop) batch.push(`madvise(0x${r.start.toString(16)}, post-copy)`, SYS.madvise, [r.start, r.end - r.start, MADV_DONTNEED]);
-  batch.flush();
+  return batch;
 }

@@ -321,7 +321,13 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       const dumped = m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start));
       const remote = opts.lazy?.remote;
       const lazyVmas = lazy && !remote ? dumped.filter(isLazyVma) : [];
-      if (lazy) m.lazy = remote ? await preparePostcopy(rt, dumped, m.p.threads, remote.set, remote.source) : { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
+      if (lazy) {
+        const lz = lazy;
+        // The uffd is made here, while remote syscalls stop once (lazy-restore.ts).
+        if (remote) m.lazy = await preparePostcopy(rt, dumped, m.p.threads, remote.set, remote.source, (vmas, batch) => lz.open(rt, vmas, batch));
+        else lazy.open(rt, lazyVmas);
+        m.lazy ??= { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
+      }
       const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined, lazy ? undefined : resolvedOf.get(m.p));
       pages += filled.pages;
@@ -333,6 +339,8 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       steps.at(`restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`);
       restoreMm(rt, m.p);
     }
+    // Every uffd exists: the guard takes its copies while the restore goes on.
+    lazy?.sendArm();
     const pidNow = new Map([...treePids, ...members.map((m): [number, number] => [m.p.pid, m.rt.pid])]);
     fdr.pidNow = (pid) => {
       const now = pidNow.get(pid);
@@ -389,13 +397,6 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       finishFiles(m.rt, m.p.fds, (id) => idNow.get(id) ?? id);
     }
     // Last of all that needs privilege: afterwards a process may be an ordinary user's.
-    if (lazy) {
-      for (const m of members) {
-        steps.at(`create the userfaultfd of ${m.p.pid}`);
-        lazy.open(m.rt, m.lazy!.vmas);
-      }
-      lazy.sendArm();
-    }
     for (const m of members) {
       steps.at(`restore the credentials of ${m.p.pid}`);
       restoreAllCreds(m.rt, m.p, m.threads, warn);
