@@ -11,7 +11,8 @@
  * the image read and the preflight.
  *
  * A restore that fails before it awaits the helper abandons it: the helper
- * and any clone are killed and reaped, as for any failed restore. Trees,
+ * stops before it clones (the clone runs only when restore() awaits it)
+ * and is killed and reaped, as for any failed restore. Trees,
  * live builds and inventories that cannot be read go the old way (helper
  * after the image): the restore then reports what is wrong with the image.
  * TSNAP_EARLY_HELPER=0 turns it off (bench A/B).
@@ -42,8 +43,17 @@ export function startHelperEarly(dir: string, newPid: boolean, stdio: StdioOptio
       return null;
     }
   }
-  const making = createProcess(pid, stdio);
-  return { pid, making, abandon: () => abandonMaking(making) };
+  let abandoned = false;
+  const making = createProcess(pid, stdio, () => abandoned);
+  return {
+    pid,
+    making,
+    abandon: () => {
+      // Asked before the clone: an abandoned restore never makes a process at the pid.
+      abandoned = true;
+      abandonMaking(making);
+    },
+  };
 }
 
 /** Kills and reaps what `making` made (or will have made). */
