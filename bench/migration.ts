@@ -296,12 +296,17 @@ export async function benchStreamedMigration(sizeMiB = Number(process.env.BENCH_
     const streamed = [];
     const afterCommit = [];
     // Interleaved, so that both see the same machine.
+    // BENCH_STREAM_LIVE_ONLY=1: the streamed path alone (several runs of
+    // the frozen window, without the slow restores of the other path).
+    const liveOnly = process.env.BENCH_STREAM_LIVE_ONLY === '1';
     for (let i = 0; i < runs; i++) {
       streamed.push(await one(true, port++));
-      afterCommit.push(await one(false, port++));
+      if (!liveOnly) afterCommit.push(await one(false, port++));
     }
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
     result.streamed = streamed;
+    result.streamedMedianMs = { downtime: median(streamed.map((x) => x.downtimeMs)), freezeToCommit: median(streamed.map((x) => x.freezeToCommitMs)), receiverRestore: median(streamed.map((x) => x.receiverRestoreMs ?? NaN)) };
+    if (liveOnly) return result;
     result.restoreAfterCommit = afterCommit;
     result.downtimeRatio = +(median(streamed.map((x) => x.downtimeMs)) / median(afterCommit.map((x) => x.downtimeMs))).toFixed(3);
     return result;

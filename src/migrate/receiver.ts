@@ -308,7 +308,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         }
         if (!ingest.live) fsyncDir(root);
         committed = true;
-        await send(sock, encodeDoc(Msg.Committed, { dir: last }));
+        // live: the process is built here already, so no restore here waits for the source's pid (see sender.ts).
+        await send(sock, encodeDoc(Msg.Committed, { dir: last, ...(ingest.live ? { live: true } : {}) }));
         committedAt = process.hrtime.bigint();
         mark('serve: committed');
         opts.onEvent?.({ event: 'committed', dir: last });

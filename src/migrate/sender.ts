@@ -36,6 +36,7 @@ import type { FrozenSet } from '../freeze/frozen-set.js';
 import type { Compression } from '../../formats/schema.js';
 import { postcopyFinal, finishPostcopy, pagesOf, PostcopyLost } from './postcopy-send.js';
 import type { Range } from '../image/ranges.js';
+import { teardownAtIdle } from '../freeze/idle-teardown.js';
 
 export interface MigrateOptions {
   pid: number;
@@ -212,7 +213,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     await letSignalsIn();
     checkAbort();
     await send(sock, encodeDoc(Msg.Commit, {}));
-    const committed = decodeDoc<{ dir: string }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));
+    const committed = decodeDoc<{ dir: string; live?: boolean }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));
     const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     mark('migrate: committed');
     if (leftOut && postcopyBecause !== null) {
@@ -224,6 +225,9 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // (Connections in repair mode close silently with a killed source, and
     // come out of it again with one left running: the set does both.)
     const source = held;
+    // Its teardown would compete with the receiver's last steps on one host;
+    // a receiver that restores from the chain instead may wait for this pid.
+    if (held && !opts.leaveRunning && committed.live === true) teardownAtIdle(held.tids());
     held?.finish(opts.leaveRunning ? 'release' : 'kill');
     held = null;
     mark('migrate: source finished');
