@@ -283,7 +283,8 @@ export async function benchStreamedMigration(sizeMiB = Number(process.env.BENCH_
       const r = await migrate({ pid: sourcePid, host: '127.0.0.1', port, token: 'bench', downtimeMs: 50, maxIterations: 10 });
       for (let i = 0; i < 200 && !events.some((e) => e.event === 'restored' || e.event === 'restore-failed'); i++) await new Promise((res) => setTimeout(res, 10));
       const restored = events.find((e) => e.event === 'restored');
-      return { downtimeMs: +r.downtimeMs.toFixed(1), freezeToCommitMs: +r.freezeToCommitMs.toFixed(1), iterations: r.iterations, path: restored?.path ?? null, receiverRestoreMs: restored ? +((restored.restoreUs as number) / 1000).toFixed(1) : null, restoreError: r.restoreError };
+      const finalRound = events.find((e) => e.event === 'iteration' && e.name === 'final');
+      return { downtimeMs: +r.downtimeMs.toFixed(1), freezeToCommitMs: +r.freezeToCommitMs.toFixed(1), iterations: r.iterations, finalPages: finalRound?.livePagesWritten ?? null, path: restored?.path ?? null, receiverRestoreMs: restored ? +((restored.restoreUs as number) / 1000).toFixed(1) : null, restoreError: r.restoreError };
     } finally {
       child?.kill('SIGKILL');
       srv.kill('SIGKILL'); // the namespace's init: the restored process goes with it

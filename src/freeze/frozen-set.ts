@@ -56,11 +56,6 @@ export class FrozenSet implements Releasable {
     this.procs.push(fp);
   }
 
-  /** Every task of every process of the set. */
-  tids(): number[] {
-    return this.procs.flatMap((fp) => fp.tasks.map((t) => t.pid));
-  }
-
   /** Takes out a process that exited meanwhile (it ends as a killed one: our view of it is reaped). */
   drop(fp: FrozenProcess): void {
     const i = this.procs.indexOf(fp);

@@ -1,12 +1,10 @@
 /**
- * A killed source's address space is freed by the kernel in the dying
- * task itself (exit_mmap: tens of ms per GiB), and a tracking holder's
- * exit unregisters the whole tracked memory (17-36 ms for 256 MiB). Both
- * happen right when the receiver runs the last steps of the restore. On
- * one host (a receiver in its own namespaces, as the tests and the bench
- * run it, or a host receiving while it sends) they competed with those
- * steps for the CPU; at the lowest priority they take only what is left.
- * Nothing waits for them but tsnap's own reaping.
+ * A tracking holder's exit unregisters the whole tracked memory (17-36 ms
+ * of kernel time for 256 MiB). A migration's final round signals it inside
+ * the frozen window, and its exit then ran beside the round's last steps
+ * and the receiver's restore, competing with them for the CPU. At the
+ * lowest priority it takes only what is left; whoever must wait for its
+ * end (a failed round letting the target go) puts it back first.
  */
 import { setPriority } from 'node:os';
 
@@ -17,7 +15,7 @@ export function teardownAtIdle(tids: readonly number[]): void {
   }
 }
 
-/** Back to the default nice value: something now waits for the task's end (a failure path). */
+/** Back to the default nice value: something now waits for the task's end. */
 export function teardownAtNormal(tids: readonly number[]): void {
   for (const tid of tids) {
     try { setPriority(tid, 0); } catch { /* gone */ }

@@ -36,7 +36,7 @@ import type { FrozenSet } from '../freeze/frozen-set.js';
 import type { Compression } from '../../formats/schema.js';
 import { postcopyFinal, finishPostcopy, pagesOf, PostcopyLost } from './postcopy-send.js';
 import type { Range } from '../image/ranges.js';
-import { teardownAtIdle } from '../freeze/idle-teardown.js';
+import { killAfterRestored } from './deferred-kill.js';
 
 export interface MigrateOptions {
   pid: number;
@@ -225,16 +225,25 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // (Connections in repair mode close silently with a killed source, and
     // come out of it again with one left running: the set does both.)
     const source = held;
-    // Its teardown would compete with the receiver's last steps on one host;
-    // a receiver that restores from the chain instead may wait for this pid.
-    if (held && !opts.leaveRunning && committed.live === true) teardownAtIdle(held.tids());
-    held?.finish(opts.leaveRunning ? 'release' : 'kill');
-    held = null;
-    mark('migrate: source finished');
-    opts.onEvent?.({ event: 'committed', receiverDir: committed.dir, source: opts.leaveRunning ? 'left running' : 'killed' });
+    held = null; // never released from here on
+    const later = source && !opts.leaveRunning && committed.live === true ? killAfterRestored(source) : null;
+    if (!later) {
+      source?.finish(opts.leaveRunning ? 'release' : 'kill');
+      mark('migrate: source finished');
+      opts.onEvent?.({ event: 'committed', receiverDir: committed.dir, source: opts.leaveRunning ? 'left running' : 'killed' });
+    }
     let restoredPid: number | null = null;
     let restoreError: string | null = null;
-    const reply = await reader.next().catch(() => null);
+    let reply;
+    try {
+      reply = await (later ? later.bounded(reader.next()) : reader.next()).catch(() => null);
+    } finally {
+      if (later) {
+        later.kill();
+        mark('migrate: source finished');
+        opts.onEvent?.({ event: 'committed', receiverDir: committed.dir, source: 'killed' });
+      }
+    }
     // The receiver is done with the connections (on this host, its restore lifted their locks itself).
     source?.settle();
     let downtimeMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;

@@ -15,7 +15,6 @@ import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finish
 import { fillPages } from './page-filler.js';
 import { receivesPages } from './data-ranges.js';
 import { checkRestored } from './self-check.js';
-import { VmFlagsPrefetch } from './vmflags-prefetch.js';
 import { fdTableDiff } from '../files/fd-table.js';
 import { finishFiles } from './fds.js';
 import { resumeConnections, abandonConnections } from '../files/tcp.js';
@@ -320,8 +319,6 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       steps.at(`restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`);
       restoreMm(rt, m.p);
     }
-    // The address spaces are final: the self-check's smaps walk starts now, beside the steps below.
-    const vmFlagsOf = new Map(lazy || (opts.check ?? 'warn') === 'off' ? [] : members.map((m) => [m, VmFlagsPrefetch.start(m.rt.pid, m.p.mm.vmas.length)]));
     const pidNow = new Map([...treePids, ...members.map((m): [number, number] => [m.p.pid, m.rt.pid])]);
     fdr.pidNow = (pid) => {
       const now = pidNow.get(pid);
@@ -411,10 +408,8 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     }
     if ((opts.check ?? 'warn') !== 'off') {
       steps.at('check the restored processes against their images');
-      const early = new Map<Member, Map<number, string[]> | null>();
-      for (const [m, f] of vmFlagsOf) early.set(m, await f.result());
       const diffs = members.flatMap((m) => [...checkRestored(opts.tcpClose ? withoutTcp(m.p) : m.p, m.rt.pid, {
-        newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id, ptys: imagePtys(members.map((x) => x.p)), vmFlags: early.get(m),
+        newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id, ptys: imagePtys(members.map((x) => x.p)),
       }), ...fdTableDiff(m.rt.pid, m.children.map((c) => ({ pid: c.rt.pid, shared: !!c.filesShared })))].map((d) => `restore check of ${m.p.pid}: ${d}`));
       if (diffs.length && opts.check === 'strict') {
         throw new TsnapError('restoreFailed', `the restored process differs from its image (${diffs.length} differences; first: ${diffs[0]}); nothing was started`);
