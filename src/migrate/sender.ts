@@ -33,7 +33,9 @@ import { TsnapError, asTsnapError, interrupted } from '../errors.js';
 import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
 import { pausePoint } from '../fault-points.js';
 import type { FrozenSet } from '../freeze/frozen-set.js';
-import type { Compression } from '../../formats/schema.js';
+import { FileKind, type Compression, type ProcessImage } from '../../formats/schema.js';
+import { readMetaFile } from '../image/metadata.js';
+import { isInheritedStdio } from '../files/fd-kinds.js';
 import { postcopyFinal, finishPostcopy, pagesOf, PostcopyLost } from './postcopy-send.js';
 import type { Range } from '../image/ranges.js';
 import { killAfterRestored } from './deferred-kill.js';
@@ -226,7 +228,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // come out of it again with one left running: the set does both.)
     const source = held;
     held = null; // never released from here on
-    const later = source && !opts.leaveRunning && committed.live === true ? killAfterRestored(source) : null;
+    const later = source && !opts.leaveRunning && !opts.tree && committed.live === true && !holdsSockets(finalDir) ? killAfterRestored(source) : null;
+    if (later) pausePoint('migrate-kill-deferred');
     if (!later) {
       source?.finish(opts.leaveRunning ? 'release' : 'kill');
       mark('migrate: source finished');
@@ -275,6 +278,21 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     conv.release();
     sock.destroy();
     rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Sockets are the source's resources a receiver on the same network (in
+ * another pid namespace only, or serve --new-pid) would need free: an
+ * address to bind, a connection to take over. A source with any of its own
+ * (stdio leading outside it aside: restore replaces those) is killed at
+ * COMMITTED, as before, not after RESTORED (deferred-kill.ts).
+ */
+function holdsSockets(finalDir: string): boolean {
+  try {
+    return readMetaFile<ProcessImage>(finalDir, FileKind.Process).fds.some((f) => (f.kind === 'socket' || !!f.socket) && !isInheritedStdio(f));
+  } catch {
+    return true;
   }
 }
 
