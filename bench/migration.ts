@@ -283,7 +283,8 @@ export async function benchStreamedMigration(sizeMiB = Number(process.env.BENCH_
       const r = await migrate({ pid: sourcePid, host: '127.0.0.1', port, token: 'bench', downtimeMs: 50, maxIterations: 10 });
       for (let i = 0; i < 200 && !events.some((e) => e.event === 'restored' || e.event === 'restore-failed'); i++) await new Promise((res) => setTimeout(res, 10));
       const restored = events.find((e) => e.event === 'restored');
-      return { downtimeMs: +r.downtimeMs.toFixed(1), freezeToCommitMs: +r.freezeToCommitMs.toFixed(1), iterations: r.iterations, path: restored?.path ?? null, receiverRestoreMs: restored ? +((restored.restoreUs as number) / 1000).toFixed(1) : null, restoreError: r.restoreError };
+      const finalRound = events.find((e) => e.event === 'iteration' && e.name === 'final');
+      return { downtimeMs: +r.downtimeMs.toFixed(1), freezeToCommitMs: +r.freezeToCommitMs.toFixed(1), iterations: r.iterations, finalPages: finalRound?.livePagesWritten ?? null, path: restored?.path ?? null, receiverRestoreMs: restored ? +((restored.restoreUs as number) / 1000).toFixed(1) : null, restoreError: r.restoreError };
     } finally {
       child?.kill('SIGKILL');
       srv.kill('SIGKILL'); // the namespace's init: the restored process goes with it
@@ -296,12 +297,17 @@ export async function benchStreamedMigration(sizeMiB = Number(process.env.BENCH_
     const streamed = [];
     const afterCommit = [];
     // Interleaved, so that both see the same machine.
+    // BENCH_STREAM_LIVE_ONLY=1: the streamed path alone (several runs of
+    // the frozen window, without the slow restores of the other path).
+    const liveOnly = process.env.BENCH_STREAM_LIVE_ONLY === '1';
     for (let i = 0; i < runs; i++) {
       streamed.push(await one(true, port++));
-      afterCommit.push(await one(false, port++));
+      if (!liveOnly) afterCommit.push(await one(false, port++));
     }
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
     result.streamed = streamed;
+    result.streamedMedianMs = { downtime: median(streamed.map((x) => x.downtimeMs)), freezeToCommit: median(streamed.map((x) => x.freezeToCommitMs)), receiverRestore: median(streamed.map((x) => x.receiverRestoreMs ?? NaN)) };
+    if (liveOnly) return result;
     result.restoreAfterCommit = afterCommit;
     result.downtimeRatio = +(median(streamed.map((x) => x.downtimeMs)) / median(afterCommit.map((x) => x.downtimeMs))).toFixed(3);
     return result;

@@ -9,7 +9,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, TSNAP_BIN, killPid } from './helpers/tsnap.js';
+import { tsnap, startTsnap, TSNAP_BIN, killPid } from './helpers/tsnap.js';
 import { startOtherHost, leftovers } from './helpers/other-host.js';
 import { pidHolder, waitPidsFree } from '../src/migrate/pid-wait.js';
 
@@ -45,6 +45,29 @@ describe('migration to another host (own pid + net namespaces)', () => {
       process.kill(there!, 'SIGUSR1');
       await until(() => /^(PASS|FAIL)/m.test(existsSync(out) ? readFileSync(out, 'utf8') : ''), 'the restored racer to check itself');
       expect(readFileSync(out, 'utf8')).toMatch(/^PASS/m);
+    } finally {
+      await oh.stop();
+    }
+    expect(leftovers()).toEqual([]);
+  });
+
+  it('a migrate killed between COMMITTED and RESTORED: the guardian kills the frozen source, never resumes it; the receiver runs the process', async () => {
+    const work = tmpDir('tsnap-oh-');
+    const oh = await startOtherHost(TSNAP_BIN, ['--dir', join(work, 'in'), '--token', 'sesame', '--restore', '--count', '1', '--stdout', join(work, 'restored.out')]);
+    try {
+      const p = await startProcess(await compileC('counter'), []);
+      const t = startTsnap(['migrate', '--pid', String(p.pid), '--to', `${oh.host}:${oh.port}`, '--token', 'sesame', '--max-iterations', '2'], { TSNAP_TEST_PAUSE_AT: 'migrate-kill-deferred' });
+      // The receiver built it live and committed; the source is still frozen, waiting for RESTORED.
+      await until(() => { try { return /^State:\s+T/m.test(readFileSync(`/proc/${t.child.pid}/status`, 'utf8')); } catch { return false; } }, 'migrate to reach its pause point');
+      expect(readFileSync(`/proc/${p.pid}/status`, 'utf8')).toMatch(/^TracerPid:\s+[1-9]/m);
+      const printed = p.lines().length;
+      process.kill(t.child.pid!, 'SIGKILL');
+      const info = await p.exited;
+      expect(info.signal).toBe('SIGKILL');
+      // Not one more line: it never ran again on the source.
+      expect(p.lines().length).toBe(printed);
+      await until(() => oh.events.some((e) => e.includes('"restored"')), 'the restored event');
+      expect(oh.hostPid(p.pid)).not.toBeNull();
     } finally {
       await oh.stop();
     }

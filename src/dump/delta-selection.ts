@@ -30,7 +30,7 @@
 import { mark } from '../trace.js';
 import { Pagemap, PAGE_IS, PM_SCAN_WP_MATCHING, SysError, type PageRegion } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
-import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, SCAN_NOT_GUARD, type VmaClass, type DumpRange } from './memory-plan.js';
+import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, SCAN_NOT_GUARD, scanPieces, type VmaClass, type DumpRange } from './memory-plan.js';
 import { normalize, subtract, intersect, type Range } from '../image/ranges.js';
 import { uffdRegisterWp } from '../track/uffd.js';
 import { sharedAnonRanges } from './shared-memory.js';
@@ -56,9 +56,9 @@ function select(pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaCla
   const here: DumpRange[] = [];
   const zeroPfn: Range[] = [];
   const seen: Range[] = [];
-  for (const span of over) {
+  for (const span of scanPieces(vmas, over, SCAN_RETURN)) {
     const selector = new RangeSelector(vmas, classes);
-    for (const batch of pagemap.scan({ start: span.start, end: span.end, flags, categoryMask: categoryMask | SCAN_NOT_GUARD, categoryInverted: SCAN_NOT_GUARD, categoryAnyof: SCAN_ANYOF, returnMask: SCAN_RETURN })) {
+    for (const batch of pagemap.scan({ start: span.start, end: span.end, flags, categoryMask: categoryMask | SCAN_NOT_GUARD, categoryInverted: SCAN_NOT_GUARD, categoryAnyof: SCAN_ANYOF, returnMask: span.returnMask })) {
       for (const r of batch) {
         seen.push({ start: r.start, end: r.end });
         if (r.categories & PAGE_IS.PFNZERO) zeroPfn.push({ start: r.start, end: r.end });
@@ -76,7 +76,7 @@ function select(pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaCla
  * without committing an image that holds them (they died after their scan):
  * copied like written ones, since the kernel no longer reports them.
  */
-export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaClass[], chainStored: Range[] | null, owed: readonly Range[] = [], protect = true): DeltaSelection {
+export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaClass[], chainStored: Range[] | null, owed: readonly Range[] = [], protect = true, beforeClearing: () => void = () => {}): DeltaSelection {
   const dumped = vmas.map((_, i) => classes[i] !== 'notDumped');
   const first = vmas.find((_, i) => dumped[i]);
   const last = [...vmas].reverse().find((_, i) => dumped[vmas.length - 1 - i]);
@@ -106,8 +106,7 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
   });
 
   mark('select: registration known');
-  const fresh = select(pagemap, vmas, classes, spans(vmas, states, 'fresh'), PM_SCAN_WP_MATCHING, 0);
-  const untracked = select(pagemap, vmas, classes, spans(vmas, states, 'untracked'), 0, 0);
+  const freshSpans = spans(vmas, states, 'fresh');
   const oldSpans = spans(vmas, states, 'old');
   // The final round (`protect` false) ends the tracking once its image is
   // kept, and a failed one must leave the written pages marked as written
@@ -116,8 +115,13 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
   // present (for the pages dropped since, below). A round that goes on
   // tracking protects what it takes, in its own walk.
   const oneWalk = !protect && !baseline();
+  // Told only when a scan here clears written bits (a final round with no
+  // new VMA clears none): its record must say so first.
+  if (freshSpans.length || !oneWalk) beforeClearing();
+  const fresh = select(pagemap, vmas, classes, freshSpans, PM_SCAN_WP_MATCHING, 0);
+  const untracked = select(pagemap, vmas, classes, spans(vmas, states, 'untracked'), 0, 0);
   mark('select: fresh and untracked');
-  const present = oneWalk ? presentRegions(pagemap, oldSpans) : [];
+  const present = oneWalk ? presentRegions(pagemap, vmas, oldSpans) : [];
   mark(`select: present walked (${present.length} regions)`);
   const dirty = oneWalk ? writtenOf(vmas, classes, present) : select(pagemap, vmas, classes, oldSpans, PM_SCAN_WP_MATCHING, PAGE_IS.WRITTEN);
   // Present pages only, and nothing cleared: they are protected already.
@@ -154,14 +158,14 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
 /** TSNAP_FROZEN_BASELINE=1: the final round walks and protects as a pre-dump does (bench/frozen.ts measures against it). */
 const baseline = () => process.env.TSNAP_FROZEN_BASELINE === '1';
 
-function presentQuery(span: Range) {
-  return { start: span.start, end: span.end, categoryMask: SCAN_NOT_GUARD, categoryInverted: SCAN_NOT_GUARD, categoryAnyof: SCAN_ANYOF, returnMask: SCAN_RETURN | PAGE_IS.WRITTEN };
+function presentQuery(span: Range, returnMask: number) {
+  return { start: span.start, end: span.end, categoryMask: SCAN_NOT_GUARD, categoryInverted: SCAN_NOT_GUARD, categoryAnyof: SCAN_ANYOF, returnMask };
 }
 
 /** Present (or swapped) regions over `over`, with WRITTEN among their categories; nothing is protected. */
-function presentRegions(pagemap: Pagemap, over: Range[]): PageRegion[] {
+function presentRegions(pagemap: Pagemap, vmas: readonly Vma[], over: Range[]): PageRegion[] {
   const out: PageRegion[] = [];
-  for (const span of over) for (const batch of pagemap.scan(presentQuery(span))) out.push(...batch);
+  for (const piece of scanPieces(vmas, over, SCAN_RETURN | PAGE_IS.WRITTEN)) for (const batch of pagemap.scan(presentQuery(piece, piece.returnMask))) out.push(...batch);
   return out;
 }
 

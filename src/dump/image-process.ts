@@ -189,15 +189,18 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     let trackStats = { freshVmas: 0, untrackedVmas: 0, oldVmas: 0 };
     const rec = prep.record;
     if (track && rec) {
-      rec.beforeScan();
       pausePoint('before-scan');
-      const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null, incremental ? rec.pending : [], mode === 'predump');
+      // The record (on disk) is written around a scan only when the scan
+      // clears written bits: a migration's final round mostly clears none,
+      // and its frozen window then holds no file write for it.
+      let clearing = false;
+      const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null, incremental ? rec.pending : [], mode === 'predump', () => { rec.beforeScan(); clearing = true; });
       prep.armed = delta.armed;
       zero = delta.zero;
       selection = delta.here;
       trackStats = delta;
       pausePoint('scanned');
-      rec.afterScan(prep.armed);
+      if (clearing) rec.afterScan(prep.armed);
       pausePoint('after-scan');
     } else {
       selection = fullSelection(pagemap, layout.vmas, layout.classes);
@@ -345,8 +348,9 @@ function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: Mo
     commit(frozen?: FrozenSet | null) {
       if (done) return;
       done = true;
-      // From now on an image names the holder: it may outlive this run.
-      rec.committed();
+      // From now on an image names the holder: it may outlive this run. A
+      // final dump's holder does not (it goes below), and its record with it.
+      if (mode !== 'dump') rec.committed();
       const fd = commitFd();
       if (fd >= 0) {
         if (mode === 'dump') closeSync(fd);
@@ -357,8 +361,8 @@ function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: Mo
       // copy, and the kernel unregisters everything.
       if (mode !== 'dump') return;
       if (!frozen || frozen.isFinished) { stopHolder(tr.ref); return; }
-      const gone = signalHolder(tr.ref);
-      if (gone) frozen.attach({ release: gone, forget: () => {} });
+      const ending = signalHolder(tr.ref);
+      if (ending) frozen.attach(ending);
     },
     abort() {
       if (done) return;

@@ -11,6 +11,7 @@
 import { PAGE_IS, scanKnowsGuard, type PageRegion } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import type { VmaSpecial } from '../../formats/schema.js';
+import type { Range } from '../image/ranges.js';
 
 export type VmaClass = 'private' | 'sharedAnon' | 'notDumped';
 
@@ -91,4 +92,51 @@ export class RangeSelector {
       }
     }
   }
+}
+
+/** A piece of a scan over `over`, with the return mask it can ask for. */
+export interface ScanPiece extends Range {
+  returnMask: number;
+}
+
+/**
+ * Splits the spans `over` (sorted, disjoint) at the borders between VMAs
+ * with and without a file, so that the anonymous parts ask PAGEMAP_SCAN
+ * for `returnMask` less PAGE_IS_FILE. FILE is the one category for which
+ * the kernel looks up each present page's struct page (vm_normal_page):
+ * over 256 MiB here that made a walk of the page tables 10-30x slower
+ * (10-40 ms instead of ~1 ms, the last scan of a migration's frozen
+ * window). Anonymous memory (heap, stack, named or not: no file behind
+ * it) holds no page-cache page, so its regions come back the same.
+ * Anything else, the kernel's own mappings ([vdso]: its pages read as
+ * FILE) and gaps between VMAs included, keeps the full mask.
+ */
+export function scanPieces(vmas: readonly Vma[], over: readonly Range[], returnMask: number): ScanPiece[] {
+  const out: ScanPiece[] = [];
+  const push = (start: number, end: number, mask: number) => {
+    if (start >= end) return;
+    const last = out[out.length - 1];
+    if (last && last.end === start && last.returnMask === mask) last.end = end;
+    else out.push({ start, end, returnMask: mask });
+  };
+  const anonMask = returnMask & ~PAGE_IS.FILE;
+  let vi = 0;
+  for (const span of over) {
+    let at = span.start;
+    while (vi < vmas.length && vmas[vi].end <= at) vi++;
+    for (let i = vi; i < vmas.length && vmas[i].start < span.end; i++) {
+      const v = vmas[i];
+      push(at, Math.min(v.start, span.end), returnMask);
+      const from = Math.max(at, v.start);
+      const to = Math.min(v.end, span.end);
+      push(from, to, noFile(v) ? anonMask : returnMask);
+      at = Math.max(at, to);
+    }
+    push(at, span.end, returnMask);
+  }
+  return out;
+}
+
+function noFile(v: Vma): boolean {
+  return v.inode === 0 && (v.path === '' || v.path === '[heap]' || v.path === '[stack]' || v.path.startsWith('[anon:'));
 }

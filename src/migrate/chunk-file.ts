@@ -8,7 +8,6 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { encodeHeader } from '../image/header.js';
-import { fsyncDir } from '../image/image-dir.js';
 import { crc32 } from '../image/checksum.js';
 import { withPath, TsnapError } from '../errors.js';
 import { FORMAT_VERSION, HEADER_SIZE, FileKind, PageWhere, type ChunkEntry, type PageRun } from '../../formats/schema.js';
@@ -97,7 +96,7 @@ export class ReceivedPagesFile {
   async sync(): Promise<void> {
     try {
       await this.fh?.sync();
-      fsyncDir(dirname(this.path));
+      await fsyncDirAsync(dirname(this.path));
     } catch (err) {
       this.failure ??= withPath(err, this.path);
     }
@@ -147,4 +146,16 @@ export function runMismatch(received: readonly (readonly ChunkRun[])[], indexed:
     }
   }
   return null;
+}
+
+/**
+ * fsync of a directory on libuv's pool. The chain of a live build is made
+ * durable in the background, round after round; a directory fsync (a
+ * journal commit, 5-50 ms on a busy disk) run on the main thread landed
+ * wherever that thread happened to be: receiving the final round, or in
+ * the middle of the restore after the commit.
+ */
+export async function fsyncDirAsync(path: string): Promise<void> {
+  const fh = await open(path, 'r');
+  try { await fh.sync(); } finally { await fh.close(); }
 }

@@ -12,6 +12,7 @@
  * stopped process is ours alone: tsnap serve traces it with EXITKILL, so it
  * dies with serve, and any failure kills it here.
  */
+import { EarlyVmFlags } from './live-vmflags.js';
 import { createProcess } from '../restore/create-process.js';
 import { RemoteTask } from '../inject/remote-task.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, advise, STUB_SIZE, type Stub } from '../restore/address-space.js';
@@ -75,6 +76,8 @@ export class LiveBuild implements LiveProcess {
   pages = 0;
   bytes = 0;
   image: Image | null = null;
+  /** Read when the final round begins (receiver.ts); closed with the build. */
+  earlyVmFlags: EarlyVmFlags | null = null;
   private dead = false;
 
   private constructor(readonly proc: NewProcess, readonly rt: RemoteTask, readonly stub: Stub) {
@@ -235,6 +238,8 @@ export class LiveBuild implements LiveProcess {
 
   /** Kills the process and reaps it: nothing half-built stays behind. */
   kill(): void {
+    this.earlyVmFlags?.close();
+    this.earlyVmFlags = null;
     if (this.dead) return;
     this.dead = true;
     try { kill(this.proc.pid, SIGKILL); } catch { /* gone */ }

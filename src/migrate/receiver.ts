@@ -32,6 +32,7 @@ import { TsnapError, asTsnapError, withPath } from '../errors.js';
 import { checkedRanges } from './postcopy-wire.js';
 import { receivePostcopy } from './postcopy-receive.js';
 import { warmUpRestore } from './warm-up.js';
+import { EarlyVmFlags } from './live-vmflags.js';
 import type { Range } from '../image/ranges.js';
 
 export interface ServeOptions {
@@ -280,6 +281,12 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) throw new TsnapError('badImage', `bad iteration name ${quote(it?.name)}`);
         lastName = null; // until it is complete
         mark(`serve: iteration ${name} begins`);
+        // Sent before the source freezes: the self-check's smaps walk happens now, not after the commit (live-vmflags.ts).
+        if (name === 'final' && ingest.live && opts.restore) {
+          ingest.live.earlyVmFlags?.close();
+          ingest.live.earlyVmFlags = EarlyVmFlags.read(ingest.live.pid, 64);
+          mark('serve: VmFlags read early');
+        }
         const live = await receiveIteration(reader, inside(root, name), ingest);
         lastName = name;
         mark(`serve: iteration ${name} received`);
@@ -308,7 +315,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         }
         if (!ingest.live) fsyncDir(root);
         committed = true;
-        await send(sock, encodeDoc(Msg.Committed, { dir: last }));
+        // live: the process is built here already, so no restore here waits for the source's pid (see sender.ts).
+        await send(sock, encodeDoc(Msg.Committed, { dir: last, ...(ingest.live ? { live: true } : {}) }));
         committedAt = process.hrtime.bigint();
         mark('serve: committed');
         opts.onEvent?.({ event: 'committed', dir: last });
@@ -328,6 +336,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   if (!opts.restore) { sock.end(); return; }
   if (postcopy && ingest.live) {
     const live = ingest.live;
+    live.earlyVmFlags?.close(); // a lazy restore reads its own (restore.ts)
+    live.earlyVmFlags = null;
     await receivePostcopy(sock, reader, live, last, postcopy, {
       image: () => { live.image = readCommitted(last); },
       chainDone: async () => { await ingest.flush(); await ingest.durable(); },
@@ -359,6 +369,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid });
     }
     const sinceCommitUs = Number(process.hrtime.bigint() - committedAt) / 1000;
+    live?.earlyVmFlags?.close();
     const path = live && !fallback ? 'live' : 'disk';
     mark('serve: restored');
     void waitForExit(r.pid); // reap it when it ends

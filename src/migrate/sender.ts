@@ -33,9 +33,12 @@ import { TsnapError, asTsnapError, interrupted } from '../errors.js';
 import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
 import { pausePoint } from '../fault-points.js';
 import type { FrozenSet } from '../freeze/frozen-set.js';
-import type { Compression } from '../../formats/schema.js';
+import { FileKind, type Compression, type ProcessImage } from '../../formats/schema.js';
+import { readMetaFile } from '../image/metadata.js';
+import { isInheritedStdio } from '../files/fd-kinds.js';
 import { postcopyFinal, finishPostcopy, pagesOf, PostcopyLost } from './postcopy-send.js';
 import type { Range } from '../image/ranges.js';
+import { killAfterRestored } from './deferred-kill.js';
 
 export interface MigrateOptions {
   pid: number;
@@ -212,7 +215,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     await letSignalsIn();
     checkAbort();
     await send(sock, encodeDoc(Msg.Commit, {}));
-    const committed = decodeDoc<{ dir: string }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));
+    const committed = decodeDoc<{ dir: string; live?: boolean }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));
     const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     mark('migrate: committed');
     if (leftOut && postcopyBecause !== null) {
@@ -224,13 +227,26 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // (Connections in repair mode close silently with a killed source, and
     // come out of it again with one left running: the set does both.)
     const source = held;
-    held?.finish(opts.leaveRunning ? 'release' : 'kill');
-    held = null;
-    mark('migrate: source finished');
-    opts.onEvent?.({ event: 'committed', receiverDir: committed.dir, source: opts.leaveRunning ? 'left running' : 'killed' });
+    held = null; // never released from here on
+    const later = source && !opts.leaveRunning && !opts.tree && committed.live === true && !holdsSockets(finalDir) ? killAfterRestored(source) : null;
+    if (later) pausePoint('migrate-kill-deferred');
+    if (!later) {
+      source?.finish(opts.leaveRunning ? 'release' : 'kill');
+      mark('migrate: source finished');
+      opts.onEvent?.({ event: 'committed', receiverDir: committed.dir, source: opts.leaveRunning ? 'left running' : 'killed' });
+    }
     let restoredPid: number | null = null;
     let restoreError: string | null = null;
-    const reply = await reader.next().catch(() => null);
+    let reply;
+    try {
+      reply = await (later ? later.bounded(reader.next()) : reader.next()).catch(() => null);
+    } finally {
+      if (later) {
+        later.kill();
+        mark('migrate: source finished');
+        opts.onEvent?.({ event: 'committed', receiverDir: committed.dir, source: 'killed' });
+      }
+    }
     // The receiver is done with the connections (on this host, its restore lifted their locks itself).
     source?.settle();
     let downtimeMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
@@ -262,6 +278,21 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     conv.release();
     sock.destroy();
     rmSync(staging, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Sockets are the source's resources a receiver on the same network (in
+ * another pid namespace only, or serve --new-pid) would need free: an
+ * address to bind, a connection to take over. A source with any of its own
+ * (stdio leading outside it aside: restore replaces those) is killed at
+ * COMMITTED, as before, not after RESTORED (deferred-kill.ts).
+ */
+function holdsSockets(finalDir: string): boolean {
+  try {
+    return readMetaFile<ProcessImage>(finalDir, FileKind.Process).fds.some((f) => (f.kind === 'socket' || !!f.socket) && !isInheritedStdio(f));
+  } catch {
+    return true;
   }
 }
 

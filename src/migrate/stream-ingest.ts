@@ -10,12 +10,11 @@
  */
 import { existsSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { fsyncDir } from '../image/image-dir.js';
 import { withPath } from '../errors.js';
 import { resolve } from 'node:path';
 import { readImage, type Image } from '../image/image-reader.js';
 import { LiveBuild, liveObstacle, type LiveLayout } from './live-build.js';
-import { ReceivedPagesFile } from './chunk-file.js';
+import { ReceivedPagesFile, fsyncDirAsync } from './chunk-file.js';
 import { layoutMismatch, type SentLayout } from './layout-check.js';
 import { decodeChunk, chunkData } from './page-stream.js';
 import { inside } from './confine.js';
@@ -152,7 +151,7 @@ export class StreamIngest {
           throw withPath(err, path);
         }
       }
-      fsyncDir(dir);
+      await fsyncDirAsync(dir);
     }, async (err) => { await pf.abort(); throw err; });
     done.catch(() => {}); // awaited by flush()
     durable.catch(() => {}); // awaited by durable()

@@ -25,7 +25,7 @@ const SHAPES: Record<string, Shape> = {
   Layout: obj({ vmas: VMAS, zero: arr(tuple(int(0, USER_END), int(0, USER_END)), 1 << 22), incremental: bool }),
   Postcopy: obj({ ranges: arr(tuple(int(0, USER_END), int(0, USER_END)), 1 << 22) }),
   Commit: obj({}),
-  Committed: obj({ dir: PATH }),
+  Committed: obj({ dir: PATH, live: opt(bool) }),
   Restored: obj({ pid: PID, restoreUs: num(0, 1e16), path: opt(str(16)), fallback: opt(MESSAGE), sinceCommitUs: opt(num(0, 1e16)) }),
   RestoreFailed: obj({ message: MESSAGE, dir: PATH }),
   PageRequest: obj({ ranges: arr(tuple(int(0, USER_END), int(0, USER_END)), 4096) }),

@@ -106,6 +106,8 @@ export interface LiveProcess {
   readonly image: Image | null;
   /** Checks the image's layout against the one built; returns the VMAs whose protection is still to be set. */
   addressSpaceDone(p: ProcessImage): VmaImage[];
+  /** Its VmFlags read before the downtime, for the self-check (migrate/live-vmflags.ts). */
+  readonly earlyVmFlags?: { take(pid: number): { flags: Map<number, string[]> | null; stale: string | null } } | null;
 }
 
 /** Registers the thread resumes with: the interrupted syscall is re-entered. */
@@ -241,6 +243,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   let pages = 0;
   let bytes = 0;
   let lazy: LazyRestore | null = null;
+  let earlyVmFlags: Map<number, string[]> | null = null;
   try {
     const wantPid = newPid ? null : root.p.pid;
     if (early && early.pid !== wantPid) early.abandon();
@@ -370,6 +373,13 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       const rt = m.rt;
       steps.at(`restore the state of ${m.p.pid}`);
       restoreProcessState(rt, m.p, warn);
+      // Before any thread is created (the early read's watch counts this one's syscalls only).
+      // A lazy restore registers its memory with a userfaultfd later on, which may re-shape the VMAs: read at the check.
+      if (live?.earlyVmFlags && !lazy && (opts.check ?? 'warn') !== 'off') {
+        const early = live.earlyVmFlags.take(rt.pid);
+        earlyVmFlags = early.flags;
+        mark(`restore: VmFlags read before the freeze ${early.stale ? `stale (${early.stale})` : 'hold'}`);
+      }
       steps.at(`create the threads of ${m.p.pid}`);
       const tids: number[] = [];
       const others = createThreads(rt, m.p.threads.slice(1), newPid, tids);
@@ -424,7 +434,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     if ((opts.check ?? 'warn') !== 'off') {
       steps.at('check the restored processes against their images');
       const diffs = members.flatMap((m) => [...checkRestored(opts.tcpClose ? withoutTcp(m.p) : m.p, m.rt.pid, {
-        newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id, ptys: imagePtys(members.map((x) => x.p)),
+        newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id, ptys: imagePtys(members.map((x) => x.p)), vmFlags: earlyVmFlags,
       }), ...fdTableDiff(m.rt.pid, m.children.map((c) => ({ pid: c.rt.pid, shared: !!c.filesShared })))].map((d) => `restore check of ${m.p.pid}: ${d}`));
       if (diffs.length && opts.check === 'strict') {
         throw new TsnapError('restoreFailed', `the restored process differs from its image (${diffs.length} differences; first: ${diffs[0]}); nothing was started`);

@@ -19,6 +19,7 @@
  * (daemons close_range() their fds) or see it in /proc/self/fd, and every
  * image would have to skip it.
  */
+import { teardownAtIdle, teardownAtNormal } from '../freeze/idle-teardown.js';
 import { spawn } from 'node:child_process';
 import { readFileSync, readlinkSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, pipe2, O_CLOEXEC, SysError } from '../sys/index.js';
@@ -130,22 +131,31 @@ function awaitHolderGone(pid: number): void {
 }
 
 /**
- * Ends tracking without waiting for it: the holder is sent SIGKILL, and the
- * returned function waits for its death. The kernel closes the holder's
- * uffd (and unregisters the target's memory) some milliseconds after the
- * signal; a target that is killed anyway need not wait for that, and one
- * that runs on waits only just before it is let go. Null: no such holder.
+ * Ends tracking without waiting for it: the holder is sent SIGKILL. The
+ * kernel closes the holder's uffd (and unregisters the target's memory)
+ * some milliseconds after the signal, at the lowest priority: it runs
+ * beside the frozen round's last steps. `release` (the target runs on)
+ * waits for its death, at normal priority again; `forget` (the target is
+ * killed anyway) does not. Either drops the holder's record, off the
+ * frozen window. Null: no such holder.
  */
-export function signalHolder(ref: TrackingRef): (() => void) | null {
+export function signalHolder(ref: TrackingRef): { release: () => void; forget: () => void } | null {
   try {
     if (readStat(ref.holderPid).startTime !== ref.holderStartTime) return null;
   } catch {
     return null;
   }
   const pid = ref.holderPid;
-  removeState(pid);
-  try { process.kill(pid, 'SIGKILL'); } catch { return null; }
-  return () => awaitHolderGone(pid);
+  teardownAtIdle([pid]);
+  try { process.kill(pid, 'SIGKILL'); } catch { removeState(pid); return null; }
+  return {
+    release: () => {
+      teardownAtNormal([pid]);
+      awaitHolderGone(pid);
+      removeState(pid);
+    },
+    forget: () => removeState(pid),
+  };
 }
 
 /** Ends tracking: the holder's copy is the last long-lived one. */

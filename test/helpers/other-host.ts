@@ -133,6 +133,7 @@ export async function startOtherHost(tsnapBin: string, serveArgs: string[], opts
   const { here, there } = freeSubnet();
   const port = opts.port ?? 7707;
   let proc: ChildProcess | null = null;
+  let init: number | undefined;
   const stop = async () => {
     if (proc && proc.exitCode === null && proc.signalCode === null) {
       const exited = new Promise((r) => proc!.once('exit', r));
@@ -141,6 +142,9 @@ export async function startOtherHost(tsnapBin: string, serveArgs: string[], opts
     }
     // pid 1 of the namespace dies with unshare (--kill-child), the kernel kills the rest, and
     // the network namespace goes with them; its veth end too, and with it ours.
+    // A serve that counted syscalls (its perf counters' release waits for RCU
+    // grace periods) takes a moment to exit, and its init waits for it.
+    for (let i = 0; i < 500 && init !== undefined && alive(init); i++) await new Promise((r) => setTimeout(r, 20));
     if (linkNames().includes(veth)) tryIp('link', 'del', veth);
   };
   try {
@@ -149,7 +153,7 @@ export async function startOtherHost(tsnapBin: string, serveArgs: string[], opts
       'sh', '-c', 'read go && exec "$@"', 'sh', process.execPath, tsnapBin, 'serve', '--listen', `${there}:${port}`, '--json', ...serveArgs],
     { stdio: ['pipe', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
     const p = proc;
-    const init = await childOf(p.pid!);
+    init = await childOf(p.pid!);
     liveInits.push(init);
     ip('link', 'add', veth, 'type', 'veth', 'peer', 'name', peer);
     ip('link', 'set', peer, 'netns', String(init));

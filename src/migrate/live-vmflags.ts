@@ -1,0 +1,57 @@
+/**
+ * The self-check's VmFlags of a process built while it arrives, read
+ * before the downtime. Producing /proc/PID/smaps walks every page table
+ * (~30-40 ms per GiB here): at the end of the restore after COMMITTED it
+ * was the largest step that grows with the memory (157 ms at 4 GiB, load
+ * 7-9). The receiver learns that the final round is coming (its
+ * ITER_BEGIN) before the source is even frozen; the live process is
+ * stopped, and only tsnap's own remote syscalls run in it. So smaps is read
+ * right then, under the VmFlags watch the dump uses (proc/vmflags-watch.ts:
+ * counters on every syscall that can change a VMA's flags), and restore
+ * takes that read only if the watch proves it still holds: no such syscall
+ * ran since (the final round's layout changes, mlock of locked VMAs would
+ * count), no VMA starts anywhere new (a split by mprotect), no thread came.
+ * Otherwise the check reads smaps itself, as before.
+ *
+ * Restore asks just before it creates the threads (a new thread has no
+ * counter): after that point it issues no syscall that changes flags (the
+ * restore stub's munmap removes the stub's own VMA only).
+ */
+import { readVmFlags } from '../proc/smaps.js';
+import { readMaps } from '../proc/index.js';
+import { VmFlagsWatch } from '../proc/vmflags-watch.js';
+
+export class EarlyVmFlags {
+  private constructor(private readonly watch: VmFlagsWatch, private readonly flags: Map<number, string[]>) {}
+
+  /** Starts the watch, then reads smaps; null when the watch cannot be had (the check reads smaps itself). */
+  static read(pid: number, areasHint: number): EarlyVmFlags | null {
+    const watch = VmFlagsWatch.start(pid);
+    if (!watch) return null;
+    try {
+      return new EarlyVmFlags(watch, readVmFlags(pid, areasHint));
+    } catch {
+      watch.close();
+      return null;
+    }
+  }
+
+  /**
+   * With the process stopped: the early flags when they are still its
+   * flags, else null (and why, in `stale`). Once: the counters go at once,
+   * their release (an RCU grace period each) well before serve may exit.
+   */
+  take(pid: number): { flags: Map<number, string[]> | null; stale: string | null } {
+    try {
+      const stale = this.watch.check(this.flags, readMaps(pid).map((v) => v.start));
+      return { flags: stale ? null : this.flags, stale };
+    } finally {
+      this.watch.close();
+    }
+  }
+
+  /** The counters go (on libuv's pool). */
+  close(): void {
+    this.watch.close();
+  }
+}
