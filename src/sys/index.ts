@@ -15,3 +15,4 @@ export * from './tty.js';
 export * from './userfault.js';
 export * from './uffd-msg.js';
 export * from './spawn.js';
+export * from './splice.js';

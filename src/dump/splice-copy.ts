@@ -1,0 +1,313 @@
+/**
+ * The one-copy dump of a frozen process's pages: the target vmsplices them
+ * into pipes of its own (splice-pipes.ts), one remote step for a batch of
+ * pipes, and tsnap splices each pipe into the pages file at the chunk's
+ * place. The bytes are copied once, from the target's pages into the page
+ * cache (the usual path copies them twice: process_vm_readv into a buffer,
+ * then a write from it).
+ *
+ * The image is the one the usual path writes (formats/image-v1.md): the
+ * same placement of pages in chunks (placePages), uncompressed chunks, each
+ * with the CRC of its stored bytes. The CRC is taken by reading the chunk
+ * back from the page cache into one small reused buffer right after it is
+ * stored, while it is still in the CPU's cache: far cheaper than the copy
+ * saved (see docs/performance.md).
+ *
+ * Only for frozen copies without compression (lz4 needs the bytes in tsnap)
+ * into a pages file. Whatever vmsplice does not take (pages the mapping
+ * does not let the target read, a short or refused vmsplice) goes the
+ * usual way for that piece: process_vm_readv (or /proc/PID/mem) and a
+ * write at the piece's place.
+ */
+import { openSync, closeSync, readSync, writeSync } from 'node:fs';
+import { VmCopier, PROT_READ, spliceToFile, type ProcMem } from '../sys/index.js';
+import type { Vma } from '../proc/maps.js';
+import type { FrozenProcess } from '../freeze/frozen-process.js';
+import { PageFileWriter } from '../image/page-writer.js';
+import type { PageSink } from './page-sink.js';
+import { crc32 } from '../image/checksum.js';
+import { withPath } from '../errors.js';
+import { mark } from '../trace.js';
+import { PageWhere, type ChunkEntry, type Compression, type PageRun, type SpliceStats } from '../../formats/schema.js';
+import type { DumpRange } from './memory-plan.js';
+import { placePages, addRun, readInto, type Pending, type PageDumpResult } from './page-dumper.js';
+import { TargetPipes, type PipeJob } from './splice-pipes.js';
+import { PAGE_SIZE } from '../sys/uapi.js';
+
+const PAGE = PAGE_SIZE;
+/** Bytes of page data one remote step moves (pipes x their size): fewer steps against more pipes in the target. */
+const STEP_BYTES = 8 << 20;
+const MAX_PIPES = 16;
+const PIPE_BYTES = 1 << 20;
+
+export interface SpliceInput {
+  pid: number;
+  frozen: FrozenProcess | null;
+  vmas: readonly Vma[];
+  selection: Iterable<DumpRange>;
+  writer: PageSink;
+  mem: ProcMem;
+  compression: Compression;
+  onProgress?: (bytes: number) => void;
+}
+
+/** Why the one-copy path cannot be used for this copy (null: it can be tried). */
+export function spliceUnfit(a: Pick<SpliceInput, 'frozen' | 'writer' | 'compression'>): string | null {
+  if (process.env.TSNAP_SPLICE === '0') return 'off (TSNAP_SPLICE=0)';
+  if (!a.frozen) return 'the process runs';
+  if (a.compression !== 'none') return 'compressed chunks need the bytes in tsnap';
+  if (!(a.writer instanceof PageFileWriter)) return 'pages go to a stream, not a file';
+  return null;
+}
+
+/**
+ * Copies the selection with one copy; null (nothing done, nothing left in
+ * the target) when the path is unfit or its pipes cannot be made here: the
+ * caller copies the usual way.
+ */
+export async function copySpliced(a: SpliceInput): Promise<{ pages: PageDumpResult; stats: SpliceStats } | null> {
+  const unfit = spliceUnfit(a);
+  if (unfit) { mark(`dump: one-copy path unused (${unfit})`); return null; }
+  const writer = a.writer as PageFileWriter;
+  const count = Math.max(1, Math.min(MAX_PIPES, Math.round(STEP_BYTES / PIPE_BYTES)));
+  const pipes = TargetPipes.open(a.frozen!, a.mem, count, PIPE_BYTES);
+  if (typeof pipes === 'string') { mark(`dump: one-copy path unused (${pipes})`); return null; }
+  mark(`dump: ${pipes.count} pipes of ${pipes.capacity} bytes in the target`);
+  try {
+    const copy = new SplicedCopy(a, writer, pipes);
+    const pages = await copy.run();
+    // Every pipe is empty here: the target's pages are no longer referenced.
+    pipes.close();
+    return { pages, stats: copy.stats() };
+  } finally {
+    try { pipes.close(); } catch { /* the task is gone; the guardian's undo list has the rest */ }
+  }
+}
+
+interface Piece {
+  /** Where in the pages file. */
+  pos: number;
+  len: number;
+  ranges: Pending[];
+  /** Goes through a pipe (readable memory) or the usual way. */
+  pipe: boolean;
+}
+
+interface Chunk {
+  entry: ChunkEntry;
+  position: number;
+  len: number;
+  pieces: Piece[];
+}
+
+class SplicedCopy {
+  private readonly copier: VmCopier;
+  private readonly chunkSize: number;
+  private queued: Chunk[] = [];
+  private queuedPipes = 0;
+  /** Set when vmsplice is refused outright (not a fault in one range): the rest goes the usual way. */
+  private refused: number | null = null;
+  private slowBuf: Buffer | null = null;
+  private readonly crcBuf: Buffer;
+  private crcFd = -1;
+  private pagesSlowPath = 0;
+  private pagesSpliced = 0;
+  private fillNs = 0n;
+  private spliceNs = 0n;
+  private crcNs = 0n;
+
+  constructor(private readonly a: SpliceInput, private readonly writer: PageFileWriter, private readonly pipes: TargetPipes) {
+    this.copier = new VmCopier(a.pid);
+    this.chunkSize = writer.chunkSize;
+    this.crcBuf = Buffer.allocUnsafeSlow(Math.min(this.chunkSize, 1 << 20));
+  }
+
+  async run(): Promise<PageDumpResult> {
+    const { a, writer } = this;
+    const runs: PageRun[] = [];
+    const chunkPages = this.chunkSize / PAGE;
+    const firstChunk = writer.chunks.length;
+    let pending: Pending[] = [];
+    let fill = 0;
+    let chunkNo = 0;
+    let pagesWritten = 0;
+    this.crcFd = openSync(writer.path, 'r');
+    try {
+      const close = async () => {
+        if (fill === 0) return;
+        const res = writer.reserveRaw(fill * PAGE);
+        if (res.index !== firstChunk + chunkNo) throw new Error(`one-copy dump: chunk ${res.index} reserved for ${firstChunk + chunkNo}`);
+        this.enqueue({ entry: res.entry, position: res.position, len: fill * PAGE, pieces: [] }, pending, res.fd);
+        pagesWritten += fill;
+        chunkNo++;
+        pending = [];
+        fill = 0;
+        if (this.queuedPipes >= this.pipes.count) await this.flush();
+      };
+      for (const pl of placePages(a.selection, chunkPages)) {
+        const readable = (a.vmas[pl.vma].prot & PROT_READ) !== 0;
+        addRun(runs, { start: pl.start, pages: pl.pages, where: PageWhere.Here, chunk: firstChunk + pl.chunk, offset: pl.offset * PAGE });
+        const p = pending[pending.length - 1];
+        if (p && p.readable === readable && p.start + p.len === pl.start) p.len += pl.pages * PAGE;
+        else pending.push({ start: pl.start, len: pl.pages * PAGE, readable });
+        fill += pl.pages;
+        if (fill === chunkPages) await close();
+      }
+      await close();
+      await this.flush();
+    } finally {
+      closeSync(this.crcFd);
+    }
+    return { runs, pagesWritten, pagesSlowPath: this.pagesSlowPath };
+  }
+
+  private fileFd = -1;
+
+  /** Cuts a chunk into pieces: runs of readable memory that fit one pipe, and the rest. */
+  private enqueue(c: Chunk, pending: Pending[], fd: number): void {
+    this.fileFd = fd;
+    const cap = this.pipes.capacity;
+    let off = 0;
+    let cur: Piece | null = null;
+    for (const p of pending) {
+      if (!p.readable || this.refused !== null) {
+        c.pieces.push({ pos: c.position + off, len: p.len, ranges: [p], pipe: false });
+        off += p.len;
+        cur = null;
+        continue;
+      }
+      let addr = p.start;
+      let left = p.len;
+      while (left > 0) {
+        if (!cur || cur.len === cap || cur.ranges.length === this.pipes.maxRanges) {
+          cur = { pos: c.position + off, len: 0, ranges: [], pipe: true };
+          c.pieces.push(cur);
+          this.queuedPipes++;
+        }
+        const n = Math.min(left, cap - cur.len);
+        cur.ranges.push({ start: addr, len: n, readable: true });
+        cur.len += n;
+        off += n;
+        addr += n;
+        left -= n;
+      }
+    }
+    this.queued.push(c);
+  }
+
+  /** Stores every queued chunk: one remote step per `pipes.count` pipe pieces, then the splices, then the CRCs. */
+  private async flush(): Promise<void> {
+    const chunks = this.queued;
+    this.queued = [];
+    this.queuedPipes = 0;
+    const pieces = chunks.flatMap((c) => c.pieces);
+    for (let i = 0; i < pieces.length;) {
+      const group: Piece[] = [];
+      let used = 0;
+      while (i < pieces.length && (!pieces[i].pipe || this.refused !== null || used < this.pipes.count)) {
+        if (pieces[i].pipe && this.refused === null) used++;
+        group.push(pieces[i++]);
+      }
+      this.storeGroup(group);
+    }
+    for (const c of chunks) {
+      this.checksum(c);
+      this.a.onProgress?.(c.len);
+    }
+    // Lets signals (SIGTERM, Ctrl-C) be seen between steps; the target stays frozen.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+
+  private storeGroup(group: Piece[]): void {
+    const viaPipe = this.refused === null ? group.filter((p) => p.pipe) : [];
+    const jobs: PipeJob[] = viaPipe.map((p, k) => ({ pipe: k, ranges: p.ranges.map((r) => ({ addr: r.start, len: r.len })) }));
+    let rets: bigint[] = [];
+    if (jobs.length) {
+      const t0 = process.hrtime.bigint();
+      rets = this.pipes.fill(jobs);
+      this.fillNs += process.hrtime.bigint() - t0;
+      // Refused for every piece the same way (not a fault in one range): stop asking.
+      const e = rets[0];
+      if (e < 0n && e !== -14n && rets.every((r) => r === e)) {
+        this.refused = Number(-e);
+        mark(`dump: vmsplice refused (errno ${this.refused}); the rest is copied the usual way`);
+      }
+    }
+    let k = 0;
+    for (const p of group) {
+      if (!p.pipe || !viaPipe.includes(p)) { this.slowWrite(p.ranges, p.pos); continue; }
+      const r = rets[k];
+      const pipe = k++;
+      const got = r > 0n ? Number(r) : 0;
+      if (got > p.len) throw new Error(`one-copy dump: vmsplice took ${got} bytes of ${p.len}`);
+      if (got) {
+        const t0 = process.hrtime.bigint();
+        try {
+          spliceToFile(this.pipes.readEnd(pipe), this.fileFd, p.pos, got);
+        } catch (err) {
+          throw withPath(err, this.writer.path);
+        }
+        this.spliceNs += process.hrtime.bigint() - t0;
+        this.pagesSpliced += got / PAGE;
+      }
+      if (got < p.len) this.slowWrite(skip(p.ranges, got), p.pos + got);
+    }
+  }
+
+  /** The usual two copies for one piece: into a buffer, then written at its place. */
+  private slowWrite(ranges: Pending[], pos: number): void {
+    const len = ranges.reduce((n, r) => n + r.len, 0);
+    if (!this.slowBuf || this.slowBuf.length < len) this.slowBuf = Buffer.allocUnsafeSlow(Math.max(len, this.pipes.capacity));
+    this.pagesSlowPath += readInto(this.copier, this.a.mem, this.slowBuf, ranges);
+    try {
+      for (let done = 0; done < len;) {
+        const n = writeSync(this.fileFd, this.slowBuf, done, len - done, pos + done);
+        if (n === 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+        done += n;
+      }
+    } catch (err) {
+      throw withPath(err, this.writer.path);
+    }
+  }
+
+  /** The chunk's CRC, from the page cache, read back in pieces that stay in the CPU's cache. */
+  private checksum(c: Chunk): void {
+    const t0 = process.hrtime.bigint();
+    let crc = 0;
+    for (let done = 0; done < c.len;) {
+      const want = Math.min(this.crcBuf.length, c.len - done);
+      const n = readSync(this.crcFd, this.crcBuf, 0, want, c.position + done);
+      if (n <= 0) throw withPath(Object.assign(new Error('short read of a chunk just stored'), { code: 'EIO' }), this.writer.path);
+      crc = crc32(this.crcBuf.subarray(0, n), crc);
+      done += n;
+    }
+    c.entry.crc32 = crc;
+    this.crcNs += process.hrtime.bigint() - t0;
+  }
+
+  stats(): SpliceStats {
+    const us = (ns: bigint) => Number(ns / 1000n);
+    return {
+      pipes: this.pipes.count,
+      pipeBytes: this.pipes.capacity,
+      trips: this.pipes.trips,
+      pagesSpliced: this.pagesSpliced,
+      fillUs: us(this.fillNs),
+      spliceUs: us(this.spliceNs),
+      crcUs: us(this.crcNs),
+      ...(this.refused !== null ? { refusedErrno: this.refused } : {}),
+    };
+  }
+}
+
+/** `ranges` without their first `bytes`. */
+function skip(ranges: readonly Pending[], bytes: number): Pending[] {
+  const out: Pending[] = [];
+  let left = bytes;
+  for (const r of ranges) {
+    if (left >= r.len) { left -= r.len; continue; }
+    out.push({ start: r.start + left, len: r.len - left, readable: r.readable });
+    left = 0;
+  }
+  return out;
+}
