@@ -127,18 +127,18 @@ async function main(): Promise<void> {
       return s;
     };
     /** Wall seconds, CPU seconds (user + system, all threads) and peak RSS (KiB) of one node run. */
-    const nodeRun = (args: string[]): { s: number; cpu: number; hwmKiB: number } => {
+    const nodeRun = (args: string[], env: Record<string, string> = {}): { s: number; cpu: number; hwmKiB: number } => {
       rmSync(hwmOut, { force: true });
       const c0 = childrenCpuS();
       const t0 = process.hrtime.bigint();
-      const r = spawnSync(process.execPath, ['-r', probe, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, TSNAP_HWM_OUT: hwmOut } });
+      const r = spawnSync(process.execPath, ['-r', probe, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env, TSNAP_HWM_OUT: hwmOut } });
       const s = secs(t0);
       if (r.status !== 0) throw new Error(`node ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
       return { s, cpu: childrenCpuS() - c0, hwmKiB: existsSync(hwmOut) ? Number(readFileSync(hwmOut, 'utf8')) : NaN };
     };
-    const tsnapDump = (target: number, compress: 'none' | 'lz4', extra: string[]) => {
+    const tsnapDump = (target: number, compress: 'none' | 'lz4', extra: string[], env: Record<string, string> = {}) => {
       rmSync(dir, { recursive: true, force: true });
-      const r = nodeRun([TSNAP, 'dump', '--pid', String(target), '--dir', dir, '--compress', compress, ...extra]);
+      const r = nodeRun([TSNAP, 'dump', '--pid', String(target), '--dir', dir, '--compress', compress, ...extra], env);
       rmSync(dir, { recursive: true, force: true });
       return r;
     };
@@ -163,6 +163,8 @@ async function main(): Promise<void> {
       ['readvWrite', () => { const c0 = process.cpuUsage(); put('readvWriteS', readvWrite()); put('readvWriteCpu', cpuS(c0)); }],
       ['noneCow', () => { const r = tsnapDump(pid, 'none', ['--leave-running']); put('noneCowS', r.s); put('noneCowCpu', r.cpu); put('noneCowHwmKiB', r.hwmKiB); }],
       ['noneFrozen', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow']); put('noneFrozenS', r.s); put('noneFrozenCpu', r.cpu); put('noneFrozenHwmKiB', r.hwmKiB); }],
+      // The same with the one-copy path off: the two copies it replaces, in the same run.
+      ['noneFrozenTwoCopy', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE: '0' }); put('noneFrozenTwoCopyS', r.s); put('noneFrozenTwoCopyCpu', r.cpu); put('noneFrozenTwoCopyHwmKiB', r.hwmKiB); }],
       ['lz4Frozen', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running', '--no-cow']); put('lz4FrozenS', r.s); put('lz4FrozenCpu', r.cpu); put('lz4FrozenHwmKiB', r.hwmKiB); }],
       ['lz4Cow', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running']); put('lz4CowS', r.s); put('lz4CowCpu', r.cpu); put('lz4CowHwmKiB', r.hwmKiB); }],
       ...(criu ? [['criu', () => { const r = criuDump(pid, ['--leave-running']); put('criuS', r.s); put('criuCpu', r.cpu); }] as [string, () => void]] : []),
@@ -196,13 +198,14 @@ async function main(): Promise<void> {
       // user + system of the whole tool (every thread), the same for CRIU: on shared cores the wall follows it.
       cpuMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Cpu')).map((k) => [k, ms(k)])),
       cpuVsCriu: {
-        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
+        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
         ...(KILL ? { noneKill: ratio('noneKillCpu', 'criuKillCpu') } : {}),
       },
       vsCriu: {
-        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
+        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
         ...(KILL ? { noneKill: ratio('noneKillS', 'criuKillS') } : {}),
       },
+      oneCopyVsTwo: { wall: ratio('noneFrozenS', 'noneFrozenTwoCopyS'), cpu: ratio('noneFrozenCpu', 'noneFrozenTwoCopyCpu') },
       cpuVsReadvWrite: { noneFrozen: ratio('noneFrozenCpu', 'readvWriteCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'readvWriteCpu'), criu: ratio('criuCpu', 'readvWriteCpu') },
       vsReadvWrite: { noneCow: ratio('noneCowS', 'readvWriteS'), noneFrozen: ratio('noneFrozenS', 'readvWriteS'), criu: ratio('criuS', 'readvWriteS') },
       vsRawReadv: { noneCow: ratio('noneCowS', 'rawReadvS'), criu: ratio('criuS', 'rawReadvS') },

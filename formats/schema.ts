@@ -794,10 +794,16 @@ export interface SpliceStats {
   trips: number;
   /** Pages that went through a pipe (the rest: pagesWritten - pagesSpliced, the usual way). */
   pagesSpliced: number;
-  /** The remote steps; the splices into the file; reading the chunks back for their CRCs. */
+  /** The remote steps; the splices into the file (both on the main thread, the target frozen). */
   fillUs: number;
   spliceUs: number;
+  /**
+   * Reading the chunks back for their CRCs, on worker threads while the
+   * splices go on: from the first to the last, and how much of it came
+   * after the last splice (the target may run by then).
+   */
   crcUs: number;
+  crcAfterUs: number;
   /** vmsplice refused outright with this errno: the rest was copied the usual way. */
   refusedErrno?: number;
 }

@@ -19,24 +19,24 @@
  * usual way for that piece: process_vm_readv (or /proc/PID/mem) and a
  * write at the piece's place.
  */
-import { openSync, closeSync, readSync, writeSync } from 'node:fs';
+import { writeSync } from 'node:fs';
 import { VmCopier, PROT_READ, spliceToFile, type ProcMem } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
 import { PageFileWriter } from '../image/page-writer.js';
 import type { PageSink } from './page-sink.js';
-import { crc32 } from '../image/checksum.js';
 import { withPath } from '../errors.js';
 import { mark } from '../trace.js';
 import { PageWhere, type ChunkEntry, type Compression, type PageRun, type SpliceStats } from '../../formats/schema.js';
 import type { DumpRange } from './memory-plan.js';
 import { placePages, addRun, readInto, type Pending, type PageDumpResult } from './page-dumper.js';
 import { TargetPipes, type PipeJob } from './splice-pipes.js';
+import { SpliceCrc } from './splice-crc.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
 const PAGE = PAGE_SIZE;
 /** Bytes of page data one remote step moves (pipes x their size): fewer steps against more pipes in the target. */
-const STEP_BYTES = 8 << 20;
+const STEP_BYTES = 16 << 20;
 const MAX_PIPES = 16;
 const PIPE_BYTES = 1 << 20;
 
@@ -73,12 +73,19 @@ export async function copySpliced(a: SpliceInput): Promise<{ pages: PageDumpResu
   const pipes = TargetPipes.open(a.frozen!, a.mem, count, PIPE_BYTES);
   if (typeof pipes === 'string') { mark(`dump: one-copy path unused (${pipes})`); return null; }
   mark(`dump: ${pipes.count} pipes of ${pipes.capacity} bytes in the target`);
+  let copy: SplicedCopy | null = null;
   try {
-    const copy = new SplicedCopy(a, writer, pipes);
+    copy = new SplicedCopy(a, writer, pipes);
     const pages = await copy.run();
     // Every pipe is empty here: the target's pages are no longer referenced.
     pipes.close();
-    return { pages, stats: copy.stats() };
+    // The CRCs need the page cache, not the target: they may end after it runs again.
+    const stats = copy.stats();
+    writer.waitFor(copy.crcsDone(stats));
+    return { pages, stats };
+  } catch (err) {
+    copy?.abort();
+    throw err;
   } finally {
     try { pipes.close(); } catch { /* the task is gone; the guardian's undo list has the rest */ }
   }
@@ -108,18 +115,20 @@ class SplicedCopy {
   /** Set when vmsplice is refused outright (not a fault in one range): the rest goes the usual way. */
   private refused: number | null = null;
   private slowBuf: Buffer | null = null;
-  private readonly crcBuf: Buffer;
-  private crcFd = -1;
+  private readonly crc: SpliceCrc;
   private pagesSlowPath = 0;
   private pagesSpliced = 0;
   private fillNs = 0n;
   private spliceNs = 0n;
-  private crcNs = 0n;
+  private crcFirst: bigint | null = null;
+  private crcLast = 0n;
+  /** When the last splice was done. */
+  private copiedAt = 0n;
 
   constructor(private readonly a: SpliceInput, private readonly writer: PageFileWriter, private readonly pipes: TargetPipes) {
     this.copier = new VmCopier(a.pid);
     this.chunkSize = writer.chunkSize;
-    this.crcBuf = Buffer.allocUnsafeSlow(Math.min(this.chunkSize, 1 << 20));
+    this.crc = SpliceCrc.start(writer.path);
   }
 
   async run(): Promise<PageDumpResult> {
@@ -131,7 +140,6 @@ class SplicedCopy {
     let fill = 0;
     let chunkNo = 0;
     let pagesWritten = 0;
-    this.crcFd = openSync(writer.path, 'r');
     try {
       const close = async () => {
         if (fill === 0) return;
@@ -155,8 +163,10 @@ class SplicedCopy {
       }
       await close();
       await this.flush();
-    } finally {
-      closeSync(this.crcFd);
+      this.copiedAt = process.hrtime.bigint();
+    } catch (err) {
+      this.abort();
+      throw err;
     }
     return { runs, pagesWritten, pagesSlowPath: this.pagesSlowPath };
   }
@@ -270,19 +280,36 @@ class SplicedCopy {
     }
   }
 
-  /** The chunk's CRC, from the page cache, read back in pieces that stay in the CPU's cache. */
+  /**
+   * The chunk's CRC, read back from the page cache on the CRC thread while
+   * this one splices the next chunks; the writer's finish() waits for all.
+   */
   private checksum(c: Chunk): void {
     const t0 = process.hrtime.bigint();
-    let crc = 0;
-    for (let done = 0; done < c.len;) {
-      const want = Math.min(this.crcBuf.length, c.len - done);
-      const n = readSync(this.crcFd, this.crcBuf, 0, want, c.position + done);
-      if (n <= 0) throw withPath(Object.assign(new Error('short read of a chunk just stored'), { code: 'EIO' }), this.writer.path);
-      crc = crc32(this.crcBuf.subarray(0, n), crc);
-      done += n;
-    }
-    c.entry.crc32 = crc;
-    this.crcNs += process.hrtime.bigint() - t0;
+    this.crcFirst ??= t0;
+    const work = this.crc.crc(c.position, c.len).then(
+      (crc) => { c.entry.crc32 = crc; this.crcLast = process.hrtime.bigint(); },
+      (err) => { throw withPath(err, this.writer.path); },
+    );
+    this.crcWork.push(work);
+  }
+
+  private crcWork: Promise<void>[] = [];
+
+  /** Every CRC asked for; the thread ends once they are answered. `stats` gets their times. */
+  crcsDone(stats?: SpliceStats): Promise<void> {
+    this.crc.end();
+    return Promise.all(this.crcWork).then(() => {
+      if (!stats || this.crcFirst === null) return;
+      stats.crcUs = Number((this.crcLast - this.crcFirst) / 1000n);
+      stats.crcAfterUs = this.crcLast > this.copiedAt ? Number((this.crcLast - this.copiedAt) / 1000n) : 0;
+    });
+  }
+
+  /** After a failure: the CRC thread ends now. */
+  abort(): void {
+    this.crc.abort();
+    for (const w of this.crcWork) w.catch(() => {});
   }
 
   stats(): SpliceStats {
@@ -294,7 +321,8 @@ class SplicedCopy {
       pagesSpliced: this.pagesSpliced,
       fillUs: us(this.fillNs),
       spliceUs: us(this.spliceNs),
-      crcUs: us(this.crcNs),
+      crcUs: 0,
+      crcAfterUs: 0,
       ...(this.refused !== null ? { refusedErrno: this.refused } : {}),
     };
   }
@@ -311,3 +339,4 @@ function skip(ranges: readonly Pending[], bytes: number): Pending[] {
   }
   return out;
 }
+

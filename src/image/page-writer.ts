@@ -219,12 +219,22 @@ export class PageFileWriter {
     this.release(buf);
   }
 
+  /** Work on reserved chunks still under way (their CRCs), which finish() waits for. */
+  private readonly reservedWork: Promise<unknown>[] = [];
+
+  /** finish() waits for `work` too, and fails with it (reserveRaw's chunks). */
+  waitFor(work: Promise<unknown>): void {
+    work.catch(() => { /* seen by finish(); an aborted dump does not wait */ });
+    this.reservedWork.push(work);
+  }
+
   /** Waits for every chunk, writes the header, optionally fsyncs; returns the payload length. */
   async finish(fsync: boolean): Promise<number> {
     while (this.outstanding > 0 && !this.failure) {
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
     this.throwIfFailed();
+    for (const w of this.reservedWork.splice(0)) await w;
     const header = encodeHeader({ version: FORMAT_VERSION, kind: FileKind.Pages, flags: 0, payloadLength: this.nextOffset, payloadCrc: 0 });
     try {
       await writevFully(this.fh, [header], 0);
