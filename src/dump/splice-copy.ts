@@ -20,7 +20,7 @@
  * write at the piece's place.
  */
 import { writeSync } from 'node:fs';
-import { VmCopier, PROT_READ, spliceToFile, type ProcMem } from '../sys/index.js';
+import { VmCopier, PROT_READ, SysError, spliceToFile, type ProcMem } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
 import { PageFileWriter } from '../image/page-writer.js';
@@ -98,6 +98,18 @@ interface Piece {
   ranges: Pending[];
   /** Goes through a pipe (readable memory) or the usual way. */
   pipe: boolean;
+  chunk: Chunk;
+  /** The chunk is stored once this piece is. */
+  last: boolean;
+}
+
+/** A group of pieces whose fill the target may still be running. */
+interface InFlight {
+  group: Piece[];
+  viaPipe: Piece[];
+  /** Its pipes: base, base + 1, ... */
+  base: number;
+  finish: () => bigint[];
 }
 
 interface Chunk {
@@ -163,6 +175,7 @@ class SplicedCopy {
       }
       await close();
       await this.flush();
+      this.drain();
       this.copiedAt = process.hrtime.bigint();
     } catch (err) {
       this.abort();
@@ -181,7 +194,7 @@ class SplicedCopy {
     let cur: Piece | null = null;
     for (const p of pending) {
       if (!p.readable || this.refused !== null) {
-        c.pieces.push({ pos: c.position + off, len: p.len, ranges: [p], pipe: false });
+        c.pieces.push({ pos: c.position + off, len: p.len, ranges: [p], pipe: false, chunk: c, last: false });
         off += p.len;
         cur = null;
         continue;
@@ -190,7 +203,7 @@ class SplicedCopy {
       let left = p.len;
       while (left > 0) {
         if (!cur || cur.len === cap || cur.ranges.length === this.pipes.maxRanges) {
-          cur = { pos: c.position + off, len: 0, ranges: [], pipe: true };
+          cur = { pos: c.position + off, len: 0, ranges: [], pipe: true, chunk: c, last: false };
           c.pieces.push(cur);
           this.queuedPipes++;
         }
@@ -202,10 +215,15 @@ class SplicedCopy {
         left -= n;
       }
     }
+    c.pieces[c.pieces.length - 1].last = true;
     this.queued.push(c);
   }
 
-  /** Stores every queued chunk: one remote step per `pipes.count` pipe pieces, then the splices, then the CRCs. */
+  /**
+   * Stores every queued chunk, in groups of pipe pieces that fill half the
+   * pipes: while the target vmsplices one group into its half, this thread
+   * splices the group before out of the other half.
+   */
   private async flush(): Promise<void> {
     const chunks = this.queued;
     this.queued = [];
@@ -214,53 +232,95 @@ class SplicedCopy {
     for (let i = 0; i < pieces.length;) {
       const group: Piece[] = [];
       let used = 0;
-      while (i < pieces.length && (!pieces[i].pipe || this.refused !== null || used < this.pipes.count)) {
+      while (i < pieces.length && (!pieces[i].pipe || this.refused !== null || used < this.half)) {
         if (pieces[i].pipe && this.refused === null) used++;
         group.push(pieces[i++]);
       }
-      this.storeGroup(group);
-    }
-    for (const c of chunks) {
-      this.checksum(c);
-      this.a.onProgress?.(c.len);
+      this.pushGroup(group);
     }
     // Lets signals (SIGTERM, Ctrl-C) be seen between steps; the target stays frozen.
     await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
-  private storeGroup(group: Piece[]): void {
+  /** Off with TSNAP_SPLICE_OVERLAP=0 (bench: the same copy without the overlap, in the same run). */
+  private readonly overlap = process.env.TSNAP_SPLICE_OVERLAP !== '0';
+
+  /** Pipes per group: two groups are under way at once, each with its own half. */
+  private get half(): number {
+    return this.overlap ? Math.max(1, Math.floor(this.pipes.count / 2)) : this.pipes.count;
+  }
+
+  private inflight: InFlight | null = null;
+  private nextBase = 0;
+
+  /** Starts `group`'s fill once the one under way is back, then splices that one meanwhile. */
+  private pushGroup(group: Piece[]): void {
+    const prev = this.inflight;
+    this.inflight = null;
+    const prevRets = prev ? this.endFill(prev) : null;
+    this.inflight = this.beginFill(group);
+    if (prev) this.storeGroup(prev, prevRets!);
+    if (!this.overlap) this.drain();
+  }
+
+  /** The last group: its fill, then its splices. */
+  private drain(): void {
+    const last = this.inflight;
+    this.inflight = null;
+    if (last) this.storeGroup(last, this.endFill(last));
+  }
+
+  private beginFill(group: Piece[]): InFlight {
+    const base = this.pipes.count > 1 && this.overlap ? this.nextBase : 0;
+    this.nextBase = base === 0 ? this.half : 0;
     const viaPipe = this.refused === null ? group.filter((p) => p.pipe) : [];
-    const jobs: PipeJob[] = viaPipe.map((p, k) => ({ pipe: k, ranges: p.ranges.map((r) => ({ addr: r.start, len: r.len })) }));
-    let rets: bigint[] = [];
-    if (jobs.length) {
-      const t0 = process.hrtime.bigint();
-      rets = this.pipes.fill(jobs);
-      this.fillNs += process.hrtime.bigint() - t0;
-      // Refused for every piece the same way (not a fault in one range): stop asking.
-      const e = rets[0];
-      if (e < 0n && e !== -14n && rets.every((r) => r === e)) {
-        this.refused = Number(-e);
-        mark(`dump: vmsplice refused (errno ${this.refused}); the rest is copied the usual way`);
-      }
+    const jobs: PipeJob[] = viaPipe.map((p, k) => ({ pipe: base + k, ranges: p.ranges.map((r) => ({ addr: r.start, len: r.len })) }));
+    if (!jobs.length) return { group, viaPipe, base, finish: () => [] };
+    const t0 = process.hrtime.bigint();
+    const finish = this.pipes.startFill(jobs);
+    this.fillNs += process.hrtime.bigint() - t0;
+    return { group, viaPipe, base, finish };
+  }
+
+  private endFill(f: InFlight): bigint[] {
+    const t0 = process.hrtime.bigint();
+    const rets = f.finish();
+    this.fillNs += process.hrtime.bigint() - t0;
+    // Refused for every piece the same way (not a fault in one range): stop asking.
+    const e = rets[0];
+    if (e !== undefined && e < 0n && e !== -14n && this.refused === null && rets.every((r) => r === e)) {
+      this.refused = Number(-e);
+      mark(`dump: vmsplice refused (errno ${this.refused}); the rest is copied the usual way`);
     }
+    return rets;
+  }
+
+  private storeGroup(f: InFlight, rets: bigint[]): void {
     let k = 0;
-    for (const p of group) {
-      if (!p.pipe || !viaPipe.includes(p)) { this.slowWrite(p.ranges, p.pos); continue; }
-      const r = rets[k];
-      const pipe = k++;
-      const got = r > 0n ? Number(r) : 0;
-      if (got > p.len) throw new Error(`one-copy dump: vmsplice took ${got} bytes of ${p.len}`);
-      if (got) {
-        const t0 = process.hrtime.bigint();
-        try {
-          spliceToFile(this.pipes.readEnd(pipe), this.fileFd, p.pos, got);
-        } catch (err) {
-          throw withPath(err, this.writer.path);
+    for (const p of f.group) {
+      if (!p.pipe || !f.viaPipe.includes(p)) {
+        this.slowWrite(p.ranges, p.pos);
+      } else {
+        const r = rets[k];
+        const pipe = f.base + k++;
+        const got = r > 0n ? Number(r) : 0;
+        if (got > p.len) throw new Error(`one-copy dump: vmsplice took ${got} bytes of ${p.len}`);
+        if (got) {
+          const t0 = process.hrtime.bigint();
+          try {
+            spliceToFile(this.pipes.readEnd(pipe), this.fileFd, p.pos, got);
+          } catch (err) {
+            throw asWriteError(err, this.writer.path);
+          }
+          this.spliceNs += process.hrtime.bigint() - t0;
+          this.pagesSpliced += got / PAGE;
         }
-        this.spliceNs += process.hrtime.bigint() - t0;
-        this.pagesSpliced += got / PAGE;
+        if (got < p.len) this.slowWrite(skip(p.ranges, got), p.pos + got);
       }
-      if (got < p.len) this.slowWrite(skip(p.ranges, got), p.pos + got);
+      if (p.last) {
+        this.checksum(p.chunk);
+        this.a.onProgress?.(p.chunk.len);
+      }
     }
   }
 
@@ -306,8 +366,11 @@ class SplicedCopy {
     });
   }
 
-  /** After a failure: the CRC thread ends now. */
+  /** After a failure: a fill under way is waited for (its reply must be read before any other request), the CRC thread ends now. */
   abort(): void {
+    const f = this.inflight;
+    this.inflight = null;
+    if (f) { try { f.finish(); } catch { /* the pipes are closed next, whatever they hold */ } }
     this.crc.abort();
     for (const w of this.crcWork) w.catch(() => {});
   }
@@ -340,3 +403,13 @@ function skip(ranges: readonly Pending[], bytes: number): Pending[] {
   return out;
 }
 
+
+/**
+ * A failed splice into the pages file, told as a failed write of it is (a
+ * full disk: "no space left on the device writing DIR/pages"): the file's
+ * name, not the pipe's call, is what the user needs.
+ */
+function asWriteError(err: unknown, path: string): unknown {
+  if (!(err instanceof SysError)) return withPath(err, path);
+  return Object.assign(new Error(`${err.code}: ${err.message}, writing ${path}`), { code: err.code, errno: -err.errno, syscall: 'splice', path, cause: err });
+}

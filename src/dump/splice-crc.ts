@@ -35,7 +35,7 @@ export class SpliceCrc {
 
   /** A thread reading the pages file `path` (it must exist). */
   static start(path: string): SpliceCrc {
-    return new SpliceCrc(new Worker(new URL('./splice-crc-worker.js', import.meta.url), { workerData: { path } }));
+    return new SpliceCrc(new Worker(new URL('./splice-crc-worker.js', import.meta.url), { workerData: { path }, execArgv: [] }));
   }
 
   /** The CRC-32 of `len` bytes at `position` of the file, as stored now. */

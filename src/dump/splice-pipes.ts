@@ -18,7 +18,7 @@ import {
   fcntl, pidfdOpen, pidfdGetfd, pipeMaxSize, SPLICE_F_NONBLOCK, type ProcMem, type RemoteRange,
 } from '../sys/index.js';
 import { RemoteSyscaller, type Scratch } from '../inject/remote-syscall.js';
-import { batchArea, batchAreaSize, runBatch, BATCH_PROT, type BatchArea, type BatchCall } from '../inject/syscall-batch.js';
+import { batchArea, batchAreaSize, startBatch, BATCH_PROT, type BatchArea, type BatchCall } from '../inject/syscall-batch.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
 import { faultPoint } from '../fault-points.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
@@ -123,13 +123,18 @@ export class TargetPipes {
    * the bytes now in the pipe, or -errno.
    */
   fill(jobs: readonly PipeJob[]): bigint[] {
+    return this.startFill(jobs)();
+  }
+
+  /** fill() in two halves: the target starts now, the returned function waits for its results. */
+  startFill(jobs: readonly PipeJob[]): () => bigint[] {
     if (jobs.length > this.count) throw new RangeError(`${jobs.length} jobs for ${this.count} pipes`);
     const iov = Buffer.alloc(jobs.length * this.maxRanges * IOVEC);
     const calls: BatchCall[] = [];
     let o = 0;
-    jobs.forEach((j, k) => {
+    jobs.forEach((j) => {
       if (j.ranges.length > this.maxRanges) throw new RangeError(`${j.ranges.length} ranges for one pipe`);
-      const at = this.iovAt + k * this.maxRanges * IOVEC;
+      const at = this.iovAt + j.pipe * this.maxRanges * IOVEC;
       const start = o;
       for (const r of j.ranges) {
         iov.writeBigUInt64LE(BigInt(r.addr), o);
@@ -142,7 +147,12 @@ export class TargetPipes {
       calls.push({ name: 'vmsplice', nr: SYS.vmsplice, args: [this.ends[j.pipe].w, at, j.ranges.length, SPLICE_F_NONBLOCK], raw: true });
     });
     this.trips++;
-    return runBatch(this.sc, calls, this.area);
+    const finish = startBatch(this.sc, calls, this.area);
+    return () => {
+      const rets = finish();
+      faultPoint('splice-filled');
+      return rets;
+    };
   }
 
   /** Removes everything from the target and closes tsnap's ends; once, on every path. */
