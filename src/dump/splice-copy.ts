@@ -103,14 +103,6 @@ interface Piece {
   last: boolean;
 }
 
-/** A group of pieces whose fill the target may still be running. */
-interface InFlight {
-  group: Piece[];
-  viaPipe: Piece[];
-  /** Its pipes: base, base + 1, ... */
-  base: number;
-  finish: () => bigint[];
-}
 
 interface Chunk {
   entry: ChunkEntry;
@@ -175,7 +167,6 @@ class SplicedCopy {
       }
       await close();
       await this.flush();
-      this.drain();
       this.copiedAt = process.hrtime.bigint();
     } catch (err) {
       this.abort();
@@ -219,11 +210,7 @@ class SplicedCopy {
     this.queued.push(c);
   }
 
-  /**
-   * Stores every queued chunk, in groups of pipe pieces that fill half the
-   * pipes: while the target vmsplices one group into its half, this thread
-   * splices the group before out of the other half.
-   */
+  /** Stores every queued chunk: one remote step fills every pipe, then this thread splices them. */
   private async flush(): Promise<void> {
     const chunks = this.queued;
     this.queued = [];
@@ -232,77 +219,46 @@ class SplicedCopy {
     for (let i = 0; i < pieces.length;) {
       const group: Piece[] = [];
       let used = 0;
-      while (i < pieces.length && (!pieces[i].pipe || this.refused !== null || used < this.half)) {
+      while (i < pieces.length && (!pieces[i].pipe || this.refused !== null || used < this.pipes.count)) {
         if (pieces[i].pipe && this.refused === null) used++;
         group.push(pieces[i++]);
       }
-      this.pushGroup(group);
+      const f = this.fill(group);
+      this.storeGroup(f.group, f.viaPipe, f.rets);
     }
     // Lets signals (SIGTERM, Ctrl-C) be seen between steps; the target stays frozen.
     await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
-  /** Off with TSNAP_SPLICE_OVERLAP=0 (bench: the same copy without the overlap, in the same run). */
-  private readonly overlap = process.env.TSNAP_SPLICE_OVERLAP !== '0';
-
-  /** Pipes per group: two groups are under way at once, each with its own half. */
-  private get half(): number {
-    return this.overlap ? Math.max(1, Math.floor(this.pipes.count / 2)) : this.pipes.count;
-  }
-
-  private inflight: InFlight | null = null;
-  private nextBase = 0;
-
-  /** Starts `group`'s fill once the one under way is back, then splices that one meanwhile. */
-  private pushGroup(group: Piece[]): void {
-    const prev = this.inflight;
-    this.inflight = null;
-    const prevRets = prev ? this.endFill(prev) : null;
-    this.inflight = this.beginFill(group);
-    if (prev) this.storeGroup(prev, prevRets!);
-    if (!this.overlap) this.drain();
-  }
-
-  /** The last group: its fill, then its splices. */
-  private drain(): void {
-    const last = this.inflight;
-    this.inflight = null;
-    if (last) this.storeGroup(last, this.endFill(last));
-  }
-
-  private beginFill(group: Piece[]): InFlight {
-    const base = this.pipes.count > 1 && this.overlap ? this.nextBase : 0;
-    this.nextBase = base === 0 ? this.half : 0;
+  /**
+   * One remote step for the group's pipe pieces. (Overlapping it with the
+   * splices of the group before, on two halves of the pipes, measured
+   * slower on two loaded cores: see docs/performance.md.)
+   */
+  private fill(group: Piece[]): { group: Piece[]; viaPipe: Piece[]; rets: bigint[] } {
     const viaPipe = this.refused === null ? group.filter((p) => p.pipe) : [];
-    const jobs: PipeJob[] = viaPipe.map((p, k) => ({ pipe: base + k, ranges: p.ranges.map((r) => ({ addr: r.start, len: r.len })) }));
-    if (!jobs.length) return { group, viaPipe, base, finish: () => [] };
+    const jobs: PipeJob[] = viaPipe.map((p, k) => ({ pipe: k, ranges: p.ranges.map((r) => ({ addr: r.start, len: r.len })) }));
+    if (!jobs.length) return { group, viaPipe, rets: [] };
     const t0 = process.hrtime.bigint();
-    const finish = this.pipes.startFill(jobs);
-    this.fillNs += process.hrtime.bigint() - t0;
-    return { group, viaPipe, base, finish };
-  }
-
-  private endFill(f: InFlight): bigint[] {
-    const t0 = process.hrtime.bigint();
-    const rets = f.finish();
+    const rets = this.pipes.fill(jobs);
     this.fillNs += process.hrtime.bigint() - t0;
     // Refused for every piece the same way (not a fault in one range): stop asking.
     const e = rets[0];
-    if (e !== undefined && e < 0n && e !== -14n && this.refused === null && rets.every((r) => r === e)) {
+    if (e < 0n && e !== -14n && rets.every((r) => r === e)) {
       this.refused = Number(-e);
       mark(`dump: vmsplice refused (errno ${this.refused}); the rest is copied the usual way`);
     }
-    return rets;
+    return { group, viaPipe, rets };
   }
 
-  private storeGroup(f: InFlight, rets: bigint[]): void {
+  private storeGroup(group: Piece[], viaPipe: Piece[], rets: bigint[]): void {
     let k = 0;
-    for (const p of f.group) {
-      if (!p.pipe || !f.viaPipe.includes(p)) {
+    for (const p of group) {
+      if (!p.pipe || !viaPipe.includes(p)) {
         this.slowWrite(p.ranges, p.pos);
       } else {
         const r = rets[k];
-        const pipe = f.base + k++;
+        const pipe = k++;
         const got = r > 0n ? Number(r) : 0;
         if (got > p.len) throw new Error(`one-copy dump: vmsplice took ${got} bytes of ${p.len}`);
         if (got) {
@@ -366,11 +322,8 @@ class SplicedCopy {
     });
   }
 
-  /** After a failure: a fill under way is waited for (its reply must be read before any other request), the CRC thread ends now. */
+  /** After a failure: the CRC thread ends now. */
   abort(): void {
-    const f = this.inflight;
-    this.inflight = null;
-    if (f) { try { f.finish(); } catch { /* the pipes are closed next, whatever they hold */ } }
     this.crc.abort();
     for (const w of this.crcWork) w.catch(() => {});
   }

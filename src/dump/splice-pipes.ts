@@ -18,7 +18,7 @@ import {
   fcntl, pidfdOpen, pidfdGetfd, pipeMaxSize, SPLICE_F_NONBLOCK, type ProcMem, type RemoteRange,
 } from '../sys/index.js';
 import { RemoteSyscaller, type Scratch } from '../inject/remote-syscall.js';
-import { batchArea, batchAreaSize, startBatch, BATCH_PROT, type BatchArea, type BatchCall } from '../inject/syscall-batch.js';
+import { batchArea, batchAreaSize, runBatch, BATCH_PROT, type BatchArea, type BatchCall } from '../inject/syscall-batch.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
 import { faultPoint } from '../fault-points.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
@@ -123,11 +123,6 @@ export class TargetPipes {
    * the bytes now in the pipe, or -errno.
    */
   fill(jobs: readonly PipeJob[]): bigint[] {
-    return this.startFill(jobs)();
-  }
-
-  /** fill() in two halves: the target starts now, the returned function waits for its results. */
-  startFill(jobs: readonly PipeJob[]): () => bigint[] {
     if (jobs.length > this.count) throw new RangeError(`${jobs.length} jobs for ${this.count} pipes`);
     const iov = Buffer.alloc(jobs.length * this.maxRanges * IOVEC);
     const calls: BatchCall[] = [];
@@ -147,12 +142,9 @@ export class TargetPipes {
       calls.push({ name: 'vmsplice', nr: SYS.vmsplice, args: [this.ends[j.pipe].w, at, j.ranges.length, SPLICE_F_NONBLOCK], raw: true });
     });
     this.trips++;
-    const finish = startBatch(this.sc, calls, this.area);
-    return () => {
-      const rets = finish();
-      faultPoint('splice-filled');
-      return rets;
-    };
+    const rets = runBatch(this.sc, calls, this.area);
+    faultPoint('splice-filled');
+    return rets;
   }
 
   /** Removes everything from the target and closes tsnap's ends; once, on every path. */

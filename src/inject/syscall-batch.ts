@@ -114,36 +114,6 @@ export function runBatch(sc: RemoteSyscaller, calls: readonly BatchCall[], area:
   return rets;
 }
 
-/**
- * runBatch() in two halves, for a guarded task with an executable area:
- * the task starts the loop on its own CPU and the returned function waits
- * for the results (no other request to the guardian may go in between).
- * Elsewhere the whole batch runs here and the function only hands over
- * its results.
- */
-export function startBatch(sc: RemoteSyscaller, calls: readonly BatchCall[], area: BatchArea | null): () => bigint[] {
-  if (!(sc.task.tracer === 'guarded' && batching() && area && calls.length > 0 && calls.length <= area.calls)) {
-    const rets = runBatch(sc, calls, area);
-    return () => rets;
-  }
-  const table = writeTable(calls, area);
-  sc.task.atSyscallStop = true;
-  Guardian.get().runBegin(sc.task.pid, area.code, area.table, calls.length, { start: area.code, end: area.code + LOOP.length });
-  return () => {
-    try {
-      Guardian.get().runEnd();
-    } catch (err) {
-      if (err instanceof GuardianError && err.exited) throw new TsnapError('targetFailed', `process ${sc.task.pid} exited during a remote syscall`);
-      throw err;
-    }
-    const rets = readTable(calls, area, table, sc.task.pid);
-    calls.forEach((c, i) => {
-      if (!c.raw && isErrorReturn(rets[i])) throw new SysError(`remote ${c.name} in ${sc.task.pid}`, Number(-rets[i]));
-    });
-    return rets;
-  };
-}
-
 function runInGuardian(sc: RemoteSyscaller, calls: readonly BatchCall[]): bigint[] {
   // The guardian leaves the task at a syscall-exit stop, as for one call.
   sc.task.atSyscallStop = true;
@@ -155,13 +125,6 @@ function runInGuardian(sc: RemoteSyscaller, calls: readonly BatchCall[]): bigint
 }
 
 function runLoop(sc: RemoteSyscaller, calls: readonly BatchCall[], area: BatchArea): bigint[] {
-  const table = writeTable(calls, area);
-  sc.task.atSyscallStop = true;
-  Guardian.get().run(sc.task.pid, area.code, area.table, calls.length, { start: area.code, end: area.code + LOOP.length });
-  return readTable(calls, area, table, sc.task.pid);
-}
-
-function writeTable(calls: readonly BatchCall[], area: BatchArea): Buffer {
   const table = Buffer.alloc(calls.length * ENTRY_SIZE);
   calls.forEach((c, i) => {
     const o = i * ENTRY_SIZE;
@@ -171,12 +134,10 @@ function writeTable(calls: readonly BatchCall[], area: BatchArea): Buffer {
     table.writeBigInt64LE(-4095n, o + 56);
   });
   writeAll(area.mem, table, area.table);
-  return table;
-}
-
-function readTable(calls: readonly BatchCall[], area: BatchArea, table: Buffer, pid: number): bigint[] {
+  sc.task.atSyscallStop = true;
+  Guardian.get().run(sc.task.pid, area.code, area.table, calls.length, { start: area.code, end: area.code + LOOP.length });
   Guardian.counts.syscalls += calls.length;
-  if (area.mem.readv(table, 0, [{ addr: area.table, len: table.length }]) !== table.length) throw new SysError(`process_vm_readv(${pid}) of the batch results`, 14);
+  if (area.mem.readv(table, 0, [{ addr: area.table, len: table.length }]) !== table.length) throw new SysError(`process_vm_readv(${sc.task.pid}) of the batch results`, 14);
   return calls.map((_, i) => table.readBigInt64LE(i * ENTRY_SIZE + 56));
 }
 

@@ -170,16 +170,7 @@ export class Guardian {
   /** Requests sent and remote syscalls run so far (dump stats: frozenParts). */
   static counts = { calls: 0, syscalls: 0 };
 
-  /** The request sent by a begin() half whose reply is not read yet (its name). */
-  private awaiting: string | null = null;
-
   private call(name: string, op: number, tid: number, args: (number | bigint)[] = [], passFd = -1, tail?: Buffer): { ret: bigint; data: Buffer } {
-    this.send(op, tid, args, passFd, tail);
-    return this.receive(name);
-  }
-
-  private send(op: number, tid: number, args: (number | bigint)[], passFd = -1, tail?: Buffer): void {
-    if (this.awaiting) throw new Error(`a guardian request (${this.awaiting}) is still waiting for its reply`);
     Guardian.counts.calls++;
     const q = tail ? Buffer.alloc(REQUEST_SIZE + tail.length) : this.req;
     q.fill(0, 0, REQUEST_SIZE);
@@ -195,9 +186,6 @@ export class Guardian {
       if (n === -1 && e === 4) continue; // EINTR
       throw new GuardianUnavailable(`the guardian went away (send: ${new SysError('send', e).code})`);
     }
-  }
-
-  private receive(name: string): { ret: bigint; data: Buffer } {
     // Dying here leaves the guardian in the middle of this request.
     faultPoint('guardian-request');
     let n: number;
@@ -339,25 +327,6 @@ export class Guardian {
     const { ret, data } = this.call(`remote pipe2 in ${tid}`, Op.pipe, tid, args);
     if (ret < 0n || data.length < 24) return { ret, fds: [-1, -1], undo: [0n, 0n] };
     return { ret, fds: [data.readInt32LE(0), data.readInt32LE(4)], undo: [data.readBigUInt64LE(8), data.readBigUInt64LE(16)] };
-  }
-
-  /**
-   * run() in two halves: the request goes now, and the task runs the code
-   * on its own CPU while tsnap does other work (no other request may go
-   * meanwhile); runEnd() waits for the reply.
-   */
-  runBegin(tid: number, entry: number, rbx: number, r12: number, code: { start: number; end: number }, timeoutMs = 60_000): void {
-    const args: (number | bigint)[] = new Array(18).fill(0);
-    args[0] = entry; args[1] = rbx; args[2] = r12; args[3] = code.start; args[4] = code.end; args[17] = timeoutMs;
-    this.send(Op.run, tid, args);
-    this.awaiting = `run tsnap's code in ${tid}`;
-  }
-
-  runEnd(): void {
-    const name = this.awaiting;
-    if (!name) throw new Error('no guardian request is waiting for its reply');
-    this.awaiting = null;
-    this.receive(name);
   }
 
   /**
