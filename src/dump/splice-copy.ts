@@ -8,10 +8,11 @@
  *
  * The image is the one the usual path writes (formats/image-v1.md): the
  * same placement of pages in chunks (placePages), uncompressed chunks, each
- * with the CRC of its stored bytes. The CRC is taken by reading the chunk
- * back from the page cache into one small reused buffer right after it is
- * stored, while it is still in the CPU's cache: far cheaper than the copy
- * saved (see docs/performance.md).
+ * with the CRC of its stored bytes. The splice never brings the bytes into
+ * tsnap, so each chunk is read back from the page cache once stored, in
+ * small pieces that stay in the CPU's cache, and checked: by a thread of
+ * its own (splice-crc.ts) while this one splices on, after the first
+ * 64 MiB, which are checked here (see docs/performance.md).
  *
  * Only for frozen copies without compression (lz4 needs the bytes in tsnap)
  * into a pages file. Whatever vmsplice does not take (pages the mapping
@@ -19,7 +20,7 @@
  * usual way for that piece: process_vm_readv (or /proc/PID/mem) and a
  * write at the piece's place.
  */
-import { writeSync } from 'node:fs';
+import { openSync, closeSync, readSync, writeSync } from 'node:fs';
 import { VmCopier, PROT_READ, SysError, spliceToFile, type ProcMem } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
@@ -32,6 +33,7 @@ import type { DumpRange } from './memory-plan.js';
 import { placePages, addRun, readInto, type Pending, type PageDumpResult } from './page-dumper.js';
 import { TargetPipes, type PipeJob } from './splice-pipes.js';
 import { SpliceCrc } from './splice-crc.js';
+import { crc32 } from '../image/checksum.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
 const PAGE = PAGE_SIZE;
@@ -39,6 +41,14 @@ const PAGE = PAGE_SIZE;
 const STEP_BYTES = 16 << 20;
 const MAX_PIPES = 16;
 const PIPE_BYTES = 1 << 20;
+/**
+ * Chunks checked on the main thread before the CRC thread starts: below
+ * this the thread's start (tens of ms, more under load) would cost more
+ * than the CRCs (~0.3 ms per MiB).
+ */
+const INLINE_CRC_BYTES = 64 << 20;
+/** A piece read back stays in the CPU's cache until its CRC is taken. */
+const CRC_PIECE = 256 << 10;
 
 export interface SpliceInput {
   pid: number;
@@ -119,7 +129,6 @@ class SplicedCopy {
   /** Set when vmsplice is refused outright (not a fault in one range): the rest goes the usual way. */
   private refused: number | null = null;
   private slowBuf: Buffer | null = null;
-  private readonly crc: SpliceCrc;
   private pagesSlowPath = 0;
   private pagesSpliced = 0;
   private fillNs = 0n;
@@ -132,7 +141,6 @@ class SplicedCopy {
   constructor(private readonly a: SpliceInput, private readonly writer: PageFileWriter, private readonly pipes: TargetPipes) {
     this.copier = new VmCopier(a.pid);
     this.chunkSize = writer.chunkSize;
-    this.crc = SpliceCrc.start(writer.path);
   }
 
   async run(): Promise<PageDumpResult> {
@@ -297,12 +305,20 @@ class SplicedCopy {
   }
 
   /**
-   * The chunk's CRC, read back from the page cache on the CRC thread while
-   * this one splices the next chunks; the writer's finish() waits for all.
+   * The chunk's CRC, read back from the page cache: here for the first
+   * INLINE_CRC_BYTES (a small dump does not wait for a thread to start),
+   * then on the CRC thread while this one splices the next chunks. The
+   * writer's finish() waits for all.
    */
   private checksum(c: Chunk): void {
-    const t0 = process.hrtime.bigint();
-    this.crcFirst ??= t0;
+    this.crcFirst ??= process.hrtime.bigint();
+    if (!this.crc && this.inlineBytes + c.len <= INLINE_CRC_BYTES) {
+      this.inlineBytes += c.len;
+      c.entry.crc32 = this.crcHere(c);
+      this.crcLast = process.hrtime.bigint();
+      return;
+    }
+    this.crc ??= SpliceCrc.start(this.writer.path);
     const work = this.crc.crc(c.position, c.len).then(
       (crc) => { c.entry.crc32 = crc; this.crcLast = process.hrtime.bigint(); },
       (err) => { throw withPath(err, this.writer.path); },
@@ -310,11 +326,37 @@ class SplicedCopy {
     this.crcWork.push(work);
   }
 
+  private crc: SpliceCrc | null = null;
   private crcWork: Promise<void>[] = [];
+  private inlineBytes = 0;
+  private readFd = -1;
+  private readBuf: Buffer | null = null;
+
+  private crcHere(c: Chunk): number {
+    try {
+      if (this.readFd < 0) this.readFd = openSync(this.writer.path, 'r');
+      this.readBuf ??= Buffer.allocUnsafeSlow(CRC_PIECE);
+      let crc = 0;
+      for (let done = 0; done < c.len;) {
+        const n = readSync(this.readFd, this.readBuf, 0, Math.min(CRC_PIECE, c.len - done), c.position + done);
+        if (n <= 0) throw Object.assign(new Error('short read of a chunk just stored'), { code: 'EIO' });
+        crc = crc32(this.readBuf.subarray(0, n), crc);
+        done += n;
+      }
+      return crc;
+    } catch (err) {
+      throw withPath(err, this.writer.path);
+    }
+  }
+
+  private closeReadFd(): void {
+    if (this.readFd >= 0) { try { closeSync(this.readFd); } catch { /* closed */ } this.readFd = -1; }
+  }
 
   /** Every CRC asked for; the thread ends once they are answered. `stats` gets their times. */
   crcsDone(stats?: SpliceStats): Promise<void> {
-    this.crc.end();
+    this.closeReadFd();
+    this.crc?.end();
     return Promise.all(this.crcWork).then(() => {
       if (!stats || this.crcFirst === null) return;
       stats.crcUs = Number((this.crcLast - this.crcFirst) / 1000n);
@@ -324,7 +366,8 @@ class SplicedCopy {
 
   /** After a failure: the CRC thread ends now. */
   abort(): void {
-    this.crc.abort();
+    this.closeReadFd();
+    this.crc?.abort();
     for (const w of this.crcWork) w.catch(() => {});
   }
 
