@@ -75,6 +75,19 @@ describe('one-copy dump (vmsplice in the target, splice into the pages file)', (
     expect(await back.waitForLine(/^(PASS|FAIL)/, 10_000)).toBe('PASS');
   });
 
+  it('with the CRC thread (TSNAP_SPLICE_CRC_THREAD=1, past 64 MiB) every chunk checks, and the target runs on intact', async () => {
+    const work = tmpDir('tsnap-splice-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '72']);
+    const dir = join(work, 'img');
+    const r = await startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--no-cow'], { TSNAP_SPLICE_CRC_THREAD: '1' }).done;
+    expect(r.code, r.stderr).toBe(0);
+    expect(readImage(dir).stats!.splice!.pagesSpliced).toBe(readImage(dir).stats!.pagesWritten);
+    expect((await tsnap('verify', dir)).code).toBe(0);
+    const n = p.lines().length;
+    p.writeLine('');
+    expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');
+  });
+
   it('lz4 and TSNAP_SPLICE=0 keep the two-copy path', async () => {
     const work = tmpDir('tsnap-splice-');
     const p = await startProcess(await compileC('bigmem'), ['read', '4']);

@@ -10,9 +10,9 @@
  * same placement of pages in chunks (placePages), uncompressed chunks, each
  * with the CRC of its stored bytes. The splice never brings the bytes into
  * tsnap, so each chunk is read back from the page cache once stored, in
- * small pieces that stay in the CPU's cache, and checked: by a thread of
- * its own (splice-crc.ts) while this one splices on, after the first
- * 64 MiB, which are checked here (see docs/performance.md).
+ * small pieces that stay in the CPU's cache, and checked: here, or (opt-in,
+ * TSNAP_SPLICE_CRC_THREAD=1) past the first 64 MiB by a thread of its own
+ * (splice-crc.ts) while this one splices on (see docs/performance.md).
  *
  * Only for frozen copies without compression (lz4 needs the bytes in tsnap)
  * into a pages file. Whatever vmsplice does not take (pages the mapping
@@ -47,8 +47,14 @@ const PIPE_BYTES = 1 << 20;
  * than the CRCs (~0.3 ms per MiB).
  */
 const INLINE_CRC_BYTES = 64 << 20;
-/** Off with TSNAP_SPLICE_CRC_THREAD=0: every CRC on the main thread (~10 MiB less RSS, a longer freeze; bench/floor.ts measures both). */
-const crcThread = () => process.env.TSNAP_SPLICE_CRC_THREAD !== '0';
+/**
+ * On with TSNAP_SPLICE_CRC_THREAD=1: past the first 64 MiB, CRCs on a
+ * thread of their own. Measured at load 7.5 on two cores (1 GiB): frozen
+ * 1.91 s against 2.22, wall 2.55 against 2.64, but +183 ms of CPU and
+ * +10 MiB of peak RSS (the thread's V8 isolate): off by default, while the
+ * tool's RSS is over its goal (docs/performance.md).
+ */
+const crcThread = () => process.env.TSNAP_SPLICE_CRC_THREAD === '1';
 /** A piece read back stays in the CPU's cache until its CRC is taken. */
 const CRC_PIECE = 256 << 10;
 
@@ -307,10 +313,10 @@ class SplicedCopy {
   }
 
   /**
-   * The chunk's CRC, read back from the page cache: here for the first
-   * INLINE_CRC_BYTES (a small dump does not wait for a thread to start),
-   * then on the CRC thread while this one splices the next chunks. The
-   * writer's finish() waits for all.
+   * The chunk's CRC, read back from the page cache: here, or with the CRC
+   * thread on, here for the first INLINE_CRC_BYTES (a small dump does not
+   * wait for a thread to start) and then there while this one splices the
+   * next chunks. The writer's finish() waits for all.
    */
   private checksum(c: Chunk): void {
     this.crcFirst ??= process.hrtime.bigint();
