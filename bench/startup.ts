@@ -5,11 +5,16 @@
  *   tsnap --version  the CLI's start (commander, the command table)
  *   tsnap dump       --leave-running of a 1 MiB process, wall, from spawn to exit
  *   criu dump        the same, when `criu` (or $TSNAP_CRIU) runs here
- * Reported as medians and as ratios to the floor and to CRIU.
+ * Reported as medians and as ratios to the floor and to CRIU: wall, CPU
+ * (user + system, RUSAGE_CHILDREN: on a loaded machine the wall follows
+ * the CPU others leave, the CPU less so) and the peak RSS (VmHWM) of each
+ * node process (read as it exits by a preload: `-r` is a Node option, not
+ * a V8 flag, so every code cache still applies).
  * Standalone: node dist/bench/startup.js (BENCH_STARTUP_REPS, default 15).
  */
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync, readdirSync, readFileSync, existsSync } from 'node:fs';
+import koffi from 'koffi';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -42,13 +47,33 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
-/** Wall ms of one run; throws with its stderr if it fails. */
-function wall(cmd: string, args: string[]): number {
+const getrusage = koffi.load('libc.so.6').func('int getrusage(int who, void *usage)') as (who: number, buf: Buffer) => number;
+
+/** CPU ms (user + system) of every child reaped so far. */
+function childrenCpuMs(): number {
+  const ru = Buffer.alloc(144);
+  getrusage(-1, ru);
+  const tv = (o: number) => Number(ru.readBigInt64LE(o)) * 1e3 + Number(ru.readBigInt64LE(o + 8)) / 1e3;
+  return tv(0) + tv(16);
+}
+
+const PROBE = `process.on('exit', () => {
+  const m = /VmHWM:\\s+(\\d+)/.exec(require('fs').readFileSync('/proc/self/status', 'utf8'));
+  require('fs').writeFileSync(process.env.TSNAP_HWM_OUT, m ? m[1] : '0');
+});`;
+
+interface Run { ms: number; cpuMs: number; hwmMiB: number }
+
+/** One run: wall and CPU ms, and (for node, with `probe`) its peak RSS; throws with its stderr if it fails. */
+function run(cmd: string, args: string[], probe: { file: string; out: string } | null): Run {
+  if (probe) rmSync(probe.out, { force: true });
+  const c0 = childrenCpuMs();
   const t = process.hrtime.bigint();
-  const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const r = spawnSync(cmd, probe ? ['-r', probe.file, ...args] : args, { stdio: ['ignore', 'ignore', 'pipe'], env: probe ? { ...process.env, TSNAP_HWM_OUT: probe.out } : process.env });
   const ms = Number(process.hrtime.bigint() - t) / 1e6;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
-  return ms;
+  const hwmMiB = probe && existsSync(probe.out) ? Number(readFileSync(probe.out, 'utf8')) / 1024 : NaN;
+  return { ms, cpuMs: childrenCpuMs() - c0, hwmMiB };
 }
 
 function findCriu(): string | null {
@@ -67,6 +92,10 @@ export interface StartupFigures {
   dumpVsNodeFloor: number;
   versionVsNodeFloor: number;
   dumpVsCriu: number | null;
+  /** CPU (user + system) medians, ms. */
+  cpu: { nodeFloor: number; version: number; dump1MiB: number; criuDump1MiB: number | null; dumpVsCriu: number | null };
+  /** Peak RSS (VmHWM) medians, MiB; the tool's own is over `node -e 0`'s. */
+  hwmMiB: { nodeFloor: number; version: number; dump1MiB: number; dumpOverNode: number };
 }
 
 export async function startupFigures(reps = Number(process.env.BENCH_STARTUP_REPS ?? 15)): Promise<StartupFigures> {
@@ -80,24 +109,30 @@ export async function startupFigures(reps = Number(process.env.BENCH_STARTUP_REP
   const pid = child.pid!;
   const dir = join(OUT_ROOT, `tsnap-bench-small-${pid}`);
   const criu = findCriu();
+  const probe = { file: join(work, 'hwm.cjs'), out: join(work, 'hwm') };
+  writeFileSync(probe.file, PROBE);
   try {
     await new Promise((resolve) => createInterface({ input: child.stdout! }).once('line', resolve));
-    const floor: number[] = []; const version: number[] = []; const dumps: number[] = []; const criuDumps: number[] = [];
-    const tsnapDump = () => { rmSync(dir, { recursive: true, force: true }); return wall(process.execPath, [TSNAP, 'dump', '--pid', String(pid), '--dir', dir, '--leave-running']); };
+    const floor: Run[] = []; const version: Run[] = []; const dumps: Run[] = []; const criuDumps: Run[] = [];
+    const tsnapDump = () => { rmSync(dir, { recursive: true, force: true }); return run(process.execPath, [TSNAP, 'dump', '--pid', String(pid), '--dir', dir, '--leave-running'], probe); };
     // criu wants its image directory to exist.
-    const criuDump = () => { rmSync(dir, { recursive: true, force: true }); mkdirSync(dir, { mode: 0o700 }); return wall(criu!, ['dump', '-t', String(pid), '-D', dir, '--leave-running', '--shell-job']); };
+    const criuDump = () => { rmSync(dir, { recursive: true, force: true }); mkdirSync(dir, { mode: 0o700 }); return run(criu!, ['dump', '-t', String(pid), '-D', dir, '--leave-running', '--shell-job'], null); };
     // Warm-up: page cache of node, the modules and the binary.
-    wall(process.execPath, ['-e', '0']); tsnapDump(); if (criu) criuDump();
+    run(process.execPath, ['-e', '0'], probe); tsnapDump(); if (criu) criuDump();
     for (let i = 0; i < reps; i++) {
-      floor.push(wall(process.execPath, ['-e', '0']));
-      version.push(wall(process.execPath, [TSNAP, '--version']));
+      floor.push(run(process.execPath, ['-e', '0'], probe));
+      version.push(run(process.execPath, [TSNAP, '--version'], probe));
       dumps.push(tsnapDump());
       if (criu) criuDumps.push(criuDump());
     }
-    const f = median(floor); const d = median(dumps); const c = criu ? median(criuDumps) : null;
+    const m = (rs: Run[], k: keyof Run) => +median(rs.map((r) => r[k])).toFixed(1);
+    const f = m(floor, 'ms'); const d = m(dumps, 'ms'); const c = criu ? m(criuDumps, 'ms') : null;
+    const cd = m(dumps, 'cpuMs'); const cc = criu ? m(criuDumps, 'cpuMs') : null;
     return {
-      reps, nodeFloorMs: +f.toFixed(1), versionMs: +median(version).toFixed(1), dump1MiBMs: +d.toFixed(1), criuDump1MiBMs: c === null ? null : +c.toFixed(1),
-      dumpVsNodeFloor: +(d / f).toFixed(2), versionVsNodeFloor: +(median(version) / f).toFixed(2), dumpVsCriu: c === null ? null : +(d / c).toFixed(2),
+      reps, nodeFloorMs: f, versionMs: m(version, 'ms'), dump1MiBMs: d, criuDump1MiBMs: c,
+      dumpVsNodeFloor: +(d / f).toFixed(2), versionVsNodeFloor: +(m(version, 'ms') / f).toFixed(2), dumpVsCriu: c === null ? null : +(d / c).toFixed(2),
+      cpu: { nodeFloor: m(floor, 'cpuMs'), version: m(version, 'cpuMs'), dump1MiB: cd, criuDump1MiB: cc, dumpVsCriu: cc === null ? null : +(cd / cc).toFixed(2) },
+      hwmMiB: { nodeFloor: m(floor, 'hwmMiB'), version: m(version, 'hwmMiB'), dump1MiB: m(dumps, 'hwmMiB'), dumpOverNode: +(m(dumps, 'hwmMiB') - m(floor, 'hwmMiB')).toFixed(1) },
     };
   } finally {
     child.kill('SIGKILL');

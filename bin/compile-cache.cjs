@@ -12,12 +12,16 @@
  * The cache is code: it is used only from a directory owned by the owner
  * of the bundle and writable by no one else, and it is written (atomically,
  * by rename) only there. TSNAP_NO_COMPILE_CACHE=1 turns it off.
+ *
+ * An entry starts with the key it was saved under (file, size, mtime, Node
+ * version), compared in full on load: V8's own check of the source is its
+ * length only, so a file name that merely hashed alike must not pass. The
+ * name hash is FNV-1a, not node:crypto, whose load cost ~10 ms of CPU.
  */
 const Module = require('node:module');
 const vm = require('node:vm');
 const fs = require('node:fs');
 const path = require('node:path');
-const crypto = require('node:crypto');
 
 function trusted(dir, owner) {
   try {
@@ -29,6 +33,25 @@ function trusted(dir, owner) {
   }
 }
 
+/** 64-bit FNV-1a of `bytes`, as 16 hex digits (two 32-bit halves with different offsets). */
+function fnv1a(bytes) {
+  let a = 0x811c9dc5;
+  let b = 0x050c5d1f;
+  for (let i = 0; i < bytes.length; i++) {
+    a = Math.imul(a ^ bytes[i], 0x01000193);
+    b = Math.imul(b ^ bytes[i], 0x01000193) ^ (a >>> 15);
+  }
+  return (a >>> 0).toString(16).padStart(8, '0') + (b >>> 0).toString(16).padStart(8, '0');
+}
+
+/** The V8 data of a cache entry saved under `key`; undefined for another key or a damaged entry. */
+function unwrap(entry, key) {
+  if (entry.length < 4) return undefined;
+  const n = entry.readUInt32LE(0);
+  if (n !== key.length || entry.length < 4 + n || !entry.subarray(4, 4 + n).equals(key)) return undefined;
+  return entry.subarray(4 + n);
+}
+
 /** `roots`: directories whose CommonJS files go through the cache. */
 exports.install = function install(dir, roots, owner) {
   if (process.env.TSNAP_NO_COMPILE_CACHE === '1' || !trusted(dir, owner)) return;
@@ -38,16 +61,16 @@ exports.install = function install(dir, roots, owner) {
     if (!roots.some((r) => filename.startsWith(r))) return compile.call(this, content, filename);
     let st;
     try { st = fs.statSync(filename); } catch { return compile.call(this, content, filename); }
-    const id = crypto.createHash('sha256').update(`${filename}\0${st.size}\0${st.mtimeMs}\0${process.version}`).digest('hex').slice(0, 32);
-    const file = path.join(dir, `${id}.v8`);
+    const key = Buffer.from(`${filename}\0${st.size}\0${st.mtimeMs}\0${process.version}`);
+    const file = path.join(dir, `${fnv1a(key)}.v8`);
     let cachedData;
-    try { cachedData = fs.readFileSync(file); } catch { /* not cached yet */ }
+    try { cachedData = unwrap(fs.readFileSync(file), key); } catch { /* not cached yet */ }
     const script = new vm.Script(Module.wrap(content), {
       filename,
       cachedData,
       importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
     });
-    if (!cachedData || script.cachedDataRejected) fresh.push({ file, script });
+    if (!cachedData || script.cachedDataRejected) fresh.push({ file, key, script });
     const fn = script.runInThisContext({ displayErrors: true });
     const mod = this;
     const req = (id) => mod.require(id);
@@ -58,10 +81,12 @@ exports.install = function install(dir, roots, owner) {
     return fn.call(mod.exports, mod.exports, req, mod, filename, path.dirname(filename));
   };
   process.once('exit', () => {
-    for (const { file, script } of fresh) {
+    for (const { file, key, script } of fresh) {
       try {
         const tmp = `${file}.${process.pid}.tmp`;
-        fs.writeFileSync(tmp, script.createCachedData(), { mode: 0o644 });
+        const head = Buffer.alloc(4);
+        head.writeUInt32LE(key.length);
+        fs.writeFileSync(tmp, Buffer.concat([head, key, script.createCachedData()]), { mode: 0o644 });
         fs.renameSync(tmp, file);
       } catch { /* a cache that cannot be written is only slower */ }
     }

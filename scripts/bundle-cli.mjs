@@ -30,6 +30,32 @@ const ownUrl = {
   },
 };
 
+// Built-in modules a command may not use, loaded on first use: the dump of a
+// small process pays ~10 ms of CPU and ~2 MiB each for node:crypto,
+// node:child_process (with net and dgram) and node:worker_threads, which
+// only some of its paths touch. The bundle reads an import's members at
+// each use (`node_crypto.randomUUID`), so a proxy that requires the module
+// on the first read is the same module to the code. node:fs, node:path and
+// node:url are loaded by Node's own start anyway; node:stream and
+// node:events are functions (a proxy of an object is not).
+const LAZY_BUILTINS = new Set(['child_process', 'crypto', 'dgram', 'dns', 'fs/promises', 'http', 'https', 'net', 'os', 'readline', 'tls', 'worker_threads', 'zlib']);
+const lazyBuiltins = {
+  name: 'tsnap-lazy-builtins',
+  renderChunk(code) {
+    let used = false;
+    const out = code.replace(/^(\s*)(let|const|var) ([\w$]+) = require\("(?:node:)?([a-z_/]+)"\);$/gm, (line, indent, kind, name, mod) => {
+      if (!LAZY_BUILTINS.has(mod)) return line;
+      used = true;
+      return `${indent}${kind} ${name} = __tsnapLazy(${JSON.stringify(`node:${mod}`)});`;
+    });
+    if (!used) return null;
+    const helper = 'function __tsnapLazy(id) { let m; const load = () => (m ??= require(id)); return new Proxy({}, { get: (_, k) => load()[k], has: (_, k) => k in load(), ownKeys: () => Reflect.ownKeys(load()), getOwnPropertyDescriptor: (_, k) => { const d = Reflect.getOwnPropertyDescriptor(load(), k); if (d) d.configurable = true; return d; } }); }\n';
+    // After a leading "use strict" directive, which must stay first.
+    const strict = out.match(/^(["']use strict["'];\n)/);
+    return { code: strict ? strict[1] + helper + out.slice(strict[1].length) : helper + out, map: null };
+  },
+};
+
 rmSync(outDir, { recursive: true, force: true });
 // Code cached for the old bundle (bin/compile-cache.cjs) would only be rejected.
 rmSync(join(root, 'dist', 'cli-cache'), { recursive: true, force: true });
@@ -37,8 +63,11 @@ await build({
   input: join(root, 'dist', 'src', 'cli', 'main.js'),
   platform: 'node',
   // Packages stay packages: native addons must load from node_modules.
-  external: [/^[^./]/],
-  plugins: [ownUrl],
+  // commander is plain JavaScript, loaded by every command: in the bundle it
+  // costs no module resolution, and its require of node:child_process (for
+  // executable subcommands, which tsnap has none of) goes lazy below.
+  external: [/^(?!commander($|\/))[^./]/],
+  plugins: [ownUrl, lazyBuiltins],
   logLevel: 'warn',
   output: { dir: outDir, format: 'cjs', entryFileNames: 'main.cjs', chunkFileNames: '[name]-[hash].cjs', sourcemap: false },
 });

@@ -5,8 +5,9 @@
  * same CLI as the compiled modules (options, help, errors and their exit
  * codes, the version read through a rewritten import.meta.url).
  */
-import { describe, it, expect } from 'vitest';
-import { readFileSync, readdirSync, statSync, writeFileSync, rmSync } from 'node:fs';
+import { describe, it, expect, afterAll } from 'vitest';
+import { readFileSync, readdirSync, statSync, writeFileSync, rmSync, mkdtempSync, chmodSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startTsnap, type CliResult } from './helpers/tsnap.js';
@@ -14,6 +15,16 @@ import { ExitCode } from '../src/errors.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BUNDLE = join(ROOT, 'dist', 'cli');
+
+const caches: string[] = [];
+afterAll(() => { for (const c of caches) rmSync(c, { recursive: true, force: true }); });
+/** An empty cache directory for one test (0755, owned by the bundle's owner, as bin/tsnap requires). */
+function privateCache(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'tsnap-cli-cache-'));
+  chmodSync(dir, 0o755);
+  caches.push(dir);
+  return dir;
+}
 
 const both = async (...args: string[]): Promise<[CliResult, CliResult]> =>
   Promise.all([startTsnap(args).done, startTsnap(args, { TSNAP_NO_BUNDLE: '1' }).done]);
@@ -42,18 +53,36 @@ describe('the bundled CLI', () => {
   });
 
   it('keeps compiled code in dist/cli-cache; a damaged entry is compiled again and replaced, with the same answers', async () => {
-    const cache = join(ROOT, 'dist', 'cli-cache');
-    // Only this command's entries: those other commands left are not loaded by it.
-    rmSync(cache, { recursive: true, force: true });
-    const first = await startTsnap(['dump', '--pid', '4194300', '--dir', '/nonexistent/img']).done;
+    expect((await startTsnap(['--version']).done).code).toBe(0);
+    expect(readdirSync(join(ROOT, 'dist', 'cli-cache')).some((f) => f.endsWith('.v8'))).toBe(true);
+    // A cache of its own: other test files run the CLI meanwhile, and each run writes the entries it lacks.
+    const cache = privateCache();
+    const first = await startTsnap(['dump', '--pid', '4194300', '--dir', '/nonexistent/img'], { TSNAP_COMPILE_CACHE_DIR: cache }).done;
     const entries = readdirSync(cache).filter((f) => f.endsWith('.v8'));
     expect(entries.length).toBeGreaterThan(0);
     for (const f of entries) writeFileSync(join(cache, f), 'not V8 code');
-    const again = await startTsnap(['dump', '--pid', '4194300', '--dir', '/nonexistent/img']).done;
+    const again = await startTsnap(['dump', '--pid', '4194300', '--dir', '/nonexistent/img'], { TSNAP_COMPILE_CACHE_DIR: cache }).done;
     expect([again.code, again.stderr]).toEqual([first.code, first.stderr]);
-    const off = await startTsnap(['dump', '--pid', '4194300', '--dir', '/nonexistent/img'], { TSNAP_NO_COMPILE_CACHE: '1' }).done;
+    const off = await startTsnap(['dump', '--pid', '4194300', '--dir', '/nonexistent/img'], { TSNAP_NO_COMPILE_CACHE: '1', TSNAP_COMPILE_CACHE_DIR: cache }).done;
     expect([off.code, off.stderr]).toEqual([first.code, first.stderr]);
     // Rewritten on exit: no entry holds the damage any more.
     expect(entries.filter((f) => readFileSync(join(cache, f), 'utf8') === 'not V8 code')).toEqual([]);
+  });
+
+  it('the compile cache ignores an entry saved under another key, and rewrites it', async () => {
+    const cache = privateCache();
+    const first = await startTsnap(['--version'], { TSNAP_COMPILE_CACHE_DIR: cache }).done;
+    expect(first.code).toBe(0);
+    const entries = readdirSync(cache).filter((f) => f.endsWith('.v8')).sort();
+    expect(entries.length).toBeGreaterThan(1);
+    // Each entry given another's bytes: V8 would accept code of the same source length, the key check must not.
+    const bytes = entries.map((f) => readFileSync(join(cache, f)));
+    entries.forEach((f, i) => writeFileSync(join(cache, f), bytes[(i + 1) % entries.length]));
+    const again = await startTsnap(['--version'], { TSNAP_COMPILE_CACHE_DIR: cache }).done;
+    expect([again.code, again.stdout, again.stderr]).toEqual([first.code, first.stdout, first.stderr]);
+    for (let i = 0; i < entries.length; i++) {
+      if (bytes[i].equals(bytes[(i + 1) % entries.length])) continue;
+      expect(readFileSync(join(cache, entries[i])).equals(bytes[(i + 1) % entries.length]), entries[i]).toBe(false);
+    }
   });
 });

@@ -23,7 +23,7 @@ import { lockRulesOf } from './helpers/lock-rules.js';
 
 useProcessCleanup();
 
-interface Trial { cmd: 'dump' | 'pre-dump'; fault: string | null; delayMs: number; extra?: string[] }
+interface Trial { cmd: 'dump' | 'pre-dump' | 'cow'; fault: string | null; delayMs: number; extra?: string[] }
 
 /**
  * Trials per target (50; TSNAP_FAULT_TRIALS=N for more, as docs/reliability.md
@@ -34,7 +34,7 @@ const PER_TARGET = Number(process.env.TSNAP_FAULT_TRIALS ?? 50);
 function trials(): Trial[] {
   const out: Trial[] = [];
   const cmds = ['dump', 'pre-dump'] as const;
-  for (const cmd of cmds) {
+  for (const cmd of [...cmds, 'cow'] as const) {
     for (const fault of ['frozen', 'scratch-mapped']) out.push({ cmd, fault, delayMs: 0 });
   }
   out.push({ cmd: 'pre-dump', fault: 'uffd-injected', delayMs: 0 });
@@ -49,7 +49,9 @@ function trials(): Trial[] {
     const n = 1 + Math.floor(Math.random() * (cmd === 'dump' ? 11 : 7));
     out.push({ cmd, fault: `guardian-request:${n}`, delayMs: 0 });
   }
-  for (let i = 0; out.length < PER_TARGET; i++) out.push({ cmd: cmds[i % 2], fault: null, delayMs: 120 + Math.floor(Math.random() * 250) });
+  // Random instants, a copy-on-write dump among them (its fault-serving worker and write-protection in flight).
+  const anyCmd = [...cmds, 'cow'] as const;
+  for (let i = 0; out.length < PER_TARGET; i++) out.push({ cmd: anyCmd[i % 3], fault: null, delayMs: 60 + Math.floor(Math.random() * 310) });
   return out;
 }
 
@@ -105,7 +107,9 @@ async function runTrials(p: Running, check: (i: number) => Promise<void>): Promi
   const all = trials();
   for (const [i, t] of all.entries()) {
     const img = join(dir, String(i));
-    const args = [t.cmd, '--pid', String(p.pid), '--dir', img, ...(t.cmd === 'dump' ? ['--leave-running'] : []), ...(t.extra ?? [])];
+    const args = t.cmd === 'cow'
+      ? ['dump', '--pid', String(p.pid), '--dir', img, '--leave-running', '--cow']
+      : [t.cmd, '--pid', String(p.pid), '--dir', img, ...(t.cmd === 'dump' ? ['--leave-running'] : []), ...(t.extra ?? [])];
     const r = await runTsnap(args, t.fault, t.delayMs);
     outcomes.push(r.signal === 'SIGKILL' ? 'killed' : `exit ${r.code}`);
     await untraced(p.pid);

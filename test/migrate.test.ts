@@ -216,16 +216,24 @@ while True:
     expect(readFileSync(out, 'utf8')).toMatch(/^PASS/m);
   });
 
-  it('serve --restore warms its restore path up on a throwaway process before it listens, and leaves nothing of it', async () => {
+  it('serve --restore warms its restore path up on a throwaway process before it listens, and leaves nothing of it but a spare lazy guard, which ends with serve', async () => {
     const work = tmpDir('tsnap-mig-');
     const before = new Set(readdirSync('/dev/shm').filter((n) => n.startsWith('tsnap-warm-up-')));
     const srv = await startServer(join(work, 'in'), ['--restore']);
     const warmed = srv.events.findIndex((e) => e.includes('"warmed-up"'));
     expect(warmed, srv.events.join('\n')).toBeGreaterThanOrEqual(0);
     expect(warmed).toBeLessThan(srv.events.findIndex((e) => e.includes('"listening"')));
-    // The sleep it dumped and the copy it restored are killed and reaped; its image is gone.
-    expect(await eventually(() => descendantsOf(srv.proc.pid!), (d) => d.length === 0, 5000, "the warm-up's processes gone")).toEqual([]);
+    // The sleep it dumped and the copies it restored (eagerly, then lazily)
+    // are killed and reaped; its image is gone. What stays is the guard
+    // started ahead for a post-copy's lazy restore (src/lazy/guard-spawn.ts).
+    const comm = (pid: number) => { try { return readFileSync(`/proc/${pid}/comm`, 'utf8').trim(); } catch { return '?'; } };
+    const left = await eventually(() => descendantsOf(srv.proc.pid!).map((pid) => ({ pid, comm: comm(pid) })), (d) => d.length === 1, 5000, "the warm-up's processes gone");
+    expect(left.map((d) => d.comm)).toEqual(['tsnap-lazyguard']);
     expect(readdirSync('/dev/shm').filter((n) => n.startsWith('tsnap-warm-up-') && !before.has(n))).toEqual([]);
+    // It holds nothing and ends at the end of its stdin, which serve holds.
+    await killPid(srv.proc.pid!);
+    const state = (pid: number) => { try { return /^State:\s+(\S)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]; } catch { return 'gone'; } };
+    expect(await eventually(() => state(left[0].pid), (s) => s === 'gone' || s === 'Z', 5000, 'the spare guard ended')).toMatch(/gone|Z/);
     const cold = await startServer(join(work, 'in2'), ['--restore', '--no-warm-up']);
     expect(cold.events.some((e) => e.includes('"warmed-up"'))).toBe(false);
   });

@@ -59,7 +59,7 @@ describe('one-copy dump (vmsplice in the target, splice into the pages file)', (
 
   it('unreadable pages (PROT_NONE with data) go the usual way beside the spliced ones; the restored process checks itself', async () => {
     const work = tmpDir('tsnap-splice-');
-    const p = await startProcess(await compileC('memstate'), ['read', '2'], { env: { TSNAP_FIXTURE_TMPDIR: work } });
+    const p = await startProcess(await compileC('memstate'), ['read', '6'], { env: { TSNAP_FIXTURE_TMPDIR: work } });
     const dir = join(work, 'img');
     const r = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
     expect(r.code, r.stderr).toBe(0);

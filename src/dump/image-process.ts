@@ -16,11 +16,10 @@ import type { VmFlagsWatch } from '../proc/vmflags-watch.js';
 import { readMaps } from '../proc/index.js';
 import type { Prearmed } from './cow-prearm.js';
 import { mark } from '../trace.js';
-import { randomUUID } from 'node:crypto';
 import { release as kernelRelease } from 'node:os';
 import { relative, resolve } from 'node:path';
 import { closeSync, readFileSync } from 'node:fs';
-import { ProcMem, Pagemap } from '../sys/index.js';
+import { ProcMem, Pagemap, randomUuid } from '../sys/index.js';
 import { FrozenProcess } from '../freeze/frozen-process.js';
 import type { FrozenSet } from '../freeze/frozen-set.js';
 import { pausePoint } from '../fault-points.js';
@@ -113,7 +112,7 @@ export async function prepareImage(session: SessionScope, opts: DumpOptions, mod
   const dir = prepareImageDir(opts.dir);
   session.onFailure(() => discardImageDir(dir));
   // Known before the scan: the tracking's record names the round's image.
-  const imageId = randomUUID();
+  const imageId = randomUuid();
   // Buffers are allocated and touched before any freeze, not during it.
   const writer = opts.pageSink ? await opts.pageSink(compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE) : await PageFileWriter.create(dir.path, compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE);
   session.onFailure(() => writer.abort());
@@ -239,7 +238,7 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     const cowIn = input.cow ?? null;
     if (cowIn && track) cowTracking = { uffd: track.uffd, dropped: false, ref: track.ref };
     // Frozen and uncompressed: one copy through pipes in the target, when it can have them.
-    const spliced = !cowIn ? await copySpliced({ pid, frozen, vmas: layout.vmas, selection, writer: pageWriter, mem, compression, onProgress: copyOpts.onProgress }) : null;
+    const spliced = !cowIn ? await copySpliced({ pid, frozen, vmas: layout.vmas, selection, estimate: total, writer: pageWriter, mem, compression, onProgress: copyOpts.onProgress }) : null;
     const pages = cowIn && frozen
       ? (cow = await copyWithCow({ pid, frozen, vmas: layout.vmas, classes: layout.classes, selection, writer: pageWriter, mem, worker: cowIn.worker, release: cowIn.release, onProgress: copyOpts.onProgress, tracking: cowTracking ?? undefined, prearmed: cowIn.prearmed ? { done: cowIn.prearmed, pagemap } : null })).pages
       : spliced?.pages ?? await copyPages(pid, layout.vmas, selection, pageWriter, mem, copyOpts);

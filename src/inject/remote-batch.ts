@@ -105,6 +105,8 @@ export class RemoteBatch {
   ran = 0;
   /** Round trips to the task (one per flushed chunk; one per call without a batch area). */
   trips = 0;
+  /** The raw result of the last call flush() ran (a call whose result is needed goes last: an fd). */
+  lastResult = 0n;
 
   constructor(readonly rt: RemoteTask) {}
 
@@ -122,7 +124,10 @@ export class RemoteBatch {
     this.calls = [];
     const area = disabled() ? null : this.rt.batchArea;
     if (!area || this.rt.sc.task.tracer !== 'direct') {
-      for (const c of calls) this.judge(c, this.rt.sc.call(c.nr, ...c.args));
+      for (const c of calls) {
+        this.lastResult = this.rt.sc.call(c.nr, ...c.args);
+        this.judge(c, this.lastResult);
+      }
       this.trips += calls.length;
       this.ran += calls.length;
       return;
@@ -135,6 +140,8 @@ export class RemoteBatch {
       const { index, raw } = runBatch(this.rt, area, chunk.length);
       this.trips++;
       this.ran += Math.min(index + 1, chunk.length);
+      // The runner's rdx: the result of the last call it ran.
+      this.lastResult = raw;
       if (index < chunk.length) {
         this.judge(chunk[index], raw);
         // The runner stopped on a result the check here accepts: the two disagree.

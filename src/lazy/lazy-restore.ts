@@ -43,11 +43,13 @@
  * pages not in yet would read as zeros.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync, readlinkSync, readSync, writeSync } from 'node:fs';
+import { closeSync, readlinkSync, readSync, writeSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
-import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, pipe2, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE, SysError, Pagemap, PAGE_IS, posixSpawn, pollWait, kill, ptrace } from '../sys/index.js';
+import { SYS, O_CLOEXEC, O_NONBLOCK, SIGKILL, pidfdOpen, pidfdGetfd, uffdApiMissing, uffdRegisterMissing, UFFD_FEATURE, SysError, Pagemap, PAGE_IS, pollWait, kill } from '../sys/index.js';
+import { takeGuard, refillSpareGuard, reapGuardLater } from './guard-spawn.js';
 import type { RemoteTask } from '../inject/remote-task.js';
+import type { RemoteBatch } from '../inject/remote-batch.js';
 import type { Image } from '../image/image-reader.js';
 import type { VmaImage, ThreadImage } from '../../formats/schema.js';
 import { isSpecial, vmaKind, lockFor, mapCallFor } from '../restore/layout-plan.js';
@@ -57,6 +59,7 @@ import { PagerHost, type HostEnd, type SourceSpec } from './pager-host.js';
 import { subtract, normalize, intersect, type Range } from '../image/ranges.js';
 import type { PageSource } from './page-source.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
+import { mark } from '../trace.js';
 
 const MAP_DROPPABLE = 0x08;
 const FEATURES = UFFD_FEATURE.EVENT_FORK | UFFD_FEATURE.EVENT_REMAP | UFFD_FEATURE.EVENT_REMOVE | UFFD_FEATURE.EVENT_UNMAP;
@@ -89,6 +92,8 @@ export interface LazyStats {
   /** Pages the restore found present in lazy ranges and wrote from the image (should be 0). */
   repairedPages: number;
 }
+
+const noUffd = (errno: number | bigint) => new TsnapError('kernel', `userfaultfd() in the restored process failed (errno ${errno}); restore --lazy needs CONFIG_USERFAULTFD and CAP_SYS_PTRACE`);
 
 const fillDelay = (): number => Number(process.env.TSNAP_LAZY_FILL_DELAY_MS ?? 0) || 0;
 const P = PAGE_SIZE;
@@ -125,23 +130,13 @@ export class LazyRestore {
   end: HostEnd | null = null;
 
   constructor(private readonly opts: LazyOptions) {
-    this.logFd = opts.log ? openSync(opts.log, 'a', 0o600) : 2;
-    const [r, w] = pipe2(O_CLOEXEC);
-    const [ackR, ackW] = pipe2(O_CLOEXEC);
-    this.guardW = w;
-    this.guardAck = ackR;
-    try {
-      // In its own session: it must outlive tsnap, and no job control signal of tsnap's terminal should reach it.
-      this.guardPid = posixSpawn(fileURLToPath(new URL('../../native/tsnap-lazyguard', import.meta.url)), [], [r, ackW, this.logFd], true);
-    } catch (err) {
-      for (const fd of [w, ackR]) closeSync(fd);
-      throw new TsnapError('restoreFailed', `cannot start the lazy restore guard (${(err as Error).message}); run \`npm run build\` in the tsnap directory`);
-    } finally {
-      closeSync(r);
-      closeSync(ackW);
-    }
+    const g = takeGuard(opts.log);
+    this.guardPid = g.pid;
+    this.guardW = g.w;
+    this.guardAck = g.ack;
+    this.logFd = g.logFd;
     const logFd = this.logFd;
-    this.host = new PagerHost(w, (m) => { try { writeSync(logFd, `${m}\n`); } catch { /* no log */ } }, fillDelay());
+    this.host = new PagerHost(this.guardW, (m) => { try { writeSync(logFd, `${m}\n`); } catch { /* no log */ } }, fillDelay());
   }
 
   /**
@@ -149,11 +144,29 @@ export class LazyRestore {
    * CAP_SYS_PTRACE (vm.unprivileged_userfaultfd=0) only a user-mode-only
    * uffd could be had, and a read() into a lazy buffer would then fail
    * with EFAULT instead of waiting for its page. Registered by attach().
+   * Called while remote syscalls still stop once (before restore blocks
+   * the signals): two stops, not four. `batch`: calls to run first, the
+   * userfaultfd() appended as their last (post-copy's drops): one stop fewer.
    */
-  open(rt: RemoteTask, vmas: readonly VmaImage[]): void {
-    if (vmas.length === 0) return;
-    const made = rt.sc.call(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK);
-    if (made < 0n) throw new TsnapError('kernel', `userfaultfd() in the restored process failed (errno ${-made}); restore --lazy needs CONFIG_USERFAULTFD and CAP_SYS_PTRACE`);
+  open(rt: RemoteTask, vmas: readonly VmaImage[], batch?: RemoteBatch): void {
+    if (vmas.length === 0) {
+      batch?.flush();
+      return;
+    }
+    let made: bigint;
+    if (batch) {
+      batch.push('userfaultfd', SYS.userfaultfd, [O_CLOEXEC | O_NONBLOCK]);
+      try {
+        batch.flush();
+      } catch (err) {
+        if (err instanceof SysError && err.call === 'userfaultfd') throw noUffd(err.errno);
+        throw err;
+      }
+      made = batch.lastResult;
+    } else {
+      made = rt.sc.call(SYS.userfaultfd, O_CLOEXEC | O_NONBLOCK);
+      if (made < 0n) throw noUffd(Number(-made));
+    }
     const taskFd = Number(made);
     let uffd = -1;
     const pidfd = pidfdOpen(rt.pid);
@@ -186,20 +199,30 @@ export class LazyRestore {
         throw err;
       }
     }
+    mark('lazy: registered');
     const within = vmas.map((v) => ({ start: v.start, end: v.end }));
     const remote = this.opts.remote;
     const index = remote ? this.host.addRemoteSource(remote.source, within) : this.host.addSource({
       levels: chain.map((c) => ({ dir: c.dir, kind: c.inventory.kind, runs: c.pagemap.runs, chunks: c.pagemap.chunks })),
       within,
     } satisfies SourceSpec);
-    // Post-copy: the rest of these VMAs holds the right pages already; only the set may not be present.
-    await this.repair(rt, index, remote ? intersect(normalize(within), remote.set) : within, written);
+    // Post-copy: the rest of these VMAs holds the right pages already, and
+    // the set was dropped just now with nothing run in the task since: no
+    // page of it but `written` can be present.
+    mark('lazy: source ready');
+    if (!remote) await this.repair(rt, index, within, written);
+    mark('lazy: repaired');
     this.host.addContext({ fd: uffd, name: `process ${rt.pid}`, source: index, skip: written });
     this.stats.lazyBytes += this.host.pager.contexts[this.host.pager.contexts.length - 1].pending.bytes;
   }
 
-  /** Present pages of the lazy ranges the restore did not write: the image's data over them. */
-  private async repair(rt: RemoteTask, source: number, within: Range[], written: readonly Range[]): Promise<void> {
+  /**
+   * Present pages of the lazy ranges (of `only` in them, for post-copy) the
+   * restore did not write: the image's data over them. One scan per VMA,
+   * not per range of `only`: a post-copy set has up to thousands of ranges,
+   * and each scan is an ioctl.
+   */
+  private async repair(rt: RemoteTask, source: number, within: Range[], written: readonly Range[], only?: readonly Range[]): Promise<void> {
     const pm = new Pagemap(rt.pid);
     const present: Range[] = [];
     try {
@@ -211,7 +234,8 @@ export class LazyRestore {
     } finally {
       pm.close();
     }
-    for (const r of subtract(normalize(present), normalize([...written]))) {
+    const stale = only ? intersect(normalize(present), normalize([...only])) : normalize(present);
+    for (const r of subtract(stale, normalize([...written]))) {
       const data = await this.host.fetch(source, r.start, r.end - r.start);
       const b = data ?? Buffer.alloc(r.end - r.start);
       rt.mem.write(b, 0, b.length, r.start);
@@ -246,7 +270,11 @@ export class LazyRestore {
 
   /** The processes run: serve their faults and fill the rest. */
   start(): void {
-    this.running = this.host.run();
+    // From the next turn of the event loop: restore() returns with the
+    // processes running first (the pager's first step, reading its uffds
+    // and starting a chunk's read, cost 1-4 ms here); faults wait meanwhile.
+    this.running = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.host.run());
+    refillSpareGuard();
   }
 
   /**
@@ -312,7 +340,7 @@ export class LazyRestore {
       } catch { /* closed */ }
     }
     for (const fd of [...this.pidfds, this.guardW, this.guardAck]) { try { closeSync(fd); } catch { /* closed */ } }
-    reapLater(this.guardPid);
+    reapGuardLater(this.guardPid);
     if (this.logFd !== 2) { try { closeSync(this.logFd); } catch { /* closed */ } }
   }
 }
@@ -321,18 +349,4 @@ function writeAll(fd: number, s: string): void {
   const b = Buffer.from(s);
   let at = 0;
   while (at < b.length) at += writeSync(fd, b, at, b.length - at);
-}
-
-/**
- * The guard is tsnap's child (posix_spawn): reaped when it exits, should
- * tsnap live on (a library user); tsnap's own exit leaves it to init.
- */
-function reapLater(pid: number): void {
-  let tries = 0;
-  const t = setInterval(() => {
-    let done = ++tries > 600;
-    try { if (ptrace.waitpidNoHang(pid)) done = true; } catch { done = true; }
-    if (done) clearInterval(t);
-  }, 50);
-  t.unref();
 }

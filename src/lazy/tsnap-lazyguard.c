@@ -137,6 +137,10 @@ int main(void)
 {
     char line[4096];
     size_t have = 0;
+    /* Unarmed, it guards nothing: it goes with tsnap at once (a spare one
+       started ahead, guard-spawn.ts) instead of when it reads the end of
+       its stdin. Armed, it must outlive tsnap: cleared then. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     /* The arm line. */
     for (;;) {
         ssize_t n = read(0, line + have, sizeof line - 1 - have);
@@ -154,6 +158,7 @@ int main(void)
         say("cannot take the userfaultfds to guard");
         return 2;
     }
+    prctl(PR_SET_PDEATHSIG, 0);
     if (write(1, "armed\n", 6) != 6)
         return 2;
     /* A "D" or "K" may have come with the arm line. */

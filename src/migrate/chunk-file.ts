@@ -11,11 +11,17 @@ import { encodeHeader } from '../image/header.js';
 import { fsyncDir } from '../image/image-dir.js';
 import { crc32 } from '../image/checksum.js';
 import { withPath, TsnapError } from '../errors.js';
-import { FORMAT_VERSION, HEADER_SIZE, FileKind, type ChunkEntry } from '../../formats/schema.js';
-import type { DecodedChunk } from './page-stream.js';
+import { FORMAT_VERSION, HEADER_SIZE, FileKind, PageWhere, type ChunkEntry, type PageRun } from '../../formats/schema.js';
+import type { ChunkRun, DecodedChunk } from './page-stream.js';
 
 export class ReceivedPagesFile {
   readonly chunks: ChunkEntry[] = [];
+  /**
+   * The runs each chunk's PAGE_CHUNK said it holds: what the live build
+   * wrote into the process. They must be the index's runs, or the process
+   * would differ from the image kept on disk.
+   */
+  private readonly runsOf: ChunkRun[][] = [];
   private offset = 0;
   private tail: Promise<void>;
   private failure: unknown = null;
@@ -35,6 +41,7 @@ export class ReceivedPagesFile {
     if (c.index !== this.chunks.length) throw new TsnapError('badImage', `migration stream: chunk ${c.index} arrived where chunk ${this.chunks.length} was due`);
     const stored = c.stored;
     this.chunks.push({ fileOffset: this.offset, storedLength: stored.length, rawLength: c.rawLength, codec: c.codec, crc32: crc32(stored) });
+    this.runsOf.push(c.runs);
     const at = HEADER_SIZE + this.offset;
     this.offset += stored.length;
     this.queued += stored.length;
@@ -56,14 +63,13 @@ export class ReceivedPagesFile {
     this.throwIfFailed();
   }
 
-  /** Every chunk written and the header: checks the sender's chunk table against what arrived. */
-  async complete(sent: readonly ChunkEntry[]): Promise<void> {
-    this.tail = this.tail.then(async () => {
-      if (this.failure || !this.fh) return;
-      await this.fh.write(encodeHeader({ version: FORMAT_VERSION, kind: FileKind.Pages, flags: 0, payloadLength: this.offset, payloadCrc: 0 }), 0, HEADER_SIZE, 0);
-    }).catch((err) => { this.failure ??= withPath(err, this.path); });
-    await this.tail;
-    this.throwIfFailed();
+  /**
+   * Checks the sender's index (chunk table and runs, from the round's
+   * pagemap) against what arrived, in memory: at ITER_END, before the round
+   * counts, so that a process built from these chunks is never committed
+   * while the image kept for it says otherwise.
+   */
+  check(sent: readonly ChunkEntry[], sentRuns: readonly PageRun[]): void {
     const differs = sent.length !== this.chunks.length || sent.some((s, i) => {
       const c = this.chunks[i];
       return s.fileOffset !== c.fileOffset || s.storedLength !== c.storedLength || s.rawLength !== c.rawLength || s.codec !== c.codec || s.crc32 !== c.crc32;
@@ -73,6 +79,18 @@ export class ReceivedPagesFile {
       const at = i < 0 ? '' : `; chunk ${i} arrived as ${JSON.stringify(this.chunks[i] ?? null)}, the index lists ${JSON.stringify(sent[i])}`;
       throw new TsnapError('badImage', `migration stream: the chunks received for ${this.path} (${this.chunks.length}) are not the ones its index lists (${sent.length})${at}`);
     }
+    const runDiffers = runMismatch(this.runsOf, sentRuns);
+    if (runDiffers) throw new TsnapError('badImage', `migration stream: ${this.path}: ${runDiffers}; the peer is not a compatible tsnap, or the stream is corrupted`);
+  }
+
+  /** Every chunk written and the header (check() has passed). */
+  async complete(): Promise<void> {
+    this.tail = this.tail.then(async () => {
+      if (this.failure || !this.fh) return;
+      await this.fh.write(encodeHeader({ version: FORMAT_VERSION, kind: FileKind.Pages, flags: 0, payloadLength: this.offset, payloadCrc: 0 }), 0, HEADER_SIZE, 0);
+    }).catch((err) => { this.failure ??= withPath(err, this.path); });
+    await this.tail;
+    this.throwIfFailed();
   }
 
   /** On disk for good (fsync of the file and its directory), then closed. */
@@ -102,4 +120,31 @@ export class ReceivedPagesFile {
   private throwIfFailed(): void {
     if (this.failure) throw this.failure;
   }
+}
+
+/**
+ * Where the runs the chunks carried differ from the index's runs stored
+ * in this file (in order, chunk by chunk), or null when they are the same.
+ */
+export function runMismatch(received: readonly (readonly ChunkRun[])[], indexed: readonly PageRun[]): string | null {
+  const hex = (n: number) => `0x${n.toString(16)}`;
+  const listed: PageRun[][] = received.map(() => []);
+  for (const r of indexed) {
+    if (r.where !== PageWhere.Here) continue;
+    if (!Number.isInteger(r.chunk) || r.chunk < 0 || r.chunk >= listed.length) return `the index lists ${r.pages} page(s) at ${hex(r.start)} in chunk ${r.chunk}, which did not arrive`;
+    listed[r.chunk].push(r);
+  }
+  for (let c = 0; c < received.length; c++) {
+    const got = received[c];
+    const want = listed[c];
+    for (let k = 0; k < Math.max(got.length, want.length); k++) {
+      const g = got[k];
+      const w = want[k];
+      if (g && w && g.start === w.start && g.pages === w.pages && g.offset === w.offset) continue;
+      const said = g ? `${g.pages} page(s) at ${hex(g.start)} (offset ${g.offset})` : 'no more runs';
+      const lists = w ? `${w.pages} page(s) at ${hex(w.start)} (offset ${w.offset})` : 'no more';
+      return `chunk ${c} carried ${said} where the index lists ${lists}`;
+    }
+  }
+  return null;
 }

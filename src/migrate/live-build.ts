@@ -48,7 +48,7 @@ export function liveObstacle(vmas: readonly VmaImage[]): string | null {
 }
 
 /** Two pieces of memory with the same identity hold the same thing: their pages carry over. */
-function identity(v: VmaImage): string {
+export function identity(v: VmaImage): string {
   const c = mapCallFor(v);
   return [vmaKind(v), c.flags, c.prot, c.file?.path ?? '', c.file?.openFlags ?? '', c.file ? v.pgoff - v.start : 0].join('|');
 }

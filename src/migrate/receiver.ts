@@ -261,7 +261,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   /** Images as the commit check read them: complete ones from the ingest; with a live build, others by their index alone (their pages may still be on their way to the disk). */
   const readAtCommit = new Map<string, Image>();
   const readCommitted = (d: string): Image => {
-    const done = ingest.image(d) ?? readAtCommit.get(d);
+    const done = ingest.image(d) ?? (ingest.live ? ingest.indexedImage(d) : undefined) ?? readAtCommit.get(d);
     if (done) return done;
     const img = readImage(d, ingest.live ? { indexOnly: true } : {});
     readAtCommit.set(d, img);

@@ -16,13 +16,12 @@ import { resolve } from 'node:path';
 import { readImage, type Image } from '../image/image-reader.js';
 import { LiveBuild, liveObstacle, type LiveLayout } from './live-build.js';
 import { ReceivedPagesFile } from './chunk-file.js';
+import { layoutMismatch, type SentLayout } from './layout-check.js';
 import { decodeChunk, chunkData } from './page-stream.js';
 import { inside } from './confine.js';
-import { readMetaFile } from '../image/metadata.js';
-import { decodePagemap, type EncodedPagemap } from '../image/page-runs.js';
 import { readComm, readStat } from '../proc/index.js';
 import { TsnapError } from '../errors.js';
-import { FileKind, type VmaImage } from '../../formats/schema.js';
+import type { VmaImage } from '../../formats/schema.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
 export interface IngestOptions {
@@ -56,6 +55,10 @@ export class StreamIngest {
   notLive: string | null = null;
   private tried = false;
   private pagesFile: ReceivedPagesFile | null = null;
+  /** The LAYOUT of the iteration being received: checked against its image at ITER_END. */
+  private sentLayout: SentLayout | null = null;
+  /** Streamed iterations' metadata as read and checked at ITER_END (their pages file may not be on disk yet). */
+  private readonly indexed = new Map<string, Image>();
   private finishing: Promise<void>[] = [];
   private syncing: Promise<void>[] = [];
   private roundPages = 0;
@@ -76,6 +79,7 @@ export class StreamIngest {
       return { start, end };
     });
     this.pagesFile = new ReceivedPagesFile(inside(dir, 'pages'));
+    this.sentLayout = { vmas: doc.vmas, zero, incremental: doc.incremental };
     this.roundPages = this.live?.pages ?? 0;
     if (!this.opts.build) return;
     const l: LiveLayout = { vmas: doc.vmas, zero, incremental: doc.incremental };
@@ -117,17 +121,24 @@ export class StreamIngest {
   }
 
   /**
-   * ITER_END of a streamed iteration: its pages file is finished in the
-   * background and checked against its index; then it and `files` (the
-   * metadata files, written but not yet synced) are made durable.
+   * ITER_END of a streamed iteration: what arrived is checked against its
+   * index at once; its pages file is finished in the background, then it
+   * and `files` (the metadata files, written but not yet synced) are made
+   * durable.
    */
   endIteration(dir: string, files: readonly string[]): Record<string, unknown> {
     const pf = this.pagesFile;
     if (!pf) return {};
+    // Checked now, in memory (the metadata was just written): a mismatch fails the round before anything counts on it.
+    const img = readImage(dir, { indexOnly: true });
+    pf.check(img.pagemap.chunks, img.pagemap.runs);
+    const layoutDiffers = this.sentLayout && layoutMismatch(this.sentLayout, img);
+    if (layoutDiffers) throw new TsnapError('badImage', `migration stream: ${dir}: ${layoutDiffers}; the peer is not a compatible tsnap, or the stream is corrupted`);
+    this.indexed.set(resolve(dir), img);
     this.pagesFile = null;
+    this.sentLayout = null;
     const done = (async () => {
-      const pm = decodePagemap(readMetaFile<EncodedPagemap>(dir, FileKind.Pagemap), `${dir}/pagemap`);
-      await pf.complete(pm.chunks);
+      await pf.complete();
       this.images.set(resolve(dir), readImage(dir));
     })();
     const durable = done.then(async () => {
@@ -153,6 +164,11 @@ export class StreamIngest {
   /** A streamed iteration as read once complete (after flush()), or undefined. */
   image(dir: string): Image | undefined {
     return this.images.get(resolve(dir));
+  }
+
+  /** A streamed iteration's metadata as checked at its end (its pages file may still be on its way to the disk), or undefined. */
+  indexedImage(dir: string): Image | undefined {
+    return this.indexed.get(resolve(dir));
   }
 
   /** Every streamed round complete on disk and checked (in the page cache; durable() syncs). */
@@ -191,6 +207,7 @@ export class StreamIngest {
     this.live = null;
     await this.pagesFile?.abort();
     this.pagesFile = null;
+    this.sentLayout = null;
     await Promise.allSettled([...this.finishing, ...this.syncing]);
   }
 }

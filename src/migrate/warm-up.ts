@@ -24,6 +24,7 @@ import { posixSpawn, kill, SIGKILL, ptrace } from '../sys/index.js';
 import { Guardian } from '../sys/guardian.js';
 import { dump } from '../dump/dump.js';
 import { restore } from '../restore/restore.js';
+import { warmUpLazy } from '../lazy/warm-up-lazy.js';
 
 const SLEEP = ['/usr/bin/sleep', '/bin/sleep'];
 
@@ -58,6 +59,7 @@ export async function warmUpRestore(): Promise<number> {
     await dump({ pid: pids[0], dir: img, leaveRunning: true, fsync: false });
     const r = await restore({ dir: img, newPid: true, stdout: '/dev/null', stderr: '/dev/null' });
     pids.push(r.pid);
+    await warmUpLazy(img, pids);
   } finally {
     for (const pid of pids.reverse()) endChild(pid);
     if (!hadGuardian) Guardian.shutdown();

@@ -80,7 +80,8 @@ function spawnHelper(path: string, stdio: StdioOptions): Helper {
   };
 }
 
-export async function createProcess(pid: number | null, stdio: StdioOptions): Promise<{ proc: NewProcess; helper: Helper }> {
+/** `abandoned`: asked once the helper is up; true ends it there, before any clone (early-start.ts). */
+export async function createProcess(pid: number | null, stdio: StdioOptions, abandoned?: () => boolean): Promise<{ proc: NewProcess; helper: Helper }> {
   const file = writeProgram('tsnap-restore-helper', helperElf());
   let helper: Helper;
   try {
@@ -93,6 +94,7 @@ export async function createProcess(pid: number | null, stdio: StdioOptions): Pr
   try {
     pausePoint('restore-helper-spawned');
     await waitForPause(hpid);
+    if (abandoned?.()) throw new TsnapError('internal', 'the restore no longer needs its helper');
     mark('restore: helper in pause(): seize and clone');
     const htask = FrozenTask.freeze(hpid, { direct: true });
     pausePoint('restore-helper-seized');

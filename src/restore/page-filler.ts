@@ -96,6 +96,13 @@ export interface FillResult {
 
 /** Chunks read and decoded ahead of the one being written. */
 const READ_AHEAD = 6;
+/**
+ * Up to this many chunks are read on tsnap's own thread instead: what a
+ * lazy restore writes at once (the stack, file mappings' data: a chunk or
+ * two) waited for the pool's read and the event loop's turn per chunk,
+ * 1-30 ms each on a loaded machine, besides READ_AHEAD fresh buffers.
+ */
+const SYNC_CHUNKS = 2;
 
 /** `resolved`: the chain already resolved over exactly `within` (checkUnreadChunks did it), not computed again. */
 export async function fillPages(pid: number, chain: readonly Image[], within: Range[], sc: RemoteSyscaller | null = null, onProgress?: (done: number, total: number) => void, resolvedAlready?: readonly ResolvedRun[]): Promise<FillResult> {
@@ -130,7 +137,8 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     // As large as the largest stored chunk, not what an inventory claims.
     let largest = PAGE_SIZE;
     for (const c of chain) for (const ch of c.pagemap.chunks) largest = Math.max(largest, ch.storedLength);
-    const pool: Buffer[] = Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(largest));
+    const sync = order.length <= SYNC_CHUNKS;
+    const pool: Buffer[] = sync ? [] : Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(largest));
     const buffers: Buffer[] = [];
     const refill = () => {
       while (pool.length > 0 && next < order.length) {
@@ -149,8 +157,8 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     for (let pos = 0; pos < order.length; pos++) {
       const runs = byChunk.get(order[pos])!;
       populator.ready(pos);
-      const data = await pending.shift()!;
-      const readBuf = buffers.shift()!;
+      const data = sync ? readerOf(runs[0].image).readChunk(runs[0].chunk) : await pending.shift()!;
+      const readBuf = sync ? null : buffers.shift()!;
       // Runs fill their chunk in order, so one local range feeds them all
       // when they are back to back; otherwise write run by run.
       let contiguous = true;
@@ -175,7 +183,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
       }
       for (const r of runs) pages += r.pages;
       onProgress?.(pages * PAGE_SIZE, total);
-      pool.push(readBuf);
+      if (readBuf) pool.push(readBuf);
       refill();
     }
     populator.drain();

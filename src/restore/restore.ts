@@ -43,6 +43,7 @@ import { createChildren, type PlannedMember } from './tree.js';
 import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.js';
 import { LazyRestore, isLazyVma, kernelTouched, type LazyOptions } from '../lazy/lazy-restore.js';
 import { preparePostcopy } from '../lazy/postcopy-prep.js';
+import { startHelperEarly, abandonMaking } from './early-start.js';
 
 export interface RestoreOptions {
   dir: string;
@@ -192,31 +193,42 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   const warnings: string[] = [];
   // Told once the restore succeeded: a refused or failed one reports its error alone.
   const warn = (m: string) => { warnings.push(m); };
-  mark('restore: read the image');
-  const plan: PlannedMember[] = live?.image ? [{ chain: [live.image], p: needProcess(live.image, opts.dir), children: [], zombies: [] }] : loadMembers(opts.dir);
-  const tree = isTreeImage(opts.dir);
-  const root = plan[0];
   const newPid = !!opts.newPid;
-  mark('restore: image read');
-  if (live && tree) throw new TsnapError('internal', 'a process built while it arrived is one process, not a tree');
-  if (live && opts.lazy && !opts.lazy.remote) throw new TsnapError('internal', 'a process built while it arrived has its memory already: it cannot be restored lazily');
-  mark('restore: preflight');
-  // A live process holds its own pid already.
-  for (const m of plan) preflight(m.chain[0], m.p, newPid || !!live);
-  // The same memory plan as below (shared memory is filled once, by its first process).
-  const planned = new Map<string, { pid: number; v: VmaImage }>();
-  mark('restore: check the chunks not read');
-  // A live process's pages were checked as they arrived.
+  const stdio = openStdio(opts);
+  // Its start overlaps the image's read (early-start.ts).
+  const early = live ? null : startHelperEarly(opts.dir, newPid, stdio.options);
+  let plan: PlannedMember[];
+  let tree: boolean;
+  let root: PlannedMember;
   /** Each process's chain resolved over its dumped memory, for the page writer. */
   const resolvedOf = new Map<ProcessImage, ResolvedRun[]>();
-  for (const m of live ? [] : plan) {
-    const imports = sharedImports(m.p, planned, 0);
-    resolvedOf.set(m.p, checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end }))));
+  try {
+    mark('restore: read the image');
+    plan = live?.image ? [{ chain: [live.image], p: needProcess(live.image, opts.dir), children: [], zombies: [] }] : loadMembers(opts.dir);
+    tree = isTreeImage(opts.dir);
+    root = plan[0];
+    mark('restore: image read');
+    if (live && tree) throw new TsnapError('internal', 'a process built while it arrived is one process, not a tree');
+    if (live && opts.lazy && !opts.lazy.remote) throw new TsnapError('internal', 'a process built while it arrived has its memory already: it cannot be restored lazily');
+    mark('restore: preflight');
+    // A live process holds its own pid already.
+    for (const m of plan) preflight(m.chain[0], m.p, newPid || !!live);
+    // The same memory plan as below (shared memory is filled once, by its first process).
+    const planned = new Map<string, { pid: number; v: VmaImage }>();
+    mark('restore: check the chunks not read');
+    // A live process's pages were checked as they arrived.
+    for (const m of live ? [] : plan) {
+      const imports = sharedImports(m.p, planned, 0);
+      resolvedOf.set(m.p, checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end }))));
+    }
+  } catch (err) {
+    early?.abandon();
+    stdio.close();
+    throw err;
   }
 
   mark('restore: image checked');
   mark('restore: start the helper');
-  const stdio = openStdio(opts);
   let helper: Helper | null = null;
   /** Every task created, for the cleanup of a failed restore. */
   const created: { pid: number; leader: boolean }[] = [];
@@ -230,12 +242,14 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   let bytes = 0;
   let lazy: LazyRestore | null = null;
   try {
-    const making = live ? null : createProcess(newPid ? null : root.p.pid, stdio.options);
+    const wantPid = newPid ? null : root.p.pid;
+    if (early && early.pid !== wantPid) early.abandon();
+    const making = live ? null : early && early.pid === wantPid ? early.making : createProcess(wantPid, stdio.options);
     // The lazy restore's guard starts while the helper does.
     try {
       lazy = opts.lazy ? new LazyRestore(opts.lazy) : null;
     } catch (err) {
-      making?.then((m) => { m.helper.kill('SIGKILL'); try { kill(m.proc.pid, SIGKILL); } catch { /* gone */ } reapTraced(m.proc.pid); }, () => {});
+      if (making) abandonMaking(making);
       throw err;
     }
     mark('restore: wait for the helper');
@@ -307,7 +321,13 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       const dumped = m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start));
       const remote = opts.lazy?.remote;
       const lazyVmas = lazy && !remote ? dumped.filter(isLazyVma) : [];
-      if (lazy) m.lazy = remote ? await preparePostcopy(rt, dumped, m.p.threads, remote.set, remote.source) : { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
+      if (lazy) {
+        const lz = lazy;
+        // The uffd is made here, while remote syscalls stop once (lazy-restore.ts).
+        if (remote) m.lazy = await preparePostcopy(rt, dumped, m.p.threads, remote.set, remote.source, (vmas, batch) => lz.open(rt, vmas, batch));
+        else lazy.open(rt, lazyVmas);
+        m.lazy ??= { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
+      }
       const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
         opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined, lazy ? undefined : resolvedOf.get(m.p));
       pages += filled.pages;
@@ -319,6 +339,8 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       steps.at(`restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`);
       restoreMm(rt, m.p);
     }
+    // Every uffd exists: the guard takes its copies while the restore goes on.
+    lazy?.sendArm();
     const pidNow = new Map([...treePids, ...members.map((m): [number, number] => [m.p.pid, m.rt.pid])]);
     fdr.pidNow = (pid) => {
       const now = pidNow.get(pid);
@@ -375,13 +397,6 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       finishFiles(m.rt, m.p.fds, (id) => idNow.get(id) ?? id);
     }
     // Last of all that needs privilege: afterwards a process may be an ordinary user's.
-    if (lazy) {
-      for (const m of members) {
-        steps.at(`create the userfaultfd of ${m.p.pid}`);
-        lazy.open(m.rt, m.lazy!.vmas);
-      }
-      lazy.sendArm();
-    }
     for (const m of members) {
       steps.at(`restore the credentials of ${m.p.pid}`);
       restoreAllCreds(m.rt, m.p, m.threads, warn);

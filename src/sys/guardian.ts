@@ -11,11 +11,12 @@
  * exits, however it exits.
  */
 import { guardianState } from './guardian-state.js';
-import { spawn } from 'node:child_process';
-import { closeSync, existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { libc } from './libc.js';
+import { posixSpawn } from './spawn.js';
+import { waitpidNoHang } from './ptrace.js';
 import { SysError } from './errors.js';
 import { USER_REGS_SIZE } from './uapi.js';
 import { faultPoint } from '../fault-points.js';
@@ -70,6 +71,34 @@ export function guardianPath(): string {
   return process.env.TSNAP_GUARDIAN ?? join(packageRoot(), 'dist', 'native', 'tsnap-guardian');
 }
 
+/**
+ * Starts the guardian with `sock` as its fd 3, stdio on /dev/null, in its
+ * own session. posix_spawn, not Node's spawn(), which forks all of tsnap
+ * (~5-10 ms of a small dump, and node:child_process loaded for it). The
+ * environment goes along: the guardian runs iptables-restore through PATH.
+ * tsnap reaps it (reapExited), as libuv did for spawn().
+ */
+function spawnGuardian(path: string, sock: number): number {
+  const nul = openSync('/dev/null', 'r+');
+  try {
+    return posixSpawn(path, [], [nul, nul, nul, sock], true, process.env);
+  } finally {
+    closeSync(nul);
+  }
+}
+
+/** Guardians told to exit and not yet reaped. */
+const exited: number[] = [];
+
+/** Reaps those of `exited` that are gone (a guardian still exiting is reaped at the next call). */
+function reapExited(): void {
+  for (let i = exited.length - 1; i >= 0; i--) {
+    let gone: boolean;
+    try { gone = waitpidNoHang(exited[i]) !== null; } catch { gone = true; }
+    if (gone) exited.splice(i, 1);
+  }
+}
+
 export interface SyscallUndo {
   /** The syscall that undoes this one (munmap for mmap, close for an fd). */
   nr: number;
@@ -106,6 +135,8 @@ export class Guardian {
     if (!g) return;
     Guardian.current = null;
     try { closeSync(g.fd); } catch { /* closed */ }
+    if (g.pid > 0) exited.push(g.pid);
+    reapExited();
   }
 
   /**
@@ -127,12 +158,13 @@ export class Guardian {
       } catch {
         return;
       }
-      if (state === 'Z' || state === 'X') return;
+      if (state === 'Z' || state === 'X') { reapExited(); return; }
       Atomics.wait(nap, 0, 0, 2);
     }
   }
 
   private static start(): Guardian {
+    reapExited();
     const path = guardianPath();
     if (!existsSync(path)) {
       throw new GuardianUnavailable(`the native guardian ${path} is missing; run \`npm run build\` in the tsnap directory (it needs a C compiler, cc)`);
@@ -141,17 +173,13 @@ export class Guardian {
     if (libc.socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) === -1) throw new SysError('socketpair', libc.errno());
     const ours = sv.readInt32LE(0);
     const theirs = sv.readInt32LE(4);
-    let pid: number | undefined;
+    let pid = -1;
     try {
-      // spawn() forks and execs synchronously; the pid is known on return.
-      const child = spawn(path, [], { stdio: ['ignore', 'ignore', 'ignore', theirs], detached: true });
-      child.on('error', () => { /* seen by the handshake below */ });
-      child.unref();
-      pid = child.pid;
-    } finally {
+      pid = spawnGuardian(path, theirs);
+    } catch { /* seen by the handshake below */ } finally {
       closeSync(theirs);
     }
-    const g = new Guardian(ours, pid ?? -1);
+    const g = new Guardian(ours, pid);
     guardianState.started = true;
     let version: bigint;
     try {

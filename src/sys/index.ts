@@ -16,3 +16,4 @@ export * from './userfault.js';
 export * from './uffd-msg.js';
 export * from './spawn.js';
 export * from './splice.js';
+export * from './random-id.js';

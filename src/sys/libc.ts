@@ -6,7 +6,23 @@
  */
 import koffi from 'koffi';
 
-const lib = koffi.load('libc.so.6');
+const libc6 = koffi.load('libc.so.6');
+
+/**
+ * Each binding is made on its first call: koffi parses a prototype per
+ * lib.func() (~5 ms of CPU for all of these at a CLI's start), and one
+ * command calls only some of them. A binding is the same function to its
+ * callers (`.async` included); a bad prototype fails at that first call.
+ */
+const lib = {
+  func(...decl: unknown[]): unknown {
+    let fn: ((...a: unknown[]) => unknown) & { async: (...a: unknown[]) => void } | undefined;
+    const make = () => (fn ??= (libc6.func as (...d: unknown[]) => typeof fn)(...decl)!);
+    const call = (...a: unknown[]): unknown => make()(...a);
+    call.async = (...a: unknown[]): void => make().async(...a);
+    return call;
+  },
+};
 
 /** An integer argument koffi accepts for C integer types (a bigint for values past 2^53). */
 type Int = number | bigint;

@@ -4,8 +4,8 @@
  * copied, ~10-15 ms per call on a busy machine here); glibc's posix_spawn
  * uses clone(CLONE_VM | CLONE_VFORK) and costs well under a millisecond.
  * The child gets `fds[i]` as its fd i (stdin, stdout, stderr...) and no
- * other fd (whatever tsnap inherited without O_CLOEXEC stays here), an
- * empty environment, and its own session when `setsid`.
+ * other fd (whatever tsnap inherited without O_CLOEXEC stays here), the
+ * environment `env` (none when omitted), and its own session when `setsid`.
  */
 import { SysError } from './errors.js';
 import { libc } from './libc.js';
@@ -24,7 +24,7 @@ const POSIX_SPAWN_SETSID = 0x80;
 const FA_SIZE = 128;
 const ATTR_SIZE = 512;
 
-export function posixSpawn(path: string, args: string[], fds: number[], setsid: boolean): number {
+export function posixSpawn(path: string, args: string[], fds: number[], setsid: boolean, env: NodeJS.ProcessEnv | null = null): number {
   const fa = Buffer.alloc(FA_SIZE);
   const attr = Buffer.alloc(ATTR_SIZE);
   faInit(fa);
@@ -38,7 +38,8 @@ export function posixSpawn(path: string, args: string[], fds: number[], setsid: 
     if (c !== 0) throw new SysError('posix_spawn_file_actions_addclosefrom_np', c);
     if (setsid) attrSetflags(attr, POSIX_SPAWN_SETSID);
     const pid = [0];
-    const r = spawnFn(pid, path, fa, attr, [path, ...args, null], [null]);
+    const envp = env ? Object.entries(env).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${v}`) : [];
+    const r = spawnFn(pid, path, fa, attr, [path, ...args, null], [...envp, null]);
     if (r !== 0) throw new SysError(`posix_spawn(${path})`, r);
     return pid[0];
   } finally {
