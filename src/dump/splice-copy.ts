@@ -54,10 +54,10 @@ const PIPE_BYTES = 1 << 20;
 const INLINE_CRC_BYTES = 64 << 20;
 /**
  * On with TSNAP_SPLICE_CRC_THREAD=1: past the first 64 MiB, CRCs on a
- * thread of their own. Measured at load 7.5 on two cores (1 GiB): frozen
- * 1.91 s against 2.22, wall 2.55 against 2.64, but +183 ms of CPU and
- * +10 MiB of peak RSS (the thread's V8 isolate): off by default, while the
- * tool's RSS is over its goal (docs/performance.md).
+ * thread of their own. 1 GiB on a quiet machine: wall 1.32 s against 1.58,
+ * frozen 1.03 against 1.30, but +0.3 s of CPU and +9 MiB of peak RSS (the
+ * thread's V8 isolate), which puts the tool over its RSS goal; on loaded
+ * cores no faster. Off by default (docs/performance.md).
  */
 const crcThread = () => process.env.TSNAP_SPLICE_CRC_THREAD === '1';
 /** A piece read back stays in the CPU's cache until its CRC is taken. */
