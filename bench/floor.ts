@@ -127,20 +127,23 @@ async function main(): Promise<void> {
       return s;
     };
     /** Wall seconds, CPU seconds (user + system, all threads) and peak RSS (KiB) of one node run. */
-    const nodeRun = (args: string[]): { s: number; cpu: number; hwmKiB: number } => {
+    const nodeRun = (args: string[], env: Record<string, string> = {}): { s: number; cpu: number; hwmKiB: number; stdout: string } => {
       rmSync(hwmOut, { force: true });
       const c0 = childrenCpuS();
       const t0 = process.hrtime.bigint();
-      const r = spawnSync(process.execPath, ['-r', probe, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, TSNAP_HWM_OUT: hwmOut } });
+      const r = spawnSync(process.execPath, ['-r', probe, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env, TSNAP_HWM_OUT: hwmOut } });
       const s = secs(t0);
       if (r.status !== 0) throw new Error(`node ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
-      return { s, cpu: childrenCpuS() - c0, hwmKiB: existsSync(hwmOut) ? Number(readFileSync(hwmOut, 'utf8')) : NaN };
+      return { s, cpu: childrenCpuS() - c0, hwmKiB: existsSync(hwmOut) ? Number(readFileSync(hwmOut, 'utf8')) : NaN, stdout: String(r.stdout) };
     };
-    const tsnapDump = (target: number, compress: 'none' | 'lz4', extra: string[]) => {
+    const tsnapDump = (target: number, compress: 'none' | 'lz4', extra: string[], env: Record<string, string> = {}) => {
       rmSync(dir, { recursive: true, force: true });
-      const r = nodeRun([TSNAP, 'dump', '--pid', String(target), '--dir', dir, '--compress', compress, ...extra]);
+      const r = nodeRun([TSNAP, 'dump', '--pid', String(target), '--dir', dir, '--compress', compress, '--json', ...extra], env);
       rmSync(dir, { recursive: true, force: true });
-      return r;
+      // How long the target was stopped (the dump's own stats): the wall of a frozen copy is mostly that.
+      let frozenS = NaN;
+      try { frozenS = (JSON.parse(r.stdout.trim().split('\n').pop()!) as { stats: { frozenUs: number } }).stats.frozenUs / 1e6; } catch { /* not reported */ }
+      return { ...r, frozenS };
     };
     const criuDump = (target: number, extra: string[]) => {
       rmSync(dir, { recursive: true, force: true });
@@ -162,7 +165,11 @@ async function main(): Promise<void> {
       ['rawReadv', () => { const c0 = process.cpuUsage(); put('rawReadvS', rawReadv()); put('rawReadvCpu', cpuS(c0)); }],
       ['readvWrite', () => { const c0 = process.cpuUsage(); put('readvWriteS', readvWrite()); put('readvWriteCpu', cpuS(c0)); }],
       ['noneCow', () => { const r = tsnapDump(pid, 'none', ['--leave-running']); put('noneCowS', r.s); put('noneCowCpu', r.cpu); put('noneCowHwmKiB', r.hwmKiB); }],
-      ['noneFrozen', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow']); put('noneFrozenS', r.s); put('noneFrozenCpu', r.cpu); put('noneFrozenHwmKiB', r.hwmKiB); }],
+      ['noneFrozen', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow']); put('noneFrozenS', r.s); put('noneFrozenCpu', r.cpu); put('noneFrozenHwmKiB', r.hwmKiB); put('noneFrozenFrozen', r.frozenS); }],
+      // The one-copy path with its CRCs on a thread of their own (opt-in: a shorter freeze, more RSS).
+      ['noneFrozenCrcThread', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_CRC_THREAD: '1' }); put('noneFrozenCrcThreadS', r.s); put('noneFrozenCrcThreadCpu', r.cpu); put('noneFrozenCrcThreadHwmKiB', r.hwmKiB); put('noneFrozenCrcThreadFrozen', r.frozenS); }],
+      // The same with the one-copy path off: the two copies it replaces, in the same run.
+      ['noneFrozenTwoCopy', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE: '0' }); put('noneFrozenTwoCopyS', r.s); put('noneFrozenTwoCopyCpu', r.cpu); put('noneFrozenTwoCopyHwmKiB', r.hwmKiB); put('noneFrozenTwoCopyFrozen', r.frozenS); }],
       ['lz4Frozen', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running', '--no-cow']); put('lz4FrozenS', r.s); put('lz4FrozenCpu', r.cpu); put('lz4FrozenHwmKiB', r.hwmKiB); }],
       ['lz4Cow', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running']); put('lz4CowS', r.s); put('lz4CowCpu', r.cpu); put('lz4CowHwmKiB', r.hwmKiB); }],
       ...(criu ? [['criu', () => { const r = criuDump(pid, ['--leave-running']); put('criuS', r.s); put('criuCpu', r.cpu); }] as [string, () => void]] : []),
@@ -179,7 +186,7 @@ async function main(): Promise<void> {
         for (const tool of ['tsnap', ...(criu ? ['criu'] : [])]) {
           const k = await startTarget(bin);
           targets.push(k.child);
-          if (tool === 'tsnap') { const r = tsnapDump(k.child.pid!, 'none', []); put('noneKillS', r.s); put('noneKillCpu', r.cpu); put('noneKillHwmKiB', r.hwmKiB); }
+          if (tool === 'tsnap') { const r = tsnapDump(k.child.pid!, 'none', []); put('noneKillS', r.s); put('noneKillCpu', r.cpu); put('noneKillHwmKiB', r.hwmKiB); put('noneKillFrozen', r.frozenS); }
           else { const r = criuDump(k.child.pid!, []); put('criuKillS', r.s); put('criuKillCpu', r.cpu); }
           k.child.kill('SIGKILL');
         }
@@ -194,19 +201,21 @@ async function main(): Promise<void> {
       sizeMiB: SIZE_MIB, reps: REPS, outDir: OUT_ROOT, criu: !!criu, load: readFileSync('/proc/loadavg', 'utf8').trim(),
       wallMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('S')).map((k) => [k, ms(k)])),
       // user + system of the whole tool (every thread), the same for CRIU: on shared cores the wall follows it.
+      frozenMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Frozen')).map((k) => [k, ms(k)])),
       cpuMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Cpu')).map((k) => [k, ms(k)])),
       cpuVsCriu: {
-        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
+        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyCpu', 'criuCpu'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
         ...(KILL ? { noneKill: ratio('noneKillCpu', 'criuKillCpu') } : {}),
       },
       vsCriu: {
-        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
+        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
         ...(KILL ? { noneKill: ratio('noneKillS', 'criuKillS') } : {}),
       },
+      oneCopyVsTwo: { wall: ratio('noneFrozenS', 'noneFrozenTwoCopyS'), cpu: ratio('noneFrozenCpu', 'noneFrozenTwoCopyCpu') },
       cpuVsReadvWrite: { noneFrozen: ratio('noneFrozenCpu', 'readvWriteCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'readvWriteCpu'), criu: ratio('criuCpu', 'readvWriteCpu') },
       vsReadvWrite: { noneCow: ratio('noneCowS', 'readvWriteS'), noneFrozen: ratio('noneFrozenS', 'readvWriteS'), criu: ratio('criuS', 'readvWriteS') },
       vsRawReadv: { noneCow: ratio('noneCowS', 'rawReadvS'), criu: ratio('criuS', 'rawReadvS') },
-      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
+      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), noneFrozenCrcThread: overNode('noneFrozenCrcThreadHwmKiB'), noneFrozenTwoCopy: overNode('noneFrozenTwoCopyHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
     };
     console.log(JSON.stringify(report, null, 2));
   } finally {

@@ -781,6 +781,31 @@ export interface DumpStats {
   cow?: CowStats;
   /** Where the frozen time went (tsnap 0.2+, optional). */
   frozenParts?: FrozenParts;
+  /** The one-copy path: pages vmspliced by the frozen target into pipes, spliced into the pages file (optional). */
+  splice?: SpliceStats;
+}
+
+/** How a one-copy dump moved its pages (µs on tsnap's main thread). */
+export interface SpliceStats {
+  /** Pipes made in the target, and the bytes each held. */
+  pipes: number;
+  pipeBytes: number;
+  /** Remote steps (one guardian request each) that vmspliced a batch of pipes. */
+  trips: number;
+  /** Pages that went through a pipe (the rest: pagesWritten - pagesSpliced, the usual way). */
+  pagesSpliced: number;
+  /** The remote steps; the splices into the file (both on the main thread, the target frozen). */
+  fillUs: number;
+  spliceUs: number;
+  /**
+   * Reading the chunks back for their CRCs, on worker threads while the
+   * splices go on: from the first to the last, and how much of it came
+   * after the last splice (the target may run by then).
+   */
+  crcUs: number;
+  crcAfterUs: number;
+  /** vmsplice refused outright with this errno: the rest was copied the usual way. */
+  refusedErrno?: number;
 }
 
 /**

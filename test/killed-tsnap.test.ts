@@ -7,8 +7,9 @@
  * tsnap is SIGKILLed (no handler of its own runs) at named points
  * (TSNAP_FAULT_AT, src/fault-points.ts): right after the freeze, with the
  * scratch mapping in place, with the injected userfaultfd still in the
- * target, and in the middle of the n-th request to the guardian for every n
- * across the remote-syscall window; and at random instants.
+ * target, with the one-copy dump's pipes in it (empty, and full of its
+ * pages), and in the middle of the n-th request to the guardian for every
+ * n across the remote-syscall window; and at random instants.
  */
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -22,7 +23,7 @@ import { lockRulesOf } from './helpers/lock-rules.js';
 
 useProcessCleanup();
 
-interface Trial { cmd: 'dump' | 'pre-dump' | 'cow'; fault: string | null; delayMs: number }
+interface Trial { cmd: 'dump' | 'pre-dump' | 'cow'; fault: string | null; delayMs: number; extra?: string[] }
 
 /**
  * Trials per target (50; TSNAP_FAULT_TRIALS=N for more, as docs/reliability.md
@@ -37,6 +38,9 @@ function trials(): Trial[] {
     for (const fault of ['frozen', 'scratch-mapped']) out.push({ cmd, fault, delayMs: 0 });
   }
   out.push({ cmd: 'pre-dump', fault: 'uffd-injected', delayMs: 0 });
+  // The one-copy path (frozen, --no-cow): its pipes are in the target, and then its first remote vmsplice.
+  out.push({ cmd: 'dump', fault: 'splice-pipes', delayMs: 0, extra: ['--no-cow'] });
+  out.push({ cmd: 'dump', fault: 'splice-filled', delayMs: 0, extra: ['--no-cow'] });
   // A small process's dump makes ~12 requests (the freeze, the state reads,
   // the scratch mapping, the batch of remote syscalls run as one, the
   // release), a first pre-dump 7: hit each.
@@ -105,7 +109,7 @@ async function runTrials(p: Running, check: (i: number) => Promise<void>): Promi
     const img = join(dir, String(i));
     const args = t.cmd === 'cow'
       ? ['dump', '--pid', String(p.pid), '--dir', img, '--leave-running', '--cow']
-      : [t.cmd, '--pid', String(p.pid), '--dir', img, ...(t.cmd === 'dump' ? ['--leave-running'] : [])];
+      : [t.cmd, '--pid', String(p.pid), '--dir', img, ...(t.cmd === 'dump' ? ['--leave-running'] : []), ...(t.extra ?? [])];
     const r = await runTsnap(args, t.fault, t.delayMs);
     outcomes.push(r.signal === 'SIGKILL' ? 'killed' : `exit ${r.code}`);
     await untraced(p.pid);

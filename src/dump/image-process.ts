@@ -31,6 +31,7 @@ import { unmergeScratch } from './scratch-flags.js';
 import { readLayout, assembleProcess } from './process-state.js';
 import { recordGuards } from './guards.js';
 import { copyPages, fullSelection, type CopyOptions } from './page-dumper.js';
+import { copySpliced } from './splice-copy.js';
 import { selectDelta } from './delta-selection.js';
 import { normalize, subtract, type Range } from '../image/ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
@@ -239,9 +240,11 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     };
     const cowIn = input.cow ?? null;
     if (cowIn && track) cowTracking = { uffd: track.uffd, dropped: false, ref: track.ref };
+    // Frozen and uncompressed: one copy through pipes in the target, when it can have them.
+    const spliced = !cowIn ? await copySpliced({ pid, frozen, vmas: layout.vmas, selection, estimate: total, writer: pageWriter, mem, compression, onProgress: copyOpts.onProgress }) : null;
     const pages = cowIn && frozen
       ? (cow = await copyWithCow({ pid, frozen, vmas: layout.vmas, classes: layout.classes, selection, writer: pageWriter, mem, worker: cowIn.worker, release: cowIn.release, onProgress: copyOpts.onProgress, tracking: cowTracking ?? undefined, prearmed: cowIn.prearmed ? { done: cowIn.prearmed, pagemap } : null })).pages
-      : await copyPages(pid, layout.vmas, selection, pageWriter, mem, copyOpts);
+      : spliced?.pages ?? await copyPages(pid, layout.vmas, selection, pageWriter, mem, copyOpts);
     // Every byte is read: a target that stays alive need not wait for the writes.
     const frozenUs = cow ? cow.frozenUs : frozen ? frozen.frozenUs() : (track?.frozenUs ?? 0);
     input.releaseEarly?.();
@@ -277,6 +280,7 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
       compression,
       ...(cow ? { cow: cow.stats } : {}),
       ...(frozen ? { frozenParts: parts.done() } : {}),
+      ...(spliced ? { splice: spliced.stats } : {}),
       ...(track ? { vmasFresh: trackStats.freshVmas, vmasTracked: trackStats.oldVmas, vmasUntracked: trackStats.untrackedVmas, pagesVanished: vanished } : {}),
     };
     files.stats = writeMetaFile(dir.path, FileKind.Stats, stats, fsync);

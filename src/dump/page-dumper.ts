@@ -24,7 +24,7 @@ export interface PageDumpResult {
   pagesSlowPath: number;
 }
 
-interface Pending {
+export interface Pending {
   start: number;
   len: number;
   readable: boolean;
@@ -168,7 +168,7 @@ export function addRun(runs: PageRun[], r: PageRun): void {
  * process_vm_readv in batches; a short read moves the failing range (and only
  * it) to /proc/PID/mem. Returns the number of pages read the slow way.
  */
-function readInto(copier: VmCopier, mem: ProcMem, buf: Buffer, pending: Pending[], onVanished?: CopyOptions['onVanished']): number {
+export function readInto(copier: VmCopier, mem: ProcMem, buf: Buffer, pending: Pending[], onVanished?: CopyOptions['onVanished']): number {
   let slow = 0;
   let off = 0;
   let i = 0;

@@ -36,7 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PROTOCOL_VERSION 2
+#define PROTOCOL_VERSION 3
 #define CONTROL_FD 3
 
 #ifndef PTRACE_GET_RSEQ_CONFIGURATION
@@ -85,6 +85,8 @@ enum op {
   OP_KILL_ON_EXIT = 16, /* the task is killed, not put back, should the controller go away */
   OP_SYSCALLS = 17,  /* a0 gadget, a1 count <= MAX_BATCH, a17 timeout ms; the message goes on
                         with count struct batch_call -> data = count raw rax values (i64) */
+  OP_PIPE = 19,      /* a0 gadget, a1 address of 8 bytes of scratch, a2 pipe2 flags, a17 timeout ms
+                        -> ret = raw result of pipe2; data = i32 fds[2], u64 undo ids[2] (close of each end) */
   OP_RUN = 18,       /* a0 entry, a1 rbx, a2 r12, a3 code start, a4 code end (the address after its
                         int3), a17 timeout ms: runs tsnap's code in the task from a0 until the int3
                         at a4 - 1 traps (results: in the task's memory) */
@@ -413,6 +415,41 @@ static int op_syscall(struct tracee *t, struct request *q, struct reply *p, uint
   return 0;
 }
 
+/*
+ * pipe2() in the task with both ends on its undo list at once: the fds come
+ * back through the task's memory, not rax, so OP_SYSCALL's undo (which
+ * takes the result from rax) cannot name them, and a controller dying
+ * between the call and a second request would leave them in the task.
+ */
+static int op_pipe(struct tracee *t, struct request *q, struct reply *p, uint8_t *data) {
+  if (t->nundo + 2 > MAX_UNDOS) return ENOSPC;
+  int64_t args[6] = { q->a[1], q->a[2], 0, 0, 0, 0 };
+  int64_t ret = 0;
+  int e = remote_syscall(t, (uint64_t)q->a[0], SYS_pipe2, args, q->a[17] > 0 ? q->a[17] : 60000, &ret);
+  if (e) return e;
+  t->gadget = (uint64_t)q->a[0];
+  p->ret = ret;
+  if (is_error(ret)) return 0;
+  int32_t fds[2];
+  struct iovec local = { fds, sizeof fds }, remote = { (void *)(uintptr_t)q->a[1], sizeof fds };
+  if (process_vm_readv(t->tid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof fds) {
+    /* Cannot happen for scratch tsnap mapped; the fds are unknown, so say so. */
+    return EFAULT;
+  }
+  uint64_t ids[2];
+  for (int i = 0; i < 2; i++) {
+    struct undo *u = &t->undos[t->nundo++];
+    memset(u, 0, sizeof *u);
+    u->id = ids[i] = next_undo_id++;
+    u->nr = SYS_close;
+    u->args[0] = fds[i];
+  }
+  memcpy(data, fds, sizeof fds);
+  memcpy(data + 8, ids, sizeof ids);
+  p->len = 24;
+  return 0;
+}
+
 /* Runs each call of the batch in turn; a failed call is an answer like any other, a lost tracee ends the batch. */
 static int op_syscalls(struct tracee *t, struct request *q, const struct batch_call *calls, struct reply *p, uint8_t *data) {
   int64_t n = q->a[1];
@@ -696,6 +733,8 @@ static int handle(struct request *q, const struct batch_call *calls, int fd, str
     return op_syscalls(t, q, calls, p, data);
   case OP_RUN:
     return op_run(t, q);
+  case OP_PIPE:
+    return op_pipe(t, q, p, data);
   default:
     return G_BADREQ;
   }

@@ -139,6 +139,25 @@ export class PageFileWriter {
     return index;
   }
 
+  /**
+   * Room for the next chunk, `rawLength` bytes stored raw, that the caller
+   * writes itself at `position` of `fd` and whose CRC it sets on `entry`
+   * (the one-copy dump splices page data there: src/dump/splice-copy.ts).
+   * Not mixed with submit(): only while nothing is queued.
+   */
+  reserveRaw(rawLength: number): { index: number; entry: ChunkEntry; fd: number; position: number } {
+    this.throwIfFailed();
+    if (this.compression !== 'none' || this.outstanding > 0) throw new Error('reserveRaw: only for uncompressed chunks, with nothing queued');
+    const index = this.chunks.length;
+    const entry: ChunkEntry = { fileOffset: this.nextOffset, storedLength: rawLength, rawLength, codec: 'none', crc32: 0 };
+    this.chunks.push(entry);
+    const position = HEADER_SIZE + this.nextOffset;
+    this.nextOffset += rawLength;
+    this.bytesRaw += rawLength;
+    this.bytesStored += rawLength;
+    return { index, entry, fd: this.fh.fd, position };
+  }
+
   private enqueue(entry: ChunkEntry, stored: Buffer, buf: Buffer, codec: Compression): void {
     entry.codec = codec;
     entry.crc32 = crc32(stored);
@@ -209,12 +228,22 @@ export class PageFileWriter {
     this.release(buf);
   }
 
+  /** Work on reserved chunks still under way (their CRCs), which finish() waits for. */
+  private readonly reservedWork: Promise<unknown>[] = [];
+
+  /** finish() waits for `work` too, and fails with it (reserveRaw's chunks). */
+  waitFor(work: Promise<unknown>): void {
+    work.catch(() => { /* seen by finish(); an aborted dump does not wait */ });
+    this.reservedWork.push(work);
+  }
+
   /** Waits for every chunk, writes the header, optionally fsyncs; returns the payload length. */
   async finish(fsync: boolean): Promise<number> {
     while (this.outstanding > 0 && !this.failure) {
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
     this.throwIfFailed();
+    for (const w of this.reservedWork.splice(0)) await w;
     const header = encodeHeader({ version: FORMAT_VERSION, kind: FileKind.Pages, flags: 0, payloadLength: this.nextOffset, payloadCrc: 0 });
     try {
       await writevFully(this.fh, [header], 0);

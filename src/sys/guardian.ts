@@ -21,7 +21,7 @@ import { SysError } from './errors.js';
 import { USER_REGS_SIZE } from './uapi.js';
 import { faultPoint } from '../fault-points.js';
 
-const PROTOCOL_VERSION = 2n;
+const PROTOCOL_VERSION = 3n;
 const AF_UNIX = 1;
 const SOCK_SEQPACKET = 5;
 const SOCK_CLOEXEC = 0o2000000;
@@ -35,7 +35,7 @@ const BATCH_CALL_SIZE = 7 * 8;
 
 const Op = {
   hello: 0, freeze: 1, release: 2, kill: 3, getRegs: 4, getXstate: 5,
-  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, throttleHold: 14, throttleDrop: 15, killOnExit: 16, syscalls: 17, run: 18,
+  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, throttleHold: 14, throttleDrop: 15, killOnExit: 16, syscalls: 17, run: 18, pipe: 19,
 } as const;
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
@@ -340,6 +340,21 @@ export class Guardian {
     const args: (number | bigint)[] = new Array(18).fill(0);
     args[0] = entry; args[1] = rbx; args[2] = r12; args[3] = code.start; args[4] = code.end; args[17] = timeoutMs;
     this.call(`run tsnap's code in ${tid}`, Op.run, tid, args);
+  }
+
+  /**
+   * pipe2(`scratch`, flags) run by the frozen task, both ends put on its
+   * undo list in the same request (the fds come back through memory, which
+   * SYSCALL's undo cannot name). `ret`: the raw result; on success the two
+   * fds and the undo id of each end's close, for callUndoing().
+   */
+  pipe(tid: number, gadget: number, scratch: number, flags: number, timeoutMs = 60_000): { ret: bigint; fds: [number, number]; undo: [bigint, bigint] } {
+    Guardian.counts.syscalls++;
+    const args: (number | bigint)[] = new Array(18).fill(0);
+    args[0] = gadget; args[1] = scratch; args[2] = flags; args[17] = timeoutMs;
+    const { ret, data } = this.call(`remote pipe2 in ${tid}`, Op.pipe, tid, args);
+    if (ret < 0n || data.length < 24) return { ret, fds: [-1, -1], undo: [0n, 0n] };
+    return { ret, fds: [data.readInt32LE(0), data.readInt32LE(4)], undo: [data.readBigUInt64LE(8), data.readBigUInt64LE(16)] };
   }
 
   /**

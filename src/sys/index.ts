@@ -15,4 +15,5 @@ export * from './tty.js';
 export * from './userfault.js';
 export * from './uffd-msg.js';
 export * from './spawn.js';
+export * from './splice.js';
 export * from './random-id.js';

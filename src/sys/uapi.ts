@@ -88,7 +88,9 @@ export const SYS = {
   setsockopt: 54,
   getsockopt: 55,
   epoll_ctl: 233,
+  splice: 275,
   tee: 276,
+  vmsplice: 278,
   timerfd_create: 283,
   timerfd_settime: 286,
   signalfd4: 289,
@@ -336,6 +338,7 @@ export const F_SETPIPE_SZ = 1031;
 export const F_GETPIPE_SZ = 1032;
 export const FD_CLOEXEC = 1;
 export const SPLICE_F_NONBLOCK = 2;
+export const SPLICE_F_MOVE = 1;
 export const KCMP_FILE = 0;
 export const KCMP_FILES = 2;
 export const KCMP_EPOLL_TFD = 7;

@@ -1,0 +1,105 @@
+/**
+ * The one-copy dump (src/dump/splice-copy.ts): a frozen, uncompressed dump
+ * has the target vmsplice its pages into pipes of its own and splices them
+ * into the pages file. Judged by the restored process's own checksum, and
+ * by the target of a leave-running dump: nothing of tsnap's left in it (no
+ * pipe fd, no mapping), its memory intact.
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { tsnap, startTsnap, restoreDetached, readImage } from './helpers/tsnap.js';
+
+useProcessCleanup();
+afterAll(() => cleanupTmpDirs());
+
+function fdsAndMaps(pid: number): { fds: string[]; maps: string } {
+  const fds = readdirSync(`/proc/${pid}/fd`).sort().map((fd) => {
+    try { return `${fd}:${readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').split('\n').find((l) => l.startsWith('flags'))}`; } catch { return fd; }
+  });
+  return { fds, maps: readFileSync(`/proc/${pid}/maps`, 'utf8') };
+}
+
+describe('one-copy dump (vmsplice in the target, splice into the pages file)', () => {
+  it('kill mode: every page goes through the pipes, and the restored process finds its checksum', async () => {
+    const work = tmpDir('tsnap-splice-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '24']);
+    const sum = p.readyInfo.sum;
+    const dir = join(work, 'img');
+    const r = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+    expect(r.code, r.stderr).toBe(0);
+    await p.exited;
+    const stats = readImage(dir).stats!;
+    expect(stats.splice, 'the one-copy path was used').toBeDefined();
+    // The region and the rest of the process's written pages, all readable: none the usual way.
+    expect(stats.splice!.pagesSpliced).toBe(stats.pagesWritten);
+    expect(stats.splice!.trips).toBeGreaterThan(0);
+    expect((await tsnap('verify', dir)).code).toBe(0);
+    const back = await restoreDetached(dir, join(work, 'pid'));
+    expect(back.result.code, back.result.stderr).toBe(0);
+    back.writeLine('');
+    expect(await back.waitForLine(/^sum=/, 20_000)).toBe(`sum=${sum}`);
+    expect(await back.waitForLine(/^(PASS|FAIL)/, 20_000)).toBe('PASS');
+  });
+
+  it('--leave-running --no-cow: the target keeps no pipe, fd or mapping of tsnap\'s, and runs on intact', async () => {
+    const work = tmpDir('tsnap-splice-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '8']);
+    const before = fdsAndMaps(p.pid);
+    const dir = join(work, 'img');
+    const r = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--no-cow');
+    expect(r.code, r.stderr).toBe(0);
+    expect(readImage(dir).stats!.splice?.pagesSpliced).toBeGreaterThan(2048);
+    expect(fdsAndMaps(p.pid)).toEqual(before);
+    const n = p.lines().length;
+    p.writeLine('');
+    expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');
+  });
+
+  it('unreadable pages (PROT_NONE with data) go the usual way beside the spliced ones; the restored process checks itself', async () => {
+    const work = tmpDir('tsnap-splice-');
+    const p = await startProcess(await compileC('memstate'), ['read', '6'], { env: { TSNAP_FIXTURE_TMPDIR: work } });
+    const dir = join(work, 'img');
+    const r = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+    expect(r.code, r.stderr).toBe(0);
+    await p.exited;
+    const stats = readImage(dir).stats!;
+    expect(stats.splice).toBeDefined();
+    expect(stats.pagesSlowPath).toBeGreaterThan(0);
+    expect(stats.splice!.pagesSpliced).toBeLessThan(stats.pagesWritten);
+    expect(stats.splice!.pagesSpliced).toBeGreaterThan(0);
+    const back = await restoreDetached(dir, join(work, 'pid'));
+    expect(back.result.code, back.result.stderr).toBe(0);
+    back.writeLine('check');
+    expect(await back.waitForLine(/^(PASS|FAIL)/, 10_000)).toBe('PASS');
+  });
+
+  it('with the CRC thread (TSNAP_SPLICE_CRC_THREAD=1, past 64 MiB) every chunk checks, and the target runs on intact', async () => {
+    const work = tmpDir('tsnap-splice-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '72']);
+    const dir = join(work, 'img');
+    const r = await startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--no-cow'], { TSNAP_SPLICE_CRC_THREAD: '1' }).done;
+    expect(r.code, r.stderr).toBe(0);
+    expect(readImage(dir).stats!.splice!.pagesSpliced).toBe(readImage(dir).stats!.pagesWritten);
+    expect((await tsnap('verify', dir)).code).toBe(0);
+    const n = p.lines().length;
+    p.writeLine('');
+    expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');
+  });
+
+  it('lz4 and TSNAP_SPLICE=0 keep the two-copy path', async () => {
+    const work = tmpDir('tsnap-splice-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '4']);
+    const cases: [string, string[], Record<string, string>][] = [['lz4', ['--compress', 'lz4'], {}], ['off', [], { TSNAP_SPLICE: '0' }]];
+    for (const [name, extra, env] of cases) {
+      const dir = join(work, name);
+      const r = await startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--no-cow', ...extra], env).done;
+      expect(r.code, r.stderr).toBe(0);
+      expect(readImage(dir).stats!.splice, name).toBeUndefined();
+    }
+    const n = p.lines().length;
+    p.writeLine('');
+    expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');
+  });
+});
