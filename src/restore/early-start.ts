@@ -29,8 +29,8 @@ export interface EarlyHelper {
   /** The pid the clone is made at (null: any). */
   readonly pid: number | null;
   readonly making: Promise<{ proc: NewProcess; helper: Helper }>;
-  /** The restore will not use it: kill and reap whatever it made. */
-  abandon(): void;
+  /** The restore will not use it: kill and reap whatever it made; settles once that is done. */
+  abandon(): Promise<void>;
 }
 
 export function startHelperEarly(dir: string, newPid: boolean, stdio: StdioOptions): EarlyHelper | null {
@@ -51,14 +51,18 @@ export function startHelperEarly(dir: string, newPid: boolean, stdio: StdioOptio
     abandon: () => {
       // Asked before the clone: an abandoned restore never makes a process at the pid.
       abandoned = true;
-      abandonMaking(making);
+      return abandonMaking(making);
     },
   };
 }
 
-/** Kills and reaps what `making` made (or will have made). */
-export function abandonMaking(making: Promise<{ proc: NewProcess; helper: Helper }>): void {
-  making.then((m) => {
+/**
+ * Kills and reaps what `making` made (or will have made). A failing restore
+ * awaits it before it reports: a helper left to die after tsnap exits would
+ * linger as init's zombie (reaped 1.3-2 s late on this machine kind).
+ */
+export function abandonMaking(making: Promise<{ proc: NewProcess; helper: Helper }>): Promise<void> {
+  return making.then((m) => {
     m.helper.kill('SIGKILL');
     try { kill(m.proc.pid, SIGKILL); } catch { /* gone */ }
     reapTraced(m.proc.pid);

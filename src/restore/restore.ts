@@ -224,7 +224,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       resolvedOf.set(m.p, checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end }))));
     }
   } catch (err) {
-    early?.abandon();
+    await early?.abandon();
     stdio.close();
     throw err;
   }
@@ -244,15 +244,17 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   let bytes = 0;
   let lazy: LazyRestore | null = null;
   let earlyVmFlags: Map<number, string[]> | null = null;
+  /** An early helper made for another pid, being killed: awaited before a failure is reported. */
+  let strayHelper: Promise<void> | null = null;
   try {
     const wantPid = newPid ? null : root.p.pid;
-    if (early && early.pid !== wantPid) early.abandon();
+    if (early && early.pid !== wantPid) strayHelper = early.abandon();
     const making = live ? null : early && early.pid === wantPid ? early.making : createProcess(wantPid, stdio.options);
     // The lazy restore's guard starts while the helper does.
     try {
       lazy = opts.lazy ? new LazyRestore(opts.lazy) : null;
     } catch (err) {
-      if (making) abandonMaking(making);
+      if (making) await abandonMaking(making);
       throw err;
     }
     mark('restore: wait for the helper');
@@ -485,6 +487,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     for (const c of [...created].reverse()) if (c.leader) reapTraced(c.pid);
     for (const rt of rtOf.values()) { try { rt.mem.close(); } catch { /* closed */ } }
     helper?.kill('SIGKILL');
+    await strayHelper;
     (lazy as LazyRestore | null)?.abort();
     throw steps.failure(err, `restore from ${opts.dir}`);
   } finally {
