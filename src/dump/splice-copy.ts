@@ -80,7 +80,8 @@ export interface SpliceInput {
 export function spliceUnfit(a: Pick<SpliceInput, 'frozen' | 'writer' | 'compression' | 'estimate'>): string | null {
   if (process.env.TSNAP_SPLICE === '0') return 'off (TSNAP_SPLICE=0)';
   if (!a.frozen) return 'the process runs';
-  if (a.estimate < MIN_COPY_BYTES) return 'a small copy: making the pipes costs more than the copy saved';
+  // TSNAP_SPLICE=always: every frozen copy, however small (tests and conformance runs of small processes).
+  if (a.estimate < MIN_COPY_BYTES && process.env.TSNAP_SPLICE !== 'always') return 'a small copy: making the pipes costs more than the copy saved';
   if (a.compression !== 'none') return 'compressed chunks need the bytes in tsnap';
   if (!(a.writer instanceof PageFileWriter)) return 'pages go to a stream, not a file';
   return null;
