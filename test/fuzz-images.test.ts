@@ -25,6 +25,7 @@ import { spawn, execFileSync } from 'node:child_process';
 import { cpSync, readFileSync, writeFileSync, rmSync, truncateSync, statSync, readdirSync, readlinkSync, appendFileSync, openSync, closeSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { rng } from './helpers/rng.js';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, TSNAP_BIN, killPid, type CliResult } from './helpers/tsnap.js';
 import { verify } from '../src/image/verify.js';
@@ -44,18 +45,6 @@ const SEED = Number(process.env.TSNAP_FUZZ_SEED ?? 0x5eed);
 /** Every how many mutations verify and show also run through the CLI. */
 const CLI_SAMPLE = Number(process.env.TSNAP_FUZZ_CLI_EVERY ?? 20);
 const RESTORE_TIMEOUT_MS = 30_000;
-
-/** mulberry32: small, seedable, good enough to pick mutations. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Subject {
   name: string;

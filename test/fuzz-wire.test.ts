@@ -12,13 +12,15 @@
  *
  * TSNAP_FUZZ_WIRE_N=200 runs more cases; TSNAP_FUZZ_WIRE_SEED picks the seed.
  */
-import { describe, it, expect, afterAll, afterEach } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { describe, it, expect, afterAll } from 'vitest';
+import type { ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { rng } from './helpers/rng.js';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { tsnap, TSNAP_BIN, killPid } from './helpers/tsnap.js';
+import { tsnap, killPid } from './helpers/tsnap.js';
+import { startServe } from './helpers/serve.js';
 import { descendantsOf } from './helpers/processes.js';
 import { FrameReader, Msg, encodeFrame, decodeDoc, FRAME_HEADER, type Frame } from '../src/migrate/wire.js';
 import { packr } from '../src/image/metadata.js';
@@ -30,22 +32,6 @@ afterAll(() => cleanupTmpDirs());
 const CASES = Number(process.env.TSNAP_FUZZ_WIRE_N ?? 24);
 const SEED = Number(process.env.TSNAP_FUZZ_WIRE_SEED ?? Date.now() % 1_000_000);
 
-const servers: ChildProcess[] = [];
-afterEach(async () => {
-  for (const s of servers.splice(0)) await killPid(s.pid!);
-});
-
-/** mulberry32: a small seeded generator, so that a failing case can be replayed from its seed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function splitFrames(stream: Buffer): Frame[] {
   const out: Frame[] = [];
@@ -196,21 +182,9 @@ function encodeAll(m: Mutant): Buffer {
   return out.subarray(0, out.length - (FRAME_HEADER + last.payload.length) + m.cutMidFrame);
 }
 
-async function launchServe(dir: string, out: string): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
+function launchServe(dir: string, out: string): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
   // In its own pid namespace (--kill-child: everything in it dies with serve), with --new-pid: every replay may build.
-  const argv = ['unshare', '--pid', '--fork', '--mount-proc', '--kill-child', process.execPath, TSNAP_BIN, 'serve', '--listen', '127.0.0.1:0', '--dir', dir, '--token', 'sesame', '--json', '--restore', '--new-pid', '--no-warm-up', '--stdout', out];
-  const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
-  servers.push(proc);
-  const events: string[] = [];
-  const port = await new Promise<number>((resolve, reject) => {
-    proc.stderr!.on('data', (d) => {
-      events.push(...String(d).trim().split('\n'));
-      const l = events.find((e) => e.includes('"listening"'));
-      if (l) resolve(Number((JSON.parse(l) as { port: number }).port));
-    });
-    proc.once('exit', () => reject(new Error(`serve exited: ${events.join('\n')}`)));
-  });
-  return { port, proc, events };
+  return startServe(dir, ['--restore', '--new-pid', '--no-warm-up', '--stdout', out], ['unshare', '--pid', '--fork', '--mount-proc', '--kill-child']);
 }
 
 /** A proxy in front of serve that keeps what the sender wrote. */

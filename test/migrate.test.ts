@@ -21,6 +21,7 @@ import { lockRulesOf } from './helpers/lock-rules.js';
 import { inOtherPidNs } from './helpers/other-host.js';
 import { descendantsOf } from './helpers/processes.js';
 import { eventually } from './helpers/eventually.js';
+import { startServe } from './helpers/serve.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -38,19 +39,9 @@ afterEach(async () => {
  * `prefix` (e.g. unshare) in front. Resolves once it listens.
  */
 async function launchServe(prefix: string[], dir: string, extra: string[]): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
-  const argv = [...prefix, process.execPath, TSNAP_BIN, 'serve', '--listen', '127.0.0.1:0', '--dir', dir, '--token', 'sesame', '--json', ...extra];
-  const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
-  servers.push(proc);
-  const events: string[] = [];
-  const port = await new Promise<number>((resolve, reject) => {
-    proc.stderr!.on('data', (d) => {
-      events.push(...String(d).trim().split('\n'));
-      const l = events.find((e) => e.includes('"listening"'));
-      if (l) resolve(Number((JSON.parse(l) as { port: number }).port));
-    });
-    proc.once('exit', () => reject(new Error(`serve exited: ${events.join('\n')}`)));
-  });
-  return { port, proc, events };
+  const s = await startServe(dir, extra, prefix);
+  servers.push(s.proc);
+  return s;
 }
 
 function startServer(dir: string, extra: string[] = []): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
