@@ -61,19 +61,27 @@ export function readImage(dir: string, opts: ReadOptions = {}): Image {
   const pages = inventory.files.pages;
   if (!pages) throw new TsnapError('badImage', `${dir}/inventory does not record a pages file; the image is damaged`);
   validateChunkLayout(pagemap.chunks, pages.length, inventory.chunkSize, `${dir}/pagemap`);
-  if (!opts.indexOnly) {
-    // The page data's header and size, checked now rather than when a restore has begun.
-    const reader = new PageFileReader(dir, pagemap.chunks);
-    const length = reader.payloadLength;
-    reader.close();
-    if (length !== pages.length) {
-      throw new TsnapError('badImage', `${dir}/pages holds ${length} bytes, its inventory records ${pages.length}; it was replaced, comes from another image, or is damaged`);
-    }
-  }
+  const img = { dir, inventory, process, pagemap, stats };
+  if (!opts.indexOnly) checkPagesFile(img);
   if (inventory.kind === 'full' && pagemap.runs.some((r) => r.where === PageWhere.Parent)) {
     throw new TsnapError('badImage', `${dir}: a full image refers to pages of a parent; the image is damaged`);
   }
-  return { dir, inventory, process, pagemap, stats };
+  return img;
+}
+
+/**
+ * The page data's header and size against the inventory: what readImage
+ * checks beyond the index, for an image read with `indexOnly` once its
+ * pages file is complete.
+ */
+export function checkPagesFile(img: Image): void {
+  const want = img.inventory.files.pages!.length;
+  const reader = new PageFileReader(img.dir, img.pagemap.chunks);
+  const length = reader.payloadLength;
+  reader.close();
+  if (length !== want) {
+    throw new TsnapError('badImage', `${img.dir}/pages holds ${length} bytes, its inventory records ${want}; it was replaced, comes from another image, or is damaged`);
+  }
 }
 
 /** The image and its ancestors, newest first; a missing or mismatched parent is an error. */

@@ -12,7 +12,7 @@ import { existsSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { withPath } from '../errors.js';
 import { resolve } from 'node:path';
-import { readImage, type Image } from '../image/image-reader.js';
+import { readImage, checkPagesFile, type Image } from '../image/image-reader.js';
 import { LiveBuild, liveObstacle, type LiveLayout } from './live-build.js';
 import { ReceivedPagesFile, fsyncDirAsync } from './chunk-file.js';
 import { layoutMismatch, type SentLayout } from './layout-check.js';
@@ -138,7 +138,9 @@ export class StreamIngest {
     this.sentLayout = null;
     const done = (async () => {
       await pf.complete();
-      this.images.set(resolve(dir), readImage(dir));
+      // The index was read and checked above: what is left is the pages file's header and size.
+      checkPagesFile(img);
+      this.images.set(resolve(dir), img);
     })();
     const durable = done.then(async () => {
       await pf.sync();
