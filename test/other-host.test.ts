@@ -75,11 +75,19 @@ describe('migration to another host (own pid + net namespaces)', () => {
   });
 
   it('on one host, a pid held by a zombie is named with its comm and parent', async () => {
-    // The parent forks a short child and then never reaps it: a zombie until the parent dies.
-    const parent = spawn('sh', ['-c', 'sleep 0 & echo $!; exec sleep 30'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    // The parent forks a short child and then never reaps it: a zombie until the parent dies. Not a shell:
+    // dash may reap a finished background job before its exec (seen in CI), so the zombie would be gone.
+    const script = [
+      'import os, sys',
+      'pid = os.fork()',
+      'if pid == 0: os.execvp("sleep", ["sleep", "0"])',
+      'print(pid, flush=True)',
+      'os.execvp("sleep", ["sleep", "30"])',
+    ].join('\n');
+    const parent = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'ignore'] });
     try {
       const zombie = await new Promise<number>((resolve) => parent.stdout!.once('data', (d) => resolve(Number(String(d).trim()))));
-      await until(() => /^State:\s+Z/m.test(readFileSync(`/proc/${zombie}/status`, 'utf8')), 'the zombie');
+      await until(() => /^State:\s+Z/m.test(readFileSync(`/proc/${zombie}/status`, 'utf8')) && /^Name:\s+sleep$/m.test(readFileSync(`/proc/${parent.pid}/status`, 'utf8')), 'the zombie and its parent\'s exec');
       expect(pidHolder(zombie)).toBe(`pid ${zombie} is held by a zombie of "sleep", parent ${parent.pid} ("sleep")`);
       expect(pidHolder(parent.pid!)).toMatch(new RegExp(`^pid ${parent.pid} is held by "sleep" \\(running\\), parent ${process.pid} `));
       const told: string[] = [];
