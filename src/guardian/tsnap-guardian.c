@@ -131,6 +131,7 @@ struct tracee {
   struct undo undos[MAX_UNDOS];
   int nundo;
   int kill_on_exit;              /* post-copy: another host runs the process now */
+  uint64_t sigmask;              /* its own blocked set, read at the freeze; what it runs our code without */
 };
 
 /* TCP sockets in repair mode: the target's connections, frozen for the peer. */
@@ -242,6 +243,28 @@ static int step_to_syscall_stop(struct tracee *t, int64_t timeout_ms) {
   }
 }
 
+/*
+ * While the task runs code of ours, every signal that can wait stays queued
+ * in the kernel: a signal-delivery stop there could only be swallowed and
+ * sent again at the release, and kill() keeps neither a queued signal's
+ * value and sender nor its place in the queue; the image's pending list,
+ * read from the kernel, would miss it too. The int3 that ends our code and
+ * faults in it stay deliverable: a forced signal that is blocked makes the
+ * kernel reset its handler to SIG_DFL, the program's handler lost.
+ */
+#define SIGBIT(s) (1ull << ((s) - 1))
+#define FORCED_SIGNALS (SIGBIT(SIGTRAP) | SIGBIT(SIGSEGV) | SIGBIT(SIGBUS) | SIGBIT(SIGILL) | SIGBIT(SIGFPE) | SIGBIT(SIGSYS))
+
+static int hold_signals(struct tracee *t) {
+  uint64_t held = t->sigmask | ~FORCED_SIGNALS;
+  return ptrace(PTRACE_SETSIGMASK, t->tid, 8, &held) == -1 ? errno : 0;
+}
+
+/* Once it is stopped again; a task that is not (a timeout) gets its mask back at the release. */
+static void unhold_signals(struct tracee *t) {
+  ptrace(PTRACE_SETSIGMASK, t->tid, 8, &t->sigmask);
+}
+
 static int64_t *arg_reg(struct user_regs_struct *r, int i) {
   switch (i) {
   case 0: return (int64_t *)&r->rdi;
@@ -262,8 +285,10 @@ static int remote_syscall(struct tracee *t, uint64_t gadget, int64_t nr, const i
   for (int i = 0; i < 6; i++) *arg_reg(&regs, i) = args[i];
   if (ptrace(PTRACE_SETREGS, t->tid, 0, &regs) == -1) return errno;
   t->at_syscall_stop = 1;
-  int e = step_to_syscall_stop(t, timeout_ms); /* entry */
+  int e = hold_signals(t);
+  if (!e) e = step_to_syscall_stop(t, timeout_ms); /* entry */
   if (!e) e = step_to_syscall_stop(t, timeout_ms); /* exit */
+  if (e != G_TIMEOUT) unhold_signals(t);
   if (e) return e;
   if (ptrace(PTRACE_GETREGS, t->tid, 0, &regs) == -1) return errno;
   *ret = (int64_t)regs.rax;
@@ -323,6 +348,8 @@ static int release_one(struct tracee *t) {
   }
   t->nundo = 0;
   int e = 0;
+  /* Before the task goes back to the signal path: what queued while we held it is delivered there, in order. */
+  unhold_signals(t);
   if (!t->at_syscall_stop) {
     if (ptrace(PTRACE_SETREGS, t->tid, 0, &t->saved) == -1) e = errno;
   } else if (back_to_signal_stop(t) != 0) {
@@ -374,7 +401,7 @@ static int op_freeze(struct request *q, struct reply *p, uint8_t *data) {
     ptrace(PTRACE_DETACH, q->tid, 0, 0);
     return ENOMEM;
   }
-  if (ptrace(PTRACE_GETREGS, q->tid, 0, &t->saved) == -1) {
+  if (ptrace(PTRACE_GETREGS, q->tid, 0, &t->saved) == -1 || ptrace(PTRACE_GETSIGMASK, q->tid, 8, &t->sigmask) == -1) {
     int e = errno;
     ptrace(PTRACE_DETACH, q->tid, 0, 0);
     forget(t);
@@ -473,6 +500,8 @@ static int op_syscalls(struct tracee *t, struct request *q, const struct batch_c
  * that come meanwhile are held, as for a remote syscall; a fault inside the
  * code ends the run with EFAULT (the task keeps the freeze's registers).
  */
+static int run_to_end(struct tracee *t, uint64_t code, uint64_t end, int64_t timeout);
+
 static int op_run(struct tracee *t, struct request *q) {
   struct user_regs_struct regs = t->saved;
   regs.rip = (uint64_t)q->a[0];
@@ -484,6 +513,13 @@ static int op_run(struct tracee *t, struct request *q) {
   if (ptrace(PTRACE_SETREGS, t->tid, 0, &regs) == -1) return errno;
   /* As after a remote syscall: the freeze's syscall restart is the release's to redo. */
   t->at_syscall_stop = 1;
+  int e = hold_signals(t);
+  if (!e) e = run_to_end(t, code, end, timeout);
+  if (e != G_TIMEOUT) unhold_signals(t);
+  return e;
+}
+
+static int run_to_end(struct tracee *t, uint64_t code, uint64_t end, int64_t timeout) {
   if (ptrace(PTRACE_CONT, t->tid, 0, 0) == -1) return errno;
   for (;;) {
     int status;
