@@ -23,6 +23,7 @@ import { readComm } from '../proc/index.js';
 import { TsnapError } from '../errors.js';
 import { pausePoint } from '../fault-points.js';
 import { mark } from '../trace.js';
+import { MASK_WHILE_HELD } from '../state/held-signals.js';
 
 export interface NewProcess {
   task: FrozenTask;
@@ -99,6 +100,9 @@ export async function createProcess(pid: number | null, stdio: StdioOptions, aba
     const htask = FrozenTask.freeze(hpid, { direct: true });
     pausePoint('restore-helper-seized');
     ptrace.setOptions(hpid, PTRACE_O.TRACESYSGOOD | PTRACE_O.EXITKILL | PTRACE_O_TRACEFORK | PTRACE_O_TRACECLONE);
+    // The clone inherits it: a signal sent to the pid from the instant it exists waits in the kernel's
+    // queue until the restored process resumes with its own mask (restore.ts sets it with the registers).
+    ptrace.setSigmask(hpid, MASK_WHILE_HELD);
     const hmem = new ProcMem(hpid, true);
     const hsc = new RemoteSyscaller(htask, hmem);
     let childPid: number;

@@ -457,6 +457,8 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       if (m.p.stopSignal) kill(m.rt.pid, m.p.stopSignal);
       for (const th of m.threads.slice(1)) ptrace.detach(th.rt.pid);
       ptrace.detach(m.rt.pid);
+      // What could not wait in the queue (a SIGSTOP sent meanwhile) stopped the tracee and was held: sent now.
+      for (const th of m.threads) for (const sig of th.rt.sc.task.deferredSignals) { try { kill(th.rt.pid, sig); } catch { /* gone */ } }
     }
     (lazy as LazyRestore | null)?.start();
     const restoreUs = Number(process.hrtime.bigint() - t0) / 1000;

@@ -170,9 +170,12 @@ const SIG_SETMASK = 2;
 
 /**
  * Signals that were pending at the dump, queued again with their siginfo
- * (sender, value, code). Every thread first blocks every signal, so that
- * nothing is delivered while tsnap still drives the task with remote
- * syscalls; the real masks are set with the registers, and the signals the
+ * (sender, value, code), after any sent to the new process while the
+ * restore built it (its mask from the helper kept those queued:
+ * held-signals.ts). Taking those out to queue them behind the image's
+ * would reorder the ones that keep arriving meanwhile, which is worse.
+ * Every thread first blocks every signal, so that nothing is delivered
+ * while tsnap still drives the task with remote syscalls; the real masks are set with the registers, and the signals the
  * program does not block are delivered as it resumes.
  */
 export function requeueSignals(leader: RemoteTask, tgid: number, threads: { rt: RemoteTask; image: ThreadImage }[], shared: Buffer[]): void {
