@@ -62,7 +62,11 @@ export function asTsnapError(err: unknown, context: string): TsnapError {
     }
     if (err.code === 'ESRCH') return new TsnapError('noSuchProcess', `${context}: the process is gone (${err.call})`, err);
     if (err.code === 'EPERM' || err.code === 'EACCES') {
-      return new TsnapError('permission', `${context}: permission denied (${err.call}); run as root or as the process owner with ptrace allowed`, err);
+      // As root, "run as root" is no help: the kernel checks more than the uid.
+      const hint = process.geteuid?.() === 0
+        ? 'tsnap runs as root, so the process holds capabilities this tsnap lacks (compare CapPrm in /proc/PID/status with tsnap\'s CapEff) or a security module forbids tracing it'
+        : 'run as root or as the process owner with ptrace allowed';
+      return new TsnapError('permission', `${context}: permission denied (${err.call}); ${hint}`, err);
     }
     return new TsnapError('internal', `${context}: ${err.message}`, err);
   }
