@@ -8,6 +8,7 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { waitPidsFree } from './helpers/processes.js';
 import { tsnap, restoreDetached, dumpKillRestore, readImage } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 
@@ -21,7 +22,7 @@ async function ok(...args: string[]): Promise<void> {
 
 /** PID 1 reaps the killed child of a tree late here: a same-pid restore waits for it. */
 async function pidFree(pid: number): Promise<void> {
-  for (let i = 0; i < 500 && existsSync(`/proc/${pid}`); i++) await new Promise((res) => setTimeout(res, 10));
+  await waitPidsFree([pid]);
 }
 
 describe('memory objects', () => {
