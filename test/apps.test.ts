@@ -16,6 +16,7 @@ import { startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } 
 import { runScenarios, Conversation } from './helpers/scenarios.js';
 import { tsnap, restoreDetached, killPid } from './helpers/tsnap.js';
 import { lockRulesOf } from './helpers/lock-rules.js';
+import { freePort } from './helpers/ports.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -196,7 +197,7 @@ for line in f:
 
   it.skipIf(!have('redis-server'))('redis-server: 5 dumps and restores under PINGs every 10 ms on one connection', async () => {
     const work = tmpDir('tsnap-redis-pinged-');
-    const port = 17000 + (process.pid % 1000);
+    const port = await freePort();
     const p = await startProcess('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', work],
       { readyPattern: /Ready to accept connections/, stdin: 'ignore' });
     const pinger = new Pinger(port, () => 'PING\r\n', () => '+PONG');

@@ -19,7 +19,7 @@ import { FileKind, type Inventory } from '../formats/schema.js';
 import { ExitCode } from '../src/errors.js';
 import { lockRulesOf } from './helpers/lock-rules.js';
 import { inOtherPidNs } from './helpers/other-host.js';
-import { descendantsOf } from './helpers/processes.js';
+import { descendantsOf, killTree } from './helpers/processes.js';
 import { eventually } from './helpers/eventually.js';
 import { startServe } from './helpers/serve.js';
 
@@ -29,7 +29,8 @@ afterAll(() => cleanupTmpDirs());
 const servers: ChildProcess[] = [];
 const restored: number[] = [];
 afterEach(async () => {
-  for (const s of servers.splice(0)) await killPid(s.pid!);
+  // With what they run: serve in a pid namespace is unshare's child, and must be gone, not dying, when the test ends.
+  for (const s of servers.splice(0)) await killTree(s.pid!);
   for (const pid of restored.splice(0)) await killPid(pid);
 });
 

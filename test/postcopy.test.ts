@@ -16,6 +16,7 @@ import { findHolders } from '../src/track/untrack.js';
 import { readStatus } from '../src/proc/index.js';
 import { inOtherPidNs } from './helpers/other-host.js';
 import { startServe } from './helpers/serve.js';
+import { killTree } from './helpers/processes.js';
 import { LineLog } from './helpers/lines.js';
 
 useProcessCleanup();
@@ -26,7 +27,8 @@ const moved: number[] = [];
 const proxies: Server[] = [];
 afterEach(async () => {
   for (const s of proxies.splice(0)) s.close();
-  for (const s of servers.splice(0)) await killPid(s.pid!);
+  // With what they run: serve in a pid namespace is unshare's child, and must be gone, not dying, when the test ends.
+  for (const s of servers.splice(0)) await killTree(s.pid!);
   for (const pid of moved.splice(0)) await killPid(pid);
 });
 
