@@ -208,7 +208,7 @@ if pid == 0:
     print('CHILD %r mode=%o' % (os.pread(mine, 5, 0), os.fstat(mine).st_mode & 0o777), flush=True)
     os._exit(0)
 os.close(r)
-time.sleep(0.3)
+while open('/proc/%d/syscall' % pid).read().split()[0] != '0': time.sleep(0.01)   # the child opened it and waits in read()
 print('READY child=%d' % pid, flush=True)
 for cmd in sys.stdin:
     os.pwrite(m, b'hello', 0)
@@ -244,7 +244,7 @@ if pid == 0:
     os._exit(0)
 s, _ = l.accept()
 l.close()
-time.sleep(0.3)
+while open('/proc/%d/syscall' % pid).read().split()[0] != '45': time.sleep(0.01)  # the child waits in recv() (recvfrom)
 print('READY child=%d' % pid, flush=True)
 for cmd in sys.stdin:
     s.sendall(b'ping')

@@ -158,7 +158,8 @@ c = os.fork()
 if c == 0:
     time.sleep(600)
 os.kill(c, signal.SIGKILL)
-time.sleep(0.3)
+for z in (a, b, c):
+    os.waitid(os.P_PID, z, os.WEXITED | os.WNOWAIT)   # dead, and left unreaped (a nap may not be enough under load)
 print('READY a=%d b=%d c=%d' % (a, b, c), flush=True)
 for line in sys.stdin:
     if line.startswith('reap'):
