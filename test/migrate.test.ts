@@ -281,7 +281,8 @@ while True:
 describe('migration between network namespaces, over TLS, and a restore that fails', () => {
   it('moves a process from one network namespace to another (veth), as root', async () => {
     const work = tmpDir('tsnap-mig-');
-    const tag = `ts${process.pid % 10000}`;
+    // The whole pid: unique among the workers alive on this machine (pid % 10000 was not, across suites).
+    const tag = `ts${process.pid}`;
     const ip = (...args: string[]) => execFileSync('ip', args, { stdio: 'pipe' });
     const cleanup = () => {
       for (const ns of [`${tag}a`, `${tag}b`]) { try { ip('netns', 'del', ns); } catch { /* absent */ } }
