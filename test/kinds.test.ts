@@ -161,7 +161,9 @@ for cmd in sys.stdin:
     const other = spawn('unshare', ['-n', 'sleep', '60'], { stdio: 'ignore' });
     registerPid(other.pid!);
     // unshare execs sleep once the namespace exists.
-    for (let i = 0; i < 100 && !readFileSync(`/proc/${other.pid}/cmdline`, 'utf8').startsWith('sleep'); i++) await new Promise((res) => setTimeout(res, 20));
+    // Until then its namespace may still be ours: waited for (up to 10 s on a loaded machine), then required.
+    for (let i = 0; i < 500 && !readFileSync(`/proc/${other.pid}/cmdline`, 'utf8').startsWith('sleep'); i++) await new Promise((res) => setTimeout(res, 20));
+    expect(readFileSync(`/proc/${other.pid}/cmdline`, 'utf8')).toMatch(/^sleep/);
     const p = await startPython(`${PRELUDE}
 fd = os.open('/proc/${other.pid}/ns/net', os.O_RDONLY)
 print('READY fd=%d' % fd, flush=True)
