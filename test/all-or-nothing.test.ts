@@ -11,8 +11,10 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn, execFileSync } from 'node:child_process';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, startTsnap, restoreDetached, TSNAP_BIN } from './helpers/tsnap.js';
-import { isGone, tracerOf, tracerFor, registerPid, descendantsOf, killPid } from './helpers/processes.js';
+import { tsnap, startTsnap, restoreDetached } from './helpers/tsnap.js';
+import { isGone, tracerOf, tracerFor, registerPid, descendantsOf, killPid, waitPidsFree } from './helpers/processes.js';
+import { eventually } from './helpers/eventually.js';
+import { startServe } from './helpers/serve.js';
 import { helperElf, writeProgram } from '../src/inject/tiny-elf.js';
 import { findHolders } from '../src/track/untrack.js';
 
@@ -41,7 +43,9 @@ async function allGone(pids: number[]): Promise<number[]> {
 async function treeStatus(p: Running): Promise<{ counter: number; last: number; bad: number }> {
   const from = p.lines().length;
   p.writeLine('status');
-  const m = /counter=(\d+) last=(\d+) bad=(\d+)/.exec(await p.waitForLine(/^STATUS/, 5000, from))!;
+  // The parent answers between two writes into pipe A, which it may wait on
+  // for child1 to drain a whole page of numbers (~0.5 s idle, more under load).
+  const m = /counter=(\d+) last=(\d+) bad=(\d+)/.exec(await p.waitForLine(/^STATUS/, 15_000, from))!;
   return { counter: Number(m[1]), last: Number(m[2]), bad: Number(m[3]) };
 }
 
@@ -57,8 +61,9 @@ async function expectTreeRunsOn(p: Running, all: number[]): Promise<void> {
     expect(tracerOf(pid), `process ${pid}`).toBe(0);
   }
   const s1 = await treeStatus(p);
-  await sleep(50);
-  const s2 = await treeStatus(p);
+  // Waited for, not slept on: on a loaded machine 50 ms may pass without
+  // the children getting the CPU; a tree left stopped never moves on.
+  const s2 = await eventually(() => treeStatus(p), (s) => s.bad !== 0 || s.last > s1.last, 10_000, 'the tree passing numbers on');
   expect(s2.bad).toBe(0);
   expect(s2.last).toBeGreaterThan(s1.last);
 }
@@ -125,13 +130,8 @@ describe('dump interrupted at a named point', () => {
 
   it('migrate, SIGTERM while the source is held frozen: exit 143, the receiver never commits, the source runs on untracked', async () => {
     const work = tmpDir('tsnap-intr-');
-    const port = 18900 + (process.pid % 500);
-    const srv = spawn(process.execPath, [TSNAP_BIN, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', join(work, 'in'), '--token', 'sesame', '--json'], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let events = '';
-    await new Promise<void>((resolve, reject) => {
-      srv.stderr!.on('data', (d) => { events += d; if (events.includes('"listening"')) resolve(); });
-      srv.once('exit', () => reject(new Error(`serve exited: ${events}`)));
-    });
+    // A port the kernel picks: a counted one may be another suite's (same token).
+    const { port, proc: srv, events } = await startServe(join(work, 'in'));
     try {
       const p = await startProcess(await compileC('counter'), []);
       const t = startTsnap(['migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${port}`, '--token', 'sesame', '--max-iterations', '2'], { TSNAP_TEST_PAUSE_AT: 'migrate-held' });
@@ -145,7 +145,7 @@ describe('dump interrupted at a named point', () => {
       expect(tracerOf(p.pid)).toBe(0);
       expect(findHolders(p.pid)).toEqual([]);
       await p.waitForLine(/^count=/, 5000, p.lines().length);
-      expect(events).not.toMatch(/"committed"/);
+      expect(events.join('\n')).not.toMatch(/"committed"/);
     } finally {
       await killPid(srv.pid!);
     }
@@ -188,18 +188,17 @@ describe('dump interrupted at a named point', () => {
     const out = JSON.parse(again.stdout) as { processes: { kind: string; trackingLost: string | null }[] };
     for (const x of out.processes) expect(x).toMatchObject({ kind: 'delta', trackingLost: null });
     expect(await allGone(all)).toEqual([]);
-    // Their pids are free once the orphaned children's zombies are reaped too.
-    for (const pid of all) for (let i = 0; i < 500 && existsSync(`/proc/${pid}`); i++) await sleep(10);
+    // Their pids are free once the orphaned children's zombies are reaped too (init reaps 1.3-2 s late).
+    await waitPidsFree(all, 15_000);
     const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     const status = async () => {
       const from = r.lines.length;
       r.writeLine('status');
-      return /last=(\d+) bad=(\d+)/.exec(await r.waitForLine(/^STATUS/, 5000, from))!.slice(1).map(Number);
+      return /last=(\d+) bad=(\d+)/.exec(await r.waitForLine(/^STATUS/, 15_000, from))!.slice(1).map(Number);
     };
     const [last1] = await status();
-    await sleep(50);
-    const [last2, bad] = await status();
+    const [last2, bad] = await eventually(status, ([l, b]) => b !== 0 || l > last1, 10_000, 'the restored tree passing numbers on');
     expect(bad).toBe(0);
     expect(last2).toBeGreaterThan(last1);
   });

@@ -9,13 +9,15 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { connect, type Socket } from 'node:net';
-import { readdirSync, writeFileSync, existsSync, readFileSync } from 'node:fs';
+import { readdirSync, writeFileSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { join } from 'node:path';
 import { startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { runScenarios, Conversation } from './helpers/scenarios.js';
 import { tsnap, restoreDetached, killPid } from './helpers/tsnap.js';
 import { lockRulesOf } from './helpers/lock-rules.js';
+import { freePort } from './helpers/ports.js';
+import { isGone } from './helpers/processes.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -163,7 +165,8 @@ async function cyclesUnderPings(first: { pid: number; exited: Promise<unknown> }
     expect(lockRulesOf(pinger.port), 'the restore lifted the lock').toEqual([]);
     pid = r.pid;
     const restored = r.pid;
-    gone = (async () => { for (let t = 0; t < 500 && existsSync(`/proc/${restored}/stat`) && !/\) Z/.test(readFileSync(`/proc/${restored}/stat`, 'utf8')); t++) await new Promise((res) => setTimeout(res, 10)); })();
+    // isGone: the zombie may be reaped between two reads of its /proc entry.
+    gone = (async () => { for (let t = 0; t < 500 && !isGone(restored); t++) await new Promise((res) => setTimeout(res, 10)); })();
     expect(await pinger.waitFor(before + 5), `answers after restore ${i + 1}; ${pinger.problems.join('; ')}`).toBeGreaterThanOrEqual(before + 5);
     expect(pinger.problems).toEqual([]);
   }
@@ -196,7 +199,7 @@ for line in f:
 
   it.skipIf(!have('redis-server'))('redis-server: 5 dumps and restores under PINGs every 10 ms on one connection', async () => {
     const work = tmpDir('tsnap-redis-pinged-');
-    const port = 17000 + (process.pid % 1000);
+    const port = await freePort();
     const p = await startProcess('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', work],
       { readyPattern: /Ready to accept connections/, stdin: 'ignore' });
     const pinger = new Pinger(port, () => 'PING\r\n', () => '+PONG');

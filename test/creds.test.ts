@@ -10,6 +10,7 @@ import { readFileSync, writeFileSync, readdirSync, existsSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
+import { waitPidsFree } from './helpers/processes.js';
 import { tsnap, restoreDetached, killPid, TSNAP_BIN, type CliResult } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 
@@ -155,7 +156,7 @@ for line in sys.stdin:
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
     expect(d.code, d.stderr).toBe(0);
     await p.exited;
-    for (let i = 0; i < 300 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+    await waitPidsFree([child]);
     const r = await restoreDetached(dir, join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     try {
@@ -190,7 +191,7 @@ for line in sys.stdin:
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
     expect(d.code, d.stderr).toBe(0);
     await p.exited;
-    for (let i = 0; i < 300 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+    await waitPidsFree([child]);
     const r = await restoreDetached(dir, join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     expect(/^State:\s+Z/m.test(readFileSync(`/proc/${child}/status`, 'utf8'))).toBe(true);

@@ -10,6 +10,7 @@ import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { waitPidsFree } from './helpers/processes.js';
 import { tsnap, restoreDetached, readImage, killPid, dumpKillRestore } from './helpers/tsnap.js';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { ExitCode } from '../src/errors.js';
@@ -157,7 +158,7 @@ for line in sys.stdin:
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
     expect(d.code, d.stderr).toBe(0);
     await p.exited;
-    for (let i = 0; i < 300 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+    await waitPidsFree([child]);
     const r = await restoreDetached(dir, join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     r.writeLine('go');

@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, readlinkSync, existsSync, rmSync, writeFileSync, symlinkSync } from 'node:fs';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, readImage, dumpKillRestore, restoreDetached } from './helpers/tsnap.js';
-import { registerPid, killPid } from './helpers/processes.js';
+import { registerPid, killPid, waitPidsFree } from './helpers/processes.js';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
@@ -26,7 +26,7 @@ async function dumpTreeKillRestore(p: { pid: number; exited: Promise<unknown> },
   const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--tree');
   expect(d.code, d.stderr).toBe(0);
   await p.exited;
-  for (const pid of children) for (let i = 0; i < 500 && existsSync(`/proc/${pid}`); i++) await new Promise((res) => setTimeout(res, 10));
+  await waitPidsFree(children);
   const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
   expect(r.result.code, r.result.stderr).toBe(0);
   return r;
@@ -161,7 +161,9 @@ for cmd in sys.stdin:
     const other = spawn('unshare', ['-n', 'sleep', '60'], { stdio: 'ignore' });
     registerPid(other.pid!);
     // unshare execs sleep once the namespace exists.
-    for (let i = 0; i < 100 && !readFileSync(`/proc/${other.pid}/cmdline`, 'utf8').startsWith('sleep'); i++) await new Promise((res) => setTimeout(res, 20));
+    // Until then its namespace may still be ours: waited for (up to 10 s on a loaded machine), then required.
+    for (let i = 0; i < 500 && !readFileSync(`/proc/${other.pid}/cmdline`, 'utf8').startsWith('sleep'); i++) await new Promise((res) => setTimeout(res, 20));
+    expect(readFileSync(`/proc/${other.pid}/cmdline`, 'utf8')).toMatch(/^sleep/);
     const p = await startPython(`${PRELUDE}
 fd = os.open('/proc/${other.pid}/ns/net', os.O_RDONLY)
 print('READY fd=%d' % fd, flush=True)

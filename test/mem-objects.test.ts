@@ -8,6 +8,7 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { waitPidsFree } from './helpers/processes.js';
 import { tsnap, restoreDetached, dumpKillRestore, readImage } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 
@@ -21,7 +22,7 @@ async function ok(...args: string[]): Promise<void> {
 
 /** PID 1 reaps the killed child of a tree late here: a same-pid restore waits for it. */
 async function pidFree(pid: number): Promise<void> {
-  for (let i = 0; i < 500 && existsSync(`/proc/${pid}`); i++) await new Promise((res) => setTimeout(res, 10));
+  await waitPidsFree([pid]);
 }
 
 describe('memory objects', () => {
@@ -207,7 +208,7 @@ if pid == 0:
     print('CHILD %r mode=%o' % (os.pread(mine, 5, 0), os.fstat(mine).st_mode & 0o777), flush=True)
     os._exit(0)
 os.close(r)
-time.sleep(0.3)
+while open('/proc/%d/syscall' % pid).read().split()[0] != '0': time.sleep(0.01)   # the child opened it and waits in read()
 print('READY child=%d' % pid, flush=True)
 for cmd in sys.stdin:
     os.pwrite(m, b'hello', 0)
@@ -243,7 +244,7 @@ if pid == 0:
     os._exit(0)
 s, _ = l.accept()
 l.close()
-time.sleep(0.3)
+while open('/proc/%d/syscall' % pid).read().split()[0] != '45': time.sleep(0.01)  # the child waits in recv() (recvfrom)
 print('READY child=%d' % pid, flush=True)
 for cmd in sys.stdin:
     s.sendall(b'ping')

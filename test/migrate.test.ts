@@ -19,7 +19,7 @@ import { FileKind, type Inventory } from '../formats/schema.js';
 import { ExitCode } from '../src/errors.js';
 import { lockRulesOf } from './helpers/lock-rules.js';
 import { inOtherPidNs } from './helpers/other-host.js';
-import { descendantsOf } from './helpers/processes.js';
+import { descendantsOf, killTree } from './helpers/processes.js';
 import { eventually } from './helpers/eventually.js';
 import { startServe } from './helpers/serve.js';
 
@@ -29,7 +29,8 @@ afterAll(() => cleanupTmpDirs());
 const servers: ChildProcess[] = [];
 const restored: number[] = [];
 afterEach(async () => {
-  for (const s of servers.splice(0)) await killPid(s.pid!);
+  // With what they run: serve in a pid namespace is unshare's child, and must be gone, not dying, when the test ends.
+  for (const s of servers.splice(0)) await killTree(s.pid!);
   for (const pid of restored.splice(0)) await killPid(pid);
 });
 
@@ -280,7 +281,8 @@ while True:
 describe('migration between network namespaces, over TLS, and a restore that fails', () => {
   it('moves a process from one network namespace to another (veth), as root', async () => {
     const work = tmpDir('tsnap-mig-');
-    const tag = `ts${process.pid % 10000}`;
+    // The whole pid: unique among the workers alive on this machine (pid % 10000 was not, across suites).
+    const tag = `ts${process.pid}`;
     const ip = (...args: string[]) => execFileSync('ip', args, { stdio: 'pipe' });
     const cleanup = () => {
       for (const ns of [`${tag}a`, `${tag}b`]) { try { ip('netns', 'del', ns); } catch { /* absent */ } }

@@ -9,7 +9,8 @@
  */
 import { describe, it, expect, afterEach, afterAll } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
+import { freePort } from './helpers/ports.js';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
@@ -41,17 +42,6 @@ async function until<T>(what: string, f: () => T | null | undefined | false, ms 
     if (v) return v;
   }
   throw new Error(`timeout waiting for ${what}`);
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 /** A keep-alive HTTP/1.1 client on one connection: each get() is one request on it. */

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { closeSync, existsSync, mkdirSync, openSync, readlinkSync, rmSync, writeSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { waitPidsFree } from './helpers/processes.js';
 import { tsnap, readImage, dumpKillRestore, restoreDetached } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 
@@ -107,7 +108,7 @@ print("PARENT %r" % os.read(r, 100), flush=True)
     expect(d.code, d.stderr).toBe(0);
     await p.exited;
     // The killed child is an orphan that PID 1 reaps late: its pid must be free for the restore.
-    for (let i = 0; i < 500 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+    await waitPidsFree([child]);
     const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     r.writeLine('go');

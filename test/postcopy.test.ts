@@ -8,13 +8,16 @@
 import { describe, it, expect, afterAll, afterEach } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { createServer, connect, type Server, type Socket } from 'node:net';
+import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { TSNAP_BIN, killPid } from './helpers/tsnap.js';
 import { findHolders } from '../src/track/untrack.js';
 import { readStatus } from '../src/proc/index.js';
 import { inOtherPidNs } from './helpers/other-host.js';
+import { startServe } from './helpers/serve.js';
+import { killTree } from './helpers/processes.js';
+import { LineLog } from './helpers/lines.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -24,35 +27,26 @@ const moved: number[] = [];
 const proxies: Server[] = [];
 afterEach(async () => {
   for (const s of proxies.splice(0)) s.close();
-  for (const s of servers.splice(0)) await killPid(s.pid!);
+  // With what they run: serve in a pid namespace is unshare's child, and must be gone, not dying, when the test ends.
+  for (const s of servers.splice(0)) await killTree(s.pid!);
   for (const pid of moved.splice(0)) await killPid(pid);
 });
 
-let nextPort = 18300 + (process.pid % 200);
-
+/** serve in a pid namespace of its own (the migrated pid is free there, as on another host), on a port the kernel picks. */
 async function serveInPidNs(dir: string, extra: string[], env: Record<string, string> = {}): Promise<{ port: number; events: string[] }> {
-  const port = nextPort++;
   // --kill-child: serve is the namespace's init, and everything in it dies with it.
-  const proc = spawn('unshare', ['--pid', '--fork', '--mount-proc', '--kill-child', process.execPath, TSNAP_BIN, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', dir, '--token', 'sesame', '--json', ...extra], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
-  servers.push(proc);
-  const events: string[] = [];
-  await new Promise<void>((resolve, reject) => {
-    proc.stderr!.on('data', (d) => {
-      events.push(...String(d).trim().split('\n'));
-      if (events.some((e) => e.includes('"listening"'))) resolve();
-    });
-    proc.once('exit', () => reject(new Error(`serve exited: ${events.join('\n')}`)));
-  });
-  return { port, events };
+  const s = await startServe(dir, extra, ['unshare', '--pid', '--fork', '--mount-proc', '--kill-child'], env);
+  servers.push(s.proc);
+  return s;
 }
 
 /** tsnap migrate as a child, its JSON events as they come. */
 function migrateChild(args: string[], env: Record<string, string> = {}): { events: string[]; stdout: () => string; exited: Promise<number | null>; child: ChildProcess } {
   const m = spawn(process.execPath, [TSNAP_BIN, 'migrate', '--token', 'sesame', '--json', ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   servers.push(m);
-  const events: string[] = [];
+  // Whole lines only: an event split between two reads must not be parsed in halves.
+  const events = new LineLog('tsnap migrate').follow(m.stderr).lines;
   let out = '';
-  m.stderr!.on('data', (d) => events.push(...String(d).trim().split('\n')));
   m.stdout!.on('data', (d) => { out += String(d); });
   return { events, stdout: () => out, exited: new Promise((r) => m.once('exit', (code) => r(code))), child: m };
 }
@@ -90,8 +84,8 @@ async function relay(to: number): Promise<{ port: number; cut: () => void }> {
     b.pipe(a);
   });
   proxies.push(srv);
-  const port = nextPort++;
-  await new Promise<void>((r) => srv.listen(port, '127.0.0.1', () => r()));
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  const { port } = srv.address() as AddressInfo;
   return { port, cut: () => { for (const s of socks) s.resetAndDestroy(); srv.close(); } };
 }
 
@@ -201,12 +195,8 @@ describe('migrate --postcopy', () => {
   it('a receiver that cannot build the process live refuses post-copy before the commit: the source runs on, untracked', async () => {
     const work = tmpDir('tsnap-pc-');
     // Same pid namespace: the source holds the pid, so the receiver can only restore from the chain.
-    const port = nextPort++;
-    const proc = spawn(process.execPath, [TSNAP_BIN, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', join(work, 'in'), '--token', 'sesame', '--json', '--restore'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const { port, proc } = await startServe(join(work, 'in'), ['--restore']);
     servers.push(proc);
-    const events: string[] = [];
-    proc.stderr!.on('data', (d) => events.push(...String(d).trim().split('\n')));
-    await waitFor(() => events.some((e) => e.includes('"listening"')));
     const p = await startProcess(await compileC('pcwriter'), ['8', '4']);
     await p.waitForLine(/^count=20$/, 10_000);
     const m = migrateChild(['--pid', String(p.pid), '--to', `127.0.0.1:${port}`, '--postcopy', '--max-iterations', '1']);

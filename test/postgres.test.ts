@@ -15,6 +15,7 @@ import { startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, t
 import { tsnap, restoreDetached } from './helpers/tsnap.js';
 import { waitPidsFree, descendantsOf, killTree } from './helpers/processes.js';
 import { runScenarios } from './helpers/scenarios.js';
+import { freePort } from './helpers/ports.js';
 
 useProcessCleanup();
 
@@ -33,10 +34,11 @@ if (missing) console.warn('postgres.test: skipped (needs postgres, initdb and ps
 
 let base = '';
 let data = '';
-const port = 25000 + (process.pid % 1000);
+let port = 0; // the kernel's choice (helpers/ports.ts)
 
-beforeAll(() => {
+beforeAll(async () => {
   if (missing) return;
+  port = await freePort();
   base = tmpDir('tsnap-pg-');
   chownSync(base, uidOf('postgres'), gidOf('postgres'));
   data = join(base, 'data');

@@ -12,7 +12,7 @@ import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync } from 'node:fs';
 import { join } from 'node:path';
-import { createServer, type AddressInfo } from 'node:net';
+import { freePort } from './helpers/ports.js';
 import { FIXTURES_DIR, FIXTURE_CACHE_DIR, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { runScenarios, Conversation, type Scenario } from './helpers/scenarios.js';
 import { killTree } from './helpers/processes.js';
@@ -36,15 +36,6 @@ for (const [cmd, pkg] of [['memcached', 'memcached'], ['go', 'golang-go'], ['red
  */
 function startClean(argv: string[]) {
   return startProcess('python3', ['-c', `import os, sys; os.closerange(3, 1024); print('READY', flush=True); os.execvp(sys.argv[1], sys.argv[1:])`, ...argv], { stdin: 'ignore' });
-}
-
-/** A free port, for a server that must be told one (the kernel's choice, given back at once). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => { const { port } = s.address() as AddressInfo; s.close(() => resolve(port)); });
-  });
 }
 
 describe.skipIf(!have('memcached'))('memcached', () => {

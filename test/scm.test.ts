@@ -8,8 +8,8 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { waitPidsFree } from './helpers/processes.js';
 import { tsnap, readImage, dumpKillRestore, restoreDetached, killPid } from './helpers/tsnap.js';
-import { existsSync } from 'node:fs';
 import { ExitCode } from '../src/errors.js';
 
 useProcessCleanup();
@@ -114,7 +114,7 @@ for line in sys.stdin:
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--tree');
     expect(d.code, d.stderr).toBe(0);
     await p.exited;
-    for (let i = 0; i < 300 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+    await waitPidsFree([child]);
     const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     r.writeLine('go');

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, readImage, restoreDetached, killPid } from './helpers/tsnap.js';
 import { startServe } from './helpers/serve.js';
-import { registerPid } from './helpers/processes.js';
+import { registerPid, waitPidsFree } from './helpers/processes.js';
 import { checkRestored } from '../src/restore/self-check.js';
 import { ExitCode } from '../src/errors.js';
 import type { ProcessImage } from '../formats/schema.js';
@@ -90,7 +90,7 @@ while True: time.sleep(0.1)`);
       const child = Number(p.readyInfo.pid);
       const dir = join(work, mode);
       expect((await tsnap('dump', '--pid', String(child), '--dir', dir)).code).toBe(0);
-      for (let i = 0; i < 200 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+      await waitPidsFree([child]);
       const r = await restoreDetached(dir, join(work, `${mode}.pid`), ['--check', mode]);
       if (mode === 'strict') {
         expect(r.result.code).toBe(ExitCode.restoreFailed);

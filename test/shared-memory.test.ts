@@ -21,14 +21,16 @@ afterAll(() => cleanupTmpDirs());
  * its crc; "poke" makes the child write one byte that the parent then sees.
  */
 const PROGRAM = `
-import mmap, os, sys, zlib, time
+import mmap, os, sys, zlib
 os.closerange(3, 256)
 PAGES = 64
 m = mmap.mmap(-1, PAGES * 4096, mmap.MAP_SHARED)
 r, w = os.pipe()
+ack_r, ack_w = os.pipe()
 pid = os.fork()
 if pid == 0:
     os.close(w)
+    os.close(ack_r)
     f = os.fdopen(r, 'r')
     for line in f:
         cmd = line.split()
@@ -38,15 +40,17 @@ if pid == 0:
                 m[i * 4096:(i + 1) * 4096] = bytes([(i * 7 + n) & 255]) * 4096
         elif cmd[0] == 'poke':
             m[PAGES * 4096 - 1] = 0x77
+        os.write(ack_w, b'k')       # written: DONE may be said
     os._exit(0)
 os.close(r)
+os.close(ack_w)
 out = os.fdopen(w, 'w')
 print('READY', pid, flush=True)
 for line in sys.stdin:
     cmd = line.split()
     if cmd[0] in ('fill', 'poke'):
         out.write(line); out.flush()
-        time.sleep(0.3)
+        os.read(ack_r, 1)           # the child's word, not a nap: a loaded machine may not run it for a while
         print('DONE', flush=True)
     elif cmd[0] == 'sum':
         print('SUM %08x %d' % (zlib.crc32(m[:]), m[PAGES * 4096 - 1]), flush=True)

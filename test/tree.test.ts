@@ -7,6 +7,7 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { readFileSync, existsSync, rmSync, readlinkSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
+import { waitPidsFree } from './helpers/processes.js';
 import { tsnap, restoreDetached, killPid, readImage, storedPageSet } from './helpers/tsnap.js';
 import { readTreeManifest } from '../src/image/tree-manifest.js';
 import { eventually } from './helpers/eventually.js';
@@ -20,7 +21,10 @@ interface Status { counter: number; last: number; bad: number }
 
 async function status(p: { writeLine(s: string): void; waitForLine(re: RegExp, t?: number, from?: number): Promise<string> }, from: number): Promise<Status> {
   p.writeLine('status');
-  const l = await p.waitForLine(/^STATUS/, 5000, from);
+  // The parent answers between two writes into pipe A, which it may wait on
+  // for child1 to drain a whole page of numbers (~0.5 s idle, several times
+  // that on a loaded machine).
+  const l = await p.waitForLine(/^STATUS/, 15_000, from);
   const m = /counter=(\d+) last=(\d+) bad=(\d+)/.exec(l)!;
   return { counter: Number(m[1]), last: Number(m[2]), bad: Number(m[3]) };
 }
@@ -31,7 +35,7 @@ function identity(pid: number) {
 }
 
 async function gone(pids: number[]): Promise<void> {
-  for (const pid of pids) for (let i = 0; i < 300 && existsSync(`/proc/${pid}`); i++) await new Promise((r) => setTimeout(r, 10));
+  await waitPidsFree(pids);
 }
 
 describe('process trees', () => {
@@ -56,7 +60,7 @@ describe('process trees', () => {
     expect(r.result.code, r.result.stderr).toBe(0);
     expect(r.pid).toBe(p.pid);
     const s1 = await status(r, 0);
-    const s2 = await eventually(() => status(r, r.lines.length), (s) => s.last > s1.last, 5000, 'the restored tree counting on');
+    const s2 = await eventually(() => status(r, r.lines.length), (s) => s.last > s1.last, 15_000, 'the restored tree counting on');
     expect(s2.bad).toBe(0);
     expect(s1.last).toBeGreaterThanOrEqual(s0.last);
     expect(s2.last).toBeGreaterThan(s1.last);
@@ -102,7 +106,7 @@ describe('process trees', () => {
     const r = await restoreDetached(join(work, '3'), join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     const s1 = await status(r, 0);
-    const s2 = await eventually(() => status(r, r.lines.length), (s) => s.last > s1.last, 5000, 'the restored tree counting on');
+    const s2 = await eventually(() => status(r, r.lines.length), (s) => s.last > s1.last, 15_000, 'the restored tree counting on');
     expect(s2.bad).toBe(0);
     expect(s2.last).toBeGreaterThan(s1.last);
     for (const k of kids) await killPid(k);
@@ -133,7 +137,7 @@ describe('process trees', () => {
     const r = await restoreDetached(join(work, 'full'), join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     const s1 = await status(r, 0);
-    const s2 = await eventually(() => status(r, r.lines.length), (s) => s.last > s1.last, 5000, 'the restored tree counting on');
+    const s2 = await eventually(() => status(r, r.lines.length), (s) => s.last > s1.last, 15_000, 'the restored tree counting on');
     expect(s2.bad).toBe(0);
     expect(s2.last).toBeGreaterThan(s1.last);
     for (const k of all.slice(1)) await killPid(k);
@@ -154,7 +158,8 @@ c = os.fork()
 if c == 0:
     time.sleep(600)
 os.kill(c, signal.SIGKILL)
-time.sleep(0.3)
+for z in (a, b, c):
+    os.waitid(os.P_PID, z, os.WEXITED | os.WNOWAIT)   # dead, and left unreaped (a nap may not be enough under load)
 print('READY a=%d b=%d c=%d' % (a, b, c), flush=True)
 for line in sys.stdin:
     if line.startswith('reap'):
@@ -192,7 +197,7 @@ for line in sys.stdin:
     expect(d.code, d.stderr).toBe(0);
     for (const pid of [p.pid, ...kids]) expect(readStatus(pid).tracerPid).toBe(0);
     const s1 = await status(p, p.lines().length);
-    const s2 = await eventually(() => status(p, p.lines().length), (s) => s.last > s1.last, 5000, 'the tree counting on after the dump');
+    const s2 = await eventually(() => status(p, p.lines().length), (s) => s.last > s1.last, 15_000, 'the tree counting on after the dump');
     expect(s2.bad).toBe(0);
     expect(s2.last).toBeGreaterThan(s1.last);
     expect(readFileSync(join(work, 'img', 'tree')).length).toBeGreaterThan(0);
@@ -217,7 +222,7 @@ for line in sys.stdin:
       expect(c1.pgrp).toBe(c1.pid);
       expect(c2.session).toBe(c2.pid);
       const s1 = await status(r, 0);
-      const s2 = await eventually(() => status(r, r.lines.length), (s) => s.last > s1.last, 5000, 'the restored tree counting on');
+      const s2 = await eventually(() => status(r, r.lines.length), (s) => s.last > s1.last, 15_000, 'the restored tree counting on');
       expect(s2.last).toBeGreaterThan(s1.last);
       // The copy's children check getppid() against the pid they knew: the
       // original's. The stale-pid warning says so.

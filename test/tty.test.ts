@@ -12,7 +12,7 @@ import { statSync } from 'node:fs';
 import { compileC, startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, readImage, killPid, dumpKillRestore, TSNAP_BIN, type Restored } from './helpers/tsnap.js';
 import { writeFileSync, readlinkSync } from 'node:fs';
-import { registerPid } from './helpers/processes.js';
+import { registerPid, waitPidsFree } from './helpers/processes.js';
 import { readStat, readStatus } from '../src/proc/index.js';
 import { ExitCode } from '../src/errors.js';
 import { checkRestored } from '../src/restore/self-check.js';
@@ -83,7 +83,7 @@ describe('ttys', () => {
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir, '--tree');
     expect(d.code, d.stderr).toBe(0);
     await p.exited;
-    for (let i = 0; i < 300; i++) { try { statSync(`/proc/${child}`); } catch { break; } await new Promise((r) => setTimeout(r, 10)); }
+    await waitPidsFree([child]); // init reaps the killed process late
     const masters = readImage(join(dir, String(p.pid))).process!.fds.filter((f) => f.tty?.type === 'master');
     const a = masters.find((f) => f.fd === 10)!.tty!;
     expect(`/dev/pts/${a.index}`).toBe(name);
@@ -246,7 +246,7 @@ os.waitpid(pid, 0)
     // 0-2: stdio; the dup of fd 0 and another open of the same terminal: restore's stdio again.
     expect(img.fds.filter((f) => f.tty).map((f) => f.tty)).toEqual([{ type: 'stdio', index: 0, dup: true }, { type: 'stdio', index: 0 }]);
     await t1.exited;
-    for (let i = 0; i < 300; i++) { try { statSync(`/proc/${w}`); } catch { break; } await new Promise((r) => setTimeout(r, 10)); }
+    await waitPidsFree([w]); // init reaps the killed process late
     // tsnap restore runs in a second terminal, in the foreground, not detached.
     const t2 = await startProcess('python3', [term, process.execPath, TSNAP_BIN, 'restore', '--dir', join(work, 'img')], { readyPattern: /^T:[^]*restored process/ });
     registerPid(w);
@@ -272,7 +272,7 @@ os.waitpid(pid, 0)
     // fd 255: bash's own dup of its terminal.
     expect(readImage(join(work, 'img')).process!.fds.find((f) => f.fd === 255)?.tty).toEqual({ type: 'stdio', index: 0, dup: true });
     await t1.exited;
-    for (let i = 0; i < 300; i++) { try { statSync(`/proc/${bash}`); } catch { break; } await new Promise((r) => setTimeout(r, 10)); }
+    await waitPidsFree([bash]); // init reaps the killed process late
     const t2 = await startProcess('python3', [term, process.execPath, TSNAP_BIN, 'restore', '--dir', join(work, 'img')], { readyPattern: /^T:[^]*restored process/ });
     registerPid(bash);
     expect(t2.lines().filter((l) => /warning/.test(l))).toEqual([]);

@@ -11,6 +11,7 @@ import { describe, it, expect, afterAll } from 'vitest';
 import { existsSync, readFileSync, lstatSync } from 'node:fs';
 import { join } from 'node:path';
 import { startPython, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
+import { waitPidsFree } from './helpers/processes.js';
 import { tsnap, dumpKillRestore, restoreDetached, killPid } from './helpers/tsnap.js';
 import { ExitCode } from '../src/errors.js';
 
@@ -140,7 +141,7 @@ for line in sys.stdin:
     expect(d.code, d.stderr).toBe(0);
     await p.exited;
     // Same pids: wait until the child is reaped (PID 1 reaps orphans late here).
-    for (let i = 0; i < 300 && existsSync(`/proc/${child}`); i++) await new Promise((res) => setTimeout(res, 10));
+    await waitPidsFree([child]);
     const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     expect(r.result.stderr).not.toMatch(/restore check/);

@@ -200,8 +200,12 @@ export function tracerOf(tid: number): number {
   return Number(/^TracerPid:\s*(\d+)/m.exec(status)?.[1] ?? 0);
 }
 
-/** Waits (up to `timeoutMs`) until none of `pids` exists, not even as a zombie: init reaps orphans late here. */
-export async function waitPidsFree(pids: number[], timeoutMs = 5000): Promise<void> {
+/**
+ * Waits (up to `timeoutMs`) until none of `pids` exists, not even as a
+ * zombie: init reaps orphans 1.3-2 s late here, later still on a loaded
+ * machine; the wait ends as soon as they are free.
+ */
+export async function waitPidsFree(pids: number[], timeoutMs = 15_000): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (const pid of pids) while (existsSync(`/proc/${pid}`) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
 }

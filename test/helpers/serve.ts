@@ -13,10 +13,10 @@ export const useServeCleanup = useProcessCleanup;
  * event says): ports counted from a base per worker collided between
  * workers, and a sender then reached another test's receiver (same token).
  */
-export async function startServe(dir: string, extra: string[] = [], prefix: string[] = []): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
-  // `prefix`: a command serve runs under (unshare, for a pid namespace of its own).
+export async function startServe(dir: string, extra: string[] = [], prefix: string[] = [], env: Record<string, string> = {}): Promise<{ port: number; proc: ChildProcess; events: string[] }> {
+  // `prefix`: a command serve runs under (unshare, for a pid namespace of its own); `env`: merged over ours.
   const argv = [...prefix, process.execPath, TSNAP_BIN, 'serve', '--listen', '127.0.0.1:0', '--dir', dir, '--token', 'sesame', '--json', ...extra];
-  const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   trackChild(proc);
   // One JSON event per line, also when a line comes in two reads.
   const log: LineLog = new LineLog('tsnap serve', (): string => log.lines.join('\n')).follow(proc.stderr);

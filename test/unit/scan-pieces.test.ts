@@ -13,6 +13,7 @@ import { readMaps, type Vma } from '../../src/proc/maps.js';
 import { Pagemap, type PageRegion } from '../../src/sys/pagemap-scan.js';
 import { PAGE_IS } from '../../src/sys/uapi.js';
 import { normalize } from '../../src/image/ranges.js';
+import { killPid } from '../helpers/processes.js';
 
 const PAGE = 4096;
 
@@ -52,8 +53,9 @@ describe('scanPieces', () => {
 describe('scanPieces on a live process', () => {
   let child: ChildProcess | null = null;
   let dir = '';
-  afterEach(() => {
-    if (child?.pid) { try { process.kill(child.pid, 'SIGKILL'); } catch { /* gone */ } }
+  afterEach(async () => {
+    // Waited for: a python still dying when the test ends is named as left behind.
+    if (child?.pid) await killPid(child.pid);
     child = null;
     if (dir) rmSync(dir, { recursive: true, force: true });
     dir = '';
