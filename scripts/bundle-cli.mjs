@@ -66,7 +66,11 @@ await build({
   // commander is plain JavaScript, loaded by every command: in the bundle it
   // costs no module resolution, and its require of node:child_process (for
   // executable subcommands, which tsnap has none of) goes lazy below.
-  external: [/^(?!commander($|\/))[^./]/],
+  // msgpackr too (only its Packr is used; its optional native extractor is
+  // still required from node_modules, and is off by default, bin/tsnap): a
+  // package resolved through an `exports` map is ~3-5 ms of CPU on a small
+  // dump, the first one more (Node's resolver warms up).
+  external: [/^(?!(commander|msgpackr)($|\/))[^./]/],
   plugins: [ownUrl, lazyBuiltins],
   logLevel: 'warn',
   output: { dir: outDir, format: 'cjs', entryFileNames: 'main.cjs', chunkFileNames: '[name]-[hash].cjs', sourcemap: false },
