@@ -1,6 +1,7 @@
 /**
  * Bundles the compiled CLI (dist/src/cli/main.js and what it imports) into
- * CommonJS chunks in dist/cli/, one per lazily imported command path.
+ * CommonJS in dist/cli/: main.cjs (the command line) and lib-*.cjs (the
+ * library, loaded when a command runs; see the output options below).
  * Why: on Node 20, loading ~110 ES modules costs more than the work of a
  * small dump (ESM resolution per file, module compilation, and a lexer pass
  * over every CommonJS package imported from ESM); the same code as a few
