@@ -4,6 +4,11 @@
  *   node -e 0        the floor: any Node CLI pays it
  *   tsnap --version  the CLI's start (commander, the command table)
  *   tsnap dump       --leave-running of a 1 MiB process, wall, from spawn to exit
+ *                    (`node bin/tsnap dump`, as the tests run it)
+ *   command          the same dump with bin/tsnap run as a command, as a user
+ *                    runs it: its /bin/sh line starts Node without
+ *                    NODE_EXTRA_CA_CERTS (set here, it costs Node ~60-100 ms
+ *                    of CPU at each start); then also `node -e 0` without it
  *   criu dump        the same, when `criu` (or $TSNAP_CRIU) runs here
  * Reported as medians and as ratios to the floor and to CRIU: wall, CPU
  * (user + system, RUSAGE_CHILDREN: on a loaded machine the wall follows
@@ -65,11 +70,14 @@ const PROBE = `process.on('exit', () => {
 interface Run { ms: number; cpuMs: number; hwmMiB: number }
 
 /** One run: wall and CPU ms, and (for node, with `probe`) its peak RSS; throws with its stderr if it fails. */
-function run(cmd: string, args: string[], probe: { file: string; out: string } | null): Run {
+function run(cmd: string, args: string[], probe: { file: string; out: string } | null, env: NodeJS.ProcessEnv = process.env, viaOptions = false): Run {
   if (probe) rmSync(probe.out, { force: true });
   const c0 = childrenCpuMs();
   const t = process.hrtime.bigint();
-  const r = spawnSync(cmd, probe ? ['-r', probe.file, ...args] : args, { stdio: ['ignore', 'ignore', 'pipe'], env: probe ? { ...process.env, TSNAP_HWM_OUT: probe.out } : process.env });
+  // A command's node gets the probe through NODE_OPTIONS (a Node option, not a V8 flag: the code caches still apply).
+  const argv = probe && !viaOptions ? ['-r', probe.file, ...args] : args;
+  const penv = probe ? { ...env, TSNAP_HWM_OUT: probe.out, ...(viaOptions ? { NODE_OPTIONS: `--require ${probe.file}` } : {}) } : env;
+  const r = spawnSync(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: penv });
   const ms = Number(process.hrtime.bigint() - t) / 1e6;
   if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
   const hwmMiB = probe && existsSync(probe.out) ? Number(readFileSync(probe.out, 'utf8')) / 1024 : NaN;
@@ -92,10 +100,18 @@ export interface StartupFigures {
   dumpVsNodeFloor: number;
   versionVsNodeFloor: number;
   dumpVsCriu: number | null;
+  /** Whether NODE_EXTRA_CA_CERTS was set for this run (then the clean floor is measured too). */
+  extraCaCerts: boolean;
+  /** `node -e 0` without NODE_EXTRA_CA_CERTS (the same as nodeFloorMs when it is not set). */
+  nodeFloorCleanMs: number;
+  /** The dump with bin/tsnap run as a command (its launcher drops NODE_EXTRA_CA_CERTS). */
+  commandMs: number;
+  commandVsCriu: number | null;
+  commandVsNodeFloorClean: number;
   /** CPU (user + system) medians, ms. */
-  cpu: { nodeFloor: number; version: number; dump1MiB: number; criuDump1MiB: number | null; dumpVsCriu: number | null };
+  cpu: { nodeFloor: number; nodeFloorClean: number; version: number; dump1MiB: number; command: number; criuDump1MiB: number | null; dumpVsCriu: number | null; commandVsCriu: number | null };
   /** Peak RSS (VmHWM) medians, MiB; the tool's own is over `node -e 0`'s. */
-  hwmMiB: { nodeFloor: number; version: number; dump1MiB: number; dumpOverNode: number };
+  hwmMiB: { nodeFloor: number; version: number; dump1MiB: number; dumpOverNode: number; command: number };
 }
 
 export async function startupFigures(reps = Number(process.env.BENCH_STARTUP_REPS ?? 15)): Promise<StartupFigures> {
@@ -113,26 +129,38 @@ export async function startupFigures(reps = Number(process.env.BENCH_STARTUP_REP
   writeFileSync(probe.file, PROBE);
   try {
     await new Promise((resolve) => createInterface({ input: child.stdout! }).once('line', resolve));
-    const floor: Run[] = []; const version: Run[] = []; const dumps: Run[] = []; const criuDumps: Run[] = [];
-    const tsnapDump = () => { rmSync(dir, { recursive: true, force: true }); return run(process.execPath, [TSNAP, 'dump', '--pid', String(pid), '--dir', dir, '--leave-running'], probe); };
+    const floor: Run[] = []; const floorClean: Run[] = []; const version: Run[] = []; const dumps: Run[] = []; const commands: Run[] = []; const criuDumps: Run[] = [];
+    const extraCa = process.env.NODE_EXTRA_CA_CERTS !== undefined;
+    const cleanEnv = { ...process.env };
+    delete cleanEnv.NODE_EXTRA_CA_CERTS;
+    const dumpArgs = ['dump', '--pid', String(pid), '--dir', dir, '--leave-running'];
+    const tsnapDump = () => { rmSync(dir, { recursive: true, force: true }); return run(process.execPath, [TSNAP, ...dumpArgs], probe); };
+    const tsnapCommand = () => { rmSync(dir, { recursive: true, force: true }); return run(TSNAP, dumpArgs, probe, process.env, true); };
     // criu wants its image directory to exist.
     const criuDump = () => { rmSync(dir, { recursive: true, force: true }); mkdirSync(dir, { mode: 0o700 }); return run(criu!, ['dump', '-t', String(pid), '-D', dir, '--leave-running', '--shell-job'], null); };
     // Warm-up: page cache of node, the modules and the binary.
-    run(process.execPath, ['-e', '0'], probe); tsnapDump(); if (criu) criuDump();
+    run(process.execPath, ['-e', '0'], probe); tsnapDump(); tsnapCommand(); if (criu) criuDump();
     for (let i = 0; i < reps; i++) {
       floor.push(run(process.execPath, ['-e', '0'], probe));
+      if (extraCa) floorClean.push(run(process.execPath, ['-e', '0'], probe, cleanEnv));
       version.push(run(process.execPath, [TSNAP, '--version'], probe));
       dumps.push(tsnapDump());
+      commands.push(tsnapCommand());
       if (criu) criuDumps.push(criuDump());
     }
     const m = (rs: Run[], k: keyof Run) => +median(rs.map((r) => r[k])).toFixed(1);
     const f = m(floor, 'ms'); const d = m(dumps, 'ms'); const c = criu ? m(criuDumps, 'ms') : null;
     const cd = m(dumps, 'cpuMs'); const cc = criu ? m(criuDumps, 'cpuMs') : null;
+    const fc = extraCa ? m(floorClean, 'ms') : f; const k = m(commands, 'ms'); const kc = m(commands, 'cpuMs');
     return {
       reps, nodeFloorMs: f, versionMs: m(version, 'ms'), dump1MiBMs: d, criuDump1MiBMs: c,
       dumpVsNodeFloor: +(d / f).toFixed(2), versionVsNodeFloor: +(m(version, 'ms') / f).toFixed(2), dumpVsCriu: c === null ? null : +(d / c).toFixed(2),
-      cpu: { nodeFloor: m(floor, 'cpuMs'), version: m(version, 'cpuMs'), dump1MiB: cd, criuDump1MiB: cc, dumpVsCriu: cc === null ? null : +(cd / cc).toFixed(2) },
-      hwmMiB: { nodeFloor: m(floor, 'hwmMiB'), version: m(version, 'hwmMiB'), dump1MiB: m(dumps, 'hwmMiB'), dumpOverNode: +(m(dumps, 'hwmMiB') - m(floor, 'hwmMiB')).toFixed(1) },
+      extraCaCerts: extraCa, nodeFloorCleanMs: fc, commandMs: k, commandVsCriu: c === null ? null : +(k / c).toFixed(2), commandVsNodeFloorClean: +(k / fc).toFixed(2),
+      cpu: {
+        nodeFloor: m(floor, 'cpuMs'), nodeFloorClean: extraCa ? m(floorClean, 'cpuMs') : m(floor, 'cpuMs'), version: m(version, 'cpuMs'), dump1MiB: cd, command: kc, criuDump1MiB: cc,
+        dumpVsCriu: cc === null ? null : +(cd / cc).toFixed(2), commandVsCriu: cc === null ? null : +(kc / cc).toFixed(2),
+      },
+      hwmMiB: { nodeFloor: m(floor, 'hwmMiB'), version: m(version, 'hwmMiB'), dump1MiB: m(dumps, 'hwmMiB'), dumpOverNode: +(m(dumps, 'hwmMiB') - m(floor, 'hwmMiB')).toFixed(1), command: m(commands, 'hwmMiB') },
     };
   } finally {
     child.kill('SIGKILL');

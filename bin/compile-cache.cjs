@@ -14,7 +14,7 @@
  * by rename) only there. TSNAP_NO_COMPILE_CACHE=1 turns it off.
  *
  * An entry starts with the key it was saved under (file, size, mtime, Node
- * version), compared in full on load: V8's own check of the source is its
+ * version, command), compared in full on load: V8's own check of the source is its
  * length only, so a file name that merely hashed alike must not pass. The
  * name hash is FNV-1a, not node:crypto, whose load cost ~10 ms of CPU.
  */
@@ -52,8 +52,13 @@ function unwrap(entry, key) {
   return entry.subarray(4 + n);
 }
 
-/** `roots`: directories whose CommonJS files go through the cache. */
-exports.install = function install(dir, roots, owner) {
+/**
+ * `roots`: directories whose CommonJS files go through the cache. `flavor`
+ * (the command) is part of each entry's key: an entry holds the functions
+ * that ran in the run that saved it, and the library chunk is one file for
+ * every command, so a restore must not be left with a dump's entry.
+ */
+exports.install = function install(dir, roots, owner, flavor = '') {
   if (process.env.TSNAP_NO_COMPILE_CACHE === '1' || !trusted(dir, owner)) return;
   const fresh = [];
   const compile = Module.prototype._compile;
@@ -61,7 +66,7 @@ exports.install = function install(dir, roots, owner) {
     if (!roots.some((r) => filename.startsWith(r))) return compile.call(this, content, filename);
     let st;
     try { st = fs.statSync(filename); } catch { return compile.call(this, content, filename); }
-    const key = Buffer.from(`${filename}\0${st.size}\0${st.mtimeMs}\0${process.version}`);
+    const key = Buffer.from(`${filename}\0${st.size}\0${st.mtimeMs}\0${process.version}\0${flavor}`);
     const file = path.join(dir, `${fnv1a(key)}.v8`);
     let cachedData;
     try { cachedData = unwrap(fs.readFileSync(file), key); } catch { /* not cached yet */ }

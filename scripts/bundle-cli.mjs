@@ -1,6 +1,7 @@
 /**
  * Bundles the compiled CLI (dist/src/cli/main.js and what it imports) into
- * CommonJS chunks in dist/cli/, one per lazily imported command path.
+ * CommonJS in dist/cli/: main.cjs (the command line) and lib-*.cjs (the
+ * library, loaded when a command runs; see the output options below).
  * Why: on Node 20, loading ~110 ES modules costs more than the work of a
  * small dump (ESM resolution per file, module compilation, and a lexer pass
  * over every CommonJS package imported from ESM); the same code as a few
@@ -39,14 +40,19 @@ const ownUrl = {
 // node:url are loaded by Node's own start anyway; node:stream and
 // node:events are functions (a proxy of an object is not).
 const LAZY_BUILTINS = new Set(['child_process', 'crypto', 'dgram', 'dns', 'fs/promises', 'http', 'https', 'net', 'os', 'readline', 'tls', 'worker_threads', 'zlib']);
+// Packages the same way: the library chunk holds every command's code, and
+// lz4-napi (a native addon, the wire's codec) is only for a migration.
+const LAZY_PACKAGES = new Set(['lz4-napi']);
 const lazyBuiltins = {
   name: 'tsnap-lazy-builtins',
   renderChunk(code) {
     let used = false;
-    const out = code.replace(/^(\s*)(let|const|var) ([\w$]+) = require\("(?:node:)?([a-z_/]+)"\);$/gm, (line, indent, kind, name, mod) => {
-      if (!LAZY_BUILTINS.has(mod)) return line;
+    const out = code.replace(/^(\s*)(let|const|var) ([\w$]+) = require\("((?:node:)?[a-z0-9_/-]+)"\);$/gm, (line, indent, kind, name, spec) => {
+      const mod = spec.replace(/^node:/, '');
+      const id = LAZY_PACKAGES.has(spec) ? spec : LAZY_BUILTINS.has(mod) ? `node:${mod}` : null;
+      if (!id) return line;
       used = true;
-      return `${indent}${kind} ${name} = __tsnapLazy(${JSON.stringify(`node:${mod}`)});`;
+      return `${indent}${kind} ${name} = __tsnapLazy(${JSON.stringify(id)});`;
     });
     if (!used) return null;
     const helper = 'function __tsnapLazy(id) { let m; const load = () => (m ??= require(id)); return new Proxy({}, { get: (_, k) => load()[k], has: (_, k) => k in load(), ownKeys: () => Reflect.ownKeys(load()), getOwnPropertyDescriptor: (_, k) => { const d = Reflect.getOwnPropertyDescriptor(load(), k); if (d) d.configurable = true; return d; } }); }\n';
@@ -55,6 +61,12 @@ const lazyBuiltins = {
     return { code: strict ? strict[1] + helper + out.slice(strict[1].length) : helper + out, map: null };
   },
 };
+
+// What --version and a usage error load stays out of the library chunk.
+const MAIN_ONLY = /dist\/src\/(cli\/|errors\.js$|version\.js$|format\.js$|sys\/guardian-state\.js$|sys\/errors\.js$)/;
+function inLibrary(id) {
+  return (id.includes('/dist/src/') && !MAIN_ONLY.test(id)) || id.includes('/node_modules/msgpackr/');
+}
 
 rmSync(outDir, { recursive: true, force: true });
 // Code cached for the old bundle (bin/compile-cache.cjs) would only be rejected.
@@ -66,8 +78,24 @@ await build({
   // commander is plain JavaScript, loaded by every command: in the bundle it
   // costs no module resolution, and its require of node:child_process (for
   // executable subcommands, which tsnap has none of) goes lazy below.
-  external: [/^(?!commander($|\/))[^./]/],
+  // msgpackr too (only its Packr is used; its optional native extractor is
+  // still required from node_modules, and is off by default, bin/tsnap): a
+  // package resolved through an `exports` map is ~3-5 ms of CPU on a small
+  // dump, the first one more (Node's resolver warms up).
+  external: [/^(?!(commander|msgpackr)($|\/))[^./]/],
   plugins: [ownUrl, lazyBuiltins],
   logLevel: 'warn',
-  output: { dir: outDir, format: 'cjs', entryFileNames: 'main.cjs', chunkFileNames: '[name]-[hash].cjs', sourcemap: false },
+  // Two files, not one per lazily imported path: the command line (main.cjs:
+  // commander, the command table, what an error report needs) and the
+  // library (lib-*.cjs), loaded by the first command that runs library code.
+  // Each file costs ~0.5 ms of CPU to load (resolve, stat, read it and its
+  // cache entry): a small dump loaded ~30 chunks; as two files its CPU went
+  // 147 -> 136 ms and --version's 70 -> 62 (one file for everything: the
+  // dump 130, but --version 85). The library chunk requires main.cjs back
+  // for what they share; by then main.cjs is evaluated.
+  preserveEntrySignatures: 'allow-extension',
+  output: {
+    dir: outDir, format: 'cjs', entryFileNames: 'main.cjs', chunkFileNames: '[name]-[hash].cjs', sourcemap: false,
+    codeSplitting: { includeDependenciesRecursively: false, groups: [{ name: 'lib', test: inLibrary }] },
+  },
 });

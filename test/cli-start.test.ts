@@ -11,7 +11,10 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { crc32 as zlibCrc32 } from 'node:zlib';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
-import { startTsnap, tsnap } from './helpers/tsnap.js';
+import { startTsnap, tsnap, TSNAP_BIN } from './helpers/tsnap.js';
+import { createRequire } from 'node:module';
+import { execFile } from 'node:child_process';
+import { TOOL_VERSION } from '../src/version.js';
 import { Guardian } from '../src/sys/index.js';
 import { nativeCrc32 } from '../src/sys/crc32.js';
 import { crc32 } from '../src/image/checksum.js';
@@ -37,9 +40,12 @@ describe('the CLI start', () => {
     const d = await startTsnap(['dump', '--pid', String(p.pid), '--dir', join(dir, 'img'), '--leave-running'], probe.env).done;
     expect(d.code, d.stderr).toBe(0);
     const dumped = probe.read();
-    // (node:net is loaded here anyway: stdout is a pipe, a net.Socket.)
-    for (const m of ['crypto', 'child_process', 'worker_threads', 'readline']) expect(dumped.builtins, m).not.toContain(m);
+    // Nor node:net: stdout and stderr are pipes here, but tsnap writes its lines to the fds (cli/stdio.ts), not through process.stdout's net.Socket.
+    for (const m of ['crypto', 'child_process', 'worker_threads', 'readline', 'net', 'tty']) expect(dumped.builtins, m).not.toContain(m);
     expect(dumped.files.filter((f) => f.includes('@node-rs/crc32') || f.includes('lz4-napi'))).toEqual([]);
+    // koffi's binary by its path (src/sys/koffi.ts), not through koffi's loader; msgpackr from the bundle.
+    expect(dumped.files.filter((f) => f.endsWith('/linux_x64/koffi.node'))).toHaveLength(1);
+    expect(dumped.files.filter((f) => /node_modules\/(koffi|msgpackr)\//.test(f))).toEqual([]);
     // The image is whole: its id (getrandom, not node:crypto) is a v4 UUID, and it verifies.
     const inv = await tsnap('show', join(dir, 'img'), '--json');
     expect(inv.code, inv.stderr).toBe(0);
@@ -52,6 +58,42 @@ describe('the CLI start', () => {
     const started = probe.read();
     expect(started.files.filter((f) => /node_modules\/(koffi|msgpackr|@node-rs)/.test(f))).toEqual([]);
     for (const m of ['crypto', 'child_process', 'worker_threads']) expect(started.builtins, m).not.toContain(m);
+  });
+});
+
+describe('koffi and the launcher', () => {
+  it('a dump through koffi\'s own loader (TSNAP_KOFFI_LOADER=1) gives the same image; the same module is loaded either way', async () => {
+    const dir = tmpDir('tsnap-koffi-');
+    const p = await startProcess(await compileC('counter'), []);
+    const probe = loadedProbe(dir);
+    const d = await startTsnap(['dump', '--pid', String(p.pid), '--dir', join(dir, 'img'), '--leave-running'], { ...probe.env, TSNAP_KOFFI_LOADER: '1' }).done;
+    expect(d.code, d.stderr).toBe(0);
+    const files = probe.read().files;
+    expect(files.some((f) => f.endsWith('node_modules/koffi/src/koffi/index.cjs'))).toBe(true);
+    expect(files.filter((f) => f.endsWith('/linux_x64/koffi.node'))).toHaveLength(1);
+    const v = await tsnap('verify', join(dir, 'img'));
+    expect(v.code, v.stdout + v.stderr).toBe(0);
+    // In this process: loaded by path first, koffi's loader then finds it in Node's module cache.
+    const { koffi } = await import('../src/sys/koffi.js');
+    const viaLoader = createRequire(import.meta.url)('koffi') as { default: unknown };
+    expect(viaLoader.default).toBe(koffi);
+  });
+
+  it('run as a command, bin/tsnap starts Node without NODE_EXTRA_CA_CERTS; `node bin/tsnap` still runs it as JavaScript', async () => {
+    // Node warns at start when the file cannot be read: the warning shows which way Node got the variable.
+    const env = { ...process.env, NODE_EXTRA_CA_CERTS: '/nonexistent/tsnap-test-ca.pem' };
+    const run = (cmd: string, args: string[]) => new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+      execFile(cmd, args, { env }, (err, stdout, stderr) => resolve({ code: err ? (err as { code?: number }).code ?? 1 : 0, stdout, stderr }));
+    });
+    const asCommand = await run(TSNAP_BIN, ['--version']);
+    expect([asCommand.code, asCommand.stdout.trim(), asCommand.stderr]).toEqual([0, TOOL_VERSION, '']);
+    const viaNode = await run(process.execPath, [TSNAP_BIN, '--version']);
+    expect([viaNode.code, viaNode.stdout.trim()]).toEqual([0, TOOL_VERSION]);
+    expect(viaNode.stderr).toMatch(/extra certs/i);
+    // Arguments and exit codes pass through the shell line unchanged.
+    const usage = await run(TSNAP_BIN, ['dump', '--dir', 'a b']);
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toMatch(/--pid/);
   });
 });
 

@@ -8,6 +8,7 @@
  */
 import { appendFileSync } from 'node:fs';
 import { formatBytes } from '../format.js';
+import { stderrSink, writeFd, type LineSink } from './stdio.js';
 
 export interface OutputOptions {
   quiet?: boolean;
@@ -22,7 +23,7 @@ export class Output {
   private readonly started = new Map<string, number>();
   private readonly tty: boolean;
 
-  constructor(private readonly o: OutputOptions, private readonly stderr: NodeJS.WriteStream = process.stderr) {
+  constructor(private readonly o: OutputOptions, private readonly stderr: LineSink = stderrSink) {
     this.tty = !!stderr.isTTY && !o.quiet && !o.json;
   }
 
@@ -37,7 +38,7 @@ export class Output {
   result(text: string): void {
     this.clear();
     this.log('result', text.trimEnd().replace(/\n/g, ' | '));
-    process.stdout.write(text);
+    writeFd(1, text);
   }
 
   warn(msg: string): void {

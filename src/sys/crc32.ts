@@ -3,7 +3,7 @@
  * built to dist/native/libtsnap-crc32.so by `npm run build`), loaded on
  * first use. Null when it is not built: the caller falls back.
  */
-import koffi from 'koffi';
+import { koffi } from './koffi.js';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 

@@ -4,7 +4,7 @@
  * SysError. All calls are synchronous on purpose: ptrace requests are only
  * accepted from the thread that attached, which is Node's main thread.
  */
-import koffi from 'koffi';
+import { koffi } from './koffi.js';
 
 const libc6 = koffi.load('libc.so.6');
 

@@ -9,7 +9,7 @@
  * The stored form is the one lz4-napi reads and writes (formats/image-v1.md):
  * a 4-byte little-endian decoded length, then one LZ4 block.
  */
-import koffi from 'koffi';
+import { koffi } from './koffi.js';
 
 type Cb<T> = (err: unknown, r: T) => void;
 interface Fn<A extends unknown[], R> { (...a: A): R; async(...a: [...A, Cb<R>]): void }
