@@ -41,7 +41,7 @@ import { Steps } from './steps.js';
 import { mark } from '../trace.js';
 import { createChildren, type PlannedMember } from './tree.js';
 import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.js';
-import { LazyRestore, isLazyVma, kernelTouched, type LazyOptions } from '../lazy/lazy-restore.js';
+import { LazyRestore, isLazyVma, kernelTouched, withLazyBytes, type LazyOptions } from '../lazy/lazy-restore.js';
 import { preparePostcopy } from '../lazy/postcopy-prep.js';
 import { startHelperEarly, abandonMaking } from './early-start.js';
 
@@ -469,13 +469,12 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       originalPid: root.p.pid,
       pids: members.map((m) => ({ original: m.p.pid, pid: m.rt.pid })),
       warnings,
-      stats: {
+      stats: withLazyBytes({
         restoreUs,
         pagesRestored: pages,
         bytesRestored: bytes,
         throughputMiBps: bytes / (1 << 20) / (restoreUs / 1e6),
-        ...(lazy ? { lazyBytes: (lazy as LazyRestore).stats.lazyBytes } : {}),
-      },
+      }, lazy),
       ...(lazy ? { lazy: lazy as LazyRestore } : {}),
     };
   } catch (err) {
