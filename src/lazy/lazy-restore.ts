@@ -113,7 +113,9 @@ export function kernelTouched(threads: readonly ThreadImage[], lazy: readonly Vm
 
 export class LazyRestore {
   private readonly host: PagerHost;
-  private readonly guardPid: number;
+  /** The guard's pid, once its spawn returned (guard-spawn.ts: it starts on the pool). */
+  private guardPid = 0;
+  private readonly guardStarted: Promise<number>;
   /** Read end of the guard's stdout, where it says "armed". */
   private readonly guardAck: number;
   /** Write end of the guard's stdin: the pager holds it; its end (EOF) without "D" is the pager's death. */
@@ -144,7 +146,8 @@ export class LazyRestore {
 
   constructor(private readonly opts: LazyOptions) {
     const g = takeGuard(opts.log);
-    this.guardPid = g.pid;
+    this.guardStarted = g.pid;
+    g.pid.then((pid) => { this.guardPid = pid; }, () => { /* arm() says so */ });
     this.guardW = g.w;
     this.guardAck = g.ack;
     this.logFd = g.logFd;
@@ -290,6 +293,7 @@ export class LazyRestore {
   async arm(): Promise<void> {
     if (this.pidfds.length === 0) return;
     this.sendArm();
+    await this.guardStarted;
     // On this thread: the guard answers within a few hundred µs of being
     // scheduled; a pool thread's poll and the event loop's turn added 1-30 ms here.
     const [ready] = pollWait([this.guardAck], 5000);
@@ -364,7 +368,8 @@ export class LazyRestore {
   /** The restore failed: nothing of the lazy machinery may stay. */
   abort(): void {
     this.background?.kill('SIGKILL');
-    try { kill(this.guardPid, SIGKILL); } catch { /* gone */ }
+    // Killed before closeOwn() reaps it (also when its spawn is still under way).
+    this.guardStarted.then((pid) => { try { kill(pid, SIGKILL); } catch { /* gone */ } }, () => { /* never started */ });
     this.closeOwn(this.uffds);
   }
 
@@ -378,8 +383,11 @@ export class LazyRestore {
       } catch { /* closed */ }
     }
     for (const fd of [...this.pidfds, this.guardW, this.guardAck]) { try { closeSync(fd); } catch { /* closed */ } }
-    reapGuardLater(this.guardPid);
-    if (this.logFd !== 2) { try { closeSync(this.logFd); } catch { /* closed */ } }
+    this.guardStarted.then((pid) => reapGuardLater(pid), () => { /* never started */ });
+    // The spawn hands the guard this fd: closed once it returned.
+    const logFd = this.logFd;
+    const closeLog = () => { try { closeSync(logFd); } catch { /* closed */ } };
+    if (logFd !== 2) this.guardStarted.then(closeLog, closeLog);
   }
 }
 
