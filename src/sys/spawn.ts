@@ -41,9 +41,17 @@ export function posixSpawn(path: string, args: string[], fds: number[], setsid: 
  * posixSpawn() on libuv's pool: CLONE_VFORK holds the calling thread until
  * the child has exec'd, which on a loaded machine is a wait for the
  * scheduler (3-30 ms here); this thread goes on meanwhile. `fds` must stay
- * open until the promise settles.
+ * open until the promise settles. TSNAP_SPAWN_ASYNC=0: on this thread
+ * (bench's baseline in the same run).
  */
 export function posixSpawnAsync(path: string, args: string[], fds: number[], setsid: boolean): Promise<number> {
+  if (process.env.TSNAP_SPAWN_ASYNC === '0') {
+    try {
+      return Promise.resolve(posixSpawn(path, args, fds, setsid));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
   const { fa, attr, argv, envp } = prepare(path, args, fds, setsid, null);
   const pid = [0];
   return new Promise((resolve, reject) => {
