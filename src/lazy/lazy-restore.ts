@@ -242,6 +242,8 @@ export class LazyRestore {
       return;
     }
     this.unbuilt.push(add);
+    // TSNAP_LAZY_SOURCE_EARLY=1: built here, as before (bench's baseline in the same run).
+    if (process.env.TSNAP_LAZY_SOURCE_EARLY === '1') this.build();
     await this.repair(rt, within, written, (start, len) => {
       this.build();
       return this.host.fetch(index, start, len);
