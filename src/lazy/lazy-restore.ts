@@ -113,7 +113,9 @@ export function kernelTouched(threads: readonly ThreadImage[], lazy: readonly Vm
 
 export class LazyRestore {
   private readonly host: PagerHost;
-  private readonly guardPid: number;
+  /** The guard's pid, once its spawn returned (guard-spawn.ts: it starts on the pool). */
+  private guardPid = 0;
+  private readonly guardStarted: Promise<number>;
   /** Read end of the guard's stdout, where it says "armed". */
   private readonly guardAck: number;
   /** Write end of the guard's stdin: the pager holds it; its end (EOF) without "D" is the pager's death. */
@@ -124,19 +126,40 @@ export class LazyRestore {
   private readonly uffds: number[] = [];
   private readonly uffdOf = new Map<number, number>();
   private running: Promise<HostEnd> | null = null;
-  readonly stats: LazyStats = { lazyBytes: 0, repairedPages: 0 };
+  /**
+   * lazyBytes is known once the pager's sources are built (build()): after
+   * the start for a local restore, or at once when asked.
+   */
+  readonly stats: LazyStats;
+  private lazyBytes = 0;
+  /**
+   * A local restore's pager sources and contexts, built only once the
+   * processes run (start()) or when something needs them first (a repair's
+   * data, the stats, a handover): resolving the chain over the lazy VMAs
+   * and cutting the pending pieces (1 GiB: 2 000 runs) is work no fault can
+   * need before the start, 0.5-1.5 ms of the time to running here.
+   */
+  private unbuilt: (() => void)[] = [];
   private finished = false;
   /** How the fill ended, once finish() returned. */
   end: HostEnd | null = null;
 
   constructor(private readonly opts: LazyOptions) {
     const g = takeGuard(opts.log);
-    this.guardPid = g.pid;
+    this.guardStarted = g.pid;
+    g.pid.then((pid) => { this.guardPid = pid; }, () => { /* arm() says so */ });
     this.guardW = g.w;
     this.guardAck = g.ack;
     this.logFd = g.logFd;
     const logFd = this.logFd;
     this.host = new PagerHost(this.guardW, (m) => { try { writeSync(logFd, `${m}\n`); } catch { /* no log */ } }, fillDelay());
+    const self = this;
+    this.stats = { get lazyBytes() { self.build(); return self.lazyBytes; }, repairedPages: 0 };
+  }
+
+  /** Builds what attach() left for later (see `unbuilt`). */
+  private build(): void {
+    for (const f of this.unbuilt.splice(0)) f();
   }
 
   /**
@@ -202,18 +225,30 @@ export class LazyRestore {
     mark('lazy: registered');
     const within = vmas.map((v) => ({ start: v.start, end: v.end }));
     const remote = this.opts.remote;
-    const index = remote ? this.host.addRemoteSource(remote.source, within) : this.host.addSource({
-      levels: chain.map((c) => ({ dir: c.dir, kind: c.inventory.kind, runs: c.pagemap.runs, chunks: c.pagemap.chunks })),
-      within,
-    } satisfies SourceSpec);
+    let index = -1;
+    const add = () => {
+      index = remote ? this.host.addRemoteSource(remote.source, within) : this.host.addSource({
+        levels: chain.map((c) => ({ dir: c.dir, kind: c.inventory.kind, runs: c.pagemap.runs, chunks: c.pagemap.chunks })),
+        within,
+      } satisfies SourceSpec);
+      this.host.addContext({ fd: uffd, name: `process ${rt.pid}`, source: index, skip: written });
+      this.lazyBytes += this.host.pager.contexts[this.host.pager.contexts.length - 1].pending.bytes;
+    };
     // Post-copy: the rest of these VMAs holds the right pages already, and
     // the set was dropped just now with nothing run in the task since: no
     // page of it but `written` can be present.
-    mark('lazy: source ready');
-    if (!remote) await this.repair(rt, index, within, written);
+    if (remote) {
+      add();
+      return;
+    }
+    this.unbuilt.push(add);
+    // TSNAP_LAZY_SOURCE_EARLY=1: built here, as before (bench's baseline in the same run).
+    if (process.env.TSNAP_LAZY_SOURCE_EARLY === '1') this.build();
+    await this.repair(rt, within, written, (start, len) => {
+      this.build();
+      return this.host.fetch(index, start, len);
+    });
     mark('lazy: repaired');
-    this.host.addContext({ fd: uffd, name: `process ${rt.pid}`, source: index, skip: written });
-    this.stats.lazyBytes += this.host.pager.contexts[this.host.pager.contexts.length - 1].pending.bytes;
   }
 
   /**
@@ -222,7 +257,7 @@ export class LazyRestore {
    * not per range of `only`: a post-copy set has up to thousands of ranges,
    * and each scan is an ioctl.
    */
-  private async repair(rt: RemoteTask, source: number, within: Range[], written: readonly Range[], only?: readonly Range[]): Promise<void> {
+  private async repair(rt: RemoteTask, within: Range[], written: readonly Range[], fetch: (start: number, len: number) => Promise<Buffer | null>, only?: readonly Range[]): Promise<void> {
     const pm = new Pagemap(rt.pid);
     const present: Range[] = [];
     try {
@@ -236,7 +271,7 @@ export class LazyRestore {
     }
     const stale = only ? intersect(normalize(present), normalize([...only])) : normalize(present);
     for (const r of subtract(stale, normalize([...written]))) {
-      const data = await this.host.fetch(source, r.start, r.end - r.start);
+      const data = await fetch(r.start, r.end - r.start);
       const b = data ?? Buffer.alloc(r.end - r.start);
       rt.mem.write(b, 0, b.length, r.start);
       this.stats.repairedPages += (r.end - r.start) / P;
@@ -260,6 +295,7 @@ export class LazyRestore {
   async arm(): Promise<void> {
     if (this.pidfds.length === 0) return;
     this.sendArm();
+    await this.guardStarted;
     // On this thread: the guard answers within a few hundred µs of being
     // scheduled; a pool thread's poll and the event loop's turn added 1-30 ms here.
     const [ready] = pollWait([this.guardAck], 5000);
@@ -273,7 +309,15 @@ export class LazyRestore {
     // From the next turn of the event loop: restore() returns with the
     // processes running first (the pager's first step, reading its uffds
     // and starting a chunk's read, cost 1-4 ms here); faults wait meanwhile.
-    this.running = new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.host.run());
+    this.running = new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
+      try {
+        this.build();
+      } catch (err) {
+        // Nothing can answer the faults: the guard kills the processes.
+        return this.host.fail(`the pager could not be set up (${(err as Error).message})`);
+      }
+      return this.host.run();
+    });
     refillSpareGuard();
   }
 
@@ -282,7 +326,7 @@ export class LazyRestore {
    * process is not there, tsnap goes on and exits only once every page is in.
    */
   async handover(): Promise<string> {
-    if (this.host.pager.contexts.length === 0) return this.finish();
+    if (this.host.pager.contexts.length === 0 && this.unbuilt.length === 0) return this.finish();
     // Started only now, with the process running: Node's start-up (a few
     // hundred ms on a busy machine) is off the critical path, and tsnap
     // serves the faults meanwhile.
@@ -326,7 +370,8 @@ export class LazyRestore {
   /** The restore failed: nothing of the lazy machinery may stay. */
   abort(): void {
     this.background?.kill('SIGKILL');
-    try { kill(this.guardPid, SIGKILL); } catch { /* gone */ }
+    // Killed before closeOwn() reaps it (also when its spawn is still under way).
+    this.guardStarted.then((pid) => { try { kill(pid, SIGKILL); } catch { /* gone */ } }, () => { /* never started */ });
     this.closeOwn(this.uffds);
   }
 
@@ -340,9 +385,21 @@ export class LazyRestore {
       } catch { /* closed */ }
     }
     for (const fd of [...this.pidfds, this.guardW, this.guardAck]) { try { closeSync(fd); } catch { /* closed */ } }
-    reapGuardLater(this.guardPid);
-    if (this.logFd !== 2) { try { closeSync(this.logFd); } catch { /* closed */ } }
+    this.guardStarted.then((pid) => reapGuardLater(pid), () => { /* never started */ });
+    // The spawn hands the guard this fd: closed once it returned.
+    const logFd = this.logFd;
+    const closeLog = () => { try { closeSync(logFd); } catch { /* closed */ } };
+    if (logFd !== 2) this.guardStarted.then(closeLog, closeLog);
   }
+}
+
+/**
+ * restore()'s stats with lazyBytes (restore --lazy) read when asked: it is
+ * known once the pager's sources are built, after the start.
+ */
+export function withLazyBytes<T extends object>(stats: T, lazy: LazyRestore | null): T & { lazyBytes?: number } {
+  if (!lazy) return stats;
+  return Object.defineProperty(stats, 'lazyBytes', { get: () => lazy.stats.lazyBytes, enumerable: true });
 }
 
 function writeAll(fd: number, s: string): void {

@@ -98,6 +98,13 @@ export class PagerHost {
     }
   }
 
+  /** The pager cannot run at all: the guard is told to give up, as when it fails. */
+  fail(message: string): HostEnd {
+    this.log(`tsnap lazy pager: ${message}; the restored processes cannot go on`);
+    this.tellGuard('K');
+    return { how: 'failed', message, stats: this.pager.stats };
+  }
+
   private tellGuard(c: 'D' | 'K'): void {
     if (this.guardFd < 0) return;
     try { writeSync(this.guardFd, c); } catch { /* the guard is gone: nothing to tell */ }

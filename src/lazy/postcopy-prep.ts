@@ -2,7 +2,7 @@
  * Post-copy on the receiver: the process built while the rounds arrived
  * holds every page, but those of the post-copy set in an older version. A
  * MISSING registration only fires on absent pages, so the set is dropped
- * (MADV_DONTNEED, all ranges in one syscall list) before the lazy restore
+ * (MADV_DONTNEED, all ranges in one syscall list: postcopy-drop.ts) before the lazy restore
  * registers its VMAs. Not right before the registration: that comes after
  * restore blocks every signal, from when on an int3 (the syscall list's
  * end) would reset a SIGTRAP handler the program has (see
@@ -12,16 +12,15 @@
  * lazy-restore.ts) cannot wait for the pager and are fetched from the
  * source and written now instead.
  */
-import { SYS } from '../sys/index.js';
-import { RemoteBatch } from '../inject/remote-batch.js';
+import { mark } from '../trace.js';
+import type { RemoteBatch } from '../inject/remote-batch.js';
+import { dropList } from './postcopy-drop.js';
 import { TsnapError } from '../errors.js';
 import { intersect, normalize, subtract, type Range } from '../image/ranges.js';
 import { isLazyVma, kernelTouched } from './lazy-restore.js';
 import type { RemoteTask } from '../inject/remote-task.js';
 import type { PageSource } from './page-source.js';
 import type { ThreadImage, VmaImage } from '../../formats/schema.js';
-
-const MADV_DONTNEED = 4;
 
 export interface PostcopyPlan {
   /** The VMAs to register (those the set touches). */
@@ -46,22 +45,14 @@ export function postcopyVmas(dumped: readonly VmaImage[], set: readonly Range[])
 export async function preparePostcopy(rt: RemoteTask, dumped: readonly VmaImage[], threads: readonly ThreadImage[], set: readonly Range[], source: PageSource, open: (vmas: VmaImage[], batch: RemoteBatch) => void): Promise<PostcopyPlan> {
   const vmas = postcopyVmas(dumped, set);
   const touched = intersect(kernelTouched(threads, vmas), normalize(set));
-  open(vmas, dropList(rt, subtract(normalize(set), touched)));
+  const drop = subtract(normalize(set), touched);
+  mark(`postcopy: drop ${drop.length} ranges and make the uffd`);
+  open(vmas, dropList(rt, drop));
+  mark(`postcopy: fetch ${touched.length} kernel-touched ranges`);
   for (const r of touched) {
     const data = (await source.fetch(r.start, r.end - r.start)) ?? Buffer.alloc(r.end - r.start);
     rt.mem.write(data, 0, data.length, r.start);
   }
+  mark('postcopy: prepared');
   return { vmas, written: touched };
-}
-
-/**
- * The madvise(MADV_DONTNEED) of `drop`, as one syscall list: one round
- * trip (a remote madvise per range cost ~0.25 ms of downtime each here,
- * 79 ms for a 1.4 MiB set of a few hundred ranges). What is left is the
- * kernel freeing the pages (~18 ms for 128 MiB on this machine).
- */
-function dropList(rt: RemoteTask, drop: readonly Range[]): RemoteBatch {
-  const batch = new RemoteBatch(rt);
-  for (const r of drop) batch.push(`madvise(0x${r.start.toString(16)}, post-copy)`, SYS.madvise, [r.start, r.end - r.start, MADV_DONTNEED]);
-  return batch;
 }

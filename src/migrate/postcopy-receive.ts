@@ -49,6 +49,7 @@ export async function receivePostcopy(sock: Socket, reader: FrameReader, live: L
     sock.end();
     return;
   }
+  live.earlyVmFlags?.close(); // restore took it (its counters gone), unless its check was off
   void waitForExit(r.pid);
   for (const message of r.warnings) opts.onEvent?.({ event: 'warning', pid: r.pid, message });
   const sinceCommitUs = Number(process.hrtime.bigint() - hooks.committedAt) / 1000;

@@ -336,8 +336,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   if (!opts.restore) { sock.end(); return; }
   if (postcopy && ingest.live) {
     const live = ingest.live;
-    live.earlyVmFlags?.close(); // a lazy restore reads its own (restore.ts)
-    live.earlyVmFlags = null;
+    // Kept: restore takes it (or the process is killed, which closes it).
     await receivePostcopy(sock, reader, live, last, postcopy, {
       image: () => { live.image = readCommitted(last); },
       chainDone: async () => { await ingest.flush(); await ingest.durable(); },

@@ -14,7 +14,7 @@
  */
 import type { StdioOptions } from 'node:child_process';
 import { readFileSync, openSync, closeSync } from 'node:fs';
-import { ProcMem, SYS, CLONE_PARENT, CLONE_ARGS_SIZE, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, ptrace, SysError, posixSpawn, kill, SIGKILL } from '../sys/index.js';
+import { ProcMem, SYS, CLONE_PARENT, CLONE_ARGS_SIZE, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, ptrace, SysError, posixSpawnAsync, kill, SIGKILL } from '../sys/index.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 import { FrozenTask, readReg } from '../freeze/frozen-task.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
@@ -53,9 +53,12 @@ export interface Helper {
  * posix_spawn (FFI) rather than Node's spawn: Node forks all of tsnap to
  * start a child (page tables of its heap copied: 10-60 ms measured here),
  * glibc's posix_spawn uses CLONE_VM | CLONE_VFORK (under a millisecond), on
- * the critical path of every restore.
+ * the critical path of every restore. It runs on libuv's pool
+ * (posixSpawnAsync): CLONE_VFORK holds the calling thread until the child
+ * has exec'd, a wait for the scheduler (3-30 ms on a loaded machine) that
+ * tsnap's thread spends reading the image instead (early-start.ts).
  */
-function spawnHelper(path: string, stdio: StdioOptions): Helper {
+async function spawnHelper(path: string, stdio: StdioOptions): Promise<Helper> {
   const list = typeof stdio === 'string' ? [stdio, stdio, stdio] : stdio;
   const opened: number[] = [];
   let pid: number;
@@ -68,7 +71,7 @@ function spawnHelper(path: string, stdio: StdioOptions): Helper {
       opened.push(fd);
       return fd;
     });
-    pid = posixSpawn(path, [], fds, false);
+    pid = await posixSpawnAsync(path, [], fds, false);
   } finally {
     for (const fd of opened) closeSync(fd);
   }
@@ -87,7 +90,7 @@ export async function createProcess(pid: number | null, stdio: StdioOptions, aba
   let helper: Helper;
   try {
     // Returns once the helper is exec'd (vfork semantics): the file may go.
-    helper = spawnHelper(file.path, stdio);
+    helper = await spawnHelper(file.path, stdio);
   } finally {
     file.remove();
   }

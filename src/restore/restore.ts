@@ -41,7 +41,7 @@ import { Steps } from './steps.js';
 import { mark } from '../trace.js';
 import { createChildren, type PlannedMember } from './tree.js';
 import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.js';
-import { LazyRestore, isLazyVma, kernelTouched, type LazyOptions } from '../lazy/lazy-restore.js';
+import { LazyRestore, isLazyVma, kernelTouched, withLazyBytes, type LazyOptions } from '../lazy/lazy-restore.js';
 import { preparePostcopy } from '../lazy/postcopy-prep.js';
 import { startHelperEarly, abandonMaking } from './early-start.js';
 
@@ -376,8 +376,10 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       steps.at(`restore the state of ${m.p.pid}`);
       restoreProcessState(rt, m.p, warn);
       // Before any thread is created (the early read's watch counts this one's syscalls only).
-      // A lazy restore registers its memory with a userfaultfd later on, which may re-shape the VMAs: read at the check.
-      if (live?.earlyVmFlags && !lazy && (opts.check ?? 'warn') !== 'off') {
+      // A local lazy restore has no early read. Post-copy's registration comes later and
+      // leaves the compared flags alone; a VMA it splits starts where the early read has
+      // no area, and the check then reads smaps itself (self-check.ts).
+      if (live?.earlyVmFlags && (!lazy || opts.lazy?.remote) && (opts.check ?? 'warn') !== 'off') {
         const early = live.earlyVmFlags.take(rt.pid);
         earlyVmFlags = early.flags;
         mark(`restore: VmFlags read before the freeze ${early.stale ? `stale (${early.stale})` : 'hold'}`);
@@ -469,13 +471,12 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       originalPid: root.p.pid,
       pids: members.map((m) => ({ original: m.p.pid, pid: m.rt.pid })),
       warnings,
-      stats: {
+      stats: withLazyBytes({
         restoreUs,
         pagesRestored: pages,
         bytesRestored: bytes,
         throughputMiBps: bytes / (1 << 20) / (restoreUs / 1e6),
-        ...(lazy ? { lazyBytes: (lazy as LazyRestore).stats.lazyBytes } : {}),
-      },
+      }, lazy),
       ...(lazy ? { lazy: lazy as LazyRestore } : {}),
     };
   } catch (err) {

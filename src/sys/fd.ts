@@ -57,3 +57,23 @@ export function setRlimit(pid: number, resource: number, cur: bigint, max: bigin
 export function setCloexec(fd: number): void {
   rawSyscall(`fcntl(${fd}, F_SETFD)`, SYS.fcntl, fd, 2, 1);
 }
+
+/** pidfd_get_task()'s name for the caller's own process (PIDFD_SELF_THREAD_GROUP, Linux 6.15+). */
+export const PIDFD_SELF_THREAD_GROUP = -10001;
+const MADV_DONTNEED = 4;
+
+let selfDontneed: boolean | undefined;
+
+/**
+ * Whether process_madvise(PIDFD_SELF_THREAD_GROUP, ..., MADV_DONTNEED)
+ * works here: advice on the caller's own mm is unrestricted since 6.13,
+ * the sentinel exists since 6.15. Asked once, with an empty vector (the
+ * kernel checks the pidfd and the advice before it walks any range).
+ */
+export function processMadviseSelfDontneed(): boolean {
+  if (selfDontneed === undefined) {
+    const r = Number(libc.syscall(SYS.process_madvise, BigInt.asUintN(64, BigInt(PIDFD_SELF_THREAD_GROUP)), 0, 0, MADV_DONTNEED, 0, 0));
+    selfDontneed = r === 0;
+  }
+  return selfDontneed;
+}

@@ -69,7 +69,11 @@ export const libc = {
   poll: bind<{ (fds: Buffer, n: number, timeoutMs: number): number; async(fds: Buffer, n: number, timeoutMs: number, cb: (err: unknown, r: number) => void): void }>(
     lib.func('int poll(void *fds, unsigned long n, int timeout)'),
   ),
-  posixSpawn: bind<(pid: number[], path: string, fa: Buffer, attr: Buffer, argv: (string | null)[], envp: (string | null)[]) => number>(
+  /** `.async`: on koffi's worker pool (posixSpawnAsync). */
+  posixSpawn: bind<{
+    (pid: number[], path: string, fa: Buffer, attr: Buffer, argv: (string | null)[], envp: (string | null)[]): number;
+    async(pid: number[], path: string, fa: Buffer, attr: Buffer, argv: (string | null)[], envp: (string | null)[], cb: (err: unknown, r: number) => void): void;
+  }>(
     lib.func('int posix_spawn(_Out_ int *pid, const char *path, void *fa, void *attr, const char **argv, const char **envp)'),
   ),
   posixSpawnFileActionsInit: bind<(fa: Buffer) => number>(lib.func('int posix_spawn_file_actions_init(void *fa)')),

@@ -25,6 +25,47 @@ const FA_SIZE = 128;
 const ATTR_SIZE = 512;
 
 export function posixSpawn(path: string, args: string[], fds: number[], setsid: boolean, env: NodeJS.ProcessEnv | null = null): number {
+  const { fa, attr, argv, envp } = prepare(path, args, fds, setsid, env);
+  try {
+    const pid = [0];
+    const r = spawnFn(pid, path, fa, attr, argv, envp);
+    if (r !== 0) throw new SysError(`posix_spawn(${path})`, r);
+    return pid[0];
+  } finally {
+    faDestroy(fa);
+    attrDestroy(attr);
+  }
+}
+
+/**
+ * posixSpawn() on libuv's pool: CLONE_VFORK holds the calling thread until
+ * the child has exec'd, which on a loaded machine is a wait for the
+ * scheduler (3-30 ms here); this thread goes on meanwhile. `fds` must stay
+ * open until the promise settles. TSNAP_SPAWN_ASYNC=0: on this thread
+ * (bench's baseline in the same run).
+ */
+export function posixSpawnAsync(path: string, args: string[], fds: number[], setsid: boolean): Promise<number> {
+  if (process.env.TSNAP_SPAWN_ASYNC === '0') {
+    try {
+      return Promise.resolve(posixSpawn(path, args, fds, setsid));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+  const { fa, attr, argv, envp } = prepare(path, args, fds, setsid, null);
+  const pid = [0];
+  return new Promise((resolve, reject) => {
+    spawnFn.async(pid, path, fa, attr, argv, envp, (err: unknown, r: number) => {
+      faDestroy(fa);
+      attrDestroy(attr);
+      if (err) reject(err);
+      else if (r !== 0) reject(new SysError(`posix_spawn(${path})`, r));
+      else resolve(pid[0]);
+    });
+  });
+}
+
+function prepare(path: string, args: string[], fds: number[], setsid: boolean, env: NodeJS.ProcessEnv | null): { fa: Buffer; attr: Buffer; argv: (string | null)[]; envp: (string | null)[] } {
   const fa = Buffer.alloc(FA_SIZE);
   const attr = Buffer.alloc(ATTR_SIZE);
   faInit(fa);
@@ -37,13 +78,11 @@ export function posixSpawn(path: string, args: string[], fds: number[], setsid: 
     const c = faClosefrom(fa, fds.length);
     if (c !== 0) throw new SysError('posix_spawn_file_actions_addclosefrom_np', c);
     if (setsid) attrSetflags(attr, POSIX_SPAWN_SETSID);
-    const pid = [0];
-    const envp = env ? Object.entries(env).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${v}`) : [];
-    const r = spawnFn(pid, path, fa, attr, [path, ...args, null], [...envp, null]);
-    if (r !== 0) throw new SysError(`posix_spawn(${path})`, r);
-    return pid[0];
-  } finally {
+  } catch (err) {
     faDestroy(fa);
     attrDestroy(attr);
+    throw err;
   }
+  const envs = env ? Object.entries(env).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}=${v}`) : [];
+  return { fa, attr, argv: [path, ...args, null], envp: [...envs, null] };
 }

@@ -106,6 +106,7 @@ export const SYS = {
   pidfd_open: 434,
   clone3: 435,
   pidfd_getfd: 438,
+  process_madvise: 440,
   readlinkat: 267,
   open_by_handle_at: 304,
   name_to_handle_at: 303,
