@@ -33,6 +33,7 @@ import type { DumpRange } from './memory-plan.js';
 import { placePages, addRun, readInto, type Pending, type PageDumpResult } from './page-dumper.js';
 import { TargetPipes, type PipeJob } from './splice-pipes.js';
 import { SpliceCrc } from './splice-crc.js';
+import { PoolCrc } from './splice-crc-pool.js';
 import { crc32 } from '../image/checksum.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
@@ -59,7 +60,8 @@ const INLINE_CRC_BYTES = 64 << 20;
  * thread's V8 isolate), which puts the tool over its RSS goal; on loaded
  * cores no faster. Off by default (docs/performance.md).
  */
-const crcThread = () => process.env.TSNAP_SPLICE_CRC_THREAD === '1';
+const crcMode = (): 'pool' | 'thread' | 'inline' =>
+  process.env.TSNAP_SPLICE_CRC_THREAD === '1' ? 'thread' : process.env.TSNAP_SPLICE_CRC === 'inline' ? 'inline' : 'pool';
 /** A piece read back stays in the CPU's cache until its CRC is taken. */
 const CRC_PIECE = 256 << 10;
 
@@ -330,13 +332,27 @@ class SplicedCopy {
    */
   private checksum(c: Chunk): void {
     this.crcFirst ??= process.hrtime.bigint();
-    if (!this.crc && (this.inlineBytes + c.len <= INLINE_CRC_BYTES || !crcThread())) {
+    if (this.pool === undefined) this.pool = crcMode() === 'pool' ? PoolCrc.open(this.writer.path) : null;
+    if (this.pool) {
+      this.crcOn = 'pool';
+      const work = this.pool.crc(c.position, c.len).then(
+        (crc) => { c.entry.crc32 = crc; this.crcLast = process.hrtime.bigint(); },
+        (err) => { throw withPath(err, this.writer.path); },
+      );
+      // Seen by crcsDone() (Promise.all), or dropped by abort(): never an unhandled rejection meanwhile.
+      work.catch(() => {});
+      this.crcWork.push(work);
+      return;
+    }
+    if (!this.crc && (this.inlineBytes + c.len <= INLINE_CRC_BYTES || crcMode() !== 'thread')) {
       this.inlineBytes += c.len;
+      this.crcOn ??= 'inline';
       c.entry.crc32 = this.crcHere(c);
       this.crcLast = process.hrtime.bigint();
       return;
     }
     this.crc ??= SpliceCrc.start(this.writer.path);
+    this.crcOn = 'thread';
     const work = this.crc.crc(c.position, c.len).then(
       (crc) => { c.entry.crc32 = crc; this.crcLast = process.hrtime.bigint(); },
       (err) => { throw withPath(err, this.writer.path); },
@@ -345,6 +361,9 @@ class SplicedCopy {
   }
 
   private crc: SpliceCrc | null = null;
+  private crcOn: SpliceStats['crcOn'];
+  /** The C reader on libuv's pool (undefined: not yet chosen; null: not used). */
+  private pool: PoolCrc | null | undefined;
   private crcWork: Promise<void>[] = [];
   private inlineBytes = 0;
   private readFd = -1;
@@ -375,7 +394,8 @@ class SplicedCopy {
   crcsDone(stats?: SpliceStats): Promise<void> {
     this.closeReadFd();
     this.crc?.end();
-    return Promise.all(this.crcWork).then(() => {
+    const pooled = this.pool?.end();
+    return Promise.all([...this.crcWork, pooled]).then(() => {
       if (!stats || this.crcFirst === null) return;
       stats.crcUs = Number((this.crcLast - this.crcFirst) / 1000n);
       stats.crcAfterUs = this.crcLast > this.copiedAt ? Number((this.crcLast - this.copiedAt) / 1000n) : 0;
@@ -386,6 +406,7 @@ class SplicedCopy {
   abort(): void {
     this.closeReadFd();
     this.crc?.abort();
+    this.pool?.abort();
     for (const w of this.crcWork) w.catch(() => {});
   }
 
@@ -400,6 +421,7 @@ class SplicedCopy {
       spliceUs: us(this.spliceNs),
       crcUs: 0,
       crcAfterUs: 0,
+      ...(this.crcOn ? { crcOn: this.crcOn } : {}),
       ...(this.refused !== null ? { refusedErrno: this.refused } : {}),
     };
   }
