@@ -44,9 +44,19 @@ const PAGE = PAGE_SIZE;
  */
 const MIN_COPY_BYTES = 4 << 20;
 /** Bytes of page data one remote step moves (pipes x their size): fewer steps against more pipes in the target. */
-const STEP_BYTES = 16 << 20;
-const MAX_PIPES = 16;
+const STEP_BYTES = 32 << 20;
+/**
+ * 32 pipes of 1 MiB: 33 remote steps per GiB (16 took 65). They are made in
+ * one guardian request and closed in one remote step, so more pipes no
+ * longer cost more requests. TSNAP_SPLICE_PIPES sets fewer (bench/floor.ts
+ * compares in the same run).
+ */
+const MAX_PIPES = 32;
 const PIPE_BYTES = 1 << 20;
+const maxPipes = (): number => {
+  const n = Number(process.env.TSNAP_SPLICE_PIPES);
+  return Number.isInteger(n) && n >= 1 && n <= MAX_PIPES ? n : MAX_PIPES;
+};
 /**
  * Chunks checked on the main thread before the CRC thread starts: below
  * this the thread's start (tens of ms, more under load) would cost more
@@ -99,7 +109,7 @@ export async function copySpliced(a: SpliceInput): Promise<{ pages: PageDumpResu
   if (unfit) { mark(`dump: one-copy path unused (${unfit})`); return null; }
   const writer = a.writer as PageFileWriter;
   // Each pipe costs three guardian requests (made, and its two ends closed): no more than the copy fills.
-  const count = Math.max(1, Math.min(MAX_PIPES, Math.round(STEP_BYTES / PIPE_BYTES), Math.ceil(a.estimate / PIPE_BYTES)));
+  const count = Math.max(1, Math.min(maxPipes(), Math.round(STEP_BYTES / PIPE_BYTES), Math.ceil(a.estimate / PIPE_BYTES)));
   const pipes = TargetPipes.open(a.frozen!, a.mem, count, PIPE_BYTES);
   if (typeof pipes === 'string') { mark(`dump: one-copy path unused (${pipes})`); return null; }
   mark(`dump: ${pipes.count} pipes of ${pipes.capacity} bytes in the target`);
