@@ -38,11 +38,9 @@ function trials(): Trial[] {
     for (const fault of ['frozen', 'scratch-mapped']) out.push({ cmd, fault, delayMs: 0 });
   }
   out.push({ cmd: 'pre-dump', fault: 'uffd-injected', delayMs: 0 });
-  // The one-copy path (frozen, --no-cow): its pipes are in the target, then its first remote vmsplice.
+  // The one-copy path (frozen, --no-cow): its pipes are in the target, and then its first remote vmsplice.
   out.push({ cmd: 'dump', fault: 'splice-pipes', delayMs: 0, extra: ['--no-cow'] });
   out.push({ cmd: 'dump', fault: 'splice-filled', delayMs: 0, extra: ['--no-cow'] });
-  // Its pipes closed in the target in one step, the guardian not yet told to forget their undos.
-  out.push({ cmd: 'dump', fault: 'splice-closed', delayMs: 0, extra: ['--no-cow'] });
   // A small process's dump makes ~12 requests (the freeze, the state reads,
   // the scratch mapping, the batch of remote syscalls run as one, the
   // release), a first pre-dump 7: hit each.
