@@ -10,9 +10,11 @@
  * same placement of pages in chunks (placePages), uncompressed chunks, each
  * with the CRC of its stored bytes. The splice never brings the bytes into
  * tsnap, so each chunk is read back from the page cache once stored, in
- * small pieces that stay in the CPU's cache, and checked: here, or (opt-in,
- * TSNAP_SPLICE_CRC_THREAD=1) past the first 64 MiB by a thread of its own
- * (splice-crc.ts) while this one splices on (see docs/performance.md).
+ * small pieces that stay in the CPU's cache, and checked: by C code on a
+ * thread of libuv's pool while this one splices on (splice-crc-pool.ts,
+ * the default), here (TSNAP_SPLICE_CRC=inline), or past the first 64 MiB by
+ * a worker thread (TSNAP_SPLICE_CRC_THREAD=1, splice-crc.ts; see
+ * docs/performance.md).
  *
  * Only for frozen copies without compression (lz4 needs the bytes in tsnap)
  * into a pages file. Whatever vmsplice does not take (pages the mapping
@@ -64,11 +66,11 @@ const maxPipes = (): number => {
  */
 const INLINE_CRC_BYTES = 64 << 20;
 /**
- * On with TSNAP_SPLICE_CRC_THREAD=1: past the first 64 MiB, CRCs on a
- * thread of their own. 1 GiB on a quiet machine: wall 1.32 s against 1.58,
- * frozen 1.03 against 1.30, but +0.3 s of CPU and +9 MiB of peak RSS (the
- * thread's V8 isolate), which puts the tool over its RSS goal; on loaded
- * cores no faster. Off by default (docs/performance.md).
+ * Where the CRC read-backs run. `pool` (the default, when the C library is
+ * built): libuv's pool, no isolate, RSS as inline. `thread`
+ * (TSNAP_SPLICE_CRC_THREAD=1): a worker past the first 64 MiB, +9 MiB of
+ * peak RSS (its V8 isolate). `inline` (TSNAP_SPLICE_CRC=inline): between
+ * the splices, on this thread (docs/performance.md).
  */
 const crcMode = (): 'pool' | 'thread' | 'inline' =>
   process.env.TSNAP_SPLICE_CRC_THREAD === '1' ? 'thread' : process.env.TSNAP_SPLICE_CRC === 'inline' ? 'inline' : 'pool';
