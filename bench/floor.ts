@@ -9,6 +9,9 @@
  *                from spawn to exit, CPU (user + system of every thread,
  *                from RUSAGE_CHILDREN), and the CLI's peak RSS (VmHWM, read
  *                at exit by a preloaded probe) over `node -e 0`'s own
+ *                (one copy: the CRCs on libuv's pool; noneFrozenCrcInline on
+ *                the main thread, noneFrozenCrcThread on a worker thread;
+ *                noneFrozenBefore: 16 pipes and the CRCs on the main thread)
  *   criu         `criu dump --leave-running --shell-job`, wall and CPU
  * On cores shared with other work the wall follows the CPU time, so both
  * are reported as ratios to CRIU.
@@ -168,6 +171,10 @@ async function main(): Promise<void> {
       ['noneFrozen', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow']); put('noneFrozenS', r.s); put('noneFrozenCpu', r.cpu); put('noneFrozenHwmKiB', r.hwmKiB); put('noneFrozenFrozen', r.frozenS); }],
       // The one-copy path with its CRCs on a thread of their own (opt-in: a shorter freeze, more RSS).
       ['noneFrozenCrcThread', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_CRC_THREAD: '1' }); put('noneFrozenCrcThreadS', r.s); put('noneFrozenCrcThreadCpu', r.cpu); put('noneFrozenCrcThreadHwmKiB', r.hwmKiB); put('noneFrozenCrcThreadFrozen', r.frozenS); }],
+      // The one-copy path with its CRCs on the main thread between splices (the default before the pool).
+      ['noneFrozenCrcInline', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_CRC: 'inline' }); put('noneFrozenCrcInlineS', r.s); put('noneFrozenCrcInlineCpu', r.cpu); put('noneFrozenCrcInlineHwmKiB', r.hwmKiB); put('noneFrozenCrcInlineFrozen', r.frozenS); }],
+      // The one-copy path as it was before (16 pipes, 16 MiB per remote step, CRCs on the main thread).
+      ['noneFrozenBefore', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_CRC: 'inline', TSNAP_SPLICE_PIPES: '16' }); put('noneFrozenBeforeS', r.s); put('noneFrozenBeforeCpu', r.cpu); put('noneFrozenBeforeHwmKiB', r.hwmKiB); put('noneFrozenBeforeFrozen', r.frozenS); }],
       // The same with the one-copy path off: the two copies it replaces, in the same run.
       ['noneFrozenTwoCopy', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE: '0' }); put('noneFrozenTwoCopyS', r.s); put('noneFrozenTwoCopyCpu', r.cpu); put('noneFrozenTwoCopyHwmKiB', r.hwmKiB); put('noneFrozenTwoCopyFrozen', r.frozenS); }],
       ['lz4Frozen', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running', '--no-cow']); put('lz4FrozenS', r.s); put('lz4FrozenCpu', r.cpu); put('lz4FrozenHwmKiB', r.hwmKiB); }],
@@ -204,18 +211,18 @@ async function main(): Promise<void> {
       frozenMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Frozen')).map((k) => [k, ms(k)])),
       cpuMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Cpu')).map((k) => [k, ms(k)])),
       cpuVsCriu: {
-        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyCpu', 'criuCpu'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
+        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyCpu', 'criuCpu'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadCpu', 'criuCpu'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineCpu', 'criuCpu'), noneFrozenBefore: ratio('noneFrozenBeforeCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
         ...(KILL ? { noneKill: ratio('noneKillCpu', 'criuKillCpu') } : {}),
       },
       vsCriu: {
-        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
+        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineS', 'criuS'), noneFrozenBefore: ratio('noneFrozenBeforeS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
         ...(KILL ? { noneKill: ratio('noneKillS', 'criuKillS') } : {}),
       },
       oneCopyVsTwo: { wall: ratio('noneFrozenS', 'noneFrozenTwoCopyS'), cpu: ratio('noneFrozenCpu', 'noneFrozenTwoCopyCpu') },
       cpuVsReadvWrite: { noneFrozen: ratio('noneFrozenCpu', 'readvWriteCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'readvWriteCpu'), criu: ratio('criuCpu', 'readvWriteCpu') },
       vsReadvWrite: { noneCow: ratio('noneCowS', 'readvWriteS'), noneFrozen: ratio('noneFrozenS', 'readvWriteS'), criu: ratio('criuS', 'readvWriteS') },
       vsRawReadv: { noneCow: ratio('noneCowS', 'rawReadvS'), criu: ratio('criuS', 'rawReadvS') },
-      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), noneFrozenCrcThread: overNode('noneFrozenCrcThreadHwmKiB'), noneFrozenTwoCopy: overNode('noneFrozenTwoCopyHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
+      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), noneFrozenCrcThread: overNode('noneFrozenCrcThreadHwmKiB'), noneFrozenCrcInline: overNode('noneFrozenCrcInlineHwmKiB'), noneFrozenBefore: overNode('noneFrozenBeforeHwmKiB'), noneFrozenTwoCopy: overNode('noneFrozenTwoCopyHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
     };
     console.log(JSON.stringify(report, null, 2));
   } finally {

@@ -804,6 +804,12 @@ export interface SpliceStats {
    */
   crcUs: number;
   crcAfterUs: number;
+  /**
+   * Where the read-backs ran (tsnap 0.2+, optional): `pool` in C on a
+   * thread of libuv's pool, `thread` on a worker thread, `inline` on the
+   * main thread between splices.
+   */
+  crcOn?: 'pool' | 'thread' | 'inline';
   /** vmsplice refused outright with this errno: the rest was copied the usual way. */
   refusedErrno?: number;
 }

@@ -10,9 +10,11 @@
  * same placement of pages in chunks (placePages), uncompressed chunks, each
  * with the CRC of its stored bytes. The splice never brings the bytes into
  * tsnap, so each chunk is read back from the page cache once stored, in
- * small pieces that stay in the CPU's cache, and checked: here, or (opt-in,
- * TSNAP_SPLICE_CRC_THREAD=1) past the first 64 MiB by a thread of its own
- * (splice-crc.ts) while this one splices on (see docs/performance.md).
+ * small pieces that stay in the CPU's cache, and checked: by C code on a
+ * thread of libuv's pool while this one splices on (splice-crc-pool.ts,
+ * the default), here (TSNAP_SPLICE_CRC=inline), or past the first 64 MiB by
+ * a worker thread (TSNAP_SPLICE_CRC_THREAD=1, splice-crc.ts; see
+ * docs/performance.md).
  *
  * Only for frozen copies without compression (lz4 needs the bytes in tsnap)
  * into a pages file. Whatever vmsplice does not take (pages the mapping
@@ -33,6 +35,7 @@ import type { DumpRange } from './memory-plan.js';
 import { placePages, addRun, readInto, type Pending, type PageDumpResult } from './page-dumper.js';
 import { TargetPipes, type PipeJob } from './splice-pipes.js';
 import { SpliceCrc } from './splice-crc.js';
+import { PoolCrc } from './splice-crc-pool.js';
 import { crc32 } from '../image/checksum.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
@@ -43,9 +46,19 @@ const PAGE = PAGE_SIZE;
  */
 const MIN_COPY_BYTES = 4 << 20;
 /** Bytes of page data one remote step moves (pipes x their size): fewer steps against more pipes in the target. */
-const STEP_BYTES = 16 << 20;
-const MAX_PIPES = 16;
+const STEP_BYTES = 32 << 20;
+/**
+ * 32 pipes of 1 MiB: 33 remote steps per GiB (16 took 65). They are made in
+ * one guardian request and closed in one remote step, so more pipes no
+ * longer cost more requests. TSNAP_SPLICE_PIPES sets fewer (bench/floor.ts
+ * compares in the same run).
+ */
+const MAX_PIPES = 32;
 const PIPE_BYTES = 1 << 20;
+const maxPipes = (): number => {
+  const n = Number(process.env.TSNAP_SPLICE_PIPES);
+  return Number.isInteger(n) && n >= 1 && n <= MAX_PIPES ? n : MAX_PIPES;
+};
 /**
  * Chunks checked on the main thread before the CRC thread starts: below
  * this the thread's start (tens of ms, more under load) would cost more
@@ -53,13 +66,14 @@ const PIPE_BYTES = 1 << 20;
  */
 const INLINE_CRC_BYTES = 64 << 20;
 /**
- * On with TSNAP_SPLICE_CRC_THREAD=1: past the first 64 MiB, CRCs on a
- * thread of their own. 1 GiB on a quiet machine: wall 1.32 s against 1.58,
- * frozen 1.03 against 1.30, but +0.3 s of CPU and +9 MiB of peak RSS (the
- * thread's V8 isolate), which puts the tool over its RSS goal; on loaded
- * cores no faster. Off by default (docs/performance.md).
+ * Where the CRC read-backs run. `pool` (the default, when the C library is
+ * built): libuv's pool, no isolate, RSS as inline. `thread`
+ * (TSNAP_SPLICE_CRC_THREAD=1): a worker past the first 64 MiB, +9 MiB of
+ * peak RSS (its V8 isolate). `inline` (TSNAP_SPLICE_CRC=inline): between
+ * the splices, on this thread (docs/performance.md).
  */
-const crcThread = () => process.env.TSNAP_SPLICE_CRC_THREAD === '1';
+const crcMode = (): 'pool' | 'thread' | 'inline' =>
+  process.env.TSNAP_SPLICE_CRC_THREAD === '1' ? 'thread' : process.env.TSNAP_SPLICE_CRC === 'inline' ? 'inline' : 'pool';
 /** A piece read back stays in the CPU's cache until its CRC is taken. */
 const CRC_PIECE = 256 << 10;
 
@@ -97,7 +111,7 @@ export async function copySpliced(a: SpliceInput): Promise<{ pages: PageDumpResu
   if (unfit) { mark(`dump: one-copy path unused (${unfit})`); return null; }
   const writer = a.writer as PageFileWriter;
   // Each pipe costs three guardian requests (made, and its two ends closed): no more than the copy fills.
-  const count = Math.max(1, Math.min(MAX_PIPES, Math.round(STEP_BYTES / PIPE_BYTES), Math.ceil(a.estimate / PIPE_BYTES)));
+  const count = Math.max(1, Math.min(maxPipes(), Math.round(STEP_BYTES / PIPE_BYTES), Math.ceil(a.estimate / PIPE_BYTES)));
   const pipes = TargetPipes.open(a.frozen!, a.mem, count, PIPE_BYTES);
   if (typeof pipes === 'string') { mark(`dump: one-copy path unused (${pipes})`); return null; }
   mark(`dump: ${pipes.count} pipes of ${pipes.capacity} bytes in the target`);
@@ -330,13 +344,27 @@ class SplicedCopy {
    */
   private checksum(c: Chunk): void {
     this.crcFirst ??= process.hrtime.bigint();
-    if (!this.crc && (this.inlineBytes + c.len <= INLINE_CRC_BYTES || !crcThread())) {
+    if (this.pool === undefined) this.pool = crcMode() === 'pool' ? PoolCrc.open(this.writer.path) : null;
+    if (this.pool) {
+      this.crcOn = 'pool';
+      const work = this.pool.crc(c.position, c.len).then(
+        (crc) => { c.entry.crc32 = crc; this.crcLast = process.hrtime.bigint(); },
+        (err) => { throw withPath(err, this.writer.path); },
+      );
+      // Seen by crcsDone() (Promise.all), or dropped by abort(): never an unhandled rejection meanwhile.
+      work.catch(() => {});
+      this.crcWork.push(work);
+      return;
+    }
+    if (!this.crc && (this.inlineBytes + c.len <= INLINE_CRC_BYTES || crcMode() !== 'thread')) {
       this.inlineBytes += c.len;
+      this.crcOn ??= 'inline';
       c.entry.crc32 = this.crcHere(c);
       this.crcLast = process.hrtime.bigint();
       return;
     }
     this.crc ??= SpliceCrc.start(this.writer.path);
+    this.crcOn = 'thread';
     const work = this.crc.crc(c.position, c.len).then(
       (crc) => { c.entry.crc32 = crc; this.crcLast = process.hrtime.bigint(); },
       (err) => { throw withPath(err, this.writer.path); },
@@ -345,6 +373,9 @@ class SplicedCopy {
   }
 
   private crc: SpliceCrc | null = null;
+  private crcOn: SpliceStats['crcOn'];
+  /** The C reader on libuv's pool (undefined: not yet chosen; null: not used). */
+  private pool: PoolCrc | null | undefined;
   private crcWork: Promise<void>[] = [];
   private inlineBytes = 0;
   private readFd = -1;
@@ -375,7 +406,8 @@ class SplicedCopy {
   crcsDone(stats?: SpliceStats): Promise<void> {
     this.closeReadFd();
     this.crc?.end();
-    return Promise.all(this.crcWork).then(() => {
+    const pooled = this.pool?.end();
+    return Promise.all([...this.crcWork, pooled]).then(() => {
       if (!stats || this.crcFirst === null) return;
       stats.crcUs = Number((this.crcLast - this.crcFirst) / 1000n);
       stats.crcAfterUs = this.crcLast > this.copiedAt ? Number((this.crcLast - this.copiedAt) / 1000n) : 0;
@@ -386,6 +418,7 @@ class SplicedCopy {
   abort(): void {
     this.closeReadFd();
     this.crc?.abort();
+    this.pool?.abort();
     for (const w of this.crcWork) w.catch(() => {});
   }
 
@@ -400,6 +433,7 @@ class SplicedCopy {
       spliceUs: us(this.spliceNs),
       crcUs: 0,
       crcAfterUs: 0,
+      ...(this.crcOn ? { crcOn: this.crcOn } : {}),
       ...(this.refused !== null ? { refusedErrno: this.refused } : {}),
     };
   }

@@ -46,7 +46,7 @@ export class TargetPipes {
     private readonly iovAt: number,
     private readonly copier: VmCopier,
     /** Per pipe: the target's fds, their undo tokens, tsnap's read end. */
-    private readonly ends: { r: number; w: number; undoR: bigint; undoW: bigint; mine: number }[],
+    private readonly ends: PipeEnds[],
     /** Bytes each pipe holds. */
     readonly capacity: number,
     /** Ranges one pipe's vmsplice takes at most. */
@@ -74,31 +74,34 @@ export class TargetPipes {
     if (want < MIN_PIPE_BYTES) return `pipes are too small here (/proc/sys/fs/pipe-max-size is ${max})`;
     const maxRanges = Math.min(IOV_MAX, Math.floor(want / PAGE_SIZE));
     const sc = new RemoteSyscaller(frozen.leader, mem);
-    const areaSize = Math.ceil(batchAreaSize(count) / 16) * 16;
+    // The loop's table holds a fill (one vmsplice per pipe) or the closing (both ends of each).
+    const areaSize = Math.ceil(batchAreaSize(2 * count) / 16) * 16;
     const fdsAt = areaSize;
-    const iovAt = areaSize + 16;
+    const iovAt = areaSize + Math.ceil((8 * count) / 16) * 16;
     const scratch = sc.openScratch(iovAt + count * maxRanges * IOVEC, BATCH_PROT);
-    const ends: TargetPipes['ends'] = [];
+    const area = batchArea(frozen.pid, scratch.addr, 2 * count);
+    const ends: PipeEnds[] = [];
     let pidfd = -1;
     const undo = () => {
-      for (const e of ends) { try { closeEnds(sc, e); } catch { /* the task is gone */ } }
+      try { closeAll(sc, area, ends); } catch { /* the task is gone */ }
       try { scratch.close(); } catch { /* the task is gone */ }
     };
     try {
       pidfd = pidfdOpen(frozen.pid);
+      frozen.leader.atSyscallStop = true;
+      // One request for all: each pipe is on the guardian's undo list before the next is made.
+      let made;
+      try {
+        made = Guardian.get().pipes(frozen.pid, sc.gadget, scratch.addr + fdsAt, O_CLOEXEC | O_NONBLOCK, count);
+      } catch (err) {
+        if (err instanceof GuardianError && err.exited) return fail(undo, 'the process exited');
+        throw err;
+      }
+      for (const m of made.made) ends.push({ r: m.fds[0], w: m.fds[1], undoR: m.undo[0], undoW: m.undo[1], mine: -1 });
+      // Fewer than asked (the target's fd limit, the undo list full): the copy takes more steps.
+      if (!ends.length) return fail(undo, made.ret < 0n ? `remote pipe2: ${new SysError('pipe2', Number(-made.ret)).code}` : 'no pipe could be made');
       let capacity = want;
-      for (let i = 0; i < count; i++) {
-        frozen.leader.atSyscallStop = true;
-        let made;
-        try {
-          made = Guardian.get().pipe(frozen.pid, sc.gadget, scratch.addr + fdsAt, O_CLOEXEC | O_NONBLOCK);
-        } catch (err) {
-          if (err instanceof GuardianError && err.exited) return fail(undo, 'the process exited');
-          throw err;
-        }
-        if (made.ret < 0n) return fail(undo, `remote pipe2: ${new SysError('pipe2', Number(-made.ret)).code}`);
-        const e = { r: made.fds[0], w: made.fds[1], undoR: made.undo[0], undoW: made.undo[1], mine: -1 };
-        ends.push(e);
+      for (const e of ends) {
         e.mine = pidfdGetfd(pidfd, e.r);
         // Sized from tsnap, not in the target: the target's user may be past
         // its pipe quota (pipe-user-pages-soft), which binds only the unprivileged.
@@ -106,7 +109,6 @@ export class TargetPipes {
       }
       faultPoint('splice-pipes');
       if (capacity < MIN_PIPE_BYTES) return fail(undo, `pipes got only ${capacity} bytes`);
-      const area = batchArea(frozen.pid, scratch.addr, count);
       return new TargetPipes(sc, scratch, area, scratch.addr + iovAt, new VmCopier(frozen.pid), ends, capacity, Math.min(maxRanges, capacity / PAGE_SIZE));
     } catch (err) {
       undo();
@@ -152,22 +154,39 @@ export class TargetPipes {
     if (this.closed) return;
     this.closed = true;
     let first: unknown = null;
-    for (const e of this.ends) {
-      try { closeEnds(this.sc, e); } catch (err) { first ??= err; }
-    }
+    try { closeAll(this.sc, this.area, this.ends); } catch (err) { first ??= err; }
     try { this.scratch.close(); } catch (err) { first ??= err; }
     if (first) throw first;
   }
 }
+
+interface PipeEnds { r: number; w: number; undoR: bigint; undoW: bigint; mine: number }
 
 function fail(undo: () => void, why: string): string {
   undo();
   return why;
 }
 
-/** Closes tsnap's copy, then both ends in the target, each cancelling its undo. */
-function closeEnds(sc: RemoteSyscaller, e: { r: number; w: number; undoR: bigint; undoW: bigint; mine: number }): void {
-  if (e.mine >= 0) { closeSync(e.mine); e.mine = -1; }
-  if (e.w >= 0) { sc.checked('close', sc.callUndoing(e.undoW, SYS.close, e.w)); e.w = -1; }
-  if (e.r >= 0) { sc.checked('close', sc.callUndoing(e.undoR, SYS.close, e.r)); e.r = -1; }
+/**
+ * Closes tsnap's copies, then every end in the target in one remote step
+ * (the syscall loop: one stop), then has the guardian forget their undos,
+ * whose ids are one consecutive range (one pipes() request). Should tsnap
+ * die between the two, the guardian closes those fd numbers again: the
+ * task is frozen and made no fd meanwhile, so that only fails (EBADF).
+ */
+function closeAll(sc: RemoteSyscaller, area: BatchArea, ends: PipeEnds[]): void {
+  for (const e of ends) if (e.mine >= 0) { closeSync(e.mine); e.mine = -1; }
+  const open = ends.filter((e) => e.w >= 0 || e.r >= 0);
+  if (!open.length) return;
+  const calls: BatchCall[] = open.flatMap((e) => [e.w, e.r].filter((fd) => fd >= 0).map((fd) => ({ name: `close(${fd})`, nr: SYS.close, args: [fd], raw: true })));
+  const ids = open.flatMap((e) => [e.undoW, e.undoR]);
+  const lo = ids.reduce((a, b) => (b < a ? b : a));
+  const hi = ids.reduce((a, b) => (b > a ? b : a));
+  sc.task.atSyscallStop = true;
+  const rets = runBatch(sc, calls, area);
+  for (const e of open) { e.w = -1; e.r = -1; }
+  faultPoint('splice-closed');
+  Guardian.get().dropUndos(sc.task.pid, lo, hi);
+  const bad = rets.findIndex((r) => r < 0n);
+  if (bad >= 0) throw new SysError(`remote ${calls[bad].name} in ${sc.task.pid}`, Number(-rets[bad]));
 }

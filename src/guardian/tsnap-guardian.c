@@ -36,7 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PROTOCOL_VERSION 3
+#define PROTOCOL_VERSION 4
 #define CONTROL_FD 3
 
 #ifndef PTRACE_GET_RSEQ_CONFIGURATION
@@ -85,8 +85,11 @@ enum op {
   OP_KILL_ON_EXIT = 16, /* the task is killed, not put back, should the controller go away */
   OP_SYSCALLS = 17,  /* a0 gadget, a1 count <= MAX_BATCH, a17 timeout ms; the message goes on
                         with count struct batch_call -> data = count raw rax values (i64) */
-  OP_PIPE = 19,      /* a0 gadget, a1 address of 8 bytes of scratch, a2 pipe2 flags, a17 timeout ms
-                        -> ret = raw result of pipe2; data = i32 fds[2], u64 undo ids[2] (close of each end) */
+  OP_PIPE = 19,      /* a0 gadget, a1 address of 8 x a3 bytes of scratch, a2 pipe2 flags, a3 how many
+                        pipes (0: one), a17 timeout ms -> ret = raw result of the last pipe2 run; data =
+                        per pipe made, i32 fds[2], u64 undo ids[2] (close of each end; consecutive ids) */
+  OP_UNDO_DROP = 20, /* a0 first, a1 last undo id: tsnap undid those itself (one batch of closes);
+                        the guardian forgets them -> ret = how many it forgot */
   OP_RUN = 18,       /* a0 entry, a1 rbx, a2 r12, a3 code start, a4 code end (the address after its
                         int3), a17 timeout ms: runs tsnap's code in the task from a0 until the int3
                         at a4 - 1 traps (results: in the task's memory) */
@@ -119,7 +122,9 @@ struct undo {
 };
 
 #define MAX_HELD_SIGNALS 64
-#define MAX_UNDOS 64
+/* 32 pipes of the one-copy dump (both ends each) and their scratch mapping, with room to spare. */
+#define MAX_UNDOS 128
+#define MAX_PIPES 64
 
 struct tracee {
   int tid;
@@ -449,31 +454,50 @@ static int op_syscall(struct tracee *t, struct request *q, struct reply *p, uint
  * between the call and a second request would leave them in the task.
  */
 static int op_pipe(struct tracee *t, struct request *q, struct reply *p, uint8_t *data) {
+  int64_t count = q->a[3] > 0 ? q->a[3] : 1;
+  if (count > MAX_PIPES) return G_BADREQ;
   if (t->nundo + 2 > MAX_UNDOS) return ENOSPC;
-  int64_t args[6] = { q->a[1], q->a[2], 0, 0, 0, 0 };
-  int64_t ret = 0;
-  int e = remote_syscall(t, (uint64_t)q->a[0], SYS_pipe2, args, q->a[17] > 0 ? q->a[17] : 60000, &ret);
-  if (e) return e;
-  t->gadget = (uint64_t)q->a[0];
-  p->ret = ret;
-  if (is_error(ret)) return 0;
-  int32_t fds[2];
-  struct iovec local = { fds, sizeof fds }, remote = { (void *)(uintptr_t)q->a[1], sizeof fds };
-  if (process_vm_readv(t->tid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof fds) {
-    /* Cannot happen for scratch tsnap mapped; the fds are unknown, so say so. */
-    return EFAULT;
+  p->len = 0;
+  /* As many as the undo list holds: each is made and put on it before the next, so a controller
+   * dying at any point leaves only pipes the release closes. */
+  for (int64_t k = 0; k < count && t->nundo + 2 <= MAX_UNDOS; k++) {
+    uint64_t at = (uint64_t)q->a[1] + 8 * (uint64_t)k;
+    int64_t args[6] = { (int64_t)at, q->a[2], 0, 0, 0, 0 };
+    int64_t ret = 0;
+    int e = remote_syscall(t, (uint64_t)q->a[0], SYS_pipe2, args, q->a[17] > 0 ? q->a[17] : 60000, &ret);
+    if (e) return e;
+    t->gadget = (uint64_t)q->a[0];
+    p->ret = ret;
+    if (is_error(ret)) return 0;
+    int32_t fds[2];
+    struct iovec local = { fds, sizeof fds }, remote = { (void *)(uintptr_t)at, sizeof fds };
+    if (process_vm_readv(t->tid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof fds) {
+      /* Cannot happen for scratch tsnap mapped; the fds are unknown, so say so. */
+      return EFAULT;
+    }
+    uint64_t ids[2];
+    for (int i = 0; i < 2; i++) {
+      struct undo *u = &t->undos[t->nundo++];
+      memset(u, 0, sizeof *u);
+      u->id = ids[i] = next_undo_id++;
+      u->nr = SYS_close;
+      u->args[0] = fds[i];
+    }
+    memcpy(data + p->len, fds, sizeof fds);
+    memcpy(data + p->len + 8, ids, sizeof ids);
+    p->len += 24;
   }
-  uint64_t ids[2];
-  for (int i = 0; i < 2; i++) {
-    struct undo *u = &t->undos[t->nundo++];
-    memset(u, 0, sizeof *u);
-    u->id = ids[i] = next_undo_id++;
-    u->nr = SYS_close;
-    u->args[0] = fds[i];
-  }
-  memcpy(data, fds, sizeof fds);
-  memcpy(data + 8, ids, sizeof ids);
-  p->len = 24;
+  return 0;
+}
+
+/* tsnap closed what these undos would close (one remote step for all): they must not run again. */
+static int op_undo_drop(struct tracee *t, struct request *q, struct reply *p) {
+  uint64_t first = (uint64_t)q->a[0], last = (uint64_t)q->a[1];
+  int kept = 0;
+  for (int i = 0; i < t->nundo; i++)
+    if (t->undos[i].id < first || t->undos[i].id > last) t->undos[kept++] = t->undos[i];
+  p->ret = t->nundo - kept;
+  t->nundo = kept;
   return 0;
 }
 
@@ -771,6 +795,8 @@ static int handle(struct request *q, const struct batch_call *calls, int fd, str
     return op_run(t, q);
   case OP_PIPE:
     return op_pipe(t, q, p, data);
+  case OP_UNDO_DROP:
+    return op_undo_drop(t, q, p);
   default:
     return G_BADREQ;
   }

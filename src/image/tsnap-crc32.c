@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <immintrin.h>
+#include <errno.h>
+#include <unistd.h>
 
 static uint32_t table[8][256];
 static int use_clmul;
@@ -90,4 +92,32 @@ uint32_t tsnap_crc32(uint32_t crc, const uint8_t *p, size_t n) {
   uint32_t c = ~crc;
   c = n >= 64 && use_clmul ? by_clmul(c, p, n) : by_table(c, p, n);
   return ~c;
+}
+
+/*
+ * The one-copy dump's read-back (src/dump/splice-crc-pool.ts): the CRC of
+ * each of `n` ranges of the file `fd` (ranges[2i] the offset, ranges[2i+1]
+ * the length) into crcs[i], read in pieces of `len` bytes of `buf` that
+ * stay in the CPU's cache until their CRC is taken. Run on a thread of
+ * libuv's pool while the main thread splices the next chunks: no V8
+ * isolate, and no step that waits for the main thread. 0, or -errno of the
+ * failed read (-EIO for a short one: the range was just stored).
+ */
+int tsnap_crc32_ranges(int fd, const uint64_t *ranges, uint32_t n, uint32_t *crcs, uint8_t *buf, size_t len) {
+  for (uint32_t i = 0; i < n; i++) {
+    uint64_t off = ranges[2 * i], left = ranges[2 * i + 1];
+    uint32_t c = 0;
+    while (left > 0) {
+      size_t want = left < len ? (size_t)left : len;
+      ssize_t got = pread(fd, buf, want, (off_t)off);
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) return -errno;
+      if (got == 0) return -EIO;
+      c = tsnap_crc32(c, buf, (size_t)got);
+      off += (uint64_t)got;
+      left -= (uint64_t)got;
+    }
+    crcs[i] = c;
+  }
+  return 0;
 }

@@ -9,18 +9,48 @@ import { fileURLToPath } from 'node:url';
 
 type Crc32 = (crc: number, data: Buffer, length: number) => number;
 
+/**
+ * CRCs of ranges of a file read back through `buf` (tsnap_crc32_ranges):
+ * `ranges` holds (offset, length) pairs of u64, `crcs` gets one u32 each.
+ * 0 or -errno. `.async` runs it on libuv's pool; every buffer must stay
+ * alive and the fd open until its callback.
+ */
+export interface Crc32Ranges {
+  (fd: number, ranges: Buffer, n: number, crcs: Buffer, buf: Buffer, len: number): number;
+  async(fd: number, ranges: Buffer, n: number, crcs: Buffer, buf: Buffer, len: number, cb: (err: unknown, ret: number) => void): void;
+}
+
+let lib: ReturnType<typeof koffi.load> | null | undefined;
 let fn: Crc32 | null | undefined;
+let rangesFn: Crc32Ranges | null | undefined;
+
+function load(): ReturnType<typeof koffi.load> | null {
+  if (lib === undefined) {
+    lib = null;
+    // dist/src/sys/ beside dist/native/; src/sys/ (the tests) two levels under it.
+    const path = ['../../native/libtsnap-crc32.so', '../../dist/native/libtsnap-crc32.so'].map((rel) => fileURLToPath(new URL(rel, import.meta.url))).find(existsSync);
+    if (path) {
+      try { lib = koffi.load(path); } catch { /* unusable: the fallback */ }
+    }
+  }
+  return lib;
+}
 
 export function nativeCrc32(): Crc32 | null {
   if (fn === undefined) {
     fn = null;
-    // dist/src/sys/ beside dist/native/; src/sys/ (the tests) two levels under it.
-    const path = ['../../native/libtsnap-crc32.so', '../../dist/native/libtsnap-crc32.so'].map((rel) => fileURLToPath(new URL(rel, import.meta.url))).find(existsSync);
-    if (path) {
-      try {
-        fn = koffi.load(path).func('uint32_t tsnap_crc32(uint32_t crc, const void *p, size_t n)') as Crc32;
-      } catch { /* unusable: the fallback */ }
-    }
+    try { fn = (load()?.func('uint32_t tsnap_crc32(uint32_t crc, const void *p, size_t n)') as Crc32 | undefined) ?? null; } catch { /* the fallback */ }
   }
   return fn;
+}
+
+/** Null when the library is not built (or is an older build without it). */
+export function nativeCrc32Ranges(): Crc32Ranges | null {
+  if (rangesFn === undefined) {
+    rangesFn = null;
+    try {
+      rangesFn = (load()?.func('int tsnap_crc32_ranges(int fd, const void *ranges, uint32_t n, void *crcs, void *buf, size_t len)') as Crc32Ranges | undefined) ?? null;
+    } catch { /* the fallback */ }
+  }
+  return rangesFn;
 }

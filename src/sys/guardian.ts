@@ -21,7 +21,7 @@ import { SysError } from './errors.js';
 import { USER_REGS_SIZE } from './uapi.js';
 import { faultPoint } from '../fault-points.js';
 
-const PROTOCOL_VERSION = 3n;
+const PROTOCOL_VERSION = 4n;
 const AF_UNIX = 1;
 const SOCK_SEQPACKET = 5;
 const SOCK_CLOEXEC = 0o2000000;
@@ -35,7 +35,7 @@ const BATCH_CALL_SIZE = 7 * 8;
 
 const Op = {
   hello: 0, freeze: 1, release: 2, kill: 3, getRegs: 4, getXstate: 5,
-  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, throttleHold: 14, throttleDrop: 15, killOnExit: 16, syscalls: 17, run: 18, pipe: 19,
+  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, throttleHold: 14, throttleDrop: 15, killOnExit: 16, syscalls: 17, run: 18, pipe: 19, undoDrop: 20,
 } as const;
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
@@ -349,12 +349,37 @@ export class Guardian {
    * fds and the undo id of each end's close, for callUndoing().
    */
   pipe(tid: number, gadget: number, scratch: number, flags: number, timeoutMs = 60_000): { ret: bigint; fds: [number, number]; undo: [bigint, bigint] } {
-    Guardian.counts.syscalls++;
+    const { ret, made } = this.pipes(tid, gadget, scratch, flags, 1, timeoutMs);
+    if (ret < 0n || !made.length) return { ret, fds: [-1, -1], undo: [0n, 0n] };
+    return { ret, ...made[0] };
+  }
+
+  /**
+   * pipe() `count` times in one request (`scratch`: 8 bytes per pipe), each
+   * pipe on the undo list before the next is made. `made`: the pipes made,
+   * as many as the undo list had room for; `ret`: the raw result of the
+   * last pipe2 (negative: it failed, and `made` holds those before it).
+   * The ids of one request are consecutive: dropUndos() takes them as a range.
+   */
+  pipes(tid: number, gadget: number, scratch: number, flags: number, count: number, timeoutMs = 60_000): { ret: bigint; made: { fds: [number, number]; undo: [bigint, bigint] }[] } {
+    Guardian.counts.syscalls += count;
     const args: (number | bigint)[] = new Array(18).fill(0);
-    args[0] = gadget; args[1] = scratch; args[2] = flags; args[17] = timeoutMs;
+    args[0] = gadget; args[1] = scratch; args[2] = flags; args[3] = count; args[17] = timeoutMs;
     const { ret, data } = this.call(`remote pipe2 in ${tid}`, Op.pipe, tid, args);
-    if (ret < 0n || data.length < 24) return { ret, fds: [-1, -1], undo: [0n, 0n] };
-    return { ret, fds: [data.readInt32LE(0), data.readInt32LE(4)], undo: [data.readBigUInt64LE(8), data.readBigUInt64LE(16)] };
+    const made: { fds: [number, number]; undo: [bigint, bigint] }[] = [];
+    for (let o = 0; o + 24 <= data.length; o += 24) {
+      made.push({ fds: [data.readInt32LE(o), data.readInt32LE(o + 4)], undo: [data.readBigUInt64LE(o + 8), data.readBigUInt64LE(o + 16)] });
+    }
+    return { ret, made };
+  }
+
+  /**
+   * tsnap undid the undos with ids from `first` to `last` itself (closed
+   * their fds in one remote step): the guardian forgets them. Returns how
+   * many it forgot.
+   */
+  dropUndos(tid: number, first: bigint, last: bigint): number {
+    return Number(this.call(`drop undos of ${tid}`, Op.undoDrop, tid, [first, last]).ret);
   }
 
   /**
