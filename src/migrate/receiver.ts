@@ -33,6 +33,7 @@ import { checkedRanges } from './postcopy-wire.js';
 import { receivePostcopy } from './postcopy-receive.js';
 import { warmUpRestore } from './warm-up.js';
 import { EarlyVmFlags } from './live-vmflags.js';
+import { WindowPriority } from './window-priority.js';
 import type { Range } from '../image/ranges.js';
 
 export interface ServeOptions {
@@ -258,6 +259,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   let last = '';
   /** migrate --postcopy: the final round's pages the process gets lazily from the source. */
   let postcopy: Range[] | null = null;
+  const prio = new WindowPriority();
   const ingest = new StreamIngest({ pid: g.pid, build: !!opts.restore && opts.liveBuild !== false, newPid: opts.newPid, stdout: opts.stdout, stderr: opts.stderr, onEvent: opts.onEvent });
   /** Images as the commit check read them: complete ones from the ingest; with a live build, others by their index alone (their pages may still be on their way to the disk). */
   const readAtCommit = new Map<string, Image>();
@@ -276,7 +278,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       const f = await reader.next();
       if (!f) throw new TsnapError('targetFailed', 'the sender disconnected before committing');
       if (f.type === Msg.IterBegin) {
-        const it = decodeDoc<{ name?: unknown }>(f);
+        const it = decodeDoc<{ name?: unknown; ready?: boolean }>(f);
         const name = typeof it?.name === 'string' ? it.name : '';
         if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) throw new TsnapError('badImage', `bad iteration name ${quote(it?.name)}`);
         lastName = null; // until it is complete
@@ -286,6 +288,13 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
           ingest.live.earlyVmFlags?.close();
           ingest.live.earlyVmFlags = EarlyVmFlags.read(ingest.live.pid, 64);
           mark('serve: VmFlags read early');
+        }
+        // The sender freezes the source on this (receiver-ready.ts): everything above is before its freeze.
+        if (it.ready === true) await send(sock, encodeDoc(Msg.Ready, {}));
+        // The downtime starts: this thread and the process it builds go first (window-priority.ts).
+        if (name === 'final') {
+          prio.raise(ingest.live ? [process.pid, ingest.live.pid] : [process.pid]);
+          if (ingest.live) { const lp = ingest.live.pid; ingest.live.beforeStart = (tids) => prio.restoreLike(tids, lp); }
         }
         const live = await receiveIteration(reader, inside(root, name), ingest);
         lastName = name;
@@ -326,6 +335,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       }
     }
   } catch (err) {
+    prio.restore();
     await ingest.abort(); // no half-built process left behind
     if (!committed) rmSync(root, { recursive: true, force: true }); // an incomplete migration is nothing
     const e = asTsnapError(err, 'the receiver');
@@ -333,6 +343,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     await tellSender(sock, alreadyTold ? null : e.message);
     throw e;
   }
+  if (!opts.restore || postcopy) prio.restore(); // a post-copy restore starts processes of its own (its guard): at the usual priority
   if (!opts.restore) { sock.end(); return; }
   if (postcopy && ingest.live) {
     const live = ingest.live;
@@ -360,6 +371,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         opts.onEvent?.({ event: 'live-failed', message: fallback });
       }
     }
+    // Before any other process is made (it would inherit a raised priority).
+    prio.restore();
     if (!r) {
       await ingest.flush();
       await ingest.durable();
