@@ -13,7 +13,7 @@
  * only the rest of restore remains. Should that fail, the process is
  * restored from the chain on disk instead, and the reply says so.
  */
-import { mark } from '../trace.js';
+import { mark, traceGc } from '../trace.js';
 import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { timingSafeEqual, createHash } from 'node:crypto';
@@ -33,7 +33,7 @@ import { checkedRanges } from './postcopy-wire.js';
 import { receivePostcopy } from './postcopy-receive.js';
 import { warmUpRestore } from './warm-up.js';
 import { EarlyVmFlags } from './live-vmflags.js';
-import { WindowPriority } from './window-priority.js';
+import { WindowPriority, ownWindowThreads } from './window-priority.js';
 import type { Range } from '../image/ranges.js';
 
 export interface ServeOptions {
@@ -82,6 +82,7 @@ interface Greeted {
 }
 
 export function serve(opts: ServeOptions): Promise<{ server: Server; port: number; done: Promise<void> }> {
+  traceGc();
   makeDirs(opts.dir);
   // Names are confined against the real directory: --dir may itself be a symlink.
   const base = realpathSync(opts.dir);
@@ -293,7 +294,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         if (it.ready === true) await send(sock, encodeDoc(Msg.Ready, {}));
         // The downtime starts: this thread and the process it builds go first (window-priority.ts).
         if (name === 'final') {
-          prio.raise(ingest.live ? [process.pid, ingest.live.pid] : [process.pid]);
+          prio.raise(ingest.live ? [...ownWindowThreads(), ingest.live.pid] : ownWindowThreads());
           if (ingest.live) { const lp = ingest.live.pid; ingest.live.beforeStart = (tids) => prio.restoreLike(tids, lp); }
         }
         const live = await receiveIteration(reader, inside(root, name), ingest);

@@ -14,7 +14,7 @@
  * are still taken as images in staging and sent file by file, their page
  * data deleted once sent.
  */
-import { mark } from '../trace.js';
+import { mark, traceGc } from '../trace.js';
 import { rehearseFrozenSteps } from '../dump/rehearsal.js';
 import { PreCopyPolicy } from '../dump/precopy-policy.js';
 import { Convergence, type NotConverging } from './convergence.js';
@@ -40,7 +40,7 @@ import { postcopyFinal, finishPostcopy, pagesOf, PostcopyLost } from './postcopy
 import type { Range } from '../image/ranges.js';
 import { killAfterRestored } from './deferred-kill.js';
 import { receiverReady } from './receiver-ready.js';
-import { WindowPriority } from './window-priority.js';
+import { WindowPriority, ownWindowThreads } from './window-priority.js';
 
 export interface MigrateOptions {
   pid: number;
@@ -109,6 +109,7 @@ export function migrate(opts: MigrateOptions): Promise<MigrateResult> {
 }
 
 async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<MigrateResult> {
+  traceGc();
   const t0 = process.hrtime.bigint();
   const ms = (from: bigint) => Number(process.hrtime.bigint() - from) / 1e6;
   const budget = opts.downtimeMs ?? 50;
@@ -201,7 +202,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     const finalOpts = { pid: opts.pid, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: async () => {
       if (!opts.tree) await receiverReady(reader, checkAbort);
       conv.lift();
-      prio.raise([process.pid]); // until the receiver's answer (window-priority.ts)
+      prio.raise(ownWindowThreads()); // until the receiver's answer (window-priority.ts)
     } };
     await beginIteration('final', true);
     mark('migrate: final round');

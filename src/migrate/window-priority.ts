@@ -17,6 +17,16 @@
  * runs as it was. Each thread gets its own class back afterwards.
  */
 import { getSched, setSched, SCHED_FIFO, SCHED_RESET_ON_FORK, type SchedClass } from '../sys/sched.js';
+import { Guardian } from '../sys/index.js';
+
+/**
+ * This process's main thread and, if it has one, its guardian (the tracer
+ * through which the frozen task's remote syscalls go: each one waits for
+ * the guardian to be scheduled as well).
+ */
+export function ownWindowThreads(): number[] {
+  return Guardian.running && Guardian.get().pid > 0 ? [process.pid, Guardian.get().pid] : [process.pid];
+}
 
 const RAISED: SchedClass = { policy: SCHED_FIFO | SCHED_RESET_ON_FORK, priority: 1 };
 
