@@ -372,9 +372,9 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         opts.onEvent?.({ event: 'live-failed', message: fallback });
       }
     }
-    // Before any other process is made (it would inherit a raised priority).
-    prio.restore();
     if (!r) {
+      // Before any other process is made (it would inherit a raised priority).
+      prio.restore();
       await ingest.flush();
       await ingest.durable();
       // The source is killed once we said COMMITTED: wait for its pids to be free.
@@ -383,13 +383,17 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid });
     }
     const sinceCommitUs = Number(process.hrtime.bigint() - committedAt) / 1000;
-    live?.earlyVmFlags?.close();
     const path = live && !fallback ? 'live' : 'disk';
     mark('serve: restored');
     void waitForExit(r.pid); // reap it when it ends
     // What restore's own check found different from the image: told, never dropped.
     for (const message of r.warnings) opts.onEvent?.({ event: 'warning', pid: r.pid, message });
     await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path, sinceCommitUs, ...(fallback ? { fallback } : {}) })).catch(() => {});
+    // The downtime is over. Only now: out of the real-time class, this
+    // thread may wait tens of ms for a CPU on a busy host, and the watch's
+    // counters take an RCU grace period each to close.
+    prio.restore();
+    live?.earlyVmFlags?.close();
     opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}), ...(r.warnings.length ? { warnings: r.warnings } : {}) });
     try {
       await ingest.flush();
@@ -404,6 +408,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     await send(sock, encodeDoc(Msg.RestoreFailed, { message, dir: last })).catch(() => {});
     opts.onEvent?.({ event: 'restore-failed', message, dir: last });
   } finally {
+    prio.restore();
+    ingest.live?.earlyVmFlags?.close();
     sock.end();
   }
 }
