@@ -228,6 +228,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     mark('migrate: committed');
     if (leftOut && postcopyBecause !== null) {
+      // The page service may push for seconds: not in the real-time class.
+      prio.restore();
       const pc = await finishPostcopy(sock, reader, opts, held!, leftOut, frozenAt, freezeToCommitMs, postcopyBecause);
       held = null;
       return { iterations: k + 1, stoppedBecause, bytesSent: bytesSent + pc.bytes, totalMs: ms(t0), downtimeMs: pc.downtimeMs, freezeToCommitMs, receiverDir: committed.dir, restoredPid: pc.restoredPid, restoreError: pc.restoreError, convergence: conv.describe(), postcopy: pc.figures };
