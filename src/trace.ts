@@ -6,6 +6,7 @@
  * one comparison.
  */
 import { writeSync } from 'node:fs';
+import { PerformanceObserver, performance } from 'node:perf_hooks';
 
 const on = process.env.TSNAP_TRACE === '1';
 
@@ -14,3 +15,24 @@ export function mark(label: string): void {
   const ms = Number(process.hrtime.bigint()) / 1e6;
   try { writeSync(2, `tsnap-trace ${process.pid} ${ms.toFixed(3)} ${label}\n`); } catch { /* stderr gone */ }
 }
+
+/**
+ * With TSNAP_TRACE=1 the garbage collector's pauses join the timeline
+ * ("gc: KIND MS ms", at the pause's start): a window's step that took
+ * 15 ms may be one of them.
+ */
+export function traceGc(): void {
+  if (!on || gcTraced) return;
+  gcTraced = true;
+  const kinds: Record<number, string> = { 1: 'minor', 2: 'major', 4: 'incremental', 8: 'weakcb' };
+  new PerformanceObserver((list) => {
+    const nowMono = Number(process.hrtime.bigint()) / 1e6;
+    const nowPerf = performance.now();
+    for (const e of list.getEntries()) {
+      const kind = (e as { detail?: { kind?: number } }).detail?.kind ?? 0;
+      const at = nowMono - (nowPerf - e.startTime);
+      try { writeSync(2, `tsnap-trace ${process.pid} ${at.toFixed(3)} gc: ${kinds[kind] ?? kind} ${e.duration.toFixed(1)} ms\n`); } catch { /* stderr gone */ }
+    }
+  }).observe({ entryTypes: ['gc'] });
+}
+let gcTraced = false;

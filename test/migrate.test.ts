@@ -577,6 +577,14 @@ function startServerInPidNs(dir: string, extra: string[] = []): Promise<{ port: 
   return launchServe(['unshare', '--pid', '--fork', '--mount-proc', '--kill-child'], dir, extra);
 }
 
+/** The scheduling policy (field 41 of stat) of every task of `pid`. */
+function schedPolicies(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`).map((t) => {
+    const st = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+    return Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[38]);
+  });
+}
+
 const eventsOf = (events: string[], name: string) => events.filter((e) => e.startsWith('{') && e.includes(`"event":"${name}"`)).map((e) => JSON.parse(e) as Record<string, unknown>);
 
 describe('wire v2: the receiver builds the process while the rounds arrive', () => {
@@ -607,6 +615,10 @@ describe('wire v2: the receiver builds the process while the rounds arrive', () 
     const [moved] = inOtherPidNs(p.pid);
     expect(moved).toBeGreaterThan(0);
     restored.push(moved);
+    // The real-time class of the downtime (window-priority.ts) was the receiver's, and is no one's now.
+    expect(schedPolicies(moved)).toEqual([0]);
+    const serveMain = Number(readFileSync(`/proc/${srv.proc.pid}/task/${srv.proc.pid}/children`, 'utf8').trim().split(' ')[0]);
+    expect(schedPolicies(serveMain).every((x) => x === 0)).toBe(true);
     await waitFor(() => existsSync(out) && /count=\d+/.test(readFileSync(out, 'utf8')));
     process.kill(moved, 'SIGUSR1');
     await waitFor(() => /^(PASS|FAIL)/m.test(readFileSync(out, 'utf8')), 20_000);

@@ -47,7 +47,7 @@ export interface DumpOptions {
   pid: number;
   dir: string;
   /** Called right before the freeze, after the checks (migrate lifts its throttle there: a throttled task is slow to stop). */
-  beforeFreeze?: () => void;
+  beforeFreeze?: () => void | Promise<void>;
   /** Resume the target after the dump instead of killing it. */
   leaveRunning?: boolean;
   compression?: Compression;
@@ -223,7 +223,7 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
         earlyFlags = (await flagsRead) ?? null;
         holdPoint('flags-read');
         checkAbort();
-        opts.beforeFreeze?.();
+        await opts.beforeFreeze?.();
         mark('dump: freezing');
         frozen = session.freeze(pid);
         mark('dump: frozen');

@@ -173,7 +173,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         readTreeFds(running, { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, ghostLimit: opts.ghostLimit, enter: false, zombies: listed.filter((m) => m.pid !== root && isZombie(m.pid)).map((m) => m.pid) });
         for (const pid of running) { checkMappings(pid, opts.ghostLimit); checkCwd(pid); checkOomScoreAdj(pid); checkCreds(pid); }
         sharedFdTables(runningTree);
-        opts.beforeFreeze?.();
+        await opts.beforeFreeze?.();
         const t = freezeTree(root, session.set);
         pausePoint('tree-frozen');
         await letSignalsIn();

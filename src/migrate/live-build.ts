@@ -78,6 +78,8 @@ export class LiveBuild implements LiveProcess {
   image: Image | null = null;
   /** Read when the final round begins (receiver.ts); closed with the build. */
   earlyVmFlags: EarlyVmFlags | null = null;
+  /** Set by the receiver (window-priority.ts). */
+  beforeStart?: (tids: readonly number[]) => void;
   private dead = false;
 
   private constructor(readonly proc: NewProcess, readonly rt: RemoteTask, readonly stub: Stub) {

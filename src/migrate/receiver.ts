@@ -13,7 +13,7 @@
  * only the rest of restore remains. Should that fail, the process is
  * restored from the chain on disk instead, and the reply says so.
  */
-import { mark } from '../trace.js';
+import { mark, traceGc } from '../trace.js';
 import { createServer, type Server, type Socket } from 'node:net';
 import { createServer as createTlsServer } from 'node:tls';
 import { timingSafeEqual, createHash } from 'node:crypto';
@@ -33,6 +33,7 @@ import { checkedRanges } from './postcopy-wire.js';
 import { receivePostcopy } from './postcopy-receive.js';
 import { warmUpRestore } from './warm-up.js';
 import { EarlyVmFlags } from './live-vmflags.js';
+import { WindowPriority, ownWindowThreads } from './window-priority.js';
 import type { Range } from '../image/ranges.js';
 
 export interface ServeOptions {
@@ -81,6 +82,7 @@ interface Greeted {
 }
 
 export function serve(opts: ServeOptions): Promise<{ server: Server; port: number; done: Promise<void> }> {
+  traceGc();
   makeDirs(opts.dir);
   // Names are confined against the real directory: --dir may itself be a symlink.
   const base = realpathSync(opts.dir);
@@ -258,6 +260,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
   let last = '';
   /** migrate --postcopy: the final round's pages the process gets lazily from the source. */
   let postcopy: Range[] | null = null;
+  const prio = new WindowPriority();
   const ingest = new StreamIngest({ pid: g.pid, build: !!opts.restore && opts.liveBuild !== false, newPid: opts.newPid, stdout: opts.stdout, stderr: opts.stderr, onEvent: opts.onEvent });
   /** Images as the commit check read them: complete ones from the ingest; with a live build, others by their index alone (their pages may still be on their way to the disk). */
   const readAtCommit = new Map<string, Image>();
@@ -276,7 +279,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       const f = await reader.next();
       if (!f) throw new TsnapError('targetFailed', 'the sender disconnected before committing');
       if (f.type === Msg.IterBegin) {
-        const it = decodeDoc<{ name?: unknown }>(f);
+        const it = decodeDoc<{ name?: unknown; ready?: boolean }>(f);
         const name = typeof it?.name === 'string' ? it.name : '';
         if (!/^[A-Za-z0-9_-]{1,64}$/.test(name)) throw new TsnapError('badImage', `bad iteration name ${quote(it?.name)}`);
         lastName = null; // until it is complete
@@ -286,6 +289,13 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
           ingest.live.earlyVmFlags?.close();
           ingest.live.earlyVmFlags = EarlyVmFlags.read(ingest.live.pid, 64);
           mark('serve: VmFlags read early');
+        }
+        // The sender freezes the source on this (receiver-ready.ts): everything above is before its freeze.
+        if (it.ready === true) await send(sock, encodeDoc(Msg.Ready, {}));
+        // The downtime starts: this thread and the process it builds go first (window-priority.ts).
+        if (name === 'final') {
+          prio.raise(ingest.live ? [...ownWindowThreads(), ingest.live.pid] : ownWindowThreads());
+          if (ingest.live) { const lp = ingest.live.pid; ingest.live.beforeStart = (tids) => prio.restoreLike(tids, lp); }
         }
         const live = await receiveIteration(reader, inside(root, name), ingest);
         lastName = name;
@@ -326,6 +336,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       }
     }
   } catch (err) {
+    prio.restore();
     await ingest.abort(); // no half-built process left behind
     if (!committed) rmSync(root, { recursive: true, force: true }); // an incomplete migration is nothing
     const e = asTsnapError(err, 'the receiver');
@@ -333,6 +344,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     await tellSender(sock, alreadyTold ? null : e.message);
     throw e;
   }
+  if (!opts.restore || postcopy) prio.restore(); // a post-copy restore starts processes of its own (its guard): at the usual priority
   if (!opts.restore) { sock.end(); return; }
   if (postcopy && ingest.live) {
     const live = ingest.live;
@@ -360,6 +372,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       }
     }
     if (!r) {
+      // Before any other process is made (it would inherit a raised priority).
+      prio.restore();
       await ingest.flush();
       await ingest.durable();
       // The source is killed once we said COMMITTED: wait for its pids to be free.
@@ -368,13 +382,17 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid });
     }
     const sinceCommitUs = Number(process.hrtime.bigint() - committedAt) / 1000;
-    live?.earlyVmFlags?.close();
     const path = live && !fallback ? 'live' : 'disk';
     mark('serve: restored');
     void waitForExit(r.pid); // reap it when it ends
     // What restore's own check found different from the image: told, never dropped.
     for (const message of r.warnings) opts.onEvent?.({ event: 'warning', pid: r.pid, message });
     await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path, sinceCommitUs, ...(fallback ? { fallback } : {}) })).catch(() => {});
+    // The downtime is over. Only now: out of the real-time class, this
+    // thread may wait tens of ms for a CPU on a busy host, and the watch's
+    // counters take an RCU grace period each to close.
+    prio.restore();
+    live?.earlyVmFlags?.close();
     opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs, path, ...(fallback ? { fallback } : {}), ...(r.warnings.length ? { warnings: r.warnings } : {}) });
     try {
       await ingest.flush();
@@ -389,6 +407,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     await send(sock, encodeDoc(Msg.RestoreFailed, { message, dir: last })).catch(() => {});
     opts.onEvent?.({ event: 'restore-failed', message, dir: last });
   } finally {
+    prio.restore();
+    ingest.live?.earlyVmFlags?.close();
     sock.end();
   }
 }

@@ -14,7 +14,7 @@
  * are still taken as images in staging and sent file by file, their page
  * data deleted once sent.
  */
-import { mark } from '../trace.js';
+import { mark, traceGc } from '../trace.js';
 import { rehearseFrozenSteps } from '../dump/rehearsal.js';
 import { PreCopyPolicy } from '../dump/precopy-policy.js';
 import { Convergence, type NotConverging } from './convergence.js';
@@ -39,6 +39,8 @@ import { isInheritedStdio } from '../files/fd-kinds.js';
 import { postcopyFinal, finishPostcopy, pagesOf, PostcopyLost } from './postcopy-send.js';
 import type { Range } from '../image/ranges.js';
 import { killAfterRestored } from './deferred-kill.js';
+import { receiverReady } from './receiver-ready.js';
+import { WindowPriority, ownWindowThreads } from './window-priority.js';
 
 export interface MigrateOptions {
   pid: number;
@@ -107,6 +109,7 @@ export function migrate(opts: MigrateOptions): Promise<MigrateResult> {
 }
 
 async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<MigrateResult> {
+  traceGc();
   const t0 = process.hrtime.bigint();
   const ms = (from: bigint) => Number(process.hrtime.bigint() - from) / 1e6;
   const budget = opts.downtimeMs ?? 50;
@@ -120,6 +123,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   let held: FrozenSet | null = null;
   let bytesSent = 0;
   const conv = new Convergence(opts);
+  const prio = new WindowPriority();
   try {
     await send(sock, encodeDoc(Msg.Hello, { magic: WIRE_MAGIC, version: WIRE_VERSION, token: opts.token, pid: opts.pid, tool: 'tsnap' }));
     const ok = decodeDoc<{ dir: string }>(await reader.expect(Msg.HelloOk, 'greeting the receiver'));
@@ -131,7 +135,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       pageSink: async (compression, chunkSize) => new StreamPageSink(sock, compression, chunkSize, opts.bandwidthLimit ?? 0, (n) => { streamed += n; }),
       onLayout: (l) => send(sock, encodeDoc(Msg.Layout, { vmas: l.vmas, zero: l.zero.map((z) => [z.start, z.end]), incremental: l.incremental })),
     });
-    const beginIteration = (name: string) => (opts.tree ? Promise.resolve() : send(sock, encodeDoc(Msg.IterBegin, { name })));
+    // ready: the receiver answers READY once it is prepared for the final round (receiver-ready.ts).
+    const beginIteration = (name: string, ready = false) => (opts.tree ? Promise.resolve() : send(sock, encodeDoc(Msg.IterBegin, { name, ...(ready ? { ready: true } : {}) })));
 
     const sendImage = async (dir: string, name: string) => {
       const t = process.hrtime.bigint();
@@ -194,8 +199,12 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
 
     // Downtime starts here: freeze, last delta, full state.
     const postcopyBecause = opts.postcopy === 'on' ? 'requested' : opts.postcopy === 'auto' && !converged ? stoppedBecause : null;
-    const finalOpts = { pid: opts.pid, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: () => conv.lift() };
-    await beginIteration('final');
+    const finalOpts = { pid: opts.pid, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: async () => {
+      if (!opts.tree) await receiverReady(reader, checkAbort);
+      conv.lift();
+      prio.raise(ownWindowThreads()); // until the receiver's answer (window-priority.ts)
+    } };
+    await beginIteration('final', true);
     mark('migrate: final round');
     const final = await takeSet({ ...finalOpts, ...streaming() }, 'dump', !!opts.tree);
     held = final.held;
@@ -219,6 +228,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     mark('migrate: committed');
     if (leftOut && postcopyBecause !== null) {
+      // The page service may push for seconds: not in the real-time class.
+      prio.restore();
       const pc = await finishPostcopy(sock, reader, opts, held!, leftOut, frozenAt, freezeToCommitMs, postcopyBecause);
       held = null;
       return { iterations: k + 1, stoppedBecause, bytesSent: bytesSent + pc.bytes, totalMs: ms(t0), downtimeMs: pc.downtimeMs, freezeToCommitMs, receiverDir: committed.dir, restoredPid: pc.restoredPid, restoreError: pc.restoreError, convergence: conv.describe(), postcopy: pc.figures };
@@ -259,6 +270,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       if (doc.sinceCommitUs !== undefined) downtimeMs = Math.min(downtimeMs, freezeToCommitMs + doc.sinceCommitUs / 1000);
     } else if (reply?.type === Msg.RestoreFailed) restoreError = decodeDoc<{ message: string }>(reply).message;
     mark('migrate: receiver restored');
+    prio.restore();
     return {
       iterations: k + 1, stoppedBecause, bytesSent, totalMs: ms(t0), downtimeMs, freezeToCommitMs,
       receiverDir: committed.dir, restoredPid, restoreError, convergence: conv.describe(),
@@ -275,6 +287,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       : asTsnapError(err, `migration of process ${opts.pid}`);
     throw new TsnapError(e.kind, `migration of process ${opts.pid} failed; it runs on where it was: ${e.message}`, e.cause ?? err, e.exitCode);
   } finally {
+    prio.restore();
     conv.release();
     sock.destroy();
     rmSync(staging, { recursive: true, force: true });

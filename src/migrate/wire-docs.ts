@@ -17,7 +17,8 @@ const SHAPES: Record<string, Shape> = {
   HelloOk: obj({ version: int(0, 0xffff), dir: PATH }),
   Error: obj({ code: str(64), message: MESSAGE }),
   // An iteration's name becomes a directory of the receiver's: one plain name.
-  IterBegin: obj({ name: str(64, /^[A-Za-z0-9_-]+$/) }),
+  IterBegin: obj({ name: str(64, /^[A-Za-z0-9_-]+$/), ready: opt(bool) }),
+  Ready: obj({}),
   FileBegin: obj({ name: str(255) }),
   FileEnd: obj({ length: SAFE, crc32: U32 }),
   IterEnd: obj({}),

@@ -34,6 +34,12 @@ export enum Msg {
   PageChunk = 16,
   /** v2 post-copy: the final round's pages left out of it, which the receiver's process gets lazily (before COMMIT). */
   Postcopy = 17,
+  /**
+   * v2, R -> S: the receiver has done what it does before the source
+   * freezes (an ITER_BEGIN with `ready: true` asks for it); the sender
+   * freezes only then (receiver-ready.ts).
+   */
+  Ready = 18,
   Commit = 20,
   Committed = 21,
   Restored = 22,

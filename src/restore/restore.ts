@@ -108,6 +108,8 @@ export interface LiveProcess {
   addressSpaceDone(p: ProcessImage): VmaImage[];
   /** Its VmFlags read before the downtime, for the self-check (migrate/live-vmflags.ts). */
   readonly earlyVmFlags?: { take(pid: number): { flags: Map<number, string[]> | null; stale: string | null } } | null;
+  /** Right before the start, with every task of the process (the receiver gives them back their CPU priority: migrate/window-priority.ts). */
+  beforeStart?(tids: readonly number[]): void;
 }
 
 /** Registers the thread resumes with: the interrupted syscall is re-entered. */
@@ -451,6 +453,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     steps.at('resume the TCP connections');
     resumeConnections();
     steps.at('start the processes');
+    live?.beforeStart?.(members.flatMap((m) => m.threads.map((th) => th.rt.pid)));
     pausePoint('restore-before-start');
     // Children before parents, other threads before their leader: the one a
     // parent waits for goes last.
