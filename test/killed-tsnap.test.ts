@@ -41,12 +41,13 @@ function trials(): Trial[] {
   // The one-copy path (frozen, --no-cow): its pipes are in the target, and then its first remote vmsplice.
   out.push({ cmd: 'dump', fault: 'splice-pipes', delayMs: 0, extra: ['--no-cow'] });
   out.push({ cmd: 'dump', fault: 'splice-filled', delayMs: 0, extra: ['--no-cow'] });
+  out.push({ cmd: 'dump', fault: 'splice-closed', delayMs: 0, extra: ['--no-cow'] });
   // A small process's dump makes ~12 requests (the freeze, the state reads,
   // the scratch mapping, the batch of remote syscalls run as one, the
-  // release), a first pre-dump 7: hit each.
+  // release), a first pre-dump 5 (2026-12-01): hit each.
   for (let i = 0; out.length < Math.round(PER_TARGET * 0.8); i++) {
     const cmd = cmds[i % 2];
-    const n = 1 + Math.floor(Math.random() * (cmd === 'dump' ? 11 : 7));
+    const n = 1 + Math.floor(Math.random() * (cmd === 'dump' ? 11 : 5));
     out.push({ cmd, fault: `guardian-request:${n}`, delayMs: 0 });
   }
   // Random instants, a copy-on-write dump among them (its fault-serving worker and write-protection in flight).
@@ -59,6 +60,8 @@ function runTsnap(args: string[], fault: string | null, delayMs: number): Promis
   const env = { ...process.env };
   if (fault) env.TSNAP_FAULT_AT = fault;
   else delete env.TSNAP_FAULT_AT;
+  // The targets are small, and the one-copy path starts at 4 MiB: without this its fault points never fire.
+  if (fault?.startsWith('splice-')) env.TSNAP_SPLICE = 'always';
   const child = spawn(process.execPath, [TSNAP_BIN, ...args], { stdio: 'ignore', env });
   // TSNAP_FAULT_SIGNAL=SIGTERM (or SIGINT) sends that at the random instants instead: tsnap's own cleanup then runs.
   if (delayMs) setTimeout(() => { try { child.kill((process.env.TSNAP_FAULT_SIGNAL ?? 'SIGKILL') as NodeJS.Signals); } catch { /* exited */ } }, delayMs);
@@ -156,7 +159,9 @@ describe('a tsnap killed at any instant', () => {
       }),
     ]);
     // Most trials must really have killed tsnap mid-way, not let it finish.
-    expect([...r, ...w].filter((o) => o === 'killed').length, [...r, ...w].join(' ')).toBeGreaterThan(1.5 * PER_TARGET);
+    // (Not all: a guardian-request:n past a run's last request, or an instant after a fast run, lets it finish;
+    // how many requests a run makes changes with the code, so the floor leaves room.)
+    expect([...r, ...w].filter((o) => o === 'killed').length, [...r, ...w].join(' ')).toBeGreaterThan(1.3 * PER_TARGET);
     expect(reader.lines().filter((l) => !/^GOT 1 [a-z]$/.test(l) && !l.startsWith('READY'))).toEqual([]);
   }, 240_000 * Math.max(1, PER_TARGET / 50));
 
