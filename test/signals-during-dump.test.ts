@@ -37,16 +37,21 @@ async function tally(p: Running | Restored, lines: () => string[], want?: number
   }
 }
 
-/** A sender of SIGRTMIN 1, 2, 3... to pid until SIGTERM (or the target's end); resolves with how many the kernel took. */
+/** Ends a sender (SIGTERM; it may have ended at ESRCH already) and gives how many signals the kernel took. */
+async function stopSender(sender: Running): Promise<number> {
+  try { process.kill(sender.pid, 'SIGTERM'); } catch { /* it ended at ESRCH */ }
+  return Number(/^DONE (\d+)/.exec(await sender.waitForLine(/^DONE /, 10_000))![1]);
+}
+
+/** A sender of SIGRTMIN 1, 2, 3... to pid until SIGTERM (or the target's end); done() resolves with how many the kernel took. */
 async function startSender(bin: string, pid: number): Promise<{ sender: Running; done: () => Promise<number> }> {
   const sender = await startProcess(bin, ['send', String(pid), '0', '200'], { readyPattern: /^SENT 100$/ });
-  return {
-    sender,
-    done: async () => {
-      try { process.kill(sender.pid, 'SIGTERM'); } catch { /* it ended at ESRCH */ }
-      return Number(/^DONE (\d+)/.exec(await sender.waitForLine(/^DONE /, 10_000))![1]);
-    },
-  };
+  return { sender, done: () => stopSender(sender) };
+}
+
+/** A sender that waits up to 20 s for pid to exist (a restore making it), values from base + 1. */
+function startWaitingSender(bin: string, pid: number, base = 0): Promise<Running> {
+  return startProcess(bin, ['send', String(pid), '0', '200', '20000', String(base)], { readyPattern: /^WAITING$/ });
 }
 
 function status(pid: number, key: string): string {
@@ -124,12 +129,11 @@ describe('signals sent during a dump', () => {
     await p.exited;
     await waitPidsFree([p.pid], { timeoutMs: 10_000 });
     // The sender polls for the pid, so its first signal lands as soon as the restore's clone makes it.
-    const sender = await startProcess(bin, ['send', String(p.pid), '0', '200', '20000'], { readyPattern: /^WAITING$/ });
+    const sender = await startWaitingSender(bin, p.pid);
     const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     await sender.waitForLine(/^SENT 200$/, 10_000);
-    try { process.kill(sender.pid, 'SIGTERM'); } catch { /* done */ }
-    const sent = Number(/^DONE (\d+)/.exec(await sender.waitForLine(/^DONE /, 10_000))![1]);
+    const sent = await stopSender(sender);
     const t = await tally(r, () => r.lines, sent);
     expect(bare(t), t.line).toEqual(exact(sent));
     expect(status(r.pid, 'TracerPid')).toBe('0');
@@ -146,12 +150,11 @@ describe('signals sent during a dump', () => {
     const sentBefore = await first.done();
     await waitPidsFree([p.pid], { timeoutMs: 10_000 });
     const BASE = 1_000_000;
-    const second = await startProcess(bin, ['send', String(p.pid), '0', '200', '20000', String(BASE)], { readyPattern: /^WAITING$/ });
+    const second = await startWaitingSender(bin, p.pid, BASE);
     const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
     expect(r.result.code, r.result.stderr).toBe(0);
     await second.waitForLine(/^SENT 200$/, 10_000);
-    try { process.kill(second.pid, 'SIGTERM'); } catch { /* done */ }
-    const sentAfter = Number(/^DONE (\d+)/.exec(await second.waitForLine(/^DONE /, 10_000))![1]);
+    const sentAfter = await stopSender(second);
     const t = await tally(r, () => r.lines, sentAfter);
     // 1..j from the first sender (j: those queued before the dump read the queue) and BASE+1..BASE+sentAfter.
     // The image's are queued once the restore has built the process, after those sent while it did,
