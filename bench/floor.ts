@@ -169,6 +169,8 @@ async function main(): Promise<void> {
       ['readvWrite', () => { const c0 = process.cpuUsage(); put('readvWriteS', readvWrite()); put('readvWriteCpu', cpuS(c0)); }],
       ['noneCow', () => { const r = tsnapDump(pid, 'none', ['--leave-running']); put('noneCowS', r.s); put('noneCowCpu', r.cpu); put('noneCowHwmKiB', r.hwmKiB); }],
       ['noneFrozen', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow']); put('noneFrozenS', r.s); put('noneFrozenCpu', r.cpu); put('noneFrozenHwmKiB', r.hwmKiB); put('noneFrozenFrozen', r.frozenS); }],
+      // The one-copy path with its page data in one file (format 1), spliced by the main thread alone: the default before session 22.
+      ['noneFrozenOneFile', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_FILES: '1' }); put('noneFrozenOneFileS', r.s); put('noneFrozenOneFileCpu', r.cpu); put('noneFrozenOneFileHwmKiB', r.hwmKiB); put('noneFrozenOneFileFrozen', r.frozenS); }],
       // The one-copy path with its CRCs on a thread of their own (opt-in: a shorter freeze, more RSS).
       ['noneFrozenCrcThread', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_CRC_THREAD: '1' }); put('noneFrozenCrcThreadS', r.s); put('noneFrozenCrcThreadCpu', r.cpu); put('noneFrozenCrcThreadHwmKiB', r.hwmKiB); put('noneFrozenCrcThreadFrozen', r.frozenS); }],
       // The one-copy path with its CRCs on the main thread between splices (the default before the pool).
@@ -206,23 +208,27 @@ async function main(): Promise<void> {
     const overNode = (k: string) => (runs[k] ? +((m(k) - m('nodeHwmKiB')) / 1024).toFixed(1) : null);
     const report = {
       sizeMiB: SIZE_MIB, reps: REPS, outDir: OUT_ROOT, criu: !!criu, load: readFileSync('/proc/loadavg', 'utf8').trim(),
+      // Every repetition's wall, in run order (the medians above hide how much a loaded machine swings).
+      wallRunsMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('S') && k !== 'nodeFloorS').map((k) => [k, runs[k].map((v) => Math.round(v * 1000))])),
       wallMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('S')).map((k) => [k, ms(k)])),
       // user + system of the whole tool (every thread), the same for CRIU: on shared cores the wall follows it.
       frozenMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Frozen')).map((k) => [k, ms(k)])),
       cpuMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Cpu')).map((k) => [k, ms(k)])),
       cpuVsCriu: {
-        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyCpu', 'criuCpu'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadCpu', 'criuCpu'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineCpu', 'criuCpu'), noneFrozenBefore: ratio('noneFrozenBeforeCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
+        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), noneFrozenOneFile: ratio('noneFrozenOneFileCpu', 'criuCpu'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyCpu', 'criuCpu'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadCpu', 'criuCpu'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineCpu', 'criuCpu'), noneFrozenBefore: ratio('noneFrozenBeforeCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
         ...(KILL ? { noneKill: ratio('noneKillCpu', 'criuKillCpu') } : {}),
       },
       vsCriu: {
-        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineS', 'criuS'), noneFrozenBefore: ratio('noneFrozenBeforeS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
+        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenOneFile: ratio('noneFrozenOneFileS', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineS', 'criuS'), noneFrozenBefore: ratio('noneFrozenBeforeS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
         ...(KILL ? { noneKill: ratio('noneKillS', 'criuKillS') } : {}),
       },
       oneCopyVsTwo: { wall: ratio('noneFrozenS', 'noneFrozenTwoCopyS'), cpu: ratio('noneFrozenCpu', 'noneFrozenTwoCopyCpu') },
+      // Two pages files (the default from 64 MiB) against one, interleaved.
+      twoFilesVsOne: { wall: ratio('noneFrozenS', 'noneFrozenOneFileS'), frozen: ratio('noneFrozenFrozen', 'noneFrozenOneFileFrozen'), cpu: ratio('noneFrozenCpu', 'noneFrozenOneFileCpu') },
       cpuVsReadvWrite: { noneFrozen: ratio('noneFrozenCpu', 'readvWriteCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'readvWriteCpu'), criu: ratio('criuCpu', 'readvWriteCpu') },
       vsReadvWrite: { noneCow: ratio('noneCowS', 'readvWriteS'), noneFrozen: ratio('noneFrozenS', 'readvWriteS'), criu: ratio('criuS', 'readvWriteS') },
       vsRawReadv: { noneCow: ratio('noneCowS', 'rawReadvS'), criu: ratio('criuS', 'rawReadvS') },
-      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), noneFrozenCrcThread: overNode('noneFrozenCrcThreadHwmKiB'), noneFrozenCrcInline: overNode('noneFrozenCrcInlineHwmKiB'), noneFrozenBefore: overNode('noneFrozenBeforeHwmKiB'), noneFrozenTwoCopy: overNode('noneFrozenTwoCopyHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
+      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), noneFrozenOneFile: overNode('noneFrozenOneFileHwmKiB'), noneFrozenCrcThread: overNode('noneFrozenCrcThreadHwmKiB'), noneFrozenCrcInline: overNode('noneFrozenCrcInlineHwmKiB'), noneFrozenBefore: overNode('noneFrozenBeforeHwmKiB'), noneFrozenTwoCopy: overNode('noneFrozenTwoCopyHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
     };
     console.log(JSON.stringify(report, null, 2));
   } finally {

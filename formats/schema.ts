@@ -8,6 +8,17 @@
  */
 
 export const FORMAT_VERSION = 1;
+/**
+ * Version 2: the page data may be split over two pages files (`pages` and
+ * `pages.1`, written by two threads at once; formats/image-v1.md, "Two
+ * pages files"). An image whose data is in one file is written as version
+ * 1, byte for byte as before; readers read both.
+ */
+export const FORMAT_VERSION_SPLIT = 2;
+/** The versions this tsnap reads. */
+export const READ_VERSIONS: readonly number[] = [FORMAT_VERSION, FORMAT_VERSION_SPLIT];
+/** The pages files by index (ChunkEntry.file): `pages`, then `pages.1` (format 2). */
+export const PAGES_FILES = ['pages', 'pages.1'] as const;
 export const MAGIC = 'TSNAPIMG';
 export const HEADER_SIZE = 32;
 
@@ -745,6 +756,8 @@ export interface ChunkEntry {
   codec: Compression;
   /** CRC-32 (IEEE) of the stored bytes. */
   crc32: number;
+  /** Which pages file holds it (PAGES_FILES): 0 (`pages`) when absent, 1 (`pages.1`) only in format 2. */
+  file?: number;
 }
 
 export interface PagemapImage {
@@ -812,6 +825,14 @@ export interface SpliceStats {
   crcOn?: 'pool' | 'thread' | 'inline';
   /** vmsplice refused outright with this errno: the rest was copied the usual way. */
   refusedErrno?: number;
+  /**
+   * Pages files written (optional, 1 when absent): 2 when every other
+   * chunk went to `pages.1`, spliced there by a thread of libuv's pool while
+   * the main thread spliced into `pages` (format 2).
+   */
+  files?: number;
+  /** With 2 files: how long the main thread waited for the pool's splices after its own (µs). */
+  poolWaitUs?: number;
 }
 
 /**

@@ -7,8 +7,8 @@
  * tsnap is SIGKILLed (no handler of its own runs) at named points
  * (TSNAP_FAULT_AT, src/fault-points.ts): right after the freeze, with the
  * scratch mapping in place, with the injected userfaultfd still in the
- * target, with the one-copy dump's pipes in it (empty, and full of its
- * pages), and in the middle of the n-th request to the guardian for every
+ * target, with the one-copy dump's pipes in it (empty, full of its
+ * pages, and being spliced by a pool thread into a second pages file), and in the middle of the n-th request to the guardian for every
  * n across the remote-syscall window; and at random instants.
  */
 import { spawn } from 'node:child_process';
@@ -164,6 +164,37 @@ describe('a tsnap killed at any instant', () => {
     expect([...r, ...w].filter((o) => o === 'killed').length, [...r, ...w].join(' ')).toBeGreaterThan(1.3 * PER_TARGET);
     expect(reader.lines().filter((l) => !/^GOT 1 [a-z]$/.test(l) && !l.startsWith('READY'))).toEqual([]);
   }, 240_000 * Math.max(1, PER_TARGET / 50));
+
+  it('in a one-copy dump split over two pages files (a pool thread splicing into pages.1): killed there or at any instant of the copy, the process runs on with its memory intact', async () => {
+    // 80 MiB: past the split's 64 MiB floor, so the dump is the default one, and its copy lasts long enough to be hit.
+    const p = await startProcess(await compileC('bigmem'), ['read', '80']);
+    const sum = p.readyInfo.sum;
+    const before = snapshot(p.pid);
+    const dir = tmpDir('killed-split');
+    const cases: Trial[] = [
+      { cmd: 'dump', fault: 'splice-pooled', delayMs: 0 },
+      { cmd: 'dump', fault: 'splice-filled', delayMs: 0 },
+      // Random instants: before, inside and after the copy (its wall varies with the load).
+      ...[0, 1, 2, 3, 4, 5].map((i): Trial => ({ cmd: 'dump', fault: null, delayMs: 150 + i * 150 + Math.floor(Math.random() * 150) })),
+    ];
+    const outcomes: string[] = [];
+    for (const [i, t] of cases.entries()) {
+      const img = join(dir, String(i));
+      const r = await runTsnap(['dump', '--pid', String(p.pid), '--dir', img, '--leave-running', '--no-cow'], t.fault, t.delayMs);
+      outcomes.push(r.signal === 'SIGKILL' ? 'killed' : `exit ${r.code}`);
+      const what = what0(i, t, outcomes[i]);
+      await untraced(p.pid);
+      expect(p.alive(), what).toBe(true);
+      expect(snapshot(p.pid), what).toEqual(before);
+      rmSync(img, { recursive: true, force: true });
+    }
+    // Both named points are on the split path: the pool's splice and a fill were reached and killed there.
+    expect(outcomes.slice(0, 2), outcomes.join(' ')).toEqual(['killed', 'killed']);
+    const n = p.lines().length;
+    p.writeLine('');
+    expect(await p.waitForLine(/^sum=/, 10_000, n)).toBe(`sum=${sum}`);
+    expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');
+  }, 120_000);
 
   it('with established TCP connections locked and in repair mode: the connection goes on, repair mode off, SO_REUSEADDR kept, no lock rule left', async () => {
     const p = await startPython(`

@@ -6,7 +6,7 @@
  * pipe fd, no mapping), its memory intact.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, startTsnap, restoreDetached, readImage } from './helpers/tsnap.js';
@@ -110,6 +110,72 @@ describe('one-copy dump (vmsplice in the target, splice into the pages file)', (
     const n = p.lines().length;
     p.writeLine('');
     expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');
+  });
+
+  it('past 64 MiB the page data is split over pages and pages.1 (format 2, every other chunk there); verify passes and the restored process finds its checksum', async () => {
+    const work = tmpDir('tsnap-splice-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '72']);
+    const sum = p.readyInfo.sum;
+    const dir = join(work, 'img');
+    const r = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+    expect(r.code, r.stderr).toBe(0);
+    await p.exited;
+    const img = readImage(dir);
+    expect(img.stats!.splice!.files).toBe(2);
+    expect(img.stats!.splice!.pagesSpliced).toBe(img.stats!.pagesWritten);
+    expect(img.inventory.formatVersion).toBe(2);
+    const files = img.pagemap.chunks.map((c) => c.file ?? 0);
+    expect(files.slice(0, 6)).toEqual([0, 1, 0, 1, 0, 1]);
+    expect(img.inventory.files['pages.1'].length).toBe(img.pagemap.chunks.filter((c) => c.file === 1).reduce((n, c) => n + c.storedLength, 0));
+    expect(statSync(join(dir, 'pages.1')).mode & 0o777).toBe(0o600);
+    expect((await tsnap('verify', dir)).code).toBe(0);
+    const back = await restoreDetached(dir, join(work, 'pid'));
+    expect(back.result.code, back.result.stderr).toBe(0);
+    back.writeLine('');
+    expect(await back.waitForLine(/^sum=/, 20_000)).toBe(`sum=${sum}`);
+    expect(await back.waitForLine(/^(PASS|FAIL)/, 20_000)).toBe('PASS');
+  });
+
+  it('two files give every chunk the CRC one file gives it (TSNAP_SPLICE_FILES=1 keeps format 1), and the target runs on intact', async () => {
+    const work = tmpDir('tsnap-splice-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '20']);
+    const before = fdsAndMaps(p.pid);
+    const crcs: Record<string, number[]> = {};
+    for (const files of ['2', '1']) {
+      const dir = join(work, files);
+      const r = await startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--no-cow'], { TSNAP_SPLICE_FILES: files }).done;
+      expect(r.code, r.stderr).toBe(0);
+      const img = readImage(dir);
+      expect(img.stats!.splice!.files ?? 1, files).toBe(Number(files));
+      expect(img.inventory.formatVersion, files).toBe(Number(files));
+      expect(existsSync(join(dir, 'pages.1')), files).toBe(files === '2');
+      crcs[files] = img.pagemap.chunks.map((c) => c.crc32);
+      expect((await tsnap('verify', dir)).code, files).toBe(0);
+    }
+    // The target sits in read(): every chunk but its stack's is the same in both dumps.
+    expect(crcs['2'].length).toBe(crcs['1'].length);
+    expect(crcs['2'].filter((c, i) => c === crcs['1'][i]).length).toBeGreaterThanOrEqual(crcs['2'].length - 2);
+    expect(fdsAndMaps(p.pid)).toEqual(before);
+    const n = p.lines().length;
+    p.writeLine('');
+    expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');
+  });
+
+  it('two files with unreadable pages (PROT_NONE with data) beside the spliced ones: verify passes, the restored process checks itself', async () => {
+    const work = tmpDir('tsnap-splice-');
+    const p = await startProcess(await compileC('memstate'), ['read', '6'], { env: { TSNAP_FIXTURE_TMPDIR: work } });
+    const dir = join(work, 'img');
+    const r = await startTsnap(['dump', '--pid', String(p.pid), '--dir', dir], { TSNAP_SPLICE_FILES: '2' }).done;
+    expect(r.code, r.stderr).toBe(0);
+    await p.exited;
+    const img = readImage(dir);
+    expect(img.stats!.splice!.files).toBe(2);
+    expect(img.stats!.pagesSlowPath).toBeGreaterThan(0);
+    expect((await tsnap('verify', dir)).code).toBe(0);
+    const back = await restoreDetached(dir, join(work, 'pid'));
+    expect(back.result.code, back.result.stderr).toBe(0);
+    back.writeLine('check');
+    expect(await back.waitForLine(/^(PASS|FAIL)/, 10_000)).toBe('PASS');
   });
 
   it('lz4 and TSNAP_SPLICE=0 keep the two-copy path', async () => {

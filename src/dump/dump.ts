@@ -93,6 +93,12 @@ export interface DumpOptions {
    * instead of the image's pages file, which is then not written here.
    */
   pageSink?: (compression: Compression, chunkSize: number) => Promise<PageSink>;
+  /**
+   * Keep the page data in one file (`pages`, a format 1 image) even where
+   * the one-copy path would split it over two (format 2): for images sent
+   * on as files (a tree migration's rounds).
+   */
+  onePagesFile?: boolean;
   /** Called with the round's layout once its pages are selected, before any is copied. */
   onLayout?: (l: RoundLayout) => Promise<void>;
   /**

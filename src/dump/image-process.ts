@@ -46,7 +46,7 @@ import { readChain, type Image } from '../image/image-reader.js';
 import { resolveChain, storedRanges } from '../image/chain-index.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import { checkTarget } from './target-check.js';
-import { FileKind, FORMAT_VERSION, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun } from '../../formats/schema.js';
+import { FileKind, FORMAT_VERSION, FORMAT_VERSION_SPLIT, PAGES_FILES, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
 import { CowWorker, copyWithCow, type CowCopyResult } from './cow-session.js';
 import { FrozenClock } from './frozen-clock.js';
@@ -241,7 +241,7 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     const cowIn = input.cow ?? null;
     if (cowIn && track) cowTracking = { uffd: track.uffd, dropped: false, ref: track.ref };
     // Frozen and uncompressed: one copy through pipes in the target, when it can have them.
-    const spliced = !cowIn ? await copySpliced({ pid, frozen, vmas: layout.vmas, selection, estimate: total, writer: pageWriter, mem, compression, onProgress: copyOpts.onProgress }) : null;
+    const spliced = !cowIn ? await copySpliced({ pid, frozen, vmas: layout.vmas, selection, estimate: total, writer: pageWriter, mem, compression, onProgress: copyOpts.onProgress, onePagesFile: opts.onePagesFile }) : null;
     const pages = cowIn && frozen
       ? (cow = await copyWithCow({ pid, frozen, vmas: layout.vmas, classes: layout.classes, selection, writer: pageWriter, mem, worker: cowIn.worker, release: cowIn.release, onProgress: copyOpts.onProgress, tracking: cowTracking ?? undefined, prearmed: cowIn.prearmed ? { done: cowIn.prearmed, pagemap } : null })).pages
       : spliced?.pages ?? await copyPages(pid, layout.vmas, selection, pageWriter, mem, copyOpts);
@@ -260,7 +260,10 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     mark('dump: index checked');
     const files: Inventory['files'] = {};
     // A final image's layout is its process file's mm.vmas: not stored twice (a restore decodes and checks every copy).
-    files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, { ...encodePagemap({ chunks: pageWriter.chunks, runs }), ...(processImage ? {} : { vmas: layout.images }) }, fsync);
+    // Page data in two files (the one-copy path's two threads) makes the image format 2: older readers refuse it whole.
+    const split = pageWriter instanceof PageFileWriter && pageWriter.files === 2;
+    const version = split ? FORMAT_VERSION_SPLIT : FORMAT_VERSION;
+    files.pagemap = writeMetaFile(dir.path, FileKind.Pagemap, { ...encodePagemap({ chunks: pageWriter.chunks, runs }), ...(processImage ? {} : { vmas: layout.images }) }, fsync, version);
     mark('dump: pagemap written');
     if (processImage) files.process = writeMetaFile(dir.path, FileKind.Process, processImage, fsync);
     mark('dump: process written');
@@ -284,9 +287,14 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
       ...(track ? { vmasFresh: trackStats.freshVmas, vmasTracked: trackStats.oldVmas, vmasUntracked: trackStats.untrackedVmas, pagesVanished: vanished } : {}),
     };
     files.stats = writeMetaFile(dir.path, FileKind.Stats, stats, fsync);
-    files.pages = { length: pageWriter.bytesStored, crc32: 0 };
+    if (split) {
+      files[PAGES_FILES[0]] = { length: pageWriter.storedIn(0), crc32: 0 };
+      files[PAGES_FILES[1]] = { length: pageWriter.storedIn(1), crc32: 0 };
+    } else {
+      files.pages = { length: pageWriter.bytesStored, crc32: 0 };
+    }
     const inventory: Inventory = {
-      formatVersion: FORMAT_VERSION,
+      formatVersion: version,
       imageId,
       createdAt: new Date().toISOString(),
       tool: { name: 'tsnap', version: TOOL_VERSION },
@@ -303,7 +311,7 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
       tracking: mode === 'predump' ? track!.ref : null,
     };
     // The inventory is the commit record: written last, then made durable.
-    writeMetaFile(dir.path, FileKind.Inventory, inventory, fsync);
+    writeMetaFile(dir.path, FileKind.Inventory, inventory, fsync, version);
     if (fsync) fsyncDir(dir.path);
     mark('dump: inventory written');
     return {

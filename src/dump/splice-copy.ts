@@ -23,13 +23,15 @@
  * write at the piece's place.
  */
 import { openSync, closeSync, readSync, writeSync } from 'node:fs';
-import { VmCopier, PROT_READ, SysError, spliceToFile, type ProcMem } from '../sys/index.js';
+import { availableParallelism } from 'node:os';
+import { VmCopier, PROT_READ, SysError, spliceToFile, splicePipesAsync, canSplicePooled, type PipeSplice, type ProcMem } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
 import { PageFileWriter } from '../image/page-writer.js';
 import type { PageSink } from './page-sink.js';
 import { withPath } from '../errors.js';
 import { mark } from '../trace.js';
+import { faultPoint } from '../fault-points.js';
 import { PageWhere, type ChunkEntry, type Compression, type PageRun, type SpliceStats } from '../../formats/schema.js';
 import type { DumpRange } from './memory-plan.js';
 import { placePages, addRun, readInto, type Pending, type PageDumpResult } from './page-dumper.js';
@@ -76,6 +78,27 @@ const crcMode = (): 'pool' | 'thread' | 'inline' =>
   process.env.TSNAP_SPLICE_CRC_THREAD === '1' ? 'thread' : process.env.TSNAP_SPLICE_CRC === 'inline' ? 'inline' : 'pool';
 /** A piece read back stays in the CPU's cache until its CRC is taken. */
 const CRC_PIECE = 256 << 10;
+/**
+ * From this size the page data is split over two pages files (format 2),
+ * every other chunk in `pages.1`, spliced there by a thread of libuv's pool
+ * while the main thread splices into `pages`: one file's writes take turns
+ * on its inode lock, two files' run on both cores. Under it the copy is too
+ * short for the second thread to pay, and the image stays format 1.
+ */
+const SPLIT_MIN_BYTES = 64 << 20;
+
+/**
+ * Pages files for this copy: 2 from SPLIT_MIN_BYTES on a machine with a
+ * second core, with the CRCs on the pool (the other modes read one file)
+ * and the native splice built. TSNAP_SPLICE_FILES=1 keeps one (bench/floor.ts
+ * compares in the same run), =2 splits any copy (tests of small processes).
+ */
+function pagesFiles(a: Pick<SpliceInput, 'estimate' | 'onePagesFile'>): 1 | 2 {
+  const env = process.env.TSNAP_SPLICE_FILES;
+  if (a.onePagesFile || env === '1' || crcMode() !== 'pool' || !canSplicePooled()) return 1;
+  if (env === '2') return 2;
+  return a.estimate >= SPLIT_MIN_BYTES && availableParallelism() >= 2 ? 2 : 1;
+}
 
 export interface SpliceInput {
   pid: number;
@@ -88,6 +111,8 @@ export interface SpliceInput {
   mem: ProcMem;
   compression: Compression;
   onProgress?: (bytes: number) => void;
+  /** Never split the page data over two files (DumpOptions.onePagesFile). */
+  onePagesFile?: boolean;
 }
 
 /** Why the one-copy path cannot be used for this copy (null: it can be tried). */
@@ -117,7 +142,7 @@ export async function copySpliced(a: SpliceInput): Promise<{ pages: PageDumpResu
   mark(`dump: ${pipes.count} pipes of ${pipes.capacity} bytes in the target`);
   let copy: SplicedCopy | null = null;
   try {
-    copy = new SplicedCopy(a, writer, pipes);
+    copy = new SplicedCopy(a, writer, pipes, pagesFiles(a));
     const pages = await copy.run();
     // Every pipe is empty here: the target's pages are no longer referenced.
     pipes.close();
@@ -151,6 +176,10 @@ interface Chunk {
   position: number;
   len: number;
   pieces: Piece[];
+  /** The pages file it is in: its index, fd and path. */
+  file: 0 | 1;
+  fd: number;
+  path: string;
 }
 
 class SplicedCopy {
@@ -170,7 +199,9 @@ class SplicedCopy {
   /** When the last splice was done. */
   private copiedAt = 0n;
 
-  constructor(private readonly a: SpliceInput, private readonly writer: PageFileWriter, private readonly pipes: TargetPipes) {
+  private poolWaitNs = 0n;
+
+  constructor(private readonly a: SpliceInput, private readonly writer: PageFileWriter, private readonly pipes: TargetPipes, private readonly files: 1 | 2) {
     this.copier = new VmCopier(a.pid);
     this.chunkSize = writer.chunkSize;
   }
@@ -187,9 +218,11 @@ class SplicedCopy {
     try {
       const close = async () => {
         if (fill === 0) return;
-        const res = writer.reserveRaw(fill * PAGE);
+        // Two files: every other chunk in the second, so each step's pipes split evenly between the threads.
+        const file = this.files === 2 ? ((chunkNo % 2) as 0 | 1) : 0;
+        const res = writer.reserveRaw(fill * PAGE, file);
         if (res.index !== firstChunk + chunkNo) throw new Error(`one-copy dump: chunk ${res.index} reserved for ${firstChunk + chunkNo}`);
-        this.enqueue({ entry: res.entry, position: res.position, len: fill * PAGE, pieces: [] }, pending, res.fd);
+        this.enqueue({ entry: res.entry, position: res.position, len: fill * PAGE, pieces: [], file, fd: res.fd, path: res.path }, pending);
         pagesWritten += fill;
         chunkNo++;
         pending = [];
@@ -215,11 +248,8 @@ class SplicedCopy {
     return { runs, pagesWritten, pagesSlowPath: this.pagesSlowPath };
   }
 
-  private fileFd = -1;
-
   /** Cuts a chunk into pieces: runs of readable memory that fit one pipe, and the rest. */
-  private enqueue(c: Chunk, pending: Pending[], fd: number): void {
-    this.fileFd = fd;
+  private enqueue(c: Chunk, pending: Pending[]): void {
     const cap = this.pipes.capacity;
     let off = 0;
     let cur: Piece | null = null;
@@ -264,7 +294,7 @@ class SplicedCopy {
         group.push(pieces[i++]);
       }
       const f = this.fill(group);
-      this.storeGroup(f.group, f.viaPipe, f.rets);
+      await this.storeGroup(f.group, f.viaPipe, f.rets);
     }
     // Lets signals (SIGTERM, Ctrl-C) be seen between steps; the target stays frozen.
     await new Promise<void>((resolve) => setImmediate(resolve));
@@ -291,28 +321,65 @@ class SplicedCopy {
     return { group, viaPipe, rets };
   }
 
-  private storeGroup(group: Piece[], viaPipe: Piece[], rets: bigint[]): void {
-    let k = 0;
-    for (const p of group) {
-      if (!p.pipe || !viaPipe.includes(p)) {
-        this.slowWrite(p.ranges, p.pos);
-      } else {
-        const r = rets[k];
-        const pipe = k++;
-        const got = r > 0n ? Number(r) : 0;
-        if (got > p.len) throw new Error(`one-copy dump: vmsplice took ${got} bytes of ${p.len}`);
-        if (got) {
-          const t0 = process.hrtime.bigint();
-          try {
-            spliceToFile(this.pipes.readEnd(pipe), this.fileFd, p.pos, got);
-          } catch (err) {
-            throw asWriteError(err, this.writer.path);
-          }
-          this.spliceNs += process.hrtime.bigint() - t0;
-          this.pagesSpliced += got / PAGE;
-        }
-        if (got < p.len) this.slowWrite(skip(p.ranges, got), p.pos + got);
+  /**
+   * Empties every pipe of the step into the pages files. With two files,
+   * the pieces of `pages.1` go to a thread of libuv's pool in one call while
+   * this thread splices those of `pages`; both are done before the next
+   * step refills the pipes (and before the target may run).
+   */
+  private async storeGroup(group: Piece[], viaPipe: Piece[], rets: bigint[]): Promise<void> {
+    // Per piece that went through a pipe: its pipe, and the bytes vmsplice put there.
+    const inPipe = new Map<Piece, { pipe: number; got: number }>();
+    viaPipe.forEach((p, k) => {
+      const got = rets[k] > 0n ? Number(rets[k]) : 0;
+      if (got > p.len) throw new Error(`one-copy dump: vmsplice took ${got} bytes of ${p.len}`);
+      inPipe.set(p, { pipe: k, got });
+    });
+    const pooled: PipeSplice[] = [];
+    let second: Chunk | null = null;
+    for (const [p, { pipe, got }] of inPipe) {
+      if (got && p.chunk.file === 1) {
+        pooled.push({ pipe: this.pipes.readEnd(pipe), position: p.pos, len: got });
+        second = p.chunk;
       }
+    }
+    const t0 = process.hrtime.bigint();
+    const pool = second ? splicePipesAsync(second.fd, pooled) : null;
+    // A tsnap killed here dies with a pool thread inside splice(): the guardian still empties the target of its pipes.
+    if (pool) faultPoint('splice-pooled');
+    let failure: unknown = null;
+    try {
+      for (const p of group) {
+        const via = inPipe.get(p);
+        if (!via) { this.slowWrite(p.ranges, p.pos, p.chunk); continue; }
+        if (via.got && !(pool && p.chunk.file === 1)) {
+          try {
+            spliceToFile(this.pipes.readEnd(via.pipe), p.chunk.fd, p.pos, via.got);
+          } catch (err) {
+            throw asWriteError(err, p.chunk.path);
+          }
+          this.pagesSpliced += via.got / PAGE;
+        }
+        // The rest of a short vmsplice: another file's region, or after the pool's splices (disjoint places).
+        if (via.got < p.len) this.slowWrite(skip(p.ranges, via.got), p.pos + via.got, p.chunk);
+      }
+    } catch (err) {
+      failure = err;
+    }
+    // The pool's splices read the pipes: they end before anything may close them, even after a failure here.
+    if (pool) {
+      const t1 = process.hrtime.bigint();
+      try {
+        await pool;
+        for (const j of pooled) this.pagesSpliced += j.len / PAGE;
+      } catch (err) {
+        failure ??= asWriteError(err, second!.path);
+      }
+      this.poolWaitNs += process.hrtime.bigint() - t1;
+    }
+    if (failure) throw failure;
+    this.spliceNs += process.hrtime.bigint() - t0;
+    for (const p of group) {
       if (p.last) {
         this.checksum(p.chunk);
         this.a.onProgress?.(p.chunk.len);
@@ -321,18 +388,18 @@ class SplicedCopy {
   }
 
   /** The usual two copies for one piece: into a buffer, then written at its place. */
-  private slowWrite(ranges: Pending[], pos: number): void {
+  private slowWrite(ranges: Pending[], pos: number, c: Chunk): void {
     const len = ranges.reduce((n, r) => n + r.len, 0);
     if (!this.slowBuf || this.slowBuf.length < len) this.slowBuf = Buffer.allocUnsafeSlow(Math.max(len, this.pipes.capacity));
     this.pagesSlowPath += readInto(this.copier, this.a.mem, this.slowBuf, ranges);
     try {
       for (let done = 0; done < len;) {
-        const n = writeSync(this.fileFd, this.slowBuf, done, len - done, pos + done);
+        const n = writeSync(c.fd, this.slowBuf, done, len - done, pos + done);
         if (n === 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
         done += n;
       }
     } catch (err) {
-      throw withPath(err, this.writer.path);
+      throw withPath(err, c.path);
     }
   }
 
@@ -344,12 +411,14 @@ class SplicedCopy {
    */
   private checksum(c: Chunk): void {
     this.crcFirst ??= process.hrtime.bigint();
-    if (this.pool === undefined) this.pool = crcMode() === 'pool' ? PoolCrc.open(this.writer.path) : null;
-    if (this.pool) {
+    // One reader per pages file: with two, a CRC call of each may be in flight.
+    if (!(c.file in this.pools)) this.pools[c.file] = crcMode() === 'pool' ? PoolCrc.open(c.path) : null;
+    const pool = this.pools[c.file];
+    if (pool) {
       this.crcOn = 'pool';
-      const work = this.pool.crc(c.position, c.len).then(
+      const work = pool.crc(c.position, c.len).then(
         (crc) => { c.entry.crc32 = crc; this.crcLast = process.hrtime.bigint(); },
-        (err) => { throw withPath(err, this.writer.path); },
+        (err) => { throw withPath(err, c.path); },
       );
       // Seen by crcsDone() (Promise.all), or dropped by abort(): never an unhandled rejection meanwhile.
       work.catch(() => {});
@@ -374,8 +443,8 @@ class SplicedCopy {
 
   private crc: SpliceCrc | null = null;
   private crcOn: SpliceStats['crcOn'];
-  /** The C reader on libuv's pool (undefined: not yet chosen; null: not used). */
-  private pool: PoolCrc | null | undefined;
+  /** The C readers on libuv's pool, per pages file (absent: not yet chosen; null: not used). */
+  private pools: Partial<Record<0 | 1, PoolCrc | null>> = {};
   private crcWork: Promise<void>[] = [];
   private inlineBytes = 0;
   private readFd = -1;
@@ -383,6 +452,8 @@ class SplicedCopy {
 
   private crcHere(c: Chunk): number {
     try {
+      // Only `pages`: a second file is written only with the CRCs on the pool (pagesFiles).
+      if (c.file !== 0) throw new Error('one-copy dump: an inline CRC of a chunk of pages.1');
       if (this.readFd < 0) this.readFd = openSync(this.writer.path, 'r');
       this.readBuf ??= Buffer.allocUnsafeSlow(CRC_PIECE);
       let crc = 0;
@@ -406,8 +477,8 @@ class SplicedCopy {
   crcsDone(stats?: SpliceStats): Promise<void> {
     this.closeReadFd();
     this.crc?.end();
-    const pooled = this.pool?.end();
-    return Promise.all([...this.crcWork, pooled]).then(() => {
+    const pooled = Object.values(this.pools).map((p) => p?.end());
+    return Promise.all([...this.crcWork, ...pooled]).then(() => {
       if (!stats || this.crcFirst === null) return;
       stats.crcUs = Number((this.crcLast - this.crcFirst) / 1000n);
       stats.crcAfterUs = this.crcLast > this.copiedAt ? Number((this.crcLast - this.copiedAt) / 1000n) : 0;
@@ -418,7 +489,7 @@ class SplicedCopy {
   abort(): void {
     this.closeReadFd();
     this.crc?.abort();
-    this.pool?.abort();
+    for (const p of Object.values(this.pools)) p?.abort();
     for (const w of this.crcWork) w.catch(() => {});
   }
 
@@ -435,6 +506,7 @@ class SplicedCopy {
       crcAfterUs: 0,
       ...(this.crcOn ? { crcOn: this.crcOn } : {}),
       ...(this.refused !== null ? { refusedErrno: this.refused } : {}),
+      ...(this.files === 2 ? { files: 2, poolWaitUs: us(this.poolWaitNs) } : {}),
     };
   }
 }

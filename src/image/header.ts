@@ -1,6 +1,6 @@
 /** The 32-byte header at the start of every image file. See formats/image-v1.md. */
 import { crc32 } from './checksum.js';
-import { FORMAT_VERSION, MAGIC, HEADER_SIZE, FileKind } from '../../formats/schema.js';
+import { READ_VERSIONS, MAGIC, HEADER_SIZE, FileKind } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
 export interface FileHeader {
@@ -32,10 +32,11 @@ export function decodeHeader(b: Buffer, file: string, expect: FileKind): FileHea
     throw new TsnapError('badImage', `${file}: not a tsnap image file (bad magic)`);
   }
   const version = b.readUInt16LE(8);
-  if (version !== FORMAT_VERSION) {
-    throw new TsnapError('badImage', version > FORMAT_VERSION
-      ? `${file}: image format version ${version} is newer than this tsnap reads (${FORMAT_VERSION}); upgrade tsnap`
-      : `${file}: image format version ${version} is not supported (this tsnap reads ${FORMAT_VERSION})`);
+  const newest = READ_VERSIONS[READ_VERSIONS.length - 1];
+  if (!READ_VERSIONS.includes(version)) {
+    throw new TsnapError('badImage', version > newest
+      ? `${file}: image format version ${version} is newer than this tsnap reads (${newest}); upgrade tsnap`
+      : `${file}: image format version ${version} is not supported (this tsnap reads ${READ_VERSIONS.join(' and ')})`);
   }
   if (crc32(b.subarray(0, 28)) !== b.readUInt32LE(28)) {
     throw new TsnapError('badImage', `${file}: header checksum mismatch; the image is corrupted`);
@@ -46,7 +47,7 @@ export function decodeHeader(b: Buffer, file: string, expect: FileKind): FileHea
   }
   // No flag is defined: a set one means a writer this tsnap does not know, or damage.
   const flags = b.readUInt32LE(12);
-  if (flags !== 0) throw new TsnapError('badImage', `${file}: header flags 0x${flags.toString(16)} are not defined in format ${FORMAT_VERSION}; the image is corrupted or from a newer tsnap`);
+  if (flags !== 0) throw new TsnapError('badImage', `${file}: header flags 0x${flags.toString(16)} are not defined in format ${version}; the image is corrupted or from a newer tsnap`);
   const payloadLength = b.readBigUInt64LE(16);
   if (payloadLength > BigInt(Number.MAX_SAFE_INTEGER)) throw new TsnapError('badImage', `${file}: header says ${payloadLength} bytes of payload; the image is corrupted`);
   return { version, kind, flags, payloadLength: Number(payloadLength), payloadCrc: b.readUInt32LE(24) };

@@ -6,7 +6,7 @@
 import { mkdirSync, readdirSync, chmodSync, statSync, rmSync, rmdirSync, openSync, fsyncSync, closeSync } from 'node:fs';
 import { join, dirname, resolve } from 'node:path';
 import { TsnapError } from '../errors.js';
-import { FILE_NAMES } from '../../formats/schema.js';
+import { FILE_NAMES, PAGES_FILES } from '../../formats/schema.js';
 
 export interface PreparedDir {
   path: string;
@@ -71,7 +71,7 @@ function dirError(what: string, e: NodeJS.ErrnoException): TsnapError {
 
 /** Removes what a failed dump wrote: its own files, and the directory if it made it. */
 export function discardImageDir(dir: PreparedDir): void {
-  for (const name of Object.values(FILE_NAMES)) rmSync(join(dir.path, name), { force: true });
+  for (const name of new Set([...Object.values(FILE_NAMES), ...PAGES_FILES])) rmSync(join(dir.path, name), { force: true });
   if (dir.created) {
     try { rmdirSync(dir.path); } catch { /* not empty: keep what is not ours */ }
   }

@@ -13,7 +13,7 @@ import { resolve } from 'node:path';
 import { readMetaFileEntry } from './metadata.js';
 import { decodePagemap, validateChunkLayout, type EncodedPagemap } from './page-runs.js';
 import { PageFileReader } from './page-file.js';
-import { FileKind, FILE_NAMES, PageWhere, type Inventory, type ProcessImage, type PagemapImage, type DumpStats } from '../../formats/schema.js';
+import { FileKind, FILE_NAMES, PAGES_FILES, FORMAT_VERSION_SPLIT, PageWhere, type Inventory, type ProcessImage, type PagemapImage, type DumpStats } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
 export interface Image {
@@ -60,7 +60,10 @@ export function readImage(dir: string, opts: ReadOptions = {}): Image {
   const stats = inventory.files.stats ? readBound<DumpStats>(dir, inventory, FileKind.Stats) : null;
   const pages = inventory.files.pages;
   if (!pages) throw new TsnapError('badImage', `${dir}/inventory does not record a pages file; the image is damaged`);
-  validateChunkLayout(pagemap.chunks, pages.length, inventory.chunkSize, `${dir}/pagemap`);
+  // Format 2 may split the page data over a second file; a format 1 image has one.
+  const second = inventory.files[PAGES_FILES[1]];
+  if (second && inventory.formatVersion < FORMAT_VERSION_SPLIT) throw new TsnapError('badImage', `${dir}/inventory records ${PAGES_FILES[1]} in a format ${inventory.formatVersion} image; the image is damaged`);
+  validateChunkLayout(pagemap.chunks, second ? [pages.length, second.length] : [pages.length], inventory.chunkSize, `${dir}/pagemap`);
   const img = { dir, inventory, process, pagemap, stats };
   if (!opts.indexOnly) checkPagesFile(img);
   if (inventory.kind === 'full' && pagemap.runs.some((r) => r.where === PageWhere.Parent)) {
@@ -75,13 +78,16 @@ export function readImage(dir: string, opts: ReadOptions = {}): Image {
  * pages file is complete.
  */
 export function checkPagesFile(img: Image): void {
-  const want = img.inventory.files.pages!.length;
   const reader = new PageFileReader(img.dir, img.pagemap.chunks);
-  const length = reader.payloadLength;
+  const lengths = reader.payloadLengths;
   reader.close();
-  if (length !== want) {
-    throw new TsnapError('badImage', `${img.dir}/pages holds ${length} bytes, its inventory records ${want}; it was replaced, comes from another image, or is damaged`);
-  }
+  PAGES_FILES.forEach((name, f) => {
+    const want = img.inventory.files[name]?.length;
+    if (want === undefined || lengths[f] === undefined) return;
+    if (lengths[f] !== want) {
+      throw new TsnapError('badImage', `${img.dir}/${name} holds ${lengths[f]} bytes, its inventory records ${want}; it was replaced, comes from another image, or is damaged`);
+    }
+  });
 }
 
 /** The image and its ancestors, newest first; a missing or mismatched parent is an error. */

@@ -7,7 +7,7 @@
  * kernel sizes.
  */
 import { isSysvShmPath } from '../proc/sysvipc.js';
-import { FORMAT_VERSION, FileKind } from '../../formats/schema.js';
+import { FORMAT_VERSION, FORMAT_VERSION_SPLIT, FileKind } from '../../formats/schema.js';
 import {
   type Shape, int, num, big, bool, str, oneOf, bin, nullable, arr, tuple, obj, opt, record, refine,
   U32, I32, SAFE, U64,
@@ -41,7 +41,7 @@ const CREDS = obj({
 const multipleOf = (s: Shape, unit: number): Shape => refine<number>(s, (v) => (v % unit === 0 ? null : `${v} is not a multiple of ${unit}`));
 
 export const INVENTORY: Shape = refine<{ kind: string; parent: unknown }>(obj({
-  formatVersion: oneOf(FORMAT_VERSION),
+  formatVersion: oneOf(FORMAT_VERSION, FORMAT_VERSION_SPLIT),
   imageId: UUID,
   createdAt: str(64),
   tool: obj({ name: str(64), version: str(64) }),
@@ -311,9 +311,13 @@ export const PROCESS: Shape = refine<ProcessLike>(obj({
   return null;
 });
 
-/** [fileOffset, storedLength, rawLength, codec, crc32]; [start, pages, where, chunk, offset]. */
+const CHUNK_FIELDS = [SAFE, int(1, 2 * (64 << 20)), multipleOf(int(PAGE_SIZE, 64 << 20), PAGE_SIZE), int(0, 1), U32];
+const CHUNK = tuple(...CHUNK_FIELDS);
+/** Format 2: a sixth entry, the pages file (only 1: a chunk of `pages` has five). */
+const CHUNK_IN_FILE = tuple(...CHUNK_FIELDS, int(1, 1));
+/** [fileOffset, storedLength, rawLength, codec, crc32(, file)]; [start, pages, where, chunk, offset]. */
 export const PAGEMAP: Shape = obj({
-  chunks: arr(tuple(SAFE, int(1, 2 * (64 << 20)), multipleOf(int(PAGE_SIZE, 64 << 20), PAGE_SIZE), int(0, 1), U32), 1 << 24),
+  chunks: arr((v, at) => (Array.isArray(v) && v.length === 6 ? CHUNK_IN_FILE : CHUNK)(v, at), 1 << 24),
   runs: arr(tuple(multipleOf(ADDR, PAGE_SIZE), int(1, USER_END / PAGE_SIZE), int(0, 2), SAFE, multipleOf(SAFE, PAGE_SIZE)), 1 << 24),
   vmas: opt(VMAS),
 });
@@ -331,7 +335,7 @@ export const STATS: Shape = obj({
     preStopUs: opt(US), prearmUs: opt(US), earlyFaults: opt(SAFE), pagesReprotected: opt(SAFE),
   })),
   frozenParts: opt(obj({ stateUs: US, layoutUs: US, processUs: US, scanUs: US, remoteSyscalls: SAFE, guardianCalls: SAFE })),
-  splice: opt(obj({ pipes: SAFE, pipeBytes: SAFE, trips: SAFE, pagesSpliced: SAFE, fillUs: US, spliceUs: US, crcUs: US, crcAfterUs: US, crcOn: opt(oneOf('pool', 'thread', 'inline')), refusedErrno: opt(SAFE) })),
+  splice: opt(obj({ pipes: SAFE, pipeBytes: SAFE, trips: SAFE, pagesSpliced: SAFE, fillUs: US, spliceUs: US, crcUs: US, crcAfterUs: US, crcOn: opt(oneOf('pool', 'thread', 'inline')), refusedErrno: opt(SAFE), files: opt(int(1, 2)), poolWaitUs: opt(US) })),
 });
 
 interface MemberLike { pid: number; dir: string; zombie?: unknown }

@@ -23,10 +23,10 @@ export interface WrittenFile {
 }
 
 /** Writes `value` as the metadata file of `kind` in `dir`, mode 0600. */
-export function writeMetaFile(dir: string, kind: FileKind, value: unknown, fsync = false): WrittenFile {
+export function writeMetaFile(dir: string, kind: FileKind, value: unknown, fsync = false, version = FORMAT_VERSION): WrittenFile {
   const payload = packr.pack(value);
   const crc = crc32(payload);
-  const header = encodeHeader({ version: FORMAT_VERSION, kind, flags: 0, payloadLength: payload.length, payloadCrc: crc });
+  const header = encodeHeader({ version, kind, flags: 0, payloadLength: payload.length, payloadCrc: crc });
   const path = join(dir, FILE_NAMES[kind]);
   const fd = openSync(path, 'wx', 0o600);
   try {

@@ -10,39 +10,67 @@ import { lz4napi } from './lz4-napi.js';
 import { read as fsRead } from 'node:fs';
 import { decodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
-import { HEADER_SIZE, FileKind, FILE_NAMES, type ChunkEntry } from '../../formats/schema.js';
+import { HEADER_SIZE, FileKind, PAGES_FILES, type ChunkEntry } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
 export { PageFileWriter, DEFAULT_CHUNK_SIZE } from './page-writer.js';
 
-/** Random access to the chunks of a pages file, each checked against its CRC. */
+/**
+ * Random access to the chunks of an image's pages files (`pages`, and
+ * `pages.1` when a chunk is there: format 2), each checked against its CRC.
+ */
 export class PageFileReader {
-  private readonly fd: number;
-  readonly payloadLength: number;
+  /** Per pages file (PAGES_FILES): its fd, its path, its page data's length. */
+  private readonly fds: number[] = [];
+  readonly paths: string[] = [];
+  readonly payloadLengths: number[] = [];
 
   constructor(readonly dir: string, private readonly chunks: ChunkEntry[]) {
-    const path = join(dir, FILE_NAMES[FileKind.Pages]);
+    const files = 1 + chunks.reduce((m, c) => Math.max(m, c.file ?? 0), 0);
     try {
-      this.fd = openSync(path, 'r');
+      for (let f = 0; f < files; f++) this.openFile(f);
+    } catch (err) {
+      this.close();
+      throw err;
+    }
+  }
+
+  /** The page data's length of `pages` (the only file of a format 1 image). */
+  get payloadLength(): number {
+    return this.payloadLengths[0];
+  }
+
+  /** `pages` itself: named in errors that are not about one chunk. */
+  get path(): string {
+    return this.paths[0];
+  }
+
+  /** The file chunk `i` is in. */
+  private pathOf(i: number): string {
+    return this.paths[this.chunks[i]?.file ?? 0] ?? this.paths[0];
+  }
+
+  private openFile(f: number): void {
+    const name = PAGES_FILES[f];
+    if (!name) throw new TsnapError('badImage', `${this.dir}/pagemap: a chunk is in pages file ${f}, which no format defines; the image is damaged`);
+    const path = join(this.dir, name);
+    let fd: number;
+    try {
+      fd = openSync(path, 'r');
     } catch (err) {
       throw new TsnapError('badImage', `${path}: missing or unreadable (${(err as NodeJS.ErrnoException).code}); the image is incomplete`);
     }
-    try {
-      const head = Buffer.alloc(HEADER_SIZE);
-      const got = readSync(this.fd, head, 0, HEADER_SIZE, 0);
-      const h = decodeHeader(head.subarray(0, got), path, FileKind.Pages);
-      this.payloadLength = h.payloadLength;
-      const size = fstatSync(this.fd).size;
-      if (size !== HEADER_SIZE + h.payloadLength) {
-        throw new TsnapError('badImage', `${path}: ${size < HEADER_SIZE + h.payloadLength ? 'truncated' : 'has data past its end'} (${size} bytes, expected ${HEADER_SIZE + h.payloadLength}); the image is damaged`);
-      }
-    } catch (err) {
-      closeSync(this.fd);
-      throw err;
+    this.fds.push(fd);
+    this.paths.push(path);
+    const head = Buffer.alloc(HEADER_SIZE);
+    const got = readSync(fd, head, 0, HEADER_SIZE, 0);
+    const h = decodeHeader(head.subarray(0, got), path, FileKind.Pages);
+    const size = fstatSync(fd).size;
+    if (size !== HEADER_SIZE + h.payloadLength) {
+      throw new TsnapError('badImage', `${path}: ${size < HEADER_SIZE + h.payloadLength ? 'truncated' : 'has data past its end'} (${size} bytes, expected ${HEADER_SIZE + h.payloadLength}); the image is damaged`);
     }
-    this.path = path;
+    this.payloadLengths.push(h.payloadLength);
   }
-  readonly path: string;
 
   /**
    * Like readChunk, off the main thread: the read and the decompression run
@@ -64,9 +92,9 @@ export class PageFileReader {
     let got = 0;
     while (got < c.storedLength) {
       const n = await new Promise<number>((resolve, reject) => {
-        fsRead(this.fd, stored, got, c.storedLength - got, HEADER_SIZE + c.fileOffset + got, (err, bytes) => (err ? reject(err) : resolve(bytes)));
+        fsRead(this.fds[c.file ?? 0], stored, got, c.storedLength - got, HEADER_SIZE + c.fileOffset + got, (err, bytes) => (err ? reject(err) : resolve(bytes)));
       });
-      if (n === 0) throw new TsnapError('badImage', `${this.path}: truncated inside chunk ${i}`);
+      if (n === 0) throw new TsnapError('badImage', `${this.pathOf(i)}: truncated inside chunk ${i}`);
       got += n;
     }
     this.checkStored(i, c, stored);
@@ -76,9 +104,9 @@ export class PageFileReader {
 
   private checkedEntry(i: number): ChunkEntry {
     const c = this.chunks[i];
-    if (!c) throw new TsnapError('badImage', `${this.path}: chunk ${i} is not in the index`);
-    if (c.fileOffset + c.storedLength > this.payloadLength) {
-      throw new TsnapError('badImage', `${this.path}: chunk ${i} lies past the end of the data; the image is damaged`);
+    if (!c) throw new TsnapError('badImage', `${this.pathOf(i)}: chunk ${i} is not in the index`);
+    if (c.fileOffset + c.storedLength > this.payloadLengths[c.file ?? 0]) {
+      throw new TsnapError('badImage', `${this.pathOf(i)}: chunk ${i} lies past the end of the data; the image is damaged`);
     }
     return c;
   }
@@ -96,7 +124,7 @@ export class PageFileReader {
   private readError(i: number, err: unknown): TsnapError {
     if (err instanceof TsnapError) return err;
     const e = err as NodeJS.ErrnoException;
-    return new TsnapError('badImage', `${this.path}: chunk ${i} cannot be read (${e?.code ?? String(e?.message ?? err).split('\n')[0]})`, err);
+    return new TsnapError('badImage', `${this.pathOf(i)}: chunk ${i} cannot be read (${e?.code ?? String(e?.message ?? err).split('\n')[0]})`, err);
   }
 
   /**
@@ -109,7 +137,7 @@ export class PageFileReader {
       const stored = this.readStored(i, c, into);
       this.checkStored(i, c, stored);
       if (c.codec === 'lz4' && (stored.length < 4 || stored.readUInt32LE(0) !== c.rawLength)) {
-        throw new TsnapError('badImage', `${this.path}: chunk ${i} does not decompress (length prefix is not ${c.rawLength})`);
+        throw new TsnapError('badImage', `${this.pathOf(i)}: chunk ${i} does not decompress (length prefix is not ${c.rawLength})`);
       }
     } catch (err) {
       throw this.readError(i, err);
@@ -120,8 +148,8 @@ export class PageFileReader {
     const stored = into && into.length >= c.storedLength ? into.subarray(0, c.storedLength) : Buffer.allocUnsafe(c.storedLength);
     let got = 0;
     while (got < c.storedLength) {
-      const n = readSync(this.fd, stored, got, c.storedLength - got, HEADER_SIZE + c.fileOffset + got);
-      if (n === 0) throw new TsnapError('badImage', `${this.path}: truncated inside chunk ${i}`);
+      const n = readSync(this.fds[c.file ?? 0], stored, got, c.storedLength - got, HEADER_SIZE + c.fileOffset + got);
+      if (n === 0) throw new TsnapError('badImage', `${this.pathOf(i)}: truncated inside chunk ${i}`);
       got += n;
     }
     return stored;
@@ -132,8 +160,8 @@ export class PageFileReader {
     const stored = Buffer.allocUnsafe(c.storedLength);
     let got = 0;
     while (got < c.storedLength) {
-      const n = readSync(this.fd, stored, got, c.storedLength - got, HEADER_SIZE + c.fileOffset + got);
-      if (n === 0) throw new TsnapError('badImage', `${this.path}: truncated inside chunk ${i}`);
+      const n = readSync(this.fds[c.file ?? 0], stored, got, c.storedLength - got, HEADER_SIZE + c.fileOffset + got);
+      if (n === 0) throw new TsnapError('badImage', `${this.pathOf(i)}: truncated inside chunk ${i}`);
       got += n;
     }
     this.checkStored(i, c, stored);
@@ -143,17 +171,17 @@ export class PageFileReader {
 
   private checkStored(i: number, c: ChunkEntry, stored: Buffer): void {
     if (crc32(stored) !== c.crc32) {
-      throw new TsnapError('badImage', `${this.path}: chunk ${i} checksum mismatch; the image is corrupted`);
+      throw new TsnapError('badImage', `${this.pathOf(i)}: chunk ${i} checksum mismatch; the image is corrupted`);
     }
   }
 
   /** Decodes with `decode` (sync or async) and checks the decoded length. */
   private checkRaw<T extends Buffer | Promise<Buffer>>(i: number, c: ChunkEntry, stored: Buffer, decode: () => T): T {
     const fail = (err: unknown): never => {
-      throw new TsnapError('badImage', `${this.path}: chunk ${i} does not decompress (${String((err as Error)?.message ?? err).split('\n')[0]})`);
+      throw new TsnapError('badImage', `${this.pathOf(i)}: chunk ${i} does not decompress (${String((err as Error)?.message ?? err).split('\n')[0]})`);
     };
     const check = (raw: Buffer): Buffer => {
-      if (raw.length !== c.rawLength) throw new TsnapError('badImage', `${this.path}: chunk ${i} has ${raw.length} bytes, expected ${c.rawLength}`);
+      if (raw.length !== c.rawLength) throw new TsnapError('badImage', `${this.pathOf(i)}: chunk ${i} has ${raw.length} bytes, expected ${c.rawLength}`);
       return raw;
     };
     // The decoder allocates what the length prefix says: check it first.
@@ -170,6 +198,6 @@ export class PageFileReader {
   }
 
   close(): void {
-    closeSync(this.fd);
+    for (const fd of this.fds.splice(0)) closeSync(fd);
   }
 }

@@ -1,11 +1,12 @@
 /** Compact encoding of the page index: one 5-element array per run. */
-import { PageRun, PageWhere, PagemapImage, ChunkEntry } from '../../formats/schema.js';
+import { PageRun, PageWhere, PagemapImage, ChunkEntry, PAGES_FILES } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 import { USER_END } from './image-shapes.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
 type EncodedRun = [number, number, number, number, number];
-type EncodedChunk = [number, number, number, number, number];
+/** [fileOffset, storedLength, rawLength, codec, crc32], and a sixth entry, the pages file, when it is not 0 (format 2). */
+type EncodedChunk = [number, number, number, number, number] | [number, number, number, number, number, number];
 const CODECS = ['none', 'lz4'] as const;
 
 export interface EncodedPagemap {
@@ -15,20 +16,22 @@ export interface EncodedPagemap {
 
 export function encodePagemap(p: PagemapImage): EncodedPagemap {
   return {
-    chunks: p.chunks.map((c) => [c.fileOffset, c.storedLength, c.rawLength, CODECS.indexOf(c.codec), c.crc32]),
+    chunks: p.chunks.map((c): EncodedChunk => (c.file
+      ? [c.fileOffset, c.storedLength, c.rawLength, CODECS.indexOf(c.codec), c.crc32, c.file]
+      : [c.fileOffset, c.storedLength, c.rawLength, CODECS.indexOf(c.codec), c.crc32])),
     runs: p.runs.map((r) => [r.start, r.pages, r.where, r.chunk, r.offset]),
   };
 }
 
 export function decodePagemap(e: EncodedPagemap, file: string): PagemapImage {
-  const chunks: ChunkEntry[] = e.chunks.map(([fileOffset, storedLength, rawLength, codec, crc32], i) => {
+  const chunks: ChunkEntry[] = e.chunks.map(([fileOffset, storedLength, rawLength, codec, crc32, inFile], i) => {
     const name = CODECS[codec];
     if (!name) throw new TsnapError('badImage', `${file}: unknown chunk codec ${codec}`);
     // A raw chunk is its data; an lz4 one never exceeds LZ4's worst case plus its length prefix.
     if (name === 'none' ? storedLength !== rawLength : storedLength > rawLength + Math.ceil(rawLength / 255) + 64) {
       throw new TsnapError('badImage', `${file}: chunk ${i} stores ${storedLength} bytes for ${rawLength} (${name}); the image is damaged`);
     }
-    return { fileOffset, storedLength, rawLength, codec: name, crc32 };
+    return { fileOffset, storedLength, rawLength, codec: name, crc32, ...(inFile ? { file: inFile } : {}) };
   });
   const runs: PageRun[] = e.runs.map(([start, pages, where, chunk, offset]) => ({ start, pages, where, chunk, offset }));
   validateRuns(runs, chunks, file);
@@ -58,16 +61,22 @@ export function validateRuns(runs: PageRun[], chunks: ChunkEntry[], file: string
 
 /**
  * The chunks tile the page data exactly, as the writer lays them out (in
- * any index order): no gap, no overlap, nothing past or after the end, and
- * none larger than the image's chunk size.
+ * any index order), in each pages file: no gap, no overlap, nothing past or
+ * after the end, and none larger than the image's chunk size.
+ * `payloadLengths[f]`: the page data of pages file f (PAGES_FILES).
  */
-export function validateChunkLayout(chunks: readonly ChunkEntry[], payloadLength: number, chunkSize: number, file: string): void {
-  const order = chunks.map((c, i) => ({ c, i })).sort((a, b) => a.c.fileOffset - b.c.fileOffset);
-  let end = 0;
-  for (const { c, i } of order) {
-    if (c.rawLength > chunkSize) throw new TsnapError('badImage', `${file}: chunk ${i} holds ${c.rawLength} bytes, more than the image's chunk size ${chunkSize}`);
-    if (c.fileOffset !== end) throw new TsnapError('badImage', `${file}: chunk ${i} starts at byte ${c.fileOffset} of the page data, expected ${end}; the index is damaged`);
-    end += c.storedLength;
-  }
-  if (end !== payloadLength) throw new TsnapError('badImage', `${file}: the chunks cover ${end} bytes of page data, the image has ${payloadLength}; the index is damaged`);
+export function validateChunkLayout(chunks: readonly ChunkEntry[], payloadLengths: readonly number[], chunkSize: number, file: string): void {
+  payloadLengths.forEach((payloadLength, f) => {
+    const order = chunks.map((c, i) => ({ c, i })).filter(({ c }) => (c.file ?? 0) === f).sort((a, b) => a.c.fileOffset - b.c.fileOffset);
+    const name = PAGES_FILES[f];
+    let end = 0;
+    for (const { c, i } of order) {
+      if (c.rawLength > chunkSize) throw new TsnapError('badImage', `${file}: chunk ${i} holds ${c.rawLength} bytes, more than the image's chunk size ${chunkSize}`);
+      if (c.fileOffset !== end) throw new TsnapError('badImage', `${file}: chunk ${i} starts at byte ${c.fileOffset} of the page data of ${name}, expected ${end}; the index is damaged`);
+      end += c.storedLength;
+    }
+    if (end !== payloadLength) throw new TsnapError('badImage', `${file}: the chunks cover ${end} bytes of page data in ${name}, the image has ${payloadLength}; the index is damaged`);
+  });
+  const past = chunks.findIndex((c) => (c.file ?? 0) >= payloadLengths.length);
+  if (past >= 0) throw new TsnapError('badImage', `${file}: chunk ${past} is in ${PAGES_FILES[chunks[past].file!] ?? `pages file ${chunks[past].file}`}, which the image does not record; the index is damaged`);
 }

@@ -20,12 +20,12 @@
  * Memory stays bounded at the pool whatever the size of the process.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
-import { writeSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { writeSync, openSync, closeSync, fsyncSync } from 'node:fs';
 import { lz4napi } from './lz4-napi.js';
 import { encodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
-import { FORMAT_VERSION, HEADER_SIZE, FileKind, FILE_NAMES, type ChunkEntry, type Compression } from '../../formats/schema.js';
+import { FORMAT_VERSION, FORMAT_VERSION_SPLIT, HEADER_SIZE, FileKind, FILE_NAMES, PAGES_FILES, type ChunkEntry, type Compression } from '../../formats/schema.js';
 import { withPath } from '../errors.js';
 import { nativeLz4, lz4CompressInto } from '../sys/lz4.js';
 
@@ -143,19 +143,60 @@ export class PageFileWriter {
    * Room for the next chunk, `rawLength` bytes stored raw, that the caller
    * writes itself at `position` of `fd` and whose CRC it sets on `entry`
    * (the one-copy dump splices page data there: src/dump/splice-copy.ts).
+   * `file` 1 puts it in the second pages file (`pages.1`, made on first
+   * use; the image is then format 2), which another thread can write while
+   * this one writes `pages`: a write into one file holds its inode lock.
    * Not mixed with submit(): only while nothing is queued.
    */
-  reserveRaw(rawLength: number): { index: number; entry: ChunkEntry; fd: number; position: number } {
+  reserveRaw(rawLength: number, file: 0 | 1 = 0): { index: number; entry: ChunkEntry; fd: number; position: number; path: string } {
     this.throwIfFailed();
     if (this.compression !== 'none' || this.outstanding > 0) throw new Error('reserveRaw: only for uncompressed chunks, with nothing queued');
     const index = this.chunks.length;
+    if (file === 1) {
+      const second = this.second ?? this.openSecond();
+      const entry: ChunkEntry = { fileOffset: second.nextOffset, storedLength: rawLength, rawLength, codec: 'none', crc32: 0, file: 1 };
+      this.chunks.push(entry);
+      const position = HEADER_SIZE + second.nextOffset;
+      second.nextOffset += rawLength;
+      this.bytesRaw += rawLength;
+      this.bytesStored += rawLength;
+      return { index, entry, fd: second.fd, position, path: second.path };
+    }
     const entry: ChunkEntry = { fileOffset: this.nextOffset, storedLength: rawLength, rawLength, codec: 'none', crc32: 0 };
     this.chunks.push(entry);
     const position = HEADER_SIZE + this.nextOffset;
     this.nextOffset += rawLength;
     this.bytesRaw += rawLength;
     this.bytesStored += rawLength;
-    return { index, entry, fd: this.fh.fd, position };
+    return { index, entry, fd: this.fh.fd, position, path: this.path };
+  }
+
+  /** The second pages file, once a chunk went there (format 2). */
+  private second: { fd: number; path: string; nextOffset: number } | null = null;
+
+  /** How many pages files the image has: 1, or 2 once reserveRaw put a chunk in `pages.1`. */
+  get files(): number {
+    return this.second ? 2 : 1;
+  }
+
+  /** Bytes of page data in pages file `f`. */
+  storedIn(f: number): number {
+    return f === 0 ? this.nextOffset : this.second?.nextOffset ?? 0;
+  }
+
+  private openSecond(): { fd: number; path: string; nextOffset: number } {
+    const path = join(dirname(this.path), PAGES_FILES[1]);
+    let fd = -1;
+    try {
+      fd = openSync(path, 'wx', 0o600);
+      // Its header once its length is known (finish); the room for it now.
+      if (writeSync(fd, Buffer.alloc(HEADER_SIZE), 0, HEADER_SIZE, 0) !== HEADER_SIZE) throw Object.assign(new Error('short write'), { code: 'EIO' });
+    } catch (err) {
+      if (fd >= 0) closeSync(fd);
+      throw withPath(err, path);
+    }
+    this.second = { fd, path, nextOffset: 0 };
+    return this.second;
   }
 
   private enqueue(entry: ChunkEntry, stored: Buffer, buf: Buffer, codec: Compression): void {
@@ -237,7 +278,7 @@ export class PageFileWriter {
     this.reservedWork.push(work);
   }
 
-  /** Waits for every chunk, writes the header, optionally fsyncs; returns the payload length. */
+  /** Waits for every chunk, writes the headers, optionally fsyncs; returns the payload length of `pages`. */
   async finish(fsync: boolean): Promise<number> {
     while (this.outstanding > 0 && !this.failure) {
       await new Promise<void>((resolve) => this.waiters.push(resolve));
@@ -252,6 +293,17 @@ export class PageFileWriter {
       throw withPath(err, this.path);
     }
     await this.fh.close();
+    if (this.second) {
+      const s = this.second;
+      const h = encodeHeader({ version: FORMAT_VERSION_SPLIT, kind: FileKind.Pages, flags: 0, payloadLength: s.nextOffset, payloadCrc: 0 });
+      try {
+        if (writeSync(s.fd, h, 0, HEADER_SIZE, 0) !== HEADER_SIZE) throw Object.assign(new Error('short write'), { code: 'EIO' });
+        if (fsync) fsyncSync(s.fd);
+      } catch (err) {
+        throw withPath(err, s.path);
+      }
+      this.closeSecond();
+    }
     return this.nextOffset;
   }
 
@@ -260,6 +312,14 @@ export class PageFileWriter {
     this.failure ??= new Error('aborted');
     while (this.writing) await new Promise<void>((resolve) => this.waiters.push(resolve));
     await this.fh.close().catch(() => {});
+    this.closeSecond();
+  }
+
+  private closeSecond(): void {
+    if (this.second && this.second.fd >= 0) {
+      try { closeSync(this.second.fd); } catch { /* closed */ }
+      this.second.fd = -1;
+    }
   }
 
   private throwIfFailed(): void {

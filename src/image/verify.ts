@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { readChain, type Image } from './image-reader.js';
 import { PageFileReader } from './page-file.js';
 import { isTreeImage, readTreeManifest, imagedMembers, checkMember } from './tree-manifest.js';
-import { PageWhere, type TreeMember } from '../../formats/schema.js';
+import { PageWhere, PAGES_FILES, type TreeMember } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
@@ -45,10 +45,13 @@ function verifyImage(img: Image): VerifiedImage {
     try {
       // readChunk checks each chunk's CRC and decoded length.
       for (let i = 0; i < chunks.length; i++) { reader.readChunk(i); stored += chunks[i].storedLength; }
-      const want = img.inventory.files.pages?.length;
-      if (want !== undefined && reader.payloadLength !== want) {
-        throw new TsnapError('badImage', `${img.dir}/pages holds ${reader.payloadLength} bytes, its inventory says ${want}; the image is damaged`);
-      }
+      PAGES_FILES.forEach((name, f) => {
+        const want = img.inventory.files[name]?.length;
+        const got = reader.payloadLengths[f];
+        if (want !== undefined && got !== undefined && got !== want) {
+          throw new TsnapError('badImage', `${img.dir}/${name} holds ${got} bytes, its inventory says ${want}; the image is damaged`);
+        }
+      });
     } finally {
       reader.close();
     }

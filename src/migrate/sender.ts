@@ -131,7 +131,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
 
     /** Streamed rounds: the round's layout and pages go out while it is taken (ITER_BEGIN already sent). */
     let streamed = 0;
-    const streaming = (): Pick<DumpOptions, 'pageSink' | 'onLayout'> => (opts.tree ? {} : {
+    // A tree's rounds go as image files, one pages file each (the wire names the files it carries).
+    const streaming = (): Pick<DumpOptions, 'pageSink' | 'onLayout' | 'onePagesFile'> => (opts.tree ? { onePagesFile: true } : {
       pageSink: async (compression, chunkSize) => new StreamPageSink(sock, compression, chunkSize, opts.bandwidthLimit ?? 0, (n) => { streamed += n; }),
       onLayout: (l) => send(sock, encodeDoc(Msg.Layout, { vmas: l.vmas, zero: l.zero.map((z) => [z.start, z.end]), incremental: l.incremental })),
     });

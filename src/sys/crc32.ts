@@ -1,7 +1,8 @@
 /**
  * CRC-32 through tsnap's own small C library (src/image/tsnap-crc32.c,
  * built to dist/native/libtsnap-crc32.so by `npm run build`), loaded on
- * first use. Null when it is not built: the caller falls back.
+ * first use. Null when it is not built: the caller falls back. The same
+ * library holds the pool's splices (src/sys/tsnap-splice.c, splice.ts).
  */
 import { koffi } from './koffi.js';
 import { existsSync } from 'node:fs';
@@ -53,4 +54,23 @@ export function nativeCrc32Ranges(): Crc32Ranges | null {
     } catch { /* the fallback */ }
   }
   return rangesFn;
+}
+
+/** tsnap_splice_pipes (src/sys/tsnap-splice.c): 0 or -1; `.async` on libuv's pool. */
+export interface SplicePipes {
+  (pipes: Buffer, fd: number, positions: Buffer, lens: Buffer, n: number, done: Buffer): number;
+  async(pipes: Buffer, fd: number, positions: Buffer, lens: Buffer, n: number, done: Buffer, cb: (err: unknown, ret: number) => void): void;
+}
+
+let spliceFn: SplicePipes | null | undefined;
+
+/** Null when the library is not built (or is an older build without it). */
+export function nativeSplicePipes(): SplicePipes | null {
+  if (spliceFn === undefined) {
+    spliceFn = null;
+    try {
+      spliceFn = (load()?.func('int tsnap_splice_pipes(const int32_t *pipes, int fd, const int64_t *positions, const int64_t *lens, uint32_t n, int64_t *done)') as SplicePipes | undefined) ?? null;
+    } catch { /* the fallback */ }
+  }
+  return spliceFn;
 }

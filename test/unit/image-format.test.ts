@@ -1,18 +1,22 @@
 /** Image format v1: header, page index, metadata files and the pages file. */
 import { describe, it, expect, beforeEach, afterEach } from 'vitest';
 import fc from 'fast-check';
-import { mkdtempSync, rmSync, statSync, readFileSync, writeFileSync, truncateSync, readdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, statSync, readFileSync, writeFileSync, truncateSync, readdirSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { encodeHeader, decodeHeader, type FileHeader } from '../../src/image/header.js';
-import { encodePagemap, decodePagemap, validateRuns } from '../../src/image/page-runs.js';
+import { encodePagemap, decodePagemap, validateRuns, validateChunkLayout } from '../../src/image/page-runs.js';
+import { checkShape } from '../../src/image/shape.js';
+import { PAGEMAP } from '../../src/image/image-shapes.js';
 import { writeMetaFile, readMetaFile, packr } from '../../src/image/metadata.js';
 import { PageFileWriter, PageFileReader } from '../../src/image/page-file.js';
 import { crc32 } from '../../src/image/checksum.js';
 import { TsnapError } from '../../src/errors.js';
 import {
   FORMAT_VERSION,
+  FORMAT_VERSION_SPLIT,
+  PAGES_FILES,
   HEADER_SIZE,
   MAGIC,
   FileKind,
@@ -132,13 +136,16 @@ describe('file header', () => {
     badImage(() => decodeHeader(resealed(b), FILE, FileKind.Process), FILE, /magic/);
   });
 
-  it('version 2 (newer) and 0 are refused, naming the supported version', () => {
-    for (const v of [2, 0, 0xffff]) {
+  it('version 2 (two pages files) is read; 3 (newer) and 0 are refused, naming the supported versions', () => {
+    const two = good();
+    two.writeUInt16LE(FORMAT_VERSION_SPLIT, 8);
+    expect(decodeHeader(resealed(two), FILE, FileKind.Process).version).toBe(2);
+    for (const v of [3, 0, 0xffff]) {
       const b = good();
       b.writeUInt16LE(v, 8);
       const msg = badImage(() => decodeHeader(resealed(b), FILE, FileKind.Process), FILE, /version/);
       expect(msg).toContain(String(v));
-      expect(msg).toContain(String(FORMAT_VERSION));
+      expect(msg).toContain(String(FORMAT_VERSION_SPLIT));
       // the same without a valid header CRC still names the file
       const c = good();
       c.writeUInt16LE(v, 8);
@@ -238,6 +245,39 @@ describe('page index encoding', () => {
       }),
       { numRuns: NUM_RUNS },
     );
+  });
+
+  it('a chunk of pages.1 (format 2) carries its file as a sixth entry; one of pages keeps five', () => {
+    const pm: PagemapImage = {
+      chunks: [
+        { fileOffset: 0, storedLength: PAGE, rawLength: PAGE, codec: 'none', crc32: 1 },
+        { fileOffset: 0, storedLength: 2 * PAGE, rawLength: 2 * PAGE, codec: 'none', crc32: 2, file: 1 },
+        { fileOffset: PAGE, storedLength: PAGE, rawLength: PAGE, codec: 'none', crc32: 3 },
+      ],
+      runs: [{ start: 0x10000, pages: 2, where: PageWhere.Here, chunk: 1, offset: 0 }],
+    };
+    const enc = encodePagemap(pm);
+    expect(enc.chunks.map((c) => c.length)).toEqual([5, 6, 5]);
+    expect(enc.chunks[1][5]).toBe(1);
+    const wire = packr.unpack(packr.pack(enc));
+    expect(() => checkShape(PAGEMAP, wire, FILE)).not.toThrow();
+    expect(decodePagemap(wire, FILE)).toEqual(pm);
+    // The sixth entry is 1 or absent: 0 and 2 are damage, refused by the shape.
+    for (const f of [0, 2]) {
+      const bad = packr.unpack(packr.pack(enc));
+      bad.chunks[1][5] = f;
+      expect(() => checkShape(PAGEMAP, bad, FILE)).toThrow(TsnapError);
+    }
+  });
+
+  it('validateChunkLayout: the chunks tile each pages file; a chunk in a file the image does not record is refused', () => {
+    const c = (fileOffset: number, len: number, file?: number): ChunkEntry => ({ fileOffset, storedLength: len, rawLength: len, codec: 'none', crc32: 0, ...(file ? { file } : {}) });
+    const two = [c(0, PAGE), c(0, PAGE, 1), c(PAGE, PAGE), c(PAGE, 2 * PAGE, 1)];
+    expect(() => validateChunkLayout(two, [2 * PAGE, 3 * PAGE], 4 * PAGE, FILE)).not.toThrow();
+    badImage(() => validateChunkLayout(two, [2 * PAGE], 4 * PAGE, FILE), FILE, /pages\.1, which the image does not record/);
+    badImage(() => validateChunkLayout(two, [2 * PAGE, 4 * PAGE], 4 * PAGE, FILE), FILE, /in pages\.1/);
+    badImage(() => validateChunkLayout([c(0, PAGE), c(2 * PAGE, PAGE, 1)], [PAGE, 3 * PAGE], 4 * PAGE, FILE), FILE, /of pages\.1, expected 0/);
+    expect(() => validateChunkLayout([c(0, PAGE), c(PAGE, PAGE)], [2 * PAGE], 4 * PAGE, FILE)).not.toThrow();
   });
 
   it('rejects an unknown codec', () => {
@@ -683,5 +723,41 @@ describe('pages file', () => {
     const w = await PageFileWriter.create(dir, 'none', 16 << 10);
     await w.finish(false);
     await expect(PageFileWriter.create(dir, 'none', 16 << 10)).rejects.toThrow();
+  });
+
+  it('reserveRaw into pages.1: a second file (0600, version 2 header) each chunk reads back from, corruption there named', async () => {
+    const w = await PageFileWriter.create(dir, 'none', 16 << 10);
+    const data = [0, 1, 2, 3].map(() => randomBytes(16 << 10));
+    data.forEach((d, i) => {
+      const r = w.reserveRaw(d.length, (i % 2) as 0 | 1);
+      expect(r.path).toBe(join(dir, PAGES_FILES[i % 2]));
+      expect(writeSync(r.fd, d, 0, d.length, r.position)).toBe(d.length);
+      r.entry.crc32 = crc32(d);
+    });
+    expect(w.files).toBe(2);
+    await w.finish(true);
+    expect(w.chunks.map((c) => [c.file ?? 0, c.fileOffset])).toEqual([[0, 0], [1, 0], [0, 16 << 10], [1, 16 << 10]]);
+    expect([w.storedIn(0), w.storedIn(1)]).toEqual([32 << 10, 32 << 10]);
+    const second = join(dir, PAGES_FILES[1]);
+    expect(statSync(second).mode & 0o777).toBe(0o600);
+    expect(decodeHeader(readFileSync(second).subarray(0, HEADER_SIZE), second, FileKind.Pages)).toMatchObject({ version: FORMAT_VERSION_SPLIT, payloadLength: 32 << 10 });
+    expect(decodeHeader(readFileSync(join(dir, 'pages')).subarray(0, HEADER_SIZE), 'pages', FileKind.Pages).version).toBe(FORMAT_VERSION);
+    const r = new PageFileReader(dir, w.chunks);
+    expect(r.payloadLengths).toEqual([32 << 10, 32 << 10]);
+    data.forEach((d, i) => expect(r.readChunk(i).equals(d)).toBe(true));
+    expect((await r.readChunkAsync(3)).equals(data[3])).toBe(true);
+    r.close();
+    const orig = readFileSync(second);
+    const bad = Buffer.from(orig);
+    bad[HEADER_SIZE + w.chunks[3].fileOffset + 7] ^= 0x40;
+    writeFileSync(second, bad);
+    const r2 = new PageFileReader(dir, w.chunks);
+    badImage(() => r2.readChunk(3), second, /chunk 3 checksum/);
+    expect(r2.readChunk(2).equals(data[2])).toBe(true);
+    r2.close();
+    rmSync(second);
+    badImage(() => new PageFileReader(dir, w.chunks), second, /missing/);
+    // An image whose chunks are all in pages never opens pages.1.
+    expect(() => new PageFileReader(dir, w.chunks.filter((c) => !c.file)).close()).not.toThrow();
   });
 });
