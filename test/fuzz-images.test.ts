@@ -22,12 +22,12 @@
  */
 import { describe, it, expect, beforeAll, afterAll } from 'vitest';
 import { spawn, execFileSync } from 'node:child_process';
-import { cpSync, readFileSync, writeFileSync, rmSync, truncateSync, statSync, readdirSync, readlinkSync, appendFileSync, openSync, closeSync, writeSync } from 'node:fs';
+import { cpSync, readFileSync, writeFileSync, rmSync, truncateSync, statSync, readdirSync, readlinkSync, appendFileSync, existsSync, openSync, closeSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { rng } from './helpers/rng.js';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
-import { tsnap, TSNAP_BIN, killPid, type CliResult } from './helpers/tsnap.js';
+import { tsnap, startTsnap, TSNAP_BIN, killPid, type CliResult } from './helpers/tsnap.js';
 import { verify } from '../src/image/verify.js';
 import { restore } from '../src/restore/restore.js';
 import { showImage } from '../src/cli/show.js';
@@ -70,7 +70,7 @@ function walk(root: string, rel = ''): string[] {
 
 function subject(name: string, root: string, top: string, sum: string, swaps: [string, string][]): Subject {
   const files = walk(root);
-  return { name, root, top, sum, swaps, files, meta: files.filter((f) => !f.endsWith('pages')) };
+  return { name, root, top, sum, swaps, files, meta: files.filter((f) => !/(^|\/)pages(\.1)?$/.test(f)) };
 }
 
 let fuzzee = '';
@@ -113,8 +113,16 @@ beforeAll(async () => {
   const pid = String(p.pid);
   const sumF = p.readyInfo.sum;
   await ok('dump', '--pid', pid, '--dir', join(work, 'full'), '--leave-running', '--compress', 'lz4');
+  // Format 2: the one-copy dump's page data over pages and pages.1 (forced: the fuzzee is under the 64 MiB floor).
+  const split = async (dir: string) => {
+    const r = await startTsnap(['dump', '--pid', pid, '--dir', dir, '--leave-running', '--no-cow'], { TSNAP_SPLICE: 'always', TSNAP_SPLICE_FILES: '2' }).done;
+    expect(r.code, r.stderr).toBe(0);
+    expect(existsSync(join(dir, 'pages.1')), dir).toBe(true);
+  };
+  await split(join(work, 'split'));
   const sumG = (await cmd(p, 'mutate 2', /^DONE/)).split(' ')[1];
   await ok('dump', '--pid', pid, '--dir', join(work, 'full2'), '--leave-running', '--compress', 'lz4');
+  await split(join(work, 'split2'));
   const chains: Record<string, string> = {};
   for (const [name, g] of [['A', 3], ['B', 5]] as const) {
     await cmd(p, `mutate ${g}`, /^DONE/);
@@ -143,6 +151,8 @@ beforeAll(async () => {
   subjects = [
     // Another dump of the same process.
     subject('full', join(work, 'full'), '.', sumF, fileSwaps('.', join(work, 'full2'), FILES)),
+    // Two pages files (format 2): the files of another split dump, and one-file dumps' pages and index.
+    subject('split', join(work, 'split'), '.', sumF, [...fileSwaps('.', join(work, 'split2'), [...FILES, 'pages.1']), ...fileSwaps('.', join(work, 'full2'), ['pages', 'pagemap', 'inventory'])]),
     subject('chain', join(work, 'A'), '2', chains.A, [
       // The same level of another chain of the same process.
       ...fileSwaps('1', join(work, 'B', '1'), ['inventory', 'pagemap', 'pages', 'stats']),

@@ -326,12 +326,12 @@ describe('restore failures: a clear error and nothing left running', () => {
     const trunc = clone('trunc');
     execFileSync('truncate', ['-s', '5000', join(trunc, 'pages')]);
     const ver = clone('ver');
-    execFileSync('python3', ['-c', `f=open('${ver}/inventory','r+b'); f.seek(8); f.write(bytes([2,0]))`]);
+    execFileSync('python3', ['-c', `f=open('${ver}/inventory','r+b'); f.seek(8); f.write(bytes([3,0]))`]);
 
     const cases: [string, number, RegExp][] = [
       [corrupt, ExitCode.badImage, /pages: chunk \d+ checksum mismatch/],
       [trunc, ExitCode.badImage, /pages: truncated/],
-      [ver, ExitCode.badImage, /inventory: image format version 2 is newer/],
+      [ver, ExitCode.badImage, /inventory: image format version 3 is newer/],
     ];
     for (const [d, code, msg] of cases) {
       const r = await tsnap('restore', '--dir', d, '--detach');

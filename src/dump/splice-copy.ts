@@ -16,6 +16,12 @@
  * a worker thread (TSNAP_SPLICE_CRC_THREAD=1, splice-crc.ts; see
  * docs/performance.md).
  *
+ * From 64 MiB the chunks alternate between two pages files (`pages` and
+ * `pages.1`, image format 2): each step, a thread of libuv's pool splices
+ * the pipes of `pages.1`'s chunks (tsnap_splice_pipes, src/sys/splice.ts)
+ * while this thread splices the others into `pages`. Writes into one file
+ * take turns on its inode lock; into two they run on both cores.
+ *
  * Only for frozen copies without compression (lz4 needs the bytes in tsnap)
  * into a pages file. Whatever vmsplice does not take (pages the mapping
  * does not let the target read, a short or refused vmsplice) goes the
