@@ -185,6 +185,10 @@ async function main(): Promise<void> {
       ['noneFrozen', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow']); put('noneFrozenS', r.s); put('noneFrozenCpu', r.cpu); put('noneFrozenHwmKiB', r.hwmKiB); put('noneFrozenFrozen', r.frozenS); }],
       // The one-copy path with its page data in one file (format 1), spliced by the main thread alone: the default before session 22.
       ['noneFrozenOneFile', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_FILES: '1' }); put('noneFrozenOneFileS', r.s); put('noneFrozenOneFileCpu', r.cpu); put('noneFrozenOneFileHwmKiB', r.hwmKiB); put('noneFrozenOneFileFrozen', r.frozenS); }],
+      // Two files, every CRC by the pool's reader after the splices (not by the splicing threads).
+      ['noneFrozenReader', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_HOT_CRC: '0' }); put('noneFrozenReaderS', r.s); put('noneFrozenReaderCpu', r.cpu); put('noneFrozenReaderHwmKiB', r.hwmKiB); put('noneFrozenReaderFrozen', r.frozenS); }],
+      // The one-copy path as on main before session 22: one file, every CRC by the pool's reader after the splices.
+      ['noneFrozenMain', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_FILES: '1', TSNAP_SPLICE_HOT_CRC: '0' }); put('noneFrozenMainS', r.s); put('noneFrozenMainCpu', r.cpu); put('noneFrozenMainHwmKiB', r.hwmKiB); put('noneFrozenMainFrozen', r.frozenS); }],
       // The one-copy path with its CRCs on a thread of their own (opt-in: a shorter freeze, more RSS).
       ['noneFrozenCrcThread', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_CRC_THREAD: '1' }); put('noneFrozenCrcThreadS', r.s); put('noneFrozenCrcThreadCpu', r.cpu); put('noneFrozenCrcThreadHwmKiB', r.hwmKiB); put('noneFrozenCrcThreadFrozen', r.frozenS); }],
       // The one-copy path with its CRCs on the main thread between splices (the default before the pool).
@@ -229,20 +233,23 @@ async function main(): Promise<void> {
       frozenMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Frozen')).map((k) => [k, ms(k)])),
       cpuMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Cpu')).map((k) => [k, ms(k)])),
       cpuVsCriu: {
-        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), noneFrozenOneFile: ratio('noneFrozenOneFileCpu', 'criuCpu'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyCpu', 'criuCpu'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadCpu', 'criuCpu'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineCpu', 'criuCpu'), noneFrozenBefore: ratio('noneFrozenBeforeCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
+        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), noneFrozenOneFile: ratio('noneFrozenOneFileCpu', 'criuCpu'), noneFrozenMain: ratio('noneFrozenMainCpu', 'criuCpu'), noneFrozenReader: ratio('noneFrozenReaderCpu', 'criuCpu'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyCpu', 'criuCpu'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadCpu', 'criuCpu'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineCpu', 'criuCpu'), noneFrozenBefore: ratio('noneFrozenBeforeCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
         ...(KILL ? { noneKill: ratio('noneKillCpu', 'criuKillCpu') } : {}),
       },
       vsCriu: {
-        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenOneFile: ratio('noneFrozenOneFileS', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineS', 'criuS'), noneFrozenBefore: ratio('noneFrozenBeforeS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
+        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenOneFile: ratio('noneFrozenOneFileS', 'criuS'), noneFrozenMain: ratio('noneFrozenMainS', 'criuS'), noneFrozenReader: ratio('noneFrozenReaderS', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineS', 'criuS'), noneFrozenBefore: ratio('noneFrozenBeforeS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
         ...(KILL ? { noneKill: ratio('noneKillS', 'criuKillS') } : {}),
       },
       oneCopyVsTwo: { wall: ratio('noneFrozenS', 'noneFrozenTwoCopyS'), cpu: ratio('noneFrozenCpu', 'noneFrozenTwoCopyCpu') },
       // Two pages files (the default from 64 MiB) against one, interleaved.
       twoFilesVsOne: { wall: ratio('noneFrozenS', 'noneFrozenOneFileS'), frozen: ratio('noneFrozenFrozen', 'noneFrozenOneFileFrozen'), cpu: ratio('noneFrozenCpu', 'noneFrozenOneFileCpu') },
+      // This branch's default against main's (one file, the pool's reader for every CRC).
+      hotCrcVsReader: { wall: ratio('noneFrozenS', 'noneFrozenReaderS'), frozen: ratio('noneFrozenFrozen', 'noneFrozenReaderFrozen'), cpu: ratio('noneFrozenCpu', 'noneFrozenReaderCpu') },
+      nowVsMain: { wall: ratio('noneFrozenS', 'noneFrozenMainS'), frozen: ratio('noneFrozenFrozen', 'noneFrozenMainFrozen'), cpu: ratio('noneFrozenCpu', 'noneFrozenMainCpu') },
       cpuVsReadvWrite: { noneFrozen: ratio('noneFrozenCpu', 'readvWriteCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'readvWriteCpu'), criu: ratio('criuCpu', 'readvWriteCpu') },
       vsReadvWrite: { noneCow: ratio('noneCowS', 'readvWriteS'), noneFrozen: ratio('noneFrozenS', 'readvWriteS'), criu: ratio('criuS', 'readvWriteS') },
       vsRawReadv: { noneCow: ratio('noneCowS', 'rawReadvS'), criu: ratio('criuS', 'rawReadvS') },
-      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), noneFrozenOneFile: overNode('noneFrozenOneFileHwmKiB'), noneFrozenCrcThread: overNode('noneFrozenCrcThreadHwmKiB'), noneFrozenCrcInline: overNode('noneFrozenCrcInlineHwmKiB'), noneFrozenBefore: overNode('noneFrozenBeforeHwmKiB'), noneFrozenTwoCopy: overNode('noneFrozenTwoCopyHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
+      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), noneFrozenOneFile: overNode('noneFrozenOneFileHwmKiB'), noneFrozenMain: overNode('noneFrozenMainHwmKiB'), noneFrozenReader: overNode('noneFrozenReaderHwmKiB'), noneFrozenCrcThread: overNode('noneFrozenCrcThreadHwmKiB'), noneFrozenCrcInline: overNode('noneFrozenCrcInlineHwmKiB'), noneFrozenBefore: overNode('noneFrozenBeforeHwmKiB'), noneFrozenTwoCopy: overNode('noneFrozenTwoCopyHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
     };
     console.log(JSON.stringify(report, null, 2));
   } finally {

@@ -833,6 +833,12 @@ export interface SpliceStats {
   files?: number;
   /** With 2 files: how long the main thread waited for the pool's splices after its own (µs). */
   poolWaitUs?: number;
+  /**
+   * Chunks whose CRC the splicing thread read back right after storing
+   * them (a chunk that is one whole piece; CRCs on the pool): the others
+   * went to the pool's reader.
+   */
+  crcsSpliced?: number;
 }
 
 /**

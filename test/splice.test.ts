@@ -94,19 +94,28 @@ describe('one-copy dump (vmsplice in the target, splice into the pages file)', (
     const work = tmpDir('tsnap-splice-');
     const p = await startProcess(await compileC('bigmem'), ['read', '20']);
     const crcs: Record<string, number[]> = {};
-    for (const [name, env] of [['pool', {}], ['inline', { TSNAP_SPLICE_CRC: 'inline' }]] as [string, Record<string, string>][]) {
+    // pool: one file (20 MiB), every chunk by the pool's reader; hot: two files, each chunk read back by the thread
+    // that spliced it, right after (crcsSpliced); reader: two files, the pool's reader; inline: the main thread.
+    const cases: [string, Record<string, string>][] = [
+      ['pool', {}], ['hot', { TSNAP_SPLICE_FILES: '2' }], ['reader', { TSNAP_SPLICE_FILES: '2', TSNAP_SPLICE_HOT_CRC: '0' }], ['inline', { TSNAP_SPLICE_CRC: 'inline' }],
+    ];
+    for (const [name, env] of cases) {
       const dir = join(work, name);
       const r = await startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--no-cow'], env).done;
       expect(r.code, r.stderr).toBe(0);
       const img = readImage(dir);
-      expect(img.stats!.splice!.crcOn, name).toBe(name);
+      expect(img.stats!.splice!.crcOn, name).toBe(name === 'inline' ? 'inline' : 'pool');
+      if (name === 'hot') expect(img.stats!.splice!.crcsSpliced, name).toBeGreaterThan(15);
+      else expect(img.stats!.splice!.crcsSpliced, name).toBeUndefined();
       expect(img.pagemap.chunks.length).toBeGreaterThan(20);
       crcs[name] = img.pagemap.chunks.map((c) => c.crc32);
       expect((await tsnap('verify', dir)).code, name).toBe(0);
     }
     // The target sits in read(): the big region, and so every chunk but its stack's, is the same in both dumps.
-    const same = crcs.pool.filter((c, i) => c === crcs.inline[i]).length;
-    expect(same).toBeGreaterThanOrEqual(crcs.pool.length - 2);
+    for (const other of ['hot', 'reader', 'inline']) {
+      const same = crcs.pool.filter((c, i) => c === crcs[other][i]).length;
+      expect(same, other).toBeGreaterThanOrEqual(crcs.pool.length - 2);
+    }
     const n = p.lines().length;
     p.writeLine('');
     expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');

@@ -30,7 +30,7 @@
  */
 import { openSync, closeSync, readSync, writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
-import { VmCopier, PROT_READ, SysError, spliceToFile, splicePipesAsync, canSplicePooled, type PipeSplice, type ProcMem } from '../sys/index.js';
+import { VmCopier, PROT_READ, SysError, spliceToFile, splicePipes, splicePipesAsync, canSplicePooled, type PipeSplice, type ProcMem } from '../sys/index.js';
 import type { Vma } from '../proc/maps.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
 import { PageFileWriter } from '../image/page-writer.js';
@@ -341,32 +341,40 @@ class SplicedCopy {
       if (got > p.len) throw new Error(`one-copy dump: vmsplice took ${got} bytes of ${p.len}`);
       inPipe.set(p, { pipe: k, got });
     });
-    const pooled: PipeSplice[] = [];
-    let second: Chunk | null = null;
+    // The splices of this thread (into pages) and of the pool's (into pages.1, two files only).
+    const native = canSplicePooled();
+    // Only where the splices are spread over two threads (or there is one core): with one file on two
+    // cores, the pool's reader beside the one splicing thread gives the shorter wall (bench/floor.ts).
+    const hotCrc = crcMode() === 'pool' && process.env.TSNAP_SPLICE_HOT_CRC !== '0' && (this.files === 2 || availableParallelism() < 2);
+    const here: { p: Piece; job: PipeSplice }[] = [];
+    const there: { p: Piece; job: PipeSplice }[] = [];
     for (const [p, { pipe, got }] of inPipe) {
-      if (got && p.chunk.file === 1) {
-        pooled.push({ pipe: this.pipes.readEnd(pipe), position: p.pos, len: got });
-        second = p.chunk;
-      }
+      if (!got) continue;
+      // A chunk that is this one piece, whole: its CRC is read back by the splicing thread at once, still in cache.
+      // (TSNAP_SPLICE_HOT_CRC=0: every CRC by the pool's reader, as before; bench/floor.ts compares.)
+      const crc = native && hotCrc && p.chunk.pieces.length === 1 && got === p.chunk.len;
+      (this.files === 2 && p.chunk.file === 1 ? there : here).push({ p, job: { pipe: this.pipes.readEnd(pipe), position: p.pos, len: got, crc } });
     }
     const t0 = process.hrtime.bigint();
-    const pool = second ? splicePipesAsync(second.fd, pooled) : null;
+    const pool = there.length ? splicePipesAsync(there[0].p.chunk.fd, there.map((x) => x.job), this.readBackFd(there[0].p.chunk), this.poolBuf ??= Buffer.allocUnsafeSlow(CRC_PIECE)) : null;
     // A tsnap killed here dies with a pool thread inside splice(): the guardian still empties the target of its pipes.
     if (pool) faultPoint('splice-pooled');
     let failure: unknown = null;
     try {
+      if (here.length) {
+        const path = here[0].p.chunk.path;
+        try {
+          if (native) this.hotCrcs(here, splicePipes(here[0].p.chunk.fd, here.map((x) => x.job), this.readBackFd(here[0].p.chunk), this.hereBuf ??= Buffer.allocUnsafeSlow(CRC_PIECE)));
+          else for (const { p, job } of here) spliceToFile(job.pipe, p.chunk.fd, job.position, job.len);
+        } catch (err) {
+          throw asWriteError(err, path);
+        }
+        for (const { job } of here) this.pagesSpliced += job.len / PAGE;
+      }
       for (const p of group) {
         const via = inPipe.get(p);
         if (!via) { this.slowWrite(p.ranges, p.pos, p.chunk); continue; }
-        if (via.got && !(pool && p.chunk.file === 1)) {
-          try {
-            spliceToFile(this.pipes.readEnd(via.pipe), p.chunk.fd, p.pos, via.got);
-          } catch (err) {
-            throw asWriteError(err, p.chunk.path);
-          }
-          this.pagesSpliced += via.got / PAGE;
-        }
-        // The rest of a short vmsplice: another file's region, or after the pool's splices (disjoint places).
+        // The rest of a short vmsplice, at its place (disjoint from the pool's splices).
         if (via.got < p.len) this.slowWrite(skip(p.ranges, via.got), p.pos + via.got, p.chunk);
       }
     } catch (err) {
@@ -376,21 +384,59 @@ class SplicedCopy {
     if (pool) {
       const t1 = process.hrtime.bigint();
       try {
-        await pool;
-        for (const j of pooled) this.pagesSpliced += j.len / PAGE;
+        this.hotCrcs(there, await pool);
+        for (const { job } of there) this.pagesSpliced += job.len / PAGE;
       } catch (err) {
-        failure ??= asWriteError(err, second!.path);
+        failure ??= asWriteError(err, there[0].p.chunk.path);
       }
       this.poolWaitNs += process.hrtime.bigint() - t1;
     }
     if (failure) throw failure;
     this.spliceNs += process.hrtime.bigint() - t0;
     for (const p of group) {
-      if (p.last) {
-        this.checksum(p.chunk);
-        this.a.onProgress?.(p.chunk.len);
+      if (!p.last) continue;
+      if (!this.crcTaken.delete(p.chunk)) this.checksum(p.chunk);
+      this.a.onProgress?.(p.chunk.len);
+    }
+  }
+
+  /** Per pages file: a read-only fd for the splices' CRCs (the writer's is write-only). */
+  private readonly readBackFds: number[] = [];
+
+  private readBackFd(c: Chunk): number {
+    if (this.readBackFds[c.file] === undefined) {
+      try {
+        this.readBackFds[c.file] = openSync(c.path, 'r');
+      } catch (err) {
+        throw withPath(err, c.path);
       }
     }
+    return this.readBackFds[c.file];
+  }
+
+  private closeReadBackFds(): void {
+    for (const fd of this.readBackFds.splice(0)) if (fd !== undefined) { try { closeSync(fd); } catch { /* closed */ } }
+  }
+
+  /** Read-back buffers of the CRCs taken by the splices: this thread's, the pool's. */
+  private hereBuf: Buffer | null = null;
+  private poolBuf: Buffer | null = null;
+  /** Chunks whose CRC the splice took: checksum() skips them. */
+  private readonly crcTaken = new Set<Chunk>();
+  private crcsSpliced = 0;
+
+  private hotCrcs(xs: readonly { p: Piece; job: PipeSplice }[], crcs: readonly (number | null)[]): void {
+    xs.forEach(({ p }, i) => {
+      const crc = crcs[i];
+      if (crc === null || crc === undefined) return;
+      p.chunk.entry.crc32 = crc >>> 0;
+      this.crcTaken.add(p.chunk);
+      this.crcsSpliced++;
+      this.crcOn ??= 'pool';
+      const now = process.hrtime.bigint();
+      this.crcFirst ??= now;
+      this.crcLast = now;
+    });
   }
 
   /** The usual two copies for one piece: into a buffer, then written at its place. */
@@ -482,6 +528,7 @@ class SplicedCopy {
   /** Every CRC asked for; the thread ends once they are answered. `stats` gets their times. */
   crcsDone(stats?: SpliceStats): Promise<void> {
     this.closeReadFd();
+    this.closeReadBackFds();
     this.crc?.end();
     const pooled = Object.values(this.pools).map((p) => p?.end());
     return Promise.all([...this.crcWork, ...pooled]).then(() => {
@@ -494,6 +541,7 @@ class SplicedCopy {
   /** After a failure: the CRC thread ends now. */
   abort(): void {
     this.closeReadFd();
+    this.closeReadBackFds();
     this.crc?.abort();
     for (const p of Object.values(this.pools)) p?.abort();
     for (const w of this.crcWork) w.catch(() => {});
@@ -513,6 +561,7 @@ class SplicedCopy {
       ...(this.crcOn ? { crcOn: this.crcOn } : {}),
       ...(this.refused !== null ? { refusedErrno: this.refused } : {}),
       ...(this.files === 2 ? { files: 2, poolWaitUs: us(this.poolWaitNs) } : {}),
+      ...(this.crcsSpliced ? { crcsSpliced: this.crcsSpliced } : {}),
     };
   }
 }

@@ -335,7 +335,7 @@ export const STATS: Shape = obj({
     preStopUs: opt(US), prearmUs: opt(US), earlyFaults: opt(SAFE), pagesReprotected: opt(SAFE),
   })),
   frozenParts: opt(obj({ stateUs: US, layoutUs: US, processUs: US, scanUs: US, remoteSyscalls: SAFE, guardianCalls: SAFE })),
-  splice: opt(obj({ pipes: SAFE, pipeBytes: SAFE, trips: SAFE, pagesSpliced: SAFE, fillUs: US, spliceUs: US, crcUs: US, crcAfterUs: US, crcOn: opt(oneOf('pool', 'thread', 'inline')), refusedErrno: opt(SAFE), files: opt(int(1, 2)), poolWaitUs: opt(US) })),
+  splice: opt(obj({ pipes: SAFE, pipeBytes: SAFE, trips: SAFE, pagesSpliced: SAFE, fillUs: US, spliceUs: US, crcUs: US, crcAfterUs: US, crcOn: opt(oneOf('pool', 'thread', 'inline')), refusedErrno: opt(SAFE), files: opt(int(1, 2)), poolWaitUs: opt(US), crcsSpliced: opt(SAFE) })),
 });
 
 interface MemberLike { pid: number; dir: string; zombie?: unknown }

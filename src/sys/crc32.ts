@@ -58,8 +58,8 @@ export function nativeCrc32Ranges(): Crc32Ranges | null {
 
 /** tsnap_splice_pipes (src/sys/tsnap-splice.c): 0 or -1; `.async` on libuv's pool. */
 export interface SplicePipes {
-  (pipes: Buffer, fd: number, positions: Buffer, lens: Buffer, n: number, done: Buffer): number;
-  async(pipes: Buffer, fd: number, positions: Buffer, lens: Buffer, n: number, done: Buffer, cb: (err: unknown, ret: number) => void): void;
+  (pipes: Buffer, fd: number, positions: Buffer, lens: Buffer, n: number, done: Buffer, rfd: number, want: Buffer | null, crcs: Buffer | null, buf: Buffer | null, buflen: number): number;
+  async(pipes: Buffer, fd: number, positions: Buffer, lens: Buffer, n: number, done: Buffer, rfd: number, want: Buffer | null, crcs: Buffer | null, buf: Buffer | null, buflen: number, cb: (err: unknown, ret: number) => void): void;
 }
 
 let spliceFn: SplicePipes | null | undefined;
@@ -69,7 +69,7 @@ export function nativeSplicePipes(): SplicePipes | null {
   if (spliceFn === undefined) {
     spliceFn = null;
     try {
-      spliceFn = (load()?.func('int tsnap_splice_pipes(const int32_t *pipes, int fd, const int64_t *positions, const int64_t *lens, uint32_t n, int64_t *done)') as SplicePipes | undefined) ?? null;
+      spliceFn = (load()?.func('int tsnap_splice_pipes(const int32_t *pipes, int fd, const int64_t *positions, const int64_t *lens, uint32_t n, int64_t *done, int rfd, const uint8_t *want, uint32_t *crcs, void *buf, size_t buflen)') as SplicePipes | undefined) ?? null;
     } catch { /* the fallback */ }
   }
   return spliceFn;

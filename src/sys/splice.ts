@@ -33,43 +33,80 @@ export function spliceToFile(pipeFd: number, fileFd: number, position: number, l
   }
 }
 
-/** One pipe's share of a pooled splice: `len` bytes of pipe `pipe` into the file at `position`. */
-export interface PipeSplice { pipe: number; position: number; len: number }
+/**
+ * One pipe's share of a batch of splices: `len` bytes of pipe `pipe` into
+ * the file at `position`; with `crc`, the CRC-32 of those bytes is read
+ * back right after they are stored (still in the CPU's caches).
+ */
+export interface PipeSplice { pipe: number; position: number; len: number; crc?: boolean }
 
-/** Whether splicePipesAsync can run here (the native library is built). */
+/** Whether splicePipes / splicePipesAsync can run here (the native library is built). */
 export function canSplicePooled(): boolean {
   return nativeSplicePipes() !== null;
 }
 
-/**
- * Like spliceToFile for each of `jobs`, in order, into `fileFd`, on a
- * thread of libuv's pool (tsnap_splice_pipes): the caller's thread is free
- * meanwhile (to splice into another file). Resolves once all are in;
- * rejects with the first failure, as spliceToFile reports it. Every fd
- * must stay open until it settles.
- */
-export function splicePipesAsync(fileFd: number, jobs: readonly PipeSplice[]): Promise<void> {
-  const fn = nativeSplicePipes();
-  if (!fn) return Promise.reject(new Error('splicePipesAsync: the native library is not built'));
+/** The arguments of one tsnap_splice_pipes call; `read` its results. */
+function batch(jobs: readonly PipeSplice[], rfd: number, buf: Buffer | null) {
   const n = jobs.length;
   const pipes = Buffer.alloc(4 * n);
   const positions = Buffer.alloc(8 * n);
   const lens = Buffer.alloc(8 * n);
   const done = Buffer.alloc(8 * n);
+  const anyCrc = jobs.some((j) => j.crc);
+  if (anyCrc && (!buf || rfd < 0)) throw new RangeError('splicePipes: a CRC needs a read-back fd and buffer');
+  const want = anyCrc ? Buffer.alloc(n) : null;
+  const crcs = anyCrc ? Buffer.alloc(4 * n) : null;
   jobs.forEach((j, i) => {
     pipes.writeInt32LE(j.pipe, 4 * i);
     positions.writeBigInt64LE(BigInt(j.position), 8 * i);
     lens.writeBigInt64LE(BigInt(j.len), 8 * i);
+    if (j.crc) want![i] = 1;
   });
-  return new Promise((resolve, reject) => {
-    fn.async(pipes, fileFd, positions, lens, n, done, (err, ret) => {
-      if (err) { reject(err); return; }
-      if (ret === 0) { resolve(); return; }
+  const args = [pipes, positions, lens, n, done, rfd, want, anyCrc ? crcs : null, anyCrc ? buf : null, anyCrc ? buf!.length : 0] as const;
+  /** The CRCs asked for (null elsewhere), or the first failure, as spliceToFile reports it. */
+  const read = (ret: number): (number | null)[] | SysError => {
+    if (ret !== 0) {
       const bad = jobs.findIndex((_, i) => done.readBigInt64LE(8 * i) < 0n);
       const e = bad >= 0 ? -Number(done.readBigInt64LE(8 * bad)) : 5;
-      const at = bad >= 0 ? jobs[bad].position : 0;
       // An empty pipe before the end (EAGAIN: they are non-blocking) is the caller's bug, as in spliceToFile.
-      reject(new SysError(`splice(pipe -> file at ${at})`, e === 11 ? 5 : e, e === 11 ? 'the pipe ran dry' : undefined));
+      return new SysError(`splice(pipe -> file at ${bad >= 0 ? jobs[bad].position : 0})`, e === 11 ? 5 : e, e === 11 ? 'the pipe ran dry' : undefined);
+    }
+    return jobs.map((j, i) => (j.crc ? crcs!.readUInt32LE(4 * i) : null));
+  };
+  return { args, read };
+}
+
+/**
+ * Like spliceToFile for each of `jobs`, in order, into `fileFd`, in one
+ * native call on this thread; the CRCs asked for, in order (null for the
+ * others), read back from `readFd` (the same file, open for reading)
+ * through `buf`.
+ */
+export function splicePipes(fileFd: number, jobs: readonly PipeSplice[], readFd = -1, buf: Buffer | null = null): (number | null)[] {
+  const fn = nativeSplicePipes();
+  if (!fn) throw new Error('splicePipes: the native library is not built');
+  const { args, read } = batch(jobs, readFd, buf);
+  const [pipes, positions, lens, n, done, rfd, want, crcs, b, blen] = args;
+  const r = read(fn(pipes, fileFd, positions, lens, n, done, rfd, want, crcs, b, blen));
+  if (r instanceof SysError) throw r;
+  return r;
+}
+
+/**
+ * The same on a thread of libuv's pool: the caller's thread is free
+ * meanwhile (to splice into another file). Every fd and `buf` must stay
+ * untouched until it settles.
+ */
+export function splicePipesAsync(fileFd: number, jobs: readonly PipeSplice[], readFd = -1, buf: Buffer | null = null): Promise<(number | null)[]> {
+  const fn = nativeSplicePipes();
+  if (!fn) return Promise.reject(new Error('splicePipesAsync: the native library is not built'));
+  const { args, read } = batch(jobs, readFd, buf);
+  const [pipes, positions, lens, n, done, rfd, want, crcs, b, blen] = args;
+  return new Promise((resolve, reject) => {
+    fn.async(pipes, fileFd, positions, lens, n, done, rfd, want, crcs, b, blen, (err, ret) => {
+      if (err) { reject(err); return; }
+      const r = read(ret);
+      if (r instanceof SysError) reject(r); else resolve(r);
     });
   });
 }
