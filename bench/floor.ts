@@ -185,6 +185,8 @@ async function main(): Promise<void> {
       ['noneFrozen', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow']); put('noneFrozenS', r.s); put('noneFrozenCpu', r.cpu); put('noneFrozenHwmKiB', r.hwmKiB); put('noneFrozenFrozen', r.frozenS); }],
       // The one-copy path with its page data in one file (format 1), spliced by the main thread alone: the default before session 22.
       ['noneFrozenOneFile', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_FILES: '1' }); put('noneFrozenOneFileS', r.s); put('noneFrozenOneFileCpu', r.cpu); put('noneFrozenOneFileHwmKiB', r.hwmKiB); put('noneFrozenOneFileFrozen', r.frozenS); }],
+      // The default with 32 pipes per remote step (33 steps per GiB; the default is 48: 22 steps).
+      ['noneFrozen32', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_PIPES: '32' }); put('noneFrozen32S', r.s); put('noneFrozen32Cpu', r.cpu); put('noneFrozen32HwmKiB', r.hwmKiB); put('noneFrozen32Frozen', r.frozenS); }],
       // Two files, every CRC by the pool's reader after the splices (not by the splicing threads).
       ['noneFrozenReader', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_HOT_CRC: '0' }); put('noneFrozenReaderS', r.s); put('noneFrozenReaderCpu', r.cpu); put('noneFrozenReaderHwmKiB', r.hwmKiB); put('noneFrozenReaderFrozen', r.frozenS); }],
       // The one-copy path as on main before session 22: one file, every CRC by the pool's reader after the splices.
@@ -233,17 +235,18 @@ async function main(): Promise<void> {
       frozenMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Frozen')).map((k) => [k, ms(k)])),
       cpuMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Cpu')).map((k) => [k, ms(k)])),
       cpuVsCriu: {
-        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), noneFrozenOneFile: ratio('noneFrozenOneFileCpu', 'criuCpu'), noneFrozenMain: ratio('noneFrozenMainCpu', 'criuCpu'), noneFrozenReader: ratio('noneFrozenReaderCpu', 'criuCpu'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyCpu', 'criuCpu'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadCpu', 'criuCpu'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineCpu', 'criuCpu'), noneFrozenBefore: ratio('noneFrozenBeforeCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
+        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), noneFrozenOneFile: ratio('noneFrozenOneFileCpu', 'criuCpu'), noneFrozenMain: ratio('noneFrozenMainCpu', 'criuCpu'), noneFrozen32: ratio('noneFrozen32Cpu', 'criuCpu'), noneFrozenReader: ratio('noneFrozenReaderCpu', 'criuCpu'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyCpu', 'criuCpu'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadCpu', 'criuCpu'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineCpu', 'criuCpu'), noneFrozenBefore: ratio('noneFrozenBeforeCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
         ...(KILL ? { noneKill: ratio('noneKillCpu', 'criuKillCpu') } : {}),
       },
       vsCriu: {
-        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenOneFile: ratio('noneFrozenOneFileS', 'criuS'), noneFrozenMain: ratio('noneFrozenMainS', 'criuS'), noneFrozenReader: ratio('noneFrozenReaderS', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineS', 'criuS'), noneFrozenBefore: ratio('noneFrozenBeforeS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
+        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenOneFile: ratio('noneFrozenOneFileS', 'criuS'), noneFrozenMain: ratio('noneFrozenMainS', 'criuS'), noneFrozen32: ratio('noneFrozen32S', 'criuS'), noneFrozenReader: ratio('noneFrozenReaderS', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineS', 'criuS'), noneFrozenBefore: ratio('noneFrozenBeforeS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
         ...(KILL ? { noneKill: ratio('noneKillS', 'criuKillS') } : {}),
       },
       oneCopyVsTwo: { wall: ratio('noneFrozenS', 'noneFrozenTwoCopyS'), cpu: ratio('noneFrozenCpu', 'noneFrozenTwoCopyCpu') },
       // Two pages files (the default from 64 MiB) against one, interleaved.
       twoFilesVsOne: { wall: ratio('noneFrozenS', 'noneFrozenOneFileS'), frozen: ratio('noneFrozenFrozen', 'noneFrozenOneFileFrozen'), cpu: ratio('noneFrozenCpu', 'noneFrozenOneFileCpu') },
       // This branch's default against main's (one file, the pool's reader for every CRC).
+      pipes48Vs32: { wall: ratio('noneFrozenS', 'noneFrozen32S'), frozen: ratio('noneFrozenFrozen', 'noneFrozen32Frozen'), cpu: ratio('noneFrozenCpu', 'noneFrozen32Cpu') },
       hotCrcVsReader: { wall: ratio('noneFrozenS', 'noneFrozenReaderS'), frozen: ratio('noneFrozenFrozen', 'noneFrozenReaderFrozen'), cpu: ratio('noneFrozenCpu', 'noneFrozenReaderCpu') },
       nowVsMain: { wall: ratio('noneFrozenS', 'noneFrozenMainS'), frozen: ratio('noneFrozenFrozen', 'noneFrozenMainFrozen'), cpu: ratio('noneFrozenCpu', 'noneFrozenMainCpu') },
       cpuVsReadvWrite: { noneFrozen: ratio('noneFrozenCpu', 'readvWriteCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'readvWriteCpu'), criu: ratio('criuCpu', 'readvWriteCpu') },

@@ -54,14 +54,17 @@ const PAGE = PAGE_SIZE;
  */
 const MIN_COPY_BYTES = 4 << 20;
 /** Bytes of page data one remote step moves (pipes x their size): fewer steps against more pipes in the target. */
-const STEP_BYTES = 32 << 20;
+const STEP_BYTES = 48 << 20;
 /**
- * 32 pipes of 1 MiB: 33 remote steps per GiB (16 took 65). They are made in
- * one guardian request and closed in one remote step, so more pipes no
- * longer cost more requests. TSNAP_SPLICE_PIPES sets fewer (bench/floor.ts
- * compares in the same run).
+ * 48 pipes of 1 MiB: 22 remote steps per GiB (32 took 33, 16 took 65);
+ * during a step both splicing threads wait. They are made in one guardian
+ * request and closed in one remote step, so more pipes no longer cost more
+ * requests; the guardian keeps 128 undos per task (both ends of each pipe,
+ * the scratch mapping): 63 would fit. An even count splits each step
+ * evenly over two pages files. TSNAP_SPLICE_PIPES sets fewer
+ * (bench/floor.ts compares in the same run).
  */
-const MAX_PIPES = 32;
+const MAX_PIPES = 48;
 const PIPE_BYTES = 1 << 20;
 const maxPipes = (): number => {
   const n = Number(process.env.TSNAP_SPLICE_PIPES);
