@@ -1,5 +1,5 @@
 /**
- * tsnap image format, version 1: the TypeScript schema shared by the writer,
+ * tsnap image format, version 1 (and 2: two pages files, FORMAT_VERSION_SPLIT): the TypeScript schema shared by the writer,
  * the reader, `tsnap show` and the tests. formats/image-v1.md is the
  * readable specification of the same thing; keep the two in step.
  *
