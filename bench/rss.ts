@@ -12,6 +12,7 @@
  * BENCH_RSS_NO_OPT=1 adds a dump with TurboFan off from the start
  * (v8.setFlagsFromString('--no-opt') in a preload: what the optimising
  * compiler's code adds to the binary's resident text).
+ * Also the CPU time of each (process.cpuUsage() in the exit handler).
  * Medians of BENCH_REPS (default 3) after a warm-up.
  * Standalone: node dist/bench/rss.js
  */
@@ -61,11 +62,12 @@ const PROBE = `process.on('exit', () => {
   const spaces = {};
   for (const s of require('v8').getHeapSpaceStatistics()) spaces[s.space_name.replace('_space', '')] = [s.space_size, s.physical_space_size, s.space_used_size].map((b) => Math.round(b / 1024));
   const mem = process.memoryUsage();
-  fs.writeFileSync(process.env.TSNAP_RSS_OUT, JSON.stringify({ hwm: field('VmHWM'), ...parts, external: Math.round(mem.external / 1024), spaces }));
+  const cpu = process.cpuUsage();
+  fs.writeFileSync(process.env.TSNAP_RSS_OUT, JSON.stringify({ hwm: field('VmHWM'), ...parts, external: Math.round(mem.external / 1024), spaces, cpuMs: Math.round((cpu.user + cpu.system) / 1000) }));
 });`;
 const NO_OPT = `require('v8').setFlagsFromString('--no-opt');`;
 
-interface Sample { hwm: number; bin: number; anon: number; brk: number; files: number; external: number; spaces: Record<string, number[]> }
+interface Sample { hwm: number; bin: number; anon: number; brk: number; files: number; external: number; spaces: Record<string, number[]>; cpuMs: number }
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -116,6 +118,8 @@ async function main(): Promise<void> {
     const report = {
       sizeMiB: SIZE_MIB, reps: REPS, load: readFileSync('/proc/loadavg', 'utf8').trim(), nodeFloorMiB: mib(floor),
       peakOverNodeMiB: Object.fromEntries(cases.slice(1).map(([k]) => [k, mib(m(k, (s) => s.hwm) - floor)])),
+      // CPU (user + system, every thread) of each process up to its exit handler.
+      cpuMs: Object.fromEntries(cases.map(([k]) => [k, m(k, (s) => s.cpuMs)])),
       allRunsOverNodeMiB: Object.fromEntries(cases.slice(1).map(([k]) => [k, runs[k].map((s) => mib(s.hwm - floor))])),
       // Resident MiB at exit: the node binary's text, anonymous mappings, brk heap, other files.
       parts: Object.fromEntries(cases.map(([k]) => [k, { bin: mib(m(k, (s) => s.bin)), anon: mib(m(k, (s) => s.anon)), brk: mib(m(k, (s) => s.brk)), files: mib(m(k, (s) => s.files)), external: mib(m(k, (s) => s.external)) }])),

@@ -59,11 +59,12 @@ function unwrap(entry, key) {
  * every command, so a restore must not be left with a dump's entry.
  *
  * The bundle's own files (.cjs) are read here, inside Node's wrapper, into
- * one string: given Node's reading of the file instead, the wrapped copy
- * made from it was a second string as large (two live at once, ~0.9 MiB
- * each), and the young generation, which promotes both, doubled its size
- * (4 -> 8 MiB) in a 1 GiB dump: +3-4 MiB of peak RSS over the same run
- * without the cache (docs/performance.md, "Peak RSS"). Other files (a
+ * one string. Given the text Node had read instead, the wrapped copy made
+ * from it was a second string as large, both alive while the library ran
+ * its top level, and the young generation that promoted them doubled
+ * (4 -> 8 MiB): with the library then held as two bytes per character,
+ * +5-6 MiB of peak RSS in a 1 GiB dump against the same run without the
+ * cache (docs/performance.md, "Peak RSS of a 1 GiB dump"). Other files (a
  * package's .js, where Node also checks the package type) are read by
  * Node as usual and wrapped in _compile.
  */
