@@ -17,7 +17,10 @@
  * are reported as ratios to CRIU.
  * Medians of REPS (BENCH_REPS, default 5) after a warm-up; ratios to CRIU
  * and to the floors of the same run. BENCH_FLOOR_KILL=1 adds kill mode
- * (a fresh target per run; slow: each fills 1 GiB).
+ * (a fresh target per run; slow: each fills 1 GiB). BENCH_FLOOR_BASELINE=
+ * <another checkout's bin/tsnap> adds its noneFrozen and lz4Frozen
+ * (noneFrozenBase, lz4FrozenBase), to compare two builds in one run;
+ * BENCH_FLOOR_ONLY=a,b runs only those cases (and the floors).
  * BENCH_RT=1 runs the tools in the real-time class (see RT below).
  * Standalone: node dist/bench/floor.js
  */
@@ -45,6 +48,7 @@ const SIZE_MIB = Number(process.env.BENCH_MIB ?? 1024);
 const REPS = Number(process.env.BENCH_REPS ?? 5);
 const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
 const KILL = process.env.BENCH_FLOOR_KILL === '1';
+const BASELINE = process.env.BENCH_FLOOR_BASELINE;
 /**
  * BENCH_RT=1: every tsnap and CRIU run (and the target) in the real-time
  * class (SCHED_FIFO 10, `chrt`), so the other work on shared cores stays
@@ -152,9 +156,9 @@ async function main(): Promise<void> {
       if (r.status !== 0) throw new Error(`node ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
       return { s, cpu: childrenCpuS() - c0, hwmKiB: existsSync(hwmOut) ? Number(readFileSync(hwmOut, 'utf8')) : NaN, stdout: String(r.stdout) };
     };
-    const tsnapDump = (target: number, compress: 'none' | 'lz4', extra: string[], env: Record<string, string> = {}) => {
+    const tsnapDump = (target: number, compress: 'none' | 'lz4', extra: string[], env: Record<string, string> = {}, tsnap = TSNAP) => {
       rmSync(dir, { recursive: true, force: true });
-      const r = nodeRun([TSNAP, 'dump', '--pid', String(target), '--dir', dir, '--compress', compress, '--json', ...extra], env);
+      const r = nodeRun([tsnap, 'dump', '--pid', String(target), '--dir', dir, '--compress', compress, '--json', ...extra], env);
       rmSync(dir, { recursive: true, force: true });
       // How long the target was stopped (the dump's own stats): the wall of a frozen copy is mostly that.
       let frozenS = NaN;
@@ -201,6 +205,10 @@ async function main(): Promise<void> {
       ['noneFrozenTwoCopy', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE: '0' }); put('noneFrozenTwoCopyS', r.s); put('noneFrozenTwoCopyCpu', r.cpu); put('noneFrozenTwoCopyHwmKiB', r.hwmKiB); put('noneFrozenTwoCopyFrozen', r.frozenS); }],
       ['lz4Frozen', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running', '--no-cow']); put('lz4FrozenS', r.s); put('lz4FrozenCpu', r.cpu); put('lz4FrozenHwmKiB', r.hwmKiB); }],
       ['lz4Cow', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running']); put('lz4CowS', r.s); put('lz4CowCpu', r.cpu); put('lz4CowHwmKiB', r.hwmKiB); }],
+      ...(BASELINE ? [
+        ['noneFrozenBase', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], {}, BASELINE); put('noneFrozenBaseS', r.s); put('noneFrozenBaseCpu', r.cpu); put('noneFrozenBaseHwmKiB', r.hwmKiB); put('noneFrozenBaseFrozen', r.frozenS); }],
+        ['lz4FrozenBase', () => { const r = tsnapDump(pid, 'lz4', ['--leave-running', '--no-cow'], {}, BASELINE); put('lz4FrozenBaseS', r.s); put('lz4FrozenBaseCpu', r.cpu); put('lz4FrozenBaseHwmKiB', r.hwmKiB); }],
+      ] as [string, () => void][] : []),
       ...(criu ? [['criu', () => { const r = criuDump(pid, ['--leave-running']); put('criuS', r.s); put('criuCpu', r.cpu); }] as [string, () => void]] : []),
     ];
     const only = process.env.BENCH_FLOOR_ONLY?.split(',');
@@ -252,7 +260,7 @@ async function main(): Promise<void> {
       cpuVsReadvWrite: { noneFrozen: ratio('noneFrozenCpu', 'readvWriteCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'readvWriteCpu'), criu: ratio('criuCpu', 'readvWriteCpu') },
       vsReadvWrite: { noneCow: ratio('noneCowS', 'readvWriteS'), noneFrozen: ratio('noneFrozenS', 'readvWriteS'), criu: ratio('criuS', 'readvWriteS') },
       vsRawReadv: { noneCow: ratio('noneCowS', 'rawReadvS'), criu: ratio('criuS', 'rawReadvS') },
-      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), noneFrozenOneFile: overNode('noneFrozenOneFileHwmKiB'), noneFrozenMain: overNode('noneFrozenMainHwmKiB'), noneFrozenReader: overNode('noneFrozenReaderHwmKiB'), noneFrozenCrcThread: overNode('noneFrozenCrcThreadHwmKiB'), noneFrozenCrcInline: overNode('noneFrozenCrcInlineHwmKiB'), noneFrozenBefore: overNode('noneFrozenBeforeHwmKiB'), noneFrozenTwoCopy: overNode('noneFrozenTwoCopyHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}) },
+      peakRssOverNodeMiB: { nodeBaselineMiB: +(m('nodeHwmKiB') / 1024).toFixed(1), noneCow: overNode('noneCowHwmKiB'), noneFrozen: overNode('noneFrozenHwmKiB'), noneFrozenOneFile: overNode('noneFrozenOneFileHwmKiB'), noneFrozenMain: overNode('noneFrozenMainHwmKiB'), noneFrozenReader: overNode('noneFrozenReaderHwmKiB'), noneFrozenCrcThread: overNode('noneFrozenCrcThreadHwmKiB'), noneFrozenCrcInline: overNode('noneFrozenCrcInlineHwmKiB'), noneFrozenBefore: overNode('noneFrozenBeforeHwmKiB'), noneFrozenTwoCopy: overNode('noneFrozenTwoCopyHwmKiB'), lz4Frozen: overNode('lz4FrozenHwmKiB'), lz4Cow: overNode('lz4CowHwmKiB'), ...(KILL ? { noneKill: overNode('noneKillHwmKiB') } : {}), ...(BASELINE ? { noneFrozenBase: overNode('noneFrozenBaseHwmKiB'), lz4FrozenBase: overNode('lz4FrozenBaseHwmKiB') } : {}) },
     };
     console.log(JSON.stringify(report, null, 2));
   } finally {

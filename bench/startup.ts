@@ -10,6 +10,10 @@
  *                    NODE_EXTRA_CA_CERTS (set here, it costs Node ~60-100 ms
  *                    of CPU at each start); then also `node -e 0` without it
  *   criu dump        the same, when `criu` (or $TSNAP_CRIU) runs here
+ *   baseline         with BENCH_STARTUP_BASELINE=<another checkout's bin/tsnap>
+ *                    (built, its own dist/cli-cache): its `node bin/tsnap dump`
+ *                    and its command, interleaved with the others, to compare
+ *                    two builds in one run
  * Reported as medians and as ratios to the floor and to CRIU: wall, CPU
  * (user + system, RUSAGE_CHILDREN: on a loaded machine the wall follows
  * the CPU others leave, the CPU less so) and the peak RSS (VmHWM) of each
@@ -112,6 +116,10 @@ export interface StartupFigures {
   cpu: { nodeFloor: number; nodeFloorClean: number; version: number; dump1MiB: number; command: number; criuDump1MiB: number | null; dumpVsCriu: number | null; commandVsCriu: number | null };
   /** Peak RSS (VmHWM) medians, MiB; the tool's own is over `node -e 0`'s. */
   hwmMiB: { nodeFloor: number; version: number; dump1MiB: number; dumpOverNode: number; command: number };
+  /** The same dump by BENCH_STARTUP_BASELINE's bin/tsnap, when set: wall / CPU ms and peak RSS MiB, `node bin/tsnap` and as a command. */
+  /** /proc/loadavg at the end of the run. */
+  load: string;
+  baseline?: { tsnap: string; dump1MiB: Run; command: Run; commandVsCriu: number | null; commandCpuVsCriu: number | null };
 }
 
 export async function startupFigures(reps = Number(process.env.BENCH_STARTUP_REPS ?? 15)): Promise<StartupFigures> {
@@ -130,22 +138,27 @@ export async function startupFigures(reps = Number(process.env.BENCH_STARTUP_REP
   try {
     await new Promise((resolve) => createInterface({ input: child.stdout! }).once('line', resolve));
     const floor: Run[] = []; const floorClean: Run[] = []; const version: Run[] = []; const dumps: Run[] = []; const commands: Run[] = []; const criuDumps: Run[] = [];
+    const baseTsnap = process.env.BENCH_STARTUP_BASELINE; const baseDumps: Run[] = []; const baseCommands: Run[] = [];
     const extraCa = process.env.NODE_EXTRA_CA_CERTS !== undefined;
     const cleanEnv = { ...process.env };
     delete cleanEnv.NODE_EXTRA_CA_CERTS;
     const dumpArgs = ['dump', '--pid', String(pid), '--dir', dir, '--leave-running'];
     const tsnapDump = () => { rmSync(dir, { recursive: true, force: true }); return run(process.execPath, [TSNAP, ...dumpArgs], probe); };
     const tsnapCommand = () => { rmSync(dir, { recursive: true, force: true }); return run(TSNAP, dumpArgs, probe, process.env, true); };
+    const baseDump = () => { rmSync(dir, { recursive: true, force: true }); return run(process.execPath, [baseTsnap!, ...dumpArgs], probe); };
+    const baseCommand = () => { rmSync(dir, { recursive: true, force: true }); return run(baseTsnap!, dumpArgs, probe, process.env, true); };
     // criu wants its image directory to exist.
     const criuDump = () => { rmSync(dir, { recursive: true, force: true }); mkdirSync(dir, { mode: 0o700 }); return run(criu!, ['dump', '-t', String(pid), '-D', dir, '--leave-running', '--shell-job'], null); };
     // Warm-up: page cache of node, the modules and the binary.
     run(process.execPath, ['-e', '0'], probe); tsnapDump(); tsnapCommand(); if (criu) criuDump();
+    if (baseTsnap) { baseDump(); baseCommand(); }
     for (let i = 0; i < reps; i++) {
       floor.push(run(process.execPath, ['-e', '0'], probe));
       if (extraCa) floorClean.push(run(process.execPath, ['-e', '0'], probe, cleanEnv));
       version.push(run(process.execPath, [TSNAP, '--version'], probe));
       dumps.push(tsnapDump());
       commands.push(tsnapCommand());
+      if (baseTsnap) { baseDumps.push(baseDump()); baseCommands.push(baseCommand()); }
       if (criu) criuDumps.push(criuDump());
     }
     const m = (rs: Run[], k: keyof Run) => +median(rs.map((r) => r[k])).toFixed(1);
@@ -161,6 +174,13 @@ export async function startupFigures(reps = Number(process.env.BENCH_STARTUP_REP
         dumpVsCriu: cc === null ? null : +(cd / cc).toFixed(2), commandVsCriu: cc === null ? null : +(kc / cc).toFixed(2),
       },
       hwmMiB: { nodeFloor: m(floor, 'hwmMiB'), version: m(version, 'hwmMiB'), dump1MiB: m(dumps, 'hwmMiB'), dumpOverNode: +(m(dumps, 'hwmMiB') - m(floor, 'hwmMiB')).toFixed(1), command: m(commands, 'hwmMiB') },
+      load: readFileSync('/proc/loadavg', 'utf8').trim(),
+      ...(baseTsnap ? { baseline: {
+        tsnap: baseTsnap,
+        dump1MiB: { ms: m(baseDumps, 'ms'), cpuMs: m(baseDumps, 'cpuMs'), hwmMiB: m(baseDumps, 'hwmMiB') },
+        command: { ms: m(baseCommands, 'ms'), cpuMs: m(baseCommands, 'cpuMs'), hwmMiB: m(baseCommands, 'hwmMiB') },
+        commandVsCriu: c === null ? null : +(m(baseCommands, 'ms') / c).toFixed(2), commandCpuVsCriu: cc === null ? null : +(m(baseCommands, 'cpuMs') / cc).toFixed(2),
+      } } : {}),
     };
   } finally {
     child.kill('SIGKILL');

@@ -87,4 +87,33 @@ describe('the bundled CLI', () => {
       expect(readFileSync(join(cache, entries[i])).equals(bytes[(i + 1) % entries.length]), entries[i]).toBe(false);
     }
   });
+
+  it('the bundle is ASCII, read once by the cache\'s loader, and an entry saved by one run is used as it is by the next', async () => {
+    // Non-ASCII text makes V8 hold a file as two bytes per character (docs/performance.md, "Peak RSS").
+    for (const f of readdirSync(BUNDLE)) expect(/[^\x00-\x7f]/.test(readFileSync(join(BUNDLE, f), 'latin1')), f).toBe(false);
+    const cache = privateCache();
+    // Which bundle files Node's own loader reads (fs.readFileSync): with the cache none, the loader reads each inside the wrapper, one string.
+    const probe = join(cache, 'reads.cjs');
+    const out = join(cache, 'reads.json');
+    writeFileSync(probe, `const fs = require('fs'); const read = fs.readFileSync; const seen = [];
+fs.readFileSync = function (p, ...rest) { if (typeof p === 'string' && p.startsWith(${JSON.stringify(BUNDLE)})) seen.push(p); return read.call(this, p, ...rest); };
+process.on('exit', () => fs.writeFileSync(${JSON.stringify(out)}, JSON.stringify(seen)));\n`);
+    const reads = (): string[] => JSON.parse(readFileSync(out, 'utf8'));
+    const env = { TSNAP_COMPILE_CACHE_DIR: cache, NODE_OPTIONS: `--require ${probe}` };
+    const run = ['dump', '--pid', '4194300', '--dir', '/nonexistent/img'];
+    const entries = () => Object.fromEntries(readdirSync(cache).filter((f) => f.endsWith('.v8')).map((f) => [f, statSync(join(cache, f)).ino]));
+    const first = await startTsnap(run, env).done;
+    expect(first.code).toBe(ExitCode.noSuchProcess);
+    expect(reads()).toEqual([]);
+    const saved = entries();
+    expect(Object.keys(saved).length).toBeGreaterThan(1);
+    const again = await startTsnap(run, env).done;
+    expect([again.code, again.stderr]).toEqual([first.code, first.stderr]);
+    expect(reads()).toEqual([]);
+    // An entry V8 rejected (its source not the one it was saved from) would be written again, by rename: a new inode.
+    expect(entries()).toEqual(saved);
+    const off = await startTsnap(run, { ...env, TSNAP_NO_COMPILE_CACHE: '1' }).done;
+    expect([off.code, off.stderr]).toEqual([first.code, first.stderr]);
+    expect(reads().filter((f) => f.endsWith('.cjs')).length).toBeGreaterThan(1);
+  });
 });

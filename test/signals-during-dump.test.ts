@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, startTsnap, restoreDetached, type Restored } from './helpers/tsnap.js';
 import { waitPidsFree } from '../src/migrate/pid-wait.js';
+import { readImage } from '../src/image/image-reader.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -157,14 +158,48 @@ describe('signals sent during a dump', () => {
     const sentAfter = await stopSender(second);
     const t = await tally(r, () => r.lines, sentAfter);
     // 1..j from the first sender (j: those queued before the dump read the queue) and BASE+1..BASE+sentAfter.
-    // The image's are queued once the restore has built the process, after those sent while it did,
-    // and among the ones that keep coming (docs/reliability.md); each sender's come in its order.
+    // The image's are queued as soon as the process exists; a sender this fast still gets some in
+    // before them, and among them (docs/reliability.md); each sender's come in its order.
     const j = t.count - sentAfter;
     expect(j).toBeGreaterThanOrEqual(0);
     expect(j).toBeLessThanOrEqual(sentBefore);
     expect(t.max).toBe(BASE + sentAfter);
     expect(t.sum).toBe((j * (j + 1)) / 2 + sentAfter * BASE + (sentAfter * (sentAfter + 1)) / 2);
     expect(t.backwards, t.line).toBe(0);
+  });
+
+  it('kill mode: the signals pending at the dump come before those sent while the restore builds the process', async () => {
+    const work = tmpDir('tsnap-sig-');
+    const bin = await compileC('sigcount');
+    const p = await startProcess(bin, ['run']);
+    const first = await startSender(bin, p.pid);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    await first.done();
+    await waitPidsFree([p.pid], { timeoutMs: 10_000 });
+    // Paused right after it queued the image's signals: what is sent now is sent during the restore.
+    let tsnapPid = 0;
+    const restoring = restoreDetached(join(work, 'img'), join(work, 'pid'), [], { env: { TSNAP_TEST_PAUSE_AT: 'restore-pending-queued' }, onSpawn: (pid) => { tsnapPid = pid; } });
+    const stopped = () => { try { return /^\S+ \(.*\) T/.test(readFileSync(`/proc/${tsnapPid}/stat`, 'utf8')); } catch { return false; } };
+    for (let i = 0; i < 3000 && !stopped(); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(stopped(), 'tsnap paused at restore-pending-queued').toBe(true);
+    const BASE = 1_000_000;
+    const second = await startProcess(bin, ['send', String(p.pid), '50', '100', '0', String(BASE)], { readyPattern: /^DONE / });
+    expect(second.readyLine).toBe('DONE 50');
+    process.kill(tsnapPid, 'SIGCONT');
+    const r = await restoring;
+    expect(r.result.code, r.result.stderr).toBe(0);
+    // The image's pending SIGRTMINs (the first sender's last ones), then BASE+1..BASE+50: one value
+    // out of sequence (the step to BASE+1), none backwards. Queued after them, as before, the step
+    // back from BASE+50 would be a second.
+    const held = readImage(join(work, 'img')).process!;
+    const j = [...held.signals.sharedPending, ...held.threads[0].pendingSignals].filter((b) => b.readInt32LE(0) === 34).length;
+    expect(j, 'SIGRTMINs pending in the image (the dump froze while they came)').toBeGreaterThan(0);
+    const t = await tally(r, () => r.lines, undefined);
+    expect(t.max, t.line).toBe(BASE + 50);
+    expect(t.backwards, t.line).toBe(0);
+    expect(t.outOfOrder, t.line).toBe(1);
   });
 
   it('SIGSTOP sent at an instant during a dump --leave-running: the target ends stopped and untraced, and SIGCONT resumes it', async () => {

@@ -19,7 +19,7 @@ import { fdTableDiff } from '../files/fd-table.js';
 import { finishFiles } from './fds.js';
 import { resumeConnections, abandonConnections } from '../files/tcp.js';
 import { closedTcp } from '../files/socket.js';
-import { restoreMm, restoreProcessState, restoreThreadState, requeueSignals, restoreItimers, restorePosixTimers } from '../state/task-state.restore.js';
+import { restoreMm, restoreProcessState, restoreThreadState, queueEarlySignals, requeueSignals, restoreItimers, restorePosixTimers } from '../state/task-state.restore.js';
 import { FdRestorer } from './fds.js';
 import { SysvSegments } from './sysv-shm.js';
 import { withInflight } from '../files/scm-rights.js';
@@ -299,6 +299,10 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       pausePoint('restore-tree-created');
     }
     const members = liveMembers(plan, rtOf);
+    // Before anything else can be sent to the new pids is done with: the image's signals were sent first.
+    steps.at('queue the signals pending at the dump');
+    for (const m of members) queueEarlySignals(m.rt, m.p);
+    pausePoint('restore-pending-queued');
     steps.at('take or make the SysV shm segments');
     sysv = new SysvSegments(members.flatMap((m) => m.p.sysvShm ?? []));
     sysv.prepare();
@@ -395,7 +399,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       steps.at(`restore the thread state of ${m.p.pid}`);
       for (const th of m.threads) restoreThreadState(th.rt, th.image);
       steps.at(`queue the pending signals of ${m.p.pid}`);
-      requeueSignals(rt, rt.pid, m.threads, m.p.signals.sharedPending);
+      requeueSignals(rt, rt.pid, m.threads, m.p);
       restoreItimers(rt, m.p);
       const tidOf = new Map(m.threads.map((th) => [th.image.tid, th.rt.pid]));
       restorePosixTimers(rt, m.p, (tid) => tidOf.get(tid) ?? rt.pid);

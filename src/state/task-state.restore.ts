@@ -6,6 +6,7 @@ import {
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import type { ProcessImage, ThreadImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../inject/remote-task.js';
+import { MASK_WHILE_HELD } from './held-signals.js';
 import { RemoteBatch } from '../inject/remote-batch.js';
 import { TsnapError } from '../errors.js';
 import { timerSetting } from '../files/anon-fds.js';
@@ -168,17 +169,57 @@ export function restoreThreadState(rt: RemoteTask, t: ThreadImage): void {
 
 const SIG_SETMASK = 2;
 
+/** Signals whose default action is to ignore them: setting SIG_DFL (or SIG_IGN) discards them from the queues. */
+const KERNEL_IGNORED = new Set([17, 18, 23, 28]); // SIGCHLD SIGCONT SIGURG SIGWINCH
+
 /**
- * Signals that were pending at the dump, queued again with their siginfo
- * (sender, value, code), after any sent to the new process while the
- * restore built it (its mask from the helper kept those queued:
- * held-signals.ts). Taking those out to queue them behind the image's
- * would reorder the ones that keep arriving meanwhile, which is worse.
+ * Whether a signal pending at the dump can be queued as soon as the new
+ * process exists, before anyone else's signals to its pid: it must stay
+ * blocked while tsnap drives the task (held-signals.ts), and restoring the
+ * image's action for it must not discard it (rt_sigaction to SIG_IGN, or to
+ * SIG_DFL of a signal ignored by default, empties its queue).
+ */
+function queuesEarly(signo: number, p: ProcessImage): boolean {
+  if (signo <= 0 || signo > 64 || (MASK_WHILE_HELD & (1n << BigInt(signo - 1))) === 0n) return false;
+  const a = p.signals.actions.find((x) => x.signo === signo);
+  const handler = a?.handler ?? 0n;
+  if (handler === 1n) return false;
+  return !(handler === 0n && KERNEL_IGNORED.has(signo));
+}
+
+/** The kernel takes a siginfo with a user or kernel si_code only from the task it is addressed to: each thread queues its own. */
+function queueOne(rt: RemoteTask, tgid: number, info: Buffer, thread: boolean): void {
+  const signo = info.readInt32LE(0);
+  if (signo <= 0 || signo === 9 || signo === 19) return; // SIGKILL/SIGSTOP: not queued by hand
+  const at = rt.put(info, 2048);
+  if (!thread) rt.sc.check(`rt_sigqueueinfo(${signo})`, SYS.rt_sigqueueinfo, tgid, signo, at);
+  else rt.sc.check(`rt_tgsigqueueinfo(${rt.pid}, ${signo})`, SYS.rt_tgsigqueueinfo, tgid, rt.pid, signo, at);
+}
+
+/**
+ * The signals pending at the dump, process-wide and the main thread's,
+ * queued right after the process (and its tree) exists: a signal sent to
+ * the pid while the restore builds the process is sent later than these
+ * were, and comes after them. The others wait for requeueSignals.
+ */
+export function queueEarlySignals(rt: RemoteTask, p: ProcessImage): void {
+  for (const info of p.signals.sharedPending) if (queuesEarly(info.readInt32LE(0), p)) queueOne(rt, rt.pid, info, false);
+  for (const info of p.threads[0].pendingSignals) if (queuesEarly(info.readInt32LE(0), p)) queueOne(rt, rt.pid, info, true);
+}
+
+/**
+ * The rest of the signals that were pending at the dump, queued again with
+ * their siginfo (sender, value, code): the other threads' (they exist only
+ * now), the fault signals and SIGTRAP (open while tsnap drives the task),
+ * and those the restored actions would have discarded. Signals sent to the
+ * new process meanwhile stay queued (held-signals.ts); taking them out to
+ * queue them behind these would reorder the ones that keep arriving, which
+ * is worse.
  * Every thread first blocks every signal, so that nothing is delivered
  * while tsnap still drives the task with remote syscalls; the real masks are set with the registers, and the signals the
  * program does not block are delivered as it resumes.
  */
-export function requeueSignals(leader: RemoteTask, tgid: number, threads: { rt: RemoteTask; image: ThreadImage }[], shared: Buffer[]): void {
+export function requeueSignals(leader: RemoteTask, tgid: number, threads: { rt: RemoteTask; image: ThreadImage }[], p: ProcessImage): void {
   // With SIGTRAP blocked, an int3 (the stub's trap after a syscall) is
   // forced through: the kernel resets SIGTRAP's action to SIG_DFL, and the
   // handler (or SIG_IGN) restored earlier would be lost (ZDTM sigtrap01).
@@ -187,17 +228,10 @@ export function requeueSignals(leader: RemoteTask, tgid: number, threads: { rt: 
   for (const th of threads) th.rt.sc.trapAfter = false;
   const all = Buffer.alloc(8, 0xff);
   for (const th of threads) th.rt.sc.check('rt_sigprocmask(block all)', SYS.rt_sigprocmask, SIG_SETMASK, th.rt.put(all, 2048), 0, 8);
-  // The kernel takes a siginfo with a user or kernel si_code only from the
-  // task it is addressed to: each thread queues its own.
-  const queue = (rt: RemoteTask, info: Buffer, thread: boolean) => {
-    const signo = info.readInt32LE(0);
-    if (signo <= 0 || signo === 9 || signo === 19) return; // SIGKILL/SIGSTOP: not queued by hand
-    const at = rt.put(info, 2048);
-    if (!thread) rt.sc.check(`rt_sigqueueinfo(${signo})`, SYS.rt_sigqueueinfo, tgid, signo, at);
-    else rt.sc.check(`rt_tgsigqueueinfo(${rt.pid}, ${signo})`, SYS.rt_tgsigqueueinfo, tgid, rt.pid, signo, at);
-  };
-  for (const info of shared) queue(leader, info, false);
-  for (const th of threads) for (const info of th.image.pendingSignals) queue(th.rt, info, true);
+  for (const info of p.signals.sharedPending) if (!queuesEarly(info.readInt32LE(0), p)) queueOne(leader, tgid, info, false);
+  for (const [i, th] of threads.entries()) {
+    for (const info of th.image.pendingSignals) if (i > 0 || !queuesEarly(info.readInt32LE(0), p)) queueOne(th.rt, tgid, info, true);
+  }
 }
 
 /** Armed interval timers (alarm, setitimer), with the time they had left at the dump. */

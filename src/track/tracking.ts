@@ -71,6 +71,8 @@ export async function openTracking(pid: number, parent: TrackingRef | null, froz
   const ended = endEarlierTrackings(pid);
   const t0 = process.hrtime.bigint();
   const task = frozen ?? FrozenTask.freeze(pid);
+  // A first pre-dump's only freeze is this one (to inject the userfaultfd).
+  if (!frozen) faultPoint('frozen');
   let targetFd = -1;
   const mem = new ProcMem(pid);
   let pidfd = -1;

@@ -83,13 +83,14 @@ export { killPid };
  */
 export const useRestoredCleanup = useProcessCleanup;
 
-export async function restoreDetached(dir: string, pidfile: string, extra: string[] = []): Promise<Restored> {
+export async function restoreDetached(dir: string, pidfile: string, extra: string[] = [], opts: { env?: Record<string, string>; onSpawn?: (tsnapPid: number) => void } = {}): Promise<Restored> {
   // Node closes a child's stdin pipe when the child exits, and tsnap --detach
   // exits at once: feed the restored process through a `cat` that outlives it.
   const feeder = spawn('cat', [], { stdio: ['pipe', 'pipe', 'ignore'] });
   // Waited for: a feeder still exiting would count as left behind.
   trackChild(feeder);
-  const child = spawn(process.execPath, [TSNAP_BIN, 'restore', '--dir', dir, '--detach', '--pidfile', pidfile, ...extra], { stdio: [feeder.stdout!, 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [TSNAP_BIN, 'restore', '--dir', dir, '--detach', '--pidfile', pidfile, ...extra], { stdio: [feeder.stdout!, 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+  opts.onSpawn?.(child.pid!);
   let stderr = '';
   child.stderr!.on('data', (d) => { stderr += d; });
   // tsnap exits at once; the restored process keeps the pipes (their end is its exit).
