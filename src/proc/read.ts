@@ -35,41 +35,6 @@ export function readProcBuffer(pid: number, name: string): Buffer {
   }
 }
 
-/**
- * A large procfs file (smaps: ~700 bytes per VMA) into one buffer. A
- * seq_file answers each read() with at most a page or so, and readFileSync
- * allocates a fresh 64 KiB buffer for each of those reads: 110 MB of
- * garbage for the 7 MB smaps of 10 000 VMAs. Returns the buffer and how
- * much of it holds the file.
- */
-export function readProcLarge(pid: number, name: string, sizeHint: number): { buf: Buffer; len: number } {
-  const path = procPath(pid, name);
-  let fd: number;
-  try {
-    fd = fs.openSync(path, 'r');
-  } catch (err) {
-    throw procError('open', path, err);
-  }
-  try {
-    let buf = Buffer.allocUnsafe(Math.max(64 << 10, sizeHint));
-    let len = 0;
-    for (;;) {
-      if (buf.length - len < 16 << 10) {
-        const bigger = Buffer.allocUnsafe(buf.length * 2);
-        buf.copy(bigger, 0, 0, len);
-        buf = bigger;
-      }
-      const n = fs.readSync(fd, buf, len, buf.length - len, null);
-      if (n === 0) return { buf, len };
-      len += n;
-    }
-  } catch (err) {
-    throw procError('read', path, err);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 export function readProcText(pid: number, name: string): string {
   const path = procPath(pid, name);
   try {

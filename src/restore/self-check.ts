@@ -20,7 +20,7 @@ import { mark } from '../trace.js';
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, fileOwner, Pagemap, scanKnowsGuard } from '../sys/index.js';
 import { scanGuards, imageGuards } from '../dump/guards.js';
-import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
+import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlagMasks, type Vma, type VmFlagsTable } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
 import { checkRestoredTtys, imagePtys } from '../files/tty.js';
@@ -116,33 +116,62 @@ function compareMaps(p: ProcessImage, live: Vma[], out: string[]): void {
 /** smaps walks page tables: read it only when the image has flags to compare. */
 const hasVmFlags = (p: ProcessImage) => p.mm.vmas.some((v) => v.flags && v.flags.length > 0);
 
+/** The tokens compared, as bits of a mask (readVmFlagMasks). */
+const RESTORED_TOKENS = Object.keys(VMA_RESTORED_FLAGS);
+const RESTORED_BIT = new Map(RESTORED_TOKENS.map((t, i) => [t, i]));
+/** An image token restore does not set (a newer tsnap's image): never equal to what smaps shows. */
+const FOREIGN = -1;
+
+function imageMask(flags: readonly string[]): number {
+  let m = 0;
+  for (const t of flags) {
+    const b = RESTORED_BIT.get(t);
+    if (b === undefined) return FOREIGN;
+    m |= 1 << b;
+  }
+  return m;
+}
+
+const maskTokens = (m: number) => RESTORED_TOKENS.filter((_, i) => m & (1 << i)).sort().join(' ');
+
 /**
- * The start of the live area that holds each flagged image area's start:
- * the kernel may have merged a re-created area into the one before it.
- * Image areas and live ones are both sorted by address: one walk.
+ * Compares each flagged image area's VmFlags with those of the live area
+ * that holds its start (the kernel may have merged a re-created area into
+ * the one before it). `flagsOf(start)`: the restored tokens of the live
+ * area starting there, as a mask. Image areas and live ones are both sorted
+ * by address: one walk; text only for differences.
  */
-function holders(p: ProcessImage, areas: Vma[]): Map<VmaImage, number> {
-  const out = new Map<VmaImage, number>();
+function compareVmFlags(p: ProcessImage, areas: readonly Vma[], flagsOf: (start: number) => number, out: string[]): void {
   let k = 0;
   for (const v of p.mm.vmas) {
     if (!v.flags) continue;
     while (k < areas.length && areas[k].end <= v.start) k++;
-    out.set(v, k < areas.length && areas[k].start <= v.start ? areas[k].start : v.start);
+    const held = k < areas.length && areas[k].start <= v.start ? areas[k].start : v.start;
+    const have = flagsOf(held);
+    const want = imageMask(v.flags);
+    if (have !== want) out.push(`memory: VmFlags of ${v.start.toString(16)} are [${maskTokens(have)}], the image's [${[...v.flags].sort().join(' ')}]`);
   }
-  return out;
 }
 
-/** `held`: the live area holding each image area (holders()). */
-function compareVmFlags(p: ProcessImage, live: Map<number, string[]>, held: Map<VmaImage, number>, out: string[]): void {
+/** flagsOf over a table read from smaps (address order): asked in address order, so one walk. */
+function tableLookup(t: VmFlagsTable): (start: number) => number {
+  let i = 0;
+  return (start) => {
+    if (i > 0 && t.starts[i - 1] > start) i = 0;
+    while (i < t.count && t.starts[i] < start) i++;
+    return i < t.count && t.starts[i] === start ? t.masks[i] : 0;
+  };
+}
+
+/** The live areas holding flagged image areas all have an entry in `early`. */
+function coversHolders(p: ProcessImage, areas: readonly Vma[], early: ReadonlyMap<number, string[]>): boolean {
+  let k = 0;
   for (const v of p.mm.vmas) {
     if (!v.flags) continue;
-    const tokens = live.get(held.get(v)!) ?? [];
-    let have = '';
-    for (const t of tokens) if (Object.hasOwn(VMA_RESTORED_FLAGS, t)) have = have ? `${have} ${t}` : t;
-    const want = v.flags.length > 1 ? [...v.flags].sort().join(' ') : (v.flags[0] ?? '');
-    if (have.includes(' ')) have = have.split(' ').sort().join(' ');
-    if (have !== want) out.push(`memory: VmFlags of ${v.start.toString(16)} are [${have}], the image's [${want}]`);
+    while (k < areas.length && areas[k].end <= v.start) k++;
+    if (!early.has(k < areas.length && areas[k].start <= v.start ? areas[k].start : v.start)) return false;
   }
+  return true;
 }
 
 /** Guard regions are page-table state: only a pagemap scan shows them. */
@@ -252,11 +281,13 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   const maps = checkAllBut(p, pid, opts, out);
   mark('check: all but VmFlags');
   if (hasVmFlags(p)) {
-    const held = holders(p, maps);
     const early = opts.vmFlags;
     // An early read lacks an area the stub's unmapping re-started (a stub merged with a neighbour): read again.
-    const flags = early && [...held.values()].every((start) => early.has(start)) ? early : readVmFlags(pid, p.mm.vmas.length);
-    compareVmFlags(p, flags, held, out);
+    if (early && coversHolders(p, maps, early)) {
+      compareVmFlags(p, maps, (start) => imageMask((early.get(start) ?? []).filter((t) => RESTORED_BIT.has(t))), out);
+    } else {
+      compareVmFlags(p, maps, tableLookup(readVmFlagMasks(pid, RESTORED_TOKENS, maps.length)), out);
+    }
   }
   mark('check: VmFlags');
   return out;
