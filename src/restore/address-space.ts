@@ -48,7 +48,11 @@ export interface LayoutOf {
 /** `images`: every process the stub will serve (a tree's children inherit it through fork). */
 export function installStub(rt: RemoteTask, images: readonly LayoutOf[]): Stub {
   const current = readMaps(rt.pid);
-  const taken: Span[] = [...current, ...images.flatMap((i) => i.mm.vmas)].filter((v) => v.path !== '[vsyscall]');
+  // The image's VMAs come sorted: the helper's few areas are put in place
+  // (findHole then need not sort 10 000 spans; a tree's lists are merged once).
+  const notVsyscall = (v: { path: string }) => v.path !== '[vsyscall]';
+  const taken: Span[] = images.length === 1 ? images[0].mm.vmas.filter(notVsyscall) : images.flatMap((i) => i.mm.vmas.filter(notVsyscall)).sort((a, b) => a.start - b.start);
+  for (const v of current) if (notVsyscall(v)) insertSorted(taken, v);
   const addr = findHole(taken, STUB_SIZE);
   const got = Number(rt.sc.check('mmap(stub)', SYS.mmap, addr, STUB_SIZE,
     PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1n, 0));
