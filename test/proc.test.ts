@@ -12,6 +12,7 @@ import {
   PROT_WRITE,
   PROT_EXEC,
   readVmFlags,
+  readVmFlagMasks,
   parseStat,
   readStat,
   parseStatus,
@@ -237,6 +238,37 @@ describe('smaps', () => {
     expect([...flags.keys()].sort((a, b) => a - b)).toEqual(maps.map((v) => v.start));
     const stack = maps.find((v) => isSpecialVma(v) === 'stack')!;
     expect(flags.get(stack.start)).toEqual(expect.arrayContaining(['rd', 'wr', 'gd']));
+  });
+
+  it('walks an smaps several times larger than its read buffer, areas cut at its end carried over', async () => {
+    // 1500 areas (~1 MB of smaps, four times the 256 KiB buffer), protections
+    // alternating so none merge, every third one MADV_DONTDUMP ('dd').
+    const { pid } = await python(`
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+P = ${PAGE}
+base = libc.mmap(None, 1500 * P, 3, 0x22, -1, 0)
+for i in range(1500):
+    if i % 2: libc.mprotect(base + i * P, P, 1)
+    if i % 3 == 0: libc.madvise(base + i * P, P, 16)
+print(base, flush=True)
+${SLEEP_FOREVER}`);
+    const maps = readMaps(pid);
+    expect(maps.length).toBeGreaterThan(1500);
+    const flags = readVmFlags(pid);
+    expect([...flags.keys()]).toEqual(maps.map((v) => v.start));
+    const tokens = ['dd', 'mw', 'rd', 'wr'];
+    const table = readVmFlagMasks(pid, tokens, 16);
+    expect(Array.from(table.starts.subarray(0, table.count))).toEqual(maps.map((v) => v.start));
+    for (let i = 0; i < table.count; i++) {
+      const want = tokens.reduce((m, t, b) => (flags.get(maps[i].start)!.includes(t) ? m | (1 << b) : m), 0);
+      expect(table.masks[i]).toBe(want);
+    }
+    expect(Array.from(table.masks.subarray(0, table.count)).filter((m) => m & 1).length).toBeGreaterThanOrEqual(500);
   });
 });
 

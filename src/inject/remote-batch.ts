@@ -68,38 +68,62 @@ export interface BatchArea {
 }
 
 export interface BatchCall {
-  /** What the error names, as a single remote syscall's would (`mmap(0x7f... anon)`). */
-  name: string;
+  /**
+   * What the error names, as a single remote syscall's would (`mmap(0x7f... anon)`);
+   * a function when building the text costs more than the call (10 000 mmaps).
+   */
+  name: string | (() => string);
   nr: number;
   args: readonly (number | bigint)[];
   /** The one good result (mmap at a fixed address), and the error when it is another. */
-  expect?: { value: bigint; mismatch: (got: bigint) => Error };
+  expect?: { value: bigint | number; mismatch: (got: bigint) => Error };
+}
+
+const nameOf = (c: { name: BatchCall['name'] }) => (typeof c.name === 'string' ? c.name : c.name());
+
+/** One call's record at `o` of `b`, as the runner reads it. */
+function writeRecord(b: Buffer, o: number, nr: number, args: readonly (number | bigint)[], expect: BatchCall['expect']): void {
+  if (args.length > 6) throw new RangeError(`syscall ${nr}: a syscall has at most 6 arguments`);
+  b.writeUInt32LE(nr, o);
+  b.writeUInt32LE(expect ? EXACT : 0, o + 4);
+  let a = 0;
+  for (; a < args.length; a++) writeSyscallArg(b, o + 8 + a * 8, args[a]);
+  // Missing arguments are 0 (a reused buffer holds older records).
+  for (; a < 6; a++) { b.writeUInt32LE(0, o + 8 + a * 8); b.writeUInt32LE(0, o + 12 + a * 8); }
+  if (expect) writeSyscallArg(b, o + 56, expect.value);
+  else { b.writeUInt32LE(0, o + 56); b.writeUInt32LE(0, o + 60); }
 }
 
 /** The records of `calls`, as the runner reads them. */
 export function encodeBatch(calls: readonly BatchCall[]): Buffer {
   const b = Buffer.alloc(calls.length * BATCH_RECORD);
   calls.forEach((c, i) => {
-    const o = i * BATCH_RECORD;
-    if (c.args.length > 6) throw new RangeError(`${c.name}: a syscall has at most 6 arguments`);
-    b.writeUInt32LE(c.nr, o);
-    b.writeUInt32LE(c.expect ? EXACT : 0, o + 4);
-    for (let a = 0; a < c.args.length; a++) writeSyscallArg(b, o + 8 + a * 8, c.args[a]);
-    if (c.expect) b.writeBigUInt64LE(BigInt.asUintN(64, c.expect.value), o + 56);
+    if (c.args.length > 6) throw new RangeError(`${nameOf(c)}: a syscall has at most 6 arguments`);
+    writeRecord(b, i * BATCH_RECORD, c.nr, c.args, c.expect);
   });
   return b;
 }
 
 /** Whether a raw result passes a call's check (what the runner decides in the task). */
-export function callSucceeded(c: BatchCall, raw: bigint): boolean {
-  if (c.expect) return BigInt.asUintN(64, raw) === BigInt.asUintN(64, c.expect.value);
+export function callSucceeded(c: Pick<BatchCall, 'expect'>, raw: bigint): boolean {
+  if (c.expect) return BigInt.asUintN(64, raw) === BigInt.asUintN(64, BigInt(c.expect.value));
   return !isErrorReturn(raw);
 }
 
 /** Off (one remote syscall per call, as before batching) with TSNAP_REMOTE_BATCH=0: bench's baseline in the same run. */
 const disabled = () => process.env.TSNAP_REMOTE_BATCH === '0';
 
+/**
+ * A list of calls for the task. With the stub's runner each call becomes
+ * its record as it is queued (no object per call kept but its name and
+ * check, which only a failure reads); without it the calls are kept and
+ * run one remote syscall each.
+ */
 export class RemoteBatch {
+  /** Records queued for the runner; null without one. */
+  private recs: Buffer | null = null;
+  private checks: Pick<BatchCall, 'name' | 'expect'>[] = [];
+  /** Calls kept for a task without a runner. */
   private calls: BatchCall[] = [];
   /** Calls run so far (bench and tests). */
   ran = 0;
@@ -107,23 +131,39 @@ export class RemoteBatch {
   trips = 0;
   /** The raw result of the last call flush() ran (a call whose result is needed goes last: an fd). */
   lastResult = 0n;
+  /** Whether the stub's runner takes the calls: decided at the first call queued, kept to the flush. */
+  private direct: boolean | null = null;
 
   constructor(readonly rt: RemoteTask) {}
 
-  push(name: string, nr: number, args: readonly (number | bigint)[], expect?: BatchCall['expect']): void {
-    this.calls.push({ name, nr, args, expect });
+  push(name: BatchCall['name'], nr: number, args: readonly (number | bigint)[], expect?: BatchCall['expect']): void {
+    this.direct ??= !disabled() && !!this.rt.batchArea && this.rt.sc.task.tracer === 'direct';
+    if (!this.direct) {
+      this.calls.push({ name, nr, args, expect });
+      return;
+    }
+    const n = this.checks.length;
+    let recs = this.recs ??= Buffer.allocUnsafeSlow(64 * BATCH_RECORD);
+    if ((n + 1) * BATCH_RECORD > recs.length) {
+      const bigger = Buffer.allocUnsafeSlow(recs.length * 2);
+      recs.copy(bigger, 0, 0, n * BATCH_RECORD);
+      this.recs = recs = bigger;
+    }
+    writeRecord(recs, n * BATCH_RECORD, nr, args, expect);
+    this.checks.push({ name, expect });
   }
 
   get pending(): number {
-    return this.calls.length;
+    return this.direct ? this.checks.length : this.calls.length;
   }
 
   /** Runs every queued call; throws for the first that failed (later ones never ran). */
   flush(): void {
-    const calls = this.calls;
-    this.calls = [];
-    const area = disabled() ? null : this.rt.batchArea;
-    if (!area || this.rt.sc.task.tracer !== 'direct') {
+    const direct = this.direct;
+    this.direct = null;
+    if (!direct) {
+      const calls = this.calls;
+      this.calls = [];
       for (const c of calls) {
         this.lastResult = this.rt.sc.call(c.nr, ...c.args);
         this.judge(c, this.lastResult);
@@ -132,27 +172,31 @@ export class RemoteBatch {
       this.ran += calls.length;
       return;
     }
+    const checks = this.checks;
+    const recs = this.recs;
+    this.checks = [];
+    const area = this.rt.batchArea!;
     const per = Math.floor(area.size / BATCH_RECORD);
-    for (let at = 0; at < calls.length; at += per) {
-      const chunk = calls.slice(at, at + per);
-      const recs = encodeBatch(chunk);
-      this.rt.mem.write(recs, 0, recs.length, area.area);
-      const { index, raw } = runBatch(this.rt, area, chunk.length);
+    for (let at = 0; at < checks.length; at += per) {
+      const count = Math.min(per, checks.length - at);
+      this.rt.mem.write(recs!, at * BATCH_RECORD, count * BATCH_RECORD, area.area);
+      const { index, raw } = runBatch(this.rt, area, count);
       this.trips++;
-      this.ran += Math.min(index + 1, chunk.length);
+      this.ran += Math.min(index + 1, count);
       // The runner's rdx: the result of the last call it ran.
       this.lastResult = raw;
-      if (index < chunk.length) {
-        this.judge(chunk[index], raw);
+      if (index < count) {
+        const c = checks[at + index];
+        this.judge(c, raw);
         // The runner stopped on a result the check here accepts: the two disagree.
-        throw new TsnapError('internal', `the restore batch stopped at ${chunk[index].name} (result ${raw}), which succeeded`);
+        throw new TsnapError('internal', `the restore batch stopped at ${nameOf(c)} (result ${raw}), which succeeded`);
       }
     }
   }
 
-  private judge(c: BatchCall, raw: bigint): void {
+  private judge(c: Pick<BatchCall, 'name' | 'expect'>, raw: bigint): void {
     if (callSucceeded(c, raw)) return;
-    this.rt.sc.checked(c.name, raw);
+    this.rt.sc.checked(nameOf(c), raw);
     throw c.expect!.mismatch(raw);
   }
 }

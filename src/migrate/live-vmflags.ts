@@ -25,11 +25,11 @@ export class EarlyVmFlags {
   private constructor(private readonly watch: VmFlagsWatch, private readonly flags: Map<number, string[]>) {}
 
   /** Starts the watch, then reads smaps; null when the watch cannot be had (the check reads smaps itself). */
-  static read(pid: number, areasHint: number): EarlyVmFlags | null {
+  static read(pid: number): EarlyVmFlags | null {
     const watch = VmFlagsWatch.start(pid);
     if (!watch) return null;
     try {
-      return new EarlyVmFlags(watch, readVmFlags(pid, areasHint));
+      return new EarlyVmFlags(watch, readVmFlags(pid));
     } catch {
       watch.close();
       return null;

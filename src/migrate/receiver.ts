@@ -287,7 +287,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         // Sent before the source freezes: the self-check's smaps walk happens now, not after the commit (live-vmflags.ts).
         if (name === 'final' && ingest.live && opts.restore) {
           ingest.live.earlyVmFlags?.close();
-          ingest.live.earlyVmFlags = EarlyVmFlags.read(ingest.live.pid, 64);
+          ingest.live.earlyVmFlags = EarlyVmFlags.read(ingest.live.pid);
           mark('serve: VmFlags read early');
         }
         // The sender freezes the source on this (receiver-ready.ts): everything above is before its freeze.

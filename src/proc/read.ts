@@ -36,13 +36,16 @@ export function readProcBuffer(pid: number, name: string): Buffer {
 }
 
 /**
- * A large procfs file (smaps: ~700 bytes per VMA) into one buffer. A
- * seq_file answers each read() with at most a page or so, and readFileSync
- * allocates a fresh 64 KiB buffer for each of those reads: 110 MB of
- * garbage for the 7 MB smaps of 10 000 VMAs. Returns the buffer and how
- * much of it holds the file.
+ * One buffer for every procfs text read of this process. readFileSync
+ * reads a file that reports st_size 0 in fresh 64 KiB buffers, one per
+ * read(), and a seq_file answers each read() with a page or so: maps of
+ * 10 000 VMAs (490 KB) came to 7.7 MB of buffers to collect per read.
  */
-export function readProcLarge(pid: number, name: string, sizeHint: number): { buf: Buffer; len: number } {
+let textBuf: Buffer = Buffer.allocUnsafeSlow(64 << 10);
+/** A buffer grown past this for one large file is not kept. */
+const TEXT_BUF_KEEP = 4 << 20;
+
+export function readProcText(pid: number, name: string): string {
   const path = procPath(pid, name);
   let fd: number;
   try {
@@ -50,32 +53,24 @@ export function readProcLarge(pid: number, name: string, sizeHint: number): { bu
   } catch (err) {
     throw procError('open', path, err);
   }
+  let buf = textBuf;
   try {
-    let buf = Buffer.allocUnsafe(Math.max(64 << 10, sizeHint));
     let len = 0;
     for (;;) {
-      if (buf.length - len < 16 << 10) {
-        const bigger = Buffer.allocUnsafe(buf.length * 2);
+      if (len === buf.length) {
+        const bigger = Buffer.allocUnsafeSlow(buf.length * 2);
         buf.copy(bigger, 0, 0, len);
         buf = bigger;
       }
       const n = fs.readSync(fd, buf, len, buf.length - len, null);
-      if (n === 0) return { buf, len };
+      if (n === 0) return buf.toString('utf8', 0, len);
       len += n;
     }
   } catch (err) {
     throw procError('read', path, err);
   } finally {
     fs.closeSync(fd);
-  }
-}
-
-export function readProcText(pid: number, name: string): string {
-  const path = procPath(pid, name);
-  try {
-    return fs.readFileSync(path, 'utf8');
-  } catch (err) {
-    throw procError('open', path, err);
+    if (buf.length <= TEXT_BUF_KEEP) textBuf = buf;
   }
 }
 

@@ -48,7 +48,11 @@ export interface LayoutOf {
 /** `images`: every process the stub will serve (a tree's children inherit it through fork). */
 export function installStub(rt: RemoteTask, images: readonly LayoutOf[]): Stub {
   const current = readMaps(rt.pid);
-  const taken: Span[] = [...current, ...images.flatMap((i) => i.mm.vmas)].filter((v) => v.path !== '[vsyscall]');
+  // The image's VMAs come sorted: the helper's few areas are put in place
+  // (findHole then need not sort 10 000 spans; a tree's lists are merged once).
+  const notVsyscall = (v: { path: string }) => v.path !== '[vsyscall]';
+  const taken: Span[] = images.length === 1 ? images[0].mm.vmas.filter(notVsyscall) : images.flatMap((i) => i.mm.vmas.filter(notVsyscall)).sort((a, b) => a.start - b.start);
+  for (const v of current) if (notVsyscall(v)) insertSorted(taken, v);
   const addr = findHole(taken, STUB_SIZE);
   const got = Number(rt.sc.check('mmap(stub)', SYS.mmap, addr, STUB_SIZE,
     PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1n, 0));
@@ -88,15 +92,17 @@ export function placeSpecialMappings(rt: RemoteTask, image: LayoutOf, stub: Stub
   const batch = new RemoteBatch(rt);
   // Phase 1: every special mapping to a temporary hole clear of everything.
   // Sorted once and kept so: findHole then need not sort 10 000 spans per move.
-  const taken: Span[] = [...current, ...image.mm.vmas, { start: stub.addr, end: stub.addr + STUB_SIZE }].filter((v) => v.start < 0x800000000000).sort((a, b) => a.start - b.start);
+  // The image's VMAs come sorted (image-shapes.ts refuses others): the few
+  // other spans are put in place, not the whole list sorted again.
+  const taken: Span[] = image.mm.vmas.filter((v) => v.start < 0x800000000000);
+  for (const v of [...current, { start: stub.addr, end: stub.addr + STUB_SIZE }]) if (v.start < 0x800000000000) insertSorted(taken, v);
   const moved = new Map<string, number>();
   for (const name of SPECIAL_MAPPINGS) {
     const c = have.get(`[${name}]`);
     if (!c) continue;
     const size = c.end - c.start;
     const tmp = findHole(taken, size, 0x100000000);
-    const at = taken.findIndex((t) => t.start > tmp);
-    taken.splice(at < 0 ? taken.length : at, 0, { start: tmp, end: tmp + size });
+    insertSorted(taken, { start: tmp, end: tmp + size });
     remap(batch, c.start, size, tmp);
     moved.set(name, tmp);
   }
@@ -110,6 +116,18 @@ export function placeSpecialMappings(rt: RemoteTask, image: LayoutOf, stub: Stub
     else batch.push(`munmap([${name}])`, SYS.munmap, [tmp, size]);
   }
   batch.flush();
+}
+
+/** Into `spans`, sorted by start, at its place (binary search). */
+function insertSorted(spans: Span[], v: Span): void {
+  let lo = 0;
+  let hi = spans.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (spans[mid].start <= v.start) lo = mid + 1;
+    else hi = mid;
+  }
+  spans.splice(lo, 0, v);
 }
 
 function remap(batch: RemoteBatch, from: number, size: number, to: number): void {
@@ -169,7 +187,7 @@ export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, str
       // A file with no name any more (a memfd): mapped from where restore recreated it.
       const path = fileAt.get(v.start);
       if (path !== undefined && call.file) call.file = { ...call.file, path };
-      let fd = -1n;
+      let fd = -1;
       let pgoff = 0;
       if (call.file) {
         const key = `${call.file.openFlags}:${call.file.path}`;
@@ -178,10 +196,11 @@ export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, str
           f = rt.open(call.file.path, call.file.openFlags);
           fileFds.set(key, f);
         }
-        fd = BigInt(f);
+        fd = f;
         pgoff = v.pgoff;
       }
-      batch.push(`mmap(0x${v.start.toString(16)} ${v.path || 'anon'})`, SYS.mmap, [v.start, v.end - v.start, call.prot, call.flags, fd, pgoff], landsAt(v.start));
+      // The name is made only if the call fails: 10 000 hex strings cost more than the mmaps' records.
+      batch.push(() => `mmap(0x${v.start.toString(16)} ${v.path || 'anon'})`, SYS.mmap, [v.start, v.end - v.start, call.prot, call.flags, fd, pgoff], landsAt(v.start));
       advise(rt, v, batch);
       if (call.fixProt) fixLater.push(v);
     }
@@ -198,12 +217,12 @@ export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, str
 
 /** An mmap at a fixed address must land exactly there. */
 function landsAt(start: number) {
-  return { value: BigInt(start), mismatch: (got: bigint) => new TsnapError('restoreFailed', `mmap of 0x${start.toString(16)} landed at 0x${got.toString(16)}`) };
+  return { value: start, mismatch: (got: bigint) => new TsnapError('restoreFailed', `mmap of 0x${start.toString(16)} landed at 0x${got.toString(16)}`) };
 }
 
 export function finishProtections(rt: RemoteTask, vmas: VmaImage[]): void {
   const batch = new RemoteBatch(rt);
-  for (const v of vmas) batch.push(`mprotect(0x${v.start.toString(16)})`, SYS.mprotect, [v.start, v.end - v.start, v.prot]);
+  for (const v of vmas) batch.push(() => `mprotect(0x${v.start.toString(16)})`, SYS.mprotect, [v.start, v.end - v.start, v.prot]);
   batch.flush();
 }
 
@@ -213,7 +232,7 @@ export function finishProtections(rt: RemoteTask, vmas: VmaImage[]): void {
  */
 export function advise(rt: RemoteTask, v: VmaImage, batch?: RemoteBatch): void {
   const b = batch ?? new RemoteBatch(rt);
-  for (const a of adviceFor(v)) b.push(`madvise(0x${v.start.toString(16)}, ${a})`, SYS.madvise, [v.start, v.end - v.start, a]);
+  for (const a of adviceFor(v)) b.push(() => `madvise(0x${v.start.toString(16)}, ${a})`, SYS.madvise, [v.start, v.end - v.start, a]);
   if (!batch) b.flush();
 }
 

@@ -76,14 +76,16 @@ export function mapCallFor(v: VmaImage): MapCall {
 const MAP_DROPPABLE = 0x08;
 
 /** madvise() advice to set again on a VMA, in the order smaps listed it. */
-export function adviceFor(v: VmaImage): number[] {
-  const out: number[] = [];
+export function adviceFor(v: VmaImage): readonly number[] {
+  let out: number[] | null = null;
   for (const t of v.flags ?? []) {
     const f = (VMA_RESTORED_FLAGS as Record<string, { advice?: number }>)[t];
-    if (f?.advice !== undefined) out.push(f.advice);
+    if (f?.advice !== undefined) (out ??= []).push(f.advice);
   }
-  return out;
+  // Most VMAs have none: one shared empty list, not 10 000.
+  return out ?? NO_ADVICE;
 }
+const NO_ADVICE: readonly number[] = Object.freeze([]);
 
 /** mlock2() flags for a locked VMA, null when it was not locked. */
 export function lockFor(v: VmaImage): number | null {

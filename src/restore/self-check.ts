@@ -20,7 +20,7 @@ import { mark } from '../trace.js';
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, fileOwner, Pagemap, scanKnowsGuard } from '../sys/index.js';
 import { scanGuards, imageGuards } from '../dump/guards.js';
-import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlags, type Vma } from '../proc/index.js';
+import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlagMasks, type Vma, type VmFlagsTable } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
 import { checkRestoredTtys, imagePtys } from '../files/tty.js';
@@ -64,48 +64,57 @@ export interface CheckOptions {
 
 type Area = { start: number; end: number; prot: number; shared: boolean; offset: number; path: string };
 
+/** What compareMaps reads of an area, image or live. */
+type Mapped = { start: number; end: number; prot: number; shared: boolean; path: string };
+
 /**
- * Adjacent areas that differ only in a boundary, joined: the kernel merges
- * re-created ones at will. `area` makes each input's Area (a fresh object,
- * which the join may extend): one object per area, not a copy and another.
+ * Adjacent areas that differ only in a boundary are one area: the kernel
+ * merges re-created ones at will. The index just past the joined area that
+ * starts at list[i]; `offset` is an area's file offset (0 when it has no file).
+ * Nothing is allocated: 10 000 areas a side.
  */
-function joined<T>(vmas: readonly T[], area: (v: T) => Area): Area[] {
-  const out: Area[] = [];
-  for (const x of vmas) {
-    const v = area(x);
-    const last = out[out.length - 1];
-    if (last && last.end === v.start && last.prot === v.prot && last.shared === v.shared && last.path === v.path
-      && (v.path === '' || v.path.startsWith('[') || last.offset + (last.end - last.start) === v.offset)) {
-      last.end = v.end;
-      continue;
-    }
-    out.push(v);
+function joinedEnd<T extends Mapped>(list: readonly T[], i: number, offset: (v: T) => number): number {
+  const first = list[i];
+  const off = offset(first);
+  let end = first.end;
+  let j = i + 1;
+  for (; j < list.length; j++) {
+    const v = list[j];
+    if (v.start !== end || v.prot !== first.prot || v.shared !== first.shared || v.path !== first.path) break;
+    if (!(v.path === '' || v.path.startsWith('[') || off + (end - first.start) === offset(v))) break;
+    end = v.end;
   }
-  return out;
+  return j;
 }
 
-const fromImage = (v: VmaImage): Area => ({ start: v.start, end: v.end, prot: v.prot, shared: v.shared, offset: v.file ? v.pgoff : 0, path: v.path });
-const fromLive = (v: Vma): Area => ({ start: v.start, end: v.end, prot: v.prot, shared: v.shared, offset: v.inode !== 0 ? v.offset : 0, path: v.path });
+const imageOffset = (v: VmaImage) => (v.file ? v.pgoff : 0);
+const liveOffset = (v: Vma) => (v.inode !== 0 ? v.offset : 0);
+/** The joined area list[i..j) as show() prints it. */
+const area = (list: readonly Mapped[], i: number, j: number): Area => ({ ...list[i], end: list[j - 1].end, offset: 0 });
 const show = (a: Area) => `${a.start.toString(16)}-${a.end.toString(16)} ${'rwx'.split('').map((c, i) => (a.prot & (1 << i) ? c : '-')).join('')}${a.shared ? 's' : 'p'} ${a.path}`;
 
-/** Areas equal as show() prints them (offset only decides what joins). */
-const sameArea = (a: Area, b: Area) => a.start === b.start && a.end === b.end && a.prot === b.prot && a.shared === b.shared && a.path === b.path;
-
 function compareMaps(p: ProcessImage, live: Vma[], out: string[]): void {
-  const want = joined(p.mm.vmas, fromImage);
-  const have = joined(live, fromLive);
+  const want = p.mm.vmas;
   // Both sorted by address, starts unique: one walk side by side, text only for differences.
   const missing: Area[] = [];
   const extra: Area[] = [];
   let i = 0;
   let j = 0;
-  while (i < want.length || j < have.length) {
-    const w = want[i];
-    const h = have[j];
-    if (w && h && sameArea(w, h)) { i++; j++; continue; }
-    if (h === undefined || (w !== undefined && w.start <= h.start)) { missing.push(w); i++; if (h && w.start === h.start) { extra.push(h); j++; } continue; }
-    extra.push(h);
-    j++;
+  while (i < want.length || j < live.length) {
+    const ie = i < want.length ? joinedEnd(want, i, imageOffset) : i;
+    const je = j < live.length ? joinedEnd(live, j, liveOffset) : j;
+    const w = i < want.length ? want[i] : undefined;
+    const h = j < live.length ? live[j] : undefined;
+    // Equal as show() prints them (the offset only decides what joins).
+    if (w && h && w.start === h.start && want[ie - 1].end === live[je - 1].end && w.prot === h.prot && w.shared === h.shared && w.path === h.path) { i = ie; j = je; continue; }
+    if (h === undefined || (w !== undefined && w.start <= h.start)) {
+      missing.push(area(want, i, ie));
+      if (h && w!.start === h.start) { extra.push(area(live, j, je)); j = je; }
+      i = ie;
+      continue;
+    }
+    extra.push(area(live, j, je));
+    j = je;
   }
   for (const a of missing.slice(0, MAX_MAP_LINES)) out.push(`memory: the image maps ${show(a)}, the process does not`);
   for (const a of extra.slice(0, MAX_MAP_LINES)) out.push(`memory: the process maps ${show(a)}, the image does not`);
@@ -116,33 +125,62 @@ function compareMaps(p: ProcessImage, live: Vma[], out: string[]): void {
 /** smaps walks page tables: read it only when the image has flags to compare. */
 const hasVmFlags = (p: ProcessImage) => p.mm.vmas.some((v) => v.flags && v.flags.length > 0);
 
+/** The tokens compared, as bits of a mask (readVmFlagMasks). */
+const RESTORED_TOKENS = Object.keys(VMA_RESTORED_FLAGS);
+const RESTORED_BIT = new Map(RESTORED_TOKENS.map((t, i) => [t, i]));
+/** An image token restore does not set (a newer tsnap's image): never equal to what smaps shows. */
+const FOREIGN = -1;
+
+function imageMask(flags: readonly string[]): number {
+  let m = 0;
+  for (const t of flags) {
+    const b = RESTORED_BIT.get(t);
+    if (b === undefined) return FOREIGN;
+    m |= 1 << b;
+  }
+  return m;
+}
+
+const maskTokens = (m: number) => RESTORED_TOKENS.filter((_, i) => m & (1 << i)).sort().join(' ');
+
 /**
- * The start of the live area that holds each flagged image area's start:
- * the kernel may have merged a re-created area into the one before it.
- * Image areas and live ones are both sorted by address: one walk.
+ * Compares each flagged image area's VmFlags with those of the live area
+ * that holds its start (the kernel may have merged a re-created area into
+ * the one before it). `flagsOf(start)`: the restored tokens of the live
+ * area starting there, as a mask. Image areas and live ones are both sorted
+ * by address: one walk; text only for differences.
  */
-function holders(p: ProcessImage, areas: Vma[]): Map<VmaImage, number> {
-  const out = new Map<VmaImage, number>();
+function compareVmFlags(p: ProcessImage, areas: readonly Vma[], flagsOf: (start: number) => number, out: string[]): void {
   let k = 0;
   for (const v of p.mm.vmas) {
     if (!v.flags) continue;
     while (k < areas.length && areas[k].end <= v.start) k++;
-    out.set(v, k < areas.length && areas[k].start <= v.start ? areas[k].start : v.start);
+    const held = k < areas.length && areas[k].start <= v.start ? areas[k].start : v.start;
+    const have = flagsOf(held);
+    const want = imageMask(v.flags);
+    if (have !== want) out.push(`memory: VmFlags of ${v.start.toString(16)} are [${maskTokens(have)}], the image's [${[...v.flags].sort().join(' ')}]`);
   }
-  return out;
 }
 
-/** `held`: the live area holding each image area (holders()). */
-function compareVmFlags(p: ProcessImage, live: Map<number, string[]>, held: Map<VmaImage, number>, out: string[]): void {
+/** flagsOf over a table read from smaps (address order): asked in address order, so one walk. */
+function tableLookup(t: VmFlagsTable): (start: number) => number {
+  let i = 0;
+  return (start) => {
+    if (i > 0 && t.starts[i - 1] > start) i = 0;
+    while (i < t.count && t.starts[i] < start) i++;
+    return i < t.count && t.starts[i] === start ? t.masks[i] : 0;
+  };
+}
+
+/** The live areas holding flagged image areas all have an entry in `early`. */
+function coversHolders(p: ProcessImage, areas: readonly Vma[], early: ReadonlyMap<number, string[]>): boolean {
+  let k = 0;
   for (const v of p.mm.vmas) {
     if (!v.flags) continue;
-    const tokens = live.get(held.get(v)!) ?? [];
-    let have = '';
-    for (const t of tokens) if (Object.hasOwn(VMA_RESTORED_FLAGS, t)) have = have ? `${have} ${t}` : t;
-    const want = v.flags.length > 1 ? [...v.flags].sort().join(' ') : (v.flags[0] ?? '');
-    if (have.includes(' ')) have = have.split(' ').sort().join(' ');
-    if (have !== want) out.push(`memory: VmFlags of ${v.start.toString(16)} are [${have}], the image's [${want}]`);
+    while (k < areas.length && areas[k].end <= v.start) k++;
+    if (!early.has(k < areas.length && areas[k].start <= v.start ? areas[k].start : v.start)) return false;
   }
+  return true;
 }
 
 /** Guard regions are page-table state: only a pagemap scan shows them. */
@@ -252,11 +290,13 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
   const maps = checkAllBut(p, pid, opts, out);
   mark('check: all but VmFlags');
   if (hasVmFlags(p)) {
-    const held = holders(p, maps);
     const early = opts.vmFlags;
     // An early read lacks an area the stub's unmapping re-started (a stub merged with a neighbour): read again.
-    const flags = early && [...held.values()].every((start) => early.has(start)) ? early : readVmFlags(pid, p.mm.vmas.length);
-    compareVmFlags(p, flags, held, out);
+    if (early && coversHolders(p, maps, early)) {
+      compareVmFlags(p, maps, (start) => imageMask((early.get(start) ?? []).filter((t) => RESTORED_BIT.has(t))), out);
+    } else {
+      compareVmFlags(p, maps, tableLookup(readVmFlagMasks(pid, RESTORED_TOKENS, maps.length)), out);
+    }
   }
   mark('check: VmFlags');
   return out;
