@@ -6,11 +6,10 @@
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { rmSync, statSync, existsSync } from 'node:fs';
-import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, readProcMem, parseHex } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, killPid } from './helpers/tsnap.js';
-import { waitPidsFree } from './helpers/processes.js';
+import { waitPidsFree, leftRestoreHelpers } from './helpers/processes.js';
 import { readMaps } from '../src/proc/index.js';
 import { readMetaFile, writeMetaFile } from '../src/image/metadata.js';
 import { FileKind, type ProcessImage, type Inventory } from '../formats/schema.js';
@@ -77,8 +76,6 @@ describe('batched address-space setup', () => {
     expect(r.stderr).toContain('ENODEV');
     await waitPidsFree([pid]);
     expect(existsSync(`/proc/${pid}`)).toBe(false);
-    // Other sessions' restores run helpers too: ours would be left without its tsnap (ppid 1).
-    const orphans = execFileSync('ps', ['-eo', 'ppid=,comm=']).toString().split('\n').filter((l) => /^\s*1\s+tsnap-restore-h/.test(l));
-    expect(orphans).toEqual([]);
+    expect(await leftRestoreHelpers()).toEqual([]);
   });
 });

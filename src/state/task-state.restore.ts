@@ -168,6 +168,7 @@ export function restoreThreadState(rt: RemoteTask, t: ThreadImage): void {
 }
 
 const SIG_SETMASK = 2;
+const SIGALRM = 14;
 
 /** Signals whose default action is to ignore them: setting SIG_DFL (or SIG_IGN) discards them from the queues. */
 const KERNEL_IGNORED = new Set([17, 18, 23, 28]); // SIGCHLD SIGCONT SIGURG SIGWINCH
@@ -236,7 +237,17 @@ export function requeueSignals(leader: RemoteTask, tgid: number, threads: { rt: 
 
 /** Armed interval timers (alarm, setitimer), with the time they had left at the dump. */
 export function restoreItimers(rt: RemoteTask, p: ProcessImage): void {
-  for (const t of p.itimers ?? []) {
+  const alrmIgnored = p.signals.actions.some((a) => a.signo === SIGALRM && a.handler === 1n);
+  for (const t0 of p.itimers ?? []) {
+    let t = t0;
+    if (t.valueUs === 0) {
+      // Expired, its SIGALRM not yet taken: the kernel re-arms a periodic ITIMER_REAL only as that
+      // signal is taken. Armed for one period: the SIGALRM is in the image's pending list, or came
+      // after the dump read that list (it went with the killed process, as any signal then).
+      // An ignored SIGALRM is never taken: such a timer had stopped for good, and stays so.
+      if (t.which !== 0 || alrmIgnored) continue;
+      t = { ...t, valueUs: t.intervalUs };
+    }
     const v = Buffer.alloc(32);
     v.writeBigInt64LE(BigInt(Math.floor(t.intervalUs / 1e6)), 0);
     v.writeBigInt64LE(BigInt(t.intervalUs % 1e6), 8);

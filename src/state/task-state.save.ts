@@ -154,7 +154,9 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem, handScratc
     const us = (o: number) => Number(out.readBigInt64LE(o)) * 1e6 + Number(out.readBigInt64LE(o + 8));
     const itimers = [0, 1, 2]
       .map((which) => ({ which, intervalUs: us(ITIMERS_AT + which * ITIMERVAL_SIZE), valueUs: us(ITIMERS_AT + which * ITIMERVAL_SIZE + 16) }))
-      .filter((t) => t.valueUs > 0);
+      // A periodic ITIMER_REAL whose SIGALRM is pending reads 0 left: the kernel re-arms it only when
+      // that signal is taken (dequeue_signal), and a frozen task takes none. Its period is kept.
+      .filter((t) => t.valueUs > 0 || t.intervalUs > 0);
     const ns = (o: number) => out.readBigInt64LE(o) * 1_000_000_000n + out.readBigInt64LE(o + 8);
     const posixTimers = timers.map((t, i): PosixTimerImage => ({
       ...t, intervalNs: ns(TIMERS_AT + i * 32), valueNs: ns(TIMERS_AT + i * 32 + 16),

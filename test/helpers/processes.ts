@@ -261,3 +261,34 @@ export async function endStarted(): Promise<void> {
 export function useProcessCleanup(): void {
   afterEach(endStarted);
 }
+
+/**
+ * Restore helpers left behind: reparented to init (their tsnap is gone) and
+ * still there `graceMs` later. One whose parent lives belongs to a restore in
+ * progress (maybe another suite's, or a bench's). One that goes within the
+ * grace was dying with its killed tsnap (test/killed-restore.test.ts kills
+ * tsnaps mid-restore in another worker of the same run).
+ */
+export async function leftRestoreHelpers(graceMs = 5000): Promise<number[]> {
+  const orphans = (): number[] => {
+    const out: number[] = [];
+    for (const name of readdirSync('/proc')) {
+      if (!/^\d+$/.test(name)) continue;
+      try {
+        const stat = readFileSync(`/proc/${name}/stat`, 'latin1');
+        const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+        const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+        if (comm.startsWith('tsnap-restore-h') && ppid === 1) out.push(Number(name));
+      } catch { /* gone meanwhile */ }
+    }
+    return out;
+  };
+  let left = orphans();
+  const end = Date.now() + graceMs;
+  while (left.length > 0 && Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 50));
+    const now = new Set(orphans());
+    left = left.filter((pid) => now.has(pid));
+  }
+  return left;
+}
