@@ -1,0 +1,89 @@
+/**
+ * The page fill on chains whose levels overlap (src/restore/page-filler.ts):
+ * the restored process checks every page itself; a damaged chunk is refused
+ * whether its damaged bytes are used or replaced by a newer level.
+ */
+import { describe, it, expect, afterAll } from 'vitest';
+import { cpSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
+import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, parseHex, type Running } from './helpers/fixtures.js';
+import { tsnap, restoreDetached, readImage } from './helpers/tsnap.js';
+import { ExitCode } from '../src/errors.js';
+import { HEADER_SIZE, PageWhere } from '../formats/schema.js';
+
+useProcessCleanup();
+afterAll(() => cleanupTmpDirs());
+const P = 4096;
+/** 8 MiB: more chunks than a fill reads on tsnap's own thread (SYNC_CHUNKS). */
+const PAGES = 2048;
+
+async function cmd(p: Running, line: string): Promise<void> {
+  const n = p.lines().length;
+  p.writeLine(line);
+  await p.waitForLine(/^DONE/, 10_000, n);
+}
+
+async function ok(...args: string[]): Promise<void> {
+  const r = await tsnap(...args);
+  expect(r.code, r.stderr).toBe(0);
+}
+
+/** Pre-dump, pre-dump, dump; level 2 rewrites every 5th page and pages 300-599, level 3 every 7th and 500-899 (over level 2's). */
+async function overlappingChain(): Promise<{ work: string; addr: number }> {
+  const work = tmpDir('tsnap-chain-fill-');
+  const p = await startProcess(await compileC('dirtier'), [String(PAGES)]);
+  const addr = parseHex(p.readyInfo.addr);
+  const pages = (pred: (i: number) => boolean) => Array.from({ length: PAGES }, (_, i) => i).filter(pred).join(' ');
+  await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+  await cmd(p, `w ${pages((i) => i % 5 === 1 || (i >= 300 && i < 600))}`);
+  await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '2'), '--parent', join(work, '1'));
+  await cmd(p, `w ${pages((i) => i % 7 === 2 || (i >= 500 && i < 900))}`);
+  await ok('dump', '--pid', String(p.pid), '--dir', join(work, '3'), '--parent', join(work, '2'));
+  await p.exited;
+  return { work, addr };
+}
+
+/** Restores `dir` under a new pid; the process checks every page. */
+async function restoredChecks(dir: string, pidfile: string): Promise<string> {
+  const r = await restoreDetached(dir, pidfile, ['--new-pid']);
+  expect(r.result.code, r.result.stderr).toBe(0);
+  r.writeLine('check');
+  return r.waitForLine(/^(PASS|FAIL)/, 10_000);
+}
+
+/** Flips one byte of `level`'s stored copy of page `page` of the region. */
+function damagePage(dir: string, addr: number, page: number): void {
+  const img = readImage(dir);
+  const at = addr + page * P;
+  const run = img.pagemap.runs.find((r) => r.where === PageWhere.Here && r.start <= at && at < r.start + r.pages * P);
+  if (!run) throw new Error(`${dir} does not hold page ${page}`);
+  const chunk = img.pagemap.chunks[run.chunk!];
+  expect(chunk.codec).toBe('none');
+  const pos = HEADER_SIZE + chunk.fileOffset + run.offset! + (at - run.start) + 100;
+  const fd = openSync(join(dir, 'pages'), 'r+');
+  const b = Buffer.alloc(1);
+  readSync(fd, b, 0, 1, pos);
+  b[0] ^= 0xff;
+  writeSync(fd, b, 0, 1, pos);
+  closeSync(fd);
+}
+
+describe('page fill of an overlapping chain', () => {
+  it('restores the exact final memory', async () => {
+    const { work } = await overlappingChain();
+    expect(await restoredChecks(join(work, '3'), join(work, 'pid'))).toBe('PASS');
+  });
+
+  it('a damaged chunk is refused, whether its bad bytes are used or replaced by a newer level', async () => {
+    const { work, addr } = await overlappingChain();
+    // Page 2 is level 1's (used); page 1 level 2's, so level 1's copy is replaced but its chunk is read for pages 0 and 3.
+    for (const [name, page] of [['used', 2], ['replaced', 1]] as const) {
+      const copy = join(work, name);
+      for (const l of ['1', '2', '3']) cpSync(join(work, l), join(copy, l), { recursive: true });
+      damagePage(join(copy, '1'), addr, page);
+      const r = await restoreDetached(join(copy, '3'), join(copy, 'pid'), ['--new-pid']);
+      expect(r.result.code, r.result.stderr).toBe(ExitCode.badImage);
+      expect(r.result.stderr).toMatch(/pages: chunk \d+ checksum mismatch/);
+    }
+  });
+});
