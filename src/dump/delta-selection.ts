@@ -34,6 +34,7 @@ import { RangeSelector, SCAN_ANYOF, SCAN_RETURN, SCAN_NOT_GUARD, scanPieces, typ
 import { normalize, subtract, intersect, type Range } from '../image/ranges.js';
 import { uffdRegisterWp } from '../track/uffd.js';
 import { sharedAnonRanges } from './shared-memory.js';
+import { regionsWithin, type EarlyScan } from './early-scan.js';
 
 export interface DeltaSelection {
   here: DumpRange[];
@@ -76,7 +77,7 @@ function select(pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaCla
  * without committing an image that holds them (they died after their scan):
  * copied like written ones, since the kernel no longer reports them.
  */
-export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaClass[], chainStored: Range[] | null, owed: readonly Range[] = [], protect = true, beforeClearing: () => void = () => {}): DeltaSelection {
+export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[], classes: readonly VmaClass[], chainStored: Range[] | null, owed: readonly Range[] = [], protect = true, beforeClearing: () => void = () => {}, early: EarlyScan | null = null): DeltaSelection {
   const dumped = vmas.map((_, i) => classes[i] !== 'notDumped');
   const first = vmas.find((_, i) => dumped[i]);
   const last = [...vmas].reverse().find((_, i) => dumped[vmas.length - 1 - i]);
@@ -121,9 +122,10 @@ export function selectDelta(uffd: number, pagemap: Pagemap, vmas: readonly Vma[]
   const fresh = select(pagemap, vmas, classes, freshSpans, PM_SCAN_WP_MATCHING, 0);
   const untracked = select(pagemap, vmas, classes, spans(vmas, states, 'untracked'), 0, 0);
   mark('select: fresh and untracked');
-  const present = oneWalk ? presentRegions(pagemap, vmas, oldSpans) : [];
-  mark(`select: present walked (${present.length} regions)`);
-  const dirty = oneWalk ? writtenOf(vmas, classes, present) : select(pagemap, vmas, classes, oldSpans, PM_SCAN_WP_MATCHING, PAGE_IS.WRITTEN);
+  const walked = oneWalk ? presentRegions(pagemap, vmas, oldSpans, early) : { present: [], written: [], early: 0 };
+  const { present } = walked;
+  mark(walked.early ? `select: written walked, present from before the freeze in ${walked.early} pieces (${present.length} regions)` : `select: present walked (${present.length} regions)`);
+  const dirty = oneWalk ? writtenOf(vmas, classes, walked.written) : select(pagemap, vmas, classes, oldSpans, PM_SCAN_WP_MATCHING, PAGE_IS.WRITTEN);
   // Present pages only, and nothing cleared: they are protected already.
   const owedNow = select(pagemap, vmas, classes, intersect(oldSpans, normalize([...owed])), 0, 0);
 
@@ -162,11 +164,46 @@ function presentQuery(span: Range, returnMask: number) {
   return { start: span.start, end: span.end, categoryMask: SCAN_NOT_GUARD, categoryInverted: SCAN_NOT_GUARD, categoryAnyof: SCAN_ANYOF, returnMask };
 }
 
-/** Present (or swapped) regions over `over`, with WRITTEN among their categories; nothing is protected. */
-function presentRegions(pagemap: Pagemap, vmas: readonly Vma[], over: Range[]): PageRegion[] {
-  const out: PageRegion[] = [];
-  for (const piece of scanPieces(vmas, over, SCAN_RETURN | PAGE_IS.WRITTEN)) for (const batch of pagemap.scan(presentQuery(piece, piece.returnMask))) out.push(...batch);
-  return out;
+/**
+ * Written pages that are present or swapped, and not guards. Not the
+ * kernel's quicker WRITTEN-only form: that one reports every unpopulated
+ * entry of a page table as written too.
+ */
+function writtenQuery(span: Range) {
+  return { start: span.start, end: span.end, categoryMask: PAGE_IS.WRITTEN | SCAN_NOT_GUARD, categoryInverted: SCAN_NOT_GUARD, categoryAnyof: SCAN_ANYOF, returnMask: PAGE_IS.WRITTEN | PAGE_IS.PRESENT | PAGE_IS.SWAPPED | PAGE_IS.PFNZERO };
+}
+
+/**
+ * Present (or swapped) regions over `over`, and the regions to find the
+ * written pages in (WRITTEN among their categories); nothing is protected.
+ * One walk asks for both; where `early` covered an anonymous piece (dump/early-scan.ts,
+ * proved still valid by the caller), its present regions are taken and the
+ * walk asks only for the written ones: the kernel then reports a handful
+ * of regions instead of extending one for every present page. `early`:
+ * how many pieces came from it.
+ */
+function presentRegions(pagemap: Pagemap, vmas: readonly Vma[], over: Range[], early: EarlyScan | null): { present: PageRegion[]; written: PageRegion[]; early: number } {
+  const present: PageRegion[] = [];
+  const written: PageRegion[] = [];
+  const full = SCAN_RETURN | PAGE_IS.WRITTEN;
+  let at = 0;
+  let fromEarly = 0;
+  for (const piece of scanPieces(vmas, over, full)) {
+    const anonymous = (piece.returnMask & PAGE_IS.FILE) === 0;
+    if (early && anonymous && subtract([piece], early.covered).length === 0) {
+      const got = regionsWithin(early.present, piece, at);
+      at = got.next;
+      present.push(...got.regions);
+      for (const batch of pagemap.scan(writtenQuery(piece))) written.push(...batch);
+      fromEarly++;
+      continue;
+    }
+    for (const batch of pagemap.scan(presentQuery(piece, piece.returnMask))) {
+      present.push(...batch);
+      written.push(...batch);
+    }
+  }
+  return { present, written, early: fromEarly };
 }
 
 /** What select() with WP_MATCHING on WRITTEN returns, from regions already read (nothing protected: `seen` is empty). */

@@ -42,6 +42,7 @@ import { SmapsReader } from '../proc/smaps-reader.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 import { DumpSession } from './session.js';
 import { prepareImage, takeProcessImage, anonResidentBytes, type Mode } from './image-process.js';
+import { scanBeforeFreeze, earlyScanWanted, type EarlyScan } from './early-scan.js';
 
 export interface DumpOptions {
   pid: number;
@@ -195,6 +196,7 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
       let cowPrearmed: Prearmed | null = null;
       let flagsWatch: VmFlagsWatch | null = null;
       let earlyFlags: Map<number, string[]> | null = null;
+      let earlyScan: EarlyScan | null = null;
       if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
@@ -220,9 +222,12 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
         // held final round): the counters cost ~60 ms to set up and ~0.5 s of
         // kernel time to tear down, against one smaps walk (~30 ms per GiB)
         // that a frozen copy of the whole memory would not notice.
+        holdPoint('before-watch');
         const watch = flagsWatch = smaps && (cowWorker || opts.hold) ? VmFlagsWatch.start(pid) : null;
         if (watch) session.onFailure(() => watch.close());
         const flagsRead = watch ? (smaps as SmapsReader).read(pid) : null;
+        // A held incremental round's walks of its present pages and guards, read now under the same watch (early-scan.ts).
+        if (watch && opts.hold && prep.parent && prep.track && !prep.track.lost && earlyScanWanted()) earlyScan = scanBeforeFreeze(pid);
         // A full dump protects its memory now, while the target runs, right
         // before the freeze: what it writes meanwhile is protected again frozen (cow-prearm.ts).
         if (cowWorker && !prep.parent) cowPrearmed = prearmCow(pid, cowWorker);
@@ -241,7 +246,7 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
         outcome = await takeProcessImage(session, prep, {
           process: frozen,
           smaps,
-          earlyFlags: earlyFlags && flagsWatch ? { flags: earlyFlags, watch: flagsWatch } : null,
+          earlyFlags: earlyFlags && flagsWatch ? { flags: earlyFlags, watch: flagsWatch, scan: earlyScan } : null,
           cow: cowWorker && frozen ? { worker: cowWorker, release: () => set.release(), prearmed: cowPrearmed } : null,
           releaseEarly: frozen && opts.leaveRunning && !opts.hold ? () => set.finish('release') : null,
         }, checkAbort);

@@ -7,21 +7,52 @@
  * no way to see them from outside: nothing is recorded (as before).
  */
 import { Pagemap, PAGE_IS, scanKnowsGuard } from '../sys/index.js';
+import { specialOf } from './memory-plan.js';
+import type { Vma } from '../proc/maps.js';
 import type { VmaImage } from '../../formats/schema.js';
 
 type Span = [number, number];
 
-const userVmas = (images: readonly VmaImage[]) => images.filter((v) => !v.special || v.special === 'heap' || v.special === 'stack');
+/** Guards read over [start, end) earlier (dump/early-scan.ts), to be taken when the freeze finds them still valid. */
+export interface GuardsRead {
+  start: number;
+  end: number;
+  spans: Span[];
+}
 
-/** Guarded page ranges between the first and the last user VMA, touching ones joined. */
-export function scanGuards(pagemap: Pagemap, images: readonly VmaImage[]): Span[] {
-  const user = userVmas(images);
-  if (!scanKnowsGuard() || user.length === 0) return [];
+const isUser = (special: VmaImage['special']) => !special || special === 'heap' || special === 'stack';
+const userVmas = (images: readonly VmaImage[]) => images.filter((v) => isUser(v.special));
+
+/** From the first to the last user VMA of a maps read. */
+export function userSpan(vmas: readonly Vma[]): { start: number; end: number } | null {
+  const user = vmas.filter((v) => isUser(specialOf(v)));
+  return user.length ? { start: user[0].start, end: user[user.length - 1].end } : null;
+}
+
+/** Guarded page ranges in [start, end), touching ones joined. */
+export function scanGuardSpan(pagemap: Pagemap, start: number, end: number): Span[] {
+  if (!scanKnowsGuard()) return [];
   const out: Span[] = [];
-  for (const batch of pagemap.scan({ start: user[0].start, end: user[user.length - 1].end, categoryMask: PAGE_IS.GUARD, returnMask: PAGE_IS.GUARD })) {
+  for (const batch of pagemap.scan({ start, end, categoryMask: PAGE_IS.GUARD, returnMask: PAGE_IS.GUARD })) {
     for (const r of batch) join(out, [r.start, r.end]);
   }
   return out;
+}
+
+/**
+ * Guarded page ranges between the first and the last user VMA, touching
+ * ones joined: from `early` when it covered that span (the caller has
+ * proved nothing installed or removed a guard since), else scanned now.
+ */
+export function scanGuards(pagemap: Pagemap, images: readonly VmaImage[], early: GuardsRead | null = null): Span[] {
+  const user = userVmas(images);
+  if (!scanKnowsGuard() || user.length === 0) return [];
+  const start = user[0].start;
+  const end = user[user.length - 1].end;
+  if (early && early.start <= start && early.end >= end) {
+    return early.spans.filter(([s, e]) => e > start && s < end).map(([s, e]): Span => [Math.max(s, start), Math.min(e, end)]);
+  }
+  return scanGuardSpan(pagemap, start, end);
 }
 
 function join(out: Span[], s: Span): void {
@@ -31,10 +62,10 @@ function join(out: Span[], s: Span): void {
 }
 
 /** Sets `guards` on each VMA image that has guard pages, split at VMA ends. `images` sorted by address. */
-export function recordGuards(pagemap: Pagemap, images: VmaImage[]): void {
+export function recordGuards(pagemap: Pagemap, images: VmaImage[], early: GuardsRead | null = null): void {
   const user = userVmas(images);
   let vi = 0;
-  for (const [start, end] of scanGuards(pagemap, images)) {
+  for (const [start, end] of scanGuards(pagemap, images, early)) {
     let s = start;
     while (s < end && vi < user.length) {
       const v = user[vi];

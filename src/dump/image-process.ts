@@ -13,6 +13,7 @@
  * with the rest of the image.
  */
 import type { VmFlagsWatch } from '../proc/vmflags-watch.js';
+import type { EarlyScan } from './early-scan.js';
 import { readMaps } from '../proc/index.js';
 import type { Prearmed } from './cow-prearm.js';
 import { mark } from '../trace.js';
@@ -86,7 +87,8 @@ export interface FrozenInput {
   /** Reads smaps alongside the remote syscalls (the session started it before the freeze). */
   smaps?: SmapsReader | null;
   /** VmFlags read before the freeze, and the watch that says whether they still hold (proc/vmflags-watch.ts). */
-  earlyFlags?: { flags: Map<number, string[]>; watch: VmFlagsWatch } | null;
+  /** `scan`: the present pages and guards read under the same watch (early-scan.ts). */
+  earlyFlags?: { flags: Map<number, string[]>; watch: VmFlagsWatch; scan?: EarlyScan | null } | null;
   /** Copy-on-write: the worker, how the session lets its process run during the copy, and the protection made before the freeze. */
   cow?: { worker: CowWorker; release: () => void; prearmed?: Prearmed | null } | null;
   /**
@@ -156,9 +158,12 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     // Read frozen, beside the remote syscalls rather than after them.
     const early = input.earlyFlags ?? null;
     const stale = early ? early.watch.check(early.flags, readMaps(pid).map((v) => v.start)) : 'not read';
+    const dropped = early?.scan ? early.watch.checkDrops() : 'not read';
     // Its counters have answered: they go now, on the pool, while the frozen work goes on.
     early?.watch.close();
     mark(stale ? `dump: VmFlags read frozen (${stale})` : 'dump: VmFlags from before the freeze');
+    if (early?.scan) mark(dropped ? `dump: present pages walked frozen (${dropped})` : 'dump: present pages and guards from before the freeze');
+    const earlyScan = dropped ? null : early!.scan!;
     const vmFlags = !stale ? Promise.resolve(early!.flags) : smapsReader && frozen ? smapsReader.read(pid) : null;
     // With smaps being read beside it, the state step's scratch is
     // unmapped only after that read: a munmap (mmap_lock for writing)
@@ -175,7 +180,7 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     }
     if (flagsRead && scratch) unmergeScratch(flagsRead, scratch);
     const layout = readLayout(pid, opts.sharedElsewhere, flagsRead);
-    recordGuards(pagemap, layout.images);
+    recordGuards(pagemap, layout.images, earlyScan?.guards ?? null);
     parts.lap('layoutUs');
     mark('dump: layout read');
     const processImage = remote ? assembleProcess(pid, remote, layout, input.fds, { tcpEstablished: !!opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: !!opts.extUnixSk, ghostLimit: opts.ghostLimit, repair: session.repair }) : null;
@@ -195,7 +200,7 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
       // clears written bits: a migration's final round mostly clears none,
       // and its frozen window then holds no file write for it.
       let clearing = false;
-      const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null, incremental ? rec.pending : [], mode === 'predump', () => { rec.beforeScan(); clearing = true; });
+      const delta = selectDelta(track.uffd, pagemap, layout.vmas, layout.classes, incremental ? chainStored : null, incremental ? rec.pending : [], mode === 'predump', () => { rec.beforeScan(); clearing = true; }, earlyScan);
       prep.armed = delta.armed;
       zero = delta.zero;
       selection = delta.here;

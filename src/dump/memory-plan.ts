@@ -137,6 +137,6 @@ export function scanPieces(vmas: readonly Vma[], over: readonly Range[], returnM
   return out;
 }
 
-function noFile(v: Vma): boolean {
+export function noFile(v: Vma): boolean {
   return v.inode === 0 && (v.path === '' || v.path === '[heap]' || v.path === '[stack]' || v.path.startsWith('[anon:'));
 }

@@ -16,20 +16,29 @@
  * Restore asks just before it creates the threads (a new thread has no
  * counter): after that point it issues no syscall that changes flags (the
  * restore stub's munmap removes the stub's own VMA only).
+ *
+ * The self-check's guard pages likewise: their scan is a walk of every
+ * page-table entry of the process (~3-4 ms per populated 4 GiB here), read
+ * here too and taken when the watch saw no guard installed or removed and
+ * nothing unmapped, moved or mapped over since (restore's own guard
+ * installation counts: an image with guards is scanned again).
  */
 import { readVmFlags } from '../proc/smaps.js';
 import { readMaps } from '../proc/index.js';
 import { VmFlagsWatch } from '../proc/vmflags-watch.js';
+import { Pagemap } from '../sys/index.js';
+import { scanGuardSpan, userSpan, type GuardsRead } from '../dump/guards.js';
 
 export class EarlyVmFlags {
-  private constructor(private readonly watch: VmFlagsWatch, private readonly flags: Map<number, string[]>) {}
+  private constructor(private readonly watch: VmFlagsWatch, private readonly flags: Map<number, string[]>, private readonly guards: GuardsRead | null) {}
 
-  /** Starts the watch, then reads smaps; null when the watch cannot be had (the check reads smaps itself). */
+  /** Starts the watch, then reads smaps and the guards; null when the watch cannot be had (the check reads smaps itself). */
   static read(pid: number): EarlyVmFlags | null {
     const watch = VmFlagsWatch.start(pid);
     if (!watch) return null;
     try {
-      return new EarlyVmFlags(watch, readVmFlags(pid));
+      const flags = readVmFlags(pid);
+      return new EarlyVmFlags(watch, flags, readGuards(pid));
     } catch {
       watch.close();
       return null;
@@ -38,13 +47,15 @@ export class EarlyVmFlags {
 
   /**
    * With the process stopped: the early flags when they are still its
-   * flags, else null (and why, in `stale`). Once: the counters go at once,
-   * their release (an RCU grace period each) well before serve may exit.
+   * flags, else null (and why, in `stale`), and the early guards likewise.
+   * Once: the counters go at once, their release (an RCU grace period
+   * each) well before serve may exit.
    */
-  take(pid: number): { flags: Map<number, string[]> | null; stale: string | null } {
+  take(pid: number): { flags: Map<number, string[]> | null; stale: string | null; guards: GuardsRead | null } {
     try {
       const stale = this.watch.check(this.flags, readMaps(pid).map((v) => v.start));
-      return { flags: stale ? null : this.flags, stale };
+      const guardsStale = this.guards ? this.watch.checkGuards() : 'not read';
+      return { flags: stale ? null : this.flags, stale, guards: guardsStale ? null : this.guards };
     } finally {
       this.watch.close();
     }
@@ -53,5 +64,16 @@ export class EarlyVmFlags {
   /** The counters go (on libuv's pool). */
   close(): void {
     this.watch.close();
+  }
+}
+
+function readGuards(pid: number): GuardsRead | null {
+  const span = userSpan(readMaps(pid));
+  if (!span) return null;
+  const pm = new Pagemap(pid);
+  try {
+    return { ...span, spans: scanGuardSpan(pm, span.start, span.end) };
+  } finally {
+    pm.close();
   }
 }

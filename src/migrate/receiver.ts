@@ -421,7 +421,7 @@ async function receiveIteration(reader: FrameReader, dir: string, ingest: Stream
     const f = await reader.next();
     if (!f) throw new TsnapError('targetFailed', 'the sender disconnected in the middle of an iteration');
     if (f.type === Msg.IterEnd) break;
-    if (f.type === Msg.Layout) { await ingest.layout(dir, decodeDoc<LayoutDoc>(f)); continue; }
+    if (f.type === Msg.Layout) { mark('serve: layout in'); await ingest.layout(dir, decodeDoc<LayoutDoc>(f)); mark('serve: layout applied'); continue; }
     if (f.type === Msg.PageChunk) { ingest.chunk(f.payload); await ingest.backpressure(); continue; }
     if (f.type !== Msg.FileBegin) throw new TsnapError('badImage', `expected FILE_BEGIN, got ${Msg[f.type] ?? f.type}`);
     const doc = decodeDoc<{ name?: unknown }>(f);
@@ -465,6 +465,7 @@ async function receiveIteration(reader: FrameReader, dir: string, ingest: Stream
     files.push(name);
   }
   if (!files.includes('inventory') && !files.includes('tree')) throw new TsnapError('badImage', 'an iteration arrived without its inventory');
+  mark('serve: files in');
   if (ingest.streaming) return ingest.endIteration(dir, files);
   for (const sub of new Set(files.filter((f) => f.includes('/')).map((f) => f.split('/')[0]))) fsyncDir(inside(dir, sub));
   fsyncDir(dir);

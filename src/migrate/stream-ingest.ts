@@ -9,6 +9,7 @@
  * from the chain after the commit, and the events say why.
  */
 import { existsSync } from 'node:fs';
+import { mark } from '../trace.js';
 import { open } from 'node:fs/promises';
 import { withPath } from '../errors.js';
 import { resolve } from 'node:path';
@@ -113,6 +114,7 @@ export class StreamIngest {
     const c = decodeChunk(payload);
     this.pagesFile.append(c);
     if (this.live) this.guard(() => this.live!.write(chunkData(c), c.runs));
+    mark(`serve: chunk ${c.index} written (${c.runs.length} runs)`);
   }
 
   async backpressure(): Promise<void> {

@@ -24,6 +24,16 @@
  *     (a VMA that grew in place or merged keeps the flags it had).
  * Otherwise the caller reads smaps frozen, as before.
  *
+ * The same counters say whether pages present before the freeze can
+ * still be taken as present at it (checkDrops(), dump/early-scan.ts): an
+ * anonymous page present or swapped leaves the page tables only through a
+ * syscall of the target's own threads (madvise or process_madvise with
+ * advice that drops or guards, munmap, mremap, mmap MAP_FIXED, brk), apart
+ * from two the image may ignore: a MADV_FREE page the kernel reclaims (its
+ * content is then the old one or zeros, both what the program may see),
+ * and UFFDIO_MOVE from a userfaultfd the program gave away (not watched:
+ * an image of such a program may keep a moved-out page).
+ *
  * The tracepoint ids come from tracefs, mounted (when it is not) in a
  * mount namespace of a short-lived child: nothing outside it sees the
  * mount. Without tracefs or perf events, start() returns null.
@@ -37,7 +47,15 @@ const FLAG_ADVICE = [0, 1, 2, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19];
 const PR_SET_THP_DISABLE = 41;
 const PR_SET_MEMORY_MERGE = 67;
 const MAP_FIXED = 0x10;
-const NR = { mmap: 9, munmap: 11, brk: 12, mremap: 25, madvise: 28, mlock: 149, munlock: 150, mlockall: 151, munlockall: 152, prctl: 157, mlock2: 325 };
+const NR = { mmap: 9, munmap: 11, brk: 12, mremap: 25, madvise: 28, mlock: 149, munlock: 150, mlockall: 151, munlockall: 152, prctl: 157, mlock2: 325, process_madvise: 440 };
+/** Advice that takes pages out of the page tables: DONTNEED, FREE, REMOVE, DONTNEED_LOCKED, HWPOISON. */
+const DROP_ADVICE = [4, 8, 9, 24, 100];
+/** GUARD_INSTALL (which drops what it covers too), GUARD_REMOVE. */
+const GUARD_ADVICE = [102, 103];
+const adviceIn = (list: number[]) => list.map((b) => `behavior == ${b}`).join(' || ');
+const onBothMadvise = (list: number[]) => ['madvise', 'process_madvise'].map((s) => ({ event: `syscalls/sys_enter_${s}`, filter: adviceIn(list) }));
+const DROPS = onBothMadvise(DROP_ADVICE);
+const GUARDS = onBothMadvise(GUARD_ADVICE);
 
 const CHANGES: { event: string; filter: string | null }[] = [
   { event: 'syscalls/sys_enter_madvise', filter: FLAG_ADVICE.map((b) => `behavior == ${b}`).join(' || ') },
@@ -49,7 +67,7 @@ const IDS = Object.values(NR).map((n) => `id == ${n}`).join(' || ');
 const ENTER = 'raw_syscalls/sys_enter';
 const EXIT = 'raw_syscalls/sys_exit';
 
-/** More threads than this: not worth ~11 counters each; smaps is read frozen. */
+/** More threads than this: not worth ~17 counters each; smaps is read frozen. */
 const MAX_THREADS = 64;
 
 let ids: Map<string, number> | null | undefined;
@@ -57,7 +75,7 @@ let ids: Map<string, number> | null | undefined;
 /** Tracepoint ids by event name, read once per run; null when tracefs cannot be had. */
 function tracepointIds(): Map<string, number> | null {
   if (ids !== undefined) return ids;
-  const names = [...CHANGES.map((c) => c.event), ENTER, EXIT];
+  const names = [...new Set([...CHANGES, ...DROPS, ...GUARDS].map((c) => c.event)), ENTER, EXIT];
   ids = null;
   try {
     let text: string;
@@ -79,6 +97,8 @@ function tracepointIds(): Map<string, number> | null {
   return ids;
 }
 
+const sum = (fds: number[]) => fds.reduce((n, fd) => n + readCounter(fd), 0);
+
 function threadsOf(pid: number): number[] {
   return readdirSync(`/proc/${pid}/task`).map(Number).sort((a, b) => a - b);
 }
@@ -88,6 +108,8 @@ export class VmFlagsWatch {
     private readonly pid: number,
     private readonly tids: number[],
     private readonly changes: number[],
+    private readonly drops: number[],
+    private readonly guards: number[],
     private readonly enters: number[],
     private readonly exits: number[],
   ) {}
@@ -107,14 +129,18 @@ export class VmFlagsWatch {
       const tids = threadsOf(pid);
       if (tids.length > MAX_THREADS) return null;
       const changes: number[] = [];
+      const drops: number[] = [];
+      const guards: number[] = [];
       const enters: number[] = [];
       const exits: number[] = [];
       for (const tid of tids) {
         for (const c of CHANGES) changes.push(open(c.event, tid, c.filter));
+        for (const c of DROPS) drops.push(open(c.event, tid, c.filter));
+        for (const c of GUARDS) guards.push(open(c.event, tid, c.filter));
         enters.push(open(ENTER, tid, IDS));
         exits.push(open(EXIT, tid, IDS));
       }
-      return new VmFlagsWatch(pid, tids, changes, enters, exits);
+      return new VmFlagsWatch(pid, tids, changes, drops, guards, enters, exits);
     } catch {
       // No perf events (paranoid settings, a kernel without syscall tracepoints), or a thread gone.
       for (const fd of fds) closeSync(fd);
@@ -128,16 +154,53 @@ export class VmFlagsWatch {
    * not, when not.
    */
   check(flags: ReadonlyMap<number, string[]>, starts: readonly number[]): string | null {
-    const sum = (fds: number[]) => fds.reduce((n, fd) => n + readCounter(fd), 0);
-    const now = threadsOf(this.pid);
-    if (now.length !== this.tids.length || now.some((t, i) => t !== this.tids[i])) return 'threads came or went';
+    const why = this.common();
+    if (why) return why;
     const changed = sum(this.changes);
     if (changed) return `${changed} syscalls that may change VmFlags`;
+    const missing = starts.find((s) => !flags.has(s));
+    if (missing !== undefined) return `VMA 0x${missing.toString(16)} was mapped since`;
+    return null;
+  }
+
+  /**
+   * With the target frozen: whether no page present (or swapped) when a
+   * scan ran after start() can have left the page tables since (see the
+   * comment at the top). Why not, when not. The caller checks that its
+   * scan covered the memory it now takes from it.
+   */
+  checkDrops(): string | null {
+    const why = this.common();
+    if (why) return why;
+    const changed = sum(this.changes);
+    if (changed) return `${changed} syscalls that may unmap or move memory`;
+    const dropped = sum(this.drops) + sum(this.guards);
+    if (dropped) return `${dropped} madvise calls that drop pages`;
+    return null;
+  }
+
+  /**
+   * With the target stopped: whether guard pages scanned after start()
+   * are still its guards: none installed or removed, nothing unmapped,
+   * moved or mapped over. Why not, when not.
+   */
+  checkGuards(): string | null {
+    const why = this.common();
+    if (why) return why;
+    const changed = sum(this.changes);
+    if (changed) return `${changed} syscalls that may unmap or move memory`;
+    const guarded = sum(this.guards);
+    if (guarded) return `${guarded} madvise calls that install or remove guards`;
+    return null;
+  }
+
+  /** Same threads, and no watched syscall under way when the counters started. */
+  private common(): string | null {
+    const now = threadsOf(this.pid);
+    if (now.length !== this.tids.length || now.some((t, i) => t !== this.tids[i])) return 'threads came or went';
     const enters = sum(this.enters);
     const exits = sum(this.exits);
     if (enters !== exits) return `a watched syscall was under way when the watch began (${enters} entries, ${exits} exits)`;
-    const missing = starts.find((s) => !flags.has(s));
-    if (missing !== undefined) return `VMA 0x${missing.toString(16)} was mapped since`;
     return null;
   }
 
@@ -149,7 +212,7 @@ export class VmFlagsWatch {
    * is never closed twice: it may be someone's by then).
    */
   close(): void {
-    for (const fd of [...this.changes.splice(0), ...this.enters.splice(0), ...this.exits.splice(0)]) {
+    for (const fd of [...this.changes.splice(0), ...this.drops.splice(0), ...this.guards.splice(0), ...this.enters.splice(0), ...this.exits.splice(0)]) {
       closeAsync(fd, () => { /* closed, or already */ });
     }
   }

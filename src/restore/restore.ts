@@ -11,6 +11,7 @@ import { readChain, type Image } from '../image/image-reader.js';
 import { readReg, writeReg } from '../freeze/frozen-task.js';
 import { createProcess, type NewProcess, type Helper } from './create-process.js';
 import { RemoteTask } from '../inject/remote-task.js';
+import type { GuardsRead } from '../dump/guards.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE, type Stub } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { receivesPages } from './data-ranges.js';
@@ -107,7 +108,7 @@ export interface LiveProcess {
   /** Checks the image's layout against the one built; returns the VMAs whose protection is still to be set. */
   addressSpaceDone(p: ProcessImage): VmaImage[];
   /** Its VmFlags read before the downtime, for the self-check (migrate/live-vmflags.ts). */
-  readonly earlyVmFlags?: { take(pid: number): { flags: Map<number, string[]> | null; stale: string | null } } | null;
+  readonly earlyVmFlags?: { take(pid: number): { flags: Map<number, string[]> | null; stale: string | null; guards: GuardsRead | null } } | null;
   /** Right before the start, with every task of the process (the receiver gives them back their CPU priority: migrate/window-priority.ts). */
   beforeStart?(tids: readonly number[]): void;
 }
@@ -246,6 +247,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   let bytes = 0;
   let lazy: LazyRestore | null = null;
   let earlyVmFlags: Map<number, string[]> | null = null;
+  let earlyGuards: GuardsRead | null = null;
   /** An early helper made for another pid, being killed: awaited before a failure is reported. */
   let strayHelper: Promise<void> | null = null;
   try {
@@ -388,7 +390,8 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       if (live?.earlyVmFlags && (!lazy || opts.lazy?.remote) && (opts.check ?? 'warn') !== 'off') {
         const early = live.earlyVmFlags.take(rt.pid);
         earlyVmFlags = early.flags;
-        mark(`restore: VmFlags read before the freeze ${early.stale ? `stale (${early.stale})` : 'hold'}`);
+        earlyGuards = early.guards;
+        mark(`restore: VmFlags read before the freeze ${early.stale ? `stale (${early.stale})` : 'hold'}${early.guards ? ', guards too' : ''}`);
       }
       steps.at(`create the threads of ${m.p.pid}`);
       const tids: number[] = [];
@@ -444,7 +447,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     if ((opts.check ?? 'warn') !== 'off') {
       steps.at('check the restored processes against their images');
       const diffs = members.flatMap((m) => [...checkRestored(opts.tcpClose ? withoutTcp(m.p) : m.p, m.rt.pid, {
-        newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id, ptys: imagePtys(members.map((x) => x.p)), vmFlags: earlyVmFlags,
+        newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id, ptys: imagePtys(members.map((x) => x.p)), vmFlags: earlyVmFlags, guards: earlyGuards,
       }), ...fdTableDiff(m.rt.pid, m.children.map((c) => ({ pid: c.rt.pid, shared: !!c.filesShared })))].map((d) => `restore check of ${m.p.pid}: ${d}`));
       if (diffs.length && opts.check === 'strict') {
         throw new TsnapError('restoreFailed', `the restored process differs from its image (${diffs.length} differences; first: ${diffs[0]}); nothing was started`);

@@ -19,7 +19,7 @@
 import { mark } from '../trace.js';
 import { closeSync, readlinkSync, readFileSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, fileOwner, Pagemap, scanKnowsGuard } from '../sys/index.js';
-import { scanGuards, imageGuards } from '../dump/guards.js';
+import { scanGuards, imageGuards, type GuardsRead } from '../dump/guards.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlagMasks, type Vma, type VmFlagsTable } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
@@ -60,6 +60,8 @@ export interface CheckOptions {
   ptys?: Set<number>;
   /** VmFlags already read and proven current (migrate/live-vmflags.ts); absent or null: smaps is read here. */
   vmFlags?: Map<number, string[]> | null;
+  /** Guard pages already read and proven current (migrate/live-vmflags.ts); absent or null: scanned here. */
+  guards?: GuardsRead | null;
 }
 
 type Area = { start: number; end: number; prot: number; shared: boolean; offset: number; path: string };
@@ -184,12 +186,12 @@ function coversHolders(p: ProcessImage, areas: readonly Vma[], early: ReadonlyMa
 }
 
 /** Guard regions are page-table state: only a pagemap scan shows them. */
-function compareGuards(p: ProcessImage, pid: number, out: string[]): void {
+function compareGuards(p: ProcessImage, pid: number, early: GuardsRead | null, out: string[]): void {
   const want = imageGuards(p.mm.vmas);
   if (!want.length && !scanKnowsGuard()) return;
   const pm = new Pagemap(pid);
   let have: [number, number][];
-  try { have = scanGuards(pm, p.mm.vmas); } finally { pm.close(); }
+  try { have = scanGuards(pm, p.mm.vmas, early); } finally { pm.close(); }
   const show = (l: [number, number][]) => l.map(([s, e]) => `${s.toString(16)}-${e.toString(16)}`).join(' ') || 'none';
   if (show(have) !== show(want)) out.push(`memory: guard regions are ${show(have)}, the image's ${show(want)}`);
 }
@@ -306,7 +308,7 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
 function checkAllBut(p: ProcessImage, pid: number, opts: CheckOptions, out: string[]): Vma[] {
   const maps = readMaps(pid);
   compareMaps(p, maps, out);
-  compareGuards(p, pid, out);
+  compareGuards(p, pid, opts.guards ?? null, out);
   mark('check: guards');
   compareFds(p, pid, opts.idNow ?? ((id) => id), out);
   mark('check: fds');
