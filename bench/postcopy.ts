@@ -46,7 +46,8 @@ export async function benchPostcopyMigration(sizeMiB = Number(process.env.BENCH_
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const result: Record<string, unknown> = { sizeMiB };
   try {
-    for (const mbps of [10, 100]) {
+    // BENCH_PC_RATES=100: one writer rate only.
+    for (const mbps of (process.env.BENCH_PC_RATES ?? '10,100').split(',').map(Number)) {
       const pre = [];
       const post = [];
       for (let i = 0; i < runs; i++) {

@@ -7,7 +7,7 @@
  */
 import { describe, it, expect, afterAll, afterEach } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { createServer, connect, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
@@ -16,7 +16,7 @@ import { findHolders } from '../src/track/untrack.js';
 import { readStatus } from '../src/proc/index.js';
 import { inOtherPidNs } from './helpers/other-host.js';
 import { startServe } from './helpers/serve.js';
-import { killTree } from './helpers/processes.js';
+import { killTree, descendantsOf } from './helpers/processes.js';
 import { LineLog } from './helpers/lines.js';
 
 useProcessCleanup();
@@ -33,7 +33,7 @@ afterEach(async () => {
 });
 
 /** serve in a pid namespace of its own (the migrated pid is free there, as on another host), on a port the kernel picks. */
-async function serveInPidNs(dir: string, extra: string[], env: Record<string, string> = {}): Promise<{ port: number; events: string[] }> {
+async function serveInPidNs(dir: string, extra: string[], env: Record<string, string> = {}): Promise<{ port: number; events: string[]; proc: ChildProcess }> {
   // --kill-child: serve is the namespace's init, and everything in it dies with it.
   const s = await startServe(dir, extra, ['unshare', '--pid', '--fork', '--mount-proc', '--kill-child'], env);
   servers.push(s.proc);
@@ -59,6 +59,18 @@ async function waitFor(cond: () => boolean, ms = 20_000): Promise<void> {
     if (Date.now() > end) throw new Error('timed out');
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** The scheduling policy (field 41 of stat) of every task of `pid` (none when it is gone). */
+function schedPolicies(pid: number): number[] {
+  let tasks: string[];
+  try { tasks = readdirSync(`/proc/${pid}/task`); } catch { return []; }
+  return tasks.flatMap((t) => {
+    try {
+      const st = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      return [Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[38])];
+    } catch { return []; }
+  });
 }
 
 /** The moved process's own verdict on its memory. */
@@ -115,6 +127,10 @@ describe('migrate --postcopy', () => {
     const names = m.events.filter((e) => e.startsWith('{')).map((e) => JSON.parse(e).event as string);
     expect(names.indexOf('resumed')).toBeLessThan(names.indexOf('postcopy-done'));
     await waitFor(() => eventsOf(srv.events, 'postcopy-done').length > 0);
+    // The window ran in the real-time class (window-priority.ts) up to RESTORED; nothing of it stays there:
+    // not the moved process, not serve, not the guard and what else serve started.
+    const serveMain = Number(readFileSync(`/proc/${srv.proc.pid}/task/${srv.proc.pid}/children`, 'utf8').trim().split(' ')[0]);
+    for (const pid of [serveMain, ...descendantsOf(serveMain)]) expect(schedPolicies(pid).every((x) => x === 0), `pid ${pid}`).toBe(true);
     expect(await selfCheck(p.pid, out)).toMatch(/^PASS/);
   });
 

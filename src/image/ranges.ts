@@ -36,6 +36,30 @@ export function subtract(a: readonly Range[], b: readonly Range[]): Range[] {
   return out;
 }
 
+/**
+ * subtract() for items that carry more than their range (each piece left
+ * keeps the item's other fields): `a` sorted by start, `b` sorted and
+ * disjoint, in one pass over both. subtract([item], b) item by item
+ * restarts at b's beginning every time: with ~2 000 items and as many
+ * ranges in `b` (a post-copy set) that was 50 ms of a frozen window.
+ */
+export function subtractEach<T extends Range>(a: readonly T[], b: readonly Range[]): T[] {
+  const out: T[] = [];
+  let j = 0;
+  for (const r of a) {
+    let s = r.start;
+    while (j < b.length && b[j].end <= s) j++;
+    let k = j;
+    while (k < b.length && b[k].start < r.end) {
+      if (b[k].start > s) out.push({ ...r, start: s, end: b[k].start });
+      s = Math.max(s, b[k].end);
+      k++;
+    }
+    if (s < r.end) out.push({ ...r, start: s, end: r.end });
+  }
+  return out;
+}
+
 export function intersect(a: readonly Range[], b: readonly Range[]): Range[] {
   const out: Range[] = [];
   let i = 0;

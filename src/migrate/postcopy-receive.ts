@@ -28,7 +28,7 @@ export interface PostcopyReceiveOptions {
   onEvent?: (e: Record<string, unknown>) => void;
 }
 
-export async function receivePostcopy(sock: Socket, reader: FrameReader, live: LiveBuild, last: string, set: readonly Range[], hooks: { image: () => void; chainDone: () => Promise<void>; committedAt: bigint }, opts: PostcopyReceiveOptions): Promise<void> {
+export async function receivePostcopy(sock: Socket, reader: FrameReader, live: LiveBuild, last: string, set: readonly Range[], hooks: { image: () => void; chainDone: () => Promise<void>; committedAt: bigint; windowOver?: () => void }, opts: PostcopyReceiveOptions): Promise<void> {
   const { chainDone } = hooks;
   const source = new RemotePageSource(sock, set);
   const pumping = source.pump(reader);
@@ -38,6 +38,7 @@ export async function receivePostcopy(sock: Socket, reader: FrameReader, live: L
     hooks.image(); // the final image, read and checked
     r = await restore({ dir: last, stdout: opts.stdout, stderr: opts.stderr, newPid: opts.newPid, lazy: { detach: false, remote: { source, set: [...set] } } }, live);
   } catch (err) {
+    hooks.windowOver?.();
     live.kill();
     source.close();
     // Nothing ran here: the source may resume (its sender does so on RESTORE_FAILED).
@@ -56,6 +57,8 @@ export async function receivePostcopy(sock: Socket, reader: FrameReader, live: L
   // Our event first: a watcher that hears the sender say "resumed" finds it already told.
   opts.onEvent?.({ event: 'restored', pid: r.pid, dir: last, restoreUs: r.stats.restoreUs, path: 'live', postcopyPages: source.setPages, ...(r.warnings.length ? { warnings: r.warnings } : {}) });
   await send(sock, encodeDoc(Msg.Restored, { pid: r.pid, restoreUs: r.stats.restoreUs, path: 'live', sinceCommitUs })).catch(() => {});
+  // The downtime is over: the page service runs in the normal class.
+  hooks.windowOver?.();
   const said = await r.lazy!.finish();
   const end = r.lazy!.end;
   if (end?.how === 'failed') {

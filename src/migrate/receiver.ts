@@ -344,16 +344,26 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     await tellSender(sock, alreadyTold ? null : e.message);
     throw e;
   }
-  if (!opts.restore || postcopy) prio.restore(); // a post-copy restore starts processes of its own (its guard): at the usual priority
+  // TSNAP_PC_WINDOW_RT=0: a post-copy restore in the normal class, as before (for comparison).
+  if (!opts.restore || (postcopy && (!ingest.live || process.env.TSNAP_PC_WINDOW_RT === '0'))) prio.restore();
   if (!opts.restore) { sock.end(); return; }
   if (postcopy && ingest.live) {
     const live = ingest.live;
     // Kept: restore takes it (or the process is killed, which closes it).
-    await receivePostcopy(sock, reader, live, last, postcopy, {
-      image: () => { live.image = readCommitted(last); },
-      chainDone: async () => { await ingest.flush(); await ingest.durable(); },
-      committedAt,
-    }, opts);
+    // The window stays in the real-time class up to RESTORED, as without
+    // post-copy: what the restore starts (its guard, on the pool) begins in
+    // the normal class (SCHED_RESET_ON_FORK), and the page service after
+    // the resume runs in it too.
+    try {
+      await receivePostcopy(sock, reader, live, last, postcopy, {
+        image: () => { live.image = readCommitted(last); },
+        chainDone: async () => { await ingest.flush(); await ingest.durable(); },
+        committedAt,
+        windowOver: () => prio.restore(),
+      }, opts);
+    } finally {
+      prio.restore();
+    }
     return;
   }
   try {
