@@ -190,6 +190,7 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
   try {
     return await withAbortSignals(async (checkAbort) => {
       const prep = await prepareImage(session, opts, mode, checkAbort, null);
+      mark('dump: prepared');
       let frozen: FrozenProcess | null = null;
       let smaps: SmapsReader | null = null;
       let cowWorker: CowWorker | null = null;
@@ -222,9 +223,11 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
         // held final round): the counters cost ~60 ms to set up and ~0.5 s of
         // kernel time to tear down, against one smaps walk (~30 ms per GiB)
         // that a frozen copy of the whole memory would not notice.
+        mark('dump: checked while running');
         holdPoint('before-watch');
         const watch = flagsWatch = smaps && (cowWorker || opts.hold) ? VmFlagsWatch.start(pid) : null;
         if (watch) session.onFailure(() => watch.close());
+        mark('dump: VmFlags watch started');
         const flagsRead = watch ? (smaps as SmapsReader).read(pid) : null;
         // A held incremental round's walks of its present pages and guards, read now under the same watch (early-scan.ts).
         if (watch && opts.hold && prep.parent && prep.track && !prep.track.lost && earlyScanWanted()) earlyScan = scanBeforeFreeze(pid);
@@ -232,6 +235,7 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
         // before the freeze: what it writes meanwhile is protected again frozen (cow-prearm.ts).
         if (cowWorker && !prep.parent) cowPrearmed = prearmCow(pid, cowWorker);
         earlyFlags = (await flagsRead) ?? null;
+        mark('dump: VmFlags read early');
         holdPoint('flags-read');
         checkAbort();
         await opts.beforeFreeze?.();

@@ -34,7 +34,7 @@ export interface EarlyScan {
   guards: GuardsRead | null;
 }
 
-/** TSNAP_EARLY_SCAN=0: every walk frozen, as before (for comparison). */
+/** TSNAP_EARLY_SCAN=0: every walk frozen, the receiver's self-check's guard scan too, as before (for comparison). */
 export function earlyScanWanted(): boolean {
   return process.env.TSNAP_EARLY_SCAN !== '0' && process.env.TSNAP_FROZEN_BASELINE !== '1';
 }

@@ -111,6 +111,7 @@ export async function prepareImage(session: SessionScope, opts: DumpOptions, mod
   const compression = opts.compression ?? 'none';
   const fsync = opts.fsync ?? !opts.leaveRunning;
   const parent = opts.parent ? readParent(opts.parent, pid) : null;
+  mark('prepare: parent read');
   const dir = prepareImageDir(opts.dir);
   session.onFailure(() => discardImageDir(dir));
   // Known before the scan: the tracking's record names the round's image.
@@ -118,14 +119,17 @@ export async function prepareImage(session: SessionScope, opts: DumpOptions, mod
   // Buffers are allocated and touched before any freeze, not during it.
   const writer = opts.pageSink ? await opts.pageSink(compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE) : await PageFileWriter.create(dir.path, compression, opts.chunkSize ?? DEFAULT_CHUNK_SIZE);
   session.onFailure(() => writer.abort());
+  mark('prepare: page sink ready');
   // What the chain already holds depends on the images only: work it out
   // before the target is stopped.
   const chainStored = parent ? storedRanges(resolveChain(parent.map(level), ALL)) : null;
+  mark('prepare: chain resolved');
   const prep: PreparedImage = { pid, mode, opts, t0, imageId, dir, parent, chainStored, writer, track: null, record: null, round: null, armed: [], compression, fsync };
   // Tracking is found (or injected, stopping the target briefly) before
   // the dump's own freeze, which then lasts only for the last delta.
   if (mode === 'predump' || parent) {
     const track = await openTracking(pid, parent?.[0].inventory.tracking ?? null, leader);
+    mark('prepare: tracking open');
     prep.track = track;
     for (const e of track.ended) opts.warn?.(`process ${pid} was already tracked (${e}); that tracking is ended: two chains on one process would clear each other's written pages`);
     if (track.fresh) pausePoint('holder-started');

@@ -28,6 +28,7 @@ import { readMaps } from '../proc/index.js';
 import { VmFlagsWatch } from '../proc/vmflags-watch.js';
 import { Pagemap } from '../sys/index.js';
 import { scanGuardSpan, userSpan, type GuardsRead } from '../dump/guards.js';
+import { earlyScanWanted } from '../dump/early-scan.js';
 
 export class EarlyVmFlags {
   private constructor(private readonly watch: VmFlagsWatch, private readonly flags: Map<number, string[]>, private readonly guards: GuardsRead | null) {}
@@ -38,7 +39,7 @@ export class EarlyVmFlags {
     if (!watch) return null;
     try {
       const flags = readVmFlags(pid);
-      return new EarlyVmFlags(watch, flags, readGuards(pid));
+      return new EarlyVmFlags(watch, flags, earlyScanWanted() ? readGuards(pid) : null);
     } catch {
       watch.close();
       return null;
