@@ -218,19 +218,22 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
           const r = smaps = await SmapsReader.start();
           session.onFailure(() => r.stop());
         }
+        mark('dump: checked while running');
+        holdPoint('before-watch');
         // VmFlags read while the target runs, kept only if nothing could have changed them by the freeze (proc/vmflags-watch.ts).
         // Only where the frozen time is the point (copy-on-write, a migration's
         // held final round): the counters cost ~60 ms to set up and ~0.5 s of
         // kernel time to tear down, against one smaps walk (~30 ms per GiB)
         // that a frozen copy of the whole memory would not notice.
-        mark('dump: checked while running');
-        holdPoint('before-watch');
         const watch = flagsWatch = smaps && (cowWorker || opts.hold) ? VmFlagsWatch.start(pid) : null;
         if (watch) session.onFailure(() => watch.close());
         mark('dump: VmFlags watch started');
         const flagsRead = watch ? (smaps as SmapsReader).read(pid) : null;
         // A held incremental round's walks of its present pages and guards, read now under the same watch (early-scan.ts).
-        if (watch && opts.hold && prep.parent && prep.track && !prep.track.lost && earlyScanWanted()) earlyScan = scanBeforeFreeze(pid);
+        // Best effort: without it the walks are done frozen.
+        if (watch && opts.hold && prep.parent && prep.track && !prep.track.lost && earlyScanWanted()) {
+          try { earlyScan = scanBeforeFreeze(pid); } catch { earlyScan = null; }
+        }
         // A full dump protects its memory now, while the target runs, right
         // before the freeze: what it writes meanwhile is protected again frozen (cow-prearm.ts).
         if (cowWorker && !prep.parent) cowPrearmed = prearmCow(pid, cowWorker);

@@ -68,13 +68,18 @@ export class EarlyVmFlags {
   }
 }
 
+/** The process's guards now; null when they cannot be read (the check then scans them itself). */
 function readGuards(pid: number): GuardsRead | null {
-  const span = userSpan(readMaps(pid));
-  if (!span) return null;
-  const pm = new Pagemap(pid);
   try {
-    return { ...span, spans: scanGuardSpan(pm, span.start, span.end) };
-  } finally {
-    pm.close();
+    const span = userSpan(readMaps(pid));
+    if (!span) return null;
+    const pm = new Pagemap(pid);
+    try {
+      return { ...span, spans: scanGuardSpan(pm, span.start, span.end) };
+    } finally {
+      pm.close();
+    }
+  } catch {
+    return null;
   }
 }
