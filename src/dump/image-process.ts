@@ -44,7 +44,7 @@ import { writeMetaFile } from '../image/metadata.js';
 import { encodePagemap, validateRuns } from '../image/page-runs.js';
 import { prepareImageDir, discardImageDir, fsyncDir, type PreparedDir } from '../image/image-dir.js';
 import { readChain, type Image } from '../image/image-reader.js';
-import { resolveChain, storedRanges } from '../image/chain-index.js';
+import { chainStoredRanges } from '../image/chain-index.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import { checkTarget } from './target-check.js';
 import { FileKind, FORMAT_VERSION, FORMAT_VERSION_SPLIT, PAGES_FILES, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun } from '../../formats/schema.js';
@@ -103,7 +103,6 @@ export interface ImageOutcome {
   cow: CowCopyResult | null;
 }
 
-const ALL: Range[] = [{ start: 0, end: 2 ** 47 }];
 
 export async function prepareImage(session: SessionScope, opts: DumpOptions, mode: Mode, checkAbort: () => void, leader: FrozenProcess['leader'] | null): Promise<PreparedImage> {
   const t0 = process.hrtime.bigint();
@@ -122,7 +121,7 @@ export async function prepareImage(session: SessionScope, opts: DumpOptions, mod
   mark('prepare: page sink ready');
   // What the chain already holds depends on the images only: work it out
   // before the target is stopped.
-  const chainStored = parent ? storedRanges(resolveChain(parent.map(level), ALL)) : null;
+  const chainStored = parent ? chainStoredRanges(parent.map(level)) : null;
   mark('prepare: chain resolved');
   const prep: PreparedImage = { pid, mode, opts, t0, imageId, dir, parent, chainStored, writer, track: null, record: null, round: null, armed: [], compression, fsync };
   // Tracking is found (or injected, stopping the target briefly) before

@@ -5,7 +5,7 @@
  * image ends the walk (its uncovered pages are absent).
  */
 import { PageWhere, type PageRun } from '../../formats/schema.js';
-import { subtract, normalize, type Range } from './ranges.js';
+import { subtract, normalize, union, type Range } from './ranges.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
 export interface ChainLevel {
@@ -54,4 +54,29 @@ export function resolveChain(chain: readonly ChainLevel[], within: readonly Rang
 /** Addresses whose data the chain holds (for finding pages the process dropped since). */
 export function storedRanges(resolved: readonly ResolvedRun[]): Range[] {
   return normalize(resolved.map((r) => ({ start: r.start, end: r.start + r.pages * P })));
+}
+
+/**
+ * storedRanges(resolveChain(chain, everything)), folded from the oldest
+ * level that counts (the newest full image) to the newest: each delta's
+ * `here` runs add to what is stored, its `zero` runs take away, the rest
+ * leaves it as it was. Sets of ranges only, no run per piece: for a 4 GiB
+ * chain of nine rounds resolveChain built ~20 000 runs, 33-120 ms (load
+ * 13) of a migration's final round before its freeze, during which the
+ * writer dirties pages the frozen window then copies.
+ */
+export function chainStoredRanges(chain: readonly ChainLevel[]): Range[] {
+  let from = chain.findIndex((l) => l.kind === 'full');
+  if (from < 0) from = chain.length - 1;
+  let stored: Range[] = [];
+  for (let level = from; level >= 0; level--) {
+    const here: Range[] = [];
+    const zero: Range[] = [];
+    for (const r of chain[level].runs) {
+      if (r.where === PageWhere.Parent) continue;
+      (r.where === PageWhere.Here ? here : zero).push({ start: r.start, end: r.start + r.pages * P });
+    }
+    stored = union(subtract(stored, normalize(zero)), normalize(here));
+  }
+  return stored;
 }

@@ -12,6 +12,9 @@
  * every other session's tasks share the CPU with ours as a whole.
  * SCHED_FIFO at its lowest priority runs before any normal task, and the
  * kernel still keeps 5% of each second for those (sched_rt_runtime_us).
+ * Raised a little before the freeze (the sender at the start of its final
+ * round, the receiver at the final ITER_BEGIN): what the process writes
+ * while that round prepares is the last delta the window copies.
  * SCHED_RESET_ON_FORK: what a raised thread creates (a process, a thread)
  * starts in the normal class. Best effort: without CAP_SYS_NICE the thread
  * runs as it was. Each thread gets its own class back afterwards.

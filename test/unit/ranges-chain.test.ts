@@ -2,7 +2,7 @@
 import { describe, it, expect } from 'vitest';
 import fc from 'fast-check';
 import { normalize, subtract, intersect, union } from '../../src/image/ranges.js';
-import { resolveChain, storedRanges, type ChainLevel } from '../../src/image/chain-index.js';
+import { resolveChain, storedRanges, chainStoredRanges, type ChainLevel } from '../../src/image/chain-index.js';
 import { PageWhere, type PageRun } from '../../formats/schema.js';
 
 const P = 4096;
@@ -71,6 +71,8 @@ describe('resolveChain', () => {
       }
       expect(byPage).toEqual(answer);
       expect(toBits(storedRanges(got))).toEqual(answer.map((a) => a !== null));
+      // The dump's shortcut for everything the chain stores (dump/image-process.ts).
+      expect(chainStoredRanges(chain)).toEqual(storedRanges(resolveChain(chain, [{ start: 0, end: N * P }])));
     }), { numRuns: 400 });
   });
 });
