@@ -8,6 +8,7 @@
 import { describe, it, expect, afterAll } from 'vitest';
 import { copyFileSync, cpSync, existsSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, truncateSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, startTsnap, restoreDetached, readImage } from './helpers/tsnap.js';
 import { isGone, killPid, tracerOf, waitPidsFree } from './helpers/processes.js';
@@ -31,6 +32,13 @@ async function pausedAt(t: { child: { pid?: number }; done: Promise<{ stderr: st
     await new Promise((r) => setTimeout(r, 5));
   }
   throw new Error(`tsnap ${pid} never reached its pause point`);
+}
+
+/** A SIGKILLed tsnap's target is put back by its guardian once it sees tsnap gone (10 s: a loaded machine runs it late). */
+async function eventuallyUntraced(pid: number): Promise<void> {
+  const state = () => /^State:\s+(\S)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1];
+  for (let i = 0; i < 1000 && (tracerOf(pid) !== 0 || /[Tt]/.test(state())); i++) await new Promise((r) => setTimeout(r, 10));
+  expect([tracerOf(pid), state()]).toEqual([0, expect.not.stringMatching(/[Tt]/)]);
 }
 
 function fdsAndMaps(pid: number): { fds: string[]; maps: string } {
@@ -174,6 +182,37 @@ describe('image format 2 (pages and pages.1)', () => {
       expect(existsSync(join(dir, 'pages.1')), name).toBe(false);
       expect(readImage(dir).inventory.formatVersion, name).toBe(1);
     }
+    const n = p.lines().length;
+    p.writeLine('');
+    expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');
+  });
+
+  it('a disk that fills during the two files\' writes: exit 8 naming the file, nothing left on it, the target runs on; a tsnap killed in the pool\'s splice leaves the target as it was and no image a reader accepts', async () => {
+    const work = tmpDir('tsnap-fmt2-');
+    const p = await startProcess(await compileC('bigmem'), ['read', '24']);
+    const before = fdsAndMaps(p.pid);
+    const mnt = tmpDir('tsnap-fmt2-full-');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tsnap-test', mnt]);
+    try {
+      // Either thread may meet the full disk first: both files are written at once.
+      const r = await startTsnap(['dump', '--pid', String(p.pid), '--dir', join(mnt, 'img')], { TSNAP_SPLICE_FILES: '2' }).done;
+      expect(r.code, r.stderr).toBe(8);
+      expect(r.stderr).toMatch(/no space left on the device writing \S+\/img\/pages(\.1)?;/);
+      expect(readdirSync(mnt)).toEqual([]);
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
+    expect(tracerOf(p.pid)).toBe(0);
+    expect(fdsAndMaps(p.pid)).toEqual(before);
+    const dir = join(work, 'killed');
+    const k = await startTsnap(['dump', '--pid', String(p.pid), '--dir', dir], { TSNAP_SPLICE_FILES: '2', TSNAP_FAULT_AT: 'splice-pooled' }).done;
+    expect(k.signal, k.stderr).toBe('SIGKILL');
+    // Its pages files stay (no handler ran), without the inventory that would commit them.
+    expect(existsSync(join(dir, 'inventory'))).toBe(false);
+    const v = await tsnap('verify', dir);
+    expect(v.code, v.stderr).toBe(7);
+    await eventuallyUntraced(p.pid);
+    expect(fdsAndMaps(p.pid)).toEqual(before);
     const n = p.lines().length;
     p.writeLine('');
     expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');
