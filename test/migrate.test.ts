@@ -155,6 +155,46 @@ describe('tsnap migrate', () => {
     for (const k of kids) expect(readFileSync(`/proc/${k}/stat`, 'utf8').split(' ')[3]).toBe(String(p.pid));
   });
 
+  it('--tree whose final round the one-copy dump would split (forced, 4 MiB written per process): every image goes as one pages file (onePagesFile), and the tree checks itself on the receiver', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const out = join(work, 'restored.out');
+    const srv = await startServer(join(work, 'in'), ['--restore', '--count', '1', '--stdout', out]);
+    // Parent and child each rewrite 4 MiB all the time (4 chunks a round: some in pages.1 if split) and check it whole.
+    const p = await startPython(`
+import os, sys, time
+def work(who):
+    buf = bytearray(4 << 20)
+    n = 0
+    while True:
+        n += 1
+        v = n % 251
+        buf[:] = bytes([v]) * len(buf)
+        time.sleep(0.01)
+        ok = buf.count(v) == len(buf)
+        if who == 'parent' and n % 20 == 0:
+            print('STATUS n=%d ok=%d child=%d' % (n, ok, os.waitpid(kid, os.WNOHANG)[0] == 0), flush=True)
+        if not ok:
+            print('BAD %s' % who, flush=True)
+kid = os.fork()
+if kid == 0:
+    work('child')
+print('READY child=%d' % kid, flush=True)
+work('parent')
+`);
+    const kid = Number(p.readyInfo.child);
+    await p.waitForLine(/^STATUS/, 10_000);
+    // What a frozen round of 64 MiB and more would do by default (format 2): the wire names five files per image.
+    const r = await startTsnap(['migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--tree', '--max-iterations', '2', '--json'], { TSNAP_SPLICE: 'always', TSNAP_SPLICE_FILES: '2' }).done;
+    expect(r.code, r.stderr).toBe(0);
+    await p.exited;
+    restored.push(kid, p.pid);
+    const statuses = () => (existsSync(out) ? readFileSync(out, 'utf8').split('\n').filter((l) => /^(STATUS|BAD)/.test(l)) : []);
+    await waitFor(() => statuses().length >= 2, 20_000);
+    for (const l of statuses()) expect(l).toMatch(/^STATUS n=\d+ ok=1 child=1$/);
+    const files = (readdirSync(join(work, 'in'), { recursive: true }) as string[]);
+    expect(files.filter((f) => f.endsWith('pages.1'))).toEqual([]);
+  });
+
   it('--tcp-established: a server migrates with its client connection, which carries on with the moved process', async () => {
     const work = tmpDir('tsnap-mig-');
     const srv = await startServer(join(work, 'in'), ['--restore', '--count', '1']);

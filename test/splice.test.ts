@@ -6,8 +6,12 @@
  * pipe fd, no mapping), its memory intact.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { readdirSync, readFileSync, statSync, existsSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, existsSync, openSync, closeSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { pipe2, O_NONBLOCK, splicePipes, splicePipesAsync, canSplicePooled, SysError, type PipeSplice } from '../src/sys/index.js';
+import { crc32 } from '../src/image/checksum.js';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs } from './helpers/fixtures.js';
 import { tsnap, startTsnap, restoreDetached, readImage } from './helpers/tsnap.js';
 
@@ -200,5 +204,83 @@ describe('one-copy dump (vmsplice in the target, splice into the pages file)', (
     const n = p.lines().length;
     p.writeLine('');
     expect(await p.waitForLine(/^(PASS|FAIL)/, 10_000, n)).toBe('PASS');
+  });
+});
+
+describe('tsnap_splice_pipes (the C loop the pool thread runs for pages.1)', () => {
+  /** Non-blocking pipes (as the dump's read ends are), each holding `data`. */
+  const filled = (datas: Buffer[]): [number, number][] => datas.map((d) => {
+    const [r, w] = pipe2(O_NONBLOCK);
+    expect(writeSync(w, d)).toBe(d.length);
+    return [r, w];
+  });
+  const closeAll = (fds: number[]) => { for (const fd of fds) closeSync(fd); };
+  const calls = [['on this thread', async (fd: number, jobs: PipeSplice[], rfd: number, buf: Buffer | null) => splicePipes(fd, jobs, rfd, buf)],
+    ['on the pool', splicePipesAsync]] as const;
+
+  it('moves each pipe to its offset and reads back the CRCs asked for, through a buffer smaller than a piece', async () => {
+    expect(canSplicePooled()).toBe(true);
+    const work = tmpDir('tsnap-splice-c-');
+    for (const [how, call] of calls) {
+      const datas = [randomBytes(40_000), randomBytes(65_536), randomBytes(4096)];
+      const pipes = filled(datas);
+      const path = join(work, how.replace(/ /g, '-'));
+      const fd = openSync(path, 'w', 0o600);
+      const rfd = openSync(path, 'r');
+      try {
+        const at = [32, 32 + 40_000, 32 + 40_000 + 65_536];
+        const jobs = pipes.map(([r], i) => ({ pipe: r, position: at[i], len: datas[i].length, crc: i !== 1 }));
+        const crcs = await call(fd, jobs, rfd, Buffer.alloc(3000));
+        expect(crcs, how).toEqual([crc32(datas[0]), null, crc32(datas[2])]);
+        expect(readFileSync(path).subarray(32).equals(Buffer.concat(datas)), how).toBe(true);
+      } finally {
+        closeAll([fd, rfd, ...pipes.flat()]);
+      }
+    }
+  });
+
+  it('a pipe holding less than its job says (a miscounted vmsplice): a SysError EIO naming the offset, the bytes there stored, the rest left', async () => {
+    const work = tmpDir('tsnap-splice-c-');
+    for (const [how, call] of calls) {
+      const datas = [randomBytes(8192), randomBytes(8192)];
+      const pipes = filled(datas);
+      const path = join(work, how.replace(/ /g, '-'));
+      const fd = openSync(path, 'w', 0o600);
+      try {
+        // The first pipe is asked for more than it holds: its splice comes back EAGAIN (non-blocking) once it is dry.
+        const jobs = [{ pipe: pipes[0][0], position: 0, len: 12_288 }, { pipe: pipes[1][0], position: 12_288, len: 8192 }];
+        const err = await call(fd, jobs, -1, null).then(() => null, (e: unknown) => e);
+        expect(err, how).toBeInstanceOf(SysError);
+        expect((err as SysError).code, how).toBe('EIO');
+        expect((err as SysError).message, how).toMatch(/at 0\b.*ran dry/);
+        expect(readFileSync(path).equals(datas[0]), how).toBe(true);
+      } finally {
+        closeAll([fd, ...pipes.flat()]);
+      }
+    }
+  });
+
+  it('a full disk part way through a splice: a SysError ENOSPC, on either thread', async () => {
+    const mnt = tmpDir('tsnap-splice-full-');
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tsnap-test', mnt]);
+    try {
+      for (const [how, call] of calls) {
+        const datas = [randomBytes(60_000), randomBytes(60_000)];
+        const pipes = filled(datas);
+        const path = join(mnt, how.replace(/ /g, '-'));
+        const fd = openSync(path, 'w', 0o600);
+        try {
+          const jobs = [{ pipe: pipes[0][0], position: 0, len: 60_000 }, { pipe: pipes[1][0], position: 60_000, len: 60_000 }];
+          const err = await call(fd, jobs, -1, null).then(() => null, (e: unknown) => e);
+          expect(err, how).toBeInstanceOf(SysError);
+          expect((err as SysError).code, how).toBe('ENOSPC');
+        } finally {
+          closeAll([fd, ...pipes.flat()]);
+          execFileSync('rm', ['-f', path]);
+        }
+      }
+    } finally {
+      execFileSync('umount', [mnt]);
+    }
   });
 });

@@ -37,7 +37,7 @@ import { PageFileWriter } from '../image/page-writer.js';
 import type { PageSink } from './page-sink.js';
 import { withPath } from '../errors.js';
 import { mark } from '../trace.js';
-import { faultPoint } from '../fault-points.js';
+import { faultPoint, pausePoint } from '../fault-points.js';
 import { PageWhere, type ChunkEntry, type Compression, type PageRun, type SpliceStats } from '../../formats/schema.js';
 import type { DumpRange } from './memory-plan.js';
 import { placePages, addRun, readInto, type Pending, type PageDumpResult } from './page-dumper.js';
@@ -361,7 +361,8 @@ class SplicedCopy {
     const t0 = process.hrtime.bigint();
     const pool = there.length ? splicePipesAsync(there[0].p.chunk.fd, there.map((x) => x.job), this.readBackFd(there[0].p.chunk), this.poolBuf ??= Buffer.allocUnsafeSlow(CRC_PIECE)) : null;
     // A tsnap killed here dies with a pool thread inside splice(): the guardian still empties the target of its pipes.
-    if (pool) faultPoint('splice-pooled');
+    // A tsnap signalled here (a test pauses it with the pool's splice in flight) sees the abort only once it settled.
+    if (pool) { faultPoint('splice-pooled'); pausePoint('splice-pooled'); }
     let failure: unknown = null;
     try {
       if (here.length) {

@@ -10,7 +10,7 @@ import { lz4napi } from './lz4-napi.js';
 import { read as fsRead } from 'node:fs';
 import { decodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
-import { HEADER_SIZE, FileKind, PAGES_FILES, type ChunkEntry } from '../../formats/schema.js';
+import { HEADER_SIZE, FileKind, PAGES_FILES, FORMAT_VERSION, FORMAT_VERSION_SPLIT, type ChunkEntry } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
 export { PageFileWriter, DEFAULT_CHUNK_SIZE } from './page-writer.js';
@@ -65,6 +65,12 @@ export class PageFileReader {
     const head = Buffer.alloc(HEADER_SIZE);
     const got = readSync(fd, head, 0, HEADER_SIZE, 0);
     const h = decodeHeader(head.subarray(0, got), path, FileKind.Pages);
+    // The writer gives `pages` version 1 and `pages.1` version 2 (formats/image-v1.md): the two
+    // swapped, or one from another image, is told here even where their lengths agree.
+    const want = f === 0 ? FORMAT_VERSION : FORMAT_VERSION_SPLIT;
+    if (h.version !== want) {
+      throw new TsnapError('badImage', `${path}: its header says format ${h.version}, a ${name} file says ${want}; it was swapped with ${PAGES_FILES[1 - f] ?? 'another file'} or comes from another image`);
+    }
     const size = fstatSync(fd).size;
     if (size !== HEADER_SIZE + h.payloadLength) {
       throw new TsnapError('badImage', `${path}: ${size < HEADER_SIZE + h.payloadLength ? 'truncated' : 'has data past its end'} (${size} bytes, expected ${HEADER_SIZE + h.payloadLength}); the image is damaged`);

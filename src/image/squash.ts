@@ -13,7 +13,7 @@ import { PageFileReader, PageFileWriter } from './page-file.js';
 import { writeMetaFile } from './metadata.js';
 import { encodePagemap } from './page-runs.js';
 import { prepareImageDir, discardImageDir, fsyncDir } from './image-dir.js';
-import { FileKind, PageWhere, type Inventory, type PageRun, type Compression } from '../../formats/schema.js';
+import { FileKind, FORMAT_VERSION, PageWhere, type Inventory, type PageRun, type Compression } from '../../formats/schema.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
@@ -91,8 +91,9 @@ async function squashChain(from: string, out: string, compression?: Compression)
     files.process = writeMetaFile(dir.path, FileKind.Process, top.process, true);
     if (top.stats) files.stats = writeMetaFile(dir.path, FileKind.Stats, top.stats, true);
     files.pages = { length: writer.bytesStored, crc32: 0 };
+    // One pages file, whatever the chain's levels had: a format 1 image (a format 2 top would make older readers refuse it).
     const inventory: Inventory = {
-      ...top.inventory, imageId: randomUUID(), createdAt: new Date().toISOString(), kind: 'full', parent: null,
+      ...top.inventory, formatVersion: FORMAT_VERSION, imageId: randomUUID(), createdAt: new Date().toISOString(), kind: 'full', parent: null,
       compression: codec, files, contents: 'dump', tracking: null,
     };
     writeMetaFile(dir.path, FileKind.Inventory, inventory, true);
