@@ -47,7 +47,7 @@ export async function warmUpRestore(): Promise<number> {
   const t0 = process.hrtime.bigint();
   const sleep = SLEEP.find((p) => { try { accessSync(p, constants.X_OK); return true; } catch { return false; } });
   if (!sleep) throw new Error('no sleep binary to warm up with (looked for /usr/bin/sleep and /bin/sleep)');
-  const dir = mkdtempSync(join(scratchBase(), 'tsnap-warm-up-'));
+  const dir = mkdtempSync(join(scratchBase(), `tsnap-warm-up-${process.pid}-`));
   const devNull = openSync('/dev/null', 'r+');
   const pids: number[] = [];
   // A receiver's restores need no guardian: the one the warm-up's dump
