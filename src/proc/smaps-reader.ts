@@ -6,11 +6,10 @@
  * beside the other frozen work: it is started once frozen, on libuv's pool
  * (one job reads the whole file: tsnap-procread.c), and answers while the
  * main thread runs the remote syscalls of the state collection; the
- * parse (parseVmFlagsBuffer: a few ms for 10 000 VMAs) is the main
- * thread's, after them. Not a node worker thread any more: its isolate
+ * parse is the main thread's, after them (vmFlagsOf: the scan in C). Not a node worker thread any more: its isolate
  * was ~2.4 MiB of the peak RSS (docs/performance.md).
  */
-import { readWholeOnPool } from '../sys/proc-read.js';
+import { readWholeOnPool, smapsFlagSpans } from '../sys/proc-read.js';
 import { parseVmFlagsBuffer } from './smaps.js';
 
 /**
@@ -18,6 +17,21 @@ import { parseVmFlagsBuffer } from './smaps.js';
  * the kernel writes becomes resident (~700 bytes per VMA).
  */
 const SMAPS_BUFFER = 16 << 20;
+
+/**
+ * What parseVmFlagsBuffer gives, from what C found: the main thread only
+ * splits each distinct flags line once (a process's areas share a few
+ * dozen). Areas with the same flags share one array, as unmergeScratch's
+ * do: read-only.
+ */
+export function vmFlagsOf(buf: Buffer, len: number): Map<number, string[]> {
+  const found = smapsFlagSpans(buf, len);
+  if (!found) return parseVmFlagsBuffer(buf, len);
+  const tokens = found.lines.map((text) => { const t = text.trim(); return t === '' ? [] : t.split(/ +/); });
+  const out = new Map<number, string[]>();
+  for (let i = 0; i < found.starts.length; i++) out.set(found.starts[i], tokens[found.ids[i]]);
+  return out;
+}
 
 export class SmapsReader {
   private stopped = false;
@@ -33,7 +47,7 @@ export class SmapsReader {
    */
   read(pid: number): Promise<Map<number, string[]> | undefined> {
     if (this.stopped) return Promise.resolve(undefined);
-    return readWholeOnPool(`/proc/${pid}/smaps`, SMAPS_BUFFER).then(({ buf, len }) => parseVmFlagsBuffer(buf, len)).catch(() => undefined);
+    return readWholeOnPool(`/proc/${pid}/smaps`, SMAPS_BUFFER).then(({ buf, len }) => vmFlagsOf(buf, len)).catch(() => undefined);
   }
 
   async stop(): Promise<void> {
