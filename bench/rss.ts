@@ -12,6 +12,9 @@
  * BENCH_RSS_NO_OPT=1 adds a dump with TurboFan off from the start
  * (v8.setFlagsFromString('--no-opt') in a preload: what the optimising
  * compiler's code adds to the binary's resident text).
+ * BENCH_RSS_MODE=cow: the copy-on-write dump instead (`dump --leave-running`,
+ * the default for 1 GiB: its fault server's thread too), none and lz4, with
+ * the baseline's when set; =both: the frozen and the copy-on-write cases.
  * Also the CPU time of each (process.cpuUsage() in the exit handler).
  * Medians of BENCH_REPS (default 3) after a warm-up.
  * Standalone: node dist/bench/rss.js
@@ -29,6 +32,7 @@ const SIZE_MIB = Number(process.env.BENCH_MIB ?? 1024);
 const REPS = Number(process.env.BENCH_REPS ?? 3);
 const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
 const BASELINE = process.env.BENCH_RSS_BASELINE;
+const MODE = process.env.BENCH_RSS_MODE ?? 'frozen';
 
 const FIXTURE = `
 #include <stdio.h>
@@ -98,16 +102,25 @@ async function main(): Promise<void> {
       if (r.status !== 0) throw new Error(`node ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
       return JSON.parse(readFileSync(out, 'utf8')) as Sample;
     };
-    const dump = (tsnap: string, compress: string, env: Record<string, string> = {}, pre: string[] = []) => () =>
-      nodeRun([tsnap, 'dump', '--pid', String(pid), '--dir', dir, '--compress', compress, '--leave-running', '--no-cow'], env, pre);
-    const cases: [string, () => Sample][] = [
-      ['nodeFloor', () => nodeRun(['-e', '0'])],
+    const dump = (tsnap: string, compress: string, env: Record<string, string> = {}, pre: string[] = [], cow = false) => () =>
+      nodeRun([tsnap, 'dump', '--pid', String(pid), '--dir', dir, '--compress', compress, '--leave-running', ...(cow ? [] : ['--no-cow'])], env, pre);
+    const frozen: [string, () => Sample][] = [
       ['none', dump(TSNAP, 'none')],
       ['lz4', dump(TSNAP, 'lz4')],
       ['noneNoCache', dump(TSNAP, 'none', { TSNAP_NO_COMPILE_CACHE: '1' })],
       ['lz4NoCache', dump(TSNAP, 'lz4', { TSNAP_NO_COMPILE_CACHE: '1' })],
       ...(BASELINE ? [['noneBase', dump(BASELINE, 'none')], ['lz4Base', dump(BASELINE, 'lz4')], ['noneBaseNoCache', dump(BASELINE, 'none', { TSNAP_NO_COMPILE_CACHE: '1' })]] as [string, () => Sample][] : []),
       ...(process.env.BENCH_RSS_NO_OPT === '1' ? [['noneNoOpt', dump(TSNAP, 'none', {}, ['-r', noOpt])]] as [string, () => Sample][] : []),
+    ];
+    const cow: [string, () => Sample][] = [
+      ['cowNone', dump(TSNAP, 'none', {}, [], true)],
+      ['cowLz4', dump(TSNAP, 'lz4', {}, [], true)],
+      ...(BASELINE ? [['cowNoneBase', dump(BASELINE, 'none', {}, [], true)], ['cowLz4Base', dump(BASELINE, 'lz4', {}, [], true)]] as [string, () => Sample][] : []),
+    ];
+    const cases: [string, () => Sample][] = [
+      ['nodeFloor', () => nodeRun(['-e', '0'])],
+      ...(MODE === 'cow' ? [] : frozen),
+      ...(MODE === 'cow' || MODE === 'both' ? cow : []),
     ];
     for (const [, f] of cases) f();
     const runs: Record<string, Sample[]> = {};
@@ -116,7 +129,7 @@ async function main(): Promise<void> {
     const m = (k: string, f: (s: Sample) => number) => median(runs[k].map(f));
     const floor = m('nodeFloor', (s) => s.hwm);
     const report = {
-      sizeMiB: SIZE_MIB, reps: REPS, load: readFileSync('/proc/loadavg', 'utf8').trim(), nodeFloorMiB: mib(floor),
+      sizeMiB: SIZE_MIB, reps: REPS, mode: MODE, load: readFileSync('/proc/loadavg', 'utf8').trim(), nodeFloorMiB: mib(floor),
       peakOverNodeMiB: Object.fromEntries(cases.slice(1).map(([k]) => [k, mib(m(k, (s) => s.hwm) - floor)])),
       // CPU (user + system, every thread) of each process up to its exit handler.
       cpuMs: Object.fromEntries(cases.map(([k]) => [k, m(k, (s) => s.cpuMs)])),

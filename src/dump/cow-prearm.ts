@@ -9,7 +9,7 @@
  * runs: a short stop makes the userfaultfd inside the target (it binds the
  * mm of its creator), the target runs on, its private anonymous VMAs are
  * registered and protected whole, and until the freeze the fault server
- * lets every write fault go by unprotecting its page (cow-worker.ts,
+ * lets every write fault go by unprotecting its page (tsnap-cow.c,
  * early phase): nothing is saved, there is no snapshot yet.
  *
  * At the freeze (cow-session.ts) the worker stops unprotecting, and one

@@ -15,7 +15,7 @@
  *
  * While it runs: the main thread copies the protected pages in address
  * order and unprotects each chunk once read; the fault server
- * (cow-worker.ts) saves a page the target is about to write before letting
+ * (tsnap-cow.c, a native thread) saves a page the target is about to write before letting
  * the write go on, and the main thread takes the saved copy instead of
  * what it read. Either way a stored page holds its bytes at the freeze.
  *
@@ -27,10 +27,10 @@
  * the last one: every range is unregistered and unprotected, and blocked
  * writers wake (checked by test/cow.test.ts).
  */
-import { Worker, MessageChannel, type MessagePort } from 'node:worker_threads';
 import { closeSync, readFileSync, writeSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, pipe2, SYS, O_CLOEXEC, O_NONBLOCK, PROT_READ, SysError, type ProcMem } from '../sys/index.js';
 import { uffdUnregister } from '../sys/uffd-wp.js';
+import { CowServerThread } from '../sys/cow-server.js';
 import { UFFD_FEATURE, UFFD_EVENT } from '../sys/uapi.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { uffdApi, uffdRegisterWp, uffdWriteProtect } from '../track/uffd.js';
@@ -39,9 +39,8 @@ import type { Vma } from '../proc/maps.js';
 import type { VmaClass, DumpRange } from './memory-plan.js';
 import { copyPages, type PageDumpResult } from './page-dumper.js';
 import type { PageSink } from './page-sink.js';
-import { CTL, TIMES, PAGE, EARLY_LOG_PAGES, indexRanges, indexedPages, pageIndex, halves, type CowConfig, type CowEarlyConfig } from './cow-shared.js';
+import { CTL, TIMES, PAGE, EARLY_LOG_PAGES, indexRanges, indexedPages, pageIndex, halves, type CowConfig } from './cow-shared.js';
 import type { CowStats, PageRun } from '../../formats/schema.js';
-import { TsnapError } from '../errors.js';
 import { pausePoint } from '../fault-points.js';
 import { mark } from '../trace.js';
 import { WriteProtector } from '../sys/uffd-wp.js';
@@ -60,47 +59,41 @@ const BLOCK_PAGES = 16;
 /** The copy could not be kept consistent: the caller dumps again, frozen. */
 export class CowLost extends Error {}
 
-/** The fault server's thread, started before the freeze: its start-up (~30 ms) must not count as frozen time. */
+/**
+ * The fault server (tsnap-cow.c): a native thread of tsnap's, started
+ * before the freeze, asleep until configured. Not a node Worker: a second
+ * V8 isolate cost ~10 MiB of peak RSS (docs/performance.md, "the
+ * copy-on-write dump's fault server").
+ */
 export class CowWorker {
-  private exited: Promise<void>;
   private wake: [number, number] | null = null;
-  /** An exception the fault server died of: its faults then wait for the copy, and the dump is taken again. */
-  failure: Error | null = null;
+  private readonly thread: CowServerThread;
   /** The fault store and its free ring: allocated (and zeroed by the kernel) before the freeze, not during it. */
   readonly store = new SharedArrayBuffer(STORE_PAGES * PAGE);
   readonly free = new SharedArrayBuffer(STORE_PAGES * 4);
+  readonly ctl = new Int32Array(new SharedArrayBuffer(CTL.SIZE * 4));
+  readonly times = new Float64Array(new SharedArrayBuffer(TIMES.SIZE * 8));
+  /** Memory the thread writes until stop() (go()'s slots): held here, whatever the caller keeps. */
+  private readonly inUse: SharedArrayBuffer[] = [];
 
-  private constructor(
-    private readonly worker: Worker,
-    private readonly port: MessagePort,
-    readonly ctl: Int32Array,
-    readonly times: Float64Array,
-  ) {
-    this.exited = new Promise((resolve) => worker.once('exit', () => resolve()));
-    worker.on('error', (err) => { this.failure ??= err; });
+  private constructor() {
+    this.thread = new CowServerThread(this.ctl.buffer as SharedArrayBuffer, this.times.buffer as SharedArrayBuffer);
   }
 
-  static async start(): Promise<CowWorker> {
-    const shared = { ctl: new SharedArrayBuffer(CTL.SIZE * 4), times: new SharedArrayBuffer(TIMES.SIZE * 8) };
-    const { port1, port2 } = new MessageChannel();
-    const worker = new Worker(new URL('./cow-worker.js', import.meta.url), { workerData: { shared, port: port2 }, transferList: [port2] });
-    await new Promise<void>((resolve, reject) => {
-      worker.once('message', () => resolve());
-      worker.once('error', reject);
-      worker.once('exit', (code) => reject(new TsnapError('internal', `the copy-on-write fault server exited (${code}) before it started`)));
-    });
-    // Between now and stop() the worker waits or serves: only stop() waits for it.
-    worker.unref();
-    port1.unref();
-    return new CowWorker(worker, port1, new Int32Array(shared.ctl), new Float64Array(shared.times));
+  static start(): CowWorker {
+    return new CowWorker();
+  }
+
+  /** What the fault server stopped on (its faults then wait for the copy, and the dump is taken again), or null. */
+  get failure(): Error | null {
+    const e = Atomics.load(this.ctl, CTL.FAILED);
+    return e ? new SysError('the copy-on-write fault server', e) : null;
   }
 
   go(cfg: Omit<CowConfig, 'wakeFd'>): void {
-    const early = this.wake !== null;
     this.wake ??= pipe2(O_CLOEXEC);
-    this.port.postMessage({ ...cfg, wakeFd: this.wake[0] } satisfies CowConfig);
-    Atomics.store(this.ctl, CTL.GO, early ? 2 : 1);
-    Atomics.notify(this.ctl, CTL.GO);
+    this.inUse.push(cfg.slots);
+    this.thread.go({ ...cfg, wakeFd: this.wake[0] });
   }
 
   /** A uffd made before the freeze (cow-prearm.ts): closed by stop() unless taken. */
@@ -113,54 +106,44 @@ export class CowWorker {
   goEarly(uffd: number, huge: { start: number; end: number }[]): void {
     this.early = uffd;
     this.wake = pipe2(O_CLOEXEC);
-    // Set here, not by the worker: ended (2) before the worker even starts, the phase stays ended.
-    Atomics.store(this.ctl, CTL.EARLY, 1);
-    this.port.postMessage({ early: true, uffd, wakeFd: this.wake[0], log: this.earlyLog.buffer as SharedArrayBuffer, huge } satisfies CowEarlyConfig);
-    Atomics.store(this.ctl, CTL.GO, 1);
-    Atomics.notify(this.ctl, CTL.GO);
+    this.thread.goEarly(uffd, this.wake[0], this.earlyLog.buffer as SharedArrayBuffer, huge);
   }
 
   /**
    * Frozen: ends the early phase and returns the uffd. Once this returns,
-   * the worker unprotects nothing until go(): a scan now sees every page
+   * the server unprotects nothing until go(): a scan now sees every page
    * written since it was protected.
    */
   endEarly(): number {
-    // The worker may be draining (4): it lets go of what it read, then goes idle (1).
-    while (Atomics.compareExchange(this.ctl, CTL.EARLY, 1, 2) === 4) {
-      if (this.failure) throw this.failure;
-      Atomics.wait(this.ctl, CTL.EARLY, 4, 100);
-    }
+    // The server may be draining (4): it lets go of what it read, then goes idle (1).
+    while (Atomics.compareExchange(this.ctl, CTL.EARLY, 1, 2) === 4) this.thread.wait(CTL.EARLY, 4, 100);
     // No byte on the wake pipe: one left unread would tell the serving phase to stop. The
-    // worker sees the phase ended at its next wake-up (the first fault after the release).
+    // server sees the phase ended at its next wake-up (the first fault after the release).
     const fd = this.early;
     this.early = -1;
     return fd;
   }
 
-  /** Waits until the worker protected its share (the target is frozen meanwhile: no fault can come). */
+  /** Waits until the server protected its share (the target is frozen meanwhile: no fault can come). */
   protected(): void {
-    while (Atomics.load(this.ctl, CTL.PROTECTED) === 0) Atomics.wait(this.ctl, CTL.PROTECTED, 0, 1000);
+    while (Atomics.load(this.ctl, CTL.PROTECTED) === 0) this.thread.wait(CTL.PROTECTED, 0, 1000);
     const r = Atomics.load(this.ctl, CTL.PROTECTED);
     if (r !== 1) throw new SysError('ioctl(UFFDIO_WRITEPROTECT) by the fault server', r);
   }
 
   /** Stops the server after it has read every pending message; safe more than once. */
-  async stop(): Promise<void> {
-    this.worker.ref();
+  stop(): void {
+    // STOP before the byte: the server checks it when the byte wakes it.
     Atomics.store(this.ctl, CTL.STOP, 1);
-    Atomics.store(this.ctl, CTL.GO, 2);
-    Atomics.notify(this.ctl, CTL.GO);
     if (this.wake) {
       try { writeSync(this.wake[1], Buffer.from([1])); } catch { /* closed */ }
     }
-    await this.exited;
-    this.worker.unref();
+    this.thread.stop();
+    this.inUse.length = 0;
     if (this.wake) {
       for (const fd of this.wake) { try { closeSync(fd); } catch { /* closed */ } }
       this.wake = null;
     }
-    this.port.close();
     if (this.early >= 0) { try { closeSync(this.early); } catch { /* closed */ } this.early = -1; }
   }
 }
@@ -338,7 +321,7 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
       },
     });
     Atomics.store(ctl, CTL.CURSOR, nPages);
-    await worker.stop();
+    worker.stop();
     closeSync(uffd);
     uffd = -1;
     if (unreadable && !Atomics.load(ctl, CTL.LOST)) {
@@ -361,7 +344,7 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
     };
   } finally {
     // Closing the last copy unprotects everything and wakes any blocked writer.
-    await worker.stop();
+    worker.stop();
     if (uffd >= 0) closeSync(uffd);
   }
 }

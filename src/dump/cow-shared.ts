@@ -1,9 +1,10 @@
 import { PAGE_SIZE } from '../sys/uapi.js';
 /**
  * What the copy-on-write dump's two threads share (cow-session.ts on the
- * main thread, cow-worker.ts serving faults): plain shared memory, so that
- * either side sees the other's progress at once, whatever its event loop
- * is doing.
+ * main thread, tsnap-cow.c's thread serving faults): plain shared memory,
+ * so that either side sees the other's progress at once, whatever the main
+ * thread's event loop is doing. The C side names the same indices: keep
+ * CTL and TIMES in step with its enums.
  *
  * Pages of the protected ranges are numbered 0..n-1 in address order (the
  * "index space"). slots[i] is 0 until the fault server saved page i, then
@@ -48,7 +49,9 @@ export const CTL = {
   EARLY: 13,
   /** Faults the early phase served (each unprotects one page, protected again while frozen). */
   EARLY_FAULTS: 14,
-  SIZE: 15,
+  /** The errno the server stopped on (0 while it serves): its faults then wait for the copy. */
+  FAILED: 15,
+  SIZE: 16,
 } as const;
 
 /** Float64 fields of the timing array. */
@@ -103,32 +106,12 @@ export function pageIndex(ranges: readonly IndexedRange[], addr: number): number
   return i < 0 ? -1 : ranges[i].first + Math.floor((addr - ranges[i].start) / PAGE);
 }
 
-export interface CowShared {
-  ctl: SharedArrayBuffer;
-  times: SharedArrayBuffer;
-}
-
-/** Posted first when memory is protected before the freeze: faults are let go until the freeze. */
-export interface CowEarlyConfig {
-  early: true;
-  uffd: number;
-  wakeFd: number;
-  /**
-   * Float64 ring of what was let go (EARLY_LOG_PAGES entries; CTL.EARLY_FAULTS
-   * counts them all): a page's address, or 1 + the address of a huge page
-   * let go whole.
-   */
-  log: SharedArrayBuffer;
-  /** Ranges backed by transparent huge pages when protected (sorted): a fault there lets its whole huge page go. */
-  huge: { start: number; end: number }[];
-}
-
 export const HUGE_PAGE = 2 << 20;
 
 /** Early faults the main thread can read back between two of its protection passes. */
 export const EARLY_LOG_PAGES = 1 << 16;
 
-/** Posted to the worker once the ranges are protected. */
+/** Given to the fault server once the ranges are protected. */
 export interface CowConfig {
   pid: number;
   uffd: number;

@@ -110,7 +110,7 @@ export interface DumpOptions {
    * copies frozen. Memory lost under the copy (unmapped) makes dump() take
    * the image again, frozen. 'auto': only when the process holds at least
    * COW_MIN_BYTES of anonymous memory; below, copying it frozen takes less
-   * than setting copy-on-write up (a worker thread, the uffd).
+   * than setting copy-on-write up (the fault server's thread, the uffd).
    */
   cow?: boolean | 'auto';
 }
@@ -211,7 +211,7 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
         }
         const cow = opts.cow === true || (opts.cow === 'auto' && anonResidentBytes(pid) >= COW_MIN_BYTES);
         if (cow && !opts.hold) {
-          const w = cowWorker = await CowWorker.start();
+          const w = cowWorker = CowWorker.start();
           session.onFailure(() => w.stop());
         }
         if (overlapSmaps(pid)) {

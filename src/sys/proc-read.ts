@@ -1,0 +1,93 @@
+/**
+ * A whole file read on libuv's pool in one job (src/proc/tsnap-procread.c,
+ * built to dist/native/libtsnap-procread.so): the read does not wait for
+ * the main thread between its read() calls.
+ */
+import { existsSync, openSync, closeSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { koffi } from './koffi.js';
+import { SysError } from './errors.js';
+
+interface ReadAll {
+  async(fd: number, buf: Buffer, len: number, cb: (err: unknown, n: number) => void): void;
+}
+
+type FlagSpans = (buf: Buffer, len: number, out: Uint32Array, max: number, lines: Uint32Array, maxLines: number, nLines: number[]) => number;
+
+let fn: ReadAll | undefined;
+let spans: FlagSpans | undefined;
+let so: ReturnType<typeof koffi.load> | undefined;
+
+function lib(): ReturnType<typeof koffi.load> {
+  if (so) return so;
+  // dist/src/sys/ beside dist/native/; src/sys/ (the tests) two levels under it.
+  const path = ['../../native/libtsnap-procread.so', '../../dist/native/libtsnap-procread.so'].map((rel) => fileURLToPath(new URL(rel, import.meta.url))).find(existsSync);
+  if (!path) throw new SysError('load libtsnap-procread.so (not built: npm run build)', 2);
+  return (so = koffi.load(path));
+}
+
+function load(): ReadAll {
+  return (fn ??= lib().func('long tsnap_read_all(int fd, void *buf, size_t len)') as ReadAll);
+}
+
+/** Distinct VmFlags lines tsnap_smaps_flags numbers; past them, the caller's own parser. */
+const MAX_LINES = 4096;
+
+/**
+ * Each area's VmFlags in smaps bytes (tsnap_smaps_flags): its start
+ * address and the number of its flags line, and the distinct lines (the
+ * text after "VmFlags:"). Null when a header is malformed (the caller's
+ * parser says where) or the lines are too many.
+ */
+export function smapsFlagSpans(buf: Buffer, len: number): { starts: Float64Array; ids: Uint32Array; lines: string[] } | null {
+  spans ??= lib().func('long tsnap_smaps_flags(const void *buf, size_t len, _Out_ void *out, size_t max, _Out_ void *lines, uint32_t max_lines, _Out_ uint32_t *nlines)') as FlagSpans;
+  // An area's smaps entry is several hundred bytes: len / 64 bounds the count.
+  const max = Math.floor(len / 64) + 1;
+  const out = new Uint32Array(max * 4);
+  const lineAt = new Uint32Array(MAX_LINES * 2);
+  const nLines = [0];
+  const n = Number(spans(buf, len, out, max, lineAt, MAX_LINES, nLines));
+  if (n < 0) return null;
+  const starts = new Float64Array(n);
+  const ids = new Uint32Array(n);
+  for (let i = 0; i < n; i++) {
+    // Two halves: one rounding past 2^53 ([vsyscall]), as the JavaScript parser rounds.
+    starts[i] = out[4 * i + 1] * 0x100000000 + out[4 * i];
+    ids[i] = out[4 * i + 2];
+  }
+  const lines = new Array<string>(nLines[0]);
+  for (let k = 0; k < nLines[0]; k++) lines[k] = buf.toString('latin1', lineAt[2 * k], lineAt[2 * k] + lineAt[2 * k + 1]);
+  return { starts, ids, lines };
+}
+
+/**
+ * The file at `path` until EOF, into a buffer of `size` bytes grown as
+ * needed (allocated unfilled: only what is read becomes resident). Its
+ * buffer and the length read.
+ */
+export async function readWholeOnPool(path: string, size: number): Promise<{ buf: Buffer; len: number }> {
+  const read = load();
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (err) {
+    throw new SysError(`open(${path})`, Math.abs((err as NodeJS.ErrnoException).errno ?? 5));
+  }
+  try {
+    let buf = Buffer.allocUnsafeSlow(size);
+    let len = 0;
+    for (;;) {
+      const into = buf.subarray(len);
+      const n = await new Promise<number>((resolve, reject) => read.async(fd, into, into.length, (err, r) => (err ? reject(err) : resolve(Number(r)))));
+      if (n < 0) throw new SysError(`read(${path})`, -n);
+      len += n;
+      if (len < buf.length) return { buf, len };
+      // Full: the rest follows from where the file stands.
+      const bigger = Buffer.allocUnsafeSlow(buf.length * 2);
+      buf.copy(bigger, 0, 0, len);
+      buf = bigger;
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
