@@ -217,3 +217,20 @@ function pairToken(a: number, b: number): string {
   if (t === undefined) pairs.set(key, (t = String.fromCharCode(a, b)));
   return t;
 }
+
+/** Every area's VmFlags in buf[0, len): a whole smaps read at once (the pool's read, smaps-reader.ts). */
+export function parseVmFlagsBuffer(buf: Buffer, len = buf.length): Map<number, string[]> {
+  const out = new Map<number, string[]>();
+  parseAreas(buf, len, true, (start, b, from, to) => {
+    const tokens: string[] = [];
+    for (let q = from; q < to;) {
+      if (b[q] === 32) { q++; continue; }
+      let e = q;
+      while (e < to && b[e] !== 32) e++;
+      tokens.push(e - q === 2 ? pairToken(b[q], b[q + 1]) : b.toString('latin1', q, e));
+      q = e;
+    }
+    out.set(start, tokens);
+  });
+  return out;
+}
