@@ -328,11 +328,13 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       const dumped = m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start));
       const remote = opts.lazy?.remote;
       const lazyVmas = lazy && !remote ? dumped.filter(isLazyVma) : [];
+      /** Task fds to close in the mm step's list (the uffd's copy in the task). */
+      const closeLater: number[] = [];
       if (lazy) {
         const lz = lazy;
         // The uffd is made here, while remote syscalls stop once (lazy-restore.ts).
         if (remote) m.lazy = await preparePostcopy(rt, dumped, m.p.threads, remote.set, remote.source, (vmas, batch) => lz.open(rt, vmas, batch));
-        else lazy.open(rt, lazyVmas);
+        else lazy.open(rt, lazyVmas, undefined, (fd) => closeLater.push(fd));
         m.lazy ??= { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
       }
       const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
@@ -344,7 +346,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       finishProtections(rt, fixProt);
       lockVmas(rt, m.p.mm.vmas);
       steps.at(`restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`);
-      restoreMm(rt, m.p);
+      restoreMm(rt, m.p, closeLater);
     }
     // Every uffd exists: the guard takes its copies while the restore goes on.
     lazy?.sendArm();
