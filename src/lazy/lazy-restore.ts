@@ -157,6 +157,11 @@ export class LazyRestore {
     this.stats = { get lazyBytes() { self.build(); return self.lazyBytes; }, repairedPages: 0 };
   }
 
+  /** The guard's pid, once its spawn returned (rejects when it could not start: arm() says so). */
+  get guardProcess(): Promise<number> {
+    return this.guardStarted;
+  }
+
   /** Builds what attach() left for later (see `unbuilt`). */
   private build(): void {
     for (const f of this.unbuilt.splice(0)) f();

@@ -30,6 +30,15 @@ export function ownWindowThreads(): number[] {
 
 const RAISED: SchedClass = { policy: SCHED_FIFO | SCHED_RESET_ON_FORK, priority: 1 };
 
+/**
+ * A task that is gone before the window ends (restore's helper, killed once
+ * it cloned): raised for good, never put back, so that nothing is ever set
+ * on its pid once another process may have it.
+ */
+export function raiseForLife(tid: number): void {
+  setSched(tid, RAISED);
+}
+
 export class WindowPriority {
   private readonly saved = new Map<number, SchedClass>();
 
@@ -53,6 +62,15 @@ export class WindowPriority {
     if (!was) return;
     this.saved.delete(from);
     for (const tid of tids) setSched(tid, was);
+  }
+
+  /** Puts every raised thread but `keep` back (restore --lazy: the processes before they start, tsnap's thread once they run). */
+  restoreAllBut(keep: number): void {
+    for (const [tid, was] of this.saved) {
+      if (tid === keep) continue;
+      setSched(tid, was);
+      this.saved.delete(tid);
+    }
   }
 
   /** Puts every raised thread back. */

@@ -33,12 +33,15 @@ export interface NewProcess {
 }
 
 async function waitForPause(pid: number): Promise<void> {
-  // The helper is ready once it sleeps in pause(); a few ms at most.
-  for (let i = 0; i < 500; i++) {
+  // The helper is ready once it sleeps in pause(); a few ms at most. The
+  // first looks come at the next turns of the event loop, not 2 ms apart:
+  // by the time restore awaits the helper it is mostly there, and a 2 ms
+  // timer was then most of the wait (bench/lazy-steps.ts).
+  for (let i = 0; i < 520; i++) {
     try {
       if (readFileSync(`/proc/${pid}/syscall`, 'utf8').startsWith('34 ')) return;
     } catch { /* not yet */ }
-    await new Promise((r) => setTimeout(r, 2));
+    await new Promise((r) => (i < 20 ? setImmediate(r) : setTimeout(r, 2)));
   }
   throw new TsnapError('internal', 'the restore helper did not start');
 }
@@ -84,8 +87,11 @@ async function spawnHelper(path: string, stdio: StdioOptions): Promise<Helper> {
   };
 }
 
-/** `abandoned`: asked once the helper is up; true ends it there, before any clone (early-start.ts). */
-export async function createProcess(pid: number | null, stdio: StdioOptions, abandoned?: () => boolean): Promise<{ proc: NewProcess; helper: Helper }> {
+/**
+ * `abandoned`: asked once the helper is up; true ends it there, before any clone (early-start.ts).
+ * `spawned`: told the helper's pid as soon as it exists (restore --lazy raises its class).
+ */
+export async function createProcess(pid: number | null, stdio: StdioOptions, abandoned?: () => boolean, spawned?: (pid: number) => void): Promise<{ proc: NewProcess; helper: Helper }> {
   const file = writeProgram('tsnap-restore-helper', helperElf());
   let helper: Helper;
   try {
@@ -95,6 +101,7 @@ export async function createProcess(pid: number | null, stdio: StdioOptions, aba
     file.remove();
   }
   const hpid = helper.pid;
+  spawned?.(hpid);
   try {
     pausePoint('restore-helper-spawned');
     await waitForPause(hpid);

@@ -33,7 +33,8 @@ export interface EarlyHelper {
   abandon(): Promise<void>;
 }
 
-export function startHelperEarly(dir: string, newPid: boolean, stdio: StdioOptions): EarlyHelper | null {
+/** `spawned`: as createProcess's. */
+export function startHelperEarly(dir: string, newPid: boolean, stdio: StdioOptions, spawned?: (pid: number) => void): EarlyHelper | null {
   if (process.env.TSNAP_EARLY_HELPER === '0' || isTreeImage(dir)) return null;
   let pid: number | null = null;
   if (!newPid) {
@@ -44,7 +45,7 @@ export function startHelperEarly(dir: string, newPid: boolean, stdio: StdioOptio
     }
   }
   let abandoned = false;
-  const making = createProcess(pid, stdio, () => abandoned);
+  const making = createProcess(pid, stdio, () => abandoned, spawned);
   return {
     pid,
     making,

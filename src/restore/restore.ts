@@ -44,6 +44,7 @@ import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.j
 import { LazyRestore, isLazyVma, kernelTouched, withLazyBytes, type LazyOptions } from '../lazy/lazy-restore.js';
 import { preparePostcopy } from '../lazy/postcopy-prep.js';
 import { startHelperEarly, abandonMaking } from './early-start.js';
+import { WindowPriority, raiseForLife } from '../migrate/window-priority.js';
 
 export interface RestoreOptions {
   dir: string;
@@ -199,8 +200,16 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   const warn = (m: string) => { warnings.push(m); };
   const newPid = !!opts.newPid;
   const stdio = openStdio(opts);
+  // restore --lazy: tsnap's thread and the new task in the real-time class
+  // until the start (migrate/window-priority.ts: on a busy host each of the
+  // restore's ~30 stops waited for a CPU). TSNAP_LAZY_RT=0: as before (bench A/B).
+  const prio = opts.lazy && !opts.lazy.remote && !live && process.env.TSNAP_LAZY_RT !== '0' ? new WindowPriority().raise([process.pid]) : null;
+  /** Set at the start: a guard whose spawn returns later is not raised. */
+  let windowOver = false;
   // Its start overlaps the image's read (early-start.ts).
-  const early = live ? null : startHelperEarly(opts.dir, newPid, stdio.options);
+  // The helper in the same class: each of its steps (exec, pause(), the clone) is a wake-up too; it dies before the start.
+  const spawned = prio ? raiseForLife : undefined;
+  const early = live ? null : startHelperEarly(opts.dir, newPid, stdio.options, spawned);
   let plan: PlannedMember[];
   let tree: boolean;
   let root: PlannedMember;
@@ -226,6 +235,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       resolvedOf.set(m.p, checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end }))));
     }
   } catch (err) {
+    prio?.restore();
     await early?.abandon();
     stdio.close();
     throw err;
@@ -251,7 +261,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   try {
     const wantPid = newPid ? null : root.p.pid;
     if (early && early.pid !== wantPid) strayHelper = early.abandon();
-    const making = live ? null : early && early.pid === wantPid ? early.making : createProcess(wantPid, stdio.options);
+    const making = live ? null : early && early.pid === wantPid ? early.making : createProcess(wantPid, stdio.options, undefined, spawned);
     // The lazy restore's guard starts while the helper does.
     try {
       lazy = opts.lazy ? new LazyRestore(opts.lazy) : null;
@@ -259,11 +269,14 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       if (making) await abandonMaking(making);
       throw err;
     }
+    // The guard answers "armed" before the start: in the raised class until then, never after.
+    if (prio && lazy) lazy.guardProcess.then((pid) => { if (!windowOver) prio.raise([pid]); }, () => { /* arm() says so */ });
     mark('restore: wait for the helper');
     const made = making ? await making : null;
     helper = made?.helper ?? null;
     const proc: NewProcess = made ? made.proc : live!.proc;
     created.push({ pid: proc.pid, leader: true });
+    prio?.raise([proc.pid]);
     helper?.kill('SIGKILL');
     const rootRt = live ? live.rt : new RemoteTask(proc.sc, proc.mem);
     rtOf.set(root, rootRt);
@@ -463,6 +476,10 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     steps.at('start the processes');
     live?.beforeStart?.(members.flatMap((m) => m.threads.map((th) => th.rt.pid)));
     pausePoint('restore-before-start');
+    // The processes (and the guard) start in the class they were made in;
+    // tsnap's thread gets its own back as restore() returns (finally below).
+    windowOver = true;
+    prio?.restoreAllBut(process.pid);
     // Children before parents, other threads before their leader: the one a
     // parent waits for goes last.
     for (const m of [...members].reverse()) {
@@ -505,6 +522,8 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     (lazy as LazyRestore | null)?.abort();
     throw steps.failure(err, `restore from ${opts.dir}`);
   } finally {
+    windowOver = true;
+    prio?.restore();
     stdio.close();
   }
 }
