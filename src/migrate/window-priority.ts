@@ -29,15 +29,12 @@ export function ownWindowThreads(): number[] {
 }
 
 const RAISED: SchedClass = { policy: SCHED_FIFO | SCHED_RESET_ON_FORK, priority: 1 };
-
 /**
- * A task that is gone before the window ends (restore's helper, killed once
- * it cloned): raised for good, never put back, so that nothing is ever set
- * on its pid once another process may have it.
+ * The class for a task spawned into it (restore's helper, by posix_spawn's
+ * scheduler attribute, which takes no SCHED_RESET_ON_FORK): what it forks
+ * is in it too, and must be adopt()ed.
  */
-export function raiseForLife(tid: number): void {
-  setSched(tid, RAISED);
-}
+export const SPAWN_RAISED: Readonly<SchedClass> = { policy: SCHED_FIFO, priority: 1 };
 
 export class WindowPriority {
   private readonly saved = new Map<number, SchedClass>();
@@ -51,6 +48,22 @@ export class WindowPriority {
       if (setSched(tid, RAISED) === 0) this.saved.set(tid, was);
     }
     return this;
+  }
+
+  /** Whether `tid` is raised (and will be put back). */
+  has(tid: number): boolean {
+    return this.saved.has(tid);
+  }
+
+  /**
+   * `tid` (made by a raised task: restore's new process, the clone of a
+   * helper spawned raised) raised, and put back to the class `like` had
+   * before it was raised.
+   */
+  adopt(tid: number, like: number): void {
+    const was = this.saved.get(like);
+    if (!was) return;
+    if (setSched(tid, RAISED) === 0) this.saved.set(tid, was);
   }
 
   /**

@@ -44,7 +44,7 @@ import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.j
 import { LazyRestore, isLazyVma, kernelTouched, withLazyBytes, type LazyOptions } from '../lazy/lazy-restore.js';
 import { preparePostcopy } from '../lazy/postcopy-prep.js';
 import { startHelperEarly, abandonMaking } from './early-start.js';
-import { WindowPriority, raiseForLife } from '../migrate/window-priority.js';
+import { WindowPriority, SPAWN_RAISED } from '../migrate/window-priority.js';
 
 export interface RestoreOptions {
   dir: string;
@@ -207,9 +207,11 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   /** Set at the start: a guard whose spawn returns later is not raised. */
   let windowOver = false;
   // Its start overlaps the image's read (early-start.ts).
-  // The helper in the same class: each of its steps (exec, pause(), the clone) is a wake-up too; it dies before the start.
-  const spawned = prio ? raiseForLife : undefined;
-  const early = live ? null : startHelperEarly(opts.dir, newPid, stdio.options, spawned);
+  // The helper in the same class from its first instruction (a spawn attribute): its exec, its
+  // pause() and the clone are wake-ups too. It dies before the start; its clone, the new
+  // process, inherits the class and is adopted below (put back to tsnap's own before it starts).
+  const sched = prio?.has(process.pid) ? SPAWN_RAISED : undefined;
+  const early = live ? null : startHelperEarly(opts.dir, newPid, stdio.options, sched);
   let plan: PlannedMember[];
   let tree: boolean;
   let root: PlannedMember;
@@ -261,7 +263,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   try {
     const wantPid = newPid ? null : root.p.pid;
     if (early && early.pid !== wantPid) strayHelper = early.abandon();
-    const making = live ? null : early && early.pid === wantPid ? early.making : createProcess(wantPid, stdio.options, undefined, spawned);
+    const making = live ? null : early && early.pid === wantPid ? early.making : createProcess(wantPid, stdio.options, undefined, sched);
     // The lazy restore's guard starts while the helper does.
     try {
       lazy = opts.lazy ? new LazyRestore(opts.lazy) : null;
@@ -276,7 +278,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     helper = made?.helper ?? null;
     const proc: NewProcess = made ? made.proc : live!.proc;
     created.push({ pid: proc.pid, leader: true });
-    prio?.raise([proc.pid]);
+    prio?.adopt(proc.pid, process.pid);
     helper?.kill('SIGKILL');
     const rootRt = live ? live.rt : new RemoteTask(proc.sc, proc.mem);
     rtOf.set(root, rootRt);
@@ -508,6 +510,9 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       ...(lazy ? { lazy: lazy as LazyRestore } : {}),
     };
   } catch (err) {
+    // While every task is still there (killed and reaped below, a pid could be another's by the finally).
+    windowOver = true;
+    prio?.restoreAllBut(process.pid);
     (fdr as FdRestorer | null)?.ghosts.removeAll();
     (sysv as SysvSegments | null)?.abort();
     (fdr as FdRestorer | null)?.releaseLocal();
