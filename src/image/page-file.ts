@@ -117,10 +117,10 @@ export class PageFileReader {
     return c;
   }
 
-  /** The uncompressed bytes of chunk `i`. */
-  readChunk(i: number): Buffer {
+  /** The uncompressed bytes of chunk `i`; `into`: a buffer to read the stored bytes into (as readChunkAsync). */
+  readChunk(i: number, into?: Buffer): Buffer {
     try {
-      return this.readChunkUnchecked(i);
+      return this.readChunkUnchecked(i, into);
     } catch (err) {
       throw this.readError(i, err);
     }
@@ -161,15 +161,9 @@ export class PageFileReader {
     return stored;
   }
 
-  private readChunkUnchecked(i: number): Buffer {
+  private readChunkUnchecked(i: number, into?: Buffer): Buffer {
     const c = this.checkedEntry(i);
-    const stored = Buffer.allocUnsafe(c.storedLength);
-    let got = 0;
-    while (got < c.storedLength) {
-      const n = readSync(this.fds[c.file ?? 0], stored, got, c.storedLength - got, HEADER_SIZE + c.fileOffset + got);
-      if (n === 0) throw new TsnapError('badImage', `${this.pathOf(i)}: truncated inside chunk ${i}`);
-      got += n;
-    }
+    const stored = this.readStored(i, c, into);
     this.checkStored(i, c, stored);
     if (c.codec === 'none') return stored;
     return this.checkRaw(i, c, stored, () => lz4napi().uncompressSync(stored));

@@ -157,6 +157,11 @@ export class LazyRestore {
     this.stats = { get lazyBytes() { self.build(); return self.lazyBytes; }, repairedPages: 0 };
   }
 
+  /** The guard's pid, once its spawn returned (rejects when it could not start: arm() says so). */
+  get guardProcess(): Promise<number> {
+    return this.guardStarted;
+  }
+
   /** Builds what attach() left for later (see `unbuilt`). */
   private build(): void {
     for (const f of this.unbuilt.splice(0)) f();
@@ -170,8 +175,9 @@ export class LazyRestore {
    * Called while remote syscalls still stop once (before restore blocks
    * the signals): two stops, not four. `batch`: calls to run first, the
    * userfaultfd() appended as their last (post-copy's drops): one stop fewer.
+   * `closeLater`: takes the task's fd to close with later calls, one stop fewer again.
    */
-  open(rt: RemoteTask, vmas: readonly VmaImage[], batch?: RemoteBatch): void {
+  open(rt: RemoteTask, vmas: readonly VmaImage[], batch?: RemoteBatch, closeLater?: (taskFd: number) => void): void {
     if (vmas.length === 0) {
       batch?.flush();
       return;
@@ -196,9 +202,13 @@ export class LazyRestore {
     this.pidfds.push(pidfd);
     try {
       uffd = pidfdGetfd(pidfd, taskFd);
-    } finally {
+    } catch (err) {
       rt.sc.check('close(uffd)', SYS.close, taskFd);
+      throw err;
     }
+    // `closeLater`: the task's copy is closed in the caller's next list of remote calls (a stop fewer).
+    if (closeLater) closeLater(taskFd);
+    else rt.sc.check('close(uffd)', SYS.close, taskFd);
     this.uffds.push(uffd);
     this.uffdOf.set(rt.pid, uffd);
   }

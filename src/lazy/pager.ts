@@ -148,12 +148,21 @@ export class Pager {
     const bg = this.bg!;
     this.bg = null;
     const r = bg.result!;
-    if (!this.contexts.includes(bg.ctx)) return;
-    const pieces = bg.ctx.inflight!.takeBySrc(bg.src, bg.len);
-    if ('err' in r) throw new PagerFailure(`the pages at 0x${bg.src.toString(16)} (${bg.len} bytes) cannot be had: ${(r.err as Error)?.message ?? r.err}`);
-    for (const p of pieces) {
+    if ('err' in r) {
       if (!this.contexts.includes(bg.ctx)) return;
-      this.copyPiece(bg.ctx, p, r.data, p.src - bg.src);
+      bg.ctx.inflight!.takeBySrc(bg.src, bg.len);
+      throw new PagerFailure(`the pages at 0x${bg.src.toString(16)} (${bg.len} bytes) cannot be had: ${(r.err as Error)?.message ?? r.err}`);
+    }
+    try {
+      if (!this.contexts.includes(bg.ctx)) return;
+      const pieces = bg.ctx.inflight!.takeBySrc(bg.src, bg.len);
+      for (const p of pieces) {
+        if (!this.contexts.includes(bg.ctx)) return;
+        this.copyPiece(bg.ctx, p, r.data, p.src - bg.src);
+      }
+    } finally {
+      // Copied (UFFDIO_COPY is synchronous): the source may reuse the chunk's memory.
+      if (r.data) bg.ctx.source.release?.(r.data);
     }
   }
 
@@ -222,8 +231,12 @@ export class Pager {
     }
     if (DEBUG) this.opts.log(`lazy pager: fetched 0x${piece.src.toString(16)}+${piece.len} (${data ? 'data' : 'zero'})`);
     // No await from here on: no event can be read between the fetch's end and the copy.
-    if (!this.contexts.includes(ctx)) return;
-    this.copyPiece(ctx, piece, data, 0);
+    try {
+      if (!this.contexts.includes(ctx)) return;
+      this.copyPiece(ctx, piece, data, 0);
+    } finally {
+      if (data) ctx.source.release?.(data);
+    }
   }
 
   /** Copies `piece` from `data` (at `at`: null for zeros); what the address space's changes hold back goes back to pending. */

@@ -32,6 +32,12 @@ export function ownWindowThreads(): number[] {
 }
 
 const RAISED: SchedClass = { policy: SCHED_FIFO | SCHED_RESET_ON_FORK, priority: 1 };
+/**
+ * The class for a task spawned into it (restore's helper, by posix_spawn's
+ * scheduler attribute, which takes no SCHED_RESET_ON_FORK): what it forks
+ * is in it too, and must be adopt()ed.
+ */
+export const SPAWN_RAISED: Readonly<SchedClass> = { policy: SCHED_FIFO, priority: 1 };
 
 export class WindowPriority {
   private readonly saved = new Map<number, SchedClass>();
@@ -47,6 +53,22 @@ export class WindowPriority {
     return this;
   }
 
+  /** Whether `tid` is raised (and will be put back). */
+  has(tid: number): boolean {
+    return this.saved.has(tid);
+  }
+
+  /**
+   * `tid` (made by a raised task: restore's new process, the clone of a
+   * helper spawned raised) raised, and put back to the class `like` had
+   * before it was raised.
+   */
+  adopt(tid: number, like: number): void {
+    const was = this.saved.get(like);
+    if (!was) return;
+    if (setSched(tid, RAISED) === 0) this.saved.set(tid, was);
+  }
+
   /**
    * Gives `tids` the class `from` had before it was raised: threads made
    * by a raised task start in the normal class, not necessarily its own.
@@ -56,6 +78,15 @@ export class WindowPriority {
     if (!was) return;
     this.saved.delete(from);
     for (const tid of tids) setSched(tid, was);
+  }
+
+  /** Puts every raised thread but `keep` back (restore --lazy: the processes before they start, tsnap's thread once they run). */
+  restoreAllBut(keep: number): void {
+    for (const [tid, was] of this.saved) {
+      if (tid === keep) continue;
+      setSched(tid, was);
+      this.saved.delete(tid);
+    }
   }
 
   /** Puts every raised thread back. */

@@ -14,7 +14,7 @@
  */
 import type { StdioOptions } from 'node:child_process';
 import { readFileSync, openSync, closeSync } from 'node:fs';
-import { ProcMem, SYS, CLONE_PARENT, CLONE_ARGS_SIZE, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, ptrace, SysError, posixSpawnAsync, kill, SIGKILL } from '../sys/index.js';
+import { ProcMem, SYS, CLONE_PARENT, CLONE_ARGS_SIZE, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE, ptrace, SysError, posixSpawnAsync, kill, SIGKILL, type SpawnSched } from '../sys/index.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 import { FrozenTask, readReg } from '../freeze/frozen-task.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
@@ -33,12 +33,15 @@ export interface NewProcess {
 }
 
 async function waitForPause(pid: number): Promise<void> {
-  // The helper is ready once it sleeps in pause(); a few ms at most.
-  for (let i = 0; i < 500; i++) {
+  // The helper is ready once it sleeps in pause(); a few ms at most. The
+  // first looks come at the next turns of the event loop, not 2 ms apart:
+  // by the time restore awaits the helper it is mostly there, and a 2 ms
+  // timer was then most of the wait (bench/lazy-steps.ts).
+  for (let i = 0; i < 520; i++) {
     try {
       if (readFileSync(`/proc/${pid}/syscall`, 'utf8').startsWith('34 ')) return;
     } catch { /* not yet */ }
-    await new Promise((r) => setTimeout(r, 2));
+    await new Promise((r) => (i < 20 ? setImmediate(r) : setTimeout(r, 2)));
   }
   throw new TsnapError('internal', 'the restore helper did not start');
 }
@@ -58,7 +61,7 @@ export interface Helper {
  * has exec'd, a wait for the scheduler (3-30 ms on a loaded machine) that
  * tsnap's thread spends reading the image instead (early-start.ts).
  */
-async function spawnHelper(path: string, stdio: StdioOptions): Promise<Helper> {
+async function spawnHelper(path: string, stdio: StdioOptions, sched?: SpawnSched): Promise<Helper> {
   const list = typeof stdio === 'string' ? [stdio, stdio, stdio] : stdio;
   const opened: number[] = [];
   let pid: number;
@@ -71,7 +74,7 @@ async function spawnHelper(path: string, stdio: StdioOptions): Promise<Helper> {
       opened.push(fd);
       return fd;
     });
-    pid = await posixSpawnAsync(path, [], fds, false);
+    pid = await posixSpawnAsync(path, [], fds, false, sched);
   } finally {
     for (const fd of opened) closeSync(fd);
   }
@@ -84,13 +87,16 @@ async function spawnHelper(path: string, stdio: StdioOptions): Promise<Helper> {
   };
 }
 
-/** `abandoned`: asked once the helper is up; true ends it there, before any clone (early-start.ts). */
-export async function createProcess(pid: number | null, stdio: StdioOptions, abandoned?: () => boolean): Promise<{ proc: NewProcess; helper: Helper }> {
+/**
+ * `abandoned`: asked once the helper is up; true ends it there, before any clone (early-start.ts).
+ * `sched`: the helper's scheduling class from its first instruction (restore --lazy: restore.ts).
+ */
+export async function createProcess(pid: number | null, stdio: StdioOptions, abandoned?: () => boolean, sched?: SpawnSched): Promise<{ proc: NewProcess; helper: Helper }> {
   const file = writeProgram('tsnap-restore-helper', helperElf());
   let helper: Helper;
   try {
     // Returns once the helper is exec'd (vfork semantics): the file may go.
-    helper = await spawnHelper(file.path, stdio);
+    helper = await spawnHelper(file.path, stdio, sched);
   } finally {
     file.remove();
   }

@@ -22,7 +22,7 @@ import { createProcess, type NewProcess, type Helper } from './create-process.js
 import { readMetaFile } from '../image/metadata.js';
 import { isTreeImage } from '../image/tree-manifest.js';
 import { FileKind, type Inventory } from '../../formats/schema.js';
-import { kill, SIGKILL } from '../sys/index.js';
+import { kill, SIGKILL, type SpawnSched } from '../sys/index.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 
 export interface EarlyHelper {
@@ -33,7 +33,8 @@ export interface EarlyHelper {
   abandon(): Promise<void>;
 }
 
-export function startHelperEarly(dir: string, newPid: boolean, stdio: StdioOptions): EarlyHelper | null {
+/** `sched`: as createProcess's. */
+export function startHelperEarly(dir: string, newPid: boolean, stdio: StdioOptions, sched?: SpawnSched): EarlyHelper | null {
   if (process.env.TSNAP_EARLY_HELPER === '0' || isTreeImage(dir)) return null;
   let pid: number | null = null;
   if (!newPid) {
@@ -44,7 +45,7 @@ export function startHelperEarly(dir: string, newPid: boolean, stdio: StdioOptio
     }
   }
   let abandoned = false;
-  const making = createProcess(pid, stdio, () => abandoned);
+  const making = createProcess(pid, stdio, () => abandoned, sched);
   return {
     pid,
     making,

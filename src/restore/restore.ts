@@ -45,6 +45,7 @@ import type { ThreadImage, ProcessImage, VmaImage } from '../../formats/schema.j
 import { LazyRestore, isLazyVma, kernelTouched, withLazyBytes, type LazyOptions } from '../lazy/lazy-restore.js';
 import { preparePostcopy } from '../lazy/postcopy-prep.js';
 import { startHelperEarly, abandonMaking } from './early-start.js';
+import { WindowPriority, SPAWN_RAISED } from '../migrate/window-priority.js';
 
 export interface RestoreOptions {
   dir: string;
@@ -200,8 +201,18 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   const warn = (m: string) => { warnings.push(m); };
   const newPid = !!opts.newPid;
   const stdio = openStdio(opts);
+  // restore --lazy: tsnap's thread and the new task in the real-time class
+  // until the start (migrate/window-priority.ts: on a busy host each of the
+  // restore's ~30 stops waited for a CPU). TSNAP_LAZY_RT=0: as before (bench A/B).
+  const prio = opts.lazy && !opts.lazy.remote && !live && process.env.TSNAP_LAZY_RT !== '0' ? new WindowPriority().raise([process.pid]) : null;
+  /** Set at the start: a guard whose spawn returns later is not raised. */
+  let windowOver = false;
   // Its start overlaps the image's read (early-start.ts).
-  const early = live ? null : startHelperEarly(opts.dir, newPid, stdio.options);
+  // The helper in the same class from its first instruction (a spawn attribute): its exec, its
+  // pause() and the clone are wake-ups too. It dies before the start; its clone, the new
+  // process, inherits the class and is adopted below (put back to tsnap's own before it starts).
+  const sched = prio?.has(process.pid) ? SPAWN_RAISED : undefined;
+  const early = live ? null : startHelperEarly(opts.dir, newPid, stdio.options, sched);
   let plan: PlannedMember[];
   let tree: boolean;
   let root: PlannedMember;
@@ -227,6 +238,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       resolvedOf.set(m.p, checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end }))));
     }
   } catch (err) {
+    prio?.restore();
     await early?.abandon();
     stdio.close();
     throw err;
@@ -253,7 +265,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   try {
     const wantPid = newPid ? null : root.p.pid;
     if (early && early.pid !== wantPid) strayHelper = early.abandon();
-    const making = live ? null : early && early.pid === wantPid ? early.making : createProcess(wantPid, stdio.options);
+    const making = live ? null : early && early.pid === wantPid ? early.making : createProcess(wantPid, stdio.options, undefined, sched);
     // The lazy restore's guard starts while the helper does.
     try {
       lazy = opts.lazy ? new LazyRestore(opts.lazy) : null;
@@ -261,11 +273,14 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       if (making) await abandonMaking(making);
       throw err;
     }
+    // The guard answers "armed" before the start: in the raised class until then, never after.
+    if (prio && lazy) lazy.guardProcess.then((pid) => { if (!windowOver) prio.raise([pid]); }, () => { /* arm() says so */ });
     mark('restore: wait for the helper');
     const made = making ? await making : null;
     helper = made?.helper ?? null;
     const proc: NewProcess = made ? made.proc : live!.proc;
     created.push({ pid: proc.pid, leader: true });
+    prio?.adopt(proc.pid, process.pid);
     helper?.kill('SIGKILL');
     const rootRt = live ? live.rt : new RemoteTask(proc.sc, proc.mem);
     rtOf.set(root, rootRt);
@@ -334,11 +349,13 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       const dumped = m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start));
       const remote = opts.lazy?.remote;
       const lazyVmas = lazy && !remote ? dumped.filter(isLazyVma) : [];
+      /** Task fds to close in the mm step's list (the uffd's copy in the task). */
+      const closeLater: number[] = [];
       if (lazy) {
         const lz = lazy;
         // The uffd is made here, while remote syscalls stop once (lazy-restore.ts).
         if (remote) m.lazy = await preparePostcopy(rt, dumped, m.p.threads, remote.set, remote.source, (vmas, batch) => lz.open(rt, vmas, batch));
-        else lazy.open(rt, lazyVmas);
+        else lazy.open(rt, lazyVmas, undefined, (fd) => closeLater.push(fd));
         m.lazy ??= { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
       }
       const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
@@ -350,7 +367,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       finishProtections(rt, fixProt);
       lockVmas(rt, m.p.mm.vmas);
       steps.at(`restore the mm fields of ${m.p.pid} (PR_SET_MM_MAP)`);
-      restoreMm(rt, m.p);
+      restoreMm(rt, m.p, closeLater);
     }
     // Every uffd exists: the guard takes its copies while the restore goes on.
     lazy?.sendArm();
@@ -430,8 +447,6 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
         steps.at(`make the memory of ${m.p.pid} lazy`);
         await lazy.attach(m.rt, m.chain, m.lazy!.vmas, m.lazy!.written);
       }
-      steps.at('start the lazy restore guard');
-      await lazy.arm();
     }
     for (const m of members) {
       steps.at(`remove the restore stub from ${m.p.pid}`);
@@ -454,6 +469,14 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       }
       for (const d of diffs) warn(d);
     }
+    if (lazy) {
+      // Last before the start, not right after the registration: the guard
+      // took its copies of the uffds while the stub went and the check ran
+      // (sendArm() above), and its answer is mostly there by now (waiting for
+      // it at once was 0.5-1.3 ms of the time to running).
+      steps.at('wait for the lazy restore guard');
+      await lazy.arm();
+    }
     for (const m of members) m.rt.mem.close();
     if (opts.pidfile) writeFileSync(opts.pidfile, `${proc.pid}\n`, { mode: 0o644 });
     // Only now may the connections speak: nothing after this can fail.
@@ -462,6 +485,10 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     steps.at('start the processes');
     live?.beforeStart?.(members.flatMap((m) => m.threads.map((th) => th.rt.pid)));
     pausePoint('restore-before-start');
+    // The processes (and the guard) start in the class they were made in;
+    // tsnap's thread gets its own back as restore() returns (finally below).
+    windowOver = true;
+    prio?.restoreAllBut(process.pid);
     // Children before parents, other threads before their leader: the one a
     // parent waits for goes last.
     for (const m of [...members].reverse()) {
@@ -490,6 +517,9 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       ...(lazy ? { lazy: lazy as LazyRestore } : {}),
     };
   } catch (err) {
+    // While every task is still there (killed and reaped below, a pid could be another's by the finally).
+    windowOver = true;
+    prio?.restoreAllBut(process.pid);
     (fdr as FdRestorer | null)?.ghosts.removeAll();
     (sysv as SysvSegments | null)?.abort();
     (fdr as FdRestorer | null)?.releaseLocal();
@@ -504,6 +534,8 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     (lazy as LazyRestore | null)?.abort();
     throw steps.failure(err, `restore from ${opts.dir}`);
   } finally {
+    windowOver = true;
+    prio?.restore();
     stdio.close();
   }
 }

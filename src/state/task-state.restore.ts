@@ -1,9 +1,9 @@
 /** Putting back the per-process and per-thread state the kernel keeps. */
 import {
   ptrace, kill, SIGKILL, PTRACE_O, PTRACE_O_TRACEFORK, PTRACE_O_TRACECLONE,
-  SYS, PR, PRCTL_MM_MAP_SIZE, PR_SET_NAME, PR_SET_CHILD_SUBREAPER, PR_SET_THP_DISABLE, KSIGACTION_SIZE, SS_ONSTACK, SS_DISABLE, O_RDONLY, O_WRONLY, setRlimit, SysError,
+  SYS, PR, PRCTL_MM_MAP_SIZE, PR_SET_NAME, PR_SET_CHILD_SUBREAPER, PR_SET_THP_DISABLE, KSIGACTION_SIZE, SS_ONSTACK, SS_DISABLE, O_RDONLY, O_WRONLY, O_CLOEXEC, AT_FDCWD, setRlimit, SysError,
 } from '../sys/index.js';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import type { ProcessImage, ThreadImage } from '../../formats/schema.js';
 import type { RemoteTask } from '../inject/remote-task.js';
 import { MASK_WHILE_HELD } from './held-signals.js';
@@ -16,24 +16,55 @@ import { FrozenTask } from '../freeze/frozen-task.js';
 import { reapTraced } from '../freeze/frozen-process.js';
 
 /** start_code..env_end, auxv and the executable in one PR_SET_MM_MAP. */
-export function restoreMm(rt: RemoteTask, p: ProcessImage): void {
+/** `closes`: fds of the task to close after it (restore --lazy's uffd: lazy-restore.ts), in the same list. */
+export function restoreMm(rt: RemoteTask, p: ProcessImage, closes: readonly number[] = []): void {
   const mm = p.mm;
-  const exeFd = rt.open(p.exe.path, O_RDONLY);
-  try {
-    const auxvAt = 1024;
-    const map = Buffer.alloc(PRCTL_MM_MAP_SIZE);
+  const auxvAt = 1024;
+  const pathAt = 2048;
+  const path = Buffer.from(`${p.exe.path}\0`);
+  const map = (exeFd: number): Buffer => {
+    const b = Buffer.alloc(PRCTL_MM_MAP_SIZE);
     const fields = [mm.startCode, mm.endCode, mm.startData, mm.endData, mm.startBrk, mm.brk,
       mm.startStack, mm.argStart, mm.argEnd, mm.envStart, mm.envEnd];
-    fields.forEach((v, i) => map.writeBigUInt64LE(BigInt(v), i * 8));
-    map.writeBigUInt64LE(BigInt(rt.scratch + auxvAt), 88);
-    map.writeUInt32LE(mm.auxv.length, 96);
-    map.writeUInt32LE(exeFd, 100);
+    fields.forEach((v, i) => b.writeBigUInt64LE(BigInt(v), i * 8));
+    b.writeBigUInt64LE(BigInt(rt.scratch + auxvAt), 88);
+    b.writeUInt32LE(mm.auxv.length, 96);
+    b.writeUInt32LE(exeFd, 100);
+    return b;
+  };
+  if (rt.batchArea && pathAt + path.length <= rt.scratchSize && auxvAt + mm.auxv.length <= pathAt) {
+    // One list instead of three stops: the exe opens at the lowest free fd,
+    // which the struct names before the open ran (any other number stops the list).
+    const exeFd = lowestFreeFd(rt.pid);
     rt.put(mm.auxv, auxvAt);
-    const at = rt.put(map, 0);
+    const batch = new RemoteBatch(rt);
+    batch.push(`open(${p.exe.path})`, SYS.openat, [BigInt(AT_FDCWD), rt.put(path, pathAt), O_RDONLY | O_CLOEXEC, 0], {
+      value: BigInt(exeFd),
+      mismatch: (got) => new TsnapError('internal', `the executable opened as fd ${got} in the new process, expected the lowest free fd ${exeFd}`),
+    });
+    batch.push('prctl(PR_SET_MM_MAP)', SYS.prctl, [PR.SET_MM, PR.PR_SET_MM_MAP, rt.put(map(exeFd), 0), PRCTL_MM_MAP_SIZE, 0]);
+    batch.push(`close(${exeFd})`, SYS.close, [exeFd]);
+    for (const fd of closes) batch.push(`close(${fd})`, SYS.close, [fd]);
+    batch.flush();
+    return;
+  }
+  const exeFd = rt.open(p.exe.path, O_RDONLY);
+  try {
+    rt.put(mm.auxv, auxvAt);
+    const at = rt.put(map(exeFd), 0);
     rt.sc.check('prctl(PR_SET_MM_MAP)', SYS.prctl, PR.SET_MM, PR.PR_SET_MM_MAP, at, PRCTL_MM_MAP_SIZE, 0);
   } finally {
     rt.close(exeFd);
   }
+  for (const fd of closes) rt.close(fd);
+}
+
+/** The fd number the task's next open gets: the lowest one not in its table. */
+function lowestFreeFd(pid: number): number {
+  const open = new Set(readdirSync(`/proc/${pid}/fd`).map(Number));
+  let fd = 0;
+  while (open.has(fd)) fd++;
+  return fd;
 }
 
 const DELETED = ' (deleted)';
@@ -100,11 +131,20 @@ function restoreLoginuid(rt: RemoteTask, loginuid: number): void {
   }
 }
 
+/** Where the cwd's path goes in the scratch page when chdir joins the state's list: after comm and 64 signal actions. */
+const CWD_AT = 64 + 64 * KSIGACTION_SIZE;
+
 export function restoreProcessState(rt: RemoteTask, p: ProcessImage, warn: (msg: string) => void): void {
-  restoreCwd(rt, p, warn);
   // One remote step for these and the signal actions (inject/remote-batch.ts):
   // each record's buffer at its own place in the scratch page.
   const batch = new RemoteBatch(rt);
+  // A cwd that still exists joins the list (a stop fewer); a deleted one has its own steps.
+  const cwdPath = Buffer.from(`${p.cwd}\0`);
+  if (!p.cwd.endsWith(DELETED) && rt.batchArea && CWD_AT + cwdPath.length <= rt.scratchSize) {
+    batch.push(`chdir(${p.cwd})`, SYS.chdir, [rt.put(cwdPath, CWD_AT)]);
+  } else {
+    restoreCwd(rt, p, warn);
+  }
   batch.push('umask', SYS.umask, [p.umask]);
   batch.push('personality', SYS.personality, [p.personality]);
   if (p.oomScoreAdj !== undefined) {
@@ -154,17 +194,21 @@ export function restoreProcessState(rt: RemoteTask, p: ProcessImage, warn: (msg:
 }
 
 export function restoreThreadState(rt: RemoteTask, t: ThreadImage): void {
+  // One list (inject/remote-batch.ts): three or four remote syscalls were a stop each.
+  const batch = new RemoteBatch(rt);
   if (!(t.sigaltstack.flags & SS_DISABLE)) {
     const ss = Buffer.alloc(24);
     ss.writeBigUInt64LE(t.sigaltstack.sp, 0);
     // SS_ONSTACK is a state, not a setting: the stack in use is implied by rsp.
     ss.writeInt32LE(t.sigaltstack.flags & ~SS_ONSTACK, 8);
     ss.writeBigUInt64LE(t.sigaltstack.size, 16);
-    rt.sc.check('sigaltstack', SYS.sigaltstack, rt.put(ss), 0);
+    batch.push('sigaltstack', SYS.sigaltstack, [rt.put(ss), 0]);
   }
-  rt.sc.call(SYS.set_tid_address, t.clearChildTid);
-  if (t.robustList.head !== 0n) rt.sc.check('set_robust_list', SYS.set_robust_list, t.robustList.head, t.robustList.len);
-  if (t.rseq) rt.sc.check('rseq', SYS.rseq, t.rseq.pointer, t.rseq.size, 0, t.rseq.signature);
+  // It returns the caller's tid, never an error: the runner's check passes it.
+  batch.push('set_tid_address', SYS.set_tid_address, [t.clearChildTid]);
+  if (t.robustList.head !== 0n) batch.push('set_robust_list', SYS.set_robust_list, [t.robustList.head, t.robustList.len]);
+  if (t.rseq) batch.push('rseq', SYS.rseq, [t.rseq.pointer, t.rseq.size, 0, t.rseq.signature]);
+  batch.flush();
 }
 
 const SIG_SETMASK = 2;

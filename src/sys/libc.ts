@@ -83,6 +83,8 @@ export const libc = {
   posixSpawnattrInit: bind<(attr: Buffer) => number>(lib.func('int posix_spawnattr_init(void *attr)')),
   posixSpawnattrDestroy: bind<(attr: Buffer) => number>(lib.func('int posix_spawnattr_destroy(void *attr)')),
   posixSpawnattrSetflags: bind<(attr: Buffer, flags: number) => number>(lib.func('int posix_spawnattr_setflags(void *attr, short flags)')),
+  posixSpawnattrSetschedpolicy: bind<(attr: Buffer, policy: number) => number>(lib.func('int posix_spawnattr_setschedpolicy(void *attr, int policy)')),
+  posixSpawnattrSetschedparam: bind<(attr: Buffer, param: Buffer) => number>(lib.func('int posix_spawnattr_setschedparam(void *attr, const void *param)')),
   // Pointers stay koffi externals: koffi.view() reads and writes the attached segment.
   shmat: bind<(shmid: number, addr: Ptr, flags: number) => unknown>(lib.func('void *shmat(int shmid, void *addr, int flags)')),
   shmdt: bind<(addr: unknown) => number>(lib.func('int shmdt(void *addr)')),

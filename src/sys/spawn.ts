@@ -18,8 +18,18 @@ const faClosefrom = libc.posixSpawnFileActionsAddClosefrom;
 const attrInit = libc.posixSpawnattrInit;
 const attrDestroy = libc.posixSpawnattrDestroy;
 const attrSetflags = libc.posixSpawnattrSetflags;
+const attrSetschedpolicy = libc.posixSpawnattrSetschedpolicy;
+const attrSetschedparam = libc.posixSpawnattrSetschedparam;
 
 const POSIX_SPAWN_SETSID = 0x80;
+const POSIX_SPAWN_SETSCHEDULER = 0x20;
+const EPERM = 1;
+
+/** A scheduling class the child takes before its exec (a plain policy: posix_spawn refuses SCHED_RESET_ON_FORK). */
+export interface SpawnSched {
+  policy: number;
+  priority: number;
+}
 /** sizeof(posix_spawn_file_actions_t) = 80, sizeof(posix_spawnattr_t) = 336 on x86-64 glibc; generous. */
 const FA_SIZE = 128;
 const ATTR_SIZE = 512;
@@ -44,7 +54,7 @@ export function posixSpawn(path: string, args: string[], fds: number[], setsid: 
  * open until the promise settles. TSNAP_SPAWN_ASYNC=0: on this thread
  * (bench's baseline in the same run).
  */
-export function posixSpawnAsync(path: string, args: string[], fds: number[], setsid: boolean): Promise<number> {
+export function posixSpawnAsync(path: string, args: string[], fds: number[], setsid: boolean, sched?: SpawnSched): Promise<number> {
   if (process.env.TSNAP_SPAWN_ASYNC === '0') {
     try {
       return Promise.resolve(posixSpawn(path, args, fds, setsid));
@@ -52,9 +62,9 @@ export function posixSpawnAsync(path: string, args: string[], fds: number[], set
       return Promise.reject(err);
     }
   }
-  const { fa, attr, argv, envp } = prepare(path, args, fds, setsid, null);
+  const { fa, attr, argv, envp } = prepare(path, args, fds, setsid, null, sched);
   const pid = [0];
-  return new Promise((resolve, reject) => {
+  return new Promise<number>((resolve, reject) => {
     spawnFn.async(pid, path, fa, attr, argv, envp, (err: unknown, r: number) => {
       faDestroy(fa);
       attrDestroy(attr);
@@ -62,10 +72,14 @@ export function posixSpawnAsync(path: string, args: string[], fds: number[], set
       else if (r !== 0) reject(new SysError(`posix_spawn(${path})`, r));
       else resolve(pid[0]);
     });
+  }).catch((err: unknown) => {
+    // The class is best effort: refused (no CAP_SYS_NICE), the child starts in the caller's.
+    if (sched && err instanceof SysError && err.errno === EPERM) return posixSpawnAsync(path, args, fds, setsid);
+    throw err;
   });
 }
 
-function prepare(path: string, args: string[], fds: number[], setsid: boolean, env: NodeJS.ProcessEnv | null): { fa: Buffer; attr: Buffer; argv: (string | null)[]; envp: (string | null)[] } {
+function prepare(path: string, args: string[], fds: number[], setsid: boolean, env: NodeJS.ProcessEnv | null, sched?: SpawnSched): { fa: Buffer; attr: Buffer; argv: (string | null)[]; envp: (string | null)[] } {
   const fa = Buffer.alloc(FA_SIZE);
   const attr = Buffer.alloc(ATTR_SIZE);
   faInit(fa);
@@ -77,7 +91,14 @@ function prepare(path: string, args: string[], fds: number[], setsid: boolean, e
     });
     const c = faClosefrom(fa, fds.length);
     if (c !== 0) throw new SysError('posix_spawn_file_actions_addclosefrom_np', c);
-    if (setsid) attrSetflags(attr, POSIX_SPAWN_SETSID);
+    if (sched) {
+      const param = Buffer.alloc(4);
+      param.writeInt32LE(sched.priority, 0);
+      const r = attrSetschedpolicy(attr, sched.policy) || attrSetschedparam(attr, param);
+      if (r !== 0) throw new SysError('posix_spawnattr_setschedpolicy', r);
+    }
+    const flags = (setsid ? POSIX_SPAWN_SETSID : 0) | (sched ? POSIX_SPAWN_SETSCHEDULER : 0);
+    if (flags) attrSetflags(attr, flags);
   } catch (err) {
     faDestroy(fa);
     attrDestroy(attr);
