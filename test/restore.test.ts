@@ -196,6 +196,33 @@ describe('tsnap restore', () => {
   });
 });
 
+describe('signal actions', () => {
+  it('ignored and caught signals are as before, SIGTRAP ignored and glibc\'s own 32 and 33 at their default included', async () => {
+    // SIGTRAP: every int3 ending a remote step resets an ignored forced signal to SIG_DFL. 32, 33:
+    // glibc's posix_spawn sets the ones its caller handles to SIG_IGN before the helper's exec.
+    const work = tmpDir('tsnap-restore-');
+    const p = await startPython(`
+import signal, sys
+signal.signal(signal.SIGTRAP, signal.SIG_IGN)
+signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, lambda s, f: None)
+print('READY', flush=True)
+for line in sys.stdin:
+    print('UP', flush=True)
+`);
+    const dispositions = (pid: number) => readFileSync(`/proc/${pid}/status`, 'utf8').split('\n').filter((l) => /^Sig(Ign|Cgt):/.test(l));
+    const before = dispositions(p.pid);
+    expect(before.find((l) => l.startsWith('SigIgn'))).toMatch(/[13579bdf][0-9a-f]$/); // SIGTRAP (bit 4) ignored
+    const dir = join(work, 'img');
+    await dumpAndKill(p, dir);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    r.writeLine('');
+    await r.waitForLine(/^UP/);
+    expect(dispositions(r.pid)).toEqual(before);
+  });
+});
+
 describe('timers', () => {
   it('an interval timer (setitimer) keeps firing after restore, with its period', async () => {
     const work = tmpDir('tsnap-restore-');

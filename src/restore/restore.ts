@@ -20,7 +20,7 @@ import { fdTableDiff } from '../files/fd-table.js';
 import { finishFiles } from './fds.js';
 import { resumeConnections, abandonConnections } from '../files/tcp.js';
 import { closedTcp } from '../files/socket.js';
-import { restoreMm, restoreProcessState, restoreThreadState, queueEarlySignals, requeueSignals, restoreItimers, restorePosixTimers } from '../state/task-state.restore.js';
+import { restoreMm, restoreProcessState, restoreThreadState, queueEarlySignals, requeueSignals, restoreTrapAction, restoreItimers, restorePosixTimers } from '../state/task-state.restore.js';
 import { FdRestorer } from './fds.js';
 import { SysvSegments } from './sysv-shm.js';
 import { withInflight } from '../files/scm-rights.js';
@@ -450,6 +450,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     }
     for (const m of members) {
       steps.at(`remove the restore stub from ${m.p.pid}`);
+      restoreTrapAction(m.rt, m.p);
       m.rt.sc.check('munmap(stub)', SYS.munmap, stub.addr, STUB_SIZE);
       steps.at(`set the registers of ${m.p.pid}`);
       for (const th of m.threads) {

@@ -213,6 +213,7 @@ export function restoreThreadState(rt: RemoteTask, t: ThreadImage): void {
 
 const SIG_SETMASK = 2;
 const SIGALRM = 14;
+const SIGTRAP = 5;
 
 /** Signals whose default action is to ignore them: setting SIG_DFL (or SIG_IGN) discards them from the queues. */
 const KERNEL_IGNORED = new Set([17, 18, 23, 28]); // SIGCHLD SIGCONT SIGURG SIGWINCH
@@ -277,6 +278,25 @@ export function requeueSignals(leader: RemoteTask, tgid: number, threads: { rt: 
   for (const [i, th] of threads.entries()) {
     for (const info of th.image.pendingSignals) if (i > 0 || !queuesEarly(info.readInt32LE(0), p)) queueOne(th.rt, tgid, info, true);
   }
+}
+
+/**
+ * SIGTRAP's action set once more, as the last remote call before the stub
+ * goes: each int3 that ends a remote step (the stub's, a syscall list's)
+ * is a forced SIGTRAP, and the kernel resets the action of a forced signal
+ * that is ignored or blocked to SIG_DFL (a SIG_IGN came back as SIG_DFL).
+ * Remote syscalls stop at their syscall exit by now (requeueSignals): this
+ * one is no int3.
+ */
+export function restoreTrapAction(rt: RemoteTask, p: ProcessImage): void {
+  const a = p.signals.actions.find((x) => x.signo === SIGTRAP);
+  if (!a || (a.handler === 0n && a.flags === 0n && a.mask === 0n)) return;
+  const act = Buffer.alloc(KSIGACTION_SIZE);
+  act.writeBigUInt64LE(a.handler, 0);
+  act.writeBigUInt64LE(a.flags, 8);
+  act.writeBigUInt64LE(a.restorer, 16);
+  act.writeBigUInt64LE(a.mask, 24);
+  rt.sc.check(`rt_sigaction(${SIGTRAP})`, SYS.rt_sigaction, SIGTRAP, rt.put(act, 0), 0, 8);
 }
 
 /** Armed interval timers (alarm, setitimer), with the time they had left at the dump. */

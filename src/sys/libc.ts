@@ -83,6 +83,7 @@ export const libc = {
   posixSpawnattrInit: bind<(attr: Buffer) => number>(lib.func('int posix_spawnattr_init(void *attr)')),
   posixSpawnattrDestroy: bind<(attr: Buffer) => number>(lib.func('int posix_spawnattr_destroy(void *attr)')),
   posixSpawnattrSetflags: bind<(attr: Buffer, flags: number) => number>(lib.func('int posix_spawnattr_setflags(void *attr, short flags)')),
+  posixSpawnattrSetsigdefault: bind<(attr: Buffer, set: Buffer) => number>(lib.func('int posix_spawnattr_setsigdefault(void *attr, const void *set)')),
   posixSpawnattrSetschedpolicy: bind<(attr: Buffer, policy: number) => number>(lib.func('int posix_spawnattr_setschedpolicy(void *attr, int policy)')),
   posixSpawnattrSetschedparam: bind<(attr: Buffer, param: Buffer) => number>(lib.func('int posix_spawnattr_setschedparam(void *attr, const void *param)')),
   // Pointers stay koffi externals: koffi.view() reads and writes the attached segment.

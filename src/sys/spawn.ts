@@ -19,10 +19,20 @@ const attrInit = libc.posixSpawnattrInit;
 const attrDestroy = libc.posixSpawnattrDestroy;
 const attrSetflags = libc.posixSpawnattrSetflags;
 const attrSetschedpolicy = libc.posixSpawnattrSetschedpolicy;
+const attrSetsigdefault = libc.posixSpawnattrSetsigdefault;
 const attrSetschedparam = libc.posixSpawnattrSetschedparam;
 
 const POSIX_SPAWN_SETSID = 0x80;
 const POSIX_SPAWN_SETSCHEDULER = 0x20;
+const POSIX_SPAWN_SETSIGDEF = 0x04;
+/**
+ * Every signal back to SIG_DFL in the child, glibc's own two (32, 33) too:
+ * without it glibc sets the ones tsnap handles to SIG_IGN before the exec,
+ * and an ignored signal stays ignored across it. A restored process starts
+ * from the helper's actions, and only those the image does not leave at
+ * SIG_DFL are set again.
+ */
+const ALL_SIGNALS = Buffer.alloc(128, 0xff);
 const EPERM = 1;
 
 /** A scheduling class the child takes before its exec (a plain policy: posix_spawn refuses SCHED_RESET_ON_FORK). */
@@ -97,8 +107,9 @@ function prepare(path: string, args: string[], fds: number[], setsid: boolean, e
       const r = attrSetschedpolicy(attr, sched.policy) || attrSetschedparam(attr, param);
       if (r !== 0) throw new SysError('posix_spawnattr_setschedpolicy', r);
     }
-    const flags = (setsid ? POSIX_SPAWN_SETSID : 0) | (sched ? POSIX_SPAWN_SETSCHEDULER : 0);
-    if (flags) attrSetflags(attr, flags);
+    const d = attrSetsigdefault(attr, ALL_SIGNALS);
+    if (d !== 0) throw new SysError('posix_spawnattr_setsigdefault', d);
+    attrSetflags(attr, POSIX_SPAWN_SETSIGDEF | (setsid ? POSIX_SPAWN_SETSID : 0) | (sched ? POSIX_SPAWN_SETSCHEDULER : 0));
   } catch (err) {
     faDestroy(fa);
     attrDestroy(attr);
