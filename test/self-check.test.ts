@@ -57,6 +57,13 @@ describe('restore self-check', () => {
     expect(altered((q) => { q.cwd = '/nonexistent'; })).toEqual([expect.stringMatching(/^cwd is .*, the image's \/nonexistent$/)]);
     expect(altered((q) => { q.rlimits[7].cur = 17n; })).toEqual([expect.stringMatching(/^rlimit Max open files: \d+\/\d+, the image's 17\/\d+$/)]);
     expect(altered((q) => { q.creds.uid = [1, 1, 1, 1]; })).toEqual([expect.stringMatching(/^uids .* is 0 0 0 0, the image's 1 1 1 1$/)]);
+    const usr2 = (q: ProcessImage, handler: bigint) => {
+      const a = q.signals.actions.find((x) => x.signo === 12);
+      if (a) a.handler = handler;
+      else q.signals.actions.push({ signo: 12, handler, flags: 0n, restorer: 0n, mask: 0n });
+    };
+    expect(altered((q) => usr2(q, 1n))).toEqual([expect.stringMatching(/^ignored signals 0x[0-9a-f]+, the image's 0x[0-9a-f]*8[0-9a-f]{2}$/)]);
+    expect(altered((q) => usr2(q, 0x401000n))).toEqual([expect.stringMatching(/^caught signals 0x[0-9a-f]+, the image's 0x[0-9a-f]*8[0-9a-f]{2}$/)]);
   });
 
   it('names an fd whose open flags or position differ', async () => {

@@ -265,6 +265,16 @@ function compareProcess(p: ProcessImage, pid: number, opts: CheckOptions, out: s
   if (p.loginuid !== undefined) same('loginuid', readFileSync(`/proc/${pid}/loginuid`, 'utf8').trim(), p.loginuid);
   if (p.oomScoreAdj !== undefined) same('oom_score_adj', Number(readFileSync(`/proc/${pid}/oom_score_adj`, 'utf8').trim()), p.oomScoreAdj);
   same('personality', parseInt(readFileSync(`/proc/${pid}/personality`, 'utf8'), 16), p.personality);
+  // Actions: an ignored forced signal is reset by the kernel, and a helper's spawn can leave one ignored.
+  let ign = 0n;
+  let cgt = 0n;
+  for (const a of p.signals.actions) {
+    const bit = 1n << BigInt(a.signo - 1);
+    if (a.handler === 1n) ign |= bit;
+    else if (a.handler !== 0n) cgt |= bit;
+  }
+  if (status.sigIgn !== ign) out.push(`ignored signals 0x${status.sigIgn.toString(16)}, the image's 0x${ign.toString(16)}`);
+  if (status.sigCgt !== cgt) out.push(`caught signals 0x${status.sigCgt.toString(16)}, the image's 0x${cgt.toString(16)}`);
   for (const t of opts.threads) {
     const s = t.tid === pid ? status : readStatus(t.tid);
     if (s.sigBlk !== t.sigmask) out.push(`thread ${t.tid}: blocked signals 0x${s.sigBlk.toString(16)}, the image's 0x${t.sigmask.toString(16)}`);
