@@ -108,8 +108,10 @@ async function main(): Promise<void> {
     const b = wall(batch);
     const k = wall(checked);
     const cr = criu ? wall(criuRuns) : null;
+    // criu's own CPU comes in 10 ms ticks (cutime): a coarse ratio.
+    const crCpu = criu ? median(criuRuns.map((x) => x.cpu)) : null;
     console.log(`${VMAS} VMAs restore (load ${loadavg()[0].toFixed(1)}): one remote syscall per call ${o.toFixed(1)} ms, batched ${b.toFixed(1)} ms (${(b / o).toFixed(3)}), batched with the self-check ${k.toFixed(1)} ms`
-      + (cr !== null ? `; CRIU ${cr.toFixed(1)} ms (CPU, criu + task, ${median(criuRuns.map((x) => x.cpu)).toFixed(0)} ms, of which its task ${median(criuRuns.map((x) => x.task)).toFixed(0)}): tsnap / CRIU ${(b / cr).toFixed(2)} check off, ${(k / cr).toFixed(2)} with the check` : '; criu not found: no CRIU figure')
+      + (cr !== null ? `; CRIU ${cr.toFixed(1)} ms (CPU, criu + task, ${crCpu!.toFixed(0)} ms, of which its task ${median(criuRuns.map((x) => x.task)).toFixed(0)}): tsnap / CRIU ${(b / cr).toFixed(2)} check off, ${(k / cr).toFixed(2)} with the check; CPU ${(cpu(batch) / crCpu!).toFixed(2)} and ${(cpu(checked) / crCpu!).toFixed(2)}` : '; criu not found: no CRIU figure')
       + `; CPU (tsnap + task): ${cpu(one).toFixed(0)} ms, batched ${cpu(batch).toFixed(0)} ms (${(cpu(batch) / cpu(one)).toFixed(3)}), with the check ${cpu(checked).toFixed(0)} ms; of which the task's own ${median(one.map((x) => x.task)).toFixed(0)} / ${median(batch.map((x) => x.task)).toFixed(0)} ms`);
   } finally {
     delete process.env.TSNAP_REMOTE_BATCH;
