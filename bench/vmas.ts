@@ -4,7 +4,9 @@
  * protections alternating so none merge, every other page written).
  * Batched address-space setup (one remote step per 2048 calls) against
  * one remote syscall per call (TSNAP_REMOTE_BATCH=0), in the same run,
- * medians of BENCH_REPS (5) after a warm-up of each. The restore time is
+ * medians of BENCH_REPS (5) after BENCH_WARMUP (6) warm-ups of each (the
+ * JIT: see below). BENCH_VMAS_DETAIL=1 prints every run (wall/CPU ms).
+ * The restore time is
  * restore()'s own, process running, with the self-check off and with it
  * on (the default: it reads /proc/PID/smaps and maps of the new process).
  * With `criu` installed (or $TSNAP_CRIU), CRIU's restore of the same
@@ -26,6 +28,7 @@ import { VMAS_FIXTURE as FIXTURE } from './vmas-fixture.js';
 
 const VMAS = Number(process.env.BENCH_VMAS ?? 10_000);
 const REPS = Number(process.env.BENCH_REPS ?? 5);
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 6);
 const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
 
 
@@ -76,10 +79,16 @@ async function main(): Promise<void> {
       await killAndWaitGone(r.pid);
       return { wall: r.ms, task, cpu: task + r.criuCpuMs };
     };
-    await once(false);
-    await once(true);
-    await once(true, 'warn');
-    if (criu) await criuOnce();
+    // tsnap runs in this process: its first restores run the interpreter's code,
+    // not the optimised one (CPU per check-on restore, consecutive: ~330, 270,
+    // 135-150 until the 12th, then 100-130 ms). One warm-up left the medians of 5
+    // on that slope; CRIU, a compiled program, has none.
+    for (let i = 0; i < WARMUP; i++) {
+      await once(false);
+      await once(true);
+      await once(true, 'warn');
+      if (criu) await criuOnce();
+    }
     const one: Run[] = [];
     const batch: Run[] = [];
     const checked: Run[] = [];
@@ -90,14 +99,19 @@ async function main(): Promise<void> {
       checked.push(await once(true, 'warn'));
       if (criu) criuRuns.push(await criuOnce());
     }
+    if (process.env.BENCH_VMAS_DETAIL) {
+      for (const [n, xs] of [['one', one], ['batch', batch], ['checked', checked], ['criu', criuRuns]] as const) console.log(n, xs.map((x) => `${x.wall.toFixed(0)}/${x.cpu.toFixed(0)}`).join(' '));
+    }
     const wall = (xs: { wall: number }[]) => median(xs.map((x) => x.wall));
     const cpu = (xs: Run[]) => median(xs.map((x) => x.cpu));
     const o = wall(one);
     const b = wall(batch);
     const k = wall(checked);
     const cr = criu ? wall(criuRuns) : null;
+    // criu's own CPU comes in 10 ms ticks (cutime): a coarse ratio.
+    const crCpu = criu ? median(criuRuns.map((x) => x.cpu)) : null;
     console.log(`${VMAS} VMAs restore (load ${loadavg()[0].toFixed(1)}): one remote syscall per call ${o.toFixed(1)} ms, batched ${b.toFixed(1)} ms (${(b / o).toFixed(3)}), batched with the self-check ${k.toFixed(1)} ms`
-      + (cr !== null ? `; CRIU ${cr.toFixed(1)} ms (CPU, criu + task, ${median(criuRuns.map((x) => x.cpu)).toFixed(0)} ms, of which its task ${median(criuRuns.map((x) => x.task)).toFixed(0)}): tsnap / CRIU ${(b / cr).toFixed(2)} check off, ${(k / cr).toFixed(2)} with the check` : '; criu not found: no CRIU figure')
+      + (cr !== null ? `; CRIU ${cr.toFixed(1)} ms (CPU, criu + task, ${crCpu!.toFixed(0)} ms, of which its task ${median(criuRuns.map((x) => x.task)).toFixed(0)}): tsnap / CRIU ${(b / cr).toFixed(2)} check off, ${(k / cr).toFixed(2)} with the check; CPU ${(cpu(batch) / crCpu!).toFixed(2)} and ${(cpu(checked) / crCpu!).toFixed(2)}` : '; criu not found: no CRIU figure')
       + `; CPU (tsnap + task): ${cpu(one).toFixed(0)} ms, batched ${cpu(batch).toFixed(0)} ms (${(cpu(batch) / cpu(one)).toFixed(3)}), with the check ${cpu(checked).toFixed(0)} ms; of which the task's own ${median(one.map((x) => x.task)).toFixed(0)} / ${median(batch.map((x) => x.task)).toFixed(0)} ms`);
   } finally {
     delete process.env.TSNAP_REMOTE_BATCH;
