@@ -889,4 +889,13 @@ export interface CowStats {
   prearmUs?: number;
   earlyFaults?: number;
   pagesReprotected?: number;
+  /**
+   * The frozen window (tsnap 0.2+, optional; src/dump/frozen-window.ts):
+   * whether it ran in the real-time class, how long tsnap's main thread and
+   * the guardian waited for a CPU in it (µs), and the release (µs).
+   */
+  windowRt?: boolean;
+  windowWaitUs?: number;
+  guardianWaitUs?: number;
+  releaseUs?: number;
 }
