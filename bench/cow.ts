@@ -160,7 +160,7 @@ async function runCase(bin: string, pages: Pages, haveCriu: boolean): Promise<Re
     const note = (mode: string, state: string, s: Awaited<ReturnType<typeof run>>) => {
       const c = s.cow;
       runs.push({ mode, state, frozenMs: +(s.frozenUs / 1000).toFixed(1), waitMs: +((c?.windowWaitUs ?? NaN) / 1000).toFixed(1),
-        guardianWaitMs: +((c?.guardianWaitUs ?? NaN) / 1000).toFixed(1), releaseMs: +((c?.releaseUs ?? NaN) / 1000).toFixed(1),
+        guardianWaitMs: +((c?.guardianWaitUs ?? NaN) / 1000).toFixed(1), targetWaitMs: +((c?.targetWaitUs ?? NaN) / 1000).toFixed(1), releaseMs: +((c?.releaseUs ?? NaN) / 1000).toFixed(1),
         reprotected: c?.pagesReprotected, earlyFaults: c?.earlyFaults, load1: +loadavg()[0].toFixed(1) });
     };
     const noRtFig = { idle: [] as number[], writing: [] as number[] };

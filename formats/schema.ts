@@ -892,10 +892,12 @@ export interface CowStats {
   /**
    * The frozen window (tsnap 0.2+, optional; src/dump/frozen-window.ts):
    * whether it ran in the real-time class, how long tsnap's main thread and
-   * the guardian waited for a CPU in it (µs), and the release (µs).
+   * the guardian waited for a CPU in it (µs), the target's threads likewise
+   * (µs; they stay in their own class), and the release (µs).
    */
   windowRt?: boolean;
   windowWaitUs?: number;
   guardianWaitUs?: number;
+  targetWaitUs?: number;
   releaseUs?: number;
 }

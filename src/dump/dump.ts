@@ -253,7 +253,7 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
           const w = cowWindow = new FrozenWindow();
           session.onFailure(() => w.end());
         }
-        cowWindow?.begin();
+        cowWindow?.begin(pid);
         frozen = session.freeze(pid);
         mark('dump: frozen');
         pausePoint('dump-frozen');
