@@ -19,6 +19,8 @@ import { setCloexec } from '../src/sys/index.js';
 
 const SIZE_MIB = Number(process.env.BENCH_MIB ?? 1024);
 const REPS = Number(process.env.BENCH_REPS ?? 3);
+/** Also each copy-on-write dump with its frozen window in the normal class, interleaved. */
+const RT_AB = process.env.BENCH_COW_RT_AB === '1';
 const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
 
 const FIXTURE = `
@@ -141,12 +143,27 @@ async function runCase(bin: string, pages: Pages, haveCriu: boolean): Promise<Re
   try {
     await t.next();
     const dir = join(OUT_ROOT, `tsnap-bench-cow-${t.pid}`);
-    const run = async (cow: boolean) => {
+    // noRt: the same copy-on-write dump with its frozen window left in the normal class (src/dump/frozen-window.ts).
+    const run = async (cow: boolean, noRt = false) => {
       rmSync(dir, { recursive: true, force: true });
-      const r = await dump({ pid: t.pid, dir, leaveRunning: true, cow });
-      rmSync(dir, { recursive: true, force: true });
-      return r.stats;
+      if (noRt) process.env.TSNAP_COW_WINDOW_RT = '0';
+      try {
+        const r = await dump({ pid: t.pid, dir, leaveRunning: true, cow });
+        return r.stats;
+      } finally {
+        delete process.env.TSNAP_COW_WINDOW_RT;
+        rmSync(dir, { recursive: true, force: true });
+      }
     };
+    // Every copy-on-write run, for the worst case (a median hides it) and where its frozen time went.
+    const runs: Record<string, unknown>[] = [];
+    const note = (mode: string, state: string, s: Awaited<ReturnType<typeof run>>) => {
+      const c = s.cow;
+      runs.push({ mode, state, frozenMs: +(s.frozenUs / 1000).toFixed(1), waitMs: +((c?.windowWaitUs ?? NaN) / 1000).toFixed(1),
+        guardianWaitMs: +((c?.guardianWaitUs ?? NaN) / 1000).toFixed(1), targetWaitMs: +((c?.targetWaitUs ?? NaN) / 1000).toFixed(1), releaseMs: +((c?.releaseUs ?? NaN) / 1000).toFixed(1),
+        reprotected: c?.pagesReprotected, earlyFaults: c?.earlyFaults, load1: +loadavg()[0].toFixed(1) });
+    };
+    const noRtFig = { idle: [] as number[], writing: [] as number[] };
     const criu = () => {
       rmSync(dir, { recursive: true, force: true });
       mkdirSync(dir, { recursive: true });
@@ -177,6 +194,13 @@ async function runCase(bin: string, pages: Pages, haveCriu: boolean): Promise<Re
         await t.ask('idle');
         const s = await run(mode === 'cow');
         fig[mode].idle.push(s.frozenUs / 1000); total[mode].idle.push(s.totalUs / 1000);
+        if (mode === 'cow') note('rt', 'idle', s);
+      }
+      if (RT_AB) {
+        await t.ask('idle');
+        const s = await run(true, true);
+        noRtFig.idle.push(s.frozenUs / 1000);
+        note('normal', 'idle', s);
       }
       // Writing: the cost per write is what the writer saw during the dump.
       await t.ask('write');
@@ -188,6 +212,7 @@ async function runCase(bin: string, pages: Pages, haveCriu: boolean): Promise<Re
         const w = await t.stats();
         fig[mode].writing.push(s.frozenUs / 1000); total[mode].writing.push(s.totalUs / 1000);
         if (mode === 'cow') {
+          note('rt', 'writing', s);
           perWrite.cow.push(w.meanNs); perWrite.cowSlow.push(w.slow); perWrite.cowSlowUs.push(w.slowMeanUs); perWrite.cowMaxUs.push(w.maxUs);
           faultUs.push(s.cow?.faultMeanUs ?? NaN);
           armMs.push((s.cow?.armUs ?? NaN) / 1000);
@@ -201,6 +226,13 @@ async function runCase(bin: string, pages: Pages, haveCriu: boolean): Promise<Re
         } else {
           perWrite.frozenMaxUs.push(w.maxUs);
         }
+      }
+      if (RT_AB) {
+        await t.ask('write');
+        const s = await run(true, true);
+        await t.stats();
+        noRtFig.writing.push(s.frozenUs / 1000);
+        note('normal', 'writing', s);
       }
       await t.ask('idle');
       if (haveCriu) criuMs.push(criu());
@@ -228,6 +260,10 @@ async function runCase(bin: string, pages: Pages, haveCriu: boolean): Promise<Re
       // Of the cow frozen time: the state step, the layout (smaps), and what copy-on-write itself adds (scan, protecting again, frozen copy).
       cowStateMsWriting: m(stateMs), cowLayoutMsWriting: m(layoutMs), cowArmMsWriting: m(armMs),
       faultsDeferredWriting: m(deferred, 0),
+      // The worst frozen time of every copy-on-write run, and (BENCH_COW_RT_AB=1) the same dumps with the window in the normal class.
+      frozenMsCowMax: +Math.max(...fig.cow.idle, ...fig.cow.writing).toFixed(1),
+      ...(RT_AB ? { frozenMsCowNormalClassIdle: m(noRtFig.idle), frozenMsCowNormalClassWriting: m(noRtFig.writing), frozenMsCowNormalClassMax: +Math.max(...noRtFig.idle, ...noRtFig.writing).toFixed(1) } : {}),
+      runs,
     };
   } finally {
     t.kill();

@@ -889,4 +889,15 @@ export interface CowStats {
   prearmUs?: number;
   earlyFaults?: number;
   pagesReprotected?: number;
+  /**
+   * The frozen window (tsnap 0.2+, optional; src/dump/frozen-window.ts):
+   * whether it ran in the real-time class, how long tsnap's main thread and
+   * the guardian waited for a CPU in it (µs), the target's threads likewise
+   * (µs; they stay in their own class), and the release (µs).
+   */
+  windowRt?: boolean;
+  windowWaitUs?: number;
+  guardianWaitUs?: number;
+  targetWaitUs?: number;
+  releaseUs?: number;
 }

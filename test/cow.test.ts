@@ -12,6 +12,7 @@ import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type
 import { tsnap, startTsnap, restoreDetached } from './helpers/tsnap.js';
 import { killPid, tracerOf, waitPidsFree } from './helpers/processes.js';
 import type { DumpStats } from '../formats/schema.js';
+import { getSched, SCHED_FIFO, SCHED_OTHER, SCHED_RESET_ON_FORK } from '../src/sys/sched.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -110,6 +111,51 @@ describe('copy-on-write dumps', () => {
     expect(again.code, again.stderr).toBe(0);
     expect(again.stderr).toMatch(/tracking of process \d+ was lost/);
     expect(JSON.parse(again.stdout).kind).toBe('full');
+  });
+
+  it('the frozen window runs in the real-time class, tsnap and its guardian go back to their own class at the release, and a SIGTERM there leaves nothing raised', async () => {
+    const work = tmpDir('tsnap-cow-');
+    const p = await startProcess(await compileC('cowwriter'), [PAGES, '1']);
+    const tids = tasksOf(p.pid);
+    const guardianOf = (pid: number) => readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).map(Number)
+      .find((c) => { try { return readFileSync(`/proc/${c}/comm`, 'utf8').startsWith('tsnap-guard'); } catch { return false; } });
+    const policyOf = (tid: number) => getSched(tid)!.policy & ~SCHED_RESET_ON_FORK;
+    // Frozen: tsnap's main thread and the guardian in SCHED_FIFO; released: both back.
+    for (const [at, policy] of [['dump-frozen', SCHED_FIFO], ['cow-running', SCHED_OTHER]] as const) {
+      const dir = join(work, `img-${at}`);
+      const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--leave-running', '--cow', '--json'], { TSNAP_TEST_PAUSE_AT: at });
+      await waitForStderr(t.child, new RegExp(`paused at ${at}`));
+      await waitStopped(t.child.pid!);
+      const tsnapPid = t.child.pid!;
+      const guardian = guardianOf(tsnapPid);
+      expect(guardian, 'the guardian').toBeDefined();
+      expect(policyOf(tsnapPid), `tsnap at ${at}`).toBe(policy);
+      expect(policyOf(guardian!), `its guardian at ${at}`).toBe(policy);
+      t.child.kill('SIGCONT');
+      const d = await t.done;
+      expect(d.code, d.stderr).toBe(0);
+      const cow = (JSON.parse(d.stdout).stats as DumpStats).cow!;
+      expect(cow.windowRt).toBe(true);
+      expect(cow.windowWaitUs).toBeGreaterThanOrEqual(0);
+      expect(cow.releaseUs).toBeGreaterThan(0);
+    }
+    // Interrupted frozen: the dump is abandoned, the target untouched and in its own class, and the guardian, if it outlives tsnap, back in its own.
+    const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', join(work, 'abandoned'), '--leave-running', '--cow'], { TSNAP_TEST_PAUSE_AT: 'dump-frozen' });
+    await waitForStderr(t.child, /paused at dump-frozen/);
+    await waitStopped(t.child.pid!);
+    const guardian = guardianOf(t.child.pid!)!;
+    expect(policyOf(guardian)).toBe(SCHED_FIFO);
+    t.child.kill('SIGTERM');
+    t.child.kill('SIGCONT');
+    const r = await t.done;
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/interrupted by SIGTERM/);
+    await expectWritersRun(p);
+    untouched(p.pid);
+    for (const tid of tids) expect(policyOf(tid), `target thread ${tid}`).toBe(SCHED_OTHER);
+    const after = getSched(guardian);
+    if (after) expect(after.policy & ~SCHED_RESET_ON_FORK).toBe(SCHED_OTHER);
+    killPid(p.pid);
   });
 
   it.each([

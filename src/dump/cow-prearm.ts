@@ -58,7 +58,7 @@ export const COW_UFFD_FEATURES = UFFD_FEATURE.EVENT_REMAP | UFFD_FEATURE.EVENT_R
  * to protect or the uffd cannot be made: the dump then protects frozen, as
  * before. Tracked VMAs (a pre-dump's uffd holds them) are left out: EBUSY.
  */
-export function prearmCow(pid: number, worker: CowWorker): Prearmed | null {
+export function prearmCow(pid: number, worker: CowWorker, beforePasses?: () => void): Prearmed | null {
   const vmas = readMaps(pid).filter((v) => protectable(v, classifyVma(v)));
   if (!vmas.length) return null;
   let uffd = -1;
@@ -101,6 +101,7 @@ export function prearmCow(pid: number, worker: CowWorker): Prearmed | null {
   // ENOENT: unmapped meanwhile; the frozen scan finds whatever is there now.
   for (const r of ranges) wp.set(r.start, r.end - r.start, true);
   mark('cow prearm: protected');
+  beforePasses?.();
   const passes = reprotectPasses(worker, wp, ranges);
   mark('cow prearm: passes done');
   holdPoint('cow-prearmed');

@@ -23,6 +23,7 @@ import type { FrozenSet } from '../freeze/frozen-set.js';
 import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
 import { pausePoint, holdPoint } from '../fault-points.js';
 import { prearmCow, type Prearmed } from './cow-prearm.js';
+import { FrozenWindow } from './frozen-window.js';
 import { VmFlagsWatch } from '../proc/vmflags-watch.js';
 import { checkCreds } from './creds.js';
 import { checkOomScoreAdj } from './process-state.js';
@@ -198,6 +199,7 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
       let flagsWatch: VmFlagsWatch | null = null;
       let earlyFlags: Map<number, string[]> | null = null;
       let earlyScan: EarlyScan | null = null;
+      let cowWindow: FrozenWindow | null = null;
       if (mode === 'dump') {
         // Files restore could not bring back are refused now, while the
         // target runs untouched; they are read again, consistently, frozen.
@@ -236,13 +238,22 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
         }
         // A full dump protects its memory now, while the target runs, right
         // before the freeze: what it writes meanwhile is protected again frozen (cow-prearm.ts).
-        if (cowWorker && !prep.parent) cowPrearmed = prearmCow(pid, cowWorker);
+        if (cowWorker && !prep.parent) {
+          const w = cowWindow = new FrozenWindow();
+          session.onFailure(() => w.end());
+          cowPrearmed = prearmCow(pid, cowWorker, () => w.raise());
+        }
         earlyFlags = (await flagsRead) ?? null;
         mark('dump: VmFlags read early');
         holdPoint('flags-read');
         checkAbort();
         await opts.beforeFreeze?.();
         mark('dump: freezing');
+        if (cowWorker && !cowWindow) {
+          const w = cowWindow = new FrozenWindow();
+          session.onFailure(() => w.end());
+        }
+        cowWindow?.begin(pid);
         frozen = session.freeze(pid);
         mark('dump: frozen');
         pausePoint('dump-frozen');
@@ -254,13 +265,15 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
           process: frozen,
           smaps,
           earlyFlags: earlyFlags && flagsWatch ? { flags: earlyFlags, watch: flagsWatch, scan: earlyScan } : null,
-          cow: cowWorker && frozen ? { worker: cowWorker, release: () => set.release(), prearmed: cowPrearmed } : null,
+          cow: cowWorker && frozen ? { worker: cowWorker, release: () => { cowWindow?.releasing(); set.release(); cowWindow?.end(); }, prearmed: cowPrearmed } : null,
           releaseEarly: frozen && opts.leaveRunning && !opts.hold ? () => set.finish('release') : null,
         }, checkAbort);
       } finally {
         (flagsWatch as VmFlagsWatch | null)?.close();
       }
       const { result, cow } = outcome;
+      cowWindow?.end();
+      if (cowWindow?.stats && result.stats.cow) Object.assign(result.stats.cow, cowWindow.stats);
       pausePoint('dump-committed');
       // A signal that came before this point still undoes the whole dump.
       await letSignalsIn();

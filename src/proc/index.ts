@@ -15,3 +15,4 @@ export * from './limits.js';
 export * from './timers.js';
 export * from './creds.js';
 export * from './sysvipc.js';
+export * from './schedstat.js';
