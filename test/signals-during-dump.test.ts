@@ -59,6 +59,19 @@ function status(pid: number, key: string): string {
   return new RegExp(`^${key}:\\s*(.*)$`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? '';
 }
 
+/** A kill-mode dump of a sigcount target taking a sender's signals; returns once its pid is free, with how many were sent. */
+async function killDumpWhileSending(bin: string): Promise<{ work: string; p: Running; sentBefore: number }> {
+  const work = tmpDir('tsnap-sig-');
+  const p = await startProcess(bin, ['run']);
+  const first = await startSender(bin, p.pid);
+  const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
+  expect(d.code, d.stderr).toBe(0);
+  await p.exited;
+  const sentBefore = await first.done();
+  await waitPidsFree([p.pid], { timeoutMs: 10_000 });
+  return { work, p, sentBefore };
+}
+
 /** The tally's figures without its line. */
 const bare = (t: Tally): Tally => ({ count: t.count, sum: t.sum, max: t.max, outOfOrder: t.outOfOrder, backwards: t.backwards });
 const exact = (k: number): Tally => ({ count: k, sum: (k * (k + 1)) / 2, max: k, outOfOrder: 0, backwards: 0 });
@@ -141,15 +154,8 @@ describe('signals sent during a dump', () => {
   });
 
   it('kill mode, signals through the dump and again through the restore: every one comes once, each sender\'s in order', async () => {
-    const work = tmpDir('tsnap-sig-');
     const bin = await compileC('sigcount');
-    const p = await startProcess(bin, ['run']);
-    const first = await startSender(bin, p.pid);
-    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
-    expect(d.code, d.stderr).toBe(0);
-    await p.exited;
-    const sentBefore = await first.done();
-    await waitPidsFree([p.pid], { timeoutMs: 10_000 });
+    const { work, p, sentBefore } = await killDumpWhileSending(bin);
     const BASE = 1_000_000;
     const second = await startWaitingSender(bin, p.pid, BASE);
     const r = await restoreDetached(join(work, 'img'), join(work, 'pid'));
@@ -169,15 +175,8 @@ describe('signals sent during a dump', () => {
   });
 
   it('kill mode: the signals pending at the dump come before those sent while the restore builds the process', async () => {
-    const work = tmpDir('tsnap-sig-');
     const bin = await compileC('sigcount');
-    const p = await startProcess(bin, ['run']);
-    const first = await startSender(bin, p.pid);
-    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', join(work, 'img'));
-    expect(d.code, d.stderr).toBe(0);
-    await p.exited;
-    await first.done();
-    await waitPidsFree([p.pid], { timeoutMs: 10_000 });
+    const { work, p } = await killDumpWhileSending(bin);
     // Paused right after it queued the image's signals: what is sent now is sent during the restore.
     let tsnapPid = 0;
     const restoring = restoreDetached(join(work, 'img'), join(work, 'pid'), [], { env: { TSNAP_TEST_PAUSE_AT: 'restore-pending-queued' }, onSpawn: (pid) => { tsnapPid = pid; } });

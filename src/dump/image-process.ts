@@ -34,7 +34,7 @@ import { recordGuards } from './guards.js';
 import { copyPages, fullSelection, type CopyOptions } from './page-dumper.js';
 import { copySpliced } from './splice-copy.js';
 import { selectDelta } from './delta-selection.js';
-import { normalize, subtractEach, type Range } from '../image/ranges.js';
+import { normalize, subtract, type Range } from '../image/ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
 import { signalHolder } from '../track/holder.js';
 import { uffdWriteProtect } from '../track/uffd.js';
@@ -224,7 +224,7 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
       if (!Array.isArray(selection)) selection = [...selection];
       const out = normalize(opts.leaveOut(layout.images, normalize(selection), processImage?.threads ?? []));
       leftOut = out;
-      selection = subtractEach(selection, out);
+      selection = subtract(selection, out);
       mark(`dump: ${out.length} ranges left out`);
     }
     let copied = 0;

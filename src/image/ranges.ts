@@ -19,31 +19,13 @@ export function normalize(rs: readonly Range[]): Range[] {
   return out;
 }
 
-export function subtract(a: readonly Range[], b: readonly Range[]): Range[] {
-  const out: Range[] = [];
-  let j = 0;
-  for (const r of a) {
-    let s = r.start;
-    while (j < b.length && b[j].end <= s) j++;
-    let k = j;
-    while (k < b.length && b[k].start < r.end) {
-      if (b[k].start > s) out.push({ start: s, end: b[k].start });
-      s = Math.max(s, b[k].end);
-      k++;
-    }
-    if (s < r.end) out.push({ start: s, end: r.end });
-  }
-  return out;
-}
-
 /**
- * subtract() for items that carry more than their range (each piece left
- * keeps the item's other fields): `a` sorted by start, `b` sorted and
- * disjoint, in one pass over both. subtract([item], b) item by item
- * restarts at b's beginning every time: with ~2 000 items and as many
- * ranges in `b` (a post-copy set) that was 50 ms of a frozen window.
+ * What is left of `a` (sorted by start) once `b` (sorted, disjoint) is taken
+ * out, in one pass over both; each piece keeps its item's other fields.
+ * (Item by item, restarting at b's beginning, was 50 ms of a frozen window
+ * with ~2 000 items and as many ranges in a post-copy set.)
  */
-export function subtractEach<T extends Range>(a: readonly T[], b: readonly Range[]): T[] {
+export function subtract<T extends Range>(a: readonly T[], b: readonly Range[]): T[] {
   const out: T[] = [];
   let j = 0;
   for (const r of a) {
