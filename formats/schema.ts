@@ -32,6 +32,14 @@ export enum FileKind {
   Tree = 6,
 }
 
+/**
+ * Header flags a reader must understand (formats/image-v1.md "Header
+ * flags"): a reader refuses any it does not know, so a field that changes
+ * what restore must do is never silently ignored by an older tsnap.
+ * Set on the `process` file when a thread has seccomp state to install.
+ */
+export const PROCESS_FLAG_SECCOMP = 1;
+
 export const FILE_NAMES: Record<FileKind, string> = {
   [FileKind.Inventory]: 'inventory',
   [FileKind.Process]: 'process',
@@ -244,6 +252,21 @@ export interface ThreadImage {
    * thread. Images without them are restored with tsnap's own (root).
    */
   creds?: CredsImage;
+  /**
+   * The thread's seccomp state (optional; absent: none). Its presence sets
+   * the process file's header flag PROCESS_FLAG_SECCOMP, so that a tsnap
+   * that does not know this field refuses the image instead of restoring
+   * the process without its filters.
+   */
+  seccomp?: SeccompImage;
+}
+
+/** A thread's seccomp mode and filters (PTRACE_SECCOMP_GET_FILTER). */
+export interface SeccompImage {
+  /** 1 strict, 2 filter. */
+  mode: number;
+  /** Oldest first: the order they were (and are) installed in. */
+  filters: { prog: Buffer; flags: number }[];
 }
 
 /** Credentials of one thread; capability sets are bit masks (bit n = capability n). */

@@ -52,7 +52,12 @@ async function check(p: { writeLine(s: string): void; waitForLine(re: RegExp, t?
 
 /** tsnap run with CAP_NET_BIND_SERVICE out of its bounding set, so out of its permitted set too. */
 function tsnapWithoutNetBind(args: string[]): Promise<CliResult> {
-  const child = spawn('setpriv', ['--bounding-set', '-net_bind_service', process.execPath, TSNAP_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  return tsnapWithout('-net_bind_service', args);
+}
+
+/** tsnap run with `caps` (setpriv's syntax) out of its bounding set, so out of its permitted set too. */
+function tsnapWithout(caps: string, args: string[]): Promise<CliResult> {
+  const child = spawn('setpriv', ['--bounding-set', caps, process.execPath, TSNAP_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d) => { stdout += d; });
@@ -234,14 +239,29 @@ for line in sys.stdin:
     await killPid(p.pid);
   });
 
-  it('a seccomp filter is refused at dump (restore cannot install it again), the process untouched', async () => {
+  it('a non-root thread under a seccomp filter (with no_new_privs) comes back under it, with its credentials; tsnap without CAP_SYS_ADMIN refuses it, untouched', async () => {
     const { p, work } = await startCreds(['seccomp']);
+    const before = threadCreds(p.pid);
+    expect(line(before[p.pid], 'Seccomp')).toBe('Seccomp: 2');
+    expect(line(before[p.pid], 'Seccomp_filters')).toBe('Seccomp_filters: 1');
+    expect(line(before[p.readyInfo.worker], 'Seccomp')).toBe('Seccomp: 0');
     const dir = join(work, 'img');
-    const refused = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+    // Without CAP_SYS_ADMIN tsnap can neither run its syscalls past the filter nor install it again.
+    const refused = await tsnapWithout('-sys_admin', ['dump', '--pid', String(p.pid), '--dir', dir]);
     expect(refused.code, refused.stderr).toBe(ExitCode.unsupported);
-    expect(refused.stderr).toMatch(new RegExp(`process ${p.pid} runs under seccomp \\(mode 2, 1 filter`));
+    expect(refused.stderr).toMatch(new RegExp(`process ${p.pid} runs under seccomp \\(mode 2, 1 filter\\(s\\)\\) and tsnap lacks CAP_SYS_ADMIN`));
     untouched(p.pid);
     expect(await check(p, 0)).toBe(ALL_OK);
-    await killPid(p.pid);
+    const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
+    expect(d.code, d.stderr).toBe(0);
+    await p.exited;
+    const noAdmin = await tsnapWithout('-sys_admin', ['restore', '--dir', dir, '--new-pid', '--detach', '--pidfile', join(work, 'pid2')]);
+    expect(noAdmin.code, noAdmin.stderr).toBe(ExitCode.permission);
+    expect(noAdmin.stderr).toMatch(/the image has seccomp filters and tsnap lacks CAP_SYS_ADMIN/);
+    expect(existsSync(join(work, 'pid2'))).toBe(false);
+    const r = await restoreDetached(dir, join(work, 'pid'));
+    expect(r.result.code, r.result.stderr).toBe(0);
+    expect(threadCreds(r.pid)).toEqual(before);
+    expect(await check(r, 0)).toBe(ALL_OK);
   });
 });

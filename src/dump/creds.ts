@@ -7,6 +7,7 @@ import { SysError } from '../sys/index.js';
 import { readTaskCreds, readUserNs, listTasks, type ProcCreds } from '../proc/index.js';
 import { credsObstacle, credsImage, helperCreds } from '../restore/creds-check.js';
 import { TsnapError } from '../errors.js';
+import { seccompSuspendObstacle } from '../freeze/seccomp-suspend.js';
 import type { CredsImage } from '../../formats/schema.js';
 
 /**
@@ -16,10 +17,13 @@ import type { CredsImage } from '../../formats/schema.js';
  */
 export function refuseUnrestorable(pid: number, tid: number, c: ProcCreds, securebits: number | null, start = helperCreds()): void {
   const who = tid === pid ? `process ${pid}` : `thread ${tid} of process ${pid}`;
-  // The helper, and so the restored process, inherits tsnap's own filters:
-  // only those come back.
+  // Filters are read and installed again with the task's seccomp suspended
+  // (dump/seccomp.ts, restore/seccomp.ts). A tsnap that cannot suspend it
+  // (under seccomp itself, or without CAP_SYS_ADMIN) gives the restored
+  // process only its own filters, which the helper inherits.
   if (c.seccomp !== start.seccomp || c.seccompFilters !== start.seccompFilters) {
-    throw new TsnapError('unsupported', `${who} runs under seccomp (mode ${c.seccomp}, ${c.seccompFilters} filter(s)); restore cannot install seccomp filters again, so it is not dumped`);
+    const why = seccompSuspendObstacle();
+    if (why) throw new TsnapError('unsupported', `${who} runs under seccomp (mode ${c.seccomp}, ${c.seccompFilters} filter(s)) and ${why}: tsnap cannot run its syscalls in it past the filters nor install them again at restore, so it is not dumped`);
   }
   const obstacle = credsObstacle(credsImage(c, securebits ?? start.securebits), start, 'tsnap');
   if (obstacle) throw new TsnapError('unsupported', `${who} ${obstacle}; restore could not set its credentials again, so it is not dumped`);

@@ -23,6 +23,7 @@ import { ptrace, SysError, WaitStatus, Guardian, GuardianError, GuardianUnavaila
 import { readStatus } from '../proc/status.js';
 import { readStat, PF_KTHREAD } from '../proc/stat.js';
 import { TsnapError } from '../errors.js';
+import { canSuspendSeccomp } from './seccomp-suspend.js';
 
 const RESTART_CODES = new Set([ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK]);
 
@@ -86,7 +87,8 @@ export class FrozenTask {
     if (!opts.direct) {
       let got: { regs: Buffer; stopSignal: number };
       try {
-        got = Guardian.get().freeze(pid, PTRACE_O.TRACESYSGOOD, timeoutMs);
+        // The guardian sets SUSPEND_SECCOMP only once the task is stopped.
+        got = Guardian.get().freeze(pid, PTRACE_O.TRACESYSGOOD | (canSuspendSeccomp() ? PTRACE_O.SUSPEND_SECCOMP : 0), timeoutMs);
       } catch (err) {
         if (err instanceof GuardianError && err.exited) throw new TsnapError('noSuchProcess', `process ${pid} exited while being frozen`);
         if (err instanceof GuardianError && err.timedOut) throw stopTimeout(pid, timeoutMs);
@@ -199,6 +201,19 @@ export class FrozenTask {
   /** The rseq area the thread registered (glibc registers one for every thread). */
   rseqConfig(): ptrace.RseqConfig | null {
     return this.tracer === 'guarded' ? ptrace.parseRseqConfig(Guardian.get().getRseq(this.pid)) : ptrace.getRseqConfig(this.pid);
+  }
+
+  /**
+   * The thread's seccomp filters, oldest first (the order to install them
+   * in: the kernel counts from the oldest); empty when it has none.
+   */
+  seccompFilters(): ptrace.SeccompFilter[] {
+    const out: ptrace.SeccompFilter[] = [];
+    for (let i = 0; ; i++) {
+      const f = this.tracer === 'guarded' ? Guardian.get().seccompFilter(this.pid, i) : ptrace.getSeccompFilter(this.pid, i);
+      if (!f) return out;
+      out.push(f);
+    }
   }
 
   get isReleased(): boolean {

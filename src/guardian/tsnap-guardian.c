@@ -36,9 +36,18 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PROTOCOL_VERSION 4
+#define PROTOCOL_VERSION 5
 #define CONTROL_FD 3
 
+#ifndef PTRACE_SECCOMP_GET_FILTER
+#define PTRACE_SECCOMP_GET_FILTER 0x420c
+#endif
+#ifndef PTRACE_SECCOMP_GET_METADATA
+#define PTRACE_SECCOMP_GET_METADATA 0x420d
+#endif
+#ifndef PTRACE_O_SUSPEND_SECCOMP
+#define PTRACE_O_SUSPEND_SECCOMP (1 << 21)
+#endif
 #ifndef PTRACE_GET_RSEQ_CONFIGURATION
 #define PTRACE_GET_RSEQ_CONFIGURATION 0x420f
 #endif
@@ -93,6 +102,8 @@ enum op {
   OP_RUN = 18,       /* a0 entry, a1 rbx, a2 r12, a3 code start, a4 code end (the address after its
                         int3), a17 timeout ms: runs tsnap's code in the task from a0 until the int3
                         at a4 - 1 traps (results: in the task's memory) */
+  OP_SECCOMP_FILTER = 21, /* a0 index (0: the oldest) -> ret = the filter's flags (metadata),
+                             data = its struct sock_filter[]; ENOENT past the newest */
 };
 
 /* One syscall of an OP_SYSCALLS batch: run in order, each whatever the others returned. */
@@ -371,7 +382,10 @@ static int release_one(struct tracee *t) {
 
 static int op_freeze(struct request *q, struct reply *p, uint8_t *data) {
   if (find(q->tid)) return EBUSY;
-  if (ptrace(PTRACE_SEIZE, q->tid, 0, (long)q->a[0]) == -1) return errno;
+  /* Seccomp is suspended only once the task is stopped: between the seize
+   * and the stop it runs its own code, which must stay under its filters. */
+  long options = (long)q->a[0];
+  if (ptrace(PTRACE_SEIZE, q->tid, 0, options & ~(long)PTRACE_O_SUSPEND_SECCOMP) == -1) return errno;
   if (ptrace(PTRACE_INTERRUPT, q->tid, 0, 0) == -1) {
     int e = errno;
     ptrace(PTRACE_DETACH, q->tid, 0, 0);
@@ -400,6 +414,11 @@ static int op_freeze(struct request *q, struct reply *p, uint8_t *data) {
     /* A signal-delivery stop before our trap: let the signal through as it
      * would have gone without us, and keep waiting for the trap. */
     ptrace(PTRACE_CONT, q->tid, 0, event == 0 ? WSTOPSIG(status) : 0);
+  }
+  if ((options & PTRACE_O_SUSPEND_SECCOMP) && ptrace(PTRACE_SETOPTIONS, q->tid, 0, options) == -1) {
+    int e = errno;
+    ptrace(PTRACE_DETACH, q->tid, 0, 0);
+    return e;
   }
   struct tracee *t = add(q->tid);
   if (!t) {
@@ -785,6 +804,15 @@ static int handle(struct request *q, const struct batch_call *calls, int fd, str
     long r = ptrace(PTRACE_GET_RSEQ_CONFIGURATION, t->tid, 32, data);
     if (r == -1) return errno;
     p->len = 32;
+    return 0;
+  }
+  case OP_SECCOMP_FILTER: {
+    long n = ptrace(PTRACE_SECCOMP_GET_FILTER, t->tid, (long)q->a[0], data);
+    if (n == -1) return errno;
+    uint64_t meta[2] = { (uint64_t)q->a[0], 0 };
+    if (ptrace(PTRACE_SECCOMP_GET_METADATA, t->tid, sizeof meta, meta) == -1) return errno;
+    p->ret = (int64_t)meta[1];
+    p->len = (uint32_t)(n * 8);
     return 0;
   }
   case OP_SYSCALL:

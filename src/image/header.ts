@@ -24,7 +24,7 @@ export function encodeHeader(h: FileHeader): Buffer {
 }
 
 /** Decodes and checks a header; `file` names the file in errors. */
-export function decodeHeader(b: Buffer, file: string, expect: FileKind): FileHeader {
+export function decodeHeader(b: Buffer, file: string, expect: FileKind, knownFlags = 0): FileHeader {
   if (b.length < HEADER_SIZE) {
     throw new TsnapError('badImage', `${file}: truncated (${b.length} bytes, no complete header); the image is damaged, dump again`);
   }
@@ -45,9 +45,9 @@ export function decodeHeader(b: Buffer, file: string, expect: FileKind): FileHea
   if (kind !== expect) {
     throw new TsnapError('badImage', `${file}: holds file kind ${kind}, expected ${expect}; the image was mixed up or corrupted`);
   }
-  // No flag is defined: a set one means a writer this tsnap does not know, or damage.
+  // A flag the caller does not know means a writer this tsnap does not know, or damage.
   const flags = b.readUInt32LE(12);
-  if (flags !== 0) throw new TsnapError('badImage', `${file}: header flags 0x${flags.toString(16)} are not defined in format ${version}; the image is corrupted or from a newer tsnap`);
+  if ((flags & ~knownFlags) !== 0) throw new TsnapError('badImage', `${file}: header flags 0x${flags.toString(16)} are not defined in format ${version}; the image is corrupted or from a newer tsnap`);
   const payloadLength = b.readBigUInt64LE(16);
   if (payloadLength > BigInt(Number.MAX_SAFE_INTEGER)) throw new TsnapError('badImage', `${file}: header says ${payloadLength} bytes of payload; the image is corrupted`);
   return { version, kind, flags, payloadLength: Number(payloadLength), payloadCrc: b.readUInt32LE(24) };

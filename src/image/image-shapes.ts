@@ -218,6 +218,11 @@ const THREAD = obj({
   rseq: nullable(obj({ pointer: U64, size: int(0, 1 << 16), signature: U32, flags: U32 })),
   pendingSignals: SIGINFOS,
   creds: opt(CREDS),
+  // BPF_MAXINSNS instructions of 8 bytes; MAX_INSNS_PER_PATH (32768) bounds a thread's whole chain.
+  seccomp: opt(refine<{ mode: number; filters: { prog: Buffer }[] }>(obj({
+    mode: oneOf(1, 2),
+    filters: arr(obj({ prog: bin(8, 4096 * 8, 8), flags: oneOf(0, 2) }), 32768 / 4),
+  }), (s) => (s.mode === 2 && s.filters.length === 0 ? 'filter mode without filters' : null))),
 });
 
 const unique = <T>(items: T[], key: (t: T) => number, what: string): string | null => {

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import { encodeHeader, decodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
-import { FORMAT_VERSION, HEADER_SIZE, FileKind, FILE_NAMES } from '../../formats/schema.js';
+import { FORMAT_VERSION, HEADER_SIZE, FileKind, FILE_NAMES, PROCESS_FLAG_SECCOMP } from '../../formats/schema.js';
 import { TsnapError, withPath } from '../errors.js';
 import { checkShape } from './shape.js';
 import { SHAPE_OF } from './image-shapes.js';
@@ -26,7 +26,7 @@ export interface WrittenFile {
 export function writeMetaFile(dir: string, kind: FileKind, value: unknown, fsync = false, version = FORMAT_VERSION): WrittenFile {
   const payload = packr.pack(value);
   const crc = crc32(payload);
-  const header = encodeHeader({ version, kind, flags: 0, payloadLength: payload.length, payloadCrc: crc });
+  const header = encodeHeader({ version, kind, flags: headerFlags(kind, value), payloadLength: payload.length, payloadCrc: crc });
   const path = join(dir, FILE_NAMES[kind]);
   const fd = openSync(path, 'wx', 0o600);
   try {
@@ -40,6 +40,18 @@ export function writeMetaFile(dir: string, kind: FileKind, value: unknown, fsync
   }
   return { length: payload.length, crc32: crc };
 }
+
+/** The must-understand flags a document needs (PROCESS_FLAG_SECCOMP). */
+function headerFlags(kind: FileKind, value: unknown): number {
+  return kind === FileKind.Process && hasSeccomp(value) ? PROCESS_FLAG_SECCOMP : 0;
+}
+
+function hasSeccomp(value: unknown): boolean {
+  const threads = (value as { threads?: { seccomp?: unknown }[] } | null)?.threads;
+  return Array.isArray(threads) && threads.some((t) => t?.seccomp !== undefined);
+}
+
+const KNOWN_FLAGS: Partial<Record<FileKind, number>> = { [FileKind.Process]: PROCESS_FLAG_SECCOMP };
 
 function writeAll(fd: number, buf: Buffer): void {
   let off = 0;
@@ -70,7 +82,7 @@ export function readMetaFileEntry<T>(dir: string, kind: FileKind): ReadFile<T> {
     }
     throw new TsnapError(e.code === 'EACCES' ? 'permission' : 'badImage', `${path}: cannot read (${e.code})`);
   }
-  const h = decodeHeader(data, path, kind);
+  const h = decodeHeader(data, path, kind, KNOWN_FLAGS[kind] ?? 0);
   const payload = data.subarray(HEADER_SIZE);
   if (payload.length !== h.payloadLength) {
     throw new TsnapError('badImage', `${path}: truncated (${payload.length} of ${h.payloadLength} bytes); the image is damaged`);
@@ -84,7 +96,12 @@ export function readMetaFileEntry<T>(dir: string, kind: FileKind): ReadFile<T> {
   } catch (err) {
     throw new TsnapError('badImage', `${path}: undecodable metadata (${oneLine(err)}); the image is corrupted`);
   }
-  return { value: checkShape<T>(SHAPE_OF[kind], value, path), length: h.payloadLength, crc32: h.payloadCrc };
+  const checked = checkShape<T>(SHAPE_OF[kind], value, path);
+  // The flag and the fields go together: either alone is a writer's bug or damage.
+  if ((h.flags & PROCESS_FLAG_SECCOMP) !== 0 !== (kind === FileKind.Process && hasSeccomp(checked))) {
+    throw new TsnapError('badImage', `${path}: the header's seccomp flag and the threads' seccomp state disagree; the image is corrupted`);
+  }
+  return { value: checked, length: h.payloadLength, crc32: h.payloadCrc };
 }
 
 /** A decoder's message, which may quote the bad bytes, as one line. */

@@ -14,6 +14,7 @@ import { readTaskCreds } from '../proc/creds.js';
 import type { RemoteTask } from '../inject/remote-task.js';
 import { credsObstacle, capBits, sameCreds, credsImage } from './creds-check.js';
 import { TsnapError } from '../errors.js';
+import { installSeccomp } from './seccomp.js';
 
 /** Scratch offset for the buffers of these syscalls: the other steps are done with it. */
 const AT = 0;
@@ -79,12 +80,14 @@ function verify(rt: RemoteTask, tgid: number, want: CredsImage): void {
 }
 
 /**
- * Credentials of every thread, then what a credential change resets in the
+ * Seccomp filters and credentials of every thread, then what a credential change resets in the
  * kernel (commit_creds): the mm's dumpable flag and the leader's parent-death
  * signal. Images without credentials (older tsnap) keep the helper's, as
  * before, with the process's no_new_privs in every thread.
  */
 export function restoreAllCreds(leader: RemoteTask, p: ProcessImage, threads: { rt: RemoteTask; image: ThreadImage }[], warn: (msg: string) => void): void {
+  // First, while the helper's CAP_SYS_ADMIN lets a thread without no_new_privs install them.
+  installSeccomp(leader, threads);
   for (const th of threads) {
     if (th.image.creds) restoreCreds(th.rt, leader.pid, th.image.creds);
     else if (p.prctl.noNewPrivs) th.rt.sc.check('prctl(PR_SET_NO_NEW_PRIVS)', SYS.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);

@@ -15,6 +15,7 @@ import { isAioRing, checkAioRoom } from '../files/aio.js';
 import { pidTaken } from './create-process.js';
 import { TsnapError } from '../errors.js';
 import { credsObstacle, helperCreds } from './creds-check.js';
+import { seccompRestoreObstacle } from './seccomp.js';
 
 export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
   const inv = img.inventory;
@@ -72,4 +73,6 @@ export function preflight(img: Image, p: ProcessImage, newPid: boolean): void {
     const obstacle = t.creds && credsObstacle(t.creds, start, 'tsnap');
     if (obstacle) throw new TsnapError('permission', `thread ${t.tid} of process ${p.pid} ${obstacle}; run tsnap restore with those privileges`);
   }
+  const seccomp = seccompRestoreObstacle(p.threads);
+  if (seccomp) throw new TsnapError('permission', `process ${p.pid}: ${seccomp}; run tsnap restore as root, outside any seccomp filter`);
 }

@@ -8,6 +8,7 @@
 import { mark } from '../trace.js';
 import {
   getRobustList, SYS, PR, NSIG, KSIGACTION_SIZE, STACK_T_SIZE, SysError,
+  SECCOMP_MODE_FILTER,
 } from '../sys/index.js';
 import { RemoteSyscaller, type Scratch } from '../inject/remote-syscall.js';
 import { runBatch, batchArea, batchAreaSize, batching, BATCH_PROT, type BatchCall } from '../inject/syscall-batch.js';
@@ -19,6 +20,8 @@ import { readTimers } from '../proc/timers.js';
 import { readTaskCreds } from '../proc/creds.js';
 import { refuseUnrestorable, refuseOtherUserNs } from '../dump/creds.js';
 import { credsImage, helperCreds } from '../restore/creds-check.js';
+import { seccompImage } from '../dump/seccomp.js';
+import { canSuspendSeccomp } from '../freeze/seccomp-suspend.js';
 
 const SIGKILL = 9;
 const MEMBARRIER_CMD_GET_REGISTRATIONS = 1 << 9;
@@ -62,6 +65,11 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem, handScratc
     rseq: readRseq(t),
     pendingSignals: t.pendingSiginfo(false),
     creds: readTaskCreds(proc.pid, t.pid),
+  })).map((o, i) => ({
+    ...o,
+    // A tsnap under seccomp itself records none: the helper inherits its filters (dump/creds.ts).
+    // Strict mode has no filters (the kernel lists them in filter mode only).
+    seccompFilters: o.creds.seccomp === 0 || !canSuspendSeccomp() ? null : o.creds.seccomp === SECCOMP_MODE_FILTER ? proc.tasks[i].seccompFilters() : [],
   }));
   const sharedPending = proc.leader.pendingSiginfo(true);
   mark('state: read from outside');
@@ -149,6 +157,7 @@ export function collectRemoteState(proc: FrozenProcess, mem: ProcMem, handScratc
         rseq: outside[i].rseq,
         pendingSignals: outside[i].pendingSignals,
         creds: credsImage(outside[i].creds, securebits[i]),
+        ...(outside[i].seccompFilters ? { seccomp: seccompImage(proc.pid, t.pid, outside[i].creds.seccomp, outside[i].seccompFilters!) } : {}),
       };
     });
     const us = (o: number) => Number(out.readBigInt64LE(o)) * 1e6 + Number(out.readBigInt64LE(o + 8));

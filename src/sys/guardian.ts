@@ -21,7 +21,7 @@ import { SysError } from './errors.js';
 import { USER_REGS_SIZE } from './uapi.js';
 import { faultPoint } from '../fault-points.js';
 
-const PROTOCOL_VERSION = 4n;
+const PROTOCOL_VERSION = 5n;
 const AF_UNIX = 1;
 const SOCK_SEQPACKET = 5;
 const SOCK_CLOEXEC = 0o2000000;
@@ -35,7 +35,7 @@ const BATCH_CALL_SIZE = 7 * 8;
 
 const Op = {
   hello: 0, freeze: 1, release: 2, kill: 3, getRegs: 4, getXstate: 5,
-  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, throttleHold: 14, throttleDrop: 15, killOnExit: 16, syscalls: 17, run: 18, pipe: 19, undoDrop: 20,
+  getSigmask: 6, peekSiginfo: 7, getRseq: 8, syscall: 9, repairHold: 10, repairDrop: 11, unlockHold: 12, unlockDrop: 13, throttleHold: 14, throttleDrop: 15, killOnExit: 16, syscalls: 17, run: 18, pipe: 19, undoDrop: 20, seccompFilter: 21,
 } as const;
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
@@ -278,6 +278,16 @@ export class Guardian {
   }
   getRseq(tid: number): Buffer {
     return this.call(`ptrace(GET_RSEQ_CONFIGURATION, ${tid})`, Op.getRseq, tid).data;
+  }
+  /** The thread's seccomp filter `index` (0: the oldest), or null past the newest. */
+  seccompFilter(tid: number, index: number): { prog: Buffer; flags: number } | null {
+    try {
+      const r = this.call(`ptrace(SECCOMP_GET_FILTER, ${tid}, ${index})`, Op.seccompFilter, tid, [index]);
+      return { prog: Buffer.from(r.data), flags: Number(r.ret) };
+    } catch (err) {
+      if (err instanceof GuardianError && err.code === 'ENOENT') return null;
+      throw err;
+    }
   }
 
   /** Hands over a copy of a TCP socket in repair mode: should tsnap die, the guardian switches repair off. */

@@ -6,7 +6,7 @@ import { libc } from './libc.js';
 import { SysError } from './errors.js';
 import {
   PTRACE, USER_REGS_SIZE, NT_X86_XSTATE, WNOHANG, __WALL, SIGINFO_SIZE, PTRACE_PEEKSIGINFO_SHARED,
-  PTRACE_GET_RSEQ_CONFIGURATION, RSEQ_CONFIG_SIZE,
+  PTRACE_GET_RSEQ_CONFIGURATION, RSEQ_CONFIG_SIZE, SECCOMP_MAX_INSNS, SOCK_FILTER_SIZE, SECCOMP_METADATA_SIZE,
 } from './uapi.js';
 
 function check(call: string, ret: number | bigint): number {
@@ -174,4 +174,32 @@ export function parseRseqConfig(buf: Buffer): RseqConfig | null {
   const pointer = buf.readBigUInt64LE(0);
   if (pointer === 0n) return null;
   return { pointer, size: buf.readUInt32LE(8), signature: buf.readUInt32LE(12), flags: buf.readUInt32LE(16) };
+}
+
+/** One seccomp filter of a thread: its classic BPF program and the flags it was installed with. */
+export interface SeccompFilter {
+  /** struct sock_filter[], 8 bytes each. */
+  prog: Buffer;
+  /** SECCOMP_FILTER_FLAG_LOG, the one flag PTRACE_SECCOMP_GET_METADATA reports. */
+  flags: number;
+}
+
+/**
+ * The thread's filter `index` (0: the oldest, as get_nth_filter counts) or null past the newest.
+ * Needs CAP_SYS_ADMIN; the tracee must be stopped.
+ */
+export function getSeccompFilter(pid: number, index: number): SeccompFilter | null {
+  const buf = Buffer.alloc(SECCOMP_MAX_INSNS * SOCK_FILTER_SIZE);
+  const n = Number(libc.ptraceBuf(PTRACE.SECCOMP_GET_FILTER, pid, index, buf));
+  if (n === -1) {
+    const e = libc.errno();
+    if (e === 2 /* ENOENT: no filter at that depth */) return null;
+    throw new SysError(`ptrace(SECCOMP_GET_FILTER, ${pid}, ${index})`, e);
+  }
+  const meta = Buffer.alloc(SECCOMP_METADATA_SIZE);
+  meta.writeBigUInt64LE(BigInt(index), 0);
+  if (Number(libc.ptraceBuf(PTRACE.SECCOMP_GET_METADATA, pid, SECCOMP_METADATA_SIZE, meta)) === -1) {
+    throw new SysError(`ptrace(SECCOMP_GET_METADATA, ${pid}, ${index})`, libc.errno());
+  }
+  return { prog: Buffer.from(buf.subarray(0, n * SOCK_FILTER_SIZE)), flags: Number(meta.readBigUInt64LE(8)) };
 }

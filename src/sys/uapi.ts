@@ -46,6 +46,7 @@ export const SYS = {
   kill: 62,
   umask: 95,
   prctl: 157,
+  seccomp: 317,
   setgroups: 116,
   setresuid: 117,
   setresgid: 119,
@@ -140,12 +141,32 @@ export const PTRACE = {
   PEEKSIGINFO: 0x4209,
   GETSIGMASK: 0x420a,
   SETSIGMASK: 0x420b,
+  SECCOMP_GET_FILTER: 0x420c,
+  SECCOMP_GET_METADATA: 0x420d,
 } as const;
 
 export const PTRACE_O = {
   TRACESYSGOOD: 1,
   EXITKILL: 1 << 20,
+  /** The tracee's seccomp filters are not applied while this tracer holds it (CAP_SYS_ADMIN). */
+  SUSPEND_SECCOMP: 1 << 21,
 } as const;
+
+// seccomp(2) and the filters PTRACE_SECCOMP_GET_FILTER hands out
+export const SECCOMP_MODE_STRICT = 1;
+export const SECCOMP_MODE_FILTER = 2;
+export const SECCOMP_SET_MODE_STRICT = 0;
+export const SECCOMP_SET_MODE_FILTER = 1;
+export const SECCOMP_FILTER_FLAG_TSYNC = 1;
+export const SECCOMP_FILTER_FLAG_LOG = 2;
+export const SECCOMP_FILTER_FLAG_SPEC_ALLOW = 4;
+/** BPF_MAXINSNS: the longest classic BPF program the kernel takes. */
+export const SECCOMP_MAX_INSNS = 4096;
+export const SOCK_FILTER_SIZE = 8;
+export const SECCOMP_METADATA_SIZE = 16;
+export const SECCOMP_RET_ACTION_FULL = 0xffff0000;
+export const SECCOMP_RET_USER_NOTIF = 0x7fc00000;
+export const CAP_SYS_ADMIN = 21;
 
 export const PTRACE_EVENT_STOP = 128;
 export const PTRACE_PEEKSIGINFO_SHARED = 1;
@@ -273,6 +294,7 @@ export const PR = {
   GET_THP_DISABLE: 42,
   CAPBSET_DROP: 24,
   GET_SECUREBITS: 27,
+  SET_SECCOMP: 22,
   SET_SECUREBITS: 28,
   CAP_AMBIENT: 47,
 } as const;
