@@ -6,11 +6,12 @@
  * have been in at one instant, matching its own counters.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, startTsnap, restoreDetached } from './helpers/tsnap.js';
-import { killPid, tracerOf, waitPidsFree } from './helpers/processes.js';
+import { killPid, registerPid, tracerOf, waitPidsFree } from './helpers/processes.js';
 import type { DumpStats } from '../formats/schema.js';
 import { getSched, SCHED_FIFO, SCHED_OTHER, SCHED_RESET_ON_FORK } from '../src/sys/sched.js';
 
@@ -261,7 +262,82 @@ describe('copy-on-write dumps', () => {
     await p.exited;
     expect(await restoreAndCheck(fin, work, tids)).toMatch(/^CONSISTENT/);
   });
+
+  // The target runs untraced during the copy: it may exit, and its pid go
+  // to another process, before tsnap acts on that pid again (the frozen
+  // retry of a lost copy-on-write dump, kill mode's kill). Found by the
+  // trust audit of session 23: both went to the stranger, which was dumped
+  // and killed (exit 0).
+  for (const [at, what] of [
+    ['cow-running', 'exits mid-copy (the copy is lost): the retry refuses its pid, exit 3, no image'],
+    ['committed', 'exits once copied, before kill mode kills it: the image stands, exit 0'],
+  ] as const) {
+    it(`a target that ${what}; the process that has taken its pid meanwhile is left alone`, async () => {
+      const work = tmpDir('tsnap-cow-');
+      const p = await startProcess(await compileC('cowwriter'), [PAGES, '2']);
+      const dir = join(work, 'img');
+      // Kill mode: what a tsnap that mistook the stranger for its target would do to it shows.
+      const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', dir, '--cow'], { TSNAP_TEST_PAUSE_AT: at });
+      await waitForStderr(t.child, new RegExp(`paused at ${at}`));
+      await waitStopped(t.child.pid!);
+      const pid = p.pid;
+      await p.kill();
+      const stranger = await takePid(pid);
+      try {
+        t.child.kill('SIGCONT');
+        const r = await t.done;
+        const said = r.stderr.split('\n').filter((l) => l && !l.startsWith('tsnap: paused at'));
+        if (at === 'cow-running') {
+          expect(r.code, r.stderr).toBe(3);
+          expect(said, r.stderr).toHaveLength(1);
+          expect(said[0]).toMatch(new RegExp(`process ${pid} exited while it was dumped`));
+          expect(existsSync(join(dir, 'inventory'))).toBe(false);
+        } else {
+          expect(r.code, r.stderr).toBe(0);
+        }
+        await new Promise((res) => setTimeout(res, 100));
+        expect(readFileSync(`/proc/${stranger}/cmdline`, 'utf8').split('\0')[0], 'the stranger').toBe('sleep');
+        expect(readFileSync(`/proc/${stranger}/status`, 'utf8')).toMatch(/^State:\s+S/m);
+        expect(tracerOf(stranger)).toBe(0);
+      } finally {
+        await killPid(stranger);
+      }
+    });
+  }
 });
+
+/**
+ * Starts `sleep 300` as exactly `pid` (ns_last_pid; other work on the host
+ * may take the pid first: tried again), in its own session; its pid.
+ */
+async function takePid(pid: number): Promise<number> {
+  const script = `
+import os, sys
+want = int(sys.argv[1])
+for i in range(5000):
+    with open('/proc/sys/kernel/ns_last_pid', 'w') as f: f.write(str(want - 1))
+    pid = os.fork()
+    if pid == 0:
+        if os.getpid() == want:
+            os.setsid()
+            fd = os.open('/dev/null', os.O_RDWR)
+            for k in (0, 1, 2): os.dup2(fd, k)
+            os.closerange(3, 65536)
+            os.execvp('sleep', ['sleep', '300'])
+        os._exit(0)
+    if pid == want:
+        print('TOOK', pid, flush=True); sys.exit(0)
+    os.waitpid(pid, 0)
+print('FAILED', flush=True)
+`;
+  const py = spawn('python3', ['-c', script, String(pid)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  py.stdout!.on('data', (d) => { out += d; });
+  await new Promise((res) => py.on('close', res));
+  expect(out.trim(), `taking pid ${pid}`).toBe(`TOOK ${pid}`);
+  registerPid(pid);
+  return pid;
+}
 
 /** Consistent, and every writer moves on (given some time: two cores are shared with other work). */
 async function expectWritersRun(p: Running): Promise<void> {

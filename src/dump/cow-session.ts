@@ -28,7 +28,7 @@
  * writers wake (checked by test/cow.test.ts).
  */
 import { closeSync, readFileSync, writeSync } from 'node:fs';
-import { pidfdOpen, pidfdGetfd, pipe2, SYS, O_CLOEXEC, O_NONBLOCK, PROT_READ, SysError, type ProcMem } from '../sys/index.js';
+import { pidfdOpen, pidfdGetfd, pidfdExited, pidfdSendSignal, pipe2, SYS, SIGKILL, O_CLOEXEC, O_NONBLOCK, PROT_READ, SysError, type ProcMem } from '../sys/index.js';
 import { uffdUnregister } from '../sys/uffd-wp.js';
 import { CowServerThread } from '../sys/cow-server.js';
 import { UFFD_FEATURE, UFFD_EVENT } from '../sys/uapi.js';
@@ -419,8 +419,20 @@ export function makeUffd(pid: number, frozen: FrozenProcess, mem: ProcMem): numb
 
 const napCell = new Int32Array(new SharedArrayBuffer(4));
 
-/** Kill mode after a copy-on-write dump: the target is no longer traced, so it is killed by signal and waited for. */
-export function killReleased(pid: number): void {
+/**
+ * Kill mode after a copy-on-write dump: the target is no longer traced, so
+ * it is killed by signal and waited for. It ran untraced during the copy:
+ * it may have exited, and its pid be another process's by now; through
+ * `pidfd` (the caller's, opened before the dump) only the process dumped is
+ * signalled. Without one, by pid.
+ */
+export function killReleased(pid: number, pidfd: number | null = null): void {
+  if (pidfd !== null) {
+    if (pidfdSendSignal(pidfd, SIGKILL) !== 0) return; // ESRCH: it has ended
+    // Dead once its pidfd polls readable (a zombie at least), as below.
+    for (let i = 0; i < 50 && !pidfdExited(pidfd, 100); i++) { /* at most 5 s */ }
+    return;
+  }
   try { process.kill(pid, 'SIGKILL'); } catch { return; }
   for (let i = 0; i < 5000; i++) {
     try {

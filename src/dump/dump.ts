@@ -16,7 +16,7 @@
  */
 import { mark } from '../trace.js';
 import { dirname } from 'node:path';
-import { existsSync, readFileSync, readlinkSync } from 'node:fs';
+import { closeSync, existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { readMaps, readCwd } from '../proc/index.js';
 import type { FrozenProcess } from '../freeze/frozen-process.js';
 import type { FrozenSet } from '../freeze/frozen-set.js';
@@ -41,6 +41,7 @@ import type { Compression, DumpStats, VmaImage, ThreadImage } from '../../format
 import { CowWorker, CowLost, killReleased } from './cow-session.js';
 import { SmapsReader } from '../proc/smaps-reader.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
+import { pidfdOpen, pidfdExited } from '../sys/index.js';
 import { DumpSession } from './session.js';
 import { prepareImage, takeProcessImage, anonResidentBytes, type Mode } from './image-process.js';
 import { scanBeforeFreeze, earlyScanWanted, type EarlyScan } from './early-scan.js';
@@ -162,14 +163,33 @@ export interface RoundEnd {
 }
 
 export async function dump(opts: DumpOptions): Promise<DumpResult> {
+  // The process asked for, by a pidfd: a copy-on-write dump lets it run
+  // during the copy, and by the retry below or kill mode's kill it may have
+  // exited and its pid gone to another process (pid_max is 32768 here).
+  const self = openPidfd(opts.pid);
   try {
-    return await takeImage(opts, 'dump');
-  } catch (err) {
-    if (!(err instanceof CowLost)) throw err;
-    // The first attempt left no trace; this one stops the target for the whole copy.
-    opts.warn?.(`${err.message}; dumping process ${opts.pid} again, frozen for the whole copy`);
-    return takeImage({ ...opts, cow: false }, 'dump');
+    try {
+      return await takeImage(opts, 'dump', self);
+    } catch (err) {
+      if (!(err instanceof CowLost)) throw err;
+      if (self !== null && pidfdExited(self)) throw exitedWhileDumped(opts.pid);
+      // The first attempt left no trace; this one stops the target for the whole copy.
+      opts.warn?.(`${err.message}; dumping process ${opts.pid} again, frozen for the whole copy`);
+      return await takeImage({ ...opts, cow: false }, 'dump', self);
+    }
+  } finally {
+    if (self !== null) closeSync(self);
   }
+}
+
+/** null when there is no such process (or it is a thread): checkTarget says which. */
+function openPidfd(pid: number): number | null {
+  if (!Number.isInteger(pid) || pid <= 0) return null;
+  try { return pidfdOpen(pid); } catch { return null; }
+}
+
+function exitedWhileDumped(pid: number): TsnapError {
+  return new TsnapError('noSuchProcess', `process ${pid} exited while it was dumped (it ran during the copy-on-write copy); no image was written`);
 }
 
 export function preDump(opts: PreDumpOptions): Promise<DumpResult> {
@@ -184,9 +204,11 @@ export const COW_MIN_BYTES = 32 << 20;
  * none (pre-dump), the process's image (image-process.ts), then the point
  * of no return and the one finish.
  */
-async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
+/** `self`: a pidfd of the process the dump is of, when the caller has one (dump()): the pid must still be it. */
+async function takeImage(opts: DumpOptions, mode: Mode, self: number | null = null): Promise<DumpResult> {
   const { pid } = opts;
   checkTarget(pid);
+  if (self !== null && pidfdExited(self)) throw exitedWhileDumped(pid);
   const session = new DumpSession();
   try {
     return await withAbortSignals(async (checkAbort) => {
@@ -255,6 +277,8 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
         }
         cowWindow?.begin(pid);
         frozen = session.freeze(pid);
+        // Stopped, the pid cannot change hands: whoever holds it now is who the dump is of, or another process.
+        if (self !== null && pidfdExited(self)) throw exitedWhileDumped(pid);
         mark('dump: frozen');
         pausePoint('dump-frozen');
       }
@@ -294,7 +318,7 @@ async function takeImage(opts: DumpOptions, mode: Mode): Promise<DumpResult> {
       }
       mark('dump: finished');
       // Copy-on-write in kill mode: it ran during the copy, released; it ends now.
-      if (cow && !opts.leaveRunning) killReleased(pid);
+      if (cow && !opts.leaveRunning) killReleased(pid, self);
       result.killed = mode === 'dump' && !opts.leaveRunning && !opts.hold;
       result.round = null;
       return result;

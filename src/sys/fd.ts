@@ -15,6 +15,28 @@ export function pidfdOpen(pid: number, flags = 0): number {
   return rawSyscall(`pidfd_open(${pid})`, SYS.pidfd_open, pid, flags);
 }
 
+/**
+ * Whether the process behind `pidfd` has ended (a zombie at least: its
+ * pidfd polls readable), waiting up to `timeoutMs`. Unlike a pid, a pidfd
+ * never comes to name another process.
+ */
+export function pidfdExited(pidfd: number, timeoutMs = 0): boolean {
+  const pfd = Buffer.alloc(8);
+  pfd.writeInt32LE(pidfd, 0);
+  pfd.writeInt16LE(1, 4); // POLLIN
+  for (;;) {
+    const r = libc.poll(pfd, 1, timeoutMs);
+    if (r >= 0) return r > 0;
+    const e = libc.errno();
+    if (e !== 4) throw new SysError('poll(pidfd)', e); // EINTR: again
+  }
+}
+
+/** Sends `sig` to the process behind `pidfd`; 0, or the errno (ESRCH: it has ended). */
+export function pidfdSendSignal(pidfd: number, sig: number): number {
+  return Number(libc.syscall(SYS.pidfd_send_signal, pidfd, sig, 0, 0, 0, 0)) === -1 ? libc.errno() : 0;
+}
+
 /** Duplicates file descriptor `targetFd` of the process behind `pidfd` into tsnap. */
 export function pidfdGetfd(pidfd: number, targetFd: number): number {
   return rawSyscall(`pidfd_getfd(${targetFd})`, SYS.pidfd_getfd, pidfd, targetFd, 0);

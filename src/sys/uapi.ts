@@ -107,6 +107,7 @@ export const SYS = {
   set_tid_address: 218,
   getdents64: 217,
   close_range: 436,
+  pidfd_send_signal: 424,
   pidfd_open: 434,
   clone3: 435,
   pidfd_getfd: 438,
