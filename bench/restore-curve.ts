@@ -35,6 +35,8 @@ async function main() {
     out.push(`${wall.toFixed(0)}/${((c.user + c.system) / 1000).toFixed(0)}+${task.toFixed(0)}`);
   }
   console.log(`load ${loadavg()[0].toFixed(1)} check ${check}: ${out.join(' ')}`);
-  kill(child.pid!, 9); rmSync(dir, { recursive: true, force: true }); rmSync(work, { recursive: true, force: true });
+  // The dump ended the child (kill mode): kill() then throws ESRCH, and the image was left in /dev/shm.
+  try { kill(child.pid!, 9); } catch { /* gone */ }
+  rmSync(dir, { recursive: true, force: true }); rmSync(work, { recursive: true, force: true });
 }
 main().then(() => process.exit(0), (e) => { console.error(e); process.exit(1); });

@@ -1,8 +1,9 @@
 /**
  * The address-space setup runs as syscall lists in one remote step
- * (src/inject/remote-batch.ts): several lists of 8192 calls for ~9000
- * VMAs, and a call failing in the middle of one names itself and
- * leaves nothing behind.
+ * (src/inject/remote-batch.ts), and a call failing in the middle of one
+ * names itself and leaves nothing behind. Adjacent private anonymous VMAs
+ * are one mmap split by mprotect (address-space.ts, AnonRun): 9000 VMAs of
+ * alternating protections are one list of 4501 calls.
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { rmSync, statSync, existsSync } from 'node:fs';

@@ -17,7 +17,7 @@
 import { SYS, PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_SHARED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, O_RDWR, O_RDONLY, MREMAP_MAYMOVE, MREMAP_FIXED } from '../sys/index.js';
 import { readMaps, type Vma } from '../proc/index.js';
 import type { VmaImage } from '../../formats/schema.js';
-import { findHole, isSpecial, mapCallFor, adviceFor, lockFor, vmaKind, SPECIAL_MAPPINGS, type Span } from './layout-plan.js';
+import { findHole, isSpecial, mapCallFor, adviceFor, lockFor, vmaKind, SPECIAL_MAPPINGS, type Span, type MapCall } from './layout-plan.js';
 import type { SysvSegments } from './sysv-shm.js';
 import type { RemoteTask } from '../inject/remote-task.js';
 import { TsnapError } from '../errors.js';
@@ -152,8 +152,11 @@ export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, str
   const fileFds = new Map<string, number>();
   const fixLater: VmaImage[] = [];
   const batch = new RemoteBatch(rt);
+  const run = new AnonRun(batch, rt);
   try {
     for (const v of image.mm.vmas) {
+      // Whatever is not private anonymous memory next to the run ends it (its calls keep their order).
+      if (!run.joins(v)) run.emit();
       // aio rings are made by io_setup (src/files/aio.ts), in this place left free.
       if (isSpecial(v) || isAioRing(v)) continue;
       const from = shared.get(v.start);
@@ -184,6 +187,10 @@ export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, str
         call.prot = v.prot;
         call.fixProt = false;
       }
+      if (run.add(v, call)) {
+        if (call.fixProt) fixLater.push(v);
+        continue;
+      }
       // A file with no name any more (a memfd): mapped from where restore recreated it.
       const path = fileAt.get(v.start);
       if (path !== undefined && call.file) call.file = { ...call.file, path };
@@ -204,6 +211,7 @@ export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, str
       advise(rt, v, batch);
       if (call.fixProt) fixLater.push(v);
     }
+    run.emit();
     // Before the finally closes the files these mmaps name.
     batch.flush();
   } finally {
@@ -214,6 +222,61 @@ export function mapVmas(rt: RemoteTask, image: LayoutOf, shared: Map<number, str
   }
   return fixLater;
 }
+
+/**
+ * Adjacent private anonymous VMAs of the same mmap flags, mapped by one
+ * mmap and split by mprotect: 10 000 one-page VMAs of alternating
+ * protections were 10 000 mmaps; they are one mmap and 5 000 mprotects
+ * (the task's time for them here: ~10 -> ~7.7 ms, and half the records).
+ * The run is mapped with the protection every member has (the AND of
+ * theirs) and each member with more gets it by mprotect: memory mapped
+ * writable is charged to the commit limit (VM_ACCOUNT) and keeps the charge
+ * when write is taken away, so a member that is not writable is never
+ * mapped writable, and each is charged as its own mmap would have been.
+ * The kernel's areas come out the same (a split area keeps its flags;
+ * areas that the kernel would merge it merges either way). Special areas
+ * (heap, stack) are mapped on their own.
+ */
+class AnonRun {
+  private members: { v: VmaImage; prot: number }[] = [];
+  private flags = 0;
+  private end = -1;
+
+  constructor(private readonly batch: RemoteBatch, private readonly rt: RemoteTask) {}
+
+  /** Whether `v` could be added (the caller ends the run before anything that cannot). */
+  joins(v: VmaImage): boolean {
+    return this.members.length === 0 || (v.start === this.end && eligible(v));
+  }
+
+  /** Adds `v` to the run (started anew when it cannot join); false when it is not such memory. */
+  add(v: VmaImage, call: MapCall): boolean {
+    if (!eligible(v) || call.file) return false;
+    if (this.members.length > 0 && (v.start !== this.end || call.flags !== this.flags)) this.emit();
+    if (this.members.length === 0) this.flags = call.flags;
+    this.members.push({ v, prot: call.prot });
+    this.end = v.end;
+    return true;
+  }
+
+  emit(): void {
+    const m = this.members;
+    if (m.length === 0) return;
+    this.members = [];
+    const start = m[0].v.start;
+    let base = PROT_READ | PROT_WRITE | PROT_EXEC;
+    for (const x of m) base &= x.prot;
+    const first = m[0].v;
+    this.batch.push(() => `mmap(0x${start.toString(16)} ${m.length > 1 ? `anon, ${m.length} VMAs` : first.path || 'anon'})`, SYS.mmap, [start, this.end - start, base, this.flags, -1, 0], landsAt(start));
+    for (const { v, prot } of m) {
+      if (prot !== base) this.batch.push(() => `mprotect(0x${v.start.toString(16)})`, SYS.mprotect, [v.start, v.end - v.start, prot]);
+      advise(this.rt, v, this.batch);
+    }
+  }
+}
+
+/** Private anonymous memory that is not the heap or the stack. */
+const eligible = (v: VmaImage) => v.special === null && vmaKind(v) === 'anon';
 
 /** An mmap at a fixed address must land exactly there. */
 function landsAt(start: number) {
