@@ -92,6 +92,41 @@ describe('a pid reused between the rounds of a chain', () => {
     });
   }
 
+  it('dump --tree --pre-dumps 1: the final round refuses the stranger that took the root\'s pid (exit 3)', async () => {
+    const work = tmpDir('tsnap-reuse-');
+    const dir = join(work, 'img');
+    const r = await reuseAt(['dump', '--tree', '--pid', 'PID', '--dir', dir, '--pre-dumps', '1'], 'loop-first-round-done');
+    try {
+      expect(r.code, r.stderr).toBe(3);
+      const lines = said(r.stderr);
+      expect(lines, r.stderr).toHaveLength(1);
+      expect(lines[0]).toMatch(new RegExp(`process ${r.pid} exited during its pre-dump loop; .*left alone`));
+      expect(existsSync(dir) ? readdirSync(dir) : []).toEqual([]);
+      await new Promise((res) => setTimeout(res, 100));
+      expectLeftAlone(r.stranger, r.strangerStart);
+    } finally {
+      await killPid(r.stranger);
+    }
+  });
+
+  it('one pre-dump whose process exits mid-round and whose pid is taken before the scan: not committed (exit 3), the stranger untouched', async () => {
+    const work = tmpDir('tsnap-reuse-');
+    const dir = join(work, 'pre');
+    const r = await reuseAt(['pre-dump', '--pid', 'PID', '--dir', dir], 'before-scan');
+    try {
+      expect(r.code, r.stderr).toBe(3);
+      const lines = said(r.stderr);
+      expect(lines, r.stderr).toHaveLength(1);
+      // The round's fds of its process (pagemap, mem) fail first, or its last check before the inventory does.
+      expect(lines[0]).toMatch(new RegExp(`process ${r.pid}(: the process is gone| exited while it was pre-dumped; no image was written)`));
+      expect(existsSync(join(dir, 'inventory'))).toBe(false);
+      await new Promise((res) => setTimeout(res, 100));
+      expectLeftAlone(r.stranger, r.strangerStart);
+    } finally {
+      await killPid(r.stranger);
+    }
+  });
+
   it('pre-dump, then dump --parent in another run: the parent image names another process of that pid; refused (exit 3) before anything is done to it', async () => {
     const work = tmpDir('tsnap-reuse-');
     const p = await startProcess(await compileC('migrant'), ['8']);

@@ -198,8 +198,21 @@ function exitedWhileDumped(pid: number): TsnapError {
   return new TsnapError('noSuchProcess', `process ${pid} exited while it was dumped (it ran during the copy-on-write copy); no image was written`);
 }
 
-export function preDump(opts: PreDumpOptions): Promise<DumpResult> {
-  return takeImage({ ...opts, leaveRunning: true, fsync: false }, 'predump', opts.targetPidfd ?? null, opts.targetGone ?? (() => endedSinceFirstRound(opts.pid)));
+export async function preDump(opts: PreDumpOptions): Promise<DumpResult> {
+  // A pre-dump freezes nothing: its process may exit at any point of the
+  // round, its pid reused. A pidfd says whether what was read by pid was of it.
+  const own = opts.targetPidfd === undefined;
+  const self = own ? openTargetPidfd(opts.pid) : opts.targetPidfd!;
+  const gone = own ? () => exitedWhilePreDumped(opts.pid) : opts.targetGone ?? (() => endedSinceFirstRound(opts.pid));
+  try {
+    return await takeImage({ ...opts, leaveRunning: true, fsync: false }, 'predump', self, gone);
+  } finally {
+    if (own && self !== null) closeSync(self);
+  }
+}
+
+function exitedWhilePreDumped(pid: number): TsnapError {
+  return new TsnapError('noSuchProcess', `process ${pid} exited while it was pre-dumped; no image was written`);
 }
 
 /** cow: 'auto' below this much anonymous memory copies frozen (~20 ms of copy, about what copy-on-write costs to set up). */
