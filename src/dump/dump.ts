@@ -229,9 +229,11 @@ export const COW_MIN_BYTES = 32 << 20;
  */
 async function takeImage(opts: DumpOptions, mode: Mode, self: number | null, gone: () => TsnapError): Promise<DumpResult> {
   const { pid } = opts;
-  // Before anything reads the pid: once the process has ended, it may be a stranger's.
-  refuseIfEnded(self, gone);
+  // A loop's process, before anything reads its pid: once ended, the pid may be a stranger's.
+  if (opts.targetPidfd !== undefined) refuseIfEnded(self, gone);
+  // A pidfd of our own was opened just now: checkTarget names what the pid is (a zombie, a thread...).
   checkTarget(pid);
+  refuseIfEnded(self, gone);
   // The image's steps (prepareImage's tracking, the pre-dump's last check) look at it too.
   opts = self !== null ? { ...opts, targetPidfd: self, targetGone: gone } : opts;
   const session = new DumpSession();

@@ -10,15 +10,23 @@
  * another process. Across runs (pre-dump, then dump --parent) the image
  * records the process's start time, which with the pid identifies it.
  */
+import { closeSync } from 'node:fs';
 import { pidfdOpen, pidfdExited } from '../sys/index.js';
 import { readStat } from '../proc/index.js';
 import { TsnapError } from '../errors.js';
 import type { Inventory } from '../../formats/schema.js';
 
-/** A pidfd of `pid`, or null when there is no such process (or it is a thread): checkTarget says which. */
+/**
+ * A pidfd of `pid`, or null when there is no live process of that pid (none,
+ * a thread, a zombie): the round's checkTarget then says which.
+ */
 export function openTargetPidfd(pid: number): number | null {
   if (!Number.isInteger(pid) || pid <= 0) return null;
-  try { return pidfdOpen(pid); } catch { return null; }
+  let fd: number;
+  try { fd = pidfdOpen(pid); } catch { return null; }
+  if (!pidfdExited(fd)) return fd;
+  closeSync(fd);
+  return null;
 }
 
 /** The refusal of a round whose process has ended since the loop's first round. */
