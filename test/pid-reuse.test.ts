@@ -21,6 +21,7 @@ import { findHolders } from '../src/track/untrack.js';
 import { readMetaFile } from '../src/image/metadata.js';
 import { FileKind, type Inventory } from '../formats/schema.js';
 import { readStat } from '../src/proc/index.js';
+import { eventually } from './helpers/eventually.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -30,8 +31,21 @@ function said(stderr: string): string[] {
   return stderr.split('\n').filter((l) => l && !l.startsWith('tsnap: paused at') && !l.startsWith('{'));
 }
 
-/** The stranger was left alone: the same sleep, sleeping, untraced, with no tracking of tsnap's. */
-function expectLeftAlone(stranger: number, startTime: number): void {
+/** How often the process has been woken: a `sleep` inside its one nanosleep is woken by nothing but a stop, a signal or a trace. */
+function wakeups(pid: number): number {
+  return Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
+}
+
+/** The stranger once it sleeps in its nanosleep (syscall 230), and how often it had been woken then. */
+async function asleep(pid: number): Promise<{ startTime: number; woken: number }> {
+  await eventually(() => readFileSync(`/proc/${pid}/syscall`, 'utf8'), (s) => s.startsWith('230 '), 15_000, `process ${pid} in nanosleep`);
+  return { startTime: readStat(pid).startTime, woken: wakeups(pid) };
+}
+
+/** The stranger was left alone: the same sleep, never woken (so never stopped or traced), with no tracking of tsnap's. */
+function expectLeftAlone(stranger: number, was: { startTime: number; woken: number }): void {
+  const startTime = was.startTime;
+  expect(wakeups(stranger), 'the stranger was never woken (stopped, traced, signalled)').toBe(was.woken);
   expect(readStat(stranger).startTime, 'the stranger is the same process').toBe(startTime);
   expect(readFileSync(`/proc/${stranger}/cmdline`, 'utf8').split('\0')[0]).toBe('sleep');
   expect(readFileSync(`/proc/${stranger}/status`, 'utf8')).toMatch(/^State:\s+S/m);
@@ -56,7 +70,7 @@ async function waitStopped(pid: number): Promise<void> {
  * is killed and its pid given to a stranger; then tsnap goes on. Returns
  * tsnap's result and the stranger (still alive: the caller checks and kills it).
  */
-async function reuseAt(args: string[], at: string): Promise<{ code: number | null; stderr: string; pid: number; stranger: number; strangerStart: number }> {
+async function reuseAt(args: string[], at: string): Promise<{ code: number | null; stderr: string; pid: number; stranger: number; strangerStart: { startTime: number; woken: number } }> {
   const p = await startProcess(await compileC('migrant'), ['8']);
   await p.waitForLine(/^count=\d+$/, 10_000);
   const t = startTsnap(args.map((a) => (a === 'PID' ? String(p.pid) : a)), { TSNAP_TEST_PAUSE_AT: at });
@@ -65,7 +79,7 @@ async function reuseAt(args: string[], at: string): Promise<{ code: number | nul
   const pid = p.pid;
   await p.kill();
   const stranger = await takePid(pid);
-  const strangerStart = readStat(stranger).startTime;
+  const strangerStart = await asleep(stranger);
   t.child.kill('SIGCONT');
   const r = await t.done;
   return { code: r.code, stderr: r.stderr, pid, stranger, strangerStart };
@@ -140,7 +154,7 @@ describe('a pid reused between the rounds of a chain', () => {
     const pid = p.pid;
     await p.kill();
     const stranger = await takePid(pid);
-    const strangerStart = readStat(stranger).startTime;
+    const strangerStart = await asleep(stranger);
     try {
       for (const cmd of ['dump', 'pre-dump']) {
         const fin = join(work, cmd);
@@ -148,10 +162,35 @@ describe('a pid reused between the rounds of a chain', () => {
         expect(r.code, r.stderr).toBe(3);
         const lines = said(r.stderr);
         expect(lines, r.stderr).toHaveLength(1);
-        expect(lines[0]).toMatch(new RegExp(`parent image ${pre} is of process ${pid} started at tick ${inv.startTime}, which has exited: pid ${pid} is now another process \\(started at tick ${strangerStart}\\)`));
+        expect(lines[0]).toMatch(new RegExp(`parent image ${pre} is of process ${pid} started at tick ${inv.startTime}, which has exited: pid ${pid} is now another process \\(started at tick ${strangerStart.startTime}\\)`));
         expect(existsSync(join(fin, 'inventory'))).toBe(false);
         expectLeftAlone(stranger, strangerStart);
       }
+    } finally {
+      await killPid(stranger);
+    }
+  });
+
+  it('pre-dump --tree, then dump --tree --parent: the root\'s pid now another process; refused (exit 3) before the tree is frozen', async () => {
+    const work = tmpDir('tsnap-reuse-');
+    const p = await startProcess(await compileC('migrant'), ['8']);
+    await p.waitForLine(/^count=\d+$/, 10_000);
+    const pre = join(work, 'pre');
+    const r1 = await tsnap('pre-dump', '--tree', '--pid', String(p.pid), '--dir', pre);
+    expect(r1.code, r1.stderr).toBe(0);
+    const pid = p.pid;
+    await p.kill();
+    const stranger = await takePid(pid);
+    const was = await asleep(stranger);
+    try {
+      const fin = join(work, 'fin');
+      const r = await tsnap('dump', '--tree', '--pid', String(pid), '--dir', fin, '--parent', pre);
+      expect(r.code, r.stderr).toBe(3);
+      const lines = said(r.stderr);
+      expect(lines, r.stderr).toHaveLength(1);
+      expect(lines[0]).toMatch(new RegExp(`parent image ${join(pre, String(pid))} is of process ${pid} started at tick \\d+, which has exited: pid ${pid} is now another process`));
+      expect(existsSync(join(fin, 'tree'))).toBe(false);
+      expectLeftAlone(stranger, was);
     } finally {
       await killPid(stranger);
     }

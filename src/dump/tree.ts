@@ -35,7 +35,7 @@ import { checkCreds, refuseUnrestorableZombie } from './creds.js';
 import { credsImage } from '../restore/creds-check.js';
 import { readTaskCreds } from '../proc/creds.js';
 import { writeMetaFile, readMetaFile } from '../image/metadata.js';
-import { refuseIfEnded, isSameProcess, endedSinceFirstRound } from './target-identity.js';
+import { refuseIfEnded, isSameProcess, refuseOtherProcess, endedSinceFirstRound } from './target-identity.js';
 import { isTreeImage } from '../image/tree-manifest.js';
 import { prepareImageDir, fsyncDir } from '../image/image-dir.js';
 import { TsnapError, asTsnapError, interrupted, retellInterrupted } from '../errors.js';
@@ -169,6 +169,9 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
   const gone = opts.targetGone ?? (() => endedSinceFirstRound(root));
   refuseIfEnded(opts.targetPidfd, gone);
   refuseUndumpable(root);
+  // The root's parent of another process (its pid reused): refused before the tree is frozen, not by the root's round after.
+  const rootParent = opts.parent ? join(opts.parent, String(root)) : null;
+  if (rootParent && existsSync(join(rootParent, 'inventory'))) refuseOtherProcess(rootParent, readMetaFile<Inventory>(rootParent, FileKind.Inventory), root);
   const done: { pid: number; result: DumpResult }[] = [];
   const session = new DumpSession();
   const fsync = opts.fsync ?? (mode === 'dump' && !opts.leaveRunning);
