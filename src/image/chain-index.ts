@@ -24,31 +24,48 @@ export interface ResolvedRun {
 
 const P = PAGE_SIZE;
 
-/** Resolved data runs for the addresses in `within`, sorted by address. */
+/**
+ * Resolved data runs for the addresses in `within`, sorted by address. One
+ * sweep by address over every level at once: at each address the newest
+ * level with a `here` or `zero` run there answers, up to where that run
+ * ends or a newer level's next run begins. Level by level, subtracting
+ * what each answered and sorting the result at the end, was ~3 ms of a
+ * 64 MiB chain's restore (9 830 runs); the sweep makes no intermediate
+ * sets and no sort.
+ */
 export function resolveChain(chain: readonly ChainLevel[], within: readonly Range[]): ResolvedRun[] {
-  let remaining = normalize(within);
+  // A full image ends the walk: older levels are never asked.
+  let depth = chain.findIndex((l) => l.kind === 'full') + 1;
+  if (depth === 0) depth = chain.length;
+  // `parent` runs answer nothing: a level's other runs are what it holds.
+  const runs = chain.slice(0, depth).map((l) => l.runs.filter((r) => r.where !== PageWhere.Parent));
+  const at = new Array<number>(depth).fill(0);
   const out: ResolvedRun[] = [];
-  for (let level = 0; level < chain.length && remaining.length; level++) {
-    const answered: Range[] = [];
-    let j = 0;
-    for (const r of chain[level].runs) {
-      if (r.where === PageWhere.Parent) continue;
-      const rEnd = r.start + r.pages * P;
-      while (j < remaining.length && remaining[j].end <= r.start) j++;
-      for (let k = j; k < remaining.length && remaining[k].start < rEnd; k++) {
-        const s = Math.max(r.start, remaining[k].start);
-        const e = Math.min(rEnd, remaining[k].end);
-        if (s >= e) continue;
-        answered.push({ start: s, end: e });
-        if (r.where === PageWhere.Here) {
-          out.push({ start: s, pages: (e - s) / P, image: level, chunk: r.chunk, offset: r.offset + (s - r.start) });
+  for (const w of normalize(within)) {
+    let pos = w.start;
+    while (pos < w.end) {
+      let end = w.end;
+      for (let level = 0; level < depth; level++) {
+        const rs = runs[level];
+        let i = at[level];
+        while (i < rs.length && rs[i].start + rs[i].pages * P <= pos) i++;
+        at[level] = i;
+        if (i === rs.length) continue;
+        const r = rs[i];
+        if (r.start > pos) {
+          // Not here at `pos`, but from r.start this level takes over from the older ones.
+          if (r.start < end) end = r.start;
+          continue;
         }
+        const rEnd = r.start + r.pages * P;
+        if (rEnd < end) end = rEnd;
+        if (r.where === PageWhere.Here) out.push({ start: pos, pages: (end - pos) / P, image: level, chunk: r.chunk, offset: r.offset + (pos - r.start) });
+        break;
       }
+      pos = end;
     }
-    if (chain[level].kind === 'full') break;
-    remaining = subtract(remaining, normalize(answered));
   }
-  return out.sort((a, b) => a.start - b.start);
+  return out;
 }
 
 /** Addresses whose data the chain holds (for finding pages the process dropped since). */
