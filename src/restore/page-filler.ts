@@ -160,7 +160,8 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     // As large as the largest stored chunk, not what an inventory claims.
     let largest = PAGE_SIZE;
     for (const c of chain) for (const ch of c.pagemap.chunks) largest = Math.max(largest, ch.storedLength);
-    const plan = chain.length > 1 ? planByAddress(resolved, WINDOW_BYTES) : null;
+    // TSNAP_FILL_BY_CHUNK=1: a chain in chunk order, as before (bench A/B in one build, tests of that path).
+    const plan = chain.length > 1 && process.env.TSNAP_FILL_BY_CHUNK !== '1' ? planByAddress(resolved, WINDOW_BYTES) : null;
     pages = plan && plan.maxLive <= MAX_LIVE
       ? await fillByAddress(pid, resolved, plan, readerOf, largest, sc, state, onProgress)
       : await fillByChunk(pid, resolved, readerOf, largest, sc, state, onProgress);
