@@ -37,8 +37,7 @@ export function resolveChain(chain: readonly ChainLevel[], within: readonly Rang
   // A full image ends the walk: older levels are never asked.
   let depth = chain.findIndex((l) => l.kind === 'full') + 1;
   if (depth === 0) depth = chain.length;
-  // `parent` runs answer nothing: a level's other runs are what it holds.
-  const runs = chain.slice(0, depth).map((l) => l.runs.filter((r) => r.where !== PageWhere.Parent));
+  const runs = chain.map((l) => l.runs);
   const at = new Array<number>(depth).fill(0);
   const out: ResolvedRun[] = [];
   for (const w of normalize(within)) {
@@ -48,7 +47,9 @@ export function resolveChain(chain: readonly ChainLevel[], within: readonly Rang
       for (let level = 0; level < depth; level++) {
         const rs = runs[level];
         let i = at[level];
-        while (i < rs.length && rs[i].start + rs[i].pages * P <= pos) i++;
+        // Past the runs that end before `pos`, and past `parent` runs: they answer nothing (a
+        // level's other runs are what it holds), and as `pos` only grows none is needed again.
+        while (i < rs.length && (rs[i].start + rs[i].pages * P <= pos || rs[i].where === PageWhere.Parent)) i++;
         at[level] = i;
         if (i === rs.length) continue;
         const r = rs[i];

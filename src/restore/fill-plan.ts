@@ -22,20 +22,24 @@ export interface AddressPlan {
   windows: number;
   /** The most chunks held at once: those a window uses and those later windows still need. */
   maxLive: number;
+  /** Bytes the runs write. */
+  bytes: number;
 }
 
-/** `resolved`: sorted by address (resolveChain). */
-export function planByAddress(resolved: readonly ResolvedRun[], windowBytes: number): AddressPlan {
+/** `resolved`: sorted by address (resolveChain); `chunksPerImage[i]`: how many chunks image i of the chain has. */
+export function planByAddress(resolved: readonly ResolvedRun[], windowBytes: number, chunksPerImage: readonly number[]): AddressPlan {
   const n = resolved.length;
   const chunkOf = new Int32Array(n);
   const windowOf = new Int32Array(n);
   const starts: number[] = [0];
-  const index = new Map<number, number>();
+  // Each image's chunk -> its index in `keys` (-1: not yet needed): arrays, no hashing per run.
+  const index = chunksPerImage.map((k) => new Int32Array(k).fill(-1));
   const keys: number[] = [];
   const first: number[] = [];
   const last: number[] = [];
   let w = 0;
   let bytes = 0;
+  let total = 0;
   for (let i = 0; i < n; i++) {
     const r = resolved[i];
     if (bytes >= windowBytes) {
@@ -44,12 +48,13 @@ export function planByAddress(resolved: readonly ResolvedRun[], windowBytes: num
       bytes = 0;
     }
     bytes += r.pages * PAGE_SIZE;
-    const key = r.image * 0x100000000 + r.chunk;
-    let c = index.get(key);
-    if (c === undefined) {
+    total += r.pages * PAGE_SIZE;
+    const at = index[r.image];
+    let c = at[r.chunk];
+    if (c < 0) {
       c = keys.length;
-      index.set(key, c);
-      keys.push(key);
+      at[r.chunk] = c;
+      keys.push(r.image * 0x100000000 + r.chunk);
       first.push(w);
       last.push(w);
     } else {
@@ -81,5 +86,6 @@ export function planByAddress(resolved: readonly ResolvedRun[], windowBytes: num
     windowStart: Int32Array.from(windows === 0 ? [0] : starts),
     windows,
     maxLive,
+    bytes: total,
   };
 }

@@ -161,7 +161,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     let largest = PAGE_SIZE;
     for (const c of chain) for (const ch of c.pagemap.chunks) largest = Math.max(largest, ch.storedLength);
     // TSNAP_FILL_BY_CHUNK=1: a chain in chunk order, as before (bench A/B in one build, tests of that path).
-    const plan = chain.length > 1 && process.env.TSNAP_FILL_BY_CHUNK !== '1' ? planByAddress(resolved, WINDOW_BYTES) : null;
+    const plan = chain.length > 1 && process.env.TSNAP_FILL_BY_CHUNK !== '1' ? planByAddress(resolved, WINDOW_BYTES, chain.map((c) => c.pagemap.chunks.length)) : null;
     pages = plan && plan.maxLive <= MAX_LIVE
       ? await fillByAddress(pid, resolved, plan, readerOf, largest, sc, state, onProgress)
       : await fillByChunk(pid, resolved, readerOf, largest, sc, state, onProgress);
@@ -186,7 +186,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
  */
 async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan: AddressPlan, readerOf: (image: number) => PageFileReader, largest: number, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void): Promise<number> {
   const gather = new GatherWriter(pid);
-  const total = resolved.reduce((n, r) => n + r.pages * PAGE_SIZE, 0);
+  const total = plan.bytes;
   const populator = (state.populator = new Populator(sc, sc ? populateByAddress(resolved, plan.windowOf) : []));
   populator.begin();
   const nChunks = plan.keys.length;

@@ -20,7 +20,8 @@ const runs = fc.array(fc.record({ gap: fc.integer({ min: 0, max: 3 }), pages: fc
 describe('planByAddress', () => {
   it('windows cover the runs in order; each chunk is listed once, first needed first, held from its first to its last window (property)', () => {
     fc.assert(fc.property(runs, fc.integer({ min: 1, max: 40 }), (rs, windowPages) => {
-      const plan = planByAddress(rs, windowPages * P);
+      const plan = planByAddress(rs, windowPages * P, [6, 6, 6, 6]);
+      expect(plan.bytes).toBe(rs.reduce((n, r) => n + r.pages * P, 0));
       expect(plan.windowStart[0]).toBe(0);
       expect(plan.windowStart[plan.windows]).toBe(rs.length);
       for (let w = 0; w < plan.windows; w++) {
@@ -55,14 +56,14 @@ describe('planByAddress', () => {
       const n = level === 2 ? page : Math.floor(page / 5);
       rs.push({ start: page * P, pages: 1, image: level, chunk: Math.floor(n / 64), offset: (n % 64) * P });
     }
-    const plan = planByAddress(rs, 64 * P);
+    const plan = planByAddress(rs, 64 * P, [1, 1, 4]);
     expect(plan.windows).toBe(4);
     expect(plan.keys.length).toBe(4 + 1 + 1);
     expect(plan.maxLive).toBe(3);
   });
 
   it('no runs, no windows', () => {
-    const plan = planByAddress([], 1 << 20);
+    const plan = planByAddress([], 1 << 20, [1]);
     expect(plan.windows).toBe(0);
     expect(plan.keys).toEqual([]);
     expect(plan.maxLive).toBe(0);
