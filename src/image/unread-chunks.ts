@@ -14,10 +14,10 @@ import type { Range } from './ranges.js';
 
 /** Returns the chain resolved over `within`, which the restore's page writer then uses as it is. */
 export function checkUnreadChunks(chain: readonly Image[], within: Range[]): ResolvedRun[] {
-  const resolved = resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within);
-  // A flag per chunk of each level, not a set of keys: one pass over ~10 000 runs of a chain, in cold code.
+  // A flag per chunk of each level, set by the resolver as it goes: no set of keys, no second pass
+  // over the runs (157 000 for a 1 GiB chain, in cold code).
   const read = chain.map((c) => new Uint8Array(c.pagemap.chunks.length));
-  for (let i = 0; i < resolved.length; i++) read[resolved[i].image][resolved[i].chunk] = 1;
+  const resolved = resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within, read);
   chain.forEach((img, level) => {
     let reader: PageFileReader | null = null;
     let buf: Buffer | undefined;

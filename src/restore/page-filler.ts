@@ -229,6 +229,7 @@ async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan
     for (let i = from; i < to; i++) {
       const c = plan.chunkOf[i];
       if (data[c] === null) {
+        // Its read was started before this window (refill): wait for it, once.
         const read = reads[c]!;
         const got = await read;
         state.pending.delete(read);
@@ -236,10 +237,8 @@ async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan
         addrOf[c] = GatherWriter.addressOf(got);
         reads[c] = null;
       }
-    }
-    for (let i = from; i < to; i++) {
       const r = resolved[i];
-      gather.add(addrOf[plan.chunkOf[i]] + r.offset, r.start, r.pages * PAGE_SIZE);
+      gather.add(addrOf[c] + r.offset, r.start, r.pages * PAGE_SIZE);
       pages += r.pages;
     }
     const failed = gather.finish();

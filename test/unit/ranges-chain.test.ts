@@ -127,7 +127,13 @@ describe('resolveChain', () => {
         at += x.gap + x.pages;
         return { start, end: at * P };
       });
-      expect(resolveChain(chain, w)).toEqual(resolveLevelByLevel(chain, w));
+      const used = chain.map(() => new Uint8Array(4));
+      const got = resolveChain(chain, w, used);
+      expect(got).toEqual(resolveLevelByLevel(chain, w));
+      // The chunks marked are exactly those the runs read.
+      const want = chain.map(() => new Uint8Array(4));
+      for (const r of got) want[r.image][r.chunk] = 1;
+      expect(used).toEqual(want);
     }), { numRuns: 1000 });
   });
 });
