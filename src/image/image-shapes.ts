@@ -56,6 +56,7 @@ export const INVENTORY: Shape = refine<{ kind: string; parent: unknown }>(obj({
   files: record(obj({ length: SAFE, crc32: U32 }), 16),
   contents: opt(oneOf('dump', 'predump')),
   tracking: opt(nullable(obj({ holderPid: PID, holderStartTime: SAFE, targetPid: PID, targetStartTime: SAFE, mmId: str(64) }))),
+  startTime: opt(SAFE),
 }), (inv) => (inv.kind === 'delta' && inv.parent === null ? 'a delta image without a parent' : null));
 
 const VMA_FIELDS = {

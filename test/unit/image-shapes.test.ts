@@ -51,6 +51,10 @@ describe('image shapes', () => {
     refused(INVENTORY, { ...inv, parent: null }, /a delta image without a parent/);
     refused(INVENTORY, { ...inv, parent: { ...inv.parent, path: 42 } }, /parent\.path: expected a string, got 42/);
     refused(INVENTORY, { ...inv, chunkSize: 5000 }, /chunkSize: 5000 is not a multiple of 4096/);
+    // The process's start time (optional, 2026-12-03): an exact integer when present.
+    expect(() => checkShape(INVENTORY, { ...inv, startTime: 123456 }, 'x')).not.toThrow();
+    refused(INVENTORY, { ...inv, startTime: 1.5 }, /startTime/);
+    refused(INVENTORY, { ...inv, startTime: 'x' }, /startTime/);
   });
 
   it('the inline check of pagemap runs accepts and refuses exactly what the generic shape does, with its message (property)', () => {
