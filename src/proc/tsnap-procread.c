@@ -87,10 +87,9 @@ long tsnap_smaps_flags(const uint8_t *buf, size_t len, uint64_t *out, size_t max
  * two-letter token's bit being table[(c0 << 8) | c1] - 1 (0: not asked
  * for). buf (buflen bytes, reused by the caller) holds what is read; an
  * area cut by its end moves to its start before the next read. The
- * self-check's read, whole on libuv's pool or on the main thread: in
- * JavaScript the parse of 10 000 areas was ~5 ms beside the kernel's ~11 ms
- * of producing the text, and the pool's whole-file read needed a fresh
- * buffer of the file's size (7 MB). Returns the areas found; -errno when
+ * restore self-check's read (proc/smaps.ts, readVmFlagMasks): one FFI call
+ * for the ~30 read()s and the parse, which in JavaScript took ~3-5 ms for
+ * 10 000 areas beside the kernel's ~11 ms of producing the text. Returns the areas found; -errno when
  * a read fails; TSNAP_SMAPS_MALFORMED for a header that is not "HEX-" or
  * an area larger than buf (the caller's own parser then says which);
  * TSNAP_SMAPS_FULL past max areas.
