@@ -116,3 +116,26 @@ export function smapsMasks(fd: number, buf: Buffer, table: Int8Array, starts: Fl
   if (n < 0) throw new SysError(`read(${what})`, -n);
   return { count: n };
 }
+
+type MapsParse = (buf: Buffer, len: number, nums: Float64Array, info: Int32Array, max: number) => number;
+let mapsFn: MapsParse | undefined;
+
+/**
+ * The lines of /proc/PID/maps text buf[0, len) parsed in C
+ * (tsnap_maps_parse): per line six numbers in nums (start, end, offset,
+ * major, minor, inode) and three in info (r 1 | w 2 | x 4 | shared 8 |
+ * deleted 16; the path's offset in buf and its length). The line count, or
+ * null for text the caller's own parser must read (it names the line), or
+ * when the library is not built.
+ */
+export function mapsParse(buf: Buffer, len: number, nums: Float64Array, info: Int32Array): number | null {
+  if (!mapsFn) {
+    try {
+      mapsFn = lib().func('long tsnap_maps_parse(const void *buf, size_t len, _Out_ void *nums, _Out_ void *info, size_t max)') as MapsParse;
+    } catch {
+      return null;
+    }
+  }
+  const n = Number(mapsFn(buf, len, nums, info, Math.min(Math.floor(nums.length / 6), Math.floor(info.length / 3))));
+  return n < 0 ? null : n;
+}
