@@ -31,25 +31,38 @@ class Populator {
   private done = 0;
   private broken = false;
 
-  constructor(private readonly sc: RemoteSyscaller | null, runsInOrder: { run: ResolvedRun; pos: number }[]) {
+  /**
+   * `resolved`: sorted by address; `posOf(run)`: the position of its chunk
+   * in the writer's order. Ranges are made only for what will be populated
+   * (a run of 10 000 single pages makes none, and no object per run).
+   */
+  constructor(private readonly sc: RemoteSyscaller | null, resolved: readonly ResolvedRun[], posOf: (r: ResolvedRun) => number) {
     if (!sc) return;
     // Merged by address across the images of a chain: a base image's runs
     // that newer pages cut into short pieces are one range again, as in a
     // single image. Started in the order the writer first needs them.
-    const byAddr = [...runsInOrder].sort((a, b) => a.run.start - b.run.start);
     const merged: { addr: number; len: number; firstChunkPos: number; lastChunkPos: number }[] = [];
-    for (const { run, pos } of byAddr) {
-      const len = run.pages * PAGE_SIZE;
-      const last = merged[merged.length - 1];
-      if (last && last.addr + last.len === run.start && last.len < POPULATE_SLICE) {
-        last.len += len;
-        last.firstChunkPos = Math.min(last.firstChunkPos, pos);
-        last.lastChunkPos = Math.max(last.lastChunkPos, pos);
+    let addr = 0;
+    let len = 0;
+    let first = 0;
+    let last = 0;
+    const close = () => { if (len >= POPULATE_MIN) merged.push({ addr, len, firstChunkPos: first, lastChunkPos: last }); };
+    for (const run of resolved) {
+      const pos = posOf(run);
+      const l = run.pages * PAGE_SIZE;
+      if (len > 0 && addr + len === run.start && len < POPULATE_SLICE) {
+        len += l;
+        first = Math.min(first, pos);
+        last = Math.max(last, pos);
       } else {
-        merged.push({ addr: run.start, len, firstChunkPos: pos, lastChunkPos: pos });
+        close();
+        addr = run.start;
+        len = l;
+        first = last = pos;
       }
     }
-    this.queue = merged.filter((m) => m.len >= POPULATE_MIN).sort((a, b) => a.firstChunkPos - b.firstChunkPos || a.addr - b.addr);
+    close();
+    this.queue = merged.sort((a, b) => a.firstChunkPos - b.firstChunkPos || a.addr - b.addr);
   }
 
   private start(): void {
@@ -104,7 +117,7 @@ const READ_AHEAD = 6;
  */
 const SYNC_CHUNKS = 2;
 
-/** `resolved`: the chain already resolved over exactly `within` (checkUnreadChunks did it), not computed again. */
+/** `resolved`: the chain already resolved over the memory to fill (checkUnreadChunks did it), not computed again; `within` is then not read. */
 export async function fillPages(pid: number, chain: readonly Image[], within: Range[], sc: RemoteSyscaller | null = null, onProgress?: (done: number, total: number) => void, resolvedAlready?: readonly ResolvedRun[]): Promise<FillResult> {
   const copier = new VmCopier(pid);
   const readers: (PageFileReader | null)[] = chain.map(() => null);
@@ -126,8 +139,8 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     }
     const order = [...byChunk.keys()];
     const total = resolved.reduce((n, r) => n + r.pages * PAGE_SIZE, 0);
-    const runsInOrder = order.flatMap((c, pos) => byChunk.get(c)!.map((run) => ({ run, pos })));
-    populator = new Populator(sc, runsInOrder);
+    const posOfKey = new Map(order.map((key, pos) => [key, pos]));
+    populator = new Populator(sc, resolved, (r) => posOfKey.get(r.image * 0x100000000 + r.chunk)!);
     populator.begin();
     const pending: Promise<Buffer>[] = [];
     pendingReads = pending;
