@@ -29,7 +29,8 @@ export function resolveChain(chain: readonly ChainLevel[], within: readonly Rang
   let remaining = normalize(within);
   const out: ResolvedRun[] = [];
   for (let level = 0; level < chain.length && remaining.length; level++) {
-    const answered: Range[] = [];
+    // What this level answered, for the levels below: none below a full image.
+    const answered: Range[] | null = chain[level].kind === 'full' ? null : [];
     let j = 0;
     for (const r of chain[level].runs) {
       if (r.where === PageWhere.Parent) continue;
@@ -39,13 +40,13 @@ export function resolveChain(chain: readonly ChainLevel[], within: readonly Rang
         const s = Math.max(r.start, remaining[k].start);
         const e = Math.min(rEnd, remaining[k].end);
         if (s >= e) continue;
-        answered.push({ start: s, end: e });
+        answered?.push({ start: s, end: e });
         if (r.where === PageWhere.Here) {
           out.push({ start: s, pages: (e - s) / P, image: level, chunk: r.chunk, offset: r.offset + (s - r.start) });
         }
       }
     }
-    if (chain[level].kind === 'full') break;
+    if (!answered) break;
     remaining = subtract(remaining, normalize(answered));
   }
   return out.sort((a, b) => a.start - b.start);

@@ -235,7 +235,8 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     // A live process's pages were checked as they arrived.
     for (const m of live ? [] : plan) {
       const imports = sharedImports(m.p, planned, 0);
-      resolvedOf.set(m.p, checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end }))));
+      // The VMAs themselves as the ranges (resolveChain copies what it keeps).
+      resolvedOf.set(m.p, checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start))));
     }
   } catch (err) {
     prio?.restore();
