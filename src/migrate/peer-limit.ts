@@ -6,11 +6,16 @@
  * (a zero window is probed forever; nothing outstanding and no keepalive).
  *
  * Progress is what the receiver does for us: bytes arriving from it, or
- * bytes of ours leaving the user-space queues for the kernel (the socket's
- * buffered length and libuv's write queue shrink as the window opens, so a
- * slow link whose window moves is progress; a zero window that does not
- * move is not). Time in which we wait for nothing (the dump copying or
- * building state) is not the receiver's silence.
+ * bytes of ours it acknowledges (the kernel's send queue, SIOCOUTQ,
+ * shrinks), or bytes leaving the user-space queues for the kernel (the
+ * socket's buffered length, libuv's write queue). So a slow link whose
+ * window moves is progress; a zero window that does not move is not. The
+ * kernel's queue is what makes a slow link count: it lets a writer in
+ * only once a third or so of a (up to 4 MiB) send buffer is free, and at
+ * 300 KB/s libuv's queue then stood still for ~6 s while acknowledgements
+ * came every 50 ms. A TLS socket's fd is not reachable from here: there
+ * only the user-space queues count. Time in which we wait for nothing (the
+ * dump copying or building state) is not the receiver's silence.
  *
  * Two phases, split at the instant the receiver could have committed:
  *  - before that instant (`guard()` until COMMIT is wholly in the kernel),
@@ -32,12 +37,14 @@
  */
 import type { Socket } from 'node:net';
 import { TsnapError } from '../errors.js';
-import { setsockopt } from '../sys/index.js';
+import { setsockopt, ioctlInt } from '../sys/index.js';
 
 /** The default of `--peer-timeout`. */
 export const PEER_TIMEOUT_MS = 10_000;
 
 const IPPROTO_TCP = 6;
+/** Bytes in the kernel's send queue, not yet acknowledged by the peer (linux/sockios.h). */
+const SIOCOUTQ = 0x5411;
 const TCP_KEEPINTVL = 5;
 const TCP_KEEPCNT = 6;
 const TCP_USER_TIMEOUT = 18;
@@ -75,6 +82,8 @@ export class PeerLimit {
   guard(): void {
     if (this.phase !== 'off') return;
     this.phase = 'guard';
+    const fd = (this.sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (typeof fd === 'number' && fd >= 0) this.fd = fd;
     this.lastMove = Date.now();
     this.lastSig = this.signature();
     this.sock.on('data', this.onData);
@@ -136,7 +145,11 @@ export class PeerLimit {
   /** What is still ours to write, as the socket sees it: changes whenever the kernel takes bytes. */
   private signature(): string {
     const h = (this.sock as unknown as { _handle?: { writeQueueSize?: number } })._handle;
-    return `${this.sock.writableLength}/${h?.writeQueueSize ?? 0}`;
+    let unacked = -1;
+    if (this.fd !== null && !this.sock.destroyed) {
+      try { unacked = ioctlInt(this.fd, SIOCOUTQ, 'ioctl(SIOCOUTQ)'); } catch { /* the user-space queues alone */ }
+    }
+    return `${this.sock.writableLength}/${h?.writeQueueSize ?? 0}/${unacked}`;
   }
 
   private tick(): void {
@@ -193,9 +206,8 @@ export class PeerLimit {
     const idle = Math.max(1, Math.round(this.o.limitMs / 1000));
     const intvl = Math.max(1, Math.round(idle / KEEP_PROBES));
     this.sock.setKeepAlive(true, idle * 1000);
-    const fd = (this.sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (typeof fd !== 'number' || fd < 0) return;
-    this.fd = fd;
+    const fd = this.fd;
+    if (fd === null) return;
     try {
       setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, intvl, 'setsockopt(TCP_KEEPINTVL)');
       setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, KEEP_PROBES, 'setsockopt(TCP_KEEPCNT)');
