@@ -9,7 +9,7 @@ import { describe, it, expect, afterEach } from 'vitest';
 import { createServer, type Server, type Socket } from 'node:net';
 import { readdirSync, readlinkSync } from 'node:fs';
 import { compileC, startProcess, useProcessCleanup, type Running } from './helpers/fixtures.js';
-import { startTsnap, killPid } from './helpers/tsnap.js';
+import { startTsnap, killPid, tsnap } from './helpers/tsnap.js';
 import { readStatus } from '../src/proc/index.js';
 import { findHolders } from '../src/track/untrack.js';
 import { FrameReader, Msg, encodeDoc, send, decodeDoc } from '../src/migrate/wire.js';
@@ -116,12 +116,13 @@ describe('migrate --peer-timeout: a silent receiver', () => {
     await expectRunsOnUntouched(p);
   });
 
-  it('silence after COMMIT: the source stays frozen with one warning; SIGTERM to the sender resumes it and says it may run twice', async () => {
+  it('silence after COMMIT: the source stays frozen with one warning (even with --quiet); SIGTERM to the sender resumes it and says it may run twice', async () => {
     const fake = await fakeReceiver('no-commit-answer');
     const p = await startProcess(await compileC('migrant'), ['16']);
     await p.waitForLine(/^count=/, 10_000);
-    const m = startTsnap(['migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${fake.port}`, '--token', 'sesame', '--peer-timeout', '2']);
+    const m = startTsnap(['--quiet', 'migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${fake.port}`, '--token', 'sesame', '--peer-timeout', '2']);
     senders.push(m.child.pid!);
+    // --quiet hides warnings, but not this one: the source is frozen.
     let stderr = '';
     m.child.stderr!.on('data', (d) => { stderr += d; });
     await fake.silent;
@@ -153,5 +154,11 @@ describe('migrate --peer-timeout: a silent receiver', () => {
     expect(r.code).toBe(ExitCode.targetFailed);
     expect(r.stderr.trim().split('\n').at(-1)).toMatch(new RegExp(`^tsnap: migration of process ${p.pid} failed; it runs on where it was: migration peer closed the connection.*; COMMIT had been sent: if the receiver at 127\\.0\\.0\\.1:${fake.port} committed before the connection ended, process ${p.pid} runs there too`));
     await expectRunsOnUntouched(p);
+  });
+
+  it('a --peer-timeout that is not a number of seconds is refused in one line (exit 2)', async () => {
+    const r = await tsnap('migrate', '--pid', String(process.pid), '--to', '127.0.0.1:9', '--token', 'sesame', '--peer-timeout', '-1');
+    expect(r.code).toBe(ExitCode.usage);
+    expect(r.stderr).toMatch(/--peer-timeout: expected a number of seconds \(0: no limit\), got "-1"/);
   });
 });

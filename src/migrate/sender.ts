@@ -74,6 +74,8 @@ export interface MigrateOptions {
    * source is frozen (peer-limit.ts); 0 = no limit. Default PEER_TIMEOUT_MS.
    */
   peerTimeoutMs?: number;
+  /** The silence warning after COMMIT (default `warn`): the CLI prints it even with --quiet, the source being frozen. */
+  warnFrozen?: (m: string) => void;
   onEvent?: (e: Record<string, unknown>) => void;
   warn?: (m: string) => void;
   /** Memory copied in the current round (see DumpOptions.onProgress). */
@@ -138,7 +140,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     throw err;
   }
   const reader = new FrameReader(sock);
-  const peer = new PeerLimit(sock, { limitMs: opts.peerTimeoutMs ?? PEER_TIMEOUT_MS, peer: `${opts.host}:${opts.port}`, pid: opts.pid, checkAbort, warn: opts.warn ?? ((m) => process.stderr.write(`tsnap: warning: ${m}\n`)) });
+  const peer = new PeerLimit(sock, { limitMs: opts.peerTimeoutMs ?? PEER_TIMEOUT_MS, peer: `${opts.host}:${opts.port}`, pid: opts.pid, checkAbort, warn: opts.warnFrozen ?? opts.warn ?? ((m) => process.stderr.write(`tsnap: warning: ${m}\n`)) });
   const staging = mkdtempSync(join(stagingBase(opts), 'tsnap-migrate-'));
   let held: FrozenSet | null = null;
   let receiverCommitted = false;

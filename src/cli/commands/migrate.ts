@@ -45,6 +45,8 @@ async function runMigrate(o: MigrateFlags, ctx: CliContext): Promise<void> {
     pid: o.pid, host, port, token, downtimeMs: o.downtimeMs, maxIterations: o.maxIterations,
     bandwidthLimit: o.bandwidthLimit, leaveRunning: !!o.leaveRunning, compression: o.compress, tree: !!o.tree, tcpEstablished: !!o.tcpEstablished,
     peerTimeoutMs: o.peerTimeout * 1000,
+    // A frozen source waiting on a silent receiver is never kept quiet (--quiet hides warnings).
+    warnFrozen: (message) => process.stderr.write(o.json ? `${JSON.stringify({ event: 'warning', message })}\n` : `tsnap: warning: ${message}\n`),
     whenNotConverging: o.autoConverge === false ? 'stop' : 'throttle',
     ...(o.postcopy ? { postcopy: o.postcopy === 'auto' ? 'auto' as const : 'on' as const } : {}),
     tls: o.tls || o.tlsCa || o.tlsInsecure ? { ca: o.tlsCa, insecure: !!o.tlsInsecure } : undefined,
