@@ -156,6 +156,25 @@ describe('migrate --peer-timeout: a silent receiver', () => {
     await expectRunsOnUntouched(p);
   });
 
+  it('post-copy, silence after COMMIT (before COMMITTED, so before any resume there): the same warning; SIGINT resumes the source', async () => {
+    const fake = await fakeReceiver('no-commit-answer');
+    const p = await startProcess(await compileC('migrant'), ['16']);
+    await p.waitForLine(/^count=/, 10_000);
+    const m = startTsnap(['migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${fake.port}`, '--token', 'sesame', '--postcopy', '--peer-timeout', '2']);
+    senders.push(m.child.pid!);
+    let stderr = '';
+    m.child.stderr!.on('data', (d) => { stderr += d; });
+    await fake.silent;
+    expect(fake.seen).toContain('Postcopy');
+    await eventually(() => stderr, (s) => /has not answered COMMIT/.test(s), 30_000, 'the warning');
+    expect(readStatus(p.pid).state).toBe('t');
+    process.kill(m.child.pid!, 'SIGINT');
+    const r = await m.done;
+    expect(r.code).toBe(128 + 2);
+    expect(r.stderr.trim().split('\n').at(-1)).toMatch(/interrupted by SIGINT; COMMIT had been sent: if the receiver at .* committed before the connection ended, process \d+ runs there too/);
+    await expectRunsOnUntouched(p);
+  });
+
   it('a --peer-timeout that is not a number of seconds is refused in one line (exit 2)', async () => {
     const r = await tsnap('migrate', '--pid', String(process.pid), '--to', '127.0.0.1:9', '--token', 'sesame', '--peer-timeout', '-1');
     expect(r.code).toBe(ExitCode.usage);
