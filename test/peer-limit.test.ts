@@ -8,6 +8,7 @@
 import { describe, it, expect, afterEach } from 'vitest';
 import { createServer, type Server, type Socket } from 'node:net';
 import { readdirSync, readlinkSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { compileC, startProcess, useProcessCleanup, type Running } from './helpers/fixtures.js';
 import { startTsnap, killPid, tsnap } from './helpers/tsnap.js';
 import { readStatus } from '../src/proc/index.js';
@@ -153,6 +154,33 @@ describe('migrate --peer-timeout: a silent receiver', () => {
     const r = await m.done;
     expect(r.code).toBe(ExitCode.targetFailed);
     expect(r.stderr.trim().split('\n').at(-1)).toMatch(new RegExp(`^tsnap: migration of process ${p.pid} failed; it runs on where it was: migration peer closed the connection.*; COMMIT had been sent: if the receiver at 127\\.0\\.0\\.1:${fake.port} committed before the connection ended, process ${p.pid} runs there too`));
+    await expectRunsOnUntouched(p);
+  });
+
+  it('silence after COMMIT, then the receiver host goes dead (its packets dropped): keepalive ends the wait in seconds, the source resumes', async () => {
+    const fake = await fakeReceiver('no-commit-answer');
+    const p = await startProcess(await compileC('migrant'), ['16']);
+    await p.waitForLine(/^count=/, 10_000);
+    const m = startTsnap(['migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${fake.port}`, '--token', 'sesame', '--peer-timeout', '2']);
+    senders.push(m.child.pid!);
+    let stderr = '';
+    m.child.stderr!.on('data', (d) => { stderr += d; });
+    await fake.silent;
+    await eventually(() => stderr, (s) => /has not answered COMMIT/.test(s), 30_000, 'the warning');
+    // Everything the sender wrote is acknowledged by now: only keepalive can tell a dead host. The
+    // "host" dies: whatever leaves the fake's port is dropped (this port only, removed below).
+    const rule = ['OUTPUT', '-o', 'lo', '-p', 'tcp', '--sport', String(fake.port), '-m', 'comment', '--comment', 'tsnap-test-peer-limit', '-j', 'DROP'];
+    execFileSync('iptables', ['-I', ...rule]);
+    try {
+      const dead = Date.now();
+      const r = await m.done;
+      // Keepalive idle 2 s, then 3 probes 1 s apart: ~5 s; far below TCP's own (~15 min, or never).
+      expect(Date.now() - dead).toBeLessThan(30_000);
+      expect(r.code).toBe(ExitCode.targetFailed);
+      expect(r.stderr.trim().split('\n').at(-1)).toMatch(new RegExp(`^tsnap: migration of process ${p.pid} failed; it runs on where it was: migration connection failed: .*ETIMEDOUT.*; COMMIT had been sent: if the receiver at 127\\.0\\.0\\.1:${fake.port} committed before the connection ended, process ${p.pid} runs there too`));
+    } finally {
+      execFileSync('iptables', ['-D', ...rule]);
+    }
     await expectRunsOnUntouched(p);
   });
 
