@@ -206,6 +206,6 @@ describe('migrate --peer-timeout: a silent receiver', () => {
   it('a --peer-timeout that is not a number of seconds is refused in one line (exit 2)', async () => {
     const r = await tsnap('migrate', '--pid', String(process.pid), '--to', '127.0.0.1:9', '--token', 'sesame', '--peer-timeout', '-1');
     expect(r.code).toBe(ExitCode.usage);
-    expect(r.stderr).toMatch(/--peer-timeout: expected a number of seconds \(0: no limit\), got "-1"/);
+    expect(r.stderr).toMatch(/--peer-timeout: expected a number of seconds up to 86400 \(0: no limit\), got "-1"/);
   });
 });

@@ -48,6 +48,8 @@ const SIOCOUTQ = 0x5411;
 const TCP_KEEPINTVL = 5;
 const TCP_KEEPCNT = 6;
 const TCP_USER_TIMEOUT = 18;
+/** TCP_KEEPIDLE's largest value (seconds): a longer limit keeps alive at that. */
+const MAX_KEEPIDLE = 32767;
 /** Keepalive probes after the idle time before the connection counts as broken. */
 const KEEP_PROBES = 3;
 
@@ -190,7 +192,7 @@ export class PeerLimit {
 
   /** Keepalive idle time plus its probes: how long a dead host takes to break an idle connection. */
   private keepaliveMs(): number {
-    const idle = Math.max(1, Math.round(this.o.limitMs / 1000));
+    const idle = Math.min(MAX_KEEPIDLE, Math.max(1, Math.round(this.o.limitMs / 1000)));
     const intvl = Math.max(1, Math.round(idle / KEEP_PROBES));
     return (idle + intvl * KEEP_PROBES) * 1000;
   }
@@ -203,7 +205,7 @@ export class PeerLimit {
    * is not reachable from here, and then only Node's keepalive idle is set.
    */
   private keepalive(): void {
-    const idle = Math.max(1, Math.round(this.o.limitMs / 1000));
+    const idle = Math.min(MAX_KEEPIDLE, Math.max(1, Math.round(this.o.limitMs / 1000)));
     const intvl = Math.max(1, Math.round(idle / KEEP_PROBES));
     this.sock.setKeepAlive(true, idle * 1000);
     const fd = this.fd;

@@ -258,10 +258,10 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     peer.commitSent();
     await commit;
     const committed = decodeDoc<{ dir: string; live?: boolean }>(await peer.waiting(reader.expect(Msg.Committed, 'waiting for the receiver to commit')));
-    peer.stop();
     const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     receiverCommitted = true;
     mark('migrate: committed');
+    peer.stop();
     if (leftOut && postcopyBecause !== null) {
       // The page service may push for seconds: not in the real-time class.
       prio.restore();

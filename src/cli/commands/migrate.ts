@@ -68,6 +68,6 @@ async function runMigrate(o: MigrateFlags, ctx: CliContext): Promise<void> {
 
 /** Seconds, 0 included (no limit). */
 function peerSeconds(v: string): number {
-  if (!/^\d+(\.\d+)?$/.test(v)) throw new TsnapError('usage', `--peer-timeout: expected a number of seconds (0: no limit), got "${v}"`);
+  if (!/^\d+(\.\d+)?$/.test(v) || Number(v) > 86_400) throw new TsnapError('usage', `--peer-timeout: expected a number of seconds up to 86400 (0: no limit), got "${v}"`);
   return Number(v);
 }
