@@ -13,8 +13,8 @@
  * kernel's queue is what makes a slow link count: it lets a writer in
  * only once a third or so of a (up to 4 MiB) send buffer is free, and at
  * 300 KB/s libuv's queue then stood still for ~6 s while acknowledgements
- * came every 50 ms. A TLS socket's fd is not reachable from here: there
- * only the user-space queues count. Time in which we wait for nothing (the
+ * came every 50 ms. A TLS socket's handle gives the TCP socket's fd too
+ * (Node 20); without an fd only the user-space queues count. Time in which we wait for nothing (the
  * dump copying or building state) is not the receiver's silence.
  *
  * Two phases, split at the instant the receiver could have committed:
@@ -201,8 +201,8 @@ export class PeerLimit {
    * Short keepalive: the wait for COMMITTED has nothing outstanding once
    * COMMIT is acknowledged, and a dead host would then never be noticed.
    * TCP_USER_TIMEOUT bounds data left unacknowledged (retransmissions,
-   * ~15 minutes otherwise) to the same time. Best effort: a TLS socket's fd
-   * is not reachable from here, and then only Node's keepalive idle is set.
+   * ~15 minutes otherwise) to the same time. Best effort: without an fd
+   * only Node's keepalive idle is set.
    */
   private keepalive(): void {
     const idle = Math.min(MAX_KEEPIDLE, Math.max(1, Math.round(this.o.limitMs / 1000)));
