@@ -15,7 +15,7 @@ import type { GuardsRead } from '../dump/guards.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE, type Stub } from './address-space.js';
 import { fillPages } from './page-filler.js';
 import { receivesPages } from './data-ranges.js';
-import { checkRestored } from './self-check.js';
+import { checkRestored, isMapDifference } from './self-check.js';
 import { fdTableDiff } from '../files/fd-table.js';
 import { finishFiles } from './fds.js';
 import { resumeConnections, abandonConnections } from '../files/tcp.js';
@@ -470,6 +470,11 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       const diffs = members.flatMap((m) => [...checkRestored(opts.tcpClose ? withoutTcp(m.p) : m.p, m.rt.pid, {
         newPid, threads: m.threads.map((th) => ({ tid: th.rt.pid, sigmask: th.image.sigmask })), idNow: (id) => idNow.get(id) ?? id, ptys: imagePtys(members.map((x) => x.p)), vmFlags: earlyVmFlags, guards: earlyGuards,
       }), ...fdTableDiff(m.rt.pid, m.children.map((c) => ({ pid: c.rt.pid, shared: !!c.filesShared })))].map((d) => `restore check of ${m.p.pid}: ${d}`));
+      // A live build's map came from the sender's LAYOUT frames: one that is not the image's fails the
+      // live restore, and the receiver restores from the image chain instead (a hostile or broken sender
+      // made a heap read-only this way, and the process crashed once resumed).
+      const mapDiff = live ? diffs.find(isMapDifference) : undefined;
+      if (mapDiff !== undefined) throw new TsnapError('restoreFailed', `the process built while it arrived has another memory map than its image (${mapDiff}); nothing was started`);
       if (diffs.length && opts.check === 'strict') {
         throw new TsnapError('restoreFailed', `the restored process differs from its image (${diffs.length} differences; first: ${diffs[0]}); nothing was started`);
       }

@@ -296,6 +296,17 @@ function compareTimers(p: ProcessImage, pid: number, idNow: (id: number) => numb
   if (have !== want) out.push(`POSIX timers are [${have}], the image's [${want}] (id:signal:notify)`);
 }
 
+/**
+ * A difference of the memory map itself (areas, their protections, guard
+ * regions), as checkRestored words it: a process that runs with one is not
+ * the one dumped. A live build (migration) made its map from the sender's
+ * LAYOUT frames, not from the image: such a difference there means the two
+ * disagree, and the image is the one to trust.
+ */
+export function isMapDifference(d: string): boolean {
+  return /memory: (the (image|process) maps |\d+ more differences in the memory map|guard regions are )/.test(d);
+}
+
 /** Every difference between the rebuilt process `pid` (not yet running) and its image, one line each. */
 export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions): string[] {
   const out: string[] = [];
