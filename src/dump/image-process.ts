@@ -36,7 +36,7 @@ import { copySpliced } from './splice-copy.js';
 import { selectDelta } from './delta-selection.js';
 import { normalize, subtract, type Range } from '../image/ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
-import { signalHolder } from '../track/holder.js';
+import { signalHolder, holderEndingWithTheSet } from '../track/holder.js';
 import { uffdWriteProtect } from '../track/uffd.js';
 import { PageFileWriter, DEFAULT_CHUNK_SIZE } from '../image/page-file.js';
 import type { PageSink } from './page-sink.js';
@@ -134,7 +134,7 @@ export async function prepareImage(session: SessionScope, opts: DumpOptions, mod
     if (track.fresh) pausePoint('holder-started');
     const record = RoundRecord.open(track, parent ? { dir: parent[0].dir, imageId: parent[0].inventory.imageId } : null, opts.parent ?? null, { imageId, dir: dir.path, ...(opts.commitFile ? { commitFile: opts.commitFile } : {}) });
     prep.record = record;
-    const round = roundEnd(track, record, () => prep.armed, mode);
+    const round = roundEnd(track, record, () => prep.armed, mode, !!(opts.leaveOut && opts.hold));
     prep.round = round;
     session.onFailure(() => round.abort());
     if (record.distrust) track.lost = record.distrust;
@@ -362,7 +362,7 @@ export async function imageProcess(scope: SessionScope, opts: DumpOptions, mode:
  * kept image stores count as written again, and a tracking the round
  * started ends with it.
  */
-function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: Mode): RoundEnd {
+function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: Mode, endWithTheSet: boolean): RoundEnd {
   let done = false;
   const commitFd = () => { const fd = tr.commitFd; tr.commitFd = -1; return fd; };
   return {
@@ -382,6 +382,14 @@ function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: Mo
       // copy, and the kernel unregisters everything.
       if (mode !== 'dump') return;
       if (!frozen || frozen.isFinished) { stopHolder(tr.ref); return; }
+      // Post-copy (`leaveOut`): the held process is read for seconds yet,
+      // and the holder's exit would hold its mmap lock for writing while
+      // the kernel takes the write-protection off every tracked page (4 GiB:
+      // hundreds of ms at the holder's idle priority), every
+      // process_vm_readv of the page service waiting behind it while the
+      // receiver's process waits for those pages. The tracking ends with
+      // the held set instead.
+      if (endWithTheSet) { frozen.attach(holderEndingWithTheSet(tr.ref)); return; }
       const ending = signalHolder(tr.ref);
       if (ending) frozen.attach(ending);
     },
