@@ -17,6 +17,7 @@ import { TsnapError } from '../errors.js';
 import { intersect, normalize, type Range } from '../image/ranges.js';
 import type { Extent, PageSource } from '../lazy/page-source.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
+import { mark } from '../trace.js';
 
 const P = PAGE_SIZE;
 
@@ -59,6 +60,7 @@ export class RemotePageSource implements PageSource {
         if (!f) throw new TsnapError('targetFailed', 'the source closed the connection');
         if (f.type !== Msg.PageData) throw new TsnapError('badImage', `migration stream: unexpected ${Msg[f.type] ?? f.type} message while post-copy pages arrive`);
         const { start, data } = decodePageData(f.payload);
+        mark(`postcopy: in 0x${start.toString(16)}+${data.length >> 12}p`);
         if (intersect([{ start, end: start + data.length }], this.set).reduce((n, r) => n + r.end - r.start, 0) !== data.length) {
           throw new TsnapError('badImage', `migration stream: PAGE_DATA at 0x${start.toString(16)} is outside the post-copy set`);
         }
@@ -94,6 +96,7 @@ export class RemotePageSource implements PageSource {
     }
     if (missing.length) {
       this.requests++;
+      mark(`postcopy: request 0x${missing[0][0].toString(16)} (${missing.length} ranges)`);
       send(this.sock, encodeDoc(Msg.PageRequest, { ranges: missing })).catch((e) => this.fail(e as Error));
     }
     return new Promise((resolve, reject) => this.waiters.push({ start, len, resolve, reject }));

@@ -16,6 +16,7 @@ import { VmCopier, ProcMem } from '../sys/index.js';
 import { TsnapError } from '../errors.js';
 import type { Range } from '../image/ranges.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
+import { mark } from '../trace.js';
 
 const P = PAGE_SIZE;
 
@@ -53,6 +54,7 @@ export async function servePages(sock: Socket, reader: FrameReader, pid: number,
       if (f.type === Msg.PageRequest) {
         const doc = decodeDoc<{ ranges: [number, number][] }>(f);
         res.requests++;
+        mark(`postcopy: asked 0x${doc.ranges[0]?.[0].toString(16)} (${doc.ranges.length} ranges)`);
         for (const [start, len] of doc.ranges) requests.push({ start, end: start + len });
         wake?.();
       } else if (f.type === Msg.Restored) {
@@ -101,6 +103,7 @@ export async function servePages(sock: Socket, reader: FrameReader, pid: number,
         const got = Math.max(0, copier.readv(payload, PAGE_DATA_HEADER, [{ addr: piece.start, len }]));
         if (got < len) (mem ??= new ProcMem(pid)).read(payload, PAGE_DATA_HEADER + got, len - got, piece.start + got);
         await send(sock, encodeFrame(Msg.PageData, payload));
+        mark(`postcopy: sent 0x${piece.start.toString(16)}+${len >> 12}p${asked ? ' (asked)' : ''}`);
         if (asked) res.pagesRequested += len / P;
         else { res.pagesPushed += len / P; pushed = true; }
         sent += len;
