@@ -45,6 +45,7 @@ import { encodePagemap, validateRuns } from '../image/page-runs.js';
 import { prepareImageDir, discardImageDir, fsyncDir, type PreparedDir } from '../image/image-dir.js';
 import { readChain, type Image } from '../image/image-reader.js';
 import { chainStoredRanges } from '../image/chain-index.js';
+import type { ChainCache } from '../image/chain-cache.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import { checkTarget } from './target-check.js';
 import { FileKind, FORMAT_VERSION, FORMAT_VERSION_SPLIT, PAGES_FILES, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun } from '../../formats/schema.js';
@@ -109,7 +110,7 @@ export async function prepareImage(session: SessionScope, opts: DumpOptions, mod
   const { pid } = opts;
   const compression = opts.compression ?? 'none';
   const fsync = opts.fsync ?? !opts.leaveRunning;
-  const parent = opts.parent ? readParent(opts.parent, pid) : null;
+  const parent = opts.parent ? readParent(opts.parent, pid, opts.chainCache) : null;
   mark('prepare: parent read');
   const dir = prepareImageDir(opts.dir);
   session.onFailure(() => discardImageDir(dir));
@@ -121,7 +122,7 @@ export async function prepareImage(session: SessionScope, opts: DumpOptions, mod
   mark('prepare: page sink ready');
   // What the chain already holds depends on the images only: work it out
   // before the target is stopped.
-  const chainStored = parent ? chainStoredRanges(parent.map(level)) : null;
+  const chainStored = parent ? (opts.chainCache ? opts.chainCache.storedRanges(parent) : chainStoredRanges(parent.map(level))) : null;
   mark('prepare: chain resolved');
   const prep: PreparedImage = { pid, mode, opts, t0, imageId, dir, parent, chainStored, writer, track: null, record: null, round: null, armed: [], compression, fsync };
   // Tracking is found (or injected, stopping the target briefly) before
@@ -413,8 +414,8 @@ function level(img: Image) {
   return { kind: img.inventory.kind, runs: img.pagemap.runs };
 }
 
-function readParent(dir: string, pid: number): Image[] {
-  const chain = readChain(resolve(dir), { indexOnly: true });
+function readParent(dir: string, pid: number, cache?: ChainCache): Image[] {
+  const chain = readChain(resolve(dir), { indexOnly: true, ...(cache ? { cache: cache.images } : {}) });
   const inv = chain[0].inventory;
   if (inv.pid !== pid) {
     throw new TsnapError('badImage', `parent image ${dir} is of process ${inv.pid}, not ${pid}`);
