@@ -60,12 +60,11 @@ export class RemotePageSource implements PageSource {
         if (!f) throw new TsnapError('targetFailed', 'the source closed the connection');
         if (f.type !== Msg.PageData) throw new TsnapError('badImage', `migration stream: unexpected ${Msg[f.type] ?? f.type} message while post-copy pages arrive`);
         const { start, data } = decodePageData(f.payload);
-        mark(`postcopy: in 0x${start.toString(16)}+${data.length >> 12}p`);
         if (intersect([{ start, end: start + data.length }], this.set).reduce((n, r) => n + r.end - r.start, 0) !== data.length) {
           throw new TsnapError('badImage', `migration stream: PAGE_DATA at 0x${start.toString(16)} is outside the post-copy set`);
         }
         for (let at = 0; at < data.length; at += P) this.pages.set(start + at, data.subarray(at, at + P));
-        if (this.pages.size === this.setPages && this.allInAt === null) this.allInAt = Date.now();
+        if (this.pages.size === this.setPages && this.allInAt === null) { this.allInAt = Date.now(); mark('postcopy: all in'); }
         this.wakeWaiters();
       }
     } catch (err) {

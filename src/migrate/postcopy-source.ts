@@ -109,13 +109,13 @@ export async function servePages(sock: Socket, reader: FrameReader, pid: number,
         const got = Math.max(0, copier.readv(payload, PAGE_DATA_HEADER, [{ addr: piece.start, len }]));
         if (got < len) (mem ??= new ProcMem(pid)).read(payload, PAGE_DATA_HEADER + got, len - got, piece.start + got);
         await send(sock, encodeFrame(Msg.PageData, payload));
-        mark(`postcopy: sent 0x${piece.start.toString(16)}+${len >> 12}p${asked ? ' (asked)' : ''}`);
+        if (asked) mark(`postcopy: answered 0x${piece.start.toString(16)}+${len >> 12}p`);
         if (asked) res.pagesRequested += len / P;
         else { res.pagesPushed += len / P; pushed = true; }
         sent += len;
         batch += len;
       }
-      if (queue.empty) res.allSent = true;
+      if (queue.empty && !res.allSent) { res.allSent = true; mark('postcopy: all sent'); }
       const limit = opts.bandwidthLimit ?? 0;
       const ahead = Math.max(limit > 0 ? sent / limit * 1000 - (Date.now() - t0) : 0, pushed ? pushDelayMs() : 0);
       await new Promise((r) => (ahead > 0 ? setTimeout(r, ahead) : setImmediate(r)));
