@@ -20,6 +20,12 @@
  * baseline. --quick: 64 and 256 MiB. BENCH_MIGRATION_SIZES / _RATES do the
  * same from the environment. A size whose runs need more memory than is
  * available (about 3x the size) is skipped with a note.
+ * BENCH_MIGRATION_MODES=pre-copy,post-copy: some of the three modes only.
+ * BENCH_MIGRATION_LOG_DIR=D: each migration's timeline in D (its events,
+ * the ticker's gaps, and with TSNAP_TRACE=1 both sides' trace lines, all
+ * on CLOCK_MONOTONIC). The freeze is placed from the `resumed` event's
+ * arrival (minus the downtime it reports): `done` comes after the source's
+ * end, for post-copy after every page is in.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync, readdirSync, existsSync, mkdirSync } from 'node:fs';
