@@ -91,9 +91,11 @@ export interface DumpOptions {
    * migrate --postcopy: given the round's layout and the pages it selected,
    * the memory it leaves out of its copy (result.leftOut: any memory the
    * caller serves later from the held process, selected or not). Only a
-   * held image (`hold`) leaves anything out.
+   * held image (`hold`) leaves anything out. `recent`: what the parent
+   * chain's newest rounds wrote (their `here` ranges, newest first, up to
+   * two), taken before the freeze.
    */
-  leaveOut?: (vmas: readonly VmaImage[], selected: Range[], threads: readonly ThreadImage[]) => Range[];
+  leaveOut?: (vmas: readonly VmaImage[], selected: Range[], threads: readonly ThreadImage[], recent: readonly Range[][]) => Range[];
   /** Unix datagram sockets connected to a named socket outside the dump connect to that name again at restore (src/files/unix.ts). */
   extUnixSk?: boolean;
   /** Take connected TCP sockets as closed ones (see SocketOptions.tcpClose). */

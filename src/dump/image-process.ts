@@ -69,6 +69,8 @@ export interface PreparedImage {
   dir: PreparedDir;
   parent: Image[] | null;
   chainStored: Range[] | null;
+  /** With `leaveOut`: the pages the parent chain's newest two rounds wrote (newest first). */
+  recent: Range[][];
   writer: PageSink;
   track: Tracking | null;
   record: RoundRecord | null;
@@ -124,7 +126,9 @@ export async function prepareImage(session: SessionScope, opts: DumpOptions, mod
   // before the target is stopped.
   const chainStored = parent ? (opts.chainCache ? opts.chainCache.storedRanges(parent) : chainStoredRanges(parent.map(level))) : null;
   mark('prepare: chain resolved');
-  const prep: PreparedImage = { pid, mode, opts, t0, imageId, dir, parent, chainStored, writer, track: null, record: null, round: null, armed: [], compression, fsync };
+  // For leaveOut, read while the target runs: deltas only (a full image's pages are everything).
+  const recent = opts.leaveOut && parent ? parent.slice(0, 2).filter((img) => img.inventory.kind === 'delta').map((img) => normalize(img.pagemap.runs.filter((r) => r.where === PageWhere.Here).map((r) => ({ start: r.start, end: r.start + r.pages * PAGE_SIZE })))) : [];
+  const prep: PreparedImage = { pid, mode, opts, t0, imageId, dir, parent, chainStored, recent, writer, track: null, record: null, round: null, armed: [], compression, fsync };
   // Tracking is found (or injected, stopping the target briefly) before
   // the dump's own freeze, which then lasts only for the last delta.
   if (mode === 'predump' || parent) {
@@ -223,7 +227,7 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     if (opts.leaveOut && opts.hold) {
       // A full copy's selection is a scan of the frozen target: taken whole here.
       if (!Array.isArray(selection)) selection = [...selection];
-      const out = normalize(opts.leaveOut(layout.images, normalize(selection), processImage?.threads ?? []));
+      const out = normalize(opts.leaveOut(layout.images, normalize(selection), processImage?.threads ?? [], prep.recent));
       leftOut = out;
       selection = subtract(selection, out);
       mark(`dump: ${out.length} ranges left out`);

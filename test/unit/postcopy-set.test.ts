@@ -7,7 +7,7 @@
  */
 import { describe, it, expect } from 'vitest';
 import fc from 'fast-check';
-import { postcopyFinal, coarsen, pagesOf, hotPages, takeHot } from '../../src/migrate/postcopy-send.js';
+import { postcopyFinal, coarsen, pagesOf, hotPages, takeHot, rewrittenPages } from '../../src/migrate/postcopy-send.js';
 import { subtract, normalize, type Range } from '../../src/image/ranges.js';
 import type { VmaImage, ThreadImage } from '../../formats/schema.js';
 
@@ -50,17 +50,17 @@ describe('post-copy set', () => {
     // Every 7th page of 64 MiB: 2341 ranges, each a page.
     const selected: Range[] = [];
     for (let a = heap.start; a < heap.start + (64 << 20); a += 7 * P) selected.push({ start: a, end: a + P });
-    const set = leaveOut([heap], selected, []);
+    const set = leaveOut([heap], selected, [], []);
     expect(pagesOf(set)).toBe(selected.length);
     expect(set).toHaveLength(selected.length);
   });
 
   it('gaps of a page or two are closed; past 8192 ranges the smallest others are', () => {
     const twoApart = [0, 3, 6].map((i) => ({ start: heap.start + i * P, end: heap.start + (i + 1) * P }));
-    expect(leaveOut([heap], twoApart, [])).toEqual([{ start: heap.start, end: heap.start + 7 * P }]);
+    expect(leaveOut([heap], twoApart, [], [])).toEqual([{ start: heap.start, end: heap.start + 7 * P }]);
     const many: Range[] = [];
     for (let i = 0; i < 10_000; i++) many.push({ start: heap.start + i * 6 * P, end: heap.start + i * 6 * P + P });
-    const set = leaveOut([heap], many, []);
+    const set = leaveOut([heap], many, [], []);
     expect(set.length).toBeLessThanOrEqual(8192);
     expect(subtract(normalize(many), set)).toEqual([]);
   });
@@ -89,7 +89,7 @@ describe('post-copy set', () => {
     const sp = heap.start + 100 * P + 200;
     const tp = heap.start + 300 * P;
     const selected = normalize([{ start: heap.start, end: heap.start + 400 * P }]);
-    const set = leaveOut([heap], selected, [thread(sp, tp)]);
+    const set = leaveOut([heap], selected, [thread(sp, tp)], []);
     const kept = subtract(selected, set);
     // The stack pointer's page and its neighbours, the thread pointer's and the one below it.
     expect(kept).toEqual([{ start: heap.start + 99 * P, end: heap.start + 102 * P }, { start: heap.start + 299 * P, end: heap.start + 301 * P }]);
@@ -100,5 +100,16 @@ describe('post-copy set', () => {
     const hot = takeHot(hotPages(many), normalize([{ start: heap.start, end: heap.end }]), 256);
     expect(pagesOf(hot)).toBe(256);
     expect(hot.every((r) => (r.start - heap.start) % (8 * P) === 0)).toBe(true);
+  });
+
+  it('pages the two rounds before wrote too stay in the final round; pages of one round only go to the set', () => {
+    const pg = (i: number) => ({ start: heap.start + i * P, end: heap.start + (i + 1) * P });
+    const selected = normalize([pg(10), pg(20), pg(30), pg(40)]);
+    const recent = [normalize([pg(10), pg(20), pg(50)]), normalize([pg(10), pg(30), pg(20)])];
+    expect(rewrittenPages(selected, recent)).toEqual([pg(10), pg(20)]);
+    // One round before only (or none): nothing counts as rewritten.
+    expect(rewrittenPages(selected, recent.slice(0, 1))).toEqual([]);
+    const set = leaveOut([heap], selected, [], recent);
+    expect(subtract(selected, set)).toEqual([pg(10), pg(20)]);
   });
 });
