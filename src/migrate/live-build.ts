@@ -80,6 +80,7 @@ export class LiveBuild implements LiveProcess {
   earlyVmFlags: EarlyVmFlags | null = null;
   /** Set by the receiver (window-priority.ts). */
   beforeStart?: (tids: readonly number[]) => void;
+  threadsInherit?: (on: boolean) => void;
   private dead = false;
 
   private constructor(readonly proc: NewProcess, readonly rt: RemoteTask, readonly stub: Stub) {
