@@ -126,7 +126,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   const conv = new Convergence(opts);
   const prio = new WindowPriority();
   // Each round's parent chain is the last round's plus one level: read once (image/chain-cache.ts).
-  const chainCache = new ChainCache();
+  // TSNAP_CHAIN_CACHE=0: every round reads the chain again, as before (bench's baseline in the same run).
+  const chainCache = process.env.TSNAP_CHAIN_CACHE === '0' ? undefined : new ChainCache();
   try {
     await send(sock, encodeDoc(Msg.Hello, { magic: WIRE_MAGIC, version: WIRE_VERSION, token: opts.token, pid: opts.pid, tool: 'tsnap' }));
     const ok = decodeDoc<{ dir: string }>(await reader.expect(Msg.HelloOk, 'greeting the receiver'));
@@ -213,7 +214,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // at load 8-11 in the normal class) is the last delta the frozen window copies.
     prio.raise(ownWindowThreads());
     await beginIteration('final', true);
-    mark('migrate: final round');
+    mark(`migrate: final round (heap ${(process.memoryUsage().heapUsed / 2 ** 20).toFixed(0)} MiB)`);
     const final = await takeSet({ ...finalOpts, ...streaming() }, 'dump', !!opts.tree);
     held = final.held;
     const leftOut: Range[] | null = final.leftOut ?? null;
