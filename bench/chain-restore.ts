@@ -5,21 +5,61 @@
  * memory, BENCH_CHAIN_MIB (64) MiB, in the same run: wall time of restore()
  * (medians of BENCH_REPS, 5, after a warm-up of each), the CPU time
  * (tsnap's and the new task's) and the process_vm_writev calls each made.
+ * BENCH_AB_OTHER=/path/to/other/checkout (its dist/ built): both images are
+ * also restored by that build (A) in the same process, interleaved with
+ * this one's (B) in the order A B B A..., and the B / A ratios printed: a
+ * change measured against its baseline in one run. BENCH_CHAIN_CLI=N: then
+ * N restores of each image through the CLI of each build, one cold process
+ * each (`tsnap restore --new-pid --detach`), interleaved: wall until tsnap
+ * exits, CPU = tsnap's and its helper's (this process's reaped children,
+ * 10 ms ticks) plus the new task's.
  */
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve, dirname } from 'node:path';
+import { pathToFileURL, fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { dump, preDump } from '../src/dump/dump.js';
 import { restore } from '../src/restore/restore.js';
 import { untrackPid } from '../src/track/untrack.js';
 import { ptrace, kill, setCloexec, VmCopier } from '../src/sys/index.js';
-import { taskCpuMs } from './criu.js';
+
+type Restore = typeof restore;
+
+/** CPU ms of every thread of `pid` so far (ns precision, unlike /proc/PID/stat's 10 ms ticks). */
+function schedMs(pid: number): number {
+  let ns = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+  return ns / 1e6;
+}
 
 const MIB = Number(process.env.BENCH_CHAIN_MIB ?? 64);
 const REPS = Number(process.env.BENCH_REPS ?? 5);
 const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
+const CLI_REPS = Number(process.env.BENCH_CHAIN_CLI ?? 0);
+/** This checkout (dist/bench/ is two levels below it). */
+const HERE = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+
+/** CPU ms of this process's reaped children (USER_HZ = 100: 10 ms ticks). */
+function childrenCpuMs(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ');
+  return (Number(stat[13]) + Number(stat[14])) * 10;
+}
+
+/** One cold CLI restore of `dir` by the checkout at `root`: wall until tsnap exits, CPU of tsnap, its helper and the new task. */
+function cliOnce(root: string, dir: string, pidfile: string): { t: number; cpu: number } {
+  rmSync(pidfile, { force: true });
+  const c0 = childrenCpuMs();
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(process.execPath, [join(root, 'bin/tsnap'), 'restore', '--dir', dir, '--new-pid', '--detach', '--pidfile', pidfile, '--stdin', '/dev/null', '--stdout', '/dev/null', '--stderr', '/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const t = ms(t0);
+  if (r.status !== 0) throw new Error(`${root}: tsnap restore --dir ${dir} failed (${r.status}): ${String(r.stderr).trim()}`);
+  const pid = Number(readFileSync(pidfile, 'utf8').trim());
+  const cpu = childrenCpuMs() - c0 + schedMs(pid);
+  kill(pid, 9);
+  return { t, cpu };
+}
 
 const FIXTURE = `
 #include <stdio.h>
@@ -73,31 +113,72 @@ async function main(): Promise<void> {
     const r0 = await restore({ dir: level(3), newPid: true, check: 'off' });
     await dump({ pid: r0.pid, dir: one });
     try { ptrace.waitpidBlocking(r0.pid); } catch { /* reaped */ }
-    const once = async (dir: string): Promise<{ t: number; calls: number; cpu: number }> => {
-      const c0 = VmCopier.writeCalls;
+    type Sample = { t: number; calls: number; cpu: number };
+    const other = process.env.BENCH_AB_OTHER;
+    const builds: { name: string; restore: Restore; writeCalls: () => number }[] = [{ name: 'B', restore, writeCalls: () => VmCopier.writeCalls }];
+    if (other) {
+      const url = (f: string) => pathToFileURL(resolve(other, 'dist', f)).href;
+      const a = (await import(url('src/restore/restore.js'))) as { restore: Restore };
+      const sys = (await import(url('src/sys/index.js'))) as { VmCopier: { writeCalls: number } };
+      builds.unshift({ name: 'A', restore: a.restore, writeCalls: () => sys.VmCopier.writeCalls });
+    }
+    const once = async (b: (typeof builds)[number], dir: string): Promise<Sample> => {
+      const c0 = b.writeCalls();
       const u0 = process.cpuUsage();
       const t0 = process.hrtime.bigint();
-      const r = await restore({ dir, newPid: true, check: 'off' });
+      const r = await b.restore({ dir, newPid: true, check: 'off' });
       const t = ms(t0);
       const u = process.cpuUsage(u0);
-      const cpu = (u.user + u.system) / 1000 + (taskCpuMs(r.pid) ?? 0);
+      const cpu = (u.user + u.system) / 1000 + schedMs(r.pid);
       kill(r.pid, 9);
       try { ptrace.waitpidBlocking(r.pid); } catch { /* reaped */ }
-      return { t, calls: VmCopier.writeCalls - c0, cpu };
+      return { t, calls: b.writeCalls() - c0, cpu };
     };
-    await once(one);
-    await once(level(3));
-    const a: { t: number; calls: number; cpu: number }[] = [];
-    const b: { t: number; calls: number; cpu: number }[] = [];
+    const samples = new Map(builds.map((b) => [b.name, { one: [] as Sample[], chain: [] as Sample[] }]));
+    for (const b of builds) { await once(b, one); await once(b, level(3)); }
+    const load0 = loadavg()[0];
     for (let i = 0; i < REPS; i++) {
-      a.push(await once(one));
-      b.push(await once(level(3)));
+      const order = i % 2 ? [...builds].reverse() : builds;
+      for (const b of order) {
+        samples.get(b.name)!.one.push(await once(b, one));
+        samples.get(b.name)!.chain.push(await once(b, level(3)));
+      }
     }
-    const ta = median(a.map((x) => x.t));
-    const tb = median(b.map((x) => x.t));
-    const ca = median(a.map((x) => x.cpu));
-    const cb = median(b.map((x) => x.cpu));
-    console.log(`${MIB} MiB restore (load ${loadavg()[0].toFixed(1)}): one image ${ta.toFixed(1)} ms (${a[0].calls} process_vm_writev), 3-level chain ${tb.toFixed(1)} ms (${b[0].calls} process_vm_writev); chain/one ${(tb / ta).toFixed(3)}; CPU (tsnap + task) ${ca.toFixed(0)} / ${cb.toFixed(0)} ms (${(cb / ca).toFixed(3)})`);
+    const load = `load ${load0.toFixed(1)}-${loadavg()[0].toFixed(1)}`;
+    const med = new Map<string, { ta: number; tb: number; ca: number; cb: number }>();
+    for (const b of builds) {
+      const { one: a, chain: c } = samples.get(b.name)!;
+      const m = { ta: median(a.map((x) => x.t)), tb: median(c.map((x) => x.t)), ca: median(a.map((x) => x.cpu)), cb: median(c.map((x) => x.cpu)) };
+      med.set(b.name, m);
+      const label = other ? ` ${b.name} (${b.name === 'A' ? other : 'this build'})` : '';
+      console.log(`${MIB} MiB restore${label} (${load}): one image ${m.ta.toFixed(1)} ms (${a[0].calls} process_vm_writev), 3-level chain ${m.tb.toFixed(1)} ms (${c[0].calls} process_vm_writev); chain/one ${(m.tb / m.ta).toFixed(3)}; CPU (tsnap + task) ${m.ca.toFixed(0)} / ${m.cb.toFixed(0)} ms (${(m.cb / m.ca).toFixed(3)})`);
+    }
+    if (CLI_REPS > 0) {
+      const roots = new Map(builds.map((b) => [b.name, b.name === 'A' ? resolve(other!) : HERE]));
+      const pidfile = join(root, 'cli.pid');
+      const cli = new Map(builds.map((b) => [b.name, { one: [] as { t: number; cpu: number }[], chain: [] as { t: number; cpu: number }[] }]));
+      for (const b of builds) { cliOnce(roots.get(b.name)!, one, pidfile); cliOnce(roots.get(b.name)!, level(3), pidfile); }
+      const l0 = loadavg()[0];
+      for (let i = 0; i < CLI_REPS; i++) {
+        for (const b of i % 2 ? [...builds].reverse() : builds) {
+          cli.get(b.name)!.one.push(cliOnce(roots.get(b.name)!, one, pidfile));
+          cli.get(b.name)!.chain.push(cliOnce(roots.get(b.name)!, level(3), pidfile));
+        }
+      }
+      for (const b of builds) {
+        const { one: a, chain: c } = cli.get(b.name)!;
+        const ta = median(a.map((x) => x.t));
+        const tb = median(c.map((x) => x.t));
+        const ca = median(a.map((x) => x.cpu));
+        const cb = median(c.map((x) => x.cpu));
+        console.log(`${MIB} MiB CLI restore${other ? ` ${b.name}` : ''}, ${CLI_REPS} each (load ${l0.toFixed(1)}-${loadavg()[0].toFixed(1)}): one image ${ta.toFixed(0)} ms, 3-level chain ${tb.toFixed(0)} ms (${(tb / ta).toFixed(3)}); CPU ${ca.toFixed(0)} / ${cb.toFixed(0)} ms (${(cb / ca).toFixed(3)})`);
+      }
+    }
+    if (other) {
+      const a = med.get('A')!;
+      const b = med.get('B')!;
+      console.log(`${MIB} MiB, B / A: chain wall ${(b.tb / a.tb).toFixed(3)}, CPU ${(b.cb / a.cb).toFixed(3)}; one image wall ${(b.ta / a.ta).toFixed(3)}, CPU ${(b.ca / a.ca).toFixed(3)}`);
+    }
   } finally {
     try { kill(child.pid!, 9); } catch { /* gone */ }
     try { untrackPid(child.pid!); } catch { /* not tracked */ }

@@ -115,6 +115,13 @@ export interface Inventory {
   contents?: 'dump' | 'predump';
   /** Where the dirty-page tracking of this process lives, for the next delta. */
   tracking?: TrackingRef | null;
+  /**
+   * The process's start time (/proc/PID/stat field 22, clock ticks after
+   * boot): with `pid`, which process this is. A round with this image as
+   * its parent refuses a process of the same pid and another start time
+   * (the first exited and its pid was reused). Absent in older images.
+   */
+  startTime?: number;
 }
 
 /** Identifies a live tracking: the holder process and the tracked process incarnation. */

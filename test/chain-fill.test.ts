@@ -29,23 +29,24 @@ async function ok(...args: string[]): Promise<void> {
 }
 
 /** Pre-dump, pre-dump, dump; level 2 rewrites every 5th page and pages 300-599, level 3 every 7th and 500-899 (over level 2's). */
-async function overlappingChain(): Promise<{ work: string; addr: number }> {
+async function overlappingChain(compress: 'none' | 'lz4' = 'none'): Promise<{ work: string; addr: number }> {
   const work = tmpDir('tsnap-chain-fill-');
   const p = await startProcess(await compileC('dirtier'), [String(PAGES)]);
   const addr = parseHex(p.readyInfo.addr);
   const pages = (pred: (i: number) => boolean) => Array.from({ length: PAGES }, (_, i) => i).filter(pred).join(' ');
-  await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'));
+  const c = ['--compress', compress];
+  await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '1'), ...c);
   await cmd(p, `w ${pages((i) => i % 5 === 1 || (i >= 300 && i < 600))}`);
-  await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '2'), '--parent', join(work, '1'));
+  await ok('pre-dump', '--pid', String(p.pid), '--dir', join(work, '2'), '--parent', join(work, '1'), ...c);
   await cmd(p, `w ${pages((i) => i % 7 === 2 || (i >= 500 && i < 900))}`);
-  await ok('dump', '--pid', String(p.pid), '--dir', join(work, '3'), '--parent', join(work, '2'));
+  await ok('dump', '--pid', String(p.pid), '--dir', join(work, '3'), '--parent', join(work, '2'), ...c);
   await p.exited;
   return { work, addr };
 }
 
 /** Restores `dir` under a new pid; the process checks every page. */
-async function restoredChecks(dir: string, pidfile: string): Promise<string> {
-  const r = await restoreDetached(dir, pidfile, ['--new-pid']);
+async function restoredChecks(dir: string, pidfile: string, env?: Record<string, string>): Promise<string> {
+  const r = await restoreDetached(dir, pidfile, ['--new-pid'], { env });
   expect(r.result.code, r.result.stderr).toBe(0);
   r.writeLine('check');
   return r.waitForLine(/^(PASS|FAIL)/, 10_000);
@@ -69,8 +70,15 @@ function damagePage(dir: string, addr: number, page: number): void {
 }
 
 describe('page fill of an overlapping chain', () => {
-  it('restores the exact final memory', async () => {
+  it('restores the exact final memory, written by address (the default) or chunk by chunk', async () => {
     const { work } = await overlappingChain();
+    expect(await restoredChecks(join(work, '3'), join(work, 'pid'))).toBe('PASS');
+    expect(await restoredChecks(join(work, '3'), join(work, 'pid2'), { TSNAP_FILL_BY_CHUNK: '1' })).toBe('PASS');
+  });
+
+  it('restores the exact final memory of an lz4 chain (decoded chunks held across windows)', async () => {
+    const { work } = await overlappingChain('lz4');
+    expect(readImage(join(work, '1')).pagemap.chunks.every((ch) => ch.codec === 'lz4')).toBe(true);
     expect(await restoredChecks(join(work, '3'), join(work, 'pid'))).toBe('PASS');
   });
 
@@ -81,9 +89,11 @@ describe('page fill of an overlapping chain', () => {
       const copy = join(work, name);
       for (const l of ['1', '2', '3']) cpSync(join(work, l), join(copy, l), { recursive: true });
       damagePage(join(copy, '1'), addr, page);
-      const r = await restoreDetached(join(copy, '3'), join(copy, 'pid'), ['--new-pid']);
-      expect(r.result.code, r.result.stderr).toBe(ExitCode.badImage);
-      expect(r.result.stderr).toMatch(/pages: chunk \d+ checksum mismatch/);
+      for (const env of [undefined, { TSNAP_FILL_BY_CHUNK: '1' }]) {
+        const r = await restoreDetached(join(copy, '3'), join(copy, 'pid'), ['--new-pid'], { env });
+        expect(r.result.code, r.result.stderr).toBe(ExitCode.badImage);
+        expect(r.result.stderr).toMatch(/pages: chunk \d+ checksum mismatch/);
+      }
     }
   });
 });

@@ -7,11 +7,11 @@
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
-import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, startTsnap, restoreDetached } from './helpers/tsnap.js';
-import { killPid, registerPid, tracerOf, waitPidsFree } from './helpers/processes.js';
+import { killPid, tracerOf, waitPidsFree } from './helpers/processes.js';
+import { takePid } from './helpers/take-pid.js';
 import type { DumpStats } from '../formats/schema.js';
 import { getSched, SCHED_FIFO, SCHED_OTHER, SCHED_RESET_ON_FORK } from '../src/sys/sched.js';
 
@@ -305,39 +305,6 @@ describe('copy-on-write dumps', () => {
     });
   }
 });
-
-/**
- * Starts `sleep 300` as exactly `pid` (ns_last_pid; other work on the host
- * may take the pid first: tried again), in its own session; its pid.
- */
-async function takePid(pid: number): Promise<number> {
-  const script = `
-import os, sys
-want = int(sys.argv[1])
-for i in range(5000):
-    with open('/proc/sys/kernel/ns_last_pid', 'w') as f: f.write(str(want - 1))
-    pid = os.fork()
-    if pid == 0:
-        if os.getpid() == want:
-            os.setsid()
-            fd = os.open('/dev/null', os.O_RDWR)
-            for k in (0, 1, 2): os.dup2(fd, k)
-            os.closerange(3, 65536)
-            os.execvp('sleep', ['sleep', '300'])
-        os._exit(0)
-    if pid == want:
-        print('TOOK', pid, flush=True); sys.exit(0)
-    os.waitpid(pid, 0)
-print('FAILED', flush=True)
-`;
-  const py = spawn('python3', ['-c', script, String(pid)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  py.stdout!.on('data', (d) => { out += d; });
-  await new Promise((res) => py.on('close', res));
-  expect(out.trim(), `taking pid ${pid}`).toBe(`TOOK ${pid}`);
-  registerPid(pid);
-  return pid;
-}
 
 /** Consistent, and every writer moves on (given some time: two cores are shared with other work). */
 async function expectWritersRun(p: Running): Promise<void> {

@@ -26,6 +26,7 @@ import { cpSync, readFileSync, writeFileSync, rmSync, truncateSync, statSync, re
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { rng } from './helpers/rng.js';
+import { ownerOf, runId } from './helpers/processes.js';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, startTsnap, TSNAP_BIN, killPid, type CliResult } from './helpers/tsnap.js';
 import { verify } from '../src/image/verify.js';
@@ -94,13 +95,21 @@ async function ok(...args: string[]): Promise<void> {
  */
 let inFlight = 0;
 
-/** Pids of live processes running the fuzzee binary: only this file's restores run it. */
+/**
+ * Pids of live processes running the fuzzee binary: only this file's restores run it, in this run.
+ * The binary is shared by every run through the fixture cache, so a process marked by another run
+ * (scripts/fuzz-images.sh beside the suite) is not ours; one with no readable marker (a half-built
+ * restore whose environment is not filled yet) is counted.
+ */
 function fuzzeeProcesses(): number[] {
+  const thisRun = `${runId()}.`;
   const out: number[] = [];
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue;
     try {
-      if (readlinkSync(`/proc/${name}/exe`) === fuzzee && !/^State:\s+[ZX]/m.test(readFileSync(`/proc/${name}/status`, 'utf8'))) out.push(Number(name));
+      if (readlinkSync(`/proc/${name}/exe`) !== fuzzee || /^State:\s+[ZX]/m.test(readFileSync(`/proc/${name}/status`, 'utf8'))) continue;
+      const owner = ownerOf(Number(name));
+      if (owner === null || owner.startsWith(thisRun)) out.push(Number(name));
     } catch { /* gone, or a kernel thread */ }
   }
   return out;

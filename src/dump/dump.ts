@@ -42,7 +42,7 @@ import type { Compression, DumpStats, VmaImage, ThreadImage } from '../../format
 import { CowWorker, CowLost, killReleased } from './cow-session.js';
 import { SmapsReader } from '../proc/smaps-reader.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
-import { pidfdOpen, pidfdExited } from '../sys/index.js';
+import { openTargetPidfd, refuseIfEnded, endedSinceFirstRound } from './target-identity.js';
 import { DumpSession } from './session.js';
 import { prepareImage, takeProcessImage, anonResidentBytes, type Mode } from './image-process.js';
 import { scanBeforeFreeze, earlyScanWanted, type EarlyScan } from './early-scan.js';
@@ -124,6 +124,15 @@ export interface DumpOptions {
    * than setting copy-on-write up (the fault server's thread, the uffd).
    */
   cow?: boolean | 'auto';
+  /**
+   * A pidfd of the process, opened by a loop of rounds (dump --pre-dumps,
+   * migrate) before its first: a round refuses once that process has ended,
+   * as its pid may name a stranger by then (dump/target-identity.ts). The
+   * caller closes it. Without it, dump() opens its own for its one round.
+   */
+  targetPidfd?: number;
+  /** The refusal once the process behind targetPidfd has ended (default: endedSinceFirstRound). */
+  targetGone?: () => TsnapError;
 }
 
 /** What a round changes in the address space, known before its pages are copied. */
@@ -175,34 +184,44 @@ export async function dump(opts: DumpOptions): Promise<DumpResult> {
   // The process asked for, by a pidfd: a copy-on-write dump lets it run
   // during the copy, and by the retry below or kill mode's kill it may have
   // exited and its pid gone to another process (pid_max is 32768 here).
-  const self = openPidfd(opts.pid);
+  // A loop's rounds share the pidfd of its first round's process.
+  const own = opts.targetPidfd === undefined;
+  const self = own ? openTargetPidfd(opts.pid) : opts.targetPidfd!;
+  const gone = own ? () => exitedWhileDumped(opts.pid) : opts.targetGone ?? (() => endedSinceFirstRound(opts.pid));
   try {
     try {
-      return await takeImage(opts, 'dump', self);
+      return await takeImage(opts, 'dump', self, gone);
     } catch (err) {
       if (!(err instanceof CowLost)) throw err;
-      if (self !== null && pidfdExited(self)) throw exitedWhileDumped(opts.pid);
+      refuseIfEnded(self, gone);
       // The first attempt left no trace; this one stops the target for the whole copy.
       opts.warn?.(`${err.message}; dumping process ${opts.pid} again, frozen for the whole copy`);
-      return await takeImage({ ...opts, cow: false }, 'dump', self);
+      return await takeImage({ ...opts, cow: false }, 'dump', self, gone);
     }
   } finally {
-    if (self !== null) closeSync(self);
+    if (own && self !== null) closeSync(self);
   }
-}
-
-/** null when there is no such process (or it is a thread): checkTarget says which. */
-function openPidfd(pid: number): number | null {
-  if (!Number.isInteger(pid) || pid <= 0) return null;
-  try { return pidfdOpen(pid); } catch { return null; }
 }
 
 function exitedWhileDumped(pid: number): TsnapError {
   return new TsnapError('noSuchProcess', `process ${pid} exited while it was dumped (it ran during the copy-on-write copy); no image was written`);
 }
 
-export function preDump(opts: PreDumpOptions): Promise<DumpResult> {
-  return takeImage({ ...opts, leaveRunning: true, fsync: false }, 'predump');
+export async function preDump(opts: PreDumpOptions): Promise<DumpResult> {
+  // A pre-dump freezes nothing: its process may exit at any point of the
+  // round, its pid reused. A pidfd says whether what was read by pid was of it.
+  const own = opts.targetPidfd === undefined;
+  const self = own ? openTargetPidfd(opts.pid) : opts.targetPidfd!;
+  const gone = own ? () => exitedWhilePreDumped(opts.pid) : opts.targetGone ?? (() => endedSinceFirstRound(opts.pid));
+  try {
+    return await takeImage({ ...opts, leaveRunning: true, fsync: false }, 'predump', self, gone);
+  } finally {
+    if (own && self !== null) closeSync(self);
+  }
+}
+
+function exitedWhilePreDumped(pid: number): TsnapError {
+  return new TsnapError('noSuchProcess', `process ${pid} exited while it was pre-dumped; no image was written`);
 }
 
 /** cow: 'auto' below this much anonymous memory copies frozen (~20 ms of copy, about what copy-on-write costs to set up). */
@@ -213,11 +232,19 @@ export const COW_MIN_BYTES = 32 << 20;
  * none (pre-dump), the process's image (image-process.ts), then the point
  * of no return and the one finish.
  */
-/** `self`: a pidfd of the process the dump is of, when the caller has one (dump()): the pid must still be it. */
-async function takeImage(opts: DumpOptions, mode: Mode, self: number | null = null): Promise<DumpResult> {
+/**
+ * `self`: a pidfd of the process the dump is of, when the caller has one
+ * (dump(), a loop's rounds): the pid must still be it, or `gone` says why not.
+ */
+async function takeImage(opts: DumpOptions, mode: Mode, self: number | null, gone: () => TsnapError): Promise<DumpResult> {
   const { pid } = opts;
+  // A loop's process, before anything reads its pid: once ended, the pid may be a stranger's.
+  if (opts.targetPidfd !== undefined) refuseIfEnded(self, gone);
+  // A pidfd of our own was opened just now: checkTarget names what the pid is (a zombie, a thread...).
   checkTarget(pid);
-  if (self !== null && pidfdExited(self)) throw exitedWhileDumped(pid);
+  refuseIfEnded(self, gone);
+  // The image's steps (prepareImage's tracking, the pre-dump's last check) look at it too.
+  opts = self !== null ? { ...opts, targetPidfd: self, targetGone: gone } : opts;
   const session = new DumpSession();
   try {
     return await withAbortSignals(async (checkAbort) => {
@@ -287,7 +314,7 @@ async function takeImage(opts: DumpOptions, mode: Mode, self: number | null = nu
         cowWindow?.begin(pid);
         frozen = session.freeze(pid);
         // Stopped, the pid cannot change hands: whoever holds it now is who the dump is of, or another process.
-        if (self !== null && pidfdExited(self)) throw exitedWhileDumped(pid);
+        refuseIfEnded(self, gone);
         mark('dump: frozen');
         pausePoint('dump-frozen');
       }

@@ -14,7 +14,7 @@
  */
 import type { VmFlagsWatch } from '../proc/vmflags-watch.js';
 import type { EarlyScan } from './early-scan.js';
-import { readMaps } from '../proc/index.js';
+import { readMaps, readStat } from '../proc/index.js';
 import type { Prearmed } from './cow-prearm.js';
 import { mark } from '../trace.js';
 import { release as kernelRelease } from 'node:os';
@@ -48,6 +48,7 @@ import { chainStoredRanges } from '../image/chain-index.js';
 import type { ChainCache } from '../image/chain-cache.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import { checkTarget } from './target-check.js';
+import { refuseIfEnded, refuseOtherProcess, endedSinceFirstRound } from './target-identity.js';
 import { FileKind, FORMAT_VERSION, FORMAT_VERSION_SPLIT, PAGES_FILES, PageWhere, type Compression, type DumpStats, type FdImage, type Inventory, type PageRun } from '../../formats/schema.js';
 import { TOOL_VERSION } from '../version.js';
 import { CowWorker, copyWithCow, type CowCopyResult } from './cow-session.js';
@@ -79,6 +80,8 @@ export interface PreparedImage {
   armed: Range[];
   compression: Compression;
   fsync: boolean;
+  /** The process's start time, recorded in the inventory (its identity with the pid). */
+  startTime: number;
 }
 
 /** The process as the session holds it while its image is taken. */
@@ -110,6 +113,10 @@ export interface ImageOutcome {
 export async function prepareImage(session: SessionScope, opts: DumpOptions, mode: Mode, checkAbort: () => void, leader: FrozenProcess['leader'] | null): Promise<PreparedImage> {
   const t0 = process.hrtime.bigint();
   const { pid } = opts;
+  const ended = targetCheck(opts);
+  // The loop's process must still hold its pid before the parent's identity is compared with it.
+  ended();
+  const startTime = readStat(pid).startTime;
   const compression = opts.compression ?? 'none';
   const fsync = opts.fsync ?? !opts.leaveRunning;
   const parent = opts.parent ? readParent(opts.parent, pid, opts.chainCache) : null;
@@ -128,11 +135,11 @@ export async function prepareImage(session: SessionScope, opts: DumpOptions, mod
   mark('prepare: chain resolved');
   // For leaveOut, read while the target runs: deltas only (a full image's pages are everything).
   const recent = opts.leaveOut && parent ? parent.slice(0, 2).filter((img) => img.inventory.kind === 'delta').map((img) => normalize(img.pagemap.runs.filter((r) => r.where === PageWhere.Here).map((r) => ({ start: r.start, end: r.start + r.pages * PAGE_SIZE })))) : [];
-  const prep: PreparedImage = { pid, mode, opts, t0, imageId, dir, parent, chainStored, recent, writer, track: null, record: null, round: null, armed: [], compression, fsync };
+  const prep: PreparedImage = { pid, mode, opts, t0, imageId, dir, parent, chainStored, recent, writer, track: null, record: null, round: null, armed: [], compression, fsync, startTime };
   // Tracking is found (or injected, stopping the target briefly) before
   // the dump's own freeze, which then lasts only for the last delta.
   if (mode === 'predump' || parent) {
-    const track = await openTracking(pid, parent?.[0].inventory.tracking ?? null, leader);
+    const track = await openTracking(pid, parent?.[0].inventory.tracking ?? null, leader, ended);
     mark('prepare: tracking open');
     prep.track = track;
     for (const e of track.ended) opts.warn?.(`process ${pid} was already tracked (${e}); that tracking is ended: two chains on one process would clear each other's written pages`);
@@ -271,6 +278,10 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     const runs: PageRun[] = [...pages.runs, ...zero.map((z) => ({ start: z.start, pages: (z.end - z.start) / PAGE_SIZE, where: PageWhere.Zero, chunk: 0, offset: 0 }))]
       .sort((a, b) => a.start - b.start);
     checkIndex(runs, pageWriter, dir.path);
+    // A pre-dump froze nothing: its process could have exited at any point
+    // of the round, and its pid been reused. Still there now, it was there
+    // for every read by pid before; gone, the round is not committed.
+    if (!frozen) targetCheck(opts)();
     mark('dump: index checked');
     const files: Inventory['files'] = {};
     // A final image's layout is its process file's mm.vmas: not stored twice (a restore decodes and checks every copy).
@@ -323,6 +334,7 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
       files,
       contents: mode,
       tracking: mode === 'predump' ? track!.ref : null,
+      startTime: prep.startTime,
     };
     // The inventory is the commit record: written last, then made durable.
     writeMetaFile(dir.path, FileKind.Inventory, inventory, fsync, version);
@@ -353,6 +365,7 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
  */
 export async function imageProcess(scope: SessionScope, opts: DumpOptions, mode: Mode, checkAbort: () => void, input: FrozenInput): Promise<DumpResult> {
   try {
+    targetCheck(opts)();
     checkTarget(opts.pid);
     const prep = await prepareImage(scope, opts, mode, checkAbort, input.process?.leader ?? null);
     return (await takeProcessImage(scope, prep, input, checkAbort)).result;
@@ -424,7 +437,14 @@ function readParent(dir: string, pid: number, cache?: ChainCache): Image[] {
   if (inv.pid !== pid) {
     throw new TsnapError('badImage', `parent image ${dir} is of process ${inv.pid}, not ${pid}`);
   }
+  refuseOtherProcess(dir, inv, pid);
   return chain;
+}
+
+/** Throws once the process of a loop's first round (opts.targetPidfd) has ended; a no-op without one. */
+function targetCheck(opts: DumpOptions): () => void {
+  const gone = opts.targetGone ?? (() => endedSinceFirstRound(opts.pid));
+  return () => refuseIfEnded(opts.targetPidfd, gone);
 }
 
 export function anonResidentBytes(pid: number): number {

@@ -12,7 +12,7 @@
  */
 import { PreCopyPolicy } from './precopy-policy.js';
 import { join } from 'node:path';
-import { mkdirSync, chmodSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, chmodSync, readdirSync, rmSync, closeSync } from 'node:fs';
 import type { DumpOptions, DumpResult } from './dump.js';
 import type { TreeDumpResult } from './tree.js';
 import { takeSet, setTotals, type SetImage } from './take-set.js';
@@ -20,6 +20,8 @@ import { withAbortSignals } from '../freeze/safety-net.js';
 import { readImage } from '../image/image-reader.js';
 import { stopHolder } from '../track/tracking.js';
 import { TsnapError, asTsnapError, interrupted } from '../errors.js';
+import { openTargetPidfd } from './target-identity.js';
+import { pausePoint } from '../fault-points.js';
 
 export interface IterativeOptions extends Omit<DumpOptions, 'parent'> {
   /** At most this many pre-dumps before the final dump. */
@@ -62,7 +64,19 @@ export interface LoopResult {
 }
 
 /** The loop over rounds, each a session over the process or (tree) its tree. */
-export function dumpLoop(opts: IterativeOptions, tree: boolean): Promise<LoopResult> {
+export async function dumpLoop(opts: IterativeOptions, tree: boolean): Promise<LoopResult> {
+  // Every round is of the process the first one found: by its pidfd, not
+  // its pid, which may go to a stranger should it exit between two rounds.
+  const targetPidfd = opts.targetPidfd ?? openTargetPidfd(opts.pid) ?? undefined;
+  try {
+    const targetGone = () => new TsnapError('noSuchProcess', `process ${opts.pid} exited during its pre-dump loop; pid ${opts.pid} may name another process now, which tsnap left alone; the loop's rounds were removed: dump it again if it was restarted`);
+    return await roundsOf({ ...opts, targetPidfd, targetGone }, tree);
+  } finally {
+    if (opts.targetPidfd === undefined && targetPidfd !== undefined) closeSync(targetPidfd);
+  }
+}
+
+function roundsOf(opts: IterativeOptions, tree: boolean): Promise<LoopResult> {
   return allOrNothing(opts, tree, async (checkAbort) => {
     const policy = new PreCopyPolicy({ maxRounds: opts.preDumps, smallEnoughPages: opts.smallEnoughPages });
     const rounds: SetImage[] = [];
@@ -71,6 +85,7 @@ export function dumpLoop(opts: IterativeOptions, tree: boolean): Promise<LoopRes
       checkAbort();
       const r = await takeSet({ ...opts, dir: join(opts.dir, String(i)), parent: i > 1 ? join(opts.dir, String(i - 1)) : undefined }, 'predump', tree);
       rounds.push(r);
+      if (i === 1) pausePoint('loop-first-round-done');
       const v = policy.afterRound({ pages: setTotals(r).pagesWritten });
       if (v.stop) { stoppedBecause = v.reason; break; }
     }

@@ -23,10 +23,18 @@ import { packr } from '../image/metadata.js';
 import { mark } from '../trace.js';
 
 /** Returns how long the target was stopped, in µs. */
-export function rehearseFrozenSteps(pid: number): number {
+/** `stillTarget` throws when the process meant has ended (its pid may be a stranger's): checked once it is frozen. */
+export function rehearseFrozenSteps(pid: number, stillTarget: () => void = () => {}): number {
   mark('rehearsal: freezing');
   const set = FrozenSet.freeze(pid);
-  const mem = new ProcMem(pid);
+  let mem: ProcMem;
+  try {
+    stillTarget();
+    mem = new ProcMem(pid);
+  } catch (err) {
+    set.release();
+    throw err;
+  }
   try {
     const remote = collectRemoteState(set.processes[0], mem);
     const layout = readLayout(pid);

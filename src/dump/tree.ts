@@ -34,12 +34,13 @@ import { checkOomScoreAdj } from './process-state.js';
 import { checkCreds, refuseUnrestorableZombie } from './creds.js';
 import { credsImage } from '../restore/creds-check.js';
 import { readTaskCreds } from '../proc/creds.js';
-import { writeMetaFile } from '../image/metadata.js';
+import { writeMetaFile, readMetaFile } from '../image/metadata.js';
+import { refuseIfEnded, isSameProcess, refuseOtherProcess, endedSinceFirstRound } from './target-identity.js';
 import { isTreeImage } from '../image/tree-manifest.js';
 import { prepareImageDir, fsyncDir } from '../image/image-dir.js';
 import { TsnapError, asTsnapError, interrupted, retellInterrupted } from '../errors.js';
 import { refuseUndumpable } from './target-check.js';
-import { FileKind, FORMAT_VERSION, type TreeManifest, type TreeMember, type CredsImage } from '../../formats/schema.js';
+import { FileKind, FORMAT_VERSION, type TreeManifest, type TreeMember, type CredsImage, type Inventory } from '../../formats/schema.js';
 
 export interface TreeDumpResult {
   dir: string;
@@ -131,10 +132,27 @@ function zombieOf(m: TreeMember): TreeMember | null {
   return { pid: m.pid, ppid: m.ppid, dir: '', zombie: { status: st.exitCode, pgid: st.pgrp, sid: st.session, ...(creds ? { creds } : {}) } };
 }
 
-function parentFor(parentTree: string | undefined, pid: number): string | undefined {
+/**
+ * The parent tree's image of `pid`, when it has one of this same process.
+ * A member whose pid the parent tree gave to a process that has exited
+ * since (the pid reused by a new child) has no parent: it starts anew. The
+ * root's parent is compared by prepareImage, which refuses another process.
+ */
+function parentFor(parentTree: string | undefined, pid: number, root: number): string | undefined {
   if (!parentTree) return undefined;
   const d = join(parentTree, String(pid));
-  return existsSync(join(d, 'inventory')) ? d : undefined;
+  if (!existsSync(join(d, 'inventory'))) return undefined;
+  if (pid === root) return d;
+  try {
+    return isSameProcess(readMetaFile<Inventory>(d, FileKind.Inventory), pid) ? d : undefined;
+  } catch {
+    return d; // unreadable: the round's own read of it says why
+  }
+}
+
+/** Only the root is the process a loop's pidfd (targetPidfd) is of. */
+function memberTarget(opts: DumpOptions, pid: number): Pick<DumpOptions, 'targetPidfd' | 'targetGone'> {
+  return pid === opts.pid ? { targetPidfd: opts.targetPidfd, targetGone: opts.targetGone } : { targetPidfd: undefined, targetGone: undefined };
 }
 
 /**
@@ -148,7 +166,12 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
   if (opts.parent && !isTreeImage(opts.parent)) {
     throw new TsnapError('badImage', `${opts.parent} is not a tree image; --tree needs the parent of a --tree dump`);
   }
+  const gone = opts.targetGone ?? (() => endedSinceFirstRound(root));
+  refuseIfEnded(opts.targetPidfd, gone);
   refuseUndumpable(root);
+  // The root's parent of another process (its pid reused): refused before the tree is frozen, not by the root's round after.
+  const rootParent = opts.parent ? join(opts.parent, String(root)) : null;
+  if (rootParent && existsSync(join(rootParent, 'inventory'))) refuseOtherProcess(rootParent, readMetaFile<Inventory>(rootParent, FileKind.Inventory), root);
   const done: { pid: number; result: DumpResult }[] = [];
   const session = new DumpSession();
   const fsync = opts.fsync ?? (mode === 'dump' && !opts.leaveRunning);
@@ -175,6 +198,8 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         sharedFdTables(runningTree);
         await opts.beforeFreeze?.();
         const t = freezeTree(root, session.set);
+        // Frozen, the root's pid cannot change hands: it is the loop's process still, or a stranger.
+        refuseIfEnded(opts.targetPidfd, gone);
         pausePoint('tree-frozen');
         await letSignalsIn();
         checkAbort();
@@ -187,7 +212,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         // next one's are read, which shortens the time the whole tree is frozen.
         const sharedElsewhere = sharedStoredEarlier(t.members.map((x) => x.m.pid));
         const settled = await Promise.allSettled(t.members.map(({ m, fp }) => imageProcess(session.member(), {
-          ...opts, hold: false, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid), fsync, sharedElsewhere: sharedElsewhere.get(m.pid),
+          ...opts, ...memberTarget(opts, m.pid), hold: false, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid, root), fsync, sharedElsewhere: sharedElsewhere.get(m.pid),
         }, 'dump', checkAbort, { process: fp, fds: fds.get(m.pid)! })));
         settled.forEach((r, i) => { if (r.status === 'fulfilled') done.push({ pid: t.members[i].m.pid, result: r.value }); });
         const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -207,7 +232,7 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
           try {
             const mine = sharedAnonObjects(m.pid);
             const sharedElsewhere = new Set([...mine].filter((k) => stored.has(k)));
-            const result = await imageProcess(scope, { ...opts, leaveRunning: true, fsync: false, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid), commitFile: join(topDir, 'tree'), sharedElsewhere }, 'predump', checkAbort, { process: null });
+            const result = await imageProcess(scope, { ...opts, ...memberTarget(opts, m.pid), leaveRunning: true, fsync: false, pid: m.pid, dir: join(topDir, m.dir), parent: parentFor(opts.parent, m.pid, root), commitFile: join(topDir, 'tree'), sharedElsewhere }, 'predump', checkAbort, { process: null });
             for (const k of mine) stored.add(k);
             done.push({ pid: m.pid, result });
             alive.push(m);

@@ -24,31 +24,54 @@ export interface ResolvedRun {
 
 const P = PAGE_SIZE;
 
-/** Resolved data runs for the addresses in `within`, sorted by address. */
-export function resolveChain(chain: readonly ChainLevel[], within: readonly Range[]): ResolvedRun[] {
-  let remaining = normalize(within);
+/**
+ * Resolved data runs for the addresses in `within`, sorted by address
+ * (`usedChunks[level][chunk]` set to 1 for every chunk they read, when
+ * given: one pass fewer over the runs in the restore's cold code). One
+ * sweep by address over every level at once: at each address the newest
+ * level with a `here` or `zero` run there answers, up to where that run
+ * ends or a newer level's next run begins. Level by level, subtracting
+ * what each answered and sorting the result at the end, was ~3 ms of a
+ * 64 MiB chain's restore (9 830 runs); the sweep makes no intermediate
+ * sets and no sort.
+ */
+export function resolveChain(chain: readonly ChainLevel[], within: readonly Range[], usedChunks?: readonly Uint8Array[]): ResolvedRun[] {
+  // A full image ends the walk: older levels are never asked.
+  let depth = chain.findIndex((l) => l.kind === 'full') + 1;
+  if (depth === 0) depth = chain.length;
+  const runs = chain.map((l) => l.runs);
+  const at = new Array<number>(depth).fill(0);
   const out: ResolvedRun[] = [];
-  for (let level = 0; level < chain.length && remaining.length; level++) {
-    const answered: Range[] = [];
-    let j = 0;
-    for (const r of chain[level].runs) {
-      if (r.where === PageWhere.Parent) continue;
-      const rEnd = r.start + r.pages * P;
-      while (j < remaining.length && remaining[j].end <= r.start) j++;
-      for (let k = j; k < remaining.length && remaining[k].start < rEnd; k++) {
-        const s = Math.max(r.start, remaining[k].start);
-        const e = Math.min(rEnd, remaining[k].end);
-        if (s >= e) continue;
-        answered.push({ start: s, end: e });
-        if (r.where === PageWhere.Here) {
-          out.push({ start: s, pages: (e - s) / P, image: level, chunk: r.chunk, offset: r.offset + (s - r.start) });
+  for (const w of normalize(within)) {
+    let pos = w.start;
+    while (pos < w.end) {
+      let end = w.end;
+      for (let level = 0; level < depth; level++) {
+        const rs = runs[level];
+        let i = at[level];
+        // Past the runs that end before `pos`, and past `parent` runs: they answer nothing (a
+        // level's other runs are what it holds), and as `pos` only grows none is needed again.
+        while (i < rs.length && (rs[i].start + rs[i].pages * P <= pos || rs[i].where === PageWhere.Parent)) i++;
+        at[level] = i;
+        if (i === rs.length) continue;
+        const r = rs[i];
+        if (r.start > pos) {
+          // Not here at `pos`, but from r.start this level takes over from the older ones.
+          if (r.start < end) end = r.start;
+          continue;
         }
+        const rEnd = r.start + r.pages * P;
+        if (rEnd < end) end = rEnd;
+        if (r.where === PageWhere.Here) {
+          out.push({ start: pos, pages: (end - pos) / P, image: level, chunk: r.chunk, offset: r.offset + (pos - r.start) });
+          if (usedChunks) usedChunks[level][r.chunk] = 1;
+        }
+        break;
       }
+      pos = end;
     }
-    if (chain[level].kind === 'full') break;
-    remaining = subtract(remaining, normalize(answered));
   }
-  return out.sort((a, b) => a.start - b.start);
+  return out;
 }
 
 /** Addresses whose data the chain holds (for finding pages the process dropped since). */

@@ -84,8 +84,12 @@ export function readMetaFileEntry<T>(dir: string, kind: FileKind): ReadFile<T> {
   }
   const h = decodeHeader(data, path, kind, KNOWN_FLAGS[kind] ?? 0);
   const payload = data.subarray(HEADER_SIZE);
-  if (payload.length !== h.payloadLength) {
+  if (payload.length < h.payloadLength) {
     throw new TsnapError('badImage', `${path}: truncated (${payload.length} of ${h.payloadLength} bytes); the image is damaged`);
+  }
+  // Longer than its header says: not truncated, but written to (or appended to) after the dump all the same.
+  if (payload.length > h.payloadLength) {
+    throw new TsnapError('badImage', `${path}: ${payload.length - h.payloadLength} byte${payload.length - h.payloadLength === 1 ? '' : 's'} past the end its header records (${h.payloadLength} bytes); the image is damaged`);
   }
   if (crc32(payload) !== h.payloadCrc) {
     throw new TsnapError('badImage', `${path}: checksum mismatch; the image is corrupted`);

@@ -101,7 +101,9 @@ export const arr = (item: Shape, max = 1 << 24, min = 0): Shape => (v, at) => {
 /** A fixed-length array, one shape per position. */
 export const tuple = (...items: Shape[]): Shape => (v, at) => {
   if (!Array.isArray(v) || v.length !== items.length) fail(at, `expected an array of ${items.length} entries, got ${Array.isArray(v) ? `${v.length} entries` : describe(v)}`);
-  items.forEach((s, i) => s((v as unknown[])[i], itemAt(at, i)));
+  // A loop, not forEach and a closure: a chain's pagemaps are tuples by the thousand, checked once per restore (cold code).
+  const a = v as unknown[];
+  for (let i = 0; i < items.length; i++) items[i](a[i], itemAt(at, i));
 };
 
 const OPTIONAL = Symbol('optional');

@@ -14,14 +14,16 @@ import type { Range } from './ranges.js';
 
 /** Returns the chain resolved over `within`, which the restore's page writer then uses as it is. */
 export function checkUnreadChunks(chain: readonly Image[], within: Range[]): ResolvedRun[] {
-  const resolved = resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within);
-  const read = new Set(resolved.map((r) => r.image * 0x100000000 + r.chunk));
+  // A flag per chunk of each level, set by the resolver as it goes: no set of keys, no second pass
+  // over the runs (157 000 for a 1 GiB chain, in cold code).
+  const read = chain.map((c) => new Uint8Array(c.pagemap.chunks.length));
+  const resolved = resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within, read);
   chain.forEach((img, level) => {
     let reader: PageFileReader | null = null;
     let buf: Buffer | undefined;
     try {
       for (let i = 0; i < img.pagemap.chunks.length; i++) {
-        if (read.has(level * 0x100000000 + i)) continue;
+        if (read[level][i]) continue;
         reader ??= new PageFileReader(img.dir, img.pagemap.chunks);
         buf ??= Buffer.allocUnsafeSlow(img.inventory.chunkSize + (img.inventory.chunkSize >> 7) + 64);
         reader.checkChunk(i, buf);

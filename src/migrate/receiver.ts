@@ -53,6 +53,8 @@ export interface ServeOptions {
   count?: number;
   /** Time a connection has to present its HELLO (and, with TLS, finish the TLS handshake). */
   handshakeTimeoutMs?: number;
+  /** How long a migration waits for its sender's next byte before it is abandoned (until its commit; default IDLE_TIMEOUT_MS). */
+  idleTimeoutMs?: number;
   stdout?: string;
   stderr?: string;
   onEvent?: (e: Record<string, unknown>) => void;
@@ -60,6 +62,14 @@ export interface ServeOptions {
 
 const FILE_NAMES = new Set(['inventory', 'process', 'pagemap', 'pages', 'stats']);
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
+/**
+ * A sender that goes silent mid-migration without closing (its host died,
+ * the network partitioned) would hold the one migration slot, and a
+ * half-built process, forever. The longest silence of a live sender is a
+ * tree round taken to its staging directory before it is sent (seconds
+ * per GiB on a loaded machine): 5 minutes leaves a wide margin.
+ */
+export const IDLE_TIMEOUT_MS = 300_000;
 /** A HELLO is a few hundred bytes: an unauthenticated peer gets no bigger buffer. */
 const HELLO_MAX_FRAME = 64 << 10;
 /**
@@ -271,6 +281,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
     readAtCommit.set(d, img);
     return img;
   };
+  const idleMs = opts.idleTimeoutMs ?? IDLE_TIMEOUT_MS;
+  reader.idleAfter(idleMs, () => new TsnapError('targetFailed', `the sender of process ${g.pid} sent nothing for ${idleMs / 1000} s; the migration was abandoned (serve --idle-timeout)`));
   try {
     await send(sock, encodeDoc(Msg.HelloOk, { version: WIRE_VERSION, dir: root }));
     opts.onEvent?.({ event: 'accepted', pid: g.pid, dir: root });
@@ -311,6 +323,8 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         postcopy = checkedRanges(decodeDoc<{ ranges: [number, number][] }>(f).ranges, 'POSTCOPY');
         if (!ingest.live) throw new TsnapError('unsupported', `post-copy needs the process built while it arrives, and it is not (${ingest.notLive ?? 'serve runs without --restore or with --no-live-build'}); migrate without --postcopy`);
       } else if (f.type === Msg.Commit) {
+        // From here the sender waits for us; after the commit (post-copy's page service) silence is the protocol's own business.
+        reader.stopIdle();
         mark('serve: commit asked');
         // Without a live build the commit stands on the chain: every
         // streamed round's pages file on disk, checked against its index,
@@ -342,6 +356,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
       }
     }
   } catch (err) {
+    reader.stopIdle();
     prio.restore();
     await ingest.abort(); // no half-built process left behind
     if (!committed) rmSync(root, { recursive: true, force: true }); // an incomplete migration is nothing

@@ -41,6 +41,8 @@ import { postcopyFinal, finishPostcopy, pagesOf, PostcopyLost } from './postcopy
 import type { Range } from '../image/ranges.js';
 import { killAfterRestored } from './deferred-kill.js';
 import { receiverReady } from './receiver-ready.js';
+import { openTargetPidfd, refuseIfEnded } from '../dump/target-identity.js';
+import { pidfdExited } from '../sys/index.js';
 import { WindowPriority, ownWindowThreads } from './window-priority.js';
 
 export interface MigrateOptions {
@@ -118,10 +120,22 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   if (cap < 1 && opts.postcopy !== 'on') throw new TsnapError('usage', '--max-iterations 0 (no pre-copy round) needs --postcopy: without it the whole memory would be copied frozen; give at least 1');
   if (opts.postcopy && opts.tree) throw new TsnapError('usage', '--postcopy migrates one process; drop --tree or --postcopy');
   if (opts.postcopy && opts.leaveRunning) throw new TsnapError('usage', '--postcopy moves the process (its newest pages exist only on the source until served); drop --leave-running or --postcopy');
-  const sock = await connectTo(opts);
+  // Every round is of the process found now: by its pidfd, not its pid,
+  // which may go to a stranger should it exit between two rounds.
+  const targetPidfd = openTargetPidfd(opts.pid) ?? undefined;
+  const targetGone = () => new TsnapError('noSuchProcess', `process ${opts.pid} exited during its migration; pid ${opts.pid} may name another process now, which tsnap left alone; nothing was committed on the receiver`);
+  const ended = () => targetPidfd !== undefined && pidfdExited(targetPidfd);
+  let sock: Socket;
+  try {
+    sock = await connectTo(opts);
+  } catch (err) {
+    if (targetPidfd !== undefined) closeSync(targetPidfd);
+    throw err;
+  }
   const reader = new FrameReader(sock);
   const staging = mkdtempSync(join(stagingBase(opts), 'tsnap-migrate-'));
   let held: FrozenSet | null = null;
+  let receiverCommitted = false;
   let bytesSent = 0;
   const conv = new Convergence(opts);
   const prio = new WindowPriority();
@@ -167,7 +181,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
 
     /** One pre-dump round (a session over the process or its tree) and its totals. */
     const round = async (dir: string, parent: string | undefined): Promise<Round> => {
-      const t = await takeSet({ pid: opts.pid, dir, parent, chainCache, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress, ...streaming() }, 'predump', !!opts.tree);
+      const t = await takeSet({ pid: opts.pid, targetPidfd, targetGone, dir, parent, chainCache, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress, ...streaming() }, 'predump', !!opts.tree);
       return { dir: t.dir, ...setTotals(t) };
     };
 
@@ -186,10 +200,11 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       const r = await round(join(staging, String(k)), prev ? join(staging, String(k - 1)) : undefined);
       // Once, early: the final round then runs warm code (dump/rehearsal.ts).
       if (k === 1 && !opts.tree) {
-        const us = rehearseFrozenSteps(opts.pid);
+        const us = rehearseFrozenSteps(opts.pid, () => refuseIfEnded(targetPidfd, targetGone));
         opts.onEvent?.({ event: 'rehearsal', frozenMs: +(us / 1000).toFixed(1) });
       }
       const s = await sendImage(r.dir, String(k));
+      if (k === 1) pausePoint('migrate-first-iteration-sent');
       const iterMs = ms(tIter);
       bandwidth = s.bytes / Math.max(iterMs, 1);
       const dirtyRate = prev ? (r.bytesRaw / Math.max(iterMs, 1)) * 1000 : 0;
@@ -204,7 +219,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
 
     // Downtime starts here: freeze, last delta, full state.
     const postcopyBecause = opts.postcopy === 'on' ? 'requested' : opts.postcopy === 'auto' && !converged ? stoppedBecause : null;
-    const finalOpts = { pid: opts.pid, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, chainCache, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: async () => {
+    const finalOpts = { pid: opts.pid, targetPidfd, targetGone, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, chainCache, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: async () => {
       if (!opts.tree) await receiverReady(reader, checkAbort);
       conv.lift();
     } };
@@ -235,6 +250,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     await send(sock, encodeDoc(Msg.Commit, {}));
     const committed = decodeDoc<{ dir: string; live?: boolean }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));
     const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
+    receiverCommitted = true;
     mark('migrate: committed');
     if (leftOut && postcopyBecause !== null) {
       // The page service may push for seconds: not in the real-time class.
@@ -295,7 +311,10 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // Before COMMITTED nothing is lost: the source runs on as it was (its
     // connections out of repair mode with it: they belong to its set).
     try { held?.release(); } catch { /* gone */ }
-    for (const pid of trackedPids(staging, opts)) untrackPid(pid);
+    // An ended source's pid may be a stranger's now, tracked by someone else: its holders are not ours (ours exited with the source).
+    const gone = !receiverCommitted && ended();
+    for (const pid of trackedPids(staging, opts)) if (!(gone && pid === opts.pid)) untrackPid(pid);
+    if (gone && !(err instanceof TsnapError && err.kind === 'interrupted')) throw targetGone();
     const reason = reader.bufferedError();
     const e = reason && !(err instanceof TsnapError && err.message.startsWith('migration peer refused'))
       ? new TsnapError('targetFailed', `migration peer refused: ${reason}`, err)
@@ -306,6 +325,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     conv.release();
     sock.destroy();
     rmSync(staging, { recursive: true, force: true });
+    if (targetPidfd !== undefined) closeSync(targetPidfd);
   }
 }
 

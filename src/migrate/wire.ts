@@ -109,10 +109,16 @@ export class FrameReader {
   private ended = false;
   private failure: Error | null = null;
   private wake: (() => void) | null = null;
+  /** idleAfter(): the check, when next() last began to wait, when the peer's last bytes came, and the refusal once idle. */
+  private idleTimer: NodeJS.Timeout | null = null;
+  private waitingSince = 0;
+  private lastData = 0;
+  private idled: TsnapError | null = null;
 
   /** `maxFrame`: the largest frame accepted; raised once the peer is authenticated. */
   constructor(private readonly sock: Socket, public maxFrame = MAX_FRAME) {
     sock.on('data', (d: Buffer) => {
+      if (this.idleTimer) this.lastData = Date.now();
       this.parts.push(d);
       this.size += d.length;
       if (this.size > this.maxFrame + FRAME_HEADER) sock.pause();
@@ -123,9 +129,37 @@ export class FrameReader {
     sock.on('error', (e) => { this.failure = e; this.wake?.(); });
   }
 
+  /**
+   * From now on next() gives up with `gone()` once it has waited `ms` for
+   * the peer without a byte arriving. A peer that stops sending without
+   * closing (its host died, a partition: no FIN, no RST, and TCP keeps
+   * such a connection open forever) is otherwise waited for forever. Only
+   * time spent waiting for the peer counts: while this side is busy (its
+   * reads paused by backpressure) the peer is not idle. stopIdle() ends it.
+   */
+  idleAfter(ms: number, gone: () => TsnapError): void {
+    this.stopIdle();
+    this.idled = null;
+    if (!(ms > 0)) return;
+    this.lastData = Date.now();
+    this.idleTimer = setInterval(() => {
+      if (this.wake === null) return;
+      if (Date.now() - Math.max(this.waitingSince, this.lastData) < ms) return;
+      this.idled = gone();
+      this.wake();
+    }, Math.max(10, Math.min(1000, ms / 4)));
+    this.idleTimer.unref();
+  }
+
+  stopIdle(): void {
+    if (this.idleTimer) clearInterval(this.idleTimer);
+    this.idleTimer = null;
+  }
+
   /** The next frame, or null at a clean end of stream between frames. */
   async next(): Promise<Frame | null> {
     for (;;) {
+      if (this.idled) throw this.idled;
       if (this.size >= FRAME_HEADER) {
         const len = this.front(FRAME_HEADER).readUInt32LE(0);
         if (len > this.maxFrame) throw new TsnapError('badImage', `migration stream: frame of ${len} bytes is larger than allowed; not a tsnap peer or corrupted`);
@@ -147,6 +181,7 @@ export class FrameReader {
         return null;
       }
       this.sock.resume();
+      if (this.idleTimer) this.waitingSince = Date.now();
       await new Promise<void>((r) => { this.wake = r; });
       this.wake = null;
     }

@@ -3,7 +3,8 @@
  * CRC-check) one chunk, then one process_vm_writev puts every run of that
  * chunk in place. Pages no run covers stay unpopulated, as they were.
  */
-import { VmCopier, type RemoteRange } from '../sys/index.js';
+import { VmCopier, GatherWriter, type RemoteRange } from '../sys/index.js';
+import { planByAddress, type AddressPlan } from './fill-plan.js';
 import { PageFileReader } from '../image/page-file.js';
 import { resolveChain, type ResolvedRun } from '../image/chain-index.js';
 import type { Range } from '../image/ranges.js';
@@ -25,32 +26,57 @@ const POPULATE_SLICE = 16 << 20;
  * MADV_POPULATE_WRITE syscalls started ahead of the writer, while tsnap
  * reads, checks and writes the chunks before them.
  */
+interface PopulateRange { addr: number; len: number; lastChunkPos: number }
+
+/**
+ * Chunk order: merged by address across the images of a chain, so that a
+ * base image's runs that newer pages cut into short pieces are one range
+ * again, as in a single image; started in the order the writer first needs
+ * them.
+ */
+function populateByChunk(runsInOrder: { run: ResolvedRun; pos: number }[]): PopulateRange[] {
+  const byAddr = [...runsInOrder].sort((a, b) => a.run.start - b.run.start);
+  const merged: { addr: number; len: number; firstChunkPos: number; lastChunkPos: number }[] = [];
+  for (const { run, pos } of byAddr) {
+    const len = run.pages * PAGE_SIZE;
+    const last = merged[merged.length - 1];
+    if (last && last.addr + last.len === run.start && last.len < POPULATE_SLICE) {
+      last.len += len;
+      last.firstChunkPos = Math.min(last.firstChunkPos, pos);
+      last.lastChunkPos = Math.max(last.lastChunkPos, pos);
+    } else {
+      merged.push({ addr: run.start, len, firstChunkPos: pos, lastChunkPos: pos });
+    }
+  }
+  return merged.filter((m) => m.len >= POPULATE_MIN).sort((a, b) => a.firstChunkPos - b.firstChunkPos || a.addr - b.addr);
+}
+
+/** Address order (the writer's windows follow the addresses): one pass, already in the order needed. */
+function populateByAddress(resolved: readonly ResolvedRun[], windowOf: Int32Array): PopulateRange[] {
+  const out: PopulateRange[] = [];
+  let cur: PopulateRange | null = null;
+  for (let i = 0; i < resolved.length; i++) {
+    const r = resolved[i];
+    const len = r.pages * PAGE_SIZE;
+    if (cur && cur.addr + cur.len === r.start && cur.len < POPULATE_SLICE) {
+      cur.len += len;
+      cur.lastChunkPos = windowOf[i];
+    } else {
+      if (cur && cur.len >= POPULATE_MIN) out.push(cur);
+      cur = { addr: r.start, len, lastChunkPos: windowOf[i] };
+    }
+  }
+  if (cur && cur.len >= POPULATE_MIN) out.push(cur);
+  return out;
+}
+
 class Populator {
-  private queue: { addr: number; len: number; lastChunkPos: number }[] = [];
   private next = 0;
   private done = 0;
   private broken = false;
 
-  constructor(private readonly sc: RemoteSyscaller | null, runsInOrder: { run: ResolvedRun; pos: number }[]) {
-    if (!sc) return;
-    // Merged by address across the images of a chain: a base image's runs
-    // that newer pages cut into short pieces are one range again, as in a
-    // single image. Started in the order the writer first needs them.
-    const byAddr = [...runsInOrder].sort((a, b) => a.run.start - b.run.start);
-    const merged: { addr: number; len: number; firstChunkPos: number; lastChunkPos: number }[] = [];
-    for (const { run, pos } of byAddr) {
-      const len = run.pages * PAGE_SIZE;
-      const last = merged[merged.length - 1];
-      if (last && last.addr + last.len === run.start && last.len < POPULATE_SLICE) {
-        last.len += len;
-        last.firstChunkPos = Math.min(last.firstChunkPos, pos);
-        last.lastChunkPos = Math.max(last.lastChunkPos, pos);
-      } else {
-        merged.push({ addr: run.start, len, firstChunkPos: pos, lastChunkPos: pos });
-      }
-    }
-    this.queue = merged.filter((m) => m.len >= POPULATE_MIN).sort((a, b) => a.firstChunkPos - b.firstChunkPos || a.addr - b.addr);
-  }
+  /** `queue`: the ranges to populate, in the order the writer first needs them, each with the last position it is needed at. */
+  constructor(private readonly sc: RemoteSyscaller | null, private readonly queue: PopulateRange[]) {}
 
   private start(): void {
     if (this.broken || this.next >= this.queue.length) return;
@@ -104,96 +130,208 @@ const READ_AHEAD = 6;
  */
 const SYNC_CHUNKS = 2;
 
+/**
+ * A chain is written by address when the chunks its windows hold at once
+ * stay below this (MiB of buffers at the default chunk size); otherwise
+ * (levels whose chunks each scatter over the whole address space, as a
+ * copy-on-write dump's can) chunk by chunk, each chunk read once.
+ */
+const MAX_LIVE = 16;
+/** Data per window of the address order: the size of one image's chunk, so windows and calls match one image's. */
+const WINDOW_BYTES = 1 << 20;
+
+/** What a failed fill must wait for or stop: reads in flight, the populates running. */
+interface FillState {
+  /** Reads started and not yet taken (a taken one holds its chunk's data: let it go). */
+  pending: Set<Promise<unknown>>;
+  populator: Populator | null;
+}
+
 /** `resolved`: the chain already resolved over exactly `within` (checkUnreadChunks did it), not computed again. */
 export async function fillPages(pid: number, chain: readonly Image[], within: Range[], sc: RemoteSyscaller | null = null, onProgress?: (done: number, total: number) => void, resolvedAlready?: readonly ResolvedRun[]): Promise<FillResult> {
-  const copier = new VmCopier(pid);
   const readers: (PageFileReader | null)[] = chain.map(() => null);
   const readerOf = (image: number) => (readers[image] ??= new PageFileReader(chain[image].dir, chain[image].pagemap.chunks));
-  let pages = 0;
-  let pendingReads: Promise<Buffer>[] = [];
-  let populator: Populator | null = null;
+  const state: FillState = { pending: new Set(), populator: null };
+  let pages: number;
   try {
     // Each page from the newest image that has it; resolved runs are sorted
     // by address, and so are the runs of one chunk.
     const resolved = resolvedAlready ?? resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within);
-    const byChunk = new Map<number, ResolvedRun[]>();
-    for (const r of resolved) {
-      // A number, not a string: ~10 000 runs per restore of a chain or of 10 000 VMAs.
-      const key = r.image * 0x100000000 + r.chunk;
-      let list = byChunk.get(key);
-      if (!list) byChunk.set(key, (list = []));
-      list.push(r);
-    }
-    const order = [...byChunk.keys()];
-    const total = resolved.reduce((n, r) => n + r.pages * PAGE_SIZE, 0);
-    const runsInOrder = order.flatMap((c, pos) => byChunk.get(c)!.map((run) => ({ run, pos })));
-    populator = new Populator(sc, runsInOrder);
-    populator.begin();
-    const pending: Promise<Buffer>[] = [];
-    pendingReads = pending;
-    let next = 0;
-    // Reused read buffers: fresh 1 MiB allocations would be mmap'ed and
-    // page-faulted anew for every chunk.
     // As large as the largest stored chunk, not what an inventory claims.
     let largest = PAGE_SIZE;
     for (const c of chain) for (const ch of c.pagemap.chunks) largest = Math.max(largest, ch.storedLength);
-    const sync = order.length <= SYNC_CHUNKS;
-    const pool: Buffer[] = sync ? [] : Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(largest));
-    const buffers: Buffer[] = [];
-    const refill = () => {
-      while (pool.length > 0 && next < order.length) {
-        const buf = pool.pop()!;
-        buffers.push(buf);
-        const first = byChunk.get(order[next++])![0];
-        const read = readerOf(first.image).readChunkAsync(first.chunk, buf);
-        // A read ahead may fail while an earlier chunk is being written: it
-        // is reported when its turn comes (or by the cleanup), never as an
-        // unhandled rejection that would end tsnap with a stack trace.
-        read.catch(() => {});
-        pending.push(read);
-      }
-    };
-    refill();
-    for (let pos = 0; pos < order.length; pos++) {
-      const runs = byChunk.get(order[pos])!;
-      populator.ready(pos);
-      const data = sync ? readerOf(runs[0].image).readChunk(runs[0].chunk) : await pending.shift()!;
-      const readBuf = sync ? null : buffers.shift()!;
-      // Runs fill their chunk in order, so one local range feeds them all
-      // when they are back to back; otherwise write run by run.
-      let contiguous = true;
-      for (let i = 1; i < runs.length; i++) {
-        if (runs[i].offset !== runs[i - 1].offset + runs[i - 1].pages * PAGE_SIZE) contiguous = false;
-      }
-      if (contiguous) {
-        const ranges: RemoteRange[] = runs.map((r) => ({ addr: r.start, len: r.pages * PAGE_SIZE }));
-        const want = ranges.reduce((s, r) => s + r.len, 0);
-        const got = copier.writev(data, runs[0].offset, ranges);
-        if (got !== want) throw new TsnapError('restoreFailed', `process_vm_writev wrote ${got} of ${want} bytes at 0x${runs[0].start.toString(16)}`);
-      } else {
-        // Runs a newer image of the chain cut into: still one call for the chunk.
-        const pieces = runs.map((r) => ({ offset: r.offset, addr: r.start, len: r.pages * PAGE_SIZE }));
-        const want = pieces.reduce((s, r) => s + r.len, 0);
-        const got = copier.writePieces(data, pieces);
-        if (got !== want) {
-          let at = 0;
-          const failed = pieces.find((p) => (at += p.len) > got) ?? pieces[0];
-          throw new TsnapError('restoreFailed', `process_vm_writev failed at 0x${failed.addr.toString(16)}`);
-        }
-      }
-      for (const r of runs) pages += r.pages;
-      onProgress?.(pages * PAGE_SIZE, total);
-      if (readBuf) pool.push(readBuf);
-      refill();
-    }
-    populator.drain();
+    // TSNAP_FILL_BY_CHUNK=1: a chain in chunk order, as before (bench A/B in one build, tests of that path).
+    const plan = chain.length > 1 && process.env.TSNAP_FILL_BY_CHUNK !== '1' ? planByAddress(resolved, WINDOW_BYTES, chain.map((c) => c.pagemap.chunks.length)) : null;
+    pages = plan && plan.maxLive <= MAX_LIVE
+      ? await fillByAddress(pid, resolved, plan, readerOf, largest, sc, state, onProgress)
+      : await fillByChunk(pid, resolved, readerOf, largest, sc, state, onProgress);
+    state.populator?.drain();
   } catch (err) {
-    try { populator?.drain(); } catch { /* the task is killed anyway */ }
+    try { state.populator?.drain(); } catch { /* the task is killed anyway */ }
     // Let reads in flight finish before their file descriptor goes.
-    await Promise.allSettled(pendingReads);
+    await Promise.allSettled(state.pending);
     throw err;
   } finally {
     for (const r of readers) r?.close();
   }
   return { pages, bytes: pages * PAGE_SIZE };
+}
+
+/**
+ * A chain, by address: window after window of the target's memory, each
+ * written in one call gathered from the chunks of every level it needs
+ * (GatherWriter), so that pages of different levels side by side in the
+ * target are one remote range, as they are in one image. A chunk is read
+ * (ahead, in the order first needed) once and kept until its last window.
+ */
+async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan: AddressPlan, readerOf: (image: number) => PageFileReader, largest: number, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void): Promise<number> {
+  const gather = new GatherWriter(pid);
+  const total = plan.bytes;
+  const populator = (state.populator = new Populator(sc, sc ? populateByAddress(resolved, plan.windowOf) : []));
+  populator.begin();
+  const nChunks = plan.keys.length;
+  const reads: (Promise<Buffer> | null)[] = new Array(nChunks).fill(null);
+  const data: (Buffer | null)[] = new Array(nChunks).fill(null);
+  const addrOf = new Float64Array(nChunks);
+  const bufOf: (Buffer | null)[] = new Array(nChunks).fill(null);
+  // Chunks in the order their last window ends: let go after it.
+  const byLast = Array.from({ length: nChunks }, (_, c) => c).sort((a, b) => plan.lastWindow[a] - plan.lastWindow[b]);
+  let freed = 0;
+  // Reused read buffers, at most what is held at once plus the read-ahead.
+  const cap = plan.maxLive + READ_AHEAD;
+  const free: Buffer[] = [];
+  let allocated = 0;
+  let next = 0;
+  const refill = () => {
+    while (next < nChunks) {
+      let buf = free.pop();
+      if (!buf) {
+        if (allocated >= cap) return;
+        allocated++;
+        buf = Buffer.allocUnsafeSlow(largest);
+      }
+      const c = next++;
+      const key = plan.keys[c];
+      bufOf[c] = buf;
+      const read = readerOf(Math.floor(key / 0x100000000)).readChunkAsync(key % 0x100000000, buf);
+      // Reported when its turn comes (or by the cleanup), never unhandled.
+      read.catch(() => {});
+      reads[c] = read;
+      state.pending.add(read);
+    }
+  };
+  refill();
+  let pages = 0;
+  for (let w = 0; w < plan.windows; w++) {
+    populator.ready(w);
+    const from = plan.windowStart[w];
+    const to = plan.windowStart[w + 1];
+    for (let i = from; i < to; i++) {
+      const c = plan.chunkOf[i];
+      if (data[c] === null) {
+        // Its read was started before this window (refill): wait for it, once.
+        const read = reads[c]!;
+        const got = await read;
+        state.pending.delete(read);
+        data[c] = got;
+        addrOf[c] = GatherWriter.addressOf(got);
+        reads[c] = null;
+      }
+      const r = resolved[i];
+      gather.add(addrOf[c] + r.offset, r.start, r.pages * PAGE_SIZE);
+      pages += r.pages;
+    }
+    const failed = gather.finish();
+    if (failed !== null) throw new TsnapError('restoreFailed', `process_vm_writev failed at 0x${failed.toString(16)}`);
+    while (freed < nChunks && plan.lastWindow[byLast[freed]] <= w) {
+      const c = byLast[freed++];
+      data[c] = null;
+      free.push(bufOf[c]!);
+      bufOf[c] = null;
+    }
+    onProgress?.(pages * PAGE_SIZE, total);
+    refill();
+  }
+  return pages;
+}
+
+/** One image (or a chain whose chunks scatter): chunk by chunk, each written in one call. */
+async function fillByChunk(pid: number, resolved: readonly ResolvedRun[], readerOf: (image: number) => PageFileReader, largest: number, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void): Promise<number> {
+  const copier = new VmCopier(pid);
+  let pages = 0;
+  const byChunk = new Map<number, ResolvedRun[]>();
+  for (const r of resolved) {
+    // A number, not a string: ~10 000 runs per restore of a chain or of 10 000 VMAs.
+    const key = r.image * 0x100000000 + r.chunk;
+    let list = byChunk.get(key);
+    if (!list) byChunk.set(key, (list = []));
+    list.push(r);
+  }
+  const order = [...byChunk.keys()];
+  const total = resolved.reduce((n, r) => n + r.pages * PAGE_SIZE, 0);
+  const runsInOrder = order.flatMap((c, pos) => byChunk.get(c)!.map((run) => ({ run, pos })));
+  const populator = (state.populator = new Populator(sc, sc ? populateByChunk(runsInOrder) : []));
+  populator.begin();
+  const pending: Promise<Buffer>[] = [];
+  let next = 0;
+  // Reused read buffers: fresh 1 MiB allocations would be mmap'ed and
+  // page-faulted anew for every chunk.
+  const sync = order.length <= SYNC_CHUNKS;
+  const pool: Buffer[] = sync ? [] : Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(largest));
+  const buffers: Buffer[] = [];
+  const refill = () => {
+    while (pool.length > 0 && next < order.length) {
+      const buf = pool.pop()!;
+      buffers.push(buf);
+      const first = byChunk.get(order[next++])![0];
+      const read = readerOf(first.image).readChunkAsync(first.chunk, buf);
+      // A read ahead may fail while an earlier chunk is being written: it
+      // is reported when its turn comes (or by the cleanup), never as an
+      // unhandled rejection that would end tsnap with a stack trace.
+      read.catch(() => {});
+      pending.push(read);
+      state.pending.add(read);
+    }
+  };
+  refill();
+  for (let pos = 0; pos < order.length; pos++) {
+    const runs = byChunk.get(order[pos])!;
+    populator.ready(pos);
+    let data: Buffer;
+    if (sync) {
+      data = readerOf(runs[0].image).readChunk(runs[0].chunk);
+    } else {
+      const read = pending.shift()!;
+      data = await read;
+      state.pending.delete(read);
+    }
+    const readBuf = sync ? null : buffers.shift()!;
+    // Runs fill their chunk in order, so one local range feeds them all
+    // when they are back to back; otherwise write run by run.
+    let contiguous = true;
+    for (let i = 1; i < runs.length; i++) {
+      if (runs[i].offset !== runs[i - 1].offset + runs[i - 1].pages * PAGE_SIZE) contiguous = false;
+    }
+    if (contiguous) {
+      const ranges: RemoteRange[] = runs.map((r) => ({ addr: r.start, len: r.pages * PAGE_SIZE }));
+      const want = ranges.reduce((s, r) => s + r.len, 0);
+      const got = copier.writev(data, runs[0].offset, ranges);
+      if (got !== want) throw new TsnapError('restoreFailed', `process_vm_writev wrote ${got} of ${want} bytes at 0x${runs[0].start.toString(16)}`);
+    } else {
+      // Runs a newer image of the chain cut into: still one call for the chunk.
+      const pieces = runs.map((r) => ({ offset: r.offset, addr: r.start, len: r.pages * PAGE_SIZE }));
+      const want = pieces.reduce((s, r) => s + r.len, 0);
+      const got = copier.writePieces(data, pieces);
+      if (got !== want) {
+        let at = 0;
+        const failed = pieces.find((p) => (at += p.len) > got) ?? pieces[0];
+        throw new TsnapError('restoreFailed', `process_vm_writev failed at 0x${failed.addr.toString(16)}`);
+      }
+    }
+    for (const r of runs) pages += r.pages;
+    onProgress?.(pages * PAGE_SIZE, total);
+    if (readBuf) pool.push(readBuf);
+    refill();
+  }
+  return pages;
 }

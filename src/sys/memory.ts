@@ -117,6 +117,117 @@ export class VmCopier {
 }
 
 /**
+ * Writes pieces of several local buffers into another process, in the
+ * order added, as few process_vm_writev calls and as few remote iovecs as
+ * possible: a piece that continues the previous one in the target extends
+ * its remote iovec, one that continues it locally extends its local iovec.
+ * The kernel pins the target's pages remote iovec by remote iovec (and
+ * unpins each folio once per iovec that touches it), so a chain's pages
+ * that come from different levels but lie side by side go in as one range,
+ * as one image's would. Lists are sent when either side reaches IOV_MAX.
+ */
+export class GatherWriter {
+  private readonly liov = Buffer.alloc(IOV_MAX * IOVEC_SIZE);
+  private readonly riov = Buffer.alloc(IOV_MAX * IOVEC_SIZE);
+  // 32-bit halves through typed arrays: no BigInt per field (addresses are below 2^47).
+  private readonly l32 = new Uint32Array(this.liov.buffer, this.liov.byteOffset, IOV_MAX * 4);
+  private readonly r32 = new Uint32Array(this.riov.buffer, this.riov.byteOffset, IOV_MAX * 4);
+  private nl = 0;
+  private nr = 0;
+  /** End (local, remote) of the last iovec of each list, to extend it. */
+  private lEnd = -1;
+  private rEnd = -1;
+  private want = 0;
+  /** Remote address where a write stopped short, once one did. */
+  private failed: number | null = null;
+  /** Bytes written by calls already made. */
+  written = 0;
+
+  constructor(readonly pid: number) {}
+
+  /** The address of a buffer's bytes, for `add` (one BigInt per buffer, not per piece). */
+  static addressOf(buf: Buffer): number {
+    return Number(libc.address(buf));
+  }
+
+  /** `len` bytes at `localAddr` (addressOf(buffer) + offset; the buffer kept alive by the caller) to `addr`. */
+  add(localAddr: number, addr: number, len: number): void {
+    if (this.failed !== null || len <= 0) return;
+    const extendsL = localAddr === this.lEnd;
+    const extendsR = addr === this.rEnd;
+    if ((!extendsL && this.nl === IOV_MAX) || (!extendsR && this.nr === IOV_MAX)) {
+      this.send();
+      if (this.failed !== null) return;
+      return this.add(localAddr, addr, len);
+    }
+    if (extendsL) {
+      setLen(this.l32, this.nl - 1, getLen(this.l32, this.nl - 1) + len);
+    } else {
+      const o = this.nl++ * 4;
+      this.l32[o] = localAddr % 0x100000000;
+      this.l32[o + 1] = Math.floor(localAddr / 0x100000000);
+      setLen(this.l32, this.nl - 1, len);
+    }
+    if (extendsR) {
+      setLen(this.r32, this.nr - 1, getLen(this.r32, this.nr - 1) + len);
+    } else {
+      const o = this.nr++ * 4;
+      this.r32[o] = addr % 0x100000000;
+      this.r32[o + 1] = Math.floor(addr / 0x100000000);
+      setLen(this.r32, this.nr - 1, len);
+    }
+    this.lEnd = localAddr + len;
+    this.rEnd = addr + len;
+    this.want += len;
+  }
+
+  /**
+   * Sends what is queued. Returns null when every byte added so far was
+   * written, else the target address where writing stopped (EFAULT: a
+   * page that cannot be written there).
+   */
+  finish(): number | null {
+    if (this.failed === null && this.nl > 0) this.send();
+    return this.failed;
+  }
+
+  private send(): void {
+    VmCopier.writeCalls++;
+    const got = Number(libc.processVmWritev(this.pid, this.liov, this.nl, this.riov, this.nr, 0));
+    if (got === -1) {
+      const e = libc.errno();
+      if (e !== 14) throw new SysError(`process_vm_writev(${this.pid})`, e);
+    }
+    const done = Math.max(got, 0);
+    this.written += done;
+    if (done < this.want) {
+      // The remote iovec holding byte `done` is where it stopped.
+      let at = 0;
+      this.failed = this.r32[0] + this.r32[1] * 0x100000000;
+      for (let i = 0; i < this.nr; i++) {
+        const len = getLen(this.r32, i);
+        if (at + len > done) { this.failed = this.r32[i * 4] + this.r32[i * 4 + 1] * 0x100000000 + (done - at); break; }
+        at += len;
+      }
+    }
+    this.nl = 0;
+    this.nr = 0;
+    this.lEnd = -1;
+    this.rEnd = -1;
+    this.want = 0;
+  }
+}
+
+function getLen(v: Uint32Array, i: number): number {
+  return v[i * 4 + 2] + v[i * 4 + 3] * 0x100000000;
+}
+
+function setLen(v: Uint32Array, i: number, len: number): void {
+  v[i * 4 + 2] = len % 0x100000000;
+  v[i * 4 + 3] = Math.floor(len / 0x100000000);
+}
+
+/**
  * /proc/PID/mem opened once. pread/pwrite there use FOLL_FORCE: they read
  * PROT_NONE pages that still hold data and write read-only pages.
  */

@@ -55,9 +55,11 @@ function staleReason(pid: number, ref: TrackingRef): string | null {
  * The tracking to use for this round: the parent's when it is still valid,
  * else a new one (with the reason the old one was lost). `frozen`: a task
  * the caller already holds stopped (the final dump); otherwise the target
- * is stopped just for the injection.
+ * is stopped just for the injection. `stillTarget` throws when the process
+ * the caller means has ended (its pid may be a stranger's): called once the
+ * task is stopped, before anything is injected.
  */
-export async function openTracking(pid: number, parent: TrackingRef | null, frozen: FrozenTask | null): Promise<Tracking> {
+export async function openTracking(pid: number, parent: TrackingRef | null, frozen: FrozenTask | null, stillTarget: () => void = () => {}): Promise<Tracking> {
   let lost: string | null = null;
   if (parent) {
     lost = staleReason(pid, parent);
@@ -71,6 +73,12 @@ export async function openTracking(pid: number, parent: TrackingRef | null, froz
   const ended = endEarlierTrackings(pid);
   const t0 = process.hrtime.bigint();
   const task = frozen ?? FrozenTask.freeze(pid);
+  try {
+    stillTarget();
+  } catch (err) {
+    if (!frozen) task.release();
+    throw err;
+  }
   // A first pre-dump's only freeze is this one (to inject the userfaultfd).
   if (!frozen) faultPoint('frozen');
   let targetFd = -1;

@@ -148,7 +148,7 @@ export interface StartOptions {
   stdin?: 'pipe' | 'ignore';
   /** Default /READY/. */
   readyPattern?: RegExp;
-  /** Default 10000. */
+  /** Default 30000. */
   timeoutMs?: number;
 }
 
@@ -240,7 +240,8 @@ function procStatus(pid: number): string {
  */
 export function startProcess(cmd: string, args: string[], opts: StartOptions = {}): Promise<Running> {
   const readyRe = nonGlobal(opts.readyPattern ?? /READY/);
-  const timeoutMs = opts.timeoutMs ?? 10000;
+  // Generous: a 768 MiB fixture filling its memory took over 10 s once while apt and a build shared the 2 cores.
+  const timeoutMs = opts.timeoutMs ?? 30000;
   const desc = [cmd, ...args].join(' ');
 
   let child: ChildProcess;

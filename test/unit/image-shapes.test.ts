@@ -1,7 +1,8 @@
 /** The cross-field rules of the image shapes (types and ranges are covered by the fuzz test on real images). */
 import { describe, it, expect } from 'vitest';
-import { checkShape } from '../../src/image/shape.js';
-import { VMAS, TREE, INVENTORY } from '../../src/image/image-shapes.js';
+import fc from 'fast-check';
+import { checkShape, type Shape } from '../../src/image/shape.js';
+import { VMAS, TREE, INVENTORY, RUNS, RUNS_GENERIC } from '../../src/image/image-shapes.js';
 import { TsnapError } from '../../src/errors.js';
 
 const vma = (start: number, end: number, extra: object = {}) => ({
@@ -50,5 +51,27 @@ describe('image shapes', () => {
     refused(INVENTORY, { ...inv, parent: null }, /a delta image without a parent/);
     refused(INVENTORY, { ...inv, parent: { ...inv.parent, path: 42 } }, /parent\.path: expected a string, got 42/);
     refused(INVENTORY, { ...inv, chunkSize: 5000 }, /chunkSize: 5000 is not a multiple of 4096/);
+    // The process's start time (optional, 2026-12-03): an exact integer when present.
+    expect(() => checkShape(INVENTORY, { ...inv, startTime: 123456 }, 'x')).not.toThrow();
+    refused(INVENTORY, { ...inv, startTime: 1.5 }, /startTime/);
+    refused(INVENTORY, { ...inv, startTime: 'x' }, /startTime/);
+  });
+
+  it('the inline check of pagemap runs accepts and refuses exactly what the generic shape does, with its message (property)', () => {
+    const P = 4096;
+    // Mostly valid runs, each field sometimes out of range, misaligned, fractional, of another type, or missing.
+    const value = fc.oneof(
+      { weight: 8, arbitrary: fc.integer({ min: 0, max: 64 }).map((n) => n * P) },
+      fc.constantFrom(-P, 0.5, P + 1, 2 ** 47, 2 ** 47 + P, 2 ** 35, 2 ** 35 + 1, 3, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER + 1, NaN, Infinity, '4096', null, undefined, 1n, [P]),
+    );
+    const run = fc.oneof({ weight: 12, arbitrary: fc.tuple(value, value, fc.oneof({ weight: 6, arbitrary: fc.integer({ min: 0, max: 2 }) }, value), value, value) }, fc.array(value, { maxLength: 7 }), fc.constantFrom(null, {}, 'run', 7));
+    const outcome = (shape: Shape, v: unknown): string => {
+      try { checkShape(shape, { runs: v }.runs, '/img/pagemap'); return 'ok'; } catch (e) { return (e as Error).message; }
+    };
+    fc.assert(fc.property(fc.oneof({ weight: 10, arbitrary: fc.array(run, { maxLength: 8 }) }, fc.constantFrom(null, {}, 'runs', 5)), (v) => {
+      expect(outcome(RUNS, v)).toBe(outcome(RUNS_GENERIC, v));
+    }), { numRuns: 3000 });
+    expect(outcome(RUNS, [[0, 1, 0, 0, 0], [P, 2, 1, 3, 2 * P]])).toBe('ok');
+    expect(outcome(RUNS, [[0, 1, 0, 0, 0], [P, 2, 3, 3, 2 * P]])).toMatch(/\[1\]\[2\]: 3 is out of range \[0, 2\]/);
   });
 });

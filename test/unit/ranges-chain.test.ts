@@ -1,8 +1,8 @@
 /** Range algebra and chain resolution against per-page brute force. */
 import { describe, it, expect } from 'vitest';
 import fc from 'fast-check';
-import { normalize, subtract, intersect, union } from '../../src/image/ranges.js';
-import { resolveChain, storedRanges, chainStoredRanges, type ChainLevel } from '../../src/image/chain-index.js';
+import { normalize, subtract, intersect, union, type Range } from '../../src/image/ranges.js';
+import { resolveChain, storedRanges, chainStoredRanges, type ChainLevel, type ResolvedRun } from '../../src/image/chain-index.js';
 import { PageWhere, type PageRun } from '../../formats/schema.js';
 import { ChainCache } from '../../src/image/chain-cache.js';
 import type { Image } from '../../src/image/image-reader.js';
@@ -32,6 +32,35 @@ describe('range algebra', () => {
 });
 
 
+/**
+ * The resolver as it was before the sweep (level by level, subtracting
+ * what each level answered): the sweep must give exactly its runs, split
+ * at the same addresses, as the page writer and the lazy pager rely on.
+ */
+function resolveLevelByLevel(chain: readonly ChainLevel[], within: readonly Range[]): ResolvedRun[] {
+  let remaining = normalize(within);
+  const out: ResolvedRun[] = [];
+  for (let level = 0; level < chain.length && remaining.length; level++) {
+    const answered: Range[] = [];
+    let j = 0;
+    for (const r of chain[level].runs) {
+      if (r.where === PageWhere.Parent) continue;
+      const rEnd = r.start + r.pages * P;
+      while (j < remaining.length && remaining[j].end <= r.start) j++;
+      for (let k = j; k < remaining.length && remaining[k].start < rEnd; k++) {
+        const s = Math.max(r.start, remaining[k].start);
+        const e = Math.min(rEnd, remaining[k].end);
+        if (s >= e) continue;
+        answered.push({ start: s, end: e });
+        if (r.where === PageWhere.Here) out.push({ start: s, pages: (e - s) / P, image: level, chunk: r.chunk, offset: r.offset + (s - r.start) });
+      }
+    }
+    if (chain[level].kind === 'full') break;
+    remaining = subtract(remaining, normalize(answered));
+  }
+  return out.sort((a, b) => a.start - b.start);
+}
+
 describe('resolveChain', () => {
   const cell = fc.option(fc.record({ where: fc.constantFrom(PageWhere.Here, PageWhere.Zero, PageWhere.Parent), tag: fc.integer({ min: 0, max: 3 }) }), { nil: undefined });
   const level = fc.record({ full: fc.boolean(), cells: fc.array(cell, { minLength: N, maxLength: N }) });
@@ -49,6 +78,7 @@ describe('resolveChain', () => {
       });
       const within = toRanges(withinBits);
       const got = resolveChain(chain, within);
+      expect(got).toEqual(resolveLevelByLevel(chain, within));
       const answer: ({ image: number; chunk: number } | null)[] = [];
       for (let i = 0; i < N; i++) {
         let a: { image: number; chunk: number } | null = null;
@@ -76,6 +106,37 @@ describe('resolveChain', () => {
       // The dump's shortcut for everything the chain stores (dump/image-process.ts).
       expect(chainStoredRanges(chain)).toEqual(storedRanges(resolveChain(chain, [{ start: 0, end: N * P }])));
     }), { numRuns: 400 });
+  });
+
+  it('gives the same runs as resolving level by level, with runs of several pages (property)', () => {
+    // Runs of 1-6 pages with gaps, their chunk offsets anywhere in the chunk.
+    const run = fc.record({ gap: fc.integer({ min: 0, max: 3 }), pages: fc.integer({ min: 1, max: 6 }), where: fc.constantFrom(PageWhere.Here, PageWhere.Here, PageWhere.Zero, PageWhere.Parent), chunk: fc.integer({ min: 0, max: 3 }), at: fc.integer({ min: 0, max: 20 }) });
+    const lvl = fc.record({ full: fc.boolean(), runs: fc.array(run, { maxLength: 12 }) });
+    const within = fc.array(fc.record({ gap: fc.integer({ min: 0, max: 8 }), pages: fc.integer({ min: 1, max: 20 }) }), { minLength: 1, maxLength: 5 });
+    fc.assert(fc.property(fc.array(lvl, { minLength: 1, maxLength: 6 }), within, (levels, ws) => {
+      const chain: ChainLevel[] = levels.map((l) => {
+        let at = 0;
+        const runs: PageRun[] = l.runs.map((r) => {
+          const start = (at + r.gap) * P;
+          at += r.gap + r.pages;
+          return { start, pages: r.pages, where: r.where, chunk: r.chunk, offset: r.at * P };
+        });
+        return { kind: l.full ? 'full' : 'delta', runs };
+      });
+      let at = 0;
+      const w = ws.map((x) => {
+        const start = (at + x.gap) * P;
+        at += x.gap + x.pages;
+        return { start, end: at * P };
+      });
+      const used = chain.map(() => new Uint8Array(4));
+      const got = resolveChain(chain, w, used);
+      expect(got).toEqual(resolveLevelByLevel(chain, w));
+      // The chunks marked are exactly those the runs read.
+      const want = chain.map(() => new Uint8Array(4));
+      for (const r of got) want[r.image][r.chunk] = 1;
+      expect(used).toEqual(want);
+    }), { numRuns: 1000 });
   });
 });
 

@@ -6,7 +6,7 @@ import { readToken } from '../token.js';
 
 interface ServeFlags {
   listen: string; dir: string; restore?: boolean; newPid?: boolean; liveBuild: boolean; warmUp: boolean; token?: string; tokenFile?: string;
-  tlsCert?: string; tlsKey?: string; count?: number; handshakeTimeout: number; stdout?: string; stderr?: string; json?: boolean;
+  tlsCert?: string; tlsKey?: string; count?: number; handshakeTimeout: number; idleTimeout: number; stdout?: string; stderr?: string; json?: boolean;
 }
 
 export function registerServe(program: Command, ctx: CliContext): void {
@@ -23,6 +23,7 @@ export function registerServe(program: Command, ctx: CliContext): void {
     .option('--tls-key <file>', 'TLS private key (PEM)')
     .option('--count <n>', 'exit after N migrations', intOption('--count', 1))
     .option('--handshake-timeout <seconds>', 'close a connection that has not presented its HELLO (and TLS handshake) within this time', parseSeconds, 10)
+    .option('--idle-timeout <seconds>', 'abandon a migration whose sender has sent nothing for this long before its commit (a dead peer that never closed)', parseSeconds, 300)
     .option('--stdout <file>', 'stdout of restored processes (default: this one\'s)')
     .option('--stderr <file>', 'stderr of restored processes (default: this one\'s)')
     .addOption(jsonOption('one JSON event per line'))
@@ -36,7 +37,7 @@ async function runServe(o: ServeFlags, ctx: CliContext): Promise<void> {
   const token = readToken(o, o.json ? (message) => onEvent({ event: 'warning', message }) : ctx.warn);
   const { serve } = await import('../../migrate/receiver.js');
   const s = await serve({
-    host, port, dir: o.dir, token, restore: !!o.restore, newPid: !!o.newPid, liveBuild: o.liveBuild, warmUp: o.warmUp, count: o.count, handshakeTimeoutMs: o.handshakeTimeout * 1000,
+    host, port, dir: o.dir, token, restore: !!o.restore, newPid: !!o.newPid, liveBuild: o.liveBuild, warmUp: o.warmUp, count: o.count, handshakeTimeoutMs: o.handshakeTimeout * 1000, idleTimeoutMs: o.idleTimeout * 1000,
     tls: o.tlsCert && o.tlsKey ? { cert: o.tlsCert, key: o.tlsKey } : undefined, stdout: o.stdout, stderr: o.stderr,
     onEvent,
   });
