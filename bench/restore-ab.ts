@@ -11,10 +11,13 @@
  * same checkout twice) shows the noise; BENCH_AB_ENV=KEY=VALUE sets an
  * environment variable for A's restores only (an env switch against its
  * default in one build). BENCH_AB_CHECK: the self-check ('warn', the
- * default, or 'off').
+ * default, or 'off'). BENCH_AB_A_PLAIN=1: A restores a copy of the image
+ * whose process file is plain msgpack maps, as written before records
+ * (formats/image-v1.md "Records in the process file"), B the image as
+ * written.
  */
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, readdirSync, readFileSync, cpSync } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -23,6 +26,8 @@ import { dump } from '../src/dump/dump.js';
 import { restore } from '../src/restore/restore.js';
 import { ptrace, kill, setCloexec } from '../src/sys/index.js';
 import { VMAS_FIXTURE } from './vmas-fixture.js';
+import { readMetaFile, writeMetaFile } from '../src/image/metadata.js';
+import { FileKind, type Inventory } from '../formats/schema.js';
 
 const VMAS = Number(process.env.BENCH_VMAS ?? 10_000);
 const REPS = Number(process.env.BENCH_REPS ?? 30);
@@ -55,6 +60,7 @@ async function main(): Promise<void> {
   const dir = join(OUT_ROOT, `tsnap-bench-ab-${child.pid}`);
   try {
     await dump({ pid: child.pid!, dir });
+    const dirA = process.env.BENCH_AB_A_PLAIN === '1' ? plainCopy(dir) : dir;
     const runs = { A: { wall: [] as number[], cpu: [] as number[] }, B: { wall: [] as number[], cpu: [] as number[] } };
     const once = async (which: 'A' | 'B', keep: boolean) => {
       if (envA) {
@@ -63,7 +69,7 @@ async function main(): Promise<void> {
       }
       const c0 = process.cpuUsage();
       const t0 = process.hrtime.bigint();
-      const r = await (which === 'A' ? restoreA : restore)({ dir, newPid: true, check: CHECK });
+      const r = await (which === 'A' ? restoreA : restore)({ dir: which === 'A' ? dirA : dir, newPid: true, check: CHECK });
       const wall = Number(process.hrtime.bigint() - t0) / 1e6;
       const c = process.cpuUsage(c0);
       const task = schedMs(r.pid);
@@ -78,13 +84,32 @@ async function main(): Promise<void> {
     }
     const a = { wall: median(runs.A.wall), cpu: median(runs.A.cpu) };
     const b = { wall: median(runs.B.wall), cpu: median(runs.B.cpu) };
-    console.log(`${VMAS} VMAs restore, check ${CHECK}, ${REPS} each (load ${load0.toFixed(1)}-${loadavg()[0].toFixed(1)}): A (${other}${envA ? `, ${envA.join('=')}` : ''}) wall ${a.wall.toFixed(1)} ms, CPU ${a.cpu.toFixed(1)} ms; B wall ${b.wall.toFixed(1)} ms, CPU ${b.cpu.toFixed(1)} ms; B / A: wall ${(b.wall / a.wall).toFixed(3)}, CPU ${(b.cpu / a.cpu).toFixed(3)}`);
+    console.log(`${VMAS} VMAs restore, check ${CHECK}, ${REPS} each (load ${load0.toFixed(1)}-${loadavg()[0].toFixed(1)}): A (${other}${envA ? `, ${envA.join('=')}` : ''}${dirA !== dir ? ', plain process file' : ''}) wall ${a.wall.toFixed(1)} ms, CPU ${a.cpu.toFixed(1)} ms; B wall ${b.wall.toFixed(1)} ms, CPU ${b.cpu.toFixed(1)} ms; B / A: wall ${(b.wall / a.wall).toFixed(3)}, CPU ${(b.cpu / a.cpu).toFixed(3)}`);
   } finally {
     delete process.env[envA?.[0] ?? ''];
     try { kill(child.pid!, 9); } catch { /* gone */ }
     rmSync(dir, { recursive: true, force: true });
+    rmSync(`${dir}-plain`, { recursive: true, force: true });
     rmSync(work, { recursive: true, force: true });
   }
+}
+
+/** A copy of image `dir` whose process file is plain msgpack maps (TSNAP_IMAGE_RECORDS=0). */
+function plainCopy(dir: string): string {
+  const to = `${dir}-plain`;
+  cpSync(dir, to, { recursive: true });
+  const proc = readMetaFile(to, FileKind.Process);
+  const inv = readMetaFile<Inventory>(to, FileKind.Inventory);
+  rmSync(join(to, 'process'));
+  process.env.TSNAP_IMAGE_RECORDS = '0';
+  try {
+    inv.files.process = writeMetaFile(to, FileKind.Process, proc);
+  } finally {
+    delete process.env.TSNAP_IMAGE_RECORDS;
+  }
+  rmSync(join(to, 'inventory'));
+  writeMetaFile(to, FileKind.Inventory, inv);
+  return to;
 }
 
 main().then(() => process.exit(0), (err) => { console.error(err); process.exit(1); });

@@ -39,6 +39,15 @@ export enum FileKind {
  * Set on the `process` file when a thread has seccomp state to install.
  */
 export const PROCESS_FLAG_SECCOMP = 1;
+/**
+ * Set on the `process` file when its payload uses msgpackr's record
+ * extension (formats/image-v1.md "Records in the process file", tsnap
+ * 2026-12-03+): objects of one key set are written as a structure
+ * definition once and its values after it, which is no longer plain
+ * msgpack (fixints 0x40-0x7f become structure references). A reader that
+ * does not know the flag refuses the file instead of misreading it.
+ */
+export const PROCESS_FLAG_RECORDS = 2;
 
 export const FILE_NAMES: Record<FileKind, string> = {
   [FileKind.Inventory]: 'inventory',

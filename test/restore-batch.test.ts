@@ -3,17 +3,18 @@
  * (src/inject/remote-batch.ts), and a call failing in the middle of one
  * names itself and leaves nothing behind. Adjacent private anonymous VMAs
  * are one mmap split by mprotect (address-space.ts, AnonRun): 9000 VMAs of
- * alternating protections are one list of 4501 calls.
+ * alternating protections are one list of 4501 calls. Such a process file
+ * is written with msgpackr records; one of plain maps restores the same.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { rmSync, statSync, existsSync } from 'node:fs';
+import { rmSync, statSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, readProcMem, parseHex } from './helpers/fixtures.js';
 import { tsnap, restoreDetached, killPid } from './helpers/tsnap.js';
 import { waitPidsFree, leftRestoreHelpers } from './helpers/processes.js';
 import { readMaps } from '../src/proc/index.js';
 import { readMetaFile, writeMetaFile } from '../src/image/metadata.js';
-import { FileKind, type ProcessImage, type Inventory } from '../formats/schema.js';
+import { FileKind, PROCESS_FLAG_RECORDS, type ProcessImage, type Inventory } from '../formats/schema.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -46,6 +47,42 @@ describe('batched address-space setup', () => {
         const page = readProcMem(pid, addr + i * PAGE, PAGE);
         expect(page.readBigUInt64LE(0)).toBe(BigInt(i));
         expect(page.readBigUInt64LE(PAGE - 8)).toBe(BigInt.asUintN(64, ~BigInt(i)));
+        expect(maps[i].prot & 2).toBe(i % 2 === 0 ? 2 : 0);
+      }
+    } finally {
+      await killPid(pid);
+    }
+  });
+
+  it('a process file of plain msgpack maps (as written before records) restores as one with records', async () => {
+    const work = tmpDir('tsnap-batch-');
+    const { dir, pid, addr } = await dumped(work);
+    const flagsOf = () => readFileSync(join(dir, 'process')).readUInt32LE(12);
+    // Records (formats/image-v1.md "Records in the process file"): the header says so.
+    expect(flagsOf() & PROCESS_FLAG_RECORDS).toBe(PROCESS_FLAG_RECORDS);
+    const proc = readMetaFile<ProcessImage>(dir, FileKind.Process);
+    rmSync(join(dir, 'process'));
+    const inv = readMetaFile<Inventory>(dir, FileKind.Inventory);
+    process.env.TSNAP_IMAGE_RECORDS = '0';
+    try {
+      inv.files.process = writeMetaFile(dir, FileKind.Process, proc);
+    } finally {
+      delete process.env.TSNAP_IMAGE_RECORDS;
+    }
+    rmSync(join(dir, 'inventory'));
+    writeMetaFile(dir, FileKind.Inventory, inv);
+    expect(flagsOf()).toBe(0);
+    // One map per VMA: plain msgpack, no structure references (fixints 0x40-0x7f are numbers).
+    expect(readMetaFile<ProcessImage>(dir, FileKind.Process)).toEqual(proc);
+    await waitPidsFree([pid]);
+    const r = await restoreDetached(dir, join(work, 'pid'), ['--check', 'strict']);
+    expect(r.result.code, r.result.stderr).toBe(0);
+    try {
+      const maps = readMaps(pid).filter((v) => v.start >= addr && v.end <= addr + 2 * N * PAGE);
+      expect(maps.length).toBe(2 * N);
+      for (let i = 0; i < 2 * N; i += 211) {
+        const page = readProcMem(pid, addr + i * PAGE, PAGE);
+        expect(page.readBigUInt64LE(0)).toBe(BigInt(i));
         expect(maps[i].prot & 2).toBe(i % 2 === 0 ? 2 : 0);
       }
     } finally {

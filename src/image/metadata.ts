@@ -10,12 +10,22 @@ import { join } from 'node:path';
 import { Packr } from 'msgpackr';
 import { encodeHeader, decodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
-import { FORMAT_VERSION, HEADER_SIZE, FileKind, FILE_NAMES, PROCESS_FLAG_SECCOMP } from '../../formats/schema.js';
+import { FORMAT_VERSION, HEADER_SIZE, FileKind, FILE_NAMES, PROCESS_FLAG_SECCOMP, PROCESS_FLAG_RECORDS } from '../../formats/schema.js';
 import { TsnapError, withPath } from '../errors.js';
 import { checkShape } from './shape.js';
 import { SHAPE_OF } from './image-shapes.js';
 
 export const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+/**
+ * The process file's writer (PROCESS_FLAG_RECORDS): its 10 000 VMA objects
+ * of one key set become one structure and rows of values. Decoding such a
+ * file is ~7x faster than one map per VMA (10 000 VMAs: 10.4 -> 1.5 ms here,
+ * and a third of the bytes: the restore's largest JavaScript cost after the
+ * page fill). `packr` decodes both: msgpackr reads records whatever its
+ * own writer does. TSNAP_IMAGE_RECORDS=0: plain maps, as before (bench A/B).
+ */
+const recordsPackr = new Packr({ useRecords: true, mapsAsObjects: true });
+const useRecords = (kind: FileKind) => kind === FileKind.Process && process.env.TSNAP_IMAGE_RECORDS !== '0';
 
 export interface WrittenFile {
   length: number;
@@ -24,9 +34,10 @@ export interface WrittenFile {
 
 /** Writes `value` as the metadata file of `kind` in `dir`, mode 0600. */
 export function writeMetaFile(dir: string, kind: FileKind, value: unknown, fsync = false, version = FORMAT_VERSION): WrittenFile {
-  const payload = packr.pack(value);
+  const records = useRecords(kind);
+  const payload = (records ? recordsPackr : packr).pack(value);
   const crc = crc32(payload);
-  const header = encodeHeader({ version, kind, flags: headerFlags(kind, value), payloadLength: payload.length, payloadCrc: crc });
+  const header = encodeHeader({ version, kind, flags: headerFlags(kind, value) | (records ? PROCESS_FLAG_RECORDS : 0), payloadLength: payload.length, payloadCrc: crc });
   const path = join(dir, FILE_NAMES[kind]);
   const fd = openSync(path, 'wx', 0o600);
   try {
@@ -41,7 +52,7 @@ export function writeMetaFile(dir: string, kind: FileKind, value: unknown, fsync
   return { length: payload.length, crc32: crc };
 }
 
-/** The must-understand flags a document needs (PROCESS_FLAG_SECCOMP). */
+/** The must-understand flags a document needs (PROCESS_FLAG_SECCOMP); PROCESS_FLAG_RECORDS is the writer's. */
 function headerFlags(kind: FileKind, value: unknown): number {
   return kind === FileKind.Process && hasSeccomp(value) ? PROCESS_FLAG_SECCOMP : 0;
 }
@@ -51,7 +62,7 @@ function hasSeccomp(value: unknown): boolean {
   return Array.isArray(threads) && threads.some((t) => t?.seccomp !== undefined);
 }
 
-const KNOWN_FLAGS: Partial<Record<FileKind, number>> = { [FileKind.Process]: PROCESS_FLAG_SECCOMP };
+const KNOWN_FLAGS: Partial<Record<FileKind, number>> = { [FileKind.Process]: PROCESS_FLAG_SECCOMP | PROCESS_FLAG_RECORDS };
 
 function writeAll(fd: number, buf: Buffer): void {
   let off = 0;

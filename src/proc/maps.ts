@@ -1,5 +1,6 @@
 /** /proc/PID/maps: the target's virtual memory areas. */
-import { DELETED_SUFFIX, readProcText } from './read.js';
+import { DELETED_SUFFIX, readProcBytes } from './read.js';
+import { mapsParse } from '../sys/proc-read.js';
 import { decAt, hexAt } from './num.js';
 
 export const PROT_READ = 1;
@@ -109,7 +110,38 @@ export function parseMaps(text: string): Vma[] {
  * the target is stopped.
  */
 export function readMaps(pid: number): Vma[] {
-  return parseMaps(readProcText(pid, 'maps'));
+  return readProcBytes(pid, 'maps', (buf, len) => parseMapsBytes(buf, len) ?? parseMaps(buf.toString('utf8', 0, len)));
+}
+
+/** tsnap_maps_parse's columns, kept between reads (a restore's check reads 10 000 lines). */
+let nums = new Float64Array(0);
+let info = new Int32Array(0);
+
+/**
+ * parseMaps over the bytes, the fields found in C (sys/proc-read.ts):
+ * 10 000 lines in ~1 ms instead of ~4. Null for what only parseMaps
+ * reads (it then names the bad line), or without the library.
+ */
+export function parseMapsBytes(buf: Buffer, len: number): Vma[] | null {
+  // The shortest line, "0-0 ---p 0 0:0 0\n", is 17 bytes.
+  const most = Math.floor(len / 17) + 1;
+  if (info.length < 3 * most) {
+    nums = new Float64Array(6 * most);
+    info = new Int32Array(3 * most);
+  }
+  const n = mapsParse(buf, len, nums, info);
+  if (n === null) return null;
+  const out = new Array<Vma>(n);
+  for (let i = 0; i < n; i++) {
+    const d = 6 * i;
+    const f = info[3 * i];
+    const plen = info[3 * i + 2];
+    out[i] = {
+      start: nums[d], end: nums[d + 1], prot: f & 7, shared: (f & 8) !== 0, offset: nums[d + 2], devMajor: nums[d + 3], devMinor: nums[d + 4], inode: nums[d + 5],
+      path: plen === 0 ? '' : buf.toString('utf8', info[3 * i + 1], info[3 * i + 1] + plen), deleted: (f & 16) !== 0,
+    };
+  }
+  return out;
 }
 
 /** Kernel-provided areas that need special handling instead of a plain page copy. */

@@ -41,11 +41,19 @@ export function readProcBuffer(pid: number, name: string): Buffer {
  * read(), and a seq_file answers each read() with a page or so: maps of
  * 10 000 VMAs (490 KB) came to 7.7 MB of buffers to collect per read.
  */
-let textBuf: Buffer = Buffer.allocUnsafeSlow(64 << 10);
+let textBuf: Buffer | null = Buffer.allocUnsafeSlow(64 << 10);
 /** A buffer grown past this for one large file is not kept. */
 const TEXT_BUF_KEEP = 4 << 20;
 
 export function readProcText(pid: number, name: string): string {
+  return readProcBytes(pid, name, (buf, len) => buf.toString('utf8', 0, len));
+}
+
+/**
+ * The whole of /proc/PID/`name` in the shared buffer: `use(buf, len)` gets
+ * it (valid only during the call; a nested read gets a buffer of its own).
+ */
+export function readProcBytes<T>(pid: number, name: string, use: (buf: Buffer, len: number) => T): T {
   const path = procPath(pid, name);
   let fd: number;
   try {
@@ -53,9 +61,10 @@ export function readProcText(pid: number, name: string): string {
   } catch (err) {
     throw procError('open', path, err);
   }
-  let buf = textBuf;
+  let buf = textBuf ?? Buffer.allocUnsafeSlow(64 << 10);
+  textBuf = null;
+  let len = 0;
   try {
-    let len = 0;
     for (;;) {
       if (len === buf.length) {
         const bigger = Buffer.allocUnsafeSlow(buf.length * 2);
@@ -63,14 +72,19 @@ export function readProcText(pid: number, name: string): string {
         buf = bigger;
       }
       const n = fs.readSync(fd, buf, len, buf.length - len, null);
-      if (n === 0) return buf.toString('utf8', 0, len);
+      if (n === 0) break;
       len += n;
     }
   } catch (err) {
+    textBuf ??= buf.length <= TEXT_BUF_KEEP ? buf : null;
     throw procError('read', path, err);
   } finally {
     fs.closeSync(fd);
-    if (buf.length <= TEXT_BUF_KEEP) textBuf = buf;
+  }
+  try {
+    return use(buf, len);
+  } finally {
+    if (buf.length <= TEXT_BUF_KEEP) textBuf ??= buf;
   }
 }
 

@@ -2,6 +2,8 @@
 import { openSync, readSync, closeSync } from 'node:fs';
 import { procError } from './read.js';
 import { hexAt } from './num.js';
+import { smapsMasks } from '../sys/proc-read.js';
+import { SysError } from '../sys/errors.js';
 
 const NEXT_VMFLAGS = '\nVmFlags:';
 
@@ -71,17 +73,9 @@ const bitTables = new WeakMap<readonly string[], Int8Array>();
  * entry per area (10 000 areas: ~10 ms of CPU and as much garbage).
  */
 export function readVmFlagMasks(pid: number, tokens: readonly string[], areasHint = 64): VmFlagsTable {
-  let bits = bitTables.get(tokens);
-  if (!bits) {
-    if (tokens.length > 31) throw new RangeError('at most 31 tokens fit a mask');
-    bits = new Int8Array(1 << 16);
-    tokens.forEach((t, i) => {
-      if (t.length !== 2) throw new RangeError(`${t}: VmFlags tokens are two letters`);
-      bits![(t.charCodeAt(0) << 8) | t.charCodeAt(1)] = i + 1;
-    });
-    bitTables.set(tokens, bits);
-  }
-  const table = bits;
+  const fast = readMasksNative(pid, tokens, areasHint);
+  if (fast) return fast;
+  const table = bitTable(tokens);
   let starts = new Float64Array(Math.max(16, areasHint + 8));
   let masks = new Int32Array(starts.length);
   let count = 0;
@@ -110,6 +104,67 @@ export function readVmFlagMasks(pid: number, tokens: readonly string[], areasHin
   });
   return { count, starts, masks };
 }
+
+function bitTable(tokens: readonly string[]): Int8Array {
+  let bits = bitTables.get(tokens);
+  if (!bits) {
+    if (tokens.length > 31) throw new RangeError('at most 31 tokens fit a mask');
+    bits = new Int8Array(1 << 16);
+    tokens.forEach((t, i) => {
+      if (t.length !== 2) throw new RangeError(`${t}: VmFlags tokens are two letters`);
+      bits![(t.charCodeAt(0) << 8) | t.charCodeAt(1)] = i + 1;
+    });
+    bitTables.set(tokens, bits);
+  }
+  return bits;
+}
+
+/** Room for the areas of a native read: the caller's hint and some (a full table is read again, larger). */
+const roomFor = (hint: number) => Math.max(64, hint + (hint >> 2) + 64);
+
+function openSmaps(pid: number): { fd: number; path: string } {
+  const path = `/proc/${pid}/smaps`;
+  try {
+    return { fd: openSync(path, 'r'), path };
+  } catch (err) {
+    throw procError('open', path, err);
+  }
+}
+
+/** Only the C parser's library missing (a checkout not built) sends every read to the JavaScript walk. */
+let nativeMissing = false;
+
+/**
+ * readVmFlagMasks read and parsed in C (tsnap_smaps_masks): null when the
+ * library is not built, or for text the C parser does not take (then
+ * walkSmaps reads again and says what is wrong).
+ */
+function readMasksNative(pid: number, tokens: readonly string[], areasHint: number): VmFlagsTable | null {
+  if (nativeMissing) return null;
+  const table = bitTable(tokens);
+  for (let room = roomFor(areasHint); ; room *= 4) {
+    const starts = new Float64Array(room);
+    const masks = new Int32Array(room);
+    const { fd, path } = openSmaps(pid);
+    const buf = walkBuf ?? Buffer.allocUnsafeSlow(WALK_BUF);
+    walkBuf = null;
+    let r;
+    try {
+      r = smapsMasks(fd, buf, table, starts, masks, path);
+    } catch (err) {
+      if (isNotBuilt(err)) { nativeMissing = true; return null; }
+      throw err;
+    } finally {
+      closeSync(fd);
+      walkBuf = buf;
+    }
+    if ('count' in r) return { count: r.count, starts, masks };
+    if (r.retry === 'malformed') return null;
+  }
+}
+
+/** proc-read.ts's error for a library that is not built (not a read's). */
+const isNotBuilt = (err: unknown) => err instanceof SysError && err.call.startsWith('load ');
 
 /**
  * One read buffer for every smaps walk of this process: a fresh buffer the

@@ -269,11 +269,14 @@ class AnonRun {
     const first = m[0].v;
     this.batch.push(() => `mmap(0x${start.toString(16)} ${m.length > 1 ? `anon, ${m.length} VMAs` : first.path || 'anon'})`, SYS.mmap, [start, this.end - start, base, this.flags, -1, 0], landsAt(start));
     for (const { v, prot } of m) {
-      if (prot !== base) this.batch.push(() => `mprotect(0x${v.start.toString(16)})`, SYS.mprotect, [v.start, v.end - v.start, prot]);
+      if (prot !== base) this.batch.push(mprotectName, SYS.mprotect, [v.start, v.end - v.start, prot], undefined, v);
       advise(this.rt, v, this.batch);
     }
   }
 }
+
+/** What a failed mprotect of a run's member is called: one function for all, not a closure each. */
+const mprotectName = (v: unknown) => `mprotect(0x${(v as VmaImage).start.toString(16)})`;
 
 /** Private anonymous memory that is not the heap or the stack. */
 const eligible = (v: VmaImage) => v.special === null && vmaKind(v) === 'anon';

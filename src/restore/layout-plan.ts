@@ -17,13 +17,17 @@ export interface Span {
  * mappings and every mapping the image will create.
  */
 export function findHole(taken: readonly Span[], size: number, from = 0x10000000, limit = 0x7ffffffff000): number {
-  const sorted = taken.filter((s) => s.end > from);
-  // Layouts come sorted (maps, an image's VMAs): sort only what is not, 10 000 spans a call.
-  for (let i = 1; i < sorted.length; i++) {
-    if (sorted[i].start < sorted[i - 1].start) { sorted.sort((a, b) => a.start - b.start); break; }
+  // Layouts come sorted (maps, an image's VMAs): walked as they are, 10 000
+  // spans a call; copied and sorted only when they are not (a copy per call
+  // was a fifth of a 10 000-VMA restore's allocations besides the image).
+  let sorted: readonly Span[] = taken;
+  for (let i = 1; i < taken.length; i++) {
+    if (taken[i].start < taken[i - 1].start) { sorted = [...taken].sort((a, b) => a.start - b.start); break; }
   }
   let at = from;
-  for (const s of sorted) {
+  for (let i = 0; i < sorted.length; i++) {
+    const s = sorted[i];
+    if (s.end <= from) continue;
     if (s.start >= at + size) break;
     if (s.end > at) at = s.end;
   }

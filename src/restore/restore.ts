@@ -241,7 +241,8 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     // A live process's pages were checked as they arrived.
     for (const m of live ? [] : plan) {
       const imports = sharedImports(m.p, planned, 0);
-      resolvedOf.set(m.p, checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start)).map((v) => ({ start: v.start, end: v.end }))));
+      // The VMAs themselves as the ranges (resolveChain copies what it keeps).
+      resolvedOf.set(m.p, checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start))));
     }
   } catch (err) {
     prio?.restore();
@@ -364,8 +365,12 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
         else lazy.open(rt, lazyVmas, undefined, (fd) => closeLater.push(fd));
         m.lazy ??= { vmas: lazyVmas, written: kernelTouched(m.p.threads, lazyVmas) };
       }
-      const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []], rt.sc,
-        opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined, lazy ? undefined : resolvedOf.get(m.p));
+      // Without --lazy the chain was resolved over the dumped VMAs already (resolvedOf), which fillPages
+      // takes as it is: the ranges are made only when it resolves them itself (10 000 objects).
+      const resolved = lazy ? undefined : resolvedOf.get(m.p);
+      const within = resolved ? [] : [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []];
+      const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, within, rt.sc,
+        opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined, resolved);
       pages += filled.pages;
       bytes += filled.bytes;
       for (const r of m.p.aioRings ?? []) restoreAioRing(rt, r);

@@ -12,10 +12,13 @@ interface ReadAll {
   async(fd: number, buf: Buffer, len: number, cb: (err: unknown, n: number) => void): void;
 }
 
+type SmapsMasks = (fd: number, buf: Buffer, buflen: number, table: Int8Array, starts: Float64Array, masks: Int32Array, max: number) => number;
+
 type FlagSpans = (buf: Buffer, len: number, out: Uint32Array, max: number, lines: Uint32Array, maxLines: number, nLines: number[]) => number;
 
 let fn: ReadAll | undefined;
 let spans: FlagSpans | undefined;
+let masksFn: SmapsMasks | undefined;
 let so: ReturnType<typeof koffi.load> | undefined;
 
 function lib(): ReturnType<typeof koffi.load> {
@@ -90,4 +93,49 @@ export async function readWholeOnPool(path: string, size: number): Promise<{ buf
   } finally {
     closeSync(fd);
   }
+}
+
+/** tsnap_smaps_masks's answers that are not -errno (tsnap-procread.c). */
+const SMAPS_MALFORMED = -100000;
+const SMAPS_FULL = -100001;
+
+/** What smapsMasks found: `count` areas, or why it could not parse (the caller's own parser then reads again). */
+export type SmapsMasksResult = { count: number } | { retry: 'malformed' | 'full' };
+
+/**
+ * The VmFlags of every area of /proc/PID/smaps (`fd`, at its start) as
+ * bits of `table` (two-letter token -> bit + 1), read and parsed in C
+ * (tsnap_smaps_masks) through `buf`: starts and masks filled, at most
+ * starts.length areas. A failed read throws SysError.
+ */
+export function smapsMasks(fd: number, buf: Buffer, table: Int8Array, starts: Float64Array, masks: Int32Array, what: string): SmapsMasksResult {
+  const f = masksFn ??= lib().func('long tsnap_smaps_masks(int fd, _Inout_ void *buf, size_t buflen, const void *table, _Out_ void *starts, _Out_ void *masks, size_t max)') as SmapsMasks;
+  const n = Number(f(fd, buf, buf.length, table, starts, masks, Math.min(starts.length, masks.length)));
+  if (n === SMAPS_MALFORMED) return { retry: 'malformed' };
+  if (n === SMAPS_FULL) return { retry: 'full' };
+  if (n < 0) throw new SysError(`read(${what})`, -n);
+  return { count: n };
+}
+
+type MapsParse = (buf: Buffer, len: number, nums: Float64Array, info: Int32Array, max: number) => number;
+let mapsFn: MapsParse | undefined;
+
+/**
+ * The lines of /proc/PID/maps text buf[0, len) parsed in C
+ * (tsnap_maps_parse): per line six numbers in nums (start, end, offset,
+ * major, minor, inode) and three in info (r 1 | w 2 | x 4 | shared 8 |
+ * deleted 16; the path's offset in buf and its length). The line count, or
+ * null for text the caller's own parser must read (it names the line), or
+ * when the library is not built.
+ */
+export function mapsParse(buf: Buffer, len: number, nums: Float64Array, info: Int32Array): number | null {
+  if (!mapsFn) {
+    try {
+      mapsFn = lib().func('long tsnap_maps_parse(const void *buf, size_t len, _Out_ void *nums, _Out_ void *info, size_t max)') as MapsParse;
+    } catch {
+      return null;
+    }
+  }
+  const n = Number(mapsFn(buf, len, nums, info, Math.min(Math.floor(nums.length / 6), Math.floor(info.length / 3))));
+  return n < 0 ? null : n;
 }

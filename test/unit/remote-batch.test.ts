@@ -1,5 +1,7 @@
 /** The records the stub's runner reads, and the checks done when a task has no runner. */
 import { describe, it, expect } from 'vitest';
+import fc from 'fast-check';
+import { writeSyscallArg } from '../../src/inject/syscall-record.js';
 import { encodeBatch, callSucceeded, RemoteBatch, BATCH_RECORD, BATCH_RUNNER, type BatchCall } from '../../src/inject/remote-batch.js';
 import { SysError } from '../../src/sys/index.js';
 import { TsnapError } from '../../src/errors.js';
@@ -28,6 +30,27 @@ describe('encodeBatch', () => {
     const n = encodeBatch([{ name: 'x', nr: 1, args: [-1, -4096, 2 ** 47 + 5, 0x1ffffffffn, -2n] }]);
     expect([0, 1, 2, 3, 4].map((i) => n.readBigUInt64LE(8 + i * 8))).toEqual([2n ** 64n - 1n, 2n ** 64n - 4096n, 2n ** 47n + 5n, 0x1ffffffffn, 2n ** 64n - 2n]);
     expect(() => encodeBatch([{ name: 'x', nr: 1, args: [1, 2, 3, 4, 5, 6, 7] }])).toThrow(/at most 6/);
+  });
+
+  it('writes every argument as writeSyscallArg does (the records are stored as 32-bit words)', () => {
+    const arg = fc.oneof(
+      fc.integer({ min: -0x80000000, max: 0x7fffffff }),
+      fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }),
+      fc.constantFrom(0, -1, -4096, 2 ** 32, 2 ** 32 - 1, 2 ** 31, 2 ** 47, Number.MAX_SAFE_INTEGER, -0x80000000, -0x80000001, 2 ** 53, 2 ** 60),
+      fc.bigInt({ min: -(2n ** 63n), max: 2n ** 64n - 1n }),
+    );
+    fc.assert(fc.property(fc.array(fc.record({ nr: fc.integer({ min: 0, max: 500 }), args: fc.array(arg, { maxLength: 6 }), exact: fc.option(arg) }), { minLength: 1, maxLength: 8 }), (list) => {
+      const calls: BatchCall[] = list.map((c) => ({ name: 'x', nr: c.nr, args: c.args, expect: c.exact === null ? undefined : { value: c.exact, mismatch: () => new Error('x') } }));
+      const want = Buffer.alloc(calls.length * BATCH_RECORD);
+      calls.forEach((c, i) => {
+        const o = i * BATCH_RECORD;
+        want.writeUInt32LE(c.nr, o);
+        want.writeUInt32LE(c.expect ? 1 : 0, o + 4);
+        c.args.forEach((a, k) => writeSyscallArg(want, o + 8 + 8 * k, a));
+        if (c.expect) writeSyscallArg(want, o + 56, c.expect.value);
+      });
+      expect(encodeBatch(calls).equals(want)).toBe(true);
+    }));
   });
 
   it('judges results as the runner does: -4095..-1 are errors, an expected value must match exactly', () => {
