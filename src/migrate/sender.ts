@@ -44,6 +44,7 @@ import { receiverReady } from './receiver-ready.js';
 import { openTargetPidfd, refuseIfEnded } from '../dump/target-identity.js';
 import { pidfdExited } from '../sys/index.js';
 import { WindowPriority, ownWindowThreads } from './window-priority.js';
+import { PeerLimit, PEER_TIMEOUT_MS } from './peer-limit.js';
 
 export interface MigrateOptions {
   pid: number;
@@ -69,6 +70,13 @@ export interface MigrateOptions {
    * the resume on the receiver.
    */
   postcopy?: 'on' | 'auto';
+  /**
+   * `--peer-timeout`: how long a receiver may make no progress while the
+   * source is frozen (peer-limit.ts); 0 = no limit. Default PEER_TIMEOUT_MS.
+   */
+  peerTimeoutMs?: number;
+  /** The silence warning after COMMIT (default `warn`): the CLI prints it even with --quiet, the source being frozen. */
+  warnFrozen?: (m: string) => void;
   onEvent?: (e: Record<string, unknown>) => void;
   warn?: (m: string) => void;
   /** Memory copied in the current round (see DumpOptions.onProgress). */
@@ -133,6 +141,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     throw err;
   }
   const reader = new FrameReader(sock);
+  const peer = new PeerLimit(sock, { limitMs: opts.peerTimeoutMs ?? PEER_TIMEOUT_MS, peer: `${opts.host}:${opts.port}`, pid: opts.pid, checkAbort, warn: opts.warnFrozen ?? opts.warn ?? ((m) => process.stderr.write(`tsnap: warning: ${m}\n`)) });
   const staging = mkdtempSync(join(stagingBase(opts), 'tsnap-migrate-'));
   let held: FrozenSet | null = null;
   let receiverCommitted = false;
@@ -221,6 +230,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     const postcopyBecause = opts.postcopy === 'on' ? 'requested' : opts.postcopy === 'auto' && !converged ? stoppedBecause : null;
     const finalOpts = { pid: opts.pid, targetPidfd, targetGone, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, chainCache, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: async () => {
       if (!opts.tree) await receiverReady(reader, checkAbort);
+      peer.guard();
       conv.lift();
     } };
     // Raised from here to the receiver's answer (window-priority.ts), the
@@ -232,6 +242,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     mark(`migrate: final round (heap ${(process.memoryUsage().heapUsed / 2 ** 20).toFixed(0)} MiB)`);
     const final = await takeSet({ ...finalOpts, ...streaming() }, 'dump', !!opts.tree);
     held = final.held;
+    peer.guard(); // armed before the freeze (beforeFreeze); here should a path not call it
     const leftOut: Range[] | null = final.leftOut ?? null;
     const frozenAt = final.frozenAt ?? process.hrtime.bigint();
     const finalDir = final.dir;
@@ -247,11 +258,14 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // receiver commits, it (and not the source) has the process.
     await letSignalsIn();
     checkAbort();
-    await send(sock, encodeDoc(Msg.Commit, {}));
-    const committed = decodeDoc<{ dir: string; live?: boolean }>(await reader.expect(Msg.Committed, 'waiting for the receiver to commit'));
+    const commit = send(sock, encodeDoc(Msg.Commit, {}));
+    peer.commitSent();
+    await commit;
+    const committed = decodeDoc<{ dir: string; live?: boolean }>(await peer.waiting(reader.expect(Msg.Committed, 'waiting for the receiver to commit')));
     const freezeToCommitMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     receiverCommitted = true;
     mark('migrate: committed');
+    peer.stop();
     if (leftOut && postcopyBecause !== null) {
       // The page service may push for seconds: not in the real-time class.
       prio.restore();
@@ -306,8 +320,10 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
       iterations: k + 1, stoppedBecause, bytesSent, totalMs: ms(t0), downtimeMs, freezeToCommitMs,
       receiverDir: committed.dir, restoredPid, restoreError, convergence: conv.describe(),
     };
-  } catch (err) {
-    if (err instanceof PostcopyLost) throw err;
+  } catch (caught) {
+    if (caught instanceof PostcopyLost) throw caught;
+    // The silence limit (or a signal during a network wait) ended the connection: that is the cause, not the closed socket.
+    const err = peer.fired ?? caught;
     // Before COMMITTED nothing is lost: the source runs on as it was (its
     // connections out of repair mode with it: they belong to its set).
     try { held?.release(); } catch { /* gone */ }
@@ -319,8 +335,12 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     const e = reason && !(err instanceof TsnapError && err.message.startsWith('migration peer refused'))
       ? new TsnapError('targetFailed', `migration peer refused: ${reason}`, err)
       : asTsnapError(err, `migration of process ${opts.pid}`);
-    throw new TsnapError(e.kind, `migration of process ${opts.pid} failed; it runs on where it was: ${e.message}`, e.cause ?? err, e.exitCode);
+    // After COMMIT left, the receiver may have committed before the connection ended (docs/migration.md).
+    const twice = peer.mayHaveCommitted && !receiverCommitted
+      ? `; COMMIT had been sent: if the receiver at ${opts.host}:${opts.port} committed before the connection ended, process ${opts.pid} runs there too (check it, and stop one of them)` : '';
+    throw new TsnapError(e.kind, `migration of process ${opts.pid} failed; it runs on where it was: ${e.message}${twice}`, e.cause ?? err, e.exitCode);
   } finally {
+    peer.stop();
     prio.restore();
     conv.release();
     sock.destroy();

@@ -1,6 +1,6 @@
 /** `tsnap migrate`: pre-copy a running process to a `tsnap serve`. */
 import { Option, type Command } from 'commander';
-import { ExitCode } from '../../errors.js';
+import { ExitCode, TsnapError } from '../../errors.js';
 import { formatBytes, formatUs } from '../../format.js';
 import type { CliContext } from '../context.js';
 import { addTokenOptions, compressOption, intOption, jsonOption, parseHostPort, parseRate, pidOption, type Codec } from '../options.js';
@@ -9,7 +9,7 @@ import { readToken } from '../token.js';
 
 interface MigrateFlags {
   pid: number; to: string; token?: string; tokenFile?: string; downtimeMs: number; maxIterations: number; bandwidthLimit?: number;
-  leaveRunning?: boolean; tree?: boolean; tcpEstablished?: boolean; autoConverge: boolean; compress: Codec; tls?: boolean; tlsCa?: string; tlsInsecure?: boolean; json?: boolean; postcopy?: true | 'on' | 'auto';
+  leaveRunning?: boolean; tree?: boolean; tcpEstablished?: boolean; autoConverge: boolean; compress: Codec; tls?: boolean; tlsCa?: string; tlsInsecure?: boolean; json?: boolean; postcopy?: true | 'on' | 'auto'; peerTimeout: number;
 }
 
 export function registerMigrate(program: Command, ctx: CliContext): void {
@@ -25,6 +25,7 @@ export function registerMigrate(program: Command, ctx: CliContext): void {
     .option('-t, --tree', 'migrate the process and all its descendants')
     .option('--tcp-established', 'take established TCP connections along (TCP repair mode; the peer must reach the receiver at the same address)')
     .addOption(new Option('--postcopy [when]', 'resume on the receiver right after the state; the last round\'s pages follow on demand ("auto": only when pre-copy does not converge). Risk: a connection lost before every page is in loses the process').choices(['on', 'auto']))
+    .option('--peer-timeout <seconds>', 'give up on a receiver that makes no progress for this long while the source is frozen, before the commit (the source runs on); after the commit, warn and keep waiting (0: no limit)', peerSeconds, 10)
     .option('--no-auto-converge', 'do not throttle a source that writes faster than the link (cgroup cpu quota, 20% then +10% per round)')
     .addOption(compressOption())
     .option('--tls', 'connect with TLS')
@@ -43,6 +44,9 @@ async function runMigrate(o: MigrateFlags, ctx: CliContext): Promise<void> {
   const r = await migrate({
     pid: o.pid, host, port, token, downtimeMs: o.downtimeMs, maxIterations: o.maxIterations,
     bandwidthLimit: o.bandwidthLimit, leaveRunning: !!o.leaveRunning, compression: o.compress, tree: !!o.tree, tcpEstablished: !!o.tcpEstablished,
+    peerTimeoutMs: o.peerTimeout * 1000,
+    // A frozen source waiting on a silent receiver is never kept quiet (--quiet hides warnings).
+    warnFrozen: (message) => process.stderr.write(o.json ? `${JSON.stringify({ event: 'warning', message })}\n` : `tsnap: warning: ${message}\n`),
     whenNotConverging: o.autoConverge === false ? 'stop' : 'throttle',
     ...(o.postcopy ? { postcopy: o.postcopy === 'auto' ? 'auto' as const : 'on' as const } : {}),
     tls: o.tls || o.tlsCa || o.tlsInsecure ? { ca: o.tlsCa, insecure: !!o.tlsInsecure } : undefined,
@@ -60,4 +64,10 @@ async function runMigrate(o: MigrateFlags, ctx: CliContext): Promise<void> {
     process.stderr.write(`tsnap: ${r.restoreError}\n`);
     process.exitCode = ExitCode.restoreFailed;
   }
+}
+
+/** Seconds, 0 included (no limit). */
+function peerSeconds(v: string): number {
+  if (!/^\d+(\.\d+)?$/.test(v) || Number(v) > 86_400) throw new TsnapError('usage', `--peer-timeout: expected a number of seconds up to 86400 (0: no limit), got "${v}"`);
+  return Number(v);
 }
