@@ -20,6 +20,12 @@
  * baseline. --quick: 64 and 256 MiB. BENCH_MIGRATION_SIZES / _RATES do the
  * same from the environment. A size whose runs need more memory than is
  * available (about 3x the size) is skipped with a note.
+ * BENCH_MIGRATION_MODES=pre-copy,post-copy: some of the three modes only.
+ * BENCH_MIGRATION_LOG_DIR=D: each migration's timeline in D (its events,
+ * the ticker's gaps, and with TSNAP_TRACE=1 both sides' trace lines, all
+ * on CLOCK_MONOTONIC). The freeze is placed from the `resumed` event's
+ * arrival (minus the downtime it reports): `done` comes after the source's
+ * end, for post-copy after every page is in.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync, readdirSync, existsSync, mkdirSync } from 'node:fs';
@@ -83,7 +89,7 @@ int main(int argc, char **argv) {
   }
 }`;
 
-interface Options { sizes: number[]; rates: number[]; dir: string }
+interface Options { sizes: number[]; rates: number[]; dir: string; modes: string[] }
 
 function parseArgs(argv: string[]): Options {
   const list = (s: string | undefined, d: number[]) => (s ? s.split(',').map(Number).filter((x) => x > 0) : d);
@@ -93,6 +99,8 @@ function parseArgs(argv: string[]): Options {
     sizes: list(opt('--sizes') ?? process.env.BENCH_MIGRATION_SIZES, quick ? [64, 256] : [256, 1024, 4096]),
     rates: list(opt('--rates') ?? process.env.BENCH_MIGRATION_RATES, [10, 100]),
     dir: opt('--dir') ?? process.env.BENCH_DIR ?? '/dev/shm',
+    // BENCH_MIGRATION_MODES=post-copy: one column of the matrix (a cell's other runs left out change what it measures: say so beside a figure)
+    modes: (process.env.BENCH_MIGRATION_MODES ?? 'stop-and-copy,pre-copy,post-copy').split(','),
   };
 }
 
@@ -184,22 +192,36 @@ async function migration(bin: string, mib: number, mbps: number, dir: string, ex
     m.stdout!.on('data', (d) => { stdout += d; });
     m.stderr!.on('data', (d) => { stderr += d; });
     let doneAt = 0;
+    // Post-copy: "done" comes once every page is in, long after the resume;
+    // the freeze is placed from the "resumed" event's arrival instead.
+    let resumedAt = 0;
     const code = await new Promise<number>((resolve) => {
       m.stdout!.on('data', () => { if (!doneAt && stdout.includes('"event":"done"')) doneAt = nowMs(); });
+      m.stderr!.on('data', () => { if (!resumedAt && stderr.includes('"event":"resumed"')) resumedAt = nowMs(); });
       m.once('exit', (c) => resolve(c ?? -1));
     });
     if (code !== 0) throw new Error(`migrate exited ${code}: ${stderr}`);
     const done = JSON.parse(stdout.trim().split('\n').pop()!);
     if (done.restoreError) throw new Error(done.restoreError);
-    const frozenAt = doneAt - done.downtimeMs;
+    const runningAt = resumedAt || doneAt;
+    const frozenAt = runningAt - done.downtimeMs;
     const events = stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
     const there = oh.hostPid(done.restoredPid);
     if (!there) throw new Error('the restored process is not in the receiver namespace');
     const gaps = await readGaps(() => process.kill(there, 'SIGUSR1'), out);
+    const logDir = process.env.BENCH_MIGRATION_LOG_DIR;
+    if (logDir) {
+      // The whole timeline of one run: both sides' trace lines (TSNAP_TRACE=1), the events and the ticker's gaps (ms, CLOCK_MONOTONIC).
+      mkdirSync(logDir, { recursive: true });
+      const tag = `${mib}M-${mbps}-${extra.includes('--postcopy') ? 'post' : 'pre'}-${runNo}`;
+      writeFileSync(join(logDir, `${tag}.log`), [`frozenAt ${frozenAt.toFixed(3)} runningAt ${runningAt.toFixed(3)} doneAt ${doneAt.toFixed(3)}`, ...gaps.filter(([, b]) => b >= start).map(([a, b]) => `GAP ${a.toFixed(3)} ${b.toFixed(3)} ${(b - a).toFixed(1)}`), stderr, ...oh.events].join('\n'));
+    }
     return {
       downtimeMs: +done.downtimeMs.toFixed(1),
       freezeToCommitMs: +done.freezeToCommitMs.toFixed(1),
-      ...gapFigures(gaps, start, frozenAt, doneAt),
+      ...gapFigures(gaps, start, frozenAt, runningAt),
+      // every gap over 20 ms after the start, as [ms after the freeze, length]: where a stall lies
+      gaps: gaps.filter(([a, b]) => b >= start && b - a > 20).map(([a, b]) => [+(a - frozenAt).toFixed(1), +(b - a).toFixed(1)]),
       totalMs: +done.totalMs.toFixed(0),
       iterations: done.iterations,
       bytesSentVsMemory: +(done.bytesSent / (mib * 2 ** 20)).toFixed(3),
@@ -248,9 +270,9 @@ export async function benchMigration(argv: string[] = process.argv.slice(2)): Pr
       }
       for (const mbps of o.rates) {
         const at = { sizeMiB: mib, writerMBps: mbps };
-        log({ ...at, mode: 'stop-and-copy', ...(await baseline(bin, mib, mbps, data)) });
-        log({ ...at, mode: 'pre-copy', ...(await migration(bin, mib, mbps, data, [])) });
-        if (postCopy) log({ ...at, mode: 'post-copy', ...(await migration(bin, mib, mbps, data, ['--postcopy'])) });
+        if (o.modes.includes('stop-and-copy')) log({ ...at, mode: 'stop-and-copy', ...(await baseline(bin, mib, mbps, data)) });
+        if (o.modes.includes('pre-copy')) log({ ...at, mode: 'pre-copy', ...(await migration(bin, mib, mbps, data, [])) });
+        if (postCopy && o.modes.includes('post-copy')) log({ ...at, mode: 'post-copy', ...(await migration(bin, mib, mbps, data, ['--postcopy'])) });
       }
     }
     return result;

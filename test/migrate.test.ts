@@ -628,6 +628,31 @@ function schedPolicies(pid: number): number[] {
 const eventsOf = (events: string[], name: string) => events.filter((e) => e.startsWith('{') && e.includes(`"event":"${name}"`)).map((e) => JSON.parse(e) as Record<string, unknown>);
 
 describe('wire v2: the receiver builds the process while the rounds arrive', () => {
+  it('a multi-threaded process built while it arrives: its threads count on there, and none of its tasks keeps the window\'s real-time class', async () => {
+    const work = tmpDir('tsnap-mig-');
+    const out = join(work, 'restored.out');
+    const srv = await startServerInPidNs(join(work, 'in'), ['--restore', '--count', '1', '--stdout', out]);
+    const p = await startProcess(await compileC('threads'), ['4', '1000', 'print'], { readyPattern: /READY/ });
+    await p.waitForLine(/^STATUS/, 5000);
+    const r = await tsnap('migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--json');
+    expect(r.code, r.stderr).toBe(0);
+    await p.exited;
+    const lastSource = p.lines().filter((l) => l.startsWith('STATUS')).pop()!;
+    await waitFor(() => eventsOf(srv.events, 'restored').length > 0);
+    expect(eventsOf(srv.events, 'restored')[0]).toMatchObject({ pid: p.pid, path: 'live' });
+    const [moved] = inOtherPidNs(p.pid);
+    expect(moved).toBeGreaterThan(0);
+    restored.push(moved);
+    // Its threads were made in the window's class (restore.ts, threadsInherit) and given the process's own back before the start.
+    expect(schedPolicies(moved)).toEqual([0, 0, 0, 0, 0, 0]);
+    await waitFor(() => existsSync(out) && readFileSync(out, 'utf8').split('\n').filter((l) => l.startsWith('STATUS')).length >= 3);
+    const lines = readFileSync(out, 'utf8').trim().split('\n').filter((l) => l.startsWith('STATUS'));
+    const counts = (l: string) => /counts=([\d,]+)/.exec(l)![1].split(',').map(Number);
+    for (const l of lines) expect(l).toMatch(/^STATUS bad=0 /);
+    counts(lines[0]).forEach((c, i) => expect(c).toBeGreaterThanOrEqual(counts(lastSource)[i]));
+    counts(lines[lines.length - 1]).forEach((c, i) => expect(c).toBeGreaterThan(counts(lines[0])[i]));
+  });
+
   it('pages go into a stopped process on the receiver round by round; after the freeze only the last delta and the state remain; it verifies itself there', async () => {
     const work = tmpDir('tsnap-mig-');
     const out = join(work, 'restored.out');

@@ -14,6 +14,7 @@
  * only the pages written since. The target stops only to have userfaultfd()
  * injected, once per tracking.
  */
+import type { ChainCache } from '../image/chain-cache.js';
 import { mark } from '../trace.js';
 import { dirname } from 'node:path';
 import { closeSync, existsSync, readFileSync, readlinkSync } from 'node:fs';
@@ -59,6 +60,12 @@ export interface DumpOptions {
   chunkSize?: number;
   /** Parent image: store only what changed since it (needs its tracking). */
   parent?: string;
+  /**
+   * A caller taking round after round on one chain (migrate): the parent
+   * chain's levels and its stored ranges, read and folded once for all
+   * rounds (image/chain-cache.ts) instead of again by each.
+   */
+  chainCache?: ChainCache;
   /** Bytes of memory copied so far, of `total` to copy this round. */
   onProgress?: (p: { bytes: number; total: number; pid: number }) => void;
   warn?: (msg: string) => void;
@@ -84,9 +91,11 @@ export interface DumpOptions {
    * migrate --postcopy: given the round's layout and the pages it selected,
    * the memory it leaves out of its copy (result.leftOut: any memory the
    * caller serves later from the held process, selected or not). Only a
-   * held image (`hold`) leaves anything out.
+   * held image (`hold`) leaves anything out. `recent`: what the parent
+   * chain's newest rounds wrote (their `here` ranges, newest first, up to
+   * two), taken before the freeze.
    */
-  leaveOut?: (vmas: readonly VmaImage[], selected: Range[], threads: readonly ThreadImage[]) => Range[];
+  leaveOut?: (vmas: readonly VmaImage[], selected: Range[], threads: readonly ThreadImage[], recent: readonly Range[][]) => Range[];
   /** Unix datagram sockets connected to a named socket outside the dump connect to that name again at restore (src/files/unix.ts). */
   extUnixSk?: boolean;
   /** Take connected TCP sockets as closed ones (see SocketOptions.tcpClose). */

@@ -36,7 +36,7 @@ import { copySpliced } from './splice-copy.js';
 import { selectDelta } from './delta-selection.js';
 import { normalize, subtract, type Range } from '../image/ranges.js';
 import { openTracking, stopHolder, type Tracking } from '../track/tracking.js';
-import { signalHolder } from '../track/holder.js';
+import { signalHolder, holderEndingWithTheSet } from '../track/holder.js';
 import { uffdWriteProtect } from '../track/uffd.js';
 import { PageFileWriter, DEFAULT_CHUNK_SIZE } from '../image/page-file.js';
 import type { PageSink } from './page-sink.js';
@@ -45,6 +45,7 @@ import { encodePagemap, validateRuns } from '../image/page-runs.js';
 import { prepareImageDir, discardImageDir, fsyncDir, type PreparedDir } from '../image/image-dir.js';
 import { readChain, type Image } from '../image/image-reader.js';
 import { chainStoredRanges } from '../image/chain-index.js';
+import type { ChainCache } from '../image/chain-cache.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import { checkTarget } from './target-check.js';
 import { refuseIfEnded, refuseOtherProcess, endedSinceFirstRound } from './target-identity.js';
@@ -69,6 +70,8 @@ export interface PreparedImage {
   dir: PreparedDir;
   parent: Image[] | null;
   chainStored: Range[] | null;
+  /** With `leaveOut`: the pages the parent chain's newest two rounds wrote (newest first). */
+  recent: Range[][];
   writer: PageSink;
   track: Tracking | null;
   record: RoundRecord | null;
@@ -116,7 +119,7 @@ export async function prepareImage(session: SessionScope, opts: DumpOptions, mod
   const startTime = readStat(pid).startTime;
   const compression = opts.compression ?? 'none';
   const fsync = opts.fsync ?? !opts.leaveRunning;
-  const parent = opts.parent ? readParent(opts.parent, pid) : null;
+  const parent = opts.parent ? readParent(opts.parent, pid, opts.chainCache) : null;
   mark('prepare: parent read');
   const dir = prepareImageDir(opts.dir);
   session.onFailure(() => discardImageDir(dir));
@@ -128,9 +131,11 @@ export async function prepareImage(session: SessionScope, opts: DumpOptions, mod
   mark('prepare: page sink ready');
   // What the chain already holds depends on the images only: work it out
   // before the target is stopped.
-  const chainStored = parent ? chainStoredRanges(parent.map(level)) : null;
+  const chainStored = parent ? (opts.chainCache ? opts.chainCache.storedRanges(parent) : chainStoredRanges(parent.map(level))) : null;
   mark('prepare: chain resolved');
-  const prep: PreparedImage = { pid, mode, opts, t0, imageId, dir, parent, chainStored, writer, track: null, record: null, round: null, armed: [], compression, fsync, startTime };
+  // For leaveOut, read while the target runs: deltas only (a full image's pages are everything).
+  const recent = opts.leaveOut && parent ? parent.slice(0, 2).filter((img) => img.inventory.kind === 'delta').map((img) => normalize(img.pagemap.runs.filter((r) => r.where === PageWhere.Here).map((r) => ({ start: r.start, end: r.start + r.pages * PAGE_SIZE })))) : [];
+  const prep: PreparedImage = { pid, mode, opts, t0, imageId, dir, parent, chainStored, recent, writer, track: null, record: null, round: null, armed: [], compression, fsync, startTime };
   // Tracking is found (or injected, stopping the target briefly) before
   // the dump's own freeze, which then lasts only for the last delta.
   if (mode === 'predump' || parent) {
@@ -141,7 +146,7 @@ export async function prepareImage(session: SessionScope, opts: DumpOptions, mod
     if (track.fresh) pausePoint('holder-started');
     const record = RoundRecord.open(track, parent ? { dir: parent[0].dir, imageId: parent[0].inventory.imageId } : null, opts.parent ?? null, { imageId, dir: dir.path, ...(opts.commitFile ? { commitFile: opts.commitFile } : {}) });
     prep.record = record;
-    const round = roundEnd(track, record, () => prep.armed, mode);
+    const round = roundEnd(track, record, () => prep.armed, mode, !!(opts.leaveOut && opts.hold));
     prep.round = round;
     session.onFailure(() => round.abort());
     if (record.distrust) track.lost = record.distrust;
@@ -229,7 +234,7 @@ export async function takeProcessImage(session: SessionScope, prep: PreparedImag
     if (opts.leaveOut && opts.hold) {
       // A full copy's selection is a scan of the frozen target: taken whole here.
       if (!Array.isArray(selection)) selection = [...selection];
-      const out = normalize(opts.leaveOut(layout.images, normalize(selection), processImage?.threads ?? []));
+      const out = normalize(opts.leaveOut(layout.images, normalize(selection), processImage?.threads ?? [], prep.recent));
       leftOut = out;
       selection = subtract(selection, out);
       mark(`dump: ${out.length} ranges left out`);
@@ -375,7 +380,7 @@ export async function imageProcess(scope: SessionScope, opts: DumpOptions, mode:
  * kept image stores count as written again, and a tracking the round
  * started ends with it.
  */
-function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: Mode): RoundEnd {
+function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: Mode, endWithTheSet: boolean): RoundEnd {
   let done = false;
   const commitFd = () => { const fd = tr.commitFd; tr.commitFd = -1; return fd; };
   return {
@@ -395,6 +400,14 @@ function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: Mo
       // copy, and the kernel unregisters everything.
       if (mode !== 'dump') return;
       if (!frozen || frozen.isFinished) { stopHolder(tr.ref); return; }
+      // Post-copy (`leaveOut`): the held process is read for seconds yet,
+      // and the holder's exit would hold its mmap lock for writing while
+      // the kernel takes the write-protection off every tracked page (4 GiB:
+      // hundreds of ms at the holder's idle priority), every
+      // process_vm_readv of the page service waiting behind it while the
+      // receiver's process waits for those pages. The tracking ends with
+      // the held set instead.
+      if (endWithTheSet) { frozen.attach(holderEndingWithTheSet(tr.ref)); return; }
       const ending = signalHolder(tr.ref);
       if (ending) frozen.attach(ending);
     },
@@ -418,8 +431,8 @@ function level(img: Image) {
   return { kind: img.inventory.kind, runs: img.pagemap.runs };
 }
 
-function readParent(dir: string, pid: number): Image[] {
-  const chain = readChain(resolve(dir), { indexOnly: true });
+function readParent(dir: string, pid: number, cache?: ChainCache): Image[] {
+  const chain = readChain(resolve(dir), { indexOnly: true, ...(cache ? { cache: cache.images } : {}) });
   const inv = chain[0].inventory;
   if (inv.pid !== pid) {
     throw new TsnapError('badImage', `parent image ${dir} is of process ${inv.pid}, not ${pid}`);

@@ -92,14 +92,17 @@ export function chainStoredRanges(chain: readonly ChainLevel[]): Range[] {
   let from = chain.findIndex((l) => l.kind === 'full');
   if (from < 0) from = chain.length - 1;
   let stored: Range[] = [];
-  for (let level = from; level >= 0; level--) {
-    const here: Range[] = [];
-    const zero: Range[] = [];
-    for (const r of chain[level].runs) {
-      if (r.where === PageWhere.Parent) continue;
-      (r.where === PageWhere.Here ? here : zero).push({ start: r.start, end: r.start + r.pages * P });
-    }
-    stored = union(subtract(stored, normalize(zero)), normalize(here));
-  }
+  for (let level = from; level >= 0; level--) stored = foldLevel(stored, chain[level].runs);
   return stored;
+}
+
+/** One step of chainStoredRanges: what is stored once a level with `runs` is added on top of `stored`. */
+export function foldLevel(stored: readonly Range[], runs: readonly PageRun[]): Range[] {
+  const here: Range[] = [];
+  const zero: Range[] = [];
+  for (const r of runs) {
+    if (r.where === PageWhere.Parent) continue;
+    (r.where === PageWhere.Here ? here : zero).push({ start: r.start, end: r.start + r.pages * P });
+  }
+  return union(subtract(stored, normalize(zero)), normalize(here));
 }

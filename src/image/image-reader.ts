@@ -91,8 +91,9 @@ export function checkPagesFile(img: Image): void {
 }
 
 /** The image and its ancestors, newest first; a missing or mismatched parent is an error. */
-export function readChain(dir: string, opts: ReadOptions = {}): Image[] {
+export function readChain(dir: string, opts: ReadOptions & { cache?: Map<string, Image> } = {}): Image[] {
   const chain = [readImage(dir, opts)];
+  opts.cache?.set(dir, chain[0]);
   const seen = new Set([chain[0].inventory.imageId]);
   for (;;) {
     const cur = chain[chain.length - 1];
@@ -102,11 +103,15 @@ export function readChain(dir: string, opts: ReadOptions = {}): Image[] {
       return chain;
     }
     const pdir = resolve(cur.dir, ref.path);
-    let parent: Image;
-    try {
-      parent = readImage(pdir, opts);
-    } catch (err) {
-      throw new TsnapError('badImage', `${cur.dir}: its parent image ${pdir} cannot be read (${(err as Error).message})`);
+    // A level read before (`cache`) is taken when it is the image the child names: committed images never change.
+    let parent = opts.cache?.get(pdir);
+    if (!parent || parent.inventory.imageId !== ref.imageId) {
+      try {
+        parent = readImage(pdir, opts);
+      } catch (err) {
+        throw new TsnapError('badImage', `${cur.dir}: its parent image ${pdir} cannot be read (${(err as Error).message})`);
+      }
+      opts.cache?.set(pdir, parent);
     }
     if (parent.inventory.imageId !== ref.imageId) {
       throw new TsnapError('badImage', `${cur.dir}: parent ${pdir} is image ${parent.inventory.imageId}, expected ${ref.imageId}; the chain was mixed up`);

@@ -16,6 +16,7 @@ import { readUffdMsgs, closeRaw, uffdCopy, uffdZeropage, uffdWake, pollAsync, UF
 import { Pending, type Piece } from './pending.js';
 import type { PageSource } from './page-source.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
+import { mark } from '../trace.js';
 
 const P = PAGE_SIZE;
 /** A fault brings in its page and the next ones of its piece, up to this much. */
@@ -198,12 +199,14 @@ export class Pager {
 
   private async serve(ctx: PagerContext, addr: number): Promise<void> {
     if (DEBUG) this.opts.log(`lazy pager: fault at 0x${addr.toString(16)} of ${ctx.name}`);
+    mark(`lazy: fault 0x${addr.toString(16)}`);
     if (!this.contexts.includes(ctx)) return;
     this.stats.faults++;
     const piece = ctx.pending.claim(addr, FAULT_WINDOW);
     if (piece) {
       this.stats.bytesFaulted += piece.len;
       await this.place(ctx, piece);
+      mark(`lazy: fault 0x${addr.toString(16)} served`);
       return;
     }
     // Being fetched in the background: its copy wakes the thread.

@@ -15,9 +15,9 @@
 import { EarlyVmFlags } from './live-vmflags.js';
 import { createProcess } from '../restore/create-process.js';
 import { RemoteTask } from '../inject/remote-task.js';
-import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, advise, STUB_SIZE, type Stub } from '../restore/address-space.js';
+import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, STUB_SIZE, type Stub } from '../restore/address-space.js';
 import { RemoteBatch } from '../inject/remote-batch.js';
-import { isSpecial, vmaKind, mapCallFor, adviceFor } from '../restore/layout-plan.js';
+import { isSpecial, vmaKind, mapCallFor, adviceTagsFor } from '../restore/layout-plan.js';
 import { openStdio, type LiveProcess } from '../restore/restore.js';
 import { isAioRing } from '../files/aio.js';
 import { VmCopier, SYS, SIGKILL, kill, PROT_WRITE, type RemoteRange } from '../sys/index.js';
@@ -80,6 +80,7 @@ export class LiveBuild implements LiveProcess {
   earlyVmFlags: EarlyVmFlags | null = null;
   /** Set by the receiver (window-priority.ts). */
   beforeStart?: (tids: readonly number[]) => void;
+  threadsInherit?: (on: boolean) => void;
   private dead = false;
 
   private constructor(readonly proc: NewProcess, readonly rt: RemoteTask, readonly stub: Stub) {
@@ -232,7 +233,18 @@ export class LiveBuild implements LiveProcess {
     const same = want.length === this.mapped.length && want.every((v, i) => v.start === this.mapped[i].start && v.end === this.mapped[i].end && identity(v) === identity(this.mapped[i]));
     if (!same) throw new TsnapError('restoreFailed', 'the final image\'s memory layout is not the one built while it arrived');
     const batch = new RemoteBatch(this.rt);
-    for (const v of want) if (adviceFor(v).length) advise(this.rt, v, batch);
+    // Advice the early VmFlags read (live-vmflags.ts) shows on the VMA
+    // already is not given again: the madvise would change nothing, and
+    // the watch, which cannot tell, would count it and make the check read
+    // smaps after the commit (20-25 ms at 4 GiB). Every glibc thread stack
+    // is MADV_NOHUGEPAGE: any process with threads paid it.
+    const early = this.earlyVmFlags;
+    for (const v of want) {
+      for (const [tag, advice] of adviceTagsFor(v)) {
+        if (early?.shows(v.start, tag)) continue;
+        batch.push(`madvise(0x${v.start.toString(16)}, ${advice})`, SYS.madvise, [v.start, v.end - v.start, advice]);
+      }
+    }
     batch.flush();
     // Every protection is set already (apply()).
     return [];

@@ -62,6 +62,11 @@ export class EarlyVmFlags {
     }
   }
 
+  /** Whether the early read shows flag `tag` on the VMA starting at `start`. */
+  shows(start: number, tag: string): boolean {
+    return this.flags.get(start)?.includes(tag) ?? false;
+  }
+
   /** The counters go (on libuv's pool). */
   close(): void {
     this.watch.close();

@@ -17,6 +17,7 @@ import { TsnapError } from '../errors.js';
 import { intersect, normalize, type Range } from '../image/ranges.js';
 import type { Extent, PageSource } from '../lazy/page-source.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
+import { mark } from '../trace.js';
 
 const P = PAGE_SIZE;
 
@@ -63,7 +64,7 @@ export class RemotePageSource implements PageSource {
           throw new TsnapError('badImage', `migration stream: PAGE_DATA at 0x${start.toString(16)} is outside the post-copy set`);
         }
         for (let at = 0; at < data.length; at += P) this.pages.set(start + at, data.subarray(at, at + P));
-        if (this.pages.size === this.setPages && this.allInAt === null) this.allInAt = Date.now();
+        if (this.pages.size === this.setPages && this.allInAt === null) { this.allInAt = Date.now(); mark('postcopy: all in'); }
         this.wakeWaiters();
       }
     } catch (err) {
@@ -94,6 +95,7 @@ export class RemotePageSource implements PageSource {
     }
     if (missing.length) {
       this.requests++;
+      mark(`postcopy: request 0x${missing[0][0].toString(16)} (${missing.length} ranges)`);
       send(this.sock, encodeDoc(Msg.PageRequest, { ranges: missing })).catch((e) => this.fail(e as Error));
     }
     return new Promise((resolve, reject) => this.waiters.push({ start, len, resolve, reject }));

@@ -16,6 +16,7 @@ import { VmCopier, ProcMem } from '../sys/index.js';
 import { TsnapError } from '../errors.js';
 import type { Range } from '../image/ranges.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
+import { mark } from '../trace.js';
 
 const P = PAGE_SIZE;
 
@@ -36,6 +37,9 @@ export interface PageServeResult {
   allSent: boolean;
 }
 
+/** Frames per batch between two looks at the requests. */
+const BATCH_FRAMES = 16;
+
 /** Tests: a pause after each pushed batch (requests are still answered at once), to cut a connection mid-push. */
 const pushDelayMs = (): number => Number(process.env.TSNAP_POSTCOPY_PUSH_DELAY_MS ?? 0) || 0;
 
@@ -53,6 +57,7 @@ export async function servePages(sock: Socket, reader: FrameReader, pid: number,
       if (f.type === Msg.PageRequest) {
         const doc = decodeDoc<{ ranges: [number, number][] }>(f);
         res.requests++;
+        mark(`postcopy: asked 0x${doc.ranges[0]?.[0].toString(16)} (${doc.ranges.length} ranges)`);
         for (const [start, len] of doc.ranges) requests.push({ start, end: start + len });
         wake?.();
       } else if (f.type === Msg.Restored) {
@@ -80,12 +85,15 @@ export async function servePages(sock: Socket, reader: FrameReader, pid: number,
   let sent = 0;
   try {
     while (!queue.empty && !failure && !finished) {
-      // One batch of up to PAGE_DATA_MAX bytes, requested pages first, then
-      // one yield: a write that fits the socket buffer never lets the
-      // requests in otherwise.
+      // One batch of up to PAGE_DATA_MAX bytes or BATCH_FRAMES frames,
+      // requested pages first, then one yield: a write that fits the socket
+      // buffer never lets the requests in otherwise. A set of scattered
+      // pages is one frame per page: 256 of them in a batch held a request
+      // back for 5-10 ms.
       let batch = 0;
+      let frames = 0;
       let pushed = false;
-      while (batch < PAGE_DATA_MAX && !queue.empty) {
+      while (batch < PAGE_DATA_MAX && frames++ < BATCH_FRAMES && !queue.empty) {
         let piece: Range | null = null;
         let asked = false;
         while (!piece && requests.length) {
@@ -101,12 +109,13 @@ export async function servePages(sock: Socket, reader: FrameReader, pid: number,
         const got = Math.max(0, copier.readv(payload, PAGE_DATA_HEADER, [{ addr: piece.start, len }]));
         if (got < len) (mem ??= new ProcMem(pid)).read(payload, PAGE_DATA_HEADER + got, len - got, piece.start + got);
         await send(sock, encodeFrame(Msg.PageData, payload));
+        if (asked) mark(`postcopy: answered 0x${piece.start.toString(16)}+${len >> 12}p`);
         if (asked) res.pagesRequested += len / P;
         else { res.pagesPushed += len / P; pushed = true; }
         sent += len;
         batch += len;
       }
-      if (queue.empty) res.allSent = true;
+      if (queue.empty && !res.allSent) { res.allSent = true; mark('postcopy: all sent'); }
       const limit = opts.bandwidthLimit ?? 0;
       const ahead = Math.max(limit > 0 ? sent / limit * 1000 - (Date.now() - t0) : 0, pushed ? pushDelayMs() : 0);
       await new Promise((r) => (ahead > 0 ? setTimeout(r, ahead) : setImmediate(r)));

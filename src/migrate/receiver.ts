@@ -301,7 +301,11 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         // source writes meanwhile is the last delta (the walk of 4 GiB in the normal class: 0.1-0.6 s at load 11-14).
         if (name === 'final') {
           prio.raise(ingest.live ? [...ownWindowThreads(), ingest.live.pid] : ownWindowThreads());
-          if (ingest.live) { const lp = ingest.live.pid; ingest.live.beforeStart = (tids) => prio.restoreLike(tids, lp); }
+          if (ingest.live) {
+            const lp = ingest.live.pid;
+            ingest.live.beforeStart = (tids) => prio.restoreLike(tids, lp);
+            ingest.live.threadsInherit = (on) => prio.inheritable(lp, on);
+          }
         }
         // Sent before the source freezes: the self-check's smaps walk happens now, not after the commit (live-vmflags.ts).
         if (name === 'final' && ingest.live && opts.restore) {

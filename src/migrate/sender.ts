@@ -14,6 +14,7 @@
  * are still taken as images in staging and sent file by file, their page
  * data deleted once sent.
  */
+import { ChainCache } from '../image/chain-cache.js';
 import { mark, traceGc } from '../trace.js';
 import { rehearseFrozenSteps } from '../dump/rehearsal.js';
 import { PreCopyPolicy } from '../dump/precopy-policy.js';
@@ -147,6 +148,9 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   let bytesSent = 0;
   const conv = new Convergence(opts);
   const prio = new WindowPriority();
+  // Each round's parent chain is the last round's plus one level: read once (image/chain-cache.ts).
+  // TSNAP_CHAIN_CACHE=0: every round reads the chain again, as before (bench's baseline in the same run).
+  const chainCache = process.env.TSNAP_CHAIN_CACHE === '0' ? undefined : new ChainCache();
   try {
     await send(sock, encodeDoc(Msg.Hello, { magic: WIRE_MAGIC, version: WIRE_VERSION, token: opts.token, pid: opts.pid, tool: 'tsnap' }));
     const ok = decodeDoc<{ dir: string }>(await reader.expect(Msg.HelloOk, 'greeting the receiver'));
@@ -186,7 +190,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
 
     /** One pre-dump round (a session over the process or its tree) and its totals. */
     const round = async (dir: string, parent: string | undefined): Promise<Round> => {
-      const t = await takeSet({ pid: opts.pid, targetPidfd, targetGone, dir, parent, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress, ...streaming() }, 'predump', !!opts.tree);
+      const t = await takeSet({ pid: opts.pid, targetPidfd, targetGone, dir, parent, chainCache, compression: opts.compression, warn: opts.warn, onProgress: opts.onProgress, ...streaming() }, 'predump', !!opts.tree);
       return { dir: t.dir, ...setTotals(t) };
     };
 
@@ -224,7 +228,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
 
     // Downtime starts here: freeze, last delta, full state.
     const postcopyBecause = opts.postcopy === 'on' ? 'requested' : opts.postcopy === 'auto' && !converged ? stoppedBecause : null;
-    const finalOpts = { pid: opts.pid, targetPidfd, targetGone, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: async () => {
+    const finalOpts = { pid: opts.pid, targetPidfd, targetGone, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, chainCache, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: async () => {
       if (!opts.tree) await receiverReady(reader, checkAbort);
       peer.guard();
       conv.lift();
@@ -235,7 +239,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // at load 8-11 in the normal class) is the last delta the frozen window copies.
     prio.raise(ownWindowThreads());
     await beginIteration('final', true);
-    mark('migrate: final round');
+    mark(`migrate: final round (heap ${(process.memoryUsage().heapUsed / 2 ** 20).toFixed(0)} MiB)`);
     const final = await takeSet({ ...finalOpts, ...streaming() }, 'dump', !!opts.tree);
     held = final.held;
     peer.guard(); // armed before the freeze (beforeFreeze); here should a path not call it
@@ -274,6 +278,14 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // come out of it again with one left running: the set does both.)
     const source = held;
     held = null; // never released from here on
+    // Ending the source (a 1 GiB address space takes ~30 ms to tear down)
+    // delays our reading of RESTORED, not the process: the receiver's own
+    // clock says when it ran. Both are upper bounds; the tighter one counts.
+    const windowMs = (reply: { payload: Buffer; type: Msg }) => {
+      const doc = decodeDoc<{ sinceCommitUs?: number }>(reply);
+      const mine = Number(process.hrtime.bigint() - frozenAt) / 1e6;
+      return doc.sinceCommitUs !== undefined ? Math.min(mine, freezeToCommitMs + doc.sinceCommitUs / 1000) : mine;
+    };
     const later = source && !opts.leaveRunning && !opts.tree && committed.live === true && !holdsSockets(finalDir) ? killAfterRestored(source) : null;
     if (later) pausePoint('migrate-kill-deferred');
     if (!later) {
@@ -286,6 +298,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     let reply;
     try {
       reply = await (later ? later.bounded(reader.next()) : reader.next()).catch(() => null);
+      // As post-copy does: said when RESTORED is read, before the source's end (watchers place the resume by it).
+      if (reply?.type === Msg.Restored) opts.onEvent?.({ event: 'resumed', pid: decodeDoc<{ pid: number }>(reply).pid, downtimeMs: +windowMs(reply).toFixed(1) });
     } finally {
       if (later) {
         later.kill();
@@ -297,12 +311,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     source?.settle();
     let downtimeMs = Number(process.hrtime.bigint() - frozenAt) / 1e6;
     if (reply?.type === Msg.Restored) {
-      const doc = decodeDoc<{ pid: number; sinceCommitUs?: number }>(reply);
-      restoredPid = doc.pid;
-      // Ending the source (a 1 GiB address space takes ~30 ms to tear down)
-      // delays our reading of RESTORED, not the process: the receiver's own
-      // clock says when it ran. Both are upper bounds; the tighter one counts.
-      if (doc.sinceCommitUs !== undefined) downtimeMs = Math.min(downtimeMs, freezeToCommitMs + doc.sinceCommitUs / 1000);
+      restoredPid = decodeDoc<{ pid: number }>(reply).pid;
+      downtimeMs = Math.min(downtimeMs, windowMs(reply));
     } else if (reply?.type === Msg.RestoreFailed) restoreError = decodeDoc<{ message: string }>(reply).message;
     mark('migrate: receiver restored');
     prio.restore();

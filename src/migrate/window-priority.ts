@@ -80,6 +80,16 @@ export class WindowPriority {
     for (const tid of tids) setSched(tid, was);
   }
 
+  /**
+   * Whether what raised `tid` creates starts in its class too (on) or in
+   * the normal class (off, as raise() leaves it). A task it creates while
+   * on must be given its class back by restoreLike() or its own end.
+   */
+  inheritable(tid: number, on: boolean): void {
+    if (!this.saved.has(tid)) return;
+    setSched(tid, on ? SPAWN_RAISED : RAISED);
+  }
+
   /** Puts every raised thread but `keep` back (restore --lazy: the processes before they start, tsnap's thread once they run). */
   restoreAllBut(keep: number): void {
     for (const [tid, was] of this.saved) {

@@ -157,7 +157,10 @@ export class VmFlagsWatch {
     const why = this.common();
     if (why) return why;
     const changed = sum(this.changes);
-    if (changed) return `${changed} syscalls that may change VmFlags`;
+    if (changed) {
+      const per = CHANGES.map((c, i) => [c.event.replace('syscalls/sys_enter_', ''), this.changes.filter((_, k) => k % CHANGES.length === i).reduce((n, fd) => n + readCounter(fd), 0)] as const).filter(([, n]) => n > 0);
+      return `${changed} syscalls that may change VmFlags: ${per.map(([e, n]) => `${e} ${n}`).join(', ')}`;
+    }
     const missing = starts.find((s) => !flags.has(s));
     if (missing !== undefined) return `VMA 0x${missing.toString(16)} was mapped since`;
     return null;

@@ -91,6 +91,16 @@ export function adviceFor(v: VmaImage): readonly number[] {
 }
 const NO_ADVICE: readonly number[] = Object.freeze([]);
 
+/** adviceFor() with the VmFlags tag each piece of advice comes from. */
+export function adviceTagsFor(v: VmaImage): [tag: string, advice: number][] {
+  const out: [string, number][] = [];
+  for (const t of v.flags ?? []) {
+    const f = (VMA_RESTORED_FLAGS as Record<string, { advice?: number }>)[t];
+    if (f?.advice !== undefined) out.push([t, f.advice]);
+  }
+  return out;
+}
+
 /** mlock2() flags for a locked VMA, null when it was not locked. */
 export function lockFor(v: VmaImage): number | null {
   for (const t of v.flags ?? []) {

@@ -112,6 +112,12 @@ export interface LiveProcess {
   readonly earlyVmFlags?: { take(pid: number): { flags: Map<number, string[]> | null; stale: string | null; guards: GuardsRead | null } } | null;
   /** Right before the start, with every task of the process (the receiver gives them back their CPU priority: migrate/window-priority.ts). */
   beforeStart?(tids: readonly number[]): void;
+  /**
+   * Around the creation of its threads: true before, false after. The
+   * receiver lets the threads inherit the window's real-time class
+   * (beforeStart gives them their own back with the leader's).
+   */
+  threadsInherit?(on: boolean): void;
 }
 
 /** Registers the thread resumes with: the interrupted syscall is re-entered. */
@@ -417,7 +423,16 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       }
       steps.at(`create the threads of ${m.p.pid}`);
       const tids: number[] = [];
-      const others = createThreads(rt, m.p.threads.slice(1), newPid, tids);
+      // A thread made by a task of the window's class started in the normal
+      // class (SCHED_RESET_ON_FORK), and its clone waited until it was
+      // scheduled to stop: 50-90 ms at load 8 for one thread.
+      live?.threadsInherit?.(true);
+      let others: ReturnType<typeof createThreads>;
+      try {
+        others = createThreads(rt, m.p.threads.slice(1), newPid, tids);
+      } finally {
+        live?.threadsInherit?.(false);
+      }
       for (const tid of tids) created.push({ pid: tid, leader: false });
       m.threads = [{ image: m.p.threads[0], rt }, ...others];
       if (newPid && m.threads.length > 1) warn(`threads of ${m.p.pid} got new tids: the program's own record of them (pthread tid caches) still holds the old ones`);

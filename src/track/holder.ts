@@ -158,6 +158,26 @@ export function signalHolder(ref: TrackingRef): { release: () => void; forget: (
   };
 }
 
+/**
+ * A holder left running until its target's frozen set ends (post-copy:
+ * the page service reads the frozen target meanwhile). Killed with the
+ * target (`forget`, right after the target's SIGKILL: a holder whose
+ * target's memory is gone by then unregisters nothing), or ended and waited
+ * for before the target runs on (`release`).
+ */
+export function holderEndingWithTheSet(ref: TrackingRef): { release: () => void; forget: () => void } {
+  return {
+    release: () => {
+      if (!stopHolder(ref)) removeState(ref.holderPid);
+    },
+    forget: () => {
+      const ending = signalHolder(ref);
+      if (ending) ending.forget();
+      else removeState(ref.holderPid);
+    },
+  };
+}
+
 /** Ends tracking: the holder's copy is the last long-lived one. */
 export function stopHolder(ref: TrackingRef): boolean {
   try {

@@ -4,6 +4,8 @@ import fc from 'fast-check';
 import { normalize, subtract, intersect, union, type Range } from '../../src/image/ranges.js';
 import { resolveChain, storedRanges, chainStoredRanges, type ChainLevel, type ResolvedRun } from '../../src/image/chain-index.js';
 import { PageWhere, type PageRun } from '../../formats/schema.js';
+import { ChainCache } from '../../src/image/chain-cache.js';
+import type { Image } from '../../src/image/image-reader.js';
 
 const P = 4096;
 const N = 64;
@@ -135,5 +137,29 @@ describe('resolveChain', () => {
       for (const r of got) want[r.image][r.chunk] = 1;
       expect(used).toEqual(want);
     }), { numRuns: 1000 });
+  });
+});
+
+describe('ChainCache', () => {
+  const cell = fc.option(fc.constantFrom(PageWhere.Here, PageWhere.Zero, PageWhere.Parent), { nil: undefined });
+  const level = fc.record({ full: fc.boolean(), cells: fc.array(cell, { minLength: N, maxLength: N }) });
+
+  it('folds a chain grown one level at a time to what chainStoredRanges gives for the whole chain (property)', () => {
+    fc.assert(fc.property(fc.array(level, { minLength: 1, maxLength: 6 }), fc.boolean(), (levels, skipOne) => {
+      // Oldest first: level 0 is the first round, each later one a child of the one before.
+      const images = levels.map((l, n) => {
+        const runs: PageRun[] = [];
+        l.cells.forEach((w, i) => { if (w !== undefined) runs.push({ start: i * P, pages: 1, where: w, chunk: 0, offset: i * P }); });
+        return { inventory: { imageId: `id${n}`, kind: n === 0 || l.full ? 'full' : 'delta' }, pagemap: { runs } } as unknown as Image;
+      });
+      const cache = new ChainCache();
+      for (let n = 0; n < images.length; n++) {
+        // A caller may skip asking for a round (the fold then starts from further back).
+        if (skipOne && n === 1) continue;
+        const chain = images.slice(0, n + 1).reverse();
+        const want = chainStoredRanges(chain.map((i) => ({ kind: i.inventory.kind, runs: i.pagemap.runs })));
+        expect(cache.storedRanges(chain)).toEqual(want);
+      }
+    }), { numRuns: 300 });
   });
 });
