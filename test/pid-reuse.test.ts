@@ -6,7 +6,7 @@
  * chain, stopping it to inject a tracking, or killing it in kill mode.
  *
  * Each test: a first round of a real process, the process killed, its pid
- * given to `sleep 300` (ns_last_pid, helpers/take-pid.ts), then the next
+ * given to `sleep 300` (clone3 set_tid, helpers/take-pid.ts), then the next
  * round; the stranger must still sleep, untraced, untracked, undumped.
  */
 import { describe, it, expect, afterAll } from 'vitest';
