@@ -18,6 +18,13 @@ import { TsnapError } from '../errors.js';
 export { PageFileWriter, DEFAULT_CHUNK_SIZE } from './page-writer.js';
 
 /**
+ * The synchronous read takes the native read-and-CRC once a reader has
+ * read this much: before, node:zlib's CRC (checksum.ts) spares a small
+ * process's restore the library's load.
+ */
+const NATIVE_AFTER = 16 << 20;
+
+/**
  * Random access to the chunks of an image's pages files (`pages`, and
  * `pages.1` when a chunk is there: format 2), each checked against its CRC.
  */
@@ -28,6 +35,8 @@ export class PageFileReader {
   readonly payloadLengths: number[] = [];
   /** 4-byte CRC outputs of the pool's reads, reused (off V8's heap: the pool writes them). */
   private readonly crcSlots: Buffer[] = [];
+  /** Bytes readChunk was asked for so far (NATIVE_AFTER). */
+  private syncBytes = 0;
 
   constructor(readonly dir: string, private readonly chunks: ChunkEntry[]) {
     const files = 1 + chunks.reduce((m, c) => Math.max(m, c.file ?? 0), 0);
@@ -184,8 +193,24 @@ export class PageFileReader {
 
   private readChunkUnchecked(i: number, into?: Buffer): Buffer {
     const c = this.checkedEntry(i);
-    const stored = this.readStored(i, c, into);
-    this.checkStored(i, c, stored);
+    let stored: Buffer;
+    this.syncBytes += c.storedLength;
+    const native = this.syncBytes > NATIVE_AFTER ? nativePreadCrc32() : null;
+    if (native) {
+      stored = into && into.length >= c.storedLength ? into.subarray(0, c.storedLength) : Buffer.allocUnsafe(c.storedLength);
+      const slot = this.crcSlots.pop() ?? Buffer.allocUnsafeSlow(4);
+      try {
+        const got = Number(native(this.fds[c.file ?? 0], stored, c.storedLength, HEADER_SIZE + c.fileOffset, slot));
+        if (got < 0) throw Object.assign(new Error(`read failed (errno ${-got})`), { code: errnoName(-got) });
+        if (got < c.storedLength) throw new TsnapError('badImage', `${this.pathOf(i)}: truncated inside chunk ${i}`);
+        this.checkCrc(i, c, slot.readUInt32LE(0));
+      } finally {
+        this.crcSlots.push(slot);
+      }
+    } else {
+      stored = this.readStored(i, c, into);
+      this.checkStored(i, c, stored);
+    }
     if (c.codec === 'none') return stored;
     return this.checkRaw(i, c, stored, () => lz4napi().uncompressSync(stored));
   }
