@@ -131,21 +131,18 @@ const READ_AHEAD = 6;
 const SYNC_CHUNKS = 2;
 
 /**
- * Chunks stored uncompressed are read on tsnap's own thread too, however
- * many (TSNAP_FILL_SYNC=0: on the pool, ahead, as compressed ones are): on
- * 2 cores the fill's three threads (tsnap's writer, a pool thread reading,
- * the new task populating) took turns on them, and each read handed to
- * the pool cost a wakeup, a promise and the event loop's turn. Read and
+ * TSNAP_FILL_SYNC=1: chunks stored uncompressed are read on tsnap's own
+ * thread too, however many, instead of on the pool ahead. Read and
  * CRC-checked in one native call (tsnap_pread_crc32) into one reused
- * buffer, the chunk is still in this CPU's cache when process_vm_writev
- * copies it out: 10-14% less CPU for a 1 GiB restore (docs/performance.md,
- * "Restore, 1 GiB"). Compressed chunks stay on the pool, where several
- * decompress at once.
+ * buffer, a chunk is still in this CPU's cache when process_vm_writev
+ * copies it out, and no pool wakeup, promise or event-loop turn is paid
+ * per chunk: 7-16% less CPU for a 1 GiB restore. Not the default: on a
+ * loaded machine its one thread gets a smaller share of the cores than
+ * the writer and the pool's reader together, and the wall time was up to
+ * 1.46 x main's (docs/performance.md, "Restore, 1 GiB").
  */
 function syncFill(chunks: readonly { codec: string }[]): boolean {
-  const env = process.env.TSNAP_FILL_SYNC;
-  if (env === '0') return false;
-  return env === '1' || chunks.every((c) => c.codec === 'none');
+  return process.env.TSNAP_FILL_SYNC === '1' && chunks.every((c) => c.codec === 'none');
 }
 
 /** Chunks read on tsnap's thread between two turns of the event loop. */
