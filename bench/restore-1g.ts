@@ -15,7 +15,9 @@
  * every tsnap restore is a cold `tsnap restore --new-pid --detach` of the
  * build's own bin/tsnap instead (wall until it exits; CPU of tsnap, its
  * helper and the new task, from the children's 10 ms ticks and the task's
- * schedstat).
+ * schedstat). BENCH_AB_ENV=KEY=VALUE: an environment variable set for A's
+ * restores only (with BENCH_AB_OTHER naming this checkout: a switch
+ * against its default, in one build).
  */
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readdirSync, readFileSync } from 'node:fs';
@@ -122,7 +124,16 @@ async function main(): Promise<void> {
       return { wall, cpu };
     };
     const tsnapOnce = async () => (CLI ? cold(SELF) : inProcess(restore));
-    const otherOnce = async () => (CLI ? cold(OTHER!) : inProcess(restoreA!));
+    // BENCH_AB_ENV=KEY=VALUE: set for A's restores only (A may be this checkout: a switch against its default).
+    const envA = process.env.BENCH_AB_ENV?.split('=') ?? null;
+    const otherOnce = async () => {
+      if (envA) process.env[envA[0]] = envA.slice(1).join('=');
+      try {
+        return await (CLI ? cold(OTHER!) : inProcess(restoreA!));
+      } finally {
+        if (envA) delete process.env[envA[0]];
+      }
+    };
     const criuOnce = async () => {
       const r = criuRestore(criu!, criuDir);
       const task = taskCpuMs(r.pid) ?? 0;
@@ -151,7 +162,7 @@ async function main(): Promise<void> {
     const aw = med('A', 'wall');
     console.log(`${MIB} MiB restore${CLI ? ' (CLI, cold)' : ''}, ${REPS} each (load ${load0.toFixed(1)}-${loadavg()[0].toFixed(1)}): tsnap ${tw.toFixed(0)} ms (CPU, tsnap + task, ${med('tsnap', 'cpu')!.toFixed(0)} ms)`
       + (cw !== null ? `, CRIU ${cw.toFixed(0)} ms (CPU, criu + task, ${med('criu', 'cpu')!.toFixed(0)} ms): tsnap / CRIU ${(tw / cw).toFixed(2)}` : '; criu not found: no CRIU figure')
-      + (aw !== null ? `; A (${OTHER}) ${aw.toFixed(0)} ms (CPU ${med('A', 'cpu')!.toFixed(0)} ms)${cw !== null ? `, A / CRIU ${(aw / cw).toFixed(2)}` : ''}; B / A: wall ${(tw / aw).toFixed(3)}, CPU ${(med('tsnap', 'cpu')! / med('A', 'cpu')!).toFixed(3)}` : ''));
+      + (aw !== null ? `; A (${OTHER}${process.env.BENCH_AB_ENV ? `, ${process.env.BENCH_AB_ENV}` : ''}) ${aw.toFixed(0)} ms (CPU ${med('A', 'cpu')!.toFixed(0)} ms)${cw !== null ? `, A / CRIU ${(aw / cw).toFixed(2)}` : ''}; B / A: wall ${(tw / aw).toFixed(3)}, CPU ${(med('tsnap', 'cpu')! / med('A', 'cpu')!).toFixed(3)}` : ''));
   } finally {
     for (const pid of started) { try { kill(pid, 9); } catch { /* gone */ } }
     rmSync(dir, { recursive: true, force: true });
