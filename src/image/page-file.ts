@@ -117,9 +117,7 @@ export class PageFileReader {
         const got = await new Promise<number>((resolve, reject) => {
           native.async(this.fds[c.file ?? 0], stored, c.storedLength, HEADER_SIZE + c.fileOffset, slot, (err, ret) => (err ? reject(err) : resolve(Number(ret))));
         });
-        if (got < 0) throw Object.assign(new Error(`read failed (errno ${-got})`), { code: errnoName(-got) });
-        if (got < c.storedLength) throw new TsnapError('badImage', `${this.pathOf(i)}: truncated inside chunk ${i}`);
-        this.checkCrc(i, c, slot.readUInt32LE(0));
+        this.checkNativeRead(i, c, got, slot.readUInt32LE(0));
       } finally {
         this.crcSlots.push(slot);
       }
@@ -201,9 +199,7 @@ export class PageFileReader {
       const slot = this.crcSlots.pop() ?? Buffer.allocUnsafeSlow(4);
       try {
         const got = Number(native(this.fds[c.file ?? 0], stored, c.storedLength, HEADER_SIZE + c.fileOffset, slot));
-        if (got < 0) throw Object.assign(new Error(`read failed (errno ${-got})`), { code: errnoName(-got) });
-        if (got < c.storedLength) throw new TsnapError('badImage', `${this.pathOf(i)}: truncated inside chunk ${i}`);
-        this.checkCrc(i, c, slot.readUInt32LE(0));
+        this.checkNativeRead(i, c, got, slot.readUInt32LE(0));
       } finally {
         this.crcSlots.push(slot);
       }
@@ -213,6 +209,13 @@ export class PageFileReader {
     }
     if (c.codec === 'none') return stored;
     return this.checkRaw(i, c, stored, () => lz4napi().uncompressSync(stored));
+  }
+
+  /** tsnap_pread_crc32's answer: the errors readStored and checkStored give (readError names an errno). */
+  private checkNativeRead(i: number, c: ChunkEntry, got: number, crc: number): void {
+    if (got < 0) throw Object.assign(new Error(`read failed (errno ${-got})`), { code: errnoName(-got) });
+    if (got < c.storedLength) throw new TsnapError('badImage', `${this.pathOf(i)}: truncated inside chunk ${i}`);
+    this.checkCrc(i, c, crc);
   }
 
   private checkStored(i: number, c: ChunkEntry, stored: Buffer): void {
