@@ -8,11 +8,22 @@
  *            the process running (same pid: each run waits for it to be free);
  * and the CPU time of each (tsnap's own and the new task's; criu's and its task's).
  * Images in BENCH_DIR (/dev/shm), uncompressed, as CRIU's are.
+ *
+ * BENCH_AB_OTHER=/path/to/other/checkout (its dist/ built): that build's
+ * restore() too (A; this build is B), interleaved with the others in an
+ * order that alternates per run, and the ratios B / A. BENCH_R1G_CLI=1:
+ * every tsnap restore is a cold `tsnap restore --new-pid --detach` of the
+ * build's own bin/tsnap instead (wall until it exits; CPU of tsnap, its
+ * helper and the new task, from the children's 10 ms ticks and the task's
+ * schedstat). BENCH_AB_ENV=KEY=VALUE: an environment variable set for A's
+ * restores only (with BENCH_AB_OTHER naming this checkout: a switch
+ * against its default, in one build).
  */
-import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readdirSync } from 'node:fs';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir, loadavg } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { pathToFileURL, fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import { dump } from '../src/dump/dump.js';
 import { restore } from '../src/restore/restore.js';
@@ -22,6 +33,22 @@ import { findCriu, criuDump, criuRestore, killAndWaitGone, taskCpuMs } from './c
 const MIB = Number(process.env.BENCH_MIB ?? 1024);
 const REPS = Number(process.env.BENCH_REPS ?? 5);
 const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
+const OTHER = process.env.BENCH_AB_OTHER ?? null;
+const CLI = process.env.BENCH_R1G_CLI === '1';
+/** This checkout (dist/bench/ -> ../..). */
+const SELF = fileURLToPath(new URL('../..', import.meta.url));
+
+/** CPU ms of every thread of `pid` so far (schedstat: ns precision). */
+function schedMs(pid: number): number {
+  let ns = 0;
+  for (const t of readdirSync(`/proc/${pid}/task`)) ns += Number(readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+  return ns / 1e6;
+}
+
+function childrenCpuMs(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ');
+  return (Number(stat[13]) + Number(stat[14])) * 10;
+}
 
 const FIXTURE = `
 #include <stdio.h>
@@ -71,16 +98,41 @@ async function main(): Promise<void> {
       started.push(b.pid!);
       criuDump(criu, b.pid!, criuDir);
     }
-    const tsnapOnce = async () => {
+    const restoreA = OTHER ? (await import(pathToFileURL(resolve(OTHER, 'dist/src/restore/restore.js')).href) as { restore: typeof restore }).restore : null;
+    const pidfile = join(work, 'pid');
+    const inProcess = async (fn: typeof restore) => {
       const c0 = process.cpuUsage();
       const t0 = process.hrtime.bigint();
-      const r = await restore({ dir, newPid: true });
+      const r = await fn({ dir, newPid: true });
       const wall = Number(process.hrtime.bigint() - t0) / 1e6;
       const c = process.cpuUsage(c0);
-      const task = taskCpuMs(r.pid) ?? 0;
+      const task = schedMs(r.pid);
       kill(r.pid, 9);
       try { ptrace.waitpidBlocking(r.pid); } catch { /* reaped */ }
       return { wall, cpu: (c.user + c.system) / 1000 + task };
+    };
+    const cold = (root: string) => {
+      rmSync(pidfile, { force: true });
+      const c0 = childrenCpuMs();
+      const t0 = process.hrtime.bigint();
+      const r = spawnSync(process.execPath, [join(root, 'bin/tsnap'), 'restore', '--dir', dir, '--new-pid', '--detach', '--pidfile', pidfile, '--stdin', '/dev/null', '--stdout', '/dev/null', '--stderr', '/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] });
+      const wall = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (r.status !== 0) throw new Error(`${root}: tsnap restore failed (${r.status}): ${String(r.stderr).trim()}`);
+      const pid = Number(readFileSync(pidfile, 'utf8').trim());
+      const cpu = childrenCpuMs() - c0 + schedMs(pid);
+      kill(pid, 9);
+      return { wall, cpu };
+    };
+    const tsnapOnce = async () => (CLI ? cold(SELF) : inProcess(restore));
+    // BENCH_AB_ENV=KEY=VALUE: set for A's restores only (A may be this checkout: a switch against its default).
+    const envA = process.env.BENCH_AB_ENV?.split('=') ?? null;
+    const otherOnce = async () => {
+      if (envA) process.env[envA[0]] = envA.slice(1).join('=');
+      try {
+        return await (CLI ? cold(OTHER!) : inProcess(restoreA!));
+      } finally {
+        if (envA) delete process.env[envA[0]];
+      }
     };
     const criuOnce = async () => {
       const r = criuRestore(criu!, criuDir);
@@ -88,18 +140,29 @@ async function main(): Promise<void> {
       await killAndWaitGone(r.pid);
       return { wall: r.ms, cpu: task + r.criuCpuMs };
     };
-    await tsnapOnce();
-    if (criu) await criuOnce();
-    const t: { wall: number; cpu: number }[] = [];
-    const c: { wall: number; cpu: number }[] = [];
+    type Run = { wall: number; cpu: number };
+    const kinds: { name: string; once: () => Promise<Run>; runs: Run[] }[] = [{ name: 'tsnap', once: tsnapOnce, runs: [] }];
+    if (OTHER) kinds.push({ name: 'A', once: otherOnce, runs: [] });
+    if (criu) kinds.push({ name: 'criu', once: criuOnce, runs: [] });
+    for (const k of kinds) await k.once();
+    const load0 = loadavg()[0];
     for (let i = 0; i < REPS; i++) {
-      t.push(await tsnapOnce());
-      if (criu) c.push(await criuOnce());
+      // Rotated per run: none always follows the same one.
+      for (let j = 0; j < kinds.length; j++) {
+        const k = kinds[(i + j) % kinds.length];
+        k.runs.push(await k.once());
+      }
     }
-    const tw = median(t.map((x) => x.wall));
-    const cw = criu ? median(c.map((x) => x.wall)) : null;
-    console.log(`${MIB} MiB restore (load ${loadavg()[0].toFixed(1)}): tsnap ${tw.toFixed(0)} ms (CPU, tsnap + task, ${median(t.map((x) => x.cpu)).toFixed(0)} ms)`
-      + (cw !== null ? `, CRIU ${cw.toFixed(0)} ms (CPU, criu + task, ${median(c.map((x) => x.cpu)).toFixed(0)} ms): tsnap / CRIU ${(tw / cw).toFixed(2)}` : '; criu not found: no CRIU figure'));
+    const med = (name: string, f: 'wall' | 'cpu') => {
+      const k = kinds.find((x) => x.name === name);
+      return k ? median(k.runs.map((x) => x[f])) : null;
+    };
+    const tw = med('tsnap', 'wall')!;
+    const cw = med('criu', 'wall');
+    const aw = med('A', 'wall');
+    console.log(`${MIB} MiB restore${CLI ? ' (CLI, cold)' : ''}, ${REPS} each (load ${load0.toFixed(1)}-${loadavg()[0].toFixed(1)}): tsnap ${tw.toFixed(0)} ms (CPU, tsnap + task, ${med('tsnap', 'cpu')!.toFixed(0)} ms)`
+      + (cw !== null ? `, CRIU ${cw.toFixed(0)} ms (CPU, criu + task, ${med('criu', 'cpu')!.toFixed(0)} ms): tsnap / CRIU ${(tw / cw).toFixed(2)}` : '; criu not found: no CRIU figure')
+      + (aw !== null ? `; A (${OTHER}${process.env.BENCH_AB_ENV ? `, ${process.env.BENCH_AB_ENV}` : ''}) ${aw.toFixed(0)} ms (CPU ${med('A', 'cpu')!.toFixed(0)} ms)${cw !== null ? `, A / CRIU ${(aw / cw).toFixed(2)}` : ''}; B / A: wall ${(tw / aw).toFixed(3)}, CPU ${(med('tsnap', 'cpu')! / med('A', 'cpu')!).toFixed(3)}` : ''));
   } finally {
     for (const pid of started) { try { kill(pid, 9); } catch { /* gone */ } }
     rmSync(dir, { recursive: true, force: true });

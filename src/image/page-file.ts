@@ -10,10 +10,19 @@ import { lz4napi } from './lz4-napi.js';
 import { read as fsRead } from 'node:fs';
 import { decodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
+import { nativePreadCrc32 } from '../sys/crc32.js';
+import { errnoName } from '../sys/errors.js';
 import { HEADER_SIZE, FileKind, PAGES_FILES, FORMAT_VERSION, FORMAT_VERSION_SPLIT, type ChunkEntry } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
 export { PageFileWriter, DEFAULT_CHUNK_SIZE } from './page-writer.js';
+
+/**
+ * The synchronous read takes the native read-and-CRC once a reader has
+ * read this much: before, node:zlib's CRC (checksum.ts) spares a small
+ * process's restore the library's load.
+ */
+const NATIVE_AFTER = 16 << 20;
 
 /**
  * Random access to the chunks of an image's pages files (`pages`, and
@@ -24,6 +33,10 @@ export class PageFileReader {
   private readonly fds: number[] = [];
   readonly paths: string[] = [];
   readonly payloadLengths: number[] = [];
+  /** 4-byte CRC outputs of the pool's reads, reused (off V8's heap: the pool writes them). */
+  private readonly crcSlots: Buffer[] = [];
+  /** Bytes readChunk was asked for so far (NATIVE_AFTER). */
+  private syncBytes = 0;
 
   constructor(readonly dir: string, private readonly chunks: ChunkEntry[]) {
     const files = 1 + chunks.reduce((m, c) => Math.max(m, c.file ?? 0), 0);
@@ -95,15 +108,30 @@ export class PageFileReader {
     const c = this.checkedEntry(i);
     // A reused buffer: fresh 1 MiB allocations are mmap'ed and page-faulted anew each time.
     const stored = into && into.length >= c.storedLength ? into.subarray(0, c.storedLength) : Buffer.allocUnsafe(c.storedLength);
-    let got = 0;
-    while (got < c.storedLength) {
-      const n = await new Promise<number>((resolve, reject) => {
-        fsRead(this.fds[c.file ?? 0], stored, got, c.storedLength - got, HEADER_SIZE + c.fileOffset + got, (err, bytes) => (err ? reject(err) : resolve(bytes)));
-      });
-      if (n === 0) throw new TsnapError('badImage', `${this.pathOf(i)}: truncated inside chunk ${i}`);
-      got += n;
+    const native = nativePreadCrc32();
+    if (native && c.storedLength > 0) {
+      // Read and CRC on the pool, each piece checked while in that CPU's
+      // cache: the main thread only writes (docs/performance.md, "Restore, 1 GiB").
+      const slot = this.crcSlots.pop() ?? Buffer.allocUnsafeSlow(4);
+      try {
+        const got = await new Promise<number>((resolve, reject) => {
+          native.async(this.fds[c.file ?? 0], stored, c.storedLength, HEADER_SIZE + c.fileOffset, slot, (err, ret) => (err ? reject(err) : resolve(Number(ret))));
+        });
+        this.checkNativeRead(i, c, got, slot.readUInt32LE(0));
+      } finally {
+        this.crcSlots.push(slot);
+      }
+    } else {
+      let got = 0;
+      while (got < c.storedLength) {
+        const n = await new Promise<number>((resolve, reject) => {
+          fsRead(this.fds[c.file ?? 0], stored, got, c.storedLength - got, HEADER_SIZE + c.fileOffset + got, (err, bytes) => (err ? reject(err) : resolve(bytes)));
+        });
+        if (n === 0) throw new TsnapError('badImage', `${this.pathOf(i)}: truncated inside chunk ${i}`);
+        got += n;
+      }
+      this.checkStored(i, c, stored);
     }
-    this.checkStored(i, c, stored);
     if (c.codec === 'none') return stored;
     return this.checkRaw(i, c, stored, () => lz4napi().uncompress(stored));
   }
@@ -163,14 +191,39 @@ export class PageFileReader {
 
   private readChunkUnchecked(i: number, into?: Buffer): Buffer {
     const c = this.checkedEntry(i);
-    const stored = this.readStored(i, c, into);
-    this.checkStored(i, c, stored);
+    let stored: Buffer;
+    this.syncBytes += c.storedLength;
+    const native = this.syncBytes > NATIVE_AFTER ? nativePreadCrc32() : null;
+    if (native) {
+      stored = into && into.length >= c.storedLength ? into.subarray(0, c.storedLength) : Buffer.allocUnsafe(c.storedLength);
+      const slot = this.crcSlots.pop() ?? Buffer.allocUnsafeSlow(4);
+      try {
+        const got = Number(native(this.fds[c.file ?? 0], stored, c.storedLength, HEADER_SIZE + c.fileOffset, slot));
+        this.checkNativeRead(i, c, got, slot.readUInt32LE(0));
+      } finally {
+        this.crcSlots.push(slot);
+      }
+    } else {
+      stored = this.readStored(i, c, into);
+      this.checkStored(i, c, stored);
+    }
     if (c.codec === 'none') return stored;
     return this.checkRaw(i, c, stored, () => lz4napi().uncompressSync(stored));
   }
 
+  /** tsnap_pread_crc32's answer: the errors readStored and checkStored give (readError names an errno). */
+  private checkNativeRead(i: number, c: ChunkEntry, got: number, crc: number): void {
+    if (got < 0) throw Object.assign(new Error(`read failed (errno ${-got})`), { code: errnoName(-got) });
+    if (got < c.storedLength) throw new TsnapError('badImage', `${this.pathOf(i)}: truncated inside chunk ${i}`);
+    this.checkCrc(i, c, crc);
+  }
+
   private checkStored(i: number, c: ChunkEntry, stored: Buffer): void {
-    if (crc32(stored) !== c.crc32) {
+    this.checkCrc(i, c, crc32(stored));
+  }
+
+  private checkCrc(i: number, c: ChunkEntry, crc: number): void {
+    if (crc !== c.crc32) {
       throw new TsnapError('badImage', `${this.pathOf(i)}: chunk ${i} checksum mismatch; the image is corrupted`);
     }
   }

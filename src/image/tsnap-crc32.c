@@ -121,3 +121,30 @@ int tsnap_crc32_ranges(int fd, const uint64_t *ranges, uint32_t n, uint32_t *crc
   }
   return 0;
 }
+
+/*
+ * A restore's chunk read (src/image/page-file.ts): `len` bytes of `fd` at
+ * `off` into `buf`, and their CRC into *crc. Run on a thread of libuv's
+ * pool: the CRC of each piece is taken right after its read, while the
+ * piece is still in that CPU's cache, instead of on tsnap's main thread
+ * later (from another core's cache), where it competed with the writes
+ * into the new process. The bytes checked are the bytes left in `buf`.
+ * Returns the bytes read (fewer than `len` only at the end of the file),
+ * or -errno of the failed read.
+ */
+#define READ_PIECE (256u << 10)
+int64_t tsnap_pread_crc32(int fd, uint8_t *buf, size_t len, uint64_t off, uint32_t *crc) {
+  size_t done = 0;
+  uint32_t c = 0;
+  while (done < len) {
+    size_t want = len - done < READ_PIECE ? len - done : READ_PIECE;
+    ssize_t got = pread(fd, buf + done, want, (off_t)(off + done));
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return -(int64_t)errno;
+    if (got == 0) break;
+    c = tsnap_crc32(c, buf + done, (size_t)got);
+    done += (size_t)got;
+  }
+  *crc = c;
+  return (int64_t)done;
+}

@@ -56,6 +56,30 @@ export function nativeCrc32Ranges(): Crc32Ranges | null {
   return rangesFn;
 }
 
+/**
+ * Reads `len` bytes of `fd` at `off` into `buf` and writes their CRC-32
+ * into `crc` (4 bytes, little-endian) (tsnap_pread_crc32): the bytes read,
+ * fewer only at the end of the file, or -errno. `.async` runs it on libuv's
+ * pool; `buf` and `crc` must stay alive and the fd open until its callback.
+ */
+export interface PreadCrc32 {
+  (fd: number, buf: Buffer, len: number, off: number, crc: Buffer): number | bigint;
+  async(fd: number, buf: Buffer, len: number, off: number, crc: Buffer, cb: (err: unknown, ret: number | bigint) => void): void;
+}
+
+let preadCrcFn: PreadCrc32 | null | undefined;
+
+/** Null when the library is not built (or is an older build without it). */
+export function nativePreadCrc32(): PreadCrc32 | null {
+  if (preadCrcFn === undefined) {
+    preadCrcFn = null;
+    try {
+      preadCrcFn = (load()?.func('int64_t tsnap_pread_crc32(int fd, void *buf, size_t len, uint64_t off, void *crc)') as PreadCrc32 | undefined) ?? null;
+    } catch { /* the fallback */ }
+  }
+  return preadCrcFn;
+}
+
 /** tsnap_splice_pipes (src/sys/tsnap-splice.c): 0 or -1; `.async` on libuv's pool. */
 export interface SplicePipes {
   (pipes: Buffer, fd: number, positions: Buffer, lens: Buffer, n: number, done: Buffer, rfd: number, want: Buffer | null, crcs: Buffer | null, buf: Buffer | null, buflen: number): number;
