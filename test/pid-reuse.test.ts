@@ -31,6 +31,14 @@ function said(stderr: string): string[] {
   return stderr.split('\n').filter((l) => l && !l.startsWith('tsnap: paused at') && !l.startsWith('{'));
 }
 
+/** Refused as a chain of another process: exit 3 and one line of tsnap's, matching `message`. */
+function expectRefused(r: { code: number | null; stderr: string }, message: RegExp): void {
+  expect(r.code, r.stderr).toBe(3);
+  const lines = said(r.stderr);
+  expect(lines, r.stderr).toHaveLength(1);
+  expect(lines[0]).toMatch(message);
+}
+
 /** How often the process has been woken: a `sleep` inside its one nanosleep is woken by nothing but a stop, a signal or a trace. */
 function wakeups(pid: number): number {
   return Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]);
@@ -93,10 +101,7 @@ describe('a pid reused between the rounds of a chain', () => {
       // Kill mode: a final dump that took the stranger would kill it.
       const r = await reuseAt(['dump', '--pid', 'PID', '--dir', dir, '--pre-dumps', preDumps], 'loop-first-round-done');
       try {
-        expect(r.code, r.stderr).toBe(3);
-        const lines = said(r.stderr);
-        expect(lines, r.stderr).toHaveLength(1);
-        expect(lines[0]).toMatch(new RegExp(`process ${r.pid} exited during its pre-dump loop; .*left alone`));
+        expectRefused(r, new RegExp(`process ${r.pid} exited during its pre-dump loop; .*left alone`));
         expect(existsSync(dir) ? readdirSync(dir) : []).toEqual([]);
         await new Promise((res) => setTimeout(res, 100));
         expectLeftAlone(r.stranger, r.strangerStart);
@@ -111,10 +116,7 @@ describe('a pid reused between the rounds of a chain', () => {
     const dir = join(work, 'img');
     const r = await reuseAt(['dump', '--tree', '--pid', 'PID', '--dir', dir, '--pre-dumps', '1'], 'loop-first-round-done');
     try {
-      expect(r.code, r.stderr).toBe(3);
-      const lines = said(r.stderr);
-      expect(lines, r.stderr).toHaveLength(1);
-      expect(lines[0]).toMatch(new RegExp(`process ${r.pid} exited during its pre-dump loop; .*left alone`));
+      expectRefused(r, new RegExp(`process ${r.pid} exited during its pre-dump loop; .*left alone`));
       expect(existsSync(dir) ? readdirSync(dir) : []).toEqual([]);
       await new Promise((res) => setTimeout(res, 100));
       expectLeftAlone(r.stranger, r.strangerStart);
@@ -128,11 +130,8 @@ describe('a pid reused between the rounds of a chain', () => {
     const dir = join(work, 'pre');
     const r = await reuseAt(['pre-dump', '--pid', 'PID', '--dir', dir], 'before-scan');
     try {
-      expect(r.code, r.stderr).toBe(3);
-      const lines = said(r.stderr);
-      expect(lines, r.stderr).toHaveLength(1);
       // The round's fds of its process (pagemap, mem) fail first, or its last check before the inventory does.
-      expect(lines[0]).toMatch(new RegExp(`process ${r.pid}(: the process is gone| exited while it was pre-dumped; no image was written)`));
+      expectRefused(r, new RegExp(`process ${r.pid}(: the process is gone| exited while it was pre-dumped; no image was written)`));
       expect(existsSync(join(dir, 'inventory'))).toBe(false);
       await new Promise((res) => setTimeout(res, 100));
       expectLeftAlone(r.stranger, r.strangerStart);
@@ -159,10 +158,7 @@ describe('a pid reused between the rounds of a chain', () => {
       for (const cmd of ['dump', 'pre-dump']) {
         const fin = join(work, cmd);
         const r = await tsnap(cmd, '--pid', String(pid), '--dir', fin, '--parent', pre);
-        expect(r.code, r.stderr).toBe(3);
-        const lines = said(r.stderr);
-        expect(lines, r.stderr).toHaveLength(1);
-        expect(lines[0]).toMatch(new RegExp(`parent image ${pre} is of process ${pid} started at tick ${inv.startTime}, which has exited: pid ${pid} is now another process \\(started at tick ${strangerStart.startTime}\\)`));
+        expectRefused(r, new RegExp(`parent image ${pre} is of process ${pid} started at tick ${inv.startTime}, which has exited: pid ${pid} is now another process \\(started at tick ${strangerStart.startTime}\\)`));
         expect(existsSync(join(fin, 'inventory'))).toBe(false);
         expectLeftAlone(stranger, strangerStart);
       }
@@ -185,10 +181,7 @@ describe('a pid reused between the rounds of a chain', () => {
     try {
       const fin = join(work, 'fin');
       const r = await tsnap('dump', '--tree', '--pid', String(pid), '--dir', fin, '--parent', pre);
-      expect(r.code, r.stderr).toBe(3);
-      const lines = said(r.stderr);
-      expect(lines, r.stderr).toHaveLength(1);
-      expect(lines[0]).toMatch(new RegExp(`parent image ${join(pre, String(pid))} is of process ${pid} started at tick \\d+, which has exited: pid ${pid} is now another process`));
+      expectRefused(r, new RegExp(`parent image ${join(pre, String(pid))} is of process ${pid} started at tick \\d+, which has exited: pid ${pid} is now another process`));
       expect(existsSync(join(fin, 'tree'))).toBe(false);
       expectLeftAlone(stranger, was);
     } finally {
@@ -201,10 +194,7 @@ describe('a pid reused between the rounds of a chain', () => {
     const srv = await startServe(join(work, 'in'));
     const r = await reuseAt(['migrate', '--pid', 'PID', '--to', `127.0.0.1:${srv.port}`, '--token', 'sesame', '--max-iterations', '3', '--json'], 'migrate-first-iteration-sent');
     try {
-      expect(r.code, r.stderr).toBe(3);
-      const lines = said(r.stderr);
-      expect(lines, r.stderr).toHaveLength(1);
-      expect(lines[0]).toMatch(new RegExp(`process ${r.pid} exited during its migration; .*left alone; nothing was committed`));
+      expectRefused(r, new RegExp(`process ${r.pid} exited during its migration; .*left alone; nothing was committed`));
       await new Promise((res) => setTimeout(res, 100));
       expectLeftAlone(r.stranger, r.strangerStart);
       expect(srv.events.join('\n')).not.toMatch(/"committed"/);
