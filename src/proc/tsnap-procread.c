@@ -30,6 +30,23 @@ long tsnap_read_all(int fd, void *buf, size_t len) {
   return (long)done;
 }
 
+static int hexval(uint8_t c) {
+  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Hex in [p, end) up to `stop`; the index past it, or 0 on no digit, too many, or another byte than `stop` after. */
+static size_t hexfield(const uint8_t *b, size_t p, size_t end, uint8_t stop, uint64_t *out) {
+  uint64_t v = 0;
+  size_t q = p;
+  for (; q < end && hexval(b[q]) >= 0; q++) {
+    if (q - p == 16) return 0;
+    v = v * 16 + (uint64_t)hexval(b[q]);
+  }
+  if (q == p || q >= end || b[q] != stop) return 0;
+  *out = v;
+  return q;
+}
+
 /*
  * Each area's VmFlags in smaps text (buf, len), its flags line numbered
  * among the distinct ones (a process's areas share a few dozen): per
@@ -48,14 +65,7 @@ long tsnap_smaps_flags(const uint8_t *buf, size_t len, uint64_t *out, size_t max
   uint32_t distinct = 0;
   while (pos < len && n < max) {
     uint64_t start = 0;
-    size_t p = pos;
-    for (; p < len && p - pos <= 16; p++) {
-      uint8_t c = buf[p];
-      int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-      if (d < 0) break;
-      start = start * 16 + (uint64_t)d;
-    }
-    if (p == pos || p - pos > 16 || p >= len || buf[p] != '-') return -1;
+    if (!hexfield(buf, pos, len, '-', &start)) return -1;
     const uint8_t *at = memmem(buf + pos, len - pos, key, sizeof key - 1);
     if (!at) break;
     size_t from = (size_t)(at - buf) + sizeof key - 1;
@@ -115,14 +125,7 @@ long tsnap_smaps_masks(int fd, uint8_t *buf, size_t buflen, const int8_t *table,
       const uint8_t *eol = at ? memchr(at + 1, '\n', (size_t)(buf + len - (at + 1))) : NULL;
       if (!eol && !eof) break;
       uint64_t start = 0;
-      size_t p = pos;
-      for (; p < len && p - pos <= 16; p++) {
-        uint8_t c = buf[p];
-        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-        if (d < 0) break;
-        start = start * 16 + (uint64_t)d;
-      }
-      if (p == pos || p - pos > 16 || p >= len || buf[p] != '-') return TSNAP_SMAPS_MALFORMED;
+      if (!hexfield(buf, pos, len, '-', &start)) return TSNAP_SMAPS_MALFORMED;
       if (!at) { pos = len; break; } /* a last header without VmFlags: tolerated, as the parsers do */
       size_t to = eol ? (size_t)(eol - buf) : len;
       int32_t mask = 0;
@@ -163,23 +166,6 @@ long tsnap_smaps_masks(int fd, uint8_t *buf, size_t buflen, const int8_t *table,
  */
 #define TSNAP_MAPS_MALFORMED (-100000L)
 #define TSNAP_MAPS_FULL (-100001L)
-
-static int hexval(uint8_t c) {
-  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
-/* Hex in [p, end) up to `stop`; the index past it, or 0 on no digit, too many, or another byte than `stop` after. */
-static size_t hexfield(const uint8_t *b, size_t p, size_t end, uint8_t stop, uint64_t *out) {
-  uint64_t v = 0;
-  size_t q = p;
-  for (; q < end && hexval(b[q]) >= 0; q++) {
-    if (q - p == 16) return 0;
-    v = v * 16 + (uint64_t)hexval(b[q]);
-  }
-  if (q == p || q >= end || b[q] != stop) return 0;
-  *out = v;
-  return q;
-}
 
 long tsnap_maps_parse(const uint8_t *buf, size_t len, double *nums, int32_t *info, size_t max) {
   static const char del[] = " (deleted)";
