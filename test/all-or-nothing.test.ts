@@ -15,7 +15,7 @@ import { tsnap, startTsnap, restoreDetached } from './helpers/tsnap.js';
 import { isGone, tracerOf, tracerFor, registerPid, descendantsOf, killPid, waitPidsFree } from './helpers/processes.js';
 import { eventually } from './helpers/eventually.js';
 import { startServe } from './helpers/serve.js';
-import { helperElf, writeProgram } from '../src/inject/tiny-elf.js';
+import { helperElf, loadProgram, HELPER_NAME } from '../src/inject/tiny-elf.js';
 import { findHolders } from '../src/track/untrack.js';
 
 useProcessCleanup();
@@ -247,7 +247,7 @@ describe('restore killed at a named point', () => {
 
   it('a helper whose parent is not the one it was built for exits at once', async () => {
     // Built for pid 1: as if tsnap had died before the helper asked for PR_SET_PDEATHSIG.
-    const file = writeProgram('tsnap-restore-helper', helperElf(1));
+    const file = loadProgram(HELPER_NAME, helperElf(1));
     try {
         const h = spawn(file.path, [], { stdio: 'ignore' });
         const code = await new Promise<number | null>((resolve) => h.on('exit', (c) => resolve(c)));
