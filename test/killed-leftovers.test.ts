@@ -210,6 +210,32 @@ describe('a tsnap SIGKILLed mid-way leaves no file behind', () => {
     await sigkill(s2);
   });
 
+  it('a killed migrate\'s staging swept by the next serve --restore (its warm-up) ends its tracking too', async () => {
+    const s = privateScratch();
+    const token = join(tmpDir('leftovers-tok-'), 'token');
+    writeFileSync(token, 'sesame\n', { mode: 0o600 });
+    const recv = tsnapIn(s, ['serve', '--listen', '127.0.0.1:0', '--dir', tmpDir('leftovers-recv-'), '--token-file', token, '--json', '--no-warm-up']);
+    const log = new LineLog('tsnap serve', () => recv.stderr()).follow(recv.child.stderr!);
+    const port = (JSON.parse(await log.waitFor(/"listening"/, 30_000, 0, 'its "listening" event')) as { port: number }).port;
+    const p = await counter();
+    const m = tsnapIn(s, ['migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${port}`, '--token-file', token, '--max-iterations', '3'], { TSNAP_TEST_PAUSE_AT: 'migrate-first-iteration-sent' });
+    await pausedAt(m);
+    await sigkill(m);
+    await sigkill(recv);
+    await runsAsBefore(p);
+    expect(s.list().length).toBe(1);
+    expect(findHolders(p.pid).length).toBe(1);
+    const next = tsnapIn(s, ['serve', '--listen', '127.0.0.1:0', '--dir', tmpDir('leftovers-recv-'), '--token-file', token, '--json', '--restore']);
+    const log2 = new LineLog('tsnap serve', () => next.stderr()).follow(next.child.stderr!);
+    await log2.waitFor(/"listening"/, 30_000, 0, 'its "listening" event');
+    expect(s.list()).toEqual([]);
+    for (let i = 0; i < 200 && findHolders(p.pid).length; i++) await sleep(10);
+    expect(findHolders(p.pid)).toEqual([]);
+    await runsAsBefore(p);
+    await p.kill();
+    await sigkill(next);
+  });
+
   it('the fallback where memfds may not be executed (O_TMPFILE) restores and leaves nothing either', async () => {
     const s = privateScratch();
     const p = await counter();

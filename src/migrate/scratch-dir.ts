@@ -15,7 +15,8 @@
  * live process with that start time: the lock alone is free for the few
  * microseconds between mkdtemp and flock; the pid alone is wrong for a
  * tsnap in another pid namespace that shares the base (a serve run under
- * `unshare --pid`). It never follows a symlink (O_NOFOLLOW, and rm of a
+ * `unshare --pid`). A migration's staging first ends the tracking its
+ * rounds started (endWhatItRefersTo). It never follows a symlink (O_NOFOLLOW, and rm of a
  * link removes the link) and leaves alone whatever is not a 0700 directory
  * of this uid.
  */
@@ -23,6 +24,8 @@ import { closeSync, fstatSync, mkdtempSync, openSync, readdirSync, rmSync, const
 import { basename, join } from 'node:path';
 import { flock, LOCK_EX, LOCK_NB } from '../sys/index.js';
 import { readStat } from '../proc/index.js';
+import { trackingRefs } from '../image/process-dirs.js';
+import { stopHolder } from '../track/holder.js';
 
 const NAME = /^tsnap-([a-z][a-z-]*)-(\d+)\.(\d+)-[A-Za-z0-9]{6}$/;
 
@@ -38,8 +41,23 @@ export interface ScratchDir {
 /** What a sweep does with a stale directory of `kind` before removing it (ends what it refers to). */
 export type OnStale = (kind: string, path: string) => void;
 
+/**
+ * A migration whose tsnap was killed left its rounds committed in staging,
+ * and so their tracking (a committed pre-dump's holder outlives its tsnap):
+ * once the staging goes, no image refers to it, so it ends too. Whoever
+ * sweeps (a migrate, a serve's warm-up, the test suite) does this.
+ */
+export const endWhatItRefersTo: OnStale = (kind, path) => {
+  if (kind !== 'migrate') return;
+  for (const round of readdirSync(path)) {
+    try {
+      for (const ref of trackingRefs(join(path, round))) stopHolder(ref);
+    } catch { /* not a round, or one cut short */ }
+  }
+};
+
 /** A new scratch directory in `base`, after sweeping the stale ones of `sweep` (default: `base`). */
-export function makeScratchDir(base: string, kind: string, sweep: string[] = [base], onStale?: OnStale): ScratchDir {
+export function makeScratchDir(base: string, kind: string, sweep: string[] = [base], onStale: OnStale = endWhatItRefersTo): ScratchDir {
   for (const b of new Set(sweep)) sweepStale(b, onStale);
   const path = mkdtempSync(join(base, `tsnap-${kind}-${owner()}-`));
   let fd: number;
@@ -64,7 +82,7 @@ export function makeScratchDir(base: string, kind: string, sweep: string[] = [ba
 }
 
 /** Removes the scratch directories in `base` whose tsnap is gone; returns their paths. */
-export function sweepStale(base: string, onStale?: OnStale): string[] {
+export function sweepStale(base: string, onStale: OnStale = endWhatItRefersTo): string[] {
   let names: string[];
   try { names = readdirSync(base); } catch { return []; }
   const removed: string[] = [];
@@ -83,7 +101,7 @@ export function sweepStale(base: string, onStale?: OnStale): string[] {
       if (st.uid !== process.geteuid!() || (st.mode & 0o7777) !== 0o700) continue;
       if (!flock(fd, LOCK_EX | LOCK_NB)) continue; // its tsnap holds it
       if (ownerAlive(Number(m[2]), Number(m[3]))) continue;
-      try { onStale?.(m[1], path); } catch { /* removed all the same: nothing else will */ }
+      try { onStale(m[1], path); } catch { /* removed all the same: nothing else will */ }
       rmSync(path, { recursive: true, force: true });
       removed.push(path);
     } catch {

@@ -28,8 +28,6 @@ import type { DumpOptions } from '../dump/dump.js';
 import { StreamPageSink } from './page-stream.js';
 import { takeSet, setTotals } from '../dump/take-set.js';
 import { untrackPid } from '../track/untrack.js';
-import { stopHolder } from '../track/holder.js';
-import { trackingRefs } from '../image/process-dirs.js';
 import { makeScratchDir } from './scratch-dir.js';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, encodeFrame, decodeDoc, send } from './wire.js';
 import { crc32 } from '../image/checksum.js';
@@ -145,7 +143,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   }
   const reader = new FrameReader(sock);
   const peer = new PeerLimit(sock, { limitMs: opts.peerTimeoutMs ?? PEER_TIMEOUT_MS, peer: `${opts.host}:${opts.port}`, pid: opts.pid, checkAbort, warn: opts.warnFrozen ?? opts.warn ?? ((m) => process.stderr.write(`tsnap: warning: ${m}\n`)) });
-  const scratch = makeScratchDir(stagingBase(opts), 'migrate', ['/dev/shm', tmpdir()], untrackStaged);
+  const scratch = makeScratchDir(stagingBase(opts), 'migrate', ['/dev/shm', tmpdir()]);
   const staging = scratch.path;
   let held: FrozenSet | null = null;
   let receiverCommitted = false;
@@ -381,20 +379,6 @@ function stagingBase(opts: MigrateOptions): string {
     return '/dev/shm';
   } catch {
     return tmpdir();
-  }
-}
-
-/**
- * A migration whose tsnap was killed left its rounds committed in staging,
- * and so their tracking (a committed pre-dump's holder outlives its tsnap):
- * once the staging goes, no image refers to it, so it ends too.
- */
-function untrackStaged(kind: string, path: string): void {
-  if (kind !== 'migrate') return;
-  for (const round of readdirSync(path)) {
-    try {
-      for (const ref of trackingRefs(join(path, round))) stopHolder(ref);
-    } catch { /* not a round, or one cut short */ }
   }
 }
 
