@@ -59,16 +59,28 @@ export const endWhatItRefersTo: OnStale = (kind, path) => {
 /** A new scratch directory in `base`, after sweeping the stale ones of `sweep` (default: `base`). */
 export function makeScratchDir(base: string, kind: string, sweep: string[] = [base], onStale: OnStale = endWhatItRefersTo): ScratchDir {
   for (const b of new Set(sweep)) sweepStale(b, onStale);
-  const path = mkdtempSync(join(base, `tsnap-${kind}-${owner()}-`));
-  let fd: number;
-  try {
-    fd = openSync(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
-    // Blocking: a sweep that took it meanwhile lets it go within microseconds (our pid is alive).
-    flock(fd, LOCK_EX);
-  } catch (err) {
-    rmSync(path, { recursive: true, force: true });
-    throw err;
+  for (let attempt = 0; ; attempt++) {
+    const path = mkdtempSync(join(base, `tsnap-${kind}-${owner()}-`));
+    let fd: number;
+    try {
+      fd = openSync(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+      // Blocking: a sweep that took it meanwhile lets it go within microseconds.
+      flock(fd, LOCK_EX);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT' && attempt < 3) continue;
+      rmSync(path, { recursive: true, force: true });
+      throw err;
+    }
+    // Removed before our lock by a sweep to which our pid means nothing (another pid namespace): another one.
+    if (fstatSync(fd).nlink === 0 && attempt < 3) {
+      closeSync(fd);
+      continue;
+    }
+    return locked(path, fd);
   }
+}
+
+function locked(path: string, fd: number): ScratchDir {
   let done = false;
   return {
     path,
