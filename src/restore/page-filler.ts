@@ -165,102 +165,10 @@ interface FillState {
   populator: Populator | null;
 }
 
-/**
- * The first READ_AHEAD chunk reads of a fill, started before the task's
- * address space is built (restore.ts): they need only the image, and run on
- * libuv's pool while tsnap's thread waits for the task's mmap and mprotect
- * lists (10 000 VMAs: ~15-25 ms of waiting at load 4, the pool idle). The
- * fill takes them in its own order (fillByChunk's: first use by address);
- * one that is not taken (a restore failed first) is awaited by abandon().
- * Only for what fillByChunk reads on the pool: one image, more than
- * SYNC_CHUNKS chunks. TSNAP_FILL_EARLY=0: none (bench A/B in one build).
- */
-export class FillPrefetch {
-  readonly readers: (PageFileReader | null)[];
-  /** Chunk key (image * 2^32 + chunk) -> its read and the buffer it reads into. */
-  private readonly started = new Map<number, { read: Promise<Buffer>; buf: Buffer }>();
-  private taken = false;
-
-  private constructor(private readonly chain: readonly Image[]) {
-    this.readers = chain.map(() => null);
-  }
-
-  /** Null when the fill would not read this chain ahead on the pool. */
-  static start(chain: readonly Image[], resolved: readonly ResolvedRun[]): FillPrefetch | null {
-    if (process.env.TSNAP_FILL_EARLY === '0' || chain.length !== 1) return null;
-    const chunks = chain[0].pagemap.chunks;
-    if (chunks.length <= SYNC_CHUNKS || syncFill(chunks)) return null;
-    const first: number[] = [];
-    let last = -1;
-    for (const r of resolved) {
-      const key = r.image * 0x100000000 + r.chunk;
-      // Resolved runs of one image are in address order, and so are its chunks: a new key is a new chunk.
-      if (key === last || first.includes(key)) continue;
-      first.push(key);
-      last = key;
-      if (first.length === READ_AHEAD) break;
-    }
-    if (first.length <= SYNC_CHUNKS) return null;
-    const pre = new FillPrefetch(chain);
-    let largest = PAGE_SIZE;
-    for (const ch of chunks) largest = Math.max(largest, ch.storedLength);
-    try {
-      for (const key of first) {
-        const buf = Buffer.allocUnsafeSlow(largest);
-        const read = pre.readerOf(Math.floor(key / 0x100000000)).readChunkAsync(key % 0x100000000, buf);
-        // Reported when the fill takes it; a read never taken is awaited by abandon().
-        read.catch(() => {});
-        pre.started.set(key, { read, buf });
-      }
-    } catch (err) {
-      void pre.abandon();
-      throw err;
-    }
-    return pre;
-  }
-
-  readerOf(image: number): PageFileReader {
-    return (this.readers[image] ??= new PageFileReader(this.chain[image].dir, this.chain[image].pagemap.chunks));
-  }
-
-  /** How many reads were started (the fill allocates that many fewer buffers). */
-  get count(): number {
-    return this.started.size;
-  }
-
-  /** The read of `key` started early, if any: the caller owns it from now on. */
-  take(key: number): { read: Promise<Buffer>; buf: Buffer } | undefined {
-    const got = this.started.get(key);
-    if (got) this.started.delete(key);
-    return got;
-  }
-
-  /** The fill owns the readers: it closes them once the reads left here are done. */
-  claim(): void {
-    this.taken = true;
-  }
-
-  /** The reads never taken, waited for (their fds stay open until they end). */
-  async settle(): Promise<void> {
-    const left = [...this.started.values()].map((s) => s.read);
-    this.started.clear();
-    await Promise.allSettled(left);
-  }
-
-  /** A restore that failed before its fill: wait for the reads, close the files. */
-  async abandon(): Promise<void> {
-    if (this.taken) return;
-    this.taken = true;
-    await this.settle();
-    for (const r of this.readers) r?.close();
-  }
-}
-
 /** `resolved`: the chain already resolved over exactly `within` (checkUnreadChunks did it), not computed again. */
-export async function fillPages(pid: number, chain: readonly Image[], within: Range[], sc: RemoteSyscaller | null = null, onProgress?: (done: number, total: number) => void, resolvedAlready?: readonly ResolvedRun[], prefetch?: FillPrefetch | null): Promise<FillResult> {
-  prefetch?.claim();
-  const readers: (PageFileReader | null)[] = prefetch ? prefetch.readers : chain.map(() => null);
-  const readerOf = prefetch ? (image: number) => prefetch.readerOf(image) : (image: number) => (readers[image] ??= new PageFileReader(chain[image].dir, chain[image].pagemap.chunks));
+export async function fillPages(pid: number, chain: readonly Image[], within: Range[], sc: RemoteSyscaller | null = null, onProgress?: (done: number, total: number) => void, resolvedAlready?: readonly ResolvedRun[]): Promise<FillResult> {
+  const readers: (PageFileReader | null)[] = chain.map(() => null);
+  const readerOf = (image: number) => (readers[image] ??= new PageFileReader(chain[image].dir, chain[image].pagemap.chunks));
   const state: FillState = { pending: new Set(), populator: null };
   let pages: number;
   try {
@@ -274,7 +182,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     const plan = chain.length > 1 && process.env.TSNAP_FILL_BY_CHUNK !== '1' ? planByAddress(resolved, WINDOW_BYTES, chain.map((c) => c.pagemap.chunks.length)) : null;
     pages = plan && plan.maxLive <= MAX_LIVE
       ? await fillByAddress(pid, resolved, plan, readerOf, largest, sc, state, onProgress)
-      : await fillByChunk(pid, resolved, readerOf, largest, sc, state, onProgress, syncFill(chain.flatMap((c) => c.pagemap.chunks)), prefetch ?? null);
+      : await fillByChunk(pid, resolved, readerOf, largest, sc, state, onProgress, syncFill(chain.flatMap((c) => c.pagemap.chunks)));
     state.populator?.drain();
   } catch (err) {
     try { state.populator?.drain(); } catch { /* the task is killed anyway */ }
@@ -282,8 +190,6 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     await Promise.allSettled(state.pending);
     throw err;
   } finally {
-    // Early reads the fill did not take (another order than foreseen) end before their files close.
-    await prefetch?.settle();
     for (const r of readers) r?.close();
   }
   return { pages, bytes: pages * PAGE_SIZE };
@@ -368,7 +274,7 @@ async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan
 }
 
 /** One image (or a chain whose chunks scatter): chunk by chunk, each written in one call. */
-async function fillByChunk(pid: number, resolved: readonly ResolvedRun[], readerOf: (image: number) => PageFileReader, largest: number, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void, readOnThread = false, prefetch: FillPrefetch | null = null): Promise<number> {
+async function fillByChunk(pid: number, resolved: readonly ResolvedRun[], readerOf: (image: number) => PageFileReader, largest: number, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void, readOnThread = false): Promise<number> {
   const copier = new VmCopier(pid);
   let pages = 0;
   const byChunk = new Map<number, ResolvedRun[]>();
@@ -391,21 +297,10 @@ async function fillByChunk(pid: number, resolved: readonly ResolvedRun[], reader
   const sync = order.length <= SYNC_CHUNKS || readOnThread;
   // One reused buffer: a fresh one per chunk would be page-faulted anew.
   const syncBuf = sync && order.length > SYNC_CHUNKS ? Buffer.allocUnsafeSlow(largest) : undefined;
-  // Reads started before the address space was built count against READ_AHEAD: their buffers join the pool.
-  const early = sync ? 0 : prefetch?.count ?? 0;
-  const pool: Buffer[] = sync ? [] : Array.from({ length: Math.max(0, READ_AHEAD - early) }, () => Buffer.allocUnsafeSlow(largest));
+  const pool: Buffer[] = sync ? [] : Array.from({ length: READ_AHEAD }, () => Buffer.allocUnsafeSlow(largest));
   const buffers: Buffer[] = [];
   const refill = () => {
-    while (next < order.length) {
-      const pre = sync ? undefined : prefetch?.take(order[next]);
-      if (pre) {
-        next++;
-        buffers.push(pre.buf);
-        pending.push(pre.read);
-        state.pending.add(pre.read);
-        continue;
-      }
-      if (pool.length === 0) break;
+    while (pool.length > 0 && next < order.length) {
       const buf = pool.pop()!;
       buffers.push(buf);
       const first = byChunk.get(order[next++])![0];

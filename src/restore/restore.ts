@@ -13,7 +13,7 @@ import { createProcess, type NewProcess, type Helper } from './create-process.js
 import { RemoteTask } from '../inject/remote-task.js';
 import type { GuardsRead } from '../dump/guards.js';
 import { installStub, clearHelperMappings, placeSpecialMappings, mapVmas, finishProtections, lockVmas, installGuards, STUB_SIZE, type Stub } from './address-space.js';
-import { fillPages, FillPrefetch } from './page-filler.js';
+import { fillPages } from './page-filler.js';
 import { receivesPages } from './data-ranges.js';
 import { checkRestored, isMapDifference } from './self-check.js';
 import { fdTableDiff } from '../files/fd-table.js';
@@ -224,8 +224,6 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   let root: PlannedMember;
   /** Each process's chain resolved over its dumped memory, for the page writer. */
   const resolvedOf = new Map<ProcessImage, ResolvedRun[]>();
-  /** The root's first chunk reads, started early (page-filler.ts); its fill takes them. */
-  let prefetch: FillPrefetch | null = null;
   try {
     mark('restore: read the image');
     plan = live?.image ? [{ chain: [live.image], p: needProcess(live.image, opts.dir), children: [], zombies: [] }] : loadMembers(opts.dir);
@@ -246,8 +244,6 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       // The VMAs themselves as the ranges (resolveChain copies what it keeps).
       resolvedOf.set(m.p, checkUnreadChunks(m.chain, m.p.mm.vmas.filter((v) => v.dumped && !imports.has(v.start))));
     }
-    // The root's first chunks read on the pool while the helper starts and the address space is built.
-    if (!live && !opts.lazy) prefetch = FillPrefetch.start(root.chain, resolvedOf.get(root.p)!);
   } catch (err) {
     prio?.restore();
     await early?.abandon();
@@ -374,7 +370,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
       const resolved = lazy ? undefined : resolvedOf.get(m.p);
       const within = resolved ? [] : [...dumped.filter((v) => !lazyVmas.includes(v)).map((v) => ({ start: v.start, end: v.end })), ...m.lazy?.written ?? []];
       const filled = live ? { pages: live.pages, bytes: live.bytes } : await fillPages(rt.pid, m.chain, within, rt.sc,
-        opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined, resolved, m.p === root.p ? prefetch : null);
+        opts.onProgress ? (bytes, total) => opts.onProgress!({ bytes, total, pid: m.p.pid }) : undefined, resolved);
       pages += filled.pages;
       bytes += filled.bytes;
       for (const r of m.p.aioRings ?? []) restoreAioRing(rt, r);
@@ -561,7 +557,6 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     for (const rt of rtOf.values()) { try { rt.mem.close(); } catch { /* closed */ } }
     helper?.kill('SIGKILL');
     await strayHelper;
-    await (prefetch as FillPrefetch | null)?.abandon();
     (lazy as LazyRestore | null)?.abort();
     throw steps.failure(err, `restore from ${opts.dir}`);
   } finally {
