@@ -120,7 +120,10 @@ function popcount(x: number): number {
  * what is wrong with the process).
  */
 export function readVmFlagMasksBpf(pid: number, tokens: readonly string[], areasHint = 64): VmFlagsTable | null {
-  if (learnt === undefined) learnt = learn();
+  if (learnt === undefined) {
+    // A probe refused, tsnap's own smaps unreadable: smaps of the target is still the answer.
+    try { learnt = learn(); } catch (err) { unusable = `learning the bits: ${(err as Error).message}`; learnt = null; }
+  }
   if (!learnt) return null;
   const lo = new Int32Array(tokens.length);
   const hi = new Int32Array(tokens.length);
