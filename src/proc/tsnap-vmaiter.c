@@ -5,7 +5,7 @@
  * area for smaps (7 MB for 10 000 areas: 35-40 ms of its CPU here); the
  * iterator hands over 16 bytes per area (~1.7 ms for the same process).
  *
- * The program is eleven instructions written out below (no libbpf, no
+ * The program is fourteen instructions written out below (no libbpf, no
  * clang): it loads ctx->vma, stores vm_start and vm_flags on its stack and
  * bpf_seq_write()s them. Where those fields are, and the BTF id of the
  * iterator's attach point, come from the running kernel's BTF
