@@ -23,6 +23,7 @@
  */
 import { vmaIterLoad, vmaIterRead, vmaIterProbes, vmaIterUnprobe } from '../sys/proc-read.js';
 import { readVmFlagMasks, type VmFlagsTable } from './smaps.js';
+import { mark } from '../trace.js';
 
 /** The tokens of tsnap_vmaiter_probes, in its order (0: a plain page, 13: the page without mw). */
 const PROBE_TOKENS = ['', 'sr', 'rr', 'dc', 'dd', 'mg', 'hg', 'nh', 'wf', 'lo', 'lf', 'nr', 'dp', 'mw'];
@@ -64,6 +65,7 @@ function learn(): Learnt | null {
     unusable = prog === 'lib' ? 'the library is not built' : prog === 'btf' ? 'the kernel\'s BTF lacks the task_vma iterator' : `bpf(PROG_LOAD): errno ${prog.errno}`;
     return null;
   }
+  mark('vmflags-bpf: program loaded');
   const probes = vmaIterProbes();
   let first: ReturnType<typeof readAll>;
   let smaps: VmFlagsTable;
@@ -78,6 +80,7 @@ function learn(): Learnt | null {
   const fail = (why: string): null => { unusable = why; return null; };
   if (typeof first === 'number' || typeof again === 'number') return fail(`reading tsnap's own areas: errno ${-(typeof first === 'number' ? first : again)}`);
   if (first.count !== again.count || first.out.some((w, i) => i < first.count * 4 && w !== again.out[i])) return fail('tsnap\'s own map changed while it was read');
+  mark('vmflags-bpf: tsnap\'s own areas read');
   const { out, count } = first;
   // Both in address order: the iterator's areas are smaps's, but for the gate area after them.
   const shown = smaps.count;
@@ -104,6 +107,7 @@ function learn(): Learnt | null {
     if (!seen || ones !== 1) return fail(`VmFlags token ${token}: ${seen ? `${ones} vm_flags bits match it` : 'no probe area shows it'}`);
     bits.set(token, { lo: lo >>> 0, hi: hi >>> 0 });
   }
+  mark('vmflags-bpf: bits learnt');
   return { prog, bits, gate };
 }
 

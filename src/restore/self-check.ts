@@ -23,7 +23,7 @@ import { scanGuards, imageGuards, type GuardsRead } from '../dump/guards.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlagMasks, type Vma, type VmFlagsTable } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
-import { readVmFlagMasksBpf } from '../proc/vmflags-bpf.js';
+import { readVmFlagMasksBpf, unusable as bpfUnusable } from '../proc/vmflags-bpf.js';
 import { checkRestoredTtys, imagePtys } from '../files/tty.js';
 import { DEAD_PROC_DIR } from '../proc/links.js';
 import { checkInflightRestored } from '../files/scm-rights.js';
@@ -178,6 +178,7 @@ function readLiveVmFlags(pid: number, areas: number): VmFlagsTable {
   if (mode === '1' || (mode !== '0' && areas >= BPF_MIN_AREAS)) {
     const t = readVmFlagMasksBpf(pid, RESTORED_TOKENS, areas);
     if (t) return t;
+    mark(`check: VmFlags from smaps, not the BPF iterator (${bpfUnusable || 'it could not read the process'})`);
   }
   return readVmFlagMasks(pid, RESTORED_TOKENS, areas);
 }
