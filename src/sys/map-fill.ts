@@ -1,0 +1,55 @@
+/**
+ * A read-only mapping of a pages file, and the native call that writes a
+ * chunk from it into a task after taking its CRC (src/sys/tsnap-mapfill.c,
+ * in libtsnap-crc32.so): the one-copy fill of a restore
+ * (src/restore/map-fill.ts).
+ */
+import { libc } from './libc.js';
+import { SysError } from './errors.js';
+import { SYS, PROT_READ, MAP_SHARED } from './uapi.js';
+import { load } from './crc32.js';
+
+const MAP_POPULATE = 0x8000;
+
+/** `length` bytes of `fd` from offset 0, shared and read-only; `populate`: its page tables filled now. */
+export function mapReadOnly(fd: number, length: number, populate = false): bigint {
+  libc.clearErrno();
+  const r = BigInt(libc.syscall(SYS.mmap, 0, length, PROT_READ, MAP_SHARED | (populate ? MAP_POPULATE : 0), fd, 0));
+  // The raw syscall: -4095..-1 is -errno (libc's wrapper sets errno and returns -1).
+  if (r < 0n) throw new SysError('mmap', r === -1n ? libc.errno() : Number(-r));
+  return r;
+}
+
+export function unmap(addr: bigint, length: number): void {
+  const r = Number(libc.syscall(SYS.munmap, addr, length, 0, 0, 0, 0));
+  if (r < 0) throw new SysError('munmap', libc.errno());
+}
+
+/**
+ * tsnap_crc_writev: the CRC of `len` bytes at `src` into `crc` (4 bytes,
+ * little-endian), and the pieces (offset, remote address, length: u64
+ * triples, by offset) written into `pid` from there. The bytes written,
+ * -EFAULT when the mapping faulted (the file shrank), or -errno.
+ * `.async` runs it on libuv's pool; `pieces` and `crc` must stay alive.
+ */
+export interface CrcWritev {
+  (pid: number, src: bigint, len: number, pieces: Buffer, n: number, crc: Buffer): number | bigint;
+  async(pid: number, src: bigint, len: number, pieces: Buffer, n: number, crc: Buffer, cb: (err: unknown, ret: number | bigint) => void): void;
+}
+
+let fn: CrcWritev | null | undefined;
+
+/** Null when the library is not built (or is older), or its SIGBUS guard cannot be installed: the caller reads into buffers instead. */
+export function nativeCrcWritev(): CrcWritev | null {
+  if (fn === undefined) {
+    fn = null;
+    try {
+      const lib = load();
+      const init = lib?.func('int tsnap_mapfill_init(void)') as (() => number) | undefined;
+      if (lib && init && init() === 0) {
+        fn = lib.func('int64_t tsnap_crc_writev(int pid, uintptr_t src, uint64_t len, const uint64_t *pieces, uint32_t n, uint32_t *crc)') as CrcWritev;
+      }
+    } catch { /* the fallback */ }
+  }
+  return fn;
+}
