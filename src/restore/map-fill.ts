@@ -15,7 +15,7 @@
  * slip bytes in between: the check is against damage at rest, as for the
  * chunked fill's read.
  */
-import { nativeCrcWritev, type CrcWritev } from '../sys/map-fill.js';
+import { nativeCrcWritev, nativeCrcWritevMany, type CrcWritev } from '../sys/map-fill.js';
 import type { PageFileReader } from '../image/page-file.js';
 import type { ResolvedRun } from '../image/chain-index.js';
 import type { Image } from '../image/image-reader.js';
@@ -28,8 +28,9 @@ import { Populator, populateByChunk } from './populator.js';
 /** Chunks between two turns of the event loop (others' callbacks: a library user's, a server's). */
 const YIELD_EVERY = 64;
 const EFAULT = 14;
-/** Chunks written at once on the pool (TSNAP_FILL_MAP_INFLIGHT; 0: on tsnap's thread). */
-const DEFAULT_INFLIGHT = 2;
+/** Writers on the pool (TSNAP_FILL_MAP_LANES; 0: tsnap's own thread), and chunks per call (TSNAP_FILL_MAP_BATCH). */
+const DEFAULT_LANES = 1;
+const DEFAULT_BATCH = 8;
 
 /**
  * The native call, when this fill applies: every chunk of the chain
@@ -40,8 +41,10 @@ const DEFAULT_INFLIGHT = 2;
 export function mapFillFor(chain: readonly Image[]): CrcWritev | null {
   if (process.env.TSNAP_FILL_MAP === '0') return null;
   if (!chain.every((c) => c.pagemap.chunks.every((ch) => ch.codec === 'none'))) return null;
-  return nativeCrcWritev();
+  return nativeCrcWritevMany() ? nativeCrcWritev() : null;
 }
+
+let many: ReturnType<typeof nativeCrcWritevMany> | undefined;
 
 /** Two 32-bit halves: a BigInt per field costs more than the copy of a page. */
 function putU64(b: Buffer, at: number, v: number): void {
@@ -52,7 +55,7 @@ function putU64(b: Buffer, at: number, v: number): void {
 export interface MapFillState {
   populator: Populator | null;
   /** Calls on the pool still running: waited for before the mappings and the task go. */
-  running?: Set<Promise<void>>;
+  running?: Set<Promise<unknown>>;
 }
 
 /**
@@ -69,38 +72,42 @@ export async function fillMapped(pid: number, native: CrcWritev, byChunk: Map<nu
     maxRuns = Math.max(maxRuns, runs.length);
   }
   const runsInOrder = order.flatMap((c, pos) => byChunk.get(c)!.map((run) => ({ run, pos })));
-  const populator = (state.populator = new Populator(sc, sc ? populateByChunk(runsInOrder) : []));
+  const mapPopulate = process.env.TSNAP_FILL_MAP_POPULATE === '1';
+  // Lanes of chunks written at once on libuv's pool, each a contiguous part of the order; 0: on this thread.
+  const lanes = Math.max(0, Math.min(4, Number(process.env.TSNAP_FILL_MAP_LANES ?? DEFAULT_LANES)));
+  const batch = Math.max(1, Number(process.env.TSNAP_FILL_MAP_BATCH ?? DEFAULT_BATCH));
+  // The task populating its memory ahead (as for the chunked fill) cost more CPU than the
+  // writer's own faults and bought no wall time (docs/performance.md, "Restore, 1 GiB"):
+  // only with TSNAP_FILL_MAP_TASK_POPULATE=1, and one writer, whose order it follows.
+  const taskPopulates = process.env.TSNAP_FILL_MAP_TASK_POPULATE === '1' && lanes <= 1 ? sc : null;
+  const populator = (state.populator = new Populator(taskPopulates, taskPopulates ? populateByChunk(runsInOrder) : []));
   populator.begin();
-  const populate = process.env.TSNAP_FILL_MAP_POPULATE === '1';
-  // Chunks written at once on libuv's pool; 0: on this thread, one after the other.
-  const inflight = Number(process.env.TSNAP_FILL_MAP_INFLIGHT ?? DEFAULT_INFLIGHT);
-  const slots = Array.from({ length: Math.max(1, inflight) }, () => ({ pieces: Buffer.allocUnsafeSlow(Math.max(1, maxRuns) * 24), crc: Buffer.allocUnsafeSlow(4) }));
-  const free = [...slots];
-  const running = new Set<Promise<void>>();
-  state.running = running;
   let pages = 0;
-  let failure: unknown = null;
-  /** Chunk `key`'s call into `slot`: its pieces and where to write them. */
-  const prepare = (key: number, slot: (typeof slots)[number]) => {
+  /** Chunk `key`'s runs, by offset (as the native call walks them), checked against the chunk. */
+  const runsOf = (key: number) => {
     const image = Math.floor(key / 0x100000000);
     const chunk = key % 0x100000000;
     const reader = readerOf(image);
-    // Offsets in increasing order, as the native call walks them (a chunk's runs are stored by address).
     const runs = [...byChunk.get(key)!].sort((a, b) => a.offset - b.offset);
     const entry = reader.entry(chunk);
     let want = 0;
-    for (let i = 0; i < runs.length; i++) {
-      const r = runs[i];
+    for (const r of runs) {
       const len = r.pages * PAGE_SIZE;
       if (r.offset + len > entry.storedLength) throw new TsnapError('badImage', `${reader.dir}/pagemap: a run at 0x${r.start.toString(16)} lies past the end of chunk ${chunk}; the image is damaged`);
-      putU64(slot.pieces, i * 24, r.offset);
-      putU64(slot.pieces, i * 24 + 8, r.start);
-      putU64(slot.pieces, i * 24 + 16, len);
       want += len;
     }
-    return { reader, chunk, runs, entry, want, src: reader.mappedChunk(chunk, populate) };
+    return { reader, chunk, runs, entry, want, src: reader.mappedChunk(chunk, mapPopulate) };
   };
-  const finish = (c: ReturnType<typeof prepare>, got: number, crc: number) => {
+  type Prepared = ReturnType<typeof runsOf>;
+  const putPieces = (c: Prepared, into: Buffer, first: number) => {
+    c.runs.forEach((r, i) => {
+      const at = (first + i) * 24;
+      putU64(into, at, r.offset);
+      putU64(into, at + 8, r.start);
+      putU64(into, at + 16, r.pages * PAGE_SIZE);
+    });
+  };
+  const finish = (c: Prepared, got: number, crc: number) => {
     if (got === -EFAULT) c.reader.checkMapped(c.chunk, true, 0);
     if (got < 0) throw new TsnapError('restoreFailed', `process_vm_writev(${pid}): ${errnoName(-got)}`);
     if (got < c.want) {
@@ -112,28 +119,55 @@ export async function fillMapped(pid: number, native: CrcWritev, byChunk: Map<nu
     for (const r of c.runs) pages += r.pages;
     onProgress?.(pages * PAGE_SIZE, total);
   };
-  for (let pos = 0; pos < order.length; pos++) {
-    if (inflight === 0) {
+  if (lanes === 0) {
+    const pieces = Buffer.allocUnsafeSlow(Math.max(1, maxRuns) * 24);
+    const crc = Buffer.allocUnsafeSlow(4);
+    for (let pos = 0; pos < order.length; pos++) {
       if (pos % YIELD_EVERY === YIELD_EVERY - 1) await new Promise<void>((resolve) => setImmediate(resolve));
-      const c = prepare(order[pos], slots[0]);
+      const c = runsOf(order[pos]);
+      putPieces(c, pieces, 0);
       populator.ready(pos);
-      finish(c, Number(native(pid, c.src, c.entry.storedLength, slots[0].pieces, c.runs.length, slots[0].crc)), slots[0].crc.readUInt32LE(0));
-      continue;
+      finish(c, Number(native(pid, c.src, c.entry.storedLength, pieces, c.runs.length, crc)), crc.readUInt32LE(0));
     }
-    while (free.length === 0) await Promise.race(running);
-    if (failure) throw failure;
-    const slot = free.pop()!;
-    const c = prepare(order[pos], slot);
-    populator.ready(pos);
-    const call: Promise<void> = new Promise<number>((resolve, reject) => {
-      native.async(pid, c.src, c.entry.storedLength, slot.pieces, c.runs.length, slot.crc, (err, ret) => (err ? reject(err) : resolve(Number(ret))));
-    }).then((got) => finish(c, got, slot.crc.readUInt32LE(0))).catch((err) => { failure ??= err; }).finally(() => {
-      running.delete(call);
-      free.push(slot);
-    });
-    running.add(call);
+    return pages;
   }
-  while (running.size > 0) await Promise.race(running);
+  const nativeMany = (many ??= nativeCrcWritevMany())!;
+  let failure: unknown = null;
+  const lane = async (from: number, to: number) => {
+    const descs = Buffer.allocUnsafeSlow(batch * 32);
+    const pieces = Buffer.allocUnsafeSlow(batch * Math.max(1, maxRuns) * 24);
+    const done = Buffer.allocUnsafeSlow(batch * 16);
+    for (let pos = from; pos < to && !failure; pos += batch) {
+      const n = Math.min(batch, to - pos);
+      const prepared: Prepared[] = [];
+      let first = 0;
+      for (let i = 0; i < n; i++) {
+        const c = runsOf(order[pos + i]);
+        putPieces(c, pieces, first);
+        const d = i * 32;
+        descs.writeBigUInt64LE(c.src, d);
+        putU64(descs, d + 8, c.entry.storedLength);
+        putU64(descs, d + 16, first);
+        putU64(descs, d + 24, c.runs.length);
+        first += c.runs.length;
+        prepared.push(c);
+      }
+      populator.ready(pos + n - 1);
+      const call = new Promise<number>((resolve, reject) => nativeMany.async(pid, descs, n, pieces, done, (err, ret) => (err ? reject(err) : resolve(Number(ret)))));
+      state.running?.add(call);
+      let ran: number;
+      try {
+        ran = await call;
+      } finally {
+        state.running?.delete(call);
+      }
+      for (let i = 0; i < ran; i++) finish(prepared[i], Number(done.readBigInt64LE(i * 16)), Number(done.readBigInt64LE(i * 16 + 8)));
+    }
+  };
+  state.running = new Set();
+  const per = Math.ceil(order.length / lanes);
+  const all = Array.from({ length: lanes }, (_, l) => lane(l * per, Math.min(order.length, (l + 1) * per)).catch((err) => { failure ??= err; }));
+  await Promise.all(all);
   if (failure) throw failure;
   return pages;
 }

@@ -67,7 +67,7 @@ interface FillState {
   pending: Set<Promise<unknown>>;
   populator: Populator | null;
   /** The one-copy fill's calls on the pool (map-fill.ts). */
-  running?: Set<Promise<void>>;
+  running?: Set<Promise<unknown>>;
 }
 
 /** `resolved`: the chain already resolved over exactly `within` (checkUnreadChunks did it), not computed again. */

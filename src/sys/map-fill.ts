@@ -53,3 +53,27 @@ export function nativeCrcWritev(): CrcWritev | null {
   }
   return fn;
 }
+
+/**
+ * tsnap_crc_writev_many: chunks in one call. `descs`: u64 quadruples
+ * (source address, length, first piece's index in `pieces`, pieces);
+ * `done`: i64 pairs (the chunk's result as tsnap_crc_writev's, its CRC).
+ * Returns the chunks done (it stops after a failed one).
+ */
+export interface CrcWritevMany {
+  (pid: number, descs: Buffer, n: number, pieces: Buffer, done: Buffer): number;
+  async(pid: number, descs: Buffer, n: number, pieces: Buffer, done: Buffer, cb: (err: unknown, ret: number) => void): void;
+}
+
+let many: CrcWritevMany | null | undefined;
+
+/** As nativeCrcWritev (the same guard), for batches. */
+export function nativeCrcWritevMany(): CrcWritevMany | null {
+  if (many === undefined) {
+    many = null;
+    if (nativeCrcWritev()) {
+      try { many = load()!.func('uint32_t tsnap_crc_writev_many(int pid, const uint64_t *descs, uint32_t n, const uint64_t *pieces, int64_t *done)') as CrcWritevMany; } catch { /* the fallback */ }
+    }
+  }
+  return many;
+}

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { crc32 as zlibCrc32 } from 'node:zlib';
-import { nativeCrcWritev, mapReadOnly, unmap } from '../../src/sys/map-fill.js';
+import { nativeCrcWritev, nativeCrcWritevMany, mapReadOnly, unmap } from '../../src/sys/map-fill.js';
 import { libc } from '../../src/sys/libc.js';
 
 let dir: string;
@@ -104,6 +104,49 @@ describe('tsnap_crc_writev', () => {
       expect(Number(fn!(process.pid, base, size, pieces, 1, Buffer.alloc(4)))).toBe(-14);
     } finally {
       unmap(base, size);
+      closeSync(fd);
+    }
+  });
+
+  it('several chunks in one call (tsnap_crc_writev_many): each result and CRC; it stops after a failed one', () => {
+    const many = nativeCrcWritevMany()!;
+    expect(many).not.toBeNull();
+    const data = randomBytes(3 * PIECE);
+    const path = join(dir, 'many');
+    writeFileSync(path, data);
+    const fd = openSync(path, 'r');
+    const base = mapReadOnly(fd, data.length);
+    try {
+      const dests = [Buffer.alloc(PIECE), Buffer.alloc(PIECE)];
+      const chunks = [0, PIECE, 2 * PIECE];
+      const descs = Buffer.alloc(3 * 32);
+      chunks.forEach((off, i) => {
+        descs.writeBigUInt64LE(base + BigInt(off), i * 32);
+        descs.writeBigUInt64LE(BigInt(PIECE), i * 32 + 8);
+        descs.writeBigUInt64LE(BigInt(i), i * 32 + 16);
+        descs.writeBigUInt64LE(1n, i * 32 + 24);
+      });
+      const pieces = Buffer.concat([
+        piecesOf([{ offset: 0, dest: dests[0], len: PIECE }, { offset: 0, dest: dests[1], len: PIECE }]),
+        Buffer.alloc(24), // the third chunk's piece: to address 0, unmapped
+      ]);
+      pieces.writeBigUInt64LE(BigInt(PIECE), 2 * 24 + 16);
+      const done = Buffer.alloc(3 * 16);
+      // Chunk 1 (the second) is written; chunk 2's write fails: 3 chunks done, the last one short.
+      expect(many(process.pid, descs, 3, pieces, done)).toBe(3);
+      chunks.forEach((off, i) => expect(Number(done.readBigInt64LE(i * 16 + 8))).toBe(zlibCrc32(data.subarray(off, off + PIECE)) >>> 0));
+      expect(Number(done.readBigInt64LE(0))).toBe(PIECE);
+      expect(Number(done.readBigInt64LE(16))).toBe(PIECE);
+      expect(Number(done.readBigInt64LE(32))).toBe(0);
+      expect(dests[0].equals(data.subarray(0, PIECE))).toBe(true);
+      expect(dests[1].equals(data.subarray(PIECE, 2 * PIECE))).toBe(true);
+      // A failure stops the batch: the chunk after it is never touched.
+      done.fill(0x55);
+      descs.copy(descs, 0, 64, 96); // chunk 0 is now the failing one
+      expect(many(process.pid, descs, 3, pieces, done)).toBe(1);
+      expect(done.readBigInt64LE(16)).toBe(0x5555555555555555n);
+    } finally {
+      unmap(base, data.length);
       closeSync(fd);
     }
   });
