@@ -1,7 +1,7 @@
 /**
  * The one-copy fill (src/restore/map-fill.ts): an uncompressed image of
  * 64 MiB, restored from a read-only mapping of its pages files (on the pool
- * in one lane or two, on tsnap's thread with TSNAP_FILL_MAP_LANES=0, with the
+ * in two lanes (the default) or one, on tsnap's thread with TSNAP_FILL_MAP_LANES=0, with the
  * task populating ahead), comes back intact
  * by the restored process's own checksum; a chunk damaged deep in either
  * pages file is refused in one line, with nothing left running.
@@ -19,7 +19,7 @@ useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
 
 describe('restore from a mapping of the pages files', () => {
-  it('64 MiB, uncompressed: intact on the pool, on the thread, in two lanes, with populates; a damaged chunk in pages or pages.1 refused', async () => {
+  it('64 MiB, uncompressed: intact on the pool, on the thread, in one lane, with populates; a damaged chunk in pages or pages.1 refused', async () => {
     const work = tmpDir('tsnap-map-fill-');
     const p = await startProcess(await compileC('bigmem'), ['read', '64']);
     const sum = p.readyInfo.sum;
@@ -27,7 +27,7 @@ describe('restore from a mapping of the pages files', () => {
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
     expect(d.code, d.stderr).toBe(0);
     await p.exited;
-    for (const env of [{}, { TSNAP_FILL_MAP_LANES: '0' }, { TSNAP_FILL_MAP_LANES: '2', TSNAP_FILL_MAP_BATCH: '3' }, { TSNAP_FILL_MAP_TASK_POPULATE: '1' }]) {
+    for (const env of [{}, { TSNAP_FILL_MAP_LANES: '0' }, { TSNAP_FILL_MAP_LANES: '1', TSNAP_FILL_MAP_BATCH: '3' }, { TSNAP_FILL_MAP_TASK_POPULATE: '1' }]) {
       const r = await restoreDetached(dir, join(work, 'pid'), ['--new-pid'], { env });
       expect(r.result.code, r.result.stderr).toBe(0);
       r.writeLine('');
@@ -42,7 +42,7 @@ describe('restore from a mapping of the pages files', () => {
       // A byte in the middle of the file: well past the first chunk, inside one of the native call's later pieces.
       const at = Math.floor(statSync(path).size / 2) + 12345;
       execFileSync('python3', ['-c', `f=open('${path}','r+b'); f.seek(${at}); b=f.read(1); f.seek(${at}); f.write(bytes([b[0]^0xff]))`]);
-      for (const env of [{}, { TSNAP_FILL_MAP_LANES: '0' }, { TSNAP_FILL_MAP_LANES: '2' }]) {
+      for (const env of [{}, { TSNAP_FILL_MAP_LANES: '0' }, { TSNAP_FILL_MAP_LANES: '1' }]) {
         const r = await restoreDetached(bad, join(work, 'pid'), ['--new-pid'], { env });
         expect(r.result.code, r.result.stderr).toBe(ExitCode.badImage);
         expect(r.result.stderr).toMatch(new RegExp(`${file.replace('.', '\\.')}: chunk \\d+ checksum mismatch`));

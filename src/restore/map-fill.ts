@@ -29,7 +29,7 @@ import { Populator, populateByChunk } from './populator.js';
 const YIELD_EVERY = 64;
 const EFAULT = 14;
 /** Writers on the pool (TSNAP_FILL_MAP_LANES; 0: tsnap's own thread), and chunks per call (TSNAP_FILL_MAP_BATCH). */
-const DEFAULT_LANES = 1;
+const DEFAULT_LANES = 2;
 const DEFAULT_BATCH = 8;
 
 /**
