@@ -12,7 +12,7 @@ import { decodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
 import { nativePreadCrc32 } from '../sys/crc32.js';
 import { errnoName } from '../sys/errors.js';
-import { mapReadOnly, unmap } from '../sys/map-fill.js';
+import { mapReadOnly, unmapLater } from '../sys/map-fill.js';
 import { HEADER_SIZE, FileKind, PAGES_FILES, FORMAT_VERSION, FORMAT_VERSION_SPLIT, type ChunkEntry } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
@@ -291,7 +291,7 @@ export class PageFileReader {
   close(): void {
     for (let f = 0; f < this.maps.length; f++) {
       const base = this.maps[f];
-      if (base !== null && base !== undefined) unmap(base, HEADER_SIZE + this.payloadLengths[f]);
+      if (base !== null && base !== undefined) unmapLater(base, HEADER_SIZE + this.payloadLengths[f]);
     }
     this.maps.length = 0;
     for (const fd of this.fds.splice(0)) closeSync(fd);

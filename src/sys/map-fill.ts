@@ -20,6 +20,24 @@ export function mapReadOnly(fd: number, length: number, populate = false): bigin
   return r;
 }
 
+type UnmapAsync = { async(addr: bigint, len: number, cb: (err: unknown, ret: number) => void): void };
+let unmapFn: UnmapAsync | null | undefined;
+
+/**
+ * munmap on libuv's pool, not waited for (tsnap_unmap): a GiB of mapped
+ * file pages takes ~30 ms to unmap, which the restore need not wait for
+ * (the mapping is read-only and holds its own reference to the file).
+ * Synchronous when the library has no tsnap_unmap.
+ */
+export function unmapLater(addr: bigint, length: number): void {
+  if (unmapFn === undefined) {
+    unmapFn = null;
+    try { unmapFn = (load()?.func('int tsnap_unmap(uint64_t addr, uint64_t len)') as UnmapAsync | undefined) ?? null; } catch { /* synchronous */ }
+  }
+  if (!unmapFn) return unmap(addr, length);
+  unmapFn.async(addr, length, () => { /* a failed munmap of a mapping tsnap made leaves only the mapping */ });
+}
+
 export function unmap(addr: bigint, length: number): void {
   const r = Number(libc.syscall(SYS.munmap, addr, length, 0, 0, 0, 0));
   if (r < 0) throw new SysError('munmap', libc.errno());
