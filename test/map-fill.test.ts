@@ -27,7 +27,7 @@ describe('restore from a mapping of the pages files', () => {
     const d = await tsnap('dump', '--pid', String(p.pid), '--dir', dir);
     expect(d.code, d.stderr).toBe(0);
     await p.exited;
-    for (const env of [{}, { TSNAP_FILL_MAP_LANES: '0' }, { TSNAP_FILL_MAP_LANES: '1', TSNAP_FILL_MAP_BATCH: '3' }, { TSNAP_FILL_MAP_TASK_POPULATE: '1' }]) {
+    for (const env of [{}, { TSNAP_FILL_MAP_LANES: '0' }, { TSNAP_FILL_MAP_LANES: '1', TSNAP_FILL_MAP_BATCH: '3' }, { TSNAP_FILL_MAP_TASK_POPULATE: '1' }] as Record<string, string>[]) {
       const r = await restoreDetached(dir, join(work, 'pid'), ['--new-pid'], { env });
       expect(r.result.code, r.result.stderr).toBe(0);
       r.writeLine('');
@@ -42,7 +42,7 @@ describe('restore from a mapping of the pages files', () => {
       // A byte in the middle of the file: well past the first chunk, inside one of the native call's later pieces.
       const at = Math.floor(statSync(path).size / 2) + 12345;
       execFileSync('python3', ['-c', `f=open('${path}','r+b'); f.seek(${at}); b=f.read(1); f.seek(${at}); f.write(bytes([b[0]^0xff]))`]);
-      for (const env of [{}, { TSNAP_FILL_MAP_LANES: '0' }, { TSNAP_FILL_MAP_LANES: '1' }]) {
+      for (const env of [{}, { TSNAP_FILL_MAP_LANES: '0' }, { TSNAP_FILL_MAP_LANES: '1' }] as Record<string, string>[]) {
         const r = await restoreDetached(bad, join(work, 'pid'), ['--new-pid'], { env });
         expect(r.result.code, r.result.stderr).toBe(ExitCode.badImage);
         expect(r.result.stderr).toMatch(new RegExp(`${file.replace('.', '\\.')}: chunk \\d+ checksum mismatch`));

@@ -1,9 +1,11 @@
 /**
  * The one-copy page fill, for images whose chunks are all stored
- * uncompressed: each chunk's pages file is mapped read-only, and one native
- * call per chunk (tsnap_crc_writev) takes the CRC of each 256 KiB piece
- * from the page cache and writes that piece into the new task with
+ * uncompressed: the pages files are mapped read-only, and native calls of
+ * 8 chunks each (tsnap_crc_writev_many) take the CRC of each 256 KiB piece
+ * from the page cache and write that piece into the new task with
  * process_vm_writev, from the mapping, while it is in this CPU's cache.
+ * Two lanes on libuv's pool, each over half of the chunks; the task's
+ * pages are faulted in by the writes (docs/performance.md, "Session 26").
  * The chunked fill (page-filler.ts) copies every byte twice instead
  * (pread into tsnap's buffer, then into the task).
  *
@@ -13,7 +15,8 @@
  * tsnap never rewrites an image in place, and the files are 0600 in 0700
  * directories, so only root, rewriting the file during the restore, could
  * slip bytes in between: the check is against damage at rest, as for the
- * chunked fill's read.
+ * chunked fill's read. A file shrunk under the mapping: tsnap-mapfill.c's
+ * SIGBUS guard.
  */
 import { nativeCrcWritev, nativeCrcWritevMany, type CrcWritev } from '../sys/map-fill.js';
 import type { PageFileReader } from '../image/page-file.js';
@@ -46,6 +49,12 @@ export function mapFillFor(chain: readonly Image[]): CrcWritev | null {
 
 let many: ReturnType<typeof nativeCrcWritevMany> | undefined;
 
+/** A switch's value, or `dflt` when it is unset or not an integer in [min, max] (a typo never empties the fill). */
+function envInt(name: string, dflt: number, min: number, max: number): number {
+  const v = Number(process.env[name] ?? dflt);
+  return Number.isInteger(v) && v >= min && v <= max ? v : dflt;
+}
+
 /** Two 32-bit halves: a BigInt per field costs more than the copy of a page. */
 function putU64(b: Buffer, at: number, v: number): void {
   b.writeUInt32LE(v % 0x100000000, at);
@@ -59,7 +68,7 @@ export interface MapFillState {
 }
 
 /**
- * Chunk by chunk in the order of their first run, like fillByChunk.
+ * In the order of the chunks' first runs, like fillByChunk.
  * `byChunk`: the resolved runs of each chunk (image * 2^32 + chunk), in
  * address order. Returns the pages written.
  */
@@ -74,8 +83,8 @@ export async function fillMapped(pid: number, native: CrcWritev, byChunk: Map<nu
   const runsInOrder = order.flatMap((c, pos) => byChunk.get(c)!.map((run) => ({ run, pos })));
   const mapPopulate = process.env.TSNAP_FILL_MAP_POPULATE === '1';
   // Lanes of chunks written at once on libuv's pool, each a contiguous part of the order; 0: on this thread.
-  const lanes = Math.max(0, Math.min(4, Number(process.env.TSNAP_FILL_MAP_LANES ?? DEFAULT_LANES)));
-  const batch = Math.max(1, Number(process.env.TSNAP_FILL_MAP_BATCH ?? DEFAULT_BATCH));
+  const lanes = envInt('TSNAP_FILL_MAP_LANES', DEFAULT_LANES, 0, 4);
+  const batch = envInt('TSNAP_FILL_MAP_BATCH', DEFAULT_BATCH, 1, 64);
   // The task populating its memory ahead (as for the chunked fill) cost more CPU than the
   // writer's own faults and bought no wall time (docs/performance.md, "Restore, 1 GiB"):
   // only with TSNAP_FILL_MAP_TASK_POPULATE=1, and one writer, whose order it follows.
