@@ -7,7 +7,7 @@
  * process and nobody holding tsnap's stdout/stderr.
  */
 import { describe, it, expect, afterAll } from 'vitest';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, openSync, writeSync, closeSync, statfsSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawn, execFileSync } from 'node:child_process';
 import { compileC, startProcess, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
@@ -15,7 +15,7 @@ import { tsnap, startTsnap, restoreDetached } from './helpers/tsnap.js';
 import { isGone, tracerOf, tracerFor, registerPid, descendantsOf, killPid, waitPidsFree } from './helpers/processes.js';
 import { eventually } from './helpers/eventually.js';
 import { startServe } from './helpers/serve.js';
-import { helperElf, writeProgram } from '../src/inject/tiny-elf.js';
+import { helperElf, loadProgram, HELPER_NAME } from '../src/inject/tiny-elf.js';
 import { findHolders } from '../src/track/untrack.js';
 
 useProcessCleanup();
@@ -24,6 +24,21 @@ afterAll(() => cleanupTmpDirs());
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Waits until tsnap has stopped itself at its pause point. */
+/** Writes `path` until the filesystem under it has only `leave` bytes free. */
+function fillDisk(path: string, leave: number): void {
+  const fd = openSync(path, 'w', 0o600);
+  try {
+    const block = Buffer.alloc(4096, 0x5a);
+    for (;;) {
+      const fs = statfsSync(path);
+      if (fs.bavail * fs.bsize <= leave) return;
+      writeSync(fd, block);
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
 async function pausedAt(t: { child: { pid?: number }; done: Promise<{ stderr: string }> }): Promise<void> {
   const pid = t.child.pid!;
   for (let i = 0; i < 4000; i++) {
@@ -172,11 +187,18 @@ describe('dump interrupted at a named point', () => {
     const pre = await tsnap('pre-dump', '--pid', String(p.pid), '--dir', join(work, 'pre'), '--tree');
     expect(pre.code, pre.stderr).toBe(0);
     const mnt = tmpDir('tsnap-full-');
-    // Room for some processes' images, not for all: the others were written when one fails.
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=112k`, 'tsnap-test', mnt]);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tsnap-test', mnt]);
     try {
-      const r = await tsnap('dump', '--pid', String(p.pid), '--dir', join(mnt, 'img'), '--tree', '--parent', join(work, 'pre'));
+      // The disk fills while the tree is frozen, leaving room for a piece of
+      // the images, not for all (a fixed small tmpfs sometimes held the
+      // whole delta, which is as small as the tree's writes since the pre-dump).
+      const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', join(mnt, 'img'), '--tree', '--parent', join(work, 'pre')], { TSNAP_TEST_PAUSE_AT: 'tree-frozen' });
+      await pausedAt(t);
+      fillDisk(join(mnt, 'filler'), 24 * 1024);
+      process.kill(t.child.pid!, 'SIGCONT');
+      const r = await t.done;
       expect(r.code, r.stderr).toBe(8);
+      rmSync(join(mnt, 'filler'));
       expect(readdirSync(mnt)).toEqual([]);
     } finally {
       execFileSync('umount', [mnt]);
@@ -247,7 +269,7 @@ describe('restore killed at a named point', () => {
 
   it('a helper whose parent is not the one it was built for exits at once', async () => {
     // Built for pid 1: as if tsnap had died before the helper asked for PR_SET_PDEATHSIG.
-    const file = writeProgram('tsnap-restore-helper', helperElf(1));
+    const file = loadProgram(HELPER_NAME, helperElf(1));
     try {
         const h = spawn(file.path, [], { stdio: 'ignore' });
         const code = await new Promise<number | null>((resolve) => h.on('exit', (c) => resolve(c)));

@@ -13,10 +13,13 @@
  *   between tsnap runs, and exits when the target does (poll on its pidfd,
  *   fd 3), or when the tsnap that started it dies before committing an image
  *   (end-of-file on fd 5), which closes the last copy and ends tracking.
+ *
+ * Neither has a name in any file system (loadProgram): a tsnap SIGKILLed
+ * between writing a program and removing it used to leave it in /dev/shm.
  */
-import { writeFileSync, mkdtempSync, rmSync, unlinkSync, rmdirSync, readFileSync, accessSync, constants } from 'node:fs';
+import { openSync, closeSync, writeSync, readFileSync, readlinkSync, accessSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { memfdCreate, SysError } from '../sys/index.js';
 
 const BASE = 0x400000;
 const EHDR = 64;
@@ -92,6 +95,27 @@ const HOLDER = [
   0x0f, 0x05, //                                     syscall
 ];
 
+/**
+ * `code` preceded by prctl(PR_SET_NAME, name), the name stored after it.
+ * A program exec'd through /proc/PID/fd/N would otherwise be called "N"
+ * (the kernel takes the last component of the path given to execve), and
+ * ps, untrack's users and the tests know these by name. No other absolute
+ * address is in the code, whose jumps are relative: it may move.
+ */
+function named(name: string, code: number[]): number[] {
+  const PROLOGUE = 17;
+  const at = Buffer.alloc(4);
+  at.writeUInt32LE(BASE + EHDR + PHDR + PROLOGUE + code.length);
+  return [
+    0xbf, 0x0f, 0x00, 0x00, 0x00, //       mov edi, 15 (PR_SET_NAME)
+    0xbe, ...at, //                        mov esi, name
+    0xb8, 0x9d, 0x00, 0x00, 0x00, //       mov eax, 157 (prctl)
+    0x0f, 0x05, //                         syscall
+    ...code,
+    ...Buffer.from(`${name}\0`),
+  ];
+}
+
 export function buildElf(code: number[]): Buffer {
   const size = EHDR + PHDR + code.length;
   const b = Buffer.alloc(size);
@@ -117,23 +141,27 @@ export function buildElf(code: number[]): Buffer {
   return b;
 }
 
+/** Names the programs run under (at most 15 characters are kept: "tsnap-restore-h"). */
+export const HELPER_NAME = 'tsnap-restore-helper';
+export const HOLDER_NAME = 'tsnap-track';
+
 /** The restore helper, for a parent of pid `parentPid` (tsnap itself by default). */
 export const helperElf = (parentPid = process.pid): Buffer => {
   // Built once per parent: every restore of a process (a library user's, a bench's) starts one.
-  if (builtHelper?.parentPid !== parentPid) builtHelper = { parentPid, elf: buildElf(pauseLoopChildOf(parentPid)) };
+  if (builtHelper?.parentPid !== parentPid) builtHelper = { parentPid, elf: buildElf(named(HELPER_NAME, pauseLoopChildOf(parentPid))) };
   return builtHelper.elf;
 };
 let builtHelper: { parentPid: number; elf: Buffer } | null = null;
-export const holderElf = () => buildElf(HOLDER);
+export const holderElf = () => buildElf(named(HOLDER_NAME, HOLDER));
 
 let programBase: string | null = null;
 
 /**
- * Where programs are written: /dev/shm when it is a tmpfs that allows exec,
- * else the temporary directory. On a disk file system (ext4 /tmp here)
- * creating and removing the file costs 2-3 ms (journal), and so does the
- * last close of the deleted executable inside the restored process (its
- * PR_SET_MM_MAP replaces the helper's exe): both on a restore's critical path.
+ * Where the fallback's O_TMPFILE goes: /dev/shm when it is a tmpfs that
+ * allows exec, else the temporary directory. On a disk file system (ext4
+ * /tmp here) creating the file costs 2-3 ms (journal), and so does the last
+ * close of the executable inside the restored process (its PR_SET_MM_MAP
+ * replaces the helper's exe): both on a restore's critical path.
  */
 function programDir(): string {
   if (programBase !== null) return programBase;
@@ -148,19 +176,64 @@ function programDir(): string {
   return programBase;
 }
 
-/** Writes a program to a private temporary file named `name`; returns its path and a remover. */
-export function writeProgram(name: string, elf: Buffer): { path: string; remove: () => void } {
-  const dir = mkdtempSync(join(programDir(), 'tsnap-'));
-  const path = join(dir, name);
-  writeFileSync(path, elf, { mode: 0o700 });
-  const remove = () => {
-    // Two syscalls; rmSync's recursive walk costs ~1 ms of JS.
-    try {
-      unlinkSync(path);
-      rmdirSync(dir);
-    } catch {
-      rmSync(dir, { recursive: true, force: true });
+const MFD_CLOEXEC = 0x1;
+/** Executable whatever vm.memfd_noexec says, or refused (EACCES at 2): then the fallback. */
+const MFD_EXEC = 0x10;
+/** __O_TMPFILE | O_DIRECTORY. */
+const O_TMPFILE = 0o20200000;
+
+let procSelf: string | null = null;
+
+/**
+ * This process as the /proc mount names it: the path of one of its fds must
+ * be valid in a child whose fd table no longer has it (posix_spawn closes
+ * every fd from 3 on), and inside a pid namespace of its own with the
+ * parent's /proc, process.pid is not /proc's name for it.
+ */
+function procPid(): string {
+  return (procSelf ??= readlinkSync('/proc/self'));
+}
+
+/**
+ * Loads a program into an anonymous file, with no name in any file system:
+ * a tsnap killed at any instant (SIGKILL, OOM) leaves nothing behind, the
+ * kernel frees it with the last fd. `path` (/proc/PID/fd/N) execs it for as
+ * long as the fd is open, in this process or a child (posix_spawn, which
+ * returns once the child has exec'd, or Node's spawn); `remove` closes it.
+ *
+ * A memfd (executable: MFD_EXEC); where vm.memfd_noexec forbids that, an
+ * O_TMPFILE in programDir() reopened read-only (execve refuses a file open
+ * for writing: ETXTBSY). TSNAP_PROGRAM_MEMFD=0 takes the fallback (tests).
+ */
+export function loadProgram(name: string, elf: Buffer): { path: string; remove: () => void } {
+  let fd = process.env.TSNAP_PROGRAM_MEMFD === '0' ? -1 : memfdOrNone(name);
+  const memfd = fd >= 0;
+  if (!memfd) fd = tmpfileProgram();
+  try {
+    for (let at = 0; at < elf.length;) at += writeSync(fd, elf, at, elf.length - at, at);
+    if (!memfd) {
+      const ro = openSync(`/proc/self/fd/${fd}`, constants.O_RDONLY);
+      closeSync(fd);
+      fd = ro;
     }
-  };
-  return { path, remove };
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+  const open = fd;
+  return { path: `/proc/${procPid()}/fd/${open}`, remove: () => closeSync(open) };
+}
+
+function memfdOrNone(name: string): number {
+  try {
+    return memfdCreate(name, MFD_CLOEXEC | MFD_EXEC);
+  } catch (err) {
+    if (err instanceof SysError && (err.code === 'EACCES' || err.code === 'EINVAL' || err.code === 'EPERM')) return -1;
+    throw err;
+  }
+}
+
+function tmpfileProgram(): number {
+  // 0700: exec'd by its owner only; libuv opens every fd close-on-exec: no other child keeps it.
+  return openSync(programDir(), O_TMPFILE | constants.O_RDWR, 0o700);
 }

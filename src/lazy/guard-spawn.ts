@@ -14,7 +14,7 @@
  */
 import { closeSync, openSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { O_CLOEXEC, pipe2, posixSpawn, posixSpawnAsync, ptrace } from '../sys/index.js';
+import { O_CLOEXEC, pipe2, posixSpawnAsync, ptrace } from '../sys/index.js';
 import { TsnapError } from '../errors.js';
 
 export interface GuardProcess {
@@ -29,24 +29,8 @@ export interface GuardProcess {
 
 const GUARD = fileURLToPath(new URL('../../native/tsnap-lazyguard', import.meta.url));
 
-let spare: GuardProcess | null = null;
+let spare: StartingGuard | null = null;
 let keepSpare = false;
-
-function spawnGuard(logFd: number): GuardProcess {
-  const [r, w] = pipe2(O_CLOEXEC);
-  const [ackR, ackW] = pipe2(O_CLOEXEC);
-  try {
-    // In its own session: it must outlive tsnap, and no job control signal of tsnap's terminal should reach it.
-    const pid = posixSpawn(GUARD, [], [r, ackW, logFd], true);
-    return { pid, w, ack: ackR, logFd };
-  } catch (err) {
-    for (const fd of [w, ackR]) closeSync(fd);
-    throw new TsnapError('restoreFailed', `cannot start the lazy restore guard (${(err as Error).message}); run \`npm run build\` in the tsnap directory`);
-  } finally {
-    closeSync(r);
-    closeSync(ackW);
-  }
-}
 
 /** A guard on its way: its pipes are there at once, its pid once posix_spawn returned on the pool. */
 export interface StartingGuard extends Omit<GuardProcess, 'pid'> {
@@ -65,7 +49,7 @@ export function takeGuard(log?: string): StartingGuard {
   if (!log && spare) {
     const g = spare;
     spare = null;
-    return { ...g, pid: Promise.resolve(g.pid) };
+    return g;
   }
   const logFd = log ? openSync(log, 'a', 0o600) : 2;
   let pipes: { r: number; w: number; ackR: number; ackW: number };
@@ -103,10 +87,29 @@ export function takeGuard(log?: string): StartingGuard {
 export function keepSpareGuard(): void {
   keepSpare = true;
   if (spare) return;
-  try { spare = spawnGuard(2); } catch { spare = null; }
+  let g: StartingGuard;
+  try { g = takeGuard(); } catch { return; }
+  spare = g;
+  // One that cannot start is no spare: the next restore starts its own and says why.
+  g.pid.catch(() => {
+    if (spare !== g) return;
+    spare = null;
+    for (const fd of [g.w, g.ack]) { try { closeSync(fd); } catch { /* closed */ } }
+  });
 }
 
-/** After a lazy restore's start, off its critical path: the next spare, if one is kept. */
+/**
+ * After a lazy restore's fill, off its critical path: the next spare, if
+ * one is kept. Not earlier, and never on this thread: CLONE_VFORK holds
+ * the spawning thread until the child's exec, and the child first closes
+ * its copies of tsnap's fds. Right after a lazy restore's start those
+ * include the VmFlags watch's perf counters, which tsnap is closing on
+ * the pool at that moment; the child's close of a counter's last
+ * reference (or its wait for the kernel's event_mutex behind those closes)
+ * waits for RCU grace periods, 0.4-0.5 s measured here. Spawned from the
+ * main thread at the start, that held the pager, and a post-copy process's
+ * first fault went unanswered as long (docs/performance.md, session 26).
+ */
 export function refillSpareGuard(): void {
   if (!keepSpare || spare) return;
   setImmediate(() => { if (keepSpare && !spare) keepSpareGuard(); }).unref();
@@ -119,7 +122,7 @@ export function dropSpareGuard(): void {
   spare = null;
   if (!g) return;
   for (const fd of [g.w, g.ack]) { try { closeSync(fd); } catch { /* closed */ } }
-  reapGuardLater(g.pid);
+  g.pid.then(reapGuardLater, () => { /* never started */ });
 }
 
 /**

@@ -328,7 +328,8 @@ export class LazyRestore {
       }
       return this.host.run();
     });
-    refillSpareGuard();
+    // Once the fill is over, whatever its end (guard-spawn.ts says why not before).
+    this.running.then(refillSpareGuard, refillSpareGuard);
   }
 
   /**

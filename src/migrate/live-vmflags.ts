@@ -49,16 +49,19 @@ export class EarlyVmFlags {
   /**
    * With the process stopped: the early flags when they are still its
    * flags, else null (and why, in `stale`), and the early guards likewise.
-   * Once: the counters go at once, their release (an RCU grace period
-   * each) well before serve may exit.
+   * The counters stay until close(): their release waits for RCU grace
+   * periods (proc/vmflags-watch.ts), which the receiver lets happen after
+   * the downtime (and after post-copy's fill), not while its process
+   * starts.
    */
   take(pid: number): { flags: Map<number, string[]> | null; stale: string | null; guards: GuardsRead | null } {
     try {
       const stale = this.watch.check(this.flags, readMaps(pid).map((v) => v.start));
       const guardsStale = this.guards ? this.watch.checkGuards() : 'not read';
       return { flags: stale ? null : this.flags, stale, guards: guardsStale ? null : this.guards };
-    } finally {
+    } catch (err) {
       this.watch.close();
+      throw err;
     }
   }
 

@@ -50,7 +50,6 @@ export async function receivePostcopy(sock: Socket, reader: FrameReader, live: L
     sock.end();
     return;
   }
-  live.earlyVmFlags?.close(); // restore took it (its counters gone), unless its check was off
   void waitForExit(r.pid);
   for (const message of r.warnings) opts.onEvent?.({ event: 'warning', pid: r.pid, message });
   const sinceCommitUs = Number(process.hrtime.bigint() - hooks.committedAt) / 1000;
@@ -60,6 +59,8 @@ export async function receivePostcopy(sock: Socket, reader: FrameReader, live: L
   // The downtime is over: the page service runs in the normal class.
   hooks.windowOver?.();
   const said = await r.lazy!.finish();
+  // Only now: closing the counters occupies a pool thread for RCU grace periods (proc/vmflags-watch.ts).
+  live.earlyVmFlags?.close();
   const end = r.lazy!.end;
   if (end?.how === 'failed') {
     const missing = source.setPages - source.pagesIn;

@@ -21,13 +21,14 @@ import { PreCopyPolicy } from '../dump/precopy-policy.js';
 import { Convergence, type NotConverging } from './convergence.js';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
-import { mkdtempSync, rmSync, openSync, readSync, closeSync, readdirSync, fstatSync, readFileSync, accessSync, constants } from 'node:fs';
+import { rmSync, openSync, readSync, closeSync, readdirSync, fstatSync, readFileSync, accessSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { DumpOptions } from '../dump/dump.js';
 import { StreamPageSink } from './page-stream.js';
 import { takeSet, setTotals } from '../dump/take-set.js';
 import { untrackPid } from '../track/untrack.js';
+import { makeScratchDir } from './scratch-dir.js';
 import { FrameReader, Msg, WIRE_VERSION, WIRE_MAGIC, encodeDoc, encodeFrame, decodeDoc, send } from './wire.js';
 import { crc32 } from '../image/checksum.js';
 import { TsnapError, asTsnapError, interrupted } from '../errors.js';
@@ -142,7 +143,8 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
   }
   const reader = new FrameReader(sock);
   const peer = new PeerLimit(sock, { limitMs: opts.peerTimeoutMs ?? PEER_TIMEOUT_MS, peer: `${opts.host}:${opts.port}`, pid: opts.pid, checkAbort, warn: opts.warnFrozen ?? opts.warn ?? ((m) => process.stderr.write(`tsnap: warning: ${m}\n`)) });
-  const staging = mkdtempSync(join(stagingBase(opts), 'tsnap-migrate-'));
+  const scratch = makeScratchDir(stagingBase(opts), 'migrate', ['/dev/shm', tmpdir()]);
+  const staging = scratch.path;
   let held: FrozenSet | null = null;
   let receiverCommitted = false;
   let bytesSent = 0;
@@ -344,7 +346,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     prio.restore();
     conv.release();
     sock.destroy();
-    rmSync(staging, { recursive: true, force: true });
+    scratch.remove();
     if (targetPidfd !== undefined) closeSync(targetPidfd);
   }
 }

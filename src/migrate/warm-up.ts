@@ -15,9 +15,9 @@
  *
  * Nothing is left: both processes are killed and reaped by their pids, the
  * image is removed, the guardian the dump started is let go. A serve killed in the middle leaves at most a sleeping
- * `sleep` in its own session.
+ * `sleep` in its own session, and the image, which the next serve or migrate removes (scratch-dir.ts).
  */
-import { mkdtempSync, rmSync, openSync, closeSync, accessSync, constants } from 'node:fs';
+import { openSync, closeSync, accessSync, constants } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { posixSpawn, kill, SIGKILL, ptrace } from '../sys/index.js';
@@ -25,6 +25,8 @@ import { Guardian } from '../sys/guardian.js';
 import { dump } from '../dump/dump.js';
 import { restore } from '../restore/restore.js';
 import { warmUpLazy } from '../lazy/warm-up-lazy.js';
+import { makeScratchDir } from './scratch-dir.js';
+import { pausePoint } from '../fault-points.js';
 
 const SLEEP = ['/usr/bin/sleep', '/bin/sleep'];
 
@@ -47,7 +49,8 @@ export async function warmUpRestore(): Promise<number> {
   const t0 = process.hrtime.bigint();
   const sleep = SLEEP.find((p) => { try { accessSync(p, constants.X_OK); return true; } catch { return false; } });
   if (!sleep) throw new Error('no sleep binary to warm up with (looked for /usr/bin/sleep and /bin/sleep)');
-  const dir = mkdtempSync(join(scratchBase(), `tsnap-warm-up-${process.pid}-`));
+  const scratch = makeScratchDir(scratchBase(), 'warm-up', ['/dev/shm', tmpdir()]);
+  const dir = scratch.path;
   const devNull = openSync('/dev/null', 'r+');
   const pids: number[] = [];
   // A receiver's restores need no guardian: the one the warm-up's dump
@@ -57,6 +60,7 @@ export async function warmUpRestore(): Promise<number> {
     pids.push(posixSpawn(sleep, ['3600'], [devNull, devNull, devNull], true));
     const img = join(dir, 'img');
     await dump({ pid: pids[0], dir: img, leaveRunning: true, fsync: false });
+    pausePoint('serve-warm-up-dumped');
     const r = await restore({ dir: img, newPid: true, stdout: '/dev/null', stderr: '/dev/null' });
     pids.push(r.pid);
     await warmUpLazy(img, pids);
@@ -64,7 +68,7 @@ export async function warmUpRestore(): Promise<number> {
     for (const pid of pids.reverse()) endChild(pid);
     if (!hadGuardian) Guardian.shutdown();
     closeSync(devNull);
-    rmSync(dir, { recursive: true, force: true });
+    scratch.remove();
   }
   return Number(process.hrtime.bigint() - t0) / 1e6;
 }

@@ -208,15 +208,24 @@ export class VmFlagsWatch {
   }
 
   /**
-   * Closes the counters, on libuv's pool: the kernel waits for an RCU grace
-   * period per tracepoint event it releases (~0.4 s for a handful of
-   * counters measured here), which must not stop the main thread, let
-   * alone happen while the target is frozen. Again: nothing (an fd number
-   * is never closed twice: it may be someone's by then).
+   * Closes the counters, on libuv's pool, one after the other: the kernel
+   * releases a tracepoint's last perf event only after an RCU grace period
+   * (synchronize_rcu_tasks_trace, then synchronize_rcu), under one mutex
+   * for every perf event of the host: 0.3-1.1 s for the watch of a
+   * two-thread process here (/proc/PID/stack of the closing threads). That
+   * must not stop the main thread, let alone happen while the target is
+   * frozen; and closed all at once, the closes took every thread of the
+   * pool for that long (a post-copy receiver's fault poll and reads queued
+   * behind them). In a chain they hold one. Again: nothing (an fd number is
+   * never closed twice: it may be someone's by then).
    */
   close(): void {
-    for (const fd of [...this.changes.splice(0), ...this.drops.splice(0), ...this.guards.splice(0), ...this.enters.splice(0), ...this.exits.splice(0)]) {
-      closeAsync(fd, () => { /* closed, or already */ });
-    }
+    const fds = [...this.changes.splice(0), ...this.drops.splice(0), ...this.guards.splice(0), ...this.enters.splice(0), ...this.exits.splice(0)];
+    const next = (): void => {
+      const fd = fds.shift();
+      if (fd !== undefined) closeAsync(fd, next);
+    };
+    next();
   }
+
 }

@@ -18,7 +18,7 @@ import { ProcMem, SYS, CLONE_PARENT, CLONE_ARGS_SIZE, PTRACE_O, PTRACE_O_TRACEFO
 import { reapTraced } from '../freeze/frozen-process.js';
 import { FrozenTask, readReg } from '../freeze/frozen-task.js';
 import { RemoteSyscaller } from '../inject/remote-syscall.js';
-import { writeProgram, helperElf } from '../inject/tiny-elf.js';
+import { loadProgram, helperElf, HELPER_NAME } from '../inject/tiny-elf.js';
 import { readComm } from '../proc/index.js';
 import { TsnapError } from '../errors.js';
 import { pausePoint } from '../fault-points.js';
@@ -92,10 +92,11 @@ async function spawnHelper(path: string, stdio: StdioOptions, sched?: SpawnSched
  * `sched`: the helper's scheduling class from its first instruction (restore --lazy: restore.ts).
  */
 export async function createProcess(pid: number | null, stdio: StdioOptions, abandoned?: () => boolean, sched?: SpawnSched): Promise<{ proc: NewProcess; helper: Helper }> {
-  const file = writeProgram('tsnap-restore-helper', helperElf());
+  const file = loadProgram(HELPER_NAME, helperElf());
   let helper: Helper;
   try {
-    // Returns once the helper is exec'd (vfork semantics): the file may go.
+    pausePoint('restore-program-loaded');
+    // Returns once the helper is exec'd (vfork semantics): the program's fd may go.
     helper = await spawnHelper(file.path, stdio, sched);
   } finally {
     file.remove();

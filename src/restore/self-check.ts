@@ -23,6 +23,7 @@ import { scanGuards, imageGuards, type GuardsRead } from '../dump/guards.js';
 import { readMaps, readStatus, readStat, readComm, readFdInfo, listFds, readLimits, readVmFlagMasks, type Vma, type VmFlagsTable } from '../proc/index.js';
 import { VMA_RESTORED_FLAGS, type ProcessImage, type VmaImage } from '../../formats/schema.js';
 import { isInheritedStdio } from './fds.js';
+import { readVmFlagMasksBpf, unusable as bpfUnusable } from '../proc/vmflags-bpf.js';
 import { checkRestoredTtys, imagePtys } from '../files/tty.js';
 import { DEAD_PROC_DIR } from '../proc/links.js';
 import { checkInflightRestored } from '../files/scm-rights.js';
@@ -162,6 +163,24 @@ function compareVmFlags(p: ProcessImage, areas: readonly Vma[], flagsOf: (start:
     const want = imageMask(v.flags);
     if (have !== want) out.push(`memory: VmFlags of ${v.start.toString(16)} are [${maskTokens(have)}], the image's [${[...v.flags].sort().join(' ')}]`);
   }
+}
+
+/**
+ * From this many areas on, VmFlags are read by the BPF iterator (proc/vmflags-bpf.ts) where it
+ * works: the same table as smaps gives, for a one-time ~20-50 ms (the kernel's BTF read, the
+ * program's verification, the bits learnt) that smaps of ~2 000 areas costs anyway.
+ * TSNAP_VMFLAGS_BPF=1: the iterator whatever the count; 0: smaps always.
+ */
+const BPF_MIN_AREAS = 2000;
+
+function readLiveVmFlags(pid: number, areas: number): VmFlagsTable {
+  const mode = process.env.TSNAP_VMFLAGS_BPF;
+  if (mode === '1' || (mode !== '0' && areas >= BPF_MIN_AREAS)) {
+    const t = readVmFlagMasksBpf(pid, RESTORED_TOKENS, areas);
+    if (t) return t;
+    mark(`check: VmFlags from smaps, not the BPF iterator (${bpfUnusable || 'it could not read the process'})`);
+  }
+  return readVmFlagMasks(pid, RESTORED_TOKENS, areas);
 }
 
 /** flagsOf over a table read from smaps (address order): asked in address order, so one walk. */
@@ -318,7 +337,7 @@ export function checkRestored(p: ProcessImage, pid: number, opts: CheckOptions):
     if (early && coversHolders(p, maps, early)) {
       compareVmFlags(p, maps, (start) => imageMask((early.get(start) ?? []).filter((t) => RESTORED_BIT.has(t))), out);
     } else {
-      compareVmFlags(p, maps, tableLookup(readVmFlagMasks(pid, RESTORED_TOKENS, maps.length)), out);
+      compareVmFlags(p, maps, tableLookup(readLiveVmFlags(pid, maps.length)), out);
     }
   }
   mark('check: VmFlags');

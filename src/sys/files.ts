@@ -43,6 +43,24 @@ export function fcntl(fd: number, cmd: number, arg: number | bigint = 0): number
   return rawSyscall(`fcntl(${fd}, ${cmd})`, SYS.fcntl, fd, cmd, arg);
 }
 
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+
+/**
+ * flock(fd, op): true when the lock is taken, false when LOCK_NB found it
+ * held (EWOULDBLOCK). The kernel drops it with the last fd of that open
+ * file, however its process ends.
+ */
+export function flock(fd: number, op: number): boolean {
+  try {
+    rawSyscall(`flock(${fd})`, SYS.flock, fd, op);
+    return true;
+  } catch (err) {
+    if (err instanceof SysError && err.code === 'EAGAIN') return false;
+    throw err;
+  }
+}
+
 /** F_GETOWN_EX + F_GETSIG of an open file: who gets its SIGIO/SIGURG, and which signal. */
 export function fileOwner(fd: number): { type: number; pid: number; signal: number } {
   const ex = Buffer.alloc(8);

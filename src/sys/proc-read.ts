@@ -139,3 +139,56 @@ export function mapsParse(buf: Buffer, len: number, nums: Float64Array, info: In
   const n = Number(mapsFn(buf, len, nums, info, Math.min(Math.floor(nums.length / 6), Math.floor(info.length / 3))));
   return n < 0 ? null : n;
 }
+
+/** tsnap_vmaiter_*'s answers that are not -errno (tsnap-vmaiter.c). */
+const VMAITER_NO_BTF = -200000;
+const VMAITER_FULL = -200001;
+
+type VmaIterLoad = (log: Buffer | null, loglen: number) => number;
+type VmaIterRead = (prog: number, pid: number, out: Uint32Array, max: number) => number;
+type VmaIterProbes = (addrs: BigUint64Array, n: number) => number;
+let iterLoad: VmaIterLoad | undefined;
+let iterRead: VmaIterRead | undefined;
+let iterProbes: VmaIterProbes | undefined;
+let iterUnprobe: ((addrs: BigUint64Array, n: number) => void) | undefined;
+
+/**
+ * Loads the BPF task_vma iterator of tsnap-vmaiter.c: its fd, or why not
+ * (`errno`, or 'btf' when the kernel's BTF lacks what it needs, or 'lib'
+ * when the library is not built). `log`: room for the verifier's words.
+ */
+export function vmaIterLoad(log?: Buffer): number | { errno: number } | 'btf' | 'lib' {
+  try {
+    iterLoad ??= lib().func('long tsnap_vmaiter_load(_Out_ char *log, uint32_t loglen)') as VmaIterLoad;
+  } catch {
+    return 'lib';
+  }
+  const r = Number(iterLoad(log ?? null, log?.length ?? 0));
+  if (r === VMAITER_NO_BTF) return 'btf';
+  return r < 0 ? { errno: -r } : r;
+}
+
+/**
+ * (vm_start, vm_flags) of every VMA of `pid` through the iterator `prog`:
+ * four u32 per area in `out` (start low, high, flags low, high), address
+ * order. The count, 'full' when `out` is too small, or -errno.
+ */
+export function vmaIterRead(prog: number, pid: number, out: Uint32Array): number | 'full' {
+  iterRead ??= lib().func('long tsnap_vmaiter_read(int prog, int pid, _Out_ void *out, size_t max)') as VmaIterRead;
+  const r = Number(iterRead(prog, pid, out, Math.floor(out.length / 4)));
+  return r === VMAITER_FULL ? 'full' : r;
+}
+
+/** The probe pages of tsnap_vmaiter_probes (one per VmFlags token, 0 where refused), in this process. */
+export function vmaIterProbes(): BigUint64Array {
+  iterProbes ??= lib().func('long tsnap_vmaiter_probes(_Out_ void *addrs, uint32_t n)') as VmaIterProbes;
+  const addrs = new BigUint64Array(14);
+  const r = Number(iterProbes(addrs, addrs.length));
+  if (r < 0) throw new SysError('mmap(VmFlags probes)', -r);
+  return addrs;
+}
+
+export function vmaIterUnprobe(addrs: BigUint64Array): void {
+  iterUnprobe ??= lib().func('void tsnap_vmaiter_unprobe(const void *addrs, uint32_t n)') as (a: BigUint64Array, n: number) => void;
+  iterUnprobe(addrs, addrs.length);
+}

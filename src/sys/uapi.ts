@@ -74,6 +74,7 @@ export const SYS = {
   dup3: 292,
   lseek: 8,
   fcntl: 72,
+  flock: 73,
   chdir: 80,
   fchdir: 81,
   socket: 41,

@@ -24,12 +24,12 @@ import { spawn } from 'node:child_process';
 import { readFileSync, readlinkSync } from 'node:fs';
 import { pidfdOpen, pidfdGetfd, pipe2, O_CLOEXEC, SysError } from '../sys/index.js';
 import { readStat } from '../proc/index.js';
-import { writeProgram, holderElf } from '../inject/tiny-elf.js';
+import { loadProgram, holderElf, HOLDER_NAME } from '../inject/tiny-elf.js';
 import { closeSync, writeSync } from 'node:fs';
 import { removeState } from './state.js';
 import type { TrackingRef } from '../../formats/schema.js';
 
-export const HOLDER_NAME = 'tsnap-track';
+export { HOLDER_NAME } from '../inject/tiny-elf.js';
 const HOLDER_UFFD_FD = 4;
 
 export interface StartedHolder {
@@ -40,11 +40,13 @@ export interface StartedHolder {
 }
 
 export async function startHolder(targetPid: number, targetPidfd: number, uffd: number): Promise<StartedHolder> {
-  const file = writeProgram(HOLDER_NAME, holderElf());
+  const file = loadProgram(HOLDER_NAME, holderElf());
   // Close-on-exec: no other program tsnap starts may keep the holder uncommitted-but-alive.
   const [commitRead, commitFd] = pipe2(O_CLOEXEC);
   try {
+    // argv[0] is how untrack and the next round know a holder (its path is /proc/PID/fd/N).
     const child = spawn(file.path, [String(targetPid)], {
+      argv0: HOLDER_NAME,
       stdio: ['ignore', 'ignore', 'ignore', targetPidfd, uffd, commitRead],
       detached: true,
     });

@@ -91,14 +91,19 @@ export function removeState(holderPid: number): void {
 export function collectStaleStates(): void {
   let names: string[];
   try { names = readdirSync(STATE_DIR); } catch { return; }
-  for (const n of names) {
-    const m = /^(\d+)-(\d+)\.json$/.exec(n);
-    if (!m) continue;
-    let alive = false;
+  const lives = (pid: number, start?: number) => {
     try {
-      const st = readStat(Number(m[1]));
-      alive = st.startTime === Number(m[2]) && st.state !== 'Z' && st.state !== 'X';
-    } catch { /* gone */ }
+      const st = readStat(pid);
+      return (start === undefined || st.startTime === start) && st.state !== 'Z' && st.state !== 'X';
+    } catch {
+      return false;
+    }
+  };
+  for (const n of names) {
+    // <holder pid>-<its start time>.json, and writeState's <that>.<writer pid>.tmp, left by a tsnap killed before its rename.
+    const m = /^(\d+)-(\d+)\.json(?:\.(\d+)\.tmp)?$/.exec(n);
+    if (!m) continue;
+    const alive = lives(Number(m[1]), Number(m[2])) && (m[3] === undefined || lives(Number(m[3])));
     if (!alive) rmSync(join(STATE_DIR, n), { force: true });
   }
 }
