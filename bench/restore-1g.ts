@@ -15,7 +15,7 @@
  * every tsnap restore is a cold `tsnap restore --new-pid --detach` of the
  * build's own bin/tsnap instead (wall until it exits; CPU of tsnap, its
  * helper and the new task, from the children's 10 ms ticks and the task's
- * schedstat). BENCH_AB_ENV=KEY=VALUE: an environment variable set for A's
+ * schedstat). BENCH_AB_ENV='KEY=VALUE ...': environment variables set for A's
  * restores only (with BENCH_AB_OTHER naming this checkout: a switch
  * against its default, in one build).
  */
@@ -125,13 +125,14 @@ async function main(): Promise<void> {
     };
     const tsnapOnce = async () => (CLI ? cold(SELF) : inProcess(restore));
     // BENCH_AB_ENV=KEY=VALUE: set for A's restores only (A may be this checkout: a switch against its default).
-    const envA = process.env.BENCH_AB_ENV?.split('=') ?? null;
+    // Several as 'KEY=VALUE KEY2=VALUE2'.
+    const envA = (process.env.BENCH_AB_ENV ?? '').split(' ').filter(Boolean).map((kv) => kv.split('='));
     const otherOnce = async () => {
-      if (envA) process.env[envA[0]] = envA.slice(1).join('=');
+      for (const [k, ...v] of envA) process.env[k] = v.join('=');
       try {
         return await (CLI ? cold(OTHER!) : inProcess(restoreA!));
       } finally {
-        if (envA) delete process.env[envA[0]];
+        for (const [k] of envA) delete process.env[k];
       }
     };
     const criuOnce = async () => {

@@ -12,6 +12,7 @@ import { decodeHeader } from './header.js';
 import { crc32 } from './checksum.js';
 import { nativePreadCrc32 } from '../sys/crc32.js';
 import { errnoName } from '../sys/errors.js';
+import { mapReadOnly, unmapLater } from '../sys/map-fill.js';
 import { HEADER_SIZE, FileKind, PAGES_FILES, FORMAT_VERSION, FORMAT_VERSION_SPLIT, type ChunkEntry } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 
@@ -37,6 +38,8 @@ export class PageFileReader {
   private readonly crcSlots: Buffer[] = [];
   /** Bytes readChunk was asked for so far (NATIVE_AFTER). */
   private syncBytes = 0;
+  /** Per pages file: its read-only mapping (mappedChunk), made on first use. */
+  private readonly maps: (bigint | null)[] = [];
 
   constructor(readonly dir: string, private readonly chunks: ChunkEntry[]) {
     const files = 1 + chunks.reduce((m, c) => Math.max(m, c.file ?? 0), 0);
@@ -134,6 +137,11 @@ export class PageFileReader {
     }
     if (c.codec === 'none') return stored;
     return this.checkRaw(i, c, stored, () => lz4napi().uncompress(stored));
+  }
+
+  /** Chunk `i`'s index entry, checked against its file's length. */
+  entry(i: number): ChunkEntry {
+    return this.checkedEntry(i);
   }
 
   private checkedEntry(i: number): ChunkEntry {
@@ -250,7 +258,42 @@ export class PageFileReader {
     return (out instanceof Promise ? out.then(check, fail) : check(out)) as T;
   }
 
+  /**
+   * The address of chunk `i`'s stored bytes in a read-only mapping of its
+   * file (the one-copy fill, src/restore/map-fill.ts). The file's length
+   * was checked against its header when it was opened, and a chunk past
+   * that length is refused here, so every byte asked for is inside the
+   * file as it was; a file shrunk since is the native guard's (-EFAULT,
+   * checkMapped).
+   */
+  mappedChunk(i: number, populate = false): bigint {
+    const c = this.checkedEntry(i);
+    const f = c.file ?? 0;
+    let base = this.maps[f] ?? null;
+    if (base === null) {
+      try {
+        base = mapReadOnly(this.fds[f], HEADER_SIZE + this.payloadLengths[f], populate);
+      } catch (err) {
+        throw this.readError(i, err);
+      }
+      this.maps[f] = base;
+    }
+    return base + BigInt(HEADER_SIZE + c.fileOffset);
+  }
+
+  /** tsnap_crc_writev's CRC and fault: the errors a read gives (the write's own errors are the caller's). */
+  checkMapped(i: number, faulted: boolean, crc: number): void {
+    const c = this.checkedEntry(i);
+    if (faulted) throw new TsnapError('badImage', `${this.pathOf(i)}: truncated inside chunk ${i} (the file shrank during the restore)`);
+    this.checkCrc(i, c, crc);
+  }
+
   close(): void {
+    for (let f = 0; f < this.maps.length; f++) {
+      const base = this.maps[f];
+      if (base !== null && base !== undefined) unmapLater(base, HEADER_SIZE + this.payloadLengths[f]);
+    }
+    this.maps.length = 0;
     for (const fd of this.fds.splice(0)) closeSync(fd);
   }
 }

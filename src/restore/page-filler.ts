@@ -10,110 +10,10 @@ import { resolveChain, type ResolvedRun } from '../image/chain-index.js';
 import type { Range } from '../image/ranges.js';
 import type { Image } from '../image/image-reader.js';
 import { TsnapError } from '../errors.js';
-import { SYS } from '../sys/uapi.js';
 import type { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
-
-const MADV_POPULATE_WRITE = 23;
-/** Runs shorter than this are left to fault in during the write. */
-const POPULATE_MIN = 64 << 10;
-/** One populate call covers at most this much, so the writer can follow closely. */
-const POPULATE_SLICE = 16 << 20;
-
-/**
- * Fresh memory costs most of a restore: every page is allocated and zeroed
- * on first write. The new task does that itself, on its own CPU, through
- * MADV_POPULATE_WRITE syscalls started ahead of the writer, while tsnap
- * reads, checks and writes the chunks before them.
- */
-interface PopulateRange { addr: number; len: number; lastChunkPos: number }
-
-/**
- * Chunk order: merged by address across the images of a chain, so that a
- * base image's runs that newer pages cut into short pieces are one range
- * again, as in a single image; started in the order the writer first needs
- * them.
- */
-function populateByChunk(runsInOrder: { run: ResolvedRun; pos: number }[]): PopulateRange[] {
-  const byAddr = [...runsInOrder].sort((a, b) => a.run.start - b.run.start);
-  const merged: { addr: number; len: number; firstChunkPos: number; lastChunkPos: number }[] = [];
-  for (const { run, pos } of byAddr) {
-    const len = run.pages * PAGE_SIZE;
-    const last = merged[merged.length - 1];
-    if (last && last.addr + last.len === run.start && last.len < POPULATE_SLICE) {
-      last.len += len;
-      last.firstChunkPos = Math.min(last.firstChunkPos, pos);
-      last.lastChunkPos = Math.max(last.lastChunkPos, pos);
-    } else {
-      merged.push({ addr: run.start, len, firstChunkPos: pos, lastChunkPos: pos });
-    }
-  }
-  return merged.filter((m) => m.len >= POPULATE_MIN).sort((a, b) => a.firstChunkPos - b.firstChunkPos || a.addr - b.addr);
-}
-
-/** Address order (the writer's windows follow the addresses): one pass, already in the order needed. */
-function populateByAddress(resolved: readonly ResolvedRun[], windowOf: Int32Array): PopulateRange[] {
-  const out: PopulateRange[] = [];
-  let cur: PopulateRange | null = null;
-  for (let i = 0; i < resolved.length; i++) {
-    const r = resolved[i];
-    const len = r.pages * PAGE_SIZE;
-    if (cur && cur.addr + cur.len === r.start && cur.len < POPULATE_SLICE) {
-      cur.len += len;
-      cur.lastChunkPos = windowOf[i];
-    } else {
-      if (cur && cur.len >= POPULATE_MIN) out.push(cur);
-      cur = { addr: r.start, len, lastChunkPos: windowOf[i] };
-    }
-  }
-  if (cur && cur.len >= POPULATE_MIN) out.push(cur);
-  return out;
-}
-
-class Populator {
-  private next = 0;
-  private done = 0;
-  private broken = false;
-
-  /** `queue`: the ranges to populate, in the order the writer first needs them, each with the last position it is needed at. */
-  constructor(private readonly sc: RemoteSyscaller | null, private readonly queue: PopulateRange[]) {}
-
-  private start(): void {
-    if (this.broken || this.next >= this.queue.length) return;
-    const q = this.queue[this.next++];
-    this.sc!.begin(SYS.madvise, q.addr, q.len, MADV_POPULATE_WRITE);
-  }
-
-  private finish(r: bigint): void {
-    this.done++;
-    if (r < 0n) this.broken = true; // an old kernel: the writes fault pages in instead
-    this.start();
-  }
-
-  /** Kicks the first populate off. */
-  begin(): void {
-    if (this.sc) this.start();
-  }
-
-  /** Before writing the chunk at position `pos`: everything it needs is populated. */
-  ready(pos: number): void {
-    if (!this.sc) return;
-    // Collect finished populates without waiting, so the task never idles.
-    while (this.done < this.next) {
-      const r = this.sc.poll();
-      if (r === null) break;
-      this.finish(r);
-    }
-    while (this.done < this.next && this.queue[this.done].lastChunkPos <= pos) this.finish(this.sc.end());
-  }
-
-  /** Waits for a populate still running (the task must be stopped again). */
-  drain(): void {
-    if (!this.sc) return;
-    this.broken = true;
-    while (this.done < this.next) { this.sc.end(); this.done++; }
-  }
-}
+import { Populator, populateByChunk, populateByAddress } from './populator.js';
+import { mapFillFor, fillMapped } from './map-fill.js';
 
 export interface FillResult {
   pages: number;
@@ -145,6 +45,9 @@ function syncFill(chunks: readonly { codec: string }[]): boolean {
   return process.env.TSNAP_FILL_SYNC === '1' && chunks.every((c) => c.codec === 'none');
 }
 
+/** Fills smaller than this read into buffers (a lazy restore's first pages, a small process). */
+const MAP_FILL_MIN = 16 << 20;
+
 /** Chunks read on tsnap's thread between two turns of the event loop. */
 const YIELD_EVERY = 64;
 
@@ -163,6 +66,8 @@ interface FillState {
   /** Reads started and not yet taken (a taken one holds its chunk's data: let it go). */
   pending: Set<Promise<unknown>>;
   populator: Populator | null;
+  /** The one-copy fill's calls on the pool (map-fill.ts). */
+  running?: Set<Promise<unknown>>;
 }
 
 /** `resolved`: the chain already resolved over exactly `within` (checkUnreadChunks did it), not computed again. */
@@ -182,12 +87,13 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     const plan = chain.length > 1 && process.env.TSNAP_FILL_BY_CHUNK !== '1' ? planByAddress(resolved, WINDOW_BYTES, chain.map((c) => c.pagemap.chunks.length)) : null;
     pages = plan && plan.maxLive <= MAX_LIVE
       ? await fillByAddress(pid, resolved, plan, readerOf, largest, sc, state, onProgress)
-      : await fillByChunk(pid, resolved, readerOf, largest, sc, state, onProgress, syncFill(chain.flatMap((c) => c.pagemap.chunks)));
+      : await fillByChunk(pid, chain, resolved, readerOf, largest, sc, state, onProgress, syncFill(chain.flatMap((c) => c.pagemap.chunks)));
     state.populator?.drain();
   } catch (err) {
     try { state.populator?.drain(); } catch { /* the task is killed anyway */ }
-    // Let reads in flight finish before their file descriptor goes.
+    // Let reads and writes in flight finish before their file descriptor and mappings go.
     await Promise.allSettled(state.pending);
+    if (state.running) await Promise.allSettled(state.running);
     throw err;
   } finally {
     for (const r of readers) r?.close();
@@ -274,7 +180,7 @@ async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan
 }
 
 /** One image (or a chain whose chunks scatter): chunk by chunk, each written in one call. */
-async function fillByChunk(pid: number, resolved: readonly ResolvedRun[], readerOf: (image: number) => PageFileReader, largest: number, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void, readOnThread = false): Promise<number> {
+async function fillByChunk(pid: number, chain: readonly Image[], resolved: readonly ResolvedRun[], readerOf: (image: number) => PageFileReader, largest: number, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void, readOnThread = false): Promise<number> {
   const copier = new VmCopier(pid);
   let pages = 0;
   const byChunk = new Map<number, ResolvedRun[]>();
@@ -285,8 +191,11 @@ async function fillByChunk(pid: number, resolved: readonly ResolvedRun[], reader
     if (!list) byChunk.set(key, (list = []));
     list.push(r);
   }
-  const order = [...byChunk.keys()];
   const total = resolved.reduce((n, r) => n + r.pages * PAGE_SIZE, 0);
+  // Uncompressed and large enough to pay for the library's load: one copy, from a mapping (map-fill.ts).
+  const mapped = total >= MAP_FILL_MIN && !readOnThread ? mapFillFor(chain) : null;
+  if (mapped) return fillMapped(pid, mapped, byChunk, readerOf, sc, state, onProgress);
+  const order = [...byChunk.keys()];
   const runsInOrder = order.flatMap((c, pos) => byChunk.get(c)!.map((run) => ({ run, pos })));
   const populator = (state.populator = new Populator(sc, sc ? populateByChunk(runsInOrder) : []));
   populator.begin();

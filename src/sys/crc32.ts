@@ -25,7 +25,8 @@ let lib: ReturnType<typeof koffi.load> | null | undefined;
 let fn: Crc32 | null | undefined;
 let rangesFn: Crc32Ranges | null | undefined;
 
-function load(): ReturnType<typeof koffi.load> | null {
+/** The library itself (null when not built): map-fill.ts binds its fill there. */
+export function load(): ReturnType<typeof koffi.load> | null {
   if (lib === undefined) {
     lib = null;
     // dist/src/sys/ beside dist/native/; src/sys/ (the tests) two levels under it.

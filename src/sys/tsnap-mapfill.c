@@ -1,0 +1,169 @@
+/*
+ * A restore's page fill from a read-only mapping of an uncompressed pages
+ * file (src/restore/map-fill.ts): each piece of a chunk has its CRC taken
+ * from the page cache through the mapping, then goes with
+ * process_vm_writev straight from that mapping into the new task, while
+ * still in this CPU's cache. One copy of every byte (page cache -> task)
+ * instead of two (page cache -> tsnap's buffer -> task).
+ *
+ * A file truncated under the mapping would make the CRC's read a SIGBUS
+ * that ends tsnap. tsnap never truncates or rewrites an image in place
+ * (its writers refuse a non-empty directory; squash writes a new one), so
+ * only another process could; the handler below turns that SIGBUS, and
+ * only one raised inside the CRC of a guarded piece on this thread, into
+ * an error (-EFAULT), and leaves every other SIGBUS to its previous
+ * disposition. process_vm_writev itself reads the mapping in the kernel:
+ * a page past the end is a short write there (EFAULT), never a signal.
+ *
+ * Built into libtsnap-crc32.so beside the CRC (package.json, build:native).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+uint32_t tsnap_crc32(uint32_t crc, const void *p, size_t n);
+
+/* A CRC piece: written out while it is in L2 (1 MiB per core here). */
+#define PIECE (256u << 10)
+#define MAX_IOV 1024
+
+static __thread sigjmp_buf *guard_jmp;
+static struct sigaction previous;
+static volatile sig_atomic_t installed;
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc) {
+  sigjmp_buf *j = guard_jmp;
+  if (j) {
+    guard_jmp = NULL;
+    siglongjmp(*j, 1);
+  }
+  /* Not ours: as if this handler were not there. */
+  if (previous.sa_flags & SA_SIGINFO) {
+    previous.sa_sigaction(sig, si, uc);
+    return;
+  }
+  if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN) {
+    previous.sa_handler(sig);
+    return;
+  }
+  /* The default (an ignored fault is fatal too): returning re-runs the faulting access, which now kills. */
+  signal(SIGBUS, SIG_DFL);
+}
+
+/* Once per process, from the main thread before any fill (0 or -errno). */
+int tsnap_mapfill_init(void) {
+  if (installed) return 0;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_sigbus;
+  sa.sa_flags = SA_SIGINFO | SA_NODEFER;
+  sigemptyset(&sa.sa_mask);
+  if (sigaction(SIGBUS, &sa, &previous) != 0) return -errno;
+  installed = 1;
+  return 0;
+}
+
+/* The CRC of p[0..n), or -1 in *bad when the mapping faulted under it. */
+static uint32_t guarded_crc(uint32_t c, const uint8_t *p, size_t n, int *bad) {
+  sigjmp_buf j;
+  if (sigsetjmp(j, 1)) {
+    *bad = 1;
+    return c;
+  }
+  guard_jmp = &j;
+  c = tsnap_crc32(c, p, n);
+  guard_jmp = NULL;
+  return c;
+}
+
+/*
+ * Chunk `src` (len bytes, inside a read-only mapping), whose pieces go to
+ * the task `pid`: pieces[3i] the offset in the chunk, pieces[3i+1] the
+ * remote address, pieces[3i+2] the length, in increasing offset order,
+ * none past len. The CRC of all len bytes goes into *crc (the caller
+ * compares it: on a mismatch the restore fails and the task, which has
+ * never run, is killed, so bytes written before the check harm nothing).
+ * Returns the bytes written (fewer than the pieces' sum: the write failed
+ * inside the piece holding that byte), -EFAULT when the mapping faulted
+ * (the file shrank), or -errno of process_vm_writev.
+ */
+int64_t tsnap_crc_writev(int pid, const uint8_t *src, uint64_t len, const uint64_t *pieces, uint32_t n, uint32_t *crc) {
+  struct iovec local[MAX_IOV], remote[MAX_IOV];
+  uint32_t c = 0;
+  int64_t written = 0;
+  uint32_t k = 0;      /* the next piece to write */
+  uint64_t kdone = 0;  /* bytes of piece k already written */
+  for (uint64_t at = 0; at < len; at += PIECE) {
+    uint64_t end = len - at < PIECE ? len : at + PIECE;
+    int bad = 0;
+    c = guarded_crc(c, src + at, (size_t)(end - at), &bad);
+    if (bad) return -EFAULT;
+    /* Every piece's part before `end`, in calls of at most MAX_IOV parts. */
+    while (k < n && pieces[3 * k] + kdone < end) {
+      uint32_t m = 0;
+      size_t want = 0;
+      while (k < n && m < MAX_IOV && pieces[3 * k] + kdone < end) {
+        uint64_t off = pieces[3 * k] + kdone, left = pieces[3 * k + 2] - kdone;
+        uint64_t take = end - off < left ? end - off : left;
+        local[m].iov_base = (void *)(src + off);
+        local[m].iov_len = (size_t)take;
+        remote[m].iov_base = (void *)(uintptr_t)(pieces[3 * k + 1] + kdone);
+        remote[m].iov_len = (size_t)take;
+        want += (size_t)take;
+        m++;
+        if (take == left) {
+          k++;
+          kdone = 0;
+        } else {
+          kdone += take;
+        }
+      }
+      ssize_t got;
+      do got = process_vm_writev(pid, local, m, remote, m, 0);
+      while (got < 0 && errno == EINTR);
+      if (got < 0 && errno != EFAULT) return -(int64_t)errno;
+      if (got < 0) got = 0;
+      written += got;
+      if ((size_t)got < want) {
+        *crc = c;
+        return written;
+      }
+    }
+  }
+  *crc = c;
+  return written;
+}
+
+/*
+ * Several chunks in one call (one pool dispatch costs ~35 us here, through
+ * koffi and libuv: 1 024 of them for a GiB). descs[4i..4i+3]: chunk i's
+ * source address, its length, its first piece's index in `pieces` and how
+ * many pieces it has; done[2i] gets tsnap_crc_writev's result for chunk i,
+ * done[2i+1] its CRC. Stops after the first chunk whose result is negative
+ * or short (the rest: untouched). Returns the chunks done.
+ */
+uint32_t tsnap_crc_writev_many(int pid, const uint64_t *descs, uint32_t n, const uint64_t *pieces, int64_t *done) {
+  for (uint32_t i = 0; i < n; i++) {
+    const uint64_t *d = descs + 4 * i;
+    const uint64_t *p = pieces + 3 * d[2];
+    uint32_t crc = 0;
+    int64_t want = 0;
+    for (uint64_t k = 0; k < d[3]; k++) want += (int64_t)p[3 * k + 2];
+    int64_t got = tsnap_crc_writev(pid, (const uint8_t *)(uintptr_t)d[0], d[1], p, (uint32_t)d[3], &crc);
+    done[2 * i] = got;
+    done[2 * i + 1] = crc;
+    if (got < want) return i + 1;
+  }
+  return n;
+}
+
+/* munmap, for koffi's .async: unmapping a GiB of file pages takes ~15 ms per 512 MiB here, off tsnap's thread. */
+int tsnap_unmap(uint64_t addr, uint64_t len) {
+  return munmap((void *)(uintptr_t)addr, (size_t)len) == 0 ? 0 : -errno;
+}
