@@ -32,11 +32,11 @@ import { tsnap, startTsnap, TSNAP_BIN, killPid, type CliResult } from './helpers
 import { verify } from '../src/image/verify.js';
 import { restore } from '../src/restore/restore.js';
 import { showImage } from '../src/cli/show.js';
-import { packr } from '../src/image/metadata.js';
+import { packr, readMetaFile, writeMetaFile } from '../src/image/metadata.js';
 import { encodeHeader } from '../src/image/header.js';
 import { crc32 } from '../src/image/checksum.js';
 import { TsnapError } from '../src/errors.js';
-import { HEADER_SIZE } from '../formats/schema.js';
+import { HEADER_SIZE, FileKind } from '../formats/schema.js';
 
 useProcessCleanup();
 afterAll(() => cleanupTmpDirs());
@@ -607,5 +607,30 @@ describe('tree images', () => {
         expect(r.stderr).toContain(join(d, child));
       }
     }
+  });
+});
+
+describe('thread state', () => {
+  it('an XSAVE area of a length this CPU does not give its features (valid CRCs) is refused by verify and restore (exit 7, one line)', async () => {
+    const full = subjects.find((x) => x.name === 'full')!;
+    const base = tmpDir('tsnap-fuzz-xsave-');
+    for (const extra of [1, 8, 64]) {
+      const dir = join(base, `img-${extra}`);
+      cpSync(full.root, dir, { recursive: true });
+      const proc = readMetaFile<{ threads: { xstate: Uint8Array }[] }>(dir, FileKind.Process);
+      const x = proc.threads[0].xstate;
+      proc.threads[0].xstate = Buffer.concat([Buffer.from(x.buffer, x.byteOffset, x.length), Buffer.alloc(extra)]);
+      rmSync(join(dir, 'process'));
+      const w = writeMetaFile(dir, FileKind.Process, proc);
+      const invPath = join(dir, 'inventory');
+      const inv = packr.unpack(readFileSync(invPath).subarray(HEADER_SIZE)) as { files: Record<string, { length: number; crc32: number }> };
+      inv.files.process = { length: w.length, crc32: w.crc32 };
+      writeFileSync(invPath, sealed(packr.pack(inv), 1));
+      const v = inProcess(() => verify(dir));
+      expect(v.ok, `${extra} bytes more`).toBe(false);
+      expect(v.ok ? '' : v.message).toMatch(/XSAVE|xstate/);
+      for (const args of [['verify', dir], ['restore', '--dir', dir, '--detach']]) expectRefusal(args[0], await tsnap(...args), `an XSAVE area ${extra} bytes longer`);
+    }
+    expect(fuzzeeProcesses()).toEqual([]);
   });
 });

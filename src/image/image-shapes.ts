@@ -250,10 +250,28 @@ export const SCM = refine<ScmLike>(obj({
 
 const FD_IMAGE = fdImage(obj({ ...SOCKET_FIELDS, scm: opt(SCM) }));
 
+/**
+ * A thread's XSAVE area as PTRACE_GETREGSET(NT_X86_XSTATE) gives it: the
+ * 512-byte legacy area (whose software-reserved bytes at 464 hold the
+ * kernel's XCR0), the 64-byte header, then the enabled components, each a
+ * multiple of 8 bytes. The kernel writes the header in the standard
+ * format (XCOMP_BV and the reserved bytes zero) and XSTATE_BV within XCR0.
+ * Which length a set of features takes depends on the CPU (restore
+ * compares it with this one's).
+ */
+const XSTATE = refine<Buffer>(bin(512, 1 << 16, 8), (b) => {
+  if (b.length < 576) return null;
+  const xcr0 = b.readBigUInt64LE(464);
+  const bv = b.readBigUInt64LE(512);
+  if ((bv & ~xcr0) !== 0n) return `XSAVE header: XSTATE_BV 0x${bv.toString(16)} names features outside XCR0 0x${xcr0.toString(16)}`;
+  if (b.readBigUInt64LE(520) !== 0n || b.subarray(528, 576).some((x) => x !== 0)) return 'XSAVE header: not in the standard format (XCOMP_BV or reserved bytes set)';
+  return null;
+});
+
 const THREAD = obj({
   tid: PID,
   regs: bin(216, 216),
-  xstate: bin(512, 1 << 16),
+  xstate: XSTATE,
   sigmask: U64,
   sigaltstack: obj({ sp: U64, flags: int(-(2 ** 31), 2 ** 32 - 1), size: U64 }),
   syscallRestart: nullable(obj({ nr: SAFE, code: oneOf(512, 513, 514, 516) })),

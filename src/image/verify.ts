@@ -10,6 +10,7 @@ import { isTreeImage, readTreeManifest, imagedMembers, checkMember } from './tre
 import { PageWhere, PAGES_FILES, type TreeMember } from '../../formats/schema.js';
 import { TsnapError } from '../errors.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
+import { cpuXsaveLayout } from '../sys/cpu.js';
 
 export interface VerifiedImage {
   dir: string;
@@ -28,7 +29,26 @@ export interface VerifyResult {
   processes: { pid: number; chain: VerifiedImage[] }[];
 }
 
+/**
+ * A thread's XSAVE area saved on a CPU with this one's features must have
+ * this CPU's length for them (restore would refuse it); another CPU's
+ * features are restore's to judge (a different kind of CPU, not damage).
+ */
+function checkXsave(img: Image): void {
+  const here = cpuXsaveLayout();
+  if (!here) return;
+  for (const t of img.process?.threads ?? []) {
+    const x = t.xstate;
+    if (x.length < 472) continue;
+    const xcr0 = Buffer.from(x.buffer, x.byteOffset, x.length).readBigUInt64LE(464);
+    if (xcr0 === here.xcr0 && x.length !== here.size) {
+      throw new TsnapError('badImage', `${img.dir}: thread ${t.tid}'s XSAVE area is ${x.length} bytes, where its features (XCR0 0x${xcr0.toString(16)}) take ${here.size}; the image is damaged`);
+    }
+  }
+}
+
 function verifyImage(img: Image): VerifiedImage {
+  checkXsave(img);
   const { chunks, runs } = img.pagemap;
   let pages = 0;
   for (const r of runs) {

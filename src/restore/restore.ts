@@ -292,10 +292,17 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
     const rootRt = live ? live.rt : new RemoteTask(proc.sc, proc.mem);
     rtOf.set(root, rootRt);
     steps.at('check the CPU state layout');
-    const xlen = ptrace.getXstate(proc.pid).length;
+    const here = ptrace.getXstate(proc.pid);
+    const xlen = here.length;
     for (const m of plan) {
       for (const t of m.p.threads) {
         if (xlen !== t.xstate.length) {
+          // The same features (XCR0, in the area's software-reserved bytes) take the same length on one CPU: a length that differs for them is damage, not another CPU.
+          const xcr0 = (b: Uint8Array) => (b.length >= 472 ? Buffer.from(b.buffer, b.byteOffset, b.length).readBigUInt64LE(464) : null);
+          const mine = xcr0(here);
+          if (mine !== null && mine === xcr0(t.xstate)) {
+            throw new TsnapError('badImage', `thread ${t.tid}'s XSAVE area is ${t.xstate.length} bytes, where this CPU's for the same features (XCR0 0x${mine.toString(16)}) is ${xlen}: the image is damaged; dump the process again`);
+          }
           throw new TsnapError('kernel', `this CPU's XSAVE area is ${xlen} bytes, the image's ${t.xstate.length}; restore on the same kind of CPU`);
         }
       }

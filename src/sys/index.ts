@@ -17,3 +17,4 @@ export * from './uffd-msg.js';
 export * from './spawn.js';
 export * from './splice.js';
 export * from './random-id.js';
+export { cpuXsaveLayout } from './cpu.js';
