@@ -15,13 +15,14 @@ import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { createConnection } from 'node:net';
-import { describe, expect, it } from 'vitest';
-import { compileC, startProcess, startPython, tmpDir, useProcessCleanup, type Running } from './helpers/fixtures.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import { cleanupTmpDirs, compileC, startProcess, startPython, tmpDir, useProcessCleanup, type Running } from './helpers/fixtures.js';
 import { TSNAP_BIN, tsnap } from './helpers/tsnap.js';
 import { findHolders } from '../src/track/untrack.js';
 import { lockRulesOf } from './helpers/lock-rules.js';
 
 useProcessCleanup();
+afterAll(() => cleanupTmpDirs());
 
 interface Trial { cmd: 'dump' | 'pre-dump' | 'cow'; fault: string | null; delayMs: number; extra?: string[] }
 
