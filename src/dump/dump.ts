@@ -25,6 +25,7 @@ import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
 import { pausePoint, holdPoint } from '../fault-points.js';
 import { prearmCow, type Prearmed } from './cow-prearm.js';
 import { FrozenWindow } from './frozen-window.js';
+import { collectBeforeWindow } from '../gc-before-window.js';
 import { VmFlagsWatch } from '../proc/vmflags-watch.js';
 import { checkCreds } from './creds.js';
 import { checkOomScoreAdj } from './process-state.js';
@@ -294,6 +295,8 @@ async function takeImage(opts: DumpOptions, mode: Mode, self: number | null, gon
         if (watch && opts.hold && prep.parent && prep.track && !prep.track.lost && earlyScanWanted()) {
           try { earlyScan = scanBeforeFreeze(pid); } catch { earlyScan = null; }
         }
+        // The frozen window is the point here: V8 collects now rather than in it (gc-before-window.ts).
+        if (cowWorker || opts.hold) collectBeforeWindow('the freeze');
         // A full dump protects its memory now, while the target runs, right
         // before the freeze: what it writes meanwhile is protected again frozen (cow-prearm.ts).
         if (cowWorker && !prep.parent) {

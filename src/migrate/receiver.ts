@@ -34,6 +34,7 @@ import { receivePostcopy } from './postcopy-receive.js';
 import { warmUpRestore } from './warm-up.js';
 import { EarlyVmFlags } from './live-vmflags.js';
 import { WindowPriority, ownWindowThreads } from './window-priority.js';
+import { collectBeforeWindow } from '../gc-before-window.js';
 import type { Range } from '../image/ranges.js';
 
 export interface ServeOptions {
@@ -313,7 +314,9 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
           ingest.live.earlyVmFlags = EarlyVmFlags.read(ingest.live.pid);
           mark('serve: VmFlags read early');
         }
-        // The sender freezes the source on this (receiver-ready.ts): everything above is before its freeze.
+        // The sender freezes the source on this (receiver-ready.ts): everything above is before its freeze,
+        // V8's collection included (gc-before-window.ts).
+        if (name === 'final') collectBeforeWindow('the downtime');
         if (it.ready === true) await send(sock, encodeDoc(Msg.Ready, {}));
         const live = await receiveIteration(reader, inside(root, name), ingest);
         lastName = name;
