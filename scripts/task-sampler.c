@@ -22,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <signal.h>
 #define MAXP 4194304
 int main(int argc, char **argv) {
   int ms = argc > 1 ? atoi(argv[1]) : 5;
@@ -30,6 +31,10 @@ int main(int argc, char **argv) {
   double *ran = calloc(MAXP, sizeof(double));
   unsigned *lastk = calloc(MAXP, sizeof(unsigned));
   unsigned long long *lu = calloc(MAXP, 8), *ls = calloc(MAXP, 8);
+  // SAMPLER_SIGNAL_HOT_MS=N: a real-time thread hot that long gets SIGUSR2 sent to its
+  // process once (with NODE_OPTIONS=--report-on-signal, Node writes its JS stack).
+  const char *hs = getenv("SAMPLER_SIGNAL_HOT_MS"); double hot_ms = hs ? atof(hs) : 0;
+  double *hot_since = calloc(MAXP, sizeof(double)); char *signalled = calloc(MAXP, 1);
   static char out[1 << 20];
   setvbuf(stdout, out, _IOFBF, sizeof out);
   for (;;) {
@@ -65,7 +70,9 @@ int main(int argc, char **argv) {
               snprintf(kp, sizeof kp, "/proc/%s/task/%s/stack", e->d_name, f->d_name); char kb[2048] = ""; k = fopen(kp, "r");
               if (k) { size_t kn = fread(kb, 1, sizeof kb - 1, k); fclose(k); kb[kn] = 0; for (char *c = kb; *c; c++) if (*c == '\n') *c = '|'; }
               printf("  HOT %d u%llu s%llu syscall %s %s\n", tid, ut - lu[tid], st - ls[tid], sc, kb);
-            }
+              if (!hot_since[tid]) hot_since[tid] = now;
+              if (hot_ms > 0 && !signalled[tid] && now - hot_since[tid] >= hot_ms) { signalled[tid] = 1; kill(atoi(e->d_name), SIGUSR2); printf("  SIGNALLED %s (tid %d hot %.0f ms)\n", e->d_name, tid, now - hot_since[tid]); }
+            } else hot_since[tid] = 0;
             if (state == 'D') { char kp[600]; snprintf(kp, sizeof kp, "/proc/%s/task/%s/stack", e->d_name, f->d_name); FILE *k = fopen(kp, "r"); if (k) { char kb[4096]; size_t kn = fread(kb, 1, sizeof kb - 1, k); fclose(k); kb[kn] = 0; for (char *c = kb; *c; c++) if (*c == '\n') *c = '|'; printf("  STACK %d %s\n", tid, kb); } } }
         lu[tid] = ut; ls[tid] = st;
         if (idle && !strncmp(comm, idle, strlen(idle)) && dr == 0 && !first && ran[tid] > 0 && now - ran[tid] >= 30) {

@@ -4,8 +4,9 @@
  * and a copy-on-write dump's freeze.
  *
  * V8's pauses landed inside those windows in most traced migrations
- * (TSNAP_TRACE=1, 2026-12-03): on the sender an incremental-marking step
- * of 1-21 ms in a 20-40 ms downtime, on the receiver scavenges of 1-8 ms.
+ * (TSNAP_TRACE=1, 2026-12-03): on the sender major collections (the
+ * mark-compact's pause) of 1-21 ms in a 20-40 ms downtime, on the
+ * receiver scavenges of 1-8 ms.
  * Collected just before, the young generation is empty and no marking is
  * under way, so the window's own few MiB of allocation start neither.
  * It costs a few ms per 10 MiB of heap (tsnap's is 8-21 MiB at the final

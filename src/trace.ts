@@ -6,7 +6,7 @@
  * one comparison.
  */
 import { writeSync } from 'node:fs';
-import { PerformanceObserver, performance } from 'node:perf_hooks';
+import { PerformanceObserver, performance, constants } from 'node:perf_hooks';
 
 const on = process.env.TSNAP_TRACE === '1';
 /**
@@ -35,7 +35,9 @@ export function mark(label: string): void {
 export function traceGc(): void {
   if (!on || gcTraced) return;
   gcTraced = true;
-  const kinds: Record<number, string> = { 1: 'minor', 2: 'major', 4: 'incremental', 8: 'weakcb' };
+  // perf_hooks' NODE_PERFORMANCE_GC_* (labelled by number before 2026-12-03, wrongly: a
+  // major collection was shown as "incremental", an incremental step as "weakcb").
+  const kinds: Record<number, string> = { [constants.NODE_PERFORMANCE_GC_MINOR]: 'minor', [constants.NODE_PERFORMANCE_GC_MAJOR]: 'major', [constants.NODE_PERFORMANCE_GC_INCREMENTAL]: 'incremental', [constants.NODE_PERFORMANCE_GC_WEAKCB]: 'weakcb' };
   new PerformanceObserver((list) => {
     const nowMono = Number(process.hrtime.bigint()) / 1e6;
     const nowPerf = performance.now();

@@ -300,14 +300,16 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         // The downtime is about to start: this thread and the process it builds go first (window-priority.ts).
         // Raised before the early reads below: the sender waits for them (READY) to freeze, and what the
         // source writes meanwhile is the last delta (the walk of 4 GiB in the normal class: 0.1-0.6 s at load 11-14).
-        if (name === 'final') {
+        const raise = () => {
           prio.raise(ingest.live ? [...ownWindowThreads(), ingest.live.pid] : ownWindowThreads());
           if (ingest.live) {
             const lp = ingest.live.pid;
             ingest.live.beforeStart = (tids) => prio.restoreLike(tids, lp);
             ingest.live.threadsInherit = (on) => prio.inheritable(lp, on);
           }
-        }
+        };
+        const raiseAtReady = process.env.TSNAP_RAISE_AT === 'ready';
+        if (name === 'final' && !raiseAtReady) raise();
         // Sent before the source freezes: the self-check's smaps walk happens now, not after the commit (live-vmflags.ts).
         if (name === 'final' && ingest.live && opts.restore) {
           ingest.live.earlyVmFlags?.close();
@@ -317,6 +319,7 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         // The sender freezes the source on this (receiver-ready.ts): everything above is before its freeze,
         // V8's collection included (gc-before-window.ts).
         if (name === 'final') collectBeforeWindow('the downtime');
+        if (name === 'final' && raiseAtReady) raise();
         if (it.ready === true) await send(sock, encodeDoc(Msg.Ready, {}));
         const live = await receiveIteration(reader, inside(root, name), ingest);
         lastName = name;

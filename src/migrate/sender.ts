@@ -229,9 +229,11 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     }
 
     // Downtime starts here: freeze, last delta, full state.
+    const raiseAtReady = process.env.TSNAP_RAISE_AT === 'ready';
     const postcopyBecause = opts.postcopy === 'on' ? 'requested' : opts.postcopy === 'auto' && !converged ? stoppedBecause : null;
     const finalOpts = { pid: opts.pid, targetPidfd, targetGone, ...postcopyFinal(postcopyBecause !== null), dir: join(staging, 'final'), parent: k > 0 ? join(staging, String(k)) : undefined, chainCache, compression: opts.compression, hold: true, fsync: false, leaveRunning: opts.leaveRunning, warn: opts.warn, onProgress: opts.onProgress, tcpEstablished: opts.tcpEstablished, beforeFreeze: async () => {
       if (!opts.tree) await receiverReady(reader, checkAbort);
+      if (raiseAtReady) prio.raise(ownWindowThreads());
       peer.guard();
       conv.lift();
     } };
@@ -239,7 +241,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // final round's preparation included: what the process writes while it
     // lasts (reading the chain, the checks, the watch, 0.3-0.55 s at 4 GiB
     // at load 8-11 in the normal class) is the last delta the frozen window copies.
-    prio.raise(ownWindowThreads());
+    if (!raiseAtReady) prio.raise(ownWindowThreads());
     await beginIteration('final', true);
     mark(`migrate: final round (heap ${(process.memoryUsage().heapUsed / 2 ** 20).toFixed(0)} MiB)`);
     const final = await takeSet({ ...finalOpts, ...streaming() }, 'dump', !!opts.tree);
