@@ -186,7 +186,7 @@ async function migration(bin: string, mib: number, mbps: number, dir: string, ex
   try {
     await new Promise((r) => setTimeout(r, 300));
     const start = nowMs();
-    const m = spawn(process.execPath, [TSNAP, 'migrate', '--pid', String(w.pid), '--to', `${oh.host}:${oh.port}`, '--token', 'bench', '--downtime-ms', '50', '--max-iterations', '10', '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const m = spawn(process.execPath, ['--single-threaded-gc', TSNAP, 'migrate', '--pid', String(w.pid), '--to', `${oh.host}:${oh.port}`, '--token', 'bench', '--downtime-ms', '50', '--max-iterations', '10', '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     m.stdout!.on('data', (d) => { stdout += d; });

@@ -14,7 +14,7 @@
  * by rename) only there. TSNAP_NO_COMPILE_CACHE=1 turns it off.
  *
  * An entry starts with the key it was saved under (file, size, mtime, Node
- * version, command), compared in full on load: V8's own check of the source is its
+ * version, command, Node's flags), compared in full on load: V8's own check of the source is its
  * length only, so a file name that merely hashed alike must not pass. The
  * name hash is FNV-1a, not node:crypto, whose load cost ~10 ms of CPU.
  */
@@ -75,7 +75,9 @@ exports.install = function install(dir, roots, owner, flavor = '') {
 
   /** Compiles `source` (the file's text inside Node's wrapper) with its cache entry, and runs it as `module`. */
   function run(module, source, filename, st) {
-    const key = Buffer.from(`${filename}\0${st.size}\0${st.mtimeMs}\0${process.version}\0${flavor}`);
+    // V8 rejects code cached under other flags: `node bin/tsnap` (tests, benches) and the
+    // command's own `node --single-threaded-gc` keep an entry each instead of overwriting each other's.
+    const key = Buffer.from(`${filename}\0${st.size}\0${st.mtimeMs}\0${process.version}\0${flavor}\0${process.execArgv.join(' ')}`);
     const file = path.join(dir, `${fnv1a(key)}.v8`);
     let cachedData;
     try { cachedData = unwrap(fs.readFileSync(file), key); } catch { /* not cached yet */ }
