@@ -58,10 +58,12 @@ const BASELINE = process.env.BENCH_FLOOR_BASELINE;
  * is followed by a 1 s pause that gives the cores back to the others.
  */
 const RT = process.env.BENCH_RT === '1';
+/** BENCH_RT_PRIO: the SCHED_FIFO priority (10 unless set; higher preempts other real-time work on the machine). */
+const RT_PRIO = String(Number(process.env.BENCH_RT_PRIO ?? 10) || 10);
 // SIGUSR2 ignored (kept across exec; node's handler is the probe's): a real-time task sampler of
 // another run on the machine (SAMPLER_SIGNAL_HOT_MS) signals every real-time thread hot that long,
 // whose default action ended 1 GiB dumps of tsnap and CRIU alike.
-const rtWrap = (cmd: string, args: string[]): [string, string[]] => (RT ? ['sh', ['-c', 'trap "" USR2; exec "$@"', 'sh', 'chrt', '-f', '10', cmd, ...args]] : [cmd, args]);
+const rtWrap = (cmd: string, args: string[]): [string, string[]] => (RT ? ['sh', ['-c', 'trap "" USR2; exec "$@"', 'sh', 'chrt', '-f', RT_PRIO, cmd, ...args]] : [cmd, args]);
 const rtPause = () => { if (RT) spawnSync('sleep', ['1']); };
 
 const FIXTURE = `
@@ -127,7 +129,7 @@ async function main(): Promise<void> {
     targets.push(t.child);
     const pid = t.child.pid!;
     // Its remote syscalls (tsnap's vmsplice steps, CRIU's parasite) run in it: the same class as the tools.
-    if (RT) execFileSync('chrt', ['-f', '-p', '10', String(pid)]);
+    if (RT) execFileSync('chrt', ['-f', '-p', RT_PRIO, String(pid)]);
     const bytes = SIZE_MIB << 20;
     const copier = new VmCopier(pid);
     const buf = Buffer.alloc(1 << 20);
@@ -244,7 +246,7 @@ async function main(): Promise<void> {
     const ratio = (a: string, b: string) => (runs[a] && runs[b] ? +(m(a) / m(b)).toFixed(2) : null);
     const overNode = (k: string) => (runs[k] ? +((m(k) - m('nodeHwmKiB')) / 1024).toFixed(1) : null);
     const report = {
-      sizeMiB: SIZE_MIB, reps: REPS, outDir: OUT_ROOT, criu: !!criu, realTime: RT, load: readFileSync('/proc/loadavg', 'utf8').trim(),
+      sizeMiB: SIZE_MIB, reps: REPS, outDir: OUT_ROOT, criu: !!criu, realTime: RT ? Number(RT_PRIO) : false, load: readFileSync('/proc/loadavg', 'utf8').trim(),
       // Every repetition's wall, in run order (the medians above hide how much a loaded machine swings).
       wallRunsMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('S') && k !== 'nodeFloorS').map((k) => [k, runs[k].map((v) => Math.round(v * 1000))])),
       wallMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('S')).map((k) => [k, ms(k)])),
