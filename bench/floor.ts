@@ -48,6 +48,8 @@ const SIZE_MIB = Number(process.env.BENCH_MIB ?? 1024);
 const REPS = Number(process.env.BENCH_REPS ?? 5);
 const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
 const KILL = process.env.BENCH_FLOOR_KILL === '1';
+/** BENCH_FLOOR_KILL_AB=1 (with KILL): kill mode also with TSNAP_CRC_VCLMUL=0 (the 128-bit CRC loop), interleaved. */
+const KILL_AB = process.env.BENCH_FLOOR_KILL_AB === '1';
 const BASELINE = process.env.BENCH_FLOOR_BASELINE;
 /**
  * BENCH_RT=1: every tsnap and CRIU run (and the target) in the real-time
@@ -56,7 +58,12 @@ const BASELINE = process.env.BENCH_FLOOR_BASELINE;
  * is followed by a 1 s pause that gives the cores back to the others.
  */
 const RT = process.env.BENCH_RT === '1';
-const rtWrap = (cmd: string, args: string[]): [string, string[]] => (RT ? ['chrt', ['-f', '10', cmd, ...args]] : [cmd, args]);
+/** BENCH_RT_PRIO: the SCHED_FIFO priority (10 unless set; higher preempts other real-time work on the machine). */
+const RT_PRIO = String(Number(process.env.BENCH_RT_PRIO ?? 10) || 10);
+// SIGUSR2 ignored (kept across exec; node's handler is the probe's): a real-time task sampler of
+// another run on the machine (SAMPLER_SIGNAL_HOT_MS) signals every real-time thread hot that long,
+// whose default action ended 1 GiB dumps of tsnap and CRIU alike.
+const rtWrap = (cmd: string, args: string[]): [string, string[]] => (RT ? ['sh', ['-c', 'trap "" USR2; exec "$@"', 'sh', 'chrt', '-f', RT_PRIO, cmd, ...args]] : [cmd, args]);
 const rtPause = () => { if (RT) spawnSync('sleep', ['1']); };
 
 const FIXTURE = `
@@ -81,7 +88,8 @@ int main(int argc, char **argv) {
 }`;
 
 // Preloaded into the measured node process: its peak RSS, read as it exits.
-const PROBE = `process.on('exit', () => {
+const PROBE = `if (process.env.TSNAP_BENCH_RT === '1') process.on('SIGUSR2', () => {});
+process.on('exit', () => {
   const m = /VmHWM:\\s+(\\d+)/.exec(require('fs').readFileSync('/proc/self/status', 'utf8'));
   require('fs').writeFileSync(process.env.TSNAP_HWM_OUT, m ? m[1] : '0');
 });`;
@@ -121,7 +129,7 @@ async function main(): Promise<void> {
     targets.push(t.child);
     const pid = t.child.pid!;
     // Its remote syscalls (tsnap's vmsplice steps, CRIU's parasite) run in it: the same class as the tools.
-    if (RT) execFileSync('chrt', ['-f', '-p', '10', String(pid)]);
+    if (RT) execFileSync('chrt', ['-f', '-p', RT_PRIO, String(pid)]);
     const bytes = SIZE_MIB << 20;
     const copier = new VmCopier(pid);
     const buf = Buffer.alloc(1 << 20);
@@ -150,10 +158,10 @@ async function main(): Promise<void> {
       rmSync(hwmOut, { force: true });
       const c0 = childrenCpuS();
       const t0 = process.hrtime.bigint();
-      const r = spawnSync(...rtWrap(process.execPath, ['-r', probe, ...args]), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env, TSNAP_HWM_OUT: hwmOut } });
+      const r = spawnSync(...rtWrap(process.execPath, ['-r', probe, ...args]), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env, TSNAP_HWM_OUT: hwmOut, ...(RT ? { TSNAP_BENCH_RT: '1' } : {}) } });
       const s = secs(t0);
       rtPause();
-      if (r.status !== 0) throw new Error(`node ${args.join(' ')}: exit ${r.status}: ${r.stderr}`);
+      if (r.status !== 0) throw new Error(`node ${args.join(' ')}: exit ${r.status ?? r.signal}: ${r.stderr}`);
       return { s, cpu: childrenCpuS() - c0, hwmKiB: existsSync(hwmOut) ? Number(readFileSync(hwmOut, 'utf8')) : NaN, stdout: String(r.stdout) };
     };
     const tsnapDump = (target: number, compress: 'none' | 'lz4', extra: string[], env: Record<string, string> = {}, tsnap = TSNAP) => {
@@ -174,7 +182,7 @@ async function main(): Promise<void> {
       const s = secs(t0);
       const cpu = childrenCpuS() - c0;
       rtPause();
-      if (r.status !== 0) throw new Error(`criu dump: exit ${r.status}: ${r.stderr}`);
+      if (r.status !== 0) throw new Error(`criu dump: exit ${r.status ?? r.signal}: ${r.stderr}`);
       rmSync(dir, { recursive: true, force: true });
       return { s, cpu };
     };
@@ -191,6 +199,8 @@ async function main(): Promise<void> {
       ['noneFrozenOneFile', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_FILES: '1' }); put('noneFrozenOneFileS', r.s); put('noneFrozenOneFileCpu', r.cpu); put('noneFrozenOneFileHwmKiB', r.hwmKiB); put('noneFrozenOneFileFrozen', r.frozenS); }],
       // The default with 32 pipes per remote step (33 steps per GiB; the default is 48: 22 steps).
       ['noneFrozen32', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_PIPES: '32' }); put('noneFrozen32S', r.s); put('noneFrozen32Cpu', r.cpu); put('noneFrozen32HwmKiB', r.hwmKiB); put('noneFrozen32Frozen', r.frozenS); }],
+      // The default with the CRCs' 128-bit PCLMULQDQ loop instead of the 512-bit VPCLMULQDQ one (TSNAP_CRC_VCLMUL=0: as before 2026-12-03).
+      ['noneFrozenCrc128', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_CRC_VCLMUL: '0' }); put('noneFrozenCrc128S', r.s); put('noneFrozenCrc128Cpu', r.cpu); put('noneFrozenCrc128HwmKiB', r.hwmKiB); put('noneFrozenCrc128Frozen', r.frozenS); }],
       // Two files, every CRC by the pool's reader after the splices (not by the splicing threads).
       ['noneFrozenReader', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], { TSNAP_SPLICE_HOT_CRC: '0' }); put('noneFrozenReaderS', r.s); put('noneFrozenReaderCpu', r.cpu); put('noneFrozenReaderHwmKiB', r.hwmKiB); put('noneFrozenReaderFrozen', r.frozenS); }],
       // The one-copy path as on main before session 22: one file, every CRC by the pool's reader after the splices.
@@ -220,10 +230,11 @@ async function main(): Promise<void> {
 
     if (KILL) {
       for (let i = 0; i < REPS; i++) {
-        for (const tool of ['tsnap', ...(criu ? ['criu'] : [])]) {
+        for (const tool of ['tsnap', ...(KILL_AB ? ['tsnap128'] : []), ...(criu ? ['criu'] : [])]) {
           const k = await startTarget(bin);
           targets.push(k.child);
           if (tool === 'tsnap') { const r = tsnapDump(k.child.pid!, 'none', []); put('noneKillS', r.s); put('noneKillCpu', r.cpu); put('noneKillHwmKiB', r.hwmKiB); put('noneKillFrozen', r.frozenS); }
+          else if (tool === 'tsnap128') { const r = tsnapDump(k.child.pid!, 'none', [], { TSNAP_CRC_VCLMUL: '0' }); put('noneKillCrc128S', r.s); put('noneKillCrc128Cpu', r.cpu); put('noneKillCrc128Frozen', r.frozenS); }
           else { const r = criuDump(k.child.pid!, []); put('criuKillS', r.s); put('criuKillCpu', r.cpu); }
           k.child.kill('SIGKILL');
         }
@@ -235,7 +246,7 @@ async function main(): Promise<void> {
     const ratio = (a: string, b: string) => (runs[a] && runs[b] ? +(m(a) / m(b)).toFixed(2) : null);
     const overNode = (k: string) => (runs[k] ? +((m(k) - m('nodeHwmKiB')) / 1024).toFixed(1) : null);
     const report = {
-      sizeMiB: SIZE_MIB, reps: REPS, outDir: OUT_ROOT, criu: !!criu, realTime: RT, load: readFileSync('/proc/loadavg', 'utf8').trim(),
+      sizeMiB: SIZE_MIB, reps: REPS, outDir: OUT_ROOT, criu: !!criu, realTime: RT ? Number(RT_PRIO) : false, load: readFileSync('/proc/loadavg', 'utf8').trim(),
       // Every repetition's wall, in run order (the medians above hide how much a loaded machine swings).
       wallRunsMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('S') && k !== 'nodeFloorS').map((k) => [k, runs[k].map((v) => Math.round(v * 1000))])),
       wallMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('S')).map((k) => [k, ms(k)])),
@@ -243,12 +254,13 @@ async function main(): Promise<void> {
       frozenMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Frozen')).map((k) => [k, ms(k)])),
       cpuMs: Object.fromEntries(Object.keys(runs).filter((k) => k.endsWith('Cpu')).map((k) => [k, ms(k)])),
       cpuVsCriu: {
-        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), noneFrozenOneFile: ratio('noneFrozenOneFileCpu', 'criuCpu'), noneFrozenMain: ratio('noneFrozenMainCpu', 'criuCpu'), noneFrozen32: ratio('noneFrozen32Cpu', 'criuCpu'), noneFrozenReader: ratio('noneFrozenReaderCpu', 'criuCpu'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyCpu', 'criuCpu'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadCpu', 'criuCpu'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineCpu', 'criuCpu'), noneFrozenBefore: ratio('noneFrozenBeforeCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
+        noneCow: ratio('noneCowCpu', 'criuCpu'), noneFrozen: ratio('noneFrozenCpu', 'criuCpu'), noneFrozenOneFile: ratio('noneFrozenOneFileCpu', 'criuCpu'), noneFrozenMain: ratio('noneFrozenMainCpu', 'criuCpu'), noneFrozen32: ratio('noneFrozen32Cpu', 'criuCpu'), noneFrozenReader: ratio('noneFrozenReaderCpu', 'criuCpu'), noneFrozenCrc128: ratio('noneFrozenCrc128Cpu', 'criuCpu'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyCpu', 'criuCpu'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadCpu', 'criuCpu'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineCpu', 'criuCpu'), noneFrozenBefore: ratio('noneFrozenBeforeCpu', 'criuCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'criuCpu'), lz4Cow: ratio('lz4CowCpu', 'criuCpu'),
         ...(KILL ? { noneKill: ratio('noneKillCpu', 'criuKillCpu') } : {}),
       },
       vsCriu: {
-        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenOneFile: ratio('noneFrozenOneFileS', 'criuS'), noneFrozenMain: ratio('noneFrozenMainS', 'criuS'), noneFrozen32: ratio('noneFrozen32S', 'criuS'), noneFrozenReader: ratio('noneFrozenReaderS', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineS', 'criuS'), noneFrozenBefore: ratio('noneFrozenBeforeS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
+        noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenOneFile: ratio('noneFrozenOneFileS', 'criuS'), noneFrozenMain: ratio('noneFrozenMainS', 'criuS'), noneFrozen32: ratio('noneFrozen32S', 'criuS'), noneFrozenReader: ratio('noneFrozenReaderS', 'criuS'), noneFrozenCrc128: ratio('noneFrozenCrc128S', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineS', 'criuS'), noneFrozenBefore: ratio('noneFrozenBeforeS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
         ...(KILL ? { noneKill: ratio('noneKillS', 'criuKillS') } : {}),
+        ...(KILL_AB ? { noneKillCrc128: ratio('noneKillCrc128S', 'criuKillS') } : {}),
       },
       oneCopyVsTwo: { wall: ratio('noneFrozenS', 'noneFrozenTwoCopyS'), cpu: ratio('noneFrozenCpu', 'noneFrozenTwoCopyCpu') },
       // Two pages files (the default from 64 MiB) against one, interleaved.
@@ -256,6 +268,8 @@ async function main(): Promise<void> {
       // This branch's default against main's (one file, the pool's reader for every CRC).
       pipes48Vs32: { wall: ratio('noneFrozenS', 'noneFrozen32S'), frozen: ratio('noneFrozenFrozen', 'noneFrozen32Frozen'), cpu: ratio('noneFrozenCpu', 'noneFrozen32Cpu') },
       hotCrcVsReader: { wall: ratio('noneFrozenS', 'noneFrozenReaderS'), frozen: ratio('noneFrozenFrozen', 'noneFrozenReaderFrozen'), cpu: ratio('noneFrozenCpu', 'noneFrozenReaderCpu') },
+      // The 512-bit CRC loop against the 128-bit one, interleaved.
+      vclmulVs128: { wall: ratio('noneFrozenS', 'noneFrozenCrc128S'), frozen: ratio('noneFrozenFrozen', 'noneFrozenCrc128Frozen'), cpu: ratio('noneFrozenCpu', 'noneFrozenCrc128Cpu') },
       nowVsMain: { wall: ratio('noneFrozenS', 'noneFrozenMainS'), frozen: ratio('noneFrozenFrozen', 'noneFrozenMainFrozen'), cpu: ratio('noneFrozenCpu', 'noneFrozenMainCpu') },
       cpuVsReadvWrite: { noneFrozen: ratio('noneFrozenCpu', 'readvWriteCpu'), lz4Frozen: ratio('lz4FrozenCpu', 'readvWriteCpu'), criu: ratio('criuCpu', 'readvWriteCpu') },
       vsReadvWrite: { noneCow: ratio('noneCowS', 'readvWriteS'), noneFrozen: ratio('noneFrozenS', 'readvWriteS'), criu: ratio('criuS', 'readvWriteS') },

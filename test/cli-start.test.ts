@@ -132,4 +132,22 @@ describe('CRC-32', () => {
       expect(own!(seed, piece, piece.length) >>> 0, `length ${len}`).toBe(zlibCrc32(piece, seed) >>> 0);
     }
   });
+
+  // From 256 bytes the library folds with 512-bit VPCLMULQDQ where the CPU has it, else (or with
+  // TSNAP_CRC_VCLMUL=0, read at load) with the 128-bit loop: both must give zlib's value.
+  it('matches zlib on both folding loops around their block sizes', async () => {
+    const lens = [63, 64, 255, 256, 257, 319, 320, 511, 512, 513, 2047, 2048, 2049, 4096, 4099, 65536 + 3, (1 << 20) + 5];
+    const pool = randomBytes((1 << 20) + 64);
+    const file = join(tmpDir('tsnap-crc-'), 'pool');
+    writeFileSync(file, pool, { mode: 0o600 });
+    const lib = new URL('../dist/src/sys/crc32.js', import.meta.url).href;
+    const script = `import { nativeCrc32 } from ${JSON.stringify(lib)}; import { readFileSync } from 'node:fs';
+      const pool = readFileSync(${JSON.stringify(file)}); const f = nativeCrc32();
+      console.log(JSON.stringify(${JSON.stringify(lens)}.map((n, i) => f((n * 2654435761) >>> 0, pool.subarray(i % 17, i % 17 + n), n) >>> 0)));`;
+    for (const v of ['0', '1']) {
+      const out: string = await new Promise((resolve, reject) => execFile(process.execPath, ['--input-type=module', '-e', script], { env: { ...process.env, TSNAP_CRC_VCLMUL: v } }, (err, stdout) => (err ? reject(err) : resolve(stdout))));
+      const got = JSON.parse(out) as number[];
+      lens.forEach((n, i) => expect(got[i], `TSNAP_CRC_VCLMUL=${v}, length ${n}`).toBe(zlibCrc32(pool.subarray(i % 17, i % 17 + n), (n * 2654435761) >>> 0) >>> 0));
+    }
+  });
 });

@@ -18,14 +18,20 @@
 #include <immintrin.h>
 #include <errno.h>
 #include <unistd.h>
+#include <stdlib.h>
 
 static uint32_t table[8][256];
 static int use_clmul;
+static int use_vclmul;
 
 /* At load, before any thread can call in (a copy-on-write worker may). */
 __attribute__((constructor)) static void setup(void) {
   __builtin_cpu_init(); /* needed this early, before libgcc set it up */
   use_clmul = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+  /* libgcc sets avx512f only where the OS saves the 512-bit registers (XCR0). */
+  const char *v = getenv("TSNAP_CRC_VCLMUL");
+  use_vclmul = use_clmul && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("vpclmulqdq") && !(v && v[0] == '0');
   for (uint32_t i = 0; i < 256; i++) {
     uint32_t c = i;
     for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xEDB88320u & -(c & 1u));
@@ -54,8 +60,11 @@ static uint32_t by_table(uint32_t c, const uint8_t *p, size_t n) {
 #define FOLD(x, k, next) \
   _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128((x), (k), 0x00), _mm_clmulepi64_si128((x), (k), 0x11)), (next))
 
-/* n >= 64. */
-__attribute__((target("pclmul,sse4.1"))) static uint32_t by_clmul(uint32_t c, const uint8_t *p, size_t n) {
+/*
+ * The four 128-bit lanes x1..x4 hold the 64 bytes before q, folded; n
+ * bytes are left at q. Folds those in and reduces to the 32-bit register.
+ */
+__attribute__((target("pclmul,sse4.1"))) static uint32_t fold_rest(__m128i x1, __m128i x2, __m128i x3, __m128i x4, const __m128i *q, size_t n) {
   /* x^k mod P for the fold distances (reflected, 33 bits): 4x128+32 / 4x128-32, 128+32 / 128-32, 64. */
   const __m128i fold4 = _mm_set_epi64x(0x1c6e41596, 0x154442bd4);
   const __m128i fold1 = _mm_set_epi64x(0x0ccaa009e, 0x1751997d0);
@@ -63,11 +72,7 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t by_clmul(uint32_t c, co
   /* The polynomial and its Barrett constant floor(x^64 / P), reflected. */
   const __m128i barrett = _mm_set_epi64x(0x1F7011641, 0x1DB710641);
   const __m128i low32 = _mm_set_epi32(0, 0, 0, -1);
-  const __m128i *q = (const __m128i *)p;
-  __m128i x1 = _mm_xor_si128(_mm_loadu_si128(q), _mm_cvtsi32_si128((int)c));
-  __m128i x2 = _mm_loadu_si128(q + 1), x3 = _mm_loadu_si128(q + 2), x4 = _mm_loadu_si128(q + 3);
-  q += 4;
-  n -= 64;
+  uint32_t c;
   for (; n >= 64; n -= 64, q += 4) {
     x1 = FOLD(x1, fold4, _mm_loadu_si128(q));
     x2 = FOLD(x2, fold4, _mm_loadu_si128(q + 1));
@@ -87,10 +92,51 @@ __attribute__((target("pclmul,sse4.1"))) static uint32_t by_clmul(uint32_t c, co
   return by_table(c, (const uint8_t *)q, n);
 }
 
+/* n >= 64. */
+__attribute__((target("pclmul,sse4.1"))) static uint32_t by_clmul(uint32_t c, const uint8_t *p, size_t n) {
+  const __m128i *q = (const __m128i *)p;
+  __m128i x1 = _mm_xor_si128(_mm_loadu_si128(q), _mm_cvtsi32_si128((int)c));
+  return fold_rest(x1, _mm_loadu_si128(q + 1), _mm_loadu_si128(q + 2), _mm_loadu_si128(q + 3), q + 4, n - 64);
+}
+
+/*
+ * n >= 256, on CPUs with VPCLMULQDQ and AVX-512: the same folding, sixteen
+ * 128-bit lanes (four 512-bit registers) 256 bytes at a time, then folded
+ * into the four lanes by_clmul works on. The one-copy dump takes the CRC
+ * of every byte it stores (read back from the page cache); the 128-bit
+ * loop took 10% of a 1 GiB dump's CPU (perf, 2026-12-03); over one 1 MiB
+ * buffer, repeated, it does 14 GB/s here and this one 54 (AMD EPYC, the
+ * figures in docs/performance.md). TSNAP_CRC_VCLMUL=0 keeps the 128-bit
+ * loop (bench/floor.ts compares both in one run).
+ */
+__attribute__((target("avx512f,avx512vl,vpclmulqdq,pclmul,sse4.1"))) static uint32_t by_vclmul(uint32_t c, const uint8_t *p, size_t n) {
+  /* x^(2048+32) / x^(2048-32) mod P (the 256-byte distance), and the 512-bit (64-byte) one, per lane. */
+  const __m512i fold16 = _mm512_broadcast_i32x4(_mm_set_epi64x(0x1322d1430, 0x11542778a));
+  const __m512i fold4 = _mm512_broadcast_i32x4(_mm_set_epi64x(0x1c6e41596, 0x154442bd4));
+#define VFOLD(x, k, next) \
+  _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128((x), (k), 0x00), _mm512_clmulepi64_epi128((x), (k), 0x11), (next), 0x96)
+  __m512i z0 = _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)c)));
+  __m512i z1 = _mm512_loadu_si512(p + 64), z2 = _mm512_loadu_si512(p + 128), z3 = _mm512_loadu_si512(p + 192);
+  p += 256;
+  n -= 256;
+  for (; n >= 256; n -= 256, p += 256) {
+    z0 = VFOLD(z0, fold16, _mm512_loadu_si512(p));
+    z1 = VFOLD(z1, fold16, _mm512_loadu_si512(p + 64));
+    z2 = VFOLD(z2, fold16, _mm512_loadu_si512(p + 128));
+    z3 = VFOLD(z3, fold16, _mm512_loadu_si512(p + 192));
+  }
+  z1 = VFOLD(z0, fold4, z1);
+  z2 = VFOLD(z1, fold4, z2);
+  z3 = VFOLD(z2, fold4, z3);
+#undef VFOLD
+  return fold_rest(_mm512_extracti32x4_epi32(z3, 0), _mm512_extracti32x4_epi32(z3, 1), _mm512_extracti32x4_epi32(z3, 2),
+                   _mm512_extracti32x4_epi32(z3, 3), (const __m128i *)p, n);
+}
+
 /* zlib's crc32(crc, p, n), except that n == 0 returns crc whatever p is. */
 uint32_t tsnap_crc32(uint32_t crc, const uint8_t *p, size_t n) {
   uint32_t c = ~crc;
-  c = n >= 64 && use_clmul ? by_clmul(c, p, n) : by_table(c, p, n);
+  c = n >= 256 && use_vclmul ? by_vclmul(c, p, n) : n >= 64 && use_clmul ? by_clmul(c, p, n) : by_table(c, p, n);
   return ~c;
 }
 
