@@ -6,7 +6,8 @@
 import { VmCopier, GatherWriter, type RemoteRange } from '../sys/index.js';
 import { planByAddress, type AddressPlan } from './fill-plan.js';
 import { PageFileReader } from '../image/page-file.js';
-import { resolveChain, type ResolvedRun } from '../image/chain-index.js';
+import { resolveTables, resolvedRuns, asResolvedTable, type ResolvedRun, type ResolvedTable } from '../image/chain-index.js';
+import { runTableOf } from '../image/run-table.js';
 import type { Range } from '../image/ranges.js';
 import type { Image } from '../image/image-reader.js';
 import { TsnapError } from '../errors.js';
@@ -71,7 +72,7 @@ interface FillState {
 }
 
 /** `resolved`: the chain already resolved over exactly `within` (checkUnreadChunks did it), not computed again. */
-export async function fillPages(pid: number, chain: readonly Image[], within: Range[], sc: RemoteSyscaller | null = null, onProgress?: (done: number, total: number) => void, resolvedAlready?: readonly ResolvedRun[]): Promise<FillResult> {
+export async function fillPages(pid: number, chain: readonly Image[], within: Range[], sc: RemoteSyscaller | null = null, onProgress?: (done: number, total: number) => void, resolvedAlready?: ResolvedTable | readonly ResolvedRun[]): Promise<FillResult> {
   const readers: (PageFileReader | null)[] = chain.map(() => null);
   const readerOf = (image: number) => (readers[image] ??= new PageFileReader(chain[image].dir, chain[image].pagemap.chunks));
   const state: FillState = { pending: new Set(), populator: null };
@@ -79,7 +80,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
   try {
     // Each page from the newest image that has it; resolved runs are sorted
     // by address, and so are the runs of one chunk.
-    const resolved = resolvedAlready ?? resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within);
+    const resolved = resolvedAlready ? asResolvedTable(resolvedAlready) : resolveTables(chain.map((c) => ({ kind: c.inventory.kind, table: runTableOf(c.pagemap) })), within);
     // As large as the largest stored chunk, not what an inventory claims.
     let largest = PAGE_SIZE;
     for (const c of chain) for (const ch of c.pagemap.chunks) largest = Math.max(largest, ch.storedLength);
@@ -87,7 +88,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     const plan = chain.length > 1 && process.env.TSNAP_FILL_BY_CHUNK !== '1' ? planByAddress(resolved, WINDOW_BYTES, chain.map((c) => c.pagemap.chunks.length)) : null;
     pages = plan && plan.maxLive <= MAX_LIVE
       ? await fillByAddress(pid, resolved, plan, readerOf, largest, sc, state, onProgress)
-      : await fillByChunk(pid, chain, resolved, readerOf, largest, sc, state, onProgress, syncFill(chain.flatMap((c) => c.pagemap.chunks)));
+      : await fillByChunk(pid, chain, resolvedRuns(resolved), readerOf, largest, sc, state, onProgress, syncFill(chain.flatMap((c) => c.pagemap.chunks)));
     state.populator?.drain();
   } catch (err) {
     try { state.populator?.drain(); } catch { /* the task is killed anyway */ }
@@ -108,7 +109,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
  * target are one remote range, as they are in one image. A chunk is read
  * (ahead, in the order first needed) once and kept until its last window.
  */
-async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan: AddressPlan, readerOf: (image: number) => PageFileReader, largest: number, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void): Promise<number> {
+async function fillByAddress(pid: number, resolved: ResolvedTable, plan: AddressPlan, readerOf: (image: number) => PageFileReader, largest: number, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void): Promise<number> {
   const gather = new GatherWriter(pid);
   const total = plan.bytes;
   const populator = (state.populator = new Populator(sc, sc ? populateByAddress(resolved, plan.windowOf) : []));
@@ -146,6 +147,7 @@ async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan
   };
   refill();
   let pages = 0;
+  const rStart = resolved.start, rPages = resolved.pages, rOffset = resolved.offset;
   for (let w = 0; w < plan.windows; w++) {
     populator.ready(w);
     const from = plan.windowStart[w];
@@ -161,9 +163,8 @@ async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan
         addrOf[c] = GatherWriter.addressOf(got);
         reads[c] = null;
       }
-      const r = resolved[i];
-      gather.add(addrOf[c] + r.offset, r.start, r.pages * PAGE_SIZE);
-      pages += r.pages;
+      gather.add(addrOf[c] + rOffset[i], rStart[i], rPages[i] * PAGE_SIZE);
+      pages += rPages[i];
     }
     const failed = gather.finish();
     if (failed !== null) throw new TsnapError('restoreFailed', `process_vm_writev failed at 0x${failed.toString(16)}`);
