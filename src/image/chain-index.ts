@@ -170,17 +170,19 @@ export function chainStoredRanges(chain: readonly ChainLevel[]): Range[] {
   let from = chain.findIndex((l) => l.kind === 'full');
   if (from < 0) from = chain.length - 1;
   let stored: Range[] = [];
-  for (let level = from; level >= 0; level--) stored = foldLevel(stored, chain[level].runs);
+  for (let level = from; level >= 0; level--) stored = foldLevel(stored, chain[level].table ?? chain[level].runs);
   return stored;
 }
 
 /** One step of chainStoredRanges: what is stored once a level with `runs` is added on top of `stored`. */
-export function foldLevel(stored: readonly Range[], runs: readonly PageRun[]): Range[] {
+export function foldLevel(stored: readonly Range[], runs: readonly PageRun[] | RunTable): Range[] {
+  const t = Array.isArray(runs) ? tableFromRuns(runs as readonly PageRun[]) : (runs as RunTable);
   const here: Range[] = [];
   const zero: Range[] = [];
-  for (const r of runs) {
-    if (r.where === PageWhere.Parent) continue;
-    (r.where === PageWhere.Here ? here : zero).push({ start: r.start, end: r.start + r.pages * P });
+  for (let i = 0; i < t.length; i++) {
+    const w = t.where[i];
+    if (w === PageWhere.Parent) continue;
+    (w === PageWhere.Here ? here : zero).push({ start: t.start[i], end: t.start[i] + t.pages[i] * P });
   }
   return union(subtract(stored, normalize(zero)), normalize(here));
 }
