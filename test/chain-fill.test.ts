@@ -93,7 +93,7 @@ describe('page fill of an overlapping chain', () => {
       const copy = join(work, name);
       for (const l of ['1', '2', '3']) cpSync(join(work, l), join(copy, l), { recursive: true });
       damagePage(join(copy, '1'), addr, page);
-      for (const env of [undefined, { TSNAP_FILL_BY_CHUNK: '1' }, { TSNAP_FILL_CHAIN_MAP: '1' }]) {
+      for (const env of [undefined, { TSNAP_FILL_BY_CHUNK: '1' }, { TSNAP_FILL_CHAIN_MAP: '1' }] as (Record<string, string> | undefined)[]) {
         const r = await restoreDetached(join(copy, '3'), join(copy, 'pid'), ['--new-pid'], { env });
         expect(r.result.code, r.result.stderr).toBe(ExitCode.badImage);
         expect(r.result.stderr).toMatch(/pages: chunk \d+ checksum mismatch/);
