@@ -1,7 +1,8 @@
 /**
  * The page fill on chains whose levels overlap (src/restore/page-filler.ts):
  * the restored process checks every page itself; a damaged chunk is refused
- * whether its damaged bytes are used or replaced by a newer level.
+ * whether its damaged bytes are used or replaced by a newer level, by every
+ * fill a chain can take (by address from buffers or from mappings, by chunk).
  */
 import { describe, it, expect, afterAll } from 'vitest';
 import { cpSync, openSync, readSync, writeSync, closeSync } from 'node:fs';
@@ -74,6 +75,9 @@ describe('page fill of an overlapping chain', () => {
     const { work } = await overlappingChain();
     expect(await restoredChecks(join(work, '3'), join(work, 'pid'))).toBe('PASS');
     expect(await restoredChecks(join(work, '3'), join(work, 'pid2'), { TSNAP_FILL_BY_CHUNK: '1' })).toBe('PASS');
+    // By address from mappings of the pages files (the default above 16 MiB), and from buffers.
+    expect(await restoredChecks(join(work, '3'), join(work, 'pid3'), { TSNAP_FILL_CHAIN_MAP: '1' })).toBe('PASS');
+    expect(await restoredChecks(join(work, '3'), join(work, 'pid4'), { TSNAP_FILL_CHAIN_MAP: '0' })).toBe('PASS');
   });
 
   it('restores the exact final memory of an lz4 chain (decoded chunks held across windows)', async () => {
@@ -89,7 +93,7 @@ describe('page fill of an overlapping chain', () => {
       const copy = join(work, name);
       for (const l of ['1', '2', '3']) cpSync(join(work, l), join(copy, l), { recursive: true });
       damagePage(join(copy, '1'), addr, page);
-      for (const env of [undefined, { TSNAP_FILL_BY_CHUNK: '1' }]) {
+      for (const env of [undefined, { TSNAP_FILL_BY_CHUNK: '1' }, { TSNAP_FILL_CHAIN_MAP: '1' }] as (Record<string, string> | undefined)[]) {
         const r = await restoreDetached(join(copy, '3'), join(copy, 'pid'), ['--new-pid'], { env });
         expect(r.result.code, r.result.stderr).toBe(ExitCode.badImage);
         expect(r.result.stderr).toMatch(/pages: chunk \d+ checksum mismatch/);

@@ -44,7 +44,8 @@ import { writeMetaFile } from '../image/metadata.js';
 import { encodePagemap, validateRuns } from '../image/page-runs.js';
 import { prepareImageDir, discardImageDir, fsyncDir, type PreparedDir } from '../image/image-dir.js';
 import { readChain, type Image } from '../image/image-reader.js';
-import { chainStoredRanges } from '../image/chain-index.js';
+import { chainStoredRanges, type ChainLevel } from '../image/chain-index.js';
+import { runTableOf } from '../image/run-table.js';
 import type { ChainCache } from '../image/chain-cache.js';
 import { TsnapError, asTsnapError } from '../errors.js';
 import { checkTarget } from './target-check.js';
@@ -427,8 +428,9 @@ function roundEnd(tr: Tracking, rec: RoundRecord, armed: () => Range[], mode: Mo
   };
 }
 
-function level(img: Image) {
-  return { kind: img.inventory.kind, runs: img.pagemap.runs };
+function level(img: Image): ChainLevel {
+  // The columns the image was decoded into; the objects only if some reader asks.
+  return { kind: img.inventory.kind, get runs() { return img.pagemap.runs; }, table: runTableOf(img.pagemap) };
 }
 
 function readParent(dir: string, pid: number, cache?: ChainCache): Image[] {

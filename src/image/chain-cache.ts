@@ -12,6 +12,7 @@
  */
 import type { Image } from './image-reader.js';
 import { foldLevel } from './chain-index.js';
+import { runTableOf } from './run-table.js';
 import type { Range } from './ranges.js';
 
 export class ChainCache {
@@ -27,7 +28,7 @@ export class ChainCache {
     let k = 0;
     while (k <= from && !this.stored.has(chain[k].inventory.imageId)) k++;
     let stored: Range[] = k <= from ? this.stored.get(chain[k].inventory.imageId)! : [];
-    for (let level = (k <= from ? k : from + 1) - 1; level >= 0; level--) stored = foldLevel(stored, chain[level].pagemap.runs);
+    for (let level = (k <= from ? k : from + 1) - 1; level >= 0; level--) stored = foldLevel(stored, runTableOf(chain[level].pagemap));
     const newest = chain[0].inventory.imageId;
     // The next round's parent is this image: older folds are not asked for again.
     const keep = new Map<string, Range[]>([[newest, stored]]);

@@ -11,6 +11,7 @@
  */
 import { resolve } from 'node:path';
 import { readMetaFileEntry } from './metadata.js';
+import { runTableOf } from './run-table.js';
 import { decodePagemap, validateChunkLayout, type EncodedPagemap } from './page-runs.js';
 import { PageFileReader } from './page-file.js';
 import { FileKind, FILE_NAMES, PAGES_FILES, FORMAT_VERSION_SPLIT, PageWhere, type Inventory, type ProcessImage, type PagemapImage, type DumpStats } from '../../formats/schema.js';
@@ -55,7 +56,9 @@ export function readImage(dir: string, opts: ReadOptions = {}): Image {
     throw new TsnapError('badImage', `${dir}/process holds process ${process.pid}, its inventory says ${inventory.pid}; the image was mixed up`);
   }
   const encoded = readBound<EncodedPagemap & { vmas?: PagemapImage['vmas'] }>(dir, inventory, FileKind.Pagemap);
-  const pagemap = { ...decodePagemap(encoded, `${dir}/pagemap`), vmas: encoded.vmas ?? process?.mm.vmas };
+  // Not spread: the decoded pagemap's runs are made from its columns only when asked for (run-table.ts).
+  const pagemap = decodePagemap(encoded, `${dir}/pagemap`);
+  pagemap.vmas = encoded.vmas ?? process?.mm.vmas;
   // Old images may lack stats; one the inventory records must be intact.
   const stats = inventory.files.stats ? readBound<DumpStats>(dir, inventory, FileKind.Stats) : null;
   const pages = inventory.files.pages;
@@ -66,7 +69,7 @@ export function readImage(dir: string, opts: ReadOptions = {}): Image {
   validateChunkLayout(pagemap.chunks, second ? [pages.length, second.length] : [pages.length], inventory.chunkSize, `${dir}/pagemap`);
   const img = { dir, inventory, process, pagemap, stats };
   if (!opts.indexOnly) checkPagesFile(img);
-  if (inventory.kind === 'full' && pagemap.runs.some((r) => r.where === PageWhere.Parent)) {
+  if (inventory.kind === 'full' && runTableOf(pagemap).where.includes(PageWhere.Parent)) {
     throw new TsnapError('badImage', `${dir}: a full image refers to pages of a parent; the image is damaged`);
   }
   return img;

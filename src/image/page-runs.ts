@@ -3,6 +3,7 @@ import { PageRun, PageWhere, PagemapImage, ChunkEntry, PAGES_FILES } from '../..
 import { TsnapError } from '../errors.js';
 import { USER_END } from './image-shapes.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
+import { emptyTable, tableFromRuns, pagemapWithTable, type RunTable } from './run-table.js';
 
 type EncodedRun = [number, number, number, number, number];
 /** [fileOffset, storedLength, rawLength, codec, crc32], and a sixth entry, the pages file, when it is not 0 (format 2). */
@@ -36,33 +37,46 @@ export function decodePagemap(e: EncodedPagemap, file: string): PagemapImage {
     }
     return { fileOffset, storedLength, rawLength, codec: name, crc32, ...(inFile ? { file: inFile } : {}) };
   });
-  const runs: PageRun[] = [];
-  for (let i = 0; i < e.runs.length; i++) {
+  // Straight into columns (run-table.ts): no object per run unless a reader asks for `.runs`.
+  const n = e.runs.length;
+  const t = emptyTable(n);
+  for (let i = 0; i < n; i++) {
     const r = e.runs[i];
-    runs.push({ start: r[0], pages: r[1], where: r[2], chunk: r[3], offset: r[4] });
+    t.start[i] = r[0];
+    t.pages[i] = r[1];
+    t.where[i] = r[2];
+    t.chunk[i] = r[3];
+    t.offset[i] = r[4];
   }
-  validateRuns(runs, chunks, file);
-  return { chunks, runs };
+  validateTable(t, chunks, file);
+  return pagemapWithTable(chunks, t);
 }
 
 /** Rejects an index that would make a reader misplace pages. */
 export function validateRuns(runs: PageRun[], chunks: ChunkEntry[], file: string): void {
+  validateTable(tableFromRuns(runs), chunks, file);
+}
+
+/** validateRuns over columns. */
+export function validateTable(t: RunTable, chunks: readonly ChunkEntry[], file: string): void {
   let prevEnd = 0;
-  for (const r of runs) {
-    const bad = (why: string) => new TsnapError('badImage', `${file}: invalid page run at 0x${r.start.toString(16)}: ${why}`);
+  const { start, pages, where, chunk, offset } = t;
+  for (let i = 0; i < t.length; i++) {
+    const s = start[i], p = pages[i], c = chunk[i], o = offset[i], w = where[i];
+    const bad = (why: string) => new TsnapError('badImage', `${file}: invalid page run at 0x${s.toString(16)}: ${why}`);
     // NaN and fractions would slip past every comparison below.
-    if (![r.start, r.pages, r.chunk, r.offset].every(Number.isSafeInteger)) throw bad('non-integer field');
-    if (r.start % PAGE_SIZE !== 0 || r.pages <= 0) throw bad('misaligned or empty');
-    if (r.start + r.pages * PAGE_SIZE > USER_END) throw bad('beyond the user address space');
-    if (r.start < prevEnd) throw bad('runs overlap or are not sorted');
-    if (r.where === PageWhere.Here) {
-      const c = chunks[r.chunk];
-      if (!c) throw bad(`chunk ${r.chunk} does not exist`);
-      if (r.offset < 0 || r.offset % PAGE_SIZE !== 0 || r.offset + r.pages * PAGE_SIZE > c.rawLength) throw bad('run exceeds its chunk');
-    } else if (r.where !== PageWhere.Parent && r.where !== PageWhere.Zero) {
-      throw bad(`unknown location ${r.where}`);
+    if (!Number.isSafeInteger(s) || !Number.isSafeInteger(p) || !Number.isSafeInteger(c) || !Number.isSafeInteger(o)) throw bad('non-integer field');
+    if (s % PAGE_SIZE !== 0 || p <= 0) throw bad('misaligned or empty');
+    if (s + p * PAGE_SIZE > USER_END) throw bad('beyond the user address space');
+    if (s < prevEnd) throw bad('runs overlap or are not sorted');
+    if (w === PageWhere.Here) {
+      const ch = chunks[c];
+      if (!ch) throw bad(`chunk ${c} does not exist`);
+      if (o < 0 || o % PAGE_SIZE !== 0 || o + p * PAGE_SIZE > ch.rawLength) throw bad('run exceeds its chunk');
+    } else if (w !== PageWhere.Parent && w !== PageWhere.Zero) {
+      throw bad(`unknown location ${w}`);
     }
-    prevEnd = r.start + r.pages * PAGE_SIZE;
+    prevEnd = s + p * PAGE_SIZE;
   }
 }
 

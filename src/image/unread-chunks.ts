@@ -7,17 +7,18 @@
  * decoded, and decoding them would cost a chain restore (a migration's
  * downtime) time for nothing.
  */
-import { resolveChain, type ResolvedRun } from './chain-index.js';
+import { resolveTables, type ResolvedTable } from './chain-index.js';
+import { runTableOf } from './run-table.js';
 import { PageFileReader } from './page-file.js';
 import type { Image } from './image-reader.js';
 import type { Range } from './ranges.js';
 
 /** Returns the chain resolved over `within`, which the restore's page writer then uses as it is. */
-export function checkUnreadChunks(chain: readonly Image[], within: Range[]): ResolvedRun[] {
+export function checkUnreadChunks(chain: readonly Image[], within: Range[]): ResolvedTable {
   // A flag per chunk of each level, set by the resolver as it goes: no set of keys, no second pass
   // over the runs (157 000 for a 1 GiB chain, in cold code).
   const read = chain.map((c) => new Uint8Array(c.pagemap.chunks.length));
-  const resolved = resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within, read);
+  const resolved = resolveTables(chain.map((c) => ({ kind: c.inventory.kind, table: runTableOf(c.pagemap) })), within, read);
   chain.forEach((img, level) => {
     let reader: PageFileReader | null = null;
     let buf: Buffer | undefined;

@@ -5,7 +5,7 @@
  * logic (what to read, when each chunk can be let go); the page writer
  * (page-filler.ts) does the I/O.
  */
-import type { ResolvedRun } from '../image/chain-index.js';
+import { asResolvedTable, type ResolvedRun, type ResolvedTable } from '../image/chain-index.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 
 export interface AddressPlan {
@@ -27,8 +27,8 @@ export interface AddressPlan {
 }
 
 /** `resolved`: sorted by address (resolveChain); `chunksPerImage[i]`: how many chunks image i of the chain has. */
-export function planByAddress(resolved: readonly ResolvedRun[], windowBytes: number, chunksPerImage: readonly number[]): AddressPlan {
-  const n = resolved.length;
+export function planByAddress(runs: readonly ResolvedRun[] | ResolvedTable, windowBytes: number, chunksPerImage: readonly number[]): AddressPlan {
+  const { length: n, pages, image, chunk } = asResolvedTable(runs);
   const chunkOf = new Int32Array(n);
   const windowOf = new Int32Array(n);
   const starts: number[] = [0];
@@ -41,20 +41,19 @@ export function planByAddress(resolved: readonly ResolvedRun[], windowBytes: num
   let bytes = 0;
   let total = 0;
   for (let i = 0; i < n; i++) {
-    const r = resolved[i];
     if (bytes >= windowBytes) {
       w++;
       starts.push(i);
       bytes = 0;
     }
-    bytes += r.pages * PAGE_SIZE;
-    total += r.pages * PAGE_SIZE;
-    const at = index[r.image];
-    let c = at[r.chunk];
+    bytes += pages[i] * PAGE_SIZE;
+    total += pages[i] * PAGE_SIZE;
+    const at = index[image[i]];
+    let c = at[chunk[i]];
     if (c < 0) {
       c = keys.length;
-      at[r.chunk] = c;
-      keys.push(r.image * 0x100000000 + r.chunk);
+      at[chunk[i]] = c;
+      keys.push(image[i] * 0x100000000 + chunk[i]);
       first.push(w);
       last.push(w);
     } else {

@@ -6,7 +6,8 @@
 import { VmCopier, GatherWriter, type RemoteRange } from '../sys/index.js';
 import { planByAddress, type AddressPlan } from './fill-plan.js';
 import { PageFileReader } from '../image/page-file.js';
-import { resolveChain, type ResolvedRun } from '../image/chain-index.js';
+import { resolveTables, resolvedRuns, asResolvedTable, type ResolvedRun, type ResolvedTable } from '../image/chain-index.js';
+import { runTableOf } from '../image/run-table.js';
 import type { Range } from '../image/ranges.js';
 import type { Image } from '../image/image-reader.js';
 import { TsnapError } from '../errors.js';
@@ -14,6 +15,10 @@ import type { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 import { Populator, populateByChunk, populateByAddress } from './populator.js';
 import { mapFillFor, fillMapped } from './map-fill.js';
+import { nativeCrcWritevMany, type CrcWritevMany } from '../sys/map-fill.js';
+import { errnoName } from '../sys/errors.js';
+
+const EFAULT = 14;
 
 export interface FillResult {
   pages: number;
@@ -71,7 +76,7 @@ interface FillState {
 }
 
 /** `resolved`: the chain already resolved over exactly `within` (checkUnreadChunks did it), not computed again. */
-export async function fillPages(pid: number, chain: readonly Image[], within: Range[], sc: RemoteSyscaller | null = null, onProgress?: (done: number, total: number) => void, resolvedAlready?: readonly ResolvedRun[]): Promise<FillResult> {
+export async function fillPages(pid: number, chain: readonly Image[], within: Range[], sc: RemoteSyscaller | null = null, onProgress?: (done: number, total: number) => void, resolvedAlready?: ResolvedTable | readonly ResolvedRun[]): Promise<FillResult> {
   const readers: (PageFileReader | null)[] = chain.map(() => null);
   const readerOf = (image: number) => (readers[image] ??= new PageFileReader(chain[image].dir, chain[image].pagemap.chunks));
   const state: FillState = { pending: new Set(), populator: null };
@@ -79,15 +84,18 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
   try {
     // Each page from the newest image that has it; resolved runs are sorted
     // by address, and so are the runs of one chunk.
-    const resolved = resolvedAlready ?? resolveChain(chain.map((c) => ({ kind: c.inventory.kind, runs: c.pagemap.runs })), within);
+    const resolved = resolvedAlready ? asResolvedTable(resolvedAlready) : resolveTables(chain.map((c) => ({ kind: c.inventory.kind, table: runTableOf(c.pagemap) })), within);
     // As large as the largest stored chunk, not what an inventory claims.
     let largest = PAGE_SIZE;
     for (const c of chain) for (const ch of c.pagemap.chunks) largest = Math.max(largest, ch.storedLength);
     // TSNAP_FILL_BY_CHUNK=1: a chain in chunk order, as before (bench A/B in one build, tests of that path).
     const plan = chain.length > 1 && process.env.TSNAP_FILL_BY_CHUNK !== '1' ? planByAddress(resolved, WINDOW_BYTES, chain.map((c) => c.pagemap.chunks.length)) : null;
-    pages = plan && plan.maxLive <= MAX_LIVE
+    const mappedMany = plan && resolved.length > 0 ? mappedGather(chain, plan.bytes) : null;
+    pages = plan && mappedMany
+      ? await fillByAddressMapped(pid, resolved, plan, readerOf, mappedMany, sc, state, onProgress)
+      : plan && plan.maxLive <= MAX_LIVE
       ? await fillByAddress(pid, resolved, plan, readerOf, largest, sc, state, onProgress)
-      : await fillByChunk(pid, chain, resolved, readerOf, largest, sc, state, onProgress, syncFill(chain.flatMap((c) => c.pagemap.chunks)));
+      : await fillByChunk(pid, chain, resolvedRuns(resolved), readerOf, largest, sc, state, onProgress, syncFill(chain.flatMap((c) => c.pagemap.chunks)));
     state.populator?.drain();
   } catch (err) {
     try { state.populator?.drain(); } catch { /* the task is killed anyway */ }
@@ -108,7 +116,7 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
  * target are one remote range, as they are in one image. A chunk is read
  * (ahead, in the order first needed) once and kept until its last window.
  */
-async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan: AddressPlan, readerOf: (image: number) => PageFileReader, largest: number, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void): Promise<number> {
+async function fillByAddress(pid: number, resolved: ResolvedTable, plan: AddressPlan, readerOf: (image: number) => PageFileReader, largest: number, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void): Promise<number> {
   const gather = new GatherWriter(pid);
   const total = plan.bytes;
   const populator = (state.populator = new Populator(sc, sc ? populateByAddress(resolved, plan.windowOf) : []));
@@ -146,6 +154,7 @@ async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan
   };
   refill();
   let pages = 0;
+  const rStart = resolved.start, rPages = resolved.pages, rOffset = resolved.offset;
   for (let w = 0; w < plan.windows; w++) {
     populator.ready(w);
     const from = plan.windowStart[w];
@@ -161,9 +170,8 @@ async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan
         addrOf[c] = GatherWriter.addressOf(got);
         reads[c] = null;
       }
-      const r = resolved[i];
-      gather.add(addrOf[c] + r.offset, r.start, r.pages * PAGE_SIZE);
-      pages += r.pages;
+      gather.add(addrOf[c] + rOffset[i], rStart[i], rPages[i] * PAGE_SIZE);
+      pages += rPages[i];
     }
     const failed = gather.finish();
     if (failed !== null) throw new TsnapError('restoreFailed', `process_vm_writev failed at 0x${failed.toString(16)}`);
@@ -175,6 +183,117 @@ async function fillByAddress(pid: number, resolved: readonly ResolvedRun[], plan
     }
     onProgress?.(pages * PAGE_SIZE, total);
     refill();
+  }
+  return pages;
+}
+
+/**
+ * The native CRC of mapped chunks (tsnap_crc_writev_many with no pieces),
+ * when a chain written by address can take its pages from read-only
+ * mappings of the pages files: every chunk uncompressed, the fill large
+ * enough to pay for the library (as the one-image fill, map-fill.ts), and
+ * TSNAP_FILL_CHAIN_MAP not 0 (A/B in one build; 1: whatever the size, for
+ * tests of this path on small chains).
+ */
+function mappedGather(chain: readonly Image[], bytes: number): CrcWritevMany | null {
+  const knob = process.env.TSNAP_FILL_CHAIN_MAP;
+  if (knob === '0' || (bytes < MAP_FILL_MIN && knob !== '1') || !mapFillFor(chain)) return null;
+  return nativeCrcWritevMany();
+}
+
+/** Chunks whose CRC one call on the pool takes, and calls in flight ahead of the writer. */
+const CRC_BATCH = 8;
+const CRC_AHEAD = 3;
+
+/**
+ * A chain by address, as fillByAddress, with one copy: each window's
+ * pieces are gathered straight from read-only mappings of the levels'
+ * pages files, so process_vm_writev copies from the page cache into the
+ * task, where fillByAddress first pread every chunk into a buffer (a
+ * second copy of all the chain stores: 1.4 GiB for the bench's 1 GiB
+ * chain). Each chunk's CRC is taken whole on the pool (batches of
+ * CRC_BATCH, SIGBUS-guarded in tsnap-mapfill.c) ahead of the windows, and
+ * compared before any window writes from it: a damaged chunk is refused
+ * before a byte of it reaches the task. No buffers are held, so the
+ * chunks live at once (MAX_LIVE) do not matter here.
+ */
+async function fillByAddressMapped(pid: number, resolved: ResolvedTable, plan: AddressPlan, readerOf: (image: number) => PageFileReader, many: CrcWritevMany, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void): Promise<number> {
+  const gather = new GatherWriter(pid);
+  const total = plan.bytes;
+  const populator = (state.populator = new Populator(sc, sc ? populateByAddress(resolved, plan.windowOf) : []));
+  populator.begin();
+  const nChunks = plan.keys.length;
+  const nBatches = Math.ceil(nChunks / CRC_BATCH);
+  const addrOf = new Float64Array(nChunks);
+  /** Per batch of plan.keys: its CRC call, which resolves once every chunk of it is checked. */
+  const batches: (Promise<void> | null)[] = new Array(nBatches).fill(null);
+  const checked = new Uint8Array(nBatches);
+  const running = (state.running ??= new Set());
+  const startBatch = (b: number) => {
+    const from = b * CRC_BATCH;
+    const n = Math.min(CRC_BATCH, nChunks - from);
+    const descs = Buffer.allocUnsafeSlow(n * 32);
+    const done = Buffer.allocUnsafeSlow(n * 16);
+    const what: { reader: PageFileReader; chunk: number }[] = [];
+    for (let i = 0; i < n; i++) {
+      const key = plan.keys[from + i];
+      const reader = readerOf(Math.floor(key / 0x100000000));
+      const chunk = key % 0x100000000;
+      const src = reader.mappedChunk(chunk);
+      addrOf[from + i] = Number(src);
+      descs.writeBigUInt64LE(src, i * 32);
+      descs.writeBigUInt64LE(BigInt(reader.entry(chunk).storedLength), i * 32 + 8);
+      descs.writeBigUInt64LE(0n, i * 32 + 16);
+      descs.writeBigUInt64LE(0n, i * 32 + 24);
+      what.push({ reader, chunk });
+    }
+    // `pieces` is never read with no pieces per chunk; one byte keeps the pointer valid.
+    const call = new Promise<number>((resolve, reject) => many.async(pid, descs, n, Buffer.alloc(8), done, (err, ret) => (err ? reject(err) : resolve(Number(ret)))));
+    running.add(call);
+    const p = call.then((ran) => {
+      running.delete(call);
+      for (let i = 0; i < ran; i++) {
+        // The call stops after a failed chunk (its result negative), so every chunk before `ran` has one.
+        const got = Number(done.readBigInt64LE(i * 16));
+        if (got < 0 && got !== -EFAULT) throw new TsnapError('restoreFailed', `the CRC of chunk ${what[i].chunk} of ${what[i].reader.dir}: ${errnoName(-got)}`);
+        what[i].reader.checkMapped(what[i].chunk, got === -EFAULT, Number(done.readBigInt64LE(i * 16 + 8)));
+      }
+    }, (err) => {
+      running.delete(call);
+      throw err;
+    });
+    p.catch(() => {});
+    state.pending.add(p);
+    batches[b] = p;
+  };
+  let nextBatch = 0;
+  const ahead = (upTo: number) => {
+    while (nextBatch < nBatches && nextBatch <= upTo) startBatch(nextBatch++);
+  };
+  ahead(CRC_AHEAD - 1);
+  let pages = 0;
+  const rStart = resolved.start, rPages = resolved.pages, rOffset = resolved.offset;
+  for (let w = 0; w < plan.windows; w++) {
+    populator.ready(w);
+    const from = plan.windowStart[w];
+    const to = plan.windowStart[w + 1];
+    for (let i = from; i < to; i++) {
+      const c = plan.chunkOf[i];
+      const b = (c / CRC_BATCH) | 0;
+      if (!checked[b]) {
+        // Chunks are numbered in the order the windows first need them: batch b and all before it are due.
+        ahead(b + CRC_AHEAD - 1);
+        const p = batches[b]!;
+        await p;
+        state.pending.delete(p);
+        checked[b] = 1;
+      }
+      gather.add(addrOf[c] + rOffset[i], rStart[i], rPages[i] * PAGE_SIZE);
+      pages += rPages[i];
+    }
+    const failed = gather.finish();
+    if (failed !== null) throw new TsnapError('restoreFailed', `process_vm_writev failed at 0x${failed.toString(16)}`);
+    onProgress?.(pages * PAGE_SIZE, total);
   }
   return pages;
 }

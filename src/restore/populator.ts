@@ -4,7 +4,7 @@
  * through remote madvise calls, while tsnap writes the slices before them
  * (page-filler.ts, map-fill.ts).
  */
-import type { ResolvedRun } from '../image/chain-index.js';
+import type { ResolvedRun, ResolvedTable } from '../image/chain-index.js';
 import { SYS, PAGE_SIZE } from '../sys/uapi.js';
 import type { RemoteSyscaller } from '../inject/remote-syscall.js';
 
@@ -46,18 +46,18 @@ export function populateByChunk(runsInOrder: { run: ResolvedRun; pos: number }[]
 }
 
 /** Address order (the writer's windows follow the addresses): one pass, already in the order needed. */
-export function populateByAddress(resolved: readonly ResolvedRun[], windowOf: Int32Array): PopulateRange[] {
+export function populateByAddress(resolved: ResolvedTable, windowOf: Int32Array): PopulateRange[] {
   const out: PopulateRange[] = [];
   let cur: PopulateRange | null = null;
+  const { start, pages } = resolved;
   for (let i = 0; i < resolved.length; i++) {
-    const r = resolved[i];
-    const len = r.pages * PAGE_SIZE;
-    if (cur && cur.addr + cur.len === r.start && cur.len < POPULATE_SLICE) {
+    const len = pages[i] * PAGE_SIZE;
+    if (cur && cur.addr + cur.len === start[i] && cur.len < POPULATE_SLICE) {
       cur.len += len;
       cur.lastChunkPos = windowOf[i];
     } else {
       if (cur && cur.len >= POPULATE_MIN) out.push(cur);
-      cur = { addr: r.start, len, lastChunkPos: windowOf[i] };
+      cur = { addr: start[i], len, lastChunkPos: windowOf[i] };
     }
   }
   if (cur && cur.len >= POPULATE_MIN) out.push(cur);

@@ -36,7 +36,7 @@ import { reapTraced } from '../freeze/frozen-process.js';
 import { preflight } from './preflight.js';
 import { pausePoint } from '../fault-points.js';
 import { checkUnreadChunks } from '../image/unread-chunks.js';
-import type { ResolvedRun } from '../image/chain-index.js';
+import type { ResolvedTable } from '../image/chain-index.js';
 import { TsnapError } from '../errors.js';
 import { Steps } from './steps.js';
 import { mark } from '../trace.js';
@@ -223,7 +223,7 @@ export async function restore(opts: RestoreOptions, live?: LiveProcess): Promise
   let tree: boolean;
   let root: PlannedMember;
   /** Each process's chain resolved over its dumped memory, for the page writer. */
-  const resolvedOf = new Map<ProcessImage, ResolvedRun[]>();
+  const resolvedOf = new Map<ProcessImage, ResolvedTable>();
   try {
     mark('restore: read the image');
     plan = live?.image ? [{ chain: [live.image], p: needProcess(live.image, opts.dir), children: [], zombies: [] }] : loadMembers(opts.dir);
