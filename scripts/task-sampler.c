@@ -23,6 +23,8 @@
 #include <time.h>
 #include <unistd.h>
 #include <signal.h>
+#include <sys/wait.h>
+#include <sched.h>
 #define MAXP 4194304
 int main(int argc, char **argv) {
   int ms = argc > 1 ? atoi(argv[1]) : 5;
@@ -71,7 +73,11 @@ int main(int argc, char **argv) {
               if (k) { size_t kn = fread(kb, 1, sizeof kb - 1, k); fclose(k); kb[kn] = 0; for (char *c = kb; *c; c++) if (*c == '\n') *c = '|'; }
               printf("  HOT %d u%llu s%llu syscall %s %s\n", tid, ut - lu[tid], st - ls[tid], sc, kb);
               if (!hot_since[tid]) hot_since[tid] = now;
-              if (hot_ms > 0 && !signalled[tid] && now - hot_since[tid] >= hot_ms) { signalled[tid] = 1; kill(atoi(e->d_name), SIGUSR2); printf("  SIGNALLED %s (tid %d hot %.0f ms)\n", e->d_name, tid, now - hot_since[tid]); }
+              if (hot_ms > 0 && !signalled[tid] && now - hot_since[tid] >= hot_ms) { signalled[tid] = 1; kill(atoi(e->d_name), SIGUSR2); printf("  SIGNALLED %s (tid %d hot %.0f ms)\n", e->d_name, tid, now - hot_since[tid]);
+                // SAMPLER_PERF_DIR=D as well: 300 ms of `perf record -g` of that thread into D/perf-TID.data.
+                const char *pd = getenv("SAMPLER_PERF_DIR");
+                if (pd && fork() == 0) { struct sched_param sp0 = { 0 }; sched_setscheduler(0, SCHED_OTHER, &sp0); /* perf must not inherit the real-time class: run so, it spun both CPUs for 14 minutes */ char out[700], t[32]; snprintf(out, sizeof out, "%s/perf-%d.data", pd, tid); snprintf(t, sizeof t, "%d", tid);
+                  execlp("perf", "perf", "record", "-q", "-g", "-t", t, "-o", out, "--", "sleep", "0.3", (char *)0); _exit(127); } }
             } else hot_since[tid] = 0;
             if (state == 'D') { char kp[600]; snprintf(kp, sizeof kp, "/proc/%s/task/%s/stack", e->d_name, f->d_name); FILE *k = fopen(kp, "r"); if (k) { char kb[4096]; size_t kn = fread(kb, 1, sizeof kb - 1, k); fclose(k); kb[kn] = 0; for (char *c = kb; *c; c++) if (*c == '\n') *c = '|'; printf("  STACK %d %s\n", tid, kb); } } }
         lu[tid] = ut; ls[tid] = st;
@@ -85,6 +91,7 @@ int main(int argc, char **argv) {
     }
     closedir(d);
     fflush(stdout);
+    while (waitpid(-1, 0, WNOHANG) > 0) {}
     usleep(ms * 1000);
   }
 }
