@@ -20,9 +20,12 @@ import { setCloexec } from '../src/sys/index.js';
 const SIZE_MIB = Number(process.env.BENCH_MIB ?? 1024);
 const REPS = Number(process.env.BENCH_REPS ?? 3);
 /** Also each copy-on-write dump with its frozen window in the normal class, interleaved. */
-const RT_AB = process.env.BENCH_COW_RT_AB === '1' || process.env.BENCH_COW_TARGET_AB === '1';
-/** BENCH_COW_TARGET_AB=1: the second dump keeps only the target's threads in their class (TSNAP_COW_TARGET_RT=0). */
-const AB_ENV = process.env.BENCH_COW_TARGET_AB === '1' ? 'TSNAP_COW_TARGET_RT' : 'TSNAP_COW_WINDOW_RT';
+const RT_AB = process.env.BENCH_COW_RT_AB === '1' || process.env.BENCH_COW_TARGET_AB === '1' || !!process.env.BENCH_COW_AB_ENV;
+/**
+ * The knob the second dump sets to 0: TSNAP_COW_WINDOW_RT (BENCH_COW_RT_AB=1), TSNAP_COW_TARGET_RT
+ * (BENCH_COW_TARGET_AB=1: only the target's threads in their class), or any BENCH_COW_AB_ENV=NAME.
+ */
+const AB_ENV = process.env.BENCH_COW_AB_ENV ?? (process.env.BENCH_COW_TARGET_AB === '1' ? 'TSNAP_COW_TARGET_RT' : 'TSNAP_COW_WINDOW_RT');
 /** Which target states to dump (idle,writing): idle only keeps a huge-page target's pages as they are (a writer's faults split them). */
 const STATES = new Set((process.env.BENCH_COW_STATES ?? 'idle,writing').split(','));
 const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
@@ -163,7 +166,7 @@ async function runCase(bin: string, pages: Pages, haveCriu: boolean): Promise<Re
     const runs: Record<string, unknown>[] = [];
     const note = (mode: string, state: string, s: Awaited<ReturnType<typeof run>>) => {
       const c = s.cow;
-      runs.push({ mode: mode === 'normal' && AB_ENV === 'TSNAP_COW_TARGET_RT' ? 'targetNormal' : mode, state, targetRt: c?.targetRt, frozenMs: +(s.frozenUs / 1000).toFixed(1), waitMs: +((c?.windowWaitUs ?? NaN) / 1000).toFixed(1),
+      runs.push({ mode: mode === 'normal' && AB_ENV !== 'TSNAP_COW_WINDOW_RT' ? `${AB_ENV}=0` : mode, state, targetRt: c?.targetRt, preStopMs: +((c?.preStopUs ?? NaN) / 1000).toFixed(1), frozenMs: +(s.frozenUs / 1000).toFixed(1), waitMs: +((c?.windowWaitUs ?? NaN) / 1000).toFixed(1),
         guardianWaitMs: +((c?.guardianWaitUs ?? NaN) / 1000).toFixed(1), targetWaitMs: +((c?.targetWaitUs ?? NaN) / 1000).toFixed(1), releaseMs: +((c?.releaseUs ?? NaN) / 1000).toFixed(1),
         reprotected: c?.pagesReprotected, earlyFaults: c?.earlyFaults, load1: +loadavg()[0].toFixed(1) });
     };
