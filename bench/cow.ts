@@ -20,7 +20,14 @@ import { setCloexec } from '../src/sys/index.js';
 const SIZE_MIB = Number(process.env.BENCH_MIB ?? 1024);
 const REPS = Number(process.env.BENCH_REPS ?? 3);
 /** Also each copy-on-write dump with its frozen window in the normal class, interleaved. */
-const RT_AB = process.env.BENCH_COW_RT_AB === '1';
+const RT_AB = process.env.BENCH_COW_RT_AB === '1' || process.env.BENCH_COW_TARGET_AB === '1' || !!process.env.BENCH_COW_AB_ENV;
+/**
+ * The knob the second dump sets to 0: TSNAP_COW_WINDOW_RT (BENCH_COW_RT_AB=1), TSNAP_COW_TARGET_RT
+ * (BENCH_COW_TARGET_AB=1: only the target's threads in their class), or any BENCH_COW_AB_ENV=NAME.
+ */
+const AB_ENV = process.env.BENCH_COW_AB_ENV ?? (process.env.BENCH_COW_TARGET_AB === '1' ? 'TSNAP_COW_TARGET_RT' : 'TSNAP_COW_WINDOW_RT');
+/** Which target states to dump (idle,writing): idle only keeps a huge-page target's pages as they are (a writer's faults split them). */
+const STATES = new Set((process.env.BENCH_COW_STATES ?? 'idle,writing').split(','));
 const OUT_ROOT = process.env.BENCH_DIR ?? '/dev/shm';
 
 const FIXTURE = `
@@ -146,12 +153,12 @@ async function runCase(bin: string, pages: Pages, haveCriu: boolean): Promise<Re
     // noRt: the same copy-on-write dump with its frozen window left in the normal class (src/dump/frozen-window.ts).
     const run = async (cow: boolean, noRt = false) => {
       rmSync(dir, { recursive: true, force: true });
-      if (noRt) process.env.TSNAP_COW_WINDOW_RT = '0';
+      if (noRt) process.env[AB_ENV] = '0';
       try {
         const r = await dump({ pid: t.pid, dir, leaveRunning: true, cow });
         return r.stats;
       } finally {
-        delete process.env.TSNAP_COW_WINDOW_RT;
+        delete process.env[AB_ENV];
         rmSync(dir, { recursive: true, force: true });
       }
     };
@@ -159,7 +166,7 @@ async function runCase(bin: string, pages: Pages, haveCriu: boolean): Promise<Re
     const runs: Record<string, unknown>[] = [];
     const note = (mode: string, state: string, s: Awaited<ReturnType<typeof run>>) => {
       const c = s.cow;
-      runs.push({ mode, state, frozenMs: +(s.frozenUs / 1000).toFixed(1), waitMs: +((c?.windowWaitUs ?? NaN) / 1000).toFixed(1),
+      runs.push({ mode: mode === 'normal' && AB_ENV !== 'TSNAP_COW_WINDOW_RT' ? `${AB_ENV}=0` : mode, state, targetRt: c?.targetRt, preStopMs: +((c?.preStopUs ?? NaN) / 1000).toFixed(1), frozenMs: +(s.frozenUs / 1000).toFixed(1), waitMs: +((c?.windowWaitUs ?? NaN) / 1000).toFixed(1),
         guardianWaitMs: +((c?.guardianWaitUs ?? NaN) / 1000).toFixed(1), targetWaitMs: +((c?.targetWaitUs ?? NaN) / 1000).toFixed(1), releaseMs: +((c?.releaseUs ?? NaN) / 1000).toFixed(1),
         reprotected: c?.pagesReprotected, earlyFaults: c?.earlyFaults, load1: +loadavg()[0].toFixed(1) });
     };
@@ -190,19 +197,20 @@ async function runCase(bin: string, pages: Pages, haveCriu: boolean): Promise<Re
     const stateMs: number[] = [];
     const layoutMs: number[] = [];
     for (let i = 0; i < REPS; i++) {
-      for (const mode of ['frozen', 'cow'] as const) {
+      if (STATES.has('idle')) for (const mode of ['frozen', 'cow'] as const) {
         await t.ask('idle');
         const s = await run(mode === 'cow');
         fig[mode].idle.push(s.frozenUs / 1000); total[mode].idle.push(s.totalUs / 1000);
         if (mode === 'cow') note('rt', 'idle', s);
       }
-      if (RT_AB) {
+      if (RT_AB && STATES.has('idle')) {
         await t.ask('idle');
         const s = await run(true, true);
         noRtFig.idle.push(s.frozenUs / 1000);
         note('normal', 'idle', s);
       }
       // Writing: the cost per write is what the writer saw during the dump.
+      if (STATES.has('writing')) {
       await t.ask('write');
       await new Promise((r) => setTimeout(r, 200));
       perWrite.base.push((await t.stats()).meanNs);
@@ -233,6 +241,7 @@ async function runCase(bin: string, pages: Pages, haveCriu: boolean): Promise<Re
         await t.stats();
         noRtFig.writing.push(s.frozenUs / 1000);
         note('normal', 'writing', s);
+      }
       }
       await t.ask('idle');
       if (haveCriu) criuMs.push(criu());

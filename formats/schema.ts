@@ -932,9 +932,11 @@ export interface CowStats {
    * The frozen window (tsnap 0.2+, optional; src/dump/frozen-window.ts):
    * whether it ran in the real-time class, how long tsnap's main thread and
    * the guardian waited for a CPU in it (µs), the target's threads likewise
-   * (µs; they stay in their own class), and the release (µs).
+   * (µs; since 2026-12-03 in the real-time class too, targetRt), and the
+   * release (µs).
    */
   windowRt?: boolean;
+  targetRt?: boolean;
   windowWaitUs?: number;
   guardianWaitUs?: number;
   targetWaitUs?: number;

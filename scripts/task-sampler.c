@@ -1,7 +1,8 @@
 // A sampler of tsnap's threads, for stalls that a profiler of one process
 // cannot see (a thread blocked in the kernel, or waiting for a CPU).
 // Every N ms (argv[1], default 5), for every task whose comm starts with
-// node, workload, tsnap, libuv or V8, one line when it ran, waited or is
+// node, workload, tsnap, libuv or V8 (or any of argv[2..]: e.g. cowbench
+// khugepaged kcompactd), one line when it ran, waited or is
 // not sleeping:
 //   t_ms(CLOCK_MONOTONIC, as TSNAP_TRACE) pid tid comm state p<policy> c<cpu> r<run us> w<runqueue wait us>
 // and, for a task in D, its kernel stack (/proc/PID/task/TID/stack: root)
@@ -54,7 +55,9 @@ int main(int argc, char **argv) {
         char buf[1024]; size_t n = fread(buf, 1, sizeof buf - 1, s); fclose(s); buf[n] = 0;
         char *rp = strrchr(buf, ')'), *lpn = strchr(buf, '('); if (!rp || !lpn) continue;
         char comm[32]; int cl = rp - lpn - 1; if (cl > 31) cl = 31; memcpy(comm, lpn + 1, cl); comm[cl] = 0;
-        if (strncmp(comm, "node", 4) && strncmp(comm, "workload", 8) && strncmp(comm, "tsnap", 5) && strncmp(comm, "libuv", 5) && strncmp(comm, "V8", 2)) continue;
+        int want = !strncmp(comm, "node", 4) || !strncmp(comm, "workload", 8) || !strncmp(comm, "tsnap", 5) || !strncmp(comm, "libuv", 5) || !strncmp(comm, "V8", 2);
+        for (int a = 2; a < argc && !want; a++) want = !strncmp(comm, argv[a], strlen(argv[a]));
+        if (!want) continue;
         char state = rp[2];
         int field = 3; char *save, *tok; unsigned long long pol = 0, cpu = 0, ut = 0, st = 0;
         for (tok = strtok_r(rp + 2, " ", &save); tok; tok = strtok_r(NULL, " ", &save), field++) { if (field == 14) ut = strtoull(tok, 0, 10); if (field == 15) st = strtoull(tok, 0, 10); if (field == 39) cpu = strtoull(tok, 0, 10); if (field == 41) { pol = strtoull(tok, 0, 10); break; } }

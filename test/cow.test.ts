@@ -114,7 +114,7 @@ describe('copy-on-write dumps', () => {
     expect(JSON.parse(again.stdout).kind).toBe('full');
   });
 
-  it('the frozen window runs in the real-time class, tsnap and its guardian go back to their own class at the release, and a SIGTERM there leaves nothing raised', async () => {
+  it('the frozen window runs in the real-time class, the target\'s threads too, all go back to their own class at the release, and a SIGTERM there leaves nothing raised', async () => {
     const work = tmpDir('tsnap-cow-');
     const p = await startProcess(await compileC('cowwriter'), [PAGES, '1']);
     const tids = tasksOf(p.pid);
@@ -132,11 +132,14 @@ describe('copy-on-write dumps', () => {
       expect(guardian, 'the guardian').toBeDefined();
       expect(policyOf(tsnapPid), `tsnap at ${at}`).toBe(policy);
       expect(policyOf(guardian!), `its guardian at ${at}`).toBe(policy);
+      // The target's threads: raised by the guardian's freeze, their own class back at its release.
+      for (const tid of tids) expect(policyOf(tid), `target thread ${tid} at ${at}`).toBe(policy);
       t.child.kill('SIGCONT');
       const d = await t.done;
       expect(d.code, d.stderr).toBe(0);
       const cow = (JSON.parse(d.stdout).stats as DumpStats).cow!;
       expect(cow.windowRt).toBe(true);
+      expect(cow.targetRt).toBe(true);
       expect(cow.windowWaitUs).toBeGreaterThanOrEqual(0);
       expect(cow.releaseUs).toBeGreaterThan(0);
     }
@@ -146,6 +149,7 @@ describe('copy-on-write dumps', () => {
     await waitStopped(t.child.pid!);
     const guardian = guardianOf(t.child.pid!)!;
     expect(policyOf(guardian)).toBe(SCHED_FIFO);
+    for (const tid of tids) expect(policyOf(tid)).toBe(SCHED_FIFO);
     t.child.kill('SIGTERM');
     t.child.kill('SIGCONT');
     const r = await t.done;
@@ -156,6 +160,18 @@ describe('copy-on-write dumps', () => {
     for (const tid of tids) expect(policyOf(tid), `target thread ${tid}`).toBe(SCHED_OTHER);
     const after = getSched(guardian);
     if (after) expect(after.policy & ~SCHED_RESET_ON_FORK).toBe(SCHED_OTHER);
+    // The guardian killed frozen (the kernel lets the target go, raised): tsnap puts the class back as the dump fails.
+    const k = startTsnap(['dump', '--pid', String(p.pid), '--dir', join(work, 'no-guardian'), '--leave-running', '--cow'], { TSNAP_TEST_PAUSE_AT: 'dump-frozen' });
+    await waitForStderr(k.child, /paused at dump-frozen/);
+    await waitStopped(k.child.pid!);
+    const g2 = guardianOf(k.child.pid!)!;
+    for (const tid of tids) expect(policyOf(tid)).toBe(SCHED_FIFO);
+    process.kill(g2, 'SIGKILL');
+    k.child.kill('SIGCONT');
+    const kr = await k.done;
+    expect(kr.code).not.toBe(0);
+    await expectWritersRun(p);
+    for (const tid of tids) expect(policyOf(tid), `target thread ${tid} after its guardian died`).toBe(SCHED_OTHER);
     killPid(p.pid);
   });
 

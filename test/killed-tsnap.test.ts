@@ -70,13 +70,24 @@ function runTsnap(args: string[], fault: string | null, delayMs: number): Promis
   return new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
 }
 
-interface Snapshot { fds: string[]; maps: string }
+interface Snapshot { fds: string[]; maps: string; sched: string[] }
+
+/** Each thread's scheduling policy and priority (stat fields 18 and 41): a copy-on-write window raises them while frozen. */
+function schedOf(pid: number): string[] {
+  return readdirSync(`/proc/${pid}/task`).sort().map((tid) => {
+    try {
+      const st = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+      return `${tid}:prio ${f[15]} policy ${f[38]}`;
+    } catch { return tid; }
+  });
+}
 
 function snapshot(pid: number): Snapshot {
   const fds = readdirSync(`/proc/${pid}/fd`).sort().map((fd) => {
     try { return `${fd}:${readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').split('\n').find((l) => l.startsWith('flags'))}`; } catch { return fd; }
   });
-  return { fds, maps: readFileSync(`/proc/${pid}/maps`, 'utf8') };
+  return { fds, maps: readFileSync(`/proc/${pid}/maps`, 'utf8'), sched: schedOf(pid) };
 }
 
 function traceState(pid: number): { tracer: number; state: string } {

@@ -46,6 +46,7 @@ import { mark } from '../trace.js';
 import { WriteProtector } from '../sys/uffd-wp.js';
 import type { Pagemap } from '../sys/index.js';
 import { selectForCow } from './cow-selection.js';
+import { AlignedUnprotect } from './cow-unprotect.js';
 import type { Prearmed } from './cow-prearm.js';
 
 /**
@@ -285,6 +286,16 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
     const ring = new Int32Array(free);
     const capacity = ring.length;
     let unreadable = false;
+    // Unprotected in whole 2 MiB blocks where the reads allow: part of a huge page would split it (cow-unprotect.ts).
+    const unprotect = new AlignedUnprotect((start, len) => {
+      try {
+        uffdWriteProtect(uffd, start, len, false);
+      } catch (err) {
+        // ENOENT: the range is no longer mapped; what was read of it may be another mapping's.
+        if (!(err instanceof SysError)) throw err;
+        unreadable = true;
+      }
+    });
     const late = await copyPages(pid, vmas, cowSel, writer, mem, {
       onProgress: (bytes) => {
         a.onProgress?.(bytes);
@@ -307,19 +318,14 @@ export async function copyWithCow(a: CowCopyArgs): Promise<CowCopyResult> {
               Atomics.store(ctl, CTL.FREE_HEAD, head + 1);
             }
           }
-          try {
-            uffdWriteProtect(uffd, p.start, p.len, false);
-          } catch (err) {
-            // ENOENT: the range is no longer mapped; what was read of it may be another mapping's.
-            if (!(err instanceof SysError)) throw err;
-            unreadable = true;
-          }
+          unprotect.read(p.start, p.len);
           off += p.len;
           last = first + p.len / PAGE;
         }
         if (last >= 0) Atomics.store(ctl, CTL.CURSOR, last);
       },
     });
+    unprotect.flush();
     Atomics.store(ctl, CTL.CURSOR, nPages);
     worker.stop();
     closeSync(uffd);

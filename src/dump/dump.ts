@@ -314,8 +314,8 @@ async function takeImage(opts: DumpOptions, mode: Mode, self: number | null, gon
           const w = cowWindow = new FrozenWindow();
           session.onFailure(() => w.end());
         }
-        cowWindow?.begin(pid);
-        frozen = session.freeze(pid);
+        const raiseTarget = cowWindow?.begin(pid) ?? false;
+        frozen = session.freeze(pid, { raise: raiseTarget });
         // Stopped, the pid cannot change hands: whoever holds it now is who the dump is of, or another process.
         refuseIfEnded(self, gone);
         mark('dump: frozen');

@@ -15,10 +15,21 @@
  * for a frozen copy's seconds (which is why other dumps do not take it).
  * The fault server thread is left as it was: nothing faults while frozen.
  *
- * TSNAP_COW_WINDOW_RT=0 leaves the class alone (for same-run comparisons);
- * the wait figures are kept either way.
+ * The target's threads too, from the freeze to their release: frozen, they
+ * run only the stop, the remote syscalls and the release's undo, but each
+ * is a wake-up, and in their own class they waited for a CPU about as long
+ * as the longest windows lasted (targetWaitUs 40-206 ms in 40-117 ms
+ * windows, docs/performance.md). The guardian raises them in its FREEZE
+ * and gives each its own class back in its release, whether tsnap lives or
+ * not (formats/guardian-v1.md); should the guardian die instead, end()
+ * puts back what it finds still raised. (Both killed at once would leave
+ * a task in SCHED_FIFO 1, as it would leave one stopped mid-syscall.)
+ *
+ * TSNAP_COW_WINDOW_RT=0 leaves every class alone, TSNAP_COW_TARGET_RT=0 the
+ * target's (for same-run comparisons); the wait figures are kept either way.
  */
 import { WindowPriority, ownWindowThreads } from '../migrate/window-priority.js';
+import { getSched, setSched, SCHED_FIFO, SCHED_RESET_ON_FORK, type SchedClass } from '../sys/sched.js';
 import { mark } from '../trace.js';
 import { readSchedTimes, type SchedTimes } from '../proc/schedstat.js';
 import { listTasks } from '../proc/task.js';
@@ -26,6 +37,8 @@ import { listTasks } from '../proc/task.js';
 export interface FrozenWindowStats {
   /** Whether the window ran in the real-time class. */
   windowRt: boolean;
+  /** Whether the target's threads were asked into it too (the guardian's FREEZE). */
+  targetRt: boolean;
   /** From the freeze to the last thread let go: how long tsnap's main thread and the guardian waited for a CPU (µs). */
   windowWaitUs: number;
   guardianWaitUs: number;
@@ -46,7 +59,8 @@ export class FrozenWindow {
   private readonly prio = new WindowPriority();
   private threads: number[] = [];
   private before: (SchedTimes | null)[] = [];
-  private target: { pid: number; tids: number[]; before: (SchedTimes | null)[] } | null = null;
+  private target: { pid: number; tids: number[]; before: (SchedTimes | null)[]; classes: (SchedClass | null)[] } | null = null;
+  private targetRaised = false;
   private result: FrozenWindowStats | null = null;
   private tRelease = 0n;
 
@@ -64,13 +78,31 @@ export class FrozenWindow {
     if (process.env.TSNAP_COW_WINDOW_RT !== '0') this.prio.raise(this.threads);
   }
 
-  /** Right before the freeze of `pid`. */
-  begin(pid: number): void {
+  /** Right before the freeze of `pid`; whether the freeze is to raise the target's threads. */
+  begin(pid: number): boolean {
     this.raise();
     this.before = this.threads.map((t) => readSchedTimes(t));
     let tids: number[] = [];
     try { tids = listTasks(pid).slice(0, TARGET_THREADS_READ); } catch { /* gone: the freeze says so */ }
-    this.target = { pid, tids, before: tids.map((t) => readSchedTimes(pid, t)) };
+    this.target = { pid, tids, before: tids.map((t) => readSchedTimes(pid, t)), classes: tids.map((t) => getSched(t)) };
+    // Only with tsnap's own threads raised: a target ahead of the guardian would gain nothing.
+    this.targetRaised = process.env.TSNAP_COW_TARGET_RT !== '0' && this.prio.has(process.pid);
+    return this.targetRaised;
+  }
+
+  /**
+   * The guardian gave the target's threads their class back at the
+   * release, unless it died first: then what is still as the guardian left
+   * it goes back to what it was before the freeze.
+   */
+  private targetBack(): void {
+    const tg = this.target;
+    if (!tg || !this.targetRaised) return;
+    tg.tids.forEach((t, i) => {
+      const was = tg.classes[i];
+      const now = getSched(t);
+      if (was && now && (was.policy & ~SCHED_RESET_ON_FORK) !== SCHED_FIFO && now.policy === (SCHED_FIFO | SCHED_RESET_ON_FORK) && now.priority === 1) setSched(t, was);
+    });
   }
 
   /** Right before the release. */
@@ -81,6 +113,7 @@ export class FrozenWindow {
   /** Right after the release, or on any failure: the class goes back. Safe more than once. */
   end(): void {
     if (this.result || !this.before.length) { this.prio.restore(); return; }
+    this.targetBack();
     const releaseUs = this.tRelease ? Number(process.hrtime.bigint() - this.tRelease) / 1000 : 0;
     const waitUs = (i: number): number => {
       const a = this.before[i];
@@ -94,9 +127,9 @@ export class FrozenWindow {
       const b = readSchedTimes(tg.pid, t);
       if (a && b) targetNs += b.waitNs - a.waitNs;
     });
-    this.result = { windowRt: this.prio.has(process.pid), windowWaitUs: waitUs(0), guardianWaitUs: waitUs(1), targetWaitUs: Math.round(targetNs / 1000), releaseUs: Math.round(releaseUs) };
+    this.result = { windowRt: this.prio.has(process.pid), targetRt: this.targetRaised, windowWaitUs: waitUs(0), guardianWaitUs: waitUs(1), targetWaitUs: Math.round(targetNs / 1000), releaseUs: Math.round(releaseUs) };
     this.prio.restore();
-    mark(`cow window: rt ${this.result.windowRt}, waited ${this.result.windowWaitUs} µs (guardian ${this.result.guardianWaitUs} µs, target ${this.result.targetWaitUs} µs), release ${this.result.releaseUs} µs`);
+    mark(`cow window: rt ${this.result.windowRt} (target ${this.result.targetRt}), waited ${this.result.windowWaitUs} µs (guardian ${this.result.guardianWaitUs} µs, target ${this.result.targetWaitUs} µs), release ${this.result.releaseUs} µs`);
   }
 
   get stats(): FrozenWindowStats | null {

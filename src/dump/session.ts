@@ -14,6 +14,7 @@
  */
 import { FrozenSet, type Finish } from '../freeze/frozen-set.js';
 import { FrozenProcess } from '../freeze/frozen-process.js';
+import type { FreezeOptions } from '../freeze/frozen-task.js';
 import { RepairSession } from '../files/tcp.js';
 import { CleanupStack, type Undo } from './cleanup.js';
 
@@ -37,8 +38,8 @@ export class DumpSession implements SessionScope {
   }
 
   /** Freezes one process into the session's set. */
-  freeze(pid: number): FrozenProcess {
-    const fp = FrozenProcess.freeze(pid);
+  freeze(pid: number, opts: FreezeOptions = {}): FrozenProcess {
+    const fp = FrozenProcess.freeze(pid, opts);
     this.set.add(fp);
     return fp;
   }

@@ -58,6 +58,12 @@ export interface FreezeOptions {
   timeoutMs?: number;
   /** Trace it from tsnap itself rather than through the guardian (restore's own helper). */
   direct?: boolean;
+  /**
+   * In SCHED_FIFO from the freeze to the release (a copy-on-write dump's
+   * window, dump/frozen-window.ts); the guardian gives the class back.
+   * Guarded tasks only.
+   */
+  raise?: boolean;
 }
 
 export type TracerKind = 'guarded' | 'direct';
@@ -88,7 +94,7 @@ export class FrozenTask {
       let got: { regs: Buffer; stopSignal: number };
       try {
         // The guardian sets SUSPEND_SECCOMP only once the task is stopped.
-        got = Guardian.get().freeze(pid, PTRACE_O.TRACESYSGOOD | (canSuspendSeccomp() ? PTRACE_O.SUSPEND_SECCOMP : 0), timeoutMs);
+        got = Guardian.get().freeze(pid, PTRACE_O.TRACESYSGOOD | (canSuspendSeccomp() ? PTRACE_O.SUSPEND_SECCOMP : 0), timeoutMs, opts.raise === true);
       } catch (err) {
         if (err instanceof GuardianError && err.exited) throw new TsnapError('noSuchProcess', `process ${pid} exited while being frozen`);
         if (err instanceof GuardianError && err.timedOut) throw stopTimeout(pid, timeoutMs);

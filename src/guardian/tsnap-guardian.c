@@ -30,13 +30,14 @@
 #include <sys/uio.h>
 #include <sys/user.h>
 #include <sys/wait.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
-#define PROTOCOL_VERSION 5
+#define PROTOCOL_VERSION 6
 #define CONTROL_FD 3
 
 #ifndef PTRACE_SECCOMP_GET_FILTER
@@ -67,7 +68,7 @@
 
 enum op {
   OP_HELLO = 0,
-  OP_FREEZE = 1,     /* a0 options, a1 timeout ms -> regs */
+  OP_FREEZE = 1,     /* a0 options, a1 timeout ms, a2 1: SCHED_FIFO until release -> regs */
   OP_RELEASE = 2,    /* put back, detach, re-send held signals */
   OP_KILL = 3,       /* a0 pid to SIGKILL (0: none), a1 count <= 16, a2.. tids to reap */
   OP_GETREGS = 4,
@@ -148,6 +149,9 @@ struct tracee {
   int nundo;
   int kill_on_exit;              /* post-copy: another host runs the process now */
   uint64_t sigmask;              /* its own blocked set, read at the freeze; what it runs our code without */
+  int raised;                    /* in SCHED_FIFO by us since the freeze: its own class below goes back at release */
+  int policy;
+  struct sched_param param;
 };
 
 /* TCP sockets in repair mode: the target's connections, frozen for the peer. */
@@ -356,6 +360,30 @@ static int back_to_signal_stop(struct tracee *t) {
   }
 }
 
+/*
+ * FREEZE with a2 = 1 (a copy-on-write dump's short window): the task runs
+ * in SCHED_FIFO at priority 1 while it is ours. Frozen, it runs only the
+ * stop itself, tsnap's remote syscalls and the release, each a wake-up; in
+ * its own normal class it waited for a CPU behind every other session's
+ * tasks (most of the longest windows, docs/performance.md). The guardian,
+ * not tsnap, holds the class to give back: whatever happens to tsnap, the
+ * release (or the guardian's own end) restores it before the detach.
+ * Only from a normal class: a task already real-time is left alone.
+ */
+static int raise_class(int tid, int *policy, struct sched_param *param) {
+  int pol = sched_getscheduler(tid);
+  if (pol < 0 || (pol & ~SCHED_RESET_ON_FORK) == SCHED_FIFO || (pol & ~SCHED_RESET_ON_FORK) == SCHED_RR || (pol & ~SCHED_RESET_ON_FORK) > SCHED_IDLE) return 0;
+  if (sched_getparam(tid, param) != 0) return 0;
+  struct sched_param rt = { .sched_priority = 1 };
+  if (sched_setscheduler(tid, SCHED_FIFO | SCHED_RESET_ON_FORK, &rt) != 0) return 0; /* best effort: no CAP_SYS_NICE */
+  *policy = pol;
+  return 1;
+}
+
+static void restore_class(int tid, int policy, const struct sched_param *param) {
+  (void)sched_setscheduler(tid, policy, param);
+}
+
 /* Undoes what tsnap left in the task (newest first), puts it back and lets it go. */
 static int release_one(struct tracee *t) {
   for (int i = t->nundo - 1; i >= 0; i--) {
@@ -375,6 +403,8 @@ static int release_one(struct tracee *t) {
   }
   /* Else the registers are the freeze's already, or a signal handler's
    * frame the kernel set up on the way: left as they are. */
+  if (t->raised) restore_class(t->tid, t->policy, &t->param);
+  t->raised = 0;
   if (ptrace(PTRACE_DETACH, t->tid, 0, 0) == -1 && !e) e = errno;
   for (int i = 0; i < t->nheld; i++) kill(t->tid, t->held[i]);
   return e;
@@ -386,8 +416,13 @@ static int op_freeze(struct request *q, struct reply *p, uint8_t *data) {
    * and the stop it runs its own code, which must stay under its filters. */
   long options = (long)q->a[0];
   if (ptrace(PTRACE_SEIZE, q->tid, 0, options & ~(long)PTRACE_O_SUSPEND_SECCOMP) == -1) return errno;
+  /* Raised before the interrupt: the way to the stop is one wake-up too. */
+  int policy = 0;
+  struct sched_param param = { 0 };
+  int raised = q->a[2] == 1 && raise_class(q->tid, &policy, &param);
   if (ptrace(PTRACE_INTERRUPT, q->tid, 0, 0) == -1) {
     int e = errno;
+    if (raised) restore_class(q->tid, policy, &param);
     ptrace(PTRACE_DETACH, q->tid, 0, 0);
     return e;
   }
@@ -399,10 +434,14 @@ static int op_freeze(struct request *q, struct reply *p, uint8_t *data) {
     if (r == 0) {
       /* Not stopped: its registers were never touched, so the kernel's
        * detach at our exit (if this one fails) is harmless. */
+      if (raised) restore_class(q->tid, policy, &param);
       ptrace(PTRACE_DETACH, q->tid, 0, 0);
       return G_TIMEOUT;
     }
-    if (r < 0) return -r;
+    if (r < 0) {
+      if (raised) restore_class(q->tid, policy, &param);
+      return -r;
+    }
     if (exited(status)) return G_EXITED;
     if (!WIFSTOPPED(status)) continue;
     int event = status >> 16;
@@ -417,20 +456,26 @@ static int op_freeze(struct request *q, struct reply *p, uint8_t *data) {
   }
   if ((options & PTRACE_O_SUSPEND_SECCOMP) && ptrace(PTRACE_SETOPTIONS, q->tid, 0, options) == -1) {
     int e = errno;
+    if (raised) restore_class(q->tid, policy, &param);
     ptrace(PTRACE_DETACH, q->tid, 0, 0);
     return e;
   }
   struct tracee *t = add(q->tid);
   if (!t) {
+    if (raised) restore_class(q->tid, policy, &param);
     ptrace(PTRACE_DETACH, q->tid, 0, 0);
     return ENOMEM;
   }
   if (ptrace(PTRACE_GETREGS, q->tid, 0, &t->saved) == -1 || ptrace(PTRACE_GETSIGMASK, q->tid, 8, &t->sigmask) == -1) {
     int e = errno;
+    if (raised) restore_class(q->tid, policy, &param);
     ptrace(PTRACE_DETACH, q->tid, 0, 0);
     forget(t);
     return e;
   }
+  t->raised = raised;
+  t->policy = policy;
+  t->param = param;
   memcpy(data, &t->saved, sizeof t->saved);
   p->len = sizeof t->saved;
   return 0;

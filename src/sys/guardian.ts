@@ -21,7 +21,7 @@ import { SysError } from './errors.js';
 import { USER_REGS_SIZE } from './uapi.js';
 import { faultPoint } from '../fault-points.js';
 
-const PROTOCOL_VERSION = 5n;
+const PROTOCOL_VERSION = 6n;
 const AF_UNIX = 1;
 const SOCK_SEQPACKET = 5;
 const SOCK_CLOEXEC = 0o2000000;
@@ -234,9 +234,11 @@ export class Guardian {
    * PTRACE_SEIZE + PTRACE_INTERRUPT, waits for the stop: the registers
    * found (which the guardian keeps to put back) and the stop signal
    * (SIGTRAP, or the signal of a group stop the task was already in).
+   * `raise`: the task is in SCHED_FIFO 1 until its release, which gives
+   * its own class back (the guardian holds it; best effort).
    */
-  freeze(tid: number, options: number, timeoutMs: number): { regs: Buffer; stopSignal: number } {
-    const r = this.call(`ptrace(SEIZE, ${tid})`, Op.freeze, tid, [options, timeoutMs]);
+  freeze(tid: number, options: number, timeoutMs: number, raise = false): { regs: Buffer; stopSignal: number } {
+    const r = this.call(`ptrace(SEIZE, ${tid})`, Op.freeze, tid, [options, timeoutMs, raise ? 1 : 0]);
     return { regs: r.data, stopSignal: Number(r.ret) };
   }
 
