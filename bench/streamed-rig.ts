@@ -49,7 +49,7 @@ export async function startDirtyWriter(bin: string, sizeMiB: number, mbps: numbe
 
 /** `tsnap serve --restore` in its own pid namespace on `port`; resolves once it listens. TSNAP_TRACE lines go to our stderr. */
 export async function startNamespacedServe(tsnapBin: string, port: number, dir: string, extra: string[] = []): Promise<{ srv: ChildProcess; events: Record<string, unknown>[] }> {
-  const args = ['--pid', '--fork', '--mount-proc', '--kill-child', process.execPath, '--single-threaded-gc', tsnapBin, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', dir, '--token', 'bench', '--restore', '--json', '--stdout', '/dev/null', '--stderr', '/dev/null', ...extra];
+  const args = ['--pid', '--fork', '--mount-proc', '--kill-child', process.execPath, tsnapBin, 'serve', '--listen', `127.0.0.1:${port}`, '--dir', dir, '--token', 'bench', '--restore', '--json', '--stdout', '/dev/null', '--stderr', '/dev/null', ...extra];
   const srv = spawn('unshare', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   const events: Record<string, unknown>[] = [];
   await new Promise<void>((resolve, reject) => {

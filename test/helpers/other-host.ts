@@ -150,7 +150,7 @@ export async function startOtherHost(tsnapBin: string, serveArgs: string[], opts
   try {
     // serve starts once the namespace's network is set up: its shell waits for a line on stdin.
     proc = spawn('unshare', ['--net', '--pid', '--fork', '--kill-child', '--mount-proc', initBinary(),
-      'sh', '-c', 'read go && exec "$@"', 'sh', process.execPath, '--single-threaded-gc', tsnapBin, 'serve', '--listen', `${there}:${port}`, '--json', ...serveArgs],
+      'sh', '-c', 'read go && exec "$@"', 'sh', process.execPath, tsnapBin, 'serve', '--listen', `${there}:${port}`, '--json', ...serveArgs],
     { stdio: ['pipe', 'ignore', 'pipe'], env: { ...process.env, ...opts.env } });
     const p = proc;
     init = await childOf(p.pid!);
