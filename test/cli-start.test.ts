@@ -150,4 +150,22 @@ describe('CRC-32', () => {
       lens.forEach((n, i) => expect(got[i], `TSNAP_CRC_VCLMUL=${v}, length ${n}`).toBe(zlibCrc32(pool.subarray(i % 17, i % 17 + n), (n * 2654435761) >>> 0) >>> 0));
     }
   });
+  // bin/tsnap as a command runs node with --single-threaded-gc for every command but serve
+  // (the comment there says why); the command is found past the global options.
+  it('starts serve without --single-threaded-gc, after global options too, and every other command with it', async () => {
+    const dir = tmpDir('tsnap-gcflag-');
+    const out = join(dir, 'argv.json');
+    const probe = join(dir, 'probe.cjs');
+    writeFileSync(probe, `require('fs').writeFileSync(${JSON.stringify(out)}, JSON.stringify(process.execArgv)); process.exit(0);\n`);
+    const execArgv = async (args: string[]): Promise<string[]> => {
+      await new Promise<void>((resolve, reject) => execFile(TSNAP_BIN, args, { env: { ...process.env, NODE_OPTIONS: `--require ${probe}` } }, (err) => (err ? reject(err) : resolve())));
+      return JSON.parse(readFileSync(out, 'utf8')) as string[];
+    };
+    for (const args of [['serve', '--port', '1'], ['-q', 'serve'], ['--log-file', join(dir, 'log'), 'serve'], [`--log-file=${join(dir, 'log')}`, '-v', 'serve']]) {
+      expect(await execArgv(args), args.join(' ')).not.toContain('--single-threaded-gc');
+    }
+    for (const args of [['dump', '--pid', '1'], ['--log-file', 'serve', 'show'], ['-q', 'migrate', 'serve'], ['--version']]) {
+      expect(await execArgv(args), args.join(' ')).toContain('--single-threaded-gc');
+    }
+  });
 });
