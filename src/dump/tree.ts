@@ -21,6 +21,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { FrozenProcess } from '../freeze/frozen-process.js';
 import { FrozenSet } from '../freeze/frozen-set.js';
+import { collectBeforeWindow } from '../gc-before-window.js';
 import { withAbortSignals, letSignalsIn } from '../freeze/safety-net.js';
 import { pausePoint } from '../fault-points.js';
 import { listChildren, readStat } from '../proc/index.js';
@@ -196,6 +197,8 @@ export async function dumpTree(opts: DumpOptions, mode: 'dump' | 'predump'): Pro
         readTreeFds(running, { tcpEstablished: opts.tcpEstablished, tcpClose: opts.tcpClose, extUnixSk: opts.extUnixSk, ghostLimit: opts.ghostLimit, enter: false, zombies: listed.filter((m) => m.pid !== root && isZombie(m.pid)).map((m) => m.pid) });
         for (const pid of running) { checkMappings(pid, opts.ghostLimit); checkCwd(pid); checkOomScoreAdj(pid); checkCreds(pid); }
         sharedFdTables(runningTree);
+        // A migration's held final round: V8 collects now rather than in the downtime (gc-before-window.ts), as dump.ts does for one process.
+        if (opts.hold) collectBeforeWindow('the freeze');
         await opts.beforeFreeze?.();
         const t = freezeTree(root, session.set);
         // Frozen, the root's pid cannot change hands: it is the loop's process still, or a stranger.
