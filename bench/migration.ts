@@ -28,7 +28,7 @@
  * end, for post-copy after every page is in.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, readdirSync, existsSync, mkdirSync } from 'node:fs';
+import { rmSync, writeFileSync, readFileSync, readdirSync, existsSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -39,6 +39,7 @@ import { setCloexec, kill, ptrace } from '../src/sys/index.js';
 import { startOtherHost } from '../test/helpers/other-host.js';
 import { migrate } from '../src/migrate/sender.js';
 import { buildDirtyWriter, startDirtyWriter, startNamespacedServe } from './streamed-rig.js';
+import { benchDir, killOnInterrupt } from './interrupt-cleanup.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const TSNAP = join(here, '..', '..', 'bin', 'tsnap');
@@ -113,14 +114,18 @@ function hasPostCopy(): boolean {
 }
 
 /** The workload, started so that it is not this process's child (libuv would reap a pid's next owner's ptrace stops). */
-async function startWorkload(bin: string, mib: number, mbps: number): Promise<{ pid: number; sh: ChildProcess }> {
+async function startWorkload(bin: string, mib: number, mbps: number): Promise<{ pid: number; sh: ChildProcess; forget: () => void }> {
   const sh = spawn('sh', ['-c', `exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-; "${bin}" ${mib} ${mbps} & echo PID $!; wait`], { stdio: ['ignore', 'pipe', 'inherit'] });
   const lines = createInterface({ input: sh.stdout! });
   const it = lines[Symbol.asyncIterator]();
   const pid = Number(String((await it.next()).value).split(' ')[1]);
+  // Interrupted, the bench kills it (and the shell); otherwise the caller's finally does, then forget()s them
+  // (a pid left registered could be another process's by the time of an interrupt).
+  const forgetPid = killOnInterrupt(pid);
+  const forgetSh = killOnInterrupt(sh.pid);
   const ready = await it.next();
   if (String(ready.value) !== 'READY') throw new Error(`workload did not start: ${ready.value}`);
-  return { pid, sh };
+  return { pid, sh, forget: () => { forgetPid(); forgetSh(); } };
 }
 
 /** The gaps the workload's ticker recorded, as [from, to] in ms of CLOCK_MONOTONIC, read from its stdout file. */
@@ -162,6 +167,7 @@ async function baseline(bin: string, mib: number, mbps: number, dir: string): Pr
     const d = await dump({ pid: w.pid, dir: img, compression: 'none' });
     const r = await restore({ dir: img, newPid: true, stdout: out, stderr: '/dev/null' });
     const end = nowMs();
+    const forgetRestored = killOnInterrupt(r.pid);
     const frozenAt = Number(d.frozenAt ?? process.hrtime.bigint()) / 1e6;
     try {
       const gaps = await readGaps(() => kill(r.pid, 10), out);
@@ -169,10 +175,12 @@ async function baseline(bin: string, mib: number, mbps: number, dir: string): Pr
     } finally {
       kill(r.pid, 9);
       try { ptrace.waitpidBlocking(r.pid); } catch { /* reaped */ }
+      forgetRestored();
     }
   } finally {
     try { process.kill(w.pid, 'SIGKILL'); } catch { /* dumped and killed */ }
     w.sh.kill('SIGKILL');
+    w.forget();
     rmSync(img, { recursive: true, force: true });
     rmSync(out, { force: true });
   }
@@ -182,11 +190,15 @@ async function baseline(bin: string, mib: number, mbps: number, dir: string): Pr
 async function migration(bin: string, mib: number, mbps: number, dir: string, extra: string[]): Promise<Record<string, unknown>> {
   const out = join(dir, `restored-${runNo++}.out`);
   const oh = await startOtherHost(TSNAP, ['--dir', join(dir, 'in'), '--token', 'bench', '--restore', '--count', '1', '--stdout', out, '--stderr', '/dev/null']);
+  // The namespace's first process: killed, the kernel kills the rest of it (the restored process included).
+  const forgetOh = killOnInterrupt(oh.proc.pid);
   const w = await startWorkload(bin, mib, mbps);
   try {
     await new Promise((r) => setTimeout(r, 300));
     const start = nowMs();
     const m = spawn(process.execPath, ['--single-threaded-gc', TSNAP, 'migrate', '--pid', String(w.pid), '--to', `${oh.host}:${oh.port}`, '--token', 'bench', '--downtime-ms', '50', '--max-iterations', '10', '--json', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // Killed, its guardian puts the source back (which is killed too).
+    const forgetMigrate = killOnInterrupt(m.pid);
     let stdout = '';
     let stderr = '';
     m.stdout!.on('data', (d) => { stdout += d; });
@@ -200,6 +212,7 @@ async function migration(bin: string, mib: number, mbps: number, dir: string, ex
       m.stderr!.on('data', () => { if (!resumedAt && stderr.includes('"event":"resumed"')) resumedAt = nowMs(); });
       m.once('exit', (c) => resolve(c ?? -1));
     });
+    forgetMigrate();
     if (code !== 0) throw new Error(`migrate exited ${code}: ${stderr}`);
     const done = JSON.parse(stdout.trim().split('\n').pop()!);
     if (done.restoreError) throw new Error(done.restoreError);
@@ -234,7 +247,9 @@ async function migration(bin: string, mib: number, mbps: number, dir: string, ex
   } finally {
     try { process.kill(w.pid, 'SIGKILL'); } catch { /* migrated away */ }
     w.sh.kill('SIGKILL');
+    w.forget();
     await oh.stop();
+    forgetOh();
     rmSync(join(dir, 'in'), { recursive: true, force: true });
     rmSync(out, { force: true });
   }
@@ -243,9 +258,9 @@ async function migration(bin: string, mib: number, mbps: number, dir: string, ex
 export async function benchMigration(argv: string[] = process.argv.slice(2)): Promise<Record<string, unknown>> {
   const o = parseArgs(argv);
   for (const name of readdirSync('/proc/self/fd')) if (Number(name) > 2) { try { setCloexec(Number(name)); } catch { /* gone */ } }
-  const work = mkdtempSync(join(tmpdir(), 'tsnap-bench-mig-'));
+  const work = benchDir(tmpdir(), 'tsnap-bench-mig-');
   mkdirSync(o.dir, { recursive: true });
-  const data = mkdtempSync(join(o.dir, 'tsnap-bench-mig-'));
+  const data = benchDir(o.dir, 'tsnap-bench-mig-');
   const bin = join(work, 'workload');
   writeFileSync(`${bin}.c`, WORKLOAD);
   execFileSync('gcc', ['-O2', '-pthread', '-o', bin, `${bin}.c`]);
@@ -292,7 +307,7 @@ export async function benchMigration(argv: string[] = process.argv.slice(2)): Pr
  */
 export async function benchStreamedMigration(sizeMiB = Number(process.env.BENCH_STREAM_MIB ?? 256), mbps = Number(process.env.BENCH_STREAM_MBPS ?? 10), runs = Number(process.env.BENCH_STREAM_RUNS ?? 2)): Promise<Record<string, unknown>> {
   for (const name of readdirSync('/proc/self/fd')) if (Number(name) > 2) { try { setCloexec(Number(name)); } catch { /* gone */ } }
-  const work = mkdtempSync(join(tmpdir(), 'tsnap-bench-stream-'));
+  const work = benchDir(tmpdir(), 'tsnap-bench-stream-');
   const bin = buildDirtyWriter(work);
   const tsnapBin = new URL('../../bin/tsnap', import.meta.url).pathname;
   const one = async (live: boolean, port: number) => {
