@@ -33,6 +33,7 @@ import { getSched, setSched, SCHED_FIFO, SCHED_RESET_ON_FORK, type SchedClass } 
 import { mark } from '../trace.js';
 import { readSchedTimes, type SchedTimes } from '../proc/schedstat.js';
 import { listTasks } from '../proc/task.js';
+import { rtWatchReady, rtWatchAdd, rtWatchForget, rtStall } from '../sys/rt-watch.js';
 
 export interface FrozenWindowStats {
   /** Whether the window ran in the real-time class. */
@@ -51,6 +52,12 @@ export interface FrozenWindowStats {
   targetWaitUs: number;
   /** The release itself (µs): the guardian letting every thread go (it waits for the target to run its undo syscalls and stop once more). */
   releaseUs: number;
+  /**
+   * When the real-time class's watchdog gave the window's threads their
+   * class back, that long after the window began (ms): the window stalled
+   * past TSNAP_RT_BOUND_MS (sys/rt-watch.ts). Null: it did not.
+   */
+  rtDroppedAfterMs: number | null;
 }
 
 const TARGET_THREADS_READ = 64;
@@ -86,7 +93,9 @@ export class FrozenWindow {
     try { tids = listTasks(pid).slice(0, TARGET_THREADS_READ); } catch { /* gone: the freeze says so */ }
     this.target = { pid, tids, before: tids.map((t) => readSchedTimes(pid, t)), classes: tids.map((t) => getSched(t)) };
     // Only with tsnap's own threads raised: a target ahead of the guardian would gain nothing.
-    this.targetRaised = process.env.TSNAP_COW_TARGET_RT !== '0' && this.prio.has(process.pid);
+    // The watchdog gives them back too should the window stall (the guardian would only at its release).
+    this.targetRaised = process.env.TSNAP_COW_TARGET_RT !== '0' && this.prio.has(process.pid) && rtWatchReady();
+    if (this.targetRaised) tids.forEach((t, i) => { const c = this.target!.classes[i]; if (c && (c.policy & ~SCHED_RESET_ON_FORK) !== SCHED_FIFO) rtWatchAdd(t, c); });
     return this.targetRaised;
   }
 
@@ -102,6 +111,7 @@ export class FrozenWindow {
       const was = tg.classes[i];
       const now = getSched(t);
       if (was && now && (was.policy & ~SCHED_RESET_ON_FORK) !== SCHED_FIFO && now.policy === (SCHED_FIFO | SCHED_RESET_ON_FORK) && now.priority === 1) setSched(t, was);
+      rtWatchForget(t);
     });
   }
 
@@ -127,9 +137,11 @@ export class FrozenWindow {
       const b = readSchedTimes(tg.pid, t);
       if (a && b) targetNs += b.waitNs - a.waitNs;
     });
-    this.result = { windowRt: this.prio.has(process.pid), targetRt: this.targetRaised, windowWaitUs: waitUs(0), guardianWaitUs: waitUs(1), targetWaitUs: Math.round(targetNs / 1000), releaseUs: Math.round(releaseUs) };
+    const windowRt = this.prio.has(process.pid);
     this.prio.restore();
-    mark(`cow window: rt ${this.result.windowRt} (target ${this.result.targetRt}), waited ${this.result.windowWaitUs} µs (guardian ${this.result.guardianWaitUs} µs, target ${this.result.targetWaitUs} µs), release ${this.result.releaseUs} µs`);
+    const stall = windowRt ? rtStall() : null;
+    this.result = { windowRt, targetRt: this.targetRaised, windowWaitUs: waitUs(0), guardianWaitUs: waitUs(1), targetWaitUs: Math.round(targetNs / 1000), releaseUs: Math.round(releaseUs), rtDroppedAfterMs: stall ? +stall.afterMs.toFixed(1) : null };
+    mark(`cow window: rt ${this.result.windowRt} (target ${this.result.targetRt}), waited ${this.result.windowWaitUs} µs (guardian ${this.result.guardianWaitUs} µs, target ${this.result.targetWaitUs} µs), release ${this.result.releaseUs} µs${stall ? `; the watchdog gave the class back after ${stall.afterMs.toFixed(0)} ms` : ''}`);
   }
 
   get stats(): FrozenWindowStats | null {

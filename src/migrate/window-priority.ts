@@ -17,10 +17,15 @@
  * while that round prepares is the last delta the window copies.
  * SCHED_RESET_ON_FORK: what a raised thread creates (a process, a thread)
  * starts in the normal class. Best effort: without CAP_SYS_NICE the thread
- * runs as it was. Each thread gets its own class back afterwards.
+ * runs as it was. Each thread gets its own class back afterwards, and at
+ * the latest when the window has lasted its bound (TSNAP_RT_BOUND_MS, 1 s):
+ * the watchdog of sys/rt-watch.ts, which runs while these threads cannot
+ * (under higher real-time priorities a FIFO 1 thread gets no CPU at all).
+ * Once it has fired, nothing more is raised until the window is over.
  */
 import { getSched, setSched, SCHED_FIFO, SCHED_RESET_ON_FORK, type SchedClass } from '../sys/sched.js';
 import { Guardian } from '../sys/index.js';
+import { rtWatchReady, rtWatchAdd, rtWatchForget } from '../sys/rt-watch.js';
 
 /**
  * This process's main thread and, if it has one, its guardian (the tracer
@@ -48,9 +53,24 @@ export class WindowPriority {
       if (this.saved.has(tid)) continue;
       const was = getSched(tid);
       if (!was || (was.policy & ~SCHED_RESET_ON_FORK) !== 0) continue; // gone, or already in a real-time class: left as it is
-      if (setSched(tid, RAISED) === 0) this.saved.set(tid, was);
+      this.raiseTo(tid, RAISED, was);
     }
     return this;
+  }
+
+  /** Raised only under the watchdog, registered before the raise: it may fire at any time after. */
+  private raiseTo(tid: number, to: SchedClass, was: SchedClass): boolean {
+    if (!rtWatchReady()) return false;
+    rtWatchAdd(tid, was);
+    if (setSched(tid, to) !== 0) { rtWatchForget(tid); return false; }
+    this.saved.set(tid, was);
+    return true;
+  }
+
+  /** `tid` has its class back: off the watchdog's list. */
+  private putBack(tid: number, was: SchedClass): void {
+    setSched(tid, was);
+    rtWatchForget(tid);
   }
 
   /** Whether `tid` is raised (and will be put back). */
@@ -65,8 +85,8 @@ export class WindowPriority {
    */
   adopt(tid: number, like: number): void {
     const was = this.saved.get(like);
-    if (!was) return;
-    if (setSched(tid, RAISED) === 0) this.saved.set(tid, was);
+    if (!was || this.saved.has(tid)) return;
+    this.raiseTo(tid, RAISED, was);
   }
 
   /**
@@ -77,7 +97,9 @@ export class WindowPriority {
     const was = this.saved.get(from);
     if (!was) return;
     this.saved.delete(from);
-    for (const tid of tids) setSched(tid, was);
+    for (const tid of tids) { this.saved.delete(tid); this.putBack(tid, was); }
+    // Its own threads are in `tids`; should it not be, it still goes back (no longer listed, nothing else would).
+    if (!tids.includes(from)) this.putBack(from, was);
   }
 
   /**
@@ -86,7 +108,8 @@ export class WindowPriority {
    * on must be given its class back by restoreLike() or its own end.
    */
   inheritable(tid: number, on: boolean): void {
-    if (!this.saved.has(tid)) return;
+    // Not once the watchdog fired: that would raise it again.
+    if (!this.saved.has(tid) || !rtWatchReady()) return;
     setSched(tid, on ? SPAWN_RAISED : RAISED);
   }
 
@@ -94,14 +117,14 @@ export class WindowPriority {
   restoreAllBut(keep: number): void {
     for (const [tid, was] of this.saved) {
       if (tid === keep) continue;
-      setSched(tid, was);
+      this.putBack(tid, was);
       this.saved.delete(tid);
     }
   }
 
   /** Puts every raised thread back. */
   restore(): void {
-    for (const [tid, was] of this.saved) setSched(tid, was);
+    for (const [tid, was] of this.saved) this.putBack(tid, was);
     this.saved.clear();
   }
 }
