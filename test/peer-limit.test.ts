@@ -198,7 +198,7 @@ describe('migrate --peer-timeout: a silent receiver', () => {
     expect(readStatus(p.pid).state).toBe('t');
     process.kill(m.child.pid!, 'SIGINT');
     const r = await m.done;
-    expect(r.code).toBe(128 + 2);
+    expect(r.code, `signal ${r.signal}; ${r.stderr}`).toBe(128 + 2);
     expect(r.stderr.trim().split('\n').at(-1)).toMatch(/interrupted by SIGINT; COMMIT had been sent: if the receiver at .* committed before the connection ended, process \d+ runs there too/);
     await expectRunsOnUntouched(p);
   });

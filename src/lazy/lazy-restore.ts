@@ -60,6 +60,7 @@ import { subtract, normalize, intersect, type Range } from '../image/ranges.js';
 import type { PageSource } from './page-source.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 import { mark } from '../trace.js';
+import { WindowPriority } from '../migrate/window-priority.js';
 
 const MAP_DROPPABLE = 0x08;
 const FEATURES = UFFD_FEATURE.EVENT_FORK | UFFD_FEATURE.EVENT_REMAP | UFFD_FEATURE.EVENT_REMOVE | UFFD_FEATURE.EVENT_UNMAP;
@@ -152,7 +153,7 @@ export class LazyRestore {
     this.guardAck = g.ack;
     this.logFd = g.logFd;
     const logFd = this.logFd;
-    this.host = new PagerHost(this.guardW, (m) => { try { writeSync(logFd, `${m}\n`); } catch { /* no log */ } }, fillDelay());
+    this.host = new PagerHost(this.guardW, (m) => { try { writeSync(logFd, `${m}\n`); } catch { /* no log */ } }, fillDelay(), opts.remote ? faultWaitClass() : undefined);
     const self = this;
     this.stats = { get lazyBytes() { self.build(); return self.lazyBytes; }, repairedPages: 0 };
   }
@@ -417,4 +418,22 @@ function writeAll(fd: number, s: string): void {
   const b = Buffer.from(s);
   let at = 0;
   while (at < b.length) at += writeSync(fd, b, at, b.length - at);
+}
+
+/**
+ * Post-copy: while a thread of the process waits for a page from the link,
+ * tsnap's main thread (which reads the answer off the socket and copies it
+ * in) runs in the real-time class, as in the downtime's window, and only
+ * then: a fault's wait is downtime for that thread. Bounded by the
+ * watchdog like every window (sys/rt-watch.ts). TSNAP_PC_FAULT_RT=0 leaves
+ * the class alone.
+ */
+function faultWaitClass(): ((waiting: boolean) => void) | undefined {
+  if (process.env.TSNAP_PC_FAULT_RT === '0') return undefined;
+  const prio = new WindowPriority();
+  return (waiting) => {
+    if (!waiting) { prio.restore(); return; }
+    prio.raise([process.pid]);
+    mark(`lazy: a fault waits on the source, tsnap's thread ${prio.has(process.pid) ? 'raised' : 'as it was'}`);
+  };
 }

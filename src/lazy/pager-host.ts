@@ -37,8 +37,8 @@ export class PagerHost {
   readonly pager: Pager;
   private readonly sources: { spec: SourceSpec; source: PageSource }[] = [];
 
-  constructor(private readonly guardFd: number, private readonly log: (m: string) => void, fillDelayMs = 0) {
-    this.pager = new Pager({ log, fillDelayMs });
+  constructor(private readonly guardFd: number, private readonly log: (m: string) => void, fillDelayMs = 0, onFaultWait?: (waiting: boolean) => void) {
+    this.pager = new Pager({ log, fillDelayMs, onFaultWait });
   }
 
   addSource(spec: SourceSpec): number {

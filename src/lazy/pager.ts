@@ -52,6 +52,12 @@ export interface PagerOptions {
   log: (msg: string) => void;
   /** Pause between background steps (faults are still served at once): lets tests fork or kill mid-fill. */
   fillDelayMs?: number;
+  /**
+   * Told when a thread of the process starts (true) and stops (false)
+   * waiting for pages that must come from a source with no synchronous
+   * read (post-copy: the link). See the call.
+   */
+  onFaultWait?: (waiting: boolean) => void;
 }
 
 export interface PagerStats {
@@ -76,6 +82,9 @@ export class Pager {
   private steps = 0;
   private yieldedAt = 0n;
   private polls = 0;
+  /** Faults waiting on an asynchronous fetch (theirs, or the background one holding their page). */
+  private faultWaits = 0;
+  private waitsOnBackground = 0;
 
   constructor(private readonly opts: PagerOptions) {}
 
@@ -103,6 +112,15 @@ export class Pager {
    * caller must then kill the processes, whose faults would never be answered.
    */
   async run(): Promise<'done' | 'stopped'> {
+    try {
+      return await this.loop();
+    } finally {
+      // Failed (or stopped) with a fault still waiting: its thread is the guard's or the next host's now.
+      if (this.faultWaits > 0) { this.faultWaits = 0; this.waitsOnBackground = 0; this.opts.onFaultWait?.(false); }
+    }
+  }
+
+  private async loop(): Promise<'done' | 'stopped'> {
     for (;;) {
       if (this.stopping && !this.bg) return 'stopped';
       const faults = this.readAll();
@@ -160,10 +178,27 @@ export class Pager {
     if (this.opts.fillDelayMs) this.nextFillAt = Date.now() + this.opts.fillDelayMs;
   }
 
+  private waitBegins(): void {
+    if (this.faultWaits++ === 0) this.opts.onFaultWait?.(true);
+  }
+
+  private waitEnds(): void {
+    if (--this.faultWaits === 0) this.opts.onFaultWait?.(false);
+  }
+
   /** Places the background fetch's data wherever its pieces are now (mremap may have moved them). */
   private completeBackground(): void {
     const bg = this.bg!;
     this.bg = null;
+    try {
+      this.placeBackground(bg);
+    } finally {
+      // The faults that waited on it are woken by its copy (or fail with it).
+      for (; this.waitsOnBackground > 0; this.waitsOnBackground--) this.waitEnds();
+    }
+  }
+
+  private placeBackground(bg: Background): void {
     const r = bg.result!;
     if ('err' in r) {
       if (!this.contexts.includes(bg.ctx)) return;
@@ -221,12 +256,25 @@ export class Pager {
     const piece = ctx.pending.claim(addr, FAULT_WINDOW);
     if (piece) {
       this.stats.bytesFaulted += piece.len;
-      await this.place(ctx, piece);
+      // A thread of the process is stopped until this fetch answers: on a
+      // loaded host the wake-up for its answer waited 593 ms once, this
+      // thread in the normal class (docs/performance.md); the hook may
+      // raise it for that long (and no longer).
+      const waits = !ctx.source.fetchNow;
+      if (waits) this.waitBegins();
+      try {
+        await this.place(ctx, piece);
+      } finally {
+        if (waits) this.waitEnds();
+      }
       mark(`lazy: fault 0x${addr.toString(16)} served`);
       return;
     }
-    // Being fetched in the background: its copy wakes the thread.
-    if (ctx.inflight?.has(addr)) return;
+    // Being fetched in the background: its copy wakes the thread (and ends the wait).
+    if (ctx.inflight?.has(addr)) {
+      if (!ctx.source.fetchNow && this.bg) { this.waitsOnBackground++; this.waitBegins(); }
+      return;
+    }
     // Nothing stored there (never touched at the dump, or new since): zero.
     // Or filled already, after the fault was queued: then only wake it.
     const page = addr - (addr % P);

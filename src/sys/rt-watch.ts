@@ -23,6 +23,12 @@ interface Lib {
   forget(tid: number): void;
   fired(): number;
   firedAt(): number | bigint;
+  /**
+   * The library itself, held for the life of the process: its thread runs
+   * its code until the process ends (it is also linked -z nodelete, so that
+   * no unload at the environment's teardown can pull that code away).
+   */
+  so: unknown;
 }
 
 let lib: Lib | null | undefined;
@@ -44,6 +50,7 @@ function load(): Lib | null {
       forget: f('void tsnap_rtwatch_forget(int32_t tid)'),
       fired: f('int32_t tsnap_rtwatch_fired(void)'),
       firedAt: f('int64_t tsnap_rtwatch_fired_at(void)'),
+      so,
     };
     if (l.start() === 0) lib = l;
   } catch { /* no watchdog: nothing is raised */ }
