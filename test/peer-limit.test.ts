@@ -7,7 +7,7 @@
  */
 import { describe, it, expect, afterEach } from 'vitest';
 import { createServer, type Server, type Socket } from 'node:net';
-import { readdirSync, readlinkSync } from 'node:fs';
+import { readdirSync, readlinkSync, readFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { compileC, startProcess, useProcessCleanup, type Running } from './helpers/fixtures.js';
 import { startTsnap, killPid, tsnap } from './helpers/tsnap.js';
@@ -78,6 +78,14 @@ function fakeReceiver(mode: Silence): Promise<Fake> {
 }
 
 /** The source as a failed migration must leave it: running, untraced, not tracked, no userfaultfd, its memory intact. */
+/** Every thread's scheduling policy (stat field 41). */
+function policies(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`).map((t) => {
+    const st = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+    return Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[38]);
+  });
+}
+
 async function expectRunsOnUntouched(p: Running): Promise<void> {
   const st = readStatus(p.pid);
   expect(st.tracerPid).toBe(0);
@@ -85,6 +93,8 @@ async function expectRunsOnUntouched(p: Running): Promise<void> {
   expect(findHolders(p.pid)).toEqual([]);
   const fds = readdirSync(`/proc/${p.pid}/fd`).map((fd) => { try { return readlinkSync(`/proc/${p.pid}/fd/${fd}`); } catch { return ''; } });
   expect(fds.filter((l) => l.includes('userfaultfd'))).toEqual([]);
+  // Frozen in the window's real-time class (the guardian's FREEZE), resumed in its own: SCHED_OTHER again.
+  expect(policies(p.pid).every((x) => x === 0), `policies ${policies(p.pid)}`).toBe(true);
   // It goes on counting, and its own check of every page passes.
   const n = p.lines().length;
   await p.waitForLine(/^count=/, 10_000, n);
@@ -121,7 +131,8 @@ describe('migrate --peer-timeout: a silent receiver', () => {
     const fake = await fakeReceiver('no-commit-answer');
     const p = await startProcess(await compileC('migrant'), ['16']);
     await p.waitForLine(/^count=/, 10_000);
-    const m = startTsnap(['--quiet', 'migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${fake.port}`, '--token', 'sesame', '--peer-timeout', '2']);
+    // The watchdog's bound past the wait: the source's threads stay in the window's class while it lasts.
+    const m = startTsnap(['--quiet', 'migrate', '--pid', String(p.pid), '--to', `127.0.0.1:${fake.port}`, '--token', 'sesame', '--peer-timeout', '2'], { TSNAP_RT_BOUND_MS: '60000' });
     senders.push(m.child.pid!);
     // --quiet hides warnings, but not this one: the source is frozen.
     let stderr = '';
@@ -133,6 +144,8 @@ describe('migrate --peer-timeout: a silent receiver', () => {
     // Still frozen, never resumed on its own: the receiver may have committed.
     expect(readStatus(p.pid).state).toBe('t');
     expect(m.child.exitCode).toBeNull();
+    // Frozen into the window's class by the guardian (sender.ts, raiseTarget).
+    expect(policies(p.pid).every((x) => x === 1), `policies ${policies(p.pid)}`).toBe(true);
     process.kill(m.child.pid!, 'SIGTERM');
     const r = await m.done;
     expect(r.code).toBe(128 + 15);
@@ -196,6 +209,8 @@ describe('migrate --peer-timeout: a silent receiver', () => {
     expect(fake.seen).toContain('Postcopy');
     await eventually(() => stderr, (s) => /has not answered COMMIT/.test(s), 30_000, 'the warning');
     expect(readStatus(p.pid).state).toBe('t');
+    // Frozen past the watchdog's bound (1 s): it gave the source's threads their own class back.
+    expect(policies(p.pid).every((x) => x === 0), `policies ${policies(p.pid)}`).toBe(true);
     process.kill(m.child.pid!, 'SIGINT');
     const r = await m.done;
     expect(r.code, `signal ${r.signal}; ${r.stderr}`).toBe(128 + 2);

@@ -53,6 +53,12 @@ export interface DumpOptions {
   dir: string;
   /** Called right before the freeze, after the checks (migrate lifts its throttle there: a throttled task is slow to stop). */
   beforeFreeze?: () => void | Promise<void>;
+  /**
+   * Right before the freeze of a held round (a migration's final): whether
+   * the guardian is to freeze the target's threads into the real-time
+   * class (the caller's window, which also lists them for the watchdog).
+   */
+  raiseTarget?: (pid: number) => boolean;
   /** Resume the target after the dump instead of killing it. */
   leaveRunning?: boolean;
   compression?: Compression;
@@ -314,7 +320,7 @@ async function takeImage(opts: DumpOptions, mode: Mode, self: number | null, gon
           const w = cowWindow = new FrozenWindow();
           session.onFailure(() => w.end());
         }
-        const raiseTarget = cowWindow?.begin(pid) ?? false;
+        const raiseTarget = cowWindow?.begin(pid) ?? (opts.hold ? opts.raiseTarget?.(pid) ?? false : false);
         frozen = session.freeze(pid, { raise: raiseTarget });
         // Stopped, the pid cannot change hands: whoever holds it now is who the dump is of, or another process.
         refuseIfEnded(self, gone);

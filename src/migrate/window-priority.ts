@@ -26,6 +26,7 @@
 import { getSched, setSched, SCHED_FIFO, SCHED_RESET_ON_FORK, type SchedClass } from '../sys/sched.js';
 import { Guardian } from '../sys/index.js';
 import { rtWatchReady, rtWatchAdd, rtWatchForget } from '../sys/rt-watch.js';
+import { listTasks } from '../proc/task.js';
 
 /**
  * This process's main thread and, if it has one, its guardian (the tracer
@@ -44,8 +45,13 @@ const RAISED: SchedClass = { policy: SCHED_FIFO | SCHED_RESET_ON_FORK, priority:
  */
 export const SPAWN_RAISED: Readonly<SchedClass> = { policy: SCHED_FIFO, priority: 1 };
 
+/** As for a copy-on-write window (dump/frozen-window.ts): the first threads only, read before the freeze. */
+const TARGET_THREADS_WATCHED = 64;
+
 export class WindowPriority {
   private readonly saved = new Map<number, SchedClass>();
+  /** Threads the guardian raises (its FREEZE) and puts back (its RELEASE): only on the watchdog's list here. */
+  private readonly elsewhere = new Set<number>();
 
   /** Raises `tids` (the caller's main thread: its pid); returns this. */
   raise(tids: readonly number[]): this {
@@ -122,9 +128,31 @@ export class WindowPriority {
     }
   }
 
-  /** Puts every raised thread back. */
+  /**
+   * Right before the guardian freezes `pid` into this window's class (its
+   * FREEZE with raise): its threads go on the watchdog's list with their
+   * own class, so that a stalled window gives them back too. Whether the
+   * freeze should raise them: only with this process's main thread raised
+   * (a target ahead of its tracer gains nothing) and the watchdog running.
+   */
+  watchRaisedElsewhere(pid: number): boolean {
+    if (!this.saved.has(process.pid) || !rtWatchReady()) return false;
+    let tids: number[] = [];
+    try { tids = listTasks(pid).slice(0, TARGET_THREADS_WATCHED); } catch { return false; }
+    for (const tid of tids) {
+      const was = getSched(tid);
+      if (!was || (was.policy & ~SCHED_RESET_ON_FORK) !== 0 || this.elsewhere.has(tid)) continue;
+      rtWatchAdd(tid, was);
+      this.elsewhere.add(tid);
+    }
+    return true;
+  }
+
+  /** Puts every raised thread back; those the guardian raised are only taken off the watchdog's list (it puts them back). */
   restore(): void {
     for (const [tid, was] of this.saved) this.putBack(tid, was);
     this.saved.clear();
+    for (const tid of this.elsewhere) rtWatchForget(tid);
+    this.elsewhere.clear();
   }
 }
