@@ -220,7 +220,11 @@ const CRC_AHEAD = 3;
 async function fillByAddressMapped(pid: number, resolved: ResolvedTable, plan: AddressPlan, readerOf: (image: number) => PageFileReader, many: CrcWritevMany, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void): Promise<number> {
   const gather = new GatherWriter(pid);
   const total = plan.bytes;
-  const populator = (state.populator = new Populator(sc, sc ? populateByAddress(resolved, plan.windowOf) : []));
+  // As for one image from mappings (map-fill.ts): the task populating ahead cost more CPU than the
+  // writes' own faults (the bench's 64 MiB chain: the task's ~19 ms against ~2 ms more of tsnap's,
+  // docs/performance.md, "Chains from mappings, fused"). TSNAP_FILL_CHAIN_POPULATE=1: as before (A/B).
+  const populates = process.env.TSNAP_FILL_CHAIN_POPULATE === '1' ? sc : null;
+  const populator = (state.populator = new Populator(populates, populates ? populateByAddress(resolved, plan.windowOf) : []));
   populator.begin();
   const nChunks = plan.keys.length;
   const nBatches = Math.ceil(nChunks / CRC_BATCH);
