@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { crc32 as zlibCrc32 } from 'node:zlib';
-import { nativeCrcWritev, nativeCrcWritevMany, mapReadOnly, unmap } from '../../src/sys/map-fill.js';
+import { nativeCrcWritev, nativeCrcWritevMany, nativeCrcGather, mapReadOnly, unmap } from '../../src/sys/map-fill.js';
 import { libc } from '../../src/sys/libc.js';
 
 let dir: string;
@@ -147,6 +147,116 @@ describe('tsnap_crc_writev', () => {
       expect(done.readBigInt64LE(16)).toBe(0x5555555555555555n);
     } finally {
       unmap(base, data.length);
+      closeSync(fd);
+    }
+  });
+});
+
+/** u64s of a list of numbers. */
+function u64s(xs: (number | bigint)[]): Buffer {
+  const b = Buffer.alloc(Math.max(1, xs.length) * 8);
+  xs.forEach((x, i) => b.writeBigUInt64LE(BigInt(x), i * 8));
+  return b;
+}
+
+describe('tsnap_crc_gather and tsnap_crc32_combine_many', () => {
+  const g = nativeCrcGather();
+
+  it('are built', () => {
+    expect(g).not.toBeNull();
+  });
+
+  it('combine: the CRC of A then B from their CRCs and B\'s length, empty parts too', () => {
+    const data = randomBytes(300_000);
+    const cuts = [0, 1, 7, 4096, 65_537, 299_999, 300_000];
+    const a = Buffer.alloc(cuts.length * 4), b = Buffer.alloc(cuts.length * 4), out = Buffer.alloc(cuts.length * 4);
+    cuts.forEach((c, i) => {
+      a.writeUInt32LE(zlibCrc32(data.subarray(0, c)) >>> 0, i * 4);
+      b.writeUInt32LE(zlibCrc32(data.subarray(c)) >>> 0, i * 4);
+    });
+    g!.combine(a, b, u64s(cuts.map((c) => data.length - c)), cuts.length, out);
+    cuts.forEach((_, i) => expect(out.readUInt32LE(i * 4)).toBe(zlibCrc32(data) >>> 0));
+  });
+
+  /**
+   * Three chunks of one mapped file, pieces of all three interleaved by destination (as a chain's
+   * levels are), some pieces not in offset order and bytes no piece uses; in two lanes, each
+   * checking its part of each chunk, over several calls; the CRCs combined equal each whole chunk's.
+   */
+  it('writes every piece and takes each whole chunk\'s CRC, in two lanes of several calls', async () => {
+    const CH = 300_000;
+    const data = randomBytes(3 * CH + 4096);
+    const path = join(dir, 'gather');
+    writeFileSync(path, data);
+    const fd = openSync(path, 'r');
+    const base = mapReadOnly(fd, data.length);
+    try {
+      const at = [4096, 4096 + CH, 4096 + 2 * CH];
+      const chunk = (k: number) => data.subarray(at[k], at[k] + CH);
+      // [chunk, offset, length]: a 400 KiB piece (longer than a group), small ones, one before an earlier one's offset.
+      const layout: [number, number, number][] = [[0, 0, 5000], [1, 100, 20_000], [0, 8000, 4096], [2, 0, 200_000], [1, 50_000, 3], [0, 20_000, 40_000], [2, 250_000, 49_999], [1, 30_000, 10_000], [0, 100_000, 150_000], [2, 200_500, 1000]];
+      const dest = Buffer.alloc(layout.reduce((s, [, , l]) => s + l, 0));
+      const destAt: number[] = [];
+      const pieces: number[][] = [];
+      let d = 0;
+      for (const [k, o, l] of layout) {
+        destAt.push(d);
+        pieces.push([k, o, Number(libc.address(dest)) + d, l]);
+        d += l;
+      }
+      const pieceBuf = u64s(pieces.flat());
+      const chunks = u64s(at.map((a) => base + BigInt(a)));
+      const mid = 5;
+      // Each chunk's second part starts at its first piece of the second lane.
+      const split = [0, 1, 2].map((k) => pieces.slice(mid).find((p) => p[0] === k)?.[1] ?? CH);
+      const lanes = [[0, mid], [mid, layout.length]].map(([from, to], l) => ({
+        from, to,
+        seg: u64s([0, 1, 2].flatMap((k) => (l === 0 ? [0, split[k], 0] : [split[k], CH, split[k]]))),
+        crcs: Buffer.alloc(12),
+        out: Buffer.alloc(16),
+      }));
+      for (const ln of lanes) {
+        // Two calls a lane, the second one finishing: on the pool and on this thread.
+        const cut = ln.from + 2;
+        const r1 = await new Promise<number>((resolve, reject) => g!.run.async(process.pid, chunks, ln.seg, ln.crcs, 3, pieceBuf, ln.from, cut, 0, ln.out, (err, ret) => (err ? reject(err) : resolve(Number(ret)))));
+        expect(r1).toBe(0);
+        expect(Number(g!.run(process.pid, chunks, ln.seg, ln.crcs, 3, pieceBuf, cut, ln.to, 1, ln.out))).toBe(0);
+        expect(Number(ln.out.readBigUInt64LE(0))).toBe(layout.slice(ln.from, ln.to).reduce((s, [, , l]) => s + l, 0));
+      }
+      const out = Buffer.alloc(12);
+      g!.combine(lanes[0].crcs, lanes[1].crcs, u64s(split.map((s) => CH - s)), 3, out);
+      [0, 1, 2].forEach((k) => expect(out.readUInt32LE(k * 4)).toBe(zlibCrc32(chunk(k)) >>> 0));
+      layout.forEach(([k, o, l], i) => expect(dest.subarray(destAt[i], destAt[i] + l).equals(chunk(k).subarray(o, o + l))).toBe(true));
+    } finally {
+      unmap(base, data.length);
+      closeSync(fd);
+    }
+  });
+
+  it('a short write is 1 with the bytes written; a file shrunk under the mapping is -EFAULT with its chunk', () => {
+    const size = 4 * PIECE;
+    const path = join(dir, 'gather-shrinks');
+    writeFileSync(path, randomBytes(size));
+    const fd = openSync(path, 'r+');
+    const base = mapReadOnly(fd, size);
+    try {
+      const dest = Buffer.alloc(8192);
+      const chunks = u64s([base, base + BigInt(2 * PIECE)]);
+      const seg = () => u64s([0, PIECE, 0, 0, PIECE, 0]);
+      // The second piece goes to page 1 of the address space: never mapped.
+      const short = u64s([0, 0, libc.address(dest), 8192, 0, 8192, 4096, 4096]);
+      const out = Buffer.alloc(16);
+      expect(Number(g!.run(process.pid, chunks, seg(), Buffer.alloc(8), 2, short, 0, 2, 1, out))).toBe(1);
+      expect(Number(out.readBigUInt64LE(0))).toBe(8192);
+      ftruncateSync(fd, 3 * PIECE - 8192);
+      const pieces = u64s([0, 0, libc.address(dest), 4096, 1, PIECE - 4096, libc.address(dest) + 4096n, 4096]);
+      for (let i = 0; i < 2; i++) {
+        out.fill(0);
+        expect(Number(g!.run(process.pid, chunks, seg(), Buffer.alloc(8), 2, pieces, 0, 2, 1, out))).toBe(-14);
+        expect(Number(out.readBigUInt64LE(8))).toBe(1);
+      }
+    } finally {
+      unmap(base, size);
       closeSync(fd);
     }
   });
