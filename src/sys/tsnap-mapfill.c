@@ -193,7 +193,8 @@ static uint32_t x8n_mod_p(uint64_t n) {
  * chunk whose two halves two lanes checked (tsnap_crc_gather).
  */
 void tsnap_crc32_combine_many(const uint32_t *a, const uint32_t *b, const uint64_t *blen, uint32_t n, uint32_t *out) {
-  for (uint32_t i = 0; i < n; i++) out[i] = mul_mod_p(x8n_mod_p(blen[i]), a[i]) ^ b[i];
+  /* Most chunks lie in one lane (B empty, or A's CRC 0 and so no term of its own): ~10 us saved each, in cold code. */
+  for (uint32_t i = 0; i < n; i++) out[i] = blen[i] == 0 ? a[i] : a[i] == 0 ? b[i] : mul_mod_p(x8n_mod_p(blen[i]), a[i]) ^ b[i];
 }
 
 /* The CRC of chunk k's bytes [*cur, to) added to *crc, under the caller's SIGBUS guard (out[1]: the chunk, should it fault). */
@@ -215,7 +216,16 @@ static void flush_slot(const uint64_t *chunks, uint64_t *seg, uint32_t *crcs, ui
   slot_end[i] = slot_end[*nslots];
 }
 
-static int64_t crc_gather(int pid, const uint64_t *chunks, uint64_t *seg, uint32_t *crcs, uint32_t nchunks, const uint64_t *pieces, uint32_t from, uint32_t to, int finish, uint64_t *out) {
+/* The resolved runs as the restore holds them (ResolvedTable, src/image/chain-index.ts): columns, integers in doubles. */
+struct runs {
+  const double *start, *pages, *offset;
+  const int32_t *image;
+  const uint32_t *chunk;
+  const uint32_t *base; /* chunk j of level l is chunk base[l] + j of `chunks` */
+  uint64_t page;
+};
+
+static int64_t crc_gather(int pid, const uint64_t *chunks, uint64_t *seg, uint32_t *crcs, uint32_t nchunks, const struct runs *r, uint32_t from, uint32_t to, int finish, uint64_t *out) {
   struct iovec local[MAX_IOV], remote[MAX_IOV];
   uint64_t slot[SLOTS], slot_end[SLOTS];
   uint32_t nslots = 0;
@@ -225,8 +235,7 @@ static int64_t crc_gather(int pid, const uint64_t *chunks, uint64_t *seg, uint32
     uint32_t nl = 0, nr = 0;
     size_t want = 0;
     while (i < to && want < PIECE && nl < MAX_IOV && nr < MAX_IOV) {
-      const uint64_t *p = pieces + 4 * (uint64_t)i;
-      uint64_t k = p[0], off = p[1] + kdone, left = p[3] - kdone;
+      uint64_t k = r->base[r->image[i]] + r->chunk[i], off = (uint64_t)r->offset[i] + kdone, left = (uint64_t)r->pages[i] * r->page - kdone;
       uint64_t take = PIECE - want < left ? PIECE - want : left;
       /* How far each chunk's CRC must go before the write: one CRC call per chunk and group, not per piece (~7 KiB each). */
       uint32_t s = 0;
@@ -239,7 +248,7 @@ static int64_t crc_gather(int pid, const uint64_t *chunks, uint64_t *seg, uint32
       }
       if (off + take > slot_end[s]) slot_end[s] = off + take;
       uint8_t *src = (uint8_t *)(uintptr_t)chunks[k] + off;
-      uint8_t *dst = (uint8_t *)(uintptr_t)(p[2] + kdone);
+      uint8_t *dst = (uint8_t *)(uintptr_t)((uint64_t)r->start[i] + kdone);
       if (nl && (uint8_t *)local[nl - 1].iov_base + local[nl - 1].iov_len == src) local[nl - 1].iov_len += (size_t)take;
       else local[nl++] = (struct iovec){src, (size_t)take};
       if (nr && (uint8_t *)remote[nr - 1].iov_base + remote[nr - 1].iov_len == dst) remote[nr - 1].iov_len += (size_t)take;
@@ -275,22 +284,26 @@ static int64_t crc_gather(int pid, const uint64_t *chunks, uint64_t *seg, uint32
  * all of it, the bytes a newer level replaced too, so this lane walks its
  * part of each chunk, [lo, hi), in order: seg[3k] lo, seg[3k+1] hi,
  * seg[3k+2] how far it got, crcs[k] the CRC of [lo, that) (both kept
- * across calls). chunks[k]: chunk k's source address (its length: the
- * caller's hi). pieces[4i..4i+3]: chunk, offset in it, remote address, length
- * (none past its chunk's end: the caller checks). `finish`: after the
- * pieces, every chunk's part is walked to hi. out[0] += bytes written;
- * out[1]: the chunk that faulted. Returns 0; 1 when a write was short
- * (the piece holding byte out[0] failed); -EFAULT when the mapping
+ * across calls; lo = hi: a chunk no run uses). chunks[k]: chunk k's
+ * source address. The pieces are runs from..to-1 of the resolved table's
+ * columns as they are (run i: start[i], pages[i] of `page` bytes, from
+ * chunk chunk[i] of level image[i], that is chunks[base[image[i]] +
+ * chunk[i]], at offset[i]; none past its chunk's end: the caller checks),
+ * so no second list is built per run. `finish`: after the pieces, every
+ * chunk's part is walked to hi. out[0] += bytes written; out[1]: the
+ * chunk that faulted. Returns 0; 1 when a write was short (the piece
+ * holding byte out[0] failed); -EFAULT when the mapping
  * faulted (the file shrank); -errno of process_vm_writev.
  */
-int64_t tsnap_crc_gather(int pid, const uint64_t *chunks, uint64_t *seg, uint32_t *crcs, uint32_t nchunks, const uint64_t *pieces, uint32_t from, uint32_t to, int finish, uint64_t *out) {
+int64_t tsnap_crc_gather(int pid, const uint64_t *chunks, uint64_t *seg, uint32_t *crcs, uint32_t nchunks, const uint32_t *base, const double *start, const double *pages, const int32_t *image, const uint32_t *chunk, const double *offset, uint32_t page, uint32_t from, uint32_t to, int finish, uint64_t *out) {
+  struct runs r = {start, pages, offset, image, chunk, base, page};
   /* One guard for the whole call: sigsetjmp saves the signal mask with a syscall, too dear per piece (~150 000 a GiB). */
   sigjmp_buf j;
   if (sigsetjmp(j, 1)) return -EFAULT;
   guard_jmp = &j;
-  int64_t r = crc_gather(pid, chunks, seg, crcs, nchunks, pieces, from, to, finish, out);
+  int64_t ret = crc_gather(pid, chunks, seg, crcs, nchunks, &r, from, to, finish, out);
   guard_jmp = NULL;
-  return r;
+  return ret;
 }
 
 /* munmap, for koffi's .async: unmapping a GiB of file pages takes ~15 ms per 512 MiB here, off tsnap's thread. */

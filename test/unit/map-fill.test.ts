@@ -159,8 +159,21 @@ function u64s(xs: (number | bigint)[]): Buffer {
   return b;
 }
 
+/** Runs [chunk, offset, length in pages, destination] as a resolved table's columns, every chunk in level 0. */
+function columns(runs: [number, number, number, number][]) {
+  return {
+    base: Uint32Array.of(0),
+    start: Float64Array.from(runs, (r) => r[3]),
+    pages: Float64Array.from(runs, (r) => r[2]),
+    image: new Int32Array(runs.length),
+    chunk: Uint32Array.from(runs, (r) => r[0]),
+    offset: Float64Array.from(runs, (r) => r[1]),
+  };
+}
+
 describe('tsnap_crc_gather and tsnap_crc32_combine_many', () => {
   const g = nativeCrcGather();
+  const P = 4096;
 
   it('are built', () => {
     expect(g).not.toBeNull();
@@ -179,54 +192,53 @@ describe('tsnap_crc_gather and tsnap_crc32_combine_many', () => {
   });
 
   /**
-   * Three chunks of one mapped file, pieces of all three interleaved by destination (as a chain's
-   * levels are), some pieces not in offset order and bytes no piece uses; in two lanes, each
-   * checking its part of each chunk, over several calls; the CRCs combined equal each whole chunk's.
+   * Three chunks of one mapped file, runs of all three interleaved by destination (as a chain's
+   * levels are), some not in offset order and pages no run uses; in two lanes, each checking its
+   * part of each chunk, over two calls each; the CRCs combined equal each whole chunk's.
    */
-  it('writes every piece and takes each whole chunk\'s CRC, in two lanes of several calls', async () => {
-    const CH = 300_000;
-    const data = randomBytes(3 * CH + 4096);
+  it('writes every run and takes each whole chunk\'s CRC, in two lanes of several calls', async () => {
+    const CH = 75 * P;
+    const data = randomBytes(3 * CH + P);
     const path = join(dir, 'gather');
     writeFileSync(path, data);
     const fd = openSync(path, 'r');
     const base = mapReadOnly(fd, data.length);
     try {
-      const at = [4096, 4096 + CH, 4096 + 2 * CH];
+      const at = [P, P + CH, P + 2 * CH];
       const chunk = (k: number) => data.subarray(at[k], at[k] + CH);
-      // [chunk, offset, length]: a 400 KiB piece (longer than a group), small ones, one before an earlier one's offset.
-      const layout: [number, number, number][] = [[0, 0, 5000], [1, 100, 20_000], [0, 8000, 4096], [2, 0, 200_000], [1, 50_000, 3], [0, 20_000, 40_000], [2, 250_000, 49_999], [1, 30_000, 10_000], [0, 100_000, 150_000], [2, 200_500, 1000]];
-      const dest = Buffer.alloc(layout.reduce((s, [, , l]) => s + l, 0));
+      // [chunk, offset, pages]: a 100-page run (longer than a 256 KiB group), short ones, one before an earlier one's offset.
+      const layout: [number, number, number][] = [[0, 0, 1], [1, P, 5], [0, 2 * P, 1], [2, 0, 50], [1, 12 * P, 1], [0, 5 * P, 10], [2, 62 * P, 12], [1, 7 * P, 2], [0, 25 * P, 37], [2, 50 * P, 1]];
+      const dest = Buffer.alloc(layout.reduce((s, [, , l]) => s + l * P, 0));
       const destAt: number[] = [];
-      const pieces: number[][] = [];
       let d = 0;
-      for (const [k, o, l] of layout) {
+      for (const [, , l] of layout) {
         destAt.push(d);
-        pieces.push([k, o, Number(libc.address(dest)) + d, l]);
-        d += l;
+        d += l * P;
       }
-      const pieceBuf = u64s(pieces.flat());
+      const cols = columns(layout.map(([k, o, l], i) => [k, o, l, Number(libc.address(dest)) + destAt[i]]));
       const chunks = u64s(at.map((a) => base + BigInt(a)));
       const mid = 5;
-      // Each chunk's second part starts at its first piece of the second lane.
-      const split = [0, 1, 2].map((k) => pieces.slice(mid).find((p) => p[0] === k)?.[1] ?? CH);
+      // Each chunk's second part starts at its first run of the second lane.
+      const split = [0, 1, 2].map((k) => layout.slice(mid).find((p) => p[0] === k)?.[1] ?? CH);
       const lanes = [[0, mid], [mid, layout.length]].map(([from, to], l) => ({
         from, to,
         seg: u64s([0, 1, 2].flatMap((k) => (l === 0 ? [0, split[k], 0] : [split[k], CH, split[k]]))),
         crcs: Buffer.alloc(12),
         out: Buffer.alloc(16),
       }));
+      const run = (ln: (typeof lanes)[number], from: number, to: number, finish: number) => g!.run(process.pid, chunks, ln.seg, ln.crcs, 3, cols.base, cols.start, cols.pages, cols.image, cols.chunk, cols.offset, P, from, to, finish, ln.out);
       for (const ln of lanes) {
-        // Two calls a lane, the second one finishing: on the pool and on this thread.
+        // Two calls a lane, the second one finishing: on the pool, then on this thread.
         const cut = ln.from + 2;
-        const r1 = await new Promise<number>((resolve, reject) => g!.run.async(process.pid, chunks, ln.seg, ln.crcs, 3, pieceBuf, ln.from, cut, 0, ln.out, (err, ret) => (err ? reject(err) : resolve(Number(ret)))));
+        const r1 = await new Promise<number>((resolve, reject) => g!.run.async(process.pid, chunks, ln.seg, ln.crcs, 3, cols.base, cols.start, cols.pages, cols.image, cols.chunk, cols.offset, P, ln.from, cut, 0, ln.out, (err, ret) => (err ? reject(err) : resolve(Number(ret)))));
         expect(r1).toBe(0);
-        expect(Number(g!.run(process.pid, chunks, ln.seg, ln.crcs, 3, pieceBuf, cut, ln.to, 1, ln.out))).toBe(0);
-        expect(Number(ln.out.readBigUInt64LE(0))).toBe(layout.slice(ln.from, ln.to).reduce((s, [, , l]) => s + l, 0));
+        expect(Number(run(ln, cut, ln.to, 1))).toBe(0);
+        expect(Number(ln.out.readBigUInt64LE(0))).toBe(layout.slice(ln.from, ln.to).reduce((s, [, , l]) => s + l * P, 0));
       }
       const out = Buffer.alloc(12);
       g!.combine(lanes[0].crcs, lanes[1].crcs, u64s(split.map((s) => CH - s)), 3, out);
       [0, 1, 2].forEach((k) => expect(out.readUInt32LE(k * 4)).toBe(zlibCrc32(chunk(k)) >>> 0));
-      layout.forEach(([k, o, l], i) => expect(dest.subarray(destAt[i], destAt[i] + l).equals(chunk(k).subarray(o, o + l))).toBe(true));
+      layout.forEach(([k, o, l], i) => expect(dest.subarray(destAt[i], destAt[i] + l * P).equals(chunk(k).subarray(o, o + l * P))).toBe(true));
     } finally {
       unmap(base, data.length);
       closeSync(fd);
@@ -240,19 +252,19 @@ describe('tsnap_crc_gather and tsnap_crc32_combine_many', () => {
     const fd = openSync(path, 'r+');
     const base = mapReadOnly(fd, size);
     try {
-      const dest = Buffer.alloc(8192);
+      const dest = Buffer.alloc(2 * P);
       const chunks = u64s([base, base + BigInt(2 * PIECE)]);
       const seg = () => u64s([0, PIECE, 0, 0, PIECE, 0]);
-      // The second piece goes to page 1 of the address space: never mapped.
-      const short = u64s([0, 0, libc.address(dest), 8192, 0, 8192, 4096, 4096]);
       const out = Buffer.alloc(16);
-      expect(Number(g!.run(process.pid, chunks, seg(), Buffer.alloc(8), 2, short, 0, 2, 1, out))).toBe(1);
-      expect(Number(out.readBigUInt64LE(0))).toBe(8192);
-      ftruncateSync(fd, 3 * PIECE - 8192);
-      const pieces = u64s([0, 0, libc.address(dest), 4096, 1, PIECE - 4096, libc.address(dest) + 4096n, 4096]);
+      // The second run goes to page 1 of the address space: never mapped.
+      const short = columns([[0, 0, 2, Number(libc.address(dest))], [0, 2 * P, 1, P]]);
+      expect(Number(g!.run(process.pid, chunks, seg(), Buffer.alloc(8), 2, short.base, short.start, short.pages, short.image, short.chunk, short.offset, P, 0, 2, 1, out))).toBe(1);
+      expect(Number(out.readBigUInt64LE(0))).toBe(2 * P);
+      ftruncateSync(fd, 3 * PIECE - 2 * P);
+      const cols = columns([[0, 0, 1, Number(libc.address(dest))], [1, PIECE - P, 1, Number(libc.address(dest)) + P]]);
       for (let i = 0; i < 2; i++) {
         out.fill(0);
-        expect(Number(g!.run(process.pid, chunks, seg(), Buffer.alloc(8), 2, pieces, 0, 2, 1, out))).toBe(-14);
+        expect(Number(g!.run(process.pid, chunks, seg(), Buffer.alloc(8), 2, cols.base, cols.start, cols.pages, cols.image, cols.chunk, cols.offset, P, 0, 2, 1, out))).toBe(-14);
         expect(Number(out.readBigUInt64LE(8))).toBe(1);
       }
     } finally {
