@@ -192,22 +192,23 @@ describe('tsnap_crc_gather and tsnap_crc32_combine_many', () => {
   });
 
   /**
-   * Three chunks of one mapped file, runs of all three interleaved by destination (as a chain's
+   * Four chunks of one mapped file, runs of all four interleaved by destination (as a chain's
    * levels are), some not in offset order and pages no run uses; in two lanes, each checking its
    * part of each chunk, over two calls each; the CRCs combined equal each whole chunk's.
    */
   it('writes every run and takes each whole chunk\'s CRC, in two lanes of several calls', async () => {
     const CH = 75 * P;
-    const data = randomBytes(3 * CH + P);
+    const data = randomBytes(4 * CH + P);
     const path = join(dir, 'gather');
     writeFileSync(path, data);
     const fd = openSync(path, 'r');
     const base = mapReadOnly(fd, data.length);
     try {
-      const at = [P, P + CH, P + 2 * CH];
+      const at = [P, P + CH, P + 2 * CH, P + 3 * CH];
       const chunk = (k: number) => data.subarray(at[k], at[k] + CH);
-      // [chunk, offset, pages]: a 100-page run (longer than a 256 KiB group), short ones, one before an earlier one's offset.
-      const layout: [number, number, number][] = [[0, 0, 1], [1, P, 5], [0, 2 * P, 1], [2, 0, 50], [1, 12 * P, 1], [0, 5 * P, 10], [2, 62 * P, 12], [1, 7 * P, 2], [0, 25 * P, 37], [2, 50 * P, 1]];
+      // [chunk, offset, pages]: a 100-page run (longer than a 256 KiB group), short ones, one before an earlier one's
+      // offset; chunk 3 used by the second lane only, from its middle (the first lane checks its start).
+      const layout: [number, number, number][] = [[0, 0, 1], [1, P, 5], [0, 2 * P, 1], [2, 0, 50], [1, 12 * P, 1], [0, 5 * P, 10], [3, 10 * P, 3], [2, 62 * P, 12], [1, 7 * P, 2], [0, 25 * P, 37], [3, 3 * P, 1], [2, 50 * P, 1]];
       const dest = Buffer.alloc(layout.reduce((s, [, , l]) => s + l * P, 0));
       const destAt: number[] = [];
       let d = 0;
@@ -219,25 +220,25 @@ describe('tsnap_crc_gather and tsnap_crc32_combine_many', () => {
       const chunks = u64s(at.map((a) => base + BigInt(a)));
       const mid = 5;
       // Each chunk's second part starts at its first run of the second lane.
-      const split = [0, 1, 2].map((k) => layout.slice(mid).find((p) => p[0] === k)?.[1] ?? CH);
+      const split = [0, 1, 2, 3].map((k) => layout.slice(mid).find((p) => p[0] === k)?.[1] ?? CH);
       const lanes = [[0, mid], [mid, layout.length]].map(([from, to], l) => ({
         from, to,
-        seg: u64s([0, 1, 2].flatMap((k) => (l === 0 ? [0, split[k], 0] : [split[k], CH, split[k]]))),
-        crcs: Buffer.alloc(12),
+        seg: u64s([0, 1, 2, 3].flatMap((k) => (l === 0 ? [0, split[k], 0] : [split[k], CH, split[k]]))),
+        crcs: Buffer.alloc(16),
         out: Buffer.alloc(16),
       }));
-      const run = (ln: (typeof lanes)[number], from: number, to: number, finish: number) => g!.run(process.pid, chunks, ln.seg, ln.crcs, 3, cols.base, cols.start, cols.pages, cols.image, cols.chunk, cols.offset, P, from, to, finish, ln.out);
+      const run = (ln: (typeof lanes)[number], from: number, to: number, finish: number) => g!.run(process.pid, chunks, ln.seg, ln.crcs, 4, cols.base, cols.start, cols.pages, cols.image, cols.chunk, cols.offset, P, from, to, finish, ln.out);
       for (const ln of lanes) {
         // Two calls a lane, the second one finishing: on the pool, then on this thread.
         const cut = ln.from + 2;
-        const r1 = await new Promise<number>((resolve, reject) => g!.run.async(process.pid, chunks, ln.seg, ln.crcs, 3, cols.base, cols.start, cols.pages, cols.image, cols.chunk, cols.offset, P, ln.from, cut, 0, ln.out, (err, ret) => (err ? reject(err) : resolve(Number(ret)))));
+        const r1 = await new Promise<number>((resolve, reject) => g!.run.async(process.pid, chunks, ln.seg, ln.crcs, 4, cols.base, cols.start, cols.pages, cols.image, cols.chunk, cols.offset, P, ln.from, cut, 0, ln.out, (err, ret) => (err ? reject(err) : resolve(Number(ret)))));
         expect(r1).toBe(0);
         expect(Number(run(ln, cut, ln.to, 1))).toBe(0);
         expect(Number(ln.out.readBigUInt64LE(0))).toBe(layout.slice(ln.from, ln.to).reduce((s, [, , l]) => s + l * P, 0));
       }
-      const out = Buffer.alloc(12);
-      g!.combine(lanes[0].crcs, lanes[1].crcs, u64s(split.map((s) => CH - s)), 3, out);
-      [0, 1, 2].forEach((k) => expect(out.readUInt32LE(k * 4)).toBe(zlibCrc32(chunk(k)) >>> 0));
+      const out = Buffer.alloc(16);
+      g!.combine(lanes[0].crcs, lanes[1].crcs, u64s(split.map((s) => CH - s)), 4, out);
+      [0, 1, 2, 3].forEach((k) => expect(out.readUInt32LE(k * 4)).toBe(zlibCrc32(chunk(k)) >>> 0));
       layout.forEach(([k, o, l], i) => expect(dest.subarray(destAt[i], destAt[i] + l * P).equals(chunk(k).subarray(o, o + l * P))).toBe(true));
     } finally {
       unmap(base, data.length);
