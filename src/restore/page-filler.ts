@@ -222,7 +222,9 @@ const CRC_AHEAD = 3;
  * CRC_BATCH, SIGBUS-guarded in tsnap-mapfill.c) ahead of the windows, and
  * compared before any window writes from it: a damaged chunk is refused
  * before a byte of it reaches the task. No buffers are held, so the
- * chunks live at once (MAX_LIVE) do not matter here.
+ * chunks live at once (MAX_LIVE) do not matter here. Kept for
+ * TSNAP_FILL_CHAIN_FUSED=0 (A/B against fillFused in one build) and a
+ * library without tsnap_crc_gather.
  */
 async function fillByAddressMapped(pid: number, resolved: ResolvedTable, plan: AddressPlan, readerOf: (image: number) => PageFileReader, many: CrcWritevMany, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void): Promise<number> {
   const gather = new GatherWriter(pid);
