@@ -12,7 +12,10 @@
  * N restores of each image through the CLI of each build, one cold process
  * each (`tsnap restore --new-pid --detach`), interleaved: wall until tsnap
  * exits, CPU = tsnap's and its helper's (this process's reaped children,
- * 10 ms ticks) plus the new task's.
+ * 10 ms ticks) plus the new task's. BENCH_AB_ENV="K=V[,K=V...]" instead of
+ * BENCH_AB_OTHER: A is this build with those variables set around each of
+ * its restores (and in its CLI's environment), e.g.
+ * TSNAP_FILL_CHAIN_FUSED=0: a switch measured against the default in one run.
  */
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readdirSync, readFileSync } from 'node:fs';
@@ -48,11 +51,11 @@ function childrenCpuMs(): number {
 }
 
 /** One cold CLI restore of `dir` by the checkout at `root`: wall until tsnap exits, CPU of tsnap, its helper and the new task. */
-function cliOnce(root: string, dir: string, pidfile: string): { t: number; cpu: number } {
+function cliOnce(root: string, dir: string, pidfile: string, env: Record<string, string> = {}): { t: number; cpu: number } {
   rmSync(pidfile, { force: true });
   const c0 = childrenCpuMs();
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(process.execPath, [join(root, 'bin/tsnap'), 'restore', '--dir', dir, '--new-pid', '--detach', '--pidfile', pidfile, '--stdin', '/dev/null', '--stdout', '/dev/null', '--stderr', '/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const r = spawnSync(process.execPath, [join(root, 'bin/tsnap'), 'restore', '--dir', dir, '--new-pid', '--detach', '--pidfile', pidfile, '--stdin', '/dev/null', '--stdout', '/dev/null', '--stderr', '/dev/null'], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
   const t = ms(t0);
   if (r.status !== 0) throw new Error(`${root}: tsnap restore --dir ${dir} failed (${r.status}): ${String(r.stderr).trim()}`);
   const pid = Number(readFileSync(pidfile, 'utf8').trim());
@@ -115,7 +118,21 @@ async function main(): Promise<void> {
     try { ptrace.waitpidBlocking(r0.pid); } catch { /* reaped */ }
     type Sample = { t: number; calls: number; cpu: number };
     const other = process.env.BENCH_AB_OTHER;
-    const builds: { name: string; restore: Restore; writeCalls: () => number }[] = [{ name: 'B', restore, writeCalls: () => VmCopier.writeCalls }];
+    const builds: { name: string; restore: Restore; writeCalls: () => number; env?: Record<string, string> }[] = [{ name: 'B', restore, writeCalls: () => VmCopier.writeCalls }];
+    const abEnv = other ? undefined : process.env.BENCH_AB_ENV;
+    if (abEnv) {
+      const env = Object.fromEntries(abEnv.split(',').map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+      const withEnv: Restore = async (o) => {
+        const saved = Object.keys(env).map((k) => [k, process.env[k]] as const);
+        Object.assign(process.env, env);
+        try {
+          return await restore(o);
+        } finally {
+          for (const [k, v] of saved) if (v === undefined) delete process.env[k]; else process.env[k] = v;
+        }
+      };
+      builds.unshift({ name: 'A', restore: withEnv, writeCalls: () => VmCopier.writeCalls, env });
+    }
     if (other) {
       const url = (f: string) => pathToFileURL(resolve(other, 'dist', f)).href;
       const a = (await import(url('src/restore/restore.js'))) as { restore: Restore };
@@ -150,19 +167,20 @@ async function main(): Promise<void> {
       const { one: a, chain: c } = samples.get(b.name)!;
       const m = { ta: median(a.map((x) => x.t)), tb: median(c.map((x) => x.t)), ca: median(a.map((x) => x.cpu)), cb: median(c.map((x) => x.cpu)) };
       med.set(b.name, m);
-      const label = other ? ` ${b.name} (${b.name === 'A' ? other : 'this build'})` : '';
+      const label = other || abEnv ? ` ${b.name} (${b.name === 'A' ? other ?? abEnv : 'this build'})` : '';
       console.log(`${MIB} MiB restore${label} (${load}): one image ${m.ta.toFixed(1)} ms (${a[0].calls} process_vm_writev), 3-level chain ${m.tb.toFixed(1)} ms (${c[0].calls} process_vm_writev); chain/one ${(m.tb / m.ta).toFixed(3)}; CPU (tsnap + task) ${m.ca.toFixed(0)} / ${m.cb.toFixed(0)} ms (${(m.cb / m.ca).toFixed(3)})`);
     }
     if (CLI_REPS > 0) {
-      const roots = new Map(builds.map((b) => [b.name, b.name === 'A' ? resolve(other!) : HERE]));
+      const roots = new Map(builds.map((b) => [b.name, b.name === 'A' && other ? resolve(other) : HERE]));
+      const envs = new Map(builds.map((b) => [b.name, b.env ?? {}]));
       const pidfile = join(root, 'cli.pid');
       const cli = new Map(builds.map((b) => [b.name, { one: [] as { t: number; cpu: number }[], chain: [] as { t: number; cpu: number }[] }]));
-      for (const b of builds) { cliOnce(roots.get(b.name)!, one, pidfile); cliOnce(roots.get(b.name)!, level(3), pidfile); }
+      for (const b of builds) { cliOnce(roots.get(b.name)!, one, pidfile, envs.get(b.name)); cliOnce(roots.get(b.name)!, level(3), pidfile, envs.get(b.name)); }
       const l0 = loadavg()[0];
       for (let i = 0; i < CLI_REPS; i++) {
         for (const b of i % 2 ? [...builds].reverse() : builds) {
-          cli.get(b.name)!.one.push(cliOnce(roots.get(b.name)!, one, pidfile));
-          cli.get(b.name)!.chain.push(cliOnce(roots.get(b.name)!, level(3), pidfile));
+          cli.get(b.name)!.one.push(cliOnce(roots.get(b.name)!, one, pidfile, envs.get(b.name)));
+          cli.get(b.name)!.chain.push(cliOnce(roots.get(b.name)!, level(3), pidfile, envs.get(b.name)));
         }
       }
       for (const b of builds) {
@@ -171,10 +189,10 @@ async function main(): Promise<void> {
         const tb = median(c.map((x) => x.t));
         const ca = median(a.map((x) => x.cpu));
         const cb = median(c.map((x) => x.cpu));
-        console.log(`${MIB} MiB CLI restore${other ? ` ${b.name}` : ''}, ${CLI_REPS} each (load ${l0.toFixed(1)}-${loadavg()[0].toFixed(1)}): one image ${ta.toFixed(0)} ms, 3-level chain ${tb.toFixed(0)} ms (${(tb / ta).toFixed(3)}); CPU ${ca.toFixed(0)} / ${cb.toFixed(0)} ms (${(cb / ca).toFixed(3)})`);
+        console.log(`${MIB} MiB CLI restore${other || abEnv ? ` ${b.name}` : ''}, ${CLI_REPS} each (load ${l0.toFixed(1)}-${loadavg()[0].toFixed(1)}): one image ${ta.toFixed(0)} ms, 3-level chain ${tb.toFixed(0)} ms (${(tb / ta).toFixed(3)}); CPU ${ca.toFixed(0)} / ${cb.toFixed(0)} ms (${(cb / ca).toFixed(3)})`);
       }
     }
-    if (other) {
+    if (other || abEnv) {
       const a = med.get('A')!;
       const b = med.get('B')!;
       console.log(`${MIB} MiB, B / A: chain wall ${(b.tb / a.tb).toFixed(3)}, CPU ${(b.cb / a.cb).toFixed(3)}; one image wall ${(b.ta / a.ta).toFixed(3)}, CPU ${(b.ca / a.ca).toFixed(3)}`);

@@ -75,8 +75,10 @@ describe('page fill of an overlapping chain', () => {
     const { work } = await overlappingChain();
     expect(await restoredChecks(join(work, '3'), join(work, 'pid'))).toBe('PASS');
     expect(await restoredChecks(join(work, '3'), join(work, 'pid2'), { TSNAP_FILL_BY_CHUNK: '1' })).toBe('PASS');
-    // By address from mappings of the pages files (the default above 16 MiB), and from buffers.
+    // By address from mappings of the pages files (the default above 16 MiB: the CRC as the bytes pass,
+    // in two lanes; or every chunk's CRC ahead), and from buffers.
     expect(await restoredChecks(join(work, '3'), join(work, 'pid3'), { TSNAP_FILL_CHAIN_MAP: '1' })).toBe('PASS');
+    expect(await restoredChecks(join(work, '3'), join(work, 'pid5'), { TSNAP_FILL_CHAIN_MAP: '1', TSNAP_FILL_CHAIN_FUSED: '0' })).toBe('PASS');
     expect(await restoredChecks(join(work, '3'), join(work, 'pid4'), { TSNAP_FILL_CHAIN_MAP: '0' })).toBe('PASS');
   });
 
@@ -93,7 +95,7 @@ describe('page fill of an overlapping chain', () => {
       const copy = join(work, name);
       for (const l of ['1', '2', '3']) cpSync(join(work, l), join(copy, l), { recursive: true });
       damagePage(join(copy, '1'), addr, page);
-      for (const env of [undefined, { TSNAP_FILL_BY_CHUNK: '1' }, { TSNAP_FILL_CHAIN_MAP: '1' }] as (Record<string, string> | undefined)[]) {
+      for (const env of [undefined, { TSNAP_FILL_BY_CHUNK: '1' }, { TSNAP_FILL_CHAIN_MAP: '1' }, { TSNAP_FILL_CHAIN_MAP: '1', TSNAP_FILL_CHAIN_FUSED: '0' }] as (Record<string, string> | undefined)[]) {
         const r = await restoreDetached(join(copy, '3'), join(copy, 'pid'), ['--new-pid'], { env });
         expect(r.result.code, r.result.stderr).toBe(ExitCode.badImage);
         expect(r.result.stderr).toMatch(/pages: chunk \d+ checksum mismatch/);

@@ -15,8 +15,9 @@ import type { RemoteSyscaller } from '../inject/remote-syscall.js';
 import { PAGE_SIZE } from '../sys/uapi.js';
 import { Populator, populateByChunk, populateByAddress } from './populator.js';
 import { mapFillFor, fillMapped } from './map-fill.js';
-import { nativeCrcWritevMany, type CrcWritevMany } from '../sys/map-fill.js';
+import { nativeCrcWritevMany, nativeCrcGather, type CrcWritevMany, type CrcGather, type CrcCombineMany } from '../sys/map-fill.js';
 import { errnoName } from '../sys/errors.js';
+import { mark } from '../trace.js';
 
 const EFAULT = 14;
 
@@ -89,13 +90,19 @@ export async function fillPages(pid: number, chain: readonly Image[], within: Ra
     let largest = PAGE_SIZE;
     for (const c of chain) for (const ch of c.pagemap.chunks) largest = Math.max(largest, ch.storedLength);
     // TSNAP_FILL_BY_CHUNK=1: a chain in chunk order, as before (bench A/B in one build, tests of that path).
-    const plan = chain.length > 1 && process.env.TSNAP_FILL_BY_CHUNK !== '1' ? planByAddress(resolved, WINDOW_BYTES, chain.map((c) => c.pagemap.chunks.length)) : null;
-    const mappedMany = plan && resolved.length > 0 ? mappedGather(chain, plan.bytes) : null;
-    pages = plan && mappedMany
-      ? await fillByAddressMapped(pid, resolved, plan, readerOf, mappedMany, sc, state, onProgress)
-      : plan && plan.maxLive <= MAX_LIVE
-      ? await fillByAddress(pid, resolved, plan, readerOf, largest, sc, state, onProgress)
-      : await fillByChunk(pid, chain, resolvedRuns(resolved), readerOf, largest, sc, state, onProgress, syncFill(chain.flatMap((c) => c.pagemap.chunks)));
+    const byAddress = chain.length > 1 && process.env.TSNAP_FILL_BY_CHUNK !== '1';
+    const fused = byAddress && resolved.length > 0 && process.env.TSNAP_FILL_CHAIN_FUSED !== '0' && mappedGather(chain, bytesOf(resolved)) ? nativeCrcGather() : null;
+    if (fused) {
+      pages = await fillFused(pid, chain, resolved, readerOf, fused, state, onProgress);
+    } else {
+      const plan = byAddress ? planByAddress(resolved, WINDOW_BYTES, chain.map((c) => c.pagemap.chunks.length)) : null;
+      const mappedMany = plan && resolved.length > 0 ? mappedGather(chain, plan.bytes) : null;
+      pages = plan && mappedMany
+        ? await fillByAddressMapped(pid, resolved, plan, readerOf, mappedMany, sc, state, onProgress)
+        : plan && plan.maxLive <= MAX_LIVE
+        ? await fillByAddress(pid, resolved, plan, readerOf, largest, sc, state, onProgress)
+        : await fillByChunk(pid, chain, resolvedRuns(resolved), readerOf, largest, sc, state, onProgress, syncFill(chain.flatMap((c) => c.pagemap.chunks)));
+    }
     state.populator?.drain();
   } catch (err) {
     try { state.populator?.drain(); } catch { /* the task is killed anyway */ }
@@ -215,12 +222,18 @@ const CRC_AHEAD = 3;
  * CRC_BATCH, SIGBUS-guarded in tsnap-mapfill.c) ahead of the windows, and
  * compared before any window writes from it: a damaged chunk is refused
  * before a byte of it reaches the task. No buffers are held, so the
- * chunks live at once (MAX_LIVE) do not matter here.
+ * chunks live at once (MAX_LIVE) do not matter here. Kept for
+ * TSNAP_FILL_CHAIN_FUSED=0 (A/B against fillFused in one build) and a
+ * library without tsnap_crc_gather.
  */
 async function fillByAddressMapped(pid: number, resolved: ResolvedTable, plan: AddressPlan, readerOf: (image: number) => PageFileReader, many: CrcWritevMany, sc: RemoteSyscaller | null, state: FillState, onProgress?: (done: number, total: number) => void): Promise<number> {
   const gather = new GatherWriter(pid);
   const total = plan.bytes;
-  const populator = (state.populator = new Populator(sc, sc ? populateByAddress(resolved, plan.windowOf) : []));
+  // As for one image from mappings (map-fill.ts): the task populating ahead cost more CPU than the
+  // writes' own faults (the bench's 64 MiB chain: the task's ~19 ms against ~2 ms more of tsnap's,
+  // docs/performance.md, "Chains from mappings, fused"). TSNAP_FILL_CHAIN_POPULATE=1: as before (A/B).
+  const populates = process.env.TSNAP_FILL_CHAIN_POPULATE === '1' ? sc : null;
+  const populator = (state.populator = new Populator(populates, populates ? populateByAddress(resolved, plan.windowOf) : []));
   populator.begin();
   const nChunks = plan.keys.length;
   const nBatches = Math.ceil(nChunks / CRC_BATCH);
@@ -296,6 +309,145 @@ async function fillByAddressMapped(pid: number, resolved: ResolvedTable, plan: A
     onProgress?.(pages * PAGE_SIZE, total);
   }
   return pages;
+}
+
+/** Bytes the resolved runs write. */
+function bytesOf(resolved: ResolvedTable): number {
+  let pages = 0;
+  for (let i = 0; i < resolved.length; i++) pages += resolved.pages[i];
+  return pages * PAGE_SIZE;
+}
+
+/** Lanes on libuv's pool (as one image from mappings, map-fill.ts), and target bytes per call. */
+const FUSED_LANES = 2;
+const FUSED_CALL_BYTES = 8 << 20;
+
+/**
+ * A chain by address from mappings with the CRC taken as the bytes pass
+ * (tsnap_crc_gather): the resolved runs of every level in address order,
+ * in groups of 256 KiB whose chunks' CRCs are advanced over them (and over
+ * the bytes newer levels replaced before them) just before one
+ * process_vm_writev copies them out of this CPU's cache. fillByAddressMapped
+ * took every chunk's CRC ahead, so the write read the page cache a second
+ * time, from memory (its _copy_from_iter 4.6x one image's in perf), on
+ * tsnap's thread alone. The native call reads the resolved table's columns
+ * as they are: no plan and no second list per run (157 711 runs for the
+ * bench's 1 GiB chain). Two lanes, each about half of the target's bytes;
+ * a chunk used by both is checked in two parts, the lower by the first lane
+ * and the rest by the second, and the parts' CRCs combined. Every CRC is
+ * compared once both lanes are done, before the task can run: as for one
+ * image (map-fill.ts), bytes written before a mismatch is found harm only a
+ * task that is then killed.
+ */
+async function fillFused(pid: number, chain: readonly Image[], resolved: ResolvedTable, readerOf: (image: number) => PageFileReader, native: { run: CrcGather; combine: CrcCombineMany }, state: FillState, onProgress?: (done: number, total: number) => void): Promise<number> {
+  const n = resolved.length;
+  const { start, pages, image, chunk, offset } = resolved;
+  // Every chunk of the chain numbered: level l's chunk j is base[l] + j.
+  const base = new Uint32Array(chain.length);
+  let nChunks = 0;
+  for (let l = 0; l < chain.length; l++) {
+    base[l] = nChunks;
+    nChunks += chain[l].pagemap.chunks.length;
+  }
+  const length = new Float64Array(nChunks);
+  for (let l = 0; l < chain.length; l++) chain[l].pagemap.chunks.forEach((ch, j) => (length[base[l] + j] = ch.storedLength));
+  const count = Uint32Array.from(chain, (c) => c.pagemap.chunks.length);
+  const used = new Uint8Array(nChunks);
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const l = image[i];
+    const k = base[l] + chunk[i];
+    const len = pages[i] * PAGE_SIZE;
+    if (chunk[i] >= count[l] || offset[i] + len > length[k]) throw new TsnapError('badImage', `${chain[l].dir}/pagemap: a run at 0x${start[i].toString(16)} lies past the end of chunk ${chunk[i]}; the image is damaged`);
+    used[k] = 1;
+    total += len;
+  }
+  const chunks = Buffer.alloc(Math.max(1, nChunks) * 8);
+  for (let l = 0; l < chain.length; l++) {
+    const reader = readerOf(l);
+    for (let j = 0; j < chain[l].pagemap.chunks.length; j++) if (used[base[l] + j]) chunks.writeBigUInt64LE(reader.mappedChunk(j), (base[l] + j) * 8);
+  }
+  // The lanes: runs [0, mid) and [mid, n), about half the bytes each.
+  let mid = n;
+  if (FUSED_LANES > 1 && n > 1) {
+    let bytes = 0;
+    for (mid = 0; mid < n - 1 && bytes < total / 2; mid++) bytes += pages[mid] * PAGE_SIZE;
+  }
+  // Where each chunk's second part starts: at its first run in the second lane (its end: none).
+  const split = Float64Array.from(length);
+  for (let i = n - 1; i >= mid; i--) split[base[image[i]] + chunk[i]] = offset[i];
+  const lanes = mid < n ? [[0, mid], [mid, n]] : [[0, n]];
+  // u64 triples as u32 halves (a stored chunk is at most 128 MiB, image-shapes.ts): Buffer's writer per field was ~10 ms of a cold 1 GiB chain.
+  const segs = lanes.map((_, lane) => {
+    const seg = Buffer.alloc(Math.max(1, nChunks) * 24);
+    const u32 = new Uint32Array(seg.buffer, seg.byteOffset, nChunks * 6);
+    for (let k = 0; k < nChunks; k++) {
+      if (!used[k]) continue; // [0, 0): checked by checkUnreadChunks, not here
+      const lo = lane === 0 ? 0 : split[k];
+      u32[k * 6] = lo;
+      u32[k * 6 + 2] = lane === 0 ? split[k] : length[k];
+      u32[k * 6 + 4] = lo;
+    }
+    return { seg, crcs: Buffer.alloc(Math.max(1, nChunks) * 4) };
+  });
+  mark('fill: lanes planned');
+  const running = (state.running ??= new Set());
+  let failure: unknown = null;
+  let written = 0;
+  const lane = async (l: number) => {
+    const [from, to] = lanes[l];
+    const { seg, crcs } = segs[l];
+    const out = Buffer.alloc(16);
+    for (let at = from; !failure; ) {
+      let end = at;
+      for (let bytes = 0; end < to && bytes < FUSED_CALL_BYTES; end++) bytes += pages[end] * PAGE_SIZE;
+      const before = Number(out.readBigUInt64LE(0));
+      const call = new Promise<number>((resolve, reject) => native.run.async(pid, chunks, seg, crcs, nChunks, base, start, pages, image, chunk, offset, PAGE_SIZE, at, end, end === to ? 1 : 0, out, (err, ret) => (err ? reject(err) : resolve(Number(ret)))));
+      running.add(call);
+      let r: number;
+      try {
+        r = await call;
+      } finally {
+        running.delete(call);
+      }
+      const done = Number(out.readBigUInt64LE(0));
+      if (r === -EFAULT) {
+        const k = Number(out.readBigUInt64LE(8));
+        let lv = chain.length - 1;
+        while (base[lv] > k) lv--;
+        readerOf(lv).checkMapped(k - base[lv], true, 0);
+      }
+      if (r < 0) throw new TsnapError('restoreFailed', `process_vm_writev(${pid}): ${errnoName(-r)}`);
+      if (r === 1) {
+        // The run holding the first byte not written.
+        let sum = 0;
+        let i = from;
+        while (i < to - 1 && (sum += pages[i] * PAGE_SIZE) <= done) i++;
+        throw new TsnapError('restoreFailed', `process_vm_writev failed at 0x${start[i].toString(16)}`);
+      }
+      written += done - before;
+      onProgress?.(written, total);
+      if (end === to) return;
+      at = end;
+    }
+  };
+  await Promise.all(lanes.map((_, l) => lane(l).catch((err) => { failure ??= err; })));
+  if (failure) throw failure;
+  mark('fill: written');
+  // Each chunk's CRC: its first part's, or both parts' combined.
+  let crcs = segs[0].crcs;
+  if (segs.length > 1) {
+    const blen = Buffer.alloc(Math.max(1, nChunks) * 8);
+    const u32 = new Uint32Array(blen.buffer, blen.byteOffset, nChunks * 2);
+    for (let k = 0; k < nChunks; k++) if (used[k]) u32[k * 2] = length[k] - split[k];
+    crcs = Buffer.allocUnsafeSlow(Math.max(1, nChunks) * 4);
+    native.combine(segs[0].crcs, segs[1].crcs, blen, nChunks, crcs);
+  }
+  for (let l = 0; l < chain.length; l++) {
+    const reader = readerOf(l);
+    for (let j = 0; j < chain[l].pagemap.chunks.length; j++) if (used[base[l] + j]) reader.checkMapped(j, false, crcs.readUInt32LE((base[l] + j) * 4));
+  }
+  return written / PAGE_SIZE;
 }
 
 /** One image (or a chain whose chunks scatter): chunk by chunk, each written in one call. */

@@ -95,3 +95,38 @@ export function nativeCrcWritevMany(): CrcWritevMany | null {
   }
   return many;
 }
+
+/**
+ * tsnap_crc_gather: a chain's resolved runs (the ResolvedTable's columns as
+ * they are, runs from..to-1) written by address from mappings, each
+ * chunk's CRC taken as its bytes pass (tsnap-mapfill.c says what each
+ * buffer holds). 0, 1 (a short write: out[0] bytes written), -EFAULT (the
+ * mapping faulted in chunk out[1]), or -errno. Every buffer and array must
+ * stay alive until `.async`'s callback.
+ */
+export interface CrcGather {
+  (pid: number, chunks: Buffer, seg: Buffer, crcs: Buffer, nChunks: number, base: Uint32Array, start: Float64Array, pages: Float64Array, image: Int32Array, chunk: Uint32Array, offset: Float64Array, page: number, from: number, to: number, finish: number, out: Buffer): number | bigint;
+  async(pid: number, chunks: Buffer, seg: Buffer, crcs: Buffer, nChunks: number, base: Uint32Array, start: Float64Array, pages: Float64Array, image: Int32Array, chunk: Uint32Array, offset: Float64Array, page: number, from: number, to: number, finish: number, out: Buffer, cb: (err: unknown, ret: number | bigint) => void): void;
+}
+
+/** tsnap_crc32_combine_many: out[i] = the CRC of A then B from a[i], b[i] and B's length blen[i] (u32, u32, u64, u32 arrays). */
+export type CrcCombineMany = (a: Buffer, b: Buffer, blen: Buffer, n: number, out: Buffer) => void;
+
+let gather: { run: CrcGather; combine: CrcCombineMany } | null | undefined;
+
+/** As nativeCrcWritev (the same guard); null when the library is older. */
+export function nativeCrcGather(): { run: CrcGather; combine: CrcCombineMany } | null {
+  if (gather === undefined) {
+    gather = null;
+    if (nativeCrcWritev()) {
+      try {
+        const lib = load()!;
+        gather = {
+          run: lib.func('int64_t tsnap_crc_gather(int pid, const uint64_t *chunks, uint64_t *seg, uint32_t *crcs, uint32_t nchunks, const uint32_t *base, const double *start, const double *pages, const int32_t *image, const uint32_t *chunk, const double *offset, uint32_t page, uint32_t from, uint32_t to, int finish, uint64_t *out)') as CrcGather,
+          combine: lib.func('void tsnap_crc32_combine_many(const uint32_t *a, const uint32_t *b, const uint64_t *blen, uint32_t n, uint32_t *out)') as CrcCombineMany,
+        };
+      } catch { /* the fallback */ }
+    }
+  }
+  return gather;
+}
