@@ -20,7 +20,8 @@
  * (a fresh target per run; slow: each fills 1 GiB). BENCH_FLOOR_BASELINE=
  * <another checkout's bin/tsnap> adds its noneFrozen and lz4Frozen
  * (noneFrozenBase, lz4FrozenBase), to compare two builds in one run;
- * BENCH_FLOOR_ONLY=a,b runs only those cases (and the floors).
+ * BENCH_FLOOR_ONLY=a,b runs only those cases (and the floors). With
+ * BENCH_FLOOR_KILL=1 too, kill mode runs the baseline as well (noneKillBase).
  * BENCH_RT=1 runs the tools in the real-time class (see RT below).
  * Standalone: node dist/bench/floor.js
  */
@@ -230,10 +231,11 @@ async function main(): Promise<void> {
 
     if (KILL) {
       for (let i = 0; i < REPS; i++) {
-        for (const tool of ['tsnap', ...(KILL_AB ? ['tsnap128'] : []), ...(criu ? ['criu'] : [])]) {
+        for (const tool of ['tsnap', ...(KILL_AB ? ['tsnap128'] : []), ...(BASELINE ? ['tsnapBase'] : []), ...(criu ? ['criu'] : [])]) {
           const k = await startTarget(bin);
           targets.push(k.child);
           if (tool === 'tsnap') { const r = tsnapDump(k.child.pid!, 'none', []); put('noneKillS', r.s); put('noneKillCpu', r.cpu); put('noneKillHwmKiB', r.hwmKiB); put('noneKillFrozen', r.frozenS); }
+          else if (tool === 'tsnapBase') { const r = tsnapDump(k.child.pid!, 'none', [], {}, BASELINE); put('noneKillBaseS', r.s); put('noneKillBaseCpu', r.cpu); put('noneKillBaseFrozen', r.frozenS); }
           else if (tool === 'tsnap128') { const r = tsnapDump(k.child.pid!, 'none', [], { TSNAP_CRC_VCLMUL: '0' }); put('noneKillCrc128S', r.s); put('noneKillCrc128Cpu', r.cpu); put('noneKillCrc128Frozen', r.frozenS); }
           else { const r = criuDump(k.child.pid!, []); put('criuKillS', r.s); put('criuKillCpu', r.cpu); }
           k.child.kill('SIGKILL');
@@ -261,6 +263,12 @@ async function main(): Promise<void> {
         noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenOneFile: ratio('noneFrozenOneFileS', 'criuS'), noneFrozenMain: ratio('noneFrozenMainS', 'criuS'), noneFrozen32: ratio('noneFrozen32S', 'criuS'), noneFrozenReader: ratio('noneFrozenReaderS', 'criuS'), noneFrozenCrc128: ratio('noneFrozenCrc128S', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineS', 'criuS'), noneFrozenBefore: ratio('noneFrozenBeforeS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
         ...(KILL ? { noneKill: ratio('noneKillS', 'criuKillS') } : {}),
         ...(KILL_AB ? { noneKillCrc128: ratio('noneKillCrc128S', 'criuKillS') } : {}),
+        ...(KILL && BASELINE ? { noneKillBase: ratio('noneKillBaseS', 'criuKillS') } : {}),
+      },
+      // This build against BENCH_FLOOR_BASELINE's, interleaved (frozen: noneFrozenBase; kill mode: noneKillBase).
+      vsBaseline: {
+        frozenWall: ratio('noneFrozenS', 'noneFrozenBaseS'), frozenCpu: ratio('noneFrozenCpu', 'noneFrozenBaseCpu'),
+        killWall: ratio('noneKillS', 'noneKillBaseS'), killCpu: ratio('noneKillCpu', 'noneKillBaseCpu'),
       },
       oneCopyVsTwo: { wall: ratio('noneFrozenS', 'noneFrozenTwoCopyS'), cpu: ratio('noneFrozenCpu', 'noneFrozenTwoCopyCpu') },
       // Two pages files (the default from 64 MiB) against one, interleaved.
