@@ -71,18 +71,6 @@ const maxPipes = (): number => {
   return Number.isInteger(n) && n >= 1 && n <= MAX_PIPES ? n : MAX_PIPES;
 };
 /**
- * Whether each remote step fills one half of the pipes while both splicing
- * calls, on libuv's pool, empty the other half: the target's vmsplices
- * (and the guardian's round trip) then overlap the splices instead of
- * stopping both threads, ~40-57 ms per GiB (docs/performance.md).
- * Needs the native splice (both halves' splices off this thread) and two
- * pipes at least. TSNAP_SPLICE_OVERLAP=0 keeps one step for all the pipes,
- * its splices after it (bench/floor.ts compares in the same run).
- */
-const overlapWanted = (): boolean => process.env.TSNAP_SPLICE_OVERLAP !== '0';
-/** Steps per flush when they overlap: only a flush's first fill is waited for. */
-const OVERLAP_STEPS = 8;
-/**
  * Chunks checked on the main thread before the CRC thread starts: below
  * this the thread's start (tens of ms, more under load) would cost more
  * than the CRCs (~0.3 ms per MiB).
@@ -203,17 +191,6 @@ interface Chunk {
   path: string;
 }
 
-/** One overlapped step's splices in flight (startStore), per pages file. */
-interface Store {
-  group: Piece[];
-  inPipe: Map<Piece, { pipe: number; got: number }>;
-  sides: { p: Piece; job: PipeSplice }[][];
-  calls: (Promise<(number | null)[]> | null)[];
-  /** Every call settled, whichever way. */
-  settled: Promise<void>;
-  t0: bigint;
-}
-
 class SplicedCopy {
   private readonly copier: VmCopier;
   private readonly chunkSize: number;
@@ -233,13 +210,9 @@ class SplicedCopy {
 
   private poolWaitNs = 0n;
 
-  /** Steps alternate between the two halves of the pipes, each filled while the other is spliced (overlapWanted). */
-  private readonly overlap: boolean;
-
   constructor(private readonly a: SpliceInput, private readonly writer: PageFileWriter, private readonly pipes: TargetPipes, private readonly files: 1 | 2) {
     this.copier = new VmCopier(a.pid);
     this.chunkSize = writer.chunkSize;
-    this.overlap = overlapWanted() && canSplicePooled() && pipes.count >= 2;
   }
 
   async run(): Promise<PageDumpResult> {
@@ -263,7 +236,7 @@ class SplicedCopy {
         chunkNo++;
         pending = [];
         fill = 0;
-        if (this.queuedPipes >= this.pipes.count * (this.overlap ? OVERLAP_STEPS : 1)) await this.flush();
+        if (this.queuedPipes >= this.pipes.count) await this.flush();
       };
       for (const pl of placePages(a.selection, chunkPages)) {
         const readable = (a.vmas[pl.vma].prot & PROT_READ) !== 0;
@@ -322,57 +295,18 @@ class SplicedCopy {
     this.queued = [];
     this.queuedPipes = 0;
     const pieces = chunks.flatMap((c) => c.pieces);
-    if (this.overlap) await this.flushOverlapped(pieces);
-    else {
-      for (let i = 0; i < pieces.length;) {
-        const group: Piece[] = [];
-        let used = 0;
-        while (i < pieces.length && (!pieces[i].pipe || this.refused !== null || used < this.pipes.count)) {
-          if (pieces[i].pipe && this.refused === null) used++;
-          group.push(pieces[i++]);
-        }
-        const f = this.fill(group);
-        await this.storeGroup(f.group, f.viaPipe, f.rets);
-      }
-    }
-    // Lets signals (SIGTERM, Ctrl-C) be seen between steps; the target stays frozen.
-    await new Promise<void>((resolve) => setImmediate(resolve));
-  }
-
-  /**
-   * Groups of half the pipes, alternating halves: group g+1's remote step
-   * fills its half while group g's splices (both on the pool) empty the
-   * other. A half is refilled only once its splices have settled, and
-   * nothing closes a pipe while a splice of it is in flight.
-   */
-  private async flushOverlapped(pieces: Piece[]): Promise<void> {
-    const half = Math.floor(this.pipes.count / 2);
-    const groups: Piece[][] = [];
     for (let i = 0; i < pieces.length;) {
       const group: Piece[] = [];
       let used = 0;
-      while (i < pieces.length && (!pieces[i].pipe || used < half)) {
-        if (pieces[i].pipe) used++;
+      while (i < pieces.length && (!pieces[i].pipe || this.refused !== null || used < this.pipes.count)) {
+        if (pieces[i].pipe && this.refused === null) used++;
         group.push(pieces[i++]);
       }
-      groups.push(group);
+      const f = this.fill(group);
+      await this.storeGroup(f.group, f.viaPipe, f.rets);
     }
-    let next = groups.length ? this.fill(groups[0], 0) : null;
-    for (let g = 0; next; g++) {
-      const cur = next;
-      const store = this.startStore(cur.group, cur.viaPipe, cur.rets, cur.base);
-      next = null;
-      if (g + 1 < groups.length) {
-        try {
-          next = this.fill(groups[g + 1], ((g + 1) % 2) * half);
-        } catch (err) {
-          // The splices in flight read pipes that the caller's cleanup closes: they settle first.
-          await store.settled;
-          throw err;
-        }
-      }
-      await this.finishStore(store);
-    }
+    // Lets signals (SIGTERM, Ctrl-C) be seen between steps; the target stays frozen.
+    await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
   /**
@@ -380,10 +314,10 @@ class SplicedCopy {
    * splices of the group before, on two halves of the pipes, measured
    * slower on two loaded cores: see docs/performance.md.)
    */
-  private fill(group: Piece[], base = 0): { group: Piece[]; viaPipe: Piece[]; rets: bigint[]; base: number } {
+  private fill(group: Piece[]): { group: Piece[]; viaPipe: Piece[]; rets: bigint[] } {
     const viaPipe = this.refused === null ? group.filter((p) => p.pipe) : [];
-    const jobs: PipeJob[] = viaPipe.map((p, k) => ({ pipe: base + k, ranges: p.ranges.map((r) => ({ addr: r.start, len: r.len })) }));
-    if (!jobs.length) return { group, viaPipe, rets: [], base };
+    const jobs: PipeJob[] = viaPipe.map((p, k) => ({ pipe: k, ranges: p.ranges.map((r) => ({ addr: r.start, len: r.len })) }));
+    if (!jobs.length) return { group, viaPipe, rets: [] };
     const t0 = process.hrtime.bigint();
     const rets = this.pipes.fill(jobs);
     this.fillNs += process.hrtime.bigint() - t0;
@@ -393,7 +327,7 @@ class SplicedCopy {
       this.refused = Number(-e);
       mark(`dump: vmsplice refused (errno ${this.refused}); the rest is copied the usual way`);
     }
-    return { group, viaPipe, rets, base };
+    return { group, viaPipe, rets };
   }
 
   /**
@@ -464,72 +398,6 @@ class SplicedCopy {
     if (failure) throw failure;
     this.spliceNs += process.hrtime.bigint() - t0;
     for (const p of group) {
-      if (!p.last) continue;
-      if (!this.crcTaken.delete(p.chunk)) this.checksum(p.chunk);
-      this.a.onProgress?.(p.chunk.len);
-    }
-  }
-
-  /**
-   * storeGroup's work with both files' splices on libuv's pool (overlapped
-   * steps): launched here, so that this thread is free for the next remote
-   * step; finishStore() writes what went the usual way and waits for them.
-   */
-  private startStore(group: Piece[], viaPipe: Piece[], rets: bigint[], base: number): Store {
-    const inPipe = new Map<Piece, { pipe: number; got: number }>();
-    viaPipe.forEach((p, k) => {
-      const got = rets[k] > 0n ? Number(rets[k]) : 0;
-      if (got > p.len) throw new Error(`one-copy dump: vmsplice took ${got} bytes of ${p.len}`);
-      inPipe.set(p, { pipe: base + k, got });
-    });
-    const hotCrc = crcMode() === 'pool' && process.env.TSNAP_SPLICE_HOT_CRC !== '0' && (this.files === 2 || availableParallelism() < 2);
-    const sides: { p: Piece; job: PipeSplice }[][] = [[], []];
-    for (const [p, { pipe, got }] of inPipe) {
-      if (!got) continue;
-      const crc = hotCrc && p.chunk.pieces.length === 1 && got === p.chunk.len;
-      sides[this.files === 2 ? p.chunk.file : 0].push({ p, job: { pipe: this.pipes.readEnd(pipe), position: p.pos, len: got, crc } });
-    }
-    // Opened before either call starts: a failure to open leaves nothing in flight.
-    const readFds = sides.map((xs) => (xs.length ? this.readBackFd(xs[0].p.chunk) : -1));
-    const t0 = process.hrtime.bigint();
-    const calls = sides.map((xs, f) => {
-      if (!xs.length) return null;
-      const buf = f === 0 ? (this.hereBuf ??= Buffer.allocUnsafeSlow(CRC_PIECE)) : (this.poolBuf ??= Buffer.allocUnsafeSlow(CRC_PIECE));
-      return splicePipesAsync(xs[0].p.chunk.fd, xs.map((x) => x.job), readFds[f], buf);
-    });
-    const settled = Promise.allSettled(calls.map((c) => c ?? Promise.resolve([]))).then(() => {});
-    if (calls.some((c) => c)) { faultPoint('splice-pooled'); pausePoint('splice-pooled'); }
-    return { group, inPipe, sides, calls, settled, t0 };
-  }
-
-  private async finishStore(st: Store): Promise<void> {
-    let failure: unknown = null;
-    try {
-      for (const p of st.group) {
-        const via = st.inPipe.get(p);
-        if (!via) { this.slowWrite(p.ranges, p.pos, p.chunk); continue; }
-        // The rest of a short vmsplice, at its place (disjoint from the pool's splices).
-        if (via.got < p.len) this.slowWrite(skip(p.ranges, via.got), p.pos + via.got, p.chunk);
-      }
-    } catch (err) {
-      failure = err;
-    }
-    // The pool's splices read the pipes: they end before anything may close them, even after a failure here.
-    const t1 = process.hrtime.bigint();
-    for (let f = 0; f < 2; f++) {
-      const call = st.calls[f];
-      if (!call) continue;
-      try {
-        this.hotCrcs(st.sides[f], await call);
-        for (const { job } of st.sides[f]) this.pagesSpliced += job.len / PAGE;
-      } catch (err) {
-        failure ??= asWriteError(err, st.sides[f][0].p.chunk.path);
-      }
-    }
-    this.poolWaitNs += process.hrtime.bigint() - t1;
-    if (failure) { await st.settled; throw failure; }
-    this.spliceNs += process.hrtime.bigint() - st.t0;
-    for (const p of st.group) {
       if (!p.last) continue;
       if (!this.crcTaken.delete(p.chunk)) this.checksum(p.chunk);
       this.a.onProgress?.(p.chunk.len);
