@@ -13,6 +13,14 @@
  *                the main thread, noneFrozenCrcThread on a worker thread;
  *                noneFrozenBefore: 16 pipes and the CRCs on the main thread)
  *   criu         `criu dump --leave-running --shell-job`, wall and CPU
+ * tsnap runs as the command a user types (bin/tsnap, whose line 2 starts
+ * node without NODE_EXTRA_CA_CERTS and with --single-threaded-gc), the probe
+ * preloaded through NODE_OPTIONS; before 2026-12-04 this bench ran
+ * `node -r probe bin/tsnap`, which skips line 2: where NODE_EXTRA_CA_CERTS
+ * is set (this machine), node parsed the CA bundle at every start, ~27 ms of
+ * CPU a dump that `tsnap dump` does not spend (BENCH_FLOOR_LAUNCH_AB=1 runs
+ * both, interleaved: noneFrozenNode, noneKillNode). nodeFloor is node as
+ * line 2 starts it.
  * On cores shared with other work the wall follows the CPU time, so both
  * are reported as ratios to CRIU.
  * Medians of REPS (BENCH_REPS, default 5) after a warm-up; ratios to CRIU
@@ -20,7 +28,8 @@
  * (a fresh target per run; slow: each fills 1 GiB). BENCH_FLOOR_BASELINE=
  * <another checkout's bin/tsnap> adds its noneFrozen and lz4Frozen
  * (noneFrozenBase, lz4FrozenBase), to compare two builds in one run;
- * BENCH_FLOOR_ONLY=a,b runs only those cases (and the floors).
+ * BENCH_FLOOR_ONLY=a,b runs only those cases (and the floors). With
+ * BENCH_FLOOR_KILL=1 too, kill mode runs the baseline as well (noneKillBase).
  * BENCH_RT=1 runs the tools in the real-time class (see RT below).
  * Standalone: node dist/bench/floor.js
  */
@@ -51,6 +60,8 @@ const KILL = process.env.BENCH_FLOOR_KILL === '1';
 /** BENCH_FLOOR_KILL_AB=1 (with KILL): kill mode also with TSNAP_CRC_VCLMUL=0 (the 128-bit CRC loop), interleaved. */
 const KILL_AB = process.env.BENCH_FLOOR_KILL_AB === '1';
 const BASELINE = process.env.BENCH_FLOOR_BASELINE;
+/** BENCH_FLOOR_LAUNCH_AB=1: tsnap also started as `node -r probe bin/tsnap` (noneFrozenNode, noneKillNode), interleaved. */
+const LAUNCH_AB = process.env.BENCH_FLOOR_LAUNCH_AB === '1';
 /**
  * BENCH_RT=1: every tsnap and CRIU run (and the target) in the real-time
  * class (SCHED_FIFO 10, `chrt`), so the other work on shared cores stays
@@ -153,20 +164,26 @@ async function main(): Promise<void> {
       rmSync(path, { force: true });
       return s;
     };
-    /** Wall seconds, CPU seconds (user + system, all threads) and peak RSS (KiB) of one node run. */
-    const nodeRun = (args: string[], env: Record<string, string> = {}): { s: number; cpu: number; hwmKiB: number; stdout: string } => {
+    /**
+     * Wall seconds, CPU seconds (user + system, all threads) and peak RSS (KiB) of one node run.
+     * `command`: args[0] is run as a command (bin/tsnap: its line 2 starts node as a user's
+     * `tsnap` does), the probe preloaded through NODE_OPTIONS; else `node -r probe ARGS`.
+     */
+    const nodeRun = (args: string[], env: Record<string, string> = {}, command = false): { s: number; cpu: number; hwmKiB: number; stdout: string } => {
       rmSync(hwmOut, { force: true });
       const c0 = childrenCpuS();
       const t0 = process.hrtime.bigint();
-      const r = spawnSync(...rtWrap(process.execPath, ['-r', probe, ...args]), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env, TSNAP_HWM_OUT: hwmOut, ...(RT ? { TSNAP_BENCH_RT: '1' } : {}) } });
+      const [cmd, argv] = command ? [args[0], args.slice(1)] : [process.execPath, ['-r', probe, ...args]];
+      const preload = command ? { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${probe}`.trim() } : {};
+      const r = spawnSync(...rtWrap(cmd, argv), { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env, ...preload, TSNAP_HWM_OUT: hwmOut, ...(RT ? { TSNAP_BENCH_RT: '1' } : {}) } });
       const s = secs(t0);
       rtPause();
       if (r.status !== 0) throw new Error(`node ${args.join(' ')}: exit ${r.status ?? r.signal}: ${r.stderr}`);
       return { s, cpu: childrenCpuS() - c0, hwmKiB: existsSync(hwmOut) ? Number(readFileSync(hwmOut, 'utf8')) : NaN, stdout: String(r.stdout) };
     };
-    const tsnapDump = (target: number, compress: 'none' | 'lz4', extra: string[], env: Record<string, string> = {}, tsnap = TSNAP) => {
+    const tsnapDump = (target: number, compress: 'none' | 'lz4', extra: string[], env: Record<string, string> = {}, tsnap = TSNAP, command = true) => {
       rmSync(dir, { recursive: true, force: true });
-      const r = nodeRun([tsnap, 'dump', '--pid', String(target), '--dir', dir, '--compress', compress, '--json', ...extra], env);
+      const r = nodeRun([tsnap, 'dump', '--pid', String(target), '--dir', dir, '--compress', compress, '--json', ...extra], env, command);
       rmSync(dir, { recursive: true, force: true });
       // How long the target was stopped (the dump's own stats): the wall of a frozen copy is mostly that.
       let frozenS = NaN;
@@ -190,7 +207,11 @@ async function main(): Promise<void> {
     const runs: Record<string, number[]> = {};
     const put = (k: string, v: number) => { (runs[k] ??= []).push(v); };
     const cases: [string, () => void][] = [
-      ['nodeFloor', () => { const r = nodeRun(['-e', '0']); put('nodeFloorS', r.s); put('nodeFloorCpu', r.cpu); put('nodeHwmKiB', r.hwmKiB); }],
+      // Node as bin/tsnap's line 2 starts it (without NODE_EXTRA_CA_CERTS, which it unsets).
+      ['nodeFloor', () => { const r = nodeRun(['--single-threaded-gc', '-e', '0'], { NODE_EXTRA_CA_CERTS: '' }); put('nodeFloorS', r.s); put('nodeFloorCpu', r.cpu); put('nodeHwmKiB', r.hwmKiB); }],
+      // tsnap started as before 2026-12-04: `node -r probe bin/tsnap`, which skips line 2, so node parsed NODE_EXTRA_CA_CERTS
+      // where it is set (~27 ms of CPU per run here) and collected on its background threads (BENCH_FLOOR_LAUNCH_AB=1).
+      ...(LAUNCH_AB ? [['noneFrozenNode', () => { const r = tsnapDump(pid, 'none', ['--leave-running', '--no-cow'], {}, TSNAP, false); put('noneFrozenNodeS', r.s); put('noneFrozenNodeCpu', r.cpu); put('noneFrozenNodeHwmKiB', r.hwmKiB); put('noneFrozenNodeFrozen', r.frozenS); }] as [string, () => void]] : []),
       ['rawReadv', () => { const c0 = process.cpuUsage(); put('rawReadvS', rawReadv()); put('rawReadvCpu', cpuS(c0)); }],
       ['readvWrite', () => { const c0 = process.cpuUsage(); put('readvWriteS', readvWrite()); put('readvWriteCpu', cpuS(c0)); }],
       ['noneCow', () => { const r = tsnapDump(pid, 'none', ['--leave-running']); put('noneCowS', r.s); put('noneCowCpu', r.cpu); put('noneCowHwmKiB', r.hwmKiB); }],
@@ -230,10 +251,12 @@ async function main(): Promise<void> {
 
     if (KILL) {
       for (let i = 0; i < REPS; i++) {
-        for (const tool of ['tsnap', ...(KILL_AB ? ['tsnap128'] : []), ...(criu ? ['criu'] : [])]) {
+        for (const tool of ['tsnap', ...(KILL_AB ? ['tsnap128'] : []), ...(BASELINE ? ['tsnapBase'] : []), ...(LAUNCH_AB ? ['tsnapNode'] : []), ...(criu ? ['criu'] : [])]) {
           const k = await startTarget(bin);
           targets.push(k.child);
           if (tool === 'tsnap') { const r = tsnapDump(k.child.pid!, 'none', []); put('noneKillS', r.s); put('noneKillCpu', r.cpu); put('noneKillHwmKiB', r.hwmKiB); put('noneKillFrozen', r.frozenS); }
+          else if (tool === 'tsnapNode') { const r = tsnapDump(k.child.pid!, 'none', [], {}, TSNAP, false); put('noneKillNodeS', r.s); put('noneKillNodeCpu', r.cpu); put('noneKillNodeFrozen', r.frozenS); }
+          else if (tool === 'tsnapBase') { const r = tsnapDump(k.child.pid!, 'none', [], {}, BASELINE); put('noneKillBaseS', r.s); put('noneKillBaseCpu', r.cpu); put('noneKillBaseFrozen', r.frozenS); }
           else if (tool === 'tsnap128') { const r = tsnapDump(k.child.pid!, 'none', [], { TSNAP_CRC_VCLMUL: '0' }); put('noneKillCrc128S', r.s); put('noneKillCrc128Cpu', r.cpu); put('noneKillCrc128Frozen', r.frozenS); }
           else { const r = criuDump(k.child.pid!, []); put('criuKillS', r.s); put('criuKillCpu', r.cpu); }
           k.child.kill('SIGKILL');
@@ -261,6 +284,18 @@ async function main(): Promise<void> {
         noneCow: ratio('noneCowS', 'criuS'), noneFrozen: ratio('noneFrozenS', 'criuS'), noneFrozenOneFile: ratio('noneFrozenOneFileS', 'criuS'), noneFrozenMain: ratio('noneFrozenMainS', 'criuS'), noneFrozen32: ratio('noneFrozen32S', 'criuS'), noneFrozenReader: ratio('noneFrozenReaderS', 'criuS'), noneFrozenCrc128: ratio('noneFrozenCrc128S', 'criuS'), noneFrozenTwoCopy: ratio('noneFrozenTwoCopyS', 'criuS'), noneFrozenCrcThread: ratio('noneFrozenCrcThreadS', 'criuS'), noneFrozenCrcInline: ratio('noneFrozenCrcInlineS', 'criuS'), noneFrozenBefore: ratio('noneFrozenBeforeS', 'criuS'), lz4Frozen: ratio('lz4FrozenS', 'criuS'), lz4Cow: ratio('lz4CowS', 'criuS'),
         ...(KILL ? { noneKill: ratio('noneKillS', 'criuKillS') } : {}),
         ...(KILL_AB ? { noneKillCrc128: ratio('noneKillCrc128S', 'criuKillS') } : {}),
+        ...(KILL && BASELINE ? { noneKillBase: ratio('noneKillBaseS', 'criuKillS') } : {}),
+        ...(LAUNCH_AB ? { noneFrozenNode: ratio('noneFrozenNodeS', 'criuS'), ...(KILL ? { noneKillNode: ratio('noneKillNodeS', 'criuKillS') } : {}) } : {}),
+      },
+      // This build against BENCH_FLOOR_BASELINE's, interleaved (frozen: noneFrozenBase; kill mode: noneKillBase).
+      vsBaseline: {
+        frozenWall: ratio('noneFrozenS', 'noneFrozenBaseS'), frozenCpu: ratio('noneFrozenCpu', 'noneFrozenBaseCpu'),
+        killWall: ratio('noneKillS', 'noneKillBaseS'), killCpu: ratio('noneKillCpu', 'noneKillBaseCpu'),
+      },
+      // Started as a command against `node -r probe bin/tsnap`, interleaved (BENCH_FLOOR_LAUNCH_AB=1).
+      commandVsNode: {
+        frozenWall: ratio('noneFrozenS', 'noneFrozenNodeS'), frozenCpu: ratio('noneFrozenCpu', 'noneFrozenNodeCpu'),
+        killWall: ratio('noneKillS', 'noneKillNodeS'), killCpu: ratio('noneKillCpu', 'noneKillNodeCpu'),
       },
       oneCopyVsTwo: { wall: ratio('noneFrozenS', 'noneFrozenTwoCopyS'), cpu: ratio('noneFrozenCpu', 'noneFrozenTwoCopyCpu') },
       // Two pages files (the default from 64 MiB) against one, interleaved.
