@@ -45,6 +45,8 @@ export function criuDump(criu: string, pid: number, dir: string, leaveRunning = 
  * Makes this process the reaper of what its children leave running when
  * they exit (`criu restore -d`'s task, `tsnap restore --detach`'s), so that
  * killAndWaitGone() frees the pid at once instead of when PID 1 gets to it.
+ * The guardian a dump() in the bench daemonises comes too: once it exits it
+ * stays a zombie of the bench's until the bench exits (one pid, not reused).
  */
 export function adoptRestorees(): void {
   setChildSubreaper();
