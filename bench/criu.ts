@@ -65,11 +65,14 @@ export function pidHolder(pid: number): string | null {
   return `${field('Name')} (${tgid === String(pid) ? 'process' : `thread of ${tgid}`}, ppid ${field('PPid')}, ${field('State')})`;
 }
 
+/** The dumped pid stayed taken (by whom: the message). */
+export class PidTaken extends Error {}
+
 /** Waits until `pid` is free; the event loop runs meanwhile, so a child of this process's can be reaped by Node. */
 async function waitPidFree(pid: number, timeoutMs: number): Promise<void> {
   const end = Date.now() + timeoutMs;
   for (let holder = pidHolder(pid); holder !== null; holder = pidHolder(pid)) {
-    if (Date.now() > end) throw new Error(`pid ${pid}, which criu restore must reuse, is held by ${holder} after ${timeoutMs} ms`);
+    if (Date.now() > end) throw new PidTaken(`pid ${pid}, which criu restore must reuse, is held by ${holder} after ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }
@@ -80,24 +83,45 @@ function childrenCpuMs(): number {
   return (Number(stat[13]) + Number(stat[14])) * 10; // cutime, cstime; USER_HZ = 100
 }
 
+export interface CriuRestoreOptions {
+  /** How long the dumped pid may stay taken before it is given up (10 s). */
+  pidFreeTimeoutMs?: number;
+  /**
+   * Makes a fresh image in `dir` with criuDump() of a new process (so under
+   * a pid the counter has just passed), for when the dumped pid stays taken
+   * by a process that is not the bench's: PID 1 here left such a zombie
+   * for over 10 s once. Without it, that is an error naming the holder.
+   */
+  redump?: () => Promise<void>;
+}
+
 /** criu restore -d from `dir`: wall ms until criu exits (the process runs), criu's own CPU ms, and the pid. */
-export async function criuRestore(criu: string, dir: string, pidFreeTimeoutMs = 10_000): Promise<{ ms: number; criuCpuMs: number; pid: number }> {
+export async function criuRestore(criu: string, dir: string, opts: CriuRestoreOptions = {}): Promise<{ ms: number; criuCpuMs: number; pid: number }> {
   const pidfile = join(dir, 'bench-restored.pid');
-  rmSync(pidfile, { force: true });
   const dumped = join(dir, 'bench-dumped.pid');
-  const want = existsSync(dumped) ? Number(readFileSync(dumped, 'utf8').trim()) : null;
-  for (let attempt = 1; ; attempt++) {
-    if (want !== null) await waitPidFree(want, pidFreeTimeoutMs);
-    const c0 = childrenCpuMs();
+  for (let attempt = 1, redumps = 0; ; attempt++) {
+    rmSync(pidfile, { force: true });
+    const want = existsSync(dumped) ? Number(readFileSync(dumped, 'utf8').trim()) : null;
     try {
+      if (want !== null) await waitPidFree(want, opts.pidFreeTimeoutMs ?? 10_000);
+      const c0 = childrenCpuMs();
       const ms = run(criu, ['restore', '-D', dir, '--shell-job', '-d', '--pidfile', pidfile]);
       return { ms, criuCpuMs: childrenCpuMs() - c0, pid: Number(readFileSync(pidfile, 'utf8').trim()) };
     } catch (e) {
+      if (want === null || !(e instanceof PidTaken || /File exists/.test(String(e)))) throw e;
       // Taken between the check and criu's clone3 (a short-lived process or
-      // thread of anyone's, the counter passing by): a failed attempt is not
-      // a figure, so once more. criu has undone its own work by its exit.
-      if (want === null || attempt >= 3 || !/File exists/.test(String(e))) throw e;
-      console.error(`criu restore: pid ${want} taken at clone (attempt ${attempt}; now ${pidHolder(want) ?? 'free'}): again`);
+      // thread of anyone's, criu's own helpers among them, the counter
+      // passing by): a failed attempt is not a figure, so once more. criu
+      // has undone its own work by its exit.
+      if (!(e instanceof PidTaken) && attempt < 3) {
+        console.error(`criu restore: pid ${want} taken at clone (attempt ${attempt}; now ${pidHolder(want) ?? 'free'}): again`);
+        continue;
+      }
+      if (!opts.redump || redumps >= 2) throw e;
+      redumps++;
+      attempt = 0;
+      console.error(`criu restore: pid ${want} stays taken (${pidHolder(want) ?? 'free again'}): a fresh CRIU image, under a new pid`);
+      await opts.redump();
     }
   }
 }

@@ -96,14 +96,15 @@ async function main(): Promise<void> {
     const a = await start();
     started.push(a);
     await dump({ pid: a.pid!, dir });
-    if (criu) {
+    const dumpForCriu = async () => {
       const b = await start();
       started.push(b);
       const gone = new Promise((r) => b.once('exit', r));
-      criuDump(criu, b.pid!, criuDir);
+      criuDump(criu!, b.pid!, criuDir);
       // criu's dump kills it; until Node reaps it, its pid (the one CRIU restores) is taken.
       await gone;
-    }
+    };
+    if (criu) await dumpForCriu();
     const restoreA = OTHER ? (await import(pathToFileURL(resolve(OTHER, 'dist/src/restore/restore.js')).href) as { restore: typeof restore }).restore : null;
     const pidfile = join(work, 'pid');
     const inProcess = async (fn: typeof restore) => {
@@ -144,7 +145,7 @@ async function main(): Promise<void> {
       }
     };
     const criuOnce = async () => {
-      const r = await criuRestore(criu!, criuDir);
+      const r = await criuRestore(criu!, criuDir, { redump: dumpForCriu });
       const task = taskCpuMs(r.pid) ?? 0;
       await killAndWaitGone(r.pid);
       return { wall: r.ms, cpu: task + r.criuCpuMs };

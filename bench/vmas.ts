@@ -53,17 +53,19 @@ async function main(): Promise<void> {
   const criuDir = join(OUT_ROOT, `tsnap-bench-vmas-criu-${child.pid}`);
   const criu = findCriu();
   rmSync(dir, { recursive: true, force: true });
-  let forCriu: ReturnType<typeof spawn> | null = null;
+  const forCriu: ReturnType<typeof spawn>[] = [];
   try {
     await dump({ pid: child.pid!, dir });
     await new Promise((resolve) => child.once('exit', resolve));
-    if (criu) {
-      forCriu = await start();
-      const gone = new Promise((r) => forCriu!.once('exit', r));
-      criuDump(criu, forCriu.pid!, criuDir);
+    const dumpForCriu = async () => {
+      const c = await start();
+      forCriu.push(c);
+      const gone = new Promise((r) => c.once('exit', r));
+      criuDump(criu!, c.pid!, criuDir);
       // criu's dump kills it; until Node reaps it, its pid (the one CRIU restores) is taken.
       await gone;
-    }
+    };
+    if (criu) await dumpForCriu();
     type Run = { wall: number; cpu: number; task: number };
     const once = async (batched: boolean, check: 'off' | 'warn' = 'off'): Promise<Run> => {
       if (batched) delete process.env.TSNAP_REMOTE_BATCH;
@@ -79,7 +81,7 @@ async function main(): Promise<void> {
       return { wall, cpu: (c.user + c.system) / 1000 + taskMs, task: taskMs };
     };
     const criuOnce = async (): Promise<{ wall: number; task: number; cpu: number }> => {
-      const r = await criuRestore(criu!, criuDir);
+      const r = await criuRestore(criu!, criuDir, { redump: dumpForCriu });
       const task = taskCpuMs(r.pid) ?? 0;
       await killAndWaitGone(r.pid);
       return { wall: r.ms, task, cpu: task + r.criuCpuMs };
@@ -122,7 +124,7 @@ async function main(): Promise<void> {
     delete process.env.TSNAP_REMOTE_BATCH;
     // Through Node's handles, which refuse once a child is reaped: by then its bare pid may name someone else.
     child.kill('SIGKILL');
-    forCriu?.kill('SIGKILL');
+    for (const c of forCriu) c.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
     rmSync(criuDir, { recursive: true, force: true });
     rmSync(work, { recursive: true, force: true });
