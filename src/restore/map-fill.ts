@@ -36,11 +36,11 @@ const EFAULT = 14;
  * chunks per call (TSNAP_FILL_MAP_BATCH). Three on this 2-core machine,
  * against two: the same CPU, and 0.88-0.97 of a 1 GiB restore's wall in
  * each of 12 runs at load 2-6, though no better than 0.78-1.25 in 8 at load
- * 4-9 (docs/performance.md, session 29). Why was not measured; likely
- * that each lane has its fixed share of the chunks, and with two a lane
- * slowed down (its pages' first touch, another process on its core) leaves
- * the other core idle at the end. libuv's pool has four threads: one is
- * left for the unmapping after the fill.
+ * 4-9 (docs/performance.md, session 29). Not from the lanes' fixed shares
+ * of the chunks (a slowed lane leaving a core idle at the end): two lanes
+ * taking batches from a shared cursor were as slow as two with shares.
+ * libuv's pool has four threads: one is left for the unmapping after the
+ * fill.
  */
 const DEFAULT_LANES = 3;
 const DEFAULT_BATCH = 8;
