@@ -28,7 +28,7 @@ import { createInterface } from 'node:readline';
 import { dump } from '../src/dump/dump.js';
 import { restore } from '../src/restore/restore.js';
 import { ptrace, kill, setCloexec } from '../src/sys/index.js';
-import { findCriu, criuDump, criuRestore, killAndWaitGone, taskCpuMs } from './criu.js';
+import { findCriu, criuDump, criuRestore, killAndWaitGone, taskCpuMs, adoptRestorees } from './criu.js';
 
 const MIB = Number(process.env.BENCH_MIB ?? 1024);
 const REPS = Number(process.env.BENCH_REPS ?? 5);
@@ -76,6 +76,8 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 async function main(): Promise<void> {
   for (const name of readdirSync('/proc/self/fd')) if (Number(name) > 2) { try { setCloexec(Number(name)); } catch { /* gone */ } }
+  // criu -d's and the cold CLI's tasks become ours to reap when their parents exit: their pids free at once.
+  adoptRestorees();
   const work = mkdtempSync(join(tmpdir(), 'tsnap-bench-restore1g-'));
   const bin = join(work, 'big');
   writeFileSync(`${bin}.c`, FIXTURE);
@@ -88,16 +90,21 @@ async function main(): Promise<void> {
   const criu = findCriu();
   const dir = join(OUT_ROOT, `tsnap-bench-restore1g-${process.pid}`);
   const criuDir = join(OUT_ROOT, `tsnap-bench-restore1g-criu-${process.pid}`);
-  const started: number[] = [];
+  // Signalled through Node's handles, which refuse once a child is reaped: a bare pid could name someone else by then.
+  const started: ReturnType<typeof spawn>[] = [];
   try {
     const a = await start();
-    started.push(a.pid!);
+    started.push(a);
     await dump({ pid: a.pid!, dir });
-    if (criu) {
+    const dumpForCriu = async () => {
       const b = await start();
-      started.push(b.pid!);
-      criuDump(criu, b.pid!, criuDir);
-    }
+      started.push(b);
+      const gone = new Promise((r) => b.once('exit', r));
+      criuDump(criu!, b.pid!, criuDir);
+      // criu's dump kills it; until Node reaps it, its pid (the one CRIU restores) is taken.
+      await gone;
+    };
+    if (criu) await dumpForCriu();
     const restoreA = OTHER ? (await import(pathToFileURL(resolve(OTHER, 'dist/src/restore/restore.js')).href) as { restore: typeof restore }).restore : null;
     const pidfile = join(work, 'pid');
     const inProcess = async (fn: typeof restore) => {
@@ -111,7 +118,7 @@ async function main(): Promise<void> {
       try { ptrace.waitpidBlocking(r.pid); } catch { /* reaped */ }
       return { wall, cpu: (c.user + c.system) / 1000 + task };
     };
-    const cold = (root: string) => {
+    const cold = async (root: string) => {
       rmSync(pidfile, { force: true });
       const c0 = childrenCpuMs();
       const t0 = process.hrtime.bigint();
@@ -120,7 +127,9 @@ async function main(): Promise<void> {
       if (r.status !== 0) throw new Error(`${root}: tsnap restore failed (${r.status}): ${String(r.stderr).trim()}`);
       const pid = Number(readFileSync(pidfile, 'utf8').trim());
       const cpu = childrenCpuMs() - c0 + schedMs(pid);
-      kill(pid, 9);
+      // Reaped, not only killed: left to PID 1, its pid stays taken for 1-2 s, and after the
+      // counter wraps that can be the pid CRIU's next rep must reuse.
+      await killAndWaitGone(pid);
       return { wall, cpu };
     };
     const tsnapOnce = async () => (CLI ? cold(SELF) : inProcess(restore));
@@ -136,7 +145,7 @@ async function main(): Promise<void> {
       }
     };
     const criuOnce = async () => {
-      const r = criuRestore(criu!, criuDir);
+      const r = await criuRestore(criu!, criuDir, { redump: dumpForCriu });
       const task = taskCpuMs(r.pid) ?? 0;
       await killAndWaitGone(r.pid);
       return { wall: r.ms, cpu: task + r.criuCpuMs };
@@ -165,7 +174,7 @@ async function main(): Promise<void> {
       + (cw !== null ? `, CRIU ${cw.toFixed(0)} ms (CPU, criu + task, ${med('criu', 'cpu')!.toFixed(0)} ms): tsnap / CRIU ${(tw / cw).toFixed(2)}` : '; criu not found: no CRIU figure')
       + (aw !== null ? `; A (${OTHER}${process.env.BENCH_AB_ENV ? `, ${process.env.BENCH_AB_ENV}` : ''}) ${aw.toFixed(0)} ms (CPU ${med('A', 'cpu')!.toFixed(0)} ms)${cw !== null ? `, A / CRIU ${(aw / cw).toFixed(2)}` : ''}; B / A: wall ${(tw / aw).toFixed(3)}, CPU ${(med('tsnap', 'cpu')! / med('A', 'cpu')!).toFixed(3)}` : ''));
   } finally {
-    for (const pid of started) { try { kill(pid, 9); } catch { /* gone */ } }
+    for (const c of started) c.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
     rmSync(criuDir, { recursive: true, force: true });
     rmSync(work, { recursive: true, force: true });

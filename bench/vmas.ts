@@ -23,7 +23,7 @@ import { createInterface } from 'node:readline';
 import { dump } from '../src/dump/dump.js';
 import { restore } from '../src/restore/restore.js';
 import { ptrace, kill, setCloexec } from '../src/sys/index.js';
-import { findCriu, criuDump, criuRestore, killAndWaitGone, taskCpuMs } from './criu.js';
+import { findCriu, criuDump, criuRestore, killAndWaitGone, taskCpuMs, adoptRestorees } from './criu.js';
 import { VMAS_FIXTURE as FIXTURE } from './vmas-fixture.js';
 
 const VMAS = Number(process.env.BENCH_VMAS ?? 10_000);
@@ -37,6 +37,8 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 async function main(): Promise<void> {
   for (const name of readdirSync('/proc/self/fd')) if (Number(name) > 2) { try { setCloexec(Number(name)); } catch { /* gone */ } }
+  // criu -d's task becomes ours to reap when criu exits: its pid, the one the next rep reuses, frees at once.
+  adoptRestorees();
   const work = mkdtempSync(join(tmpdir(), 'tsnap-bench-vmas-'));
   const bin = join(work, 'vmas');
   writeFileSync(`${bin}.c`, FIXTURE);
@@ -51,14 +53,19 @@ async function main(): Promise<void> {
   const criuDir = join(OUT_ROOT, `tsnap-bench-vmas-criu-${child.pid}`);
   const criu = findCriu();
   rmSync(dir, { recursive: true, force: true });
-  let forCriu: ReturnType<typeof spawn> | null = null;
+  const forCriu: ReturnType<typeof spawn>[] = [];
   try {
     await dump({ pid: child.pid!, dir });
     await new Promise((resolve) => child.once('exit', resolve));
-    if (criu) {
-      forCriu = await start();
-      criuDump(criu, forCriu.pid!, criuDir);
-    }
+    const dumpForCriu = async () => {
+      const c = await start();
+      forCriu.push(c);
+      const gone = new Promise((r) => c.once('exit', r));
+      criuDump(criu!, c.pid!, criuDir);
+      // criu's dump kills it; until Node reaps it, its pid (the one CRIU restores) is taken.
+      await gone;
+    };
+    if (criu) await dumpForCriu();
     type Run = { wall: number; cpu: number; task: number };
     const once = async (batched: boolean, check: 'off' | 'warn' = 'off'): Promise<Run> => {
       if (batched) delete process.env.TSNAP_REMOTE_BATCH;
@@ -74,7 +81,7 @@ async function main(): Promise<void> {
       return { wall, cpu: (c.user + c.system) / 1000 + taskMs, task: taskMs };
     };
     const criuOnce = async (): Promise<{ wall: number; task: number; cpu: number }> => {
-      const r = criuRestore(criu!, criuDir);
+      const r = await criuRestore(criu!, criuDir, { redump: dumpForCriu });
       const task = taskCpuMs(r.pid) ?? 0;
       await killAndWaitGone(r.pid);
       return { wall: r.ms, task, cpu: task + r.criuCpuMs };
@@ -115,8 +122,9 @@ async function main(): Promise<void> {
       + `; CPU (tsnap + task): ${cpu(one).toFixed(0)} ms, batched ${cpu(batch).toFixed(0)} ms (${(cpu(batch) / cpu(one)).toFixed(3)}), with the check ${cpu(checked).toFixed(0)} ms; of which the task's own ${median(one.map((x) => x.task)).toFixed(0)} / ${median(batch.map((x) => x.task)).toFixed(0)} ms`);
   } finally {
     delete process.env.TSNAP_REMOTE_BATCH;
-    try { kill(child.pid!, 9); } catch { /* gone */ }
-    if (forCriu) { try { kill(forCriu.pid!, 9); } catch { /* gone */ } }
+    // Through Node's handles, which refuse once a child is reaped: by then its bare pid may name someone else.
+    child.kill('SIGKILL');
+    for (const c of forCriu) c.kill('SIGKILL');
     rmSync(dir, { recursive: true, force: true });
     rmSync(criuDir, { recursive: true, force: true });
     rmSync(work, { recursive: true, force: true });

@@ -1,7 +1,7 @@
 /**
  * The one-copy fill (src/restore/map-fill.ts): an uncompressed image of
  * 64 MiB, restored from a read-only mapping of its pages files (on the pool
- * in two lanes (the default) or one, on tsnap's thread with TSNAP_FILL_MAP_LANES=0, with the
+ * in three lanes (the default) or one, on tsnap's thread with TSNAP_FILL_MAP_LANES=0, with the
  * task populating ahead), comes back intact
  * by the restored process's own checksum; a chunk damaged deep in either
  * pages file is refused in one line, with nothing left running.

@@ -31,8 +31,18 @@ import { Populator, populateByChunk } from './populator.js';
 /** Chunks between two turns of the event loop (others' callbacks: a library user's, a server's). */
 const YIELD_EVERY = 64;
 const EFAULT = 14;
-/** Writers on the pool (TSNAP_FILL_MAP_LANES; 0: tsnap's own thread), and chunks per call (TSNAP_FILL_MAP_BATCH). */
-const DEFAULT_LANES = 2;
+/**
+ * Writers on the pool (TSNAP_FILL_MAP_LANES; 0: tsnap's own thread), and
+ * chunks per call (TSNAP_FILL_MAP_BATCH). Three on this 2-core machine,
+ * against two: the same CPU, and 0.88-0.97 of a 1 GiB restore's wall in
+ * each of 12 runs at load 2-6, though no better than 0.78-1.25 in 8 at load
+ * 4-9 (docs/performance.md, session 29). Not from the lanes' fixed shares
+ * of the chunks (a slowed lane leaving a core idle at the end): two lanes
+ * taking batches from a shared cursor were as slow as two with shares.
+ * libuv's pool has four threads: one is left for the unmapping after the
+ * fill.
+ */
+const DEFAULT_LANES = 3;
 const DEFAULT_BATCH = 8;
 
 /**

@@ -1,7 +1,7 @@
 /** pidfd, ioctl and raw syscalls: the remaining libc surface tsnap needs. */
 import { libc } from './libc.js';
 import { SysError } from './errors.js';
-import { SYS } from './uapi.js';
+import { SYS, PR_SET_CHILD_SUBREAPER } from './uapi.js';
 
 /** Raw syscall; throws SysError on -1. */
 export function rawSyscall(name: string, nr: number, ...args: (number | bigint)[]): number {
@@ -46,6 +46,15 @@ export function ioctl(fd: number, request: number, arg: Buffer, name = `ioctl(0x
   const r = libc.ioctl(fd, request, arg);
   if (r === -1) throw new SysError(name, libc.errno());
   return r;
+}
+
+/**
+ * prctl(PR_SET_CHILD_SUBREAPER): a descendant orphaned below this process
+ * (a daemonising child's child) becomes this process's child to reap, not
+ * init's, so its pid is freed when this process waits for it.
+ */
+export function setChildSubreaper(on = true): void {
+  rawSyscall('prctl(PR_SET_CHILD_SUBREAPER)', SYS.prctl, PR_SET_CHILD_SUBREAPER, on ? 1 : 0);
 }
 
 export function kill(pid: number, sig: number): void {
