@@ -9,7 +9,7 @@
  */
 import { describe, it, expect, beforeAll, afterAll, afterEach } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { chownSync, readFileSync } from 'node:fs';
+import { chownSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { startProcess, startPython, useProcessCleanup, tmpDir, cleanupTmpDirs, type Running } from './helpers/fixtures.js';
 import { tsnap, restoreDetached } from './helpers/tsnap.js';
@@ -51,9 +51,17 @@ function gidOf(user: string): number { return Number(execFileSync('id', ['-g', u
 
 /** The segment postgres recorded in postmaster.pid ("key shmid" on line 7), removed after each test. */
 let segment: string | null = null;
+/**
+ * Its dynamic shared memory (POSIX shm, /dev/shm/PostgreSQL.N) outlives a
+ * killed postmaster: what was not there before this file's first test goes
+ * after each (another postgres's segments are left alone).
+ */
+const dsm = () => { try { return readdirSync('/dev/shm').filter((n) => n.startsWith('PostgreSQL.')); } catch { return []; } };
+const dsmBefore = new Set(dsm());
 afterEach(() => {
   if (segment) { try { execFileSync('ipcrm', ['-m', segment], { stdio: 'ignore' }); } catch { /* gone */ } }
   segment = null;
+  for (const n of dsm()) if (!dsmBefore.has(n)) rmSync(join('/dev/shm', n), { force: true });
 });
 
 /**

@@ -298,8 +298,13 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
         lastName = null; // until it is complete
         mark(`serve: iteration ${name} begins`);
         // The downtime is about to start: this thread and the process it builds go first (window-priority.ts).
-        // Raised before the early reads below: the sender waits for them (READY) to freeze, and what the
-        // source writes meanwhile is the last delta (the walk of 4 GiB in the normal class: 0.1-0.6 s at load 11-14).
+        // Raised after the early reads below, not before: those take ~120 ms of CPU at 4 GiB (a smaps walk),
+        // and on one host with the sender's own final round in the real-time class on the other core, a
+        // raised walk left the source no CPU: the process stopped 60-100 ms some 110 ms before its freeze in
+        // 8 of 10 quiet 4 GiB runs at 10 MB/s (docs/performance.md, session 29). In the normal class the
+        // walk shares its core with the source; at load 11-14 it took 0.1-0.6 s there, which only delays
+        // READY (the source runs on meanwhile; its writes join the last delta). TSNAP_RAISE_AT=begin: before
+        // the reads, as until then; ready: at READY.
         const raise = () => {
           prio.raise(ingest.live ? [...ownWindowThreads(), ingest.live.pid] : ownWindowThreads());
           if (ingest.live) {
@@ -308,14 +313,16 @@ async function receive(g: Greeted, base: string, opts: ServeOptions): Promise<vo
             ingest.live.threadsInherit = (on) => prio.inheritable(lp, on);
           }
         };
-        const raiseAtReady = process.env.TSNAP_RAISE_AT === 'ready';
-        if (name === 'final' && !raiseAtReady) raise();
+        const raiseAt = process.env.TSNAP_RAISE_AT;
+        const raiseAtReady = raiseAt === 'ready';
+        if (name === 'final' && raiseAt === 'begin') raise();
         // Sent before the source freezes: the self-check's smaps walk happens now, not after the commit (live-vmflags.ts).
         if (name === 'final' && ingest.live && opts.restore) {
           ingest.live.earlyVmFlags?.close();
           ingest.live.earlyVmFlags = EarlyVmFlags.read(ingest.live.pid);
           mark('serve: VmFlags read early');
         }
+        if (name === 'final' && !raiseAtReady && raiseAt !== 'begin') raise();
         // The sender freezes the source on this (receiver-ready.ts): everything above is before its freeze,
         // V8's collection included (gc-before-window.ts).
         if (name === 'final') collectBeforeWindow('the downtime');
