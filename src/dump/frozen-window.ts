@@ -95,7 +95,14 @@ export class FrozenWindow {
     // Only with tsnap's own threads raised: a target ahead of the guardian would gain nothing.
     // The watchdog gives them back too should the window stall (the guardian would only at its release).
     this.targetRaised = process.env.TSNAP_COW_TARGET_RT !== '0' && this.prio.has(process.pid) && rtWatchReady();
-    if (this.targetRaised) tids.forEach((t, i) => { const c = this.target!.classes[i]; if (c && (c.policy & ~SCHED_RESET_ON_FORK) !== SCHED_FIFO) rtWatchAdd(t, c); });
+    if (this.targetRaised) {
+      for (let i = 0; i < tids.length && this.targetRaised; i++) {
+        const c = this.target.classes[i];
+        // A thread the watchdog cannot take: the guardian raises none (it raises all or none).
+        if (c && (c.policy & ~SCHED_RESET_ON_FORK) !== SCHED_FIFO && !rtWatchAdd(tids[i], c)) this.targetRaised = false;
+      }
+      if (!this.targetRaised) for (const t of tids) rtWatchForget(t);
+    }
     return this.targetRaised;
   }
 

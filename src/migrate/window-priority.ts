@@ -66,8 +66,7 @@ export class WindowPriority {
 
   /** Raised only under the watchdog, registered before the raise: it may fire at any time after. */
   private raiseTo(tid: number, to: SchedClass, was: SchedClass): boolean {
-    if (!rtWatchReady()) return false;
-    rtWatchAdd(tid, was);
+    if (!rtWatchReady() || !rtWatchAdd(tid, was)) return false;
     if (setSched(tid, to) !== 0) { rtWatchForget(tid); return false; }
     this.saved.set(tid, was);
     return true;
@@ -142,7 +141,8 @@ export class WindowPriority {
     for (const tid of tids) {
       const was = getSched(tid);
       if (!was || (was.policy & ~SCHED_RESET_ON_FORK) !== 0 || this.elsewhere.has(tid)) continue;
-      rtWatchAdd(tid, was);
+      // A thread the watchdog cannot take: none is raised (the guardian raises all or none).
+      if (!rtWatchAdd(tid, was)) { for (const t of this.elsewhere) rtWatchForget(t); this.elsewhere.clear(); return false; }
       this.elsewhere.add(tid);
     }
     return true;

@@ -81,16 +81,26 @@ export function rtWatchReady(): boolean {
   return !!l && (watched.size === 0 || l.fired() === 0);
 }
 
-/** `tid` was raised; `was` is its class to give back. The first one of a window arms the bound. */
-export function rtWatchAdd(tid: number, was: SchedClass): void {
+/**
+ * `tid` is to be raised; `was` is its class to give back. The first one of
+ * a window arms the bound. False when the watchdog cannot take it (no
+ * library, every slot taken): then it must not be raised.
+ */
+export function rtWatchAdd(tid: number, was: SchedClass): boolean {
   const l = load();
-  if (!l || watched.has(tid)) return;
+  if (!l) return false;
+  if (watched.has(tid)) return true;
   if (watched.size === 0) {
     l.arm(boundMs());
     armedAt = process.hrtime.bigint();
     lastStall = null;
   }
-  if (l.add(tid, was.policy, was.priority) === 0) watched.add(tid);
+  if (l.add(tid, was.policy, was.priority) !== 0) {
+    if (watched.size === 0) l.disarm();
+    return false;
+  }
+  watched.add(tid);
+  return true;
 }
 
 /** `tid` got its class back (or is gone). The last one of a window disarms the bound. */
