@@ -114,6 +114,26 @@ describe('copy-on-write dumps', () => {
     expect(JSON.parse(again.stdout).kind).toBe('full');
   });
 
+  it('a target of more threads than the watchdog lists has only the listed ones raised at the freeze, and every one back in its class after', async () => {
+    const work = tmpDir('tsnap-cow-');
+    const p = await startProcess(await compileC('threads'), ['80', '2000', 'print'], { readyPattern: /READY/ });
+    const policyOf = (tid: number) => getSched(tid)!.policy & ~SCHED_RESET_ON_FORK;
+    const tids = tasksOf(p.pid);
+    expect(tids.length).toBeGreaterThan(64);
+    const t = startTsnap(['dump', '--pid', String(p.pid), '--dir', join(work, 'img'), '--leave-running', '--cow', '--json'], { TSNAP_TEST_PAUSE_AT: 'dump-frozen' });
+    await waitForStderr(t.child, /paused at dump-frozen/);
+    await waitStopped(t.child.pid!);
+    // The window's watchdog lists the first 64 (frozen-window.ts): those are raised, the rest are left in their class.
+    const raised = tids.filter((tid) => policyOf(tid) === SCHED_FIFO);
+    expect(raised.length).toBe(64);
+    expect(tids.filter((tid) => policyOf(tid) === SCHED_OTHER).length).toBe(tids.length - 64);
+    t.child.kill('SIGCONT');
+    const d = await t.done;
+    expect(d.code, d.stderr).toBe(0);
+    for (const tid of tids) expect(policyOf(tid), `thread ${tid}`).toBe(SCHED_OTHER);
+    killPid(p.pid);
+  });
+
   it('the frozen window runs in the real-time class, the target\'s threads too, all go back to their own class at the release, and a SIGTERM there leaves nothing raised', async () => {
     const work = tmpDir('tsnap-cow-');
     const p = await startProcess(await compileC('cowwriter'), [PAGES, '1']);

@@ -58,7 +58,7 @@ export interface DumpOptions {
    * the guardian is to freeze the target's threads into the real-time
    * class (the caller's window, which also lists them for the watchdog).
    */
-  raiseTarget?: (pid: number) => boolean;
+  raiseTarget?: (pid: number) => false | ((tid: number) => boolean);
   /** Resume the target after the dump instead of killing it. */
   leaveRunning?: boolean;
   compression?: Compression;
@@ -320,7 +320,7 @@ async function takeImage(opts: DumpOptions, mode: Mode, self: number | null, gon
           const w = cowWindow = new FrozenWindow();
           session.onFailure(() => w.end());
         }
-        const raiseTarget = cowWindow?.begin(pid) ?? (opts.hold ? opts.raiseTarget?.(pid) ?? false : false);
+        const raiseTarget = cowWindow ? cowWindow.begin(pid) : opts.hold ? opts.raiseTarget?.(pid) ?? false : false;
         frozen = session.freeze(pid, { raise: raiseTarget });
         // Stopped, the pid cannot change hands: whoever holds it now is who the dump is of, or another process.
         refuseIfEnded(self, gone);

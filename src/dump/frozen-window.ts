@@ -85,8 +85,13 @@ export class FrozenWindow {
     if (process.env.TSNAP_COW_WINDOW_RT !== '0') this.prio.raise(this.threads);
   }
 
-  /** Right before the freeze of `pid`; whether the freeze is to raise the target's threads. */
-  begin(pid: number): boolean {
+  /**
+   * Right before the freeze of `pid`; which of the target's threads the
+   * freeze is to raise (false: none): those on the watchdog's list, so that
+   * a thread past the first TARGET_THREADS_READ, or one made since, stays
+   * in its own class rather than raised without a bound.
+   */
+  begin(pid: number): false | ((tid: number) => boolean) {
     this.raise();
     this.before = this.threads.map((t) => readSchedTimes(t));
     let tids: number[] = [];
@@ -103,7 +108,8 @@ export class FrozenWindow {
       }
       if (!this.targetRaised) for (const t of tids) rtWatchForget(t);
     }
-    return this.targetRaised;
+    const listed = new Set(tids);
+    return this.targetRaised ? (tid) => listed.has(tid) : false;
   }
 
   /**

@@ -61,9 +61,10 @@ export interface FreezeOptions {
   /**
    * In SCHED_FIFO from the freeze to the release (a copy-on-write dump's
    * window, dump/frozen-window.ts); the guardian gives the class back.
-   * Guarded tasks only.
+   * Guarded tasks only. A function: whether this thread is (those the
+   * watchdog of sys/rt-watch.ts lists, which bounds the class).
    */
-  raise?: boolean;
+  raise?: boolean | ((tid: number) => boolean);
 }
 
 export type TracerKind = 'guarded' | 'direct';
@@ -94,7 +95,7 @@ export class FrozenTask {
       let got: { regs: Buffer; stopSignal: number };
       try {
         // The guardian sets SUSPEND_SECCOMP only once the task is stopped.
-        got = Guardian.get().freeze(pid, PTRACE_O.TRACESYSGOOD | (canSuspendSeccomp() ? PTRACE_O.SUSPEND_SECCOMP : 0), timeoutMs, opts.raise === true);
+        got = Guardian.get().freeze(pid, PTRACE_O.TRACESYSGOOD | (canSuspendSeccomp() ? PTRACE_O.SUSPEND_SECCOMP : 0), timeoutMs, typeof opts.raise === 'function' ? opts.raise(pid) : opts.raise === true);
       } catch (err) {
         if (err instanceof GuardianError && err.exited) throw new TsnapError('noSuchProcess', `process ${pid} exited while being frozen`);
         if (err instanceof GuardianError && err.timedOut) throw stopTimeout(pid, timeoutMs);

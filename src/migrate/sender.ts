@@ -243,7 +243,7 @@ async function migrateIn(opts: MigrateOptions, checkAbort: () => void): Promise<
     // die): in their own class, the stop alone took 10.7 ms at load 4.7, one
     // wake-up per thread behind the machine's other tasks, and every remote
     // syscall of the window is one more. TSNAP_MIG_TARGET_RT=0: as before.
-    raiseTarget: (pid: number) => process.env.TSNAP_MIG_TARGET_RT !== '0' && prio.watchRaisedElsewhere(pid) };
+    raiseTarget: (pid: number) => (process.env.TSNAP_MIG_TARGET_RT !== '0' ? prio.watchRaisedElsewhere(pid) : false) };
     // Raised from here to the receiver's answer (window-priority.ts), the
     // final round's preparation included: what the process writes while it
     // lasts (reading the chain, the checks, the watch, 0.3-0.55 s at 4 GiB

@@ -134,7 +134,7 @@ export class WindowPriority {
    * freeze should raise them: only with this process's main thread raised
    * (a target ahead of its tracer gains nothing) and the watchdog running.
    */
-  watchRaisedElsewhere(pid: number): boolean {
+  watchRaisedElsewhere(pid: number): false | ((tid: number) => boolean) {
     if (!this.saved.has(process.pid) || !rtWatchReady()) return false;
     let tids: number[] = [];
     try { tids = listTasks(pid).slice(0, TARGET_THREADS_WATCHED); } catch { return false; }
@@ -145,7 +145,8 @@ export class WindowPriority {
       if (!rtWatchAdd(tid, was)) { for (const t of this.elsewhere) rtWatchForget(t); this.elsewhere.clear(); return false; }
       this.elsewhere.add(tid);
     }
-    return true;
+    // Only those listed: a thread past the first TARGET_THREADS_WATCHED (or made since) stays in its class.
+    return (tid) => this.elsewhere.has(tid);
   }
 
   /** Puts every raised thread back; those the guardian raised are only taken off the watchdog's list (it puts them back). */
