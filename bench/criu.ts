@@ -10,7 +10,7 @@
  * criuRestore() waits for the pid to be free, naming who holds it if it
  * stays taken.
  */
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { kill, ptrace, setChildSubreaper, SysError } from '../src/sys/index.js';
@@ -39,6 +39,20 @@ export function criuDump(criu: string, pid: number, dir: string, leaveRunning = 
   // The pid criuRestore() needs free; reading it back from pstree.img would take a protobuf decoder.
   writeFileSync(join(dir, 'bench-dumped.pid'), `${pid}\n`);
   return ms;
+}
+
+/**
+ * A fresh fixture from `start` (kept in `keep`, for the bench to kill)
+ * dumped by criu into `dir`, and reaped: criu's dump kills it, and until
+ * Node reaps it its pid, the one CRIU restores, is taken. Also criuRestore()'s
+ * `redump` when that pid stays someone else's.
+ */
+export async function criuDumpFixture(criu: string, start: () => Promise<ChildProcess>, dir: string, keep: ChildProcess[]): Promise<void> {
+  const c = await start();
+  keep.push(c);
+  const gone = new Promise((r) => c.once('exit', r));
+  criuDump(criu, c.pid!, dir);
+  await gone;
 }
 
 /**

@@ -28,7 +28,7 @@ import { createInterface } from 'node:readline';
 import { dump } from '../src/dump/dump.js';
 import { restore } from '../src/restore/restore.js';
 import { ptrace, kill, setCloexec } from '../src/sys/index.js';
-import { findCriu, criuDump, criuRestore, killAndWaitGone, taskCpuMs, adoptRestorees } from './criu.js';
+import { findCriu, criuDumpFixture, criuRestore, killAndWaitGone, taskCpuMs, adoptRestorees } from './criu.js';
 
 const MIB = Number(process.env.BENCH_MIB ?? 1024);
 const REPS = Number(process.env.BENCH_REPS ?? 5);
@@ -96,14 +96,7 @@ async function main(): Promise<void> {
     const a = await start();
     started.push(a);
     await dump({ pid: a.pid!, dir });
-    const dumpForCriu = async () => {
-      const b = await start();
-      started.push(b);
-      const gone = new Promise((r) => b.once('exit', r));
-      criuDump(criu!, b.pid!, criuDir);
-      // criu's dump kills it; until Node reaps it, its pid (the one CRIU restores) is taken.
-      await gone;
-    };
+    const dumpForCriu = () => criuDumpFixture(criu!, start, criuDir, started);
     if (criu) await dumpForCriu();
     const restoreA = OTHER ? (await import(pathToFileURL(resolve(OTHER, 'dist/src/restore/restore.js')).href) as { restore: typeof restore }).restore : null;
     const pidfile = join(work, 'pid');

@@ -23,7 +23,7 @@ import { createInterface } from 'node:readline';
 import { dump } from '../src/dump/dump.js';
 import { restore } from '../src/restore/restore.js';
 import { ptrace, kill, setCloexec } from '../src/sys/index.js';
-import { findCriu, criuDump, criuRestore, killAndWaitGone, taskCpuMs, adoptRestorees } from './criu.js';
+import { findCriu, criuDumpFixture, criuRestore, killAndWaitGone, taskCpuMs, adoptRestorees } from './criu.js';
 import { VMAS_FIXTURE as FIXTURE } from './vmas-fixture.js';
 
 const VMAS = Number(process.env.BENCH_VMAS ?? 10_000);
@@ -57,14 +57,7 @@ async function main(): Promise<void> {
   try {
     await dump({ pid: child.pid!, dir });
     await new Promise((resolve) => child.once('exit', resolve));
-    const dumpForCriu = async () => {
-      const c = await start();
-      forCriu.push(c);
-      const gone = new Promise((r) => c.once('exit', r));
-      criuDump(criu!, c.pid!, criuDir);
-      // criu's dump kills it; until Node reaps it, its pid (the one CRIU restores) is taken.
-      await gone;
-    };
+    const dumpForCriu = () => criuDumpFixture(criu!, start, criuDir, forCriu);
     if (criu) await dumpForCriu();
     type Run = { wall: number; cpu: number; task: number };
     const once = async (batched: boolean, check: 'off' | 'warn' = 'off'): Promise<Run> => {

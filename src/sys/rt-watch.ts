@@ -109,14 +109,18 @@ export function rtWatchForget(tid: number): void {
   if (!l || !watched.delete(tid)) return;
   l.forget(tid);
   if (watched.size) return;
-  const fired = l.fired();
-  if (fired !== 0) lastStall = { afterMs: Number(BigInt(l.firedAt()) / 1000n - armedAt / 1000n) / 1000, threads: Math.max(0, fired) };
+  lastStall = stallOf(l);
   l.disarm();
+}
+
+/** The current window's firing, if it fired. */
+function stallOf(l: Lib): RtStall | null {
+  const fired = l.fired();
+  return fired === 0 ? null : { afterMs: Number(BigInt(l.firedAt()) / 1000n - armedAt / 1000n) / 1000, threads: Math.max(0, fired) };
 }
 
 /** Whether the watchdog fired in this window (it is still on) or in the last one. */
 export function rtStall(): RtStall | null {
   const l = load();
-  if (l && watched.size && l.fired() !== 0) return { afterMs: Number(BigInt(l.firedAt()) / 1000n - armedAt / 1000n) / 1000, threads: Math.max(0, l.fired()) };
-  return lastStall;
+  return (l && watched.size ? stallOf(l) : null) ?? lastStall;
 }
